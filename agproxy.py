@@ -1,0 +1,2252 @@
+#!/usr/bin/env python3
+"""agproxy: a local gateway that speaks the Anthropic Messages API.
+
+Claude Code, the Anthropic SDKs and curl point their base URL at agproxy. It checks and cleans
+each request, picks an upstream and an account for the requested model, and relays the answer
+back as Anthropic SSE or JSON. One module, Python 3.9 or newer, standard library only.
+
+Sections, pure code first and I/O last (everything above section 8 runs without sockets):
+ 1. constants, version, error types
+ 2. config
+ 3. HTTP/1.1 wire (sans-IO)
+ 4. SSE (sans-IO)
+ 5. Anthropic protocol
+ 7. routing and accounts
+ 8. upstream client
+ 9. server
+10. operations
+11. CLI and main()
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import concurrent.futures
+import dataclasses
+import email.utils
+import fnmatch
+import hmac
+import http
+import http.client
+import ipaddress
+import json
+import logging
+import os
+import re
+import select
+import signal
+import socket
+import ssl
+import sys
+import threading
+import time
+import urllib.parse
+import urllib.request
+import uuid
+from typing import Any, AsyncIterator, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+__version__ = "0.1.0"
+__all__ = [
+    "AgproxyError",
+    "InvalidRequest",
+    "ProtocolError",
+    "AuthenticationFailed",
+    "PermissionDenied",
+    "NotFound",
+    "UpstreamFailure",
+    "ConfigError",
+    "Config",
+    "load_config",
+    "RequestParser",
+    "SSEDecoder",
+    "encode_sse",
+    "Server",
+    "main",
+]
+
+# =====================================================================================
+# 1. Constants, version, error types
+#    Nothing here awaits or touches sockets.
+# =====================================================================================
+
+DEFAULT_PORT = 8045
+DEFAULT_ANTHROPIC_VERSION = "2023-06-01"
+
+#: The Anthropic error type for each HTTP status agproxy answers with.
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    529: "overloaded_error",
+}
+
+
+def error_type_for_status(status: int) -> str:
+    """The Anthropic error type that matches an HTTP status (4xx default invalid_request_error)."""
+    if status in _ERROR_TYPES:
+        return _ERROR_TYPES[status]
+    if status == 503:
+        return "overloaded_error"
+    return "api_error" if status >= 500 else "invalid_request_error"
+
+
+def error_body(error_type: str, message: str) -> Dict[str, Any]:
+    """The Anthropic error JSON shape."""
+    return {"type": "error", "error": {"type": error_type, "message": message}}
+
+
+class AgproxyError(Exception):
+    """Root of every error agproxy answers with.
+
+    Each carries the HTTP status and the Anthropic error type of its answer, and optional extra
+    response headers (``retry-after``, for one). One function in the server turns it into a response.
+    """
+
+    status: int = 500
+    error_type: str = "api_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: Optional[int] = None,
+        error_type: Optional[str] = None,
+        headers: Sequence[Tuple[str, str]] = (),
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+            if error_type is None:
+                error_type = error_type_for_status(status)
+        if error_type is not None:
+            self.error_type = error_type
+        self.headers = list(headers)
+
+    def body(self) -> Dict[str, Any]:
+        """The Anthropic-shaped error body for this error."""
+        return error_body(self.error_type, self.message)
+
+
+class InvalidRequest(AgproxyError):
+    """The client's request cannot be served as sent (400 unless a more exact status is given)."""
+
+    status = 400
+    error_type = "invalid_request_error"
+
+
+class ProtocolError(InvalidRequest):
+    """Malformed HTTP from the client; the connection is closed after the answer."""
+
+
+class AuthenticationFailed(AgproxyError):
+    """The client did not present agproxy's key."""
+
+    status = 401
+    error_type = "authentication_error"
+
+
+class PermissionDenied(AgproxyError):
+    """The request is refused whatever key it carries (browser origin, foreign Host)."""
+
+    status = 403
+    error_type = "permission_error"
+
+
+class NotFound(AgproxyError):
+    """No such route or model."""
+
+    status = 404
+    error_type = "not_found_error"
+
+
+class UpstreamFailure(AgproxyError):
+    """The upstream could not be reached or failed in a way that is not the client's fault."""
+
+    status = 502
+    error_type = "api_error"
+
+
+class ConfigError(AgproxyError):
+    """The configuration is unusable; the message names the key and the problem."""
+
+
+# =====================================================================================
+# 2. Config
+#    Load JSON, expand ${VAR} and ${VAR:-default}, validate with messages naming the key.
+#    Nothing here touches sockets; the environment is passed in.
+# =====================================================================================
+
+UPSTREAM_KINDS = ("anthropic", "openai", "gemini", "demo")
+AUTH_MODES = ("off", "strict", "all_except_health", "auto")
+PROFILES = ("anthropic", "compatible")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclasses.dataclass(frozen=True)
+class Account:
+    """One key of an upstream. Only ``name`` is ever shown; the key never leaves the process."""
+
+    name: str
+    api_key: str = dataclasses.field(repr=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class Upstream:
+    """One upstream service and its pool of accounts."""
+
+    name: str
+    kind: str
+    base_url: str
+    accounts: Tuple[Account, ...]
+    timeout_s: float = 600.0
+    connect_timeout_s: float = 10.0
+    profile: str = "anthropic"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelRule:
+    """A ``model_map`` entry: the first rule whose glob fits the requested model wins."""
+
+    match: str
+    upstream: str
+    model: Optional[str] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Everything agproxy runs with, built once by :func:`load_config`."""
+
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    auth_mode: str = "auto"
+    api_key: str = dataclasses.field(default="", repr=False)
+    upstreams: Tuple[Upstream, ...] = ()
+    model_map: Tuple[ModelRule, ...] = ()
+    max_retry_attempts: int = 3
+    warmup_interception: bool = True
+    max_body_bytes: int = 33554432
+    max_header_bytes: int = 65536
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 60.0
+    idle_timeout_s: float = 75.0
+    max_connections: int = 1024
+    allowed_origins: Tuple[str, ...] = ()
+    server_names: Tuple[str, ...] = ()
+    upstream_workers: int = 64
+    log_level: str = "info"
+    source: str = "built-in demo config"
+
+    def upstream(self, name: str) -> Upstream:
+        """The upstream called ``name`` (validated to exist at load time)."""
+        for upstream in self.upstreams:
+            if upstream.name == name:
+                return upstream
+        raise KeyError(name)
+
+    def effective_auth_mode(self) -> str:
+        """``auto`` resolved: off on a loopback bind address, else all_except_health."""
+        if self.auth_mode != "auto":
+            return self.auth_mode
+        return "off" if is_loopback_host(self.host) else "all_except_health"
+
+
+DEMO_UPSTREAM = Upstream(name="demo", kind="demo", base_url="", accounts=(Account("demo", ""),))
+
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(value: str, environ: Dict[str, str], where: str) -> str:
+    """Replace ``${VAR}`` and ``${VAR:-default}`` in a config string from ``environ``."""
+
+    def substitute(match: re.Match) -> str:
+        name, default = match.group(1), match.group(2)
+        found = environ.get(name)
+        if found is None or (found == "" and default is not None):
+            if default is None:
+                raise ConfigError(f"{where}: environment variable {name} is not set")
+            return default
+        return found
+
+    return _ENV_REFERENCE.sub(substitute, value)
+
+
+def _expand_tree(value: Any, environ: Dict[str, str], where: str) -> Any:
+    if isinstance(value, str):
+        return expand_env(value, environ, where)
+    if isinstance(value, list):
+        return [_expand_tree(item, environ, f"{where}[{i}]") for i, item in enumerate(value)]
+    if isinstance(value, dict):
+        return {k: _expand_tree(v, environ, f"{where}.{k}" if where else k) for k, v in value.items()}
+    return value
+
+
+class _Fields:
+    """Reads one JSON object of the config, checking each key's type and rejecting unknown keys."""
+
+    def __init__(self, obj: Any, where: str, known: Iterable[str]) -> None:
+        if not isinstance(obj, dict):
+            raise ConfigError(f"{where or 'config'}: must be an object")
+        unknown = sorted(set(obj) - set(known))
+        if unknown:
+            names = ", ".join(unknown)
+            plural = "s" if len(unknown) > 1 else ""
+            raise ConfigError(f"{where + ': ' if where else ''}unknown key{plural} {names}")
+        self.obj = obj
+        self.where = where
+
+    def path(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
+
+    def get(self, key: str, kind: type, default: Any) -> Any:
+        if key not in self.obj:
+            return default
+        value = self.obj[key]
+        ok = isinstance(value, kind) and not (kind in (int, float) and isinstance(value, bool))
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value, ok = float(value), True
+        if not ok:
+            raise ConfigError(f"{self.path(key)}: must be {_TYPE_NAMES[kind]}, got {json.dumps(value)[:60]}")
+        return value
+
+    def text(self, key: str, default: Any = None, required: bool = False) -> Any:
+        if required and key not in self.obj:
+            raise ConfigError(f"{self.path(key)}: is required")
+        return self.get(key, str, default)
+
+    def choice(self, key: str, choices: Sequence[str], default: str) -> str:
+        value = self.text(key, default)
+        if value not in choices:
+            raise ConfigError(f"{self.path(key)}: must be one of {', '.join(choices)}")
+        return value
+
+    def number(self, key: str, default: float, minimum: float) -> float:
+        value = self.get(key, float, default)
+        if value < minimum:
+            raise ConfigError(f"{self.path(key)}: must be at least {minimum:g}, got {value:g}")
+        return value
+
+    def integer(self, key: str, default: int, minimum: int, maximum: int = 2**62) -> int:
+        value = self.get(key, int, default)
+        if not minimum <= value <= maximum:
+            raise ConfigError(f"{self.path(key)}: must be between {minimum} and {maximum}, got {value}")
+        return value
+
+    def strings(self, key: str) -> Tuple[str, ...]:
+        value = self.get(key, list, [])
+        for i, item in enumerate(value):
+            if not isinstance(item, str):
+                raise ConfigError(f"{self.path(key)}[{i}]: must be a string")
+        return tuple(value)
+
+
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list", dict: "an object"}
+
+_CONFIG_KEYS = {f.name for f in dataclasses.fields(Config)} - {"source"}
+_UPSTREAM_KEYS = ("name", "kind", "base_url", "accounts", "timeout_s", "connect_timeout_s", "profile")
+
+
+def _parse_base_url(value: str, where: str) -> str:
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{where}: must be an http:// or https:// URL, got {value!r}")
+    if parts.query or parts.fragment:
+        raise ConfigError(f"{where}: must not have a query string or fragment")
+    try:
+        _ = parts.port
+    except ValueError:
+        raise ConfigError(f"{where}: has an invalid port") from None
+    return value.rstrip("/")
+
+
+def _parse_upstream(obj: Any, where: str) -> Upstream:
+    fields = _Fields(obj, where, _UPSTREAM_KEYS)
+    name = fields.text("name", required=True)
+    if not name:
+        raise ConfigError(f"{where}.name: must not be empty")
+    kind = fields.choice("kind", UPSTREAM_KINDS, "")
+    if kind == "demo":
+        base_url = fields.text("base_url", "")
+    else:
+        base_url = _parse_base_url(fields.text("base_url", required=True), f"{where}.base_url")
+    accounts = []
+    raw_accounts = fields.get("accounts", list, [])
+    for i, raw in enumerate(raw_accounts):
+        account = _Fields(raw, f"{where}.accounts[{i}]", ("name", "api_key"))
+        accounts.append(Account(account.text("name", f"account-{i}"), account.text("api_key", "")))
+    if not accounts:
+        if kind != "demo":
+            raise ConfigError(f"{where}.accounts: needs at least one account")
+        accounts.append(Account("demo", ""))
+    return Upstream(
+        name=name,
+        kind=kind,
+        base_url=base_url,
+        accounts=tuple(accounts),
+        timeout_s=fields.number("timeout_s", 600.0, 0.001),
+        connect_timeout_s=fields.number("connect_timeout_s", 10.0, 0.001),
+        profile=fields.choice("profile", PROFILES, "anthropic"),
+    )
+
+
+def config_from_dict(raw: Any, environ: Dict[str, str], source: str) -> Config:
+    """Validate a parsed config file into a :class:`Config`; raises :class:`ConfigError`."""
+    raw = _expand_tree(raw, environ, "")
+    fields = _Fields(raw, "", _CONFIG_KEYS)
+    upstreams = tuple(
+        _parse_upstream(obj, f"upstreams[{i}]") for i, obj in enumerate(fields.get("upstreams", list, []))
+    )
+    if not upstreams:
+        raise ConfigError("upstreams: needs at least one upstream")
+    names = [u.name for u in upstreams]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise ConfigError(f"upstreams[{i}].name: {name!r} is used twice")
+    rules = []
+    for i, obj in enumerate(fields.get("model_map", list, [])):
+        rule = _Fields(obj, f"model_map[{i}]", ("match", "upstream", "model"))
+        target = rule.text("upstream", required=True)
+        if target not in names:
+            raise ConfigError(f"model_map[{i}].upstream: no upstream is named {target!r}")
+        rules.append(ModelRule(rule.text("match", required=True), target, rule.text("model")))
+    return Config(
+        host=fields.text("host", "127.0.0.1"),
+        port=fields.integer("port", DEFAULT_PORT, 0, 65535),
+        auth_mode=fields.choice("auth_mode", AUTH_MODES, "auto"),
+        api_key=fields.text("api_key", ""),
+        upstreams=upstreams,
+        model_map=tuple(rules),
+        max_retry_attempts=fields.integer("max_retry_attempts", 3, 1, 20),
+        warmup_interception=fields.get("warmup_interception", bool, True),
+        max_body_bytes=fields.integer("max_body_bytes", 33554432, 1024),
+        max_header_bytes=fields.integer("max_header_bytes", 65536, 1024),
+        header_timeout_s=fields.number("header_timeout_s", 10.0, 0.01),
+        body_timeout_s=fields.number("body_timeout_s", 60.0, 0.01),
+        idle_timeout_s=fields.number("idle_timeout_s", 75.0, 0.01),
+        max_connections=fields.integer("max_connections", 1024, 1),
+        allowed_origins=fields.strings("allowed_origins"),
+        server_names=fields.strings("server_names"),
+        upstream_workers=fields.integer("upstream_workers", 64, 1, 4096),
+        log_level=fields.choice("log_level", LOG_LEVELS, "info"),
+        source=source,
+    )
+
+
+def find_config_path(explicit: Optional[str], environ: Dict[str, str], cwd: str, home: str) -> Optional[str]:
+    """The config file to use: ``--config``, ``$AGPROXY_CONFIG``, ``./agproxy.json``, the user's, or None."""
+    if explicit:
+        return explicit
+    if environ.get("AGPROXY_CONFIG"):
+        return environ["AGPROXY_CONFIG"]
+    for candidate in (os.path.join(cwd, "agproxy.json"), os.path.join(home, ".config", "agproxy", "config.json")):
+        if os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+def load_config(
+    explicit_path: Optional[str] = None,
+    overrides: Optional[Dict[str, Any]] = None,
+    environ: Optional[Dict[str, str]] = None,
+) -> Config:
+    """Build the config from defaults, the file found by the lookup order, the environment and flags.
+
+    With no file anywhere, the built-in demo config is used (the caller warns about it).
+    """
+    environ = dict(os.environ if environ is None else environ)
+    path = find_config_path(explicit_path, environ, os.getcwd(), os.path.expanduser("~"))
+    if path is None:
+        config = Config(upstreams=(DEMO_UPSTREAM,))
+    else:
+        try:
+            with open(path, "rb") as f:
+                text = f.read().decode("utf-8-sig")
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: is not UTF-8 text") from None
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+        config = config_from_dict(raw, environ, path)
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if overrides:
+        config = dataclasses.replace(config, **overrides)
+        if not 0 <= config.port <= 65535:
+            raise ConfigError(f"port: must be between 0 and 65535, got {config.port}")
+    return config
+
+
+# =====================================================================================
+# 3. HTTP/1.1 wire
+#    A sans-IO request parser (bytes in, events out) and response writers (values in, bytes
+#    out). No asyncio, no clock, no logging; limits are passed in and enforced here.
+# =====================================================================================
+
+Headers = List[Tuple[str, str]]
+
+#: Longest chunk-size line of a chunked body; real clients send a few hex digits.
+_MAX_CHUNK_LINE = 1024
+#: The longest request line we wait for before answering 414; Claude Code's are about 40 bytes.
+_MAX_REQUEST_LINE = 8192
+
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_REQUEST_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([^\x00-\x20\x7f]+) HTTP/(\d)\.(\d)")
+_FIELD_VALUE_BAD = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
+_HOP_BY_HOP = frozenset(
+    ("connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection", "te",
+     "trailer", "transfer-encoding", "upgrade")
+)
+
+
+def header_value(headers: Headers, name: str) -> Optional[str]:
+    """The first value of header ``name`` (case-insensitive), or None."""
+    name = name.lower()
+    for key, value in headers:
+        if key.lower() == name:
+            return value
+    return None
+
+
+def header_values(headers: Headers, name: str) -> List[str]:
+    """Every value of header ``name``, comma lists split, in order."""
+    name = name.lower()
+    out = []
+    for key, value in headers:
+        if key.lower() == name:
+            out.extend(part.strip() for part in value.split(",") if part.strip())
+    return out
+
+
+def strip_hop_by_hop(headers: Headers) -> Headers:
+    """Drop hop-by-hop headers, including those named in ``Connection``, before relaying."""
+    named = {v.lower() for v in header_values(headers, "connection")}
+    return [(k, v) for k, v in headers if k.lower() not in _HOP_BY_HOP and k.lower() not in named]
+
+
+@dataclasses.dataclass
+class Request:
+    """One HTTP request as parsed; ``body`` is None until the whole body has arrived."""
+
+    method: str
+    target: str
+    version: Tuple[int, int]
+    headers: Headers
+    body: Optional[bytes] = None
+
+    @property
+    def path(self) -> str:
+        return self.target.split("?", 1)[0]
+
+    @property
+    def query(self) -> str:
+        return self.target.split("?", 1)[1] if "?" in self.target else ""
+
+    def header(self, name: str) -> Optional[str]:
+        return header_value(self.headers, name)
+
+    @property
+    def keep_alive(self) -> bool:
+        tokens = {v.lower() for v in header_values(self.headers, "connection")}
+        if self.version >= (1, 1):
+            return "close" not in tokens
+        return "keep-alive" in tokens
+
+    @property
+    def expects_continue(self) -> bool:
+        return self.version >= (1, 1) and (self.header("expect") or "").lower() == "100-continue"
+
+
+class HeadReady:
+    """Parser event: the request line and headers are complete; the body may still be coming."""
+
+    def __init__(self, request: Request) -> None:
+        self.request = request
+
+
+class RequestReady:
+    """Parser event: the request, body included, is complete."""
+
+    def __init__(self, request: Request) -> None:
+        self.request = request
+
+
+NEED_DATA = "NEED_DATA"
+CLOSED = "CLOSED"
+ParserEvent = Union[HeadReady, RequestReady, str]
+
+
+def request_body_framing(version: Tuple[int, int], headers: Headers) -> Tuple[str, int]:
+    """How the request body is delimited (RFC 9112 section 6.3): ("length", n) or ("chunked", 0).
+
+    Both ``Transfer-Encoding`` and ``Content-Length``, a transfer coding other than a final
+    ``chunked``, and conflicting or malformed lengths are refused, the usual smuggling vectors.
+    """
+    codings = [c.lower() for c in header_values(headers, "transfer-encoding")]
+    lengths = [v for k, v in headers if k.lower() == "content-length"]
+    if codings:
+        if lengths:
+            raise ProtocolError("request has both Transfer-Encoding and Content-Length")
+        if version < (1, 1):
+            raise ProtocolError("Transfer-Encoding is not allowed in an HTTP/1.0 request")
+        if codings != ["chunked"]:
+            raise ProtocolError(f"unsupported Transfer-Encoding {', '.join(codings)!r}", status=501)
+        return "chunked", 0
+    if not lengths:
+        return "length", 0
+    values = {part.strip() for v in lengths for part in v.split(",")}
+    if len(values) != 1:
+        raise ProtocolError("conflicting Content-Length headers")
+    value = values.pop()
+    if not value.isdigit() or len(value) > 18:
+        raise ProtocolError(f"invalid Content-Length {value[:40]!r}")
+    return "length", int(value)
+
+
+class RequestParser:
+    """Sans-IO HTTP/1.1 request parser.
+
+    ``feed()`` bytes as they arrive (``b""`` for end of input), then call ``next_event()``
+    until it returns ``NEED_DATA``: it yields ``HeadReady`` once the headers are complete (so the
+    caller can refuse early or send ``100 Continue``), then ``RequestReady`` with the body, then the
+    next pipelined request. It raises only :class:`ProtocolError` (or its 413/431 statuses).
+    """
+
+    def __init__(self, max_header_bytes: int = 65536, max_body_bytes: int = 33554432) -> None:
+        self.max_header_bytes = max_header_bytes
+        self.max_body_bytes = max_body_bytes
+        self._buffer = bytearray()
+        self._eof = False
+        self._request: Optional[Request] = None
+        self._body = bytearray()
+        self._state = "head"  # head -> body|chunk_size|chunk_data|trailers -> head
+        self._remaining = 0
+        self._trailer_bytes = 0
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet consumed (pipelined requests wait here)."""
+        return len(self._buffer)
+
+    @property
+    def idle(self) -> bool:
+        """True between requests with nothing of the next one received yet."""
+        return self._state == "head" and not self._buffer.strip(b"\r\n")
+
+    def feed(self, data: bytes) -> None:
+        """Add received bytes; ``b""`` means the peer closed its side."""
+        if data:
+            self._buffer += data
+        else:
+            self._eof = True
+
+    def next_event(self) -> ParserEvent:
+        """The next complete thing in the input, or ``NEED_DATA`` / ``CLOSED``."""
+        if self._state != "head":
+            return self._parse_body()
+        event = self._parse_head()
+        if event is not None:
+            return event
+        if self._eof:
+            if self._buffer.strip(b"\r\n"):
+                raise ProtocolError("connection closed in the middle of a request header")
+            return CLOSED
+        return NEED_DATA
+
+    def _parse_head(self) -> Optional[ParserEvent]:
+        # RFC 9112 2.2: ignore empty lines before the request line.
+        while self._buffer[:2] == b"\r\n" or self._buffer[:1] == b"\n":
+            del self._buffer[: 2 if self._buffer[:1] == b"\r" else 1]
+        end = self._buffer.find(b"\n\r\n")
+        end2 = self._buffer.find(b"\n\n")
+        if end < 0 and end2 < 0:
+            limit = self.max_header_bytes
+            if len(self._buffer) > limit:
+                first_line = self._buffer.find(b"\n")
+                if first_line < 0 and len(self._buffer) > _MAX_REQUEST_LINE:
+                    raise ProtocolError(f"request line exceeds {_MAX_REQUEST_LINE} bytes", status=414)
+                raise ProtocolError(f"header block exceeds {limit} bytes", status=431)
+            if self._buffer.find(b"\n") < 0 and len(self._buffer) > _MAX_REQUEST_LINE:
+                raise ProtocolError(f"request line exceeds {_MAX_REQUEST_LINE} bytes", status=414)
+            return None
+        if end < 0 or (0 <= end2 < end):
+            head_end, cut = end2 + 1, end2 + 2
+        else:
+            head_end, cut = end + 1, end + 3
+        if head_end > self.max_header_bytes:
+            raise ProtocolError(f"header block exceeds {self.max_header_bytes} bytes", status=431)
+        head = bytes(self._buffer[:head_end])
+        del self._buffer[:cut]
+        request = _parse_request_head(head)
+        kind, length = request_body_framing(request.version, request.headers)
+        if kind == "length" and length > self.max_body_bytes:
+            raise ProtocolError(
+                f"request body of {length} bytes exceeds the limit of {self.max_body_bytes} bytes",
+                status=413, error_type="request_too_large",
+            )
+        self._request = request
+        self._body = bytearray()
+        self._trailer_bytes = 0
+        if kind == "chunked":
+            self._state = "chunk_size"
+        else:
+            self._state = "body"
+            self._remaining = length
+        return HeadReady(request)
+
+    def _parse_body(self) -> ParserEvent:
+        while True:
+            if self._state == "body":
+                take = min(self._remaining, len(self._buffer))
+                if take:
+                    self._body += self._buffer[:take]
+                    del self._buffer[:take]
+                    self._remaining -= take
+                if self._remaining == 0:
+                    return self._finish()
+                return self._need_body_data()
+            if self._state == "chunk_size":
+                line = self._take_line(_MAX_CHUNK_LINE, "chunk size line")
+                if line is None:
+                    return self._need_body_data()
+                size_text = line.split(b";", 1)[0].strip(b" \t")
+                if not _HEX.fullmatch(size_text):
+                    raise ProtocolError(f"invalid chunk size {size_text[:20]!r}")
+                size = int(size_text, 16)
+                if len(self._body) + size > self.max_body_bytes:
+                    raise ProtocolError(
+                        f"request body exceeds the limit of {self.max_body_bytes} bytes",
+                        status=413, error_type="request_too_large",
+                    )
+                if size == 0:
+                    self._state = "trailers"
+                else:
+                    self._remaining = size
+                    self._state = "chunk_data"
+            elif self._state == "chunk_data":
+                take = min(self._remaining, len(self._buffer))
+                self._body += self._buffer[:take]
+                del self._buffer[:take]
+                self._remaining -= take
+                if self._remaining:
+                    return self._need_body_data()
+                self._state = "chunk_end"
+            elif self._state == "chunk_end":
+                if len(self._buffer) < 2 and self._buffer != b"\n":
+                    if self._buffer not in (b"", b"\r"):
+                        raise ProtocolError("chunk data is not followed by CRLF")
+                    return self._need_body_data()
+                if self._buffer[:2] == b"\r\n":
+                    del self._buffer[:2]
+                elif self._buffer[:1] == b"\n":
+                    del self._buffer[:1]
+                else:
+                    raise ProtocolError("chunk data is not followed by CRLF")
+                self._state = "chunk_size"
+            elif self._state == "trailers":
+                line = self._take_line(self.max_header_bytes, "trailer")
+                if line is None:
+                    return self._need_body_data()
+                self._trailer_bytes += len(line) + 2
+                if self._trailer_bytes > self.max_header_bytes:
+                    raise ProtocolError(f"trailers exceed {self.max_header_bytes} bytes", status=431)
+                if not line:
+                    return self._finish()
+
+    def _take_line(self, limit: int, what: str) -> Optional[bytes]:
+        end = self._buffer.find(b"\n", 0, limit + 2)
+        if end < 0:
+            if len(self._buffer) > limit:
+                raise ProtocolError(f"{what} exceeds {limit} bytes")
+            return None
+        line = bytes(self._buffer[:end])
+        del self._buffer[: end + 1]
+        return line[:-1] if line.endswith(b"\r") else line
+
+    def _need_body_data(self) -> str:
+        if self._eof:
+            raise ProtocolError("connection closed before the request body was complete")
+        return NEED_DATA
+
+    def _finish(self) -> RequestReady:
+        request = self._request
+        assert request is not None
+        request.body = bytes(self._body)
+        self._request = None
+        self._body = bytearray()
+        self._state = "head"
+        return RequestReady(request)
+
+
+def _parse_request_head(head: bytes) -> Request:
+    lines = head.split(b"\n")
+    request_line = lines[0].rstrip(b"\r")
+    match = _REQUEST_LINE.fullmatch(request_line)
+    if not match:
+        raise ProtocolError(f"malformed request line {request_line[:80]!r}")
+    method, target, major, minor = match.groups()
+    version = (int(major), int(minor))
+    if version not in ((1, 0), (1, 1)):
+        raise ProtocolError(f"HTTP version {version[0]}.{version[1]} is not supported", status=505)
+    headers: Headers = []
+    for raw in lines[1:]:
+        line = raw[:-1] if raw.endswith(b"\r") else raw
+        if not line:
+            continue
+        if line[:1] in (b" ", b"\t"):
+            raise ProtocolError("obsolete header line folding is not accepted")
+        name, sep, value = line.partition(b":")
+        if not sep or not _TOKEN.fullmatch(name):
+            raise ProtocolError(f"malformed header line {line[:80]!r}")
+        value = value.strip(b" \t")
+        if _FIELD_VALUE_BAD.search(value):
+            raise ProtocolError(f"control character in header {name.decode('ascii')!r}")
+        headers.append((name.decode("ascii"), value.decode("latin-1")))
+    target_text = target.decode("ascii", "replace")
+    if not (target_text.startswith("/") or target_text == "*" or "://" in target_text):
+        raise ProtocolError(f"malformed request target {target_text[:80]!r}")
+    if "://" in target_text:  # absolute-form: keep the path, the Host header speaks for the authority
+        parts = urllib.parse.urlsplit(target_text)
+        target_text = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    if version >= (1, 1) and sum(1 for k, _ in headers if k.lower() == "host") != 1:
+        raise ProtocolError("an HTTP/1.1 request needs exactly one Host header")
+    return Request(method.decode("ascii"), target_text, version, headers)
+
+
+def _reason(status: int) -> str:
+    if status == 529:
+        return "Overloaded"
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
+
+
+def http_date(now: float) -> str:
+    """An IMF-fixdate for the ``Date`` header."""
+    return email.utils.formatdate(now, usegmt=True)
+
+
+def response_head(status: int, headers: Headers) -> bytes:
+    """The status line and header block of a response, ready to write."""
+    lines = [f"HTTP/1.1 {status} {_reason(status)}"]
+    lines.extend(f"{k}: {v}" for k, v in headers)
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def encode_chunk(data: bytes) -> bytes:
+    """One chunk of a chunked response body (never the last: see ``LAST_CHUNK``)."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+LAST_CHUNK = b"0\r\n\r\n"
+
+
+# =====================================================================================
+# 4. SSE
+#    Encoder and incremental decoder for text/event-stream (WHATWG rules). Sans-IO.
+# =====================================================================================
+
+#: Largest single SSE event we buffer; Anthropic events are small, a whole tool input fits easily.
+MAX_SSE_EVENT_BYTES = 16 * 1024 * 1024
+
+
+class SSEError(AgproxyError):
+    """An event stream that cannot be decoded within limits."""
+
+    status = 502
+    error_type = "api_error"
+
+
+@dataclasses.dataclass(frozen=True)
+class SSEEvent:
+    """One dispatched server-sent event."""
+
+    event: str
+    data: str
+    id: Optional[str] = None
+
+
+def encode_sse(event: Optional[str], data: str) -> bytes:
+    """Encode one event; multi-line data becomes several ``data:`` lines."""
+    if event is not None and ("\n" in event or "\r" in event):
+        raise ValueError("an SSE event name cannot contain a line break")
+    lines = data.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    out = f"event: {event}\n" if event is not None else ""
+    out += "".join(f"data: {line}\n" for line in lines)
+    return (out + "\n").encode("utf-8")
+
+
+def encode_sse_json(event: str, payload: Dict[str, Any]) -> bytes:
+    """Encode an Anthropic SSE event whose data is a JSON object."""
+    return encode_sse(event, json.dumps(payload, separators=(",", ":"), ensure_ascii=False))
+
+
+class SSEDecoder:
+    """Incremental text/event-stream decoder: ``feed()`` bytes, get the completed events.
+
+    Handles events split anywhere across reads, ``\\r\\n``/``\\n``/``\\r`` line endings, comments,
+    multi-line data and a leading BOM. Raises only :class:`SSEError` (an event over the size limit).
+    """
+
+    def __init__(self, max_event_bytes: int = MAX_SSE_EVENT_BYTES) -> None:
+        self.max_event_bytes = max_event_bytes
+        self._buffer = bytearray()
+        self._skip_lf = False
+        self._started = False
+        self._event = ""
+        self._data: List[str] = []
+        self._data_size = 0
+        self._id: Optional[str] = None
+        self._last_id: Optional[str] = None
+
+    def feed(self, data: bytes) -> List[SSEEvent]:
+        """Add bytes; return the events they complete."""
+        if self._skip_lf and data[:1] == b"\n":
+            data = data[1:]
+        self._skip_lf = False
+        self._buffer += data
+        if not self._started and len(self._buffer) >= 3:
+            self._started = True
+            if self._buffer[:3] == b"\xef\xbb\xbf":
+                del self._buffer[:3]
+        events: List[SSEEvent] = []
+        start = 0
+        buffer = self._buffer
+        while True:
+            cr = buffer.find(b"\r", start)
+            lf = buffer.find(b"\n", start)
+            if cr < 0 and lf < 0:
+                break
+            if lf < 0 or (0 <= cr < lf):
+                end = cr
+                if cr + 1 < len(buffer):
+                    nxt = cr + 2 if buffer[cr + 1 : cr + 2] == b"\n" else cr + 1
+                else:
+                    nxt = cr + 1
+                    self._skip_lf = True
+            else:
+                end, nxt = lf, lf + 1
+            self._line(bytes(buffer[start:end]).decode("utf-8", "replace"), events)
+            start = nxt
+        del buffer[:start]
+        if len(buffer) + self._data_size > self.max_event_bytes:
+            raise SSEError(f"SSE event exceeds {self.max_event_bytes} bytes")
+        return events
+
+    def _line(self, line: str, events: List[SSEEvent]) -> None:
+        if not line:
+            if self._data:
+                self._last_id = self._id if self._id is not None else self._last_id
+                events.append(SSEEvent(self._event or "message", "\n".join(self._data), self._last_id))
+            self._event, self._data, self._data_size, self._id = "", [], 0, None
+            return
+        if line.startswith(":"):
+            return
+        name, sep, value = line.partition(":")
+        if sep and value.startswith(" "):
+            value = value[1:]
+        if name == "event":
+            self._event = value
+        elif name == "data":
+            self._data.append(value)
+            self._data_size += len(value) + 1
+            if self._data_size > self.max_event_bytes:
+                raise SSEError(f"SSE event exceeds {self.max_event_bytes} bytes")
+        elif name == "id" and "\x00" not in value:
+            self._id = value
+
+
+# =====================================================================================
+# 5. Anthropic protocol
+#    Request validation, token estimates, and the demo upstream's answers. Pure functions.
+# =====================================================================================
+
+#: Claude model ids listed by /v1/models when the config names none of its own.
+KNOWN_CLAUDE_MODELS = (
+    ("claude-opus-4-5-20251101", "Claude Opus 4.5"),
+    ("claude-sonnet-4-5-20250929", "Claude Sonnet 4.5"),
+    ("claude-haiku-4-5-20251001", "Claude Haiku 4.5"),
+    ("claude-opus-4-1-20250805", "Claude Opus 4.1"),
+    ("claude-sonnet-4-20250514", "Claude Sonnet 4"),
+)
+_MODELS_CREATED_AT = "2025-01-01T00:00:00Z"
+
+
+def parse_json_body(body: bytes) -> Dict[str, Any]:
+    """The request body as a JSON object, or an :class:`InvalidRequest` saying what is wrong."""
+    if not body:
+        raise InvalidRequest("request body is empty; expected a JSON object")
+    try:
+        value = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"request body must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def validate_messages_request(body: Dict[str, Any], *, count_tokens: bool = False) -> None:
+    """Reject requests that no upstream could serve, with Anthropic's wording style."""
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("model: Field required" if model is None else "model: must be a non-empty string")
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        raise InvalidRequest("messages: Field required" if messages is None else "messages: must be a list")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise InvalidRequest(f"messages.{i}: must be an object")
+        if not isinstance(message.get("content"), (str, list)):
+            raise InvalidRequest(f"messages.{i}.content: must be a string or a list of content blocks")
+    if count_tokens:
+        return
+    max_tokens = body.get("max_tokens")
+    if max_tokens is None:
+        raise InvalidRequest("max_tokens: Field required")
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+        raise InvalidRequest("max_tokens: must be a positive integer")
+    if "stream" in body and not isinstance(body["stream"], bool):
+        raise InvalidRequest("stream: must be true or false")
+
+
+_TOKEN_PIECES = re.compile(r"[A-Za-z]+|[0-9]{1,3}|[^\sA-Za-z0-9]|\s+")
+
+
+def estimate_text_tokens(text: str) -> int:
+    """A tokenizer-free estimate of a text's token count (about 4 characters a token for
+    English words, one token per digit group, punctuation mark or non-Latin character)."""
+    count = 0
+    for piece in _TOKEN_PIECES.findall(text):
+        if piece[0].isalpha() and piece.isascii():
+            count += 1 + (len(piece) - 1) // 4
+        elif not piece.isspace() or len(piece) > 4:
+            count += 1
+    return count
+
+
+def _texts_of(value: Any) -> Iterable[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, list):
+        for item in value:
+            yield from _texts_of(item)
+    elif isinstance(value, dict):
+        if value.get("type") in ("image", "document") and isinstance(value.get("source"), dict):
+            yield "x" * 6000  # an image costs on the order of 1,500 tokens
+            return
+        for key, item in value.items():
+            if key in ("cache_control", "signature", "type", "id", "tool_use_id"):
+                continue
+            if key == "input" and not isinstance(item, str):
+                yield json.dumps(item)
+            else:
+                yield from _texts_of(item)
+
+
+def estimate_input_tokens(body: Dict[str, Any]) -> int:
+    """Estimated input tokens of a Messages request: system, messages and tools. Never 0."""
+    total = 3
+    for message in body.get("messages") or []:
+        content = message.get("content") if isinstance(message, dict) else message
+        total += 4 + sum(estimate_text_tokens(t) for t in _texts_of(content))
+    total += sum(estimate_text_tokens(t) for t in _texts_of(body.get("system")))
+    for tool in body.get("tools") or []:
+        total += 8 + estimate_text_tokens(json.dumps(tool, ensure_ascii=False))
+    return max(1, total)
+
+
+def new_message_id() -> str:
+    """A fresh ``msg_`` id for locally built messages."""
+    return "msg_" + uuid.uuid4().hex[:24]
+
+
+def _last_user_text(body: Dict[str, Any]) -> str:
+    for message in reversed(body.get("messages") or []):
+        if not isinstance(message, dict) or message.get("role") != "user":
+            continue
+        content = message.get("content")
+        if isinstance(content, str):
+            return content
+        texts = [b.get("text", "") for b in content or [] if isinstance(b, dict) and b.get("type") == "text"]
+        if any(t.strip() for t in texts):
+            return "\n".join(t for t in texts if t.strip())
+    return ""
+
+
+def demo_reply_text(body: Dict[str, Any]) -> str:
+    """What the demo upstream says: an echo of the last user text, so a fresh install answers."""
+    said = _last_user_text(body).strip()
+    if len(said) > 400:
+        said = said[:400] + "..."
+    if not said:
+        return "Hello from the agproxy demo upstream. Configure a real upstream to talk to a model."
+    return (
+        f"agproxy demo upstream: you said \"{said}\". "
+        "This answer comes from the built-in demo; configure an upstream to reach a real model."
+    )
+
+
+def demo_message(body: Dict[str, Any], message_id: str) -> Dict[str, Any]:
+    """The demo upstream's non-streaming answer, a complete Anthropic Message."""
+    text = demo_reply_text(body)
+    return {
+        "id": message_id,
+        "type": "message",
+        "role": "assistant",
+        "model": body.get("model", "demo"),
+        "content": [{"type": "text", "text": text}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {
+            "input_tokens": estimate_input_tokens(body),
+            "output_tokens": estimate_text_tokens(text),
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+        },
+    }
+
+
+def demo_sse_events(body: Dict[str, Any], message_id: str) -> List[bytes]:
+    """The demo upstream's streaming answer: the full Anthropic event grammar, text in small deltas."""
+    message = demo_message(body, message_id)
+    text = message["content"][0]["text"]
+    usage = message["usage"]
+    start = dict(message, content=[], stop_reason=None, usage=dict(usage, output_tokens=1))
+    events = [
+        encode_sse_json("message_start", {"type": "message_start", "message": start}),
+        encode_sse_json("content_block_start", {"type": "content_block_start", "index": 0,
+                                                "content_block": {"type": "text", "text": ""}}),
+        encode_sse_json("ping", {"type": "ping"}),
+    ]
+    words = re.findall(r"\S+\s*", text)
+    for i in range(0, len(words), 4):
+        delta = {"type": "text_delta", "text": "".join(words[i : i + 4])}
+        events.append(encode_sse_json("content_block_delta",
+                                      {"type": "content_block_delta", "index": 0, "delta": delta}))
+    events += [
+        encode_sse_json("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        encode_sse_json("message_delta", {"type": "message_delta",
+                                          "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                                          "usage": {"output_tokens": usage["output_tokens"]}}),
+        encode_sse_json("message_stop", {"type": "message_stop"}),
+    ]
+    return events
+
+
+def anthropic_error_from_upstream(status: int, body: bytes, upstream: str) -> AgproxyError:
+    """An upstream's error answer as an :class:`AgproxyError` to relay, keeping its status.
+
+    The upstream's own Anthropic-shaped error is kept word for word; anything else is wrapped.
+    A rejected upstream key is agproxy's problem, not the client's: 502, never 401/403.
+    """
+    message, error_type = "", None
+    try:
+        parsed = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        parsed = None
+    if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
+        message = str(parsed["error"].get("message") or "")
+        error_type = parsed["error"].get("type") if isinstance(parsed["error"].get("type"), str) else None
+    elif isinstance(parsed, dict) and isinstance(parsed.get("error"), str):
+        message = parsed["error"]
+    if not message:
+        snippet = body[:300].decode("utf-8", "replace").strip()
+        message = f"upstream {upstream!r} answered HTTP {status}" + (f": {snippet}" if snippet else "")
+    if status in (401, 403):
+        return UpstreamFailure(
+            f"upstream {upstream!r} rejected agproxy's key for it (HTTP {status}: {message}); "
+            "check the account's api_key in the agproxy config"
+        )
+    if status < 400:
+        status = 502
+    return AgproxyError(message, status=status, error_type=error_type or error_type_for_status(status))
+
+
+# =====================================================================================
+# 7. Routing and accounts
+#    Which upstream and which account serve a request. Pure; the server holds the state.
+# =====================================================================================
+
+
+@dataclasses.dataclass(frozen=True)
+class Route:
+    """Where a request goes: the upstream and the model name it is sent under."""
+
+    upstream: Upstream
+    model: str
+
+
+def route_model(config: Config, model: str) -> Route:
+    """The first ``model_map`` rule whose glob fits ``model`` wins; with no map, the first upstream."""
+    if not config.model_map:
+        return Route(config.upstreams[0], model)
+    for rule in config.model_map:
+        if fnmatch.fnmatchcase(model, rule.match):
+            return Route(config.upstream(rule.upstream), rule.model or model)
+    raise NotFound(f"model: no model_map rule matches {model!r}; add a rule for it (or a \"*\" rule)")
+
+
+class AccountPicker:
+    """Takes an upstream's accounts in turn, so load spreads over the pool."""
+
+    def __init__(self, upstream: Upstream) -> None:
+        self.upstream = upstream
+        self._next = 0
+
+    def pick(self) -> Account:
+        """The account for the next request."""
+        account = self.upstream.accounts[self._next % len(self.upstream.accounts)]
+        self._next += 1
+        return account
+
+
+def upstream_url(base_url: str, path: str) -> str:
+    """``base_url`` is what a client would use as its base URL; API paths are appended to it."""
+    return base_url.rstrip("/") + path
+
+
+# =====================================================================================
+# 8. Upstream client
+#    http.client over pooled keep-alive connections, HTTPS_PROXY/NO_PROXY honoured, run off the
+#    event loop in a bounded thread pool. The server sees one small interface: request() gives an
+#    UpstreamResponse whose body is read with read_chunk() and released with close().
+# =====================================================================================
+
+#: Bytes asked for per upstream read: a burst of SSE events arrives in one call, a slow stream
+#: returns whatever has come, so nothing waits for a full buffer.
+_UPSTREAM_READ_SIZE = 65536
+#: Idle keep-alive connections kept per upstream origin; more concurrent ones are closed after use.
+_MAX_IDLE_PER_ORIGIN = 32
+#: Largest non-streaming upstream body agproxy buffers (a Message with long tool input is far less).
+MAX_UPSTREAM_BODY_BYTES = 64 * 1024 * 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class _Origin:
+    scheme: str
+    host: str
+    port: int
+    proxy: Optional[Tuple[str, str, int, Optional[str]]]  # scheme, host, port, Proxy-Authorization
+
+
+def _proxy_for(scheme: str, host: str) -> Optional[Tuple[str, str, int, Optional[str]]]:
+    """The proxy from ``HTTPS_PROXY``/``HTTP_PROXY`` for this host, unless ``NO_PROXY`` exempts it."""
+    proxy = urllib.request.getproxies().get(scheme)
+    if not proxy or urllib.request.proxy_bypass(host):
+        return None
+    if "://" not in proxy:
+        proxy = "http://" + proxy
+    parts = urllib.parse.urlsplit(proxy)
+    authorization = None
+    if parts.username:
+        credentials = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+        authorization = "Basic " + base64.b64encode(credentials.encode()).decode()
+    default_port = 443 if parts.scheme == "https" else 80
+    return parts.scheme, parts.hostname or "", parts.port or default_port, authorization
+
+
+class UpstreamResponse:
+    """An upstream answer: status and headers now, the body chunk by chunk as it arrives."""
+
+    def __init__(self, client: UpstreamClient, origin: _Origin, conn: http.client.HTTPConnection,
+                 response: http.client.HTTPResponse) -> None:
+        self.status = response.status
+        self.headers: Headers = list(response.getheaders())
+        self._client = client
+        self._origin = origin
+        self._conn = conn
+        self._response = response
+        self._finished = False
+        self._aborted = False
+        self._reading = False
+
+    def header(self, name: str) -> Optional[str]:
+        return header_value(self.headers, name)
+
+    async def read_chunk(self) -> bytes:
+        """The next piece of the body as soon as any has arrived; ``b""`` at its end."""
+        if self._finished or self._aborted:
+            return b""
+        self._reading = True
+        try:
+            data = await self._client.run(self._read_blocking)
+        finally:
+            self._reading = False
+        if not data:
+            self._finished = True
+        return data
+
+    def _read_blocking(self) -> bytes:
+        try:
+            data = self._response.read1(_UPSTREAM_READ_SIZE)
+            if not data and self._response.length:
+                raise http.client.IncompleteRead(b"", self._response.length)
+        except (OSError, ValueError, http.client.HTTPException) as exc:
+            self._conn.close()
+            if self._aborted:
+                return b""
+            raise UpstreamFailure(f"upstream connection broke mid-response ({_describe_os_error(exc)})") from None
+        if not data:
+            self._client.release(self._origin, self._conn, self._response)
+        return data
+
+    async def read_all(self, limit: int = MAX_UPSTREAM_BODY_BYTES) -> bytes:
+        """The whole body, refused past ``limit`` bytes."""
+        body = bytearray()
+        while True:
+            chunk = await self.read_chunk()
+            if not chunk:
+                return bytes(body)
+            body += chunk
+            if len(body) > limit:
+                self.close()
+                raise UpstreamFailure(f"upstream body exceeds {limit} bytes")
+
+    def close(self) -> None:
+        """Release the connection; if the body is not finished, abort it (a blocked read returns)."""
+        if self._finished or self._aborted:
+            return
+        self._aborted = True
+        sock = self._conn.sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already closed by the peer; close() below still frees it
+        if not self._reading:
+            self._conn.close()
+
+
+def _describe_os_error(exc: BaseException) -> str:
+    if isinstance(exc, socket.timeout):
+        return "timed out"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return str(exc) or type(exc).__name__
+
+
+class UpstreamClient:
+    """Sends requests upstream with http.client in a bounded thread pool, reusing connections."""
+
+    def __init__(self, workers: int = 64) -> None:
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="agproxy-upstream")
+        self._idle: Dict[_Origin, List[http.client.HTTPConnection]] = {}
+        self._lock = threading.Lock()
+        self._ssl_context = ssl.create_default_context()
+        self._proxies: Dict[Tuple[str, str], Any] = {}
+
+    async def run(self, function: Callable[[], Any]) -> Any:
+        """Run a blocking call in the upstream pool."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, function)
+
+    async def request(self, method: str, url: str, headers: Headers, body: bytes = b"", *,
+                      timeout_s: float = 600.0, connect_timeout_s: float = 10.0) -> UpstreamResponse:
+        """Send a request and return once the status line and headers are in.
+
+        Raises :class:`UpstreamFailure` (502) when the upstream cannot be reached, 504 on a timeout.
+        """
+        parts = urllib.parse.urlsplit(url)
+        scheme, host = parts.scheme, parts.hostname or ""
+        port = parts.port or (443 if scheme == "https" else 80)
+        key = (scheme, host)
+        if key not in self._proxies:
+            self._proxies[key] = _proxy_for(scheme, host)
+        origin = _Origin(scheme, host, port, self._proxies[key])
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        try:
+            return await self.run(lambda: self._request_blocking(origin, method, target, headers, body,
+                                                                  timeout_s, connect_timeout_s))
+        except socket.timeout:
+            raise UpstreamFailure(f"upstream {host}:{port} timed out", status=504) from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise UpstreamFailure(f"cannot reach upstream {host}:{port} ({_describe_os_error(exc)})") from None
+
+    def _request_blocking(self, origin: _Origin, method: str, target: str, headers: Headers, body: bytes,
+                          timeout_s: float, connect_timeout_s: float) -> UpstreamResponse:
+        host_header = origin.host if ":" not in origin.host else f"[{origin.host}]"
+        if origin.port != (443 if origin.scheme == "https" else 80):
+            host_header += f":{origin.port}"
+        if origin.proxy and origin.scheme == "http":
+            target = f"http://{host_header}{target}"
+        while True:
+            conn, reused = self._take(origin)
+            try:
+                if conn.sock is None:
+                    conn.connect()
+                conn.sock.settimeout(timeout_s)
+                conn.putrequest(method, target, skip_host=True, skip_accept_encoding=True)
+                conn.putheader("Host", host_header)
+                if origin.proxy and origin.scheme == "http" and origin.proxy[3]:
+                    conn.putheader("Proxy-Authorization", origin.proxy[3])
+                for name, value in headers:
+                    conn.putheader(name, value)
+                if body or method in ("POST", "PUT", "PATCH"):
+                    conn.putheader("Content-Length", str(len(body)))
+                conn.endheaders(body or None)
+                response = conn.getresponse()
+            except (ConnectionError, http.client.BadStatusLine):
+                conn.close()
+                if reused:  # the server closed an idle keep-alive connection; try a fresh one
+                    continue
+                raise
+            except BaseException:
+                conn.close()
+                raise
+            return UpstreamResponse(self, origin, conn, response)
+
+    def _take(self, origin: _Origin) -> Tuple[http.client.HTTPConnection, bool]:
+        with self._lock:
+            idle = self._idle.get(origin) or []
+            while idle:
+                conn = idle.pop()
+                if _still_open(conn):
+                    return conn, True
+                conn.close()
+        return self._connect(origin), False
+
+    def _connect(self, origin: _Origin) -> http.client.HTTPConnection:
+        proxy = origin.proxy
+        if proxy is None:
+            if origin.scheme == "https":
+                return http.client.HTTPSConnection(origin.host, origin.port, context=self._ssl_context)
+            return http.client.HTTPConnection(origin.host, origin.port)
+        scheme, proxy_host, proxy_port, authorization = proxy
+        if origin.scheme == "http":
+            return http.client.HTTPConnection(proxy_host, proxy_port)
+        conn = http.client.HTTPSConnection(proxy_host, proxy_port, context=self._ssl_context)
+        conn.set_tunnel(origin.host, origin.port, {"Proxy-Authorization": authorization} if authorization else None)
+        return conn
+
+    def release(self, origin: _Origin, conn: http.client.HTTPConnection, response: http.client.HTTPResponse) -> None:
+        """Return a connection whose response was read to the end to the idle pool."""
+        if response.will_close or conn.sock is None:
+            conn.close()
+            return
+        with self._lock:
+            idle = self._idle.setdefault(origin, [])
+            if len(idle) < _MAX_IDLE_PER_ORIGIN:
+                idle.append(conn)
+                return
+        conn.close()
+
+    def idle_connections(self) -> int:
+        """How many keep-alive connections wait for reuse (for tests and the status page)."""
+        with self._lock:
+            return sum(len(v) for v in self._idle.values())
+
+    def shutdown(self) -> None:
+        """Close idle connections and stop the worker threads."""
+        with self._lock:
+            for conns in self._idle.values():
+                for conn in conns:
+                    conn.close()
+            self._idle.clear()
+        self._pool.shutdown(wait=False)
+
+
+def _still_open(conn: http.client.HTTPConnection) -> bool:
+    """An idle connection the server has not closed (a readable idle socket means EOF or junk)."""
+    sock = conn.sock
+    if sock is None:
+        return False
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return False
+    return not readable
+
+
+# =====================================================================================
+# 9. Server
+#    asyncio streams: one task per connection reads requests with the sans-IO parser, routes
+#    them and writes responses. Errors become responses in exactly one place: error_response().
+# =====================================================================================
+
+#: Bytes read from a client socket at a time.
+_CLIENT_READ_SIZE = 65536
+#: Pipelined bytes we accept from a client while its previous request is being answered; past
+#: this we stop reading and let TCP push back.
+_MAX_PIPELINED_BYTES = 1024 * 1024
+#: How long in-flight requests may run after SIGINT/SIGTERM before they are cut.
+SHUTDOWN_GRACE_S = 30.0
+
+_LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback")
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for loopback names and addresses (``localhost``, ``*.localhost``, 127/8, ::1)."""
+    host = host.strip("[]").lower().rstrip(".")
+    if host in _LOOPBACK_NAMES or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def host_without_port(host: str) -> str:
+    """The name part of a ``Host`` header value."""
+    host = host.strip()
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def presented_keys(request: Request) -> List[str]:
+    """The keys a client sent: ``Authorization: Bearer``, ``x-api-key`` and ``x-goog-api-key``."""
+    keys = []
+    authorization = request.header("authorization") or ""
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        keys.append(token.strip())
+    for name in ("x-api-key", "x-goog-api-key"):
+        value = request.header(name)
+        if value:
+            keys.append(value.strip())
+    return keys
+
+
+def key_matches(expected: str, keys: Sequence[str]) -> bool:
+    """Constant-time check that one of ``keys`` is ``expected`` (never true for an empty key)."""
+    if not expected:
+        return False
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(key.encode("utf-8"), expected.encode("utf-8"))
+    return matched
+
+
+def is_json_content_type(value: Optional[str]) -> bool:
+    """``application/json`` or any ``+json`` media type, parameters allowed."""
+    media = (value or "").split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+def new_request_id() -> str:
+    """A fresh id for the ``request-id`` header and the access log."""
+    return "req_" + uuid.uuid4().hex[:24]
+
+
+@dataclasses.dataclass
+class Response:
+    """A complete response to write."""
+
+    status: int
+    headers: Headers
+    body: bytes = b""
+
+
+@dataclasses.dataclass
+class StreamingResponse:
+    """A response whose body is relayed chunk by chunk; ``abort`` cuts its source."""
+
+    status: int
+    headers: Headers
+    chunks: AsyncIterator[bytes]
+    abort: Callable[[], None]
+
+
+def json_response(status: int, payload: Any, headers: Headers = ()) -> Response:
+    """A JSON response."""
+    body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return Response(status, [("Content-Type", "application/json")] + list(headers), body)
+
+
+def error_response(exc: AgproxyError) -> Response:
+    """The one place an :class:`AgproxyError` becomes an HTTP response."""
+    return json_response(exc.status, exc.body(), exc.headers)
+
+
+_SSE_HEADERS: Headers = [
+    ("Content-Type", "text/event-stream; charset=utf-8"),
+    ("Cache-Control", "no-cache"),
+    ("X-Accel-Buffering", "no"),
+]
+#: Upstream response headers worth passing on to the client (rate-limit state, the upstream's id).
+_RELAYED_HEADER_PREFIXES = ("anthropic-ratelimit-", "x-ratelimit-", "retry-after")
+
+
+def relayed_upstream_headers(headers: Headers) -> Headers:
+    """The upstream headers a client should see; the upstream's request-id is renamed."""
+    out = [(k, v) for k, v in strip_hop_by_hop(headers) if k.lower().startswith(_RELAYED_HEADER_PREFIXES)]
+    upstream_id = header_value(headers, "request-id")
+    if upstream_id:
+        out.append(("upstream-request-id", upstream_id))
+    return out
+
+
+def sse_complete_prefix(data: Union[bytes, bytearray]) -> int:
+    """Length of the prefix of ``data`` that ends on an SSE event boundary (a blank line)."""
+    best = 0
+    for separator in (b"\n\n", b"\r\n\r\n", b"\r\r"):
+        at = data.rfind(separator)
+        if at >= 0:
+            best = max(best, at + len(separator))
+    return best
+
+
+class _Exchange:
+    """What the access log says about one request."""
+
+    def __init__(self, request: Request, on_client_gone: List[Callable[[], None]]) -> None:
+        self.request = request
+        self.on_client_gone = on_client_gone
+        self.id = new_request_id()
+        self.upstream = "-"
+        self.account = "-"
+        self.status = 0
+        self.started = time.monotonic()
+
+
+class _Connection:
+    """One client connection: its streams, parser and the callbacks to run if the client leaves."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, parser: RequestParser) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.parser = parser
+        self.busy = False
+        self.gone = False
+        self.on_gone: List[Callable[[], None]] = []
+        peer = writer.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+
+    def client_left(self) -> None:
+        if not self.gone:
+            self.gone = True
+            for callback in self.on_gone:
+                callback()
+
+
+class _Timeout(Exception):
+    pass
+
+
+class Server:
+    """The agproxy HTTP server: routes, auth and the guards, over asyncio streams."""
+
+    def __init__(self, config: Config, client: Optional[UpstreamClient] = None) -> None:
+        self.config = config
+        self.auth_mode = config.effective_auth_mode()
+        self.client = client or UpstreamClient(config.upstream_workers)
+        self.pickers = {u.name: AccountPicker(u) for u in config.upstreams}
+        self.log = logging.getLogger("agproxy")
+        self.access_log = logging.getLogger("agproxy.access")
+        self._server: Optional[asyncio.AbstractServer] = None
+        self._connections: Dict[asyncio.Task, _Connection] = {}
+        self._stopping = False
+        self._routes: Dict[str, Dict[str, Callable[[Request, _Exchange], Any]]] = {
+            "/": {"GET": self._root},
+            "/healthz": {"GET": self._healthz},
+            "/v1/messages": {"POST": self._messages},
+            "/v1/messages/count_tokens": {"POST": self._count_tokens},
+            "/v1/models": {"GET": self._models},
+            "/v1/models/claude": {"GET": self._models_openai},
+            "/v1/api/event_logging": {"POST": self._telemetry},
+            "/v1/api/event_logging/batch": {"POST": self._telemetry},
+        }
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> Tuple[str, int]:
+        """Bind and start accepting; returns the real host and port."""
+        self._server = await asyncio.start_server(
+            self._on_connection, self.config.host, self.config.port, limit=_CLIENT_READ_SIZE,
+            reuse_address=True, backlog=1024,
+        )
+        host, port = self._server.sockets[0].getsockname()[:2]
+        return host, port
+
+    async def shutdown(self, grace_s: float = SHUTDOWN_GRACE_S) -> None:
+        """Stop accepting, close idle connections, let in-flight requests finish within ``grace_s``."""
+        self._stopping = True
+        if self._server is not None:
+            self._server.close()
+        for task, conn in list(self._connections.items()):
+            if not conn.busy:
+                task.cancel()
+        if self._connections:
+            done, pending = await asyncio.wait(list(self._connections), timeout=grace_s)
+            for task in pending:
+                task.cancel()
+            if pending:
+                self.log.warning("cut %d request(s) still running after %.0f s", len(pending), grace_s)
+                await asyncio.wait(pending, timeout=1.0)
+        self.client.shutdown()
+
+    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        conn = _Connection(reader, writer, RequestParser(self.config.max_header_bytes, self.config.max_body_bytes))
+        if len(self._connections) >= self.config.max_connections or self._stopping:
+            busy = AgproxyError(f"agproxy is at its limit of {self.config.max_connections} connections",
+                                status=503, error_type="overloaded_error")
+            await self._write_response(conn, error_response(busy), None, keep_alive=False)
+            writer.close()
+            return
+        self._connections[task] = conn
+        try:
+            await self._serve(conn)
+        except asyncio.CancelledError:
+            pass
+        except (ConnectionError, OSError) as exc:
+            self.log.debug("connection from %s ended: %s", conn.peer, _describe_os_error(exc))
+        except Exception:  # the per-connection boundary: log it, close this connection only
+            self.log.exception("internal error on connection from %s", conn.peer)
+        finally:
+            self._connections.pop(task, None)
+            writer.close()
+
+    # -- one connection ----------------------------------------------------------------
+
+    async def _serve(self, conn: _Connection) -> None:
+        while not self._stopping:
+            try:
+                request = await self._read_request(conn)
+            except ProtocolError as exc:
+                await self._write_response(conn, error_response(exc), None, keep_alive=False)
+                self.access_log.info("- %s - %d - - %s", conn.peer, exc.status, exc.message)
+                return
+            except _Timeout as exc:
+                timeout = ProtocolError(str(exc), status=408)
+                await self._write_response(conn, error_response(timeout), None, keep_alive=False)
+                return
+            if request is None:
+                return
+            conn.busy = True
+            try:
+                keep_alive = await self._answer(conn, request)
+            finally:
+                conn.busy = False
+            if not keep_alive or conn.gone:
+                return
+
+    async def _read_request(self, conn: _Connection) -> Optional[Request]:
+        """The next complete request, None when the client closed or idled out."""
+        config = self.config
+        loop = asyncio.get_running_loop()
+        deadline: Optional[float] = None
+        what = ""
+        while True:
+            event = conn.parser.next_event()
+            if isinstance(event, RequestReady):
+                return event.request
+            if isinstance(event, HeadReady):
+                if event.request.expects_continue:
+                    conn.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                deadline, what = loop.time() + config.body_timeout_s, "request body"
+                continue
+            if event == CLOSED:
+                return None
+            if deadline is None and not conn.parser.idle:
+                deadline, what = loop.time() + config.header_timeout_s, "request headers"
+            if deadline is None:
+                timeout = config.idle_timeout_s
+            else:
+                timeout = deadline - loop.time()
+                if timeout <= 0:
+                    raise _Timeout(f"timed out waiting for the {what}")
+            try:
+                data = await asyncio.wait_for(conn.reader.read(_CLIENT_READ_SIZE), timeout)
+            except asyncio.TimeoutError:
+                if deadline is None:
+                    return None  # idle keep-alive connection: close quietly
+                raise _Timeout(f"timed out after {timeout:.0f} s waiting for the {what}") from None
+            conn.parser.feed(data)
+
+    async def _answer(self, conn: _Connection, request: Request) -> bool:
+        """Route one request, write its response and log it; True if the connection stays open."""
+        exchange = _Exchange(request, conn.on_gone)
+        watcher = asyncio.ensure_future(self._watch_for_departure(conn))
+        try:
+            try:
+                response = await self._route(request, exchange)
+            except AgproxyError as exc:
+                response = error_response(exc)
+            except Exception:
+                self.log.exception("internal error answering %s %s [%s]", request.method, request.path, exchange.id)
+                response = error_response(AgproxyError("internal error in agproxy; see its log", status=500))
+            keep_alive = request.keep_alive and not self._stopping
+            if conn.gone:
+                if isinstance(response, StreamingResponse):
+                    response.abort()
+                exchange.status = 499
+                return False
+            await self._write_response(conn, response, exchange, keep_alive=keep_alive)
+            return keep_alive
+        finally:
+            watcher.cancel()
+            try:
+                await watcher
+            except asyncio.CancelledError:
+                pass
+            elapsed_ms = (time.monotonic() - exchange.started) * 1000
+            self.access_log.info("%s %s %s %s %d %s %s %.0fms", exchange.id, conn.peer, request.method,
+                                 request.path, exchange.status, exchange.upstream, exchange.account, elapsed_ms)
+
+    async def _watch_for_departure(self, conn: _Connection) -> None:
+        """While a request is answered, notice the client leaving (and keep pipelined bytes)."""
+        while conn.parser.buffered < _MAX_PIPELINED_BYTES:
+            try:
+                data = await conn.reader.read(_CLIENT_READ_SIZE)
+            except (ConnectionError, OSError):
+                data = b""
+            if not data:
+                conn.client_left()
+                return
+            conn.parser.feed(data)
+
+    async def _write_response(self, conn: _Connection, response: Union[Response, StreamingResponse],
+                              exchange: Optional[_Exchange], keep_alive: bool) -> None:
+        headers = [("Date", http_date(time.time())), ("Server", f"agproxy/{__version__}")]
+        if exchange is not None:
+            headers.append(("request-id", exchange.id))
+            exchange.status = response.status
+        headers.extend(response.headers)
+        head_only = exchange is not None and exchange.request.method == "HEAD"
+        writer = conn.writer
+        if isinstance(response, Response):
+            headers.append(("Content-Length", str(len(response.body))))
+            if not keep_alive:
+                headers.append(("Connection", "close"))
+            writer.write(response_head(response.status, headers))
+            if not head_only and response.body:
+                writer.write(response.body)
+            await writer.drain()
+            return
+        chunked = exchange is not None and exchange.request.version >= (1, 1)
+        headers.append(("Transfer-Encoding", "chunked") if chunked else ("Connection", "close"))
+        if chunked and not keep_alive:
+            headers.append(("Connection", "close"))
+        conn.on_gone.append(response.abort)
+        try:
+            writer.write(response_head(response.status, headers))
+            await writer.drain()
+            async for chunk in response.chunks:
+                if conn.gone:
+                    break
+                writer.write(encode_chunk(chunk) if chunked else chunk)
+                await writer.drain()
+            if chunked and not conn.gone:
+                writer.write(LAST_CHUNK)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            conn.client_left()
+            raise
+        finally:
+            response.abort()
+            conn.on_gone.remove(response.abort)
+        if conn.gone and exchange is not None:
+            exchange.status = 499
+
+    # -- routing and guards --------------------------------------------------------------
+
+    async def _route(self, request: Request, exchange: _Exchange) -> Union[Response, StreamingResponse]:
+        path = request.path
+        self._check_origin(request)
+        self._check_host(request)
+        if path.startswith("/v1/v1/") or path == "/v1/v1":
+            raise NotFound(
+                f"no route for {path}: the base URL must not end in /v1 "
+                "(use ANTHROPIC_BASE_URL=http://127.0.0.1:8045, agproxy adds /v1 itself)"
+            )
+        if request.method == "OPTIONS":
+            return self._preflight(request)
+        if self.auth_mode == "strict" or (self.auth_mode == "all_except_health" and path != "/healthz"):
+            self._check_key(request)
+        methods = self._routes.get(path)
+        if methods is None and path.startswith("/v1/models/"):
+            methods = {"GET": self._model}
+        if methods is None:
+            raise NotFound(f"no route for {request.method} {path}")
+        method = "GET" if request.method == "HEAD" and "GET" in methods else request.method
+        handler = methods.get(method)
+        if handler is None:
+            allowed = ", ".join(sorted(set(methods) | ({"HEAD"} if "GET" in methods else set())))
+            raise InvalidRequest(f"method {request.method} is not allowed on {path} (allowed: {allowed})",
+                                 status=405, headers=[("Allow", allowed)])
+        response = await handler(request, exchange)
+        origin = request.header("origin")
+        if origin:
+            response.headers.append(("Access-Control-Allow-Origin", origin))
+            response.headers.append(("Vary", "Origin"))
+        return response
+
+    def _check_origin(self, request: Request) -> None:
+        """Web pages the user opens can reach localhost; only listed browser origins get in."""
+        origin = request.header("origin")
+        allowed = {o.rstrip("/").lower() for o in self.config.allowed_origins}
+        if origin is not None and origin.rstrip("/").lower() not in allowed:
+            raise PermissionDenied(
+                f"requests from browser origin {origin[:100]!r} are refused; add it to allowed_origins to permit it"
+            )
+
+    def _check_host(self, request: Request) -> None:
+        """With auth off, a foreign ``Host`` means DNS rebinding: only loopback or configured names."""
+        if self.auth_mode != "off":
+            return
+        host_header = request.header("host")
+        if host_header is None:
+            return  # HTTP/1.0 without Host: no browser sends that
+        host = host_without_port(host_header).lower().rstrip(".")
+        if is_loopback_host(host) or host in {n.lower() for n in self.config.server_names}:
+            return
+        if host == self.config.host.lower():
+            return
+        raise AgproxyError(
+            f"Host {host_header[:100]!r} is not served here; add it to server_names (or turn auth on) to permit it",
+            status=421, error_type="permission_error",
+        )
+
+    def _check_key(self, request: Request) -> None:
+        if not self.config.api_key:
+            raise AuthenticationFailed("agproxy has auth on but no api_key configured; set api_key in its config")
+        keys = presented_keys(request)
+        if not keys:
+            raise AuthenticationFailed("missing API key: send agproxy's api_key as x-api-key or Authorization: Bearer")
+        if not key_matches(self.config.api_key, keys):
+            raise AuthenticationFailed("invalid API key for agproxy (it is agproxy's api_key, not an upstream's key)")
+
+    def _preflight(self, request: Request) -> Response:
+        """CORS preflight for an allowed origin (the origin check has already run)."""
+        headers: Headers = [("Allow", "GET, HEAD, POST, OPTIONS")]
+        origin = request.header("origin")
+        if origin:
+            headers += [
+                ("Access-Control-Allow-Origin", origin),
+                ("Access-Control-Allow-Methods", "GET, HEAD, POST, OPTIONS"),
+                ("Access-Control-Allow-Headers", request.header("access-control-request-headers") or "*"),
+                ("Access-Control-Max-Age", "600"),
+                ("Vary", "Origin"),
+            ]
+        return Response(204, headers)
+
+    # -- handlers ------------------------------------------------------------------------
+
+    async def _root(self, request: Request, exchange: _Exchange) -> Response:
+        return json_response(200, {"name": "agproxy", "version": __version__, "status": "ok"})
+
+    async def _healthz(self, request: Request, exchange: _Exchange) -> Response:
+        return json_response(200, {"status": "ok", "version": __version__})
+
+    async def _telemetry(self, request: Request, exchange: _Exchange) -> Response:
+        return Response(200, [("Content-Type", "application/json")], b"")
+
+    def _model_list(self) -> List[Tuple[str, str]]:
+        """Model ids to advertise: exact names in model_map first, then the known Claude models."""
+        seen: Dict[str, str] = {}
+        for rule in self.config.model_map:
+            if not any(c in rule.match for c in "*?["):
+                seen.setdefault(rule.match, rule.match)
+        for model_id, display in KNOWN_CLAUDE_MODELS:
+            seen.setdefault(model_id, display)
+        return list(seen.items())
+
+    async def _models(self, request: Request, exchange: _Exchange) -> Response:
+        data = [{"type": "model", "id": i, "display_name": d, "created_at": _MODELS_CREATED_AT}
+                for i, d in self._model_list()]
+        return json_response(200, {"data": data, "has_more": False,
+                                   "first_id": data[0]["id"], "last_id": data[-1]["id"]})
+
+    async def _models_openai(self, request: Request, exchange: _Exchange) -> Response:
+        data = [{"id": i, "object": "model", "created": 1735689600, "owned_by": "agproxy"}
+                for i, _ in self._model_list()]
+        return json_response(200, {"object": "list", "data": data})
+
+    async def _model(self, request: Request, exchange: _Exchange) -> Response:
+        model_id = urllib.parse.unquote(request.path[len("/v1/models/"):])
+        for known, display in self._model_list():
+            if known == model_id:
+                return json_response(200, {"type": "model", "id": known, "display_name": display,
+                                           "created_at": _MODELS_CREATED_AT})
+        route_model(self.config, model_id)  # a model the map routes is served even if unlisted
+        return json_response(200, {"type": "model", "id": model_id, "display_name": model_id,
+                                   "created_at": _MODELS_CREATED_AT})
+
+    def _json_body(self, request: Request) -> Dict[str, Any]:
+        if not is_json_content_type(request.header("content-type")):
+            raise InvalidRequest(
+                f"Content-Type must be application/json, got {request.header('content-type') or 'none'!r}",
+                status=415,
+            )
+        return parse_json_body(request.body or b"")
+
+    async def _messages(self, request: Request, exchange: _Exchange) -> Union[Response, StreamingResponse]:
+        body = self._json_body(request)
+        validate_messages_request(body)
+        route = route_model(self.config, body["model"])
+        account = self.pickers[route.upstream.name].pick()
+        exchange.upstream, exchange.account = route.upstream.name, account.name
+        headers: Headers = [("X-Mapped-Model", route.model), ("X-Account-Email", account.name)]
+        kind = route.upstream.kind
+        try:
+            if kind == "demo":
+                return self._demo_messages(body, headers)
+            if kind == "anthropic":
+                return await self._anthropic_messages(request, exchange, body, route, account, headers)
+            raise AgproxyError(f"upstream {route.upstream.name!r} is of kind {kind!r}, which this build "
+                               "of agproxy does not serve yet", status=501, error_type="api_error")
+        except AgproxyError as exc:
+            exc.headers.extend(headers)
+            raise
+
+    def _demo_messages(self, body: Dict[str, Any], headers: Headers) -> Union[Response, StreamingResponse]:
+        message_id = new_message_id()
+        if not body.get("stream"):
+            return json_response(200, demo_message(body, message_id), headers)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for event in demo_sse_events(body, message_id):
+                yield event
+
+        return StreamingResponse(200, _SSE_HEADERS + headers, chunks(), lambda: None)
+
+    def _anthropic_headers(self, request: Request, upstream: Upstream, account: Account, stream: bool) -> Headers:
+        headers: Headers = [
+            ("Content-Type", "application/json"),
+            ("Accept", "text/event-stream" if stream else "application/json"),
+            ("Accept-Encoding", "identity"),
+            ("User-Agent", f"agproxy/{__version__}"),
+            ("anthropic-version", request.header("anthropic-version") or DEFAULT_ANTHROPIC_VERSION),
+            ("x-api-key", account.api_key),
+        ]
+        beta = request.header("anthropic-beta")
+        if beta and upstream.profile == "anthropic":
+            headers.append(("anthropic-beta", beta))
+        return headers
+
+    async def _anthropic_messages(self, request: Request, exchange: _Exchange, body: Dict[str, Any], route: Route,
+                                  account: Account, headers: Headers) -> Union[Response, StreamingResponse]:
+        upstream = route.upstream
+        stream = bool(body.get("stream"))
+        payload = request.body or b""
+        if route.model != body["model"]:
+            payload = json.dumps(dict(body, model=route.model), ensure_ascii=False).encode("utf-8")
+        response = await self._send_upstream(request, upstream, account, "/v1/messages", payload, stream)
+        headers = headers + relayed_upstream_headers(response.headers)
+        if response.status >= 400:
+            error = anthropic_error_from_upstream(response.status, await response.read_all(1024 * 1024), upstream.name)
+            error.headers.extend(relayed_upstream_headers(response.headers))
+            raise error
+        content_type = response.header("content-type") or "application/json"
+        if not content_type.lower().startswith("text/event-stream"):
+            exchange.on_client_gone.append(response.close)
+            try:
+                data = await response.read_all()
+            finally:
+                exchange.on_client_gone.remove(response.close)
+            return Response(response.status, [("Content-Type", content_type)] + headers, data)
+        return StreamingResponse(response.status, _SSE_HEADERS + headers, _relay_sse(response, upstream.name),
+                                 response.close)
+
+    async def _send_upstream(self, request: Request, upstream: Upstream, account: Account, path: str,
+                             payload: bytes, stream: bool) -> UpstreamResponse:
+        try:
+            response = await self.client.request(
+                "POST", upstream_url(upstream.base_url, path),
+                self._anthropic_headers(request, upstream, account, stream), payload,
+                timeout_s=upstream.timeout_s, connect_timeout_s=upstream.connect_timeout_s,
+            )
+        except UpstreamFailure as exc:
+            exc.message = f"upstream {upstream.name!r}: {exc.message}"
+            raise
+        return response
+
+    async def _count_tokens(self, request: Request, exchange: _Exchange) -> Response:
+        body = self._json_body(request)
+        validate_messages_request(body, count_tokens=True)
+        route = route_model(self.config, body["model"])
+        exchange.upstream = route.upstream.name
+        headers: Headers = [("X-Mapped-Model", route.model)]
+        if route.upstream.kind != "anthropic":
+            return json_response(200, {"input_tokens": estimate_input_tokens(body)},
+                                 headers + [("X-Token-Count", "estimate")])
+        account = self.pickers[route.upstream.name].pick()
+        exchange.account = account.name
+        headers.append(("X-Account-Email", account.name))
+        payload = request.body or b""
+        if route.model != body["model"]:
+            payload = json.dumps(dict(body, model=route.model), ensure_ascii=False).encode("utf-8")
+        response = await self._send_upstream(request, route.upstream, account, "/v1/messages/count_tokens",
+                                             payload, False)
+        data = await response.read_all(1024 * 1024)
+        if response.status >= 400:
+            error = anthropic_error_from_upstream(response.status, data, route.upstream.name)
+            error.headers.extend(headers)
+            raise error
+        return Response(response.status, [("Content-Type", "application/json")] + headers, data)
+
+
+async def _relay_sse(response: UpstreamResponse, upstream: str) -> AsyncIterator[bytes]:
+    """Relay an upstream event stream as it arrives, whole events at a time.
+
+    A stream that breaks becomes an Anthropic ``error`` event after the last complete event, so
+    the client never sees half an event.
+    """
+    pending = bytearray()
+    try:
+        while True:
+            chunk = await response.read_chunk()
+            if not chunk:
+                break
+            pending += chunk
+            cut = sse_complete_prefix(pending)
+            if cut:
+                out = bytes(pending[:cut])
+                del pending[:cut]
+                yield out
+        if pending.strip():
+            yield bytes(pending) + b"\n\n"
+    except UpstreamFailure as exc:
+        yield encode_sse_json("error", error_body("api_error", f"upstream {upstream!r}: {exc.message}"))
+    finally:
+        response.close()
+
+
+# =====================================================================================
+# 10. Operations
+#     Logging set-up (handlers are attached only here, called from main()) and `check`.
+# =====================================================================================
+
+
+def configure_logging(level: str) -> None:
+    """Log to stderr: the ``agproxy`` logger and its ``agproxy.access`` child, one line per event."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("agproxy")
+    logger.handlers[:] = [handler]
+    logger.setLevel(level.upper())
+    logger.propagate = False
+
+
+async def check_upstreams(config: Config, out: Callable[[str], None]) -> bool:
+    """Probe each upstream and account once; print one line each; True if all answered well."""
+    client = UpstreamClient(4)
+    healthy = True
+    try:
+        for upstream in config.upstreams:
+            for account in upstream.accounts:
+                label = f"{upstream.name} ({upstream.kind}) account {account.name}"
+                if upstream.kind == "demo":
+                    out(f"ok    {label}: built in, answers locally")
+                    continue
+                if upstream.kind == "anthropic":
+                    url, headers = upstream_url(upstream.base_url, "/v1/models"), [
+                        ("x-api-key", account.api_key), ("anthropic-version", DEFAULT_ANTHROPIC_VERSION)]
+                elif upstream.kind == "openai":
+                    url, headers = upstream_url(upstream.base_url, "/models"), [
+                        ("Authorization", f"Bearer {account.api_key}")]
+                else:
+                    url, headers = upstream_url(upstream.base_url, "/v1beta/models"), [
+                        ("x-goog-api-key", account.api_key)]
+                try:
+                    response = await client.request("GET", url, headers, timeout_s=upstream.connect_timeout_s,
+                                                    connect_timeout_s=upstream.connect_timeout_s)
+                    await response.read_all(1024 * 1024)
+                except UpstreamFailure as exc:
+                    out(f"FAIL  {label}: {exc.message}")
+                    healthy = False
+                    continue
+                if response.status in (401, 403):
+                    out(f"FAIL  {label}: the upstream rejected this account's key (HTTP {response.status})")
+                    healthy = False
+                elif response.status >= 500:
+                    out(f"FAIL  {label}: the upstream answered HTTP {response.status}")
+                    healthy = False
+                else:
+                    out(f"ok    {label}: reachable (HTTP {response.status})")
+    finally:
+        client.shutdown()
+    return healthy
+
+
+# =====================================================================================
+# 11. CLI and main()
+# =====================================================================================
+
+
+def _arg_parser(check: bool) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="agproxy" + (" check" if check else ""),
+        description=("Validate the config and probe each upstream." if check
+                     else "A local gateway for the Anthropic Messages API."),
+    )
+    parser.add_argument("--config", help="config file (default: $AGPROXY_CONFIG, ./agproxy.json, "
+                                          "~/.config/agproxy/config.json, else the built-in demo)")
+    if not check:
+        parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+        parser.add_argument("--port", type=int, help="port to listen on (default 8045; 0 picks a free one)")
+        parser.add_argument("--log-level", choices=LOG_LEVELS, help="log level (default info)")
+        parser.add_argument("--version", action="version", version=f"agproxy {__version__}")
+    return parser
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+async def _serve(config: Config) -> int:
+    log = logging.getLogger("agproxy")
+    server = Server(config)
+    try:
+        host, port = await server.start()
+    except OSError as exc:
+        reason = "the address is already in use" if exc.errno in (98, 48, 10048) else _describe_os_error(exc)
+        print(f"agproxy: cannot listen on {config.host}:{config.port}: {reason}", file=sys.stderr)
+        server.client.shutdown()
+        return 1
+    print(f"agproxy listening on http://{_url_host(host)}:{port}", file=sys.stderr, flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):
+            signal.signal(sig, lambda *_: loop.call_soon_threadsafe(stop.set))
+    await stop.wait()
+    log.info("stopping: no new connections; letting requests in flight finish")
+    await server.shutdown()
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run agproxy (or ``agproxy check``); returns the process exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    check = argv[:1] == ["check"]
+    args = _arg_parser(check).parse_args(argv[1:] if check else argv)
+    overrides = {} if check else {"host": args.host, "port": args.port, "log_level": args.log_level}
+    try:
+        config = load_config(args.config, overrides)
+    except ConfigError as exc:
+        print(f"config: {exc.message}", file=sys.stderr)
+        return 2
+    configure_logging(config.log_level)
+    log = logging.getLogger("agproxy")
+    if check:
+        print(f"config: {config.source}: ok ({len(config.upstreams)} upstream(s))")
+        return 0 if asyncio.run(check_upstreams(config, print)) else 1
+    if config.upstreams == (DEMO_UPSTREAM,) and config.source == Config.source:
+        log.warning("no config file found: serving the built-in demo upstream, which answers locally "
+                    "without a model (see README: Configuration)")
+    else:
+        log.info("config: %s", config.source)
+    mode = config.effective_auth_mode()
+    if mode != "off" and not config.api_key:
+        log.warning("auth_mode is %s but api_key is empty: every protected request will get 401", mode)
+    try:
+        return asyncio.run(_serve(config))
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
