@@ -346,7 +346,8 @@ class _Fields:
         return tuple(value)
 
 
-_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list", dict: "an object"}
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+               list: "a list", dict: "an object"}
 
 _CONFIG_KEYS = {f.name for f in dataclasses.fields(Config)} - {"source"}
 _UPSTREAM_KEYS = ("name", "kind", "base_url", "accounts", "timeout_s", "connect_timeout_s", "profile")
@@ -1281,8 +1282,6 @@ class UpstreamResponse:
             data = await self._client.run(self._read_blocking)
         finally:
             self._reading = False
-        if not data:
-            self._finished = True
         return data
 
     def _read_blocking(self) -> bytes:
@@ -1295,7 +1294,9 @@ class UpstreamResponse:
             if self._aborted:
                 return b""
             raise UpstreamFailure(f"upstream connection broke mid-response ({_describe_os_error(exc)})") from None
-        if not data:
+        if not data or self._response.length == 0 or self._response.isclosed():
+            self._finished = True
+            self._response.close()  # closes the body reader only; the socket stays for reuse
             self._client.release(self._origin, self._conn, self._response)
         return data
 

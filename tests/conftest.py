@@ -1,0 +1,143 @@
+"""Shared fixtures: agproxy as a real subprocess on a free port, and the fake upstreams."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional
+
+import pytest
+
+from tests.fakes.anthropic_upstream import FakeAnthropic
+
+ROOT = Path(__file__).resolve().parent.parent
+AGPROXY = ROOT / "agproxy.py"
+READY = re.compile(r"^agproxy listening on http://(\S+):(\d+)$")
+#: Variables that would send agproxy's upstream traffic to a proxy or change its config lookup.
+_SCRUBBED = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "all_proxy",
+             "no_proxy", "AGPROXY_CONFIG")
+
+
+def clean_env(**extra: str) -> Dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED}
+    env.update(extra)
+    return env
+
+
+class Agproxy:
+    """A running agproxy process; ``stderr`` collects everything it logged."""
+
+    def __init__(self, args: List[str], env: Dict[str, str], cwd: Path, command: Optional[List[str]] = None) -> None:
+        self.stderr: List[str] = []
+        self.proc = subprocess.Popen(
+            (command or [sys.executable, str(AGPROXY)]) + args, cwd=cwd, env=env,
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        self.ready = threading.Event()
+        self.host, self.port = "", 0
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
+        if not self.ready.wait(15):
+            self.stop()
+            raise RuntimeError("agproxy did not start:\n" + "".join(self.stderr))
+
+    def _drain(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.stderr.append(line)
+            match = READY.match(line.rstrip("\n"))
+            if match and not self.ready.is_set():
+                self.host, self.port = match.group(1), int(match.group(2))
+                self.ready.set()
+        self.ready.set()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def log(self) -> str:
+        return "".join(self.stderr)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._reader.join(5)
+        return self.proc.returncode
+
+
+def write_config(tmp_path: Path, config: Dict[str, Any], name: str = "agproxy-test.json") -> Path:
+    path = tmp_path / name
+    path.write_text(json.dumps(config))
+    return path
+
+
+def fake_config(fake: FakeAnthropic, **top: Any) -> Dict[str, Any]:
+    """A config with one anthropic upstream (the fake) holding two accounts."""
+    config: Dict[str, Any] = {
+        "upstreams": [{
+            "name": "fake", "kind": "anthropic", "base_url": fake.url, "timeout_s": 30,
+            "accounts": [{"name": "alice@example.com", "api_key": "sk-upstream-alice"},
+                         {"name": "bob@example.com", "api_key": "sk-upstream-bob"}],
+        }],
+    }
+    config.update(top)
+    return config
+
+
+@pytest.fixture
+def start_agproxy(tmp_path: Path) -> Iterator[Any]:
+    """Start agproxy with a config dict (or None for no config at all); stopped after the test."""
+    running: List[Agproxy] = []
+
+    def start(config: Optional[Dict[str, Any]] = None, *extra_args: str, env: Optional[Dict[str, str]] = None,
+              command: Optional[List[str]] = None) -> Agproxy:
+        args = ["--port", "0", *extra_args]
+        if config is not None:
+            args = ["--config", str(write_config(tmp_path, config, f"agproxy-{len(running)}.json"))] + args
+        home = tmp_path / "home"
+        home.mkdir(exist_ok=True)
+        proc = Agproxy(args, env if env is not None else clean_env(HOME=str(home)), tmp_path, command)
+        running.append(proc)
+        return proc
+
+    yield start
+    for proc in running:
+        proc.stop()
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeAnthropic]:
+    with FakeAnthropic() as upstream:
+        yield upstream
+
+
+def raw_request(port: int, data: bytes, timeout: float = 5.0, read_until_close: bool = True) -> bytes:
+    """Send raw bytes, return everything the server sends back until it closes (or the timeout)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        chunks = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                chunk = sock.recv(65536)
+            except socket.timeout:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+            if not read_until_close:
+                break
+        return b"".join(chunks)

@@ -1,0 +1,1 @@
+"""Scripted fake upstream servers for agproxy's tests (real sockets, port 0)."""

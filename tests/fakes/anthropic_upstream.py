@@ -1,0 +1,296 @@
+"""A scriptable fake Anthropic Messages upstream on a real socket.
+
+It runs an asyncio server on 127.0.0.1:0 in a background thread. Tests queue replies with
+``script()``; with nothing queued it answers a canned Message (or event stream when the request
+asks for one). Every request is recorded with its headers and body, every accepted TCP
+connection is counted, and a stream the client abandons records when that happened.
+
+Replies:
+- ``Json(status, body, headers)``: a JSON answer.
+- ``Sse(events, delay_s, drop_after, split)``: an event stream; ``delay_s`` pauses before each
+  event, ``drop_after`` closes the connection after that many events, ``split`` sends each event
+  in two writes cut mid-line.
+- ``Drop()``: close the connection without answering.
+- ``Hang(seconds)``: say nothing for that long, then close.
+- ``Raw(data)``: write these bytes verbatim.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import threading
+import time
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+
+@dataclasses.dataclass
+class Json:
+    status: int = 200
+    body: Any = None
+    headers: Sequence[Tuple[str, str]] = ()
+
+
+@dataclasses.dataclass
+class Sse:
+    events: Sequence[Tuple[str, Dict[str, Any]]] = ()
+    delay_s: float = 0.0
+    drop_after: Optional[int] = None
+    split: bool = False
+    headers: Sequence[Tuple[str, str]] = ()
+
+
+@dataclasses.dataclass
+class Drop:
+    pass
+
+
+@dataclasses.dataclass
+class Hang:
+    seconds: float = 30.0
+
+
+@dataclasses.dataclass
+class Raw:
+    data: bytes = b""
+
+
+@dataclasses.dataclass
+class Recorded:
+    method: str
+    target: str
+    headers: List[Tuple[str, str]]
+    body: bytes
+    connection: int
+
+    def header(self, name: str) -> Optional[str]:
+        for key, value in self.headers:
+            if key.lower() == name.lower():
+                return value
+        return None
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def message(text: str = "Hello from the fake upstream.", model: str = "claude-fake", **extra: Any) -> Dict[str, Any]:
+    body = {
+        "id": "msg_fake_1", "type": "message", "role": "assistant", "model": model,
+        "content": [{"type": "text", "text": text}], "stop_reason": "end_turn", "stop_sequence": None,
+        "usage": {"input_tokens": 12, "output_tokens": 7},
+    }
+    body.update(extra)
+    return body
+
+
+def text_stream(text: str = "Hello from the fake upstream.", model: str = "claude-fake") -> List[Tuple[str, Dict]]:
+    """The Anthropic event grammar for a one-text-block answer, one word per delta."""
+    words = text.split(" ")
+    events = [("message_start", {"type": "message_start", "message": dict(message("", model), content=[],
+                                                                          stop_reason=None)}),
+              ("content_block_start", {"type": "content_block_start", "index": 0,
+                                       "content_block": {"type": "text", "text": ""}}),
+              ("ping", {"type": "ping"})]
+    for i, word in enumerate(words):
+        piece = word if i == 0 else " " + word
+        events.append(("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                               "delta": {"type": "text_delta", "text": piece}}))
+    events += [("content_block_stop", {"type": "content_block_stop", "index": 0}),
+               ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                                  "usage": {"output_tokens": len(words)}}),
+               ("message_stop", {"type": "message_stop"})]
+    return events
+
+
+def tool_and_thinking_stream(model: str = "claude-fake") -> List[Tuple[str, Dict]]:
+    """A thinking block, a text block and a tool_use block whose input arrives in JSON pieces."""
+    start = dict(message("", model), content=[], stop_reason=None)
+    return [
+        ("message_start", {"type": "message_start", "message": start}),
+        ("content_block_start", {"type": "content_block_start", "index": 0,
+                                 "content_block": {"type": "thinking", "thinking": "", "signature": ""}}),
+        ("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                 "delta": {"type": "thinking_delta", "thinking": "The user wants the files. "}}),
+        ("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                 "delta": {"type": "thinking_delta", "thinking": "I will run ls."}}),
+        ("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                 "delta": {"type": "signature_delta", "signature": "c2lnbmF0dXJlLWZha2U="}}),
+        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        ("content_block_start", {"type": "content_block_start", "index": 1,
+                                 "content_block": {"type": "text", "text": ""}}),
+        ("content_block_delta", {"type": "content_block_delta", "index": 1,
+                                 "delta": {"type": "text_delta", "text": "Listing files."}}),
+        ("content_block_stop", {"type": "content_block_stop", "index": 1}),
+        ("content_block_start", {"type": "content_block_start", "index": 2,
+                                 "content_block": {"type": "tool_use", "id": "toolu_fake_1", "name": "Bash",
+                                                   "input": {}}}),
+        ("content_block_delta", {"type": "content_block_delta", "index": 2,
+                                 "delta": {"type": "input_json_delta", "partial_json": "{\"comm"}}),
+        ("content_block_delta", {"type": "content_block_delta", "index": 2,
+                                 "delta": {"type": "input_json_delta", "partial_json": "and\": \"ls -la\"}"}}),
+        ("content_block_stop", {"type": "content_block_stop", "index": 2}),
+        ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": None},
+                           "usage": {"output_tokens": 31}}),
+        ("message_stop", {"type": "message_stop"}),
+    ]
+
+
+def encode_event(event: str, data: Dict[str, Any]) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+class FakeAnthropic:
+    """The fake upstream; use as a context manager or call start()/stop()."""
+
+    def __init__(self) -> None:
+        self.requests: List[Recorded] = []
+        self.connections = 0
+        self.abandoned_at: List[float] = []
+        self._queue: List[Any] = []
+        self._lock = threading.Lock()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._server: Optional[asyncio.AbstractServer] = None
+        self.port = 0
+
+    # -- control from the test thread ---------------------------------------------------
+
+    def start(self) -> FakeAnthropic:
+        self._thread.start()
+        future = asyncio.run_coroutine_threadsafe(self._start(), self._loop)
+        self.port = future.result(5)
+        return self
+
+    def stop(self) -> None:
+        async def close() -> None:
+            if self._server:
+                self._server.close()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        asyncio.run_coroutine_threadsafe(close(), self._loop).result(5)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+    def __enter__(self) -> FakeAnthropic:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def script(self, *replies: Any) -> None:
+        with self._lock:
+            self._queue.extend(replies)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._queue.clear()
+            self.requests.clear()
+            self.abandoned_at.clear()
+            self.connections = 0
+
+    # -- the server ---------------------------------------------------------------------
+
+    async def _start(self) -> int:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return self._server.sockets[0].getsockname()[1]
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        number = self.connections
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                lines = head.decode("latin-1").split("\r\n")
+                method, target, _ = lines[0].split(" ", 2)
+                headers = []
+                for line in lines[1:]:
+                    if line:
+                        name, _, value = line.partition(":")
+                        headers.append((name.strip(), value.strip()))
+                length = int(next((v for k, v in headers if k.lower() == "content-length"), "0"))
+                body = await reader.readexactly(length) if length else b""
+                recorded = Recorded(method, target, headers, body, number)
+                self.requests.append(recorded)
+                with self._lock:
+                    reply = self._queue.pop(0) if self._queue else None
+                if reply is None:
+                    reply = self._default_reply(recorded)
+                if not await self._send(reply, reader, writer):
+                    return
+        finally:
+            writer.close()
+
+    def _default_reply(self, request: Recorded) -> Any:
+        if request.target.startswith("/v1/messages/count_tokens"):
+            return Json(200, {"input_tokens": 4242})
+        if request.target.startswith("/v1/models"):
+            return Json(200, {"data": [{"type": "model", "id": "claude-fake", "display_name": "Fake",
+                                        "created_at": "2025-01-01T00:00:00Z"}], "has_more": False,
+                              "first_id": "claude-fake", "last_id": "claude-fake"})
+        try:
+            wants_stream = bool(request.json.get("stream"))
+            model = request.json.get("model", "claude-fake")
+        except ValueError:
+            return Json(400, {"type": "error", "error": {"type": "invalid_request_error", "message": "bad json"}})
+        return Sse(text_stream(model=model)) if wants_stream else Json(200, message(model=model))
+
+    async def _send(self, reply: Any, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        """Write one reply; False when the connection must end."""
+        if isinstance(reply, Drop):
+            return False
+        if isinstance(reply, Hang):
+            await asyncio.sleep(reply.seconds)
+            return False
+        if isinstance(reply, Raw):
+            writer.write(reply.data)
+            await writer.drain()
+            return False
+        if isinstance(reply, Json):
+            body = json.dumps(reply.body if reply.body is not None else message()).encode()
+            head = [f"HTTP/1.1 {reply.status} X", "Content-Type: application/json",
+                    f"Content-Length: {len(body)}", "request-id: req_upstream_fake"]
+            head += [f"{k}: {v}" for k, v in reply.headers]
+            writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+            await writer.drain()
+            return True
+        head = ["HTTP/1.1 200 OK", "Content-Type: text/event-stream", "Transfer-Encoding: chunked",
+                "Cache-Control: no-cache", "request-id: req_upstream_fake"]
+        head += [f"{k}: {v}" for k, v in reply.headers]
+        writer.write(("\r\n".join(head) + "\r\n\r\n").encode())
+        gone = asyncio.ensure_future(reader.read(1))  # agproxy closing its side ends the stream
+        gone.add_done_callback(lambda f: f.cancelled() or f.result() or self.abandoned_at.append(time.monotonic()))
+        try:
+            for i, (event, data) in enumerate(reply.events):
+                if gone.done():
+                    return False
+                if reply.drop_after is not None and i >= reply.drop_after:
+                    return False
+                if reply.delay_s:
+                    await asyncio.sleep(reply.delay_s)
+                encoded = encode_event(event, data)
+                pieces = [encoded[:7], encoded[7:]] if reply.split else [encoded]
+                for piece in pieces:
+                    writer.write(b"%x\r\n%b\r\n" % (len(piece), piece))
+                    await writer.drain()
+                    if reply.split:
+                        await asyncio.sleep(0.01)
+                if writer.transport.is_closing():
+                    raise ConnectionResetError
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+        except (ConnectionError, OSError):
+            return False
+        finally:
+            gone.cancel()
+        return True
