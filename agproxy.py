@@ -1477,6 +1477,10 @@ _CLIENT_READ_SIZE = 65536
 #: Pipelined bytes we accept from a client while its previous request is being answered; past
 #: this we stop reading and let TCP push back.
 _MAX_PIPELINED_BYTES = 1024 * 1024
+#: After an error answer that closes the connection, how long and how much we keep reading (and
+#: discarding) so the client receives the answer instead of a reset.
+_LINGER_S = 2.0
+_LINGER_BYTES = 4 * 1024 * 1024
 #: How long in-flight requests may run after SIGINT/SIGTERM before they are cut.
 SHUTDOWN_GRACE_S = 30.0
 
@@ -1692,6 +1696,7 @@ class Server:
             busy = AgproxyError(f"agproxy is at its limit of {self.config.max_connections} connections",
                                 status=503, error_type="overloaded_error")
             await self._write_response(conn, error_response(busy), None, keep_alive=False)
+            await self._linger(conn)
             writer.close()
             return
         self._connections[task] = conn
@@ -1716,10 +1721,13 @@ class Server:
             except ProtocolError as exc:
                 await self._write_response(conn, error_response(exc), None, keep_alive=False)
                 self.access_log.info("- %s - %d - - %s", conn.peer, exc.status, exc.message)
+                await self._linger(conn)
                 return
             except _Timeout as exc:
                 timeout = ProtocolError(str(exc), status=408)
                 await self._write_response(conn, error_response(timeout), None, keep_alive=False)
+                self.access_log.info("- %s - 408 - - %s", conn.peer, exc)
+                await self._linger(conn)
                 return
             if request is None:
                 return
@@ -1730,6 +1738,25 @@ class Server:
                 conn.busy = False
             if not keep_alive or conn.gone:
                 return
+
+    async def _linger(self, conn: _Connection) -> None:
+        """Close after an error answer without losing it: half-close, then drain what the client
+        still sends (bounded), so the kernel does not reset the connection over unread bytes."""
+        try:
+            if conn.writer.can_write_eof():
+                conn.writer.write_eof()
+            deadline = asyncio.get_running_loop().time() + _LINGER_S
+            drained = 0
+            while drained < _LINGER_BYTES:
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0:
+                    break
+                data = await asyncio.wait_for(conn.reader.read(_CLIENT_READ_SIZE), remaining)
+                if not data:
+                    break
+                drained += len(data)
+        except (asyncio.TimeoutError, ConnectionError, OSError):
+            pass  # the client is gone or slow; either way we are done with it
 
     async def _read_request(self, conn: _Connection) -> Optional[Request]:
         """The next complete request, None when the client closed or idled out."""

@@ -1,0 +1,102 @@
+"""The SSE encoder and incremental decoder, without sockets."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agproxy import SSEDecoder, SSEError, SSEEvent, encode_sse, sse_complete_prefix
+
+STREAM = (b'event: message_start\ndata: {"type":"message_start"}\n\n'
+          b": a comment line\n\n"
+          b'event: ping\ndata: {"type": "ping"}\n\n'
+          b"data: line one\ndata: line two\n\n"
+          b"event: content_block_delta\ndata:no-space\nid: 7\n\n")
+EXPECTED = [
+    SSEEvent("message_start", '{"type":"message_start"}'),
+    SSEEvent("ping", '{"type": "ping"}'),
+    SSEEvent("message", "line one\nline two"),
+    SSEEvent("content_block_delta", "no-space", "7"),
+]
+
+
+def decode(data: bytes, step: int = 0) -> list:
+    decoder = SSEDecoder()
+    step = step or len(data) or 1
+    events = []
+    for i in range(0, len(data), step):
+        events += decoder.feed(data[i:i + step])
+    return events
+
+
+@pytest.mark.parametrize("step", [0, 1, 2, 5])
+def test_events_whole_and_split_anywhere(step):
+    assert decode(STREAM, step) == EXPECTED
+
+
+@pytest.mark.parametrize("newline", [b"\r\n", b"\r"])
+@pytest.mark.parametrize("step", [0, 1])
+def test_other_line_endings(newline, step):
+    assert decode(STREAM.replace(b"\n", newline), step) == EXPECTED
+
+
+def test_crlf_split_between_reads_is_one_line_ending():
+    decoder = SSEDecoder()
+    assert decoder.feed(b"data: a\r") == []
+    assert decoder.feed(b"\n\r") == [SSEEvent("message", "a")]  # a lone CR ends a line at once
+    assert decoder.feed(b"\ndata: b\r\n\r\n") == [SSEEvent("message", "b")]  # that CR's LF is no blank line
+
+
+def test_leading_bom_is_ignored():
+    assert decode(b"\xef\xbb\xbfdata: x\n\n") == [SSEEvent("message", "x")]
+
+
+def test_incomplete_trailing_event_is_not_dispatched():
+    assert decode(b"data: complete\n\ndata: half") == [SSEEvent("message", "complete")]
+
+
+def test_oversized_event_is_refused():
+    decoder = SSEDecoder(max_event_bytes=100)
+    with pytest.raises(SSEError):
+        decoder.feed(b"data: " + b"x" * 200)
+    decoder = SSEDecoder(max_event_bytes=100)
+    with pytest.raises(SSEError):
+        for _ in range(20):
+            decoder.feed(b"data: 0123456789\n")
+
+
+def test_encoder_splits_multiline_data():
+    assert encode_sse("x", "a\nb") == b"event: x\ndata: a\ndata: b\n\n"
+    assert encode_sse(None, "") == b"data: \n\n"
+    with pytest.raises(ValueError):
+        encode_sse("bad\nname", "x")
+
+
+def test_complete_prefix_finds_the_last_boundary():
+    assert sse_complete_prefix(b"data: a\n\ndata: b") == 9
+    assert sse_complete_prefix(b"data: a\r\n\r\n") == 11
+    assert sse_complete_prefix(b"data: partial") == 0
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=800), st.integers(min_value=1, max_value=40))
+def test_decoder_on_arbitrary_bytes_raises_only_sse_error(data, step):
+    decoder = SSEDecoder(max_event_bytes=300)
+    try:
+        for i in range(0, len(data), step):
+            decoder.feed(data[i:i + step])
+    except SSEError:
+        pass
+
+
+names = st.text(st.characters(blacklist_characters="\r\n", blacklist_categories=("Cs",)), min_size=1, max_size=20)
+datas = st.text(st.characters(blacklist_characters="\r", blacklist_categories=("Cs",)), max_size=200)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(names, datas), max_size=8), st.integers(min_value=1, max_value=30))
+def test_encode_then_decode_round_trips(events, step):
+    wire = b"".join(encode_sse(name, data) for name, data in events)
+    decoded = decode(wire, step)
+    assert [(e.event, e.data) for e in decoded] == list(events)
