@@ -8,7 +8,13 @@ from hypothesis import strategies as st
 
 import agproxy
 from agproxy import (
-    CLOSED, NEED_DATA, HeadReady, ProtocolError, RequestParser, RequestReady, request_body_framing,
+    CLOSED,
+    NEED_DATA,
+    HeadReady,
+    ProtocolError,
+    RequestParser,
+    RequestReady,
+    request_body_framing,
 )
 
 SIMPLE = b"POST /v1/messages?beta=true HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n\r\nhello"

@@ -1,0 +1,168 @@
+"""The command line, the readiness line, signals, `check`, and the built .pyz."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import AGPROXY, ROOT, clean_env, fake_config, write_config
+from tests.fakes.anthropic_upstream import Json, Sse, text_stream
+
+
+def run(args, tmp_path, **kw):
+    return subprocess.run([sys.executable, str(AGPROXY), *args], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=30, env=clean_env(HOME=str(tmp_path)), **kw)
+
+
+def test_version(tmp_path):
+    result = run(["--version"], tmp_path)
+    assert result.returncode == 0 and result.stdout.startswith("agproxy ")
+
+
+def test_config_error_is_one_line_and_exit_2(tmp_path):
+    path = write_config(tmp_path, {"upstreams": [{"name": "a", "kind": "grpc", "base_url": "http://x"}]})
+    result = run(["--config", str(path)], tmp_path)
+    assert result.returncode == 2
+    assert result.stderr == "config: upstreams[0].kind: must be one of anthropic, openai, gemini, demo\n"
+
+
+def test_usage_error_is_exit_2(tmp_path):
+    assert run(["--port", "eighty"], tmp_path).returncode == 2
+    assert run(["--port", "70000"], tmp_path).returncode == 2
+
+
+def test_port_in_use_is_one_plain_line_and_exit_1(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run(["--port", str(port)], tmp_path)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1] == f"agproxy: cannot listen on 127.0.0.1:{port}: the address is already in use"
+    assert "Traceback" not in result.stderr
+
+
+def test_readiness_line_and_demo_warning(start_agproxy):
+    proxy = start_agproxy(None)
+    ready = [line for line in proxy.stderr if line.startswith("agproxy listening on")]
+    assert ready == [f"agproxy listening on http://127.0.0.1:{proxy.port}\n"]
+    assert "built-in demo upstream" in proxy.log()
+    with urllib.request.urlopen(proxy.url + "/healthz", timeout=5) as response:
+        assert json.load(response)["status"] == "ok"
+
+
+def test_config_from_environment_variable(start_agproxy, tmp_path):
+    path = write_config(tmp_path, {"upstreams": [{"name": "from-env", "kind": "demo"}]}, "env.json")
+    proxy = start_agproxy(None, env=clean_env(HOME=str(tmp_path), AGPROXY_CONFIG=str(path)))
+    assert str(path) in proxy.log()
+    assert "built-in demo" not in proxy.log()
+
+
+def test_sigterm_lets_a_stream_in_flight_finish_then_exits_0(start_agproxy, fake):
+    fake.script(Sse(text_stream("a b c d e f"), delay_s=0.2))
+    proxy = start_agproxy(fake_config(fake))
+    body = json.dumps({"model": "m", "max_tokens": 5, "stream": True,
+                       "messages": [{"role": "user", "content": "x"}]}).encode()
+    request = urllib.request.Request(proxy.url + "/v1/messages", body, {"content-type": "application/json"})
+    received = {}
+
+    def client():
+        with urllib.request.urlopen(request, timeout=10) as response:
+            received["body"] = response.read()
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    while not fake.requests:
+        threading.Event().wait(0.05)
+    assert proxy.stop(signal.SIGTERM) == 0
+    thread.join(10)
+    assert b"event: message_stop" in received["body"]
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", proxy.port), timeout=1)
+
+
+def test_sigint_exits_0(start_agproxy):
+    proxy = start_agproxy(None)
+    assert proxy.stop(signal.SIGINT) == 0
+
+
+def test_check_probes_upstreams(tmp_path, fake):
+    path = write_config(tmp_path, fake_config(fake))
+    result = run(["check", "--config", str(path)], tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("ok    fake") == 2
+    assert fake.requests[0].target == "/v1/models"
+    fake.script(Json(401, {"type": "error", "error": {"type": "authentication_error", "message": "bad key"}}))
+    result = run(["check", "--config", str(path)], tmp_path)
+    assert result.returncode == 1
+    assert "rejected this account's key" in result.stdout
+    assert "sk-upstream" not in result.stdout + result.stderr
+
+
+def test_check_reports_an_unreachable_upstream(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = {"upstreams": [{"name": "dead", "kind": "anthropic", "base_url": f"http://127.0.0.1:{port}",
+                             "accounts": [{"name": "a", "api_key": "k"}]}]}
+    result = run(["check", "--config", str(write_config(tmp_path, config))], tmp_path)
+    assert result.returncode == 1 and "FAIL  dead" in result.stdout
+
+
+def test_check_with_bad_config_is_exit_2(tmp_path):
+    result = run(["check", "--config", str(write_config(tmp_path, {"upstreams": []}))], tmp_path)
+    assert result.returncode == 2 and result.stderr.startswith("config: upstreams:")
+
+
+def build(output: Path) -> bytes:
+    subprocess.run([sys.executable, str(ROOT / "tools" / "build_pyz.py"), str(ROOT / "zipapp.spec"), str(output)],
+                   check=True, capture_output=True)
+    return output.read_bytes()
+
+
+def test_pyz_build_is_reproducible_and_runs_isolated(tmp_path):
+    first = build(tmp_path / "a.pyz")
+    second = build(tmp_path / "b.pyz")
+    assert hashlib.sha256(first).digest() == hashlib.sha256(second).digest()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = subprocess.run([sys.executable, "-I", "-S", str(tmp_path / "a.pyz"), "--version"], cwd=elsewhere,
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0 and result.stdout.startswith("agproxy ")
+
+
+def test_pyz_serves_requests(start_agproxy, tmp_path):
+    pyz = tmp_path / "agproxy.pyz"
+    build(pyz)
+    proxy = start_agproxy(None, command=[sys.executable, "-I", "-S", str(pyz)])
+    body = json.dumps({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}).encode()
+    request = urllib.request.Request(proxy.url + "/v1/messages", body, {"content-type": "application/json"})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        assert json.load(response)["content"][0]["text"]
+
+
+PY39 = next(iter(sorted(Path.home().glob(".pyenv/versions/3.9*/bin/python3.9"))), None) or shutil.which("python3.9")
+
+
+@pytest.mark.skipif(PY39 is None, reason="no Python 3.9 interpreter on this machine")
+def test_runs_on_python_3_9(start_agproxy, fake, tmp_path):
+    probe = subprocess.run([str(PY39), "--version"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip("python3.9 shim without an interpreter")
+    proxy = start_agproxy(fake_config(fake), command=[str(PY39), "-I", str(AGPROXY)])
+    body = json.dumps({"model": "m", "max_tokens": 5, "stream": True,
+                       "messages": [{"role": "user", "content": "hi"}]}).encode()
+    request = urllib.request.Request(proxy.url + "/v1/messages", body, {"content-type": "application/json"})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        assert b"event: message_stop" in response.read()

@@ -1,0 +1,139 @@
+"""Config loading, ${VAR} expansion, validation messages that name the key, and lookup order."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from agproxy import ConfigError, config_from_dict, expand_env, find_config_path, load_config
+
+GOOD = {
+    "host": "127.0.0.1", "port": 8045, "auth_mode": "auto", "api_key": "sk-local-example",
+    "upstreams": [
+        {"name": "anthropic", "kind": "anthropic", "base_url": "https://api.anthropic.com",
+         "accounts": [{"name": "alice@example.com", "api_key": "${ANTHROPIC_API_KEY}"}], "timeout_s": 600},
+        {"name": "local", "kind": "openai", "base_url": "http://127.0.0.1:8000/v1",
+         "accounts": [{"name": "vllm", "api_key": "none"}]},
+    ],
+    "model_map": [
+        {"match": "claude-*haiku*", "upstream": "local", "model": "qwen2.5-coder-7b-instruct"},
+        {"match": "*", "upstream": "anthropic"},
+    ],
+    "max_retry_attempts": 3,
+    "warmup_interception": True,
+}
+
+
+def test_the_design_example_loads():
+    config = config_from_dict(GOOD, {"ANTHROPIC_API_KEY": "sk-ant-xyz"}, "test")
+    assert config.upstreams[0].accounts[0].api_key == "sk-ant-xyz"
+    assert config.upstreams[1].base_url == "http://127.0.0.1:8000/v1"
+    assert config.model_map[0].model == "qwen2.5-coder-7b-instruct"
+    assert config.effective_auth_mode() == "off"
+    assert "sk-ant-xyz" not in repr(config) and "sk-local-example" not in repr(config)
+
+
+def test_env_expansion():
+    env = {"A": "1", "EMPTY": ""}
+    assert expand_env("x${A}y", env, "k") == "x1y"
+    assert expand_env("${MISSING:-fallback}", env, "k") == "fallback"
+    assert expand_env("${EMPTY:-fallback}", env, "k") == "fallback"
+    assert expand_env("${EMPTY}", env, "k") == ""
+    assert expand_env("$A and $$ stay", env, "k") == "$A and $$ stay"
+    with pytest.raises(ConfigError, match=r"^upstreams\[0\]\.api_key: environment variable NOPE is not set$"):
+        expand_env("${NOPE}", env, "upstreams[0].api_key")
+
+
+def with_changes(**changes):
+    config = json.loads(json.dumps(GOOD))
+    for path, value in changes.items():
+        target = config
+        keys = path.split("__")
+        for key in keys[:-1]:
+            target = target[int(key)] if key.isdigit() else target[key]
+        last = keys[-1]
+        if value is KeyError:
+            del target[int(last) if last.isdigit() else last]
+        else:
+            target[int(last) if last.isdigit() else last] = value
+    return config
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"upstreams__1__kind": "grpc"}, "upstreams[1].kind: must be one of anthropic, openai, gemini, demo"),
+    ({"upstreams__0__base_url": "api.anthropic.com"}, "upstreams[0].base_url: must be an http:// or https:// URL"),
+    ({"upstreams__0__base_url": KeyError}, "upstreams[0].base_url: is required"),
+    ({"upstreams__0__accounts": []}, "upstreams[0].accounts: needs at least one account"),
+    ({"upstreams__0__accounts__0__api_key": 5}, "upstreams[0].accounts[0].api_key: must be a string"),
+    ({"upstreams__0__colour": "red"}, "upstreams[0]: unknown key colour"),
+    ({"colour": "red"}, "unknown key colour"),
+    ({"port": 70000}, "port: must be between 0 and 65535"),
+    ({"port": "8045"}, "port: must be an integer"),
+    ({"auth_mode": "maybe"}, "auth_mode: must be one of off, strict, all_except_health, auto"),
+    ({"model_map__1__upstream": "nowhere"}, "model_map[1].upstream: no upstream is named 'nowhere'"),
+    ({"upstreams__1__name": "anthropic"}, "upstreams[1].name: 'anthropic' is used twice"),
+    ({"upstreams": []}, "upstreams: needs at least one upstream"),
+    ({"max_body_bytes": True}, "max_body_bytes: must be an integer"),
+    ({"upstreams__0__timeout_s": 0}, "upstreams[0].timeout_s: must be at least"),
+    ({"upstreams__0__profile": "other"}, "upstreams[0].profile: must be one of anthropic, compatible"),
+])
+def test_validation_names_the_key(changes, message):
+    with pytest.raises(ConfigError) as caught:
+        config_from_dict(with_changes(**changes), {"ANTHROPIC_API_KEY": "x"}, "test")
+    assert caught.value.message.startswith(message)
+
+
+def test_lookup_order(tmp_path: Path):
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    (home / ".config" / "agproxy").mkdir(parents=True)
+    cwd.mkdir()
+    assert find_config_path(None, {}, str(cwd), str(home)) is None
+    user = home / ".config" / "agproxy" / "config.json"
+    user.write_text("{}")
+    assert find_config_path(None, {}, str(cwd), str(home)) == str(user)
+    local = cwd / "agproxy.json"
+    local.write_text("{}")
+    assert find_config_path(None, {}, str(cwd), str(home)) == str(local)
+    assert find_config_path(None, {"AGPROXY_CONFIG": "/e.json"}, str(cwd), str(home)) == "/e.json"
+    assert find_config_path("/flag.json", {"AGPROXY_CONFIG": "/e.json"}, str(cwd), str(home)) == "/flag.json"
+
+
+def test_flags_override_the_file(tmp_path: Path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"port": 9000, "host": "127.0.0.2", "upstreams": [{"name": "d", "kind": "demo"}]}))
+    config = load_config(str(path), {"port": 0, "host": None}, {})
+    assert (config.port, config.host, config.source) == (0, "127.0.0.2", str(path))
+
+
+def test_no_file_means_the_demo(tmp_path: Path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("AGPROXY_CONFIG", raising=False)
+    config = load_config(None, {}, None)
+    assert [u.kind for u in config.upstreams] == ["demo"]
+
+
+def test_unreadable_and_invalid_files(tmp_path: Path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(str(tmp_path / "missing.json"), {}, {})
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"port": 80,}')
+    with pytest.raises(ConfigError, match="invalid JSON at line 1"):
+        load_config(str(bad), {}, {})
+
+
+@given(st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=10),
+                    lambda children: st.lists(children, max_size=3)
+                    | st.dictionaries(st.sampled_from(["upstreams", "kind", "name", "port", "base_url", "accounts",
+                                                       "model_map", "match", "upstream", "api_key", "x"]),
+                                      children, max_size=4),
+                    max_leaves=12))
+def test_arbitrary_json_gives_a_config_or_a_config_error(raw):
+    try:
+        config_from_dict(raw, {}, "fuzz")
+    except ConfigError as exc:
+        assert exc.message
