@@ -5,8 +5,12 @@ VPY := $(VENV)/bin/python
 PORT ?= 8045
 STDLIB_ONLY ?= ../shared/tools/stdlib-only
 PYTEST_ARGS ?=
+# The real Claude Code CLI for the end-to-end tests (dev-only, never committed; skipped without npm).
+CLAUDE_CODE_VERSION ?= 2.1.197
+CLAUDE_DIR := .cache/claude-code
+CLAUDE := $(CLAUDE_DIR)/node_modules/.bin/claude
 
-.PHONY: build run test lint check-py39 clean
+.PHONY: build run test lint claude-cli clean
 
 build: agproxy.pyz
 
@@ -21,8 +25,16 @@ $(VENV)/.installed: requirements-dev.txt
 	$(VPY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $@
 
-test: $(VENV)/.installed build
+test: $(VENV)/.installed build claude-cli
 	$(VPY) -m pytest $(PYTEST_ARGS)
+
+claude-cli:
+	@if [ -x $(CLAUDE) ]; then :; \
+	elif command -v npm >/dev/null 2>&1; then \
+	  echo "installing Claude Code $(CLAUDE_CODE_VERSION) into $(CLAUDE_DIR) for the end-to-end tests"; \
+	  mkdir -p $(CLAUDE_DIR) && npm install --prefix $(CLAUDE_DIR) --no-audit --no-fund --loglevel=error \
+	    @anthropic-ai/claude-code@$(CLAUDE_CODE_VERSION); \
+	else echo "npm not found: the Claude Code CLI tests will be skipped"; fi
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check agproxy.py tests tools
@@ -30,4 +42,4 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/vermin --target=3.9- --no-tips --violations agproxy.py
 
 clean:
-	rm -rf $(VENV) agproxy.pyz .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) agproxy.pyz .pytest_cache .ruff_cache .hypothesis .cache

@@ -1,0 +1,59 @@
+"""The real `claude` CLI (Claude Code) -> agproxy -> fake upstream, offline.
+
+`make test` installs the CLI into .cache/claude-code when npm is available; without it these
+tests are skipped with that reason. AGPROXY_CLAUDE names another binary to use.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, clean_env, fake_config
+from tests.fakes.anthropic_upstream import Sse, tool_and_thinking_stream
+
+CLAUDE = Path(os.environ.get("AGPROXY_CLAUDE") or ROOT / ".cache" / "claude-code" / "node_modules" / ".bin" / "claude")
+
+pytestmark = pytest.mark.skipif(not CLAUDE.exists(), reason=f"Claude Code CLI not installed at {CLAUDE}")
+
+
+def claude(proxy, prompt: str, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    home = tmp_path / "claude-home"
+    home.mkdir(exist_ok=True)
+    (home / ".claude.json").write_text(json.dumps({"hasCompletedOnboarding": True}))
+    work = tmp_path / "work"
+    work.mkdir(exist_ok=True)
+    (work / "marker-file-for-ls.txt").write_text("x")
+    env = clean_env(HOME=str(home), ANTHROPIC_BASE_URL=proxy.url, ANTHROPIC_API_KEY="client-key",
+                    CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1")
+    return subprocess.run([str(CLAUDE), "-p", prompt, *args], cwd=work, env=env, capture_output=True, text=True,
+                          timeout=120, stdin=subprocess.DEVNULL)
+
+
+def test_claude_code_prompt_round_trip(start_agproxy, fake, tmp_path):
+    proxy = start_agproxy(fake_config(fake))
+    result = claude(proxy, "say hello", tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Hello from the fake upstream." in result.stdout
+    main = [r for r in fake.requests if r.target == "/v1/messages"][-1]
+    assert main.header("x-api-key") in ("sk-upstream-alice", "sk-upstream-bob")
+    assert main.json["stream"] is True and main.json["tools"]
+    assert "HEAD / 200" in proxy.log()
+    assert "client-key" not in proxy.log()
+
+
+def test_claude_code_runs_a_tool_the_upstream_asks_for(start_agproxy, fake, tmp_path):
+    fake.script(Sse(tool_and_thinking_stream()))  # asks for Bash `ls -la`; the next turn gets the default text
+    proxy = start_agproxy(fake_config(fake))
+    result = claude(proxy, "list files", tmp_path, "--allowedTools", "Bash")
+    assert result.returncode == 0, result.stdout + result.stderr
+    turns = [r.json for r in fake.requests if r.target == "/v1/messages"]
+    results = [block for turn in turns for message in turn["messages"] if isinstance(message["content"], list)
+               for block in message["content"] if block.get("type") == "tool_result"]
+    assert results and results[-1]["tool_use_id"] == "toolu_fake_1"
+    assert "marker-file-for-ls.txt" in json.dumps(results[-1]["content"])
+    assert "Hello from the fake upstream." in result.stdout
