@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import ssl
 import threading
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -144,7 +145,8 @@ def encode_event(event: str, data: Dict[str, Any]) -> bytes:
 class FakeAnthropic:
     """The fake upstream; use as a context manager or call start()/stop()."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: Optional[ssl.SSLContext] = None) -> None:
+        self.tls = tls
         self.requests: List[Recorded] = []
         self.connections = 0
         self.abandoned_at: List[float] = []
@@ -183,7 +185,7 @@ class FakeAnthropic:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"https://localhost:{self.port}" if self.tls else f"http://127.0.0.1:{self.port}"
 
     def script(self, *replies: Any) -> None:
         with self._lock:
@@ -199,7 +201,7 @@ class FakeAnthropic:
     # -- the server ---------------------------------------------------------------------
 
     async def _start(self) -> int:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0, ssl=self.tls)
         return self._server.sockets[0].getsockname()[1]
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

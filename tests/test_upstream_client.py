@@ -1,0 +1,87 @@
+"""The upstream client over real sockets: TLS with connection reuse, HTTP(S)_PROXY and NO_PROXY."""
+
+from __future__ import annotations
+
+import shutil
+import ssl
+import subprocess
+from pathlib import Path
+
+import anthropic
+import pytest
+
+from tests.conftest import clean_env, fake_config
+from tests.fakes.anthropic_upstream import FakeAnthropic
+from tests.fakes.connect_proxy import FakeProxy
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory) -> Path:
+    if not shutil.which("openssl"):
+        pytest.skip("openssl is needed to make a test certificate")
+    folder = tmp_path_factory.mktemp("tls")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+                    "-keyout", str(folder / "key.pem"), "-out", str(folder / "cert.pem")],
+                   check=True, capture_output=True)
+    return folder
+
+
+@pytest.fixture
+def tls_fake(certificate):
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certificate / "cert.pem", certificate / "key.pem")
+    with FakeAnthropic(tls=context) as fake:
+        yield fake
+
+
+def ask(proxy, n: int = 1) -> None:
+    client = anthropic.Anthropic(base_url=proxy.url, api_key="x", max_retries=0)
+    for _ in range(n):
+        client.messages.create(model="m", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+    with client.messages.stream(model="m", max_tokens=5, messages=[{"role": "user", "content": "x"}]) as stream:
+        assert stream.get_final_message().content
+
+
+def test_https_upstream_reuses_one_tls_connection(start_agproxy, tls_fake, certificate, tmp_path):
+    env = clean_env(HOME=str(tmp_path), SSL_CERT_FILE=str(certificate / "cert.pem"))
+    proxy = start_agproxy(fake_config(tls_fake), env=env)
+    ask(proxy, 3)
+    assert len(tls_fake.requests) == 4
+    assert tls_fake.connections == 1  # one handshake for four requests
+
+
+def test_https_upstream_with_an_untrusted_certificate_is_502(start_agproxy, tls_fake):
+    proxy = start_agproxy(fake_config(tls_fake))
+    with pytest.raises(anthropic.APIStatusError) as caught:
+        ask(proxy)
+    assert caught.value.status_code == 502
+    assert "certificate" in caught.value.message.lower()
+
+
+def test_https_upstream_through_https_proxy(start_agproxy, tls_fake, certificate, tmp_path):
+    with FakeProxy() as forward:
+        env = clean_env(HOME=str(tmp_path), SSL_CERT_FILE=str(certificate / "cert.pem"),
+                        HTTPS_PROXY=f"http://user:pa%40ss@127.0.0.1:{forward.port}")
+        proxy = start_agproxy(fake_config(tls_fake), env=env)
+        ask(proxy, 2)
+        assert [(m, t) for m, t, _ in forward.seen] == [("CONNECT", f"localhost:{tls_fake.port}")]
+        assert forward.seen[0][2] == "Basic dXNlcjpwYUBzcw=="  # user:pa@ss
+        assert len(tls_fake.requests) == 3
+
+
+def test_http_upstream_through_http_proxy(start_agproxy, fake, tmp_path):
+    with FakeProxy() as forward:
+        proxy = start_agproxy(fake_config(fake), env=clean_env(HOME=str(tmp_path), HTTP_PROXY=forward.url))
+        ask(proxy)
+        assert forward.seen[0][:2] == ("POST", f"{fake.url}/v1/messages")
+        assert fake.requests[0].target == "/v1/messages"
+
+
+def test_no_proxy_bypasses_the_proxy(start_agproxy, fake, tmp_path):
+    with FakeProxy() as forward:
+        env = clean_env(HOME=str(tmp_path), HTTP_PROXY=forward.url, NO_PROXY="127.0.0.1,localhost")
+        proxy = start_agproxy(fake_config(fake), env=env)
+        ask(proxy)
+        assert forward.seen == []
+        assert len(fake.requests) == 2
