@@ -973,13 +973,19 @@ class SSEDecoder:
 
 #: Claude model ids listed by /v1/models when the config names none of its own.
 KNOWN_CLAUDE_MODELS = (
-    ("claude-opus-4-5-20251101", "Claude Opus 4.5"),
-    ("claude-sonnet-4-5-20250929", "Claude Sonnet 4.5"),
-    ("claude-haiku-4-5-20251001", "Claude Haiku 4.5"),
-    ("claude-opus-4-1-20250805", "Claude Opus 4.1"),
-    ("claude-sonnet-4-20250514", "Claude Sonnet 4"),
+    ("claude-opus-4-8", "Claude Opus 4.8"),
+    ("claude-sonnet-4-6", "Claude Sonnet 4.6"),
+    ("claude-haiku-4-5", "Claude Haiku 4.5"),
+    ("claude-opus-4-7", "Claude Opus 4.7"),
+    ("claude-sonnet-4-5", "Claude Sonnet 4.5"),
 )
 _MODELS_CREATED_AT = "2025-01-01T00:00:00Z"
+
+
+def _model_object(model_id: str, display_name: str, created_at: Optional[str] = None) -> Dict[str, Any]:
+    """One entry of the Anthropic models list."""
+    return {"type": "model", "id": model_id, "display_name": display_name,
+            "created_at": created_at or _MODELS_CREATED_AT}
 
 
 def parse_json_body(body: bytes) -> Dict[str, Any]:
@@ -1481,6 +1487,8 @@ _MAX_PIPELINED_BYTES = 1024 * 1024
 #: discarding) so the client receives the answer instead of a reset.
 _LINGER_S = 2.0
 _LINGER_BYTES = 4 * 1024 * 1024
+#: How long a fetched upstream model list is reused for /v1/models.
+_MODELS_CACHE_S = 60.0
 #: How long in-flight requests may run after SIGINT/SIGTERM before they are cut.
 SHUTDOWN_GRACE_S = 30.0
 
@@ -1649,6 +1657,7 @@ class Server:
         self._server: Optional[asyncio.AbstractServer] = None
         self._connections: Dict[asyncio.Task, _Connection] = {}
         self._stopping = False
+        self._models_cache: Optional[Tuple[float, List[Dict[str, Any]]]] = None
         self._routes: Dict[str, Dict[str, Callable[[Request, _Exchange], Any]]] = {
             "/": {"GET": self._root},
             "/healthz": {"GET": self._healthz},
@@ -1969,36 +1978,60 @@ class Server:
     async def _telemetry(self, request: Request, exchange: _Exchange) -> Response:
         return Response(200, [("Content-Type", "application/json")], b"")
 
-    def _model_list(self) -> List[Tuple[str, str]]:
-        """Model ids to advertise: exact names in model_map first, then the known Claude models."""
-        seen: Dict[str, str] = {}
+    async def _model_list(self) -> List[Dict[str, Any]]:
+        """Models to advertise, as Anthropic model objects: exact names in ``model_map``, then what
+        the ``anthropic`` upstreams list (cached a minute), else a built-in list of Claude models."""
+        now = time.monotonic()
+        if self._models_cache is None or self._models_cache[0] < now:
+            upstream_models = []
+            for upstream in self.config.upstreams:
+                if upstream.kind == "anthropic":
+                    upstream_models += await self._upstream_models(upstream)
+            self._models_cache = (now + _MODELS_CACHE_S, upstream_models)
+        models: Dict[str, Dict[str, Any]] = {}
         for rule in self.config.model_map:
             if not any(c in rule.match for c in "*?["):
-                seen.setdefault(rule.match, rule.match)
-        for model_id, display in KNOWN_CLAUDE_MODELS:
-            seen.setdefault(model_id, display)
-        return list(seen.items())
+                models.setdefault(rule.match, _model_object(rule.match, rule.match))
+        for model in self._models_cache[1] or [_model_object(i, d) for i, d in KNOWN_CLAUDE_MODELS]:
+            models.setdefault(model["id"], model)
+        return list(models.values())
+
+    async def _upstream_models(self, upstream: Upstream) -> List[Dict[str, Any]]:
+        account = self.pickers[upstream.name].pick()
+        headers = [("x-api-key", account.api_key), ("anthropic-version", DEFAULT_ANTHROPIC_VERSION),
+                   ("Accept", "application/json"), ("User-Agent", f"agproxy/{__version__}")]
+        try:
+            response = await self.client.request("GET", upstream_url(upstream.base_url, "/v1/models?limit=1000"),
+                                                 headers, timeout_s=upstream.connect_timeout_s,
+                                                 connect_timeout_s=upstream.connect_timeout_s)
+            body = await response.read_all(4 * 1024 * 1024)
+            data = json.loads(body).get("data") if response.status == 200 else None
+        except (UpstreamFailure, ValueError, AttributeError) as exc:
+            self.log.warning("could not list the models of upstream %r: %s", upstream.name, exc)
+            return []
+        if not isinstance(data, list):
+            self.log.warning("upstream %r answered HTTP %d to /v1/models", upstream.name, response.status)
+            return []
+        return [_model_object(str(m["id"]), str(m.get("display_name") or m["id"]), m.get("created_at"))
+                for m in data if isinstance(m, dict) and m.get("id")]
 
     async def _models(self, request: Request, exchange: _Exchange) -> Response:
-        data = [{"type": "model", "id": i, "display_name": d, "created_at": _MODELS_CREATED_AT}
-                for i, d in self._model_list()]
+        data = await self._model_list()
         return json_response(200, {"data": data, "has_more": False,
                                    "first_id": data[0]["id"], "last_id": data[-1]["id"]})
 
     async def _models_openai(self, request: Request, exchange: _Exchange) -> Response:
-        data = [{"id": i, "object": "model", "created": 1735689600, "owned_by": "agproxy"}
-                for i, _ in self._model_list()]
+        data = [{"id": m["id"], "object": "model", "created": 1735689600, "owned_by": "agproxy"}
+                for m in await self._model_list()]
         return json_response(200, {"object": "list", "data": data})
 
     async def _model(self, request: Request, exchange: _Exchange) -> Response:
         model_id = urllib.parse.unquote(request.path[len("/v1/models/"):])
-        for known, display in self._model_list():
-            if known == model_id:
-                return json_response(200, {"type": "model", "id": known, "display_name": display,
-                                           "created_at": _MODELS_CREATED_AT})
+        for model in await self._model_list():
+            if model["id"] == model_id:
+                return json_response(200, model)
         route_model(self.config, model_id)  # a model the map routes is served even if unlisted
-        return json_response(200, {"type": "model", "id": model_id, "display_name": model_id,
-                                   "created_at": _MODELS_CREATED_AT})
+        return json_response(200, _model_object(model_id, model_id))
 
     def _json_body(self, request: Request) -> Dict[str, Any]:
         if not is_json_content_type(request.header("content-type")):

@@ -137,3 +137,12 @@ def test_arbitrary_json_gives_a_config_or_a_config_error(raw):
         config_from_dict(raw, {}, "fuzz")
     except ConfigError as exc:
         assert exc.message
+
+
+@pytest.mark.parametrize("example", sorted((Path(__file__).parent.parent / "examples").glob("*.json")),
+                         ids=lambda p: p.name)
+def test_every_example_config_is_valid(example: Path):
+    env = {name: "value" for name in ("ANTHROPIC_API_KEY", "GATEWAY_KEY_1", "GATEWAY_KEY_2", "AGPROXY_API_KEY",
+                                      "CHEAP_KEY")}
+    config = load_config(str(example), {}, env)
+    assert config.upstreams

@@ -168,10 +168,23 @@ def test_count_tokens_is_forwarded(start_agproxy, fake):
     assert fake.requests[-1].header("x-api-key") == "sk-upstream-alice"
 
 
-def test_models_list(start_agproxy, fake):
+def test_models_list_comes_from_the_upstream(start_agproxy, fake):
+    proxy = start_agproxy(fake_config(fake, model_map=[{"match": "my-alias", "upstream": "fake"},
+                                                       {"match": "*", "upstream": "fake"}]))
+    models = list(sdk(proxy).models.list())
+    assert [m.id for m in models] == ["my-alias", "claude-fake"]
+    assert fake.requests[0].target.startswith("/v1/models")
+    assert fake.requests[0].header("x-api-key") == "sk-upstream-alice"
+    assert sdk(proxy).models.retrieve("claude-fake").display_name == "Fake"
+    assert len(fake.requests) == 1  # cached
+
+
+def test_models_list_falls_back_when_the_upstream_cannot_list(start_agproxy, fake):
+    fake.script(Json(404, {"type": "error", "error": {"type": "not_found_error", "message": "no"}}))
     proxy = start_agproxy(fake_config(fake))
     models = list(sdk(proxy).models.list())
-    assert any(m.id.startswith("claude-") for m in models)
+    assert models and all(m.id.startswith("claude-") for m in models)
+    assert "could not list" in proxy.log() or "answered HTTP 404" in proxy.log()
 
 
 @pytest.mark.parametrize("status, error_type, exception", [
