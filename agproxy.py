@@ -1818,6 +1818,8 @@ class Server:
                     response.abort()
                 exchange.status = 499
                 return False
+            if isinstance(response, StreamingResponse) and request.version < (1, 1):
+                keep_alive = False  # without chunked encoding the end of the stream is the close
             await self._write_response(conn, response, exchange, keep_alive=keep_alive)
             return keep_alive
         finally:
@@ -1861,8 +1863,9 @@ class Server:
             await writer.drain()
             return
         chunked = exchange is not None and exchange.request.version >= (1, 1)
-        headers.append(("Transfer-Encoding", "chunked") if chunked else ("Connection", "close"))
-        if chunked and not keep_alive:
+        if chunked:
+            headers.append(("Transfer-Encoding", "chunked"))
+        if not keep_alive:
             headers.append(("Connection", "close"))
         conn.on_gone.append(response.abort)
         try:

@@ -248,3 +248,18 @@ def test_upstream_timeout_is_504(start_agproxy, fake):
     with pytest.raises(anthropic.APIStatusError) as caught:
         sdk(proxy).messages.create(model="m", max_tokens=5, messages=[{"role": "user", "content": "x"}])
     assert caught.value.status_code == 504
+
+
+def test_no_key_reaches_the_log_even_at_debug_level(start_agproxy, fake):
+    fake.script(Json(401, {"type": "error", "error": {"type": "authentication_error", "message": "bad key"}}))
+    proxy = start_agproxy(fake_config(fake, log_level="debug", auth_mode="strict", api_key="sk-local-topsecret"))
+    client = anthropic.Anthropic(base_url=proxy.url, api_key="sk-local-topsecret", max_retries=0)
+    with pytest.raises(anthropic.APIStatusError):
+        client.messages.create(model="m", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+    client.messages.create(model="m", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+    with pytest.raises(anthropic.AuthenticationError):
+        anthropic.Anthropic(base_url=proxy.url, api_key="sk-wrong-guess", max_retries=0).models.list()
+    log = proxy.log()
+    assert "POST /v1/messages" in log
+    for secret in ("sk-local-topsecret", "sk-upstream-alice", "sk-upstream-bob", "sk-wrong-guess"):
+        assert secret not in log

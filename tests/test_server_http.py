@@ -224,3 +224,16 @@ def test_streaming_response_is_chunked_with_sse_headers(demo):
     assert headers["cache-control"] == "no-cache"
     assert headers["x-accel-buffering"] == "no"
     assert data.count(b"event: message_stop") == 1
+
+
+def test_http10_stream_ends_with_the_close_even_when_keep_alive_was_asked(demo):
+    body = json.dumps({"model": "claude-test", "max_tokens": 10, "stream": True,
+                       "messages": [{"role": "user", "content": "ping"}]}).encode()
+    wire = (b"POST /v1/messages HTTP/1.0\r\nConnection: keep-alive\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%b" % (len(body), body))
+    started = time.monotonic()
+    data = raw_request(demo.port, wire, timeout=5)
+    assert time.monotonic() - started < 2  # closed at the end, not after the idle timeout
+    head, _, rest = data.partition(b"\r\n\r\n")
+    assert b"Connection: close" in head and b"Transfer-Encoding" not in head
+    assert rest.endswith(b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n")

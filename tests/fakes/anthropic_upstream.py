@@ -25,6 +25,8 @@ import threading
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from tests.fakes.server_thread import ServerThread
+
 
 @dataclasses.dataclass
 class Json:
@@ -152,30 +154,17 @@ class FakeAnthropic:
         self.abandoned_at: List[float] = []
         self._queue: List[Any] = []
         self._lock = threading.Lock()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._server: Optional[asyncio.AbstractServer] = None
+        self._server = ServerThread()
         self.port = 0
 
     # -- control from the test thread ---------------------------------------------------
 
     def start(self) -> FakeAnthropic:
-        self._thread.start()
-        future = asyncio.run_coroutine_threadsafe(self._start(), self._loop)
-        self.port = future.result(5)
+        self.port = self._server.start(self._handle, self.tls)
         return self
 
     def stop(self) -> None:
-        async def close() -> None:
-            if self._server:
-                self._server.close()
-            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-        asyncio.run_coroutine_threadsafe(close(), self._loop).result(5)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
+        self._server.stop()
 
     def __enter__(self) -> FakeAnthropic:
         return self.start()
@@ -199,10 +188,6 @@ class FakeAnthropic:
             self.connections = 0
 
     # -- the server ---------------------------------------------------------------------
-
-    async def _start(self) -> int:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0, ssl=self.tls)
-        return self._server.sockets[0].getsockname()[1]
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1

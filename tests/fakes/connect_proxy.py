@@ -4,41 +4,28 @@ absolute-form requests (for http upstreams). It records what it was asked for.""
 from __future__ import annotations
 
 import asyncio
-import threading
 import urllib.parse
 from typing import List, Optional, Tuple
+
+from tests.fakes.server_thread import ServerThread
 
 
 class FakeProxy:
     def __init__(self) -> None:
         self.seen: List[Tuple[str, str, Optional[str]]] = []  # method, target, Proxy-Authorization
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._server = ServerThread()
         self.port = 0
 
     def __enter__(self) -> FakeProxy:
-        self._thread.start()
-        self.port = asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(5)
+        self.port = self._server.start(self._handle)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        async def close() -> None:
-            self._server.close()
-            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-        asyncio.run_coroutine_threadsafe(close(), self._loop).result(5)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
+        self._server.stop()
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-    async def _start(self) -> int:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        return self._server.sockets[0].getsockname()[1]
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

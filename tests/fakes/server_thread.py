@@ -1,0 +1,45 @@
+"""An asyncio server on 127.0.0.1:0 running in its own thread, for the fakes to build on."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import threading
+from typing import Any, Awaitable, Callable, Optional
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+class ServerThread:
+    """Start with ``start(handler)``; ``stop()`` closes the server and cancels its connections."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._server: Optional[asyncio.AbstractServer] = None
+        self.port = 0
+
+    def start(self, handler: Handler, tls: Optional[ssl.SSLContext] = None) -> int:
+        async def listen() -> int:
+            self._server = await asyncio.start_server(handler, "127.0.0.1", 0, ssl=tls)
+            return self._server.sockets[0].getsockname()[1]
+
+        self._thread.start()
+        self.port = asyncio.run_coroutine_threadsafe(listen(), self.loop).result(5)
+        return self.port
+
+    def stop(self) -> None:
+        async def close() -> None:
+            if self._server:
+                self._server.close()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(close(), self.loop).result(5)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+
+    def run(self, coroutine: Awaitable[Any]) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(5)
