@@ -2157,6 +2157,7 @@ async def _relay_sse(response: UpstreamResponse, upstream: str) -> AsyncIterator
     the client never sees half an event.
     """
     pending = bytearray()
+    last = b""
     try:
         while True:
             chunk = await response.read_chunk()
@@ -2165,11 +2166,16 @@ async def _relay_sse(response: UpstreamResponse, upstream: str) -> AsyncIterator
             pending += chunk
             cut = sse_complete_prefix(pending)
             if cut:
-                out = bytes(pending[:cut])
+                last = bytes(pending[:cut])
                 del pending[:cut]
-                yield out
+                yield last
+            elif len(pending) > MAX_SSE_EVENT_BYTES:
+                raise UpstreamFailure(f"upstream sent an SSE event larger than {MAX_SSE_EVENT_BYTES} bytes")
         if pending.strip():
-            yield bytes(pending) + b"\n\n"
+            last = bytes(pending) + b"\n\n"
+            yield last
+        if b"message_stop" not in last and b"event: error" not in last:
+            raise UpstreamFailure("the stream ended before message_stop")
     except UpstreamFailure as exc:
         yield encode_sse_json("error", error_body("api_error", f"upstream {upstream!r}: {exc.message}"))
     finally:

@@ -263,3 +263,28 @@ def test_no_key_reaches_the_log_even_at_debug_level(start_agproxy, fake):
     assert "POST /v1/messages" in log
     for secret in ("sk-local-topsecret", "sk-upstream-alice", "sk-upstream-bob", "sk-wrong-guess"):
         assert secret not in log
+
+
+def test_stream_closed_cleanly_before_message_stop_becomes_error_event(start_agproxy, fake):
+    from tests.fakes.anthropic_upstream import Raw, encode_event
+    events = b"".join(encode_event(e, d) for e, d in text_stream("a b c")[:4])
+    fake.script(Raw(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n" + events))
+    proxy = start_agproxy(fake_config(fake))
+    body = json.dumps({"model": "m", "max_tokens": 5, "stream": True,
+                       "messages": [{"role": "user", "content": "x"}]}).encode()
+    request = urllib.request.Request(proxy.url + "/v1/messages", body, {"content-type": "application/json"})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        data = response.read()
+    assert data.startswith(events)
+    assert data[len(events):].startswith(b"event: error\ndata: ")
+    assert b"ended before message_stop" in data
+
+
+def test_upstream_error_event_is_relayed_as_is(start_agproxy, fake):
+    error = ("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
+    fake.script(Sse(text_stream("a b")[:3] + [error]))
+    proxy = start_agproxy(fake_config(fake))
+    with pytest.raises(anthropic.APIStatusError) as caught:
+        with sdk(proxy).messages.stream(model="m", max_tokens=5, messages=[{"role": "user", "content": "x"}]) as s:
+            s.get_final_message()
+    assert "Overloaded" in str(caught.value)
