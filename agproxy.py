@@ -669,14 +669,11 @@ class RequestParser:
         end = self._buffer.find(b"\n\r\n")
         end2 = self._buffer.find(b"\n\n")
         if end < 0 and end2 < 0:
-            limit = self.max_header_bytes
-            if len(self._buffer) > limit:
-                first_line = self._buffer.find(b"\n")
-                if first_line < 0 and len(self._buffer) > _MAX_REQUEST_LINE:
-                    raise ProtocolError(f"request line exceeds {_MAX_REQUEST_LINE} bytes", status=414)
-                raise ProtocolError(f"header block exceeds {limit} bytes", status=431)
-            if self._buffer.find(b"\n") < 0 and len(self._buffer) > _MAX_REQUEST_LINE:
-                raise ProtocolError(f"request line exceeds {_MAX_REQUEST_LINE} bytes", status=414)
+            line_limit = min(_MAX_REQUEST_LINE, self.max_header_bytes)
+            if len(self._buffer) > line_limit and self._buffer.find(b"\n") < 0:
+                raise ProtocolError(f"request line exceeds {line_limit} bytes", status=414)
+            if len(self._buffer) > self.max_header_bytes:
+                raise ProtocolError(f"header block exceeds {self.max_header_bytes} bytes", status=431)
             return None
         if end < 0 or (0 <= end2 < end):
             head_end, cut = end2 + 1, end2 + 2
@@ -2309,6 +2306,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     "without a model (see README: Configuration)")
     else:
         log.info("config: %s", config.source)
+    for upstream in config.upstreams:
+        log.info("upstream %s: %s %s, %d account(s)", upstream.name, upstream.kind,
+                 upstream.base_url or "(built in)", len(upstream.accounts))
     mode = config.effective_auth_mode()
     if mode != "off" and not config.api_key:
         log.warning("auth_mode is %s but api_key is empty: every protected request will get 401", mode)

@@ -218,3 +218,11 @@ def test_any_valid_pipeline_parses_back_exactly(items, step):
             wire += b"Content-Length: %d\r\n\r\n%b" % (len(body), body)
     requests = parse_all(wire, step)
     assert [(r.method, r.path, r.body) for r in requests] == [(m, "/" + p, b) for m, p, b, _ in items]
+
+
+def test_overlong_request_line_is_414():
+    parser = RequestParser()
+    parser.feed(b"GET /" + b"a" * 9000)
+    with pytest.raises(ProtocolError) as caught:
+        parser.next_event()
+    assert caught.value.status == 414 and "8192 bytes" in caught.value.message
