@@ -23,10 +23,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import collections
 import concurrent.futures
 import dataclasses
 import email.utils
 import fnmatch
+import hashlib
 import hmac
 import http
 import http.client
@@ -45,7 +47,7 @@ import time
 import urllib.parse
 import urllib.request
 import uuid
-from typing import Any, AsyncIterator, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, AsyncIterator, Callable, Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple, Union
 
 __version__ = "0.1.0"
 __all__ = [
@@ -188,6 +190,43 @@ AUTH_MODES = ("off", "strict", "all_except_health", "auto")
 PROFILES = ("anthropic", "compatible")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
+#: Top-level fields that every Anthropic-compatible server takes.
+BASIC_FIELDS = frozenset((
+    "model", "messages", "system", "max_tokens", "stream", "temperature", "top_p", "top_k", "stop_sequences",
+    "tools", "tool_choice", "thinking", "metadata",
+))
+#: Keys of a custom tool definition that every Anthropic-compatible server takes.
+BASIC_TOOL_FIELDS = frozenset(("name", "description", "input_schema", "type"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    """What an upstream accepts. The sanitizer changes exactly what this says, nothing more.
+
+    ``fields`` and ``tool_fields`` are allow-lists (None keeps everything); ``system_messages`` says
+    what happens to ``{"role": "system"}`` entries of ``messages``: ``keep``, or move them into
+    ``system`` or into the next ``user`` turn; ``thinking`` ``basic`` maps ``adaptive`` to ``enabled``
+    with a budget and drops ``display``.
+    """
+
+    cache_control: bool = True
+    betas: bool = True
+    fields: Optional[FrozenSet[str]] = None
+    tool_fields: Optional[FrozenSet[str]] = None
+    server_tools: bool = True
+    system_messages: str = "keep"
+    merge_roles: bool = False
+    thinking: str = "keep"
+
+
+PROFILE_DEFAULTS = {
+    "anthropic": Profile(),
+    "compatible": Profile(cache_control=False, betas=False, fields=BASIC_FIELDS, tool_fields=BASIC_TOOL_FIELDS,
+                          server_tools=False, system_messages="system", merge_roles=True, thinking="basic"),
+}
+SYSTEM_MESSAGE_MODES = ("keep", "system", "user")
+THINKING_MODES = ("keep", "basic")
+
 
 @dataclasses.dataclass(frozen=True)
 class Account:
@@ -208,6 +247,8 @@ class Upstream:
     timeout_s: float = 600.0
     connect_timeout_s: float = 10.0
     profile: str = "anthropic"
+    rules: Profile = dataclasses.field(default_factory=lambda: Profile())
+    context_window: Optional[int] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -241,6 +282,7 @@ class Config:
     server_names: Tuple[str, ...] = ()
     upstream_workers: int = 64
     log_level: str = "info"
+    state_file: str = ""
     source: str = "built-in demo config"
 
     def upstream(self, name: str) -> Upstream:
@@ -350,7 +392,8 @@ _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "tru
                list: "a list", dict: "an object"}
 
 _CONFIG_KEYS = {f.name for f in dataclasses.fields(Config)} - {"source"}
-_UPSTREAM_KEYS = ("name", "kind", "base_url", "accounts", "timeout_s", "connect_timeout_s", "profile")
+_UPSTREAM_KEYS = ("name", "kind", "base_url", "accounts", "timeout_s", "connect_timeout_s", "profile", "sanitize",
+                  "context_window")
 
 
 def _parse_base_url(value: str, where: str) -> str:
@@ -385,6 +428,10 @@ def _parse_upstream(obj: Any, where: str) -> Upstream:
         if kind != "demo":
             raise ConfigError(f"{where}.accounts: needs at least one account")
         accounts.append(Account("demo", ""))
+    profile = fields.choice("profile", PROFILES, "anthropic")
+    context_window = fields.get("context_window", int, None)
+    if context_window is not None and context_window < 1024:
+        raise ConfigError(f"{where}.context_window: must be at least 1024, got {context_window}")
     return Upstream(
         name=name,
         kind=kind,
@@ -392,8 +439,27 @@ def _parse_upstream(obj: Any, where: str) -> Upstream:
         accounts=tuple(accounts),
         timeout_s=fields.number("timeout_s", 600.0, 0.001),
         connect_timeout_s=fields.number("connect_timeout_s", 10.0, 0.001),
-        profile=fields.choice("profile", PROFILES, "anthropic"),
+        profile=profile,
+        rules=_parse_rules(fields.get("sanitize", dict, {}), f"{where}.sanitize", PROFILE_DEFAULTS[profile]),
+        context_window=context_window,
     )
+
+
+def _parse_rules(obj: Dict[str, Any], where: str, base: Profile) -> Profile:
+    """A profile's defaults with the per-key overrides of ``upstreams[].sanitize``."""
+    fields = _Fields(obj, where, [f.name for f in dataclasses.fields(Profile)])
+    overrides: Dict[str, Any] = {}
+    for key in ("cache_control", "betas", "server_tools", "merge_roles"):
+        if key in obj:
+            overrides[key] = fields.get(key, bool, None)
+    for key in ("fields", "tool_fields"):
+        if key in obj:
+            overrides[key] = None if obj[key] is None else frozenset(fields.strings(key))
+    if "system_messages" in obj:
+        overrides["system_messages"] = fields.choice("system_messages", SYSTEM_MESSAGE_MODES, "keep")
+    if "thinking" in obj:
+        overrides["thinking"] = fields.choice("thinking", THINKING_MODES, "keep")
+    return dataclasses.replace(base, **overrides)
 
 
 def config_from_dict(raw: Any, environ: Dict[str, str], source: str) -> Config:
@@ -435,8 +501,16 @@ def config_from_dict(raw: Any, environ: Dict[str, str], source: str) -> Config:
         server_names=fields.strings("server_names"),
         upstream_workers=fields.integer("upstream_workers", 64, 1, 4096),
         log_level=fields.choice("log_level", LOG_LEVELS, "info"),
+        state_file=fields.text("state_file", default_state_file(environ)),
         source=source,
     )
+
+
+def default_state_file(environ: Dict[str, str]) -> str:
+    """Where learned facts and cooldowns are kept: ``$XDG_STATE_HOME/agproxy/state.json``."""
+    base = environ.get("XDG_STATE_HOME") or os.path.join(environ.get("HOME") or os.path.expanduser("~"),
+                                                         ".local", "state")
+    return os.path.join(base, "agproxy", "state.json")
 
 
 def find_config_path(explicit: Optional[str], environ: Dict[str, str], cwd: str, home: str) -> Optional[str]:
@@ -463,7 +537,7 @@ def load_config(
     environ = dict(os.environ if environ is None else environ)
     path = find_config_path(explicit_path, environ, os.getcwd(), os.path.expanduser("~"))
     if path is None:
-        config = Config(upstreams=(DEMO_UPSTREAM,))
+        config = Config(upstreams=(DEMO_UPSTREAM,), state_file=default_state_file(environ))
     else:
         try:
             with open(path, "rb") as f:
@@ -1175,6 +1249,569 @@ def anthropic_error_from_upstream(status: int, body: bytes, upstream: str) -> Ag
     return AgproxyError(message, status=status, error_type=error_type or error_type_for_status(status))
 
 
+# -- the request sanitizer (profiles are defined with the config) --------------------------
+
+#: Top-level fields never stripped on an upstream's say-so: without them the request means something else.
+PROTECTED_TOP_FIELDS = frozenset(("model", "messages", "max_tokens", "stream", "system", "tools"))
+#: Keys inside messages and tools that carry meaning; never stripped on an upstream's say-so.
+PROTECTED_NESTED_KEYS = frozenset((
+    "role", "content", "type", "text", "id", "name", "input", "tool_use_id", "input_schema", "source", "data",
+    "media_type", "thinking", "signature", "url",
+))
+INTERRUPTED_TOOL_TEXT = "Tool call interrupted: no result was recorded for this call."
+CONTINUATION_TEXT = "(conversation continues)"
+
+
+def _block_list(content: Any) -> List[Any]:
+    """Message content as a list of blocks (a string becomes one text block)."""
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}] if content else []
+    return list(content) if isinstance(content, list) else []
+
+
+def _block_text(block: Any) -> str:
+    """The plain text a block or tool_result content carries (images and the like give none)."""
+    if isinstance(block, str):
+        return block
+    if isinstance(block, list):
+        return "\n".join(t for t in (_block_text(b) for b in block) if t)
+    if isinstance(block, dict):
+        if block.get("type") == "text":
+            return str(block.get("text") or "")
+        if block.get("type") == "tool_result":
+            return _block_text(block.get("content"))
+    return ""
+
+
+def _strip_cache_control(value: Any, changes: Dict[str, int]) -> None:
+    """Remove every ``cache_control`` key in a tree of blocks."""
+    if isinstance(value, dict):
+        if value.pop("cache_control", None) is not None:
+            changes["cache_control"] = changes.get("cache_control", 0) + 1
+        for item in value.values():
+            if isinstance(item, (dict, list)):
+                _strip_cache_control(item, changes)
+    elif isinstance(value, list):
+        for item in value:
+            _strip_cache_control(item, changes)
+
+
+def _count(changes: Dict[str, int], kind: str, n: int = 1) -> None:
+    if n:
+        changes[kind] = changes.get(kind, 0) + n
+
+
+def drop_path(value: Any, path: Sequence[str]) -> int:
+    """Delete the key at a dotted path whose ``*`` segments match every list item; returns how many."""
+    if not path:
+        return 0
+    head, rest = path[0], path[1:]
+    if isinstance(value, list):
+        if head != "*":
+            return 0
+        return sum(drop_path(item, rest) for item in value)
+    if not isinstance(value, dict) or head not in value:
+        return 0
+    if not rest:
+        del value[head]
+        return 1
+    return drop_path(value[head], rest)
+
+
+def sanitize_request(body: Dict[str, Any], profile: Profile, *, drop_paths: Iterable[str] = (),
+                     drop_thinking: Optional[Callable[[Dict[str, Any]], bool]] = None) -> Dict[str, int]:
+    """Make a Messages request acceptable to an upstream with ``profile``, in place.
+
+    ``drop_paths`` are fields this upstream is known to reject (learned from its errors);
+    ``drop_thinking`` says which thinking blocks of the history must go (foreign signatures).
+    Returns what was changed, counted per kind; an empty result means the body is untouched.
+    """
+    changes: Dict[str, int] = {}
+    for path in drop_paths:
+        _count(changes, f"learned:{path}", drop_path(body, path.split(".")))
+    if profile.fields is not None:
+        for key in [k for k in body if k not in profile.fields]:
+            del body[key]
+            _count(changes, f"field:{key}")
+    if profile.thinking == "basic":
+        _basic_thinking(body, changes)
+    _sanitize_tools(body, profile, changes)
+    if not profile.cache_control:
+        _strip_cache_control(body.get("system"), changes)
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        body["messages"] = _sanitize_messages(body, messages, profile, drop_thinking, changes)
+    return changes
+
+
+def _basic_thinking(body: Dict[str, Any], changes: Dict[str, int]) -> None:
+    thinking = body.get("thinking")
+    if not isinstance(thinking, dict):
+        return
+    if thinking.pop("display", None) is not None:
+        _count(changes, "thinking_display_dropped")
+    if thinking.get("type") != "adaptive":
+        return
+    max_tokens = body.get("max_tokens") if isinstance(body.get("max_tokens"), int) else 0
+    if max_tokens <= 1024:
+        del body["thinking"]  # no room for the 1024-token minimum budget
+        _count(changes, "thinking_dropped")
+        return
+    body["thinking"] = {"type": "enabled", "budget_tokens": min(max_tokens - 1, max(1024, max_tokens // 4))}
+    _count(changes, "thinking_adaptive_mapped")
+
+
+def _sanitize_tools(body: Dict[str, Any], profile: Profile, changes: Dict[str, int]) -> None:
+    tools = body.get("tools")
+    if not isinstance(tools, list):
+        return
+    kept = []
+    for tool in tools:
+        if not isinstance(tool, dict):
+            continue
+        if not profile.server_tools and tool.get("type") not in (None, "custom"):
+            _count(changes, "server_tool_dropped")
+            continue
+        if profile.tool_fields is not None:
+            for key in [k for k in tool if k not in profile.tool_fields and k != "cache_control"]:
+                del tool[key]
+                _count(changes, f"tool_field:{key}")
+        if not profile.cache_control:
+            _strip_cache_control(tool, changes)
+        kept.append(tool)
+    if len(kept) != len(tools):
+        names = {t.get("name") for t in kept}
+        choice = body.get("tool_choice")
+        if isinstance(choice, dict) and choice.get("type") == "tool" and choice.get("name") not in names:
+            body["tool_choice"] = {"type": "auto"}
+            _count(changes, "tool_choice_reset")
+        if kept:
+            body["tools"] = kept
+        else:
+            body.pop("tools", None)
+            body.pop("tool_choice", None)
+
+
+def _sanitize_messages(body: Dict[str, Any], messages: List[Any], profile: Profile,
+                       drop_thinking: Optional[Callable[[Dict[str, Any]], bool]],
+                       changes: Dict[str, int]) -> List[Dict[str, Any]]:
+    cleaned: List[Dict[str, Any]] = []
+    pending_system: List[str] = []  # system-role texts waiting for the next user turn
+    for message in messages:
+        if not isinstance(message, dict):
+            continue
+        role = message.get("role")
+        content = message.get("content")
+        if isinstance(content, list):
+            blocks = []
+            for block in content:
+                if isinstance(block, dict):
+                    kind = block.get("type")
+                    if kind == "text" and not str(block.get("text") or "").strip():
+                        _count(changes, "empty_text_dropped")
+                        continue
+                    if kind in ("thinking", "redacted_thinking") and drop_thinking and drop_thinking(block):
+                        _count(changes, "thinking_block_dropped")
+                        continue
+                    if not profile.cache_control:
+                        _strip_cache_control(block, changes)
+                blocks.append(block)
+            if len(blocks) != len(content):
+                message = dict(message, content=blocks)
+        elif isinstance(content, str) and not content.strip():
+            message = dict(message, content="")
+        if role == "system" and profile.system_messages != "keep":
+            text = _block_text(message.get("content"))
+            _count(changes, "system_message_moved")
+            if not text.strip():
+                continue
+            if profile.system_messages == "system":
+                system = body.get("system")
+                system_blocks = _block_list(system) if system is not None else []
+                body["system"] = system_blocks + [{"type": "text", "text": text}]
+            else:
+                pending_system.append(text)
+            continue
+        if not message.get("content"):
+            _count(changes, "empty_message_dropped")
+            continue
+        if pending_system and role == "user":
+            texts = [{"type": "text", "text": t} for t in pending_system]
+            message = dict(message, content=texts + _block_list(message["content"]))
+            pending_system = []
+        cleaned.append(message)
+    if pending_system:
+        cleaned.append({"role": "user", "content": [{"type": "text", "text": t} for t in pending_system]})
+    if profile.merge_roles:
+        cleaned = _merge_same_role(cleaned, changes)
+    if cleaned and cleaned[0].get("role") == "assistant":
+        cleaned.insert(0, {"role": "user", "content": CONTINUATION_TEXT})
+        _count(changes, "first_user_inserted")
+    return _pair_tools(cleaned, changes)
+
+
+def _merge_same_role(messages: List[Dict[str, Any]], changes: Dict[str, int]) -> List[Dict[str, Any]]:
+    merged: List[Dict[str, Any]] = []
+    for message in messages:
+        if merged and merged[-1].get("role") == message.get("role"):
+            previous = merged[-1]
+            merged[-1] = dict(previous, content=_block_list(previous["content"]) + _block_list(message["content"]))
+            _count(changes, "messages_merged")
+        else:
+            merged.append(message)
+    return merged
+
+
+def _pair_tools(messages: List[Dict[str, Any]], changes: Dict[str, int]) -> List[Dict[str, Any]]:
+    """Every tool_use answered in the next user turn, every tool_result answering one, results first."""
+    out: List[Dict[str, Any]] = []
+    expected: List[str] = []  # tool_use ids of the assistant turn just before
+    for message in messages:
+        role = message.get("role")
+        if role == "user":
+            message = _answer_tools(message, expected, changes)
+            expected = []
+        elif role == "assistant":
+            if expected:
+                out.append(_answer_tools({"role": "user", "content": []}, expected, changes))
+            blocks = message.get("content")
+            expected = [b["id"] for b in blocks if isinstance(b, dict) and b.get("type") == "tool_use"
+                        and isinstance(b.get("id"), str)] if isinstance(blocks, list) else []
+        out.append(message)
+    if expected:
+        out.append(_answer_tools({"role": "user", "content": []}, expected, changes))
+    return out
+
+
+def _answer_tools(message: Dict[str, Any], expected: List[str], changes: Dict[str, int]) -> Dict[str, Any]:
+    original = _block_list(message.get("content"))
+    if not expected and not any(isinstance(b, dict) and b.get("type") == "tool_result" for b in original):
+        return message
+    results, others, answered, repaired = [], [], set(), 0
+    for block in original:
+        if isinstance(block, dict) and block.get("type") == "tool_result":
+            tool_id = block.get("tool_use_id")
+            if tool_id in expected and tool_id not in answered:
+                answered.add(tool_id)
+                results.append(block)
+                continue
+            text = _block_text(block)
+            others.append({"type": "text", "text": f"[result of tool call {tool_id}]\n{text}".rstrip()})
+            _count(changes, "orphan_tool_result_to_text")
+            repaired += 1
+        else:
+            others.append(block)
+    for tool_id in expected:
+        if tool_id not in answered:
+            results.append({"type": "tool_result", "tool_use_id": tool_id, "is_error": True,
+                            "content": INTERRUPTED_TOOL_TEXT})
+            _count(changes, "tool_result_synthesized")
+            repaired += 1
+    ordered = sorted(results, key=lambda b: expected.index(b["tool_use_id"])) + others
+    if ordered == original:
+        return message
+    if not repaired:
+        _count(changes, "tool_results_reordered")
+    return dict(message, content=ordered)
+
+
+def sanitize_betas(value: Optional[str], profile: Profile,
+                   rejected: Iterable[str] = ()) -> Tuple[Optional[str], Dict[str, int]]:
+    """The ``anthropic-beta`` header to send upstream (None for none) and what was dropped."""
+    changes: Dict[str, int] = {}
+    if not value:
+        return None, changes
+    betas = [b.strip() for b in value.split(",") if b.strip()]
+    if not profile.betas:
+        _count(changes, "betas_dropped", len(betas))
+        return None, changes
+    rejected = set(rejected)
+    kept = [b for b in betas if b not in rejected]
+    for beta in betas:
+        if beta in rejected:
+            _count(changes, f"beta:{beta}")
+    return (",".join(kept) or None), changes
+
+
+# -- warmups, sessions, and what an upstream's 400 says it rejects ---------------------------
+
+#: Longest text still taken for a Claude Code warmup probe ("Warmup" plus a little).
+_WARMUP_MAX_CHARS = 200
+
+
+def is_warmup(body: Dict[str, Any]) -> bool:
+    """True when the last message is a Claude Code warmup probe: a short text starting "Warmup",
+    a text block "Warmup" or starting "Warmup\\n", or an error tool_result starting "Warmup"."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages or not isinstance(messages[-1], dict):
+        return False
+    last = messages[-1]
+    if last.get("role") != "user":
+        return False
+    content = last.get("content")
+    if isinstance(content, str):
+        return content.startswith("Warmup") and len(content) <= _WARMUP_MAX_CHARS
+    if not isinstance(content, list) or not content:
+        return False
+    block = content[-1]
+    if not isinstance(block, dict):
+        return False
+    if block.get("type") == "text":
+        text = str(block.get("text") or "")
+        return text == "Warmup" or (text.startswith("Warmup\n") and len(text) <= _WARMUP_MAX_CHARS)
+    if block.get("type") == "tool_result" and block.get("is_error"):
+        return _block_text(block).startswith("Warmup")
+    return False
+
+
+def warmup_message(model: str) -> Dict[str, Any]:
+    """The local answer to a warmup: a valid, minimal Message."""
+    return {"id": new_message_id(), "type": "message", "role": "assistant", "model": model,
+            "content": [{"type": "text", "text": "OK"}], "stop_reason": "end_turn", "stop_sequence": None,
+            "usage": {"input_tokens": 1, "output_tokens": 1}}
+
+
+def message_as_sse(message: Dict[str, Any]) -> List[bytes]:
+    """A complete Message as the Anthropic event stream that would have produced it (text blocks)."""
+    start = dict(message, content=[], stop_reason=None, stop_sequence=None,
+                 usage=dict(message.get("usage") or {}, output_tokens=1))
+    events = [encode_sse_json("message_start", {"type": "message_start", "message": start})]
+    for index, block in enumerate(message.get("content") or []):
+        text = block.get("text", "") if isinstance(block, dict) else ""
+        events.append(encode_sse_json("content_block_start", {"type": "content_block_start", "index": index,
+                                                              "content_block": {"type": "text", "text": ""}}))
+        events.append(encode_sse_json("content_block_delta", {"type": "content_block_delta", "index": index,
+                                                              "delta": {"type": "text_delta", "text": text}}))
+        events.append(encode_sse_json("content_block_stop", {"type": "content_block_stop", "index": index}))
+    usage = message.get("usage") or {}
+    events.append(encode_sse_json("message_delta", {
+        "type": "message_delta", "delta": {"stop_reason": message.get("stop_reason"), "stop_sequence": None},
+        "usage": {"output_tokens": usage.get("output_tokens", 0)}}))
+    events.append(encode_sse_json("message_stop", {"type": "message_stop"}))
+    return events
+
+
+_SESSION_IN_USER_ID = re.compile(r"session_([0-9a-fA-F-]{8,})")
+
+
+def session_id(headers: Headers, body: Dict[str, Any]) -> Optional[str]:
+    """Claude Code's session: ``X-Claude-Code-Session-Id``, else the one inside ``metadata.user_id``."""
+    value = header_value(headers, "x-claude-code-session-id")
+    if value:
+        return value.strip()[:100]
+    metadata = body.get("metadata")
+    user_id = metadata.get("user_id") if isinstance(metadata, dict) else None
+    if not isinstance(user_id, str):
+        return None
+    if user_id.startswith("{"):
+        try:
+            parsed = json.loads(user_id)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, dict) and isinstance(parsed.get("session_id"), str):
+            return parsed["session_id"][:100]
+    match = _SESSION_IN_USER_ID.search(user_id)
+    return match.group(1) if match else None
+
+
+_EXTRA_INPUT = re.compile(r"([A-Za-z_][\w.]*): Extra inputs are not permitted")
+_UNKNOWN_FIELD = re.compile(
+    r"(?:Unrecognized request arguments? supplied|Unknown parameter|unknown field|Unrecognized field)"
+    r"[:\s]*[`'\"]?([A-Za-z_][\w.]*)", re.IGNORECASE)
+_UNEXPECTED_BETAS = re.compile(r"Unexpected value\(s\) (.+?) for the `?anthropic-beta`? header")
+
+
+def upstream_error_text(body: bytes) -> str:
+    """Every message an upstream's error body carries, joined (Anthropic, OpenAI and pydantic shapes)."""
+    try:
+        parsed = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return body[:4000].decode("utf-8", "replace")
+    texts: List[str] = []
+
+    def collect(value: Any, key: str = "") -> None:
+        if isinstance(value, dict):
+            if isinstance(value.get("loc"), list) and isinstance(value.get("msg"), str):
+                location = ".".join(str(p) for p in value["loc"] if p != "body")
+                texts.append(f"{location}: {value['msg']}")
+            for k, v in value.items():
+                collect(v, k)
+        elif isinstance(value, list):
+            for item in value:
+                collect(item, key)
+        elif isinstance(value, str) and key in ("message", "msg", "detail", "error"):
+            texts.append(value)
+            if value.startswith("{"):
+                collect_nested(value)
+
+    def collect_nested(text: str) -> None:
+        try:
+            collect(json.loads(text))
+        except ValueError:
+            pass
+
+    collect(parsed)
+    return "\n".join(texts)
+
+
+def rejected_inputs(body: bytes) -> Tuple[List[str], List[str]]:
+    """The field paths and beta values an upstream's 400 says it does not accept."""
+    text = upstream_error_text(body)
+    fields = _EXTRA_INPUT.findall(text) + _UNKNOWN_FIELD.findall(text)
+    betas: List[str] = []
+    for listed in _UNEXPECTED_BETAS.findall(text):
+        betas += [b.strip(" `'\"") for b in listed.split(",") if b.strip(" `'\"")]
+    return list(dict.fromkeys(fields)), list(dict.fromkeys(betas))
+
+
+def learnable_path(body: Dict[str, Any], path: str) -> Optional[str]:
+    """The general form of a rejected field path if it is present and safe to strip, else None.
+
+    Indices become ``*`` and union tags in the path (``tools.3.custom.input_examples``) are dropped,
+    so ``tools.*.input_examples`` is stripped from every tool. Fields that carry the request's
+    meaning are never stripped on an upstream's say-so.
+    """
+    general: List[str] = []
+    value: Any = body
+    parts = path.split(".")
+    for i, part in enumerate(parts):
+        if isinstance(value, list):
+            if not part.isdigit() or int(part) >= len(value):
+                return None
+            value = value[int(part)]
+            general.append("*")
+        elif isinstance(value, dict):
+            if part in value:
+                value = value[part]
+                general.append(part)
+            elif i + 1 < len(parts) and general and general[-1] == "*":
+                continue  # a union tag such as "custom" or "thinking"
+            else:
+                return None
+        else:
+            return None
+    if not general or general[-1] == "*":
+        return None
+    last = general[-1]
+    if (len(general) == 1 and last in PROTECTED_TOP_FIELDS) or (len(general) > 1 and last in PROTECTED_NESTED_KEYS):
+        return None
+    return ".".join(general)
+
+
+def is_signature_error(status: int, body: bytes) -> bool:
+    """An upstream refusing thinking blocks made elsewhere (invalid or foreign signature)."""
+    if status != 400:
+        return False
+    text = upstream_error_text(body).lower()
+    return "signature" in text and ("thinking" in text or "invalid" in text)
+
+
+def strip_thinking_history(body: Dict[str, Any]) -> Dict[str, int]:
+    """Remove every thinking block from the history; turn thinking off for this turn when the
+    upstream would then demand a thinking block at the start of the assistant turn in progress."""
+    changes: Dict[str, int] = {}
+    messages = body.get("messages") if isinstance(body.get("messages"), list) else []
+    for message in messages:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list):
+            kept = [b for b in content if not (isinstance(b, dict) and b.get("type") in
+                                               ("thinking", "redacted_thinking"))]
+            if len(kept) != len(content):
+                _count(changes, "thinking_block_stripped", len(content) - len(kept))
+                message["content"] = kept
+    body["messages"] = [m for m in messages if not isinstance(m, dict) or m.get("content")]
+    in_tool_loop = any(isinstance(m, dict) and m.get("role") == "assistant" for m in body["messages"][-2:-1])
+    thinking = body.get("thinking")
+    if in_tool_loop and isinstance(thinking, dict) and thinking.get("type") != "disabled":
+        del body["thinking"]
+        _count(changes, "thinking_disabled_for_turn")
+        management = body.get("context_management")
+        if isinstance(management, dict) and isinstance(management.get("edits"), list):
+            management["edits"] = [e for e in management["edits"]
+                                   if not (isinstance(e, dict) and str(e.get("type", "")).startswith("clear_thinking"))]
+            if not management["edits"]:
+                del body["context_management"]
+    return changes
+
+
+class SignatureBook:
+    """Which upstream produced which thinking signature, by hash, in bounded memory (LRU)."""
+
+    def __init__(self, limit: int = 100_000) -> None:
+        self.limit = limit
+        self._owners: collections.OrderedDict[bytes, str] = collections.OrderedDict()
+
+    @staticmethod
+    def _key(signature: str) -> bytes:
+        return hashlib.blake2b(signature.encode("utf-8", "replace"), digest_size=16).digest()
+
+    def record(self, signature: str, upstream: str) -> None:
+        """Remember that ``upstream`` made ``signature`` (or a redacted_thinking ``data``)."""
+        if not signature:
+            return
+        key = self._key(signature)
+        self._owners[key] = upstream
+        self._owners.move_to_end(key)
+        while len(self._owners) > self.limit:
+            self._owners.popitem(last=False)
+
+    def owner(self, signature: str) -> Optional[str]:
+        """The upstream that made ``signature``, if it passed through here."""
+        return self._owners.get(self._key(signature)) if signature else None
+
+    def record_message(self, message: Any, upstream: str) -> None:
+        """Remember the signatures of a whole Message's thinking blocks."""
+        for block in message.get("content") or [] if isinstance(message, dict) else []:
+            if isinstance(block, dict) and block.get("type") == "thinking":
+                self.record(str(block.get("signature") or ""), upstream)
+            elif isinstance(block, dict) and block.get("type") == "redacted_thinking":
+                self.record(str(block.get("data") or ""), upstream)
+
+    def foreign_to(self, upstream: str) -> Callable[[Dict[str, Any]], bool]:
+        """A test for thinking blocks that another upstream made (unknown ones are kept)."""
+
+        def foreign(block: Dict[str, Any]) -> bool:
+            made_by = self.owner(str(block.get("signature") or block.get("data") or ""))
+            return made_by is not None and made_by != upstream
+
+        return foreign
+
+
+class SignatureWatcher:
+    """Reads a relayed Anthropic event stream and records its thinking signatures."""
+
+    def __init__(self, book: SignatureBook, upstream: str) -> None:
+        self.book = book
+        self.upstream = upstream
+        self._decoder = SSEDecoder()
+        self._parts: Dict[int, List[str]] = {}
+
+    def feed(self, data: bytes) -> None:
+        """Look at a piece of the stream (only pieces that can hold signatures are decoded)."""
+        if b"signature" not in data and b"redacted_thinking" not in data and not self._parts:
+            return
+        for event in self._decoder.feed(data):
+            if event.event not in ("content_block_start", "content_block_delta", "content_block_stop"):
+                continue
+            try:
+                payload = json.loads(event.data)
+            except ValueError:
+                continue
+            index = payload.get("index")
+            if event.event == "content_block_start":
+                block = payload.get("content_block") or {}
+                if block.get("type") == "redacted_thinking":
+                    self.book.record(str(block.get("data") or ""), self.upstream)
+                elif block.get("type") == "thinking" and block.get("signature"):
+                    self._parts.setdefault(index, []).append(str(block["signature"]))
+            elif event.event == "content_block_delta":
+                delta = payload.get("delta") or {}
+                if delta.get("type") == "signature_delta":
+                    self._parts.setdefault(index, []).append(str(delta.get("signature") or ""))
+            elif index in self._parts:
+                self.book.record("".join(self._parts.pop(index)), self.upstream)
+
+
 # =====================================================================================
 # 7. Routing and accounts
 #    Which upstream and which account serve a request. Pure; the server holds the state.
@@ -1216,6 +1853,50 @@ class AccountPicker:
 def upstream_url(base_url: str, path: str) -> str:
     """``base_url`` is what a client would use as its base URL; API paths are appended to it."""
     return base_url.rstrip("/") + path
+
+
+class LearnedRejections:
+    """What each upstream has said it rejects (field paths, ``anthropic-beta`` values).
+
+    Filled from upstream 400s by the self-healing retry, saved in the state file so that a
+    restart does not have to learn it again.
+    """
+
+    def __init__(self) -> None:
+        self._fields: Dict[str, List[str]] = {}
+        self._betas: Dict[str, List[str]] = {}
+
+    def fields(self, upstream: str) -> List[str]:
+        return self._fields.get(upstream, [])
+
+    def betas(self, upstream: str) -> List[str]:
+        return self._betas.get(upstream, [])
+
+    def learn(self, upstream: str, fields: Iterable[str] = (), betas: Iterable[str] = ()) -> List[str]:
+        """Add what is new; returns the new entries (``beta:`` prefixed for betas)."""
+        new = []
+        for field in fields:
+            if field not in self.fields(upstream):
+                self._fields.setdefault(upstream, []).append(field)
+                new.append(field)
+        for beta in betas:
+            if beta not in self.betas(upstream):
+                self._betas.setdefault(upstream, []).append(beta)
+                new.append(f"beta:{beta}")
+        return new
+
+    def to_json(self) -> Dict[str, Any]:
+        names = sorted(set(self._fields) | set(self._betas))
+        return {name: {"fields": self.fields(name), "betas": self.betas(name)} for name in names}
+
+    def load_json(self, data: Any) -> None:
+        """Take entries from a saved state; anything malformed is skipped."""
+        if not isinstance(data, dict):
+            return
+        for upstream, entry in data.items():
+            if isinstance(entry, dict):
+                self.learn(upstream, [f for f in entry.get("fields") or [] if isinstance(f, str)],
+                           [b for b in entry.get("betas") or [] if isinstance(b, str)])
 
 
 # =====================================================================================
@@ -1484,6 +2165,8 @@ _MAX_PIPELINED_BYTES = 1024 * 1024
 #: discarding) so the client receives the answer instead of a reset.
 _LINGER_S = 2.0
 _LINGER_BYTES = 4 * 1024 * 1024
+#: Self-healing retries per request: each must have learned something new from a 400.
+_MAX_HEALS = 4
 #: How long a fetched upstream model list is reused for /v1/models.
 _MODELS_CACHE_S = 60.0
 #: How long in-flight requests may run after SIGINT/SIGTERM before they are cut.
@@ -1644,8 +2327,15 @@ class _Timeout(Exception):
 class Server:
     """The agproxy HTTP server: routes, auth and the guards, over asyncio streams."""
 
-    def __init__(self, config: Config, client: Optional[UpstreamClient] = None) -> None:
+    def __init__(self, config: Config, client: Optional[UpstreamClient] = None, state: Optional[Dict[str, Any]] = None,
+                 persist: Optional[Callable[[Dict[str, Any]], None]] = None) -> None:
         self.config = config
+        self.learned = LearnedRejections()
+        self.learned.load_json((state or {}).get("learned"))
+        self.signatures = SignatureBook()
+        self.counters: collections.Counter = collections.Counter()
+        self._noted: collections.OrderedDict = collections.OrderedDict()
+        self._persist = persist
         self.auth_mode = config.effective_auth_mode()
         self.client = client or UpstreamClient(config.upstream_workers)
         self.pickers = {u.name: AccountPicker(u) for u in config.upstreams}
@@ -2045,9 +2735,16 @@ class Server:
         body = self._json_body(request)
         validate_messages_request(body)
         route = route_model(self.config, body["model"])
+        exchange.upstream = route.upstream.name
+        headers: Headers = [("X-Mapped-Model", route.model)]
+        if self.config.warmup_interception and is_warmup(body):
+            self.counters["warmup_intercepted"] += 1
+            exchange.account = "warmup"
+            return self._local_message(warmup_message(body["model"]), bool(body.get("stream")),
+                                       headers + [("X-Warmup-Intercepted", "true")])
         account = self.pickers[route.upstream.name].pick()
-        exchange.upstream, exchange.account = route.upstream.name, account.name
-        headers: Headers = [("X-Mapped-Model", route.model), ("X-Account-Email", account.name)]
+        exchange.account = account.name
+        headers.append(("X-Account-Email", account.name))
         kind = route.upstream.kind
         try:
             if kind == "demo":
@@ -2060,18 +2757,21 @@ class Server:
             exc.headers.extend(headers)
             raise
 
+    def _local_message(self, message: Dict[str, Any], stream: bool, headers: Headers) -> Union[Response,
+                                                                                                StreamingResponse]:
+        """Answer with a Message made here, as JSON or as its event stream."""
+        if not stream:
+            return json_response(200, message, headers)
+        return StreamingResponse(200, _SSE_HEADERS + headers, _iterate(message_as_sse(message)), lambda: None)
+
     def _demo_messages(self, body: Dict[str, Any], headers: Headers) -> Union[Response, StreamingResponse]:
         message_id = new_message_id()
         if not body.get("stream"):
             return json_response(200, demo_message(body, message_id), headers)
+        return StreamingResponse(200, _SSE_HEADERS + headers, _iterate(demo_sse_events(body, message_id)),
+                                 lambda: None)
 
-        async def chunks() -> AsyncIterator[bytes]:
-            for event in demo_sse_events(body, message_id):
-                yield event
-
-        return StreamingResponse(200, _SSE_HEADERS + headers, chunks(), lambda: None)
-
-    def _anthropic_headers(self, request: Request, upstream: Upstream, account: Account, stream: bool) -> Headers:
+    def _anthropic_headers(self, request: Request, account: Account, beta: Optional[str], stream: bool) -> Headers:
         headers: Headers = [
             ("Content-Type", "application/json"),
             ("Accept", "text/event-stream" if stream else "application/json"),
@@ -2080,47 +2780,122 @@ class Server:
             ("anthropic-version", request.header("anthropic-version") or DEFAULT_ANTHROPIC_VERSION),
             ("x-api-key", account.api_key),
         ]
-        beta = request.header("anthropic-beta")
-        if beta and upstream.profile == "anthropic":
+        if beta:
             headers.append(("anthropic-beta", beta))
         return headers
+
+    def _prepare(self, request: Request, exchange: _Exchange, route: Route,
+                 strip_thinking: bool) -> Tuple[bytes, Dict[str, Any], Optional[str]]:
+        """The body and beta header to send to this upstream: sanitized per its profile and what it
+        has rejected before; the client's bytes unchanged when nothing needs changing."""
+        upstream = route.upstream
+        raw = request.body or b""
+        body = json.loads(raw)  # a private copy to change
+        changes: Dict[str, int] = {}
+        if body.get("model") != route.model:
+            body["model"] = route.model
+            changes["model_renamed"] = 1
+        changes.update(sanitize_request(body, upstream.rules, drop_paths=self.learned.fields(upstream.name),
+                                        drop_thinking=self.signatures.foreign_to(upstream.name)))
+        if strip_thinking:
+            changes.update(strip_thinking_history(body))
+        beta, beta_changes = sanitize_betas(request.header("anthropic-beta"), upstream.rules,
+                                            self.learned.betas(upstream.name))
+        changes.update(beta_changes)
+        if not changes:
+            return raw, body, beta
+        self.counters.update({f"sanitize:{kind}": n for kind, n in changes.items()})
+        if self.log.isEnabledFor(logging.DEBUG):
+            summary = ", ".join(f"{kind}={n}" for kind, n in sorted(changes.items()))
+            self.log.debug("%s sanitized for upstream %r: %s", exchange.id, upstream.name, summary)
+        return json.dumps(body, ensure_ascii=False).encode("utf-8"), body, beta
+
+    async def _call_anthropic(self, request: Request, exchange: _Exchange, route: Route, account: Account,
+                              path: str, stream: bool) -> UpstreamResponse:
+        """Send to an ``anthropic`` upstream and return its successful answer, healing on the way:
+        a 400 naming a field or beta it rejects strips exactly that and retries (and remembers it);
+        a thinking-signature 400 retries once with thinking removed from the history."""
+        upstream = route.upstream
+        strip_thinking = False
+        heals = 0
+        while True:
+            payload, sent, beta = self._prepare(request, exchange, route, strip_thinking)
+            try:
+                response = await self.client.request(
+                    "POST", upstream_url(upstream.base_url, path),
+                    self._anthropic_headers(request, account, beta, stream), payload,
+                    timeout_s=upstream.timeout_s, connect_timeout_s=upstream.connect_timeout_s,
+                )
+            except UpstreamFailure as exc:
+                exc.message = f"upstream {upstream.name!r}: {exc.message}"
+                raise
+            if response.status < 400:
+                return response
+            data = await response.read_all(1024 * 1024)
+            if response.status == 400 and heals < _MAX_HEALS and self._learn_rejection(upstream, sent, beta, data):
+                heals += 1
+                continue
+            if not strip_thinking and is_signature_error(response.status, data):
+                strip_thinking = True
+                self.counters["signature_fallback"] += 1
+                self._note_once(session_id(request.headers, sent), "signature",
+                                "upstream %r refused thinking signatures made elsewhere; retrying this session's "
+                                "requests without the old thinking blocks", upstream.name)
+                continue
+            error = anthropic_error_from_upstream(response.status, data, upstream.name)
+            error.headers.extend(relayed_upstream_headers(response.headers))
+            raise error
+
+    def _learn_rejection(self, upstream: Upstream, sent: Dict[str, Any], beta: Optional[str], data: bytes) -> bool:
+        """Learn from a 400 what the upstream rejects; True when there is something new to strip."""
+        fields, betas = rejected_inputs(data)
+        paths = [p for p in (learnable_path(sent, f) for f in fields) if p is not None]
+        sent_betas = {b.strip() for b in (beta or "").split(",")}
+        new = self.learned.learn(upstream.name, paths, [b for b in betas if b in sent_betas])
+        if not new:
+            return False
+        self.counters["healed"] += len(new)
+        self.log.warning("upstream %r rejects %s; agproxy strips %s from its requests from now on",
+                         upstream.name, ", ".join(new), "them" if len(new) > 1 else "it")
+        self._save_state()
+        return True
+
+    def _note_once(self, session: Optional[str], kind: str, message: str, *args: Any) -> None:
+        """Log ``message`` once per session and kind, in bounded memory."""
+        key = (session or "-", kind)
+        if key in self._noted:
+            return
+        self._noted[key] = None
+        while len(self._noted) > 10000:
+            self._noted.popitem(last=False)
+        self.log.info(message, *args)
+
+    def _save_state(self) -> None:
+        if self._persist is not None:
+            self._persist({"learned": self.learned.to_json()})
 
     async def _anthropic_messages(self, request: Request, exchange: _Exchange, body: Dict[str, Any], route: Route,
                                   account: Account, headers: Headers) -> Union[Response, StreamingResponse]:
         upstream = route.upstream
-        stream = bool(body.get("stream"))
-        payload = request.body or b""
-        if route.model != body["model"]:
-            payload = json.dumps(dict(body, model=route.model), ensure_ascii=False).encode("utf-8")
-        response = await self._send_upstream(request, upstream, account, "/v1/messages", payload, stream)
+        response = await self._call_anthropic(request, exchange, route, account, "/v1/messages",
+                                              bool(body.get("stream")))
         headers = headers + relayed_upstream_headers(response.headers)
-        if response.status >= 400:
-            error = anthropic_error_from_upstream(response.status, await response.read_all(1024 * 1024), upstream.name)
-            error.headers.extend(relayed_upstream_headers(response.headers))
-            raise error
         content_type = response.header("content-type") or "application/json"
-        if not content_type.lower().startswith("text/event-stream"):
-            exchange.on_client_gone.append(response.close)
-            try:
-                data = await response.read_all()
-            finally:
-                exchange.on_client_gone.remove(response.close)
-            return Response(response.status, [("Content-Type", content_type)] + headers, data)
-        return StreamingResponse(response.status, _SSE_HEADERS + headers, _relay_sse(response, upstream.name),
-                                 response.close)
-
-    async def _send_upstream(self, request: Request, upstream: Upstream, account: Account, path: str,
-                             payload: bytes, stream: bool) -> UpstreamResponse:
+        if content_type.lower().startswith("text/event-stream"):
+            watcher = SignatureWatcher(self.signatures, upstream.name)
+            return StreamingResponse(response.status, _SSE_HEADERS + headers,
+                                     _relay_sse(response, upstream.name, watcher.feed), response.close)
+        exchange.on_client_gone.append(response.close)
         try:
-            response = await self.client.request(
-                "POST", upstream_url(upstream.base_url, path),
-                self._anthropic_headers(request, upstream, account, stream), payload,
-                timeout_s=upstream.timeout_s, connect_timeout_s=upstream.connect_timeout_s,
-            )
-        except UpstreamFailure as exc:
-            exc.message = f"upstream {upstream.name!r}: {exc.message}"
-            raise
-        return response
+            data = await response.read_all()
+        finally:
+            exchange.on_client_gone.remove(response.close)
+        if b"signature" in data or b"redacted_thinking" in data:
+            try:
+                self.signatures.record_message(json.loads(data), upstream.name)
+            except ValueError:
+                pass  # not JSON: relayed as it is, nothing to remember
+        return Response(response.status, [("Content-Type", content_type)] + headers, data)
 
     async def _count_tokens(self, request: Request, exchange: _Exchange) -> Response:
         body = self._json_body(request)
@@ -2134,20 +2909,23 @@ class Server:
         account = self.pickers[route.upstream.name].pick()
         exchange.account = account.name
         headers.append(("X-Account-Email", account.name))
-        payload = request.body or b""
-        if route.model != body["model"]:
-            payload = json.dumps(dict(body, model=route.model), ensure_ascii=False).encode("utf-8")
-        response = await self._send_upstream(request, route.upstream, account, "/v1/messages/count_tokens",
-                                             payload, False)
+        try:
+            response = await self._call_anthropic(request, exchange, route, account, "/v1/messages/count_tokens",
+                                                  False)
+        except AgproxyError as exc:
+            exc.headers.extend(headers)
+            raise
         data = await response.read_all(1024 * 1024)
-        if response.status >= 400:
-            error = anthropic_error_from_upstream(response.status, data, route.upstream.name)
-            error.headers.extend(headers)
-            raise error
         return Response(response.status, [("Content-Type", "application/json")] + headers, data)
 
 
-async def _relay_sse(response: UpstreamResponse, upstream: str) -> AsyncIterator[bytes]:
+async def _iterate(items: Iterable[bytes]) -> AsyncIterator[bytes]:
+    for item in items:
+        yield item
+
+
+async def _relay_sse(response: UpstreamResponse, upstream: str,
+                     observe: Optional[Callable[[bytes], None]] = None) -> AsyncIterator[bytes]:
     """Relay an upstream event stream as it arrives, whole events at a time.
 
     A stream that breaks becomes an Anthropic ``error`` event after the last complete event, so
@@ -2165,6 +2943,8 @@ async def _relay_sse(response: UpstreamResponse, upstream: str) -> AsyncIterator
             if cut:
                 last = bytes(pending[:cut])
                 del pending[:cut]
+                if observe is not None:
+                    observe(last)
                 yield last
             elif len(pending) > MAX_SSE_EVENT_BYTES:
                 raise UpstreamFailure(f"upstream sent an SSE event larger than {MAX_SSE_EVENT_BYTES} bytes")
@@ -2181,8 +2961,50 @@ async def _relay_sse(response: UpstreamResponse, upstream: str) -> AsyncIterator
 
 # =====================================================================================
 # 10. Operations
-#     Logging set-up (handlers are attached only here, called from main()) and `check`.
+#     Logging set-up (handlers are attached only here, called from main()), the state file, `check`.
 # =====================================================================================
+
+STATE_FORMAT = 1
+
+
+class StateFile:
+    """agproxy's small persistent state (what upstreams rejected; account cooldowns), one JSON file.
+
+    Written atomically (temporary file, fsync, rename). A missing file is an empty state; a
+    corrupt one is reported and replaced at the next save. An empty path keeps nothing.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.log = logging.getLogger("agproxy")
+
+    def load(self) -> Dict[str, Any]:
+        if not self.path or not os.path.exists(self.path):
+            return {}
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                data = json.load(f)
+            if not isinstance(data, dict) or data.get("format") != STATE_FORMAT:
+                raise ValueError("not an agproxy state file")
+        except (OSError, ValueError) as exc:
+            self.log.warning("state file %s is unreadable (%s); starting with an empty state and replacing it",
+                             self.path, exc)
+            return {}
+        return data
+
+    def save(self, data: Dict[str, Any]) -> None:
+        if not self.path:
+            return
+        temporary = f"{self.path}.{os.getpid()}.tmp"
+        try:
+            os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+            with open(temporary, "w", encoding="utf-8") as f:
+                json.dump(dict(data, format=STATE_FORMAT), f, indent=1, sort_keys=True)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(temporary, self.path)
+        except OSError as exc:
+            self.log.warning("cannot write state file %s: %s", self.path, _describe_os_error(exc))
 
 
 def configure_logging(level: str) -> None:
@@ -2263,7 +3085,8 @@ def _url_host(host: str) -> str:
 
 async def _serve(config: Config) -> int:
     log = logging.getLogger("agproxy")
-    server = Server(config)
+    store = StateFile(config.state_file)
+    server = Server(config, state=store.load(), persist=store.save)
     try:
         host, port = await server.start()
     except OSError as exc:
