@@ -1280,6 +1280,8 @@ def _block_text(block: Any) -> str:
             return str(block.get("text") or "")
         if block.get("type") == "tool_result":
             return _block_text(block.get("content"))
+        if block.get("type") == "tool_use":
+            return f"[tool call {block.get('id')} {block.get('name')}: {json.dumps(block.get('input'))}]"
     return ""
 
 
@@ -1403,10 +1405,14 @@ def _sanitize_messages(body: Dict[str, Any], messages: List[Any], profile: Profi
         role = message.get("role")
         content = message.get("content")
         if isinstance(content, list):
-            blocks = []
+            blocks, converted = [], False
             for block in content:
                 if isinstance(block, dict):
                     kind = block.get("type")
+                    if (kind == "tool_use" and role != "assistant") or (kind == "tool_result" and role != "user"):
+                        block = {"type": "text", "text": _block_text(block)}
+                        kind, converted = "text", True
+                        _count(changes, "misplaced_tool_block_to_text")
                     if kind == "text" and not str(block.get("text") or "").strip():
                         _count(changes, "empty_text_dropped")
                         continue
@@ -1416,7 +1422,7 @@ def _sanitize_messages(body: Dict[str, Any], messages: List[Any], profile: Profi
                     if not profile.cache_control:
                         _strip_cache_control(block, changes)
                 blocks.append(block)
-            if len(blocks) != len(content):
+            if converted or len(blocks) != len(content):
                 message = dict(message, content=blocks)
         elif isinstance(content, str) and not content.strip():
             message = dict(message, content="")
@@ -1475,8 +1481,8 @@ def _pair_tools(messages: List[Dict[str, Any]], changes: Dict[str, int]) -> List
             if expected:
                 out.append(_answer_tools({"role": "user", "content": []}, expected, changes))
             blocks = message.get("content")
-            expected = [b["id"] for b in blocks if isinstance(b, dict) and b.get("type") == "tool_use"
-                        and isinstance(b.get("id"), str)] if isinstance(blocks, list) else []
+            expected = list(dict.fromkeys(b["id"] for b in blocks if isinstance(b, dict) and b.get("type") == "tool_use"
+                                          and isinstance(b.get("id"), str))) if isinstance(blocks, list) else []
         out.append(message)
     if expected:
         out.append(_answer_tools({"role": "user", "content": []}, expected, changes))
@@ -1671,31 +1677,33 @@ def learnable_path(body: Dict[str, Any], path: str) -> Optional[str]:
     so ``tools.*.input_examples`` is stripped from every tool. Fields that carry the request's
     meaning are never stripped on an upstream's say-so.
     """
-    general: List[str] = []
-    value: Any = body
-    parts = path.split(".")
-    for i, part in enumerate(parts):
-        if isinstance(value, list):
-            if not part.isdigit() or int(part) >= len(value):
-                return None
-            value = value[int(part)]
-            general.append("*")
-        elif isinstance(value, dict):
-            if part in value:
-                value = value[part]
-                general.append(part)
-            elif i + 1 < len(parts) and general and general[-1] == "*":
-                continue  # a union tag such as "custom" or "thinking"
-            else:
-                return None
-        else:
-            return None
-    if not general or general[-1] == "*":
+    general = _general_path(body, path.split("."), [])
+    if not general:
         return None
     last = general[-1]
     if (len(general) == 1 and last in PROTECTED_TOP_FIELDS) or (len(general) > 1 and last in PROTECTED_NESTED_KEYS):
         return None
     return ".".join(general)
+
+
+def _general_path(value: Any, parts: List[str], general: List[str]) -> Optional[List[str]]:
+    """Follow ``parts`` through ``value``; indices become ``*``, union tags are skipped."""
+    if not parts:
+        return general if general and general[-1] != "*" else None
+    part, rest = parts[0], parts[1:]
+    if isinstance(value, list):
+        if not part.isdigit() or int(part) >= len(value):
+            return None
+        return _general_path(value[int(part)], rest, general + ["*"])
+    if not isinstance(value, dict):
+        return None
+    if general and general[-1] == "*" and (value.get("type") == part or (part == "custom" and "type" not in value)):
+        as_tag = _general_path(value, rest, general)
+        if as_tag is not None:
+            return as_tag
+    if part in value:
+        return _general_path(value[part], rest, general + [part])
+    return None
 
 
 def is_signature_error(status: int, body: bytes) -> bool:

@@ -26,6 +26,7 @@ import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from tests.fakes.server_thread import ServerThread
+from tests.fakes.strict_rules import violation
 
 
 @dataclasses.dataclass
@@ -107,7 +108,8 @@ def text_stream(text: str = "Hello from the fake upstream.", model: str = "claud
     return events
 
 
-def tool_and_thinking_stream(model: str = "claude-fake") -> List[Tuple[str, Dict]]:
+def tool_and_thinking_stream(model: str = "claude-fake",
+                             signature: str = "c2lnbmF0dXJlLWZha2U=") -> List[Tuple[str, Dict]]:
     """A thinking block, a text block and a tool_use block whose input arrives in JSON pieces."""
     start = dict(message("", model), content=[], stop_reason=None)
     return [
@@ -119,7 +121,7 @@ def tool_and_thinking_stream(model: str = "claude-fake") -> List[Tuple[str, Dict
         ("content_block_delta", {"type": "content_block_delta", "index": 0,
                                  "delta": {"type": "thinking_delta", "thinking": "I will run ls."}}),
         ("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                 "delta": {"type": "signature_delta", "signature": "c2lnbmF0dXJlLWZha2U="}}),
+                                 "delta": {"type": "signature_delta", "signature": signature}}),
         ("content_block_stop", {"type": "content_block_stop", "index": 0}),
         ("content_block_start", {"type": "content_block_start", "index": 1,
                                  "content_block": {"type": "text", "text": ""}}),
@@ -147,8 +149,18 @@ def encode_event(event: str, data: Dict[str, Any]) -> bytes:
 class FakeAnthropic:
     """The fake upstream; use as a context manager or call start()/stop()."""
 
-    def __init__(self, tls: Optional[ssl.SSLContext] = None) -> None:
+    def __init__(self, tls: Optional[ssl.SSLContext] = None, *, strict: bool = False,
+                 reject_fields: Sequence[str] = (), reject_betas: Sequence[str] = (),
+                 signature_prefix: Optional[str] = None) -> None:
         self.tls = tls
+        #: strict: refuse what a strict compatible server refuses (tests/fakes/strict_rules.py)
+        self.strict = strict
+        #: top-level fields and beta values refused with Anthropic's wording, even when not strict
+        self.reject_fields = set(reject_fields)
+        self.reject_betas = set(reject_betas)
+        #: thinking signatures this upstream makes start with this; others are refused when strict
+        self.signature_prefix = signature_prefix
+        self.rejections: List[str] = []
         self.requests: List[Recorded] = []
         self.connections = 0
         self.abandoned_at: List[float] = []
@@ -209,14 +221,44 @@ class FakeAnthropic:
                 body = await reader.readexactly(length) if length else b""
                 recorded = Recorded(method, target, headers, body, number)
                 self.requests.append(recorded)
+                refusal = self._refusal(recorded)
                 with self._lock:
-                    reply = self._queue.pop(0) if self._queue else None
+                    reply = None if refusal else (self._queue.pop(0) if self._queue else None)
+                if refusal:
+                    self.rejections.append(refusal)
+                    reply = Json(400, {"type": "error", "error": {"type": "invalid_request_error",
+                                                                  "message": refusal}})
                 if reply is None:
                     reply = self._default_reply(recorded)
                 if not await self._send(reply, reader, writer):
                     return
         finally:
             writer.close()
+
+    def _refusal(self, request: Recorded) -> Optional[str]:
+        if request.method != "POST":
+            return None
+        try:
+            body = request.json
+        except ValueError:
+            return "request body is not JSON"
+        for field in sorted(self.reject_fields):
+            if field in body:
+                return f"{field}: Extra inputs are not permitted"
+        betas = [b.strip() for b in (request.header("anthropic-beta") or "").split(",") if b.strip()]
+        refused = [b for b in betas if b in self.reject_betas]
+        if refused:
+            return (f"Unexpected value(s) {', '.join(f'`{b}`' for b in refused)} for the `anthropic-beta` header. "
+                    "Please consult our documentation at docs.anthropic.com or try again without the header.")
+        if self.strict:
+            return violation(request.headers, body, signature_prefix=self.signature_prefix)
+        if self.signature_prefix is not None:
+            for message in body.get("messages", []):
+                for block in message.get("content") if isinstance(message.get("content"), list) else []:
+                    if block.get("type") == "thinking" and \
+                            not str(block.get("signature", "")).startswith(self.signature_prefix):
+                        return "messages.1.content.0: Invalid `signature` in `thinking` block"
+        return None
 
     def _default_reply(self, request: Recorded) -> Any:
         if request.target.startswith("/v1/messages/count_tokens"):

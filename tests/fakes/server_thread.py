@@ -20,8 +20,14 @@ class ServerThread:
         self.port = 0
 
     def start(self, handler: Handler, tls: Optional[ssl.SSLContext] = None) -> int:
+        async def quietly(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                await handler(reader, writer)
+            except asyncio.CancelledError:
+                writer.close()  # stop() ends connections this way; nothing to report
+
         async def listen() -> int:
-            self._server = await asyncio.start_server(handler, "127.0.0.1", 0, ssl=tls)
+            self._server = await asyncio.start_server(quietly, "127.0.0.1", 0, ssl=tls)
             return self._server.sockets[0].getsockname()[1]
 
         self._thread.start()

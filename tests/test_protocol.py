@@ -1,0 +1,411 @@
+"""The Claude Code protocol layer: profiles, the sanitizer, warmups, self-healing and the
+thinking-signature fallback; pure functions first, then end to end through agproxy."""
+
+from __future__ import annotations
+
+import copy
+import json
+import urllib.error
+import urllib.request
+from typing import Any, Dict, List
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import agproxy
+from agproxy import PROFILE_DEFAULTS, learnable_path, rejected_inputs, sanitize_betas, sanitize_request
+from tests.conftest import fake_config
+from tests.corpus import BETAS, WELL_FORMED, corpus
+from tests.fakes.anthropic_upstream import FakeAnthropic, Sse, text_stream, tool_and_thinking_stream
+from tests.fakes.strict_rules import violation
+
+COMPATIBLE = PROFILE_DEFAULTS["compatible"]
+ANTHROPIC = PROFILE_DEFAULTS["anthropic"]
+
+
+# -- pure: the sanitizer ------------------------------------------------------------------
+
+def sanitized(body: Dict[str, Any], profile=COMPATIBLE, **kw) -> Dict[str, Any]:
+    body = copy.deepcopy(body)
+    sanitize_request(body, profile, **kw)
+    return body
+
+
+@pytest.mark.parametrize("name, headers, body", corpus(), ids=[c[0] for c in corpus()])
+def test_compatible_profile_output_passes_the_strict_rules(name, headers, body):
+    out = sanitized(body)
+    beta, _ = sanitize_betas(dict(headers).get("anthropic-beta"), COMPATIBLE)
+    assert beta is None
+    assert violation([], out) is None
+
+
+@pytest.mark.parametrize("name, headers, body", [c for c in corpus() if c[0] in WELL_FORMED],
+                         ids=[c[0] for c in corpus() if c[0] in WELL_FORMED])
+def test_anthropic_profile_leaves_well_formed_requests_alone(name, headers, body):
+    out = copy.deepcopy(body)
+    assert sanitize_request(out, ANTHROPIC) == {}
+    assert out == body
+    assert sanitize_betas(BETAS, ANTHROPIC) == (BETAS, {})
+
+
+def test_merge_puts_tool_results_first_and_keeps_order():
+    body = {"model": "m", "max_tokens": 10, "messages": [
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "Bash", "input": {}}]},
+        {"role": "user", "content": [{"type": "text", "text": "note"}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "ok"}]},
+    ]}
+    out = sanitized(body)
+    assert [m["role"] for m in out["messages"]] == ["user", "assistant", "user"]
+    assert out["messages"][2]["content"] == [{"type": "tool_result", "tool_use_id": "t1", "content": "ok"},
+                                             {"type": "text", "text": "note"}]
+
+
+def test_interrupted_tool_use_gets_an_error_result():
+    body = {"model": "m", "max_tokens": 10, "messages": [
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "Bash", "input": {}}]},
+    ]}
+    out = sanitized(body, ANTHROPIC)
+    assert out["messages"][-1] == {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1",
+                                                                "is_error": True,
+                                                                "content": agproxy.INTERRUPTED_TOOL_TEXT}]}
+
+
+def test_system_messages_go_where_the_profile_says():
+    body = {"model": "m", "max_tokens": 10, "system": "base", "messages": [
+        {"role": "user", "content": "a"}, {"role": "system", "content": "note"},
+        {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]}
+    into_system = sanitized(body)
+    assert into_system["system"] == [{"type": "text", "text": "base"}, {"type": "text", "text": "note"}]
+    into_user = sanitized(body, agproxy.Profile(system_messages="user"))
+    assert into_user["messages"][2] == {"role": "user", "content": [{"type": "text", "text": "note"},
+                                                                    {"type": "text", "text": "c"}]}
+    assert sanitized(body, ANTHROPIC) == body
+
+
+def test_adaptive_thinking_becomes_enabled_with_a_budget():
+    out = sanitized({"model": "m", "max_tokens": 64000, "messages": [{"role": "user", "content": "x"}],
+                     "thinking": {"type": "adaptive", "display": "summarized"}})
+    assert out["thinking"] == {"type": "enabled", "budget_tokens": 16000}
+    small = sanitized({"model": "m", "max_tokens": 800, "messages": [{"role": "user", "content": "x"}],
+                       "thinking": {"type": "adaptive"}})
+    assert "thinking" not in small
+
+
+def test_foreign_thinking_blocks_are_dropped():
+    book = agproxy.SignatureBook(limit=2)
+    book.record("sig-from-a", "a")
+    body = {"model": "m", "max_tokens": 10, "messages": [
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": [{"type": "thinking", "thinking": "t", "signature": "sig-from-a"},
+                                          {"type": "thinking", "thinking": "u", "signature": "sig-unknown"},
+                                          {"type": "text", "text": "answer"}]},
+        {"role": "user", "content": "more"}]}
+    kept = sanitized(body, ANTHROPIC, drop_thinking=book.foreign_to("a"))
+    assert kept == body
+    out = sanitized(body, ANTHROPIC, drop_thinking=book.foreign_to("b"))
+    assert [b.get("signature") for b in out["messages"][1]["content"]] == ["sig-unknown", None]
+    book.record("x", "a")
+    book.record("y", "a")
+    assert book.owner("sig-from-a") is None  # bounded: the oldest went first
+
+
+def test_strip_thinking_history_disables_thinking_mid_tool_loop():
+    name, _, body = next(c for c in corpus() if c[0] == "tool_loop")
+    out = copy.deepcopy(body)
+    changes = agproxy.strip_thinking_history(out)
+    assert changes["thinking_block_stripped"] == 1 and changes["thinking_disabled_for_turn"] == 1
+    assert "thinking" not in out and "context_management" not in out
+    assert "thinking" not in json.dumps(out["messages"])
+
+
+# -- pure: what upstream errors say they reject ------------------------------------------------
+
+@pytest.mark.parametrize("error, fields, betas", [
+    ({"type": "error", "error": {"type": "invalid_request_error",
+                                 "message": "context_management: Extra inputs are not permitted"}},
+     ["context_management"], []),
+    ({"error": {"message": "tools.3.custom.input_examples: Extra inputs are not permitted"}},
+     ["tools.3.custom.input_examples"], []),
+    ({"type": "error", "error": {"message": "Unexpected value(s) `prompt-caching-scope-2026-01-05`, "
+                                           "`effort-2025-11-24` for the `anthropic-beta` header. Please consult "
+                                           "our documentation at docs.anthropic.com or try again without the header."}},
+     [], ["prompt-caching-scope-2026-01-05", "effort-2025-11-24"]),
+    ({"type": "error",
+      "error": {"message": "Unexpected value(s) afk-mode-2026-01-31 for the anthropic-beta header."}},
+     [], ["afk-mode-2026-01-31"]),
+    ({"detail": [{"loc": ["body", "output_config"], "msg": "Extra inputs are not permitted",
+                  "type": "extra_forbidden"}]},
+     ["output_config"], []),
+    ({"error": {"message": "Unrecognized request argument supplied: context_management"}},
+     ["context_management"], []),
+    ({"error": {"message": "unknown field `output_config`, expected one of `model`, `messages`"}},
+     ["output_config"], []),
+    ({"error": {"message": "{\"message\":\"context_management: Extra inputs are not permitted\"}"}},
+     ["context_management"], []),
+    ({"error": {"message": "max_tokens: Field required"}}, [], []),
+])
+def test_rejected_inputs(error, fields, betas):
+    assert rejected_inputs(json.dumps(error).encode()) == (fields, betas)
+
+
+def test_learnable_paths_generalise_and_protect():
+    _, _, body = next(c for c in corpus() if c[0] == "first_turn")
+    assert learnable_path(body, "context_management") == "context_management"
+    assert learnable_path(body, "tools.19.custom.input_examples") == "tools.*.input_examples"
+    assert learnable_path(body, "tools.14.defer_loading") == "tools.*.defer_loading"
+    assert learnable_path(body, "messages.0.content.1.text.cache_control") == "messages.*.content.*.cache_control"
+    for protected in ("model", "messages", "max_tokens", "tools", "messages.0.content", "tools.0.input_schema",
+                      "not_there", "tools.99.name", "messages.0.content.1.text.text"):
+        assert learnable_path(body, protected) is None, protected
+
+
+def test_warmup_detection():
+    def last(content):
+        return {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": content}]}
+    assert agproxy.is_warmup(last("Warmup"))
+    assert agproxy.is_warmup(last([{"type": "text", "text": "Warmup"}]))
+    assert agproxy.is_warmup(last([{"type": "text", "text": "Warmup\nagent: Explore"}]))
+    assert agproxy.is_warmup(last([{"type": "tool_result", "tool_use_id": "t", "is_error": True,
+                                    "content": "Warmup"}]))
+    assert not agproxy.is_warmup(last("Warmup the oven to 200 degrees and then " + "x" * 300))
+    assert not agproxy.is_warmup(last([{"type": "text", "text": "Warmups are good"}]))
+    assert not agproxy.is_warmup(last("Please warm up"))
+
+
+def test_session_id_sources():
+    assert agproxy.session_id([("X-Claude-Code-Session-Id", "abc")], {}) == "abc"
+    meta = {"metadata": {"user_id": json.dumps({"session_id": "s-1"})}}
+    assert agproxy.session_id([], meta) == "s-1"
+    old = {"metadata": {"user_id": "user_ab12_account__session_0a1b2c3d-4e5f"}}
+    assert agproxy.session_id([], old) == "0a1b2c3d-4e5f"
+
+
+# -- hypothesis: invariants of the sanitized output -------------------------------------------
+
+IDS = st.sampled_from(["t1", "t2", "t3", "t4"])
+TEXT = st.sampled_from(["", " ", "hello", "world", "Warmup", "multi\nline"])
+BLOCK = st.one_of(
+    st.builds(lambda t, c: {"type": "text", "text": t, **({"cache_control": {"type": "ephemeral"}} if c else {})},
+              TEXT, st.booleans()),
+    st.builds(lambda i: {"type": "tool_use", "id": i, "name": "Bash", "input": {"command": i}}, IDS),
+    st.builds(lambda i, t, e: {"type": "tool_result", "tool_use_id": i, "content": t, "is_error": e}, IDS, TEXT,
+              st.booleans()),
+    st.just({"type": "thinking", "thinking": "hmm", "signature": "sig"}),
+    st.just({"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}}),
+)
+MESSAGE = st.builds(lambda role, content: {"role": role, "content": content},
+                    st.sampled_from(["user", "assistant", "system"]),
+                    st.one_of(TEXT, st.lists(BLOCK, max_size=4)))
+
+
+def _texts(body: Dict[str, Any]) -> str:
+    return json.dumps(body)
+
+
+def _non_empty_texts(messages: List[Dict[str, Any]]) -> List[str]:
+    found = []
+    for message in messages:
+        content = message["content"]
+        for block in [{"type": "text", "text": content}] if isinstance(content, str) else content:
+            if block.get("type") == "text" and block["text"].strip():
+                found.append(block["text"])
+            if block.get("type") == "tool_result" and isinstance(block["content"], str) and block["content"].strip():
+                found.append(block["content"])
+    return found
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(MESSAGE, max_size=8))
+def test_sanitized_history_satisfies_a_strict_server_and_loses_nothing(messages):
+    body = {"model": "m", "max_tokens": 100, "messages": messages}
+    original = copy.deepcopy(body)
+    out = sanitized(body)
+    assert body == original  # the input is never changed through shared structure
+    if out["messages"]:  # (with none left, the upstream's own "messages: required" is the right answer)
+        assert violation([], out) is None
+    everything = _texts(out)
+    for text in _non_empty_texts(messages):
+        assert json.dumps(text)[1:-1] in everything
+    tool_use_ids = {b["id"] for m in messages if isinstance(m["content"], list) for b in m["content"]
+                    if b.get("type") == "tool_use"}
+    for tool_id in tool_use_ids:
+        assert f'"id": "{tool_id}"' in everything or f"tool call {tool_id}" in everything
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(MESSAGE, max_size=8))
+def test_anthropic_profile_output_pairs_tools_and_is_idempotent(messages):
+    out = sanitized({"model": "m", "max_tokens": 100, "messages": messages}, ANTHROPIC)
+    again = copy.deepcopy(out)
+    assert sanitize_request(again, ANTHROPIC) == {}
+    assert again == out
+
+
+# -- end to end ---------------------------------------------------------------------------------
+
+def post(proxy, path: str, body: Dict[str, Any], headers) -> tuple:
+    request = urllib.request.Request(proxy.url + path, json.dumps(body).encode(),
+                                     dict(headers, **{"content-type": "application/json"}))
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.headers, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers, error.read()
+
+
+def _path(name: str) -> str:
+    return "/v1/messages/count_tokens?beta=true" if name == "count_tokens" else "/v1/messages?beta=true"
+
+
+def test_corpus_through_a_compatible_profile_to_a_strict_upstream(start_agproxy):
+    with FakeAnthropic(strict=True) as strict:
+        config = fake_config(strict)
+        config["upstreams"][0]["profile"] = "compatible"
+        proxy = start_agproxy(config)
+        for name, headers, body in corpus():
+            status, _, data = post(proxy, _path(name), body, headers)
+            assert status == 200, (name, data)
+        assert strict.rejections == []
+        assert all(r.header("anthropic-beta") is None for r in strict.requests)
+
+
+def test_corpus_to_a_full_anthropic_upstream_arrives_unchanged_unless_repaired(start_agproxy, fake):
+    proxy = start_agproxy(fake_config(fake))
+    received: Dict[str, Any] = {}
+    for name, headers, body in corpus():
+        status, _, data = post(proxy, _path(name), body, headers)
+        assert status == 200, (name, data)
+        sent = fake.requests[-1]
+        assert sent.header("anthropic-beta") == dict(headers).get("anthropic-beta")
+        if name in WELL_FORMED:
+            assert sent.json == body, name
+            continue
+        assert {k: v for k, v in sent.json.items() if k != "messages"} == \
+            {k: v for k, v in body.items() if k != "messages"}, name
+        received[name] = sent.json["messages"]
+    assert received["interrupted_tool"][2]["content"][0] == {
+        "type": "tool_result", "tool_use_id": "toolu_02A", "is_error": True, "content": agproxy.INTERRUPTED_TOOL_TEXT}
+    messy = json.dumps(received["messy_history"])
+    assert '"text": ""' not in messy and '"text": "  "' not in messy and '"content": ""' not in messy
+    assert received["orphan_tool_result"][0]["content"][0]["text"].startswith("[result of tool call toolu_gone]")
+    assert received["assistant_first"][0] == {"role": "user", "content": agproxy.CONTINUATION_TEXT}
+
+
+def test_strict_upstream_without_the_profile_refuses_the_corpus(start_agproxy):
+    """The control for the test above: the strict fake really refuses Claude Code as it is."""
+    with FakeAnthropic(strict=True) as strict:
+        proxy = start_agproxy(fake_config(strict))
+        name, headers, body = corpus()[0]
+        status, _, data = post(proxy, _path(name), body, headers)
+        assert "anthropic-beta" in strict.rejections[0]  # Claude Code's request as it was sent
+        # The anthropic profile heals at most four rejections per request; the strict server has more.
+        assert status == 400 and len(strict.rejections) == 5
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_warmups_are_answered_locally(start_agproxy, fake, stream):
+    proxy = start_agproxy(fake_config(fake))
+    for content in ("Warmup", [{"type": "text", "text": "Warmup"}]):
+        body = {"model": "claude-haiku-4-5", "max_tokens": 10, "stream": stream,
+                "messages": [{"role": "user", "content": content}]}
+        status, headers, data = post(proxy, "/v1/messages", body, {})
+        assert status == 200 and headers["X-Warmup-Intercepted"] == "true"
+        if stream:
+            assert b"event: message_stop" in data and b'"text":"OK"' in data
+        else:
+            assert json.loads(data)["content"] == [{"type": "text", "text": "OK"}]
+            assert json.loads(data)["usage"] == {"input_tokens": 1, "output_tokens": 1}
+    assert fake.requests == []
+
+
+def test_warmup_interception_can_be_turned_off(start_agproxy, fake):
+    proxy = start_agproxy(fake_config(fake, warmup_interception=False))
+    status, headers, _ = post(proxy, "/v1/messages", {"model": "m", "max_tokens": 5,
+                                                      "messages": [{"role": "user", "content": "Warmup"}]}, {})
+    assert status == 200 and "X-Warmup-Intercepted" not in headers and len(fake.requests) == 1
+
+
+def test_self_healing_learns_persists_and_logs_once(start_agproxy, tmp_path):
+    state = tmp_path / "state.json"
+    name, headers, body = corpus()[0]
+    with FakeAnthropic(reject_fields=["context_management", "output_config"],
+                       reject_betas=["prompt-caching-scope-2026-01-05"]) as picky:
+        proxy = start_agproxy(fake_config(picky, state_file=str(state)))
+        assert post(proxy, "/v1/messages", body, headers)[0] == 200
+        assert len(picky.requests) == 4  # three lessons, then success
+        final = picky.requests[-1]
+        assert "context_management" not in final.json and "output_config" not in final.json
+        assert "prompt-caching-scope-2026-01-05" not in final.header("anthropic-beta")
+        assert "effort-2025-11-24" in final.header("anthropic-beta")
+        assert final.json["thinking"] == body["thinking"] and final.json["tools"] == body["tools"]
+        assert post(proxy, "/v1/messages", body, headers)[0] == 200
+        assert len(picky.requests) == 5  # learned: straight through
+        assert proxy.log().count("rejects context_management") == 1
+        saved = json.loads(state.read_text())
+        assert saved["learned"]["fake"]["fields"] == ["context_management", "output_config"]
+        proxy.stop()
+        again = start_agproxy(fake_config(picky, state_file=str(state)))
+        assert post(again, "/v1/messages", body, headers)[0] == 200
+        assert len(picky.requests) == 6  # a restart remembers
+
+
+def test_self_healing_never_strips_what_the_request_needs(start_agproxy):
+    with FakeAnthropic(reject_fields=["max_tokens"]) as picky:
+        proxy = start_agproxy(fake_config(picky))
+        status, _, data = post(proxy, "/v1/messages", {"model": "m", "max_tokens": 5,
+                                                       "messages": [{"role": "user", "content": "x"}]}, {})
+        assert status == 400 and b"max_tokens" in data
+        assert len(picky.requests) == 1
+
+
+def test_corrupt_state_file_is_reported_and_replaced(start_agproxy, tmp_path):
+    state = tmp_path / "state.json"
+    state.write_text("{not json")
+    with FakeAnthropic(reject_fields=["context_management"]) as picky:
+        proxy = start_agproxy(fake_config(picky, state_file=str(state)))
+        assert "unreadable" in proxy.log()
+        name, headers, body = corpus()[0]
+        assert post(proxy, "/v1/messages", body, headers)[0] == 200
+        assert json.loads(state.read_text())["learned"]["fake"]["fields"] == ["context_management"]
+
+
+def test_thinking_signatures_follow_the_upstream_that_made_them(start_agproxy):
+    with FakeAnthropic(signature_prefix="sigA") as a, FakeAnthropic(signature_prefix="sigB") as b:
+        config = {"upstreams": [
+            {"name": "a", "kind": "anthropic", "base_url": a.url, "accounts": [{"name": "a1", "api_key": "ka"}]},
+            {"name": "b", "kind": "anthropic", "base_url": b.url, "accounts": [{"name": "b1", "api_key": "kb"}]}],
+            "model_map": [{"match": "model-a", "upstream": "a"}, {"match": "*", "upstream": "b"}]}
+        proxy = start_agproxy(dict(config, log_level="debug"))
+        headers = {"X-Claude-Code-Session-Id": "session-1"}
+        a.script(Sse(tool_and_thinking_stream(signature="sigA-777")))
+        question = {"role": "user", "content": "list files"}
+        status, _, data = post(proxy, "/v1/messages", {"model": "model-a", "max_tokens": 4000, "stream": True,
+                                                       "thinking": {"type": "enabled", "budget_tokens": 2000},
+                                                       "messages": [question]}, headers)
+        assert status == 200 and b"sigA-777" in data
+        turn = {"role": "assistant", "content": [
+            {"type": "thinking", "thinking": "The user wants the files. I will run ls.", "signature": "sigA-777"},
+            {"type": "tool_use", "id": "toolu_fake_1", "name": "Bash", "input": {"command": "ls -la"}}]}
+        result = {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_fake_1",
+                                               "content": "a.txt"}]}
+        follow_up = {"model": "model-b", "max_tokens": 4000, "stream": True,
+                     "thinking": {"type": "enabled", "budget_tokens": 2000},
+                     "messages": [question, turn, result]}
+        b.script(Sse(text_stream("done")))
+        status, _, data = post(proxy, "/v1/messages", follow_up, headers)
+        assert status == 200 and b"message_stop" in data
+        assert len(b.requests) == 1 and "sigA-777" not in b.requests[0].body.decode()
+
+        # A signature agproxy never saw (another gateway made it): the upstream refuses, agproxy retries once.
+        unknown = copy.deepcopy(follow_up)
+        unknown["messages"][1]["content"][0]["signature"] = "sigZ-elsewhere"
+        status, _, data = post(proxy, "/v1/messages", unknown, headers)
+        assert status == 200, data
+        assert len(b.requests) == 3
+        retried = b.requests[-1].json
+        assert "thinking" not in retried and "sigZ" not in b.requests[-1].body.decode()
+        assert post(proxy, "/v1/messages", unknown, headers)[0] == 200
+        assert proxy.log().count("refused thinking signatures made elsewhere") == 1
