@@ -57,3 +57,31 @@ def test_claude_code_runs_a_tool_the_upstream_asks_for(start_agproxy, fake, tmp_
     assert results and results[-1]["tool_use_id"] == "toolu_fake_1"
     assert "marker-file-for-ls.txt" in json.dumps(results[-1]["content"])
     assert "Hello from the fake upstream." in result.stdout
+
+
+def test_claude_code_through_the_compatible_profile_to_a_strict_upstream(start_agproxy, tmp_path):
+    """Everything Claude Code really sends is made acceptable to a server that refuses extras."""
+    from tests.fakes.anthropic_upstream import FakeAnthropic
+
+    with FakeAnthropic(strict=True) as strict:
+        strict.script(Sse(tool_and_thinking_stream()))
+        config = fake_config(strict)
+        config["upstreams"][0]["profile"] = "compatible"
+        proxy = start_agproxy(config)
+        result = claude(proxy, "list files", tmp_path, "--allowedTools", "Bash")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert strict.rejections == []
+        assert "Hello from the fake upstream." in result.stdout
+        turns = [r.json for r in strict.requests if r.target == "/v1/messages"]
+        assert len(turns) >= 2 and all("cache_control" not in json.dumps(t) for t in turns)
+
+
+def test_claude_code_heals_past_an_upstream_that_rejects_its_extras(start_agproxy, tmp_path):
+    from tests.fakes.anthropic_upstream import FakeAnthropic
+
+    with FakeAnthropic(reject_fields=["context_management", "output_config"]) as picky:
+        proxy = start_agproxy(fake_config(picky, state_file=str(tmp_path / "state.json")))
+        result = claude(proxy, "say hello", tmp_path)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "Hello from the fake upstream." in result.stdout
+        assert "rejects context_management" in proxy.log()
