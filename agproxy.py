@@ -1769,7 +1769,8 @@ class SignatureBook:
 
     def record_message(self, message: Any, upstream: str) -> None:
         """Remember the signatures of a whole Message's thinking blocks."""
-        for block in message.get("content") or [] if isinstance(message, dict) else []:
+        content = message.get("content") if isinstance(message, dict) else None
+        for block in content if isinstance(content, list) else []:
             if isinstance(block, dict) and block.get("type") == "thinking":
                 self.record(str(block.get("signature") or ""), upstream)
             elif isinstance(block, dict) and block.get("type") == "redacted_thinking":
@@ -1818,6 +1819,78 @@ class SignatureWatcher:
                     self._parts.setdefault(index, []).append(str(delta.get("signature") or ""))
             elif index in self._parts:
                 self.book.record("".join(self._parts.pop(index)), self.upstream)
+
+
+# -- context window signalling --------------------------------------------------------------
+
+#: The context window Claude Code assumes, and the one it assumes with a 1M-context beta.
+CLAUDE_CONTEXT_WINDOW = 200_000
+CLAUDE_LONG_CONTEXT_WINDOW = 1_000_000
+_OVERFLOW_WORDS = re.compile(
+    r"prompt is too long|maximum context length|context length|context window|exceeds the available context|"
+    r"too many (input )?tokens|input is too long|context_length_exceeded", re.IGNORECASE)
+
+
+def client_context_window(headers: Headers) -> int:
+    """The window Claude Code believes it has: 1M with a ``context-1m`` beta, else 200k."""
+    betas = header_values(headers, "anthropic-beta")
+    return CLAUDE_LONG_CONTEXT_WINDOW if any(b.startswith("context-1m") for b in betas) else CLAUDE_CONTEXT_WINDOW
+
+
+def scale_tokens(tokens: int, upstream_window: int, client_window: int) -> int:
+    """``tokens`` of a small window expressed on the client's larger one (never scaled down)."""
+    if upstream_window >= client_window:
+        return tokens
+    return -(-tokens * client_window // upstream_window)
+
+
+def scale_usage(usage: Any, upstream_window: int, client_window: int) -> None:
+    """Scale the input-side counts of a ``usage`` object in place, so that the client's idea of how
+    full its context is matches how full the upstream's smaller window really is."""
+    if not isinstance(usage, dict):
+        return
+    for key in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"):
+        if isinstance(usage.get(key), int):
+            usage[key] = scale_tokens(usage[key], upstream_window, client_window)
+
+
+def prompt_too_long(tokens: int, upstream_window: int, client_window: int) -> InvalidRequest:
+    """The error Claude Code reacts to by compacting, in the client's window terms."""
+    scaled = max(scale_tokens(tokens, upstream_window, client_window), client_window + 1)
+    return InvalidRequest(f"prompt is too long: {scaled} tokens > {client_window} maximum")
+
+
+def is_context_overflow(status: int, body: bytes) -> bool:
+    """An upstream's own way of saying the prompt does not fit its window."""
+    return status in (400, 413, 422) and bool(_OVERFLOW_WORDS.search(upstream_error_text(body)))
+
+
+class UsageScaler:
+    """Rewrites the usage of a relayed event stream onto the client's context window."""
+
+    def __init__(self, upstream_window: int, client_window: int) -> None:
+        self.upstream_window = upstream_window
+        self.client_window = client_window
+
+    def transform(self, data: bytes) -> bytes:
+        """A piece of the stream made of whole events, with message_start/message_delta usage scaled."""
+        if b"input_tokens" not in data:
+            return data
+        out = bytearray()
+        for event in SSEDecoder().feed(data):
+            if event.event in ("message_start", "message_delta"):
+                try:
+                    payload = json.loads(event.data)
+                except ValueError:
+                    payload = None
+                if isinstance(payload, dict):
+                    usage = (payload.get("message") or {}).get("usage") if event.event == "message_start" \
+                        else payload.get("usage")
+                    scale_usage(usage, self.upstream_window, self.client_window)
+                    out += encode_sse_json(event.event, payload)
+                    continue
+            out += encode_sse(event.event, event.data)
+        return bytes(out)
 
 
 # =====================================================================================
@@ -2850,6 +2923,9 @@ class Server:
                                 "upstream %r refused thinking signatures made elsewhere; retrying this session's "
                                 "requests without the old thinking blocks", upstream.name)
                 continue
+            if upstream.context_window and is_context_overflow(response.status, data):
+                raise prompt_too_long(estimate_input_tokens(sent), upstream.context_window,
+                                      client_context_window(request.headers))
             error = anthropic_error_from_upstream(response.status, data, upstream.name)
             error.headers.extend(relayed_upstream_headers(response.headers))
             raise error
@@ -2885,24 +2961,33 @@ class Server:
     async def _anthropic_messages(self, request: Request, exchange: _Exchange, body: Dict[str, Any], route: Route,
                                   account: Account, headers: Headers) -> Union[Response, StreamingResponse]:
         upstream = route.upstream
+        window = upstream.context_window
+        client_window = client_context_window(request.headers)
+        if window and estimate_input_tokens(body) > window:
+            raise prompt_too_long(estimate_input_tokens(body), window, client_window)
         response = await self._call_anthropic(request, exchange, route, account, "/v1/messages",
                                               bool(body.get("stream")))
         headers = headers + relayed_upstream_headers(response.headers)
         content_type = response.header("content-type") or "application/json"
         if content_type.lower().startswith("text/event-stream"):
             watcher = SignatureWatcher(self.signatures, upstream.name)
+            scaler = UsageScaler(window, client_window).transform if window else None
             return StreamingResponse(response.status, _SSE_HEADERS + headers,
-                                     _relay_sse(response, upstream.name, watcher.feed), response.close)
+                                     _relay_sse(response, upstream.name, watcher.feed, scaler), response.close)
         exchange.on_client_gone.append(response.close)
         try:
             data = await response.read_all()
         finally:
             exchange.on_client_gone.remove(response.close)
-        if b"signature" in data or b"redacted_thinking" in data:
+        if b"signature" in data or b"redacted_thinking" in data or window:
             try:
-                self.signatures.record_message(json.loads(data), upstream.name)
+                message = json.loads(data)
             except ValueError:
-                pass  # not JSON: relayed as it is, nothing to remember
+                message = None  # not JSON: relayed as it is, nothing to remember or scale
+            self.signatures.record_message(message, upstream.name)
+            if window and isinstance(message, dict):
+                scale_usage(message.get("usage"), window, client_window)
+                data = json.dumps(message, ensure_ascii=False).encode("utf-8")
         return Response(response.status, [("Content-Type", content_type)] + headers, data)
 
     async def _count_tokens(self, request: Request, exchange: _Exchange) -> Response:
@@ -2911,9 +2996,12 @@ class Server:
         route = route_model(self.config, body["model"])
         exchange.upstream = route.upstream.name
         headers: Headers = [("X-Mapped-Model", route.model)]
+        window, client_window = route.upstream.context_window, client_context_window(request.headers)
         if route.upstream.kind != "anthropic":
-            return json_response(200, {"input_tokens": estimate_input_tokens(body)},
-                                 headers + [("X-Token-Count", "estimate")])
+            tokens = estimate_input_tokens(body)
+            if window:
+                tokens = scale_tokens(tokens, window, client_window)
+            return json_response(200, {"input_tokens": tokens}, headers + [("X-Token-Count", "estimate")])
         account = self.pickers[route.upstream.name].pick()
         exchange.account = account.name
         headers.append(("X-Account-Email", account.name))
@@ -2924,6 +3012,14 @@ class Server:
             exc.headers.extend(headers)
             raise
         data = await response.read_all(1024 * 1024)
+        if window:
+            try:
+                counted = json.loads(data)
+            except ValueError:
+                counted = None
+            if isinstance(counted, dict):
+                scale_usage(counted, window, client_window)
+                data = json.dumps(counted).encode("utf-8")
         return Response(response.status, [("Content-Type", "application/json")] + headers, data)
 
 
@@ -2932,8 +3028,8 @@ async def _iterate(items: Iterable[bytes]) -> AsyncIterator[bytes]:
         yield item
 
 
-async def _relay_sse(response: UpstreamResponse, upstream: str,
-                     observe: Optional[Callable[[bytes], None]] = None) -> AsyncIterator[bytes]:
+async def _relay_sse(response: UpstreamResponse, upstream: str, observe: Optional[Callable[[bytes], None]] = None,
+                     transform: Optional[Callable[[bytes], bytes]] = None) -> AsyncIterator[bytes]:
     """Relay an upstream event stream as it arrives, whole events at a time.
 
     A stream that breaks becomes an Anthropic ``error`` event after the last complete event, so
@@ -2953,7 +3049,7 @@ async def _relay_sse(response: UpstreamResponse, upstream: str,
                 del pending[:cut]
                 if observe is not None:
                     observe(last)
-                yield last
+                yield last if transform is None else transform(last)
             elif len(pending) > MAX_SSE_EVENT_BYTES:
                 raise UpstreamFailure(f"upstream sent an SSE event larger than {MAX_SSE_EVENT_BYTES} bytes")
         if pending.strip():

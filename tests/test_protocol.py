@@ -409,3 +409,63 @@ def test_thinking_signatures_follow_the_upstream_that_made_them(start_agproxy):
         assert "thinking" not in retried and "sigZ" not in b.requests[-1].body.decode()
         assert post(proxy, "/v1/messages", unknown, headers)[0] == 200
         assert proxy.log().count("refused thinking signatures made elsewhere") == 1
+
+
+# -- context window signalling ------------------------------------------------------------------
+
+def test_scaling_is_onto_the_clients_window():
+    assert agproxy.scale_tokens(16000, 32000, 200000) == 100000
+    assert agproxy.scale_tokens(16000, 300000, 200000) == 16000  # never scaled down
+    assert agproxy.client_context_window([("anthropic-beta", "x, context-1m-2025-08-07")]) == 1_000_000
+    assert agproxy.client_context_window([]) == 200_000
+    error = agproxy.prompt_too_long(40000, 32000, 200000)
+    assert (error.status, error.message) == (400, "prompt is too long: 250000 tokens > 200000 maximum")
+
+
+def test_usage_scaler_rewrites_only_usage():
+    events = b"".join(encode(e, d) for e, d in text_stream("a b"))
+    out = agproxy.UsageScaler(32000, 200000).transform(events)
+    decoded = agproxy.SSEDecoder().feed(out)
+    assert [e.event for e in decoded] == [e for e, _ in text_stream("a b")]
+    start = json.loads(decoded[0].data)
+    assert start["message"]["usage"]["input_tokens"] == agproxy.scale_tokens(12, 32000, 200000)
+    for event, (name, original) in zip(decoded, text_stream("a b")):
+        if name not in ("message_start", "message_delta"):
+            assert json.loads(event.data) == original
+
+
+def encode(event, data):
+    from tests.fakes.anthropic_upstream import encode_event
+    return encode_event(event, data)
+
+
+def test_context_window_scales_usage_and_refuses_what_cannot_fit(start_agproxy, fake):
+    config = fake_config(fake)
+    config["upstreams"][0]["context_window"] = 32000
+    proxy = start_agproxy(config)
+    small = {"model": "m", "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]}
+    status, _, data = post(proxy, "/v1/messages", small, {})
+    assert status == 200 and json.loads(data)["usage"]["input_tokens"] == 75  # 12 of 32k = 75 of 200k
+    status, _, data = post(proxy, "/v1/messages", dict(small, stream=True), {})
+    assert b'"input_tokens":75' in data
+    status, _, data = post(proxy, "/v1/messages/count_tokens", {"model": "m", "messages": small["messages"]},
+                           {"anthropic-beta": "context-1m-2025-08-07"})
+    assert json.loads(data) == {"input_tokens": agproxy.scale_tokens(4242, 32000, 1_000_000)}
+    huge = dict(small, messages=[{"role": "user", "content": "word " * 40000}])
+    status, _, data = post(proxy, "/v1/messages", huge, {})
+    error = json.loads(data)["error"]
+    assert status == 400 and error["type"] == "invalid_request_error"
+    assert error["message"].startswith("prompt is too long: ") and error["message"].endswith("> 200000 maximum")
+    assert len(fake.requests) == 3  # the huge one never left
+
+
+def test_upstream_overflow_error_becomes_prompt_is_too_long(start_agproxy, fake):
+    from tests.fakes.anthropic_upstream import Json
+    fake.script(Json(400, {"error": {"message": "This model's maximum context length is 32768 tokens. However, "
+                                                "you requested 40000 tokens."}}))
+    config = fake_config(fake)
+    config["upstreams"][0]["context_window"] = 32768
+    proxy = start_agproxy(config)
+    status, _, data = post(proxy, "/v1/messages", {"model": "m", "max_tokens": 100,
+                                                   "messages": [{"role": "user", "content": "hi"}]}, {})
+    assert status == 400 and json.loads(data)["error"]["message"].startswith("prompt is too long: 200001 tokens")
