@@ -37,7 +37,7 @@ claude-cli:
 	else echo "npm not found: the Claude Code CLI tests will be skipped"; fi
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check agproxy.py tests tools
+	$(VENV)/bin/ruff check agproxy.py tests tools bench
 	$(VPY) $(STDLIB_ONLY) agproxy.py
 	$(VENV)/bin/vermin --target=3.9- --no-tips --violations agproxy.py
 

@@ -2779,8 +2779,16 @@ class Server:
             if not any(c in rule.match for c in "*?["):
                 models.setdefault(rule.match, _model_object(rule.match, rule.match))
         for model in self._models_cache[1] or [_model_object(i, d) for i, d in KNOWN_CLAUDE_MODELS]:
-            models.setdefault(model["id"], model)
-        return list(models.values())
+            if self._routable(model["id"]):
+                models.setdefault(model["id"], model)
+        return list(models.values()) or [_model_object(i, d) for i, d in KNOWN_CLAUDE_MODELS]
+
+    def _routable(self, model: str) -> bool:
+        try:
+            route_model(self.config, model)
+        except NotFound:
+            return False
+        return True
 
     async def _upstream_models(self, upstream: Upstream) -> List[Dict[str, Any]]:
         account = self.pickers[upstream.name].pick()

@@ -288,3 +288,12 @@ def test_upstream_error_event_is_relayed_as_is(start_agproxy, fake):
         with sdk(proxy).messages.stream(model="m", max_tokens=5, messages=[{"role": "user", "content": "x"}]) as s:
             s.get_final_message()
     assert "Overloaded" in str(caught.value)
+
+
+def test_models_list_keeps_only_models_the_map_routes(start_agproxy, fake):
+    from tests.fakes.anthropic_upstream import Json as Reply
+    fake.script(Reply(200, {"data": [{"type": "model", "id": i, "display_name": i, "created_at": "2025-01-01T00:00:00Z"}
+                                     for i in ("claude-opus-x", "claude-haiku-y", "other-model")],
+                            "has_more": False, "first_id": "claude-opus-x", "last_id": "other-model"}))
+    proxy = start_agproxy(fake_config(fake, model_map=[{"match": "claude-*", "upstream": "fake"}]))
+    assert [m.id for m in sdk(proxy).models.list()] == ["claude-opus-x", "claude-haiku-y"]
