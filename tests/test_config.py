@@ -146,3 +146,30 @@ def test_every_example_config_is_valid(example: Path):
                                       "CHEAP_KEY")}
     config = load_config(str(example), {}, env)
     assert config.upstreams
+
+
+def test_profile_overrides_and_context_window():
+    raw = with_changes(upstreams__0__profile="compatible",
+                       upstreams__0__sanitize={"cache_control": True, "system_messages": "user",
+                                               "fields": ["model", "messages", "max_tokens"]},
+                       upstreams__0__context_window=32768)
+    upstream = config_from_dict(raw, {"ANTHROPIC_API_KEY": "x"}, "t").upstreams[0]
+    assert upstream.rules.cache_control is True and upstream.rules.betas is False
+    assert upstream.rules.system_messages == "user"
+    assert upstream.rules.fields == frozenset({"model", "messages", "max_tokens"})
+    assert upstream.context_window == 32768
+    for bad, message in [({"colour": 1}, "upstreams[0].sanitize: unknown key colour"),
+                         ({"betas": "no"}, "upstreams[0].sanitize.betas: must be true or false"),
+                         ({"thinking": "wild"}, "upstreams[0].sanitize.thinking: must be one of keep, basic")]:
+        with pytest.raises(ConfigError) as caught:
+            config_from_dict(with_changes(upstreams__0__sanitize=bad), {"ANTHROPIC_API_KEY": "x"}, "t")
+        assert caught.value.message.startswith(message)
+    with pytest.raises(ConfigError, match="context_window: must be at least 1024"):
+        config_from_dict(with_changes(upstreams__0__context_window=10), {"ANTHROPIC_API_KEY": "x"}, "t")
+
+
+def test_state_file_default_follows_xdg(tmp_path: Path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"upstreams": [{"name": "d", "kind": "demo"}]}))
+    assert load_config(str(path), {}, {"XDG_STATE_HOME": "/x"}).state_file == "/x/agproxy/state.json"
+    assert load_config(str(path), {}, {"HOME": "/h"}).state_file == "/h/.local/state/agproxy/state.json"
