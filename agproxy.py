@@ -26,6 +26,7 @@ import base64
 import collections
 import concurrent.futures
 import dataclasses
+import datetime
 import email.utils
 import fnmatch
 import hashlib
@@ -35,7 +36,9 @@ import http.client
 import ipaddress
 import json
 import logging
+import math
 import os
+import random
 import re
 import select
 import signal
@@ -112,6 +115,9 @@ class AgproxyError(Exception):
 
     status: int = 500
     error_type: str = "api_error"
+    #: for errors an upstream answered: its own status and when it says a rate limit resets
+    upstream_status: int = 0
+    reset_s: Optional[float] = None
 
     def __init__(
         self,
@@ -234,6 +240,13 @@ class Account:
 
     name: str
     api_key: str = dataclasses.field(repr=False)
+    weight: float = 1.0
+    models: Tuple[str, ...] = ("*",)
+    max_concurrency: int = 0
+
+    def serves(self, model: str) -> bool:
+        """Whether this account may serve ``model`` (its ``models`` globs)."""
+        return any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -256,7 +269,7 @@ class ModelRule:
     """A ``model_map`` entry: the first rule whose glob fits the requested model wins."""
 
     match: str
-    upstream: str
+    upstreams: Tuple[str, ...]
     model: Optional[str] = None
 
 
@@ -272,6 +285,7 @@ class Config:
     model_map: Tuple[ModelRule, ...] = ()
     max_retry_attempts: int = 3
     warmup_interception: bool = True
+    force_stream_internally: bool = True
     max_body_bytes: int = 33554432
     max_header_bytes: int = 65536
     header_timeout_s: float = 10.0
@@ -422,8 +436,16 @@ def _parse_upstream(obj: Any, where: str) -> Upstream:
     accounts = []
     raw_accounts = fields.get("accounts", list, [])
     for i, raw in enumerate(raw_accounts):
-        account = _Fields(raw, f"{where}.accounts[{i}]", ("name", "api_key"))
-        accounts.append(Account(account.text("name", f"account-{i}"), account.text("api_key", "")))
+        account = _Fields(raw, f"{where}.accounts[{i}]", ("name", "api_key", "weight", "models", "max_concurrency"))
+        accounts.append(Account(
+            account.text("name", f"account-{i}"), account.text("api_key", ""),
+            weight=account.number("weight", 1.0, 0.001), models=account.strings("models") or ("*",),
+            max_concurrency=account.integer("max_concurrency", 0, 0),
+        ))
+    account_names = [a.name for a in accounts]
+    for i, account_name in enumerate(account_names):
+        if account_name in account_names[:i]:
+            raise ConfigError(f"{where}.accounts[{i}].name: {account_name!r} is used twice")
     if not accounts:
         if kind != "demo":
             raise ConfigError(f"{where}.accounts: needs at least one account")
@@ -478,10 +500,15 @@ def config_from_dict(raw: Any, environ: Dict[str, str], source: str) -> Config:
     rules = []
     for i, obj in enumerate(fields.get("model_map", list, [])):
         rule = _Fields(obj, f"model_map[{i}]", ("match", "upstream", "model"))
-        target = rule.text("upstream", required=True)
-        if target not in names:
-            raise ConfigError(f"model_map[{i}].upstream: no upstream is named {target!r}")
-        rules.append(ModelRule(rule.text("match", required=True), target, rule.text("model")))
+        if "upstream" not in obj:
+            raise ConfigError(f"model_map[{i}].upstream: is required")
+        targets = [obj["upstream"]] if isinstance(obj["upstream"], str) else obj["upstream"]
+        if not isinstance(targets, list) or not targets or not all(isinstance(t, str) for t in targets):
+            raise ConfigError(f"model_map[{i}].upstream: must be an upstream name or a non-empty list of them")
+        for target in targets:
+            if target not in names:
+                raise ConfigError(f"model_map[{i}].upstream: no upstream is named {target!r}")
+        rules.append(ModelRule(rule.text("match", required=True), tuple(targets), rule.text("model")))
     return Config(
         host=fields.text("host", "127.0.0.1"),
         port=fields.integer("port", DEFAULT_PORT, 0, 65535),
@@ -491,6 +518,7 @@ def config_from_dict(raw: Any, environ: Dict[str, str], source: str) -> Config:
         model_map=tuple(rules),
         max_retry_attempts=fields.integer("max_retry_attempts", 3, 1, 20),
         warmup_interception=fields.get("warmup_interception", bool, True),
+        force_stream_internally=fields.get("force_stream_internally", bool, True),
         max_body_bytes=fields.integer("max_body_bytes", 33554432, 1024),
         max_header_bytes=fields.integer("max_header_bytes", 65536, 1024),
         header_timeout_s=fields.number("header_timeout_s", 10.0, 0.01),
@@ -1554,6 +1582,93 @@ def sanitize_betas(value: Optional[str], profile: Profile,
     return (",".join(kept) or None), changes
 
 
+# -- stream accumulator: Anthropic events -> one Message ---------------------------------------
+
+class StreamError(AgproxyError):
+    """An ``error`` event inside an upstream's event stream (its type kept, e.g. overloaded_error)."""
+
+
+_ERROR_STATUS = {"invalid_request_error": 400, "authentication_error": 401, "permission_error": 403,
+                 "not_found_error": 404, "request_too_large": 413, "rate_limit_error": 429,
+                 "api_error": 500, "overloaded_error": 529}
+
+
+class MessageAccumulator:
+    """Builds the Message an Anthropic event stream describes: text, tool_use with parsed input,
+    thinking with its signature, redacted_thinking, citations, usage and stop reason."""
+
+    def __init__(self) -> None:
+        self.message: Optional[Dict[str, Any]] = None
+        self.done = False
+        self._blocks: Dict[int, Dict[str, Any]] = {}
+        self._json: Dict[int, List[str]] = {}
+
+    def feed(self, event: SSEEvent) -> None:
+        """Take one event; raises :class:`StreamError` for an ``error`` event."""
+        if event.event == "ping" or not event.data:
+            return
+        try:
+            payload = json.loads(event.data)
+        except ValueError:
+            raise UpstreamFailure(f"upstream sent an event that is not JSON ({event.event})") from None
+        if not isinstance(payload, dict):
+            return
+        kind = payload.get("type") or event.event
+        if kind == "error":
+            error = payload.get("error") if isinstance(payload.get("error"), dict) else {}
+            error_type = str(error.get("type") or "api_error")
+            raise StreamError(str(error.get("message") or "upstream stream error"),
+                              status=_ERROR_STATUS.get(error_type, 500), error_type=error_type)
+        if kind == "message_start":
+            self.message = dict(payload.get("message") or {}, content=[])
+        elif kind == "content_block_start":
+            block = dict(payload.get("content_block") or {})
+            if block.get("type") in ("tool_use", "server_tool_use"):
+                block["input"] = {}
+                self._json[payload["index"]] = []
+            self._blocks[payload["index"]] = block
+        elif kind == "content_block_delta":
+            self._delta(self._blocks.setdefault(payload.get("index", 0), {"type": "text", "text": ""}),
+                        payload.get("index", 0), payload.get("delta") or {})
+        elif kind == "content_block_stop":
+            index = payload.get("index", 0)
+            if index in self._json:
+                text = "".join(self._json.pop(index))
+                try:
+                    self._blocks[index]["input"] = json.loads(text) if text.strip() else {}
+                except ValueError:
+                    raise UpstreamFailure(f"upstream sent tool input that is not JSON: {text[:100]!r}") from None
+        elif kind == "message_delta":
+            if self.message is None:
+                self.message = {"content": []}
+            self.message.update({k: v for k, v in (payload.get("delta") or {}).items()})
+            usage = self.message.setdefault("usage", {})
+            usage.update(payload.get("usage") or {})
+        elif kind == "message_stop":
+            self.done = True
+
+    def _delta(self, block: Dict[str, Any], index: int, delta: Dict[str, Any]) -> None:
+        kind = delta.get("type")
+        if kind == "text_delta":
+            block["text"] = block.get("text", "") + str(delta.get("text", ""))
+        elif kind == "input_json_delta":
+            self._json.setdefault(index, []).append(str(delta.get("partial_json", "")))
+        elif kind == "thinking_delta":
+            block["thinking"] = block.get("thinking", "") + str(delta.get("thinking", ""))
+        elif kind == "signature_delta":
+            block["signature"] = block.get("signature", "") + str(delta.get("signature", ""))
+        elif kind == "citations_delta":
+            block.setdefault("citations", []).append(delta.get("citation"))
+
+    def result(self) -> Dict[str, Any]:
+        """The finished Message; :class:`UpstreamFailure` if the stream ended early."""
+        if self.message is None or not self.done:
+            raise UpstreamFailure("the stream ended before message_stop")
+        message = dict(self.message)
+        message["content"] = [self._blocks[i] for i in sorted(self._blocks)]
+        return message
+
+
 # -- warmups, sessions, and what an upstream's 400 says it rejects ---------------------------
 
 #: Longest text still taken for a Claude Code warmup probe ("Warmup" plus a little).
@@ -1916,34 +2031,409 @@ class UsageScaler:
 
 @dataclasses.dataclass(frozen=True)
 class Route:
-    """Where a request goes: the upstream and the model name it is sent under."""
+    """Where a request goes: the upstreams to try in order and the model name they are sent."""
 
-    upstream: Upstream
+    upstreams: Tuple[Upstream, ...]
     model: str
+
+    @property
+    def upstream(self) -> Upstream:
+        return self.upstreams[0]
 
 
 def route_model(config: Config, model: str) -> Route:
     """The first ``model_map`` rule whose glob fits ``model`` wins; with no map, the first upstream."""
     if not config.model_map:
-        return Route(config.upstreams[0], model)
+        return Route((config.upstreams[0],), model)
     for rule in config.model_map:
         if fnmatch.fnmatchcase(model, rule.match):
-            return Route(config.upstream(rule.upstream), rule.model or model)
+            return Route(tuple(config.upstream(name) for name in rule.upstreams), rule.model or model)
     raise NotFound(f"model: no model_map rule matches {model!r}; add a rule for it (or a \"*\" rule)")
 
 
-class AccountPicker:
-    """Takes an upstream's accounts in turn, so load spreads over the pool."""
+# -- rate-limit resets and retry decisions (pure: the caller passes the time in) ---------------
 
-    def __init__(self, upstream: Upstream) -> None:
-        self.upstream = upstream
-        self._next = 0
+#: A 429 whose reset is at most this far away is waited out on the same account.
+SHORT_LIMIT_WAIT_S = 2.0
+#: Rest after a 429 that names no reset; doubles with each limit in a row, up to the maximum.
+DEFAULT_COOLDOWN_S = 30.0
+MAX_COOLDOWN_S = 3600.0
+#: Rest for an account whose key the upstream rejected (401/403) before it is tried again.
+REJECTED_KEY_COOLDOWN_S = 3600.0
+#: Pause before the next attempt after an overloaded answer (529/503), jittered 0.5x to 1.5x.
+OVERLOADED_BACKOFF_S = 1.0
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 
-    def pick(self) -> Account:
-        """The account for the next request."""
-        account = self.upstream.accounts[self._next % len(self.upstream.accounts)]
-        self._next += 1
-        return account
+
+def _parse_duration(text: str) -> Optional[float]:
+    """``1.5``, ``20ms``, ``6m0s``, ``1h2m3.5s`` or ``34s`` as seconds."""
+    text = text.strip()
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        pass
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        return None
+    scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    return sum(float(n) * scale[u] for n, u in parts)
+
+
+def _parse_instant(text: str, now: float) -> Optional[float]:
+    """An RFC 3339 timestamp or HTTP date as seconds from ``now``."""
+    text = text.strip()
+    try:
+        moment = datetime.datetime.fromisoformat(re.sub(r"(\.\d{6})\d+", r"\1", text.replace("Z", "+00:00")))
+    except ValueError:
+        try:
+            moment = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.timezone.utc)
+    return max(0.0, moment.timestamp() - now)
+
+
+def rate_limit_reset(headers: Headers, body: bytes, now: float) -> Optional[float]:
+    """Seconds until an upstream says its limit resets: ``retry-after``, Anthropic's
+    ``anthropic-ratelimit-*-reset`` (the exhausted limit's), OpenAI's ``x-ratelimit-reset-*``, or a
+    Gemini ``RetryInfo`` in the body. None when it does not say."""
+    retry_after = header_value(headers, "retry-after")
+    if retry_after:
+        seconds = _parse_duration(retry_after)
+        return seconds if seconds is not None else _parse_instant(retry_after, now)
+    exhausted, any_reset = [], []
+    for name, value in headers:
+        lower = name.lower()
+        if lower.startswith("anthropic-ratelimit-") and lower.endswith("-reset"):
+            seconds = _parse_instant(value, now)
+            remaining = header_value(headers, lower[: -len("-reset")] + "-remaining")
+        elif lower.startswith("x-ratelimit-reset-"):
+            seconds = _parse_duration(value)
+            remaining = header_value(headers, "x-ratelimit-remaining-" + lower[len("x-ratelimit-reset-"):])
+        else:
+            continue
+        if seconds is None:
+            continue
+        any_reset.append(seconds)
+        if remaining is not None and remaining.strip() == "0":
+            exhausted.append(seconds)
+    if exhausted:
+        return max(exhausted)
+    if any_reset:
+        return min(any_reset)
+    match = re.search(rb'"retryDelay"\s*:\s*"([^"]+)"', body or b"")
+    return _parse_duration(match.group(1).decode("ascii", "replace")) if match else None
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """What one upstream attempt came to, as the retry engine sees it."""
+
+    status: int  # the upstream's HTTP status; 0 when no answer came (connect, timeout, dropped)
+    failure: str = ""  # for status 0: what happened
+    reset_s: Optional[float] = None  # for 429: when the upstream says the limit resets
+    committed: bool = False  # bytes of this answer already reached the client
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    """What to do after an attempt: try again (which account, after what pause) and what the
+    attempt means for its account's health."""
+
+    retry: bool
+    same_account: bool = False
+    wait_s: float = 0.0
+    cooldown_s: float = 0.0
+    rejected_key: bool = False
+    reason: str = ""
+
+
+def decide(outcome: Outcome, attempt: int, max_attempts: int, limits_in_a_row: int = 0,
+           jitter: float = 0.5) -> Decision:
+    """The retry policy. ``attempt`` counts from 1; ``jitter`` is a random number in [0, 1)."""
+    more = attempt < max_attempts and not outcome.committed
+    status = outcome.status
+    if 0 < status < 400:
+        return Decision(False, reason="ok")
+    if status == 429:
+        reset = outcome.reset_s
+        if reset is not None and reset <= SHORT_LIMIT_WAIT_S:
+            return Decision(more, same_account=True, wait_s=reset, reason=f"rate limited for {reset:.1f} s")
+        cooldown = reset if reset is not None else min(MAX_COOLDOWN_S, DEFAULT_COOLDOWN_S * 2 ** limits_in_a_row)
+        return Decision(more, cooldown_s=cooldown, reason=f"rate limited, resting {cooldown:.0f} s")
+    if status in (529, 503):
+        return Decision(more, wait_s=OVERLOADED_BACKOFF_S * (0.5 + jitter), reason="overloaded")
+    if status in (401, 403):
+        return Decision(more, cooldown_s=REJECTED_KEY_COOLDOWN_S, rejected_key=True,
+                        reason=f"key rejected (HTTP {status})")
+    if status in (500, 502, 504) or status == 0:
+        return Decision(more, reason=outcome.failure or f"HTTP {status}")
+    return Decision(False, reason=f"HTTP {status} is not retried")
+
+
+# -- the account pool ------------------------------------------------------------------------
+
+#: Sessions remembered for sticky account choice (least recently used forgotten first).
+MAX_STICKY_SESSIONS = 10000
+
+
+@dataclasses.dataclass
+class AccountState:
+    """The health and counters of one account. Times are wall-clock seconds (they are saved)."""
+
+    resting_until: float = 0.0
+    rejected_key: bool = False
+    reason: str = ""
+    limits_in_a_row: int = 0
+    probing: bool = False
+    in_flight: int = 0
+    last_limited: float = 0.0
+    requests: int = 0
+    successes: int = 0
+    failures: int = 0
+    rate_limited: int = 0
+
+
+class AccountPool:
+    """Every upstream's accounts with their health; chooses the account for each attempt.
+
+    Sticky per session (so the upstream's prompt cache stays warm), else the least loaded, least
+    recently limited healthy account. A resting account whose time is up gets one trial request
+    (half-open) before it takes load again.
+    """
+
+    def __init__(self, upstreams: Sequence[Upstream]) -> None:
+        self.upstreams = {u.name: u for u in upstreams}
+        self.states: Dict[Tuple[str, str], AccountState] = {
+            (u.name, a.name): AccountState() for u in upstreams for a in u.accounts}
+        self._sessions: collections.OrderedDict = collections.OrderedDict()
+        self._turn: Dict[str, int] = {}
+
+    def state(self, upstream: Upstream, account: Account) -> AccountState:
+        return self.states[(upstream.name, account.name)]
+
+    def _usable(self, upstream: Upstream, account: Account, model: str, now: float) -> bool:
+        state = self.state(upstream, account)
+        if not account.serves(model) or state.resting_until > now:
+            return False
+        if state.probing and state.in_flight:
+            return False  # a trial request is out; wait for its verdict
+        return not account.max_concurrency or state.in_flight < account.max_concurrency
+
+    def choose(self, route: Route, session: Optional[str], now: float, tried: Iterable[Tuple[str, str]] = (),
+               prefer: Optional[Tuple[str, str]] = None) -> Optional[Tuple[Upstream, Account]]:
+        """The account for the next attempt, or None when no account can take it now."""
+        tried = set(tried)
+        sticky = self._sessions.get(session) if session else None
+        for wanted in (prefer, sticky):
+            if wanted and wanted not in tried - {prefer}:
+                upstream = self.upstreams.get(wanted[0])
+                if upstream in route.upstreams:
+                    account = next((a for a in upstream.accounts if a.name == wanted[1]), None)
+                    if account and self._usable(upstream, account, route.model, now):
+                        return upstream, account
+        for fresh_only in (True, False):
+            for upstream in route.upstreams:
+                usable = [a for a in upstream.accounts if self._usable(upstream, a, route.model, now)
+                          and (not fresh_only or (upstream.name, a.name) not in tried)]
+                if usable:
+                    return upstream, self._least_loaded(upstream, usable)
+        return None
+
+    def _least_loaded(self, upstream: Upstream, accounts: List[Account]) -> Account:
+        turn = self._turn.get(upstream.name, 0)
+        self._turn[upstream.name] = turn + 1
+        order = {a.name: (i - turn) % len(upstream.accounts) for i, a in enumerate(upstream.accounts)}
+
+        def load(account: Account) -> Tuple[float, float, int]:
+            state = self.state(upstream, account)
+            return state.in_flight / account.weight, state.last_limited, order[account.name]
+
+        return min(accounts, key=load)
+
+    def begin(self, upstream: Upstream, account: Account, now: float) -> None:
+        """An attempt on this account starts."""
+        state = self.state(upstream, account)
+        state.in_flight += 1
+        state.requests += 1
+        state.probing = bool(state.reason)  # it rested before: this attempt is its trial
+
+    def finish(self, upstream: Upstream, account: Account, decision: Decision, now: float,
+               session: Optional[str]) -> bool:
+        """Record an attempt's result; True when the account's resting state changed (save it)."""
+        state = self.state(upstream, account)
+        state.in_flight = max(0, state.in_flight - 1)
+        was = (state.resting_until, state.rejected_key, state.reason)
+        state.probing = False
+        if decision.reason == "ok":
+            state.successes += 1
+            state.resting_until, state.rejected_key, state.reason, state.limits_in_a_row = 0.0, False, "", 0
+            if session:
+                self._sessions[session] = (upstream.name, account.name)
+                self._sessions.move_to_end(session)
+                while len(self._sessions) > MAX_STICKY_SESSIONS:
+                    self._sessions.popitem(last=False)
+        else:
+            state.failures += 1
+            if decision.cooldown_s:
+                state.resting_until = now + decision.cooldown_s
+                state.rejected_key = decision.rejected_key
+                state.reason = decision.reason
+                if not decision.rejected_key:
+                    state.limits_in_a_row += 1
+                    state.last_limited = now
+                    state.rate_limited += 1
+        return was != (state.resting_until, state.rejected_key, state.reason)
+
+    def busy_only(self, route: Route, now: float) -> bool:
+        """True when accounts exist that only lack a free concurrency slot."""
+        return any(account.serves(route.model) and self.state(u, account).resting_until <= now
+                   for u in route.upstreams for account in u.accounts)
+
+    def unavailable(self, route: Route, now: float) -> AgproxyError:
+        """The error for a request no account can take: 429 with the soonest reset while accounts are
+        rate limited; 502 naming the upstream when every key was rejected."""
+        resting = [(u, a, self.state(u, a)) for u in route.upstreams for a in u.accounts if a.serves(route.model)]
+        if not resting:
+            names = ", ".join(repr(u.name) for u in route.upstreams)
+            return NotFound(f"no account of upstream {names} serves model {route.model!r} (see accounts[].models)")
+        limited = [s for _, _, s in resting if not s.rejected_key and s.resting_until > now]
+        if limited:
+            soonest = min(s.resting_until for s in limited)
+            wait = max(1, math.ceil(soonest - now))
+            at = datetime.datetime.fromtimestamp(soonest, datetime.timezone.utc).strftime("%H:%M:%S UTC")
+            names = ", ".join(repr(u.name) for u in route.upstreams)
+            return AgproxyError(
+                f"all {len(limited)} account(s) of upstream {names} that serve {route.model!r} are rate limited; "
+                f"the first is free again in {wait} s (at {at})",
+                status=429, error_type="rate_limit_error", headers=[("retry-after", str(wait))])
+        parts = []
+        for upstream in route.upstreams:
+            names = [a.name for u, a, s in resting if u is upstream and s.rejected_key]
+            if names:
+                parts.append(f"upstream {upstream.name!r} rejected the key of {', '.join(names)}")
+        return UpstreamFailure("; ".join(parts) + " (HTTP 401/403); check their api_key in the agproxy config, "
+                               "or run `agproxy check`")
+
+    def to_json(self, now: float) -> Dict[str, Any]:
+        """The resting accounts, for the state file."""
+        return {f"{u}/{a}": {"resting_until": s.resting_until, "rejected_key": s.rejected_key, "reason": s.reason,
+                             "limits_in_a_row": s.limits_in_a_row}
+                for (u, a), s in sorted(self.states.items()) if s.resting_until > now}
+
+    def load_json(self, data: Any, now: float) -> None:
+        """Take resting accounts from a saved state (unknown accounts and past times are skipped)."""
+        if not isinstance(data, dict):
+            return
+        for key, entry in data.items():
+            upstream, _, account = str(key).partition("/")
+            state = self.states.get((upstream, account))
+            if state is None or not isinstance(entry, dict):
+                continue
+            until = entry.get("resting_until")
+            if isinstance(until, (int, float)) and until > now:
+                state.resting_until = float(until)
+                state.rejected_key = bool(entry.get("rejected_key"))
+                state.reason = str(entry.get("reason") or "rested before a restart")
+                limits = entry.get("limits_in_a_row")
+                state.limits_in_a_row = limits if isinstance(limits, int) else 0
+
+    def describe(self, now: float) -> List[Dict[str, Any]]:
+        """Every account with its state and counters (never its key), for /v1/agproxy/accounts."""
+        out = []
+        for upstream in self.upstreams.values():
+            for account in upstream.accounts:
+                s = self.state(upstream, account)
+                if s.resting_until > now:
+                    status = "rejected_key" if s.rejected_key else "rate_limited"
+                elif s.reason:
+                    status = "probing" if s.probing else "recovering"
+                else:
+                    status = "ok"
+                out.append({
+                    "upstream": upstream.name, "account": account.name, "state": status, "reason": s.reason,
+                    "resting_until": _iso_time(s.resting_until) if s.resting_until > now else None,
+                    "in_flight": s.in_flight, "requests": s.requests, "successes": s.successes,
+                    "failures": s.failures, "rate_limited": s.rate_limited,
+                })
+        return out
+
+
+def _iso_time(moment: float) -> str:
+    return datetime.datetime.fromtimestamp(moment, datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+class AttemptError(Exception):
+    """One failed attempt: the error to answer with if it is the last, and what the retry engine
+    needs to know about it."""
+
+    def __init__(self, error: AgproxyError, outcome: Outcome) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.outcome = outcome
+
+
+#: How long a request waits for a concurrency slot when every account is busy.
+MAX_SLOT_WAIT_S = 30.0
+
+
+async def run_attempts(pool: AccountPool, route: Route, session: Optional[str], max_attempts: int,
+                       attempt: Callable[[Upstream, Account], Any], *,
+                       clock: Callable[[], float] = time.time,
+                       sleep: Callable[[float], Any] = asyncio.sleep,
+                       jitter: Callable[[], float] = random.random,
+                       on_attempt: Optional[Callable[[int, Upstream, Account, Decision, float], None]] = None,
+                       on_change: Optional[Callable[[], None]] = None) -> Any:
+    """Try accounts until one answers or the attempts run out, following :func:`decide`.
+
+    ``attempt`` returns the answer or raises :class:`AttemptError`. No I/O here beyond what
+    ``attempt`` and ``sleep`` do.
+    """
+    tried: List[Tuple[str, str]] = []
+    prefer: Optional[Tuple[str, str]] = None
+    last: Optional[AttemptError] = None
+    waited = 0.0
+    number = 0
+    while number < max_attempts:
+        choice = pool.choose(route, session, clock(), tried, prefer)
+        if choice is None:
+            if pool.busy_only(route, clock()) and waited < MAX_SLOT_WAIT_S:
+                await sleep(0.05)
+                waited += 0.05
+                continue
+            raise pool.unavailable(route, clock())
+        number += 1
+        upstream, account = choice
+        pool.begin(upstream, account, clock())
+        try:
+            result = await attempt(upstream, account)
+        except AttemptError as failed:
+            state = pool.state(upstream, account)
+            decision = decide(failed.outcome, number, max_attempts, state.limits_in_a_row, jitter())
+            if pool.finish(upstream, account, decision, clock(), session) and on_change:
+                on_change()
+            if on_attempt:
+                on_attempt(number, upstream, account, decision, failed.outcome.status)
+            if not decision.retry:
+                raise failed.error from None
+            last = failed
+            tried.append((upstream.name, account.name))
+            prefer = (upstream.name, account.name) if decision.same_account else None
+            if decision.wait_s:
+                await sleep(decision.wait_s)
+            continue
+        except BaseException:
+            pool.finish(upstream, account, Decision(False, reason="aborted"), clock(), None)
+            raise
+        changed = pool.finish(upstream, account, Decision(False, reason="ok"), clock(), session)
+        if changed and on_change:
+            on_change()
+        if on_attempt:
+            on_attempt(number, upstream, account, Decision(False, reason="ok"), 200)
+        return result
+    assert last is not None
+    raise last.error
 
 
 def upstream_url(base_url: str, path: str) -> str:
@@ -2434,7 +2924,8 @@ class Server:
         self._persist = persist
         self.auth_mode = config.effective_auth_mode()
         self.client = client or UpstreamClient(config.upstream_workers)
-        self.pickers = {u.name: AccountPicker(u) for u in config.upstreams}
+        self.pool = AccountPool(config.upstreams)
+        self.pool.load_json((state or {}).get("accounts"), time.time())
         self.log = logging.getLogger("agproxy")
         self.access_log = logging.getLogger("agproxy.access")
         self._server: Optional[asyncio.AbstractServer] = None
@@ -2450,6 +2941,7 @@ class Server:
             "/v1/models/claude": {"GET": self._models_openai},
             "/v1/api/event_logging": {"POST": self._telemetry},
             "/v1/api/event_logging/batch": {"POST": self._telemetry},
+            "/v1/agproxy/accounts": {"GET": self._accounts},
         }
 
     # -- lifecycle -------------------------------------------------------------------
@@ -2791,7 +3283,7 @@ class Server:
         return True
 
     async def _upstream_models(self, upstream: Upstream) -> List[Dict[str, Any]]:
-        account = self.pickers[upstream.name].pick()
+        account = upstream.accounts[0]
         headers = [("x-api-key", account.api_key), ("anthropic-version", DEFAULT_ANTHROPIC_VERSION),
                    ("Accept", "application/json"), ("User-Agent", f"agproxy/{__version__}")]
         try:
@@ -2846,20 +3338,45 @@ class Server:
             exchange.account = "warmup"
             return self._local_message(warmup_message(body["model"]), bool(body.get("stream")),
                                        headers + [("X-Warmup-Intercepted", "true")])
-        account = self.pickers[route.upstream.name].pick()
-        exchange.account = account.name
-        headers.append(("X-Account-Email", account.name))
-        kind = route.upstream.kind
+        for upstream in route.upstreams:
+            if upstream.kind not in ("anthropic", "demo"):
+                raise AgproxyError(f"upstream {upstream.name!r} is of kind {upstream.kind!r}, which this build "
+                                   "of agproxy does not serve yet", status=501, error_type="api_error",
+                                   headers=headers)
+
+        async def attempt(upstream: Upstream, account: Account) -> Union[Response, StreamingResponse]:
+            exchange.upstream, exchange.account = upstream.name, account.name
+            answered = [("X-Mapped-Model", route.model), ("X-Account-Email", account.name)]
+            if upstream.kind == "demo":
+                return self._demo_messages(body, answered)
+            single = Route((upstream,), route.model)
+            try:
+                return await self._anthropic_messages(request, exchange, body, single, account, answered)
+            except AgproxyError as exc:
+                raise AttemptError(exc, _outcome_of(exc)) from None
+
         try:
-            if kind == "demo":
-                return self._demo_messages(body, headers)
-            if kind == "anthropic":
-                return await self._anthropic_messages(request, exchange, body, route, account, headers)
-            raise AgproxyError(f"upstream {route.upstream.name!r} is of kind {kind!r}, which this build "
-                               "of agproxy does not serve yet", status=501, error_type="api_error")
+            return await run_attempts(self.pool, route, session_id(request.headers, body),
+                                      self.config.max_retry_attempts, attempt,
+                                      on_attempt=self._log_attempt(exchange), on_change=self._save_state)
         except AgproxyError as exc:
-            exc.headers.extend(headers)
+            exc.headers.extend([("X-Mapped-Model", route.model)] +
+                               ([("X-Account-Email", exchange.account)] if exchange.account != "-" else []))
             raise
+
+    def _log_attempt(self, exchange: _Exchange) -> Callable[[int, Upstream, Account, Decision, int], None]:
+        def log(number: int, upstream: Upstream, account: Account, decision: Decision, status: int) -> None:
+            if decision.reason == "ok":
+                self.log.debug("%s attempt %d: %s/%s answered", exchange.id, number, upstream.name, account.name)
+                return
+            then = "giving up" if not decision.retry else (
+                f"retrying {'the same account ' if decision.same_account else ''}"
+                f"{f'in {decision.wait_s:.1f} s' if decision.wait_s else 'now'}")
+            rest = f"; account rests {decision.cooldown_s:.0f} s" if decision.cooldown_s else ""
+            level = logging.WARNING if decision.rejected_key else logging.INFO
+            self.log.log(level, "%s attempt %d: %s/%s status %s: %s%s; %s", exchange.id, number, upstream.name,
+                         account.name, status or "-", decision.reason, rest, then)
+        return log
 
     def _local_message(self, message: Dict[str, Any], stream: bool, headers: Headers) -> Union[Response,
                                                                                                 StreamingResponse]:
@@ -2888,8 +3405,8 @@ class Server:
             headers.append(("anthropic-beta", beta))
         return headers
 
-    def _prepare(self, request: Request, exchange: _Exchange, route: Route,
-                 strip_thinking: bool) -> Tuple[bytes, Dict[str, Any], Optional[str]]:
+    def _prepare(self, request: Request, exchange: _Exchange, route: Route, strip_thinking: bool,
+                 force_stream: bool) -> Tuple[bytes, Dict[str, Any], Optional[str]]:
         """The body and beta header to send to this upstream: sanitized per its profile and what it
         has rejected before; the client's bytes unchanged when nothing needs changing."""
         upstream = route.upstream
@@ -2899,6 +3416,9 @@ class Server:
         if body.get("model") != route.model:
             body["model"] = route.model
             changes["model_renamed"] = 1
+        if force_stream and not body.get("stream"):
+            body["stream"] = True
+            changes["stream_forced"] = 1
         changes.update(sanitize_request(body, upstream.rules, drop_paths=self.learned.fields(upstream.name),
                                         drop_thinking=self.signatures.foreign_to(upstream.name)))
         if strip_thinking:
@@ -2915,19 +3435,20 @@ class Server:
         return json.dumps(body, ensure_ascii=False).encode("utf-8"), body, beta
 
     async def _call_anthropic(self, request: Request, exchange: _Exchange, route: Route, account: Account,
-                              path: str, stream: bool) -> UpstreamResponse:
+                              path: str, stream: bool, force_stream: bool = False) -> UpstreamResponse:
         """Send to an ``anthropic`` upstream and return its successful answer, healing on the way:
         a 400 naming a field or beta it rejects strips exactly that and retries (and remembers it);
-        a thinking-signature 400 retries once with thinking removed from the history."""
+        a thinking-signature 400 retries once with thinking removed from the history. Other error
+        answers raise an :class:`AgproxyError` that keeps the upstream's status and reset time."""
         upstream = route.upstream
         strip_thinking = False
         heals = 0
         while True:
-            payload, sent, beta = self._prepare(request, exchange, route, strip_thinking)
+            payload, sent, beta = self._prepare(request, exchange, route, strip_thinking, force_stream)
             try:
                 response = await self.client.request(
                     "POST", upstream_url(upstream.base_url, path),
-                    self._anthropic_headers(request, account, beta, stream), payload,
+                    self._anthropic_headers(request, account, beta, stream or force_stream), payload,
                     timeout_s=upstream.timeout_s, connect_timeout_s=upstream.connect_timeout_s,
                 )
             except UpstreamFailure as exc:
@@ -2951,6 +3472,8 @@ class Server:
                                       client_context_window(request.headers))
             error = anthropic_error_from_upstream(response.status, data, upstream.name)
             error.headers.extend(relayed_upstream_headers(response.headers))
+            error.upstream_status = response.status
+            error.reset_s = rate_limit_reset(response.headers, data, time.time())
             raise error
 
     def _learn_rejection(self, upstream: Upstream, sent: Dict[str, Any], beta: Optional[str], data: bytes) -> bool:
@@ -2979,39 +3502,51 @@ class Server:
 
     def _save_state(self) -> None:
         if self._persist is not None:
-            self._persist({"learned": self.learned.to_json()})
+            self._persist({"learned": self.learned.to_json(), "accounts": self.pool.to_json(time.time())})
 
     async def _anthropic_messages(self, request: Request, exchange: _Exchange, body: Dict[str, Any], route: Route,
                                   account: Account, headers: Headers) -> Union[Response, StreamingResponse]:
+        """One attempt on an ``anthropic`` upstream. Nothing reaches the client until the upstream
+        has sent its first whole event, so every failure before that can still be retried."""
         upstream = route.upstream
         window = upstream.context_window
         client_window = client_context_window(request.headers)
         if window and estimate_input_tokens(body) > window:
             raise prompt_too_long(estimate_input_tokens(body), window, client_window)
-        response = await self._call_anthropic(request, exchange, route, account, "/v1/messages",
-                                              bool(body.get("stream")))
+        stream = bool(body.get("stream"))
+        force = not stream and self.config.force_stream_internally
+        response = await self._call_anthropic(request, exchange, route, account, "/v1/messages", stream, force)
         headers = headers + relayed_upstream_headers(response.headers)
-        content_type = response.header("content-type") or "application/json"
-        if content_type.lower().startswith("text/event-stream"):
+        is_sse = (response.header("content-type") or "").lower().startswith("text/event-stream")
+        exchange.on_client_gone.append(response.close)
+        try:
+            if stream and is_sse:
+                head = await _first_events(response)
+            elif is_sse:
+                message = await _accumulate(response)
+            else:
+                data = await response.read_all()
+        except BaseException:
+            response.close()
+            raise
+        finally:
+            exchange.on_client_gone.remove(response.close)
+        if stream and is_sse:
             watcher = SignatureWatcher(self.signatures, upstream.name)
             scaler = UsageScaler(window, client_window).transform if window else None
             return StreamingResponse(response.status, _SSE_HEADERS + headers,
-                                     _relay_sse(response, upstream.name, watcher.feed, scaler), response.close)
-        exchange.on_client_gone.append(response.close)
-        try:
-            data = await response.read_all()
-        finally:
-            exchange.on_client_gone.remove(response.close)
-        if b"signature" in data or b"redacted_thinking" in data or window:
+                                     _relay_sse(response, upstream.name, watcher.feed, scaler, head), response.close)
+        if not is_sse:
             try:
                 message = json.loads(data)
             except ValueError:
-                message = None  # not JSON: relayed as it is, nothing to remember or scale
-            self.signatures.record_message(message, upstream.name)
-            if window and isinstance(message, dict):
-                scale_usage(message.get("usage"), window, client_window)
-                data = json.dumps(message, ensure_ascii=False).encode("utf-8")
-        return Response(response.status, [("Content-Type", content_type)] + headers, data)
+                return Response(response.status, [("Content-Type", "application/json")] + headers, data)
+        if not isinstance(message, dict):
+            raise UpstreamFailure(f"upstream {upstream.name!r} answered something that is not a Message")
+        self.signatures.record_message(message, upstream.name)
+        if window:
+            scale_usage(message.get("usage"), window, client_window)
+        return json_response(response.status, message, headers)
 
     async def _count_tokens(self, request: Request, exchange: _Exchange) -> Response:
         body = self._json_body(request)
@@ -3025,25 +3560,72 @@ class Server:
             if window:
                 tokens = scale_tokens(tokens, window, client_window)
             return json_response(200, {"input_tokens": tokens}, headers + [("X-Token-Count", "estimate")])
-        account = self.pickers[route.upstream.name].pick()
-        exchange.account = account.name
-        headers.append(("X-Account-Email", account.name))
+        anthropic_only = Route(tuple(u for u in route.upstreams if u.kind == "anthropic"), route.model)
+
+        async def attempt(upstream: Upstream, account: Account) -> Response:
+            exchange.upstream, exchange.account = upstream.name, account.name
+            try:
+                response = await self._call_anthropic(request, exchange, Route((upstream,), route.model), account,
+                                                      "/v1/messages/count_tokens", False)
+                data = await response.read_all(1024 * 1024)
+            except AgproxyError as exc:
+                raise AttemptError(exc, _outcome_of(exc)) from None
+            if upstream.context_window:
+                try:
+                    counted = json.loads(data)
+                except ValueError:
+                    counted = None
+                if isinstance(counted, dict):
+                    scale_usage(counted, upstream.context_window, client_window)
+                    data = json.dumps(counted).encode("utf-8")
+            return Response(response.status, [("Content-Type", "application/json")] + headers
+                            + [("X-Account-Email", account.name)], data)
+
         try:
-            response = await self._call_anthropic(request, exchange, route, account, "/v1/messages/count_tokens",
-                                                  False)
+            return await run_attempts(self.pool, anthropic_only, session_id(request.headers, body),
+                                      self.config.max_retry_attempts, attempt,
+                                      on_attempt=self._log_attempt(exchange), on_change=self._save_state)
         except AgproxyError as exc:
             exc.headers.extend(headers)
             raise
-        data = await response.read_all(1024 * 1024)
-        if window:
-            try:
-                counted = json.loads(data)
-            except ValueError:
-                counted = None
-            if isinstance(counted, dict):
-                scale_usage(counted, window, client_window)
-                data = json.dumps(counted).encode("utf-8")
-        return Response(response.status, [("Content-Type", "application/json")] + headers, data)
+
+    async def _accounts(self, request: Request, exchange: _Exchange) -> Response:
+        return json_response(200, {"accounts": self.pool.describe(time.time())})
+
+
+def _outcome_of(error: AgproxyError) -> Outcome:
+    """How the retry engine sees a failed attempt."""
+    if isinstance(error, UpstreamFailure) and not error.upstream_status:
+        return Outcome(0, failure=error.message)
+    return Outcome(error.upstream_status or error.status, reset_s=error.reset_s)
+
+
+async def _first_events(response: UpstreamResponse) -> bytes:
+    """Read an event stream until it holds at least one whole event; an ``error`` event there, or
+    a stream that ends first, raises (the attempt can still be retried)."""
+    head = bytearray()
+    while not sse_complete_prefix(head):
+        chunk = await response.read_chunk()
+        if not chunk:
+            raise UpstreamFailure("the stream ended before its first event")
+        head += chunk
+        if len(head) > MAX_SSE_EVENT_BYTES:
+            raise UpstreamFailure(f"upstream sent an SSE event larger than {MAX_SSE_EVENT_BYTES} bytes")
+    for event in SSEDecoder().feed(bytes(head[:sse_complete_prefix(head)])):
+        if event.event == "error":
+            MessageAccumulator().feed(event)  # raises the StreamError it describes
+    return bytes(head)
+
+
+async def _accumulate(response: UpstreamResponse) -> Dict[str, Any]:
+    """A whole upstream event stream as the one Message it describes."""
+    decoder, accumulator = SSEDecoder(), MessageAccumulator()
+    while True:
+        chunk = await response.read_chunk()
+        if not chunk:
+            return accumulator.result()
+        for event in decoder.feed(chunk):
+            accumulator.feed(event)
 
 
 async def _iterate(items: Iterable[bytes]) -> AsyncIterator[bytes]:
@@ -3052,7 +3634,7 @@ async def _iterate(items: Iterable[bytes]) -> AsyncIterator[bytes]:
 
 
 async def _relay_sse(response: UpstreamResponse, upstream: str, observe: Optional[Callable[[bytes], None]] = None,
-                     transform: Optional[Callable[[bytes], bytes]] = None) -> AsyncIterator[bytes]:
+                     transform: Optional[Callable[[bytes], bytes]] = None, head: bytes = b"") -> AsyncIterator[bytes]:
     """Relay an upstream event stream as it arrives, whole events at a time.
 
     A stream that breaks becomes an Anthropic ``error`` event after the last complete event, so
@@ -3060,12 +3642,15 @@ async def _relay_sse(response: UpstreamResponse, upstream: str, observe: Optiona
     """
     pending = bytearray()
     last = b""
+    chunk = head
     try:
         while True:
-            chunk = await response.read_chunk()
             if not chunk:
-                break
+                chunk = await response.read_chunk()
+                if not chunk:
+                    break
             pending += chunk
+            chunk = b""
             cut = sse_complete_prefix(pending)
             if cut:
                 last = bytes(pending[:cut])

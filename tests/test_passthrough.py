@@ -197,7 +197,7 @@ def test_models_list_falls_back_when_the_upstream_cannot_list(start_agproxy, fak
 def test_upstream_errors_keep_status_and_type(start_agproxy, fake, status, error_type, exception):
     fake.script(Json(status, {"type": "error", "error": {"type": error_type, "message": f"upstream says {status}"}},
                      headers=[("retry-after", "7")] if status == 429 else []))
-    proxy = start_agproxy(fake_config(fake))
+    proxy = start_agproxy(fake_config(fake, max_retry_attempts=1))  # retries are tested in test_accounts.py
     with pytest.raises(exception) as caught:
         sdk(proxy).messages.create(model="m", max_tokens=5, messages=[{"role": "user", "content": "x"}])
     assert caught.value.status_code == status
@@ -208,13 +208,14 @@ def test_upstream_errors_keep_status_and_type(start_agproxy, fake, status, error
 
 
 def test_upstream_rejecting_agproxys_key_is_502_not_401(start_agproxy, fake):
-    fake.script(Json(401, {"type": "error", "error": {"type": "authentication_error", "message": "invalid x-api-key"}}))
+    rejected = Json(401, {"type": "error", "error": {"type": "authentication_error", "message": "invalid x-api-key"}})
+    fake.script(rejected, rejected)
     proxy = start_agproxy(fake_config(fake))
     with pytest.raises(anthropic.APIStatusError) as caught:
         sdk(proxy).messages.create(model="m", max_tokens=5, messages=[{"role": "user", "content": "x"}])
     assert caught.value.status_code == 502
     assert caught.value.body["error"]["type"] == "api_error"
-    assert "'fake'" in caught.value.message
+    assert "upstream 'fake' rejected the key of alice@example.com, bob@example.com" in caught.value.message
     assert "sk-upstream" not in caught.value.message
 
 
@@ -242,7 +243,7 @@ def test_unreachable_upstream_is_502_naming_it(start_agproxy):
 def test_upstream_timeout_is_504(start_agproxy, fake):
     from tests.fakes.anthropic_upstream import Hang
     fake.script(Hang(5))
-    config = fake_config(fake)
+    config = fake_config(fake, max_retry_attempts=1)
     config["upstreams"][0]["timeout_s"] = 0.5
     proxy = start_agproxy(config)
     with pytest.raises(anthropic.APIStatusError) as caught:
@@ -252,7 +253,8 @@ def test_upstream_timeout_is_504(start_agproxy, fake):
 
 def test_no_key_reaches_the_log_even_at_debug_level(start_agproxy, fake):
     fake.script(Json(401, {"type": "error", "error": {"type": "authentication_error", "message": "bad key"}}))
-    proxy = start_agproxy(fake_config(fake, log_level="debug", auth_mode="strict", api_key="sk-local-topsecret"))
+    proxy = start_agproxy(fake_config(fake, log_level="debug", auth_mode="strict", api_key="sk-local-topsecret",
+                                      max_retry_attempts=1))
     client = anthropic.Anthropic(base_url=proxy.url, api_key="sk-local-topsecret", max_retries=0)
     with pytest.raises(anthropic.APIStatusError):
         client.messages.create(model="m", max_tokens=5, messages=[{"role": "user", "content": "x"}])

@@ -273,7 +273,7 @@ def test_corpus_through_a_compatible_profile_to_a_strict_upstream(start_agproxy)
 
 
 def test_corpus_to_a_full_anthropic_upstream_arrives_unchanged_unless_repaired(start_agproxy, fake):
-    proxy = start_agproxy(fake_config(fake))
+    proxy = start_agproxy(fake_config(fake, force_stream_internally=False))
     received: Dict[str, Any] = {}
     for name, headers, body in corpus():
         status, _, data = post(proxy, _path(name), body, headers)
