@@ -2161,7 +2161,7 @@ def decide(outcome: Outcome, attempt: int, max_attempts: int, limits_in_a_row: i
         if reset is not None and reset <= SHORT_LIMIT_WAIT_S:
             return Decision(more, same_account=True, wait_s=reset, reason=f"rate limited for {reset:.1f} s")
         cooldown = reset if reset is not None else min(MAX_COOLDOWN_S, DEFAULT_COOLDOWN_S * 2 ** limits_in_a_row)
-        return Decision(more, cooldown_s=cooldown, reason=f"rate limited, resting {cooldown:.0f} s")
+        return Decision(more, cooldown_s=cooldown, reason="rate limited")
     if status in (529, 503):
         return Decision(more, wait_s=OVERLOADED_BACKOFF_S * (0.5 + jitter), reason="overloaded")
     if status in (401, 403):
@@ -2251,6 +2251,19 @@ class AccountPool:
             return state.in_flight / account.weight, state.last_limited, order[account.name]
 
         return min(accounts, key=load)
+
+    def hold(self, upstream: Upstream, account: Account) -> Callable[[], None]:
+        """Keep a concurrency slot beyond the attempt (a stream still being relayed); returns its release."""
+        state = self.state(upstream, account)
+        state.in_flight += 1
+        released = []
+
+        def release() -> None:
+            if not released:
+                released.append(True)
+                state.in_flight = max(0, state.in_flight - 1)
+
+        return release
 
     def begin(self, upstream: Upstream, account: Account, now: float) -> None:
         """An attempt on this account starts."""
@@ -3160,6 +3173,9 @@ class Server:
         finally:
             response.abort()
             conn.on_gone.remove(response.abort)
+            aclose = getattr(response.chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
         if conn.gone and exchange is not None:
             exchange.status = 499
 
@@ -3534,8 +3550,14 @@ class Server:
         if stream and is_sse:
             watcher = SignatureWatcher(self.signatures, upstream.name)
             scaler = UsageScaler(window, client_window).transform if window else None
-            return StreamingResponse(response.status, _SSE_HEADERS + headers,
-                                     _relay_sse(response, upstream.name, watcher.feed, scaler, head), response.close)
+            release = self.pool.hold(upstream, account)
+            relay = _relay_sse(response, upstream.name, watcher.feed, scaler, head, on_end=release)
+
+            def abort() -> None:
+                response.close()
+                release()
+
+            return StreamingResponse(response.status, _SSE_HEADERS + headers, relay, abort)
         if not is_sse:
             try:
                 message = json.loads(data)
@@ -3634,7 +3656,8 @@ async def _iterate(items: Iterable[bytes]) -> AsyncIterator[bytes]:
 
 
 async def _relay_sse(response: UpstreamResponse, upstream: str, observe: Optional[Callable[[bytes], None]] = None,
-                     transform: Optional[Callable[[bytes], bytes]] = None, head: bytes = b"") -> AsyncIterator[bytes]:
+                     transform: Optional[Callable[[bytes], bytes]] = None, head: bytes = b"",
+                     on_end: Optional[Callable[[], None]] = None) -> AsyncIterator[bytes]:
     """Relay an upstream event stream as it arrives, whole events at a time.
 
     A stream that breaks becomes an Anthropic ``error`` event after the last complete event, so
@@ -3669,6 +3692,8 @@ async def _relay_sse(response: UpstreamResponse, upstream: str, observe: Optiona
         yield encode_sse_json("error", error_body("api_error", f"upstream {upstream!r}: {exc.message}"))
     finally:
         response.close()
+        if on_end is not None:
+            on_end()
 
 
 # =====================================================================================

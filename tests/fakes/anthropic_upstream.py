@@ -67,6 +67,7 @@ class Recorded:
     headers: List[Tuple[str, str]]
     body: bytes
     connection: int
+    at: float = 0.0  # time.monotonic() when it arrived
 
     def header(self, name: str) -> Optional[str]:
         for key, value in self.headers:
@@ -165,6 +166,7 @@ class FakeAnthropic:
         self.connections = 0
         self.abandoned_at: List[float] = []
         self._queue: List[Any] = []
+        self._by_key: Dict[str, List[Any]] = {}
         self._lock = threading.Lock()
         self._server = ServerThread()
         self.port = 0
@@ -192,9 +194,19 @@ class FakeAnthropic:
         with self._lock:
             self._queue.extend(replies)
 
+    def script_for(self, api_key: str, *replies: Any) -> None:
+        """Replies for requests carrying this x-api-key, before the shared queue."""
+        with self._lock:
+            self._by_key.setdefault(api_key, []).extend(replies)
+
+    def keys(self) -> List[str]:
+        """The x-api-key of every request so far, in order: the attempt sequence."""
+        return [r.header("x-api-key") or "" for r in self.requests if r.target.startswith("/v1/messages")]
+
     def reset(self) -> None:
         with self._lock:
             self._queue.clear()
+            self._by_key.clear()
             self.requests.clear()
             self.abandoned_at.clear()
             self.connections = 0
@@ -219,11 +231,13 @@ class FakeAnthropic:
                         headers.append((name.strip(), value.strip()))
                 length = int(next((v for k, v in headers if k.lower() == "content-length"), "0"))
                 body = await reader.readexactly(length) if length else b""
-                recorded = Recorded(method, target, headers, body, number)
+                recorded = Recorded(method, target, headers, body, number, time.monotonic())
                 self.requests.append(recorded)
                 refusal = self._refusal(recorded)
+                key = recorded.header("x-api-key") or ""
                 with self._lock:
-                    reply = None if refusal else (self._queue.pop(0) if self._queue else None)
+                    queue = self._by_key.get(key) or self._queue
+                    reply = None if refusal else (queue.pop(0) if queue else None)
                 if refusal:
                     self.rejections.append(refusal)
                     reply = Json(400, {"type": "error", "error": {"type": "invalid_request_error",
@@ -297,16 +311,12 @@ class FakeAnthropic:
                 "Cache-Control: no-cache", "request-id: req_upstream_fake"]
         head += [f"{k}: {v}" for k, v in reply.headers]
         writer.write(("\r\n".join(head) + "\r\n\r\n").encode())
-        gone = asyncio.ensure_future(reader.read(1))  # agproxy closing its side ends the stream
-        gone.add_done_callback(lambda f: f.cancelled() or f.result() or self.abandoned_at.append(time.monotonic()))
         try:
             for i, (event, data) in enumerate(reply.events):
-                if gone.done():
-                    return False
                 if reply.drop_after is not None and i >= reply.drop_after:
                     return False
-                if reply.delay_s:
-                    await asyncio.sleep(reply.delay_s)
+                if not await self._pause(reader, reply.delay_s):
+                    return False
                 encoded = encode_event(event, data)
                 pieces = [encoded[:7], encoded[7:]] if reply.split else [encoded]
                 for piece in pieces:
@@ -320,6 +330,16 @@ class FakeAnthropic:
             await writer.drain()
         except (ConnectionError, OSError):
             return False
-        finally:
-            gone.cancel()
         return True
+
+    async def _pause(self, reader: asyncio.StreamReader, seconds: float) -> bool:
+        """Wait, watching for agproxy closing its side (recorded in ``abandoned_at``); False if it did."""
+        deadline = time.monotonic() + seconds
+        while True:
+            if reader.at_eof():
+                self.abandoned_at.append(time.monotonic())
+                return False
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return True
+            await asyncio.sleep(min(left, 0.02))

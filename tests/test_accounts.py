@@ -1,0 +1,468 @@
+"""Account pools and the retry engine: pure decisions, the pool, hypothesis over failure scripts,
+and end to end with a fake upstream that behaves differently per key."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import urllib.request
+from typing import Any, Dict, List, Optional
+
+import anthropic
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import agproxy
+from agproxy import Account, AccountPool, AttemptError, Decision, Outcome, Route, Upstream, decide, rate_limit_reset
+from tests.conftest import fake_config
+from tests.fakes.anthropic_upstream import (
+    FakeAnthropic,
+    Hang,
+    Json,
+    Sse,
+    text_stream,
+    tool_and_thinking_stream,
+)
+
+ALICE, BOB = "sk-upstream-alice", "sk-upstream-bob"
+NOW = 1_800_000_000.0
+
+
+def error(status: int, error_type: str, headers=(), message: Optional[str] = None) -> Json:
+    return Json(status, {"type": "error", "error": {"type": error_type, "message": message or f"HTTP {status}"}},
+                headers=list(headers))
+
+
+LIMITED = error(429, "rate_limit_error", [("retry-after", "60")])
+
+
+# -- pure: reset parsing and decisions ----------------------------------------------------------
+
+def iso(seconds_from_now: float) -> str:
+    import datetime
+    return datetime.datetime.fromtimestamp(NOW + seconds_from_now, datetime.timezone.utc).isoformat()
+
+
+@pytest.mark.parametrize("headers, body, expected", [
+    ([("retry-after", "17")], b"", 17),
+    ([("Retry-After", "Thu, 15 Jan 2027 08:00:10 GMT")], b"", None),  # checked below with its own clock
+    ([("anthropic-ratelimit-requests-remaining", "0"), ("anthropic-ratelimit-requests-reset", iso(42)),
+      ("anthropic-ratelimit-tokens-remaining", "5000"), ("anthropic-ratelimit-tokens-reset", iso(5))], b"", 42),
+    ([("anthropic-ratelimit-tokens-reset", iso(9)), ("anthropic-ratelimit-requests-reset", iso(30))], b"", 9),
+    ([("x-ratelimit-remaining-tokens", "0"), ("x-ratelimit-reset-tokens", "6m0s"),
+      ("x-ratelimit-reset-requests", "20ms")], b"", 360),
+    ([], b'{"error": {"code": 429, "details": [{"@type": "type.googleapis.com/google.rpc.RetryInfo", '
+         b'"retryDelay": "34s"}]}}', 34),
+    ([], b'{"error": {"message": "slow down"}}', None),
+])
+def test_rate_limit_reset_styles(headers, body, expected):
+    got = rate_limit_reset(headers, body, NOW)
+    if expected is None:
+        assert got is None or headers
+    else:
+        assert got == pytest.approx(expected, abs=0.01)
+
+
+def test_retry_after_as_a_date():
+    import email.utils
+    when = email.utils.formatdate(NOW + 90, usegmt=True)
+    assert rate_limit_reset([("retry-after", when)], b"", NOW) == pytest.approx(90, abs=1)
+
+
+def test_decisions():
+    assert decide(Outcome(200), 1, 3).reason == "ok"
+    brief = decide(Outcome(429, reset_s=1.5), 1, 3)
+    assert brief.retry and brief.same_account and brief.wait_s == 1.5 and not brief.cooldown_s
+    limited = decide(Outcome(429, reset_s=60), 1, 3)
+    assert limited.retry and not limited.same_account and limited.cooldown_s == 60
+    assert decide(Outcome(429), 1, 3, limits_in_a_row=2).cooldown_s == 120
+    assert decide(Outcome(429), 1, 3, limits_in_a_row=20).cooldown_s == agproxy.MAX_COOLDOWN_S
+    overloaded = decide(Outcome(529), 1, 3, jitter=0.0)
+    assert overloaded.retry and overloaded.wait_s == 0.5 and not overloaded.cooldown_s
+    rejected = decide(Outcome(401), 1, 3)
+    assert rejected.retry and rejected.rejected_key and rejected.cooldown_s == agproxy.REJECTED_KEY_COOLDOWN_S
+    for status in (500, 502, 504, 0):
+        assert decide(Outcome(status, failure="x"), 1, 3).retry
+    for status in (400, 404, 413):
+        assert not decide(Outcome(status), 1, 3).retry
+    assert not decide(Outcome(500), 3, 3).retry
+    assert not decide(Outcome(529, committed=True), 1, 3).retry
+
+
+def pool_of(*accounts: Account, name: str = "up") -> tuple:
+    upstream = Upstream(name=name, kind="anthropic", base_url="http://x", accounts=tuple(accounts))
+    return AccountPool([upstream]), upstream
+
+
+def test_pool_prefers_the_sticky_account_then_the_least_loaded():
+    pool, up = pool_of(Account("a", "k"), Account("b", "k"), Account("c", "k", weight=3))
+    route = Route((up,), "m")
+    first = pool.choose(route, "s1", NOW)
+    pool.begin(*first, NOW)
+    pool.finish(*first, Decision(False, reason="ok"), NOW, "s1")
+    for _ in range(3):
+        assert pool.choose(route, "s1", NOW) == first
+    pool.begin(*pool.choose(route, None, NOW), NOW)
+    busy = {a.name for u, a in [pool.choose(route, None, NOW)]}
+    assert busy  # somebody is still free
+
+
+def test_pool_rests_an_account_and_trials_it_after():
+    pool, up = pool_of(Account("a", "k"))
+    route = Route((up,), "m")
+    pool.begin(up, up.accounts[0], NOW)
+    assert pool.finish(up, up.accounts[0], decide(Outcome(429, reset_s=10), 1, 1), NOW, None)
+    assert pool.choose(route, None, NOW + 5) is None
+    error = pool.unavailable(route, NOW + 5)
+    assert error.status == 429 and ("retry-after", "5") in error.headers
+    assert "all 1 account(s)" in error.message
+    choice = pool.choose(route, None, NOW + 11)
+    assert choice is not None
+    pool.begin(*choice, NOW + 11)
+    assert pool.choose(route, None, NOW + 11) is None  # one trial at a time
+    pool.finish(*choice, Decision(False, reason="ok"), NOW + 12, None)
+    assert pool.describe(NOW + 12)[0]["state"] == "ok"
+
+
+def test_pool_state_round_trips_and_skips_the_past():
+    pool, up = pool_of(Account("a", "k"), Account("b", "k"))
+    pool.finish(up, up.accounts[0], decide(Outcome(429, reset_s=100), 1, 1), NOW, None)
+    pool.finish(up, up.accounts[1], decide(Outcome(401), 1, 1), NOW, None)
+    saved = json.loads(json.dumps(pool.to_json(NOW)))
+    again, up2 = pool_of(Account("a", "k"), Account("b", "k"))
+    again.load_json(saved, NOW + 50)
+    states = {d["account"]: d["state"] for d in again.describe(NOW + 50)}
+    assert states == {"a": "rate_limited", "b": "rejected_key"}
+    later, _ = pool_of(Account("a", "k"), Account("b", "k"))
+    later.load_json(saved, NOW + 200)
+    assert {d["state"] for d in later.describe(NOW + 200)} == {"ok", "rejected_key"}
+
+
+# -- hypothesis: random failure scripts through the real retry loop ---------------------------------
+
+OUTCOMES = st.sampled_from([200, 200, 429, 529, 500, 401, 400, 0])
+
+
+@settings(max_examples=300, deadline=None)
+@given(scripts=st.lists(st.lists(OUTCOMES, min_size=1, max_size=4), min_size=1, max_size=4),
+       max_attempts=st.integers(min_value=1, max_value=5), short_reset=st.booleans(),
+       commit_at=st.integers(min_value=0, max_value=6))
+def test_retry_loop_invariants(scripts, max_attempts, short_reset, commit_at):
+    accounts = [Account(f"acct{i}", "k") for i in range(len(scripts))]
+    pool, up = pool_of(*accounts)
+    route = Route((up,), "m")
+    remaining = {a.name: list(script) for a, script in zip(accounts, scripts)}
+    calls: List[tuple] = []
+    clock = [NOW]
+
+    async def attempt(upstream: Upstream, account: Account) -> str:
+        script = remaining[account.name]
+        status = script.pop(0) if len(script) > 1 else script[0]
+        committed = len(calls) + 1 == commit_at
+        calls.append((account.name, status, committed))
+        if status == 200:
+            return f"answer from {account.name}"
+        reset = 1.0 if short_reset else 30.0
+        failure = agproxy.UpstreamFailure("x") if status == 0 else agproxy.AgproxyError("x", status=status)
+        raise AttemptError(failure, Outcome(status, reset_s=reset if status == 429 else None, committed=committed))
+
+    async def sleep(seconds: float) -> None:
+        clock[0] += seconds
+
+    async def run() -> Any:
+        return await agproxy.run_attempts(pool, route, None, max_attempts, attempt, clock=lambda: clock[0],
+                                          sleep=sleep, jitter=lambda: 0.5)
+
+    try:
+        result = asyncio.run(run())
+    except agproxy.AgproxyError as failure:
+        result = failure
+    assert 1 <= len(calls) <= max_attempts
+    for _, status, committed in calls[:-1]:
+        assert not committed, "retried after bytes reached the client"
+        assert status not in (200, 400), "retried after a final answer"
+    name, status, _ = calls[-1]
+    if status == 200:
+        assert result == f"answer from {name}"
+    else:
+        assert isinstance(result, agproxy.AgproxyError)
+        if len(calls) == max_attempts or status == 400 or calls[-1][2]:
+            assert result.status == status or (status == 0 and result.status == 502)
+    tried = {n for n, _, _ in calls}
+    healthy = [a.name for a in accounts if remaining[a.name] and remaining[a.name][0] == 200
+               and a.name not in tried]
+    if healthy and status != 200:
+        stopped_early = len(calls) < max_attempts and status not in (400,) and not calls[-1][2]
+        assert not stopped_early or isinstance(result, agproxy.AgproxyError) and result.status in (429, 502), \
+            "gave up while a healthy account was untried"
+
+
+# -- pure: the stream accumulator ------------------------------------------------------------------
+
+def test_accumulator_builds_the_message():
+    from tests.fakes.anthropic_upstream import encode_event
+    accumulator = agproxy.MessageAccumulator()
+    wire = b"".join(encode_event(e, d) for e, d in tool_and_thinking_stream())
+    for event in agproxy.SSEDecoder().feed(wire):
+        accumulator.feed(event)
+    message = accumulator.result()
+    assert [b["type"] for b in message["content"]] == ["thinking", "text", "tool_use"]
+    assert message["content"][0]["signature"] == "c2lnbmF0dXJlLWZha2U="
+    assert message["content"][2]["input"] == {"command": "ls -la"}
+    assert message["stop_reason"] == "tool_use" and message["usage"]["output_tokens"] == 31
+
+
+def test_accumulator_citations_redacted_and_errors():
+    events = [
+        ("message_start", {"type": "message_start", "message": {"id": "m", "type": "message", "role": "assistant",
+                                                                "content": [], "usage": {"input_tokens": 3}}}),
+        ("content_block_start", {"type": "content_block_start", "index": 0,
+                                 "content_block": {"type": "redacted_thinking", "data": "abc"}}),
+        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        ("content_block_start", {"type": "content_block_start", "index": 1,
+                                 "content_block": {"type": "text", "text": ""}}),
+        ("content_block_delta", {"type": "content_block_delta", "index": 1,
+                                 "delta": {"type": "citations_delta", "citation": {"type": "char_location"}}}),
+        ("content_block_delta", {"type": "content_block_delta", "index": 1,
+                                 "delta": {"type": "text_delta", "text": "cited"}}),
+        ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"},
+                           "usage": {"output_tokens": 2}}),
+        ("message_stop", {"type": "message_stop"}),
+    ]
+    accumulator = agproxy.MessageAccumulator()
+    for name, data in events:
+        accumulator.feed(agproxy.SSEEvent(name, json.dumps(data)))
+    message = accumulator.result()
+    assert message["content"] == [{"type": "redacted_thinking", "data": "abc"},
+                                  {"type": "text", "text": "cited", "citations": [{"type": "char_location"}]}]
+    assert message["usage"] == {"input_tokens": 3, "output_tokens": 2}
+    with pytest.raises(agproxy.StreamError) as caught:
+        agproxy.MessageAccumulator().feed(agproxy.SSEEvent("error", json.dumps(
+            {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})))
+    assert caught.value.status == 529
+    unfinished = agproxy.MessageAccumulator()
+    unfinished.feed(agproxy.SSEEvent(*[events[0][0], json.dumps(events[0][1])]))
+    with pytest.raises(agproxy.UpstreamFailure):
+        unfinished.result()
+
+
+# -- end to end ------------------------------------------------------------------------------------
+
+def sdk(proxy, **headers) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=proxy.url, api_key="x", max_retries=0, default_headers=headers)
+
+
+def ask(proxy, stream: bool = False, model: str = "m", **headers) -> Any:
+    client = sdk(proxy, **headers)
+    args = dict(model=model, max_tokens=50, messages=[{"role": "user", "content": "hi"}])
+    if stream:
+        with client.messages.stream(**args) as s:
+            return s.get_final_message()
+    return client.messages.with_raw_response.create(**args)
+
+
+def accounts(proxy) -> Dict[str, Dict[str, Any]]:
+    with urllib.request.urlopen(proxy.url + "/v1/agproxy/accounts", timeout=5) as response:
+        return {a["account"]: a for a in json.load(response)["accounts"]}
+
+
+def test_rate_limited_account_rests_and_the_next_one_answers(start_agproxy, fake):
+    fake.script_for(ALICE, LIMITED)
+    proxy = start_agproxy(fake_config(fake))
+    raw = ask(proxy)
+    assert raw.headers["x-account-email"] == "bob@example.com"
+    assert fake.keys() == [ALICE, BOB]
+    ask(proxy)
+    ask(proxy, stream=True)
+    assert fake.keys() == [ALICE, BOB, BOB, BOB]  # alice is skipped while she rests
+    state = accounts(proxy)
+    assert state["alice@example.com"]["state"] == "rate_limited"
+    assert state["alice@example.com"]["resting_until"] and state["bob@example.com"]["state"] == "ok"
+    assert "status 429: rate limited; account rests 60 s; retrying now" in proxy.log()
+
+
+def test_brief_limit_is_waited_out_on_the_same_account(start_agproxy, fake):
+    fake.script_for(ALICE, error(429, "rate_limit_error", [("retry-after", "1")]))
+    proxy = start_agproxy(fake_config(fake))
+    started = time.monotonic()
+    assert ask(proxy).headers["x-account-email"] == "alice@example.com"
+    assert fake.keys() == [ALICE, ALICE]
+    assert fake.requests[1].at - fake.requests[0].at >= 0.9
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize("reply, expected", [
+    (error(529, "overloaded_error"), [ALICE, BOB]),
+    (error(500, "api_error"), [ALICE, BOB]),
+    (error(503, "overloaded_error"), [ALICE, BOB]),
+    (Hang(3), [ALICE, BOB]),
+    (Sse(text_stream("never"), drop_after=0), [ALICE, BOB]),
+    (Sse([("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})]),
+     [ALICE, BOB]),
+])
+@pytest.mark.parametrize("stream", [False, True])
+def test_failures_before_the_first_byte_rotate(start_agproxy, fake, reply, expected, stream):
+    fake.script_for(ALICE, reply)
+    config = fake_config(fake)
+    config["upstreams"][0]["timeout_s"] = 1
+    proxy = start_agproxy(config)
+    answer = ask(proxy, stream=stream)
+    assert fake.keys() == expected
+    assert (answer.content if stream else answer.parse().content)[0].text
+
+
+def test_no_retry_after_the_first_byte(start_agproxy, fake):
+    fake.script_for(ALICE, Sse(text_stream("a b c d"), drop_after=4))
+    proxy = start_agproxy(fake_config(fake))
+    with pytest.raises(anthropic.APIStatusError):
+        ask(proxy, stream=True)
+    assert fake.keys() == [ALICE]
+
+
+def test_forced_internal_streaming_and_retry_of_a_broken_stream(start_agproxy, fake):
+    fake.script_for(ALICE, Sse(tool_and_thinking_stream(), drop_after=6))  # breaks before the end
+    fake.script_for(BOB, Sse(tool_and_thinking_stream()))
+    proxy = start_agproxy(fake_config(fake))
+    message = ask(proxy).parse()
+    assert fake.keys() == [ALICE, BOB]
+    assert all(r.json["stream"] is True for r in fake.requests)
+    assert [b.type for b in message.content] == ["thinking", "text", "tool_use"]
+    assert message.content[0].signature == "c2lnbmF0dXJlLWZha2U=" and message.content[2].input == {"command": "ls -la"}
+
+
+def test_forced_streaming_can_be_turned_off(start_agproxy, fake):
+    proxy = start_agproxy(fake_config(fake, force_stream_internally=False))
+    ask(proxy)
+    assert "stream" not in fake.requests[0].json
+
+
+def test_rejected_key_is_rested_and_logged(start_agproxy, fake):
+    fake.script_for(ALICE, error(401, "authentication_error", message="invalid x-api-key"))
+    proxy = start_agproxy(fake_config(fake))
+    assert ask(proxy).headers["x-account-email"] == "bob@example.com"
+    ask(proxy)
+    assert fake.keys() == [ALICE, BOB, BOB]
+    assert accounts(proxy)["alice@example.com"]["state"] == "rejected_key"
+    assert "WARNING agproxy: " in proxy.log() and "key rejected (HTTP 401)" in proxy.log()
+    assert ALICE not in proxy.log()
+
+
+def test_all_accounts_limited_is_429_with_the_soonest_reset(start_agproxy, fake):
+    fake.script_for(ALICE, error(429, "rate_limit_error", [("retry-after", "60")]))
+    fake.script_for(BOB, error(429, "rate_limit_error", [("retry-after", "30")]))
+    proxy = start_agproxy(fake_config(fake))
+    for _ in range(2):
+        with pytest.raises(anthropic.RateLimitError) as caught:
+            ask(proxy)
+        assert caught.value.body["error"]["type"] == "rate_limit_error"
+        assert 28 <= int(caught.value.response.headers["retry-after"]) <= 30
+        assert "all 2 account(s)" in caught.value.message
+    assert fake.keys() == [ALICE, BOB]  # the second request never reached the upstream
+
+
+def test_a_rested_account_gets_one_trial_when_its_time_is_up(start_agproxy, fake):
+    solo = fake_config(fake)
+    solo["upstreams"][0]["accounts"] = solo["upstreams"][0]["accounts"][:1]
+    fake.script_for(ALICE, error(429, "rate_limit_error", [("retry-after", "3")]))
+    proxy = start_agproxy(solo)
+    with pytest.raises(anthropic.RateLimitError):
+        ask(proxy)
+    time.sleep(3.2)
+    fake.script_for(ALICE, error(429, "rate_limit_error"))  # still limited: the rest is extended
+    with pytest.raises(anthropic.RateLimitError):
+        ask(proxy)
+    state = accounts(proxy)["alice@example.com"]
+    assert state["state"] == "rate_limited" and state["rate_limited"] == 2
+    assert fake.keys() == [ALICE, ALICE]
+
+
+def test_a_cleared_limit_is_used_again_without_a_restart(start_agproxy, fake):
+    solo = fake_config(fake)
+    solo["upstreams"][0]["accounts"] = solo["upstreams"][0]["accounts"][:1]
+    fake.script_for(ALICE, error(429, "rate_limit_error", [("retry-after", "3")]))
+    proxy = start_agproxy(solo)
+    with pytest.raises(anthropic.RateLimitError):
+        ask(proxy)
+    time.sleep(3.2)
+    assert ask(proxy).parse().content[0].text
+    assert accounts(proxy)["alice@example.com"]["state"] == "ok"
+
+
+def test_sticky_sessions_keep_an_account(start_agproxy, fake):
+    proxy = start_agproxy(fake_config(fake))
+    for _ in range(3):
+        ask(proxy, **{"X-Claude-Code-Session-Id": "one"})
+    ask(proxy, **{"X-Claude-Code-Session-Id": "two"})
+    keys = fake.keys()
+    assert keys[0] == keys[1] == keys[2] and keys[3] != keys[0]
+
+
+def test_fallback_upstream_takes_over(start_agproxy, fake):
+    with FakeAnthropic() as backup:
+        backup_upstream = {"name": "backup", "kind": "anthropic", "base_url": backup.url,
+                           "accounts": [{"name": "carol@example.com", "api_key": "sk-carol"}]}
+        config = fake_config(fake, model_map=[{"match": "*", "upstream": ["fake", "backup"]}])
+        config["upstreams"].append(backup_upstream)
+        fake.script_for(ALICE, LIMITED)
+        fake.script_for(BOB, LIMITED)
+        proxy = start_agproxy(config)
+        raw = ask(proxy)
+        assert raw.headers["x-account-email"] == "carol@example.com"
+        assert fake.keys() == [ALICE, BOB] and backup.keys() == ["sk-carol"]
+
+
+def test_account_model_globs(start_agproxy, fake):
+    config = fake_config(fake)
+    config["upstreams"][0]["accounts"][0]["models"] = ["claude-*haiku*"]
+    proxy = start_agproxy(config)
+    for _ in range(3):
+        ask(proxy, model="claude-sonnet-x")
+    ask(proxy, model="claude-haiku-y", **{"X-Claude-Code-Session-Id": "h"})
+    assert fake.keys()[:3] == [BOB, BOB, BOB]
+
+
+def test_max_concurrency_queues_for_a_slot(start_agproxy, fake):
+    config = fake_config(fake)
+    config["upstreams"][0]["accounts"] = [dict(config["upstreams"][0]["accounts"][0], max_concurrency=1)]
+    fake.script(Sse(text_stream("slow one"), delay_s=0.3), Sse(text_stream("slow two"), delay_s=0.3))
+    proxy = start_agproxy(config)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(ask(proxy, stream=True))) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    assert len(results) == 2
+    first, second = fake.requests
+    assert second.at - first.at >= 1.0  # the second waited for the first's whole stream
+
+
+def test_a_limited_account_stays_limited_across_a_restart(start_agproxy, fake, tmp_path):
+    state = tmp_path / "state.json"
+    fake.script_for(ALICE, error(429, "rate_limit_error", [("retry-after", "600")]))
+    proxy = start_agproxy(fake_config(fake, state_file=str(state)))
+    ask(proxy)
+    assert proxy.stop() == 0
+    again = start_agproxy(fake_config(fake, state_file=str(state)))
+    ask(again)
+    ask(again)
+    assert fake.keys() == [ALICE, BOB, BOB, BOB]
+    assert accounts(again)["alice@example.com"]["state"] == "rate_limited"
+
+
+def test_accounts_page_needs_the_key_when_auth_is_on(start_agproxy, fake):
+    proxy = start_agproxy(fake_config(fake, auth_mode="strict", api_key="sk-local"))
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        accounts(proxy)
+    assert caught.value.code == 401
+    request = urllib.request.Request(proxy.url + "/v1/agproxy/accounts", headers={"x-api-key": "sk-local"})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        listed = json.load(response)["accounts"]
+    assert {a["account"] for a in listed} == {"alice@example.com", "bob@example.com"}
+    assert "sk-upstream" not in json.dumps(listed)
+
+
+import urllib.error  # noqa: E402
