@@ -1875,7 +1875,7 @@ def strip_thinking_history(body: Dict[str, Any]) -> Dict[str, int]:
 class SignatureBook:
     """Which upstream produced which thinking signature, by hash, in bounded memory (LRU)."""
 
-    def __init__(self, limit: int = 100_000) -> None:
+    def __init__(self, limit: int = 20_000) -> None:
         self.limit = limit
         self._owners: collections.OrderedDict[bytes, str] = collections.OrderedDict()
 
