@@ -229,9 +229,28 @@ PROFILE_DEFAULTS = {
     "anthropic": Profile(),
     "compatible": Profile(cache_control=False, betas=False, fields=BASIC_FIELDS, tool_fields=BASIC_TOOL_FIELDS,
                           server_tools=False, system_messages="system", merge_roles=True, thinking="basic"),
+    # What the translation to Chat Completions starts from (it drops the rest itself).
+    "openai": Profile(cache_control=False, betas=False, system_messages="system", merge_roles=True),
 }
 SYSTEM_MESSAGE_MODES = ("keep", "system", "user")
 THINKING_MODES = ("keep", "basic")
+
+
+@dataclasses.dataclass(frozen=True)
+class OpenAIOptions:
+    """How to speak to one OpenAI-compatible server; the defaults suit vLLM, Ollama and llama.cpp."""
+
+    max_tokens_field: str = "max_tokens"  # or "max_completion_tokens" (OpenAI's reasoning models)
+    reasoning_effort: bool = False  # send Anthropic thinking as reasoning_effort low/medium/high
+    thinking_body: Optional[Dict[str, Any]] = None  # merged into the body when thinking is on
+    reasoning_history: bool = False  # send earlier thinking back as reasoning_content
+    top_k: bool = False  # the server takes top_k (vLLM, llama.cpp do; OpenAI does not)
+    stream_usage: bool = True  # ask for stream_options.include_usage
+    tokenize: Optional[str] = None  # "vllm" or "llamacpp": count tokens with the server's /tokenize
+    clean_schemas: bool = True  # drop $schema/$id/$comment from tool schemas
+
+
+TOKENIZE_STYLES = ("vllm", "llamacpp")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -262,6 +281,9 @@ class Upstream:
     profile: str = "anthropic"
     rules: Profile = dataclasses.field(default_factory=lambda: Profile())
     context_window: Optional[int] = None
+    openai: OpenAIOptions = dataclasses.field(default_factory=lambda: OpenAIOptions())
+    extra_body: Optional[Dict[str, Any]] = None
+    headers: Tuple[Tuple[str, str], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -407,7 +429,7 @@ _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "tru
 
 _CONFIG_KEYS = {f.name for f in dataclasses.fields(Config)} - {"source"}
 _UPSTREAM_KEYS = ("name", "kind", "base_url", "accounts", "timeout_s", "connect_timeout_s", "profile", "sanitize",
-                  "context_window")
+                  "context_window", "openai", "extra_body", "headers")
 
 
 def _parse_base_url(value: str, where: str) -> str:
@@ -451,7 +473,12 @@ def _parse_upstream(obj: Any, where: str) -> Upstream:
             raise ConfigError(f"{where}.accounts: needs at least one account")
         accounts.append(Account("demo", ""))
     profile = fields.choice("profile", PROFILES, "anthropic")
+    base_rules = PROFILE_DEFAULTS["openai"] if kind == "openai" else PROFILE_DEFAULTS[profile]
     context_window = fields.get("context_window", int, None)
+    headers = fields.get("headers", dict, {})
+    for key, value in headers.items():
+        if not isinstance(value, str) or not re.fullmatch(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", key):
+            raise ConfigError(f"{where}.headers.{key}: must be a header name with a string value")
     if context_window is not None and context_window < 1024:
         raise ConfigError(f"{where}.context_window: must be at least 1024, got {context_window}")
     return Upstream(
@@ -462,8 +489,29 @@ def _parse_upstream(obj: Any, where: str) -> Upstream:
         timeout_s=fields.number("timeout_s", 600.0, 0.001),
         connect_timeout_s=fields.number("connect_timeout_s", 10.0, 0.001),
         profile=profile,
-        rules=_parse_rules(fields.get("sanitize", dict, {}), f"{where}.sanitize", PROFILE_DEFAULTS[profile]),
+        rules=_parse_rules(fields.get("sanitize", dict, {}), f"{where}.sanitize", base_rules),
         context_window=context_window,
+        openai=_parse_openai(fields.get("openai", dict, {}), f"{where}.openai"),
+        extra_body=fields.get("extra_body", dict, None),
+        headers=tuple(headers.items()),
+    )
+
+
+def _parse_openai(obj: Dict[str, Any], where: str) -> OpenAIOptions:
+    fields = _Fields(obj, where, [f.name for f in dataclasses.fields(OpenAIOptions)])
+    defaults = OpenAIOptions()
+    tokenize = fields.text("tokenize", None)
+    if tokenize is not None and tokenize not in TOKENIZE_STYLES:
+        raise ConfigError(f"{where}.tokenize: must be one of {', '.join(TOKENIZE_STYLES)}")
+    return OpenAIOptions(
+        max_tokens_field=fields.choice("max_tokens_field", ("max_tokens", "max_completion_tokens"), "max_tokens"),
+        reasoning_effort=fields.get("reasoning_effort", bool, defaults.reasoning_effort),
+        thinking_body=fields.get("thinking_body", dict, None),
+        reasoning_history=fields.get("reasoning_history", bool, defaults.reasoning_history),
+        top_k=fields.get("top_k", bool, defaults.top_k),
+        stream_usage=fields.get("stream_usage", bool, defaults.stream_usage),
+        tokenize=tokenize,
+        clean_schemas=fields.get("clean_schemas", bool, defaults.clean_schemas),
     )
 
 
@@ -1289,6 +1337,8 @@ def anthropic_error_from_upstream(status: int, body: bytes, upstream: str) -> Ag
         )
     if status < 400:
         status = 502
+    if error_type not in _ERROR_TYPES.values():
+        error_type = None  # another API's vocabulary (OpenAI's "server_error", ...): go by the status
     return AgproxyError(message, status=status, error_type=error_type or error_type_for_status(status))
 
 
@@ -2021,6 +2071,532 @@ class UsageScaler:
                     continue
             out += encode_sse(event.event, event.data)
         return bytes(out)
+
+
+# =====================================================================================
+# 6. Translators
+#    Anthropic Messages <-> OpenAI Chat Completions, as pure functions and a stream state
+#    machine. Nothing here awaits or touches sockets.
+# =====================================================================================
+
+#: Function equivalents of Anthropic's client-side typed tools, so a local model can still use them.
+_TYPED_TOOL_FUNCTIONS = {
+    "bash": {"description": "Run a command in a bash shell.",
+             "parameters": {"type": "object", "properties": {
+                 "command": {"type": "string", "description": "The command to run."},
+                 "restart": {"type": "boolean", "description": "Restart the shell."}}}},
+    "str_replace_based_edit_tool": {
+        "description": "View, create and edit files: commands view, create, str_replace, insert.",
+        "parameters": {"type": "object", "required": ["command", "path"], "properties": {
+            "command": {"type": "string", "enum": ["view", "create", "str_replace", "insert", "undo_edit"]},
+            "path": {"type": "string"}, "file_text": {"type": "string"}, "old_str": {"type": "string"},
+            "new_str": {"type": "string"}, "insert_line": {"type": "integer"},
+            "view_range": {"type": "array", "items": {"type": "integer"}}}}},
+}
+_FINISH_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "function_call": "tool_use",
+                   "content_filter": "refusal", "eos": "end_turn", "end_turn": "end_turn"}
+_SCHEMA_NOISE = ("$schema", "$id", "$comment")
+
+
+def _clean_schema(value: Any) -> Any:
+    """A JSON schema without the keys servers choke on ($schema, $id, $comment), recursively."""
+    if isinstance(value, dict):
+        return {k: _clean_schema(v) for k, v in value.items() if k not in _SCHEMA_NOISE}
+    if isinstance(value, list):
+        return [_clean_schema(v) for v in value]
+    return value
+
+
+def _openai_tools(tools: List[Any], options: OpenAIOptions, changes: Dict[str, int]) -> List[Dict[str, Any]]:
+    out = []
+    for tool in tools:
+        if not isinstance(tool, dict):
+            continue
+        kind = tool.get("type")
+        if kind not in (None, "custom"):
+            equivalent = _TYPED_TOOL_FUNCTIONS.get(str(tool.get("name")))
+            if equivalent is None:
+                _count(changes, "server_tool_dropped")
+                continue
+            out.append({"type": "function", "function": dict(name=tool["name"], **equivalent)})
+            _count(changes, "typed_tool_as_function")
+            continue
+        schema = tool.get("input_schema") or {"type": "object", "properties": {}}
+        function = {"name": tool.get("name"), "parameters": _clean_schema(schema) if options.clean_schemas else schema}
+        if tool.get("description"):
+            function["description"] = tool["description"]
+        out.append({"type": "function", "function": function})
+    return out
+
+
+def _openai_tool_choice(choice: Any, names: Iterable[str]) -> Any:
+    kind = choice.get("type") if isinstance(choice, dict) else None
+    if kind == "any":
+        return "required"
+    if kind == "none":
+        return "none"
+    if kind == "tool":
+        if choice.get("name") not in set(names):
+            raise InvalidRequest(f"tool_choice names {choice.get('name')!r}, a tool this upstream cannot offer "
+                                 "(Anthropic server tools have no OpenAI-compatible equivalent)")
+        return {"type": "function", "function": {"name": choice["name"]}}
+    return "auto"
+
+
+def _image_part(source: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    if source.get("type") == "base64":
+        url = f"data:{source.get('media_type')};base64,{source.get('data')}"
+        return {"type": "image_url", "image_url": {"url": url}}
+    if source.get("type") == "url":
+        return {"type": "image_url", "image_url": {"url": source.get("url")}}
+    return None
+
+
+def _user_parts(blocks: List[Any], upstream: str) -> List[Dict[str, Any]]:
+    """Anthropic user content blocks (no tool results) as Chat Completions content parts."""
+    parts: List[Dict[str, Any]] = []
+    for block in blocks:
+        if not isinstance(block, dict):
+            continue
+        kind = block.get("type")
+        source = block.get("source") if isinstance(block.get("source"), dict) else {}
+        if kind == "text":
+            parts.append({"type": "text", "text": str(block.get("text", ""))})
+        elif kind == "image":
+            image = _image_part(source)
+            if image:
+                parts.append(image)
+        elif kind == "document":
+            if source.get("type") == "text":
+                title = f"{block['title']}\n" if block.get("title") else ""
+                parts.append({"type": "text", "text": title + str(source.get("data", ""))})
+            elif source.get("type") == "content":
+                parts.append({"type": "text", "text": _block_text(source.get("content"))})
+            else:
+                raise InvalidRequest(f"a {source.get('media_type') or source.get('type')} document cannot be sent "
+                                     f"to upstream {upstream!r} (OpenAI-compatible servers take text documents "
+                                     "only); extract its text first")
+    return parts
+
+
+def _content_value(parts: List[Dict[str, Any]]) -> Any:
+    """A plain string when every part is text (what the most servers take), else the parts."""
+    if all(p["type"] == "text" for p in parts):
+        return "\n\n".join(p["text"] for p in parts)
+    return parts
+
+
+def anthropic_to_openai(body: Dict[str, Any], options: OpenAIOptions, upstream: str) -> Tuple[Dict[str, Any],
+                                                                                               Dict[str, int]]:
+    """A sanitized Anthropic Messages request as a Chat Completions request, and what was dropped.
+
+    The conversation that comes out is one a strict server accepts: every tool call answered
+    right after it, in order, no empty messages, no fields Chat Completions does not define.
+    """
+    changes: Dict[str, int] = {}
+    messages: List[Dict[str, Any]] = []
+    system = body.get("system")
+    system_text = system if isinstance(system, str) else _block_text(system)
+    if system_text.strip():
+        messages.append({"role": "system", "content": system_text})
+    for message in body.get("messages") or []:
+        role = message.get("role")
+        content = message.get("content")
+        blocks = _block_list(content)
+        if role == "system":
+            messages.append({"role": "system", "content": _block_text(blocks)})
+        elif role == "assistant":
+            messages.append(_openai_assistant(blocks, options, changes))
+        else:
+            results = [b for b in blocks if isinstance(b, dict) and b.get("type") == "tool_result"]
+            others = [b for b in blocks if not (isinstance(b, dict) and b.get("type") == "tool_result")]
+            late_images: List[Dict[str, Any]] = []
+            for result in results:
+                inner = _block_list(result.get("content"))
+                text = _block_text(inner)
+                if result.get("is_error"):
+                    text = f"Error: {text}" if text else "Error"
+                messages.append({"role": "tool", "tool_call_id": result.get("tool_use_id"), "content": text})
+                for block in inner:
+                    if isinstance(block, dict) and block.get("type") == "image":
+                        image = _image_part(block.get("source") or {})
+                        if image:
+                            late_images.append(image)
+            parts = _user_parts(others, upstream)
+            if late_images:
+                parts = [{"type": "text", "text": "(images returned by the tool calls above)"}] + late_images + parts
+            if parts:
+                messages.append({"role": "user", "content": _content_value(parts)})
+    out: Dict[str, Any] = {"model": body.get("model"), "messages": messages}
+    if isinstance(body.get("max_tokens"), int):
+        out[options.max_tokens_field] = body["max_tokens"]
+    for key in ("temperature", "top_p"):
+        if key in body:
+            out[key] = body[key]
+    if "top_k" in body:
+        if options.top_k:
+            out["top_k"] = body["top_k"]
+        else:
+            _count(changes, "field:top_k")
+    if body.get("stop_sequences"):
+        out["stop"] = list(body["stop_sequences"])
+    metadata = body.get("metadata")
+    if isinstance(metadata, dict) and isinstance(metadata.get("user_id"), str):
+        out["user"] = metadata["user_id"][:256]
+    tools = _openai_tools(body.get("tools") or [], options, changes)
+    if tools:
+        out["tools"] = tools
+        names = [t["function"]["name"] for t in tools]
+        if "tool_choice" in body:
+            out["tool_choice"] = _openai_tool_choice(body["tool_choice"], names)
+            if isinstance(body["tool_choice"], dict) and body["tool_choice"].get("disable_parallel_tool_use"):
+                out["parallel_tool_calls"] = False
+    thinking = body.get("thinking")
+    if isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive"):
+        if options.reasoning_effort:
+            budget = thinking.get("budget_tokens") or 16000
+            out["reasoning_effort"] = "low" if budget < 4096 else "medium" if budget < 16384 else "high"
+        if options.thinking_body:
+            out.update(options.thinking_body)
+        if not options.reasoning_effort and not options.thinking_body:
+            _count(changes, "thinking_dropped")
+    if body.get("stream"):
+        out["stream"] = True
+        if options.stream_usage:
+            out["stream_options"] = {"include_usage": True}
+    return out, changes
+
+
+def _openai_assistant(blocks: List[Any], options: OpenAIOptions, changes: Dict[str, int]) -> Dict[str, Any]:
+    texts, calls, reasoning = [], [], []
+    for block in blocks:
+        if not isinstance(block, dict):
+            continue
+        kind = block.get("type")
+        if kind == "text":
+            texts.append(str(block.get("text", "")))
+        elif kind == "tool_use":
+            calls.append({"id": block.get("id"), "type": "function",
+                          "function": {"name": block.get("name"),
+                                       "arguments": json.dumps(block.get("input") or {}, ensure_ascii=False)}})
+        elif kind == "thinking":
+            reasoning.append(str(block.get("thinking", "")))
+        elif kind == "redacted_thinking":
+            _count(changes, "redacted_thinking_dropped")
+    message: Dict[str, Any] = {"role": "assistant", "content": "\n\n".join(texts) if texts else None}
+    if calls:
+        message["tool_calls"] = calls
+    if reasoning:
+        if options.reasoning_history:
+            message["reasoning_content"] = "\n".join(reasoning)
+        else:
+            _count(changes, "thinking_history_dropped")
+    if message["content"] is None and not calls:
+        message["content"] = ""
+    return message
+
+
+def repair_json_arguments(text: str) -> Optional[Any]:
+    """Tool arguments a model wrote not quite as JSON, parsed if a simple repair makes them JSON."""
+    candidate = text.strip()
+    if candidate.startswith("```"):
+        candidate = re.sub(r"^```[a-zA-Z]*\s*|\s*```$", "", candidate)
+    candidate = re.sub(r",\s*([}\]])", r"\1", candidate)
+    for attempt in (candidate, candidate + "}", candidate + "\"}", candidate + "]}"):
+        try:
+            return json.loads(attempt)
+        except ValueError:
+            continue
+    return None
+
+
+def parse_tool_arguments(text: str) -> Dict[str, Any]:
+    """Tool-call arguments as the ``input`` object: parsed, repaired, or kept raw for the client to see."""
+    if not text.strip():
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = repair_json_arguments(text)
+        if value is None:
+            return {"_unparsed_arguments": text}
+    return value if isinstance(value, dict) else {"value": value}
+
+
+def openai_usage(usage: Any) -> Dict[str, int]:
+    """Chat Completions usage as Anthropic usage (cached prompt tokens reported as cache reads)."""
+    if not isinstance(usage, dict):
+        return {}
+    prompt = int(usage.get("prompt_tokens") or 0)
+    details = usage.get("prompt_tokens_details") if isinstance(usage.get("prompt_tokens_details"), dict) else {}
+    cached = int(details.get("cached_tokens") or 0)
+    return {"input_tokens": max(0, prompt - cached), "output_tokens": int(usage.get("completion_tokens") or 0),
+            "cache_read_input_tokens": cached, "cache_creation_input_tokens": 0}
+
+
+def _stop_reason(choice: Dict[str, Any], stop_sequences: Sequence[str]) -> Tuple[str, Optional[str]]:
+    matched = choice.get("stop_reason")  # vLLM names the stop string it hit
+    if isinstance(matched, str) and matched in stop_sequences:
+        return "stop_sequence", matched
+    return _FINISH_REASONS.get(str(choice.get("finish_reason") or "stop"), "end_turn"), None
+
+
+def new_tool_id() -> str:
+    """A fresh ``toolu_`` id for tool calls a server sent without one."""
+    return "toolu_" + uuid.uuid4().hex[:24]
+
+
+def openai_to_anthropic(response: Dict[str, Any], model: str, stop_sequences: Sequence[str] = ()) -> Dict[str, Any]:
+    """A Chat Completions answer as an Anthropic Message."""
+    choices = response.get("choices") or [{}]
+    choice = choices[0] if isinstance(choices[0], dict) else {}
+    message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+    content: List[Dict[str, Any]] = []
+    reasoning = message.get("reasoning_content") or message.get("reasoning")
+    if isinstance(reasoning, str) and reasoning:
+        content.append({"type": "thinking", "thinking": reasoning, "signature": ""})
+    text = message.get("content")
+    if isinstance(text, list):
+        text = "".join(str(p.get("text", "")) for p in text if isinstance(p, dict))
+    if isinstance(text, str) and text:
+        content.append({"type": "text", "text": text})
+    for call in message.get("tool_calls") or []:
+        function = call.get("function") or {}
+        arguments = function.get("arguments")
+        content.append({"type": "tool_use", "id": call.get("id") or new_tool_id(), "name": function.get("name"),
+                        "input": arguments if isinstance(arguments, dict) else parse_tool_arguments(arguments or "")})
+    stop_reason, stop_sequence = _stop_reason(choice, stop_sequences)
+    if message.get("tool_calls") and stop_reason == "end_turn":
+        stop_reason = "tool_use"  # some servers say "stop" after tool calls
+    return {"id": "msg_" + str(response.get("id") or uuid.uuid4().hex)[-24:], "type": "message",
+            "role": "assistant", "model": model, "content": content, "stop_reason": stop_reason,
+            "stop_sequence": stop_sequence, "usage": openai_usage(response.get("usage")) or
+            {"input_tokens": 0, "output_tokens": 0}}
+
+
+def openai_error_event(payload: Dict[str, Any]) -> bytes:
+    """An error a server sent inside its stream, as an Anthropic ``error`` event."""
+    error = payload.get("error")
+    message = error.get("message") if isinstance(error, dict) else error
+    code = error.get("code") if isinstance(error, dict) else None
+    status = code if isinstance(code, int) else 500
+    return encode_sse_json("error", error_body(error_type_for_status(status), str(message or "upstream error")))
+
+
+class _JsonEnd:
+    """Tells, fragment by fragment, when a JSON value is complete (depth back to zero), in O(n)."""
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.began = False
+        self.in_string = False
+        self.escaped = False
+
+    def feed(self, text: str) -> bool:
+        for char in text:
+            if self.in_string:
+                if self.escaped:
+                    self.escaped = False
+                elif char == "\\":
+                    self.escaped = True
+                elif char == '"':
+                    self.in_string = False
+            elif char == '"':
+                self.in_string = True
+            elif char in "{[":
+                self.depth += 1
+                self.began = True
+            elif char in "}]":
+                self.depth -= 1
+        return self.began and self.depth <= 0 and not self.in_string
+
+
+class OpenAIStreamTranslator:
+    """Chat Completions chunks in, the exact Anthropic event grammar out.
+
+    ``feed()`` a parsed chunk, get encoded events; ``finish()`` closes the message. Blocks get
+    increasing indices and are started and stopped once; reasoning becomes ``thinking_delta``, text
+    ``text_delta``, tool-call arguments ``input_json_delta`` as each fragment arrives. Tool calls are
+    told apart by ``index`` (or by id when a server leaves the index out); a name that arrives after
+    the first arguments is waited for. While a tool call's arguments are still incomplete, anything
+    else that arrives (text, another call) waits its turn, so nothing is lost or misplaced.
+    """
+
+    def __init__(self, model: str, input_tokens: int = 0, stop_sequences: Sequence[str] = ()) -> None:
+        self.model = model
+        self.input_tokens = input_tokens
+        self.stop_sequences = list(stop_sequences)
+        self.started = False
+        self.finished = False
+        self.saw_finish = False
+        self._index = -1
+        self._open: Optional[str] = None  # "text", "thinking" or "tool:<key>"
+        self._calls: Dict[str, Dict[str, Any]] = {}
+        self._order: List[str] = []
+        self._waiting: List[Tuple[str, Any]] = []
+        self._stop_reason = "end_turn"
+        self._stop_sequence: Optional[str] = None
+        self._usage: Dict[str, int] = {}
+        self._tool_seen = False
+
+    def _start(self, out: List[bytes], message_id: Optional[str]) -> None:
+        if self.started:
+            return
+        self.started = True
+        message = {"id": "msg_" + (message_id or uuid.uuid4().hex)[-24:], "type": "message", "role": "assistant",
+                   "model": self.model, "content": [], "stop_reason": None, "stop_sequence": None,
+                   "usage": {"input_tokens": self.input_tokens, "output_tokens": 1}}
+        out.append(encode_sse_json("message_start", {"type": "message_start", "message": message}))
+
+    def _close(self, out: List[bytes]) -> None:
+        if self._open is not None:
+            out.append(encode_sse_json("content_block_stop", {"type": "content_block_stop", "index": self._index}))
+            if self._open.startswith("tool:"):
+                self._calls[self._open[5:]]["closed"] = True
+            self._open = None
+
+    def _open_block(self, out: List[bytes], kind: str, block: Dict[str, Any]) -> None:
+        self._close(out)
+        self._index += 1
+        self._open = kind
+        out.append(encode_sse_json("content_block_start", {"type": "content_block_start", "index": self._index,
+                                                           "content_block": block}))
+
+    def _delta(self, out: List[bytes], delta: Dict[str, Any]) -> None:
+        out.append(encode_sse_json("content_block_delta", {"type": "content_block_delta", "index": self._index,
+                                                           "delta": delta}))
+
+    def feed(self, chunk: Dict[str, Any]) -> List[bytes]:
+        """Events for one parsed chunk (an ``error`` chunk gives an error event and ends the stream)."""
+        out: List[bytes] = []
+        if self.finished:
+            return out
+        if "error" in chunk and not chunk.get("choices"):
+            self.finished = True
+            self._start(out, None)
+            return out + [openai_error_event(chunk)]
+        self._start(out, str(chunk.get("id") or "") or None)
+        if isinstance(chunk.get("usage"), dict):
+            self._usage = openai_usage(chunk["usage"])
+        for choice in chunk.get("choices") or []:
+            if not isinstance(choice, dict) or (choice.get("index") or 0) != 0:
+                continue
+            delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
+            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+            if isinstance(reasoning, str) and reasoning:
+                self._take(out, ("thinking", reasoning))
+            text = delta.get("content")
+            if isinstance(text, str) and text:
+                self._take(out, ("text", text))
+            for position, call in enumerate(delta.get("tool_calls") or []):
+                if isinstance(call, dict):
+                    self._take(out, ("tool", self._call_key(call, position), call))
+            if choice.get("finish_reason"):
+                self.saw_finish = True
+                self._stop_reason, self._stop_sequence = _stop_reason(choice, self.stop_sequences)
+        return out
+
+    def _call_key(self, call: Dict[str, Any], position: int) -> str:
+        if call.get("index") is not None:
+            key = f"i{call['index']}"
+        else:  # Ollama: whole calls without an index; tell them apart by id, else by position
+            key = str(call.get("id") or f"pos{position}")
+        state = self._calls.get(key)
+        if state is not None and state["closed"] and call.get("id") and call["id"] != state["id"]:
+            key = f"{key}-{len(self._calls)}"  # the same index reused for a new call
+        if key not in self._calls:
+            self._calls[key] = {"id": None, "name": None, "pending": [], "started": False, "closed": False,
+                                "end": _JsonEnd(), "complete": False}
+            self._order.append(key)
+        return key
+
+    def _blocking(self, fragment: Tuple[Any, ...]) -> bool:
+        """True while the open tool call's arguments are incomplete and ``fragment`` is not part of it."""
+        if self._open is None or not self._open.startswith("tool:"):
+            return False
+        if fragment[0] == "tool" and f"tool:{fragment[1]}" == self._open:
+            return False
+        return not self._calls[self._open[5:]]["complete"]
+
+    def _take(self, out: List[bytes], fragment: Tuple[Any, ...]) -> None:
+        if self._waiting or self._blocking(fragment):
+            self._waiting.append(fragment)
+            return
+        self._apply(out, fragment)
+
+    def _apply(self, out: List[bytes], fragment: Tuple[Any, ...]) -> None:
+        kind = fragment[0]
+        if kind in ("thinking", "text"):
+            if self._open != kind:
+                block = {"type": "thinking", "thinking": "", "signature": ""} if kind == "thinking" \
+                    else {"type": "text", "text": ""}
+                self._open_block(out, kind, block)
+            self._delta(out, {"type": "thinking_delta", "thinking": fragment[1]} if kind == "thinking"
+                        else {"type": "text_delta", "text": fragment[1]})
+            return
+        key, call = fragment[1], fragment[2]
+        state = self._calls[key]
+        function = call.get("function") if isinstance(call.get("function"), dict) else {}
+        if call.get("id") and not state["id"]:
+            state["id"] = call["id"]
+        if function.get("name") and not state["name"]:
+            state["name"] = function["name"]
+        arguments = function.get("arguments")
+        if isinstance(arguments, dict):
+            arguments = json.dumps(arguments)
+        if isinstance(arguments, str) and arguments:
+            state["pending"].append(arguments)
+        if not state["started"] and state["name"] and not state["closed"]:
+            state["started"] = True
+            self._tool_seen = True
+            self._open_block(out, f"tool:{key}", {"type": "tool_use", "id": state["id"] or new_tool_id(),
+                                                  "name": state["name"], "input": {}})
+        if state["started"] and self._open == f"tool:{key}" and state["pending"]:
+            text = "".join(state["pending"])
+            state["pending"] = []
+            self._delta(out, {"type": "input_json_delta", "partial_json": text})
+            if state["end"].feed(text):
+                state["complete"] = True
+                self._release(out)
+
+    def _release(self, out: List[bytes]) -> None:
+        """Apply what waited for a tool call's arguments to complete."""
+        waiting, self._waiting = self._waiting, []
+        for index, fragment in enumerate(waiting):
+            if self._blocking(fragment):
+                self._waiting = waiting[index:]
+                return
+            self._apply(out, fragment)
+
+    def finish(self) -> List[bytes]:
+        """The closing events: whatever still waits, the last block's stop, message_delta, message_stop."""
+        out: List[bytes] = []
+        if self.finished:
+            return out
+        self._start(out, None)
+        while self._waiting:
+            if self._open and self._open.startswith("tool:"):
+                self._calls[self._open[5:]]["complete"] = True  # the stream is over: it is as complete as it gets
+            self._release(out)
+        for key in self._order:
+            state = self._calls[key]
+            if not state["started"]:
+                state["started"] = True
+                self._tool_seen = True
+                self._open_block(out, f"tool:{key}", {"type": "tool_use", "id": state["id"] or new_tool_id(),
+                                                      "name": state["name"] or "unknown_tool", "input": {}})
+            if state["pending"] and self._open == f"tool:{key}":
+                self._delta(out, {"type": "input_json_delta", "partial_json": "".join(state["pending"])})
+                state["pending"] = []
+        self._close(out)
+        stop_reason = "tool_use" if self._tool_seen and self._stop_reason == "end_turn" else self._stop_reason
+        usage = dict(self._usage) if self._usage else {"output_tokens": 0}
+        out.append(encode_sse_json("message_delta", {
+            "type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": self._stop_sequence},
+            "usage": usage}))
+        out.append(encode_sse_json("message_stop", {"type": "message_stop"}))
+        self.finished = True
+        return out
 
 
 # =====================================================================================
