@@ -308,6 +308,7 @@ class Config:
     max_retry_attempts: int = 3
     warmup_interception: bool = True
     force_stream_internally: bool = True
+    ping_interval_s: float = 10.0
     max_body_bytes: int = 33554432
     max_header_bytes: int = 65536
     header_timeout_s: float = 10.0
@@ -567,6 +568,7 @@ def config_from_dict(raw: Any, environ: Dict[str, str], source: str) -> Config:
         max_retry_attempts=fields.integer("max_retry_attempts", 3, 1, 20),
         warmup_interception=fields.get("warmup_interception", bool, True),
         force_stream_internally=fields.get("force_stream_internally", bool, True),
+        ping_interval_s=fields.number("ping_interval_s", 10.0, 0.05),
         max_body_bytes=fields.integer("max_body_bytes", 33554432, 1024),
         max_header_bytes=fields.integer("max_header_bytes", 65536, 1024),
         header_timeout_s=fields.number("header_timeout_s", 10.0, 0.01),
@@ -1758,20 +1760,34 @@ def warmup_message(model: str) -> Dict[str, Any]:
 
 
 def message_as_sse(message: Dict[str, Any]) -> List[bytes]:
-    """A complete Message as the Anthropic event stream that would have produced it (text blocks)."""
+    """A complete Message as the Anthropic event stream that would have produced it."""
     start = dict(message, content=[], stop_reason=None, stop_sequence=None,
                  usage=dict(message.get("usage") or {}, output_tokens=1))
     events = [encode_sse_json("message_start", {"type": "message_start", "message": start})]
     for index, block in enumerate(message.get("content") or []):
-        text = block.get("text", "") if isinstance(block, dict) else ""
+        kind = block.get("type") if isinstance(block, dict) else "text"
+        if kind == "tool_use":
+            opening = dict(block, input={})
+            deltas = [{"type": "input_json_delta", "partial_json": json.dumps(block.get("input") or {})}]
+        elif kind == "thinking":
+            opening = {"type": "thinking", "thinking": "", "signature": ""}
+            deltas = [{"type": "thinking_delta", "thinking": block.get("thinking", "")},
+                      {"type": "signature_delta", "signature": block.get("signature", "")}]
+        elif kind == "text":
+            opening = {"type": "text", "text": ""}
+            deltas = [{"type": "text_delta", "text": block.get("text", "")}]
+        else:
+            opening, deltas = block, []
         events.append(encode_sse_json("content_block_start", {"type": "content_block_start", "index": index,
-                                                              "content_block": {"type": "text", "text": ""}}))
-        events.append(encode_sse_json("content_block_delta", {"type": "content_block_delta", "index": index,
-                                                              "delta": {"type": "text_delta", "text": text}}))
+                                                              "content_block": opening}))
+        for delta in deltas:
+            events.append(encode_sse_json("content_block_delta", {"type": "content_block_delta", "index": index,
+                                                                  "delta": delta}))
         events.append(encode_sse_json("content_block_stop", {"type": "content_block_stop", "index": index}))
     usage = message.get("usage") or {}
     events.append(encode_sse_json("message_delta", {
-        "type": "message_delta", "delta": {"stop_reason": message.get("stop_reason"), "stop_sequence": None},
+        "type": "message_delta",
+        "delta": {"stop_reason": message.get("stop_reason"), "stop_sequence": message.get("stop_sequence")},
         "usage": {"output_tokens": usage.get("output_tokens", 0)}}))
     events.append(encode_sse_json("message_stop", {"type": "message_stop"}))
     return events
@@ -3855,7 +3871,7 @@ class Server:
         if self._models_cache is None or self._models_cache[0] < now:
             upstream_models = []
             for upstream in self.config.upstreams:
-                if upstream.kind == "anthropic":
+                if upstream.kind in ("anthropic", "openai"):
                     upstream_models += await self._upstream_models(upstream)
             self._models_cache = (now + _MODELS_CACHE_S, upstream_models)
         models: Dict[str, Dict[str, Any]] = {}
@@ -3876,10 +3892,14 @@ class Server:
 
     async def _upstream_models(self, upstream: Upstream) -> List[Dict[str, Any]]:
         account = upstream.accounts[0]
-        headers = [("x-api-key", account.api_key), ("anthropic-version", DEFAULT_ANTHROPIC_VERSION),
-                   ("Accept", "application/json"), ("User-Agent", f"agproxy/{__version__}")]
+        if upstream.kind == "openai":
+            headers, path = self._openai_headers(upstream, account, False), "/models"
+        else:
+            headers = [("x-api-key", account.api_key), ("anthropic-version", DEFAULT_ANTHROPIC_VERSION),
+                       ("Accept", "application/json"), ("User-Agent", f"agproxy/{__version__}")]
+            path = "/v1/models?limit=1000"
         try:
-            response = await self.client.request("GET", upstream_url(upstream.base_url, "/v1/models?limit=1000"),
+            response = await self.client.request("GET", upstream_url(upstream.base_url, path),
                                                  headers, timeout_s=upstream.connect_timeout_s,
                                                  connect_timeout_s=upstream.connect_timeout_s)
             body = await response.read_all(4 * 1024 * 1024)
@@ -3888,9 +3908,10 @@ class Server:
             self.log.warning("could not list the models of upstream %r: %s", upstream.name, exc)
             return []
         if not isinstance(data, list):
-            self.log.warning("upstream %r answered HTTP %d to /v1/models", upstream.name, response.status)
+            self.log.warning("upstream %r answered HTTP %d to %s", upstream.name, response.status, path)
             return []
-        return [_model_object(str(m["id"]), str(m.get("display_name") or m["id"]), m.get("created_at"))
+        return [_model_object(str(m["id"]), str(m.get("display_name") or m["id"]),
+                              m.get("created_at") if isinstance(m.get("created_at"), str) else None)
                 for m in data if isinstance(m, dict) and m.get("id")]
 
     async def _models(self, request: Request, exchange: _Exchange) -> Response:
@@ -3931,7 +3952,7 @@ class Server:
             return self._local_message(warmup_message(body["model"]), bool(body.get("stream")),
                                        headers + [("X-Warmup-Intercepted", "true")])
         for upstream in route.upstreams:
-            if upstream.kind not in ("anthropic", "demo"):
+            if upstream.kind not in ("anthropic", "demo", "openai"):
                 raise AgproxyError(f"upstream {upstream.name!r} is of kind {upstream.kind!r}, which this build "
                                    "of agproxy does not serve yet", status=501, error_type="api_error",
                                    headers=headers)
@@ -3943,6 +3964,8 @@ class Server:
                 return self._demo_messages(body, answered)
             single = Route((upstream,), route.model)
             try:
+                if upstream.kind == "openai":
+                    return await self._openai_messages(request, exchange, body, single, account, answered)
                 return await self._anthropic_messages(request, exchange, body, single, account, answered)
             except AgproxyError as exc:
                 raise AttemptError(exc, _outcome_of(exc)) from None
@@ -4154,10 +4177,12 @@ class Server:
         headers: Headers = [("X-Mapped-Model", route.model)]
         window, client_window = route.upstream.context_window, client_context_window(request.headers)
         if route.upstream.kind != "anthropic":
-            tokens = estimate_input_tokens(body)
+            counted = await self._openai_count(request, body, route) if route.upstream.kind == "openai" else None
+            tokens = counted if counted is not None else estimate_input_tokens(body)
             if window:
                 tokens = scale_tokens(tokens, window, client_window)
-            return json_response(200, {"input_tokens": tokens}, headers + [("X-Token-Count", "estimate")])
+            how = "upstream-tokenizer" if counted is not None else "estimate"
+            return json_response(200, {"input_tokens": tokens}, headers + [("X-Token-Count", how)])
         anthropic_only = Route(tuple(u for u in route.upstreams if u.kind == "anthropic"), route.model)
 
         async def attempt(upstream: Upstream, account: Account) -> Response:
@@ -4187,6 +4212,158 @@ class Server:
             exc.headers.extend(headers)
             raise
 
+    # -- OpenAI-compatible upstreams ---------------------------------------------------------
+
+    def _prepare_openai(self, request: Request, exchange: _Exchange, route: Route,
+                        stream: bool) -> Tuple[bytes, Dict[str, Any]]:
+        """The Chat Completions request for this upstream: sanitized, translated, minus what it rejected."""
+        upstream = route.upstream
+        body = json.loads(request.body or b"")
+        body["model"] = route.model
+        if stream:
+            body["stream"] = True
+        changes = sanitize_request(body, upstream.rules)
+        translated, translation_changes = anthropic_to_openai(body, upstream.openai, upstream.name)
+        changes.update(translation_changes)
+        for path in self.learned.fields(upstream.name):
+            _count(changes, f"learned:{path}", drop_path(translated, path.split(".")))
+        if upstream.extra_body:
+            translated.update(upstream.extra_body)
+        if changes:
+            self.counters.update({f"translate:{kind}": n for kind, n in changes.items()})
+            if self.log.isEnabledFor(logging.DEBUG):
+                summary = ", ".join(f"{kind}={n}" for kind, n in sorted(changes.items()))
+                self.log.debug("%s translated for upstream %r: %s", exchange.id, upstream.name, summary)
+        return json.dumps(translated, ensure_ascii=False).encode("utf-8"), translated
+
+    def _openai_headers(self, upstream: Upstream, account: Account, stream: bool) -> Headers:
+        headers: Headers = [("Content-Type", "application/json"),
+                            ("Accept", "text/event-stream" if stream else "application/json"),
+                            ("Accept-Encoding", "identity"), ("User-Agent", f"agproxy/{__version__}")]
+        if account.api_key:
+            headers.append(("Authorization", f"Bearer {account.api_key}"))
+        return headers + list(upstream.headers)
+
+    async def _call_openai(self, request: Request, exchange: _Exchange, route: Route, account: Account,
+                           stream: bool) -> Tuple[UpstreamResponse, Dict[str, Any]]:
+        """POST /chat/completions, healing past fields the server names as unknown."""
+        upstream = route.upstream
+        heals = 0
+        while True:
+            payload, sent = self._prepare_openai(request, exchange, route, stream)
+            try:
+                response = await self.client.request(
+                    "POST", upstream_url(upstream.base_url, "/chat/completions"),
+                    self._openai_headers(upstream, account, stream), payload,
+                    timeout_s=upstream.timeout_s, connect_timeout_s=upstream.connect_timeout_s)
+            except UpstreamFailure as exc:
+                exc.message = f"upstream {upstream.name!r}: {exc.message}"
+                raise
+            if response.status < 400:
+                return response, sent
+            data = await response.read_all(1024 * 1024)
+            if response.status in (400, 422) and heals < _MAX_HEALS and \
+                    self._learn_rejection(upstream, sent, None, data):
+                heals += 1
+                continue
+            if upstream.context_window and is_context_overflow(response.status, data):
+                raise prompt_too_long(estimate_input_tokens(json.loads(request.body or b"{}")),
+                                      upstream.context_window, client_context_window(request.headers))
+            error = anthropic_error_from_upstream(response.status, data, upstream.name)
+            error.headers.extend(relayed_upstream_headers(response.headers))
+            error.upstream_status = response.status
+            error.reset_s = rate_limit_reset(response.headers, data, time.time())
+            raise error
+
+    async def _openai_messages(self, request: Request, exchange: _Exchange, body: Dict[str, Any], route: Route,
+                               account: Account, headers: Headers) -> Union[Response, StreamingResponse]:
+        """One attempt on an OpenAI-compatible upstream, answered in Anthropic's shapes."""
+        upstream = route.upstream
+        window = upstream.context_window
+        client_window = client_context_window(request.headers)
+        estimate = estimate_input_tokens(body)
+        if window and estimate > window:
+            raise prompt_too_long(estimate, window, client_window)
+        stream = bool(body.get("stream"))
+        upstream_stream = stream or self.config.force_stream_internally
+        response, sent = await self._call_openai(request, exchange, route, account, upstream_stream)
+        headers = headers + relayed_upstream_headers(response.headers)
+        stops = body.get("stop_sequences") if isinstance(body.get("stop_sequences"), list) else []
+        scaler = UsageScaler(window, client_window).transform if window else None
+        is_sse = (response.header("content-type") or "").lower().startswith("text/event-stream")
+        exchange.on_client_gone.append(response.close)
+        try:
+            if is_sse:
+                translator = OpenAIStreamTranslator(route.model, estimate, stops)
+                events = _openai_events(response, translator, upstream.name)
+                if not stream:
+                    message = await _accumulate_events(events)
+                else:
+                    head = await _first_translated(events)
+            else:
+                data = await response.read_all()
+        except BaseException:
+            response.close()
+            raise
+        finally:
+            exchange.on_client_gone.remove(response.close)
+        if is_sse and stream:
+            release = self.pool.hold(upstream, account)
+
+            def abort() -> None:
+                response.close()
+                release()
+
+            relay = _relay_translated(head, events, upstream.name, scaler, release, self.config.ping_interval_s)
+            return StreamingResponse(200, _SSE_HEADERS + headers, relay, abort)
+        if not is_sse:
+            try:
+                answer = json.loads(data)
+            except ValueError:
+                raise UpstreamFailure(f"upstream {upstream.name!r} answered something that is not JSON") from None
+            if not isinstance(answer, dict) or not isinstance(answer.get("choices"), list):
+                raise UpstreamFailure(f"upstream {upstream.name!r} answered something that is not a chat completion")
+            message = openai_to_anthropic(answer, route.model, stops)
+        if window:
+            scale_usage(message.get("usage"), window, client_window)
+        if stream:
+            return StreamingResponse(200, _SSE_HEADERS + headers, _iterate(message_as_sse(message)), lambda: None)
+        return json_response(200, message, headers)
+
+    async def _openai_count(self, request: Request, body: Dict[str, Any], route: Route) -> Optional[int]:
+        """Count the translated prompt with the server's own tokenizer, where it has one."""
+        upstream = route.upstream
+        style = upstream.openai.tokenize
+        if style is None:
+            return None
+        body = dict(body, model=route.model, max_tokens=1)
+        sanitize_request(body, upstream.rules)
+        translated, _ = anthropic_to_openai(body, upstream.openai, upstream.name)
+        root = re.sub(r"/v1/?$", "", upstream.base_url)
+        if style == "vllm":
+            payload = {"model": route.model, "messages": translated["messages"]}
+            if translated.get("tools"):
+                payload["tools"] = translated["tools"]
+        else:
+            payload = {"content": "\n\n".join(_block_text(m.get("content")) if isinstance(m.get("content"), list)
+                                               else str(m.get("content") or "") for m in translated["messages"])}
+        account = upstream.accounts[0]
+        try:
+            response = await self.client.request("POST", root + "/tokenize",
+                                                 self._openai_headers(upstream, account, False),
+                                                 json.dumps(payload).encode(), timeout_s=upstream.connect_timeout_s,
+                                                 connect_timeout_s=upstream.connect_timeout_s)
+            data = json.loads(await response.read_all(16 * 1024 * 1024)) if response.status == 200 else None
+        except (UpstreamFailure, ValueError) as exc:
+            self.log.warning("tokenizer of upstream %r unavailable (%s); estimating", upstream.name, exc)
+            return None
+        if isinstance(data, dict) and isinstance(data.get("count"), int):
+            return data["count"]
+        if isinstance(data, dict) and isinstance(data.get("tokens"), list):
+            return len(data["tokens"])
+        self.log.warning("tokenizer of upstream %r answered HTTP %s; estimating", upstream.name, response.status)
+        return None
+
     async def _accounts(self, request: Request, exchange: _Exchange) -> Response:
         return json_response(200, {"accounts": self.pool.describe(time.time())})
 
@@ -4213,6 +4390,96 @@ async def _first_events(response: UpstreamResponse) -> bytes:
         if event.event == "error":
             MessageAccumulator().feed(event)  # raises the StreamError it describes
     return bytes(head)
+
+
+async def _openai_events(response: UpstreamResponse, translator: OpenAIStreamTranslator,
+                         upstream: str) -> AsyncIterator[bytes]:
+    """An OpenAI chunk stream as Anthropic events, one batch per upstream read; ``b""`` marks
+    a read that produced nothing yet (so the caller can send pings). Ends with the closing events,
+    or raises :class:`UpstreamFailure` for a stream that broke before it finished."""
+    decoder = SSEDecoder()
+    while True:
+        chunk = await response.read_chunk()
+        if not chunk:
+            if translator.saw_finish or translator.finished:
+                tail = translator.finish()
+                if tail:
+                    yield b"".join(tail)
+                return
+            raise UpstreamFailure("the stream ended before the answer finished")
+        out: List[bytes] = []
+        for event in decoder.feed(chunk):
+            data = event.data.strip()
+            if data == "[DONE]":
+                out += translator.finish()
+                continue
+            try:
+                parsed = json.loads(data)
+            except ValueError:
+                continue  # keep-alive comments and the like
+            if isinstance(parsed, dict):
+                out += translator.feed(parsed)
+        yield b"".join(out)
+        if translator.finished:
+            response.close()
+            return
+
+
+async def _first_translated(events: AsyncIterator[bytes]) -> bytes:
+    """Translated events up to and including the first content event (message_start alone does not
+    commit: a stream that dies right after it can still be retried); an error there raises."""
+    head = bytearray()
+    decoded: List[SSEEvent] = []
+    async for batch in events:
+        head += batch
+        decoded = SSEDecoder().feed(bytes(head))
+        if len(decoded) >= 2:
+            break
+    for event in decoded:
+        if event.event == "error":
+            MessageAccumulator().feed(event)  # raises the StreamError it describes
+    if not decoded:
+        raise UpstreamFailure("the stream ended before its first event")
+    return bytes(head)
+
+
+async def _accumulate_events(events: AsyncIterator[bytes]) -> Dict[str, Any]:
+    decoder, accumulator = SSEDecoder(), MessageAccumulator()
+    async for batch in events:
+        for event in decoder.feed(batch):
+            accumulator.feed(event)
+    return accumulator.result()
+
+
+async def _relay_translated(head: bytes, events: AsyncIterator[bytes], upstream: str,
+                            transform: Optional[Callable[[bytes], bytes]], on_end: Callable[[], None],
+                            ping_interval_s: float = 10.0) -> AsyncIterator[bytes]:
+    """Relay translated events, pinging while the upstream is silent; a broken stream ends with an
+    Anthropic ``error`` event."""
+    iterator = events.__aiter__()
+    try:
+        yield head if transform is None else transform(head)
+        pending: Optional[asyncio.Future] = None
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(iterator.__anext__())
+            done, _ = await asyncio.wait({pending}, timeout=ping_interval_s)
+            if not done:
+                yield encode_sse_json("ping", {"type": "ping"})
+                continue
+            try:
+                batch = pending.result()
+            except StopAsyncIteration:
+                return
+            pending = None
+            if batch:
+                yield batch if transform is None else transform(batch)
+    except (UpstreamFailure, StreamError) as exc:
+        yield encode_sse_json("error", error_body(exc.error_type, f"upstream {upstream!r}: {exc.message}"))
+    finally:
+        if pending is not None and not pending.done():
+            pending.cancel()
+        on_end()
 
 
 async def _accumulate(response: UpstreamResponse) -> Dict[str, Any]:

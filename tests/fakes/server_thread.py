@@ -49,3 +49,31 @@ class ServerThread:
 
     def run(self, coroutine: Awaitable[Any]) -> Any:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(5)
+
+
+async def read_request(reader: asyncio.StreamReader) -> Optional[tuple]:
+    """One HTTP/1.1 request with a Content-Length body: (method, target, headers, body), or None at EOF."""
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return None
+    lines = head.decode("latin-1").split("\r\n")
+    method, target, _ = lines[0].split(" ", 2)
+    headers = []
+    for line in lines[1:]:
+        if line:
+            name, _, value = line.partition(":")
+            headers.append((name.strip(), value.strip()))
+    length = int(next((v for k, v in headers if k.lower() == "content-length"), "0"))
+    body = await reader.readexactly(length) if length else b""
+    return method, target, headers, body
+
+
+def json_reply(status: int, payload: Any, headers: Any = ()) -> bytes:
+    body = json_module.dumps(payload).encode()
+    head = [f"HTTP/1.1 {status} X", "Content-Type: application/json", f"Content-Length: {len(body)}"]
+    head += [f"{k}: {v}" for k, v in headers]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+import json as json_module  # noqa: E402
