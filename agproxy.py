@@ -1636,6 +1636,33 @@ def sanitize_betas(value: Optional[str], profile: Profile,
 
 # -- stream accumulator: Anthropic events -> one Message ---------------------------------------
 
+def repair_json_arguments(text: str) -> Optional[Any]:
+    """Tool arguments a model wrote not quite as JSON, parsed if a simple repair makes them JSON."""
+    candidate = text.strip()
+    if candidate.startswith("```"):
+        candidate = re.sub(r"^```[a-zA-Z]*\s*|\s*```$", "", candidate)
+    candidate = re.sub(r",\s*([}\]])", r"\1", candidate)
+    for attempt in (candidate, candidate + "}", candidate + "\"}", candidate + "]}"):
+        try:
+            return json.loads(attempt)
+        except ValueError:
+            continue
+    return None
+
+
+def parse_tool_arguments(text: str) -> Dict[str, Any]:
+    """Tool-call arguments as the ``input`` object: parsed, repaired, or kept raw for the client to see."""
+    if not text.strip():
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = repair_json_arguments(text)
+        if value is None:
+            return {"_unparsed_arguments": text}
+    return value if isinstance(value, dict) else {"value": value}
+
+
 class StreamError(AgproxyError):
     """An ``error`` event inside an upstream's event stream (its type kept, e.g. overloaded_error)."""
 
@@ -1685,11 +1712,7 @@ class MessageAccumulator:
         elif kind == "content_block_stop":
             index = payload.get("index", 0)
             if index in self._json:
-                text = "".join(self._json.pop(index))
-                try:
-                    self._blocks[index]["input"] = json.loads(text) if text.strip() else {}
-                except ValueError:
-                    raise UpstreamFailure(f"upstream sent tool input that is not JSON: {text[:100]!r}") from None
+                self._blocks[index]["input"] = parse_tool_arguments("".join(self._json.pop(index)))
         elif kind == "message_delta":
             if self.message is None:
                 self.message = {"content": []}
@@ -2312,33 +2335,6 @@ def _openai_assistant(blocks: List[Any], options: OpenAIOptions, changes: Dict[s
     return message
 
 
-def repair_json_arguments(text: str) -> Optional[Any]:
-    """Tool arguments a model wrote not quite as JSON, parsed if a simple repair makes them JSON."""
-    candidate = text.strip()
-    if candidate.startswith("```"):
-        candidate = re.sub(r"^```[a-zA-Z]*\s*|\s*```$", "", candidate)
-    candidate = re.sub(r",\s*([}\]])", r"\1", candidate)
-    for attempt in (candidate, candidate + "}", candidate + "\"}", candidate + "]}"):
-        try:
-            return json.loads(attempt)
-        except ValueError:
-            continue
-    return None
-
-
-def parse_tool_arguments(text: str) -> Dict[str, Any]:
-    """Tool-call arguments as the ``input`` object: parsed, repaired, or kept raw for the client to see."""
-    if not text.strip():
-        return {}
-    try:
-        value = json.loads(text)
-    except ValueError:
-        value = repair_json_arguments(text)
-        if value is None:
-            return {"_unparsed_arguments": text}
-    return value if isinstance(value, dict) else {"value": value}
-
-
 def openai_usage(usage: Any) -> Dict[str, int]:
     """Chat Completions usage as Anthropic usage (cached prompt tokens reported as cache reads)."""
     if not isinstance(usage, dict):
@@ -2535,10 +2531,12 @@ class OpenAIStreamTranslator:
         return not self._calls[self._open[5:]]["complete"]
 
     def _take(self, out: List[bytes], fragment: Tuple[Any, ...]) -> None:
-        if self._waiting or self._blocking(fragment):
+        ongoing = fragment[0] == "tool" and self._open == f"tool:{fragment[1]}"
+        if not ongoing and (self._waiting or self._blocking(fragment)):
             self._waiting.append(fragment)
             return
         self._apply(out, fragment)
+        self._release(out)
 
     def _apply(self, out: List[bytes], fragment: Tuple[Any, ...]) -> None:
         kind = fragment[0]
@@ -2573,16 +2571,19 @@ class OpenAIStreamTranslator:
             self._delta(out, {"type": "input_json_delta", "partial_json": text})
             if state["end"].feed(text):
                 state["complete"] = True
-                self._release(out)
 
     def _release(self, out: List[bytes]) -> None:
-        """Apply what waited for a tool call's arguments to complete."""
-        waiting, self._waiting = self._waiting, []
-        for index, fragment in enumerate(waiting):
-            if self._blocking(fragment):
-                self._waiting = waiting[index:]
+        """Apply what waited: first the open call's own later fragments, then, once it is complete,
+        the rest in arrival order."""
+        while self._waiting:
+            ongoing = next((i for i, f in enumerate(self._waiting)
+                            if f[0] == "tool" and self._open == f"tool:{f[1]}"), None)
+            if ongoing is not None:
+                self._apply(out, self._waiting.pop(ongoing))
+            elif not self._blocking(self._waiting[0]):
+                self._apply(out, self._waiting.pop(0))
+            else:
                 return
-            self._apply(out, fragment)
 
     def finish(self) -> List[bytes]:
         """The closing events: whatever still waits, the last block's stop, message_delta, message_stop."""
@@ -4225,10 +4226,10 @@ class Server:
         changes = sanitize_request(body, upstream.rules)
         translated, translation_changes = anthropic_to_openai(body, upstream.openai, upstream.name)
         changes.update(translation_changes)
-        for path in self.learned.fields(upstream.name):
-            _count(changes, f"learned:{path}", drop_path(translated, path.split(".")))
         if upstream.extra_body:
             translated.update(upstream.extra_body)
+        for path in self.learned.fields(upstream.name):
+            _count(changes, f"learned:{path}", drop_path(translated, path.split(".")))
         if changes:
             self.counters.update({f"translate:{kind}": n for kind, n in changes.items()})
             if self.log.isEnabledFor(logging.DEBUG):
