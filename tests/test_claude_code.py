@@ -85,3 +85,23 @@ def test_claude_code_heals_past_an_upstream_that_rejects_its_extras(start_agprox
         assert result.returncode == 0, result.stdout + result.stderr
         assert "Hello from the fake upstream." in result.stdout
         assert "rejects context_management" in proxy.log()
+
+
+def test_claude_code_runs_a_tool_loop_against_an_openai_compatible_server(start_agproxy, tmp_path):
+    """A whole agentic turn with a local-model style server: Claude Code's real request, translated."""
+    from tests.fakes.openai_upstream import Chunks, FakeOpenAI, tool_chunks
+
+    with FakeOpenAI() as local:
+        local.script(Chunks(tool_chunks([("call_ls", "Bash", '{"command": "ls -la", "description": "List files"}')],
+                                 reasoning="Listing the files.", text="Let me look.")))
+        config = {"upstreams": [{"name": "local", "kind": "openai", "base_url": local.url,
+                                 "accounts": [{"name": "vllm", "api_key": "none"}]}]}
+        proxy = start_agproxy(config)
+        result = claude(proxy, "list files", tmp_path, "--allowedTools", "Bash")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert local.rejections == []
+        assert "Hello from the fake OpenAI server." in result.stdout
+        second = local.chats[-1]
+        tool_messages = [m for m in second["messages"] if m["role"] == "tool"]
+        assert tool_messages and tool_messages[0]["tool_call_id"] == "call_ls"
+        assert "marker-file-for-ls.txt" in tool_messages[0]["content"]
