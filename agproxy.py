@@ -3548,6 +3548,7 @@ class Server:
             "/v1/api/event_logging": {"POST": self._telemetry},
             "/v1/api/event_logging/batch": {"POST": self._telemetry},
             "/v1/agproxy/accounts": {"GET": self._accounts},
+            "/v1/agproxy/stats": {"GET": self._stats},
         }
 
     # -- lifecycle -------------------------------------------------------------------
@@ -4367,6 +4368,11 @@ class Server:
 
     async def _accounts(self, request: Request, exchange: _Exchange) -> Response:
         return json_response(200, {"accounts": self.pool.describe(time.time())})
+
+    async def _stats(self, request: Request, exchange: _Exchange) -> Response:
+        """What agproxy changed and saved, counted per kind since it started."""
+        return json_response(200, {"version": __version__, "counters": dict(sorted(self.counters.items())),
+                                   "learned": self.learned.to_json()})
 
 
 def _outcome_of(error: AgproxyError) -> Outcome:

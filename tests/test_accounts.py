@@ -363,7 +363,8 @@ def test_all_accounts_limited_is_429_with_the_soonest_reset(start_agproxy, fake)
     assert fake.keys() == [ALICE, BOB]  # the second request never reached the upstream
 
 
-def test_a_rested_account_gets_one_trial_when_its_time_is_up(start_agproxy, fake):
+def limited_solo_account(start_agproxy, fake) -> Any:
+    """agproxy with alice alone, whom the upstream has just limited for 3 s (and 3 s have passed)."""
     solo = fake_config(fake)
     solo["upstreams"][0]["accounts"] = solo["upstreams"][0]["accounts"][:1]
     fake.script_for(ALICE, error(429, "rate_limit_error", [("retry-after", "3")]))
@@ -371,6 +372,11 @@ def test_a_rested_account_gets_one_trial_when_its_time_is_up(start_agproxy, fake
     with pytest.raises(anthropic.RateLimitError):
         ask(proxy)
     time.sleep(3.2)
+    return proxy
+
+
+def test_a_rested_account_gets_one_trial_when_its_time_is_up(start_agproxy, fake):
+    proxy = limited_solo_account(start_agproxy, fake)
     fake.script_for(ALICE, error(429, "rate_limit_error"))  # still limited: the rest is extended
     with pytest.raises(anthropic.RateLimitError):
         ask(proxy)
@@ -380,13 +386,7 @@ def test_a_rested_account_gets_one_trial_when_its_time_is_up(start_agproxy, fake
 
 
 def test_a_cleared_limit_is_used_again_without_a_restart(start_agproxy, fake):
-    solo = fake_config(fake)
-    solo["upstreams"][0]["accounts"] = solo["upstreams"][0]["accounts"][:1]
-    fake.script_for(ALICE, error(429, "rate_limit_error", [("retry-after", "3")]))
-    proxy = start_agproxy(solo)
-    with pytest.raises(anthropic.RateLimitError):
-        ask(proxy)
-    time.sleep(3.2)
+    proxy = limited_solo_account(start_agproxy, fake)
     assert ask(proxy).parse().content[0].text
     assert accounts(proxy)["alice@example.com"]["state"] == "ok"
 

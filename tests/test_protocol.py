@@ -269,6 +269,11 @@ def test_corpus_through_a_compatible_profile_to_a_strict_upstream(start_agproxy)
             status, _, data = post(proxy, _path(name), body, headers)
             assert status == 200, (name, data)
         assert strict.rejections == []
+        with urllib.request.urlopen(proxy.url + "/v1/agproxy/stats", timeout=5) as response:
+            counters = json.load(response)["counters"]
+        for kind in ("cache_control", "field:context_management", "system_message_moved", "tool_result_synthesized",
+                     "orphan_tool_result_to_text", "first_user_inserted", "betas_dropped", "thinking_adaptive_mapped"):
+            assert counters[f"sanitize:{kind}"] > 0, kind
         assert all(r.header("anthropic-beta") is None for r in strict.requests)
 
 
@@ -319,6 +324,8 @@ def test_warmups_are_answered_locally(start_agproxy, fake, stream):
             assert json.loads(data)["content"] == [{"type": "text", "text": "OK"}]
             assert json.loads(data)["usage"] == {"input_tokens": 1, "output_tokens": 1}
     assert fake.requests == []
+    with urllib.request.urlopen(proxy.url + "/v1/agproxy/stats", timeout=5) as response:
+        assert json.load(response)["counters"]["warmup_intercepted"] == 2
 
 
 def test_warmup_interception_can_be_turned_off(start_agproxy, fake):

@@ -25,7 +25,7 @@ import threading
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from tests.fakes.server_thread import ServerThread
+from tests.fakes.server_thread import ServerThread, read_request
 from tests.fakes.strict_rules import violation
 
 
@@ -218,20 +218,10 @@ class FakeAnthropic:
         number = self.connections
         try:
             while True:
-                try:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                except (asyncio.IncompleteReadError, ConnectionError):
+                request = await read_request(reader)
+                if request is None:
                     return
-                lines = head.decode("latin-1").split("\r\n")
-                method, target, _ = lines[0].split(" ", 2)
-                headers = []
-                for line in lines[1:]:
-                    if line:
-                        name, _, value = line.partition(":")
-                        headers.append((name.strip(), value.strip()))
-                length = int(next((v for k, v in headers if k.lower() == "content-length"), "0"))
-                body = await reader.readexactly(length) if length else b""
-                recorded = Recorded(method, target, headers, body, number, time.monotonic())
+                recorded = Recorded(*request, number, time.monotonic())
                 self.requests.append(recorded)
                 refusal = self._refusal(recorded)
                 key = recorded.header("x-api-key") or ""
