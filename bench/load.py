@@ -1,0 +1,60 @@
+"""A small asyncio HTTP/1.1 load client: N concurrent requests, each its own connection, with
+time to first body byte, total time and the number of SSE events (or bytes) received."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any, Dict, List, Optional
+
+
+async def one(host: str, port: int, path: str, body: bytes, headers: Dict[str, str],
+              timeout: float) -> Dict[str, Any]:
+    started = time.perf_counter()
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    try:
+        extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        writer.write(f"POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n{extra}"
+                     f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
+        status = int(head.split(b" ", 2)[1])
+        first: Optional[float] = None
+        events = 0
+        received = 0
+        tail = b""
+        deadline = started + timeout
+        while True:
+            data = await asyncio.wait_for(reader.read(65536), max(0.01, deadline - time.perf_counter()))
+            if not data:
+                break
+            if first is None:
+                first = time.perf_counter()
+            received += len(data)
+            window = tail + data
+            events += window.count(b"\n\n") - tail.count(b"\n\n")
+            tail = window[-1:]
+        return {"ok": status == 200, "status": status, "ttfb": (first or time.perf_counter()) - started,
+                "total": time.perf_counter() - started, "events": events, "bytes": received}
+    except (asyncio.TimeoutError, ConnectionError, OSError, asyncio.IncompleteReadError) as exc:
+        return {"ok": False, "status": 0, "error": type(exc).__name__, "ttfb": 0.0,
+                "total": time.perf_counter() - started, "events": 0, "bytes": 0}
+    finally:
+        writer.close()
+
+
+async def run(host: str, port: int, path: str, body: Dict[str, Any], concurrency: int, total: int,
+              timeout: float = 120.0, headers: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
+    """``total`` requests, ``concurrency`` at a time; returns the results and the wall time."""
+    payload = json.dumps(body).encode()
+    results: List[Dict[str, Any]] = []
+    queue = list(range(total))
+
+    async def worker() -> None:
+        while queue:
+            queue.pop()
+            results.append(await one(host, port, path, payload, headers or {}, timeout))
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return {"results": results, "wall": time.perf_counter() - started}
