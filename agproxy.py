@@ -3340,41 +3340,28 @@ class UpstreamResponse:
         return header_value(self.headers, name)
 
     async def read_chunk(self) -> bytes:
-        """The next piece of the body as soon as any has arrived; ``b""`` at its end."""
+        """All of the body that has arrived, as soon as any has (many events in one piece when they
+        came together); ``b""`` at its end."""
         parser = self._parser
-        while not self._done:
-            event = parser.next_event()
-            if isinstance(event, bytes):
-                if event:
-                    return event
-                continue
-            if event == END:
-                self._done = True
-                self._client.release(self._conn, parser.reusable)
-                return b""
-            try:
-                data = await asyncio.wait_for(self._conn.reader.read(_UPSTREAM_READ_SIZE), self._timeout_s)
-            except (OSError, asyncio.TimeoutError) as exc:
-                self.close()
-                raise UpstreamFailure(f"upstream connection broke mid-response ({_describe_os_error(exc)})") from None
-            try:
-                parser.feed(data)
-            except UpstreamFailure:
-                self.close()
-                raise
-            if not data:  # the parser decides: a close-delimited end, or a truncation
-                try:
-                    event = parser.next_event()
-                except UpstreamFailure as exc:
-                    self.close()
-                    raise UpstreamFailure(f"upstream connection broke mid-response ({exc.message})") from None
-                if isinstance(event, bytes) and event:
-                    return event
+        pieces: List[bytes] = []
+        try:
+            while not self._done:
+                event = parser.next_event()
+                if isinstance(event, bytes):
+                    pieces.append(event)
+                    continue
                 if event == END:
                     self._done = True
-                    self._client.release(self._conn, False)
-                    return b""
-        return b""
+                    self._client.release(self._conn, parser.reusable)
+                    break
+                if pieces:
+                    break
+                parser.feed(await asyncio.wait_for(self._conn.reader.read(_UPSTREAM_READ_SIZE), self._timeout_s))
+        except (OSError, asyncio.TimeoutError, UpstreamFailure) as exc:
+            self.close()
+            reason = exc.message if isinstance(exc, UpstreamFailure) else _describe_os_error(exc)
+            raise UpstreamFailure(f"upstream connection broke mid-response ({reason})") from None
+        return b"".join(pieces)
 
     async def read_all(self, limit: int = MAX_UPSTREAM_BODY_BYTES) -> bytes:
         """The whole body, refused past ``limit`` bytes."""
