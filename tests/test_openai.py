@@ -358,7 +358,8 @@ def test_quirks_missing_done_and_empty_choices(start_agproxy, openai_fake):
 
 
 def test_error_in_the_stream_after_output_is_an_error_event(start_agproxy, openai_fake):
-    openai_fake.script(Chunks(text_chunks("some words here")[:3] + [{"error": {"message": "engine died"}}]))
+    openai_fake.script(Chunks(text_chunks("some words here")[:3] + [{"error": {"message": "engine died"}}],
+                              delay_s=0.2))  # the error comes after words reached the client
     proxy = start_agproxy(local_config(openai_fake))
     with pytest.raises(anthropic.APIStatusError) as caught:
         with sdk(proxy).messages.stream(model="m", max_tokens=50,
