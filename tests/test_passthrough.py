@@ -284,7 +284,7 @@ def test_stream_closed_cleanly_before_message_stop_becomes_error_event(start_agp
 
 def test_upstream_error_event_is_relayed_as_is(start_agproxy, fake):
     error = ("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
-    fake.script(Sse(text_stream("a b")[:3] + [error]))
+    fake.script(Sse(text_stream("a b")[:3] + [error], delay_s=0.2))  # after the first events reached the client
     proxy = start_agproxy(fake_config(fake))
     with pytest.raises(anthropic.APIStatusError) as caught:
         with sdk(proxy).messages.stream(model="m", max_tokens=5, messages=[{"role": "user", "content": "x"}]) as s:
