@@ -1234,8 +1234,18 @@ class SSEDecoder:
             if self._buffer[:3] == b"\xef\xbb\xbf":
                 del self._buffer[:3]
         events: List[SSEEvent] = []
-        start = 0
         buffer = self._buffer
+        if b"\r" not in buffer:  # the usual case: LF line endings only, split in one go
+            end = buffer.rfind(b"\n")
+            if end >= 0:
+                lines = bytes(buffer[:end]).decode("utf-8", "replace").split("\n")
+                del buffer[: end + 1]
+                for line in lines:
+                    self._line(line, events)
+            if len(buffer) + self._data_size > self.max_event_bytes:
+                raise SSEError(f"SSE event exceeds {self.max_event_bytes} bytes")
+            return events
+        start = 0
         while True:
             cr = buffer.find(b"\r", start)
             lf = buffer.find(b"\n", start)
