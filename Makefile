@@ -10,7 +10,7 @@ CLAUDE_CODE_VERSION ?= 2.1.197
 CLAUDE_DIR := .cache/claude-code
 CLAUDE := $(CLAUDE_DIR)/node_modules/.bin/claude
 
-.PHONY: build run test lint claude-cli clean
+.PHONY: build run test lint claude-cli bench clean
 
 build: agproxy.pyz
 
@@ -40,6 +40,9 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check agproxy.py tests tools bench
 	$(VPY) $(STDLIB_ONLY) agproxy.py
 	$(VENV)/bin/vermin --target=3.9- --no-tips --violations agproxy.py
+
+bench: build
+	$(PYTHON) bench/run.py
 
 clean:
 	rm -rf $(VENV) agproxy.pyz .pytest_cache .ruff_cache .hypothesis .cache

@@ -26,12 +26,10 @@ import base64
 import collections
 import dataclasses
 import datetime
-import email.utils
 import fnmatch
 import hashlib
 import hmac
 import http
-import http.client
 import ipaddress
 import json
 import logging
@@ -45,7 +43,6 @@ import ssl
 import sys
 import time
 import urllib.parse
-import urllib.request
 import uuid
 from typing import Any, AsyncIterator, Callable, Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -975,9 +972,15 @@ def _reason(status: int) -> str:
         return "Unknown"
 
 
+_WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
 def http_date(now: float) -> str:
     """An IMF-fixdate for the ``Date`` header."""
-    return email.utils.formatdate(now, usegmt=True)
+    t = time.gmtime(now)
+    return (f"{_WEEKDAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year} "
+            f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT")
 
 
 def response_head(status: int, headers: Headers) -> bytes:
@@ -2854,6 +2857,8 @@ def _parse_instant(text: str, now: float) -> Optional[float]:
         moment = datetime.datetime.fromisoformat(re.sub(r"(\.\d{6})\d+", r"\1", text.replace("Z", "+00:00")))
     except ValueError:
         try:
+            import email.utils  # only a Retry-After given as a date needs it (it costs ~1 MB)
+
             moment = email.utils.parsedate_to_datetime(text)
         except (TypeError, ValueError, IndexError):
             return None
@@ -3294,6 +3299,8 @@ class _Origin:
 
 def _proxy_for(scheme: str, host: str) -> Optional[Tuple[str, str, int, Optional[str]]]:
     """The proxy from ``HTTPS_PROXY``/``HTTP_PROXY`` for this host, unless ``NO_PROXY`` exempts it."""
+    import urllib.request  # here, not at the top: it pulls in http.client and email (~3 MB at start-up)
+
     proxy = urllib.request.getproxies().get(scheme)
     if not proxy or urllib.request.proxy_bypass(host):
         return None

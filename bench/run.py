@@ -9,7 +9,6 @@ import asyncio
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -58,7 +57,10 @@ def start_agproxy(upstream_port: int, workdir: str) -> Tuple[subprocess.Popen, i
     with open(path, "w") as f:
         json.dump(config, f)
     started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "agproxy.py"), "--config", path, "--port", "0"],
+    program = os.path.join(ROOT, "agproxy.pyz")  # what users run (make bench builds it first)
+    if not os.path.exists(program):
+        program = os.path.join(ROOT, "agproxy.py")
+    proc = subprocess.Popen([sys.executable, program, "--config", path, "--port", "0"],
                             stderr=subprocess.PIPE, text=True, cwd=workdir)
     while True:
         line = proc.stderr.readline()
@@ -181,7 +183,12 @@ def main() -> None:
     if not QUICK:
         with open(os.path.join(HERE, "RESULTS.md"), "w") as f:
             f.write(f"# Benchmark results\n\nMachine: {machine()}. Run: {time.strftime('%Y-%m-%d')} "
-                    "with `make bench` (client, fake upstream and agproxy share the machine).\n\n" + text + "\n")
+                    "with `make bench` (client, fake upstream and agproxy share the machine; agproxy runs "
+                    "as `python agproxy.pyz`).\n\n" + text + "\n")
+            notes = os.path.join(HERE, "FINDINGS.md")
+            if os.path.exists(notes):
+                with open(notes) as n:
+                    f.write("\n" + n.read())
 
 
 if __name__ == "__main__":
