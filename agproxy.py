@@ -3939,8 +3939,13 @@ class Server:
             headers.append(("Content-Length", str(len(response.body))))
             if not keep_alive:
                 headers.append(("Connection", "close"))
-            writer.write(response_head(response.status, headers))
-            if not head_only and response.body:
+            head = response_head(response.status, headers)
+            if head_only or not response.body:
+                writer.write(head)
+            elif len(response.body) < 65536:
+                writer.write(head + response.body)  # one segment for the usual small answer
+            else:
+                writer.write(head)
                 writer.write(response.body)
             await writer.drain()
             return

@@ -19,6 +19,9 @@ async def one(host: str, port: int, path: str, body: bytes, headers: Dict[str, s
                      f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
         status = int(head.split(b" ", 2)[1])
+        lower = head.lower()
+        chunked = b"transfer-encoding: chunked" in lower
+        length = int(lower.split(b"content-length:")[1].split(b"\r\n")[0]) if b"content-length:" in lower else None
         first: Optional[float] = None
         events = 0
         received = 0
@@ -33,7 +36,9 @@ async def one(host: str, port: int, path: str, body: bytes, headers: Dict[str, s
             received += len(data)
             window = tail + data
             events += window.count(b"\n\n") - tail.count(b"\n\n")
-            tail = window[-1:]
+            tail = window[-5:]
+            if (chunked and tail == b"0\r\n\r\n") or (length is not None and received >= length):
+                break  # the body is complete (some servers keep the connection open regardless)
         return {"ok": status == 200, "status": status, "ttfb": (first or time.perf_counter()) - started,
                 "total": time.perf_counter() - started, "events": events, "bytes": received}
     except (asyncio.TimeoutError, ConnectionError, OSError, asyncio.IncompleteReadError) as exc:
