@@ -10,7 +10,7 @@ CLAUDE_CODE_VERSION ?= 2.1.197
 CLAUDE_DIR := .cache/claude-code
 CLAUDE := $(CLAUDE_DIR)/node_modules/.bin/claude
 
-.PHONY: build run test lint claude-cli bench clean
+.PHONY: build run test lint claude-cli bench bench-peers clean
 
 build: agproxy.pyz
 
@@ -43,6 +43,11 @@ lint: $(VENV)/.installed
 
 bench: build
 	$(PYTHON) bench/run.py
+
+# The same translation workload through claude-code-router and LiteLLM (installed into .cache/peers
+# on first use; benchmark-only, never a dependency of agproxy).
+bench-peers: build
+	$(PYTHON) bench/peers.py
 
 clean:
 	rm -rf $(VENV) agproxy.pyz .pytest_cache .ruff_cache .hypothesis .cache

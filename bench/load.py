@@ -25,6 +25,7 @@ async def one(host: str, port: int, path: str, body: bytes, headers: Dict[str, s
         first: Optional[float] = None
         events = 0
         received = 0
+        payload = 0  # bytes of the fake upstream's "~" text that arrived, however a gateway regroups it
         tail = b""
         deadline = started + timeout
         while True:
@@ -34,16 +35,18 @@ async def one(host: str, port: int, path: str, body: bytes, headers: Dict[str, s
             if first is None:
                 first = time.perf_counter()
             received += len(data)
+            payload += data.count(b"~")
             window = tail + data
             events += window.count(b"\n\n") - tail.count(b"\n\n")
             tail = window[-5:]
             if (chunked and tail == b"0\r\n\r\n") or (length is not None and received >= length):
                 break  # the body is complete (some servers keep the connection open regardless)
         return {"ok": status == 200, "status": status, "ttfb": (first or time.perf_counter()) - started,
-                "total": time.perf_counter() - started, "events": events, "bytes": received}
+                "total": time.perf_counter() - started, "events": events, "bytes": received,
+                "payload": payload}
     except (asyncio.TimeoutError, ConnectionError, OSError, asyncio.IncompleteReadError) as exc:
         return {"ok": False, "status": 0, "error": type(exc).__name__, "ttfb": 0.0,
-                "total": time.perf_counter() - started, "events": 0, "bytes": 0}
+                "total": time.perf_counter() - started, "events": 0, "bytes": 0, "payload": 0}
     finally:
         writer.close()
 

@@ -96,14 +96,16 @@ def litellm(upstream: int, workdir: str) -> Optional[tuple]:
     version = subprocess.run([os.path.join(PEERS, "litellm-venv", "bin", "python"), "-c",
                               "import importlib.metadata as m; print(m.version('litellm'))"],
                              capture_output=True, text=True).stdout.strip()
+    # hosted_vllm/ speaks Chat Completions; LiteLLM's openai/ goes through the Responses API
     config = os.path.join(workdir, "litellm.yaml")
     with open(config, "w") as f:
-        f.write(f"model_list:\n  - model_name: {MODEL}\n    litellm_params:\n      model: openai/{MODEL}\n"
+        f.write(f"model_list:\n  - model_name: {MODEL}\n    litellm_params:\n      model: hosted_vllm/{MODEL}\n"
                 f"      api_base: http://127.0.0.1:{upstream}/v1\n      api_key: k\n")
     port = free_port()
     proc = subprocess.Popen([binary, "--config", config, "--port", str(port), "--host", "127.0.0.1",
                              "--num_workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=dict(os.environ, LITELLM_LOG="ERROR"), cwd=workdir)
+                            env=dict(os.environ, LITELLM_LOG="ERROR", LITELLM_MASTER_KEY="sk-bench-master-key"),
+                            cwd=workdir)
     return proc, port, f"LiteLLM {version}"
 
 
@@ -129,12 +131,14 @@ def measure(start: Any, upstream: int, workdir: str) -> Optional[Dict[str, Any]]
         startup = wait_for_port(port, proc)
         pid = listening_pid(port, proc.pid)
         body = {"model": MODEL, "max_tokens": 1000, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
-        asyncio.run(load.run("127.0.0.1", port, "/v1/messages", body, 4, 4, timeout=120))  # warm up
+        key = {"x-api-key": "sk-bench-master-key", "Authorization": "Bearer sk-bench-master-key"}
+        asyncio.run(load.run("127.0.0.1", port, "/v1/messages", body, 4, 4, timeout=120, headers=key))  # warm up
         cpu0 = cpu_seconds(pid)
-        out = asyncio.run(load.run("127.0.0.1", port, "/v1/messages", body, STREAMS, STREAMS, timeout=300))
+        out = asyncio.run(load.run("127.0.0.1", port, "/v1/messages", body, STREAMS, STREAMS, timeout=300,
+                                   headers=key))
         cpu = cpu_seconds(pid) - cpu0
         ok = [r for r in out["results"] if r["ok"]]
-        deltas = sum(max(0, r["events"] - 6) for r in ok)  # less the events around the deltas
+        deltas = sum(r["payload"] for r in ok) // 20  # each upstream delta carries 20 "~"
         return {"name": name, "deltas_per_s": deltas / out["wall"], "cpu_ms": cpu / max(1, deltas) * 1e6,
                 "rss": rss_mb(pid), "startup": startup, "ok": len(ok)}
     finally:

@@ -185,10 +185,10 @@ def main() -> None:
             f.write(f"# Benchmark results\n\nMachine: {machine()}. Run: {time.strftime('%Y-%m-%d')} "
                     "with `make bench` (client, fake upstream and agproxy share the machine; agproxy runs "
                     "as `python agproxy.pyz`).\n\n" + text + "\n")
-            notes = os.path.join(HERE, "FINDINGS.md")
-            if os.path.exists(notes):
-                with open(notes) as n:
-                    f.write("\n" + n.read())
+            for extra in ("PEERS.md", "FINDINGS.md"):  # make bench-peers writes PEERS.md
+                if os.path.exists(os.path.join(HERE, extra)):
+                    with open(os.path.join(HERE, extra)) as n:
+                        f.write("\n" + n.read())
 
 
 if __name__ == "__main__":

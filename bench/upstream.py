@@ -17,7 +17,7 @@ def shape(model: str) -> tuple:
 
 
 def anthropic_events(model: str, count: int, size: int) -> list:
-    text = "x" * size
+    text = "~" * size
     start = {"type": "message_start", "message": {"id": "msg_bench", "type": "message", "role": "assistant",
                                                   "model": model, "content": [], "stop_reason": None,
                                                   "stop_sequence": None, "usage": {"input_tokens": 10,
@@ -37,7 +37,7 @@ def anthropic_events(model: str, count: int, size: int) -> list:
 
 
 def openai_chunks(count: int, size: int) -> list:
-    text = "x" * size
+    text = "~" * size
     base = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "model": "bench"}
     chunks = [dict(base, choices=[{"index": 0, "delta": {"role": "assistant", "content": ""}}])]
     chunks += [dict(base, choices=[{"index": 0, "delta": {"content": text}}])] * count
@@ -71,7 +71,7 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
                 continue
             if not body.get("stream"):
                 payload = json.dumps({"id": "msg_bench", "type": "message", "role": "assistant", "model": model,
-                                      "content": [{"type": "text", "text": "x" * size}], "stop_reason": "end_turn",
+                                      "content": [{"type": "text", "text": "~" * size}], "stop_reason": "end_turn",
                                       "stop_sequence": None, "usage": {"input_tokens": 10, "output_tokens": 5}}
                                      ).encode()
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%b"
