@@ -141,3 +141,18 @@ def raw_request(port: int, data: bytes, timeout: float = 5.0, read_until_close: 
             if not read_until_close:
                 break
         return b"".join(chunks)
+
+
+def leave_mid_stream(port: int, abandoned_at: List[float], wait_s: float = 5.0) -> Optional[float]:
+    """Start a streaming request, read its first bytes, hang up; return how long the upstream took
+    to notice (``abandoned_at`` is the fake's record), or None if it never did."""
+    body = json.dumps({"model": "m", "max_tokens": 5, "stream": True,
+                       "messages": [{"role": "user", "content": "x"}]}).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%b" % (len(body), body))
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+    left = time.monotonic()
+    while not abandoned_at and time.monotonic() < left + wait_s:
+        time.sleep(0.02)
+    return abandoned_at[0] - left if abandoned_at else None

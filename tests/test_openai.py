@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-import time
 import urllib.request
 from typing import Any, Dict, List
 
@@ -24,6 +23,7 @@ from agproxy import (
     openai_to_anthropic,
     sanitize_request,
 )
+from tests.conftest import leave_mid_stream
 from tests.corpus import corpus
 from tests.fakes.openai_upstream import (
     Chat,
@@ -434,17 +434,7 @@ def test_pings_while_the_server_thinks(start_agproxy, openai_fake):
 
 
 def test_client_leaving_closes_the_openai_stream(start_agproxy, openai_fake):
-    import socket
     openai_fake.script(Chunks(text_chunks(" ".join(["w"] * 40)), delay_s=0.3))
     proxy = start_agproxy(local_config(openai_fake))
-    body = json.dumps({"model": "m", "max_tokens": 5, "stream": True,
-                       "messages": [{"role": "user", "content": "x"}]}).encode()
-    sock = socket.create_connection(("127.0.0.1", proxy.port))
-    sock.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
-                 b"Content-Length: %d\r\n\r\n%b" % (len(body), body))
-    sock.recv(65536)
-    sock.close()
-    left = time.monotonic()
-    while not openai_fake.abandoned_at and time.monotonic() < left + 5:
-        time.sleep(0.05)
-    assert openai_fake.abandoned_at and openai_fake.abandoned_at[0] - left < 1.5
+    noticed = leave_mid_stream(proxy.port, openai_fake.abandoned_at)
+    assert noticed is not None and noticed < 1.5

@@ -10,7 +10,7 @@ import urllib.request
 import anthropic
 import pytest
 
-from tests.conftest import fake_config
+from tests.conftest import fake_config, leave_mid_stream
 from tests.fakes.anthropic_upstream import Drop, Json, Sse, text_stream, tool_and_thinking_stream
 
 
@@ -112,19 +112,9 @@ def test_stream_first_event_arrives_before_the_upstream_finishes(start_agproxy, 
 def test_client_leaving_mid_stream_closes_upstream_within_a_second(start_agproxy, fake):
     fake.script(Sse(text_stream(" ".join(["word"] * 40)), delay_s=0.5))
     proxy = start_agproxy(fake_config(fake))
-    body = json.dumps({"model": "m", "max_tokens": 5, "stream": True,
-                       "messages": [{"role": "user", "content": "x"}]}).encode()
-    sock = socket.create_connection(("127.0.0.1", proxy.port))
-    sock.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                 b"Content-Length: %d\r\n\r\n%b" % (len(body), body))
-    assert b"message_start" in sock.recv(65536) or b"message_start" in sock.recv(65536)
-    sock.close()
-    left = time.monotonic()
-    deadline = left + 5
-    while not fake.abandoned_at and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert fake.abandoned_at, "upstream stream was never closed"
-    assert fake.abandoned_at[0] - left < 1.0
+    noticed = leave_mid_stream(proxy.port, fake.abandoned_at)
+    assert noticed is not None, "upstream stream was never closed"
+    assert noticed < 1.0
 
 
 def test_upstream_dropping_mid_stream_becomes_error_event(start_agproxy, fake):
