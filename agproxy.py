@@ -11,8 +11,9 @@ Sections, pure code first and I/O last (everything above section 8 runs without 
  3. HTTP/1.1 wire (sans-IO)
  4. SSE (sans-IO)
  5. Anthropic protocol
- 7. routing and accounts
- 8. upstream client
+ 6. translators (Anthropic <-> OpenAI Chat Completions)
+ 7. routing, accounts and the retry engine
+ 8. upstream client (asyncio-native)
  9. server
 10. operations
 11. CLI and main()
@@ -59,8 +60,17 @@ __all__ = [
     "Config",
     "load_config",
     "RequestParser",
+    "ResponseParser",
     "SSEDecoder",
     "encode_sse",
+    "sanitize_request",
+    "anthropic_to_openai",
+    "openai_to_anthropic",
+    "OpenAIStreamTranslator",
+    "MessageAccumulator",
+    "AccountPool",
+    "decide",
+    "UpstreamClient",
     "Server",
     "main",
 ]
