@@ -226,3 +226,70 @@ def test_overlong_request_line_is_414():
     with pytest.raises(ProtocolError) as caught:
         parser.next_event()
     assert caught.value.status == 414 and "8192 bytes" in caught.value.message
+
+
+# -- the response parser (upstream side) ----------------------------------------------------------
+
+def parse_response(data: bytes, step: int = 0, method: str = "POST", eof: bool = True) -> tuple:
+    parser = agproxy.ResponseParser(method)
+    head, body, ended = None, b"", False
+    step = step or len(data) or 1
+    chunks = [data[i:i + step] for i in range(0, len(data), step)] + ([b""] if eof else [])
+    for piece in chunks:
+        parser.feed(piece)
+        while True:
+            event = parser.next_event()
+            if isinstance(event, agproxy.ResponseHead):
+                head = event
+            elif isinstance(event, bytes):
+                body += event
+            elif event == agproxy.END:
+                ended = True
+                break
+            else:
+                break
+        if ended:
+            break
+    return head, body, ended, parser
+
+
+CHUNKED_RESPONSE = (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"
+                    b"Content-Type: text/event-stream\r\n\r\n5\r\nhello\r\n7;x=y\r\n, world\r\n0\r\nT: 1\r\n\r\n")
+
+
+@pytest.mark.parametrize("step", [0, 1, 3])
+def test_response_framings(step):
+    head, body, ended, parser = parse_response(CHUNKED_RESPONSE, step, eof=False)
+    assert (head.status, body, ended, parser.reusable) == (200, b"hello, world", True, True)
+    head, body, ended, parser = parse_response(b"HTTP/1.1 404 Not Found\r\nContent-Length: 3\r\n\r\nabcEXTRA", step,
+                                               eof=False)
+    assert (head.status, body, ended, parser.reusable) == (404, b"abc", True, True)
+    head, body, ended, parser = parse_response(b"HTTP/1.0 200 OK\r\n\r\nuntil the end", step)
+    assert (body, ended, parser.reusable) == (b"until the end", True, False)
+    head, body, ended, _ = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", step, "HEAD", eof=False)
+    assert (body, ended) == (b"", True)
+    head, _, _, parser = parse_response(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", step)
+    assert not parser.reusable
+
+
+@pytest.mark.parametrize("data", [
+    b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    b"SPDY/3 200 OK\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Le",
+    b"",
+])
+def test_truncated_or_malformed_responses_raise_upstream_failure(data):
+    with pytest.raises(agproxy.UpstreamFailure):
+        parse_response(data)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=400), st.integers(min_value=1, max_value=40))
+def test_response_parser_on_arbitrary_bytes_raises_only_upstream_failure(data, step):
+    try:
+        parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + data, step)
+        parse_response(data, step)
+    except agproxy.UpstreamFailure:
+        pass
