@@ -3896,9 +3896,16 @@ class Server:
         """Route one request, write its response and log it; True if the connection stays open."""
         exchange = _Exchange(request, conn.on_gone)
         watcher = asyncio.ensure_future(self._watch_for_departure(conn))
+        routing = asyncio.ensure_future(self._route(request, exchange))
+        conn.on_gone.append(routing.cancel)  # a client that leaves stops retries and waits at once
         try:
             try:
-                response = await self._route(request, exchange)
+                response = await routing
+            except asyncio.CancelledError:
+                if not conn.gone:
+                    raise  # the server is shutting down
+                exchange.status = 499
+                return False
             except AgproxyError as exc:
                 response = error_response(exc)
             except Exception:
@@ -3915,6 +3922,7 @@ class Server:
             await self._write_response(conn, response, exchange, keep_alive=keep_alive)
             return keep_alive
         finally:
+            conn.on_gone.remove(routing.cancel)
             watcher.cancel()
             try:
                 await watcher

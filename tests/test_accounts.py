@@ -466,3 +466,22 @@ def test_accounts_page_needs_the_key_when_auth_is_on(start_agproxy, fake):
 
 
 import urllib.error  # noqa: E402
+
+
+def test_a_client_that_leaves_stops_the_retries(start_agproxy, fake):
+    import socket
+    solo = fake_config(fake)
+    solo["upstreams"][0]["accounts"] = solo["upstreams"][0]["accounts"][:1]
+    fake.script_for(ALICE, error(429, "rate_limit_error", [("retry-after", "2")]))  # waited out on alice
+    proxy = start_agproxy(solo)
+    body = json.dumps({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}).encode()
+    with socket.create_connection(("127.0.0.1", proxy.port)) as sock:
+        sock.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%b" % (len(body), body))
+        deadline = time.monotonic() + 5
+        while not fake.requests and time.monotonic() < deadline:
+            time.sleep(0.02)
+    time.sleep(3)
+    assert fake.keys() == [ALICE]  # the retry after the 2 s wait never went out
+    assert " 499 " in proxy.log()
+    assert accounts(proxy)["alice@example.com"]["in_flight"] == 0
