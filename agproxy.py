@@ -1066,9 +1066,9 @@ class ResponseParser:
                 return head
             if state == "done":
                 return END
-            if state == "length":
+            if state in ("length", "chunk_data"):  # a counted run of body bytes
                 if not self._remaining:
-                    self._state = "done"
+                    self._state = "done" if state == "length" else "chunk_end"
                     continue
                 if not self._buffer:
                     return self._need("the response body ended early")
@@ -1095,16 +1095,6 @@ class ResponseParser:
                 self._remaining = int(size_text, 16)
                 self._state = "chunk_data" if self._remaining else "trailers"
                 continue
-            if state == "chunk_data":
-                if not self._remaining:
-                    self._state = "chunk_end"
-                    continue
-                if not self._buffer:
-                    return self._need("the chunked response ended early")
-                piece = bytes(self._buffer[: self._remaining])
-                del self._buffer[: len(piece)]
-                self._remaining -= len(piece)
-                return piece
             if state == "chunk_end":
                 line = self._line(2)
                 if line is None:
@@ -4351,8 +4341,10 @@ class Server:
         upstream = route.upstream
         window = upstream.context_window
         client_window = client_context_window(request.headers)
-        if window and estimate_input_tokens(body) > window:
-            raise prompt_too_long(estimate_input_tokens(body), window, client_window)
+        if window:
+            estimate = estimate_input_tokens(body)
+            if estimate > window:
+                raise prompt_too_long(estimate, window, client_window)
         stream = bool(body.get("stream"))
         force = not stream and self.config.force_stream_internally
         response = await self._call_anthropic(request, exchange, route, account, "/v1/messages", stream, force)
@@ -4374,14 +4366,8 @@ class Server:
         if stream and is_sse:
             watcher = SignatureWatcher(self.signatures, upstream.name)
             scaler = UsageScaler(window, client_window).transform if window else None
-            release = self.pool.hold(upstream, account)
-            relay = _relay_sse(response, upstream.name, watcher.feed, scaler, head, on_end=release)
-
-            def abort() -> None:
-                response.close()
-                release()
-
-            return StreamingResponse(response.status, _SSE_HEADERS + headers, relay, abort)
+            return self._stream_to_client(response, upstream, account, headers, lambda release: _relay_sse(
+                response, upstream.name, watcher.feed, scaler, head, on_end=release))
         if not is_sse:
             try:
                 message = json.loads(data)
@@ -4393,6 +4379,18 @@ class Server:
         if window:
             scale_usage(message.get("usage"), window, client_window)
         return json_response(response.status, message, headers)
+
+    def _stream_to_client(self, response: UpstreamResponse, upstream: Upstream, account: Account, headers: Headers,
+                          relay: Callable[[Callable[[], None]], AsyncIterator[bytes]],
+                          status: Optional[int] = None) -> StreamingResponse:
+        """The streaming answer; the account's concurrency slot stays taken until the relay ends."""
+        release = self.pool.hold(upstream, account)
+
+        def abort() -> None:
+            response.close()
+            release()
+
+        return StreamingResponse(status or response.status, _SSE_HEADERS + headers, relay(release), abort)
 
     async def _count_tokens(self, request: Request, exchange: _Exchange) -> Response:
         body = self._json_body(request)
@@ -4533,14 +4531,8 @@ class Server:
         finally:
             exchange.on_client_gone.remove(response.close)
         if is_sse and stream:
-            release = self.pool.hold(upstream, account)
-
-            def abort() -> None:
-                response.close()
-                release()
-
-            relay = _relay_translated(head, events, upstream.name, scaler, release, self.config.ping_interval_s)
-            return StreamingResponse(200, _SSE_HEADERS + headers, relay, abort)
+            return self._stream_to_client(response, upstream, account, headers, lambda release: _relay_translated(
+                head, events, upstream.name, scaler, release, self.config.ping_interval_s), status=200)
         if not is_sse:
             try:
                 answer = json.loads(data)
