@@ -45,7 +45,20 @@ import sys
 import time
 import urllib.parse
 import uuid
-from typing import Any, AsyncIterator, Callable, Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import (
+    Any,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Dict,
+    FrozenSet,
+    Iterable,
+    List,
+    Optional,
+    Sequence,
+    Tuple,
+    Union,
+)
 
 __version__ = "0.1.0"
 __all__ = [
@@ -3356,6 +3369,10 @@ class UpstreamResponse:
     def header(self, name: str) -> Optional[str]:
         return header_value(self.headers, name)
 
+    @property
+    def is_event_stream(self) -> bool:
+        return (self.header("content-type") or "").lower().startswith("text/event-stream")
+
     async def read_chunk(self) -> bytes:
         """All of the body that has arrived, as soon as any has (many events in one piece when they
         came together); ``b""`` at its end."""
@@ -4300,11 +4317,7 @@ class Server:
             if upstream.context_window and is_context_overflow(response.status, data):
                 raise prompt_too_long(estimate_input_tokens(sent), upstream.context_window,
                                       client_context_window(request.headers))
-            error = anthropic_error_from_upstream(response.status, data, upstream.name)
-            error.headers.extend(relayed_upstream_headers(response.headers))
-            error.upstream_status = response.status
-            error.reset_s = rate_limit_reset(response.headers, data, time.time())
-            raise error
+            raise _upstream_error(upstream, response, data)
 
     def _learn_rejection(self, upstream: Upstream, sent: Dict[str, Any], beta: Optional[str], data: bytes) -> bool:
         """Learn from a 400 what the upstream rejects; True when there is something new to strip."""
@@ -4349,20 +4362,13 @@ class Server:
         force = not stream and self.config.force_stream_internally
         response = await self._call_anthropic(request, exchange, route, account, "/v1/messages", stream, force)
         headers = headers + relayed_upstream_headers(response.headers)
-        is_sse = (response.header("content-type") or "").lower().startswith("text/event-stream")
-        exchange.on_client_gone.append(response.close)
-        try:
-            if stream and is_sse:
-                head = await _first_events(response)
-            elif is_sse:
-                message = await _accumulate(response)
-            else:
-                data = await response.read_all()
-        except BaseException:
-            response.close()
-            raise
-        finally:
-            exchange.on_client_gone.remove(response.close)
+        is_sse = response.is_event_stream
+        if stream and is_sse:
+            head = await _watched(exchange, response, _first_events(response))
+        elif is_sse:
+            message = await _watched(exchange, response, _accumulate(response))
+        else:
+            data = await _watched(exchange, response, response.read_all())
         if stream and is_sse:
             watcher = SignatureWatcher(self.signatures, upstream.name)
             scaler = UsageScaler(window, client_window).transform if window else None
@@ -4492,11 +4498,7 @@ class Server:
             if upstream.context_window and is_context_overflow(response.status, data):
                 raise prompt_too_long(estimate_input_tokens(json.loads(request.body or b"{}")),
                                       upstream.context_window, client_context_window(request.headers))
-            error = anthropic_error_from_upstream(response.status, data, upstream.name)
-            error.headers.extend(relayed_upstream_headers(response.headers))
-            error.upstream_status = response.status
-            error.reset_s = rate_limit_reset(response.headers, data, time.time())
-            raise error
+            raise _upstream_error(upstream, response, data)
 
     async def _openai_messages(self, request: Request, exchange: _Exchange, body: Dict[str, Any], route: Route,
                                account: Account, headers: Headers) -> Union[Response, StreamingResponse]:
@@ -4513,23 +4515,16 @@ class Server:
         headers = headers + relayed_upstream_headers(response.headers)
         stops = body.get("stop_sequences") if isinstance(body.get("stop_sequences"), list) else []
         scaler = UsageScaler(window, client_window).transform if window else None
-        is_sse = (response.header("content-type") or "").lower().startswith("text/event-stream")
-        exchange.on_client_gone.append(response.close)
-        try:
-            if is_sse:
-                translator = OpenAIStreamTranslator(route.model, estimate, stops)
-                events = _openai_events(response, translator, upstream.name)
-                if not stream:
-                    message = await _accumulate_events(events)
-                else:
-                    head = await _first_translated(events)
+        is_sse = response.is_event_stream
+        if is_sse:
+            translator = OpenAIStreamTranslator(route.model, estimate, stops)
+            events = _openai_events(response, translator, upstream.name)
+            if stream:
+                head = await _watched(exchange, response, _first_translated(events))
             else:
-                data = await response.read_all()
-        except BaseException:
-            response.close()
-            raise
-        finally:
-            exchange.on_client_gone.remove(response.close)
+                message = await _watched(exchange, response, _accumulate_events(events))
+        else:
+            data = await _watched(exchange, response, response.read_all())
         if is_sse and stream:
             return self._stream_to_client(response, upstream, account, headers, lambda release: _relay_translated(
                 head, events, upstream.name, scaler, release, self.config.ping_interval_s), status=200)
@@ -4588,6 +4583,28 @@ class Server:
         """What agproxy changed and saved, counted per kind since it started."""
         return json_response(200, {"version": __version__, "counters": dict(sorted(self.counters.items())),
                                    "learned": self.learned.to_json()})
+
+
+def _upstream_error(upstream: Upstream, response: UpstreamResponse, data: bytes) -> AgproxyError:
+    """An upstream's error answer to relay, keeping its status, rate-limit headers and reset time."""
+    error = anthropic_error_from_upstream(response.status, data, upstream.name)
+    error.headers.extend(relayed_upstream_headers(response.headers))
+    error.upstream_status = response.status
+    error.reset_s = rate_limit_reset(response.headers, data, time.time())
+    return error
+
+
+async def _watched(exchange: _Exchange, response: UpstreamResponse, reading: Awaitable[Any]) -> Any:
+    """Await a read of ``response`` that a departing client cuts short; on any failure the
+    upstream connection is closed rather than left half read."""
+    exchange.on_client_gone.append(response.close)
+    try:
+        return await reading
+    except BaseException:
+        response.close()
+        raise
+    finally:
+        exchange.on_client_gone.remove(response.close)
 
 
 def _outcome_of(error: AgproxyError) -> Outcome:
