@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 VPY := $(VENV)/bin/python
 PORT ?= 8045
-STDLIB_ONLY ?= ../shared/tools/stdlib-only
+STDLIB_ONLY ?= tools/stdlib_only.py
 PYTEST_ARGS ?=
 # The real Claude Code CLI for the end-to-end tests (dev-only, never committed; skipped without npm).
 CLAUDE_CODE_VERSION ?= 2.1.197
