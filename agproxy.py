@@ -202,6 +202,38 @@ class ConfigError(AgproxyError):
     """The configuration is unusable; the message names the key and the problem."""
 
 
+#: Configured keys shorter than this are not searched for ("none", "EMPTY" and the like are
+#: placeholders, and hiding every such word would mangle answers).
+_MIN_SECRET_CHARS = 8
+#: What a key looks like even when agproxy does not know it (an upstream echoing a key in part):
+#: Anthropic and OpenAI style ``sk-...``, Google ``AIza...``, and bearer tokens.
+_KEY_SHAPES = r"sk-[A-Za-z0-9_\-]{8,}|AIza[0-9A-Za-z_\-]{20,}|(?<=Bearer )[A-Za-z0-9._~+/\-]{16,}=*"
+REDACTED = "[redacted]"
+
+
+class Redactor:
+    """Hides secrets in what agproxy writes: the configured keys wherever they appear (answers, error
+    messages, log lines), and in text that is agproxy's own (errors, logs) anything shaped like a key.
+    Model output passes with only the configured keys hidden, so an answer that shows an example
+    ``sk-...`` string is not changed."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        keys = sorted({k for k in secrets if len(k) >= _MIN_SECRET_CHARS}, key=len, reverse=True)
+        known = "|".join(re.escape(k) for k in keys)
+        self._known_bytes = re.compile(known.encode("utf-8")) if keys else None
+        self._text = re.compile(f"{known}|{_KEY_SHAPES}" if keys else _KEY_SHAPES)
+
+    def text(self, value: str) -> str:
+        """``value`` with every configured key and key-shaped string replaced."""
+        return self._text.sub(REDACTED, value)
+
+    def data(self, value: bytes) -> bytes:
+        """``value`` with every configured key replaced (bytes relayed to a client)."""
+        if self._known_bytes is None or not self._known_bytes.search(value):
+            return value
+        return self._known_bytes.sub(REDACTED.encode(), value)
+
+
 # =====================================================================================
 # 2. Config
 #    Load JSON, expand ${VAR} and ${VAR:-default}, validate with messages naming the key.
@@ -331,6 +363,7 @@ class Config:
     header_timeout_s: float = 10.0
     body_timeout_s: float = 60.0
     idle_timeout_s: float = 75.0
+    write_timeout_s: float = 60.0
     max_connections: int = 1024
     allowed_origins: Tuple[str, ...] = ()
     server_names: Tuple[str, ...] = ()
@@ -344,6 +377,10 @@ class Config:
             if upstream.name == name:
                 return upstream
         raise KeyError(name)
+
+    def secrets(self) -> List[str]:
+        """Every key in the config (agproxy's own and each account's), for the :class:`Redactor`."""
+        return [self.api_key] + [a.api_key for u in self.upstreams for a in u.accounts]
 
     def effective_auth_mode(self) -> str:
         """``auto`` resolved: off on a loopback bind address, else all_except_health."""
@@ -408,6 +445,15 @@ class _Fields:
             value, ok = float(value), True
         if not ok:
             raise ConfigError(f"{self.path(key)}: must be {_TYPE_NAMES[kind]}, got {json.dumps(value)[:60]}")
+        if kind is float and not math.isfinite(value):
+            raise ConfigError(f"{self.path(key)}: must be a finite number, got {value}")
+        return value
+
+    def secret(self, key: str) -> str:
+        """A key or token: it goes into a header, so ASCII without control characters or spaces."""
+        value = self.text(key, "")
+        if not _HEADER_TEXT.fullmatch(value) or " " in value:
+            raise ConfigError(f"{self.path(key)}: must be printable ASCII without spaces (it is sent in a header)")
         return value
 
     def text(self, key: str, default: Any = None, required: bool = False) -> Any:
@@ -441,6 +487,10 @@ class _Fields:
         return tuple(value)
 
 
+#: A header name (an RFC 9110 token).
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+#: Text that can go into a header as it is: printable ASCII and tabs (empty allowed).
+_HEADER_TEXT = re.compile(r"[\t\x20-\x7e]*")
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
                list: "a list", dict: "an object"}
 
@@ -450,15 +500,20 @@ _UPSTREAM_KEYS = ("name", "kind", "base_url", "accounts", "timeout_s", "connect_
 
 
 def _parse_base_url(value: str, where: str) -> str:
-    parts = urllib.parse.urlsplit(value)
+    if not re.fullmatch(r"[\x21-\x7e]+", value):
+        raise ConfigError(f"{where}: must be a URL of printable ASCII without spaces, got {value[:100]!r}")
+    try:
+        parts = urllib.parse.urlsplit(value)
+        _ = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"{where}: is not a valid URL ({exc}): {value[:100]!r}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"{where}: must be an http:// or https:// URL, got {value!r}")
+        raise ConfigError(f"{where}: must be an http:// or https:// URL, got {value[:100]!r}")
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError(f"{where}: must not carry credentials (user:password@); put the key in the account's "
+                          "api_key or in the upstream's headers")
     if parts.query or parts.fragment:
         raise ConfigError(f"{where}: must not have a query string or fragment")
-    try:
-        _ = parts.port
-    except ValueError:
-        raise ConfigError(f"{where}: has an invalid port") from None
     return value.rstrip("/")
 
 
@@ -477,7 +532,7 @@ def _parse_upstream(obj: Any, where: str) -> Upstream:
     for i, raw in enumerate(raw_accounts):
         account = _Fields(raw, f"{where}.accounts[{i}]", ("name", "api_key", "weight", "models", "max_concurrency"))
         accounts.append(Account(
-            account.text("name", f"account-{i}"), account.text("api_key", ""),
+            account.text("name", f"account-{i}"), account.secret("api_key"),
             weight=account.number("weight", 1.0, 0.001), models=account.strings("models") or ("*",),
             max_concurrency=account.integer("max_concurrency", 0, 0),
         ))
@@ -494,8 +549,11 @@ def _parse_upstream(obj: Any, where: str) -> Upstream:
     context_window = fields.get("context_window", int, None)
     headers = fields.get("headers", dict, {})
     for key, value in headers.items():
-        if not isinstance(value, str) or not re.fullmatch(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", key):
+        if not isinstance(value, str) or not _HEADER_NAME.fullmatch(key):
             raise ConfigError(f"{where}.headers.{key}: must be a header name with a string value")
+        if not _HEADER_TEXT.fullmatch(value):
+            raise ConfigError(f"{where}.headers.{key}: must be printable ASCII without line breaks or other "
+                              "control characters")
     if context_window is not None and context_window < 1024:
         raise ConfigError(f"{where}.context_window: must be at least 1024, got {context_window}")
     return Upstream(
@@ -578,7 +636,7 @@ def config_from_dict(raw: Any, environ: Dict[str, str], source: str) -> Config:
         host=fields.text("host", "127.0.0.1"),
         port=fields.integer("port", DEFAULT_PORT, 0, 65535),
         auth_mode=fields.choice("auth_mode", AUTH_MODES, "auto"),
-        api_key=fields.text("api_key", ""),
+        api_key=fields.secret("api_key"),
         upstreams=upstreams,
         model_map=tuple(rules),
         max_retry_attempts=fields.integer("max_retry_attempts", 3, 1, 20),
@@ -590,6 +648,7 @@ def config_from_dict(raw: Any, environ: Dict[str, str], source: str) -> Config:
         header_timeout_s=fields.number("header_timeout_s", 10.0, 0.01),
         body_timeout_s=fields.number("body_timeout_s", 60.0, 0.01),
         idle_timeout_s=fields.number("idle_timeout_s", 75.0, 0.01),
+        write_timeout_s=fields.number("write_timeout_s", 60.0, 0.01),
         max_connections=fields.integer("max_connections", 1024, 1),
         allowed_origins=fields.strings("allowed_origins"),
         server_names=fields.strings("server_names"),
@@ -641,9 +700,11 @@ def load_config(
             raise ConfigError(f"{path}: is not UTF-8 text") from None
         try:
             raw = json.loads(text)
+            config = config_from_dict(raw, environ, path)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
-        config = config_from_dict(raw, environ, path)
+        except RecursionError:
+            raise ConfigError(f"{path}: nested too deeply to be an agproxy config") from None
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     if overrides:
         config = dataclasses.replace(config, **overrides)
@@ -669,6 +730,8 @@ _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _REQUEST_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([^\x00-\x20\x7f]+) HTTP/(\d)\.(\d)")
 _FIELD_VALUE_BAD = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
+#: A Content-Length: ASCII digits only (``"²".isdigit()`` is true), at most 18 of them.
+_DIGITS = re.compile(r"[0-9]{1,18}")
 _HOP_BY_HOP = frozenset(
     ("connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection", "te",
      "trailer", "transfer-encoding", "upgrade")
@@ -734,10 +797,12 @@ class Request:
 
 
 class HeadReady:
-    """Parser event: the request line and headers are complete; the body may still be coming."""
+    """Parser event: the request line and headers are complete; the body may still be coming
+    (``has_body``: a non-zero Content-Length or a chunked body)."""
 
-    def __init__(self, request: Request) -> None:
+    def __init__(self, request: Request, has_body: bool = False) -> None:
         self.request = request
+        self.has_body = has_body
 
 
 class RequestReady:
@@ -774,7 +839,7 @@ def request_body_framing(version: Tuple[int, int], headers: Headers) -> Tuple[st
     if len(values) != 1:
         raise ProtocolError("conflicting Content-Length headers")
     value = values.pop()
-    if not value.isdigit() or len(value) > 18:
+    if not _DIGITS.fullmatch(value):
         raise ProtocolError(f"invalid Content-Length {value[:40]!r}")
     return "length", int(value)
 
@@ -865,7 +930,7 @@ class RequestParser:
         else:
             self._state = "body"
             self._remaining = length
-        return HeadReady(request)
+        return HeadReady(request, kind == "chunked" or length > 0)
 
     def _parse_body(self) -> ParserEvent:
         while True:
@@ -979,7 +1044,10 @@ def _parse_request_head(head: bytes) -> Request:
     if not (target_text.startswith("/") or target_text == "*" or "://" in target_text):
         raise ProtocolError(f"malformed request target {target_text[:80]!r}")
     if "://" in target_text:  # absolute-form: keep the path, the Host header speaks for the authority
-        parts = urllib.parse.urlsplit(target_text)
+        try:
+            parts = urllib.parse.urlsplit(target_text)
+        except ValueError:
+            raise ProtocolError(f"malformed request target {target_text[:80]!r}") from None
         target_text = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     if version >= (1, 1) and sum(1 for k, _ in headers if k.lower() == "host") != 1:
         raise ProtocolError("an HTTP/1.1 request needs exactly one Host header")
@@ -1006,11 +1074,34 @@ def http_date(now: float) -> str:
             f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT")
 
 
+_HEADER_VALUE_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def safe_header_value(value: str) -> str:
+    """``value`` made safe to write in a header: control characters (CR, LF, NUL and the rest but
+    tab) become a space, so no value can end its line or the head; characters outside ASCII are
+    percent-encoded as UTF-8, so every value encodes (a model or account name in any script)."""
+    value = _HEADER_VALUE_CONTROL.sub(" ", value)
+    if value.isascii():
+        return value
+    return "".join(c if c.isascii() else "".join(f"%{b:02X}" for b in c.encode("utf-8", "surrogatepass"))
+                   for c in value)
+
+
+def encode_head(start_line: str, headers: Headers) -> bytes:
+    """A request or response head, ready to write: the one place a head is built, so every header
+    value agproxy writes, to a client or an upstream, passes :func:`safe_header_value`; a header
+    whose name is not a token (only a relayed one could be) is left out."""
+    lines = [start_line]
+    for name, value in headers:
+        if _HEADER_NAME.fullmatch(name):
+            lines.append(f"{name}: {safe_header_value(value)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
+
+
 def response_head(status: int, headers: Headers) -> bytes:
     """The status line and header block of a response, ready to write."""
-    lines = [f"HTTP/1.1 {status} {_reason(status)}"]
-    lines.extend(f"{k}: {v}" for k, v in headers)
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    return encode_head(f"HTTP/1.1 {status} {_reason(status)}", headers)
 
 
 def encode_chunk(data: bytes) -> bytes:
@@ -1157,12 +1248,17 @@ class ResponseParser:
         match = _STATUS_LINE.fullmatch(lines[0].rstrip(b"\r"))
         if not match:
             raise UpstreamFailure(f"upstream sent a malformed status line {lines[0][:80]!r}")
+        status = int(match.group(3))
+        if not 100 <= status <= 599 or status == 101:
+            raise UpstreamFailure(f"upstream answered with status {match.group(3).decode()}, which is not a valid "
+                                  "answer to this request")
         headers: Headers = []
         for raw in lines[1:]:
             name, sep, value = raw.rstrip(b"\r").partition(b":")
-            if sep:
-                headers.append((name.strip().decode("latin-1"), value.strip().decode("latin-1")))
-        return ResponseHead(int(match.group(3)), (int(match.group(1)), int(match.group(2))), headers)
+            name = name.strip()
+            if sep and _TOKEN.fullmatch(name):  # RFC 9112 5: a bare CR or a NUL in a value becomes a space
+                headers.append((name.decode("ascii"), _FIELD_VALUE_BAD.sub(b" ", value.strip()).decode("latin-1")))
+        return ResponseHead(status, (int(match.group(1)), int(match.group(2))), headers)
 
     def _begin_body(self, head: ResponseHead) -> None:
         self._framed = True
@@ -1172,7 +1268,7 @@ class ResponseParser:
             self._state = "chunk_size"
         elif header_value(head.headers, "content-length") is not None:
             value = header_value(head.headers, "content-length") or ""
-            if not value.strip().isdigit():
+            if not _DIGITS.fullmatch(value.strip()):
                 raise UpstreamFailure(f"upstream sent an invalid Content-Length {value[:20]!r}")
             self._remaining = int(value)
             self._state = "length"
@@ -2841,6 +2937,8 @@ def route_model(config: Config, model: str) -> Route:
 SHORT_LIMIT_WAIT_S = 2.0
 #: Rest after a 429 that names no reset; doubles with each limit in a row, up to the maximum.
 DEFAULT_COOLDOWN_S = 30.0
+#: The longest any account rests, whatever an upstream says (``retry-after: 1e12`` must not retire
+#: an account for ever); a longer limit is met again by the trial request after this rest.
 MAX_COOLDOWN_S = 3600.0
 #: Rest for an account whose key the upstream rejected (401/403) before it is tried again.
 REJECTED_KEY_COOLDOWN_S = 3600.0
@@ -2853,7 +2951,8 @@ def _parse_duration(text: str) -> Optional[float]:
     """``1.5``, ``20ms``, ``6m0s``, ``1h2m3.5s`` or ``34s`` as seconds."""
     text = text.strip()
     try:
-        return max(0.0, float(text))
+        value = float(text)
+        return None if math.isnan(value) else max(0.0, value)
     except ValueError:
         pass
     parts = _DURATION_PART.findall(text)
@@ -2883,7 +2982,18 @@ def _parse_instant(text: str, now: float) -> Optional[float]:
 def rate_limit_reset(headers: Headers, body: bytes, now: float) -> Optional[float]:
     """Seconds until an upstream says its limit resets: ``retry-after``, Anthropic's
     ``anthropic-ratelimit-*-reset`` (the exhausted limit's), OpenAI's ``x-ratelimit-reset-*``, or a
-    Gemini ``RetryInfo`` in the body. None when it does not say."""
+    Gemini ``RetryInfo`` in the body. None when it does not say (or says ``nan``); never more than
+    :data:`MAX_COOLDOWN_S`, however far off or infinite the upstream's answer."""
+    seconds = _reset_in_headers(headers, now)
+    if seconds is None:
+        match = re.search(rb'"retryDelay"\s*:\s*"([^"]{1,100})"', body or b"")
+        seconds = _parse_duration(match.group(1).decode("ascii", "replace")) if match else None
+    if seconds is None or math.isnan(seconds):
+        return None
+    return min(max(0.0, seconds), MAX_COOLDOWN_S)
+
+
+def _reset_in_headers(headers: Headers, now: float) -> Optional[float]:
     retry_after = header_value(headers, "retry-after")
     if retry_after:
         seconds = _parse_duration(retry_after)
@@ -2908,8 +3018,7 @@ def rate_limit_reset(headers: Headers, body: bytes, now: float) -> Optional[floa
         return max(exhausted)
     if any_reset:
         return min(any_reset)
-    match = re.search(rb'"retryDelay"\s*:\s*"([^"]+)"', body or b"")
-    return _parse_duration(match.group(1).decode("ascii", "replace")) if match else None
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -2946,7 +3055,8 @@ def decide(outcome: Outcome, attempt: int, max_attempts: int, limits_in_a_row: i
         reset = outcome.reset_s
         if reset is not None and reset <= SHORT_LIMIT_WAIT_S:
             return Decision(more, same_account=True, wait_s=reset, reason=f"rate limited for {reset:.1f} s")
-        cooldown = reset if reset is not None else min(MAX_COOLDOWN_S, DEFAULT_COOLDOWN_S * 2 ** limits_in_a_row)
+        doubled = DEFAULT_COOLDOWN_S * 2 ** min(max(0, limits_in_a_row), 20)  # capped: 2 ** 1024 overflows
+        cooldown = min(MAX_COOLDOWN_S, reset if reset is not None else doubled)
         return Decision(more, cooldown_s=cooldown, reason="rate limited")
     if status in (529, 503):
         return Decision(more, wait_s=OVERLOADED_BACKOFF_S * (0.5 + jitter), reason="overloaded")
@@ -2960,6 +3070,8 @@ def decide(outcome: Outcome, attempt: int, max_attempts: int, limits_in_a_row: i
 
 # -- the account pool ------------------------------------------------------------------------
 
+#: How long a request waits for a concurrency slot when every account is busy.
+MAX_SLOT_WAIT_S = 30.0
 #: Sessions remembered for sticky account choice (least recently used forgotten first).
 MAX_STICKY_SESSIONS = 10000
 
@@ -3091,12 +3203,20 @@ class AccountPool:
                    for u in route.upstreams for account in u.accounts)
 
     def unavailable(self, route: Route, now: float) -> AgproxyError:
-        """The error for a request no account can take: 429 with the soonest reset while accounts are
-        rate limited; 502 naming the upstream when every key was rejected."""
+        """The error for a request no account can take: 529 when accounts are only busy (no free
+        concurrency slot), 429 with the soonest reset while accounts are rate limited, 502 naming the
+        upstream when every key was rejected."""
         resting = [(u, a, self.state(u, a)) for u in route.upstreams for a in u.accounts if a.serves(route.model)]
         if not resting:
             names = ", ".join(repr(u.name) for u in route.upstreams)
             return NotFound(f"no account of upstream {names} serves model {route.model!r} (see accounts[].models)")
+        busy = [s for _, _, s in resting if s.resting_until <= now]
+        if busy:  # not resting, yet no slot came free (max_concurrency) while the request waited
+            names = ", ".join(repr(u.name) for u in route.upstreams)
+            return AgproxyError(
+                f"all {len(busy)} available account(s) of upstream {names} that serve {route.model!r} are busy "
+                f"(every max_concurrency slot stayed taken for {MAX_SLOT_WAIT_S:.0f} s); retry shortly",
+                status=529, error_type="overloaded_error", headers=[("retry-after", "5")])
         limited = [s for _, _, s in resting if not s.rejected_key and s.resting_until > now]
         if limited:
             soonest = min(s.resting_until for s in limited)
@@ -3131,12 +3251,14 @@ class AccountPool:
             if state is None or not isinstance(entry, dict):
                 continue
             until = entry.get("resting_until")
-            if isinstance(until, (int, float)) and until > now:
-                state.resting_until = float(until)
-                state.rejected_key = bool(entry.get("rejected_key"))
-                state.reason = str(entry.get("reason") or "rested before a restart")
+            if isinstance(until, (int, float)) and not isinstance(until, bool) and math.isfinite(until) \
+                    and until > now:
+                state.resting_until = min(float(until), now + max(MAX_COOLDOWN_S, REJECTED_KEY_COOLDOWN_S))
+                state.rejected_key = entry.get("rejected_key") is True
+                reason = entry.get("reason")
+                state.reason = reason[:200] if isinstance(reason, str) and reason else "rested before a restart"
                 limits = entry.get("limits_in_a_row")
-                state.limits_in_a_row = limits if isinstance(limits, int) else 0
+                state.limits_in_a_row = min(limits, 64) if isinstance(limits, int) and limits > 0 else 0
 
     def describe(self, now: float) -> List[Dict[str, Any]]:
         """Every account with its state and counters (never its key), for /v1/agproxy/accounts."""
@@ -3172,9 +3294,6 @@ class AttemptError(Exception):
         self.error = error
         self.outcome = outcome
 
-
-#: How long a request waits for a concurrency slot when every account is busy.
-MAX_SLOT_WAIT_S = 30.0
 
 
 async def run_attempts(pool: AccountPool, route: Route, session: Optional[str], max_attempts: int,
@@ -3441,14 +3560,15 @@ class UpstreamClient:
         if port != (443 if scheme == "https" else 80):
             host_header += f":{port}"
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        lines = [f"{method} {target if not (origin.proxy and scheme == 'http') else 'http://' + host_header + target}"
-                 f" HTTP/1.1", f"Host: {host_header}"]
+        request_line = (f"{method} {target if not (origin.proxy and scheme == 'http') else 'http://' + host_header + target}"
+                        " HTTP/1.1")
+        fields: Headers = [("Host", host_header)]
         if origin.proxy and scheme == "http" and origin.proxy[3]:
-            lines.append(f"Proxy-Authorization: {origin.proxy[3]}")
-        lines += [f"{name}: {value}" for name, value in headers]
+            fields.append(("Proxy-Authorization", origin.proxy[3]))
+        fields += headers
         if body or method in ("POST", "PUT", "PATCH"):
-            lines.append(f"Content-Length: {len(body)}")
-        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+            fields.append(("Content-Length", str(len(body))))
+        head = encode_head(request_line, fields)
         while True:
             conn, reused = await self._take(origin, connect_timeout_s)
             try:
@@ -3678,8 +3798,11 @@ _RELAYED_HEADER_PREFIXES = ("anthropic-ratelimit-", "x-ratelimit-", "retry-after
 
 
 def relayed_upstream_headers(headers: Headers) -> Headers:
-    """The upstream headers a client should see; the upstream's request-id is renamed."""
-    out = [(k, v) for k, v in strip_hop_by_hop(headers) if k.lower().startswith(_RELAYED_HEADER_PREFIXES)]
+    """The upstream headers a client should see; the upstream's request-id is renamed. A
+    ``retry-after`` that is not plain seconds (``nan``, ``1e12``, a date) is left out: agproxy
+    states its own, bounded one on the errors it answers with."""
+    out = [(k, v) for k, v in strip_hop_by_hop(headers) if k.lower().startswith(_RELAYED_HEADER_PREFIXES)
+           and not (k.lower() == "retry-after" and not re.fullmatch(r"[0-9]{1,4}", v.strip()))]
     upstream_id = header_value(headers, "request-id")
     if upstream_id:
         out.append(("upstream-request-id", upstream_id))
@@ -3746,6 +3869,7 @@ class Server:
         self._noted: collections.OrderedDict = collections.OrderedDict()
         self._persist = persist
         self.auth_mode = config.effective_auth_mode()
+        self.redact = Redactor(config.secrets())
         self.client = client or UpstreamClient()
         self.pool = AccountPool(config.upstreams)
         self.pool.load_json((state or {}).get("accounts"), time.time())
@@ -3826,7 +3950,7 @@ class Server:
         while not self._stopping:
             try:
                 request = await self._read_request(conn)
-            except ProtocolError as exc:
+            except AgproxyError as exc:  # malformed HTTP, or a head refused before its body was read
                 await self._write_response(conn, error_response(exc), None, keep_alive=False)
                 self.access_log.info("- %s - %d - - %s", conn.peer, exc.status, exc.message)
                 await self._linger(conn)
@@ -3877,6 +4001,8 @@ class Server:
             if isinstance(event, RequestReady):
                 return event.request
             if isinstance(event, HeadReady):
+                if event.has_body:
+                    self._admit(event.request)  # refuse before reading (and buffering) the body
                 if event.request.expects_continue:
                     conn.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
                 deadline, what = loop.time() + config.body_timeout_s, "request body"
@@ -3914,6 +4040,7 @@ class Server:
                 exchange.status = 499
                 return False
             except AgproxyError as exc:
+                exc.message = self.redact.text(exc.message)  # an upstream's text may echo a key
                 response = error_response(exc)
             except Exception:
                 self.log.exception("internal error answering %s %s [%s]", request.method, request.path, exchange.id)
@@ -3940,16 +4067,20 @@ class Server:
                                  request.path, exchange.status, exchange.upstream, exchange.account, elapsed_ms)
 
     async def _watch_for_departure(self, conn: _Connection) -> None:
-        """While a request is answered, notice the client leaving (and keep pipelined bytes)."""
+        """While a request is answered, notice the client leaving (and keep pipelined bytes).
+
+        A reset means the client left. An end of input does not: HTTP lets a client half-close after
+        its request (curl and load balancers do), and it still reads the answer; a client that closed
+        for good is noticed when a write to it fails."""
         while conn.parser.buffered < _MAX_PIPELINED_BYTES:
             try:
                 data = await conn.reader.read(_CLIENT_READ_SIZE)
             except (ConnectionError, OSError):
-                data = b""
-            if not data:
                 conn.client_left()
                 return
             conn.parser.feed(data)
+            if not data:
+                return
 
     async def _write_response(self, conn: _Connection, response: Union[Response, StreamingResponse],
                               exchange: Optional[_Exchange], keep_alive: bool) -> None:
@@ -3960,37 +4091,40 @@ class Server:
         headers.extend(response.headers)
         head_only = exchange is not None and exchange.request.method == "HEAD"
         writer = conn.writer
+        if not keep_alive:
+            headers.append(("Connection", "close"))
+        elif exchange is not None and exchange.request.version < (1, 1):
+            headers.append(("Connection", "keep-alive"))  # HTTP/1.0 closes unless told otherwise
+        redact = self.redact.data
         if isinstance(response, Response):
-            headers.append(("Content-Length", str(len(response.body))))
-            if not keep_alive:
-                headers.append(("Connection", "close"))
+            body = redact(response.body)
+            headers.append(("Content-Length", str(len(body))))
             head = response_head(response.status, headers)
-            if head_only or not response.body:
+            if head_only or not body:
                 writer.write(head)
-            elif len(response.body) < 65536:
-                writer.write(head + response.body)  # one segment for the usual small answer
+            elif len(body) < 65536:
+                writer.write(head + body)  # one segment for the usual small answer
             else:
                 writer.write(head)
-                writer.write(response.body)
-            await writer.drain()
+                writer.write(body)
+            await self._drain(conn)
             return
         chunked = exchange is not None and exchange.request.version >= (1, 1)
         if chunked:
             headers.append(("Transfer-Encoding", "chunked"))
-        if not keep_alive:
-            headers.append(("Connection", "close"))
         conn.on_gone.append(response.abort)
         try:
             writer.write(response_head(response.status, headers))
-            await writer.drain()
+            await self._drain(conn)
             async for chunk in response.chunks:
                 if conn.gone:
                     break
+                chunk = redact(chunk)
                 writer.write(encode_chunk(chunk) if chunked else chunk)
-                await writer.drain()
+                await self._drain(conn)
             if chunked and not conn.gone:
                 writer.write(LAST_CHUNK)
-                await writer.drain()
+                await self._drain(conn)
         except (ConnectionError, OSError):
             conn.client_left()
             raise
@@ -4003,9 +4137,20 @@ class Server:
         if conn.gone and exchange is not None:
             exchange.status = 499
 
+    async def _drain(self, conn: _Connection) -> None:
+        """Wait until the client has taken what was written; a client that reads nothing for
+        ``write_timeout_s`` is cut, so it cannot pin an upstream connection and an account's slot."""
+        try:
+            await asyncio.wait_for(conn.writer.drain(), self.config.write_timeout_s)
+        except asyncio.TimeoutError:
+            conn.writer.transport.abort()
+            raise ConnectionResetError(f"the client read nothing for {self.config.write_timeout_s:g} s") from None
+
     # -- routing and guards --------------------------------------------------------------
 
-    async def _route(self, request: Request, exchange: _Exchange) -> Union[Response, StreamingResponse]:
+    def _admit(self, request: Request) -> None:
+        """The checks a request's head must pass before its body is read: browser origin, Host,
+        the ``/v1/v1`` mistake, agproxy's key, and a route for the path and method."""
         path = request.path
         self._check_origin(request)
         self._check_host(request)
@@ -4015,21 +4160,33 @@ class Server:
                 "(use ANTHROPIC_BASE_URL=http://127.0.0.1:8045, agproxy adds /v1 itself)"
             )
         if request.method == "OPTIONS":
-            return self._preflight(request)
+            return
         if self.auth_mode == "strict" or (self.auth_mode == "all_except_health" and path != "/healthz"):
             self._check_key(request)
+        self._handler(request)
+
+    def _handler(self, request: Request) -> Callable[[Request, _Exchange], Any]:
+        """The handler of a request's path and method; 404 or 405 (with ``Allow``) when none."""
+        path = request.path
         methods = self._routes.get(path)
         if methods is None and path.startswith("/v1/models/"):
             methods = {"GET": self._model}
         if methods is None:
-            raise NotFound(f"no route for {request.method} {path}")
+            raise NotFound(f"no route for {request.method[:20]} {path[:200]}")
         method = "GET" if request.method == "HEAD" and "GET" in methods else request.method
         handler = methods.get(method)
         if handler is None:
             allowed = ", ".join(sorted(set(methods) | ({"HEAD"} if "GET" in methods else set())))
-            raise InvalidRequest(f"method {request.method} is not allowed on {path} (allowed: {allowed})",
+            raise InvalidRequest(f"method {request.method[:20]} is not allowed on {path} (allowed: {allowed})",
                                  status=405, headers=[("Allow", allowed)])
-        response = await handler(request, exchange)
+        return handler
+
+    async def _route(self, request: Request, exchange: _Exchange) -> Union[Response, StreamingResponse]:
+        """Admit the request and run its handler."""
+        self._admit(request)
+        if request.method == "OPTIONS":
+            return self._preflight(request)
+        response = await self._handler(request)(request, exchange)
         origin = request.header("origin")
         if origin:
             response.headers.append(("Access-Control-Allow-Origin", origin))
@@ -4591,6 +4748,8 @@ def _upstream_error(upstream: Upstream, response: UpstreamResponse, data: bytes)
     error.headers.extend(relayed_upstream_headers(response.headers))
     error.upstream_status = response.status
     error.reset_s = rate_limit_reset(response.headers, data, time.time())
+    if error.reset_s is not None and header_value(error.headers, "retry-after") is None:
+        error.headers.append(("retry-after", str(max(1, math.ceil(error.reset_s)))))
     return error
 
 
@@ -4826,10 +4985,23 @@ class StateFile:
             self.log.warning("cannot write state file %s: %s", self.path, _describe_os_error(exc))
 
 
-def configure_logging(level: str) -> None:
-    """Log to stderr: the ``agproxy`` logger and its ``agproxy.access`` child, one line per event."""
+class _RedactingFormatter(logging.Formatter):
+    """Formats a log record, then hides every secret in the whole line, traceback included."""
+
+    def __init__(self, fmt: str, redactor: Redactor) -> None:
+        super().__init__(fmt)
+        self.redactor = redactor
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self.redactor.text(super().format(record))
+
+
+def configure_logging(level: str, redactor: Optional[Redactor] = None) -> None:
+    """Log to stderr: the ``agproxy`` logger and its ``agproxy.access`` child, one line per event,
+    with every configured key (and anything shaped like a key) hidden."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(_RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
+                                             redactor or Redactor()))
     logger = logging.getLogger("agproxy")
     logger.handlers[:] = [handler]
     logger.setLevel(level.upper())
@@ -4938,7 +5110,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ConfigError as exc:
         print(f"config: {exc.message}", file=sys.stderr)
         return 2
-    configure_logging(config.log_level)
+    configure_logging(config.log_level, Redactor(config.secrets()))
     log = logging.getLogger("agproxy")
     if check:
         print(f"config: {config.source}: ok ({len(config.upstreams)} upstream(s))")

@@ -469,7 +469,9 @@ import urllib.error  # noqa: E402
 
 
 def test_a_client_that_leaves_stops_the_retries(start_agproxy, fake):
+    """A client that resets its connection has left (a half-close would not mean that)."""
     import socket
+    import struct
     solo = fake_config(fake)
     solo["upstreams"][0]["accounts"] = solo["upstreams"][0]["accounts"][:1]
     fake.script_for(ALICE, error(429, "rate_limit_error", [("retry-after", "2")]))  # waited out on alice
@@ -481,6 +483,7 @@ def test_a_client_that_leaves_stops_the_retries(start_agproxy, fake):
         deadline = time.monotonic() + 5
         while not fake.requests and time.monotonic() < deadline:
             time.sleep(0.02)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with a reset
     time.sleep(3)
     assert fake.keys() == [ALICE]  # the retry after the 2 s wait never went out
     assert " 499 " in proxy.log()
