@@ -1286,11 +1286,8 @@ class ResponseParser:
 MAX_SSE_EVENT_BYTES = 16 * 1024 * 1024
 
 
-class SSEError(AgproxyError):
-    """An event stream that cannot be decoded within limits."""
-
-    status = 502
-    error_type = "api_error"
+class SSEError(UpstreamFailure):
+    """An event stream that cannot be decoded within limits (a 502, like any upstream garbage)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1424,41 +1421,193 @@ def _model_object(model_id: str, display_name: str, created_at: Optional[str] = 
             "created_at": created_at or _MODELS_CREATED_AT}
 
 
-def parse_json_body(body: bytes) -> Dict[str, Any]:
-    """The request body as a JSON object, or an :class:`InvalidRequest` saying what is wrong."""
-    if not body:
-        raise InvalidRequest("request body is empty; expected a JSON object")
-    try:
-        value = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise InvalidRequest(f"request body must be a JSON object, got {type(value).__name__}")
+#: Deepest nesting of objects and lists taken in a request (Claude Code's deepest, an MCP tool's
+#: schema, is about 15): past this, recursive clean-up and translation would run out of stack.
+MAX_JSON_DEPTH = 64
+#: Longest model name taken; it is echoed in ``X-Mapped-Model`` (real ids are under 100).
+MAX_MODEL_CHARS = 256
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_TOOL_CHOICES = ("auto", "any", "tool", "none")
+_THINKING_TYPES = ("enabled", "disabled", "adaptive")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is out of range")
     return value
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def loads_strict(data: Union[bytes, str]) -> Any:
+    """``json.loads`` that refuses what is not JSON although Python takes it: ``NaN``,
+    ``Infinity``, numbers too large for a float, nesting deeper than Python's stack. Raises
+    ``ValueError`` (``UnicodeDecodeError`` for bytes that are not UTF-8 is one). Everything an
+    upstream sends is read with it."""
+    try:
+        return json.loads(data, parse_constant=_no_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
+def _too_deep(value: Any, limit: int) -> bool:
+    """Whether objects and lists nest deeper than ``limit`` (iterative: no recursion to overflow)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
+
+
+def parse_json_body(body: bytes) -> Dict[str, Any]:
+    """The request body as a JSON object, or an :class:`InvalidRequest` saying what is wrong:
+    not JSON (``NaN`` and out-of-range numbers included), nested deeper than
+    :data:`MAX_JSON_DEPTH`, or a string with an unpaired surrogate (it cannot be sent on as UTF-8)."""
+    if not body:
+        raise InvalidRequest("request body is empty; expected a JSON object")
+    try:
+        value = loads_strict(body)
+    except ValueError as exc:
+        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"request body must be a JSON object, got {type(value).__name__}")
+    if _too_deep(value, MAX_JSON_DEPTH):
+        raise InvalidRequest(f"request body nests deeper than {MAX_JSON_DEPTH} levels")
+    if _SURROGATE_ESCAPE.search(body):
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidRequest("request body has a string with an unpaired UTF-16 surrogate (such as "
+                                 "\\ud800); it is not valid Unicode") from None
+    return value
+
+
+def _expect(ok: bool, where: str, what: str) -> None:
+    if not ok:
+        raise InvalidRequest(f"{where}: {what}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _validate_blocks(blocks: Any, where: str, nested: bool = False) -> None:
+    """Content blocks: each an object with a string ``type``; the fields agproxy reads or
+    translates of the known types have the right types. Unknown block types pass (newer API)."""
+    _expect(isinstance(blocks, list), where, "must be a list of content blocks")
+    for i, block in enumerate(blocks):
+        at = f"{where}.{i}"
+        _expect(isinstance(block, dict), at, "must be an object")
+        kind = block.get("type")
+        _expect(isinstance(kind, str), f"{at}.type", "must be a string")
+        if kind == "text":
+            _expect(isinstance(block.get("text"), str), f"{at}.text", "must be a string")
+        elif kind in ("image", "document"):
+            _expect(isinstance(block.get("source"), dict), f"{at}.source", "must be an object")
+        elif kind == "tool_use":
+            _expect(isinstance(block.get("id"), str), f"{at}.id", "must be a string")
+            _expect(isinstance(block.get("name"), str), f"{at}.name", "must be a string")
+            _expect(isinstance(block.get("input", {}), dict), f"{at}.input", "must be an object")
+        elif kind == "tool_result":
+            _expect(isinstance(block.get("tool_use_id"), str), f"{at}.tool_use_id", "must be a string")
+            content = block.get("content")
+            if content is not None and not isinstance(content, str):
+                _expect(not nested, f"{at}.content", "cannot hold another tool_result")
+                _validate_blocks(content, f"{at}.content", nested=True)
+        elif kind == "thinking":
+            _expect(isinstance(block.get("thinking"), str), f"{at}.thinking", "must be a string")
+            _expect(isinstance(block.get("signature", ""), str), f"{at}.signature", "must be a string")
+        elif kind == "redacted_thinking":
+            _expect(isinstance(block.get("data"), str), f"{at}.data", "must be a string")
+
+
 def validate_messages_request(body: Dict[str, Any], *, count_tokens: bool = False) -> None:
-    """Reject requests that no upstream could serve, with Anthropic's wording style."""
+    """Reject requests that no upstream could serve, with Anthropic's wording style: every field
+    agproxy reads or translates must have its documented type, so that a bad request is a 400
+    naming the field, never an error further in."""
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise InvalidRequest("model: Field required" if model is None else "model: must be a non-empty string")
+    _expect(len(model) <= MAX_MODEL_CHARS, "model", f"must be at most {MAX_MODEL_CHARS} characters")
     messages = body.get("messages")
     if not isinstance(messages, list):
         raise InvalidRequest("messages: Field required" if messages is None else "messages: must be a list")
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
             raise InvalidRequest(f"messages.{i}: must be an object")
-        if not isinstance(message.get("content"), (str, list)):
+        _expect(message.get("role") in ("user", "assistant", "system"), f"messages.{i}.role",
+                "must be 'user' or 'assistant'")
+        content = message.get("content")
+        if not isinstance(content, (str, list)):
             raise InvalidRequest(f"messages.{i}.content: must be a string or a list of content blocks")
+        if isinstance(content, list):
+            _validate_blocks(content, f"messages.{i}.content")
+    system = body.get("system")
+    if system is not None and not isinstance(system, str):
+        _validate_blocks(system, "system")
+    _validate_tools(body)
+    if "thinking" in body and body["thinking"] is not None:
+        thinking = body["thinking"]
+        _expect(isinstance(thinking, dict), "thinking", "must be an object")
+        _expect(thinking.get("type") in _THINKING_TYPES, "thinking.type",
+                f"must be one of {', '.join(_THINKING_TYPES)}")
+        if "budget_tokens" in thinking:
+            _expect(_is_int(thinking["budget_tokens"]) and thinking["budget_tokens"] >= 0, "thinking.budget_tokens",
+                    "must be a non-negative integer")
+    metadata = body.get("metadata")
+    if metadata is not None:
+        _expect(isinstance(metadata, dict), "metadata", "must be an object")
+        _expect(isinstance(metadata.get("user_id", ""), (str, type(None))), "metadata.user_id", "must be a string")
     if count_tokens:
         return
     max_tokens = body.get("max_tokens")
     if max_tokens is None:
         raise InvalidRequest("max_tokens: Field required")
-    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+    if not _is_int(max_tokens) or max_tokens < 1:
         raise InvalidRequest("max_tokens: must be a positive integer")
     if "stream" in body and not isinstance(body["stream"], bool):
         raise InvalidRequest("stream: must be true or false")
+    stops = body.get("stop_sequences")
+    if stops is not None:
+        _expect(isinstance(stops, list) and all(isinstance(s, str) for s in stops), "stop_sequences",
+                "must be a list of strings")
+    for key in ("temperature", "top_p"):
+        if body.get(key) is not None:
+            _expect(_is_number(body[key]), key, "must be a number")
+    if body.get("top_k") is not None:
+        _expect(_is_int(body["top_k"]), "top_k", "must be an integer")
+
+
+def _validate_tools(body: Dict[str, Any]) -> None:
+    tools = body.get("tools")
+    if tools is not None:
+        _expect(isinstance(tools, list), "tools", "must be a list")
+        for i, tool in enumerate(tools):
+            _expect(isinstance(tool, dict), f"tools.{i}", "must be an object")
+            _expect(isinstance(tool.get("name"), str) and tool["name"] != "", f"tools.{i}.name",
+                    "must be a non-empty string")
+            _expect(isinstance(tool.get("type", ""), (str, type(None))), f"tools.{i}.type", "must be a string")
+            _expect(isinstance(tool.get("description", ""), (str, type(None))), f"tools.{i}.description",
+                    "must be a string")
+            if tool.get("type") in (None, "custom"):
+                _expect(isinstance(tool.get("input_schema", {}), dict), f"tools.{i}.input_schema",
+                        "must be an object")
+    choice = body.get("tool_choice")
+    if choice is not None:
+        _expect(isinstance(choice, dict), "tool_choice", "must be an object")
+        _expect(choice.get("type") in _TOOL_CHOICES, "tool_choice.type", f"must be one of {', '.join(_TOOL_CHOICES)}")
+        if choice["type"] == "tool":
+            _expect(isinstance(choice.get("name"), str), "tool_choice.name", "must be a string")
 
 
 _TOKEN_PIECES = re.compile(r"[A-Za-z]+|[0-9]{1,3}|[^\sA-Za-z0-9]+|\s+")
@@ -1608,7 +1757,7 @@ def anthropic_error_from_upstream(status: int, body: bytes, upstream: str) -> Ag
     """
     message, error_type = "", None
     try:
-        parsed = json.loads(body)
+        parsed = loads_strict(body)
     except (ValueError, UnicodeDecodeError):
         parsed = None
     if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
@@ -1931,7 +2080,7 @@ def repair_json_arguments(text: str) -> Optional[Any]:
     candidate = re.sub(r",\s*([}\]])", r"\1", candidate)
     for attempt in (candidate, candidate + "}", candidate + "\"}", candidate + "]}"):
         try:
-            return json.loads(attempt)
+            return loads_strict(attempt)
         except ValueError:
             continue
     return None
@@ -1942,7 +2091,7 @@ def parse_tool_arguments(text: str) -> Dict[str, Any]:
     if not text.strip():
         return {}
     try:
-        value = json.loads(text)
+        value = loads_strict(text)
     except ValueError:
         value = repair_json_arguments(text)
         if value is None:
@@ -1957,6 +2106,24 @@ class StreamError(AgproxyError):
 _ERROR_STATUS = {"invalid_request_error": 400, "authentication_error": 401, "permission_error": 403,
                  "not_found_error": 404, "request_too_large": 413, "rate_limit_error": 429,
                  "api_error": 500, "overloaded_error": 529}
+
+
+def _event_object(payload: Dict[str, Any], key: str, kind: str) -> Dict[str, Any]:
+    """``payload[key]`` of an upstream event, which must be an object when present."""
+    value = payload.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise UpstreamFailure(f"upstream sent a {kind} event whose {key} is not an object")
+    return value
+
+
+def _event_index(payload: Dict[str, Any], kind: str) -> int:
+    """The block ``index`` of an upstream event: a small non-negative integer."""
+    index = payload.get("index")
+    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < 100_000:
+        raise UpstreamFailure(f"upstream sent a {kind} event without a valid index")
+    return index
 
 
 class MessageAccumulator:
@@ -1974,42 +2141,48 @@ class MessageAccumulator:
         if event.event == "ping" or not event.data:
             return
         try:
-            payload = json.loads(event.data)
+            payload = loads_strict(event.data)
         except ValueError:
             raise UpstreamFailure(f"upstream sent an event that is not JSON ({event.event})") from None
         if not isinstance(payload, dict):
-            return
+            raise UpstreamFailure(f"upstream sent a {event.event[:40]} event that is not a JSON object")
         kind = payload.get("type") or event.event
         if kind == "error":
             error = payload.get("error") if isinstance(payload.get("error"), dict) else {}
-            error_type = str(error.get("type") or "api_error")
+            error_type = error.get("type") if error.get("type") in _ERROR_STATUS else "api_error"
             raise StreamError(str(error.get("message") or "upstream stream error"),
-                              status=_ERROR_STATUS.get(error_type, 500), error_type=error_type)
+                              status=_ERROR_STATUS[error_type], error_type=error_type)
         if kind == "message_start":
-            self.message = dict(payload.get("message") or {}, content=[])
+            self.message = dict(_event_object(payload, "message", kind), content=[])
         elif kind == "content_block_start":
-            block = dict(payload.get("content_block") or {})
+            index = _event_index(payload, kind)
+            block = dict(_event_object(payload, "content_block", kind))
             if block.get("type") in ("tool_use", "server_tool_use"):
                 block["input"] = {}
-                self._json[payload["index"]] = []
-            self._blocks[payload["index"]] = block
+                self._json[index] = []
+            self._blocks[index] = block
         elif kind == "content_block_delta":
-            self._delta(self._blocks.setdefault(payload.get("index", 0), {"type": "text", "text": ""}),
-                        payload.get("index", 0), payload.get("delta") or {})
+            index = _event_index(payload, kind)
+            self._delta(self._blocks.setdefault(index, {"type": "text", "text": ""}), index,
+                        _event_object(payload, "delta", kind))
         elif kind == "content_block_stop":
-            index = payload.get("index", 0)
+            index = _event_index(payload, kind)
             if index in self._json:
                 self._blocks[index]["input"] = parse_tool_arguments("".join(self._json.pop(index)))
         elif kind == "message_delta":
             if self.message is None:
                 self.message = {"content": []}
-            self.message.update({k: v for k, v in (payload.get("delta") or {}).items()})
-            usage = self.message.setdefault("usage", {})
-            usage.update(payload.get("usage") or {})
+            self.message.update(_event_object(payload, "delta", kind))
+            usage = self.message.get("usage")
+            if not isinstance(usage, dict):
+                usage = self.message["usage"] = {}
+            usage.update(_event_object(payload, "usage", kind))
         elif kind == "message_stop":
             self.done = True
 
     def _delta(self, block: Dict[str, Any], index: int, delta: Dict[str, Any]) -> None:
+        if not isinstance(block, dict):
+            raise UpstreamFailure("upstream sent a delta for a content block that is not an object")
         kind = delta.get("type")
         if kind == "text_delta":
             block["text"] = block.get("text", "") + str(delta.get("text", ""))
@@ -2028,7 +2201,23 @@ class MessageAccumulator:
             raise UpstreamFailure("the stream ended before message_stop")
         message = dict(self.message)
         message["content"] = [self._blocks[i] for i in sorted(self._blocks)]
-        return message
+        return check_message(message)
+
+
+def check_message(message: Any, upstream: str = "") -> Dict[str, Any]:
+    """``message`` if it has the shape of an Anthropic Message that agproxy can pass on (content a
+    list of typed blocks, usage an object), else :class:`UpstreamFailure`: what an upstream sends
+    is never trusted to be what it claims."""
+    who = f"upstream {upstream!r}" if upstream else "upstream"
+    if not isinstance(message, dict):
+        raise UpstreamFailure(f"{who} answered something that is not a Message")
+    content = message.get("content")
+    if not isinstance(content, list) or not all(isinstance(b, dict) and isinstance(b.get("type"), str)
+                                                for b in content):
+        raise UpstreamFailure(f"{who} answered a Message whose content is not a list of content blocks")
+    if not isinstance(message.get("usage", {}), dict):
+        raise UpstreamFailure(f"{who} answered a Message whose usage is not an object")
+    return message
 
 
 # -- warmups, sessions, and what an upstream's 400 says it rejects ---------------------------
@@ -2117,7 +2306,7 @@ def session_id(headers: Headers, body: Dict[str, Any]) -> Optional[str]:
         return None
     if user_id.startswith("{"):
         try:
-            parsed = json.loads(user_id)
+            parsed = loads_strict(user_id)
         except ValueError:
             parsed = None
         if isinstance(parsed, dict) and isinstance(parsed.get("session_id"), str):
@@ -2136,31 +2325,30 @@ _UNEXPECTED_BETAS = re.compile(r"Unexpected value\(s\) (.+?) for the `?anthropic
 def upstream_error_text(body: bytes) -> str:
     """Every message an upstream's error body carries, joined (Anthropic, OpenAI and pydantic shapes)."""
     try:
-        parsed = json.loads(body)
+        parsed = loads_strict(body)
     except (ValueError, UnicodeDecodeError):
         return body[:4000].decode("utf-8", "replace")
     texts: List[str] = []
 
-    def collect(value: Any, key: str = "") -> None:
+    def collect(value: Any, key: str = "", depth: int = 0) -> None:
+        if depth > MAX_JSON_DEPTH:
+            return  # deeper than any real error body; not worth the stack
         if isinstance(value, dict):
             if isinstance(value.get("loc"), list) and isinstance(value.get("msg"), str):
                 location = ".".join(str(p) for p in value["loc"] if p != "body")
                 texts.append(f"{location}: {value['msg']}")
             for k, v in value.items():
-                collect(v, k)
+                collect(v, k, depth + 1)
         elif isinstance(value, list):
             for item in value:
-                collect(item, key)
+                collect(item, key, depth + 1)
         elif isinstance(value, str) and key in ("message", "msg", "detail", "error"):
             texts.append(value)
             if value.startswith("{"):
-                collect_nested(value)
-
-    def collect_nested(text: str) -> None:
-        try:
-            collect(json.loads(text))
-        except ValueError:
-            pass
+                try:
+                    collect(loads_strict(value), "", depth + 1)
+                except ValueError:
+                    pass  # a message that merely starts with a brace
 
     collect(parsed)
     return "\n".join(texts)
@@ -2176,6 +2364,16 @@ def rejected_inputs(body: bytes) -> Tuple[List[str], List[str]]:
     return list(dict.fromkeys(fields)), list(dict.fromkeys(betas))
 
 
+def _strippable(path: str) -> bool:
+    """Whether a learned field path may be stripped: not one that carries the request's meaning."""
+    parts = path.split(".")
+    if not path or len(path) > 200 or "" in parts:
+        return False
+    if len(parts) == 1:
+        return parts[0] not in PROTECTED_TOP_FIELDS
+    return parts[-1] not in PROTECTED_NESTED_KEYS
+
+
 def learnable_path(body: Dict[str, Any], path: str) -> Optional[str]:
     """The general form of a rejected field path if it is present and safe to strip, else None.
 
@@ -2186,10 +2384,8 @@ def learnable_path(body: Dict[str, Any], path: str) -> Optional[str]:
     general = _general_path(body, path.split("."), [])
     if not general:
         return None
-    last = general[-1]
-    if (len(general) == 1 and last in PROTECTED_TOP_FIELDS) or (len(general) > 1 and last in PROTECTED_NESTED_KEYS):
-        return None
-    return ".".join(general)
+    path = ".".join(general)
+    return path if _strippable(path) else None
 
 
 def _general_path(value: Any, parts: List[str], general: List[str]) -> Optional[List[str]]:
@@ -2309,19 +2505,23 @@ class SignatureWatcher:
             if event.event not in ("content_block_start", "content_block_delta", "content_block_stop"):
                 continue
             try:
-                payload = json.loads(event.data)
+                payload = loads_strict(event.data)
             except ValueError:
+                continue  # not ours to judge: the relay passes it on and the client decides
+            if not isinstance(payload, dict) or not isinstance(payload.get("index"), int):
                 continue
-            index = payload.get("index")
+            index = payload["index"]
             if event.event == "content_block_start":
-                block = payload.get("content_block") or {}
+                block = payload.get("content_block")
+                if not isinstance(block, dict):
+                    continue
                 if block.get("type") == "redacted_thinking":
                     self.book.record(str(block.get("data") or ""), self.upstream)
                 elif block.get("type") == "thinking" and block.get("signature"):
                     self._parts.setdefault(index, []).append(str(block["signature"]))
             elif event.event == "content_block_delta":
-                delta = payload.get("delta") or {}
-                if delta.get("type") == "signature_delta":
+                delta = payload.get("delta")
+                if isinstance(delta, dict) and delta.get("type") == "signature_delta":
                     self._parts.setdefault(index, []).append(str(delta.get("signature") or ""))
             elif index in self._parts:
                 self.book.record("".join(self._parts.pop(index)), self.upstream)
@@ -2386,13 +2586,13 @@ class UsageScaler:
         for event in SSEDecoder().feed(data):
             if event.event in ("message_start", "message_delta"):
                 try:
-                    payload = json.loads(event.data)
+                    payload = loads_strict(event.data)
                 except ValueError:
                     payload = None
                 if isinstance(payload, dict):
-                    usage = (payload.get("message") or {}).get("usage") if event.event == "message_start" \
-                        else payload.get("usage")
-                    scale_usage(usage, self.upstream_window, self.client_window)
+                    holder = payload.get("message") if event.event == "message_start" else payload
+                    scale_usage(holder.get("usage") if isinstance(holder, dict) else None,
+                                self.upstream_window, self.client_window)
                     out += encode_sse_json(event.event, payload)
                     continue
             out += encode_sse(event.event, event.data)
@@ -2622,14 +2822,24 @@ def _openai_assistant(blocks: List[Any], options: OpenAIOptions, changes: Dict[s
     return message
 
 
+def _token_count(value: Any) -> int:
+    """A token count an upstream reported: a non-negative whole number, else 0 (``"many"``,
+    ``1e400``, ``-3`` and the like are noise, not worth failing an answer for)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return 0
+    if isinstance(value, float) and not math.isfinite(value):
+        return 0
+    return max(0, min(int(value), 2**53))
+
+
 def openai_usage(usage: Any) -> Dict[str, int]:
     """Chat Completions usage as Anthropic usage (cached prompt tokens reported as cache reads)."""
     if not isinstance(usage, dict):
         return {}
-    prompt = int(usage.get("prompt_tokens") or 0)
+    prompt = _token_count(usage.get("prompt_tokens"))
     details = usage.get("prompt_tokens_details") if isinstance(usage.get("prompt_tokens_details"), dict) else {}
-    cached = int(details.get("cached_tokens") or 0)
-    return {"input_tokens": max(0, prompt - cached), "output_tokens": int(usage.get("completion_tokens") or 0),
+    cached = min(prompt, _token_count(details.get("cached_tokens")))
+    return {"input_tokens": prompt - cached, "output_tokens": _token_count(usage.get("completion_tokens")),
             "cache_read_input_tokens": cached, "cache_creation_input_tokens": 0}
 
 
@@ -2640,15 +2850,23 @@ def _stop_reason(choice: Dict[str, Any], stop_sequences: Sequence[str]) -> Tuple
     return _FINISH_REASONS.get(str(choice.get("finish_reason") or "stop"), "end_turn"), None
 
 
+def _text_or(value: Any, default: str) -> str:
+    """``value`` when an upstream sent a non-empty string there, else ``default``."""
+    return value if isinstance(value, str) and value else default
+
+
 def new_tool_id() -> str:
     """A fresh ``toolu_`` id for tool calls a server sent without one."""
     return "toolu_" + uuid.uuid4().hex[:24]
 
 
 def openai_to_anthropic(response: Dict[str, Any], model: str, stop_sequences: Sequence[str] = ()) -> Dict[str, Any]:
-    """A Chat Completions answer as an Anthropic Message."""
-    choices = response.get("choices") or [{}]
-    choice = choices[0] if isinstance(choices[0], dict) else {}
+    """A Chat Completions answer as an Anthropic Message; :class:`UpstreamFailure` for an answer
+    that is not a chat completion."""
+    choices = response.get("choices") if isinstance(response, dict) else None
+    if not isinstance(choices, list):
+        raise UpstreamFailure("upstream answered something that is not a chat completion (no choices list)")
+    choice = choices[0] if choices and isinstance(choices[0], dict) else {}
     message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
     content: List[Dict[str, Any]] = []
     reasoning = message.get("reasoning_content") or message.get("reasoning")
@@ -2659,13 +2877,19 @@ def openai_to_anthropic(response: Dict[str, Any], model: str, stop_sequences: Se
         text = "".join(str(p.get("text", "")) for p in text if isinstance(p, dict))
     if isinstance(text, str) and text:
         content.append({"type": "text", "text": text})
-    for call in message.get("tool_calls") or []:
-        function = call.get("function") or {}
-        arguments = function.get("arguments")
-        content.append({"type": "tool_use", "id": call.get("id") or new_tool_id(), "name": function.get("name"),
-                        "input": arguments if isinstance(arguments, dict) else parse_tool_arguments(arguments or "")})
+    calls = message.get("tool_calls")
+    for call in calls if isinstance(calls, list) else []:
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict):
+            raise UpstreamFailure("upstream sent a tool call without a function object")
+        name, arguments = function.get("name"), function.get("arguments")
+        if not isinstance(arguments, (dict, str)):
+            arguments = "" if arguments is None else json.dumps(arguments)
+        content.append({"type": "tool_use", "id": _text_or(call.get("id"), "") or new_tool_id(),
+                        "name": _text_or(name, "unknown_tool"),
+                        "input": arguments if isinstance(arguments, dict) else parse_tool_arguments(arguments)})
     stop_reason, stop_sequence = _stop_reason(choice, stop_sequences)
-    if message.get("tool_calls") and stop_reason == "end_turn":
+    if calls and stop_reason == "end_turn":
         stop_reason = "tool_use"  # some servers say "stop" after tool calls
     return {"id": "msg_" + str(response.get("id") or uuid.uuid4().hex)[-24:], "type": "message",
             "role": "assistant", "model": model, "content": content, "stop_reason": stop_reason,
@@ -2774,10 +2998,13 @@ class OpenAIStreamTranslator:
             self.finished = True
             self._start(out, None)
             return out + [openai_error_event(chunk)]
-        self._start(out, str(chunk.get("id") or "") or None)
+        choices = chunk.get("choices")
+        if choices is not None and not isinstance(choices, list):
+            raise UpstreamFailure("upstream sent a chunk whose choices is not a list")
+        self._start(out, _text_or(chunk.get("id"), "") or None)
         if isinstance(chunk.get("usage"), dict):
             self._usage = openai_usage(chunk["usage"])
-        for choice in chunk.get("choices") or []:
+        for choice in choices or []:
             if not isinstance(choice, dict) or (choice.get("index") or 0) != 0:
                 continue
             delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
@@ -2787,7 +3014,10 @@ class OpenAIStreamTranslator:
             text = delta.get("content")
             if isinstance(text, str) and text:
                 self._take(out, ("text", text))
-            for position, call in enumerate(delta.get("tool_calls") or []):
+            calls = delta.get("tool_calls")
+            if calls is not None and not isinstance(calls, list):
+                raise UpstreamFailure("upstream sent a chunk whose tool_calls is not a list")
+            for position, call in enumerate(calls or []):
                 if isinstance(call, dict):
                     self._take(out, ("tool", self._call_key(call, position), call))
             if choice.get("finish_reason"):
@@ -2796,12 +3026,13 @@ class OpenAIStreamTranslator:
         return out
 
     def _call_key(self, call: Dict[str, Any], position: int) -> str:
-        if call.get("index") is not None:
-            key = f"i{call['index']}"
+        index, call_id = call.get("index"), _text_or(call.get("id"), "")
+        if isinstance(index, int) and not isinstance(index, bool):
+            key = f"i{index}"
         else:  # Ollama: whole calls without an index; tell them apart by id, else by position
-            key = str(call.get("id") or f"pos{position}")
+            key = call_id[:200] or f"pos{position}"
         state = self._calls.get(key)
-        if state is not None and state["closed"] and call.get("id") and call["id"] != state["id"]:
+        if state is not None and state["closed"] and call_id and call_id != state["id"]:
             key = f"{key}-{len(self._calls)}"  # the same index reused for a new call
         if key not in self._calls:
             self._calls[key] = {"id": None, "name": None, "pending": [], "started": False, "closed": False,
@@ -2838,10 +3069,10 @@ class OpenAIStreamTranslator:
         key, call = fragment[1], fragment[2]
         state = self._calls[key]
         function = call.get("function") if isinstance(call.get("function"), dict) else {}
-        if call.get("id") and not state["id"]:
-            state["id"] = call["id"]
-        if function.get("name") and not state["name"]:
-            state["name"] = function["name"]
+        if not state["id"]:
+            state["id"] = _text_or(call.get("id"), "") or None
+        if not state["name"]:
+            state["name"] = _text_or(function.get("name"), "") or None
         arguments = function.get("arguments")
         if isinstance(arguments, dict):
             arguments = json.dumps(arguments)
@@ -3354,9 +3585,24 @@ async def run_attempts(pool: AccountPool, route: Route, session: Optional[str], 
     raise last.error
 
 
+def upstream_auth_headers(upstream: Upstream, account: Account) -> Headers:
+    """The account's key in the header its upstream's kind reads (none for an empty key), then the
+    upstream's configured ``headers``: the one place either is added, for every kind and call."""
+    headers: Headers = []
+    if account.api_key:
+        name, value = {"anthropic": ("x-api-key", account.api_key), "gemini": ("x-goog-api-key", account.api_key)
+                       }.get(upstream.kind, ("Authorization", f"Bearer {account.api_key}"))
+        headers.append((name, value))
+    return headers + list(upstream.headers)
+
+
 def upstream_url(base_url: str, path: str) -> str:
     """``base_url`` is what a client would use as its base URL; API paths are appended to it."""
     return base_url.rstrip("/") + path
+
+
+#: Fields (and, apart, betas) learned per upstream; real upstreams reject a handful.
+MAX_LEARNED = 64
 
 
 class LearnedRejections:
@@ -3377,15 +3623,20 @@ class LearnedRejections:
         return self._betas.get(upstream, [])
 
     def learn(self, upstream: str, fields: Iterable[str] = (), betas: Iterable[str] = ()) -> List[str]:
-        """Add what is new; returns the new entries (``beta:`` prefixed for betas)."""
+        """Add what is new; returns the new entries (``beta:`` prefixed for betas). Paths that carry
+        a request's meaning are never taken (a state file may say anything), and each upstream keeps
+        at most :data:`MAX_LEARNED` of each kind: past that a client could grow them without bound
+        by sending new fields for an upstream to reject."""
         new = []
         for field in fields:
-            if field not in self.fields(upstream):
-                self._fields.setdefault(upstream, []).append(field)
+            known = self._fields.setdefault(upstream, [])
+            if field not in known and len(known) < MAX_LEARNED and _strippable(field):
+                known.append(field)
                 new.append(field)
         for beta in betas:
-            if beta not in self.betas(upstream):
-                self._betas.setdefault(upstream, []).append(beta)
+            known = self._betas.setdefault(upstream, [])
+            if beta not in known and len(known) < MAX_LEARNED and 0 < len(beta) <= 100:
+                known.append(beta)
                 new.append(f"beta:{beta}")
         return new
 
@@ -3399,8 +3650,9 @@ class LearnedRejections:
             return
         for upstream, entry in data.items():
             if isinstance(entry, dict):
-                self.learn(upstream, [f for f in entry.get("fields") or [] if isinstance(f, str)],
-                           [b for b in entry.get("betas") or [] if isinstance(b, str)])
+                fields, betas = entry.get("fields"), entry.get("betas")
+                self.learn(upstream, [f for f in fields if isinstance(f, str)] if isinstance(fields, list) else [],
+                           [b for b in betas if isinstance(b, str)] if isinstance(betas, list) else [])
 
 
 # =====================================================================================
@@ -3482,7 +3734,7 @@ class UpstreamResponse:
         self._client = client
         self._conn = conn
         self._parser = parser
-        self._timeout_s = timeout_s
+        self.timeout_s = timeout_s
         self._done = False
 
     def header(self, name: str) -> Optional[str]:
@@ -3509,7 +3761,7 @@ class UpstreamResponse:
                     break
                 if pieces:
                     break
-                parser.feed(await asyncio.wait_for(self._conn.reader.read(_UPSTREAM_READ_SIZE), self._timeout_s))
+                parser.feed(await asyncio.wait_for(self._conn.reader.read(_UPSTREAM_READ_SIZE), self.timeout_s))
         except (OSError, asyncio.TimeoutError, UpstreamFailure) as exc:
             self.close()
             reason = exc.message if isinstance(exc, UpstreamFailure) else _describe_os_error(exc)
@@ -3560,8 +3812,9 @@ class UpstreamClient:
         if port != (443 if scheme == "https" else 80):
             host_header += f":{port}"
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        request_line = (f"{method} {target if not (origin.proxy and scheme == 'http') else 'http://' + host_header + target}"
-                        " HTTP/1.1")
+        if origin.proxy and scheme == "http":
+            target = "http://" + host_header + target  # absolute form, for the proxy
+        request_line = f"{method} {target} HTTP/1.1"
         fields: Headers = [("Host", host_header)]
         if origin.proxy and scheme == "http" and origin.proxy[3]:
             fields.append(("Proxy-Authorization", origin.proxy[3]))
@@ -3698,6 +3951,8 @@ _LINGER_BYTES = 4 * 1024 * 1024
 _MAX_HEALS = 4
 #: How long a fetched upstream model list is reused for /v1/models.
 _MODELS_CACHE_S = 60.0
+#: Distinct counter names kept for /v1/agproxy/stats (real traffic makes a few dozen).
+MAX_COUNTER_KINDS = 1000
 #: How long in-flight requests may run after SIGINT/SIGTERM before they are cut.
 SHUTDOWN_GRACE_S = 30.0
 
@@ -3868,6 +4123,8 @@ class Server:
         self.counters: collections.Counter = collections.Counter()
         self._noted: collections.OrderedDict = collections.OrderedDict()
         self._persist = persist
+        self._saving: Optional[asyncio.Future] = None
+        self._state_dirty = False
         self.auth_mode = config.effective_auth_mode()
         self.redact = Redactor(config.secrets())
         self.client = client or UpstreamClient()
@@ -3918,6 +4175,8 @@ class Server:
             if pending:
                 self.log.warning("cut %d request(s) still running after %.0f s", len(pending), grace_s)
                 await asyncio.wait(pending, timeout=1.0)
+        if self._saving is not None:
+            await self._saving
         self.client.shutdown()
 
     async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -4284,15 +4543,15 @@ class Server:
         if upstream.kind == "openai":
             headers, path = self._openai_headers(upstream, account, False), "/models"
         else:
-            headers = [("x-api-key", account.api_key), ("anthropic-version", DEFAULT_ANTHROPIC_VERSION),
-                       ("Accept", "application/json"), ("User-Agent", f"agproxy/{__version__}")]
+            headers = [("anthropic-version", DEFAULT_ANTHROPIC_VERSION), ("Accept", "application/json"),
+                       ("User-Agent", f"agproxy/{__version__}")] + upstream_auth_headers(upstream, account)
             path = "/v1/models?limit=1000"
         try:
             response = await self.client.request("GET", upstream_url(upstream.base_url, path),
                                                  headers, timeout_s=upstream.connect_timeout_s,
                                                  connect_timeout_s=upstream.connect_timeout_s)
             body = await response.read_all(4 * 1024 * 1024)
-            data = json.loads(body).get("data") if response.status == 200 else None
+            data = loads_strict(body).get("data") if response.status == 200 else None
         except (UpstreamFailure, ValueError, AttributeError) as exc:
             self.log.warning("could not list the models of upstream %r: %s", upstream.name, exc)
             return []
@@ -4396,18 +4655,18 @@ class Server:
         return StreamingResponse(200, _SSE_HEADERS + headers, _iterate(demo_sse_events(body, message_id)),
                                  lambda: None)
 
-    def _anthropic_headers(self, request: Request, account: Account, beta: Optional[str], stream: bool) -> Headers:
+    def _anthropic_headers(self, request: Request, upstream: Upstream, account: Account, beta: Optional[str],
+                           stream: bool) -> Headers:
         headers: Headers = [
             ("Content-Type", "application/json"),
             ("Accept", "text/event-stream" if stream else "application/json"),
             ("Accept-Encoding", "identity"),
             ("User-Agent", f"agproxy/{__version__}"),
             ("anthropic-version", request.header("anthropic-version") or DEFAULT_ANTHROPIC_VERSION),
-            ("x-api-key", account.api_key),
         ]
         if beta:
             headers.append(("anthropic-beta", beta))
-        return headers
+        return headers + upstream_auth_headers(upstream, account)
 
     def _prepare(self, request: Request, exchange: _Exchange, route: Route, strip_thinking: bool,
                  force_stream: bool) -> Tuple[bytes, Dict[str, Any], Optional[str]]:
@@ -4432,7 +4691,7 @@ class Server:
         changes.update(beta_changes)
         if not changes:
             return raw, body, beta
-        self.counters.update({f"sanitize:{kind}": n for kind, n in changes.items()})
+        self._count_changes("sanitize", changes)
         if self.log.isEnabledFor(logging.DEBUG):
             summary = ", ".join(f"{kind}={n}" for kind, n in sorted(changes.items()))
             self.log.debug("%s sanitized for upstream %r: %s", exchange.id, upstream.name, summary)
@@ -4452,15 +4711,15 @@ class Server:
             try:
                 response = await self.client.request(
                     "POST", upstream_url(upstream.base_url, path),
-                    self._anthropic_headers(request, account, beta, stream or force_stream), payload,
+                    self._anthropic_headers(request, upstream, account, beta, stream or force_stream), payload,
                     timeout_s=upstream.timeout_s, connect_timeout_s=upstream.connect_timeout_s,
                 )
             except UpstreamFailure as exc:
                 exc.message = f"upstream {upstream.name!r}: {exc.message}"
                 raise
-            if response.status < 400:
+            if response.status < 300:
                 return response
-            data = await response.read_all(1024 * 1024)
+            data = await _error_body(upstream, response)
             if response.status == 400 and heals < _MAX_HEALS and self._learn_rejection(upstream, sent, beta, data):
                 heals += 1
                 continue
@@ -4490,6 +4749,15 @@ class Server:
         self._save_state()
         return True
 
+    def _count_changes(self, stage: str, changes: Dict[str, int]) -> None:
+        """Add a request's changes to the counters. Kinds name fields a client chose (``field:x``),
+        so past :data:`MAX_COUNTER_KINDS` distinct kinds new ones are counted together as ``other``."""
+        for kind, n in changes.items():
+            name = f"{stage}:{kind[:80]}"
+            if name not in self.counters and len(self.counters) >= MAX_COUNTER_KINDS:
+                name = f"{stage}:{kind.partition(':')[0][:40]}:other"
+            self.counters[name] += n
+
     def _note_once(self, session: Optional[str], kind: str, message: str, *args: Any) -> None:
         """Log ``message`` once per session and kind, in bounded memory."""
         key = (session or "-", kind)
@@ -4501,8 +4769,21 @@ class Server:
         self.log.info(message, *args)
 
     def _save_state(self) -> None:
-        if self._persist is not None:
-            self._persist({"learned": self.learned.to_json(), "accounts": self.pool.to_json(time.time())})
+        """Save the learned rejections and resting accounts, off the event loop (the write fsyncs):
+        one save at a time, and changes made while one runs are saved right after it."""
+        if self._persist is None:
+            return
+        self._state_dirty = True
+        if self._saving is None or self._saving.done():
+            self._saving = asyncio.ensure_future(self._write_state())
+
+    async def _write_state(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._state_dirty:
+            self._state_dirty = False
+            snapshot = {"learned": self.learned.to_json(), "accounts": self.pool.to_json(time.time())}
+            assert self._persist is not None
+            await loop.run_in_executor(None, self._persist, snapshot)
 
     async def _anthropic_messages(self, request: Request, exchange: _Exchange, body: Dict[str, Any], route: Route,
                                   account: Account, headers: Headers) -> Union[Response, StreamingResponse]:
@@ -4533,15 +4814,18 @@ class Server:
                 response, upstream.name, watcher.feed, scaler, head, on_end=release))
         if not is_sse:
             try:
-                message = json.loads(data)
+                message = loads_strict(data)
             except ValueError:
-                return Response(response.status, [("Content-Type", "application/json")] + headers, data)
-        if not isinstance(message, dict):
-            raise UpstreamFailure(f"upstream {upstream.name!r} answered something that is not a Message")
+                kind = response.header("content-type") or "no content type"
+                raise UpstreamFailure(f"upstream {upstream.name!r} answered HTTP {response.status} with something "
+                                      f"that is not JSON ({kind[:60]})") from None
+        check_message(message, upstream.name)
         self.signatures.record_message(message, upstream.name)
         if window:
             scale_usage(message.get("usage"), window, client_window)
-        return json_response(response.status, message, headers)
+        if stream:  # asked for a stream, answered with a whole Message: the client still gets a stream
+            return StreamingResponse(200, _SSE_HEADERS + headers, _iterate(message_as_sse(message)), lambda: None)
+        return json_response(200, message, headers)
 
     def _stream_to_client(self, response: UpstreamResponse, upstream: Upstream, account: Account, headers: Headers,
                           relay: Callable[[Callable[[], None]], AsyncIterator[bytes]],
@@ -4581,7 +4865,7 @@ class Server:
                 raise AttemptError(exc, _outcome_of(exc)) from None
             if upstream.context_window:
                 try:
-                    counted = json.loads(data)
+                    counted = loads_strict(data)
                 except ValueError:
                     counted = None
                 if isinstance(counted, dict):
@@ -4616,7 +4900,7 @@ class Server:
         for path in self.learned.fields(upstream.name):
             _count(changes, f"learned:{path}", drop_path(translated, path.split(".")))
         if changes:
-            self.counters.update({f"translate:{kind}": n for kind, n in changes.items()})
+            self._count_changes("translate", changes)
             if self.log.isEnabledFor(logging.DEBUG):
                 summary = ", ".join(f"{kind}={n}" for kind, n in sorted(changes.items()))
                 self.log.debug("%s translated for upstream %r: %s", exchange.id, upstream.name, summary)
@@ -4626,9 +4910,7 @@ class Server:
         headers: Headers = [("Content-Type", "application/json"),
                             ("Accept", "text/event-stream" if stream else "application/json"),
                             ("Accept-Encoding", "identity"), ("User-Agent", f"agproxy/{__version__}")]
-        if account.api_key:
-            headers.append(("Authorization", f"Bearer {account.api_key}"))
-        return headers + list(upstream.headers)
+        return headers + upstream_auth_headers(upstream, account)
 
     async def _call_openai(self, request: Request, exchange: _Exchange, route: Route, account: Account,
                            stream: bool) -> Tuple[UpstreamResponse, Dict[str, Any]]:
@@ -4645,9 +4927,9 @@ class Server:
             except UpstreamFailure as exc:
                 exc.message = f"upstream {upstream.name!r}: {exc.message}"
                 raise
-            if response.status < 400:
+            if response.status < 300:
                 return response, sent
-            data = await response.read_all(1024 * 1024)
+            data = await _error_body(upstream, response)
             if response.status in (400, 422) and heals < _MAX_HEALS and \
                     self._learn_rejection(upstream, sent, None, data):
                 heals += 1
@@ -4684,10 +4966,11 @@ class Server:
             data = await _watched(exchange, response, response.read_all())
         if is_sse and stream:
             return self._stream_to_client(response, upstream, account, headers, lambda release: _relay_translated(
-                head, events, upstream.name, scaler, release, self.config.ping_interval_s), status=200)
+                head, events, upstream.name, scaler, release, self.config.ping_interval_s, upstream.timeout_s),
+                status=200)
         if not is_sse:
             try:
-                answer = json.loads(data)
+                answer = loads_strict(data)
             except ValueError:
                 raise UpstreamFailure(f"upstream {upstream.name!r} answered something that is not JSON") from None
             if not isinstance(answer, dict) or not isinstance(answer.get("choices"), list):
@@ -4722,7 +5005,7 @@ class Server:
                                                  self._openai_headers(upstream, account, False),
                                                  json.dumps(payload).encode(), timeout_s=upstream.connect_timeout_s,
                                                  connect_timeout_s=upstream.connect_timeout_s)
-            data = json.loads(await response.read_all(16 * 1024 * 1024)) if response.status == 200 else None
+            data = loads_strict(await response.read_all(16 * 1024 * 1024)) if response.status == 200 else None
         except (UpstreamFailure, ValueError) as exc:
             self.log.warning("tokenizer of upstream %r unavailable (%s); estimating", upstream.name, exc)
             return None
@@ -4742,6 +5025,22 @@ class Server:
                                    "learned": self.learned.to_json()})
 
 
+async def _error_body(upstream: Upstream, response: UpstreamResponse) -> bytes:
+    """The body of an upstream's answer that is not a success (at most 1 MiB, within timeout_s);
+    a redirect is refused here: agproxy follows none, the base_url must name the API itself."""
+    try:
+        data = await asyncio.wait_for(response.read_all(1024 * 1024), response.timeout_s)
+    except asyncio.TimeoutError:
+        response.close()
+        raise UpstreamFailure(f"upstream {upstream.name!r} sent no whole error body within {response.timeout_s:g} s",
+                              status=504) from None
+    if response.status < 400:
+        location = (response.header("location") or "nowhere")[:200]
+        raise UpstreamFailure(f"upstream {upstream.name!r} redirected (HTTP {response.status} to {location}); "
+                              "agproxy follows no redirects: set its base_url to the final address")
+    return data
+
+
 def _upstream_error(upstream: Upstream, response: UpstreamResponse, data: bytes) -> AgproxyError:
     """An upstream's error answer to relay, keeping its status, rate-limit headers and reset time."""
     error = anthropic_error_from_upstream(response.status, data, upstream.name)
@@ -4754,11 +5053,15 @@ def _upstream_error(upstream: Upstream, response: UpstreamResponse, data: bytes)
 
 
 async def _watched(exchange: _Exchange, response: UpstreamResponse, reading: Awaitable[Any]) -> Any:
-    """Await a read of ``response`` that a departing client cuts short; on any failure the
-    upstream connection is closed rather than left half read."""
+    """Await a read of ``response`` that a departing client cuts short, within the upstream's
+    ``timeout_s`` as a whole (an upstream that trickles comments or bytes cannot stretch it); on
+    any failure the upstream connection is closed rather than left half read."""
     exchange.on_client_gone.append(response.close)
     try:
-        return await reading
+        return await asyncio.wait_for(reading, response.timeout_s)
+    except asyncio.TimeoutError:
+        response.close()
+        raise UpstreamFailure(f"no answer within timeout_s ({response.timeout_s:g} s)", status=504) from None
     except BaseException:
         response.close()
         raise
@@ -4774,19 +5077,25 @@ def _outcome_of(error: AgproxyError) -> Outcome:
 
 
 async def _first_events(response: UpstreamResponse) -> bytes:
-    """Read an event stream until it holds at least one whole event; an ``error`` event there, or
-    a stream that ends first, raises (the attempt can still be retried)."""
+    """Read an event stream until it holds at least one whole event (comments do not count); an
+    ``error`` event there, a first event that is not an Anthropic event, or a stream that ends
+    first, raises (the attempt can still be retried)."""
     head = bytearray()
-    while not sse_complete_prefix(head):
+    decoder = SSEDecoder()
+    events: List[SSEEvent] = []
+    while not events:
         chunk = await response.read_chunk()
         if not chunk:
             raise UpstreamFailure("the stream ended before its first event")
         head += chunk
         if len(head) > MAX_SSE_EVENT_BYTES:
-            raise UpstreamFailure(f"upstream sent an SSE event larger than {MAX_SSE_EVENT_BYTES} bytes")
-    for event in SSEDecoder().feed(bytes(head[:sse_complete_prefix(head)])):
+            raise UpstreamFailure(f"upstream sent {len(head)} bytes without an event")
+        events = decoder.feed(chunk)
+    for event in events:
         if event.event == "error":
             MessageAccumulator().feed(event)  # raises the StreamError it describes
+    if events[0].event not in ("message_start", "ping", "error"):
+        raise UpstreamFailure(f"upstream's stream began with a {events[0].event[:40]!r} event, not message_start")
     return bytes(head)
 
 
@@ -4812,7 +5121,7 @@ async def _openai_events(response: UpstreamResponse, translator: OpenAIStreamTra
                 out += translator.finish()
                 continue
             try:
-                parsed = json.loads(data)
+                parsed = loads_strict(data)
             except ValueError:
                 continue  # keep-alive comments and the like
             if isinstance(parsed, dict):
@@ -4851,14 +5160,18 @@ async def _accumulate_events(events: AsyncIterator[bytes]) -> Dict[str, Any]:
 
 async def _relay_translated(head: bytes, events: AsyncIterator[bytes], upstream: str,
                             transform: Optional[Callable[[bytes], bytes]], on_end: Callable[[], None],
-                            ping_interval_s: float = 10.0) -> AsyncIterator[bytes]:
+                            ping_interval_s: float = 10.0, timeout_s: float = 600.0) -> AsyncIterator[bytes]:
     """Relay translated events, pinging while the upstream is silent; a broken stream ends with an
     Anthropic ``error`` event."""
     iterator = events.__aiter__()
+    clock = asyncio.get_running_loop().time
+    last_event = clock()
+    pending: Optional[asyncio.Future] = None
     try:
         yield head if transform is None else transform(head)
-        pending: Optional[asyncio.Future] = None
         while True:
+            if clock() - last_event > timeout_s:
+                raise UpstreamFailure(f"upstream sent no event for {timeout_s:g} s (timeout_s)")
             if pending is None:
                 pending = asyncio.ensure_future(iterator.__anext__())
             done, _ = await asyncio.wait({pending}, timeout=ping_interval_s)
@@ -4871,9 +5184,14 @@ async def _relay_translated(head: bytes, events: AsyncIterator[bytes], upstream:
                 return
             pending = None
             if batch:
+                last_event = clock()
                 yield batch if transform is None else transform(batch)
-    except (UpstreamFailure, StreamError) as exc:
+    except AgproxyError as exc:
         yield encode_sse_json("error", error_body(exc.error_type, f"upstream {upstream!r}: {exc.message}"))
+    except Exception as exc:  # a defect in agproxy: the client still gets an ending, the log the traceback
+        logging.getLogger("agproxy").exception("relaying the stream of upstream %r failed", upstream)
+        yield encode_sse_json("error", error_body("api_error", f"agproxy failed relaying upstream {upstream!r}: "
+                                                               f"{type(exc).__name__}"))
     finally:
         if pending is not None and not pending.done():
             pending.cancel()
@@ -4907,6 +5225,8 @@ async def _relay_sse(response: UpstreamResponse, upstream: str, observe: Optiona
     pending = bytearray()
     last = b""
     chunk = head
+    clock = asyncio.get_running_loop().time
+    last_event = clock()
     try:
         while True:
             if not chunk:
@@ -4919,18 +5239,26 @@ async def _relay_sse(response: UpstreamResponse, upstream: str, observe: Optiona
             if cut:
                 last = bytes(pending[:cut])
                 del pending[:cut]
+                if b"data:" in last:
+                    last_event = clock()
                 if observe is not None:
                     observe(last)
                 yield last if transform is None else transform(last)
             elif len(pending) > MAX_SSE_EVENT_BYTES:
                 raise UpstreamFailure(f"upstream sent an SSE event larger than {MAX_SSE_EVENT_BYTES} bytes")
+            if clock() - last_event > response.timeout_s:
+                raise UpstreamFailure(f"upstream sent no event for {response.timeout_s:g} s (timeout_s)")
         if pending.strip():
             last = bytes(pending) + b"\n\n"
             yield last
         if b"message_stop" not in last and b"event: error" not in last:
             raise UpstreamFailure("the stream ended before message_stop")
-    except UpstreamFailure as exc:
+    except AgproxyError as exc:
         yield encode_sse_json("error", error_body("api_error", f"upstream {upstream!r}: {exc.message}"))
+    except Exception as exc:  # a defect in agproxy: the client still gets an ending, the log the traceback
+        logging.getLogger("agproxy").exception("relaying the stream of upstream %r failed", upstream)
+        yield encode_sse_json("error", error_body("api_error", f"agproxy failed relaying upstream {upstream!r}: "
+                                                               f"{type(exc).__name__}"))
     finally:
         response.close()
         if on_end is not None:
@@ -4957,11 +5285,15 @@ class StateFile:
         self.log = logging.getLogger("agproxy")
 
     def load(self) -> Dict[str, Any]:
-        if not self.path or not os.path.exists(self.path):
+        """The saved state; an unreadable file (wrong JSON, wrong types, too deep) is an empty state."""
+        if not self.path:
+            return {}
+        self._remove_stale_temporaries()
+        if not os.path.exists(self.path):
             return {}
         try:
             with open(self.path, encoding="utf-8") as f:
-                data = json.load(f)
+                data = loads_strict(f.read())
             if not isinstance(data, dict) or data.get("format") != STATE_FORMAT:
                 raise ValueError("not an agproxy state file")
         except (OSError, ValueError) as exc:
@@ -4970,7 +5302,24 @@ class StateFile:
             return {}
         return data
 
+    def _remove_stale_temporaries(self) -> None:
+        """Delete ``state.json.<pid>.tmp`` files that processes killed mid-write left behind."""
+        folder, name = os.path.split(self.path)
+        try:
+            entries = os.listdir(folder or ".")
+        except OSError:
+            return
+        for entry in entries:
+            match = re.fullmatch(re.escape(name) + r"\.(\d+)\.tmp", entry)
+            if match is None or _process_alive(int(match.group(1))):
+                continue
+            try:
+                os.remove(os.path.join(folder, entry))
+            except OSError as exc:
+                self.log.warning("cannot remove stale %s: %s", entry, _describe_os_error(exc))
+
     def save(self, data: Dict[str, Any]) -> None:
+        """Write the state atomically: a temporary file, fsync, then rename over the old one."""
         if not self.path:
             return
         temporary = f"{self.path}.{os.getpid()}.tmp"
@@ -4996,6 +5345,19 @@ class _RedactingFormatter(logging.Formatter):
         return self.redactor.text(super().format(record))
 
 
+def _process_alive(pid: int) -> bool:
+    """Whether a process with this id runs (ours counts as running)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # someone else's process, or an id we cannot ask about: leave its file alone
+    return True
+
+
 def configure_logging(level: str, redactor: Optional[Redactor] = None) -> None:
     """Log to stderr: the ``agproxy`` logger and its ``agproxy.access`` child, one line per event,
     with every configured key (and anything shaped like a key) hidden."""
@@ -5019,15 +5381,10 @@ async def check_upstreams(config: Config, out: Callable[[str], None]) -> bool:
                 if upstream.kind == "demo":
                     out(f"ok    {label}: built in, answers locally")
                     continue
+                path = {"anthropic": "/v1/models", "openai": "/models"}.get(upstream.kind, "/v1beta/models")
+                url, headers = upstream_url(upstream.base_url, path), upstream_auth_headers(upstream, account)
                 if upstream.kind == "anthropic":
-                    url, headers = upstream_url(upstream.base_url, "/v1/models"), [
-                        ("x-api-key", account.api_key), ("anthropic-version", DEFAULT_ANTHROPIC_VERSION)]
-                elif upstream.kind == "openai":
-                    url, headers = upstream_url(upstream.base_url, "/models"), [
-                        ("Authorization", f"Bearer {account.api_key}")]
-                else:
-                    url, headers = upstream_url(upstream.base_url, "/v1beta/models"), [
-                        ("x-goog-api-key", account.api_key)]
+                    headers.append(("anthropic-version", DEFAULT_ANTHROPIC_VERSION))
                 try:
                     response = await client.request("GET", url, headers, timeout_s=upstream.connect_timeout_s,
                                                     connect_timeout_s=upstream.connect_timeout_s)
