@@ -1,0 +1,459 @@
+"""The fault matrix: every misbehaviour of ``tests/fakes/misbehaving.py`` x upstream kind x way of
+asking, through real agproxy processes, with what the client must see.
+
+Ways of asking (``mode``): ``stream`` (a streaming client), ``forced`` (a non-streaming client;
+agproxy streams upstream internally, its default), ``json`` (non-streaming end to end:
+``force_stream_internally`` off) and ``count`` (``/v1/messages/count_tokens``; forwarded to an
+``anthropic`` upstream, counted with ``/tokenize`` of an ``openai`` one, with the local estimate
+as fallback). Each (kind, mode, case) has its own upstream and two accounts in agproxy's config,
+so cases cannot disturb each other, and they all run at once (the matrix costs the wall time of
+its slowest case, a few timeouts). Each test then checks one result.
+
+Invariants for every answer (``tests/wire_check.py``): a well-formed HTTP/1.1 response read
+strictly off the socket; never a connection closed without one; no CR, LF or NUL in a header; no
+500 unless the case expects the upstream's own 500; errors in the Anthropic shape; no upstream key
+in any byte (or in agproxy's log); a stream ends with ``message_stop`` or an ``error`` event;
+never ``authentication_error``/``permission_error`` (auth is off here: such an error could only be
+an upstream's, and Claude Code would take it as "log in again").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Dict, FrozenSet, Iterator, List, Tuple
+
+import pytest
+
+from tests.conftest import Agproxy, clean_env, write_config
+from tests.fakes.misbehaving import (
+    ALICE_KEY,
+    BOB_KEY,
+    GROUPS,
+    KEYS,
+    RECIPES,
+    KeepAlive,
+    MisbehavingUpstream,
+    Send,
+    Sleep,
+    good,
+    message,
+    response,
+)
+from tests.wire_check import (
+    Answer,
+    generic_problems,
+    get,
+    leaked,
+    message_problems,
+    post_json,
+    stream_problems,
+    strict_json,
+)
+
+KINDS = ("anthropic", "openai")
+MODES = ("stream", "forced", "json", "count")
+#: how long one client waits for its whole answer: timeout_s 3 x 2 attempts, plus slack
+CLIENT_DEADLINE_S = 16.0
+UPSTREAM_TIMEOUT_S = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class Expect:
+    """What a client may see: a complete answer (``ok``), one of ``statuses`` (an error answer before
+    any byte), or, for a stream, 200 and events ending with an ``error`` event (``event_error``)."""
+
+    statuses: FrozenSet[int] = frozenset()
+    ok: bool = False
+    event_error: bool = False
+    rate_limited: bool = False  # a 429 case: afterwards /v1/agproxy/accounts and a new request must work
+
+    def describe(self) -> str:
+        parts = []
+        if self.ok:
+            parts.append("a complete answer")
+        if self.statuses:
+            parts.append(" or ".join(str(s) for s in sorted(self.statuses)) + " with the Anthropic error shape")
+        if self.event_error:
+            parts.append("(for a stream) 200 ending with an error event")
+        return "; or ".join(parts)
+
+
+def _e(*statuses: int, ok: bool = False, event: bool = False, rate: bool = False) -> Expect:
+    return Expect(frozenset(statuses), ok, event, rate)
+
+
+OK = _e(ok=True)
+FAIL = _e(502, event=True)  # upstream garbage: 502, or an error event once a stream has started
+FAIL_T = _e(502, 504, event=True)  # ... where a timeout is what tells it
+EARLY = _e(502)  # garbage agproxy sees before it could have sent anything
+EARLY_T = _e(502, 504)
+ANY = _e(502, ok=True, event=True)  # malformed but maybe tolerable: a proper answer or a proper failure
+ANY_T = _e(502, 504, ok=True, event=True)
+RATE = _e(429, rate=True)
+
+
+def status(code: int) -> Expect:
+    return _e(code)
+
+
+#: Expectations per case; a dict gives them per mode ("*" for the rest). Cases not listed: ANY.
+EXPECT: Dict[str, Any] = {
+    # status lines
+    "status_000": EARLY, "status_099": EARLY, "status_600": EARLY, "status_999": EARLY, "status_204": EARLY,
+    "status_2xx_nonnumeric": EARLY, "status_http2": EARLY, "status_101": EARLY, "status_199_alone": EARLY_T,
+    "status_100_then_ok": OK, "status_301_no_location": EARLY, "status_302": EARLY,
+    "status_400": status(400), "status_404": status(404), "status_418": status(418), "status_500": status(500),
+    "status_503": status(503), "status_529": status(529), "status_599": status(599),
+    "status_503_html": status(503), "status_400_not_json": status(400),
+    "status_401_echo_key": EARLY, "status_403_echo_key_html": EARLY,
+    "status_429_alice_then_ok": _e(ok=True, rate=True),
+    # framing
+    # (a body cut short or overlong may still hold the whole answer: ANY, but a complete answer must be valid)
+    "cl_short": ANY, "cl_long": ANY, "cl_superscript": EARLY, "cl_negative": EARLY, "cl_abc": EARLY,
+    "cl_plus": EARLY, "cl_arabic_digits": EARLY, "cl_huge": ANY, "cl_hex": EARLY, "cl_spaces_inside": EARLY,
+    "cl_empty": EARLY, "cl_conflict": EARLY,
+    "chunk_size_zz": FAIL, "chunk_size_negative": FAIL, "chunk_size_0x": FAIL, "chunk_size_20_hex_digits": FAIL,
+    "chunk_size_empty": FAIL, "chunk_size_space_inside": FAIL, "chunk_size_superscript": FAIL,
+    "chunk_size_too_big": ANY, "chunk_no_crlf_after_data": FAIL, "chunked_truncated": FAIL,
+    "no_length_then_close": OK,
+    # headers
+    "header_100kb": ANY, "header_many": ANY,  # large, but agproxy may take it
+    # bodies
+    "body_html_200": EARLY, "body_not_json": EARLY, "body_json_not_message": EARLY, "body_json_array": EARLY,
+    "body_json_scalar": EARLY, "body_empty_200": EARLY, "body_empty_sse": EARLY, "body_huge": EARLY,
+    "body_json_when_sse_asked": {"stream": ANY, "*": OK},
+    "body_sse_when_json_asked": {"count": EARLY, "*": OK},
+    # connection
+    "reset_after_request": EARLY, "close_before_any_byte": EARLY, "hang": EARLY_T,
+    "close_mid_status_line": EARLY, "close_mid_headers": EARLY, "headers_then_hang": FAIL_T,
+    "reset_mid_body": ANY, "slow_head_trickle": EARLY_T, "garbage_instead_of_http": EARLY,
+    "ok_then_trailing_garbage": OK, "status_100_forever": EARLY_T,
+    # Anthropic event streams
+    "sse_error_mid_stream": _e(529, event=True), "sse_error_first": status(529),
+    "sse_error_garbage": FAIL, "sse_error_echo_key": _e(500, 502, event=True),
+    "sse_ends_before_final_event": FAIL, "sse_text_mentions_message_stop": FAIL, "sse_only_message_start": FAIL,
+    "sse_half_event_then_end": FAIL,
+    "sse_cr_line_endings": OK, "sse_crlf_line_endings": OK, "sse_bom_and_comments": OK,
+    "sse_html_body": EARLY, "sse_line_20mb": FAIL, "sse_trickle_comments": FAIL_T, "sse_stall": FAIL_T,
+    # OpenAI chunk streams
+    "oa_error_chunk": _e(500, 502, event=True), "oa_error_chunk_code_string": _e(500, 502, event=True),
+    "oa_error_chunk_code_1e400": _e(500, 502, event=True), "oa_error_chunk_code_999": _e(502, 500, event=True),
+    "oa_error_echo_key": _e(502, event=True), "oa_no_finish_no_done": FAIL, "oa_line_20mb": FAIL,
+    "oa_stall": FAIL_T, "oa_trickle_comments": FAIL_T,
+    # OpenAI completions
+    "oaj_error_200": _e(502, 429),
+}
+for _name in RECIPES:
+    if _name.startswith("status_429_") and _name not in EXPECT:
+        EXPECT[_name] = RATE
+
+#: cases too heavy to run in every mode (tens of MB each)
+ONLY_MODES = {"body_huge": ("json",), "sse_line_20mb": ("stream", "forced"), "oa_line_20mb": ("stream", "forced")}
+
+
+def expectation(kind: str, mode: str, case: str) -> Expect:
+    if kind == "openai" and mode == "count":
+        return OK  # counted with the server's /tokenize; whatever it does, the local estimate answers
+    value = EXPECT.get(case, ANY)
+    if isinstance(value, dict):
+        value = value.get(mode, value.get("*", ANY))
+    return value
+
+
+def runs() -> List[Tuple[str, str, str]]:
+    out = []
+    for case, group in GROUPS.items():
+        kinds = {"http": KINDS, "sse": ("anthropic",), "oa_sse": ("openai",), "oa_json": ("openai",)}[group]
+        modes = MODES if group == "http" else ("stream", "forced", "json")
+        for kind in kinds:
+            for mode in ONLY_MODES.get(case, modes):
+                out.append((kind, mode, case))
+    return out
+
+
+RUNS = runs()
+
+
+def model_name(kind: str, mode: str, case: str) -> str:
+    return f"{kind}.{mode}.{case}"
+
+
+def config_for(fake: MisbehavingUpstream, modes: Tuple[str, ...], force_stream: bool, state: Path) -> Dict[str, Any]:
+    upstreams, rules = [], []
+    for kind, mode, case in RUNS:
+        if mode not in modes:
+            continue
+        name = model_name(kind, mode, case)
+        upstream: Dict[str, Any] = {
+            "name": name, "kind": kind, "base_url": fake.url_for(case, kind, mode),
+            "timeout_s": UPSTREAM_TIMEOUT_S, "connect_timeout_s": UPSTREAM_TIMEOUT_S,
+            "accounts": [{"name": "alice@example.com", "api_key": ALICE_KEY},
+                         {"name": "bob@example.com", "api_key": BOB_KEY}]}
+        if kind == "openai" and mode == "count":
+            upstream["openai"] = {"tokenize": "vllm"}
+        upstreams.append(upstream)
+        rules.append({"match": name, "upstream": name})
+    return {"auth_mode": "off", "max_retry_attempts": 2, "force_stream_internally": force_stream,
+            "state_file": str(state), "upstreams": upstreams, "model_map": rules}
+
+
+def request_body(kind: str, mode: str, case: str) -> Dict[str, Any]:
+    body: Dict[str, Any] = {"model": model_name(kind, mode, case),
+                            "messages": [{"role": "user", "content": "hello there"}]}
+    if mode != "count":
+        body["max_tokens"] = 64
+    if mode == "stream":
+        body["stream"] = True
+    return body
+
+
+def ask(port: int, kind: str, mode: str, case: str, deadline: float = CLIENT_DEADLINE_S) -> Answer:
+    path = "/v1/messages/count_tokens" if mode == "count" else "/v1/messages"
+    return post_json(port, path, request_body(kind, mode, case), deadline,
+                     [("anthropic-version", "2023-06-01"), ("x-api-key", "client-key-not-for-upstream")])
+
+
+# -- judging one answer -----------------------------------------------------------------------------
+
+def complete_answer_problems(mode: str, answer: Answer) -> List[str]:
+    """Problems of a 200 answer that claims to be complete."""
+    if mode == "stream":
+        if answer.content_type != "text/event-stream":
+            return [f"a streaming client got content-type {answer.content_type!r}, not text/event-stream"]
+        end, problems = stream_problems(answer.body, strict_events=True)
+        if end != "message_stop":
+            problems.append(f"the stream ended with {end!r}, not message_stop")
+        return problems
+    if answer.content_type != "application/json":
+        return [f"content-type {answer.content_type!r}, not application/json"]
+    try:
+        value = strict_json(answer.body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        return [f"the body is not strict JSON ({exc})"]
+    if mode == "count":
+        tokens = value.get("input_tokens") if isinstance(value, dict) else None
+        if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 0:
+            return [f"count_tokens answered {json.dumps(value)[:200]}"]
+        return []
+    return message_problems(value)
+
+
+def judge(kind: str, mode: str, case: str, answer: Answer, expect: Expect) -> List[str]:
+    problems = generic_problems(answer, KEYS, allow_500=500 in expect.statuses)
+    if answer.dropped or answer.status == 0:
+        return problems or ["no answer"]
+    if answer.timed_out:
+        return problems + [f"no complete answer within {CLIENT_DEADLINE_S:.0f} s"]
+    if answer.status == 500 and b"internal error in agproxy" in answer.body:
+        problems.append("agproxy's own internal error")
+    if answer.status in (401, 403) or b'"authentication_error"' in answer.body or \
+            b'"permission_error"' in answer.body:
+        problems.append("an upstream's failure reached the client as an authentication/permission error")
+    if answer.status != 200:
+        if answer.status not in expect.statuses:
+            problems.append(f"status {answer.status} is not what the client should see")
+        elif answer.status in (502, 504) and b'"api_error"' not in answer.body:
+            problems.append(f"a {answer.status} whose error.type is not api_error")
+        return problems
+    if mode == "stream" and answer.content_type == "text/event-stream":
+        end, stream_issues = stream_problems(answer.body, strict_events=False)
+        problems += stream_issues
+        if end == "message_stop" and expect.ok:
+            problems += [p for p in complete_answer_problems(mode, answer) if p not in problems]
+        elif end == "message_stop":
+            problems.append("the stream finished with message_stop, but the upstream's answer was broken")
+        elif end == "error" and not expect.event_error:
+            problems.append("the stream ended with an error event; expected " + expect.describe())
+        return problems
+    if not expect.ok:
+        problems.append("200, but the upstream's answer was broken")
+    return problems + complete_answer_problems(mode, answer)
+
+
+@dataclasses.dataclass
+class Result:
+    kind: str
+    mode: str
+    case: str
+    expect: Expect
+    answer: Answer
+    problems: List[str]
+    notes: List[str] = dataclasses.field(default_factory=list)
+
+    def report(self) -> str:
+        lines = [f"{self.kind}/{self.mode}/{self.case}", f"  expected: {self.expect.describe()}",
+                 f"  agproxy:  {self.answer.describe(400)}"]
+        lines += [f"  - {p}" for p in self.problems]
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def rate_limit_aftermath(port: int, kind: str, mode: str, case: str, expect: Expect) -> List[str]:
+    """After a 429 with an absurd reset: the accounts page and a further request still work."""
+    problems = []
+    accounts = get(port, "/v1/agproxy/accounts", CLIENT_DEADLINE_S)
+    problems += [f"/v1/agproxy/accounts: {p}" for p in generic_problems(accounts, KEYS)]
+    if accounts.status != 200:
+        problems.append(f"/v1/agproxy/accounts answered {accounts.status}: {accounts.body[:200]!r}")
+    else:
+        try:
+            strict_json(accounts.body)
+        except ValueError as exc:
+            problems.append(f"/v1/agproxy/accounts is not strict JSON ({exc})")
+    again = ask(port, kind, mode, case)
+    problems += [f"the request after: {p}" for p in generic_problems(again, KEYS)]
+    if again.status not in (200, 429):
+        problems.append(f"the request after answered {again.status}: {again.body[:200]!r}")
+    elif again.status == 200:
+        problems += [f"the request after: {p}" for p in complete_answer_problems(mode, again)]
+    retry_after = again.header("retry-after")
+    if again.status == 429 and retry_after is not None and not re.fullmatch(r"\d{1,10}", retry_after):
+        problems.append(f"the request after: agproxy's 429 says retry-after {retry_after[:40]!r}")
+    return problems
+
+
+def run_one(port: int, kind: str, mode: str, case: str) -> Result:
+    expect = expectation(kind, mode, case)
+    answer = ask(port, kind, mode, case)
+    problems = judge(kind, mode, case, answer, expect)
+    if expect.rate_limited and not answer.dropped:
+        problems += rate_limit_aftermath(port, kind, mode, case, expect)
+    return Result(kind, mode, case, expect, answer, problems)
+
+
+# -- the matrix -------------------------------------------------------------------------------------
+
+class Matrix:
+    def __init__(self, fake: MisbehavingUpstream, proxies: Dict[str, Agproxy]) -> None:
+        self.fake = fake
+        self.proxies = proxies
+        self.results: Dict[Tuple[str, str, str], Result] = {}
+        self.elapsed = 0.0
+
+    def proxy_for(self, mode: str) -> Agproxy:
+        return self.proxies["json" if mode in ("json", "count") else "forced"]
+
+
+@pytest.fixture(scope="module")
+def matrix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Matrix]:
+    tmp = tmp_path_factory.mktemp("fault-matrix")
+    home = tmp / "home"
+    home.mkdir()
+    with MisbehavingUpstream() as fake:
+        proxies: Dict[str, Agproxy] = {}
+        try:
+            for name, modes, force in (("forced", ("stream", "forced"), True), ("json", ("json", "count"), False)):
+                path = write_config(tmp, config_for(fake, modes, force, tmp / f"state-{name}.json"), f"{name}.json")
+                proxies[name] = Agproxy(["--config", str(path), "--port", "0"], clean_env(HOME=str(home)), tmp,
+                                        None)
+            result = Matrix(fake, proxies)
+            started = time.monotonic()
+            with ThreadPoolExecutor(max_workers=160) as pool:
+                futures = {run: pool.submit(run_one, result.proxy_for(run[1]).port, *run) for run in RUNS}
+                for run, future in futures.items():
+                    result.results[run] = future.result()
+            result.elapsed = time.monotonic() - started
+            yield result
+        finally:
+            for proxy in proxies.values():
+                proxy.stop()
+
+
+@pytest.mark.parametrize("kind, mode, case", RUNS, ids=[f"{k}-{m}-{c}" for k, m, c in RUNS])
+def test_fault(matrix: Matrix, kind: str, mode: str, case: str) -> None:
+    result = matrix.results[(kind, mode, case)]
+    assert not result.problems, result.report()
+
+
+def test_matrix_is_fast_and_the_fake_is_sound(matrix: Matrix) -> None:
+    assert not matrix.fake.errors
+    assert matrix.elapsed < 60, f"the matrix took {matrix.elapsed:.0f} s"
+
+
+def test_agproxy_survives_the_matrix(matrix: Matrix) -> None:
+    for name, proxy in matrix.proxies.items():
+        assert proxy.proc.poll() is None, f"agproxy ({name}) exited with {proxy.proc.returncode}"
+        health = get(proxy.port, "/healthz")
+        assert health.status == 200 and not health.problems, health.describe()
+        assert json.loads(health.body)["status"] == "ok"
+
+
+def test_no_upstream_key_in_agproxy_log(matrix: Matrix) -> None:
+    for name, proxy in matrix.proxies.items():
+        log = proxy.log()
+        found = leaked(log, KEYS)
+        lines = [line for line in log.splitlines() if leaked(line, KEYS)]
+        assert not found, f"agproxy ({name}) logged an upstream key:\n" + "\n".join(lines[:10])
+
+
+def test_no_internal_error_in_agproxy_log(matrix: Matrix) -> None:
+    """Every failure of an upstream is an expected one: nothing reaches agproxy's catch-all handlers."""
+    problems = []
+    for name, proxy in matrix.proxies.items():
+        lines = proxy.log().splitlines()
+        for i, line in enumerate(lines):
+            if "internal error" in line or line.startswith("Traceback"):
+                tail = next((lines[j] for j in range(i + 1, min(i + 80, len(lines)))
+                             if re.match(r"^[A-Za-z_.]+(Error|Exception)\b", lines[j])), "")
+                problems.append(f"{name}: {line.strip()[:200]} -> {tail[:200]}")
+    distinct = sorted(set(problems))
+    assert not distinct, f"{len(problems)} internal errors logged, {len(distinct)} distinct:\n" + "\n".join(
+        distinct[:60])
+
+
+# -- connection reuse after an upstream sent more than it framed ----------------------------------------
+
+def test_bytes_after_a_framed_answer_do_not_answer_the_next_request(start_agproxy: Any) -> None:
+    """An upstream sends a complete answer, then (a moment later) a stale second answer nobody asked
+    for, and keeps the connection open. agproxy must not hand that stale answer to the next request
+    that reuses the connection (HTTP response desynchronisation)."""
+
+    def desync(ctx: Any) -> List[Any]:
+        if ctx.attempt == 1:
+            stale = response("200 OK", "application/json", json.dumps(message(ctx.model, "STALE SMUGGLED")).encode())
+            return [Send(good(ctx)), Sleep(0.2), Send(stale), KeepAlive()]
+        fresh = response("200 OK", "application/json", json.dumps(message(ctx.model, "FRESH ANSWER")).encode())
+        return [Send(fresh), KeepAlive()]
+
+    with MisbehavingUpstream({"desync": desync}) as fake:
+        config = {"auth_mode": "off", "max_retry_attempts": 1, "force_stream_internally": False, "state_file": "",
+                  "upstreams": [{"name": "u", "kind": "anthropic", "base_url": fake.url_for("desync", "anthropic",
+                                                                                         "json"),
+                                 "accounts": [{"name": "alice", "api_key": ALICE_KEY}], "timeout_s": 3}]}
+        proxy = start_agproxy(config)
+        first = ask(proxy.port, "anthropic", "json", "x")
+        assert first.status == 200, first.describe()
+        time.sleep(0.6)
+        second = ask(proxy.port, "anthropic", "json", "x")
+        assert b"STALE SMUGGLED" not in second.body, "the second request got the stale bytes of the first " \
+                                                     "connection: " + second.describe()
+        assert second.status in (200, 502), second.describe()
+
+
+def test_the_good_answers_of_the_fake_pass_the_checks(start_agproxy: Any) -> None:
+    """The control: a fake case that behaves well gives complete answers in every mode and kind."""
+    recipes = {"fine": lambda ctx: [Send(good(ctx))]}
+    with MisbehavingUpstream(recipes) as fake:
+        runs = [(k, m, "fine") for k in KINDS for m in MODES]
+        proxies = {}
+        for name, force in (("forced", True), ("json", False)):
+            upstreams, rules = [], []
+            for kind, mode, case in runs:
+                model = model_name(kind, mode, case)
+                upstreams.append({"name": model, "kind": kind, "base_url": fake.url_for(case, kind, mode),
+                                  "accounts": [{"name": "a", "api_key": ALICE_KEY}],
+                                  **({"openai": {"tokenize": "vllm"}} if mode == "count" and kind == "openai"
+                                     else {})})
+                rules.append({"match": model, "upstream": model})
+            proxies[name] = start_agproxy({"auth_mode": "off", "force_stream_internally": force, "state_file": "",
+                                           "upstreams": upstreams, "model_map": rules})
+        for kind, mode, case in runs:
+            proxy = proxies["json" if mode in ("json", "count") else "forced"]
+            answer = ask(proxy.port, kind, mode, case, 10)
+            problems = judge(kind, mode, case, answer, OK)
+            assert not problems, f"{kind}/{mode}: {answer.describe()} {problems}"
