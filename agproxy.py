@@ -817,31 +817,37 @@ CLOSED = "CLOSED"
 ParserEvent = Union[HeadReady, RequestReady, str]
 
 
-def request_body_framing(version: Tuple[int, int], headers: Headers) -> Tuple[str, int]:
-    """How the request body is delimited (RFC 9112 section 6.3): ("length", n) or ("chunked", 0).
-
-    Both ``Transfer-Encoding`` and ``Content-Length``, a transfer coding other than a final
-    ``chunked``, and conflicting or malformed lengths are refused, the usual smuggling vectors.
-    """
+def body_framing(version: Tuple[int, int], headers: Headers, error: Callable[..., AgproxyError],
+                 what: str = "request") -> Tuple[str, int]:
+    """How a message body is delimited (RFC 9112 section 6.3), for requests and responses alike:
+    ("length", n), ("chunked", 0), or None for a response that ends with the close. Both
+    ``Transfer-Encoding`` and ``Content-Length``, a transfer coding other than a lone ``chunked``,
+    and conflicting or malformed lengths raise ``error``: they are the usual smuggling vectors."""
     codings = [c.lower() for c in header_values(headers, "transfer-encoding")]
     lengths = [v for k, v in headers if k.lower() == "content-length"]
     if codings:
         if lengths:
-            raise ProtocolError("request has both Transfer-Encoding and Content-Length")
+            raise error(f"{what} has both Transfer-Encoding and Content-Length")
         if version < (1, 1):
-            raise ProtocolError("Transfer-Encoding is not allowed in an HTTP/1.0 request")
+            raise error(f"Transfer-Encoding is not allowed in an HTTP/1.0 {what}")
         if codings != ["chunked"]:
-            raise ProtocolError(f"unsupported Transfer-Encoding {', '.join(codings)!r}", status=501)
+            raise error(f"unsupported Transfer-Encoding {', '.join(codings)[:100]!r} in the {what}", status=501)
         return "chunked", 0
     if not lengths:
         return "length", 0
     values = {part.strip() for v in lengths for part in v.split(",")}
     if len(values) != 1:
-        raise ProtocolError("conflicting Content-Length headers")
+        raise error(f"conflicting Content-Length headers in the {what}")
     value = values.pop()
     if not _DIGITS.fullmatch(value):
-        raise ProtocolError(f"invalid Content-Length {value[:40]!r}")
+        raise error(f"invalid Content-Length {value[:40]!r} in the {what}")
     return "length", int(value)
+
+
+def request_body_framing(version: Tuple[int, int], headers: Headers) -> Tuple[str, int]:
+    """How a request body is delimited: ("length", n) or ("chunked", 0); :class:`ProtocolError`
+    for what :func:`body_framing` refuses."""
+    return body_framing(version, headers, ProtocolError)
 
 
 class RequestParser:
@@ -1130,6 +1136,10 @@ END = "END"
 _STATUS_LINE = re.compile(rb"HTTP/(\d)\.(\d) (\d{3})(?: .*)?")
 
 
+def _upstream_framing_error(message: str, status: int = 502) -> AgproxyError:
+    return UpstreamFailure(f"upstream sent a malformed answer: {message}")
+
+
 class ResponseParser:
     """Sans-IO HTTP/1.1 response parser for the upstream side: ``feed()`` bytes (``feed(b"")``
     at end of input), then ``next_event()`` gives the ``ResponseHead``, body pieces as they arrive,
@@ -1147,8 +1157,10 @@ class ResponseParser:
 
     @property
     def reusable(self) -> bool:
-        """The connection can carry another request (the body ended by its framing, not a close)."""
-        return self._state == "done" and self.head is not None and self.head.keep_alive and self._framed
+        """The connection can carry another request: the body ended by its framing (not a close)
+        and nothing came after it (bytes past the framing would answer the next request)."""
+        return (self._state == "done" and self.head is not None and self.head.keep_alive and self._framed
+                and not self._buffer)
 
     def feed(self, data: bytes) -> None:
         if data:
@@ -1264,13 +1276,12 @@ class ResponseParser:
         self._framed = True
         if self.method == "HEAD" or head.status in (204, 304):
             self._state = "done"
-        elif "chunked" in [c.lower() for c in header_values(head.headers, "transfer-encoding")]:
+            return
+        kind, length = body_framing(head.version, head.headers, _upstream_framing_error, "response")
+        if kind == "chunked":
             self._state = "chunk_size"
         elif header_value(head.headers, "content-length") is not None:
-            value = header_value(head.headers, "content-length") or ""
-            if not _DIGITS.fullmatch(value.strip()):
-                raise UpstreamFailure(f"upstream sent an invalid Content-Length {value[:20]!r}")
-            self._remaining = int(value)
+            self._remaining = length
             self._state = "length"
         else:
             self._framed = False
@@ -1306,7 +1317,7 @@ def encode_sse(event: Optional[str], data: str) -> bytes:
     lines = data.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     out = f"event: {event}\n" if event is not None else ""
     out += "".join(f"data: {line}\n" for line in lines)
-    return (out + "\n").encode("utf-8")
+    return (out + "\n").encode("utf-8", "replace")  # an upstream's lone surrogate becomes "?"
 
 
 def encode_sse_json(event: str, payload: Dict[str, Any]) -> bytes:
@@ -1442,11 +1453,26 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def loads_strict(data: Union[bytes, str]) -> Any:
+_HIGH_SURROGATE = r"\\u[dD][89abAB][0-9a-fA-F]{2}"
+_LOW_SURROGATE = r"\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+#: An unpaired surrogate escape (after an even run of backslashes, so it is an escape).
+_LONE_SURROGATE = (r"(?<!\\)((?:\\\\)*)(?:" + _HIGH_SURROGATE + "(?!" + _LOW_SURROGATE + ")|(?<!"
+                   + _HIGH_SURROGATE + ")" + _LOW_SURROGATE + ")")
+_LONE_SURROGATE_TEXT = re.compile(_LONE_SURROGATE)
+_LONE_SURROGATE_BYTES = re.compile(_LONE_SURROGATE.encode())
+
+
+def loads_strict(data: Union[bytes, str], repair_surrogates: bool = True) -> Any:
     """``json.loads`` that refuses what is not JSON although Python takes it: ``NaN``,
     ``Infinity``, numbers too large for a float, nesting deeper than Python's stack. Raises
     ``ValueError`` (``UnicodeDecodeError`` for bytes that are not UTF-8 is one). Everything an
-    upstream sends is read with it."""
+    upstream sends is read with it; an unpaired surrogate escape in it becomes U+FFFD, so that
+    what agproxy passes on is valid Unicode."""
+    if repair_surrogates and ("\\u" in data if isinstance(data, str) else b"\\u" in data):
+        if isinstance(data, str):
+            data = _LONE_SURROGATE_TEXT.sub(r"\1\\ufffd", data)
+        else:
+            data = _LONE_SURROGATE_BYTES.sub(rb"\1\\ufffd", data)
     try:
         return json.loads(data, parse_constant=_no_constant, parse_float=_finite_float)
     except RecursionError:
@@ -1472,7 +1498,7 @@ def parse_json_body(body: bytes) -> Dict[str, Any]:
     if not body:
         raise InvalidRequest("request body is empty; expected a JSON object")
     try:
-        value = loads_strict(body)
+        value = loads_strict(body, repair_surrogates=False)
     except ValueError as exc:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
@@ -1702,7 +1728,7 @@ def demo_reply_text(body: Dict[str, Any]) -> str:
     )
 
 
-def demo_message(body: Dict[str, Any], message_id: str) -> Dict[str, Any]:
+def demo_message(body: Dict[str, Any], message_id: str, input_tokens: Optional[int] = None) -> Dict[str, Any]:
     """The demo upstream's non-streaming answer, a complete Anthropic Message."""
     text = demo_reply_text(body)
     return {
@@ -1714,7 +1740,7 @@ def demo_message(body: Dict[str, Any], message_id: str) -> Dict[str, Any]:
         "stop_reason": "end_turn",
         "stop_sequence": None,
         "usage": {
-            "input_tokens": estimate_input_tokens(body),
+            "input_tokens": estimate_input_tokens(body) if input_tokens is None else input_tokens,
             "output_tokens": estimate_text_tokens(text),
             "cache_creation_input_tokens": 0,
             "cache_read_input_tokens": 0,
@@ -1722,9 +1748,9 @@ def demo_message(body: Dict[str, Any], message_id: str) -> Dict[str, Any]:
     }
 
 
-def demo_sse_events(body: Dict[str, Any], message_id: str) -> List[bytes]:
+def demo_sse_events(body: Dict[str, Any], message_id: str, input_tokens: Optional[int] = None) -> List[bytes]:
     """The demo upstream's streaming answer: the full Anthropic event grammar, text in small deltas."""
-    message = demo_message(body, message_id)
+    message = demo_message(body, message_id, input_tokens)
     text = message["content"][0]["text"]
     usage = message["usage"]
     start = dict(message, content=[], stop_reason=None, usage=dict(usage, output_tokens=1))
@@ -2150,8 +2176,13 @@ class MessageAccumulator:
         if kind == "error":
             error = payload.get("error") if isinstance(payload.get("error"), dict) else {}
             error_type = error.get("type") if error.get("type") in _ERROR_STATUS else "api_error"
-            raise StreamError(str(error.get("message") or "upstream stream error"),
-                              status=_ERROR_STATUS[error_type], error_type=error_type)
+            message = str(error.get("message") or "upstream stream error")[:4000]
+            if error_type in _CLIENT_KEY_ERRORS:  # agproxy's key to the upstream, not the client's
+                failure = UpstreamFailure(f"upstream rejected agproxy's key for it ({message}); check the "
+                                          "account's api_key")
+                failure.upstream_status = _ERROR_STATUS[error_type]
+                raise failure
+            raise StreamError(message, status=_ERROR_STATUS[error_type], error_type=error_type)
         if kind == "message_start":
             self.message = dict(_event_object(payload, "message", kind), content=[])
         elif kind == "content_block_start":
@@ -2202,6 +2233,65 @@ class MessageAccumulator:
         message = dict(self.message)
         message["content"] = [self._blocks[i] for i in sorted(self._blocks)]
         return check_message(message)
+
+
+#: Error types an upstream may say about itself that would make a client blame its own key:
+#: agproxy's key to the upstream is agproxy's problem (a 502 ``api_error``), never the client's.
+_CLIENT_KEY_ERRORS = ("authentication_error", "permission_error")
+
+
+def upstream_error_event(error: Dict[str, Any], upstream: str = "") -> Dict[str, Any]:
+    """An ``error`` payload an upstream sent in its stream, as agproxy relays it: a type from the
+    Anthropic vocabulary (``api_error`` for anything else), and a rejected upstream key said so."""
+    error_type = error.get("type") if error.get("type") in _ERROR_STATUS else "api_error"
+    message = str(error.get("message") or "upstream stream error")[:4000]
+    if error_type in _CLIENT_KEY_ERRORS:
+        error_type = "api_error"
+        who = f"upstream {upstream!r}" if upstream else "the upstream"
+        message = f"{who} rejected agproxy's key for it ({message}); check the account's api_key"
+    return error_body(error_type, message)
+
+
+class EventStreamCheck:
+    """Checks an Anthropic event stream an upstream sends before it is relayed as it is: every
+    event's data a JSON object with a ``type``, UTF-8 throughout; an ``error`` event put in the
+    Anthropic vocabulary; nothing after ``message_stop``. ``feed()`` takes whole events and gives
+    the bytes to relay; :class:`UpstreamFailure` for garbage. Pure; the relay owns the I/O."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.finished = False
+        self._decoder = SSEDecoder()
+
+    def feed(self, data: bytes) -> bytes:
+        """``data``, whole events, as they may be relayed (rewritten only when an error event or
+        events after ``message_stop`` need it)."""
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise UpstreamFailure("upstream sent an event stream that is not UTF-8") from None
+        rewritten = False
+        kept: List[Union[SSEEvent, bytes]] = []  # events as they came, or the bytes replacing one
+        for event in self._decoder.feed(data):
+            if self.finished:
+                rewritten = True  # nothing after message_stop reaches the client
+                continue
+            try:
+                payload = loads_strict(event.data)
+            except ValueError:
+                raise UpstreamFailure(f"upstream sent a {event.event[:40]!r} event whose data is not JSON") from None
+            if not isinstance(payload, dict) or not isinstance(payload.get("type"), str):
+                raise UpstreamFailure(f"upstream sent a {event.event[:40]!r} event whose data is not an event object")
+            if payload["type"] == "error":
+                error = payload.get("error") if isinstance(payload.get("error"), dict) else {}
+                kept.append(encode_sse_json("error", upstream_error_event(error, self.upstream)))
+                rewritten = self.finished = True
+                continue
+            self.finished = payload["type"] == "message_stop"
+            kept.append(event)
+        if not rewritten:
+            return data
+        return b"".join(k if isinstance(k, bytes) else encode_sse(k.event, k.data) for k in kept)
 
 
 def check_message(message: Any, upstream: str = "") -> Dict[str, Any]:
@@ -2902,8 +2992,9 @@ def openai_error_event(payload: Dict[str, Any]) -> bytes:
     error = payload.get("error")
     message = error.get("message") if isinstance(error, dict) else error
     code = error.get("code") if isinstance(error, dict) else None
-    status = code if isinstance(code, int) else 500
-    return encode_sse_json("error", error_body(error_type_for_status(status), str(message or "upstream error")))
+    status = code if isinstance(code, int) and not isinstance(code, bool) and 400 <= code <= 599 else 500
+    error = {"type": error_type_for_status(status), "message": str(message or "upstream error")}
+    return encode_sse_json("error", upstream_error_event(error))
 
 
 class _JsonEnd:
@@ -3716,9 +3807,19 @@ class _UpstreamConnection:
         self.origin = origin
         self.reader = reader
         self.writer = writer
+        self.idle_watch: Optional[asyncio.Future] = None
 
     def usable(self) -> bool:
         return not self.writer.transport.is_closing() and not self.reader.at_eof()
+
+    async def watch_while_idle(self) -> None:
+        """While pooled, nothing may arrive: bytes nobody asked for would be read as the answer to
+        the next request, and an end means the server closed it. Either way, the connection goes."""
+        try:
+            await self.reader.read(1)
+        except (ConnectionError, OSError):
+            pass  # a reset: the connection is gone, which abort() below records
+        self.abort()
 
     def abort(self) -> None:
         self.writer.transport.abort()
@@ -3830,12 +3931,15 @@ class UpstreamClient:
                     conn.writer.write(body)
                 await conn.writer.drain()
                 parser = ResponseParser(method)
+                deadline = asyncio.get_running_loop().time() + timeout_s  # for the whole head: no trickle
                 while True:
                     event = parser.next_event()
                     if isinstance(event, ResponseHead):
                         return UpstreamResponse(self, conn, parser, event, timeout_s)
-                    data = await asyncio.wait_for(conn.reader.read(_UPSTREAM_READ_SIZE), timeout_s)
-                    parser.feed(data)
+                    left = deadline - asyncio.get_running_loop().time()
+                    if left <= 0:
+                        raise asyncio.TimeoutError
+                    parser.feed(await asyncio.wait_for(conn.reader.read(_UPSTREAM_READ_SIZE), left))
             except asyncio.TimeoutError:
                 conn.abort()
                 raise UpstreamFailure(f"upstream {host}:{port} timed out", status=504) from None
@@ -3853,6 +3957,9 @@ class UpstreamClient:
         idle = self._idle.get(origin) or []
         while idle:
             conn = idle.pop()
+            if conn.idle_watch is not None:
+                conn.idle_watch.cancel()
+                conn.idle_watch = None
             if conn.usable():
                 return conn, True
             conn.abort()
@@ -3888,6 +3995,7 @@ class UpstreamClient:
             return
         idle = self._idle.setdefault(conn.origin, [])
         if len(idle) < _MAX_IDLE_PER_ORIGIN:
+            conn.idle_watch = asyncio.ensure_future(conn.watch_while_idle())
             idle.append(conn)
         else:
             conn.abort()
@@ -3900,6 +4008,8 @@ class UpstreamClient:
         """Close idle connections."""
         for conns in self._idle.values():
             for conn in conns:
+                if conn.idle_watch is not None:
+                    conn.idle_watch.cancel()
                 conn.abort()
         self._idle.clear()
 
@@ -4034,7 +4144,7 @@ class StreamingResponse:
 
 def json_response(status: int, payload: Any, headers: Headers = ()) -> Response:
     """A JSON response."""
-    body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "replace")
     return Response(status, [("Content-Type", "application/json")] + list(headers), body)
 
 
@@ -4355,6 +4465,7 @@ class Server:
         elif exchange is not None and exchange.request.version < (1, 1):
             headers.append(("Connection", "keep-alive"))  # HTTP/1.0 closes unless told otherwise
         redact = self.redact.data
+        headers = [(name, self.redact.text(value)) for name, value in headers]  # an upstream's may echo a key
         if isinstance(response, Response):
             body = redact(response.body)
             headers.append(("Content-Length", str(len(body))))
@@ -4609,7 +4720,7 @@ class Server:
             exchange.upstream, exchange.account = upstream.name, account.name
             answered = [("X-Mapped-Model", route.model), ("X-Account-Email", account.name)]
             if upstream.kind == "demo":
-                return self._demo_messages(body, answered)
+                return self._demo_messages(body, answered, await _estimate_tokens(body, len(request.body or b"")))
             single = Route((upstream,), route.model)
             try:
                 if upstream.kind == "openai":
@@ -4648,12 +4759,13 @@ class Server:
             return json_response(200, message, headers)
         return StreamingResponse(200, _SSE_HEADERS + headers, _iterate(message_as_sse(message)), lambda: None)
 
-    def _demo_messages(self, body: Dict[str, Any], headers: Headers) -> Union[Response, StreamingResponse]:
+    def _demo_messages(self, body: Dict[str, Any], headers: Headers,
+                       input_tokens: int) -> Union[Response, StreamingResponse]:
         message_id = new_message_id()
         if not body.get("stream"):
-            return json_response(200, demo_message(body, message_id), headers)
-        return StreamingResponse(200, _SSE_HEADERS + headers, _iterate(demo_sse_events(body, message_id)),
-                                 lambda: None)
+            return json_response(200, demo_message(body, message_id, input_tokens), headers)
+        return StreamingResponse(200, _SSE_HEADERS + headers,
+                                 _iterate(demo_sse_events(body, message_id, input_tokens)), lambda: None)
 
     def _anthropic_headers(self, request: Request, upstream: Upstream, account: Account, beta: Optional[str],
                            stream: bool) -> Headers:
@@ -4793,7 +4905,7 @@ class Server:
         window = upstream.context_window
         client_window = client_context_window(request.headers)
         if window:
-            estimate = estimate_input_tokens(body)
+            estimate = await _estimate_tokens(body, len(request.body or b""))
             if estimate > window:
                 raise prompt_too_long(estimate, window, client_window)
         stream = bool(body.get("stream"))
@@ -4848,7 +4960,7 @@ class Server:
         window, client_window = route.upstream.context_window, client_context_window(request.headers)
         if route.upstream.kind != "anthropic":
             counted = await self._openai_count(request, body, route) if route.upstream.kind == "openai" else None
-            tokens = counted if counted is not None else estimate_input_tokens(body)
+            tokens = counted if counted is not None else await _estimate_tokens(body, len(request.body or b""))
             if window:
                 tokens = scale_tokens(tokens, window, client_window)
             how = "upstream-tokenizer" if counted is not None else "estimate"
@@ -4860,19 +4972,20 @@ class Server:
             try:
                 response = await self._call_anthropic(request, exchange, Route((upstream,), route.model), account,
                                                       "/v1/messages/count_tokens", False)
-                data = await response.read_all(1024 * 1024)
-            except AgproxyError as exc:
-                raise AttemptError(exc, _outcome_of(exc)) from None
-            if upstream.context_window:
+                data = await _watched(exchange, response, response.read_all(1024 * 1024))
                 try:
                     counted = loads_strict(data)
                 except ValueError:
                     counted = None
-                if isinstance(counted, dict):
-                    scale_usage(counted, upstream.context_window, client_window)
-                    data = json.dumps(counted).encode("utf-8")
-            return Response(response.status, [("Content-Type", "application/json")] + headers
-                            + [("X-Account-Email", account.name)], data)
+                if not isinstance(counted, dict) or _token_count(counted.get("input_tokens")) != \
+                        counted.get("input_tokens") or isinstance(counted.get("input_tokens"), bool):
+                    raise UpstreamFailure(f"upstream {upstream.name!r} answered count_tokens with something that "
+                                          "is not a token count")
+            except AgproxyError as exc:
+                raise AttemptError(exc, _outcome_of(exc)) from None
+            if upstream.context_window:
+                scale_usage(counted, upstream.context_window, client_window)
+            return json_response(200, counted, headers + [("X-Account-Email", account.name)])
 
         try:
             return await run_attempts(self.pool, anthropic_only, session_id(request.headers, body),
@@ -4945,7 +5058,7 @@ class Server:
         upstream = route.upstream
         window = upstream.context_window
         client_window = client_context_window(request.headers)
-        estimate = estimate_input_tokens(body)
+        estimate = await _estimate_tokens(body, len(request.body or b""))
         if window and estimate > window:
             raise prompt_too_long(estimate, window, client_window)
         stream = bool(body.get("stream"))
@@ -5041,6 +5154,18 @@ async def _error_body(upstream: Upstream, response: UpstreamResponse) -> bytes:
     return data
 
 
+#: Request bodies above this size have their tokens estimated in a worker thread, so that one
+#: huge request does not stall every other client (the estimate walks every character).
+_ESTIMATE_OFF_LOOP_BYTES = 1024 * 1024
+
+
+async def _estimate_tokens(body: Dict[str, Any], size: int) -> int:
+    """:func:`estimate_input_tokens`, off the event loop for a large body."""
+    if size < _ESTIMATE_OFF_LOOP_BYTES:
+        return estimate_input_tokens(body)
+    return await asyncio.get_running_loop().run_in_executor(None, estimate_input_tokens, body)
+
+
 def _upstream_error(upstream: Upstream, response: UpstreamResponse, data: bytes) -> AgproxyError:
     """An upstream's error answer to relay, keeping its status, rate-limit headers and reset time."""
     error = anthropic_error_from_upstream(response.status, data, upstream.name)
@@ -5120,12 +5245,15 @@ async def _openai_events(response: UpstreamResponse, translator: OpenAIStreamTra
             if data == "[DONE]":
                 out += translator.finish()
                 continue
+            if not data:
+                continue  # an empty keep-alive event
             try:
                 parsed = loads_strict(data)
             except ValueError:
-                continue  # keep-alive comments and the like
-            if isinstance(parsed, dict):
-                out += translator.feed(parsed)
+                raise UpstreamFailure(f"upstream sent a chunk that is not JSON: {data[:100]!r}") from None
+            if not isinstance(parsed, dict):
+                raise UpstreamFailure(f"upstream sent a chunk that is not a JSON object: {data[:100]!r}")
+            out += translator.feed(parsed)
         yield b"".join(out)
         if translator.finished:
             response.close()
@@ -5223,7 +5351,7 @@ async def _relay_sse(response: UpstreamResponse, upstream: str, observe: Optiona
     the client never sees half an event.
     """
     pending = bytearray()
-    last = b""
+    check = EventStreamCheck(upstream)
     chunk = head
     clock = asyncio.get_running_loop().time
     last_event = clock()
@@ -5237,21 +5365,22 @@ async def _relay_sse(response: UpstreamResponse, upstream: str, observe: Optiona
             chunk = b""
             cut = sse_complete_prefix(pending)
             if cut:
-                last = bytes(pending[:cut])
+                events = check.feed(bytes(pending[:cut]))
                 del pending[:cut]
-                if b"data:" in last:
+                if b"data:" in events:
                     last_event = clock()
                 if observe is not None:
-                    observe(last)
-                yield last if transform is None else transform(last)
+                    observe(events)
+                yield events if transform is None else transform(events)
+                if check.finished:
+                    return  # message_stop (or an error) ends it; whatever follows is not relayed
             elif len(pending) > MAX_SSE_EVENT_BYTES:
                 raise UpstreamFailure(f"upstream sent an SSE event larger than {MAX_SSE_EVENT_BYTES} bytes")
             if clock() - last_event > response.timeout_s:
                 raise UpstreamFailure(f"upstream sent no event for {response.timeout_s:g} s (timeout_s)")
-        if pending.strip():
-            last = bytes(pending) + b"\n\n"
-            yield last
-        if b"message_stop" not in last and b"event: error" not in last:
+        if pending.strip():  # the last event without its blank line: take it if it is whole
+            yield check.feed(bytes(pending) + b"\n\n")
+        if not check.finished:
             raise UpstreamFailure("the stream ended before message_stop")
     except AgproxyError as exc:
         yield encode_sse_json("error", error_body("api_error", f"upstream {upstream!r}: {exc.message}"))

@@ -261,7 +261,10 @@ CHUNKED_RESPONSE = (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-E
 def test_response_framings(step):
     head, body, ended, parser = parse_response(CHUNKED_RESPONSE, step, eof=False)
     assert (head.status, body, ended, parser.reusable) == (200, b"hello, world", True, True)
-    head, body, ended, parser = parse_response(b"HTTP/1.1 404 Not Found\r\nContent-Length: 3\r\n\r\nabcEXTRA", step,
+    head, body, ended, parser = parse_response(b"HTTP/1.1 404 Not Found\r\nContent-Length: 3\r\n\r\nabcEXTRA", 0,
+                                               eof=False)
+    assert (head.status, body, ended, parser.reusable) == (404, b"abc", True, False)  # bytes past the framing
+    head, body, ended, parser = parse_response(b"HTTP/1.1 404 Not Found\r\nContent-Length: 3\r\n\r\nabc", step,
                                                eof=False)
     assert (head.status, body, ended, parser.reusable) == (404, b"abc", True, True)
     head, body, ended, parser = parse_response(b"HTTP/1.0 200 OK\r\n\r\nuntil the end", step)
