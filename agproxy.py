@@ -2182,7 +2182,9 @@ class MessageAccumulator:
                                           "account's api_key")
                 failure.upstream_status = _ERROR_STATUS[error_type]
                 raise failure
-            raise StreamError(message, status=_ERROR_STATUS[error_type], error_type=error_type)
+            # an upstream's own failure (api_error) is a bad gateway here, not agproxy's internal error
+            status = 502 if error_type == "api_error" else _ERROR_STATUS[error_type]
+            raise StreamError(message, status=status, error_type=error_type)
         if kind == "message_start":
             self.message = dict(_event_object(payload, "message", kind), content=[])
         elif kind == "content_block_start":
