@@ -1442,6 +1442,10 @@ _TOOL_CHOICES = ("auto", "any", "tool", "none")
 _THINKING_TYPES = ("enabled", "disabled", "adaptive")
 
 
+class JSONTooDeep(ValueError):
+    """JSON nested deeper than Python's parser can follow."""
+
+
 def _finite_float(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):
@@ -1476,7 +1480,7 @@ def loads_strict(data: Union[bytes, str], repair_surrogates: bool = True) -> Any
     try:
         return json.loads(data, parse_constant=_no_constant, parse_float=_finite_float)
     except RecursionError:
-        raise ValueError("JSON nested too deeply") from None
+        raise JSONTooDeep("JSON nested too deeply") from None
 
 
 def _too_deep(value: Any, limit: int) -> bool:
@@ -1499,6 +1503,8 @@ def parse_json_body(body: bytes) -> Dict[str, Any]:
         raise InvalidRequest("request body is empty; expected a JSON object")
     try:
         value = loads_strict(body, repair_surrogates=False)
+    except JSONTooDeep:
+        raise InvalidRequest(f"request body nests deeper than {MAX_JSON_DEPTH} levels") from None
     except ValueError as exc:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
