@@ -1343,6 +1343,11 @@ class SSEDecoder:
         self._id: Optional[str] = None
         self._last_id: Optional[str] = None
 
+    @property
+    def pending(self) -> bool:
+        """Part of an event has been taken and waits for the rest."""
+        return bool(self._buffer or self._data or self._event)
+
     def feed(self, data: bytes) -> List[SSEEvent]:
         """Add bytes; return the events they complete."""
         if self._skip_lf and data[:1] == b"\n":
@@ -1457,6 +1462,7 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+_STRICT_JSON = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite_float)
 _HIGH_SURROGATE = r"\\u[dD][89abAB][0-9a-fA-F]{2}"
 _LOW_SURROGATE = r"\\u[dD][c-fC-F][0-9a-fA-F]{2}"
 #: An unpaired surrogate escape (after an even run of backslashes, so it is an escape).
@@ -1478,7 +1484,7 @@ def loads_strict(data: Union[bytes, str], repair_surrogates: bool = True) -> Any
         else:
             data = _LONE_SURROGATE_BYTES.sub(rb"\1\\ufffd", data)
     try:
-        return json.loads(data, parse_constant=_no_constant, parse_float=_finite_float)
+        return _STRICT_JSON.decode(data if isinstance(data, str) else data.decode("utf-8"))
     except RecursionError:
         raise JSONTooDeep("JSON nested too deeply") from None
 
@@ -2260,6 +2266,10 @@ def upstream_error_event(error: Dict[str, Any], upstream: str = "") -> Dict[str,
     return error_body(error_type, message)
 
 
+#: One ``data:`` line of an event, as Anthropic sends them (one data line per event, LF endings).
+_DATA_LINE = re.compile(r"^data: ?(.*)$", re.MULTILINE)
+
+
 class EventStreamCheck:
     """Checks an Anthropic event stream an upstream sends before it is relayed as it is: every
     event's data a JSON object with a ``type``, UTF-8 throughout; an ``error`` event put in the
@@ -2271,13 +2281,35 @@ class EventStreamCheck:
         self.finished = False
         self._decoder = SSEDecoder()
 
+    def _plain(self, text: str) -> bool:
+        """The fast path, for the stream every Anthropic server sends: LF line endings, one data
+        line per event, every event an object with a type, no error: True when ``text`` is that
+        (and was checked). Anything else (False) goes through the full decoder."""
+        if "\r" in text or self.finished or self._decoder.pending:
+            return False
+        datas = _DATA_LINE.findall(text)
+        if len(datas) != text.count("\n\n"):
+            return False  # multi-line data, comments or events without data: the decoder knows them
+        for number, data in enumerate(datas, 1):
+            try:
+                payload = _STRICT_JSON.decode(data)
+            except ValueError:
+                return False
+            kind = payload.get("type") if isinstance(payload, dict) else None
+            if not isinstance(kind, str) or kind == "error" or (kind == "message_stop" and number < len(datas)):
+                return False
+        self.finished = bool(datas) and kind == "message_stop"
+        return True
+
     def feed(self, data: bytes) -> bytes:
         """``data``, whole events, as they may be relayed (rewritten only when an error event or
         events after ``message_stop`` need it)."""
         try:
-            data.decode("utf-8")
+            text = data.decode("utf-8")
         except UnicodeDecodeError:
             raise UpstreamFailure("upstream sent an event stream that is not UTF-8") from None
+        if self._plain(text):
+            return data
         rewritten = False
         kept: List[Union[SSEEvent, bytes]] = []  # events as they came, or the bytes replacing one
         for event in self._decoder.feed(data):
@@ -4518,6 +4550,9 @@ class Server:
     async def _drain(self, conn: _Connection) -> None:
         """Wait until the client has taken what was written; a client that reads nothing for
         ``write_timeout_s`` is cut, so it cannot pin an upstream connection and an account's slot."""
+        if conn.writer.transport.get_write_buffer_size() < _CLIENT_READ_SIZE:
+            await conn.writer.drain()  # nothing to wait for (the usual case): no timer needed
+            return
         try:
             await asyncio.wait_for(conn.writer.drain(), self.config.write_timeout_s)
         except asyncio.TimeoutError:
