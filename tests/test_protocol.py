@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 import urllib.error
 import urllib.request
 from typing import Any, Dict, List
@@ -351,7 +352,7 @@ def test_self_healing_learns_persists_and_logs_once(start_agproxy, tmp_path):
         assert post(proxy, "/v1/messages", body, headers)[0] == 200
         assert len(picky.requests) == 5  # learned: straight through
         assert proxy.log().count("rejects context_management") == 1
-        saved = json.loads(state.read_text())
+        saved = saved_state(state, lambda s: s.get("learned", {}).get("fake", {}).get("fields"))
         assert saved["learned"]["fake"]["fields"] == ["context_management", "output_config"]
         proxy.stop()
         again = start_agproxy(fake_config(picky, state_file=str(state)))
@@ -368,6 +369,20 @@ def test_self_healing_never_strips_what_the_request_needs(start_agproxy):
         assert len(picky.requests) == 1
 
 
+def saved_state(path, ready, wait_s: float = 5.0):
+    """The state file once ``ready(state)`` holds: agproxy saves it off its event loop, just after
+    the answer that changed it."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            state = json.loads(path.read_text())
+        except (OSError, ValueError):
+            state = {}
+        if ready(state) or time.monotonic() > deadline:
+            return state
+        time.sleep(0.05)
+
+
 def test_corrupt_state_file_is_reported_and_replaced(start_agproxy, tmp_path):
     state = tmp_path / "state.json"
     state.write_text("{not json")
@@ -376,7 +391,8 @@ def test_corrupt_state_file_is_reported_and_replaced(start_agproxy, tmp_path):
         assert "unreadable" in proxy.log()
         name, headers, body = corpus()[0]
         assert post(proxy, "/v1/messages", body, headers)[0] == 200
-        assert json.loads(state.read_text())["learned"]["fake"]["fields"] == ["context_management"]
+        saved = saved_state(state, lambda s: s.get("learned", {}).get("fake", {}).get("fields"))
+        assert saved["learned"]["fake"]["fields"] == ["context_management"]
 
 
 def test_thinking_signatures_follow_the_upstream_that_made_them(start_agproxy):
