@@ -10,7 +10,7 @@ CLAUDE_CODE_VERSION ?= 2.1.197
 CLAUDE_DIR := .cache/claude-code
 CLAUDE := $(CLAUDE_DIR)/node_modules/.bin/claude
 
-.PHONY: build run test lint claude-cli bench bench-peers clean
+.PHONY: build run test lint claude-cli bench bench-peers fuzz clean
 
 build: agproxy.pyz
 
@@ -43,6 +43,11 @@ lint: $(VENV)/.installed
 
 bench: build
 	$(PYTHON) bench/run.py
+
+# A long fuzz run against a real agproxy (minutes; not part of `make test`): FUZZ_ARGS="--cases 100000 --seed 7".
+FUZZ_ARGS ?=
+fuzz: build
+	$(PYTHON) tools/fuzz.py $(FUZZ_ARGS)
 
 # The same translation workload through claude-code-router and LiteLLM (installed into .cache/peers
 # on first use; benchmark-only, never a dependency of agproxy).

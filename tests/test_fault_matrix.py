@@ -51,6 +51,7 @@ from tests.wire_check import (
     leaked,
     message_problems,
     post_json,
+    program_under_test,
     stream_problems,
     strict_json,
 )
@@ -350,7 +351,7 @@ def matrix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Matrix]:
             for name, modes, force in (("forced", ("stream", "forced"), True), ("json", ("json", "count"), False)):
                 path = write_config(tmp, config_for(fake, modes, force, tmp / f"state-{name}.json"), f"{name}.json")
                 proxies[name] = Agproxy(["--config", str(path), "--port", "0"], clean_env(HOME=str(home)), tmp,
-                                        None)
+                                        program_under_test())
             result = Matrix(fake, proxies)
             started = time.monotonic()
             with ThreadPoolExecutor(max_workers=160) as pool:
@@ -425,7 +426,7 @@ def test_bytes_after_a_framed_answer_do_not_answer_the_next_request(start_agprox
                   "upstreams": [{"name": "u", "kind": "anthropic", "base_url": fake.url_for("desync", "anthropic",
                                                                                          "json"),
                                  "accounts": [{"name": "alice", "api_key": ALICE_KEY}], "timeout_s": 3}]}
-        proxy = start_agproxy(config)
+        proxy = start_agproxy(config, command=program_under_test())
         first = ask(proxy.port, "anthropic", "json", "x")
         assert first.status == 200, first.describe()
         time.sleep(0.6)
@@ -451,7 +452,7 @@ def test_the_good_answers_of_the_fake_pass_the_checks(start_agproxy: Any) -> Non
                                      else {})})
                 rules.append({"match": model, "upstream": model})
             proxies[name] = start_agproxy({"auth_mode": "off", "force_stream_internally": force, "state_file": "",
-                                           "upstreams": upstreams, "model_map": rules})
+                                           "upstreams": upstreams, "model_map": rules}, command=program_under_test())
         for kind, mode, case in runs:
             proxy = proxies["json" if mode in ("json", "count") else "forced"]
             answer = ask(proxy.port, kind, mode, case, 10)

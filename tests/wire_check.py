@@ -7,8 +7,10 @@ Messages and event streams. Standard library only, so ``tools/fuzz.py`` can use 
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
+import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -16,6 +18,13 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 ERROR_TYPES = frozenset({"invalid_request_error", "authentication_error", "permission_error", "not_found_error",
                          "request_too_large", "rate_limit_error", "api_error", "overloaded_error", "billing_error",
                          "timeout_error"})
+
+def program_under_test() -> Optional[List[str]]:
+    """The command that runs agproxy for the fault matrix and the live fuzz tests: ``agproxy.py`` by
+    default, or ``$AGPROXY_PROGRAM`` (``agproxy.pyz``, or an older agproxy.py to compare with)."""
+    program = os.environ.get("AGPROXY_PROGRAM")
+    return [sys.executable, program] if program else None
+
 
 _STATUS_LINE = re.compile(rb"HTTP/1\.[01] (\d{3}) ([\t\x20-\x7e\x80-\xff]*)")
 _HEADER_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([\t\x20-\x7e\x80-\xff]*)")
@@ -33,6 +42,7 @@ class Answer:
         self.body = b""
         self.raw = bytearray()
         self.problems: List[str] = []
+        self.method = "POST"
         self.dropped = False  # closed (or reset) before a single byte of a response
         self.timed_out = False
         self.elapsed = 0.0
@@ -61,14 +71,29 @@ class Answer:
         return f"{head}; body: {body!r}" + (f"; wire problems: {self.problems}" if self.problems else "")
 
 
-class _Reader:
-    def __init__(self, sock: socket.socket, deadline: float, answer: Answer) -> None:
+class ResponseReader:
+    """Reads responses off one socket, one ``read()`` each, keeping what arrived early (pipelining)."""
+
+    def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.deadline = deadline
-        self.answer = answer
+        self.deadline = 0.0
+        self.answer = Answer()
         self.buffer = bytearray()
         self.eof = False
         self.reset = False
+
+    def read(self, timeout: float, method: str = "POST", expect_continue: bool = False,
+             max_body: int = 256 * 1024 * 1024) -> Answer:
+        """The next response, read strictly."""
+        answer = Answer()
+        answer.method = method
+        started = time.monotonic()
+        self.deadline, self.answer = started + timeout, answer
+        try:
+            _read_into(self, answer, method, expect_continue, max_body)
+        finally:
+            answer.elapsed = time.monotonic() - started
+        return answer
 
     def fill(self) -> bool:
         """Read more; False at end of input (close, reset or the deadline)."""
@@ -128,18 +153,11 @@ class _Reader:
 
 def read_answer(sock: socket.socket, timeout: float, method: str = "POST", expect_continue: bool = False,
                 max_body: int = 256 * 1024 * 1024) -> Answer:
-    """Read one response strictly; the socket is left open (read_answer again for pipelined requests)."""
-    answer = Answer()
-    started = time.monotonic()
-    reader = _Reader(sock, started + timeout, answer)
-    try:
-        _read_into(reader, answer, method, expect_continue, max_body)
-    finally:
-        answer.elapsed = time.monotonic() - started
-    return answer
+    """Read one response strictly (use a :class:`ResponseReader` for several on one connection)."""
+    return ResponseReader(sock).read(timeout, method, expect_continue, max_body)
 
 
-def _read_into(reader: _Reader, answer: Answer, method: str, expect_continue: bool, max_body: int) -> None:
+def _read_into(reader: ResponseReader, answer: Answer, method: str, expect_continue: bool, max_body: int) -> None:
     while True:
         head = reader.until(b"\r\n\r\n", _MAX_HEAD)
         if head is None:
@@ -239,8 +257,13 @@ def _read_into(reader: _Reader, answer: Answer, method: str, expect_continue: bo
             return
         answer.body = data
         return
-    answer.problems.append("response body delimited by the connection close (no Content-Length, not chunked)")
+    closes = any(k.lower() == "connection" and "close" in v.lower() for k, v in answer.headers)
+    if not closes:
+        answer.problems.append("response body delimited by the connection close (no Content-Length, not chunked, "
+                               "no Connection: close)")
     answer.body = reader.rest(max_body)
+    if answer.timed_out:
+        answer.problems.append("close-delimited body still open at the deadline")
 
 
 def build_request(method: str, path: str, body: Optional[bytes] = None, headers: Sequence[Tuple[str, str]] = (),
@@ -457,7 +480,7 @@ def generic_problems(answer: Answer, secrets: Sequence[str] = (), allow_500: boo
         return problems
     if answer.status == 500 and not allow_500:
         problems.append("agproxy answered 500: " + answer.body[:300].decode("utf-8", "replace"))
-    if answer.status >= 400 and not answer.timed_out:
+    if answer.status >= 400 and not answer.timed_out and answer.method != "HEAD":
         problems += error_status_problems(answer)
     for secret in leaked(answer.raw, secrets):
         problems.append(f"the upstream key {secret[:14]}... appears in the response")

@@ -607,6 +607,8 @@ _simple("sse_html_body", "sse", lambda ctx: [Send(response("200 OK", "text/event
 _simple("sse_invalid_utf8", "sse", _anthropic_stream(_insert(4, sse("content_block_delta", {
     "type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "X"}}).replace(
     b"X", b"\xff\xfe\xc3"))))
+_simple("sse_lone_surrogate", "sse", _anthropic_stream(_insert(4, sse("content_block_delta", {
+    "type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "a\ud800b"}}))))
 _simple("sse_line_20mb", "sse", _anthropic_stream(lambda ctx, events: [Send(sse_response(
     events[:3] + [b"data: " + b"x" * (20 * 1024 * 1024) + b"\n\n"] + events[3:]))]))
 
@@ -676,6 +678,7 @@ _simple("oa_error_echo_key", "oa_sse", lambda ctx: _oa_stream({"error": {"messag
                                                                          "code": 401}})(ctx))
 _simple("oa_no_finish_no_done", "oa_sse", lambda ctx: [Send(sse_response([sse(None, oa_chunk({"content": "Hi"}))]))])
 _simple("oa_only_done", "oa_sse", lambda ctx: [Send(sse_response([b"data: [DONE]\n\n"]))])
+_simple("oa_lone_surrogate", "oa_sse", _oa_stream(dict(oa_chunk({"content": "a\udfffb"}), id="x\ud800")))
 _simple("oa_line_20mb", "oa_sse", _oa_stream(b"data: " + b"x" * (20 * 1024 * 1024) + b"\n\n"))
 
 
@@ -727,6 +730,7 @@ _simple("oaj_usage_string", "oa_json", _oa_json(lambda ctx: dict(completion(ctx.
 _simple("oaj_finish_reason_int", "oa_json", _oa_json(lambda ctx: dict(completion(ctx.model), choices=[
     {"index": 0, "message": {"role": "assistant", "content": "x"}, "finish_reason": 5}])))
 _simple("oaj_id_object", "oa_json", _oa_json(lambda ctx: dict(completion(ctx.model), id={"a": 1})))
+_simple("oaj_lone_surrogate", "oa_json", _oa_json(lambda ctx: dict(completion(ctx.model, "a\ud800b"), id="\udfff")))
 _simple("oaj_error_200", "oa_json", _oa_json(lambda ctx: {"error": {"message": "quota exceeded", "code": 429}}))
 
 
