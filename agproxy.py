@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import base64
 import collections
+import copy
 import dataclasses
 import datetime
 import fnmatch
@@ -2774,7 +2775,8 @@ def _openai_tools(tools: List[Any], options: OpenAIOptions, changes: Dict[str, i
             if equivalent is None:
                 _count(changes, "server_tool_dropped")
                 continue
-            out.append({"type": "function", "function": dict(name=tool["name"], **equivalent)})
+            # a deep copy: learned rejections delete keys from what is sent, never from the shared table
+            out.append({"type": "function", "function": dict(name=tool["name"], **copy.deepcopy(equivalent))})
             _count(changes, "typed_tool_as_function")
             continue
         schema = tool.get("input_schema") or {"type": "object", "properties": {}}
@@ -2913,7 +2915,7 @@ def anthropic_to_openai(body: Dict[str, Any], options: OpenAIOptions, upstream: 
             budget = thinking.get("budget_tokens") or 16000
             out["reasoning_effort"] = "low" if budget < 4096 else "medium" if budget < 16384 else "high"
         if options.thinking_body:
-            out.update(options.thinking_body)
+            out.update(copy.deepcopy(options.thinking_body))  # the config's dicts stay the config's
         if not options.reasoning_effort and not options.thinking_body:
             _count(changes, "thinking_dropped")
     if body.get("stream"):
@@ -5052,7 +5054,7 @@ class Server:
         translated, translation_changes = anthropic_to_openai(body, upstream.openai, upstream.name)
         changes.update(translation_changes)
         if upstream.extra_body:
-            translated.update(upstream.extra_body)
+            translated.update(copy.deepcopy(upstream.extra_body))
         for path in self.learned.fields(upstream.name):
             _count(changes, f"learned:{path}", drop_path(translated, path.split(".")))
         if changes:

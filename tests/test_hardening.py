@@ -414,3 +414,16 @@ def test_a_huge_count_tokens_does_not_stall_other_clients(demo_proxy):
     worker.join(120)
     assert "count" in results
     assert health and health[0] < results["count"], "/healthz waited for the count to finish"
+
+
+# -- shared tables stay as they are (issue 11, found on reading) ---------------------------------------
+
+def test_learned_paths_never_change_the_shared_tool_table_or_the_config():
+    options = agproxy.OpenAIOptions(thinking_body={"chat_template_kwargs": {"enable_thinking": True}})
+    body = dict(SIMPLE, tools=[{"type": "bash_20250124", "name": "bash"}],
+                thinking={"type": "enabled", "budget_tokens": 2000})
+    translated, _ = agproxy.anthropic_to_openai(body, options, "u")
+    agproxy.drop_path(translated, "tools.*.function.parameters.properties.restart".split("."))
+    agproxy.drop_path(translated, "chat_template_kwargs.enable_thinking".split("."))
+    assert "restart" in agproxy._TYPED_TOOL_FUNCTIONS["bash"]["parameters"]["properties"]
+    assert options.thinking_body == {"chat_template_kwargs": {"enable_thinking": True}}
