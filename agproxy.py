@@ -199,6 +199,11 @@ class UpstreamFailure(AgproxyError):
     error_type = "api_error"
 
 
+class UpstreamClosed(UpstreamFailure):
+    """The upstream closed the connection before a byte of its answer (a pooled connection the
+    server had already dropped: the request is sent again on a fresh one)."""
+
+
 class ConfigError(AgproxyError):
     """The configuration is unusable; the message names the key and the problem."""
 
@@ -1253,8 +1258,9 @@ class ResponseParser:
             if len(self._buffer) > self.max_header_bytes:
                 raise UpstreamFailure(f"upstream header block exceeds {self.max_header_bytes} bytes")
             if self._eof:
-                raise UpstreamFailure("upstream closed the connection without an answer" if not self._buffer
-                                      else "upstream closed the connection in the middle of its headers")
+                if not self._buffer:
+                    raise UpstreamClosed("upstream closed the connection without an answer")
+                raise UpstreamFailure("upstream closed the connection in the middle of its headers")
             return None
         lines = bytes(self._buffer[:end]).split(b"\n")
         del self._buffer[: end + cut]
@@ -3987,7 +3993,7 @@ class UpstreamClient:
                 raise UpstreamFailure(f"upstream {host}:{port} timed out", status=504) from None
             except (OSError, UpstreamFailure) as exc:
                 conn.abort()
-                if reused and (isinstance(exc, ConnectionError) or "without an answer" in str(exc)):
+                if reused and isinstance(exc, (ConnectionError, UpstreamClosed)):
                     continue  # the server closed an idle keep-alive connection; try a fresh one
                 reason = exc.message if isinstance(exc, UpstreamFailure) else _describe_os_error(exc)
                 raise UpstreamFailure(f"upstream {host}:{port} failed ({reason})") from None
