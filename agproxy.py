@@ -28,6 +28,7 @@ import collections
 import copy
 import dataclasses
 import datetime
+import errno
 import fnmatch
 import hashlib
 import hmac
@@ -505,6 +506,11 @@ _UPSTREAM_KEYS = ("name", "kind", "base_url", "accounts", "timeout_s", "connect_
                   "context_window", "openai", "extra_body", "headers")
 
 
+def _default(cls: type, name: str) -> Any:
+    """A dataclass field's default: each default is written once, where the field is declared."""
+    return next(f.default for f in dataclasses.fields(cls) if f.name == name)
+
+
 def _parse_base_url(value: str, where: str) -> str:
     if not re.fullmatch(r"[\x21-\x7e]+", value):
         raise ConfigError(f"{where}: must be a URL of printable ASCII without spaces, got {value[:100]!r}")
@@ -539,8 +545,9 @@ def _parse_upstream(obj: Any, where: str) -> Upstream:
         account = _Fields(raw, f"{where}.accounts[{i}]", ("name", "api_key", "weight", "models", "max_concurrency"))
         accounts.append(Account(
             account.text("name", f"account-{i}"), account.secret("api_key"),
-            weight=account.number("weight", 1.0, 0.001), models=account.strings("models") or ("*",),
-            max_concurrency=account.integer("max_concurrency", 0, 0),
+            weight=account.number("weight", _default(Account, "weight"), 0.001),
+            models=account.strings("models") or _default(Account, "models"),
+            max_concurrency=account.integer("max_concurrency", _default(Account, "max_concurrency"), 0),
         ))
     account_names = [a.name for a in accounts]
     for i, account_name in enumerate(account_names):
@@ -567,8 +574,8 @@ def _parse_upstream(obj: Any, where: str) -> Upstream:
         kind=kind,
         base_url=base_url,
         accounts=tuple(accounts),
-        timeout_s=fields.number("timeout_s", 600.0, 0.001),
-        connect_timeout_s=fields.number("connect_timeout_s", 10.0, 0.001),
+        timeout_s=fields.number("timeout_s", _default(Upstream, "timeout_s"), 0.001),
+        connect_timeout_s=fields.number("connect_timeout_s", _default(Upstream, "connect_timeout_s"), 0.001),
         profile=profile,
         rules=_parse_rules(fields.get("sanitize", dict, {}), f"{where}.sanitize", base_rules),
         context_window=context_window,
@@ -638,27 +645,28 @@ def config_from_dict(raw: Any, environ: Dict[str, str], source: str) -> Config:
             if target not in names:
                 raise ConfigError(f"model_map[{i}].upstream: no upstream is named {target!r}")
         rules.append(ModelRule(rule.text("match", required=True), tuple(targets), rule.text("model")))
+    d = Config()  # every default is written once, in the dataclass
     return Config(
-        host=fields.text("host", "127.0.0.1"),
-        port=fields.integer("port", DEFAULT_PORT, 0, 65535),
-        auth_mode=fields.choice("auth_mode", AUTH_MODES, "auto"),
+        host=fields.text("host", d.host),
+        port=fields.integer("port", d.port, 0, 65535),
+        auth_mode=fields.choice("auth_mode", AUTH_MODES, d.auth_mode),
         api_key=fields.secret("api_key"),
         upstreams=upstreams,
         model_map=tuple(rules),
-        max_retry_attempts=fields.integer("max_retry_attempts", 3, 1, 20),
-        warmup_interception=fields.get("warmup_interception", bool, True),
-        force_stream_internally=fields.get("force_stream_internally", bool, True),
-        ping_interval_s=fields.number("ping_interval_s", 10.0, 0.05),
-        max_body_bytes=fields.integer("max_body_bytes", 33554432, 1024),
-        max_header_bytes=fields.integer("max_header_bytes", 65536, 1024),
-        header_timeout_s=fields.number("header_timeout_s", 10.0, 0.01),
-        body_timeout_s=fields.number("body_timeout_s", 60.0, 0.01),
-        idle_timeout_s=fields.number("idle_timeout_s", 75.0, 0.01),
-        write_timeout_s=fields.number("write_timeout_s", 60.0, 0.01),
-        max_connections=fields.integer("max_connections", 1024, 1),
+        max_retry_attempts=fields.integer("max_retry_attempts", d.max_retry_attempts, 1, 20),
+        warmup_interception=fields.get("warmup_interception", bool, d.warmup_interception),
+        force_stream_internally=fields.get("force_stream_internally", bool, d.force_stream_internally),
+        ping_interval_s=fields.number("ping_interval_s", d.ping_interval_s, 0.05),
+        max_body_bytes=fields.integer("max_body_bytes", d.max_body_bytes, 1024),
+        max_header_bytes=fields.integer("max_header_bytes", d.max_header_bytes, 1024),
+        header_timeout_s=fields.number("header_timeout_s", d.header_timeout_s, 0.01),
+        body_timeout_s=fields.number("body_timeout_s", d.body_timeout_s, 0.01),
+        idle_timeout_s=fields.number("idle_timeout_s", d.idle_timeout_s, 0.01),
+        write_timeout_s=fields.number("write_timeout_s", d.write_timeout_s, 0.01),
+        max_connections=fields.integer("max_connections", d.max_connections, 1),
         allowed_origins=fields.strings("allowed_origins"),
         server_names=fields.strings("server_names"),
-        log_level=fields.choice("log_level", LOG_LEVELS, "info"),
+        log_level=fields.choice("log_level", LOG_LEVELS, d.log_level),
         state_file=fields.text("state_file", default_state_file(environ)),
         source=source,
     )
@@ -1436,6 +1444,7 @@ KNOWN_CLAUDE_MODELS = (
     ("claude-sonnet-4-5", "Claude Sonnet 4.5"),
 )
 _MODELS_CREATED_AT = "2025-01-01T00:00:00Z"
+_MODELS_CREATED = 1735689600  # the same moment, as the Unix time OpenAI-shaped lists give
 
 
 def _model_object(model_id: str, display_name: str, created_at: Optional[str] = None) -> Dict[str, Any]:
@@ -3810,6 +3819,11 @@ _UPSTREAM_READ_SIZE = 65536
 _MAX_IDLE_PER_ORIGIN = 32
 #: Largest non-streaming upstream body agproxy buffers (a Message with long tool input is far less).
 MAX_UPSTREAM_BODY_BYTES = 64 * 1024 * 1024
+#: Largest error body, count_tokens answer or model list read from an upstream (real ones are a few KB).
+MAX_UPSTREAM_SMALL_BODY_BYTES = 4 * 1024 * 1024
+#: A head and body smaller than this go out in one write (one TCP segment for the usual request);
+#: larger bodies are written apart, so they are not copied to join them.
+_ONE_WRITE_BYTES = 65536
 
 
 @dataclasses.dataclass(frozen=True)
@@ -3974,8 +3988,8 @@ class UpstreamClient:
         while True:
             conn, reused = await self._take(origin, connect_timeout_s)
             try:
-                conn.writer.write(head + body if len(body) < 65536 else head)
-                if len(body) >= 65536:
+                conn.writer.write(head + body if len(body) < _ONE_WRITE_BYTES else head)
+                if len(body) >= _ONE_WRITE_BYTES:
                     conn.writer.write(body)
                 await conn.writer.drain()
                 parser = ResponseParser(method)
@@ -4520,7 +4534,7 @@ class Server:
             head = response_head(response.status, headers)
             if head_only or not body:
                 writer.write(head)
-            elif len(body) < 65536:
+            elif len(body) < _ONE_WRITE_BYTES:
                 writer.write(head + body)  # one segment for the usual small answer
             else:
                 writer.write(head)
@@ -4712,7 +4726,7 @@ class Server:
             response = await self.client.request("GET", upstream_url(upstream.base_url, path),
                                                  headers, timeout_s=upstream.connect_timeout_s,
                                                  connect_timeout_s=upstream.connect_timeout_s)
-            body = await response.read_all(4 * 1024 * 1024)
+            body = await response.read_all(MAX_UPSTREAM_SMALL_BODY_BYTES)
             data = loads_strict(body).get("data") if response.status == 200 else None
         except (UpstreamFailure, ValueError, AttributeError) as exc:
             self.log.warning("could not list the models of upstream %r: %s", upstream.name, exc)
@@ -4730,7 +4744,7 @@ class Server:
                                    "first_id": data[0]["id"], "last_id": data[-1]["id"]})
 
     async def _models_openai(self, request: Request, exchange: _Exchange) -> Response:
-        data = [{"id": m["id"], "object": "model", "created": 1735689600, "owned_by": "agproxy"}
+        data = [{"id": m["id"], "object": "model", "created": _MODELS_CREATED, "owned_by": "agproxy"}
                 for m in await self._model_list()]
         return json_response(200, {"object": "list", "data": data})
 
@@ -4927,7 +4941,7 @@ class Server:
         if key in self._noted:
             return
         self._noted[key] = None
-        while len(self._noted) > 10000:
+        while len(self._noted) > MAX_STICKY_SESSIONS:  # one note per session and kind, as many sessions
             self._noted.popitem(last=False)
         self.log.info(message, *args)
 
@@ -5023,7 +5037,7 @@ class Server:
             try:
                 response = await self._call_anthropic(request, exchange, Route((upstream,), route.model), account,
                                                       "/v1/messages/count_tokens", False)
-                data = await _watched(exchange, response, response.read_all(1024 * 1024))
+                data = await _watched(exchange, response, response.read_all(MAX_UPSTREAM_SMALL_BODY_BYTES))
                 try:
                     counted = loads_strict(data)
                 except ValueError:
@@ -5169,7 +5183,7 @@ class Server:
                                                  self._openai_headers(upstream, account, False),
                                                  json.dumps(payload).encode(), timeout_s=upstream.connect_timeout_s,
                                                  connect_timeout_s=upstream.connect_timeout_s)
-            data = loads_strict(await response.read_all(16 * 1024 * 1024)) if response.status == 200 else None
+            data = loads_strict(await response.read_all(MAX_UPSTREAM_BODY_BYTES)) if response.status == 200 else None
         except (UpstreamFailure, ValueError) as exc:
             self.log.warning("tokenizer of upstream %r unavailable (%s); estimating", upstream.name, exc)
             return None
@@ -5193,7 +5207,7 @@ async def _error_body(upstream: Upstream, response: UpstreamResponse) -> bytes:
     """The body of an upstream's answer that is not a success (at most 1 MiB, within timeout_s);
     a redirect is refused here: agproxy follows none, the base_url must name the API itself."""
     try:
-        data = await asyncio.wait_for(response.read_all(1024 * 1024), response.timeout_s)
+        data = await asyncio.wait_for(response.read_all(MAX_UPSTREAM_SMALL_BODY_BYTES), response.timeout_s)
     except asyncio.TimeoutError:
         response.close()
         raise UpstreamFailure(f"upstream {upstream.name!r} sent no whole error body within {response.timeout_s:g} s",
@@ -5568,7 +5582,7 @@ async def check_upstreams(config: Config, out: Callable[[str], None]) -> bool:
                 try:
                     response = await client.request("GET", url, headers, timeout_s=upstream.connect_timeout_s,
                                                     connect_timeout_s=upstream.connect_timeout_s)
-                    await response.read_all(1024 * 1024)
+                    await response.read_all(MAX_UPSTREAM_SMALL_BODY_BYTES)
                 except UpstreamFailure as exc:
                     out(f"FAIL  {label}: {exc.message}")
                     healthy = False
@@ -5618,7 +5632,7 @@ async def _serve(config: Config) -> int:
     try:
         host, port = await server.start()
     except OSError as exc:
-        reason = "the address is already in use" if exc.errno in (98, 48, 10048) else _describe_os_error(exc)
+        reason = "the address is already in use" if exc.errno == errno.EADDRINUSE else _describe_os_error(exc)
         print(f"agproxy: cannot listen on {config.host}:{config.port}: {reason}", file=sys.stderr)
         server.client.shutdown()
         return 1
