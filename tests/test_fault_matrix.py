@@ -22,10 +22,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import socket
+import struct
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Dict, FrozenSet, Iterator, List, Tuple
+from typing import Any, Dict, FrozenSet, Iterator, List, Optional, Tuple
 
 import pytest
 
@@ -40,9 +42,13 @@ from tests.fakes.misbehaving import (
     MisbehavingUpstream,
     Send,
     Sleep,
+    anthropic_events,
+    big_delta,
     good,
     message,
+    openai_events,
     response,
+    sse_response,
 )
 from tests.wire_check import (
     Answer,
@@ -52,6 +58,7 @@ from tests.wire_check import (
     message_problems,
     post_json,
     program_under_test,
+    read_answer,
     stream_problems,
     strict_json,
 )
@@ -129,6 +136,10 @@ EXPECT: Dict[str, Any] = {
     "body_json_scalar": EARLY, "body_empty_200": EARLY, "body_empty_sse": EARLY, "body_huge": EARLY,
     "body_json_when_sse_asked": {"stream": ANY, "*": OK},
     "body_sse_when_json_asked": {"count": EARLY, "*": OK},
+    # well-formed but demanding: every one must be answered in full
+    "sse_one_byte_chunks": OK, "many_small_events": OK, "one_4mb_delta": OK, "http10_close_delimited": OK,
+    "early_hints_103": OK, "chunk_extensions_and_trailers": OK, "content_type_uppercase": OK,
+    "sse_retry_and_id_fields": OK, "sse_unknown_event_type": OK,
     # connection
     "reset_after_request": EARLY, "close_before_any_byte": EARLY, "hang": EARLY_T,
     "close_mid_status_line": EARLY, "close_mid_headers": EARLY, "headers_then_hang": FAIL_T,
@@ -458,3 +469,133 @@ def test_the_good_answers_of_the_fake_pass_the_checks(start_agproxy: Any) -> Non
             answer = ask(proxy.port, kind, mode, case, 10)
             problems = judge(kind, mode, case, answer, OK)
             assert not problems, f"{kind}/{mode}: {answer.describe()} {problems}"
+
+
+# -- what the matrix cannot see: time, departures, reuse and memory -----------------------------------------
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def single_upstream_config(fake: MisbehavingUpstream, cases: List[Tuple[str, str, str]], **top: Any) -> Dict[str, Any]:
+    upstreams, rules = [], []
+    for kind, mode, case in cases:
+        name = model_name(kind, mode, case)
+        upstreams.append({"name": name, "kind": kind, "base_url": fake.url_for(case, kind, mode),
+                          "timeout_s": 30,
+                          "accounts": [{"name": "alice", "api_key": ALICE_KEY}]})
+        rules.append({"match": name, "upstream": name})
+    return dict({"auth_mode": "off", "state_file": "", "max_retry_attempts": 1, "upstreams": upstreams,
+                 "model_map": rules}, **top)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_large_event_is_relayed_in_linear_time(start_agproxy: Any, kind: str) -> None:
+    """One big event (a whole tool input in one delta, say) costs time in proportion to its size:
+    4x the bytes may take up to 8x the time, not 16x."""
+    sizes = (3 * 1024 * 1024, 12 * 1024 * 1024)
+    recipes = {f"big{size}": (lambda ctx, size=size: [Send(big_delta(ctx, size))]) for size in sizes}
+    with MisbehavingUpstream(recipes) as fake:
+        proxy = start_agproxy(single_upstream_config(fake, [(kind, "stream", c) for c in recipes]),
+                              command=program_under_test())
+        took = {}
+        for size in sizes:
+            best = 1e9
+            for _ in range(2):
+                started = time.monotonic()
+                answer = ask(proxy.port, kind, "stream", f"big{size}", 60)
+                best = min(best, time.monotonic() - started)
+                assert answer.status == 200 and b"message_stop" in answer.body[-200:], answer.describe()
+            took[size] = best
+    small, large = took[sizes[0]], took[sizes[1]]
+    assert large < 8 * max(small, 0.02), f"{kind}: a 3 MB event took {small:.2f} s, a 12 MB one {large:.2f} s"
+
+
+LEAVING = [("anthropic", "hang"), ("anthropic", "headers_then_hang"), ("anthropic", "sse_stall"),
+           ("anthropic", "sse_trickle_comments"), ("anthropic", "slow_head_trickle"),
+           ("anthropic", "status_100_forever"), ("openai", "hang"), ("openai", "oa_stall"),
+           ("openai", "oa_trickle_comments"), ("openai", "slow_head_trickle")]
+
+
+@pytest.mark.parametrize("how", ["close", "reset"])
+def test_a_client_that_leaves_frees_the_upstream_connection(start_agproxy: Any, how: str) -> None:
+    """A client hangs up (``close``: an ordinary close, a FIN, as an SDK or Claude Code does when its
+    user interrupts; ``reset``: an abortive close, a RST) while the upstream stalls or trickles, before
+    any byte of the answer: agproxy closes the upstream connection at once (upstream timeouts are
+    30 s here, so only the departure can explain it), rather than let a generation nobody will read
+    run on."""
+    cases = [(kind, mode, case) for kind, case in LEAVING for mode in ("stream", "forced")]
+    with MisbehavingUpstream() as fake:
+        proxy = start_agproxy(single_upstream_config(fake, cases), command=program_under_test())
+
+        def leave(run: Tuple[str, str, str]) -> Optional[float]:
+            kind, mode, case = run
+            body = json.dumps(request_body(kind, mode, case)).encode()
+            with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+                sock.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: %d\r\n\r\n%b" % (len(body), body))
+                time.sleep(1.0)
+                if how == "reset":
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            left = time.monotonic()
+            while time.monotonic() < left + 4:
+                hit = [at for c, k, m, at in fake.abandoned if (c, k, m) == (case, kind, mode)]
+                if hit:
+                    return max(0.0, hit[0] - left)
+                time.sleep(0.05)
+            return None
+
+        with ThreadPoolExecutor(max_workers=len(cases)) as pool:
+            noticed = dict(zip(cases, pool.map(leave, cases)))
+    late = {f"{k}/{m}/{c}": v for (k, m, c), v in noticed.items() if v is None or v > 2.0}
+    assert not late, "upstream connections agproxy kept open after the client left (None: still open after 4 s): " \
+                     f"{late}"
+
+
+def test_an_upstream_closing_idle_connections_is_invisible(start_agproxy: Any) -> None:
+    """The upstream closes each keep-alive connection ~50 ms after answering (as servers with a short
+    idle timeout do); requests that race that close must be retried on a fresh connection, unseen,
+    even with one account and one attempt."""
+    recipes = {"short_idle": lambda ctx: [Send(good(ctx)), Sleep(0.05)]}
+    with MisbehavingUpstream(recipes) as fake:
+        cases = [("anthropic", "json", "short_idle"), ("openai", "json", "short_idle")]
+        proxy = start_agproxy(single_upstream_config(fake, cases, force_stream_internally=False),
+                              command=program_under_test())
+        failures = []
+        for i in range(40):
+            kind = KINDS[i % 2]
+            answer = ask(proxy.port, kind, "json", "short_idle", 10)
+            if answer.status != 200:
+                failures.append(f"request {i} ({kind}): {answer.describe(200)}")
+            time.sleep(0.02 + (i % 7) * 0.01)
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_client_that_does_not_read_does_not_grow_agproxy(start_agproxy: Any, kind: str) -> None:
+    """40 MB of events for a client that reads nothing for 3 s: agproxy applies back-pressure to the
+    upstream instead of buffering the stream; then the client reads it all, complete."""
+    def huge(ctx: Any) -> List[Any]:
+        text = " ".join("x" * 100_000 for _ in range(400))
+        events = anthropic_events(ctx.model, text) if ctx.kind == "anthropic" else openai_events(text)
+        return [Send(sse_response(events))]
+
+    with MisbehavingUpstream({"huge": huge}) as fake:
+        proxy = start_agproxy(single_upstream_config(fake, [(kind, "stream", "huge")]), command=program_under_test())
+        ask(proxy.port, kind, "stream", "huge", 1)  # warm up (the answer is dropped after 1 s)
+        time.sleep(0.5)
+        before = rss_kb(proxy.proc.pid)
+        body = json.dumps(request_body(kind, "stream", "huge")).encode()
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=30) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            sock.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n%b" % (len(body), body))
+            time.sleep(3.0)
+            grown = rss_kb(proxy.proc.pid) - before
+            answer = read_answer(sock, 60)
+    end, problems = stream_problems(answer.body, strict_events=True)
+    assert answer.status == 200 and end == "message_stop" and not problems, (answer.describe(200), problems)
+    assert grown < 24 * 1024, f"agproxy grew by {grown // 1024} MB holding a stream its client did not read"

@@ -26,6 +26,10 @@ def program_under_test() -> Optional[List[str]]:
     return [sys.executable, program] if program else None
 
 
+#: The event types of the Messages stream (clients must tolerate others: the API may add some).
+ANTHROPIC_EVENTS = frozenset({"message_start", "content_block_start", "content_block_delta", "content_block_stop",
+                              "message_delta", "message_stop", "ping", "error"})
+
 _STATUS_LINE = re.compile(rb"HTTP/1\.[01] (\d{3}) ([\t\x20-\x7e\x80-\xff]*)")
 _HEADER_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([\t\x20-\x7e\x80-\xff]*)")
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:[ \t]*;[\t\x20-\x7e]*)?")
@@ -446,7 +450,9 @@ def stream_problems(body: bytes, strict_events: bool) -> Tuple[Optional[str], Li
             except ValueError as exc:
                 problems.append(f"event {i} ({event}) data is not strict JSON ({exc}): {payload[:120]!r}")
                 continue
-            if not isinstance(value, dict) or value.get("type") != event:
+            if not isinstance(value, dict):
+                problems.append(f"event {i} ({event}) data is not an object: {payload[:120]!r}")
+            elif event in ANTHROPIC_EVENTS and value.get("type") != event:
                 problems.append(f"event {i} ({event}) data is not an object of that type: {payload[:120]!r}")
         if events[0][0] not in ("message_start", "error"):
             problems.append(f"the stream begins with {events[0][0]}, not message_start")

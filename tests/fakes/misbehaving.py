@@ -506,6 +506,51 @@ def _body_huge(ctx: Ctx) -> List[Action]:
             Send(b'"' + b"a" * size + b'"')]
 
 
+# well-formed but demanding -----------------------------------------------------------------------------
+
+def _long_answer(ctx: Ctx, words: int) -> Tuple[str, bytes]:
+    text = " ".join(f"w{i}" for i in range(words))
+    if ctx.stream and not ctx.count:
+        events = anthropic_events(ctx.model, text) if ctx.kind == "anthropic" else openai_events(text)
+        return "text/event-stream", b"".join(events)
+    if ctx.count:
+        return "application/json", good_json(ctx)
+    payload = message(ctx.model, text) if ctx.kind == "anthropic" else completion(ctx.model, text)
+    return "application/json", json.dumps(payload).encode()
+
+
+@recipe("sse_one_byte_chunks")
+def _one_byte_chunks(ctx: Ctx) -> List[Action]:
+    """A proper answer in 1-byte chunks, written in 7-byte pieces a millisecond apart."""
+    content_type, body = good_body(ctx)
+    framed = head("200 OK", [("Content-Type", content_type), ("Transfer-Encoding", "chunked")]) + chunked(body, 1)
+    actions: List[Action] = []
+    for i in range(0, len(framed), 7):
+        actions += [Send(framed[i:i + 7]), Sleep(0.001)]
+    return actions
+
+
+_simple("many_small_events", "http", lambda ctx: [Send(response("200 OK", *_long_answer(ctx, 20000)[:2],
+                                                                framing="chunked"))])
+def big_delta(ctx: Ctx, size: int) -> bytes:
+    """A proper answer whose first text delta (or whole text) is ``size`` bytes long."""
+    content_type, body = _long_answer(ctx, 3)
+    return response("200 OK", content_type, body.replace(b"w0", b"w" * size, 1), framing="chunked")
+
+
+_simple("one_4mb_delta", "http", lambda ctx: [Send(big_delta(ctx, 4 * 1024 * 1024))])
+_simple("http10_close_delimited", "http", lambda ctx: [Send(head("HTTP/1.0 200 OK", [
+    ("Content-Type", good_body(ctx)[0])]) + good_body(ctx)[1])])
+_simple("early_hints_103", "http", lambda ctx: [Send(b"HTTP/1.1 103 Early Hints\r\nLink: </x>; rel=preload\r\n\r\n"
+                                                     + good(ctx))])
+_simple("chunk_extensions_and_trailers", "http", lambda ctx: [Send(
+    head("200 OK", [("Content-Type", good_body(ctx)[0]), ("Transfer-Encoding", "chunked"), ("Trailer", "X-Done")])
+    + b"".join(b"%x;name=value;q=\"a b\"\r\n%b\r\n" % (len(p), p) for p in [good_body(ctx)[1]])
+    + b"0\r\nX-Done: yes\r\nX-More: 1\r\n\r\n")])
+_simple("content_type_uppercase", "http", lambda ctx: [Send(response(
+    "200 OK", good_body(ctx)[0].upper() + "; Charset=UTF-8", good_body(ctx)[1]))])
+
+
 # connection ---------------------------------------------------------------------------------------
 
 _simple("reset_after_request", "http", lambda ctx: [Reset()])
@@ -612,6 +657,11 @@ _simple("sse_lone_surrogate", "sse", _anthropic_stream(_insert(4, sse("content_b
 _simple("sse_line_20mb", "sse", _anthropic_stream(lambda ctx, events: [Send(sse_response(
     events[:3] + [b"data: " + b"x" * (20 * 1024 * 1024) + b"\n\n"] + events[3:]))]))
 
+_simple("sse_retry_and_id_fields", "sse", _anthropic_stream(lambda ctx, events: [Send(sse_response(
+    [b"retry: 1000\nid: 1\n" + e for e in events]))]))
+_simple("sse_odd_event_names", "sse", _anthropic_stream(_insert(3, b"event: " + b"x" * 5000 + b" y\ndata: {}\n\n")))
+_simple("sse_unknown_event_type", "sse", _anthropic_stream(_insert(3, sse("content_block_future", {
+    "type": "content_block_future", "index": 0, "detail": {"new": True}}))))
 
 @recipe("sse_trickle_comments", "sse")
 def _sse_trickle(ctx: Ctx) -> List[Action]:
@@ -742,7 +792,8 @@ class MisbehavingUpstream:
     def __init__(self, recipes: Optional[Dict[str, Recipe]] = None) -> None:
         self.recipes: Dict[str, Recipe] = dict(RECIPES if recipes is None else recipes)
         self.seen: List[Seen] = []
-        self.abandoned: List[Tuple[str, float]] = []
+        #: (case, kind, mode, when): agproxy hung up while a recipe was pausing or trickling
+        self.abandoned: List[Tuple[str, str, str, float]] = []
         self.errors: List[str] = []
         self._attempts: Dict[Tuple[str, str, str], int] = {}
         self._lock = threading.Lock()
@@ -835,6 +886,7 @@ class MisbehavingUpstream:
                     writer.write(action.data)
                     await writer.drain()
                     if writer.transport.is_closing():
+                        self.abandoned.append((ctx.case, ctx.kind, ctx.mode, time.monotonic()))
                         return False
                     if not await self._pause(ctx, reader, action.every_s):
                         return False
@@ -853,7 +905,7 @@ class MisbehavingUpstream:
         deadline = time.monotonic() + seconds
         while True:
             if reader.at_eof():
-                self.abandoned.append((ctx.case, time.monotonic()))
+                self.abandoned.append((ctx.case, ctx.kind, ctx.mode, time.monotonic()))
                 return False
             left = deadline - time.monotonic()
             if left <= 0:
