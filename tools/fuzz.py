@@ -7,15 +7,17 @@ as an ``anthropic`` upstream, an ``anthropic`` one with the ``compatible`` profi
 ``openai`` one. Then it sends ``--cases`` random requests over raw sockets, one connection each:
 valid requests with one field replaced by random JSON, random JSON documents, hostile JSON text
 (NaN, Infinity, 1e400, 5000-digit numbers, lone surrogates, deep nesting, BOM, Latin-1), odd
-headers and framings, and byte-level mutations of whole requests. Every answer is read strictly
-(tests/wire_check.py). The upstreams behave, so any 5xx is agproxy's own failure; HTTP's 501
-(unsupported transfer coding) and 505 (HTTP version) answer the client's framing and are listed
-apart.
+headers and framings, byte-level mutations of whole requests, now and then a large but legal request
+(thousands of tool calls, messages or images), some pipelined and some sent in small pieces.
+Every answer is read strictly (tests/wire_check.py). The upstreams behave, so any 5xx is
+agproxy's own failure; HTTP's 501 (unsupported transfer coding) and 505 (HTTP version) answer the
+client's framing and are listed apart.
 
 At the end it prints: cases, answers by status class, 5xx, dropped connections (no answer),
 answers with injected or invalid header lines, other malformed answers, upstream keys in answers or
-the log, internal errors logged, and the RSS of agproxy before and after (VmRSS, and VmHWM, its
-peak). It exits 1 if any of those failure counts is non-zero or agproxy died, else 0.
+the log, internal errors logged, answer times (p50, p99, max, and the slowest cases), and the RSS
+of agproxy before and after (VmRSS, and VmHWM, its peak). It exits 1 if any of those failure counts
+is non-zero or agproxy died (or an answer took longer than ``--max-latency``, when given), else 0.
 
 Everything goes to 127.0.0.1; the run is bounded by ``--cases`` and ``--minutes`` and stops itself.
 Standard library only (it runs with the system python3).
@@ -157,6 +159,31 @@ def rand_request(r: random.Random) -> Dict[str, Any]:
     return body
 
 
+def big_request(r: random.Random) -> Dict[str, Any]:
+    """A large but legal request: thousands of tool calls, same-role or system messages, or images."""
+    n = r.choice([2000, 5000, 10000])
+    shape = r.choice(["tools", "results_after_text", "same_role", "system", "images", "blocks"])
+    calls = [{"type": "tool_use", "id": f"toolu_{i}", "name": "Bash", "input": {}} for i in range(n)]
+    if shape == "tools":
+        messages = [{"role": "user", "content": "go"}, {"role": "assistant", "content": calls},
+                    {"role": "user", "content": [{"type": "tool_result", "tool_use_id": f"toolu_{i}", "content": "ok"}
+                                                 for i in reversed(range(n))]}]
+    elif shape == "results_after_text":
+        messages = [{"role": "user", "content": "go"}, {"role": "assistant", "content": calls},
+                    {"role": "user", "content": [b for i in range(n) for b in (
+                        {"type": "text", "text": "x"}, {"type": "tool_result", "tool_use_id": f"toolu_{i}"})]}]
+    elif shape == "same_role":
+        messages = [{"role": "user", "content": [{"type": "text", "text": "hi"}]} for _ in range(n)]
+    elif shape == "system":
+        messages = [{"role": "system" if i % 2 else "user", "content": "s"} for i in range(n)]
+    elif shape == "images":
+        messages = [{"role": "user", "content": [{"type": "image", "source": {
+            "type": "base64", "media_type": "image/png", "data": "AAAA"}} for _ in range(n // 4)]}]
+    else:
+        messages = [{"role": "user", "content": [{"type": "text", "text": "w"} for _ in range(n)]}]
+    return {"model": r.choice(MODELS[:4]), "max_tokens": 16, "messages": messages}
+
+
 def replace_somewhere(r: random.Random, value: Any) -> Any:
     """Replace one node of ``value`` (at a random depth) by random JSON, or delete one key."""
     if not isinstance(value, (dict, list)) or not value or r.random() < 0.15:
@@ -256,8 +283,10 @@ def make_case(r: random.Random, mutate: bool = True) -> Tuple[str, bytes]:
         kind, data = "route", http_request(r, method, path, b"{}" if method in ("POST", "PATCH") else None)
     else:
         roll = r.random()
-        if roll < 0.45:
-            body: Any = replace_somewhere(r, rand_request(r))
+        if roll < 0.004:
+            body, kind = big_request(r), "big"
+        elif roll < 0.45:
+            body = replace_somewhere(r, rand_request(r))
             kind = "field"
         elif roll < 0.6:
             body, kind = rand_json(r), "random_json"
@@ -409,6 +438,8 @@ class Tally:
         self.examples: Dict[str, List[str]] = collections.defaultdict(list)
         self.keep = keep
         self.failures: List[Tuple[str, bytes]] = []
+        self.latencies: List[float] = []
+        self.slowest: List[Tuple[float, str]] = []
 
     def case(self, kind: str) -> None:
         with self.lock:
@@ -438,6 +469,10 @@ class Tally:
             if other:
                 labels.append("malformed_answer")
         with self.lock:
+            self.latencies.append(answer.elapsed)
+            if not answer.dropped:
+                self.slowest = sorted(self.slowest + [(answer.elapsed, f"[{kind}] {data[:160]!r} -> HTTP "
+                                                                      f"{answer.status}")], reverse=True)[:5]
             self.counts["answers"] += 1
             self.counts["class:" + status_class] += 1
             for label in labels:
@@ -458,6 +493,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--minutes", type=float, default=15.0, help="stop sending after this long (default 15)")
     parser.add_argument("--workers", type=int, default=16, help="connections in flight at once (default 16)")
     parser.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for each answer")
+    parser.add_argument("--max-latency", type=float, default=0.0,
+                        help="also fail if any answer took longer than this many seconds (default: off)")
     parser.add_argument("--examples", type=int, default=5, help="examples printed per kind of failure")
     parser.add_argument("--agproxy", type=Path, default=ROOT / "agproxy.py",
                         help="the program to run (default agproxy.py; agproxy.pyz works too)")
@@ -537,8 +574,9 @@ def run(args: argparse.Namespace, seed: int, cases: int, proxy: Proxy, fake: Mis
         for i, (label, data) in enumerate(tally.failures):
             (args.save / f"{i:05d}-{label}.bin").write_bytes(data)
         print(f"failing requests written to {args.save}")
+    too_slow = bool(args.max_latency) and any(x > args.max_latency for x in tally.latencies)
     failed = any(tally.counts[k] for k in FAILING) or not alive or proxy.internal or proxy.leaks or \
-        health is None or health.status != 200
+        health is None or health.status != 200 or too_slow
     print("RESULT: " + ("FAIL" if failed else "PASS"))
     return 1 if failed else 0
 
@@ -568,6 +606,13 @@ def report(args: argparse.Namespace, seed: int, tally: Tally, elapsed: float, be
     line("internal errors logged", len(proxy.internal))
     line("agproxy alive at the end", f"{alive}" + (f" (exit code {proxy.proc.returncode})" if not alive else ""))
     line("/healthz at the end", health.status if health is not None else "-")
+    if tally.latencies:
+        ordered = sorted(tally.latencies)
+        pick = [ordered[min(len(ordered) - 1, int(len(ordered) * q))] for q in (0.5, 0.99)]
+        line("answer time p50 / p99 / max", f"{pick[0] * 1000:.0f} ms / {pick[1] * 1000:.0f} ms / "
+                                            f"{ordered[-1] * 1000:.0f} ms")
+        if args.max_latency and ordered[-1] > args.max_latency:
+            line("answers slower than --max-latency", sum(1 for x in ordered if x > args.max_latency))
     line("RSS before", before.get("VmRSS", "?"))
     line("RSS after", f"{after.get('VmRSS', '?')} (peak {after.get('VmHWM', '?')})")
     if fake.errors:
@@ -577,6 +622,10 @@ def report(args: argparse.Namespace, seed: int, tally: Tally, elapsed: float, be
             print(f"\n  examples of {label}:")
             for example in tally.examples[label]:
                 print(f"    {example}")
+    if tally.slowest:
+        print("\n  slowest answers:")
+        for took, what in tally.slowest:
+            print(f"    {took:.2f} s  {what}")
     if proxy.internal:
         print("\n  internal errors logged (first 10):")
         for entry in proxy.internal[:10]:
