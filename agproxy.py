@@ -1375,8 +1375,10 @@ class SSEDecoder:
                 del self._buffer[:3]
         events: List[SSEEvent] = []
         buffer = self._buffer
-        if b"\r" not in buffer:  # the usual case: LF line endings only, split in one go
-            end = buffer.rfind(b"\n")
+        if b"\r" not in data:  # (what an earlier feed left holds no line end at all, CR included)
+            # the usual case: LF line endings only, split in one go; only the new bytes can hold
+            # a new line end (a large event arriving in pieces costs linear time)
+            end = buffer.rfind(b"\n", max(0, len(buffer) - len(data)))
             if end >= 0:
                 lines = bytes(buffer[:end]).decode("utf-8", "replace").split("\n")
                 del buffer[: end + 1]
@@ -4236,11 +4238,13 @@ def relayed_upstream_headers(headers: Headers) -> Headers:
     return out
 
 
-def sse_complete_prefix(data: Union[bytes, bytearray]) -> int:
-    """Length of the prefix of ``data`` that ends on an SSE event boundary (a blank line)."""
+def sse_complete_prefix(data: Union[bytes, bytearray], start: int = 0) -> int:
+    """Length of the prefix of ``data`` that ends on an SSE event boundary (a blank line), looking
+    for one only from ``start`` on (a caller that appends to a buffer passes where the new bytes
+    begin, less 3 for a separator cut in two, so a large event costs linear time); 0 when none."""
     best = 0
     for separator in (b"\n\n", b"\r\n\r\n", b"\r\r"):
-        at = data.rfind(separator)
+        at = data.rfind(separator, max(0, start))
         if at >= 0:
             best = max(best, at + len(separator))
     return best
@@ -5426,9 +5430,10 @@ async def _relay_sse(response: UpstreamResponse, upstream: str, observe: Optiona
                 chunk = await response.read_chunk()
                 if not chunk:
                     break
+            scanned = len(pending) - 3  # the new bytes, and a separator that they may complete
             pending += chunk
             chunk = b""
-            cut = sse_complete_prefix(pending)
+            cut = sse_complete_prefix(pending, scanned)
             if cut:
                 events = check.feed(bytes(pending[:cut]))
                 del pending[:cut]
