@@ -218,6 +218,20 @@ _KEY_SHAPES = r"sk-[A-Za-z0-9_\-]{8,}|AIza[0-9A-Za-z_\-]{20,}|(?<=Bearer )[A-Za-
 REDACTED = "[redacted]"
 
 
+#: A JSON escape of a printable ASCII character (after an even run of backslashes, so it is one).
+_JSON_ASCII_ESCAPE = re.compile(rb"(?<!\\)((?:\\\\)*)\\(?:u00([2-7][0-9a-fA-F])|(/))")
+
+
+def _unescape_ascii(match: re.Match) -> bytes:
+    """The character a JSON escape stands for, where writing it plainly means the same JSON."""
+    if match.group(3):
+        return match.group(1) + b"/"
+    char = int(match.group(2), 16)
+    if char in (0x22, 0x5C, 0x7F):  # a quote, a backslash, DEL: keep them escaped
+        return match.group(0)
+    return match.group(1) + bytes((char,))
+
+
 class Redactor:
     """Hides secrets in what agproxy writes: the configured keys wherever they appear (answers, error
     messages, log lines), and in text that is agproxy's own (errors, logs) anything shaped like a key.
@@ -235,10 +249,18 @@ class Redactor:
         return self._text.sub(REDACTED, value)
 
     def data(self, value: bytes) -> bytes:
-        """``value`` with every configured key replaced (bytes relayed to a client)."""
-        if self._known_bytes is None or not self._known_bytes.search(value):
+        """``value`` with every configured key replaced (bytes relayed to a client), also where JSON
+        escapes spell it (``sk\\u002dant...``): such a value comes back with those escapes written
+        out, which is the same JSON."""
+        if self._known_bytes is None:
             return value
-        return self._known_bytes.sub(REDACTED.encode(), value)
+        if self._known_bytes.search(value):
+            return self._known_bytes.sub(REDACTED.encode(), value)
+        if b"\\u00" in value or b"\\/" in value:
+            plain = _JSON_ASCII_ESCAPE.sub(_unescape_ascii, value)
+            if self._known_bytes.search(plain):
+                return self._known_bytes.sub(REDACTED.encode(), plain)
+        return value
 
 
 # =====================================================================================
@@ -494,6 +516,9 @@ class _Fields:
         return tuple(value)
 
 
+#: Headers that frame a request or its connection: agproxy writes them, a config may not.
+_FRAMING_HEADERS = frozenset(("host", "content-length", "transfer-encoding", "connection", "keep-alive", "upgrade",
+                              "te", "trailer", "expect", "proxy-connection", "proxy-authorization"))
 #: A header name (an RFC 9110 token).
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 #: Text that can go into a header as it is: printable ASCII and tabs (empty allowed).
@@ -521,6 +546,10 @@ def _parse_base_url(value: str, where: str) -> str:
         raise ConfigError(f"{where}: is not a valid URL ({exc}): {value[:100]!r}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"{where}: must be an http:// or https:// URL, got {value[:100]!r}")
+    try:
+        parts.hostname.encode("idna")  # empty or over-long labels cannot be looked up
+    except UnicodeError:
+        raise ConfigError(f"{where}: has a host name that cannot be looked up: {parts.hostname[:100]!r}") from None
     if parts.username is not None or parts.password is not None:
         raise ConfigError(f"{where}: must not carry credentials (user:password@); put the key in the account's "
                           "api_key or in the upstream's headers")
@@ -567,6 +596,8 @@ def _parse_upstream(obj: Any, where: str) -> Upstream:
         if not _HEADER_TEXT.fullmatch(value):
             raise ConfigError(f"{where}.headers.{key}: must be printable ASCII without line breaks or other "
                               "control characters")
+        if key.lower() in _FRAMING_HEADERS:
+            raise ConfigError(f"{where}.headers.{key}: is set by agproxy itself (it frames the request)")
     if context_window is not None and context_window < 1024:
         raise ConfigError(f"{where}.context_window: must be at least 1024, got {context_window}")
     return Upstream(
@@ -717,6 +748,8 @@ def load_config(
             config = config_from_dict(raw, environ, path)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+        except ValueError as exc:  # a number with thousands of digits, for one
+            raise ConfigError(f"{path}: invalid JSON: {str(exc)[:200]}") from None
         except RecursionError:
             raise ConfigError(f"{path}: nested too deeply to be an agproxy config") from None
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
@@ -1690,11 +1723,14 @@ def estimate_text_tokens(text: str) -> int:
     return count
 
 
-#: Stands in for an image or document when estimating: about 1,500 tokens, a typical image's cost.
-_MEDIA_PLACEHOLDER = "x " * 1500
+#: What an image or a binary document counts for in an estimate: a typical image's cost.
+_MEDIA_TOKENS = 1500
+#: Stands in for one in the stream of texts: counted as _MEDIA_TOKENS, not tokenized.
+_MEDIA = object()
 
 
-def _texts_of(value: Any) -> Iterable[str]:
+def _texts_of(value: Any) -> Iterable[Any]:
+    """The texts of a tree of blocks, and :data:`_MEDIA` for each image or binary document."""
     if isinstance(value, str):
         yield value
     elif isinstance(value, list):
@@ -1704,7 +1740,7 @@ def _texts_of(value: Any) -> Iterable[str]:
         source = value.get("source")
         if value.get("type") in ("image", "document") and isinstance(source, dict):
             text = source.get("data") if source.get("type") == "text" else None
-            yield text if isinstance(text, str) else _MEDIA_PLACEHOLDER
+            yield text if isinstance(text, str) else _MEDIA
             return
         for key, item in value.items():
             if key in ("cache_control", "signature", "type", "id", "tool_use_id"):
@@ -1717,11 +1753,14 @@ def _texts_of(value: Any) -> Iterable[str]:
 
 def estimate_input_tokens(body: Dict[str, Any]) -> int:
     """Estimated input tokens of a Messages request: system, messages and tools. Never 0."""
+    def count(texts: Iterable[Any]) -> int:
+        return sum(_MEDIA_TOKENS if t is _MEDIA else estimate_text_tokens(t) for t in texts)
+
     total = 3
     for message in body.get("messages") or []:
         content = message.get("content") if isinstance(message, dict) else message
-        total += 4 + sum(estimate_text_tokens(t) for t in _texts_of(content))
-    total += sum(estimate_text_tokens(t) for t in _texts_of(body.get("system")))
+        total += 4 + count(_texts_of(content))
+    total += count(_texts_of(body.get("system")))
     for tool in body.get("tools") or []:
         total += 8 + estimate_text_tokens(json.dumps(tool, ensure_ascii=False))
     return max(1, total)
@@ -1986,6 +2025,7 @@ def _sanitize_messages(body: Dict[str, Any], messages: List[Any], profile: Profi
                        changes: Dict[str, int]) -> List[Dict[str, Any]]:
     cleaned: List[Dict[str, Any]] = []
     pending_system: List[str] = []  # system-role texts waiting for the next user turn
+    moved_system: List[Dict[str, Any]] = []  # system-role texts for the system prompt (added once)
     for message in messages:
         if not isinstance(message, dict):
             continue
@@ -2019,9 +2059,7 @@ def _sanitize_messages(body: Dict[str, Any], messages: List[Any], profile: Profi
             if not text.strip():
                 continue
             if profile.system_messages == "system":
-                system = body.get("system")
-                system_blocks = _block_list(system) if system is not None else []
-                body["system"] = system_blocks + [{"type": "text", "text": text}]
+                moved_system.append({"type": "text", "text": text})
             else:
                 pending_system.append(text)
             continue
@@ -2035,6 +2073,9 @@ def _sanitize_messages(body: Dict[str, Any], messages: List[Any], profile: Profi
         cleaned.append(message)
     if pending_system:
         cleaned.append({"role": "user", "content": [{"type": "text", "text": t} for t in pending_system]})
+    if moved_system:
+        system = body.get("system")
+        body["system"] = (_block_list(system) if system is not None else []) + moved_system
     if profile.merge_roles:
         cleaned = _merge_same_role(cleaned, changes)
     if cleaned and cleaned[0].get("role") == "assistant":
@@ -2044,14 +2085,20 @@ def _sanitize_messages(body: Dict[str, Any], messages: List[Any], profile: Profi
 
 
 def _merge_same_role(messages: List[Dict[str, Any]], changes: Dict[str, int]) -> List[Dict[str, Any]]:
-    merged: List[Dict[str, Any]] = []
+    """Consecutive messages of one role as one (each run's blocks gathered once: linear time)."""
+    runs: List[List[Dict[str, Any]]] = []
     for message in messages:
-        if merged and merged[-1].get("role") == message.get("role"):
-            previous = merged[-1]
-            merged[-1] = dict(previous, content=_block_list(previous["content"]) + _block_list(message["content"]))
-            _count(changes, "messages_merged")
+        if runs and runs[-1][0].get("role") == message.get("role"):
+            runs[-1].append(message)
         else:
-            merged.append(message)
+            runs.append([message])
+    merged = []
+    for run in runs:
+        if len(run) == 1:
+            merged.append(run[0])
+            continue
+        merged.append(dict(run[0], content=[block for item in run for block in _block_list(item["content"])]))
+        _count(changes, "messages_merged", len(run) - 1)
     return merged
 
 
@@ -2081,10 +2128,11 @@ def _answer_tools(message: Dict[str, Any], expected: List[str], changes: Dict[st
     if not expected and not any(isinstance(b, dict) and b.get("type") == "tool_result" for b in original):
         return message
     results, others, answered, repaired = [], [], set(), 0
+    position = {tool_id: i for i, tool_id in enumerate(expected)}  # a dict: thousands of calls stay linear
     for block in original:
         if isinstance(block, dict) and block.get("type") == "tool_result":
             tool_id = block.get("tool_use_id")
-            if tool_id in expected and tool_id not in answered:
+            if tool_id in position and tool_id not in answered:
                 answered.add(tool_id)
                 results.append(block)
                 continue
@@ -2100,7 +2148,7 @@ def _answer_tools(message: Dict[str, Any], expected: List[str], changes: Dict[st
                             "content": INTERRUPTED_TOOL_TEXT})
             _count(changes, "tool_result_synthesized")
             repaired += 1
-    ordered = sorted(results, key=lambda b: expected.index(b["tool_use_id"])) + others
+    ordered = sorted(results, key=lambda b: position[b["tool_use_id"]]) + others
     if ordered == original:
         return message
     if not repaired:
@@ -2182,19 +2230,28 @@ def _event_index(payload: Dict[str, Any], kind: str) -> int:
     return index
 
 
+#: What a ``message_delta`` may change in the Message (an upstream's delta cannot rewrite its id or type).
+_MESSAGE_DELTA_KEYS = ("stop_reason", "stop_sequence", "container")
+#: The string field each text-like delta extends.
+_DELTA_FIELDS = {"text_delta": ("text", "text"), "thinking_delta": ("thinking", "thinking"),
+                 "signature_delta": ("signature", "signature")}
+
+
 class MessageAccumulator:
     """Builds the Message an Anthropic event stream describes: text, tool_use with parsed input,
-    thinking with its signature, redacted_thinking, citations, usage and stop reason."""
+    thinking with its signature, redacted_thinking, citations, usage and stop reason. Pieces are
+    joined once at the end (linear in the answer's size); nothing after ``message_stop`` counts."""
 
     def __init__(self) -> None:
         self.message: Optional[Dict[str, Any]] = None
         self.done = False
         self._blocks: Dict[int, Dict[str, Any]] = {}
         self._json: Dict[int, List[str]] = {}
+        self._pieces: Dict[Tuple[int, str], List[str]] = {}
 
     def feed(self, event: SSEEvent) -> None:
         """Take one event; raises :class:`StreamError` for an ``error`` event."""
-        if event.event == "ping" or not event.data:
+        if self.done or event.event == "ping" or not event.data:
             return
         try:
             payload = loads_strict(event.data)
@@ -2203,6 +2260,8 @@ class MessageAccumulator:
         if not isinstance(payload, dict):
             raise UpstreamFailure(f"upstream sent a {event.event[:40]} event that is not a JSON object")
         kind = payload.get("type") or event.event
+        if not isinstance(kind, str):
+            raise UpstreamFailure(f"upstream sent a {event.event[:40]!r} event whose type is not a string")
         if kind == "error":
             error = payload.get("error") if isinstance(payload.get("error"), dict) else {}
             error_type = error.get("type") if error.get("type") in _ERROR_STATUS else "api_error"
@@ -2217,6 +2276,8 @@ class MessageAccumulator:
             raise StreamError(message, status=status, error_type=error_type)
         if kind == "message_start":
             self.message = dict(_event_object(payload, "message", kind), content=[])
+        elif self.message is None and kind != "ping":
+            raise UpstreamFailure(f"upstream sent a {kind[:40]!r} event before message_start")
         elif kind == "content_block_start":
             index = _event_index(payload, kind)
             block = dict(_event_object(payload, "content_block", kind))
@@ -2233,9 +2294,8 @@ class MessageAccumulator:
             if index in self._json:
                 self._blocks[index]["input"] = parse_tool_arguments("".join(self._json.pop(index)))
         elif kind == "message_delta":
-            if self.message is None:
-                self.message = {"content": []}
-            self.message.update(_event_object(payload, "delta", kind))
+            delta = _event_object(payload, "delta", kind)
+            self.message.update({k: delta[k] for k in _MESSAGE_DELTA_KEYS if k in delta})
             usage = self.message.get("usage")
             if not isinstance(usage, dict):
                 usage = self.message["usage"] = {}
@@ -2247,21 +2307,28 @@ class MessageAccumulator:
         if not isinstance(block, dict):
             raise UpstreamFailure("upstream sent a delta for a content block that is not an object")
         kind = delta.get("type")
-        if kind == "text_delta":
-            block["text"] = block.get("text", "") + str(delta.get("text", ""))
+        if kind in _DELTA_FIELDS:
+            field, key = _DELTA_FIELDS[kind]
+            piece = delta.get(key, "")
+            if not isinstance(piece, str) or not isinstance(block.get(field, ""), str):
+                raise UpstreamFailure(f"upstream sent a {kind} whose {field} is not a string")
+            self._pieces.setdefault((index, field), []).append(piece)
         elif kind == "input_json_delta":
             self._json.setdefault(index, []).append(str(delta.get("partial_json", "")))
-        elif kind == "thinking_delta":
-            block["thinking"] = block.get("thinking", "") + str(delta.get("thinking", ""))
-        elif kind == "signature_delta":
-            block["signature"] = block.get("signature", "") + str(delta.get("signature", ""))
         elif kind == "citations_delta":
-            block.setdefault("citations", []).append(delta.get("citation"))
+            citations = block.setdefault("citations", [])
+            if not isinstance(citations, list):
+                raise UpstreamFailure("upstream sent a citations_delta for a block whose citations is not a list")
+            citations.append(delta.get("citation"))
 
     def result(self) -> Dict[str, Any]:
         """The finished Message; :class:`UpstreamFailure` if the stream ended early."""
         if self.message is None or not self.done:
             raise UpstreamFailure("the stream ended before message_stop")
+        for (index, field), pieces in self._pieces.items():
+            block = self._blocks[index]
+            block[field] = block.get(field, "") + "".join(pieces)
+        self._pieces.clear()
         message = dict(self.message)
         message["content"] = [self._blocks[i] for i in sorted(self._blocks)]
         return check_message(message)
@@ -2345,7 +2412,8 @@ class EventStreamCheck:
                 kept.append(encode_sse_json("error", upstream_error_event(error, self.upstream)))
                 rewritten = self.finished = True
                 continue
-            self.finished = payload["type"] == "message_stop"
+            if payload["type"] == "message_stop":
+                self.finished = rewritten = True  # re-encoded, so nothing after it (a comment, an empty event) goes
             kept.append(event)
         if not rewritten:
             return data
@@ -2357,8 +2425,9 @@ def check_message(message: Any, upstream: str = "") -> Dict[str, Any]:
     list of typed blocks, usage an object), else :class:`UpstreamFailure`: what an upstream sends
     is never trusted to be what it claims."""
     who = f"upstream {upstream!r}" if upstream else "upstream"
-    if not isinstance(message, dict):
-        raise UpstreamFailure(f"{who} answered something that is not a Message")
+    if not isinstance(message, dict) or message.get("type", "message") != "message" or \
+            message.get("role", "assistant") != "assistant":
+        raise UpstreamFailure(f"{who} answered something that is not an assistant Message")
     content = message.get("content")
     if not isinstance(content, list) or not all(isinstance(b, dict) and isinstance(b.get("type"), str)
                                                 for b in content):
@@ -3084,6 +3153,11 @@ class _JsonEnd:
         return self.began and self.depth <= 0 and not self.in_string
 
 
+#: Fragments that may wait behind a tool call whose arguments are still incomplete; real servers
+#: interleave a handful at most.
+_MAX_WAITING_FRAGMENTS = 1000
+
+
 class OpenAIStreamTranslator:
     """Chat Completions chunks in, the exact Anthropic event grammar out.
 
@@ -3202,6 +3276,11 @@ class OpenAIStreamTranslator:
         ongoing = fragment[0] == "tool" and self._open == f"tool:{fragment[1]}"
         if not ongoing and (self._waiting or self._blocking(fragment)):
             self._waiting.append(fragment)
+            if len(self._waiting) > _MAX_WAITING_FRAGMENTS and self._open and self._open.startswith("tool:"):
+                # a call whose arguments never complete must not hold everything else (nor cost
+                # quadratic time): it is taken as complete, as at the end of the stream
+                self._calls[self._open[5:]]["complete"] = True
+                self._release(out)
             return
         self._apply(out, fragment)
         self._release(out)
@@ -3353,11 +3432,14 @@ def _parse_instant(text: str, now: float) -> Optional[float]:
             import email.utils  # only a Retry-After given as a date needs it (it costs ~1 MB)
 
             moment = email.utils.parsedate_to_datetime(text)
-        except (TypeError, ValueError, IndexError):
+        except (TypeError, ValueError, IndexError, OverflowError):
             return None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=datetime.timezone.utc)
-    return max(0.0, moment.timestamp() - now)
+    try:
+        return max(0.0, moment.timestamp() - now)
+    except (OverflowError, OSError, ValueError):
+        return None
 
 
 def rate_limit_reset(headers: Headers, body: bytes, now: float) -> Optional[float]:
@@ -4017,6 +4099,26 @@ class UpstreamClient:
                 conn.abort()
                 raise
 
+    async def fetch(self, method: str, url: str, headers: Headers, body: bytes = b"", *, deadline_s: float,
+                    limit: int = MAX_UPSTREAM_SMALL_BODY_BYTES) -> Tuple[int, bytes]:
+        """A small exchange (a model list, a token count, a probe): the status and the whole body,
+        all within ``deadline_s``, so an upstream that trickles cannot hold it. Raises
+        :class:`UpstreamFailure` (504 when the deadline passes)."""
+
+        async def exchange() -> Tuple[int, bytes]:
+            response = await self.request(method, url, headers, body, timeout_s=deadline_s,
+                                          connect_timeout_s=deadline_s)
+            try:
+                return response.status, await response.read_all(limit)
+            finally:
+                response.close()
+
+        try:
+            return await asyncio.wait_for(exchange(), deadline_s)
+        except asyncio.TimeoutError:
+            raise UpstreamFailure(f"no whole answer from {url.split('?')[0][:200]} within {deadline_s:g} s",
+                                  status=504) from None
+
     async def _take(self, origin: _Origin, connect_timeout_s: float) -> Tuple[_UpstreamConnection, bool]:
         idle = self._idle.get(origin) or []
         while idle:
@@ -4032,6 +4134,8 @@ class UpstreamClient:
         except asyncio.TimeoutError:
             raise UpstreamFailure(f"cannot reach upstream {origin.host}:{origin.port} (connect timed out)",
                                   status=504) from None
+        except UnicodeError:
+            raise UpstreamFailure(f"cannot reach upstream {origin.host[:100]}: its name cannot be looked up") from None
         except (OSError, UpstreamFailure) as exc:
             reason = exc.message if isinstance(exc, UpstreamFailure) else _describe_os_error(exc)
             raise UpstreamFailure(f"cannot reach upstream {origin.host}:{origin.port} ({reason})") from None
@@ -4121,6 +4225,10 @@ _MAX_PIPELINED_BYTES = 1024 * 1024
 #: discarding) so the client receives the answer instead of a reset.
 _LINGER_S = 2.0
 _LINGER_BYTES = 4 * 1024 * 1024
+#: After a client's end of input, how often and how long it is asked (an interim 100 Continue)
+#: whether it still reads: a closed client's system resets at the first one.
+_PROBE_INTERVAL_S = 0.25
+_PROBE_WINDOW_S = 2.0
 #: Self-healing retries per request: each must have learned something new from a 400.
 _MAX_HEALS = 4
 #: How long a fetched upstream model list is reused for /v1/models.
@@ -4223,14 +4331,14 @@ _SSE_HEADERS: Headers = [
     ("X-Accel-Buffering", "no"),
 ]
 #: Upstream response headers worth passing on to the client (rate-limit state, the upstream's id).
-_RELAYED_HEADER_PREFIXES = ("anthropic-ratelimit-", "x-ratelimit-", "retry-after")
+_RELAYED_HEADER = re.compile(r"(?:anthropic-ratelimit|x-ratelimit)-[a-z-]{1,40}|retry-after", re.IGNORECASE)
 
 
 def relayed_upstream_headers(headers: Headers) -> Headers:
     """The upstream headers a client should see; the upstream's request-id is renamed. A
     ``retry-after`` that is not plain seconds (``nan``, ``1e12``, a date) is left out: agproxy
     states its own, bounded one on the errors it answers with."""
-    out = [(k, v) for k, v in strip_hop_by_hop(headers) if k.lower().startswith(_RELAYED_HEADER_PREFIXES)
+    out = [(k, v) for k, v in strip_hop_by_hop(headers) if _RELAYED_HEADER.fullmatch(k)
            and not (k.lower() == "retry-after" and not re.fullmatch(r"[0-9]{1,4}", v.strip()))]
     upstream_id = header_value(headers, "request-id")
     if upstream_id:
@@ -4248,6 +4356,15 @@ def sse_complete_prefix(data: Union[bytes, bytearray], start: int = 0) -> int:
         if at >= 0:
             best = max(best, at + len(separator))
     return best
+
+
+@dataclasses.dataclass
+class _Lessons:
+    """What one request is trying without, after its upstream's 400s named them."""
+
+    fields: List[str] = dataclasses.field(default_factory=list)
+    betas: List[str] = dataclasses.field(default_factory=list)
+    heals: int = 0
 
 
 class _Exchange:
@@ -4272,6 +4389,8 @@ class _Connection:
         self.parser = parser
         self.busy = False
         self.gone = False
+        self.probed = False  # a half-closed client was asked whether it is still there
+        self.responding = False  # the answer's head is written: no interim answer may follow
         self.on_gone: List[Callable[[], None]] = []
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
@@ -4402,7 +4521,7 @@ class Server:
             try:
                 keep_alive = await self._answer(conn, request)
             finally:
-                conn.busy = False
+                conn.busy = conn.responding = False
             if not keep_alive or conn.gone:
                 return
 
@@ -4463,7 +4582,7 @@ class Server:
     async def _answer(self, conn: _Connection, request: Request) -> bool:
         """Route one request, write its response and log it; True if the connection stays open."""
         exchange = _Exchange(request, conn.on_gone)
-        watcher = asyncio.ensure_future(self._watch_for_departure(conn))
+        watcher = asyncio.ensure_future(self._watch_for_departure(conn, request.version))
         routing = asyncio.ensure_future(self._route(request, exchange))
         conn.on_gone.append(routing.cancel)  # a client that leaves stops retries and waits at once
         try:
@@ -4501,12 +4620,14 @@ class Server:
             self.access_log.info("%s %s %s %s %d %s %s %.0fms", exchange.id, conn.peer, request.method,
                                  request.path, exchange.status, exchange.upstream, exchange.account, elapsed_ms)
 
-    async def _watch_for_departure(self, conn: _Connection) -> None:
+    async def _watch_for_departure(self, conn: _Connection, version: Tuple[int, int]) -> None:
         """While a request is answered, notice the client leaving (and keep pipelined bytes).
 
-        A reset means the client left. An end of input does not: HTTP lets a client half-close after
-        its request (curl and load balancers do), and it still reads the answer; a client that closed
-        for good is noticed when a write to it fails."""
+        A reset means the client left. An end of input alone does not: HTTP lets a client half-close
+        after its request, and it still reads the answer. To tell that from a client that closed for
+        good (an interrupted SDK or Claude Code) while nothing of the answer is written yet, an
+        HTTP/1.1 client is sent an interim ``100 Continue``, which every client skips: a closed one's
+        system answers it with a reset, and the client is gone."""
         while conn.parser.buffered < _MAX_PIPELINED_BYTES:
             try:
                 data = await conn.reader.read(_CLIENT_READ_SIZE)
@@ -4515,10 +4636,30 @@ class Server:
                 return
             conn.parser.feed(data)
             if not data:
+                break
+        else:
+            return
+        if version < (1, 1) or conn.probed:
+            return
+        conn.probed = True
+        if conn.responding:
+            return
+        conn.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        for _ in range(int(_PROBE_WINDOW_S / _PROBE_INTERVAL_S)):
+            await asyncio.sleep(_PROBE_INTERVAL_S)
+            sock = conn.writer.get_extra_info("socket")
+            try:
+                failed = sock is None or sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) != 0
+            except OSError:
+                failed = True
+            if failed or conn.writer.transport.is_closing():
+                conn.client_left()
                 return
+        # still there: a half-close, and the answer will be read
 
     async def _write_response(self, conn: _Connection, response: Union[Response, StreamingResponse],
                               exchange: Optional[_Exchange], keep_alive: bool) -> None:
+        conn.responding = True
         headers = [("Date", http_date(time.time())), ("Server", f"agproxy/{__version__}")]
         if exchange is not None:
             headers.append(("request-id", exchange.id))
@@ -4531,7 +4672,8 @@ class Server:
         elif exchange is not None and exchange.request.version < (1, 1):
             headers.append(("Connection", "keep-alive"))  # HTTP/1.0 closes unless told otherwise
         redact = self.redact.data
-        headers = [(name, self.redact.text(value)) for name, value in headers]  # an upstream's may echo a key
+        # an upstream's header may echo a key, in its value or even its name
+        headers = [(name, self.redact.text(value)) for name, value in headers if self.redact.text(name) == name]
         if isinstance(response, Response):
             body = redact(response.body)
             headers.append(("Content-Length", str(len(body))))
@@ -4727,16 +4869,14 @@ class Server:
                        ("User-Agent", f"agproxy/{__version__}")] + upstream_auth_headers(upstream, account)
             path = "/v1/models?limit=1000"
         try:
-            response = await self.client.request("GET", upstream_url(upstream.base_url, path),
-                                                 headers, timeout_s=upstream.connect_timeout_s,
-                                                 connect_timeout_s=upstream.connect_timeout_s)
-            body = await response.read_all(MAX_UPSTREAM_SMALL_BODY_BYTES)
-            data = loads_strict(body).get("data") if response.status == 200 else None
+            status, body = await self.client.fetch("GET", upstream_url(upstream.base_url, path), headers,
+                                                   deadline_s=upstream.connect_timeout_s)
+            data = loads_strict(body).get("data") if status == 200 else None
         except (UpstreamFailure, ValueError, AttributeError) as exc:
             self.log.warning("could not list the models of upstream %r: %s", upstream.name, exc)
             return []
         if not isinstance(data, list):
-            self.log.warning("upstream %r answered HTTP %d to %s", upstream.name, response.status, path)
+            self.log.warning("upstream %r answered HTTP %d to %s", upstream.name, status, path)
             return []
         return [_model_object(str(m["id"]), str(m.get("display_name") or m["id"]),
                               m.get("created_at") if isinstance(m.get("created_at"), str) else None)
@@ -4850,9 +4990,10 @@ class Server:
         return headers + upstream_auth_headers(upstream, account)
 
     def _prepare(self, request: Request, exchange: _Exchange, route: Route, strip_thinking: bool,
-                 force_stream: bool) -> Tuple[bytes, Dict[str, Any], Optional[str]]:
-        """The body and beta header to send to this upstream: sanitized per its profile and what it
-        has rejected before; the client's bytes unchanged when nothing needs changing."""
+                 force_stream: bool, trial: _Lessons) -> Tuple[bytes, Dict[str, Any], Optional[str]]:
+        """The body and beta header to send to this upstream: sanitized per its profile, what it
+        has rejected before and what this request is trying without; the client's bytes unchanged
+        when nothing needs changing."""
         upstream = route.upstream
         raw = request.body or b""
         body = json.loads(raw)  # a private copy to change
@@ -4863,12 +5004,13 @@ class Server:
         if force_stream and not body.get("stream"):
             body["stream"] = True
             changes["stream_forced"] = 1
-        changes.update(sanitize_request(body, upstream.rules, drop_paths=self.learned.fields(upstream.name),
+        changes.update(sanitize_request(body, upstream.rules,
+                                        drop_paths=self.learned.fields(upstream.name) + trial.fields,
                                         drop_thinking=self.signatures.foreign_to(upstream.name)))
         if strip_thinking:
             changes.update(strip_thinking_history(body))
         beta, beta_changes = sanitize_betas(request.header("anthropic-beta"), upstream.rules,
-                                            self.learned.betas(upstream.name))
+                                            self.learned.betas(upstream.name) + trial.betas)
         changes.update(beta_changes)
         if not changes:
             return raw, body, beta
@@ -4886,9 +5028,9 @@ class Server:
         answers raise an :class:`AgproxyError` that keeps the upstream's status and reset time."""
         upstream = route.upstream
         strip_thinking = False
-        heals = 0
+        trial = _Lessons()
         while True:
-            payload, sent, beta = self._prepare(request, exchange, route, strip_thinking, force_stream)
+            payload, sent, beta = self._prepare(request, exchange, route, strip_thinking, force_stream, trial)
             try:
                 response = await self.client.request(
                     "POST", upstream_url(upstream.base_url, path),
@@ -4899,10 +5041,10 @@ class Server:
                 exc.message = f"upstream {upstream.name!r}: {exc.message}"
                 raise
             if response.status < 300:
+                self._commit_lessons(upstream, trial)
                 return response
             data = await _error_body(upstream, response)
-            if response.status == 400 and heals < _MAX_HEALS and self._learn_rejection(upstream, sent, beta, data):
-                heals += 1
+            if response.status == 400 and self._try_without(upstream, sent, beta, data, trial):
                 continue
             if not strip_thinking and is_signature_error(response.status, data):
                 strip_thinking = True
@@ -4916,19 +5058,36 @@ class Server:
                                       client_context_window(request.headers))
             raise _upstream_error(upstream, response, data)
 
-    def _learn_rejection(self, upstream: Upstream, sent: Dict[str, Any], beta: Optional[str], data: bytes) -> bool:
-        """Learn from a 400 what the upstream rejects; True when there is something new to strip."""
-        fields, betas = rejected_inputs(data)
-        paths = [p for p in (learnable_path(sent, f) for f in fields) if p is not None]
-        sent_betas = {b.strip() for b in (beta or "").split(",")}
-        new = self.learned.learn(upstream.name, paths, [b for b in betas if b in sent_betas])
-        if not new:
+    def _try_without(self, upstream: Upstream, sent: Dict[str, Any], beta: Optional[str], data: bytes,
+                     trial: _Lessons) -> bool:
+        """Read from a 400 which fields or betas the upstream rejects; True when this request has
+        something new to try without. It is a trial: only an answer to the request without them
+        makes it a lesson for every request (an error text can echo a client's own words)."""
+        if trial.heals >= _MAX_HEALS:
             return False
+        fields, betas = rejected_inputs(data)
+        known_fields = self.learned.fields(upstream.name) + trial.fields
+        known_betas = self.learned.betas(upstream.name) + trial.betas
+        sent_betas = {b.strip() for b in (beta or "").split(",")}
+        new_fields = [p for p in dict.fromkeys(learnable_path(sent, f) for f in fields)
+                      if p is not None and p not in known_fields]
+        new_betas = [b for b in betas if b in sent_betas and b not in known_betas]
+        if not new_fields and not new_betas:
+            return False
+        trial.fields += new_fields
+        trial.betas += new_betas
+        trial.heals += 1
+        return True
+
+    def _commit_lessons(self, upstream: Upstream, trial: _Lessons) -> None:
+        """A request succeeded without what it tried without: every later request is sent so."""
+        new = self.learned.learn(upstream.name, trial.fields, trial.betas)
+        if not new:
+            return
         self.counters["healed"] += len(new)
         self.log.warning("upstream %r rejects %s; agproxy strips %s from its requests from now on",
                          upstream.name, ", ".join(new), "them" if len(new) > 1 else "it")
         self._save_state()
-        return True
 
     def _count_changes(self, stage: str, changes: Dict[str, int]) -> None:
         """Add a request's changes to the counters. Kinds name fields a client chose (``field:x``),
@@ -5067,7 +5226,7 @@ class Server:
     # -- OpenAI-compatible upstreams ---------------------------------------------------------
 
     def _prepare_openai(self, request: Request, exchange: _Exchange, route: Route,
-                        stream: bool) -> Tuple[bytes, Dict[str, Any]]:
+                        stream: bool, trial: _Lessons) -> Tuple[bytes, Dict[str, Any]]:
         """The Chat Completions request for this upstream: sanitized, translated, minus what it rejected."""
         upstream = route.upstream
         body = json.loads(request.body or b"")
@@ -5079,7 +5238,7 @@ class Server:
         changes.update(translation_changes)
         if upstream.extra_body:
             translated.update(copy.deepcopy(upstream.extra_body))
-        for path in self.learned.fields(upstream.name):
+        for path in self.learned.fields(upstream.name) + trial.fields:
             _count(changes, f"learned:{path}", drop_path(translated, path.split(".")))
         if changes:
             self._count_changes("translate", changes)
@@ -5098,9 +5257,9 @@ class Server:
                            stream: bool) -> Tuple[UpstreamResponse, Dict[str, Any]]:
         """POST /chat/completions, healing past fields the server names as unknown."""
         upstream = route.upstream
-        heals = 0
+        trial = _Lessons()
         while True:
-            payload, sent = self._prepare_openai(request, exchange, route, stream)
+            payload, sent = self._prepare_openai(request, exchange, route, stream, trial)
             try:
                 response = await self.client.request(
                     "POST", upstream_url(upstream.base_url, "/chat/completions"),
@@ -5110,11 +5269,10 @@ class Server:
                 exc.message = f"upstream {upstream.name!r}: {exc.message}"
                 raise
             if response.status < 300:
+                self._commit_lessons(upstream, trial)
                 return response, sent
             data = await _error_body(upstream, response)
-            if response.status in (400, 422) and heals < _MAX_HEALS and \
-                    self._learn_rejection(upstream, sent, None, data):
-                heals += 1
+            if response.status in (400, 422) and self._try_without(upstream, sent, None, data, trial):
                 continue
             if upstream.context_window and is_context_overflow(response.status, data):
                 raise prompt_too_long(estimate_input_tokens(json.loads(request.body or b"{}")),
@@ -5183,19 +5341,19 @@ class Server:
                                                else str(m.get("content") or "") for m in translated["messages"])}
         account = upstream.accounts[0]
         try:
-            response = await self.client.request("POST", root + "/tokenize",
-                                                 self._openai_headers(upstream, account, False),
-                                                 json.dumps(payload).encode(), timeout_s=upstream.connect_timeout_s,
-                                                 connect_timeout_s=upstream.connect_timeout_s)
-            data = loads_strict(await response.read_all(MAX_UPSTREAM_BODY_BYTES)) if response.status == 200 else None
+            status, body = await self.client.fetch("POST", root + "/tokenize",
+                                                   self._openai_headers(upstream, account, False),
+                                                   json.dumps(payload).encode(), deadline_s=upstream.connect_timeout_s,
+                                                   limit=MAX_UPSTREAM_BODY_BYTES)
+            data = loads_strict(body) if status == 200 else None
         except (UpstreamFailure, ValueError) as exc:
             self.log.warning("tokenizer of upstream %r unavailable (%s); estimating", upstream.name, exc)
             return None
-        if isinstance(data, dict) and isinstance(data.get("count"), int):
+        if isinstance(data, dict) and _is_int(data.get("count")) and data["count"] >= 0:
             return data["count"]
         if isinstance(data, dict) and isinstance(data.get("tokens"), list):
             return len(data["tokens"])
-        self.log.warning("tokenizer of upstream %r answered HTTP %s; estimating", upstream.name, response.status)
+        self.log.warning("tokenizer of upstream %r answered HTTP %s; estimating", upstream.name, status)
         return None
 
     async def _accounts(self, request: Request, exchange: _Exchange) -> Response:
@@ -5398,12 +5556,14 @@ async def _relay_translated(head: bytes, events: AsyncIterator[bytes], upstream:
 async def _accumulate(response: UpstreamResponse) -> Dict[str, Any]:
     """A whole upstream event stream as the one Message it describes."""
     decoder, accumulator = SSEDecoder(), MessageAccumulator()
-    while True:
+    while not accumulator.done:
         chunk = await response.read_chunk()
         if not chunk:
-            return accumulator.result()
+            break
         for event in decoder.feed(chunk):
             accumulator.feed(event)
+    response.close()  # after message_stop nothing more is read (a connection still sending is not reused)
+    return accumulator.result()
 
 
 async def _iterate(items: Iterable[bytes]) -> AsyncIterator[bytes]:
@@ -5470,6 +5630,8 @@ async def _relay_sse(response: UpstreamResponse, upstream: str, observe: Optiona
 # =====================================================================================
 
 STATE_FORMAT = 1
+#: A state file holds a few learned fields and resting accounts: kilobytes. Past this it is not ours.
+MAX_STATE_BYTES = 16 * 1024 * 1024
 
 
 class StateFile:
@@ -5491,8 +5653,13 @@ class StateFile:
         if not os.path.exists(self.path):
             return {}
         try:
-            with open(self.path, encoding="utf-8") as f:
-                data = loads_strict(f.read())
+            if not os.path.isfile(self.path):
+                raise ValueError("not a regular file")  # a FIFO would block the start, /dev/zero never end
+            with open(self.path, "rb") as f:
+                raw = f.read(MAX_STATE_BYTES + 1)
+            if len(raw) > MAX_STATE_BYTES:
+                raise ValueError(f"larger than {MAX_STATE_BYTES} bytes")
+            data = loads_strict(raw)
             if not isinstance(data, dict) or data.get("format") != STATE_FORMAT:
                 raise ValueError("not an agproxy state file")
         except (OSError, ValueError) as exc:
@@ -5585,21 +5752,19 @@ async def check_upstreams(config: Config, out: Callable[[str], None]) -> bool:
                 if upstream.kind == "anthropic":
                     headers.append(("anthropic-version", DEFAULT_ANTHROPIC_VERSION))
                 try:
-                    response = await client.request("GET", url, headers, timeout_s=upstream.connect_timeout_s,
-                                                    connect_timeout_s=upstream.connect_timeout_s)
-                    await response.read_all(MAX_UPSTREAM_SMALL_BODY_BYTES)
+                    status, _ = await client.fetch("GET", url, headers, deadline_s=upstream.connect_timeout_s)
                 except UpstreamFailure as exc:
                     out(f"FAIL  {label}: {exc.message}")
                     healthy = False
                     continue
-                if response.status in (401, 403):
-                    out(f"FAIL  {label}: the upstream rejected this account's key (HTTP {response.status})")
+                if status in (401, 403):
+                    out(f"FAIL  {label}: the upstream rejected this account's key (HTTP {status})")
                     healthy = False
-                elif response.status >= 500:
-                    out(f"FAIL  {label}: the upstream answered HTTP {response.status}")
+                elif status >= 500:
+                    out(f"FAIL  {label}: the upstream answered HTTP {status}")
                     healthy = False
                 else:
-                    out(f"ok    {label}: reachable (HTTP {response.status})")
+                    out(f"ok    {label}: reachable (HTTP {status})")
     finally:
         client.shutdown()
     return healthy
@@ -5670,7 +5835,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     log = logging.getLogger("agproxy")
     if check:
         print(f"config: {config.source}: ok ({len(config.upstreams)} upstream(s))")
-        return 0 if asyncio.run(check_upstreams(config, print)) else 1
+        redactor = Redactor(config.secrets())  # an upstream's answer may echo a key: never print it
+        return 0 if asyncio.run(check_upstreams(config, lambda line: print(redactor.text(line)))) else 1
     if config.upstreams == (DEMO_UPSTREAM,) and config.source == Config.source:
         log.warning("no config file found: serving the built-in demo upstream, which answers locally "
                     "without a model (see README: Configuration)")
