@@ -8,6 +8,7 @@ Each test failed before its fix. The fault matrix (test_fault_matrix.py) and the
 from __future__ import annotations
 
 import json
+import os
 import socket
 import struct
 import subprocess
@@ -427,3 +428,144 @@ def test_learned_paths_never_change_the_shared_tool_table_or_the_config():
     agproxy.drop_path(translated, "chat_template_kwargs.enable_thinking".split("."))
     assert "restart" in agproxy._TYPED_TOOL_FUNCTIONS["bash"]["parameters"]["properties"]
     assert options.thinking_body == {"chat_template_kwargs": {"enable_thinking": True}}
+
+
+# -- found by an independent attack after the first round of fixes --------------------------------------
+
+def event(name: str, payload: Any) -> agproxy.SSEEvent:
+    return agproxy.SSEEvent(name, json.dumps(payload))
+
+
+START = {"type": "message_start", "message": {"id": "m", "type": "message", "role": "assistant", "content": [],
+                                               "usage": {"input_tokens": 1}}}
+
+
+def test_the_accumulator_takes_only_a_message_and_nothing_after_its_stop():
+    acc = agproxy.MessageAccumulator()
+    with pytest.raises(agproxy.UpstreamFailure):
+        acc.feed(event("content_block_start", {"type": "content_block_start", "index": 0,
+                                               "content_block": {"type": "text", "text": ""}}))
+    acc = agproxy.MessageAccumulator()
+    for name, payload in [("message_start", START),
+                          ("content_block_start", {"type": "content_block_start", "index": 0,
+                                                   "content_block": {"type": "text", "text": ""}}),
+                          ("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                                   "delta": {"type": "text_delta", "text": "hello"}}),
+                          ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn",
+                                                                                "type": "error", "id": "evil"}}),
+                          ("message_stop", {"type": "message_stop"}),
+                          ("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                                   "delta": {"type": "text_delta", "text": "AFTER"}}),
+                          ("error", {"type": "error", "error": {"type": "api_error", "message": "late"}})]:
+        acc.feed(event(name, payload))
+    message = acc.result()
+    assert message["content"][0]["text"] == "hello"
+    assert (message["type"], message["id"], message["stop_reason"]) == ("message", "m", "end_turn")
+
+
+@pytest.mark.parametrize("block, delta", [
+    ({"type": "text", "text": 5}, {"type": "text_delta", "text": "x"}),
+    ({"type": "thinking", "thinking": None}, {"type": "thinking_delta", "thinking": "x"}),
+    ({"type": "text", "text": "", "citations": "x"}, {"type": "citations_delta", "citation": {}}),
+    ({"type": "text", "text": ""}, {"type": "text_delta", "text": ["x"]}),
+])
+def test_wrongly_typed_blocks_are_an_upstream_failure(block, delta):
+    acc = agproxy.MessageAccumulator()
+    acc.feed(event("message_start", START))
+    acc.feed(event("content_block_start", {"type": "content_block_start", "index": 0, "content_block": block}))
+    with pytest.raises(agproxy.UpstreamFailure):
+        acc.feed(event("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta}))
+        acc.feed(event("message_stop", {"type": "message_stop"}))
+        acc.result()
+
+
+def test_nothing_follows_message_stop_in_a_relayed_stream():
+    check = agproxy.EventStreamCheck("u")
+    stop = b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
+    assert check.feed(stop + b": comment\n\nevent: error\n\n") == stop
+    assert check.finished
+
+
+def test_a_date_past_any_calendar_is_no_reset():
+    for value in ("Mon, 01 Jan 99999999999999999999 00:00:00 GMT", "99999-01-01T00:00:00Z"):
+        assert agproxy.rate_limit_reset([("retry-after", value)], b"", time.time()) is None
+
+
+def test_keys_in_relayed_header_names_and_json_escapes_are_caught():
+    secret = "sk-upstream-SECRET-alice-0123456789"
+    redactor = agproxy.Redactor([secret])
+    escaped = json.dumps({"text": secret.replace("-", "\\u002d")}).replace("\\\\", "\\").encode()
+    assert b"SECRET" in escaped and secret.encode() not in escaped
+    assert b"SECRET" not in redactor.data(escaped)
+    assert agproxy.relayed_upstream_headers([(f"anthropic-ratelimit-{secret}", "5"),
+                                             ("x-ratelimit-remaining-requests", "5"),
+                                             ("x-ratelimit-reset-tokens", "1s"), ("x-other", "1")]) == [
+        ("x-ratelimit-remaining-requests", "5"), ("x-ratelimit-reset-tokens", "1s")]
+
+
+def test_an_error_text_that_echoes_the_model_teaches_nothing(start_agproxy, fake):
+    config = fake_config(fake)
+    proxy = start_agproxy(config)
+    echo = Json(400, {"type": "error", "error": {"type": "invalid_request_error",
+                                                 "message": "temperature: Extra inputs are not permitted "
+                                                            "(model 'x' is not served here)"}})
+    fake.script(echo, echo)
+    answer = post_json(proxy.port, "/v1/messages", dict(SIMPLE, temperature=0.2), 10)
+    assert answer.status == 400
+    assert json.loads(get(proxy.port, "/v1/agproxy/stats").body)["learned"] in ({}, {"fake": {"fields": [],
+                                                                                               "betas": []}})
+    assert post_json(proxy.port, "/v1/messages", dict(SIMPLE, temperature=0.2), 10).status == 200
+    assert fake.requests[-1].json["temperature"] == 0.2  # still sent: nothing was learned
+
+
+@pytest.mark.parametrize("upstream_change, words", [
+    ({"base_url": "http://a..b"}, "upstreams[0].base_url: has a host name that cannot be looked up"),
+    ({"headers": {"Content-Length": "0"}}, "upstreams[0].headers.Content-Length: is set by agproxy"),
+    ({"headers": {"Host": "other.example"}}, "upstreams[0].headers.Host: is set by agproxy"),
+])
+def test_more_config_gaps_are_exit_2(tmp_path, upstream_change, words):
+    upstream = dict({"name": "u", "kind": "anthropic", "base_url": "http://127.0.0.1:9",
+                     "accounts": [{"name": "a", "api_key": "k"}]}, **upstream_change)
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"upstreams": [upstream]}))
+    done = subprocess.run([sys.executable, str(AGPROXY), "--config", str(path), "--port", "0"],
+                          capture_output=True, text=True, timeout=20, env=clean_env())
+    assert done.returncode == 2 and words in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_a_number_of_thousands_of_digits_in_the_config_is_exit_2(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text('{"max_connections": ' + "9" * 5000 + ', "upstreams": []}')
+    done = subprocess.run([sys.executable, str(AGPROXY), "--config", str(path)], capture_output=True, text=True,
+                          timeout=20, env=clean_env())
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+
+
+def test_a_state_file_that_is_a_fifo_does_not_block_the_start(start_agproxy, fake, tmp_path):
+    fifo = tmp_path / "state.json"
+    os.mkfifo(fifo)
+    proxy = start_agproxy(fake_config(fake, state_file=str(fifo)))
+    assert post_json(proxy.port, "/v1/messages", SIMPLE, 10).status == 200
+    assert "not a regular file" in proxy.log()
+
+
+def test_check_hides_a_key_an_upstream_echoes(tmp_path):
+    secret = "sk-upstream-SECRET-alice-0123456789"
+
+    def answer(conn: socket.socket) -> None:
+        with conn:
+            conn.recv(65536)
+            conn.sendall(f"HTTP/1.1 abc {secret}\r\n\r\n".encode())
+
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    thread = threading.Thread(target=lambda: answer(server.accept()[0]), daemon=True)
+    thread.start()
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"upstreams": [{"name": "u", "kind": "anthropic", "base_url": f"http://127.0.0.1:{port}",
+                                               "accounts": [{"name": "a", "api_key": secret}]}]}))
+    done = subprocess.run([sys.executable, str(AGPROXY), "check", "--config", str(path)], capture_output=True,
+                          text=True, timeout=30, env=clean_env())
+    server.close()
+    assert done.returncode == 1 and "FAIL" in done.stdout, done.stdout + done.stderr
+    assert "SECRET" not in done.stdout + done.stderr
