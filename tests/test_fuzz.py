@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 
 import agproxy
 from tests.conftest import Agproxy, clean_env, write_config
-from tests.fakes.misbehaving import KEYS, RECIPES, Action, Ctx, MisbehavingUpstream, Send, good
+from tests.fakes.misbehaving import KEYS, RECIPES, Action, Ctx, MisbehavingUpstream, Send, good, live_config
 from tests.wire_check import (
     Answer,
     generic_problems,
@@ -432,22 +432,7 @@ class Live:
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     tmp = tmp_path_factory.mktemp("fuzz-live")
     with MisbehavingUpstream({"fine": lambda ctx: [Send(good(ctx))]}) as fake:
-        accounts = [{"name": "alice", "api_key": KEYS[0]}, {"name": "bob", "api_key": KEYS[1]}]
-        config = {
-            "auth_mode": "off", "state_file": "", "max_retry_attempts": 2, "header_timeout_s": 5,
-            "body_timeout_s": 5,
-            "upstreams": [
-                {"name": "demo", "kind": "demo"},
-                {"name": "anth", "kind": "anthropic", "base_url": fake.url_for("fine", "anthropic", "live"),
-                 "accounts": accounts, "timeout_s": 5},
-                {"name": "compat", "kind": "anthropic", "profile": "compatible",
-                 "base_url": fake.url_for("fine", "anthropic", "compat"), "accounts": accounts, "timeout_s": 5},
-                {"name": "oa", "kind": "openai", "base_url": fake.url_for("fine", "openai", "live"),
-                 "accounts": accounts, "timeout_s": 5},
-            ],
-            "model_map": [{"match": "anth-*", "upstream": "anth"}, {"match": "compat-*", "upstream": "compat"},
-                          {"match": "oa-*", "upstream": "oa"}, {"match": "*", "upstream": "demo"}],
-        }
+        config = live_config(fake, "live", 5)
         path = write_config(tmp, config)
         proxy = Agproxy(["--config", str(path), "--port", "0"], clean_env(HOME=str(tmp)), tmp, program_under_test())
         try:

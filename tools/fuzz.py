@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import agproxy  # noqa: E402  (only its sans-IO request parser, to tell a truncated request)
-from tests.fakes.misbehaving import KEYS, MisbehavingUpstream, Send, good  # noqa: E402
+from tests.fakes.misbehaving import KEYS, MisbehavingUpstream, Send, good, live_config  # noqa: E402
 from tests.wire_check import Answer, ResponseReader, generic_problems, leaked  # noqa: E402
 
 READY = re.compile(r"^agproxy listening on http://(\S+):(\d+)$")
@@ -507,22 +507,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="agproxy-fuzz-") as tmp, \
             MisbehavingUpstream({"fine": lambda ctx: [Send(good(ctx))]}) as fake:
-        accounts = [{"name": "alice", "api_key": KEYS[0]}, {"name": "bob", "api_key": KEYS[1]}]
-        config = {
-            "auth_mode": "off", "state_file": "", "max_retry_attempts": 2, "header_timeout_s": 5,
-            "body_timeout_s": 5,
-            "upstreams": [
-                {"name": "demo", "kind": "demo"},
-                {"name": "anth", "kind": "anthropic", "base_url": fake.url_for("fine", "anthropic", "fuzz"),
-                 "accounts": accounts, "timeout_s": 10},
-                {"name": "compat", "kind": "anthropic", "profile": "compatible",
-                 "base_url": fake.url_for("fine", "anthropic", "compat"), "accounts": accounts, "timeout_s": 10},
-                {"name": "oa", "kind": "openai", "base_url": fake.url_for("fine", "openai", "fuzz"),
-                 "accounts": accounts, "timeout_s": 10},
-            ],
-            "model_map": [{"match": "anth-*", "upstream": "anth"}, {"match": "compat-*", "upstream": "compat"},
-                          {"match": "oa-*", "upstream": "oa"}, {"match": "*", "upstream": "demo"}],
-        }
+        config = live_config(fake, "fuzz", 10)
         path = Path(tmp) / "fuzz-config.json"
         path.write_text(json.dumps(config))
         proxy = Proxy(args.agproxy.resolve(), path, Path(tmp))

@@ -911,3 +911,24 @@ class MisbehavingUpstream:
             if left <= 0:
                 return True
             await asyncio.sleep(min(left, 0.05))
+
+
+def live_config(fake: MisbehavingUpstream, tag: str, timeout_s: float) -> Dict[str, Any]:
+    """The config the fuzzers run agproxy with: the demo, an anthropic upstream in each profile and
+    an OpenAI one, all on this fake's well-behaved case, picked by model prefix."""
+    accounts = [{"name": "alice", "api_key": KEYS[0]}, {"name": "bob", "api_key": KEYS[1]}]
+    return {
+        "auth_mode": "off", "state_file": "", "max_retry_attempts": 2, "header_timeout_s": 5,
+        "body_timeout_s": 5,
+        "upstreams": [
+            {"name": "demo", "kind": "demo"},
+            {"name": "anth", "kind": "anthropic", "base_url": fake.url_for("fine", "anthropic", tag),
+             "accounts": accounts, "timeout_s": timeout_s},
+            {"name": "compat", "kind": "anthropic", "profile": "compatible",
+             "base_url": fake.url_for("fine", "anthropic", "compat"), "accounts": accounts, "timeout_s": timeout_s},
+            {"name": "oa", "kind": "openai", "base_url": fake.url_for("fine", "openai", tag),
+             "accounts": accounts, "timeout_s": timeout_s},
+        ],
+        "model_map": [{"match": "anth-*", "upstream": "anth"}, {"match": "compat-*", "upstream": "compat"},
+                      {"match": "oa-*", "upstream": "oa"}, {"match": "*", "upstream": "demo"}],
+    }
