@@ -4406,43 +4406,32 @@ class _Timeout(Exception):
     pass
 
 
-class Server:
-    """The agproxy HTTP server: routes, auth and the guards, over asyncio streams."""
+class Application:
+    """What the HTTP shell serves: ``admit`` checks a request's head before its body is read (and
+    raises an :class:`AgproxyError` to refuse it); ``handle`` answers a whole request."""
 
-    def __init__(self, config: Config, client: Optional[UpstreamClient] = None, state: Optional[Dict[str, Any]] = None,
-                 persist: Optional[Callable[[Dict[str, Any]], None]] = None) -> None:
+    def admit(self, request: Request) -> None:
+        raise NotImplementedError
+
+    async def handle(self, request: Request, exchange: _Exchange) -> Union[Response, StreamingResponse]:
+        raise NotImplementedError
+
+
+class HttpServer:
+    """The HTTP/1.1 shell over asyncio streams: admission and ``max_connections``, the connection
+    loop, timeouts, ``100 Continue``, the linger after an error, the watch for a client that leaves,
+    response framing and writing (every byte through the :class:`Redactor`), the access log. It
+    calls one :class:`Application` and knows nothing of Anthropic."""
+
+    def __init__(self, config: Config, app: Application, redact: Redactor) -> None:
         self.config = config
-        self.learned = LearnedRejections()
-        self.learned.load_json((state or {}).get("learned"))
-        self.signatures = SignatureBook()
-        self.counters: collections.Counter = collections.Counter()
-        self._noted: collections.OrderedDict = collections.OrderedDict()
-        self._persist = persist
-        self._saving: Optional[asyncio.Future] = None
-        self._state_dirty = False
-        self.auth_mode = config.effective_auth_mode()
-        self.redact = Redactor(config.secrets())
-        self.client = client or UpstreamClient()
-        self.pool = AccountPool(config.upstreams)
-        self.pool.load_json((state or {}).get("accounts"), time.time())
+        self.app = app
+        self.redact = redact
         self.log = logging.getLogger("agproxy")
         self.access_log = logging.getLogger("agproxy.access")
         self._server: Optional[asyncio.AbstractServer] = None
         self._connections: Dict[asyncio.Task, _Connection] = {}
         self._stopping = False
-        self._models_cache: Optional[Tuple[float, List[Dict[str, Any]]]] = None
-        self._routes: Dict[str, Dict[str, Callable[[Request, _Exchange], Any]]] = {
-            "/": {"GET": self._root},
-            "/healthz": {"GET": self._healthz},
-            "/v1/messages": {"POST": self._messages},
-            "/v1/messages/count_tokens": {"POST": self._count_tokens},
-            "/v1/models": {"GET": self._models},
-            "/v1/models/claude": {"GET": self._models_openai},
-            "/v1/api/event_logging": {"POST": self._telemetry},
-            "/v1/api/event_logging/batch": {"POST": self._telemetry},
-            "/v1/agproxy/accounts": {"GET": self._accounts},
-            "/v1/agproxy/stats": {"GET": self._stats},
-        }
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -4470,9 +4459,6 @@ class Server:
             if pending:
                 self.log.warning("cut %d request(s) still running after %.0f s", len(pending), grace_s)
                 await asyncio.wait(pending, timeout=1.0)
-        if self._saving is not None:
-            await self._saving
-        self.client.shutdown()
 
     async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -4556,7 +4542,7 @@ class Server:
                 return event.request
             if isinstance(event, HeadReady):
                 if event.has_body:
-                    self._admit(event.request)  # refuse before reading (and buffering) the body
+                    self.app.admit(event.request)  # refuse before reading (and buffering) the body
                 if event.request.expects_continue:
                     conn.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
                 deadline, what = loop.time() + config.body_timeout_s, "request body"
@@ -4583,7 +4569,7 @@ class Server:
         """Route one request, write its response and log it; True if the connection stays open."""
         exchange = _Exchange(request, conn.on_gone)
         watcher = asyncio.ensure_future(self._watch_for_departure(conn, request.version))
-        routing = asyncio.ensure_future(self._route(request, exchange))
+        routing = asyncio.ensure_future(self.app.handle(request, exchange))
         conn.on_gone.append(routing.cancel)  # a client that leaves stops retries and waits at once
         try:
             try:
@@ -4727,9 +4713,72 @@ class Server:
             conn.writer.transport.abort()
             raise ConnectionResetError(f"the client read nothing for {self.config.write_timeout_s:g} s") from None
 
+
+
+class Server(Application):
+    """The gateway: the front door (guards, routes) and the handlers over one state (account
+    pools, learned rejections, signature book, counters), served by an :class:`HttpServer`."""
+
+    def __init__(self, config: Config, client: Optional[UpstreamClient] = None, state: Optional[Dict[str, Any]] = None,
+                 persist: Optional[Callable[[Dict[str, Any]], None]] = None) -> None:
+        self.config = config
+        self.learned = LearnedRejections()
+        self.learned.load_json((state or {}).get("learned"))
+        self.signatures = SignatureBook()
+        self.counters: collections.Counter = collections.Counter()
+        self._noted: collections.OrderedDict = collections.OrderedDict()
+        self._persist = persist
+        self._saving: Optional[asyncio.Future] = None
+        self._state_dirty = False
+        self.auth_mode = config.effective_auth_mode()
+        self.redact = Redactor(config.secrets())
+        self.client = client or UpstreamClient()
+        self.pool = AccountPool(config.upstreams)
+        self.pool.load_json((state or {}).get("accounts"), time.time())
+        self.log = logging.getLogger("agproxy")
+        self.http = HttpServer(config, self, self.redact)
+        self._models_cache: Optional[Tuple[float, List[Dict[str, Any]]]] = None
+        self._routes: Dict[str, Dict[str, Callable[[Request, _Exchange], Any]]] = {
+            "/": {"GET": self._root},
+            "/healthz": {"GET": self._healthz},
+            "/v1/messages": {"POST": self._messages},
+            "/v1/messages/count_tokens": {"POST": self._count_tokens},
+            "/v1/models": {"GET": self._models},
+            "/v1/models/claude": {"GET": self._models_openai},
+            "/v1/api/event_logging": {"POST": self._telemetry},
+            "/v1/api/event_logging/batch": {"POST": self._telemetry},
+            "/v1/agproxy/accounts": {"GET": self._accounts},
+            "/v1/agproxy/stats": {"GET": self._stats},
+        }
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> Tuple[str, int]:
+        """Bind and start accepting; returns the real host and port."""
+        return await self.http.start()
+
+    async def shutdown(self, grace_s: float = SHUTDOWN_GRACE_S) -> None:
+        """Stop accepting, let in-flight requests finish within ``grace_s``, save the state."""
+        await self.http.shutdown(grace_s)
+        if self._saving is not None:
+            await self._saving
+        self.client.shutdown()
+
+    async def handle(self, request: Request, exchange: _Exchange) -> Union[Response, StreamingResponse]:
+        """Admit the request and run its handler."""
+        self.admit(request)
+        if request.method == "OPTIONS":
+            return self._preflight(request)
+        response = await self._handler(request)(request, exchange)
+        origin = request.header("origin")
+        if origin:
+            response.headers.append(("Access-Control-Allow-Origin", origin))
+            response.headers.append(("Vary", "Origin"))
+        return response
+
     # -- routing and guards --------------------------------------------------------------
 
-    def _admit(self, request: Request) -> None:
+    def admit(self, request: Request) -> None:
         """The checks a request's head must pass before its body is read: browser origin, Host,
         the ``/v1/v1`` mistake, agproxy's key, and a route for the path and method."""
         path = request.path
@@ -4761,18 +4810,6 @@ class Server:
             raise InvalidRequest(f"method {request.method[:20]} is not allowed on {path} (allowed: {allowed})",
                                  status=405, headers=[("Allow", allowed)])
         return handler
-
-    async def _route(self, request: Request, exchange: _Exchange) -> Union[Response, StreamingResponse]:
-        """Admit the request and run its handler."""
-        self._admit(request)
-        if request.method == "OPTIONS":
-            return self._preflight(request)
-        response = await self._handler(request)(request, exchange)
-        origin = request.header("origin")
-        if origin:
-            response.headers.append(("Access-Control-Allow-Origin", origin))
-            response.headers.append(("Vary", "Origin"))
-        return response
 
     def _check_origin(self, request: Request) -> None:
         """Web pages the user opens can reach localhost; only listed browser origins get in."""
