@@ -418,6 +418,20 @@ class Config:
         return "off" if is_loopback_host(self.host) else "all_except_health"
 
 
+_LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback")
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for loopback names and addresses (``localhost``, ``*.localhost``, 127/8, ::1)."""
+    host = host.strip("[]").lower().rstrip(".")
+    if host in _LOOPBACK_NAMES or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 DEMO_UPSTREAM = Upstream(name="demo", kind="demo", base_url="", accounts=(Account("demo", ""),))
 
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -4237,20 +4251,6 @@ _MODELS_CACHE_S = 60.0
 MAX_COUNTER_KINDS = 1000
 #: How long in-flight requests may run after SIGINT/SIGTERM before they are cut.
 SHUTDOWN_GRACE_S = 30.0
-
-_LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback")
-
-
-def is_loopback_host(host: str) -> bool:
-    """True for loopback names and addresses (``localhost``, ``*.localhost``, 127/8, ::1)."""
-    host = host.strip("[]").lower().rstrip(".")
-    if host in _LOOPBACK_NAMES or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
 
 def host_without_port(host: str) -> str:
     """The name part of a ``Host`` header value."""
