@@ -2251,6 +2251,32 @@ _DELTA_FIELDS = {"text_delta": ("text", "text"), "thinking_delta": ("thinking", 
                  "signature_delta": ("signature", "signature")}
 
 
+def stream_error(payload: Dict[str, Any]) -> AgproxyError:
+    """The error an upstream's ``error`` event describes, as agproxy answers it before a stream
+    has started: its type kept, an upstream's own failure a 502, a rejected key agproxy's problem."""
+    error = payload.get("error") if isinstance(payload.get("error"), dict) else {}
+    error_type = error.get("type") if error.get("type") in _ERROR_STATUS else "api_error"
+    message = str(error.get("message") or "upstream stream error")[:4000]
+    if error_type in _CLIENT_KEY_ERRORS:  # agproxy's key to the upstream, not the client's
+        failure = UpstreamFailure(f"upstream rejected agproxy's key for it ({message}); check the account's api_key")
+        failure.upstream_status = _ERROR_STATUS[error_type]
+        return failure
+    # an upstream's own failure (api_error) is a bad gateway here, not agproxy's internal error
+    status = 502 if error_type == "api_error" else _ERROR_STATUS[error_type]
+    return StreamError(message, status=status, error_type=error_type)
+
+
+def raise_error_events(events: Iterable[SSEEvent]) -> None:
+    """Raise the error the first ``error`` event among ``events`` describes, if there is one."""
+    for event in events:
+        if event.event == "error":
+            try:
+                payload = loads_strict(event.data)
+            except ValueError:
+                payload = {}
+            raise stream_error(payload if isinstance(payload, dict) else {})
+
+
 class MessageAccumulator:
     """Builds the Message an Anthropic event stream describes: text, tool_use with parsed input,
     thinking with its signature, redacted_thinking, citations, usage and stop reason. Pieces are
@@ -2277,17 +2303,7 @@ class MessageAccumulator:
         if not isinstance(kind, str):
             raise UpstreamFailure(f"upstream sent a {event.event[:40]!r} event whose type is not a string")
         if kind == "error":
-            error = payload.get("error") if isinstance(payload.get("error"), dict) else {}
-            error_type = error.get("type") if error.get("type") in _ERROR_STATUS else "api_error"
-            message = str(error.get("message") or "upstream stream error")[:4000]
-            if error_type in _CLIENT_KEY_ERRORS:  # agproxy's key to the upstream, not the client's
-                failure = UpstreamFailure(f"upstream rejected agproxy's key for it ({message}); check the "
-                                          "account's api_key")
-                failure.upstream_status = _ERROR_STATUS[error_type]
-                raise failure
-            # an upstream's own failure (api_error) is a bad gateway here, not agproxy's internal error
-            status = 502 if error_type == "api_error" else _ERROR_STATUS[error_type]
-            raise StreamError(message, status=status, error_type=error_type)
+            raise stream_error(payload)
         if kind == "message_start":
             self.message = dict(_event_object(payload, "message", kind), content=[])
         elif self.message is None and kind != "ping":
@@ -3640,7 +3656,7 @@ class AccountPool:
 
         return release
 
-    def begin(self, upstream: Upstream, account: Account, now: float) -> None:
+    def begin(self, upstream: Upstream, account: Account) -> None:
         """An attempt on this account starts."""
         state = self.state(upstream, account)
         state.in_flight += 1
@@ -3800,7 +3816,7 @@ async def run_attempts(pool: AccountPool, route: Route, session: Optional[str], 
             raise pool.unavailable(route, clock())
         number += 1
         upstream, account = choice
-        pool.begin(upstream, account, clock())
+        pool.begin(upstream, account)
         try:
             result = await attempt(upstream, account)
         except AttemptError as failed:
@@ -4181,10 +4197,6 @@ class UpstreamClient:
             idle.append(conn)
         else:
             conn.abort()
-
-    def idle_connections(self) -> int:
-        """How many keep-alive connections wait for reuse (for tests and the status page)."""
-        return sum(len(v) for v in self._idle.values())
 
     def shutdown(self) -> None:
         """Close idle connections."""
@@ -5224,7 +5236,7 @@ class Server(Application):
         headers: Headers = [("X-Mapped-Model", route.model)]
         window, client_window = route.upstream.context_window, client_context_window(request.headers)
         if route.upstream.kind != "anthropic":
-            counted = await self._openai_count(request, body, route) if route.upstream.kind == "openai" else None
+            counted = await self._openai_count(body, route) if route.upstream.kind == "openai" else None
             tokens = counted if counted is not None else await _estimate_tokens(body, len(request.body or b""))
             if window:
                 tokens = scale_tokens(tokens, window, client_window)
@@ -5334,7 +5346,7 @@ class Server(Application):
         is_sse = response.is_event_stream
         if is_sse:
             translator = OpenAIStreamTranslator(route.model, estimate, stops)
-            events = _openai_events(response, translator, upstream.name)
+            events = _openai_events(response, translator)
             if stream:
                 head = await _watched(exchange, response, _first_translated(events))
             else:
@@ -5359,7 +5371,7 @@ class Server(Application):
             return StreamingResponse(200, _SSE_HEADERS + headers, _iterate(message_as_sse(message)), lambda: None)
         return json_response(200, message, headers)
 
-    async def _openai_count(self, request: Request, body: Dict[str, Any], route: Route) -> Optional[int]:
+    async def _openai_count(self, body: Dict[str, Any], route: Route) -> Optional[int]:
         """Count the translated prompt with the server's own tokenizer, where it has one."""
         upstream = route.upstream
         style = upstream.openai.tokenize
@@ -5480,16 +5492,13 @@ async def _first_events(response: UpstreamResponse) -> bytes:
         if len(head) > MAX_SSE_EVENT_BYTES:
             raise UpstreamFailure(f"upstream sent {len(head)} bytes without an event")
         events = decoder.feed(chunk)
-    for event in events:
-        if event.event == "error":
-            MessageAccumulator().feed(event)  # raises the StreamError it describes
+    raise_error_events(events)
     if events[0].event not in ("message_start", "ping", "error"):
         raise UpstreamFailure(f"upstream's stream began with a {events[0].event[:40]!r} event, not message_start")
     return bytes(head)
 
 
-async def _openai_events(response: UpstreamResponse, translator: OpenAIStreamTranslator,
-                         upstream: str) -> AsyncIterator[bytes]:
+async def _openai_events(response: UpstreamResponse, translator: OpenAIStreamTranslator) -> AsyncIterator[bytes]:
     """An OpenAI chunk stream as Anthropic events, one batch per upstream read; ``b""`` marks
     a read that produced nothing yet (so the caller can send pings). Ends with the closing events,
     or raises :class:`UpstreamFailure` for a stream that broke before it finished."""
@@ -5534,9 +5543,7 @@ async def _first_translated(events: AsyncIterator[bytes]) -> bytes:
         decoded = SSEDecoder().feed(bytes(head))
         if len(decoded) >= 2:
             break
-    for event in decoded:
-        if event.event == "error":
-            MessageAccumulator().feed(event)  # raises the StreamError it describes
+    raise_error_events(decoded)
     if not decoded:
         raise UpstreamFailure("the stream ended before its first event")
     return bytes(head)

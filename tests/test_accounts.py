@@ -101,11 +101,11 @@ def test_pool_prefers_the_sticky_account_then_the_least_loaded():
     pool, up = pool_of(Account("a", "k"), Account("b", "k"), Account("c", "k", weight=3))
     route = Route((up,), "m")
     first = pool.choose(route, "s1", NOW)
-    pool.begin(*first, NOW)
+    pool.begin(*first)
     pool.finish(*first, Decision(False, reason="ok"), NOW, "s1")
     for _ in range(3):
         assert pool.choose(route, "s1", NOW) == first
-    pool.begin(*pool.choose(route, None, NOW), NOW)
+    pool.begin(*pool.choose(route, None, NOW))
     busy = {a.name for u, a in [pool.choose(route, None, NOW)]}
     assert busy  # somebody is still free
 
@@ -113,7 +113,7 @@ def test_pool_prefers_the_sticky_account_then_the_least_loaded():
 def test_pool_rests_an_account_and_trials_it_after():
     pool, up = pool_of(Account("a", "k"))
     route = Route((up,), "m")
-    pool.begin(up, up.accounts[0], NOW)
+    pool.begin(up, up.accounts[0])
     assert pool.finish(up, up.accounts[0], decide(Outcome(429, reset_s=10), 1, 1), NOW, None)
     assert pool.choose(route, None, NOW + 5) is None
     error = pool.unavailable(route, NOW + 5)
@@ -121,7 +121,7 @@ def test_pool_rests_an_account_and_trials_it_after():
     assert "all 1 account(s)" in error.message
     choice = pool.choose(route, None, NOW + 11)
     assert choice is not None
-    pool.begin(*choice, NOW + 11)
+    pool.begin(*choice)
     assert pool.choose(route, None, NOW + 11) is None  # one trial at a time
     pool.finish(*choice, Decision(False, reason="ok"), NOW + 12, None)
     assert pool.describe(NOW + 12)[0]["state"] == "ok"

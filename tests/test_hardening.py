@@ -268,7 +268,7 @@ def test_accounts_that_are_only_busy_are_overloaded_not_rejected():
     upstream = agproxy.Upstream("u", "anthropic", "http://x", (agproxy.Account("a", "k", max_concurrency=1),))
     pool = agproxy.AccountPool([upstream])
     route = agproxy.Route((upstream,), "m")
-    pool.begin(upstream, upstream.accounts[0], time.time())
+    pool.begin(upstream, upstream.accounts[0])
     assert pool.choose(route, None, time.time()) is None
     error = pool.unavailable(route, time.time())
     assert (error.status, error.error_type) == (529, "overloaded_error")
