@@ -3847,17 +3847,6 @@ async def run_attempts(pool: AccountPool, route: Route, session: Optional[str], 
     raise last.error
 
 
-def upstream_auth_headers(upstream: Upstream, account: Account) -> Headers:
-    """The account's key in the header its upstream's kind reads (none for an empty key), then the
-    upstream's configured ``headers``: the one place either is added, for every kind and call."""
-    headers: Headers = []
-    if account.api_key:
-        name, value = {"anthropic": ("x-api-key", account.api_key), "gemini": ("x-goog-api-key", account.api_key)
-                       }.get(upstream.kind, ("Authorization", f"Bearer {account.api_key}"))
-        headers.append((name, value))
-    return headers + list(upstream.headers)
-
-
 def upstream_url(base_url: str, path: str) -> str:
     """``base_url`` is what a client would use as its base URL; API paths are appended to it."""
     return base_url.rstrip("/") + path
@@ -4749,6 +4738,7 @@ class Server(Application):
         self.pool.load_json((state or {}).get("accounts"), time.time())
         self.log = logging.getLogger("agproxy")
         self.http = HttpServer(config, self, self.redact)
+        self.adapters: Dict[str, Adapter] = {kind: cls(self) for kind, cls in ADAPTERS.items()}
         self._models_cache: Optional[Tuple[float, List[Dict[str, Any]]]] = None
         self._routes: Dict[str, Dict[str, Callable[[Request, _Exchange], Any]]] = {
             "/": {"GET": self._root},
@@ -4762,6 +4752,10 @@ class Server(Application):
             "/v1/agproxy/accounts": {"GET": self._accounts},
             "/v1/agproxy/stats": {"GET": self._stats},
         }
+
+    def adapter(self, upstream: Upstream) -> Adapter:
+        """The adapter of an upstream's kind (the kinds are validated at load time)."""
+        return self.adapters[upstream.kind]
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -4890,8 +4884,7 @@ class Server(Application):
         if self._models_cache is None or self._models_cache[0] < now:
             upstream_models = []
             for upstream in self.config.upstreams:
-                if upstream.kind in ("anthropic", "openai"):
-                    upstream_models += await self._upstream_models(upstream)
+                upstream_models += await self._upstream_models(upstream)
             self._models_cache = (now + _MODELS_CACHE_S, upstream_models)
         models: Dict[str, Dict[str, Any]] = {}
         for rule in self.config.model_map:
@@ -4910,13 +4903,11 @@ class Server(Application):
         return True
 
     async def _upstream_models(self, upstream: Upstream) -> List[Dict[str, Any]]:
-        account = upstream.accounts[0]
-        if upstream.kind == "openai":
-            headers, path = self._openai_headers(upstream, account, False), "/models"
-        else:
-            headers = [("anthropic-version", DEFAULT_ANTHROPIC_VERSION), ("Accept", "application/json"),
-                       ("User-Agent", f"agproxy/{__version__}")] + upstream_auth_headers(upstream, account)
-            path = "/v1/models?limit=1000"
+        account, adapter = upstream.accounts[0], self.adapter(upstream)
+        path = adapter.models_path
+        if path is None:
+            return []
+        headers = adapter.probe_headers(upstream, account)
         try:
             status, body = await self.client.fetch("GET", upstream_url(upstream.base_url, path), headers,
                                                    deadline_s=upstream.connect_timeout_s)
@@ -4969,7 +4960,7 @@ class Server(Application):
             return self._local_message(warmup_message(body["model"]), bool(body.get("stream")),
                                        headers + [("X-Warmup-Intercepted", "true")])
         for upstream in route.upstreams:
-            if upstream.kind not in ("anthropic", "demo", "openai"):
+            if not self.adapter(upstream).served:
                 raise AgproxyError(f"upstream {upstream.name!r} is of kind {upstream.kind!r}, which this build "
                                    "of agproxy does not serve yet", status=501, error_type="api_error",
                                    headers=headers)
@@ -4977,13 +4968,9 @@ class Server(Application):
         async def attempt(upstream: Upstream, account: Account) -> Union[Response, StreamingResponse]:
             exchange.upstream, exchange.account = upstream.name, account.name
             answered = [("X-Mapped-Model", route.model), ("X-Account-Email", account.name)]
-            if upstream.kind == "demo":
-                return self._demo_messages(body, answered, await _estimate_tokens(body, len(request.body or b"")))
-            single = Route((upstream,), route.model)
             try:
-                if upstream.kind == "openai":
-                    return await self._openai_messages(request, exchange, body, single, account, answered)
-                return await self._anthropic_messages(request, exchange, body, single, account, answered)
+                return await self.adapter(upstream).messages(request, exchange, body, Route((upstream,), route.model),
+                                                             account, answered)
             except AgproxyError as exc:
                 raise AttemptError(exc, _outcome_of(exc)) from None
 
@@ -5017,95 +5004,10 @@ class Server(Application):
             return json_response(200, message, headers)
         return StreamingResponse(200, _SSE_HEADERS + headers, _iterate(message_as_sse(message)), lambda: None)
 
-    def _demo_messages(self, body: Dict[str, Any], headers: Headers,
-                       input_tokens: int) -> Union[Response, StreamingResponse]:
-        message_id = new_message_id()
-        if not body.get("stream"):
-            return json_response(200, demo_message(body, message_id, input_tokens), headers)
-        return StreamingResponse(200, _SSE_HEADERS + headers,
-                                 _iterate(demo_sse_events(body, message_id, input_tokens)), lambda: None)
 
-    def _anthropic_headers(self, request: Request, upstream: Upstream, account: Account, beta: Optional[str],
-                           stream: bool) -> Headers:
-        headers: Headers = [
-            ("Content-Type", "application/json"),
-            ("Accept", "text/event-stream" if stream else "application/json"),
-            ("Accept-Encoding", "identity"),
-            ("User-Agent", f"agproxy/{__version__}"),
-            ("anthropic-version", request.header("anthropic-version") or DEFAULT_ANTHROPIC_VERSION),
-        ]
-        if beta:
-            headers.append(("anthropic-beta", beta))
-        return headers + upstream_auth_headers(upstream, account)
 
-    def _prepare(self, request: Request, exchange: _Exchange, route: Route, strip_thinking: bool,
-                 force_stream: bool, trial: _Lessons) -> Tuple[bytes, Dict[str, Any], Optional[str]]:
-        """The body and beta header to send to this upstream: sanitized per its profile, what it
-        has rejected before and what this request is trying without; the client's bytes unchanged
-        when nothing needs changing."""
-        upstream = route.upstream
-        raw = request.body or b""
-        body = json.loads(raw)  # a private copy to change
-        changes: Dict[str, int] = {}
-        if body.get("model") != route.model:
-            body["model"] = route.model
-            changes["model_renamed"] = 1
-        if force_stream and not body.get("stream"):
-            body["stream"] = True
-            changes["stream_forced"] = 1
-        changes.update(sanitize_request(body, upstream.rules,
-                                        drop_paths=self.learned.fields(upstream.name) + trial.fields,
-                                        drop_thinking=self.signatures.foreign_to(upstream.name)))
-        if strip_thinking:
-            changes.update(strip_thinking_history(body))
-        beta, beta_changes = sanitize_betas(request.header("anthropic-beta"), upstream.rules,
-                                            self.learned.betas(upstream.name) + trial.betas)
-        changes.update(beta_changes)
-        if not changes:
-            return raw, body, beta
-        self._count_changes("sanitize", changes)
-        if self.log.isEnabledFor(logging.DEBUG):
-            summary = ", ".join(f"{kind}={n}" for kind, n in sorted(changes.items()))
-            self.log.debug("%s sanitized for upstream %r: %s", exchange.id, upstream.name, summary)
-        return json.dumps(body, ensure_ascii=False).encode("utf-8"), body, beta
 
-    async def _call_anthropic(self, request: Request, exchange: _Exchange, route: Route, account: Account,
-                              path: str, stream: bool, force_stream: bool = False) -> UpstreamResponse:
-        """Send to an ``anthropic`` upstream and return its successful answer, healing on the way:
-        a 400 naming a field or beta it rejects strips exactly that and retries (and remembers it);
-        a thinking-signature 400 retries once with thinking removed from the history. Other error
-        answers raise an :class:`AgproxyError` that keeps the upstream's status and reset time."""
-        upstream = route.upstream
-        strip_thinking = False
-        trial = _Lessons()
-        while True:
-            payload, sent, beta = self._prepare(request, exchange, route, strip_thinking, force_stream, trial)
-            try:
-                response = await self.client.request(
-                    "POST", upstream_url(upstream.base_url, path),
-                    self._anthropic_headers(request, upstream, account, beta, stream or force_stream), payload,
-                    timeout_s=upstream.timeout_s, connect_timeout_s=upstream.connect_timeout_s,
-                )
-            except UpstreamFailure as exc:
-                exc.message = f"upstream {upstream.name!r}: {exc.message}"
-                raise
-            if response.status < 300:
-                self._commit_lessons(upstream, trial)
-                return response
-            data = await _error_body(upstream, response)
-            if response.status == 400 and self._try_without(upstream, sent, beta, data, trial):
-                continue
-            if not strip_thinking and is_signature_error(response.status, data):
-                strip_thinking = True
-                self.counters["signature_fallback"] += 1
-                self._note_once(session_id(request.headers, sent), "signature",
-                                "upstream %r refused thinking signatures made elsewhere; retrying this session's "
-                                "requests without the old thinking blocks", upstream.name)
-                continue
-            if upstream.context_window and is_context_overflow(response.status, data):
-                raise prompt_too_long(estimate_input_tokens(sent), upstream.context_window,
-                                      client_context_window(request.headers))
-            raise _upstream_error(upstream, response, data)
+
 
     def _try_without(self, upstream: Upstream, sent: Dict[str, Any], beta: Optional[str], data: bytes,
                      trial: _Lessons) -> bool:
@@ -5174,47 +5076,6 @@ class Server(Application):
             assert self._persist is not None
             await loop.run_in_executor(None, self._persist, snapshot)
 
-    async def _anthropic_messages(self, request: Request, exchange: _Exchange, body: Dict[str, Any], route: Route,
-                                  account: Account, headers: Headers) -> Union[Response, StreamingResponse]:
-        """One attempt on an ``anthropic`` upstream. Nothing reaches the client until the upstream
-        has sent its first whole event, so every failure before that can still be retried."""
-        upstream = route.upstream
-        window = upstream.context_window
-        client_window = client_context_window(request.headers)
-        if window:
-            estimate = await _estimate_tokens(body, len(request.body or b""))
-            if estimate > window:
-                raise prompt_too_long(estimate, window, client_window)
-        stream = bool(body.get("stream"))
-        force = not stream and self.config.force_stream_internally
-        response = await self._call_anthropic(request, exchange, route, account, "/v1/messages", stream, force)
-        headers = headers + relayed_upstream_headers(response.headers)
-        is_sse = response.is_event_stream
-        if stream and is_sse:
-            head = await _watched(exchange, response, _first_events(response))
-        elif is_sse:
-            message = await _watched(exchange, response, _accumulate(response))
-        else:
-            data = await _watched(exchange, response, response.read_all())
-        if stream and is_sse:
-            watcher = SignatureWatcher(self.signatures, upstream.name)
-            scaler = UsageScaler(window, client_window).transform if window else None
-            return self._stream_to_client(response, upstream, account, headers, lambda release: _relay_sse(
-                response, upstream.name, watcher.feed, scaler, head, on_end=release))
-        if not is_sse:
-            try:
-                message = loads_strict(data)
-            except ValueError:
-                kind = response.header("content-type") or "no content type"
-                raise UpstreamFailure(f"upstream {upstream.name!r} answered HTTP {response.status} with something "
-                                      f"that is not JSON ({kind[:60]})") from None
-        check_message(message, upstream.name)
-        self.signatures.record_message(message, upstream.name)
-        if window:
-            scale_usage(message.get("usage"), window, client_window)
-        if stream:  # asked for a stream, answered with a whole Message: the client still gets a stream
-            return StreamingResponse(200, _SSE_HEADERS + headers, _iterate(message_as_sse(message)), lambda: None)
-        return json_response(200, message, headers)
 
     def _stream_to_client(self, response: UpstreamResponse, upstream: Upstream, account: Account, headers: Headers,
                           relay: Callable[[Callable[[], None]], AsyncIterator[bytes]],
@@ -5235,29 +5096,20 @@ class Server(Application):
         exchange.upstream = route.upstream.name
         headers: Headers = [("X-Mapped-Model", route.model)]
         window, client_window = route.upstream.context_window, client_context_window(request.headers)
-        if route.upstream.kind != "anthropic":
-            counted = await self._openai_count(body, route) if route.upstream.kind == "openai" else None
+        if not self.adapter(route.upstream).counts_upstream:
+            counted = await self.adapter(route.upstream).count(body, route)
             tokens = counted if counted is not None else await _estimate_tokens(body, len(request.body or b""))
             if window:
                 tokens = scale_tokens(tokens, window, client_window)
             how = "upstream-tokenizer" if counted is not None else "estimate"
             return json_response(200, {"input_tokens": tokens}, headers + [("X-Token-Count", how)])
-        anthropic_only = Route(tuple(u for u in route.upstreams if u.kind == "anthropic"), route.model)
+        pooled = Route(tuple(u for u in route.upstreams if self.adapter(u).counts_upstream), route.model)
 
         async def attempt(upstream: Upstream, account: Account) -> Response:
             exchange.upstream, exchange.account = upstream.name, account.name
             try:
-                response = await self._call_anthropic(request, exchange, Route((upstream,), route.model), account,
-                                                      "/v1/messages/count_tokens", False)
-                data = await _watched(exchange, response, response.read_all(MAX_UPSTREAM_SMALL_BODY_BYTES))
-                try:
-                    counted = loads_strict(data)
-                except ValueError:
-                    counted = None
-                if not isinstance(counted, dict) or _token_count(counted.get("input_tokens")) != \
-                        counted.get("input_tokens") or isinstance(counted.get("input_tokens"), bool):
-                    raise UpstreamFailure(f"upstream {upstream.name!r} answered count_tokens with something that "
-                                          "is not a token count")
+                counted = await self.adapter(upstream).count_by_account(request, exchange, Route((upstream,),
+                                                                                                 route.model), account)
             except AgproxyError as exc:
                 raise AttemptError(exc, _outcome_of(exc)) from None
             if upstream.context_window:
@@ -5265,7 +5117,7 @@ class Server(Application):
             return json_response(200, counted, headers + [("X-Account-Email", account.name)])
 
         try:
-            return await run_attempts(self.pool, anthropic_only, session_id(request.headers, body),
+            return await run_attempts(self.pool, pooled, session_id(request.headers, body),
                                       self.config.max_retry_attempts, attempt,
                                       on_attempt=self._log_attempt(exchange), on_change=self._save_state)
         except AgproxyError as exc:
@@ -5274,7 +5126,231 @@ class Server(Application):
 
     # -- OpenAI-compatible upstreams ---------------------------------------------------------
 
-    def _prepare_openai(self, request: Request, exchange: _Exchange, route: Route,
+
+
+
+
+
+    async def _accounts(self, request: Request, exchange: _Exchange) -> Response:
+        return json_response(200, {"accounts": self.pool.describe(time.time())})
+
+    async def _stats(self, request: Request, exchange: _Exchange) -> Response:
+        """What agproxy changed and saved, counted per kind since it started."""
+        return json_response(200, {"version": __version__, "counters": dict(sorted(self.counters.items())),
+                                   "learned": self.learned.to_json()})
+
+
+# -- one adapter per upstream kind -----------------------------------------------------------------
+
+class Adapter:
+    """An upstream kind behind one interface, so the gateway, ``check`` and the model list never
+    compare kind names: the key's header, the paths to list models and to probe, one attempt at a
+    Message, and (where the kind has one) the upstream's own token count. State the adapters share
+    (account pools, learned rejections, the signature book, counters) stays on the gateway."""
+
+    kind = ""
+    #: whether this build answers requests for the kind (a kind may be configured before it is served)
+    served = True
+    #: the header an account's key goes in, and how its value is written
+    key_header = ("Authorization", "Bearer {key}")
+    #: where the upstream lists its models (None: it has no list), relative to base_url
+    models_path: Optional[str] = None
+    #: what ``agproxy check`` asks for to probe an account
+    probe_path = "/models"
+    #: count_tokens goes to the upstream, through the account pool, with retries
+    counts_upstream = False
+
+    def __init__(self, gateway: Server) -> None:
+        self.gw = gateway
+
+    @classmethod
+    def auth_headers(cls, upstream: Upstream, account: Account) -> Headers:
+        """The account's key in this kind's header (none for an empty key), then the upstream's
+        configured ``headers``: the one place either is added, for every call."""
+        name, value = cls.key_header
+        headers: Headers = [(name, value.format(key=account.api_key))] if account.api_key else []
+        return headers + list(upstream.headers)
+
+    @classmethod
+    def probe_headers(cls, upstream: Upstream, account: Account) -> Headers:
+        """The headers of a GET to this kind's model list or probe path."""
+        return [("Accept", "application/json"), ("User-Agent", f"agproxy/{__version__}")] + \
+            cls.auth_headers(upstream, account)
+
+    async def messages(self, request: Request, exchange: _Exchange, body: Dict[str, Any], route: Route,
+                       account: Account, headers: Headers) -> Union[Response, StreamingResponse]:
+        """One attempt at answering a Messages request on ``route.upstream`` with ``account``."""
+        raise AgproxyError(f"upstream {route.upstream.name!r} is of kind {self.kind!r}, which this build of agproxy "
+                           "does not serve yet", status=501, error_type="api_error")
+
+    async def count(self, body: Dict[str, Any], route: Route) -> Optional[int]:
+        """The upstream's own count of the request's input tokens, or None (agproxy estimates)."""
+        return None
+
+
+class AnthropicAdapter(Adapter):
+    """Anthropic-compatible upstreams: the request cleaned per profile and passed through, the
+    answer relayed as it is (checked event by event), healed past fields and betas it rejects."""
+
+    kind = "anthropic"
+    key_header = ("x-api-key", "{key}")
+    models_path = "/v1/models?limit=1000"
+    probe_path = "/v1/models"
+    counts_upstream = True
+
+    @classmethod
+    def probe_headers(cls, upstream: Upstream, account: Account) -> Headers:
+        return [("anthropic-version", DEFAULT_ANTHROPIC_VERSION)] + super().probe_headers(upstream, account)
+
+    async def count_by_account(self, request: Request, exchange: _Exchange, route: Route,
+                               account: Account) -> Dict[str, Any]:
+        """The upstream's own ``count_tokens`` answer, checked to be a token count."""
+        upstream = route.upstream
+        response = await self.call(request, exchange, route, account, "/v1/messages/count_tokens", False)
+        data = await _watched(exchange, response, response.read_all(MAX_UPSTREAM_SMALL_BODY_BYTES))
+        try:
+            counted = loads_strict(data)
+        except ValueError:
+            counted = None
+        tokens = counted.get("input_tokens") if isinstance(counted, dict) else None
+        if not _is_int(tokens) or tokens < 0:
+            raise UpstreamFailure(f"upstream {upstream.name!r} answered count_tokens with something that is not a "
+                                  "token count")
+        return counted
+
+    def headers(self, request: Request, upstream: Upstream, account: Account, beta: Optional[str],
+                           stream: bool) -> Headers:
+        headers: Headers = [
+            ("Content-Type", "application/json"),
+            ("Accept", "text/event-stream" if stream else "application/json"),
+            ("Accept-Encoding", "identity"),
+            ("User-Agent", f"agproxy/{__version__}"),
+            ("anthropic-version", request.header("anthropic-version") or DEFAULT_ANTHROPIC_VERSION),
+        ]
+        if beta:
+            headers.append(("anthropic-beta", beta))
+        return headers + self.auth_headers(upstream, account)
+
+    def _prepare(self, request: Request, exchange: _Exchange, route: Route, strip_thinking: bool,
+                 force_stream: bool, trial: _Lessons) -> Tuple[bytes, Dict[str, Any], Optional[str]]:
+        """The body and beta header to send to this upstream: sanitized per its profile, what it
+        has rejected before and what this request is trying without; the client's bytes unchanged
+        when nothing needs changing."""
+        upstream = route.upstream
+        raw = request.body or b""
+        body = json.loads(raw)  # a private copy to change
+        changes: Dict[str, int] = {}
+        if body.get("model") != route.model:
+            body["model"] = route.model
+            changes["model_renamed"] = 1
+        if force_stream and not body.get("stream"):
+            body["stream"] = True
+            changes["stream_forced"] = 1
+        changes.update(sanitize_request(body, upstream.rules,
+                                        drop_paths=self.gw.learned.fields(upstream.name) + trial.fields,
+                                        drop_thinking=self.gw.signatures.foreign_to(upstream.name)))
+        if strip_thinking:
+            changes.update(strip_thinking_history(body))
+        beta, beta_changes = sanitize_betas(request.header("anthropic-beta"), upstream.rules,
+                                            self.gw.learned.betas(upstream.name) + trial.betas)
+        changes.update(beta_changes)
+        if not changes:
+            return raw, body, beta
+        self.gw._count_changes("sanitize", changes)
+        if self.gw.log.isEnabledFor(logging.DEBUG):
+            summary = ", ".join(f"{kind}={n}" for kind, n in sorted(changes.items()))
+            self.gw.log.debug("%s sanitized for upstream %r: %s", exchange.id, upstream.name, summary)
+        return json.dumps(body, ensure_ascii=False).encode("utf-8"), body, beta
+
+    async def call(self, request: Request, exchange: _Exchange, route: Route, account: Account,
+                              path: str, stream: bool, force_stream: bool = False) -> UpstreamResponse:
+        """Send to an ``anthropic`` upstream and return its successful answer, healing on the way:
+        a 400 naming a field or beta it rejects strips exactly that and retries (and remembers it);
+        a thinking-signature 400 retries once with thinking removed from the history. Other error
+        answers raise an :class:`AgproxyError` that keeps the upstream's status and reset time."""
+        upstream = route.upstream
+        strip_thinking = False
+        trial = _Lessons()
+        while True:
+            payload, sent, beta = self._prepare(request, exchange, route, strip_thinking, force_stream, trial)
+            try:
+                response = await self.gw.client.request(
+                    "POST", upstream_url(upstream.base_url, path),
+                    self.headers(request, upstream, account, beta, stream or force_stream), payload,
+                    timeout_s=upstream.timeout_s, connect_timeout_s=upstream.connect_timeout_s,
+                )
+            except UpstreamFailure as exc:
+                exc.message = f"upstream {upstream.name!r}: {exc.message}"
+                raise
+            if response.status < 300:
+                self.gw._commit_lessons(upstream, trial)
+                return response
+            data = await _error_body(upstream, response)
+            if response.status == 400 and self.gw._try_without(upstream, sent, beta, data, trial):
+                continue
+            if not strip_thinking and is_signature_error(response.status, data):
+                strip_thinking = True
+                self.gw.counters["signature_fallback"] += 1
+                self.gw._note_once(session_id(request.headers, sent), "signature",
+                                "upstream %r refused thinking signatures made elsewhere; retrying this session's "
+                                "requests without the old thinking blocks", upstream.name)
+                continue
+            if upstream.context_window and is_context_overflow(response.status, data):
+                raise prompt_too_long(estimate_input_tokens(sent), upstream.context_window,
+                                      client_context_window(request.headers))
+            raise _upstream_error(upstream, response, data)
+
+    async def messages(self, request: Request, exchange: _Exchange, body: Dict[str, Any], route: Route,
+                                  account: Account, headers: Headers) -> Union[Response, StreamingResponse]:
+        """One attempt on an ``anthropic`` upstream. Nothing reaches the client until the upstream
+        has sent its first whole event, so every failure before that can still be retried."""
+        upstream = route.upstream
+        window = upstream.context_window
+        client_window = client_context_window(request.headers)
+        if window:
+            estimate = await _estimate_tokens(body, len(request.body or b""))
+            if estimate > window:
+                raise prompt_too_long(estimate, window, client_window)
+        stream = bool(body.get("stream"))
+        force = not stream and self.gw.config.force_stream_internally
+        response = await self.call(request, exchange, route, account, "/v1/messages", stream, force)
+        headers = headers + relayed_upstream_headers(response.headers)
+        is_sse = response.is_event_stream
+        if stream and is_sse:
+            head = await _watched(exchange, response, _first_events(response))
+        elif is_sse:
+            message = await _watched(exchange, response, _accumulate(response))
+        else:
+            data = await _watched(exchange, response, response.read_all())
+        if stream and is_sse:
+            watcher = SignatureWatcher(self.gw.signatures, upstream.name)
+            scaler = UsageScaler(window, client_window).transform if window else None
+            return self.gw._stream_to_client(response, upstream, account, headers, lambda release: _relay_sse(
+                response, upstream.name, watcher.feed, scaler, head, on_end=release))
+        if not is_sse:
+            try:
+                message = loads_strict(data)
+            except ValueError:
+                kind = response.header("content-type") or "no content type"
+                raise UpstreamFailure(f"upstream {upstream.name!r} answered HTTP {response.status} with something "
+                                      f"that is not JSON ({kind[:60]})") from None
+        check_message(message, upstream.name)
+        self.gw.signatures.record_message(message, upstream.name)
+        if window:
+            scale_usage(message.get("usage"), window, client_window)
+        if stream:  # asked for a stream, answered with a whole Message: the client still gets a stream
+            return StreamingResponse(200, _SSE_HEADERS + headers, _iterate(message_as_sse(message)), lambda: None)
+        return json_response(200, message, headers)
+
+
+class OpenAIAdapter(Adapter):
+    """OpenAI-compatible upstreams (vLLM, Ollama, llama.cpp, ...): the request translated to Chat
+    Completions, the answer translated back, healed past arguments the server names as unknown."""
+
+    kind = "openai"
+    models_path = "/models"
+
+    def _prepare(self, request: Request, exchange: _Exchange, route: Route,
                         stream: bool, trial: _Lessons) -> Tuple[bytes, Dict[str, Any]]:
         """The Chat Completions request for this upstream: sanitized, translated, minus what it rejected."""
         upstream = route.upstream
@@ -5287,48 +5363,48 @@ class Server(Application):
         changes.update(translation_changes)
         if upstream.extra_body:
             translated.update(copy.deepcopy(upstream.extra_body))
-        for path in self.learned.fields(upstream.name) + trial.fields:
+        for path in self.gw.learned.fields(upstream.name) + trial.fields:
             _count(changes, f"learned:{path}", drop_path(translated, path.split(".")))
         if changes:
-            self._count_changes("translate", changes)
-            if self.log.isEnabledFor(logging.DEBUG):
+            self.gw._count_changes("translate", changes)
+            if self.gw.log.isEnabledFor(logging.DEBUG):
                 summary = ", ".join(f"{kind}={n}" for kind, n in sorted(changes.items()))
-                self.log.debug("%s translated for upstream %r: %s", exchange.id, upstream.name, summary)
+                self.gw.log.debug("%s translated for upstream %r: %s", exchange.id, upstream.name, summary)
         return json.dumps(translated, ensure_ascii=False).encode("utf-8"), translated
 
-    def _openai_headers(self, upstream: Upstream, account: Account, stream: bool) -> Headers:
+    def headers(self, upstream: Upstream, account: Account, stream: bool) -> Headers:
         headers: Headers = [("Content-Type", "application/json"),
                             ("Accept", "text/event-stream" if stream else "application/json"),
                             ("Accept-Encoding", "identity"), ("User-Agent", f"agproxy/{__version__}")]
-        return headers + upstream_auth_headers(upstream, account)
+        return headers + self.auth_headers(upstream, account)
 
-    async def _call_openai(self, request: Request, exchange: _Exchange, route: Route, account: Account,
+    async def call(self, request: Request, exchange: _Exchange, route: Route, account: Account,
                            stream: bool) -> Tuple[UpstreamResponse, Dict[str, Any]]:
         """POST /chat/completions, healing past fields the server names as unknown."""
         upstream = route.upstream
         trial = _Lessons()
         while True:
-            payload, sent = self._prepare_openai(request, exchange, route, stream, trial)
+            payload, sent = self._prepare(request, exchange, route, stream, trial)
             try:
-                response = await self.client.request(
+                response = await self.gw.client.request(
                     "POST", upstream_url(upstream.base_url, "/chat/completions"),
-                    self._openai_headers(upstream, account, stream), payload,
+                    self.headers(upstream, account, stream), payload,
                     timeout_s=upstream.timeout_s, connect_timeout_s=upstream.connect_timeout_s)
             except UpstreamFailure as exc:
                 exc.message = f"upstream {upstream.name!r}: {exc.message}"
                 raise
             if response.status < 300:
-                self._commit_lessons(upstream, trial)
+                self.gw._commit_lessons(upstream, trial)
                 return response, sent
             data = await _error_body(upstream, response)
-            if response.status in (400, 422) and self._try_without(upstream, sent, None, data, trial):
+            if response.status in (400, 422) and self.gw._try_without(upstream, sent, None, data, trial):
                 continue
             if upstream.context_window and is_context_overflow(response.status, data):
                 raise prompt_too_long(estimate_input_tokens(json.loads(request.body or b"{}")),
                                       upstream.context_window, client_context_window(request.headers))
             raise _upstream_error(upstream, response, data)
 
-    async def _openai_messages(self, request: Request, exchange: _Exchange, body: Dict[str, Any], route: Route,
+    async def messages(self, request: Request, exchange: _Exchange, body: Dict[str, Any], route: Route,
                                account: Account, headers: Headers) -> Union[Response, StreamingResponse]:
         """One attempt on an OpenAI-compatible upstream, answered in Anthropic's shapes."""
         upstream = route.upstream
@@ -5338,8 +5414,8 @@ class Server(Application):
         if window and estimate > window:
             raise prompt_too_long(estimate, window, client_window)
         stream = bool(body.get("stream"))
-        upstream_stream = stream or self.config.force_stream_internally
-        response, sent = await self._call_openai(request, exchange, route, account, upstream_stream)
+        upstream_stream = stream or self.gw.config.force_stream_internally
+        response, sent = await self.call(request, exchange, route, account, upstream_stream)
         headers = headers + relayed_upstream_headers(response.headers)
         stops = body.get("stop_sequences") if isinstance(body.get("stop_sequences"), list) else []
         scaler = UsageScaler(window, client_window).transform if window else None
@@ -5354,8 +5430,8 @@ class Server(Application):
         else:
             data = await _watched(exchange, response, response.read_all())
         if is_sse and stream:
-            return self._stream_to_client(response, upstream, account, headers, lambda release: _relay_translated(
-                head, events, upstream.name, scaler, release, self.config.ping_interval_s, upstream.timeout_s),
+            return self.gw._stream_to_client(response, upstream, account, headers, lambda release: _relay_translated(
+                head, events, upstream.name, scaler, release, self.gw.config.ping_interval_s, upstream.timeout_s),
                 status=200)
         if not is_sse:
             try:
@@ -5371,7 +5447,7 @@ class Server(Application):
             return StreamingResponse(200, _SSE_HEADERS + headers, _iterate(message_as_sse(message)), lambda: None)
         return json_response(200, message, headers)
 
-    async def _openai_count(self, body: Dict[str, Any], route: Route) -> Optional[int]:
+    async def count(self, body: Dict[str, Any], route: Route) -> Optional[int]:
         """Count the translated prompt with the server's own tokenizer, where it has one."""
         upstream = route.upstream
         style = upstream.openai.tokenize
@@ -5390,28 +5466,49 @@ class Server(Application):
                                                else str(m.get("content") or "") for m in translated["messages"])}
         account = upstream.accounts[0]
         try:
-            status, body = await self.client.fetch("POST", root + "/tokenize",
-                                                   self._openai_headers(upstream, account, False),
+            status, body = await self.gw.client.fetch("POST", root + "/tokenize",
+                                                   self.headers(upstream, account, False),
                                                    json.dumps(payload).encode(), deadline_s=upstream.connect_timeout_s,
                                                    limit=MAX_UPSTREAM_BODY_BYTES)
             data = loads_strict(body) if status == 200 else None
         except (UpstreamFailure, ValueError) as exc:
-            self.log.warning("tokenizer of upstream %r unavailable (%s); estimating", upstream.name, exc)
+            self.gw.log.warning("tokenizer of upstream %r unavailable (%s); estimating", upstream.name, exc)
             return None
         if isinstance(data, dict) and _is_int(data.get("count")) and data["count"] >= 0:
             return data["count"]
         if isinstance(data, dict) and isinstance(data.get("tokens"), list):
             return len(data["tokens"])
-        self.log.warning("tokenizer of upstream %r answered HTTP %s; estimating", upstream.name, status)
+        self.gw.log.warning("tokenizer of upstream %r answered HTTP %s; estimating", upstream.name, status)
         return None
 
-    async def _accounts(self, request: Request, exchange: _Exchange) -> Response:
-        return json_response(200, {"accounts": self.pool.describe(time.time())})
 
-    async def _stats(self, request: Request, exchange: _Exchange) -> Response:
-        """What agproxy changed and saved, counted per kind since it started."""
-        return json_response(200, {"version": __version__, "counters": dict(sorted(self.counters.items())),
-                                   "learned": self.learned.to_json()})
+class DemoAdapter(Adapter):
+    """The built-in demo: answers from the request itself, so that a fresh install runs."""
+
+    kind = "demo"
+    probe_path = ""
+
+    async def messages(self, request: Request, exchange: _Exchange, body: Dict[str, Any], route: Route,
+                       account: Account, headers: Headers) -> Union[Response, StreamingResponse]:
+        message_id = new_message_id()
+        input_tokens = await _estimate_tokens(body, len(request.body or b""))
+        if not body.get("stream"):
+            return json_response(200, demo_message(body, message_id, input_tokens), headers)
+        return StreamingResponse(200, _SSE_HEADERS + headers,
+                                 _iterate(demo_sse_events(body, message_id, input_tokens)), lambda: None)
+
+
+class GeminiAdapter(Adapter):
+    """The Gemini API (``generateContent``): configured and probed, not yet served (its issue)."""
+
+    kind = "gemini"
+    served = False
+    key_header = ("x-goog-api-key", "{key}")
+    probe_path = "/v1beta/models"
+
+
+#: The one registry of upstream kinds.
+ADAPTERS: Dict[str, type] = {a.kind: a for a in (AnthropicAdapter, OpenAIAdapter, DemoAdapter, GeminiAdapter)}
 
 
 async def _error_body(upstream: Upstream, response: UpstreamResponse) -> bytes:
@@ -5788,13 +5885,12 @@ async def check_upstreams(config: Config, out: Callable[[str], None]) -> bool:
         for upstream in config.upstreams:
             for account in upstream.accounts:
                 label = f"{upstream.name} ({upstream.kind}) account {account.name}"
-                if upstream.kind == "demo":
+                adapter = ADAPTERS[upstream.kind]
+                if not adapter.probe_path:
                     out(f"ok    {label}: built in, answers locally")
                     continue
-                path = {"anthropic": "/v1/models", "openai": "/models"}.get(upstream.kind, "/v1beta/models")
-                url, headers = upstream_url(upstream.base_url, path), upstream_auth_headers(upstream, account)
-                if upstream.kind == "anthropic":
-                    headers.append(("anthropic-version", DEFAULT_ANTHROPIC_VERSION))
+                url = upstream_url(upstream.base_url, adapter.probe_path)
+                headers = adapter.probe_headers(upstream, account)
                 try:
                     status, _ = await client.fetch("GET", url, headers, deadline_s=upstream.connect_timeout_s)
                 except UpstreamFailure as exc:
