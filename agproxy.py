@@ -14,9 +14,18 @@ Sections, pure code first and I/O last (everything above section 8 runs without 
  6. translators (Anthropic <-> OpenAI Chat Completions)
  7. routing, accounts and the retry engine
  8. upstream client (asyncio-native)
- 9. server
+ 9. server: the HTTP shell (HttpServer: connections, framing, timeouts, the access log; it
+    knows nothing of Anthropic), the gateway (Server: the front door's guards and routes, the
+    handlers over one state), and one adapter per upstream kind (ADAPTERS)
 10. operations
 11. CLI and main()
+
+A request's way: HttpServer reads it (refusing a bad head before its body), Server.admit checks
+origin, host, key and route, the handler validates it, routes the model to upstreams, answers a
+warmup locally or runs attempts over the account pool (run_attempts); each attempt is its kind's
+Adapter.messages: prepare the request (clean-up, translation, what the upstream rejected), call,
+heal past a 400 that names what to drop, then relay the answer (checked event by event) or
+assemble it. A new upstream kind is one Adapter subclass in ADAPTERS plus its translators.
 """
 
 from __future__ import annotations
@@ -4227,8 +4236,10 @@ async def _connect_tunnel(proxy_host: str, proxy_port: int, host: str, port: int
 
 # =====================================================================================
 # 9. Server
-#    asyncio streams: one task per connection reads requests with the sans-IO parser, routes
-#    them and writes responses. Errors become responses in exactly one place: error_response().
+#    The HTTP shell (HttpServer) runs the connections over asyncio streams and calls one
+#    Application; the gateway (Server) is that application: guards, routes and handlers over
+#    one state; each upstream kind is an Adapter in ADAPTERS. Errors become responses in
+#    exactly one place: error_response().
 # =====================================================================================
 
 #: Bytes read from a client socket at a time.
