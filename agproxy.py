@@ -4988,7 +4988,7 @@ class Server(Application):
         try:
             return await run_attempts(self.pool, route, session_id(request.headers, body),
                                       self.config.max_retry_attempts, attempt,
-                                      on_attempt=self._log_attempt(exchange), on_change=self._save_state)
+                                      on_attempt=self._log_attempt(exchange), on_change=self.save_state)
         except AgproxyError as exc:
             exc.headers.extend([("X-Mapped-Model", route.model)] +
                                ([("X-Account-Email", exchange.account)] if exchange.account != "-" else []))
@@ -5020,7 +5020,7 @@ class Server(Application):
 
 
 
-    def _try_without(self, upstream: Upstream, sent: Dict[str, Any], beta: Optional[str], data: bytes,
+    def try_without(self, upstream: Upstream, sent: Dict[str, Any], beta: Optional[str], data: bytes,
                      trial: _Lessons) -> bool:
         """Read from a 400 which fields or betas the upstream rejects; True when this request has
         something new to try without. It is a trial: only an answer to the request without them
@@ -5041,7 +5041,7 @@ class Server(Application):
         trial.heals += 1
         return True
 
-    def _commit_lessons(self, upstream: Upstream, trial: _Lessons) -> None:
+    def commit_lessons(self, upstream: Upstream, trial: _Lessons) -> None:
         """A request succeeded without what it tried without: every later request is sent so."""
         new = self.learned.learn(upstream.name, trial.fields, trial.betas)
         if not new:
@@ -5049,9 +5049,9 @@ class Server(Application):
         self.counters["healed"] += len(new)
         self.log.warning("upstream %r rejects %s; agproxy strips %s from its requests from now on",
                          upstream.name, ", ".join(new), "them" if len(new) > 1 else "it")
-        self._save_state()
+        self.save_state()
 
-    def _count_changes(self, stage: str, changes: Dict[str, int]) -> None:
+    def count_changes(self, stage: str, changes: Dict[str, int]) -> None:
         """Add a request's changes to the counters. Kinds name fields a client chose (``field:x``),
         so past :data:`MAX_COUNTER_KINDS` distinct kinds new ones are counted together as ``other``."""
         for kind, n in changes.items():
@@ -5060,7 +5060,7 @@ class Server(Application):
                 name = f"{stage}:{kind.partition(':')[0][:40]}:other"
             self.counters[name] += n
 
-    def _note_once(self, session: Optional[str], kind: str, message: str, *args: Any) -> None:
+    def note_once(self, session: Optional[str], kind: str, message: str, *args: Any) -> None:
         """Log ``message`` once per session and kind, in bounded memory."""
         key = (session or "-", kind)
         if key in self._noted:
@@ -5070,7 +5070,7 @@ class Server(Application):
             self._noted.popitem(last=False)
         self.log.info(message, *args)
 
-    def _save_state(self) -> None:
+    def save_state(self) -> None:
         """Save the learned rejections and resting accounts, off the event loop (the write fsyncs):
         one save at a time, and changes made while one runs are saved right after it."""
         if self._persist is None:
@@ -5088,7 +5088,7 @@ class Server(Application):
             await loop.run_in_executor(None, self._persist, snapshot)
 
 
-    def _stream_to_client(self, response: UpstreamResponse, upstream: Upstream, account: Account, headers: Headers,
+    def stream_to_client(self, response: UpstreamResponse, upstream: Upstream, account: Account, headers: Headers,
                           relay: Callable[[Callable[[], None]], AsyncIterator[bytes]],
                           status: Optional[int] = None) -> StreamingResponse:
         """The streaming answer; the account's concurrency slot stays taken until the relay ends."""
@@ -5130,7 +5130,7 @@ class Server(Application):
         try:
             return await run_attempts(self.pool, pooled, session_id(request.headers, body),
                                       self.config.max_retry_attempts, attempt,
-                                      on_attempt=self._log_attempt(exchange), on_change=self._save_state)
+                                      on_attempt=self._log_attempt(exchange), on_change=self.save_state)
         except AgproxyError as exc:
             exc.headers.extend(headers)
             raise
@@ -5230,7 +5230,7 @@ class AnthropicAdapter(Adapter):
         return counted
 
     def headers(self, request: Request, upstream: Upstream, account: Account, beta: Optional[str],
-                           stream: bool) -> Headers:
+                stream: bool) -> Headers:
         headers: Headers = [
             ("Content-Type", "application/json"),
             ("Accept", "text/event-stream" if stream else "application/json"),
@@ -5267,14 +5267,14 @@ class AnthropicAdapter(Adapter):
         changes.update(beta_changes)
         if not changes:
             return raw, body, beta
-        self.gw._count_changes("sanitize", changes)
+        self.gw.count_changes("sanitize", changes)
         if self.gw.log.isEnabledFor(logging.DEBUG):
             summary = ", ".join(f"{kind}={n}" for kind, n in sorted(changes.items()))
             self.gw.log.debug("%s sanitized for upstream %r: %s", exchange.id, upstream.name, summary)
         return json.dumps(body, ensure_ascii=False).encode("utf-8"), body, beta
 
     async def call(self, request: Request, exchange: _Exchange, route: Route, account: Account,
-                              path: str, stream: bool, force_stream: bool = False) -> UpstreamResponse:
+                   path: str, stream: bool, force_stream: bool = False) -> UpstreamResponse:
         """Send to an ``anthropic`` upstream and return its successful answer, healing on the way:
         a 400 naming a field or beta it rejects strips exactly that and retries (and remembers it);
         a thinking-signature 400 retries once with thinking removed from the history. Other error
@@ -5294,17 +5294,17 @@ class AnthropicAdapter(Adapter):
                 exc.message = f"upstream {upstream.name!r}: {exc.message}"
                 raise
             if response.status < 300:
-                self.gw._commit_lessons(upstream, trial)
+                self.gw.commit_lessons(upstream, trial)
                 return response
             data = await _error_body(upstream, response)
-            if response.status == 400 and self.gw._try_without(upstream, sent, beta, data, trial):
+            if response.status == 400 and self.gw.try_without(upstream, sent, beta, data, trial):
                 continue
             if not strip_thinking and is_signature_error(response.status, data):
                 strip_thinking = True
                 self.gw.counters["signature_fallback"] += 1
-                self.gw._note_once(session_id(request.headers, sent), "signature",
-                                "upstream %r refused thinking signatures made elsewhere; retrying this session's "
-                                "requests without the old thinking blocks", upstream.name)
+                self.gw.note_once(session_id(request.headers, sent), "signature",
+                                   "upstream %r refused thinking signatures made elsewhere; retrying this session's "
+                                   "requests without the old thinking blocks", upstream.name)
                 continue
             if upstream.context_window and is_context_overflow(response.status, data):
                 raise prompt_too_long(estimate_input_tokens(sent), upstream.context_window,
@@ -5312,7 +5312,7 @@ class AnthropicAdapter(Adapter):
             raise _upstream_error(upstream, response, data)
 
     async def messages(self, request: Request, exchange: _Exchange, body: Dict[str, Any], route: Route,
-                                  account: Account, headers: Headers) -> Union[Response, StreamingResponse]:
+                       account: Account, headers: Headers) -> Union[Response, StreamingResponse]:
         """One attempt on an ``anthropic`` upstream. Nothing reaches the client until the upstream
         has sent its first whole event, so every failure before that can still be retried."""
         upstream = route.upstream
@@ -5336,7 +5336,7 @@ class AnthropicAdapter(Adapter):
         if stream and is_sse:
             watcher = SignatureWatcher(self.gw.signatures, upstream.name)
             scaler = UsageScaler(window, client_window).transform if window else None
-            return self.gw._stream_to_client(response, upstream, account, headers, lambda release: _relay_sse(
+            return self.gw.stream_to_client(response, upstream, account, headers, lambda release: _relay_sse(
                 response, upstream.name, watcher.feed, scaler, head, on_end=release))
         if not is_sse:
             try:
@@ -5362,7 +5362,7 @@ class OpenAIAdapter(Adapter):
     models_path = "/models"
 
     def _prepare(self, request: Request, exchange: _Exchange, route: Route,
-                        stream: bool, trial: _Lessons) -> Tuple[bytes, Dict[str, Any]]:
+                 stream: bool, trial: _Lessons) -> Tuple[bytes, Dict[str, Any]]:
         """The Chat Completions request for this upstream: sanitized, translated, minus what it rejected."""
         upstream = route.upstream
         body = json.loads(request.body or b"")
@@ -5377,7 +5377,7 @@ class OpenAIAdapter(Adapter):
         for path in self.gw.learned.fields(upstream.name) + trial.fields:
             _count(changes, f"learned:{path}", drop_path(translated, path.split(".")))
         if changes:
-            self.gw._count_changes("translate", changes)
+            self.gw.count_changes("translate", changes)
             if self.gw.log.isEnabledFor(logging.DEBUG):
                 summary = ", ".join(f"{kind}={n}" for kind, n in sorted(changes.items()))
                 self.gw.log.debug("%s translated for upstream %r: %s", exchange.id, upstream.name, summary)
@@ -5390,7 +5390,7 @@ class OpenAIAdapter(Adapter):
         return headers + self.auth_headers(upstream, account)
 
     async def call(self, request: Request, exchange: _Exchange, route: Route, account: Account,
-                           stream: bool) -> Tuple[UpstreamResponse, Dict[str, Any]]:
+                   stream: bool) -> Tuple[UpstreamResponse, Dict[str, Any]]:
         """POST /chat/completions, healing past fields the server names as unknown."""
         upstream = route.upstream
         trial = _Lessons()
@@ -5405,10 +5405,10 @@ class OpenAIAdapter(Adapter):
                 exc.message = f"upstream {upstream.name!r}: {exc.message}"
                 raise
             if response.status < 300:
-                self.gw._commit_lessons(upstream, trial)
+                self.gw.commit_lessons(upstream, trial)
                 return response, sent
             data = await _error_body(upstream, response)
-            if response.status in (400, 422) and self.gw._try_without(upstream, sent, None, data, trial):
+            if response.status in (400, 422) and self.gw.try_without(upstream, sent, None, data, trial):
                 continue
             if upstream.context_window and is_context_overflow(response.status, data):
                 raise prompt_too_long(estimate_input_tokens(json.loads(request.body or b"{}")),
@@ -5416,7 +5416,7 @@ class OpenAIAdapter(Adapter):
             raise _upstream_error(upstream, response, data)
 
     async def messages(self, request: Request, exchange: _Exchange, body: Dict[str, Any], route: Route,
-                               account: Account, headers: Headers) -> Union[Response, StreamingResponse]:
+                       account: Account, headers: Headers) -> Union[Response, StreamingResponse]:
         """One attempt on an OpenAI-compatible upstream, answered in Anthropic's shapes."""
         upstream = route.upstream
         window = upstream.context_window
@@ -5441,7 +5441,7 @@ class OpenAIAdapter(Adapter):
         else:
             data = await _watched(exchange, response, response.read_all())
         if is_sse and stream:
-            return self.gw._stream_to_client(response, upstream, account, headers, lambda release: _relay_translated(
+            return self.gw.stream_to_client(response, upstream, account, headers, lambda release: _relay_translated(
                 head, events, upstream.name, scaler, release, self.gw.config.ping_interval_s, upstream.timeout_s),
                 status=200)
         if not is_sse:
