@@ -2672,6 +2672,43 @@ def is_signature_error(status: int, body: bytes) -> bool:
     return "signature" in text and ("thinking" in text or "invalid" in text)
 
 
+#: Self-healing retries per request: each must have something new to try without.
+MAX_HEALS = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class Heal:
+    """What to do after an upstream's error answer to a request (see :func:`heal_decision`):
+    ``retry`` without ``fields``/``betas``, ``strip_thinking`` and retry, ``overflow`` (the prompt
+    does not fit: the client is told so that it compacts), or ``fail`` (relay the error)."""
+
+    action: str
+    fields: Tuple[str, ...] = ()
+    betas: Tuple[str, ...] = ()
+
+
+def heal_decision(status: int, data: bytes, sent: Dict[str, Any], beta: Optional[str], *,
+                  known_fields: Sequence[str], known_betas: Sequence[str], heals: int,
+                  heal_statuses: Sequence[int], heal_thinking: bool, thinking_stripped: bool,
+                  window: Optional[int]) -> Heal:
+    """The pure healing policy, as :func:`decide` is the retry policy: from an upstream's error
+    answer and what was sent, the next step. Only what was really sent and is not known already
+    can be tried without; a thinking-signature refusal heals once; nothing is learned here."""
+    if status in heal_statuses and heals < MAX_HEALS:
+        fields, betas = rejected_inputs(data)
+        sent_betas = {b.strip() for b in (beta or "").split(",")}
+        new_fields = tuple(p for p in dict.fromkeys(learnable_path(sent, f) for f in fields)
+                           if p is not None and p not in known_fields)
+        new_betas = tuple(b for b in dict.fromkeys(betas) if b in sent_betas and b not in known_betas)
+        if new_fields or new_betas:
+            return Heal("retry", new_fields, new_betas)
+    if heal_thinking and not thinking_stripped and is_signature_error(status, data):
+        return Heal("strip_thinking")
+    if window and is_context_overflow(status, data):
+        return Heal("overflow")
+    return Heal("fail")
+
+
 def strip_thinking_history(body: Dict[str, Any]) -> Dict[str, int]:
     """Remove every thinking block from the history; turn thinking off for this turn when the
     upstream would then demand a thinking block at the start of the assistant turn in progress."""
@@ -4255,8 +4292,6 @@ _LINGER_BYTES = 4 * 1024 * 1024
 #: whether it still reads: a closed client's system resets at the first one.
 _PROBE_INTERVAL_S = 0.25
 _PROBE_WINDOW_S = 2.0
-#: Self-healing retries per request: each must have learned something new from a 400.
-_MAX_HEALS = 4
 #: How long a fetched upstream model list is reused for /v1/models.
 _MODELS_CACHE_S = 60.0
 #: Distinct counter names kept for /v1/agproxy/stats (real traffic makes a few dozen).
@@ -5020,27 +5055,6 @@ class Server(Application):
 
 
 
-    def try_without(self, upstream: Upstream, sent: Dict[str, Any], beta: Optional[str], data: bytes,
-                     trial: _Lessons) -> bool:
-        """Read from a 400 which fields or betas the upstream rejects; True when this request has
-        something new to try without. It is a trial: only an answer to the request without them
-        makes it a lesson for every request (an error text can echo a client's own words)."""
-        if trial.heals >= _MAX_HEALS:
-            return False
-        fields, betas = rejected_inputs(data)
-        known_fields = self.learned.fields(upstream.name) + trial.fields
-        known_betas = self.learned.betas(upstream.name) + trial.betas
-        sent_betas = {b.strip() for b in (beta or "").split(",")}
-        new_fields = [p for p in dict.fromkeys(learnable_path(sent, f) for f in fields)
-                      if p is not None and p not in known_fields]
-        new_betas = [b for b in betas if b in sent_betas and b not in known_betas]
-        if not new_fields and not new_betas:
-            return False
-        trial.fields += new_fields
-        trial.betas += new_betas
-        trial.heals += 1
-        return True
-
     def commit_lessons(self, upstream: Upstream, trial: _Lessons) -> None:
         """A request succeeded without what it tried without: every later request is sent so."""
         new = self.learned.learn(upstream.name, trial.fields, trial.betas)
@@ -5188,6 +5202,65 @@ class Adapter:
         return [("Accept", "application/json"), ("User-Agent", f"agproxy/{__version__}")] + \
             cls.auth_headers(upstream, account)
 
+    #: error statuses whose text may name what to strip, and whether a thinking-signature refusal heals
+    heal_statuses: Tuple[int, ...] = (400,)
+    heal_thinking = False
+
+    def prepare(self, request: Request, exchange: _Exchange, route: Route, stream: bool, strip_thinking: bool,
+                trial: _Lessons) -> Tuple[bytes, Dict[str, Any], Optional[str]]:
+        """The body to send (its bytes and the object), and the ``anthropic-beta`` value if any."""
+        raise NotImplementedError
+
+    def headers(self, request: Optional[Request], upstream: Upstream, account: Account, beta: Optional[str],
+                stream: bool) -> Headers:
+        """The headers of a call: content type, what is accepted, the account's key."""
+        return [("Content-Type", "application/json"), ("Accept", "text/event-stream" if stream else "application/json"),
+                ("Accept-Encoding", "identity"), ("User-Agent", f"agproxy/{__version__}")] + \
+            self.auth_headers(upstream, account)
+
+    async def call(self, request: Request, exchange: _Exchange, route: Route, account: Account, path: str,
+                   stream: bool) -> Tuple[UpstreamResponse, Dict[str, Any]]:
+        """Send to the upstream and return its successful answer and what was sent, healing on the
+        way as :func:`heal_decision` says; a request that succeeds after healing teaches its lesson
+        to every later request. Other error answers raise an :class:`AgproxyError` that keeps the
+        upstream's status and reset time."""
+        upstream = route.upstream
+        trial, strip_thinking = _Lessons(), False
+        while True:
+            payload, sent, beta = self.prepare(request, exchange, route, stream, strip_thinking, trial)
+            try:
+                response = await self.gw.client.request(
+                    "POST", upstream_url(upstream.base_url, path),
+                    self.headers(request, upstream, account, beta, stream), payload,
+                    timeout_s=upstream.timeout_s, connect_timeout_s=upstream.connect_timeout_s)
+            except UpstreamFailure as exc:
+                exc.message = f"upstream {upstream.name!r}: {exc.message}"
+                raise
+            if response.status < 300:
+                self.gw.commit_lessons(upstream, trial)
+                return response, sent
+            data = await _error_body(upstream, response)
+            heal = heal_decision(response.status, data, sent, beta, heals=trial.heals,
+                                 known_fields=self.gw.learned.fields(upstream.name) + trial.fields,
+                                 known_betas=self.gw.learned.betas(upstream.name) + trial.betas,
+                                 heal_statuses=self.heal_statuses, heal_thinking=self.heal_thinking,
+                                 thinking_stripped=strip_thinking, window=upstream.context_window)
+            if heal.action == "retry":
+                trial.fields += heal.fields
+                trial.betas += heal.betas
+                trial.heals += 1
+            elif heal.action == "strip_thinking":
+                strip_thinking = True
+                self.gw.counters["signature_fallback"] += 1
+                self.gw.note_once(session_id(request.headers, sent), "signature",
+                                  "upstream %r refused thinking signatures made elsewhere; retrying this session's "
+                                  "requests without the old thinking blocks", upstream.name)
+            elif heal.action == "overflow":
+                raise prompt_too_long(estimate_input_tokens(json.loads(request.body or b"{}")),
+                                      upstream.context_window or 0, client_context_window(request.headers))
+            else:
+                raise _upstream_error(upstream, response, data)
+
     async def messages(self, request: Request, exchange: _Exchange, body: Dict[str, Any], route: Route,
                        account: Account, headers: Headers) -> Union[Response, StreamingResponse]:
         """One attempt at answering a Messages request on ``route.upstream`` with ``account``."""
@@ -5208,6 +5281,7 @@ class AnthropicAdapter(Adapter):
     models_path = "/v1/models?limit=1000"
     probe_path = "/v1/models"
     counts_upstream = True
+    heal_thinking = True
 
     @classmethod
     def probe_headers(cls, upstream: Upstream, account: Account) -> Headers:
@@ -5217,7 +5291,7 @@ class AnthropicAdapter(Adapter):
                                account: Account) -> Dict[str, Any]:
         """The upstream's own ``count_tokens`` answer, checked to be a token count."""
         upstream = route.upstream
-        response = await self.call(request, exchange, route, account, "/v1/messages/count_tokens", False)
+        response, _ = await self.call(request, exchange, route, account, "/v1/messages/count_tokens", False)
         data = await _watched(exchange, response, response.read_all(MAX_UPSTREAM_SMALL_BODY_BYTES))
         try:
             counted = loads_strict(data)
@@ -5231,19 +5305,12 @@ class AnthropicAdapter(Adapter):
 
     def headers(self, request: Request, upstream: Upstream, account: Account, beta: Optional[str],
                 stream: bool) -> Headers:
-        headers: Headers = [
-            ("Content-Type", "application/json"),
-            ("Accept", "text/event-stream" if stream else "application/json"),
-            ("Accept-Encoding", "identity"),
-            ("User-Agent", f"agproxy/{__version__}"),
-            ("anthropic-version", request.header("anthropic-version") or DEFAULT_ANTHROPIC_VERSION),
-        ]
-        if beta:
-            headers.append(("anthropic-beta", beta))
-        return headers + self.auth_headers(upstream, account)
+        headers = super().headers(request, upstream, account, beta, stream)
+        headers.insert(4, ("anthropic-version", request.header("anthropic-version") or DEFAULT_ANTHROPIC_VERSION))
+        return headers[:5] + ([("anthropic-beta", beta)] if beta else []) + headers[5:]
 
-    def _prepare(self, request: Request, exchange: _Exchange, route: Route, strip_thinking: bool,
-                 force_stream: bool, trial: _Lessons) -> Tuple[bytes, Dict[str, Any], Optional[str]]:
+    def prepare(self, request: Request, exchange: _Exchange, route: Route, stream: bool, strip_thinking: bool,
+                trial: _Lessons) -> Tuple[bytes, Dict[str, Any], Optional[str]]:
         """The body and beta header to send to this upstream: sanitized per its profile, what it
         has rejected before and what this request is trying without; the client's bytes unchanged
         when nothing needs changing."""
@@ -5254,7 +5321,7 @@ class AnthropicAdapter(Adapter):
         if body.get("model") != route.model:
             body["model"] = route.model
             changes["model_renamed"] = 1
-        if force_stream and not body.get("stream"):
+        if stream and not body.get("stream"):
             body["stream"] = True
             changes["stream_forced"] = 1
         changes.update(sanitize_request(body, upstream.rules,
@@ -5273,44 +5340,6 @@ class AnthropicAdapter(Adapter):
             self.gw.log.debug("%s sanitized for upstream %r: %s", exchange.id, upstream.name, summary)
         return json.dumps(body, ensure_ascii=False).encode("utf-8"), body, beta
 
-    async def call(self, request: Request, exchange: _Exchange, route: Route, account: Account,
-                   path: str, stream: bool, force_stream: bool = False) -> UpstreamResponse:
-        """Send to an ``anthropic`` upstream and return its successful answer, healing on the way:
-        a 400 naming a field or beta it rejects strips exactly that and retries (and remembers it);
-        a thinking-signature 400 retries once with thinking removed from the history. Other error
-        answers raise an :class:`AgproxyError` that keeps the upstream's status and reset time."""
-        upstream = route.upstream
-        strip_thinking = False
-        trial = _Lessons()
-        while True:
-            payload, sent, beta = self._prepare(request, exchange, route, strip_thinking, force_stream, trial)
-            try:
-                response = await self.gw.client.request(
-                    "POST", upstream_url(upstream.base_url, path),
-                    self.headers(request, upstream, account, beta, stream or force_stream), payload,
-                    timeout_s=upstream.timeout_s, connect_timeout_s=upstream.connect_timeout_s,
-                )
-            except UpstreamFailure as exc:
-                exc.message = f"upstream {upstream.name!r}: {exc.message}"
-                raise
-            if response.status < 300:
-                self.gw.commit_lessons(upstream, trial)
-                return response
-            data = await _error_body(upstream, response)
-            if response.status == 400 and self.gw.try_without(upstream, sent, beta, data, trial):
-                continue
-            if not strip_thinking and is_signature_error(response.status, data):
-                strip_thinking = True
-                self.gw.counters["signature_fallback"] += 1
-                self.gw.note_once(session_id(request.headers, sent), "signature",
-                                   "upstream %r refused thinking signatures made elsewhere; retrying this session's "
-                                   "requests without the old thinking blocks", upstream.name)
-                continue
-            if upstream.context_window and is_context_overflow(response.status, data):
-                raise prompt_too_long(estimate_input_tokens(sent), upstream.context_window,
-                                      client_context_window(request.headers))
-            raise _upstream_error(upstream, response, data)
-
     async def messages(self, request: Request, exchange: _Exchange, body: Dict[str, Any], route: Route,
                        account: Account, headers: Headers) -> Union[Response, StreamingResponse]:
         """One attempt on an ``anthropic`` upstream. Nothing reaches the client until the upstream
@@ -5324,7 +5353,7 @@ class AnthropicAdapter(Adapter):
                 raise prompt_too_long(estimate, window, client_window)
         stream = bool(body.get("stream"))
         force = not stream and self.gw.config.force_stream_internally
-        response = await self.call(request, exchange, route, account, "/v1/messages", stream, force)
+        response, _ = await self.call(request, exchange, route, account, "/v1/messages", stream or force)
         headers = headers + relayed_upstream_headers(response.headers)
         is_sse = response.is_event_stream
         if stream and is_sse:
@@ -5361,8 +5390,10 @@ class OpenAIAdapter(Adapter):
     kind = "openai"
     models_path = "/models"
 
-    def _prepare(self, request: Request, exchange: _Exchange, route: Route,
-                 stream: bool, trial: _Lessons) -> Tuple[bytes, Dict[str, Any]]:
+    heal_statuses = (400, 422)
+
+    def prepare(self, request: Request, exchange: _Exchange, route: Route, stream: bool, strip_thinking: bool,
+                trial: _Lessons) -> Tuple[bytes, Dict[str, Any], Optional[str]]:
         """The Chat Completions request for this upstream: sanitized, translated, minus what it rejected."""
         upstream = route.upstream
         body = json.loads(request.body or b"")
@@ -5381,39 +5412,7 @@ class OpenAIAdapter(Adapter):
             if self.gw.log.isEnabledFor(logging.DEBUG):
                 summary = ", ".join(f"{kind}={n}" for kind, n in sorted(changes.items()))
                 self.gw.log.debug("%s translated for upstream %r: %s", exchange.id, upstream.name, summary)
-        return json.dumps(translated, ensure_ascii=False).encode("utf-8"), translated
-
-    def headers(self, upstream: Upstream, account: Account, stream: bool) -> Headers:
-        headers: Headers = [("Content-Type", "application/json"),
-                            ("Accept", "text/event-stream" if stream else "application/json"),
-                            ("Accept-Encoding", "identity"), ("User-Agent", f"agproxy/{__version__}")]
-        return headers + self.auth_headers(upstream, account)
-
-    async def call(self, request: Request, exchange: _Exchange, route: Route, account: Account,
-                   stream: bool) -> Tuple[UpstreamResponse, Dict[str, Any]]:
-        """POST /chat/completions, healing past fields the server names as unknown."""
-        upstream = route.upstream
-        trial = _Lessons()
-        while True:
-            payload, sent = self._prepare(request, exchange, route, stream, trial)
-            try:
-                response = await self.gw.client.request(
-                    "POST", upstream_url(upstream.base_url, "/chat/completions"),
-                    self.headers(upstream, account, stream), payload,
-                    timeout_s=upstream.timeout_s, connect_timeout_s=upstream.connect_timeout_s)
-            except UpstreamFailure as exc:
-                exc.message = f"upstream {upstream.name!r}: {exc.message}"
-                raise
-            if response.status < 300:
-                self.gw.commit_lessons(upstream, trial)
-                return response, sent
-            data = await _error_body(upstream, response)
-            if response.status in (400, 422) and self.gw.try_without(upstream, sent, None, data, trial):
-                continue
-            if upstream.context_window and is_context_overflow(response.status, data):
-                raise prompt_too_long(estimate_input_tokens(json.loads(request.body or b"{}")),
-                                      upstream.context_window, client_context_window(request.headers))
-            raise _upstream_error(upstream, response, data)
+        return json.dumps(translated, ensure_ascii=False).encode("utf-8"), translated, None
 
     async def messages(self, request: Request, exchange: _Exchange, body: Dict[str, Any], route: Route,
                        account: Account, headers: Headers) -> Union[Response, StreamingResponse]:
@@ -5426,7 +5425,7 @@ class OpenAIAdapter(Adapter):
             raise prompt_too_long(estimate, window, client_window)
         stream = bool(body.get("stream"))
         upstream_stream = stream or self.gw.config.force_stream_internally
-        response, sent = await self.call(request, exchange, route, account, upstream_stream)
+        response, sent = await self.call(request, exchange, route, account, "/chat/completions", upstream_stream)
         headers = headers + relayed_upstream_headers(response.headers)
         stops = body.get("stop_sequences") if isinstance(body.get("stop_sequences"), list) else []
         scaler = UsageScaler(window, client_window).transform if window else None
@@ -5478,7 +5477,7 @@ class OpenAIAdapter(Adapter):
         account = upstream.accounts[0]
         try:
             status, body = await self.gw.client.fetch("POST", root + "/tokenize",
-                                                   self.headers(upstream, account, False),
+                                                   self.headers(None, upstream, account, None, False),
                                                    json.dumps(payload).encode(), deadline_s=upstream.connect_timeout_s,
                                                    limit=MAX_UPSTREAM_BODY_BYTES)
             data = loads_strict(body) if status == 200 else None
@@ -5705,6 +5704,31 @@ async def _relay_translated(head: bytes, events: AsyncIterator[bytes], upstream:
         on_end()
 
 
+#: What is read of an answer after its message_stop before the connection is cut instead.
+_AFTER_STOP_BYTES = 65536
+_AFTER_STOP_S = 0.5
+
+
+async def _drain_after_stop(response: UpstreamResponse) -> None:
+    """Read the end of a body whose message is complete, so that its connection can be reused
+    (the end of a chunked body often comes in a read of its own); more than a little, or an end
+    that does not come at once, is cut."""
+
+    async def drain() -> None:
+        extra = 0
+        while extra < _AFTER_STOP_BYTES:
+            chunk = await response.read_chunk()
+            if not chunk:
+                return
+            extra += len(chunk)
+        response.close()
+
+    try:
+        await asyncio.wait_for(drain(), _AFTER_STOP_S)
+    except (asyncio.TimeoutError, UpstreamFailure):  # the message is whole; only the connection is lost
+        response.close()
+
+
 async def _accumulate(response: UpstreamResponse) -> Dict[str, Any]:
     """A whole upstream event stream as the one Message it describes."""
     decoder, accumulator = SSEDecoder(), MessageAccumulator()
@@ -5714,7 +5738,8 @@ async def _accumulate(response: UpstreamResponse) -> Dict[str, Any]:
             break
         for event in decoder.feed(chunk):
             accumulator.feed(event)
-    response.close()  # after message_stop nothing more is read (a connection still sending is not reused)
+    if accumulator.done:
+        await _drain_after_stop(response)
     return accumulator.result()
 
 
@@ -5754,8 +5779,9 @@ async def _relay_sse(response: UpstreamResponse, upstream: str, observe: Optiona
                 if observe is not None:
                     observe(events)
                 yield events if transform is None else transform(events)
-                if check.finished:
-                    return  # message_stop (or an error) ends it; whatever follows is not relayed
+                if check.finished:  # message_stop (or an error) ends it; whatever follows is not relayed
+                    await _drain_after_stop(response)
+                    return
             elif len(pending) > MAX_SSE_EVENT_BYTES:
                 raise UpstreamFailure(f"upstream sent an SSE event larger than {MAX_SSE_EVENT_BYTES} bytes")
             if clock() - last_event > response.timeout_s:
