@@ -1,0 +1,68 @@
+"""The healing policy as a playbook: an upstream's error answer and what was sent in, the next
+step out (``heal_decision`` is pure, as ``decide`` is for retries)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Dict
+
+import pytest
+
+import agproxy
+
+SENT: Dict[str, Any] = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}],
+                        "context_management": {"edits": []}, "temperature": 0.2,
+                        "tools": [{"name": "a", "input_schema": {}, "input_examples": [{}]}]}
+
+
+def error(message: str) -> bytes:
+    return json.dumps({"type": "error", "error": {"type": "invalid_request_error", "message": message}}).encode()
+
+
+def decide(status: int, data: bytes, *, beta: str = "", known=(), known_betas=(), heals: int = 0,
+           statuses=(400,), thinking: bool = True, stripped: bool = False, window=None) -> agproxy.Heal:
+    return agproxy.heal_decision(status, data, SENT, beta or None, known_fields=list(known),
+                                 known_betas=list(known_betas), heals=heals, heal_statuses=statuses,
+                                 heal_thinking=thinking, thinking_stripped=stripped, window=window)
+
+
+PLAYBOOK = [
+    ("a field it rejects", dict(status=400, data=error("context_management: Extra inputs are not permitted")),
+     agproxy.Heal("retry", ("context_management",))),
+    ("a nested field, generalised", dict(status=400, data=error("tools.0.custom.input_examples: Extra inputs are "
+                                                                "not permitted")),
+     agproxy.Heal("retry", ("tools.*.input_examples",))),
+    ("a field already known", dict(status=400, data=error("temperature: Extra inputs are not permitted"),
+                                   known=["temperature"]), agproxy.Heal("fail")),
+    ("a field not sent", dict(status=400, data=error("top_k: Extra inputs are not permitted")), agproxy.Heal("fail")),
+    ("a field that carries meaning", dict(status=400, data=error("messages: Extra inputs are not permitted")),
+     agproxy.Heal("fail")),
+    ("a beta it rejects", dict(status=400, beta="a-1,b-2", data=error(
+        "Unexpected value(s) `b-2` for the `anthropic-beta` header.")), agproxy.Heal("retry", (), ("b-2",))),
+    ("a beta not sent", dict(status=400, beta="a-1", data=error(
+        "Unexpected value(s) `b-2` for the `anthropic-beta` header.")), agproxy.Heal("fail")),
+    ("out of heals", dict(status=400, heals=agproxy.MAX_HEALS,
+                          data=error("temperature: Extra inputs are not permitted")), agproxy.Heal("fail")),
+    ("a 422 where the kind heals 422", dict(status=422, statuses=(400, 422), data=json.dumps(
+        {"detail": [{"loc": ["body", "temperature"], "msg": "Extra inputs are not permitted"}]}).encode()),
+     agproxy.Heal("retry", ("temperature",))),
+    ("a 422 where it does not", dict(status=422, data=error("temperature: Extra inputs are not permitted")),
+     agproxy.Heal("fail")),
+    ("a foreign thinking signature", dict(status=400, data=error("messages.1.content.0: Invalid `signature` in "
+                                                                 "`thinking` block")), agproxy.Heal("strip_thinking")),
+    ("a signature refusal once only", dict(status=400, stripped=True, data=error(
+        "messages.1.content.0: Invalid `signature` in `thinking` block")), agproxy.Heal("fail")),
+    ("a signature refusal where the kind has none", dict(status=400, thinking=False, data=error(
+        "messages.1.content.0: Invalid `signature` in `thinking` block")), agproxy.Heal("fail")),
+    ("an overflow with a window", dict(status=400, window=32768, data=error(
+        "This model's maximum context length is 32768 tokens")), agproxy.Heal("overflow")),
+    ("an overflow without one", dict(status=400, data=error("This model's maximum context length is 32768 tokens")),
+     agproxy.Heal("fail")),
+    ("a server error", dict(status=500, data=b"oops"), agproxy.Heal("fail")),
+]
+
+
+@pytest.mark.parametrize("case, given, step", PLAYBOOK, ids=[c for c, _, _ in PLAYBOOK])
+def test_heal_playbook(case: str, given: Dict[str, Any], step: agproxy.Heal) -> None:
+    given = dict(given)
+    assert decide(given.pop("status"), given.pop("data"), **given) == step
