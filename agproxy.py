@@ -3028,25 +3028,7 @@ def anthropic_to_openai(body: Dict[str, Any], options: OpenAIOptions, upstream: 
         elif role == "assistant":
             messages.append(_openai_assistant(blocks, options, changes))
         else:
-            results = [b for b in blocks if isinstance(b, dict) and b.get("type") == "tool_result"]
-            others = [b for b in blocks if not (isinstance(b, dict) and b.get("type") == "tool_result")]
-            late_images: List[Dict[str, Any]] = []
-            for result in results:
-                inner = _block_list(result.get("content"))
-                text = _block_text(inner)
-                if result.get("is_error"):
-                    text = f"Error: {text}" if text else "Error"
-                messages.append({"role": "tool", "tool_call_id": result.get("tool_use_id"), "content": text})
-                for block in inner:
-                    if isinstance(block, dict) and block.get("type") == "image":
-                        image = _image_part(block.get("source") or {})
-                        if image:
-                            late_images.append(image)
-            parts = _user_parts(others, upstream)
-            if late_images:
-                parts = [{"type": "text", "text": "(images returned by the tool calls above)"}] + late_images + parts
-            if parts:
-                messages.append({"role": "user", "content": _content_value(parts)})
+            messages += _openai_user_turn(blocks, upstream)
     out: Dict[str, Any] = {"model": body.get("model"), "messages": messages}
     if isinstance(body.get("max_tokens"), int):
         out[options.max_tokens_field] = body["max_tokens"]
@@ -3085,6 +3067,32 @@ def anthropic_to_openai(body: Dict[str, Any], options: OpenAIOptions, upstream: 
         if options.stream_usage:
             out["stream_options"] = {"include_usage": True}
     return out, changes
+
+
+def _openai_user_turn(blocks: List[Any], upstream: str) -> List[Dict[str, Any]]:
+    """A user turn as Chat Completions messages: one ``tool`` message per tool result, in order,
+    then the user's own content (images a tool returned go with it, since tool messages are text)."""
+    messages: List[Dict[str, Any]] = []
+    results = [b for b in blocks if isinstance(b, dict) and b.get("type") == "tool_result"]
+    others = [b for b in blocks if not (isinstance(b, dict) and b.get("type") == "tool_result")]
+    late_images: List[Dict[str, Any]] = []
+    for result in results:
+        inner = _block_list(result.get("content"))
+        text = _block_text(inner)
+        if result.get("is_error"):
+            text = f"Error: {text}" if text else "Error"
+        messages.append({"role": "tool", "tool_call_id": result.get("tool_use_id"), "content": text})
+        for block in inner:
+            if isinstance(block, dict) and block.get("type") == "image":
+                image = _image_part(block.get("source") or {})
+                if image:
+                    late_images.append(image)
+    parts = _user_parts(others, upstream)
+    if late_images:
+        parts = [{"type": "text", "text": "(images returned by the tool calls above)"}] + late_images + parts
+    if parts:
+        messages.append({"role": "user", "content": _content_value(parts)})
+    return messages
 
 
 def _openai_assistant(blocks: List[Any], options: OpenAIOptions, changes: Dict[str, int]) -> Dict[str, Any]:
