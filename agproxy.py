@@ -67,6 +67,7 @@ from typing import (
     List,
     Optional,
     Sequence,
+    Set,
     Tuple,
     Union,
 )
@@ -4055,6 +4056,7 @@ class UpstreamResponse:
         self._conn = conn
         self._parser = parser
         self.timeout_s = timeout_s
+        self.handed_off = False
         self._done = False
 
     def header(self, name: str) -> Optional[str]:
@@ -4100,8 +4102,12 @@ class UpstreamResponse:
                 self.close()
                 raise UpstreamFailure(f"upstream body exceeds {limit} bytes")
 
-    def close(self) -> None:
-        """Release the connection; an unfinished body aborts it at once."""
+    def close(self, force: bool = False) -> None:
+        """Release the connection; an unfinished body aborts it at once. Once the answer is whole
+        and its body's end is being read in the background (``handed_off``), only that reader
+        closes it (``force``)."""
+        if self.handed_off and not force:
+            return
         if not self._done:
             self._done = True
             self._conn.abort()
@@ -5717,6 +5723,18 @@ _AFTER_STOP_BYTES = 65536
 _AFTER_STOP_S = 0.5
 
 
+#: Drains running after their answers went out (held here: the loop keeps only weak references).
+_DRAINING: Set[asyncio.Future] = set()
+
+
+def _drain_in_background(response: UpstreamResponse) -> None:
+    """Finish reading a complete answer's body after the client has it, not before."""
+    response.handed_off = True
+    task = asyncio.ensure_future(_drain_after_stop(response))
+    _DRAINING.add(task)
+    task.add_done_callback(_DRAINING.discard)
+
+
 async def _drain_after_stop(response: UpstreamResponse) -> None:
     """Read the end of a body whose message is complete, so that its connection can be reused
     (the end of a chunked body often comes in a read of its own); more than a little, or an end
@@ -5729,12 +5747,12 @@ async def _drain_after_stop(response: UpstreamResponse) -> None:
             if not chunk:
                 return
             extra += len(chunk)
-        response.close()
+        response.close(force=True)
 
     try:
         await asyncio.wait_for(drain(), _AFTER_STOP_S)
     except (asyncio.TimeoutError, UpstreamFailure):  # the message is whole; only the connection is lost
-        response.close()
+        response.close(force=True)
 
 
 async def _accumulate(response: UpstreamResponse) -> Dict[str, Any]:
@@ -5746,9 +5764,9 @@ async def _accumulate(response: UpstreamResponse) -> Dict[str, Any]:
             break
         for event in decoder.feed(chunk):
             accumulator.feed(event)
-    if accumulator.done:
-        await _drain_after_stop(response)
-    return accumulator.result()
+    message = accumulator.result()
+    _drain_in_background(response)
+    return message
 
 
 async def _iterate(items: Iterable[bytes]) -> AsyncIterator[bytes]:
@@ -5765,6 +5783,7 @@ async def _relay_sse(response: UpstreamResponse, upstream: str, observe: Optiona
     the client never sees half an event.
     """
     pending = bytearray()
+    finished = False  # the answer is whole and its body's end is read in the background
     check = EventStreamCheck(upstream)
     chunk = head
     clock = asyncio.get_running_loop().time
@@ -5788,7 +5807,8 @@ async def _relay_sse(response: UpstreamResponse, upstream: str, observe: Optiona
                     observe(events)
                 yield events if transform is None else transform(events)
                 if check.finished:  # message_stop (or an error) ends it; whatever follows is not relayed
-                    await _drain_after_stop(response)
+                    _drain_in_background(response)
+                    finished = True
                     return
             elif len(pending) > MAX_SSE_EVENT_BYTES:
                 raise UpstreamFailure(f"upstream sent an SSE event larger than {MAX_SSE_EVENT_BYTES} bytes")
@@ -5805,7 +5825,8 @@ async def _relay_sse(response: UpstreamResponse, upstream: str, observe: Optiona
         yield encode_sse_json("error", error_body("api_error", f"agproxy failed relaying upstream {upstream!r}: "
                                                                f"{type(exc).__name__}"))
     finally:
-        response.close()
+        if not finished:
+            response.close()
         if on_end is not None:
             on_end()
 
