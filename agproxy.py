@@ -921,6 +921,28 @@ def request_body_framing(version: Tuple[int, int], headers: Headers) -> Tuple[st
     return body_framing(version, headers, ProtocolError)
 
 
+class _State:
+    """A parser state: a named sentinel, compared by identity (a typo is a NameError, not a state)."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+_HEAD = _State("HEAD")  # waiting for a message head
+_COUNTED = _State("COUNTED")  # a body of known length
+_CHUNK_SIZE = _State("CHUNK_SIZE")  # a chunked body: the next chunk-size line
+_CHUNK_DATA = _State("CHUNK_DATA")  # a chunk's bytes
+_CHUNK_END = _State("CHUNK_END")  # the CRLF after a chunk
+_TRAILERS = _State("TRAILERS")  # trailer lines after the last chunk
+_UNTIL_CLOSE = _State("UNTIL_CLOSE")  # a response body that ends with the connection
+_DONE = _State("DONE")  # a response read to its end
+
+
 class RequestParser:
     """Sans-IO HTTP/1.1 request parser.
 
@@ -937,7 +959,7 @@ class RequestParser:
         self._eof = False
         self._request: Optional[Request] = None
         self._body = bytearray()
-        self._state = "head"  # head -> body|chunk_size|chunk_data|trailers -> head
+        self._state = _HEAD  # _HEAD -> _COUNTED | _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILERS -> _HEAD
         self._remaining = 0
         self._trailer_bytes = 0
 
@@ -949,7 +971,7 @@ class RequestParser:
     @property
     def idle(self) -> bool:
         """True between requests with nothing of the next one received yet."""
-        return self._state == "head" and not self._buffer.strip(b"\r\n")
+        return self._state is _HEAD and not self._buffer.strip(b"\r\n")
 
     def feed(self, data: bytes) -> None:
         """Add received bytes; ``b""`` means the peer closed its side."""
@@ -960,7 +982,7 @@ class RequestParser:
 
     def next_event(self) -> ParserEvent:
         """The next complete thing in the input, or ``NEED_DATA`` / ``CLOSED``."""
-        if self._state != "head":
+        if self._state is not _HEAD:
             return self._parse_body()
         event = self._parse_head()
         if event is not None:
@@ -1003,15 +1025,15 @@ class RequestParser:
         self._body = bytearray()
         self._trailer_bytes = 0
         if kind == "chunked":
-            self._state = "chunk_size"
+            self._state = _CHUNK_SIZE
         else:
-            self._state = "body"
+            self._state = _COUNTED
             self._remaining = length
         return HeadReady(request, kind == "chunked" or length > 0)
 
     def _parse_body(self) -> ParserEvent:
         while True:
-            if self._state == "body":
+            if self._state is _COUNTED:
                 take = min(self._remaining, len(self._buffer))
                 if take:
                     self._body += self._buffer[:take]
@@ -1020,7 +1042,7 @@ class RequestParser:
                 if self._remaining == 0:
                     return self._finish()
                 return self._need_body_data()
-            if self._state == "chunk_size":
+            if self._state is _CHUNK_SIZE:
                 line = self._take_line(_MAX_CHUNK_LINE, "chunk size line")
                 if line is None:
                     return self._need_body_data()
@@ -1034,19 +1056,19 @@ class RequestParser:
                         status=413, error_type="request_too_large",
                     )
                 if size == 0:
-                    self._state = "trailers"
+                    self._state = _TRAILERS
                 else:
                     self._remaining = size
-                    self._state = "chunk_data"
-            elif self._state == "chunk_data":
+                    self._state = _CHUNK_DATA
+            elif self._state is _CHUNK_DATA:
                 take = min(self._remaining, len(self._buffer))
                 self._body += self._buffer[:take]
                 del self._buffer[:take]
                 self._remaining -= take
                 if self._remaining:
                     return self._need_body_data()
-                self._state = "chunk_end"
-            elif self._state == "chunk_end":
+                self._state = _CHUNK_END
+            elif self._state is _CHUNK_END:
                 if len(self._buffer) < 2 and self._buffer != b"\n":
                     if self._buffer not in (b"", b"\r"):
                         raise ProtocolError("chunk data is not followed by CRLF")
@@ -1057,8 +1079,8 @@ class RequestParser:
                     del self._buffer[:1]
                 else:
                     raise ProtocolError("chunk data is not followed by CRLF")
-                self._state = "chunk_size"
-            elif self._state == "trailers":
+                self._state = _CHUNK_SIZE
+            elif self._state is _TRAILERS:
                 line = self._take_line(self.max_header_bytes, "trailer")
                 if line is None:
                     return self._need_body_data()
@@ -1089,7 +1111,7 @@ class RequestParser:
         request.body = bytes(self._body)
         self._request = None
         self._body = bytearray()
-        self._state = "head"
+        self._state = _HEAD
         return RequestReady(request)
 
 
@@ -1223,14 +1245,14 @@ class ResponseParser:
         self.head: Optional[ResponseHead] = None
         self._buffer = bytearray()
         self._eof = False
-        self._state = "head"
+        self._state = _HEAD
         self._remaining = 0
 
     @property
     def reusable(self) -> bool:
         """The connection can carry another request: the body ended by its framing (not a close)
         and nothing came after it (bytes past the framing would answer the next request)."""
-        return (self._state == "done" and self.head is not None and self.head.keep_alive and self._framed
+        return (self._state is _DONE and self.head is not None and self.head.keep_alive and self._framed
                 and not self._buffer)
 
     def feed(self, data: bytes) -> None:
@@ -1242,7 +1264,7 @@ class ResponseParser:
     def next_event(self) -> Union[ResponseHead, bytes, str]:
         while True:
             state = self._state
-            if state == "head":
+            if state is _HEAD:
                 head = self._parse_head()
                 if head is None:
                     return NEED_DATA
@@ -1251,11 +1273,11 @@ class ResponseParser:
                 self.head = head
                 self._begin_body(head)
                 return head
-            if state == "done":
+            if state is _DONE:
                 return END
-            if state in ("length", "chunk_data"):  # a counted run of body bytes
+            if state is _COUNTED or state is _CHUNK_DATA:  # a counted run of body bytes
                 if not self._remaining:
-                    self._state = "done" if state == "length" else "chunk_end"
+                    self._state = _DONE if state is _COUNTED else _CHUNK_END
                     continue
                 if not self._buffer:
                     return self._need("the response body ended early")
@@ -1263,16 +1285,16 @@ class ResponseParser:
                 del self._buffer[: len(piece)]
                 self._remaining -= len(piece)
                 return piece
-            if state == "until_close":
+            if state is _UNTIL_CLOSE:
                 if self._buffer:
                     piece = bytes(self._buffer)
                     self._buffer.clear()
                     return piece
                 if self._eof:
-                    self._state = "done"
+                    self._state = _DONE
                     continue
                 return NEED_DATA
-            if state == "chunk_size":
+            if state is _CHUNK_SIZE:
                 line = self._line(1024)
                 if line is None:
                     return self._need("the chunked response ended early")
@@ -1280,22 +1302,22 @@ class ResponseParser:
                 if not _HEX.fullmatch(size_text):
                     raise UpstreamFailure(f"upstream sent an invalid chunk size {size_text[:20]!r}")
                 self._remaining = int(size_text, 16)
-                self._state = "chunk_data" if self._remaining else "trailers"
+                self._state = _CHUNK_DATA if self._remaining else _TRAILERS
                 continue
-            if state == "chunk_end":
+            if state is _CHUNK_END:
                 line = self._line(2)
                 if line is None:
                     return self._need("the chunked response ended early")
                 if line:
                     raise UpstreamFailure("upstream sent chunk data not followed by CRLF")
-                self._state = "chunk_size"
+                self._state = _CHUNK_SIZE
                 continue
-            if state == "trailers":
+            if state is _TRAILERS:
                 line = self._line(self.max_header_bytes)
                 if line is None:
                     return self._need("the chunked response ended early")
                 if not line:
-                    self._state = "done"
+                    self._state = _DONE
                 continue
             raise AssertionError(state)
 
@@ -1347,17 +1369,17 @@ class ResponseParser:
     def _begin_body(self, head: ResponseHead) -> None:
         self._framed = True
         if self.method == "HEAD" or head.status in (204, 304):
-            self._state = "done"
+            self._state = _DONE
             return
         kind, length = body_framing(head.version, head.headers, _upstream_framing_error, "response")
         if kind == "chunked":
-            self._state = "chunk_size"
+            self._state = _CHUNK_SIZE
         elif header_value(head.headers, "content-length") is not None:
             self._remaining = length
-            self._state = "length"
+            self._state = _COUNTED
         else:
             self._framed = False
-            self._state = "until_close"
+            self._state = _UNTIL_CLOSE
 
 
 # =====================================================================================
