@@ -569,3 +569,27 @@ def test_check_hides_a_key_an_upstream_echoes(tmp_path):
     server.close()
     assert done.returncode == 1 and "FAIL" in done.stdout, done.stdout + done.stderr
     assert "SECRET" not in done.stdout + done.stderr
+
+
+def test_the_interim_answer_goes_only_to_a_half_closed_http_11_client_before_its_answer(start_agproxy, fake):
+    fake.script(Sse(text_stream(), delay_s=0.2), Sse(text_stream(), delay_s=0.2))
+    proxy = start_agproxy(fake_config(fake))
+    body = json.dumps(SIMPLE).encode()
+    for version, interim in ((b"1.1", True), (b"1.0", False)):
+        request = build_request("POST", "/v1/messages", body, [("Content-Type", "application/json")])
+        request = request.replace(b"HTTP/1.1", b"HTTP/" + version, 1)
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+            sock.sendall(request)
+            sock.shutdown(socket.SHUT_WR)
+            received = bytearray()
+            while True:
+                data = sock.recv(65536)
+                if not data:
+                    break
+                received += data
+        if interim:
+            assert received.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n"), bytes(received[:80])
+            assert received.count(b"100 Continue") == 1
+        else:
+            assert received.startswith(b"HTTP/1.1 200 OK\r\n") and b"100 Continue" not in received
+        assert b'"type":"message"' in received
