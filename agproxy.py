@@ -101,7 +101,7 @@ __all__ = [
 ]
 
 # =====================================================================================
-# 1. Constants, version, error types
+# 1. Constants, version, error types, the redactor
 #    Nothing here awaits or touches sockets.
 # =====================================================================================
 
@@ -275,8 +275,9 @@ class Redactor:
 
 # =====================================================================================
 # 2. Config
-#    Load JSON, expand ${VAR} and ${VAR:-default}, validate with messages naming the key.
-#    Nothing here touches sockets; the environment is passed in.
+#    The config dataclasses (every default written once, there); load JSON, expand ${VAR} and
+#    ${VAR:-default}, validate with messages naming the key; loopback names. Nothing here touches
+#    sockets; the environment is passed in.
 # =====================================================================================
 
 UPSTREAM_KINDS = ("anthropic", "openai", "gemini", "demo")
@@ -1513,7 +1514,11 @@ class SSEDecoder:
 
 # =====================================================================================
 # 5. Anthropic protocol
-#    Request validation, token estimates, and the demo upstream's answers. Pure functions.
+#    Requests: strict JSON, validation of every field agproxy reads, token estimates, the demo's
+#    answers, the sanitizer per profile, warmups, sessions, what an upstream's 400 says it
+#    rejects and the healing policy (heal_decision), context-window signalling. Streams: the
+#    accumulator (events -> one Message), the check of relayed events, the signature book and
+#    watcher. Pure: nothing here awaits or touches sockets.
 # =====================================================================================
 
 #: Claude model ids listed by /v1/models when the config names none of its own.
@@ -3471,8 +3476,10 @@ class OpenAIStreamTranslator:
 
 
 # =====================================================================================
-# 7. Routing and accounts
-#    Which upstream and which account serve a request. Pure; the server holds the state.
+# 7. Routing, accounts and the retry engine
+#    Which upstream and which account serve a request; rate-limit resets and the retry policy
+#    (decide), the account pool, and run_attempts, which awaits only what it is given (the
+#    attempt and a sleep); what upstreams rejected (LearnedRejections). The server holds the state.
 # =====================================================================================
 
 
