@@ -5687,10 +5687,11 @@ async def _first_translated(events: AsyncIterator[bytes]) -> bytes:
     """Translated events up to and including the first content event (message_start alone does not
     commit: a stream that dies right after it can still be retried); an error there raises."""
     head = bytearray()
+    decoder = SSEDecoder()
     decoded: List[SSEEvent] = []
     async for batch in events:
         head += batch
-        decoded = SSEDecoder().feed(bytes(head))
+        decoded += decoder.feed(batch)
         if len(decoded) >= 2:
             break
     raise_error_events(decoded)
