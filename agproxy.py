@@ -147,6 +147,8 @@ class AgproxyError(Exception):
     #: for errors an upstream answered: its own status and when it says a rate limit resets
     upstream_status: int = 0
     reset_s: Optional[float] = None
+    #: no retry can change this answer (every key of the upstream rejected, for one)
+    final: bool = False
 
     def __init__(
         self,
@@ -1915,10 +1917,12 @@ def anthropic_error_from_upstream(status: int, body: bytes, upstream: str) -> Ag
         snippet = body[:300].decode("utf-8", "replace").strip()
         message = f"upstream {upstream!r} answered HTTP {status}" + (f": {snippet}" if snippet else "")
     if status in (401, 403):
-        return UpstreamFailure(
+        rejected = UpstreamFailure(
             f"upstream {upstream!r} rejected agproxy's key for it (HTTP {status}: {message}); "
             "check the account's api_key in the agproxy config"
         )
+        rejected.final = True  # a retry sends the same key
+        return rejected
     if status < 400:
         status = 502
     if error_type not in _ERROR_TYPES.values():
@@ -3809,8 +3813,10 @@ class AccountPool:
             names = [a.name for u, a, s in resting if u is upstream and s.rejected_key]
             if names:
                 parts.append(f"upstream {upstream.name!r} rejected the key of {', '.join(names)}")
-        return UpstreamFailure("; ".join(parts) + " (HTTP 401/403); check their api_key in the agproxy config, "
-                               "or run `agproxy check`")
+        rejected = UpstreamFailure("; ".join(parts) + " (HTTP 401/403); check their api_key in the agproxy config, "
+                                   "or run `agproxy check`")
+        rejected.final = True
+        return rejected
 
     def to_json(self, now: float) -> Dict[str, Any]:
         """The resting accounts, for the state file."""
@@ -4410,9 +4416,18 @@ def json_response(status: int, payload: Any, headers: Headers = ()) -> Response:
     return Response(status, [("Content-Type", "application/json")] + list(headers), body)
 
 
+#: 4xx answers a retry can change: a timeout, a conflict, a rate limit.
+_RETRYABLE_4XX = (408, 409, 429)
+
+
 def error_response(exc: AgproxyError) -> Response:
-    """The one place an :class:`AgproxyError` becomes an HTTP response."""
-    return json_response(exc.status, exc.body(), exc.headers)
+    """The one place an :class:`AgproxyError` becomes an HTTP response. An answer that retrying
+    cannot change (a 4xx but the three above, or an error marked ``final``) says
+    ``x-should-retry: false``, so SDKs and Claude Code fail at once instead of retrying for minutes."""
+    headers = list(exc.headers)
+    if exc.final or (400 <= exc.status < 500 and exc.status not in _RETRYABLE_4XX):
+        headers.append(("x-should-retry", "false"))
+    return json_response(exc.status, exc.body(), headers)
 
 
 _SSE_HEADERS: Headers = [
@@ -4831,6 +4846,7 @@ class Server(Application):
         self._models_cache: Optional[Tuple[float, List[Dict[str, Any]]]] = None
         self._routes: Dict[str, Dict[str, Callable[[Request, _Exchange], Any]]] = {
             "/": {"GET": self._root},
+            "/api/hello": {"GET": self._root},  # Claude Code 2.1.332 and later probe HEAD /api/hello
             "/healthz": {"GET": self._healthz},
             "/v1/messages": {"POST": self._messages},
             "/v1/messages/count_tokens": {"POST": self._count_tokens},

@@ -593,3 +593,38 @@ def test_the_interim_answer_goes_only_to_a_half_closed_http_11_client_before_its
         else:
             assert received.startswith(b"HTTP/1.1 200 OK\r\n") and b"100 Continue" not in received
         assert b'"type":"message"' in received
+
+
+# -- the pinned contract: probes and x-should-retry -----------------------------------------------------
+
+def test_head_api_hello_is_200_for_the_newest_claude_code(demo_proxy):
+    answer = exchange(demo_proxy.port, build_request("HEAD", "/api/hello"), 10, method="HEAD")
+    assert answer.status == 200, answer.describe()
+
+
+def test_answers_a_retry_cannot_change_say_so_and_the_others_do_not(start_agproxy, fake):
+    config = fake_config(fake, auth_mode="strict", api_key="sk-local-key-123", max_retry_attempts=2, state_file="")
+    config["model_map"] = [{"match": "claude-*", "upstream": "fake"}]
+    proxy = start_agproxy(config)
+    key = [("x-api-key", "sk-local-key-123")]
+    rejected_key = Json(401, {"type": "error", "error": {"type": "authentication_error", "message": "bad key"}})
+    limited = Json(429, {"type": "error", "error": {"type": "rate_limit_error", "message": "slow"}},
+                   [("retry-after", "30")])
+    cases = [
+        ("wrong agproxy key", [("x-api-key", "nope")], dict(SIMPLE), [], 401, "false"),
+        ("unrouted model", key, dict(SIMPLE, model="gpt-4"), [], 404, "false"),
+        ("invalid request", key, dict(SIMPLE, max_tokens=0), [], 400, "false"),
+        ("every key rejected", key, dict(SIMPLE), [rejected_key, rejected_key], 502, "false"),
+        ("every key rejected, asked again", key, dict(SIMPLE), [], 502, "false"),
+        ("rate limited", key, dict(SIMPLE), [limited, limited], 429, None),
+    ]
+    for name, headers, body, script, status, should_retry in cases:
+        if name == "rate limited":
+            proxy = start_agproxy(config)  # fresh accounts: the last ones rest for their rejected keys
+        fake.script(*script)
+        answer = post_json(proxy.port, "/v1/messages", body, 10, headers)
+        assert answer.status == status, (name, answer.describe())
+        assert answer.header("x-should-retry") == should_retry, (name, answer.headers)
+    wrong_type = exchange(proxy.port, build_request("POST", "/v1/messages", b"{}", [
+        ("Content-Type", "text/plain"), ("x-api-key", "sk-local-key-123")]), 10)
+    assert (wrong_type.status, wrong_type.header("x-should-retry")) == (415, "false")
