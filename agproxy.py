@@ -5124,9 +5124,13 @@ class Server(Application):
                          upstream.name, ", ".join(new), "them" if len(new) > 1 else "it")
         self.save_state()
 
-    def count_changes(self, stage: str, changes: Dict[str, int]) -> None:
-        """Add a request's changes to the counters. Kinds name fields a client chose (``field:x``),
-        so past :data:`MAX_COUNTER_KINDS` distinct kinds new ones are counted together as ``other``."""
+    def count_changes(self, stage: str, changes: Dict[str, int], exchange: _Exchange, upstream: Upstream) -> None:
+        """Add a request's changes to the counters (and say them in the debug log). Kinds name fields
+        a client chose (``field:x``), so past :data:`MAX_COUNTER_KINDS` distinct kinds new ones are
+        counted together as ``other``."""
+        if changes and self.log.isEnabledFor(logging.DEBUG):
+            summary = ", ".join(f"{kind}={n}" for kind, n in sorted(changes.items()))
+            self.log.debug("%s %s for upstream %r: %s", exchange.id, stage, upstream.name, summary)
         for kind, n in changes.items():
             name = f"{stage}:{kind[:80]}"
             if name not in self.counters and len(self.counters) >= MAX_COUNTER_KINDS:
@@ -5393,10 +5397,7 @@ class AnthropicAdapter(Adapter):
         changes.update(beta_changes)
         if not changes:
             return raw, body, beta
-        self.gw.count_changes("sanitize", changes)
-        if self.gw.log.isEnabledFor(logging.DEBUG):
-            summary = ", ".join(f"{kind}={n}" for kind, n in sorted(changes.items()))
-            self.gw.log.debug("%s sanitized for upstream %r: %s", exchange.id, upstream.name, summary)
+        self.gw.count_changes("sanitize", changes, exchange, upstream)
         return json.dumps(body, ensure_ascii=False).encode("utf-8"), body, beta
 
     async def messages(self, request: Request, exchange: _Exchange, body: Dict[str, Any], route: Route,
@@ -5466,11 +5467,7 @@ class OpenAIAdapter(Adapter):
             translated.update(copy.deepcopy(upstream.extra_body))
         for path in self.gw.learned.fields(upstream.name) + trial.fields:
             _count(changes, f"learned:{path}", drop_path(translated, path.split(".")))
-        if changes:
-            self.gw.count_changes("translate", changes)
-            if self.gw.log.isEnabledFor(logging.DEBUG):
-                summary = ", ".join(f"{kind}={n}" for kind, n in sorted(changes.items()))
-                self.gw.log.debug("%s translated for upstream %r: %s", exchange.id, upstream.name, summary)
+        self.gw.count_changes("translate", changes, exchange, upstream)
         return json.dumps(translated, ensure_ascii=False).encode("utf-8"), translated, None
 
     async def messages(self, request: Request, exchange: _Exchange, body: Dict[str, Any], route: Route,

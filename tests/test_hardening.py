@@ -142,19 +142,24 @@ def test_log_lines_have_every_key_hidden(capsys):
 
 # -- 5: a half-close is not a departure -----------------------------------------------------------
 
+def send_and_half_close(sock: socket.socket, data: bytes) -> bytes:
+    """Send ``data``, half-close (as curl and load balancers may), read everything until the close."""
+    sock.sendall(data)
+    sock.shutdown(socket.SHUT_WR)
+    received = bytearray()
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return bytes(received)
+        received += chunk
+
+
 def test_a_client_that_half_closes_after_its_requests_gets_every_answer(start_agproxy, fake):
     proxy = start_agproxy(fake_config(fake))
     body = json.dumps(SIMPLE).encode()
     one = build_request("POST", "/v1/messages", body, [("Content-Type", "application/json")])
     with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
-        sock.sendall(one + one)
-        sock.shutdown(socket.SHUT_WR)  # curl and load balancers do this
-        received = bytearray()
-        while True:
-            data = sock.recv(65536)
-            if not data:
-                break
-            received += data
+        received = send_and_half_close(sock, one + one)
     assert received.count(b"HTTP/1.1 200 OK") == 2, bytes(received[:300])
     assert " 499 " not in proxy.log()
 
@@ -579,14 +584,7 @@ def test_the_interim_answer_goes_only_to_a_half_closed_http_11_client_before_its
         request = build_request("POST", "/v1/messages", body, [("Content-Type", "application/json")])
         request = request.replace(b"HTTP/1.1", b"HTTP/" + version, 1)
         with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
-            sock.sendall(request)
-            sock.shutdown(socket.SHUT_WR)
-            received = bytearray()
-            while True:
-                data = sock.recv(65536)
-                if not data:
-                    break
-                received += data
+            received = send_and_half_close(sock, request)
         if interim:
             assert received.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n"), bytes(received[:80])
             assert received.count(b"100 Continue") == 1
