@@ -2296,7 +2296,7 @@ def stream_error(payload: Dict[str, Any]) -> AgproxyError:
     """The error an upstream's ``error`` event describes, as agproxy answers it before a stream
     has started: its type kept, an upstream's own failure a 502, a rejected key agproxy's problem."""
     error = payload.get("error") if isinstance(payload.get("error"), dict) else {}
-    error_type = error.get("type") if error.get("type") in _ERROR_STATUS else "api_error"
+    error_type = error["type"] if isinstance(error.get("type"), str) and error["type"] in _ERROR_STATUS else "api_error"
     message = str(error.get("message") or "upstream stream error")[:4000]
     if error_type in _CLIENT_KEY_ERRORS:  # agproxy's key to the upstream, not the client's
         failure = UpstreamFailure(f"upstream rejected agproxy's key for it ({message}); check the account's api_key")
@@ -2377,7 +2377,7 @@ class MessageAccumulator:
     def _delta(self, block: Dict[str, Any], index: int, delta: Dict[str, Any]) -> None:
         if not isinstance(block, dict):
             raise UpstreamFailure("upstream sent a delta for a content block that is not an object")
-        kind = delta.get("type")
+        kind = delta.get("type") if isinstance(delta.get("type"), str) else None
         if kind in _DELTA_FIELDS:
             field, key = _DELTA_FIELDS[kind]
             piece = delta.get(key, "")
@@ -2413,7 +2413,7 @@ _CLIENT_KEY_ERRORS = ("authentication_error", "permission_error")
 def upstream_error_event(error: Dict[str, Any], upstream: str = "") -> Dict[str, Any]:
     """An ``error`` payload an upstream sent in its stream, as agproxy relays it: a type from the
     Anthropic vocabulary (``api_error`` for anything else), and a rejected upstream key said so."""
-    error_type = error.get("type") if error.get("type") in _ERROR_STATUS else "api_error"
+    error_type = error["type"] if isinstance(error.get("type"), str) and error["type"] in _ERROR_STATUS else "api_error"
     message = str(error.get("message") or "upstream stream error")[:4000]
     if error_type in _CLIENT_KEY_ERRORS:
         error_type = "api_error"

@@ -33,6 +33,7 @@ from tests.wire_check import (
     Answer,
     generic_problems,
     get,
+    incomplete,
     leaked,
     message_problems,
     parse_sse,
@@ -536,19 +537,6 @@ def test_live_one_field_wrong(live: Live, where: str, value: Any, model: str, st
     assert not problems, f"{raw[:300]!r} -> {answer.describe(300)}: {problems}"
 
 
-def incomplete(data: bytes) -> bool:
-    """Whether ``data`` ends inside a request (by agproxy's own parser): then the client half-closes
-    so agproxy sees where it ends; a client that sent whole requests just waits for the answers."""
-    parser = agproxy.RequestParser()
-    parser.feed(data)
-    try:
-        for _ in range(1000):
-            event = parser.next_event()
-            if event in (agproxy.NEED_DATA, agproxy.CLOSED):
-                return event == agproxy.NEED_DATA and not parser.idle
-    except agproxy.ProtocolError:
-        return False
-    return False
 
 
 def raw_exchange(port: int, data: bytes, timeout: float = 8.0) -> Answer:

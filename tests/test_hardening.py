@@ -626,3 +626,21 @@ def test_answers_a_retry_cannot_change_say_so_and_the_others_do_not(start_agprox
     wrong_type = exchange(proxy.port, build_request("POST", "/v1/messages", b"{}", [
         ("Content-Type", "text/plain"), ("x-api-key", "sk-local-key-123")]), 10)
     assert (wrong_type.status, wrong_type.header("x-should-retry")) == (415, "false")
+
+
+@pytest.mark.parametrize("name, payload", [
+    ("message_start", {"type": "error", "error": {"type": []}}),
+    ("error", {"type": "error", "error": {"type": {"a": 1}, "message": "x"}}),
+])
+def test_an_error_event_of_any_shape_is_an_upstream_error(name, payload):
+    with pytest.raises(agproxy.AgproxyError) as caught:
+        agproxy.MessageAccumulator().feed(event(name, payload))
+    assert caught.value.error_type == "api_error"
+
+
+def test_a_delta_whose_type_is_not_a_string_is_ignored_not_fatal():
+    acc = agproxy.MessageAccumulator()
+    acc.feed(event("message_start", START))
+    acc.feed(event("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": [1]}}))
+    acc.feed(event("message_stop", {"type": "message_stop"}))
+    assert acc.result()["type"] == "message"

@@ -495,3 +495,21 @@ def generic_problems(answer: Answer, secrets: Sequence[str] = (), allow_500: boo
 
 def summarize(counts: Dict[str, int]) -> str:
     return ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
+
+
+def incomplete(data: bytes) -> bool:
+    """Whether ``data`` ends inside a request, by agproxy's own sans-IO parser. Only then does a
+    fuzzing client half-close (so agproxy answers the truncated request instead of waiting for the
+    rest); a client that sent whole requests keeps its side open, as real clients do."""
+    import agproxy  # here: the rest of this module needs nothing but the standard library
+
+    parser = agproxy.RequestParser()
+    parser.feed(data)
+    try:
+        for _ in range(1000):
+            event = parser.next_event()
+            if event in (agproxy.NEED_DATA, agproxy.CLOSED):
+                return event == agproxy.NEED_DATA and not parser.idle
+    except agproxy.ProtocolError:
+        return False
+    return False

@@ -44,9 +44,8 @@ from typing import Any, Deque, Dict, List, Optional, Tuple
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import agproxy  # noqa: E402  (only its sans-IO request parser, to tell a truncated request)
 from tests.fakes.misbehaving import KEYS, MisbehavingUpstream, Send, good, live_config  # noqa: E402
-from tests.wire_check import Answer, ResponseReader, generic_problems, leaked  # noqa: E402
+from tests.wire_check import Answer, ResponseReader, generic_problems, incomplete, leaked  # noqa: E402
 
 READY = re.compile(r"^agproxy listening on http://(\S+):(\d+)$")
 MODELS = ["demo-x", "anth-x", "compat-x", "oa-x", "claude-sonnet-4-5", "claude-3-5-haiku-latest", "", "x" * 300]
@@ -370,21 +369,6 @@ class Proxy:
                 self.proc.wait(5)
 
 
-def incomplete(data: bytes) -> bool:
-    """Whether ``data`` ends inside a request, by agproxy's own sans-IO parser. Only then does the
-    client half-close (so agproxy answers the truncated request instead of waiting for the rest); a
-    client that sent whole requests keeps its side open, as real clients do, because agproxy may take
-    an end of input while it answers for the client leaving."""
-    parser = agproxy.RequestParser()
-    parser.feed(data)
-    try:
-        for _ in range(1000):
-            event = parser.next_event()
-            if event in (agproxy.NEED_DATA, agproxy.CLOSED):
-                return event == agproxy.NEED_DATA and not parser.idle
-    except agproxy.ProtocolError:
-        return False
-    return False
 
 
 def send(port: int, data: bytes, timeout: float, half_close: bool = True) -> Answer:
