@@ -314,14 +314,17 @@ class Profile:
     system_messages: str = "keep"
     merge_roles: bool = False
     thinking: str = "keep"
+    billing_header: bool = True  # keep Claude Code's x-anthropic-billing-header line in the system prompt
 
 
 PROFILE_DEFAULTS = {
     "anthropic": Profile(),
     "compatible": Profile(cache_control=False, betas=False, fields=BASIC_FIELDS, tool_fields=BASIC_TOOL_FIELDS,
-                          server_tools=False, system_messages="system", merge_roles=True, thinking="basic"),
+                          server_tools=False, system_messages="system", merge_roles=True, thinking="basic",
+                          billing_header=False),
     # What the translation to Chat Completions starts from (it drops the rest itself).
-    "openai": Profile(cache_control=False, betas=False, system_messages="system", merge_roles=True),
+    "openai": Profile(cache_control=False, betas=False, system_messages="system", merge_roles=True,
+                      billing_header=False),
 }
 SYSTEM_MESSAGE_MODES = ("keep", "system", "user")
 THINKING_MODES = ("keep", "basic")
@@ -665,7 +668,7 @@ def _parse_rules(obj: Dict[str, Any], where: str, base: Profile) -> Profile:
     """A profile's defaults with the per-key overrides of ``upstreams[].sanitize``."""
     fields = _Fields(obj, where, [f.name for f in dataclasses.fields(Profile)])
     overrides: Dict[str, Any] = {}
-    for key in ("cache_control", "betas", "server_tools", "merge_roles"):
+    for key in ("cache_control", "betas", "server_tools", "merge_roles", "billing_header"):
         if key in obj:
             overrides[key] = fields.get(key, bool, None)
     for key in ("fields", "tool_fields"):
@@ -2018,6 +2021,8 @@ def sanitize_request(body: Dict[str, Any], profile: Profile, *, drop_paths: Iter
             _count(changes, f"field:{key}")
     if profile.thinking == "basic":
         _basic_thinking(body, changes)
+    if not profile.billing_header:
+        _strip_billing_header(body, changes)
     _sanitize_tools(body, profile, changes)
     if not profile.cache_control:
         _strip_cache_control(body.get("system"), changes)
@@ -2025,6 +2030,25 @@ def sanitize_request(body: Dict[str, Any], profile: Profile, *, drop_paths: Iter
     if isinstance(messages, list):
         body["messages"] = _sanitize_messages(body, messages, profile, drop_thinking, changes)
     return changes
+
+
+#: The line Claude Code puts first in its system prompt: ``x-anthropic-billing-header: cc_version=...;
+#: cc_entrypoint=...;``. It varies by release (by request in some), so for any upstream but
+#: Anthropic it only busts the prompt prefix cache.
+_BILLING_HEADER = "x-anthropic-billing-header:"
+
+
+def _strip_billing_header(body: Dict[str, Any], changes: Dict[str, int]) -> None:
+    """Remove Claude Code's billing-header line from the start of the system prompt."""
+    system = body.get("system")
+    if isinstance(system, str) and system.startswith(_BILLING_HEADER):
+        body["system"] = system.partition("\n")[2].lstrip("\n")
+        _count(changes, "billing_header_stripped")
+    elif isinstance(system, list) and system and isinstance(system[0], dict) and \
+            str(system[0].get("text") or "").startswith(_BILLING_HEADER):
+        rest = str(system[0]["text"]).partition("\n")[2].lstrip("\n")
+        body["system"] = ([dict(system[0], text=rest)] if rest.strip() else []) + system[1:]
+        _count(changes, "billing_header_stripped")
 
 
 def _basic_thinking(body: Dict[str, Any], changes: Dict[str, int]) -> None:

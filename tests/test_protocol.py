@@ -492,3 +492,20 @@ def test_upstream_overflow_error_becomes_prompt_is_too_long(start_agproxy, fake)
     status, _, data = post(proxy, "/v1/messages", {"model": "m", "max_tokens": 100,
                                                    "messages": [{"role": "user", "content": "hi"}]}, {})
     assert status == 400 and json.loads(data)["error"]["message"].startswith("prompt is too long: 200001 tokens")
+
+
+BILLING = "x-anthropic-billing-header: cc_version=2.1.332.0b8; cc_entrypoint=sdk-cli;"
+
+
+@pytest.mark.parametrize("system, expected", [
+    ([{"type": "text", "text": BILLING}, {"type": "text", "text": "You are Claude Code."}],
+     [{"type": "text", "text": "You are Claude Code."}]),
+    ([{"type": "text", "text": BILLING + "\nYou are Claude Code."}], [{"type": "text", "text": "You are Claude Code."}]),
+    (BILLING + "\n\nYou are Claude Code.", "You are Claude Code."),
+    ("You are Claude Code. " + BILLING, "You are Claude Code. " + BILLING),
+])
+def test_the_billing_header_line_goes_for_every_profile_but_anthropic(system, expected):
+    for profile, kept in (("anthropic", True), ("compatible", False), ("openai", False)):
+        body = {"model": "m", "max_tokens": 5, "system": system, "messages": [{"role": "user", "content": "hi"}]}
+        agproxy.sanitize_request(body, agproxy.PROFILE_DEFAULTS[profile])
+        assert body["system"] == (system if kept else expected), profile
