@@ -500,7 +500,8 @@ BILLING = "x-anthropic-billing-header: cc_version=2.1.332.0b8; cc_entrypoint=sdk
 @pytest.mark.parametrize("system, expected", [
     ([{"type": "text", "text": BILLING}, {"type": "text", "text": "You are Claude Code."}],
      [{"type": "text", "text": "You are Claude Code."}]),
-    ([{"type": "text", "text": BILLING + "\nYou are Claude Code."}], [{"type": "text", "text": "You are Claude Code."}]),
+    ([{"type": "text", "text": BILLING + "\nYou are Claude Code."}],
+     [{"type": "text", "text": "You are Claude Code."}]),
     (BILLING + "\n\nYou are Claude Code.", "You are Claude Code."),
     ("You are Claude Code. " + BILLING, "You are Claude Code. " + BILLING),
 ])
