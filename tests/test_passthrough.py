@@ -177,18 +177,20 @@ def test_models_list_falls_back_when_the_upstream_cannot_list(start_agproxy, fak
     assert "could not list" in proxy.log() or "answered HTTP 404" in proxy.log()
 
 
-@pytest.mark.parametrize("status, error_type, exception", [
-    (400, "invalid_request_error", anthropic.BadRequestError),
-    (404, "not_found_error", anthropic.NotFoundError),
-    (429, "rate_limit_error", anthropic.RateLimitError),
-    (500, "api_error", anthropic.InternalServerError),
-    (529, "overloaded_error", anthropic.InternalServerError),
+@pytest.mark.parametrize("status, error_type", [
+    (400, "invalid_request_error"),
+    (404, "not_found_error"),
+    (429, "rate_limit_error"),
+    (500, "api_error"),
+    (529, "overloaded_error"),
 ])
-def test_upstream_errors_keep_status_and_type(start_agproxy, fake, status, error_type, exception):
+def test_upstream_errors_keep_status_and_type(start_agproxy, fake, status, error_type):
+    """The status and the error type are what matter; which exception class an SDK release maps
+    them to varies (0.125, the newest for Python 3.9, raises OverloadedError for 529)."""
     fake.script(Json(status, {"type": "error", "error": {"type": error_type, "message": f"upstream says {status}"}},
                      headers=[("retry-after", "7")] if status == 429 else []))
     proxy = start_agproxy(fake_config(fake, max_retry_attempts=1))  # retries are tested in test_accounts.py
-    with pytest.raises(exception) as caught:
+    with pytest.raises(anthropic.APIStatusError) as caught:
         sdk(proxy).messages.create(model="m", max_tokens=5, messages=[{"role": "user", "content": "x"}])
     assert caught.value.status_code == status
     assert caught.value.body["error"]["type"] == error_type
