@@ -12,7 +12,7 @@ import re
 import socket
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 #: Every error type of the Anthropic API (what ``error.type`` may be).
 ERROR_TYPES = frozenset({"invalid_request_error", "authentication_error", "permission_error", "not_found_error",
@@ -290,16 +290,23 @@ def get(port: int, path: str, timeout: float = 10.0) -> Answer:
     return exchange(port, build_request("GET", path), timeout, method="GET")
 
 
-def exchange(port: int, data: bytes, timeout: float, method: str = "POST") -> Answer:
-    """Connect to 127.0.0.1:port, send ``data``, read one response strictly."""
-    started = time.monotonic()
+def connect(port: int, timeout: float) -> Union[socket.socket, Answer]:
+    """A connection to 127.0.0.1:port, or the dropped :class:`Answer` that says why there is none."""
     try:
-        sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        return socket.create_connection(("127.0.0.1", port), timeout=timeout)
     except OSError as exc:
         answer = Answer()
         answer.dropped = True
         answer.problems.append(f"cannot connect: {exc}")
         return answer
+
+
+def exchange(port: int, data: bytes, timeout: float, method: str = "POST") -> Answer:
+    """Connect to 127.0.0.1:port, send ``data``, read one response strictly."""
+    started = time.monotonic()
+    sock = connect(port, timeout)
+    if isinstance(sock, Answer):
+        return sock
     with sock:
         try:
             sock.sendall(data)

@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.fakes.misbehaving import KEYS, MisbehavingUpstream, Send, good, live_config  # noqa: E402
-from tests.wire_check import Answer, ResponseReader, generic_problems, incomplete, leaked  # noqa: E402
+from tests.wire_check import Answer, ResponseReader, connect, generic_problems, incomplete, leaked  # noqa: E402
 
 READY = re.compile(r"^agproxy listening on http://(\S+):(\d+)$")
 MODELS = ["demo-x", "anth-x", "compat-x", "oa-x", "claude-sonnet-4-5", "claude-3-5-haiku-latest", "", "x" * 300]
@@ -381,13 +381,9 @@ def send_session(port: int, requests: List[Tuple[str, bytes]], timeout: float, h
                  pause_ms: int = 0, rng: Optional[random.Random] = None) -> List[Answer]:
     """Send the requests on one connection (in small pieces with ``pause_ms`` between them, if set),
     half-close, and read an answer for each until agproxy says it closes (``Connection: close``)."""
-    try:
-        sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-    except OSError as exc:
-        answer = Answer()
-        answer.dropped = True
-        answer.problems.append(f"cannot connect: {exc}")
-        return [answer]
+    sock = connect(port, timeout)
+    if isinstance(sock, Answer):
+        return [sock]
     data = b"".join(d for _, d in requests)
     with sock:
         try:
