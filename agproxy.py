@@ -5850,7 +5850,6 @@ async def _relay_sse(response: UpstreamResponse, upstream: str, observe: Optiona
     the client never sees half an event.
     """
     pending = bytearray()
-    finished = False  # the answer is whole and its body's end is read in the background
     check = EventStreamCheck(upstream)
     chunk = head
     clock = asyncio.get_running_loop().time
@@ -5874,8 +5873,7 @@ async def _relay_sse(response: UpstreamResponse, upstream: str, observe: Optiona
                     observe(events)
                 yield events if transform is None else transform(events)
                 if check.finished:  # message_stop (or an error) ends it; whatever follows is not relayed
-                    _drain_in_background(response)
-                    finished = True
+                    _drain_in_background(response)  # it owns the response now: close() below leaves it be
                     return
             elif len(pending) > MAX_SSE_EVENT_BYTES:
                 raise UpstreamFailure(f"upstream sent an SSE event larger than {MAX_SSE_EVENT_BYTES} bytes")
@@ -5892,8 +5890,7 @@ async def _relay_sse(response: UpstreamResponse, upstream: str, observe: Optiona
         yield encode_sse_json("error", error_body("api_error", f"agproxy failed relaying upstream {upstream!r}: "
                                                                f"{type(exc).__name__}"))
     finally:
-        if not finished:
-            response.close()
+        response.close()
         if on_end is not None:
             on_end()
 
