@@ -5348,11 +5348,65 @@ class Adapter:
             else:
                 raise _upstream_error(upstream, response, data)
 
+    #: where a Messages request goes, relative to base_url
+    messages_path = ""
+    #: whether every answer needs the input estimate (else only a context_window asks for it)
+    estimates_input = False
+    #: whether agproxy pings the client while the upstream is silent (an upstream may send its own)
+    pings = True
+
     async def messages(self, request: Request, exchange: _Exchange, body: Dict[str, Any], route: Route,
                        account: Account, headers: Headers) -> Union[Response, StreamingResponse]:
-        """One attempt at answering a Messages request on ``route.upstream`` with ``account``."""
-        raise AgproxyError(f"upstream {route.upstream.name!r} is of kind {self.kind!r}, which this build of agproxy "
-                           "does not serve yet", status=501, error_type="api_error")
+        """One attempt at answering a Messages request on ``route.upstream`` with ``account``, the
+        same pipeline for every kind: check the window, call (healing on the way), then relay the
+        answer's events (nothing reaches the client before its head, so a failure until then can
+        still be retried), or assemble them, or read a whole answer, in the client's shape."""
+        upstream = route.upstream
+        window = upstream.context_window
+        client_window = client_context_window(request.headers)
+        estimate = await _estimate_tokens(body, len(request.body or b"")) if window or self.estimates_input else 0
+        if window and estimate > window:
+            raise prompt_too_long(estimate, window, client_window)
+        stream = bool(body.get("stream"))
+        response, _ = await self.call(request, exchange, route, account, self.messages_path,
+                                      stream or self.gw.config.force_stream_internally)
+        headers = headers + relayed_upstream_headers(response.headers)
+        if response.is_event_stream:
+            events = self.answer_events(response, route, body, estimate)
+            if stream:
+                head = await _watched(exchange, response, first_events(events))
+                scaler = UsageScaler(window, client_window).transform if window else None
+                observe = self.watcher(upstream)
+                ping_s = self.gw.config.ping_interval_s if self.pings else None
+                return self.gw.stream_to_client(response, upstream, account, headers, lambda release: relay_events(
+                    head, events, response, upstream.name, observe, scaler, ping_s, on_end=release), status=200)
+            message = await _watched(exchange, response, accumulate_events(events))
+        else:
+            data = await _watched(exchange, response, response.read_all())
+            message = self.answer_message(data, response, route, body)
+        self.received(message, upstream)
+        if window:
+            scale_usage(message.get("usage"), window, client_window)
+        if stream:  # asked for a stream, answered with a whole Message: the client still gets a stream
+            return StreamingResponse(200, _SSE_HEADERS + headers, _iterate(message_as_sse(message)), lambda: None)
+        return json_response(200, message, headers)
+
+    def answer_events(self, response: UpstreamResponse, route: Route, body: Dict[str, Any],
+                      estimate: int) -> AsyncIterator[bytes]:
+        """The upstream's event stream as Anthropic events, in batches of whole events."""
+        raise NotImplementedError
+
+    def answer_message(self, data: bytes, response: UpstreamResponse, route: Route,
+                       body: Dict[str, Any]) -> Dict[str, Any]:
+        """The upstream's whole (not streamed) answer as an Anthropic Message."""
+        raise NotImplementedError
+
+    def watcher(self, upstream: Upstream) -> Optional[Callable[[bytes], None]]:
+        """What looks at the relayed events (for the signatures in them), if anything."""
+        return None
+
+    def received(self, message: Dict[str, Any], upstream: Upstream) -> None:
+        """Look at a whole answer before it goes to the client."""
 
     async def count(self, body: Dict[str, Any], route: Route) -> Optional[int]:
         """The upstream's own count of the request's input tokens, or None (agproxy estimates)."""
@@ -5365,6 +5419,8 @@ class AnthropicAdapter(Adapter):
 
     kind = "anthropic"
     key_header = ("x-api-key", "{key}")
+    messages_path = "/v1/messages"
+    pings = False  # Anthropic servers send their own
     models_path = "/v1/models?limit=1000"
     probe_path = "/v1/models"
     counts_upstream = True
@@ -5424,47 +5480,25 @@ class AnthropicAdapter(Adapter):
         self.gw.count_changes("sanitize", changes, exchange, upstream)
         return json.dumps(body, ensure_ascii=False).encode("utf-8"), body, beta
 
-    async def messages(self, request: Request, exchange: _Exchange, body: Dict[str, Any], route: Route,
-                       account: Account, headers: Headers) -> Union[Response, StreamingResponse]:
-        """One attempt on an ``anthropic`` upstream. Nothing reaches the client until the upstream
-        has sent its first whole event, so every failure before that can still be retried."""
-        upstream = route.upstream
-        window = upstream.context_window
-        client_window = client_context_window(request.headers)
-        if window:
-            estimate = await _estimate_tokens(body, len(request.body or b""))
-            if estimate > window:
-                raise prompt_too_long(estimate, window, client_window)
-        stream = bool(body.get("stream"))
-        force = not stream and self.gw.config.force_stream_internally
-        response, _ = await self.call(request, exchange, route, account, "/v1/messages", stream or force)
-        headers = headers + relayed_upstream_headers(response.headers)
-        is_sse = response.is_event_stream
-        if stream and is_sse:
-            head = await _watched(exchange, response, _first_events(response))
-        elif is_sse:
-            message = await _watched(exchange, response, _accumulate(response))
-        else:
-            data = await _watched(exchange, response, response.read_all())
-        if stream and is_sse:
-            watcher = SignatureWatcher(self.gw.signatures, upstream.name)
-            scaler = UsageScaler(window, client_window).transform if window else None
-            return self.gw.stream_to_client(response, upstream, account, headers, lambda release: _relay_sse(
-                response, upstream.name, watcher.feed, scaler, head, on_end=release))
-        if not is_sse:
-            try:
-                message = loads_strict(data)
-            except ValueError:
-                kind = response.header("content-type") or "no content type"
-                raise UpstreamFailure(f"upstream {upstream.name!r} answered HTTP {response.status} with something "
-                                      f"that is not JSON ({kind[:60]})") from None
+    def answer_events(self, response: UpstreamResponse, route: Route, body: Dict[str, Any],
+                      estimate: int) -> AsyncIterator[bytes]:
+        return anthropic_events(response, route.upstream.name)
+
+    def answer_message(self, data: bytes, response: UpstreamResponse, route: Route,
+                       body: Dict[str, Any]) -> Dict[str, Any]:
+        try:
+            return loads_strict(data)
+        except ValueError:
+            kind = response.header("content-type") or "no content type"
+            raise UpstreamFailure(f"upstream {route.upstream.name!r} answered HTTP {response.status} with something "
+                                  f"that is not JSON ({kind[:60]})") from None
+
+    def watcher(self, upstream: Upstream) -> Optional[Callable[[bytes], None]]:
+        return SignatureWatcher(self.gw.signatures, upstream.name).feed
+
+    def received(self, message: Dict[str, Any], upstream: Upstream) -> None:
         check_message(message, upstream.name)
         self.gw.signatures.record_message(message, upstream.name)
-        if window:
-            scale_usage(message.get("usage"), window, client_window)
-        if stream:  # asked for a stream, answered with a whole Message: the client still gets a stream
-            return StreamingResponse(200, _SSE_HEADERS + headers, _iterate(message_as_sse(message)), lambda: None)
-        return json_response(200, message, headers)
 
 
 class OpenAIAdapter(Adapter):
@@ -5473,6 +5507,8 @@ class OpenAIAdapter(Adapter):
 
     kind = "openai"
     models_path = "/models"
+    messages_path = "/chat/completions"
+    estimates_input = True  # message_start reports the input tokens before the server has counted them
 
     heal_statuses = (400, 422)
 
@@ -5494,48 +5530,19 @@ class OpenAIAdapter(Adapter):
         self.gw.count_changes("translate", changes, exchange, upstream)
         return json.dumps(translated, ensure_ascii=False).encode("utf-8"), translated, None
 
-    async def messages(self, request: Request, exchange: _Exchange, body: Dict[str, Any], route: Route,
-                       account: Account, headers: Headers) -> Union[Response, StreamingResponse]:
-        """One attempt on an OpenAI-compatible upstream, answered in Anthropic's shapes."""
-        upstream = route.upstream
-        window = upstream.context_window
-        client_window = client_context_window(request.headers)
-        estimate = await _estimate_tokens(body, len(request.body or b""))
-        if window and estimate > window:
-            raise prompt_too_long(estimate, window, client_window)
-        stream = bool(body.get("stream"))
-        upstream_stream = stream or self.gw.config.force_stream_internally
-        response, sent = await self.call(request, exchange, route, account, "/chat/completions", upstream_stream)
-        headers = headers + relayed_upstream_headers(response.headers)
-        stops = body.get("stop_sequences") if isinstance(body.get("stop_sequences"), list) else []
-        scaler = UsageScaler(window, client_window).transform if window else None
-        is_sse = response.is_event_stream
-        if is_sse:
-            translator = OpenAIStreamTranslator(route.model, estimate, stops)
-            events = _openai_events(response, translator)
-            if stream:
-                head = await _watched(exchange, response, _first_translated(events))
-            else:
-                message = await _watched(exchange, response, _accumulate_events(events))
-        else:
-            data = await _watched(exchange, response, response.read_all())
-        if is_sse and stream:
-            return self.gw.stream_to_client(response, upstream, account, headers, lambda release: _relay_translated(
-                head, events, upstream.name, scaler, release, self.gw.config.ping_interval_s, upstream.timeout_s),
-                status=200)
-        if not is_sse:
-            try:
-                answer = loads_strict(data)
-            except ValueError:
-                raise UpstreamFailure(f"upstream {upstream.name!r} answered something that is not JSON") from None
-            if not isinstance(answer, dict) or not isinstance(answer.get("choices"), list):
-                raise UpstreamFailure(f"upstream {upstream.name!r} answered something that is not a chat completion")
-            message = openai_to_anthropic(answer, route.model, stops)
-        if window:
-            scale_usage(message.get("usage"), window, client_window)
-        if stream:
-            return StreamingResponse(200, _SSE_HEADERS + headers, _iterate(message_as_sse(message)), lambda: None)
-        return json_response(200, message, headers)
+    def answer_events(self, response: UpstreamResponse, route: Route, body: Dict[str, Any],
+                      estimate: int) -> AsyncIterator[bytes]:
+        return openai_events(response, OpenAIStreamTranslator(route.model, estimate, _stop_sequences(body)))
+
+    def answer_message(self, data: bytes, response: UpstreamResponse, route: Route,
+                       body: Dict[str, Any]) -> Dict[str, Any]:
+        try:
+            answer = loads_strict(data)
+        except ValueError:
+            raise UpstreamFailure(f"upstream {route.upstream.name!r} answered something that is not JSON") from None
+        if not isinstance(answer, dict) or not isinstance(answer.get("choices"), list):
+            raise UpstreamFailure(f"upstream {route.upstream.name!r} answered something that is not a chat completion")
+        return openai_to_anthropic(answer, route.model, _stop_sequences(body))
 
     async def count(self, body: Dict[str, Any], route: Route) -> Optional[int]:
         """Count the translated prompt with the server's own tokenizer, where it has one."""
@@ -5622,6 +5629,12 @@ async def _error_body(upstream: Upstream, response: UpstreamResponse) -> bytes:
 _ESTIMATE_OFF_LOOP_BYTES = 1024 * 1024
 
 
+def _stop_sequences(body: Dict[str, Any]) -> List[str]:
+    """The request's stop sequences (a translated answer names the one that stopped it)."""
+    stops = body.get("stop_sequences")
+    return stops if isinstance(stops, list) else []
+
+
 async def _estimate_tokens(body: Dict[str, Any], size: int) -> int:
     """:func:`estimate_input_tokens`, off the event loop for a large body."""
     if size < _ESTIMATE_OFF_LOOP_BYTES:
@@ -5664,39 +5677,55 @@ def _outcome_of(error: AgproxyError) -> Outcome:
     return Outcome(error.upstream_status or error.status, reset_s=error.reset_s)
 
 
-async def _first_events(response: UpstreamResponse) -> bytes:
-    """Read an event stream until it holds at least one whole event (comments do not count); an
-    ``error`` event there, a first event that is not an Anthropic event, or a stream that ends
-    first, raises (the attempt can still be retried)."""
-    head = bytearray()
-    decoder = SSEDecoder()
-    events: List[SSEEvent] = []
-    while not events:
+# -- the relay pipeline: one for every kind ------------------------------------------------------
+#
+# Each kind turns its upstream's event stream into Anthropic events (Adapter.answer_events): a
+# stream of byte batches, each a run of whole events, ``b""`` for a read that completed none. The
+# pipeline then does the same for every kind: hold the head back until it commits
+# (first_events), relay the rest with pings and the idle deadline (relay_events), or gather it
+# into one Message (accumulate_events).
+
+
+async def anthropic_events(response: UpstreamResponse, upstream: str) -> AsyncIterator[bytes]:
+    """An Anthropic event stream as it arrives, in checked batches of whole events
+    (:class:`EventStreamCheck`); it ends at ``message_stop`` (or an error event), leaving the rest
+    of the body to a background drain, and raises :class:`UpstreamFailure` for a stream that
+    breaks before it."""
+    pending = bytearray()
+    check = EventStreamCheck(upstream)
+    while True:
         chunk = await response.read_chunk()
         if not chunk:
-            raise UpstreamFailure("the stream ended before its first event")
-        head += chunk
-        if len(head) > MAX_SSE_EVENT_BYTES:
-            raise UpstreamFailure(f"upstream sent {len(head)} bytes without an event")
-        events = decoder.feed(chunk)
-    raise_error_events(events)
-    if events[0].event not in ("message_start", "ping", "error"):
-        raise UpstreamFailure(f"upstream's stream began with a {events[0].event[:40]!r} event, not message_start")
-    return bytes(head)
+            break
+        scanned = len(pending) - 3  # the new bytes, and a separator that they may complete
+        pending += chunk
+        cut = sse_complete_prefix(pending, scanned)
+        if not cut:
+            if len(pending) > MAX_SSE_EVENT_BYTES:
+                raise UpstreamFailure(f"upstream sent an SSE event larger than {MAX_SSE_EVENT_BYTES} bytes")
+            yield b""
+            continue
+        events = check.feed(bytes(pending[:cut]))
+        del pending[:cut]
+        yield events
+        if check.finished:  # whatever follows message_stop is not relayed
+            _drain_in_background(response)
+            return
+    if pending.strip():  # the last event without its blank line: take it if it is whole
+        yield check.feed(bytes(pending) + b"\n\n")
+    if not check.finished:
+        raise UpstreamFailure("the stream ended before message_stop")
 
 
-async def _openai_events(response: UpstreamResponse, translator: OpenAIStreamTranslator) -> AsyncIterator[bytes]:
-    """An OpenAI chunk stream as Anthropic events, one batch per upstream read; ``b""`` marks
-    a read that produced nothing yet (so the caller can send pings). Ends with the closing events,
-    or raises :class:`UpstreamFailure` for a stream that broke before it finished."""
+async def openai_events(response: UpstreamResponse, translator: OpenAIStreamTranslator) -> AsyncIterator[bytes]:
+    """A Chat Completions chunk stream as Anthropic events, one batch per upstream read. Ends with
+    the closing events, or raises :class:`UpstreamFailure` for a stream that broke before it finished."""
     decoder = SSEDecoder()
     while True:
         chunk = await response.read_chunk()
         if not chunk:
             if translator.saw_finish or translator.finished:
-                tail = translator.finish()
-                if tail:
-                    yield b"".join(tail)
+                yield b"".join(translator.finish())
                 return
             raise UpstreamFailure("the stream ended before the answer finished")
         out: List[bytes] = []
@@ -5720,24 +5749,30 @@ async def _openai_events(response: UpstreamResponse, translator: OpenAIStreamTra
             return
 
 
-async def _first_translated(events: AsyncIterator[bytes]) -> bytes:
-    """Translated events up to and including the first content event (message_start alone does not
-    commit: a stream that dies right after it can still be retried); an error there raises."""
+async def first_events(events: AsyncIterator[bytes]) -> bytes:
+    """The head of an answer: its events up to the first one past ``message_start`` (and pings).
+    Nothing reaches the client before it, so a stream that fails by then (an error event, a first
+    event that is not ``message_start``, an end) raises and the attempt can still be retried."""
     head = bytearray()
     decoder = SSEDecoder()
     decoded: List[SSEEvent] = []
     async for batch in events:
         head += batch
         decoded += decoder.feed(batch)
-        if len(decoded) >= 2:
+        if any(event.event not in ("message_start", "ping") for event in decoded):
             break
+        if len(head) > MAX_SSE_EVENT_BYTES:
+            raise UpstreamFailure(f"upstream sent {len(head)} bytes without content")
     raise_error_events(decoded)
     if not decoded:
         raise UpstreamFailure("the stream ended before its first event")
+    if decoded[0].event not in ("message_start", "ping"):
+        raise UpstreamFailure(f"upstream's stream began with a {decoded[0].event[:40]!r} event, not message_start")
     return bytes(head)
 
 
-async def _accumulate_events(events: AsyncIterator[bytes]) -> Dict[str, Any]:
+async def accumulate_events(events: AsyncIterator[bytes]) -> Dict[str, Any]:
+    """A whole answer's events as the one Message they describe."""
     decoder, accumulator = SSEDecoder(), MessageAccumulator()
     async for batch in events:
         for event in decoder.feed(batch):
@@ -5745,34 +5780,50 @@ async def _accumulate_events(events: AsyncIterator[bytes]) -> Dict[str, Any]:
     return accumulator.result()
 
 
-async def _relay_translated(head: bytes, events: AsyncIterator[bytes], upstream: str,
-                            transform: Optional[Callable[[bytes], bytes]], on_end: Callable[[], None],
-                            ping_interval_s: float = 10.0, timeout_s: float = 600.0) -> AsyncIterator[bytes]:
-    """Relay translated events, pinging while the upstream is silent; a broken stream ends with an
-    Anthropic ``error`` event."""
-    iterator = events.__aiter__()
+async def relay_events(head: bytes, events: AsyncIterator[bytes], response: UpstreamResponse, upstream: str,
+                       observe: Optional[Callable[[bytes], None]] = None,
+                       transform: Optional[Callable[[bytes], bytes]] = None, ping_interval_s: Optional[float] = None,
+                       on_end: Optional[Callable[[], None]] = None) -> AsyncIterator[bytes]:
+    """Relay an answer's events to the client as they come: the head, then each batch (seen by
+    ``observe``, rewritten by ``transform``), a ping each ``ping_interval_s`` the upstream is
+    silent (None: the upstream sends its own), and no more than ``timeout_s`` without an event.
+    A stream that breaks ends with an Anthropic ``error`` event after its last whole event, so the
+    client never sees half an event; the upstream connection is closed (or drained) at the end."""
     clock = asyncio.get_running_loop().time
-    last_event = clock()
+    timeout_s = response.timeout_s
+    iterator = events.__aiter__()
     pending: Optional[asyncio.Future] = None
+    last_event = clock()
+    batch = head
     try:
-        yield head if transform is None else transform(head)
         while True:
+            if batch:
+                if b"data:" in batch:
+                    last_event = clock()
+                if observe is not None:
+                    observe(batch)
+                yield batch if transform is None else transform(batch)
             if clock() - last_event > timeout_s:
                 raise UpstreamFailure(f"upstream sent no event for {timeout_s:g} s (timeout_s)")
+            if ping_interval_s is None:
+                try:
+                    batch = await iterator.__anext__()
+                except StopAsyncIteration:
+                    return
+                continue
             if pending is None:
                 pending = asyncio.ensure_future(iterator.__anext__())
-            done, _ = await asyncio.wait({pending}, timeout=ping_interval_s)
+            done, _ = await asyncio.wait({pending}, timeout=min(ping_interval_s, timeout_s))
             if not done:
+                batch = b""
                 yield encode_sse_json("ping", {"type": "ping"})
                 continue
             try:
                 batch = pending.result()
             except StopAsyncIteration:
                 return
-            pending = None
-            if batch:
-                last_event = clock()
-                yield batch if transform is None else transform(batch)
+            finally:
+                pending = None
     except AgproxyError as exc:
         yield encode_sse_json("error", error_body(exc.error_type, f"upstream {upstream!r}: {exc.message}"))
     except Exception as exc:  # a defect in agproxy: the client still gets an ending, the log the traceback
@@ -5782,7 +5833,9 @@ async def _relay_translated(head: bytes, events: AsyncIterator[bytes], upstream:
     finally:
         if pending is not None and not pending.done():
             pending.cancel()
-        on_end()
+        response.close()
+        if on_end is not None:
+            on_end()
 
 
 #: What is read of an answer after its message_stop before the connection is cut instead.
@@ -5822,77 +5875,9 @@ async def _drain_after_stop(response: UpstreamResponse) -> None:
         response.close(force=True)
 
 
-async def _accumulate(response: UpstreamResponse) -> Dict[str, Any]:
-    """A whole upstream event stream as the one Message it describes."""
-    decoder, accumulator = SSEDecoder(), MessageAccumulator()
-    while not accumulator.done:
-        chunk = await response.read_chunk()
-        if not chunk:
-            break
-        for event in decoder.feed(chunk):
-            accumulator.feed(event)
-    message = accumulator.result()
-    _drain_in_background(response)
-    return message
-
-
 async def _iterate(items: Iterable[bytes]) -> AsyncIterator[bytes]:
     for item in items:
         yield item
-
-
-async def _relay_sse(response: UpstreamResponse, upstream: str, observe: Optional[Callable[[bytes], None]] = None,
-                     transform: Optional[Callable[[bytes], bytes]] = None, head: bytes = b"",
-                     on_end: Optional[Callable[[], None]] = None) -> AsyncIterator[bytes]:
-    """Relay an upstream event stream as it arrives, whole events at a time.
-
-    A stream that breaks becomes an Anthropic ``error`` event after the last complete event, so
-    the client never sees half an event.
-    """
-    pending = bytearray()
-    check = EventStreamCheck(upstream)
-    chunk = head
-    clock = asyncio.get_running_loop().time
-    last_event = clock()
-    try:
-        while True:
-            if not chunk:
-                chunk = await response.read_chunk()
-                if not chunk:
-                    break
-            scanned = len(pending) - 3  # the new bytes, and a separator that they may complete
-            pending += chunk
-            chunk = b""
-            cut = sse_complete_prefix(pending, scanned)
-            if cut:
-                events = check.feed(bytes(pending[:cut]))
-                del pending[:cut]
-                if b"data:" in events:
-                    last_event = clock()
-                if observe is not None:
-                    observe(events)
-                yield events if transform is None else transform(events)
-                if check.finished:  # message_stop (or an error) ends it; whatever follows is not relayed
-                    _drain_in_background(response)  # it owns the response now: close() below leaves it be
-                    return
-            elif len(pending) > MAX_SSE_EVENT_BYTES:
-                raise UpstreamFailure(f"upstream sent an SSE event larger than {MAX_SSE_EVENT_BYTES} bytes")
-            if clock() - last_event > response.timeout_s:
-                raise UpstreamFailure(f"upstream sent no event for {response.timeout_s:g} s (timeout_s)")
-        if pending.strip():  # the last event without its blank line: take it if it is whole
-            yield check.feed(bytes(pending) + b"\n\n")
-        if not check.finished:
-            raise UpstreamFailure("the stream ended before message_stop")
-    except AgproxyError as exc:
-        yield encode_sse_json("error", error_body("api_error", f"upstream {upstream!r}: {exc.message}"))
-    except Exception as exc:  # a defect in agproxy: the client still gets an ending, the log the traceback
-        logging.getLogger("agproxy").exception("relaying the stream of upstream %r failed", upstream)
-        yield encode_sse_json("error", error_body("api_error", f"agproxy failed relaying upstream {upstream!r}: "
-                                                               f"{type(exc).__name__}"))
-    finally:
-        response.close()
-        if on_end is not None:
-            on_end()
 
 
 # =====================================================================================
