@@ -945,8 +945,78 @@ _CHUNK_SIZE = _State("CHUNK_SIZE")  # a chunked body: the next chunk-size line
 _CHUNK_DATA = _State("CHUNK_DATA")  # a chunk's bytes
 _CHUNK_END = _State("CHUNK_END")  # the CRLF after a chunk
 _TRAILERS = _State("TRAILERS")  # trailer lines after the last chunk
+_CHUNKED = _State("CHUNKED")  # a chunked body, read by a ChunkedReader
 _UNTIL_CLOSE = _State("UNTIL_CLOSE")  # a response body that ends with the connection
-_DONE = _State("DONE")  # a response read to its end
+_DONE = _State("DONE")  # a response (or a chunked body) read to its end
+
+
+class ChunkedReader:
+    """One chunked body (RFC 9112 section 7.1), read out of a parser's buffer: the one chunked
+    reader of both parsers. :meth:`read` returns the next piece of data, ``b""`` when it needs
+    more input, or None once the last chunk and the trailers are through. Malformed framing is
+    raised through ``error`` (a :class:`ProtocolError` for a request, an :class:`UpstreamFailure`
+    for a response). A state switch, so longer than most functions."""
+
+    def __init__(self, error: Callable[..., AgproxyError], max_trailer_bytes: int) -> None:
+        self.error = error
+        self.max_trailer_bytes = max_trailer_bytes
+        self.state = _CHUNK_SIZE
+        #: bytes of the current chunk not read yet (a parser checks its body limit with it)
+        self.remaining = 0
+        self._trailer_bytes = 0
+
+    def read(self, buffer: bytearray) -> Optional[bytes]:
+        """Consume what ``buffer`` holds of the body; see the class."""
+        while True:
+            state = self.state
+            if state is _CHUNK_DATA:
+                take = min(self.remaining, len(buffer))
+                if not take:
+                    return b""
+                piece = bytes(buffer[:take])
+                del buffer[:take]
+                self.remaining -= take
+                if not self.remaining:
+                    self.state = _CHUNK_END
+                return piece
+            if state is _CHUNK_SIZE:
+                line = self._take_line(buffer, _MAX_CHUNK_LINE, "chunk size line")
+                if line is None:
+                    return b""
+                size_text = line.split(b";", 1)[0].strip(b" \t")
+                if not _HEX.fullmatch(size_text):
+                    raise self.error(f"invalid chunk size {size_text[:20]!r}")
+                self.remaining = int(size_text, 16)
+                self.state = _CHUNK_DATA if self.remaining else _TRAILERS
+            elif state is _CHUNK_END:
+                if buffer[:2] == b"\r\n" or buffer[:1] == b"\n":
+                    del buffer[: 1 if buffer[:1] == b"\n" else 2]
+                    self.state = _CHUNK_SIZE
+                elif buffer in (b"", b"\r"):
+                    return b""
+                else:
+                    raise self.error("chunk data is not followed by CRLF")
+            elif state is _TRAILERS:
+                line = self._take_line(buffer, self.max_trailer_bytes, "trailer")
+                if line is None:
+                    return b""
+                self._trailer_bytes += len(line) + 2
+                if self._trailer_bytes > self.max_trailer_bytes:
+                    raise self.error(f"trailers exceed {self.max_trailer_bytes} bytes", status=431)
+                if not line:
+                    self.state = _DONE
+            else:
+                return None
+
+    def _take_line(self, buffer: bytearray, limit: int, what: str) -> Optional[bytes]:
+        end = buffer.find(b"\n", 0, limit + 2)
+        if end < 0:
+            if len(buffer) > limit:
+                raise self.error(f"{what} exceeds {limit} bytes")
+            return None
+        line = bytes(buffer[:end])
+        del buffer[: end + 1]
+        return line[:-1] if line.endswith(b"\r") else line
 
 
 class RequestParser:
@@ -965,9 +1035,9 @@ class RequestParser:
         self._eof = False
         self._request: Optional[Request] = None
         self._body = bytearray()
-        self._state = _HEAD  # _HEAD -> _COUNTED | _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILERS -> _HEAD
+        self._state = _HEAD  # _HEAD -> _COUNTED | _CHUNKED -> _HEAD
         self._remaining = 0
-        self._trailer_bytes = 0
+        self._chunks: Optional[ChunkedReader] = None
 
     @property
     def buffered(self) -> int:
@@ -1029,82 +1099,33 @@ class RequestParser:
             )
         self._request = request
         self._body = bytearray()
-        self._trailer_bytes = 0
         if kind == "chunked":
-            self._state = _CHUNK_SIZE
+            self._state = _CHUNKED
+            self._chunks = ChunkedReader(ProtocolError, self.max_header_bytes)
         else:
             self._state = _COUNTED
             self._remaining = length
         return HeadReady(request, kind == "chunked" or length > 0)
 
     def _parse_body(self) -> ParserEvent:
-        while True:
-            if self._state is _COUNTED:
-                take = min(self._remaining, len(self._buffer))
-                if take:
-                    self._body += self._buffer[:take]
-                    del self._buffer[:take]
-                    self._remaining -= take
-                if self._remaining == 0:
-                    return self._finish()
-                return self._need_body_data()
-            if self._state is _CHUNK_SIZE:
-                line = self._take_line(_MAX_CHUNK_LINE, "chunk size line")
-                if line is None:
-                    return self._need_body_data()
-                size_text = line.split(b";", 1)[0].strip(b" \t")
-                if not _HEX.fullmatch(size_text):
-                    raise ProtocolError(f"invalid chunk size {size_text[:20]!r}")
-                size = int(size_text, 16)
-                if len(self._body) + size > self.max_body_bytes:
-                    raise ProtocolError(
-                        f"request body exceeds the limit of {self.max_body_bytes} bytes",
-                        status=413, error_type="request_too_large",
-                    )
-                if size == 0:
-                    self._state = _TRAILERS
-                else:
-                    self._remaining = size
-                    self._state = _CHUNK_DATA
-            elif self._state is _CHUNK_DATA:
-                take = min(self._remaining, len(self._buffer))
+        if self._state is _COUNTED:
+            take = min(self._remaining, len(self._buffer))
+            if take:
                 self._body += self._buffer[:take]
                 del self._buffer[:take]
                 self._remaining -= take
-                if self._remaining:
-                    return self._need_body_data()
-                self._state = _CHUNK_END
-            elif self._state is _CHUNK_END:
-                if len(self._buffer) < 2 and self._buffer != b"\n":
-                    if self._buffer not in (b"", b"\r"):
-                        raise ProtocolError("chunk data is not followed by CRLF")
-                    return self._need_body_data()
-                if self._buffer[:2] == b"\r\n":
-                    del self._buffer[:2]
-                elif self._buffer[:1] == b"\n":
-                    del self._buffer[:1]
-                else:
-                    raise ProtocolError("chunk data is not followed by CRLF")
-                self._state = _CHUNK_SIZE
-            elif self._state is _TRAILERS:
-                line = self._take_line(self.max_header_bytes, "trailer")
-                if line is None:
-                    return self._need_body_data()
-                self._trailer_bytes += len(line) + 2
-                if self._trailer_bytes > self.max_header_bytes:
-                    raise ProtocolError(f"trailers exceed {self.max_header_bytes} bytes", status=431)
-                if not line:
-                    return self._finish()
-
-    def _take_line(self, limit: int, what: str) -> Optional[bytes]:
-        end = self._buffer.find(b"\n", 0, limit + 2)
-        if end < 0:
-            if len(self._buffer) > limit:
-                raise ProtocolError(f"{what} exceeds {limit} bytes")
-            return None
-        line = bytes(self._buffer[:end])
-        del self._buffer[: end + 1]
-        return line[:-1] if line.endswith(b"\r") else line
+            return self._finish() if self._remaining == 0 else self._need_body_data()
+        assert self._chunks is not None
+        while True:
+            piece = self._chunks.read(self._buffer)
+            if piece is None:
+                return self._finish()
+            self._body += piece
+            if len(self._body) + self._chunks.remaining > self.max_body_bytes:
+                raise ProtocolError(f"request body exceeds the limit of {self.max_body_bytes} bytes",
+                                    status=413, error_type="request_too_large")
+            if not piece:
+                return self._need_body_data()
 
     def _need_body_data(self) -> str:
         if self._eof:
@@ -1253,6 +1274,7 @@ class ResponseParser:
         self._eof = False
         self._state = _HEAD
         self._remaining = 0
+        self._chunks: Optional[ChunkedReader] = None
 
     @property
     def reusable(self) -> bool:
@@ -1281,9 +1303,9 @@ class ResponseParser:
                 return head
             if state is _DONE:
                 return END
-            if state is _COUNTED or state is _CHUNK_DATA:  # a counted run of body bytes
+            if state is _COUNTED:
                 if not self._remaining:
-                    self._state = _DONE if state is _COUNTED else _CHUNK_END
+                    self._state = _DONE
                     continue
                 if not self._buffer:
                     return self._need("the response body ended early")
@@ -1300,47 +1322,19 @@ class ResponseParser:
                     self._state = _DONE
                     continue
                 return NEED_DATA
-            if state is _CHUNK_SIZE:
-                line = self._line(1024)
-                if line is None:
-                    return self._need("the chunked response ended early")
-                size_text = line.split(b";", 1)[0].strip()
-                if not _HEX.fullmatch(size_text):
-                    raise UpstreamFailure(f"upstream sent an invalid chunk size {size_text[:20]!r}")
-                self._remaining = int(size_text, 16)
-                self._state = _CHUNK_DATA if self._remaining else _TRAILERS
-                continue
-            if state is _CHUNK_END:
-                line = self._line(2)
-                if line is None:
-                    return self._need("the chunked response ended early")
-                if line:
-                    raise UpstreamFailure("upstream sent chunk data not followed by CRLF")
-                self._state = _CHUNK_SIZE
-                continue
-            if state is _TRAILERS:
-                line = self._line(self.max_header_bytes)
-                if line is None:
-                    return self._need("the chunked response ended early")
-                if not line:
+            if state is _CHUNKED:
+                assert self._chunks is not None
+                piece = self._chunks.read(self._buffer)
+                if piece is None:
                     self._state = _DONE
-                continue
+                    continue
+                return piece or self._need("the chunked response ended early")
             raise AssertionError(state)
 
     def _need(self, what: str) -> str:
         if self._eof:
             raise UpstreamFailure(what)
         return NEED_DATA
-
-    def _line(self, limit: int) -> Optional[bytes]:
-        end = self._buffer.find(b"\n")
-        if end < 0:
-            if len(self._buffer) > limit + 2:
-                raise UpstreamFailure(f"upstream sent a line longer than {limit} bytes")
-            return None
-        line = bytes(self._buffer[:end]).rstrip(b"\r")
-        del self._buffer[: end + 1]
-        return line
 
     def _parse_head(self) -> Optional[ResponseHead]:
         end = self._buffer.find(b"\r\n\r\n")
@@ -1379,7 +1373,8 @@ class ResponseParser:
             return
         kind, length = body_framing(head.version, head.headers, _upstream_framing_error, "response")
         if kind == "chunked":
-            self._state = _CHUNK_SIZE
+            self._state = _CHUNKED
+            self._chunks = ChunkedReader(_upstream_framing_error, self.max_header_bytes)
         elif header_value(head.headers, "content-length") is not None:
             self._remaining = length
             self._state = _COUNTED

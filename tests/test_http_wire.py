@@ -296,3 +296,41 @@ def test_response_parser_on_arbitrary_bytes_raises_only_upstream_failure(data, s
         parse_response(data, step)
     except agproxy.UpstreamFailure:
         pass
+
+
+# -- one chunked reader for both directions ------------------------------------------------------
+
+def chunked_outcome(framed: bytes, step: int, response: bool) -> tuple:
+    """("body", bytes) or ("refused", None) for a chunked body read by the request or the response parser."""
+    try:
+        if response:
+            head, body, ended, _ = parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + framed,
+                                                  step)
+            return ("body", body) if ended else ("refused", None)
+        done = parse_all(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + framed, step)
+        return ("body", done[0].body) if done else ("refused", None)
+    except (ProtocolError, agproxy.UpstreamFailure):
+        return ("refused", None)
+
+
+chunk_pieces = st.lists(st.binary(min_size=1, max_size=40), max_size=6)
+framing_noise = st.sampled_from([b"", b";ext=1", b" ", b"\t;a=b"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(chunk_pieces, framing_noise, st.sampled_from([b"\r\n", b"\n"]), st.integers(min_value=1, max_value=30))
+def test_both_parsers_read_any_chunked_body_back_exactly(pieces, extension, newline, step):
+    framed = b"".join(b"%x%s%s%s%s" % (len(p), extension, newline, p, newline) for p in pieces) + b"0\r\nT: 1\r\n\r\n"
+    expected = ("body", b"".join(pieces))
+    assert chunked_outcome(framed, step, response=False) == expected
+    assert chunked_outcome(framed, step, response=True) == expected
+
+
+@settings(max_examples=400, deadline=None)
+@given(chunk_pieces, st.integers(min_value=0, max_value=200), st.binary(min_size=1, max_size=3),
+       st.integers(min_value=1, max_value=30))
+def test_both_parsers_agree_on_a_mangled_chunked_body(pieces, at, noise, step):
+    framed = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
+    at = min(at, len(framed))
+    mangled = framed[:at] + noise + framed[at:]
+    assert chunked_outcome(mangled, step, response=False) == chunked_outcome(mangled, step, response=True)
