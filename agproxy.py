@@ -5,27 +5,31 @@ Claude Code, the Anthropic SDKs and curl point their base URL at agproxy. It che
 each request, picks an upstream and an account for the requested model, and relays the answer
 back as Anthropic SSE or JSON. One module, Python 3.9 or newer, standard library only.
 
-Sections, pure code first and I/O last (everything above section 8 runs without sockets):
- 1. constants, version, error types
+Sections, pure code first and I/O last (everything above section 9 runs without sockets):
+ 1. constants, version, error types, the redactor
  2. config
- 3. HTTP/1.1 wire (sans-IO)
+ 3. HTTP/1.1 wire (sans-IO; one body framing rule and one chunked reader for both directions)
  4. SSE (sans-IO)
- 5. Anthropic protocol
- 6. translators (Anthropic <-> OpenAI Chat Completions)
- 7. routing, accounts and the retry engine
- 8. upstream client (asyncio-native)
- 9. server: the HTTP shell (HttpServer: connections, framing, timeouts, the access log; it
-    knows nothing of Anthropic), the gateway (Server: the front door's guards and routes, the
-    handlers over one state), and one adapter per upstream kind (ADAPTERS)
-10. operations
-11. CLI and main()
+ 5. Anthropic requests: strict JSON, validation, token estimates, the sanitizer, warmups
+ 6. Anthropic answers: stream bookkeeping, upstream errors, healing, signatures, context windows
+ 7. translators (Anthropic <-> OpenAI Chat Completions; Gemini's go here too)
+ 8. routing, accounts and the retry engine
+ 9. upstream client (asyncio-native)
+10. the HTTP shell (HttpServer: connections, framing, timeouts, the access log; it knows
+    nothing of Anthropic)
+11. the gateway (Server: the front door's guards and routes, the handlers over one state),
+    one adapter per upstream kind (ADAPTERS), and the relay pipeline every answer goes through
+12. operations
+13. CLI and main()
 
 A request's way: HttpServer reads it (refusing a bad head before its body), Server.admit checks
 origin, host, key and route, the handler validates it, routes the model to upstreams, answers a
 warmup locally or runs attempts over the account pool (run_attempts); each attempt is its kind's
 Adapter.messages: prepare the request (clean-up, translation, what the upstream rejected), call,
-heal past a 400 that names what to drop, then relay the answer (checked event by event) or
-assemble it. A new upstream kind is one Adapter subclass in ADAPTERS plus its translators.
+heal past a 400 that names what to drop, then turn the answer into Anthropic events
+(answer_events) and relay them (first_events, relay_events) or assemble them
+(accumulate_events). A new upstream kind is one Adapter subclass in ADAPTERS plus its
+translators.
 """
 
 from __future__ import annotations
@@ -1512,13 +1516,23 @@ class SSEDecoder:
             self._id = value
 
 
+def sse_complete_prefix(data: Union[bytes, bytearray], start: int = 0) -> int:
+    """Length of the prefix of ``data`` that ends on an SSE event boundary (a blank line), looking
+    for one only from ``start`` on (a caller that appends to a buffer passes where the new bytes
+    begin, less 3 for a separator cut in two, so a large event costs linear time); 0 when none."""
+    best = 0
+    for separator in (b"\n\n", b"\r\n\r\n", b"\r\r"):
+        at = data.rfind(separator, max(0, start))
+        if at >= 0:
+            best = max(best, at + len(separator))
+    return best
+
+
 # =====================================================================================
-# 5. Anthropic protocol
-#    Requests: strict JSON, validation of every field agproxy reads, token estimates, the demo's
-#    answers, the sanitizer per profile, warmups, sessions, what an upstream's 400 says it
-#    rejects and the healing policy (heal_decision), context-window signalling. Streams: the
-#    accumulator (events -> one Message), the check of relayed events, the signature book and
-#    watcher. Pure: nothing here awaits or touches sockets.
+# 5. Anthropic requests
+#    Strict JSON, validation of every field agproxy reads, token estimates, the demo's
+#    answers, the sanitizer per profile, warmups and sessions. Pure: nothing here awaits or
+#    touches sockets.
 # =====================================================================================
 
 #: Claude model ids listed by /v1/models when the config names none of its own.
@@ -1895,39 +1909,6 @@ def demo_sse_events(body: Dict[str, Any], message_id: str, input_tokens: Optiona
     return events
 
 
-def anthropic_error_from_upstream(status: int, body: bytes, upstream: str) -> AgproxyError:
-    """An upstream's error answer as an :class:`AgproxyError` to relay, keeping its status.
-
-    The upstream's own Anthropic-shaped error is kept word for word; anything else is wrapped.
-    A rejected upstream key is agproxy's problem, not the client's: 502, never 401/403.
-    """
-    message, error_type = "", None
-    try:
-        parsed = loads_strict(body)
-    except (ValueError, UnicodeDecodeError):
-        parsed = None
-    if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
-        message = str(parsed["error"].get("message") or "")
-        error_type = parsed["error"].get("type") if isinstance(parsed["error"].get("type"), str) else None
-    elif isinstance(parsed, dict) and isinstance(parsed.get("error"), str):
-        message = parsed["error"]
-    if not message:
-        snippet = body[:300].decode("utf-8", "replace").strip()
-        message = f"upstream {upstream!r} answered HTTP {status}" + (f": {snippet}" if snippet else "")
-    if status in (401, 403):
-        rejected = UpstreamFailure(
-            f"upstream {upstream!r} rejected agproxy's key for it (HTTP {status}: {message}); "
-            "check the account's api_key in the agproxy config"
-        )
-        rejected.final = True  # a retry sends the same key
-        return rejected
-    if status < 400:
-        status = 502
-    if error_type not in _ERROR_TYPES.values():
-        error_type = None  # another API's vocabulary (OpenAI's "server_error", ...): go by the status
-    return AgproxyError(message, status=status, error_type=error_type or error_type_for_status(status))
-
-
 # -- the request sanitizer (profiles are defined with the config) --------------------------
 
 #: Top-level fields never stripped on an upstream's say-so: without them the request means something else.
@@ -2248,6 +2229,108 @@ def sanitize_betas(value: Optional[str], profile: Profile,
     return (",".join(kept) or None), changes
 
 
+# -- warmups and sessions ------------------------------------------------------------------
+
+#: Longest text still taken for a Claude Code warmup probe ("Warmup" plus a little).
+_WARMUP_MAX_CHARS = 200
+
+
+def is_warmup(body: Dict[str, Any]) -> bool:
+    """True when the last message is a Claude Code warmup probe: a short text starting "Warmup",
+    a text block "Warmup" or starting "Warmup\\n", or an error tool_result starting "Warmup"."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages or not isinstance(messages[-1], dict):
+        return False
+    last = messages[-1]
+    if last.get("role") != "user":
+        return False
+    content = last.get("content")
+    if isinstance(content, str):
+        return content.startswith("Warmup") and len(content) <= _WARMUP_MAX_CHARS
+    if not isinstance(content, list) or not content:
+        return False
+    block = content[-1]
+    if not isinstance(block, dict):
+        return False
+    if block.get("type") == "text":
+        text = str(block.get("text") or "")
+        return text == "Warmup" or (text.startswith("Warmup\n") and len(text) <= _WARMUP_MAX_CHARS)
+    if block.get("type") == "tool_result" and block.get("is_error"):
+        return _block_text(block).startswith("Warmup")
+    return False
+
+
+def warmup_message(model: str) -> Dict[str, Any]:
+    """The local answer to a warmup: a valid, minimal Message."""
+    return {"id": new_message_id(), "type": "message", "role": "assistant", "model": model,
+            "content": [{"type": "text", "text": "OK"}], "stop_reason": "end_turn", "stop_sequence": None,
+            "usage": {"input_tokens": 1, "output_tokens": 1}}
+
+
+_SESSION_IN_USER_ID = re.compile(r"session_([0-9a-fA-F-]{8,})")
+
+
+def session_id(headers: Headers, body: Dict[str, Any]) -> Optional[str]:
+    """Claude Code's session: ``X-Claude-Code-Session-Id``, else the one inside ``metadata.user_id``."""
+    value = header_value(headers, "x-claude-code-session-id")
+    if value:
+        return value.strip()[:100]
+    metadata = body.get("metadata")
+    user_id = metadata.get("user_id") if isinstance(metadata, dict) else None
+    if not isinstance(user_id, str):
+        return None
+    if user_id.startswith("{"):
+        try:
+            parsed = loads_strict(user_id)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, dict) and isinstance(parsed.get("session_id"), str):
+            return parsed["session_id"][:100]
+    match = _SESSION_IN_USER_ID.search(user_id)
+    return match.group(1) if match else None
+
+
+# =====================================================================================
+# 6. Anthropic answers
+#    Stream bookkeeping: the accumulator (events -> one Message), the check of relayed events,
+#    a Message as events; upstream errors in Anthropic's vocabulary, what an upstream's 400 says
+#    it rejects and the healing policy (heal_decision); the signature book and watcher;
+#    context-window signalling. Pure: nothing here awaits or touches sockets.
+# =====================================================================================
+
+def anthropic_error_from_upstream(status: int, body: bytes, upstream: str) -> AgproxyError:
+    """An upstream's error answer as an :class:`AgproxyError` to relay, keeping its status.
+
+    The upstream's own Anthropic-shaped error is kept word for word; anything else is wrapped.
+    A rejected upstream key is agproxy's problem, not the client's: 502, never 401/403.
+    """
+    message, error_type = "", None
+    try:
+        parsed = loads_strict(body)
+    except (ValueError, UnicodeDecodeError):
+        parsed = None
+    if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
+        message = str(parsed["error"].get("message") or "")
+        error_type = parsed["error"].get("type") if isinstance(parsed["error"].get("type"), str) else None
+    elif isinstance(parsed, dict) and isinstance(parsed.get("error"), str):
+        message = parsed["error"]
+    if not message:
+        snippet = body[:300].decode("utf-8", "replace").strip()
+        message = f"upstream {upstream!r} answered HTTP {status}" + (f": {snippet}" if snippet else "")
+    if status in (401, 403):
+        rejected = UpstreamFailure(
+            f"upstream {upstream!r} rejected agproxy's key for it (HTTP {status}: {message}); "
+            "check the account's api_key in the agproxy config"
+        )
+        rejected.final = True  # a retry sends the same key
+        return rejected
+    if status < 400:
+        status = 502
+    if error_type not in _ERROR_TYPES.values():
+        error_type = None  # another API's vocabulary (OpenAI's "server_error", ...): go by the status
+    return AgproxyError(message, status=status, error_type=error_type or error_type_for_status(status))
+
+
 # -- stream accumulator: Anthropic events -> one Message ---------------------------------------
 
 def repair_json_arguments(text: str) -> Optional[Any]:
@@ -2527,44 +2610,6 @@ def check_message(message: Any, upstream: str = "") -> Dict[str, Any]:
     return message
 
 
-# -- warmups, sessions, and what an upstream's 400 says it rejects ---------------------------
-
-#: Longest text still taken for a Claude Code warmup probe ("Warmup" plus a little).
-_WARMUP_MAX_CHARS = 200
-
-
-def is_warmup(body: Dict[str, Any]) -> bool:
-    """True when the last message is a Claude Code warmup probe: a short text starting "Warmup",
-    a text block "Warmup" or starting "Warmup\\n", or an error tool_result starting "Warmup"."""
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages or not isinstance(messages[-1], dict):
-        return False
-    last = messages[-1]
-    if last.get("role") != "user":
-        return False
-    content = last.get("content")
-    if isinstance(content, str):
-        return content.startswith("Warmup") and len(content) <= _WARMUP_MAX_CHARS
-    if not isinstance(content, list) or not content:
-        return False
-    block = content[-1]
-    if not isinstance(block, dict):
-        return False
-    if block.get("type") == "text":
-        text = str(block.get("text") or "")
-        return text == "Warmup" or (text.startswith("Warmup\n") and len(text) <= _WARMUP_MAX_CHARS)
-    if block.get("type") == "tool_result" and block.get("is_error"):
-        return _block_text(block).startswith("Warmup")
-    return False
-
-
-def warmup_message(model: str) -> Dict[str, Any]:
-    """The local answer to a warmup: a valid, minimal Message."""
-    return {"id": new_message_id(), "type": "message", "role": "assistant", "model": model,
-            "content": [{"type": "text", "text": "OK"}], "stop_reason": "end_turn", "stop_sequence": None,
-            "usage": {"input_tokens": 1, "output_tokens": 1}}
-
-
 def message_as_sse(message: Dict[str, Any]) -> List[bytes]:
     """A complete Message as the Anthropic event stream that would have produced it."""
     start = dict(message, content=[], stop_reason=None, stop_sequence=None,
@@ -2599,28 +2644,7 @@ def message_as_sse(message: Dict[str, Any]) -> List[bytes]:
     return events
 
 
-_SESSION_IN_USER_ID = re.compile(r"session_([0-9a-fA-F-]{8,})")
-
-
-def session_id(headers: Headers, body: Dict[str, Any]) -> Optional[str]:
-    """Claude Code's session: ``X-Claude-Code-Session-Id``, else the one inside ``metadata.user_id``."""
-    value = header_value(headers, "x-claude-code-session-id")
-    if value:
-        return value.strip()[:100]
-    metadata = body.get("metadata")
-    user_id = metadata.get("user_id") if isinstance(metadata, dict) else None
-    if not isinstance(user_id, str):
-        return None
-    if user_id.startswith("{"):
-        try:
-            parsed = loads_strict(user_id)
-        except ValueError:
-            parsed = None
-        if isinstance(parsed, dict) and isinstance(parsed.get("session_id"), str):
-            return parsed["session_id"][:100]
-    match = _SESSION_IN_USER_ID.search(user_id)
-    return match.group(1) if match else None
-
+# -- what an upstream's 400 says it rejects, and the healing policy --------------------------
 
 _EXTRA_INPUT = re.compile(r"([A-Za-z_][\w.]*): Extra inputs are not permitted")
 _UNKNOWN_FIELD = re.compile(
@@ -2944,7 +2968,7 @@ class UsageScaler:
 
 
 # =====================================================================================
-# 6. Translators
+# 7. Translators
 #    Anthropic Messages <-> OpenAI Chat Completions, as pure functions and a stream state
 #    machine. Nothing here awaits or touches sockets.
 # =====================================================================================
@@ -3499,7 +3523,7 @@ class OpenAIStreamTranslator:
 
 
 # =====================================================================================
-# 7. Routing, accounts and the retry engine
+# 8. Routing, accounts and the retry engine
 #    Which upstream and which account serve a request; rate-limit resets and the retry policy
 #    (decide), the account pool, and run_attempts, which awaits only what it is given (the
 #    attempt and a sleep); what upstreams rejected (LearnedRejections). The server holds the state.
@@ -4016,7 +4040,7 @@ class LearnedRejections:
 
 
 # =====================================================================================
-# 8. Upstream client
+# 9. Upstream client
 #    Asyncio-native HTTP/1.1 over pooled keep-alive connections (the sans-IO ResponseParser reads
 #    the answers), TLS through ssl, HTTPS_PROXY/HTTP_PROXY/NO_PROXY honoured with CONNECT tunnels.
 #    The server sees one small interface: request() gives an UpstreamResponse whose body is read
@@ -4340,11 +4364,11 @@ async def _connect_tunnel(proxy_host: str, proxy_port: int, host: str, port: int
 
 
 # =====================================================================================
-# 9. Server
-#    The HTTP shell (HttpServer) runs the connections over asyncio streams and calls one
-#    Application; the gateway (Server) is that application: guards, routes and handlers over
-#    one state; each upstream kind is an Adapter in ADAPTERS. Errors become responses in
-#    exactly one place: error_response().
+# 10. The HTTP shell
+#    HttpServer runs the connections over asyncio streams (admission, timeouts, 100-continue,
+#    linger, the watch for a client that leaves, framing, the access log) and calls one
+#    Application; it knows nothing of Anthropic. Errors become responses in exactly one place:
+#    error_response().
 # =====================================================================================
 
 #: Bytes read from a client socket at a time.
@@ -4360,49 +4384,8 @@ _LINGER_BYTES = 4 * 1024 * 1024
 #: whether it still reads: a closed client's system resets at the first one.
 _PROBE_INTERVAL_S = 0.25
 _PROBE_WINDOW_S = 2.0
-#: How long a fetched upstream model list is reused for /v1/models.
-_MODELS_CACHE_S = 60.0
-#: Distinct counter names kept for /v1/agproxy/stats (real traffic makes a few dozen).
-MAX_COUNTER_KINDS = 1000
 #: How long in-flight requests may run after SIGINT/SIGTERM before they are cut.
 SHUTDOWN_GRACE_S = 30.0
-
-def host_without_port(host: str) -> str:
-    """The name part of a ``Host`` header value."""
-    host = host.strip()
-    if host.startswith("["):
-        return host[1 : host.find("]")] if "]" in host else host
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-
-
-def presented_keys(request: Request) -> List[str]:
-    """The keys a client sent: ``Authorization: Bearer``, ``x-api-key`` and ``x-goog-api-key``."""
-    keys = []
-    authorization = request.header("authorization") or ""
-    scheme, _, token = authorization.partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        keys.append(token.strip())
-    for name in ("x-api-key", "x-goog-api-key"):
-        value = request.header(name)
-        if value:
-            keys.append(value.strip())
-    return keys
-
-
-def key_matches(expected: str, keys: Sequence[str]) -> bool:
-    """Constant-time check that one of ``keys`` is ``expected`` (never true for an empty key)."""
-    if not expected:
-        return False
-    matched = False
-    for key in keys:
-        matched |= hmac.compare_digest(key.encode("utf-8"), expected.encode("utf-8"))
-    return matched
-
-
-def is_json_content_type(value: Optional[str]) -> bool:
-    """``application/json`` or any ``+json`` media type, parameters allowed."""
-    media = (value or "").split(";", 1)[0].strip().lower()
-    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
 
 
 def new_request_id() -> str:
@@ -4447,48 +4430,6 @@ def error_response(exc: AgproxyError) -> Response:
     if exc.final or (400 <= exc.status < 500 and exc.status not in _RETRYABLE_4XX):
         headers.append(("x-should-retry", "false"))
     return json_response(exc.status, exc.body(), headers)
-
-
-_SSE_HEADERS: Headers = [
-    ("Content-Type", "text/event-stream; charset=utf-8"),
-    ("Cache-Control", "no-cache"),
-    ("X-Accel-Buffering", "no"),
-]
-#: Upstream response headers worth passing on to the client (rate-limit state, the upstream's id).
-_RELAYED_HEADER = re.compile(r"(?:anthropic-ratelimit|x-ratelimit)-[a-z-]{1,40}|retry-after", re.IGNORECASE)
-
-
-def relayed_upstream_headers(headers: Headers) -> Headers:
-    """The upstream headers a client should see; the upstream's request-id is renamed. A
-    ``retry-after`` that is not plain seconds (``nan``, ``1e12``, a date) is left out: agproxy
-    states its own, bounded one on the errors it answers with."""
-    out = [(k, v) for k, v in strip_hop_by_hop(headers) if _RELAYED_HEADER.fullmatch(k)
-           and not (k.lower() == "retry-after" and not re.fullmatch(r"[0-9]{1,4}", v.strip()))]
-    upstream_id = header_value(headers, "request-id")
-    if upstream_id:
-        out.append(("upstream-request-id", upstream_id))
-    return out
-
-
-def sse_complete_prefix(data: Union[bytes, bytearray], start: int = 0) -> int:
-    """Length of the prefix of ``data`` that ends on an SSE event boundary (a blank line), looking
-    for one only from ``start`` on (a caller that appends to a buffer passes where the new bytes
-    begin, less 3 for a separator cut in two, so a large event costs linear time); 0 when none."""
-    best = 0
-    for separator in (b"\n\n", b"\r\n\r\n", b"\r\r"):
-        at = data.rfind(separator, max(0, start))
-        if at >= 0:
-            best = max(best, at + len(separator))
-    return best
-
-
-@dataclasses.dataclass
-class _Lessons:
-    """What one request is trying without, after its upstream's 400s named them."""
-
-    fields: List[str] = dataclasses.field(default_factory=list)
-    betas: List[str] = dataclasses.field(default_factory=list)
-    heals: int = 0
 
 
 class _Exchange:
@@ -4837,6 +4778,87 @@ class HttpServer:
             conn.writer.transport.abort()
             raise ConnectionResetError(f"the client read nothing for {self.config.write_timeout_s:g} s") from None
 
+
+# =====================================================================================
+# 11. The gateway
+#    The application the shell serves (Server): the front door's guards and routes, the
+#    handlers over one state (account pools, learned rejections, the signature book,
+#    counters); one Adapter per upstream kind in ADAPTERS; the relay pipeline every kind's
+#    answer goes through.
+# =====================================================================================
+
+#: How long a fetched upstream model list is reused for /v1/models.
+_MODELS_CACHE_S = 60.0
+#: Distinct counter names kept for /v1/agproxy/stats (real traffic makes a few dozen).
+MAX_COUNTER_KINDS = 1000
+
+
+def host_without_port(host: str) -> str:
+    """The name part of a ``Host`` header value."""
+    host = host.strip()
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def presented_keys(request: Request) -> List[str]:
+    """The keys a client sent: ``Authorization: Bearer``, ``x-api-key`` and ``x-goog-api-key``."""
+    keys = []
+    authorization = request.header("authorization") or ""
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        keys.append(token.strip())
+    for name in ("x-api-key", "x-goog-api-key"):
+        value = request.header(name)
+        if value:
+            keys.append(value.strip())
+    return keys
+
+
+def key_matches(expected: str, keys: Sequence[str]) -> bool:
+    """Constant-time check that one of ``keys`` is ``expected`` (never true for an empty key)."""
+    if not expected:
+        return False
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(key.encode("utf-8"), expected.encode("utf-8"))
+    return matched
+
+
+def is_json_content_type(value: Optional[str]) -> bool:
+    """``application/json`` or any ``+json`` media type, parameters allowed."""
+    media = (value or "").split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+_SSE_HEADERS: Headers = [
+    ("Content-Type", "text/event-stream; charset=utf-8"),
+    ("Cache-Control", "no-cache"),
+    ("X-Accel-Buffering", "no"),
+]
+#: Upstream response headers worth passing on to the client (rate-limit state, the upstream's id).
+_RELAYED_HEADER = re.compile(r"(?:anthropic-ratelimit|x-ratelimit)-[a-z-]{1,40}|retry-after", re.IGNORECASE)
+
+
+def relayed_upstream_headers(headers: Headers) -> Headers:
+    """The upstream headers a client should see; the upstream's request-id is renamed. A
+    ``retry-after`` that is not plain seconds (``nan``, ``1e12``, a date) is left out: agproxy
+    states its own, bounded one on the errors it answers with."""
+    out = [(k, v) for k, v in strip_hop_by_hop(headers) if _RELAYED_HEADER.fullmatch(k)
+           and not (k.lower() == "retry-after" and not re.fullmatch(r"[0-9]{1,4}", v.strip()))]
+    upstream_id = header_value(headers, "request-id")
+    if upstream_id:
+        out.append(("upstream-request-id", upstream_id))
+    return out
+
+
+@dataclasses.dataclass
+class _Lessons:
+    """What one request is trying without, after its upstream's 400s named them."""
+
+    fields: List[str] = dataclasses.field(default_factory=list)
+    betas: List[str] = dataclasses.field(default_factory=list)
+    heals: int = 0
 
 
 class Server(Application):
@@ -5876,7 +5898,7 @@ async def _iterate(items: Iterable[bytes]) -> AsyncIterator[bytes]:
 
 
 # =====================================================================================
-# 10. Operations
+# 12. Operations
 #     Logging set-up (handlers are attached only here, called from main()), the state file, `check`.
 # =====================================================================================
 
@@ -6021,7 +6043,7 @@ async def check_upstreams(config: Config, out: Callable[[str], None]) -> bool:
 
 
 # =====================================================================================
-# 11. CLI and main()
+# 13. CLI and main()
 # =====================================================================================
 
 
