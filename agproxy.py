@@ -853,6 +853,9 @@ class Request:
     version: Tuple[int, int]
     headers: Headers
     body: Optional[bytes] = None
+    #: the application's ``admit`` passed on the head already (the shell checks a bodied request
+    #: before its body), so ``handle`` need not check it again
+    admitted: bool = False
 
     @property
     def path(self) -> str:
@@ -3696,6 +3699,8 @@ def decide(outcome: Outcome, attempt: int, max_attempts: int, limits_in_a_row: i
 
 #: How long a request waits for a concurrency slot when every account is busy.
 MAX_SLOT_WAIT_S = 30.0
+#: How often a request waiting for a max_concurrency slot looks again.
+_SLOT_POLL_S = 0.05
 #: Sessions remembered for sticky account choice (least recently used forgotten first).
 MAX_STICKY_SESSIONS = 10000
 
@@ -3932,7 +3937,9 @@ async def run_attempts(pool: AccountPool, route: Route, session: Optional[str], 
     """Try accounts until one answers or the attempts run out, following :func:`decide`.
 
     ``attempt`` returns the answer or raises :class:`AttemptError`. No I/O here beyond what
-    ``attempt`` and ``sleep`` do.
+    ``attempt`` and ``sleep`` do. ``clock`` and ``sleep`` measure rests and wait out resets (a
+    test passes its own); a wait for a free max_concurrency slot is real time, since other
+    requests free it.
     """
     tried: List[Tuple[str, str]] = []
     prefer: Optional[Tuple[str, str]] = None
@@ -3943,8 +3950,8 @@ async def run_attempts(pool: AccountPool, route: Route, session: Optional[str], 
         choice = pool.choose(route, session, clock(), tried, prefer)
         if choice is None:
             if pool.busy_only(route, clock()) and waited < MAX_SLOT_WAIT_S:
-                await sleep(0.05)
-                waited += 0.05
+                await asyncio.sleep(_SLOT_POLL_S)  # other requests free slots in real time, whatever the clock
+                waited += _SLOT_POLL_S
                 continue
             raise pool.unavailable(route, clock())
         number += 1
@@ -4380,10 +4387,9 @@ _MAX_PIPELINED_BYTES = 1024 * 1024
 #: discarding) so the client receives the answer instead of a reset.
 _LINGER_S = 2.0
 _LINGER_BYTES = 4 * 1024 * 1024
-#: After a client's end of input, how often and how long it is asked (an interim 100 Continue)
-#: whether it still reads: a closed client's system resets at the first one.
+#: After a client's end of input, how often its socket is checked for the reset that a client
+#: closed for good answers the next write with (an interim 100 Continue, or the answer itself).
 _PROBE_INTERVAL_S = 0.25
-_PROBE_WINDOW_S = 2.0
 #: How long in-flight requests may run after SIGINT/SIGTERM before they are cut.
 SHUTDOWN_GRACE_S = 30.0
 
@@ -4608,6 +4614,7 @@ class HttpServer:
             if isinstance(event, HeadReady):
                 if event.has_body:
                     self.app.admit(event.request)  # refuse before reading (and buffering) the body
+                    event.request.admitted = True
                 if event.request.expects_continue:
                     conn.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
                 deadline, what = loop.time() + config.body_timeout_s, "request body"
@@ -4676,9 +4683,10 @@ class HttpServer:
 
         A reset means the client left. An end of input alone does not: HTTP lets a client half-close
         after its request, and it still reads the answer. To tell that from a client that closed for
-        good (an interrupted SDK or Claude Code) while nothing of the answer is written yet, an
-        HTTP/1.1 client is sent an interim ``100 Continue``, which every client skips: a closed one's
-        system answers it with a reset, and the client is gone."""
+        good (an interrupted SDK or Claude Code), its socket is checked while the answer goes out:
+        a closed client's system answers the next write with a reset. While nothing of the answer
+        is written yet, an HTTP/1.1 client is sent an interim ``100 Continue`` (every client skips
+        it) to draw that reset at once."""
         while conn.parser.buffered < _MAX_PIPELINED_BYTES:
             try:
                 data = await conn.reader.read(_CLIENT_READ_SIZE)
@@ -4690,13 +4698,14 @@ class HttpServer:
                 break
         else:
             return
-        if version < (1, 1) or conn.probed:
+        if conn.probed:
             return
         conn.probed = True
-        if conn.responding:
-            return
-        conn.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        for _ in range(int(_PROBE_WINDOW_S / _PROBE_INTERVAL_S)):
+        if version >= (1, 1) and not conn.responding:
+            conn.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        # The interim answer, or the answer's own writes, draw a reset from a client that closed
+        # for good; its socket reports it (no read is pending to see it): look until the answer ends.
+        while True:
             await asyncio.sleep(_PROBE_INTERVAL_S)
             sock = conn.writer.get_extra_info("socket")
             try:
@@ -4706,7 +4715,6 @@ class HttpServer:
             if failed or conn.writer.transport.is_closing():
                 conn.client_left()
                 return
-        # still there: a half-close, and the answer will be read
 
     async def _write_response(self, conn: _Connection, response: Union[Response, StreamingResponse],
                               exchange: Optional[_Exchange], keep_alive: bool) -> None:
@@ -4866,8 +4874,13 @@ class Server(Application):
     pools, learned rejections, signature book, counters), served by an :class:`HttpServer`."""
 
     def __init__(self, config: Config, client: Optional[UpstreamClient] = None, state: Optional[Dict[str, Any]] = None,
-                 persist: Optional[Callable[[Dict[str, Any]], None]] = None) -> None:
+                 persist: Optional[Callable[[Dict[str, Any]], None]] = None, *,
+                 clock: Callable[[], float] = time.time, sleep: Callable[[float], Any] = asyncio.sleep) -> None:
         self.config = config
+        #: wall-clock time and the wait between attempts: what account rests and resets are measured
+        #: with (a test passes its own, so waits and rests pass without sleeping)
+        self.clock = clock
+        self.sleep = sleep
         self.learned = LearnedRejections()
         self.learned.load_json((state or {}).get("learned"))
         self.signatures = SignatureBook()
@@ -4880,7 +4893,7 @@ class Server(Application):
         self.redact = Redactor(config.secrets())
         self.client = client or UpstreamClient()
         self.pool = AccountPool(config.upstreams)
-        self.pool.load_json((state or {}).get("accounts"), time.time())
+        self.pool.load_json((state or {}).get("accounts"), clock())
         self.log = logging.getLogger("agproxy")
         self.http = HttpServer(config, self, self.redact)
         self.adapters: Dict[str, Adapter] = {kind: cls(self) for kind, cls in ADAPTERS.items()}
@@ -4917,8 +4930,9 @@ class Server(Application):
         self.client.shutdown()
 
     async def handle(self, request: Request, exchange: _Exchange) -> Union[Response, StreamingResponse]:
-        """Admit the request and run its handler."""
-        self.admit(request)
+        """Admit the request (unless its head was) and run its handler."""
+        if not request.admitted:
+            self.admit(request)
         if request.method == "OPTIONS":
             return self._preflight(request)
         response = await self._handler(request)(request, exchange)
@@ -5122,7 +5136,7 @@ class Server(Application):
 
         try:
             return await run_attempts(self.pool, route, session_id(request.headers, body),
-                                      self.config.max_retry_attempts, attempt,
+                                      self.config.max_retry_attempts, attempt, clock=self.clock, sleep=self.sleep,
                                       on_attempt=self._log_attempt(exchange), on_change=self.save_state)
         except AgproxyError as exc:
             exc.headers.extend([("X-Mapped-Model", route.model)] +
@@ -5201,7 +5215,7 @@ class Server(Application):
         loop = asyncio.get_running_loop()
         while self._state_dirty:
             self._state_dirty = False
-            snapshot = {"learned": self.learned.to_json(), "accounts": self.pool.to_json(time.time())}
+            snapshot = {"learned": self.learned.to_json(), "accounts": self.pool.to_json(self.clock())}
             assert self._persist is not None
             await loop.run_in_executor(None, self._persist, snapshot)
 
@@ -5247,7 +5261,7 @@ class Server(Application):
 
         try:
             return await run_attempts(self.pool, pooled, session_id(request.headers, body),
-                                      self.config.max_retry_attempts, attempt,
+                                      self.config.max_retry_attempts, attempt, clock=self.clock, sleep=self.sleep,
                                       on_attempt=self._log_attempt(exchange), on_change=self.save_state)
         except AgproxyError as exc:
             exc.headers.extend(headers)
@@ -5261,7 +5275,7 @@ class Server(Application):
 
 
     async def _accounts(self, request: Request, exchange: _Exchange) -> Response:
-        return json_response(200, {"accounts": self.pool.describe(time.time())})
+        return json_response(200, {"accounts": self.pool.describe(self.clock())})
 
     async def _stats(self, request: Request, exchange: _Exchange) -> Response:
         """What agproxy changed and saved, counted per kind since it started."""
@@ -5363,7 +5377,7 @@ class Adapter:
                 raise prompt_too_long(estimate_input_tokens(json.loads(request.body or b"{}")),
                                       upstream.context_window or 0, client_context_window(request.headers))
             else:
-                raise _upstream_error(upstream, response, data)
+                raise _upstream_error(upstream, response, data, self.gw.clock())
 
     #: where a Messages request goes, relative to base_url
     messages_path = ""
@@ -5659,12 +5673,12 @@ async def _estimate_tokens(body: Dict[str, Any], size: int) -> int:
     return await asyncio.get_running_loop().run_in_executor(None, estimate_input_tokens, body)
 
 
-def _upstream_error(upstream: Upstream, response: UpstreamResponse, data: bytes) -> AgproxyError:
+def _upstream_error(upstream: Upstream, response: UpstreamResponse, data: bytes, now: float) -> AgproxyError:
     """An upstream's error answer to relay, keeping its status, rate-limit headers and reset time."""
     error = anthropic_error_from_upstream(response.status, data, upstream.name)
     error.headers.extend(relayed_upstream_headers(response.headers))
     error.upstream_status = response.status
-    error.reset_s = rate_limit_reset(response.headers, data, time.time())
+    error.reset_s = rate_limit_reset(response.headers, data, now)
     if error.reset_s is not None and header_value(error.headers, "retry-after") is None:
         error.headers.append(("retry-after", str(max(1, math.ceil(error.reset_s)))))
     return error
@@ -5997,16 +6011,17 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def configure_logging(level: str, redactor: Optional[Redactor] = None) -> None:
-    """Log to stderr: the ``agproxy`` logger and its ``agproxy.access`` child, one line per event,
-    with every configured key (and anything shaped like a key) hidden."""
-    handler = logging.StreamHandler(sys.stderr)
+def configure_logging(level: str, redactor: Optional[Redactor] = None, stream: Any = None) -> logging.Handler:
+    """Log to stderr (or ``stream``): the ``agproxy`` logger and its ``agproxy.access`` child, one
+    line per event, with every configured key (and anything shaped like a key) hidden."""
+    handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(_RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
                                              redactor or Redactor()))
     logger = logging.getLogger("agproxy")
     logger.handlers[:] = [handler]
     logger.setLevel(level.upper())
     logger.propagate = False
+    return handler
 
 
 async def check_upstreams(config: Config, out: Callable[[str], None]) -> bool:
@@ -6104,11 +6119,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"config: {exc.message}", file=sys.stderr)
         return 2
     configure_logging(config.log_level, Redactor(config.secrets()))
-    log = logging.getLogger("agproxy")
     if check:
         print(f"config: {config.source}: ok ({len(config.upstreams)} upstream(s))")
         redactor = Redactor(config.secrets())  # an upstream's answer may echo a key: never print it
         return 0 if asyncio.run(check_upstreams(config, lambda line: print(redactor.text(line)))) else 1
+    log_startup(config)
+    try:
+        return asyncio.run(_serve(config))
+    except KeyboardInterrupt:
+        return 0
+
+
+def log_startup(config: Config) -> None:
+    """The lines that say what this run serves: the config, each upstream, a key-less auth mode."""
+    log = logging.getLogger("agproxy")
     if config.upstreams == (DEMO_UPSTREAM,) and config.source == Config.source:
         log.warning("no config file found: serving the built-in demo upstream, which answers locally "
                     "without a model (see README: Configuration)")
@@ -6120,10 +6144,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     mode = config.effective_auth_mode()
     if mode != "off" and not config.api_key:
         log.warning("auth_mode is %s but api_key is empty: every protected request will get 401", mode)
-    try:
-        return asyncio.run(_serve(config))
-    except KeyboardInterrupt:
-        return 0
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -16,6 +17,7 @@ from typing import Any, Dict, Iterator, List, Optional
 
 import pytest
 
+import agproxy
 from tests.fakes.anthropic_upstream import FakeAnthropic
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,6 +80,95 @@ class Agproxy:
         return self.proc.returncode
 
 
+class TestClock:
+    """Wall-clock time that a test moves: the retry engine's waits pass at once (moving the clock
+    on), and ``advance()`` moves it, so rests and resets are tested without sleeping. With
+    ``manual`` set, a wait lasts until the test has advanced the clock past its end."""
+
+    __test__ = False  # not a test class, whatever its name
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+        self.manual = False
+        #: the length of every wait the server asked for, in order
+        self.waits: List[float] = []
+
+    def time(self) -> float:
+        return time.time() + self.offset
+
+    async def sleep(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        end = self.offset + max(0.0, seconds)
+        if not self.manual:
+            self.offset = max(self.offset, end)
+        while self.offset < end:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0)
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
+
+
+class _Lines:
+    """A stream that keeps each line the log handler writes."""
+
+    def __init__(self, lines: List[str]) -> None:
+        self.lines = lines
+
+    def write(self, text: str) -> None:
+        self.lines.append(text)
+
+    def flush(self) -> None:
+        pass
+
+
+class InProcessAgproxy:
+    """agproxy's server in this process, on an event loop of its own in a thread, built from the
+    same arguments, config file and state file as the command line (``agproxy.log_startup``
+    included), with a :class:`TestClock`. It starts in milliseconds, where a process takes
+    about 0.3 s; the CLI contract (signals, exit codes, the process's memory) is tested with
+    :class:`Agproxy`."""
+
+    def __init__(self, args: List[str], environ: Dict[str, str]) -> None:
+        parsed = agproxy._arg_parser(False).parse_args(args)
+        self.config = agproxy.load_config(parsed.config, {"host": parsed.host, "port": parsed.port,
+                                                          "log_level": parsed.log_level}, environ)
+        self.stderr: List[str] = []
+        agproxy.configure_logging(self.config.log_level, agproxy.Redactor(self.config.secrets()),
+                                  _Lines(self.stderr))
+        agproxy.log_startup(self.config)
+        self.clock = TestClock()
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        store = agproxy.StateFile(self.config.state_file)
+        self.server = agproxy.Server(self.config, state=store.load(), persist=store.save, clock=self.clock.time,
+                                     sleep=self.clock.sleep)
+        self.host, self.port = self.run(self.server.start())
+        self.stderr.append(f"agproxy listening on http://{self.host}:{self.port}\n")
+        self._stopped = False
+
+    def run(self, coroutine: Any, timeout: float = 10) -> Any:
+        """Run a coroutine on the server's loop and return its result."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def log(self) -> str:
+        return "".join(self.stderr)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
+        """Shut down as SIGTERM would (requests in flight finish, the state is saved); 0."""
+        if not self._stopped:
+            self._stopped = True
+            self.run(self.server.shutdown(), timeout + 30)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(5)
+        return 0
+
+
 def write_config(tmp_path: Path, config: Dict[str, Any], name: str = "agproxy-test.json") -> Path:
     path = tmp_path / name
     path.write_text(json.dumps(config))
@@ -99,17 +190,24 @@ def fake_config(fake: FakeAnthropic, **top: Any) -> Dict[str, Any]:
 
 @pytest.fixture
 def start_agproxy(tmp_path: Path) -> Iterator[Any]:
-    """Start agproxy with a config dict (or None for no config at all); stopped after the test."""
+    """Start agproxy with a config dict (or None for no config at all); stopped after the test. It
+    runs in this process (:class:`InProcessAgproxy`) unless the test needs a process: no config
+    (the lookup), its own environment or command, or ``process=True`` (signals, memory)."""
     running: List[Agproxy] = []
 
     def start(config: Optional[Dict[str, Any]] = None, *extra_args: str, env: Optional[Dict[str, str]] = None,
-              command: Optional[List[str]] = None) -> Agproxy:
+              command: Optional[List[str]] = None, process: bool = False) -> Any:
         args = ["--port", "0", *extra_args]
         if config is not None:
             args = ["--config", str(write_config(tmp_path, config, f"agproxy-{len(running)}.json"))] + args
         home = tmp_path / "home"
         home.mkdir(exist_ok=True)
-        proc = Agproxy(args, env if env is not None else clean_env(HOME=str(home)), tmp_path, command)
+        environ = env if env is not None else clean_env(HOME=str(home))
+        proc: Any
+        if process or config is None or env is not None or command is not None:
+            proc = Agproxy(args, environ, tmp_path, command)  # the config lookup and the process are the test
+        else:
+            proc = InProcessAgproxy(args, environ)
         running.append(proc)
         return proc
 

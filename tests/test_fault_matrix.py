@@ -584,7 +584,8 @@ def test_a_client_that_does_not_read_does_not_grow_agproxy(start_agproxy: Any, k
         return [Send(sse_response(events))]
 
     with MisbehavingUpstream({"huge": huge}) as fake:
-        proxy = start_agproxy(single_upstream_config(fake, [(kind, "stream", "huge")]), command=program_under_test())
+        proxy = start_agproxy(single_upstream_config(fake, [(kind, "stream", "huge")]), command=program_under_test(),
+                              process=True)  # its memory is the test
         ask(proxy.port, kind, "stream", "huge", 1)  # warm up (the answer is dropped after 1 s)
         time.sleep(0.5)
         before = rss_kb(proxy.proc.pid)

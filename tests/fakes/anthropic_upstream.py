@@ -25,7 +25,7 @@ import threading
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from tests.fakes.server_thread import ServerThread, read_request
+from tests.fakes.server_thread import SeenRequest, ServerThread, read_request
 from tests.fakes.strict_rules import violation
 
 
@@ -61,23 +61,13 @@ class Raw:
 
 
 @dataclasses.dataclass
-class Recorded:
+class Recorded(SeenRequest):
     method: str
     target: str
     headers: List[Tuple[str, str]]
     body: bytes
     connection: int
     at: float = 0.0  # time.monotonic() when it arrived
-
-    def header(self, name: str) -> Optional[str]:
-        for key, value in self.headers:
-            if key.lower() == name.lower():
-                return value
-        return None
-
-    @property
-    def json(self) -> Any:
-        return json.loads(self.body)
 
 
 def message(text: str = "Hello from the fake upstream.", model: str = "claude-fake", **extra: Any) -> Dict[str, Any]:

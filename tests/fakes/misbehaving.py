@@ -31,7 +31,7 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-from tests.fakes.server_thread import ServerThread
+from tests.fakes.server_thread import SeenRequest, ServerThread
 
 ALICE_KEY = "sk-upstream-SECRET-alice-0123456789"
 BOB_KEY = "sk-upstream-SECRET-bob-9876543210"
@@ -71,7 +71,7 @@ Action = Union[Send, Sleep, Trickle, Reset, KeepAlive]
 
 
 @dataclasses.dataclass
-class Ctx:
+class Ctx(SeenRequest):
     """What the fake knows about one request."""
 
     case: str
@@ -82,19 +82,6 @@ class Ctx:
     headers: List[Tuple[str, str]]
     body: bytes
     attempt: int  # 1 for the first request of this (case, kind, mode), 2 for the next ...
-
-    def header(self, name: str) -> Optional[str]:
-        for key, value in self.headers:
-            if key.lower() == name.lower():
-                return value
-        return None
-
-    @property
-    def json(self) -> Any:
-        try:
-            return json.loads(self.body)
-        except ValueError:
-            return None
 
     @property
     def stream(self) -> bool:

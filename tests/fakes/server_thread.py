@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import ssl
 import threading
-from typing import Any, Awaitable, Callable, Optional
+from typing import Any, Awaitable, Callable, List, Optional, Tuple
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -70,10 +71,31 @@ async def read_request(reader: asyncio.StreamReader) -> Optional[tuple]:
 
 
 def json_reply(status: int, payload: Any, headers: Any = ()) -> bytes:
-    body = json_module.dumps(payload).encode()
+    body = json.dumps(payload).encode()
     head = [f"HTTP/1.1 {status} X", "Content-Type: application/json", f"Content-Length: {len(body)}"]
     head += [f"{k}: {v}" for k, v in headers]
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
 
-import json as json_module  # noqa: E402
+
+class SeenRequest:
+    """What a fake saw of one request, for the tests to look at: the one ``header()`` and ``json``
+    every fake's record shares (a subclass is a dataclass with ``headers`` and ``body``)."""
+
+    headers: List[Tuple[str, str]]
+    body: bytes
+
+    def header(self, name: str) -> Optional[str]:
+        """The first value of header ``name`` (case-insensitive), or None."""
+        for key, value in self.headers:
+            if key.lower() == name.lower():
+                return value
+        return None
+
+    @property
+    def json(self) -> Any:
+        """The body as JSON, None when it is not JSON."""
+        try:
+            return json.loads(self.body)
+        except ValueError:
+            return None
