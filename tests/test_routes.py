@@ -184,3 +184,14 @@ def test_dns_rebinding_guard_while_auth_is_off(start_agproxy):
 def test_foreign_host_is_fine_when_auth_is_on(start_agproxy):
     proxy = start_agproxy(dict(KEYED, auth_mode="strict"))
     assert call(proxy, "/v1/models", host="gateway.corp", headers={"x-api-key": "sk-local-secret"})[0] == 200
+
+
+def test_a_request_is_admitted_once_whether_or_not_it_has_a_body(start_agproxy):
+    proxy = start_agproxy({"upstreams": [DEMO]})
+    admitted = []
+    check = proxy.server.admit
+    proxy.server.admit = lambda request: (admitted.append(request.path), check(request))[1]
+    assert call(proxy, "/v1/messages", "POST", MESSAGE)[0] == 200  # checked on its head, before the body
+    assert call(proxy, "/healthz")[0] == 200  # no body: checked once the request is whole
+    assert admitted == ["/v1/messages", "/healthz"]
+    assert call(proxy, "/v1/nowhere", "POST", MESSAGE)[0] == 404 and admitted[-1] == "/v1/nowhere"
