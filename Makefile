@@ -4,7 +4,8 @@ VENV ?= .venv
 VPY := $(VENV)/bin/python
 PORT ?= 8045
 STDLIB_ONLY ?= tools/stdlib_only.py
-PYTEST_ARGS ?=
+# The suite runs its files across the cores (a file's tests stay together: the fault matrix shares one run).
+PYTEST_ARGS ?= -n auto --dist loadfile
 # The real Claude Code CLI for the end-to-end tests (dev-only, never committed; skipped without npm).
 CLAUDE_CODE_VERSION ?= 2.1.197
 CLAUDE_DIR := .cache/claude-code

@@ -5639,15 +5639,50 @@ class GeminiAdapter(Adapter):
 ADAPTERS: Dict[str, type] = {a.kind: a for a in (AnthropicAdapter, OpenAIAdapter, DemoAdapter, GeminiAdapter)}
 
 
+class _Deadline:
+    """Closes an upstream response when ``seconds`` have passed, so that whatever is reading it
+    ends then. A deadline that needs no cancellation: a ``wait_for`` around reads that have their
+    own ``wait_for`` can lose its cancellation (Python 3.11 and older) and then waits as long as
+    the upstream keeps trickling."""
+
+    def __init__(self, response: UpstreamResponse, seconds: float, force: bool = False) -> None:
+        self.expired = False
+
+        def expire() -> None:
+            self.expired = True
+            response.close(force)
+
+        self._timer = asyncio.get_running_loop().call_later(seconds, expire)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+
+async def _read_by_deadline(response: UpstreamResponse, reading: Awaitable[Any], expired: str) -> Any:
+    """Await ``reading`` of ``response`` within the upstream's ``timeout_s`` as a whole (an upstream
+    that trickles bytes cannot stretch it), else :class:`UpstreamFailure` 504 saying ``expired``;
+    on any failure the connection is closed rather than left half read."""
+    deadline = _Deadline(response, response.timeout_s)
+    try:
+        result = await reading
+    except BaseException:
+        response.close()
+        if deadline.expired:
+            raise UpstreamFailure(expired, status=504) from None
+        raise
+    finally:
+        deadline.cancel()
+    if deadline.expired:  # what was read ends where the deadline closed it: it is not the answer
+        raise UpstreamFailure(expired, status=504)
+    return result
+
+
 async def _error_body(upstream: Upstream, response: UpstreamResponse) -> bytes:
     """The body of an upstream's answer that is not a success (at most 1 MiB, within timeout_s);
     a redirect is refused here: agproxy follows none, the base_url must name the API itself."""
-    try:
-        data = await asyncio.wait_for(response.read_all(MAX_UPSTREAM_SMALL_BODY_BYTES), response.timeout_s)
-    except asyncio.TimeoutError:
-        response.close()
-        raise UpstreamFailure(f"upstream {upstream.name!r} sent no whole error body within {response.timeout_s:g} s",
-                              status=504) from None
+    data = await _read_by_deadline(
+        response, response.read_all(MAX_UPSTREAM_SMALL_BODY_BYTES),
+        f"upstream {upstream.name!r} sent no whole error body within {response.timeout_s:g} s")
     if response.status < 400:
         location = (response.header("location") or "nowhere")[:200]
         raise UpstreamFailure(f"upstream {upstream.name!r} redirected (HTTP {response.status} to {location}); "
@@ -5686,17 +5721,10 @@ def _upstream_error(upstream: Upstream, response: UpstreamResponse, data: bytes,
 
 async def _watched(exchange: _Exchange, response: UpstreamResponse, reading: Awaitable[Any]) -> Any:
     """Await a read of ``response`` that a departing client cuts short, within the upstream's
-    ``timeout_s`` as a whole (an upstream that trickles comments or bytes cannot stretch it); on
-    any failure the upstream connection is closed rather than left half read."""
+    ``timeout_s`` as a whole (:func:`_read_by_deadline`)."""
     exchange.on_client_gone.append(response.close)
     try:
-        return await asyncio.wait_for(reading, response.timeout_s)
-    except asyncio.TimeoutError:
-        response.close()
-        raise UpstreamFailure(f"no answer within timeout_s ({response.timeout_s:g} s)", status=504) from None
-    except BaseException:
-        response.close()
-        raise
+        return await _read_by_deadline(response, reading, f"no answer within timeout_s ({response.timeout_s:g} s)")
     finally:
         exchange.on_client_gone.remove(response.close)
 
@@ -5891,19 +5919,19 @@ async def _drain_after_stop(response: UpstreamResponse) -> None:
     (the end of a chunked body often comes in a read of its own); more than a little, or an end
     that does not come at once, is cut."""
 
-    async def drain() -> None:
-        extra = 0
+    deadline = _Deadline(response, _AFTER_STOP_S, force=True)
+    extra = 0
+    try:
         while extra < _AFTER_STOP_BYTES:
             chunk = await response.read_chunk()
             if not chunk:
                 return
             extra += len(chunk)
         response.close(force=True)
-
-    try:
-        await asyncio.wait_for(drain(), _AFTER_STOP_S)
-    except (asyncio.TimeoutError, UpstreamFailure):  # the message is whole; only the connection is lost
+    except UpstreamFailure:  # the message is whole; only the connection is lost
         response.close(force=True)
+    finally:
+        deadline.cancel()
 
 
 async def _iterate(items: Iterable[bytes]) -> AsyncIterator[bytes]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import ssl
 import subprocess
@@ -10,6 +11,7 @@ from pathlib import Path
 import anthropic
 import pytest
 
+import agproxy
 from tests.conftest import clean_env, fake_config
 from tests.fakes.anthropic_upstream import FakeAnthropic
 from tests.fakes.connect_proxy import FakeProxy
@@ -85,3 +87,34 @@ def test_no_proxy_bypasses_the_proxy(start_agproxy, fake, tmp_path):
         ask(proxy)
         assert forward.seen == []
         assert len(fake.requests) == 2
+
+
+def test_a_read_deadline_holds_even_when_the_reading_loses_its_cancellation():
+    """agproxy's deadline on reading an answer closes the connection instead of cancelling the
+    reader: a reader whose cancellation is lost (nested wait_for on Python 3.11 and older, under
+    load) must still end at timeout_s, with a 504, not when the upstream stops trickling."""
+
+    class Response:
+        timeout_s = 0.2
+        closed = False
+
+        def close(self, force: bool = False) -> None:
+            self.closed = True
+
+    response = Response()
+
+    async def reading() -> bytes:  # ends only when its connection closes, whatever is cancelled
+        while not response.closed:
+            try:
+                await asyncio.sleep(0.01)
+            except asyncio.CancelledError:
+                pass
+        return b"what arrived before the close"
+
+    async def run() -> agproxy.UpstreamFailure:
+        with pytest.raises(agproxy.UpstreamFailure) as caught:
+            await asyncio.wait_for(agproxy._read_by_deadline(response, reading(), "too slow"), 5)
+        return caught.value
+
+    failure = asyncio.run(run())
+    assert failure.status == 504 and failure.message == "too slow" and response.closed
