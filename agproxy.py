@@ -1538,14 +1538,32 @@ def sse_complete_prefix(data: Union[bytes, bytearray], start: int = 0) -> int:
 #    touches sockets.
 # =====================================================================================
 
-#: Claude model ids listed by /v1/models when the config names none of its own.
-KNOWN_CLAUDE_MODELS = (
-    ("claude-opus-4-8", "Claude Opus 4.8"),
-    ("claude-sonnet-4-6", "Claude Sonnet 4.6"),
-    ("claude-haiku-4-5", "Claude Haiku 4.5"),
-    ("claude-opus-4-7", "Claude Opus 4.7"),
-    ("claude-sonnet-4-5", "Claude Sonnet 4.5"),
+#: Claude models as Claude Code 2.1.332 describes them in its built-in model catalogue: the id,
+#: the name shown, the context window Claude Code assumes for it without a ``context-1m`` beta
+#: (its auto-compaction is budgeted by this, so usage is scaled onto it), and whether /v1/models
+#: lists it when no upstream lists models of its own (the current ones; Claude Code and the SDKs
+#: warn about the others). Update it from the newest Claude Code when a model appears.
+CLAUDE_MODELS = (
+    ("claude-opus-5-5", "Claude Opus 5.5", 1_000_000, True),
+    ("claude-sonnet-5-5", "Claude Sonnet 5.5", 1_000_000, True),
+    ("claude-haiku-5-5", "Claude Haiku 5.5", 1_000_000, True),
+    ("claude-opus-5", "Claude Opus 5", 1_000_000, True),
+    ("claude-sonnet-5", "Claude Sonnet 5", 1_000_000, True),
+    ("claude-opus-4-8", "Claude Opus 4.8", 1_000_000, True),
+    ("claude-opus-4-7", "Claude Opus 4.7", 1_000_000, True),
+    ("claude-sonnet-4-6", "Claude Sonnet 4.6", 200_000, True),
+    ("claude-haiku-4-5", "Claude Haiku 4.5", 200_000, True),
+    ("claude-opus-4-6", "Claude Opus 4.6", 200_000, False),
+    ("claude-opus-4-5", "Claude Opus 4.5", 200_000, False),
+    ("claude-sonnet-4-5", "Claude Sonnet 4.5", 200_000, False),
+    ("claude-opus-4-1", "Claude Opus 4.1", 200_000, False),
+    ("claude-opus-4", "Claude Opus 4", 200_000, False),
+    ("claude-sonnet-4", "Claude Sonnet 4", 200_000, False),
+    ("claude-fable-5", "Claude Fable 5", 1_000_000, False),
+    ("claude-mythos-5", "Claude Mythos 5", 1_000_000, False),
 )
+#: The models /v1/models lists when nothing else names any.
+KNOWN_CLAUDE_MODELS = tuple((model, name) for model, name, _, listed in CLAUDE_MODELS if listed)
 _MODELS_CREATED_AT = "2025-01-01T00:00:00Z"
 _MODELS_CREATED = 1735689600  # the same moment, as the Unix time OpenAI-shaped lists give
 
@@ -2757,21 +2775,82 @@ MAX_HEALS = 4
 @dataclasses.dataclass(frozen=True)
 class Heal:
     """What to do after an upstream's error answer to a request (see :func:`heal_decision`):
-    ``retry`` without ``fields``/``betas``, ``strip_thinking`` and retry, ``overflow`` (the prompt
-    does not fit: the client is told so that it compacts), or ``fail`` (relay the error)."""
+    ``retry`` without ``fields``/``betas``, ``strip_thinking`` and retry, ``fit`` (retry asking
+    for ``max_tokens``, which fits beside the prompt), ``overflow`` (the prompt does not fit even
+    with a small completion: the client is told so that it compacts; ``prompt_tokens`` and
+    ``window`` where the upstream named them), or ``fail`` (relay the error)."""
 
     action: str
     fields: Tuple[str, ...] = ()
     betas: Tuple[str, ...] = ()
+    max_tokens: Optional[int] = None
+    prompt_tokens: Optional[int] = None
+    window: Optional[int] = None
+
+
+#: The least completion a request is fitted to: a prompt that leaves less room than this in the
+#: window is a prompt that is too long, not a completion budget that is too big.
+MIN_COMPLETION_TOKENS = 1024
+#: Tokens left free when max_tokens is fitted to the prompt's size as the server counted it.
+_FIT_MARGIN_TOKENS = 16
+_CONTEXT_WINDOW_SAID = re.compile(r"maximum context length (?:is|of) (\d+)|available context size \((\d+) tokens\)")
+_PROMPT_TOKENS_SAID = re.compile(
+    r"\((\d+) in the messages|messages resulted in (\d+) tokens|prompt contains at least (\d+) input tokens|"
+    r"request has (\d+) input tokens|(\d+) tokens from the input messages|prompt has (\d+) tokens")
+
+
+@dataclasses.dataclass(frozen=True)
+class ContextReport:
+    """What an upstream's context-length error says, where it says it: the model's window and
+    the prompt's size as the server counted it (vLLM, SGLang, DeepSeek, OpenAI and llama.cpp
+    phrase it differently; llama.cpp gives ``n_ctx`` and ``n_prompt_tokens`` as fields)."""
+
+    window: Optional[int] = None
+    prompt_tokens: Optional[int] = None
+
+
+def context_report(data: bytes) -> ContextReport:
+    """Read :class:`ContextReport` out of an upstream's error body."""
+    text = upstream_error_text(data)
+    window = _first_number(_CONTEXT_WINDOW_SAID.search(text))
+    prompt = _first_number(_PROMPT_TOKENS_SAID.search(text))
+    try:
+        parsed = loads_strict(data)
+    except (ValueError, UnicodeDecodeError):
+        parsed = None
+    error = parsed.get("error") if isinstance(parsed, dict) else None
+    if isinstance(error, dict):
+        window = window or (error["n_ctx"] if _is_int(error.get("n_ctx")) and error["n_ctx"] > 0 else None)
+        prompt = prompt if prompt is not None else (
+            error["n_prompt_tokens"] if _is_int(error.get("n_prompt_tokens")) and error["n_prompt_tokens"] >= 0
+            else None)
+    return ContextReport(window, prompt)
+
+
+def _first_number(match: Optional[re.Match]) -> Optional[int]:
+    if match is None:
+        return None
+    number = int(next(g for g in match.groups() if g is not None))
+    return number if number < 10 ** 9 else None
+
+
+def sent_max_tokens(sent: Dict[str, Any]) -> Optional[int]:
+    """The completion budget a request asked for, in Anthropic or Chat Completions shape."""
+    for key in ("max_tokens", "max_completion_tokens"):
+        if _is_int(sent.get(key)):
+            return sent[key]
+    return None
 
 
 def heal_decision(status: int, data: bytes, sent: Dict[str, Any], beta: Optional[str], *,
                   known_fields: Sequence[str], known_betas: Sequence[str], heals: int,
                   heal_statuses: Sequence[int], heal_thinking: bool, thinking_stripped: bool,
-                  window: Optional[int]) -> Heal:
+                  window: Optional[int], fitted: bool = False) -> Heal:
     """The pure healing policy, as :func:`decide` is the retry policy: from an upstream's error
     answer and what was sent, the next step. Only what was really sent and is not known already
-    can be tried without; a thinking-signature refusal heals once; nothing is learned here."""
+    can be tried without; a thinking-signature refusal heals once; a context-length error that
+    names the prompt's size is fitted once (a completion budget too big is not a prompt too
+    long); nothing is learned here."""
     if status in heal_statuses and heals < MAX_HEALS:
         fields, betas = rejected_inputs(data)
         sent_betas = {b.strip() for b in (beta or "").split(",")}
@@ -2782,8 +2861,16 @@ def heal_decision(status: int, data: bytes, sent: Dict[str, Any], beta: Optional
             return Heal("retry", new_fields, new_betas)
     if heal_thinking and not thinking_stripped and is_signature_error(status, data):
         return Heal("strip_thinking")
-    if window and is_context_overflow(status, data):
-        return Heal("overflow")
+    if is_context_overflow(status, data):
+        said = context_report(data)
+        limit = said.window or window
+        asked = sent_max_tokens(sent)
+        if limit and said.prompt_tokens is not None and not fitted and asked is not None:
+            room = limit - said.prompt_tokens - _FIT_MARGIN_TOKENS
+            if MIN_COMPLETION_TOKENS <= room < asked:
+                return Heal("fit", max_tokens=room)
+        if limit:
+            return Heal("overflow", prompt_tokens=said.prompt_tokens, window=limit)
     return Heal("fail")
 
 
@@ -2900,18 +2987,31 @@ class SignatureWatcher:
 
 # -- context window signalling --------------------------------------------------------------
 
-#: The context window Claude Code assumes, and the one it assumes with a 1M-context beta.
+#: The context window Claude Code assumes for a model it does not know, and with a 1M-context beta.
 CLAUDE_CONTEXT_WINDOW = 200_000
 CLAUDE_LONG_CONTEXT_WINDOW = 1_000_000
 _OVERFLOW_WORDS = re.compile(
     r"prompt is too long|maximum context length|context length|context window|exceeds the available context|"
     r"too many (input )?tokens|input is too long|context_length_exceeded", re.IGNORECASE)
+#: Longest first, so that claude-opus-5-5 is not taken for claude-opus-5.
+_CLAUDE_WINDOWS = sorted(((model, window) for model, _, window, _ in CLAUDE_MODELS), key=lambda m: -len(m[0]))
 
 
-def client_context_window(headers: Headers) -> int:
-    """The window Claude Code believes it has: 1M with a ``context-1m`` beta, else 200k."""
+def client_context_window(headers: Headers, model: Any = None) -> int:
+    """The window Claude Code believes it has for ``model`` (what the client asked for): 1M with a
+    ``context-1m`` beta or a ``[1m]`` model, else the model's own in :data:`CLAUDE_MODELS` (a dated
+    or provider-prefixed id counts), else 200k."""
     betas = header_values(headers, "anthropic-beta")
-    return CLAUDE_LONG_CONTEXT_WINDOW if any(b.startswith("context-1m") for b in betas) else CLAUDE_CONTEXT_WINDOW
+    if any(b.startswith("context-1m") for b in betas):
+        return CLAUDE_LONG_CONTEXT_WINDOW
+    name = model.lower() if isinstance(model, str) else ""
+    if name.endswith("[1m]"):
+        return CLAUDE_LONG_CONTEXT_WINDOW
+    for known, window in _CLAUDE_WINDOWS:
+        at = name.find(known)
+        if at >= 0 and not name[at + len(known):at + len(known) + 1].isalnum():
+            return window
+    return CLAUDE_CONTEXT_WINDOW
 
 
 def scale_tokens(tokens: int, upstream_window: int, client_window: int) -> int:
@@ -4867,6 +4967,10 @@ class _Lessons:
     fields: List[str] = dataclasses.field(default_factory=list)
     betas: List[str] = dataclasses.field(default_factory=list)
     heals: int = 0
+    #: the completion budget this request is sent with when it is not the client's (a context_window
+    #: or the upstream's own count said the client's would not fit), and whether the upstream said so
+    max_tokens: Optional[int] = None
+    fitted: bool = False
 
 
 class Server(Application):
@@ -5238,7 +5342,8 @@ class Server(Application):
         route = route_model(self.config, body["model"])
         exchange.upstream = route.upstream.name
         headers: Headers = [("X-Mapped-Model", route.model)]
-        window, client_window = route.upstream.context_window, client_context_window(request.headers)
+        window = route.upstream.context_window
+        client_window = client_context_window(request.headers, body.get("model"))
         if not self.adapter(route.upstream).counts_upstream:
             counted = await self.adapter(route.upstream).count(body, route)
             tokens = counted if counted is not None else await _estimate_tokens(body, len(request.body or b""))
@@ -5337,13 +5442,14 @@ class Adapter:
             self.auth_headers(upstream, account)
 
     async def call(self, request: Request, exchange: _Exchange, route: Route, account: Account, path: str,
-                   stream: bool) -> Tuple[UpstreamResponse, Dict[str, Any]]:
+                   stream: bool, max_tokens: Optional[int] = None) -> Tuple[UpstreamResponse, Dict[str, Any]]:
         """Send to the upstream and return its successful answer and what was sent, healing on the
         way as :func:`heal_decision` says; a request that succeeds after healing teaches its lesson
-        to every later request. Other error answers raise an :class:`AgproxyError` that keeps the
-        upstream's status and reset time."""
+        to every later request. ``max_tokens`` is sent in place of the client's, where given.
+        Other error answers raise an :class:`AgproxyError` that keeps the upstream's status and
+        reset time."""
         upstream = route.upstream
-        trial, strip_thinking = _Lessons(), False
+        trial, strip_thinking = _Lessons(max_tokens=max_tokens), False
         while True:
             payload, sent, beta = self.prepare(request, exchange, route, stream, strip_thinking, trial)
             try:
@@ -5362,8 +5468,15 @@ class Adapter:
                                  known_fields=self.gw.learned.fields(upstream.name) + trial.fields,
                                  known_betas=self.gw.learned.betas(upstream.name) + trial.betas,
                                  heal_statuses=self.heal_statuses, heal_thinking=self.heal_thinking,
-                                 thinking_stripped=strip_thinking, window=upstream.context_window)
-            if heal.action == "retry":
+                                 thinking_stripped=strip_thinking, window=upstream.context_window,
+                                 fitted=trial.fitted)
+            if heal.action == "fit":
+                trial.max_tokens, trial.fitted = heal.max_tokens, True
+                self.gw.note_once(upstream.name, "fit",
+                                  "upstream %r has no room for the completion asked for beside the prompt; asking "
+                                  "for %d tokens instead (set its context_window to do so before sending)",
+                                  upstream.name, heal.max_tokens)
+            elif heal.action == "retry":
                 trial.fields += heal.fields
                 trial.betas += heal.betas
                 trial.heals += 1
@@ -5374,8 +5487,10 @@ class Adapter:
                                   "upstream %r refused thinking signatures made elsewhere; retrying this session's "
                                   "requests without the old thinking blocks", upstream.name)
             elif heal.action == "overflow":
-                raise prompt_too_long(estimate_input_tokens(json.loads(request.body or b"{}")),
-                                      upstream.context_window or 0, client_context_window(request.headers))
+                client_body = json.loads(request.body or b"{}")
+                tokens = heal.prompt_tokens if heal.prompt_tokens is not None else estimate_input_tokens(client_body)
+                raise prompt_too_long(max(tokens, heal.window or 0), heal.window or 0,
+                                      client_context_window(request.headers, client_body.get("model")))
             else:
                 raise _upstream_error(upstream, response, data, self.gw.clock())
 
@@ -5394,13 +5509,14 @@ class Adapter:
         still be retried), or assemble them, or read a whole answer, in the client's shape."""
         upstream = route.upstream
         window = upstream.context_window
-        client_window = client_context_window(request.headers)
+        client_window = client_context_window(request.headers, body.get("model"))
         estimate = await _estimate_tokens(body, len(request.body or b"")) if window or self.estimates_input else 0
         if window and estimate > window:
             raise prompt_too_long(estimate, window, client_window)
         stream = bool(body.get("stream"))
         response, _ = await self.call(request, exchange, route, account, self.messages_path,
-                                      stream or self.gw.config.force_stream_internally)
+                                      stream or self.gw.config.force_stream_internally,
+                                      fitted_max_tokens(body, window, estimate) if window else None)
         headers = headers + relayed_upstream_headers(response.headers)
         if response.is_event_stream:
             events = self.answer_events(response, route, body, estimate)
@@ -5498,6 +5614,7 @@ class AnthropicAdapter(Adapter):
         if stream and not body.get("stream"):
             body["stream"] = True
             changes["stream_forced"] = 1
+        _fit_max_tokens(body, trial.max_tokens, changes)
         changes.update(sanitize_request(body, upstream.rules,
                                         drop_paths=self.gw.learned.fields(upstream.name) + trial.fields,
                                         drop_thinking=self.gw.signatures.foreign_to(upstream.name)))
@@ -5552,6 +5669,7 @@ class OpenAIAdapter(Adapter):
         if stream:
             body["stream"] = True
         changes = sanitize_request(body, upstream.rules)
+        _fit_max_tokens(body, trial.max_tokens, changes)
         translated, translation_changes = anthropic_to_openai(body, upstream.openai, upstream.name)
         changes.update(translation_changes)
         if upstream.extra_body:
@@ -5693,6 +5811,36 @@ async def _error_body(upstream: Upstream, response: UpstreamResponse) -> bytes:
 #: Request bodies above this size have their tokens estimated in a worker thread, so that one
 #: huge request does not stall every other client (the estimate walks every character).
 _ESTIMATE_OFF_LOOP_BYTES = 1024 * 1024
+
+
+def fitted_max_tokens(body: Dict[str, Any], window: int, estimate: int) -> Optional[int]:
+    """The completion budget that fits beside the prompt in ``window`` (the estimate is rough, so
+    an eighth of the window is kept free, and never less than a small completion), or None when
+    the client's already fits."""
+    asked = body.get("max_tokens")
+    room = max(window - estimate - max(MIN_COMPLETION_TOKENS, window // 8), MIN_COMPLETION_TOKENS)
+    return room if _is_int(asked) and asked > room else None
+
+
+#: The least thinking budget Anthropic's API takes.
+_MIN_THINKING_BUDGET = 1024
+
+
+def _fit_max_tokens(body: Dict[str, Any], max_tokens: Optional[int], changes: Dict[str, int]) -> None:
+    """Lower the request's ``max_tokens`` to ``max_tokens``, and a thinking budget with it (a
+    budget must stay below max_tokens; one that cannot is turned off)."""
+    if max_tokens is None or not _is_int(body.get("max_tokens")) or body["max_tokens"] <= max_tokens:
+        return
+    body["max_tokens"] = max_tokens
+    _count(changes, "max_tokens_fitted")
+    thinking = body.get("thinking")
+    if isinstance(thinking, dict) and _is_int(thinking.get("budget_tokens")) and \
+            thinking["budget_tokens"] >= max_tokens:
+        if max_tokens // 2 >= _MIN_THINKING_BUDGET:
+            body["thinking"] = dict(thinking, budget_tokens=max_tokens // 2)
+        else:
+            body.pop("thinking")
+        _count(changes, "thinking_budget_fitted")
 
 
 def _stop_sequences(body: Dict[str, Any]) -> List[str]:

@@ -20,10 +20,26 @@ def error(message: str) -> bytes:
 
 
 def decide(status: int, data: bytes, *, beta: str = "", known=(), known_betas=(), heals: int = 0,
-           statuses=(400,), thinking: bool = True, stripped: bool = False, window=None) -> agproxy.Heal:
-    return agproxy.heal_decision(status, data, SENT, beta or None, known_fields=list(known),
+           statuses=(400,), thinking: bool = True, stripped: bool = False, window=None, max_tokens=None,
+           fitted: bool = False) -> agproxy.Heal:
+    sent = dict(SENT, max_tokens=max_tokens) if max_tokens else SENT
+    return agproxy.heal_decision(status, data, sent, beta or None, known_fields=list(known),
                                  known_betas=list(known_betas), heals=heals, heal_statuses=statuses,
-                                 heal_thinking=thinking, thinking_stripped=stripped, window=window)
+                                 heal_thinking=thinking, thinking_stripped=stripped, window=window, fitted=fitted)
+
+
+VLLM_BUDGET = error("This model's maximum context length is 32768 tokens. However, you requested 148000 tokens "
+                    "(20000 in the messages, 128000 in the completion). Please reduce the length of the messages "
+                    "or completion.")
+VLLM_NEWER = error("'max_tokens' or 'max_completion_tokens' is too large: 128000. This model's maximum context "
+                   "length is 32768 tokens and your request has 20000 input tokens (128000 > 32768 - 20000).")
+SGLANG = error("Requested token count exceeds the model's maximum context length of 32768 tokens. You requested a "
+               "total of 148000 tokens: 20000 tokens from the input messages and 128000 tokens for the completion.")
+LLAMA_CPP = json.dumps({"error": {"code": 400, "message": "the request exceeds the available context size, try "
+                                  "increasing it", "type": "exceed_context_size_error", "n_prompt_tokens": 20000,
+                                  "n_ctx": 32768}}).encode()
+OPENAI_PROMPT = error("This model's maximum context length is 32768 tokens. However, your messages resulted in "
+                      "40000 tokens. Please reduce the length of the messages.")
 
 
 PLAYBOOK = [
@@ -55,9 +71,25 @@ PLAYBOOK = [
     ("a signature refusal where the kind has none", dict(status=400, thinking=False, data=error(
         "messages.1.content.0: Invalid `signature` in `thinking` block")), agproxy.Heal("fail")),
     ("an overflow with a window", dict(status=400, window=32768, data=error(
-        "This model's maximum context length is 32768 tokens")), agproxy.Heal("overflow")),
-    ("an overflow without one", dict(status=400, data=error("This model's maximum context length is 32768 tokens")),
-     agproxy.Heal("fail")),
+        "This model's maximum context length is 32768 tokens")), agproxy.Heal("overflow", window=32768)),
+    ("an overflow that names the window", dict(status=400, data=error(
+        "This model's maximum context length is 32768 tokens")), agproxy.Heal("overflow", window=32768)),
+    ("an overflow with no window anywhere", dict(status=400, data=error("prompt is too long")), agproxy.Heal("fail")),
+    ("a completion budget too big (vLLM)", dict(status=400, max_tokens=128000, data=VLLM_BUDGET),
+     agproxy.Heal("fit", max_tokens=32768 - 20000 - 16)),
+    ("a completion budget too big (newer vLLM)", dict(status=400, max_tokens=128000, data=VLLM_NEWER),
+     agproxy.Heal("fit", max_tokens=32768 - 20000 - 16)),
+    ("a completion budget too big (SGLang)", dict(status=400, max_tokens=128000, data=SGLANG),
+     agproxy.Heal("fit", max_tokens=32768 - 20000 - 16)),
+    ("a completion budget too big (llama.cpp)", dict(status=400, max_tokens=128000, data=LLAMA_CPP),
+     agproxy.Heal("fit", max_tokens=32768 - 20000 - 16)),
+    ("fitted once already", dict(status=400, max_tokens=12000, fitted=True, data=VLLM_BUDGET),
+     agproxy.Heal("overflow", prompt_tokens=20000, window=32768)),
+    ("a prompt too long for even a small completion", dict(status=400, max_tokens=128000, data=error(
+        "This model's maximum context length is 32768 tokens. However, you requested 160000 tokens (32000 in the "
+        "messages, 128000 in the completion).")), agproxy.Heal("overflow", prompt_tokens=32000, window=32768)),
+    ("a prompt alone too long (OpenAI)", dict(status=400, max_tokens=1000, data=OPENAI_PROMPT),
+     agproxy.Heal("overflow", prompt_tokens=40000, window=32768)),
     ("a server error", dict(status=500, data=b"oops"), agproxy.Heal("fail")),
 ]
 

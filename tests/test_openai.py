@@ -31,6 +31,7 @@ from tests.fakes.openai_upstream import (
     FakeOpenAI,
     chunk,
     completion,
+    prompt_tokens,
     text_chunks,
     tool_chunks,
     violation,
@@ -438,3 +439,49 @@ def test_client_leaving_closes_the_openai_stream(start_agproxy, openai_fake):
     proxy = start_agproxy(local_config(openai_fake))
     noticed = leave_mid_stream(proxy.port, openai_fake.abandoned_at)
     assert noticed is not None and noticed < 1.5
+
+
+# -- small windows: the completion budget Claude Code asks for does not fit ---------------------------
+
+CLAUDE_CODE_FIRST = dict(model="claude-opus-5-5", max_tokens=128000,  # what Claude Code 2.1.332 asks for
+                         system="You are Claude Code. " * 400, messages=[{"role": "user", "content": "hi"}])
+
+
+@pytest.mark.parametrize("configured", [True, False])
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_completion_budget_too_big_for_the_window_is_fitted(start_agproxy, configured, stream):
+    """With context_window set, max_tokens is fitted before sending; without, the server's own
+    error (which names the prompt's size) is healed by one retry with a budget that fits."""
+    with FakeOpenAI(max_model_len=32768) as fake:
+        proxy = start_agproxy(local_config(fake, upstreams=[dict(local_config(fake)["upstreams"][0],
+                                                                 **({"context_window": 32768} if configured else {}))]))
+        client = sdk(proxy)
+        if stream:
+            with client.messages.stream(**CLAUDE_CODE_FIRST) as s:
+                answer = s.get_final_message()
+        else:
+            answer = client.messages.create(**CLAUDE_CODE_FIRST, timeout=30)  # (the SDK wants a stream otherwise)
+        assert answer.content[0].text == "Hello from the fake OpenAI server."
+        budgets = [c.get("max_completion_tokens") or c.get("max_tokens") for c in fake.chats]
+        if configured:
+            assert len(budgets) == 1 and budgets[0] < 32768 and fake.rejections == []
+        else:
+            prompt = prompt_tokens(fake.chats[0])
+            assert budgets == [128000, 32768 - prompt - 16] and len(fake.rejections) == 1
+        assert "max_tokens_fitted" in json.dumps(get_stats(proxy))
+
+
+def test_only_a_prompt_that_cannot_fit_a_small_completion_is_too_long(start_agproxy):
+    with FakeOpenAI(max_model_len=32768) as fake:
+        proxy = start_agproxy(local_config(fake))
+        huge = dict(CLAUDE_CODE_FIRST, system="You are Claude Code. " * 6300)  # over 32k tokens by the fake's count
+        with pytest.raises(anthropic.BadRequestError) as caught:
+            sdk(proxy).messages.create(**huge, timeout=30)
+        message = caught.value.body["error"]["message"]
+        assert message.startswith("prompt is too long: ") and message.endswith("> 1000000 maximum")
+        assert len(fake.chats) == 1  # no retry can make it fit
+
+
+def get_stats(proxy) -> Dict[str, Any]:
+    with urllib.request.urlopen(proxy.url + "/v1/agproxy/stats", timeout=5) as response:
+        return json.load(response)

@@ -441,6 +441,27 @@ def test_scaling_is_onto_the_clients_window():
     assert agproxy.scale_tokens(16000, 300000, 200000) == 16000  # never scaled down
     assert agproxy.client_context_window([("anthropic-beta", "x, context-1m-2025-08-07")]) == 1_000_000
     assert agproxy.client_context_window([]) == 200_000
+
+
+@pytest.mark.parametrize("model, window", [
+    ("claude-opus-5-5", 1_000_000),  # Claude Code 2.1.332's default, 1M without any beta
+    ("claude-opus-5", 1_000_000),
+    ("claude-sonnet-4-6", 200_000),
+    ("claude-sonnet-4-5-20250929", 200_000),  # a dated id
+    ("us.anthropic.claude-opus-4-7-v1", 1_000_000),  # a provider's id
+    ("claude-sonnet-4-6[1m]", 1_000_000),
+    ("claude-opus-4-60", 200_000),  # not claude-opus-4-6, not a known model
+    ("qwen3-coder", 200_000),
+    (None, 200_000),
+])
+def test_the_clients_window_is_the_one_claude_code_assumes_for_its_model(model, window):
+    assert agproxy.client_context_window([], model) == window
+    assert agproxy.client_context_window([("anthropic-beta", "context-1m-2025-08-07")], model) == 1_000_000
+
+
+def test_the_built_in_model_list_is_current():
+    listed = [model for model, _ in agproxy.KNOWN_CLAUDE_MODELS]
+    assert listed[0] == "claude-opus-5-5" and "claude-sonnet-4-5" not in listed
     error = agproxy.prompt_too_long(40000, 32000, 200000)
     assert (error.status, error.message) == (400, "prompt is too long: 250000 tokens > 200000 maximum")
 
@@ -480,6 +501,11 @@ def test_context_window_scales_usage_and_refuses_what_cannot_fit(start_agproxy, 
     assert status == 400 and error["type"] == "invalid_request_error"
     assert error["message"].startswith("prompt is too long: ") and error["message"].endswith("> 200000 maximum")
     assert len(fake.requests) == 3  # the huge one never left
+    # Claude Code's default model, whose 1M window Claude Code assumes without any beta
+    status, _, data = post(proxy, "/v1/messages", dict(small, model="claude-opus-5-5"), {})
+    assert json.loads(data)["usage"]["input_tokens"] == agproxy.scale_tokens(12, 32000, 1_000_000) == 375
+    status, _, data = post(proxy, "/v1/messages", dict(huge, model="claude-opus-5-5"), {})
+    assert json.loads(data)["error"]["message"].endswith("> 1000000 maximum")
 
 
 def test_upstream_overflow_error_becomes_prompt_is_too_long(start_agproxy, fake):

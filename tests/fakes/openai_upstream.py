@@ -122,10 +122,20 @@ def violation(body: Dict[str, Any], extra_allowed: Sequence[str] = ()) -> Option
     return None
 
 
+def prompt_tokens(body: Dict[str, Any]) -> int:
+    """The fake's count of a request's prompt: a token per four characters of its messages and tools."""
+    return len(json.dumps([body.get("messages"), body.get("tools")])) // 4
+
+
 class FakeOpenAI:
-    def __init__(self, extra_allowed: Sequence[str] = (), prefix: str = "/v1") -> None:
+    """``max_model_len`` makes it check the window as vLLM does: a prompt and a completion budget
+    (``max_tokens``) that do not fit together are refused with vLLM's words, naming both."""
+
+    def __init__(self, extra_allowed: Sequence[str] = (), prefix: str = "/v1",
+                 max_model_len: Optional[int] = None) -> None:
         self.extra_allowed = list(extra_allowed)
         self.prefix = prefix
+        self.max_model_len = max_model_len
         self.requests: List[Dict[str, Any]] = []
         self.rejections: List[str] = []
         self.abandoned_at: List[float] = []
@@ -187,6 +197,17 @@ class FakeOpenAI:
             writer.write(json_reply(400, {"error": {"message": refusal, "type": "invalid_request_error",
                                                     "param": None, "code": None}}))
             return True
+        if self.max_model_len:
+            prompt = prompt_tokens(body)
+            budget = body.get("max_completion_tokens") or body.get("max_tokens") or 0
+            if prompt + budget > self.max_model_len:
+                message = (f"This model's maximum context length is {self.max_model_len} tokens. However, you "
+                           f"requested {prompt + budget} tokens ({prompt} in the messages, {budget} in the "
+                           "completion). Please reduce the length of the messages or completion.")
+                self.rejections.append(message)
+                writer.write(json_reply(400, {"object": "error", "message": message, "type": "BadRequestError",
+                                              "param": None, "code": 400}))
+                return True
         with self._lock:
             reply = self._queue.pop(0) if self._queue else None
         if reply is None:
