@@ -1577,6 +1577,8 @@ def _model_object(model_id: str, display_name: str, created_at: Optional[str] = 
 #: Deepest nesting of objects and lists taken in a request (Claude Code's deepest, an MCP tool's
 #: schema, is about 15): past this, recursive clean-up and translation would run out of stack.
 MAX_JSON_DEPTH = 64
+#: Largest max_tokens taken: ten times what the largest model writes today (Claude Code asks 128000).
+MAX_OUTPUT_TOKENS = 1_280_000
 #: Longest model name taken; it is echoed in ``X-Mapped-Model`` (real ids are under 100).
 MAX_MODEL_CHARS = 256
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
@@ -1717,6 +1719,7 @@ def validate_messages_request(body: Dict[str, Any], *, count_tokens: bool = Fals
     messages = body.get("messages")
     if not isinstance(messages, list):
         raise InvalidRequest("messages: Field required" if messages is None else "messages: must be a list")
+    _expect(bool(messages), "messages", "at least one message is required")
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
             raise InvalidRequest(f"messages.{i}: must be an object")
@@ -1750,6 +1753,7 @@ def validate_messages_request(body: Dict[str, Any], *, count_tokens: bool = Fals
         raise InvalidRequest("max_tokens: Field required")
     if not _is_int(max_tokens) or max_tokens < 1:
         raise InvalidRequest("max_tokens: must be a positive integer")
+    _expect(max_tokens <= MAX_OUTPUT_TOKENS, "max_tokens", f"must be at most {MAX_OUTPUT_TOKENS} (no model writes more)")
     if "stream" in body and not isinstance(body["stream"], bool):
         raise InvalidRequest("stream: must be true or false")
     stops = body.get("stop_sequences")
@@ -1857,16 +1861,22 @@ def new_message_id() -> str:
     return "msg_" + uuid.uuid4().hex[:24]
 
 
+#: What Claude Code wraps its own context in, inside the user's turn (never what the user typed).
+_SYSTEM_REMINDER = re.compile(r"<system-reminder>.*?(?:</system-reminder>|\Z)", re.DOTALL)
+
+
 def _last_user_text(body: Dict[str, Any]) -> str:
+    """The words of the user's last turn: its text, without the ``<system-reminder>`` blocks
+    Claude Code adds to it."""
     for message in reversed(body.get("messages") or []):
         if not isinstance(message, dict) or message.get("role") != "user":
             continue
         content = message.get("content")
-        if isinstance(content, str):
-            return content
-        texts = [b.get("text", "") for b in content or [] if isinstance(b, dict) and b.get("type") == "text"]
-        if any(t.strip() for t in texts):
-            return "\n".join(t for t in texts if t.strip())
+        blocks = [content] if isinstance(content, str) else \
+            [b.get("text") for b in content or [] if isinstance(b, dict) and b.get("type") == "text"]
+        texts = [_SYSTEM_REMINDER.sub("", t).strip() for t in blocks if isinstance(t, str)]
+        if any(texts):
+            return "\n".join(t for t in texts if t)
     return ""
 
 

@@ -536,3 +536,16 @@ def test_the_billing_header_line_goes_for_every_profile_but_anthropic(system, ex
         body = {"model": "m", "max_tokens": 5, "system": system, "messages": [{"role": "user", "content": "hi"}]}
         agproxy.sanitize_request(body, agproxy.PROFILE_DEFAULTS[profile])
         assert body["system"] == (system if kept else expected), profile
+
+
+def test_the_demo_echoes_what_the_user_typed_not_claude_codes_reminders():
+    body = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "<system-reminder>\nAs you answer the user's questions, you can use the following "
+                                 "context:\n# claudeMd\nbe terse\n</system-reminder>"},
+        {"type": "text", "text": "what is 2+2?"},
+        {"type": "text", "text": "<system-reminder>The date is 2026-12-02.</system-reminder>", "cache_control": {
+            "type": "ephemeral"}}]}]}
+    text = agproxy.demo_reply_text(body)
+    assert '"what is 2+2?"' in text and "system-reminder" not in text and "claudeMd" not in text
+    assert '"hello"' in agproxy.demo_reply_text({"messages": [
+        {"role": "user", "content": "hello<system-reminder>unclosed"}]})

@@ -83,9 +83,16 @@ def test_v1_v1_hint_and_404_405(start_agproxy):
     (b"[1, 2]", "must be a JSON object"),
     ({"max_tokens": 5, "messages": []}, "model: Field required"),
     ({"model": "m", "max_tokens": 5}, "messages: Field required"),
-    ({"model": "m", "messages": []}, "max_tokens: Field required"),
-    ({"model": "m", "max_tokens": "5", "messages": []}, "max_tokens"),
+    ({"model": "m", "messages": [{"role": "user", "content": "hi"}]}, "max_tokens: Field required"),
+    ({"model": "m", "max_tokens": "5", "messages": [{"role": "user", "content": "hi"}]}, "max_tokens"),
     ({"model": "m", "max_tokens": 5, "messages": [{"role": "user"}]}, "messages.0.content"),
+    # what the demo answered and agproxy forwarded upstream (with retries) before
+    ({"model": "m", "max_tokens": 5, "messages": []}, "messages: at least one message is required"),
+    ({"model": "m", "max_tokens": 5, "messages": [{"role": "bot", "content": "hi"}]}, "messages.0.role"),
+    ({"model": "m", "max_tokens": 10 ** 9, "messages": [{"role": "user", "content": "hi"}]},
+     "max_tokens: must be at most"),
+    (b'{"model": "m", "max_tokens": 1e9, "messages": [{"role": "user", "content": "hi"}]}',
+     "max_tokens: must be a positive integer"),
 ])
 def test_invalid_message_requests_are_400_with_a_clear_message(start_agproxy, body, expected):
     proxy = start_agproxy({"upstreams": [DEMO]})
