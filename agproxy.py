@@ -732,16 +732,21 @@ def config_from_dict(raw: Any, environ: Dict[str, str], source: str) -> Config:
         allowed_origins=fields.strings("allowed_origins"),
         server_names=fields.strings("server_names"),
         log_level=fields.choice("log_level", LOG_LEVELS, d.log_level),
-        state_file=fields.text("state_file", default_state_file(environ)),
+        state_file=fields.text("state_file", default_state_file(environ, source)),
         source=source,
     )
 
 
-def default_state_file(environ: Dict[str, str]) -> str:
-    """Where learned facts and cooldowns are kept: ``$XDG_STATE_HOME/agproxy/state.json``."""
+def default_state_file(environ: Dict[str, str], config_path: str = "") -> str:
+    """Where learned facts and cooldowns are kept: ``$XDG_STATE_HOME/agproxy/state.json``, or for
+    a config file ``state-<mark of its path>.json`` there, so that two agproxy instances with
+    different configs on one machine never share one."""
     base = environ.get("XDG_STATE_HOME") or os.path.join(environ.get("HOME") or os.path.expanduser("~"),
                                                          ".local", "state")
-    return os.path.join(base, "agproxy", "state.json")
+    if not config_path:
+        return os.path.join(base, "agproxy", "state.json")
+    mark = hashlib.sha256(os.path.abspath(config_path).encode("utf-8", "surrogateescape")).hexdigest()[:12]
+    return os.path.join(base, "agproxy", f"state-{mark}.json")
 
 
 def find_config_path(explicit: Optional[str], environ: Dict[str, str], cwd: str, home: str) -> Optional[str]:
@@ -1753,7 +1758,8 @@ def validate_messages_request(body: Dict[str, Any], *, count_tokens: bool = Fals
         raise InvalidRequest("max_tokens: Field required")
     if not _is_int(max_tokens) or max_tokens < 1:
         raise InvalidRequest("max_tokens: must be a positive integer")
-    _expect(max_tokens <= MAX_OUTPUT_TOKENS, "max_tokens", f"must be at most {MAX_OUTPUT_TOKENS} (no model writes more)")
+    _expect(max_tokens <= MAX_OUTPUT_TOKENS, "max_tokens",
+            f"must be at most {MAX_OUTPUT_TOKENS} (no model writes more)")
     if "stream" in body and not isinstance(body["stream"], bool):
         raise InvalidRequest("stream: must be true or false")
     stops = body.get("stop_sequences")
@@ -3832,6 +3838,20 @@ class AccountState:
     rate_limited: int = 0
 
 
+def server_fingerprint(upstream: Upstream) -> str:
+    """A short mark of the server an upstream names: what learned rejections are bound to."""
+    return hashlib.sha256(f"agproxy\0{upstream.kind}\0{upstream.base_url}".encode(
+        "utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def key_fingerprint(upstream: Upstream, account: Account) -> str:
+    """A short one-way mark of an account's key and the server it is for: what a saved rest is
+    bound to, so that a key changed in the config, or a new base_url, starts afresh (the key
+    itself is never written anywhere)."""
+    return hashlib.sha256(f"agproxy\0{upstream.kind}\0{upstream.base_url}\0{account.api_key}".encode(
+        "utf-8", "surrogatepass")).hexdigest()[:16]
+
+
 class AccountPool:
     """Every upstream's accounts with their health; chooses the account for each attempt.
 
@@ -3976,20 +3996,28 @@ class AccountPool:
         rejected.final = True
         return rejected
 
+    def _fingerprint(self, upstream_name: str, account_name: str) -> str:
+        upstream = self.upstreams[upstream_name]
+        account = next(a for a in upstream.accounts if a.name == account_name)
+        return key_fingerprint(upstream, account)
+
     def to_json(self, now: float) -> Dict[str, Any]:
-        """The resting accounts, for the state file."""
+        """The resting accounts, for the state file, each bound to its key (by fingerprint)."""
         return {f"{u}/{a}": {"resting_until": s.resting_until, "rejected_key": s.rejected_key, "reason": s.reason,
-                             "limits_in_a_row": s.limits_in_a_row}
+                             "limits_in_a_row": s.limits_in_a_row, "key": self._fingerprint(u, a)}
                 for (u, a), s in sorted(self.states.items()) if s.resting_until > now}
 
-    def load_json(self, data: Any, now: float) -> None:
-        """Take resting accounts from a saved state (unknown accounts and past times are skipped)."""
+    def load_json(self, data: Any, now: float) -> List[str]:
+        """Take resting accounts from a saved state: only a rest of the same key at the same
+        server (a key fixed in the config starts afresh); unknown accounts and past times are
+        skipped. Returns a line for each rest taken, for the log."""
+        restored: List[str] = []
         if not isinstance(data, dict):
-            return
+            return restored
         for key, entry in data.items():
             upstream, _, account = str(key).partition("/")
             state = self.states.get((upstream, account))
-            if state is None or not isinstance(entry, dict):
+            if state is None or not isinstance(entry, dict) or entry.get("key") != self._fingerprint(upstream, account):
                 continue
             until = entry.get("resting_until")
             if isinstance(until, (int, float)) and not isinstance(until, bool) and math.isfinite(until) \
@@ -4000,6 +4028,9 @@ class AccountPool:
                 state.reason = reason[:200] if isinstance(reason, str) and reason else "rested before a restart"
                 limits = entry.get("limits_in_a_row")
                 state.limits_in_a_row = min(limits, 64) if isinstance(limits, int) and limits > 0 else 0
+                restored.append(f"account {account!r} of upstream {upstream!r} rests {state.resting_until - now:.0f} s "
+                                f"more ({state.reason})")
+        return restored
 
     def describe(self, now: float) -> List[Dict[str, Any]]:
         """Every account with its state and counters (never its key), for /v1/agproxy/accounts."""
@@ -4141,15 +4172,21 @@ class LearnedRejections:
                 new.append(f"beta:{beta}")
         return new
 
-    def to_json(self) -> Dict[str, Any]:
+    def to_json(self, servers: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
+        """What was learned, per upstream, bound to the server it was learned from (``servers``:
+        each upstream's :func:`server_fingerprint`)."""
         names = sorted(set(self._fields) | set(self._betas))
-        return {name: {"fields": self.fields(name), "betas": self.betas(name)} for name in names}
+        return {name: dict({"fields": self.fields(name), "betas": self.betas(name)},
+                           **({"server": servers[name]} if servers and name in servers else {})) for name in names}
 
-    def load_json(self, data: Any) -> None:
-        """Take entries from a saved state; anything malformed is skipped."""
+    def load_json(self, data: Any, servers: Optional[Dict[str, str]] = None) -> None:
+        """Take entries from a saved state; anything malformed, and (given ``servers``) anything
+        learned from another server than the upstream's now, is skipped."""
         if not isinstance(data, dict):
             return
         for upstream, entry in data.items():
+            if servers is not None and (not isinstance(entry, dict) or entry.get("server") != servers.get(upstream)):
+                continue
             if isinstance(entry, dict):
                 fields, betas = entry.get("fields"), entry.get("betas")
                 self.learn(upstream, [f for f in fields if isinstance(f, str)] if isinstance(fields, list) else [],
@@ -4995,8 +5032,9 @@ class Server(Application):
         #: with (a test passes its own, so waits and rests pass without sleeping)
         self.clock = clock
         self.sleep = sleep
+        self._servers = {u.name: server_fingerprint(u) for u in config.upstreams}
         self.learned = LearnedRejections()
-        self.learned.load_json((state or {}).get("learned"))
+        self.learned.load_json((state or {}).get("learned"), self._servers)
         self.signatures = SignatureBook()
         self.counters: collections.Counter = collections.Counter()
         self._noted: collections.OrderedDict = collections.OrderedDict()
@@ -5007,8 +5045,9 @@ class Server(Application):
         self.redact = Redactor(config.secrets())
         self.client = client or UpstreamClient()
         self.pool = AccountPool(config.upstreams)
-        self.pool.load_json((state or {}).get("accounts"), clock())
         self.log = logging.getLogger("agproxy")
+        for line in self.pool.load_json((state or {}).get("accounts"), clock()):
+            self.log.info("restored from the state file: %s (`agproxy state clear` forgets it)", line)
         self.http = HttpServer(config, self, self.redact)
         self.adapters: Dict[str, Adapter] = {kind: cls(self) for kind, cls in ADAPTERS.items()}
         self._models_cache: Optional[Tuple[float, List[Dict[str, Any]]]] = None
@@ -5329,7 +5368,7 @@ class Server(Application):
         loop = asyncio.get_running_loop()
         while self._state_dirty:
             self._state_dirty = False
-            snapshot = {"learned": self.learned.to_json(), "accounts": self.pool.to_json(self.clock())}
+            snapshot = {"learned": self.learned.to_json(self._servers), "accounts": self.pool.to_json(self.clock())}
             assert self._persist is not None
             await loop.run_in_executor(None, self._persist, snapshot)
 
@@ -6248,11 +6287,19 @@ async def check_upstreams(config: Config, out: Callable[[str], None]) -> bool:
 # =====================================================================================
 
 
+_COMMANDS_HELP = """commands:
+  agproxy check [--config FILE]        validate the config and probe every upstream and account
+  agproxy state show|clear [--config FILE]
+                                       show or forget what is kept across restarts (account rests,
+                                       learned rejections); stop agproxy before clearing"""
+
+
 def _arg_parser(check: bool) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="agproxy" + (" check" if check else ""),
         description=("Validate the config and probe each upstream." if check
                      else "A local gateway for the Anthropic Messages API."),
+        epilog=None if check else _COMMANDS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", help="config file (default: $AGPROXY_CONFIG, ./agproxy.json, "
                                           "~/.config/agproxy/config.json, else the built-in demo)")
@@ -6293,9 +6340,43 @@ async def _serve(config: Config) -> int:
     return 0
 
 
+def _state_command(argv: List[str]) -> int:
+    """``agproxy state show|clear``: what the state file of the config in effect holds, or forget it."""
+    parser = argparse.ArgumentParser(prog="agproxy state", description="Show or forget what agproxy keeps across "
+                                     "restarts: account rests and what upstreams rejected.")
+    parser.add_argument("action", choices=("show", "clear"))
+    parser.add_argument("--config", help="config file (default: the same lookup as agproxy itself)")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config, {})
+    except ConfigError as exc:
+        print(f"config: {exc.message}", file=sys.stderr)
+        return 2
+    path = config.state_file
+    if not path:
+        print("state: state_file is \"\" in the config: nothing is kept")
+        return 0
+    if args.action == "show":
+        print(json.dumps(StateFile(path).load(), indent=2, sort_keys=True) if os.path.exists(path)
+              else f"state: {path} does not exist: nothing is kept yet")
+        return 0
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        print(f"state: {path} does not exist: nothing to forget")
+        return 0
+    except OSError as exc:
+        print(f"state: cannot remove {path}: {_describe_os_error(exc)}", file=sys.stderr)
+        return 1
+    print(f"state: {path} removed: account rests and learned rejections are forgotten")
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run agproxy (or ``agproxy check``); returns the process exit code."""
+    """Run agproxy (or ``agproxy check`` / ``agproxy state``); returns the process exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["state"]:
+        return _state_command(argv[1:])
     check = argv[:1] == ["check"]
     args = _arg_parser(check).parse_args(argv[1:] if check else argv)
     overrides = {} if check else {"host": args.host, "port": args.port, "log_level": args.log_level}

@@ -139,6 +139,9 @@ def test_pool_state_round_trips_and_skips_the_past():
     later, _ = pool_of(Account("a", "k"), Account("b", "k"))
     later.load_json(saved, NOW + 200)
     assert {d["state"] for d in later.describe(NOW + 200)} == {"ok", "rejected_key"}
+    rekeyed, _ = pool_of(Account("a", "k"), Account("b", "a new key"))  # b's key was fixed in the config
+    assert len(rekeyed.load_json(saved, NOW + 50)) == 1
+    assert {d["account"]: d["state"] for d in rekeyed.describe(NOW + 50)} == {"a": "rate_limited", "b": "ok"}
 
 
 # -- hypothesis: random failure scripts through the real retry loop ---------------------------------
@@ -449,6 +452,39 @@ def test_a_limited_account_stays_limited_across_a_restart(start_agproxy, fake, t
     ask(again)
     assert fake.keys() == [ALICE, BOB, BOB, BOB]
     assert accounts(again)["alice@example.com"]["state"] == "rate_limited"
+
+
+def test_a_key_fixed_in_the_config_works_right_after_a_restart(start_agproxy, fake, tmp_path):
+    """A rest belongs to the key (by fingerprint), not to the account's name: the issue was a key
+    rejected with 401, fixed in the config, and still refused for an hour after a restart."""
+    state = tmp_path / "state.json"
+    wrong = fake_config(fake, state_file=str(state))
+    wrong["upstreams"][0]["accounts"] = [{"name": "alice@example.com", "api_key": "sk-upstream-typo"}]
+    fake.script_for("sk-upstream-typo", error(401, "authentication_error", message="invalid x-api-key"))
+    proxy = start_agproxy(wrong)
+    with pytest.raises(anthropic.APIStatusError) as caught:
+        ask(proxy)
+    assert caught.value.status_code == 502
+    assert proxy.stop() == 0
+    saved = state.read_text()
+    assert "sk-upstream-typo" not in saved and '"key": "' in saved  # a fingerprint, never the key
+    unchanged = start_agproxy(wrong)  # the same wrong key: its rest is restored, and said so
+    with pytest.raises(anthropic.APIStatusError):
+        ask(unchanged)
+    assert "restored from the state file: account 'alice@example.com' of upstream 'fake' rests" in unchanged.log()
+    assert unchanged.stop() == 0
+    fixed = dict(wrong, upstreams=[dict(wrong["upstreams"][0], accounts=[
+        {"name": "alice@example.com", "api_key": ALICE}])])
+    again = start_agproxy(fixed)
+    assert ask(again).headers["x-account-email"] == "alice@example.com"
+    assert fake.keys() == ["sk-upstream-typo", ALICE] and "restored" not in again.log()
+
+
+def test_the_default_state_file_is_one_per_config():
+    env = {"HOME": "/home/u"}
+    first, second = agproxy.default_state_file(env, "/etc/a.json"), agproxy.default_state_file(env, "/etc/b.json")
+    assert first != second and first.startswith("/home/u/.local/state/agproxy/state-")
+    assert agproxy.default_state_file(env) == "/home/u/.local/state/agproxy/state.json"
 
 
 def test_accounts_page_needs_the_key_when_auth_is_on(start_agproxy, fake):

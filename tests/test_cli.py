@@ -166,3 +166,22 @@ def test_runs_on_python_3_9(start_agproxy, fake, tmp_path):
     request = urllib.request.Request(proxy.url + "/v1/messages", body, {"content-type": "application/json"})
     with urllib.request.urlopen(request, timeout=5) as response:
         assert b"event: message_stop" in response.read()
+
+
+def test_state_show_and_clear(tmp_path, fake):
+    state = tmp_path / "kept.json"
+    path = write_config(tmp_path, fake_config(fake, state_file=str(state)))
+    assert "does not exist" in run(["state", "show", "--config", str(path)], tmp_path).stdout
+    state.write_text(json.dumps({"format": 1, "accounts": {"fake/alice@example.com": {
+        "resting_until": 4e9, "rejected_key": True, "reason": "key rejected (HTTP 401)", "key": "0123"}}}))
+    shown = run(["state", "show", "--config", str(path)], tmp_path)
+    assert shown.returncode == 0 and "key rejected (HTTP 401)" in shown.stdout
+    cleared = run(["state", "clear", "--config", str(path)], tmp_path)
+    assert cleared.returncode == 0 and "forgotten" in cleared.stdout and not state.exists()
+    assert run(["state", "clear", "--config", str(path)], tmp_path).stdout.startswith("state: ")
+    assert run(["state", "wipe"], tmp_path).returncode == 2
+
+
+def test_help_lists_the_commands(tmp_path):
+    out = run(["--help"], tmp_path).stdout
+    assert "agproxy check" in out and "agproxy state show|clear" in out

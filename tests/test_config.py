@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import agproxy
 from agproxy import ConfigError, config_from_dict, expand_env, find_config_path, load_config
 
 GOOD = {
@@ -171,5 +172,7 @@ def test_profile_overrides_and_context_window():
 def test_state_file_default_follows_xdg(tmp_path: Path):
     path = tmp_path / "c.json"
     path.write_text(json.dumps({"upstreams": [{"name": "d", "kind": "demo"}]}))
-    assert load_config(str(path), {}, {"XDG_STATE_HOME": "/x"}).state_file == "/x/agproxy/state.json"
-    assert load_config(str(path), {}, {"HOME": "/h"}).state_file == "/h/.local/state/agproxy/state.json"
+    mark = agproxy.default_state_file({"HOME": "/"}, str(path)).rsplit("/", 1)[1]  # state-<mark of the path>.json
+    assert mark.startswith("state-") and mark.endswith(".json")
+    assert load_config(str(path), {}, {"XDG_STATE_HOME": "/x"}).state_file == f"/x/agproxy/{mark}"
+    assert load_config(str(path), {}, {"HOME": "/h"}).state_file == f"/h/.local/state/agproxy/{mark}"
