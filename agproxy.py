@@ -2027,7 +2027,10 @@ def sanitize_request(body: Dict[str, Any], profile: Profile, *, drop_paths: Iter
     """
     changes: Dict[str, int] = {}
     for path in drop_paths:
-        _count(changes, f"learned:{path}", drop_path(body, path.split(".")))
+        if path == BASIC_THINKING_LESSON:
+            _basic_thinking(body, changes)
+        else:
+            _count(changes, f"learned:{path}", drop_path(body, path.split(".")))
     if profile.fields is not None:
         for key in [k for k in body if k not in profile.fields]:
             del body[key]
@@ -2722,10 +2725,23 @@ def upstream_error_text(body: bytes) -> str:
     return "\n".join(texts)
 
 
+#: How a server says a request's shape is not one it knows (pydantic, serde, OpenAPI validators).
+_SCHEMA_REFUSAL = re.compile(r"Extra inputs are not permitted|Input tag|does not match any of the expected|"
+                             r"unknown (field|variant|parameter)|Unrecognized|Unexpected value|not supported|"
+                             r"Input should be", re.IGNORECASE)
+#: The lesson learned from an upstream that knows only the basic thinking types (``enabled``,
+#: ``disabled``): send adaptive thinking in that form (as ``thinking: basic`` profiles do).
+BASIC_THINKING_LESSON = "thinking.type=basic"
+_ADAPTIVE_REFUSED = re.compile(r"\bthinking[\w.]*:? [^\n]*?'adaptive'|'adaptive'[^\n]*? for thinking", re.IGNORECASE)
+
+
 def rejected_inputs(body: bytes) -> Tuple[List[str], List[str]]:
-    """The field paths and beta values an upstream's 400 says it does not accept."""
+    """The field paths and beta values an upstream's 400 says it does not accept (a refused
+    adaptive thinking type is :data:`BASIC_THINKING_LESSON`)."""
     text = upstream_error_text(body)
     fields = _EXTRA_INPUT.findall(text) + _UNKNOWN_FIELD.findall(text)
+    if _ADAPTIVE_REFUSED.search(text):
+        fields.append(BASIC_THINKING_LESSON)
     betas: List[str] = []
     for listed in _UNEXPECTED_BETAS.findall(text):
         betas += [b.strip(" `'\"") for b in listed.split(",") if b.strip(" `'\"")]
@@ -2749,6 +2765,9 @@ def learnable_path(body: Dict[str, Any], path: str) -> Optional[str]:
     so ``tools.*.input_examples`` is stripped from every tool. Fields that carry the request's
     meaning are never stripped on an upstream's say-so.
     """
+    if path == BASIC_THINKING_LESSON:
+        thinking = body.get("thinking")
+        return path if isinstance(thinking, dict) and thinking.get("type") == "adaptive" else None
     general = _general_path(body, path.split("."), [])
     if not general:
         return None
@@ -5541,7 +5560,15 @@ class Adapter:
                 raise prompt_too_long(max(tokens, heal.window or 0), heal.window or 0,
                                       client_context_window(request.headers, client_body.get("model")))
             else:
-                raise _upstream_error(upstream, response, data, self.gw.clock())
+                error = _upstream_error(upstream, response, data, self.gw.clock())
+                hint = self.unhealed_hint(upstream, response.status, data)
+                if hint:
+                    error.message = f"{error.message} ({hint})"
+                raise error
+
+    def unhealed_hint(self, upstream: Upstream, status: int, data: bytes) -> Optional[str]:
+        """What the user can change when the upstream refused a request agproxy could not heal."""
+        return None
 
     #: where a Messages request goes, relative to base_url
     messages_path = ""
@@ -5680,6 +5707,13 @@ class AnthropicAdapter(Adapter):
     def answer_events(self, response: UpstreamResponse, route: Route, body: Dict[str, Any],
                       estimate: int) -> AsyncIterator[bytes]:
         return anthropic_events(response, route.upstream.name)
+
+    def unhealed_hint(self, upstream: Upstream, status: int, data: bytes) -> Optional[str]:
+        if status not in (400, 422) or upstream.profile == "compatible" or not _SCHEMA_REFUSAL.search(
+                upstream_error_text(data)):
+            return None
+        return (f"agproxy could not heal this; for an Anthropic-compatible service that is not Anthropic, set "
+                f'"profile": "compatible" on upstream {upstream.name!r}: it sends only the basic Messages fields')
 
     def answer_message(self, data: bytes, response: UpstreamResponse, route: Route,
                        body: Dict[str, Any]) -> Dict[str, Any]:

@@ -21,8 +21,9 @@ def error(message: str) -> bytes:
 
 def decide(status: int, data: bytes, *, beta: str = "", known=(), known_betas=(), heals: int = 0,
            statuses=(400,), thinking: bool = True, stripped: bool = False, window=None, max_tokens=None,
-           fitted: bool = False) -> agproxy.Heal:
+           fitted: bool = False, adaptive: bool = False) -> agproxy.Heal:
     sent = dict(SENT, max_tokens=max_tokens) if max_tokens else SENT
+    sent = dict(sent, thinking={"type": "adaptive"}) if adaptive else sent
     return agproxy.heal_decision(status, data, sent, beta or None, known_fields=list(known),
                                  known_betas=list(known_betas), heals=heals, heal_statuses=statuses,
                                  heal_thinking=thinking, thinking_stripped=stripped, window=window, fitted=fitted)
@@ -91,6 +92,12 @@ PLAYBOOK = [
     ("a prompt alone too long (OpenAI)", dict(status=400, max_tokens=1000, data=OPENAI_PROMPT),
      agproxy.Heal("overflow", prompt_tokens=40000, window=32768)),
     ("a server error", dict(status=500, data=b"oops"), agproxy.Heal("fail")),
+    ("adaptive thinking where only enabled/disabled are known", dict(status=400, adaptive=True, data=error(
+        "thinking.type: Input tag 'adaptive' found using 'type' does not match any of the expected tags: "
+        "'disabled', 'enabled'")), agproxy.Heal("retry", ("thinking.type=basic",))),
+    ("the same, when adaptive thinking was not sent", dict(status=400, data=error(
+        "thinking.type: Input tag 'adaptive' found using 'type' does not match any of the expected tags: "
+        "'disabled', 'enabled'")), agproxy.Heal("fail")),
 ]
 
 

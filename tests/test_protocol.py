@@ -360,6 +360,31 @@ def test_self_healing_learns_persists_and_logs_once(start_agproxy, tmp_path):
         assert len(picky.requests) == 6  # a restart remembers
 
 
+def test_self_healing_turns_refused_adaptive_thinking_into_the_basic_form(start_agproxy):
+    """An Anthropic-compatible service on the default profile that knows only enabled/disabled
+    thinking (Claude Code 2.1.332 sends adaptive): learned once, then sent that way."""
+    asked = {"model": "m", "max_tokens": 32000, "thinking": {"type": "adaptive"},
+             "messages": [{"role": "user", "content": "x"}]}
+    with FakeAnthropic(basic_thinking_only=True) as picky:
+        proxy = start_agproxy(fake_config(picky))
+        assert post(proxy, "/v1/messages", asked, {})[0] == 200
+        assert [r.json["thinking"]["type"] for r in picky.requests] == ["adaptive", "enabled"]
+        assert 1024 <= picky.requests[1].json["thinking"]["budget_tokens"] < 32000
+        assert post(proxy, "/v1/messages", asked, {})[0] == 200
+        assert len(picky.requests) == 3 and picky.requests[2].json["thinking"]["type"] == "enabled"
+        assert "thinking.type=basic" in proxy.log()
+
+
+def test_what_cannot_be_healed_names_the_profile_that_would(start_agproxy):
+    with FakeAnthropic(reject_fields=["system"]) as picky:
+        proxy = start_agproxy(fake_config(picky))
+        status, _, data = post(proxy, "/v1/messages", {"model": "m", "max_tokens": 5, "system": "be brief",
+                                                       "messages": [{"role": "user", "content": "x"}]}, {})
+        message = json.loads(data)["error"]["message"]
+        assert status == 400 and message.startswith("system: Extra inputs are not permitted")
+        assert '"profile": "compatible"' in message and "'fake'" in message
+
+
 def test_self_healing_never_strips_what_the_request_needs(start_agproxy):
     with FakeAnthropic(reject_fields=["max_tokens"]) as picky:
         proxy = start_agproxy(fake_config(picky))

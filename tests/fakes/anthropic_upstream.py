@@ -142,8 +142,10 @@ class FakeAnthropic:
 
     def __init__(self, tls: Optional[ssl.SSLContext] = None, *, strict: bool = False,
                  reject_fields: Sequence[str] = (), reject_betas: Sequence[str] = (),
-                 signature_prefix: Optional[str] = None) -> None:
+                 signature_prefix: Optional[str] = None, basic_thinking_only: bool = False) -> None:
         self.tls = tls
+        #: refuse adaptive thinking as a service that knows only enabled/disabled does (seen in the wild)
+        self.basic_thinking_only = basic_thinking_only
         #: strict: refuse what a strict compatible server refuses (tests/fakes/strict_rules.py)
         self.strict = strict
         #: top-level fields and beta values refused with Anthropic's wording, even when not strict
@@ -232,10 +234,14 @@ class FakeAnthropic:
     def _refusal(self, request: Recorded) -> Optional[str]:
         if request.method != "POST":
             return None
-        try:
-            body = request.json
-        except ValueError:
-            return "request body is not JSON"
+        body = request.json
+        if not isinstance(body, dict):
+            return "request body is not a JSON object"
+        thinking = body.get("thinking")
+        if self.basic_thinking_only and isinstance(thinking, dict) and thinking.get("type") not in ("enabled",
+                                                                                                   "disabled"):
+            return (f"thinking.type: Input tag '{thinking.get('type')}' found using 'type' does not match any of the "
+                    "expected tags: 'disabled', 'enabled'")
         for field in sorted(self.reject_fields):
             if field in body:
                 return f"{field}: Extra inputs are not permitted"
