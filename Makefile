@@ -18,8 +18,10 @@ build: agproxy.pyz
 agproxy.pyz: agproxy.py zipapp.spec tools/build_pyz.py
 	$(PYTHON) tools/build_pyz.py zipapp.spec agproxy.pyz
 
+# make run CONFIG=my-config.json serves that config (else agproxy's own lookup: ./agproxy.json, ~/.config/...).
+CONFIG ?=
 run: build
-	$(PYTHON) agproxy.pyz --port $(PORT)
+	$(PYTHON) agproxy.pyz --port $(PORT) $(if $(CONFIG),--config $(CONFIG))
 
 $(VENV)/.installed: requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)

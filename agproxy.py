@@ -41,6 +41,7 @@ import collections
 import copy
 import dataclasses
 import datetime
+import difflib
 import errno
 import fnmatch
 import hashlib
@@ -457,29 +458,48 @@ DEMO_UPSTREAM = Upstream(name="demo", kind="demo", base_url="", accounts=(Accoun
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-def expand_env(value: str, environ: Dict[str, str], where: str) -> str:
-    """Replace ``${VAR}`` and ``${VAR:-default}`` in a config string from ``environ``."""
+def expand_env(value: str, environ: Dict[str, str], where: str, unset: Optional[List[str]] = None) -> str:
+    """Replace ``${VAR}`` and ``${VAR:-default}`` in a config string from ``environ``; an unset
+    variable without a default is a :class:`ConfigError`, or (given ``unset``) noted there."""
 
     def substitute(match: re.Match) -> str:
         name, default = match.group(1), match.group(2)
         found = environ.get(name)
         if found is None or (found == "" and default is not None):
             if default is None:
-                raise ConfigError(f"{where}: environment variable {name} is not set")
+                if unset is None:
+                    raise ConfigError(f"{where}: environment variable {name} is not set")
+                unset.append(f"{where}: environment variable {name} is not set")
+                return ""
             return default
         return found
 
     return _ENV_REFERENCE.sub(substitute, value)
 
 
-def _expand_tree(value: Any, environ: Dict[str, str], where: str) -> Any:
+def _expand_tree(value: Any, environ: Dict[str, str], where: str, unset: Optional[List[str]] = None) -> Any:
+    """``value`` with every string expanded; the first call gathers every unset variable and
+    reports them in one error, so that a new config is fixed in one go, not one run per variable."""
+    if unset is None:
+        unset = []
+        expanded = _expand_tree(value, environ, where, unset)
+        if unset:
+            raise ConfigError("; ".join(unset[:20]) + (f"; and {len(unset) - 20} more" if len(unset) > 20 else ""))
+        return expanded
     if isinstance(value, str):
-        return expand_env(value, environ, where)
+        return expand_env(value, environ, where, unset)
     if isinstance(value, list):
-        return [_expand_tree(item, environ, f"{where}[{i}]") for i, item in enumerate(value)]
+        return [_expand_tree(item, environ, f"{where}[{i}]", unset) for i, item in enumerate(value)]
     if isinstance(value, dict):
-        return {k: _expand_tree(v, environ, f"{where}.{k}" if where else k) for k, v in value.items()}
+        return {k: _expand_tree(v, environ, f"{where}.{k}" if where else k, unset) for k, v in value.items()}
     return value
+
+
+def _with_suggestion(name: str, known: Iterable[str]) -> str:
+    """An unknown key's name, with the known one it was likely meant to be (``auth_mod`` -> did
+    you mean ``auth_mode``?)."""
+    near = difflib.get_close_matches(name[:100], list(known), n=1, cutoff=0.7)
+    return f"{name[:100]} (did you mean {near[0]}?)" if near else name[:100]
 
 
 class _Fields:
@@ -490,7 +510,7 @@ class _Fields:
             raise ConfigError(f"{where or 'config'}: must be an object")
         unknown = sorted(set(obj) - set(known))
         if unknown:
-            names = ", ".join(unknown)
+            names = ", ".join(_with_suggestion(str(name), known) for name in unknown)
             plural = "s" if len(unknown) > 1 else ""
             raise ConfigError(f"{where + ': ' if where else ''}unknown key{plural} {names}")
         self.obj = obj
@@ -5123,6 +5143,9 @@ class Server(Application):
         self._check_origin(request)
         self._check_host(request)
         if path.startswith("/v1/v1/") or path == "/v1/v1":
+            self.note_once(None, "v1v1", "a client asked for %s: its base URL ends in /v1 (Claude Code then says "
+                                         "\"There's an issue with the selected model\"); it must not, agproxy adds "
+                                         "/v1 itself", path[:100])
             raise NotFound(
                 f"no route for {path}: the base URL must not end in /v1 "
                 "(use ANTHROPIC_BASE_URL=http://127.0.0.1:8045, agproxy adds /v1 itself)"
@@ -6284,36 +6307,81 @@ def configure_logging(level: str, redactor: Optional[Redactor] = None, stream: A
 
 
 async def check_upstreams(config: Config, out: Callable[[str], None]) -> bool:
-    """Probe each upstream and account once; print one line each; True if all answered well."""
+    """Probe each upstream and account once and print one line each (``ok``, ``WARN`` or
+    ``FAIL``), then what the config asks of the upstream that it does not offer; True when
+    nothing failed (warnings do not fail)."""
     client = UpstreamClient()
     healthy = True
     try:
         for upstream in config.upstreams:
+            adapter = ADAPTERS[upstream.kind]
+            listed: Optional[Set[str]] = None
             for account in upstream.accounts:
                 label = f"{upstream.name} ({upstream.kind}) account {account.name}"
-                adapter = ADAPTERS[upstream.kind]
-                if not adapter.probe_path:
-                    out(f"ok    {label}: built in, answers locally")
-                    continue
-                url = upstream_url(upstream.base_url, adapter.probe_path)
-                headers = adapter.probe_headers(upstream, account)
-                try:
-                    status, _ = await client.fetch("GET", url, headers, deadline_s=upstream.connect_timeout_s)
-                except UpstreamFailure as exc:
-                    out(f"FAIL  {label}: {exc.message}")
-                    healthy = False
-                    continue
-                if status in (401, 403):
-                    out(f"FAIL  {label}: the upstream rejected this account's key (HTTP {status})")
-                    healthy = False
-                elif status >= 500:
-                    out(f"FAIL  {label}: the upstream answered HTTP {status}")
-                    healthy = False
-                else:
-                    out(f"ok    {label}: reachable (HTTP {status})")
+                verdict, line, models = await _probe(client, adapter, upstream, account)
+                out(f"{verdict:<5} {label}: {line}")
+                healthy = healthy and verdict != "FAIL"
+                listed = listed if listed is not None else models
+            for line in _mapping_problems(config, upstream, listed):
+                out(f"WARN  {upstream.name}: {line}")
     finally:
         client.shutdown()
     return healthy
+
+
+async def _probe(client: UpstreamClient, adapter: type, upstream: Upstream,
+                 account: Account) -> Tuple[str, str, Optional[Set[str]]]:
+    """One account's verdict, what to say of it, and the model ids its upstream lists (if it did)."""
+    if not adapter.probe_path:
+        return "ok", "built in, answers locally", None
+    if upstream.kind == "anthropic" and re.search(r"/v1/?$", upstream.base_url):
+        return "FAIL", ("base_url ends in /v1, and agproxy adds /v1/messages itself: requests would go to "
+                        "/v1/v1/messages; drop the /v1"), None
+    try:
+        status, body = await client.fetch("GET", upstream_url(upstream.base_url, adapter.probe_path),
+                                          adapter.probe_headers(upstream, account),
+                                          deadline_s=upstream.connect_timeout_s, limit=MAX_UPSTREAM_BODY_BYTES)
+    except UpstreamFailure as exc:
+        return "FAIL", exc.message, None
+    empty = "; its api_key is empty, so no key is sent" if not account.api_key else ""
+    if status in (401, 403):
+        return "FAIL", f"the upstream rejected this account's key (HTTP {status}){empty}", None
+    if status == 404:
+        where = ("the base_url must include the API's version path, e.g. http://host:8000/v1"
+                 if upstream.kind == "openai" else "the base_url must be the API's root")
+        return "FAIL", f"nothing at {upstream_url(upstream.base_url, adapter.probe_path)} (HTTP 404): {where}", None
+    if status == 429:
+        return "WARN", "reachable, but this account is rate-limited right now (HTTP 429)", None
+    if status >= 500:
+        return "FAIL", f"the upstream answered HTTP {status}", None
+    if empty and upstream.kind != "openai":
+        return "WARN", f"reachable (HTTP {status}), but its api_key is empty: no key is sent", None
+    return "ok", f"reachable (HTTP {status})" + (" without a key" if empty else ""), _listed_models(body)
+
+
+def _listed_models(body: bytes) -> Optional[Set[str]]:
+    """The model ids of an Anthropic or OpenAI models list, or None if it is not one."""
+    try:
+        parsed = loads_strict(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    data = parsed.get("data") if isinstance(parsed, dict) else None
+    if not isinstance(data, list):
+        return None
+    return {str(m.get("id")) for m in data if isinstance(m, dict) and m.get("id")}
+
+
+def _mapping_problems(config: Config, upstream: Upstream, listed: Optional[Set[str]]) -> List[str]:
+    """The models ``model_map`` sends to ``upstream`` by exact name that its list does not have."""
+    if not listed:
+        return []
+    problems = []
+    for rule in config.model_map:
+        if upstream.name in rule.upstreams and rule.model and rule.model not in listed:
+            shown = ", ".join(sorted(listed)[:5]) + (", ..." if len(listed) > 5 else "")
+            problems.append(f"model_map sends {rule.match!r} to model {rule.model!r}, which this upstream does not "
+                            f"list (it lists {shown})")
+    return problems
 
 
 # =====================================================================================

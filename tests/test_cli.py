@@ -185,3 +185,44 @@ def test_state_show_and_clear(tmp_path, fake):
 def test_help_lists_the_commands(tmp_path):
     out = run(["--help"], tmp_path).stdout
     assert "agproxy check" in out and "agproxy state show|clear" in out
+
+
+def test_check_fails_a_base_url_that_answers_404_and_says_why(tmp_path):
+    from tests.fakes.openai_upstream import FakeOpenAI
+    with FakeOpenAI() as fake:
+        no_v1 = fake.url[: -len("/v1")]
+        config = {"upstreams": [{"name": "local", "kind": "openai", "base_url": no_v1,
+                                 "accounts": [{"name": "a", "api_key": ""}]}]}
+        result = run(["check", "--config", str(write_config(tmp_path, config))], tmp_path)
+        assert result.returncode == 1 and "FAIL  local" in result.stdout
+        assert "HTTP 404" in result.stdout and "e.g. http://host:8000/v1" in result.stdout
+        config["upstreams"][0]["base_url"] = fake.url
+        config["model_map"] = [{"match": "claude-*", "upstream": "local", "model": "qwen-locl"}]
+        result = run(["check", "--config", str(write_config(tmp_path, config))], tmp_path)
+        assert result.returncode == 0, result.stdout
+        assert "ok    local (openai) account a: reachable (HTTP 200) without a key" in result.stdout
+        assert "WARN  local: model_map sends 'claude-*' to model 'qwen-locl', which this upstream does not list" \
+            in result.stdout and "qwen-local" in result.stdout
+
+
+def test_check_warns_on_a_limited_account_and_fails_an_anthropic_base_url_with_v1(tmp_path, fake):
+    fake.script(Json(429, {"type": "error", "error": {"type": "rate_limit_error", "message": "slow down"}}))
+    config = fake_config(fake)
+    config["upstreams"].append(dict(config["upstreams"][0], name="doubled", base_url=fake.url + "/v1"))
+    result = run(["check", "--config", str(write_config(tmp_path, config))], tmp_path)
+    assert "WARN  fake (anthropic) account alice@example.com: reachable, but this account is rate-limited" \
+        in result.stdout
+    assert "ok    fake (anthropic) account bob@example.com" in result.stdout
+    assert "FAIL  doubled (anthropic) account alice@example.com: base_url ends in /v1" in result.stdout
+    assert result.returncode == 1
+
+
+def test_config_errors_name_every_unset_variable_and_the_key_meant(tmp_path):
+    config = {"upstreams": [{"name": "a", "kind": "openai", "base_url": "${AGP_TEST_URL}",
+                             "accounts": [{"name": "x", "api_key": "${AGP_TEST_KEY}"}]}]}
+    result = run(["check", "--config", str(write_config(tmp_path, config))], tmp_path)
+    assert result.returncode == 2
+    assert "AGP_TEST_URL is not set" in result.stderr and "AGP_TEST_KEY is not set" in result.stderr
+    typo = {"auth_mod": "off", "upstreams": [{"name": "d", "kind": "demo"}]}
+    result = run(["check", "--config", str(write_config(tmp_path, typo))], tmp_path)
+    assert result.returncode == 2 and "unknown key auth_mod (did you mean auth_mode?)" in result.stderr

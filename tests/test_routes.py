@@ -72,6 +72,8 @@ def test_v1_v1_hint_and_404_405(start_agproxy):
     status, _, error = call(proxy, "/v1/v1/messages", "POST", MESSAGE)
     assert status == 404 and error["error"]["type"] == "not_found_error"
     assert "must not end in /v1" in error["error"]["message"]
+    call(proxy, "/v1/v1/messages", "POST", MESSAGE)
+    assert proxy.log().count("its base URL ends in /v1") == 1  # the operator sees why, once
     status, _, error = call(proxy, "/v2/whatever")
     assert status == 404 and error["type"] == "error"
     status, headers, error = call(proxy, "/v1/messages")

@@ -180,13 +180,16 @@ class FakeOpenAI:
 
     async def _answer(self, target: str, body: Any, reader: asyncio.StreamReader,
                       writer: asyncio.StreamWriter) -> bool:
-        if target.endswith("/models"):
-            writer.write(json_reply(200, {"object": "list", "data": [{"id": "qwen-local", "object": "model"},
-                                                                      {"id": "llama-local", "object": "model"}]}))
-            return True
         if target == "/tokenize":
             count = len(json.dumps(body.get("messages") or body.get("content") or "")) // 4
             writer.write(json_reply(200, {"count": count, "tokens": list(range(count))}))
+            return True
+        if not target.startswith(self.prefix + "/"):  # a real server has nothing outside its API's path
+            writer.write(json_reply(404, {"detail": "Not Found"}))
+            return True
+        if target.endswith("/models"):
+            writer.write(json_reply(200, {"object": "list", "data": [{"id": "qwen-local", "object": "model"},
+                                                                      {"id": "llama-local", "object": "model"}]}))
             return True
         if not target.endswith("/chat/completions"):
             writer.write(json_reply(404, {"error": {"message": f"no route {target}", "type": "invalid_request_error"}}))
