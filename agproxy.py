@@ -3404,13 +3404,13 @@ def openai_to_anthropic(response: Dict[str, Any], model: str, stop_sequences: Se
     choice = choices[0] if choices and isinstance(choices[0], dict) else {}
     message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
     content: List[Dict[str, Any]] = []
+    parts = content_parts(message.get("content")) + content_parts(message.get("refusal"))
     reasoning = message.get("reasoning_content") or message.get("reasoning")
-    if isinstance(reasoning, str) and reasoning:
-        content.append({"type": "thinking", "thinking": reasoning, "signature": ""})
-    text = message.get("content")
-    if isinstance(text, list):
-        text = "".join(str(p.get("text", "")) for p in text if isinstance(p, dict))
-    if isinstance(text, str) and text:
+    thinking = (reasoning if isinstance(reasoning, str) else "") + "".join(t for k, t in parts if k == "thinking")
+    if thinking:
+        content.append({"type": "thinking", "thinking": thinking, "signature": ""})
+    text = "".join(t for k, t in parts if k == "text")
+    if text:
         content.append({"type": "text", "text": text})
     calls = message.get("tool_calls")
     for call in calls if isinstance(calls, list) else []:
@@ -3430,6 +3430,26 @@ def openai_to_anthropic(response: Dict[str, Any], model: str, stop_sequences: Se
             "role": "assistant", "model": model, "content": content, "stop_reason": stop_reason,
             "stop_sequence": stop_sequence, "usage": openai_usage(response.get("usage")) or
             {"input_tokens": 0, "output_tokens": 0}}
+
+
+def content_parts(content: Any) -> List[Tuple[str, str]]:
+    """A message's or delta's ``content`` (or ``refusal``) as ("text" | "thinking", text) pieces:
+    a string is text; a list of typed parts (Mistral) gives its ``text`` parts and its ``thinking``
+    parts (a string or a list of text parts)."""
+    if isinstance(content, str):
+        return [("text", content)] if content else []
+    pieces: List[Tuple[str, str]] = []
+    for part in content if isinstance(content, list) else []:
+        if not isinstance(part, dict):
+            continue
+        if part.get("type") == "text" and isinstance(part.get("text"), str) and part["text"]:
+            pieces.append(("text", part["text"]))
+        elif part.get("type") == "thinking":
+            inner = part.get("thinking")
+            text = inner if isinstance(inner, str) else "".join(t for _, t in content_parts(inner))
+            if text:
+                pieces.append(("thinking", text))
+    return pieces
 
 
 def openai_error_event(payload: Dict[str, Any]) -> bytes:
@@ -3497,6 +3517,8 @@ class OpenAIStreamTranslator:
         self._open: Optional[str] = None  # "text", "thinking" or "tool:<key>"
         self._calls: Dict[str, Dict[str, Any]] = {}
         self._order: List[str] = []
+        self._by_index: Dict[int, str] = {}  # each index's current call
+        self._ids: Dict[str, str] = {}  # each call id's call
         self._waiting: List[Tuple[str, Any]] = []
         self._stop_reason = "end_turn"
         self._stop_sequence: Optional[str] = None
@@ -3552,33 +3574,41 @@ class OpenAIStreamTranslator:
             reasoning = delta.get("reasoning_content") or delta.get("reasoning")
             if isinstance(reasoning, str) and reasoning:
                 self._take(out, ("thinking", reasoning))
-            text = delta.get("content")
-            if isinstance(text, str) and text:
-                self._take(out, ("text", text))
+            for kind, text in content_parts(delta.get("content")) + content_parts(delta.get("refusal")):
+                self._take(out, (kind, text))
             calls = delta.get("tool_calls")
             if calls is not None and not isinstance(calls, list):
                 raise UpstreamFailure("upstream sent a chunk whose tool_calls is not a list")
-            for position, call in enumerate(calls or []):
+            for call in calls or []:
                 if isinstance(call, dict):
-                    self._take(out, ("tool", self._call_key(call, position), call))
+                    self._take(out, ("tool", self._call_key(call), call))
             if choice.get("finish_reason"):
                 self.saw_finish = True
                 self._stop_reason, self._stop_sequence = _stop_reason(choice, self.stop_sequences)
         return out
 
-    def _call_key(self, call: Dict[str, Any], position: int) -> str:
-        index, call_id = call.get("index"), _text_or(call.get("id"), "")
+    def _call_key(self, call: Dict[str, Any]) -> str:
+        """Which call a tool-call fragment belongs to. By ``index``, except that a new id at an
+        index starts a new call (Ollama and SGLang send back-to-back calls all at index 0); without
+        an index, by id, else (``id: ""``, no index: later fragments of Qwen's calls) the last call."""
+        index, call_id = call.get("index"), _text_or(call.get("id"), "")[:200]
         if isinstance(index, int) and not isinstance(index, bool):
-            key = f"i{index}"
-        else:  # Ollama: whole calls without an index; tell them apart by id, else by position
-            key = call_id[:200] or f"pos{position}"
-        state = self._calls.get(key)
-        if state is not None and state["closed"] and call_id and call_id != state["id"]:
-            key = f"{key}-{len(self._calls)}"  # the same index reused for a new call
+            key = self._by_index.get(index)
+            state = self._calls.get(key) if key is not None else None
+            if state is None or (call_id and state["id"] and call_id != state["id"]):
+                key = self._by_index[index] = self._ids.get(call_id) or f"c{len(self._calls)}"
+        elif call_id and call_id in self._ids:
+            key = self._ids[call_id]
+        elif call_id or not self._order:
+            key = f"c{len(self._calls)}"
+        else:
+            key = self._order[-1]
         if key not in self._calls:
-            self._calls[key] = {"id": None, "name": None, "pending": [], "started": False, "closed": False,
-                                "end": _JsonEnd(), "complete": False}
+            self._calls[key] = {"id": call_id or None, "name": None, "pending": [], "started": False,
+                                "closed": False, "end": _JsonEnd(), "complete": False}
             self._order.append(key)
+        if call_id:
+            self._ids.setdefault(call_id, key)
         return key
 
     def _blocking(self, fragment: Tuple[Any, ...]) -> bool:

@@ -485,3 +485,28 @@ def test_only_a_prompt_that_cannot_fit_a_small_completion_is_too_long(start_agpr
 def get_stats(proxy) -> Dict[str, Any]:
     with urllib.request.urlopen(proxy.url + "/v1/agproxy/stats", timeout=5) as response:
         return json.load(response)
+
+
+def call_chunk(index: Any, call_id: Any, name: str = "", arguments: str = "") -> Dict[str, Any]:
+    call: Dict[str, Any] = {"function": dict({"name": name} if name else {}, arguments=arguments)}
+    if index is not None:
+        call["index"] = index
+    if call_id is not None:
+        call["id"] = call_id
+    return chunk({"tool_calls": [call]})
+
+
+@pytest.mark.parametrize("chunks, expected", [
+    # Ollama and SGLang: two calls back to back, both at index 0, told apart only by their ids
+    ([call_chunk(0, "call_a", "Read", '{"path": "a"}'), call_chunk(0, "call_b", "Read", '{"path": "b"}')],
+     [("call_a", {"path": "a"}), ("call_b", {"path": "b"})]),
+    # the same, the second call's arguments arriving in pieces that name only the index
+    ([call_chunk(0, "call_a", "Read", '{"path": "a"}'), call_chunk(0, "call_b", "Read", '{"pa'),
+      call_chunk(0, None, "", 'th": "b"}')], [("call_a", {"path": "a"}), ("call_b", {"path": "b"})]),
+    # Qwen: later pieces of a call carry id "" and no index: the same call, not a new one
+    ([call_chunk(None, "call_q", "Read", '{"pa'), call_chunk(None, "", "", 'th": "q"}')],
+     [("call_q", {"path": "q"})]),
+])
+def test_tool_call_shapes_reported_by_users(chunks, expected):
+    _, message = run_stream([chunk({"role": "assistant"})] + chunks + [chunk({}, "tool_calls")])
+    assert [(b["id"], b["input"]) for b in message["content"] if b["type"] == "tool_use"] == expected
