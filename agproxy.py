@@ -1051,6 +1051,15 @@ class ChunkedReader:
         return line[:-1] if line.endswith(b"\r") else line
 
 
+def _head_end(buffer: bytearray) -> int:
+    """Where a message head ends (just past its blank line, CRLF or bare LF, whichever comes
+    first: a body may hold the other kind), or -1."""
+    crlf, lf = buffer.find(b"\n\r\n"), buffer.find(b"\n\n")
+    if crlf >= 0 and (lf < 0 or crlf < lf):
+        return crlf + 3
+    return lf + 2 if lf >= 0 else -1
+
+
 class RequestParser:
     """Sans-IO HTTP/1.1 request parser.
 
@@ -1105,22 +1114,17 @@ class RequestParser:
         # RFC 9112 2.2: ignore empty lines before the request line.
         while self._buffer[:2] == b"\r\n" or self._buffer[:1] == b"\n":
             del self._buffer[: 2 if self._buffer[:1] == b"\r" else 1]
-        end = self._buffer.find(b"\n\r\n")
-        end2 = self._buffer.find(b"\n\n")
-        if end < 0 and end2 < 0:
+        cut = _head_end(self._buffer)
+        if cut < 0:
             line_limit = min(_MAX_REQUEST_LINE, self.max_header_bytes)
             if len(self._buffer) > line_limit and self._buffer.find(b"\n") < 0:
                 raise ProtocolError(f"request line exceeds {line_limit} bytes", status=414)
             if len(self._buffer) > self.max_header_bytes:
                 raise ProtocolError(f"header block exceeds {self.max_header_bytes} bytes", status=431)
             return None
-        if end < 0 or (0 <= end2 < end):
-            head_end, cut = end2 + 1, end2 + 2
-        else:
-            head_end, cut = end + 1, end + 3
-        if head_end > self.max_header_bytes:
+        head = bytes(self._buffer[:cut]).rstrip(b"\r\n") + b"\n"
+        if len(head) > self.max_header_bytes:
             raise ProtocolError(f"header block exceeds {self.max_header_bytes} bytes", status=431)
-        head = bytes(self._buffer[:head_end])
         del self._buffer[:cut]
         request = _parse_request_head(head)
         kind, length = request_body_framing(request.version, request.headers)
@@ -1369,10 +1373,7 @@ class ResponseParser:
         return NEED_DATA
 
     def _parse_head(self) -> Optional[ResponseHead]:
-        end = self._buffer.find(b"\r\n\r\n")
-        cut = 4
-        if end < 0:
-            end, cut = self._buffer.find(b"\n\n"), 2
+        end = _head_end(self._buffer)
         if end < 0:
             if len(self._buffer) > self.max_header_bytes:
                 raise UpstreamFailure(f"upstream header block exceeds {self.max_header_bytes} bytes")
@@ -1381,8 +1382,8 @@ class ResponseParser:
                     raise UpstreamClosed("upstream closed the connection without an answer")
                 raise UpstreamFailure("upstream closed the connection in the middle of its headers")
             return None
-        lines = bytes(self._buffer[:end]).split(b"\n")
-        del self._buffer[: end + cut]
+        lines = bytes(self._buffer[:end]).rstrip(b"\r\n").split(b"\n")
+        del self._buffer[:end]
         match = _STATUS_LINE.fullmatch(lines[0].rstrip(b"\r"))
         if not match:
             raise UpstreamFailure(f"upstream sent a malformed status line {lines[0][:80]!r}")
@@ -2586,6 +2587,8 @@ def upstream_error_event(error: Dict[str, Any], upstream: str = "") -> Dict[str,
 
 #: One ``data:`` line of an event, as Anthropic sends them (one data line per event, LF endings).
 _DATA_LINE = re.compile(r"^data: ?(.*)$", re.MULTILINE)
+#: Whole events of the plain kind: an optional event line, one data line, a blank line; nothing else.
+_PLAIN_EVENTS = re.compile(r"(?:(?:event: ?[^\n]*\n)?data: ?[^\n]*\n\n)+")
 
 
 class EventStreamCheck:
@@ -2603,11 +2606,9 @@ class EventStreamCheck:
         """The fast path, for the stream every Anthropic server sends: LF line endings, one data
         line per event, every event an object with a type, no error: True when ``text`` is that
         (and was checked). Anything else (False) goes through the full decoder."""
-        if "\r" in text or self.finished or self._decoder.pending:
-            return False
+        if "\r" in text or self.finished or self._decoder.pending or not _PLAIN_EVENTS.fullmatch(text):
+            return False  # multi-line data, comments, events without data, stray lines: the decoder knows them
         datas = _DATA_LINE.findall(text)
-        if len(datas) != text.count("\n\n"):
-            return False  # multi-line data, comments or events without data: the decoder knows them
         for number, data in enumerate(datas, 1):
             try:
                 payload = _STRICT_JSON.decode(data)
@@ -2620,20 +2621,18 @@ class EventStreamCheck:
         return True
 
     def feed(self, data: bytes) -> bytes:
-        """``data``, whole events, as they may be relayed (rewritten only when an error event or
-        events after ``message_stop`` need it)."""
+        """``data``, whole events, as they may be relayed: as they came when they are the plain kind
+        every Anthropic server sends, else re-encoded from what the decoder made of them."""
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError:
             raise UpstreamFailure("upstream sent an event stream that is not UTF-8") from None
         if self._plain(text):
             return data
-        rewritten = False
         kept: List[Union[SSEEvent, bytes]] = []  # events as they came, or the bytes replacing one
         for event in self._decoder.feed(data):
             if self.finished:
-                rewritten = True  # nothing after message_stop reaches the client
-                continue
+                continue  # nothing after message_stop reaches the client
             try:
                 payload = loads_strict(event.data)
             except ValueError:
@@ -2643,13 +2642,13 @@ class EventStreamCheck:
             if payload["type"] == "error":
                 error = payload.get("error") if isinstance(payload.get("error"), dict) else {}
                 kept.append(encode_sse_json("error", upstream_error_event(error, self.upstream)))
-                rewritten = self.finished = True
+                self.finished = True
                 continue
             if payload["type"] == "message_stop":
-                self.finished = rewritten = True  # re-encoded, so nothing after it (a comment, an empty event) goes
+                self.finished = True
             kept.append(event)
-        if not rewritten:
-            return data
+        # re-encoded from what was decoded: comments, stray lines and events without data (which
+        # a client would try to parse as empty JSON) do not reach it
         return b"".join(k if isinstance(k, bytes) else encode_sse(k.event, k.data) for k in kept)
 
 
@@ -4358,6 +4357,8 @@ class UpstreamResponse:
         self._parser = parser
         self.timeout_s = timeout_s
         self.handed_off = False
+        #: closed by agproxy before its end (a deadline, a departed client), not ended by the upstream
+        self.aborted = False
         self._done = False
 
     def header(self, name: str) -> Optional[str]:
@@ -4410,7 +4411,7 @@ class UpstreamResponse:
         if self.handed_off and not force:
             return
         if not self._done:
-            self._done = True
+            self._done = self.aborted = True
             self._conn.abort()
 
 
@@ -4676,7 +4677,6 @@ class _Connection:
         self.parser = parser
         self.busy = False
         self.gone = False
-        self.probed = False  # a half-closed client was asked whether it is still there
         self.responding = False  # the answer's head is written: no interim answer may follow
         self.on_gone: List[Callable[[], None]] = []
         peer = writer.get_extra_info("peername")
@@ -4914,10 +4914,7 @@ class HttpServer:
                 break
         else:
             return
-        if conn.probed:
-            return
-        conn.probed = True
-        if version >= (1, 1) and not conn.responding:
+        if version >= (1, 1) and not conn.responding:  # each request's answer may be preceded by one
             conn.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         # The interim answer, or the answer's own writes, draw a reset from a client that closed
         # for good; its socket reports it (no read is pending to see it): look until the answer ends.
@@ -6054,7 +6051,7 @@ async def anthropic_events(response: UpstreamResponse, upstream: str) -> AsyncIt
         if check.finished:  # whatever follows message_stop is not relayed
             _drain_in_background(response)
             return
-    if pending.strip():  # the last event without its blank line: take it if it is whole
+    if pending.strip() and not response.aborted:  # the upstream's last event without its blank line, if whole
         yield check.feed(bytes(pending) + b"\n\n")
     if not check.finished:
         raise UpstreamFailure("the stream ended before message_stop")
@@ -6123,57 +6120,87 @@ async def accumulate_events(events: AsyncIterator[bytes]) -> Dict[str, Any]:
     return accumulator.result()
 
 
+class _IdleWatch:
+    """Closes an upstream response once ``timeout_s`` pass without an event (``saw_event()``
+    says one came), so a relay waiting on a read ends then, whatever trickles in meanwhile (a
+    byte of an event, comments, chunks that translate to nothing). One timer per stream, moved
+    on lazily: it fires at most once per ``timeout_s``, not once per event."""
+
+    def __init__(self, response: UpstreamResponse, timeout_s: float) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.response = response
+        self.timeout_s = timeout_s
+        self.last_event = self.loop.time()
+        self.expired = False
+        self._timer = self.loop.call_at(self.last_event + timeout_s, self._check)
+
+    def saw_event(self) -> None:
+        self.last_event = self.loop.time()
+
+    def _check(self) -> None:
+        due = self.last_event + self.timeout_s
+        if self.loop.time() < due:
+            self._timer = self.loop.call_at(due, self._check)
+            return
+        self.expired = True
+        self.response.close()
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+
 async def relay_events(head: bytes, events: AsyncIterator[bytes], response: UpstreamResponse, upstream: str,
                        observe: Optional[Callable[[bytes], None]] = None,
                        transform: Optional[Callable[[bytes], bytes]] = None, ping_interval_s: Optional[float] = None,
                        on_end: Optional[Callable[[], None]] = None) -> AsyncIterator[bytes]:
     """Relay an answer's events to the client as they come: the head, then each batch (seen by
-    ``observe``, rewritten by ``transform``), a ping each ``ping_interval_s`` the upstream is
-    silent (None: the upstream sends its own), and no more than ``timeout_s`` without an event.
-    A stream that breaks ends with an Anthropic ``error`` event after its last whole event, so the
-    client never sees half an event; the upstream connection is closed (or drained) at the end."""
+    ``observe``, rewritten by ``transform``), a ping whenever the client has been sent nothing for
+    ``ping_interval_s`` (None: the upstream sends its own), and no more than ``timeout_s``
+    without an event (:class:`_IdleWatch`). A stream that breaks ends with an Anthropic ``error``
+    event after its last whole event, so the client never sees half an event; the upstream
+    connection is closed (or drained) at the end."""
     clock = asyncio.get_running_loop().time
-    timeout_s = response.timeout_s
+    idle = _IdleWatch(response, response.timeout_s)
     iterator = events.__aiter__()
     pending: Optional[asyncio.Future] = None
-    last_event = clock()
+    last_sent = clock()
     batch = head
     try:
         while True:
             if batch:
                 if b"data:" in batch:
-                    last_event = clock()
+                    idle.saw_event()
                 if observe is not None:
                     observe(batch)
+                last_sent = clock()
                 yield batch if transform is None else transform(batch)
-            if clock() - last_event > timeout_s:
-                raise UpstreamFailure(f"upstream sent no event for {timeout_s:g} s (timeout_s)")
             if ping_interval_s is None:
-                try:
-                    batch = await iterator.__anext__()
-                except StopAsyncIteration:
-                    return
+                batch = await iterator.__anext__()
                 continue
             if pending is None:
                 pending = asyncio.ensure_future(iterator.__anext__())
-            done, _ = await asyncio.wait({pending}, timeout=min(ping_interval_s, timeout_s))
+            done, _ = await asyncio.wait({pending}, timeout=max(0.0, last_sent + ping_interval_s - clock()))
             if not done:
                 batch = b""
+                last_sent = clock()
                 yield encode_sse_json("ping", {"type": "ping"})
                 continue
             try:
                 batch = pending.result()
-            except StopAsyncIteration:
-                return
             finally:
                 pending = None
+    except StopAsyncIteration:
+        pass
     except AgproxyError as exc:
-        yield encode_sse_json("error", error_body(exc.error_type, f"upstream {upstream!r}: {exc.message}"))
+        message = f"sent no event for {response.timeout_s:g} s (timeout_s)" if idle.expired else exc.message
+        yield encode_sse_json("error", error_body("api_error" if idle.expired else exc.error_type,
+                                                  f"upstream {upstream!r}: {message}"))
     except Exception as exc:  # a defect in agproxy: the client still gets an ending, the log the traceback
         logging.getLogger("agproxy").exception("relaying the stream of upstream %r failed", upstream)
         yield encode_sse_json("error", error_body("api_error", f"agproxy failed relaying upstream {upstream!r}: "
                                                                f"{type(exc).__name__}"))
     finally:
+        idle.cancel()
         if pending is not None and not pending.done():
             pending.cancel()
         response.close()

@@ -644,3 +644,25 @@ def test_a_delta_whose_type_is_not_a_string_is_ignored_not_fatal():
     acc.feed(event("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": [1]}}))
     acc.feed(event("message_stop", {"type": "message_stop"}))
     assert acc.result()["type"] == "message"
+
+
+def test_a_client_that_leaves_while_its_pipelined_second_request_waits_is_noticed(start_agproxy, fake):
+    """Two pipelined requests and a half-close: the second answer's head is still held back when
+    the client resets; the second request is watched as the first was (found by attacking issue 11)."""
+    fake.script(Json(200, None), Sse(text_stream(" ".join(["word"] * 40)), delay_s=1.0))
+    proxy = start_agproxy(fake_config(fake))
+    stream = json.dumps(dict(SIMPLE, stream=True)).encode()
+    first = build_request("POST", "/v1/messages", json.dumps(SIMPLE).encode(), [("Content-Type", "application/json")])
+    second = build_request("POST", "/v1/messages", stream, [("Content-Type", "application/json")])
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+        sock.sendall(first + second)
+        sock.shutdown(socket.SHUT_WR)
+        received = b""
+        while b'"type":"message"' not in received:
+            received += sock.recv(65536)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with a reset
+    left = time.monotonic()
+    deadline = left + 5
+    while not fake.abandoned_at and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert fake.abandoned_at and fake.abandoned_at[0] - left < 1.5

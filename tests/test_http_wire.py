@@ -334,3 +334,10 @@ def test_both_parsers_agree_on_a_mangled_chunked_body(pieces, at, noise, step):
     at = min(at, len(framed))
     mangled = framed[:at] + noise + framed[at:]
     assert chunked_outcome(mangled, step, response=False) == chunked_outcome(mangled, step, response=True)
+
+
+def test_a_response_head_with_bare_lf_is_read_even_when_its_body_has_crlf():
+    data = (b"HTTP/1.1 200 OK\nContent-Type: text/event-stream\nTransfer-Encoding: chunked\n\n"
+            b"5\r\nhello\r\n0\r\n\r\n")
+    head, body, ended, _ = parse_response(data, eof=False)
+    assert (head.status, head.headers[0], body, ended) == (200, ("Content-Type", "text/event-stream"), b"hello", True)

@@ -21,20 +21,29 @@ class ScriptedResponse:
         self.reads = list(reads)
         self.timeout_s = timeout_s
         self.closed = False
+        self.aborted = False
         self.handed_off = False
+        self._closing: Optional[asyncio.Event] = None
 
     async def read_chunk(self) -> bytes:
         while self.reads and not self.closed:
             step = self.reads.pop(0)
-            if isinstance(step, (int, float)):
-                await asyncio.sleep(step)
+            if isinstance(step, (int, float)):  # a pause that a close ends, as a socket's would
+                self._closing = self._closing or asyncio.Event()
+                try:
+                    await asyncio.wait_for(self._closing.wait(), step)
+                except asyncio.TimeoutError:
+                    pass
                 continue
             return step
         return b""
 
     def close(self, force: bool = False) -> None:
         if not self.handed_off or force:
+            self.aborted = self.aborted or bool(self.reads)
             self.closed = True
+            if self._closing is not None:
+                self._closing.set()
 
 
 def event(kind: str, **payload: Any) -> bytes:
@@ -172,3 +181,58 @@ def test_a_translated_stream_goes_through_the_same_pipeline():
 def test_accumulate_gives_the_message_the_events_describe():
     message = run(agproxy.accumulate_events(agproxy.anthropic_events(ScriptedResponse([ANSWER]), "up")))
     assert message["content"] == [{"type": "text", "text": "hello"}] and message["usage"]["output_tokens"] == 1
+
+
+# -- found by attacking the pipeline ----------------------------------------------------------------
+
+def test_the_idle_deadline_counts_from_the_last_event_not_the_last_byte():
+    """A comment (or a byte of an event) just before timeout_s must not buy another timeout_s."""
+    async def go() -> tuple:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        out = await relay([START + BLOCK, 0.45, b": keep-alive\n\n", 0.45, b"event: content_b", 30.0],
+                          timeout_s=0.5)
+        return out, loop.time() - started
+    out, took = run(go())
+    assert events_of(out)[-1] == "error" and b"no event for 0.5 s" in out and took < 0.8
+
+
+def test_pings_go_out_while_the_upstream_sends_only_what_translates_to_nothing():
+    keep_alives: List[Union[bytes, float]] = [b": keep-alive\n\n", 0.05] * 12  # 0.6 s of comments
+    reads = [b"data: " + json.dumps({"choices": [{"index": 0, "delta": {"content": "a"}}]}).encode() + b"\n\n"]
+    reads += keep_alives + [b"data: " + json.dumps({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+                                                  ).encode() + b"\n\ndata: [DONE]\n\n"]
+
+    async def go() -> bytes:
+        response = ScriptedResponse(reads)
+        events = agproxy.openai_events(response, agproxy.OpenAIStreamTranslator("m"))
+        head = await agproxy.first_events(events)
+        return b"".join([c async for c in agproxy.relay_events(head, events, response, "up", ping_interval_s=0.2)])
+    kinds = events_of(run(go()))
+    assert kinds.count("ping") >= 2 and kinds[-1] == "message_stop"
+
+
+@pytest.mark.parametrize("batch", [
+    # two data lines in one event and stray blank lines: not the plain kind, so decoded (and refused)
+    b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta",'
+    b'"text":"x"}}\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"x"}}\n\n\n\n',
+])
+def test_an_event_that_is_not_json_never_passes_the_fast_path(batch):
+    check = agproxy.EventStreamCheck("up")
+    check.feed(START)
+    with pytest.raises(agproxy.UpstreamFailure):
+        check.feed(batch)
+
+
+@pytest.mark.parametrize("batch", [b"hello garbage\n\nevent: message_stop\n\n", b"event: message_delta\n\n",
+                                   b": just a comment\n\n"])
+def test_lines_that_make_no_event_are_not_relayed(batch):
+    check = agproxy.EventStreamCheck("up")
+    check.feed(START)
+    assert check.feed(batch) == b"" and not check.finished
+    assert check.feed(BLOCK) == BLOCK
+
+
+def test_a_stream_cut_by_agproxy_does_not_pass_off_its_last_bytes_as_an_event():
+    out = run(relay([START + BLOCK, b"event: message_delta\ndata: {}", 30.0], timeout_s=0.3))
+    assert events_of(out) == ["message_start", "content_block_start", "error"]
