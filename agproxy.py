@@ -414,6 +414,7 @@ class Config:
     body_timeout_s: float = 60.0
     idle_timeout_s: float = 75.0
     write_timeout_s: float = 60.0
+    shutdown_grace_s: float = 30.0
     max_connections: int = 1024
     allowed_origins: Tuple[str, ...] = ()
     server_names: Tuple[str, ...] = ()
@@ -748,6 +749,7 @@ def config_from_dict(raw: Any, environ: Dict[str, str], source: str) -> Config:
         body_timeout_s=fields.number("body_timeout_s", d.body_timeout_s, 0.01),
         idle_timeout_s=fields.number("idle_timeout_s", d.idle_timeout_s, 0.01),
         write_timeout_s=fields.number("write_timeout_s", d.write_timeout_s, 0.01),
+        shutdown_grace_s=fields.number("shutdown_grace_s", d.shutdown_grace_s, 0),
         max_connections=fields.integer("max_connections", d.max_connections, 1),
         allowed_origins=fields.strings("allowed_origins"),
         server_names=fields.strings("server_names"),
@@ -4607,8 +4609,6 @@ _LINGER_BYTES = 4 * 1024 * 1024
 #: After a client's end of input, how often its socket is checked for the reset that a client
 #: closed for good answers the next write with (an interim 100 Continue, or the answer itself).
 _PROBE_INTERVAL_S = 0.25
-#: How long in-flight requests may run after SIGINT/SIGTERM before they are cut.
-SHUTDOWN_GRACE_S = 30.0
 
 
 def new_request_id() -> str:
@@ -4665,6 +4665,8 @@ class _Exchange:
         self.upstream = "-"
         self.account = "-"
         self.status = 0
+        #: said at the end of the access line (a stream cut by a shutdown says so)
+        self.note = ""
         self.started = time.monotonic()
 
 
@@ -4731,8 +4733,19 @@ class HttpServer:
         host, port = self._server.sockets[0].getsockname()[:2]
         return host, port
 
-    async def shutdown(self, grace_s: float = SHUTDOWN_GRACE_S) -> None:
-        """Stop accepting, close idle connections, let in-flight requests finish within ``grace_s``."""
+    def cut_now(self) -> int:
+        """End every request in flight at once (streams get an error event); how many there were."""
+        self._stopping = True
+        busy = [task for task, conn in self._connections.items() if conn.busy]
+        for task in busy:
+            task.cancel()
+        return len(busy)
+
+    async def shutdown(self, grace_s: Optional[float] = None) -> None:
+        """Stop accepting, close idle connections, let in-flight requests finish within ``grace_s``
+        (``shutdown_grace_s``); a stream still running then ends with an error event and is logged
+        as cut."""
+        grace_s = self.config.shutdown_grace_s if grace_s is None else grace_s
         self._stopping = True
         if self._server is not None:
             self._server.close()
@@ -4891,8 +4904,9 @@ class HttpServer:
             except asyncio.CancelledError:
                 pass
             elapsed_ms = (time.monotonic() - exchange.started) * 1000
-            self.access_log.info("%s %s %s %s %d %s %s %.0fms", exchange.id, conn.peer, request.method,
-                                 request.path, exchange.status, exchange.upstream, exchange.account, elapsed_ms)
+            self.access_log.info("%s %s %s %s %d %s %s %.0fms%s", exchange.id, conn.peer, request.method,
+                                 request.path, exchange.status, exchange.upstream, exchange.account, elapsed_ms,
+                                 exchange.note)
 
     async def _watch_for_departure(self, conn: _Connection, version: Tuple[int, int]) -> None:
         """While a request is answered, notice the client leaving (and keep pipelined bytes).
@@ -4977,6 +4991,14 @@ class HttpServer:
                 await self._drain(conn)
         except (ConnectionError, OSError):
             conn.client_left()
+            raise
+        except asyncio.CancelledError:
+            if self._stopping and not conn.gone:  # cut by the shutdown: the client still gets an ending
+                cut = encode_sse_json("error", error_body("overloaded_error", "agproxy is shutting down: this "
+                                                                              "stream was cut (shutdown_grace_s)"))
+                writer.write((encode_chunk(cut) + LAST_CHUNK) if chunked else cut)
+                if exchange is not None:
+                    exchange.note = " cut by the shutdown"
             raise
         finally:
             response.abort()
@@ -5141,8 +5163,9 @@ class Server(Application):
         """Bind and start accepting; returns the real host and port."""
         return await self.http.start()
 
-    async def shutdown(self, grace_s: float = SHUTDOWN_GRACE_S) -> None:
-        """Stop accepting, let in-flight requests finish within ``grace_s``, save the state."""
+    async def shutdown(self, grace_s: Optional[float] = None) -> None:
+        """Stop accepting, let in-flight requests finish within ``grace_s`` (``shutdown_grace_s``),
+        save the state."""
         await self.http.shutdown(grace_s)
         if self._saving is not None:
             await self._saving
@@ -6485,16 +6508,31 @@ async def _serve(config: Config) -> int:
         print(f"agproxy: cannot listen on {config.host}:{config.port}: {reason}", file=sys.stderr)
         server.client.shutdown()
         return 1
-    print(f"agproxy listening on http://{_url_host(host)}:{port}", file=sys.stderr, flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+
+    def on_stop() -> None:
+        if stop.is_set():
+            log.warning("second interrupt: stopping at once; %d request(s) in flight cut", server.http.cut_now())
+        stop.set()
+
+    def on_hangup() -> None:
+        log.warning("SIGHUP: agproxy does not reload its config yet; it keeps serving the config it started with "
+                    "(restart it to apply a changed one)")
+
+    for sig, handler in ((signal.SIGINT, on_stop), (signal.SIGTERM, on_stop),
+                         (getattr(signal, "SIGHUP", None), on_hangup)):
+        if sig is None:
+            continue
         try:
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, handler)
         except (NotImplementedError, RuntimeError):
-            signal.signal(sig, lambda *_: loop.call_soon_threadsafe(stop.set))
+            signal.signal(sig, lambda *_, call=handler: loop.call_soon_threadsafe(call))
+    # ready only now: a signal sent on seeing this line finds its handler in place
+    print(f"agproxy listening on http://{_url_host(host)}:{port}", file=sys.stderr, flush=True)
     await stop.wait()
-    log.info("stopping: no new connections; letting requests in flight finish")
+    log.info("stopping: no new connections; letting requests in flight finish (up to %g s, shutdown_grace_s; "
+             "interrupt again to stop at once)", config.shutdown_grace_s)
     await server.shutdown()
     return 0
 

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from pathlib import Path
 
@@ -71,7 +72,7 @@ def test_config_from_environment_variable(start_agproxy, tmp_path):
 
 def test_sigterm_lets_a_stream_in_flight_finish_then_exits_0(start_agproxy, fake):
     fake.script(Sse(text_stream("a b c d e f"), delay_s=0.2))
-    proxy = start_agproxy(fake_config(fake))
+    proxy = start_agproxy(fake_config(fake), process=True)  # the signal is the test
     body = json.dumps({"model": "m", "max_tokens": 5, "stream": True,
                        "messages": [{"role": "user", "content": "x"}]}).encode()
     request = urllib.request.Request(proxy.url + "/v1/messages", body, {"content-type": "application/json"})
@@ -90,6 +91,53 @@ def test_sigterm_lets_a_stream_in_flight_finish_then_exits_0(start_agproxy, fake
     assert b"event: message_stop" in received["body"]
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", proxy.port), timeout=1)
+
+
+def stream_in_background(proxy, received):
+    body = json.dumps({"model": "m", "max_tokens": 5, "stream": True,
+                       "messages": [{"role": "user", "content": "x"}]}).encode()
+    request = urllib.request.Request(proxy.url + "/v1/messages", body, {"content-type": "application/json"})
+
+    def client():
+        with urllib.request.urlopen(request, timeout=20) as response:
+            received["body"] = response.read()  # a chunked body read to its proper end
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("second_interrupt", [False, True])
+def test_a_stream_longer_than_the_grace_ends_with_an_error_event_and_is_logged_cut(start_agproxy, fake,
+                                                                                   second_interrupt):
+    fake.script(Sse(text_stream(" ".join(["word"] * 50)), delay_s=0.3))  # 15 s of stream
+    proxy = start_agproxy(fake_config(fake, shutdown_grace_s=1 if not second_interrupt else 30), process=True)
+    received: dict = {}
+    thread = stream_in_background(proxy, received)
+    while not fake.requests:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    started = time.monotonic()
+    proxy.proc.send_signal(signal.SIGINT)
+    if second_interrupt:
+        time.sleep(0.3)
+        proxy.proc.send_signal(signal.SIGINT)
+    assert proxy.proc.wait(10) == 0 and time.monotonic() - started < (3 if not second_interrupt else 1.5)
+    thread.join(10)
+    body = received["body"]
+    assert b"event: error" in body and b"shutting down" in body and b"message_stop" not in body
+    assert " cut by the shutdown" in proxy.log()
+    if second_interrupt:
+        assert "second interrupt: stopping at once; 1 request(s) in flight cut" in proxy.log()
+
+
+def test_sighup_is_ignored_with_a_log_line(start_agproxy):
+    proxy = start_agproxy({"upstreams": [{"name": "d", "kind": "demo"}]}, process=True)
+    proxy.proc.send_signal(signal.SIGHUP)
+    time.sleep(0.3)
+    assert proxy.proc.poll() is None and "SIGHUP: agproxy does not reload its config yet" in proxy.log()
+    with urllib.request.urlopen(proxy.url + "/healthz", timeout=5) as response:
+        assert response.status == 200
 
 
 def test_sigint_exits_0(start_agproxy):
