@@ -6,10 +6,12 @@ PORT ?= 8045
 STDLIB_ONLY ?= tools/stdlib_only.py
 # The suite runs its files across the cores (a file's tests stay together: the fault matrix shares one run).
 PYTEST_ARGS ?= -n auto --dist loadfile
-# The real Claude Code CLI for the end-to-end tests (dev-only, never committed; skipped without npm).
-CLAUDE_CODE_VERSION ?= 2.1.197
+# The real Claude Code CLI for the end-to-end tests (dev-only, never committed; skipped without npm): the
+# newest release, pinned by number (on node 20 a plain install resolves to an old one), and an older one,
+# since users update slowly.
+CLAUDE_CODE_VERSION ?= 2.1.332
+CLAUDE_CODE_OLDER ?= 2.1.197
 CLAUDE_DIR := .cache/claude-code
-CLAUDE := $(CLAUDE_DIR)/node_modules/.bin/claude
 
 .PHONY: build run test lint claude-cli bench bench-peers fuzz clean
 
@@ -32,12 +34,14 @@ test: $(VENV)/.installed build claude-cli
 	$(VPY) -m pytest $(PYTEST_ARGS)
 
 claude-cli:
-	@if [ -x $(CLAUDE) ]; then :; \
-	elif command -v npm >/dev/null 2>&1; then \
-	  echo "installing Claude Code $(CLAUDE_CODE_VERSION) into $(CLAUDE_DIR) for the end-to-end tests"; \
-	  mkdir -p $(CLAUDE_DIR) && npm install --prefix $(CLAUDE_DIR) --no-audit --no-fund --loglevel=error \
-	    @anthropic-ai/claude-code@$(CLAUDE_CODE_VERSION); \
-	else echo "npm not found: the Claude Code CLI tests will be skipped"; fi
+	@for version in $(CLAUDE_CODE_VERSION) $(CLAUDE_CODE_OLDER); do \
+	  if [ -x $(CLAUDE_DIR)/$$version/node_modules/.bin/claude ]; then :; \
+	  elif command -v npm >/dev/null 2>&1; then \
+	    echo "installing Claude Code $$version into $(CLAUDE_DIR)/$$version for the end-to-end tests"; \
+	    mkdir -p $(CLAUDE_DIR)/$$version && npm install --prefix $(CLAUDE_DIR)/$$version --no-audit --no-fund \
+	      --loglevel=error @anthropic-ai/claude-code@$$version || echo "Claude Code $$version not installed"; \
+	  else echo "npm not found: the Claude Code CLI tests will be skipped"; fi; \
+	done
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check agproxy.py tests tools bench

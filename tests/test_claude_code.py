@@ -1,40 +1,59 @@
-"""The real `claude` CLI (Claude Code) -> agproxy -> fake upstream, offline.
+"""The real `claude` CLI (Claude Code) -> agproxy -> fake upstream, offline, with every version
+`make test` installs: the newest release and an older one (users update slowly).
 
-`make test` installs the CLI into .cache/claude-code when npm is available; without it these
-tests are skipped with that reason. AGPROXY_CLAUDE names another binary to use.
+`make test` installs them into .cache/claude-code/VERSION when npm is available; without it these
+tests are skipped with that reason. AGPROXY_CLAUDE names one other binary to use instead.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
+import time
 from pathlib import Path
+from typing import List
 
 import pytest
 
 from tests.conftest import ROOT, clean_env, fake_config
 from tests.fakes.anthropic_upstream import Sse, tool_and_thinking_stream
 
-CLAUDE = Path(os.environ.get("AGPROXY_CLAUDE") or ROOT / ".cache" / "claude-code" / "node_modules" / ".bin" / "claude")
-
-pytestmark = pytest.mark.skipif(not CLAUDE.exists(), reason=f"Claude Code CLI not installed at {CLAUDE}")
+INSTALLED = ROOT / ".cache" / "claude-code"
 
 
-def claude(proxy, prompt: str, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    home = tmp_path / "claude-home"
-    home.mkdir(exist_ok=True)
-    (home / ".claude.json").write_text(json.dumps({"hasCompletedOnboarding": True}))
-    work = tmp_path / "work"
-    work.mkdir(exist_ok=True)
-    (work / "marker-file-for-ls.txt").write_text("x")
-    env = clean_env(HOME=str(home), ANTHROPIC_BASE_URL=proxy.url, ANTHROPIC_API_KEY="client-key",
-                    CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1")
-    return subprocess.run([str(CLAUDE), "-p", prompt, *args], cwd=work, env=env, capture_output=True, text=True,
-                          timeout=120, stdin=subprocess.DEVNULL)
+def _versions() -> List[Path]:
+    if os.environ.get("AGPROXY_CLAUDE"):
+        return [Path(os.environ["AGPROXY_CLAUDE"])]
+    found = sorted(INSTALLED.glob("*/node_modules/.bin/claude"), reverse=True)
+    return found or [INSTALLED / "VERSION" / "node_modules" / ".bin" / "claude"]
 
 
-def test_claude_code_prompt_round_trip(start_agproxy, fake, tmp_path):
+@pytest.fixture(params=_versions(), ids=lambda p: p.parent.parent.parent.name)
+def cli(request) -> Path:
+    if not request.param.exists():
+        pytest.skip(f"Claude Code CLI not installed under {INSTALLED} (make claude-cli)")
+    return request.param
+
+
+@pytest.fixture
+def claude(cli):
+    def run(proxy, prompt: str, tmp_path: Path, *args: str, key: str = "client-key") -> subprocess.CompletedProcess:
+        home = tmp_path / "claude-home"
+        home.mkdir(exist_ok=True)
+        (home / ".claude.json").write_text(json.dumps({"hasCompletedOnboarding": True}))
+        work = tmp_path / "work"
+        work.mkdir(exist_ok=True)
+        (work / "marker-file-for-ls.txt").write_text("x")
+        env = clean_env(HOME=str(home), ANTHROPIC_BASE_URL=proxy.url, ANTHROPIC_AUTH_TOKEN=key,
+                        CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1")
+        return subprocess.run([str(cli), "-p", prompt, *args], cwd=work, env=env, capture_output=True, text=True,
+                              timeout=120, stdin=subprocess.DEVNULL)
+    return run
+
+
+def test_claude_code_prompt_round_trip(start_agproxy, fake, tmp_path, claude):
     proxy = start_agproxy(fake_config(fake))
     result = claude(proxy, "say hello", tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -42,11 +61,12 @@ def test_claude_code_prompt_round_trip(start_agproxy, fake, tmp_path):
     main = [r for r in fake.requests if r.target == "/v1/messages"][-1]
     assert main.header("x-api-key") in ("sk-upstream-alice", "sk-upstream-bob")
     assert main.json["stream"] is True and main.json["tools"]
-    assert "HEAD / 200" in proxy.log()
+    probes = re.findall(r" HEAD (\S+) (\d{3}) ", proxy.log())  # 2.1.197 probes HEAD /, 2.1.332 /api/hello, if at all
+    assert all(status == "200" for _, status in probes), probes
     assert "client-key" not in proxy.log()
 
 
-def test_claude_code_runs_a_tool_the_upstream_asks_for(start_agproxy, fake, tmp_path):
+def test_claude_code_runs_a_tool_the_upstream_asks_for(start_agproxy, fake, tmp_path, claude):
     fake.script(Sse(tool_and_thinking_stream()))  # asks for Bash `ls -la`; the next turn gets the default text
     proxy = start_agproxy(fake_config(fake))
     result = claude(proxy, "list files", tmp_path, "--allowedTools", "Bash")
@@ -59,7 +79,7 @@ def test_claude_code_runs_a_tool_the_upstream_asks_for(start_agproxy, fake, tmp_
     assert "Hello from the fake upstream." in result.stdout
 
 
-def test_claude_code_through_the_compatible_profile_to_a_strict_upstream(start_agproxy, tmp_path):
+def test_claude_code_through_the_compatible_profile_to_a_strict_upstream(start_agproxy, tmp_path, claude):
     """Everything Claude Code really sends is made acceptable to a server that refuses extras."""
     from tests.fakes.anthropic_upstream import FakeAnthropic
 
@@ -76,7 +96,7 @@ def test_claude_code_through_the_compatible_profile_to_a_strict_upstream(start_a
         assert len(turns) >= 2 and all("cache_control" not in json.dumps(t) for t in turns)
 
 
-def test_claude_code_heals_past_an_upstream_that_rejects_its_extras(start_agproxy, tmp_path):
+def test_claude_code_heals_past_an_upstream_that_rejects_its_extras(start_agproxy, tmp_path, claude):
     from tests.fakes.anthropic_upstream import FakeAnthropic
 
     with FakeAnthropic(reject_fields=["context_management", "output_config"]) as picky:
@@ -87,15 +107,18 @@ def test_claude_code_heals_past_an_upstream_that_rejects_its_extras(start_agprox
         assert "rejects context_management" in proxy.log()
 
 
-def test_claude_code_runs_a_tool_loop_against_an_openai_compatible_server(start_agproxy, tmp_path):
+@pytest.mark.parametrize("window", [None, 32768], ids=["any-window", "32k-window"])
+def test_claude_code_runs_a_tool_loop_against_an_openai_compatible_server(start_agproxy, tmp_path, claude, window):
     """A whole agentic turn with a local-model style server: Claude Code's real request, translated."""
     from tests.fakes.openai_upstream import Chunks, FakeOpenAI, tool_chunks
 
-    with FakeOpenAI() as local:
+    with FakeOpenAI(max_model_len=window) as local:
         local.script(Chunks(tool_chunks([("call_ls", "Bash", '{"command": "ls -la", "description": "List files"}')],
                                  reasoning="Listing the files.", text="Let me look.")))
         config = {"upstreams": [{"name": "local", "kind": "openai", "base_url": local.url,
                                  "accounts": [{"name": "vllm", "api_key": "none"}]}]}
+        if window:  # a 32k server, as configured: Claude Code's 64000/128000 max_tokens must be fitted
+            config["upstreams"][0]["context_window"] = window
         proxy = start_agproxy(config)
         result = claude(proxy, "list files", tmp_path, "--allowedTools", "Bash")
         assert result.returncode == 0, result.stdout + result.stderr
@@ -105,3 +128,33 @@ def test_claude_code_runs_a_tool_loop_against_an_openai_compatible_server(start_
         tool_messages = [m for m in second["messages"] if m["role"] == "tool"]
         assert tool_messages and tool_messages[0]["tool_call_id"] == "call_ls"
         assert "marker-file-for-ls.txt" in tool_messages[0]["content"]
+
+
+def test_claude_code_through_a_service_that_refuses_adaptive_thinking(start_agproxy, tmp_path, claude):
+    """The default profile, a service that knows only enabled/disabled thinking: healed, not failed."""
+    from tests.fakes.anthropic_upstream import FakeAnthropic
+
+    with FakeAnthropic(basic_thinking_only=True) as picky:
+        picky.script(Sse(tool_and_thinking_stream()))
+        proxy = start_agproxy(fake_config(picky))
+        result = claude(proxy, "list files", tmp_path, "--allowedTools", "Bash")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "Hello from the fake upstream." in result.stdout
+        turns = [r.json for r in picky.requests if r.target == "/v1/messages"]
+        assert all(t.get("thinking", {}).get("type") != "adaptive" for t in turns[-2:])
+
+
+def test_claude_code_on_the_demo(start_agproxy, tmp_path, claude):
+    proxy = start_agproxy({"upstreams": [{"name": "demo", "kind": "demo"}]})
+    result = claude(proxy, "what is two plus two", tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert 'you said "what is two plus two"' in result.stdout  # the user's words, not Claude Code's reminders
+
+
+def test_a_wrong_agproxy_key_reaches_the_user_in_seconds(start_agproxy, fake, tmp_path, claude):
+    proxy = start_agproxy(fake_config(fake, auth_mode="strict", api_key="sk-agproxy-right-key"))
+    started = time.monotonic()
+    result = claude(proxy, "say hello", tmp_path, key="sk-agproxy-wrong-key")
+    assert time.monotonic() - started < 20 and result.returncode != 0
+    assert "401" in result.stdout + result.stderr or "API key" in result.stdout + result.stderr
+    assert not [r for r in fake.requests if r.target.startswith("/v1/messages")]
