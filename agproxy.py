@@ -6191,12 +6191,15 @@ async def relay_events(head: bytes, events: AsyncIterator[bytes], response: Upst
     try:
         while True:
             if batch:
-                if b"data:" in batch:
+                has_event = b"data:" in batch
+                if has_event:
                     idle.saw_event()
                 if observe is not None:
                     observe(batch)
-                last_sent = clock()
                 yield batch if transform is None else transform(batch)
+                last_sent = clock()
+                if has_event:  # the time a slow client took to take it is not the upstream's silence
+                    idle.saw_event()
             if ping_interval_s is None:
                 batch = await iterator.__anext__()
                 continue

@@ -65,9 +65,13 @@ from tests.wire_check import (
 
 KINDS = ("anthropic", "openai")
 MODES = ("stream", "forced", "json", "count")
-#: how long one client waits for its whole answer: timeout_s 3 x 2 attempts, plus slack
-CLIENT_DEADLINE_S = 16.0
+#: the upstreams' timeout_s: short, so hangs are met quickly
 UPSTREAM_TIMEOUT_S = 3
+#: the cases that test size, not time, get longer: a 4 MB event must arrive whole within timeout_s,
+#: and the fake (a thread of this process) sends it slowly while 160 cases run at once (Python 3.9)
+BIG_CASES = {"one_4mb_delta": 12, "many_small_events": 12}
+#: how long one client waits for its whole answer: timeout_s x 2 attempts, plus slack
+CLIENT_DEADLINE_S = max(BIG_CASES.values()) + 10.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,7 +207,7 @@ def config_for(fake: MisbehavingUpstream, modes: Tuple[str, ...], force_stream: 
         name = model_name(kind, mode, case)
         upstream: Dict[str, Any] = {
             "name": name, "kind": kind, "base_url": fake.url_for(case, kind, mode),
-            "timeout_s": UPSTREAM_TIMEOUT_S, "connect_timeout_s": UPSTREAM_TIMEOUT_S,
+            "timeout_s": BIG_CASES.get(case, UPSTREAM_TIMEOUT_S), "connect_timeout_s": UPSTREAM_TIMEOUT_S,
             "accounts": [{"name": "alice@example.com", "api_key": ALICE_KEY},
                          {"name": "bob@example.com", "api_key": BOB_KEY}]}
         if kind == "openai" and mode == "count":
