@@ -4993,12 +4993,8 @@ class HttpServer:
             conn.client_left()
             raise
         except asyncio.CancelledError:
-            if self._stopping and not conn.gone:  # cut by the shutdown: the client still gets an ending
-                cut = encode_sse_json("error", error_body("overloaded_error", "agproxy is shutting down: this "
-                                                                              "stream was cut (shutdown_grace_s)"))
-                writer.write((encode_chunk(cut) + LAST_CHUNK) if chunked else cut)
-                if exchange is not None:
-                    exchange.note = " cut by the shutdown"
+            if self._stopping and not conn.gone:
+                self._end_cut_stream(conn, exchange, chunked)
             raise
         finally:
             response.abort()
@@ -5008,6 +5004,14 @@ class HttpServer:
                 await aclose()
         if conn.gone and exchange is not None:
             exchange.status = 499
+
+    def _end_cut_stream(self, conn: _Connection, exchange: Optional[_Exchange], chunked: bool) -> None:
+        """A stream the shutdown cuts still ends as a stream: an error event, then the body's end."""
+        cut = encode_sse_json("error", error_body("overloaded_error", "agproxy is shutting down: this stream was "
+                                                                      "cut (shutdown_grace_s)"))
+        conn.writer.write((encode_chunk(cut) + LAST_CHUNK) if chunked else cut)
+        if exchange is not None:
+            exchange.note = " cut by the shutdown"
 
     async def _drain(self, conn: _Connection) -> None:
         """Wait until the client has taken what was written; a client that reads nothing for
