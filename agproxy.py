@@ -5202,7 +5202,8 @@ class Server(Application):
                                          "/v1 itself", path[:100])
             raise NotFound(
                 f"no route for {path}: the base URL must not end in /v1 "
-                "(use ANTHROPIC_BASE_URL=http://127.0.0.1:8045, agproxy adds /v1 itself)"
+                f"(use ANTHROPIC_BASE_URL=http://{(request.header('host') or '127.0.0.1:8045')[:100]}, "
+                "agproxy adds /v1 itself)"
             )
         if request.method == "OPTIONS":
             return
@@ -5619,8 +5620,9 @@ class Adapter:
                 trial.max_tokens, trial.fitted = heal.max_tokens, True
                 self.gw.note_once(upstream.name, "fit",
                                   "upstream %r has no room for the completion asked for beside the prompt; asking "
-                                  "for %d tokens instead (set its context_window to do so before sending)",
-                                  upstream.name, heal.max_tokens)
+                                  "for %d tokens instead%s", upstream.name, heal.max_tokens,
+                                  "" if upstream.context_window else
+                                  " (set its context_window to do so before sending)")
             elif heal.action == "retry":
                 trial.fields += heal.fields
                 trial.betas += heal.betas
