@@ -6401,6 +6401,10 @@ async def check_upstreams(config: Config, out: Callable[[str], None]) -> bool:
     nothing failed (warnings do not fail)."""
     client = UpstreamClient()
     healthy = True
+    mode = config.effective_auth_mode()
+    if mode != "off" and not config.api_key:
+        out(f"FAIL  config: auth_mode is {mode} but api_key is empty: every protected request would get 401")
+        healthy = False
     try:
         for upstream in config.upstreams:
             adapter = ADAPTERS[upstream.kind]

@@ -274,3 +274,9 @@ def test_config_errors_name_every_unset_variable_and_the_key_meant(tmp_path):
     typo = {"auth_mod": "off", "upstreams": [{"name": "d", "kind": "demo"}]}
     result = run(["check", "--config", str(write_config(tmp_path, typo))], tmp_path)
     assert result.returncode == 2 and "unknown key auth_mod (did you mean auth_mode?)" in result.stderr
+
+
+def test_check_fails_auth_on_without_a_key(tmp_path):
+    config = {"auth_mode": "strict", "upstreams": [{"name": "d", "kind": "demo"}]}
+    result = run(["check", "--config", str(write_config(tmp_path, config))], tmp_path)
+    assert result.returncode == 1 and "FAIL  config: auth_mode is strict but api_key is empty" in result.stdout
