@@ -34,7 +34,22 @@ def clean_env(**extra: str) -> Dict[str, str]:
     return env
 
 
-class Agproxy:
+class _Running:
+    """What a test sees of a running agproxy, in a process or in this one: its address and log."""
+
+    host: str
+    port: int
+    stderr: List[str]
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def log(self) -> str:
+        return "".join(self.stderr)
+
+
+class Agproxy(_Running):
     """A running agproxy process; ``stderr`` collects everything it logged."""
 
     def __init__(self, args: List[str], env: Dict[str, str], cwd: Path, command: Optional[List[str]] = None) -> None:
@@ -60,13 +75,6 @@ class Agproxy:
                 self.host, self.port = match.group(1), int(match.group(2))
                 self.ready.set()
         self.ready.set()
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def log(self) -> str:
-        return "".join(self.stderr)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
         if self.proc.poll() is None:
@@ -122,7 +130,7 @@ class _Lines:
         pass
 
 
-class InProcessAgproxy:
+class InProcessAgproxy(_Running):
     """agproxy's server in this process, on an event loop of its own in a thread, built from the
     same arguments, config file and state file as the command line (``agproxy.log_startup``
     included), with a :class:`TestClock`. It starts in milliseconds, where a process takes
@@ -151,13 +159,6 @@ class InProcessAgproxy:
     def run(self, coroutine: Any, timeout: float = 10) -> Any:
         """Run a coroutine on the server's loop and return its result."""
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def log(self) -> str:
-        return "".join(self.stderr)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
         """Shut down as SIGTERM would (requests in flight finish, the state is saved); 0."""
