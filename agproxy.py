@@ -51,6 +51,7 @@ import ipaddress
 import json
 import logging
 import math
+import mimetypes
 import os
 import random
 import re
@@ -1972,7 +1973,7 @@ def demo_sse_events(body: Dict[str, Any], message_id: str, input_tokens: Optiona
 # -- the request sanitizer (profiles are defined with the config) --------------------------
 
 #: Top-level fields never stripped on an upstream's say-so: without them the request means something else.
-PROTECTED_TOP_FIELDS = frozenset(("model", "messages", "max_tokens", "stream", "system", "tools"))
+PROTECTED_TOP_FIELDS = frozenset(("model", "messages", "max_tokens", "stream", "system", "tools", "contents"))
 #: Keys inside messages and tools that carry meaning; never stripped on an upstream's say-so.
 PROTECTED_NESTED_KEYS = frozenset((
     "role", "content", "type", "text", "id", "name", "input", "tool_use_id", "input_schema", "source", "data",
@@ -2361,6 +2362,17 @@ def session_id(headers: Headers, body: Dict[str, Any]) -> Optional[str]:
 #    context-window signalling. Pure: nothing here awaits or touches sockets.
 # =====================================================================================
 
+_REJECTED_KEY = re.compile(r'"reason"\s*:\s*"API_KEY_(?:INVALID|EXPIRED)"|API key not valid|API key expired')
+
+
+def upstream_status_of(status: int, body: bytes) -> int:
+    """The status an upstream's error answer means: Gemini answers a key it does not take with a
+    400 (``API_KEY_INVALID``), which means what a 401 means (rotate the key, never blame the client)."""
+    if status == 400 and _REJECTED_KEY.search(body[:65536].decode("utf-8", "replace")):
+        return 401
+    return status
+
+
 def anthropic_error_from_upstream(status: int, body: bytes, upstream: str) -> AgproxyError:
     """An upstream's error answer as an :class:`AgproxyError` to relay, keeping its status.
 
@@ -2368,6 +2380,7 @@ def anthropic_error_from_upstream(status: int, body: bytes, upstream: str) -> Ag
     A rejected upstream key is agproxy's problem, not the client's: 502, never 401/403.
     """
     message, error_type = "", None
+    status = upstream_status_of(status, body)
     try:
         parsed = loads_strict(body)
     except (ValueError, UnicodeDecodeError):
@@ -2756,11 +2769,23 @@ BASIC_THINKING_LESSON = "thinking.type=basic"
 _ADAPTIVE_REFUSED = re.compile(r"\bthinking[\w.]*:? [^\n]*?'adaptive'|'adaptive'[^\n]*? for thinking", re.IGNORECASE)
 
 
+#: Gemini's (protobuf JSON) word for a field it does not know: ``Unknown name "x" at 'a.b_c[0]'``.
+_UNKNOWN_NAME = re.compile(r'Unknown name "([A-Za-z_$][\w$]*)"(?: at \'([\w.\[\]]+)\')?')
+
+
+def _gemini_field_path(at: str, name: str) -> str:
+    """A Gemini error's field location as a dotted path in the JSON sent: ``tools[0].function_declarations``
+    is ``tools.0.functionDeclarations`` (its error names fields in snake_case)."""
+    parts = [p for p in re.split(r"[.\[\]]+", at) if p] + [name]
+    return ".".join(re.sub(r"_([a-z])", lambda m: m.group(1).upper(), p) for p in parts)
+
+
 def rejected_inputs(body: bytes) -> Tuple[List[str], List[str]]:
     """The field paths and beta values an upstream's 400 says it does not accept (a refused
     adaptive thinking type is :data:`BASIC_THINKING_LESSON`)."""
     text = upstream_error_text(body)
     fields = _EXTRA_INPUT.findall(text) + _UNKNOWN_FIELD.findall(text)
+    fields += [_gemini_field_path(at, name) for name, at in _UNKNOWN_NAME.findall(text)]
     if _ADAPTIVE_REFUSED.search(text):
         fields.append(BASIC_THINKING_LESSON)
     betas: List[str] = []
@@ -2821,7 +2846,7 @@ def is_signature_error(status: int, body: bytes) -> bool:
     if status != 400:
         return False
     text = upstream_error_text(body).lower()
-    return "signature" in text and ("thinking" in text or "invalid" in text)
+    return "signature" in text and ("thinking" in text or "invalid" in text or "thought" in text)
 
 
 #: Self-healing retries per request: each must have something new to try without.
@@ -2996,10 +3021,38 @@ class SignatureBook:
         """A test for thinking blocks that another upstream made (unknown ones are kept)."""
 
         def foreign(block: Dict[str, Any]) -> bool:
-            made_by = self.owner(str(block.get("signature") or block.get("data") or ""))
+            signature = str(block.get("signature") or block.get("data") or "")
+            if signature.startswith(GEMINI_SIGNATURE_PREFIX):
+                return True  # a Gemini signature carried through an Anthropic answer: never Anthropic's
+            made_by = self.owner(signature)
             return made_by is not None and made_by != upstream
 
         return foreign
+
+
+class CallSignatures:
+    """The thought signature of each Gemini function call, by its tool_use id, in bounded memory
+    (LRU): where a client sends a tool_use back without the thinking block that carried its
+    signature, the signature is still put back. Signatures larger than any real one are not kept."""
+
+    MAX_SIGNATURE_CHARS = 65536
+
+    def __init__(self, limit: int = 2048) -> None:
+        self.limit = limit
+        self._by_id: collections.OrderedDict[str, str] = collections.OrderedDict()
+
+    def record(self, call_id: str, signature: str) -> None:
+        """Remember the signature Gemini gave call ``call_id``."""
+        if not call_id or not signature or len(signature) > self.MAX_SIGNATURE_CHARS:
+            return
+        self._by_id[call_id] = signature
+        self._by_id.move_to_end(call_id)
+        while len(self._by_id) > self.limit:
+            self._by_id.popitem(last=False)
+
+    def get(self, call_id: str) -> Optional[str]:
+        """The signature of call ``call_id``, if it passed through here."""
+        return self._by_id.get(call_id)
 
 
 class SignatureWatcher:
@@ -3386,6 +3439,12 @@ def _stop_reason(choice: Dict[str, Any], stop_sequences: Sequence[str]) -> Tuple
     return _FINISH_REASONS.get(str(choice.get("finish_reason") or "stop"), "end_turn"), None
 
 
+def _stop_sequences(body: Dict[str, Any]) -> List[str]:
+    """The request's stop sequences (a translated answer names the one that stopped it)."""
+    stops = body.get("stop_sequences")
+    return stops if isinstance(stops, list) else []
+
+
 def _text_or(value: Any, default: str) -> str:
     """``value`` when an upstream sent a non-empty string there, else ``default``."""
     return value if isinstance(value, str) and value else default
@@ -3709,6 +3768,686 @@ class OpenAIStreamTranslator:
         out.append(encode_sse_json("message_stop", {"type": "message_stop"}))
         self.finished = True
         return out
+
+
+# -- Anthropic Messages <-> Gemini generateContent --------------------------------------------
+#
+# A Gemini answer carries thought signatures that Gemini checks on the next request: on the
+# first functionCall part of every model turn since the user last wrote. Claude Code sends back
+# only what it got, in Anthropic shape, so each signature rides in the answer as a thinking
+# block's ``signature`` that says where it belongs: ``gemini:thought:`` on a thought's own block,
+# ``gemini:call:`` on an empty block right before the tool_use it came with, ``gemini:text:`` on
+# an empty block right after the text it ended. On the way back each goes onto its part again.
+
+#: The prefix of every thinking signature that carries a Gemini thought signature.
+GEMINI_SIGNATURE_PREFIX = "gemini:"
+#: What Gemini documents to send for a function call whose signature was lost (a history made
+#: elsewhere, a compaction, a model switch): the call is accepted without one.
+GEMINI_SKIP_SIGNATURE = "skip_thought_signature_validator"
+#: The schema keys Gemini's function ``parameters`` take (an OpenAPI subset); any other is a 400.
+_GEMINI_SCHEMA_KEYS = frozenset((
+    "type", "format", "title", "description", "nullable", "enum", "items", "minItems", "maxItems", "properties",
+    "required", "minProperties", "maxProperties", "minLength", "maxLength", "pattern", "minimum", "maximum",
+    "default", "example", "anyOf", "propertyOrdering"))
+#: The plain keys a Gemini schema keeps, each with the JSON types its value may have.
+_GEMINI_SCHEMA_VALUES = (
+    ("title", (str,)), ("description", (str,)), ("pattern", (str,)), ("minItems", (int,)), ("maxItems", (int,)),
+    ("minProperties", (int,)), ("maxProperties", (int,)), ("minLength", (int,)), ("maxLength", (int,)),
+    ("minimum", (int, float)), ("maximum", (int, float)), ("nullable", (bool,)),
+    ("default", (str, int, float, bool)), ("example", (str, int, float, bool)))
+_GEMINI_TYPES = frozenset(("string", "number", "integer", "boolean", "array", "object"))
+#: The formats Gemini takes, by type; any other moves into the description.
+_GEMINI_FORMATS = {"string": ("enum", "date-time"), "integer": ("int32", "int64"), "number": ("float", "double")}
+#: Constraints Gemini has no key for: said in the description, so the model still knows them.
+_SCHEMA_CONSTRAINTS = ("exclusiveMinimum", "exclusiveMaximum", "multipleOf", "uniqueItems", "minContains",
+                       "maxContains", "contentEncoding", "contentMediaType")
+#: How deep a schema (and the ``$ref`` chains in it) is followed; deeper parts become plain objects.
+_MAX_SCHEMA_DEPTH = 24
+#: Gemini's longest output; a larger ``max_tokens`` (Claude Code asks up to 128k) is sent as this.
+GEMINI_MAX_OUTPUT_TOKENS = 65536
+#: Gemini's ``finishReason`` values that mean the answer was withheld for its content.
+_GEMINI_REFUSALS = frozenset(("SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY",
+                              "IMAGE_PROHIBITED_CONTENT", "IMAGE_RECITATION", "LANGUAGE"))
+#: ... and those that mean the model failed to form a tool call: an error, worth a retry.
+_GEMINI_CALL_FAILURES = frozenset(("MALFORMED_FUNCTION_CALL", "UNEXPECTED_TOOL_CALL", "TOO_MANY_TOOL_CALLS",
+                                   "MISSING_THOUGHT_SIGNATURE", "MALFORMED_RESPONSE"))
+_GEMINI_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+
+
+def gemini_schema(schema: Any) -> Optional[Dict[str, Any]]:
+    """A tool's JSON schema in the OpenAPI subset Gemini's ``parameters`` take, or None for a
+    tool with no parameters (an object with no properties is a 400 there).
+
+    Converted, not stripped: ``$ref`` resolved, ``const`` a one-value enum, ``["string", "null"]``
+    a nullable string, ``oneOf`` an ``anyOf``, ``allOf`` merged; what has no Gemini key
+    (``exclusiveMinimum``, an unsupported ``format``, ...) is said in the description.
+    """
+    if not isinstance(schema, dict):
+        return None
+    definitions: Dict[str, Any] = {}
+    for key in ("$defs", "definitions"):
+        if isinstance(schema.get(key), dict):
+            definitions.update({f"#/{key}/{name}": value for name, value in schema[key].items()})
+    converted = _gemini_schema_node(schema, definitions, 0)
+    if converted.get("type") == "object" and not converted.get("properties"):
+        return None
+    return converted
+
+
+def _gemini_schema_node(node: Any, definitions: Dict[str, Any], depth: int) -> Dict[str, Any]:
+    if not isinstance(node, dict):
+        return {"type": "string", "description": "(any JSON value, written as text)"}
+    if depth > _MAX_SCHEMA_DEPTH:
+        return {"type": "object", "description": "(nested too deep to describe)"}
+    ref = node.get("$ref")
+    if isinstance(ref, str):  # resolved in place; a cycle ends at the depth limit
+        target = definitions.get(ref)
+        merged = dict(target) if isinstance(target, dict) else {"type": "object"}
+        merged.update({k: v for k, v in node.items() if k != "$ref"})
+        return _gemini_schema_node(merged, definitions, depth + 1)
+    node = _merge_all_of(node)
+    if "const" in node:
+        node = dict(node, enum=[node["const"]])
+    out: Dict[str, Any] = {}
+    notes: List[str] = []
+    kind = node.get("type")
+    if isinstance(kind, list):  # ["string", "null"]
+        kinds = [k for k in kind if k in _GEMINI_TYPES]
+        if "null" in kind:
+            out["nullable"] = True
+        if len(kinds) > 1:
+            out["anyOf"] = [{"type": k} for k in kinds]
+        kind = kinds[0] if len(kinds) == 1 else None
+    elif kind == "null":
+        out["nullable"] = True
+        kind = None
+    elif kind not in _GEMINI_TYPES:
+        kind = None
+    alternatives = node.get("anyOf") if isinstance(node.get("anyOf"), list) else node.get("oneOf")
+    if isinstance(alternatives, list) and "anyOf" not in out:
+        members = [a for a in alternatives if not (isinstance(a, dict) and a.get("type") == "null")]
+        if len(members) < len(alternatives):
+            out["nullable"] = True
+        converted = [_gemini_schema_node(a, definitions, depth + 1) for a in members]
+        if len(converted) == 1:
+            out = dict(converted[0], **out)
+            kind = out.get("type")
+        elif converted:
+            out["anyOf"] = converted
+    enum = node.get("enum")
+    if isinstance(enum, list) and enum:
+        if all(isinstance(v, str) for v in enum) and kind in (None, "string"):
+            values = [v for v in enum if v]  # Gemini refuses an empty-string enum value
+            if values:
+                out["enum"], kind = values, "string"
+            if len(values) < len(enum):
+                notes.append("may also be empty")
+        else:
+            notes.append("one of: " + ", ".join(json.dumps(v, ensure_ascii=False) for v in enum[:50]))
+    if kind is None and "anyOf" not in out and "type" not in out:
+        if isinstance(node.get("properties"), dict):
+            kind = "object"
+        elif "items" in node:
+            kind = "array"
+        else:
+            kind = "string"
+            if "type" not in node and "enum" not in out:
+                notes.append("any JSON value, written as text")
+    if kind:
+        out["type"] = kind
+    for key, types in _GEMINI_SCHEMA_VALUES:
+        value = node.get(key)
+        if key not in out and isinstance(value, types) and (bool in types or not isinstance(value, bool)):
+            out[key] = value
+    examples = node.get("examples")
+    if "example" not in out and isinstance(examples, list) and examples and isinstance(examples[0], (str, int, float)):
+        out["example"] = examples[0]
+    fmt = node.get("format")
+    if isinstance(fmt, str):
+        if fmt in _GEMINI_FORMATS.get(str(kind), ()):
+            out["format"] = fmt
+        else:
+            notes.append(f"format: {fmt}")
+    for key in _SCHEMA_CONSTRAINTS:
+        if isinstance(node.get(key), (str, int, float, bool)):
+            notes.append(f"{key}: {json.dumps(node[key])}")
+    if kind == "object" and "properties" not in out:
+        properties = node.get("properties") if isinstance(node.get("properties"), dict) else {}
+        if properties:
+            out["properties"] = {str(name): _gemini_schema_node(value, definitions, depth + 1)
+                                 for name, value in properties.items()}
+            required = node.get("required")
+            named = [r for r in required if isinstance(r, str) and r in properties] if isinstance(required, list) \
+                else []
+            if named:
+                out["required"] = list(dict.fromkeys(named))
+        elif isinstance(node.get("additionalProperties"), dict):
+            notes.append("an object of named values")
+    elif kind == "array" and "items" not in out:
+        items = node.get("items")
+        if isinstance(items, list):  # a tuple schema: its first item stands for all
+            items = items[0] if items else None
+        out["items"] = _gemini_schema_node(items, definitions, depth + 1)
+    if notes:
+        said = out.get("description")
+        out["description"] = (f"{said} " if said else "") + f"({'; '.join(notes)})"
+    return out
+
+
+def _merge_all_of(node: Dict[str, Any]) -> Dict[str, Any]:
+    """``allOf`` folded into the node: properties and required joined, the first of anything else."""
+    parts = node.get("allOf")
+    if not isinstance(parts, list):
+        return node
+    merged = {k: v for k, v in node.items() if k != "allOf"}
+    for part in parts:
+        if not isinstance(part, dict):
+            continue
+        for key, value in part.items():
+            if key == "properties" and isinstance(value, dict):
+                merged["properties"] = dict(merged.get("properties") or {}, **value)
+            elif key == "required" and isinstance(value, list):
+                merged["required"] = list(merged.get("required") or []) + value
+            else:
+                merged.setdefault(key, value)
+    return merged
+
+
+def gemini_thinking_config(body: Dict[str, Any], model: str) -> Optional[Dict[str, Any]]:
+    """``generationConfig.thinkingConfig`` for the request's ``thinking`` and ``output_config.effort``:
+    a ``thinkingLevel`` for Gemini 3 and later, a ``thinkingBudget`` for older models, never both
+    (that is a 400); ``includeThoughts`` so the thinking streams back. None: the model's default."""
+    thinking = body.get("thinking") if isinstance(body.get("thinking"), dict) else {}
+    output_config = body.get("output_config") if isinstance(body.get("output_config"), dict) else {}
+    effort = output_config.get("effort") if isinstance(output_config.get("effort"), str) else None
+    kind = thinking.get("type")
+    if kind not in ("enabled", "adaptive") and effort is None:
+        return None
+    config: Dict[str, Any] = {"includeThoughts": kind in ("enabled", "adaptive")}
+    budget = thinking.get("budget_tokens") if _is_int(thinking.get("budget_tokens")) else None
+    match = re.match(r"(?:models/)?gemini-(\d+)", model)
+    if match and int(match.group(1)) >= 3:
+        if effort is not None:
+            config["thinkingLevel"] = "low" if effort == "low" else "high"
+        else:
+            config["thinkingLevel"] = "low" if budget is not None and budget < 4096 else "high"
+    elif budget is not None or effort is not None:
+        budget = budget if budget is not None else {"low": 2048, "medium": 8192}.get(str(effort), 24576)
+        config["thinkingBudget"] = max(128, min(budget, 24576))
+    else:
+        config["thinkingBudget"] = -1  # adaptive: the model decides
+    return config
+
+
+def _gemini_tools(body: Dict[str, Any], model: str, changes: Dict[str, int]) -> Tuple[List[Dict[str, Any]],
+                                                                                     List[str]]:
+    """The request's tools as Gemini ``tools`` and the function names offered."""
+    declarations: List[Dict[str, Any]] = []
+    search = False
+    for tool in body.get("tools") or []:
+        if not isinstance(tool, dict):
+            continue
+        kind = str(tool.get("type") or "")
+        if kind not in ("", "custom"):
+            if kind.startswith("web_search"):
+                search = True
+                continue
+            equivalent = _TYPED_TOOL_FUNCTIONS.get(str(tool.get("name")))
+            if equivalent is None:
+                _count(changes, "server_tool_dropped")
+                continue
+            schema, description = equivalent["parameters"], equivalent["description"]
+            _count(changes, "typed_tool_as_function")
+        else:
+            schema, description = tool.get("input_schema"), tool.get("description")
+        declaration: Dict[str, Any] = {"name": str(tool.get("name"))}
+        if isinstance(description, str) and description:
+            declaration["description"] = description
+        parameters = gemini_schema(schema)
+        if parameters is not None:
+            declaration["parameters"] = parameters
+        declarations.append(declaration)
+    tools: List[Dict[str, Any]] = []
+    if declarations:
+        tools.append({"functionDeclarations": declarations})
+    if search:
+        if declarations or not model.startswith("gemini-"):
+            _count(changes, "web_search_dropped")  # Gemini searches only when no functions are offered
+        else:
+            tools.append({"googleSearch": {}})
+            _count(changes, "web_search_as_google_search")
+    return tools, [d["name"] for d in declarations]
+
+
+def _gemini_tool_config(choice: Any, names: Sequence[str]) -> Optional[Dict[str, Any]]:
+    kind = choice.get("type") if isinstance(choice, dict) else None
+    if kind == "any":
+        return {"functionCallingConfig": {"mode": "ANY"}}
+    if kind == "none":
+        return {"functionCallingConfig": {"mode": "NONE"}}
+    if kind == "tool":
+        if choice.get("name") not in names:
+            raise InvalidRequest(f"tool_choice names {choice.get('name')!r}, a tool this upstream cannot offer "
+                                 "(Anthropic server tools have no Gemini equivalent)")
+        return {"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": [choice["name"]]}}
+    return None
+
+
+def _gemini_media(source: Dict[str, Any], default_type: str) -> Optional[Dict[str, Any]]:
+    """An image or document source as an ``inlineData`` or ``fileData`` part."""
+    if source.get("type") == "base64" and isinstance(source.get("data"), str) and source["data"]:
+        return {"inlineData": {"mimeType": str(source.get("media_type") or default_type), "data": source["data"]}}
+    if source.get("type") == "url" and isinstance(source.get("url"), str) and source["url"]:
+        guessed = mimetypes.guess_type(urllib.parse.urlsplit(source["url"]).path)[0]
+        return {"fileData": {"mimeType": guessed or default_type, "fileUri": source["url"]}}
+    return None
+
+
+def _gemini_user_parts(blocks: List[Any]) -> List[Dict[str, Any]]:
+    """User content blocks (no tool results) as Gemini parts; none empty."""
+    parts: List[Dict[str, Any]] = []
+    for block in blocks:
+        if not isinstance(block, dict):
+            continue
+        kind = block.get("type")
+        source = block.get("source") if isinstance(block.get("source"), dict) else {}
+        if kind == "text" and str(block.get("text") or ""):
+            parts.append({"text": str(block["text"])})
+        elif kind == "image":
+            media = _gemini_media(source, "image/png")
+            if media:
+                parts.append(media)
+        elif kind == "document":
+            if source.get("type") == "text":
+                title = f"{block['title']}\n" if block.get("title") else ""
+                text = title + str(source.get("data") or "")
+            elif source.get("type") == "content":
+                text = _block_text(source.get("content"))
+            else:
+                media = _gemini_media(source, "application/pdf")
+                if media:
+                    parts.append(media)
+                continue
+            if text:
+                parts.append({"text": text})
+    return parts
+
+
+def _signature_of(block: Dict[str, Any]) -> Tuple[str, str]:
+    """A thinking block's Gemini signature as (where it belongs, the signature), or ("", "")."""
+    signature = block.get("signature")
+    if not isinstance(signature, str) or not signature.startswith(GEMINI_SIGNATURE_PREFIX):
+        return "", ""
+    place, _, value = signature[len(GEMINI_SIGNATURE_PREFIX):].partition(":")
+    return (place, value) if place in ("thought", "call", "text") and value else ("", "")
+
+
+class GeminiHistory:
+    """Builds Gemini ``contents`` from Anthropic messages, one message at a time, keeping what the
+    next turns need: the name of every call by id (a functionResponse needs it), which calls each
+    model turn made (as many responses as calls), and whether a signature is trusted."""
+
+    def __init__(self, trusted: Callable[[str], bool], call_signature: Callable[[str], Optional[str]],
+                 changes: Dict[str, int]) -> None:
+        self.trusted = trusted
+        self.call_signature = call_signature
+        self.changes = changes
+        self.contents: List[Dict[str, Any]] = []
+        self._names: Dict[str, str] = {}
+        self._last_calls: List[Tuple[str, str]] = []  # (id, name) of the model turn just added
+
+    def add(self, role: Any, content: Any) -> None:
+        blocks = _block_list(content)
+        if role == "assistant":
+            self._add("model", self._model_parts(blocks))
+        elif role == "system":
+            self._add("user", [{"text": _block_text(blocks)}] if _block_text(blocks) else [])
+        else:
+            self._add("user", self._user_parts(blocks))
+
+    def _add(self, role: str, parts: List[Dict[str, Any]]) -> None:
+        if not parts:
+            return
+        if self.contents and self.contents[-1]["role"] == role:
+            self.contents[-1]["parts"] += parts
+            _count(self.changes, "turns_merged")
+        else:
+            self.contents.append({"role": role, "parts": parts})
+
+    def _model_parts(self, blocks: List[Any]) -> List[Dict[str, Any]]:
+        parts: List[Dict[str, Any]] = []
+        pending: Optional[str] = None  # a call's signature, waiting for its functionCall part
+        self._last_calls = []
+        for block in blocks:
+            if not isinstance(block, dict):
+                continue
+            kind = block.get("type")
+            if kind in ("thinking", "redacted_thinking"):
+                place, signature = _signature_of(block)
+                if not place:
+                    _count(self.changes, "foreign_thinking_dropped")
+                    continue
+                if not self.trusted(signature):
+                    _count(self.changes, "foreign_signature_dropped")
+                    continue
+                if place == "thought":
+                    parts.append({"text": str(block.get("thinking") or ""), "thought": True,
+                                  "thoughtSignature": signature})
+                elif place == "call":
+                    pending = signature
+                else:
+                    text_parts = [p for p in parts if "text" in p and not p.get("thought")]
+                    if text_parts and "thoughtSignature" not in text_parts[-1]:
+                        text_parts[-1]["thoughtSignature"] = signature
+            elif kind == "text" and str(block.get("text") or ""):
+                parts.append({"text": str(block["text"])})
+            elif kind == "tool_use":
+                call_id, name = str(block.get("id") or ""), str(block.get("name") or "unknown_tool")
+                args = block.get("input") if isinstance(block.get("input"), dict) else {}
+                part: Dict[str, Any] = {"functionCall": {"name": name, "args": args}}
+                if call_id:
+                    part["functionCall"]["id"] = call_id
+                    self._names[call_id] = name
+                signature = pending or (self.call_signature(call_id) if call_id else None)
+                if signature and self.trusted(signature):
+                    part["thoughtSignature"] = signature
+                pending = None
+                parts.append(part)
+                self._last_calls.append((call_id, name))
+        return parts
+
+    def _user_parts(self, blocks: List[Any]) -> List[Dict[str, Any]]:
+        """A user turn: one functionResponse per call of the model turn before it, in its order
+        (an unanswered call gets a response saying so), then the user's own parts; a result for a
+        call that is not there (a compacted history) is said in words."""
+        calls, self._last_calls = self._last_calls, []
+        results = {str(b.get("tool_use_id")): b for b in blocks
+                   if isinstance(b, dict) and b.get("type") == "tool_result"}
+        responses: List[Dict[str, Any]] = []
+        late: List[Dict[str, Any]] = []
+        for call_id, name in calls:
+            result = results.pop(call_id, None)
+            if result is None:
+                _count(self.changes, "missing_tool_result_filled")
+                response: Dict[str, Any] = {"error": INTERRUPTED_TOOL_TEXT}
+            else:
+                inner = _block_list(result.get("content"))
+                text = _block_text(inner)
+                response = {"error": text or "the tool failed"} if result.get("is_error") else {"output": text}
+                late += [m for m in (_gemini_media(b.get("source") or {}, "image/png") for b in inner
+                                     if isinstance(b, dict) and b.get("type") == "image") if m]
+            part: Dict[str, Any] = {"name": name, "response": response}
+            if call_id:
+                part["id"] = call_id
+            responses.append({"functionResponse": part})
+        words = [{"text": f"[result of tool call {tid}: {_block_text(r.get('content')) or '(empty)'}]"}
+                 for tid, r in results.items()]
+        _count(self.changes, "orphan_tool_result_as_text", len(words))
+        others = [b for b in blocks if not (isinstance(b, dict) and b.get("type") == "tool_result")]
+        return responses + late + words + _gemini_user_parts(others)
+
+    def sign_current_turn(self) -> None:
+        """Give each model turn since the user last wrote a signature on its first call if it has
+        none (Gemini refuses the request otherwise): the one Gemini documents for a lost signature."""
+        for content in reversed(self.contents):
+            if content["role"] == "user":
+                if any("functionResponse" not in p for p in content["parts"]):
+                    return
+                continue
+            first = next((p for p in content["parts"] if "functionCall" in p), None)
+            if first is not None and "thoughtSignature" not in first:
+                first["thoughtSignature"] = GEMINI_SKIP_SIGNATURE
+                _count(self.changes, "signature_skipped")
+
+
+def anthropic_to_gemini(body: Dict[str, Any], model: str, trusted: Callable[[str], bool],
+                        call_signature: Callable[[str], Optional[str]]) -> Tuple[Dict[str, Any], Dict[str, int]]:
+    """A sanitized Anthropic Messages request as a Gemini ``generateContent`` request, and what changed.
+
+    ``trusted`` says whether a Gemini signature may go back to this upstream and model (else the
+    part goes without it); ``call_signature`` finds a call's signature by its tool_use id when
+    the client dropped the thinking block that carried it.
+    """
+    changes: Dict[str, int] = {}
+    out: Dict[str, Any] = {}
+    system = body.get("system")
+    system_text = system if isinstance(system, str) else _block_text(system)
+    if system_text.strip():
+        out["systemInstruction"] = {"parts": [{"text": system_text}]}
+    history = GeminiHistory(trusted, call_signature, changes)
+    for message in body.get("messages") or []:
+        if isinstance(message, dict):
+            history.add(message.get("role"), message.get("content"))
+    history.sign_current_turn()
+    contents = history.contents
+    if contents and contents[0]["role"] == "model":
+        contents.insert(0, {"role": "user", "parts": [{"text": CONTINUATION_TEXT}]})
+    if not contents:
+        raise InvalidRequest("messages: nothing to send (every message is empty)")
+    out["contents"] = contents
+    tools, names = _gemini_tools(body, model, changes)
+    if tools:
+        out["tools"] = tools
+        tool_config = _gemini_tool_config(body.get("tool_choice"), names) if names else None
+        if tool_config:
+            out["toolConfig"] = tool_config
+    generation: Dict[str, Any] = {}
+    if _is_int(body.get("max_tokens")):
+        generation["maxOutputTokens"] = min(body["max_tokens"], GEMINI_MAX_OUTPUT_TOKENS)
+        _count(changes, "max_tokens_lowered", int(body["max_tokens"] > GEMINI_MAX_OUTPUT_TOKENS))
+    for key, name in (("temperature", "temperature"), ("top_p", "topP"), ("top_k", "topK")):
+        if isinstance(body.get(key), (int, float)) and not isinstance(body.get(key), bool):
+            generation[name] = body[key]
+    stops = [s for s in _stop_sequences(body) if isinstance(s, str) and s]
+    if stops:
+        generation["stopSequences"] = stops[:5]
+        _count(changes, "stop_sequences_dropped", max(0, len(stops) - 5))
+    thinking = gemini_thinking_config(body, model)
+    if thinking:
+        generation["thinkingConfig"] = thinking
+    if generation:
+        out["generationConfig"] = generation
+    return out, changes
+
+
+def gemini_usage(metadata: Any) -> Dict[str, int]:
+    """Gemini ``usageMetadata`` as Anthropic usage: cached prompt tokens as cache reads, the
+    prompt tokens of Google's own tools as input, thinking billed as output."""
+    if not isinstance(metadata, dict):
+        return {}
+    prompt = _token_count(metadata.get("promptTokenCount")) + _token_count(metadata.get("toolUsePromptTokenCount"))
+    cached = min(prompt, _token_count(metadata.get("cachedContentTokenCount")))
+    return {"input_tokens": prompt - cached, "cache_read_input_tokens": cached, "cache_creation_input_tokens": 0,
+            "output_tokens": _token_count(metadata.get("candidatesTokenCount")) +
+            _token_count(metadata.get("thoughtsTokenCount"))}
+
+
+def gemini_error_event(payload: Dict[str, Any]) -> bytes:
+    """An error Gemini sent in its stream, as an Anthropic ``error`` event."""
+    error = payload.get("error") if isinstance(payload.get("error"), dict) else {}
+    code = error.get("code")
+    status = code if _is_int(code) and 400 <= code <= 599 else 500
+    return encode_sse_json("error", upstream_error_event(
+        {"type": error_type_for_status(status), "message": str(error.get("message") or "upstream error")}))
+
+
+class GeminiStreamTranslator:
+    """Gemini ``GenerateContentResponse`` chunks in, the exact Anthropic event grammar out.
+
+    ``feed()`` a parsed chunk (or a whole ``generateContent`` body), get encoded events;
+    ``finish()`` closes the message. Thought parts become thinking blocks, text text blocks, each
+    ``functionCall`` (always whole) a tool_use block with its arguments in one delta. Each thought
+    signature rides along as described above this class, recorded with ``on_signature(tool_use
+    id or "", signature)``. Only candidate 0 counts; usage is the last ``usageMetadata`` seen.
+    """
+
+    def __init__(self, model: str, input_tokens: int = 0,
+                 on_signature: Optional[Callable[[str, str], None]] = None) -> None:
+        self.model = model
+        self.input_tokens = input_tokens
+        self.on_signature = on_signature
+        self.started = False
+        self.finished = False
+        self._index = -1
+        self._open: Optional[str] = None  # "text", "thinking" or "tool"
+        self._finish_reason: Optional[str] = None
+        self._finish_message = ""
+        self._block_reason: Optional[str] = None
+        self._usage: Dict[str, int] = {}
+        self._tool_seen = False
+        self._content_seen = False
+
+    def _start(self, out: List[bytes], response_id: Any) -> None:
+        if self.started:
+            return
+        self.started = True
+        message = {"id": "msg_" + (_text_or(response_id, "") or uuid.uuid4().hex)[-24:], "type": "message",
+                   "role": "assistant", "model": self.model, "content": [], "stop_reason": None,
+                   "stop_sequence": None, "usage": {"input_tokens": self.input_tokens, "output_tokens": 1}}
+        out.append(encode_sse_json("message_start", {"type": "message_start", "message": message}))
+
+    def _close(self, out: List[bytes]) -> None:
+        if self._open is not None:
+            out.append(encode_sse_json("content_block_stop", {"type": "content_block_stop", "index": self._index}))
+            self._open = None
+
+    def _block(self, out: List[bytes], block: Dict[str, Any], kind: str) -> None:
+        self._close(out)
+        self._index += 1
+        self._open = kind
+        out.append(encode_sse_json("content_block_start", {"type": "content_block_start", "index": self._index,
+                                                           "content_block": block}))
+        self._content_seen = True
+
+    def _delta(self, out: List[bytes], delta: Dict[str, Any]) -> None:
+        out.append(encode_sse_json("content_block_delta", {"type": "content_block_delta", "index": self._index,
+                                                           "delta": delta}))
+
+    def _signature_block(self, out: List[bytes], place: str, signature: str) -> None:
+        """An empty thinking block that carries a signature for the block before or after it."""
+        self._block(out, {"type": "thinking", "thinking": "", "signature": ""}, "thinking")
+        self._delta(out, {"type": "signature_delta", "signature": f"{GEMINI_SIGNATURE_PREFIX}{place}:{signature}"})
+        self._close(out)
+
+    def feed(self, chunk: Dict[str, Any]) -> List[bytes]:
+        """Events for one parsed chunk (an ``error`` chunk gives an error event and ends the stream)."""
+        out: List[bytes] = []
+        if self.finished:
+            return out
+        if isinstance(chunk.get("error"), dict):
+            self.finished = True
+            self._start(out, None)
+            return out + [gemini_error_event(chunk)]
+        self._start(out, chunk.get("responseId"))
+        if isinstance(chunk.get("usageMetadata"), dict):
+            self._usage = gemini_usage(chunk["usageMetadata"])
+        feedback = chunk.get("promptFeedback")
+        if isinstance(feedback, dict) and isinstance(feedback.get("blockReason"), str):
+            self._block_reason = feedback["blockReason"][:100]
+        candidates = chunk.get("candidates")
+        if candidates is not None and not isinstance(candidates, list):
+            raise UpstreamFailure("upstream sent a chunk whose candidates is not a list")
+        candidate = candidates[0] if candidates and isinstance(candidates[0], dict) else {}
+        content = candidate.get("content") if isinstance(candidate.get("content"), dict) else {}
+        parts = content.get("parts")
+        if parts is not None and not isinstance(parts, list):
+            raise UpstreamFailure("upstream sent a candidate whose parts is not a list")
+        for part in parts or []:
+            if isinstance(part, dict):
+                self._part(out, part)
+        if isinstance(candidate.get("finishReason"), str):
+            self._finish_reason = candidate["finishReason"][:100]
+            self._finish_message = str(candidate.get("finishMessage") or "")[:1000]
+        return out
+
+    def _part(self, out: List[bytes], part: Dict[str, Any]) -> None:
+        signature = _text_or(part.get("thoughtSignature"), "")
+        call = part.get("functionCall")
+        if isinstance(call, dict):
+            call_id = _text_or(call.get("id"), "")
+            call_id = call_id if _GEMINI_ID.fullmatch(call_id) else new_tool_id()
+            if signature:
+                self._signature_block(out, "call", signature)
+                if self.on_signature:
+                    self.on_signature(call_id, signature)
+            args = call.get("args") if isinstance(call.get("args"), dict) else {}
+            self._block(out, {"type": "tool_use", "id": call_id, "name": _text_or(call.get("name"), "unknown_tool"),
+                              "input": {}}, "tool")
+            self._delta(out, {"type": "input_json_delta", "partial_json": json.dumps(args, ensure_ascii=False)})
+            self._close(out)
+            self._tool_seen = True
+            return
+        text = part.get("text") if isinstance(part.get("text"), str) else ""
+        if part.get("thought") is True:
+            if text and self._open != "thinking":
+                self._block(out, {"type": "thinking", "thinking": "", "signature": ""}, "thinking")
+            if text:
+                self._delta(out, {"type": "thinking_delta", "thinking": text})
+            if signature:
+                if self._open != "thinking":
+                    self._block(out, {"type": "thinking", "thinking": "", "signature": ""}, "thinking")
+                self._delta(out, {"type": "signature_delta",
+                                  "signature": f"{GEMINI_SIGNATURE_PREFIX}thought:{signature}"})
+                self._close(out)
+                if self.on_signature:
+                    self.on_signature("", signature)
+            return
+        if text:
+            if self._open != "text":
+                self._block(out, {"type": "text", "text": ""}, "text")
+            self._delta(out, {"type": "text_delta", "text": text})
+        if signature:
+            self._signature_block(out, "text", signature)
+            if self.on_signature:
+                self.on_signature("", signature)
+
+    def finish(self) -> List[bytes]:
+        """The closing events: the last block's stop, message_delta, message_stop; or
+        :class:`UpstreamFailure` when Gemini failed to form a tool call (a retry may well succeed)."""
+        out: List[bytes] = []
+        if self.finished:
+            return out
+        reason = self._finish_reason
+        if reason in _GEMINI_CALL_FAILURES:
+            said = f": {self._finish_message}" if self._finish_message else ""
+            raise UpstreamFailure(f"the model failed to make a tool call ({reason}{said})")
+        self._start(out, None)
+        if self._block_reason and not self._content_seen:
+            self._block(out, {"type": "text", "text": ""}, "text")
+            self._delta(out, {"type": "text_delta", "text": f"Gemini blocked this prompt ({self._block_reason})."})
+        self._close(out)
+        if self._tool_seen:
+            stop_reason = "tool_use"
+        elif self._block_reason or reason in _GEMINI_REFUSALS:
+            stop_reason = "refusal"
+        elif reason == "MAX_TOKENS":
+            stop_reason = "max_tokens"
+        else:
+            stop_reason = "end_turn"
+        usage = dict(self._usage) if self._usage else {"output_tokens": 0}
+        out.append(encode_sse_json("message_delta", {
+            "type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": None}, "usage": usage}))
+        out.append(encode_sse_json("message_stop", {"type": "message_stop"}))
+        self.finished = True
+        return out
+
+
+def gemini_to_anthropic(answer: Any, model: str, on_signature: Optional[Callable[[str, str], None]] = None,
+                        input_tokens: int = 0) -> Dict[str, Any]:
+    """A whole ``generateContent`` answer (or the chunks of a stream sent as one JSON array) as
+    an Anthropic Message, by way of the stream translator: one set of rules for both."""
+    chunks = answer if isinstance(answer, list) else [answer]
+    if not chunks or not all(isinstance(c, dict) for c in chunks):
+        raise UpstreamFailure("upstream answered something that is not a Gemini response")
+    translator = GeminiStreamTranslator(model, input_tokens, on_signature)
+    events: List[bytes] = []
+    for chunk in chunks:
+        events += translator.feed(chunk)
+    events += translator.finish()
+    decoder, accumulator = SSEDecoder(), MessageAccumulator()
+    for event in decoder.feed(b"".join(events)):
+        accumulator.feed(event)
+    return accumulator.result()
 
 
 # =====================================================================================
@@ -5128,6 +5867,7 @@ class Server(Application):
         self.learned = LearnedRejections()
         self.learned.load_json((state or {}).get("learned"), self._servers)
         self.signatures = SignatureBook()
+        self.call_signatures = CallSignatures()
         self.counters: collections.Counter = collections.Counter()
         self._noted: collections.OrderedDict = collections.OrderedDict()
         self._persist = persist
@@ -5369,11 +6109,6 @@ class Server(Application):
             exchange.account = "warmup"
             return self._local_message(warmup_message(body["model"]), bool(body.get("stream")),
                                        headers + [("X-Warmup-Intercepted", "true")])
-        for upstream in route.upstreams:
-            if not self.adapter(upstream).served:
-                raise AgproxyError(f"upstream {upstream.name!r} is of kind {upstream.kind!r}, which this build "
-                                   "of agproxy does not serve yet", status=501, error_type="api_error",
-                                   headers=headers)
 
         async def attempt(upstream: Upstream, account: Account) -> Union[Response, StreamingResponse]:
             exchange.upstream, exchange.account = upstream.name, account.name
@@ -5543,8 +6278,6 @@ class Adapter:
     (account pools, learned rejections, the signature book, counters) stays on the gateway."""
 
     kind = ""
-    #: whether this build answers requests for the kind (a kind may be configured before it is served)
-    served = True
     #: the header an account's key goes in, and how its value is written
     key_header = ("Authorization", "Bearer {key}")
     #: where the upstream lists its models (None: it has no list), relative to base_url
@@ -5649,8 +6382,13 @@ class Adapter:
         """What the user can change when the upstream refused a request agproxy could not heal."""
         return None
 
-    #: where a Messages request goes, relative to base_url
+    #: where a Messages request goes, relative to base_url (:meth:`messages_path_for`)
     messages_path = ""
+
+    def messages_path_for(self, route: Route, stream: bool) -> str:
+        """Where a Messages request for ``route`` goes, relative to base_url."""
+        return self.messages_path
+
     #: whether every answer needs the input estimate (else only a context_window asks for it)
     estimates_input = False
     #: whether agproxy pings the client while the upstream is silent (an upstream may send its own)
@@ -5669,9 +6407,9 @@ class Adapter:
         if window and estimate > window:
             raise prompt_too_long(estimate, window, client_window)
         stream = bool(body.get("stream"))
-        response, _ = await self.call(request, exchange, route, account, self.messages_path,
-                                      stream or self.gw.config.force_stream_internally,
-                                      fitted_max_tokens(body, window, estimate) if window else None)
+        stream_upstream = stream or self.gw.config.force_stream_internally
+        response, _ = await self.call(request, exchange, route, account, self.messages_path_for(route, stream_upstream),
+                                      stream_upstream, fitted_max_tokens(body, window, estimate) if window else None)
         headers = headers + relayed_upstream_headers(response.headers)
         if response.is_event_stream:
             events = self.answer_events(response, route, body, estimate)
@@ -5907,12 +6645,113 @@ class DemoAdapter(Adapter):
 
 
 class GeminiAdapter(Adapter):
-    """The Gemini API (``generateContent``): configured and probed, not yet served (its issue)."""
+    """The Gemini API (``generateContent``): the request translated, the answer translated back,
+    each thought signature carried through the Anthropic answer and put back where it came
+    from; healed past fields it names as unknown and past signatures it refuses."""
 
     kind = "gemini"
-    served = False
     key_header = ("x-goog-api-key", "{key}")
+    models_path = "/v1beta/models?pageSize=1000"
     probe_path = "/v1beta/models"
+    estimates_input = True  # message_start reports the input tokens before Gemini has counted them
+    heal_thinking = True  # a refused signature heals by sending none (Gemini's documented stand-in)
+
+    @staticmethod
+    def api_root(upstream: Upstream) -> str:
+        """The version path to put before ``/models``: none where base_url already ends in one."""
+        return "" if re.search(r"/v1(?:beta|alpha)?/?$", upstream.base_url) else "/v1beta"
+
+    @staticmethod
+    def model_path(upstream: Upstream, model: str) -> str:
+        name = model[len("models/"):] if model.startswith("models/") else model
+        return f"{GeminiAdapter.api_root(upstream)}/models/{urllib.parse.quote(name, safe='')}"
+
+    def messages_path_for(self, route: Route, stream: bool) -> str:
+        path = self.model_path(route.upstream, route.model)
+        return f"{path}:streamGenerateContent?alt=sse" if stream else f"{path}:generateContent"
+
+    @staticmethod
+    def signer(upstream: Upstream, model: str) -> str:
+        """Whose signatures are good on this upstream and model (a model switch makes them foreign)."""
+        return f"{upstream.name}/{model}"
+
+    def translate(self, body: Dict[str, Any], route: Route, strip_thinking: bool = False) -> Tuple[Dict[str, Any],
+                                                                                                   Dict[str, int]]:
+        """The Gemini request for ``body`` on ``route``: sanitized per the upstream's profile, then translated."""
+        upstream = route.upstream
+        body = dict(body, model=route.model)
+        changes = sanitize_request(body, upstream.rules)
+        signer, book = self.signer(upstream, route.model), self.gw.signatures
+
+        def trusted(signature: str) -> bool:
+            return not strip_thinking and book.owner(signature) in (None, signer)
+
+        translated, translation_changes = anthropic_to_gemini(body, route.model, trusted, self.gw.call_signatures.get)
+        changes.update(translation_changes)
+        if upstream.extra_body:
+            translated.update(copy.deepcopy(upstream.extra_body))
+        return translated, changes
+
+    def prepare(self, request: Request, exchange: _Exchange, route: Route, stream: bool, strip_thinking: bool,
+                trial: _Lessons) -> Tuple[bytes, Dict[str, Any], Optional[str]]:
+        """The generateContent request for this upstream, minus what it rejected before."""
+        upstream = route.upstream
+        body = json.loads(request.body or b"")
+        changes: Dict[str, int] = {}
+        _fit_max_tokens(body, trial.max_tokens, changes)
+        translated, translation_changes = self.translate(body, route, strip_thinking)
+        changes.update(translation_changes)
+        for path in self.gw.learned.fields(upstream.name) + trial.fields:
+            _count(changes, f"learned:{path}", drop_path(translated, path.split(".")))
+        self.gw.count_changes("translate", changes, exchange, upstream)
+        return json.dumps(translated, ensure_ascii=False).encode("utf-8"), translated, None
+
+    def recorder(self, route: Route) -> Callable[[str, str], None]:
+        """What keeps each signature of an answer: its maker in the book, a call's by its id."""
+        signer = self.signer(route.upstream, route.model)
+
+        def record(call_id: str, signature: str) -> None:
+            self.gw.signatures.record(signature, signer)
+            if call_id:
+                self.gw.call_signatures.record(call_id, signature)
+
+        return record
+
+    def answer_events(self, response: UpstreamResponse, route: Route, body: Dict[str, Any],
+                      estimate: int) -> AsyncIterator[bytes]:
+        return gemini_events(response, GeminiStreamTranslator(route.model, estimate, self.recorder(route)))
+
+    def answer_message(self, data: bytes, response: UpstreamResponse, route: Route,
+                       body: Dict[str, Any]) -> Dict[str, Any]:
+        try:
+            answer = loads_strict(data)
+        except ValueError:
+            raise UpstreamFailure(f"upstream {route.upstream.name!r} answered something that is not JSON") from None
+        if isinstance(answer, dict) and isinstance(answer.get("error"), dict):
+            raise _upstream_error(route.upstream, response, data, self.gw.clock())
+        return gemini_to_anthropic(answer, route.model, self.recorder(route))
+
+    async def count(self, body: Dict[str, Any], route: Route) -> Optional[int]:
+        """Gemini's own count of the translated request (``countTokens``), so the count is exact."""
+        upstream = route.upstream
+        translated, _ = self.translate(body, route)
+        translated["model"] = "models/" + route.model.split("/")[-1]
+        account = upstream.accounts[0]
+        try:
+            status, data = await self.gw.client.fetch(
+                "POST", upstream_url(upstream.base_url, self.model_path(upstream, route.model) + ":countTokens"),
+                self.headers(None, upstream, account, None, False),
+                json.dumps({"generateContentRequest": translated}).encode(), deadline_s=upstream.connect_timeout_s,
+                limit=MAX_UPSTREAM_SMALL_BODY_BYTES)
+            counted = loads_strict(data) if status == 200 else None
+        except (UpstreamFailure, ValueError) as exc:
+            self.gw.log.warning("countTokens of upstream %r unavailable (%s); estimating", upstream.name, exc)
+            return None
+        total = counted.get("totalTokens") if isinstance(counted, dict) else None
+        if _is_int(total) and total >= 0:
+            return total
+        self.gw.log.warning("countTokens of upstream %r answered HTTP %s; estimating", upstream.name, status)
+        return None
 
 
 #: The one registry of upstream kinds.
@@ -6005,12 +6844,6 @@ def _fit_max_tokens(body: Dict[str, Any], max_tokens: Optional[int], changes: Di
         _count(changes, "thinking_budget_fitted")
 
 
-def _stop_sequences(body: Dict[str, Any]) -> List[str]:
-    """The request's stop sequences (a translated answer names the one that stopped it)."""
-    stops = body.get("stop_sequences")
-    return stops if isinstance(stops, list) else []
-
-
 async def _estimate_tokens(body: Dict[str, Any], size: int) -> int:
     """:func:`estimate_input_tokens`, off the event loop for a large body."""
     if size < _ESTIMATE_OFF_LOOP_BYTES:
@@ -6022,7 +6855,7 @@ def _upstream_error(upstream: Upstream, response: UpstreamResponse, data: bytes,
     """An upstream's error answer to relay, keeping its status, rate-limit headers and reset time."""
     error = anthropic_error_from_upstream(response.status, data, upstream.name)
     error.headers.extend(relayed_upstream_headers(response.headers))
-    error.upstream_status = response.status
+    error.upstream_status = upstream_status_of(response.status, data)
     error.reset_s = rate_limit_reset(response.headers, data, now)
     if error.reset_s is not None and header_value(error.headers, "retry-after") is None:
         error.headers.append(("retry-after", str(max(1, math.ceil(error.reset_s)))))
@@ -6112,6 +6945,101 @@ async def openai_events(response: UpstreamResponse, translator: OpenAIStreamTran
             if not isinstance(parsed, dict):
                 raise UpstreamFailure(f"upstream sent a chunk that is not a JSON object: {data[:100]!r}")
             out += translator.feed(parsed)
+        yield b"".join(out)
+        if translator.finished:
+            response.close()
+            return
+
+
+#: Lines of a Gemini stream outside its ``data:`` lines, kept to read an error written there.
+_MAX_STRAY_BYTES = 1024 * 1024
+_SSE_FIELD_LINE = re.compile(rb"\s*$|(?:\xef\xbb\xbf)?(?:data|event|id|retry)(?::|$)|(?:\xef\xbb\xbf)?:")
+_LINE_BREAK = re.compile(rb"\r\n|\r|\n")
+
+
+class StrayLines:
+    """The lines of an event stream that are not SSE lines (Gemini writes an error that arrives
+    mid-stream as a bare JSON body), gathered in linear time however the bytes are split."""
+
+    def __init__(self) -> None:
+        self.text = bytearray()
+        self._head = bytearray()  # the start of the current line, until it tells what it is
+        self._stray: Optional[bool] = None
+
+    def feed(self, data: bytes) -> bool:
+        """Take bytes; True when a stray line was completed."""
+        completed = False
+        pieces = _LINE_BREAK.split(data)
+        for number, piece in enumerate(pieces):
+            ended = number < len(pieces) - 1
+            if self._stray is None:
+                self._head += piece
+                if ended or len(self._head) >= 8:
+                    self._stray = not _SSE_FIELD_LINE.match(bytes(self._head))
+                    if self._stray:
+                        self.text += self._head
+                    self._head = bytearray()
+            elif self._stray:
+                self.text += piece
+            if ended:
+                if self._stray:
+                    self.text += b"\n"
+                    completed = True
+                self._stray = None
+        if len(self.text) > _MAX_STRAY_BYTES:
+            raise UpstreamFailure("upstream sent a stream that is not an event stream")
+        return completed
+
+    def error(self) -> Optional[Dict[str, Any]]:
+        """The error body the stray lines make, once they make whole JSON; :class:`UpstreamFailure`
+        for whole JSON that is not an error."""
+        text = bytes(self.text).strip()
+        if not text.endswith((b"}", b"]")):
+            return None
+        try:
+            parsed = loads_strict(text)
+        except ValueError:
+            return None
+        if isinstance(parsed, list) and len(parsed) == 1:
+            parsed = parsed[0]
+        if not isinstance(parsed, dict) or not isinstance(parsed.get("error"), dict):
+            raise UpstreamFailure(f"upstream sent something in its stream that is not an event: {text[:100]!r}")
+        return parsed
+
+
+async def gemini_events(response: UpstreamResponse, translator: GeminiStreamTranslator) -> AsyncIterator[bytes]:
+    """A Gemini ``alt=sse`` stream as Anthropic events, one batch per upstream read. Gemini sends
+    no ``[DONE]``: the body's end finishes the answer. An error Gemini writes into the stream as
+    a bare JSON body (no ``data:`` lines) ends it with an error event."""
+    decoder, stray = SSEDecoder(), StrayLines()
+    while True:
+        chunk = await response.read_chunk()
+        if not chunk:
+            if stray.text.strip():
+                error = stray.error()
+                if error is None:
+                    raise UpstreamFailure("upstream sent lines in its stream that are not events: "
+                                          f"{bytes(stray.text[:100])!r}")
+                yield b"".join(translator.feed(error))
+            yield b"".join(translator.finish())
+            return
+        out: List[bytes] = []
+        for event in decoder.feed(chunk):
+            data = event.data.strip()
+            if not data:
+                continue
+            try:
+                parsed = loads_strict(data)
+            except ValueError:
+                raise UpstreamFailure(f"upstream sent a chunk that is not JSON: {data[:100]!r}") from None
+            for item in parsed if isinstance(parsed, list) else [parsed]:
+                if not isinstance(item, dict):
+                    raise UpstreamFailure(f"upstream sent a chunk that is not a JSON object: {data[:100]!r}")
+                out += translator.feed(item)
+        if stray.feed(chunk) and not translator.finished:
+            error = stray.error()
+            if error is not None:
+                out += translator.feed(error)
         yield b"".join(out)
         if translator.finished:
             response.close()
