@@ -3852,7 +3852,7 @@ def _gemini_schema_node(node: Any, definitions: Dict[str, Any], depth: int) -> D
     notes: List[str] = []
     kind = node.get("type")
     if isinstance(kind, list):  # ["string", "null"]
-        kinds = [k for k in kind if k in _GEMINI_TYPES]
+        kinds = list(dict.fromkeys(k for k in kind if isinstance(k, str) and k in _GEMINI_TYPES))
         if "null" in kind:
             out["nullable"] = True
         if len(kinds) > 1:
@@ -3861,7 +3861,7 @@ def _gemini_schema_node(node: Any, definitions: Dict[str, Any], depth: int) -> D
     elif kind == "null":
         out["nullable"] = True
         kind = None
-    elif kind not in _GEMINI_TYPES:
+    elif not (isinstance(kind, str) and kind in _GEMINI_TYPES):
         kind = None
     alternatives = node.get("anyOf") if isinstance(node.get("anyOf"), list) else node.get("oneOf")
     if isinstance(alternatives, list) and "anyOf" not in out:
@@ -5775,6 +5775,8 @@ class HttpServer:
 
 #: How long a fetched upstream model list is reused for /v1/models.
 _MODELS_CACHE_S = 60.0
+#: Pages of an upstream's model list read at most (Gemini pages its list).
+_MAX_MODEL_PAGES = 20
 #: Distinct counter names kept for /v1/agproxy/stats (real traffic makes a few dozen).
 MAX_COUNTER_KINDS = 1000
 
@@ -6054,23 +6056,27 @@ class Server(Application):
 
     async def _upstream_models(self, upstream: Upstream) -> List[Dict[str, Any]]:
         account, adapter = upstream.accounts[0], self.adapter(upstream)
-        path = adapter.models_path
-        if path is None:
+        if adapter.models_path is None:
             return []
         headers = adapter.probe_headers(upstream, account)
-        try:
-            status, body = await self.client.fetch("GET", upstream_url(upstream.base_url, path), headers,
-                                                   deadline_s=upstream.connect_timeout_s)
-            data = loads_strict(body).get("data") if status == 200 else None
-        except (UpstreamFailure, ValueError, AttributeError) as exc:
-            self.log.warning("could not list the models of upstream %r: %s", upstream.name, exc)
-            return []
-        if not isinstance(data, list):
-            self.log.warning("upstream %r answered HTTP %d to %s", upstream.name, status, path)
-            return []
-        return [_model_object(str(m["id"]), str(m.get("display_name") or m["id"]),
-                              m.get("created_at") if isinstance(m.get("created_at"), str) else None)
-                for m in data if isinstance(m, dict) and m.get("id")]
+        models: List[Dict[str, Any]] = []
+        path: Optional[str] = adapter.models_path
+        for _ in range(_MAX_MODEL_PAGES):
+            try:
+                status, body = await self.client.fetch("GET", upstream_url(upstream.base_url, path), headers,
+                                                       deadline_s=upstream.connect_timeout_s)
+                page = adapter.listed_models(loads_strict(body)) if status == 200 else None
+            except (UpstreamFailure, ValueError) as exc:
+                self.log.warning("could not list the models of upstream %r: %s", upstream.name, exc)
+                return models
+            if page is None:
+                self.log.warning("upstream %r answered HTTP %d to %s", upstream.name, status, path)
+                return models
+            models += page[0]
+            if not page[1]:
+                break
+            path = f"{adapter.models_path}&pageToken={urllib.parse.quote(page[1], safe='')}"
+        return models
 
     async def _models(self, request: Request, exchange: _Exchange) -> Response:
         data = await self._model_list()
@@ -6284,6 +6290,17 @@ class Adapter:
     models_path: Optional[str] = None
     #: what ``agproxy check`` asks for to probe an account
     probe_path = "/models"
+
+    @classmethod
+    def listed_models(cls, parsed: Any) -> Optional[Tuple[List[Dict[str, Any]], Optional[str]]]:
+        """A page of the upstream's model list as Anthropic model objects, and the token of the
+        next page if there is one; None for an answer that is not a model list."""
+        data = parsed.get("data") if isinstance(parsed, dict) else None
+        if not isinstance(data, list):
+            return None
+        return [_model_object(str(m["id"]), str(m.get("display_name") or m["id"]),
+                              m.get("created_at") if isinstance(m.get("created_at"), str) else None)
+                for m in data if isinstance(m, dict) and m.get("id")], None
     #: count_tokens goes to the upstream, through the account pool, with retries
     counts_upstream = False
 
@@ -6657,14 +6674,20 @@ class GeminiAdapter(Adapter):
     heal_thinking = True  # a refused signature heals by sending none (Gemini's documented stand-in)
 
     @staticmethod
-    def api_root(upstream: Upstream) -> str:
-        """The version path to put before ``/models``: none where base_url already ends in one."""
-        return "" if re.search(r"/v1(?:beta|alpha)?/?$", upstream.base_url) else "/v1beta"
-
-    @staticmethod
     def model_path(upstream: Upstream, model: str) -> str:
+        """The path of a model's methods (``models/`` before the name is optional in the config)."""
         name = model[len("models/"):] if model.startswith("models/") else model
-        return f"{GeminiAdapter.api_root(upstream)}/models/{urllib.parse.quote(name, safe='')}"
+        return f"/v1beta/models/{urllib.parse.quote(name, safe='')}"
+
+    @classmethod
+    def listed_models(cls, parsed: Any) -> Optional[Tuple[List[Dict[str, Any]], Optional[str]]]:
+        models = parsed.get("models") if isinstance(parsed, dict) else None
+        if not isinstance(models, list):
+            return None
+        entries = [(str(m["name"]).split("/", 1)[-1], m.get("displayName")) for m in models
+                   if isinstance(m, dict) and isinstance(m.get("name"), str) and m["name"]]
+        token = parsed.get("nextPageToken")
+        return [_model_object(i, str(d or i)) for i, d in entries], token if isinstance(token, str) and token else None
 
     def messages_path_for(self, route: Route, stream: bool) -> str:
         path = self.model_path(route.upstream, route.model)
@@ -7358,6 +7381,9 @@ async def _probe(client: UpstreamClient, adapter: type, upstream: Upstream,
     if upstream.kind == "anthropic" and re.search(r"/v1/?$", upstream.base_url):
         return "FAIL", ("base_url ends in /v1, and agproxy adds /v1/messages itself: requests would go to "
                         "/v1/v1/messages; drop the /v1"), None
+    if upstream.kind == "gemini" and re.search(r"/v1(?:beta|alpha)?/?$", upstream.base_url):
+        return "FAIL", ("base_url ends in a version path, and agproxy adds /v1beta/models/... itself; drop it "
+                        "(e.g. https://generativelanguage.googleapis.com)"), None
     try:
         status, body = await client.fetch("GET", upstream_url(upstream.base_url, adapter.probe_path),
                                           adapter.probe_headers(upstream, account),
@@ -7377,19 +7403,16 @@ async def _probe(client: UpstreamClient, adapter: type, upstream: Upstream,
         return "FAIL", f"the upstream answered HTTP {status}", None
     if empty and upstream.kind != "openai":
         return "WARN", f"reachable (HTTP {status}), but its api_key is empty: no key is sent", None
-    return "ok", f"reachable (HTTP {status})" + (" without a key" if empty else ""), _listed_models(body)
+    return "ok", f"reachable (HTTP {status})" + (" without a key" if empty else ""), _listed_models(adapter, body)
 
 
-def _listed_models(body: bytes) -> Optional[Set[str]]:
-    """The model ids of an Anthropic or OpenAI models list, or None if it is not one."""
+def _listed_models(adapter: type, body: bytes) -> Optional[Set[str]]:
+    """The model ids of the first page of an upstream's model list, or None if it is not one."""
     try:
-        parsed = loads_strict(body)
+        page = adapter.listed_models(loads_strict(body))
     except (ValueError, UnicodeDecodeError):
         return None
-    data = parsed.get("data") if isinstance(parsed, dict) else None
-    if not isinstance(data, list):
-        return None
-    return {str(m.get("id")) for m in data if isinstance(m, dict) and m.get("id")}
+    return {m["id"] for m in page[0]} if page is not None else None
 
 
 def _mapping_problems(config: Config, upstream: Upstream, listed: Optional[Set[str]]) -> List[str]:

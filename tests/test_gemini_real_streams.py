@@ -104,7 +104,10 @@ def test_every_recorded_stream_translates_to_what_gemini_said(name: str, piece: 
     assert not [b for b in message["content"] if b["type"] == "text" and not b["text"]]  # no empty text blocks
 
 
-@pytest.mark.parametrize("name", of_kind("body") + [n for n in of_kind("stream") if fixture(n)["framing"] == "json-array"])
+ARRAYS = [n for n in of_kind("stream") if fixture(n)["framing"] == "json-array"]
+
+
+@pytest.mark.parametrize("name", of_kind("body") + ARRAYS)
 def test_every_recorded_answer_translates_to_what_gemini_said(name: str) -> None:
     recording = fixture(name)
     answer = recording["body"] if recording["kind"] == "body" else recording["chunks"]
