@@ -3776,8 +3776,10 @@ class OpenAIStreamTranslator:
 # first functionCall part of every model turn since the user last wrote. Claude Code sends back
 # only what it got, in Anthropic shape, so each signature rides in the answer as a thinking
 # block's ``signature`` that says where it belongs: ``gemini:thought:`` on a thought's own block,
-# ``gemini:call:`` on an empty block right before the tool_use it came with, ``gemini:text:`` on
-# an empty block right after the text it ended. On the way back each goes onto its part again.
+# ``gemini:call:`` on an empty block right before the tool_use it came with. On the way back each
+# goes onto its part again. The signature Gemini puts at the end of an answer without calls is
+# not carried: Gemini does not check it, and an answer that ends in a thinking block prints
+# nothing in Claude Code (``claude -p`` shows the last block).
 
 #: The prefix of every thinking signature that carries a Gemini thought signature.
 GEMINI_SIGNATURE_PREFIX = "gemini:"
@@ -3963,7 +3965,9 @@ def gemini_thinking_config(body: Dict[str, Any], model: str) -> Optional[Dict[st
     kind = thinking.get("type")
     if kind not in ("enabled", "adaptive") and effort is None:
         return None
-    config: Dict[str, Any] = {"includeThoughts": kind in ("enabled", "adaptive")}
+    # Claude Code asks for thinking whose text it will not show (display: omitted): none comes back
+    shown = kind in ("enabled", "adaptive") and thinking.get("display") != "omitted"
+    config: Dict[str, Any] = {"includeThoughts": shown}
     budget = thinking.get("budget_tokens") if _is_int(thinking.get("budget_tokens")) else None
     match = re.match(r"(?:models/)?gemini-(\d+)", model)
     if match and int(match.group(1)) >= 3:
@@ -4079,13 +4083,20 @@ def _signature_of(block: Dict[str, Any]) -> Tuple[str, str]:
     if not isinstance(signature, str) or not signature.startswith(GEMINI_SIGNATURE_PREFIX):
         return "", ""
     place, _, value = signature[len(GEMINI_SIGNATURE_PREFIX):].partition(":")
-    return (place, value) if place in ("thought", "call", "text") and value else ("", "")
+    return (place, value) if place in ("thought", "call") and value else ("", "")
 
 
 class GeminiHistory:
-    """Builds Gemini ``contents`` from Anthropic messages, one message at a time, keeping what the
-    next turns need: the name of every call by id (a functionResponse needs it), which calls each
-    model turn made (as many responses as calls), and whether a signature is trusted."""
+    """Builds Gemini ``contents`` from Anthropic messages, keeping Gemini's rules: each model turn
+    answered by exactly its calls' responses, in order, in the next turn; consecutive turns of one
+    role merged; never an empty part.
+
+    One assistant message can hold several Gemini answers: Claude Code gathers the steps of a tool
+    loop into one message (``[text, call, call, call]``) and their results into the next. A Gemini
+    answer ends with its calls, so an assistant message is cut into steps after each run of calls
+    (and before a call that carries a signature of its own), and the tool results are given back
+    to the step whose calls they answer, so that every signature is again on the first call of
+    the answer it came with."""
 
     def __init__(self, trusted: Callable[[str], bool], call_signature: Callable[[str], Optional[str]],
                  changes: Dict[str, int]) -> None:
@@ -4093,17 +4104,25 @@ class GeminiHistory:
         self.call_signature = call_signature
         self.changes = changes
         self.contents: List[Dict[str, Any]] = []
-        self._names: Dict[str, str] = {}
-        self._last_calls: List[Tuple[str, str]] = []  # (id, name) of the model turn just added
+        self._steps: List[Tuple[List[Dict[str, Any]], List[Tuple[str, str]]]] = []  # awaiting their results
 
     def add(self, role: Any, content: Any) -> None:
+        """Take the next message."""
         blocks = _block_list(content)
         if role == "assistant":
-            self._add("model", self._model_parts(blocks))
+            self._flush(None)
+            self._steps = self._model_steps(blocks)
         elif role == "system":
-            self._add("user", [{"text": _block_text(blocks)}] if _block_text(blocks) else [])
+            self._flush(None)
+            text = _block_text(blocks)
+            self._add("user", [{"text": text}] if text else [])
         else:
-            self._add("user", self._user_parts(blocks))
+            self._flush(blocks)
+
+    def finish(self) -> List[Dict[str, Any]]:
+        """The contents, with the last model turns added."""
+        self._flush(None)
+        return self.contents
 
     def _add(self, role: str, parts: List[Dict[str, Any]]) -> None:
         if not parts:
@@ -4114,57 +4133,33 @@ class GeminiHistory:
         else:
             self.contents.append({"role": role, "parts": parts})
 
-    def _model_parts(self, blocks: List[Any]) -> List[Dict[str, Any]]:
-        parts: List[Dict[str, Any]] = []
-        pending: Optional[str] = None  # a call's signature, waiting for its functionCall part
-        self._last_calls = []
-        for block in blocks:
-            if not isinstance(block, dict):
-                continue
-            kind = block.get("type")
-            if kind in ("thinking", "redacted_thinking"):
-                place, signature = _signature_of(block)
-                if not place:
-                    _count(self.changes, "foreign_thinking_dropped")
-                    continue
-                if not self.trusted(signature):
-                    _count(self.changes, "foreign_signature_dropped")
-                    continue
-                if place == "thought":
-                    parts.append({"text": str(block.get("thinking") or ""), "thought": True,
-                                  "thoughtSignature": signature})
-                elif place == "call":
-                    pending = signature
-                else:
-                    text_parts = [p for p in parts if "text" in p and not p.get("thought")]
-                    if text_parts and "thoughtSignature" not in text_parts[-1]:
-                        text_parts[-1]["thoughtSignature"] = signature
-            elif kind == "text" and str(block.get("text") or ""):
-                parts.append({"text": str(block["text"])})
-            elif kind == "tool_use":
-                call_id, name = str(block.get("id") or ""), str(block.get("name") or "unknown_tool")
-                args = block.get("input") if isinstance(block.get("input"), dict) else {}
-                part: Dict[str, Any] = {"functionCall": {"name": name, "args": args}}
-                if call_id:
-                    part["functionCall"]["id"] = call_id
-                    self._names[call_id] = name
-                signature = pending or (self.call_signature(call_id) if call_id else None)
-                if signature and self.trusted(signature):
-                    part["thoughtSignature"] = signature
-                pending = None
-                parts.append(part)
-                self._last_calls.append((call_id, name))
-        return parts
-
-    def _user_parts(self, blocks: List[Any]) -> List[Dict[str, Any]]:
-        """A user turn: one functionResponse per call of the model turn before it, in its order
-        (an unanswered call gets a response saying so), then the user's own parts; a result for a
-        call that is not there (a compacted history) is said in words."""
-        calls, self._last_calls = self._last_calls, []
-        results = {str(b.get("tool_use_id")): b for b in blocks
+    def _flush(self, user_blocks: Optional[List[Any]]) -> None:
+        """Add the model steps waiting for their results, each followed by the responses to its calls
+        (from ``user_blocks``, the user message after them); then that user message's own parts."""
+        steps, self._steps = self._steps, []
+        results = {str(b.get("tool_use_id")): b for b in user_blocks or []
                    if isinstance(b, dict) and b.get("type") == "tool_result"}
+        last: List[Dict[str, Any]] = []
+        for number, (parts, calls) in enumerate(steps):
+            self._add("model", parts)
+            responses = self._responses(calls, results) if calls else []
+            if number < len(steps) - 1:
+                self._add("user", responses)
+            elif user_blocks is not None:
+                last = responses
+        if user_blocks is None:
+            return
+        words = [{"text": f"[result of tool call {tid}: {_block_text(r.get('content')) or '(empty)'}]"}
+                 for tid, r in results.items()]
+        _count(self.changes, "orphan_tool_result_as_text", len(words))
+        others = [b for b in user_blocks if not (isinstance(b, dict) and b.get("type") == "tool_result")]
+        self._add("user", last + words + _gemini_user_parts(others))
+
+    def _responses(self, calls: List[Tuple[str, str]], results: Dict[str, Any]) -> List[Dict[str, Any]]:
+        """One functionResponse per call, in the calls' order (an unanswered call gets one saying
+        so), then the images the results held (a response carries text)."""
         responses: List[Dict[str, Any]] = []
-        late: List[Dict[str, Any]] = []
+        images: List[Dict[str, Any]] = []
         for call_id, name in calls:
             result = results.pop(call_id, None)
             if result is None:
@@ -4174,17 +4169,58 @@ class GeminiHistory:
                 inner = _block_list(result.get("content"))
                 text = _block_text(inner)
                 response = {"error": text or "the tool failed"} if result.get("is_error") else {"output": text}
-                late += [m for m in (_gemini_media(b.get("source") or {}, "image/png") for b in inner
-                                     if isinstance(b, dict) and b.get("type") == "image") if m]
+                images += [m for m in (_gemini_media(b.get("source") or {}, "image/png") for b in inner
+                                       if isinstance(b, dict) and b.get("type") == "image") if m]
             part: Dict[str, Any] = {"name": name, "response": response}
             if call_id:
                 part["id"] = call_id
             responses.append({"functionResponse": part})
-        words = [{"text": f"[result of tool call {tid}: {_block_text(r.get('content')) or '(empty)'}]"}
-                 for tid, r in results.items()]
-        _count(self.changes, "orphan_tool_result_as_text", len(words))
-        others = [b for b in blocks if not (isinstance(b, dict) and b.get("type") == "tool_result")]
-        return responses + late + words + _gemini_user_parts(others)
+        return responses + images
+
+    def _model_steps(self, blocks: List[Any]) -> List[Tuple[List[Dict[str, Any]], List[Tuple[str, str]]]]:
+        """An assistant message as the Gemini answers it holds: (parts, calls) for each."""
+        steps: List[Tuple[List[Dict[str, Any]], List[Tuple[str, str]]]] = [([], [])]
+        pending: Optional[str] = None  # a call's signature, waiting for its functionCall part
+        for block in blocks:
+            if not isinstance(block, dict):
+                continue
+            kind = block.get("type")
+            parts, calls = steps[-1]
+            if kind in ("thinking", "redacted_thinking"):
+                place, signature = _signature_of(block)
+                if not place:
+                    _count(self.changes, "foreign_thinking_dropped")
+                    continue
+                if not self.trusted(signature):
+                    _count(self.changes, "foreign_signature_dropped")
+                    continue
+                if calls:  # a new answer begins after the calls of the last
+                    steps.append(([], []))
+                    parts = steps[-1][0]
+                if place == "thought":
+                    parts.append({"text": str(block.get("thinking") or ""), "thought": True,
+                                  "thoughtSignature": signature})
+                else:
+                    pending = signature
+            elif kind == "text" and str(block.get("text") or ""):
+                if calls:
+                    steps.append(([], []))
+                steps[-1][0].append({"text": str(block["text"])})
+            elif kind == "tool_use":
+                call_id, name = str(block.get("id") or ""), str(block.get("name") or "unknown_tool")
+                args = block.get("input") if isinstance(block.get("input"), dict) else {}
+                part: Dict[str, Any] = {"functionCall": {"name": name, "args": args}}
+                if call_id:
+                    part["functionCall"]["id"] = call_id
+                signature = pending or (self.call_signature(call_id) if call_id else None)
+                pending = None
+                if signature and self.trusted(signature):
+                    if calls:  # a signed call is the first of its answer
+                        steps.append(([], []))
+                    part["thoughtSignature"] = signature
+                steps[-1][0].append(part)
+                steps[-1][1].append((call_id, name))
+        return [step for step in steps if step[0]]
 
     def sign_current_turn(self) -> None:
         """Give each model turn since the user last wrote a signature on its first call if it has
@@ -4218,8 +4254,8 @@ def anthropic_to_gemini(body: Dict[str, Any], model: str, trusted: Callable[[str
     for message in body.get("messages") or []:
         if isinstance(message, dict):
             history.add(message.get("role"), message.get("content"))
+    contents = history.finish()
     history.sign_current_turn()
-    contents = history.contents
     if contents and contents[0]["role"] == "model":
         contents.insert(0, {"role": "user", "parts": [{"text": CONTINUATION_TEXT}]})
     if not contents:
@@ -4396,10 +4432,6 @@ class GeminiStreamTranslator:
             if self._open != "text":
                 self._block(out, {"type": "text", "text": ""}, "text")
             self._delta(out, {"type": "text_delta", "text": text})
-        if signature:
-            self._signature_block(out, "text", signature)
-            if self.on_signature:
-                self.on_signature("", signature)
 
     def finish(self) -> List[bytes]:
         """The closing events: the last block's stop, message_delta, message_stop; or

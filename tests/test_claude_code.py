@@ -158,3 +158,47 @@ def test_a_wrong_agproxy_key_reaches_the_user_in_seconds(start_agproxy, fake, tm
     assert time.monotonic() - started < 20 and result.returncode != 0
     assert "401" in result.stdout + result.stderr or "API key" in result.stdout + result.stderr
     assert not [r for r in fake.requests if r.target.startswith("/v1/messages")]
+
+
+def gemini_claude_config(gemini) -> dict:
+    return {"upstreams": [{"name": "gemini", "kind": "gemini", "base_url": gemini.url,
+                           "accounts": [{"name": "gemini-1", "api_key": "gemini-key"}]}],
+            "model_map": [{"match": "*", "upstream": "gemini", "model": "gemini-3-pro-preview"}]}
+
+
+def test_claude_code_talks_to_gemini(start_agproxy, tmp_path, claude):
+    from tests.fakes.gemini_upstream import FakeGemini
+
+    with FakeGemini() as gemini:
+        proxy = start_agproxy(gemini_claude_config(gemini))
+        result = claude(proxy, "say hello", tmp_path)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "Hello from the fake Gemini server." in result.stdout
+        assert gemini.rejections == []
+        main = gemini.generations[-1]
+        assert main["tools"][0]["functionDeclarations"]  # every Claude Code tool, its schema in Gemini's subset
+
+
+def test_claude_code_runs_parallel_tool_calls_on_gemini(start_agproxy, tmp_path, claude):
+    """A Bash tool loop where Gemini calls two tools at once: Claude Code's real history comes back
+    with each thought signature on the part Gemini gave it, and none invented for the second call."""
+    from tests.fakes.gemini_upstream import Answer, FakeGemini, call
+
+    with FakeGemini() as gemini:
+        gemini.script(Answer([{"text": "I should list the files.", "thought": True}, {"text": "Let me look."},
+                              call("Bash", {"command": "ls -la", "description": "List files"}),
+                              call("Bash", {"command": "echo second-call-ran", "description": "Echo"})]),
+                      Answer([call("Bash", {"command": "echo third-call-ran", "description": "Echo"})]))
+
+        proxy = start_agproxy(gemini_claude_config(gemini))
+        result = claude(proxy, "list files", tmp_path, "--allowedTools", "Bash")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert gemini.rejections == []
+        assert "Hello from the fake Gemini server." in result.stdout
+        last = gemini.generations[-1]["contents"]
+        responses = [p["functionResponse"] for c in last for p in c["parts"] if "functionResponse" in p]
+        assert [r["name"] for r in responses] == ["Bash", "Bash", "Bash"]
+        said = json.dumps(responses)
+        assert "marker-file-for-ls.txt" in said and "second-call-ran" in said and "third-call-ran" in said
+        signed = [p for c in last for p in c["parts"] if "thoughtSignature" in p and "functionCall" in p]
+        assert len(signed) == 2 and all(gemini.issued[p["thoughtSignature"]][0] == "call" for p in signed)
