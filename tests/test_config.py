@@ -144,7 +144,7 @@ def test_arbitrary_json_gives_a_config_or_a_config_error(raw):
                          ids=lambda p: p.name)
 def test_every_example_config_is_valid(example: Path):
     env = {name: "value" for name in ("ANTHROPIC_API_KEY", "GATEWAY_KEY_1", "GATEWAY_KEY_2", "AGPROXY_API_KEY",
-                                      "CHEAP_KEY")}
+                                      "CHEAP_KEY", "GEMINI_API_KEY")}
     config = load_config(str(example), {}, env)
     assert config.upstreams
 

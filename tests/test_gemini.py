@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import urllib.request
 from typing import Any, Dict, List
 
 import anthropic
@@ -603,3 +604,38 @@ def test_models_are_listed_across_pages_and_counted_by_gemini(start_agproxy, fak
     sent = next(r.json for r in fake.requests if r.target.endswith(":countTokens"))
     assert sent["generateContentRequest"]["contents"] == [{"role": "user", "parts": [{"text": "count me"}]}]
     assert counted.parse().input_tokens == len(json.dumps(sent["generateContentRequest"])) // 4
+
+
+def test_a_forbidden_key_rotates_too(start_agproxy, fake):
+    fake.script(Error(403, google_error(403, "Permission denied on resource project x.", "PERMISSION_DENIED")))
+    proxy = start_agproxy(gemini_config(fake, keys=["gemini-key", "gemini-key-2"]))
+    raw = sdk(proxy).messages.with_raw_response.create(model="m", max_tokens=5,
+                                                       messages=[{"role": "user", "content": "x"}])
+    assert raw.headers["x-account-email"] == "key-2"
+
+
+def test_a_call_gemini_keeps_failing_to_make_is_a_502_that_names_it(start_agproxy, fake):
+    fake.script(*[Answer([{"text": "x"}], finish="MALFORMED_FUNCTION_CALL")] * 3)
+    proxy = start_agproxy(gemini_config(fake))
+    with pytest.raises(anthropic.APIStatusError) as caught:
+        sdk(proxy).messages.create(model="m", max_tokens=50, messages=[{"role": "user", "content": "x"}])
+    assert caught.value.status_code == 502 and "MALFORMED_FUNCTION_CALL" in caught.value.message
+    assert len(fake.generations) == 3
+
+
+def test_pings_while_gemini_thinks_and_huge_signatures_pass(start_agproxy):
+    """Gemini's single events outgrow 128 KB with their signatures; a slow model gets pings."""
+    with FakeGemini(signature_bytes=400_000) as slow:
+        slow.script(Answer([{"text": "Let me read it."}, call("Read", {"path": "a.py"})], delay_s=1.0))
+        proxy = start_agproxy(gemini_config(slow, ping_interval_s=0.5))
+        body = json.dumps({"model": "m", "max_tokens": 50, "stream": True, "tools": TOOLS,
+                           "messages": [{"role": "user", "content": "x"}]}).encode()
+        request = urllib.request.Request(proxy.url + "/v1/messages", body, {"content-type": "application/json"})
+        with urllib.request.urlopen(request, timeout=20) as response:
+            data = response.read()
+        assert b"event: ping" in data
+        accumulator = agproxy.MessageAccumulator()
+        for event in agproxy.SSEDecoder().feed(data):
+            accumulator.feed(event)
+        message = accumulator.result()
+        assert len(message["content"][1]["signature"]) > 500_000 and message["content"][2]["input"] == {"path": "a.py"}
