@@ -6701,7 +6701,7 @@ class GeminiAdapter(Adapter):
     kind = "gemini"
     key_header = ("x-goog-api-key", "{key}")
     models_path = "/v1beta/models?pageSize=1000"
-    probe_path = "/v1beta/models"
+    probe_path = models_path
     estimates_input = True  # message_start reports the input tokens before Gemini has counted them
     heal_thinking = True  # a refused signature heals by sending none (Gemini's documented stand-in)
 
@@ -7045,6 +7045,10 @@ class StrayLines:
             raise UpstreamFailure("upstream sent a stream that is not an event stream")
         return completed
 
+    def end(self) -> None:
+        """The body ended: its last line is whole, with or without a line break."""
+        self.feed(b"\n")
+
     def error(self) -> Optional[Dict[str, Any]]:
         """The error body the stray lines make, once they make whole JSON; :class:`UpstreamFailure`
         for whole JSON that is not an error."""
@@ -7064,22 +7068,14 @@ class StrayLines:
 
 async def gemini_events(response: UpstreamResponse, translator: GeminiStreamTranslator) -> AsyncIterator[bytes]:
     """A Gemini ``alt=sse`` stream as Anthropic events, one batch per upstream read. Gemini sends
-    no ``[DONE]``: the body's end finishes the answer. An error Gemini writes into the stream as
-    a bare JSON body (no ``data:`` lines) ends it with an error event."""
+    no ``[DONE]``: the body's end finishes the answer (its last event taken even without its blank
+    line). An error Gemini writes into the stream as a bare JSON body (no ``data:`` lines) ends it
+    with an error event."""
     decoder, stray = SSEDecoder(), StrayLines()
-    while True:
-        chunk = await response.read_chunk()
-        if not chunk:
-            if stray.text.strip():
-                error = stray.error()
-                if error is None:
-                    raise UpstreamFailure("upstream sent lines in its stream that are not events: "
-                                          f"{bytes(stray.text[:100])!r}")
-                yield b"".join(translator.feed(error))
-            yield b"".join(translator.finish())
-            return
+
+    def translate(events: List[SSEEvent]) -> List[bytes]:
         out: List[bytes] = []
-        for event in decoder.feed(chunk):
+        for event in events:
             data = event.data.strip()
             if not data:
                 continue
@@ -7091,6 +7087,22 @@ async def gemini_events(response: UpstreamResponse, translator: GeminiStreamTran
                 if not isinstance(item, dict):
                     raise UpstreamFailure(f"upstream sent a chunk that is not a JSON object: {data[:100]!r}")
                 out += translator.feed(item)
+        return out
+
+    while True:
+        chunk = await response.read_chunk()
+        if not chunk:
+            out = translate(decoder.feed(b"\n\n"))
+            stray.end()
+            if stray.text.strip() and not translator.finished:
+                error = stray.error()
+                if error is None:
+                    raise UpstreamFailure("upstream sent lines in its stream that are not events: "
+                                          f"{bytes(stray.text[:100])!r}")
+                out += translator.feed(error)
+            yield b"".join(out + translator.finish())
+            return
+        out = translate(decoder.feed(chunk))
         if stray.feed(chunk) and not translator.finished:
             error = stray.error()
             if error is not None:
@@ -7423,6 +7435,7 @@ async def _probe(client: UpstreamClient, adapter: type, upstream: Upstream,
     except UpstreamFailure as exc:
         return "FAIL", exc.message, None
     empty = "; its api_key is empty, so no key is sent" if not account.api_key else ""
+    status = upstream_status_of(status, body)
     if status in (401, 403):
         return "FAIL", f"the upstream rejected this account's key (HTTP {status}){empty}", None
     if status == 404:
@@ -7439,12 +7452,12 @@ async def _probe(client: UpstreamClient, adapter: type, upstream: Upstream,
 
 
 def _listed_models(adapter: type, body: bytes) -> Optional[Set[str]]:
-    """The model ids of the first page of an upstream's model list, or None if it is not one."""
+    """The model ids of an upstream's model list, or None if it is not one (or only its first page)."""
     try:
         page = adapter.listed_models(loads_strict(body))
     except (ValueError, UnicodeDecodeError):
         return None
-    return {m["id"] for m in page[0]} if page is not None else None
+    return {m["id"] for m in page[0]} if page is not None and not page[1] else None
 
 
 def _mapping_problems(config: Config, upstream: Upstream, listed: Optional[Set[str]]) -> List[str]:

@@ -280,3 +280,26 @@ def test_check_fails_auth_on_without_a_key(tmp_path):
     config = {"auth_mode": "strict", "upstreams": [{"name": "d", "kind": "demo"}]}
     result = run(["check", "--config", str(write_config(tmp_path, config))], tmp_path)
     assert result.returncode == 1 and "FAIL  config: auth_mode is strict but api_key is empty" in result.stdout
+
+
+def test_check_probes_gemini_keys_and_the_models_it_lists(tmp_path):
+    from tests.fakes.gemini_upstream import FakeGemini
+
+    with FakeGemini(page_size=10) as gemini:
+        config = {"upstreams": [{"name": "gemini", "kind": "gemini", "base_url": gemini.url,
+                                 "accounts": [{"name": "good", "api_key": "gemini-key"},
+                                              {"name": "bad", "api_key": "not-a-gemini-key"}]},
+                                {"name": "versioned", "kind": "gemini", "base_url": gemini.url + "/v1beta",
+                                 "accounts": [{"name": "good", "api_key": "gemini-key"}]}],
+                  "model_map": [{"match": "*", "upstream": "gemini", "model": "gemini-9-ultra"}]}
+        result = run(["check", "--config", str(write_config(tmp_path, config))], tmp_path)
+    assert "ok    gemini (gemini) account good: reachable (HTTP 200)" in result.stdout
+    assert "FAIL  gemini (gemini) account bad: the upstream rejected this account's key" in result.stdout
+    assert "FAIL  versioned (gemini) account good: base_url ends in a version path" in result.stdout
+    assert "'gemini-9-ultra', which this upstream does not list (it lists gemini-2.5-flash" in result.stdout
+    assert "not-a-gemini-key" not in result.stdout + result.stderr and result.returncode == 1
+    with FakeGemini(page_size=2) as paged:  # a list in pages: no warning from its first page alone
+        config["upstreams"][0]["base_url"] = paged.url
+        config["model_map"][0]["model"] = "gemini-2.5-pro"
+        result = run(["check", "--config", str(write_config(tmp_path, config))], tmp_path)
+    assert "does not list" not in result.stdout

@@ -639,3 +639,82 @@ def test_pings_while_gemini_thinks_and_huge_signatures_pass(start_agproxy):
             accumulator.feed(event)
         message = accumulator.result()
         assert len(message["content"][1]["signature"]) > 500_000 and message["content"][2]["input"] == {"path": "a.py"}
+
+
+def test_calls_without_ids_from_older_models_loop_too(start_agproxy):
+    with FakeGemini(call_ids=False) as older:
+        older.script(Answer([call("Read", {"path": "a.py"}), call("Read", {"path": "b.py"})]))
+        proxy = start_agproxy(gemini_config(older, model=FLASH_25))
+        client = sdk(proxy)
+        history: List[Dict[str, Any]] = [{"role": "user", "content": "read both"}]
+        first = client.messages.create(model="m", max_tokens=200, tools=TOOLS, messages=history)
+        calls = [b for b in first.content if b.type == "tool_use"]
+        assert len(calls) == 2 and all(c.id.startswith("toolu_") for c in calls) and calls[0].id != calls[1].id
+        history += [{"role": "assistant", "content": [b.model_dump() for b in first.content]},
+                    {"role": "user", "content": [{"type": "tool_result", "tool_use_id": c.id, "content": "x"}
+                                                 for c in calls]}]
+        assert client.messages.create(model="m", max_tokens=200, tools=TOOLS, messages=history).content
+        assert older.rejections == []
+
+
+def stream_bytes(chunks: List[Dict[str, Any]], error: bytes = b"") -> bytes:
+    return b"".join(b"data: " + json.dumps(c).encode() + b"\r\n\r\n" for c in chunks) + error
+
+
+TEXT_CHUNKS = [{"candidates": [{"content": {"parts": [{"text": t}], "role": "model"}}]} for t in ("one ", "two")]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(1, 400), max_size=12), st.booleans(), st.booleans())
+def test_an_error_gemini_writes_into_its_stream_is_seen_however_the_bytes_are_split(cuts, pretty, lf_only):
+    from tests.test_pipeline import ScriptedResponse
+
+    error = json.dumps(google_error(503, "The model is overloaded.", "UNAVAILABLE"), indent=2 if pretty else None)
+    raw = stream_bytes(TEXT_CHUNKS, error.encode())
+    if lf_only:
+        raw = raw.replace(b"\r\n", b"\n")
+    reads, start = [], 0
+    for cut in sorted(set(cuts)):
+        reads.append(raw[start:cut])
+        start = cut
+    reads.append(raw[start:])
+    reads = [r for r in reads if r]
+
+    async def collect() -> bytes:
+        out = b""
+        async for batch in agproxy.gemini_events(ScriptedResponse(reads), GeminiStreamTranslator("m")):
+            out += batch
+        return out
+
+    events = agproxy.SSEDecoder().feed(__import__("asyncio").run(collect()))
+    kinds = [e.event for e in events]
+    assert kinds[-1] == "error" and "The model is overloaded." in events[-1].data
+    assert "".join(json.loads(e.data)["delta"].get("text", "") for e in events
+                   if e.event == "content_block_delta") == "one two"
+
+
+@pytest.mark.parametrize("garbage", [b"<html>oops</html>\n", b"{not json}\n", b'{"candidates": []}\n'])
+def test_stray_lines_that_are_not_an_error_fail_the_stream(garbage):
+    from tests.test_pipeline import ScriptedResponse
+
+    async def collect() -> None:
+        async for _ in agproxy.gemini_events(ScriptedResponse([stream_bytes(TEXT_CHUNKS, garbage)]),
+                                             GeminiStreamTranslator("m")):
+            pass
+
+    with pytest.raises(agproxy.UpstreamFailure, match="not"):
+        __import__("asyncio").run(collect())
+
+
+def test_the_last_event_counts_without_its_blank_line():
+    from tests.test_pipeline import ScriptedResponse
+
+    last = {"candidates": [{"content": {"parts": [{"text": "end"}], "role": "model"}, "finishReason": "MAX_TOKENS"}]}
+    raw = stream_bytes(TEXT_CHUNKS) + b"data: " + json.dumps(last).encode()
+
+    async def collect() -> Dict[str, Any]:
+        return await agproxy.accumulate_events(agproxy.gemini_events(ScriptedResponse([raw]),
+                                                                     GeminiStreamTranslator("m")))
+
+    message = __import__("asyncio").run(collect())
+    assert message["content"][0]["text"] == "one twoend" and message["stop_reason"] == "max_tokens"

@@ -153,12 +153,13 @@ def check_schema(schema: Any, at: str) -> None:
 
 class FakeGemini:
     """``keys`` are the API keys it takes; ``signature_bytes`` sizes the signatures it gives;
-    ``gemini3`` makes it answer and validate like Gemini 3 (else like 2.5: no call ids, no
-    signature checks)."""
+    ``call_ids`` gives each call an id (Gemini 3) or none (older models); ``page_size`` is the
+    most models a page of its model list holds."""
 
     def __init__(self, keys: Sequence[str] = ("gemini-key",), signature_bytes: int = 300,
-                 call_ids: bool = True) -> None:
+                 call_ids: bool = True, page_size: int = 2) -> None:
         self.keys = set(keys)
+        self.page_size = page_size
         self.signature_bytes = signature_bytes
         self.call_ids = call_ids
         self.requests: List[GeminiRequest] = []
@@ -273,14 +274,15 @@ class FakeGemini:
         return True
 
     def _list_models(self, query: str, writer: asyncio.StreamWriter) -> bool:
-        """Two models a page, paged with ``pageToken`` as Gemini pages them."""
-        token = dict(p.partition("=")[::2] for p in query.split("&") if p).get("pageToken", "0")
+        """``pageSize`` models a page (at most ``page_size``), paged with ``pageToken`` as Gemini pages them."""
+        params = dict(p.partition("=")[::2] for p in query.split("&") if p)
+        token, size = params.get("pageToken", "0"), min(int(params.get("pageSize", "50")), self.page_size)
         start = int(token) if token.isdigit() else 0
         page = {"models": [{"name": f"models/{m}", "displayName": m.replace("-", " ").title(),
                             "supportedGenerationMethods": ["generateContent", "countTokens"]}
-                           for m in MODELS[start:start + 2]]}
-        if start + 2 < len(MODELS):
-            page["nextPageToken"] = str(start + 2)
+                           for m in MODELS[start:start + size]]}
+        if start + size < len(MODELS):
+            page["nextPageToken"] = str(start + size)
         writer.write(json_reply(200, page))
         return True
 
