@@ -2773,6 +2773,10 @@ _ADAPTIVE_REFUSED = re.compile(r"\bthinking[\w.]*:? [^\n]*?'adaptive'|'adaptive'
 _UNKNOWN_NAME = re.compile(r'Unknown name "([A-Za-z_$][\w$]*)"(?: at \'([\w.\[\]]+)\')?')
 
 
+#: Gemini's word for a model that does not think (Gemma, older models): send no thinkingConfig.
+_THINKING_UNSUPPORTED = re.compile(r"Thinking(?: level| budget)? is not supported (?:for|by) this model", re.IGNORECASE)
+
+
 def _gemini_field_path(at: str, name: str) -> str:
     """A Gemini error's field location as a dotted path in the JSON sent: ``tools[0].function_declarations``
     is ``tools.0.functionDeclarations`` (its error names fields in snake_case)."""
@@ -2786,6 +2790,8 @@ def rejected_inputs(body: bytes) -> Tuple[List[str], List[str]]:
     text = upstream_error_text(body)
     fields = _EXTRA_INPUT.findall(text) + _UNKNOWN_FIELD.findall(text)
     fields += [_gemini_field_path(at, name) for name, at in _UNKNOWN_NAME.findall(text)]
+    if _THINKING_UNSUPPORTED.search(text):
+        fields.append("generationConfig.thinkingConfig")
     if _ADAPTIVE_REFUSED.search(text):
         fields.append(BASIC_THINKING_LESSON)
     betas: List[str] = []
@@ -2874,10 +2880,12 @@ class Heal:
 MIN_COMPLETION_TOKENS = 1024
 #: Tokens left free when max_tokens is fitted to the prompt's size as the server counted it.
 _FIT_MARGIN_TOKENS = 16
-_CONTEXT_WINDOW_SAID = re.compile(r"maximum context length (?:is|of) (\d+)|available context size \((\d+) tokens\)")
+_CONTEXT_WINDOW_SAID = re.compile(r"maximum context length (?:is|of) (\d+)|available context size \((\d+) tokens\)|"
+                                  r"maximum number of tokens allowed \(?(\d+)")
 _PROMPT_TOKENS_SAID = re.compile(
     r"\((\d+) in the messages|messages resulted in (\d+) tokens|prompt contains at least (\d+) input tokens|"
-    r"request has (\d+) input tokens|(\d+) tokens from the input messages|prompt has (\d+) tokens")
+    r"request has (\d+) input tokens|(\d+) tokens from the input messages|prompt has (\d+) tokens|"
+    r"input token count \(?(\d+)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -3101,7 +3109,8 @@ CLAUDE_CONTEXT_WINDOW = 200_000
 CLAUDE_LONG_CONTEXT_WINDOW = 1_000_000
 _OVERFLOW_WORDS = re.compile(
     r"prompt is too long|maximum context length|context length|context window|exceeds the available context|"
-    r"too many (input )?tokens|input is too long|context_length_exceeded", re.IGNORECASE)
+    r"too many (input )?tokens|input is too long|context_length_exceeded|exceeds the maximum number of tokens allowed",
+    re.IGNORECASE)
 #: Longest first, so that claude-opus-5-5 is not taken for claude-opus-5.
 _CLAUDE_WINDOWS = sorted(((model, window) for model, _, window, _ in CLAUDE_MODELS), key=lambda m: -len(m[0]))
 
@@ -4284,6 +4293,25 @@ def anthropic_to_gemini(body: Dict[str, Any], model: str, trusted: Callable[[str
     if generation:
         out["generationConfig"] = generation
     return out, changes
+
+
+def merge_gemini_extra(request: Dict[str, Any], extra: Dict[str, Any]) -> None:
+    """An upstream's ``extra_body`` merged into a Gemini request, objects key by key (Gemini's
+    settings are nested: ``generationConfig``, ``toolConfig``); a thinking knob it sets replaces
+    the other one agproxy chose (both is a 400)."""
+    def merge(target: Dict[str, Any], source: Dict[str, Any]) -> None:
+        for key, value in source.items():
+            if isinstance(value, dict) and isinstance(target.get(key), dict):
+                merge(target[key], value)
+            else:
+                target[key] = copy.deepcopy(value)
+
+    merge(request, extra)
+    wanted = ((extra.get("generationConfig") or {}) if isinstance(extra.get("generationConfig"), dict) else {})
+    wanted = wanted.get("thinkingConfig") if isinstance(wanted.get("thinkingConfig"), dict) else {}
+    thinking = (request.get("generationConfig") or {}).get("thinkingConfig")
+    if isinstance(thinking, dict) and "thinkingLevel" in thinking and "thinkingBudget" in thinking:
+        del thinking["thinkingBudget" if "thinkingLevel" in wanted else "thinkingLevel"]
 
 
 def gemini_usage(metadata: Any) -> Dict[str, int]:
@@ -6744,7 +6772,7 @@ class GeminiAdapter(Adapter):
         translated, translation_changes = anthropic_to_gemini(body, route.model, trusted, self.gw.call_signatures.get)
         changes.update(translation_changes)
         if upstream.extra_body:
-            translated.update(copy.deepcopy(upstream.extra_body))
+            merge_gemini_extra(translated, upstream.extra_body)
         return translated, changes
 
     def prepare(self, request: Request, exchange: _Exchange, route: Route, stream: bool, strip_thinking: bool,

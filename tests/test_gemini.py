@@ -718,3 +718,35 @@ def test_the_last_event_counts_without_its_blank_line():
 
     message = __import__("asyncio").run(collect())
     assert message["content"][0]["text"] == "one twoend" and message["stop_reason"] == "max_tokens"
+
+
+def test_a_prompt_too_long_for_gemini_is_said_the_way_claude_code_compacts_on(start_agproxy, fake):
+    fake.script(Error(400, google_error(400, "The input token count (1200000) exceeds the maximum number of tokens "
+                                             "allowed (1048576).", "INVALID_ARGUMENT")))
+    proxy = start_agproxy(gemini_config(fake))
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        sdk(proxy).messages.create(model="claude-sonnet-4-6", max_tokens=50,
+                                   messages=[{"role": "user", "content": "x"}])
+    assert "prompt is too long" in caught.value.message and len(fake.generations) == 1
+
+
+def test_extra_body_merges_into_gemini_s_nested_settings():
+    request = {"generationConfig": {"maxOutputTokens": 10, "thinkingConfig": {"includeThoughts": True,
+                                                                              "thinkingBudget": 2048}}}
+    agproxy.merge_gemini_extra(request, {"generationConfig": {"thinkingConfig": {"thinkingLevel": "low"}},
+                                         "safetySettings": [{"category": "HARM_CATEGORY_HARASSMENT",
+                                                             "threshold": "BLOCK_NONE"}]})
+    assert request["generationConfig"] == {"maxOutputTokens": 10, "thinkingConfig": {"includeThoughts": True,
+                                                                                     "thinkingLevel": "low"}}
+    assert request["safetySettings"][0]["threshold"] == "BLOCK_NONE"
+
+
+def test_a_model_that_does_not_think_is_learned(start_agproxy, fake):
+    fake.script(Error(400, google_error(400, "Thinking is not supported for this model.", "INVALID_ARGUMENT")))
+    proxy = start_agproxy(gemini_config(fake))
+    args = dict(model="m", max_tokens=50, thinking={"type": "enabled", "budget_tokens": 2000},
+                messages=[{"role": "user", "content": "x"}])
+    assert sdk(proxy).messages.create(**args).content
+    assert "thinkingConfig" not in json.dumps(fake.generations[-1])
+    sdk(proxy).messages.create(**args)
+    assert len(fake.generations) == 3 and "thinkingConfig" not in json.dumps(fake.generations[-1])
