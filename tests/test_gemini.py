@@ -750,3 +750,31 @@ def test_a_model_that_does_not_think_is_learned(start_agproxy, fake):
     assert "thinkingConfig" not in json.dumps(fake.generations[-1])
     sdk(proxy).messages.create(**args)
     assert len(fake.generations) == 3 and "thinkingConfig" not in json.dumps(fake.generations[-1])
+
+
+def test_gemini_s_signatures_never_reach_another_upstream(start_agproxy, fake):
+    """A conversation moved from Gemini to an Anthropic upstream: the blocks carrying Gemini's
+    signatures are dropped there, however long ago they were made (no book needed)."""
+    from tests.fakes.anthropic_upstream import FakeAnthropic
+
+    fake.script(Answer([call("Read", {"path": "a.py"})]))
+    with FakeAnthropic() as claude_upstream:
+        config = gemini_config(fake)
+        config["upstreams"].append({"name": "claude", "kind": "anthropic", "base_url": claude_upstream.url,
+                                    "accounts": [{"name": "c", "api_key": "sk-c"}]})
+        config["model_map"] = [{"match": "gem*", "upstream": "gemini", "model": PRO},
+                               {"match": "*", "upstream": "claude"}]
+        proxy = start_agproxy(config)
+        client = sdk(proxy)
+        first = client.messages.create(model="gem", max_tokens=200, tools=TOOLS,
+                                       messages=[{"role": "user", "content": "read"}])
+        assert first.content[0].signature.startswith("gemini:call:")
+        history = [{"role": "user", "content": "read"},
+                   {"role": "assistant", "content": [b.model_dump() for b in first.content]},
+                   {"role": "user", "content": [{"type": "tool_result", "tool_use_id": first.content[1].id,
+                                                 "content": "x"}]}]
+        fresh = start_agproxy(config)  # a restart: the signature book is empty
+        assert sdk(fresh).messages.create(model="claude-sonnet-5-5", max_tokens=50, tools=TOOLS,
+                                          messages=history).content
+        sent = claude_upstream.requests[-1].json
+        assert "gemini:" not in json.dumps(sent) and sent["messages"][1]["content"][0]["type"] == "tool_use"
