@@ -3268,6 +3268,17 @@ def _image_part(source: Dict[str, Any]) -> Optional[Dict[str, Any]]:
     return None
 
 
+def document_text(block: Dict[str, Any]) -> Optional[str]:
+    """A text document's text (its title first), or None for one that is not text (a PDF)."""
+    source = block.get("source") if isinstance(block.get("source"), dict) else {}
+    if source.get("type") == "text":
+        title = f"{block['title']}\n" if block.get("title") else ""
+        return title + str(source.get("data") or "")
+    if source.get("type") == "content":
+        return _block_text(source.get("content"))
+    return None
+
+
 def _user_parts(blocks: List[Any], upstream: str) -> List[Dict[str, Any]]:
     """Anthropic user content blocks (no tool results) as Chat Completions content parts."""
     parts: List[Dict[str, Any]] = []
@@ -3283,11 +3294,9 @@ def _user_parts(blocks: List[Any], upstream: str) -> List[Dict[str, Any]]:
             if image:
                 parts.append(image)
         elif kind == "document":
-            if source.get("type") == "text":
-                title = f"{block['title']}\n" if block.get("title") else ""
-                parts.append({"type": "text", "text": title + str(source.get("data", ""))})
-            elif source.get("type") == "content":
-                parts.append({"type": "text", "text": _block_text(source.get("content"))})
+            text = document_text(block)
+            if text is not None:
+                parts.append({"type": "text", "text": text})
             else:
                 raise InvalidRequest(f"a {source.get('media_type') or source.get('type')} document cannot be sent "
                                      f"to upstream {upstream!r} (OpenAI-compatible servers take text documents "
@@ -4071,18 +4080,10 @@ def _gemini_user_parts(blocks: List[Any]) -> List[Dict[str, Any]]:
             if media:
                 parts.append(media)
         elif kind == "document":
-            if source.get("type") == "text":
-                title = f"{block['title']}\n" if block.get("title") else ""
-                text = title + str(source.get("data") or "")
-            elif source.get("type") == "content":
-                text = _block_text(source.get("content"))
-            else:
-                media = _gemini_media(source, "application/pdf")
-                if media:
-                    parts.append(media)
-                continue
-            if text:
-                parts.append({"text": text})
+            text = document_text(block)
+            media = _gemini_media(source, "application/pdf") if text is None else None
+            if text or media:
+                parts.append({"text": text} if text else media)
     return parts
 
 

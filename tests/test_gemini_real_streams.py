@@ -15,8 +15,8 @@ from typing import Any, Dict, List, Tuple
 import pytest
 
 import agproxy
-from tests.test_pipeline import ScriptedResponse, events_of
-from tests.test_real_streams import well_formed
+from tests.test_pipeline import events_of
+from tests.test_real_streams import through_the_pipeline, well_formed
 
 FIXTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "real-streams-gemini" / "fixtures"
 NAMES = sorted(p.stem for p in FIXTURES.glob("*.json")) if FIXTURES.is_dir() else []
@@ -69,17 +69,8 @@ def compare(message: Dict[str, Any], expect: Dict[str, Any]) -> None:
         assert usage["input"] == expect["usage"]["prompt_tokens"] + expect["usage"].get("tool_use_prompt_tokens", 0)
 
 
-async def through_the_pipeline(raw: bytes, piece: int) -> Tuple[bytes, Dict[str, Any]]:
-    reads: List[Any] = [raw[i:i + piece] for i in range(0, len(raw), piece)]
-
-    def events() -> Any:
-        return agproxy.gemini_events(ScriptedResponse(list(reads)), agproxy.GeminiStreamTranslator("m", 0))
-
-    relayed = events()
-    head = await agproxy.first_events(relayed)
-    streamed = b"".join([c async for c in agproxy.relay_events(head, relayed, ScriptedResponse([]), "up",
-                                                                 ping_interval_s=10)])
-    return streamed, await agproxy.accumulate_events(events())
+def gemini_answer(response: Any) -> Any:
+    return agproxy.gemini_events(response, agproxy.GeminiStreamTranslator("m", 0))
 
 
 def without_ids(blocks: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
@@ -93,7 +84,7 @@ STREAMS = [n for n in of_kind("stream") if fixture(n)["framing"] != "json-array"
 @pytest.mark.parametrize("name", STREAMS)
 def test_every_recorded_stream_translates_to_what_gemini_said(name: str, piece: int) -> None:
     recording = fixture(name)
-    streamed, message = asyncio.run(through_the_pipeline(sse_bytes(recording), piece))
+    streamed, message = asyncio.run(through_the_pipeline(sse_bytes(recording), piece, gemini_answer))
     assert "error" not in events_of(streamed), streamed[-400:]
     well_formed(streamed)
     compare(message, recording["expect"])

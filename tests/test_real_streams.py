@@ -84,13 +84,18 @@ def well_formed(data: bytes) -> None:
     assert open_index is None
 
 
-async def through_the_pipeline(raw: bytes, piece: int) -> tuple:
+def openai_answer(response: Any) -> Any:
+    return agproxy.openai_events(response, agproxy.OpenAIStreamTranslator("m", 0))
+
+
+async def through_the_pipeline(raw: bytes, piece: int, answer_events: Any = openai_answer) -> tuple:
     """The relayed stream (what a streaming client gets) and the assembled Message (what a
-    non-streaming one gets), from the same bytes arriving ``piece`` at a time."""
+    non-streaming one gets), from the same bytes arriving ``piece`` at a time, made Anthropic
+    events by ``answer_events`` (a kind's translation of its upstream's stream)."""
     reads: List[Any] = [raw[i:i + piece] for i in range(0, len(raw), piece)]
 
     def events() -> Any:
-        return agproxy.openai_events(ScriptedResponse(list(reads)), agproxy.OpenAIStreamTranslator("m", 0))
+        return answer_events(ScriptedResponse(list(reads)))
 
     relayed = events()
     response = ScriptedResponse([])
