@@ -4358,7 +4358,7 @@ class GeminiStreamTranslator:
         self._finish_reason: Optional[str] = None
         self._finish_message = ""
         self._block_reason: Optional[str] = None
-        self._usage: Dict[str, int] = {}
+        self._usage: Dict[str, Any] = {}
         self._tool_seen = False
         self._content_seen = False
 
@@ -4405,7 +4405,7 @@ class GeminiStreamTranslator:
             return out + [gemini_error_event(chunk)]
         self._start(out, chunk.get("responseId"))
         if isinstance(chunk.get("usageMetadata"), dict):
-            self._usage = gemini_usage(chunk["usageMetadata"])
+            self._usage = chunk["usageMetadata"]  # each chunk's is the whole so far: the last one counts
         feedback = chunk.get("promptFeedback")
         if isinstance(feedback, dict) and isinstance(feedback.get("blockReason"), str):
             self._block_reason = feedback["blockReason"][:100]
@@ -4485,7 +4485,7 @@ class GeminiStreamTranslator:
             stop_reason = "max_tokens"
         else:
             stop_reason = "end_turn"
-        usage = dict(self._usage) if self._usage else {"output_tokens": 0}
+        usage = gemini_usage(self._usage) or {"output_tokens": 0}
         out.append(encode_sse_json("message_delta", {
             "type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": None}, "usage": usage}))
         out.append(encode_sse_json("message_stop", {"type": "message_stop"}))
@@ -7039,6 +7039,8 @@ async def openai_events(response: UpstreamResponse, translator: OpenAIStreamTran
 _MAX_STRAY_BYTES = 1024 * 1024
 _SSE_FIELD_LINE = re.compile(rb"\s*$|(?:\xef\xbb\xbf)?(?:data|event|id|retry)(?::|$)|(?:\xef\xbb\xbf)?:")
 _LINE_BREAK = re.compile(rb"\r\n|\r|\n")
+#: A line break followed by something that may not be an SSE line.
+_STRAY_LINE_START = re.compile(rb"[\r\n](?![\r\n]|data:|event:|id:|retry:|:|\Z)")
 
 
 class StrayLines:
@@ -7052,6 +7054,12 @@ class StrayLines:
 
     def feed(self, data: bytes) -> bool:
         """Take bytes; True when a stray line was completed."""
+        at_line_start = self._stray is None and not self._head
+        if (at_line_start or self._stray is False) and \
+                not _STRAY_LINE_START.search(b"\n" + data if at_line_start else data):
+            # the fast way, for the usual read: every line in it an SSE line
+            self._stray = None if data[-1:] in (b"\n", b"\r") else False
+            return False
         completed = False
         pieces = _LINE_BREAK.split(data)
         for number, piece in enumerate(pieces):
