@@ -50,8 +50,11 @@ def start_agproxy(upstream_port: int, workdir: str) -> Tuple[subprocess.Popen, i
         {"name": "up", "kind": "anthropic", "base_url": f"http://127.0.0.1:{upstream_port}",
          "accounts": [{"name": "bench", "api_key": "k"}]},
         {"name": "oa", "kind": "openai", "base_url": f"http://127.0.0.1:{upstream_port}/v1",
+         "accounts": [{"name": "bench", "api_key": "k"}]},
+        {"name": "gm", "kind": "gemini", "base_url": f"http://127.0.0.1:{upstream_port}",
          "accounts": [{"name": "bench", "api_key": "k"}]}],
-        "model_map": [{"match": "oa-*", "upstream": "oa"}, {"match": "*", "upstream": "up"}],
+        "model_map": [{"match": "oa-*", "upstream": "oa"}, {"match": "gm-*", "upstream": "gm"},
+                      {"match": "*", "upstream": "up"}],
         "max_connections": 4096, "log_level": "warning", "state_file": ""}
     path = os.path.join(workdir, "bench.json")
     with open(path, "w") as f:
@@ -146,6 +149,18 @@ async def scenarios(up: int, ag: int, pid: int, rows: List[List[str]], startup_s
                  f"{via_t['events_per_s'] / base['events_per_s']:.2f}", ">= 0.6 of direct"])
     rows.append(["agproxy CPU per 1,000 translated deltas", "-", f"{cpu / max(1, via_t['events']) * 1e6:.1f} ms",
                  "-", "reported"])
+
+    gm_body = message(f"gm-bench-e{events}-s20-d0", True)
+    base = await throughput(up, f"/v1beta/models/gm-bench-e{events}-s20-d0:streamGenerateContent?alt=sse",
+                            {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}, streams)
+    cpu0 = cpu_seconds(pid)
+    via_t = await throughput(ag, "/v1/messages", gm_body, streams)
+    cpu = cpu_seconds(pid) - cpu0
+    rows.append([f"Gemini translation, {streams} concurrent x {events}: events/s", f"{base['events_per_s']:,.0f}",
+                 f"{via_t['events_per_s']:,.0f} ({via_t['ok']}/{streams} ok)",
+                 f"{via_t['events_per_s'] / base['events_per_s']:.2f}", ">= 0.6 of direct"])
+    rows.append(["agproxy CPU per 1,000 translated Gemini chunks", "-",
+                 f"{cpu / max(1, via_t['events']) * 1e6:.1f} ms", "-", "reported"])
 
     held, seconds = (100, 10) if QUICK else (500, 60)
     slow = message(f"bench-e{seconds}-s20-d1000", True)

@@ -1,5 +1,5 @@
-"""A fast fake upstream for benchmarks: Anthropic SSE, OpenAI chunk streams and JSON, shaped by the
-model name (``bench-e<events>-s<bytes>-d<ms delay>``), so agproxy forwards the shape unchanged."""
+"""A fast fake upstream for benchmarks: Anthropic SSE, OpenAI and Gemini chunk streams and JSON, shaped
+by the model name (``bench-e<events>-s<bytes>-d<ms delay>``), so agproxy forwards the shape unchanged."""
 
 from __future__ import annotations
 
@@ -46,6 +46,16 @@ def openai_chunks(count: int, size: int) -> list:
     return [f"data: {json.dumps(c)}\n\n".encode() for c in chunks] + [b"data: [DONE]\n\n"]
 
 
+def gemini_chunks(count: int, size: int) -> list:
+    """Gemini's stream: each chunk a part of text and the usage so far; the last with finishReason."""
+    text = "~" * size
+    chunks = [{"candidates": [{"content": {"parts": [{"text": text}], "role": "model"}, "index": 0}],
+               "usageMetadata": {"promptTokenCount": 10, "candidatesTokenCount": i + 1, "totalTokenCount": i + 11},
+               "modelVersion": "bench", "responseId": "bench"} for i in range(count)]
+    chunks[-1]["candidates"][0]["finishReason"] = "STOP"
+    return [f"data: {json.dumps(c)}\n\n".encode() for c in chunks]
+
+
 async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     try:
         while True:
@@ -62,14 +72,15 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
                 elif line.lower().replace(" ", "") == "connection:close":
                     close = True
             body = json.loads(await reader.readexactly(length)) if length else {}
-            model = body.get("model", "")
+            model = body.get("model", "") or target  # Gemini names the model in the path
             count, size, delay = shape(model)
+            gemini = ":streamGenerateContent" in target
             if target.endswith("/models"):
                 payload = json.dumps({"data": [{"id": "bench", "type": "model"}]}).encode()
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%b"
                              % (len(payload), payload))
                 continue
-            if not body.get("stream"):
+            if not body.get("stream") and not gemini:
                 payload = json.dumps({"id": "msg_bench", "type": "message", "role": "assistant", "model": model,
                                       "content": [{"type": "text", "text": "~" * size}], "stop_reason": "end_turn",
                                       "stop_sequence": None, "usage": {"input_tokens": 10, "output_tokens": 5}}
@@ -81,7 +92,7 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
                     return
                 continue
             events = openai_chunks(count, size) if target.endswith("/chat/completions") else \
-                anthropic_events(model, count, size)
+                gemini_chunks(count, size) if gemini else anthropic_events(model, count, size)
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
             for event in events:
                 writer.write(b"%x\r\n%b\r\n" % (len(event), event))
