@@ -4119,9 +4119,8 @@ class GeminiHistory:
     def add(self, role: Any, content: Any) -> None:
         """Take the next message."""
         blocks = _block_list(content)
-        if role == "assistant":
-            self._flush(None)
-            self._steps = self._model_steps(blocks)
+        if role == "assistant":  # consecutive assistant messages are one model turn to Gemini
+            self._steps += self._model_steps(blocks)
         elif role == "system":
             self._flush(None)
             text = _block_text(blocks)
@@ -4145,7 +4144,8 @@ class GeminiHistory:
 
     def _flush(self, user_blocks: Optional[List[Any]]) -> None:
         """Add the model steps waiting for their results, each followed by the responses to its calls
-        (from ``user_blocks``, the user message after them); then that user message's own parts."""
+        (from ``user_blocks``, the user message after them, or saying none came); then that user
+        message's own parts."""
         steps, self._steps = self._steps, []
         results = {str(b.get("tool_use_id")): b for b in user_blocks or []
                    if isinstance(b, dict) and b.get("type") == "tool_result"}
@@ -4153,9 +4153,9 @@ class GeminiHistory:
         for number, (parts, calls) in enumerate(steps):
             self._add("model", parts)
             responses = self._responses(calls, results) if calls else []
-            if number < len(steps) - 1:
+            if number < len(steps) - 1 or user_blocks is None:
                 self._add("user", responses)
-            elif user_blocks is not None:
+            else:
                 last = responses
         if user_blocks is None:
             return

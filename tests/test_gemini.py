@@ -778,3 +778,51 @@ def test_gemini_s_signatures_never_reach_another_upstream(start_agproxy, fake):
                                           messages=history).content
         sent = claude_upstream.requests[-1].json
         assert "gemini:" not in json.dumps(sent) and sent["messages"][1]["content"][0]["type"] == "tool_use"
+
+
+class ShapeOnlyGemini(FakeGemini):
+    """The fake's rules, with any signature taken as Gemini's own: random histories carry made-up ones."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.issued = type("AnySignature", (dict,), {"get": lambda self, key, default=None: ("any", "")})()
+
+    def _check_signatures(self, parts: List[Dict[str, Any]], index: int, current: bool) -> None:
+        calls = [k for k, p in enumerate(parts) if "functionCall" in p]
+        for k in calls[1:]:
+            if "thoughtSignature" in parts[k] and parts[k]["thoughtSignature"] != SKIP_SIGNATURE:
+                raise Refusal(f"Corrupted thought signature. (contents[{index}].parts[{k}]): not the first call")
+        if current and calls and "thoughtSignature" not in parts[calls[0]]:
+            raise Refusal("Function call is missing a thought_signature in functionCall parts.")
+
+
+IDS = st.sampled_from(["t1", "t2", "t3", "t4"])
+BLOCKS = st.one_of(
+    st.builds(lambda t: {"type": "text", "text": t}, st.sampled_from(["", " ", "words"])),
+    st.builds(lambda i, n: {"type": "tool_use", "id": i, "name": n, "input": {"a": 1}}, IDS,
+              st.sampled_from(["Read", "Bash"])),
+    st.builds(lambda i, e: {"type": "tool_result", "tool_use_id": i, "content": "out", "is_error": e}, IDS,
+              st.booleans()),
+    st.builds(lambda s, t: {"type": "thinking", "thinking": t, "signature": s},
+              st.sampled_from(["", "EqAnthropicSig", "gemini:call:UzE=", "gemini:thought:UzI=", "gemini:text:UzM=",
+                               "gemini:call:", "gemini:"]), st.sampled_from(["", "hmm"])),
+    st.just({"type": "redacted_thinking", "data": "xyz"}),
+    st.just({"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBO"}}),
+    st.just({"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": ""}}),
+)
+MESSAGES = st.lists(st.builds(lambda role, content: {"role": role, "content": content},
+                              st.sampled_from(["user", "assistant", "system"]),
+                              st.one_of(st.sampled_from(["", "hello"]), st.lists(BLOCKS, max_size=5))),
+                    min_size=1, max_size=8)
+
+
+@settings(max_examples=400, deadline=None)
+@given(MESSAGES, st.booleans())
+def test_any_history_translates_into_what_gemini_accepts(messages, trusted):
+    body = {"model": "m", "max_tokens": 5, "messages": messages}
+    try:
+        out = anthropic_to_gemini(body, PRO, lambda s: trusted, lambda i: None)[0]
+    except agproxy.InvalidRequest as exc:
+        assert "nothing to send" in exc.message
+        return
+    ShapeOnlyGemini().check(out, PRO)
