@@ -12,7 +12,7 @@ Sections, pure code first and I/O last (everything above section 9 runs without 
  4. SSE (sans-IO)
  5. Anthropic requests: strict JSON, validation, token estimates, the sanitizer, warmups
  6. Anthropic answers: stream bookkeeping, upstream errors, healing, signatures, context windows
- 7. translators (Anthropic <-> OpenAI Chat Completions; Gemini's go here too)
+ 7. translators (Anthropic <-> OpenAI Chat Completions, Anthropic <-> Gemini generateContent)
  8. routing, accounts and the retry engine
  9. upstream client (asyncio-native)
 10. the HTTP shell (HttpServer: connections, framing, timeouts, the access log; it knows
@@ -3190,8 +3190,8 @@ class UsageScaler:
 
 # =====================================================================================
 # 7. Translators
-#    Anthropic Messages <-> OpenAI Chat Completions, as pure functions and a stream state
-#    machine. Nothing here awaits or touches sockets.
+#    Anthropic Messages <-> OpenAI Chat Completions and <-> Gemini generateContent, each as
+#    pure functions and a stream state machine. Nothing here awaits or touches sockets.
 # =====================================================================================
 
 #: Function equivalents of Anthropic's client-side typed tools, so a local model can still use them.
