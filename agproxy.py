@@ -4691,11 +4691,18 @@ _SLOT_POLL_S = 0.05
 MAX_STICKY_SESSIONS = 10000
 
 
+#: Models one account keeps separate rate-limit rests for (the soonest to end forgotten first).
+MAX_MODEL_RESTS = 64
+
+
 @dataclasses.dataclass
 class AccountState:
-    """The health and counters of one account. Times are wall-clock seconds (they are saved)."""
+    """The health and counters of one account. Times are wall-clock seconds (they are saved).
 
-    resting_until: float = 0.0
+    A rate limit rests the account for the model that hit it only (Anthropic, OpenAI and Gemini
+    count their limits per model); a rejected key rests it for every model (the key ``""``)."""
+
+    rests: Dict[str, float] = dataclasses.field(default_factory=dict)
     rejected_key: bool = False
     reason: str = ""
     limits_in_a_row: int = 0
@@ -4706,6 +4713,23 @@ class AccountState:
     successes: int = 0
     failures: int = 0
     rate_limited: int = 0
+
+    @property
+    def resting_until(self) -> float:
+        """When the last of its rests ends (0: none)."""
+        return max(self.rests.values(), default=0.0)
+
+    def rest_for(self, model: str) -> float:
+        """When it may serve ``model`` again."""
+        return max(self.rests.get("", 0.0), self.rests.get(model, 0.0))
+
+    def rest(self, model: str, until: float, now: float) -> None:
+        """Rest for ``model`` (``""``: every model) until then; ended rests are dropped, and past
+        :data:`MAX_MODEL_RESTS` the soonest to end."""
+        self.rests = {m: t for m, t in self.rests.items() if t > now}
+        self.rests[model] = until
+        while len(self.rests) > MAX_MODEL_RESTS:
+            del self.rests[min((m for m in self.rests if m), key=self.rests.__getitem__)]
 
 
 def server_fingerprint(upstream: Upstream) -> str:
@@ -4742,7 +4766,7 @@ class AccountPool:
 
     def _usable(self, upstream: Upstream, account: Account, model: str, now: float) -> bool:
         state = self.state(upstream, account)
-        if not account.serves(model) or state.resting_until > now:
+        if not account.serves(model) or state.rest_for(model) > now:
             return False
         if state.probing and state.in_flight:
             return False  # a trial request is out; wait for its verdict
@@ -4800,15 +4824,17 @@ class AccountPool:
         state.probing = bool(state.reason)  # it rested before: this attempt is its trial
 
     def finish(self, upstream: Upstream, account: Account, decision: Decision, now: float,
-               session: Optional[str]) -> bool:
-        """Record an attempt's result; True when the account's resting state changed (save it)."""
+               session: Optional[str], model: str = "") -> bool:
+        """Record an attempt's result for ``model``; True when the account's resting state changed
+        (save it)."""
         state = self.state(upstream, account)
         state.in_flight = max(0, state.in_flight - 1)
-        was = (state.resting_until, state.rejected_key, state.reason)
+        was = (dict(state.rests), state.rejected_key, state.reason)
         state.probing = False
         if decision.reason == "ok":
             state.successes += 1
-            state.resting_until, state.rejected_key, state.reason, state.limits_in_a_row = 0.0, False, "", 0
+            state.rests = {m: t for m, t in state.rests.items() if t > now and m not in ("", model)}
+            state.rejected_key, state.reason, state.limits_in_a_row = False, "", 0
             if session:
                 self._sessions[session] = (upstream.name, account.name)
                 self._sessions.move_to_end(session)
@@ -4817,18 +4843,18 @@ class AccountPool:
         else:
             state.failures += 1
             if decision.cooldown_s:
-                state.resting_until = now + decision.cooldown_s
+                state.rest("" if decision.rejected_key else model, now + decision.cooldown_s, now)
                 state.rejected_key = decision.rejected_key
                 state.reason = decision.reason
                 if not decision.rejected_key:
                     state.limits_in_a_row += 1
                     state.last_limited = now
                     state.rate_limited += 1
-        return was != (state.resting_until, state.rejected_key, state.reason)
+        return was != (state.rests, state.rejected_key, state.reason)
 
     def busy_only(self, route: Route, now: float) -> bool:
         """True when accounts exist that only lack a free concurrency slot."""
-        return any(account.serves(route.model) and self.state(u, account).resting_until <= now
+        return any(account.serves(route.model) and self.state(u, account).rest_for(route.model) <= now
                    for u in route.upstreams for account in u.accounts)
 
     def unavailable(self, route: Route, now: float) -> AgproxyError:
@@ -4839,16 +4865,16 @@ class AccountPool:
         if not resting:
             names = ", ".join(repr(u.name) for u in route.upstreams)
             return NotFound(f"no account of upstream {names} serves model {route.model!r} (see accounts[].models)")
-        busy = [s for _, _, s in resting if s.resting_until <= now]
+        busy = [s for _, _, s in resting if s.rest_for(route.model) <= now]
         if busy:  # not resting, yet no slot came free (max_concurrency) while the request waited
             names = ", ".join(repr(u.name) for u in route.upstreams)
             return AgproxyError(
                 f"all {len(busy)} available account(s) of upstream {names} that serve {route.model!r} are busy "
                 f"(every max_concurrency slot stayed taken for {MAX_SLOT_WAIT_S:.0f} s); retry shortly",
                 status=529, error_type="overloaded_error", headers=[("retry-after", "5")])
-        limited = [s for _, _, s in resting if not s.rejected_key and s.resting_until > now]
+        limited = [s for _, _, s in resting if not s.rejected_key and s.rest_for(route.model) > now]
         if limited:
-            soonest = min(s.resting_until for s in limited)
+            soonest = min(s.rest_for(route.model) for s in limited)
             wait = max(1, math.ceil(soonest - now))
             at = datetime.datetime.fromtimestamp(soonest, datetime.timezone.utc).strftime("%H:%M:%S UTC")
             names = ", ".join(repr(u.name) for u in route.upstreams)
@@ -4873,7 +4899,8 @@ class AccountPool:
 
     def to_json(self, now: float) -> Dict[str, Any]:
         """The resting accounts, for the state file, each bound to its key (by fingerprint)."""
-        return {f"{u}/{a}": {"resting_until": s.resting_until, "rejected_key": s.rejected_key, "reason": s.reason,
+        return {f"{u}/{a}": {"resting_until": s.rests.get("", 0.0), "rejected_key": s.rejected_key, "reason": s.reason,
+                             "models": {m: t for m, t in sorted(s.rests.items()) if m and t > now},
                              "limits_in_a_row": s.limits_in_a_row, "key": self._fingerprint(u, a)}
                 for (u, a), s in sorted(self.states.items()) if s.resting_until > now}
 
@@ -4889,17 +4916,20 @@ class AccountPool:
             state = self.states.get((upstream, account))
             if state is None or not isinstance(entry, dict) or entry.get("key") != self._fingerprint(upstream, account):
                 continue
-            until = entry.get("resting_until")
-            if isinstance(until, (int, float)) and not isinstance(until, bool) and math.isfinite(until) \
-                    and until > now:
-                state.resting_until = min(float(until), now + max(MAX_COOLDOWN_S, REJECTED_KEY_COOLDOWN_S))
+            models = entry.get("models") if isinstance(entry.get("models"), dict) else {}
+            for model, until in [("", entry.get("resting_until"))] + list(models.items())[:MAX_MODEL_RESTS]:
+                if isinstance(model, str) and len(model) <= 200 and isinstance(until, (int, float)) \
+                        and not isinstance(until, bool) and math.isfinite(until) and until > now:
+                    state.rest(model, min(float(until), now + max(MAX_COOLDOWN_S, REJECTED_KEY_COOLDOWN_S)), now)
+            if state.rests:
                 state.rejected_key = entry.get("rejected_key") is True
                 reason = entry.get("reason")
                 state.reason = reason[:200] if isinstance(reason, str) and reason else "rested before a restart"
                 limits = entry.get("limits_in_a_row")
                 state.limits_in_a_row = min(limits, 64) if isinstance(limits, int) and limits > 0 else 0
+                which = "" if state.rests.get("", 0.0) > now else f" for {', '.join(sorted(state.rests))}"
                 restored.append(f"account {account!r} of upstream {upstream!r} rests {state.resting_until - now:.0f} s "
-                                f"more ({state.reason})")
+                                f"more{which} ({state.reason})")
         return restored
 
     def describe(self, now: float) -> List[Dict[str, Any]]:
@@ -4917,6 +4947,7 @@ class AccountPool:
                 out.append({
                     "upstream": upstream.name, "account": account.name, "state": status, "reason": s.reason,
                     "resting_until": _iso_time(s.resting_until) if s.resting_until > now else None,
+                    "models_resting": {m: _iso_time(t) for m, t in sorted(s.rests.items()) if m and t > now},
                     "in_flight": s.in_flight, "requests": s.requests, "successes": s.successes,
                     "failures": s.failures, "rate_limited": s.rate_limited,
                 })
@@ -4973,7 +5004,7 @@ async def run_attempts(pool: AccountPool, route: Route, session: Optional[str], 
         except AttemptError as failed:
             state = pool.state(upstream, account)
             decision = decide(failed.outcome, number, max_attempts, state.limits_in_a_row, jitter())
-            if pool.finish(upstream, account, decision, clock(), session) and on_change:
+            if pool.finish(upstream, account, decision, clock(), session, route.model) and on_change:
                 on_change()
             if on_attempt:
                 on_attempt(number, upstream, account, decision, failed.outcome.status)
@@ -4986,9 +5017,9 @@ async def run_attempts(pool: AccountPool, route: Route, session: Optional[str], 
                 await sleep(decision.wait_s)
             continue
         except BaseException:
-            pool.finish(upstream, account, Decision(False, reason="aborted"), clock(), None)
+            pool.finish(upstream, account, Decision(False, reason="aborted"), clock(), None, route.model)
             raise
-        changed = pool.finish(upstream, account, Decision(False, reason="ok"), clock(), session)
+        changed = pool.finish(upstream, account, Decision(False, reason="ok"), clock(), session, route.model)
         if changed and on_change:
             on_change()
         if on_attempt:
@@ -7257,6 +7288,7 @@ async def relay_events(head: bytes, events: AsyncIterator[bytes], response: Upst
         pass
     except AgproxyError as exc:
         message = f"sent no event for {response.timeout_s:g} s (timeout_s)" if idle.expired else exc.message
+        logging.getLogger("agproxy").warning("the stream of upstream %r broke after it began: %s", upstream, message)
         yield encode_sse_json("error", error_body("api_error" if idle.expired else exc.error_type,
                                                   f"upstream {upstream!r}: {message}"))
     except Exception as exc:  # a defect in agproxy: the client still gets an ending, the log the traceback

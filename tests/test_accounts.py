@@ -527,3 +527,29 @@ def test_a_client_that_leaves_stops_the_retries(start_agproxy, fake):
     assert fake.keys() == [ALICE]  # the retry after the 2 s wait never went out
     assert " 499 " in proxy.log()
     assert accounts(proxy)["alice@example.com"]["in_flight"] == 0
+
+
+def test_a_rate_limit_rests_the_account_for_that_model_only():
+    """Anthropic, OpenAI and Gemini count their limits per model: the account serves the others."""
+    pool, up = pool_of(Account("a", "k"))
+    pool.begin(up, up.accounts[0])
+    assert pool.finish(up, up.accounts[0], decide(Outcome(429, reset_s=60), 1, 1), NOW, None, "pro")
+    assert pool.choose(Route((up,), "pro"), None, NOW + 5) is None
+    assert pool.unavailable(Route((up,), "pro"), NOW + 5).status == 429
+    assert pool.choose(Route((up,), "flash"), None, NOW + 5) is not None
+    saved = json.loads(json.dumps(pool.to_json(NOW + 5)))
+    again, up2 = pool_of(Account("a", "k"))
+    assert "for pro" in again.load_json(saved, NOW + 10)[0]
+    assert again.choose(Route((up2,), "pro"), None, NOW + 10) is None
+    assert again.choose(Route((up2,), "flash"), None, NOW + 10) is not None
+    assert list(again.describe(NOW + 10)[0]["models_resting"]) == ["pro"]
+    again.finish(up2, up2.accounts[0], decide(Outcome(401), 1, 1), NOW + 10, None, "flash")
+    assert again.choose(Route((up2,), "flash"), None, NOW + 11) is None  # a rejected key: every model
+
+
+def test_model_rests_are_bounded():
+    pool, up = pool_of(Account("a", "k"))
+    for number in range(500):
+        pool.finish(up, up.accounts[0], decide(Outcome(429, reset_s=60 + number), 1, 1), NOW, None, f"m{number}")
+    rests = pool.state(up, up.accounts[0]).rests
+    assert len(rests) == agproxy.MAX_MODEL_RESTS and "m499" in rests and "m0" not in rests
