@@ -1973,11 +1973,15 @@ def demo_sse_events(body: Dict[str, Any], message_id: str, input_tokens: Optiona
 # -- the request sanitizer (profiles are defined with the config) --------------------------
 
 #: Top-level fields never stripped on an upstream's say-so: without them the request means something else.
-PROTECTED_TOP_FIELDS = frozenset(("model", "messages", "max_tokens", "stream", "system", "tools", "contents"))
+PROTECTED_TOP_FIELDS = frozenset(("model", "messages", "max_tokens", "stream", "system", "tools",
+                                  "contents", "systemInstruction", "toolConfig", "generationConfig"))
 #: Keys inside messages and tools that carry meaning; never stripped on an upstream's say-so.
 PROTECTED_NESTED_KEYS = frozenset((
     "role", "content", "type", "text", "id", "name", "input", "tool_use_id", "input_schema", "source", "data",
     "media_type", "thinking", "signature", "url",
+    # Gemini's (its requests are healed too)
+    "parts", "functionCall", "functionResponse", "functionDeclarations", "parameters", "response", "args",
+    "inlineData", "fileData", "mimeType", "thoughtSignature", "maxOutputTokens", "functionCallingConfig",
 ))
 INTERRUPTED_TOOL_TEXT = "Tool call interrupted: no result was recorded for this call."
 CONTINUATION_TEXT = "(conversation continues)"
@@ -2362,15 +2366,37 @@ def session_id(headers: Headers, body: Dict[str, Any]) -> Optional[str]:
 #    context-window signalling. Pure: nothing here awaits or touches sockets.
 # =====================================================================================
 
-_REJECTED_KEY = re.compile(r'"reason"\s*:\s*"API_KEY_(?:INVALID|EXPIRED)"|API key not valid|API key expired')
+#: Google's ``ErrorInfo`` reasons that blame the key or its project, not the request.
+_GOOGLE_KEY_REASONS = frozenset((
+    "API_KEY_INVALID", "API_KEY_EXPIRED", "API_KEY_SERVICE_BLOCKED", "API_KEY_HTTP_REFERRER_BLOCKED",
+    "API_KEY_IP_ADDRESS_BLOCKED", "API_KEY_ANDROID_APP_BLOCKED", "API_KEY_IOS_APP_BLOCKED", "SERVICE_DISABLED",
+    "CONSUMER_SUSPENDED", "CONSUMER_INVALID", "BILLING_DISABLED", "ACCESS_TOKEN_SCOPE_INSUFFICIENT"))
+_GOOGLE_KEY_WORDS = re.compile(r"API key|project|is disabled|billing|suspended|unregistered callers", re.IGNORECASE)
 
 
 def upstream_status_of(status: int, body: bytes) -> int:
-    """The status an upstream's error answer means: Gemini answers a key it does not take with a
-    400 (``API_KEY_INVALID``), which means what a 401 means (rotate the key, never blame the client)."""
-    if status == 400 and _REJECTED_KEY.search(body[:65536].decode("utf-8", "replace")):
-        return 401
-    return status
+    """The status an upstream's error answer means. Google answers a key it does not take with a
+    400 (``API_KEY_INVALID``), which means what a 401 means (rotate the key, never blame the
+    client); and its 403 is the key's or its project's only when it says so, since Gemini also
+    answers 403 to a request that names a file its project may not read (the request's fault, a
+    400). Only Google's own ``ErrorInfo`` reasons and the words that begin its message count: a
+    client's words that Gemini echoes elsewhere in a message never do."""
+    if status not in (400, 403):
+        return status
+    try:
+        parsed = loads_strict(body)
+    except (ValueError, UnicodeDecodeError):
+        return status
+    error = parsed.get("error") if isinstance(parsed, dict) else None
+    if not isinstance(error, dict) or not isinstance(error.get("status"), str):
+        return status  # not Google's shape: a 403 stays the key's problem
+    details = error.get("details") if isinstance(error.get("details"), list) else []
+    reasons = {d.get("reason") for d in details if isinstance(d, dict)}
+    message = str(error.get("message") or "")
+    if status == 400:
+        return 401 if reasons & _GOOGLE_KEY_REASONS or message.startswith(("API key not valid", "API key expired")) \
+            else 400
+    return 403 if reasons & _GOOGLE_KEY_REASONS or _GOOGLE_KEY_WORDS.search(message.split(".", 1)[0]) else 400
 
 
 def anthropic_error_from_upstream(status: int, body: bytes, upstream: str) -> AgproxyError:
@@ -3821,8 +3847,10 @@ _GEMINI_FORMATS = {"string": ("enum", "date-time"), "integer": ("int32", "int64"
 #: Constraints Gemini has no key for: said in the description, so the model still knows them.
 _SCHEMA_CONSTRAINTS = ("exclusiveMinimum", "exclusiveMaximum", "multipleOf", "uniqueItems", "minContains",
                        "maxContains", "contentEncoding", "contentMediaType")
-#: How deep a schema (and the ``$ref`` chains in it) is followed; deeper parts become plain objects.
+#: How deep a schema (and the ``$ref`` chains in it) is followed, and how many nodes one tool's
+#: converted schema may have; past either, the rest is described as a plain object.
 _MAX_SCHEMA_DEPTH = 24
+_MAX_SCHEMA_NODES = 2000
 #: Gemini's longest output; a larger ``max_tokens`` (Claude Code asks up to 128k) is sent as this.
 GEMINI_MAX_OUTPUT_TOKENS = 65536
 #: Gemini's ``finishReason`` values that mean the answer was withheld for its content.
@@ -3844,27 +3872,45 @@ def gemini_schema(schema: Any) -> Optional[Dict[str, Any]]:
     """
     if not isinstance(schema, dict):
         return None
-    definitions: Dict[str, Any] = {}
+    walk = _SchemaWalk()
     for key in ("$defs", "definitions"):
         if isinstance(schema.get(key), dict):
-            definitions.update({f"#/{key}/{name}": value for name, value in schema[key].items()})
-    converted = _gemini_schema_node(schema, definitions, 0)
+            walk.definitions.update({f"#/{key}/{name}": value for name, value in schema[key].items()})
+    converted = _gemini_schema_node(schema, walk, 0)
     if converted.get("type") == "object" and not converted.get("properties"):
         return None
     return converted
 
 
-def _gemini_schema_node(node: Any, definitions: Dict[str, Any], depth: int) -> Dict[str, Any]:
+class _SchemaWalk:
+    """What a schema's conversion carries along: its definitions, the ``$ref`` chain being
+    expanded (a definition met again inside itself is not expanded again) and the nodes it may
+    still write (a definition used at many places is copied to each: bounded, not exponential)."""
+
+    def __init__(self) -> None:
+        self.definitions: Dict[str, Any] = {}
+        self.expanding: List[str] = []
+        self.budget = _MAX_SCHEMA_NODES
+
+
+def _gemini_schema_node(node: Any, walk: _SchemaWalk, depth: int) -> Dict[str, Any]:
+    walk.budget -= 1
     if not isinstance(node, dict):
         return {"type": "string", "description": "(any JSON value, written as text)"}
-    if depth > _MAX_SCHEMA_DEPTH:
-        return {"type": "object", "description": "(nested too deep to describe)"}
+    if depth > _MAX_SCHEMA_DEPTH or walk.budget < 0:
+        return {"type": "object", "description": "(too deep or too large to describe here)"}
     ref = node.get("$ref")
-    if isinstance(ref, str):  # resolved in place; a cycle ends at the depth limit
-        target = definitions.get(ref)
+    if isinstance(ref, str):  # resolved in place, once per chain
+        target = walk.definitions.get(ref)
+        if ref in walk.expanding:
+            return {"type": "object", "description": f"(the same shape as {ref.rsplit('/', 1)[-1]} above)"}
         merged = dict(target) if isinstance(target, dict) else {"type": "object"}
         merged.update({k: v for k, v in node.items() if k != "$ref"})
-        return _gemini_schema_node(merged, definitions, depth + 1)
+        walk.expanding.append(ref)
+        try:
+            return _gemini_schema_node(merged, walk, depth + 1)
+        finally:
+            walk.expanding.pop()
     node = _merge_all_of(node)
     if "const" in node:
         node = dict(node, enum=[node["const"]])
@@ -3888,7 +3934,7 @@ def _gemini_schema_node(node: Any, definitions: Dict[str, Any], depth: int) -> D
         members = [a for a in alternatives if not (isinstance(a, dict) and a.get("type") == "null")]
         if len(members) < len(alternatives):
             out["nullable"] = True
-        converted = [_gemini_schema_node(a, definitions, depth + 1) for a in members]
+        converted = [_gemini_schema_node(a, walk, depth + 1) for a in members]
         if len(converted) == 1:
             out = dict(converted[0], **out)
             kind = out.get("type")
@@ -3934,7 +3980,7 @@ def _gemini_schema_node(node: Any, definitions: Dict[str, Any], depth: int) -> D
     if kind == "object" and "properties" not in out:
         properties = node.get("properties") if isinstance(node.get("properties"), dict) else {}
         if properties:
-            out["properties"] = {str(name): _gemini_schema_node(value, definitions, depth + 1)
+            out["properties"] = {str(name): _gemini_schema_node(value, walk, depth + 1)
                                  for name, value in properties.items()}
             required = node.get("required")
             named = [r for r in required if isinstance(r, str) and r in properties] if isinstance(required, list) \
@@ -3947,7 +3993,7 @@ def _gemini_schema_node(node: Any, definitions: Dict[str, Any], depth: int) -> D
         items = node.get("items")
         if isinstance(items, list):  # a tuple schema: its first item stands for all
             items = items[0] if items else None
-        out["items"] = _gemini_schema_node(items, definitions, depth + 1)
+        out["items"] = _gemini_schema_node(items, walk, depth + 1)
     if notes:
         said = out.get("description")
         out["description"] = (f"{said} " if said else "") + f"({'; '.join(notes)})"
@@ -4361,6 +4407,7 @@ class GeminiStreamTranslator:
         self._usage: Dict[str, Any] = {}
         self._tool_seen = False
         self._content_seen = False
+        self._ids: Set[str] = set()
 
     def _start(self, out: List[bytes], response_id: Any) -> None:
         if self.started:
@@ -4387,6 +4434,12 @@ class GeminiStreamTranslator:
     def _delta(self, out: List[bytes], delta: Dict[str, Any]) -> None:
         out.append(encode_sse_json("content_block_delta", {"type": "content_block_delta", "index": self._index,
                                                            "delta": delta}))
+
+    @property
+    def unfinished(self) -> bool:
+        """It gave content but Gemini has not said the answer ended (no finishReason): a stream
+        cut short, not a whole answer."""
+        return self._content_seen and self._finish_reason is None and not self._block_reason
 
     def _signature_block(self, out: List[bytes], place: str, signature: str) -> None:
         """An empty thinking block that carries a signature for the block before or after it."""
@@ -4430,7 +4483,8 @@ class GeminiStreamTranslator:
         call = part.get("functionCall")
         if isinstance(call, dict):
             call_id = _text_or(call.get("id"), "")
-            call_id = call_id if _GEMINI_ID.fullmatch(call_id) else new_tool_id()
+            call_id = call_id if _GEMINI_ID.fullmatch(call_id) and call_id not in self._ids else new_tool_id()
+            self._ids.add(call_id)
             if signature:
                 self._signature_block(out, "call", signature)
                 if self.on_signature:
@@ -7076,22 +7130,24 @@ _STRAY_LINE_START = re.compile(rb"[\r\n](?![\r\n]|data:|event:|id:|retry:|:|\Z)"
 
 class StrayLines:
     """The lines of an event stream that are not SSE lines (Gemini writes an error that arrives
-    mid-stream as a bare JSON body), gathered in linear time however the bytes are split."""
+    mid-stream as a bare JSON body), gathered in linear time however the bytes are split, and
+    parsed once: when their brackets close, or at the body's end."""
 
     def __init__(self) -> None:
         self.text = bytearray()
         self._head = bytearray()  # the start of the current line, until it tells what it is
         self._stray: Optional[bool] = None
+        self._end = _JsonEnd()
+        self._whole = False
 
     def feed(self, data: bytes) -> bool:
-        """Take bytes; True when a stray line was completed."""
+        """Take bytes; True when the stray lines make a whole JSON value (call :meth:`error`)."""
         at_line_start = self._stray is None and not self._head
         if (at_line_start or self._stray is False) and \
                 not _STRAY_LINE_START.search(b"\n" + data if at_line_start else data):
             # the fast way, for the usual read: every line in it an SSE line
             self._stray = None if data[-1:] in (b"\n", b"\r") else False
             return False
-        completed = False
         pieces = _LINE_BREAK.split(data)
         for number, piece in enumerate(pieces):
             ended = number < len(pieces) - 1
@@ -7100,33 +7156,34 @@ class StrayLines:
                 if ended or len(self._head) >= 8:
                     self._stray = not _SSE_FIELD_LINE.match(bytes(self._head))
                     if self._stray:
-                        self.text += self._head
+                        self._take(bytes(self._head))
                     self._head = bytearray()
             elif self._stray:
-                self.text += piece
+                self._take(piece)
             if ended:
                 if self._stray:
-                    self.text += b"\n"
-                    completed = True
+                    self._take(b"\n")
                 self._stray = None
         if len(self.text) > _MAX_STRAY_BYTES:
             raise UpstreamFailure("upstream sent a stream that is not an event stream")
-        return completed
+        return self._whole
+
+    def _take(self, piece: bytes) -> None:
+        self.text += piece
+        if self._end.feed(piece.decode("utf-8", "replace")):
+            self._whole = True
 
     def end(self) -> None:
         """The body ended: its last line is whole, with or without a line break."""
         self.feed(b"\n")
 
-    def error(self) -> Optional[Dict[str, Any]]:
-        """The error body the stray lines make, once they make whole JSON; :class:`UpstreamFailure`
-        for whole JSON that is not an error."""
+    def error(self) -> Dict[str, Any]:
+        """The error body the stray lines make; :class:`UpstreamFailure` for anything else."""
         text = bytes(self.text).strip()
-        if not text.endswith((b"}", b"]")):
-            return None
         try:
             parsed = loads_strict(text)
         except ValueError:
-            return None
+            parsed = None
         if isinstance(parsed, list) and len(parsed) == 1:
             parsed = parsed[0]
         if not isinstance(parsed, dict) or not isinstance(parsed.get("error"), dict):
@@ -7163,18 +7220,14 @@ async def gemini_events(response: UpstreamResponse, translator: GeminiStreamTran
             out = translate(decoder.feed(b"\n\n"))
             stray.end()
             if stray.text.strip() and not translator.finished:
-                error = stray.error()
-                if error is None:
-                    raise UpstreamFailure("upstream sent lines in its stream that are not events: "
-                                          f"{bytes(stray.text[:100])!r}")
-                out += translator.feed(error)
+                out += translator.feed(stray.error())
+            if not translator.finished and translator.unfinished:
+                raise UpstreamFailure("the stream ended before the answer finished (no finishReason)")
             yield b"".join(out + translator.finish())
             return
         out = translate(decoder.feed(chunk))
         if stray.feed(chunk) and not translator.finished:
-            error = stray.error()
-            if error is not None:
-                out += translator.feed(error)
+            out += translator.feed(stray.error())
         yield b"".join(out)
         if translator.finished:
             response.close()

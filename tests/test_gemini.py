@@ -607,7 +607,10 @@ def test_models_are_listed_across_pages_and_counted_by_gemini(start_agproxy, fak
 
 
 def test_a_forbidden_key_rotates_too(start_agproxy, fake):
-    fake.script(Error(403, google_error(403, "Permission denied on resource project x.", "PERMISSION_DENIED")))
+    fake.script(Error(403, google_error(
+        403, "Generative Language API has not been used in project 123 before or it is disabled. Enable it by "
+             "visiting https://console.developers.google.com/apis/api/generativelanguage.googleapis.com then retry.",
+        "PERMISSION_DENIED", [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "SERVICE_DISABLED"}])))
     proxy = start_agproxy(gemini_config(fake, keys=["gemini-key", "gemini-key-2"]))
     raw = sdk(proxy).messages.with_raw_response.create(model="m", max_tokens=5,
                                                        messages=[{"role": "user", "content": "x"}])
