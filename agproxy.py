@@ -4068,7 +4068,7 @@ def _gemini_tools(body: Dict[str, Any], model: str, changes: Dict[str, int]) -> 
             _count(changes, "typed_tool_as_function")
         else:
             schema, description = tool.get("input_schema"), tool.get("description")
-        declaration: Dict[str, Any] = {"name": str(tool.get("name"))}
+        declaration: Dict[str, Any] = {"name": gemini_function_name(str(tool.get("name")))}
         if isinstance(description, str) and description:
             declaration["description"] = description
         parameters = gemini_schema(schema)
@@ -4087,6 +4087,30 @@ def _gemini_tools(body: Dict[str, Any], model: str, changes: Dict[str, int]) -> 
     return tools, [d["name"] for d in declarations]
 
 
+_GEMINI_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]{0,63}")
+
+
+def gemini_function_name(name: str) -> str:
+    """A tool's name as a Gemini function name (a letter or ``_`` first, at most 64 characters of
+    letters, digits, ``_.:-``): itself where it is one, else the same made valid, with a short
+    hash where it had to be cut; the same name always gives the same result, and
+    :func:`gemini_name_map` leads back."""
+    if _GEMINI_NAME.fullmatch(name):
+        return name
+    valid = re.sub(r"[^A-Za-z0-9_.:-]", "_", name)
+    if not re.match(r"[A-Za-z_]", valid):
+        valid = "_" + valid
+    if len(valid) > 64:
+        valid = valid[:55] + "_" + hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return valid
+
+
+def gemini_name_map(body: Dict[str, Any]) -> Dict[str, str]:
+    """The request's tool names Gemini knows by another name, by that name (for its answer)."""
+    names = {str(t.get("name")) for t in body.get("tools") or [] if isinstance(t, dict) and t.get("name")}
+    return {gemini_function_name(n): n for n in names if gemini_function_name(n) != n}
+
+
 def _gemini_tool_config(choice: Any, names: Sequence[str]) -> Optional[Dict[str, Any]]:
     kind = choice.get("type") if isinstance(choice, dict) else None
     if kind == "any":
@@ -4094,10 +4118,11 @@ def _gemini_tool_config(choice: Any, names: Sequence[str]) -> Optional[Dict[str,
     if kind == "none":
         return {"functionCallingConfig": {"mode": "NONE"}}
     if kind == "tool":
-        if choice.get("name") not in names:
+        name = gemini_function_name(str(choice.get("name")))
+        if name not in names:
             raise InvalidRequest(f"tool_choice names {choice.get('name')!r}, a tool this upstream cannot offer "
                                  "(Anthropic server tools have no Gemini equivalent)")
-        return {"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": [choice["name"]]}}
+        return {"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": [name]}}
     return None
 
 
@@ -4263,7 +4288,8 @@ class GeminiHistory:
                     steps.append(([], []))
                 steps[-1][0].append({"text": str(block["text"])})
             elif kind == "tool_use":
-                call_id, name = str(block.get("id") or ""), str(block.get("name") or "unknown_tool")
+                call_id = str(block.get("id") or "")
+                name = gemini_function_name(str(block.get("name") or "unknown_tool"))
                 args = block.get("input") if isinstance(block.get("input"), dict) else {}
                 part: Dict[str, Any] = {"functionCall": {"name": name, "args": args}}
                 if call_id:
@@ -4393,10 +4419,12 @@ class GeminiStreamTranslator:
     """
 
     def __init__(self, model: str, input_tokens: int = 0,
-                 on_signature: Optional[Callable[[str, str], None]] = None) -> None:
+                 on_signature: Optional[Callable[[str, str], None]] = None,
+                 names: Optional[Dict[str, str]] = None) -> None:
         self.model = model
         self.input_tokens = input_tokens
         self.on_signature = on_signature
+        self.names = names or {}  # the client's tool names, by the names Gemini knows them by
         self.started = False
         self.finished = False
         self._index = -1
@@ -4490,8 +4518,9 @@ class GeminiStreamTranslator:
                 if self.on_signature:
                     self.on_signature(call_id, signature)
             args = call.get("args") if isinstance(call.get("args"), dict) else {}
-            self._block(out, {"type": "tool_use", "id": call_id, "name": _text_or(call.get("name"), "unknown_tool"),
-                              "input": {}}, "tool")
+            name = _text_or(call.get("name"), "unknown_tool")
+            self._block(out, {"type": "tool_use", "id": call_id, "name": self.names.get(name, name), "input": {}},
+                        "tool")
             self._delta(out, {"type": "input_json_delta", "partial_json": json.dumps(args, ensure_ascii=False)})
             self._close(out)
             self._tool_seen = True
@@ -4548,13 +4577,13 @@ class GeminiStreamTranslator:
 
 
 def gemini_to_anthropic(answer: Any, model: str, on_signature: Optional[Callable[[str, str], None]] = None,
-                        input_tokens: int = 0) -> Dict[str, Any]:
+                        input_tokens: int = 0, names: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
     """A whole ``generateContent`` answer (or the chunks of a stream sent as one JSON array) as
     an Anthropic Message, by way of the stream translator: one set of rules for both."""
     chunks = answer if isinstance(answer, list) else [answer]
     if not chunks or not all(isinstance(c, dict) for c in chunks):
         raise UpstreamFailure("upstream answered something that is not a Gemini response")
-    translator = GeminiStreamTranslator(model, input_tokens, on_signature)
+    translator = GeminiStreamTranslator(model, input_tokens, on_signature, names)
     events: List[bytes] = []
     for chunk in chunks:
         events += translator.feed(chunk)
@@ -6888,7 +6917,8 @@ class GeminiAdapter(Adapter):
 
     def answer_events(self, response: UpstreamResponse, route: Route, body: Dict[str, Any],
                       estimate: int) -> AsyncIterator[bytes]:
-        return gemini_events(response, GeminiStreamTranslator(route.model, estimate, self.recorder(route)))
+        return gemini_events(response, GeminiStreamTranslator(route.model, estimate, self.recorder(route),
+                                                              gemini_name_map(body)))
 
     def answer_message(self, data: bytes, response: UpstreamResponse, route: Route,
                        body: Dict[str, Any]) -> Dict[str, Any]:
@@ -6898,7 +6928,7 @@ class GeminiAdapter(Adapter):
             raise UpstreamFailure(f"upstream {route.upstream.name!r} answered something that is not JSON") from None
         if isinstance(answer, dict) and isinstance(answer.get("error"), dict):
             raise _upstream_error(route.upstream, response, data, self.gw.clock())
-        return gemini_to_anthropic(answer, route.model, self.recorder(route))
+        return gemini_to_anthropic(answer, route.model, self.recorder(route), names=gemini_name_map(body))
 
     async def count(self, body: Dict[str, Any], route: Route) -> Optional[int]:
         """Gemini's own count of the translated request (``countTokens``), so the count is exact."""

@@ -829,3 +829,27 @@ def test_any_history_translates_into_what_gemini_accepts(messages, trusted):
         assert "nothing to send" in exc.message
         return
     ShapeOnlyGemini().check(out, PRO)
+
+
+def test_tool_names_gemini_refuses_go_by_valid_names_and_come_back_as_they_were(start_agproxy, fake):
+    long_name = "mcp__" + "very_long_server_name_" * 4 + "__lookup"
+    names = ["1password_lookup", long_name]
+    tools = [{"name": n, "input_schema": {"type": "object", "properties": {"q": {"type": "string"}}}} for n in names]
+    gemini_names = [agproxy.gemini_function_name(n) for n in names]
+    assert gemini_names[0] == "_1password_lookup" and len(gemini_names[1]) == 64
+    assert agproxy.gemini_function_name(long_name) == gemini_names[1]  # the same every time
+    fake.script(Answer([call(gemini_names[0], {"q": "a"}), call(gemini_names[1], {"q": "b"})]))
+    proxy = start_agproxy(gemini_config(fake))
+    client = sdk(proxy)
+    history: List[Dict[str, Any]] = [{"role": "user", "content": "look up"}]
+    first = client.messages.create(model="m", max_tokens=100, tools=tools, messages=history,
+                                   tool_choice={"type": "tool", "name": long_name})
+    assert [b.name for b in first.content if b.type == "tool_use"] == names
+    history += [{"role": "assistant", "content": [b.model_dump() for b in first.content]},
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": b.id, "content": "ok"}
+                                             for b in first.content if b.type == "tool_use"]}]
+    assert client.messages.create(model="m", max_tokens=100, tools=tools, messages=history).content
+    assert fake.rejections == []
+    sent = fake.generations[0]
+    assert [d["name"] for d in sent["tools"][0]["functionDeclarations"]] == gemini_names
+    assert sent["toolConfig"]["functionCallingConfig"]["allowedFunctionNames"] == [gemini_names[1]]

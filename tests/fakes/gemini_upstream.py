@@ -335,7 +335,7 @@ class FakeGemini:
                     if key not in DECLARATION_KEYS:
                         raise _unknown(key, f"tools[{i}].function_declarations[{j}]")
                 name = declaration.get("name")
-                if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.:-]{0,127}", name):
+                if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.:-]{0,63}", name):
                     raise Refusal(f"* GenerateContentRequest.tools[{i}].function_declarations[{j}].name: Invalid "
                                   "function name.")
                 names.append(name)
