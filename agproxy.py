@@ -155,6 +155,8 @@ class AgproxyError(Exception):
     reset_s: Optional[float] = None
     #: no retry can change this answer (every key of the upstream rejected, for one)
     final: bool = False
+    #: what the upstream itself said, where agproxy words the error its own way (a rejected key)
+    upstream_words: str = ""
 
     def __init__(
         self,
@@ -793,7 +795,7 @@ def load_config(
 
     With no file anywhere, the built-in demo config is used (the caller warns about it).
     """
-    environ = dict(os.environ if environ is None else environ)
+    environ = dict(os.environ) if environ is None else environ
     path = find_config_path(explicit_path, environ, os.getcwd(), os.path.expanduser("~"))
     if path is None:
         config = Config(upstreams=(DEMO_UPSTREAM,), state_file=default_state_file(environ))
@@ -2425,6 +2427,7 @@ def anthropic_error_from_upstream(status: int, body: bytes, upstream: str) -> Ag
             "check the account's api_key in the agproxy config"
         )
         rejected.final = True  # a retry sends the same key
+        rejected.upstream_words = message[:300]
         return rejected
     if status < 400:
         status = 502
@@ -4634,7 +4637,7 @@ DEFAULT_COOLDOWN_S = 30.0
 #: an account for ever); a longer limit is met again by the trial request after this rest.
 MAX_COOLDOWN_S = 3600.0
 #: Rest for an account whose key the upstream rejected (401/403) before it is tried again.
-REJECTED_KEY_COOLDOWN_S = 3600.0
+REJECTED_KEY_COOLDOWN_S = 600.0
 #: Pause before the next attempt after an overloaded answer (529/503), jittered 0.5x to 1.5x.
 OVERLOADED_BACKOFF_S = 1.0
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
@@ -4722,7 +4725,7 @@ class Outcome:
     """What one upstream attempt came to, as the retry engine sees it."""
 
     status: int  # the upstream's HTTP status; 0 when no answer came (connect, timeout, dropped)
-    failure: str = ""  # for status 0: what happened
+    failure: str = ""  # for status 0: what happened; for a rejected key: the upstream's words
     reset_s: Optional[float] = None  # for 429: when the upstream says the limit resets
     committed: bool = False  # bytes of this answer already reached the client
 
@@ -4758,7 +4761,8 @@ def decide(outcome: Outcome, attempt: int, max_attempts: int, limits_in_a_row: i
         return Decision(more, wait_s=OVERLOADED_BACKOFF_S * (0.5 + jitter), reason="overloaded")
     if status in (401, 403):
         return Decision(more, cooldown_s=REJECTED_KEY_COOLDOWN_S, rejected_key=True,
-                        reason=f"key rejected (HTTP {status})")
+                        reason=f"key rejected (HTTP {status}" + (f": {outcome.failure[:160]})" if outcome.failure
+                                                                 else ")"))
     if status in (500, 502, 504) or status == 0:
         return Decision(more, reason=outcome.failure or f"HTTP {status}")
     return Decision(False, reason=f"HTTP {status} is not retried")
@@ -4965,13 +4969,11 @@ class AccountPool:
                 f"all {len(limited)} account(s) of upstream {names} that serve {route.model!r} are rate limited; "
                 f"the first is free again in {wait} s (at {at})",
                 status=429, error_type="rate_limit_error", headers=[("retry-after", str(wait))])
-        parts = []
-        for upstream in route.upstreams:
-            names = [a.name for u, a, s in resting if u is upstream and s.rejected_key]
-            if names:
-                parts.append(f"upstream {upstream.name!r} rejected the key of {', '.join(names)}")
-        rejected = UpstreamFailure("; ".join(parts) + " (HTTP 401/403); check their api_key in the agproxy config, "
-                                   "or run `agproxy check`")
+        parts = [f"upstream {u.name!r} rejected the key of {a.name} ({s.reason}, again in "
+                 f"{max(1, math.ceil(s.rest_for(route.model) - now))} s)" for u, a, s in resting if s.rejected_key]
+        rejected = UpstreamFailure("; ".join(parts) + ". Check their api_key in the agproxy config, or run `agproxy "
+                                   "check`; once it is fixed, `agproxy state clear` (agproxy stopped) or a restart "
+                                   "with the new key ends the rest at once")
         rejected.final = True
         return rejected
 
@@ -7075,7 +7077,7 @@ def _outcome_of(error: AgproxyError) -> Outcome:
     """How the retry engine sees a failed attempt."""
     if isinstance(error, UpstreamFailure) and not error.upstream_status:
         return Outcome(0, failure=error.message)
-    return Outcome(error.upstream_status or error.status, reset_s=error.reset_s)
+    return Outcome(error.upstream_status or error.status, failure=error.upstream_words, reset_s=error.reset_s)
 
 
 # -- the relay pipeline: one for every kind ------------------------------------------------------
@@ -7552,6 +7554,10 @@ async def check_upstreams(config: Config, out: Callable[[str], None]) -> bool:
     if mode != "off" and not config.api_key:
         out(f"FAIL  config: auth_mode is {mode} but api_key is empty: every protected request would get 401")
         healthy = False
+    saved = StateFile(config.state_file).load() if config.state_file and os.path.exists(config.state_file) else {}
+    for line in AccountPool(config.upstreams).load_json(saved.get("accounts"), time.time()):
+        out(f"WARN  {line}: a running agproxy with this config waits it out, or `agproxy state clear` (agproxy "
+            "stopped) forgets it")
     try:
         for upstream in config.upstreams:
             adapter = ADAPTERS[upstream.kind]
@@ -7698,6 +7704,14 @@ async def _serve(config: Config) -> int:
     return 0
 
 
+class _UnsetAsPlaceholder(dict):
+    """The environment, with a stand-in for every variable it lacks (for ``agproxy state``, which
+    needs the config's state file, not its keys)."""
+
+    def get(self, key: str, default: Any = None) -> Any:  # noqa: D102 (dict's own)
+        return super().get(key, "http://unset.invalid")
+
+
 def _state_command(argv: List[str]) -> int:
     """``agproxy state show|clear``: what the state file of the config in effect holds, or forget it."""
     parser = argparse.ArgumentParser(prog="agproxy state", description="Show or forget what agproxy keeps across "
@@ -7708,8 +7722,11 @@ def _state_command(argv: List[str]) -> int:
     try:
         config = load_config(args.config, {})
     except ConfigError as exc:
-        print(f"config: {exc.message}", file=sys.stderr)
-        return 2
+        try:  # the keys it names are not needed to find the state file: look past unset variables
+            config = load_config(args.config, {}, _UnsetAsPlaceholder(os.environ))
+        except ConfigError:
+            print(f"config: {exc.message}", file=sys.stderr)
+            return 2
     path = config.state_file
     if not path:
         print("state: state_file is \"\" in the config: nothing is kept")

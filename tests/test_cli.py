@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -20,9 +21,9 @@ from tests.conftest import AGPROXY, ROOT, clean_env, fake_config, write_config
 from tests.fakes.anthropic_upstream import Json, Sse, text_stream
 
 
-def run(args, tmp_path, **kw):
+def run(args, tmp_path, env=None, **kw):
     return subprocess.run([sys.executable, str(AGPROXY), *args], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=30, env=clean_env(HOME=str(tmp_path)), **kw)
+                          timeout=30, env=env or clean_env(HOME=str(tmp_path)), **kw)
 
 
 def test_version(tmp_path):
@@ -303,3 +304,36 @@ def test_check_probes_gemini_keys_and_the_models_it_lists(tmp_path):
         config["model_map"][0]["model"] = "gemini-2.5-pro"
         result = run(["check", "--config", str(write_config(tmp_path, config))], tmp_path)
     assert "does not list" not in result.stdout
+
+
+def test_a_gemini_key_refused_for_its_project_is_explained_everywhere(tmp_path, start_agproxy):
+    """A 403 for a project whose API is off: the client's 502 quotes Gemini, `check` shows the
+    saved rest (while the probe says the key is fine), and `state clear` works without the key's
+    variable set."""
+    from tests.fakes.gemini_upstream import Error, FakeGemini, google_error
+
+    disabled = google_error(403, "Generative Language API has not been used in project 123 before or it is "
+                                 "disabled. Enable it by visiting the console then retry.", "PERMISSION_DENIED",
+                            [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "SERVICE_DISABLED"}])
+    state = tmp_path / "kept.json"
+    with FakeGemini() as gemini:
+        gemini.script(Error(403, disabled))
+        config = {"upstreams": [{"name": "gemini", "kind": "gemini", "base_url": gemini.url,
+                                 "accounts": [{"name": "main", "api_key": "${AGP_TEST_GEMINI_KEY}"}]}],
+                  "model_map": [{"match": "*", "upstream": "gemini", "model": "gemini-2.5-flash"}],
+                  "state_file": str(state)}
+        proxy = start_agproxy(config, env=clean_env(AGP_TEST_GEMINI_KEY="gemini-key"))
+        body = json.dumps({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}).encode()
+        request = urllib.request.Request(proxy.url + "/v1/messages", body, {"content-type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(request, timeout=10)
+        said = json.loads(caught.value.read())["error"]["message"]
+        assert caught.value.code == 502 and "has not been used in project 123" in said, said
+        proxy.stop()
+        path = write_config(tmp_path, config)
+        checked = run(["check", "--config", str(path)], tmp_path,
+                      env=clean_env(HOME=str(tmp_path), AGP_TEST_GEMINI_KEY="gemini-key"))
+    assert "ok    gemini (gemini) account main: reachable (HTTP 200)" in checked.stdout
+    assert "WARN  account 'main' of upstream 'gemini' rests" in checked.stdout and "state clear" in checked.stdout
+    cleared = run(["state", "clear", "--config", str(path)], tmp_path)  # AGP_TEST_GEMINI_KEY unset here
+    assert cleared.returncode == 0 and not state.exists()
