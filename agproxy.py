@@ -6232,28 +6232,14 @@ class Server(Application):
         return True
 
     async def _upstream_models(self, upstream: Upstream) -> List[Dict[str, Any]]:
-        account, adapter = upstream.accounts[0], self.adapter(upstream)
+        adapter = self.adapter(upstream)
         if adapter.models_path is None:
             return []
-        headers = adapter.probe_headers(upstream, account)
-        models: List[Dict[str, Any]] = []
-        path: Optional[str] = adapter.models_path
-        for _ in range(_MAX_MODEL_PAGES):
-            try:
-                status, body = await self.client.fetch("GET", upstream_url(upstream.base_url, path), headers,
-                                                       deadline_s=upstream.connect_timeout_s)
-                page = adapter.listed_models(loads_strict(body)) if status == 200 else None
-            except (UpstreamFailure, ValueError) as exc:
-                self.log.warning("could not list the models of upstream %r: %s", upstream.name, exc)
-                return models
-            if page is None:
-                self.log.warning("upstream %r answered HTTP %d to %s", upstream.name, status, path)
-                return models
-            models += page[0]
-            if not page[1]:
-                break
-            path = f"{adapter.models_path}&pageToken={urllib.parse.quote(page[1], safe='')}"
-        return models
+        try:
+            return await list_upstream_models(self.client, adapter, upstream, upstream.accounts[0])
+        except UpstreamFailure as exc:
+            self.log.warning("could not list the models of upstream %r: %s", upstream.name, exc.message)
+            return []
 
     async def _models(self, request: Request, exchange: _Exchange) -> Response:
         data = await self._model_list()
@@ -6450,6 +6436,31 @@ class Server(Application):
         """What agproxy changed and saved, counted per kind since it started."""
         return json_response(200, {"version": __version__, "counters": dict(sorted(self.counters.items())),
                                    "learned": self.learned.to_json()})
+
+
+async def list_upstream_models(client: UpstreamClient, adapter: Any, upstream: Upstream, account: Account,
+                               first: Optional[bytes] = None) -> List[Dict[str, Any]]:
+    """An upstream's whole model list (every page of it; ``first`` is its first page where it was
+    read already) as Anthropic model objects; :class:`UpstreamFailure` when it has none to give."""
+    models: List[Dict[str, Any]] = []
+    path, body = adapter.models_path, first
+    for _ in range(_MAX_MODEL_PAGES):
+        status = 200
+        if body is None:
+            status, body = await client.fetch("GET", upstream_url(upstream.base_url, path),
+                                              adapter.probe_headers(upstream, account),
+                                              deadline_s=upstream.connect_timeout_s, limit=MAX_UPSTREAM_BODY_BYTES)
+        try:
+            page = adapter.listed_models(loads_strict(body)) if status == 200 else None
+        except (ValueError, UnicodeDecodeError):
+            page = None
+        if page is None:
+            raise UpstreamFailure(f"it answered HTTP {status} to {path} with no model list")
+        models += page[0]
+        if not page[1]:
+            break
+        path, body = f"{adapter.models_path}&pageToken={urllib.parse.quote(page[1], safe='')}", None
+    return models
 
 
 # -- one adapter per upstream kind -----------------------------------------------------------------
@@ -7575,17 +7586,26 @@ async def check_upstreams(config: Config, out: Callable[[str], None]) -> bool:
     return healthy
 
 
+def base_url_problem(upstream: Upstream) -> Optional[str]:
+    """What is wrong with an upstream's base_url that no request can get past (a version path
+    agproxy adds itself), for ``check`` and the start-up log."""
+    if upstream.kind == "anthropic" and re.search(r"/v1/?$", upstream.base_url):
+        return ("base_url ends in /v1, and agproxy adds /v1/messages itself: requests would go to "
+                "/v1/v1/messages; drop the /v1")
+    if upstream.kind == "gemini" and re.search(r"/v1(?:beta|alpha)?/?$", upstream.base_url):
+        return ("base_url ends in a version path, and agproxy adds /v1beta/models/... itself: requests would get "
+                "404; drop it (e.g. https://generativelanguage.googleapis.com)")
+    return None
+
+
 async def _probe(client: UpstreamClient, adapter: type, upstream: Upstream,
                  account: Account) -> Tuple[str, str, Optional[Set[str]]]:
     """One account's verdict, what to say of it, and the model ids its upstream lists (if it did)."""
     if not adapter.probe_path:
         return "ok", "built in, answers locally", None
-    if upstream.kind == "anthropic" and re.search(r"/v1/?$", upstream.base_url):
-        return "FAIL", ("base_url ends in /v1, and agproxy adds /v1/messages itself: requests would go to "
-                        "/v1/v1/messages; drop the /v1"), None
-    if upstream.kind == "gemini" and re.search(r"/v1(?:beta|alpha)?/?$", upstream.base_url):
-        return "FAIL", ("base_url ends in a version path, and agproxy adds /v1beta/models/... itself; drop it "
-                        "(e.g. https://generativelanguage.googleapis.com)"), None
+    problem = base_url_problem(upstream)
+    if problem:
+        return "FAIL", problem, None
     try:
         status, body = await client.fetch("GET", upstream_url(upstream.base_url, adapter.probe_path),
                                           adapter.probe_headers(upstream, account),
@@ -7606,16 +7626,12 @@ async def _probe(client: UpstreamClient, adapter: type, upstream: Upstream,
         return "FAIL", f"the upstream answered HTTP {status}", None
     if empty and upstream.kind != "openai":
         return "WARN", f"reachable (HTTP {status}), but its api_key is empty: no key is sent", None
-    return "ok", f"reachable (HTTP {status})" + (" without a key" if empty else ""), _listed_models(adapter, body)
-
-
-def _listed_models(adapter: type, body: bytes) -> Optional[Set[str]]:
-    """The model ids of an upstream's model list, or None if it is not one (or only its first page)."""
     try:
-        page = adapter.listed_models(loads_strict(body))
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return {m["id"] for m in page[0]} if page is not None and not page[1] else None
+        listed: Optional[Set[str]] = {m["id"] for m in await list_upstream_models(
+            client, adapter, upstream, account, body if adapter.probe_path == adapter.models_path else None)}
+    except UpstreamFailure:
+        listed = None  # reachable, but no list to check model_map against
+    return "ok", f"reachable (HTTP {status})" + (" without a key" if empty else ""), listed
 
 
 def _mapping_problems(config: Config, upstream: Upstream, listed: Optional[Set[str]]) -> List[str]:
@@ -7624,7 +7640,8 @@ def _mapping_problems(config: Config, upstream: Upstream, listed: Optional[Set[s
         return []
     problems = []
     for rule in config.model_map:
-        if upstream.name in rule.upstreams and rule.model and rule.model not in listed:
+        if upstream.name in rule.upstreams and rule.model and rule.model not in listed and \
+                rule.model[len("models/"):] not in listed:  # Gemini's names may be written models/NAME
             shown = ", ".join(sorted(listed)[:5]) + (", ..." if len(listed) > 5 else "")
             problems.append(f"model_map sends {rule.match!r} to model {rule.model!r}, which this upstream does not "
                             f"list (it lists {shown})")
@@ -7783,6 +7800,9 @@ def log_startup(config: Config) -> None:
     for upstream in config.upstreams:
         log.info("upstream %s: %s %s, %d account(s)", upstream.name, upstream.kind,
                  upstream.base_url or "(built in)", len(upstream.accounts))
+        problem = base_url_problem(upstream)
+        if problem:
+            log.warning("upstream %s: %s", upstream.name, problem)
     mode = config.effective_auth_mode()
     if mode != "off" and not config.api_key:
         log.warning("auth_mode is %s but api_key is empty: every protected request will get 401", mode)

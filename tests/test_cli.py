@@ -299,11 +299,13 @@ def test_check_probes_gemini_keys_and_the_models_it_lists(tmp_path):
     assert "FAIL  versioned (gemini) account good: base_url ends in a version path" in result.stdout
     assert "'gemini-9-ultra', which this upstream does not list (it lists gemini-2.5-flash" in result.stdout
     assert "not-a-gemini-key" not in result.stdout + result.stderr and result.returncode == 1
-    with FakeGemini(page_size=2) as paged:  # a list in pages: no warning from its first page alone
+    with FakeGemini(page_size=2) as paged:  # a list in pages is read whole
         config["upstreams"][0]["base_url"] = paged.url
-        config["model_map"][0]["model"] = "gemini-2.5-pro"
+        config["model_map"] = [{"match": "a*", "upstream": "gemini", "model": "models/gemini-2.5-pro"},
+                               {"match": "*", "upstream": "gemini", "model": "gemini-2.5-pro-latest"}]
         result = run(["check", "--config", str(write_config(tmp_path, config))], tmp_path)
-    assert "does not list" not in result.stdout
+    assert "'models/gemini-2.5-pro'" not in result.stdout  # on the list's last page, written models/...
+    assert "'gemini-2.5-pro-latest', which this upstream does not list" in result.stdout
 
 
 def test_a_gemini_key_refused_for_its_project_is_explained_everywhere(tmp_path, start_agproxy):

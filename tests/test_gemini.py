@@ -853,3 +853,10 @@ def test_tool_names_gemini_refuses_go_by_valid_names_and_come_back_as_they_were(
     sent = fake.generations[0]
     assert [d["name"] for d in sent["tools"][0]["functionDeclarations"]] == gemini_names
     assert sent["toolConfig"]["functionCallingConfig"]["allowedFunctionNames"] == [gemini_names[1]]
+
+
+def test_a_base_url_with_gemini_s_version_path_is_warned_of_at_start(start_agproxy, fake):
+    config = gemini_config(fake)
+    config["upstreams"][0]["base_url"] = fake.url + "/v1beta"
+    proxy = start_agproxy(config)
+    assert "base_url ends in a version path" in proxy.log()
