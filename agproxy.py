@@ -6303,8 +6303,8 @@ class Server(Application):
                 self.log.debug("%s attempt %d: %s/%s answered", exchange.id, number, upstream.name, account.name)
                 return
             then = "giving up" if not decision.retry else (
-                f"retrying {'the same account ' if decision.same_account else ''}"
-                f"{f'in {decision.wait_s:.1f} s' if decision.wait_s else 'now'}")
+                f"retrying {'the same account' if decision.same_account else 'on a free account, if any'}"
+                f"{f' in {decision.wait_s:.1f} s' if decision.wait_s else ''}")
             rest = f"; account rests {decision.cooldown_s:.0f} s" if decision.cooldown_s else ""
             level = logging.WARNING if decision.rejected_key else logging.INFO
             self.log.log(level, "%s attempt %d: %s/%s status %s: %s%s; %s", exchange.id, number, upstream.name,

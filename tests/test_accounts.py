@@ -284,7 +284,7 @@ def test_rate_limited_account_rests_and_the_next_one_answers(start_agproxy, fake
     state = accounts(proxy)
     assert state["alice@example.com"]["state"] == "rate_limited"
     assert state["alice@example.com"]["resting_until"] and state["bob@example.com"]["state"] == "ok"
-    assert "status 429: rate limited; account rests 60 s; retrying now" in proxy.log()
+    assert "status 429: rate limited; account rests 60 s; retrying on a free account, if any" in proxy.log()
 
 
 def test_brief_limit_is_waited_out_on_the_same_account(start_agproxy, fake):
