@@ -347,7 +347,7 @@ def test_rejected_key_is_rested_and_logged(start_agproxy, fake):
     ask(proxy)
     assert fake.keys() == [ALICE, BOB, BOB]
     assert accounts(proxy)["alice@example.com"]["state"] == "rejected_key"
-    assert "WARNING agproxy: " in proxy.log() and "key rejected (HTTP 401)" in proxy.log()
+    assert "WARNING agproxy: " in proxy.log() and "key rejected (HTTP 401: invalid x-api-key)" in proxy.log()
     assert ALICE not in proxy.log()
 
 
