@@ -4969,8 +4969,13 @@ class AccountPool:
                 f"all {len(limited)} account(s) of upstream {names} that serve {route.model!r} are rate limited; "
                 f"the first is free again in {wait} s (at {at})",
                 status=429, error_type="rate_limit_error", headers=[("retry-after", str(wait))])
-        parts = [f"upstream {u.name!r} rejected the key of {a.name} ({s.reason}, again in "
-                 f"{max(1, math.ceil(s.rest_for(route.model) - now))} s)" for u, a, s in resting if s.rejected_key]
+        parts = []
+        for upstream in route.upstreams:
+            keys = [f"{a.name} ({s.reason.replace('key rejected ', '', 1).strip('()')}, tried again in "
+                    f"{max(1, math.ceil(s.rest_for(route.model) - now))} s)"
+                    for u, a, s in resting if u is upstream and s.rejected_key]
+            if keys:
+                parts.append(f"upstream {upstream.name!r} rejected the key of {', '.join(keys)}")
         rejected = UpstreamFailure("; ".join(parts) + ". Check their api_key in the agproxy config, or run `agproxy "
                                    "check`; once it is fixed, `agproxy state clear` (agproxy stopped) or a restart "
                                    "with the new key ends the rest at once")

@@ -207,7 +207,8 @@ def test_upstream_rejecting_agproxys_key_is_502_not_401(start_agproxy, fake):
         sdk(proxy).messages.create(model="m", max_tokens=5, messages=[{"role": "user", "content": "x"}])
     assert caught.value.status_code == 502
     assert caught.value.body["error"]["type"] == "api_error"
-    assert "upstream 'fake' rejected the key of alice@example.com, bob@example.com" in caught.value.message
+    assert ("upstream 'fake' rejected the key of alice@example.com (HTTP 401: invalid x-api-key, tried again in "
+            "600 s), bob@example.com (HTTP 401: invalid x-api-key, tried again in 600 s)") in caught.value.message
     assert "sk-upstream" not in caught.value.message
 
 
