@@ -6920,6 +6920,10 @@ class GeminiAdapter(Adapter):
         for path in self.gw.learned.fields(upstream.name) + trial.fields:
             _count(changes, f"learned:{path}", drop_path(translated, path.split(".")))
         self.gw.count_changes("translate", changes, exchange, upstream)
+        if changes.get("web_search_dropped"):
+            self.gw.note_once(session_id(request.headers, body), "web_search",
+                              "upstream %r: web_search dropped (Gemini searches only for a Gemini model offered no "
+                              "functions; this request offers functions)", upstream.name)
         return json.dumps(translated, ensure_ascii=False).encode("utf-8"), translated, None
 
     def recorder(self, route: Route) -> Callable[[str, str], None]:

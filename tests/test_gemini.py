@@ -860,3 +860,13 @@ def test_a_base_url_with_gemini_s_version_path_is_warned_of_at_start(start_agpro
     config["upstreams"][0]["base_url"] = fake.url + "/v1beta"
     proxy = start_agproxy(config)
     assert "base_url ends in a version path" in proxy.log()
+
+
+def test_web_search_is_google_search_alone_and_dropped_with_a_log_line_beside_functions(start_agproxy, fake):
+    proxy = start_agproxy(gemini_config(fake))
+    search = {"type": "web_search_20250305", "name": "web_search", "max_uses": 5}
+    sdk(proxy).messages.create(model="m", max_tokens=50, tools=[search], messages=[{"role": "user", "content": "x"}])
+    assert fake.generations[-1]["tools"] == [{"googleSearch": {}}]
+    sdk(proxy).messages.create(model="m", max_tokens=50, tools=[search] + TOOLS,
+                               messages=[{"role": "user", "content": "x"}])
+    assert "googleSearch" not in json.dumps(fake.generations[-1]) and "web_search dropped" in proxy.log()
