@@ -4095,17 +4095,16 @@ _GEMINI_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]{0,63}")
 
 def gemini_function_name(name: str) -> str:
     """A tool's name as a Gemini function name (a letter or ``_`` first, at most 64 characters of
-    letters, digits, ``_.:-``): itself where it is one, else the same made valid, with a short
-    hash where it had to be cut; the same name always gives the same result, and
+    letters, digits, ``_.:-``): itself where it is one, else the same made valid and marked with
+    a short hash of the original; the same name always gives the same result, and
     :func:`gemini_name_map` leads back."""
     if _GEMINI_NAME.fullmatch(name):
         return name
     valid = re.sub(r"[^A-Za-z0-9_.:-]", "_", name)
     if not re.match(r"[A-Za-z_]", valid):
         valid = "_" + valid
-    if len(valid) > 64:
-        valid = valid[:55] + "_" + hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
-    return valid
+    mark = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return f"{valid[:55]}_{mark}"  # the mark keeps two changed names (and a tool named like one) apart
 
 
 def gemini_name_map(body: Dict[str, Any]) -> Dict[str, str]:
