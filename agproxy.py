@@ -4082,7 +4082,7 @@ def _gemini_tools(body: Dict[str, Any], model: str, changes: Dict[str, int]) -> 
     if declarations:
         tools.append({"functionDeclarations": declarations})
     if search:
-        if declarations or not model.startswith("gemini-"):
+        if declarations or not model.split("/")[-1].startswith("gemini-"):
             _count(changes, "web_search_dropped")  # Gemini searches only when no functions are offered
         else:
             tools.append({"googleSearch": {}})
