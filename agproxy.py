@@ -2373,7 +2373,12 @@ _GOOGLE_KEY_REASONS = frozenset((
     "API_KEY_INVALID", "API_KEY_EXPIRED", "API_KEY_SERVICE_BLOCKED", "API_KEY_HTTP_REFERRER_BLOCKED",
     "API_KEY_IP_ADDRESS_BLOCKED", "API_KEY_ANDROID_APP_BLOCKED", "API_KEY_IOS_APP_BLOCKED", "SERVICE_DISABLED",
     "CONSUMER_SUSPENDED", "CONSUMER_INVALID", "BILLING_DISABLED", "ACCESS_TOKEN_SCOPE_INSUFFICIENT"))
-_GOOGLE_KEY_WORDS = re.compile(r"API key|project|is disabled|billing|suspended|unregistered callers", re.IGNORECASE)
+#: ... and the fixed openings of Google's messages that do (a message may go on to quote the
+#: request, a file name the client chose, so nothing past its opening is read).
+_GOOGLE_KEY_OPENINGS = ("API key not valid", "API key expired", "API Key not found", "Method doesn't allow "
+                        "unregistered callers", "Permission denied: Consumer", "Permission denied on resource project",
+                        "Generative Language API has not been used in project", "Your project has been denied access",
+                        "This API method requires billing to be enabled")
 
 
 def upstream_status_of(status: int, body: bytes) -> int:
@@ -2381,8 +2386,8 @@ def upstream_status_of(status: int, body: bytes) -> int:
     400 (``API_KEY_INVALID``), which means what a 401 means (rotate the key, never blame the
     client); and its 403 is the key's or its project's only when it says so, since Gemini also
     answers 403 to a request that names a file its project may not read (the request's fault, a
-    400). Only Google's own ``ErrorInfo`` reasons and the words that begin its message count: a
-    client's words that Gemini echoes elsewhere in a message never do."""
+    400). Only Google's own ``ErrorInfo`` reasons and the fixed openings of its messages count: a
+    client's words that Gemini echoes in a message never do."""
     if status not in (400, 403):
         return status
     try:
@@ -2395,10 +2400,10 @@ def upstream_status_of(status: int, body: bytes) -> int:
     details = error.get("details") if isinstance(error.get("details"), list) else []
     reasons = {d.get("reason") for d in details if isinstance(d, dict)}
     message = str(error.get("message") or "")
+    blames_key = bool(reasons & _GOOGLE_KEY_REASONS) or message.startswith(_GOOGLE_KEY_OPENINGS)
     if status == 400:
-        return 401 if reasons & _GOOGLE_KEY_REASONS or message.startswith(("API key not valid", "API key expired")) \
-            else 400
-    return 403 if reasons & _GOOGLE_KEY_REASONS or _GOOGLE_KEY_WORDS.search(message.split(".", 1)[0]) else 400
+        return 401 if blames_key else 400
+    return 403 if blames_key else 400
 
 
 def anthropic_error_from_upstream(status: int, body: bytes, upstream: str) -> AgproxyError:
@@ -4637,6 +4642,8 @@ DEFAULT_COOLDOWN_S = 30.0
 MAX_COOLDOWN_S = 3600.0
 #: Rest for an account whose key the upstream rejected (401/403) before it is tried again.
 REJECTED_KEY_COOLDOWN_S = 600.0
+#: The longest any rest lasts, whatever the state file or the wall clock says.
+_LONGEST_REST_S = max(MAX_COOLDOWN_S, REJECTED_KEY_COOLDOWN_S)
 #: Pause before the next attempt after an overloaded answer (529/503), jittered 0.5x to 1.5x.
 OVERLOADED_BACKOFF_S = 1.0
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
@@ -4805,17 +4812,22 @@ class AccountState:
         """When the last of its rests ends (0: none)."""
         return max(self.rests.values(), default=0.0)
 
-    def rest_for(self, model: str) -> float:
-        """When it may serve ``model`` again."""
-        return max(self.rests.get("", 0.0), self.rests.get(model, 0.0))
+    def rest_for(self, model: str, now: float) -> float:
+        """When it may serve ``model`` again: never more than the longest rest from ``now`` (a
+        wall clock that stepped back does not stretch a rest)."""
+        return min(max(self.rests.get("", 0.0), self.rests.get(model, 0.0)), now + _LONGEST_REST_S)
+
+    def key_rejected(self, now: float) -> bool:
+        """Whether it rests now because its key was rejected (not only for a model's limit)."""
+        return self.rejected_key and self.rests.get("", 0.0) > now
 
     def rest(self, model: str, until: float, now: float) -> None:
         """Rest for ``model`` (``""``: every model) until then; ended rests are dropped, and past
-        :data:`MAX_MODEL_RESTS` the soonest to end."""
+        :data:`MAX_MODEL_RESTS` the soonest to end (never the one just made)."""
         self.rests = {m: t for m, t in self.rests.items() if t > now}
         self.rests[model] = until
         while len(self.rests) > MAX_MODEL_RESTS:
-            del self.rests[min((m for m in self.rests if m), key=self.rests.__getitem__)]
+            del self.rests[min((m for m in self.rests if m and m != model), key=self.rests.__getitem__)]
 
 
 def server_fingerprint(upstream: Upstream) -> str:
@@ -4852,7 +4864,7 @@ class AccountPool:
 
     def _usable(self, upstream: Upstream, account: Account, model: str, now: float) -> bool:
         state = self.state(upstream, account)
-        if not account.serves(model) or state.rest_for(model) > now:
+        if not account.serves(model) or state.rest_for(model, now) > now:
             return False
         if state.probing and state.in_flight:
             return False  # a trial request is out; wait for its verdict
@@ -4940,7 +4952,7 @@ class AccountPool:
 
     def busy_only(self, route: Route, now: float) -> bool:
         """True when accounts exist that only lack a free concurrency slot."""
-        return any(account.serves(route.model) and self.state(u, account).rest_for(route.model) <= now
+        return any(account.serves(route.model) and self.state(u, account).rest_for(route.model, now) <= now
                    for u in route.upstreams for account in u.accounts)
 
     def unavailable(self, route: Route, now: float) -> AgproxyError:
@@ -4951,16 +4963,16 @@ class AccountPool:
         if not resting:
             names = ", ".join(repr(u.name) for u in route.upstreams)
             return NotFound(f"no account of upstream {names} serves model {route.model!r} (see accounts[].models)")
-        busy = [s for _, _, s in resting if s.rest_for(route.model) <= now]
+        busy = [s for _, _, s in resting if s.rest_for(route.model, now) <= now]
         if busy:  # not resting, yet no slot came free (max_concurrency) while the request waited
             names = ", ".join(repr(u.name) for u in route.upstreams)
             return AgproxyError(
                 f"all {len(busy)} available account(s) of upstream {names} that serve {route.model!r} are busy "
                 f"(every max_concurrency slot stayed taken for {MAX_SLOT_WAIT_S:.0f} s); retry shortly",
                 status=529, error_type="overloaded_error", headers=[("retry-after", "5")])
-        limited = [s for _, _, s in resting if not s.rejected_key and s.rest_for(route.model) > now]
+        limited = [s for _, _, s in resting if not s.key_rejected(now) and s.rest_for(route.model, now) > now]
         if limited:
-            soonest = min(s.rest_for(route.model) for s in limited)
+            soonest = min(s.rest_for(route.model, now) for s in limited)
             wait = max(1, math.ceil(soonest - now))
             at = datetime.datetime.fromtimestamp(soonest, datetime.timezone.utc).strftime("%H:%M:%S UTC")
             names = ", ".join(repr(u.name) for u in route.upstreams)
@@ -4971,8 +4983,8 @@ class AccountPool:
         parts = []
         for upstream in route.upstreams:
             keys = [f"{a.name} ({s.reason.replace('key rejected ', '', 1).strip('()')}, tried again in "
-                    f"{max(1, math.ceil(s.rest_for(route.model) - now))} s)"
-                    for u, a, s in resting if u is upstream and s.rejected_key]
+                    f"{max(1, math.ceil(s.rest_for(route.model, now) - now))} s)"
+                    for u, a, s in resting if u is upstream and s.key_rejected(now)]
             if keys:
                 parts.append(f"upstream {upstream.name!r} rejected the key of {', '.join(keys)}")
         rejected = UpstreamFailure("; ".join(parts) + ". Check their api_key in the agproxy config, or run `agproxy "
@@ -5000,16 +5012,15 @@ class AccountPool:
         restored: List[str] = []
         if not isinstance(data, dict):
             return restored
-        for key, entry in data.items():
-            upstream, _, account = str(key).partition("/")
-            state = self.states.get((upstream, account))
-            if state is None or not isinstance(entry, dict) or entry.get("key") != self._fingerprint(upstream, account):
+        for (upstream, account), state in self.states.items():  # names may hold a "/": look each one up
+            entry = data.get(f"{upstream}/{account}")
+            if not isinstance(entry, dict) or entry.get("key") != self._fingerprint(upstream, account):
                 continue
             models = entry.get("models") if isinstance(entry.get("models"), dict) else {}
             for model, until in [("", entry.get("resting_until"))] + list(models.items())[:MAX_MODEL_RESTS]:
                 if isinstance(model, str) and len(model) <= 200 and isinstance(until, (int, float)) \
                         and not isinstance(until, bool) and math.isfinite(until) and until > now:
-                    state.rest(model, min(float(until), now + max(MAX_COOLDOWN_S, REJECTED_KEY_COOLDOWN_S)), now)
+                    state.rest(model, min(float(until), now + _LONGEST_REST_S), now)
             if state.rests:
                 state.rejected_key = entry.get("rejected_key") is True
                 reason = entry.get("reason")
@@ -5028,7 +5039,7 @@ class AccountPool:
             for account in upstream.accounts:
                 s = self.state(upstream, account)
                 if s.resting_until > now:
-                    status = "rejected_key" if s.rejected_key else "rate_limited"
+                    status = "rejected_key" if s.key_rejected(now) else "rate_limited"
                 elif s.reason:
                     status = "probing" if s.probing else "recovering"
                 else:
@@ -5956,8 +5967,9 @@ class HttpServer:
 
 #: How long a fetched upstream model list is reused for /v1/models.
 _MODELS_CACHE_S = 60.0
-#: Pages of an upstream's model list read at most (Gemini pages its list).
+#: Pages of an upstream's model list read at most (Gemini pages its list), and models kept of it.
 _MAX_MODEL_PAGES = 20
+_MAX_LISTED_MODELS = 5000
 #: Distinct counter names kept for /v1/agproxy/stats (real traffic makes a few dozen).
 MAX_COUNTER_KINDS = 1000
 
@@ -6461,10 +6473,10 @@ async def list_upstream_models(client: UpstreamClient, adapter: Any, upstream: U
         if page is None:
             raise UpstreamFailure(f"it answered HTTP {status} to {path} with no model list")
         models += page[0]
-        if not page[1]:
+        if not page[1] or len(models) >= _MAX_LISTED_MODELS:
             break
         path, body = f"{adapter.models_path}&pageToken={urllib.parse.quote(page[1], safe='')}", None
-    return models
+    return models[:_MAX_LISTED_MODELS]
 
 
 # -- one adapter per upstream kind -----------------------------------------------------------------
@@ -7204,7 +7216,7 @@ class StrayLines:
             ended = number < len(pieces) - 1
             if self._stray is None:
                 self._head += piece
-                if ended or len(self._head) >= 8:
+                if ended or (len(self._head) >= 8 and self._head.strip()):  # an indent alone tells nothing yet
                     self._stray = not _SSE_FIELD_LINE.match(bytes(self._head))
                     if self._stray:
                         self._take(bytes(self._head))
@@ -7215,7 +7227,7 @@ class StrayLines:
                 if self._stray:
                     self._take(b"\n")
                 self._stray = None
-        if len(self.text) > _MAX_STRAY_BYTES:
+        if len(self.text) + len(self._head) > _MAX_STRAY_BYTES:
             raise UpstreamFailure("upstream sent a stream that is not an event stream")
         return self._whole
 
