@@ -4950,6 +4950,12 @@ class AccountPool:
                     state.rate_limited += 1
         return was != (state.rests, state.rejected_key, state.reason)
 
+    def rested(self, upstream: Upstream, model: str, now: float) -> Account:
+        """An account of ``upstream`` not resting for ``model`` (the first if all are), for a side
+        call outside the pool's attempts: a token count, the model list."""
+        return next((a for a in upstream.accounts if self.state(upstream, a).rest_for(model, now) <= now),
+                    upstream.accounts[0])
+
     def busy_only(self, route: Route, now: float) -> bool:
         """True when accounts exist that only lack a free concurrency slot."""
         return any(account.serves(route.model) and self.state(u, account).rest_for(route.model, now) <= now
@@ -6252,7 +6258,8 @@ class Server(Application):
         if adapter.models_path is None:
             return []
         try:
-            return await list_upstream_models(self.client, adapter, upstream, upstream.accounts[0])
+            account = self.pool.rested(upstream, "", self.clock())
+            return await list_upstream_models(self.client, adapter, upstream, account)
         except UpstreamFailure as exc:
             self.log.warning("could not list the models of upstream %r: %s", upstream.name, exc.message)
             return []
@@ -6831,7 +6838,7 @@ class OpenAIAdapter(Adapter):
         else:
             payload = {"content": "\n\n".join(_block_text(m.get("content")) if isinstance(m.get("content"), list)
                                                else str(m.get("content") or "") for m in translated["messages"])}
-        account = upstream.accounts[0]
+        account = self.gw.pool.rested(upstream, route.model, self.gw.clock())
         try:
             status, body = await self.gw.client.fetch("POST", root + "/tokenize",
                                                    self.headers(None, upstream, account, None, False),
@@ -6968,7 +6975,7 @@ class GeminiAdapter(Adapter):
         upstream = route.upstream
         translated, _ = self.translate(body, route)
         translated["model"] = "models/" + route.model.split("/")[-1]
-        account = upstream.accounts[0]
+        account = self.gw.pool.rested(upstream, route.model, self.gw.clock())
         try:
             status, data = await self.gw.client.fetch(
                 "POST", upstream_url(upstream.base_url, self.model_path(upstream, route.model) + ":countTokens"),

@@ -871,3 +871,11 @@ def test_web_search_is_google_search_alone_and_dropped_with_a_log_line_beside_fu
     sdk(proxy).messages.create(model="m", max_tokens=50, tools=[search] + TOOLS,
                                messages=[{"role": "user", "content": "x"}])
     assert "googleSearch" not in json.dumps(fake.generations[-1]) and "web_search dropped" in proxy.log()
+
+
+def test_counting_uses_a_key_that_is_not_resting(start_agproxy, fake):
+    proxy = start_agproxy(gemini_config(fake, keys=["wrong-key", "gemini-key"]))
+    sdk(proxy).messages.create(model="m", max_tokens=5, messages=[{"role": "user", "content": "x"}])  # rests key-1
+    counted = sdk(proxy).messages.with_raw_response.count_tokens(model="m", messages=[{"role": "user", "content": "x"}])
+    assert counted.headers["x-token-count"] == "upstream-tokenizer"
+    assert fake.requests[-1].header("x-goog-api-key") == "gemini-key"
