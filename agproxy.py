@@ -6933,6 +6933,11 @@ class GeminiAdapter(Adapter):
         body = json.loads(request.body or b"")
         changes: Dict[str, int] = {}
         _fit_max_tokens(body, trial.max_tokens, changes)
+        if strip_thinking:  # Gemini refused a signature: none of this history's goes to it again
+            for message in body.get("messages") or []:
+                for block in _block_list(message.get("content") if isinstance(message, dict) else None):
+                    if isinstance(block, dict) and _signature_of(block)[1]:
+                        self.gw.signatures.record(_signature_of(block)[1], f"(refused by {upstream.name})")
         translated, translation_changes = self.translate(body, route, strip_thinking)
         changes.update(translation_changes)
         for path in self.gw.learned.fields(upstream.name) + trial.fields:

@@ -494,6 +494,8 @@ def test_a_refused_signature_heals_with_the_stand_in(start_agproxy, fake):
     assert sdk(proxy).messages.create(model="m", max_tokens=50, tools=TOOLS, messages=history).content
     assert fake.rejections == ["Corrupted thought signature. (contents[1].parts[0])"]
     assert fake.generations[-1]["contents"][1]["parts"][0]["thoughtSignature"] == SKIP_SIGNATURE
+    assert sdk(proxy).messages.create(model="m", max_tokens=50, tools=TOOLS, messages=history).content
+    assert len(fake.rejections) == 1 and len(fake.generations) == 3  # the next turn does not send it again
 
 
 def test_signatures_from_another_gemini_model_are_not_sent_back(start_agproxy, fake):
