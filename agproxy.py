@@ -6080,7 +6080,8 @@ class Server(Application):
         self.pool = AccountPool(config.upstreams)
         self.log = logging.getLogger("agproxy")
         for line in self.pool.load_json((state or {}).get("accounts"), clock()):
-            self.log.info("restored from the state file: %s (`agproxy state clear` forgets it)", line)
+            self.log.info("restored from the state file: %s (stop agproxy and run `agproxy state clear` to forget it)",
+                          line)
         self.http = HttpServer(config, self, self.redact)
         self.adapters: Dict[str, Adapter] = {kind: cls(self) for kind, cls in ADAPTERS.items()}
         self._models_cache: Optional[Tuple[float, List[Dict[str, Any]]]] = None
@@ -6392,7 +6393,8 @@ class Server(Application):
         loop = asyncio.get_running_loop()
         while self._state_dirty:
             self._state_dirty = False
-            snapshot = {"learned": self.learned.to_json(self._servers), "accounts": self.pool.to_json(self.clock())}
+            snapshot = {"learned": self.learned.to_json(self._servers), "accounts": self.pool.to_json(self.clock()),
+                        "pid": os.getpid()}  # `agproxy state clear` leaves the file of a running agproxy alone
             assert self._persist is not None
             await loop.run_in_executor(None, self._persist, snapshot)
 
@@ -7561,6 +7563,17 @@ class _RedactingFormatter(logging.Formatter):
         return self.redactor.text(super().format(record))
 
 
+def _agproxy_running(pid: int) -> bool:
+    """Whether process ``pid`` runs and is an agproxy (where the system says what it runs)."""
+    if not _process_alive(pid):
+        return False
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"agproxy" in f.read()
+    except OSError:
+        return True  # no /proc here: alive is as much as can be known
+
+
 def _process_alive(pid: int) -> bool:
     """Whether a process with this id runs (ours counts as running)."""
     if pid == os.getpid():
@@ -7753,6 +7766,20 @@ async def _serve(config: Config) -> int:
     return 0
 
 
+def _rests_in_words(accounts: Any, now: float) -> List[str]:
+    """The rests a state file keeps, one line each, for a person to read."""
+    lines = []
+    for name, entry in sorted(accounts.items()) if isinstance(accounts, dict) else []:
+        if not isinstance(entry, dict):
+            continue
+        models = entry.get("models") if isinstance(entry.get("models"), dict) else {}
+        reason = entry.get("reason") or "no reason"
+        for model, until in [("every model", entry.get("resting_until"))] + sorted(models.items()):
+            if _is_number(until) and math.isfinite(until) and until > now:
+                lines.append(f"{name} rests until {_iso_time(until)} for {model} ({reason})")
+    return lines
+
+
 class _UnsetAsPlaceholder(dict):
     """The environment, with a stand-in for every variable it lacks (for ``agproxy state``, which
     needs the config's state file, not its keys)."""
@@ -7780,10 +7807,21 @@ def _state_command(argv: List[str]) -> int:
     if not path:
         print("state: state_file is \"\" in the config: nothing is kept")
         return 0
-    if args.action == "show":
-        print(json.dumps(StateFile(path).load(), indent=2, sort_keys=True) if os.path.exists(path)
-              else f"state: {path} does not exist: nothing is kept yet")
+    if not os.path.exists(path):
+        print(f"state: {path} does not exist: nothing is kept yet" + ("" if args.config else
+              " (--config names the config whose state to show)"))
         return 0
+    kept = StateFile(path).load()
+    if args.action == "show":
+        for line in _rests_in_words(kept.get("accounts"), time.time()):
+            print(f"state: {line}")
+        print(json.dumps(kept, indent=2, sort_keys=True))
+        return 0
+    writer = kept.get("pid")
+    if _is_int(writer) and writer != os.getpid() and _agproxy_running(writer):
+        print(f"state: agproxy (pid {writer}) is running with {path} and would save its rests again; stop it, "
+              "then clear", file=sys.stderr)
+        return 1
     try:
         os.remove(path)
     except FileNotFoundError:

@@ -331,11 +331,16 @@ def test_a_gemini_key_refused_for_its_project_is_explained_everywhere(tmp_path, 
             urllib.request.urlopen(request, timeout=10)
         said = json.loads(caught.value.read())["error"]["message"]
         assert caught.value.code == 502 and "has not been used in project 123" in said, said
+        refused = run(["state", "clear", "--config", str(write_config(tmp_path, config))], tmp_path)
+        assert refused.returncode == 1 and "is running with" in refused.stderr and state.exists()
         proxy.stop()
         path = write_config(tmp_path, config)
         checked = run(["check", "--config", str(path)], tmp_path,
                       env=clean_env(HOME=str(tmp_path), AGP_TEST_GEMINI_KEY="gemini-key"))
     assert "ok    gemini (gemini) account main: reachable (HTTP 200)" in checked.stdout
     assert "WARN  account 'main' of upstream 'gemini' rests" in checked.stdout and "state clear" in checked.stdout
+    shown = run(["state", "show", "--config", str(path)], tmp_path)
+    assert "state: gemini/main rests until 20" in shown.stdout  # in words, before the JSON
+    assert "for every model (key rejected (HTTP 403: Generative Language API has not" in shown.stdout
     cleared = run(["state", "clear", "--config", str(path)], tmp_path)  # AGP_TEST_GEMINI_KEY unset here
     assert cleared.returncode == 0 and not state.exists()
