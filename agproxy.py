@@ -2413,7 +2413,7 @@ def anthropic_error_from_upstream(status: int, body: bytes, upstream: str) -> Ag
     A rejected upstream key is agproxy's problem, not the client's: 502, never 401/403.
     """
     message, error_type = "", None
-    status = upstream_status_of(status, body)
+    said, status = status, upstream_status_of(status, body)  # what it answered, and what that means
     try:
         parsed = loads_strict(body)
     except (ValueError, UnicodeDecodeError):
@@ -2425,14 +2425,14 @@ def anthropic_error_from_upstream(status: int, body: bytes, upstream: str) -> Ag
         message = parsed["error"]
     if not message:
         snippet = body[:300].decode("utf-8", "replace").strip()
-        message = f"upstream {upstream!r} answered HTTP {status}" + (f": {snippet}" if snippet else "")
+        message = f"upstream {upstream!r} answered HTTP {said}" + (f": {snippet}" if snippet else "")
     if status in (401, 403):
         rejected = UpstreamFailure(
-            f"upstream {upstream!r} rejected agproxy's key for it (HTTP {status}: {message}); "
+            f"upstream {upstream!r} rejected agproxy's key for it (HTTP {said}: {message}); "
             "check the account's api_key in the agproxy config"
         )
         rejected.final = True  # a retry sends the same key
-        rejected.upstream_words = message[:300]
+        rejected.upstream_words = f"HTTP {said}: {message[:300]}"
         return rejected
     if status < 400:
         status = 502
@@ -4767,8 +4767,7 @@ def decide(outcome: Outcome, attempt: int, max_attempts: int, limits_in_a_row: i
         return Decision(more, wait_s=OVERLOADED_BACKOFF_S * (0.5 + jitter), reason="overloaded")
     if status in (401, 403):
         return Decision(more, cooldown_s=REJECTED_KEY_COOLDOWN_S, rejected_key=True,
-                        reason=f"key rejected (HTTP {status}" + (f": {outcome.failure[:160]})" if outcome.failure
-                                                                 else ")"))
+                        reason=f"key rejected ({outcome.failure[:170] if outcome.failure else f'HTTP {status}'})")
     if status in (500, 502, 504) or status == 0:
         return Decision(more, reason=outcome.failure or f"HTTP {status}")
     return Decision(False, reason=f"HTTP {status} is not retried")
@@ -7658,9 +7657,10 @@ async def _probe(client: UpstreamClient, adapter: type, upstream: Upstream,
     except UpstreamFailure as exc:
         return "FAIL", exc.message, None
     empty = "; its api_key is empty, so no key is sent" if not account.api_key else ""
-    status = upstream_status_of(status, body)
-    if status in (401, 403):
-        return "FAIL", f"the upstream rejected this account's key (HTTP {status}){empty}", None
+    if upstream_status_of(status, body) in (401, 403):
+        said = upstream_error_text(body).strip().splitlines()
+        words = f": {said[0][:200]}" if said else ""
+        return "FAIL", f"the upstream rejected this account's key (HTTP {status}{words}){empty}", None
     if status == 404:
         where = ("the base_url must include the API's version path, e.g. http://host:8000/v1"
                  if upstream.kind == "openai" else "the base_url must be the API's root")

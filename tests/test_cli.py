@@ -295,7 +295,8 @@ def test_check_probes_gemini_keys_and_the_models_it_lists(tmp_path):
                   "model_map": [{"match": "*", "upstream": "gemini", "model": "gemini-9-ultra"}]}
         result = run(["check", "--config", str(write_config(tmp_path, config))], tmp_path)
     assert "ok    gemini (gemini) account good: reachable (HTTP 200)" in result.stdout
-    assert "FAIL  gemini (gemini) account bad: the upstream rejected this account's key" in result.stdout
+    assert ("FAIL  gemini (gemini) account bad: the upstream rejected this account's key (HTTP 400: API key not "
+            "valid. Please pass a valid API key.)") in result.stdout  # what Gemini answered, not what it means
     assert "FAIL  versioned (gemini) account good: base_url ends in a version path" in result.stdout
     assert "'gemini-9-ultra', which this upstream does not list (it lists gemini-2.5-flash" in result.stdout
     assert "not-a-gemini-key" not in result.stdout + result.stderr and result.returncode == 1
