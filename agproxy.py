@@ -4981,9 +4981,11 @@ class AccountPool:
             wait = max(1, math.ceil(soonest - now))
             at = datetime.datetime.fromtimestamp(soonest, datetime.timezone.utc).strftime("%H:%M:%S UTC")
             names = ", ".join(repr(u.name) for u in route.upstreams)
+            rejected = len(resting) - len(limited)
             return AgproxyError(
                 f"all {len(limited)} account(s) of upstream {names} that serve {route.model!r} are rate limited; "
-                f"the first is free again in {wait} s (at {at})",
+                f"the first is free again in {wait} s (at {at})" +
+                (f"; {rejected} more rest with a rejected key" if rejected else ""),
                 status=429, error_type="rate_limit_error", headers=[("retry-after", str(wait))])
         parts = []
         for upstream in route.upstreams:
@@ -6314,13 +6316,14 @@ class Server(Application):
         try:
             return await run_attempts(self.pool, route, session_id(request.headers, body),
                                       self.config.max_retry_attempts, attempt, clock=self.clock, sleep=self.sleep,
-                                      on_attempt=self._log_attempt(exchange), on_change=self.save_state)
+                                      on_attempt=self._log_attempt(exchange, route.model), on_change=self.save_state)
         except AgproxyError as exc:
             exc.headers.extend([("X-Mapped-Model", route.model)] +
                                ([("X-Account-Email", exchange.account)] if exchange.account != "-" else []))
             raise
 
-    def _log_attempt(self, exchange: _Exchange) -> Callable[[int, Upstream, Account, Decision, int], None]:
+    def _log_attempt(self, exchange: _Exchange, model: str) -> Callable[[int, Upstream, Account, Decision, int],
+                                                                         None]:
         def log(number: int, upstream: Upstream, account: Account, decision: Decision, status: int) -> None:
             if decision.reason == "ok":
                 self.log.debug("%s attempt %d: %s/%s answered", exchange.id, number, upstream.name, account.name)
@@ -6328,7 +6331,8 @@ class Server(Application):
             then = "giving up" if not decision.retry else (
                 f"retrying {'the same account' if decision.same_account else 'on a free account, if any'}"
                 f"{f' in {decision.wait_s:.1f} s' if decision.wait_s else ''}")
-            rest = f"; account rests {decision.cooldown_s:.0f} s" if decision.cooldown_s else ""
+            rest = f"; account rests {decision.cooldown_s:.0f} s" + ("" if decision.rejected_key else
+                                                                     f" for {model}") if decision.cooldown_s else ""
             level = logging.WARNING if decision.rejected_key else logging.INFO
             self.log.log(level, "%s attempt %d: %s/%s status %s: %s%s; %s", exchange.id, number, upstream.name,
                          account.name, status or "-", decision.reason, rest, then)
@@ -6441,7 +6445,7 @@ class Server(Application):
         try:
             return await run_attempts(self.pool, pooled, session_id(request.headers, body),
                                       self.config.max_retry_attempts, attempt, clock=self.clock, sleep=self.sleep,
-                                      on_attempt=self._log_attempt(exchange), on_change=self.save_state)
+                                      on_attempt=self._log_attempt(exchange, route.model), on_change=self.save_state)
         except AgproxyError as exc:
             exc.headers.extend(headers)
             raise

@@ -284,7 +284,7 @@ def test_rate_limited_account_rests_and_the_next_one_answers(start_agproxy, fake
     state = accounts(proxy)
     assert state["alice@example.com"]["state"] == "rate_limited"
     assert state["alice@example.com"]["resting_until"] and state["bob@example.com"]["state"] == "ok"
-    assert "status 429: rate limited; account rests 60 s; retrying on a free account, if any" in proxy.log()
+    assert "status 429: rate limited; account rests 60 s for m; retrying on a free account, if any" in proxy.log()
 
 
 def test_brief_limit_is_waited_out_on_the_same_account(start_agproxy, fake):
@@ -553,3 +553,13 @@ def test_model_rests_are_bounded():
         pool.finish(up, up.accounts[0], decide(Outcome(429, reset_s=60 + number), 1, 1), NOW, None, f"m{number}")
     rests = pool.state(up, up.accounts[0]).rests
     assert len(rests) == agproxy.MAX_MODEL_RESTS and "m499" in rests and "m0" not in rests
+
+
+def test_all_limited_says_how_many_more_rest_for_a_rejected_key():
+    pool, up = pool_of(Account("a", "k"), Account("b", "k"), Account("c", "k"))
+    pool.finish(up, up.accounts[0], decide(Outcome(429, reset_s=100), 1, 1), NOW, None, "m")
+    pool.finish(up, up.accounts[1], decide(Outcome(429, reset_s=50), 1, 1), NOW, None, "m")
+    pool.finish(up, up.accounts[2], decide(Outcome(401), 1, 1), NOW, None, "m")
+    error = pool.unavailable(Route((up,), "m"), NOW + 1)
+    assert error.status == 429 and "all 2 account(s)" in error.message
+    assert "1 more rest with a rejected key" in error.message and ("retry-after", "49") in error.headers
