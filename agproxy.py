@@ -7767,6 +7767,7 @@ async def _serve(config: Config) -> int:
     log.info("stopping: no new connections; letting requests in flight finish (up to %g s, shutdown_grace_s; "
              "interrupt again to stop at once)", config.shutdown_grace_s)
     await server.shutdown()
+    log.info("stopped")
     return 0
 
 
