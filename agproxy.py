@@ -4491,6 +4491,9 @@ class GeminiStreamTranslator:
             self.finished = True
             self._start(out, None)
             return out + [gemini_error_event(chunk)]
+        if not any(key in chunk for key in ("candidates", "promptFeedback", "usageMetadata")):
+            raise UpstreamFailure("upstream sent something that is not a Gemini response (no candidates, "
+                                  "promptFeedback or usageMetadata)")
         self._start(out, chunk.get("responseId"))
         if isinstance(chunk.get("usageMetadata"), dict):
             self._usage = chunk["usageMetadata"]  # each chunk's is the whole so far: the last one counts
@@ -7303,6 +7306,8 @@ async def gemini_events(response: UpstreamResponse, translator: GeminiStreamTran
                 out += translator.feed(stray.error())
             if not translator.finished and translator.unfinished:
                 raise UpstreamFailure("the stream ended before the answer finished (no finishReason)")
+            if not translator.started:
+                raise UpstreamFailure("the stream ended before its first event")
             yield b"".join(out + translator.finish())
             return
         out = translate(decoder.feed(chunk))

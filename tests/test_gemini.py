@@ -367,7 +367,7 @@ def test_any_gemini_stream_gives_the_exact_grammar_and_the_same_message_as_a_who
     for event in events:
         accumulator.feed(event)
     streamed = accumulator.result()
-    whole = gemini_to_anthropic(chunks or [{}], "m", input_tokens=7)
+    whole = gemini_to_anthropic(chunks or [{"candidates": []}], "m", input_tokens=7)
     strip = [dict(b, id="") if b["type"] == "tool_use" else b for b in whole["content"]]
     assert [dict(b, id="") if b["type"] == "tool_use" else b for b in streamed["content"]] == strip
     assert not [b for b in streamed["content"] if b["type"] == "text" and not b["text"]]

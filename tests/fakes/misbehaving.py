@@ -25,10 +25,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import re
 import socket
 import struct
 import threading
 import time
+import urllib.parse
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from tests.fakes.server_thread import SeenRequest, ServerThread
@@ -75,7 +77,7 @@ class Ctx(SeenRequest):
     """What the fake knows about one request."""
 
     case: str
-    kind: str  # "anthropic" or "openai"
+    kind: str  # "anthropic", "openai" or "gemini"
     mode: str  # whatever the test put in the URL (stream, forced, json, count, ...)
     method: str
     path: str  # the API path after the case prefix: /v1/messages, /chat/completions, /tokenize ...
@@ -86,22 +88,25 @@ class Ctx(SeenRequest):
     @property
     def stream(self) -> bool:
         value = self.json
-        return isinstance(value, dict) and value.get("stream") is True
+        return isinstance(value, dict) and value.get("stream") is True or ":streamGenerateContent" in self.path
 
     @property
     def count(self) -> bool:
-        return self.path.endswith("/count_tokens") or self.path.endswith("/tokenize")
+        return self.path.endswith(("/count_tokens", "/tokenize", ":countTokens"))
 
     @property
     def model(self) -> str:
+        in_path = re.search(r"/models/([^/:]+):", self.path)  # Gemini names the model in the path
+        if in_path:
+            return urllib.parse.unquote(in_path.group(1))
         value = self.json
         return str(value.get("model")) if isinstance(value, dict) and value.get("model") else "fake-model"
 
     @property
     def key(self) -> str:
-        """The upstream api key agproxy sent (x-api-key or Authorization: Bearer)."""
+        """The upstream api key agproxy sent (x-api-key, x-goog-api-key or Authorization: Bearer)."""
         bearer = (self.header("authorization") or "").partition(" ")[2]
-        return self.header("x-api-key") or bearer.strip()
+        return self.header("x-api-key") or self.header("x-goog-api-key") or bearer.strip()
 
 
 Recipe = Callable[[Ctx], List[Action]]
@@ -211,8 +216,41 @@ def openai_events(text: str = "Hello from the misbehaving fake.", done: bool = T
     return out
 
 
+def gemini_answer(text: str = "Hello from the misbehaving fake.") -> Dict[str, Any]:
+    """A whole generateContent answer."""
+    return {"candidates": [{"content": {"parts": [{"text": text}], "role": "model"}, "finishReason": "STOP",
+                            "index": 0}],
+            "usageMetadata": {"promptTokenCount": 11, "candidatesTokenCount": 6, "totalTokenCount": 17},
+            "modelVersion": "fake", "responseId": "misbehaving1"}
+
+
+def gemini_events(text: str = "Hello from the misbehaving fake.") -> List[bytes]:
+    """Gemini's stream of the same answer: a chunk a word, growing usage, CRLF CRLF between events."""
+    words = text.split(" ")
+    out = []
+    for i, word in enumerate(words):
+        chunk = gemini_answer(word if i == 0 else " " + word)
+        chunk["usageMetadata"]["candidatesTokenCount"] = i + 1
+        if i < len(words) - 1:
+            del chunk["candidates"][0]["finishReason"]
+        out.append(b"data: " + json.dumps(chunk).encode() + b"\r\n\r\n")
+    return out
+
+
+def whole(ctx: Ctx, text: str = "Hello from the misbehaving fake.") -> Dict[str, Any]:
+    """The proper whole answer of this kind."""
+    return {"anthropic": lambda: message(ctx.model, text), "openai": lambda: completion(ctx.model, text),
+            "gemini": lambda: gemini_answer(text)}[ctx.kind]()
+
+
+def events_of(ctx: Ctx, text: str = "Hello from the misbehaving fake.") -> List[bytes]:
+    """The proper event stream of this kind."""
+    return {"anthropic": lambda: anthropic_events(ctx.model, text), "openai": lambda: openai_events(text),
+            "gemini": lambda: gemini_events(text)}[ctx.kind]()
+
+
 def good_events(ctx: Ctx) -> List[bytes]:
-    return anthropic_events(ctx.model) if ctx.kind == "anthropic" else openai_events()
+    return events_of(ctx)
 
 
 def good_json(ctx: Ctx) -> bytes:
@@ -221,7 +259,9 @@ def good_json(ctx: Ctx) -> bytes:
         return json.dumps({"input_tokens": 42}).encode()
     if ctx.path.endswith("/tokenize"):
         return json.dumps({"count": 7, "tokens": [1, 2, 3, 4, 5, 6, 7]}).encode()
-    return json.dumps(message(ctx.model) if ctx.kind == "anthropic" else completion(ctx.model)).encode()
+    if ctx.path.endswith(":countTokens"):
+        return json.dumps({"totalTokens": 42}).encode()
+    return json.dumps(whole(ctx)).encode()
 
 
 def good_body(ctx: Ctx) -> Tuple[str, bytes]:
@@ -236,6 +276,10 @@ def error_json(ctx: Ctx, status: int, message_text: str = "something went wrong 
     if ctx.kind == "openai":
         return json.dumps({"error": {"message": message_text, "type": "server_error" if status >= 500 else
                                      "invalid_request_error", "param": None, "code": None}}).encode()
+    if ctx.kind == "gemini":
+        state = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 429: "RESOURCE_EXHAUSTED", 503: "UNAVAILABLE"}.get(
+            status, "INTERNAL" if status >= 500 else "FAILED_PRECONDITION")
+        return json.dumps({"error": {"code": status, "message": message_text, "status": state}}).encode()
     kind = {400: "invalid_request_error", 404: "not_found_error", 429: "rate_limit_error", 529: "overloaded_error",
             503: "overloaded_error"}.get(status, "api_error" if status >= 500 else "invalid_request_error")
     return json.dumps({"type": "error", "error": {"type": kind, "message": message_text}}).encode()
@@ -467,12 +511,12 @@ _simple("body_json_array", "http", lambda ctx: [Send(response("200 OK", "applica
 _simple("body_json_scalar", "http", lambda ctx: [Send(response("200 OK", "application/json", b'"just a string"'))])
 _simple("body_json_nan", "http", lambda ctx: [Send(response(
     "200 OK", "application/json",
-    json.dumps(message(ctx.model) if ctx.kind == "anthropic" else completion(ctx.model)).replace(
-        "11", "NaN").encode()))])
+    json.dumps(whole(ctx)).replace("11", "NaN").encode()))])
 _simple("body_message_content_string", "http", lambda ctx: [Send(response(
     "200 OK", "application/json",
-    json.dumps(dict(message(ctx.model), content="not a list") if ctx.kind == "anthropic" else
-               dict(completion(ctx.model), choices="not a list")).encode()))])
+    json.dumps({"anthropic": lambda: dict(message(ctx.model), content="not a list"),
+                "openai": lambda: dict(completion(ctx.model), choices="not a list"),
+                "gemini": lambda: dict(gemini_answer(), candidates="not a list")}[ctx.kind]()).encode()))])
 _simple("body_json_when_sse_asked", "http", lambda ctx: [Send(response("200 OK", "application/json",
                                                                        good_json(ctx)))])
 _simple("body_sse_when_json_asked", "http", lambda ctx: [Send(sse_response(good_events(ctx)))])
@@ -498,12 +542,10 @@ def _body_huge(ctx: Ctx) -> List[Action]:
 def _long_answer(ctx: Ctx, words: int) -> Tuple[str, bytes]:
     text = " ".join(f"w{i}" for i in range(words))
     if ctx.stream and not ctx.count:
-        events = anthropic_events(ctx.model, text) if ctx.kind == "anthropic" else openai_events(text)
-        return "text/event-stream", b"".join(events)
+        return "text/event-stream", b"".join(events_of(ctx, text))
     if ctx.count:
         return "application/json", good_json(ctx)
-    payload = message(ctx.model, text) if ctx.kind == "anthropic" else completion(ctx.model, text)
-    return "application/json", json.dumps(payload).encode()
+    return "application/json", json.dumps(whole(ctx, text)).encode()
 
 
 @recipe("sse_one_byte_chunks")
