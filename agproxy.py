@@ -6605,8 +6605,7 @@ class Adapter:
             elif heal.action == "overflow":
                 client_body = json.loads(request.body or b"{}")
                 tokens = heal.prompt_tokens if heal.prompt_tokens is not None else estimate_input_tokens(client_body)
-                raise prompt_too_long(max(tokens, heal.window or 0), heal.window or 0,
-                                      client_context_window(request.headers, client_body.get("model")))
+                raise self.overflow(request, client_body, upstream, max(tokens, heal.window or 0), heal.window or 0)
             else:
                 error = _upstream_error(upstream, response, data, self.gw.clock())
                 hint = self.unhealed_hint(upstream, response.status, data)
@@ -6617,6 +6616,18 @@ class Adapter:
     def unhealed_hint(self, upstream: Upstream, status: int, data: bytes) -> Optional[str]:
         """What the user can change when the upstream refused a request agproxy could not heal."""
         return None
+
+    def overflow(self, request: Request, body: Dict[str, Any], upstream: Upstream, tokens: int,
+                 window: int) -> InvalidRequest:
+        """The "prompt is too long" a client compacts on, said in the log once per session with the
+        upstream's own window (the client is told of its own, larger one)."""
+        client_window = client_context_window(request.headers, body.get("model"))
+        error = prompt_too_long(tokens, window, client_window)
+        self.gw.note_once(session_id(request.headers, body), "overflow",
+                          "the prompt (about %d tokens) does not fit the %d-token window of upstream %r; the "
+                          "client is told \"%s\" in its own window's terms, so that it compacts", tokens, window,
+                          upstream.name, error.message)
+        return error
 
     #: where a Messages request goes, relative to base_url (:meth:`messages_path_for`)
     messages_path = ""
@@ -6641,7 +6652,7 @@ class Adapter:
         client_window = client_context_window(request.headers, body.get("model"))
         estimate = await _estimate_tokens(body, len(request.body or b"")) if window or self.estimates_input else 0
         if window and estimate > window:
-            raise prompt_too_long(estimate, window, client_window)
+            raise self.overflow(request, body, upstream, estimate, window)
         stream = bool(body.get("stream"))
         stream_upstream = stream or self.gw.config.force_stream_internally
         response, _ = await self.call(request, exchange, route, account, self.messages_path_for(route, stream_upstream),

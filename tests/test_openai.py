@@ -480,6 +480,7 @@ def test_only_a_prompt_that_cannot_fit_a_small_completion_is_too_long(start_agpr
         message = caught.value.body["error"]["message"]
         assert message.startswith("prompt is too long: ") and message.endswith("> 1000000 maximum")
         assert len(fake.chats) == 1  # no retry can make it fit
+        assert "does not fit the 32768-token window of upstream 'local'" in proxy.log()
 
 
 def get_stats(proxy) -> Dict[str, Any]:
