@@ -157,6 +157,8 @@ class AgproxyError(Exception):
     final: bool = False
     #: what the upstream itself said, where agproxy words the error its own way (a rejected key)
     upstream_words: str = ""
+    #: the request whose head was refused before its body was read (for the access line)
+    refused_request: Any = None
 
     def __init__(
         self,
@@ -5733,7 +5735,9 @@ class HttpServer:
                 request = await self._read_request(conn)
             except AgproxyError as exc:  # malformed HTTP, or a head refused before its body was read
                 await self._write_response(conn, error_response(exc), None, keep_alive=False)
-                self.access_log.info("- %s - %d - - %s", conn.peer, exc.status, exc.message)
+                refused = exc.refused_request
+                what = f"{refused.method} {refused.path}" if refused is not None else "-"
+                self.access_log.info("- %s %s %d - - %s", conn.peer, what, exc.status, exc.message)
                 await self._linger(conn)
                 return
             except _Timeout as exc:
@@ -5783,7 +5787,11 @@ class HttpServer:
                 return event.request
             if isinstance(event, HeadReady):
                 if event.has_body:
-                    self.app.admit(event.request)  # refuse before reading (and buffering) the body
+                    try:
+                        self.app.admit(event.request)  # refuse before reading (and buffering) the body
+                    except AgproxyError as refused:
+                        refused.refused_request = event.request  # for the access line: what was refused
+                        raise
                     event.request.admitted = True
                 if event.request.expects_continue:
                     conn.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")

@@ -374,6 +374,11 @@ def test_auth_is_checked_on_the_head_before_the_body_is_read(start_agproxy, fake
         answer = sock.recv(65536)
     assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
     assert b"100 Continue" not in answer
+    for _ in range(100):  # the access line follows the answer
+        if " POST /v1/messages 401 - - " in proxy.log():
+            break
+        time.sleep(0.02)
+    assert " POST /v1/messages 401 - - " in proxy.log()  # the access line says what was refused
 
 
 def test_a_client_that_never_reads_is_cut_and_frees_the_upstream(start_agproxy, fake):
