@@ -6097,6 +6097,7 @@ class Server(Application):
         self.http = HttpServer(config, self, self.redact)
         self.adapters: Dict[str, Adapter] = {kind: cls(self) for kind, cls in ADAPTERS.items()}
         self._models_cache: Optional[Tuple[float, List[Dict[str, Any]]]] = None
+        self._models_fetch: Optional[asyncio.Future] = None
         self._routes: Dict[str, Dict[str, Callable[[Request, _Exchange], Any]]] = {
             "/": {"GET": self._root},
             "/api/hello": {"GET": self._root},  # Claude Code 2.1.332 and later probe HEAD /api/hello
@@ -6244,20 +6245,25 @@ class Server(Application):
     async def _model_list(self) -> List[Dict[str, Any]]:
         """Models to advertise, as Anthropic model objects: exact names in ``model_map``, then what
         the ``anthropic`` upstreams list (cached a minute), else a built-in list of Claude models."""
-        now = time.monotonic()
-        if self._models_cache is None or self._models_cache[0] < now:
-            upstream_models = []
-            for upstream in self.config.upstreams:
-                upstream_models += await self._upstream_models(upstream)
-            self._models_cache = (now + _MODELS_CACHE_S, upstream_models)
+        if self._models_cache is None or self._models_cache[0] < time.monotonic():
+            if self._models_fetch is None or self._models_fetch.done():  # one fetch for every client asking
+                self._models_fetch = asyncio.ensure_future(self._fetch_upstream_models())
+            await asyncio.shield(self._models_fetch)
         models: Dict[str, Dict[str, Any]] = {}
         for rule in self.config.model_map:
             if not any(c in rule.match for c in "*?["):
                 models.setdefault(rule.match, _model_object(rule.match, rule.match))
-        for model in self._models_cache[1] or [_model_object(i, d) for i, d in KNOWN_CLAUDE_MODELS]:
+        listed = self._models_cache[1] if self._models_cache is not None else []
+        for model in listed or [_model_object(i, d) for i, d in KNOWN_CLAUDE_MODELS]:
             if self._routable(model["id"]):
                 models.setdefault(model["id"], model)
         return list(models.values()) or [_model_object(i, d) for i, d in KNOWN_CLAUDE_MODELS]
+
+    async def _fetch_upstream_models(self) -> None:
+        upstream_models = []
+        for upstream in self.config.upstreams:
+            upstream_models += await self._upstream_models(upstream)
+        self._models_cache = (time.monotonic() + _MODELS_CACHE_S, upstream_models)  # fresh from its end
 
     def _routable(self, model: str) -> bool:
         try:
@@ -6586,7 +6592,7 @@ class Adapter:
             if response.status < 300:
                 self.gw.commit_lessons(upstream, trial)
                 return response, sent
-            data = await _error_body(upstream, response)
+            data = self.gw.redact.data(await _error_body(upstream, response))  # before anything cuts it
             heal = heal_decision(response.status, data, sent, beta, heals=trial.heals,
                                  known_fields=self.gw.learned.fields(upstream.name) + trial.fields,
                                  known_betas=self.gw.learned.betas(upstream.name) + trial.betas,
@@ -6999,7 +7005,7 @@ class GeminiAdapter(Adapter):
         except ValueError:
             raise UpstreamFailure(f"upstream {route.upstream.name!r} answered something that is not JSON") from None
         if isinstance(answer, dict) and isinstance(answer.get("error"), dict):
-            raise _upstream_error(route.upstream, response, data, self.gw.clock())
+            raise _upstream_error(route.upstream, response, self.gw.redact.data(data), self.gw.clock())
         return gemini_to_anthropic(answer, route.model, self.recorder(route), names=gemini_name_map(body))
 
     async def count(self, body: Dict[str, Any], route: Route) -> Optional[int]:
@@ -7685,6 +7691,7 @@ async def _probe(client: UpstreamClient, adapter: type, upstream: Upstream,
     except UpstreamFailure as exc:
         return "FAIL", exc.message, None
     empty = "; its api_key is empty, so no key is sent" if not account.api_key else ""
+    body = Redactor(a.api_key for a in upstream.accounts).data(body)  # an echoed key, before anything cuts it
     if upstream_status_of(status, body) in (401, 403):
         said = upstream_error_text(body).strip().splitlines()
         words = f": {said[0][:200]}" if said else ""
