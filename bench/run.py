@@ -106,6 +106,21 @@ def claude_code_body() -> Dict[str, Any]:
     return body
 
 
+async def translation(up: int, ag: int, pid: int, rows: List[List[str]], kind: str, pieces: str, streams: int,
+                      events: int, body: Dict[str, Any], direct_path: str, direct_body: Dict[str, Any]) -> None:
+    """Two rows for a translated kind: events/s through agproxy against the same stream direct,
+    and agproxy's CPU per 1,000 translated pieces."""
+    base = await throughput(up, direct_path, direct_body, streams)
+    cpu0 = cpu_seconds(pid)
+    via_t = await throughput(ag, "/v1/messages", body, streams)
+    cpu = cpu_seconds(pid) - cpu0
+    rows.append([f"{kind} translation, {streams} concurrent x {events}: events/s", f"{base['events_per_s']:,.0f}",
+                 f"{via_t['events_per_s']:,.0f} ({via_t['ok']}/{streams} ok)",
+                 f"{via_t['events_per_s'] / base['events_per_s']:.2f}", ">= 0.6 of direct"])
+    rows.append([f"agproxy CPU per 1,000 translated {pieces}", "-", f"{cpu / max(1, via_t['events']) * 1e6:.1f} ms",
+                 "-", "reported"])
+
+
 async def scenarios(up: int, ag: int, pid: int, rows: List[List[str]], startup_s: float) -> None:
     idle_rss = rss_mb(pid)
     rows.append(["start-up to readiness line", "-", f"{startup_s * 1000:.0f} ms", "-", "<= 150 ms"])
@@ -139,28 +154,12 @@ async def scenarios(up: int, ag: int, pid: int, rows: List[List[str]], startup_s
     rows.append([f"RSS after the {streams}-stream run", "-", f"{rss_mb(pid):.1f} MB", "-", "<= 60 MB"])
 
     oa_body = message(f"oa-bench-e{events}-s20-d0", True)
-    base = await throughput(up, "/v1/chat/completions", dict(oa_body, messages=[{"role": "user", "content": "hi"}]),
-                            streams)
-    cpu0 = cpu_seconds(pid)
-    via_t = await throughput(ag, "/v1/messages", oa_body, streams)
-    cpu = cpu_seconds(pid) - cpu0
-    rows.append([f"OpenAI translation, {streams} concurrent x {events}: events/s", f"{base['events_per_s']:,.0f}",
-                 f"{via_t['events_per_s']:,.0f} ({via_t['ok']}/{streams} ok)",
-                 f"{via_t['events_per_s'] / base['events_per_s']:.2f}", ">= 0.6 of direct"])
-    rows.append(["agproxy CPU per 1,000 translated deltas", "-", f"{cpu / max(1, via_t['events']) * 1e6:.1f} ms",
-                 "-", "reported"])
-
-    gm_body = message(f"gm-bench-e{events}-s20-d0", True)
-    base = await throughput(up, f"/v1beta/models/gm-bench-e{events}-s20-d0:streamGenerateContent?alt=sse",
-                            {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}, streams)
-    cpu0 = cpu_seconds(pid)
-    via_t = await throughput(ag, "/v1/messages", gm_body, streams)
-    cpu = cpu_seconds(pid) - cpu0
-    rows.append([f"Gemini translation, {streams} concurrent x {events}: events/s", f"{base['events_per_s']:,.0f}",
-                 f"{via_t['events_per_s']:,.0f} ({via_t['ok']}/{streams} ok)",
-                 f"{via_t['events_per_s'] / base['events_per_s']:.2f}", ">= 0.6 of direct"])
-    rows.append(["agproxy CPU per 1,000 translated Gemini chunks", "-",
-                 f"{cpu / max(1, via_t['events']) * 1e6:.1f} ms", "-", "reported"])
+    await translation(up, ag, pid, rows, "OpenAI", "deltas", streams, events, oa_body, "/v1/chat/completions",
+                      dict(oa_body, messages=[{"role": "user", "content": "hi"}]))
+    await translation(up, ag, pid, rows, "Gemini", "Gemini chunks", streams, events,
+                      message(f"gm-bench-e{events}-s20-d0", True),
+                      f"/v1beta/models/gm-bench-e{events}-s20-d0:streamGenerateContent?alt=sse",
+                      {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]})
 
     held, seconds = (100, 10) if QUICK else (500, 60)
     slow = message(f"bench-e{seconds}-s20-d1000", True)
