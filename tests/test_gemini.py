@@ -30,6 +30,7 @@ from tests.fakes.gemini_upstream import (
     google_error,
     quota_error,
 )
+from tests.test_real_streams import message_of
 
 PRO, FLASH_25 = "gemini-3-pro-preview", "gemini-2.5-flash"
 
@@ -639,10 +640,7 @@ def test_pings_while_gemini_thinks_and_huge_signatures_pass(start_agproxy):
         with urllib.request.urlopen(request, timeout=20) as response:
             data = response.read()
         assert b"event: ping" in data
-        accumulator = agproxy.MessageAccumulator()
-        for event in agproxy.SSEDecoder().feed(data):
-            accumulator.feed(event)
-        message = accumulator.result()
+        message = message_of(data)
         assert len(message["content"][1]["signature"]) > 500_000 and message["content"][2]["input"] == {"path": "a.py"}
 
 

@@ -16,7 +16,7 @@ import pytest
 
 import agproxy
 from tests.test_pipeline import events_of
-from tests.test_real_streams import through_the_pipeline, well_formed
+from tests.test_real_streams import message_of, through_the_pipeline, well_formed
 
 FIXTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "real-streams-gemini" / "fixtures"
 NAMES = sorted(p.stem for p in FIXTURES.glob("*.json")) if FIXTURES.is_dir() else []
@@ -88,10 +88,7 @@ def test_every_recorded_stream_translates_to_what_gemini_said(name: str, piece: 
     assert "error" not in events_of(streamed), streamed[-400:]
     well_formed(streamed)
     compare(message, recording["expect"])
-    accumulator = agproxy.MessageAccumulator()
-    for event in agproxy.SSEDecoder().feed(streamed):
-        accumulator.feed(event)
-    assert without_ids(accumulator.result()["content"]) == without_ids(message["content"])  # ids are made per run
+    assert without_ids(message_of(streamed)["content"]) == without_ids(message["content"])  # ids are made per run
     assert not [b for b in message["content"] if b["type"] == "text" and not b["text"]]  # no empty text blocks
 
 

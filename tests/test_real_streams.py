@@ -88,6 +88,14 @@ def openai_answer(response: Any) -> Any:
     return agproxy.openai_events(response, agproxy.OpenAIStreamTranslator("m", 0))
 
 
+def message_of(stream: bytes) -> Dict[str, Any]:
+    """The Message an Anthropic event stream describes."""
+    accumulator = agproxy.MessageAccumulator()
+    for event in agproxy.SSEDecoder().feed(stream):
+        accumulator.feed(event)
+    return accumulator.result()
+
+
 async def through_the_pipeline(raw: bytes, piece: int, answer_events: Any = openai_answer) -> tuple:
     """The relayed stream (what a streaming client gets) and the assembled Message (what a
     non-streaming one gets), from the same bytes arriving ``piece`` at a time, made Anthropic
@@ -112,10 +120,7 @@ def test_every_recorded_stream_translates_to_what_the_server_said(name: str, pie
     assert "error" not in events_of(streamed), streamed[-400:]
     well_formed(streamed)
     compare(message, recording["expect"])
-    accumulator = agproxy.MessageAccumulator()
-    for event in agproxy.SSEDecoder().feed(streamed):
-        accumulator.feed(event)
-    assert accumulator.result()["content"] == message["content"]  # the stream says what the whole answer says
+    assert message_of(streamed)["content"] == message["content"]  # the stream says what the whole answer says
 
 
 @pytest.mark.parametrize("name", BODIES)
