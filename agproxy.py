@@ -4478,10 +4478,10 @@ class GeminiStreamTranslator:
         cut short, not a whole answer."""
         return self._content_seen and self._finish_reason is None and not self._block_reason
 
-    def _signature_block(self, out: List[bytes], place: str, signature: str) -> None:
-        """An empty thinking block that carries a signature for the block before or after it."""
+    def _call_signature_block(self, out: List[bytes], signature: str) -> None:
+        """An empty thinking block that carries the signature of the tool_use right after it."""
         self._block(out, {"type": "thinking", "thinking": "", "signature": ""}, "thinking")
-        self._delta(out, {"type": "signature_delta", "signature": f"{GEMINI_SIGNATURE_PREFIX}{place}:{signature}"})
+        self._delta(out, {"type": "signature_delta", "signature": f"{GEMINI_SIGNATURE_PREFIX}call:{signature}"})
         self._close(out)
 
     def feed(self, chunk: Dict[str, Any]) -> List[bytes]:
@@ -4526,7 +4526,7 @@ class GeminiStreamTranslator:
             call_id = call_id if _GEMINI_ID.fullmatch(call_id) and call_id not in self._ids else new_tool_id()
             self._ids.add(call_id)
             if signature:
-                self._signature_block(out, "call", signature)
+                self._call_signature_block(out, signature)
                 if self.on_signature:
                     self.on_signature(call_id, signature)
             args = call.get("args") if isinstance(call.get("args"), dict) else {}
@@ -6969,8 +6969,9 @@ class GeminiAdapter(Adapter):
         if strip_thinking:  # Gemini refused a signature: none of this history's goes to it again
             for message in body.get("messages") or []:
                 for block in _block_list(message.get("content") if isinstance(message, dict) else None):
-                    if isinstance(block, dict) and _signature_of(block)[1]:
-                        self.gw.signatures.record(_signature_of(block)[1], f"(refused by {upstream.name})")
+                    refused = _signature_of(block)[1] if isinstance(block, dict) else ""
+                    if refused:
+                        self.gw.signatures.record(refused, f"(refused by {upstream.name})")
         translated, translation_changes = self.translate(body, route, strip_thinking)
         changes.update(translation_changes)
         for path in self.gw.learned.fields(upstream.name) + trial.fields:
