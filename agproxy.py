@@ -2409,7 +2409,8 @@ def upstream_status_of(status: int, body: bytes) -> int:
 
 
 def anthropic_error_from_upstream(status: int, body: bytes, upstream: str) -> AgproxyError:
-    """An upstream's error answer as an :class:`AgproxyError` to relay, keeping its status.
+    """An upstream's error answer as an :class:`AgproxyError` to relay, keeping its status (and,
+    as ``upstream_status``, what that status means: :func:`upstream_status_of`).
 
     The upstream's own Anthropic-shaped error is kept word for word; anything else is wrapped.
     A rejected upstream key is agproxy's problem, not the client's: 502, never 401/403.
@@ -2435,12 +2436,16 @@ def anthropic_error_from_upstream(status: int, body: bytes, upstream: str) -> Ag
         )
         rejected.final = True  # a retry sends the same key
         rejected.upstream_words = f"HTTP {said}: {message[:300]}"
+        rejected.upstream_status = status
         return rejected
+    meaning = status
     if status < 400:
         status = 502
     if error_type not in _ERROR_TYPES.values():
         error_type = None  # another API's vocabulary (OpenAI's "server_error", ...): go by the status
-    return AgproxyError(message, status=status, error_type=error_type or error_type_for_status(status))
+    error = AgproxyError(message, status=status, error_type=error_type or error_type_for_status(status))
+    error.upstream_status = meaning
+    return error
 
 
 # -- stream accumulator: Anthropic events -> one Message ---------------------------------------
@@ -7133,7 +7138,6 @@ def _upstream_error(upstream: Upstream, response: UpstreamResponse, data: bytes,
     """An upstream's error answer to relay, keeping its status, rate-limit headers and reset time."""
     error = anthropic_error_from_upstream(response.status, data, upstream.name)
     error.headers.extend(relayed_upstream_headers(response.headers))
-    error.upstream_status = upstream_status_of(response.status, data)
     error.reset_s = rate_limit_reset(response.headers, data, now)
     if error.reset_s is not None and header_value(error.headers, "retry-after") is None:
         error.headers.append(("retry-after", str(max(1, math.ceil(error.reset_s)))))
