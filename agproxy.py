@@ -5990,6 +5990,9 @@ class HttpServer:
 
 #: How long a fetched upstream model list is reused for /v1/models.
 _MODELS_CACHE_S = 60.0
+#: How long /v1/models waits for the upstreams' lists in all: someone is waiting on a model picker, and
+#: one hanging upstream (or a hundred, each within its own connect_timeout_s) must not hold it longer.
+_MODELS_FETCH_DEADLINE_S = 8.0
 #: Pages of an upstream's model list read at most (Gemini pages its list), and models kept of it.
 _MAX_MODEL_PAGES = 20
 _MAX_LISTED_MODELS = 5000
@@ -6265,9 +6268,21 @@ class Server(Application):
         return list(models.values()) or [_model_object(i, d) for i, d in KNOWN_CLAUDE_MODELS]
 
     async def _fetch_upstream_models(self) -> None:
+        """Ask every upstream for its list at once, and wait for them at most
+        ``_MODELS_FETCH_DEADLINE_S``: one upstream that hangs (or many, each within its own timeout)
+        must not hold ``/v1/models`` for longer than a client waits. Lists late by then are left out
+        of this minute's answer, with a warning."""
+        fetches = [asyncio.ensure_future(self._upstream_models(upstream)) for upstream in self.config.upstreams]
+        if fetches:
+            await asyncio.wait(fetches, timeout=_MODELS_FETCH_DEADLINE_S)
         upstream_models = []
-        for upstream in self.config.upstreams:
-            upstream_models += await self._upstream_models(upstream)
+        for upstream, fetch in zip(self.config.upstreams, fetches):
+            if fetch.done():
+                upstream_models += fetch.result()
+            else:
+                fetch.cancel()
+                self.log.warning("could not list the models of upstream %r: no list within %g s",
+                                 upstream.name, _MODELS_FETCH_DEADLINE_S)
         self._models_cache = (time.monotonic() + _MODELS_CACHE_S, upstream_models)  # fresh from its end
 
     def _routable(self, model: str) -> bool:

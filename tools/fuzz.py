@@ -19,6 +19,13 @@ the log, internal errors logged, answer times (p50, p99, max, and the slowest ca
 of agproxy before and after (VmRSS, and VmHWM, its peak). It exits 1 if any of those failure counts
 is non-zero or agproxy died (or an answer took longer than ``--max-latency``, when given), else 0.
 
+With ``--faults`` (a share of the cases, 0.3 by default), cases also go to upstreams that misbehave:
+one upstream per recipe of tests/fakes/misbehaving.py and per kind it applies to (wrong status lines,
+framings, bodies, event streams, resets, hangs, trickles, deep JSON, echoed keys, ...), reached by
+the model ``fault.<kind>.<recipe>``. There a 5xx is the upstream's fault and allowed, as long as the
+answer is well formed and agproxy logs no internal error; a dropped connection, a hang past the
+timeout, a malformed answer or a key anywhere still fail the run.
+
 Everything goes to 127.0.0.1; the run is bounded by ``--cases`` and ``--minutes`` and stops itself.
 Standard library only (it runs with the system python3).
 """
@@ -44,7 +51,7 @@ from typing import Any, Deque, Dict, List, Optional, Tuple
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.fakes.misbehaving import KEYS, MisbehavingUpstream, Send, good, live_config  # noqa: E402
+from tests.fakes.misbehaving import GROUPS, KEYS, RECIPES, MisbehavingUpstream, Send, good, live_config  # noqa: E402
 from tests.wire_check import Answer, ResponseReader, connect, generic_problems, incomplete, leaked  # noqa: E402
 
 READY = re.compile(r"^agproxy listening on http://(\S+):(\d+)$")
@@ -67,6 +74,11 @@ TOKENS = [b"\r", b"\n", b"\r\n", b"\x00", b" ", b"\t", b":", b"\xff", b"\xb2", b
           b"Transfer-Encoding: chunked\r\n", b"Transfer-Encoding: gzip\r\n", b"0\r\n\r\n", b"ffffffffffffffffff\r\n",
           b"HTTP/1.1", b"HTTP/2.0", b"GET ", b"%00", b"9" * 30, b" \t folded\r\n", b"Host: evil.example\r\n",
           b"Expect: 100-continue\r\n", b"Connection: close\r\n", b"\xc3\x28", b"a" * 5000]
+#: which kinds of upstream each group of misbehaviours applies to (see misbehaving.GROUPS)
+FAULT_KINDS = {"http": ("anthropic", "openai", "gemini"), "sse": ("anthropic",), "oa_sse": ("openai",),
+               "oa_json": ("openai",)}
+#: the upstream timeout_s of the misbehaving upstreams: short, so that a hang answers well within --timeout
+FAULT_TIMEOUT_S = 3.0
 #: HTTP's own 5xx for a client's framing, not agproxy failing: 501 (transfer coding), 505 (version)
 CLIENT_5XX = (501, 505)
 
@@ -274,8 +286,38 @@ def mutate_bytes(r: random.Random, data: bytes) -> bytes:
     return bytes(out)
 
 
-def make_case(r: random.Random, mutate: bool = True) -> Tuple[str, bytes]:
-    """(what kind of case, the bytes to send)."""
+def fault_models() -> List[str]:
+    """The model names that reach a misbehaving upstream, one per (kind, recipe)."""
+    return [f"fault.{kind}.{case}" for case, group in sorted(GROUPS.items()) for kind in FAULT_KINDS[group]]
+
+
+def fault_config(fake: MisbehavingUpstream, config: Dict[str, Any]) -> Dict[str, Any]:
+    """``config`` with one upstream per fault model, each with two accounts, ahead of its catch-all rule."""
+    accounts = [{"name": "alice", "api_key": KEYS[0]}, {"name": "bob", "api_key": KEYS[1]}]
+    upstreams, rules = [], []
+    for model in fault_models():
+        _, kind, case = model.split(".", 2)
+        upstream: Dict[str, Any] = {"name": model, "kind": kind, "base_url": fake.url_for(case, kind, "fuzz"),
+                                    "accounts": accounts, "timeout_s": FAULT_TIMEOUT_S,
+                                    "connect_timeout_s": FAULT_TIMEOUT_S}
+        if kind == "openai":
+            upstream["openai"] = {"tokenize": "vllm"}
+        upstreams.append(upstream)
+        rules.append({"match": model, "upstream": model})
+    return dict(config, upstreams=config["upstreams"] + upstreams, model_map=rules + config["model_map"])
+
+
+def make_case(r: random.Random, mutate: bool = True, faults: float = 0.0) -> Tuple[str, bytes]:
+    """(what kind of case, the bytes to send). With ``faults``, that share of the requests that
+    generate ask for a model served by a misbehaving upstream (their kind is then ``fault``)."""
+    if faults and r.random() < faults:
+        body = rand_request(r) if r.random() < 0.8 else replace_somewhere(r, rand_request(r))
+        if isinstance(body, dict):
+            body["model"] = r.choice(FAULT_MODELS)
+        path = r.choice(["/v1/messages"] * 5 + ["/v1/messages/count_tokens"])
+        if isinstance(body, dict) and path.endswith("count_tokens"):
+            body.pop("max_tokens", None)
+        return "fault", http_request(r, "POST", path, json.dumps(body).encode())
     path = r.choice(PATHS)
     if not path.startswith("/v1/messages") and r.random() < 0.7:
         method = r.choice(["GET", "GET", "HEAD", "OPTIONS", "POST", "DELETE", "PATCH"])
@@ -299,7 +341,10 @@ def make_case(r: random.Random, mutate: bool = True) -> Tuple[str, bytes]:
     return kind, data
 
 
-def make_session(r: random.Random) -> Tuple[str, List[Tuple[str, bytes]], int]:
+FAULT_MODELS = fault_models()
+
+
+def make_session(r: random.Random, faults: float = 0.0) -> Tuple[str, List[Tuple[str, bytes]], int]:
     """A connection's worth: (how it is sent, the requests with their methods, the pause between pieces
     in ms). ``single``: one request (perhaps mutated); ``pipelined``: 2-4 well-formed requests sent
     back to back; ``trickled``: one request sent in small pieces with pauses."""
@@ -311,10 +356,10 @@ def make_session(r: random.Random) -> Tuple[str, List[Tuple[str, bytes]], int]:
             if not data.startswith(b"HEAD ") and b"Expect: 100-continue" not in data:
                 requests.append(("GET" if data.startswith(b"GET ") else "POST", data))
         return "pipelined", requests, 0
-    kind, data = make_case(r)
+    kind, data = make_case(r, faults=faults)
     method = "HEAD" if data.startswith(b"HEAD ") else "POST"  # read as HEAD: no body, whatever the status
-    if roll < 0.2:
-        return "trickled", [(method, data)], r.randint(0, 3)
+    if roll < 0.2:  # a fault case stays one: its 5xx are the upstream's
+        return "fault" if kind == "fault" else "trickled", [(method, data)], r.randint(0, 3)
     return kind, [(method, data)], 0
 
 
@@ -438,7 +483,10 @@ class Tally:
         else:
             status_class = f"{answer.status // 100}xx" if 100 <= answer.status <= 599 else "other"
             if answer.status >= 500:
-                labels.append("client_framing_5xx" if answer.status in CLIENT_5XX else "server_5xx")
+                if kind == "fault":
+                    labels.append("upstream_fault_5xx")
+                else:
+                    labels.append("client_framing_5xx" if answer.status in CLIENT_5XX else "server_5xx")
             problems = generic_problems(answer, KEYS, allow_500=True)
             if any("control character" in p or "malformed header line" in p for p in answer.problems):
                 labels.append("injected_header")
@@ -459,11 +507,14 @@ class Tally:
                 self.counts[label] += 1
                 if len(self.examples[label]) < self.keep:
                     self.examples[label].append(f"[{kind}] {data[:240]!r}\n        -> {answer.describe(240)}")
-                if label != "client_framing_5xx":
+                if label not in ALLOWED:
                     self.failures.append((label, data))
 
 
 FAILING = ("server_5xx", "dropped", "no_answer_in_time", "injected_header", "malformed_answer", "key_leak")
+#: labels counted and shown, but not failures: HTTP's own 5xx for a client's framing, and the
+#: 5xx a misbehaving upstream earns (its answer is still checked like any other)
+ALLOWED = ("client_framing_5xx", "upstream_fault_5xx")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -478,16 +529,21 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--examples", type=int, default=5, help="examples printed per kind of failure")
     parser.add_argument("--agproxy", type=Path, default=ROOT / "agproxy.py",
                         help="the program to run (default agproxy.py; agproxy.pyz works too)")
+    parser.add_argument("--faults", type=float, nargs="?", const=0.3, default=0.0,
+                        help="send this share of the cases (0.3 when no number is given) to misbehaving upstreams")
     parser.add_argument("--save", type=Path, default=None, help="write each failing request to this directory")
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else int(time.time()) % 1_000_000
     cases = max(0, min(args.cases, 10_000_000))
-    print(f"fuzz: seed {seed}, up to {cases} cases, at most {args.minutes:g} min, {args.workers} workers",
-          flush=True)
+    faults = min(max(args.faults, 0.0), 1.0)
+    print(f"fuzz: seed {seed}, up to {cases} cases, at most {args.minutes:g} min, {args.workers} workers"
+          + (f", {faults:.0%} to {len(FAULT_MODELS)} misbehaving upstreams" if faults else ""), flush=True)
 
     with tempfile.TemporaryDirectory(prefix="agproxy-fuzz-") as tmp, \
-            MisbehavingUpstream({"fine": lambda ctx: [Send(good(ctx))]}) as fake:
+            MisbehavingUpstream(dict(RECIPES, fine=lambda ctx: [Send(good(ctx))])) as fake:
         config = live_config(fake, "fuzz", 10)
+        if faults:
+            config = fault_config(fake, config)
         path = Path(tmp) / "fuzz-config.json"
         path.write_text(json.dumps(config))
         proxy = Proxy(args.agproxy.resolve(), path, Path(tmp))
@@ -511,7 +567,7 @@ def run(args: argparse.Namespace, seed: int, cases: int, proxy: Proxy, fake: Mis
         if time.monotonic() > deadline:
             return
         r = random.Random(case_seed)
-        kind, requests, pause_ms = make_session(r)
+        kind, requests, pause_ms = make_session(r, args.faults)
         answers = send_session(proxy.port, requests, args.timeout, pause_ms=pause_ms, rng=r)
         tally.case(kind)
         for (_, data), answer in zip(requests, answers):
@@ -562,6 +618,9 @@ def report(args: argparse.Namespace, seed: int, tally: Tally, elapsed: float, be
         "1xx", "2xx", "3xx", "4xx", "5xx", "other", "none") if counts["class:" + k]))
     line("5xx (agproxy failing)", counts["server_5xx"])
     line("501/505 (client framing, allowed)", counts["client_framing_5xx"])
+    if args.faults:
+        line("5xx from misbehaving upstreams", f"{counts['upstream_fault_5xx']} (allowed; of "
+                                               f"{tally.kinds['fault']} fault cases)")
     line("dropped (closed without answer)", counts["dropped"])
     line("no answer within the timeout", counts["no_answer_in_time"])
     line("injected/invalid header lines", counts["injected_header"])
@@ -582,7 +641,7 @@ def report(args: argparse.Namespace, seed: int, tally: Tally, elapsed: float, be
     line("RSS after", f"{after.get('VmRSS', '?')} (peak {after.get('VmHWM', '?')})")
     if fake.errors:
         line("fake upstream errors", fake.errors[:3])
-    for label in FAILING + ("client_framing_5xx",):
+    for label in FAILING + ("client_framing_5xx",):  # the upstream 5xx are expected: no examples
         if tally.examples.get(label):
             print(f"\n  examples of {label}:")
             for example in tally.examples[label]:
