@@ -5365,6 +5365,15 @@ class UpstreamResponse:
             self._conn.abort()
 
 
+def _read_outcome(task: asyncio.Future) -> None:
+    """Read a finished task's exception, so that asyncio does not log it as never retrieved: when
+    the caller of ``wait_for`` is cancelled just as the task fails (a fetch for /v1/models left
+    behind at its deadline, whose upstream broke at that moment), ``wait_for`` re-raises the
+    cancellation and drops the task's own failure, which nobody is waiting for any more."""
+    if not task.cancelled():
+        task.exception()
+
+
 class UpstreamClient:
     """Sends requests upstream over asyncio connections, reusing them (one TLS handshake each)."""
 
@@ -5444,8 +5453,10 @@ class UpstreamClient:
             finally:
                 response.close()
 
+        exchanging = asyncio.ensure_future(exchange())
+        exchanging.add_done_callback(_read_outcome)
         try:
-            return await asyncio.wait_for(exchange(), deadline_s)
+            return await asyncio.wait_for(exchanging, deadline_s)
         except asyncio.TimeoutError:
             raise UpstreamFailure(f"no whole answer from {url.split('?')[0][:200]} within {deadline_s:g} s",
                                   status=504) from None

@@ -375,6 +375,7 @@ class Proxy:
         self.port = 0
         self.tail: Deque[str] = collections.deque(maxlen=200)
         self.internal: List[str] = []
+        self._traceback_lines = 0
         self.leaks: List[str] = []
         self.ready = threading.Event()
         threading.Thread(target=self._drain, daemon=True).start()
@@ -392,6 +393,10 @@ class Proxy:
                 self.ready.set()
             if ("internal error" in line or line.startswith("Traceback")) and len(self.internal) < 1000:
                 self.internal.append(line.rstrip())
+                self._traceback_lines = 40
+            elif self._traceback_lines and self.internal:  # the traceback's lines, for the report
+                self._traceback_lines -= 1
+                self.internal[-1] += "\n      " + line.rstrip()
             if leaked(line, KEYS) and len(self.leaks) < 100:
                 self.leaks.append(line.rstrip())
         self.ready.set()
@@ -653,7 +658,7 @@ def report(args: argparse.Namespace, seed: int, tally: Tally, elapsed: float, be
     if proxy.internal:
         print("\n  internal errors logged (first 10):")
         for entry in proxy.internal[:10]:
-            print(f"    {entry[:300]}")
+            print(f"    {entry[:4000]}")
     if not alive:
         print("\n  agproxy's last log lines:\n" + "".join(f"    {x}" for x in list(proxy.tail)[-30:]))
 
