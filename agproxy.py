@@ -1891,8 +1891,30 @@ def estimate_input_tokens(body: Dict[str, Any]) -> int:
 
 
 def new_message_id() -> str:
-    """A fresh ``msg_`` id for locally built messages."""
+    """A fresh ``msg_`` id, for every Message agproxy builds: local ones and every translated
+    answer. Never the upstream's: Ollama's ids repeat and some servers send one constant id, and
+    Claude Code merges assistant turns that share an id (their tool results lost, an endless loop)."""
     return "msg_" + uuid.uuid4().hex[:24]
+
+
+#: Longest upstream answer id passed on in ``X-Upstream-Message-Id`` (Chat Completions and Gemini
+#: ids are under 60 characters; a longer one is cut, never relayed whole into a header).
+MAX_UPSTREAM_ID_CHARS = 128
+_NOT_ID_CHARACTER = re.compile(r"[^!-~]")
+
+
+def upstream_answer_id(value: Any) -> Optional[str]:
+    """The id an upstream gave its answer, fit to pass on in a header (printable ASCII without
+    spaces, at most :data:`MAX_UPSTREAM_ID_CHARS`), or None when it gave none."""
+    text = _NOT_ID_CHARACTER.sub("", value)[:MAX_UPSTREAM_ID_CHARS] if isinstance(value, str) else ""
+    return text or None
+
+
+def _tell_upstream_id(tell: Optional[Callable[[str], None]], value: Any) -> None:
+    """Pass an upstream's id for its answer on to ``tell``, when there is one and someone to tell."""
+    text = upstream_answer_id(value)
+    if tell is not None and text:
+        tell(text)
 
 
 #: What Claude Code wraps its own context in, inside the user's turn (never what the user typed).
@@ -3545,7 +3567,7 @@ def openai_to_anthropic(response: Dict[str, Any], model: str, stop_sequences: Se
     stop_reason, stop_sequence = _stop_reason(choice, stop_sequences)
     if calls and stop_reason == "end_turn":
         stop_reason = "tool_use"  # some servers say "stop" after tool calls
-    return {"id": "msg_" + str(response.get("id") or uuid.uuid4().hex)[-24:], "type": "message",
+    return {"id": new_message_id(), "type": "message",
             "role": "assistant", "model": model, "content": content, "stop_reason": stop_reason,
             "stop_sequence": stop_sequence, "usage": openai_usage(response.get("usage")) or
             {"input_tokens": 0, "output_tokens": 0}}
@@ -3625,10 +3647,12 @@ class OpenAIStreamTranslator:
     else that arrives (text, another call) waits its turn, so nothing is lost or misplaced.
     """
 
-    def __init__(self, model: str, input_tokens: int = 0, stop_sequences: Sequence[str] = ()) -> None:
+    def __init__(self, model: str, input_tokens: int = 0, stop_sequences: Sequence[str] = (),
+                 on_upstream_id: Optional[Callable[[str], None]] = None) -> None:
         self.model = model
         self.input_tokens = input_tokens
         self.stop_sequences = list(stop_sequences)
+        self.on_upstream_id = on_upstream_id  # told the server's own id for the answer, if it gave one
         self.started = False
         self.finished = False
         self.saw_finish = False
@@ -3644,11 +3668,12 @@ class OpenAIStreamTranslator:
         self._usage: Dict[str, int] = {}
         self._tool_seen = False
 
-    def _start(self, out: List[bytes], message_id: Optional[str]) -> None:
+    def _start(self, out: List[bytes], upstream_id: Any) -> None:
         if self.started:
             return
         self.started = True
-        message = {"id": "msg_" + (message_id or uuid.uuid4().hex)[-24:], "type": "message", "role": "assistant",
+        _tell_upstream_id(self.on_upstream_id, upstream_id)
+        message = {"id": new_message_id(), "type": "message", "role": "assistant",
                    "model": self.model, "content": [], "stop_reason": None, "stop_sequence": None,
                    "usage": {"input_tokens": self.input_tokens, "output_tokens": 1}}
         out.append(encode_sse_json("message_start", {"type": "message_start", "message": message}))
@@ -3683,7 +3708,7 @@ class OpenAIStreamTranslator:
         choices = chunk.get("choices")
         if choices is not None and not isinstance(choices, list):
             raise UpstreamFailure("upstream sent a chunk whose choices is not a list")
-        self._start(out, _text_or(chunk.get("id"), "") or None)
+        self._start(out, chunk.get("id"))
         if isinstance(chunk.get("usage"), dict):
             self._usage = openai_usage(chunk["usage"])
         for choice in choices or []:
@@ -4434,10 +4459,12 @@ class GeminiStreamTranslator:
 
     def __init__(self, model: str, input_tokens: int = 0,
                  on_signature: Optional[Callable[[str, str], None]] = None,
-                 names: Optional[Dict[str, str]] = None) -> None:
+                 names: Optional[Dict[str, str]] = None,
+                 on_upstream_id: Optional[Callable[[str], None]] = None) -> None:
         self.model = model
         self.input_tokens = input_tokens
         self.on_signature = on_signature
+        self.on_upstream_id = on_upstream_id  # told Gemini's responseId for the answer
         self.names = names or {}  # the client's tool names, by the names Gemini knows them by
         self.started = False
         self.finished = False
@@ -4455,7 +4482,8 @@ class GeminiStreamTranslator:
         if self.started:
             return
         self.started = True
-        message = {"id": "msg_" + (_text_or(response_id, "") or uuid.uuid4().hex)[-24:], "type": "message",
+        _tell_upstream_id(self.on_upstream_id, response_id)
+        message = {"id": new_message_id(), "type": "message",
                    "role": "assistant", "model": self.model, "content": [], "stop_reason": None,
                    "stop_sequence": None, "usage": {"input_tokens": self.input_tokens, "output_tokens": 1}}
         out.append(encode_sse_json("message_start", {"type": "message_start", "message": message}))
@@ -4594,13 +4622,14 @@ class GeminiStreamTranslator:
 
 
 def gemini_to_anthropic(answer: Any, model: str, on_signature: Optional[Callable[[str, str], None]] = None,
-                        input_tokens: int = 0, names: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
+                        input_tokens: int = 0, names: Optional[Dict[str, str]] = None,
+                        on_upstream_id: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
     """A whole ``generateContent`` answer (or the chunks of a stream sent as one JSON array) as
     an Anthropic Message, by way of the stream translator: one set of rules for both."""
     chunks = answer if isinstance(answer, list) else [answer]
     if not chunks or not all(isinstance(c, dict) for c in chunks):
         raise UpstreamFailure("upstream answered something that is not a Gemini response")
-    translator = GeminiStreamTranslator(model, input_tokens, on_signature, names)
+    translator = GeminiStreamTranslator(model, input_tokens, on_signature, names, on_upstream_id)
     events: List[bytes] = []
     for chunk in chunks:
         events += translator.feed(chunk)
@@ -6677,10 +6706,12 @@ class Adapter:
         response, _ = await self.call(request, exchange, route, account, self.messages_path_for(route, stream_upstream),
                                       stream_upstream, fitted_max_tokens(body, window, estimate) if window else None)
         headers = headers + relayed_upstream_headers(response.headers)
+        upstream_ids: List[str] = []  # the upstream's own id for the answer (the Message gets agproxy's)
         if response.is_event_stream:
-            events = self.answer_events(response, route, body, estimate)
+            events = self.answer_events(response, route, body, estimate, upstream_ids.append)
             if stream:
                 head = await _watched(exchange, response, first_events(events))
+                headers = headers + self.upstream_id_headers(upstream_ids)
                 scaler = UsageScaler(window, client_window).transform if window else None
                 observe = self.watcher(upstream)
                 ping_s = self.gw.config.ping_interval_s if self.pings else None
@@ -6689,7 +6720,8 @@ class Adapter:
             message = await _watched(exchange, response, accumulate_events(events))
         else:
             data = await _watched(exchange, response, response.read_all())
-            message = self.answer_message(data, response, route, body)
+            message = self.answer_message(data, response, route, body, upstream_ids.append)
+        headers = headers + self.upstream_id_headers(upstream_ids)
         self.received(message, upstream)
         if window:
             scale_usage(message.get("usage"), window, client_window)
@@ -6697,15 +6729,21 @@ class Adapter:
             return StreamingResponse(200, _SSE_HEADERS + headers, _iterate(message_as_sse(message)), lambda: None)
         return json_response(200, message, headers)
 
-    def answer_events(self, response: UpstreamResponse, route: Route, body: Dict[str, Any],
-                      estimate: int) -> AsyncIterator[bytes]:
-        """The upstream's event stream as Anthropic events, in batches of whole events."""
+    def answer_events(self, response: UpstreamResponse, route: Route, body: Dict[str, Any], estimate: int,
+                      on_upstream_id: Callable[[str], None]) -> AsyncIterator[bytes]:
+        """The upstream's event stream as Anthropic events, in batches of whole events; a translated
+        answer gets its own message id, and the upstream's goes to ``on_upstream_id``."""
         raise NotImplementedError
 
-    def answer_message(self, data: bytes, response: UpstreamResponse, route: Route,
-                       body: Dict[str, Any]) -> Dict[str, Any]:
-        """The upstream's whole (not streamed) answer as an Anthropic Message."""
+    def answer_message(self, data: bytes, response: UpstreamResponse, route: Route, body: Dict[str, Any],
+                       on_upstream_id: Callable[[str], None]) -> Dict[str, Any]:
+        """The upstream's whole (not streamed) answer as an Anthropic Message (ids as in :meth:`answer_events`)."""
         raise NotImplementedError
+
+    def upstream_id_headers(self, upstream_ids: List[str]) -> Headers:
+        """``X-Upstream-Message-Id``: the id the upstream gave a translated answer, where the client
+        can still find it (the answer itself carries agproxy's own)."""
+        return [("X-Upstream-Message-Id", self.gw.redact.text(upstream_ids[0]))] if upstream_ids else []
 
     def watcher(self, upstream: Upstream) -> Optional[Callable[[bytes], None]]:
         """What looks at the relayed events (for the signatures in them), if anything."""
@@ -6787,9 +6825,9 @@ class AnthropicAdapter(Adapter):
         self.gw.count_changes("sanitize", changes, exchange, upstream)
         return json.dumps(body, ensure_ascii=False).encode("utf-8"), body, beta
 
-    def answer_events(self, response: UpstreamResponse, route: Route, body: Dict[str, Any],
-                      estimate: int) -> AsyncIterator[bytes]:
-        return anthropic_events(response, route.upstream.name)
+    def answer_events(self, response: UpstreamResponse, route: Route, body: Dict[str, Any], estimate: int,
+                      on_upstream_id: Callable[[str], None]) -> AsyncIterator[bytes]:
+        return anthropic_events(response, route.upstream.name)  # relayed: its message ids are its own
 
     def unhealed_hint(self, upstream: Upstream, status: int, data: bytes) -> Optional[str]:
         if status not in (400, 422) or upstream.profile == "compatible" or not _SCHEMA_REFUSAL.search(
@@ -6798,8 +6836,8 @@ class AnthropicAdapter(Adapter):
         return (f"agproxy could not heal this; for an Anthropic-compatible service that is not Anthropic, set "
                 f'"profile": "compatible" on upstream {upstream.name!r}: it sends only the basic Messages fields')
 
-    def answer_message(self, data: bytes, response: UpstreamResponse, route: Route,
-                       body: Dict[str, Any]) -> Dict[str, Any]:
+    def answer_message(self, data: bytes, response: UpstreamResponse, route: Route, body: Dict[str, Any],
+                       on_upstream_id: Callable[[str], None]) -> Dict[str, Any]:
         try:
             return loads_strict(data)
         except ValueError:
@@ -6845,18 +6883,20 @@ class OpenAIAdapter(Adapter):
         self.gw.count_changes("translate", changes, exchange, upstream)
         return json.dumps(translated, ensure_ascii=False).encode("utf-8"), translated, None
 
-    def answer_events(self, response: UpstreamResponse, route: Route, body: Dict[str, Any],
-                      estimate: int) -> AsyncIterator[bytes]:
-        return openai_events(response, OpenAIStreamTranslator(route.model, estimate, _stop_sequences(body)))
+    def answer_events(self, response: UpstreamResponse, route: Route, body: Dict[str, Any], estimate: int,
+                      on_upstream_id: Callable[[str], None]) -> AsyncIterator[bytes]:
+        return openai_events(response, OpenAIStreamTranslator(route.model, estimate, _stop_sequences(body),
+                                                              on_upstream_id))
 
-    def answer_message(self, data: bytes, response: UpstreamResponse, route: Route,
-                       body: Dict[str, Any]) -> Dict[str, Any]:
+    def answer_message(self, data: bytes, response: UpstreamResponse, route: Route, body: Dict[str, Any],
+                       on_upstream_id: Callable[[str], None]) -> Dict[str, Any]:
         try:
             answer = loads_strict(data)
         except ValueError:
             raise UpstreamFailure(f"upstream {route.upstream.name!r} answered something that is not JSON") from None
         if not isinstance(answer, dict) or not isinstance(answer.get("choices"), list):
             raise UpstreamFailure(f"upstream {route.upstream.name!r} answered something that is not a chat completion")
+        _tell_upstream_id(on_upstream_id, answer.get("id"))
         return openai_to_anthropic(answer, route.model, _stop_sequences(body))
 
     async def count(self, body: Dict[str, Any], route: Route) -> Optional[int]:
@@ -6999,20 +7039,21 @@ class GeminiAdapter(Adapter):
 
         return record
 
-    def answer_events(self, response: UpstreamResponse, route: Route, body: Dict[str, Any],
-                      estimate: int) -> AsyncIterator[bytes]:
+    def answer_events(self, response: UpstreamResponse, route: Route, body: Dict[str, Any], estimate: int,
+                      on_upstream_id: Callable[[str], None]) -> AsyncIterator[bytes]:
         return gemini_events(response, GeminiStreamTranslator(route.model, estimate, self.recorder(route),
-                                                              gemini_name_map(body)))
+                                                              gemini_name_map(body), on_upstream_id))
 
-    def answer_message(self, data: bytes, response: UpstreamResponse, route: Route,
-                       body: Dict[str, Any]) -> Dict[str, Any]:
+    def answer_message(self, data: bytes, response: UpstreamResponse, route: Route, body: Dict[str, Any],
+                       on_upstream_id: Callable[[str], None]) -> Dict[str, Any]:
         try:
             answer = loads_strict(data)
         except ValueError:
             raise UpstreamFailure(f"upstream {route.upstream.name!r} answered something that is not JSON") from None
         if isinstance(answer, dict) and isinstance(answer.get("error"), dict):
             raise _upstream_error(route.upstream, response, self.gw.redact.data(data), self.gw.clock())
-        return gemini_to_anthropic(answer, route.model, self.recorder(route), names=gemini_name_map(body))
+        return gemini_to_anthropic(answer, route.model, self.recorder(route), names=gemini_name_map(body),
+                                   on_upstream_id=on_upstream_id)
 
     async def count(self, body: Dict[str, Any], route: Route) -> Optional[int]:
         """Gemini's own count of the translated request (``countTokens``), so the count is exact."""

@@ -202,3 +202,29 @@ def test_claude_code_runs_parallel_tool_calls_on_gemini(start_agproxy, tmp_path,
         assert "marker-file-for-ls.txt" in said and "second-call-ran" in said and "third-call-ran" in said
         signed = [p for c in last for p in c["parts"] if "thoughtSignature" in p and "functionCall" in p]
         assert len(signed) == 2 and all(gemini.issued[p["thoughtSignature"]][0] == "call" for p in signed)
+
+
+def test_claude_code_keeps_the_turns_of_a_server_with_one_constant_id_apart(start_agproxy, tmp_path, claude):
+    """Two tool steps, then text, from a server that gives every answer the same id (the fake's
+    ``chatcmpl-fake``). Claude Code merges assistant turns that share an id: with the upstream's id
+    the third request held one assistant turn with both calls (and a model then loops). agproxy
+    mints each answer's own id, so every step reaches the server as its own turn and the loop ends."""
+    from tests.fakes.openai_upstream import Chunks, FakeOpenAI, tool_chunks
+
+    with FakeOpenAI() as local:
+        local.script(Chunks(tool_chunks([("call_one", "Bash", '{"command": "echo step-one-ran"}')],
+                                        reasoning="First step.", text="Step one.")),
+                     Chunks(tool_chunks([("call_two", "Bash", '{"command": "echo step-two-ran"}')],
+                                        reasoning="Second step.", text="Step two.")))
+        proxy = start_agproxy({"upstreams": [{"name": "local", "kind": "openai", "base_url": local.url,
+                                              "accounts": [{"name": "vllm", "api_key": "none"}]}]})
+        result = claude(proxy, "run the two steps", tmp_path, "--allowedTools", "Bash")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert local.rejections == []
+        assert "Hello from the fake OpenAI server." in result.stdout
+        assert len(local.chats) == 3
+        turns = [(m["role"], [c["id"] for c in m.get("tool_calls") or []] or m.get("tool_call_id"), m.get("content"))
+                 for m in local.chats[-1]["messages"] if m["role"] in ("assistant", "tool")]
+        assert [(role, calls) for role, calls, _ in turns] == [
+            ("assistant", ["call_one"]), ("tool", "call_one"), ("assistant", ["call_two"]), ("tool", "call_two")]
+        assert "step-one-ran" in turns[1][2] and "step-two-ran" in turns[3][2]
