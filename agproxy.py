@@ -136,9 +136,22 @@ def error_type_for_status(status: int) -> str:
     return "api_error" if status >= 500 else "invalid_request_error"
 
 
+#: Words in an error message that make Claude Code (2.1.197 and 2.1.332, read in their bundled code)
+#: replace the whole message with its own: "x-api-key" anywhere, whatever the status, becomes "Not
+#: logged in · Please run /login". Said as "x api key" instead, the upstream's meaning is kept and
+#: shown. Its other patterns need no rewording (see tests/test_messages.py for the survey).
+_CLAUDE_CODE_TRIGGERS = re.compile(r"x-api-key", re.IGNORECASE)
+
+
+def client_words(message: str) -> str:
+    """An error message as a client is shown it: the one place every Anthropic-shaped error passes,
+    where words a client would misread (:data:`_CLAUDE_CODE_TRIGGERS`) are reworded."""
+    return _CLAUDE_CODE_TRIGGERS.sub("x api key", message)
+
+
 def error_body(error_type: str, message: str) -> Dict[str, Any]:
-    """The Anthropic error JSON shape."""
-    return {"type": "error", "error": {"type": error_type, "message": message}}
+    """The Anthropic error JSON shape, its message in :func:`client_words`."""
+    return {"type": "error", "error": {"type": error_type, "message": client_words(message)}}
 
 
 class AgproxyError(Exception):
@@ -225,6 +238,20 @@ class UpstreamFailure(AgproxyError):
 class UpstreamClosed(UpstreamFailure):
     """The upstream closed the connection before a byte of its answer (a pooled connection the
     server had already dropped: the request is sent again on a fresh one)."""
+
+
+#: The status of "the upstream rejected agproxy's key": agproxy's config, which no retry changes.
+#: Not 401 or 403 (the client would blame its own key, and Claude Code says to run /login), nor a
+#: 5xx (Claude Code adds "This is a server-side issue, usually temporary — try again in a moment"):
+#: 424 Failed Dependency, a 4xx that Claude Code shows in agproxy's own words ("API Error: 424 ...").
+KEY_REJECTED_STATUS = 424
+
+
+class KeyRejected(UpstreamFailure):
+    """An upstream rejected agproxy's key for it: the account's api_key needs fixing."""
+
+    status = KEY_REJECTED_STATUS
+    final = True  # a retry sends the same key
 
 
 class ConfigError(AgproxyError):
@@ -2435,7 +2462,7 @@ def anthropic_error_from_upstream(status: int, body: bytes, upstream: str) -> Ag
     as ``upstream_status``, what that status means: :func:`upstream_status_of`).
 
     The upstream's own Anthropic-shaped error is kept word for word; anything else is wrapped.
-    A rejected upstream key is agproxy's problem, not the client's: 502, never 401/403.
+    A rejected upstream key is agproxy's problem, not the client's: :data:`KEY_REJECTED_STATUS`, never 401/403.
     """
     message, error_type = "", None
     said, status = status, upstream_status_of(status, body)  # what it answered, and what that means
@@ -2452,11 +2479,10 @@ def anthropic_error_from_upstream(status: int, body: bytes, upstream: str) -> Ag
         snippet = body[:300].decode("utf-8", "replace").strip()
         message = f"upstream {upstream!r} answered HTTP {said}" + (f": {snippet}" if snippet else "")
     if status in (401, 403):
-        rejected = UpstreamFailure(
+        rejected = KeyRejected(
             f"upstream {upstream!r} rejected agproxy's key for it (HTTP {said}: {message}); "
             "check the account's api_key in the agproxy config"
         )
-        rejected.final = True  # a retry sends the same key
         rejected.upstream_words = f"HTTP {said}: {message[:300]}"
         rejected.upstream_status = status
         return rejected
@@ -2540,7 +2566,7 @@ def stream_error(payload: Dict[str, Any]) -> AgproxyError:
     error_type = error["type"] if isinstance(error.get("type"), str) and error["type"] in _ERROR_STATUS else "api_error"
     message = str(error.get("message") or "upstream stream error")[:4000]
     if error_type in _CLIENT_KEY_ERRORS:  # agproxy's key to the upstream, not the client's
-        failure = UpstreamFailure(f"upstream rejected agproxy's key for it ({message}); check the account's api_key")
+        failure = KeyRejected(f"upstream rejected agproxy's key for it ({message}); check the account's api_key")
         failure.upstream_status = _ERROR_STATUS[error_type]
         return failure
     # an upstream's own failure (api_error) is a bad gateway here, not agproxy's internal error
@@ -5033,11 +5059,9 @@ class AccountPool:
                     for u, a, s in resting if u is upstream and s.key_rejected(now)]
             if keys:
                 parts.append(f"upstream {upstream.name!r} rejected the key of {', '.join(keys)}")
-        rejected = UpstreamFailure("; ".join(parts) + ". Check their api_key in the agproxy config, or run `agproxy "
-                                   "check`; once it is fixed, `agproxy state clear` (agproxy stopped) or a restart "
-                                   "with the new key ends the rest at once")
-        rejected.final = True
-        return rejected
+        return KeyRejected("; ".join(parts) + ". Check their api_key in the agproxy config, or run `agproxy check`; "
+                           "once it is fixed, `agproxy state clear` (agproxy stopped) or a restart with the new key "
+                           "ends the rest at once")
 
     def _fingerprint(self, upstream_name: str, account_name: str) -> str:
         upstream = self.upstreams[upstream_name]

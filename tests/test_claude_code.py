@@ -228,3 +228,36 @@ def test_claude_code_keeps_the_turns_of_a_server_with_one_constant_id_apart(star
         assert [(role, calls) for role, calls, _ in turns] == [
             ("assistant", ["call_one"]), ("tool", "call_one"), ("assistant", ["call_two"]), ("tool", "call_two")]
         assert "step-one-ran" in turns[1][2] and "step-two-ran" in turns[3][2]
+
+
+def test_claude_code_shows_agproxy_s_words_for_a_rejected_anthropic_key(start_agproxy, fake, tmp_path, claude):
+    """An upstream that answers "invalid x-api-key": Claude Code shows "Not logged in · Please run
+    /login" for any error message holding "x-api-key" (both versions), so agproxy words it "x api
+    key"; and the status is one Claude Code does not call a temporary server-side issue."""
+    from tests.fakes.anthropic_upstream import Json
+
+    rejected = Json(401, {"type": "error", "error": {"type": "authentication_error", "message": "invalid x-api-key"}})
+    fake.script_for("sk-upstream-alice", rejected)
+    fake.script_for("sk-upstream-bob", rejected)
+    proxy = start_agproxy(fake_config(fake))
+    result = claude(proxy, "say hello", tmp_path)
+    said = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "rejected the key of alice@example.com (HTTP 401: invalid x api key" in said, said
+    assert "api_key in the agproxy config" in said
+    assert "login" not in said.lower() and "server-side issue" not in said and "temporary" not in said
+
+
+def test_claude_code_shows_agproxy_s_words_for_a_rejected_gemini_key(start_agproxy, tmp_path, claude):
+    """Gemini's 400 API_KEY_INVALID: agproxy's advice to check the key, and nothing from Claude
+    Code calling it a server-side issue that is usually temporary (what it adds to any 5xx)."""
+    from tests.fakes.gemini_upstream import FakeGemini
+
+    with FakeGemini(keys=("the-right-key",)) as gemini:
+        proxy = start_agproxy(gemini_claude_config(gemini))
+        result = claude(proxy, "say hello", tmp_path)
+    said = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "upstream 'gemini' rejected the key of gemini-1 (HTTP 400: API key not valid" in said, said
+    assert "api_key in the agproxy config" in said
+    assert "login" not in said.lower() and "server-side issue" not in said and "temporary" not in said
