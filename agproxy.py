@@ -6210,10 +6210,11 @@ class Server(Application):
         self._check_origin(request)
         self._check_host(request)
         if path.startswith("/v1/v1/") or path == "/v1/v1":
-            self.note_once(None, "v1v1", "a client asked for %s: its base URL ends in /v1 (Claude Code then says "
-                                         "\"There's an issue with the selected model\"); it must not, agproxy adds "
-                                         "/v1 itself", path[:100])
-            raise NotFound(
+            self.note_once(None, "v1v1", "a client asked for %s: its base URL ends in /v1; it must not, agproxy "
+                                         "adds /v1 itself", path[:100])
+            # a 400, not a 404: Claude Code shows a 400's message, but says "There's an issue with the
+            # selected model" for any 404
+            raise InvalidRequest(
                 f"no route for {path}: the base URL must not end in /v1 "
                 f"(use ANTHROPIC_BASE_URL=http://{(request.header('host') or '127.0.0.1:8045')[:100]}, "
                 "agproxy adds /v1 itself)"

@@ -240,11 +240,16 @@ def test_claude_code_shows_agproxy_s_words_for_a_rejected_anthropic_key(start_ag
     fake.script_for("sk-upstream-alice", rejected)
     fake.script_for("sk-upstream-bob", rejected)
     proxy = start_agproxy(fake_config(fake))
-    result = claude(proxy, "say hello", tmp_path)
+    shows_agproxy_s_advice(claude(proxy, "say hello", tmp_path),
+                           "rejected the key of alice@example.com (HTTP 401: invalid x api key")
+
+
+def shows_agproxy_s_advice(result: subprocess.CompletedProcess, words: str) -> None:
+    """Claude Code failed showing agproxy's words and advice, none of its own about logging in or
+    a temporary server-side issue."""
     said = result.stdout + result.stderr
     assert result.returncode != 0
-    assert "rejected the key of alice@example.com (HTTP 401: invalid x api key" in said, said
-    assert "api_key in the agproxy config" in said
+    assert words in said and "api_key in the agproxy config" in said, said
     assert "login" not in said.lower() and "server-side issue" not in said and "temporary" not in said
 
 
@@ -255,9 +260,19 @@ def test_claude_code_shows_agproxy_s_words_for_a_rejected_gemini_key(start_agpro
 
     with FakeGemini(keys=("the-right-key",)) as gemini:
         proxy = start_agproxy(gemini_claude_config(gemini))
-        result = claude(proxy, "say hello", tmp_path)
+        shows_agproxy_s_advice(claude(proxy, "say hello", tmp_path),
+                               "upstream 'gemini' rejected the key of gemini-1 (HTTP 400: API key not valid")
+
+
+def test_claude_code_shows_why_a_base_url_ending_in_v1_fails(start_agproxy, fake, tmp_path, claude):
+    """ANTHROPIC_BASE_URL=.../v1: Claude Code asks for /v1/v1/messages. For a 404 it says only
+    "There's an issue with the selected model"; agproxy's 400 is shown in agproxy's words."""
+    proxy = start_agproxy(fake_config(fake))
+
+    class EndsInV1:
+        url = proxy.url + "/v1"
+
+    result = claude(EndsInV1, "say hello", tmp_path)
     said = result.stdout + result.stderr
     assert result.returncode != 0
-    assert "upstream 'gemini' rejected the key of gemini-1 (HTTP 400: API key not valid" in said, said
-    assert "api_key in the agproxy config" in said
-    assert "login" not in said.lower() and "server-side issue" not in said and "temporary" not in said
+    assert "the base URL must not end in /v1" in said and "selected model" not in said, said
