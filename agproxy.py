@@ -163,8 +163,10 @@ class AgproxyError(Exception):
 
     status: int = 500
     error_type: str = "api_error"
-    #: for errors an upstream answered: its own status and when it says a rate limit resets
+    #: for errors an upstream answered: what its status means, and when it says a rate limit resets
     upstream_status: int = 0
+    #: the status the upstream sent, where it differs from what it means (Gemini's 400 for a bad key)
+    upstream_said: int = 0
     reset_s: Optional[float] = None
     #: no retry can change this answer (every key of the upstream rejected, for one)
     final: bool = False
@@ -2484,7 +2486,7 @@ def anthropic_error_from_upstream(status: int, body: bytes, upstream: str) -> Ag
             "check the account's api_key in the agproxy config"
         )
         rejected.upstream_words = f"HTTP {said}: {message[:300]}"
-        rejected.upstream_status = status
+        rejected.upstream_status, rejected.upstream_said = status, said
         return rejected
     meaning = status
     if status < 400:
@@ -4799,6 +4801,7 @@ class Outcome:
     failure: str = ""  # for status 0: what happened; for a rejected key: the upstream's words
     reset_s: Optional[float] = None  # for 429: when the upstream says the limit resets
     committed: bool = False  # bytes of this answer already reached the client
+    said: int = 0  # the status the upstream sent, where it differs from ``status`` (what it means)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -5054,7 +5057,7 @@ class AccountPool:
                 status=429, error_type="rate_limit_error", headers=[("retry-after", str(wait))])
         parts = []
         for upstream in route.upstreams:
-            keys = [f"{a.name} ({s.reason.replace('key rejected ', '', 1).strip('()')}, tried again in "
+            keys = [f"{a.name} ({s.reason.replace('key rejected ', '', 1).strip('()')}, will be tried again in "
                     f"{max(1, math.ceil(s.rest_for(route.model, now) - now))} s)"
                     for u, a, s in resting if u is upstream and s.key_rejected(now)]
             if keys:
@@ -5177,7 +5180,7 @@ async def run_attempts(pool: AccountPool, route: Route, session: Optional[str], 
             if pool.finish(upstream, account, decision, clock(), session, route.model) and on_change:
                 on_change()
             if on_attempt:
-                on_attempt(number, upstream, account, decision, failed.outcome.status)
+                on_attempt(number, upstream, account, decision, failed.outcome.said or failed.outcome.status)
             if not decision.retry:
                 raise failed.error from None
             last = failed
@@ -7224,7 +7227,8 @@ def _outcome_of(error: AgproxyError) -> Outcome:
     """How the retry engine sees a failed attempt."""
     if isinstance(error, UpstreamFailure) and not error.upstream_status:
         return Outcome(0, failure=error.message)
-    return Outcome(error.upstream_status or error.status, failure=error.upstream_words, reset_s=error.reset_s)
+    return Outcome(error.upstream_status or error.status, failure=error.upstream_words, reset_s=error.reset_s,
+                   said=error.upstream_said)
 
 
 # -- the relay pipeline: one for every kind ------------------------------------------------------
@@ -7839,7 +7843,9 @@ async def _serve(config: Config) -> int:
     try:
         host, port = await server.start()
     except OSError as exc:
-        reason = "the address is already in use" if exc.errno == errno.EADDRINUSE else _describe_os_error(exc)
+        reason = (f"the address is already in use: agproxy may be running there already (see what holds the "
+                  f"port with `ss -ltnp 'sport = :{config.port}'` or `lsof -i :{config.port}`); stop it, or "
+                  "choose another --port") if exc.errno == errno.EADDRINUSE else _describe_os_error(exc)
         print(f"agproxy: cannot listen on {config.host}:{config.port}: {reason}", file=sys.stderr)
         server.client.shutdown()
         return 1

@@ -80,3 +80,20 @@ def test_an_upstream_400_quoting_x_api_key_is_reworded(start_agproxy, fake):
     answer = post_json(proxy.port, "/v1/messages", SIMPLE, 10)
     assert answer.status == 400
     assert json.loads(answer.body)["error"]["message"] == "header x api key: must not be empty"
+
+
+def test_a_gemini_key_rejection_is_logged_with_the_status_gemini_sent(start_agproxy):
+    """Gemini refuses a bad key with a 400 (which agproxy reads as a rejected key, as a 401 would
+    be): the log says 400, and the 424 says the key will be tried again."""
+    from tests.fakes.gemini_upstream import FakeGemini
+
+    with FakeGemini(keys=("the-right-key",)) as gemini:
+        proxy = start_agproxy({"upstreams": [{"name": "gemini", "kind": "gemini", "base_url": gemini.url,
+                                              "accounts": [{"name": "key-1", "api_key": "a-wrong-key"}]}],
+                               "model_map": [{"match": "*", "upstream": "gemini", "model": "gemini-2.5-flash"}]})
+        first = post_json(proxy.port, "/v1/messages", SIMPLE, 10)
+        again = post_json(proxy.port, "/v1/messages", SIMPLE, 10)
+    assert (first.status, again.status) == (424, 424)
+    assert "gemini/key-1 status 400: key rejected (HTTP 400: API key not valid" in proxy.log()
+    assert "status 401" not in proxy.log()
+    assert "will be tried again in 600 s" in json.loads(again.body)["error"]["message"]

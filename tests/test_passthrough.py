@@ -209,8 +209,9 @@ def test_upstream_rejecting_agproxys_key_is_424_not_401(start_agproxy, fake):
         sdk(proxy).messages.create(model="m", max_tokens=5, messages=[{"role": "user", "content": "x"}])
     assert caught.value.status_code == 424
     assert caught.value.body["error"]["type"] == "api_error"
-    assert ("upstream 'fake' rejected the key of alice@example.com (HTTP 401: invalid x api key, tried again in "
-            "600 s), bob@example.com (HTTP 401: invalid x api key, tried again in 600 s)") in caught.value.message
+    assert ("upstream 'fake' rejected the key of alice@example.com (HTTP 401: invalid x api key, will be tried "
+            "again in 600 s), bob@example.com (HTTP 401: invalid x api key, will be tried again in 600 s)"
+            ) in caught.value.message
     assert "sk-upstream" not in caught.value.message
 
 
