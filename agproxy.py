@@ -242,6 +242,9 @@ class UpstreamClosed(UpstreamFailure):
     server had already dropped: the request is sent again on a fresh one)."""
 
 
+#: Most of an upstream's error message that a log line quotes (real ones are a sentence or two).
+MAX_LOGGED_WORDS = 300
+
 #: The status of "the upstream rejected agproxy's key": agproxy's config, which no retry changes.
 #: Not 401 or 403 (the client would blame its own key, and Claude Code says to run /login), nor a
 #: 5xx (Claude Code adds "This is a server-side issue, usually temporary — try again in a moment"):
@@ -4838,7 +4841,7 @@ def decide(outcome: Outcome, attempt: int, max_attempts: int, limits_in_a_row: i
                         reason=f"key rejected ({outcome.failure[:170] if outcome.failure else f'HTTP {status}'})")
     if status in (500, 502, 504) or status == 0:
         return Decision(more, reason=outcome.failure or f"HTTP {status}")
-    return Decision(False, reason=f"HTTP {status} is not retried")
+    return Decision(False, reason=f"HTTP {status} is not retried" + (f": {outcome.failure}" if outcome.failure else ""))
 
 
 # -- the account pool ------------------------------------------------------------------------
@@ -6685,6 +6688,8 @@ class Adapter:
             else:
                 error = _upstream_error(upstream, response, data, self.gw.clock())
                 hint = self.unhealed_hint(upstream, response.status, data)
+                if 400 <= response.status < 500 and not error.upstream_words:  # for the attempt's log line
+                    error.upstream_words = error.message[:MAX_LOGGED_WORDS] + (f"; {hint}" if hint else "")
                 if hint:
                     error.message = f"{error.message} ({hint})"
                 raise error

@@ -97,3 +97,18 @@ def test_a_gemini_key_rejection_is_logged_with_the_status_gemini_sent(start_agpr
     assert "gemini/key-1 status 400: key rejected (HTTP 400: API key not valid" in proxy.log()
     assert "status 401" not in proxy.log()
     assert "will be tried again in 600 s" in json.loads(again.body)["error"]["message"]
+
+
+def test_a_400_that_is_not_retried_is_logged_with_the_upstream_s_words_and_the_profile_hint(start_agproxy):
+    """A strict compatible service behind the default profile: the log said only "HTTP 400 is not
+    retried; giving up", and only the client saw the hint."""
+    from tests.fakes.anthropic_upstream import FakeAnthropic
+
+    with FakeAnthropic(strict=True) as strict:
+        proxy = start_agproxy(fake_config(strict))
+        body = dict(SIMPLE, tools=[{"type": "web_search_20250305", "name": "web_search", "max_uses": 2}])
+        answer = post_json(proxy.port, "/v1/messages", body, 10)
+    assert answer.status == 400
+    line = next(line for line in proxy.log().splitlines() if "is not retried" in line)
+    assert "HTTP 400 is not retried: tools.0: Input tag 'web_search_20250305' found" in line, line
+    assert "set \"profile\": \"compatible\" on upstream 'fake'" in line and line.endswith("giving up")
