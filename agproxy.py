@@ -136,9 +136,22 @@ def error_type_for_status(status: int) -> str:
     return "api_error" if status >= 500 else "invalid_request_error"
 
 
+#: Words in an error message that make Claude Code (2.1.197 and 2.1.332, read in their bundled code)
+#: replace the whole message with its own: "x-api-key" anywhere, whatever the status, becomes "Not
+#: logged in · Please run /login". Said as "x api key" instead, the upstream's meaning is kept and
+#: shown. Its other patterns need no rewording (see tests/test_messages.py for the survey).
+_CLAUDE_CODE_TRIGGERS = re.compile(r"x-api-key", re.IGNORECASE)
+
+
+def client_words(message: str) -> str:
+    """An error message as a client is shown it: the one place every Anthropic-shaped error passes,
+    where words a client would misread (:data:`_CLAUDE_CODE_TRIGGERS`) are reworded."""
+    return _CLAUDE_CODE_TRIGGERS.sub("x api key", message)
+
+
 def error_body(error_type: str, message: str) -> Dict[str, Any]:
-    """The Anthropic error JSON shape."""
-    return {"type": "error", "error": {"type": error_type, "message": message}}
+    """The Anthropic error JSON shape, its message in :func:`client_words`."""
+    return {"type": "error", "error": {"type": error_type, "message": client_words(message)}}
 
 
 class AgproxyError(Exception):
@@ -150,8 +163,10 @@ class AgproxyError(Exception):
 
     status: int = 500
     error_type: str = "api_error"
-    #: for errors an upstream answered: its own status and when it says a rate limit resets
+    #: for errors an upstream answered: what its status means, and when it says a rate limit resets
     upstream_status: int = 0
+    #: the status the upstream sent, where it differs from what it means (Gemini's 400 for a bad key)
+    upstream_said: int = 0
     reset_s: Optional[float] = None
     #: no retry can change this answer (every key of the upstream rejected, for one)
     final: bool = False
@@ -225,6 +240,23 @@ class UpstreamFailure(AgproxyError):
 class UpstreamClosed(UpstreamFailure):
     """The upstream closed the connection before a byte of its answer (a pooled connection the
     server had already dropped: the request is sent again on a fresh one)."""
+
+
+#: Most of an upstream's error message that a log line quotes (real ones are a sentence or two).
+MAX_LOGGED_WORDS = 300
+
+#: The status of "the upstream rejected agproxy's key": agproxy's config, which no retry changes.
+#: Not 401 or 403 (the client would blame its own key, and Claude Code says to run /login), nor a
+#: 5xx (Claude Code adds "This is a server-side issue, usually temporary — try again in a moment"):
+#: 424 Failed Dependency, a 4xx that Claude Code shows in agproxy's own words ("API Error: 424 ...").
+KEY_REJECTED_STATUS = 424
+
+
+class KeyRejected(UpstreamFailure):
+    """An upstream rejected agproxy's key for it: the account's api_key needs fixing."""
+
+    status = KEY_REJECTED_STATUS
+    final = True  # a retry sends the same key
 
 
 class ConfigError(AgproxyError):
@@ -1891,8 +1923,30 @@ def estimate_input_tokens(body: Dict[str, Any]) -> int:
 
 
 def new_message_id() -> str:
-    """A fresh ``msg_`` id for locally built messages."""
+    """A fresh ``msg_`` id, for every Message agproxy builds: local ones and every translated
+    answer. Never the upstream's: Ollama's ids repeat and some servers send one constant id, and
+    Claude Code merges assistant turns that share an id (their tool results lost, an endless loop)."""
     return "msg_" + uuid.uuid4().hex[:24]
+
+
+#: Longest upstream answer id passed on in ``X-Upstream-Message-Id`` (Chat Completions and Gemini
+#: ids are under 60 characters; a longer one is cut, never relayed whole into a header).
+MAX_UPSTREAM_ID_CHARS = 128
+_NOT_ID_CHARACTER = re.compile(r"[^!-~]")
+
+
+def upstream_answer_id(value: Any) -> Optional[str]:
+    """The id an upstream gave its answer, fit to pass on in a header (printable ASCII without
+    spaces, at most :data:`MAX_UPSTREAM_ID_CHARS`), or None when it gave none."""
+    text = _NOT_ID_CHARACTER.sub("", value)[:MAX_UPSTREAM_ID_CHARS] if isinstance(value, str) else ""
+    return text or None
+
+
+def _tell_upstream_id(tell: Optional[Callable[[str], None]], value: Any) -> None:
+    """Pass an upstream's id for its answer on to ``tell``, when there is one and someone to tell."""
+    text = upstream_answer_id(value)
+    if tell is not None and text:
+        tell(text)
 
 
 #: What Claude Code wraps its own context in, inside the user's turn (never what the user typed).
@@ -2413,7 +2467,7 @@ def anthropic_error_from_upstream(status: int, body: bytes, upstream: str) -> Ag
     as ``upstream_status``, what that status means: :func:`upstream_status_of`).
 
     The upstream's own Anthropic-shaped error is kept word for word; anything else is wrapped.
-    A rejected upstream key is agproxy's problem, not the client's: 502, never 401/403.
+    A rejected upstream key is agproxy's problem, not the client's: :data:`KEY_REJECTED_STATUS`, never 401/403.
     """
     message, error_type = "", None
     said, status = status, upstream_status_of(status, body)  # what it answered, and what that means
@@ -2430,13 +2484,12 @@ def anthropic_error_from_upstream(status: int, body: bytes, upstream: str) -> Ag
         snippet = body[:300].decode("utf-8", "replace").strip()
         message = f"upstream {upstream!r} answered HTTP {said}" + (f": {snippet}" if snippet else "")
     if status in (401, 403):
-        rejected = UpstreamFailure(
+        rejected = KeyRejected(
             f"upstream {upstream!r} rejected agproxy's key for it (HTTP {said}: {message}); "
             "check the account's api_key in the agproxy config"
         )
-        rejected.final = True  # a retry sends the same key
         rejected.upstream_words = f"HTTP {said}: {message[:300]}"
-        rejected.upstream_status = status
+        rejected.upstream_status, rejected.upstream_said = status, said
         return rejected
     meaning = status
     if status < 400:
@@ -2518,7 +2571,7 @@ def stream_error(payload: Dict[str, Any]) -> AgproxyError:
     error_type = error["type"] if isinstance(error.get("type"), str) and error["type"] in _ERROR_STATUS else "api_error"
     message = str(error.get("message") or "upstream stream error")[:4000]
     if error_type in _CLIENT_KEY_ERRORS:  # agproxy's key to the upstream, not the client's
-        failure = UpstreamFailure(f"upstream rejected agproxy's key for it ({message}); check the account's api_key")
+        failure = KeyRejected(f"upstream rejected agproxy's key for it ({message}); check the account's api_key")
         failure.upstream_status = _ERROR_STATUS[error_type]
         return failure
     # an upstream's own failure (api_error) is a bad gateway here, not agproxy's internal error
@@ -3545,7 +3598,7 @@ def openai_to_anthropic(response: Dict[str, Any], model: str, stop_sequences: Se
     stop_reason, stop_sequence = _stop_reason(choice, stop_sequences)
     if calls and stop_reason == "end_turn":
         stop_reason = "tool_use"  # some servers say "stop" after tool calls
-    return {"id": "msg_" + str(response.get("id") or uuid.uuid4().hex)[-24:], "type": "message",
+    return {"id": new_message_id(), "type": "message",
             "role": "assistant", "model": model, "content": content, "stop_reason": stop_reason,
             "stop_sequence": stop_sequence, "usage": openai_usage(response.get("usage")) or
             {"input_tokens": 0, "output_tokens": 0}}
@@ -3625,10 +3678,12 @@ class OpenAIStreamTranslator:
     else that arrives (text, another call) waits its turn, so nothing is lost or misplaced.
     """
 
-    def __init__(self, model: str, input_tokens: int = 0, stop_sequences: Sequence[str] = ()) -> None:
+    def __init__(self, model: str, input_tokens: int = 0, stop_sequences: Sequence[str] = (),
+                 on_upstream_id: Optional[Callable[[str], None]] = None) -> None:
         self.model = model
         self.input_tokens = input_tokens
         self.stop_sequences = list(stop_sequences)
+        self.on_upstream_id = on_upstream_id  # told the server's own id for the answer, if it gave one
         self.started = False
         self.finished = False
         self.saw_finish = False
@@ -3644,11 +3699,12 @@ class OpenAIStreamTranslator:
         self._usage: Dict[str, int] = {}
         self._tool_seen = False
 
-    def _start(self, out: List[bytes], message_id: Optional[str]) -> None:
+    def _start(self, out: List[bytes], upstream_id: Any) -> None:
         if self.started:
             return
         self.started = True
-        message = {"id": "msg_" + (message_id or uuid.uuid4().hex)[-24:], "type": "message", "role": "assistant",
+        _tell_upstream_id(self.on_upstream_id, upstream_id)
+        message = {"id": new_message_id(), "type": "message", "role": "assistant",
                    "model": self.model, "content": [], "stop_reason": None, "stop_sequence": None,
                    "usage": {"input_tokens": self.input_tokens, "output_tokens": 1}}
         out.append(encode_sse_json("message_start", {"type": "message_start", "message": message}))
@@ -3683,7 +3739,7 @@ class OpenAIStreamTranslator:
         choices = chunk.get("choices")
         if choices is not None and not isinstance(choices, list):
             raise UpstreamFailure("upstream sent a chunk whose choices is not a list")
-        self._start(out, _text_or(chunk.get("id"), "") or None)
+        self._start(out, chunk.get("id"))
         if isinstance(chunk.get("usage"), dict):
             self._usage = openai_usage(chunk["usage"])
         for choice in choices or []:
@@ -4434,10 +4490,12 @@ class GeminiStreamTranslator:
 
     def __init__(self, model: str, input_tokens: int = 0,
                  on_signature: Optional[Callable[[str, str], None]] = None,
-                 names: Optional[Dict[str, str]] = None) -> None:
+                 names: Optional[Dict[str, str]] = None,
+                 on_upstream_id: Optional[Callable[[str], None]] = None) -> None:
         self.model = model
         self.input_tokens = input_tokens
         self.on_signature = on_signature
+        self.on_upstream_id = on_upstream_id  # told Gemini's responseId for the answer
         self.names = names or {}  # the client's tool names, by the names Gemini knows them by
         self.started = False
         self.finished = False
@@ -4455,7 +4513,8 @@ class GeminiStreamTranslator:
         if self.started:
             return
         self.started = True
-        message = {"id": "msg_" + (_text_or(response_id, "") or uuid.uuid4().hex)[-24:], "type": "message",
+        _tell_upstream_id(self.on_upstream_id, response_id)
+        message = {"id": new_message_id(), "type": "message",
                    "role": "assistant", "model": self.model, "content": [], "stop_reason": None,
                    "stop_sequence": None, "usage": {"input_tokens": self.input_tokens, "output_tokens": 1}}
         out.append(encode_sse_json("message_start", {"type": "message_start", "message": message}))
@@ -4594,13 +4653,14 @@ class GeminiStreamTranslator:
 
 
 def gemini_to_anthropic(answer: Any, model: str, on_signature: Optional[Callable[[str, str], None]] = None,
-                        input_tokens: int = 0, names: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
+                        input_tokens: int = 0, names: Optional[Dict[str, str]] = None,
+                        on_upstream_id: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
     """A whole ``generateContent`` answer (or the chunks of a stream sent as one JSON array) as
     an Anthropic Message, by way of the stream translator: one set of rules for both."""
     chunks = answer if isinstance(answer, list) else [answer]
     if not chunks or not all(isinstance(c, dict) for c in chunks):
         raise UpstreamFailure("upstream answered something that is not a Gemini response")
-    translator = GeminiStreamTranslator(model, input_tokens, on_signature, names)
+    translator = GeminiStreamTranslator(model, input_tokens, on_signature, names, on_upstream_id)
     events: List[bytes] = []
     for chunk in chunks:
         events += translator.feed(chunk)
@@ -4744,6 +4804,7 @@ class Outcome:
     failure: str = ""  # for status 0: what happened; for a rejected key: the upstream's words
     reset_s: Optional[float] = None  # for 429: when the upstream says the limit resets
     committed: bool = False  # bytes of this answer already reached the client
+    said: int = 0  # the status the upstream sent, where it differs from ``status`` (what it means)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -4780,7 +4841,7 @@ def decide(outcome: Outcome, attempt: int, max_attempts: int, limits_in_a_row: i
                         reason=f"key rejected ({outcome.failure[:170] if outcome.failure else f'HTTP {status}'})")
     if status in (500, 502, 504) or status == 0:
         return Decision(more, reason=outcome.failure or f"HTTP {status}")
-    return Decision(False, reason=f"HTTP {status} is not retried")
+    return Decision(False, reason=f"HTTP {status} is not retried" + (f": {outcome.failure}" if outcome.failure else ""))
 
 
 # -- the account pool ------------------------------------------------------------------------
@@ -4999,16 +5060,14 @@ class AccountPool:
                 status=429, error_type="rate_limit_error", headers=[("retry-after", str(wait))])
         parts = []
         for upstream in route.upstreams:
-            keys = [f"{a.name} ({s.reason.replace('key rejected ', '', 1).strip('()')}, tried again in "
+            keys = [f"{a.name} ({s.reason.replace('key rejected ', '', 1).strip('()')}, will be tried again in "
                     f"{max(1, math.ceil(s.rest_for(route.model, now) - now))} s)"
                     for u, a, s in resting if u is upstream and s.key_rejected(now)]
             if keys:
                 parts.append(f"upstream {upstream.name!r} rejected the key of {', '.join(keys)}")
-        rejected = UpstreamFailure("; ".join(parts) + ". Check their api_key in the agproxy config, or run `agproxy "
-                                   "check`; once it is fixed, `agproxy state clear` (agproxy stopped) or a restart "
-                                   "with the new key ends the rest at once")
-        rejected.final = True
-        return rejected
+        return KeyRejected("; ".join(parts) + ". Check their api_key in the agproxy config, or run `agproxy check`; "
+                           "once it is fixed, `agproxy state clear` (agproxy stopped) or a restart with the new key "
+                           "ends the rest at once")
 
     def _fingerprint(self, upstream_name: str, account_name: str) -> str:
         upstream = self.upstreams[upstream_name]
@@ -5124,7 +5183,7 @@ async def run_attempts(pool: AccountPool, route: Route, session: Optional[str], 
             if pool.finish(upstream, account, decision, clock(), session, route.model) and on_change:
                 on_change()
             if on_attempt:
-                on_attempt(number, upstream, account, decision, failed.outcome.status)
+                on_attempt(number, upstream, account, decision, failed.outcome.said or failed.outcome.status)
             if not decision.retry:
                 raise failed.error from None
             last = failed
@@ -6171,10 +6230,11 @@ class Server(Application):
         self._check_origin(request)
         self._check_host(request)
         if path.startswith("/v1/v1/") or path == "/v1/v1":
-            self.note_once(None, "v1v1", "a client asked for %s: its base URL ends in /v1 (Claude Code then says "
-                                         "\"There's an issue with the selected model\"); it must not, agproxy adds "
-                                         "/v1 itself", path[:100])
-            raise NotFound(
+            self.note_once(None, "v1v1", "a client asked for %s: its base URL ends in /v1; it must not, agproxy "
+                                         "adds /v1 itself", path[:100])
+            # a 400, not a 404: Claude Code shows a 400's message, but says "There's an issue with the
+            # selected model" for any 404
+            raise InvalidRequest(
                 f"no route for {path}: the base URL must not end in /v1 "
                 f"(use ANTHROPIC_BASE_URL=http://{(request.header('host') or '127.0.0.1:8045')[:100]}, "
                 "agproxy adds /v1 itself)"
@@ -6654,6 +6714,8 @@ class Adapter:
             else:
                 error = _upstream_error(upstream, response, data, self.gw.clock())
                 hint = self.unhealed_hint(upstream, response.status, data)
+                if 400 <= response.status < 500 and not error.upstream_words:  # for the attempt's log line
+                    error.upstream_words = error.message[:MAX_LOGGED_WORDS] + (f"; {hint}" if hint else "")
                 if hint:
                     error.message = f"{error.message} ({hint})"
                 raise error
@@ -6703,10 +6765,12 @@ class Adapter:
         response, _ = await self.call(request, exchange, route, account, self.messages_path_for(route, stream_upstream),
                                       stream_upstream, fitted_max_tokens(body, window, estimate) if window else None)
         headers = headers + relayed_upstream_headers(response.headers)
+        upstream_ids: List[str] = []  # the upstream's own id for the answer (the Message gets agproxy's)
         if response.is_event_stream:
-            events = self.answer_events(response, route, body, estimate)
+            events = self.answer_events(response, route, body, estimate, upstream_ids.append)
             if stream:
                 head = await _watched(exchange, response, first_events(events))
+                headers = headers + self.upstream_id_headers(upstream_ids)
                 scaler = UsageScaler(window, client_window).transform if window else None
                 observe = self.watcher(upstream)
                 ping_s = self.gw.config.ping_interval_s if self.pings else None
@@ -6715,7 +6779,8 @@ class Adapter:
             message = await _watched(exchange, response, accumulate_events(events))
         else:
             data = await _watched(exchange, response, response.read_all())
-            message = self.answer_message(data, response, route, body)
+            message = self.answer_message(data, response, route, body, upstream_ids.append)
+        headers = headers + self.upstream_id_headers(upstream_ids)
         self.received(message, upstream)
         if window:
             scale_usage(message.get("usage"), window, client_window)
@@ -6723,15 +6788,21 @@ class Adapter:
             return StreamingResponse(200, _SSE_HEADERS + headers, _iterate(message_as_sse(message)), lambda: None)
         return json_response(200, message, headers)
 
-    def answer_events(self, response: UpstreamResponse, route: Route, body: Dict[str, Any],
-                      estimate: int) -> AsyncIterator[bytes]:
-        """The upstream's event stream as Anthropic events, in batches of whole events."""
+    def answer_events(self, response: UpstreamResponse, route: Route, body: Dict[str, Any], estimate: int,
+                      on_upstream_id: Callable[[str], None]) -> AsyncIterator[bytes]:
+        """The upstream's event stream as Anthropic events, in batches of whole events; a translated
+        answer gets its own message id, and the upstream's goes to ``on_upstream_id``."""
         raise NotImplementedError
 
-    def answer_message(self, data: bytes, response: UpstreamResponse, route: Route,
-                       body: Dict[str, Any]) -> Dict[str, Any]:
-        """The upstream's whole (not streamed) answer as an Anthropic Message."""
+    def answer_message(self, data: bytes, response: UpstreamResponse, route: Route, body: Dict[str, Any],
+                       on_upstream_id: Callable[[str], None]) -> Dict[str, Any]:
+        """The upstream's whole (not streamed) answer as an Anthropic Message (ids as in :meth:`answer_events`)."""
         raise NotImplementedError
+
+    def upstream_id_headers(self, upstream_ids: List[str]) -> Headers:
+        """``X-Upstream-Message-Id``: the id the upstream gave a translated answer, where the client
+        can still find it (the answer itself carries agproxy's own)."""
+        return [("X-Upstream-Message-Id", self.gw.redact.text(upstream_ids[0]))] if upstream_ids else []
 
     def watcher(self, upstream: Upstream) -> Optional[Callable[[bytes], None]]:
         """What looks at the relayed events (for the signatures in them), if anything."""
@@ -6813,9 +6884,9 @@ class AnthropicAdapter(Adapter):
         self.gw.count_changes("sanitize", changes, exchange, upstream)
         return json.dumps(body, ensure_ascii=False).encode("utf-8"), body, beta
 
-    def answer_events(self, response: UpstreamResponse, route: Route, body: Dict[str, Any],
-                      estimate: int) -> AsyncIterator[bytes]:
-        return anthropic_events(response, route.upstream.name)
+    def answer_events(self, response: UpstreamResponse, route: Route, body: Dict[str, Any], estimate: int,
+                      on_upstream_id: Callable[[str], None]) -> AsyncIterator[bytes]:
+        return anthropic_events(response, route.upstream.name)  # relayed: its message ids are its own
 
     def unhealed_hint(self, upstream: Upstream, status: int, data: bytes) -> Optional[str]:
         if status not in (400, 422) or upstream.profile == "compatible" or not _SCHEMA_REFUSAL.search(
@@ -6824,8 +6895,8 @@ class AnthropicAdapter(Adapter):
         return (f"agproxy could not heal this; for an Anthropic-compatible service that is not Anthropic, set "
                 f'"profile": "compatible" on upstream {upstream.name!r}: it sends only the basic Messages fields')
 
-    def answer_message(self, data: bytes, response: UpstreamResponse, route: Route,
-                       body: Dict[str, Any]) -> Dict[str, Any]:
+    def answer_message(self, data: bytes, response: UpstreamResponse, route: Route, body: Dict[str, Any],
+                       on_upstream_id: Callable[[str], None]) -> Dict[str, Any]:
         try:
             return loads_strict(data)
         except ValueError:
@@ -6871,18 +6942,20 @@ class OpenAIAdapter(Adapter):
         self.gw.count_changes("translate", changes, exchange, upstream)
         return json.dumps(translated, ensure_ascii=False).encode("utf-8"), translated, None
 
-    def answer_events(self, response: UpstreamResponse, route: Route, body: Dict[str, Any],
-                      estimate: int) -> AsyncIterator[bytes]:
-        return openai_events(response, OpenAIStreamTranslator(route.model, estimate, _stop_sequences(body)))
+    def answer_events(self, response: UpstreamResponse, route: Route, body: Dict[str, Any], estimate: int,
+                      on_upstream_id: Callable[[str], None]) -> AsyncIterator[bytes]:
+        return openai_events(response, OpenAIStreamTranslator(route.model, estimate, _stop_sequences(body),
+                                                              on_upstream_id))
 
-    def answer_message(self, data: bytes, response: UpstreamResponse, route: Route,
-                       body: Dict[str, Any]) -> Dict[str, Any]:
+    def answer_message(self, data: bytes, response: UpstreamResponse, route: Route, body: Dict[str, Any],
+                       on_upstream_id: Callable[[str], None]) -> Dict[str, Any]:
         try:
             answer = loads_strict(data)
         except ValueError:
             raise UpstreamFailure(f"upstream {route.upstream.name!r} answered something that is not JSON") from None
         if not isinstance(answer, dict) or not isinstance(answer.get("choices"), list):
             raise UpstreamFailure(f"upstream {route.upstream.name!r} answered something that is not a chat completion")
+        _tell_upstream_id(on_upstream_id, answer.get("id"))
         return openai_to_anthropic(answer, route.model, _stop_sequences(body))
 
     async def count(self, body: Dict[str, Any], route: Route) -> Optional[int]:
@@ -7025,20 +7098,21 @@ class GeminiAdapter(Adapter):
 
         return record
 
-    def answer_events(self, response: UpstreamResponse, route: Route, body: Dict[str, Any],
-                      estimate: int) -> AsyncIterator[bytes]:
+    def answer_events(self, response: UpstreamResponse, route: Route, body: Dict[str, Any], estimate: int,
+                      on_upstream_id: Callable[[str], None]) -> AsyncIterator[bytes]:
         return gemini_events(response, GeminiStreamTranslator(route.model, estimate, self.recorder(route),
-                                                              gemini_name_map(body)))
+                                                              gemini_name_map(body), on_upstream_id))
 
-    def answer_message(self, data: bytes, response: UpstreamResponse, route: Route,
-                       body: Dict[str, Any]) -> Dict[str, Any]:
+    def answer_message(self, data: bytes, response: UpstreamResponse, route: Route, body: Dict[str, Any],
+                       on_upstream_id: Callable[[str], None]) -> Dict[str, Any]:
         try:
             answer = loads_strict(data)
         except ValueError:
             raise UpstreamFailure(f"upstream {route.upstream.name!r} answered something that is not JSON") from None
         if isinstance(answer, dict) and isinstance(answer.get("error"), dict):
             raise _upstream_error(route.upstream, response, self.gw.redact.data(data), self.gw.clock())
-        return gemini_to_anthropic(answer, route.model, self.recorder(route), names=gemini_name_map(body))
+        return gemini_to_anthropic(answer, route.model, self.recorder(route), names=gemini_name_map(body),
+                                   on_upstream_id=on_upstream_id)
 
     async def count(self, body: Dict[str, Any], route: Route) -> Optional[int]:
         """Gemini's own count of the translated request (``countTokens``), so the count is exact."""
@@ -7184,7 +7258,8 @@ def _outcome_of(error: AgproxyError) -> Outcome:
     """How the retry engine sees a failed attempt."""
     if isinstance(error, UpstreamFailure) and not error.upstream_status:
         return Outcome(0, failure=error.message)
-    return Outcome(error.upstream_status or error.status, failure=error.upstream_words, reset_s=error.reset_s)
+    return Outcome(error.upstream_status or error.status, failure=error.upstream_words, reset_s=error.reset_s,
+                   said=error.upstream_said)
 
 
 # -- the relay pipeline: one for every kind ------------------------------------------------------
@@ -7799,7 +7874,9 @@ async def _serve(config: Config) -> int:
     try:
         host, port = await server.start()
     except OSError as exc:
-        reason = "the address is already in use" if exc.errno == errno.EADDRINUSE else _describe_os_error(exc)
+        reason = (f"the address is already in use: agproxy may be running there already (see what holds the "
+                  f"port with `ss -ltnp 'sport = :{config.port}'` or `lsof -i :{config.port}`); stop it, or "
+                  "choose another --port") if exc.errno == errno.EADDRINUSE else _describe_os_error(exc)
         print(f"agproxy: cannot listen on {config.host}:{config.port}: {reason}", file=sys.stderr)
         server.client.shutdown()
         return 1

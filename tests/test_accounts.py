@@ -196,7 +196,7 @@ def test_retry_loop_invariants(scripts, max_attempts, short_reset, commit_at):
     if final:  # the answer is the last attempt's
         assert result.status == (502 if status == 0 else status)
     else:  # no account could take another attempt: the pool's summary of why
-        assert result.status in (429, 502)
+        assert result.status in (429, agproxy.KEY_REJECTED_STATUS)
         assert pool.choose(route, None, clock[0]) is None
     tried = {n for n, _, _ in calls}
     healthy_untried = [a for a in accounts if a.name not in tried and remaining[a.name][0] == 200]
@@ -464,7 +464,7 @@ def test_a_key_fixed_in_the_config_works_right_after_a_restart(start_agproxy, fa
     proxy = start_agproxy(wrong)
     with pytest.raises(anthropic.APIStatusError) as caught:
         ask(proxy)
-    assert caught.value.status_code == 502
+    assert caught.value.status_code == 424
     assert proxy.stop() == 0
     saved = state.read_text()
     assert "sk-upstream-typo" not in saved and '"key": "' in saved  # a fingerprint, never the key

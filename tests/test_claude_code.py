@@ -202,3 +202,77 @@ def test_claude_code_runs_parallel_tool_calls_on_gemini(start_agproxy, tmp_path,
         assert "marker-file-for-ls.txt" in said and "second-call-ran" in said and "third-call-ran" in said
         signed = [p for c in last for p in c["parts"] if "thoughtSignature" in p and "functionCall" in p]
         assert len(signed) == 2 and all(gemini.issued[p["thoughtSignature"]][0] == "call" for p in signed)
+
+
+def test_claude_code_keeps_the_turns_of_a_server_with_one_constant_id_apart(start_agproxy, tmp_path, claude):
+    """Two tool steps, then text, from a server that gives every answer the same id (the fake's
+    ``chatcmpl-fake``). Claude Code merges assistant turns that share an id: with the upstream's id
+    the third request held one assistant turn with both calls (and a model then loops). agproxy
+    mints each answer's own id, so every step reaches the server as its own turn and the loop ends."""
+    from tests.fakes.openai_upstream import Chunks, FakeOpenAI, tool_chunks
+
+    with FakeOpenAI() as local:
+        local.script(Chunks(tool_chunks([("call_one", "Bash", '{"command": "echo step-one-ran"}')],
+                                        reasoning="First step.", text="Step one.")),
+                     Chunks(tool_chunks([("call_two", "Bash", '{"command": "echo step-two-ran"}')],
+                                        reasoning="Second step.", text="Step two.")))
+        proxy = start_agproxy({"upstreams": [{"name": "local", "kind": "openai", "base_url": local.url,
+                                              "accounts": [{"name": "vllm", "api_key": "none"}]}]})
+        result = claude(proxy, "run the two steps", tmp_path, "--allowedTools", "Bash")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert local.rejections == []
+        assert "Hello from the fake OpenAI server." in result.stdout
+        assert len(local.chats) == 3
+        turns = [(m["role"], [c["id"] for c in m.get("tool_calls") or []] or m.get("tool_call_id"), m.get("content"))
+                 for m in local.chats[-1]["messages"] if m["role"] in ("assistant", "tool")]
+        assert [(role, calls) for role, calls, _ in turns] == [
+            ("assistant", ["call_one"]), ("tool", "call_one"), ("assistant", ["call_two"]), ("tool", "call_two")]
+        assert "step-one-ran" in turns[1][2] and "step-two-ran" in turns[3][2]
+
+
+def test_claude_code_shows_agproxy_s_words_for_a_rejected_anthropic_key(start_agproxy, fake, tmp_path, claude):
+    """An upstream that answers "invalid x-api-key": Claude Code shows "Not logged in · Please run
+    /login" for any error message holding "x-api-key" (both versions), so agproxy words it "x api
+    key"; and the status is one Claude Code does not call a temporary server-side issue."""
+    from tests.fakes.anthropic_upstream import Json
+
+    rejected = Json(401, {"type": "error", "error": {"type": "authentication_error", "message": "invalid x-api-key"}})
+    fake.script_for("sk-upstream-alice", rejected)
+    fake.script_for("sk-upstream-bob", rejected)
+    proxy = start_agproxy(fake_config(fake))
+    shows_agproxy_s_advice(claude(proxy, "say hello", tmp_path),
+                           "rejected the key of alice@example.com (HTTP 401: invalid x api key")
+
+
+def shows_agproxy_s_advice(result: subprocess.CompletedProcess, words: str) -> None:
+    """Claude Code failed showing agproxy's words and advice, none of its own about logging in or
+    a temporary server-side issue."""
+    said = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert words in said and "api_key in the agproxy config" in said, said
+    assert "login" not in said.lower() and "server-side issue" not in said and "temporary" not in said
+
+
+def test_claude_code_shows_agproxy_s_words_for_a_rejected_gemini_key(start_agproxy, tmp_path, claude):
+    """Gemini's 400 API_KEY_INVALID: agproxy's advice to check the key, and nothing from Claude
+    Code calling it a server-side issue that is usually temporary (what it adds to any 5xx)."""
+    from tests.fakes.gemini_upstream import FakeGemini
+
+    with FakeGemini(keys=("the-right-key",)) as gemini:
+        proxy = start_agproxy(gemini_claude_config(gemini))
+        shows_agproxy_s_advice(claude(proxy, "say hello", tmp_path),
+                               "upstream 'gemini' rejected the key of gemini-1 (HTTP 400: API key not valid")
+
+
+def test_claude_code_shows_why_a_base_url_ending_in_v1_fails(start_agproxy, fake, tmp_path, claude):
+    """ANTHROPIC_BASE_URL=.../v1: Claude Code asks for /v1/v1/messages. For a 404 it says only
+    "There's an issue with the selected model"; agproxy's 400 is shown in agproxy's words."""
+    proxy = start_agproxy(fake_config(fake))
+
+    class EndsInV1:
+        url = proxy.url + "/v1"
+
+    result = claude(EndsInV1, "say hello", tmp_path)
+    said = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "the base URL must not end in /v1" in said and "selected model" not in said, said

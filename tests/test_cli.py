@@ -51,7 +51,9 @@ def test_port_in_use_is_one_plain_line_and_exit_1(tmp_path):
         result = run(["--port", str(port)], tmp_path)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
-    assert lines[-1] == f"agproxy: cannot listen on 127.0.0.1:{port}: the address is already in use"
+    assert lines[-1] == (f"agproxy: cannot listen on 127.0.0.1:{port}: the address is already in use: agproxy may be "
+                         f"running there already (see what holds the port with `ss -ltnp 'sport = :{port}'` or "
+                         f"`lsof -i :{port}`); stop it, or choose another --port")
     assert "Traceback" not in result.stderr
 
 
@@ -331,7 +333,7 @@ def test_a_gemini_key_refused_for_its_project_is_explained_everywhere(tmp_path, 
         with pytest.raises(urllib.error.HTTPError) as caught:
             urllib.request.urlopen(request, timeout=10)
         said = json.loads(caught.value.read())["error"]["message"]
-        assert caught.value.code == 502 and "has not been used in project 123" in said, said
+        assert caught.value.code == 424 and "has not been used in project 123" in said, said
         refused = run(["state", "clear", "--config", str(write_config(tmp_path, config))], tmp_path)
         assert refused.returncode == 1 and "is running with" in refused.stderr and state.exists()
         proxy.stop()

@@ -108,6 +108,7 @@ EARLY_T = _e(502, 504)
 ANY = _e(502, ok=True, event=True)  # malformed but maybe tolerable: a proper answer or a proper failure
 ANY_T = _e(502, 504, ok=True, event=True)
 RATE = _e(429, rate=True)
+KEY_REJECTED = _e(424)  # agproxy's key refused: a 4xx Claude Code shows in agproxy's words (KEY_REJECTED_STATUS)
 
 
 def status(code: int) -> Expect:
@@ -123,7 +124,7 @@ EXPECT: Dict[str, Any] = {
     "status_400": status(400), "status_404": status(404), "status_418": status(418), "status_500": status(500),
     "status_503": status(503), "status_529": status(529), "status_599": status(599),
     "status_503_html": status(503), "status_400_not_json": status(400),
-    "status_401_echo_key": EARLY, "status_403_echo_key_html": EARLY,
+    "status_401_echo_key": KEY_REJECTED, "status_403_echo_key_html": KEY_REJECTED,
     "status_429_alice_then_ok": _e(ok=True, rate=True),
     # framing
     # (a body cut short or overlong may still hold the whole answer: ANY, but a complete answer must be valid)

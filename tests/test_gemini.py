@@ -542,7 +542,7 @@ def test_quota_rests_the_key_until_gemini_s_retry_delay(start_agproxy, fake):
     assert server.pool.state(upstream, upstream.accounts[0]).resting_until - server.clock() == pytest.approx(26, abs=1)
 
 
-def test_a_rejected_key_rotates_and_all_rejected_is_a_502(start_agproxy, fake):
+def test_a_rejected_key_rotates_and_all_rejected_is_a_424(start_agproxy, fake):
     proxy = start_agproxy(gemini_config(fake, keys=["wrong-key", "gemini-key"]))
     raw = sdk(proxy).messages.with_raw_response.create(model="m", max_tokens=5,
                                                        messages=[{"role": "user", "content": "x"}])
@@ -550,7 +550,7 @@ def test_a_rejected_key_rotates_and_all_rejected_is_a_502(start_agproxy, fake):
     proxy2 = start_agproxy(gemini_config(fake, keys=["wrong-key", "wrong-too"]))
     with pytest.raises(anthropic.APIStatusError) as caught:
         sdk(proxy2).messages.create(model="m", max_tokens=5, messages=[{"role": "user", "content": "x"}])
-    assert caught.value.status_code == 502 and "wrong" not in caught.value.message
+    assert caught.value.status_code == 424 and "wrong" not in caught.value.message
 
 
 @pytest.mark.parametrize("status, state, exception, error_type", [

@@ -617,8 +617,8 @@ def test_answers_a_retry_cannot_change_say_so_and_the_others_do_not(start_agprox
         ("wrong agproxy key", [("x-api-key", "nope")], dict(SIMPLE), [], 401, "false"),
         ("unrouted model", key, dict(SIMPLE, model="gpt-4"), [], 404, "false"),
         ("invalid request", key, dict(SIMPLE, max_tokens=0), [], 400, "false"),
-        ("every key rejected", key, dict(SIMPLE), [rejected_key, rejected_key], 502, "false"),
-        ("every key rejected, asked again", key, dict(SIMPLE), [], 502, "false"),
+        ("every key rejected", key, dict(SIMPLE), [rejected_key, rejected_key], 424, "false"),
+        ("every key rejected, asked again", key, dict(SIMPLE), [], 424, "false"),
         ("rate limited", key, dict(SIMPLE), [limited, limited], 429, None),
     ]
     for name, headers, body, script, status, should_retry in cases:

@@ -199,16 +199,19 @@ def test_upstream_errors_keep_status_and_type(start_agproxy, fake, status, error
         assert caught.value.response.headers["retry-after"] == "7"
 
 
-def test_upstream_rejecting_agproxys_key_is_502_not_401(start_agproxy, fake):
+def test_upstream_rejecting_agproxys_key_is_424_not_401(start_agproxy, fake):
+    """Neither 401 (the client's key is fine) nor a 5xx (Claude Code calls those temporary server
+    issues): 424, in words that do not say "x-api-key" (Claude Code shows "Not logged in" for them)."""
     rejected = Json(401, {"type": "error", "error": {"type": "authentication_error", "message": "invalid x-api-key"}})
     fake.script(rejected, rejected)
     proxy = start_agproxy(fake_config(fake))
     with pytest.raises(anthropic.APIStatusError) as caught:
         sdk(proxy).messages.create(model="m", max_tokens=5, messages=[{"role": "user", "content": "x"}])
-    assert caught.value.status_code == 502
+    assert caught.value.status_code == 424
     assert caught.value.body["error"]["type"] == "api_error"
-    assert ("upstream 'fake' rejected the key of alice@example.com (HTTP 401: invalid x-api-key, tried again in "
-            "600 s), bob@example.com (HTTP 401: invalid x-api-key, tried again in 600 s)") in caught.value.message
+    assert ("upstream 'fake' rejected the key of alice@example.com (HTTP 401: invalid x api key, will be tried "
+            "again in 600 s), bob@example.com (HTTP 401: invalid x api key, will be tried again in 600 s)"
+            ) in caught.value.message
     assert "sk-upstream" not in caught.value.message
 
 

@@ -70,7 +70,7 @@ def test_count_tokens_grows_with_the_prompt(start_agproxy):
 def test_v1_v1_hint_and_404_405(start_agproxy):
     proxy = start_agproxy({"upstreams": [DEMO]})
     status, _, error = call(proxy, "/v1/v1/messages", "POST", MESSAGE)
-    assert status == 404 and error["error"]["type"] == "not_found_error"
+    assert status == 400 and error["error"]["type"] == "invalid_request_error"  # a 404 Claude Code would not show
     assert "must not end in /v1" in error["error"]["message"]
     call(proxy, "/v1/v1/messages", "POST", MESSAGE)
     assert proxy.log().count("its base URL ends in /v1") == 1  # the operator sees why, once
