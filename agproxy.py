@@ -296,6 +296,13 @@ UPSTREAM_KINDS = ("anthropic", "openai", "gemini", "demo")
 AUTH_MODES = ("off", "strict", "all_except_health", "auto")
 PROFILES = ("anthropic", "compatible")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+#: The largest int that float() takes (beyond it, OverflowError): a config number past it is refused.
+_FLOAT_LIMIT = 2 ** 1023
+#: The largest duration or weight a config may give: 10^9 s is 31 years, and bigger ones overflow
+#: what they are added to (a deadline, a sum of weights) or mean a typo.
+MAX_CONFIG_NUMBER = 1e9
+#: No model has a window of a billion tokens; past it a number is a typo (or 400 digits).
+MAX_CONTEXT_WINDOW = 10 ** 9
 
 #: Top-level fields that every Anthropic-compatible server takes.
 BASIC_FIELDS = frozenset((
@@ -493,12 +500,35 @@ def _expand_tree(value: Any, environ: Dict[str, str], where: str, unset: Optiona
             raise ConfigError("; ".join(unset[:20]) + (f"; and {len(unset) - 20} more" if len(unset) > 20 else ""))
         return expanded
     if isinstance(value, str):
-        return expand_env(value, environ, where, unset)
+        expanded = expand_env(value, environ, where, unset)
+        _no_surrogate(expanded, where)  # from the file or from a variable's undecodable bytes
+        return expanded
     if isinstance(value, list):
         return [_expand_tree(item, environ, f"{where}[{i}]", unset) for i, item in enumerate(value)]
     if isinstance(value, dict):
+        for key in value:
+            _no_surrogate(key, where, is_key=True)
         return {k: _expand_tree(v, environ, f"{where}.{k}" if where else k, unset) for k, v in value.items()}
     return value
+
+
+def _no_surrogate(text: str, where: str, is_key: bool = False) -> None:
+    """JSON may spell a lone UTF-16 surrogate (``"\\ud800"``), which is no text: it cannot be
+    printed, logged or sent, so a config holding one is refused where it is, naming the key."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        what = "a key" if is_key else "it"
+        raise ConfigError(f"{where + ': ' if where else ''}{what} holds a lone surrogate ({_shown(text)}), which is "
+                          "not text; write the character itself or its pair of \\u escapes") from None
+
+
+def _shown(value: Any) -> str:
+    """A config value as an error message quotes it: JSON, ASCII only, at most 60 characters (a
+    number too long for that is said by its length)."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10 ** 20:
+        return f"a number of {len(str(abs(value)))} digits"
+    return json.dumps(value)[:60]
 
 
 def _with_suggestion(name: str, known: Iterable[str]) -> str:
@@ -531,9 +561,12 @@ class _Fields:
         value = self.obj[key]
         ok = isinstance(value, kind) and not (kind in (int, float) and isinstance(value, bool))
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            if abs(value) > _FLOAT_LIMIT:  # float() of 400 digits raises OverflowError
+                raise ConfigError(f"{self.path(key)}: must be a number up to {MAX_CONFIG_NUMBER:g}, "
+                                  f"got {_shown(value)}")
             value, ok = float(value), True
         if not ok:
-            raise ConfigError(f"{self.path(key)}: must be {_TYPE_NAMES[kind]}, got {json.dumps(value)[:60]}")
+            raise ConfigError(f"{self.path(key)}: must be {_TYPE_NAMES[kind]}, got {_shown(value)}")
         if kind is float and not math.isfinite(value):
             raise ConfigError(f"{self.path(key)}: must be a finite number, got {value}")
         return value
@@ -556,16 +589,18 @@ class _Fields:
             raise ConfigError(f"{self.path(key)}: must be one of {', '.join(choices)}")
         return value
 
-    def number(self, key: str, default: float, minimum: float) -> float:
+    def number(self, key: str, default: float, minimum: float, maximum: float = MAX_CONFIG_NUMBER) -> float:
         value = self.get(key, float, default)
         if value < minimum:
             raise ConfigError(f"{self.path(key)}: must be at least {minimum:g}, got {value:g}")
+        if value > maximum:
+            raise ConfigError(f"{self.path(key)}: must be at most {maximum:g}, got {value:g}")
         return value
 
     def integer(self, key: str, default: int, minimum: int, maximum: int = 2**62) -> int:
         value = self.get(key, int, default)
         if not minimum <= value <= maximum:
-            raise ConfigError(f"{self.path(key)}: must be between {minimum} and {maximum}, got {value}")
+            raise ConfigError(f"{self.path(key)}: must be between {minimum} and {maximum}, got {_shown(value)}")
         return value
 
     def strings(self, key: str) -> Tuple[str, ...]:
@@ -659,7 +694,9 @@ def _parse_upstream(obj: Any, where: str) -> Upstream:
         if key.lower() in _FRAMING_HEADERS:
             raise ConfigError(f"{where}.headers.{key}: is set by agproxy itself (it frames the request)")
     if context_window is not None and context_window < 1024:
-        raise ConfigError(f"{where}.context_window: must be at least 1024, got {context_window}")
+        raise ConfigError(f"{where}.context_window: must be at least 1024, got {_shown(context_window)}")
+    if context_window is not None and context_window > MAX_CONTEXT_WINDOW:
+        raise ConfigError(f"{where}.context_window: must be at most {MAX_CONTEXT_WINDOW}, got {_shown(context_window)}")
     return Upstream(
         name=name,
         kind=kind,

@@ -345,3 +345,18 @@ def test_a_gemini_key_refused_for_its_project_is_explained_everywhere(tmp_path, 
     assert "for every model (key rejected (HTTP 403: Generative Language API has not" in shown.stdout
     cleared = run(["state", "clear", "--config", str(path)], tmp_path)  # AGP_TEST_GEMINI_KEY unset here
     assert cleared.returncode == 0 and not state.exists()
+
+
+@pytest.mark.parametrize("command", [[], ["check"]])
+def test_a_number_of_400_digits_and_a_lone_surrogate_are_one_line_and_exit_2(tmp_path, command):
+    """Issue 18: an OverflowError traceback (exit 1) and a crash of `check` on printing the name."""
+    huge = tmp_path / "huge.json"
+    huge.write_text('{"upstreams": [{"name": "d", "kind": "demo", "timeout_s": 1%s}]}' % ("0" * 400))
+    result = run([*command, "--config", str(huge)], tmp_path)
+    assert (result.returncode, result.stderr) == (
+        2, "config: upstreams[0].timeout_s: must be a number up to 1e+09, got a number of 401 digits\n")
+    surrogate = tmp_path / "surrogate.json"
+    surrogate.write_text('{"upstreams": [{"name": "\\ud800", "kind": "demo"}]}')
+    result = run([*command, "--config", str(surrogate)], tmp_path)
+    assert result.returncode == 2 and result.stderr.startswith(
+        'config: upstreams[0].name: it holds a lone surrogate ("\\ud800")') and result.stderr.count("\n") == 1
