@@ -748,9 +748,20 @@ def _parse_rules(obj: Dict[str, Any], where: str, base: Profile) -> Profile:
     return dataclasses.replace(base, **overrides)
 
 
-def config_from_dict(raw: Any, environ: Dict[str, str], source: str) -> Config:
-    """Validate a parsed config file into a :class:`Config`; raises :class:`ConfigError`."""
-    raw = _expand_tree(raw, environ, "")
+class _UnsetAsPlaceholder(dict):
+    """The environment as the config's ``${VAR}``s see it, with a stand-in for every variable it
+    lacks (for ``agproxy state``, which needs the config's state file, not its keys). Only the
+    expansion reads it: where agproxy reads the environment itself (``XDG_STATE_HOME``), the
+    real one is read."""
+
+    def get(self, key: str, default: Any = None) -> Any:  # noqa: D102 (dict's own)
+        return super().get(key, "http://unset.invalid")
+
+
+def config_from_dict(raw: Any, environ: Dict[str, str], source: str, unset_as_placeholder: bool = False) -> Config:
+    """Validate a parsed config file into a :class:`Config`; raises :class:`ConfigError`. With
+    ``unset_as_placeholder``, the config's unset ``${VAR}``s become a stand-in, not an error."""
+    raw = _expand_tree(raw, _UnsetAsPlaceholder(environ) if unset_as_placeholder else environ, "")
     fields = _Fields(raw, "", _CONFIG_KEYS)
     upstreams = tuple(
         _parse_upstream(obj, f"upstreams[{i}]") for i, obj in enumerate(fields.get("upstreams", list, []))
@@ -829,10 +840,13 @@ def load_config(
     explicit_path: Optional[str] = None,
     overrides: Optional[Dict[str, Any]] = None,
     environ: Optional[Dict[str, str]] = None,
+    unset_as_placeholder: bool = False,
 ) -> Config:
     """Build the config from defaults, the file found by the lookup order, the environment and flags.
 
-    With no file anywhere, the built-in demo config is used (the caller warns about it).
+    With no file anywhere, the built-in demo config is used (the caller warns about it). With
+    ``unset_as_placeholder``, unset ``${VAR}``s of the file become a stand-in (see
+    :class:`_UnsetAsPlaceholder`).
     """
     environ = dict(os.environ) if environ is None else environ
     path = find_config_path(explicit_path, environ, os.getcwd(), os.path.expanduser("~"))
@@ -848,7 +862,7 @@ def load_config(
             raise ConfigError(f"{path}: is not UTF-8 text") from None
         try:
             raw = json.loads(text)
-            config = config_from_dict(raw, environ, path)
+            config = config_from_dict(raw, environ, path, unset_as_placeholder)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
         except ValueError as exc:  # a number with thousands of digits, for one
@@ -7858,14 +7872,6 @@ def _rests_in_words(accounts: Any, now: float) -> List[str]:
     return lines
 
 
-class _UnsetAsPlaceholder(dict):
-    """The environment, with a stand-in for every variable it lacks (for ``agproxy state``, which
-    needs the config's state file, not its keys)."""
-
-    def get(self, key: str, default: Any = None) -> Any:  # noqa: D102 (dict's own)
-        return super().get(key, "http://unset.invalid")
-
-
 def _state_command(argv: List[str]) -> int:
     """``agproxy state show|clear``: what the state file of the config in effect holds, or forget it."""
     parser = argparse.ArgumentParser(prog="agproxy state", description="Show or forget what agproxy keeps across "
@@ -7877,7 +7883,7 @@ def _state_command(argv: List[str]) -> int:
         config = load_config(args.config, {})
     except ConfigError as exc:
         try:  # the keys it names are not needed to find the state file: look past unset variables
-            config = load_config(args.config, {}, _UnsetAsPlaceholder(os.environ))
+            config = load_config(args.config, {}, unset_as_placeholder=True)
         except ConfigError:
             print(f"config: {exc.message}", file=sys.stderr)
             return 2

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+import agproxy
 from tests.conftest import AGPROXY, ROOT, clean_env, fake_config, write_config
 from tests.fakes.anthropic_upstream import Json, Sse, text_stream
 
@@ -360,3 +361,20 @@ def test_a_number_of_400_digits_and_a_lone_surrogate_are_one_line_and_exit_2(tmp
     result = run([*command, "--config", str(surrogate)], tmp_path)
     assert result.returncode == 2 and result.stderr.startswith(
         'config: upstreams[0].name: it holds a lone surrogate ("\\ud800")') and result.stderr.count("\n") == 1
+
+
+def test_state_commands_find_the_default_state_file_when_the_configs_variables_are_unset(tmp_path, fake):
+    """Issue 18: with ${VAR}s unset, the placeholder replaced XDG_STATE_HOME too, so `state show`
+    and `state clear` looked in http://unset.invalid/agproxy/... and found nothing."""
+    config = fake_config(fake)
+    config["upstreams"][0]["accounts"] = [{"name": "a", "api_key": "${AGP_TEST_UNSET_KEY}"}]
+    path = write_config(tmp_path, config)
+    env = {k: v for k, v in clean_env(HOME=str(tmp_path)).items() if k not in ("XDG_STATE_HOME", "AGP_TEST_UNSET_KEY")}
+    state = Path(agproxy.default_state_file(env, str(path)))
+    state.parent.mkdir(parents=True)
+    state.write_text(json.dumps({"format": 1, "accounts": {"fake/a": {"resting_until": 4e9, "reason": "kept",
+                                                                      "key": "0123"}}}))
+    shown = run(["state", "show", "--config", str(path)], tmp_path, env=env)
+    assert shown.returncode == 0 and '"reason": "kept"' in shown.stdout and "unset.invalid" not in shown.stdout
+    cleared = run(["state", "clear", "--config", str(path)], tmp_path, env=env)
+    assert cleared.returncode == 0 and str(state) in cleared.stdout and not state.exists()
