@@ -58,6 +58,7 @@ import re
 import signal
 import socket
 import ssl
+import stat
 import sys
 import time
 import urllib.parse
@@ -77,6 +78,11 @@ from typing import (
     Tuple,
     Union,
 )
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; `agproxy state clear` then checks the saved pid only
+    fcntl = None  # type: ignore[assignment]
 
 __version__ = "0.1.0"
 __all__ = [
@@ -7573,40 +7579,122 @@ async def _iterate(items: Iterable[bytes]) -> AsyncIterator[bytes]:
 STATE_FORMAT = 1
 #: A state file holds a few learned fields and resting accounts: kilobytes. Past this it is not ours.
 MAX_STATE_BYTES = 16 * 1024 * 1024
+#: Problems of a state file's sections said one by one; a file with thousands says the rest as a count.
+MAX_STATE_PROBLEMS = 5
+#: What each section of the state file holds: an object per upstream (or account), with these keys
+#: of these types ("strings": a list of strings; "numbers" / "integers": an object of them).
+_STATE_SECTIONS: Dict[str, Dict[str, Any]] = {
+    "learned": {"fields": "strings", "betas": "strings", "server": str},
+    "accounts": {"resting_until": "number", "rejected_key": bool, "reason": str, "models": "numbers",
+                 "limits_in_a_row": int, "key": str},
+    "windows": {"configured": (int, type(None)), "server": str, "models": "integers"},
+}
+_STATE_TYPE_NAMES = {"strings": "a list of strings", "numbers": "an object of numbers",
+                     "integers": "an object of integers", "number": "a number", str: "a string", bool: "true or false",
+                     int: "an integer", (int, type(None)): "an integer or null"}
+
+
+def _state_value_ok(value: Any, kind: Any) -> bool:
+    if kind == "strings":
+        return isinstance(value, list) and all(isinstance(item, str) for item in value)
+    if kind in ("numbers", "integers"):
+        return isinstance(value, dict) and all(_is_number(v) if kind == "numbers" else _is_int(v)
+                                               for v in value.values())
+    if kind == "number":
+        return _is_number(value)
+    return isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+
+
+def state_problems(data: Dict[str, Any]) -> List[str]:
+    """What in a state file's sections has the wrong type, one line each (``learned.x.fields: must
+    be a list of strings, got 5``); the loaders skip those parts, and the user is told. Unknown
+    sections are left alone (a newer agproxy may have written them)."""
+    problems: List[str] = []
+    if "pid" in data and not _is_int(data["pid"]):
+        problems.append(f"pid: must be an integer, got {_shown(data['pid'])}")
+    for section, keys in _STATE_SECTIONS.items():
+        entries = data.get(section)
+        if section not in data:
+            continue
+        if not isinstance(entries, dict):
+            problems.append(f"{section}: must be an object, got {_shown(entries)}")
+            continue
+        for name, entry in entries.items():
+            if not isinstance(entry, dict):
+                problems.append(f"{section}.{name}: must be an object, got {_shown(entry)}")
+                continue
+            problems += [f"{section}.{name}.{key}: must be {_STATE_TYPE_NAMES[kind]}, got {_shown(entry[key])}"
+                         for key, kind in keys.items() if key in entry and not _state_value_ok(entry[key], kind)]
+    if len(problems) > MAX_STATE_PROBLEMS:
+        problems[MAX_STATE_PROBLEMS:] = [f"and {len(problems) - MAX_STATE_PROBLEMS} more"]
+    return problems
+
+
+class NotAgproxyState(AgproxyError):
+    """The file at ``state_file`` is not agproxy's: agproxy neither reads, replaces nor removes it."""
 
 
 class StateFile:
-    """agproxy's small persistent state (what upstreams rejected; account cooldowns), one JSON file.
+    """agproxy's small persistent state (what upstreams rejected; account cooldowns; learned
+    context windows), one JSON file.
 
-    Written atomically (temporary file, fsync, rename). A missing file is an empty state; a
-    corrupt one is reported and replaced at the next save. An empty path keeps nothing.
+    Written atomically (temporary file, fsync, rename). A missing file is an empty state. agproxy
+    writes and removes only a file that :meth:`load` recognised as its own: absent, or a regular
+    file holding agproxy's state format. Anything else (a FIFO, ``/dev/null``, the config itself,
+    a file of a newer format) is said once and left alone: the state is then kept in memory only.
+    Sections of the wrong type are said one by one and skipped. An empty path keeps nothing.
+    ``report`` is where those lines go (the log, or the ``agproxy state`` command's stderr).
+
+    While agproxy runs it holds a shared lock on ``<state_file>.lock`` (:meth:`hold`), so that
+    ``agproxy state clear``, which needs the lock alone (:meth:`forget`), cannot remove what a
+    running agproxy would save again; the kernel drops the lock with the process, kill -9 included.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, report: Optional[Callable[[str], None]] = None) -> None:
         self.path = path
         self.log = logging.getLogger("agproxy")
+        self.report: Callable[[str], None] = report or self.log.warning
+        #: why the file at ``path`` is not agproxy's (None: it is, or there is none)
+        self.foreign: Optional[str] = None
+        self._refused_save = False  # said once, at the first save refused
+        self._lock: Optional[int] = None
 
     def load(self) -> Dict[str, Any]:
-        """The saved state; an unreadable file (wrong JSON, wrong types, too deep) is an empty state."""
+        """The saved state; a file that is not agproxy's is an empty state (and said so)."""
         if not self.path:
             return {}
         self._remove_stale_temporaries()
-        if not os.path.exists(self.path):
+        try:
+            data = self._read()
+        except NotAgproxyState as exc:
+            self.foreign = exc.message
+            self.report(f"state file {self.path} is not agproxy's ({exc.message}): agproxy neither reads, replaces "
+                        "nor removes it, and keeps its state in memory only; point state_file at another path "
+                        "(or \"\" to keep nothing), or move that file away")
+            return {}
+        for problem in state_problems(data):
+            self.report(f"state file {self.path}: {problem}; that part is ignored")
+        return data
+
+    def _read(self) -> Dict[str, Any]:
+        """The file's state ({} for none); :class:`NotAgproxyState` for anything but agproxy's format."""
+        if not os.path.lexists(self.path):
             return {}
         try:
-            if not os.path.isfile(self.path):
-                raise ValueError("not a regular file")  # a FIFO would block the start, /dev/zero never end
+            if not os.path.isfile(self.path):  # a FIFO would block the start, /dev/zero never end
+                raise NotAgproxyState("not a regular file")
             with open(self.path, "rb") as f:
                 raw = f.read(MAX_STATE_BYTES + 1)
-            if len(raw) > MAX_STATE_BYTES:
-                raise ValueError(f"larger than {MAX_STATE_BYTES} bytes")
+        except OSError as exc:
+            raise NotAgproxyState(f"unreadable: {_describe_os_error(exc)}") from None
+        if len(raw) > MAX_STATE_BYTES:
+            raise NotAgproxyState(f"larger than {MAX_STATE_BYTES} bytes")
+        try:
             data = loads_strict(raw)
-            if not isinstance(data, dict) or data.get("format") != STATE_FORMAT:
-                raise ValueError("not an agproxy state file")
-        except (OSError, ValueError) as exc:
-            self.log.warning("state file %s is unreadable (%s); starting with an empty state and replacing it",
-                             self.path, exc)
-            return {}
+        except (ValueError, UnicodeDecodeError):
+            raise NotAgproxyState("not JSON") from None
+        if not isinstance(data, dict) or data.get("format") != STATE_FORMAT:
+            raise NotAgproxyState(f'JSON without "format": {STATE_FORMAT}')
         return data
 
     def _remove_stale_temporaries(self) -> None:
@@ -7626,8 +7714,19 @@ class StateFile:
                 self.log.warning("cannot remove stale %s: %s", entry, _describe_os_error(exc))
 
     def save(self, data: Dict[str, Any]) -> None:
-        """Write the state atomically: a temporary file, fsync, then rename over the old one."""
+        """Write the state atomically: a temporary file, fsync, then rename over the old one; never
+        over a file that is not agproxy's (checked again here: it may have changed since the start)."""
         if not self.path:
+            return
+        if self.foreign is None:
+            try:
+                self._read()
+            except NotAgproxyState as exc:
+                self.foreign = exc.message
+        if self.foreign is not None:
+            if not self._refused_save:
+                self.report(f"not saving the state: {self.path} is not agproxy's ({self.foreign}); it is left alone")
+                self._refused_save = True
             return
         temporary = f"{self.path}.{os.getpid()}.tmp"
         try:
@@ -7639,6 +7738,61 @@ class StateFile:
             os.replace(temporary, self.path)
         except OSError as exc:
             self.log.warning("cannot write state file %s: %s", self.path, _describe_os_error(exc))
+
+    def _open_lock(self) -> Optional[int]:
+        """The lock file's descriptor (made if need be), or None where there is no lock to take:
+        no ``fcntl`` (Windows), or a lock path that is not a regular file."""
+        if fcntl is None or not self.path:
+            return None
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | os.O_NONBLOCK,
+                     0o600)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            return None
+        return fd
+
+    def hold(self) -> None:
+        """Take the shared lock for as long as this process runs (agproxy instances share it);
+        before :meth:`load`, so that no ``state clear`` comes between reading the state and holding
+        it. A file that is not agproxy's gets no lock file beside it (``/dev/null.lock``)."""
+        if not self.path or self._lock is not None:
+            return
+        try:
+            self._read()
+        except NotAgproxyState:
+            return
+        try:
+            fd = self._open_lock()
+            if fd is not None:
+                fcntl.flock(fd, fcntl.LOCK_SH)
+        except OSError as exc:
+            self.log.warning("cannot lock %s.lock (agproxy state clear will not know agproxy runs): %s", self.path,
+                             _describe_os_error(exc))
+            return
+        self._lock = fd
+
+    def forget(self) -> str:
+        """Remove the state file (``agproxy state clear``); the line to print. :class:`AgproxyError`
+        when it is not agproxy's or an agproxy runs with it (its next save would bring it back)."""
+        if self.foreign is not None:
+            raise NotAgproxyState(f"{self.path} is not agproxy's state file ({self.foreign}); not removing it")
+        fd = self._open_lock()
+        try:
+            if fd is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise AgproxyError(f"an agproxy is running with {self.path} (it holds {self.path}.lock) and "
+                                       "would save its state again; stop it, then clear") from None
+            try:
+                os.remove(self.path)
+            except FileNotFoundError:
+                return f"{self.path} does not exist: nothing to forget"
+            return f"{self.path} removed: account rests and learned rejections are forgotten"
+        finally:
+            if fd is not None:
+                os.close(fd)
 
 
 class _RedactingFormatter(logging.Formatter):
@@ -7820,6 +7974,7 @@ def _url_host(host: str) -> str:
 async def _serve(config: Config) -> int:
     log = logging.getLogger("agproxy")
     store = StateFile(config.state_file)
+    store.hold()  # `agproxy state clear` refuses while it is held
     server = Server(config, state=store.load(), persist=store.save)
     try:
         host, port = await server.start()
@@ -7895,26 +8050,30 @@ def _state_command(argv: List[str]) -> int:
         print(f"state: {path} does not exist: nothing is kept yet" + ("" if args.config else
               " (--config names the config whose state to show)"))
         return 0
-    kept = StateFile(path).load()
+    store = StateFile(path, report=lambda line: print(f"state: {line}", file=sys.stderr))
+    kept = store.load()
     if args.action == "show":
+        if store.foreign is not None:
+            return 1
         for line in _rests_in_words(kept.get("accounts"), time.time()):
             print(f"state: {line}")
         print(json.dumps(kept, indent=2, sort_keys=True))
         return 0
     writer = kept.get("pid")
-    if _is_int(writer) and writer != os.getpid() and _agproxy_running(writer):
+    if store.foreign is None and fcntl is None and _is_int(writer) and writer != os.getpid() \
+            and _agproxy_running(writer):  # no lock to ask here: the pid of the last save is all there is
         print(f"state: agproxy (pid {writer}) is running with {path} and would save its rests again; stop it, "
               "then clear", file=sys.stderr)
         return 1
     try:
-        os.remove(path)
-    except FileNotFoundError:
-        print(f"state: {path} does not exist: nothing to forget")
-        return 0
+        said = store.forget()
+    except AgproxyError as exc:
+        print(f"state: {exc.message}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"state: cannot remove {path}: {_describe_os_error(exc)}", file=sys.stderr)
         return 1
-    print(f"state: {path} removed: account rests and learned rejections are forgotten")
+    print(f"state: {said}")
     return 0
 
 

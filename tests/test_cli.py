@@ -378,3 +378,28 @@ def test_state_commands_find_the_default_state_file_when_the_configs_variables_a
     assert shown.returncode == 0 and '"reason": "kept"' in shown.stdout and "unset.invalid" not in shown.stdout
     cleared = run(["state", "clear", "--config", str(path)], tmp_path, env=env)
     assert cleared.returncode == 0 and str(state) in cleared.stdout and not state.exists()
+
+
+def test_state_clear_refuses_while_any_agproxy_runs_with_the_state_file(start_agproxy, tmp_path, fake):
+    """Issue 18: `state clear` succeeded while an agproxy that had restored rests ran (its pid was
+    in the file only after its first save), and the rests came back at that save. The lock is
+    held by every instance from its start, and the kernel drops it with a process killed -9."""
+    state = tmp_path / "kept.json"
+    config = fake_config(fake, state_file=str(state))
+    path = write_config(tmp_path, config)
+    upstream = agproxy.load_config(str(path), {}, {}).upstreams[0]
+    rest = {"resting_until": 4e9, "reason": "rate limited (HTTP 429)",
+            "key": agproxy.key_fingerprint(upstream, upstream.accounts[0])}
+    state.write_text(json.dumps({"format": 1, "pid": 2 ** 22 + 1, "accounts": {"fake/alice@example.com": rest}}))
+    first = start_agproxy(config, process=True)
+    assert "restored from the state file: account 'alice@example.com'" in first.log()
+    second = start_agproxy(config, process=True)
+    refused = run(["state", "clear", "--config", str(path)], tmp_path)
+    assert refused.returncode == 1 and state.exists(), refused.stdout
+    assert f"an agproxy is running with {state}" in refused.stderr and "stop it, then clear" in refused.stderr
+    assert first.stop() == 0
+    assert run(["state", "clear", "--config", str(path)], tmp_path).returncode == 1  # the second still runs
+    second.proc.kill()  # kill -9: no shutdown, no save; the lock goes with the process
+    second.proc.wait(10)
+    cleared = run(["state", "clear", "--config", str(path)], tmp_path)
+    assert cleared.returncode == 0 and not state.exists(), cleared.stderr
