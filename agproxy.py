@@ -2961,9 +2961,10 @@ MAX_HEALS = 4
 class Heal:
     """What to do after an upstream's error answer to a request (see :func:`heal_decision`):
     ``retry`` without ``fields``/``betas``, ``strip_thinking`` and retry, ``fit`` (retry asking
-    for ``max_tokens``, which fits beside the prompt), ``overflow`` (the prompt does not fit even
-    with a small completion: the client is told so that it compacts; ``prompt_tokens`` and
-    ``window`` where the upstream named them), or ``fail`` (relay the error)."""
+    for ``max_tokens``, which fits beside the prompt in the ``window`` the upstream named),
+    ``overflow`` (the prompt does not fit even with a small completion: the client is told so
+    that it compacts; ``prompt_tokens`` and ``window`` where the upstream named them), or
+    ``fail`` (relay the error)."""
 
     action: str
     fields: Tuple[str, ...] = ()
@@ -3055,7 +3056,7 @@ def heal_decision(status: int, data: bytes, sent: Dict[str, Any], beta: Optional
         if limit and said.prompt_tokens is not None and not fitted and asked is not None:
             room = limit - said.prompt_tokens - _FIT_MARGIN_TOKENS
             if MIN_COMPLETION_TOKENS <= room < asked:
-                return Heal("fit", max_tokens=room)
+                return Heal("fit", max_tokens=room, window=said.window)
         if limit:
             return Heal("overflow", prompt_tokens=said.prompt_tokens, window=limit)
     return Heal("fail")
@@ -5268,6 +5269,63 @@ class LearnedRejections:
                            [b for b in betas if isinstance(b, str)] if isinstance(betas, list) else [])
 
 
+#: Context windows learned per upstream, one per model (a client may name any number): past
+#: this the one learned longest ago is forgotten.
+MAX_LEARNED_WINDOWS = 64
+#: The least window taken from a server's word, as from a config (``context_window``'s minimum).
+MIN_LEARNED_WINDOW = 1024
+
+
+class LearnedWindows:
+    """The context window an upstream's server really has for a model, learned from its
+    context-length error when it is smaller than the one in effect (the configured
+    ``context_window``, or none). Without it, a ``context_window`` larger than the server's
+    had every request refused once and sent again smaller. Kept in the state file bound to the
+    server (:func:`server_fingerprint`) and to the configured value, so that a changed config (a
+    corrected ``context_window``, another base_url) forgets what was learned."""
+
+    def __init__(self) -> None:
+        self._windows: Dict[str, collections.OrderedDict] = {}
+
+    def window(self, upstream: Upstream, model: str) -> Optional[int]:
+        """The window in effect for ``model`` on ``upstream``: the learned one, else the configured one."""
+        learned = self._windows.get(upstream.name, {}).get(model)
+        return learned if learned is not None else upstream.context_window
+
+    def learn(self, upstream: Upstream, model: str, window: Optional[int]) -> bool:
+        """Take a window the server named; True when it is new (smaller than the one in effect)."""
+        current = self.window(upstream, model)
+        if window is None or window < MIN_LEARNED_WINDOW or (current is not None and window >= current):
+            return False
+        models = self._windows.setdefault(upstream.name, collections.OrderedDict())
+        models[model] = window
+        models.move_to_end(model)
+        while len(models) > MAX_LEARNED_WINDOWS:
+            models.popitem(last=False)
+        return True
+
+    def to_json(self, upstreams: Sequence[Upstream]) -> Dict[str, Any]:
+        """What was learned, per upstream, with the server and the configured value it holds for."""
+        return {u.name: {"configured": u.context_window, "server": server_fingerprint(u),
+                         "models": dict(self._windows[u.name])} for u in upstreams if self._windows.get(u.name)}
+
+    def load_json(self, data: Any, upstreams: Sequence[Upstream]) -> List[str]:
+        """Take what a saved state learned for the same server and the same configured value;
+        returns a line for each window taken, for the log."""
+        restored: List[str] = []
+        for upstream in upstreams if isinstance(data, dict) else ():
+            entry = data.get(upstream.name)
+            if not isinstance(entry, dict) or not isinstance(entry.get("models"), dict) or \
+                    entry.get("server") != server_fingerprint(upstream) or \
+                    entry.get("configured", False) != upstream.context_window:
+                continue
+            for model, window in list(entry["models"].items())[-MAX_LEARNED_WINDOWS:]:
+                if isinstance(model, str) and len(model) <= MAX_MODEL_CHARS and _is_int(window) \
+                        and self.learn(upstream, model, window):
+                    restored.append(f"upstream {upstream.name!r} serves {model!r} with a {window}-token window")
+        return restored
+
+
 # =====================================================================================
 # 9. Upstream client
 #    Asyncio-native HTTP/1.1 over pooled keep-alive connections (the sans-IO ResponseParser reads
@@ -6141,6 +6199,7 @@ class Server(Application):
         self._servers = {u.name: server_fingerprint(u) for u in config.upstreams}
         self.learned = LearnedRejections()
         self.learned.load_json((state or {}).get("learned"), self._servers)
+        self.windows = LearnedWindows()
         self.signatures = SignatureBook()
         self.call_signatures = CallSignatures()
         self.counters: collections.Counter = collections.Counter()
@@ -6155,6 +6214,9 @@ class Server(Application):
         self.log = logging.getLogger("agproxy")
         for line in self.pool.load_json((state or {}).get("accounts"), clock()):
             self.log.info("restored from the state file: %s (stop agproxy and run `agproxy state clear` to forget it)",
+                          line)
+        for line in self.windows.load_json((state or {}).get("windows"), config.upstreams):
+            self.log.info("restored from the state file: %s, as it said in an error (set its context_window to that)",
                           line)
         self.http = HttpServer(config, self, self.redact)
         self.adapters: Dict[str, Adapter] = {kind: cls(self) for kind, cls in ADAPTERS.items()}
@@ -6439,6 +6501,19 @@ class Server(Application):
                          upstream.name, ", ".join(new), "them" if len(new) > 1 else "it")
         self.save_state()
 
+    def learn_window(self, upstream: Upstream, model: str, window: Optional[int]) -> None:
+        """A context window the server named in an error: used for ``model`` from now on when it is
+        smaller than the one in effect, said once at WARNING with the setting to fix, and saved."""
+        configured = upstream.context_window
+        if not self.windows.learn(upstream, model, window):
+            return
+        setting = f"upstreams[{self.config.upstreams.index(upstream)}].context_window"
+        said = f"says {configured}" if configured else "is not set"
+        self.log.warning("upstream %r serves %r with a %d-token context window, as its error said, but %s %s: set it "
+                         "to %d; until then agproxy fits requests to %d (kept in the state file until the config "
+                         "changes)", upstream.name, model, window, setting, said, window, window)
+        self.save_state()
+
     def count_changes(self, stage: str, changes: Dict[str, int], exchange: _Exchange, upstream: Upstream) -> None:
         """Add a request's changes to the counters (and say them in the debug log). Kinds name fields
         a client chose (``field:x``), so past :data:`MAX_COUNTER_KINDS` distinct kinds new ones are
@@ -6476,6 +6551,7 @@ class Server(Application):
         while self._state_dirty:
             self._state_dirty = False
             snapshot = {"learned": self.learned.to_json(self._servers), "accounts": self.pool.to_json(self.clock()),
+                        "windows": self.windows.to_json(self.config.upstreams),
                         "pid": os.getpid()}  # `agproxy state clear` leaves the file of a running agproxy alone
             assert self._persist is not None
             await loop.run_in_executor(None, self._persist, snapshot)
@@ -6499,7 +6575,7 @@ class Server(Application):
         route = route_model(self.config, body["model"])
         exchange.upstream = route.upstream.name
         headers: Headers = [("X-Mapped-Model", route.model)]
-        window = route.upstream.context_window
+        window = self.windows.window(route.upstream, route.model)
         client_window = client_context_window(request.headers, body.get("model"))
         if not self.adapter(route.upstream).counts_upstream:
             counted = await self.adapter(route.upstream).count(body, route)
@@ -6517,8 +6593,9 @@ class Server(Application):
                                                                                                  route.model), account)
             except AgproxyError as exc:
                 raise AttemptError(exc, _outcome_of(exc)) from None
-            if upstream.context_window:
-                scale_usage(counted, upstream.context_window, client_window)
+            upstream_window = self.windows.window(upstream, route.model)
+            if upstream_window:
+                scale_usage(counted, upstream_window, client_window)
             return json_response(200, counted, headers + [("X-Account-Email", account.name)])
 
         try:
@@ -6659,14 +6736,16 @@ class Adapter:
                                  known_fields=self.gw.learned.fields(upstream.name) + trial.fields,
                                  known_betas=self.gw.learned.betas(upstream.name) + trial.betas,
                                  heal_statuses=self.heal_statuses, heal_thinking=self.heal_thinking,
-                                 thinking_stripped=strip_thinking, window=upstream.context_window,
-                                 fitted=trial.fitted)
+                                 thinking_stripped=strip_thinking,
+                                 window=self.gw.windows.window(upstream, route.model), fitted=trial.fitted)
+            if heal.action in ("fit", "overflow"):
+                self.gw.learn_window(upstream, route.model, heal.window)
             if heal.action == "fit":
                 trial.max_tokens, trial.fitted = heal.max_tokens, True
                 self.gw.note_once(upstream.name, "fit",
                                   "upstream %r has no room for the completion asked for beside the prompt; asking "
                                   "for %d tokens instead%s", upstream.name, heal.max_tokens,
-                                  "" if upstream.context_window else
+                                  "" if self.gw.windows.window(upstream, route.model) else
                                   " (set its context_window to do so before sending)")
             elif heal.action == "retry":
                 trial.fields += heal.fields
@@ -6724,7 +6803,7 @@ class Adapter:
         answer's events (nothing reaches the client before its head, so a failure until then can
         still be retried), or assemble them, or read a whole answer, in the client's shape."""
         upstream = route.upstream
-        window = upstream.context_window
+        window = self.gw.windows.window(upstream, route.model)
         client_window = client_context_window(request.headers, body.get("model"))
         estimate = await _estimate_tokens(body, len(request.body or b"")) if window or self.estimates_input else 0
         if window and estimate > window:
