@@ -6951,6 +6951,13 @@ class AnthropicAdapter(Adapter):
         self.gw.signatures.record_message(message, upstream.name)
 
 
+#: Statuses that say a route does not exist on the server (rather than that it failed this time).
+_ROUTE_ABSENT_STATUSES = (404, 405, 501)
+#: How long a tokenizer route found absent is not asked again: a server upgraded meanwhile is
+#: found within the hour, and a /context of Claude Code (dozens of counts) asks it once.
+TOKENIZER_ABSENT_S = 3600.0
+
+
 class OpenAIAdapter(Adapter):
     """OpenAI-compatible upstreams (vLLM, Ollama, llama.cpp, ...): the request translated to Chat
     Completions, the answer translated back, healed past arguments the server names as unknown."""
@@ -6961,6 +6968,13 @@ class OpenAIAdapter(Adapter):
     estimates_input = True  # message_start reports the input tokens before the server has counted them
 
     heal_statuses = (400, 422)
+
+    def __init__(self, gateway: Server) -> None:
+        super().__init__(gateway)
+        #: per upstream: until when its tokenizer route is known to be absent (it is not asked meanwhile)
+        self._tokenizer_absent_until: Dict[str, float] = {}
+        #: upstreams whose tokenizer failed since it last answered (each failure is said once, not per count)
+        self._tokenizer_failing: Set[str] = set()
 
     def prepare(self, request: Request, exchange: _Exchange, route: Route, stream: bool, strip_thinking: bool,
                 trial: _Lessons) -> Tuple[bytes, Dict[str, Any], Optional[str]]:
@@ -7012,7 +7026,10 @@ class OpenAIAdapter(Adapter):
         else:
             payload = {"content": "\n\n".join(_block_text(m.get("content")) if isinstance(m.get("content"), list)
                                                else str(m.get("content") or "") for m in translated["messages"])}
-        account = self.gw.pool.rested(upstream, route.model, self.gw.clock())
+        now = self.gw.clock()
+        if self._tokenizer_absent_until.get(upstream.name, 0.0) > now:
+            return None
+        account = self.gw.pool.rested(upstream, route.model, now)
         try:
             status, body = await self.gw.client.fetch("POST", root + "/tokenize",
                                                    self.headers(None, upstream, account, None, False),
@@ -7020,14 +7037,31 @@ class OpenAIAdapter(Adapter):
                                                    limit=MAX_UPSTREAM_BODY_BYTES)
             data = loads_strict(body) if status == 200 else None
         except (UpstreamFailure, ValueError) as exc:
-            self.gw.log.warning("tokenizer of upstream %r unavailable (%s); estimating", upstream.name, exc)
+            self._tokenizer_failed(upstream, f"is unavailable ({exc})")
             return None
         if isinstance(data, dict) and _is_int(data.get("count")) and data["count"] >= 0:
+            self._tokenizer_failing.discard(upstream.name)
             return data["count"]
         if isinstance(data, dict) and isinstance(data.get("tokens"), list):
+            self._tokenizer_failing.discard(upstream.name)
             return len(data["tokens"])
-        self.gw.log.warning("tokenizer of upstream %r answered HTTP %s; estimating", upstream.name, status)
+        if status in _ROUTE_ABSENT_STATUSES:
+            self._tokenizer_absent_until[upstream.name] = now + TOKENIZER_ABSENT_S
+            self._tokenizer_failed(upstream, f"answered HTTP {status}: the server has no {root}/tokenize (check its "
+                                             f"openai.tokenize); it is asked again in {TOKENIZER_ABSENT_S:.0f} s")
+        else:
+            self._tokenizer_failed(upstream, f"answered HTTP {status}")
         return None
+
+    def _tokenizer_failed(self, upstream: Upstream, what: str) -> None:
+        """Say that an upstream's tokenizer failed (counts are estimated meanwhile): once, until it
+        answers again; a /context of Claude Code counts dozens of times."""
+        if upstream.name in self._tokenizer_failing:
+            self.gw.log.debug("tokenizer of upstream %r %s; estimating", upstream.name, what)
+            return
+        self._tokenizer_failing.add(upstream.name)
+        self.gw.log.warning("tokenizer of upstream %r %s; estimating token counts (said once, until it answers)",
+                            upstream.name, what)
 
 
 class DemoAdapter(Adapter):
