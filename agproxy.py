@@ -5211,6 +5211,29 @@ def upstream_url(base_url: str, path: str) -> str:
 
 #: Fields (and, apart, betas) learned per upstream; real upstreams reject a handful.
 MAX_LEARNED = 64
+#: Field names agproxy knows in what it sends: the Anthropic Messages request's (top level, tools,
+#: content blocks) and what its translators write for Chat Completions and Gemini. A lesson about
+#: one of these is never pushed out of the learned table by a lesson about a name a client made up.
+KNOWN_REQUEST_FIELDS = BASIC_FIELDS | BASIC_TOOL_FIELDS | frozenset((
+    # Anthropic Messages: top level, tools, blocks, thinking
+    "service_tier", "container", "mcp_servers", "context_management", "output_config", "output_format",
+    "inference_geo", "cache_control", "citations", "input_examples", "defer_loading", "strict",
+    "eager_input_streaming", "allowed_callers", "display", "budget_tokens", "disable_parallel_tool_use", "user_id",
+    "is_error", "title", "context", "effort",
+    # Chat Completions
+    "max_completion_tokens", "stream_options", "include_usage", "parallel_tool_calls", "reasoning_effort",
+    "reasoning_content", "tool_calls", "tool_call_id", "response_format", "chat_template_kwargs", "user", "stop",
+    "seed", "frequency_penalty", "presence_penalty", "logprobs",
+    # Gemini generateContent
+    "generationConfig", "thinkingConfig", "thinkingBudget", "thinkingLevel", "includeThoughts", "systemInstruction",
+    "toolConfig", "safetySettings", "cachedContent", "responseMimeType", "responseSchema", "stopSequences",
+    "candidateCount", "topP", "topK", "labels",
+))
+
+
+def _known_field(path: str) -> bool:
+    """Whether a learned field path names a field agproxy knows (:data:`KNOWN_REQUEST_FIELDS`)."""
+    return path == BASIC_THINKING_LESSON or path.rsplit(".", 1)[-1] in KNOWN_REQUEST_FIELDS
 
 
 class LearnedRejections:
@@ -5218,39 +5241,57 @@ class LearnedRejections:
 
     Filled from upstream 400s by the self-healing retry, saved in the state file so that a
     restart does not have to learn it again.
+
+    Each upstream keeps at most :data:`MAX_LEARNED` fields and as many betas, because every lesson
+    comes from what a client sent: a client inventing fields for the upstream to reject would
+    otherwise grow the table without bound. Were a full table to learn nothing more, 64 junk
+    fields would make a field the upstream really rejects cost an extra 400 on every later
+    request. So each table is kept in order of last use (a lesson is used when it strips something from
+    a request), and a new lesson pushes out the least recently useful one, choosing first among
+    names agproxy does not know (:data:`KNOWN_REQUEST_FIELDS`); a lesson about a made-up name
+    never pushes out one about a known field. So a field every request carries stays learned
+    however many names a client invents, a known field is learned even in a table full of junk,
+    and junk that is never sent again is the first to go.
     """
 
     def __init__(self) -> None:
-        self._fields: Dict[str, List[str]] = {}
-        self._betas: Dict[str, List[str]] = {}
+        self._fields: Dict[str, collections.OrderedDict] = {}
+        self._betas: Dict[str, collections.OrderedDict] = {}
 
     def fields(self, upstream: str) -> List[str]:
-        return self._fields.get(upstream, [])
+        """The field paths to strip for ``upstream``, least recently useful first."""
+        return list(self._fields.get(upstream, ()))
 
     def betas(self, upstream: str) -> List[str]:
-        return self._betas.get(upstream, [])
+        """The betas to drop for ``upstream``, least recently useful first."""
+        return list(self._betas.get(upstream, ()))
 
     def learn(self, upstream: str, fields: Iterable[str] = (), betas: Iterable[str] = ()) -> List[str]:
         """Add what is new; returns the new entries (``beta:`` prefixed for betas). Paths that carry
-        a request's meaning are never taken (a state file may say anything), and each upstream keeps
-        at most :data:`MAX_LEARNED` of each kind: past that a client could grow them without bound
-        by sending new fields for an upstream to reject."""
+        a request's meaning are never taken (a state file may say anything)."""
         new = []
         for field in fields:
-            known = self._fields.setdefault(upstream, [])
-            if field not in known and len(known) < MAX_LEARNED and _strippable(field):
-                known.append(field)
+            if _strippable(field) and _take(self._fields.setdefault(upstream, collections.OrderedDict()), field,
+                                            _known_field):
                 new.append(field)
         for beta in betas:
-            known = self._betas.setdefault(upstream, [])
-            if beta not in known and len(known) < MAX_LEARNED and 0 < len(beta) <= 100:
-                known.append(beta)
+            if 0 < len(beta) <= 100 and _take(self._betas.setdefault(upstream, collections.OrderedDict()), beta,
+                                              lambda _: False):
                 new.append(f"beta:{beta}")
         return new
 
+    def used(self, upstream: str, changes: Dict[str, int]) -> None:
+        """Mark the lessons that stripped something from a request (its ``learned:`` and ``beta:``
+        changes) as the most recently useful."""
+        for kind in changes:
+            prefix, _, name = kind.partition(":")
+            table = {"learned": self._fields, "beta": self._betas}.get(prefix, {}).get(upstream)
+            if table is not None and name in table:
+                table.move_to_end(name)
+
     def to_json(self, servers: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
         """What was learned, per upstream, bound to the server it was learned from (``servers``:
-        each upstream's :func:`server_fingerprint`)."""
+        each upstream's :func:`server_fingerprint`); least recently useful first."""
         names = sorted(set(self._fields) | set(self._betas))
         return {name: dict({"fields": self.fields(name), "betas": self.betas(name)},
                            **({"server": servers[name]} if servers and name in servers else {})) for name in names}
@@ -5267,6 +5308,23 @@ class LearnedRejections:
                 fields, betas = entry.get("fields"), entry.get("betas")
                 self.learn(upstream, [f for f in fields if isinstance(f, str)] if isinstance(fields, list) else [],
                            [b for b in betas if isinstance(b, str)] if isinstance(betas, list) else [])
+
+
+def _take(table: collections.OrderedDict, name: str, known: Callable[[str], bool]) -> bool:
+    """Put ``name`` in a table of lessons kept in order of use, bounded at :data:`MAX_LEARNED`:
+    when full, the least recently useful unknown name goes, else (for a known name) the least
+    recently useful one; an unknown name finds no room among known ones. True when taken."""
+    if name in table:
+        return False
+    if len(table) >= MAX_LEARNED:
+        victim = next((entry for entry in table if not known(entry)), None)
+        if victim is None and known(name):
+            victim = next(iter(table))
+        if victim is None:
+            return False
+        del table[victim]
+    table[name] = None
+    return True
 
 
 #: Context windows learned per upstream, one per model (a client may name any number): past
@@ -6521,6 +6579,7 @@ class Server(Application):
         if changes and self.log.isEnabledFor(logging.DEBUG):
             summary = ", ".join(f"{kind}={n}" for kind, n in sorted(changes.items()))
             self.log.debug("%s %s for upstream %r: %s", exchange.id, stage, upstream.name, summary)
+        self.learned.used(upstream.name, changes)
         for kind, n in changes.items():
             name = f"{stage}:{kind[:80]}"
             if name not in self.counters and len(self.counters) >= MAX_COUNTER_KINDS:

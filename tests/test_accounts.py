@@ -643,3 +643,53 @@ def test_state_problems_are_bounded_and_leave_unknown_sections_alone():
             "accounts": {"u/a": {"resting_until": 1.5, "rejected_key": False, "reason": "r", "models": {"m": 2},
                                  "limits_in_a_row": 1, "key": "k"}}}
     assert agproxy.state_problems(good) == []
+
+
+# -- learned rejections: junk a client invents cannot crowd out what the upstream really rejects --
+
+def test_a_learned_table_full_of_junk_still_learns_a_known_field():
+    """Issue 18: 64 fields a client made up filled the table, and a field the upstream really
+    rejects could no longer be learned (an extra 400 on every later request)."""
+    learned = agproxy.LearnedRejections()
+    learned.learn("u", [f"junk_{i}" for i in range(agproxy.MAX_LEARNED)], [f"beta-{i}" for i in range(64)])
+    assert learned.learn("u", ["context_management"], ["real-beta"]) == ["context_management", "beta:real-beta"]
+    assert "context_management" in learned.fields("u") and "junk_0" not in learned.fields("u")
+    assert len(learned.fields("u")) == len(learned.betas("u")) == agproxy.MAX_LEARNED
+    known = [f"tools.*.{name}" for name in ("cache_control", "strict", "defer_loading")]
+    learned.learn("u", known)
+    for i in range(200):  # a flood of junk never pushes a known field out
+        learned.learn("u", [f"more_junk_{i}"])
+    assert set(known + ["context_management"]) <= set(learned.fields("u"))
+
+
+def test_a_made_up_field_in_use_outlives_a_flood_of_junk():
+    """An unknown name the upstream rejects on every request stays learned: each use makes it the
+    most recently useful, and junk sent once goes first."""
+    learned = agproxy.LearnedRejections()
+    learned.learn("u", ["x_vendor_field"] + [f"junk_{i}" for i in range(agproxy.MAX_LEARNED - 1)])
+    for i in range(300):
+        learned.used("u", {"learned:x_vendor_field": 1, "field:other": 1})  # a request it was stripped from
+        learned.learn("u", [f"flood_{i}"])
+    assert "x_vendor_field" in learned.fields("u") and len(learned.fields("u")) == agproxy.MAX_LEARNED
+    again = agproxy.LearnedRejections()  # the order of use survives the state file
+    again.load_json(learned.to_json())
+    assert again.fields("u") == learned.fields("u")
+
+
+def test_junk_fields_do_not_make_a_really_rejected_field_cost_a_400_each_time(start_agproxy):
+    with FakeAnthropic(strict=True) as strict:
+        proxy = start_agproxy(fake_config(strict, state_file=""))
+        for i in range(agproxy.MAX_LEARNED + 2):
+            assert ask_raw(proxy, {f"junk_{i}": 1}) == 200
+        assert ask_raw(proxy, {"context_management": {"edits": []}}) == 200
+        calls = len(strict.requests)
+        assert ask_raw(proxy, {"context_management": {"edits": []}}) == 200
+        assert len(strict.requests) == calls + 1  # stripped before sending: no refused attempt
+
+
+def ask_raw(proxy, extra: Dict[str, Any]) -> int:
+    body = dict(model="m", max_tokens=50, messages=[{"role": "user", "content": "hi"}], **extra)
+    request = urllib.request.Request(proxy.url + "/v1/messages", json.dumps(body).encode(),
+                                     {"content-type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.status
