@@ -7835,9 +7835,9 @@ class StateFile:
         """The saved state; a file that is not agproxy's is an empty state (and said so)."""
         if not self.path:
             return {}
-        self._remove_stale_temporaries()
         try:
             data = self._read()
+            self._remove_stale_temporaries()  # beside agproxy's own file only
         except NotAgproxyState as exc:
             self.foreign = exc.message
             self.report(f"state file {self.path} is not agproxy's ({exc.message}): agproxy neither reads, replaces "

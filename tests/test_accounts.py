@@ -600,7 +600,10 @@ def test_a_state_file_that_is_not_agproxys_is_never_replaced_nor_removed(start_a
         config_path = tmp_path / f"agproxy-{i}.json"  # where start_agproxy writes its i-th config
         fake.reset()
         fake.script_for(ALICE, LIMITED)
+        stray = tmp_path / f"{target.name}.{2 ** 22 + 1}.tmp"  # named as agproxy's temporaries, of no live pid
+        stray.write_text("someone else's")
         proxy = start_agproxy(fake_config(fake, state_file=str(target)))
+        assert stray.exists()  # nothing is removed beside a file that is not agproxy's either
         before = os.stat(target)
         assert ask(proxy).headers["x-account-email"] == "bob@example.com"  # alice rests: a save is due
         proxy.stop()

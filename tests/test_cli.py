@@ -403,3 +403,16 @@ def test_state_clear_refuses_while_any_agproxy_runs_with_the_state_file(start_ag
     second.proc.wait(10)
     cleared = run(["state", "clear", "--config", str(path)], tmp_path)
     assert cleared.returncode == 0 and not state.exists(), cleared.stderr
+
+
+def test_state_show_reports_sections_of_the_wrong_type_and_a_file_that_is_not_agproxys(tmp_path, fake):
+    state = tmp_path / "kept.json"
+    path = write_config(tmp_path, fake_config(fake, state_file=str(state)))
+    state.write_text('{"format": 1, "learned": {"x": {"fields": 5}}}')
+    shown = run(["state", "show", "--config", str(path)], tmp_path)
+    assert shown.returncode == 0 and '"fields": 5' in shown.stdout
+    assert shown.stderr == f"state: state file {state}: learned.x.fields: must be a list of strings, got 5; that " \
+                           "part is ignored\n"
+    foreign = write_config(tmp_path, fake_config(fake, state_file=str(path)), "self.json")  # the config as state
+    shown = run(["state", "show", "--config", str(foreign)], tmp_path)
+    assert shown.returncode == 1 and f"state file {path} is not agproxy's (JSON without \"format\": 1)" in shown.stderr
