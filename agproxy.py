@@ -58,6 +58,7 @@ import re
 import signal
 import socket
 import ssl
+import stat
 import sys
 import time
 import urllib.parse
@@ -77,6 +78,11 @@ from typing import (
     Tuple,
     Union,
 )
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; `agproxy state clear` then checks the saved pid only
+    fcntl = None  # type: ignore[assignment]
 
 __version__ = "0.1.0"
 __all__ = [
@@ -328,6 +334,13 @@ UPSTREAM_KINDS = ("anthropic", "openai", "gemini", "demo")
 AUTH_MODES = ("off", "strict", "all_except_health", "auto")
 PROFILES = ("anthropic", "compatible")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+#: The largest int that float() takes (beyond it, OverflowError): a config number past it is refused.
+_FLOAT_LIMIT = 2 ** 1023
+#: The largest duration or weight a config may give: 10^9 s is 31 years, and bigger ones overflow
+#: what they are added to (a deadline, a sum of weights) or mean a typo.
+MAX_CONFIG_NUMBER = 1e9
+#: No model has a window of a billion tokens; past it a number is a typo (or 400 digits).
+MAX_CONTEXT_WINDOW = 10 ** 9
 
 #: Top-level fields that every Anthropic-compatible server takes.
 BASIC_FIELDS = frozenset((
@@ -525,12 +538,35 @@ def _expand_tree(value: Any, environ: Dict[str, str], where: str, unset: Optiona
             raise ConfigError("; ".join(unset[:20]) + (f"; and {len(unset) - 20} more" if len(unset) > 20 else ""))
         return expanded
     if isinstance(value, str):
-        return expand_env(value, environ, where, unset)
+        expanded = expand_env(value, environ, where, unset)
+        _no_surrogate(expanded, where)  # from the file or from a variable's undecodable bytes
+        return expanded
     if isinstance(value, list):
         return [_expand_tree(item, environ, f"{where}[{i}]", unset) for i, item in enumerate(value)]
     if isinstance(value, dict):
+        for key in value:
+            _no_surrogate(key, where, is_key=True)
         return {k: _expand_tree(v, environ, f"{where}.{k}" if where else k, unset) for k, v in value.items()}
     return value
+
+
+def _no_surrogate(text: str, where: str, is_key: bool = False) -> None:
+    """JSON may spell a lone UTF-16 surrogate (``"\\ud800"``), which is no text: it cannot be
+    printed, logged or sent, so a config holding one is refused where it is, naming the key."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        what = "a key" if is_key else "it"
+        raise ConfigError(f"{where + ': ' if where else ''}{what} holds a lone surrogate ({_shown(text)}), which is "
+                          "not text; write the character itself or its pair of \\u escapes") from None
+
+
+def _shown(value: Any) -> str:
+    """A config value as an error message quotes it: JSON, ASCII only, at most 60 characters (a
+    number too long for that is said by its length)."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10 ** 20:
+        return f"a number of {len(str(abs(value)))} digits"
+    return json.dumps(value)[:60]
 
 
 def _with_suggestion(name: str, known: Iterable[str]) -> str:
@@ -563,9 +599,12 @@ class _Fields:
         value = self.obj[key]
         ok = isinstance(value, kind) and not (kind in (int, float) and isinstance(value, bool))
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            if abs(value) > _FLOAT_LIMIT:  # float() of 400 digits raises OverflowError
+                raise ConfigError(f"{self.path(key)}: must be a number up to {MAX_CONFIG_NUMBER:g}, "
+                                  f"got {_shown(value)}")
             value, ok = float(value), True
         if not ok:
-            raise ConfigError(f"{self.path(key)}: must be {_TYPE_NAMES[kind]}, got {json.dumps(value)[:60]}")
+            raise ConfigError(f"{self.path(key)}: must be {_TYPE_NAMES[kind]}, got {_shown(value)}")
         if kind is float and not math.isfinite(value):
             raise ConfigError(f"{self.path(key)}: must be a finite number, got {value}")
         return value
@@ -588,16 +627,18 @@ class _Fields:
             raise ConfigError(f"{self.path(key)}: must be one of {', '.join(choices)}")
         return value
 
-    def number(self, key: str, default: float, minimum: float) -> float:
+    def number(self, key: str, default: float, minimum: float, maximum: float = MAX_CONFIG_NUMBER) -> float:
         value = self.get(key, float, default)
         if value < minimum:
             raise ConfigError(f"{self.path(key)}: must be at least {minimum:g}, got {value:g}")
+        if value > maximum:
+            raise ConfigError(f"{self.path(key)}: must be at most {maximum:g}, got {value:g}")
         return value
 
     def integer(self, key: str, default: int, minimum: int, maximum: int = 2**62) -> int:
         value = self.get(key, int, default)
         if not minimum <= value <= maximum:
-            raise ConfigError(f"{self.path(key)}: must be between {minimum} and {maximum}, got {value}")
+            raise ConfigError(f"{self.path(key)}: must be between {minimum} and {maximum}, got {_shown(value)}")
         return value
 
     def strings(self, key: str) -> Tuple[str, ...]:
@@ -691,7 +732,9 @@ def _parse_upstream(obj: Any, where: str) -> Upstream:
         if key.lower() in _FRAMING_HEADERS:
             raise ConfigError(f"{where}.headers.{key}: is set by agproxy itself (it frames the request)")
     if context_window is not None and context_window < 1024:
-        raise ConfigError(f"{where}.context_window: must be at least 1024, got {context_window}")
+        raise ConfigError(f"{where}.context_window: must be at least 1024, got {_shown(context_window)}")
+    if context_window is not None and context_window > MAX_CONTEXT_WINDOW:
+        raise ConfigError(f"{where}.context_window: must be at most {MAX_CONTEXT_WINDOW}, got {_shown(context_window)}")
     return Upstream(
         name=name,
         kind=kind,
@@ -743,9 +786,20 @@ def _parse_rules(obj: Dict[str, Any], where: str, base: Profile) -> Profile:
     return dataclasses.replace(base, **overrides)
 
 
-def config_from_dict(raw: Any, environ: Dict[str, str], source: str) -> Config:
-    """Validate a parsed config file into a :class:`Config`; raises :class:`ConfigError`."""
-    raw = _expand_tree(raw, environ, "")
+class _UnsetAsPlaceholder(dict):
+    """The environment as the config's ``${VAR}``s see it, with a stand-in for every variable it
+    lacks (for ``agproxy state``, which needs the config's state file, not its keys). Only the
+    expansion reads it: where agproxy reads the environment itself (``XDG_STATE_HOME``), the
+    real one is read."""
+
+    def get(self, key: str, default: Any = None) -> Any:  # noqa: D102 (dict's own)
+        return super().get(key, "http://unset.invalid")
+
+
+def config_from_dict(raw: Any, environ: Dict[str, str], source: str, unset_as_placeholder: bool = False) -> Config:
+    """Validate a parsed config file into a :class:`Config`; raises :class:`ConfigError`. With
+    ``unset_as_placeholder``, the config's unset ``${VAR}``s become a stand-in, not an error."""
+    raw = _expand_tree(raw, _UnsetAsPlaceholder(environ) if unset_as_placeholder else environ, "")
     fields = _Fields(raw, "", _CONFIG_KEYS)
     upstreams = tuple(
         _parse_upstream(obj, f"upstreams[{i}]") for i, obj in enumerate(fields.get("upstreams", list, []))
@@ -824,10 +878,13 @@ def load_config(
     explicit_path: Optional[str] = None,
     overrides: Optional[Dict[str, Any]] = None,
     environ: Optional[Dict[str, str]] = None,
+    unset_as_placeholder: bool = False,
 ) -> Config:
     """Build the config from defaults, the file found by the lookup order, the environment and flags.
 
-    With no file anywhere, the built-in demo config is used (the caller warns about it).
+    With no file anywhere, the built-in demo config is used (the caller warns about it). With
+    ``unset_as_placeholder``, unset ``${VAR}``s of the file become a stand-in (see
+    :class:`_UnsetAsPlaceholder`).
     """
     environ = dict(os.environ) if environ is None else environ
     path = find_config_path(explicit_path, environ, os.getcwd(), os.path.expanduser("~"))
@@ -843,7 +900,7 @@ def load_config(
             raise ConfigError(f"{path}: is not UTF-8 text") from None
         try:
             raw = json.loads(text)
-            config = config_from_dict(raw, environ, path)
+            config = config_from_dict(raw, environ, path, unset_as_placeholder)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
         except ValueError as exc:  # a number with thousands of digits, for one
@@ -2957,9 +3014,10 @@ MAX_HEALS = 4
 class Heal:
     """What to do after an upstream's error answer to a request (see :func:`heal_decision`):
     ``retry`` without ``fields``/``betas``, ``strip_thinking`` and retry, ``fit`` (retry asking
-    for ``max_tokens``, which fits beside the prompt), ``overflow`` (the prompt does not fit even
-    with a small completion: the client is told so that it compacts; ``prompt_tokens`` and
-    ``window`` where the upstream named them), or ``fail`` (relay the error)."""
+    for ``max_tokens``, which fits beside the prompt in the ``window`` the upstream named),
+    ``overflow`` (the prompt does not fit even with a small completion: the client is told so
+    that it compacts; ``prompt_tokens`` and ``window`` where the upstream named them), or
+    ``fail`` (relay the error)."""
 
     action: str
     fields: Tuple[str, ...] = ()
@@ -3051,7 +3109,7 @@ def heal_decision(status: int, data: bytes, sent: Dict[str, Any], beta: Optional
         if limit and said.prompt_tokens is not None and not fitted and asked is not None:
             room = limit - said.prompt_tokens - _FIT_MARGIN_TOKENS
             if MIN_COMPLETION_TOKENS <= room < asked:
-                return Heal("fit", max_tokens=room)
+                return Heal("fit", max_tokens=room, window=said.window)
         if limit:
             return Heal("overflow", prompt_tokens=said.prompt_tokens, window=limit)
     return Heal("fail")
@@ -5212,6 +5270,29 @@ def upstream_url(base_url: str, path: str) -> str:
 
 #: Fields (and, apart, betas) learned per upstream; real upstreams reject a handful.
 MAX_LEARNED = 64
+#: Field names agproxy knows in what it sends: the Anthropic Messages request's (top level, tools,
+#: content blocks) and what its translators write for Chat Completions and Gemini. A lesson about
+#: one of these is never pushed out of the learned table by a lesson about a name a client made up.
+KNOWN_REQUEST_FIELDS = BASIC_FIELDS | BASIC_TOOL_FIELDS | frozenset((
+    # Anthropic Messages: top level, tools, blocks, thinking
+    "service_tier", "container", "mcp_servers", "context_management", "output_config", "output_format",
+    "inference_geo", "cache_control", "citations", "input_examples", "defer_loading", "strict",
+    "eager_input_streaming", "allowed_callers", "display", "budget_tokens", "disable_parallel_tool_use", "user_id",
+    "is_error", "title", "context", "effort",
+    # Chat Completions
+    "max_completion_tokens", "stream_options", "include_usage", "parallel_tool_calls", "reasoning_effort",
+    "reasoning_content", "tool_calls", "tool_call_id", "response_format", "chat_template_kwargs", "user", "stop",
+    "seed", "frequency_penalty", "presence_penalty", "logprobs",
+    # Gemini generateContent
+    "generationConfig", "thinkingConfig", "thinkingBudget", "thinkingLevel", "includeThoughts", "systemInstruction",
+    "toolConfig", "safetySettings", "cachedContent", "responseMimeType", "responseSchema", "stopSequences",
+    "candidateCount", "topP", "topK", "labels",
+))
+
+
+def _known_field(path: str) -> bool:
+    """Whether a learned field path names a field agproxy knows (:data:`KNOWN_REQUEST_FIELDS`)."""
+    return path == BASIC_THINKING_LESSON or path.rsplit(".", 1)[-1] in KNOWN_REQUEST_FIELDS
 
 
 class LearnedRejections:
@@ -5219,39 +5300,57 @@ class LearnedRejections:
 
     Filled from upstream 400s by the self-healing retry, saved in the state file so that a
     restart does not have to learn it again.
+
+    Each upstream keeps at most :data:`MAX_LEARNED` fields and as many betas, because every lesson
+    comes from what a client sent: a client inventing fields for the upstream to reject would
+    otherwise grow the table without bound. Were a full table to learn nothing more, 64 junk
+    fields would make a field the upstream really rejects cost an extra 400 on every later
+    request. So each table is kept in order of last use (a lesson is used when it strips something from
+    a request), and a new lesson pushes out the least recently useful one, choosing first among
+    names agproxy does not know (:data:`KNOWN_REQUEST_FIELDS`); a lesson about a made-up name
+    never pushes out one about a known field. So a field every request carries stays learned
+    however many names a client invents, a known field is learned even in a table full of junk,
+    and junk that is never sent again is the first to go.
     """
 
     def __init__(self) -> None:
-        self._fields: Dict[str, List[str]] = {}
-        self._betas: Dict[str, List[str]] = {}
+        self._fields: Dict[str, collections.OrderedDict] = {}
+        self._betas: Dict[str, collections.OrderedDict] = {}
 
     def fields(self, upstream: str) -> List[str]:
-        return self._fields.get(upstream, [])
+        """The field paths to strip for ``upstream``, least recently useful first."""
+        return list(self._fields.get(upstream, ()))
 
     def betas(self, upstream: str) -> List[str]:
-        return self._betas.get(upstream, [])
+        """The betas to drop for ``upstream``, least recently useful first."""
+        return list(self._betas.get(upstream, ()))
 
     def learn(self, upstream: str, fields: Iterable[str] = (), betas: Iterable[str] = ()) -> List[str]:
         """Add what is new; returns the new entries (``beta:`` prefixed for betas). Paths that carry
-        a request's meaning are never taken (a state file may say anything), and each upstream keeps
-        at most :data:`MAX_LEARNED` of each kind: past that a client could grow them without bound
-        by sending new fields for an upstream to reject."""
+        a request's meaning are never taken (a state file may say anything)."""
         new = []
         for field in fields:
-            known = self._fields.setdefault(upstream, [])
-            if field not in known and len(known) < MAX_LEARNED and _strippable(field):
-                known.append(field)
+            if _strippable(field) and _take(self._fields.setdefault(upstream, collections.OrderedDict()), field,
+                                            _known_field):
                 new.append(field)
         for beta in betas:
-            known = self._betas.setdefault(upstream, [])
-            if beta not in known and len(known) < MAX_LEARNED and 0 < len(beta) <= 100:
-                known.append(beta)
+            if 0 < len(beta) <= 100 and _take(self._betas.setdefault(upstream, collections.OrderedDict()), beta,
+                                              lambda _: False):
                 new.append(f"beta:{beta}")
         return new
 
+    def used(self, upstream: str, changes: Dict[str, int]) -> None:
+        """Mark the lessons that stripped something from a request (its ``learned:`` and ``beta:``
+        changes) as the most recently useful."""
+        for kind in changes:
+            prefix, _, name = kind.partition(":")
+            table = {"learned": self._fields, "beta": self._betas}.get(prefix, {}).get(upstream)
+            if table is not None and name in table:
+                table.move_to_end(name)
+
     def to_json(self, servers: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
         """What was learned, per upstream, bound to the server it was learned from (``servers``:
-        each upstream's :func:`server_fingerprint`)."""
+        each upstream's :func:`server_fingerprint`); least recently useful first."""
         names = sorted(set(self._fields) | set(self._betas))
         return {name: dict({"fields": self.fields(name), "betas": self.betas(name)},
                            **({"server": servers[name]} if servers and name in servers else {})) for name in names}
@@ -5268,6 +5367,80 @@ class LearnedRejections:
                 fields, betas = entry.get("fields"), entry.get("betas")
                 self.learn(upstream, [f for f in fields if isinstance(f, str)] if isinstance(fields, list) else [],
                            [b for b in betas if isinstance(b, str)] if isinstance(betas, list) else [])
+
+
+def _take(table: collections.OrderedDict, name: str, known: Callable[[str], bool]) -> bool:
+    """Put ``name`` in a table of lessons kept in order of use, bounded at :data:`MAX_LEARNED`:
+    when full, the least recently useful unknown name goes, else (for a known name) the least
+    recently useful one; an unknown name finds no room among known ones. True when taken."""
+    if name in table:
+        return False
+    if len(table) >= MAX_LEARNED:
+        victim = next((entry for entry in table if not known(entry)), None)
+        if victim is None and known(name):
+            victim = next(iter(table))
+        if victim is None:
+            return False
+        del table[victim]
+    table[name] = None
+    return True
+
+
+#: Context windows learned per upstream, one per model (a client may name any number): past
+#: this the one learned longest ago is forgotten.
+MAX_LEARNED_WINDOWS = 64
+#: The least window taken from a server's word, as from a config (``context_window``'s minimum).
+MIN_LEARNED_WINDOW = 1024
+
+
+class LearnedWindows:
+    """The context window an upstream's server really has for a model, learned from its
+    context-length error when it is smaller than the one in effect (the configured
+    ``context_window``, or none). Without it, a ``context_window`` larger than the server's
+    had every request refused once and sent again smaller. Kept in the state file bound to the
+    server (:func:`server_fingerprint`) and to the configured value, so that a changed config (a
+    corrected ``context_window``, another base_url) forgets what was learned."""
+
+    def __init__(self) -> None:
+        self._windows: Dict[str, collections.OrderedDict] = {}
+
+    def window(self, upstream: Upstream, model: str) -> Optional[int]:
+        """The window in effect for ``model`` on ``upstream``: the learned one, else the configured one."""
+        learned = self._windows.get(upstream.name, {}).get(model)
+        return learned if learned is not None else upstream.context_window
+
+    def learn(self, upstream: Upstream, model: str, window: Optional[int]) -> bool:
+        """Take a window the server named; True when it is new (smaller than the one in effect)."""
+        current = self.window(upstream, model)
+        if window is None or window < MIN_LEARNED_WINDOW or (current is not None and window >= current):
+            return False
+        models = self._windows.setdefault(upstream.name, collections.OrderedDict())
+        models[model] = window
+        models.move_to_end(model)
+        while len(models) > MAX_LEARNED_WINDOWS:
+            models.popitem(last=False)
+        return True
+
+    def to_json(self, upstreams: Sequence[Upstream]) -> Dict[str, Any]:
+        """What was learned, per upstream, with the server and the configured value it holds for."""
+        return {u.name: {"configured": u.context_window, "server": server_fingerprint(u),
+                         "models": dict(self._windows[u.name])} for u in upstreams if self._windows.get(u.name)}
+
+    def load_json(self, data: Any, upstreams: Sequence[Upstream]) -> List[str]:
+        """Take what a saved state learned for the same server and the same configured value;
+        returns a line for each window taken, for the log."""
+        restored: List[str] = []
+        for upstream in upstreams if isinstance(data, dict) else ():
+            entry = data.get(upstream.name)
+            if not isinstance(entry, dict) or not isinstance(entry.get("models"), dict) or \
+                    entry.get("server") != server_fingerprint(upstream) or \
+                    entry.get("configured", False) != upstream.context_window:
+                continue
+            for model, window in list(entry["models"].items())[-MAX_LEARNED_WINDOWS:]:
+                if isinstance(model, str) and len(model) <= MAX_MODEL_CHARS and _is_int(window) \
+                        and self.learn(upstream, model, window):
+                    restored.append(f"upstream {upstream.name!r} serves {model!r} with a {window}-token window")
+        return restored
 
 
 # =====================================================================================
@@ -6157,6 +6330,7 @@ class Server(Application):
         self._servers = {u.name: server_fingerprint(u) for u in config.upstreams}
         self.learned = LearnedRejections()
         self.learned.load_json((state or {}).get("learned"), self._servers)
+        self.windows = LearnedWindows()
         self.signatures = SignatureBook()
         self.call_signatures = CallSignatures()
         self.counters: collections.Counter = collections.Counter()
@@ -6171,6 +6345,9 @@ class Server(Application):
         self.log = logging.getLogger("agproxy")
         for line in self.pool.load_json((state or {}).get("accounts"), clock()):
             self.log.info("restored from the state file: %s (stop agproxy and run `agproxy state clear` to forget it)",
+                          line)
+        for line in self.windows.load_json((state or {}).get("windows"), config.upstreams):
+            self.log.info("restored from the state file: %s, as it said in an error (set its context_window to that)",
                           line)
         self.http = HttpServer(config, self, self.redact)
         self.adapters: Dict[str, Adapter] = {kind: cls(self) for kind, cls in ADAPTERS.items()}
@@ -6468,6 +6645,19 @@ class Server(Application):
                          upstream.name, ", ".join(new), "them" if len(new) > 1 else "it")
         self.save_state()
 
+    def learn_window(self, upstream: Upstream, model: str, window: Optional[int]) -> None:
+        """A context window the server named in an error: used for ``model`` from now on when it is
+        smaller than the one in effect, said once at WARNING with the setting to fix, and saved."""
+        configured = upstream.context_window
+        if not self.windows.learn(upstream, model, window):
+            return
+        setting = f"upstreams[{self.config.upstreams.index(upstream)}].context_window"
+        said = f"says {configured}" if configured else "is not set"
+        self.log.warning("upstream %r serves %r with a %d-token context window, as its error said, but %s %s: set it "
+                         "to %d; until then agproxy fits requests to %d (kept in the state file until the config "
+                         "changes)", upstream.name, model, window, setting, said, window, window)
+        self.save_state()
+
     def count_changes(self, stage: str, changes: Dict[str, int], exchange: _Exchange, upstream: Upstream) -> None:
         """Add a request's changes to the counters (and say them in the debug log). Kinds name fields
         a client chose (``field:x``), so past :data:`MAX_COUNTER_KINDS` distinct kinds new ones are
@@ -6475,6 +6665,7 @@ class Server(Application):
         if changes and self.log.isEnabledFor(logging.DEBUG):
             summary = ", ".join(f"{kind}={n}" for kind, n in sorted(changes.items()))
             self.log.debug("%s %s for upstream %r: %s", exchange.id, stage, upstream.name, summary)
+        self.learned.used(upstream.name, changes)
         for kind, n in changes.items():
             name = f"{stage}:{kind[:80]}"
             if name not in self.counters and len(self.counters) >= MAX_COUNTER_KINDS:
@@ -6505,6 +6696,7 @@ class Server(Application):
         while self._state_dirty:
             self._state_dirty = False
             snapshot = {"learned": self.learned.to_json(self._servers), "accounts": self.pool.to_json(self.clock()),
+                        "windows": self.windows.to_json(self.config.upstreams),
                         "pid": os.getpid()}  # `agproxy state clear` leaves the file of a running agproxy alone
             assert self._persist is not None
             await loop.run_in_executor(None, self._persist, snapshot)
@@ -6528,7 +6720,7 @@ class Server(Application):
         route = route_model(self.config, body["model"])
         exchange.upstream = route.upstream.name
         headers: Headers = [("X-Mapped-Model", route.model)]
-        window = route.upstream.context_window
+        window = self.windows.window(route.upstream, route.model)
         client_window = client_context_window(request.headers, body.get("model"))
         if not self.adapter(route.upstream).counts_upstream:
             counted = await self.adapter(route.upstream).count(body, route)
@@ -6546,8 +6738,9 @@ class Server(Application):
                                                                                                  route.model), account)
             except AgproxyError as exc:
                 raise AttemptError(exc, _outcome_of(exc)) from None
-            if upstream.context_window:
-                scale_usage(counted, upstream.context_window, client_window)
+            upstream_window = self.windows.window(upstream, route.model)
+            if upstream_window:
+                scale_usage(counted, upstream_window, client_window)
             return json_response(200, counted, headers + [("X-Account-Email", account.name)])
 
         try:
@@ -6688,14 +6881,16 @@ class Adapter:
                                  known_fields=self.gw.learned.fields(upstream.name) + trial.fields,
                                  known_betas=self.gw.learned.betas(upstream.name) + trial.betas,
                                  heal_statuses=self.heal_statuses, heal_thinking=self.heal_thinking,
-                                 thinking_stripped=strip_thinking, window=upstream.context_window,
-                                 fitted=trial.fitted)
+                                 thinking_stripped=strip_thinking,
+                                 window=self.gw.windows.window(upstream, route.model), fitted=trial.fitted)
+            if heal.action in ("fit", "overflow"):
+                self.gw.learn_window(upstream, route.model, heal.window)
             if heal.action == "fit":
                 trial.max_tokens, trial.fitted = heal.max_tokens, True
                 self.gw.note_once(upstream.name, "fit",
                                   "upstream %r has no room for the completion asked for beside the prompt; asking "
                                   "for %d tokens instead%s", upstream.name, heal.max_tokens,
-                                  "" if upstream.context_window else
+                                  "" if self.gw.windows.window(upstream, route.model) else
                                   " (set its context_window to do so before sending)")
             elif heal.action == "retry":
                 trial.fields += heal.fields
@@ -6755,7 +6950,7 @@ class Adapter:
         answer's events (nothing reaches the client before its head, so a failure until then can
         still be retried), or assemble them, or read a whole answer, in the client's shape."""
         upstream = route.upstream
-        window = upstream.context_window
+        window = self.gw.windows.window(upstream, route.model)
         client_window = client_context_window(request.headers, body.get("model"))
         estimate = await _estimate_tokens(body, len(request.body or b"")) if window or self.estimates_input else 0
         if window and estimate > window:
@@ -6912,6 +7107,13 @@ class AnthropicAdapter(Adapter):
         self.gw.signatures.record_message(message, upstream.name)
 
 
+#: Statuses that say a route does not exist on the server (rather than that it failed this time).
+_ROUTE_ABSENT_STATUSES = (404, 405, 501)
+#: How long a tokenizer route found absent is not asked again: a server upgraded meanwhile is
+#: found within the hour, and a /context of Claude Code (dozens of counts) asks it once.
+TOKENIZER_ABSENT_S = 3600.0
+
+
 class OpenAIAdapter(Adapter):
     """OpenAI-compatible upstreams (vLLM, Ollama, llama.cpp, ...): the request translated to Chat
     Completions, the answer translated back, healed past arguments the server names as unknown."""
@@ -6922,6 +7124,13 @@ class OpenAIAdapter(Adapter):
     estimates_input = True  # message_start reports the input tokens before the server has counted them
 
     heal_statuses = (400, 422)
+
+    def __init__(self, gateway: Server) -> None:
+        super().__init__(gateway)
+        #: per upstream: until when its tokenizer route is known to be absent (it is not asked meanwhile)
+        self._tokenizer_absent_until: Dict[str, float] = {}
+        #: upstreams whose tokenizer failed since it last answered (each failure is said once, not per count)
+        self._tokenizer_failing: Set[str] = set()
 
     def prepare(self, request: Request, exchange: _Exchange, route: Route, stream: bool, strip_thinking: bool,
                 trial: _Lessons) -> Tuple[bytes, Dict[str, Any], Optional[str]]:
@@ -6975,7 +7184,10 @@ class OpenAIAdapter(Adapter):
         else:
             payload = {"content": "\n\n".join(_block_text(m.get("content")) if isinstance(m.get("content"), list)
                                                else str(m.get("content") or "") for m in translated["messages"])}
-        account = self.gw.pool.rested(upstream, route.model, self.gw.clock())
+        now = self.gw.clock()
+        if self._tokenizer_absent_until.get(upstream.name, 0.0) > now:
+            return None
+        account = self.gw.pool.rested(upstream, route.model, now)
         try:
             status, body = await self.gw.client.fetch("POST", root + "/tokenize",
                                                    self.headers(None, upstream, account, None, False),
@@ -6983,14 +7195,31 @@ class OpenAIAdapter(Adapter):
                                                    limit=MAX_UPSTREAM_BODY_BYTES)
             data = loads_strict(body) if status == 200 else None
         except (UpstreamFailure, ValueError) as exc:
-            self.gw.log.warning("tokenizer of upstream %r unavailable (%s); estimating", upstream.name, exc)
+            self._tokenizer_failed(upstream, f"is unavailable ({exc})")
             return None
         if isinstance(data, dict) and _is_int(data.get("count")) and data["count"] >= 0:
+            self._tokenizer_failing.discard(upstream.name)
             return data["count"]
         if isinstance(data, dict) and isinstance(data.get("tokens"), list):
+            self._tokenizer_failing.discard(upstream.name)
             return len(data["tokens"])
-        self.gw.log.warning("tokenizer of upstream %r answered HTTP %s; estimating", upstream.name, status)
+        if status in _ROUTE_ABSENT_STATUSES:
+            self._tokenizer_absent_until[upstream.name] = now + TOKENIZER_ABSENT_S
+            self._tokenizer_failed(upstream, f"answered HTTP {status}: the server has no {root}/tokenize (check its "
+                                             f"openai.tokenize); it is asked again in {TOKENIZER_ABSENT_S:.0f} s")
+        else:
+            self._tokenizer_failed(upstream, f"answered HTTP {status}")
         return None
+
+    def _tokenizer_failed(self, upstream: Upstream, what: str) -> None:
+        """Say that an upstream's tokenizer failed (counts are estimated meanwhile): once, until it
+        answers again; a /context of Claude Code counts dozens of times."""
+        if upstream.name in self._tokenizer_failing:
+            self.gw.log.debug("tokenizer of upstream %r %s; estimating", upstream.name, what)
+            return
+        self._tokenizer_failing.add(upstream.name)
+        self.gw.log.warning("tokenizer of upstream %r %s; estimating token counts (said once, until it answers)",
+                            upstream.name, what)
 
 
 class DemoAdapter(Adapter):
@@ -7623,40 +7852,122 @@ async def _iterate(items: Iterable[bytes]) -> AsyncIterator[bytes]:
 STATE_FORMAT = 1
 #: A state file holds a few learned fields and resting accounts: kilobytes. Past this it is not ours.
 MAX_STATE_BYTES = 16 * 1024 * 1024
+#: Problems of a state file's sections said one by one; a file with thousands says the rest as a count.
+MAX_STATE_PROBLEMS = 5
+#: What each section of the state file holds: an object per upstream (or account), with these keys
+#: of these types ("strings": a list of strings; "numbers" / "integers": an object of them).
+_STATE_SECTIONS: Dict[str, Dict[str, Any]] = {
+    "learned": {"fields": "strings", "betas": "strings", "server": str},
+    "accounts": {"resting_until": "number", "rejected_key": bool, "reason": str, "models": "numbers",
+                 "limits_in_a_row": int, "key": str},
+    "windows": {"configured": (int, type(None)), "server": str, "models": "integers"},
+}
+_STATE_TYPE_NAMES = {"strings": "a list of strings", "numbers": "an object of numbers",
+                     "integers": "an object of integers", "number": "a number", str: "a string", bool: "true or false",
+                     int: "an integer", (int, type(None)): "an integer or null"}
+
+
+def _state_value_ok(value: Any, kind: Any) -> bool:
+    if kind == "strings":
+        return isinstance(value, list) and all(isinstance(item, str) for item in value)
+    if kind in ("numbers", "integers"):
+        return isinstance(value, dict) and all(_is_number(v) if kind == "numbers" else _is_int(v)
+                                               for v in value.values())
+    if kind == "number":
+        return _is_number(value)
+    return isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+
+
+def state_problems(data: Dict[str, Any]) -> List[str]:
+    """What in a state file's sections has the wrong type, one line each (``learned.x.fields: must
+    be a list of strings, got 5``); the loaders skip those parts, and the user is told. Unknown
+    sections are left alone (a newer agproxy may have written them)."""
+    problems: List[str] = []
+    if "pid" in data and not _is_int(data["pid"]):
+        problems.append(f"pid: must be an integer, got {_shown(data['pid'])}")
+    for section, keys in _STATE_SECTIONS.items():
+        entries = data.get(section)
+        if section not in data:
+            continue
+        if not isinstance(entries, dict):
+            problems.append(f"{section}: must be an object, got {_shown(entries)}")
+            continue
+        for name, entry in entries.items():
+            if not isinstance(entry, dict):
+                problems.append(f"{section}.{name}: must be an object, got {_shown(entry)}")
+                continue
+            problems += [f"{section}.{name}.{key}: must be {_STATE_TYPE_NAMES[kind]}, got {_shown(entry[key])}"
+                         for key, kind in keys.items() if key in entry and not _state_value_ok(entry[key], kind)]
+    if len(problems) > MAX_STATE_PROBLEMS:
+        problems[MAX_STATE_PROBLEMS:] = [f"and {len(problems) - MAX_STATE_PROBLEMS} more"]
+    return problems
+
+
+class NotAgproxyState(AgproxyError):
+    """The file at ``state_file`` is not agproxy's: agproxy neither reads, replaces nor removes it."""
 
 
 class StateFile:
-    """agproxy's small persistent state (what upstreams rejected; account cooldowns), one JSON file.
+    """agproxy's small persistent state (what upstreams rejected; account cooldowns; learned
+    context windows), one JSON file.
 
-    Written atomically (temporary file, fsync, rename). A missing file is an empty state; a
-    corrupt one is reported and replaced at the next save. An empty path keeps nothing.
+    Written atomically (temporary file, fsync, rename). A missing file is an empty state. agproxy
+    writes and removes only a file that :meth:`load` recognised as its own: absent, or a regular
+    file holding agproxy's state format. Anything else (a FIFO, ``/dev/null``, the config itself,
+    a file of a newer format) is said once and left alone: the state is then kept in memory only.
+    Sections of the wrong type are said one by one and skipped. An empty path keeps nothing.
+    ``report`` is where those lines go (the log, or the ``agproxy state`` command's stderr).
+
+    While agproxy runs it holds a shared lock on ``<state_file>.lock`` (:meth:`hold`), so that
+    ``agproxy state clear``, which needs the lock alone (:meth:`forget`), cannot remove what a
+    running agproxy would save again; the kernel drops the lock with the process, kill -9 included.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, report: Optional[Callable[[str], None]] = None) -> None:
         self.path = path
         self.log = logging.getLogger("agproxy")
+        self.report: Callable[[str], None] = report or self.log.warning
+        #: why the file at ``path`` is not agproxy's (None: it is, or there is none)
+        self.foreign: Optional[str] = None
+        self._refused_save = False  # said once, at the first save refused
+        self._lock: Optional[int] = None
 
     def load(self) -> Dict[str, Any]:
-        """The saved state; an unreadable file (wrong JSON, wrong types, too deep) is an empty state."""
+        """The saved state; a file that is not agproxy's is an empty state (and said so)."""
         if not self.path:
             return {}
-        self._remove_stale_temporaries()
-        if not os.path.exists(self.path):
+        try:
+            data = self._read()
+            self._remove_stale_temporaries()  # beside agproxy's own file only
+        except NotAgproxyState as exc:
+            self.foreign = exc.message
+            self.report(f"state file {self.path} is not agproxy's ({exc.message}): agproxy neither reads, replaces "
+                        "nor removes it, and keeps its state in memory only; point state_file at another path "
+                        "(or \"\" to keep nothing), or move that file away")
+            return {}
+        for problem in state_problems(data):
+            self.report(f"state file {self.path}: {problem}; that part is ignored")
+        return data
+
+    def _read(self) -> Dict[str, Any]:
+        """The file's state ({} for none); :class:`NotAgproxyState` for anything but agproxy's format."""
+        if not os.path.lexists(self.path):
             return {}
         try:
-            if not os.path.isfile(self.path):
-                raise ValueError("not a regular file")  # a FIFO would block the start, /dev/zero never end
+            if not os.path.isfile(self.path):  # a FIFO would block the start, /dev/zero never end
+                raise NotAgproxyState("not a regular file")
             with open(self.path, "rb") as f:
                 raw = f.read(MAX_STATE_BYTES + 1)
-            if len(raw) > MAX_STATE_BYTES:
-                raise ValueError(f"larger than {MAX_STATE_BYTES} bytes")
+        except OSError as exc:
+            raise NotAgproxyState(f"unreadable: {_describe_os_error(exc)}") from None
+        if len(raw) > MAX_STATE_BYTES:
+            raise NotAgproxyState(f"larger than {MAX_STATE_BYTES} bytes")
+        try:
             data = loads_strict(raw)
-            if not isinstance(data, dict) or data.get("format") != STATE_FORMAT:
-                raise ValueError("not an agproxy state file")
-        except (OSError, ValueError) as exc:
-            self.log.warning("state file %s is unreadable (%s); starting with an empty state and replacing it",
-                             self.path, exc)
-            return {}
+        except (ValueError, UnicodeDecodeError):
+            raise NotAgproxyState("not JSON") from None
+        if not isinstance(data, dict) or data.get("format") != STATE_FORMAT:
+            raise NotAgproxyState(f'JSON without "format": {STATE_FORMAT}')
         return data
 
     def _remove_stale_temporaries(self) -> None:
@@ -7676,8 +7987,19 @@ class StateFile:
                 self.log.warning("cannot remove stale %s: %s", entry, _describe_os_error(exc))
 
     def save(self, data: Dict[str, Any]) -> None:
-        """Write the state atomically: a temporary file, fsync, then rename over the old one."""
+        """Write the state atomically: a temporary file, fsync, then rename over the old one; never
+        over a file that is not agproxy's (checked again here: it may have changed since the start)."""
         if not self.path:
+            return
+        if self.foreign is None:
+            try:
+                self._read()
+            except NotAgproxyState as exc:
+                self.foreign = exc.message
+        if self.foreign is not None:
+            if not self._refused_save:
+                self.report(f"not saving the state: {self.path} is not agproxy's ({self.foreign}); it is left alone")
+                self._refused_save = True
             return
         temporary = f"{self.path}.{os.getpid()}.tmp"
         try:
@@ -7689,6 +8011,61 @@ class StateFile:
             os.replace(temporary, self.path)
         except OSError as exc:
             self.log.warning("cannot write state file %s: %s", self.path, _describe_os_error(exc))
+
+    def _open_lock(self) -> Optional[int]:
+        """The lock file's descriptor (made if need be), or None where there is no lock to take:
+        no ``fcntl`` (Windows), or a lock path that is not a regular file."""
+        if fcntl is None or not self.path:
+            return None
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | os.O_NONBLOCK,
+                     0o600)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            return None
+        return fd
+
+    def hold(self) -> None:
+        """Take the shared lock for as long as this process runs (agproxy instances share it);
+        before :meth:`load`, so that no ``state clear`` comes between reading the state and holding
+        it. A file that is not agproxy's gets no lock file beside it (``/dev/null.lock``)."""
+        if not self.path or self._lock is not None:
+            return
+        try:
+            self._read()
+        except NotAgproxyState:
+            return
+        try:
+            fd = self._open_lock()
+            if fd is not None:
+                fcntl.flock(fd, fcntl.LOCK_SH)
+        except OSError as exc:
+            self.log.warning("cannot lock %s.lock (agproxy state clear will not know agproxy runs): %s", self.path,
+                             _describe_os_error(exc))
+            return
+        self._lock = fd
+
+    def forget(self) -> str:
+        """Remove the state file (``agproxy state clear``); the line to print. :class:`AgproxyError`
+        when it is not agproxy's or an agproxy runs with it (its next save would bring it back)."""
+        if self.foreign is not None:
+            raise NotAgproxyState(f"{self.path} is not agproxy's state file ({self.foreign}); not removing it")
+        fd = self._open_lock()
+        try:
+            if fd is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise AgproxyError(f"an agproxy is running with {self.path} (it holds {self.path}.lock) and "
+                                       "would save its state again; stop it, then clear") from None
+            try:
+                os.remove(self.path)
+            except FileNotFoundError:
+                return f"{self.path} does not exist: nothing to forget"
+            return f"{self.path} removed: account rests and learned rejections are forgotten"
+        finally:
+            if fd is not None:
+                os.close(fd)
 
 
 class _RedactingFormatter(logging.Formatter):
@@ -7870,6 +8247,7 @@ def _url_host(host: str) -> str:
 async def _serve(config: Config) -> int:
     log = logging.getLogger("agproxy")
     store = StateFile(config.state_file)
+    store.hold()  # `agproxy state clear` refuses while it is held
     server = Server(config, state=store.load(), persist=store.save)
     try:
         host, port = await server.start()
@@ -7924,14 +8302,6 @@ def _rests_in_words(accounts: Any, now: float) -> List[str]:
     return lines
 
 
-class _UnsetAsPlaceholder(dict):
-    """The environment, with a stand-in for every variable it lacks (for ``agproxy state``, which
-    needs the config's state file, not its keys)."""
-
-    def get(self, key: str, default: Any = None) -> Any:  # noqa: D102 (dict's own)
-        return super().get(key, "http://unset.invalid")
-
-
 def _state_command(argv: List[str]) -> int:
     """``agproxy state show|clear``: what the state file of the config in effect holds, or forget it."""
     parser = argparse.ArgumentParser(prog="agproxy state", description="Show or forget what agproxy keeps across "
@@ -7943,7 +8313,7 @@ def _state_command(argv: List[str]) -> int:
         config = load_config(args.config, {})
     except ConfigError as exc:
         try:  # the keys it names are not needed to find the state file: look past unset variables
-            config = load_config(args.config, {}, _UnsetAsPlaceholder(os.environ))
+            config = load_config(args.config, {}, unset_as_placeholder=True)
         except ConfigError:
             print(f"config: {exc.message}", file=sys.stderr)
             return 2
@@ -7955,26 +8325,30 @@ def _state_command(argv: List[str]) -> int:
         print(f"state: {path} does not exist: nothing is kept yet" + ("" if args.config else
               " (--config names the config whose state to show)"))
         return 0
-    kept = StateFile(path).load()
+    store = StateFile(path, report=lambda line: print(f"state: {line}", file=sys.stderr))
+    kept = store.load()
     if args.action == "show":
+        if store.foreign is not None:
+            return 1
         for line in _rests_in_words(kept.get("accounts"), time.time()):
             print(f"state: {line}")
         print(json.dumps(kept, indent=2, sort_keys=True))
         return 0
     writer = kept.get("pid")
-    if _is_int(writer) and writer != os.getpid() and _agproxy_running(writer):
+    if store.foreign is None and fcntl is None and _is_int(writer) and writer != os.getpid() \
+            and _agproxy_running(writer):  # no lock to ask here: the pid of the last save is all there is
         print(f"state: agproxy (pid {writer}) is running with {path} and would save its rests again; stop it, "
               "then clear", file=sys.stderr)
         return 1
     try:
-        os.remove(path)
-    except FileNotFoundError:
-        print(f"state: {path} does not exist: nothing to forget")
-        return 0
+        said = store.forget()
+    except AgproxyError as exc:
+        print(f"state: {exc.message}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"state: cannot remove {path}: {_describe_os_error(exc)}", file=sys.stderr)
         return 1
-    print(f"state: {path} removed: account rests and learned rejections are forgotten")
+    print(f"state: {said}")
     return 0
 
 

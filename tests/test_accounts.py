@@ -563,3 +563,136 @@ def test_all_limited_says_how_many_more_rest_for_a_rejected_key():
     error = pool.unavailable(Route((up,), "m"), NOW + 1)
     assert error.status == 429 and "all 2 account(s)" in error.message
     assert "1 more rest with a rejected key" in error.message and ("retry-after", "49") in error.headers
+
+
+# -- the state file: only agproxy's own is read, written or removed -----------------------------
+
+def _state_clear(tmp_path, config_path) -> Any:
+    import subprocess
+    import sys
+
+    from tests.conftest import AGPROXY, clean_env
+    return subprocess.run([sys.executable, str(AGPROXY), "state", "clear", "--config", str(config_path)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=30, env=clean_env(HOME=str(tmp_path)))
+
+
+def _special_files(tmp_path) -> List[Any]:
+    import os
+    import stat
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    found = [("fifo", fifo, "not a regular file")]
+    try:  # /dev/null's twin, where root may make one (a container may not let it)
+        os.mknod(tmp_path / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
+        found.append(("device", tmp_path / "null", "not a regular file"))
+    except (PermissionError, OSError):
+        pass
+    return found
+
+
+def test_a_state_file_that_is_not_agproxys_is_never_replaced_nor_removed(start_agproxy, fake, tmp_path):
+    """Issue 18: with state_file pointing at the config itself, the first rate limit replaced the
+    config and `state clear` deleted it; a FIFO (or /dev/null as root) was replaced too."""
+    import os
+    import stat
+    cases = [("config", tmp_path / "agproxy-0.json", 'JSON without "format": 1')] + _special_files(tmp_path)
+    for i, (name, target, reason) in enumerate(cases):
+        config_path = tmp_path / f"agproxy-{i}.json"  # where start_agproxy writes its i-th config
+        fake.reset()
+        fake.script_for(ALICE, LIMITED)
+        stray = tmp_path / f"{target.name}.{2 ** 22 + 1}.tmp"  # named as agproxy's temporaries, of no live pid
+        stray.write_text("someone else's")
+        proxy = start_agproxy(fake_config(fake, state_file=str(target)))
+        assert stray.exists()  # nothing is removed beside a file that is not agproxy's either
+        before = os.stat(target)
+        assert ask(proxy).headers["x-account-email"] == "bob@example.com"  # alice rests: a save is due
+        proxy.stop()
+        after = os.stat(target)
+        assert (after.st_ino, stat.S_IFMT(after.st_mode)) == (before.st_ino, stat.S_IFMT(before.st_mode)), name
+        if name == "config":
+            assert json.loads(target.read_text())["upstreams"][0]["name"] == "fake"
+        log = proxy.log()
+        assert f"state file {target} is not agproxy's ({reason}): agproxy neither reads, replaces nor removes it" \
+            in log, log
+        assert f"not saving the state: {target} is not agproxy's" in log
+        cleared = _state_clear(tmp_path, config_path)
+        assert cleared.returncode == 1 and f"{target} is not agproxy's state file ({reason}); not removing it" \
+            in cleared.stderr, cleared.stderr
+        assert os.path.lexists(target) and os.stat(target).st_ino == before.st_ino
+        assert not os.path.exists(f"{target}.lock")
+
+
+def test_a_state_file_whose_sections_have_the_wrong_types_is_reported(start_agproxy, fake, tmp_path):
+    """Issue 18: such a file was ignored section by section without a word."""
+    state = tmp_path / "state.json"
+    state.write_text(json.dumps({"format": 1, "learned": {"x": {"fields": 5}}, "accounts": [],
+                                 "windows": {"u": {"models": {"m": "big"}}}}))
+    proxy = start_agproxy(fake_config(fake, state_file=str(state)))
+    log = proxy.log()
+    assert f"state file {state}: learned.x.fields: must be a list of strings, got 5; that part is ignored" in log
+    assert f"state file {state}: accounts: must be an object, got []; that part is ignored" in log
+    assert 'windows.u.models: must be an object of integers, got {"m": "big"}' in log
+    assert ask(proxy).headers["x-account-email"]  # and it serves
+    proxy.stop()
+
+
+def test_state_problems_are_bounded_and_leave_unknown_sections_alone():
+    problems = agproxy.state_problems({"format": 1, "future": 5, "pid": "me",
+                                       "accounts": {f"u/{i}": {"resting_until": "soon"} for i in range(100)}})
+    assert problems[0] == 'pid: must be an integer, got "me"'
+    assert problems[1] == 'accounts.u/0.resting_until: must be a number, got "soon"'
+    assert len(problems) == agproxy.MAX_STATE_PROBLEMS + 1 and problems[-1] == "and 96 more"
+    good = {"format": 1, "pid": 3, "learned": {"u": {"fields": ["a"], "betas": [], "server": "ab"}},
+            "accounts": {"u/a": {"resting_until": 1.5, "rejected_key": False, "reason": "r", "models": {"m": 2},
+                                 "limits_in_a_row": 1, "key": "k"}}}
+    assert agproxy.state_problems(good) == []
+
+
+# -- learned rejections: junk a client invents cannot crowd out what the upstream really rejects --
+
+def test_a_learned_table_full_of_junk_still_learns_a_known_field():
+    """Issue 18: 64 fields a client made up filled the table, and a field the upstream really
+    rejects could no longer be learned (an extra 400 on every later request)."""
+    learned = agproxy.LearnedRejections()
+    learned.learn("u", [f"junk_{i}" for i in range(agproxy.MAX_LEARNED)], [f"beta-{i}" for i in range(64)])
+    assert learned.learn("u", ["context_management"], ["real-beta"]) == ["context_management", "beta:real-beta"]
+    assert "context_management" in learned.fields("u") and "junk_0" not in learned.fields("u")
+    assert len(learned.fields("u")) == len(learned.betas("u")) == agproxy.MAX_LEARNED
+    known = [f"tools.*.{name}" for name in ("cache_control", "strict", "defer_loading")]
+    learned.learn("u", known)
+    for i in range(200):  # a flood of junk never pushes a known field out
+        learned.learn("u", [f"more_junk_{i}"])
+    assert set(known + ["context_management"]) <= set(learned.fields("u"))
+
+
+def test_a_made_up_field_in_use_outlives_a_flood_of_junk():
+    """An unknown name the upstream rejects on every request stays learned: each use makes it the
+    most recently useful, and junk sent once goes first."""
+    learned = agproxy.LearnedRejections()
+    learned.learn("u", ["x_vendor_field"] + [f"junk_{i}" for i in range(agproxy.MAX_LEARNED - 1)])
+    for i in range(300):
+        learned.used("u", {"learned:x_vendor_field": 1, "field:other": 1})  # a request it was stripped from
+        learned.learn("u", [f"flood_{i}"])
+    assert "x_vendor_field" in learned.fields("u") and len(learned.fields("u")) == agproxy.MAX_LEARNED
+    again = agproxy.LearnedRejections()  # the order of use survives the state file
+    again.load_json(learned.to_json())
+    assert again.fields("u") == learned.fields("u")
+
+
+def test_junk_fields_do_not_make_a_really_rejected_field_cost_a_400_each_time(start_agproxy):
+    with FakeAnthropic(strict=True) as strict:
+        proxy = start_agproxy(fake_config(strict, state_file=""))
+        for i in range(agproxy.MAX_LEARNED + 2):
+            assert ask_raw(proxy, {f"junk_{i}": 1}) == 200
+        assert ask_raw(proxy, {"context_management": {"edits": []}}) == 200
+        calls = len(strict.requests)
+        assert ask_raw(proxy, {"context_management": {"edits": []}}) == 200
+        assert len(strict.requests) == calls + 1  # stripped before sending: no refused attempt
+
+
+def ask_raw(proxy, extra: Dict[str, Any]) -> int:
+    body = dict(model="m", max_tokens=50, messages=[{"role": "user", "content": "hi"}], **extra)
+    request = urllib.request.Request(proxy.url + "/v1/messages", json.dumps(body).encode(),
+                                     {"content-type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.status

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+import agproxy
 from tests.conftest import AGPROXY, ROOT, clean_env, fake_config, write_config
 from tests.fakes.anthropic_upstream import Json, Sse, text_stream
 
@@ -347,3 +348,73 @@ def test_a_gemini_key_refused_for_its_project_is_explained_everywhere(tmp_path, 
     assert "for every model (key rejected (HTTP 403: Generative Language API has not" in shown.stdout
     cleared = run(["state", "clear", "--config", str(path)], tmp_path)  # AGP_TEST_GEMINI_KEY unset here
     assert cleared.returncode == 0 and not state.exists()
+
+
+@pytest.mark.parametrize("command", [[], ["check"]])
+def test_a_number_of_400_digits_and_a_lone_surrogate_are_one_line_and_exit_2(tmp_path, command):
+    """Issue 18: an OverflowError traceback (exit 1) and a crash of `check` on printing the name."""
+    huge = tmp_path / "huge.json"
+    huge.write_text('{"upstreams": [{"name": "d", "kind": "demo", "timeout_s": 1%s}]}' % ("0" * 400))
+    result = run([*command, "--config", str(huge)], tmp_path)
+    assert (result.returncode, result.stderr) == (
+        2, "config: upstreams[0].timeout_s: must be a number up to 1e+09, got a number of 401 digits\n")
+    surrogate = tmp_path / "surrogate.json"
+    surrogate.write_text('{"upstreams": [{"name": "\\ud800", "kind": "demo"}]}')
+    result = run([*command, "--config", str(surrogate)], tmp_path)
+    assert result.returncode == 2 and result.stderr.startswith(
+        'config: upstreams[0].name: it holds a lone surrogate ("\\ud800")') and result.stderr.count("\n") == 1
+
+
+def test_state_commands_find_the_default_state_file_when_the_configs_variables_are_unset(tmp_path, fake):
+    """Issue 18: with ${VAR}s unset, the placeholder replaced XDG_STATE_HOME too, so `state show`
+    and `state clear` looked in http://unset.invalid/agproxy/... and found nothing."""
+    config = fake_config(fake)
+    config["upstreams"][0]["accounts"] = [{"name": "a", "api_key": "${AGP_TEST_UNSET_KEY}"}]
+    path = write_config(tmp_path, config)
+    env = {k: v for k, v in clean_env(HOME=str(tmp_path)).items() if k not in ("XDG_STATE_HOME", "AGP_TEST_UNSET_KEY")}
+    state = Path(agproxy.default_state_file(env, str(path)))
+    state.parent.mkdir(parents=True)
+    state.write_text(json.dumps({"format": 1, "accounts": {"fake/a": {"resting_until": 4e9, "reason": "kept",
+                                                                      "key": "0123"}}}))
+    shown = run(["state", "show", "--config", str(path)], tmp_path, env=env)
+    assert shown.returncode == 0 and '"reason": "kept"' in shown.stdout and "unset.invalid" not in shown.stdout
+    cleared = run(["state", "clear", "--config", str(path)], tmp_path, env=env)
+    assert cleared.returncode == 0 and str(state) in cleared.stdout and not state.exists()
+
+
+def test_state_clear_refuses_while_any_agproxy_runs_with_the_state_file(start_agproxy, tmp_path, fake):
+    """Issue 18: `state clear` succeeded while an agproxy that had restored rests ran (its pid was
+    in the file only after its first save), and the rests came back at that save. The lock is
+    held by every instance from its start, and the kernel drops it with a process killed -9."""
+    state = tmp_path / "kept.json"
+    config = fake_config(fake, state_file=str(state))
+    path = write_config(tmp_path, config)
+    upstream = agproxy.load_config(str(path), {}, {}).upstreams[0]
+    rest = {"resting_until": 4e9, "reason": "rate limited (HTTP 429)",
+            "key": agproxy.key_fingerprint(upstream, upstream.accounts[0])}
+    state.write_text(json.dumps({"format": 1, "pid": 2 ** 22 + 1, "accounts": {"fake/alice@example.com": rest}}))
+    first = start_agproxy(config, process=True)
+    assert "restored from the state file: account 'alice@example.com'" in first.log()
+    second = start_agproxy(config, process=True)
+    refused = run(["state", "clear", "--config", str(path)], tmp_path)
+    assert refused.returncode == 1 and state.exists(), refused.stdout
+    assert f"an agproxy is running with {state}" in refused.stderr and "stop it, then clear" in refused.stderr
+    assert first.stop() == 0
+    assert run(["state", "clear", "--config", str(path)], tmp_path).returncode == 1  # the second still runs
+    second.proc.kill()  # kill -9: no shutdown, no save; the lock goes with the process
+    second.proc.wait(10)
+    cleared = run(["state", "clear", "--config", str(path)], tmp_path)
+    assert cleared.returncode == 0 and not state.exists(), cleared.stderr
+
+
+def test_state_show_reports_sections_of_the_wrong_type_and_a_file_that_is_not_agproxys(tmp_path, fake):
+    state = tmp_path / "kept.json"
+    path = write_config(tmp_path, fake_config(fake, state_file=str(state)))
+    state.write_text('{"format": 1, "learned": {"x": {"fields": 5}}}')
+    shown = run(["state", "show", "--config", str(path)], tmp_path)
+    assert shown.returncode == 0 and '"fields": 5' in shown.stdout
+    assert shown.stderr == f"state: state file {state}: learned.x.fields: must be a list of strings, got 5; that " \
+                           "part is ignored\n"
+    foreign = write_config(tmp_path, fake_config(fake, state_file=str(path)), "self.json")  # the config as state
+    shown = run(["state", "show", "--config", str(foreign)], tmp_path)
+    assert shown.returncode == 1 and f"state file {path} is not agproxy's (JSON without \"format\": 1)" in shown.stderr

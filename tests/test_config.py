@@ -176,3 +176,46 @@ def test_state_file_default_follows_xdg(tmp_path: Path):
     assert mark.startswith("state-") and mark.endswith(".json")
     assert load_config(str(path), {}, {"XDG_STATE_HOME": "/x"}).state_file == f"/x/agproxy/{mark}"
     assert load_config(str(path), {}, {"HOME": "/h"}).state_file == f"/h/.local/state/agproxy/{mark}"
+
+
+# -- hostile values: numbers too big for a float, strings that are not text ---------------------
+
+_TOP_KEYS = sorted(agproxy._CONFIG_KEYS - {"upstreams", "model_map"})
+_UPSTREAM_KEYS = sorted(set(agproxy._UPSTREAM_KEYS) - {"name", "kind", "base_url", "accounts"})
+_HOSTILE = (st.integers(min_value=-10 ** 400, max_value=10 ** 400) | st.floats(allow_nan=False)
+            | st.text(alphabet=st.characters(blacklist_categories=()), max_size=5)
+            | st.sampled_from(["\ud800", "a\udfff", "${X}", 10 ** 399, -10 ** 399, 1e308, 2 ** 1024]))
+
+
+@given(st.dictionaries(st.sampled_from(_TOP_KEYS), _HOSTILE, max_size=3),
+       st.dictionaries(st.sampled_from(_UPSTREAM_KEYS), _HOSTILE | st.dictionaries(st.text(max_size=3), _HOSTILE,
+                                                                                  max_size=2), max_size=3),
+       st.dictionaries(st.sampled_from(["weight", "max_concurrency", "name", "api_key"]), _HOSTILE, max_size=2))
+def test_hostile_values_give_a_config_or_a_config_error_naming_the_key(top, upstream, account):
+    """Issue 18: a number of 400 digits was an OverflowError, a lone surrogate crashed `check`."""
+    raw = dict(top, upstreams=[dict(upstream, name="u", kind="openai", base_url="http://127.0.0.1:1/v1",
+                                    accounts=[dict(account, name=account.get("name", "a"))])])
+    try:
+        config = config_from_dict(raw, {"X": "\udcff"}, "fuzz")
+    except ConfigError as exc:
+        assert exc.message.isascii() or exc.message.encode("utf-8")
+        assert "\n" not in exc.message and len(exc.message) < 400
+        return
+    json.dumps(repr(config), ensure_ascii=False).encode("utf-8")  # everything in it can be printed
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"port": 10 ** 400}, "port: must be between 0 and 65535, got a number of 401 digits"),
+    ({"ping_interval_s": 10 ** 400}, "ping_interval_s: must be a number up to 1e+09, got a number of 401 digits"),
+    ({"body_timeout_s": 1e300}, "body_timeout_s: must be at most 1e+09, got 1e+300"),
+    ({"upstreams": [{"name": "d", "kind": "demo", "context_window": 10 ** 400}]},
+     "upstreams[0].context_window: must be at most 1000000000"),
+    ({"upstreams": [{"name": "\ud800", "kind": "demo"}]}, 'upstreams[0].name: it holds a lone surrogate ("\\ud800")'),
+    ({"host": "${X}"}, 'host: it holds a lone surrogate ("\\udcff")'),
+    ({"\udc00": 1}, 'a key holds a lone surrogate ("\\udc00")'),
+])
+def test_numbers_past_a_float_and_lone_surrogates_are_config_errors(raw, message):
+    raw = dict({"upstreams": [{"name": "d", "kind": "demo"}]}, **raw)
+    with pytest.raises(ConfigError) as caught:
+        config_from_dict(raw, {"X": "\udcff"}, "t")
+    assert caught.value.message.startswith(message), caught.value.message

@@ -511,3 +511,48 @@ def call_chunk(index: Any, call_id: Any, name: str = "", arguments: str = "") ->
 def test_tool_call_shapes_reported_by_users(chunks, expected):
     _, message = run_stream([chunk({"role": "assistant"})] + chunks + [chunk({}, "tool_calls")])
     assert [(b["id"], b["input"]) for b in message["content"] if b["type"] == "tool_use"] == expected
+
+
+def test_a_context_window_larger_than_the_servers_is_learned_once_and_kept(start_agproxy, tmp_path):
+    """Issue 18: with context_window 131072 against a 32k server, every request was refused once
+    and sent again smaller, and the log said so once at INFO without naming the setting."""
+    with FakeOpenAI(max_model_len=32768) as fake:
+        upstream = dict(local_config(fake)["upstreams"][0], context_window=131072)
+        config = local_config(fake, upstreams=[upstream], state_file=str(tmp_path / "state.json"))
+        proxy = start_agproxy(config)
+        for _ in range(2):
+            assert sdk(proxy).messages.create(**CLAUDE_CODE_FIRST, timeout=30).content[0].text
+        assert len(fake.rejections) == 1 and len(fake.chats) == 3  # only the first was refused
+        said = ("upstream 'local' serves 'claude-opus-5-5' with a 32768-token context window, as its error said, but "
+                "upstreams[0].context_window says 131072: set it to 32768")
+        assert proxy.log().count(said) == 1 and f"WARNING agproxy: {said}" in proxy.log()
+        proxy.stop()
+        again = start_agproxy(config)  # a restart remembers it
+        assert sdk(again).messages.create(**CLAUDE_CODE_FIRST, timeout=30).content[0].text
+        assert len(fake.rejections) == 1 and len(fake.chats) == 4
+        assert "restored from the state file: upstream 'local' serves 'claude-opus-5-5' with a 32768-token" in \
+            again.log()
+        again.stop()
+        fixed = start_agproxy(dict(config, upstreams=[dict(upstream, context_window=200000)]))  # the config changed
+        assert sdk(fixed).messages.create(**CLAUDE_CODE_FIRST, timeout=30).content[0].text
+        assert len(fake.rejections) == 2 and "restored" not in fixed.log()  # what was learned is forgotten
+
+
+def test_a_tokenizer_route_that_is_absent_is_said_once_and_not_asked_again(start_agproxy):
+    """Issue 18: one /context logged `tokenizer of upstream 'vllm' answered HTTP 404; estimating` 27 times."""
+    with FakeOpenAI(tokenizer=False) as fake:
+        config = local_config(fake)
+        config["upstreams"][0]["openai"] = {"tokenize": "vllm"}
+        proxy = start_agproxy(config)
+        for _ in range(5):
+            raw = sdk(proxy).messages.with_raw_response.count_tokens(model="m", messages=[{"role": "user",
+                                                                                           "content": "hi"}])
+            assert raw.headers["x-token-count"] == "estimate" and raw.parse().input_tokens > 0
+        assert [r["target"] for r in fake.requests].count("/tokenize") == 1
+        said = (f"tokenizer of upstream 'local' answered HTTP 404: the server has no http://127.0.0.1:{fake.port}"
+                "/tokenize (check its openai.tokenize); it is asked again in 3600 s; estimating token counts")
+        assert proxy.log().count("tokenizer of upstream") == 1 and f"WARNING agproxy: {said}" in proxy.log()
+        proxy.clock.advance(agproxy.TOKENIZER_ABSENT_S + 1)  # an hour on, the server is asked again: still none
+        sdk(proxy).messages.count_tokens(model="m", messages=[{"role": "user", "content": "hi"}])
+        assert [r["target"] for r in fake.requests].count("/tokenize") == 2
+        assert proxy.log().count("tokenizer of upstream") == 1

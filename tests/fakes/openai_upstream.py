@@ -129,10 +129,12 @@ def prompt_tokens(body: Dict[str, Any]) -> int:
 
 class FakeOpenAI:
     """``max_model_len`` makes it check the window as vLLM does: a prompt and a completion budget
-    (``max_tokens``) that do not fit together are refused with vLLM's words, naming both."""
+    (``max_tokens``) that do not fit together are refused with vLLM's words, naming both.
+    ``tokenizer=False`` is a server without ``/tokenize`` (it answers 404 there)."""
 
     def __init__(self, extra_allowed: Sequence[str] = (), prefix: str = "/v1",
-                 max_model_len: Optional[int] = None) -> None:
+                 max_model_len: Optional[int] = None, tokenizer: bool = True) -> None:
+        self.tokenizer = tokenizer
         self.extra_allowed = list(extra_allowed)
         self.prefix = prefix
         self.max_model_len = max_model_len
@@ -180,7 +182,7 @@ class FakeOpenAI:
 
     async def _answer(self, target: str, body: Any, reader: asyncio.StreamReader,
                       writer: asyncio.StreamWriter) -> bool:
-        if target == "/tokenize":
+        if target == "/tokenize" and self.tokenizer:
             count = len(json.dumps(body.get("messages") or body.get("content") or "")) // 4
             writer.write(json_reply(200, {"count": count, "tokens": list(range(count))}))
             return True
