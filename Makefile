@@ -4,14 +4,18 @@ VENV ?= .venv
 VPY := $(VENV)/bin/python
 PORT ?= 8045
 STDLIB_ONLY ?= tools/stdlib_only.py
-# The suite runs its files across the cores (a file's tests stay together: the fault matrix shares one run).
-PYTEST_ARGS ?= -n auto --dist loadfile
+# The suite runs its files across the cores (a file's tests stay together: the fault matrix shares one run);
+# -rs lists every skipped test with its reason (the Claude Code tests say when no CLI is installed).
+PYTEST_ARGS ?= -n auto --dist loadfile -rs
 # The real Claude Code CLI for the end-to-end tests (dev-only, never committed; skipped without npm): the
 # newest release, pinned by number (on node 20 a plain install resolves to an old one), and an older one,
 # since users update slowly.
 CLAUDE_CODE_VERSION ?= 2.1.332
 CLAUDE_CODE_OLDER ?= 2.1.197
 CLAUDE_DIR := .cache/claude-code
+# The two builds take about 620 MB. `make test SKIP_CLAUDE_CLI=1` downloads neither; their tests are then
+# skipped (copies already in .cache/claude-code are still used; delete that folder to free the space).
+SKIP_CLAUDE_CLI ?=
 
 .PHONY: build run test lint claude-cli bench bench-peers fuzz clean
 
@@ -34,6 +38,9 @@ test: $(VENV)/.installed build claude-cli
 	$(VPY) -m pytest $(PYTEST_ARGS)
 
 claude-cli:
+ifneq ($(SKIP_CLAUDE_CLI),)
+	@echo "SKIP_CLAUDE_CLI is set: no Claude Code is downloaded; the CLI tests run only with a copy already in $(CLAUDE_DIR)"
+else
 	@for version in $(CLAUDE_CODE_VERSION) $(CLAUDE_CODE_OLDER); do \
 	  if [ -x $(CLAUDE_DIR)/$$version/node_modules/.bin/claude ]; then :; \
 	  elif command -v npm >/dev/null 2>&1; then \
@@ -42,6 +49,7 @@ claude-cli:
 	      --loglevel=error @anthropic-ai/claude-code@$$version || echo "Claude Code $$version not installed"; \
 	  else echo "npm not found: the Claude Code CLI tests will be skipped"; fi; \
 	done
+endif
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check agproxy.py tests tools bench

@@ -6,7 +6,7 @@ The only Claude tokenizer published for offline use is the one older ``anthropic
 so this measures the estimate against a real Claude BPE vocabulary, not today's exact counts).
 Needs the ``tokenizers`` package; the SDK wheel is fetched with ``pip download`` into .cache/.
 
-Usage: python bench/token_estimate.py   (prints a table; numbers go to README's count_tokens note)
+Usage: python bench/token_estimate.py   (prints a table; numbers go to the token-count note of docs/api.md)
 """
 
 from __future__ import annotations
