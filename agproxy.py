@@ -4802,13 +4802,18 @@ class AccountState:
     """The health and counters of one account. Times are wall-clock seconds (they are saved).
 
     A rate limit rests the account for the model that hit it only (Anthropic, OpenAI and Gemini
-    count their limits per model); a rejected key rests it for every model (the key ``""``)."""
+    count their limits per model); a rejected key rests it for every model (the key ``""``).
+    When a rest ends, the next attempt for its model is a trial, and other requests for that model
+    wait for its verdict; the account's other models are served as before."""
 
     rests: Dict[str, float] = dataclasses.field(default_factory=dict)
     rejected_key: bool = False
     reason: str = ""
     limits_in_a_row: int = 0
-    probing: bool = False
+    #: models (``""``: every model) that rested and have not answered since
+    unproven: Set[str] = dataclasses.field(default_factory=set)
+    #: those of them whose trial attempt is out now
+    trials: Set[str] = dataclasses.field(default_factory=set)
     in_flight: int = 0
     last_limited: float = 0.0
     requests: int = 0
@@ -4875,8 +4880,8 @@ class AccountPool:
         state = self.state(upstream, account)
         if not account.serves(model) or state.rest_for(model, now) > now:
             return False
-        if state.probing and state.in_flight:
-            return False  # a trial request is out; wait for its verdict
+        if state.trials & {"", model}:
+            return False  # a trial of this model (or of the key) is out; wait for its verdict
         return not account.max_concurrency or state.in_flight < account.max_concurrency
 
     def choose(self, route: Route, session: Optional[str], now: float, tried: Iterable[Tuple[str, str]] = (),
@@ -4923,25 +4928,34 @@ class AccountPool:
 
         return release
 
-    def begin(self, upstream: Upstream, account: Account) -> None:
-        """An attempt on this account starts."""
+    def begin(self, upstream: Upstream, account: Account, model: str = "") -> Optional[str]:
+        """An attempt for ``model`` on this account starts. Returns what it is the trial of (the
+        model, or ``""`` for the key) when its account rested for that and has not answered since;
+        pass it to :meth:`finish`."""
         state = self.state(upstream, account)
         state.in_flight += 1
         state.requests += 1
-        state.probing = bool(state.reason)  # it rested before: this attempt is its trial
+        trial = "" if "" in state.unproven else model if model in state.unproven else None
+        if trial is not None:
+            state.trials.add(trial)
+        return trial
 
     def finish(self, upstream: Upstream, account: Account, decision: Decision, now: float,
-               session: Optional[str], model: str = "") -> bool:
-        """Record an attempt's result for ``model``; True when the account's resting state changed
-        (save it)."""
+               session: Optional[str], model: str = "", trial: Optional[str] = None) -> bool:
+        """Record an attempt's result for ``model`` (``trial``: what :meth:`begin` said it was the
+        trial of); True when the account's resting state changed (save it)."""
         state = self.state(upstream, account)
         state.in_flight = max(0, state.in_flight - 1)
         was = (dict(state.rests), state.rejected_key, state.reason)
-        state.probing = False
+        if trial is not None:
+            state.trials.discard(trial)
         if decision.reason == "ok":
             state.successes += 1
             state.rests = {m: t for m, t in state.rests.items() if t > now and m not in ("", model)}
-            state.rejected_key, state.reason, state.limits_in_a_row = False, "", 0
+            state.unproven -= {"", model}
+            if state.rejected_key or not state.unproven:
+                state.reason = ""
+            state.rejected_key, state.limits_in_a_row = False, 0
             if session:
                 self._sessions[session] = (upstream.name, account.name)
                 self._sessions.move_to_end(session)
@@ -4951,6 +4965,7 @@ class AccountPool:
             state.failures += 1
             if decision.cooldown_s:
                 state.rest("" if decision.rejected_key else model, now + decision.cooldown_s, now)
+                state.unproven.add("" if decision.rejected_key else model)
                 state.rejected_key = decision.rejected_key
                 state.reason = decision.reason
                 if not decision.rejected_key:
@@ -5039,6 +5054,7 @@ class AccountPool:
                         and not isinstance(until, bool) and math.isfinite(until) and until > now:
                     state.rest(model, min(float(until), now + _LONGEST_REST_S), now)
             if state.rests:
+                state.unproven = set(state.rests)
                 state.rejected_key = entry.get("rejected_key") is True
                 reason = entry.get("reason")
                 state.reason = reason[:200] if isinstance(reason, str) and reason else "rested before a restart"
@@ -5057,8 +5073,8 @@ class AccountPool:
                 s = self.state(upstream, account)
                 if s.resting_until > now:
                     status = "rejected_key" if s.key_rejected(now) else "rate_limited"
-                elif s.reason:
-                    status = "probing" if s.probing else "recovering"
+                elif s.unproven:
+                    status = "probing" if s.trials else "recovering"
                 else:
                     status = "ok"
                 out.append({
@@ -5115,13 +5131,13 @@ async def run_attempts(pool: AccountPool, route: Route, session: Optional[str], 
             raise pool.unavailable(route, clock())
         number += 1
         upstream, account = choice
-        pool.begin(upstream, account)
+        trial = pool.begin(upstream, account, route.model)
         try:
             result = await attempt(upstream, account)
         except AttemptError as failed:
             state = pool.state(upstream, account)
             decision = decide(failed.outcome, number, max_attempts, state.limits_in_a_row, jitter())
-            if pool.finish(upstream, account, decision, clock(), session, route.model) and on_change:
+            if pool.finish(upstream, account, decision, clock(), session, route.model, trial) and on_change:
                 on_change()
             if on_attempt:
                 on_attempt(number, upstream, account, decision, failed.outcome.status)
@@ -5134,9 +5150,9 @@ async def run_attempts(pool: AccountPool, route: Route, session: Optional[str], 
                 await sleep(decision.wait_s)
             continue
         except BaseException:
-            pool.finish(upstream, account, Decision(False, reason="aborted"), clock(), None, route.model)
+            pool.finish(upstream, account, Decision(False, reason="aborted"), clock(), None, route.model, trial)
             raise
-        changed = pool.finish(upstream, account, Decision(False, reason="ok"), clock(), session, route.model)
+        changed = pool.finish(upstream, account, Decision(False, reason="ok"), clock(), session, route.model, trial)
         if changed and on_change:
             on_change()
         if on_attempt:

@@ -563,3 +563,51 @@ def test_all_limited_says_how_many_more_rest_for_a_rejected_key():
     error = pool.unavailable(Route((up,), "m"), NOW + 1)
     assert error.status == 429 and "all 2 account(s)" in error.message
     assert "1 more rest with a rejected key" in error.message and ("retry-after", "49") in error.headers
+
+
+def test_a_rate_limit_on_one_model_leaves_the_accounts_other_models_concurrent(start_agproxy, fake):
+    """After a rate limit on model A, every later attempt on the account was taken for the trial
+    of a rest ended, whatever its model, and a trial runs alone: requests for model B went one at
+    a time (three 3 s requests took 3, 5.6 and 5.8 s; with no max_concurrency one waited 30 s for
+    a slot and got a 529). Only A's requests wait for A's trial."""
+    solo = fake_config(fake)
+    solo["upstreams"][0]["accounts"] = solo["upstreams"][0]["accounts"][:1]
+    fake.script(LIMITED)
+    proxy = start_agproxy(solo)
+    with pytest.raises(anthropic.RateLimitError):
+        ask(proxy, model="model-a")
+    fake.script(*[Sse(text_stream("one two three four five six seven"), delay_s=0.1) for _ in range(3)])
+    results: List[Any] = []
+    threads = [threading.Thread(target=lambda: results.append(ask(proxy, model="model-b").parse()))
+               for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    assert len(results) == 3 and all(r.content[0].text.startswith("one two") for r in results)
+    assert fake.most_in_flight == 3  # all three ran at once
+    assert accounts(proxy)["alice@example.com"]["models_resting"].keys() == {"model-a"}
+
+
+def test_a_trial_is_per_model_and_per_key():
+    """When a model's rest ends, its next attempt is its trial: the model's other requests wait
+    for the verdict, other models do not; a rejected key's trial holds every model."""
+    pool, up = pool_of(Account("a", "k"))
+    account = up.accounts[0]
+    pool.finish(up, account, decide(Outcome(429, reset_s=10), 1, 1), NOW, None, "pro")
+    assert pool.begin(up, account, "flash") is None  # not a trial: flash never rested
+    trial = pool.begin(up, account, "pro")
+    assert trial == "pro"
+    assert pool.choose(Route((up,), "pro"), None, NOW + 11) is None  # one trial of pro at a time
+    assert pool.choose(Route((up,), "flash"), None, NOW + 11) is not None
+    assert pool.describe(NOW + 11)[0]["state"] == "probing"
+    pool.finish(up, account, Decision(False, reason="ok"), NOW + 11, None, "pro", trial)
+    assert pool.choose(Route((up,), "pro"), None, NOW + 11) is not None
+    pool.finish(up, account, decide(Outcome(401), 1, 1), NOW + 12, None, "flash")
+    key_trial = pool.begin(up, account, "flash")
+    assert key_trial == ""
+    later = NOW + 12 + agproxy.REJECTED_KEY_COOLDOWN_S + 1
+    assert pool.choose(Route((up,), "other"), None, later) is None  # the key's trial holds every model
+    pool.finish(up, account, Decision(False, reason="ok"), later, None, "flash", key_trial)
+    assert pool.choose(Route((up,), "other"), None, later) is not None
+    assert pool.describe(later)[0]["state"] == "ok"
