@@ -87,6 +87,7 @@ __all__ = [
     "PermissionDenied",
     "NotFound",
     "UpstreamFailure",
+    "ModelRefused",
     "ConfigError",
     "Config",
     "load_config",
@@ -220,6 +221,12 @@ class UpstreamFailure(AgproxyError):
 
     status = 502
     error_type = "api_error"
+
+
+class ModelRefused(InvalidRequest):
+    """An upstream refused the model asked for to the key it was sent (a key that may use other
+    models): a 400 naming the model, which clients show as it is (Claude Code tells a 401/403 to
+    log in), and the account rests for that model only."""
 
 
 class UpstreamClosed(UpstreamFailure):
@@ -2383,13 +2390,36 @@ _GOOGLE_KEY_OPENINGS = ("API key not valid", "API key expired", "API Key not fou
                         "This API method requires billing to be enabled")
 
 
+#: ``error.type`` or ``error.code`` values that refuse one model to a key that serves others:
+#: LiteLLM's ``*_model_access_denied`` (401) and OpenAI's ``model_not_found`` (its 403 "Project
+#: `proj_...` does not have access to model `gpt-...`"). The upstream sets them, never a client.
+_MODEL_REFUSED_CODES = frozenset(("key_model_access_denied", "team_model_access_denied", "user_model_access_denied",
+                                  "org_model_access_denied", "model_not_found"))
+#: ... and the fixed openings of the messages that say so where no such field is sent (LiteLLM
+#: before it had the types; OpenAI's project message). Only the opening is read: the model name
+#: after it is the client's to choose.
+_MODEL_REFUSED_OPENING = re.compile(r"(?:Authentication Error, )?(?:API Key|key|team|user|organization) not allowed "
+                                    r"to access model\b|Project `[^`]{1,100}` does not have access to model `")
+
+
+def refuses_model(status: int, parsed: Any) -> bool:
+    """Whether an upstream's 401/403 (its JSON body, parsed) refuses the model only, not the key."""
+    error = parsed.get("error") if isinstance(parsed, dict) else None
+    if status not in (401, 403) or not isinstance(error, dict):
+        return False
+    codes, message = (error.get("type"), error.get("code")), error.get("message")
+    return any(isinstance(code, str) and code in _MODEL_REFUSED_CODES for code in codes) or \
+        (isinstance(message, str) and _MODEL_REFUSED_OPENING.match(message) is not None)
+
+
 def upstream_status_of(status: int, body: bytes) -> int:
     """The status an upstream's error answer means. Google answers a key it does not take with a
     400 (``API_KEY_INVALID``), which means what a 401 means (rotate the key, never blame the
     client); and its 403 is the key's or its project's only when it says so, since Gemini also
     answers 403 to a request that names a file its project may not read (the request's fault, a
     400). Only Google's own ``ErrorInfo`` reasons and the fixed openings of its messages count: a
-    client's words that Gemini echoes in a message never do."""
+    client's words that Gemini echoes in a message never do. OpenRouter's 403 for a request its
+    moderation flagged (``metadata.flagged_input`` quotes the client's words) is the request's too."""
     if status not in (400, 403):
         return status
     try:
@@ -2397,10 +2427,13 @@ def upstream_status_of(status: int, body: bytes) -> int:
     except (ValueError, UnicodeDecodeError):
         return status
     error = parsed.get("error") if isinstance(parsed, dict) else None
+    if status == 403 and isinstance(error, dict) and isinstance(error.get("metadata"), dict) \
+            and "flagged_input" in error["metadata"]:
+        return 400
     if not isinstance(error, dict) or not isinstance(error.get("status"), str):
         return status  # not Google's shape: a 403 stays the key's problem
     details = error.get("details") if isinstance(error.get("details"), list) else []
-    reasons = {d.get("reason") for d in details if isinstance(d, dict)}
+    reasons = {d.get("reason") for d in details if isinstance(d, dict) and isinstance(d.get("reason"), str)}
     message = str(error.get("message") or "")
     blames_key = bool(reasons & _GOOGLE_KEY_REASONS) or message.startswith(_GOOGLE_KEY_OPENINGS)
     if status == 400:
@@ -2429,6 +2462,13 @@ def anthropic_error_from_upstream(status: int, body: bytes, upstream: str) -> Ag
     if not message:
         snippet = body[:300].decode("utf-8", "replace").strip()
         message = f"upstream {upstream!r} answered HTTP {said}" + (f": {snippet}" if snippet else "")
+    if refuses_model(status, parsed):
+        refused = ModelRefused(f"upstream {upstream!r} does not let this account's key use the model (HTTP {said}: "
+                               f"{message}); ask for another model, or route this one to an upstream whose key may "
+                               "use it (model_map)")
+        refused.upstream_words = f"HTTP {said}: {message[:300]}"
+        refused.upstream_status = status
+        return refused
     if status in (401, 403):
         rejected = UpstreamFailure(
             f"upstream {upstream!r} rejected agproxy's key for it (HTTP {said}: {message}); "
@@ -4652,8 +4692,11 @@ DEFAULT_COOLDOWN_S = 30.0
 MAX_COOLDOWN_S = 3600.0
 #: Rest for an account whose key the upstream rejected (401/403) before it is tried again.
 REJECTED_KEY_COOLDOWN_S = 600.0
+#: Rest of an account for one model that the upstream refused to its key (a key's models change
+#: by hand, seldom): its other models are served meanwhile.
+MODEL_REFUSED_COOLDOWN_S = 600.0
 #: The longest any rest lasts, whatever the state file or the wall clock says.
-_LONGEST_REST_S = max(MAX_COOLDOWN_S, REJECTED_KEY_COOLDOWN_S)
+_LONGEST_REST_S = max(MAX_COOLDOWN_S, REJECTED_KEY_COOLDOWN_S, MODEL_REFUSED_COOLDOWN_S)
 #: Pause before the next attempt after an overloaded answer (529/503), jittered 0.5x to 1.5x.
 OVERLOADED_BACKOFF_S = 1.0
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
@@ -4744,6 +4787,7 @@ class Outcome:
     failure: str = ""  # for status 0: what happened; for a rejected key: the upstream's words
     reset_s: Optional[float] = None  # for 429: when the upstream says the limit resets
     committed: bool = False  # bytes of this answer already reached the client
+    model_refused: bool = False  # a 401/403 that refuses the model, not the key (:func:`refuses_model`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -4756,6 +4800,7 @@ class Decision:
     wait_s: float = 0.0
     cooldown_s: float = 0.0
     rejected_key: bool = False
+    model_refused: bool = False
     reason: str = ""
 
 
@@ -4776,8 +4821,11 @@ def decide(outcome: Outcome, attempt: int, max_attempts: int, limits_in_a_row: i
     if status in (529, 503):
         return Decision(more, wait_s=OVERLOADED_BACKOFF_S * (0.5 + jitter), reason="overloaded")
     if status in (401, 403):
-        return Decision(more, cooldown_s=REJECTED_KEY_COOLDOWN_S, rejected_key=True,
-                        reason=f"key rejected ({outcome.failure[:170] if outcome.failure else f'HTTP {status}'})")
+        words = outcome.failure[:170] if outcome.failure else f"HTTP {status}"
+        if outcome.model_refused:
+            return Decision(more, cooldown_s=MODEL_REFUSED_COOLDOWN_S, model_refused=True,
+                            reason=f"model refused ({words})")
+        return Decision(more, cooldown_s=REJECTED_KEY_COOLDOWN_S, rejected_key=True, reason=f"key rejected ({words})")
     if status in (500, 502, 504) or status == 0:
         return Decision(more, reason=outcome.failure or f"HTTP {status}")
     return Decision(False, reason=f"HTTP {status} is not retried")
@@ -4802,8 +4850,9 @@ class AccountState:
     """The health and counters of one account. Times are wall-clock seconds (they are saved).
 
     A rate limit rests the account for the model that hit it only (Anthropic, OpenAI and Gemini
-    count their limits per model); a rejected key rests it for every model (the key ``""``).
-    When a rest ends, the next attempt for its model is a trial, and other requests for that model
+    count their limits per model); a rejected key rests it for every model (the key ``""``), and a
+    model the upstream refuses to the key rests it for that model (``refused`` says why). When a
+    rest ends, the next attempt for its model is a trial, and other requests for that model
     wait for its verdict; the account's other models are served as before."""
 
     rests: Dict[str, float] = dataclasses.field(default_factory=dict)
@@ -4814,6 +4863,8 @@ class AccountState:
     unproven: Set[str] = dataclasses.field(default_factory=set)
     #: those of them whose trial attempt is out now
     trials: Set[str] = dataclasses.field(default_factory=set)
+    #: models it rests for because the upstream refused them to its key, with the upstream's words
+    refused: Dict[str, str] = dataclasses.field(default_factory=dict)
     in_flight: int = 0
     last_limited: float = 0.0
     requests: int = 0
@@ -4835,6 +4886,10 @@ class AccountState:
         """Whether it rests now because its key was rejected (not only for a model's limit)."""
         return self.rejected_key and self.rests.get("", 0.0) > now
 
+    def refuses(self, model: str, now: float) -> bool:
+        """Whether it rests for ``model`` now because the upstream refused that model to its key."""
+        return model in self.refused and self.rests.get(model, 0.0) > now
+
     def rest(self, model: str, until: float, now: float) -> None:
         """Rest for ``model`` (``""``: every model) until then; ended rests are dropped, and past
         :data:`MAX_MODEL_RESTS` the soonest to end (never the one just made)."""
@@ -4842,6 +4897,7 @@ class AccountState:
         self.rests[model] = until
         while len(self.rests) > MAX_MODEL_RESTS:
             del self.rests[min((m for m in self.rests if m and m != model), key=self.rests.__getitem__)]
+        self.refused = {m: words for m, words in self.refused.items() if m in self.rests}
 
 
 def server_fingerprint(upstream: Upstream) -> str:
@@ -4952,6 +5008,7 @@ class AccountPool:
         if decision.reason == "ok":
             state.successes += 1
             state.rests = {m: t for m, t in state.rests.items() if t > now and m not in ("", model)}
+            state.refused = {m: words for m, words in state.refused.items() if m in state.rests}
             state.unproven -= {"", model}
             if state.rejected_key or not state.unproven:
                 state.reason = ""
@@ -4968,7 +5025,10 @@ class AccountPool:
                 state.unproven.add("" if decision.rejected_key else model)
                 state.rejected_key = decision.rejected_key
                 state.reason = decision.reason
-                if not decision.rejected_key:
+                if decision.model_refused:
+                    state.refused[model] = decision.reason
+                elif not decision.rejected_key:
+                    state.refused.pop(model, None)
                     state.limits_in_a_row += 1
                     state.last_limited = now
                     state.rate_limited += 1
@@ -5000,7 +5060,9 @@ class AccountPool:
                 f"all {len(busy)} available account(s) of upstream {names} that serve {route.model!r} are busy "
                 f"(every max_concurrency slot stayed taken for {MAX_SLOT_WAIT_S:.0f} s); retry shortly",
                 status=529, error_type="overloaded_error", headers=[("retry-after", "5")])
-        limited = [s for _, _, s in resting if not s.key_rejected(now) and s.rest_for(route.model, now) > now]
+        refusing = [(u, a, s) for u, a, s in resting if s.refuses(route.model, now)]
+        limited = [s for _, _, s in resting if not s.key_rejected(now) and not s.refuses(route.model, now)
+                   and s.rest_for(route.model, now) > now]
         if limited:
             soonest = min(s.rest_for(route.model, now) for s in limited)
             wait = max(1, math.ceil(soonest - now))
@@ -5012,6 +5074,8 @@ class AccountPool:
                 f"the first is free again in {wait} s (at {at})" +
                 (f"; {rejected} more rest with a rejected key" if rejected else ""),
                 status=429, error_type="rate_limit_error", headers=[("retry-after", str(wait))])
+        if refusing:
+            return self._refused(route, refusing, len(resting) - len(refusing), now)
         parts = []
         for upstream in route.upstreams:
             keys = [f"{a.name} ({s.reason.replace('key rejected ', '', 1).strip('()')}, tried again in "
@@ -5025,6 +5089,21 @@ class AccountPool:
         rejected.final = True
         return rejected
 
+    @staticmethod
+    def _refused(route: Route, refusing: List[Tuple[Upstream, Account, AccountState]], rejected: int,
+                 now: float) -> ModelRefused:
+        """The 400 for a model that no account may use: the upstreams refused it to every key that
+        is not rejected outright."""
+        names = ", ".join(repr(u.name) for u in route.upstreams)
+        soonest = min(s.rests[route.model] for _, _, s in refusing)
+        said = "; ".join(f"{u.name}/{a.name}: {s.refused[route.model].replace('model refused ', '', 1).strip('()')}"
+                         for u, a, s in refusing[:3])
+        return ModelRefused(
+            f"no account of upstream {names} may use model {route.model!r} ({said})" +
+            (f"; {rejected} more rest with a rejected key" if rejected else "") +
+            f". Ask for another model, or route {route.model!r} to an upstream whose key may use it (model_map); "
+            f"the accounts will be tried with it again in {max(1, math.ceil(soonest - now))} s")
+
     def _fingerprint(self, upstream_name: str, account_name: str) -> str:
         upstream = self.upstreams[upstream_name]
         account = next(a for a in upstream.accounts if a.name == account_name)
@@ -5034,6 +5113,7 @@ class AccountPool:
         """The resting accounts, for the state file, each bound to its key (by fingerprint)."""
         return {f"{u}/{a}": {"resting_until": s.rests.get("", 0.0), "rejected_key": s.rejected_key, "reason": s.reason,
                              "models": {m: t for m, t in sorted(s.rests.items()) if m and t > now},
+                             "refused": {m: s.refused[m] for m in sorted(s.refused) if s.refuses(m, now)},
                              "limits_in_a_row": s.limits_in_a_row, "key": self._fingerprint(u, a)}
                 for (u, a), s in sorted(self.states.items()) if s.resting_until > now}
 
@@ -5053,6 +5133,9 @@ class AccountPool:
                 if isinstance(model, str) and len(model) <= 200 and isinstance(until, (int, float)) \
                         and not isinstance(until, bool) and math.isfinite(until) and until > now:
                     state.rest(model, min(float(until), now + _LONGEST_REST_S), now)
+            refused = entry.get("refused") if isinstance(entry.get("refused"), dict) else {}
+            state.refused = {m: words[:200] for m, words in refused.items() if m in state.rests and m
+                             and isinstance(words, str)}
             if state.rests:
                 state.unproven = set(state.rests)
                 state.rejected_key = entry.get("rejected_key") is True
@@ -6371,7 +6454,7 @@ class Server(Application):
                 f"{f' in {decision.wait_s:.1f} s' if decision.wait_s else ''}")
             rest = f"; account rests {decision.cooldown_s:.0f} s" + ("" if decision.rejected_key else
                                                                      f" for {model}") if decision.cooldown_s else ""
-            level = logging.WARNING if decision.rejected_key else logging.INFO
+            level = logging.WARNING if decision.rejected_key or decision.model_refused else logging.INFO
             self.log.log(level, "%s attempt %d: %s/%s status %s: %s%s; %s", exchange.id, number, upstream.name,
                          account.name, status or "-", decision.reason, rest, then)
         return log
@@ -7174,7 +7257,8 @@ def _outcome_of(error: AgproxyError) -> Outcome:
     """How the retry engine sees a failed attempt."""
     if isinstance(error, UpstreamFailure) and not error.upstream_status:
         return Outcome(0, failure=error.message)
-    return Outcome(error.upstream_status or error.status, failure=error.upstream_words, reset_s=error.reset_s)
+    return Outcome(error.upstream_status or error.status, failure=error.upstream_words, reset_s=error.reset_s,
+                   model_refused=isinstance(error, ModelRefused))
 
 
 # -- the relay pipeline: one for every kind ------------------------------------------------------
