@@ -3897,6 +3897,11 @@ _GEMINI_SCHEMA_VALUES = (
     ("minimum", (int, float)), ("maximum", (int, float)), ("nullable", (bool,)),
     ("default", (str, int, float, bool)), ("example", (str, int, float, bool)))
 _GEMINI_TYPES = frozenset(("string", "number", "integer", "boolean", "array", "object"))
+#: Keys that say something of one type only: of a type list's alternatives, only that type's has them.
+_KIND_ONLY_KEYS = {"items": "array", "prefixItems": "array", "minItems": "array", "maxItems": "array",
+                   "properties": "object", "required": "object", "additionalProperties": "object",
+                   "minProperties": "object", "maxProperties": "object", "minLength": "string",
+                   "maxLength": "string", "pattern": "string"}
 #: The formats Gemini takes, by type; any other moves into the description.
 _GEMINI_FORMATS = {"string": ("enum", "date-time"), "integer": ("int32", "int64"), "number": ("float", "double")}
 #: Constraints Gemini has no key for: said in the description, so the model still knows them.
@@ -3922,8 +3927,10 @@ def gemini_schema(schema: Any) -> Optional[Dict[str, Any]]:
     tool with no parameters (an object with no properties is a 400 there).
 
     Converted, not stripped: ``$ref`` resolved, ``const`` a one-value enum, ``["string", "null"]``
-    a nullable string, ``oneOf`` an ``anyOf``, ``allOf`` merged; what has no Gemini key
-    (``exclusiveMinimum``, an unsupported ``format``, ...) is said in the description.
+    a nullable string, ``oneOf`` an ``anyOf``, ``allOf`` and a lone alternative merged; what has
+    no Gemini key (``exclusiveMinimum``, an unsupported ``format``, ...) is said in the
+    description. Gemini takes only an object as ``parameters``: alternatives that are all objects
+    become one (every property, required only where all require it); any other root, none.
     """
     if not isinstance(schema, dict):
         return None
@@ -3932,9 +3939,30 @@ def gemini_schema(schema: Any) -> Optional[Dict[str, Any]]:
         if isinstance(schema.get(key), dict):
             walk.definitions.update({f"#/{key}/{name}": value for name, value in schema[key].items()})
     converted = _gemini_schema_node(schema, walk, 0)
-    if converted.get("type") == "object" and not converted.get("properties"):
+    if converted.get("type") != "object":
+        converted = _one_object(converted)
+    if converted is None or not converted.get("properties"):
         return None
     return converted
+
+
+def _one_object(converted: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """Converted alternatives that are all objects as one object (a root must be an object):
+    every member's properties (the first of each name), required where every member requires it;
+    None for anything else."""
+    members = converted.get("anyOf") or []
+    if not members or any(m.get("type") != "object" for m in members):
+        return None
+    properties: Dict[str, Any] = {}
+    for member in members:
+        for name, value in (member.get("properties") or {}).items():
+            properties.setdefault(name, value)
+    required = [r for r in members[0].get("required") or [] if all(r in (m.get("required") or []) for m in members)]
+    merged = {"type": "object", "properties": properties, **({"required": required} if required else {})}
+    said = converted.get("description")
+    note = f"(takes one of {len(members)} shapes; their properties are listed together)"
+    merged["description"] = f"{said} {note}" if said else note
+    return merged
 
 
 class _SchemaWalk:
@@ -3949,62 +3977,27 @@ class _SchemaWalk:
 
 
 def _gemini_schema_node(node: Any, walk: _SchemaWalk, depth: int) -> Dict[str, Any]:
+    """One JSON Schema node as a Gemini schema: its ``$ref`` resolved, ``allOf`` and a lone
+    alternative merged into it, then its types, enum, plain values and children, in that order;
+    what Gemini has no key for is said in its description."""
     walk.budget -= 1
     if not isinstance(node, dict):
         return {"type": "string", "description": "(any JSON value, written as text)"}
     if depth > _MAX_SCHEMA_DEPTH or walk.budget < 0:
         return {"type": "object", "description": "(too deep or too large to describe here)"}
-    ref = node.get("$ref")
-    if isinstance(ref, str):  # resolved in place, once per chain
-        target = walk.definitions.get(ref)
-        if ref in walk.expanding:
-            return {"type": "object", "description": f"(the same shape as {ref.rsplit('/', 1)[-1]} above)"}
-        merged = dict(target) if isinstance(target, dict) else {"type": "object"}
-        merged.update({k: v for k, v in node.items() if k != "$ref"})
-        walk.expanding.append(ref)
-        try:
-            return _gemini_schema_node(merged, walk, depth + 1)
-        finally:
-            walk.expanding.pop()
+    if isinstance(node.get("$ref"), str):
+        return _gemini_schema_ref(node, walk, depth)
     node = _merge_all_of(node)
+    lone = _lone_alternative(node)
+    if lone is not None:  # the node and its one alternative, as one node (it keeps its own type)
+        return _gemini_schema_node(lone, walk, depth + 1)
     if "const" in node:
         node = dict(node, enum=[node["const"]])
-    out: Dict[str, Any] = {}
     notes: List[str] = []
-    kind = node.get("type")
-    if isinstance(kind, list):  # ["string", "null"]
-        kinds = list(dict.fromkeys(k for k in kind if isinstance(k, str) and k in _GEMINI_TYPES))
-        if "null" in kind:
-            out["nullable"] = True
-        if len(kinds) > 1:
-            out["anyOf"] = [{"type": k} for k in kinds]
-        kind = kinds[0] if len(kinds) == 1 else None
-    elif kind == "null":
-        out["nullable"] = True
-        kind = None
-    elif not (isinstance(kind, str) and kind in _GEMINI_TYPES):
-        kind = None
-    alternatives = node.get("anyOf") if isinstance(node.get("anyOf"), list) else node.get("oneOf")
-    if isinstance(alternatives, list) and "anyOf" not in out:
-        members = [a for a in alternatives if not (isinstance(a, dict) and a.get("type") == "null")]
-        if len(members) < len(alternatives):
-            out["nullable"] = True
-        converted = [_gemini_schema_node(a, walk, depth + 1) for a in members]
-        if len(converted) == 1:
-            out = dict(converted[0], **out)
-            kind = out.get("type")
-        elif converted:
-            out["anyOf"] = converted
-    enum = node.get("enum")
-    if isinstance(enum, list) and enum:
-        if all(isinstance(v, str) for v in enum) and kind in (None, "string"):
-            values = [v for v in enum if v]  # Gemini refuses an empty-string enum value
-            if values:
-                out["enum"], kind = values, "string"
-            if len(values) < len(enum):
-                notes.append("may also be empty")
-        else:
-            notes.append("one of: " + ", ".join(json.dumps(v, ensure_ascii=False) for v in enum[:50]))
+    out, kind = _gemini_schema_types(node, walk, depth)
+    if isinstance(node.get("type"), list) and "anyOf" in out:
+        return out  # each kind's alternative carries the node's keys for it
+    kind = _gemini_schema_enum(node, out, kind, notes)
     if kind is None and "anyOf" not in out and "type" not in out:
         if isinstance(node.get("properties"), dict):
             kind = "object"
@@ -4016,6 +4009,107 @@ def _gemini_schema_node(node: Any, walk: _SchemaWalk, depth: int) -> Dict[str, A
                 notes.append("any JSON value, written as text")
     if kind:
         out["type"] = kind
+    _gemini_schema_values(node, out, kind, notes)
+    if kind == "object" and "properties" not in out:
+        _gemini_schema_properties(node, out, walk, depth, notes)
+    elif kind == "array" and "items" not in out:
+        items = node.get("items")
+        if isinstance(items, list):  # a tuple schema: its first item stands for all
+            items = items[0] if items else None
+        out["items"] = _gemini_schema_node(items, walk, depth + 1)
+    if notes:
+        said = out.get("description")
+        out["description"] = (f"{said} " if said else "") + f"({'; '.join(notes)})"
+    return out
+
+
+def _gemini_schema_ref(node: Dict[str, Any], walk: _SchemaWalk, depth: int) -> Dict[str, Any]:
+    """A ``$ref`` node, resolved in place once per chain (a definition met again inside itself is
+    described, not expanded); the node's own keys override the definition's."""
+    ref = node["$ref"]
+    if ref in walk.expanding:
+        return {"type": "object", "description": f"(the same shape as {ref.rsplit('/', 1)[-1]} above)"}
+    target = walk.definitions.get(ref)
+    merged = dict(target) if isinstance(target, dict) else {"type": "object"}
+    merged.update({k: v for k, v in node.items() if k != "$ref"})
+    walk.expanding.append(ref)
+    try:
+        return _gemini_schema_node(merged, walk, depth + 1)
+    finally:
+        walk.expanding.pop()
+
+
+def _lone_alternative(node: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """A node whose ``anyOf``/``oneOf`` has one member (beside a ``null``) is that member and the
+    node at once: merged as ``allOf`` is, so that the node keeps its own type and properties (a
+    root ``{"type": "object", "anyOf": [{"required": [...]}]}`` stays an object). None otherwise."""
+    alternatives = node.get("anyOf") if isinstance(node.get("anyOf"), list) else node.get("oneOf")
+    if not isinstance(alternatives, list) or isinstance(node.get("type"), list):
+        return None
+    members = [a for a in alternatives if not (isinstance(a, dict) and a.get("type") == "null")]
+    if len(members) != 1 or not isinstance(members[0], dict):
+        return None
+    rest = {k: v for k, v in node.items() if k not in ("anyOf", "oneOf")}
+    if len(members) < len(alternatives):
+        rest["nullable"] = True
+    return _merge_all_of(dict(rest, allOf=members))
+
+
+def _gemini_schema_types(node: Dict[str, Any], walk: _SchemaWalk, depth: int) -> Tuple[Dict[str, Any],
+                                                                                     Optional[str]]:
+    """The node's type (None: not yet known), and ``nullable`` and ``anyOf`` for a type list or
+    alternatives. A type list of several kinds becomes one alternative per kind, each with the
+    node's keys for it (an array's ``items``: Gemini refuses an array without them)."""
+    out: Dict[str, Any] = {}
+    kind = node.get("type")
+    if isinstance(kind, list):  # ["string", "null"], ["string", "array"]
+        kinds = list(dict.fromkeys(k for k in kind if isinstance(k, str) and k in _GEMINI_TYPES))
+        if "null" in kind:
+            out["nullable"] = True
+        if len(kinds) > 1:
+            shared = {k: v for k, v in node.items() if k not in ("type", "anyOf", "oneOf", "description", "title",
+                                                                 "nullable")}
+            out["anyOf"] = [_gemini_schema_node(dict({k: v for k, v in shared.items() if _KIND_ONLY_KEYS.get(k, one)
+                                                      == one}, type=one), walk, depth + 1) for one in kinds]
+            out.update({k: node[k] for k in ("title", "description") if isinstance(node.get(k), str)})
+        return out, (kinds[0] if len(kinds) == 1 else None)
+    if kind == "null":
+        out["nullable"] = True
+        kind = None
+    elif not (isinstance(kind, str) and kind in _GEMINI_TYPES):
+        kind = None
+    alternatives = node.get("anyOf") if isinstance(node.get("anyOf"), list) else node.get("oneOf")
+    if isinstance(alternatives, list):
+        members = [a for a in alternatives if not (isinstance(a, dict) and a.get("type") == "null")]
+        if len(members) < len(alternatives):
+            out["nullable"] = True
+        converted = [_gemini_schema_node(a, walk, depth + 1) for a in members]
+        if converted:
+            out["anyOf"] = converted
+    return out, kind
+
+
+def _gemini_schema_enum(node: Dict[str, Any], out: Dict[str, Any], kind: Optional[str],
+                        notes: List[str]) -> Optional[str]:
+    """A string ``enum`` kept (its empty value said in the description: Gemini refuses it); any
+    other enum said in the description. Returns the node's type, ``string`` for a kept enum."""
+    enum = node.get("enum")
+    if not isinstance(enum, list) or not enum:
+        return kind
+    if all(isinstance(v, str) for v in enum) and kind in (None, "string"):
+        values = [v for v in enum if v]
+        if values:
+            out["enum"], kind = values, "string"
+        if len(values) < len(enum):
+            notes.append("may also be empty")
+    else:
+        notes.append("one of: " + ", ".join(json.dumps(v, ensure_ascii=False) for v in enum[:50]))
+    return kind
+
+
+def _gemini_schema_values(node: Dict[str, Any], out: Dict[str, Any], kind: Optional[str], notes: List[str]) -> None:
+    """The plain keys Gemini takes, an example, a format it knows for the type; the constraints it
+    has no key for go into ``notes``."""
     for key, types in _GEMINI_SCHEMA_VALUES:
         value = node.get(key)
         if key not in out and isinstance(value, types) and (bool in types or not isinstance(value, bool)):
@@ -4032,27 +4126,22 @@ def _gemini_schema_node(node: Any, walk: _SchemaWalk, depth: int) -> Dict[str, A
     for key in _SCHEMA_CONSTRAINTS:
         if isinstance(node.get(key), (str, int, float, bool)):
             notes.append(f"{key}: {json.dumps(node[key])}")
-    if kind == "object" and "properties" not in out:
-        properties = node.get("properties") if isinstance(node.get("properties"), dict) else {}
-        if properties:
-            out["properties"] = {str(name): _gemini_schema_node(value, walk, depth + 1)
-                                 for name, value in properties.items()}
-            required = node.get("required")
-            named = [r for r in required if isinstance(r, str) and r in properties] if isinstance(required, list) \
-                else []
-            if named:
-                out["required"] = list(dict.fromkeys(named))
-        elif isinstance(node.get("additionalProperties"), dict):
-            notes.append("an object of named values")
-    elif kind == "array" and "items" not in out:
-        items = node.get("items")
-        if isinstance(items, list):  # a tuple schema: its first item stands for all
-            items = items[0] if items else None
-        out["items"] = _gemini_schema_node(items, walk, depth + 1)
-    if notes:
-        said = out.get("description")
-        out["description"] = (f"{said} " if said else "") + f"({'; '.join(notes)})"
-    return out
+
+
+def _gemini_schema_properties(node: Dict[str, Any], out: Dict[str, Any], walk: _SchemaWalk, depth: int,
+                              notes: List[str]) -> None:
+    """An object's properties and the required ones among them (a required name that is not a
+    property is a 400); a map (``additionalProperties`` only) is said in the description."""
+    properties = node.get("properties") if isinstance(node.get("properties"), dict) else {}
+    if properties:
+        out["properties"] = {str(name): _gemini_schema_node(value, walk, depth + 1)
+                             for name, value in properties.items()}
+        required = node.get("required")
+        named = [r for r in required if isinstance(r, str) and r in properties] if isinstance(required, list) else []
+        if named:
+            out["required"] = list(dict.fromkeys(named))
+    elif isinstance(node.get("additionalProperties"), dict):
+        notes.append("an object of named values")
 
 
 def _merge_all_of(node: Dict[str, Any]) -> Dict[str, Any]:

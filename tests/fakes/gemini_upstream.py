@@ -3,8 +3,9 @@
 It refuses what the Gemini API refuses, with Google's error shape and words:
 - a key it does not know (400 ``API_KEY_INVALID``, as Google answers it), a model it does not have (404);
 - a field it does not know, anywhere (``Unknown name "x" at '...'``), including any schema key outside
-  the OpenAPI subset function ``parameters`` take, type arrays, empty-string enum values and an
-  object with empty ``properties``;
+  the OpenAPI subset function ``parameters`` take, type arrays, empty-string enum values, an
+  object with empty ``properties``, an array without ``items``, a schema with neither ``type`` nor
+  ``anyOf``, and ``parameters`` that are not an object;
 - an empty ``parts`` list, a part without its one data field, a role other than user and model;
 - a model turn with N function calls not answered by exactly N function responses (names and ids
   matching) in the next turn;
@@ -133,6 +134,9 @@ def check_schema(schema: Any, at: str) -> None:
     kind = schema.get("type")
     if kind is not None and (not isinstance(kind, str) or kind.lower() not in TYPES):
         raise Refusal(f"Invalid value at '{_snake(at)}.type' ({json.dumps(kind)})")
+    if kind is None and not schema.get("anyOf"):
+        raise Refusal(f"* GenerateContentRequest.{_snake(at)}.type: must be specified when not using one_of, any_of "
+                      "or all_of fields")
     if "enum" in schema:
         if not all(isinstance(v, str) and v for v in schema["enum"]):
             raise Refusal(f"* GenerateContentRequest.{_snake(at)}.enum: cannot be empty or non-string")
@@ -341,6 +345,9 @@ class FakeGemini:
                 names.append(name)
                 if "parameters" in declaration:
                     check_schema(declaration["parameters"], f"tools[{i}].function_declarations[{j}].parameters")
+                    if str(declaration["parameters"].get("type", "")).lower() != "object":
+                        raise Refusal(f"Unable to submit request because {name} functionDeclaration parameters "
+                                      "schema should be of type OBJECT.")
         return names
 
     @staticmethod
