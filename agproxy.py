@@ -4452,13 +4452,22 @@ class GeminiHistory:
         none (Gemini refuses the request otherwise): the one Gemini documents for a lost signature."""
         for content in reversed(self.contents):
             if content["role"] == "user":
-                if any("functionResponse" not in p for p in content["parts"]):
+                if _gemini_user_wrote(content["parts"]):
                     return
                 continue
             first = next((p for p in content["parts"] if "functionCall" in p), None)
             if first is not None and "thoughtSignature" not in first:
                 first["thoughtSignature"] = GEMINI_SKIP_SIGNATURE
                 _count(self.changes, "signature_skipped")
+
+
+def _gemini_user_wrote(parts: List[Dict[str, Any]]) -> bool:
+    """Whether a user turn is the user writing, which ends Gemini's current turn: a part that is
+    not a function response, nor an image or file given back beside function responses (the
+    images of tool results: they belong to the tool loop)."""
+    answering = any("functionResponse" in p for p in parts)
+    return any("functionResponse" not in p and not (answering and ("inlineData" in p or "fileData" in p))
+               for p in parts)
 
 
 def anthropic_to_gemini(body: Dict[str, Any], model: str, trusted: Callable[[str], bool],

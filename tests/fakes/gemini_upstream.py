@@ -9,9 +9,10 @@ It refuses what the Gemini API refuses, with Google's error shape and words:
 - an empty ``parts`` list, a part without its one data field, a role other than user and model;
 - a model turn with N function calls not answered by exactly N function responses (names and ids
   matching) in the next turn;
-- a model turn of the current turn (everything after the user last wrote) whose first function
-  call lacks its thought signature, and any signature that is not the one it gave that very part
-  (or Google's documented stand-in);
+- a model turn of the current turn (everything after the user last wrote; images returned beside
+  function responses are not the user writing) whose first function call lacks its thought
+  signature, and any signature that is not the one it gave that very part (or Google's
+  documented stand-in);
 - ``thinkingBudget`` with ``thinkingLevel``, ``thinkingLevel`` for a 2.x model, more than five stop
   sequences, more output tokens than 65,536.
 
@@ -123,6 +124,15 @@ def _unknown(name: str, at: str) -> Refusal:
 
 def _snake(path: str) -> str:
     return re.sub(r"([A-Z])", lambda m: "_" + m.group(1).lower(), path)
+
+
+def user_wrote(parts: List[Dict[str, Any]]) -> bool:
+    """Whether a user turn is the user writing (which begins a new current turn): a part that is
+    not a function response, nor an image or file returned beside function responses (a tool
+    result's image is still the tool loop's)."""
+    answering = any("functionResponse" in p for p in parts)
+    return any("functionResponse" not in p and not (answering and ("inlineData" in p or "fileData" in p))
+               for p in parts)
 
 
 def check_schema(schema: Any, at: str) -> None:
@@ -384,7 +394,7 @@ class FakeGemini:
             if content.get("role") not in ("user", "model"):
                 raise Refusal(f"Please use a valid role: user, model. (contents[{i}])")
             self._check_parts(content.get("parts"), f"contents[{i}]")
-            if content["role"] == "user" and any("functionResponse" not in p for p in content["parts"]):
+            if content["role"] == "user" and user_wrote(content["parts"]):
                 current = i + 1
         for i, content in enumerate(contents):
             calls = [p["functionCall"] for p in content["parts"] if "functionCall" in p]
