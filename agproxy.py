@@ -5121,6 +5121,8 @@ class AccountPool:
             if decision.cooldown_s:
                 state.rest("" if decision.rejected_key else model, now + decision.cooldown_s, now)
                 state.unproven.add("" if decision.rejected_key else model)
+                if len(state.unproven) > MAX_MODEL_RESTS:  # those whose rest was forgotten go untried
+                    state.unproven &= set(state.rests) | {""}
                 state.rejected_key = decision.rejected_key
                 state.reason = decision.reason
                 if decision.model_refused:

@@ -553,6 +553,7 @@ def test_model_rests_are_bounded():
         pool.finish(up, up.accounts[0], decide(Outcome(429, reset_s=60 + number), 1, 1), NOW, None, f"m{number}")
     rests = pool.state(up, up.accounts[0]).rests
     assert len(rests) == agproxy.MAX_MODEL_RESTS and "m499" in rests and "m0" not in rests
+    assert len(pool.state(up, up.accounts[0]).unproven) <= agproxy.MAX_MODEL_RESTS + 1
 
 
 def test_all_limited_says_how_many_more_rest_for_a_rejected_key():
