@@ -146,7 +146,7 @@ def test_pool_state_round_trips_and_skips_the_past():
 
 # -- hypothesis: random failure scripts through the real retry loop ---------------------------------
 
-OUTCOMES = st.sampled_from([200, 200, 429, 529, 500, 401, 400, 0])
+OUTCOMES = st.sampled_from([200, 200, 429, 529, 500, 401, 400, 0, "model refused"])
 
 
 @settings(max_examples=300, deadline=None)
@@ -169,6 +169,8 @@ def test_retry_loop_invariants(scripts, max_attempts, short_reset, commit_at):
         if status == 200:
             return f"answer from {account.name}"
         reset = 1.0 if short_reset else 30.0
+        if status == "model refused":
+            raise AttemptError(agproxy.ModelRefused("x"), Outcome(403, committed=committed, model_refused=True))
         failure = agproxy.UpstreamFailure("x") if status == 0 else agproxy.AgproxyError("x", status=status)
         raise AttemptError(failure, Outcome(status, reset_s=reset if status == 429 else None, committed=committed))
 
@@ -194,9 +196,12 @@ def test_retry_loop_invariants(scripts, max_attempts, short_reset, commit_at):
     assert isinstance(result, agproxy.AgproxyError)
     final = status == 400 or committed or len(calls) == max_attempts
     if final:  # the answer is the last attempt's
-        assert result.status == (502 if status == 0 else status)
+        assert result.status == {0: 502, "model refused": 400}.get(status, status)
     else:  # no account could take another attempt: the pool's summary of why
-        assert result.status in (429, 502)
+        assert result.status in (429, 502, 400)
+        said = {s for _, s, _ in calls}
+        assert result.status != 400 or "model refused" in said, calls  # a 400 only when a model was refused
+        assert said != {"model refused"} or result.status == 400, calls  # and always when only that was
         assert pool.choose(route, None, clock[0]) is None
     tried = {n for n, _, _ in calls}
     healthy_untried = [a for a in accounts if a.name not in tried and remaining[a.name][0] == 200]
