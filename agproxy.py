@@ -93,6 +93,7 @@ __all__ = [
     "PermissionDenied",
     "NotFound",
     "UpstreamFailure",
+    "ModelRefused",
     "ConfigError",
     "Config",
     "load_config",
@@ -241,6 +242,12 @@ class UpstreamFailure(AgproxyError):
 
     status = 502
     error_type = "api_error"
+
+
+class ModelRefused(InvalidRequest):
+    """An upstream refused the model asked for to the key it was sent (a key that may use other
+    models): a 400 naming the model, which clients show as it is (Claude Code tells a 401/403 to
+    log in), and the account rests for that model only."""
 
 
 class UpstreamClosed(UpstreamFailure):
@@ -2494,13 +2501,36 @@ _GOOGLE_KEY_OPENINGS = ("API key not valid", "API key expired", "API Key not fou
                         "This API method requires billing to be enabled")
 
 
+#: ``error.type`` or ``error.code`` values that refuse one model to a key that serves others:
+#: LiteLLM's ``*_model_access_denied`` (401) and OpenAI's ``model_not_found`` (its 403 "Project
+#: `proj_...` does not have access to model `gpt-...`"). The upstream sets them, never a client.
+_MODEL_REFUSED_CODES = frozenset(("key_model_access_denied", "team_model_access_denied", "user_model_access_denied",
+                                  "org_model_access_denied", "model_not_found"))
+#: ... and the fixed openings of the messages that say so where no such field is sent (LiteLLM
+#: before it had the types; OpenAI's project message). Only the opening is read: the model name
+#: after it is the client's to choose.
+_MODEL_REFUSED_OPENING = re.compile(r"(?:Authentication Error, )?(?:API Key|key|team|user|organization) not allowed "
+                                    r"to access model\b|Project `[^`]{1,100}` does not have access to model `")
+
+
+def refuses_model(status: int, parsed: Any) -> bool:
+    """Whether an upstream's 401/403 (its JSON body, parsed) refuses the model only, not the key."""
+    error = parsed.get("error") if isinstance(parsed, dict) else None
+    if status not in (401, 403) or not isinstance(error, dict):
+        return False
+    codes, message = (error.get("type"), error.get("code")), error.get("message")
+    return any(isinstance(code, str) and code in _MODEL_REFUSED_CODES for code in codes) or \
+        (isinstance(message, str) and _MODEL_REFUSED_OPENING.match(message) is not None)
+
+
 def upstream_status_of(status: int, body: bytes) -> int:
     """The status an upstream's error answer means. Google answers a key it does not take with a
     400 (``API_KEY_INVALID``), which means what a 401 means (rotate the key, never blame the
     client); and its 403 is the key's or its project's only when it says so, since Gemini also
     answers 403 to a request that names a file its project may not read (the request's fault, a
     400). Only Google's own ``ErrorInfo`` reasons and the fixed openings of its messages count: a
-    client's words that Gemini echoes in a message never do."""
+    client's words that Gemini echoes in a message never do. OpenRouter's 403 for a request its
+    moderation flagged (``metadata.flagged_input`` quotes the client's words) is the request's too."""
     if status not in (400, 403):
         return status
     try:
@@ -2508,10 +2538,13 @@ def upstream_status_of(status: int, body: bytes) -> int:
     except (ValueError, UnicodeDecodeError):
         return status
     error = parsed.get("error") if isinstance(parsed, dict) else None
+    if status == 403 and isinstance(error, dict) and isinstance(error.get("metadata"), dict) \
+            and "flagged_input" in error["metadata"]:
+        return 400
     if not isinstance(error, dict) or not isinstance(error.get("status"), str):
         return status  # not Google's shape: a 403 stays the key's problem
     details = error.get("details") if isinstance(error.get("details"), list) else []
-    reasons = {d.get("reason") for d in details if isinstance(d, dict)}
+    reasons = {d.get("reason") for d in details if isinstance(d, dict) and isinstance(d.get("reason"), str)}
     message = str(error.get("message") or "")
     blames_key = bool(reasons & _GOOGLE_KEY_REASONS) or message.startswith(_GOOGLE_KEY_OPENINGS)
     if status == 400:
@@ -2540,6 +2573,13 @@ def anthropic_error_from_upstream(status: int, body: bytes, upstream: str) -> Ag
     if not message:
         snippet = body[:300].decode("utf-8", "replace").strip()
         message = f"upstream {upstream!r} answered HTTP {said}" + (f": {snippet}" if snippet else "")
+    if refuses_model(status, parsed):
+        refused = ModelRefused(f"upstream {upstream!r} does not let this account's key use the model (HTTP {said}: "
+                               f"{message}); ask for another model, or route this one to an upstream whose key may "
+                               "use it (model_map)")
+        refused.upstream_words = f"HTTP {said}: {message[:300]}"
+        refused.upstream_status = status
+        return refused
     if status in (401, 403):
         rejected = KeyRejected(
             f"upstream {upstream!r} rejected agproxy's key for it (HTTP {said}: {message}); "
@@ -3971,6 +4011,11 @@ _GEMINI_SCHEMA_VALUES = (
     ("minimum", (int, float)), ("maximum", (int, float)), ("nullable", (bool,)),
     ("default", (str, int, float, bool)), ("example", (str, int, float, bool)))
 _GEMINI_TYPES = frozenset(("string", "number", "integer", "boolean", "array", "object"))
+#: Keys that say something of one type only: of a type list's alternatives, only that type's has them.
+_KIND_ONLY_KEYS = {"items": "array", "prefixItems": "array", "minItems": "array", "maxItems": "array",
+                   "properties": "object", "required": "object", "additionalProperties": "object",
+                   "minProperties": "object", "maxProperties": "object", "minLength": "string",
+                   "maxLength": "string", "pattern": "string"}
 #: The formats Gemini takes, by type; any other moves into the description.
 _GEMINI_FORMATS = {"string": ("enum", "date-time"), "integer": ("int32", "int64"), "number": ("float", "double")}
 #: Constraints Gemini has no key for: said in the description, so the model still knows them.
@@ -3996,8 +4041,10 @@ def gemini_schema(schema: Any) -> Optional[Dict[str, Any]]:
     tool with no parameters (an object with no properties is a 400 there).
 
     Converted, not stripped: ``$ref`` resolved, ``const`` a one-value enum, ``["string", "null"]``
-    a nullable string, ``oneOf`` an ``anyOf``, ``allOf`` merged; what has no Gemini key
-    (``exclusiveMinimum``, an unsupported ``format``, ...) is said in the description.
+    a nullable string, ``oneOf`` an ``anyOf``, ``allOf`` and a lone alternative merged; what has
+    no Gemini key (``exclusiveMinimum``, an unsupported ``format``, ...) is said in the
+    description. Gemini takes only an object as ``parameters``: alternatives that are all objects
+    become one (every property, required only where all require it); any other root, none.
     """
     if not isinstance(schema, dict):
         return None
@@ -4006,9 +4053,30 @@ def gemini_schema(schema: Any) -> Optional[Dict[str, Any]]:
         if isinstance(schema.get(key), dict):
             walk.definitions.update({f"#/{key}/{name}": value for name, value in schema[key].items()})
     converted = _gemini_schema_node(schema, walk, 0)
-    if converted.get("type") == "object" and not converted.get("properties"):
+    if converted.get("type") != "object":
+        converted = _one_object(converted)
+    if converted is None or not converted.get("properties"):
         return None
     return converted
+
+
+def _one_object(converted: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """Converted alternatives that are all objects as one object (a root must be an object):
+    every member's properties (the first of each name), required where every member requires it;
+    None for anything else."""
+    members = converted.get("anyOf") or []
+    if not members or any(m.get("type") != "object" for m in members):
+        return None
+    properties: Dict[str, Any] = {}
+    for member in members:
+        for name, value in (member.get("properties") or {}).items():
+            properties.setdefault(name, value)
+    required = [r for r in members[0].get("required") or [] if all(r in (m.get("required") or []) for m in members)]
+    merged = {"type": "object", "properties": properties, **({"required": required} if required else {})}
+    said = converted.get("description")
+    note = f"(takes one of {len(members)} shapes; their properties are listed together)"
+    merged["description"] = f"{said} {note}" if said else note
+    return merged
 
 
 class _SchemaWalk:
@@ -4023,62 +4091,27 @@ class _SchemaWalk:
 
 
 def _gemini_schema_node(node: Any, walk: _SchemaWalk, depth: int) -> Dict[str, Any]:
+    """One JSON Schema node as a Gemini schema: its ``$ref`` resolved, ``allOf`` and a lone
+    alternative merged into it, then its types, enum, plain values and children, in that order;
+    what Gemini has no key for is said in its description."""
     walk.budget -= 1
     if not isinstance(node, dict):
         return {"type": "string", "description": "(any JSON value, written as text)"}
     if depth > _MAX_SCHEMA_DEPTH or walk.budget < 0:
         return {"type": "object", "description": "(too deep or too large to describe here)"}
-    ref = node.get("$ref")
-    if isinstance(ref, str):  # resolved in place, once per chain
-        target = walk.definitions.get(ref)
-        if ref in walk.expanding:
-            return {"type": "object", "description": f"(the same shape as {ref.rsplit('/', 1)[-1]} above)"}
-        merged = dict(target) if isinstance(target, dict) else {"type": "object"}
-        merged.update({k: v for k, v in node.items() if k != "$ref"})
-        walk.expanding.append(ref)
-        try:
-            return _gemini_schema_node(merged, walk, depth + 1)
-        finally:
-            walk.expanding.pop()
+    if isinstance(node.get("$ref"), str):
+        return _gemini_schema_ref(node, walk, depth)
     node = _merge_all_of(node)
+    lone = _lone_alternative(node)
+    if lone is not None:  # the node and its one alternative, as one node (it keeps its own type)
+        return _gemini_schema_node(lone, walk, depth + 1)
     if "const" in node:
         node = dict(node, enum=[node["const"]])
-    out: Dict[str, Any] = {}
     notes: List[str] = []
-    kind = node.get("type")
-    if isinstance(kind, list):  # ["string", "null"]
-        kinds = list(dict.fromkeys(k for k in kind if isinstance(k, str) and k in _GEMINI_TYPES))
-        if "null" in kind:
-            out["nullable"] = True
-        if len(kinds) > 1:
-            out["anyOf"] = [{"type": k} for k in kinds]
-        kind = kinds[0] if len(kinds) == 1 else None
-    elif kind == "null":
-        out["nullable"] = True
-        kind = None
-    elif not (isinstance(kind, str) and kind in _GEMINI_TYPES):
-        kind = None
-    alternatives = node.get("anyOf") if isinstance(node.get("anyOf"), list) else node.get("oneOf")
-    if isinstance(alternatives, list) and "anyOf" not in out:
-        members = [a for a in alternatives if not (isinstance(a, dict) and a.get("type") == "null")]
-        if len(members) < len(alternatives):
-            out["nullable"] = True
-        converted = [_gemini_schema_node(a, walk, depth + 1) for a in members]
-        if len(converted) == 1:
-            out = dict(converted[0], **out)
-            kind = out.get("type")
-        elif converted:
-            out["anyOf"] = converted
-    enum = node.get("enum")
-    if isinstance(enum, list) and enum:
-        if all(isinstance(v, str) for v in enum) and kind in (None, "string"):
-            values = [v for v in enum if v]  # Gemini refuses an empty-string enum value
-            if values:
-                out["enum"], kind = values, "string"
-            if len(values) < len(enum):
-                notes.append("may also be empty")
-        else:
-            notes.append("one of: " + ", ".join(json.dumps(v, ensure_ascii=False) for v in enum[:50]))
+    out, kind = _gemini_schema_types(node, walk, depth)
+    if isinstance(node.get("type"), list) and "anyOf" in out:
+        return out  # each kind's alternative carries the node's keys for it
+    kind = _gemini_schema_enum(node, out, kind, notes)
     if kind is None and "anyOf" not in out and "type" not in out:
         if isinstance(node.get("properties"), dict):
             kind = "object"
@@ -4090,6 +4123,107 @@ def _gemini_schema_node(node: Any, walk: _SchemaWalk, depth: int) -> Dict[str, A
                 notes.append("any JSON value, written as text")
     if kind:
         out["type"] = kind
+    _gemini_schema_values(node, out, kind, notes)
+    if kind == "object" and "properties" not in out:
+        _gemini_schema_properties(node, out, walk, depth, notes)
+    elif kind == "array" and "items" not in out:
+        items = node.get("items")
+        if isinstance(items, list):  # a tuple schema: its first item stands for all
+            items = items[0] if items else None
+        out["items"] = _gemini_schema_node(items, walk, depth + 1)
+    if notes:
+        said = out.get("description")
+        out["description"] = (f"{said} " if said else "") + f"({'; '.join(notes)})"
+    return out
+
+
+def _gemini_schema_ref(node: Dict[str, Any], walk: _SchemaWalk, depth: int) -> Dict[str, Any]:
+    """A ``$ref`` node, resolved in place once per chain (a definition met again inside itself is
+    described, not expanded); the node's own keys override the definition's."""
+    ref = node["$ref"]
+    if ref in walk.expanding:
+        return {"type": "object", "description": f"(the same shape as {ref.rsplit('/', 1)[-1]} above)"}
+    target = walk.definitions.get(ref)
+    merged = dict(target) if isinstance(target, dict) else {"type": "object"}
+    merged.update({k: v for k, v in node.items() if k != "$ref"})
+    walk.expanding.append(ref)
+    try:
+        return _gemini_schema_node(merged, walk, depth + 1)
+    finally:
+        walk.expanding.pop()
+
+
+def _lone_alternative(node: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """A node whose ``anyOf``/``oneOf`` has one member (beside a ``null``) is that member and the
+    node at once: merged as ``allOf`` is, so that the node keeps its own type and properties (a
+    root ``{"type": "object", "anyOf": [{"required": [...]}]}`` stays an object). None otherwise."""
+    alternatives = node.get("anyOf") if isinstance(node.get("anyOf"), list) else node.get("oneOf")
+    if not isinstance(alternatives, list) or isinstance(node.get("type"), list):
+        return None
+    members = [a for a in alternatives if not (isinstance(a, dict) and a.get("type") == "null")]
+    if len(members) != 1 or not isinstance(members[0], dict):
+        return None
+    rest = {k: v for k, v in node.items() if k not in ("anyOf", "oneOf")}
+    if len(members) < len(alternatives):
+        rest["nullable"] = True
+    return _merge_all_of(dict(rest, allOf=members))
+
+
+def _gemini_schema_types(node: Dict[str, Any], walk: _SchemaWalk, depth: int) -> Tuple[Dict[str, Any],
+                                                                                     Optional[str]]:
+    """The node's type (None: not yet known), and ``nullable`` and ``anyOf`` for a type list or
+    alternatives. A type list of several kinds becomes one alternative per kind, each with the
+    node's keys for it (an array's ``items``: Gemini refuses an array without them)."""
+    out: Dict[str, Any] = {}
+    kind = node.get("type")
+    if isinstance(kind, list):  # ["string", "null"], ["string", "array"]
+        kinds = list(dict.fromkeys(k for k in kind if isinstance(k, str) and k in _GEMINI_TYPES))
+        if "null" in kind:
+            out["nullable"] = True
+        if len(kinds) > 1:
+            shared = {k: v for k, v in node.items() if k not in ("type", "anyOf", "oneOf", "description", "title",
+                                                                 "nullable")}
+            out["anyOf"] = [_gemini_schema_node(dict({k: v for k, v in shared.items() if _KIND_ONLY_KEYS.get(k, one)
+                                                      == one}, type=one), walk, depth + 1) for one in kinds]
+            out.update({k: node[k] for k in ("title", "description") if isinstance(node.get(k), str)})
+        return out, (kinds[0] if len(kinds) == 1 else None)
+    if kind == "null":
+        out["nullable"] = True
+        kind = None
+    elif not (isinstance(kind, str) and kind in _GEMINI_TYPES):
+        kind = None
+    alternatives = node.get("anyOf") if isinstance(node.get("anyOf"), list) else node.get("oneOf")
+    if isinstance(alternatives, list):
+        members = [a for a in alternatives if not (isinstance(a, dict) and a.get("type") == "null")]
+        if len(members) < len(alternatives):
+            out["nullable"] = True
+        converted = [_gemini_schema_node(a, walk, depth + 1) for a in members]
+        if converted:
+            out["anyOf"] = converted
+    return out, kind
+
+
+def _gemini_schema_enum(node: Dict[str, Any], out: Dict[str, Any], kind: Optional[str],
+                        notes: List[str]) -> Optional[str]:
+    """A string ``enum`` kept (its empty value said in the description: Gemini refuses it); any
+    other enum said in the description. Returns the node's type, ``string`` for a kept enum."""
+    enum = node.get("enum")
+    if not isinstance(enum, list) or not enum:
+        return kind
+    if all(isinstance(v, str) for v in enum) and kind in (None, "string"):
+        values = [v for v in enum if v]
+        if values:
+            out["enum"], kind = values, "string"
+        if len(values) < len(enum):
+            notes.append("may also be empty")
+    else:
+        notes.append("one of: " + ", ".join(json.dumps(v, ensure_ascii=False) for v in enum[:50]))
+    return kind
+
+
+def _gemini_schema_values(node: Dict[str, Any], out: Dict[str, Any], kind: Optional[str], notes: List[str]) -> None:
+    """The plain keys Gemini takes, an example, a format it knows for the type; the constraints it
+    has no key for go into ``notes``."""
     for key, types in _GEMINI_SCHEMA_VALUES:
         value = node.get(key)
         if key not in out and isinstance(value, types) and (bool in types or not isinstance(value, bool)):
@@ -4106,27 +4240,22 @@ def _gemini_schema_node(node: Any, walk: _SchemaWalk, depth: int) -> Dict[str, A
     for key in _SCHEMA_CONSTRAINTS:
         if isinstance(node.get(key), (str, int, float, bool)):
             notes.append(f"{key}: {json.dumps(node[key])}")
-    if kind == "object" and "properties" not in out:
-        properties = node.get("properties") if isinstance(node.get("properties"), dict) else {}
-        if properties:
-            out["properties"] = {str(name): _gemini_schema_node(value, walk, depth + 1)
-                                 for name, value in properties.items()}
-            required = node.get("required")
-            named = [r for r in required if isinstance(r, str) and r in properties] if isinstance(required, list) \
-                else []
-            if named:
-                out["required"] = list(dict.fromkeys(named))
-        elif isinstance(node.get("additionalProperties"), dict):
-            notes.append("an object of named values")
-    elif kind == "array" and "items" not in out:
-        items = node.get("items")
-        if isinstance(items, list):  # a tuple schema: its first item stands for all
-            items = items[0] if items else None
-        out["items"] = _gemini_schema_node(items, walk, depth + 1)
-    if notes:
-        said = out.get("description")
-        out["description"] = (f"{said} " if said else "") + f"({'; '.join(notes)})"
-    return out
+
+
+def _gemini_schema_properties(node: Dict[str, Any], out: Dict[str, Any], walk: _SchemaWalk, depth: int,
+                              notes: List[str]) -> None:
+    """An object's properties and the required ones among them (a required name that is not a
+    property is a 400); a map (``additionalProperties`` only) is said in the description."""
+    properties = node.get("properties") if isinstance(node.get("properties"), dict) else {}
+    if properties:
+        out["properties"] = {str(name): _gemini_schema_node(value, walk, depth + 1)
+                             for name, value in properties.items()}
+        required = node.get("required")
+        named = [r for r in required if isinstance(r, str) and r in properties] if isinstance(required, list) else []
+        if named:
+            out["required"] = list(dict.fromkeys(named))
+    elif isinstance(node.get("additionalProperties"), dict):
+        notes.append("an object of named values")
 
 
 def _merge_all_of(node: Dict[str, Any]) -> Dict[str, Any]:
@@ -4437,13 +4566,22 @@ class GeminiHistory:
         none (Gemini refuses the request otherwise): the one Gemini documents for a lost signature."""
         for content in reversed(self.contents):
             if content["role"] == "user":
-                if any("functionResponse" not in p for p in content["parts"]):
+                if _gemini_user_wrote(content["parts"]):
                     return
                 continue
             first = next((p for p in content["parts"] if "functionCall" in p), None)
             if first is not None and "thoughtSignature" not in first:
                 first["thoughtSignature"] = GEMINI_SKIP_SIGNATURE
                 _count(self.changes, "signature_skipped")
+
+
+def _gemini_user_wrote(parts: List[Dict[str, Any]]) -> bool:
+    """Whether a user turn is the user writing, which ends Gemini's current turn: a part that is
+    not a function response, nor an image or file given back beside function responses (the
+    images of tool results: they belong to the tool loop)."""
+    answering = any("functionResponse" in p for p in parts)
+    return any("functionResponse" not in p and not (answering and ("inlineData" in p or "fileData" in p))
+               for p in parts)
 
 
 def anthropic_to_gemini(body: Dict[str, Any], model: str, trusted: Callable[[str], bool],
@@ -4770,8 +4908,11 @@ DEFAULT_COOLDOWN_S = 30.0
 MAX_COOLDOWN_S = 3600.0
 #: Rest for an account whose key the upstream rejected (401/403) before it is tried again.
 REJECTED_KEY_COOLDOWN_S = 600.0
+#: Rest of an account for one model that the upstream refused to its key (a key's models change
+#: by hand, seldom): its other models are served meanwhile.
+MODEL_REFUSED_COOLDOWN_S = 600.0
 #: The longest any rest lasts, whatever the state file or the wall clock says.
-_LONGEST_REST_S = max(MAX_COOLDOWN_S, REJECTED_KEY_COOLDOWN_S)
+_LONGEST_REST_S = max(MAX_COOLDOWN_S, REJECTED_KEY_COOLDOWN_S, MODEL_REFUSED_COOLDOWN_S)
 #: Pause before the next attempt after an overloaded answer (529/503), jittered 0.5x to 1.5x.
 OVERLOADED_BACKOFF_S = 1.0
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
@@ -4863,6 +5004,7 @@ class Outcome:
     reset_s: Optional[float] = None  # for 429: when the upstream says the limit resets
     committed: bool = False  # bytes of this answer already reached the client
     said: int = 0  # the status the upstream sent, where it differs from ``status`` (what it means)
+    model_refused: bool = False  # a 401/403 that refuses the model, not the key (:func:`refuses_model`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -4875,6 +5017,7 @@ class Decision:
     wait_s: float = 0.0
     cooldown_s: float = 0.0
     rejected_key: bool = False
+    model_refused: bool = False
     reason: str = ""
 
 
@@ -4895,8 +5038,11 @@ def decide(outcome: Outcome, attempt: int, max_attempts: int, limits_in_a_row: i
     if status in (529, 503):
         return Decision(more, wait_s=OVERLOADED_BACKOFF_S * (0.5 + jitter), reason="overloaded")
     if status in (401, 403):
-        return Decision(more, cooldown_s=REJECTED_KEY_COOLDOWN_S, rejected_key=True,
-                        reason=f"key rejected ({outcome.failure[:170] if outcome.failure else f'HTTP {status}'})")
+        words = outcome.failure[:170] if outcome.failure else f"HTTP {status}"
+        if outcome.model_refused:
+            return Decision(more, cooldown_s=MODEL_REFUSED_COOLDOWN_S, model_refused=True,
+                            reason=f"model refused ({words})")
+        return Decision(more, cooldown_s=REJECTED_KEY_COOLDOWN_S, rejected_key=True, reason=f"key rejected ({words})")
     if status in (500, 502, 504) or status == 0:
         return Decision(more, reason=outcome.failure or f"HTTP {status}")
     return Decision(False, reason=f"HTTP {status} is not retried" + (f": {outcome.failure}" if outcome.failure else ""))
@@ -4921,13 +5067,21 @@ class AccountState:
     """The health and counters of one account. Times are wall-clock seconds (they are saved).
 
     A rate limit rests the account for the model that hit it only (Anthropic, OpenAI and Gemini
-    count their limits per model); a rejected key rests it for every model (the key ``""``)."""
+    count their limits per model); a rejected key rests it for every model (the key ``""``), and a
+    model the upstream refuses to the key rests it for that model (``refused`` says why). When a
+    rest ends, the next attempt for its model is a trial, and other requests for that model
+    wait for its verdict; the account's other models are served as before."""
 
     rests: Dict[str, float] = dataclasses.field(default_factory=dict)
     rejected_key: bool = False
     reason: str = ""
     limits_in_a_row: int = 0
-    probing: bool = False
+    #: models (``""``: every model) that rested and have not answered since
+    unproven: Set[str] = dataclasses.field(default_factory=set)
+    #: those of them whose trial attempt is out now
+    trials: Set[str] = dataclasses.field(default_factory=set)
+    #: models it rests for because the upstream refused them to its key, with the upstream's words
+    refused: Dict[str, str] = dataclasses.field(default_factory=dict)
     in_flight: int = 0
     last_limited: float = 0.0
     requests: int = 0
@@ -4949,6 +5103,10 @@ class AccountState:
         """Whether it rests now because its key was rejected (not only for a model's limit)."""
         return self.rejected_key and self.rests.get("", 0.0) > now
 
+    def refuses(self, model: str, now: float) -> bool:
+        """Whether it rests for ``model`` now because the upstream refused that model to its key."""
+        return model in self.refused and self.rests.get(model, 0.0) > now
+
     def rest(self, model: str, until: float, now: float) -> None:
         """Rest for ``model`` (``""``: every model) until then; ended rests are dropped, and past
         :data:`MAX_MODEL_RESTS` the soonest to end (never the one just made)."""
@@ -4956,6 +5114,7 @@ class AccountState:
         self.rests[model] = until
         while len(self.rests) > MAX_MODEL_RESTS:
             del self.rests[min((m for m in self.rests if m and m != model), key=self.rests.__getitem__)]
+        self.refused = {m: words for m, words in self.refused.items() if m in self.rests}
 
 
 def server_fingerprint(upstream: Upstream) -> str:
@@ -4994,8 +5153,8 @@ class AccountPool:
         state = self.state(upstream, account)
         if not account.serves(model) or state.rest_for(model, now) > now:
             return False
-        if state.probing and state.in_flight:
-            return False  # a trial request is out; wait for its verdict
+        if state.trials & {"", model}:
+            return False  # a trial of this model (or of the key) is out; wait for its verdict
         return not account.max_concurrency or state.in_flight < account.max_concurrency
 
     def choose(self, route: Route, session: Optional[str], now: float, tried: Iterable[Tuple[str, str]] = (),
@@ -5042,25 +5201,35 @@ class AccountPool:
 
         return release
 
-    def begin(self, upstream: Upstream, account: Account) -> None:
-        """An attempt on this account starts."""
+    def begin(self, upstream: Upstream, account: Account, model: str = "") -> Optional[str]:
+        """An attempt for ``model`` on this account starts. Returns what it is the trial of (the
+        model, or ``""`` for the key) when its account rested for that and has not answered since;
+        pass it to :meth:`finish`."""
         state = self.state(upstream, account)
         state.in_flight += 1
         state.requests += 1
-        state.probing = bool(state.reason)  # it rested before: this attempt is its trial
+        trial = "" if "" in state.unproven else model if model in state.unproven else None
+        if trial is not None:
+            state.trials.add(trial)
+        return trial
 
     def finish(self, upstream: Upstream, account: Account, decision: Decision, now: float,
-               session: Optional[str], model: str = "") -> bool:
-        """Record an attempt's result for ``model``; True when the account's resting state changed
-        (save it)."""
+               session: Optional[str], model: str = "", trial: Optional[str] = None) -> bool:
+        """Record an attempt's result for ``model`` (``trial``: what :meth:`begin` said it was the
+        trial of); True when the account's resting state changed (save it)."""
         state = self.state(upstream, account)
         state.in_flight = max(0, state.in_flight - 1)
         was = (dict(state.rests), state.rejected_key, state.reason)
-        state.probing = False
+        if trial is not None:
+            state.trials.discard(trial)
         if decision.reason == "ok":
             state.successes += 1
             state.rests = {m: t for m, t in state.rests.items() if t > now and m not in ("", model)}
-            state.rejected_key, state.reason, state.limits_in_a_row = False, "", 0
+            state.refused = {m: words for m, words in state.refused.items() if m in state.rests}
+            state.unproven -= {"", model}
+            if state.rejected_key or not state.unproven:
+                state.reason = ""
+            state.rejected_key, state.limits_in_a_row = False, 0
             if session:
                 self._sessions[session] = (upstream.name, account.name)
                 self._sessions.move_to_end(session)
@@ -5070,9 +5239,15 @@ class AccountPool:
             state.failures += 1
             if decision.cooldown_s:
                 state.rest("" if decision.rejected_key else model, now + decision.cooldown_s, now)
+                state.unproven.add("" if decision.rejected_key else model)
+                if len(state.unproven) > MAX_MODEL_RESTS:  # those whose rest was forgotten go untried
+                    state.unproven &= set(state.rests) | {""}
                 state.rejected_key = decision.rejected_key
                 state.reason = decision.reason
-                if not decision.rejected_key:
+                if decision.model_refused:
+                    state.refused[model] = decision.reason
+                elif not decision.rejected_key:
+                    state.refused.pop(model, None)
                     state.limits_in_a_row += 1
                     state.last_limited = now
                     state.rate_limited += 1
@@ -5104,7 +5279,9 @@ class AccountPool:
                 f"all {len(busy)} available account(s) of upstream {names} that serve {route.model!r} are busy "
                 f"(every max_concurrency slot stayed taken for {MAX_SLOT_WAIT_S:.0f} s); retry shortly",
                 status=529, error_type="overloaded_error", headers=[("retry-after", "5")])
-        limited = [s for _, _, s in resting if not s.key_rejected(now) and s.rest_for(route.model, now) > now]
+        refusing = [(u, a, s) for u, a, s in resting if s.refuses(route.model, now)]
+        limited = [s for _, _, s in resting if not s.key_rejected(now) and not s.refuses(route.model, now)
+                   and s.rest_for(route.model, now) > now]
         if limited:
             soonest = min(s.rest_for(route.model, now) for s in limited)
             wait = max(1, math.ceil(soonest - now))
@@ -5116,6 +5293,8 @@ class AccountPool:
                 f"the first is free again in {wait} s (at {at})" +
                 (f"; {rejected} more rest with a rejected key" if rejected else ""),
                 status=429, error_type="rate_limit_error", headers=[("retry-after", str(wait))])
+        if refusing:
+            return self._refused(route, refusing, len(resting) - len(refusing), now)
         parts = []
         for upstream in route.upstreams:
             keys = [f"{a.name} ({s.reason.replace('key rejected ', '', 1).strip('()')}, will be tried again in "
@@ -5127,6 +5306,21 @@ class AccountPool:
                            "once it is fixed, `agproxy state clear` (agproxy stopped) or a restart with the new key "
                            "ends the rest at once")
 
+    @staticmethod
+    def _refused(route: Route, refusing: List[Tuple[Upstream, Account, AccountState]], rejected: int,
+                 now: float) -> ModelRefused:
+        """The 400 for a model that no account may use: the upstreams refused it to every key that
+        is not rejected outright."""
+        names = ", ".join(repr(u.name) for u in route.upstreams)
+        soonest = min(s.rests[route.model] for _, _, s in refusing)
+        said = "; ".join(f"{u.name}/{a.name}: {s.refused[route.model].replace('model refused ', '', 1).strip('()')}"
+                         for u, a, s in refusing[:3])
+        return ModelRefused(
+            f"no account of upstream {names} may use model {route.model!r} ({said})" +
+            (f"; {rejected} more rest with a rejected key" if rejected else "") +
+            f". Ask for another model, or route {route.model!r} to an upstream whose key may use it (model_map); "
+            f"the accounts will be tried with it again in {max(1, math.ceil(soonest - now))} s")
+
     def _fingerprint(self, upstream_name: str, account_name: str) -> str:
         upstream = self.upstreams[upstream_name]
         account = next(a for a in upstream.accounts if a.name == account_name)
@@ -5136,6 +5330,7 @@ class AccountPool:
         """The resting accounts, for the state file, each bound to its key (by fingerprint)."""
         return {f"{u}/{a}": {"resting_until": s.rests.get("", 0.0), "rejected_key": s.rejected_key, "reason": s.reason,
                              "models": {m: t for m, t in sorted(s.rests.items()) if m and t > now},
+                             "refused": {m: s.refused[m] for m in sorted(s.refused) if s.refuses(m, now)},
                              "limits_in_a_row": s.limits_in_a_row, "key": self._fingerprint(u, a)}
                 for (u, a), s in sorted(self.states.items()) if s.resting_until > now}
 
@@ -5155,7 +5350,11 @@ class AccountPool:
                 if isinstance(model, str) and len(model) <= 200 and isinstance(until, (int, float)) \
                         and not isinstance(until, bool) and math.isfinite(until) and until > now:
                     state.rest(model, min(float(until), now + _LONGEST_REST_S), now)
+            refused = entry.get("refused") if isinstance(entry.get("refused"), dict) else {}
+            state.refused = {m: words[:200] for m, words in refused.items() if m in state.rests and m
+                             and isinstance(words, str)}
             if state.rests:
+                state.unproven = set(state.rests)
                 state.rejected_key = entry.get("rejected_key") is True
                 reason = entry.get("reason")
                 state.reason = reason[:200] if isinstance(reason, str) and reason else "rested before a restart"
@@ -5174,8 +5373,8 @@ class AccountPool:
                 s = self.state(upstream, account)
                 if s.resting_until > now:
                     status = "rejected_key" if s.key_rejected(now) else "rate_limited"
-                elif s.reason:
-                    status = "probing" if s.probing else "recovering"
+                elif s.unproven:
+                    status = "probing" if s.trials else "recovering"
                 else:
                     status = "ok"
                 out.append({
@@ -5232,13 +5431,13 @@ async def run_attempts(pool: AccountPool, route: Route, session: Optional[str], 
             raise pool.unavailable(route, clock())
         number += 1
         upstream, account = choice
-        pool.begin(upstream, account)
+        trial = pool.begin(upstream, account, route.model)
         try:
             result = await attempt(upstream, account)
         except AttemptError as failed:
             state = pool.state(upstream, account)
             decision = decide(failed.outcome, number, max_attempts, state.limits_in_a_row, jitter())
-            if pool.finish(upstream, account, decision, clock(), session, route.model) and on_change:
+            if pool.finish(upstream, account, decision, clock(), session, route.model, trial) and on_change:
                 on_change()
             if on_attempt:
                 on_attempt(number, upstream, account, decision, failed.outcome.said or failed.outcome.status)
@@ -5251,9 +5450,9 @@ async def run_attempts(pool: AccountPool, route: Route, session: Optional[str], 
                 await sleep(decision.wait_s)
             continue
         except BaseException:
-            pool.finish(upstream, account, Decision(False, reason="aborted"), clock(), None, route.model)
+            pool.finish(upstream, account, Decision(False, reason="aborted"), clock(), None, route.model, trial)
             raise
-        changed = pool.finish(upstream, account, Decision(False, reason="ok"), clock(), session, route.model)
+        changed = pool.finish(upstream, account, Decision(False, reason="ok"), clock(), session, route.model, trial)
         if changed and on_change:
             on_change()
         if on_attempt:
@@ -6618,7 +6817,7 @@ class Server(Application):
                 f"{f' in {decision.wait_s:.1f} s' if decision.wait_s else ''}")
             rest = f"; account rests {decision.cooldown_s:.0f} s" + ("" if decision.rejected_key else
                                                                      f" for {model}") if decision.cooldown_s else ""
-            level = logging.WARNING if decision.rejected_key else logging.INFO
+            level = logging.WARNING if decision.rejected_key or decision.model_refused else logging.INFO
             self.log.log(level, "%s attempt %d: %s/%s status %s: %s%s; %s", exchange.id, number, upstream.name,
                          account.name, status or "-", decision.reason, rest, then)
         return log
@@ -7488,7 +7687,7 @@ def _outcome_of(error: AgproxyError) -> Outcome:
     if isinstance(error, UpstreamFailure) and not error.upstream_status:
         return Outcome(0, failure=error.message)
     return Outcome(error.upstream_status or error.status, failure=error.upstream_words, reset_s=error.reset_s,
-                   said=error.upstream_said)
+                   said=error.upstream_said, model_refused=isinstance(error, ModelRefused))
 
 
 # -- the relay pipeline: one for every kind ------------------------------------------------------

@@ -146,7 +146,7 @@ def test_pool_state_round_trips_and_skips_the_past():
 
 # -- hypothesis: random failure scripts through the real retry loop ---------------------------------
 
-OUTCOMES = st.sampled_from([200, 200, 429, 529, 500, 401, 400, 0])
+OUTCOMES = st.sampled_from([200, 200, 429, 529, 500, 401, 400, 0, "model refused"])
 
 
 @settings(max_examples=300, deadline=None)
@@ -169,6 +169,8 @@ def test_retry_loop_invariants(scripts, max_attempts, short_reset, commit_at):
         if status == 200:
             return f"answer from {account.name}"
         reset = 1.0 if short_reset else 30.0
+        if status == "model refused":
+            raise AttemptError(agproxy.ModelRefused("x"), Outcome(403, committed=committed, model_refused=True))
         failure = agproxy.UpstreamFailure("x") if status == 0 else agproxy.AgproxyError("x", status=status)
         raise AttemptError(failure, Outcome(status, reset_s=reset if status == 429 else None, committed=committed))
 
@@ -194,9 +196,12 @@ def test_retry_loop_invariants(scripts, max_attempts, short_reset, commit_at):
     assert isinstance(result, agproxy.AgproxyError)
     final = status == 400 or committed or len(calls) == max_attempts
     if final:  # the answer is the last attempt's
-        assert result.status == (502 if status == 0 else status)
+        assert result.status == {0: 502, "model refused": 400}.get(status, status)
     else:  # no account could take another attempt: the pool's summary of why
-        assert result.status in (429, agproxy.KEY_REJECTED_STATUS)
+        assert result.status in (429, agproxy.KEY_REJECTED_STATUS, 400)
+        said = {s for _, s, _ in calls}
+        assert result.status != 400 or "model refused" in said, calls  # a 400 only when a model was refused
+        assert said != {"model refused"} or result.status == 400, calls  # and always when only that was
         assert pool.choose(route, None, clock[0]) is None
     tried = {n for n, _, _ in calls}
     healthy_untried = [a for a in accounts if a.name not in tried and remaining[a.name][0] == 200]
@@ -553,6 +558,7 @@ def test_model_rests_are_bounded():
         pool.finish(up, up.accounts[0], decide(Outcome(429, reset_s=60 + number), 1, 1), NOW, None, f"m{number}")
     rests = pool.state(up, up.accounts[0]).rests
     assert len(rests) == agproxy.MAX_MODEL_RESTS and "m499" in rests and "m0" not in rests
+    assert len(pool.state(up, up.accounts[0]).unproven) <= agproxy.MAX_MODEL_RESTS + 1
 
 
 def test_all_limited_says_how_many_more_rest_for_a_rejected_key():
@@ -696,3 +702,148 @@ def ask_raw(proxy, extra: Dict[str, Any]) -> int:
                                      {"content-type": "application/json"})
     with urllib.request.urlopen(request, timeout=10) as response:
         return response.status
+
+def test_a_rate_limit_on_one_model_leaves_the_accounts_other_models_concurrent(start_agproxy, fake):
+    """After a rate limit on model A, every later attempt on the account was taken for the trial
+    of a rest ended, whatever its model, and a trial runs alone: requests for model B went one at
+    a time (three 3 s requests took 3, 5.6 and 5.8 s; with no max_concurrency one waited 30 s for
+    a slot and got a 529). Only A's requests wait for A's trial."""
+    solo = fake_config(fake)
+    solo["upstreams"][0]["accounts"] = solo["upstreams"][0]["accounts"][:1]
+    fake.script(LIMITED)
+    proxy = start_agproxy(solo)
+    with pytest.raises(anthropic.RateLimitError):
+        ask(proxy, model="model-a")
+    fake.script(*[Sse(text_stream("one two three four five six seven"), delay_s=0.1) for _ in range(3)])
+    results: List[Any] = []
+    threads = [threading.Thread(target=lambda: results.append(ask(proxy, model="model-b").parse()))
+               for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    assert len(results) == 3 and all(r.content[0].text.startswith("one two") for r in results)
+    assert fake.most_in_flight == 3  # all three ran at once
+    assert accounts(proxy)["alice@example.com"]["models_resting"].keys() == {"model-a"}
+
+
+def test_a_trial_is_per_model_and_per_key():
+    """When a model's rest ends, its next attempt is its trial: the model's other requests wait
+    for the verdict, other models do not; a rejected key's trial holds every model."""
+    pool, up = pool_of(Account("a", "k"))
+    account = up.accounts[0]
+    pool.finish(up, account, decide(Outcome(429, reset_s=10), 1, 1), NOW, None, "pro")
+    assert pool.begin(up, account, "flash") is None  # not a trial: flash never rested
+    trial = pool.begin(up, account, "pro")
+    assert trial == "pro"
+    assert pool.choose(Route((up,), "pro"), None, NOW + 11) is None  # one trial of pro at a time
+    assert pool.choose(Route((up,), "flash"), None, NOW + 11) is not None
+    assert pool.describe(NOW + 11)[0]["state"] == "probing"
+    pool.finish(up, account, Decision(False, reason="ok"), NOW + 11, None, "pro", trial)
+    assert pool.choose(Route((up,), "pro"), None, NOW + 11) is not None
+    pool.finish(up, account, decide(Outcome(401), 1, 1), NOW + 12, None, "flash")
+    key_trial = pool.begin(up, account, "flash")
+    assert key_trial == ""
+    later = NOW + 12 + agproxy.REJECTED_KEY_COOLDOWN_S + 1
+    assert pool.choose(Route((up,), "other"), None, later) is None  # the key's trial holds every model
+    pool.finish(up, account, Decision(False, reason="ok"), later, None, "flash", key_trial)
+    assert pool.choose(Route((up,), "other"), None, later) is not None
+    assert pool.describe(later)[0]["state"] == "ok"
+
+
+# -- a model refused to a key ----------------------------------------------------------------------
+
+LITELLM_REFUSAL = Json(401, {"error": {
+    "message": "key not allowed to access model. This key can only access models=['small']. Tried to access big",
+    "type": "key_model_access_denied", "param": "model", "code": "401"}})
+OPENAI_REFUSAL = Json(403, {"error": {"message": "Project `proj_Ab12` does not have access to model `big`",
+                                      "type": "invalid_request_error", "param": None, "code": "model_not_found"}})
+
+
+@pytest.mark.parametrize("status, error, refuses", [
+    (401, LITELLM_REFUSAL.body["error"], True),
+    (403, OPENAI_REFUSAL.body["error"], True),
+    (401, {"message": "x", "type": "team_model_access_denied"}, True),
+    (401, {"message": "Authentication Error, API Key not allowed to access model. This token can only access "
+                      "models=['mistral']. Tried to access gemini-pro-vision", "type": "auth_error"}, True),
+    (403, {"message": "Project `proj_1` does not have access to model `gpt-5`"}, True),
+    (401, {"message": "invalid x-api-key", "type": "authentication_error"}, False),
+    (403, {"message": "Your API key does not have permission to use the specified resource.",
+           "type": "permission_error"}, False),
+    # a client's words quoted after the opening never count, nor does a refusal on a 400 or 404
+    (401, {"message": "Invalid API key for model 'key not allowed to access model'", "type": "auth_error"}, False),
+    (401, {"message": "Incorrect API key provided: Project `p` does not have access to model `x`"}, False),
+    (404, OPENAI_REFUSAL.body["error"], False),
+    (401, {"message": ["not", "text"], "type": {"not": "hashable"}, "code": []}, False),
+])
+def test_which_401_and_403_refuse_a_model_and_not_the_key(status, error, refuses):
+    assert agproxy.refuses_model(status, {"error": error}) is refuses
+
+
+def test_a_moderation_403_quoting_the_clients_words_is_the_requests_fault():
+    """OpenRouter answers 403 when its moderation flags the input, and quotes the client's words."""
+    body = json.dumps({"error": {"code": 403, "message": "Input was flagged", "metadata": {
+        "reasons": ["violence"], "flagged_input": "invalid api key", "provider_name": "OpenAI"}}}).encode()
+    assert agproxy.upstream_status_of(403, body) == 400
+    error = agproxy.anthropic_error_from_upstream(403, body, "router")
+    assert error.status == 400 and decide(agproxy._outcome_of(error), 1, 3).cooldown_s == 0
+
+
+def test_a_refused_model_rests_that_model_on_that_account_only():
+    pool, up = pool_of(Account("a", "k"), Account("b", "k"))
+    alice, bob = up.accounts
+    refused = decide(Outcome(403, failure="HTTP 403: Project `p` does not have access to model `big`",
+                            model_refused=True), 1, 3)
+    assert refused.retry and refused.model_refused and not refused.rejected_key
+    assert refused.cooldown_s == agproxy.MODEL_REFUSED_COOLDOWN_S
+    pool.finish(up, alice, refused, NOW, None, "big")
+    assert pool.choose(Route((up,), "big"), None, NOW + 1) == (up, bob)
+    assert pool.choose(Route((up,), "small"), None, NOW + 1, tried=[("up", "b")]) == (up, alice)
+    assert pool.state(up, alice).rate_limited == 0 and pool.state(up, alice).limits_in_a_row == 0
+    pool.finish(up, bob, refused, NOW, None, "big")
+    error = pool.unavailable(Route((up,), "big"), NOW + 1)
+    assert isinstance(error, agproxy.ModelRefused) and error.status == 400
+    assert error.error_type == "invalid_request_error"
+    assert error.message.startswith("no account of upstream 'up' may use model 'big' (up/a: HTTP 403: Project")
+    assert "route 'big' to an upstream whose key may use it (model_map)" in error.message
+    assert "tried with it again in 599 s" in error.message
+    saved = json.loads(json.dumps(pool.to_json(NOW + 1)))
+    again, up2 = pool_of(Account("a", "k"), Account("b", "k"))
+    again.load_json(saved, NOW + 2)
+    assert isinstance(again.unavailable(Route((up2,), "big"), NOW + 2), agproxy.ModelRefused)
+    assert again.choose(Route((up2,), "small"), None, NOW + 2) is not None
+    pool.finish(up, alice, decide(Outcome(429, reset_s=60), 1, 3), NOW + 2, None, "big")
+    assert pool.unavailable(Route((up,), "big"), NOW + 3).status == 429  # alice is only limited now
+
+
+def test_a_model_refused_to_one_key_leaves_the_key_to_every_other_model(start_agproxy, fake):
+    """OpenAI's "does not have access to model", LiteLLM's "key not allowed to access model" and
+    the like rested the key for ten minutes, for every model: one client asking for a model the
+    key may not use took the account away from everyone."""
+    fake.script_for(ALICE, LITELLM_REFUSAL)
+    proxy = start_agproxy(fake_config(fake))
+    assert ask(proxy, model="big").headers["x-account-email"] == "bob@example.com"
+    for _ in range(3):
+        ask(proxy, model="small")
+    assert ALICE in fake.keys()[2:]  # alice still serves the other models
+    ask(proxy, model="big")
+    assert fake.keys()[-1] == BOB  # and rests for "big" only
+    state = accounts(proxy)["alice@example.com"]
+    assert list(state["models_resting"]) == ["big"] and state["resting_until"]
+    assert "WARNING agproxy: " in proxy.log() and "model refused (HTTP 401: key not allowed to access model" \
+        in proxy.log()
+
+
+def test_a_model_no_key_may_use_is_a_400_that_names_it(start_agproxy, fake):
+    fake.script_for(ALICE, OPENAI_REFUSAL)
+    fake.script_for(BOB, OPENAI_REFUSAL)
+    proxy = start_agproxy(fake_config(fake))
+    for _ in range(2):
+        with pytest.raises(anthropic.BadRequestError) as caught:
+            ask(proxy, model="big")
+        message = caught.value.message
+        assert "no account of upstream 'fake' may use model 'big'" in message
+        assert "does not have access to model `big`" in message and "api key" not in message.lower()
+        assert caught.value.response.headers["x-should-retry"] == "false"
+    assert sorted(fake.keys()) == [ALICE, BOB]  # the second request never reached the upstream
+    assert ask(proxy, model="small").parse().content[0].text

@@ -18,7 +18,7 @@ from typing import List
 import pytest
 
 from tests.conftest import ROOT, clean_env, fake_config
-from tests.fakes.anthropic_upstream import Sse, tool_and_thinking_stream
+from tests.fakes.anthropic_upstream import Json, Sse, tool_and_thinking_stream
 
 INSTALLED = ROOT / ".cache" / "claude-code"
 
@@ -158,6 +158,20 @@ def test_a_wrong_agproxy_key_reaches_the_user_in_seconds(start_agproxy, fake, tm
     assert time.monotonic() - started < 20 and result.returncode != 0
     assert "401" in result.stdout + result.stderr or "API key" in result.stdout + result.stderr
     assert not [r for r in fake.requests if r.target.startswith("/v1/messages")]
+
+
+def test_claude_code_shows_which_model_no_key_may_use(start_agproxy, fake, tmp_path, claude):
+    """A 401/403 makes Claude Code say "Failed to authenticate" or "Please run /login"; a model
+    that no key may use is a 400, whose words it shows as they are."""
+    refusal = Json(403, {"error": {"message": "Project `proj_Ab12` does not have access to model `gpt-x`",
+                                   "type": "invalid_request_error", "param": None, "code": "model_not_found"}})
+    for key in ("sk-upstream-alice", "sk-upstream-bob"):
+        fake.script_for(key, *[refusal] * 10)
+    proxy = start_agproxy(fake_config(fake))
+    result = claude(proxy, "say hello", tmp_path)
+    shown = result.stdout + result.stderr
+    assert result.returncode != 0 and "API Error: 400 no account of upstream 'fake' may use model" in shown, shown
+    assert "does not have access to model" in shown and "authenticate" not in shown and "/login" not in shown
 
 
 def gemini_claude_config(gemini) -> dict:

@@ -110,13 +110,43 @@ def test_the_fake_refuses_schemas_and_knobs_gemini_refuses():
     for parameters, says in [(strict_object, 'Unknown name "additionalProperties"'),
                              ({"type": ["string", "null"]}, "Invalid value"),
                              ({"type": "object", "properties": {}}, "should be non-empty"),
-                             ({"type": "string", "enum": ["a", ""]}, "enum")]:
+                             ({"type": "string", "enum": ["a", ""]}, "enum"),
+                             ({"type": "object", "properties": {"a": {"anyOf": [{"type": "array"}]}}},
+                              "items: missing field"),
+                             ({"type": "object", "properties": {"a": {"description": "x"}}}, "must be specified"),
+                             ({"type": "string"}, "should be of type OBJECT")]:
         with pytest.raises(Refusal, match=says):
             accepted({"contents": [{"role": "user", "parts": [{"text": "x"}]}],
                       "tools": [{"functionDeclarations": [{"name": "T", "parameters": parameters}]}]})
     with pytest.raises(Refusal, match="only one of thinking budget and thinking level"):
         accepted({"contents": [{"role": "user", "parts": [{"text": "x"}]}],
                   "generationConfig": {"thinkingConfig": {"thinkingBudget": 100, "thinkingLevel": "low"}}})
+
+
+def test_a_type_list_and_a_lone_alternative_become_schemas_gemini_takes():
+    """Two valid schemas that Gemini refused, the refusal reaching the client as its own 400: a
+    type list with "array" (common in MCP tools) lost the array's ``items``, and a lone ``anyOf``
+    member took over the node's type (a root object became a string)."""
+    several = {"type": "object", "properties": {"paths": {"type": ["string", "array", "null"], "minItems": 1,
+                                                          "items": {"type": "string"}, "description": "1 or more"}}}
+    out = gemini_schema(several)
+    check_schema(out, "parameters")
+    assert out["properties"]["paths"] == {"nullable": True, "description": "1 or more", "anyOf": [
+        {"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1}]}
+    lone = {"type": "object", "properties": {"a": {"type": "string"}, "b": {"type": "integer"}},
+            "anyOf": [{"required": ["a"]}]}
+    out = gemini_schema(lone)
+    assert out == {"type": "object", "properties": {"a": {"type": "string"}, "b": {"type": "integer"}},
+                   "required": ["a"]}
+    assert gemini_schema({"anyOf": [{"type": "object", "properties": {"a": {"type": "string"}}}, {"type": "null"}]}) \
+        == {"type": "object", "nullable": True, "properties": {"a": {"type": "string"}}}
+    union = gemini_schema({"anyOf": [{"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]},
+                                     {"type": "object", "properties": {"b": {"type": "string"}}, "required": ["b"]}]})
+    assert union["type"] == "object" and set(union["properties"]) == {"a", "b"} and "required" not in union
+    assert gemini_schema({"type": "string"}) is None  # not an object: no parameters rather than a 400
+    for schema in (several, lone, {"type": "object", "properties": {"q": {"type": ["object", "array"]}}}):
+        accepted(translated({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}],
+                             "tools": [{"name": "T", "input_schema": schema}]}))
 
 
 def test_a_tool_without_parameters_declares_none():
@@ -139,7 +169,7 @@ SCHEMA_WORDS = st.sampled_from(["type", "properties", "items", "enum", "const", 
                                 "nullable", "description", "default", "examples", "$defs", "title", "pattern",
                                 "minItems", "propertyNames", "not", "if", "then", "x-extension"])
 TYPE_VALUES = st.one_of(st.sampled_from(["string", "number", "integer", "boolean", "array", "object", "null", "any"]),
-                        st.lists(st.sampled_from(["string", "null", "integer", "object"]), max_size=3))
+                        st.lists(st.sampled_from(["string", "null", "integer", "object", "array"]), max_size=3))
 SCHEMAS = st.recursive(
     st.one_of(JSON_SCALARS, st.fixed_dictionaries({"type": TYPE_VALUES})),
     lambda inner: st.one_of(
@@ -148,6 +178,9 @@ SCHEMAS = st.recursive(
         st.fixed_dictionaries({"type": st.just("object"), "properties": st.dictionaries(st.text(max_size=4), inner,
                                                                                          max_size=3)}),
         st.fixed_dictionaries({"$ref": st.sampled_from(["#/$defs/a", "#/definitions/b", "#/nowhere", 3])}),
+        st.fixed_dictionaries({"type": st.just("object"), "properties": st.dictionaries(st.text(max_size=4), inner,
+                                                                                         max_size=2),
+                               "anyOf": st.lists(inner, min_size=1, max_size=2)}),
     ),
     max_leaves=25)
 

@@ -205,6 +205,34 @@ def test_a_model_list_that_pages_forever_with_big_pages_is_bounded_in_size():
     assert len(models) <= 10_000, len(models)
 
 
+# -- 8. a tool result's image ends the current turn for signing, not for Gemini -------------------
+
+
+def test_a_tool_result_with_an_image_still_gets_its_calls_signed(start_agproxy):
+    """A Gemini 3 tool loop whose calls were made elsewhere (another upstream, a restart) gets the
+    documented stand-in signature on each call of the current turn. The images of tool results
+    go after the function responses in the same turn, and ``sign_current_turn`` took that turn
+    for the user writing: it signed nothing before it, Gemini answered 400 'missing
+    thought_signature', and so did every later request of the session."""
+    with FakeGemini() as fake:
+        proxy = start_agproxy(gemini_config(fake))
+        calls = [{"type": "tool_use", "id": f"toolu_elsewhere_{i}", "name": "Read", "input": {"path": str(i)}}
+                 for i in range(2)]
+        answers = [{"type": "tool_result", "tool_use_id": c["id"], "content": [{"type": "text", "text": "a shot"},
+                                                                                PIXEL]} for c in calls]
+        messages = [{"role": "user", "content": "look at both"},
+                    {"role": "assistant", "content": [{"type": "text", "text": "Looking."}] + calls},
+                    {"role": "user", "content": answers}]
+        for _ in range(2):  # the next request of the session too
+            status, data = post(proxy, {"model": "m", "max_tokens": 50, "tools": READ, "messages": messages})
+            assert status == 200, data[:400]
+            messages += [{"role": "assistant", "content": json.loads(data)["content"]},
+                         {"role": "user", "content": "and now?"}]
+        assert fake.rejections == []
+        first_call = next(p for p in fake.generations[0]["contents"][1]["parts"] if "functionCall" in p)
+        assert first_call["thoughtSignature"] == "skip_thought_signature_validator"
+
+
 # -- held up: the signature round trip ---------------------------------------------------------
 
 
@@ -266,15 +294,21 @@ def test_held_up_a_whole_tool_loop_sent_back_as_claude_code_sends_it(start_agpro
         assert len(signed) == (2 if switch else 3)
 
 
-def results(ids: List[str]) -> List[Dict[str, Any]]:
-    return [{"type": "tool_result", "tool_use_id": i, "content": "ok"} for i in ids]
+def results(ids: List[str], images: Optional[random.Random] = None) -> List[Dict[str, Any]]:
+    """A tool_result for each id; with ``images``, some hold an image (a screenshot, a file read)."""
+    return [{"type": "tool_result", "tool_use_id": i, "content": "ok"} if not images or images.random() < 0.6 else
+            {"type": "tool_result", "tool_use_id": i, "content": [{"type": "text", "text": "see"}, PIXEL]}
+            for i in ids]
+
+
+PIXEL = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}}
 
 
 def _simulated_history(seed: int) -> Tuple[Dict[str, Any], Any, Any, FakeGemini]:
     """Turns of Gemini answers (made by the fake's own answer code, so its signatures are in its
     ``issued``), translated to Anthropic as agproxy does, then handled as a client might:
-    merged into one message, thinking dropped, results shuffled, duplicated, missing, followed by
-    text; a restart (empty book) and another model now and then."""
+    merged into one message, thinking dropped, results shuffled, duplicated, missing, holding
+    images, followed by text; a restart (empty book) and another model now and then."""
     rnd = random.Random(seed)
     fake = FakeGemini(call_ids=rnd.random() < 0.7)
     state = {"book": agproxy.SignatureBook(), "calls": agproxy.CallSignatures()}
@@ -309,10 +343,11 @@ def _simulated_history(seed: int) -> Tuple[Dict[str, Any], Any, Any, FakeGemini]
             blocks += content
             calls += [b["id"] for b in content if b["type"] == "tool_use"]
             if rnd.random() < 0.3:  # a client that does not merge
-                messages += [{"role": "assistant", "content": blocks}, {"role": "user", "content": results(calls)}]
+                messages += [{"role": "assistant", "content": blocks},
+                             {"role": "user", "content": results(calls, rnd)}]
                 blocks, calls = [], []
         if calls:
-            answered = results(calls)
+            answered = results(calls, rnd)
             rnd.shuffle(answered)
             if rnd.random() < 0.3:
                 answered = answered[1:]

@@ -3,7 +3,8 @@
 It runs an asyncio server on 127.0.0.1:0 in a background thread. Tests queue replies with
 ``script()``; with nothing queued it answers a canned Message (or event stream when the request
 asks for one). Every request is recorded with its headers and body, every accepted TCP
-connection is counted, and a stream the client abandons records when that happened.
+connection is counted, so are the most replies being sent at once (``most_in_flight``), and a
+stream the client abandons records when that happened.
 
 Replies:
 - ``Json(status, body, headers)``: a JSON answer.
@@ -156,6 +157,9 @@ class FakeAnthropic:
         self.rejections: List[str] = []
         self.requests: List[Recorded] = []
         self.connections = 0
+        #: replies being sent now, and the most that were at once (what agproxy ran concurrently)
+        self.in_flight = 0
+        self.most_in_flight = 0
         self.abandoned_at: List[float] = []
         self._queue: List[Any] = []
         self._by_key: Dict[str, List[Any]] = {}
@@ -202,6 +206,7 @@ class FakeAnthropic:
             self.requests.clear()
             self.abandoned_at.clear()
             self.connections = 0
+            self.most_in_flight = 0
 
     # -- the server ---------------------------------------------------------------------
 
@@ -226,7 +231,13 @@ class FakeAnthropic:
                                                                   "message": refusal}})
                 if reply is None:
                     reply = self._default_reply(recorded)
-                if not await self._send(reply, reader, writer):
+                self.in_flight += 1
+                self.most_in_flight = max(self.most_in_flight, self.in_flight)
+                try:
+                    sent = await self._send(reply, reader, writer)
+                finally:
+                    self.in_flight -= 1
+                if not sent:
                     return
         finally:
             writer.close()

@@ -3,14 +3,16 @@
 It refuses what the Gemini API refuses, with Google's error shape and words:
 - a key it does not know (400 ``API_KEY_INVALID``, as Google answers it), a model it does not have (404);
 - a field it does not know, anywhere (``Unknown name "x" at '...'``), including any schema key outside
-  the OpenAPI subset function ``parameters`` take, type arrays, empty-string enum values and an
-  object with empty ``properties``;
+  the OpenAPI subset function ``parameters`` take, type arrays, empty-string enum values, an
+  object with empty ``properties``, an array without ``items``, a schema with neither ``type`` nor
+  ``anyOf``, and ``parameters`` that are not an object;
 - an empty ``parts`` list, a part without its one data field, a role other than user and model;
 - a model turn with N function calls not answered by exactly N function responses (names and ids
   matching) in the next turn;
-- a model turn of the current turn (everything after the user last wrote) whose first function
-  call lacks its thought signature, and any signature that is not the one it gave that very part
-  (or Google's documented stand-in);
+- a model turn of the current turn (everything after the user last wrote; images returned beside
+  function responses are not the user writing) whose first function call lacks its thought
+  signature, and any signature that is not the one it gave that very part (or Google's
+  documented stand-in);
 - ``thinkingBudget`` with ``thinkingLevel``, ``thinkingLevel`` for a 2.x model, more than five stop
   sequences, more output tokens than 65,536.
 
@@ -124,6 +126,15 @@ def _snake(path: str) -> str:
     return re.sub(r"([A-Z])", lambda m: "_" + m.group(1).lower(), path)
 
 
+def user_wrote(parts: List[Dict[str, Any]]) -> bool:
+    """Whether a user turn is the user writing (which begins a new current turn): a part that is
+    not a function response, nor an image or file returned beside function responses (a tool
+    result's image is still the tool loop's)."""
+    answering = any("functionResponse" in p for p in parts)
+    return any("functionResponse" not in p and not (answering and ("inlineData" in p or "fileData" in p))
+               for p in parts)
+
+
 def check_schema(schema: Any, at: str) -> None:
     if not isinstance(schema, dict):
         raise Refusal(f"Invalid value at '{at}': a schema must be an object")
@@ -133,6 +144,9 @@ def check_schema(schema: Any, at: str) -> None:
     kind = schema.get("type")
     if kind is not None and (not isinstance(kind, str) or kind.lower() not in TYPES):
         raise Refusal(f"Invalid value at '{_snake(at)}.type' ({json.dumps(kind)})")
+    if kind is None and not schema.get("anyOf"):
+        raise Refusal(f"* GenerateContentRequest.{_snake(at)}.type: must be specified when not using one_of, any_of "
+                      "or all_of fields")
     if "enum" in schema:
         if not all(isinstance(v, str) and v for v in schema["enum"]):
             raise Refusal(f"* GenerateContentRequest.{_snake(at)}.enum: cannot be empty or non-string")
@@ -341,6 +355,9 @@ class FakeGemini:
                 names.append(name)
                 if "parameters" in declaration:
                     check_schema(declaration["parameters"], f"tools[{i}].function_declarations[{j}].parameters")
+                    if str(declaration["parameters"].get("type", "")).lower() != "object":
+                        raise Refusal(f"Unable to submit request because {name} functionDeclaration parameters "
+                                      "schema should be of type OBJECT.")
         return names
 
     @staticmethod
@@ -377,7 +394,7 @@ class FakeGemini:
             if content.get("role") not in ("user", "model"):
                 raise Refusal(f"Please use a valid role: user, model. (contents[{i}])")
             self._check_parts(content.get("parts"), f"contents[{i}]")
-            if content["role"] == "user" and any("functionResponse" not in p for p in content["parts"]):
+            if content["role"] == "user" and user_wrote(content["parts"]):
                 current = i + 1
         for i, content in enumerate(contents):
             calls = [p["functionCall"] for p in content["parts"] if "functionCall" in p]
