@@ -282,10 +282,10 @@ def secret_spellings(secret: str) -> List[str]:
 
 class _TailMatcher:
     """Finds the longest end of a text that begins a spelling (of one type: str or bytes), the part
-    a stream must hold back until the next piece shows whether a secret goes on in it. One regex
-    scan of the last ``longest - 1`` characters finds where a spelling's first three characters
-    occur; the ends shorter than three are looked up in sets. So text that cannot begin a secret
-    (nearly all of it) costs one scan."""
+    a stream must hold back until the next piece shows whether a secret goes on in it. The last
+    ``longest - 1`` characters are searched for each spelling's first three characters (a
+    substring search each: a regex alternation of many spellings tries every branch at every
+    position, several times slower); the ends shorter than three are looked up in sets."""
 
     def __init__(self, spellings: Sequence[Any]) -> None:
         self.longest = max((len(s) for s in spellings), default=0)
@@ -293,23 +293,31 @@ class _TailMatcher:
         for spelling in spellings:
             self.by_start.setdefault(spelling[:3], []).append(spelling)
         self.short = {s[:n] for s in spellings for n in (1, 2)}
-        starts = "|".join(re.escape(s if isinstance(s, str) else s.decode("latin-1")) for s in self.by_start)
-        pattern = f"(?={starts})"
-        binary = bool(spellings) and isinstance(spellings[0], bytes)
-        self.starts = re.compile(pattern.encode("latin-1") if binary else pattern) if spellings else None
 
     def hold(self, text: Any) -> int:
         """How many characters at the end of ``text`` may be the start of a spelling (0: none)."""
-        if self.starts is None or not text:
+        if not self.by_start or not text:
             return 0
         size = len(text)
-        for match in self.starts.finditer(text, max(0, size - self.longest + 1)):
-            rest = text[match.start():]
-            if any(s.startswith(rest) and len(s) > len(rest) for s in self.by_start[rest[:3]]):
-                return size - match.start()
+        lowest = max(0, size - self.longest + 1)
+        best = size
+        for start, spellings in self.by_start.items():
+            at = text.find(start, lowest, best + 2)  # a start before the best so far (3 characters long)
+            while at != -1:
+                rest = text[at:]
+                if any(len(s) > len(rest) and s.startswith(rest) for s in spellings):
+                    best = at
+                    break
+                at = text.find(start, at + 1, best + 2)
+        if best < size:
+            return size - best
         if size >= 2 and text[-2:] in self.short:
             return 2
         return 1 if text[-1:] in self.short else 0
+
+
+#: The start of a ``\\uXXXX`` escape just before a position (a key's digits must not be found in it).
+_OPEN_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u[0-9a-fA-F]{0,3}\Z")
 
 
 class Redactor:
@@ -317,7 +325,9 @@ class Redactor:
     messages, log lines), in every spelling of :func:`secret_spellings`, and in text that is
     agproxy's own (errors, logs) anything shaped like a key. Model output passes with only the
     configured keys hidden, so an answer that shows an example ``sk-...`` string is not changed.
-    Everything is compiled here, once per config, so that each use is one regex scan."""
+    Everything is compiled here, once per config. Bytes relayed to a client (every event) are
+    first searched for each spelling as a substring, which in the usual case (none there) costs
+    less than one scan with a regex of all the spellings."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         spellings = sorted({s for k in secrets if len(k) >= _MIN_SECRET_CHARS for s in secret_spellings(k)},
@@ -326,9 +336,9 @@ class Redactor:
         self.spellings: Tuple[str, ...] = tuple(spellings)
         known = "|".join(re.escape(s) for s in spellings)
         # in bytes (JSON on the wire) a spelling may appear JSON-escaped once more
-        in_bytes = sorted({b for s in spellings for b in (s.encode(), json.dumps(s)[1:-1].encode())},
-                          key=len, reverse=True)
-        self._known_bytes = re.compile(b"|".join(re.escape(b) for b in in_bytes)) if spellings else None
+        self._needles = tuple(sorted({b for s in spellings for b in (s.encode(), json.dumps(s)[1:-1].encode())},
+                                     key=len, reverse=True))
+        self._known_bytes = re.compile(b"|".join(re.escape(b) for b in self._needles)) if spellings else None
         self._known = re.compile(known) if spellings else None
         self._text = re.compile(f"{known}|{_KEY_SHAPES}" if spellings else _KEY_SHAPES)
         self.tail = _TailMatcher(spellings)
@@ -345,16 +355,31 @@ class Redactor:
     def data(self, value: bytes) -> bytes:
         """``value`` with every configured key replaced (bytes relayed to a client), also where JSON
         escapes spell it (``sk\\u002dant...``): such a value comes back with those escapes written
-        out, which is the same JSON."""
+        out, which is the same JSON. A key is not looked for inside a ``\\uXXXX`` escape."""
         if self._known_bytes is None:
             return value
-        if self._known_bytes.search(value):
-            return self._known_bytes.sub(REDACTED.encode(), value)
         if b"\\u00" in value or b"\\/" in value:
             plain = _JSON_ASCII_ESCAPE.sub(_unescape_ascii, value)
-            if self._known_bytes.search(plain):
-                return self._known_bytes.sub(REDACTED.encode(), plain)
+            return self._replace(plain) if any(needle in plain for needle in self._needles) else value
+        for needle in self._needles:
+            if needle in value:
+                return self._replace(value)
         return value
+
+    def _replace(self, value: bytes) -> bytes:
+        assert self._known_bytes is not None
+        out: List[bytes] = []
+        done = at = 0
+        while True:
+            match = self._known_bytes.search(value, at)
+            if match is None:
+                break
+            if _OPEN_ESCAPE.search(value, max(0, match.start() - 8), match.start()):
+                at = match.start() + 1  # its first characters are an escape's digits: look further on
+                continue
+            out += [value[done:match.start()], REDACTED.encode()]
+            done = at = match.end()
+        return b"".join(out) + value[done:] if out else value
 
 
 # =====================================================================================
@@ -763,8 +788,8 @@ def upstream_credentials(headers: Dict[str, str], extra_body: Any, templated: It
     return tuple(dict.fromkeys(part for value in found for part in credential_parts(value)))
 
 
-def _parse_upstream(obj: Any, where: str, raw: Any = None) -> Upstream:
-    """One ``upstreams[]`` entry (``raw``: the same before ``${VAR}`` expansion)."""
+def _parse_upstream(obj: Any, where: str, unexpanded: Any = None) -> Upstream:
+    """One ``upstreams[]`` entry (``unexpanded``: the same before ``${VAR}`` expansion)."""
     fields = _Fields(obj, where, _UPSTREAM_KEYS)
     name = fields.text("name", required=True)
     if not name:
@@ -820,7 +845,7 @@ def _parse_upstream(obj: Any, where: str, raw: Any = None) -> Upstream:
         extra_body=fields.get("extra_body", dict, None),
         headers=tuple(headers.items()),
         credentials=upstream_credentials(headers, obj.get("extra_body"), [
-            name for name, value in ((raw or {}).get("headers") or {}).items()
+            name for name, value in ((unexpanded or {}).get("headers") or {}).items()
             if isinstance(value, str) and "${" in value]),
     )
 
@@ -2897,7 +2922,7 @@ class DeltaRedactor:
 
     def feed(self, batch: bytes) -> bytes:
         """``batch`` (whole events) as the client may see it."""
-        if self.redactor.tail.starts is None:
+        if not self.redactor.spellings:
             return batch  # no configured secret
         out: List[bytes] = []
         copied = pos = 0
@@ -2934,8 +2959,8 @@ class DeltaRedactor:
     def _piece(self, index: int, kind: str, field: str, text: str) -> str:
         """What of a block's next piece of text may go out now (the rest is held)."""
         held = self.held.pop(index, None)
-        if held is not None:
-            text = self.redactor.spoken(held[0] + text)
+        # whole keys first: what is held must not cut one in two for the byte redactor
+        text = self.redactor.spoken(text if held is None else held[0] + text)
         keep = self.redactor.tail.hold(text)
         if keep:
             self.held[index] = (text[-keep:], kind, field)
