@@ -281,11 +281,11 @@ def secret_spellings(secret: str) -> List[str]:
 
 
 class _TailMatcher:
-    """Finds the longest end of a text that begins a spelling (of one type: str or bytes), the part
-    a stream must hold back until the next piece shows whether a secret goes on in it. The last
-    ``longest - 1`` characters are searched for each spelling's first three characters (a
-    substring search each: a regex alternation of many spellings tries every branch at every
-    position, several times slower); the ends shorter than three are looked up in sets."""
+    """Finds the longest end of a text that begins a spelling, or is one (of one type: str or
+    bytes): the part a stream holds back until the next piece shows whether a secret goes on in
+    it (a whole one is held too, so that it is never cut in two). One regex scan of the last
+    ``longest`` characters finds where a spelling's first three characters occur (the text is a
+    delta's, short); the ends shorter than three are looked up in sets."""
 
     def __init__(self, spellings: Sequence[Any]) -> None:
         self.longest = max((len(s) for s in spellings), default=0)
@@ -293,27 +293,27 @@ class _TailMatcher:
         for spelling in spellings:
             self.by_start.setdefault(spelling[:3], []).append(spelling)
         self.short = {s[:n] for s in spellings for n in (1, 2)}
+        heads = "|".join(re.escape(s if isinstance(s, str) else s.decode("latin-1")) for s in self.by_start)
+        binary = bool(spellings) and isinstance(spellings[0], bytes)
+        self.starts = re.compile(f"(?={heads})".encode("latin-1") if binary else f"(?={heads})") \
+            if spellings else None
 
     def hold(self, text: Any) -> int:
-        """How many characters at the end of ``text`` may be the start of a spelling (0: none)."""
-        if not self.by_start or not text:
+        """How many characters at the end of ``text`` may be (the start of) a spelling (0: none)."""
+        if self.starts is None or not text:
             return 0
         size = len(text)
-        lowest = max(0, size - self.longest + 1)
-        best = size
-        for start, spellings in self.by_start.items():
-            at = text.find(start, lowest, best + 2)  # a start before the best so far (3 characters long)
-            while at != -1:
-                rest = text[at:]
-                if any(len(s) > len(rest) and s.startswith(rest) for s in spellings):
-                    best = at
-                    break
-                at = text.find(start, at + 1, best + 2)
-        if best < size:
-            return size - best
-        if size >= 2 and text[-2:] in self.short:
+        match = self.starts.search(text, max(0, size - self.longest))
+        while match is not None:  # rare: a spelling's first three characters are there
+            at = match.start()
+            rest = text[at:]
+            if any(len(s) >= len(rest) and s.startswith(rest) for s in self.by_start[rest[:3]]):
+                return size - at
+            match = self.starts.search(text, at + 1)
+        short = self.short
+        if size >= 2 and text[-2:] in short:
             return 2
-        return 1 if text[-1:] in self.short else 0
+        return 1 if text[-1:] in short else 0
 
 
 #: The start of a ``\\uXXXX`` escape just before a position (a key's digits must not be found in it).
@@ -2922,7 +2922,7 @@ class DeltaRedactor:
 
     def feed(self, batch: bytes) -> bytes:
         """``batch`` (whole events) as the client may see it."""
-        if not self.redactor.spellings:
+        if self.redactor.tail.starts is None:
             return batch  # no configured secret
         out: List[bytes] = []
         copied = pos = 0
@@ -2933,9 +2933,7 @@ class DeltaRedactor:
                 end = plain.end()
                 index = int(plain.group(2))
                 if index in self.held or self._may_begin_secret(plain.group(5)):
-                    kind, field = plain.group(3).decode(), plain.group(4).decode()
-                    text = _json_string(plain.group(5))
-                    out += [batch[copied:pos], self._delta(index, kind, field, text)]
+                    out += [batch[copied:pos], self._plain_delta(plain, index)]
                     copied = end
             else:
                 end = batch.find(b"\n\n", pos)
@@ -2951,10 +2949,29 @@ class DeltaRedactor:
 
     def _may_begin_secret(self, encoded: bytes) -> bool:
         """Whether a delta's JSON string may end with the beginning of a secret."""
-        tail = encoded[-(self.redactor.tail.longest + 6):]  # 6: the longest escape of one character
-        if b"\\" in tail:  # an escape: read the characters it writes
+        if b"\\" in encoded[-(self.redactor.tail.longest + 6):]:  # an escape (at most 6 bytes): decode it
             return bool(self.redactor.tail.hold(_json_string(encoded)))
-        return bool(self.redactor.tail_bytes.hold(tail))
+        return bool(self.redactor.tail_bytes.hold(encoded))
+
+    def _plain_delta(self, plain: re.Match, index: int) -> bytes:
+        """A plain delta with the held text put before it and the end that may begin a secret held
+        back: its JSON string spliced, not decoded, where no escape is near its end (nearly always),
+        else written anew."""
+        kind, field, encoded = plain.group(3).decode(), plain.group(4).decode(), plain.group(5)
+        held = self.held.get(index, ("",))[0]
+        if b"\\" in encoded[-(self.redactor.tail.longest + 6):] or '"' in held or "\\" in held:
+            return self._delta(index, kind, field, _json_string(encoded))
+        self.held.pop(index, None)
+        # whole keys first, so that what is held never ends one and begins the next (0000|00000000)
+        encoded = self.redactor.data(held.encode() + encoded)
+        keep = self.redactor.tail_bytes.hold(encoded)
+        if keep:
+            self.held[index] = (encoded[-keep:].decode("ascii"), kind, field)
+            encoded = encoded[:-keep]
+        if not encoded:
+            return b""
+        event = plain.string
+        return event[plain.start():plain.start(5)] + encoded + event[plain.end(5):plain.end()]
 
     def _piece(self, index: int, kind: str, field: str, text: str) -> str:
         """What of a block's next piece of text may go out now (the rest is held)."""
