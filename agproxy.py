@@ -294,40 +294,137 @@ def _unescape_ascii(match: re.Match) -> bytes:
     if match.group(3):
         return match.group(1) + b"/"
     char = int(match.group(2), 16)
-    if char in (0x22, 0x5C, 0x7F):  # a quote, a backslash, DEL: keep them escaped
+    if char in (0x22, 0x5C):  # a quote, a backslash: in their short escapes, as a spelling has them
+        return match.group(1) + b"\\" + bytes((char,))
+    if char == 0x7F:  # DEL: keep it escaped
         return match.group(0)
     return match.group(1) + bytes((char,))
 
 
+def _base64_inner(secret: bytes) -> List[str]:
+    """The base64 characters that spell ``secret`` whatever surrounds it (``user:KEY`` in a Basic
+    header, say): at each of the three offsets it can start at within a 3-byte group, the
+    characters whose 6 bits all come from the secret, in both alphabets (standard and URL-safe)."""
+    out = []
+    for offset in range(3):
+        encoded = base64.b64encode(bytes(offset) + secret).decode("ascii")
+        first, end = -(-offset * 8 // 6), (offset + len(secret)) * 8 // 6  # chars wholly inside the secret
+        inner = encoded[first:end]
+        out += [inner, inner.replace("+", "-").replace("/", "_")]
+    return out
+
+
+def secret_spellings(secret: str) -> List[str]:
+    """The ways ``secret`` can be written out in text an upstream echoes or agproxy writes: as it
+    is, JSON-escaped (a key holding ``"`` or ``\\``), as Python's repr shows it, URL-encoded, and in
+    base64 at every alignment (:func:`_base64_inner`). Spellings shorter than
+    ``_MIN_SECRET_CHARS`` are left out (they would match ordinary words)."""
+    spellings = [secret, json.dumps(secret)[1:-1], repr(secret)[1:-1], urllib.parse.quote(secret, safe=""),
+                 urllib.parse.quote_plus(secret, safe="")]
+    spellings += _base64_inner(secret.encode("utf-8"))
+    return [s for s in dict.fromkeys(spellings) if len(s) >= _MIN_SECRET_CHARS]
+
+
+class _TailMatcher:
+    """Finds the longest end of a text that begins a spelling, or is one (of one type: str or
+    bytes): the part a stream holds back until the next piece shows whether a secret goes on in
+    it (a whole one is held too, so that it is never cut in two). One regex scan of the last
+    ``longest`` characters finds where a spelling's first three characters occur (the text is a
+    delta's, short); the ends shorter than three are looked up in sets."""
+
+    def __init__(self, spellings: Sequence[Any]) -> None:
+        self.longest = max((len(s) for s in spellings), default=0)
+        self.by_start: Dict[Any, List[Any]] = {}
+        for spelling in spellings:
+            self.by_start.setdefault(spelling[:3], []).append(spelling)
+        self.short = {s[:n] for s in spellings for n in (1, 2)}
+        heads = "|".join(re.escape(s if isinstance(s, str) else s.decode("latin-1")) for s in self.by_start)
+        binary = bool(spellings) and isinstance(spellings[0], bytes)
+        self.starts = re.compile(f"(?={heads})".encode("latin-1") if binary else f"(?={heads})") \
+            if spellings else None
+
+    def hold(self, text: Any) -> int:
+        """How many characters at the end of ``text`` may be (the start of) a spelling (0: none)."""
+        if self.starts is None or not text:
+            return 0
+        size = len(text)
+        match = self.starts.search(text, max(0, size - self.longest))
+        while match is not None:  # rare: a spelling's first three characters are there
+            at = match.start()
+            rest = text[at:]
+            if any(len(s) >= len(rest) and s.startswith(rest) for s in self.by_start[rest[:3]]):
+                return size - at
+            match = self.starts.search(text, at + 1)
+        short = self.short
+        if size >= 2 and text[-2:] in short:
+            return 2
+        return 1 if text[-1:] in short else 0
+
+
+#: The start of a ``\\uXXXX`` escape just before a position (a key's digits must not be found in it).
+_OPEN_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u[0-9a-fA-F]{0,3}\Z")
+
+
 class Redactor:
     """Hides secrets in what agproxy writes: the configured keys wherever they appear (answers, error
-    messages, log lines), and in text that is agproxy's own (errors, logs) anything shaped like a key.
-    Model output passes with only the configured keys hidden, so an answer that shows an example
-    ``sk-...`` string is not changed."""
+    messages, log lines), in every spelling of :func:`secret_spellings`, and in text that is
+    agproxy's own (errors, logs) anything shaped like a key. Model output passes with only the
+    configured keys hidden, so an answer that shows an example ``sk-...`` string is not changed.
+    Everything is compiled here, once per config. Bytes relayed to a client (every event) are
+    first searched for each spelling as a substring, which in the usual case (none there) costs
+    less than one scan with a regex of all the spellings."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
-        keys = sorted({k for k in secrets if len(k) >= _MIN_SECRET_CHARS}, key=len, reverse=True)
-        known = "|".join(re.escape(k) for k in keys)
-        self._known_bytes = re.compile(known.encode("utf-8")) if keys else None
-        self._text = re.compile(f"{known}|{_KEY_SHAPES}" if keys else _KEY_SHAPES)
+        spellings = sorted({s for k in secrets if len(k) >= _MIN_SECRET_CHARS for s in secret_spellings(k)},
+                           key=len, reverse=True)
+        #: what a client reads (a delta's text, an error's message): the spellings
+        self.spellings: Tuple[str, ...] = tuple(spellings)
+        known = "|".join(re.escape(s) for s in spellings)
+        # in bytes (JSON on the wire) a spelling may appear JSON-escaped once more
+        self._needles = tuple(sorted({b for s in spellings for b in (s.encode(), json.dumps(s)[1:-1].encode())},
+                                     key=len, reverse=True))
+        self._known_bytes = re.compile(b"|".join(re.escape(b) for b in self._needles)) if spellings else None
+        self._known = re.compile(known) if spellings else None
+        self._text = re.compile(f"{known}|{_KEY_SHAPES}" if spellings else _KEY_SHAPES)
+        self.tail = _TailMatcher(spellings)
+        self.tail_bytes = _TailMatcher([s.encode() for s in spellings])
 
     def text(self, value: str) -> str:
         """``value`` with every configured key and key-shaped string replaced."""
         return self._text.sub(REDACTED, value)
 
+    def spoken(self, value: str) -> str:
+        """``value`` (text a client reads, such as a model's) with every configured key replaced."""
+        return value if self._known is None else self._known.sub(REDACTED, value)
+
     def data(self, value: bytes) -> bytes:
         """``value`` with every configured key replaced (bytes relayed to a client), also where JSON
         escapes spell it (``sk\\u002dant...``): such a value comes back with those escapes written
-        out, which is the same JSON."""
+        out, which is the same JSON. A key is not looked for inside a ``\\uXXXX`` escape."""
         if self._known_bytes is None:
             return value
-        if self._known_bytes.search(value):
-            return self._known_bytes.sub(REDACTED.encode(), value)
         if b"\\u00" in value or b"\\/" in value:
             plain = _JSON_ASCII_ESCAPE.sub(_unescape_ascii, value)
-            if self._known_bytes.search(plain):
-                return self._known_bytes.sub(REDACTED.encode(), plain)
+            return self._replace(plain) if any(needle in plain for needle in self._needles) else value
+        for needle in self._needles:
+            if needle in value:
+                return self._replace(value)
         return value
+
+    def _replace(self, value: bytes) -> bytes:
+        assert self._known_bytes is not None
+        out: List[bytes] = []
+        done = at = 0
+        while True:
+            match = self._known_bytes.search(value, at)
+            if match is None:
+                break
+            if _OPEN_ESCAPE.search(value, max(0, match.start() - 8), match.start()):
+                at = match.start() + 1  # its first characters are an escape's digits: look further on
+                continue
+            out += [value[done:match.start()], REDACTED.encode()]
+            done = at = match.end()
+        return b"".join(out) + value[done:] if out else value
 
 
 # =====================================================================================
@@ -440,6 +537,8 @@ class Upstream:
     openai: OpenAIOptions = dataclasses.field(default_factory=lambda: OpenAIOptions())
     extra_body: Optional[Dict[str, Any]] = None
     headers: Tuple[Tuple[str, str], ...] = ()
+    #: the credentials in ``headers`` and ``extra_body`` (:func:`upstream_credentials`), for the Redactor
+    credentials: Tuple[str, ...] = dataclasses.field(default=(), repr=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -486,9 +585,12 @@ class Config:
                 return upstream
         raise KeyError(name)
 
-    def secrets(self) -> List[str]:
-        """Every key in the config (agproxy's own and each account's), for the :class:`Redactor`."""
-        return [self.api_key] + [a.api_key for u in self.upstreams for a in u.accounts]
+    def secrets(self, environ: Optional[Dict[str, str]] = None) -> List[str]:
+        """Every secret agproxy holds, for the :class:`Redactor`: its own key, each account's, the
+        credentials in each upstream's ``headers`` and ``extra_body``, and those of the proxy
+        that ``environ``'s ``HTTPS_PROXY``/``HTTP_PROXY`` name (:func:`proxy_credentials`)."""
+        return [self.api_key] + [a.api_key for u in self.upstreams for a in u.accounts] + \
+            [c for u in self.upstreams for c in u.credentials] + proxy_credentials(environ or {})
 
     def effective_auth_mode(self) -> str:
         """``auto`` resolved: off on a loopback bind address, else all_except_health."""
@@ -698,7 +800,76 @@ def _parse_base_url(value: str, where: str) -> str:
     return value.rstrip("/")
 
 
-def _parse_upstream(obj: Any, where: str) -> Upstream:
+#: Names of headers (and extra_body keys) whose values are credentials: Authorization, x-api-key,
+#: api-key, x-goog-api-key, Cookie, X-Auth-Token, Ocp-Apim-Subscription-Key, ...
+_CREDENTIAL_NAME = re.compile(r"auth|key|token|secret|passw|credential|cookie|session|signature", re.IGNORECASE)
+
+
+def credential_parts(value: str) -> List[str]:
+    """A credential and the secrets inside it, each of which an upstream may echo alone: the token
+    after a scheme (``Bearer T``), a Basic credential's ``user:password`` and password, each value
+    of a ``name=value; ...`` list (a cookie)."""
+    parts = [value]
+    scheme, _, token = value.strip().partition(" ")
+    token = token.strip()
+    if token and re.fullmatch(r"[A-Za-z][A-Za-z0-9_.-]*", scheme):
+        parts.append(token)
+        if scheme.lower() == "basic":
+            try:
+                decoded = base64.b64decode(token, validate=True).decode("utf-8")
+            except (ValueError, UnicodeDecodeError):
+                decoded = ""
+            parts += [decoded, decoded.partition(":")[2]] if decoded else []
+    if "=" in value:
+        parts += [item.partition("=")[2].strip() for item in value.split(";")]
+    return [p for p in parts if p]
+
+
+#: The variables urllib's getproxies() reads a proxy from (it reads either case).
+_PROXY_VARIABLES = ("https_proxy", "http_proxy", "all_proxy")
+
+
+def proxy_credentials(environ: Dict[str, str]) -> List[str]:
+    """The credentials in the proxy URLs of ``environ`` (``http://user:password@proxy:3128``): the
+    password, ``user:password`` and the ``Proxy-Authorization`` value agproxy makes of them."""
+    found: List[str] = []
+    for name in _PROXY_VARIABLES:
+        for value in (environ.get(name), environ.get(name.upper())):
+            if not value:
+                continue
+            try:
+                parts = urllib.parse.urlsplit(value if "://" in value else "http://" + value)
+                user, password = parts.username, parts.password
+            except ValueError:
+                continue
+            if user or password:
+                pair = f"{urllib.parse.unquote(user or '')}:{urllib.parse.unquote(password or '')}"
+                found += [urllib.parse.unquote(password or ""), pair,
+                          base64.b64encode(pair.encode("utf-8")).decode("ascii")]
+    return [f for f in found if f]
+
+
+def upstream_credentials(headers: Dict[str, str], extra_body: Any, templated: Iterable[str]) -> Tuple[str, ...]:
+    """The credentials an upstream's config holds beside its accounts: each header whose name says
+    it is one (:data:`_CREDENTIAL_NAME`), whose value is shaped like a key, or whose value came from
+    a ``${VAR}`` (``templated``: the names of those headers), and extra_body strings under a
+    credential's name, with the secrets inside each (:func:`credential_parts`)."""
+    templated = set(templated)
+    found = [value for name, value in headers.items()
+             if _CREDENTIAL_NAME.search(name) or name in templated or re.search(_KEY_SHAPES, value)]
+    stack = [extra_body]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            found += [v for k, v in item.items() if isinstance(v, str) and _CREDENTIAL_NAME.search(k)]
+            stack += [v for v in item.values() if isinstance(v, (dict, list))]
+        elif isinstance(item, list):
+            stack += [v for v in item if isinstance(v, (dict, list))]
+    return tuple(dict.fromkeys(part for value in found for part in credential_parts(value)))
+
+
+def _parse_upstream(obj: Any, where: str, unexpanded: Any = None) -> Upstream:
+    """One ``upstreams[]`` entry (``unexpanded``: the same before ``${VAR}`` expansion)."""
     fields = _Fields(obj, where, _UPSTREAM_KEYS)
     name = fields.text("name", required=True)
     if not name:
@@ -755,6 +926,9 @@ def _parse_upstream(obj: Any, where: str) -> Upstream:
         openai=_parse_openai(fields.get("openai", dict, {}), f"{where}.openai"),
         extra_body=fields.get("extra_body", dict, None),
         headers=tuple(headers.items()),
+        credentials=upstream_credentials(headers, obj.get("extra_body"), [
+            name for name, value in ((unexpanded or {}).get("headers") or {}).items()
+            if isinstance(value, str) and "${" in value]),
     )
 
 
@@ -806,10 +980,12 @@ class _UnsetAsPlaceholder(dict):
 def config_from_dict(raw: Any, environ: Dict[str, str], source: str, unset_as_placeholder: bool = False) -> Config:
     """Validate a parsed config file into a :class:`Config`; raises :class:`ConfigError`. With
     ``unset_as_placeholder``, the config's unset ``${VAR}``s become a stand-in, not an error."""
+    unexpanded = raw.get("upstreams") if isinstance(raw, dict) else None
     raw = _expand_tree(raw, _UnsetAsPlaceholder(environ) if unset_as_placeholder else environ, "")
     fields = _Fields(raw, "", _CONFIG_KEYS)
     upstreams = tuple(
-        _parse_upstream(obj, f"upstreams[{i}]") for i, obj in enumerate(fields.get("upstreams", list, []))
+        _parse_upstream(obj, f"upstreams[{i}]", unexpanded[i] if isinstance(unexpanded[i], dict) else None)
+        for i, obj in enumerate(fields.get("upstreams", list, []))
     )
     if not upstreams:
         raise ConfigError("upstreams: needs at least one upstream")
@@ -2856,6 +3032,167 @@ class EventStreamCheck:
         # re-encoded from what was decoded: comments, stray lines and events without data (which
         # a client would try to parse as empty JSON) do not reach it
         return b"".join(k if isinstance(k, bytes) else encode_sse(k.event, k.data) for k in kept)
+
+
+#: One content_block_delta event as Anthropic servers and agproxy's translators write it (compact
+#: or with a space after each separator): its event line, index, delta type, field and JSON string.
+#: The stream redactor reads such an event without decoding it; any other event is decoded.
+_PLAIN_DELTA = re.compile(
+    rb'(event: ?content_block_delta\n)?data: ?\{"type": ?"content_block_delta", ?"index": ?(\d{1,9}), ?'
+    rb'"delta": ?\{"type": ?"(text_delta|thinking_delta|input_json_delta)", ?"(text|thinking|partial_json)": ?'
+    rb'"([^"\\\n]*(?:\\.[^"\\\n]*)*)"\}\}\n\n')
+#: The delta that carries each kind of content block's text, and its field.
+_BLOCK_DELTAS = {"text": ("text_delta", "text"), "thinking": ("thinking_delta", "thinking")}
+#: The deltas whose text a client joins, and the field holding it.
+_TEXT_DELTA_FIELDS = {"text_delta": "text", "thinking_delta": "thinking", "input_json_delta": "partial_json"}
+_LENIENT_JSON = json.JSONDecoder(strict=False)
+
+
+def _json_string(encoded: bytes) -> str:
+    """The text a JSON string's body (without its quotes, as :data:`_PLAIN_DELTA` finds it) writes."""
+    return _LENIENT_JSON.decode('"' + encoded.decode("utf-8", "replace") + '"')
+
+
+class DeltaRedactor:
+    """Hides the configured secrets in an Anthropic event stream as the client reads it. A block's
+    text is the concatenation of its deltas, so a key split across two deltas (or across a block's
+    opening text and its first delta) is still a key: the end of each piece that may begin one
+    (:class:`_TailMatcher`) is held back and sent at the head of the block's next delta, or alone
+    before the block ends (as ``[redacted]`` when it is as long as a key). A whole spelling within
+    one event is the byte redactor's (:meth:`Redactor.data`, which every response goes through).
+
+    Pure: ``feed()`` takes batches of whole events and gives the bytes to send. A plain delta
+    (:data:`_PLAIN_DELTA`) whose end cannot begin a secret, nearly every delta, passes as it came,
+    undecoded: the cost is one match and one scan of its last characters."""
+
+    def __init__(self, redactor: Redactor) -> None:
+        self.redactor = redactor
+        #: per block index: the held text, and the delta type and field it goes out in
+        self.held: Dict[int, Tuple[str, str, str]] = {}
+
+    def feed(self, batch: bytes) -> bytes:
+        """``batch`` (whole events) as the client may see it."""
+        if self.redactor.tail.starts is None:
+            return batch  # no configured secret
+        out: List[bytes] = []
+        copied = pos = 0
+        size = len(batch)
+        while pos < size:
+            plain = _PLAIN_DELTA.match(batch, pos)
+            if plain is not None:
+                end = plain.end()
+                index = int(plain.group(2))
+                if index in self.held or self._may_begin_secret(plain.group(5)):
+                    out += [batch[copied:pos], self._plain_delta(plain, index)]
+                    copied = end
+            else:
+                end = batch.find(b"\n\n", pos)
+                end = size if end < 0 else end + 2
+                replaced = self._event(batch[pos:end])
+                if replaced is not None:
+                    out += [batch[copied:pos], replaced]
+                    copied = end
+            pos = end
+        if not copied:
+            return batch
+        return b"".join(out) + batch[copied:]
+
+    def _may_begin_secret(self, encoded: bytes) -> bool:
+        """Whether a delta's JSON string may end with the beginning of a secret."""
+        if b"\\" in encoded[-(self.redactor.tail.longest + 6):]:  # an escape (at most 6 bytes): decode it
+            return bool(self.redactor.tail.hold(_json_string(encoded)))
+        return bool(self.redactor.tail_bytes.hold(encoded))
+
+    def _plain_delta(self, plain: re.Match, index: int) -> bytes:
+        """A plain delta with the held text put before it and the end that may begin a secret held
+        back: its JSON string spliced, not decoded, where no escape is near its end (nearly always),
+        else written anew."""
+        kind, field, encoded = plain.group(3).decode(), plain.group(4).decode(), plain.group(5)
+        held = self.held.get(index, ("",))[0]
+        if b"\\" in encoded[-(self.redactor.tail.longest + 6):] or '"' in held or "\\" in held:
+            return self._delta(index, kind, field, _json_string(encoded))
+        self.held.pop(index, None)
+        # whole keys first, so that what is held never ends one and begins the next (0000|00000000)
+        encoded = self.redactor.data(held.encode() + encoded)
+        keep = self.redactor.tail_bytes.hold(encoded)
+        if keep:
+            self.held[index] = (encoded[-keep:].decode("ascii"), kind, field)
+            encoded = encoded[:-keep]
+        if not encoded:
+            return b""
+        event = plain.string
+        return event[plain.start():plain.start(5)] + encoded + event[plain.end(5):plain.end()]
+
+    def _piece(self, index: int, kind: str, field: str, text: str) -> str:
+        """What of a block's next piece of text may go out now (the rest is held)."""
+        held = self.held.pop(index, None)
+        # whole keys first: what is held must not cut one in two for the byte redactor
+        text = self.redactor.spoken(text if held is None else held[0] + text)
+        keep = self.redactor.tail.hold(text)
+        if keep:
+            self.held[index] = (text[-keep:], kind, field)
+            text = text[:-keep]
+        return text
+
+    def _delta(self, index: int, kind: str, field: str, text: str) -> bytes:
+        text = self._piece(index, kind, field, text)
+        if not text:
+            return b""
+        return encode_sse_json("content_block_delta", {"type": "content_block_delta", "index": index,
+                                                       "delta": {"type": kind, field: text}})
+
+    def _flush(self, indexes: Iterable[int]) -> bytes:
+        """The held text of these blocks, each in a delta of its own (a block ends: nothing follows)."""
+        out = []
+        for index in sorted(i for i in indexes if i in self.held):
+            text, kind, field = self.held.pop(index)
+            text = REDACTED if len(text) >= _MIN_SECRET_CHARS else text  # a key cut short is still a key
+            out.append(encode_sse_json("content_block_delta", {"type": "content_block_delta", "index": index,
+                                                               "delta": {"type": kind, field: text}}))
+        return b"".join(out)
+
+    def _event(self, event: bytes) -> Optional[bytes]:
+        """An event other than a plain delta, rewritten, or None to send it as it is."""
+        if not self.held and b"content_block_" not in event and b"\\u" not in event:
+            return None  # it adds no text to a block, and no text waits
+        name, lines = None, []
+        for line in event.split(b"\n"):
+            if line.startswith(b"event:"):
+                name = line[6:].strip().decode("utf-8", "replace")
+            elif line.startswith(b"data:"):
+                lines.append(line[6:] if line[5:6] == b" " else line[5:])
+        try:
+            payload = json.loads(b"\n".join(lines))
+        except (ValueError, RecursionError):
+            return None  # not JSON an event can hold: the checks before this refuse it
+        if not isinstance(payload, dict):
+            return None
+        kind, index = payload.get("type"), payload.get("index")
+        index = index if isinstance(index, int) and not isinstance(index, bool) else None
+        if kind == "content_block_delta" and isinstance(payload.get("delta"), dict):
+            delta = payload["delta"]
+            field = _TEXT_DELTA_FIELDS.get(delta.get("type"))
+            if field is None or not isinstance(delta.get(field), str) or index is None:
+                return None
+            return self._delta(index, delta["type"], field, delta[field])
+        if kind == "content_block_start":
+            before = self._flush(i for i in list(self.held) if i != index)
+            block = payload.get("content_block")
+            opening = _BLOCK_DELTAS.get(block.get("type")) if isinstance(block, dict) else None
+            if opening is None or index is None or not isinstance(block.get(opening[1]), str):
+                return before + event if before else None
+            text = self._piece(index, opening[0], opening[1], block[opening[1]])
+            if not before and text == block[opening[1]]:
+                return None
+            payload = dict(payload, content_block=dict(block, **{opening[1]: text}))
+            return before + encode_sse(name, json.dumps(payload, separators=(",", ":"), ensure_ascii=False))
+        if kind == "content_block_stop":
+            before = self._flush([index] if index is not None else list(self.held))
+        elif kind in ("message_delta", "message_stop", "error"):
+            before = self._flush(list(self.held))
+        else:
+            return None  # a ping, say: the held text waits for the block's next delta
+        return before + event if before else None
 
 
 def check_message(message: Any, upstream: str = "") -> Dict[str, Any]:
@@ -6538,7 +6875,7 @@ class Server(Application):
         self._saving: Optional[asyncio.Future] = None
         self._state_dirty = False
         self.auth_mode = config.effective_auth_mode()
-        self.redact = Redactor(config.secrets())
+        self.redact = Redactor(config.secrets(dict(os.environ)))  # the proxy the client uses is os.environ's
         self.client = client or UpstreamClient()
         self.pool = AccountPool(config.upstreams)
         self.log = logging.getLogger("agproxy")
@@ -7166,10 +7503,12 @@ class Adapter:
                 head = await _watched(exchange, response, first_events(events))
                 headers = headers + self.upstream_id_headers(upstream_ids)
                 scaler = UsageScaler(window, client_window).transform if window else None
+                redact = DeltaRedactor(self.gw.redact).feed  # a key split across deltas
+                transform = redact if scaler is None else (lambda batch: scaler(redact(batch)))
                 observe = self.watcher(upstream)
                 ping_s = self.gw.config.ping_interval_s if self.pings else None
                 return self.gw.stream_to_client(response, upstream, account, headers, lambda release: relay_events(
-                    head, events, response, upstream.name, observe, scaler, ping_s, on_end=release), status=200)
+                    head, events, response, upstream.name, observe, transform, ping_s, on_end=release), status=200)
             message = await _watched(exchange, response, accumulate_events(events))
         else:
             data = await _watched(exchange, response, response.read_all())
@@ -8320,6 +8659,7 @@ async def check_upstreams(config: Config, out: Callable[[str], None]) -> bool:
     ``FAIL``), then what the config asks of the upstream that it does not offer; True when
     nothing failed (warnings do not fail)."""
     client = UpstreamClient()
+    redactor = Redactor(config.secrets(dict(os.environ)))
     healthy = True
     mode = config.effective_auth_mode()
     if mode != "off" and not config.api_key:
@@ -8335,7 +8675,7 @@ async def check_upstreams(config: Config, out: Callable[[str], None]) -> bool:
             listed: Optional[Set[str]] = None
             for account in upstream.accounts:
                 label = f"{upstream.name} ({upstream.kind}) account {account.name}"
-                verdict, line, models = await _probe(client, adapter, upstream, account)
+                verdict, line, models = await _probe(client, adapter, upstream, account, redactor)
                 out(f"{verdict:<5} {label}: {line}")
                 healthy = healthy and verdict != "FAIL"
                 listed = listed if listed is not None else models
@@ -8358,8 +8698,8 @@ def base_url_problem(upstream: Upstream) -> Optional[str]:
     return None
 
 
-async def _probe(client: UpstreamClient, adapter: type, upstream: Upstream,
-                 account: Account) -> Tuple[str, str, Optional[Set[str]]]:
+async def _probe(client: UpstreamClient, adapter: type, upstream: Upstream, account: Account,
+                 redactor: Redactor) -> Tuple[str, str, Optional[Set[str]]]:
     """One account's verdict, what to say of it, and the model ids its upstream lists (if it did)."""
     if not adapter.probe_path:
         return "ok", "built in, answers locally", None
@@ -8373,7 +8713,7 @@ async def _probe(client: UpstreamClient, adapter: type, upstream: Upstream,
     except UpstreamFailure as exc:
         return "FAIL", exc.message, None
     empty = "; its api_key is empty, so no key is sent" if not account.api_key else ""
-    body = Redactor(a.api_key for a in upstream.accounts).data(body)  # an echoed key, before anything cuts it
+    body = redactor.data(body)  # an echoed key, before anything cuts it
     if upstream_status_of(status, body) in (401, 403):
         said = upstream_error_text(body).strip().splitlines()
         words = f": {said[0][:200]}" if said else ""
@@ -8564,10 +8904,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ConfigError as exc:
         print(f"config: {exc.message}", file=sys.stderr)
         return 2
-    configure_logging(config.log_level, Redactor(config.secrets()))
+    redactor = Redactor(config.secrets(dict(os.environ)))
+    configure_logging(config.log_level, redactor)
     if check:
         print(f"config: {config.source}: ok ({len(config.upstreams)} upstream(s))")
-        redactor = Redactor(config.secrets())  # an upstream's answer may echo a key: never print it
+        # an upstream's answer may echo a key: never print it
         return 0 if asyncio.run(check_upstreams(config, lambda line: print(redactor.text(line)))) else 1
     log_startup(config)
     try:

@@ -19,6 +19,7 @@ an upstream's, and Claude Code would take it as "log in again").
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import itertools
 import json
@@ -26,6 +27,7 @@ import re
 import socket
 import struct
 import time
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Dict, FrozenSet, Iterator, List, Optional, Tuple
@@ -36,6 +38,8 @@ from tests.conftest import Agproxy, clean_env, write_config
 from tests.fakes.misbehaving import (
     ALICE_KEY,
     BOB_KEY,
+    ECHO_HEADERS,
+    ECHO_SECRETS,
     GROUPS,
     KEYS,
     RECIPES,
@@ -217,6 +221,7 @@ def config_for(fake: MisbehavingUpstream, modes: Tuple[str, ...], force_stream: 
                          {"name": "bob@example.com", "api_key": BOB_KEY}]}
         if kind == "openai" and mode == "count":
             upstream["openai"] = {"tokenize": "vllm"}
+        upstream.update(CASE_UPSTREAM_FIELDS.get(case, {}))
         upstreams.append(upstream)
         rules.append({"match": name, "upstream": name})
     return {"auth_mode": "off", "max_retry_attempts": 2, "force_stream_internally": force_stream,
@@ -612,3 +617,95 @@ def test_a_client_that_does_not_read_does_not_grow_agproxy(start_agproxy: Any, k
     end, problems = stream_problems(answer.body, strict_events=True)
     assert answer.status == 200 and end == "message_stop" and not problems, (answer.describe(200), problems)
     assert grown < 24 * 1024, f"agproxy grew by {grown // 1024} MB holding a stream its client did not read"
+
+
+# -- echoed header credentials ------------------------------------------------------------------------
+# The upstreams of these cases carry a credential in their ``headers`` beside the account keys, and
+# echo the request's headers: in the answer's text (every credential cut across deltas), in headers a
+# client is relayed, in a 401. No spelling of any credential may reach a byte the client receives
+# (headers and body, and the text its deltas join into), agproxy's log, its state file or its
+# accounts page.
+
+ECHO_CASES = ("echo_header_credentials", "echo_header_credentials_401")
+EXPECT.update({"echo_header_credentials": OK, "echo_header_credentials_401": EARLY})
+CASE_UPSTREAM_FIELDS: Dict[str, Dict[str, Any]] = {case: {"headers": ECHO_HEADERS} for case in ECHO_CASES}
+ECHO_RUNS = [run for run in RUNS if run[2] in ECHO_CASES]
+
+
+def spellings_of(secret: str) -> List[str]:
+    """How the echoing fake writes a credential (besides as it is): JSON-escaped, URL-encoded,
+    base64 alone and in a Basic ``gateway:`` pair."""
+    return [secret, json.dumps(secret)[1:-1], urllib.parse.quote(secret, safe=""),
+            base64.b64encode(secret.encode()).decode(), base64.b64encode(f"gateway:{secret}".encode()).decode()]
+
+
+def strings_in(value: Any) -> List[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in strings_in(k) + strings_in(v)]
+    if isinstance(value, list):
+        return [s for item in value for s in strings_in(item)]
+    return []
+
+
+def what_the_client_reads(answer: Answer) -> str:
+    """Every byte of the answer, and the text it means: each string of a JSON body, and for a stream
+    each block's text as its deltas join (and every string of every event)."""
+    seen = [bytes(answer.raw).decode("latin-1")]
+    if answer.content_type == "text/event-stream":
+        blocks: Dict[Any, str] = {}
+        for chunk in re.split(rb"\r?\n\r?\n", answer.body):
+            data = b"\n".join(line[5:].lstrip(b" ") for line in chunk.splitlines() if line.startswith(b"data:"))
+            try:
+                event = json.loads(data)
+            except ValueError:
+                continue
+            if not isinstance(event, dict):
+                continue
+            seen += strings_in(event)
+            delta = event.get("delta")
+            if event.get("type") == "content_block_delta" and isinstance(delta, dict):
+                piece = next((v for k, v in delta.items() if k != "type" and isinstance(v, str)), "")
+                blocks[event.get("index")] = blocks.get(event.get("index"), "") + piece
+        seen += list(blocks.values())
+    else:
+        try:
+            seen += strings_in(json.loads(answer.body))
+        except ValueError:
+            pass
+    return "\n".join(seen)
+
+
+def spelled(text: str) -> List[str]:
+    return [s for secret in ECHO_SECRETS for s in spellings_of(secret) if s in text]
+
+
+@pytest.mark.parametrize("kind, mode, case", ECHO_RUNS, ids=[f"{k}-{m}-{c}" for k, m, c in ECHO_RUNS])
+def test_echoed_header_credentials_reach_no_byte_the_client_reads(matrix: Matrix, kind: str, mode: str,
+                                                                   case: str) -> None:
+    answer = matrix.results[(kind, mode, case)].answer
+    assert answer.status in (200, 502), answer.describe()
+    if case == "echo_header_credentials" and mode != "count":
+        assert "Your request had" in what_the_client_reads(answer), answer.describe()  # the echo did arrive
+    found = spelled(what_the_client_reads(answer))
+    assert not found, f"{found} in {answer.describe(2000)}"
+
+
+def test_echoed_header_credentials_stay_out_of_log_state_and_accounts_page(matrix: Matrix) -> None:
+    problems = []
+    for name, proxy in matrix.proxies.items():
+        problems += [f"{name} log: {s}" for s in spelled(proxy.log())]
+        page = get(proxy.port, "/v1/agproxy/accounts")
+        assert page.status == 200, page.describe()
+        problems += [f"{name} accounts page: {s}" for s in spelled(what_the_client_reads(page))]
+        config = json.loads(Path(proxy.proc.args[proxy.proc.args.index("--config") + 1]).read_text())
+        state = Path(config["state_file"])
+        deadline = time.monotonic() + 5  # the rests of the 401 cases are saved off the event loop
+        while not state.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert state.exists(), f"{name}: no state file was written (the 401 cases rest their keys)"
+        saved = state.read_text()
+        assert "echo_header_credentials_401" in saved, saved[:2000]
+        problems += [f"{name} state file: {s}" for s in spelled(saved)]
+    assert not problems, "\n".join(problems)

@@ -23,6 +23,7 @@ proper answers for either kind, so a recipe can break exactly one thing.
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import json
 import re
@@ -812,6 +813,75 @@ _simple("oaj_finish_reason_int", "oa_json", _oa_json(lambda ctx: dict(completion
 _simple("oaj_id_object", "oa_json", _oa_json(lambda ctx: dict(completion(ctx.model), id={"a": 1})))
 _simple("oaj_lone_surrogate", "oa_json", _oa_json(lambda ctx: dict(completion(ctx.model, "a\ud800b"), id="\udfff")))
 _simple("oaj_error_200", "oa_json", _oa_json(lambda ctx: {"error": {"message": "quota exceeded", "code": 429}}))
+
+
+# echoed header credentials ---------------------------------------------------------------------------
+# An upstream that writes the request's headers back: into its answer's text (split across deltas, so
+# that no delta holds a whole credential), into response headers a client is relayed, and into a 401.
+# The config gives these upstreams ``ECHO_HEADERS`` (a credential agproxy has no account for) besides
+# the account keys.
+
+#: A credential in an upstream's ``headers``, with a quote and a backslash (it shows escaped in JSON).
+HEADER_SECRET = 'hdr-SECRET-"gw"\\tok-4242'
+ECHO_HEADERS = {"X-Gateway-Token": HEADER_SECRET}
+#: the credentials of the echo cases: the account keys and the header's
+ECHO_SECRETS = KEYS + (HEADER_SECRET,)
+
+
+def echo_text(ctx: Ctx) -> str:
+    """What an echoing upstream says: its credentials first (where agproxy's cuts of an error's
+    words keep them), as they are, as JSON, base64 (a Basic ``user:key`` included) and URL-encoded,
+    then every request header."""
+    said = []
+    for secret in (ctx.header("x-gateway-token") or "", ctx.key):
+        said += [secret, json.dumps({"key": secret}), base64.b64encode(secret.encode()).decode(),
+                 base64.b64encode(f"gateway:{secret}".encode()).decode(), urllib.parse.quote(secret, safe="")]
+    said += [f"{name}: {value}" for name, value in ctx.headers]
+    return "Your request had " + "; ".join(said) + ". Done."
+
+
+def events_in_pieces(ctx: Ctx, pieces: Sequence[str]) -> List[bytes]:
+    """The proper event stream of this kind for an answer whose text comes in exactly these deltas."""
+    if ctx.kind == "anthropic":
+        events = anthropic_events(ctx.model, "x")
+        deltas = [sse("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                              "delta": {"type": "text_delta", "text": piece}}) for piece in pieces]
+        return events[:3] + deltas + events[4:]
+    if ctx.kind == "openai":
+        events = openai_events("x")
+        return events[:1] + [sse(None, oa_chunk({"content": piece})) for piece in pieces] + events[2:]
+    out = []
+    for i, piece in enumerate(pieces):
+        chunk = gemini_answer(piece)
+        if i < len(pieces) - 1:
+            del chunk["candidates"][0]["finishReason"]
+        out.append(b"data: " + json.dumps(chunk).encode() + b"\r\n\r\n")
+    return out
+
+
+def _echo_headers(ctx: Ctx) -> List[Tuple[str, str]]:
+    secret = ctx.header("x-gateway-token") or ""
+    return [("x-ratelimit-remaining-requests", secret), ("anthropic-ratelimit-tokens-remaining", ctx.key),
+            ("request-id", secret), ("x-echo", secret)]
+
+
+def _echo_credentials(ctx: Ctx) -> List[Action]:
+    text = echo_text(ctx)
+    if ctx.count:
+        return [Send(response("200 OK", "application/json", json.dumps(
+            {"input_tokens": 42, "totalTokens": 42, "count": 7, "tokens": [1], "note": text}).encode(),
+            _echo_headers(ctx)))]
+    if not ctx.stream:
+        return [Send(response("200 OK", "application/json", json.dumps(whole(ctx, text)).encode(),
+                              _echo_headers(ctx)))]
+    size = 3 if ctx.attempt % 2 else 7  # every credential is cut, at other places on a second attempt
+    pieces = [text[i:i + size] for i in range(0, len(text), size)]
+    return [Send(sse_response(events_in_pieces(ctx, pieces), _echo_headers(ctx)))]
+
+
+_simple("echo_header_credentials", "http", _echo_credentials)
+_simple("echo_header_credentials_401", "http", lambda ctx: _error_status(
+    401, "Unauthorized", body=lambda c: error_json(c, 401, echo_text(c)), headers=_echo_headers(ctx))(ctx))
 
 
 # -- the server ----------------------------------------------------------------------------------------
