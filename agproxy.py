@@ -6897,7 +6897,7 @@ class AnthropicAdapter(Adapter):
 
         path, spent = cls.counts_path, False
         status, said = await send(path, shaped, cls.profile_probe_beta)
-        if status in (404, 405):
+        if status == 405 or (status == 404 and model not in upstream_error_text(said)):  # not "no such model"
             path, spent = cls.messages_path, True
             shaped["max_tokens"] = basic["max_tokens"] = 1
             status, said = await send(path, shaped, cls.profile_probe_beta)
