@@ -7330,6 +7330,19 @@ async def list_upstream_models(client: UpstreamClient, adapter: Any, upstream: U
 
 # -- one adapter per upstream kind -----------------------------------------------------------------
 
+@dataclasses.dataclass(frozen=True)
+class ProfileFit:
+    """What an upstream answered ``check``'s request shaped like Claude Code's (the facts; the
+    check's line words them)."""
+
+    path: str  # where the probe went, relative to base_url
+    spent: bool  # it went where a completion is made (the upstream has no token count): 1 token asked for
+    status: int  # the answer to the shaped request
+    said: bytes  # that answer's body
+    extras_taken: Optional[bool]  # the shaped request was taken, refused for its extras, or None: neither
+    basic_taken: bool = False  # the same request without the extras was taken (asked when they were refused)
+
+
 class Adapter:
     """An upstream kind behind one interface, so the gateway, ``check`` and the model list never
     compare kind names: the key's header, the paths to list models and to probe, one attempt at a
@@ -7343,6 +7356,29 @@ class Adapter:
     models_path: Optional[str] = None
     #: what ``agproxy check`` asks for to probe an account
     probe_path = "/models"
+    #: what ``check`` says to do when nothing answers at the probe path
+    not_found_advice = "the base_url must be the API's root"
+    #: whether an account may have no key (a local server takes none) without a warning from ``check``
+    keys_optional = False
+
+    #: a version path at the end of base_url that agproxy adds itself (a regex), and what to say of it
+    added_version_path: Optional[str] = None
+    added_version_problem = ""
+
+    @classmethod
+    def base_url_problem(cls, upstream: Upstream) -> Optional[str]:
+        """What is wrong with an upstream's base_url that no request can get past (a version path
+        agproxy adds itself), for ``check`` and the start-up log."""
+        if cls.added_version_path and re.search(cls.added_version_path, upstream.base_url):
+            return cls.added_version_problem
+        return None
+
+    @classmethod
+    async def profile_probe(cls, client: UpstreamClient, upstream: Upstream, account: Account,
+                            model: str) -> Optional[ProfileFit]:
+        """Which request shape the upstream takes, for ``check``, where the kind has profiles to
+        choose from; None where it has none."""
+        return None
 
     @classmethod
     def listed_models(cls, parsed: Any) -> Optional[Tuple[List[Dict[str, Any]], Optional[str]]]:
@@ -7559,18 +7595,57 @@ class AnthropicAdapter(Adapter):
     pings = False  # Anthropic servers send their own
     models_path = "/v1/models?limit=1000"
     probe_path = "/v1/models"
+    counts_path = "/v1/messages/count_tokens"
     counts_upstream = True
     heal_thinking = True
+    added_version_path = r"/v1/?$"
+    added_version_problem = ("base_url ends in /v1, and agproxy adds /v1/messages itself: requests would go to "
+                             "/v1/v1/messages; drop the /v1")
+    #: the beta ``check`` sends with its request shaped like Claude Code's: one Claude Code sends
+    #: (2.1.197 and 2.1.332), and the one its ``context_management`` needs on Anthropic's API
+    profile_probe_beta = "context-management-2025-06-27"
 
     @classmethod
     def probe_headers(cls, upstream: Upstream, account: Account) -> Headers:
         return [("anthropic-version", DEFAULT_ANTHROPIC_VERSION)] + super().probe_headers(upstream, account)
 
+    @classmethod
+    async def profile_probe(cls, client: UpstreamClient, upstream: Upstream, account: Account,
+                            model: str) -> Optional[ProfileFit]:
+        """Send a request shaped like Claude Code's (a ``cache_control`` mark, an ``anthropic-beta``
+        header, ``context_management``) to count_tokens, so that no token is spent (to /v1/messages
+        for one token where count_tokens is absent); when it is refused for those extras, send it
+        again without them, as the ``compatible`` profile would. Raises :class:`UpstreamFailure`."""
+        shaped = {"model": model, "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "Say OK.", "cache_control": {"type": "ephemeral"}}]}],
+            "context_management": {"edits": [{"type": "clear_tool_uses_20250919"}]}}
+        basic = copy.deepcopy(shaped)
+        sanitize_request(basic, PROFILE_DEFAULTS["compatible"])
+
+        async def send(path: str, body: Dict[str, Any], beta: Optional[str]) -> Tuple[int, bytes]:
+            headers = [("Content-Type", "application/json")] + cls.probe_headers(upstream, account) + \
+                ([("anthropic-beta", beta)] if beta else [])
+            return await client.fetch("POST", upstream_url(upstream.base_url, path), headers,
+                                      json.dumps(body).encode(), deadline_s=upstream.connect_timeout_s)
+
+        path, spent = cls.counts_path, False
+        status, said = await send(path, shaped, cls.profile_probe_beta)
+        if status == 405 or (status == 404 and model not in upstream_error_text(said)):  # not "no such model"
+            path, spent = cls.messages_path, True
+            shaped["max_tokens"] = basic["max_tokens"] = 1
+            status, said = await send(path, shaped, cls.profile_probe_beta)
+        if status < 300:
+            return ProfileFit(path, spent, status, said, True)
+        if status not in (400, 422) or not _SCHEMA_REFUSAL.search(upstream_error_text(said)):
+            return ProfileFit(path, spent, status, said, None)
+        basic_status, _ = await send(path, basic, None)
+        return ProfileFit(path, spent, status, said, False, basic_status < 300)
+
     async def count_by_account(self, request: Request, exchange: _Exchange, route: Route,
                                account: Account) -> Dict[str, Any]:
         """The upstream's own ``count_tokens`` answer, checked to be a token count."""
         upstream = route.upstream
-        response, _ = await self.call(request, exchange, route, account, "/v1/messages/count_tokens", False)
+        response, _ = await self.call(request, exchange, route, account, self.counts_path, False)
         data = await _watched(exchange, response, response.read_all(MAX_UPSTREAM_SMALL_BODY_BYTES))
         try:
             counted = loads_strict(data)
@@ -7658,6 +7733,8 @@ class OpenAIAdapter(Adapter):
 
     kind = "openai"
     models_path = "/models"
+    not_found_advice = "the base_url must include the API's version path, e.g. http://host:8000/v1"
+    keys_optional = True  # local servers take no key
     messages_path = "/chat/completions"
     estimates_input = True  # message_start reports the input tokens before the server has counted them
 
@@ -7787,6 +7864,9 @@ class GeminiAdapter(Adapter):
     probe_path = models_path
     estimates_input = True  # message_start reports the input tokens before Gemini has counted them
     heal_thinking = True  # a refused signature heals by sending none (Gemini's documented stand-in)
+    added_version_path = r"/v1(?:beta|alpha)?/?$"
+    added_version_problem = ("base_url ends in a version path, and agproxy adds /v1beta/models/... itself: requests "
+                             "would get 404; drop it (e.g. https://generativelanguage.googleapis.com)")
 
     @staticmethod
     def model_path(upstream: Upstream, model: str) -> str:
@@ -8672,13 +8752,20 @@ async def check_upstreams(config: Config, out: Callable[[str], None]) -> bool:
     try:
         for upstream in config.upstreams:
             adapter = ADAPTERS[upstream.kind]
-            listed: Optional[Set[str]] = None
+            listed: Optional[List[str]] = None
+            reached: Optional[Account] = None  # the first account that probed ok
             for account in upstream.accounts:
                 label = f"{upstream.name} ({upstream.kind}) account {account.name}"
                 verdict, line, models = await _probe(client, adapter, upstream, account, redactor)
                 out(f"{verdict:<5} {label}: {line}")
                 healthy = healthy and verdict != "FAIL"
                 listed = listed if listed is not None else models
+                reached = reached or (account if verdict == "ok" else None)
+            fit = await _profile_fit(client, adapter, upstream, reached, _probe_model(config, upstream, listed),
+                                     redactor) if reached else None
+            if fit:
+                out(f"{fit[0]:<5} {upstream.name}: {fit[1]}")
+                healthy = healthy and fit[0] != "FAIL"
             for line in _mapping_problems(config, upstream, listed):
                 out(f"WARN  {upstream.name}: {line}")
     finally:
@@ -8686,24 +8773,12 @@ async def check_upstreams(config: Config, out: Callable[[str], None]) -> bool:
     return healthy
 
 
-def base_url_problem(upstream: Upstream) -> Optional[str]:
-    """What is wrong with an upstream's base_url that no request can get past (a version path
-    agproxy adds itself), for ``check`` and the start-up log."""
-    if upstream.kind == "anthropic" and re.search(r"/v1/?$", upstream.base_url):
-        return ("base_url ends in /v1, and agproxy adds /v1/messages itself: requests would go to "
-                "/v1/v1/messages; drop the /v1")
-    if upstream.kind == "gemini" and re.search(r"/v1(?:beta|alpha)?/?$", upstream.base_url):
-        return ("base_url ends in a version path, and agproxy adds /v1beta/models/... itself: requests would get "
-                "404; drop it (e.g. https://generativelanguage.googleapis.com)")
-    return None
-
-
 async def _probe(client: UpstreamClient, adapter: type, upstream: Upstream, account: Account,
-                 redactor: Redactor) -> Tuple[str, str, Optional[Set[str]]]:
+                 redactor: Redactor) -> Tuple[str, str, Optional[List[str]]]:
     """One account's verdict, what to say of it, and the model ids its upstream lists (if it did)."""
     if not adapter.probe_path:
         return "ok", "built in, answers locally", None
-    problem = base_url_problem(upstream)
+    problem = adapter.base_url_problem(upstream)
     if problem:
         return "FAIL", problem, None
     try:
@@ -8719,24 +8794,68 @@ async def _probe(client: UpstreamClient, adapter: type, upstream: Upstream, acco
         words = f": {said[0][:200]}" if said else ""
         return "FAIL", f"the upstream rejected this account's key (HTTP {status}{words}){empty}", None
     if status == 404:
-        where = ("the base_url must include the API's version path, e.g. http://host:8000/v1"
-                 if upstream.kind == "openai" else "the base_url must be the API's root")
-        return "FAIL", f"nothing at {upstream_url(upstream.base_url, adapter.probe_path)} (HTTP 404): {where}", None
+        return "FAIL", (f"nothing at {upstream_url(upstream.base_url, adapter.probe_path)} (HTTP 404): "
+                        f"{adapter.not_found_advice}"), None
     if status == 429:
         return "WARN", "reachable, but this account is rate-limited right now (HTTP 429)", None
     if status >= 500:
         return "FAIL", f"the upstream answered HTTP {status}", None
-    if empty and upstream.kind != "openai":
+    if empty and not adapter.keys_optional:
         return "WARN", f"reachable (HTTP {status}), but its api_key is empty: no key is sent", None
     try:
-        listed: Optional[Set[str]] = {m["id"] for m in await list_upstream_models(
-            client, adapter, upstream, account, body if adapter.probe_path == adapter.models_path else None)}
+        listed: Optional[List[str]] = [m["id"] for m in await list_upstream_models(
+            client, adapter, upstream, account, body if adapter.probe_path == adapter.models_path else None)]
     except UpstreamFailure:
         listed = None  # reachable, but no list to check model_map against
     return "ok", f"reachable (HTTP {status})" + (" without a key" if empty else ""), listed
 
 
-def _mapping_problems(config: Config, upstream: Upstream, listed: Optional[Set[str]]) -> List[str]:
+#: What ``check`` calls the request it learns an upstream's profile with (see ``profile_probe``).
+_SHAPED_PROBE = "a request shaped like Claude Code's (cache_control, an anthropic-beta header, context_management)"
+
+
+def _probe_model(config: Config, upstream: Upstream, listed: Optional[List[str]]) -> str:
+    """The model a probe asks for: the first the upstream lists (Anthropic lists its newest first,
+    which takes every field Claude Code sends), else the first ``model_map`` names for it, else a
+    Claude model (what Claude Code asks for unmapped)."""
+    named = [rule.model for rule in config.model_map if rule.model and upstream.name in rule.upstreams]
+    return (listed or named or [KNOWN_CLAUDE_MODELS[0][0]])[0]
+
+
+async def _profile_fit(client: UpstreamClient, adapter: type, upstream: Upstream, account: Account,
+                       model: str, redactor: Redactor) -> Optional[Tuple[str, str]]:
+    """The verdict and line of which profile fits the upstream, where its kind has profiles."""
+    try:
+        fit = await adapter.profile_probe(client, upstream, account, model)
+    except UpstreamFailure as exc:
+        return "WARN", f"which profile fits is unknown: {_SHAPED_PROBE} got no answer ({exc.message})"
+    return _profile_fit_line(upstream, fit, redactor) if fit else None
+
+
+def _profile_fit_line(upstream: Upstream, fit: ProfileFit, redactor: Redactor) -> Tuple[str, str]:
+    """Word a :class:`ProfileFit`: ``ok`` when the configured profile fits, ``FAIL`` when Claude
+    Code's requests would be refused for extras that the ``compatible`` profile strips."""
+    where = f"{fit.path} (asked for 1 token: this upstream has no count_tokens)" if fit.spent else "count_tokens"
+    said = upstream_error_text(redactor.data(fit.said)).strip().splitlines()  # every secret, before the cut
+    answer = f"HTTP {fit.status}" + (f": {said[0][:200]}" if said else "")
+    compatible = upstream.profile == "compatible"
+    if fit.extras_taken:
+        if compatible:
+            return "ok", (f"profile \"compatible\" works, and \"anthropic\" would too: {where} took {_SHAPED_PROBE} "
+                          "(the full profile keeps cache_control and betas, so prompt caching saves)")
+        return "ok", f"profile \"anthropic\" fits: {where} took {_SHAPED_PROBE}"
+    refused = f"{where} refused {_SHAPED_PROBE} ({answer})"
+    if fit.extras_taken is False and fit.basic_taken:
+        if compatible:
+            return "ok", f"profile \"compatible\" fits: {refused}, and took it without them"
+        return "FAIL", (f"profile \"anthropic\" does not fit: {refused}, and took it without them: set "
+                        f"\"profile\": \"compatible\" on upstream {upstream.name!r}")
+    if fit.extras_taken is False:
+        return "WARN", f"which profile fits is unknown: {refused}, and refused it without them too"
+    return "WARN", f"which profile fits is unknown: {where} answered {_SHAPED_PROBE} with {answer}"
+
+
+def _mapping_problems(config: Config, upstream: Upstream, listed: Optional[List[str]]) -> List[str]:
     """The models ``model_map`` sends to ``upstream`` by exact name that its list does not have."""
     if not listed:
         return []
@@ -8928,7 +9047,7 @@ def log_startup(config: Config) -> None:
     for upstream in config.upstreams:
         log.info("upstream %s: %s %s, %d account(s)", upstream.name, upstream.kind,
                  upstream.base_url or "(built in)", len(upstream.accounts))
-        problem = base_url_problem(upstream)
+        problem = ADAPTERS[upstream.kind].base_url_problem(upstream)
         if problem:
             log.warning("upstream %s: %s", upstream.name, problem)
     mode = config.effective_auth_mode()

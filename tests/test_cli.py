@@ -153,7 +153,7 @@ def test_check_probes_upstreams(tmp_path, fake):
     path = write_config(tmp_path, fake_config(fake))
     result = run(["check", "--config", str(path)], tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("ok    fake") == 2
+    assert result.stdout.count("ok    fake (anthropic) account") == 2
     assert fake.requests[0].target == "/v1/models"
     fake.script(Json(401, {"type": "error", "error": {"type": "authentication_error", "message": "bad key"}}))
     result = run(["check", "--config", str(path)], tmp_path)
@@ -418,3 +418,77 @@ def test_state_show_reports_sections_of_the_wrong_type_and_a_file_that_is_not_ag
     foreign = write_config(tmp_path, fake_config(fake, state_file=str(path)), "self.json")  # the config as state
     shown = run(["state", "show", "--config", str(foreign)], tmp_path)
     assert shown.returncode == 1 and f"state file {path} is not agproxy's (JSON without \"format\": 1)" in shown.stderr
+
+
+#: What `check` says of the request it probes an anthropic upstream with.
+SHAPED = "a request shaped like Claude Code's (cache_control, an anthropic-beta header, context_management)"
+
+
+def test_check_says_the_default_profile_does_not_fit_a_strict_compatible_service(tmp_path):
+    """`check` said `ok` for a strict Anthropic-compatible service behind `profile: anthropic`,
+    and then every Claude Code request got a 400."""
+    from tests.fakes.anthropic_upstream import FakeAnthropic
+
+    with FakeAnthropic(strict=True) as strict:
+        config = fake_config(strict)
+        result = run(["check", "--config", str(write_config(tmp_path, config))], tmp_path)
+        probes = [r for r in strict.requests if r.method == "POST"]
+        assert result.returncode == 1, result.stdout + result.stderr
+        line = next(line for line in result.stdout.splitlines() if line.startswith("FAIL  fake:"))
+        assert line.startswith(f"FAIL  fake: profile \"anthropic\" does not fit: count_tokens refused {SHAPED} "
+                               "(HTTP 400: Unexpected value(s) `context-management-2025-06-27` for the "
+                               "`anthropic-beta` header."), line
+        assert line.endswith("and took it without them: set \"profile\": \"compatible\" on upstream 'fake'"), line
+        assert [r.target for r in probes] == ["/v1/messages/count_tokens"] * 2  # free calls only
+        shaped, basic = probes[0], probes[1]
+        assert shaped.header("anthropic-beta") == "context-management-2025-06-27"  # one Claude Code sends
+        assert shaped.json["model"] == "claude-fake"  # the first model the upstream lists
+        assert "cache_control" in shaped.body.decode() and "context_management" in shaped.json
+        assert basic.header("anthropic-beta") is None and "cache_control" not in basic.body.decode()
+        assert "ok    fake (anthropic) account alice@example.com: reachable (HTTP 200)" in result.stdout
+
+        config["upstreams"][0]["profile"] = "compatible"
+        result = run(["check", "--config", str(write_config(tmp_path, config))], tmp_path)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert f"ok    fake: profile \"compatible\" fits: count_tokens refused {SHAPED} (HTTP 400: Unexpected " \
+            "value(s)" in result.stdout
+        assert "sk-upstream" not in result.stdout + result.stderr
+
+
+def test_check_says_whether_the_full_profile_fits_an_anthropic_upstream(tmp_path, fake):
+    config = fake_config(fake)
+    result = run(["check", "--config", str(write_config(tmp_path, config))], tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"ok    fake: profile \"anthropic\" fits: count_tokens took {SHAPED}\n" in result.stdout
+    assert [r.target for r in fake.requests if r.method == "POST"] == ["/v1/messages/count_tokens"]
+    config["upstreams"][0]["profile"] = "compatible"
+    result = run(["check", "--config", str(write_config(tmp_path, config))], tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (f"ok    fake: profile \"compatible\" works, and \"anthropic\" would too: count_tokens took {SHAPED} "
+            "(the full profile keeps cache_control and betas, so prompt caching saves)") in result.stdout
+
+
+def test_check_probes_the_profile_on_messages_where_count_tokens_is_absent(tmp_path):
+    from tests.fakes.anthropic_upstream import FakeAnthropic
+
+    with FakeAnthropic(strict=True, missing_paths=["/v1/messages/count_tokens"]) as strict:
+        result = run(["check", "--config", str(write_config(tmp_path, fake_config(strict)))], tmp_path)
+        probes = [r for r in strict.requests if r.method == "POST"]
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert ("FAIL  fake: profile \"anthropic\" does not fit: /v1/messages (asked for 1 token: this upstream has no "
+            f"count_tokens) refused {SHAPED} (HTTP 400: Unexpected value(s)") in result.stdout
+    assert [r.target for r in probes] == ["/v1/messages/count_tokens", "/v1/messages", "/v1/messages"]
+    assert probes[1].json["max_tokens"] == 1 and probes[2].json["max_tokens"] == 1
+
+
+def test_the_start_up_log_names_a_base_url_ending_in_the_version_path_agproxy_adds(start_agproxy, fake):
+    config = fake_config(fake)
+    config["upstreams"][0]["base_url"] = fake.url + "/v1"
+    config["upstreams"].append({"name": "g", "kind": "gemini", "base_url": "http://127.0.0.1:9/v1beta",
+                                "accounts": [{"name": "k", "api_key": "gemini-key"}]})
+    config["upstreams"].append({"name": "local", "kind": "openai", "base_url": "http://127.0.0.1:9/v1",
+                                "accounts": [{"name": "k", "api_key": ""}]})
+    log = start_agproxy(config).log()
+    assert "upstream fake: base_url ends in /v1, and agproxy adds /v1/messages itself" in log
+    assert "upstream g: base_url ends in a version path, and agproxy adds /v1beta/models/... itself" in log
+    assert "upstream local:" not in log.replace("upstream local: openai", "")  # /v1 is right for openai

@@ -14,6 +14,8 @@ Replies:
 - ``Drop()``: close the connection without answering.
 - ``Hang(seconds)``: say nothing for that long, then close.
 - ``Raw(data)``: write these bytes verbatim.
+
+``missing_paths`` answers 404 on those paths whatever is queued (a service without count_tokens).
 """
 
 from __future__ import annotations
@@ -143,8 +145,11 @@ class FakeAnthropic:
 
     def __init__(self, tls: Optional[ssl.SSLContext] = None, *, strict: bool = False,
                  reject_fields: Sequence[str] = (), reject_betas: Sequence[str] = (),
-                 signature_prefix: Optional[str] = None, basic_thinking_only: bool = False) -> None:
+                 signature_prefix: Optional[str] = None, basic_thinking_only: bool = False,
+                 missing_paths: Sequence[str] = ()) -> None:
         self.tls = tls
+        #: paths this server does not have (404), as compatible services that lack count_tokens
+        self.missing_paths = set(missing_paths)
         #: refuse adaptive thinking as a service that knows only enabled/disabled does (seen in the wild)
         self.basic_thinking_only = basic_thinking_only
         #: strict: refuse what a strict compatible server refuses (tests/fakes/strict_rules.py)
@@ -220,6 +225,10 @@ class FakeAnthropic:
                     return
                 recorded = Recorded(*request, number, time.monotonic())
                 self.requests.append(recorded)
+                if recorded.target.split("?")[0] in self.missing_paths:
+                    if not await self._send(Json(404, {"detail": "Not Found"}), reader, writer):
+                        return
+                    continue
                 refusal = self._refusal(recorded)
                 key = recorded.header("x-api-key") or ""
                 with self._lock:
