@@ -5916,7 +5916,8 @@ class HttpServer:
         headers = [(name, self.redact.text(value)) for name, value in headers if self.redact.text(name) == name]
         if isinstance(response, Response):
             body = redact(response.body)
-            headers.append(("Content-Length", str(len(body))))
+            if response.status != 204:  # RFC 9110 8.6: a 204 must not carry Content-Length (nor a body)
+                headers.append(("Content-Length", str(len(body))))
             head = response_head(response.status, headers)
             if head_only or not body:
                 writer.write(head)

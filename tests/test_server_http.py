@@ -241,3 +241,19 @@ def test_http10_stream_ends_with_the_close_even_when_keep_alive_was_asked(demo):
     head, _, rest = data.partition(b"\r\n\r\n")
     assert b"Connection: close" in head and b"Transfer-Encoding" not in head
     assert rest.endswith(b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n")
+
+
+# -- a 204 carries no body and no Content-Length (RFC 9110 8.6) ------------------------------------
+
+def test_cors_preflight_204_has_no_content_length(start_agproxy):
+    """RFC 9110 8.6: a server MUST NOT send Content-Length in a 204 response."""
+    proxy = start_agproxy({"upstreams": [DEMO], "allowed_origins": ["http://localhost:3000"]})
+    wire = (b"OPTIONS /v1/messages HTTP/1.1\r\nHost: localhost\r\nOrigin: http://localhost:3000\r\n"
+            b"Access-Control-Request-Method: POST\r\n\r\n"
+            b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+    data = raw_request(proxy.port, wire)
+    head, _, rest = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 204 ")
+    assert b"content-length" not in head.lower(), head
+    assert b"transfer-encoding" not in head.lower(), head
+    assert rest.startswith(b"HTTP/1.1 200 "), "the next response must follow the 204's head at once"
