@@ -5309,6 +5309,8 @@ class UpstreamResponse:
         self.handed_off = False
         #: closed by agproxy before its end (a deadline, a departed client), not ended by the upstream
         self.aborted = False
+        #: let go because nobody wants the rest (its client left): a read it cuts short is no fault
+        self.abandoned = False
         self._done = False
 
     def header(self, name: str) -> Optional[str]:
@@ -5617,6 +5619,12 @@ class _Exchange:
         self.note = ""
         self.started = time.monotonic()
 
+    def client_left(self) -> None:
+        """The client closed its connection before its answer ended: the access line says so (499,
+        nginx's "client closed request"), and nothing else logs it as a fault."""
+        self.status = 499
+        self.note = " client closed the connection"
+
 
 class _Connection:
     """One client connection: its streams, parser and the callbacks to run if the client leaves."""
@@ -5832,7 +5840,7 @@ class HttpServer:
             except asyncio.CancelledError:
                 if not conn.gone:
                     raise  # the server is shutting down
-                exchange.status = 499
+                exchange.client_left()
                 return False
             except AgproxyError as exc:
                 exc.message = self.redact.text(exc.message)  # an upstream's text may echo a key
@@ -5844,7 +5852,7 @@ class HttpServer:
             if conn.gone:
                 if isinstance(response, StreamingResponse):
                     response.abort()
-                exchange.status = 499
+                exchange.client_left()
                 return False
             if isinstance(response, StreamingResponse) and request.version < (1, 1):
                 keep_alive = False  # without chunked encoding the end of the stream is the close
@@ -5946,6 +5954,8 @@ class HttpServer:
                 await self._drain(conn)
         except (ConnectionError, OSError):
             conn.client_left()
+            if exchange is not None:
+                exchange.client_left()
             raise
         except asyncio.CancelledError:
             if self._stopping and not conn.gone:
@@ -5958,7 +5968,7 @@ class HttpServer:
             if aclose is not None:
                 await aclose()
         if conn.gone and exchange is not None:
-            exchange.status = 499
+            exchange.client_left()
 
     def _end_cut_stream(self, conn: _Connection, exchange: Optional[_Exchange], chunked: bool) -> None:
         """A stream the shutdown cuts still ends as a stream: an error event, then the body's end."""
@@ -6432,6 +6442,7 @@ class Server(Application):
         release = self.pool.hold(upstream, account)
 
         def abort() -> None:
+            response.abandoned = True
             response.close()
             release()
 
@@ -7456,6 +7467,8 @@ async def relay_events(head: bytes, events: AsyncIterator[bytes], response: Upst
     except StopAsyncIteration:
         pass
     except AgproxyError as exc:
+        if response.abandoned and not idle.expired:
+            return  # its client left, cutting the read short (the access line says so): nothing broke upstream
         message = f"sent no event for {response.timeout_s:g} s (timeout_s)" if idle.expired else exc.message
         logging.getLogger("agproxy").warning("the stream of upstream %r broke after it began: %s", upstream, message)
         yield encode_sse_json("error", error_body("api_error" if idle.expired else exc.error_type,

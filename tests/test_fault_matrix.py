@@ -43,6 +43,7 @@ from tests.fakes.misbehaving import (
     MisbehavingUpstream,
     Send,
     Sleep,
+    Trickle,
     big_delta,
     events_of,
     good,
@@ -611,3 +612,39 @@ def test_a_client_that_does_not_read_does_not_grow_agproxy(start_agproxy: Any, k
     end, problems = stream_problems(answer.body, strict_events=True)
     assert answer.status == 200 and end == "message_stop" and not problems, (answer.describe(200), problems)
     assert grown < 24 * 1024, f"agproxy grew by {grown // 1024} MB holding a stream its client did not read"
+
+
+# -- a client that leaves mid-stream is the client's doing, not the upstream's ------------------------
+
+def _first_events_then_trickle(every_s: float) -> Any:
+    """The head and first events of a proper stream of this kind, then one of its text events again
+    and again, ``every_s`` apart (a long answer being written)."""
+    def make(ctx: Any) -> List[Any]:
+        events = events_of(ctx, "a long answer being written")
+        return [Send(sse_response(events[:3])[:-5]),  # without the last chunk: the stream goes on
+                Trickle(b"%x\r\n%b\r\n" % (len(events[3]), events[3]), every_s=every_s, for_s=20)]
+    return make
+
+
+@pytest.mark.parametrize("every_s", [0.05, 1.0], ids=["fast", "slow"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_client_leaving_mid_stream_is_logged_as_the_client_leaving(start_agproxy: Any, kind: str,
+                                                                      every_s: float) -> None:
+    """Claude Code's Esc closes the connection mid-stream: agproxy's log says the client left (its
+    access line, INFO: 499), not that the upstream's stream broke (WARNING), whether
+    agproxy notices it writing an event (``fast``) or watching the socket while it waits (``slow``)."""
+    with MisbehavingUpstream({"stall": _first_events_then_trickle(every_s)}) as fake:
+        proxy = start_agproxy(single_upstream_config(fake, [(kind, "stream", "stall")]))
+        body = json.dumps(request_body(kind, "stream", "stall")).encode()
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+            sock.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n%b" % (len(body), body))
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        deadline = time.monotonic() + 5
+        while "agproxy.access" not in proxy.log() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        log = proxy.log()
+    access = [line for line in log.splitlines() if "agproxy.access" in line]
+    assert any(" 499 " in line and "client closed the connection" in line for line in access), log
+    assert "broke after it began" not in log and " WARNING " not in log, log
