@@ -1460,6 +1460,22 @@ def encode_sse_json(event: str, payload: Dict[str, Any]) -> bytes:
     return encode_sse(event, json.dumps(payload, separators=(",", ":"), ensure_ascii=False))
 
 
+#: A ping event, as the relay carries events (whole, LF line endings): named ``ping``, or a
+#: ``{"type": "ping"}`` without a name.
+_PING_EVENT = re.compile(rb'(?:(?<=\n\n)|\A)(?:event: ?ping\n(?:data:[^\n]*\n)*'
+                         rb'|(?:event: ?[^\n]*\n)?data: ?\{ ?"type": ?"ping" ?\}\n)\n')
+
+
+def holds_content_event(batch: bytes) -> bool:
+    """True when ``batch`` (whole events, LF line endings) holds an event with data that is not a
+    ping: pings and comments keep a connection open but say nothing of the answer going on."""
+    if b"data:" not in batch:
+        return False
+    if b"ping" not in batch:
+        return True  # the usual batch, at the cost of one scan
+    return b"data:" in _PING_EVENT.sub(b"", batch)
+
+
 class SSEDecoder:
     """Incremental text/event-stream decoder: ``feed()`` bytes, get the completed events.
 
@@ -5404,13 +5420,18 @@ class UpstreamClient:
         head = encode_head(request_line, fields)
         while True:
             conn, reused = await self._take(origin, connect_timeout_s)
+            # timeout_s bounds sending the request and reading the whole head: an upstream that
+            # reads no body, or trickles its head, cannot hold the request (and its account's slot)
+            deadline = asyncio.get_running_loop().time() + timeout_s
+            stage = "sending the request (it read no more of it)"
             try:
                 conn.writer.write(head + body if len(body) < _ONE_WRITE_BYTES else head)
                 if len(body) >= _ONE_WRITE_BYTES:
                     conn.writer.write(body)
-                await conn.writer.drain()
+                if conn.writer.transport.get_write_buffer_size():  # else nothing to wait for: no timer
+                    await asyncio.wait_for(conn.writer.drain(), timeout_s)
+                stage = "waiting for the answer"
                 parser = ResponseParser(method)
-                deadline = asyncio.get_running_loop().time() + timeout_s  # for the whole head: no trickle
                 while True:
                     event = parser.next_event()
                     if isinstance(event, ResponseHead):
@@ -5421,7 +5442,7 @@ class UpstreamClient:
                     parser.feed(await asyncio.wait_for(conn.reader.read(_UPSTREAM_READ_SIZE), left))
             except asyncio.TimeoutError:
                 conn.abort()
-                raise UpstreamFailure(f"upstream {host}:{port} timed out", status=504) from None
+                raise UpstreamFailure(f"upstream {host}:{port} timed out {stage}", status=504) from None
             except (OSError, UpstreamFailure) as exc:
                 conn.abort()
                 if reused and isinstance(exc, (ConnectionError, UpstreamClosed)):
@@ -7395,7 +7416,7 @@ async def accumulate_events(events: AsyncIterator[bytes]) -> Dict[str, Any]:
 class _IdleWatch:
     """Closes an upstream response once ``timeout_s`` pass without an event (``saw_event()``
     says one came), so a relay waiting on a read ends then, whatever trickles in meanwhile (a
-    byte of an event, comments, chunks that translate to nothing). One timer per stream, moved
+    byte of an event, comments, pings, chunks that translate to nothing). One timer per stream, moved
     on lazily: it fires at most once per ``timeout_s``, not once per event."""
 
     def __init__(self, response: UpstreamResponse, timeout_s: float) -> None:
@@ -7440,7 +7461,7 @@ async def relay_events(head: bytes, events: AsyncIterator[bytes], response: Upst
     try:
         while True:
             if batch:
-                has_event = b"data:" in batch
+                has_event = holds_content_event(batch)
                 if has_event:
                     idle.saw_event()
                 if observe is not None:

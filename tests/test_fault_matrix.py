@@ -175,6 +175,17 @@ ONLY_MODES = {"body_huge": ("json",), "sse_line_20mb": ("stream", "forced"), "oa
 #: ... or for every kind: the 64 MB bound on a whole answer is one read for every kind
 ONLY_KINDS = {"body_huge": ("anthropic", "openai")}
 
+# time bounds: an upstream that never reads the request's body is a 504 within timeout_s (tried on
+# the other account, as any timeout); one that sends only keep-alives once its first block has
+# begun (pings, comments, empty chunks) ends the stream with an error event within timeout_s
+EXPECT.update({"body_never_read": status(504),
+               "pings_only": {"stream": _e(event=True), "forced": _e(502, 504), "*": EARLY_T}})
+#: the client's message is padded to this many bytes for these cases: more than the socket buffers
+#: between agproxy and the fake hold, so that sending it waits for the upstream to read
+REQUEST_PADDING = {"body_never_read": 8 * 1024 * 1024}
+#: (sending goes the same way in every mode; two keep the matrix's load down)
+ONLY_MODES["body_never_read"] = ("stream", "json")
+
 
 def expectation(kind: str, mode: str, case: str) -> Expect:
     if kind in ("openai", "gemini") and mode == "count":
@@ -230,6 +241,8 @@ def request_body(kind: str, mode: str, case: str) -> Dict[str, Any]:
         body["max_tokens"] = 64
     if mode == "stream":
         body["stream"] = True
+    if case in REQUEST_PADDING:
+        body["messages"][0]["content"] += " " + "x" * REQUEST_PADDING[case]
     return body
 
 
@@ -398,6 +411,14 @@ def test_fault(matrix: Matrix, kind: str, mode: str, case: str) -> None:
 def test_matrix_is_fast_and_the_fake_is_sound(matrix: Matrix) -> None:
     assert not matrix.fake.errors
     assert matrix.elapsed < 60, f"the matrix took {matrix.elapsed:.0f} s"
+
+
+def test_an_upstream_not_reading_the_body_is_tried_on_each_account(matrix: Matrix) -> None:
+    """The timeout of sending a request is a timeout like the others: the next account is tried."""
+    for kind in KINDS:
+        for mode in ("stream", "json"):
+            keys = {seen.key for seen in matrix.fake.requests_for("body_never_read", kind, mode)}
+            assert keys == {ALICE_KEY, BOB_KEY}, f"{kind}/{mode}: tried with {len(keys)} of the 2 accounts"
 
 
 def test_agproxy_survives_the_matrix(matrix: Matrix) -> None:
