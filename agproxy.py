@@ -5672,6 +5672,12 @@ class _Timeout(Exception):
     pass
 
 
+#: The answer to a request the shutdown cuts before its answer began (a stream that had begun
+#: ends with an error event instead): worth retrying, against the restarted agproxy.
+_SHUTTING_DOWN = AgproxyError("agproxy is shutting down: this request was cut before its answer began "
+                              "(shutdown_grace_s); retry it", status=503, error_type="overloaded_error")
+
+
 class Application:
     """What the HTTP shell serves: ``admit`` checks a request's head before its body is read (and
     raises an :class:`AgproxyError` to refuse it); ``handle`` answers a whole request."""
@@ -5767,6 +5773,11 @@ class HttpServer:
         while not self._stopping:
             try:
                 request = await self._read_request(conn)
+            except asyncio.CancelledError:
+                if self._stopping and not conn.parser.idle:  # cut mid-request by the shutdown: say so
+                    await self._write_response(conn, error_response(_SHUTTING_DOWN), None, keep_alive=False)
+                    self.access_log.info("- %s - 503 - - %s", conn.peer, _SHUTTING_DOWN.message)
+                raise
             except AgproxyError as exc:  # malformed HTTP, or a head refused before its body was read
                 await self._write_response(conn, error_response(exc), None, keep_alive=False)
                 refused = exc.refused_request
@@ -5860,7 +5871,10 @@ class HttpServer:
                 response = await routing
             except asyncio.CancelledError:
                 if not conn.gone:
-                    raise  # the server is shutting down
+                    if self._stopping:  # the shutdown's grace ended before the answer began: say so
+                        await self._write_response(conn, error_response(_SHUTTING_DOWN), exchange, keep_alive=False)
+                        exchange.note = " cut by the shutdown"
+                    raise
                 exchange.client_left()
                 return False
             except AgproxyError as exc:
