@@ -414,6 +414,9 @@ class Config:
     force_stream_internally: bool = True
     ping_interval_s: float = 10.0
     max_body_bytes: int = 33554432
+    #: request bodies held at once, all connections together (each costs a few times its size
+    #: while parsed and sent on): past it a body is refused with 529 before it is read
+    max_inflight_body_bytes: int = 268435456
     max_header_bytes: int = 65536
     header_timeout_s: float = 10.0
     body_timeout_s: float = 60.0
@@ -737,6 +740,11 @@ def config_from_dict(raw: Any, environ: Dict[str, str], source: str) -> Config:
                 raise ConfigError(f"model_map[{i}].upstream: no upstream is named {target!r}")
         rules.append(ModelRule(rule.text("match", required=True), tuple(targets), rule.text("model")))
     d = Config()  # every default is written once, in the dataclass
+    body_limit = fields.integer("max_body_bytes", d.max_body_bytes, 1024)
+    inflight_limit = fields.integer("max_inflight_body_bytes", max(d.max_inflight_body_bytes, body_limit), 1024)
+    if inflight_limit < body_limit:
+        raise ConfigError(f"max_inflight_body_bytes: must be at least max_body_bytes ({body_limit}), "
+                          f"got {inflight_limit}")
     return Config(
         host=fields.text("host", d.host),
         port=fields.integer("port", d.port, 0, 65535),
@@ -748,7 +756,8 @@ def config_from_dict(raw: Any, environ: Dict[str, str], source: str) -> Config:
         warmup_interception=fields.get("warmup_interception", bool, d.warmup_interception),
         force_stream_internally=fields.get("force_stream_internally", bool, d.force_stream_internally),
         ping_interval_s=fields.number("ping_interval_s", d.ping_interval_s, 0.05),
-        max_body_bytes=fields.integer("max_body_bytes", d.max_body_bytes, 1024),
+        max_body_bytes=body_limit,
+        max_inflight_body_bytes=inflight_limit,
         max_header_bytes=fields.integer("max_header_bytes", d.max_header_bytes, 1024),
         header_timeout_s=fields.number("header_timeout_s", d.header_timeout_s, 0.01),
         body_timeout_s=fields.number("body_timeout_s", d.body_timeout_s, 0.01),
@@ -1091,6 +1100,11 @@ class RequestParser:
     def buffered(self) -> int:
         """Bytes received but not yet consumed (pipelined requests wait here)."""
         return len(self._buffer)
+
+    @property
+    def body_bytes(self) -> int:
+        """Bytes of the current request's body received so far."""
+        return len(self._body)
 
     @property
     def idle(self) -> bool:
@@ -5248,6 +5262,10 @@ MAX_UPSTREAM_SMALL_BODY_BYTES = 4 * 1024 * 1024
 #: A head and body smaller than this go out in one write (one TCP segment for the usual request);
 #: larger bodies are written apart, so they are not copied to join them.
 _ONE_WRITE_BYTES = 65536
+#: A large body goes to the socket this much at a time, each piece sent before the next is
+#: written: the transport copies what it cannot send at once, and a whole body would be copied
+#: (twice, in Python 3.11's write) for each request in flight.
+_BODY_PIECE_BYTES = 1024 * 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -5383,6 +5401,17 @@ class UpstreamResponse:
             self._conn.abort()
 
 
+async def _sent(writer: asyncio.StreamWriter, deadline: float) -> None:
+    """Wait until the socket has taken what was written (down to the transport's low-water mark)
+    by the loop time ``deadline``, else :class:`asyncio.TimeoutError`."""
+    if not writer.transport.get_write_buffer_size():
+        return  # nothing to wait for (the usual case): no timer
+    left = deadline - asyncio.get_running_loop().time()
+    if left <= 0:
+        raise asyncio.TimeoutError
+    await asyncio.wait_for(writer.drain(), left)
+
+
 class UpstreamClient:
     """Sends requests upstream over asyncio connections, reusing them (one TLS handshake each)."""
 
@@ -5426,10 +5455,11 @@ class UpstreamClient:
             stage = "sending the request (it read no more of it)"
             try:
                 conn.writer.write(head + body if len(body) < _ONE_WRITE_BYTES else head)
-                if len(body) >= _ONE_WRITE_BYTES:
-                    conn.writer.write(body)
-                if conn.writer.transport.get_write_buffer_size():  # else nothing to wait for: no timer
-                    await asyncio.wait_for(conn.writer.drain(), timeout_s)
+                pieces = memoryview(body) if len(body) >= _ONE_WRITE_BYTES else memoryview(b"")
+                for start in range(0, len(pieces), _BODY_PIECE_BYTES):
+                    await _sent(conn.writer, deadline)
+                    conn.writer.write(pieces[start:start + _BODY_PIECE_BYTES])
+                await _sent(conn.writer, deadline)
                 stage = "waiting for the answer"
                 parser = ResponseParser(method)
                 while True:
@@ -5657,6 +5687,7 @@ class _Connection:
         self.busy = False
         self.gone = False
         self.responding = False  # the answer's head is written: no interim answer may follow
+        self.body_held = 0  # bytes of max_inflight_body_bytes its request holds
         self.on_gone: List[Callable[[], None]] = []
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
@@ -5704,6 +5735,7 @@ class HttpServer:
         self._server: Optional[asyncio.AbstractServer] = None
         self._connections: Dict[asyncio.Task, _Connection] = {}
         self._stopping = False
+        self._bodies_held = 0  # bytes of request bodies held, all connections together
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -5765,6 +5797,7 @@ class HttpServer:
             self.log.exception("internal error on connection from %s", conn.peer)
         finally:
             self._connections.pop(task, None)
+            self._hold_body(conn, 0)
             writer.close()
 
     # -- one connection ----------------------------------------------------------------
@@ -5798,6 +5831,7 @@ class HttpServer:
                 keep_alive = await self._answer(conn, request)
             finally:
                 conn.busy = conn.responding = False
+                self._hold_body(conn, 0)
             if not keep_alive or conn.gone:
                 return
 
@@ -5826,14 +5860,21 @@ class HttpServer:
         loop = asyncio.get_running_loop()
         deadline: Optional[float] = None
         what = ""
+        chunked = False
         while True:
             event = conn.parser.next_event()
             if isinstance(event, RequestReady):
+                self._hold_body(conn, len(event.request.body or b""))
                 return event.request
+            if chunked:
+                self._hold_body(conn, conn.parser.body_bytes)  # what has come of it so far
             if isinstance(event, HeadReady):
                 if event.has_body:
                     try:
                         self.app.admit(event.request)  # refuse before reading (and buffering) the body
+                        framing, length = request_body_framing(event.request.version, event.request.headers)
+                        chunked = framing == "chunked"
+                        self._hold_body(conn, length)  # a chunked body is held as it arrives
                     except AgproxyError as refused:
                         refused.refused_request = event.request  # for the access line: what was refused
                         raise
@@ -5859,6 +5900,22 @@ class HttpServer:
                     return None  # idle keep-alive connection: close quietly
                 raise _Timeout(f"timed out after {timeout:.0f} s waiting for the {what}") from None
             conn.parser.feed(data)
+
+    def _hold_body(self, conn: _Connection, size: int) -> None:
+        """Count ``size`` bytes as the body that ``conn``'s request holds (0 lets it go); past
+        ``max_inflight_body_bytes`` for all connections together, an :class:`AgproxyError` 529,
+        so that many large bodies at once cannot take agproxy's memory (each costs a few times
+        its size while it is parsed and sent on). A body alone always fits (the limit is at least
+        ``max_body_bytes``)."""
+        more = size - conn.body_held
+        limit = self.config.max_inflight_body_bytes
+        if more > 0 and self._bodies_held + more > limit:
+            raise AgproxyError(
+                f"agproxy already holds {self._bodies_held} bytes of request bodies in flight; this body of "
+                f"{size} bytes would pass max_inflight_body_bytes ({limit}): retry shortly",
+                status=529, error_type="overloaded_error")
+        self._bodies_held += more
+        conn.body_held = size
 
     async def _answer(self, conn: _Connection, request: Request) -> bool:
         """Route one request, write its response and log it; True if the connection stays open."""
