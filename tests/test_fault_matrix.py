@@ -182,7 +182,7 @@ EXPECT.update({"body_never_read": status(504),
                "pings_only": {"stream": _e(event=True), "forced": _e(502, 504), "*": EARLY_T}})
 #: the client's message is padded to this many bytes for these cases: more than the socket buffers
 #: between agproxy and the fake hold, so that sending it waits for the upstream to read
-REQUEST_PADDING = {"body_never_read": 8 * 1024 * 1024}
+REQUEST_PADDING = {"body_never_read": 6 * 1024 * 1024}
 #: (sending goes the same way in every mode; two keep the matrix's load down)
 ONLY_MODES["body_never_read"] = ("stream", "json")
 
