@@ -565,6 +565,9 @@ class Config:
     force_stream_internally: bool = True
     ping_interval_s: float = 10.0
     max_body_bytes: int = 33554432
+    #: request bodies held at once, all connections together (each costs a few times its size
+    #: while parsed and sent on): past it a body is refused with 529 before it is read
+    max_inflight_body_bytes: int = 268435456
     max_header_bytes: int = 65536
     header_timeout_s: float = 10.0
     body_timeout_s: float = 60.0
@@ -1006,6 +1009,11 @@ def config_from_dict(raw: Any, environ: Dict[str, str], source: str, unset_as_pl
                 raise ConfigError(f"model_map[{i}].upstream: no upstream is named {target!r}")
         rules.append(ModelRule(rule.text("match", required=True), tuple(targets), rule.text("model")))
     d = Config()  # every default is written once, in the dataclass
+    body_limit = fields.integer("max_body_bytes", d.max_body_bytes, 1024)
+    inflight_limit = fields.integer("max_inflight_body_bytes", max(d.max_inflight_body_bytes, body_limit), 1024)
+    if inflight_limit < body_limit:
+        raise ConfigError(f"max_inflight_body_bytes: must be at least max_body_bytes ({body_limit}), "
+                          f"got {inflight_limit}")
     return Config(
         host=fields.text("host", d.host),
         port=fields.integer("port", d.port, 0, 65535),
@@ -1017,7 +1025,8 @@ def config_from_dict(raw: Any, environ: Dict[str, str], source: str, unset_as_pl
         warmup_interception=fields.get("warmup_interception", bool, d.warmup_interception),
         force_stream_internally=fields.get("force_stream_internally", bool, d.force_stream_internally),
         ping_interval_s=fields.number("ping_interval_s", d.ping_interval_s, 0.05),
-        max_body_bytes=fields.integer("max_body_bytes", d.max_body_bytes, 1024),
+        max_body_bytes=body_limit,
+        max_inflight_body_bytes=inflight_limit,
         max_header_bytes=fields.integer("max_header_bytes", d.max_header_bytes, 1024),
         header_timeout_s=fields.number("header_timeout_s", d.header_timeout_s, 0.01),
         body_timeout_s=fields.number("body_timeout_s", d.body_timeout_s, 0.01),
@@ -1363,6 +1372,11 @@ class RequestParser:
     def buffered(self) -> int:
         """Bytes received but not yet consumed (pipelined requests wait here)."""
         return len(self._buffer)
+
+    @property
+    def body_bytes(self) -> int:
+        """Bytes of the current request's body received so far."""
+        return len(self._body)
 
     @property
     def idle(self) -> bool:
@@ -1730,6 +1744,22 @@ def encode_sse(event: Optional[str], data: str) -> bytes:
 def encode_sse_json(event: str, payload: Dict[str, Any]) -> bytes:
     """Encode an Anthropic SSE event whose data is a JSON object."""
     return encode_sse(event, json.dumps(payload, separators=(",", ":"), ensure_ascii=False))
+
+
+#: A ping event, as the relay carries events (whole, LF line endings): named ``ping``, or a
+#: ``{"type": "ping"}`` without a name.
+_PING_EVENT = re.compile(rb'(?:(?<=\n\n)|\A)(?:event: ?ping\n(?:data:[^\n]*\n)*'
+                         rb'|(?:event: ?[^\n]*\n)?data: ?\{ ?"type": ?"ping" ?\}\n)\n')
+
+
+def holds_content_event(batch: bytes) -> bool:
+    """True when ``batch`` (whole events, LF line endings) holds an event with data that is not a
+    ping: pings and comments keep a connection open but say nothing of the answer going on."""
+    if b"data:" not in batch:
+        return False
+    if b"ping" not in batch:
+        return True  # the usual batch, at the cost of one scan
+    return b"data:" in _PING_EVENT.sub(b"", batch)
 
 
 class SSEDecoder:
@@ -6000,6 +6030,10 @@ MAX_UPSTREAM_SMALL_BODY_BYTES = 4 * 1024 * 1024
 #: A head and body smaller than this go out in one write (one TCP segment for the usual request);
 #: larger bodies are written apart, so they are not copied to join them.
 _ONE_WRITE_BYTES = 65536
+#: A large body goes to the socket this much at a time, each piece sent before the next is
+#: written: the transport copies what it cannot send at once, and a whole body would be copied
+#: (twice, in Python 3.11's write) for each request in flight.
+_BODY_PIECE_BYTES = 1024 * 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -6077,6 +6111,8 @@ class UpstreamResponse:
         self.handed_off = False
         #: closed by agproxy before its end (a deadline, a departed client), not ended by the upstream
         self.aborted = False
+        #: let go because nobody wants the rest (its client left): a read it cuts short is no fault
+        self.abandoned = False
         self._done = False
 
     def header(self, name: str) -> Optional[str]:
@@ -6142,6 +6178,17 @@ def _read_outcome(task: asyncio.Future) -> None:
         task.exception()
 
 
+async def _sent(writer: asyncio.StreamWriter, deadline: float) -> None:
+    """Wait until the socket has taken what was written (down to the transport's low-water mark)
+    by the loop time ``deadline``, else :class:`asyncio.TimeoutError`."""
+    if not writer.transport.get_write_buffer_size():
+        return  # nothing to wait for (the usual case): no timer
+    left = deadline - asyncio.get_running_loop().time()
+    if left <= 0:
+        raise asyncio.TimeoutError
+    await asyncio.wait_for(writer.drain(), left)
+
+
 class UpstreamClient:
     """Sends requests upstream over asyncio connections, reusing them (one TLS handshake each)."""
 
@@ -6179,13 +6226,19 @@ class UpstreamClient:
         head = encode_head(request_line, fields)
         while True:
             conn, reused = await self._take(origin, connect_timeout_s)
+            # timeout_s bounds sending the request and reading the whole head: an upstream that
+            # reads no body, or trickles its head, cannot hold the request (and its account's slot)
+            deadline = asyncio.get_running_loop().time() + timeout_s
+            stage = "sending the request (it read no more of it)"
             try:
                 conn.writer.write(head + body if len(body) < _ONE_WRITE_BYTES else head)
-                if len(body) >= _ONE_WRITE_BYTES:
-                    conn.writer.write(body)
-                await conn.writer.drain()
+                pieces = memoryview(body) if len(body) >= _ONE_WRITE_BYTES else memoryview(b"")
+                for start in range(0, len(pieces), _BODY_PIECE_BYTES):
+                    await _sent(conn.writer, deadline)
+                    conn.writer.write(pieces[start:start + _BODY_PIECE_BYTES])
+                await _sent(conn.writer, deadline)
+                stage = "waiting for the answer"
                 parser = ResponseParser(method)
-                deadline = asyncio.get_running_loop().time() + timeout_s  # for the whole head: no trickle
                 while True:
                     event = parser.next_event()
                     if isinstance(event, ResponseHead):
@@ -6196,7 +6249,7 @@ class UpstreamClient:
                     parser.feed(await asyncio.wait_for(conn.reader.read(_UPSTREAM_READ_SIZE), left))
             except asyncio.TimeoutError:
                 conn.abort()
-                raise UpstreamFailure(f"upstream {host}:{port} timed out", status=504) from None
+                raise UpstreamFailure(f"upstream {host}:{port} timed out {stage}", status=504) from None
             except (OSError, UpstreamFailure) as exc:
                 conn.abort()
                 if reused and isinstance(exc, (ConnectionError, UpstreamClosed)):
@@ -6396,6 +6449,12 @@ class _Exchange:
         self.note = ""
         self.started = time.monotonic()
 
+    def client_left(self) -> None:
+        """The client closed its connection before its answer ended: the access line says so (499,
+        nginx's "client closed request"), and nothing else logs it as a fault."""
+        self.status = 499
+        self.note = " client closed the connection"
+
 
 class _Connection:
     """One client connection: its streams, parser and the callbacks to run if the client leaves."""
@@ -6407,6 +6466,7 @@ class _Connection:
         self.busy = False
         self.gone = False
         self.responding = False  # the answer's head is written: no interim answer may follow
+        self.body_held = 0  # bytes of max_inflight_body_bytes its request holds
         self.on_gone: List[Callable[[], None]] = []
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
@@ -6420,6 +6480,12 @@ class _Connection:
 
 class _Timeout(Exception):
     pass
+
+
+#: The answer to a request the shutdown cuts before its answer began (a stream that had begun
+#: ends with an error event instead): worth retrying, against the restarted agproxy.
+_SHUTTING_DOWN = AgproxyError("agproxy is shutting down: this request was cut before its answer began "
+                              "(shutdown_grace_s); retry it", status=503, error_type="overloaded_error")
 
 
 class Application:
@@ -6448,6 +6514,7 @@ class HttpServer:
         self._server: Optional[asyncio.AbstractServer] = None
         self._connections: Dict[asyncio.Task, _Connection] = {}
         self._stopping = False
+        self._bodies_held = 0  # bytes of request bodies held, all connections together
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -6509,6 +6576,7 @@ class HttpServer:
             self.log.exception("internal error on connection from %s", conn.peer)
         finally:
             self._connections.pop(task, None)
+            self._hold_body(conn, 0)
             writer.close()
 
     # -- one connection ----------------------------------------------------------------
@@ -6517,6 +6585,11 @@ class HttpServer:
         while not self._stopping:
             try:
                 request = await self._read_request(conn)
+            except asyncio.CancelledError:
+                if self._stopping and not conn.parser.idle:  # cut mid-request by the shutdown: say so
+                    await self._write_response(conn, error_response(_SHUTTING_DOWN), None, keep_alive=False)
+                    self.access_log.info("- %s - 503 - - %s", conn.peer, _SHUTTING_DOWN.message)
+                raise
             except AgproxyError as exc:  # malformed HTTP, or a head refused before its body was read
                 await self._write_response(conn, error_response(exc), None, keep_alive=False)
                 refused = exc.refused_request
@@ -6537,6 +6610,7 @@ class HttpServer:
                 keep_alive = await self._answer(conn, request)
             finally:
                 conn.busy = conn.responding = False
+                self._hold_body(conn, 0)
             if not keep_alive or conn.gone:
                 return
 
@@ -6565,14 +6639,21 @@ class HttpServer:
         loop = asyncio.get_running_loop()
         deadline: Optional[float] = None
         what = ""
+        chunked = False
         while True:
             event = conn.parser.next_event()
             if isinstance(event, RequestReady):
+                self._hold_body(conn, len(event.request.body or b""))
                 return event.request
+            if chunked:
+                self._hold_body(conn, conn.parser.body_bytes)  # what has come of it so far
             if isinstance(event, HeadReady):
                 if event.has_body:
                     try:
                         self.app.admit(event.request)  # refuse before reading (and buffering) the body
+                        framing, length = request_body_framing(event.request.version, event.request.headers)
+                        chunked = framing == "chunked"
+                        self._hold_body(conn, length)  # a chunked body is held as it arrives
                     except AgproxyError as refused:
                         refused.refused_request = event.request  # for the access line: what was refused
                         raise
@@ -6599,6 +6680,22 @@ class HttpServer:
                 raise _Timeout(f"timed out after {timeout:.0f} s waiting for the {what}") from None
             conn.parser.feed(data)
 
+    def _hold_body(self, conn: _Connection, size: int) -> None:
+        """Count ``size`` bytes as the body that ``conn``'s request holds (0 lets it go); past
+        ``max_inflight_body_bytes`` for all connections together, an :class:`AgproxyError` 529,
+        so that many large bodies at once cannot take agproxy's memory (each costs a few times
+        its size while it is parsed and sent on). A body alone always fits (the limit is at least
+        ``max_body_bytes``)."""
+        more = size - conn.body_held
+        limit = self.config.max_inflight_body_bytes
+        if more > 0 and self._bodies_held + more > limit:
+            raise AgproxyError(
+                f"agproxy already holds {self._bodies_held} bytes of request bodies in flight; this body of "
+                f"{size} bytes would pass max_inflight_body_bytes ({limit}): retry shortly",
+                status=529, error_type="overloaded_error")
+        self._bodies_held += more
+        conn.body_held = size
+
     async def _answer(self, conn: _Connection, request: Request) -> bool:
         """Route one request, write its response and log it; True if the connection stays open."""
         exchange = _Exchange(request, conn.on_gone)
@@ -6610,8 +6707,11 @@ class HttpServer:
                 response = await routing
             except asyncio.CancelledError:
                 if not conn.gone:
-                    raise  # the server is shutting down
-                exchange.status = 499
+                    if self._stopping:  # the shutdown's grace ended before the answer began: say so
+                        await self._write_response(conn, error_response(_SHUTTING_DOWN), exchange, keep_alive=False)
+                        exchange.note = " cut by the shutdown"
+                    raise
+                exchange.client_left()
                 return False
             except AgproxyError as exc:
                 exc.message = self.redact.text(exc.message)  # an upstream's text may echo a key
@@ -6623,7 +6723,7 @@ class HttpServer:
             if conn.gone:
                 if isinstance(response, StreamingResponse):
                     response.abort()
-                exchange.status = 499
+                exchange.client_left()
                 return False
             if isinstance(response, StreamingResponse) and request.version < (1, 1):
                 keep_alive = False  # without chunked encoding the end of the stream is the close
@@ -6695,7 +6795,8 @@ class HttpServer:
         headers = [(name, self.redact.text(value)) for name, value in headers if self.redact.text(name) == name]
         if isinstance(response, Response):
             body = redact(response.body)
-            headers.append(("Content-Length", str(len(body))))
+            if response.status != 204:  # RFC 9110 8.6: a 204 must not carry Content-Length (nor a body)
+                headers.append(("Content-Length", str(len(body))))
             head = response_head(response.status, headers)
             if head_only or not body:
                 writer.write(head)
@@ -6724,6 +6825,8 @@ class HttpServer:
                 await self._drain(conn)
         except (ConnectionError, OSError):
             conn.client_left()
+            if exchange is not None:
+                exchange.client_left()
             raise
         except asyncio.CancelledError:
             if self._stopping and not conn.gone:
@@ -6736,7 +6839,7 @@ class HttpServer:
             if aclose is not None:
                 await aclose()
         if conn.gone and exchange is not None:
-            exchange.status = 499
+            exchange.client_left()
 
     def _end_cut_stream(self, conn: _Connection, exchange: Optional[_Exchange], chunked: bool) -> None:
         """A stream the shutdown cuts still ends as a stream: an error event, then the body's end."""
@@ -7245,6 +7348,7 @@ class Server(Application):
         release = self.pool.hold(upstream, account)
 
         def abort() -> None:
+            response.abandoned = True
             response.close()
             release()
 
@@ -8331,7 +8435,7 @@ async def accumulate_events(events: AsyncIterator[bytes]) -> Dict[str, Any]:
 class _IdleWatch:
     """Closes an upstream response once ``timeout_s`` pass without an event (``saw_event()``
     says one came), so a relay waiting on a read ends then, whatever trickles in meanwhile (a
-    byte of an event, comments, chunks that translate to nothing). One timer per stream, moved
+    byte of an event, comments, pings, chunks that translate to nothing). One timer per stream, moved
     on lazily: it fires at most once per ``timeout_s``, not once per event."""
 
     def __init__(self, response: UpstreamResponse, timeout_s: float) -> None:
@@ -8376,7 +8480,7 @@ async def relay_events(head: bytes, events: AsyncIterator[bytes], response: Upst
     try:
         while True:
             if batch:
-                has_event = b"data:" in batch
+                has_event = holds_content_event(batch)
                 if has_event:
                     idle.saw_event()
                 if observe is not None:
@@ -8403,6 +8507,8 @@ async def relay_events(head: bytes, events: AsyncIterator[bytes], response: Upst
     except StopAsyncIteration:
         pass
     except AgproxyError as exc:
+        if response.abandoned and not idle.expired:
+            return  # its client left, cutting the read short (the access line says so): nothing broke upstream
         message = f"sent no event for {response.timeout_s:g} s (timeout_s)" if idle.expired else exc.message
         logging.getLogger("agproxy").warning("the stream of upstream %r broke after it began: %s", upstream, message)
         yield encode_sse_json("error", error_body("api_error" if idle.expired else exc.error_type,

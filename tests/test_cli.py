@@ -135,6 +135,61 @@ def test_a_stream_longer_than_the_grace_ends_with_an_error_event_and_is_logged_c
         assert "second interrupt: stopping at once; 1 request(s) in flight cut" in proxy.log()
 
 
+def test_requests_still_waiting_when_the_grace_ends_get_an_answer(start_agproxy):
+    """SIGTERM with two requests waiting: one for the upstream's first byte, one for the account's
+    only max_concurrency slot. When shutdown_grace_s ends, each gets an answer (503 in the Anthropic
+    shape saying agproxy is shutting down), not a connection closed without one."""
+    from tests.fakes.misbehaving import ALICE_KEY, MisbehavingUpstream
+    from tests.wire_check import error_shape_problems, post_json
+
+    with MisbehavingUpstream() as fake:
+        config = {"auth_mode": "off", "state_file": "", "shutdown_grace_s": 1, "max_retry_attempts": 1,
+                  "upstreams": [{"name": "u", "kind": "anthropic", "base_url": fake.url_for("hang", "anthropic", "x"),
+                                 "timeout_s": 30, "accounts": [{"name": "a", "api_key": ALICE_KEY,
+                                                                "max_concurrency": 1}]}]}
+        proxy = start_agproxy(config, process=True)
+        answers = {}
+
+        def ask(name, stream):
+            body = {"model": "m", "max_tokens": 5, "stream": stream, "messages": [{"role": "user", "content": "x"}]}
+            answers[name] = post_json(proxy.port, "/v1/messages", body, 15)
+
+        threads = [threading.Thread(target=ask, args=("first byte", True))]
+        threads[0].start()
+        while not fake.requests_for("hang", "anthropic", "x"):
+            time.sleep(0.05)
+        threads.append(threading.Thread(target=ask, args=("slot", False)))
+        threads[1].start()
+        time.sleep(0.5)
+        proxy.proc.send_signal(signal.SIGTERM)
+        assert proxy.proc.wait(10) == 0
+        for thread in threads:
+            thread.join(10)
+    for name in ("first byte", "slot"):
+        answer = answers[name]
+        assert answer.status == 503 and not error_shape_problems(answer.body, "overloaded_error"), \
+            f"{name}: {answer.describe(300)}"
+        assert b"shutting down" in answer.body, f"{name}: {answer.describe(300)}"
+    assert proxy.log().count(" cut by the shutdown") == 2, proxy.log()
+
+
+def test_a_request_still_arriving_at_shutdown_gets_an_answer(start_agproxy):
+    """SIGTERM while a client is still sending its request's body: it gets the 503 saying agproxy
+    is shutting down (idle keep-alive connections are simply closed)."""
+    from tests.wire_check import error_shape_problems, read_answer
+
+    proxy = start_agproxy({"upstreams": [{"name": "d", "kind": "demo"}]}, process=True)
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+        sock.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 1000\r\n\r\n{\"model\": ")
+        time.sleep(0.3)
+        proxy.proc.send_signal(signal.SIGTERM)
+        answer = read_answer(sock, 10)
+    assert proxy.proc.wait(10) == 0
+    assert answer.status == 503 and not error_shape_problems(answer.body, "overloaded_error"), answer.describe(300)
+    assert b"shutting down" in answer.body
+
+
 def test_sighup_is_ignored_with_a_log_line(start_agproxy):
     proxy = start_agproxy({"upstreams": [{"name": "d", "kind": "demo"}]}, process=True)
     proxy.proc.send_signal(signal.SIGHUP)

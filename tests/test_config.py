@@ -88,6 +88,22 @@ def test_validation_names_the_key(changes, message):
     assert caught.value.message.startswith(message)
 
 
+def test_the_inflight_body_budget_is_at_least_one_body():
+    """max_inflight_body_bytes below max_body_bytes would refuse a lone body: a config error that
+    names both; its default grows with a raised max_body_bytes."""
+    with pytest.raises(ConfigError) as caught:
+        config_from_dict(with_changes(max_body_bytes=2000000, max_inflight_body_bytes=1000000),
+                         {"ANTHROPIC_API_KEY": "x"}, "test")
+    assert caught.value.message == "max_inflight_body_bytes: must be at least max_body_bytes (2000000), got 1000000"
+    with pytest.raises(ConfigError) as caught:
+        config_from_dict(with_changes(max_inflight_body_bytes="lots"), {"ANTHROPIC_API_KEY": "x"}, "test")
+    assert caught.value.message.startswith("max_inflight_body_bytes: must be an integer")
+    config = config_from_dict(GOOD, {"ANTHROPIC_API_KEY": "x"}, "test")
+    assert config.max_inflight_body_bytes == 256 * 1024 * 1024
+    config = config_from_dict(with_changes(max_body_bytes=512 * 1024 * 1024), {"ANTHROPIC_API_KEY": "x"}, "test")
+    assert config.max_inflight_body_bytes == 512 * 1024 * 1024
+
+
 def test_lookup_order(tmp_path: Path):
     home, cwd = tmp_path / "home", tmp_path / "cwd"
     (home / ".config" / "agproxy").mkdir(parents=True)

@@ -47,6 +47,7 @@ from tests.fakes.misbehaving import (
     MisbehavingUpstream,
     Send,
     Sleep,
+    Trickle,
     big_delta,
     events_of,
     good,
@@ -179,6 +180,17 @@ ONLY_MODES = {"body_huge": ("json",), "sse_line_20mb": ("stream", "forced"), "oa
 #: ... or for every kind: the 64 MB bound on a whole answer is one read for every kind
 ONLY_KINDS = {"body_huge": ("anthropic", "openai")}
 
+# time bounds: an upstream that never reads the request's body is a 504 within timeout_s (tried on
+# the other account, as any timeout); one that sends only keep-alives once its first block has
+# begun (pings, comments, empty chunks) ends the stream with an error event within timeout_s
+EXPECT.update({"body_never_read": status(504),
+               "pings_only": {"stream": _e(event=True), "forced": _e(502, 504), "*": EARLY_T}})
+#: the client's message is padded to this many bytes for these cases: more than the socket buffers
+#: between agproxy and the fake hold, so that sending it waits for the upstream to read
+REQUEST_PADDING = {"body_never_read": 6 * 1024 * 1024}
+#: (sending goes the same way in every mode; two keep the matrix's load down)
+ONLY_MODES["body_never_read"] = ("stream", "json")
+
 
 def expectation(kind: str, mode: str, case: str) -> Expect:
     if kind in ("openai", "gemini") and mode == "count":
@@ -235,6 +247,8 @@ def request_body(kind: str, mode: str, case: str) -> Dict[str, Any]:
         body["max_tokens"] = 64
     if mode == "stream":
         body["stream"] = True
+    if case in REQUEST_PADDING:
+        body["messages"][0]["content"] += " " + "x" * REQUEST_PADDING[case]
     return body
 
 
@@ -403,6 +417,14 @@ def test_fault(matrix: Matrix, kind: str, mode: str, case: str) -> None:
 def test_matrix_is_fast_and_the_fake_is_sound(matrix: Matrix) -> None:
     assert not matrix.fake.errors
     assert matrix.elapsed < 60, f"the matrix took {matrix.elapsed:.0f} s"
+
+
+def test_an_upstream_not_reading_the_body_is_tried_on_each_account(matrix: Matrix) -> None:
+    """The timeout of sending a request is a timeout like the others: the next account is tried."""
+    for kind in KINDS:
+        for mode in ("stream", "json"):
+            keys = {seen.key for seen in matrix.fake.requests_for("body_never_read", kind, mode)}
+            assert keys == {ALICE_KEY, BOB_KEY}, f"{kind}/{mode}: tried with {len(keys)} of the 2 accounts"
 
 
 def test_agproxy_survives_the_matrix(matrix: Matrix) -> None:
@@ -709,3 +731,39 @@ def test_echoed_header_credentials_stay_out_of_log_state_and_accounts_page(matri
         assert "echo_header_credentials_401" in saved, saved[:2000]
         problems += [f"{name} state file: {s}" for s in spelled(saved)]
     assert not problems, "\n".join(problems)
+
+
+# -- a client that leaves mid-stream is the client's doing, not the upstream's ------------------------
+
+def _first_events_then_trickle(every_s: float) -> Any:
+    """The head and first events of a proper stream of this kind, then one of its text events again
+    and again, ``every_s`` apart (a long answer being written)."""
+    def make(ctx: Any) -> List[Any]:
+        events = events_of(ctx, "a long answer being written")
+        return [Send(sse_response(events[:3])[:-5]),  # without the last chunk: the stream goes on
+                Trickle(b"%x\r\n%b\r\n" % (len(events[3]), events[3]), every_s=every_s, for_s=20)]
+    return make
+
+
+@pytest.mark.parametrize("every_s", [0.05, 1.0], ids=["fast", "slow"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_client_leaving_mid_stream_is_logged_as_the_client_leaving(start_agproxy: Any, kind: str,
+                                                                      every_s: float) -> None:
+    """Claude Code's Esc closes the connection mid-stream: agproxy's log says the client left (its
+    access line, INFO: 499), not that the upstream's stream broke (WARNING), whether
+    agproxy notices it writing an event (``fast``) or watching the socket while it waits (``slow``)."""
+    with MisbehavingUpstream({"stall": _first_events_then_trickle(every_s)}) as fake:
+        proxy = start_agproxy(single_upstream_config(fake, [(kind, "stream", "stall")]))
+        body = json.dumps(request_body(kind, "stream", "stall")).encode()
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+            sock.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n%b" % (len(body), body))
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        deadline = time.monotonic() + 5
+        while "agproxy.access" not in proxy.log() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        log = proxy.log()
+    access = [line for line in log.splitlines() if "agproxy.access" in line]
+    assert any(" 499 " in line and "client closed the connection" in line for line in access), log
+    assert "broke after it began" not in log and " WARNING " not in log, log

@@ -22,6 +22,7 @@ class ScriptedResponse:
         self.timeout_s = timeout_s
         self.closed = False
         self.aborted = False
+        self.abandoned = False
         self.handed_off = False
         self._closing: Optional[asyncio.Event] = None
 

@@ -241,3 +241,68 @@ def test_http10_stream_ends_with_the_close_even_when_keep_alive_was_asked(demo):
     head, _, rest = data.partition(b"\r\n\r\n")
     assert b"Connection: close" in head and b"Transfer-Encoding" not in head
     assert rest.endswith(b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n")
+
+
+# -- a 204 carries no body and no Content-Length (RFC 9110 8.6) ------------------------------------
+
+def test_cors_preflight_204_has_no_content_length(start_agproxy):
+    """RFC 9110 8.6: a server MUST NOT send Content-Length in a 204 response."""
+    proxy = start_agproxy({"upstreams": [DEMO], "allowed_origins": ["http://localhost:3000"]})
+    wire = (b"OPTIONS /v1/messages HTTP/1.1\r\nHost: localhost\r\nOrigin: http://localhost:3000\r\n"
+            b"Access-Control-Request-Method: POST\r\n\r\n"
+            b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+    data = raw_request(proxy.port, wire)
+    head, _, rest = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 204 ")
+    assert b"content-length" not in head.lower(), head
+    assert b"transfer-encoding" not in head.lower(), head
+    assert rest.startswith(b"HTTP/1.1 200 "), "the next response must follow the 204's head at once"
+
+
+# -- request bodies held at once are bounded (max_inflight_body_bytes) -------------------------------
+
+def _open_upload(port: int, length: int) -> socket.socket:
+    """A request whose head says ``length`` bytes of body, of which nothing is sent yet."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n" % length)
+    return sock
+
+
+def _answered_at_once(sock: socket.socket) -> bytes:
+    """What the server sends within half a second (b"" when it is waiting for the body)."""
+    ready, _, _ = select.select([sock], [], [], 0.5)
+    return sock.recv(65536) if ready else b""
+
+
+def test_the_body_past_the_inflight_budget_gets_529_before_it_is_read(start_agproxy):
+    """With the defaults (max_body_bytes 32 MiB, max_inflight_body_bytes 256 MiB), eight uploads of
+    30 MiB are taken; the ninth is refused with 529 overloaded_error at its head, before its body is
+    read; once the eight are gone, eight more are taken again."""
+    proxy = start_agproxy({"upstreams": [DEMO]})
+    size = 30 * 1024 * 1024
+    for _ in range(2):
+        uploads = [_open_upload(proxy.port, size) for _ in range(8)]
+        time.sleep(0.2)
+        assert [_answered_at_once(sock) for sock in uploads] == [b""] * 8
+        ninth = _open_upload(proxy.port, size)
+        answer = split_responses(_answered_at_once(ninth))
+        ninth.close()
+        assert answer and answer[0][0] == 529, answer
+        error = json.loads(answer[0][2])["error"]
+        assert error["type"] == "overloaded_error" and "max_inflight_body_bytes" in error["message"], error
+        for sock in uploads:
+            sock.close()
+        time.sleep(0.3)
+
+
+def test_a_chunked_body_counts_against_the_inflight_budget_as_it_arrives(start_agproxy):
+    proxy = start_agproxy({"upstreams": [DEMO], "max_body_bytes": 100000, "max_inflight_body_bytes": 150000})
+    held = _open_upload(proxy.port, 100000)
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+        sock.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n")
+        sock.sendall(b"%x\r\n%b\r\n" % (60000, b" " * 60000))
+        answer = split_responses(_answered_at_once(sock))
+    held.close()
+    assert answer and answer[0][0] == 529, answer

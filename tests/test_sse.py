@@ -100,3 +100,22 @@ def test_encode_then_decode_round_trips(events, step):
     wire = b"".join(encode_sse(name, data) for name, data in events)
     decoded = decode(wire, step)
     assert [(e.event, e.data) for e in decoded] == list(events)
+
+
+# -- what counts as the answer going on: anything but pings ----------------------------------------
+
+_PINGS = [b'event: ping\ndata: {"type": "ping"}\n\n', b'event: ping\ndata: {"type":"ping"}\n\n',
+          b'event:ping\ndata: {}\n\n', b'data: {"type": "ping"}\n\n']
+_CONTENT = [b'event: content_block_delta\ndata: {"type":"content_block_delta","delta":{"text":"mapping"}}\n\n',
+            b'event: content_block_delta\ndata: {"delta":{"text":"event: ping\\ndata: x"}}\n\n',
+            b'data: {"type": "pings"}\n\n', b'event: pingback\ndata: {}\n\n',
+            b'event: message_delta\ndata: {"type":"message_delta"}\n\n']
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 4)), max_size=6))
+def test_a_batch_holds_content_unless_it_is_only_pings(picks):
+    from agproxy import holds_content_event
+    batch = b"".join((_CONTENT if content else _PINGS)[i % (len(_CONTENT) if content else len(_PINGS))]
+                     for content, i in picks)
+    assert holds_content_event(batch) == any(content for content, _ in picks), batch

@@ -884,6 +884,42 @@ _simple("echo_header_credentials_401", "http", lambda ctx: _error_status(
     401, "Unauthorized", body=lambda c: error_json(c, 401, echo_text(c)), headers=_echo_headers(ctx))(ctx))
 
 
+# time bounds: a body never read, pings only ----------------------------------------------------------
+
+#: Cases whose requests the fake reads only the head of: the body stays unread (in the socket
+#: buffers, then in agproxy's), as a server that has stopped reading would leave it.
+BODY_UNREAD = {"body_never_read"}
+
+_simple("body_never_read", "http", lambda ctx: [Sleep(30)])
+
+
+def _keepalives(ctx: Ctx) -> bytes:
+    """The keep-alive traffic of this kind that carries nothing, as one chunk: an SSE comment, and
+    Anthropic's ``ping`` event, or chunks with no content (OpenAI, Gemini)."""
+    empty = {"anthropic": [sse("ping", {"type": "ping"}), b"event: ping\ndata: {\"type\": \"ping\"}\n\n"],
+             "openai": [sse(None, {"id": "chatcmpl-misbehaving", "choices": []}), sse(None, oa_chunk({})),
+                        sse(None, oa_chunk({"content": ""}))],
+             "gemini": [b"data: " + json.dumps({"candidates": []}).encode() + b"\r\n\r\n",
+                        b"data: " + json.dumps({"candidates": [{"content": {"parts": [{"text": ""}], "role": "model"},
+                                                                "index": 0}]}).encode() + b"\r\n\r\n"]}[ctx.kind]
+    data = b": keepalive\n\n" + b"".join(empty)
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+@recipe("pings_only")
+def _pings_only(ctx: Ctx) -> List[Action]:
+    """A stream whose first block has begun, then only keep-alives (pings, comments, empty chunks),
+    for ever; a JSON answer whose body is only whitespace, for ever."""
+    if not ctx.stream or ctx.count:
+        return [Send(head("200 OK", [("Content-Type", "application/json"), ("Transfer-Encoding", "chunked")])),
+                Trickle(b"1\r\n \r\n", every_s=0.2, for_s=25)]
+    events = events_of(ctx)
+    begun = events[:2] if ctx.kind != "gemini" else events[:1]  # the first block has begun
+    return [Send(head("200 OK", [("Content-Type", "text/event-stream"), ("Transfer-Encoding", "chunked")])),
+            Send(b"".join(b"%x\r\n%b\r\n" % (len(e), e) for e in begun)),
+            Trickle(_keepalives(ctx), every_s=0.2, for_s=25)]
+
+
 # -- the server ----------------------------------------------------------------------------------------
 
 class MisbehavingUpstream:
@@ -929,6 +965,8 @@ class MisbehavingUpstream:
                 name, _, value = line.partition(":")
                 headers.append((name.strip(), value.strip()))
         length = next((v for k, v in headers if k.lower() == "content-length"), "0")
+        if target.split("/")[2:3] and target.split("/")[2] in BODY_UNREAD:
+            length = "0"  # the body is left unread
         try:
             body = await reader.readexactly(int(length)) if int(length) else b""
         except (asyncio.IncompleteReadError, ConnectionError, ValueError):
