@@ -1610,6 +1610,11 @@ def _model_object(model_id: str, display_name: str, created_at: Optional[str] = 
 #: Deepest nesting of objects and lists taken in a request (Claude Code's deepest, an MCP tool's
 #: schema, is about 15): past this, recursive clean-up and translation would run out of stack.
 MAX_JSON_DEPTH = 64
+#: Deepest nesting taken in what an upstream sends: the request's limit plus room for the wrappers
+#: an answer puts around a value (Gemini's tool arguments sit 7 levels down), so that whatever a
+#: client may send back is read; deeper, it is garbage (a 502, tried on another account) before a
+#: recursive walk (a copy, a translator) could run out of stack.
+MAX_UPSTREAM_JSON_DEPTH = MAX_JSON_DEPTH + 16
 #: Largest max_tokens taken: ten times what the largest model writes today (Claude Code asks 128000).
 MAX_OUTPUT_TOKENS = 1_280_000
 #: Longest model name taken; it is echoed in ``X-Mapped-Model`` (real ids are under 100).
@@ -1644,21 +1649,33 @@ _LONE_SURROGATE_TEXT = re.compile(_LONE_SURROGATE)
 _LONE_SURROGATE_BYTES = re.compile(_LONE_SURROGATE.encode())
 
 
-def loads_strict(data: Union[bytes, str], repair_surrogates: bool = True) -> Any:
+def _decode_bounded(text: str, max_depth: int) -> Any:
+    """``text`` decoded by the strict decoder, refused (:class:`JSONTooDeep`) when it nests deeper
+    than ``max_depth``. The depth is walked only when the text has that many brackets at all, so
+    an ordinary event costs two counts of characters, not a second walk."""
+    try:
+        value = _STRICT_JSON.decode(text)
+    except RecursionError:
+        raise JSONTooDeep("JSON nested too deeply") from None
+    if text.count("[") + text.count("{") > max_depth and _too_deep(value, max_depth):
+        raise JSONTooDeep(f"JSON nested deeper than {max_depth} levels")
+    return value
+
+
+def loads_strict(data: Union[bytes, str], repair_surrogates: bool = True,
+                 max_depth: int = MAX_UPSTREAM_JSON_DEPTH) -> Any:
     """``json.loads`` that refuses what is not JSON although Python takes it: ``NaN``,
-    ``Infinity``, numbers too large for a float, nesting deeper than Python's stack. Raises
-    ``ValueError`` (``UnicodeDecodeError`` for bytes that are not UTF-8 is one). Everything an
-    upstream sends is read with it; an unpaired surrogate escape in it becomes U+FFFD, so that
-    what agproxy passes on is valid Unicode."""
+    ``Infinity``, numbers too large for a float or with more digits than ``int()`` takes, nesting
+    deeper than ``max_depth`` (:class:`JSONTooDeep`). Raises ``ValueError``
+    (``UnicodeDecodeError`` for bytes that are not UTF-8 is one). Everything an upstream sends is
+    read with it; an unpaired surrogate escape in it becomes U+FFFD, so that what agproxy passes
+    on is valid Unicode."""
     if repair_surrogates and ("\\u" in data if isinstance(data, str) else b"\\u" in data):
         if isinstance(data, str):
             data = _LONE_SURROGATE_TEXT.sub(r"\1\\ufffd", data)
         else:
             data = _LONE_SURROGATE_BYTES.sub(rb"\1\\ufffd", data)
-    try:
-        return _STRICT_JSON.decode(data if isinstance(data, str) else data.decode("utf-8"))
-    except RecursionError:
-        raise JSONTooDeep("JSON nested too deeply") from None
+    return _decode_bounded(data if isinstance(data, str) else data.decode("utf-8"), max_depth)
 
 
 def _too_deep(value: Any, limit: int) -> bool:
@@ -1680,15 +1697,13 @@ def parse_json_body(body: bytes) -> Dict[str, Any]:
     if not body:
         raise InvalidRequest("request body is empty; expected a JSON object")
     try:
-        value = loads_strict(body, repair_surrogates=False)
+        value = loads_strict(body, repair_surrogates=False, max_depth=MAX_JSON_DEPTH)
     except JSONTooDeep:
         raise InvalidRequest(f"request body nests deeper than {MAX_JSON_DEPTH} levels") from None
     except ValueError as exc:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise InvalidRequest(f"request body must be a JSON object, got {type(value).__name__}")
-    if _too_deep(value, MAX_JSON_DEPTH):
-        raise InvalidRequest(f"request body nests deeper than {MAX_JSON_DEPTH} levels")
     if _SURROGATE_ESCAPE.search(body):
         try:
             json.dumps(value, ensure_ascii=False).encode("utf-8")
@@ -1709,6 +1724,18 @@ def _is_int(value: Any) -> bool:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+#: Largest token count taken from an upstream (usage, a count, a window or a prompt size in its
+#: words): a thousand times the largest window today. A larger one is garbage and read as absent:
+#: it means nothing, and past 4300 digits ``int()`` and ``str()`` refuse it (a float overflows sooner).
+MAX_UPSTREAM_TOKENS = 10**9
+
+
+def upstream_count(value: Any) -> Optional[int]:
+    """A token count an upstream reported: a whole number from 0 to :data:`MAX_UPSTREAM_TOKENS`,
+    else None (absent)."""
+    return value if _is_int(value) and 0 <= value <= MAX_UPSTREAM_TOKENS else None
 
 
 def _validate_blocks(blocks: Any, where: str, nested: bool = False) -> None:
@@ -1779,14 +1806,12 @@ def validate_messages_request(body: Dict[str, Any], *, count_tokens: bool = Fals
     if metadata is not None:
         _expect(isinstance(metadata, dict), "metadata", "must be an object")
         _expect(isinstance(metadata.get("user_id", ""), (str, type(None))), "metadata.user_id", "must be a string")
-    if count_tokens:
-        return
     max_tokens = body.get("max_tokens")
-    if max_tokens is None:
+    if max_tokens is None and not count_tokens:  # a count takes the rest of a request, checked the same
         raise InvalidRequest("max_tokens: Field required")
-    if not _is_int(max_tokens) or max_tokens < 1:
+    if max_tokens is not None and (not _is_int(max_tokens) or max_tokens < 1):
         raise InvalidRequest("max_tokens: must be a positive integer")
-    _expect(max_tokens <= MAX_OUTPUT_TOKENS, "max_tokens",
+    _expect(max_tokens is None or max_tokens <= MAX_OUTPUT_TOKENS, "max_tokens",
             f"must be at most {MAX_OUTPUT_TOKENS} (no model writes more)")
     if "stream" in body and not isinstance(body["stream"], bool):
         raise InvalidRequest("stream: must be true or false")
@@ -2950,18 +2975,18 @@ def context_report(data: bytes) -> ContextReport:
         parsed = None
     error = parsed.get("error") if isinstance(parsed, dict) else None
     if isinstance(error, dict):
-        window = window or (error["n_ctx"] if _is_int(error.get("n_ctx")) and error["n_ctx"] > 0 else None)
-        prompt = prompt if prompt is not None else (
-            error["n_prompt_tokens"] if _is_int(error.get("n_prompt_tokens")) and error["n_prompt_tokens"] >= 0
-            else None)
+        window = window or upstream_count(error.get("n_ctx")) or None
+        prompt = prompt if prompt is not None else upstream_count(error.get("n_prompt_tokens"))
     return ContextReport(window, prompt)
 
 
 def _first_number(match: Optional[re.Match]) -> Optional[int]:
+    """The number a match of the context-error patterns holds, if it is a plausible token count
+    (its digits are counted before ``int()``, which refuses more than 4300 of them)."""
     if match is None:
         return None
-    number = int(next(g for g in match.groups() if g is not None))
-    return number if number < 10 ** 9 else None
+    digits = next(g for g in match.groups() if g is not None)
+    return upstream_count(int(digits)) if len(digits) <= len(str(MAX_UPSTREAM_TOKENS)) else None
 
 
 def sent_max_tokens(sent: Dict[str, Any]) -> Optional[int]:
@@ -3186,7 +3211,7 @@ def scale_usage(usage: Any, upstream_window: int, client_window: int) -> None:
     if not isinstance(usage, dict):
         return
     for key in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"):
-        if isinstance(usage.get(key), int):
+        if upstream_count(usage.get(key)) is not None:
             usage[key] = scale_tokens(usage[key], upstream_window, client_window)
 
 
@@ -3472,12 +3497,13 @@ def _openai_assistant(blocks: List[Any], options: OpenAIOptions, changes: Dict[s
 
 def _token_count(value: Any) -> int:
     """A token count an upstream reported: a non-negative whole number, else 0 (``"many"``,
-    ``1e400``, ``-3`` and the like are noise, not worth failing an answer for)."""
+    ``1e400``, ``-3``, a number past :data:`MAX_UPSTREAM_TOKENS` and the like are noise, not
+    worth failing an answer for)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return 0
     if isinstance(value, float) and not math.isfinite(value):
         return 0
-    return max(0, min(int(value), 2**53))
+    return upstream_count(max(0, int(value))) or 0
 
 
 def openai_usage(usage: Any) -> Dict[str, int]:
@@ -6746,8 +6772,7 @@ class AnthropicAdapter(Adapter):
             counted = loads_strict(data)
         except ValueError:
             counted = None
-        tokens = counted.get("input_tokens") if isinstance(counted, dict) else None
-        if not _is_int(tokens) or tokens < 0:
+        if upstream_count(counted.get("input_tokens") if isinstance(counted, dict) else None) is None:
             raise UpstreamFailure(f"upstream {upstream.name!r} answered count_tokens with something that is not a "
                                   "token count")
         return counted
@@ -6886,7 +6911,7 @@ class OpenAIAdapter(Adapter):
         except (UpstreamFailure, ValueError) as exc:
             self.gw.log.warning("tokenizer of upstream %r unavailable (%s); estimating", upstream.name, exc)
             return None
-        if isinstance(data, dict) and _is_int(data.get("count")) and data["count"] >= 0:
+        if isinstance(data, dict) and upstream_count(data.get("count")) is not None:
             return data["count"]
         if isinstance(data, dict) and isinstance(data.get("tokens"), list):
             return len(data["tokens"])
@@ -7030,8 +7055,8 @@ class GeminiAdapter(Adapter):
         except (UpstreamFailure, ValueError) as exc:
             self.gw.log.warning("countTokens of upstream %r unavailable (%s); estimating", upstream.name, exc)
             return None
-        total = counted.get("totalTokens") if isinstance(counted, dict) else None
-        if _is_int(total) and total >= 0:
+        total = upstream_count(counted.get("totalTokens") if isinstance(counted, dict) else None)
+        if total is not None:
             return total
         self.gw.log.warning("countTokens of upstream %r answered HTTP %s; estimating", upstream.name, status)
         return None
