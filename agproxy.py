@@ -118,6 +118,7 @@ DEFAULT_ANTHROPIC_VERSION = "2023-06-01"
 _ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
+    402: "billing_error",
     403: "permission_error",
     404: "not_found_error",
     413: "request_too_large",
@@ -2408,21 +2409,40 @@ _GOOGLE_KEY_OPENINGS = ("API key not valid", "API key expired", "API Key not fou
                         "This API method requires billing to be enabled")
 
 
+#: How upstreams say that an account has run out of money, beside HTTP 402 (OpenRouter, DeepSeek
+#: and others): Anthropic answers 400 (the credit balance, and a spend limit its owner set), OpenAI
+#: 429 with the code ``insufficient_quota``. Only the fixed openings count (a client's words echoed
+#: later in a message never do).
+_OUT_OF_CREDIT_OPENINGS = ("Your credit balance is too low", "You have reached your specified API usage limits",
+                           "You have reached your specified workspace API usage limits")
+_OUT_OF_CREDIT_CODES = ("insufficient_quota",)
+
+
+def _says_out_of_credit(error: Dict[str, Any]) -> bool:
+    """Whether an upstream's ``error`` object says the account has no money left to spend."""
+    return str(error.get("message") or "").startswith(_OUT_OF_CREDIT_OPENINGS) or \
+        error.get("code") in _OUT_OF_CREDIT_CODES or error.get("type") in _OUT_OF_CREDIT_CODES
+
+
 def upstream_status_of(status: int, body: bytes) -> int:
-    """The status an upstream's error answer means. Google answers a key it does not take with a
+    """The status an upstream's error answer means. An account out of credit is a 402, whatever
+    status says it (:data:`_OUT_OF_CREDIT_OPENINGS`): the account is rested and the next one
+    tried, never the client blamed. Google answers a key it does not take with a
     400 (``API_KEY_INVALID``), which means what a 401 means (rotate the key, never blame the
     client); and its 403 is the key's or its project's only when it says so, since Gemini also
     answers 403 to a request that names a file its project may not read (the request's fault, a
     400). Only Google's own ``ErrorInfo`` reasons and the fixed openings of its messages count: a
     client's words that Gemini echoes in a message never do."""
-    if status not in (400, 403):
+    if status not in (400, 403, 429):
         return status
     try:
         parsed = loads_strict(body)
     except (ValueError, UnicodeDecodeError):
         return status
     error = parsed.get("error") if isinstance(parsed, dict) else None
-    if not isinstance(error, dict) or not isinstance(error.get("status"), str):
+    if isinstance(error, dict) and status in (400, 429) and _says_out_of_credit(error):
+        return 402
+    if status == 429 or not isinstance(error, dict) or not isinstance(error.get("status"), str):
         return status  # not Google's shape: a 403 stays the key's problem
     details = error.get("details") if isinstance(error.get("details"), list) else []
     reasons = {d.get("reason") for d in details if isinstance(d, dict)}
@@ -2431,6 +2451,12 @@ def upstream_status_of(status: int, body: bytes) -> int:
     if status == 400:
         return 401 if blames_key else 400
     return 403 if blames_key else 400
+
+
+#: Claude Code shows only its own "Credit balance is too low · Add funds: <Anthropic's billing page>"
+#: for any error whose message holds these words, whatever the upstream: an upstream's words are
+#: quoted with them reworded, so that the client shows agproxy's message naming the upstream.
+_OUT_OF_CREDIT_WORDS = re.compile(r"credit balance (?:is )?too low", re.IGNORECASE)
 
 
 def anthropic_error_from_upstream(status: int, body: bytes, upstream: str) -> AgproxyError:
@@ -2454,6 +2480,14 @@ def anthropic_error_from_upstream(status: int, body: bytes, upstream: str) -> Ag
     if not message:
         snippet = body[:300].decode("utf-8", "replace").strip()
         message = f"upstream {upstream!r} answered HTTP {said}" + (f": {snippet}" if snippet else "")
+    if status == 402:
+        words = _OUT_OF_CREDIT_WORDS.sub("credit balance is not enough", message)
+        broke = AgproxyError(f"upstream {upstream!r} says the account agproxy used there is out of credit (HTTP "
+                             f"{said}: {words}); agproxy rests that account and tries the others; add credit to it, "
+                             "or map the model to another upstream", status=402, error_type="billing_error")
+        broke.upstream_words = f"HTTP {said}: {words[:300]}"
+        broke.upstream_status = 402
+        return broke
     if status in (401, 403):
         rejected = UpstreamFailure(
             f"upstream {upstream!r} rejected agproxy's key for it (HTTP {said}: {message}); "
@@ -2506,7 +2540,8 @@ class StreamError(AgproxyError):
     """An ``error`` event inside an upstream's event stream (its type kept, e.g. overloaded_error)."""
 
 
-_ERROR_STATUS = {"invalid_request_error": 400, "authentication_error": 401, "permission_error": 403,
+_ERROR_STATUS = {"invalid_request_error": 400, "authentication_error": 401, "billing_error": 402,
+                 "permission_error": 403,
                  "not_found_error": 404, "request_too_large": 413, "rate_limit_error": 429,
                  "api_error": 500, "overloaded_error": 529}
 
@@ -2666,71 +2701,131 @@ def upstream_error_event(error: Dict[str, Any], upstream: str = "") -> Dict[str,
     return error_body(error_type, message)
 
 
-#: One ``data:`` line of an event, as Anthropic sends them (one data line per event, LF endings).
-_DATA_LINE = re.compile(r"^data: ?(.*)$", re.MULTILINE)
-#: Whole events of the plain kind: an optional event line, one data line, a blank line; nothing else.
+#: One event of the plain kind, as Anthropic sends them: an optional event line, one data line,
+#: a blank line, LF endings (its name and its data).
+_PLAIN_EVENT = re.compile(r"(?:event: ?([^\n]*)\n)?data: ?([^\n]*)\n\n")
+#: Whole events of the plain kind; nothing else.
 _PLAIN_EVENTS = re.compile(r"(?:(?:event: ?[^\n]*\n)?data: ?[^\n]*\n\n)+")
+#: The event types of the Messages stream's grammar (``error`` is taken apart from them).
+_STREAM_EVENT_TYPES = frozenset({"ping", "message_start", "content_block_start", "content_block_delta",
+                                 "content_block_stop", "message_delta", "message_stop"})
 
 
 class EventStreamCheck:
-    """Checks an Anthropic event stream an upstream sends before it is relayed as it is: every
-    event's data a JSON object with a ``type``, UTF-8 throughout; an ``error`` event put in the
-    Anthropic vocabulary; nothing after ``message_stop``. ``feed()`` takes whole events and gives
-    the bytes to relay; :class:`UpstreamFailure` for garbage. Pure; the relay owns the I/O."""
+    """Checks an Anthropic event stream an upstream sends before it is relayed as it is, so that the
+    client only ever gets a stream in the Messages grammar. ``feed()`` takes whole events and gives
+    the bytes to relay (as they came, when nothing needed changing); :class:`UpstreamFailure` for
+    what cannot be relayed: before the client has a byte the attempt is then retried elsewhere,
+    after it the stream ends with an ``error`` event. Pure; the relay owns the I/O.
+
+    The grammar is a small state machine over each event's type and block index (no second
+    encoding of an event that is fine). What is fixed up, since the meaning is plain:
+
+    - an event with no name (a bare ``data:`` line) is named after its data's ``type`` (the
+      Anthropic SDKs ignore events without a name);
+    - an event type outside the grammar is dropped (the API may add some; clients must ignore
+      them, and one that the SDK does not know is lost anyway): :attr:`unknown` lists each once,
+      for the relay's log;
+    - an unpaired surrogate escape (``\\ud800``) becomes U+FFFD, as on the non-streaming path;
+    - an ``error`` event is put in the Anthropic vocabulary; nothing after ``message_stop`` or an
+      error is relayed.
+
+    What fails the attempt, since no fix-up would be the upstream's answer: data that is not a JSON
+    object with a ``type`` (too deep, or not UTF-8, included); a name that differs from the data's
+    type; any event but a ping before ``message_start``, or a second ``message_start``; a block
+    started twice, or a delta or stop for a block that is not open.
+    """
 
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream
         self.finished = False
+        self.unknown: List[str] = []  # event types dropped for the first time (the relay logs and clears them)
         self._decoder = SSEDecoder()
+        self._started = False
+        self._open: Set[int] = set()
+        self._seen: Set[int] = set()
+        self._dropped: Set[str] = set()
 
-    def _plain(self, text: str) -> bool:
-        """The fast path, for the stream every Anthropic server sends: LF line endings, one data
-        line per event, every event an object with a type, no error: True when ``text`` is that
-        (and was checked). Anything else (False) goes through the full decoder."""
-        if "\r" in text or self.finished or self._decoder.pending or not _PLAIN_EVENTS.fullmatch(text):
-            return False  # multi-line data, comments, events without data, stray lines: the decoder knows them
-        datas = _DATA_LINE.findall(text)
-        for number, data in enumerate(datas, 1):
-            try:
-                payload = _STRICT_JSON.decode(data)
-            except ValueError:
-                return False
-            kind = payload.get("type") if isinstance(payload, dict) else None
-            if not isinstance(kind, str) or kind == "error" or (kind == "message_stop" and number < len(datas)):
-                return False
-        self.finished = bool(datas) and kind == "message_stop"
+    def _fail(self, what: str) -> UpstreamFailure:
+        return UpstreamFailure(f"upstream {self.upstream!r} sent an event stream outside the Messages grammar: {what}")
+
+    def _step(self, kind: str, payload: Dict[str, Any]) -> bool:
+        """Move the grammar on by one event; False for an event type to drop, raises for one out of place."""
+        if kind not in _STREAM_EVENT_TYPES:
+            if kind not in self._dropped and len(self._dropped) < 16:
+                self._dropped.add(kind)
+                self.unknown.append(kind)
+            return False
+        if kind == "ping":
+            return True
+        if kind == "message_start":
+            if self._started:
+                raise self._fail("a second message_start")
+            self._started = True
+            return True
+        if not self._started:
+            raise self._fail(f"a {kind} event before message_start")
+        if kind in ("content_block_start", "content_block_delta", "content_block_stop"):
+            index = _event_index(payload, kind)
+            if kind == "content_block_start":
+                if index in self._seen:
+                    raise self._fail(f"content block {index} started twice")
+                self._seen.add(index)
+                self._open.add(index)
+            elif index not in self._open:
+                raise self._fail(f"a {kind} for content block {index}, which is not open")
+            elif kind == "content_block_stop":
+                self._open.discard(index)
+        elif kind == "message_stop":
+            self.finished = True
         return True
 
+    def _events(self, text: str, data: bytes) -> Tuple[List[Tuple[str, str]], bool]:
+        """The (name, data) of the events in ``text``, and whether they are the plain kind (their
+        bytes may then be relayed as they came); a missing name is ``""``."""
+        if "\r" not in text and not self._decoder.pending and _PLAIN_EVENTS.fullmatch(text):
+            return _PLAIN_EVENT.findall(text), True
+        # comments, stray lines, multi-line data and events without data: the decoder knows them
+        # (and what it leaves out never reaches the client)
+        return [("" if e.event == "message" else e.event, e.data) for e in self._decoder.feed(data)], False
+
     def feed(self, data: bytes) -> bytes:
-        """``data``, whole events, as they may be relayed: as they came when they are the plain kind
-        every Anthropic server sends, else re-encoded from what the decoder made of them."""
+        """``data``, whole events, as they may be relayed: as they came when nothing needed
+        changing, else re-encoded event by event."""
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError:
             raise UpstreamFailure("upstream sent an event stream that is not UTF-8") from None
-        if self._plain(text):
-            return data
-        kept: List[Union[SSEEvent, bytes]] = []  # events as they came, or the bytes replacing one
-        for event in self._decoder.feed(data):
+        events, as_they_came = self._events(text, data)
+        kept: List[Union[bytes, Tuple[str, str]]] = []  # an event to encode, or the bytes replacing one
+        for name, event_data in events:
             if self.finished:
+                as_they_came = False
                 continue  # nothing after message_stop reaches the client
+            if "\\u" in event_data and _LONE_SURROGATE_TEXT.search(event_data):
+                event_data, as_they_came = _LONE_SURROGATE_TEXT.sub(r"\1\\ufffd", event_data), False
             try:
-                payload = loads_strict(event.data)
+                payload = _decode_bounded(event_data, MAX_UPSTREAM_JSON_DEPTH)
             except ValueError:
-                raise UpstreamFailure(f"upstream sent a {event.event[:40]!r} event whose data is not JSON") from None
-            if not isinstance(payload, dict) or not isinstance(payload.get("type"), str):
-                raise UpstreamFailure(f"upstream sent a {event.event[:40]!r} event whose data is not an event object")
-            if payload["type"] == "error":
+                raise UpstreamFailure(f"upstream sent a {name[:40]!r} event whose data is not JSON") from None
+            kind = payload.get("type") if isinstance(payload, dict) else None
+            if not isinstance(kind, str):
+                raise UpstreamFailure(f"upstream sent a {name[:40]!r} event whose data is not an event object")
+            if name and name != kind:
+                raise self._fail(f"an event named {name[:40]!r} whose data is a {kind[:40]!r}")
+            if kind == "error":
                 error = payload.get("error") if isinstance(payload.get("error"), dict) else {}
                 kept.append(encode_sse_json("error", upstream_error_event(error, self.upstream)))
-                self.finished = True
+                self.finished, as_they_came = True, False
                 continue
-            if payload["type"] == "message_stop":
-                self.finished = True
-            kept.append(event)
-        # re-encoded from what was decoded: comments, stray lines and events without data (which
-        # a client would try to parse as empty JSON) do not reach it
-        return b"".join(k if isinstance(k, bytes) else encode_sse(k.event, k.data) for k in kept)
+            if not self._step(kind, payload):
+                as_they_came = False
+                continue
+            as_they_came = as_they_came and bool(name)
+            kept.append((kind, event_data))
+        if as_they_came:
+            return data
+        return b"".join(k if isinstance(k, bytes) else encode_sse(*k) for k in kept)
 
 
 def check_message(message: Any, upstream: str = "") -> Dict[str, Any]:
@@ -4678,8 +4773,14 @@ DEFAULT_COOLDOWN_S = 30.0
 MAX_COOLDOWN_S = 3600.0
 #: Rest for an account whose key the upstream rejected (401/403) before it is tried again.
 REJECTED_KEY_COOLDOWN_S = 600.0
+#: Rest for an account out of credit (402, or the upstream's words for it). Longer than a rejected
+#: key's: credit comes back only when someone pays, not by itself, and each trial is a refused
+#: request; half an hour, so that a top-up is used within that time without a restart.
+OUT_OF_CREDIT_COOLDOWN_S = 1800.0
 #: The longest any rest lasts, whatever the state file or the wall clock says.
-_LONGEST_REST_S = max(MAX_COOLDOWN_S, REJECTED_KEY_COOLDOWN_S)
+_LONGEST_REST_S = max(MAX_COOLDOWN_S, REJECTED_KEY_COOLDOWN_S, OUT_OF_CREDIT_COOLDOWN_S)
+#: How the reason of an account resting out of credit begins (the accounts page shows it).
+_OUT_OF_CREDIT_REASON = "out of credit"
 #: Pause before the next attempt after an overloaded answer (529/503), jittered 0.5x to 1.5x.
 OVERLOADED_BACKOFF_S = 1.0
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
@@ -4801,6 +4902,9 @@ def decide(outcome: Outcome, attempt: int, max_attempts: int, limits_in_a_row: i
         return Decision(more, cooldown_s=cooldown, reason="rate limited")
     if status in (529, 503):
         return Decision(more, wait_s=OVERLOADED_BACKOFF_S * (0.5 + jitter), reason="overloaded")
+    if status == 402:  # out of credit: rests for every model, as a rejected key does
+        return Decision(more, cooldown_s=OUT_OF_CREDIT_COOLDOWN_S, rejected_key=True,
+                        reason=f"{_OUT_OF_CREDIT_REASON} ({outcome.failure[:170] if outcome.failure else 'HTTP 402'})")
     if status in (401, 403):
         return Decision(more, cooldown_s=REJECTED_KEY_COOLDOWN_S, rejected_key=True,
                         reason=f"key rejected ({outcome.failure[:170] if outcome.failure else f'HTTP {status}'})")
@@ -5023,6 +5127,8 @@ class AccountPool:
                 f"the first is free again in {wait} s (at {at})" +
                 (f"; {rejected} more rest with a rejected key" if rejected else ""),
                 status=429, error_type="rate_limit_error", headers=[("retry-after", str(wait))])
+        if all(s.reason.startswith(_OUT_OF_CREDIT_REASON) for _, _, s in resting):
+            return self._out_of_credit(route, resting, now)
         parts = []
         for upstream in route.upstreams:
             keys = [f"{a.name} ({s.reason.replace('key rejected ', '', 1).strip('()')}, tried again in "
@@ -5035,6 +5141,20 @@ class AccountPool:
                                    "with the new key ends the rest at once")
         rejected.final = True
         return rejected
+
+    @staticmethod
+    def _out_of_credit(route: Route, resting: List[Tuple[Upstream, Account, AccountState]], now: float) -> AgproxyError:
+        """The error when every account that serves the model is out of credit: a 402
+        ``billing_error`` naming the upstream and each account (Claude Code shows it as it is)."""
+        accounts = ", ".join(f"{u.name!r} account {a.name!r} ({s.reason[len(_OUT_OF_CREDIT_REASON):].strip(' ()')}, "
+                             f"tried again in {max(1, math.ceil(s.rest_for(route.model, now) - now))} s)"
+                             for u, a, s in resting)
+        broke = AgproxyError(f"every account that serves {route.model!r} is out of credit: {accounts}. Add credit "
+                             "there, or map the model to another upstream in model_map; once there is, `agproxy "
+                             "state clear` (with agproxy stopped) ends the rests at once", status=402,
+                             error_type="billing_error")
+        broke.final = True
+        return broke
 
     def _fingerprint(self, upstream_name: str, account_name: str) -> str:
         upstream = self.upstreams[upstream_name]
@@ -5081,7 +5201,9 @@ class AccountPool:
         for upstream in self.upstreams.values():
             for account in upstream.accounts:
                 s = self.state(upstream, account)
-                if s.resting_until > now:
+                if s.resting_until > now and s.key_rejected(now) and s.reason.startswith(_OUT_OF_CREDIT_REASON):
+                    status = "out_of_credit"
+                elif s.resting_until > now:
                     status = "rejected_key" if s.key_rejected(now) else "rate_limited"
                 elif s.reason:
                     status = "probing" if s.probing else "recovering"
@@ -6814,7 +6936,10 @@ class AnthropicAdapter(Adapter):
 
     def answer_events(self, response: UpstreamResponse, route: Route, body: Dict[str, Any],
                       estimate: int) -> AsyncIterator[bytes]:
-        return anthropic_events(response, route.upstream.name)
+        upstream = route.upstream.name
+        return anthropic_events(response, upstream, lambda kind: self.gw.note_once(
+            upstream, "unknown_event:" + kind[:40], "upstream %r sent %r events, which are outside the Messages "
+            "stream's grammar; they are not relayed", upstream, kind[:40]))
 
     def unhealed_hint(self, upstream: Upstream, status: int, data: bytes) -> Optional[str]:
         if status not in (400, 422) or upstream.profile == "compatible" or not _SCHEMA_REFUSAL.search(
@@ -7195,11 +7320,12 @@ def _outcome_of(error: AgproxyError) -> Outcome:
 # into one Message (accumulate_events).
 
 
-async def anthropic_events(response: UpstreamResponse, upstream: str) -> AsyncIterator[bytes]:
+async def anthropic_events(response: UpstreamResponse, upstream: str,
+                           on_unknown: Optional[Callable[[str], None]] = None) -> AsyncIterator[bytes]:
     """An Anthropic event stream as it arrives, in checked batches of whole events
     (:class:`EventStreamCheck`); it ends at ``message_stop`` (or an error event), leaving the rest
     of the body to a background drain, and raises :class:`UpstreamFailure` for a stream that
-    breaks before it."""
+    breaks before it. ``on_unknown`` hears of each event type dropped as outside the grammar."""
     pending = bytearray()
     check = EventStreamCheck(upstream)
     while True:
@@ -7216,6 +7342,8 @@ async def anthropic_events(response: UpstreamResponse, upstream: str) -> AsyncIt
             continue
         events = check.feed(bytes(pending[:cut]))
         del pending[:cut]
+        while check.unknown and on_unknown is not None:
+            on_unknown(check.unknown.pop())
         yield events
         if check.finished:  # whatever follows message_stop is not relayed
             _drain_in_background(response)
