@@ -232,3 +232,24 @@ def test_what_is_relayed_is_always_in_the_grammar(batches: List[List[bytes]]) ->
     assert not problems and not grammar_problems(found), (bytes(out), grammar_problems(found))
     assert all(name in ("message_start", "content_block_start", "content_block_delta", "content_block_stop",
                         "message_delta", "message_stop", "ping", "error") for name, _ in found)
+
+
+# -- what Claude Code shows for an upstream out of credit (both pinned versions) --------------------------
+
+from tests.conftest import fake_config  # noqa: E402
+from tests.fakes.anthropic_upstream import Json  # noqa: E402
+from tests.test_claude_code import claude, cli  # noqa: E402,F401  (the CLI fixtures, each pinned version)
+
+
+def test_claude_code_shows_which_upstream_is_out_of_credit(start_agproxy, fake, tmp_path, claude):  # noqa: F811
+    """Anthropic's own words contain "credit balance is too low", for which Claude Code shows only
+    "Credit balance is too low · Add funds: <Anthropic's billing page>" (the user's own Anthropic
+    login, not the upstream's account). agproxy's message, naming the upstream, is shown instead."""
+    for key in ("sk-upstream-alice", "sk-upstream-bob"):
+        fake.script_for(key, *[Json(400, json.loads(CREDIT_400))] * 5)
+    proxy = start_agproxy(fake_config(fake, state_file=""))
+    result = claude(proxy, "say hello", tmp_path)
+    shown = result.stdout + result.stderr
+    assert result.returncode != 0 and "out of credit" in shown and "'fake'" in shown, shown
+    assert "add funds" not in shown.lower() and "credit balance is too low" not in shown.lower(), shown
+    assert sorted(set(fake.keys())) == ["sk-upstream-alice", "sk-upstream-bob"]
