@@ -1658,7 +1658,7 @@ def _decode_bounded(text: str, max_depth: int) -> Any:
         value = _STRICT_JSON.decode(text)
     except RecursionError:
         raise JSONTooDeep("JSON nested too deeply") from None
-    if text.count("[") + text.count("{") > max_depth and _too_deep(value, max_depth):
+    if len(text) > 2 * max_depth and text.count("[") + text.count("{") > max_depth and _too_deep(value, max_depth):
         raise JSONTooDeep(f"JSON nested deeper than {max_depth} levels")
     return value
 
@@ -2751,6 +2751,8 @@ class EventStreamCheck:
 
     def _step(self, kind: str, payload: Dict[str, Any]) -> bool:
         """Move the grammar on by one event; False for an event type to drop, raises for one out of place."""
+        if kind == "content_block_delta" and type(payload.get("index")) is int and payload["index"] in self._open:
+            return True  # the usual event, in one look (only valid indexes are ever open)
         if kind not in _STREAM_EVENT_TYPES:
             if kind not in self._dropped and len(self._dropped) < 16:
                 self._dropped.add(kind)
