@@ -1652,8 +1652,8 @@ _LONE_SURROGATE_BYTES = re.compile(_LONE_SURROGATE.encode())
 
 def _decode_bounded(text: str, max_depth: int) -> Any:
     """``text`` decoded by the strict decoder, refused (:class:`JSONTooDeep`) when it nests deeper
-    than ``max_depth``. The depth is walked only when the text has that many brackets at all, so
-    an ordinary event costs two counts of characters, not a second walk."""
+    than ``max_depth``. The depth is walked only when the text has that many brackets at all: a
+    short text costs nothing more, a long one two counts of characters, never a second walk."""
     try:
         value = _STRICT_JSON.decode(text)
     except RecursionError:
