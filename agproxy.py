@@ -2483,8 +2483,9 @@ def anthropic_error_from_upstream(status: int, body: bytes, upstream: str) -> Ag
     if status == 402:
         words = _OUT_OF_CREDIT_WORDS.sub("credit balance is not enough", message)
         broke = AgproxyError(f"upstream {upstream!r} says the account agproxy used there is out of credit (HTTP "
-                             f"{said}: {words}); agproxy rests that account and tries the others; add credit to it, "
-                             "or map the model to another upstream", status=402, error_type="billing_error")
+                             f"{said}: {words}); agproxy rests that account and tries the upstream's others, if it "
+                             "has any; add credit to it, or map the model to another upstream", status=402,
+                             error_type="billing_error")
         broke.upstream_words = f"HTTP {said}: {words[:300]}"
         broke.upstream_status = 402
         return broke
