@@ -125,6 +125,7 @@ DEFAULT_ANTHROPIC_VERSION = "2023-06-01"
 _ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
+    402: "billing_error",
     403: "permission_error",
     404: "not_found_error",
     413: "request_too_large",
@@ -1912,6 +1913,11 @@ def _model_object(model_id: str, display_name: str, created_at: Optional[str] = 
 #: Deepest nesting of objects and lists taken in a request (Claude Code's deepest, an MCP tool's
 #: schema, is about 15): past this, recursive clean-up and translation would run out of stack.
 MAX_JSON_DEPTH = 64
+#: Deepest nesting taken in what an upstream sends: the request's limit plus room for the wrappers
+#: an answer puts around a value (Gemini's tool arguments sit 7 levels down), so that whatever a
+#: client may send back is read; deeper, it is garbage (a 502, tried on another account) before a
+#: recursive walk (a copy, a translator) could run out of stack.
+MAX_UPSTREAM_JSON_DEPTH = MAX_JSON_DEPTH + 16
 #: Largest max_tokens taken: ten times what the largest model writes today (Claude Code asks 128000).
 MAX_OUTPUT_TOKENS = 1_280_000
 #: Longest model name taken; it is echoed in ``X-Mapped-Model`` (real ids are under 100).
@@ -1946,21 +1952,33 @@ _LONE_SURROGATE_TEXT = re.compile(_LONE_SURROGATE)
 _LONE_SURROGATE_BYTES = re.compile(_LONE_SURROGATE.encode())
 
 
-def loads_strict(data: Union[bytes, str], repair_surrogates: bool = True) -> Any:
+def _decode_bounded(text: str, max_depth: int) -> Any:
+    """``text`` decoded by the strict decoder, refused (:class:`JSONTooDeep`) when it nests deeper
+    than ``max_depth``. The depth is walked only when the text has that many brackets at all: a
+    short text costs nothing more, a long one two counts of characters, never a second walk."""
+    try:
+        value = _STRICT_JSON.decode(text)
+    except RecursionError:
+        raise JSONTooDeep("JSON nested too deeply") from None
+    if len(text) > 2 * max_depth and text.count("[") + text.count("{") > max_depth and _too_deep(value, max_depth):
+        raise JSONTooDeep(f"JSON nested deeper than {max_depth} levels")
+    return value
+
+
+def loads_strict(data: Union[bytes, str], repair_surrogates: bool = True,
+                 max_depth: int = MAX_UPSTREAM_JSON_DEPTH) -> Any:
     """``json.loads`` that refuses what is not JSON although Python takes it: ``NaN``,
-    ``Infinity``, numbers too large for a float, nesting deeper than Python's stack. Raises
-    ``ValueError`` (``UnicodeDecodeError`` for bytes that are not UTF-8 is one). Everything an
-    upstream sends is read with it; an unpaired surrogate escape in it becomes U+FFFD, so that
-    what agproxy passes on is valid Unicode."""
+    ``Infinity``, numbers too large for a float or with more digits than ``int()`` takes, nesting
+    deeper than ``max_depth`` (:class:`JSONTooDeep`). Raises ``ValueError``
+    (``UnicodeDecodeError`` for bytes that are not UTF-8 is one). Everything an upstream sends is
+    read with it; an unpaired surrogate escape in it becomes U+FFFD, so that what agproxy passes
+    on is valid Unicode."""
     if repair_surrogates and ("\\u" in data if isinstance(data, str) else b"\\u" in data):
         if isinstance(data, str):
             data = _LONE_SURROGATE_TEXT.sub(r"\1\\ufffd", data)
         else:
             data = _LONE_SURROGATE_BYTES.sub(rb"\1\\ufffd", data)
-    try:
-        return _STRICT_JSON.decode(data if isinstance(data, str) else data.decode("utf-8"))
-    except RecursionError:
-        raise JSONTooDeep("JSON nested too deeply") from None
+    return _decode_bounded(data if isinstance(data, str) else data.decode("utf-8"), max_depth)
 
 
 def _too_deep(value: Any, limit: int) -> bool:
@@ -1982,15 +2000,13 @@ def parse_json_body(body: bytes) -> Dict[str, Any]:
     if not body:
         raise InvalidRequest("request body is empty; expected a JSON object")
     try:
-        value = loads_strict(body, repair_surrogates=False)
+        value = loads_strict(body, repair_surrogates=False, max_depth=MAX_JSON_DEPTH)
     except JSONTooDeep:
         raise InvalidRequest(f"request body nests deeper than {MAX_JSON_DEPTH} levels") from None
     except ValueError as exc:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise InvalidRequest(f"request body must be a JSON object, got {type(value).__name__}")
-    if _too_deep(value, MAX_JSON_DEPTH):
-        raise InvalidRequest(f"request body nests deeper than {MAX_JSON_DEPTH} levels")
     if _SURROGATE_ESCAPE.search(body):
         try:
             json.dumps(value, ensure_ascii=False).encode("utf-8")
@@ -2011,6 +2027,18 @@ def _is_int(value: Any) -> bool:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+#: Largest token count taken from an upstream (usage, a count, a window or a prompt size in its
+#: words): a thousand times the largest window today. A larger one is garbage and read as absent:
+#: it means nothing, and past 4300 digits ``int()`` and ``str()`` refuse it (a float overflows sooner).
+MAX_UPSTREAM_TOKENS = 10**9
+
+
+def upstream_count(value: Any) -> Optional[int]:
+    """A token count an upstream reported: a whole number from 0 to :data:`MAX_UPSTREAM_TOKENS`,
+    else None (absent)."""
+    return value if _is_int(value) and 0 <= value <= MAX_UPSTREAM_TOKENS else None
 
 
 def _validate_blocks(blocks: Any, where: str, nested: bool = False) -> None:
@@ -2081,14 +2109,12 @@ def validate_messages_request(body: Dict[str, Any], *, count_tokens: bool = Fals
     if metadata is not None:
         _expect(isinstance(metadata, dict), "metadata", "must be an object")
         _expect(isinstance(metadata.get("user_id", ""), (str, type(None))), "metadata.user_id", "must be a string")
-    if count_tokens:
-        return
     max_tokens = body.get("max_tokens")
-    if max_tokens is None:
+    if max_tokens is None and not count_tokens:  # a count takes the rest of a request, checked the same
         raise InvalidRequest("max_tokens: Field required")
-    if not _is_int(max_tokens) or max_tokens < 1:
+    if max_tokens is not None and (not _is_int(max_tokens) or max_tokens < 1):
         raise InvalidRequest("max_tokens: must be a positive integer")
-    _expect(max_tokens <= MAX_OUTPUT_TOKENS, "max_tokens",
+    _expect(max_tokens is None or max_tokens <= MAX_OUTPUT_TOKENS, "max_tokens",
             f"must be at most {MAX_OUTPUT_TOKENS} (no model writes more)")
     if "stream" in body and not isinstance(body["stream"], bool):
         raise InvalidRequest("stream: must be true or false")
@@ -2729,15 +2755,32 @@ def refuses_model(status: int, parsed: Any) -> bool:
         (isinstance(message, str) and _MODEL_REFUSED_OPENING.match(message) is not None)
 
 
+#: How upstreams say that an account has run out of money, beside HTTP 402 (OpenRouter, DeepSeek
+#: and others): Anthropic answers 400 (the credit balance, and a spend limit its owner set), OpenAI
+#: 429 with the code ``insufficient_quota``. Only the fixed openings count (a client's words echoed
+#: later in a message never do).
+_OUT_OF_CREDIT_OPENINGS = ("Your credit balance is too low", "You have reached your specified API usage limits",
+                           "You have reached your specified workspace API usage limits")
+_OUT_OF_CREDIT_CODES = ("insufficient_quota",)
+
+
+def _says_out_of_credit(error: Dict[str, Any]) -> bool:
+    """Whether an upstream's ``error`` object says the account has no money left to spend."""
+    return str(error.get("message") or "").startswith(_OUT_OF_CREDIT_OPENINGS) or \
+        error.get("code") in _OUT_OF_CREDIT_CODES or error.get("type") in _OUT_OF_CREDIT_CODES
+
+
 def upstream_status_of(status: int, body: bytes) -> int:
-    """The status an upstream's error answer means. Google answers a key it does not take with a
+    """The status an upstream's error answer means. An account out of credit is a 402, whatever
+    status says it (:data:`_OUT_OF_CREDIT_OPENINGS`): the account is rested and the next one
+    tried, never the client blamed. Google answers a key it does not take with a
     400 (``API_KEY_INVALID``), which means what a 401 means (rotate the key, never blame the
     client); and its 403 is the key's or its project's only when it says so, since Gemini also
     answers 403 to a request that names a file its project may not read (the request's fault, a
     400). Only Google's own ``ErrorInfo`` reasons and the fixed openings of its messages count: a
     client's words that Gemini echoes in a message never do. OpenRouter's 403 for a request its
     moderation flagged (``metadata.flagged_input`` quotes the client's words) is the request's too."""
-    if status not in (400, 403):
+    if status not in (400, 403, 429):
         return status
     try:
         parsed = loads_strict(body)
@@ -2747,7 +2790,9 @@ def upstream_status_of(status: int, body: bytes) -> int:
     if status == 403 and isinstance(error, dict) and isinstance(error.get("metadata"), dict) \
             and "flagged_input" in error["metadata"]:
         return 400
-    if not isinstance(error, dict) or not isinstance(error.get("status"), str):
+    if isinstance(error, dict) and status in (400, 429) and _says_out_of_credit(error):
+        return 402
+    if status == 429 or not isinstance(error, dict) or not isinstance(error.get("status"), str):
         return status  # not Google's shape: a 403 stays the key's problem
     details = error.get("details") if isinstance(error.get("details"), list) else []
     reasons = {d.get("reason") for d in details if isinstance(d, dict) and isinstance(d.get("reason"), str)}
@@ -2756,6 +2801,12 @@ def upstream_status_of(status: int, body: bytes) -> int:
     if status == 400:
         return 401 if blames_key else 400
     return 403 if blames_key else 400
+
+
+#: Claude Code shows only its own "Credit balance is too low · Add funds: <Anthropic's billing page>"
+#: for any error whose message holds these words, whatever the upstream: an upstream's words are
+#: quoted with them reworded, so that the client shows agproxy's message naming the upstream.
+_OUT_OF_CREDIT_WORDS = re.compile(r"credit balance (?:is )?too low", re.IGNORECASE)
 
 
 def anthropic_error_from_upstream(status: int, body: bytes, upstream: str) -> AgproxyError:
@@ -2786,6 +2837,15 @@ def anthropic_error_from_upstream(status: int, body: bytes, upstream: str) -> Ag
         refused.upstream_words = f"HTTP {said}: {message[:300]}"
         refused.upstream_status = status
         return refused
+    if status == 402:
+        words = _OUT_OF_CREDIT_WORDS.sub("credit balance is not enough", message)
+        broke = AgproxyError(f"upstream {upstream!r} says the account agproxy used there is out of credit (HTTP "
+                             f"{said}: {words}); agproxy rests that account and tries the upstream's others, if it "
+                             "has any; add credit to it, or map the model to another upstream", status=402,
+                             error_type="billing_error")
+        broke.upstream_words = f"HTTP {said}: {words[:300]}"
+        broke.upstream_status = 402
+        return broke
     if status in (401, 403):
         rejected = KeyRejected(
             f"upstream {upstream!r} rejected agproxy's key for it (HTTP {said}: {message}); "
@@ -2837,7 +2897,8 @@ class StreamError(AgproxyError):
     """An ``error`` event inside an upstream's event stream (its type kept, e.g. overloaded_error)."""
 
 
-_ERROR_STATUS = {"invalid_request_error": 400, "authentication_error": 401, "permission_error": 403,
+_ERROR_STATUS = {"invalid_request_error": 400, "authentication_error": 401, "billing_error": 402,
+                 "permission_error": 403,
                  "not_found_error": 404, "request_too_large": 413, "rate_limit_error": 429,
                  "api_error": 500, "overloaded_error": 529}
 
@@ -2997,71 +3058,133 @@ def upstream_error_event(error: Dict[str, Any], upstream: str = "") -> Dict[str,
     return error_body(error_type, message)
 
 
-#: One ``data:`` line of an event, as Anthropic sends them (one data line per event, LF endings).
-_DATA_LINE = re.compile(r"^data: ?(.*)$", re.MULTILINE)
-#: Whole events of the plain kind: an optional event line, one data line, a blank line; nothing else.
+#: One event of the plain kind, as Anthropic sends them: an optional event line, one data line,
+#: a blank line, LF endings (its name and its data).
+_PLAIN_EVENT = re.compile(r"(?:event: ?([^\n]*)\n)?data: ?([^\n]*)\n\n")
+#: Whole events of the plain kind; nothing else.
 _PLAIN_EVENTS = re.compile(r"(?:(?:event: ?[^\n]*\n)?data: ?[^\n]*\n\n)+")
+#: The event types of the Messages stream's grammar (``error`` is taken apart from them).
+_STREAM_EVENT_TYPES = frozenset({"ping", "message_start", "content_block_start", "content_block_delta",
+                                 "content_block_stop", "message_delta", "message_stop"})
 
 
 class EventStreamCheck:
-    """Checks an Anthropic event stream an upstream sends before it is relayed as it is: every
-    event's data a JSON object with a ``type``, UTF-8 throughout; an ``error`` event put in the
-    Anthropic vocabulary; nothing after ``message_stop``. ``feed()`` takes whole events and gives
-    the bytes to relay; :class:`UpstreamFailure` for garbage. Pure; the relay owns the I/O."""
+    """Checks an Anthropic event stream an upstream sends before it is relayed as it is, so that the
+    client only ever gets a stream in the Messages grammar. ``feed()`` takes whole events and gives
+    the bytes to relay (as they came, when nothing needed changing); :class:`UpstreamFailure` for
+    what cannot be relayed: before the client has a byte the attempt is then retried elsewhere,
+    after it the stream ends with an ``error`` event. Pure; the relay owns the I/O.
+
+    The grammar is a small state machine over each event's type and block index (no second
+    encoding of an event that is fine). What is fixed up, since the meaning is plain:
+
+    - an event with no name (a bare ``data:`` line) is named after its data's ``type`` (the
+      Anthropic SDKs ignore events without a name);
+    - an event type outside the grammar is dropped (the API may add some; clients must ignore
+      them, and one that the SDK does not know is lost anyway): :attr:`unknown` lists each once,
+      for the relay's log;
+    - an unpaired surrogate escape (``\\ud800``) becomes U+FFFD, as on the non-streaming path;
+    - an ``error`` event is put in the Anthropic vocabulary; nothing after ``message_stop`` or an
+      error is relayed.
+
+    What fails the attempt, since no fix-up would be the upstream's answer: data that is not a JSON
+    object with a ``type`` (too deep, or not UTF-8, included); a name that differs from the data's
+    type; any event but a ping before ``message_start``, or a second ``message_start``; a block
+    started twice, or a delta or stop for a block that is not open.
+    """
 
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream
         self.finished = False
+        self.unknown: List[str] = []  # event types dropped for the first time (the relay logs and clears them)
         self._decoder = SSEDecoder()
+        self._started = False
+        self._open: Set[int] = set()
+        self._seen: Set[int] = set()
+        self._dropped: Set[str] = set()
 
-    def _plain(self, text: str) -> bool:
-        """The fast path, for the stream every Anthropic server sends: LF line endings, one data
-        line per event, every event an object with a type, no error: True when ``text`` is that
-        (and was checked). Anything else (False) goes through the full decoder."""
-        if "\r" in text or self.finished or self._decoder.pending or not _PLAIN_EVENTS.fullmatch(text):
-            return False  # multi-line data, comments, events without data, stray lines: the decoder knows them
-        datas = _DATA_LINE.findall(text)
-        for number, data in enumerate(datas, 1):
-            try:
-                payload = _STRICT_JSON.decode(data)
-            except ValueError:
-                return False
-            kind = payload.get("type") if isinstance(payload, dict) else None
-            if not isinstance(kind, str) or kind == "error" or (kind == "message_stop" and number < len(datas)):
-                return False
-        self.finished = bool(datas) and kind == "message_stop"
+    def _fail(self, what: str) -> UpstreamFailure:
+        return UpstreamFailure(f"upstream {self.upstream!r} sent an event stream outside the Messages grammar: {what}")
+
+    def _step(self, kind: str, payload: Dict[str, Any]) -> bool:
+        """Move the grammar on by one event; False for an event type to drop, raises for one out of place."""
+        if kind == "content_block_delta" and type(payload.get("index")) is int and payload["index"] in self._open:
+            return True  # the usual event, in one look (only valid indexes are ever open)
+        if kind not in _STREAM_EVENT_TYPES:
+            if kind not in self._dropped and len(self._dropped) < 16:
+                self._dropped.add(kind)
+                self.unknown.append(kind)
+            return False
+        if kind == "ping":
+            return True
+        if kind == "message_start":
+            if self._started:
+                raise self._fail("a second message_start")
+            self._started = True
+            return True
+        if not self._started:
+            raise self._fail(f"a {kind} event before message_start")
+        if kind in ("content_block_start", "content_block_delta", "content_block_stop"):
+            index = _event_index(payload, kind)
+            if kind == "content_block_start":
+                if index in self._seen:
+                    raise self._fail(f"content block {index} started twice")
+                self._seen.add(index)
+                self._open.add(index)
+            elif index not in self._open:
+                raise self._fail(f"a {kind} for content block {index}, which is not open")
+            elif kind == "content_block_stop":
+                self._open.discard(index)
+        elif kind == "message_stop":
+            self.finished = True
         return True
 
+    def _events(self, text: str, data: bytes) -> Tuple[List[Tuple[str, str]], bool]:
+        """The (name, data) of the events in ``text``, and whether they are the plain kind (their
+        bytes may then be relayed as they came); a missing name is ``""``."""
+        if "\r" not in text and not self._decoder.pending and _PLAIN_EVENTS.fullmatch(text):
+            return _PLAIN_EVENT.findall(text), True
+        # comments, stray lines, multi-line data and events without data: the decoder knows them
+        # (and what it leaves out never reaches the client)
+        return [("" if e.event == "message" else e.event, e.data) for e in self._decoder.feed(data)], False
+
     def feed(self, data: bytes) -> bytes:
-        """``data``, whole events, as they may be relayed: as they came when they are the plain kind
-        every Anthropic server sends, else re-encoded from what the decoder made of them."""
+        """``data``, whole events, as they may be relayed: as they came when nothing needed
+        changing, else re-encoded event by event."""
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError:
             raise UpstreamFailure("upstream sent an event stream that is not UTF-8") from None
-        if self._plain(text):
-            return data
-        kept: List[Union[SSEEvent, bytes]] = []  # events as they came, or the bytes replacing one
-        for event in self._decoder.feed(data):
+        events, as_they_came = self._events(text, data)
+        kept: List[Union[bytes, Tuple[str, str]]] = []  # an event to encode, or the bytes replacing one
+        for name, event_data in events:
             if self.finished:
+                as_they_came = False
                 continue  # nothing after message_stop reaches the client
+            if "\\u" in event_data and _LONE_SURROGATE_TEXT.search(event_data):
+                event_data, as_they_came = _LONE_SURROGATE_TEXT.sub(r"\1\\ufffd", event_data), False
             try:
-                payload = loads_strict(event.data)
+                payload = _decode_bounded(event_data, MAX_UPSTREAM_JSON_DEPTH)
             except ValueError:
-                raise UpstreamFailure(f"upstream sent a {event.event[:40]!r} event whose data is not JSON") from None
-            if not isinstance(payload, dict) or not isinstance(payload.get("type"), str):
-                raise UpstreamFailure(f"upstream sent a {event.event[:40]!r} event whose data is not an event object")
-            if payload["type"] == "error":
+                raise UpstreamFailure(f"upstream sent a {name[:40]!r} event whose data is not JSON") from None
+            kind = payload.get("type") if isinstance(payload, dict) else None
+            if not isinstance(kind, str):
+                raise UpstreamFailure(f"upstream sent a {name[:40]!r} event whose data is not an event object")
+            if name and name != kind:
+                raise self._fail(f"an event named {name[:40]!r} whose data is a {kind[:40]!r}")
+            if kind == "error":
                 error = payload.get("error") if isinstance(payload.get("error"), dict) else {}
                 kept.append(encode_sse_json("error", upstream_error_event(error, self.upstream)))
-                self.finished = True
+                self.finished, as_they_came = True, False
                 continue
-            if payload["type"] == "message_stop":
-                self.finished = True
-            kept.append(event)
-        # re-encoded from what was decoded: comments, stray lines and events without data (which
-        # a client would try to parse as empty JSON) do not reach it
-        return b"".join(k if isinstance(k, bytes) else encode_sse(k.event, k.data) for k in kept)
+            if not self._step(kind, payload):
+                as_they_came = False
+                continue
+            as_they_came = as_they_came and bool(name)
+            kept.append((kind, event_data))
+        if as_they_came:
+            return data
+        return b"".join(k if isinstance(k, bytes) else encode_sse(*k) for k in kept)
 
 
 #: One content_block_delta event as Anthropic servers and agproxy's translators write it (compact
@@ -3468,18 +3591,18 @@ def context_report(data: bytes) -> ContextReport:
         parsed = None
     error = parsed.get("error") if isinstance(parsed, dict) else None
     if isinstance(error, dict):
-        window = window or (error["n_ctx"] if _is_int(error.get("n_ctx")) and error["n_ctx"] > 0 else None)
-        prompt = prompt if prompt is not None else (
-            error["n_prompt_tokens"] if _is_int(error.get("n_prompt_tokens")) and error["n_prompt_tokens"] >= 0
-            else None)
+        window = window or upstream_count(error.get("n_ctx")) or None
+        prompt = prompt if prompt is not None else upstream_count(error.get("n_prompt_tokens"))
     return ContextReport(window, prompt)
 
 
 def _first_number(match: Optional[re.Match]) -> Optional[int]:
+    """The number a match of the context-error patterns holds, if it is a plausible token count
+    (its digits are counted before ``int()``, which refuses more than 4300 of them)."""
     if match is None:
         return None
-    number = int(next(g for g in match.groups() if g is not None))
-    return number if number < 10 ** 9 else None
+    digits = next(g for g in match.groups() if g is not None)
+    return upstream_count(int(digits)) if len(digits) <= len(str(MAX_UPSTREAM_TOKENS)) else None
 
 
 def sent_max_tokens(sent: Dict[str, Any]) -> Optional[int]:
@@ -3704,7 +3827,7 @@ def scale_usage(usage: Any, upstream_window: int, client_window: int) -> None:
     if not isinstance(usage, dict):
         return
     for key in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"):
-        if isinstance(usage.get(key), int):
+        if upstream_count(usage.get(key)) is not None:
             usage[key] = scale_tokens(usage[key], upstream_window, client_window)
 
 
@@ -3990,12 +4113,13 @@ def _openai_assistant(blocks: List[Any], options: OpenAIOptions, changes: Dict[s
 
 def _token_count(value: Any) -> int:
     """A token count an upstream reported: a non-negative whole number, else 0 (``"many"``,
-    ``1e400``, ``-3`` and the like are noise, not worth failing an answer for)."""
+    ``1e400``, ``-3``, a number past :data:`MAX_UPSTREAM_TOKENS` and the like are noise, not
+    worth failing an answer for)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return 0
     if isinstance(value, float) and not math.isfinite(value):
         return 0
-    return max(0, min(int(value), 2**53))
+    return upstream_count(max(0, int(value))) or 0
 
 
 def openai_usage(usage: Any) -> Dict[str, int]:
@@ -5278,8 +5402,14 @@ REJECTED_KEY_COOLDOWN_S = 600.0
 #: Rest of an account for one model that the upstream refused to its key (a key's models change
 #: by hand, seldom): its other models are served meanwhile.
 MODEL_REFUSED_COOLDOWN_S = 600.0
+#: Rest for an account out of credit (402, or the upstream's words for it). Longer than a rejected
+#: key's: credit comes back only when someone pays, not by itself, and each trial is a refused
+#: request; half an hour, so that a top-up is used within that time without a restart.
+OUT_OF_CREDIT_COOLDOWN_S = 1800.0
 #: The longest any rest lasts, whatever the state file or the wall clock says.
-_LONGEST_REST_S = max(MAX_COOLDOWN_S, REJECTED_KEY_COOLDOWN_S, MODEL_REFUSED_COOLDOWN_S)
+_LONGEST_REST_S = max(MAX_COOLDOWN_S, REJECTED_KEY_COOLDOWN_S, MODEL_REFUSED_COOLDOWN_S, OUT_OF_CREDIT_COOLDOWN_S)
+#: How the reason of an account resting out of credit begins (the accounts page shows it).
+_OUT_OF_CREDIT_REASON = "out of credit"
 #: Pause before the next attempt after an overloaded answer (529/503), jittered 0.5x to 1.5x.
 OVERLOADED_BACKOFF_S = 1.0
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
@@ -5404,6 +5534,9 @@ def decide(outcome: Outcome, attempt: int, max_attempts: int, limits_in_a_row: i
         return Decision(more, cooldown_s=cooldown, reason="rate limited")
     if status in (529, 503):
         return Decision(more, wait_s=OVERLOADED_BACKOFF_S * (0.5 + jitter), reason="overloaded")
+    if status == 402:  # out of credit: rests for every model, as a rejected key does
+        return Decision(more, cooldown_s=OUT_OF_CREDIT_COOLDOWN_S, rejected_key=True,
+                        reason=f"{_OUT_OF_CREDIT_REASON} ({outcome.failure[:170] if outcome.failure else 'HTTP 402'})")
     if status in (401, 403):
         words = outcome.failure[:170] if outcome.failure else f"HTTP {status}"
         if outcome.model_refused:
@@ -5662,6 +5795,8 @@ class AccountPool:
                 status=429, error_type="rate_limit_error", headers=[("retry-after", str(wait))])
         if refusing:
             return self._refused(route, refusing, len(resting) - len(refusing), now)
+        if all(s.reason.startswith(_OUT_OF_CREDIT_REASON) for _, _, s in resting):
+            return self._out_of_credit(route, resting, now)
         parts = []
         for upstream in route.upstreams:
             keys = [f"{a.name} ({s.reason.replace('key rejected ', '', 1).strip('()')}, will be tried again in "
@@ -5687,6 +5822,20 @@ class AccountPool:
             (f"; {rejected} more rest with a rejected key" if rejected else "") +
             f". Ask for another model, or route {route.model!r} to an upstream whose key may use it (model_map); "
             f"the accounts will be tried with it again in {max(1, math.ceil(soonest - now))} s")
+
+    @staticmethod
+    def _out_of_credit(route: Route, resting: List[Tuple[Upstream, Account, AccountState]], now: float) -> AgproxyError:
+        """The error when every account that serves the model is out of credit: a 402
+        ``billing_error`` naming the upstream and each account (Claude Code shows it as it is)."""
+        accounts = ", ".join(f"{u.name!r} account {a.name!r} ({s.reason[len(_OUT_OF_CREDIT_REASON):].strip(' ()')}, "
+                             f"will be tried again in {max(1, math.ceil(s.rest_for(route.model, now) - now))} s)"
+                             for u, a, s in resting)
+        broke = AgproxyError(f"every account that serves {route.model!r} is out of credit: {accounts}. Add credit "
+                             "there, or map the model to another upstream in model_map; once there is, `agproxy "
+                             "state clear` (with agproxy stopped) ends the rests at once", status=402,
+                             error_type="billing_error")
+        broke.final = True
+        return broke
 
     def _fingerprint(self, upstream_name: str, account_name: str) -> str:
         upstream = self.upstreams[upstream_name]
@@ -5738,7 +5887,9 @@ class AccountPool:
         for upstream in self.upstreams.values():
             for account in upstream.accounts:
                 s = self.state(upstream, account)
-                if s.resting_until > now:
+                if s.resting_until > now and s.key_rejected(now) and s.reason.startswith(_OUT_OF_CREDIT_REASON):
+                    status = "out_of_credit"
+                elif s.resting_until > now:
                     status = "rejected_key" if s.key_rejected(now) else "rate_limited"
                 elif s.unproven:
                     status = "probing" if s.trials else "recovering"
@@ -7755,8 +7906,7 @@ class AnthropicAdapter(Adapter):
             counted = loads_strict(data)
         except ValueError:
             counted = None
-        tokens = counted.get("input_tokens") if isinstance(counted, dict) else None
-        if not _is_int(tokens) or tokens < 0:
+        if upstream_count(counted.get("input_tokens") if isinstance(counted, dict) else None) is None:
             raise UpstreamFailure(f"upstream {upstream.name!r} answered count_tokens with something that is not a "
                                   "token count")
         return counted
@@ -7798,7 +7948,10 @@ class AnthropicAdapter(Adapter):
 
     def answer_events(self, response: UpstreamResponse, route: Route, body: Dict[str, Any], estimate: int,
                       on_upstream_id: Callable[[str], None]) -> AsyncIterator[bytes]:
-        return anthropic_events(response, route.upstream.name)  # relayed: its message ids are its own
+        upstream = route.upstream.name  # relayed: its message ids are its own
+        return anthropic_events(response, upstream, lambda kind: self.gw.note_once(
+            upstream, "unknown_event:" + kind[:40], "upstream %r sent %r events, which are outside the Messages "
+            "stream's grammar; they are not relayed", upstream, kind[:40]))
 
     def unhealed_hint(self, upstream: Upstream, status: int, data: bytes) -> Optional[str]:
         if status not in (400, 422) or upstream.profile == "compatible" or not _SCHEMA_REFUSAL.search(
@@ -7916,7 +8069,7 @@ class OpenAIAdapter(Adapter):
         except (UpstreamFailure, ValueError) as exc:
             self._tokenizer_failed(upstream, f"is unavailable ({exc})")
             return None
-        if isinstance(data, dict) and _is_int(data.get("count")) and data["count"] >= 0:
+        if isinstance(data, dict) and upstream_count(data.get("count")) is not None:
             self._tokenizer_failing.discard(upstream.name)
             return data["count"]
         if isinstance(data, dict) and isinstance(data.get("tokens"), list):
@@ -8081,8 +8234,8 @@ class GeminiAdapter(Adapter):
         except (UpstreamFailure, ValueError) as exc:
             self.gw.log.warning("countTokens of upstream %r unavailable (%s); estimating", upstream.name, exc)
             return None
-        total = counted.get("totalTokens") if isinstance(counted, dict) else None
-        if _is_int(total) and total >= 0:
+        total = upstream_count(counted.get("totalTokens") if isinstance(counted, dict) else None)
+        if total is not None:
             return total
         self.gw.log.warning("countTokens of upstream %r answered HTTP %s; estimating", upstream.name, status)
         return None
@@ -8222,11 +8375,12 @@ def _outcome_of(error: AgproxyError) -> Outcome:
 # into one Message (accumulate_events).
 
 
-async def anthropic_events(response: UpstreamResponse, upstream: str) -> AsyncIterator[bytes]:
+async def anthropic_events(response: UpstreamResponse, upstream: str,
+                           on_unknown: Optional[Callable[[str], None]] = None) -> AsyncIterator[bytes]:
     """An Anthropic event stream as it arrives, in checked batches of whole events
     (:class:`EventStreamCheck`); it ends at ``message_stop`` (or an error event), leaving the rest
     of the body to a background drain, and raises :class:`UpstreamFailure` for a stream that
-    breaks before it."""
+    breaks before it. ``on_unknown`` hears of each event type dropped as outside the grammar."""
     pending = bytearray()
     check = EventStreamCheck(upstream)
     while True:
@@ -8243,6 +8397,8 @@ async def anthropic_events(response: UpstreamResponse, upstream: str) -> AsyncIt
             continue
         events = check.feed(bytes(pending[:cut]))
         del pending[:cut]
+        while check.unknown and on_unknown is not None:
+            on_unknown(check.unknown.pop())
         yield events
         if check.finished:  # whatever follows message_stop is not relayed
             _drain_in_background(response)

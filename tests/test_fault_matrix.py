@@ -175,6 +175,25 @@ for _name in RECIPES:
     if _name.startswith("status_429_") and _name not in EXPECT:
         EXPECT[_name] = RATE
 
+# upstream faults of issue 18: deep JSON, huge numbers, out of credit, out-of-grammar passthrough
+CREDIT = _e(402)  # every account out of credit: a 402 billing_error naming the upstream
+EXPECT.update({
+    "deep_json_answer": {"count": EARLY, "*": FAIL}, "deepish_json_answer": {"count": EARLY, "*": FAIL},
+    "deep_json_error_400": status(400), "deepish_json_error_400": status(400), "deep_json_error_503": status(503),
+    "huge_counts_5000_digits": {"count": EARLY, "*": FAIL}, "huge_counts_4000_digits": {"count": EARLY, "*": ANY},
+    "context_window_5000_digits": status(400), "context_window_4000_digits": status(400),
+    "n_ctx_5000_digits": status(400), "n_ctx_4000_digits": status(400),
+    "status_402": CREDIT, "out_of_credit": CREDIT, "out_of_credit_alice_then_ok": OK,
+    "sse_ping_then_content_no_start": EARLY, "sse_no_message_start": EARLY, "sse_event_name_not_its_type": FAIL,
+    "sse_second_message_start": FAIL, "sse_delta_before_block_start": FAIL, "sse_delta_after_block_stop": FAIL,
+    "sse_block_started_twice": FAIL, "sse_no_event_names": OK, "sse_unknown_event_then_block": OK,
+    "sse_lone_surrogate_first": OK, "sse_deep_json_first": EARLY,
+})
+#: cases whose every request must reach both accounts (the first failure is tried on the other)
+BOTH_ACCOUNTS = ("deep_json_answer", "deepish_json_answer", "huge_counts_5000_digits", "status_402", "out_of_credit",
+                 "out_of_credit_alice_then_ok", "sse_ping_then_content_no_start", "sse_no_message_start",
+                 "sse_deep_json_first")
+
 #: cases too heavy to run in every mode (tens of MB each)
 ONLY_MODES = {"body_huge": ("json",), "sse_line_20mb": ("stream", "forced"), "oa_line_20mb": ("stream", "forced")}
 #: ... or for every kind: the 64 MB bound on a whole answer is one read for every kind
@@ -456,6 +475,84 @@ def test_no_internal_error_in_agproxy_log(matrix: Matrix) -> None:
     distinct = sorted(set(problems))
     assert not distinct, f"{len(problems)} internal errors logged, {len(distinct)} distinct:\n" + "\n".join(
         distinct[:60])
+
+
+# -- upstream faults of issue 18: retried elsewhere, rested, worded so that Claude Code shows them -------
+
+#: cases that fail at the head of a stream, before the client has a byte (so they can be retried then)
+HEAD_FAILURES = ("status_402", "out_of_credit", "out_of_credit_alice_then_ok", "sse_ping_then_content_no_start",
+                 "sse_no_message_start", "sse_deep_json_first")
+
+
+def test_an_upstream_fault_is_tried_on_the_other_account(matrix: Matrix) -> None:
+    """Deep JSON, a number past int()'s digits, a stream outside the grammar, an account out of
+    credit: each is the upstream's fault, so the request is tried on the other account."""
+    once = []
+    for kind, mode, case in RUNS:
+        if case not in BOTH_ACCOUNTS or (mode == "count" and kind != "anthropic") or \
+                (mode == "stream" and case not in HEAD_FAILURES):
+            continue  # counted locally past a failed count; a stream that failed after it began
+        if matrix.results[(kind, mode, case)].answer.status == 504:
+            continue  # the fake did not answer in time (a loaded machine): test_fault reports it
+        keys = {seen.key for seen in matrix.fake.requests_for(case, kind, mode)}
+        if keys != set(KEYS):
+            once.append(f"{kind}/{mode}/{case}: {len(keys)} account(s)")
+    assert not once, "faults not tried on the other account: " + ", ".join(once)
+
+
+def test_an_account_out_of_credit_rests_and_the_client_is_told_by_whom(matrix: Matrix) -> None:
+    """A 402 (or Anthropic's 400 about the credit balance) rests that account (the next request goes
+    straight to the other), is listed as out of credit, and when every account is out the client gets
+    a 402 billing_error naming the upstream, without the words that make Claude Code show its own
+    "Credit balance is too low · Add funds" (Anthropic's billing page, the wrong place for an upstream's
+    account) instead of agproxy's message."""
+    problems = []
+    for kind in KINDS:
+        for mode in MODES:
+            if mode == "count" and kind != "anthropic":
+                continue
+            port = matrix.proxy_for(kind, mode).port
+            before = len(matrix.fake.requests_for("out_of_credit_alice_then_ok", kind, mode))
+            again = ask(port, kind, mode, "out_of_credit_alice_then_ok")
+            asked = [seen.key for seen in matrix.fake.requests_for("out_of_credit_alice_then_ok", kind, mode)[before:]]
+            if again.status != 200 or asked != [BOB_KEY]:
+                problems.append(f"{kind}/{mode}: {again.status}, accounts asked: {len(asked)}")
+            states = {a["account"]: a["state"] for a in json.loads(get(port, "/v1/agproxy/accounts").body)["accounts"]
+                      if a["upstream"] == model_name(kind, mode, "out_of_credit_alice_then_ok")}
+            if states != {"alice@example.com": "out_of_credit", "bob@example.com": "ok"}:
+                problems.append(f"{kind}/{mode}: accounts {states}")
+            for case in ("status_402", "out_of_credit"):
+                answer = matrix.results[(kind, mode, case)].answer
+                text = answer.body.decode("utf-8", "replace")
+                if answer.status != 402 or '"billing_error"' not in text or model_name(kind, mode, case) not in text \
+                        or re.search(r"(?i)credit balance (is )?too low", text) or \
+                        answer.header("x-should-retry") != "false":
+                    problems.append(f"{kind}/{mode}/{case}: {answer.describe(300)}")
+    assert not problems, "\n".join(problems)
+
+
+def test_stream_events_outside_the_grammar_are_dropped_or_mended(matrix: Matrix) -> None:
+    """An event type the Messages grammar lacks is not relayed (and logged once per upstream); an
+    event without a name gets its data's type; a lone surrogate becomes U+FFFD, as without a stream."""
+    problems = []
+    for case, absent in (("sse_unknown_event_type", b"content_block_future"),
+                         ("sse_unknown_event_then_block", b"future_thing"),
+                         ("sse_lone_surrogate_first", b"\\ud800"), ("sse_lone_surrogate", b"\\ud800")):
+        answer = matrix.results[("anthropic", "stream", case)].answer
+        if answer.status != 200 or absent in answer.body:
+            problems.append(f"{case}: {absent!r} reached the client: {answer.describe(300)}")
+    for case in ("sse_lone_surrogate_first", "sse_lone_surrogate"):
+        body = matrix.results[("anthropic", "stream", case)].answer.body
+        if b"\\ufffd" not in body and "\ufffd".encode() not in body:
+            problems.append(f"{case}: no U+FFFD in the stream")
+    named = matrix.results[("anthropic", "stream", "sse_no_event_names")].answer.body
+    if b"event: content_block_delta\n" not in named:
+        problems.append(f"sse_no_event_names: events left without names: {named[:300]!r}")
+    log = matrix.proxies["anthropic-forced"].log()
+    noted = [line for line in log.splitlines() if "'future_thing' events" in line]
+    if len(noted) != 2:  # its stream and forced upstreams, once each
+        problems.append(f"the dropped event type was logged {len(noted)} times: {noted}")
+    assert not problems, "\n".join(problems)
 
 
 # -- connection reuse after an upstream sent more than it framed ----------------------------------------

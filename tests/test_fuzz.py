@@ -421,6 +421,37 @@ def test_request_pipeline_takes_any_shape(body: Dict[str, Any], profile: str) ->
         return
 
 
+COUNT_FIELDS = ["model", "messages", "max_tokens", "stream", "system", "tools", "tool_choice", "stop_sequences",
+                "thinking", "metadata", "temperature", "top_p", "top_k"]
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(COUNT_FIELDS), JSON, st.sampled_from(["anthropic", "compatible", "openai", "gemini"]))
+def test_count_tokens_pipeline_takes_any_shape(field: str, value: Any, kind: str) -> None:
+    """What count_tokens does with a body before any I/O, for every kind: parse, validate as a count,
+    then prepare it as the kind's count does (an ``openai`` tokenizer and Gemini's countTokens get
+    the translated request). A valid count with one field holding anything: only agproxy's own
+    errors may come out."""
+    body: Dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+                            "tools": [{"name": "Read", "input_schema": {"type": "object"}}], field: value}
+    try:
+        raw = json.dumps(body).encode()
+    except (ValueError, UnicodeEncodeError):
+        return
+    try:
+        parsed = agproxy.parse_json_body(raw)
+        agproxy.validate_messages_request(parsed, count_tokens=True)
+        agproxy.estimate_input_tokens(parsed)
+        counted = dict(parsed, model="m", max_tokens=1)
+        agproxy.sanitize_request(counted, agproxy.PROFILE_DEFAULTS["anthropic" if kind == "gemini" else kind])
+        if kind == "openai":
+            agproxy.anthropic_to_openai(counted, agproxy.OpenAIOptions(), "u")
+        elif kind == "gemini":
+            agproxy.anthropic_to_gemini(counted, "gemini-x", lambda signature: True, lambda call_id: None)
+    except agproxy.AgproxyError:
+        return
+
+
 # -- (c) a real agproxy process ------------------------------------------------------------------------
 
 class Live:

@@ -91,7 +91,7 @@ def test_the_head_waits_past_message_start_for_the_first_content_event():
 @pytest.mark.parametrize("reads, says", [
     ([START], "ended before message_stop"),  # a stream that dies right after message_start: retried
     ([event("error", error={"type": "overloaded_error", "message": "busy"})], "busy"),
-    ([BLOCK + START], "began with a 'content_block_start' event"),
+    ([BLOCK + START], "a content_block_start event before message_start"),
     ([b"data: not json\n\n"], "not JSON"),
     ([], "ended before message_stop"),
 ])

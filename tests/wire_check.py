@@ -450,6 +450,7 @@ def stream_problems(body: bytes, strict_events: bool) -> Tuple[Optional[str], Li
             problems.append(f"message_stop data is not strict JSON ({exc}): {data[:200]!r}")
         if value is not None and (not isinstance(value, dict) or value.get("type") != "message_stop"):
             problems.append(f"message_stop data is not a message_stop object: {data[:200]!r}")
+    problems += grammar_problems(events[:end + 1])
     if strict_events:
         for i, (event, payload) in enumerate(events):
             try:
@@ -464,6 +465,51 @@ def stream_problems(body: bytes, strict_events: bool) -> Tuple[Optional[str], Li
         if events[0][0] not in ("message_start", "error"):
             problems.append(f"the stream begins with {events[0][0]}, not message_start")
     return name, problems
+
+
+def grammar_problems(events: List[Tuple[str, str]]) -> List[str]:
+    """Where a stream leaves the Messages grammar, for the types it defines (others are tolerated,
+    as the API may add some): every event named after its data's type, pings then ``message_start``
+    first (or an error), one ``message_start``, a block's deltas and stop only while it is open,
+    each block started once; no unpaired surrogate escape (a client's JSON parser may refuse it)."""
+    problems: List[str] = []
+    started, open_blocks, seen = False, set(), set()
+    for i, (name, data) in enumerate(events):
+        try:
+            value = strict_json(data)
+        except ValueError:
+            continue  # reported elsewhere where it matters
+        if "\\u" in data:
+            try:
+                json.dumps(value, ensure_ascii=False).encode("utf-8")
+            except UnicodeEncodeError:
+                problems.append(f"event {i} ({name}) has an unpaired surrogate escape: {data[:120]!r}")
+        kind = value.get("type") if isinstance(value, dict) else None
+        if name in ANTHROPIC_EVENTS and kind != name:
+            problems.append(f"event {i} is named {name} but its data is a {kind!r}")
+        if name == "message" and kind in ANTHROPIC_EVENTS:
+            problems.append(f"event {i} ({kind}) has no event name (the SDKs ignore it)")
+        if name not in ANTHROPIC_EVENTS or name in ("ping", "error"):
+            continue
+        if name == "message_start":
+            if started:
+                problems.append(f"event {i} is a second message_start")
+            started = True
+            continue
+        if not started:
+            problems.append(f"event {i} ({name}) comes before message_start")
+        index = value.get("index") if isinstance(value, dict) else None
+        if name == "content_block_start":
+            if index in seen:
+                problems.append(f"event {i} starts block {index} a second time")
+            seen.add(index)
+            open_blocks.add(index)
+        elif name in ("content_block_delta", "content_block_stop"):
+            if index not in open_blocks:
+                problems.append(f"event {i} ({name}) is for block {index!r}, which is not open")
+            elif name == "content_block_stop":
+                open_blocks.discard(index)
+    return problems
 
 
 def leaked(data: Any, secrets: Sequence[str]) -> List[str]:

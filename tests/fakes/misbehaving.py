@@ -920,6 +920,122 @@ def _pings_only(ctx: Ctx) -> List[Action]:
             Trickle(_keepalives(ctx), every_s=0.2, for_s=25)]
 
 
+# upstream faults of issue 18: deep JSON, huge numbers, out of credit, out-of-grammar passthrough -------
+
+#: nesting far past what any parser's stack follows, and nesting Python's parser follows but that
+#: would still overflow a recursive walk of the value (copy.deepcopy, a translator)
+DEEP, DEEPISH = 100_000, 900
+#: a number past Python's int() digit limit (4300), and one under it that still overflows a float
+HUGE_DIGITS, BIG_DIGITS = 5000, 4000
+_COUNT_FIELDS = rb"input_tokens|output_tokens|prompt_tokens|completion_tokens|total_tokens|promptTokenCount|" \
+                rb"candidatesTokenCount|totalTokenCount|totalTokens|count"
+
+
+def nested(depth: int) -> bytes:
+    """A JSON list nested ``depth`` deep."""
+    return b"[" * depth + b"]" * depth
+
+
+def _deep_first_text(depth: int) -> Recipe:
+    """The proper answer, its first text (or, for a count, its object) carrying a value nested
+    ``depth`` deep beside it: inside the first content event of a stream."""
+    def make(ctx: Ctx) -> List[Action]:
+        content_type, body = good_body(ctx)
+        if ctx.count or not re.search(rb'"(text|content)": "Hello', body):
+            body = body.replace(b"{", b'{"deep": ' + nested(depth) + b", ", 1)
+        else:
+            body = re.sub(rb'"(text|content)": "Hello', lambda m: b'"deep": ' + nested(depth) + b", " + m.group(0),
+                          body, count=1)
+        return [Send(response("200 OK", content_type, body,
+                              framing="chunked" if content_type == "text/event-stream" else "length"))]
+    return make
+
+
+_simple("deep_json_answer", "http", _deep_first_text(DEEP))
+_simple("deepish_json_answer", "http", _deep_first_text(DEEPISH))
+_simple("deep_json_error_400", "http", _error_status(400, "Bad Request", body=lambda ctx: error_json(
+    ctx, 400, "bad").replace(b"{", b'{"deep": ' + nested(DEEP) + b", ", 1)))
+_simple("deep_json_error_503", "http", _error_status(503, "Service Unavailable", body=lambda ctx: error_json(
+    ctx, 503, "busy").replace(b"{", b'{"deep": ' + nested(DEEP) + b", ", 1)))
+_simple("deepish_json_error_400", "http", _error_status(400, "Bad Request", body=lambda ctx: error_json(
+    ctx, 400, "bad").replace(b"{", b'{"deep": ' + nested(DEEPISH) + b", ", 1)))
+
+
+def _huge_counts(digits: int) -> Recipe:
+    """The proper answer with every token count ``digits`` digits long (usage, count_tokens)."""
+    def make(ctx: Ctx) -> List[Action]:
+        content_type, body = good_body(ctx)
+        body = re.sub(rb'("(?:' + _COUNT_FIELDS + rb')": )\d+', lambda m: m.group(1) + b"9" * digits, body)
+        return [Send(response("200 OK", content_type, body,
+                              framing="chunked" if content_type == "text/event-stream" else "length"))]
+    return make
+
+
+_simple("huge_counts_5000_digits", "http", _huge_counts(HUGE_DIGITS))
+_simple("huge_counts_4000_digits", "http", _huge_counts(BIG_DIGITS))
+for _digits in (HUGE_DIGITS, BIG_DIGITS):
+    _simple(f"context_window_{_digits}_digits", "http", _error_status(400, "Bad Request", body=lambda ctx, d=_digits:
+            error_json(ctx, 400, f"This model's maximum context length is {'9' * d} tokens. However, you requested "
+                                 f"{'8' * d} tokens ({'7' * d} in the messages, 64 in the completion).")))
+    _simple(f"n_ctx_{_digits}_digits", "http", _error_status(400, "Bad Request", body=lambda ctx, d=_digits: (
+        b'{"error": {"code": 400, "message": "the request exceeds the available context size, try increasing it",'
+        b' "type": "exceed_context_size_error", "n_prompt_tokens": ' + b"8" * d + b', "n_ctx": ' + b"9" * d + b"}}")))
+    _simple(f"status_429_retry_after_{_digits}_digits", "http", _error_status(429, "Too Many Requests", headers=[
+        ("retry-after", "9" * _digits), ("x-ratelimit-reset-tokens", "9" * _digits + "s"),
+        ("anthropic-ratelimit-requests-reset", "9" * _digits), ("anthropic-ratelimit-requests-remaining", "0")]))
+    _simple(f"status_429_retry_delay_{_digits}_digits", "http", lambda ctx, d=_digits: [Send(response(
+        "429 Too Many Requests", "application/json",
+        b'{"error": {"code": 429, "message": "quota", "status": "RESOURCE_EXHAUSTED", "details": [{"@type": '
+        b'"type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "' + b"9" * d + b's"}]}}'))])
+
+#: what services say when an account has run out of money: HTTP 402 (OpenRouter, DeepSeek, z.ai
+#: and others), and Anthropic's own 400 (its documented billing error)
+CREDIT_402 = "Insufficient credits. Add more using https://example.com/credits"
+ANTHROPIC_CREDIT_400 = ("Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing "
+                        "to upgrade or purchase credits.")
+
+
+def _out_of_credit(ctx: Ctx) -> bytes:
+    if ctx.kind == "anthropic":
+        return response("400 Bad Request", "application/json", json.dumps({"type": "error", "error": {
+            "type": "invalid_request_error", "message": ANTHROPIC_CREDIT_400}}).encode())
+    return response("402 Payment Required", "application/json", error_json(ctx, 402, CREDIT_402))
+
+
+_simple("status_402", "http", _error_status(402, "Payment Required", body=lambda ctx: error_json(ctx, 402, CREDIT_402)))
+_simple("out_of_credit", "http", lambda ctx: [Send(_out_of_credit(ctx))])
+_simple("out_of_credit_alice_then_ok", "http", lambda ctx: [Send(_out_of_credit(ctx) if ctx.key == ALICE_KEY
+                                                                  else good(ctx))])
+
+
+def _grammar(build: Callable[[List[bytes]], List[bytes]]) -> Recipe:
+    """A proper Anthropic event stream, rebuilt by ``build`` (events: message_start, block start,
+    ping, deltas..., block stop, message_delta, message_stop)."""
+    return lambda ctx: [Send(sse_response(build(anthropic_events(ctx.model))))]
+
+
+_BLOCK_1 = sse("content_block_start", {"type": "content_block_start", "index": 1,
+                                       "content_block": {"type": "text", "text": ""}})
+_DELTA_1 = sse("content_block_delta", {"type": "content_block_delta", "index": 1,
+                                       "delta": {"type": "text_delta", "text": " early"}})
+_simple("sse_ping_then_content_no_start", "sse", _grammar(lambda ev: [sse("ping", {"type": "ping"})] + ev[1:]))
+_simple("sse_no_message_start", "sse", _grammar(lambda ev: ev[1:]))
+_simple("sse_event_name_not_its_type", "sse", _grammar(lambda ev: ev[:3] + [ev[3].replace(
+    b"event: content_block_delta", b"event: message_delta", 1)] + ev[4:]))
+_simple("sse_second_message_start", "sse", _grammar(lambda ev: ev[:4] + [ev[0]] + ev[4:]))
+_simple("sse_delta_before_block_start", "sse", _grammar(lambda ev: ev[:3] + [_DELTA_1] + ev[3:]))
+_simple("sse_delta_after_block_stop", "sse", _grammar(lambda ev: ev[:-2] + [ev[3]] + ev[-2:]))
+_simple("sse_block_started_twice", "sse", _grammar(lambda ev: ev[:3] + [ev[1]] + ev[3:]))
+_simple("sse_no_event_names", "sse", _grammar(lambda ev: [re.sub(rb"^event: [^\n]*\n", b"", e) for e in ev]))
+_simple("sse_unknown_event_then_block", "sse", _grammar(lambda ev: ev[:-2] + [sse("future_thing", {
+    "type": "future_thing", "index": 1})] + [_BLOCK_1, _DELTA_1, ev[-3].replace(b'"index": 0', b'"index": 1')]
+    + ev[-2:]))
+_simple("sse_lone_surrogate_first", "sse", _grammar(lambda ev: ev[:3] + [sse("content_block_delta", {
+    "type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "a\ud800b"}})] + ev[3:]))
+_simple("sse_deep_json_first", "sse", _grammar(lambda ev: [ev[0].replace(b'"usage": {', b'"usage": {"deep": '
+                                                                          + nested(DEEP) + b", ", 1)] + ev[1:]))
+
+
 # -- the server ----------------------------------------------------------------------------------------
 
 class MisbehavingUpstream:
