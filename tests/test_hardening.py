@@ -313,13 +313,17 @@ def test_http_10_keep_alive_is_said_in_the_answer(demo_proxy):
 
 # -- 13: state files ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("content", [
-    '{"format":1,"learned":{"anth":{"fields":5,"betas":{"a":1}}},"accounts":{"x/y":{"resting_until":"soon"}}}',
-    '{"format":1,"learned":' + "[" * 5000 + "]" * 5000 + "}",
-    '{"format":1,"accounts":{"fake/alice@example.com":{"resting_until":1e308,"limits_in_a_row":1e9}}}',
-    "\x00\xff garbage",
+@pytest.mark.parametrize("content, ours", [
+    ('{"format":1,"learned":{"anth":{"fields":5,"betas":{"a":1}}},"accounts":{"x/y":{"resting_until":"soon"}}}', True),
+    ('{"format":1,"learned":' + "[" * 5000 + "]" * 5000 + "}", False),
+    ('{"format":1,"accounts":{"fake/alice@example.com":{"resting_until":1e308,"limits_in_a_row":1e9}}}', True),
+    ("\x00\xff garbage", False),
 ])
-def test_a_bad_state_file_is_reported_and_replaced(start_agproxy, fake, tmp_path, content):
+def test_a_bad_state_file_is_reported_and_replaced_only_when_it_is_agproxys(start_agproxy, fake, tmp_path, content,
+                                                                            ours):
+    """agproxy's own file with bad sections is reported and replaced (its stale temporaries
+    removed); a file agproxy cannot recognise as its own (no JSON it can read, or no
+    ``"format": 1``) is reported and left alone, with everything beside it."""
     state = tmp_path / "state.json"
     state.write_bytes(content.encode("utf-8", "surrogateescape"))
     stale = tmp_path / "state.json.999999.tmp"
@@ -328,7 +332,10 @@ def test_a_bad_state_file_is_reported_and_replaced(start_agproxy, fake, tmp_path
     answer = post_json(proxy.port, "/v1/messages", SIMPLE, 10)
     assert answer.status in (200, 429), answer.describe()
     assert get(proxy.port, "/v1/agproxy/accounts").status == 200
-    assert not stale.exists()
+    assert stale.exists() is not ours
+    assert ("is not agproxy's" in proxy.log()) is not ours, proxy.log()
+    if not ours:
+        assert state.read_bytes() == content.encode("utf-8", "surrogateescape")
 
 
 # -- 14: config gaps ------------------------------------------------------------------------------

@@ -408,16 +408,20 @@ def saved_state(path, ready, wait_s: float = 5.0):
         time.sleep(0.05)
 
 
-def test_corrupt_state_file_is_reported_and_replaced(start_agproxy, tmp_path):
+def test_a_corrupt_state_file_is_reported_and_left_alone_and_lessons_kept_in_memory(start_agproxy, tmp_path):
+    """A file agproxy cannot read as its own may be anyone's: it is never replaced (issue 18), and
+    what agproxy learns is kept in memory meanwhile."""
     state = tmp_path / "state.json"
     state.write_text("{not json")
     with FakeAnthropic(reject_fields=["context_management"]) as picky:
         proxy = start_agproxy(fake_config(picky, state_file=str(state)))
-        assert "unreadable" in proxy.log()
+        assert "is not agproxy's (not JSON)" in proxy.log()
         name, headers, body = corpus()[0]
         assert post(proxy, "/v1/messages", body, headers)[0] == 200
-        saved = saved_state(state, lambda s: s.get("learned", {}).get("fake", {}).get("fields"))
-        assert saved["learned"]["fake"]["fields"] == ["context_management"]
+        refused = len(picky.requests)
+        assert post(proxy, "/v1/messages", body, headers)[0] == 200
+        assert len(picky.requests) == refused + 1  # learned: no second 400
+    assert state.read_text() == "{not json"
 
 
 def test_thinking_signatures_follow_the_upstream_that_made_them(start_agproxy):
