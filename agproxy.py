@@ -1710,6 +1710,62 @@ class ResponseParser:
             self._state = _UNTIL_CLOSE
 
 
+# -- what a request presents, and what of an upstream's answer a client sees --------------------
+
+def host_without_port(host: str) -> str:
+    """The name part of a ``Host`` header value."""
+    host = host.strip()
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def presented_keys(request: Request) -> List[str]:
+    """The keys a client sent: ``Authorization: Bearer``, ``x-api-key`` and ``x-goog-api-key``."""
+    keys = []
+    authorization = request.header("authorization") or ""
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        keys.append(token.strip())
+    for name in ("x-api-key", "x-goog-api-key"):
+        value = request.header(name)
+        if value:
+            keys.append(value.strip())
+    return keys
+
+
+def key_matches(expected: str, keys: Sequence[str]) -> bool:
+    """Constant-time check that one of ``keys`` is ``expected`` (never true for an empty key)."""
+    if not expected:
+        return False
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(key.encode("utf-8"), expected.encode("utf-8"))
+    return matched
+
+
+def is_json_content_type(value: Optional[str]) -> bool:
+    """``application/json`` or any ``+json`` media type, parameters allowed."""
+    media = (value or "").split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+#: Upstream response headers worth passing on to the client (rate-limit state, the upstream's id).
+_RELAYED_HEADER = re.compile(r"(?:anthropic-ratelimit|x-ratelimit)-[a-z-]{1,40}|retry-after", re.IGNORECASE)
+
+
+def relayed_upstream_headers(headers: Headers) -> Headers:
+    """The upstream headers a client should see; the upstream's request-id is renamed. A
+    ``retry-after`` that is not plain seconds (``nan``, ``1e12``, a date) is left out: agproxy
+    states its own, bounded one on the errors it answers with."""
+    out = [(k, v) for k, v in strip_hop_by_hop(headers) if _RELAYED_HEADER.fullmatch(k)
+           and not (k.lower() == "retry-after" and not re.fullmatch(r"[0-9]{1,4}", v.strip()))]
+    upstream_id = header_value(headers, "request-id")
+    if upstream_id:
+        out.append(("upstream-request-id", upstream_id))
+    return out
+
+
 # =====================================================================================
 # 4. SSE
 #    Encoder and incremental decoder for text/event-stream (WHATWG rules). Sans-IO.
@@ -3842,6 +3898,36 @@ def is_context_overflow(status: int, body: bytes) -> bool:
     return status in (400, 413, 422) and bool(_OVERFLOW_WORDS.search(upstream_error_text(body)))
 
 
+def fitted_max_tokens(body: Dict[str, Any], window: int, estimate: int) -> Optional[int]:
+    """The completion budget that fits beside the prompt in ``window`` (the estimate is rough, so
+    an eighth of the window is kept free, and never less than a small completion), or None when
+    the client's already fits."""
+    asked = body.get("max_tokens")
+    room = max(window - estimate - max(MIN_COMPLETION_TOKENS, window // 8), MIN_COMPLETION_TOKENS)
+    return room if _is_int(asked) and asked > room else None
+
+
+#: The least thinking budget Anthropic's API takes.
+_MIN_THINKING_BUDGET = 1024
+
+
+def _fit_max_tokens(body: Dict[str, Any], max_tokens: Optional[int], changes: Dict[str, int]) -> None:
+    """Lower the request's ``max_tokens`` to ``max_tokens``, and a thinking budget with it (a
+    budget must stay below max_tokens; one that cannot is turned off)."""
+    if max_tokens is None or not _is_int(body.get("max_tokens")) or body["max_tokens"] <= max_tokens:
+        return
+    body["max_tokens"] = max_tokens
+    _count(changes, "max_tokens_fitted")
+    thinking = body.get("thinking")
+    if isinstance(thinking, dict) and _is_int(thinking.get("budget_tokens")) and \
+            thinking["budget_tokens"] >= max_tokens:
+        if max_tokens // 2 >= _MIN_THINKING_BUDGET:
+            body["thinking"] = dict(thinking, budget_tokens=max_tokens // 2)
+        else:
+            body.pop("thinking")
+        _count(changes, "thinking_budget_fitted")
+
+
 class UsageScaler:
     """Rewrites the usage of a relayed event stream onto the client's context window."""
 
@@ -5165,6 +5251,77 @@ def gemini_error_event(payload: Dict[str, Any]) -> bytes:
         {"type": error_type_for_status(status), "message": str(error.get("message") or "upstream error")}))
 
 
+#: Lines of a Gemini stream outside its ``data:`` lines, kept to read an error written there.
+_MAX_STRAY_BYTES = 1024 * 1024
+_SSE_FIELD_LINE = re.compile(rb"\s*$|(?:\xef\xbb\xbf)?(?:data|event|id|retry)(?::|$)|(?:\xef\xbb\xbf)?:")
+_LINE_BREAK = re.compile(rb"\r\n|\r|\n")
+#: A line break followed by something that may not be an SSE line.
+_STRAY_LINE_START = re.compile(rb"[\r\n](?![\r\n]|data:|event:|id:|retry:|:|\Z)")
+
+
+class StrayLines:
+    """The lines of an event stream that are not SSE lines (Gemini writes an error that arrives
+    mid-stream as a bare JSON body), gathered in linear time however the bytes are split, and
+    parsed once: when their brackets close, or at the body's end."""
+
+    def __init__(self) -> None:
+        self.text = bytearray()
+        self._head = bytearray()  # the start of the current line, until it tells what it is
+        self._stray: Optional[bool] = None
+        self._end = _JsonEnd()
+        self._whole = False
+
+    def feed(self, data: bytes) -> bool:
+        """Take bytes; True when the stray lines make a whole JSON value (call :meth:`error`)."""
+        at_line_start = self._stray is None and not self._head
+        if (at_line_start or self._stray is False) and \
+                not _STRAY_LINE_START.search(b"\n" + data if at_line_start else data):
+            # the fast way, for the usual read: every line in it an SSE line
+            self._stray = None if data[-1:] in (b"\n", b"\r") else False
+            return False
+        pieces = _LINE_BREAK.split(data)
+        for number, piece in enumerate(pieces):
+            ended = number < len(pieces) - 1
+            if self._stray is None:
+                self._head += piece
+                if ended or (len(self._head) >= 8 and self._head.strip()):  # an indent alone tells nothing yet
+                    self._stray = not _SSE_FIELD_LINE.match(bytes(self._head))
+                    if self._stray:
+                        self._take(bytes(self._head))
+                    self._head = bytearray()
+            elif self._stray:
+                self._take(piece)
+            if ended:
+                if self._stray:
+                    self._take(b"\n")
+                self._stray = None
+        if len(self.text) + len(self._head) > _MAX_STRAY_BYTES:
+            raise UpstreamFailure("upstream sent a stream that is not an event stream")
+        return self._whole
+
+    def _take(self, piece: bytes) -> None:
+        self.text += piece
+        if self._end.feed(piece.decode("utf-8", "replace")):
+            self._whole = True
+
+    def end(self) -> None:
+        """The body ended: its last line is whole, with or without a line break."""
+        self.feed(b"\n")
+
+    def error(self) -> Dict[str, Any]:
+        """The error body the stray lines make; :class:`UpstreamFailure` for anything else."""
+        text = bytes(self.text).strip()
+        try:
+            parsed = loads_strict(text)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, list) and len(parsed) == 1:
+            parsed = parsed[0]
+        if not isinstance(parsed, dict) or not isinstance(parsed.get("error"), dict):
+            raise UpstreamFailure(f"upstream sent something in its stream that is not an event: {text[:100]!r}")
+        return parsed
+
+
 class GeminiStreamTranslator:
     """Gemini ``GenerateContentResponse`` chunks in, the exact Anthropic event grammar out.
 
@@ -5546,6 +5703,14 @@ def decide(outcome: Outcome, attempt: int, max_attempts: int, limits_in_a_row: i
     if status in (500, 502, 504) or status == 0:
         return Decision(more, reason=outcome.failure or f"HTTP {status}")
     return Decision(False, reason=f"HTTP {status} is not retried" + (f": {outcome.failure}" if outcome.failure else ""))
+
+
+def _outcome_of(error: AgproxyError) -> Outcome:
+    """How the retry engine sees a failed attempt."""
+    if isinstance(error, UpstreamFailure) and not error.upstream_status:
+        return Outcome(0, failure=error.message)
+    return Outcome(error.upstream_status or error.status, failure=error.upstream_words, reset_s=error.reset_s,
+                   said=error.upstream_said, model_refused=isinstance(error, ModelRefused))
 
 
 # -- the account pool ------------------------------------------------------------------------
@@ -6502,10 +6667,9 @@ async def _connect_tunnel(proxy_host: str, proxy_port: int, host: str, port: int
     sock.setblocking(False)
     try:
         await loop.sock_connect(sock, address)
-        request = f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n"
-        if authorization:
-            request += f"Proxy-Authorization: {authorization}\r\n"
-        await loop.sock_sendall(sock, (request + "\r\n").encode("latin-1"))
+        target = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"  # RFC 9110 9.3.6: authority-form
+        headers: Headers = [("Host", target)] + ([("Proxy-Authorization", authorization)] if authorization else [])
+        await loop.sock_sendall(sock, encode_head(f"CONNECT {target} HTTP/1.1", headers))
         parser = ResponseParser("CONNECT")
         while True:
             event = parser.next_event()
@@ -7033,65 +7197,11 @@ _MAX_LISTED_MODELS = 5000
 MAX_COUNTER_KINDS = 1000
 
 
-def host_without_port(host: str) -> str:
-    """The name part of a ``Host`` header value."""
-    host = host.strip()
-    if host.startswith("["):
-        return host[1 : host.find("]")] if "]" in host else host
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-
-
-def presented_keys(request: Request) -> List[str]:
-    """The keys a client sent: ``Authorization: Bearer``, ``x-api-key`` and ``x-goog-api-key``."""
-    keys = []
-    authorization = request.header("authorization") or ""
-    scheme, _, token = authorization.partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        keys.append(token.strip())
-    for name in ("x-api-key", "x-goog-api-key"):
-        value = request.header(name)
-        if value:
-            keys.append(value.strip())
-    return keys
-
-
-def key_matches(expected: str, keys: Sequence[str]) -> bool:
-    """Constant-time check that one of ``keys`` is ``expected`` (never true for an empty key)."""
-    if not expected:
-        return False
-    matched = False
-    for key in keys:
-        matched |= hmac.compare_digest(key.encode("utf-8"), expected.encode("utf-8"))
-    return matched
-
-
-def is_json_content_type(value: Optional[str]) -> bool:
-    """``application/json`` or any ``+json`` media type, parameters allowed."""
-    media = (value or "").split(";", 1)[0].strip().lower()
-    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
-
-
 _SSE_HEADERS: Headers = [
     ("Content-Type", "text/event-stream; charset=utf-8"),
     ("Cache-Control", "no-cache"),
     ("X-Accel-Buffering", "no"),
 ]
-#: Upstream response headers worth passing on to the client (rate-limit state, the upstream's id).
-_RELAYED_HEADER = re.compile(r"(?:anthropic-ratelimit|x-ratelimit)-[a-z-]{1,40}|retry-after", re.IGNORECASE)
-
-
-def relayed_upstream_headers(headers: Headers) -> Headers:
-    """The upstream headers a client should see; the upstream's request-id is renamed. A
-    ``retry-after`` that is not plain seconds (``nan``, ``1e12``, a date) is left out: agproxy
-    states its own, bounded one on the errors it answers with."""
-    out = [(k, v) for k, v in strip_hop_by_hop(headers) if _RELAYED_HEADER.fullmatch(k)
-           and not (k.lower() == "retry-after" and not re.fullmatch(r"[0-9]{1,4}", v.strip()))]
-    upstream_id = header_value(headers, "request-id")
-    if upstream_id:
-        out.append(("upstream-request-id", upstream_id))
-    return out
-
-
 @dataclasses.dataclass
 class _Lessons:
     """What one request is trying without, after its upstream's 400s named them."""
@@ -7103,6 +7213,75 @@ class _Lessons:
     #: or the upstream's own count said the client's would not fit), and whether the upstream said so
     max_tokens: Optional[int] = None
     fitted: bool = False
+
+
+class ModelCatalog:
+    """The models ``/v1/models`` advertises: exact names in ``model_map``, then what the upstreams
+    list (asked all at once, with a key that is not resting, and kept a minute), else a built-in
+    list of Claude models; only models ``model_map`` routes. Concurrent askers share one fetch."""
+
+    def __init__(self, config: Config, client: UpstreamClient, pool: AccountPool,
+                 adapter: Callable[[Upstream], Any], clock: Callable[[], float], log: logging.Logger) -> None:
+        self.config = config
+        self.client = client
+        self.pool = pool
+        self.adapter = adapter
+        self.clock = clock
+        self.log = log
+        self._cache: Optional[Tuple[float, List[Dict[str, Any]]]] = None
+        self._fetch: Optional[asyncio.Future] = None
+
+    async def models(self) -> List[Dict[str, Any]]:
+        """The models to advertise, as Anthropic model objects."""
+        if self._cache is None or self._cache[0] < time.monotonic():
+            if self._fetch is None or self._fetch.done():  # one fetch for every client asking
+                self._fetch = asyncio.ensure_future(self._fetch_upstream_models())
+            await asyncio.shield(self._fetch)
+        models: Dict[str, Dict[str, Any]] = {}
+        for rule in self.config.model_map:
+            if not any(c in rule.match for c in "*?["):
+                models.setdefault(rule.match, _model_object(rule.match, rule.match))
+        listed = self._cache[1] if self._cache is not None else []
+        for model in listed or [_model_object(i, d) for i, d in KNOWN_CLAUDE_MODELS]:
+            if self._routable(model["id"]):
+                models.setdefault(model["id"], model)
+        return list(models.values()) or [_model_object(i, d) for i, d in KNOWN_CLAUDE_MODELS]
+
+    async def _fetch_upstream_models(self) -> None:
+        """Ask every upstream for its list at once, and wait for them at most
+        ``_MODELS_FETCH_DEADLINE_S``: one upstream that hangs (or many, each within its own timeout)
+        must not hold ``/v1/models`` for longer than a client waits. Lists late by then are left out
+        of this minute's answer, with a warning."""
+        fetches = [asyncio.ensure_future(self._upstream_models(upstream)) for upstream in self.config.upstreams]
+        if fetches:
+            await asyncio.wait(fetches, timeout=_MODELS_FETCH_DEADLINE_S)
+        upstream_models = []
+        for upstream, fetch in zip(self.config.upstreams, fetches):
+            if fetch.done():
+                upstream_models += fetch.result()
+            else:
+                fetch.cancel()
+                self.log.warning("could not list the models of upstream %r: no list within %g s",
+                                 upstream.name, _MODELS_FETCH_DEADLINE_S)
+        self._cache = (time.monotonic() + _MODELS_CACHE_S, upstream_models)  # fresh from its end
+
+    def _routable(self, model: str) -> bool:
+        try:
+            route_model(self.config, model)
+        except NotFound:
+            return False
+        return True
+
+    async def _upstream_models(self, upstream: Upstream) -> List[Dict[str, Any]]:
+        adapter = self.adapter(upstream)
+        if adapter.models_path is None:
+            return []
+        try:
+            account = self.pool.rested(upstream, "", self.clock())
+            return await list_upstream_models(self.client, adapter, upstream, account)
+        except UpstreamFailure as exc:
+            self.log.warning("could not list the models of upstream %r: %s", upstream.name, exc.message)
+            return []
 
 
 class Server(Application):
@@ -7141,8 +7320,7 @@ class Server(Application):
                           line)
         self.http = HttpServer(config, self, self.redact)
         self.adapters: Dict[str, Adapter] = {kind: cls(self) for kind, cls in ADAPTERS.items()}
-        self._models_cache: Optional[Tuple[float, List[Dict[str, Any]]]] = None
-        self._models_fetch: Optional[asyncio.Future] = None
+        self.catalog = ModelCatalog(config, self.client, self.pool, self.adapter, clock, self.log)
         self._routes: Dict[str, Dict[str, Callable[[Request, _Exchange], Any]]] = {
             "/": {"GET": self._root},
             "/api/hello": {"GET": self._root},  # Claude Code 2.1.332 and later probe HEAD /api/hello
@@ -7288,72 +7466,19 @@ class Server(Application):
     async def _telemetry(self, request: Request, exchange: _Exchange) -> Response:
         return Response(200, [("Content-Type", "application/json")], b"")
 
-    async def _model_list(self) -> List[Dict[str, Any]]:
-        """Models to advertise, as Anthropic model objects: exact names in ``model_map``, then what
-        the ``anthropic`` upstreams list (cached a minute), else a built-in list of Claude models."""
-        if self._models_cache is None or self._models_cache[0] < time.monotonic():
-            if self._models_fetch is None or self._models_fetch.done():  # one fetch for every client asking
-                self._models_fetch = asyncio.ensure_future(self._fetch_upstream_models())
-            await asyncio.shield(self._models_fetch)
-        models: Dict[str, Dict[str, Any]] = {}
-        for rule in self.config.model_map:
-            if not any(c in rule.match for c in "*?["):
-                models.setdefault(rule.match, _model_object(rule.match, rule.match))
-        listed = self._models_cache[1] if self._models_cache is not None else []
-        for model in listed or [_model_object(i, d) for i, d in KNOWN_CLAUDE_MODELS]:
-            if self._routable(model["id"]):
-                models.setdefault(model["id"], model)
-        return list(models.values()) or [_model_object(i, d) for i, d in KNOWN_CLAUDE_MODELS]
-
-    async def _fetch_upstream_models(self) -> None:
-        """Ask every upstream for its list at once, and wait for them at most
-        ``_MODELS_FETCH_DEADLINE_S``: one upstream that hangs (or many, each within its own timeout)
-        must not hold ``/v1/models`` for longer than a client waits. Lists late by then are left out
-        of this minute's answer, with a warning."""
-        fetches = [asyncio.ensure_future(self._upstream_models(upstream)) for upstream in self.config.upstreams]
-        if fetches:
-            await asyncio.wait(fetches, timeout=_MODELS_FETCH_DEADLINE_S)
-        upstream_models = []
-        for upstream, fetch in zip(self.config.upstreams, fetches):
-            if fetch.done():
-                upstream_models += fetch.result()
-            else:
-                fetch.cancel()
-                self.log.warning("could not list the models of upstream %r: no list within %g s",
-                                 upstream.name, _MODELS_FETCH_DEADLINE_S)
-        self._models_cache = (time.monotonic() + _MODELS_CACHE_S, upstream_models)  # fresh from its end
-
-    def _routable(self, model: str) -> bool:
-        try:
-            route_model(self.config, model)
-        except NotFound:
-            return False
-        return True
-
-    async def _upstream_models(self, upstream: Upstream) -> List[Dict[str, Any]]:
-        adapter = self.adapter(upstream)
-        if adapter.models_path is None:
-            return []
-        try:
-            account = self.pool.rested(upstream, "", self.clock())
-            return await list_upstream_models(self.client, adapter, upstream, account)
-        except UpstreamFailure as exc:
-            self.log.warning("could not list the models of upstream %r: %s", upstream.name, exc.message)
-            return []
-
     async def _models(self, request: Request, exchange: _Exchange) -> Response:
-        data = await self._model_list()
+        data = await self.catalog.models()
         return json_response(200, {"data": data, "has_more": False,
                                    "first_id": data[0]["id"], "last_id": data[-1]["id"]})
 
     async def _models_openai(self, request: Request, exchange: _Exchange) -> Response:
         data = [{"id": m["id"], "object": "model", "created": _MODELS_CREATED, "owned_by": "agproxy"}
-                for m in await self._model_list()]
+                for m in await self.catalog.models()]
         return json_response(200, {"object": "list", "data": data})
 
     async def _model(self, request: Request, exchange: _Exchange) -> Response:
         model_id = urllib.parse.unquote(request.path[len("/v1/models/"):])
-        for model in await self._model_list():
+        for model in await self.catalog.models():
             if model["id"] == model_id:
                 return json_response(200, model)
         route_model(self.config, model_id)  # a model the map routes is served even if unlisted
@@ -8301,36 +8426,6 @@ async def _error_body(upstream: Upstream, response: UpstreamResponse) -> bytes:
 _ESTIMATE_OFF_LOOP_BYTES = 1024 * 1024
 
 
-def fitted_max_tokens(body: Dict[str, Any], window: int, estimate: int) -> Optional[int]:
-    """The completion budget that fits beside the prompt in ``window`` (the estimate is rough, so
-    an eighth of the window is kept free, and never less than a small completion), or None when
-    the client's already fits."""
-    asked = body.get("max_tokens")
-    room = max(window - estimate - max(MIN_COMPLETION_TOKENS, window // 8), MIN_COMPLETION_TOKENS)
-    return room if _is_int(asked) and asked > room else None
-
-
-#: The least thinking budget Anthropic's API takes.
-_MIN_THINKING_BUDGET = 1024
-
-
-def _fit_max_tokens(body: Dict[str, Any], max_tokens: Optional[int], changes: Dict[str, int]) -> None:
-    """Lower the request's ``max_tokens`` to ``max_tokens``, and a thinking budget with it (a
-    budget must stay below max_tokens; one that cannot is turned off)."""
-    if max_tokens is None or not _is_int(body.get("max_tokens")) or body["max_tokens"] <= max_tokens:
-        return
-    body["max_tokens"] = max_tokens
-    _count(changes, "max_tokens_fitted")
-    thinking = body.get("thinking")
-    if isinstance(thinking, dict) and _is_int(thinking.get("budget_tokens")) and \
-            thinking["budget_tokens"] >= max_tokens:
-        if max_tokens // 2 >= _MIN_THINKING_BUDGET:
-            body["thinking"] = dict(thinking, budget_tokens=max_tokens // 2)
-        else:
-            body.pop("thinking")
-        _count(changes, "thinking_budget_fitted")
-
-
 async def _estimate_tokens(body: Dict[str, Any], size: int) -> int:
     """:func:`estimate_input_tokens`, off the event loop for a large body."""
     if size < _ESTIMATE_OFF_LOOP_BYTES:
@@ -8356,14 +8451,6 @@ async def _watched(exchange: _Exchange, response: UpstreamResponse, reading: Awa
         return await _read_by_deadline(response, reading, f"no answer within timeout_s ({response.timeout_s:g} s)")
     finally:
         exchange.on_client_gone.remove(response.close)
-
-
-def _outcome_of(error: AgproxyError) -> Outcome:
-    """How the retry engine sees a failed attempt."""
-    if isinstance(error, UpstreamFailure) and not error.upstream_status:
-        return Outcome(0, failure=error.message)
-    return Outcome(error.upstream_status or error.status, failure=error.upstream_words, reset_s=error.reset_s,
-                   said=error.upstream_said, model_refused=isinstance(error, ModelRefused))
 
 
 # -- the relay pipeline: one for every kind ------------------------------------------------------
@@ -8439,77 +8526,6 @@ async def openai_events(response: UpstreamResponse, translator: OpenAIStreamTran
         if translator.finished:
             response.close()
             return
-
-
-#: Lines of a Gemini stream outside its ``data:`` lines, kept to read an error written there.
-_MAX_STRAY_BYTES = 1024 * 1024
-_SSE_FIELD_LINE = re.compile(rb"\s*$|(?:\xef\xbb\xbf)?(?:data|event|id|retry)(?::|$)|(?:\xef\xbb\xbf)?:")
-_LINE_BREAK = re.compile(rb"\r\n|\r|\n")
-#: A line break followed by something that may not be an SSE line.
-_STRAY_LINE_START = re.compile(rb"[\r\n](?![\r\n]|data:|event:|id:|retry:|:|\Z)")
-
-
-class StrayLines:
-    """The lines of an event stream that are not SSE lines (Gemini writes an error that arrives
-    mid-stream as a bare JSON body), gathered in linear time however the bytes are split, and
-    parsed once: when their brackets close, or at the body's end."""
-
-    def __init__(self) -> None:
-        self.text = bytearray()
-        self._head = bytearray()  # the start of the current line, until it tells what it is
-        self._stray: Optional[bool] = None
-        self._end = _JsonEnd()
-        self._whole = False
-
-    def feed(self, data: bytes) -> bool:
-        """Take bytes; True when the stray lines make a whole JSON value (call :meth:`error`)."""
-        at_line_start = self._stray is None and not self._head
-        if (at_line_start or self._stray is False) and \
-                not _STRAY_LINE_START.search(b"\n" + data if at_line_start else data):
-            # the fast way, for the usual read: every line in it an SSE line
-            self._stray = None if data[-1:] in (b"\n", b"\r") else False
-            return False
-        pieces = _LINE_BREAK.split(data)
-        for number, piece in enumerate(pieces):
-            ended = number < len(pieces) - 1
-            if self._stray is None:
-                self._head += piece
-                if ended or (len(self._head) >= 8 and self._head.strip()):  # an indent alone tells nothing yet
-                    self._stray = not _SSE_FIELD_LINE.match(bytes(self._head))
-                    if self._stray:
-                        self._take(bytes(self._head))
-                    self._head = bytearray()
-            elif self._stray:
-                self._take(piece)
-            if ended:
-                if self._stray:
-                    self._take(b"\n")
-                self._stray = None
-        if len(self.text) + len(self._head) > _MAX_STRAY_BYTES:
-            raise UpstreamFailure("upstream sent a stream that is not an event stream")
-        return self._whole
-
-    def _take(self, piece: bytes) -> None:
-        self.text += piece
-        if self._end.feed(piece.decode("utf-8", "replace")):
-            self._whole = True
-
-    def end(self) -> None:
-        """The body ended: its last line is whole, with or without a line break."""
-        self.feed(b"\n")
-
-    def error(self) -> Dict[str, Any]:
-        """The error body the stray lines make; :class:`UpstreamFailure` for anything else."""
-        text = bytes(self.text).strip()
-        try:
-            parsed = loads_strict(text)
-        except ValueError:
-            parsed = None
-        if isinstance(parsed, list) and len(parsed) == 1:
-            parsed = parsed[0]
-        if not isinstance(parsed, dict) or not isinstance(parsed.get("error"), dict):
-            raise UpstreamFailure(f"upstream sent something in its stream that is not an event: {text[:100]!r}")
-        return parsed
 
 
 async def gemini_events(response: UpstreamResponse, translator: GeminiStreamTranslator) -> AsyncIterator[bytes]:

@@ -118,3 +118,30 @@ def test_a_read_deadline_holds_even_when_the_reading_loses_its_cancellation():
 
     failure = asyncio.run(run())
     assert failure.status == 504 and failure.message == "too slow" and response.closed
+
+
+def test_a_tunnel_to_an_ipv6_upstream_names_it_in_brackets():
+    """RFC 9110 9.3.6: CONNECT takes the authority form, so an IPv6 address goes in brackets (the
+    head was written by hand and sent ``CONNECT ::1:PORT``); the head is built by encode_head."""
+    import asyncio
+
+    async def scenario(proxy_port: int) -> bytes:
+        async def echo(reader, writer):
+            writer.write(await reader.readexactly(4))
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(echo, "::1", 0)
+        port = server.sockets[0].getsockname()[1]
+        sock = await agproxy._connect_tunnel("127.0.0.1", proxy_port, "::1", port, "Basic dTpw")
+        reader, writer = await asyncio.open_connection(sock=sock)
+        writer.write(b"ping")
+        answer = await reader.readexactly(4)
+        writer.close()
+        server.close()
+        return answer, port
+
+    with FakeProxy() as forward:
+        answer, port = asyncio.run(scenario(forward.port))
+    assert answer == b"ping"
+    assert forward.seen == [("CONNECT", f"[::1]:{port}", "Basic dTpw")]

@@ -40,7 +40,7 @@ class FakeProxy:
         self.seen.append((method, target, auth))
         if method == "CONNECT":
             host, port = target.rsplit(":", 1)
-            up_reader, up_writer = await asyncio.open_connection(host, int(port))
+            up_reader, up_writer = await asyncio.open_connection(host.strip("[]"), int(port))
             writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
         else:
             parts = urllib.parse.urlsplit(target)
