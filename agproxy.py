@@ -8,7 +8,8 @@ back as Anthropic SSE or JSON. One module, Python 3.9 or newer, standard library
 Sections, pure code first and I/O last (everything above section 9 runs without sockets):
  1. constants, version, error types, the redactor
  2. config
- 3. HTTP/1.1 wire (sans-IO; one body framing rule and one chunked reader for both directions)
+ 3. HTTP/1.1 wire (sans-IO; one body framing rule and one chunked reader for both directions;
+    the keys a request presents, the upstream headers a client sees)
  4. SSE (sans-IO)
  5. Anthropic requests: strict JSON, validation, token estimates, the sanitizer, warmups
  6. Anthropic answers: stream bookkeeping, upstream errors, healing, signatures, context windows
@@ -17,7 +18,8 @@ Sections, pure code first and I/O last (everything above section 9 runs without 
  9. upstream client (asyncio-native)
 10. the HTTP shell (HttpServer: connections, framing, timeouts, the access log; it knows
     nothing of Anthropic)
-11. the gateway (Server: the front door's guards and routes, the handlers over one state),
+11. the gateway (Server: the front door's guards and routes, the handlers over one state;
+    ModelCatalog: what /v1/models lists),
     one adapter per upstream kind (ADAPTERS), and the relay pipeline every answer goes through
 12. operations
 13. CLI and main()
