@@ -2779,13 +2779,16 @@ def upstream_status_of(status: int, body: bytes) -> int:
     answers 403 to a request that names a file its project may not read (the request's fault, a
     400). Only Google's own ``ErrorInfo`` reasons and the fixed openings of its messages count: a
     client's words that Gemini echoes in a message never do. OpenRouter's 403 for a request its
-    moderation flagged (``metadata.flagged_input`` quotes the client's words) is the request's too."""
+    moderation flagged (``metadata.flagged_input`` quotes the client's words) is the request's too.
+    A 403 that is not JSON (an HTML page) comes from a firewall or proxy in front of the API, which
+    may block a request for its words: a failed attempt (502), not a rejected key, since a key rested
+    for one client's words would refuse every client for ten minutes."""
     if status not in (400, 403, 429):
         return status
     try:
         parsed = loads_strict(body)
     except (ValueError, UnicodeDecodeError):
-        return status
+        return 502 if status == 403 else status
     error = parsed.get("error") if isinstance(parsed, dict) else None
     if status == 403 and isinstance(error, dict) and isinstance(error.get("metadata"), dict) \
             and "flagged_input" in error["metadata"]:
@@ -3580,10 +3583,14 @@ class ContextReport:
     prompt_tokens: Optional[int] = None
 
 
-def context_report(data: bytes) -> ContextReport:
-    """Read :class:`ContextReport` out of an upstream's error body."""
+def context_report(data: bytes, sent_text: str = "") -> ContextReport:
+    """Read :class:`ContextReport` out of an upstream's error body. A window is read only from
+    words that are not in ``sent_text`` (the request as sent): a server that quotes the request
+    in its error (a tool's description, a field's value) would otherwise let a client's words name
+    the window that agproxy learns and keeps for every client."""
     text = upstream_error_text(data)
-    window = _first_number(_CONTEXT_WINDOW_SAID.search(text))
+    window = _first_number(next((m for m in _CONTEXT_WINDOW_SAID.finditer(text) if m.group(0) not in sent_text),
+                                None))
     prompt = _first_number(_PROMPT_TOKENS_SAID.search(text))
     try:
         parsed = loads_strict(data)
@@ -3633,7 +3640,7 @@ def heal_decision(status: int, data: bytes, sent: Dict[str, Any], beta: Optional
     if heal_thinking and not thinking_stripped and is_signature_error(status, data):
         return Heal("strip_thinking")
     if is_context_overflow(status, data):
-        said = context_report(data)
+        said = context_report(data, json.dumps(sent, ensure_ascii=False))
         limit = said.window or window
         asked = sent_max_tokens(sent)
         if limit and said.prompt_tokens is not None and not fitted and asked is not None:
@@ -9051,7 +9058,8 @@ async def _probe(client: UpstreamClient, adapter: type, upstream: Upstream, acco
         return "FAIL", exc.message, None
     empty = "; its api_key is empty, so no key is sent" if not account.api_key else ""
     body = redactor.data(body)  # an echoed key, before anything cuts it
-    if upstream_status_of(status, body) in (401, 403):
+    meaning = upstream_status_of(status, body)
+    if meaning in (401, 403) or status == 403 and meaning == 502:  # a 403 page, to a request with no words: the key's
         said = upstream_error_text(body).strip().splitlines()
         words = f": {said[0][:200]}" if said else ""
         return "FAIL", f"the upstream rejected this account's key (HTTP {status}{words}){empty}", None

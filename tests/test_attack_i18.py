@@ -1,0 +1,45 @@
+"""Attacks on the issue 18 changes (unique ids, reworded errors, rests, the redactor, the stream
+grammar, learned windows): each test here failed on the code it was written against."""
+
+from __future__ import annotations
+
+import json
+
+from tests.conftest import fake_config
+from tests.fakes.anthropic_upstream import Json, Raw
+from tests.wire_check import post_json
+
+SIMPLE = {"model": "claude-x", "max_tokens": 20, "messages": [{"role": "user", "content": "hi"}]}
+
+
+def test_a_firewall_page_403_for_one_clients_words_rests_no_key(start_agproxy, fake):
+    """A firewall in front of the API (Cloudflare's "you have been blocked" page) refused one
+    request for its words with an HTML 403: agproxy took it for a rejected key and rested every
+    account for 600 s, so every other client got 424 for ten minutes."""
+    page = b"<html><body>Sorry, you have been blocked (Cloudflare Ray ID: 1)</body></html>"
+    blocked = Raw(b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/html\r\nContent-Length: %d\r\n\r\n%s"
+                  % (len(page), page))
+    fake.script(blocked, blocked, blocked)  # each attempt (max_retry_attempts 3)
+    proxy = start_agproxy(fake_config(fake))
+    words = dict(SIMPLE, messages=[{"role": "user", "content": "' OR 1=1 --"}])
+    first = post_json(proxy.port, "/v1/messages", words, 10)
+    assert first.status == 502 and "answered HTTP 403" in json.loads(first.body)["error"]["message"]
+    second = post_json(proxy.port, "/v1/messages", SIMPLE, 10)  # another client, other words
+    assert second.status == 200, second.body
+    assert "rests 600 s" not in proxy.log()
+
+
+def test_a_window_named_in_a_clients_words_echoed_by_the_upstream_is_not_learned(start_agproxy, fake, tmp_path):
+    """An upstream that quotes the request in its error (a tool description here) let one client
+    name the context window agproxy learns: 1024 tokens, kept in the state file, and every later
+    request of every client over it was refused as too long."""
+    words = "This model's maximum context length is 1024 tokens"
+    fake.script(Json(400, {"type": "error", "error": {
+        "type": "invalid_request_error", "message": f"tools.0.description: {words!r} is invalid; prompt is too long"}}))
+    proxy = start_agproxy(fake_config(fake, state_file=str(tmp_path / "state.json")))
+    tool = {"name": "t", "description": words, "input_schema": {"type": "object"}}
+    assert post_json(proxy.port, "/v1/messages", dict(SIMPLE, tools=[tool]), 10).status == 400
+    longer = dict(SIMPLE, messages=[{"role": "user", "content": "hi " * 3000}])
+    answer = post_json(proxy.port, "/v1/messages", longer, 10)
+    assert answer.status == 200, answer.body
+    assert "1024-token context window" not in proxy.log()
