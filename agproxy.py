@@ -2233,8 +2233,10 @@ _NOT_ID_CHARACTER = re.compile(r"[^!-~]")
 
 def upstream_answer_id(value: Any) -> Optional[str]:
     """The id an upstream gave its answer, fit to pass on in a header (printable ASCII without
-    spaces, at most :data:`MAX_UPSTREAM_ID_CHARS`), or None when it gave none."""
-    text = _NOT_ID_CHARACTER.sub("", value)[:MAX_UPSTREAM_ID_CHARS] if isinstance(value, str) else ""
+    spaces), or None when it gave none. Not cut yet: the header cuts it to
+    :data:`MAX_UPSTREAM_ID_CHARS` once the secrets in it are hidden (a cut first could leave the
+    start of one that the redactor no longer knows)."""
+    text = _NOT_ID_CHARACTER.sub("", value) if isinstance(value, str) else ""
     return text or None
 
 
@@ -7833,7 +7835,8 @@ class Adapter:
     def upstream_id_headers(self, upstream_ids: List[str]) -> Headers:
         """``X-Upstream-Message-Id``: the id the upstream gave a translated answer, where the client
         can still find it (the answer itself carries agproxy's own)."""
-        return [("X-Upstream-Message-Id", self.gw.redact.text(upstream_ids[0]))] if upstream_ids else []
+        return [("X-Upstream-Message-Id", self.gw.redact.text(upstream_ids[0])[:MAX_UPSTREAM_ID_CHARS])] \
+            if upstream_ids else []
 
     def watcher(self, upstream: Upstream) -> Optional[Callable[[bytes], None]]:
         """What looks at the relayed events (for the signatures in them), if anything."""

@@ -5,8 +5,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
+from agproxy import MAX_UPSTREAM_ID_CHARS
 from tests.conftest import fake_config
 from tests.fakes.anthropic_upstream import Json, Raw
+from tests.fakes.openai_upstream import Chat, Chunks, FakeOpenAI, completion, text_chunks
+from tests.test_ids import ask, openai_config
 from tests.wire_check import post_json
 
 SIMPLE = {"model": "claude-x", "max_tokens": 20, "messages": [{"role": "user", "content": "hi"}]}
@@ -43,3 +48,24 @@ def test_a_window_named_in_a_clients_words_echoed_by_the_upstream_is_not_learned
     answer = post_json(proxy.port, "/v1/messages", longer, 10)
     assert answer.status == 200, answer.body
     assert "1024-token context window" not in proxy.log()
+
+
+GATEWAY_TOKEN = "gw-token-ABCDEFGHIJKLMNOPQRSTUVWX"  # a header credential not shaped like any key
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_an_upstream_id_ending_in_a_secret_cut_at_its_bound_shows_none_of_it(start_agproxy, stream):
+    """X-Upstream-Message-Id was cut to 128 characters before the redactor looked: an id padded so
+    that the cut falls inside a configured secret showed the secret's first characters."""
+    hostile = "chatcmpl-" + "x" * (MAX_UPSTREAM_ID_CHARS - 9 - 16) + GATEWAY_TOKEN
+    with FakeOpenAI() as local:
+        if stream:
+            local.script(Chunks([dict(c, id=hostile) for c in text_chunks()]))
+        else:
+            local.script(Chat(200, dict(completion(), id=hostile)))
+        config = openai_config(local)
+        config["upstreams"][0]["headers"] = {"X-Gateway-Token": GATEWAY_TOKEN}
+        proxy = start_agproxy(config)
+        _, headers = ask(proxy, stream)
+    relayed = headers["x-upstream-message-id"]
+    assert GATEWAY_TOKEN[:12] not in relayed and len(relayed) <= MAX_UPSTREAM_ID_CHARS
