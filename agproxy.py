@@ -3206,6 +3206,26 @@ _TEXT_DELTA_FIELDS = {"text_delta": "text", "thinking_delta": "thinking", "input
 _LENIENT_JSON = json.JSONDecoder(strict=False)
 
 
+#: An escape that a piece of JSON source ends inside of: a backslash alone, or ``\u`` and up to three digits.
+_OPEN_ESCAPE_TEXT = re.compile(r"(?<!\\)(?:\\\\)*(\\(?:u[0-9a-fA-F]{0,3})?)\Z")
+
+
+def _json_source_plain(text: str) -> str:
+    """JSON source (a tool input's ``partial_json``) with the escapes of printable ASCII written
+    out, which is the same JSON: a key spelled ``sk-\\u0061nt...`` there is the key to the client
+    that parses it, and is then found as it is."""
+    if "\\u00" not in text and "\\/" not in text:
+        return text
+    return _JSON_ASCII_ESCAPE.sub(_unescape_ascii, text.encode("utf-8")).decode("utf-8")
+
+
+def _escapes_json(plain: re.Match) -> bool:
+    """Whether a plain delta (:data:`_PLAIN_DELTA`) is a tool input's JSON source that spells
+    printable ASCII with escapes (twice escaped on the wire, where no spelling of a key is looked for)."""
+    encoded = plain.group(5)
+    return plain.group(4) == b"partial_json" and (b"\\\\u00" in encoded or b"\\\\/" in encoded)
+
+
 def _json_string(encoded: bytes) -> str:
     """The text a JSON string's body (without its quotes, as :data:`_PLAIN_DELTA` finds it) writes."""
     return _LENIENT_JSON.decode('"' + encoded.decode("utf-8", "replace") + '"')
@@ -3240,7 +3260,7 @@ class DeltaRedactor:
             if plain is not None:
                 end = plain.end()
                 index = int(plain.group(2))
-                if index in self.held or self._may_begin_secret(plain.group(5)):
+                if index in self.held or self._may_begin_secret(plain.group(5)) or _escapes_json(plain):
                     out += [batch[copied:pos], self._plain_delta(plain, index)]
                     copied = end
             else:
@@ -3267,7 +3287,7 @@ class DeltaRedactor:
         else written anew."""
         kind, field, encoded = plain.group(3).decode(), plain.group(4).decode(), plain.group(5)
         held = self.held.get(index, ("",))[0]
-        if b"\\" in encoded[-(self.redactor.tail.longest + 6):] or '"' in held or "\\" in held:
+        if _escapes_json(plain) or b"\\" in encoded[-(self.redactor.tail.longest + 6):] or '"' in held or "\\" in held:
             return self._delta(index, kind, field, _json_string(encoded))
         self.held.pop(index, None)
         # whole keys first, so that what is held never ends one and begins the next (0000|00000000)
@@ -3284,9 +3304,14 @@ class DeltaRedactor:
     def _piece(self, index: int, kind: str, field: str, text: str) -> str:
         """What of a block's next piece of text may go out now (the rest is held)."""
         held = self.held.pop(index, None)
+        text = text if held is None else held[0] + text
+        if field == "partial_json":  # JSON source: a key may be spelled with escapes (an open one is held)
+            text = _json_source_plain(text)
         # whole keys first: what is held must not cut one in two for the byte redactor
-        text = self.redactor.spoken(text if held is None else held[0] + text)
-        keep = self.redactor.tail.hold(text)
+        text = self.redactor.spoken(text)
+        open_escape = _OPEN_ESCAPE_TEXT.search(text) if field == "partial_json" else None
+        cut = len(open_escape.group(1)) if open_escape else 0  # held whole, with what may begin a key before it
+        keep = cut + self.redactor.tail.hold(text[:len(text) - cut])
         if keep:
             self.held[index] = (text[-keep:], kind, field)
             text = text[:-keep]
@@ -3330,6 +3355,8 @@ class DeltaRedactor:
         if kind == "content_block_delta" and isinstance(payload.get("delta"), dict):
             delta = payload["delta"]
             field = _TEXT_DELTA_FIELDS.get(delta.get("type"))
+            if field is None and index in self.held:  # a signature_delta, say: the block's text goes first
+                return self._flush([index]) + event
             if field is None or not isinstance(delta.get(field), str) or index is None:
                 return None
             return self._delta(index, delta["type"], field, delta[field])
