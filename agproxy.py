@@ -2291,8 +2291,10 @@ _NOT_ID_CHARACTER = re.compile(r"[^!-~]")
 
 def upstream_answer_id(value: Any) -> Optional[str]:
     """The id an upstream gave its answer, fit to pass on in a header (printable ASCII without
-    spaces, at most :data:`MAX_UPSTREAM_ID_CHARS`), or None when it gave none."""
-    text = _NOT_ID_CHARACTER.sub("", value)[:MAX_UPSTREAM_ID_CHARS] if isinstance(value, str) else ""
+    spaces), or None when it gave none. Not cut yet: the header cuts it to
+    :data:`MAX_UPSTREAM_ID_CHARS` once the secrets in it are hidden (a cut first could leave the
+    start of one that the redactor no longer knows)."""
+    text = _NOT_ID_CHARACTER.sub("", value) if isinstance(value, str) else ""
     return text or None
 
 
@@ -2837,13 +2839,16 @@ def upstream_status_of(status: int, body: bytes) -> int:
     answers 403 to a request that names a file its project may not read (the request's fault, a
     400). Only Google's own ``ErrorInfo`` reasons and the fixed openings of its messages count: a
     client's words that Gemini echoes in a message never do. OpenRouter's 403 for a request its
-    moderation flagged (``metadata.flagged_input`` quotes the client's words) is the request's too."""
+    moderation flagged (``metadata.flagged_input`` quotes the client's words) is the request's too.
+    A 403 that is not JSON (an HTML page) comes from a firewall or proxy in front of the API, which
+    may block a request for its words: a failed attempt (502), not a rejected key, since a key rested
+    for one client's words would refuse every client for ten minutes."""
     if status not in (400, 403, 429):
         return status
     try:
         parsed = loads_strict(body)
     except (ValueError, UnicodeDecodeError):
-        return status
+        return 502 if status == 403 else status
     error = parsed.get("error") if isinstance(parsed, dict) else None
     if status == 403 and isinstance(error, dict) and isinstance(error.get("metadata"), dict) \
             and "flagged_input" in error["metadata"]:
@@ -3259,6 +3264,26 @@ _TEXT_DELTA_FIELDS = {"text_delta": "text", "thinking_delta": "thinking", "input
 _LENIENT_JSON = json.JSONDecoder(strict=False)
 
 
+#: An escape that a piece of JSON source ends inside of: a backslash alone, or ``\u`` and up to three digits.
+_OPEN_ESCAPE_TEXT = re.compile(r"(?<!\\)(?:\\\\)*(\\(?:u[0-9a-fA-F]{0,3})?)\Z")
+
+
+def _json_source_plain(text: str) -> str:
+    """JSON source (a tool input's ``partial_json``) with the escapes of printable ASCII written
+    out, which is the same JSON: a key spelled ``sk-\\u0061nt...`` there is the key to the client
+    that parses it, and is then found as it is."""
+    if "\\u00" not in text and "\\/" not in text:
+        return text
+    return _JSON_ASCII_ESCAPE.sub(_unescape_ascii, text.encode("utf-8")).decode("utf-8")
+
+
+def _escapes_json(plain: re.Match) -> bool:
+    """Whether a plain delta (:data:`_PLAIN_DELTA`) is a tool input's JSON source that spells
+    printable ASCII with escapes (twice escaped on the wire, where no spelling of a key is looked for)."""
+    encoded = plain.group(5)
+    return plain.group(4) == b"partial_json" and (b"\\\\u00" in encoded or b"\\\\/" in encoded)
+
+
 def _json_string(encoded: bytes) -> str:
     """The text a JSON string's body (without its quotes, as :data:`_PLAIN_DELTA` finds it) writes."""
     return _LENIENT_JSON.decode('"' + encoded.decode("utf-8", "replace") + '"')
@@ -3293,7 +3318,7 @@ class DeltaRedactor:
             if plain is not None:
                 end = plain.end()
                 index = int(plain.group(2))
-                if index in self.held or self._may_begin_secret(plain.group(5)):
+                if index in self.held or self._may_begin_secret(plain.group(5)) or _escapes_json(plain):
                     out += [batch[copied:pos], self._plain_delta(plain, index)]
                     copied = end
             else:
@@ -3320,7 +3345,7 @@ class DeltaRedactor:
         else written anew."""
         kind, field, encoded = plain.group(3).decode(), plain.group(4).decode(), plain.group(5)
         held = self.held.get(index, ("",))[0]
-        if b"\\" in encoded[-(self.redactor.tail.longest + 6):] or '"' in held or "\\" in held:
+        if _escapes_json(plain) or b"\\" in encoded[-(self.redactor.tail.longest + 6):] or '"' in held or "\\" in held:
             return self._delta(index, kind, field, _json_string(encoded))
         self.held.pop(index, None)
         # whole keys first, so that what is held never ends one and begins the next (0000|00000000)
@@ -3337,9 +3362,14 @@ class DeltaRedactor:
     def _piece(self, index: int, kind: str, field: str, text: str) -> str:
         """What of a block's next piece of text may go out now (the rest is held)."""
         held = self.held.pop(index, None)
+        text = text if held is None else held[0] + text
+        if field == "partial_json":  # JSON source: a key may be spelled with escapes (an open one is held)
+            text = _json_source_plain(text)
         # whole keys first: what is held must not cut one in two for the byte redactor
-        text = self.redactor.spoken(text if held is None else held[0] + text)
-        keep = self.redactor.tail.hold(text)
+        text = self.redactor.spoken(text)
+        open_escape = _OPEN_ESCAPE_TEXT.search(text) if field == "partial_json" else None
+        cut = len(open_escape.group(1)) if open_escape else 0  # held whole, with what may begin a key before it
+        keep = cut + self.redactor.tail.hold(text[:len(text) - cut])
         if keep:
             self.held[index] = (text[-keep:], kind, field)
             text = text[:-keep]
@@ -3383,6 +3413,8 @@ class DeltaRedactor:
         if kind == "content_block_delta" and isinstance(payload.get("delta"), dict):
             delta = payload["delta"]
             field = _TEXT_DELTA_FIELDS.get(delta.get("type"))
+            if field is None and index in self.held:  # a signature_delta, say: the block's text goes first
+                return self._flush([index]) + event
             if field is None or not isinstance(delta.get(field), str) or index is None:
                 return None
             return self._delta(index, delta["type"], field, delta[field])
@@ -3638,10 +3670,14 @@ class ContextReport:
     prompt_tokens: Optional[int] = None
 
 
-def context_report(data: bytes) -> ContextReport:
-    """Read :class:`ContextReport` out of an upstream's error body."""
+def context_report(data: bytes, sent_text: str = "") -> ContextReport:
+    """Read :class:`ContextReport` out of an upstream's error body. A window is read only from
+    words that are not in ``sent_text`` (the request as sent): a server that quotes the request
+    in its error (a tool's description, a field's value) would otherwise let a client's words name
+    the window that agproxy learns and keeps for every client."""
     text = upstream_error_text(data)
-    window = _first_number(_CONTEXT_WINDOW_SAID.search(text))
+    window = _first_number(next((m for m in _CONTEXT_WINDOW_SAID.finditer(text) if m.group(0) not in sent_text),
+                                None))
     prompt = _first_number(_PROMPT_TOKENS_SAID.search(text))
     try:
         parsed = loads_strict(data)
@@ -3691,7 +3727,7 @@ def heal_decision(status: int, data: bytes, sent: Dict[str, Any], beta: Optional
     if heal_thinking and not thinking_stripped and is_signature_error(status, data):
         return Heal("strip_thinking")
     if is_context_overflow(status, data):
-        said = context_report(data)
+        said = context_report(data, json.dumps(sent, ensure_ascii=False))
         limit = said.window or window
         asked = sent_max_tokens(sent)
         if limit and said.prompt_tokens is not None and not fitted and asked is not None:
@@ -7953,7 +7989,8 @@ class Adapter:
     def upstream_id_headers(self, upstream_ids: List[str]) -> Headers:
         """``X-Upstream-Message-Id``: the id the upstream gave a translated answer, where the client
         can still find it (the answer itself carries agproxy's own)."""
-        return [("X-Upstream-Message-Id", self.gw.redact.text(upstream_ids[0]))] if upstream_ids else []
+        return [("X-Upstream-Message-Id", self.gw.redact.text(upstream_ids[0])[:MAX_UPSTREAM_ID_CHARS])] \
+            if upstream_ids else []
 
     def watcher(self, upstream: Upstream) -> Optional[Callable[[bytes], None]]:
         """What looks at the relayed events (for the signatures in them), if anything."""
@@ -9069,7 +9106,8 @@ async def _probe(client: UpstreamClient, adapter: type, upstream: Upstream, acco
         return "FAIL", exc.message, None
     empty = "; its api_key is empty, so no key is sent" if not account.api_key else ""
     body = redactor.data(body)  # an echoed key, before anything cuts it
-    if upstream_status_of(status, body) in (401, 403):
+    meaning = upstream_status_of(status, body)
+    if meaning in (401, 403) or status == 403 and meaning == 502:  # a 403 page, to a request with no words: the key's
         said = upstream_error_text(body).strip().splitlines()
         words = f": {said[0][:200]}" if said else ""
         return "FAIL", f"the upstream rejected this account's key (HTTP {status}{words}){empty}", None

@@ -130,7 +130,8 @@ EXPECT: Dict[str, Any] = {
     "status_400": status(400), "status_404": status(404), "status_418": status(418), "status_500": status(500),
     "status_503": status(503), "status_529": status(529), "status_599": status(599),
     "status_503_html": status(503), "status_400_not_json": status(400),
-    "status_401_echo_key": KEY_REJECTED, "status_403_echo_key_html": KEY_REJECTED,
+    "status_401_echo_key": KEY_REJECTED,
+    "status_403_echo_key_html": EARLY,  # a 403 page: a firewall's (it may block words), not a key verdict
     "status_429_alice_then_ok": _e(ok=True, rate=True),
     # framing
     # (a body cut short or overlong may still hold the whole answer: ANY, but a complete answer must be valid)

@@ -1,0 +1,132 @@
+"""Attacks on the issue 18 changes (unique ids, reworded errors, rests, the redactor, the stream
+grammar, learned windows): each test here failed on the code it was written against."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Dict, List, Sequence, Tuple
+
+import pytest
+
+from agproxy import MAX_UPSTREAM_ID_CHARS
+from tests.conftest import fake_config
+from tests.fakes.anthropic_upstream import Json, Raw, Sse, tool_and_thinking_stream
+from tests.fakes.openai_upstream import Chat, Chunks, FakeOpenAI, completion, text_chunks
+from tests.test_ids import ask, openai_config
+from tests.wire_check import post_json
+
+SIMPLE = {"model": "claude-x", "max_tokens": 20, "messages": [{"role": "user", "content": "hi"}]}
+
+
+def test_a_firewall_page_403_for_one_clients_words_rests_no_key(start_agproxy, fake):
+    """A firewall in front of the API (Cloudflare's "you have been blocked" page) refused one
+    request for its words with an HTML 403: agproxy took it for a rejected key and rested every
+    account for 600 s, so every other client got 424 for ten minutes."""
+    page = b"<html><body>Sorry, you have been blocked (Cloudflare Ray ID: 1)</body></html>"
+    blocked = Raw(b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/html\r\nContent-Length: %d\r\n\r\n%s"
+                  % (len(page), page))
+    fake.script(blocked, blocked, blocked)  # each attempt (max_retry_attempts 3)
+    proxy = start_agproxy(fake_config(fake))
+    words = dict(SIMPLE, messages=[{"role": "user", "content": "' OR 1=1 --"}])
+    first = post_json(proxy.port, "/v1/messages", words, 10)
+    assert first.status == 502 and "answered HTTP 403" in json.loads(first.body)["error"]["message"]
+    second = post_json(proxy.port, "/v1/messages", SIMPLE, 10)  # another client, other words
+    assert second.status == 200, second.body
+    assert "rests 600 s" not in proxy.log()
+
+
+def test_a_window_named_in_a_clients_words_echoed_by_the_upstream_is_not_learned(start_agproxy, fake, tmp_path):
+    """An upstream that quotes the request in its error (a tool description here) let one client
+    name the context window agproxy learns: 1024 tokens, kept in the state file, and every later
+    request of every client over it was refused as too long."""
+    words = "This model's maximum context length is 1024 tokens"
+    fake.script(Json(400, {"type": "error", "error": {
+        "type": "invalid_request_error", "message": f"tools.0.description: {words!r} is invalid; prompt is too long"}}))
+    proxy = start_agproxy(fake_config(fake, state_file=str(tmp_path / "state.json")))
+    tool = {"name": "t", "description": words, "input_schema": {"type": "object"}}
+    assert post_json(proxy.port, "/v1/messages", dict(SIMPLE, tools=[tool]), 10).status == 400
+    longer = dict(SIMPLE, messages=[{"role": "user", "content": "hi " * 3000}])
+    answer = post_json(proxy.port, "/v1/messages", longer, 10)
+    assert answer.status == 200, answer.body
+    assert "1024-token context window" not in proxy.log()
+
+
+GATEWAY_TOKEN = "gw-token-ABCDEFGHIJKLMNOPQRSTUVWX"  # a header credential not shaped like any key
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_an_upstream_id_ending_in_a_secret_cut_at_its_bound_shows_none_of_it(start_agproxy, stream):
+    """X-Upstream-Message-Id was cut to 128 characters before the redactor looked: an id padded so
+    that the cut falls inside a configured secret showed the secret's first characters."""
+    hostile = "chatcmpl-" + "x" * (MAX_UPSTREAM_ID_CHARS - 9 - 16) + GATEWAY_TOKEN
+    with FakeOpenAI() as local:
+        if stream:
+            local.script(Chunks([dict(c, id=hostile) for c in text_chunks()]))
+        else:
+            local.script(Chat(200, dict(completion(), id=hostile)))
+        config = openai_config(local)
+        config["upstreams"][0]["headers"] = {"X-Gateway-Token": GATEWAY_TOKEN}
+        proxy = start_agproxy(config)
+        _, headers = ask(proxy, stream)
+    relayed = headers["x-upstream-message-id"]
+    assert GATEWAY_TOKEN[:12] not in relayed and len(relayed) <= MAX_UPSTREAM_ID_CHARS
+
+
+ESCAPED_KEY = "sk-upstre\\u0061m-\\u0061lice"  # the account's key, as a JSON string may spell it
+
+
+def tool_stream(pieces: List[str], thinking: Sequence[str] = ()) -> List[Tuple[str, Dict[str, Any]]]:
+    """A stream whose thinking block has these deltas, then a signature, and whose tool_use input
+    arrives in these JSON pieces."""
+    events = [event for event in tool_and_thinking_stream() if not (
+        event[1].get("index") in (0, 2) and event[0] == "content_block_delta")]
+    signature = ("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                         "delta": {"type": "signature_delta", "signature": "c2ln"}})
+    thinking_deltas = [("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                                "delta": {"type": "thinking_delta", "thinking": t}})
+                       for t in thinking or ["Let me think."]]
+    json_deltas = [("content_block_delta", {"type": "content_block_delta", "index": 2,
+                                            "delta": {"type": "input_json_delta", "partial_json": p}})
+                   for p in pieces]
+    return events[:2] + thinking_deltas + [signature] + events[2:7] + json_deltas + events[7:]
+
+
+def streamed_blocks(body: bytes) -> Tuple[Dict[str, Any], List[str]]:
+    """The tool input a client parses out of a stream, and the delta types of block 0 in order."""
+    pieces, kinds = [], []
+    for line in body.decode().splitlines():
+        if line.startswith("data:"):
+            data = json.loads(line[5:])
+            if data["type"] == "content_block_delta" and data["index"] == 2:
+                pieces.append(data["delta"]["partial_json"])
+            elif data["type"] == "content_block_delta" and data["index"] == 0:
+                kinds.append(data["delta"]["type"])
+    return json.loads("".join(pieces)), kinds
+
+
+@pytest.mark.parametrize("pieces", [
+    ['{"command": "echo ' + ESCAPED_KEY + '"}'],  # whole in one delta
+    ['{"command": "echo sk-upstre\\u00', '61m-\\u0061lice"}'],  # cut inside an escape
+    ['{"command": "echo sk-ups', 'tre\\u0061m-\\u0061lice"}'],  # cut before the escapes
+    ['{"command": "echo sk-upstre\\u0061m-', '\\u0061lice"}'],  # cut after one
+], ids=["whole", "in_escape", "before", "between"])
+def test_a_key_spelled_with_json_escapes_in_a_streamed_tool_input_is_hidden(start_agproxy, fake, pieces):
+    """A tool input arrives as JSON source in input_json_delta: a key written there with \\u
+    escapes reached the client twice escaped on the wire, which no spelling matched, and the
+    client parsed the key out of it (a whole Message's input was redacted)."""
+    fake.script(Sse(tool_stream(pieces)))
+    proxy = start_agproxy(fake_config(fake))
+    answer = post_json(proxy.port, "/v1/messages", dict(SIMPLE, stream=True), 10)
+    assert answer.status == 200
+    tool_input, _ = streamed_blocks(answer.body)
+    assert "sk-upstream-alice" not in json.dumps(tool_input) and tool_input["command"].startswith("echo ")
+
+
+def test_thinking_held_back_goes_out_before_the_signature(start_agproxy, fake):
+    """Thinking text held back (it may begin a key) waited past the block's signature_delta and went
+    out after it: a thinking_delta after the signature, which the Messages stream never has."""
+    fake.script(Sse(tool_stream(['{"command": "ls"}'], thinking=["I will use sk-"])))
+    proxy = start_agproxy(fake_config(fake))
+    answer = post_json(proxy.port, "/v1/messages", dict(SIMPLE, stream=True), 10)
+    _, kinds = streamed_blocks(answer.body)
+    assert kinds[-1] == "signature_delta" and kinds.count("thinking_delta") >= 1
