@@ -1968,14 +1968,15 @@ def _model_object(model_id: str, display_name: str, created_at: Optional[str] = 
             "created_at": created_at or _MODELS_CREATED_AT}
 
 
-#: Deepest nesting of objects and lists taken in a request (Claude Code's deepest, an MCP tool's
-#: schema, is about 15): past this, recursive clean-up and translation would run out of stack.
-MAX_JSON_DEPTH = 64
-#: Deepest nesting taken in what an upstream sends: the request's limit plus room for the wrappers
-#: an answer puts around a value (Gemini's tool arguments sit 7 levels down), so that whatever a
-#: client may send back is read; deeper, it is garbage (a 502, tried on another account) before a
-#: recursive walk (a copy, a translator) could run out of stack.
-MAX_UPSTREAM_JSON_DEPTH = MAX_JSON_DEPTH + 16
+#: Deepest nesting taken in what an upstream sends (Claude Code's deepest, an MCP tool's schema,
+#: is about 15; a tool input 60 deep is rare but legitimate): deeper, it is garbage (a 502, tried
+#: on another account) before a recursive walk (a copy, a translator) could run out of stack.
+MAX_UPSTREAM_JSON_DEPTH = 80
+#: Deepest nesting taken in a request: what an upstream may send plus the 5 levels a request puts
+#: around a tool input it sends back (body, messages, a message, its content, the block), so that
+#: a session's next turn is never refused for what an answer held; past this, recursive clean-up
+#: and translation would run out of stack.
+MAX_JSON_DEPTH = MAX_UPSTREAM_JSON_DEPTH + 5
 #: Largest max_tokens taken: ten times what the largest model writes today (Claude Code asks 128000).
 MAX_OUTPUT_TOKENS = 1_280_000
 #: Longest model name taken; it is echoed in ``X-Mapped-Model`` (real ids are under 100).

@@ -10,8 +10,10 @@ import pytest
 
 from agproxy import MAX_UPSTREAM_ID_CHARS
 from tests.conftest import fake_config
-from tests.fakes.anthropic_upstream import Json, Raw, Sse, tool_and_thinking_stream
-from tests.fakes.openai_upstream import Chat, Chunks, FakeOpenAI, completion, text_chunks
+from tests.fakes.anthropic_upstream import Json, Raw, Sse, message, tool_and_thinking_stream
+from tests.fakes.gemini_upstream import Answer, FakeGemini, call
+from tests.fakes.openai_upstream import Chat, Chunks, FakeOpenAI, completion, text_chunks, tool_chunks
+from tests.test_gemini import gemini_config
 from tests.test_ids import ask, openai_config
 from tests.wire_check import post_json
 
@@ -130,3 +132,75 @@ def test_thinking_held_back_goes_out_before_the_signature(start_agproxy, fake):
     answer = post_json(proxy.port, "/v1/messages", dict(SIMPLE, stream=True), 10)
     _, kinds = streamed_blocks(answer.body)
     assert kinds[-1] == "signature_delta" and kinds.count("thinking_delta") >= 1
+
+
+# -- what a client got back, it can send back ---------------------------------------------------
+
+def nested(levels: int) -> Dict[str, Any]:
+    """A tool input whose objects nest this many levels (itself the first), as a schema-heavy MCP
+    tool's arguments may."""
+    value: Dict[str, Any] = {"leaf": 1}
+    for _ in range(levels - 1):
+        value = {"a": value}
+    return value
+
+
+def answered_blocks(body: bytes, stream: bool) -> List[Dict[str, Any]]:
+    """The content blocks of an answer as the client builds them (a streamed tool input parsed)."""
+    if not stream:
+        return json.loads(body)["content"]
+    blocks: Dict[int, Dict[str, Any]] = {}
+    for line in body.decode().splitlines():
+        data = json.loads(line[5:]) if line.startswith("data:") else {}
+        if data.get("type") == "content_block_start":
+            blocks[data["index"]] = dict(data["content_block"], partial="")
+        elif data.get("type") == "content_block_delta" and data["delta"]["type"] == "input_json_delta":
+            blocks[data["index"]]["partial"] += data["delta"]["partial_json"]
+    for block in blocks.values():
+        partial = block.pop("partial")
+        if block["type"] == "tool_use" and partial:
+            block["input"] = json.loads(partial)
+    return [blocks[i] for i in sorted(blocks)]
+
+
+def deep_tool_reply(kind: str, stream: bool, levels: int) -> Any:
+    """The upstream's answer of this kind: one call of tool 't' with an input nested ``levels`` deep."""
+    tool_input = nested(levels)
+    if kind == "gemini":
+        return Answer(parts=[call("t", tool_input)])
+    if kind == "openai" and stream:
+        return Chunks(tool_chunks([("call_1", "t", json.dumps(tool_input))]))
+    if kind == "openai":
+        return Chat(200, completion(None, tool_calls=[{"id": "call_1", "type": "function", "function": {
+            "name": "t", "arguments": json.dumps(tool_input)}}]))
+    if stream:
+        events = tool_and_thinking_stream()
+        piece = ("content_block_delta", {"type": "content_block_delta", "index": 2, "delta": {
+            "type": "input_json_delta", "partial_json": json.dumps(tool_input)}})
+        return Sse(events[:10] + [piece] + events[12:])
+    return Json(200, dict(message(""), content=[{"type": "tool_use", "id": "toolu_1", "name": "t",
+                                                 "input": tool_input}], stop_reason="tool_use"))
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+@pytest.mark.parametrize("kind", ["anthropic", "openai", "gemini"])
+def test_a_deep_tool_input_an_upstream_sent_can_be_sent_back(start_agproxy, fake, kind, stream):
+    """A tool input nested 70 levels (inside the 80 an upstream answer may have) reached the client,
+    whose next request, holding it in its history 5 levels down, was refused for nesting deeper than
+    64: every later turn of that session was a 400."""
+    tools = [{"name": "t", "description": "deep", "input_schema": {"type": "object"}}]
+    ask_for = {"model": "claude-x", "max_tokens": 50, "stream": stream, "tools": tools,
+               "messages": [{"role": "user", "content": "call t"}]}
+    with FakeOpenAI() as local, FakeGemini(keys=("gemini-key",)) as gemini:
+        config = {"anthropic": fake_config(fake), "openai": openai_config(local), "gemini": gemini_config(gemini)}[kind]
+        {"anthropic": fake, "openai": local, "gemini": gemini}[kind].script(deep_tool_reply(kind, stream, 70))
+        proxy = start_agproxy(config)
+        first = post_json(proxy.port, "/v1/messages", ask_for, 10)
+        assert first.status == 200, first.body
+        blocks = answered_blocks(first.body, stream)
+        call = next(b for b in blocks if b["type"] == "tool_use")
+        assert call["input"] == nested(70)
+        history = ask_for["messages"] + [{"role": "assistant", "content": blocks}, {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": call["id"], "content": "done"}]}]
+        second = post_json(proxy.port, "/v1/messages", dict(ask_for, messages=history), 10)
+    assert second.status == 200, second.body
