@@ -230,3 +230,21 @@ def test_uploads_that_announce_a_body_and_send_nothing_do_not_lock_out_every_oth
         for sock in idle:
             sock.close()
     assert answer.status == 200, answer.body
+
+
+# -- learned rejections ----------------------------------------------------------------------------
+
+def test_a_rejection_named_in_a_clients_words_echoed_by_the_upstream_is_not_learned(start_agproxy, fake, tmp_path):
+    """An upstream that quotes the request in its 400 (pydantic's input_value) let one client name a
+    field agproxy then learned to strip: the retry without it succeeded, and ``thinking`` was cut
+    from every later request of every client (kept in the state file)."""
+    words = "thinking: Extra inputs are not permitted"
+    fake.script(Json(400, {"type": "error", "error": {"type": "invalid_request_error", "message": (
+        f"messages.0.content: Value error, content is flagged [type=value_error, input_value={words!r}]")}}))
+    proxy = start_agproxy(fake_config(fake, state_file=str(tmp_path / "state.json")))
+    thinking = {"type": "enabled", "budget_tokens": 1024}
+    hostile = dict(SIMPLE, max_tokens=2048, thinking=thinking, messages=[{"role": "user", "content": words}])
+    post_json(proxy.port, "/v1/messages", hostile, 10)
+    other = post_json(proxy.port, "/v1/messages", dict(SIMPLE, max_tokens=2048, thinking=thinking), 10)
+    assert other.status == 200, other.body
+    assert fake.requests[-1].json.get("thinking") == thinking, "another client's thinking was stripped"
