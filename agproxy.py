@@ -1968,14 +1968,15 @@ def _model_object(model_id: str, display_name: str, created_at: Optional[str] = 
             "created_at": created_at or _MODELS_CREATED_AT}
 
 
-#: Deepest nesting of objects and lists taken in a request (Claude Code's deepest, an MCP tool's
-#: schema, is about 15): past this, recursive clean-up and translation would run out of stack.
-MAX_JSON_DEPTH = 64
-#: Deepest nesting taken in what an upstream sends: the request's limit plus room for the wrappers
-#: an answer puts around a value (Gemini's tool arguments sit 7 levels down), so that whatever a
-#: client may send back is read; deeper, it is garbage (a 502, tried on another account) before a
-#: recursive walk (a copy, a translator) could run out of stack.
-MAX_UPSTREAM_JSON_DEPTH = MAX_JSON_DEPTH + 16
+#: Deepest nesting taken in what an upstream sends (Claude Code's deepest, an MCP tool's schema,
+#: is about 15; a tool input 60 deep is rare but legitimate): deeper, it is garbage (a 502, tried
+#: on another account) before a recursive walk (a copy, a translator) could run out of stack.
+MAX_UPSTREAM_JSON_DEPTH = 80
+#: Deepest nesting taken in a request: what an upstream may send plus the 5 levels a request puts
+#: around a tool input it sends back (body, messages, a message, its content, the block), so that
+#: a session's next turn is never refused for what an answer held; past this, recursive clean-up
+#: and translation would run out of stack.
+MAX_JSON_DEPTH = MAX_UPSTREAM_JSON_DEPTH + 5
 #: Largest max_tokens taken: ten times what the largest model writes today (Claude Code asks 128000).
 MAX_OUTPUT_TOKENS = 1_280_000
 #: Longest model name taken; it is echoed in ``X-Mapped-Model`` (real ids are under 100).
@@ -3555,18 +3556,26 @@ def _gemini_field_path(at: str, name: str) -> str:
     return ".".join(re.sub(r"_([a-z])", lambda m: m.group(1).upper(), p) for p in parts)
 
 
-def rejected_inputs(body: bytes) -> Tuple[List[str], List[str]]:
+def rejected_inputs(body: bytes, sent_text: str = "") -> Tuple[List[str], List[str]]:
     """The field paths and beta values an upstream's 400 says it does not accept (a refused
-    adaptive thinking type is :data:`BASIC_THINKING_LESSON`)."""
+    adaptive thinking type is :data:`BASIC_THINKING_LESSON`). Words that ``sent_text`` (the request
+    as sent) holds are not read, as in :func:`context_report`: a server that quotes the request in
+    its error would otherwise let a client's words name a field that agproxy learns to strip from
+    every client's requests."""
     text = upstream_error_text(body)
-    fields = _EXTRA_INPUT.findall(text) + _UNKNOWN_FIELD.findall(text)
-    fields += [_gemini_field_path(at, name) for name, at in _UNKNOWN_NAME.findall(text)]
-    if _THINKING_UNSUPPORTED.search(text):
+
+    def said(pattern: re.Pattern) -> List[re.Match]:
+        """The matches of ``pattern`` in the error that are not the request's own words."""
+        return [m for m in pattern.finditer(text) if json.dumps(m.group(0), ensure_ascii=False)[1:-1] not in sent_text]
+
+    fields = [m.group(1) for m in said(_EXTRA_INPUT) + said(_UNKNOWN_FIELD)]
+    fields += [_gemini_field_path(m.group(2) or "", m.group(1)) for m in said(_UNKNOWN_NAME)]
+    if said(_THINKING_UNSUPPORTED):
         fields.append("generationConfig.thinkingConfig")
-    if _ADAPTIVE_REFUSED.search(text):
+    if said(_ADAPTIVE_REFUSED):
         fields.append(BASIC_THINKING_LESSON)
     betas: List[str] = []
-    for listed in _UNEXPECTED_BETAS.findall(text):
+    for listed in (m.group(1) for m in said(_UNEXPECTED_BETAS)):
         betas += [b.strip(" `'\"") for b in listed.split(",") if b.strip(" `'\"")]
     return list(dict.fromkeys(fields)), list(dict.fromkeys(betas))
 
@@ -3717,7 +3726,7 @@ def heal_decision(status: int, data: bytes, sent: Dict[str, Any], beta: Optional
     names the prompt's size is fitted once (a completion budget too big is not a prompt too
     long); nothing is learned here."""
     if status in heal_statuses and heals < MAX_HEALS:
-        fields, betas = rejected_inputs(data)
+        fields, betas = rejected_inputs(data, json.dumps(sent, ensure_ascii=False))
         sent_betas = {b.strip() for b in (beta or "").split(",")}
         new_fields = tuple(p for p in dict.fromkeys(learnable_path(sent, f) for f in fields)
                            if p is not None and p not in known_fields)
