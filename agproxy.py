@@ -7001,21 +7001,21 @@ class HttpServer:
         loop = asyncio.get_running_loop()
         deadline: Optional[float] = None
         what = ""
-        chunked = False
+        in_body = False
         while True:
             event = conn.parser.next_event()
             if isinstance(event, RequestReady):
                 self._hold_body(conn, len(event.request.body or b""))
                 return event.request
-            if chunked:
+            if in_body:
                 self._hold_body(conn, conn.parser.body_bytes)  # what has come of it so far
             if isinstance(event, HeadReady):
                 if event.has_body:
                     try:
                         self.app.admit(event.request)  # refuse before reading (and buffering) the body
-                        framing, length = request_body_framing(event.request.version, event.request.headers)
-                        chunked = framing == "chunked"
-                        self._hold_body(conn, length)  # a chunked body is held as it arrives
+                        _, length = request_body_framing(event.request.version, event.request.headers)
+                        self._check_body_fits(length)
+                        in_body = True
                     except AgproxyError as refused:
                         refused.refused_request = event.request  # for the access line: what was refused
                         raise
@@ -7047,16 +7047,24 @@ class HttpServer:
         ``max_inflight_body_bytes`` for all connections together, an :class:`AgproxyError` 529,
         so that many large bodies at once cannot take agproxy's memory (each costs a few times
         its size while it is parsed and sent on). A body alone always fits (the limit is at least
-        ``max_body_bytes``)."""
+        ``max_body_bytes``). A body is held as it arrives, not as its head announces it: uploads
+        that announce 32 MiB and send nothing would otherwise hold the whole budget, and lock every
+        other body out, until ``body_timeout_s``."""
         more = size - conn.body_held
-        limit = self.config.max_inflight_body_bytes
-        if more > 0 and self._bodies_held + more > limit:
-            raise AgproxyError(
-                f"agproxy already holds {self._bodies_held} bytes of request bodies in flight; this body of "
-                f"{size} bytes would pass max_inflight_body_bytes ({limit}): retry shortly",
-                status=529, error_type="overloaded_error")
+        if more > 0:
+            self._check_body_fits(more, size)
         self._bodies_held += more
         conn.body_held = size
+
+    def _check_body_fits(self, more: int, size: Optional[int] = None) -> None:
+        """Refuse (529) ``more`` bytes of body past ``max_inflight_body_bytes``: at the head, a body
+        that cannot fit beside what has arrived of the others is refused before it is read."""
+        limit = self.config.max_inflight_body_bytes
+        if self._bodies_held + more > limit:
+            raise AgproxyError(
+                f"agproxy already holds {self._bodies_held} bytes of request bodies in flight; this body of "
+                f"{more if size is None else size} bytes would pass max_inflight_body_bytes ({limit}): retry shortly",
+                status=529, error_type="overloaded_error")
 
     async def _answer(self, conn: _Connection, request: Request) -> bool:
         """Route one request, write its response and log it; True if the connection stays open."""

@@ -210,10 +210,6 @@ def test_a_deep_tool_input_an_upstream_sent_can_be_sent_back(start_agproxy, fake
 
 # -- the request bodies held at once --------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="max_inflight_body_bytes reserves a body's announced length at its head "
-                   "(tests/test_server_http.py asserts it): connections that announce max_body_bytes and send "
-                   "nothing lock every other body out with 529 until body_timeout_s; counting what has arrived "
-                   "(as for a chunked body) would bound memory as well. A design choice for the lead.")
 def test_uploads_that_announce_a_body_and_send_nothing_do_not_lock_out_every_other_body(start_agproxy):
     """Two connections announcing 100 kB bodies and sending 10 bytes of them hold the whole budget
     (200 kB) for body_timeout_s (60 s by default, and renewable): a small request gets 529."""

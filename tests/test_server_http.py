@@ -275,19 +275,21 @@ def _answered_at_once(sock: socket.socket) -> bytes:
     return sock.recv(65536) if ready else b""
 
 
-def test_the_body_past_the_inflight_budget_gets_529_before_it_is_read(start_agproxy):
-    """With the defaults (max_body_bytes 32 MiB, max_inflight_body_bytes 256 MiB), eight uploads of
-    30 MiB are taken; the ninth is refused with 529 overloaded_error at its head, before its body is
-    read; once the eight are gone, eight more are taken again."""
-    proxy = start_agproxy({"upstreams": [DEMO]})
-    size = 30 * 1024 * 1024
+def test_a_body_past_the_inflight_budget_gets_529_before_it_is_read(start_agproxy):
+    """Bodies count as they arrive: four uploads that have sent all but a byte of their 100 kB hold
+    the 400 kB budget, so a fifth is refused with 529 overloaded_error at its head, before its body
+    is read; once the four are gone, four more are taken again."""
+    proxy = start_agproxy({"upstreams": [DEMO], "max_body_bytes": 100000, "max_inflight_body_bytes": 400000})
+    size = 100000
     for _ in range(2):
-        uploads = [_open_upload(proxy.port, size) for _ in range(8)]
-        time.sleep(0.2)
-        assert [_answered_at_once(sock) for sock in uploads] == [b""] * 8
-        ninth = _open_upload(proxy.port, size)
-        answer = split_responses(_answered_at_once(ninth))
-        ninth.close()
+        uploads = [_open_upload(proxy.port, size) for _ in range(4)]
+        for sock in uploads:
+            sock.sendall(b" " * (size - 1))
+        time.sleep(0.3)
+        assert [_answered_at_once(sock) for sock in uploads] == [b""] * 4
+        fifth = _open_upload(proxy.port, size)
+        answer = split_responses(_answered_at_once(fifth))
+        fifth.close()
         assert answer and answer[0][0] == 529, answer
         error = json.loads(answer[0][2])["error"]
         assert error["type"] == "overloaded_error" and "max_inflight_body_bytes" in error["message"], error
@@ -296,9 +298,31 @@ def test_the_body_past_the_inflight_budget_gets_529_before_it_is_read(start_agpr
         time.sleep(0.3)
 
 
+def test_thirty_mib_bodies_fit_eight_at_a_time_with_the_defaults(start_agproxy):
+    """With the defaults (max_body_bytes 32 MiB, max_inflight_body_bytes 256 MiB), eight uploads of
+    30 MiB that have arrived but for a byte are held; the ninth is refused at its head."""
+    proxy = start_agproxy({"upstreams": [DEMO]})
+    size = 30 * 1024 * 1024
+    uploads = [_open_upload(proxy.port, size) for _ in range(8)]
+    try:
+        for sock in uploads:
+            sock.sendall(b" " * (size - 1))
+        time.sleep(0.5)
+        assert [_answered_at_once(sock) for sock in uploads] == [b""] * 8
+        ninth = _open_upload(proxy.port, size)
+        answer = split_responses(_answered_at_once(ninth))
+        ninth.close()
+        assert answer and answer[0][0] == 529, answer
+    finally:
+        for sock in uploads:
+            sock.close()
+
+
 def test_a_chunked_body_counts_against_the_inflight_budget_as_it_arrives(start_agproxy):
     proxy = start_agproxy({"upstreams": [DEMO], "max_body_bytes": 100000, "max_inflight_body_bytes": 150000})
     held = _open_upload(proxy.port, 100000)
+    held.sendall(b" " * 99999)  # all but a byte: held
+    time.sleep(0.2)
     with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
         sock.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
                      b"Transfer-Encoding: chunked\r\n\r\n")
