@@ -2921,6 +2921,8 @@ def anthropic_error_from_upstream(status: int, body: bytes, upstream: str) -> Ag
     meaning = status
     if status < 400:
         status = 502
+    if status == 404 and repr(upstream) not in message:  # a missing route or model: whose 404 it is
+        message = f"upstream {upstream!r} answered HTTP 404: {message}"
     if error_type not in _ERROR_TYPES.values():
         error_type = None  # another API's vocabulary (OpenAI's "server_error", ...): go by the status
     error = AgproxyError(message, status=status, error_type=error_type or error_type_for_status(status))
@@ -6011,8 +6013,8 @@ class AccountPool:
             return self._out_of_credit(route, resting, now)
         parts = []
         for upstream in route.upstreams:
-            keys = [f"{a.name} ({s.reason.replace('key rejected ', '', 1).strip('()')}, will be tried again in "
-                    f"{max(1, math.ceil(s.rest_for(route.model, now) - now))} s)"
+            keys = [f"{a.name} ({s.reason.replace('key rejected ', '', 1).strip('()').rstrip('. ')}, "
+                    f"will be tried again in {max(1, math.ceil(s.rest_for(route.model, now) - now))} s)"
                     for u, a, s in resting if u is upstream and s.key_rejected(now)]
             if keys:
                 parts.append(f"upstream {upstream.name!r} rejected the key of {', '.join(keys)}")
@@ -6949,20 +6951,23 @@ class HttpServer:
                 request = await self._read_request(conn)
             except asyncio.CancelledError:
                 if self._stopping and not conn.parser.idle:  # cut mid-request by the shutdown: say so
-                    await self._write_response(conn, error_response(_SHUTTING_DOWN), None, keep_alive=False)
-                    self.access_log.info("- %s - 503 - - %s", conn.peer, _SHUTTING_DOWN.message)
+                    request_id = new_request_id()
+                    await self._write_response(conn, error_response(_SHUTTING_DOWN), None, False, request_id)
+                    self.access_log.info("%s %s - 503 - - %s", request_id, conn.peer, _SHUTTING_DOWN.message)
                 raise
             except AgproxyError as exc:  # malformed HTTP, or a head refused before its body was read
-                await self._write_response(conn, error_response(exc), None, keep_alive=False)
+                request_id = new_request_id()
+                await self._write_response(conn, error_response(exc), None, False, request_id)
                 refused = exc.refused_request
                 what = f"{refused.method} {refused.path}" if refused is not None else "-"
-                self.access_log.info("- %s %s %d - - %s", conn.peer, what, exc.status, exc.message)
+                self.access_log.info("%s %s %s %d - - %s", request_id, conn.peer, what, exc.status, exc.message)
                 await self._linger(conn)
                 return
             except _Timeout as exc:
                 timeout = ProtocolError(str(exc), status=408)
-                await self._write_response(conn, error_response(timeout), None, keep_alive=False)
-                self.access_log.info("- %s - 408 - - %s", conn.peer, exc)
+                request_id = new_request_id()
+                await self._write_response(conn, error_response(timeout), None, False, request_id)
+                self.access_log.info("%s %s - 408 - - %s", request_id, conn.peer, exc)
                 await self._linger(conn)
                 return
             if request is None:
@@ -7086,6 +7091,7 @@ class HttpServer:
             except AgproxyError as exc:
                 exc.message = self.redact.text(exc.message)  # an upstream's text may echo a key
                 response = error_response(exc)
+                exchange.note = f" {exc.message[:300]}"  # the access line says why
             except Exception:
                 self.log.exception("internal error answering %s %s [%s]", request.method, request.path, exchange.id)
                 response = error_response(AgproxyError("internal error in agproxy; see its log", status=500))
@@ -7147,11 +7153,11 @@ class HttpServer:
                 return
 
     async def _write_response(self, conn: _Connection, response: Union[Response, StreamingResponse],
-                              exchange: Optional[_Exchange], keep_alive: bool) -> None:
+                              exchange: Optional[_Exchange], keep_alive: bool, request_id: str = "") -> None:
         conn.responding = True
-        headers = [("Date", http_date(time.time())), ("Server", f"agproxy/{__version__}")]
+        headers = [("Date", http_date(time.time())), ("Server", f"agproxy/{__version__}"),
+                   ("request-id", exchange.id if exchange is not None else request_id or new_request_id())]
         if exchange is not None:
-            headers.append(("request-id", exchange.id))
             exchange.status = response.status
         headers.extend(response.headers)
         head_only = exchange is not None and exchange.request.method == "HEAD"
@@ -7588,7 +7594,10 @@ class Server(Application):
                 f"{f' in {decision.wait_s:.1f} s' if decision.wait_s else ''}")
             rest = f"; account rests {decision.cooldown_s:.0f} s" + ("" if decision.rejected_key else
                                                                      f" for {model}") if decision.cooldown_s else ""
-            level = logging.WARNING if decision.rejected_key or decision.model_refused else logging.INFO
+            # a rejected key, a refused model and an upstream's 404 (a route or model it has not) are
+            # the config's to fix: said above --log-level info's noise
+            level = logging.WARNING if decision.rejected_key or decision.model_refused or status == 404 \
+                else logging.INFO
             self.log.log(level, "%s attempt %d: %s/%s status %s: %s%s; %s", exchange.id, number, upstream.name,
                          account.name, status or "-", decision.reason, rest, then)
         return log

@@ -39,6 +39,7 @@ patterns and may put its own words in their place. Read in the bundled code of b
 from __future__ import annotations
 
 import json
+import time
 
 from tests.conftest import fake_config
 from tests.fakes.anthropic_upstream import Json, Sse
@@ -112,3 +113,50 @@ def test_a_400_that_is_not_retried_is_logged_with_the_upstream_s_words_and_the_p
     line = next(line for line in proxy.log().splitlines() if "is not retried" in line)
     assert "HTTP 400 is not retried: tools.0: Input tag 'web_search_20250305' found" in line, line
     assert "set \"profile\": \"compatible\" on upstream 'fake'" in line and line.endswith("giving up")
+
+
+# -- from the second new-user trial: what the log and the early answers say ------------------------
+
+def _access_lines(proxy, count: int) -> list:
+    """The access lines, once there are ``count`` (each is written just after its answer)."""
+    deadline = time.monotonic() + 5
+    while True:
+        lines = [line for line in proxy.log().splitlines() if "agproxy.access" in line]
+        if len(lines) >= count or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.02)
+
+
+def test_answers_refused_before_the_request_is_routed_carry_a_request_id_that_the_log_names(start_agproxy, fake):
+    """docs/api.md: request-id is on every response. The 401 for a wrong key to agproxy and the
+    400 for a base URL ending in /v1 had none, and their access lines said '-'."""
+    proxy = start_agproxy(fake_config(fake, auth_mode="strict", api_key="sk-local-key-123"))
+    refused = post_json(proxy.port, "/v1/messages", SIMPLE, 10)
+    doubled = post_json(proxy.port, "/v1/v1/messages", SIMPLE, 10, [("x-api-key", "sk-local-key-123")])
+    for answer, status in ((refused, 401), (doubled, 400)):
+        assert answer.status == status, answer.describe()
+        request_id = answer.header("request-id") or ""
+        assert request_id.startswith("req_"), answer.describe()
+        assert any(line.split(" agproxy.access: ")[-1].startswith(request_id) for line in _access_lines(proxy, 2)), \
+            proxy.log()
+
+
+def test_the_access_line_of_a_model_no_rule_routes_says_why(start_agproxy, fake):
+    """Claude Code shows any 404 as "There's an issue with the selected model"; the log said only
+    '404 - - 1ms', so nothing anywhere told the user that model_map lacks a rule."""
+    proxy = start_agproxy(fake_config(fake, model_map=[{"match": "claude-*sonnet*", "upstream": "fake"}]))
+    answer = post_json(proxy.port, "/v1/messages", dict(SIMPLE, model="claude-opus-5-5"), 10)
+    assert answer.status == 404
+    access = [line for line in _access_lines(proxy, 1) if " 404 " in line]
+    assert access and "no model_map rule matches 'claude-opus-5-5'" in access[-1], proxy.log()
+
+
+def test_an_upstream_404_names_the_upstream_and_is_logged_as_a_warning(start_agproxy, fake):
+    """An anthropic-kind upstream with no Messages route (an OpenAI-only server) answered its own
+    words, 'no route /v1/messages', which read as agproxy's; and the log said so at INFO only."""
+    fake.script(Json(404, {"type": "error", "error": {"type": "not_found_error", "message": "no route /v1/messages"}}))
+    proxy = start_agproxy(fake_config(fake))
+    answer = post_json(proxy.port, "/v1/messages", SIMPLE, 10)
+    assert answer.status == 404
+    assert json.loads(answer.body)["error"]["message"] == "upstream 'fake' answered HTTP 404: no route /v1/messages"
+    assert any(" WARNING " in line and "status 404" in line for line in proxy.log().splitlines()), proxy.log()
