@@ -7785,6 +7785,7 @@ class ProfileFit:
     said: bytes  # that answer's body
     extras_taken: Optional[bool]  # the shaped request was taken, refused for its extras, or None: neither
     basic_taken: bool = False  # the same request without the extras was taken (asked when they were refused)
+    no_route: bool = False  # /v1/messages too is absent (404 not naming the model, or 405): no Messages API there
 
 
 class Adapter:
@@ -8073,12 +8074,17 @@ class AnthropicAdapter(Adapter):
             return await client.fetch("POST", upstream_url(upstream.base_url, path), headers,
                                       json.dumps(body).encode(), deadline_s=upstream.connect_timeout_s)
 
+        def absent(status: int, said: bytes) -> bool:  # a path the server lacks, not "no such model"
+            return status == 405 or (status == 404 and model not in upstream_error_text(said))
+
         path, spent = cls.counts_path, False
         status, said = await send(path, shaped, cls.profile_probe_beta)
-        if status == 405 or (status == 404 and model not in upstream_error_text(said)):  # not "no such model"
+        if absent(status, said):
             path, spent = cls.messages_path, True
             shaped["max_tokens"] = basic["max_tokens"] = 1
             status, said = await send(path, shaped, cls.profile_probe_beta)
+            if absent(status, said):
+                return ProfileFit(path, spent, status, said, None, no_route=True)
         if status < 300:
             return ProfileFit(path, spent, status, said, True)
         if status not in (400, 422) or not _SCHEMA_REFUSAL.search(upstream_error_text(said)):
@@ -9077,6 +9083,35 @@ def configure_logging(level: str, redactor: Optional[Redactor] = None, stream: A
     return handler
 
 
+#: The models Claude Code asks for when it is not told which (no ``--model`` and no ``ANTHROPIC_MODEL``)
+#: and for ``--model sonnet``/``haiku``: 2.1.332's, then 2.1.197's. A ``model_map`` that routes none
+#: of them answers Claude Code's first request 404, which it shows only as "There's an issue with the
+#: selected model". Update it from the newest Claude Code, as :data:`CLAUDE_MODELS`.
+CLAUDE_CODE_DEFAULT_MODELS = ("claude-opus-5-5", "claude-sonnet-5-5", "claude-haiku-5-5",
+                              "claude-opus-4-8", "claude-sonnet-5", "claude-haiku-4-5-20251001")
+
+
+def _config_problems(config: Config, cwd: str) -> List[str]:
+    """What ``check`` warns of in the config as a whole: no config file found (the built-in demo is
+    checked, as the server would serve it), and a ``model_map`` that routes none of the models
+    Claude Code asks for by default."""
+    problems = []
+    if config.upstreams == (DEMO_UPSTREAM,) and config.source == Config.source:
+        problems.append(f"no config file found (no --config, no $AGPROXY_CONFIG, no agproxy.json in {cwd}, no "
+                        "~/.config/agproxy/config.json): checking the built-in demo upstream, which answers "
+                        "locally without a model; pass --config FILE (see README: Configuration)")
+    routed = [model for model in CLAUDE_CODE_DEFAULT_MODELS
+              if any(fnmatch.fnmatchcase(model, rule.match) for rule in config.model_map)]
+    if config.model_map and not routed:  # with no model_map, every model goes to the first upstream
+        example = config.model_map[0]
+        rule = {"match": "*", "upstream": example.upstreams[0], **({"model": example.model} if example.model else {})}
+        problems.append(f"model_map routes none of the models Claude Code asks for by default "
+                        f"({', '.join(CLAUDE_CODE_DEFAULT_MODELS)}): Claude Code started without --model NAME or "
+                        "ANTHROPIC_MODEL gets 404 and shows only \"There's an issue with the selected model\"; add "
+                        f"a last rule such as {json.dumps(rule)}")
+    return problems
+
+
 async def check_upstreams(config: Config, out: Callable[[str], None]) -> bool:
     """Probe each upstream and account once and print one line each (``ok``, ``WARN`` or
     ``FAIL``), then what the config asks of the upstream that it does not offer; True when
@@ -9088,6 +9123,8 @@ async def check_upstreams(config: Config, out: Callable[[str], None]) -> bool:
     if mode != "off" and not config.api_key:
         out(f"FAIL  config: auth_mode is {mode} but api_key is empty: every protected request would get 401")
         healthy = False
+    for line in _config_problems(config, os.getcwd()):
+        out(f"WARN  config: {line}")
     saved = StateFile(config.state_file).load() if config.state_file and os.path.exists(config.state_file) else {}
     for line in AccountPool(config.upstreams).load_json(saved.get("accounts"), time.time()):
         out(f"WARN  {line}: a running agproxy with this config waits it out, or `agproxy state clear` (agproxy "
@@ -9183,6 +9220,11 @@ def _profile_fit_line(upstream: Upstream, fit: ProfileFit, redactor: Redactor) -
     said = upstream_error_text(redactor.data(fit.said)).strip().splitlines()  # every secret, before the cut
     answer = f"HTTP {fit.status}" + (f": {said[0][:200]}" if said else "")
     compatible = upstream.profile == "compatible"
+    if fit.no_route:
+        return "FAIL", (f"no Anthropic Messages API at {upstream_url(upstream.base_url, fit.path)} ({answer}; "
+                        "count_tokens is absent too): an OpenAI-compatible server (vLLM, Ollama, LM Studio, "
+                        "llama.cpp) takes \"kind\": \"openai\" with its /v1 base URL, e.g. http://host:8000/v1; "
+                        "else base_url must be the root its Anthropic API is under (agproxy adds /v1/messages)")
     if fit.extras_taken:
         if compatible:
             return "ok", (f"profile \"compatible\" works, and \"anthropic\" would too: {where} took {_SHAPED_PROBE} "

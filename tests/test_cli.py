@@ -547,3 +547,68 @@ def test_the_start_up_log_names_a_base_url_ending_in_the_version_path_agproxy_ad
     assert "upstream fake: base_url ends in /v1, and agproxy adds /v1/messages itself" in log
     assert "upstream g: base_url ends in a version path, and agproxy adds /v1beta/models/... itself" in log
     assert "upstream local:" not in log.replace("upstream local: openai", "")  # /v1 is right for openai
+
+
+def test_check_fails_an_anthropic_upstream_whose_server_has_no_messages_api(tmp_path):
+    """An OpenAI-only server (vLLM, Ollama) behind `kind: anthropic` lists models at /v1/models but
+    has no /v1/messages: `check` said ok and a WARN of an unknown profile, exit 0, and every Claude
+    Code request then got a 404."""
+    from tests.fakes.openai_upstream import FakeOpenAI
+
+    with FakeOpenAI() as openai_only:
+        root = openai_only.url[: -len("/v1")]
+        config = {"upstreams": [{"name": "local", "kind": "anthropic", "base_url": root,
+                                 "accounts": [{"name": "a", "api_key": "sk-local"}]}]}
+        result = run(["check", "--config", str(write_config(tmp_path, config))], tmp_path)
+        probes = [r["target"] for r in openai_only.requests if r["method"] == "POST"]
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert probes == ["/v1/messages/count_tokens", "/v1/messages"]
+    assert (f"FAIL  local: no Anthropic Messages API at {root}/v1/messages (HTTP 404: no route /v1/messages; "
+            "count_tokens is absent too): an OpenAI-compatible server (vLLM, Ollama, LM Studio, llama.cpp) takes "
+            "\"kind\": \"openai\" with its /v1 base URL") in result.stdout, result.stdout
+
+
+def test_check_does_not_call_a_404_for_the_probes_model_a_missing_messages_api(tmp_path):
+    """A 404 that names the model asked for is "no such model", not "no /v1/messages here"."""
+    from tests.fakes.anthropic_upstream import FakeAnthropic
+
+    models = Json(200, {"data": [{"type": "model", "id": "claude-gone", "display_name": "Gone"}], "has_more": False})
+    gone = Json(404, {"type": "error", "error": {"type": "not_found_error", "message": "model: claude-gone"}})
+    with FakeAnthropic(missing_paths=["/v1/messages/count_tokens"]) as fake:
+        fake.script(models, models, gone)  # the probe's list, the list check reads, then /v1/messages
+        config = fake_config(fake)
+        config["upstreams"][0]["accounts"] = config["upstreams"][0]["accounts"][:1]
+        result = run(["check", "--config", str(write_config(tmp_path, config))], tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no Anthropic Messages API" not in result.stdout
+    assert "WARN  fake: which profile fits is unknown: /v1/messages (asked for 1 token: this upstream has no " \
+        "count_tokens) answered" in result.stdout and "HTTP 404: model: claude-gone" in result.stdout
+
+
+def test_check_warns_of_a_model_map_that_routes_none_of_claude_codes_default_models(tmp_path, fake):
+    """Claude Code asks for claude-opus-5-5 (2.1.332) or claude-opus-4-8 (2.1.197) unless told
+    otherwise; a model_map without a rule for it gave `ok`, then "There's an issue with the
+    selected model" in Claude Code."""
+    config = fake_config(fake, model_map=[{"match": "qwen*", "upstream": "fake", "model": "claude-fake"}])
+    result = run(["check", "--config", str(write_config(tmp_path, config))], tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr  # a warning: --model may name a mapped one
+    assert ("WARN  config: model_map routes none of the models Claude Code asks for by default (claude-opus-5-5, "
+            "claude-sonnet-5-5, claude-haiku-5-5, claude-opus-4-8, claude-sonnet-5, claude-haiku-4-5-20251001): "
+            "Claude Code started without --model NAME or ANTHROPIC_MODEL gets 404 and shows only \"There's an issue "
+            "with the selected model\"; add a last rule such as "
+            "{\"match\": \"*\", \"upstream\": \"fake\", \"model\": \"claude-fake\"}\n") in result.stdout, result.stdout
+    for routes_one in ([{"match": "claude-haiku-4-5*", "upstream": "fake"}], [{"match": "*", "upstream": "fake"}], []):
+        config["model_map"] = routes_one
+        result = run(["check", "--config", str(write_config(tmp_path, config))], tmp_path)
+        assert result.returncode == 0 and "WARN  config" not in result.stdout, result.stdout
+
+
+def test_check_with_no_config_file_says_so(tmp_path):
+    """`check` in a directory without agproxy.json checked the built-in demo and said all was well."""
+    result = run(["check"], tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"WARN  config: no config file found (no --config, no $AGPROXY_CONFIG, no agproxy.json in {tmp_path}, " \
+        "no ~/.config/agproxy/config.json): checking the built-in demo upstream" in result.stdout, result.stdout
+    write_config(tmp_path, {"upstreams": [{"name": "d", "kind": "demo"}]}, "agproxy.json")
+    result = run(["check"], tmp_path)
+    assert result.returncode == 0 and "WARN" not in result.stdout, result.stdout
