@@ -9005,6 +9005,11 @@ class StateFile:
         try:
             fd = self._open_lock()
             if fd is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # alone with it? (then shared, below)
+                except BlockingIOError:
+                    self.log.warning("another agproxy runs with the state file %s: both save into it, and the last "
+                                     "save wins; give each instance its own state_file", self.path)
                 fcntl.flock(fd, fcntl.LOCK_SH)
         except OSError as exc:
             self.log.warning("cannot lock %s.lock (agproxy state clear will not know agproxy runs): %s", self.path,
@@ -9023,8 +9028,10 @@ class StateFile:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
-                    raise AgproxyError(f"an agproxy is running with {self.path} (it holds {self.path}.lock) and "
-                                       "would save its state again; stop it, then clear") from None
+                    saver = self._read().get("pid")
+                    raise AgproxyError(f"an agproxy is running with {self.path}" + (
+                        f" (the last to save it was pid {saver})" if _is_int(saver) else "") +
+                        " and would save its state again; stop it, then clear") from None
             try:
                 os.remove(self.path)
             except FileNotFoundError:

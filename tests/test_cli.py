@@ -450,7 +450,9 @@ def test_state_clear_refuses_while_any_agproxy_runs_with_the_state_file(start_ag
     state.write_text(json.dumps({"format": 1, "pid": 2 ** 22 + 1, "accounts": {"fake/alice@example.com": rest}}))
     first = start_agproxy(config, process=True)
     assert "restored from the state file: account 'alice@example.com'" in first.log()
+    assert "another agproxy runs with the state file" not in first.log()
     second = start_agproxy(config, process=True)
+    assert f"another agproxy runs with the state file {state}: both save into it" in second.log()
     refused = run(["state", "clear", "--config", str(path)], tmp_path)
     assert refused.returncode == 1 and state.exists(), refused.stdout
     assert f"an agproxy is running with {state}" in refused.stderr and "stop it, then clear" in refused.stderr
