@@ -59,7 +59,8 @@ lint: $(VENV)/.installed
 bench: build
 	$(PYTHON) bench/run.py
 
-# A long fuzz run against a real agproxy (minutes; not part of `make test`): FUZZ_ARGS="--cases 100000 --seed 7".
+# A long fuzz run against a real agproxy (minutes; not part of `make test`): FUZZ_ARGS="--cases 100000 --seed 7";
+# FUZZ_ARGS="--faults" sends 30% of the cases to misbehaving upstreams too.
 FUZZ_ARGS ?=
 fuzz: build
 	$(PYTHON) tools/fuzz.py $(FUZZ_ARGS)
