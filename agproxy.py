@@ -3558,6 +3558,13 @@ def _gemini_field_path(at: str, name: str) -> str:
     return ".".join(re.sub(r"_([a-z])", lambda m: m.group(1).upper(), p) for p in parts)
 
 
+def _not_quoted(pattern: re.Pattern, text: str, sent_text: str) -> List[re.Match]:
+    """The matches of ``pattern`` in an upstream's error ``text`` that are not words of the request
+    as sent (``sent_text``, its JSON): what the upstream says itself, not what it quotes of the
+    request, which a client chose. Nothing agproxy learns for every client comes from a quote."""
+    return [m for m in pattern.finditer(text) if json.dumps(m.group(0), ensure_ascii=False)[1:-1] not in sent_text]
+
+
 def rejected_inputs(body: bytes, sent_text: str = "") -> Tuple[List[str], List[str]]:
     """The field paths and beta values an upstream's 400 says it does not accept (a refused
     adaptive thinking type is :data:`BASIC_THINKING_LESSON`). Words that ``sent_text`` (the request
@@ -3567,8 +3574,7 @@ def rejected_inputs(body: bytes, sent_text: str = "") -> Tuple[List[str], List[s
     text = upstream_error_text(body)
 
     def said(pattern: re.Pattern) -> List[re.Match]:
-        """The matches of ``pattern`` in the error that are not the request's own words."""
-        return [m for m in pattern.finditer(text) if json.dumps(m.group(0), ensure_ascii=False)[1:-1] not in sent_text]
+        return _not_quoted(pattern, text, sent_text)
 
     fields = [m.group(1) for m in said(_EXTRA_INPUT) + said(_UNKNOWN_FIELD)]
     fields += [_gemini_field_path(m.group(2) or "", m.group(1)) for m in said(_UNKNOWN_NAME)]
@@ -3687,8 +3693,7 @@ def context_report(data: bytes, sent_text: str = "") -> ContextReport:
     in its error (a tool's description, a field's value) would otherwise let a client's words name
     the window that agproxy learns and keeps for every client."""
     text = upstream_error_text(data)
-    window = _first_number(next((m for m in _CONTEXT_WINDOW_SAID.finditer(text) if m.group(0) not in sent_text),
-                                None))
+    window = _first_number(next(iter(_not_quoted(_CONTEXT_WINDOW_SAID, text, sent_text)), None))
     prompt = _first_number(_PROMPT_TOKENS_SAID.search(text))
     try:
         parsed = loads_strict(data)
@@ -3727,8 +3732,11 @@ def heal_decision(status: int, data: bytes, sent: Dict[str, Any], beta: Optional
     can be tried without; a thinking-signature refusal heals once; a context-length error that
     names the prompt's size is fitted once (a completion budget too big is not a prompt too
     long); nothing is learned here."""
-    if status in heal_statuses and heals < MAX_HEALS:
-        fields, betas = rejected_inputs(data, json.dumps(sent, ensure_ascii=False))
+    overflow = is_context_overflow(status, data)
+    healable = status in heal_statuses and heals < MAX_HEALS
+    sent_text = json.dumps(sent, ensure_ascii=False) if healable or overflow else ""  # once: a body may be MBs
+    if healable:
+        fields, betas = rejected_inputs(data, sent_text)
         sent_betas = {b.strip() for b in (beta or "").split(",")}
         new_fields = tuple(p for p in dict.fromkeys(learnable_path(sent, f) for f in fields)
                            if p is not None and p not in known_fields)
@@ -3737,8 +3745,8 @@ def heal_decision(status: int, data: bytes, sent: Dict[str, Any], beta: Optional
             return Heal("retry", new_fields, new_betas)
     if heal_thinking and not thinking_stripped and is_signature_error(status, data):
         return Heal("strip_thinking")
-    if is_context_overflow(status, data):
-        said = context_report(data, json.dumps(sent, ensure_ascii=False))
+    if overflow:
+        said = context_report(data, sent_text)
         limit = said.window or window
         asked = sent_max_tokens(sent)
         if limit and said.prompt_tokens is not None and not fitted and asked is not None:
