@@ -5839,6 +5839,13 @@ class AccountState:
         self.refused = {m: words for m, words in self.refused.items() if m in self.rests}
 
 
+def _reason_words(reason: str, label: str) -> str:
+    """The upstream's words in a rest's reason (``label (words)``, as :func:`decide` writes it), to
+    quote in a sentence: without the label, the brackets and a closing full stop."""
+    words = reason[len(label):] if reason.startswith(label) else reason
+    return words.strip(" ()").rstrip(". ")
+
+
 def server_fingerprint(upstream: Upstream) -> str:
     """A short mark of the server an upstream names: what learned rejections are bound to."""
     return hashlib.sha256(f"agproxy\0{upstream.kind}\0{upstream.base_url}".encode(
@@ -6021,7 +6028,7 @@ class AccountPool:
             return self._out_of_credit(route, resting, now)
         parts = []
         for upstream in route.upstreams:
-            keys = [f"{a.name} ({s.reason.replace('key rejected ', '', 1).strip('()').rstrip('. ')}, "
+            keys = [f"{a.name} ({_reason_words(s.reason, 'key rejected')}, "
                     f"will be tried again in {max(1, math.ceil(s.rest_for(route.model, now) - now))} s)"
                     for u, a, s in resting if u is upstream and s.key_rejected(now)]
             if keys:
@@ -6037,7 +6044,7 @@ class AccountPool:
         is not rejected outright."""
         names = ", ".join(repr(u.name) for u in route.upstreams)
         soonest = min(s.rests[route.model] for _, _, s in refusing)
-        said = "; ".join(f"{u.name}/{a.name}: {s.refused[route.model].replace('model refused ', '', 1).strip('()')}"
+        said = "; ".join(f"{u.name}/{a.name}: {_reason_words(s.refused[route.model], 'model refused')}"
                          for u, a, s in refusing[:3])
         return ModelRefused(
             f"no account of upstream {names} may use model {route.model!r} ({said})" +
@@ -6049,7 +6056,7 @@ class AccountPool:
     def _out_of_credit(route: Route, resting: List[Tuple[Upstream, Account, AccountState]], now: float) -> AgproxyError:
         """The error when every account that serves the model is out of credit: a 402
         ``billing_error`` naming the upstream and each account (Claude Code shows it as it is)."""
-        accounts = ", ".join(f"{u.name!r} account {a.name!r} ({s.reason[len(_OUT_OF_CREDIT_REASON):].strip(' ()')}, "
+        accounts = ", ".join(f"{u.name!r} account {a.name!r} ({_reason_words(s.reason, _OUT_OF_CREDIT_REASON)}, "
                              f"will be tried again in {max(1, math.ceil(s.rest_for(route.model, now) - now))} s)"
                              for u, a, s in resting)
         broke = AgproxyError(f"every account that serves {route.model!r} is out of credit: {accounts}. Add credit "
