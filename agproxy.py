@@ -6966,23 +6966,14 @@ class HttpServer:
                 request = await self._read_request(conn)
             except asyncio.CancelledError:
                 if self._stopping and not conn.parser.idle:  # cut mid-request by the shutdown: say so
-                    request_id = new_request_id()
-                    await self._write_response(conn, error_response(_SHUTTING_DOWN), None, False, request_id)
-                    self.access_log.info("%s %s - 503 - - %s", request_id, conn.peer, _SHUTTING_DOWN.message)
+                    await self._refuse(conn, _SHUTTING_DOWN)
                 raise
             except AgproxyError as exc:  # malformed HTTP, or a head refused before its body was read
-                request_id = new_request_id()
-                await self._write_response(conn, error_response(exc), None, False, request_id)
-                refused = exc.refused_request
-                what = f"{refused.method} {refused.path}" if refused is not None else "-"
-                self.access_log.info("%s %s %s %d - - %s", request_id, conn.peer, what, exc.status, exc.message)
+                await self._refuse(conn, exc)
                 await self._linger(conn)
                 return
             except _Timeout as exc:
-                timeout = ProtocolError(str(exc), status=408)
-                request_id = new_request_id()
-                await self._write_response(conn, error_response(timeout), None, False, request_id)
-                self.access_log.info("%s %s - 408 - - %s", request_id, conn.peer, exc)
+                await self._refuse(conn, ProtocolError(str(exc), status=408))
                 await self._linger(conn)
                 return
             if request is None:
@@ -6995,6 +6986,15 @@ class HttpServer:
                 self._hold_body(conn, 0)
             if not keep_alive or conn.gone:
                 return
+
+    async def _refuse(self, conn: _Connection, exc: AgproxyError) -> None:
+        """Answer a request refused before it became one (malformed, refused on its head, timed
+        out, cut by the shutdown) and log it: its own request id in the answer and the access line."""
+        request_id = new_request_id()
+        await self._write_response(conn, error_response(exc), None, False, request_id)
+        refused = exc.refused_request
+        what = f"{refused.method} {refused.path}" if refused is not None else "-"
+        self.access_log.info("%s %s %s %d - - %s", request_id, conn.peer, what, exc.status, exc.message)
 
     async def _linger(self, conn: _Connection) -> None:
         """Close after an error answer without losing it: half-close, then drain what the client
