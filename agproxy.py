@@ -907,6 +907,7 @@ def _parse_upstream(obj: Any, where: str, unexpanded: Any = None) -> Upstream:
     base_rules = PROFILE_DEFAULTS["openai"] if kind == "openai" else PROFILE_DEFAULTS[profile]
     context_window = fields.get("context_window", int, None)
     headers = fields.get("headers", dict, {})
+    extra_body = fields.get("extra_body", dict, None)
     for key, value in headers.items():
         if not isinstance(value, str) or not _HEADER_NAME.fullmatch(key):
             raise ConfigError(f"{where}.headers.{key}: must be a header name with a string value")
@@ -930,9 +931,9 @@ def _parse_upstream(obj: Any, where: str, unexpanded: Any = None) -> Upstream:
         rules=_parse_rules(fields.get("sanitize", dict, {}), f"{where}.sanitize", base_rules),
         context_window=context_window,
         openai=_parse_openai(fields.get("openai", dict, {}), f"{where}.openai"),
-        extra_body=fields.get("extra_body", dict, None),
+        extra_body=extra_body,
         headers=tuple(headers.items()),
-        credentials=upstream_credentials(headers, obj.get("extra_body"), [
+        credentials=upstream_credentials(headers, extra_body, [
             name for name, value in ((unexpanded or {}).get("headers") or {}).items()
             if isinstance(value, str) and "${" in value]),
     )
@@ -9134,12 +9135,12 @@ def _config_problems(config: Config, cwd: str) -> List[str]:
     return problems
 
 
-async def check_upstreams(config: Config, out: Callable[[str], None]) -> bool:
+async def check_upstreams(config: Config, out: Callable[[str], None], redactor: Optional[Redactor] = None) -> bool:
     """Probe each upstream and account once and print one line each (``ok``, ``WARN`` or
     ``FAIL``), then what the config asks of the upstream that it does not offer; True when
     nothing failed (warnings do not fail)."""
     client = UpstreamClient()
-    redactor = Redactor(config.secrets(dict(os.environ)))
+    redactor = redactor or Redactor(config.secrets(dict(os.environ)))
     healthy = True
     mode = config.effective_auth_mode()
     if mode != "off" and not config.api_key:
@@ -9436,7 +9437,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if check:
         print(f"config: {config.source}: ok ({len(config.upstreams)} upstream(s))")
         # an upstream's answer may echo a key: never print it
-        return 0 if asyncio.run(check_upstreams(config, lambda line: print(redactor.text(line)))) else 1
+        return 0 if asyncio.run(check_upstreams(config, lambda line: print(redactor.text(line)), redactor)) else 1
     log_startup(config)
     try:
         return asyncio.run(_serve(config))
