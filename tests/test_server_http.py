@@ -275,6 +275,25 @@ def _answered_at_once(sock: socket.socket) -> bytes:
     return sock.recv(65536) if ready else b""
 
 
+def _uploads_held(port: int, count: int, size: int, settle_s: float) -> list:
+    """``count`` uploads of ``size`` bytes that have sent all but a byte of their body, each still
+    waiting for it (agproxy holds what has arrived)."""
+    uploads = [_open_upload(port, size) for _ in range(count)]
+    for sock in uploads:
+        sock.sendall(b" " * (size - 1))
+    time.sleep(settle_s)
+    assert [_answered_at_once(sock) for sock in uploads] == [b""] * count
+    return uploads
+
+
+def _answer_at_its_head(port: int, size: int) -> list:
+    """The answer agproxy gives at once to an upload of ``size`` bytes that has sent only its head."""
+    sock = _open_upload(port, size)
+    answer = split_responses(_answered_at_once(sock))
+    sock.close()
+    return answer
+
+
 def test_a_body_past_the_inflight_budget_gets_529_before_it_is_read(start_agproxy):
     """Bodies count as they arrive: four uploads that have sent all but a byte of their 100 kB hold
     the 400 kB budget, so a fifth is refused with 529 overloaded_error at its head, before its body
@@ -282,14 +301,8 @@ def test_a_body_past_the_inflight_budget_gets_529_before_it_is_read(start_agprox
     proxy = start_agproxy({"upstreams": [DEMO], "max_body_bytes": 100000, "max_inflight_body_bytes": 400000})
     size = 100000
     for _ in range(2):
-        uploads = [_open_upload(proxy.port, size) for _ in range(4)]
-        for sock in uploads:
-            sock.sendall(b" " * (size - 1))
-        time.sleep(0.3)
-        assert [_answered_at_once(sock) for sock in uploads] == [b""] * 4
-        fifth = _open_upload(proxy.port, size)
-        answer = split_responses(_answered_at_once(fifth))
-        fifth.close()
+        uploads = _uploads_held(proxy.port, 4, size, 0.3)
+        answer = _answer_at_its_head(proxy.port, size)
         assert answer and answer[0][0] == 529, answer
         error = json.loads(answer[0][2])["error"]
         assert error["type"] == "overloaded_error" and "max_inflight_body_bytes" in error["message"], error
@@ -303,15 +316,9 @@ def test_thirty_mib_bodies_fit_eight_at_a_time_with_the_defaults(start_agproxy):
     30 MiB that have arrived but for a byte are held; the ninth is refused at its head."""
     proxy = start_agproxy({"upstreams": [DEMO]})
     size = 30 * 1024 * 1024
-    uploads = [_open_upload(proxy.port, size) for _ in range(8)]
+    uploads = _uploads_held(proxy.port, 8, size, 0.5)
     try:
-        for sock in uploads:
-            sock.sendall(b" " * (size - 1))
-        time.sleep(0.5)
-        assert [_answered_at_once(sock) for sock in uploads] == [b""] * 8
-        ninth = _open_upload(proxy.port, size)
-        answer = split_responses(_answered_at_once(ninth))
-        ninth.close()
+        answer = _answer_at_its_head(proxy.port, size)
         assert answer and answer[0][0] == 529, answer
     finally:
         for sock in uploads:
