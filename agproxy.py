@@ -182,8 +182,6 @@ class AgproxyError(Exception):
     final: bool = False
     #: what the upstream itself said, where agproxy words the error its own way (a rejected key)
     upstream_words: str = ""
-    #: the request whose head was refused before its body was read (for the access line)
-    refused_request: Any = None
 
     def __init__(
         self,
@@ -441,6 +439,8 @@ UPSTREAM_KINDS = ("anthropic", "openai", "gemini", "demo")
 AUTH_MODES = ("off", "strict", "all_except_health", "auto")
 PROFILES = ("anthropic", "compatible")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+#: ``text``: one readable line per event; ``json``: one JSON object per line, for Loki, ELK or journald.
+LOG_FORMATS = ("text", "json")
 #: The largest int that float() takes (beyond it, OverflowError): a config number past it is refused.
 _FLOAT_LIMIT = 2 ** 1023
 #: The largest duration or weight a config may give: 10^9 s is 31 years, and bigger ones overflow
@@ -581,6 +581,9 @@ class Config:
     allowed_origins: Tuple[str, ...] = ()
     server_names: Tuple[str, ...] = ()
     log_level: str = "info"
+    log_format: str = "text"
+    #: reload the config when its file changes (as SIGHUP and POST /v1/agproxy/reload do)
+    watch_config: bool = False
     state_file: str = ""
     source: str = "built-in demo config"
 
@@ -1041,6 +1044,8 @@ def config_from_dict(raw: Any, environ: Dict[str, str], source: str, unset_as_pl
         allowed_origins=fields.strings("allowed_origins"),
         server_names=fields.strings("server_names"),
         log_level=fields.choice("log_level", LOG_LEVELS, d.log_level),
+        log_format=fields.choice("log_format", LOG_FORMATS, d.log_format),
+        watch_config=fields.get("watch_config", bool, d.watch_config),
         state_file=fields.text("state_file", default_state_file(environ, source)),
         source=source,
     )
@@ -5733,6 +5738,28 @@ class Decision:
     reason: str = ""
 
 
+#: What an attempt's outcome is called in the metrics and the record: a handful of values, whatever the upstream said.
+ATTEMPT_OUTCOMES = ("ok", "rate_limited", "rejected_key", "model_refused", "out_of_credit", "timeout",
+                    "server_error", "client_error", "no_answer", "aborted")
+
+
+def attempt_outcome(status: int, decision: Decision) -> str:
+    """The :data:`ATTEMPT_OUTCOMES` name of an attempt that got ``status`` (0: no answer) and ``decision``."""
+    if decision.reason in ("ok", "aborted"):
+        return decision.reason
+    if decision.rejected_key:
+        return "out_of_credit" if decision.reason.startswith(_OUT_OF_CREDIT_REASON) else "rejected_key"
+    if decision.model_refused:
+        return "model_refused"
+    if status == 429:
+        return "rate_limited"
+    if status in (408, 504):
+        return "timeout"
+    if status == 0:
+        return "no_answer"
+    return "server_error" if status >= 500 else "client_error"
+
+
 def decide(outcome: Outcome, attempt: int, max_attempts: int, limits_in_a_row: int = 0,
            jitter: float = 0.5) -> Decision:
     """The retry policy. ``attempt`` counts from 1; ``jitter`` is a random number in [0, 1)."""
@@ -6815,25 +6842,152 @@ def error_response(exc: AgproxyError) -> Response:
     return json_response(exc.status, exc.body(), headers)
 
 
-class _Exchange:
-    """What the access log says about one request."""
+@dataclasses.dataclass
+class AttemptRecord:
+    """One attempt at an upstream, as the record of its request keeps it."""
 
-    def __init__(self, request: Request, on_client_gone: List[Callable[[], None]]) -> None:
-        self.request = request
-        self.on_client_gone = on_client_gone
-        self.id = new_request_id()
-        self.upstream = "-"
-        self.account = "-"
-        self.status = 0
-        #: said at the end of the access line (a stream cut by a shutdown says so)
-        self.note = ""
-        self.started = time.monotonic()
+    upstream: str
+    account: str
+    status: int  # what the upstream answered (0: no answer at all)
+    outcome: str  # one of ATTEMPT_OUTCOMES
+    reason: str = ""  # the retry engine's words for it
+
+
+#: The usage fields of an Anthropic answer, and the record's (and the log's, metrics' and ledger's) names for them.
+USAGE_FIELDS = (("input_tokens", "input_tokens"), ("output_tokens", "output_tokens"),
+                ("cache_read_input_tokens", "cache_read_tokens"),
+                ("cache_creation_input_tokens", "cache_write_tokens"))
+#: Characters of an error's words an access line keeps.
+MAX_RECORD_ERROR_CHARS = 300
+
+
+@dataclasses.dataclass
+class RequestRecord:
+    """Everything one request leaves behind, filled in as it is answered: the shell writes the HTTP
+    facts (who, what, status, bytes, times), the gateway the rest (model, upstream, account, each
+    attempt, tokens). Every answer fills it the same way, streamed, whole, local, refused or cut;
+    the access log, the metrics and the usage ledger read it when it ends, and none of them decodes
+    an answer again."""
+
+    request_id: str
+    client_ip: str
+    method: str
+    path: str
+    #: wall-clock and monotonic start
+    started_at: float = dataclasses.field(default_factory=time.time)
+    started: float = dataclasses.field(default_factory=time.monotonic)
+    client: Optional[str] = None  # the client's name, where its key has one
+    route: str = ""  # the handler's name ("messages", "count_tokens", ...; "" for none)
+    model: str = ""  # as asked
+    mapped_model: str = ""  # as sent upstream
+    upstream: str = ""
+    account: str = ""
+    stream: bool = False
+    local: str = ""  # what answered without an upstream: "warmup", "demo"
+    attempts: List[AttemptRecord] = dataclasses.field(default_factory=list)
+    status: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    first_byte: Optional[float] = None  # monotonic time the answer's first body bytes went out
+    ended: Optional[float] = None
+    bytes_sent: int = 0
+    error: str = ""  # the upstream's or agproxy's words for a failure
+    #: what cut the answer short ("client closed the connection", "cut by the shutdown")
+    note: str = ""
+
+    def add_usage(self, usage: Any) -> None:
+        """Take the counts of an Anthropic ``usage`` object (message_start's, then message_delta's,
+        whose counts are running totals): each present count replaces the one before."""
+        if not isinstance(usage, dict):
+            return
+        for field, name in USAGE_FIELDS:
+            value = upstream_count(usage.get(field))
+            if value is not None:
+                setattr(self, name, value)
 
     def client_left(self) -> None:
-        """The client closed its connection before its answer ended: the access line says so (499,
+        """The client closed its connection before its answer ended: the record says so (499,
         nginx's "client closed request"), and nothing else logs it as a fault."""
         self.status = 499
-        self.note = " client closed the connection"
+        self.note = "client closed the connection"
+
+    def fail(self, words: str) -> None:
+        """Keep the words of the failure that ends the request (the first that is said)."""
+        if not self.error:
+            self.error = words[:MAX_RECORD_ERROR_CHARS]
+
+    @property
+    def ttft_ms(self) -> Optional[float]:
+        """Time to the first bytes of the answer's body (its head of events, for a stream)."""
+        return None if self.first_byte is None else (self.first_byte - self.started) * 1000
+
+    @property
+    def duration_ms(self) -> float:
+        return ((self.ended if self.ended is not None else time.monotonic()) - self.started) * 1000
+
+    @property
+    def tokens(self) -> int:
+        """Every token the answer counted: input, output and cache."""
+        return self.input_tokens + self.output_tokens + self.cache_read_tokens + self.cache_write_tokens
+
+    def fields(self) -> Dict[str, Any]:
+        """The record under the pinned names of a JSON access line (``client`` only where there is one)."""
+        fields: Dict[str, Any] = {
+            "request_id": self.request_id, "client_ip": self.client_ip, "method": self.method, "path": self.path,
+            "status": self.status, "model": self.model or None, "mapped_model": self.mapped_model or None,
+            "upstream": self.upstream or None, "account": self.account or None, "stream": self.stream,
+            "attempts": len(self.attempts), "input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
+            "cache_read_tokens": self.cache_read_tokens, "cache_write_tokens": self.cache_write_tokens,
+            "ttft_ms": None if self.ttft_ms is None else round(self.ttft_ms, 1),
+            "duration_ms": round(self.duration_ms, 1), "bytes_sent": self.bytes_sent,
+            "error": " ".join(x for x in (self.error, self.note) if x) or None,
+        }
+        if self.client is not None:
+            fields["client"] = self.client
+        if self.local:
+            fields["local"] = self.local
+        return fields
+
+    def line(self) -> str:
+        """The record as one aligned line of text with the same facts as :meth:`fields`."""
+        who = f"{self.upstream or '-'}/{self.account or '-'}" if self.upstream or self.account else "- -"
+        model = self.model or "-"
+        if self.mapped_model and self.mapped_model != self.model:
+            model += f"->{self.mapped_model}"
+        ttft = "-" if self.ttft_ms is None else f"{self.ttft_ms:.0f}ms"
+        parts = [f"{self.request_id} {self.client_ip:<15} {self.method} {self.path} {self.status:3d} {who}"]
+        if self.model:
+            parts.append(f"{model} {'stream' if self.stream else 'json'} tries={len(self.attempts)} "
+                         f"in={self.input_tokens} out={self.output_tokens} cache_read={self.cache_read_tokens} "
+                         f"cache_write={self.cache_write_tokens} ttft={ttft}")
+        if self.client is not None:
+            parts.append(f"client={self.client}")
+        if self.local:
+            parts.append(f"local={self.local}")
+        parts.append(f"{self.duration_ms:.0f}ms {self.bytes_sent}B")
+        error = " ".join(x for x in (self.error, self.note) if x)
+        if error:
+            parts.append(error)
+        return "  ".join(parts)
+
+
+class _Exchange:
+    """One request as the shell answers it: the request, its record, and what to call if its
+    client leaves (a read of the upstream waiting on it is cut)."""
+
+    def __init__(self, request: Request, on_client_gone: List[Callable[[], None]], record: RequestRecord) -> None:
+        self.request = request
+        self.on_client_gone = on_client_gone
+        self.record = record
+
+    @property
+    def id(self) -> str:
+        return self.record.request_id
+
+    def client_left(self) -> None:
+        self.record.client_left()
 
 
 class _Connection:
@@ -6848,8 +7002,10 @@ class _Connection:
         self.responding = False  # the answer's head is written: no interim answer may follow
         self.body_held = 0  # bytes of max_inflight_body_bytes its request holds
         self.on_gone: List[Callable[[], None]] = []
+        self.head: Optional[Request] = None  # the request whose head was read last (a refusal names it)
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.client_ip = str(peer[0]) if isinstance(peer, tuple) else str(peer)
 
     def client_left(self) -> None:
         if not self.gone:
@@ -6870,13 +7026,18 @@ _SHUTTING_DOWN = AgproxyError("agproxy is shutting down: this request was cut be
 
 class Application:
     """What the HTTP shell serves: ``admit`` checks a request's head before its body is read (and
-    raises an :class:`AgproxyError` to refuse it); ``handle`` answers a whole request."""
+    raises an :class:`AgproxyError` to refuse it); ``handle`` answers a whole request; ``finished``
+    is told of every request's record once its answer has ended, refused and cut ones included."""
 
     def admit(self, request: Request) -> None:
         raise NotImplementedError
 
     async def handle(self, request: Request, exchange: _Exchange) -> Union[Response, StreamingResponse]:
         raise NotImplementedError
+
+    def finished(self, record: RequestRecord) -> None:
+        """Log the record's access line."""
+        logging.getLogger("agproxy.access").info("%s", record.line())
 
 
 class HttpServer:
@@ -6890,7 +7051,6 @@ class HttpServer:
         self.app = app
         self.redact = redact
         self.log = logging.getLogger("agproxy")
-        self.access_log = logging.getLogger("agproxy.access")
         self._server: Optional[asyncio.AbstractServer] = None
         self._connections: Dict[asyncio.Task, _Connection] = {}
         self._stopping = False
@@ -6941,7 +7101,7 @@ class HttpServer:
         if len(self._connections) >= self.config.max_connections or self._stopping:
             busy = AgproxyError(f"agproxy is at its limit of {self.config.max_connections} connections",
                                 status=503, error_type="overloaded_error")
-            await self._write_response(conn, error_response(busy), None, keep_alive=False)
+            await self._refuse(conn, busy)
             await self._linger(conn)
             writer.close()
             return
@@ -6990,12 +7150,17 @@ class HttpServer:
 
     async def _refuse(self, conn: _Connection, exc: AgproxyError) -> None:
         """Answer a request refused before it became one (malformed, refused on its head, timed
-        out, cut by the shutdown) and log it: its own request id in the answer and the access line."""
-        request_id = new_request_id()
-        await self._write_response(conn, error_response(exc), None, False, request_id)
-        refused = exc.refused_request
-        what = f"{refused.method} {refused.path}" if refused is not None else "-"
-        self.access_log.info("%s %s %s %d - - %s", request_id, conn.peer, what, exc.status, exc.message)
+        out, cut by the shutdown) and record it like any other: its method and path where its
+        head was read, its own request id in the answer and the access line."""
+        head = conn.head
+        record = RequestRecord(new_request_id(), conn.client_ip, head.method if head else "-",
+                               head.path if head else "-")
+        record.fail(exc.message)
+        try:
+            await self._write_response(conn, error_response(exc), record, False)
+        finally:
+            record.ended = time.monotonic()
+            self.app.finished(record)
 
     async def _linger(self, conn: _Connection) -> None:
         """Close after an error answer without losing it: half-close, then drain what the client
@@ -7023,6 +7188,7 @@ class HttpServer:
         deadline: Optional[float] = None
         what = ""
         in_body = False
+        conn.head = None
         while True:
             event = conn.parser.next_event()
             if isinstance(event, RequestReady):
@@ -7031,15 +7197,12 @@ class HttpServer:
             if in_body:
                 self._hold_body(conn, conn.parser.body_bytes)  # what has come of it so far
             if isinstance(event, HeadReady):
+                conn.head = event.request
                 if event.has_body:
-                    try:
-                        self.app.admit(event.request)  # refuse before reading (and buffering) the body
-                        _, length = request_body_framing(event.request.version, event.request.headers)
-                        self._check_body_fits(length)
-                        in_body = True
-                    except AgproxyError as refused:
-                        refused.refused_request = event.request  # for the access line: what was refused
-                        raise
+                    self.app.admit(event.request)  # refuse before reading (and buffering) the body
+                    _, length = request_body_framing(event.request.version, event.request.headers)
+                    self._check_body_fits(length)
+                    in_body = True
                     event.request.admitted = True
                 if event.request.expects_continue:
                     conn.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -7088,8 +7251,9 @@ class HttpServer:
                 status=529, error_type="overloaded_error")
 
     async def _answer(self, conn: _Connection, request: Request) -> bool:
-        """Route one request, write its response and log it; True if the connection stays open."""
-        exchange = _Exchange(request, conn.on_gone)
+        """Route one request, write its response and record it; True if the connection stays open."""
+        record = RequestRecord(new_request_id(), conn.client_ip, request.method, request.path)
+        exchange = _Exchange(request, conn.on_gone, record)
         watcher = asyncio.ensure_future(self._watch_for_departure(conn, request.version))
         routing = asyncio.ensure_future(self.app.handle(request, exchange))
         conn.on_gone.append(routing.cancel)  # a client that leaves stops retries and waits at once
@@ -7099,18 +7263,19 @@ class HttpServer:
             except asyncio.CancelledError:
                 if not conn.gone:
                     if self._stopping:  # the shutdown's grace ended before the answer began: say so
-                        await self._write_response(conn, error_response(_SHUTTING_DOWN), exchange, keep_alive=False)
-                        exchange.note = " cut by the shutdown"
+                        await self._write_response(conn, error_response(_SHUTTING_DOWN), record, False, request)
+                        record.note = "cut by the shutdown"
                     raise
                 exchange.client_left()
                 return False
             except AgproxyError as exc:
                 exc.message = self.redact.text(exc.message)  # an upstream's text may echo a key
                 response = error_response(exc)
-                exchange.note = f" {exc.message[:300]}"  # the access line says why
+                record.fail(exc.message)  # the access line says why
             except Exception:
                 self.log.exception("internal error answering %s %s [%s]", request.method, request.path, exchange.id)
                 response = error_response(AgproxyError("internal error in agproxy; see its log", status=500))
+                record.fail("internal error in agproxy")
             keep_alive = request.keep_alive and not self._stopping
             if conn.gone:
                 if isinstance(response, StreamingResponse):
@@ -7119,7 +7284,7 @@ class HttpServer:
                 return False
             if isinstance(response, StreamingResponse) and request.version < (1, 1):
                 keep_alive = False  # without chunked encoding the end of the stream is the close
-            await self._write_response(conn, response, exchange, keep_alive=keep_alive)
+            await self._write_response(conn, response, record, keep_alive, request)
             return keep_alive
         finally:
             conn.on_gone.remove(routing.cancel)
@@ -7128,10 +7293,8 @@ class HttpServer:
                 await watcher
             except asyncio.CancelledError:
                 pass
-            elapsed_ms = (time.monotonic() - exchange.started) * 1000
-            self.access_log.info("%s %s %s %s %d %s %s %.0fms%s", exchange.id, conn.peer, request.method,
-                                 request.path, exchange.status, exchange.upstream, exchange.account, elapsed_ms,
-                                 exchange.note)
+            record.ended = time.monotonic()
+            self.app.finished(record)
 
     async def _watch_for_departure(self, conn: _Connection, version: Tuple[int, int]) -> None:
         """While a request is answered, notice the client leaving (and keep pipelined bytes).
@@ -7169,18 +7332,19 @@ class HttpServer:
                 return
 
     async def _write_response(self, conn: _Connection, response: Union[Response, StreamingResponse],
-                              exchange: Optional[_Exchange], keep_alive: bool, request_id: str = "") -> None:
+                              record: RequestRecord, keep_alive: bool, request: Optional[Request] = None) -> None:
+        """Write a response (framed for ``request``'s HTTP version; None: a refusal, closed after it),
+        noting its status, the time of its first body bytes and the bytes sent in ``record``."""
         conn.responding = True
         headers = [("Date", http_date(time.time())), ("Server", f"agproxy/{__version__}"),
-                   ("request-id", exchange.id if exchange is not None else request_id or new_request_id())]
-        if exchange is not None:
-            exchange.status = response.status
+                   ("request-id", record.request_id)]
+        record.status = response.status
         headers.extend(response.headers)
-        head_only = exchange is not None and exchange.request.method == "HEAD"
+        head_only = request is not None and request.method == "HEAD"
         writer = conn.writer
         if not keep_alive:
             headers.append(("Connection", "close"))
-        elif exchange is not None and exchange.request.version < (1, 1):
+        elif request is not None and request.version < (1, 1):
             headers.append(("Connection", "keep-alive"))  # HTTP/1.0 closes unless told otherwise
         redact = self.redact.data
         # an upstream's header may echo a key, in its value or even its name
@@ -7190,6 +7354,9 @@ class HttpServer:
             if response.status != 204:  # RFC 9110 8.6: a 204 must not carry Content-Length (nor a body)
                 headers.append(("Content-Length", str(len(body))))
             head = response_head(response.status, headers)
+            if not head_only:
+                record.bytes_sent = len(body)
+                record.first_byte = time.monotonic()
             if head_only or not body:
                 writer.write(head)
             elif len(body) < _ONE_WRITE_BYTES:
@@ -7199,7 +7366,7 @@ class HttpServer:
                 writer.write(body)
             await self._drain(conn)
             return
-        chunked = exchange is not None and exchange.request.version >= (1, 1)
+        chunked = request is not None and request.version >= (1, 1)
         if chunked:
             headers.append(("Transfer-Encoding", "chunked"))
         conn.on_gone.append(response.abort)
@@ -7210,6 +7377,11 @@ class HttpServer:
                 if conn.gone:
                     break
                 chunk = redact(chunk)
+                if not chunk:
+                    continue
+                if record.first_byte is None:
+                    record.first_byte = time.monotonic()
+                record.bytes_sent += len(chunk)
                 writer.write(encode_chunk(chunk) if chunked else chunk)
                 await self._drain(conn)
             if chunked and not conn.gone:
@@ -7217,12 +7389,11 @@ class HttpServer:
                 await self._drain(conn)
         except (ConnectionError, OSError):
             conn.client_left()
-            if exchange is not None:
-                exchange.client_left()
+            record.client_left()
             raise
         except asyncio.CancelledError:
             if self._stopping and not conn.gone:
-                self._end_cut_stream(conn, exchange, chunked)
+                self._end_cut_stream(conn, record, chunked)
             raise
         finally:
             response.abort()
@@ -7230,16 +7401,15 @@ class HttpServer:
             aclose = getattr(response.chunks, "aclose", None)
             if aclose is not None:
                 await aclose()
-        if conn.gone and exchange is not None:
-            exchange.client_left()
+        if conn.gone:
+            record.client_left()
 
-    def _end_cut_stream(self, conn: _Connection, exchange: Optional[_Exchange], chunked: bool) -> None:
+    def _end_cut_stream(self, conn: _Connection, record: RequestRecord, chunked: bool) -> None:
         """A stream the shutdown cuts still ends as a stream: an error event, then the body's end."""
         cut = encode_sse_json("error", error_body("overloaded_error", "agproxy is shutting down: this stream was "
                                                                       "cut (shutdown_grace_s)"))
         conn.writer.write((encode_chunk(cut) + LAST_CHUNK) if chunked else cut)
-        if exchange is not None:
-            exchange.note = " cut by the shutdown"
+        record.note = "cut by the shutdown"
 
     async def _drain(self, conn: _Connection) -> None:
         """Wait until the client has taken what was written; a client that reads nothing for
@@ -7389,6 +7559,9 @@ class Server(Application):
         self.client = client or UpstreamClient()
         self.pool = AccountPool(config.upstreams)
         self.log = logging.getLogger("agproxy")
+        self.access_log = logging.getLogger("agproxy.access")
+        #: what reads each request's record once its answer has ended (:meth:`finished`)
+        self.record_readers: List[Callable[[RequestRecord], None]] = []
         for line in self.pool.load_json((state or {}).get("accounts"), clock()):
             self.log.info("restored from the state file: %s (stop agproxy and run `agproxy state clear` to forget it)",
                           line)
@@ -7416,6 +7589,16 @@ class Server(Application):
         """The adapter of an upstream's kind (the kinds are validated at load time)."""
         return self.adapters[upstream.kind]
 
+    def finished(self, record: RequestRecord) -> None:
+        """A request's answer has ended: its access line, then each of ``record_readers`` (metrics,
+        the ledger, the status page's last requests) reads its record."""
+        self.access_log.info("%s", record.line(), extra={"access": record.fields()})
+        for read in self.record_readers:
+            try:
+                read(record)
+            except Exception:  # one reader's defect must not lose the others' facts, nor the answer
+                self.log.exception("reading the record of %s failed", record.request_id)
+
     # -- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> Tuple[str, int]:
@@ -7436,7 +7619,9 @@ class Server(Application):
             self.admit(request)
         if request.method == "OPTIONS":
             return self._preflight(request)
-        response = await self._handler(request)(request, exchange)
+        handler = self._handler(request)
+        exchange.record.route = handler.__name__.lstrip("_")
+        response = await handler(request, exchange)
         origin = request.header("origin")
         if origin:
             response.headers.append(("Access-Control-Allow-Origin", origin))
@@ -7571,18 +7756,21 @@ class Server(Application):
 
     async def _messages(self, request: Request, exchange: _Exchange) -> Union[Response, StreamingResponse]:
         body = self._json_body(request)
+        record = exchange.record
+        record.model, record.stream = str(body.get("model"))[:200], body.get("stream") is True
         validate_messages_request(body)
         route = route_model(self.config, body["model"])
-        exchange.upstream = route.upstream.name
+        record.mapped_model, record.upstream = route.model, route.upstream.name
         headers: Headers = [("X-Mapped-Model", route.model)]
         if self.config.warmup_interception and is_warmup(body):
             self.counters["warmup_intercepted"] += 1
-            exchange.account = "warmup"
-            return self._local_message(warmup_message(body["model"]), bool(body.get("stream")),
-                                       headers + [("X-Warmup-Intercepted", "true")])
+            record.local = "warmup"
+            message = warmup_message(body["model"])
+            record.add_usage(message.get("usage"))
+            return self._local_message(message, bool(body.get("stream")), headers + [("X-Warmup-Intercepted", "true")])
 
         async def attempt(upstream: Upstream, account: Account) -> Union[Response, StreamingResponse]:
-            exchange.upstream, exchange.account = upstream.name, account.name
+            record.upstream, record.account = upstream.name, account.name
             answered = [("X-Mapped-Model", route.model), ("X-Account-Email", account.name)]
             try:
                 return await self.adapter(upstream).messages(request, exchange, body, Route((upstream,), route.model),
@@ -7596,12 +7784,15 @@ class Server(Application):
                                       on_attempt=self._log_attempt(exchange, route.model), on_change=self.save_state)
         except AgproxyError as exc:
             exc.headers.extend([("X-Mapped-Model", route.model)] +
-                               ([("X-Account-Email", exchange.account)] if exchange.account != "-" else []))
+                               ([("X-Account-Email", record.account)] if record.account else []))
             raise
 
     def _log_attempt(self, exchange: _Exchange, model: str) -> Callable[[int, Upstream, Account, Decision, int],
                                                                          None]:
         def log(number: int, upstream: Upstream, account: Account, decision: Decision, status: int) -> None:
+            status = int(status or 0)
+            exchange.record.attempts.append(AttemptRecord(upstream.name, account.name, status,
+                                                          attempt_outcome(status, decision), decision.reason))
             if decision.reason == "ok":
                 self.log.debug("%s attempt %d: %s/%s answered", exchange.id, number, upstream.name, account.name)
                 return
@@ -7712,9 +7903,11 @@ class Server(Application):
 
     async def _count_tokens(self, request: Request, exchange: _Exchange) -> Response:
         body = self._json_body(request)
+        record = exchange.record
+        record.model = str(body.get("model"))[:200]
         validate_messages_request(body, count_tokens=True)
         route = route_model(self.config, body["model"])
-        exchange.upstream = route.upstream.name
+        record.mapped_model, record.upstream = route.model, route.upstream.name
         headers: Headers = [("X-Mapped-Model", route.model)]
         window = self.windows.window(route.upstream, route.model)
         client_window = client_context_window(request.headers, body.get("model"))
@@ -7728,7 +7921,7 @@ class Server(Application):
         pooled = Route(tuple(u for u in route.upstreams if self.adapter(u).counts_upstream), route.model)
 
         async def attempt(upstream: Upstream, account: Account) -> Response:
-            exchange.upstream, exchange.account = upstream.name, account.name
+            record.upstream, record.account = upstream.name, account.name
             try:
                 counted = await self.adapter(upstream).count_by_account(request, exchange, Route((upstream,),
                                                                                                  route.model), account)
@@ -9069,6 +9262,30 @@ class _RedactingFormatter(logging.Formatter):
         return self.redactor.text(super().format(record))
 
 
+class _JsonFormatter(logging.Formatter):
+    """Formats a log record as one JSON object (``log_format: json``): ``time`` (ISO 8601, UTC),
+    ``level``, ``logger``, ``msg`` (and ``traceback``); an access line adds its request record's
+    fields (:meth:`RequestRecord.fields`) and ``event: "access"``. Every secret is hidden in the
+    whole line."""
+
+    def __init__(self, redactor: Redactor) -> None:
+        super().__init__()
+        self.redactor = redactor
+
+    def format(self, record: logging.LogRecord) -> str:
+        moment = datetime.datetime.fromtimestamp(record.created, datetime.timezone.utc)
+        line: Dict[str, Any] = {"time": moment.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+                                "level": record.levelname.lower(), "logger": record.name,
+                                "msg": record.getMessage()}
+        access = getattr(record, "access", None)
+        if isinstance(access, dict):
+            line["event"] = "access"
+            line.update(access)
+        if record.exc_info:
+            line["traceback"] = self.formatException(record.exc_info)
+        return self.redactor.text(json.dumps(line, ensure_ascii=False, default=str))
+
+
 def _agproxy_running(pid: int) -> bool:
     """Whether process ``pid`` runs and is an agproxy (where the system says what it runs)."""
     if not _process_alive(pid):
@@ -9093,12 +9310,15 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def configure_logging(level: str, redactor: Optional[Redactor] = None, stream: Any = None) -> logging.Handler:
+def configure_logging(level: str, redactor: Optional[Redactor] = None, stream: Any = None,
+                      log_format: str = "text") -> logging.Handler:
     """Log to stderr (or ``stream``): the ``agproxy`` logger and its ``agproxy.access`` child, one
-    line per event, with every configured key (and anything shaped like a key) hidden."""
+    line per event (``log_format``: text, or one JSON object), with every configured key (and
+    anything shaped like a key) hidden."""
     handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(_RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
-                                             redactor or Redactor()))
+    redactor = redactor or Redactor()
+    handler.setFormatter(_JsonFormatter(redactor) if log_format == "json" else
+                         _RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s", redactor))
     logger = logging.getLogger("agproxy")
     logger.handlers[:] = [handler]
     logger.setLevel(level.upper())
@@ -9433,7 +9653,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"config: {exc.message}", file=sys.stderr)
         return 2
     redactor = Redactor(config.secrets(dict(os.environ)))
-    configure_logging(config.log_level, redactor)
+    configure_logging(config.log_level, redactor, log_format="text" if check else config.log_format)
     if check:
         print(f"config: {config.source}: ok ({len(config.upstreams)} upstream(s))")
         # an upstream's answer may echo a key: never print it

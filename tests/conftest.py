@@ -143,7 +143,7 @@ class InProcessAgproxy(_Running):
                                                           "log_level": parsed.log_level}, environ)
         self.stderr: List[str] = []
         agproxy.configure_logging(self.config.log_level, agproxy.Redactor(self.config.secrets()),
-                                  _Lines(self.stderr))
+                                  _Lines(self.stderr), self.config.log_format)
         agproxy.log_startup(self.config)
         self.clock = TestClock()
         self.loop = asyncio.new_event_loop()
