@@ -16,22 +16,25 @@ Sections, pure code first and I/O last (everything above section 9 runs without 
  7. translators (Anthropic <-> OpenAI Chat Completions, Anthropic <-> Gemini generateContent)
  8. routing, accounts and the retry engine
  9. upstream client (asyncio-native)
-10. the HTTP shell (HttpServer: connections, framing, timeouts, the access log; it knows
-    nothing of Anthropic)
-11. the gateway (Server: the front door's guards and routes, the handlers over one state;
-    ModelCatalog: what /v1/models lists),
-    one adapter per upstream kind (ADAPTERS), and the relay pipeline every answer goes through
+10. the HTTP shell (HttpServer: connections, framing, timeouts; RequestRecord, the one record of
+    each request, whose HTTP facts it fills; it knows nothing of Anthropic)
+11. the gateway (Server: the front door's guards and routes, the handlers over one state, the
+    access log and every other reader of the records; ModelCatalog: what /v1/models lists),
+    one adapter per upstream kind (ADAPTERS: each gets a Call and the AdapterState they share,
+    and leaves CallFacts), and the relay pipeline every answer goes through
 12. operations
 13. CLI and main()
 
 A request's way: HttpServer reads it (refusing a bad head before its body), Server.admit checks
 origin, host, key and route, the handler validates it, routes the model to upstreams, answers a
 warmup locally or runs attempts over the account pool (run_attempts); each attempt is its kind's
-Adapter.messages: prepare the request (clean-up, translation, what the upstream rejected), call,
-heal past a 400 that names what to drop, then turn the answer into Anthropic events
+Adapter.messages(call): prepare the request (clean-up, translation, what the upstream rejected),
+send, heal past a 400 that names what to drop, then turn the answer into Anthropic events
 (answer_events) and relay them (first_events, relay_events) or assemble them
-(accumulate_events). A new upstream kind is one Adapter subclass in ADAPTERS plus its
-translators.
+(accumulate_events); what the attempt learned (lessons, windows, changes, the answer's usage) it
+leaves in the call's facts, which the gateway applies. The request's record, filled on the way,
+goes to the access log and the other readers when its answer ends (Server.finished). A new
+upstream kind is one Adapter subclass in ADAPTERS plus its translators.
 """
 
 from __future__ import annotations
@@ -3165,8 +3168,11 @@ class EventStreamCheck:
     started twice, or a delta or stop for a block that is not open.
     """
 
-    def __init__(self, upstream: str) -> None:
+    def __init__(self, upstream: str, usage: Optional[Dict[str, Any]] = None) -> None:
         self.upstream = upstream
+        #: the usage the stream has said so far (message_start's, then message_delta's running
+        #: totals), kept in the caller's dict where it gives one: read here, where each event is decoded
+        self.usage: Dict[str, Any] = usage if usage is not None else {}
         self.finished = False
         self.unknown: List[str] = []  # event types dropped for the first time (the relay logs and clears them)
         self._decoder = SSEDecoder()
@@ -3252,6 +3258,11 @@ class EventStreamCheck:
             if not self._step(kind, payload):
                 as_they_came = False
                 continue
+            if kind == "message_delta" or kind == "message_start":
+                holder = payload.get("message") if kind == "message_start" else payload
+                usage = holder.get("usage") if isinstance(holder, dict) else None
+                if isinstance(usage, dict):
+                    self.usage.update(usage)
             as_they_came = as_they_came and bool(name)
             kept.append((kind, event_data))
         if as_they_came:
@@ -4417,9 +4428,13 @@ class OpenAIStreamTranslator:
     """
 
     def __init__(self, model: str, input_tokens: int = 0, stop_sequences: Sequence[str] = (),
-                 on_upstream_id: Optional[Callable[[str], None]] = None) -> None:
+                 on_upstream_id: Optional[Callable[[str], None]] = None,
+                 usage: Optional[Dict[str, Any]] = None) -> None:
         self.model = model
         self.input_tokens = input_tokens
+        #: the usage the events have said so far (message_start's, then message_delta's), kept in the
+        #: caller's dict where it gives one
+        self.usage: Dict[str, Any] = usage if usage is not None else {}
         self.stop_sequences = list(stop_sequences)
         self.on_upstream_id = on_upstream_id  # told the server's own id for the answer, if it gave one
         self.started = False
@@ -4445,6 +4460,7 @@ class OpenAIStreamTranslator:
         message = {"id": new_message_id(), "type": "message", "role": "assistant",
                    "model": self.model, "content": [], "stop_reason": None, "stop_sequence": None,
                    "usage": {"input_tokens": self.input_tokens, "output_tokens": 1}}
+        self.usage.update(message["usage"])
         out.append(encode_sse_json("message_start", {"type": "message_start", "message": message}))
 
     def _close(self, out: List[bytes]) -> None:
@@ -4615,6 +4631,7 @@ class OpenAIStreamTranslator:
         self._close(out)
         stop_reason = "tool_use" if self._tool_seen and self._stop_reason == "end_turn" else self._stop_reason
         usage = dict(self._usage) if self._usage else {"output_tokens": 0}
+        self.usage.update(usage)
         out.append(encode_sse_json("message_delta", {
             "type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": self._stop_sequence},
             "usage": usage}))
@@ -5398,9 +5415,12 @@ class GeminiStreamTranslator:
     def __init__(self, model: str, input_tokens: int = 0,
                  on_signature: Optional[Callable[[str, str], None]] = None,
                  names: Optional[Dict[str, str]] = None,
-                 on_upstream_id: Optional[Callable[[str], None]] = None) -> None:
+                 on_upstream_id: Optional[Callable[[str], None]] = None,
+                 usage: Optional[Dict[str, Any]] = None) -> None:
         self.model = model
         self.input_tokens = input_tokens
+        #: the usage the events have said so far, as :class:`OpenAIStreamTranslator`'s
+        self.usage: Dict[str, Any] = usage if usage is not None else {}
         self.on_signature = on_signature
         self.on_upstream_id = on_upstream_id  # told Gemini's responseId for the answer
         self.names = names or {}  # the client's tool names, by the names Gemini knows them by
@@ -5424,6 +5444,7 @@ class GeminiStreamTranslator:
         message = {"id": new_message_id(), "type": "message",
                    "role": "assistant", "model": self.model, "content": [], "stop_reason": None,
                    "stop_sequence": None, "usage": {"input_tokens": self.input_tokens, "output_tokens": 1}}
+        self.usage.update(message["usage"])
         out.append(encode_sse_json("message_start", {"type": "message_start", "message": message}))
 
     def _close(self, out: List[bytes]) -> None:
@@ -5552,6 +5573,7 @@ class GeminiStreamTranslator:
         else:
             stop_reason = "end_turn"
         usage = gemini_usage(self._usage) or {"output_tokens": 0}
+        self.usage.update(usage)
         out.append(encode_sse_json("message_delta", {
             "type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": None}, "usage": usage}))
         out.append(encode_sse_json("message_stop", {"type": "message_stop"}))
@@ -6859,6 +6881,16 @@ USAGE_FIELDS = (("input_tokens", "input_tokens"), ("output_tokens", "output_toke
                 ("cache_creation_input_tokens", "cache_write_tokens"))
 #: Characters of an error's words an access line keeps.
 MAX_RECORD_ERROR_CHARS = 300
+#: What would break a log line in two or forge one: controls, and what readers take for a line end.
+_LINE_BREAKING = re.compile("[\x00-\x1f\x7f\x85\u2028\u2029]")
+
+
+def one_line(text: str) -> str:
+    """``text`` with every character that would break a log line escaped (``\\n``, ``\\u2028``):
+    a model name or an upstream's words cannot forge another line."""
+    if not _LINE_BREAKING.search(text):
+        return text
+    return _LINE_BREAKING.sub(lambda m: json.dumps(m.group())[1:-1], text)
 
 
 @dataclasses.dataclass
@@ -6956,6 +6988,7 @@ class RequestRecord:
         model = self.model or "-"
         if self.mapped_model and self.mapped_model != self.model:
             model += f"->{self.mapped_model}"
+        model = one_line(model)
         ttft = "-" if self.ttft_ms is None else f"{self.ttft_ms:.0f}ms"
         parts = [f"{self.request_id} {self.client_ip:<15} {self.method} {self.path} {self.status:3d} {who}"]
         if self.model:
@@ -6970,7 +7003,7 @@ class RequestRecord:
         error = " ".join(x for x in (self.error, self.note) if x)
         if error:
             parts.append(error)
-        return "  ".join(parts)
+        return one_line("  ".join(parts))
 
 
 class _Exchange:
@@ -7569,7 +7602,9 @@ class Server(Application):
             self.log.info("restored from the state file: %s, as it said in an error (set its context_window to that)",
                           line)
         self.http = HttpServer(config, self, self.redact)
-        self.adapters: Dict[str, Adapter] = {kind: cls(self) for kind, cls in ADAPTERS.items()}
+        shared = AdapterState(self.client, self.redact, clock, self.learned, self.windows, self.signatures,
+                              self.call_signatures)
+        self.adapters: Dict[str, Adapter] = {kind: cls(shared) for kind, cls in ADAPTERS.items()}
         self.catalog = ModelCatalog(config, self.client, self.pool, self.adapter, clock, self.log)
         self._routes: Dict[str, Dict[str, Callable[[Request, _Exchange], Any]]] = {
             "/": {"GET": self._root},
@@ -7770,13 +7805,17 @@ class Server(Application):
             return self._local_message(message, bool(body.get("stream")), headers + [("X-Warmup-Intercepted", "true")])
 
         async def attempt(upstream: Upstream, account: Account) -> Union[Response, StreamingResponse]:
-            record.upstream, record.account = upstream.name, account.name
-            answered = [("X-Mapped-Model", route.model), ("X-Account-Email", account.name)]
+            call = self._call(request, exchange, body, Route((upstream,), route.model), account)
             try:
-                return await self.adapter(upstream).messages(request, exchange, body, Route((upstream,), route.model),
-                                                             account, answered)
+                answer = await self.adapter(upstream).messages(call)
             except AgproxyError as exc:
                 raise AttemptError(exc, _outcome_of(exc)) from None
+            finally:
+                self._apply(call)
+            if not isinstance(answer, AnswerStream):
+                record.add_usage(call.facts.usage)
+                return answer
+            return self._relay(answer, call, record)  # its usage comes as it is relayed
 
         try:
             return await run_attempts(self.pool, route, session_id(request.headers, body),
@@ -7786,6 +7825,49 @@ class Server(Application):
             exc.headers.extend([("X-Mapped-Model", route.model)] +
                                ([("X-Account-Email", record.account)] if record.account else []))
             raise
+
+    def _call(self, request: Request, exchange: _Exchange, body: Dict[str, Any], route: Route,
+              account: Account) -> Call:
+        """What one attempt on ``route`` with ``account`` needs; the record names them from now on."""
+        exchange.record.upstream, exchange.record.account = route.upstream.name, account.name
+        return Call(body, request.body or b"", request.headers, route, account,
+                    [("X-Mapped-Model", route.model), ("X-Account-Email", account.name)], exchange.on_client_gone,
+                    self.config.force_stream_internally, self.config.ping_interval_s)
+
+    def _apply(self, call: Call) -> None:
+        """Apply what an attempt learned and did (:class:`CallFacts`): its lessons, a context window
+        the server named, its changes to the counters, its notes."""
+        facts, upstream = call.facts, call.upstream
+        if facts.window:
+            self.learn_window(upstream, call.route.model, facts.window)
+        if facts.lessons is not None:
+            self.commit_lessons(upstream, facts.lessons)
+            facts.lessons = None
+        for stage, changes in facts.changes:
+            self.count_changes(stage, changes, upstream)
+        facts.changes.clear()
+        for session, kind, message, args in facts.notes:
+            self.note_once(session, kind, message, *args)
+        facts.notes.clear()
+        self.counters.update(facts.counters)
+        facts.counters.clear()
+
+    def _relay(self, answer: AnswerStream, call: Call, record: RequestRecord) -> StreamingResponse:
+        """The client's streaming response for an attempt's answer stream: the account's slot stays
+        taken, and the record takes the answer's usage, when the relay ends."""
+        release = self.pool.hold(call.upstream, call.account)
+        response = answer.response
+
+        def ended() -> None:
+            release()
+            record.add_usage(call.facts.usage)
+
+        def abort() -> None:
+            response.abandoned = True
+            response.close()
+            release()
+
+        return StreamingResponse(200, _SSE_HEADERS + answer.headers, answer.relay(ended), abort)
 
     def _log_attempt(self, exchange: _Exchange, model: str) -> Callable[[int, Upstream, Account, Decision, int],
                                                                          None]:
@@ -7844,13 +7926,13 @@ class Server(Application):
                          "changes)", upstream.name, model, window, setting, said, window, window)
         self.save_state()
 
-    def count_changes(self, stage: str, changes: Dict[str, int], exchange: _Exchange, upstream: Upstream) -> None:
+    def count_changes(self, stage: str, changes: Dict[str, int], upstream: Upstream) -> None:
         """Add a request's changes to the counters (and say them in the debug log). Kinds name fields
         a client chose (``field:x``), so past :data:`MAX_COUNTER_KINDS` distinct kinds new ones are
         counted together as ``other``."""
         if changes and self.log.isEnabledFor(logging.DEBUG):
             summary = ", ".join(f"{kind}={n}" for kind, n in sorted(changes.items()))
-            self.log.debug("%s %s for upstream %r: %s", exchange.id, stage, upstream.name, summary)
+            self.log.debug("%s for upstream %r: %s", stage, upstream.name, summary)
         self.learned.used(upstream.name, changes)
         for kind, n in changes.items():
             name = f"{stage}:{kind[:80]}"
@@ -7888,19 +7970,6 @@ class Server(Application):
             await loop.run_in_executor(None, self._persist, snapshot)
 
 
-    def stream_to_client(self, response: UpstreamResponse, upstream: Upstream, account: Account, headers: Headers,
-                          relay: Callable[[Callable[[], None]], AsyncIterator[bytes]],
-                          status: Optional[int] = None) -> StreamingResponse:
-        """The streaming answer; the account's concurrency slot stays taken until the relay ends."""
-        release = self.pool.hold(upstream, account)
-
-        def abort() -> None:
-            response.abandoned = True
-            response.close()
-            release()
-
-        return StreamingResponse(status or response.status, _SSE_HEADERS + headers, relay(release), abort)
-
     async def _count_tokens(self, request: Request, exchange: _Exchange) -> Response:
         body = self._json_body(request)
         record = exchange.record
@@ -7912,7 +7981,8 @@ class Server(Application):
         window = self.windows.window(route.upstream, route.model)
         client_window = client_context_window(request.headers, body.get("model"))
         if not self.adapter(route.upstream).counts_upstream:
-            counted = await self.adapter(route.upstream).count(body, route)
+            account = self.pool.rested(route.upstream, route.model, self.clock())
+            counted = await self.adapter(route.upstream).count(body, route, account)
             tokens = counted if counted is not None else await _estimate_tokens(body, len(request.body or b""))
             if window:
                 tokens = scale_tokens(tokens, window, client_window)
@@ -7921,12 +7991,13 @@ class Server(Application):
         pooled = Route(tuple(u for u in route.upstreams if self.adapter(u).counts_upstream), route.model)
 
         async def attempt(upstream: Upstream, account: Account) -> Response:
-            record.upstream, record.account = upstream.name, account.name
+            call = self._call(request, exchange, body, Route((upstream,), route.model), account)
             try:
-                counted = await self.adapter(upstream).count_by_account(request, exchange, Route((upstream,),
-                                                                                                 route.model), account)
+                counted = await self.adapter(upstream).count_by_account(call)
             except AgproxyError as exc:
                 raise AttemptError(exc, _outcome_of(exc)) from None
+            finally:
+                self._apply(call)
             upstream_window = self.windows.window(upstream, route.model)
             if upstream_window:
                 scale_usage(counted, upstream_window, client_window)
@@ -7939,12 +8010,6 @@ class Server(Application):
         except AgproxyError as exc:
             exc.headers.extend(headers)
             raise
-
-    # -- OpenAI-compatible upstreams ---------------------------------------------------------
-
-
-
-
 
 
     async def _accounts(self, request: Request, exchange: _Exchange) -> Response:
@@ -7997,11 +8062,98 @@ class ProfileFit:
     no_route: bool = False  # /v1/messages too is absent (404 not naming the model, or 405): no Messages API there
 
 
+@dataclasses.dataclass
+class CallFacts:
+    """What one attempt at an upstream learned and did, for the gateway to apply once the attempt
+    ends (an adapter never reaches back into the gateway): the lessons it succeeded with, a context
+    window the server named, the changes made to the request, what to say once, counters, and
+    what the answer said of itself (its usage, the upstream's ids for it)."""
+
+    lessons: Optional[_Lessons] = None  # the request succeeded without these: every later one is sent so
+    window: Optional[int] = None  # the context window the server named in an error
+    changes: List[Tuple[str, Dict[str, int]]] = dataclasses.field(default_factory=list)  # (stage, kind: count)
+    #: (session or upstream, kind, message, args): said once per session and kind
+    notes: List[Tuple[Optional[str], str, str, Tuple[Any, ...]]] = dataclasses.field(default_factory=list)
+    counters: Dict[str, int] = dataclasses.field(default_factory=dict)
+    #: the answer's usage under Anthropic's names, the latest counts (a stream's fill in as it is read)
+    usage: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    upstream_ids: List[str] = dataclasses.field(default_factory=list)
+
+    def note(self, session: Optional[str], kind: str, message: str, *args: Any) -> None:
+        """Ask for ``message`` to be logged, once per session (or upstream) and kind."""
+        self.notes.append((session, kind, message, args))
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
+
+
+@dataclasses.dataclass
+class Call:
+    """What one attempt at an upstream needs, and nothing of the gateway's: the client's request
+    (parsed, its bytes for a private copy to change, the headers a few choices read), the route
+    (one upstream, the model sent), the account, the headers the answer carries, where to
+    register a read that a departing client cuts, and the facts the attempt leaves."""
+
+    body: Dict[str, Any]  # the client's request, parsed (never changed)
+    raw: bytes  # its bytes
+    client_headers: Headers  # the client's request headers
+    route: Route
+    account: Account
+    answered: Headers = ()  # X-Mapped-Model, X-Account-Email
+    on_client_gone: List[Callable[[], None]] = dataclasses.field(default_factory=list)
+    stream_upstream: bool = True  # ask the upstream for a stream (force_stream_internally) even for JSON
+    ping_interval_s: float = 10.0
+    facts: CallFacts = dataclasses.field(default_factory=CallFacts)
+
+    @property
+    def upstream(self) -> Upstream:
+        return self.route.upstream
+
+    @property
+    def session(self) -> Optional[str]:
+        return session_id(self.client_headers, self.body)
+
+    def header(self, name: str) -> Optional[str]:
+        """A header of the client's request."""
+        return header_value(self.client_headers, name)
+
+    def private_body(self) -> Dict[str, Any]:
+        """A copy of the client's request to change (parsing its bytes again is the fastest deep copy)."""
+        return json.loads(self.raw or b"{}")
+
+
+@dataclasses.dataclass
+class AnswerStream:
+    """An attempt's answer to relay as a stream: the upstream response it reads, the headers, and
+    the relay of its events (given what to call when it ends). The gateway turns it into the
+    client's streaming response, holding the account's slot until the relay ends."""
+
+    response: UpstreamResponse
+    headers: Headers
+    relay: Callable[[Callable[[], None]], AsyncIterator[bytes]]
+
+
+@dataclasses.dataclass
+class AdapterState:
+    """What every adapter reads and shares, and the only part of the gateway they see: the
+    upstream client, the redactor, the clock, what upstreams rejected and the windows they named,
+    and the signature books."""
+
+    client: UpstreamClient
+    redact: Redactor
+    clock: Callable[[], float]
+    learned: LearnedRejections
+    windows: LearnedWindows
+    signatures: SignatureBook
+    call_signatures: CallSignatures
+
+
 class Adapter:
     """An upstream kind behind one interface, so the gateway, ``check`` and the model list never
     compare kind names: the key's header, the paths to list models and to probe, one attempt at a
-    Message, and (where the kind has one) the upstream's own token count. State the adapters share
-    (account pools, learned rejections, the signature book, counters) stays on the gateway."""
+    Message, and (where the kind has one) the upstream's own token count. An adapter gets a
+    :class:`Call` for each attempt and the :class:`AdapterState` they all share; what it learns
+    and does it leaves in the call's :class:`CallFacts`, for the gateway to apply."""
 
     kind = ""
     #: the header an account's key goes in, and how its value is written
@@ -8047,8 +8199,8 @@ class Adapter:
     #: count_tokens goes to the upstream, through the account pool, with retries
     counts_upstream = False
 
-    def __init__(self, gateway: Server) -> None:
-        self.gw = gateway
+    def __init__(self, state: AdapterState) -> None:
+        self.state = state
 
     @classmethod
     def auth_headers(cls, upstream: Upstream, account: Account) -> Headers:
@@ -8068,72 +8220,77 @@ class Adapter:
     heal_statuses: Tuple[int, ...] = (400,)
     heal_thinking = False
 
-    def prepare(self, request: Request, exchange: _Exchange, route: Route, stream: bool, strip_thinking: bool,
+    def prepare(self, call: Call, stream: bool, strip_thinking: bool,
                 trial: _Lessons) -> Tuple[bytes, Dict[str, Any], Optional[str]]:
         """The body to send (its bytes and the object), and the ``anthropic-beta`` value if any."""
         raise NotImplementedError
 
-    def headers(self, request: Optional[Request], upstream: Upstream, account: Account, beta: Optional[str],
+    def window(self, call: Call) -> Optional[int]:
+        """The context window in effect for the call's upstream and model: the config's, or a
+        smaller one the server named (before, or in this very attempt)."""
+        known = self.state.windows.window(call.upstream, call.route.model)
+        named = call.facts.window
+        return min(known, named) if known and named else known or named
+
+    def headers(self, call: Optional[Call], upstream: Upstream, account: Account, beta: Optional[str],
                 stream: bool) -> Headers:
         """The headers of a call: content type, what is accepted, the account's key."""
         return [("Content-Type", "application/json"), ("Accept", "text/event-stream" if stream else "application/json"),
                 ("Accept-Encoding", "identity"), ("User-Agent", f"agproxy/{__version__}")] + \
             self.auth_headers(upstream, account)
 
-    async def call(self, request: Request, exchange: _Exchange, route: Route, account: Account, path: str,
-                   stream: bool, max_tokens: Optional[int] = None) -> Tuple[UpstreamResponse, Dict[str, Any]]:
+    async def send(self, call: Call, path: str, stream: bool,
+                   max_tokens: Optional[int] = None) -> Tuple[UpstreamResponse, Dict[str, Any]]:
         """Send to the upstream and return its successful answer and what was sent, healing on the
-        way as :func:`heal_decision` says; a request that succeeds after healing teaches its lesson
-        to every later request. ``max_tokens`` is sent in place of the client's, where given.
-        Other error answers raise an :class:`AgproxyError` that keeps the upstream's status and
-        reset time."""
-        upstream = route.upstream
+        way as :func:`heal_decision` says; a request that succeeds after healing leaves its lesson
+        in the call's facts, for every later request. ``max_tokens`` is sent in place of the
+        client's, where given. Other error answers raise an :class:`AgproxyError` that keeps the
+        upstream's status and reset time."""
+        upstream, facts, state = call.upstream, call.facts, self.state
         trial, strip_thinking = _Lessons(max_tokens=max_tokens), False
         while True:
-            payload, sent, beta = self.prepare(request, exchange, route, stream, strip_thinking, trial)
+            payload, sent, beta = self.prepare(call, stream, strip_thinking, trial)
             try:
-                response = await self.gw.client.request(
+                response = await state.client.request(
                     "POST", upstream_url(upstream.base_url, path),
-                    self.headers(request, upstream, account, beta, stream), payload,
+                    self.headers(call, upstream, call.account, beta, stream), payload,
                     timeout_s=upstream.timeout_s, connect_timeout_s=upstream.connect_timeout_s)
             except UpstreamFailure as exc:
                 exc.message = f"upstream {upstream.name!r}: {exc.message}"
                 raise
             if response.status < 300:
-                self.gw.commit_lessons(upstream, trial)
+                facts.lessons = trial
                 return response, sent
-            data = self.gw.redact.data(await _error_body(upstream, response))  # before anything cuts it
+            data = state.redact.data(await _error_body(upstream, response))  # before anything cuts it
             heal = heal_decision(response.status, data, sent, beta, heals=trial.heals,
-                                 known_fields=self.gw.learned.fields(upstream.name) + trial.fields,
-                                 known_betas=self.gw.learned.betas(upstream.name) + trial.betas,
+                                 known_fields=state.learned.fields(upstream.name) + trial.fields,
+                                 known_betas=state.learned.betas(upstream.name) + trial.betas,
                                  heal_statuses=self.heal_statuses, heal_thinking=self.heal_thinking,
-                                 thinking_stripped=strip_thinking,
-                                 window=self.gw.windows.window(upstream, route.model), fitted=trial.fitted)
-            if heal.action in ("fit", "overflow"):
-                self.gw.learn_window(upstream, route.model, heal.window)
+                                 thinking_stripped=strip_thinking, window=self.window(call), fitted=trial.fitted)
+            if heal.action in ("fit", "overflow") and heal.window:
+                known = self.window(call)
+                facts.window = heal.window if not known or heal.window < known else facts.window
             if heal.action == "fit":
                 trial.max_tokens, trial.fitted = heal.max_tokens, True
-                self.gw.note_once(upstream.name, "fit",
-                                  "upstream %r has no room for the completion asked for beside the prompt; asking "
-                                  "for %d tokens instead%s", upstream.name, heal.max_tokens,
-                                  "" if self.gw.windows.window(upstream, route.model) else
-                                  " (set its context_window to do so before sending)")
+                facts.note(upstream.name, "fit", "upstream %r has no room for the completion asked for beside the "
+                                                 "prompt; asking for %d tokens instead%s", upstream.name,
+                           heal.max_tokens, "" if self.window(call) else
+                           " (set its context_window to do so before sending)")
             elif heal.action == "retry":
                 trial.fields += heal.fields
                 trial.betas += heal.betas
                 trial.heals += 1
             elif heal.action == "strip_thinking":
                 strip_thinking = True
-                self.gw.counters["signature_fallback"] += 1
-                self.gw.note_once(session_id(request.headers, sent), "signature",
-                                  "upstream %r refused thinking signatures made elsewhere; retrying this session's "
-                                  "requests without the old thinking blocks", upstream.name)
+                facts.count("signature_fallback")
+                facts.note(session_id(call.client_headers, sent), "signature",
+                           "upstream %r refused thinking signatures made elsewhere; retrying this session's "
+                           "requests without the old thinking blocks", upstream.name)
             elif heal.action == "overflow":
-                client_body = json.loads(request.body or b"{}")
-                tokens = heal.prompt_tokens if heal.prompt_tokens is not None else estimate_input_tokens(client_body)
-                raise self.overflow(request, client_body, upstream, max(tokens, heal.window or 0), heal.window or 0)
+                tokens = heal.prompt_tokens if heal.prompt_tokens is not None else estimate_input_tokens(call.body)
+                raise self.overflow(call, max(tokens, heal.window or 0), heal.window or 0)
             else:
-                error = _upstream_error(upstream, response, data, self.gw.clock())
+                error = _upstream_error(upstream, response, data, state.clock())
                 hint = self.unhealed_hint(upstream, response.status, data)
                 if 400 <= response.status < 500 and not error.upstream_words:  # for the attempt's log line
                     error.upstream_words = error.message[:MAX_LOGGED_WORDS] + (f"; {hint}" if hint else "")
@@ -8145,16 +8302,15 @@ class Adapter:
         """What the user can change when the upstream refused a request agproxy could not heal."""
         return None
 
-    def overflow(self, request: Request, body: Dict[str, Any], upstream: Upstream, tokens: int,
-                 window: int) -> InvalidRequest:
+    def overflow(self, call: Call, tokens: int, window: int) -> InvalidRequest:
         """The "prompt is too long" a client compacts on, said in the log once per session with the
         upstream's own window (the client is told of its own, larger one)."""
-        client_window = client_context_window(request.headers, body.get("model"))
+        client_window = client_context_window(call.client_headers, call.body.get("model"))
         error = prompt_too_long(tokens, window, client_window)
-        self.gw.note_once(session_id(request.headers, body), "overflow",
-                          "the prompt (about %d tokens) does not fit the %d-token window of upstream %r; the "
-                          "client is told \"%s\" in its own window's terms, so that it compacts", tokens, window,
-                          upstream.name, error.message)
+        call.facts.note(call.session, "overflow",
+                        "the prompt (about %d tokens) does not fit the %d-token window of upstream %r; the "
+                        "client is told \"%s\" in its own window's terms, so that it compacts", tokens, window,
+                        call.upstream.name, error.message)
         return error
 
     #: where a Messages request goes, relative to base_url (:meth:`messages_path_for`)
@@ -8169,63 +8325,62 @@ class Adapter:
     #: whether agproxy pings the client while the upstream is silent (an upstream may send its own)
     pings = True
 
-    async def messages(self, request: Request, exchange: _Exchange, body: Dict[str, Any], route: Route,
-                       account: Account, headers: Headers) -> Union[Response, StreamingResponse]:
-        """One attempt at answering a Messages request on ``route.upstream`` with ``account``, the
-        same pipeline for every kind: check the window, call (healing on the way), then relay the
+    async def messages(self, call: Call) -> Union[Response, AnswerStream]:
+        """One attempt at answering a Messages request on the call's upstream and account, the
+        same pipeline for every kind: check the window, send (healing on the way), then relay the
         answer's events (nothing reaches the client before its head, so a failure until then can
-        still be retried), or assemble them, or read a whole answer, in the client's shape."""
-        upstream = route.upstream
-        window = self.gw.windows.window(upstream, route.model)
-        client_window = client_context_window(request.headers, body.get("model"))
-        estimate = await _estimate_tokens(body, len(request.body or b"")) if window or self.estimates_input else 0
+        still be retried), or assemble them, or read a whole answer, in the client's shape. The
+        answer's usage and the upstream's ids for it are left in the call's facts."""
+        upstream, body, facts = call.upstream, call.body, call.facts
+        window = self.window(call)
+        client_window = client_context_window(call.client_headers, body.get("model"))
+        estimate = await _estimate_tokens(body, len(call.raw)) if window or self.estimates_input else 0
         if window and estimate > window:
-            raise self.overflow(request, body, upstream, estimate, window)
+            raise self.overflow(call, estimate, window)
         stream = bool(body.get("stream"))
-        stream_upstream = stream or self.gw.config.force_stream_internally
-        response, _ = await self.call(request, exchange, route, account, self.messages_path_for(route, stream_upstream),
-                                      stream_upstream, fitted_max_tokens(body, window, estimate) if window else None)
-        headers = headers + relayed_upstream_headers(response.headers)
-        upstream_ids: List[str] = []  # the upstream's own id for the answer (the Message gets agproxy's)
+        stream_upstream = stream or call.stream_upstream
+        response, _ = await self.send(call, self.messages_path_for(call.route, stream_upstream), stream_upstream,
+                                      fitted_max_tokens(body, window, estimate) if window else None)
+        headers = list(call.answered) + relayed_upstream_headers(response.headers)
         if response.is_event_stream:
-            events = self.answer_events(response, route, body, estimate, upstream_ids.append)
+            events = self.answer_events(response, call, estimate)
             if stream:
-                head = await _watched(exchange, response, first_events(events))
-                headers = headers + self.upstream_id_headers(upstream_ids)
+                head = await _watched(call, response, first_events(events))
+                headers = headers + self.upstream_id_headers(facts.upstream_ids)
                 scaler = UsageScaler(window, client_window).transform if window else None
-                redact = DeltaRedactor(self.gw.redact).feed  # a key split across deltas
+                redact = DeltaRedactor(self.state.redact).feed  # a key split across deltas
                 transform = redact if scaler is None else (lambda batch: scaler(redact(batch)))
                 observe = self.watcher(upstream)
-                ping_s = self.gw.config.ping_interval_s if self.pings else None
-                return self.gw.stream_to_client(response, upstream, account, headers, lambda release: relay_events(
-                    head, events, response, upstream.name, observe, transform, ping_s, on_end=release), status=200)
-            message = await _watched(exchange, response, accumulate_events(events))
+                ping_s = call.ping_interval_s if self.pings else None
+                return AnswerStream(response, headers, lambda on_end: relay_events(
+                    head, events, response, upstream.name, observe, transform, ping_s, on_end=on_end))
+            message = await _watched(call, response, accumulate_events(events))
         else:
-            data = await _watched(exchange, response, response.read_all())
-            message = self.answer_message(data, response, route, body, upstream_ids.append)
-        headers = headers + self.upstream_id_headers(upstream_ids)
+            data = await _watched(call, response, response.read_all())
+            message = self.answer_message(data, response, call)
+        headers = headers + self.upstream_id_headers(facts.upstream_ids)
         self.received(message, upstream)
+        if isinstance(message.get("usage"), dict):
+            facts.usage.update(message["usage"])
         if window:
             scale_usage(message.get("usage"), window, client_window)
         if stream:  # asked for a stream, answered with a whole Message: the client still gets a stream
             return StreamingResponse(200, _SSE_HEADERS + headers, _iterate(message_as_sse(message)), lambda: None)
         return json_response(200, message, headers)
 
-    def answer_events(self, response: UpstreamResponse, route: Route, body: Dict[str, Any], estimate: int,
-                      on_upstream_id: Callable[[str], None]) -> AsyncIterator[bytes]:
+    def answer_events(self, response: UpstreamResponse, call: Call, estimate: int) -> AsyncIterator[bytes]:
         """The upstream's event stream as Anthropic events, in batches of whole events; a translated
-        answer gets its own message id, and the upstream's goes to ``on_upstream_id``."""
+        answer gets its own message id. The upstream's id and its usage go to the call's facts."""
         raise NotImplementedError
 
-    def answer_message(self, data: bytes, response: UpstreamResponse, route: Route, body: Dict[str, Any],
-                       on_upstream_id: Callable[[str], None]) -> Dict[str, Any]:
+    def answer_message(self, data: bytes, response: UpstreamResponse, call: Call) -> Dict[str, Any]:
         """The upstream's whole (not streamed) answer as an Anthropic Message (ids as in :meth:`answer_events`)."""
         raise NotImplementedError
 
     def upstream_id_headers(self, upstream_ids: List[str]) -> Headers:
         """``X-Upstream-Message-Id``: the id the upstream gave a translated answer, where the client
         can still find it (the answer itself carries agproxy's own)."""
-        return [("X-Upstream-Message-Id", self.gw.redact.text(upstream_ids[0])[:MAX_UPSTREAM_ID_CHARS])] \
+        return [("X-Upstream-Message-Id", self.state.redact.text(upstream_ids[0])[:MAX_UPSTREAM_ID_CHARS])] \
             if upstream_ids else []
 
     def watcher(self, upstream: Upstream) -> Optional[Callable[[bytes], None]]:
@@ -8235,8 +8390,9 @@ class Adapter:
     def received(self, message: Dict[str, Any], upstream: Upstream) -> None:
         """Look at a whole answer before it goes to the client."""
 
-    async def count(self, body: Dict[str, Any], route: Route) -> Optional[int]:
-        """The upstream's own count of the request's input tokens, or None (agproxy estimates)."""
+    async def count(self, body: Dict[str, Any], route: Route, account: Account) -> Optional[int]:
+        """The upstream's own count of the request's input tokens (asked with ``account``'s key),
+        or None (agproxy estimates)."""
         return None
 
 
@@ -8301,12 +8457,11 @@ class AnthropicAdapter(Adapter):
         basic_status, _ = await send(path, basic, None)
         return ProfileFit(path, spent, status, said, False, basic_status < 300)
 
-    async def count_by_account(self, request: Request, exchange: _Exchange, route: Route,
-                               account: Account) -> Dict[str, Any]:
+    async def count_by_account(self, call: Call) -> Dict[str, Any]:
         """The upstream's own ``count_tokens`` answer, checked to be a token count."""
-        upstream = route.upstream
-        response, _ = await self.call(request, exchange, route, account, self.counts_path, False)
-        data = await _watched(exchange, response, response.read_all(MAX_UPSTREAM_SMALL_BODY_BYTES))
+        upstream = call.upstream
+        response, _ = await self.send(call, self.counts_path, False)
+        data = await _watched(call, response, response.read_all(MAX_UPSTREAM_SMALL_BODY_BYTES))
         try:
             counted = loads_strict(data)
         except ValueError:
@@ -8316,20 +8471,21 @@ class AnthropicAdapter(Adapter):
                                   "token count")
         return counted
 
-    def headers(self, request: Request, upstream: Upstream, account: Account, beta: Optional[str],
+    def headers(self, call: Optional[Call], upstream: Upstream, account: Account, beta: Optional[str],
                 stream: bool) -> Headers:
-        headers = super().headers(request, upstream, account, beta, stream)
-        headers.insert(4, ("anthropic-version", request.header("anthropic-version") or DEFAULT_ANTHROPIC_VERSION))
+        headers = super().headers(call, upstream, account, beta, stream)
+        version = call.header("anthropic-version") if call is not None else None
+        headers.insert(4, ("anthropic-version", version or DEFAULT_ANTHROPIC_VERSION))
         return headers[:5] + ([("anthropic-beta", beta)] if beta else []) + headers[5:]
 
-    def prepare(self, request: Request, exchange: _Exchange, route: Route, stream: bool, strip_thinking: bool,
+    def prepare(self, call: Call, stream: bool, strip_thinking: bool,
                 trial: _Lessons) -> Tuple[bytes, Dict[str, Any], Optional[str]]:
         """The body and beta header to send to this upstream: sanitized per its profile, what it
         has rejected before and what this request is trying without; the client's bytes unchanged
         when nothing needs changing."""
-        upstream = route.upstream
-        raw = request.body or b""
-        body = json.loads(raw)  # a private copy to change
+        upstream, route, state = call.upstream, call.route, self.state
+        raw = call.raw
+        body = call.private_body()
         changes: Dict[str, int] = {}
         if body.get("model") != route.model:
             body["model"] = route.model
@@ -8339,24 +8495,23 @@ class AnthropicAdapter(Adapter):
             changes["stream_forced"] = 1
         _fit_max_tokens(body, trial.max_tokens, changes)
         changes.update(sanitize_request(body, upstream.rules,
-                                        drop_paths=self.gw.learned.fields(upstream.name) + trial.fields,
-                                        drop_thinking=self.gw.signatures.foreign_to(upstream.name)))
+                                        drop_paths=state.learned.fields(upstream.name) + trial.fields,
+                                        drop_thinking=state.signatures.foreign_to(upstream.name)))
         if strip_thinking:
             changes.update(strip_thinking_history(body))
-        beta, beta_changes = sanitize_betas(request.header("anthropic-beta"), upstream.rules,
-                                            self.gw.learned.betas(upstream.name) + trial.betas)
+        beta, beta_changes = sanitize_betas(call.header("anthropic-beta"), upstream.rules,
+                                            state.learned.betas(upstream.name) + trial.betas)
         changes.update(beta_changes)
         if not changes:
             return raw, body, beta
-        self.gw.count_changes("sanitize", changes, exchange, upstream)
+        call.facts.changes.append(("sanitize", changes))
         return json.dumps(body, ensure_ascii=False).encode("utf-8"), body, beta
 
-    def answer_events(self, response: UpstreamResponse, route: Route, body: Dict[str, Any], estimate: int,
-                      on_upstream_id: Callable[[str], None]) -> AsyncIterator[bytes]:
-        upstream = route.upstream.name  # relayed: its message ids are its own
-        return anthropic_events(response, upstream, lambda kind: self.gw.note_once(
+    def answer_events(self, response: UpstreamResponse, call: Call, estimate: int) -> AsyncIterator[bytes]:
+        upstream = call.upstream.name  # relayed: its message ids are its own
+        return anthropic_events(response, upstream, lambda kind: call.facts.note(
             upstream, "unknown_event:" + kind[:40], "upstream %r sent %r events, which are outside the Messages "
-            "stream's grammar; they are not relayed", upstream, kind[:40]))
+            "stream's grammar; they are not relayed", upstream, kind[:40]), usage=call.facts.usage)
 
     def unhealed_hint(self, upstream: Upstream, status: int, data: bytes) -> Optional[str]:
         if status not in (400, 422) or upstream.profile == "compatible" or not _SCHEMA_REFUSAL.search(
@@ -8365,21 +8520,20 @@ class AnthropicAdapter(Adapter):
         return (f"agproxy could not heal this; for an Anthropic-compatible service that is not Anthropic, set "
                 f'"profile": "compatible" on upstream {upstream.name!r}: it sends only the basic Messages fields')
 
-    def answer_message(self, data: bytes, response: UpstreamResponse, route: Route, body: Dict[str, Any],
-                       on_upstream_id: Callable[[str], None]) -> Dict[str, Any]:
+    def answer_message(self, data: bytes, response: UpstreamResponse, call: Call) -> Dict[str, Any]:
         try:
             return loads_strict(data)
         except ValueError:
             kind = response.header("content-type") or "no content type"
-            raise UpstreamFailure(f"upstream {route.upstream.name!r} answered HTTP {response.status} with something "
+            raise UpstreamFailure(f"upstream {call.upstream.name!r} answered HTTP {response.status} with something "
                                   f"that is not JSON ({kind[:60]})") from None
 
     def watcher(self, upstream: Upstream) -> Optional[Callable[[bytes], None]]:
-        return SignatureWatcher(self.gw.signatures, upstream.name).feed
+        return SignatureWatcher(self.state.signatures, upstream.name).feed
 
     def received(self, message: Dict[str, Any], upstream: Upstream) -> None:
         check_message(message, upstream.name)
-        self.gw.signatures.record_message(message, upstream.name)
+        self.state.signatures.record_message(message, upstream.name)
 
 
 #: Statuses that say a route does not exist on the server (rather than that it failed this time).
@@ -8402,19 +8556,19 @@ class OpenAIAdapter(Adapter):
 
     heal_statuses = (400, 422)
 
-    def __init__(self, gateway: Server) -> None:
-        super().__init__(gateway)
+    def __init__(self, state: AdapterState) -> None:
+        super().__init__(state)
         #: per upstream: until when its tokenizer route is known to be absent (it is not asked meanwhile)
         self._tokenizer_absent_until: Dict[str, float] = {}
         #: upstreams whose tokenizer failed since it last answered (each failure is said once, not per count)
         self._tokenizer_failing: Set[str] = set()
 
-    def prepare(self, request: Request, exchange: _Exchange, route: Route, stream: bool, strip_thinking: bool,
+    def prepare(self, call: Call, stream: bool, strip_thinking: bool,
                 trial: _Lessons) -> Tuple[bytes, Dict[str, Any], Optional[str]]:
         """The Chat Completions request for this upstream: sanitized, translated, minus what it rejected."""
-        upstream = route.upstream
-        body = json.loads(request.body or b"")
-        body["model"] = route.model
+        upstream = call.upstream
+        body = call.private_body()
+        body["model"] = call.route.model
         if stream:
             body["stream"] = True
         changes = sanitize_request(body, upstream.rules)
@@ -8423,28 +8577,27 @@ class OpenAIAdapter(Adapter):
         changes.update(translation_changes)
         if upstream.extra_body:
             translated.update(copy.deepcopy(upstream.extra_body))
-        for path in self.gw.learned.fields(upstream.name) + trial.fields:
+        for path in self.state.learned.fields(upstream.name) + trial.fields:
             _count(changes, f"learned:{path}", drop_path(translated, path.split(".")))
-        self.gw.count_changes("translate", changes, exchange, upstream)
+        call.facts.changes.append(("translate", changes))
         return json.dumps(translated, ensure_ascii=False).encode("utf-8"), translated, None
 
-    def answer_events(self, response: UpstreamResponse, route: Route, body: Dict[str, Any], estimate: int,
-                      on_upstream_id: Callable[[str], None]) -> AsyncIterator[bytes]:
-        return openai_events(response, OpenAIStreamTranslator(route.model, estimate, _stop_sequences(body),
-                                                              on_upstream_id))
+    def answer_events(self, response: UpstreamResponse, call: Call, estimate: int) -> AsyncIterator[bytes]:
+        return openai_events(response, OpenAIStreamTranslator(call.route.model, estimate, _stop_sequences(call.body),
+                                                              call.facts.upstream_ids.append, call.facts.usage))
 
-    def answer_message(self, data: bytes, response: UpstreamResponse, route: Route, body: Dict[str, Any],
-                       on_upstream_id: Callable[[str], None]) -> Dict[str, Any]:
+    def answer_message(self, data: bytes, response: UpstreamResponse, call: Call) -> Dict[str, Any]:
+        name = call.upstream.name
         try:
             answer = loads_strict(data)
         except ValueError:
-            raise UpstreamFailure(f"upstream {route.upstream.name!r} answered something that is not JSON") from None
+            raise UpstreamFailure(f"upstream {name!r} answered something that is not JSON") from None
         if not isinstance(answer, dict) or not isinstance(answer.get("choices"), list):
-            raise UpstreamFailure(f"upstream {route.upstream.name!r} answered something that is not a chat completion")
-        _tell_upstream_id(on_upstream_id, answer.get("id"))
-        return openai_to_anthropic(answer, route.model, _stop_sequences(body))
+            raise UpstreamFailure(f"upstream {name!r} answered something that is not a chat completion")
+        _tell_upstream_id(call.facts.upstream_ids.append, answer.get("id"))
+        return openai_to_anthropic(answer, call.route.model, _stop_sequences(call.body))
 
-    async def count(self, body: Dict[str, Any], route: Route) -> Optional[int]:
+    async def count(self, body: Dict[str, Any], route: Route, account: Account) -> Optional[int]:
         """Count the translated prompt with the server's own tokenizer, where it has one."""
         upstream = route.upstream
         style = upstream.openai.tokenize
@@ -8461,12 +8614,11 @@ class OpenAIAdapter(Adapter):
         else:
             payload = {"content": "\n\n".join(_block_text(m.get("content")) if isinstance(m.get("content"), list)
                                                else str(m.get("content") or "") for m in translated["messages"])}
-        now = self.gw.clock()
+        now = self.state.clock()
         if self._tokenizer_absent_until.get(upstream.name, 0.0) > now:
             return None
-        account = self.gw.pool.rested(upstream, route.model, now)
         try:
-            status, body = await self.gw.client.fetch("POST", root + "/tokenize",
+            status, body = await self.state.client.fetch("POST", root + "/tokenize",
                                                    self.headers(None, upstream, account, None, False),
                                                    json.dumps(payload).encode(), deadline_s=upstream.connect_timeout_s,
                                                    limit=MAX_UPSTREAM_BODY_BYTES)
@@ -8492,11 +8644,11 @@ class OpenAIAdapter(Adapter):
         """Say that an upstream's tokenizer failed (counts are estimated meanwhile): once, until it
         answers again; a /context of Claude Code counts dozens of times."""
         if upstream.name in self._tokenizer_failing:
-            self.gw.log.debug("tokenizer of upstream %r %s; estimating", upstream.name, what)
+            logging.getLogger("agproxy").debug("tokenizer of upstream %r %s; estimating", upstream.name, what)
             return
         self._tokenizer_failing.add(upstream.name)
-        self.gw.log.warning("tokenizer of upstream %r %s; estimating token counts (said once, until it answers)",
-                            upstream.name, what)
+        logging.getLogger("agproxy").warning("tokenizer of upstream %r %s; estimating token counts (said once, until "
+                                             "it answers)", upstream.name, what)
 
 
 class DemoAdapter(Adapter):
@@ -8505,13 +8657,14 @@ class DemoAdapter(Adapter):
     kind = "demo"
     probe_path = ""
 
-    async def messages(self, request: Request, exchange: _Exchange, body: Dict[str, Any], route: Route,
-                       account: Account, headers: Headers) -> Union[Response, StreamingResponse]:
-        message_id = new_message_id()
-        input_tokens = await _estimate_tokens(body, len(request.body or b""))
+    async def messages(self, call: Call) -> Union[Response, AnswerStream]:
+        body, message_id = call.body, new_message_id()
+        input_tokens = await _estimate_tokens(body, len(call.raw))
+        message = demo_message(body, message_id, input_tokens)
+        call.facts.usage.update(message["usage"])
         if not body.get("stream"):
-            return json_response(200, demo_message(body, message_id, input_tokens), headers)
-        return StreamingResponse(200, _SSE_HEADERS + headers,
+            return json_response(200, message, call.answered)
+        return StreamingResponse(200, _SSE_HEADERS + list(call.answered),
                                  _iterate(demo_sse_events(body, message_id, input_tokens)), lambda: None)
 
 
@@ -8561,22 +8714,23 @@ class GeminiAdapter(Adapter):
         upstream = route.upstream
         body = dict(body, model=route.model)
         changes = sanitize_request(body, upstream.rules)
-        signer, book = self.signer(upstream, route.model), self.gw.signatures
+        signer, book = self.signer(upstream, route.model), self.state.signatures
 
         def trusted(signature: str) -> bool:
             return not strip_thinking and book.owner(signature) in (None, signer)
 
-        translated, translation_changes = anthropic_to_gemini(body, route.model, trusted, self.gw.call_signatures.get)
+        translated, translation_changes = anthropic_to_gemini(body, route.model, trusted,
+                                                              self.state.call_signatures.get)
         changes.update(translation_changes)
         if upstream.extra_body:
             merge_gemini_extra(translated, upstream.extra_body)
         return translated, changes
 
-    def prepare(self, request: Request, exchange: _Exchange, route: Route, stream: bool, strip_thinking: bool,
+    def prepare(self, call: Call, stream: bool, strip_thinking: bool,
                 trial: _Lessons) -> Tuple[bytes, Dict[str, Any], Optional[str]]:
         """The generateContent request for this upstream, minus what it rejected before."""
-        upstream = route.upstream
-        body = json.loads(request.body or b"")
+        upstream = call.upstream
+        body = call.private_body()
         changes: Dict[str, int] = {}
         _fit_max_tokens(body, trial.max_tokens, changes)
         if strip_thinking:  # Gemini refused a signature: none of this history's goes to it again
@@ -8584,16 +8738,16 @@ class GeminiAdapter(Adapter):
                 for block in _block_list(message.get("content") if isinstance(message, dict) else None):
                     refused = _signature_of(block)[1] if isinstance(block, dict) else ""
                     if refused:
-                        self.gw.signatures.record(refused, f"(refused by {upstream.name})")
-        translated, translation_changes = self.translate(body, route, strip_thinking)
+                        self.state.signatures.record(refused, f"(refused by {upstream.name})")
+        translated, translation_changes = self.translate(body, call.route, strip_thinking)
         changes.update(translation_changes)
-        for path in self.gw.learned.fields(upstream.name) + trial.fields:
+        for path in self.state.learned.fields(upstream.name) + trial.fields:
             _count(changes, f"learned:{path}", drop_path(translated, path.split(".")))
-        self.gw.count_changes("translate", changes, exchange, upstream)
+        call.facts.changes.append(("translate", changes))
         if changes.get("web_search_dropped"):
-            self.gw.note_once(session_id(request.headers, body), "web_search",
-                              "upstream %r: web_search dropped (Gemini searches only for a Gemini model offered no "
-                              "functions; this request offers functions)", upstream.name)
+            call.facts.note(session_id(call.client_headers, body), "web_search",
+                            "upstream %r: web_search dropped (Gemini searches only for a Gemini model offered no "
+                            "functions; this request offers functions)", upstream.name)
         return json.dumps(translated, ensure_ascii=False).encode("utf-8"), translated, None
 
     def recorder(self, route: Route) -> Callable[[str, str], None]:
@@ -8601,48 +8755,50 @@ class GeminiAdapter(Adapter):
         signer = self.signer(route.upstream, route.model)
 
         def record(call_id: str, signature: str) -> None:
-            self.gw.signatures.record(signature, signer)
+            self.state.signatures.record(signature, signer)
             if call_id:
-                self.gw.call_signatures.record(call_id, signature)
+                self.state.call_signatures.record(call_id, signature)
 
         return record
 
-    def answer_events(self, response: UpstreamResponse, route: Route, body: Dict[str, Any], estimate: int,
-                      on_upstream_id: Callable[[str], None]) -> AsyncIterator[bytes]:
+    def answer_events(self, response: UpstreamResponse, call: Call, estimate: int) -> AsyncIterator[bytes]:
+        route = call.route
         return gemini_events(response, GeminiStreamTranslator(route.model, estimate, self.recorder(route),
-                                                              gemini_name_map(body), on_upstream_id))
+                                                              gemini_name_map(call.body),
+                                                              call.facts.upstream_ids.append, call.facts.usage))
 
-    def answer_message(self, data: bytes, response: UpstreamResponse, route: Route, body: Dict[str, Any],
-                       on_upstream_id: Callable[[str], None]) -> Dict[str, Any]:
+    def answer_message(self, data: bytes, response: UpstreamResponse, call: Call) -> Dict[str, Any]:
+        route = call.route
         try:
             answer = loads_strict(data)
         except ValueError:
             raise UpstreamFailure(f"upstream {route.upstream.name!r} answered something that is not JSON") from None
         if isinstance(answer, dict) and isinstance(answer.get("error"), dict):
-            raise _upstream_error(route.upstream, response, self.gw.redact.data(data), self.gw.clock())
-        return gemini_to_anthropic(answer, route.model, self.recorder(route), names=gemini_name_map(body),
-                                   on_upstream_id=on_upstream_id)
+            raise _upstream_error(route.upstream, response, self.state.redact.data(data), self.state.clock())
+        return gemini_to_anthropic(answer, route.model, self.recorder(route), names=gemini_name_map(call.body),
+                                   on_upstream_id=call.facts.upstream_ids.append)
 
-    async def count(self, body: Dict[str, Any], route: Route) -> Optional[int]:
+    async def count(self, body: Dict[str, Any], route: Route, account: Account) -> Optional[int]:
         """Gemini's own count of the translated request (``countTokens``), so the count is exact."""
         upstream = route.upstream
         translated, _ = self.translate(body, route)
         translated["model"] = "models/" + route.model.split("/")[-1]
-        account = self.gw.pool.rested(upstream, route.model, self.gw.clock())
         try:
-            status, data = await self.gw.client.fetch(
+            status, data = await self.state.client.fetch(
                 "POST", upstream_url(upstream.base_url, self.model_path(upstream, route.model) + ":countTokens"),
                 self.headers(None, upstream, account, None, False),
                 json.dumps({"generateContentRequest": translated}).encode(), deadline_s=upstream.connect_timeout_s,
                 limit=MAX_UPSTREAM_SMALL_BODY_BYTES)
             counted = loads_strict(data) if status == 200 else None
         except (UpstreamFailure, ValueError) as exc:
-            self.gw.log.warning("countTokens of upstream %r unavailable (%s); estimating", upstream.name, exc)
+            logging.getLogger("agproxy").warning("countTokens of upstream %r unavailable (%s); estimating",
+                                                 upstream.name, exc)
             return None
         total = upstream_count(counted.get("totalTokens") if isinstance(counted, dict) else None)
         if total is not None:
             return total
-        self.gw.log.warning("countTokens of upstream %r answered HTTP %s; estimating", upstream.name, status)
+        logging.getLogger("agproxy").warning("countTokens of upstream %r answered HTTP %s; estimating", upstream.name,
+                                             status)
         return None
 
 
@@ -8723,14 +8879,14 @@ def _upstream_error(upstream: Upstream, response: UpstreamResponse, data: bytes,
     return error
 
 
-async def _watched(exchange: _Exchange, response: UpstreamResponse, reading: Awaitable[Any]) -> Any:
+async def _watched(call: Call, response: UpstreamResponse, reading: Awaitable[Any]) -> Any:
     """Await a read of ``response`` that a departing client cuts short, within the upstream's
     ``timeout_s`` as a whole (:func:`_read_by_deadline`)."""
-    exchange.on_client_gone.append(response.close)
+    call.on_client_gone.append(response.close)
     try:
         return await _read_by_deadline(response, reading, f"no answer within timeout_s ({response.timeout_s:g} s)")
     finally:
-        exchange.on_client_gone.remove(response.close)
+        call.on_client_gone.remove(response.close)
 
 
 # -- the relay pipeline: one for every kind ------------------------------------------------------
@@ -8743,13 +8899,15 @@ async def _watched(exchange: _Exchange, response: UpstreamResponse, reading: Awa
 
 
 async def anthropic_events(response: UpstreamResponse, upstream: str,
-                           on_unknown: Optional[Callable[[str], None]] = None) -> AsyncIterator[bytes]:
+                           on_unknown: Optional[Callable[[str], None]] = None,
+                           usage: Optional[Dict[str, Any]] = None) -> AsyncIterator[bytes]:
     """An Anthropic event stream as it arrives, in checked batches of whole events
     (:class:`EventStreamCheck`); it ends at ``message_stop`` (or an error event), leaving the rest
     of the body to a background drain, and raises :class:`UpstreamFailure` for a stream that
-    breaks before it. ``on_unknown`` hears of each event type dropped as outside the grammar."""
+    breaks before it. ``on_unknown`` hears of each event type dropped as outside the grammar;
+    ``usage`` is kept up to date with the usage the events say."""
     pending = bytearray()
-    check = EventStreamCheck(upstream)
+    check = EventStreamCheck(upstream, usage)
     while True:
         chunk = await response.read_chunk()
         if not chunk:
@@ -9283,7 +9441,9 @@ class _JsonFormatter(logging.Formatter):
             line.update(access)
         if record.exc_info:
             line["traceback"] = self.formatException(record.exc_info)
-        return self.redactor.text(json.dumps(line, ensure_ascii=False, default=str))
+        text = json.dumps(line, ensure_ascii=False, default=str)  # escapes controls, not U+2028 and U+2029
+        return self.redactor.text(text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+                                  .replace("\x85", "\\u0085"))
 
 
 def _agproxy_running(pid: int) -> bool:
