@@ -9055,6 +9055,10 @@ METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 #: client could blow up its memory (and this page). Real traffic has a few dozen models.
 MAX_LABEL_VALUES = 100
 OTHER_LABEL = "other"
+#: Label-value combinations (as a record has them) a metric remembers the series of, so that a
+#: request costs one dict lookup per metric; past this (clients naming ever new models, all of
+#: them "other" by then) a series is looked up label by label. A few hundred KB at most.
+MAX_REMEMBERED_SERIES = 4096
 #: Request durations, in seconds: a model list or a token count takes milliseconds, a long answer
 #: minutes (timeout_s defaults to 600).
 DURATION_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
@@ -9112,11 +9116,17 @@ class MetricFamily:
                  shown: Callable[[str], str] = str) -> None:
         self.name, self.kind, self.help_text, self.labels = name, kind, help_text, tuple(labels)
         self._bounds = tuple(LabelValues(shown) for _ in self.labels)
+        self._keys: Dict[Tuple[str, ...], Tuple[str, ...]] = {}
         self.series: Dict[Tuple[str, ...], Any] = {}
 
-    def key(self, values: Sequence[str]) -> Tuple[str, ...]:
+    def key(self, values: Tuple[str, ...]) -> Tuple[str, ...]:
         """The series of these label values, each bounded and made safe."""
-        return tuple([bound(value) for bound, value in zip(self._bounds, values)])
+        key = self._keys.get(values)
+        if key is None:
+            key = tuple([bound(value) for bound, value in zip(self._bounds, values)])
+            if len(self._keys) < MAX_REMEMBERED_SERIES:
+                self._keys[values] = key
+        return key
 
     def render(self, out: List[str]) -> None:
         """Append its HELP, TYPE and sample lines."""
@@ -9132,7 +9142,7 @@ class CounterFamily(MetricFamily):
                  shown: Callable[[str], str] = str) -> None:
         super().__init__(name, "counter", help_text, labels, shown)
 
-    def inc(self, values: Sequence[str], amount: float = 1) -> None:
+    def inc(self, values: Tuple[str, ...], amount: float = 1) -> None:
         key = self.key(values)
         self.series[key] = self.series.get(key, 0) + amount
 
@@ -9146,7 +9156,7 @@ class GaugeFamily(MetricFamily):
         super().__init__(name, "gauge", help_text, labels, shown)
         self._combine = combine
 
-    def set(self, values: Sequence[str], value: float) -> None:
+    def set(self, values: Tuple[str, ...], value: float) -> None:
         key = self.key(values)
         self.series[key] = value if key not in self.series else self._combine(self.series[key], value)
 
@@ -9160,7 +9170,7 @@ class HistogramFamily(MetricFamily):
         super().__init__(name, "histogram", help_text, labels, shown)
         self.buckets = tuple(buckets)
 
-    def observe(self, values: Sequence[str], value: float) -> None:
+    def observe(self, values: Tuple[str, ...], value: float) -> None:
         key = self.key(values)
         series = self.series.get(key)
         if series is None:
