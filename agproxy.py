@@ -9257,7 +9257,8 @@ class Metrics:
         self.duration = HistogramFamily("agproxy_request_duration_seconds", "Time from a request's head to the end "
                                         "of its answer.", DURATION_BUCKETS_S, ("route",), shown)
         self.ttft = HistogramFamily("agproxy_time_to_first_token_seconds", "Time from a request's head to the first "
-                                    "bytes of an upstream's answer.", TTFT_BUCKETS_S, ("upstream", "model"), shown)
+                                    "events of an upstream's streamed answer.", TTFT_BUCKETS_S, ("upstream", "model"),
+                                    shown)
         self.tokens = CounterFamily("agproxy_tokens_total", "Tokens the upstreams counted, by direction (input, "
                                     "output, cache_read, cache_write).",
                                     ("upstream", "account", "model", "client", "direction"), shown)
@@ -9275,7 +9276,8 @@ class Metrics:
             self.duration.observe((record.route,), record.ended - record.started)
         if record.local or not record.attempts:
             return  # answered here (warmup, demo) or refused: no upstream took part
-        if record.first_byte is not None and record.attempts[-1].outcome == "ok":
+        if record.stream and record.first_byte is not None and record.attempts[-1].outcome == "ok":
+            # streams only: the first bytes of a JSON answer (or a token count) are its last
             self.ttft.observe((record.upstream, record.model), record.first_byte - record.started)
         client = record.client or ""
         for direction, field in _TOKEN_DIRECTIONS:

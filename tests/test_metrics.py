@@ -51,9 +51,9 @@ def value(found: Samples, name: str, **labels: str) -> float:
 
 
 def post(proxy: Any, body: Dict[str, Any], headers: Optional[Dict[str, str]] = None,
-         connection: Optional[http.client.HTTPConnection] = None) -> Tuple[int, bytes]:
+         connection: Optional[http.client.HTTPConnection] = None, path: str = "/v1/messages") -> Tuple[int, bytes]:
     conn = connection or http.client.HTTPConnection(proxy.host, proxy.port, timeout=10)
-    conn.request("POST", "/v1/messages", json.dumps(body),
+    conn.request("POST", path, json.dumps(body),
                  {"content-type": "application/json", **(headers or {})})
     response = conn.getresponse()
     data = response.read()
@@ -73,6 +73,7 @@ def test_requests_attempts_states_and_times_show_up(start_agproxy, fake):
     proxy = start_agproxy(fake_config(fake))
     assert post(proxy, ask())[0] == 200
     assert post(proxy, ask(stream=True))[0] == 200
+    assert post(proxy, ask(), path="/v1/messages/count_tokens")[0] == 200
     page, content_type = scrape(proxy)
     assert content_type == "text/plain; version=0.0.4; charset=utf-8"
     found = samples(page)
@@ -80,7 +81,8 @@ def test_requests_attempts_states_and_times_show_up(start_agproxy, fake):
     assert value(found, "agproxy_upstream_attempts_total", upstream="fake", account="alice@example.com",
                  outcome="rate_limited") == 1
     assert value(found, "agproxy_upstream_attempts_total", upstream="fake", account="bob@example.com",
-                 outcome="ok") == 2
+                 outcome="ok") == 3
+    assert value(found, "agproxy_requests_total", route="count_tokens", status="200", upstream="fake") == 1
     for account, state in (("alice@example.com", "rate_limited"), ("bob@example.com", "ready")):
         states = {labels["state"]: v for labels, v in found["agproxy_account_state"] if labels["account"] == account}
         assert states == {s: (1 if s == state else 0) for s in ("ready", "rate_limited", "rejected_key", "busy")}
@@ -88,7 +90,7 @@ def test_requests_attempts_states_and_times_show_up(start_agproxy, fake):
     assert rests["bob@example.com"] == 0 and 50 < rests["alice@example.com"] - proxy.clock.time() <= 61
     assert value(found, "agproxy_request_duration_seconds_count", route="messages") == 2
     assert value(found, "agproxy_request_duration_seconds_bucket", route="messages", le="+Inf") == 2
-    assert value(found, "agproxy_time_to_first_token_seconds_count", upstream="fake", model="m") == 2
+    assert value(found, "agproxy_time_to_first_token_seconds_count", upstream="fake", model="m") == 1  # the stream
     assert value(found, "agproxy_build_info", version=agproxy.__version__) == 1
     assert found["agproxy_streams_active"][0][1] == 0
     assert found["agproxy_connections_active"][0][1] >= 1  # the scrape's own
@@ -155,7 +157,7 @@ def test_150_models_make_at_most_101_series(start_agproxy, fake):
     proxy = start_agproxy(fake_config(fake))
     conn = http.client.HTTPConnection(proxy.host, proxy.port, timeout=10)
     for n in range(150):
-        assert post(proxy, ask(f"model-{n}"), connection=conn)[0] == 200
+        assert post(proxy, ask(f"model-{n}", stream=True), connection=conn)[0] == 200
     conn.close()
     found = samples(scrape(proxy)[0])
     for name in ("agproxy_requests_total", "agproxy_time_to_first_token_seconds_count"):
