@@ -9057,8 +9057,9 @@ MAX_LABEL_VALUES = 100
 OTHER_LABEL = "other"
 #: Label-value combinations (as a record has them) a metric remembers the series of, so that a
 #: request costs one dict lookup per metric; past this (clients naming ever new models, all of
-#: them "other" by then) a series is looked up label by label. A few hundred KB at most.
-MAX_REMEMBERED_SERIES = 4096
+#: them "other" by then) a series is looked up label by label. Real traffic remembers a few dozen;
+#: a client naming a new 200-character model each time fills it with about half a MB per metric.
+MAX_REMEMBERED_SERIES = 1024
 #: Request durations, in seconds: a model list or a token count takes milliseconds, a long answer
 #: minutes (timeout_s defaults to 600).
 DURATION_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
@@ -9068,8 +9069,8 @@ DURATION_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 1
 TTFT_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0)
 #: The states ``agproxy_account_state`` reports, one of them 1 for each account.
 ACCOUNT_GAUGE_STATES = ("ready", "rate_limited", "rejected_key", "busy")
-_TOKEN_DIRECTIONS = (("input", "input_tokens"), ("output", "output_tokens"), ("cache_read", "cache_read_tokens"),
-                     ("cache_write", "cache_write_tokens"))
+#: ``agproxy_tokens_total``'s directions, and the record's counts they are (input_tokens: input, ...)
+_TOKEN_DIRECTIONS = tuple((name[:-len("_tokens")], name) for _, name in USAGE_FIELDS)
 _LABEL_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n"})
 
 
