@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import bisect
 import collections
 import copy
 import dataclasses
@@ -115,6 +116,7 @@ __all__ = [
     "decide",
     "UpstreamClient",
     "Server",
+    "Metrics",
     "main",
 ]
 
@@ -7088,6 +7090,12 @@ class HttpServer:
         self._connections: Dict[asyncio.Task, _Connection] = {}
         self._stopping = False
         self._bodies_held = 0  # bytes of request bodies held, all connections together
+        self.streams_active = 0  # streaming answers being written now
+
+    @property
+    def connections_active(self) -> int:
+        """Client connections open now."""
+        return len(self._connections)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -7403,6 +7411,7 @@ class HttpServer:
         if chunked:
             headers.append(("Transfer-Encoding", "chunked"))
         conn.on_gone.append(response.abort)
+        self.streams_active += 1
         try:
             writer.write(response_head(response.status, headers))
             await self._drain(conn)
@@ -7429,6 +7438,7 @@ class HttpServer:
                 self._end_cut_stream(conn, record, chunked)
             raise
         finally:
+            self.streams_active -= 1
             response.abort()
             conn.on_gone.remove(response.abort)
             aclose = getattr(response.chunks, "aclose", None)
@@ -7595,6 +7605,8 @@ class Server(Application):
         self.access_log = logging.getLogger("agproxy.access")
         #: what reads each request's record once its answer has ended (:meth:`finished`)
         self.record_readers: List[Callable[[RequestRecord], None]] = []
+        self.metrics = Metrics(lambda text: self.redact.text(text))
+        self.record_readers.append(self.metrics.read)
         for line in self.pool.load_json((state or {}).get("accounts"), clock()):
             self.log.info("restored from the state file: %s (stop agproxy and run `agproxy state clear` to forget it)",
                           line)
@@ -7618,6 +7630,7 @@ class Server(Application):
             "/v1/api/event_logging/batch": {"POST": self._telemetry},
             "/v1/agproxy/accounts": {"GET": self._accounts},
             "/v1/agproxy/stats": {"GET": self._stats},
+            "/metrics": {"GET": self._metrics},
         }
 
     def adapter(self, upstream: Upstream) -> Adapter:
@@ -7909,6 +7922,7 @@ class Server(Application):
         if not new:
             return
         self.counters["healed"] += len(new)
+        self.metrics.learned(upstream.name, new)
         self.log.warning("upstream %r rejects %s; agproxy strips %s from its requests from now on",
                          upstream.name, ", ".join(new), "them" if len(new) > 1 else "it")
         self.save_state()
@@ -7919,6 +7933,7 @@ class Server(Application):
         configured = upstream.context_window
         if not self.windows.learn(upstream, model, window):
             return
+        self.metrics.learned_window(upstream.name)
         setting = f"upstreams[{self.config.upstreams.index(upstream)}].context_window"
         said = f"says {configured}" if configured else "is not set"
         self.log.warning("upstream %r serves %r with a %d-token context window, as its error said, but %s %s: set it "
@@ -8019,6 +8034,12 @@ class Server(Application):
         """What agproxy changed and saved, counted per kind since it started."""
         return json_response(200, {"version": __version__, "counters": dict(sorted(self.counters.items())),
                                    "learned": self.learned.to_json()})
+
+    async def _metrics(self, request: Request, exchange: _Exchange) -> Response:
+        """The Prometheus page (:class:`Metrics`)."""
+        page = self.metrics.page(self.pool, self.clock(), self.http.streams_active, self.http.connections_active,
+                                 self.counters)
+        return Response(200, [("Content-Type", METRICS_CONTENT_TYPE)], page)
 
 
 async def list_upstream_models(client: UpstreamClient, adapter: Any, upstream: Upstream, account: Account,
@@ -9182,6 +9203,297 @@ async def _iterate(items: Iterable[bytes]) -> AsyncIterator[bytes]:
 # 12. Operations
 #     Logging set-up (handlers are attached only here, called from main()), the state file, `check`.
 # =====================================================================================
+
+# -- metrics (GET /metrics): a small registry with bounded labels, and what fills it ---------------
+
+#: The Content-Type of Prometheus' text exposition format, version 0.0.4.
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+#: Values one label of one metric takes: the first this many seen, then :data:`OTHER_LABEL`. Model
+#: names come from clients, and each new value is a series that Prometheus keeps: unbounded, one
+#: client could blow up its memory (and this page). Real traffic has a few dozen models.
+MAX_LABEL_VALUES = 100
+OTHER_LABEL = "other"
+#: Label-value combinations (as a record has them) a metric remembers the series of, so that a
+#: request costs one dict lookup per metric; past this (clients naming ever new models, all of
+#: them "other" by then) a series is looked up label by label. Real traffic remembers a few dozen;
+#: a client naming a new 200-character model each time fills it with about half a MB per metric.
+MAX_REMEMBERED_SERIES = 1024
+#: Request durations, in seconds: a model list or a token count takes milliseconds, a long answer
+#: minutes (timeout_s defaults to 600).
+DURATION_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+#: Time to first token, in seconds: a local model starts in tens of milliseconds, a hosted one in
+#: half a second to a few seconds, a long prompt (a 200k-token context) or an upstream's queue
+#: in tens of seconds to two minutes; finer steps where most answers start (0.25 .. 8 s).
+TTFT_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0)
+#: The states ``agproxy_account_state`` reports, one of them 1 for each account.
+ACCOUNT_GAUGE_STATES = ("ready", "rate_limited", "rejected_key", "busy")
+#: ``agproxy_tokens_total``'s directions, and the record's counts they are (input_tokens: input, ...)
+_TOKEN_DIRECTIONS = tuple((name[:-len("_tokens")], name) for _, name in USAGE_FIELDS)
+_LABEL_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n"})
+
+
+def metric_number(value: float) -> str:
+    """A sample value as the exposition format writes it (``+Inf``; whole numbers without ``.0``)."""
+    if value == math.inf:
+        return "+Inf"
+    if isinstance(value, int) or (value.is_integer() and abs(value) < 2 ** 53):
+        return str(int(value))
+    return repr(value)
+
+
+def label_pairs(names: Sequence[str], values: Sequence[str]) -> str:
+    """``{name="value",...}`` with each value escaped (backslash, quote, newline); "" for no labels."""
+    if not names:
+        return ""
+    return "{" + ",".join(f'{n}="{v.translate(_LABEL_ESCAPES)}"' for n, v in zip(names, values)) + "}"
+
+
+class LabelValues:
+    """The values one label of one metric shows: each value as first seen, made safe once (secrets
+    hidden, text that is not UTF-8 replaced), the first :data:`MAX_LABEL_VALUES` of them, then
+    :data:`OTHER_LABEL` for every later one. A value seen before costs one dict lookup."""
+
+    def __init__(self, shown: Callable[[str], str]) -> None:
+        self._shown = shown
+        self._values: Dict[str, str] = {}
+
+    def __call__(self, value: str) -> str:
+        shown = self._values.get(value)
+        if shown is not None:
+            return shown
+        if len(self._values) >= MAX_LABEL_VALUES:
+            return OTHER_LABEL  # not kept: a client naming a million models costs nothing here
+        shown = self._shown(value.encode("utf-8", "replace").decode("utf-8"))
+        self._values[value] = shown
+        return shown
+
+
+class MetricFamily:
+    """One metric: its name, type, help and labels, and its series (label values -> value)."""
+
+    def __init__(self, name: str, kind: str, help_text: str, labels: Sequence[str] = (),
+                 shown: Callable[[str], str] = str) -> None:
+        self.name, self.kind, self.help_text, self.labels = name, kind, help_text, tuple(labels)
+        self._bounds = tuple(LabelValues(shown) for _ in self.labels)
+        self._keys: Dict[Tuple[str, ...], Tuple[str, ...]] = {}
+        self.series: Dict[Tuple[str, ...], Any] = {}
+
+    def key(self, values: Tuple[str, ...]) -> Tuple[str, ...]:
+        """The series of these label values, each bounded and made safe."""
+        key = self._keys.get(values)
+        if key is None:
+            key = tuple([bound(value) for bound, value in zip(self._bounds, values)])
+            if len(self._keys) < MAX_REMEMBERED_SERIES:
+                self._keys[values] = key
+        return key
+
+    def render(self, out: List[str]) -> None:
+        """Append its HELP, TYPE and sample lines."""
+        out.append(f"# HELP {self.name} {self.help_text}\n# TYPE {self.name} {self.kind}\n")
+        for values, value in self.series.items():
+            out.append(f"{self.name}{label_pairs(self.labels, values)} {metric_number(value)}\n")
+
+
+class CounterFamily(MetricFamily):
+    """A counter (its name ends in ``_total``)."""
+
+    def __init__(self, name: str, help_text: str, labels: Sequence[str] = (),
+                 shown: Callable[[str], str] = str) -> None:
+        super().__init__(name, "counter", help_text, labels, shown)
+
+    def inc(self, values: Tuple[str, ...], amount: float = 1) -> None:
+        key = self.key(values)
+        self.series[key] = self.series.get(key, 0) + amount
+
+
+class GaugeFamily(MetricFamily):
+    """A gauge set at scrape time; label values past the bound share :data:`OTHER_LABEL`, their values
+    combined by ``combine`` (a sum by default)."""
+
+    def __init__(self, name: str, help_text: str, labels: Sequence[str] = (), shown: Callable[[str], str] = str,
+                 combine: Callable[[float, float], float] = lambda a, b: a + b) -> None:
+        super().__init__(name, "gauge", help_text, labels, shown)
+        self._combine = combine
+
+    def set(self, values: Tuple[str, ...], value: float) -> None:
+        key = self.key(values)
+        self.series[key] = value if key not in self.series else self._combine(self.series[key], value)
+
+
+class HistogramFamily(MetricFamily):
+    """A histogram over fixed ``buckets`` (upper bounds, seconds): per series, the count in each
+    bucket (not yet cumulative), the count past the last, the sum."""
+
+    def __init__(self, name: str, help_text: str, buckets: Sequence[float], labels: Sequence[str] = (),
+                 shown: Callable[[str], str] = str) -> None:
+        super().__init__(name, "histogram", help_text, labels, shown)
+        self.buckets = tuple(buckets)
+
+    def observe(self, values: Tuple[str, ...], value: float) -> None:
+        key = self.key(values)
+        series = self.series.get(key)
+        if series is None:
+            series = self.series[key] = [0] * (len(self.buckets) + 1) + [0.0]
+        series[bisect.bisect_left(self.buckets, value)] += 1
+        series[-1] += value
+
+    def render(self, out: List[str]) -> None:
+        out.append(f"# HELP {self.name} {self.help_text}\n# TYPE {self.name} histogram\n")
+        names = self.labels + ("le",)
+        for values, series in self.series.items():
+            cumulative = 0
+            for bound, count in zip(self.buckets + (math.inf,), series):
+                cumulative += count
+                out.append(f"{self.name}_bucket{label_pairs(names, values + (metric_number(bound),))} {cumulative}\n")
+            pairs = label_pairs(self.labels, values)
+            out.append(f"{self.name}_sum{pairs} {metric_number(series[-1])}\n{self.name}_count{pairs} {cumulative}\n")
+
+
+def account_gauge_state(state: AccountState, account: Account, now: float) -> str:
+    """The :data:`ACCOUNT_GAUGE_STATES` name of an account now: its key rejected (or out of credit),
+    resting for any model (rate_limited, a refused model too), at its ``max_concurrency``, or ready."""
+    if state.key_rejected(now):
+        return "rejected_key"
+    if state.resting_until > now:
+        return "rate_limited"
+    if account.max_concurrency and state.in_flight >= account.max_concurrency:
+        return "busy"
+    return "ready"
+
+
+def process_metrics(stat: str, boot_stat: str, limits: str, open_fds: int, page_bytes: int,
+                    ticks_per_s: int) -> List[Tuple[str, str, str, float]]:
+    """The standard ``process_*`` metrics (name, type, help, value) from the text of
+    ``/proc/self/stat``, ``/proc/stat`` and ``/proc/self/limits``; those the text lacks are left out."""
+    fields = stat[stat.rfind(")") + 2:].split()  # after the command name, which may hold spaces
+    metrics: List[Tuple[str, str, str, float]] = []
+    if len(fields) > 21:
+        metrics += [
+            ("process_cpu_seconds_total", "counter", "Total user and system CPU time spent in seconds.",
+             (int(fields[11]) + int(fields[12])) / ticks_per_s),
+            ("process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes.", int(fields[20])),
+            ("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.",
+             int(fields[21]) * page_bytes)]
+        boot = re.search(r"^btime (\d+)$", boot_stat, re.MULTILINE)
+        if boot:
+            metrics.append(("process_start_time_seconds", "gauge", "Start time of the process since unix epoch "
+                            "in seconds.", int(boot.group(1)) + int(fields[19]) / ticks_per_s))
+    metrics.append(("process_open_fds", "gauge", "Number of open file descriptors.", open_fds))
+    most = re.search(r"^Max open files\s+(\d+)", limits, re.MULTILINE)
+    if most:
+        metrics.append(("process_max_fds", "gauge", "Maximum number of open file descriptors.", int(most.group(1))))
+    return metrics
+
+
+def _read_process_metrics() -> List[Tuple[str, str, str, float]]:
+    """:func:`process_metrics` of this process, read from ``/proc`` (none where there is no ``/proc``)."""
+    try:
+        with open("/proc/self/stat") as f:
+            stat = f.read()
+        with open("/proc/stat") as f:
+            boot_stat = f.read()
+        with open("/proc/self/limits") as f:
+            limits = f.read()
+        open_fds = len(os.listdir("/proc/self/fd"))
+        return process_metrics(stat, boot_stat, limits, open_fds, os.sysconf("SC_PAGE_SIZE"),
+                               os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError):  # no /proc (macOS, Windows), or one we cannot read: no process_* metrics
+        return []
+
+
+class Metrics:
+    """What ``GET /metrics`` shows: counters and histograms filled from each request's record
+    (:meth:`read`, one of ``Server.record_readers``) and from the lessons learned, and gauges read
+    when the page is asked for (:meth:`page`). Every label value is bounded (:class:`LabelValues`)
+    and passes through ``shown`` (the redactor) once, when first seen."""
+
+    def __init__(self, shown: Callable[[str], str]) -> None:
+        self.shown = shown
+        self.requests = CounterFamily("agproxy_requests_total", "Requests answered, by route, status, upstream "
+                                      "and model (as asked).", ("route", "status", "upstream", "model"), shown)
+        self.attempts = CounterFamily("agproxy_upstream_attempts_total", "Attempts at an upstream, by account and "
+                                      "outcome.", ("upstream", "account", "outcome"), shown)
+        self.duration = HistogramFamily("agproxy_request_duration_seconds", "Time from a request's head to the end "
+                                        "of its answer.", DURATION_BUCKETS_S, ("route",), shown)
+        self.ttft = HistogramFamily("agproxy_time_to_first_token_seconds", "Time from a request's head to the first "
+                                    "events of an upstream's streamed answer.", TTFT_BUCKETS_S, ("upstream", "model"),
+                                    shown)
+        self.tokens = CounterFamily("agproxy_tokens_total", "Tokens the upstreams counted, by direction (input, "
+                                    "output, cache_read, cache_write).",
+                                    ("upstream", "account", "model", "client", "direction"), shown)
+        self.lessons = CounterFamily("agproxy_lessons_total", "What agproxy learned an upstream rejects: a field, "
+                                     "a beta, a smaller context window.", ("upstream", "kind"), shown)
+        #: the bound of the sanitizer's change kinds, kept across scrapes so the first 100 stay theirs
+        self._changes = LabelValues(shown)
+
+    def read(self, record: RequestRecord) -> None:
+        """Count one request whose answer has ended."""
+        self.requests.inc((record.route, str(record.status), record.upstream, record.model))
+        for attempt in record.attempts:
+            self.attempts.inc((attempt.upstream, attempt.account, attempt.outcome))
+        if record.ended is not None:
+            self.duration.observe((record.route,), record.ended - record.started)
+        if record.local or not record.attempts:
+            return  # answered here (warmup, demo) or refused: no upstream took part
+        if record.stream and record.first_byte is not None and record.attempts[-1].outcome == "ok":
+            # streams only: the first bytes of a JSON answer (or a token count) are its last
+            self.ttft.observe((record.upstream, record.model), record.first_byte - record.started)
+        client = record.client or ""
+        for direction, field in _TOKEN_DIRECTIONS:
+            count = getattr(record, field)
+            if count:
+                self.tokens.inc((record.upstream, record.account, record.model, client, direction), count)
+
+    def learned(self, upstream: str, lessons: Iterable[str]) -> None:
+        """Count lessons :meth:`LearnedRejections.learn` took (``beta:`` names a beta, else a field)."""
+        for lesson in lessons:
+            self.lessons.inc((upstream, "beta" if lesson.startswith("beta:") else "field"))
+
+    def learned_window(self, upstream: str) -> None:
+        """Count a context window learned from an upstream's error."""
+        self.lessons.inc((upstream, "window"))
+
+    def page(self, pool: AccountPool, now: float, streams: int, connections: int,
+             counters: Dict[str, int]) -> bytes:
+        """The whole page: the counters, the accounts' states now, the open streams and connections,
+        the sanitizer's changes (``counters``' ``stage:kind`` entries), build and process facts."""
+        shown = self.shown
+        state = GaugeFamily("agproxy_account_state", "1 for the state each account is in now (ready, rate_limited: "
+                            "resting for any model, rejected_key, busy: at its max_concurrency), else 0.",
+                            ("upstream", "account", "state"), shown)
+        rest = GaugeFamily("agproxy_account_rest_until_seconds", "Unix time the account's last rest ends (0: none).",
+                           ("upstream", "account"), shown, combine=max)
+        for upstream in pool.upstreams.values():
+            for account in upstream.accounts:
+                account_state = pool.state(upstream, account)
+                now_in = account_gauge_state(account_state, account, now)
+                for name in ACCOUNT_GAUGE_STATES:
+                    state.set((upstream.name, account.name, name), int(name == now_in))
+                until = account_state.resting_until
+                rest.set((upstream.name, account.name), until if until > now else 0)
+        changes = CounterFamily("agproxy_sanitizer_changes_total", "What agproxy changed in requests for their "
+                                "upstream, by stage:kind.", ("change",))
+        for name, count in counters.items():
+            if ":" in name:
+                changes.inc((self._changes(name),), count)
+        python = ".".join(str(part) for part in sys.version_info[:3])
+        families: List[MetricFamily] = [self.requests, self.attempts, self.duration, self.ttft, self.tokens, state,
+                                        rest, changes, self.lessons]
+        for name, value, help_text in (("agproxy_streams_active", streams, "Streaming answers being written now."),
+                                       ("agproxy_connections_active", connections, "Open client connections.")):
+            families.append(GaugeFamily(name, help_text))
+            families[-1].set((), value)
+        families.append(GaugeFamily("agproxy_build_info", "agproxy's version and Python's; always 1.",
+                                    ("version", "python")))
+        families[-1].set((__version__, python), 1)
+        for name, kind, help_text, value in _read_process_metrics():
+            families.append(MetricFamily(name, kind, help_text))
+            families[-1].series[()] = value
+        out: List[str] = []
+        for family in families:
+            family.render(out)
+        return "".join(out).encode("utf-8")
+
 
 STATE_FORMAT = 1
 #: A state file holds a few learned fields and resting accounts: kilobytes. Past this it is not ours.
