@@ -9173,8 +9173,7 @@ class StatusBoard:
 #: nothing keeps it on disk past the tab or shares it with another tab or site (localStorage would
 #: keep it on disk for good; a cookie would be sent by the browser on its own, to any request a
 #: foreign page makes). It sends it as ``Authorization: Bearer``, never in a URL.
-STATUS_PAGE_HTML = r"""
-<!doctype html>
+STATUS_PAGE_HTML = r"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
 <title>agproxy</title><link rel="icon" href="data:,">
 <style>
@@ -9219,8 +9218,9 @@ letter-spacing:.04em;white-space:nowrap}.ok{color:var(--ok);background:var(--okb
 background:var(--warnbg)}
 .bad{color:var(--bad);background:var(--badbg)}.info{color:var(--info);background:var(--infobg)}
 .count{font-variant-numeric:tabular-nums;font-weight:600;color:var(--warn)}
-.charts{display:grid;grid-template-columns:1fr 1fr;gap:18px}.bar{margin:8px 0}
-.bar .t{display:flex;justify-content:space-between;gap:8px;font-size:12px}.bar .t b{font-weight:550;overflow:hidden;
+.charts{display:grid;grid-template-columns:repeat(2,minmax(0,1fr));gap:18px}.bar{margin:8px 0}
+.bar .t{display:flex;justify-content:space-between;gap:8px;font-size:12px}
+.bar .t b{font-weight:550;min-width:0;overflow:hidden;
 text-overflow:ellipsis;white-space:nowrap}.bar .t span{color:var(--mute);white-space:nowrap}
 .bar svg{display:block;width:100%;height:10px;border-radius:3px;background:var(--line)}
 .legend{display:flex;flex-wrap:wrap;gap:12px;font-size:12px;color:var(--mute);margin-top:10px}
@@ -9246,7 +9246,7 @@ color:var(--ink);min-width:0}#keynote{color:var(--bad);font-size:13px;margin-top
 .tiles{grid-template-columns:repeat(6,1fr)}.tile{grid-column:span 2}.tile:nth-child(n+4){grid-column:span 3}}
 @media (max-width:640px){main{padding:12px;gap:12px}header{padding:10px 12px}.tiles{gap:10px}
 .tile{padding:10px 12px}.tile .v{font-size:20px}.tile .s{display:none}.tile .l{font-size:11px}
-.charts{grid-template-columns:1fr}.wide{display:none}
+.charts{grid-template-columns:minmax(0,1fr)}.wide{display:none}
 .acct{grid-template-columns:auto 1fr}.acct .nums{grid-column:2;text-align:left}#requests thead{display:none}
 #rows tr{display:grid;grid-template-columns:auto minmax(0,1fr) auto;gap:2px 10px;padding:8px 0;
 border-bottom:1px solid var(--line)}#rows tr:last-child{border:0}#rows td{border:0;padding:0;max-width:none}
