@@ -7680,11 +7680,9 @@ class Server(Application):
 
     def _check_origin(self, request: Request) -> None:
         """Web pages the user opens can reach localhost; only listed browser origins get in, and
-        agproxy's own pages (the status page): an Origin equal to ``http://`` and the request's Host.
-        That one adds no way in, because the Host is checked too: with auth off, ``_check_host``
-        admits only loopback names and ``server_names`` (a DNS-rebinding page at
-        http://evil.example:8045 is same-origin with its own Host, and that Host is refused); with
-        auth on, a request needs the key, which a page of another origin cannot read."""
+        agproxy's own (the status page: ``http://`` and the request's Host). That one lets no other site
+        in: a DNS-rebinding page is same-origin with its own Host, which ``_check_host`` refuses with
+        auth off; with auth on, the request needs the key, which a page of another origin cannot read."""
         origin = request.header("origin")
         allowed = {o.rstrip("/").lower() for o in self.config.allowed_origins}
         allowed.add(f"http://{request.header('host') or ''}".lower())
@@ -7970,10 +7968,8 @@ class Server(Application):
 
     async def _status(self, request: Request, exchange: _Exchange) -> Response:
         """The status page's data (the request asking for it is not counted in flight)."""
-        windows = self.windows.to_json(self.config.upstreams)
-        status = self.board.snapshot(self.clock(), self.http.in_flight - 1, self.config.upstreams, self.pool)
-        status.update(counters=dict(sorted(self.counters.items())), lessons=self.learned.to_json(),
-                      windows={name: entry["models"] for name, entry in windows.items()})
+        status = self.board.snapshot(self.clock(), self.http.in_flight - 1, self.config.upstreams, self.pool,
+                                     self.learned, self.windows, self.counters)
         return json_response(200, status, [("Cache-Control", "no-store")])
 
     async def _accounts(self, request: Request, exchange: _Exchange) -> Response:
@@ -9151,10 +9147,11 @@ class StatusBoard:
                                     for (u, a), counts in (self._accounts.items() if fresh else ())]),
                 "models": ranked([dict(counts, model=m) for m, counts in (self._models.items() if fresh else ())])}
 
-    def snapshot(self, now: float, in_flight: int, upstreams: Sequence[Upstream], pool: AccountPool) -> Dict[str, Any]:
+    def snapshot(self, now: float, in_flight: int, upstreams: Sequence[Upstream], pool: AccountPool,
+                 learned: LearnedRejections, windows: LearnedWindows, counters: Dict[str, int]) -> Dict[str, Any]:
         """The page's data: version, uptime, requests in flight, every upstream and account with its
         state, reason and the seconds its rest has left (the page counts down from them), the last
-        requests and failures, and today."""
+        requests and failures, today, and what agproxy learned and changed."""
         described = {(d["upstream"], d["account"]): d for d in pool.describe(now)}
         return {
             "version": __version__, "started_at": _iso_time(self.started_at),
@@ -9163,6 +9160,8 @@ class StatusBoard:
                 dict(described[(u.name, a.name)], rest_left_s=round(max(0.0, pool.state(u, a).resting_until - now), 1))
                 for a in u.accounts]} for u in upstreams],
             "requests": list(self.last), "errors": list(self.errors), "today": self.today(now),
+            "lessons": learned.to_json(), "counters": dict(sorted(counters.items())),
+            "windows": {name: entry["models"] for name, entry in windows.to_json(upstreams).items()},
         }
 
 
