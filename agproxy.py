@@ -22,7 +22,8 @@ Sections, pure code first and I/O last (everything above section 9 runs without 
     access log and every other reader of the records; ModelCatalog: what /v1/models lists),
     one adapter per upstream kind (ADAPTERS: each gets a Call and the AdapterState they share,
     and leaves CallFacts), and the relay pipeline every answer goes through
-12. operations
+12. operations: metrics (GET /metrics), the status page and its board, logging, the state file,
+    `check`
 13. CLI and main()
 
 A request's way: HttpServer reads it (refusing a bad head before its body), Server.admit checks
@@ -7108,6 +7109,11 @@ class HttpServer:
         host, port = self._server.sockets[0].getsockname()[:2]
         return host, port
 
+    @property
+    def in_flight(self) -> int:
+        """Requests being answered now."""
+        return sum(1 for conn in self._connections.values() if conn.busy)
+
     def cut_now(self) -> int:
         """End every request in flight at once (streams get an error event); how many there were."""
         self._stopping = True
@@ -7631,7 +7637,11 @@ class Server(Application):
             "/v1/agproxy/accounts": {"GET": self._accounts},
             "/v1/agproxy/stats": {"GET": self._stats},
             "/metrics": {"GET": self._metrics},
+            "/agproxy": {"GET": self._status_page},
+            STATUS_DATA_PATH: {"GET": self._status},
         }
+        self.board = StatusBoard(clock())
+        self.record_readers.append(self.board.read)
 
     def adapter(self, upstream: Upstream) -> Adapter:
         """The adapter of an upstream's kind (the kinds are validated at load time)."""
@@ -7696,7 +7706,8 @@ class Server(Application):
             )
         if request.method == "OPTIONS":
             return
-        if self.auth_mode == "strict" or (self.auth_mode == "all_except_health" and path != "/healthz"):
+        if (self.auth_mode == "strict" or (self.auth_mode == "all_except_health" and path != "/healthz")) \
+                and not asks_for_status_page(request):  # the page holds no data; its data needs the key
             self._check_key(request)
         self._handler(request)
 
@@ -7717,9 +7728,13 @@ class Server(Application):
         return handler
 
     def _check_origin(self, request: Request) -> None:
-        """Web pages the user opens can reach localhost; only listed browser origins get in."""
+        """Web pages the user opens can reach localhost; only listed browser origins get in, and
+        agproxy's own (the status page: ``http://`` and the request's Host). That one lets no other site
+        in: a DNS-rebinding page is same-origin with its own Host, which ``_check_host`` refuses with
+        auth off; with auth on, the request needs the key, which a page of another origin cannot read."""
         origin = request.header("origin")
         allowed = {o.rstrip("/").lower() for o in self.config.allowed_origins}
+        allowed.add(f"http://{request.header('host') or ''}".lower())
         if origin is not None and origin.rstrip("/").lower() not in allowed:
             raise PermissionDenied(
                 f"requests from browser origin {origin[:100]!r} are refused; add it to allowed_origins to permit it"
@@ -7768,6 +7783,8 @@ class Server(Application):
     # -- handlers ------------------------------------------------------------------------
 
     async def _root(self, request: Request, exchange: _Exchange) -> Response:
+        if asks_for_status_page(request):  # a browser; Claude Code's probes get the JSON
+            return await self._status_page(request, exchange)
         return json_response(200, {"name": "agproxy", "version": __version__, "status": "ok"})
 
     async def _healthz(self, request: Request, exchange: _Exchange) -> Response:
@@ -7825,6 +7842,8 @@ class Server(Application):
                 raise AttemptError(exc, _outcome_of(exc)) from None
             finally:
                 self._apply(call)
+            if self.adapter(upstream).answers_locally:
+                record.local = upstream.kind
             if not isinstance(answer, AnswerStream):
                 record.add_usage(call.facts.usage)
                 return answer
@@ -8027,6 +8046,15 @@ class Server(Application):
             raise
 
 
+    async def _status_page(self, request: Request, exchange: _Exchange) -> Response:
+        return Response(200, list(STATUS_PAGE_HEADERS), STATUS_PAGE_HTML.encode())
+
+    async def _status(self, request: Request, exchange: _Exchange) -> Response:
+        """The status page's data (the request asking for it is not counted in flight)."""
+        status = self.board.snapshot(self.clock(), self.http.in_flight - 1, self.config.upstreams, self.pool,
+                                     self.learned, self.windows, self.counters)
+        return json_response(200, status, [("Cache-Control", "no-store")])
+
     async def _accounts(self, request: Request, exchange: _Exchange) -> Response:
         return json_response(200, {"accounts": self.pool.describe(self.clock())})
 
@@ -8219,6 +8247,8 @@ class Adapter:
                 for m in data if isinstance(m, dict) and m.get("id")], None
     #: count_tokens goes to the upstream, through the account pool, with retries
     counts_upstream = False
+    #: the answers are made here, with no upstream (the record calls them local)
+    answers_locally = False
 
     def __init__(self, state: AdapterState) -> None:
         self.state = state
@@ -8677,6 +8707,7 @@ class DemoAdapter(Adapter):
 
     kind = "demo"
     probe_path = ""
+    answers_locally = True
 
     async def messages(self, call: Call) -> Union[Response, AnswerStream]:
         body, message_id = call.body, new_message_id()
@@ -9201,7 +9232,9 @@ async def _iterate(items: Iterable[bytes]) -> AsyncIterator[bytes]:
 
 # =====================================================================================
 # 12. Operations
-#     Logging set-up (handlers are attached only here, called from main()), the state file, `check`.
+#     What reads the request records (the metrics and their registry, the status page's board)
+#     and the status page's HTML, logging set-up (handlers are attached only here, called from
+#     main()), the state file, `check`.
 # =====================================================================================
 
 # -- metrics (GET /metrics): a small registry with bounded labels, and what fills it ---------------
@@ -9493,6 +9526,457 @@ class Metrics:
         for family in families:
             family.render(out)
         return "".join(out).encode("utf-8")
+
+
+# -- the status page: GET /agproxy, and its data at GET /v1/agproxy/status ----------------------
+
+#: Requests the status page lists, newest first: a screenful, kept as a ring of their records.
+STATUS_LAST_REQUESTS = 50
+#: Failed requests (status 400 or more) it keeps apart, so that a run of successes does not push them off.
+STATUS_LAST_ERRORS = 20
+#: Accounts and models that ``today`` counts apart; past that many, the rest add up under ``(other)``:
+#: clients name the models, and one inventing names must not grow the page's data without bound.
+STATUS_MAX_TODAY_KEYS = 100
+#: The paths whose requests ``today`` counts (those that generate), until the usage ledger serves it.
+_STATUS_COUNTED_PATHS = ("/v1/messages",)
+#: Where the page reads its data (relative to itself: agproxy may sit behind a path prefix).
+STATUS_DATA_PATH = "/v1/agproxy/status"
+_USAGE_COUNTS = ("requests", "errors", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
+#: The page is all inline: the policy lets it load nothing from elsewhere, its script talk to agproxy
+#: only, and no other site frame it (it has a key form).
+STATUS_PAGE_HEADERS: Headers = [
+    ("Content-Type", "text/html; charset=utf-8"),
+    ("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
+                                "connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; "
+                                "frame-ancestors 'none'"),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "no-referrer"),
+    ("Cache-Control", "no-cache"),
+]
+
+
+def asks_for_status_page(request: Request) -> bool:
+    """Whether a request asks for the status page's HTML, which any client may load in every
+    ``auth_mode`` (it holds no data; its data, ``/v1/agproxy/status``, needs the key): ``/agproxy``,
+    or ``GET /`` from a browser (an Accept naming text/html; Claude Code's probes of ``/`` keep their JSON)."""
+    if request.path == "/agproxy":
+        return True
+    return request.path == "/" and request.method == "GET" and "text/html" in (request.header("accept") or "").lower()
+
+
+def _utc_day(moment: float) -> str:
+    return _iso_time(moment)[:10]
+
+
+class StatusBoard:
+    """What the status page shows besides the live state of the accounts: the last requests and
+    the last failures (bounded rings of their records), and today's requests and tokens per account
+    and per model. It reads request records (``Server.record_readers``) and decodes no answer; the
+    caller passes the time in."""
+
+    def __init__(self, started_at: float) -> None:
+        self.started_at = started_at
+        self.last: collections.deque = collections.deque(maxlen=STATUS_LAST_REQUESTS)
+        self.errors: collections.deque = collections.deque(maxlen=STATUS_LAST_ERRORS)
+        self._day = ""
+        self._accounts: Dict[Tuple[str, str], Dict[str, int]] = {}
+        self._models: Dict[str, Dict[str, int]] = {}
+
+    def read(self, record: RequestRecord) -> None:
+        """Take one ended request: listed if it named a model or failed (agproxy's own routes and
+        Claude Code's probes are not listed, nor the page's own polls: the page shows what they
+        meet itself), counted today if it generates."""
+        if record.path == STATUS_DATA_PATH or (not record.model and record.status < 400):
+            return
+        entry = dict(record.fields(), time=_iso_time(record.started_at))
+        self.last.appendleft(entry)
+        if record.status >= 400:
+            self.errors.appendleft(entry)
+        if record.path in _STATUS_COUNTED_PATHS:
+            self._count_today(record)
+
+    def _count_today(self, record: RequestRecord) -> None:
+        day = _utc_day(record.started_at)
+        if day != self._day:
+            self._day, self._accounts, self._models = day, {}, {}
+        for table, key, other in ((self._accounts, (record.upstream, record.account), ("", "(other)")),
+                                  (self._models, record.model, "(other)")):
+            if key not in table and len(table) >= STATUS_MAX_TODAY_KEYS:
+                key = other
+            row = table.setdefault(key, dict.fromkeys(_USAGE_COUNTS, 0))
+            row["requests"] += 1
+            row["errors"] += record.status >= 400
+            for name in _USAGE_COUNTS[2:]:
+                row[name] += getattr(record, name)
+
+    def today(self, now: float) -> Dict[str, Any]:
+        """Today's (UTC) requests, errors and tokens per account and per model, the most tokens
+        first, in the usage ledger's row shape. Counted here until the ledger is merged; then this
+        is ``UsageLedger.rows(day, day, ...)`` grouped by upstream and account, and by model."""
+        day = _utc_day(now)
+        fresh = day == self._day
+
+        def ranked(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+            return sorted(rows, key=lambda r: (-sum(r[n] for n in _USAGE_COUNTS[2:]), -r["requests"]))
+
+        return {"day": day,
+                "accounts": ranked([dict(counts, upstream=u, account=a)
+                                    for (u, a), counts in (self._accounts.items() if fresh else ())]),
+                "models": ranked([dict(counts, model=m) for m, counts in (self._models.items() if fresh else ())])}
+
+    def snapshot(self, now: float, in_flight: int, upstreams: Sequence[Upstream], pool: AccountPool,
+                 learned: LearnedRejections, windows: LearnedWindows, counters: Dict[str, int]) -> Dict[str, Any]:
+        """The page's data: version, uptime, requests in flight, every upstream and account with its
+        state, reason and the seconds its rest has left (the page counts down from them), the last
+        requests and failures, today, and what agproxy learned and changed."""
+        described = {(d["upstream"], d["account"]): d for d in pool.describe(now)}
+        return {
+            "version": __version__, "started_at": _iso_time(self.started_at),
+            "uptime_s": round(max(0.0, now - self.started_at), 1), "in_flight": max(0, in_flight),
+            "upstreams": [{"name": u.name, "kind": u.kind, "accounts": [
+                dict(described[(u.name, a.name)], rest_left_s=round(max(0.0, pool.state(u, a).resting_until - now), 1))
+                for a in u.accounts]} for u in upstreams],
+            "requests": list(self.last), "errors": list(self.errors), "today": self.today(now),
+            "lessons": learned.to_json(), "counters": dict(sorted(counters.items())),
+            "windows": {name: entry["models"] for name, entry in windows.to_json(upstreams).items()},
+        }
+
+
+#: The status page: one document, its style and script inline, no asset from anywhere (it works
+#: offline and inside the .pyz). It polls /v1/agproxy/status every few seconds and builds every
+#: node with textContent (model names and error words come from clients and upstreams). With auth
+#: on it asks for the key once and keeps it in sessionStorage: the tab keeps it across reloads, while
+#: nothing keeps it on disk past the tab or shares it with another tab or site (localStorage would
+#: keep it on disk for good; a cookie would be sent by the browser on its own, to any request a
+#: foreign page makes). It sends it as ``Authorization: Bearer``, never in a URL.
+STATUS_PAGE_HTML = r"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
+<title>agproxy</title><link rel="icon" href="data:,">
+<style>
+:root{--bg:#f3f4f7;--card:#fff;--ink:#1b1f27;--mute:#68707f;--line:#e3e6ec;--ok:#1a7f4b;--okbg:#e3f5ea;--warn:#9a5b00;
+--warnbg:#fdf0d8;--bad:#b42318;--badbg:#fde7e5;--info:#2856b8;--infobg:#e5edfb;--in:#4f7cf0;--out:#12a37a;
+--cr:#b28ae8;
+--cw:#f0a04f;color-scheme:light dark}
+@media (prefers-color-scheme:dark){:root{--bg:#12151b;--card:#1b1f27;--ink:#e6e8ee;--mute:#97a0b0;--line:#2b313c;
+--ok:#5cd69a;--okbg:#173427;--warn:#f2c063;--warnbg:#3a2e14;--bad:#ff8a80;--badbg:#42201e;--info:#8fb0ff;
+--infobg:#1e2a45}}
+*{box-sizing:border-box}body{margin:0;background:var(--bg);color:var(--ink);font:14px/1.45 system-ui,-apple-system,
+"Segoe UI",Roboto,sans-serif}header{display:flex;flex-wrap:wrap;align-items:center;gap:6px 16px;padding:12px 20px;
+background:var(--card);border-bottom:1px solid var(--line);position:sticky;top:0;z-index:1}
+h1{font-size:18px;margin:0;letter-spacing:-.01em}h1
+small{font-weight:500;color:var(--mute);font-size:13px;margin-left:6px}
+h2{font-size:13px;text-transform:uppercase;letter-spacing:.06em;color:var(--mute);margin:0 0 10px;font-weight:600}
+#live{display:flex;align-items:center;gap:6px;color:var(--mute);font-size:13px;margin-left:auto}
+.dot{width:8px;height:8px;border-radius:50%;background:var(--ok)}.dot.stale{background:var(--warn)}
+.dot.down{background:var(--bad)}
+button{font:inherit;border:1px solid
+var(--line);background:var(--card);color:var(--ink);border-radius:6px;padding:4px 10px;
+cursor:pointer}button.primary{background:var(--info);color:#fff;border-color:var(--info)}
+main{padding:16px 20px
+28px;display:grid;gap:16px;grid-template-columns:repeat(12,minmax(0,1fr));max-width:1600px;margin:auto}
+.card{background:var(--card);border:1px solid var(--line);border-radius:10px;padding:14px 16px;min-width:0}
+.tiles{grid-column:1/-1;display:grid;gap:16px;grid-template-columns:repeat(5,minmax(0,1fr))}
+.tile .v{font-size:24px;font-weight:650;letter-spacing:-.02em;font-variant-numeric:tabular-nums}
+.tile .l{color:var(--mute);font-size:12px;text-transform:uppercase;letter-spacing:.05em}.tile
+.s{color:var(--mute);font-size:12px}
+#accounts{grid-column:span 5}#today{grid-column:span 7}#requests{grid-column:1/-1}#errors{grid-column:span 7}
+#lessons{grid-column:span 5}
+.up{margin-bottom:12px}.up:last-child{margin-bottom:0}.up>b{font-size:13px}.up>span{color:var(--mute);font-size:12px;
+margin-left:6px}
+.acct{display:grid;grid-template-columns:auto 1fr auto;gap:2px 10px;align-items:center;padding:8px 0;border-top:1px
+solid var(--line)}
+.acct .name{font-weight:550;overflow-wrap:anywhere}.acct
+.why{grid-column:2/-1;color:var(--mute);font-size:12px;overflow-wrap:anywhere}
+.acct .nums{color:var(--mute);font-size:12px;text-align:right;white-space:nowrap}
+.badge{display:inline-block;font-size:11px;font-weight:650;padding:2px
+8px;border-radius:999px;text-transform:uppercase;
+letter-spacing:.04em;white-space:nowrap}.ok{color:var(--ok);background:var(--okbg)}.warn{color:var(--warn);
+background:var(--warnbg)}
+.bad{color:var(--bad);background:var(--badbg)}.info{color:var(--info);background:var(--infobg)}
+.count{font-variant-numeric:tabular-nums;font-weight:600;color:var(--warn)}
+.charts{display:grid;grid-template-columns:repeat(2,minmax(0,1fr));gap:18px}.bar{margin:8px 0}
+.bar .t{display:flex;justify-content:space-between;gap:8px;font-size:12px}
+.bar .t b{font-weight:550;min-width:0;overflow:hidden;
+text-overflow:ellipsis;white-space:nowrap}.bar .t span{color:var(--mute);white-space:nowrap}
+.bar svg{display:block;width:100%;height:10px;border-radius:3px;background:var(--line)}
+.legend{display:flex;flex-wrap:wrap;gap:12px;font-size:12px;color:var(--mute);margin-top:10px}
+.legend i{display:inline-block;width:10px;height:10px;border-radius:2px;margin-right:4px;vertical-align:-1px}
+.scroll{overflow-x:auto}table{border-collapse:collapse;width:100%;font-variant-numeric:tabular-nums}
+th{text-align:left;font-size:12px;color:var(--mute);font-weight:600;padding:6px 8px;border-bottom:1px solid
+var(--line);white-space:nowrap}
+td{padding:6px 8px;border-bottom:1px solid var(--line);white-space:nowrap}tr:last-child td{border-bottom:0}
+td.r,th.r{text-align:right}td.m{max-width:260px;overflow:hidden;text-overflow:ellipsis}.sub{color:var(--mute);
+font-size:12px}
+.err{padding:8px 0;border-top:1px solid var(--line)}.err:first-of-type{border-top:0}.err
+.w{overflow-wrap:anywhere;margin-top:2px}
+.empty{color:var(--mute);padding:8px 0}code{font:12px
+ui-monospace,SFMono-Regular,Menlo,monospace;background:var(--bg);
+padding:1px 5px;border-radius:4px;overflow-wrap:anywhere}
+#keycard{grid-column:1/-1;max-width:460px;justify-self:center;width:100%}#keycard
+form{display:flex;gap:8px;margin-top:10px}
+#keycard input{flex:1;font:inherit;padding:6px 10px;border:1px solid
+var(--line);border-radius:6px;background:var(--bg);
+color:var(--ink);min-width:0}#keynote{color:var(--bad);font-size:13px;margin-top:8px}
+[hidden]{display:none!important}
+@media (max-width:1000px){#accounts,#today,#errors,#lessons{grid-column:1/-1}
+.tiles{grid-template-columns:repeat(6,1fr)}.tile{grid-column:span 2}.tile:nth-child(n+4){grid-column:span 3}}
+@media (max-width:640px){main{padding:12px;gap:12px}header{padding:10px 12px}.tiles{gap:10px}
+.tile{padding:10px 12px}.tile .v{font-size:20px}.tile .s{display:none}.tile .l{font-size:11px}
+.charts{grid-template-columns:minmax(0,1fr)}.wide{display:none}
+.acct{grid-template-columns:auto 1fr}.acct .nums{grid-column:2;text-align:left}#requests thead{display:none}
+#rows tr{display:grid;grid-template-columns:auto minmax(0,1fr) auto;gap:2px 10px;padding:8px 0;
+border-bottom:1px solid var(--line)}#rows tr:last-child{border:0}#rows td{border:0;padding:0;max-width:none}
+#rows td.tok{grid-column:1/3;text-align:left;color:var(--mute);font-size:12px}#rows td.tok::before{content:"tokens "}
+#rows td.dur{color:var(--mute);font-size:12px}}
+</style></head><body>
+<header><h1>agproxy<small id="version"></small></h1><div id="live"><span class="dot down" id="dot"></span>
+<span id="updated">connecting…</span><button id="forget" hidden>Forget key</button></div></header>
+<main>
+<section class="card" id="keycard" hidden><h2>agproxy's key</h2><div>This agproxy has auth on: enter its
+<code>api_key</code> to see its status. It is kept in this tab only and sent as a header.</div>
+<form id="keyform"><input id="key" type="password" autocomplete="off" placeholder="api_key" aria-label="api_key">
+<button class="primary">Show status</button></form><div id="keynote"></div></section>
+<div class="tiles" id="tiles" hidden>
+<div class="card tile"><div class="l">Uptime</div><div class="v" id="uptime">–</div><div class="s"
+id="since"></div></div>
+<div class="card tile"><div class="l">In flight</div><div class="v" id="inflight">–</div><div class="s">requests
+now</div></div>
+<div class="card tile"><div class="l">Requests</div><div class="v" id="reqs">–</div><div class="s"
+id="errs"></div></div>
+<div class="card tile"><div class="l">Tokens</div><div class="v" id="toks">–</div><div class="s"
+id="tokio"></div></div>
+<div class="card tile"><div class="l">Accounts ready</div><div class="v" id="ready">–</div><div class="s"
+id="resting"></div></div>
+</div>
+<section class="card" id="accounts" hidden><h2>Upstreams and accounts</h2><div id="ups"></div></section>
+<section class="card" id="today" hidden><h2>Today (UTC)</h2><div class="charts"><div><div class="sub">per
+account</div>
+<div id="byacct"></div></div><div><div class="sub">per model</div><div id="bymodel"></div></div></div><div
+class="legend">
+<span><i style="background:var(--in)"></i>input</span><span><i style="background:var(--out)"></i>output</span>
+<span><i style="background:var(--cr)"></i>cache read</span><span><i style="background:var(--cw)"></i>cache
+write</span></div></section>
+<section class="card" id="requests" hidden><h2>Last requests</h2><div class="scroll"><table><thead><tr>
+<th>Time</th><th>Model</th><th class="wide">Account</th><th class="r">Status</th><th class="r">Tokens in / out</th>
+<th class="r wide">Cache r / w</th><th class="r wide">TTFT</th><th class="r">Duration</th></tr></thead>
+<tbody id="rows"></tbody></table></div></section>
+<section class="card" id="errors" hidden><h2>Recent errors</h2><div id="errlist"></div></section>
+<section class="card" id="lessons" hidden><h2>Healing lessons</h2><div id="lessonlist"></div></section>
+</main>
+<script>
+"use strict";
+const KEY = "agproxy-key", POLL_MS = 3000, $ = id => document.getElementById(id);
+let key = sessionStorage.getItem(KEY) || "", data = null, at = 0, timer = 0, failing = "";
+function el(tag, cls, text) {
+  const e = document.createElement(tag);
+  if (cls) e.className = cls;
+  if (text !== undefined && text !== null) e.textContent = String(text);
+  return e;
+}
+function add(parent, ...kids) { for (const k of kids) parent.appendChild(k); return parent; }
+function num(n) {
+  n = n || 0;
+  if (n < 1000) return String(n);
+  if (n < 1e6) return (n / 1e3).toFixed(n < 1e4 ? 1 : 0) + "k";
+  return (n / 1e6).toFixed(n < 1e7 ? 2 : 1) + "M";
+}
+function ms(v) {
+  return v === null || v === undefined ? "–" : v < 1000 ? Math.round(v) + " ms" : (v / 1000).toFixed(1) + " s";
+}
+function span(s) {
+  s = Math.max(0, Math.floor(s));
+  const d = Math.floor(s / 86400), h = Math.floor(s % 86400 / 3600), m = Math.floor(s % 3600 / 60), x = s % 60;
+  const two = v => String(v).padStart(2, "0");
+  return d ? d + "d " + h + "h" : h ? h + "h " + two(m) + "m" : m ? m + "m " + two(x) + "s" : x + "s";
+}
+function clock(iso) { return new Date(iso).toLocaleTimeString([], {hour12: false}); }
+const STATES = {ok: ["ready", "ok"], rate_limited: ["rate limited", "warn"], rejected_key: ["key rejected", "bad"],
+  out_of_credit: ["out of credit", "bad"], probing: ["probing", "info"], recovering: ["recovering", "info"]};
+function statusClass(s) { return s < 400 ? "ok" : s === 499 ? "info" : s < 500 ? "warn" : "bad"; }
+function tokens(r) { return r.input_tokens + r.output_tokens + r.cache_read_tokens + r.cache_write_tokens; }
+
+function ask(note) {
+  clearTimeout(timer);
+  for (const s of document.querySelectorAll("main>section,.tiles")) s.hidden = true;
+  $("keycard").hidden = false; $("keynote").textContent = note; $("forget").hidden = true;
+  $("dot").className = "dot stale"; $("updated").textContent = "waiting for the key";
+  $("key").focus();
+}
+$("keyform").addEventListener("submit", ev => {
+  ev.preventDefault();
+  key = $("key").value.trim(); $("key").value = "";
+  if (key) { sessionStorage.setItem(KEY, key); poll(); }
+});
+$("forget").addEventListener("click", () => { key = ""; sessionStorage.removeItem(KEY); ask(""); });
+
+async function poll() {
+  clearTimeout(timer);
+  if (document.hidden) { timer = setTimeout(poll, POLL_MS); return; }
+  let r;
+  try {
+    r = await fetch("v1/agproxy/status", {headers: key ? {Authorization: "Bearer " + key} : {}, cache: "no-store"});
+  } catch (e) {
+    failing = "agproxy is not answering"; tick(); timer = setTimeout(poll, POLL_MS); return;
+  }
+  if (r.status === 401) {
+    if (key) sessionStorage.removeItem(KEY);
+    ask(key ? "agproxy refused that key." : ""); key = ""; return;
+  }
+  if (!r.ok) {
+    let words = "HTTP " + r.status;
+    try { words += ": " + (await r.json()).error.message; } catch (e) { /* not agproxy's JSON */ }
+    failing = words; tick(); timer = setTimeout(poll, POLL_MS); return;
+  }
+  data = await r.json(); at = Date.now(); failing = "";
+  $("keycard").hidden = true; $("forget").hidden = !key;
+  render(); tick();
+  timer = setTimeout(poll, POLL_MS);
+}
+document.addEventListener("visibilitychange", () => { if (!document.hidden && $("keycard").hidden) poll(); });
+
+function render() {
+  for (const s of document.querySelectorAll("main>section:not(#keycard),.tiles")) s.hidden = false;
+  $("version").textContent = "v" + data.version;
+  $("since").textContent = "since " + new Date(data.started_at).toLocaleString([], {hour12: false});
+  $("inflight").textContent = data.in_flight;
+  const t = data.today, sum = {requests: 0, errors: 0, input_tokens: 0, output_tokens: 0, cache_read_tokens: 0,
+    cache_write_tokens: 0};
+  for (const row of t.models) for (const k in sum) sum[k] += row[k];
+  $("reqs").textContent = num(sum.requests);
+  $("errs").textContent = "today, " + (sum.errors ? sum.errors + " failed" : "none failed");
+  $("toks").textContent = num(tokens(sum));
+  $("tokio").textContent = "today: " + num(sum.input_tokens) + " in · " + num(sum.output_tokens) + " out · " +
+    num(sum.cache_read_tokens + sum.cache_write_tokens) + " cache";
+  renderAccounts(); renderToday(); renderRequests(); renderErrors(); renderLessons();
+}
+
+function renderAccounts() {
+  const box = $("ups"); box.replaceChildren();
+  let all = 0, ready = 0, resting = 0;
+  for (const up of data.upstreams) {
+    const group = add(el("div", "up"), el("b", "", up.name), el("span", "", up.kind));
+    for (const a of up.accounts) {
+      all++; if (a.state === "ok") ready++; if (a.rest_left_s > 0) resting++;
+      const [label, cls] = STATES[a.state] || [a.state, "info"];
+      const row = add(el("div", "acct"), el("span", "badge " + cls, label), el("span", "name", a.account));
+      const right = el("span", "nums");
+      if (a.rest_left_s > 0) {
+        const c = el("span", "count"); c.dataset.until = at + a.rest_left_s * 1000;
+        add(right, document.createTextNode("rests "), c);
+      } else {
+        right.textContent = a.in_flight + " now · " + a.successes + " ok · " + a.failures + " failed";
+      }
+      row.appendChild(right);
+      const models = Object.keys(a.models_resting || {});
+      const why = [a.reason, models.length ? "models: " + models.join(", ") : ""].filter(x => x);
+      if (why.length && a.state !== "ok") row.appendChild(el("div", "why", why.join(" — ")));
+      group.appendChild(row);
+    }
+    box.appendChild(group);
+  }
+  $("ready").textContent = ready + " / " + all;
+  $("resting").textContent = resting ? resting + " resting" : "none resting";
+}
+
+function bars(box, rows, name) {
+  box.replaceChildren();
+  if (!rows.length) { box.appendChild(el("div", "empty", "no requests yet today")); return; }
+  const shown = rows.slice(0, 8), max = Math.max(1, ...shown.map(tokens));
+  for (const r of shown) {
+    const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+    svg.setAttribute("viewBox", "0 0 1000 10"); svg.setAttribute("preserveAspectRatio", "none");
+    let x = 0;
+    for (const [k, color] of [["input_tokens", "--in"], ["output_tokens", "--out"], ["cache_read_tokens", "--cr"],
+      ["cache_write_tokens", "--cw"]]) {
+      const w = r[k] / max * 1000;
+      if (w <= 0) continue;
+      const rect = document.createElementNS("http://www.w3.org/2000/svg", "rect");
+      for (const [name, value] of [["x", x], ["y", 0], ["width", w], ["height", 10], ["fill", "var(" + color + ")"]])
+        rect.setAttribute(name, value);
+      const tip = document.createElementNS("http://www.w3.org/2000/svg", "title");
+      tip.textContent = k.replace(/_/g, " ") + ": " + r[k]; rect.appendChild(tip);
+      svg.appendChild(rect); x += w;
+    }
+    const label = add(el("div", "t"), el("b", "", name(r)),
+      el("span", "", num(tokens(r)) + " tok · " + r.requests + " req" + (r.errors ? ` · ${r.errors} failed` : "")));
+    box.appendChild(add(el("div", "bar"), label, svg));
+  }
+  if (rows.length > shown.length) box.appendChild(el("div", "sub", `and ${rows.length - shown.length} more`));
+}
+function renderToday() {
+  bars($("byacct"), data.today.accounts, r => r.account ? `${r.account} (${r.upstream})` : "answered by agproxy");
+  bars($("bymodel"), data.today.models, r => r.model || "(none)");
+}
+
+function renderRequests() {
+  const body = $("rows"); body.replaceChildren();
+  if (!data.requests.length) {
+    const td = el("td", "empty", "No requests yet. Point a client at ANTHROPIC_BASE_URL=" + location.origin);
+    td.colSpan = 8; body.appendChild(add(el("tr"), td)); return;
+  }
+  for (const r of data.requests) {
+    const model = el("td", "m", r.model || r.path); model.title = (r.model || r.path) +
+      (r.mapped_model && r.mapped_model !== r.model ? " → " + r.mapped_model : "");
+    if (r.stream) model.appendChild(el("span", "sub", " stream"));
+    const st = add(el("td", "r"), el("span", "badge " + statusClass(r.status), r.status));
+    if (r.error) st.title = r.error;
+    add(body, add(el("tr"), el("td", "", clock(r.time)), model, el("td", "m wide", r.account || r.local || "–"), st,
+      el("td", "r tok", num(r.input_tokens) + " / " + num(r.output_tokens)),
+      el("td", "r wide", num(r.cache_read_tokens) + " / " + num(r.cache_write_tokens)),
+      el("td", "r wide", ms(r.ttft_ms)), el("td", "r dur", ms(r.duration_ms))));
+  }
+}
+
+function renderErrors() {
+  const box = $("errlist"); box.replaceChildren();
+  if (!data.errors.length) { box.appendChild(el("div", "empty", "No errors since agproxy started.")); return; }
+  for (const r of data.errors) {
+    const head = add(el("div"), el("span", "badge " + statusClass(r.status), r.status),
+      el("span", "sub", "  " + clock(r.time) + " · " + [r.method + " " + r.path, r.model, r.upstream && r.upstream +
+        "/" + r.account].filter(x => x).join(" · ")));
+    box.appendChild(add(el("div", "err"), head, el("div", "w", r.error || "(no words)")));
+  }
+}
+
+function renderLessons() {
+  const box = $("lessonlist"); box.replaceChildren();
+  const items = [];
+  for (const [up, l] of Object.entries(data.lessons)) {
+    for (const f of l.fields) items.push([up, "strips field", f]);
+    for (const b of l.betas) items.push([up, "drops beta", b]);
+  }
+  for (const [up, models] of Object.entries(data.windows || {}))
+    for (const [m, w] of Object.entries(models)) items.push([up, "window of " + m, w + " tokens"]);
+  if (!items.length) box.appendChild(el("div", "empty", "Nothing learned: every upstream took requests as sent."));
+  for (const [up, what, value] of items)
+    box.appendChild(add(el("div", "err"), el("span", "sub", up + " " + what + " "), el("code", "", value)));
+  const changes = Object.entries(data.counters);
+  if (changes.length) {
+    box.appendChild(el("div", "sub", "Changes made to requests since start:"));
+    const list = el("div", "legend");
+    for (const [k, v] of changes) list.appendChild(el("span", "", k + " × " + v));
+    box.appendChild(list);
+  }
+}
+
+function tick() {
+  const now = Date.now();
+  if (data) {
+    $("uptime").textContent = span(data.uptime_s + (now - at) / 1000);
+    for (const c of document.querySelectorAll(".count[data-until]")) {
+      const left = (Number(c.dataset.until) - now) / 1000;
+      c.textContent = left > 0 ? span(left) : "ending";
+    }
+  }
+  const age = data ? Math.round((now - at) / 1000) : 0;
+  $("dot").className = "dot" + (failing ? " down" : age > 10 ? " stale" : "");
+  if (failing) $("updated").textContent = failing + (data ? " · last update " + span(age) + " ago" : "");
+  else if (data) $("updated").textContent = age < 2 ? "live" : "updated " + span(age) + " ago";
+}
+setInterval(tick, 1000);
+poll();
+</script></body></html>
+"""
 
 
 STATE_FORMAT = 1
