@@ -7580,113 +7580,144 @@ class ModelCatalog:
             return []
 
 
-class Server(Application):
-    """The gateway: the front door (guards, routes) and the handlers over one state (account
-    pools, learned rejections, signature book, counters), served by an :class:`HttpServer`."""
+class Learning:
+    """What the gateway learns from its attempts and keeps across requests: what each upstream
+    rejects, the context windows servers named, the counters of what was changed, and the notes
+    said once. It applies what each attempt leaves (:class:`CallFacts`) and asks for the state to
+    be saved when a lesson is new."""
 
-    def __init__(self, config: Config, client: Optional[UpstreamClient] = None, state: Optional[Dict[str, Any]] = None,
-                 persist: Optional[Callable[[Dict[str, Any]], None]] = None, *,
-                 clock: Callable[[], float] = time.time, sleep: Callable[[float], Any] = asyncio.sleep) -> None:
-        self.config = config
-        #: wall-clock time and the wait between attempts: what account rests and resets are measured
-        #: with (a test passes its own, so waits and rests pass without sleeping)
-        self.clock = clock
-        self.sleep = sleep
-        self._servers = {u.name: server_fingerprint(u) for u in config.upstreams}
-        self.learned = LearnedRejections()
-        self.learned.load_json((state or {}).get("learned"), self._servers)
-        self.windows = LearnedWindows()
-        self.signatures = SignatureBook()
-        self.call_signatures = CallSignatures()
+    def __init__(self, config: Config, learned: LearnedRejections, windows: LearnedWindows, metrics: Metrics,
+                 save: Callable[[], None]) -> None:
+        self.config = config  # a reload gives the new one
+        self.learned = learned
+        self.windows = windows
+        self.metrics = metrics
+        self.save = save
         self.counters: collections.Counter = collections.Counter()
         self._noted: collections.OrderedDict = collections.OrderedDict()
-        self._persist = persist
-        self._saving: Optional[asyncio.Future] = None
-        self._state_dirty = False
-        self.auth_mode = config.effective_auth_mode()
-        self.redact = Redactor(config.secrets(dict(os.environ)))  # the proxy the client uses is os.environ's
-        self.client = client or UpstreamClient()
-        self.pool = AccountPool(config.upstreams)
         self.log = logging.getLogger("agproxy")
-        self.access_log = logging.getLogger("agproxy.access")
-        #: what reads each request's record once its answer has ended (:meth:`finished`)
-        self.record_readers: List[Callable[[RequestRecord], None]] = []
-        self.metrics = Metrics(lambda text: self.redact.text(text))
-        self.record_readers.append(self.metrics.read)
-        for line in self.pool.load_json((state or {}).get("accounts"), clock()):
-            self.log.info("restored from the state file: %s (stop agproxy and run `agproxy state clear` to forget it)",
-                          line)
-        for line in self.windows.load_json((state or {}).get("windows"), config.upstreams):
-            self.log.info("restored from the state file: %s, as it said in an error (set its context_window to that)",
-                          line)
-        self.http = HttpServer(config, self, self.redact)
-        shared = AdapterState(self.client, self.redact, clock, self.learned, self.windows, self.signatures,
-                              self.call_signatures)
-        self.adapters: Dict[str, Adapter] = {kind: cls(shared) for kind, cls in ADAPTERS.items()}
-        self.catalog = ModelCatalog(config, self.client, self.pool, self.adapter, clock, self.log)
-        self._routes: Dict[str, Dict[str, Callable[[Request, _Exchange], Any]]] = {
-            "/": {"GET": self._root},
-            "/api/hello": {"GET": self._root},  # Claude Code 2.1.332 and later probe HEAD /api/hello
-            "/healthz": {"GET": self._healthz},
-            "/v1/messages": {"POST": self._messages},
-            "/v1/messages/count_tokens": {"POST": self._count_tokens},
-            "/v1/models": {"GET": self._models},
-            "/v1/models/claude": {"GET": self._models_openai},
-            "/v1/api/event_logging": {"POST": self._telemetry},
-            "/v1/api/event_logging/batch": {"POST": self._telemetry},
-            "/v1/agproxy/accounts": {"GET": self._accounts},
-            "/v1/agproxy/stats": {"GET": self._stats},
-            "/metrics": {"GET": self._metrics},
-            "/agproxy": {"GET": self._status_page},
-            STATUS_DATA_PATH: {"GET": self._status},
-        }
-        self.board = StatusBoard(clock())
-        self.record_readers.append(self.board.read)
 
-    def adapter(self, upstream: Upstream) -> Adapter:
-        """The adapter of an upstream's kind (the kinds are validated at load time)."""
-        return self.adapters[upstream.kind]
+    def apply(self, call: Call) -> None:
+        """Apply what an attempt learned and did (:class:`CallFacts`): its lessons, a context window
+        the server named, its changes to the counters, its notes."""
+        facts, upstream = call.facts, call.upstream
+        if facts.window:
+            self.learn_window(upstream, call.route.model, facts.window)
+        if facts.lessons is not None:
+            self.commit_lessons(upstream, facts.lessons)
+            facts.lessons = None
+        for stage, changes in facts.changes:
+            self.count_changes(stage, changes, upstream)
+        facts.changes.clear()
+        for session, kind, message, args in facts.notes:
+            self.note_once(session, kind, message, *args)
+        facts.notes.clear()
+        self.counters.update(facts.counters)
+        facts.counters.clear()
 
-    def finished(self, record: RequestRecord) -> None:
-        """A request's answer has ended: its access line, then each of ``record_readers`` (metrics,
-        the ledger, the status page's last requests) reads its record."""
-        self.access_log.info("%s", record.line(), extra={"access": record.fields()})
-        for read in self.record_readers:
-            try:
-                read(record)
-            except Exception:  # one reader's defect must not lose the others' facts, nor the answer
-                self.log.exception("reading the record of %s failed", record.request_id)
+    def commit_lessons(self, upstream: Upstream, trial: _Lessons) -> None:
+        """A request succeeded without what it tried without: every later request is sent so."""
+        new = self.learned.learn(upstream.name, trial.fields, trial.betas)
+        if not new:
+            return
+        self.counters["healed"] += len(new)
+        self.metrics.learned(upstream.name, new)
+        self.log.warning("upstream %r rejects %s; agproxy strips %s from its requests from now on",
+                         upstream.name, ", ".join(new), "them" if len(new) > 1 else "it")
+        self.save()
 
-    # -- lifecycle -------------------------------------------------------------------
+    def learn_window(self, upstream: Upstream, model: str, window: Optional[int]) -> None:
+        """A context window the server named in an error: used for ``model`` from now on when it is
+        smaller than the one in effect, said once at WARNING with the setting to fix, and saved."""
+        configured = upstream.context_window
+        if not self.windows.learn(upstream, model, window):
+            return
+        self.metrics.learned_window(upstream.name)
+        index = next((i for i, u in enumerate(self.config.upstreams) if u.name == upstream.name), 0)
+        setting = f"upstreams[{index}].context_window"
+        said = f"says {configured}" if configured else "is not set"
+        self.log.warning("upstream %r serves %r with a %d-token context window, as its error said, but %s %s: set it "
+                         "to %d; until then agproxy fits requests to %d (kept in the state file until the config "
+                         "changes)", upstream.name, model, window, setting, said, window, window)
+        self.save()
 
-    async def start(self) -> Tuple[str, int]:
-        """Bind and start accepting; returns the real host and port."""
-        return await self.http.start()
+    def count_changes(self, stage: str, changes: Dict[str, int], upstream: Upstream) -> None:
+        """Add a request's changes to the counters (and say them in the debug log). Kinds name fields
+        a client chose (``field:x``), so past :data:`MAX_COUNTER_KINDS` distinct kinds new ones are
+        counted together as ``other``."""
+        if changes and self.log.isEnabledFor(logging.DEBUG):
+            summary = ", ".join(f"{kind}={n}" for kind, n in sorted(changes.items()))
+            self.log.debug("%s for upstream %r: %s", stage, upstream.name, summary)
+        self.learned.used(upstream.name, changes)
+        for kind, n in changes.items():
+            name = f"{stage}:{kind[:80]}"
+            if name not in self.counters and len(self.counters) >= MAX_COUNTER_KINDS:
+                name = f"{stage}:{kind.partition(':')[0][:40]}:other"
+            self.counters[name] += n
 
-    async def shutdown(self, grace_s: Optional[float] = None) -> None:
-        """Stop accepting, let in-flight requests finish within ``grace_s`` (``shutdown_grace_s``),
-        save the state."""
-        await self.http.shutdown(grace_s)
+    def note_once(self, session: Optional[str], kind: str, message: str, *args: Any) -> None:
+        """Log ``message`` once per session and kind, in bounded memory."""
+        key = (session or "-", kind)
+        if key in self._noted:
+            return
+        self._noted[key] = None
+        while len(self._noted) > MAX_STICKY_SESSIONS:  # one note per session and kind, as many sessions
+            self._noted.popitem(last=False)
+        self.log.info(message, *args)
+
+
+class StateSaver:
+    """Saves the state file off the event loop (the write fsyncs): one save at a time, and the
+    changes made while one runs saved right after it, so that many changes cost one write. What
+    is saved is what ``snapshot`` returns when the write begins."""
+
+    def __init__(self, persist: Optional[Callable[[Dict[str, Any]], None]], snapshot: Callable[[], Dict[str, Any]]
+                 ) -> None:
+        self._persist = persist
+        self._snapshot = snapshot
+        self._saving: Optional[asyncio.Future] = None
+        self._dirty = False
+
+    def save(self) -> None:
+        """Save the state soon, off the event loop."""
+        if self._persist is None:
+            return
+        self._dirty = True
+        if self._saving is None or self._saving.done():
+            self._saving = asyncio.ensure_future(self._write_state())
+
+    async def _write_state(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._dirty:
+            self._dirty = False
+            snapshot = self._snapshot()
+            assert self._persist is not None
+            await loop.run_in_executor(None, self._persist, snapshot)
+
+    async def finish(self) -> None:
+        """Wait for the save under way, if any."""
         if self._saving is not None:
             await self._saving
-        self.client.shutdown()
 
-    async def handle(self, request: Request, exchange: _Exchange) -> Union[Response, StreamingResponse]:
-        """Admit the request (unless its head was) and run its handler."""
-        if not request.admitted:
-            self.admit(request)
-        if request.method == "OPTIONS":
-            return self._preflight(request)
-        handler = self._handler(request)
-        exchange.record.route = handler.__name__.lstrip("_")
-        response = await handler(request, exchange)
-        origin = request.header("origin")
-        if origin:
-            response.headers.append(("Access-Control-Allow-Origin", origin))
-            response.headers.append(("Vary", "Origin"))
-        return response
 
-    # -- routing and guards --------------------------------------------------------------
+class FrontDoor:
+    """What a request must pass before a handler runs, checked on its head alone (before its body
+    is read): the browser origin, the Host (DNS rebinding), the ``/v1/v1`` mistake, agproxy's key,
+    and a route for the path and method; and the answer to a CORS preflight. It reads the config it
+    is given (a reload gives it the new one) and the routes table (``/v1/models/`` stands for every
+    path below it)."""
+
+    def __init__(self, config: Config, routes: Dict[str, Dict[str, Callable[[Request, _Exchange], Any]]],
+                 note: Callable[..., None]) -> None:
+        self.config = config
+        self.auth_mode = config.effective_auth_mode()
+        self.routes = routes
+        self.note = note  # says a mistake once: note(session, kind, message, *args)
+
+    def reconfigure(self, config: Config) -> None:
+        """Check requests against ``config`` from now on."""
+        self.config = config
+        self.auth_mode = config.effective_auth_mode()
 
     def admit(self, request: Request) -> None:
         """The checks a request's head must pass before its body is read: browser origin, Host,
@@ -7695,7 +7726,7 @@ class Server(Application):
         self._check_origin(request)
         self._check_host(request)
         if path.startswith("/v1/v1/") or path == "/v1/v1":
-            self.note_once(None, "v1v1", "a client asked for %s: its base URL ends in /v1; it must not, agproxy "
+            self.note(None, "v1v1", "a client asked for %s: its base URL ends in /v1; it must not, agproxy "
                                          "adds /v1 itself", path[:100])
             # a 400, not a 404: Claude Code shows a 400's message, but says "There's an issue with the
             # selected model" for any 404
@@ -7709,14 +7740,14 @@ class Server(Application):
         if (self.auth_mode == "strict" or (self.auth_mode == "all_except_health" and path != "/healthz")) \
                 and not asks_for_status_page(request):  # the page holds no data; its data needs the key
             self._check_key(request)
-        self._handler(request)
+        self.handler(request)
 
-    def _handler(self, request: Request) -> Callable[[Request, _Exchange], Any]:
+    def handler(self, request: Request) -> Callable[[Request, _Exchange], Any]:
         """The handler of a request's path and method; 404 or 405 (with ``Allow``) when none."""
         path = request.path
-        methods = self._routes.get(path)
+        methods = self.routes.get(path)
         if methods is None and path.startswith("/v1/models/"):
-            methods = {"GET": self._model}
+            methods = self.routes["/v1/models/"]
         if methods is None:
             raise NotFound(f"no route for {request.method[:20]} {path[:200]}")
         method = "GET" if request.method == "HEAD" and "GET" in methods else request.method
@@ -7766,7 +7797,7 @@ class Server(Application):
         if not key_matches(self.config.api_key, keys):
             raise AuthenticationFailed("invalid API key for agproxy (it is agproxy's api_key, not an upstream's key)")
 
-    def _preflight(self, request: Request) -> Response:
+    def preflight(self, request: Request) -> Response:
         """CORS preflight for an allowed origin (the origin check has already run)."""
         headers: Headers = [("Allow", "GET, HEAD, POST, OPTIONS")]
         origin = request.header("origin")
@@ -7779,6 +7810,121 @@ class Server(Application):
                 ("Vary", "Origin"),
             ]
         return Response(204, headers)
+
+
+class Server(Application):
+    """The gateway: the front door (guards, routes) and the handlers over one state (account
+    pools, learned rejections, signature book, counters), served by an :class:`HttpServer`."""
+
+    def __init__(self, config: Config, client: Optional[UpstreamClient] = None, state: Optional[Dict[str, Any]] = None,
+                 persist: Optional[Callable[[Dict[str, Any]], None]] = None, *,
+                 clock: Callable[[], float] = time.time, sleep: Callable[[float], Any] = asyncio.sleep) -> None:
+        self.config = config
+        #: wall-clock time and the wait between attempts: what account rests and resets are measured
+        #: with (a test passes its own, so waits and rests pass without sleeping)
+        self.clock = clock
+        self.sleep = sleep
+        self._servers = {u.name: server_fingerprint(u) for u in config.upstreams}
+        self.learned = LearnedRejections()
+        self.learned.load_json((state or {}).get("learned"), self._servers)
+        self.windows = LearnedWindows()
+        self.signatures = SignatureBook()
+        self.call_signatures = CallSignatures()
+        self.redact = Redactor(config.secrets(dict(os.environ)))  # the proxy the client uses is os.environ's
+        self.client = client or UpstreamClient()
+        self.pool = AccountPool(config.upstreams)
+        self.log = logging.getLogger("agproxy")
+        self.access_log = logging.getLogger("agproxy.access")
+        #: what reads each request's record once its answer has ended (:meth:`finished`)
+        self.record_readers: List[Callable[[RequestRecord], None]] = []
+        self.metrics = Metrics(lambda text: self.redact.text(text))
+        self.record_readers.append(self.metrics.read)
+        self.saver = StateSaver(persist, self._snapshot)
+        self.learning = Learning(config, self.learned, self.windows, self.metrics, self.saver.save)
+        self.counters = self.learning.counters
+        self.note_once = self.learning.note_once
+        for line in self.pool.load_json((state or {}).get("accounts"), clock()):
+            self.log.info("restored from the state file: %s (stop agproxy and run `agproxy state clear` to forget it)",
+                          line)
+        for line in self.windows.load_json((state or {}).get("windows"), config.upstreams):
+            self.log.info("restored from the state file: %s, as it said in an error (set its context_window to that)",
+                          line)
+        self.http = HttpServer(config, self, self.redact)
+        shared = AdapterState(self.client, self.redact, clock, self.learned, self.windows, self.signatures,
+                              self.call_signatures)
+        self.adapters: Dict[str, Adapter] = {kind: cls(shared) for kind, cls in ADAPTERS.items()}
+        self.catalog = ModelCatalog(config, self.client, self.pool, self.adapter, clock, self.log)
+        self._routes: Dict[str, Dict[str, Callable[[Request, _Exchange], Any]]] = {
+            "/": {"GET": self._root},
+            "/api/hello": {"GET": self._root},  # Claude Code 2.1.332 and later probe HEAD /api/hello
+            "/healthz": {"GET": self._healthz},
+            "/v1/messages": {"POST": self._messages},
+            "/v1/messages/count_tokens": {"POST": self._count_tokens},
+            "/v1/models": {"GET": self._models},
+            "/v1/models/claude": {"GET": self._models_openai},
+            "/v1/api/event_logging": {"POST": self._telemetry},
+            "/v1/api/event_logging/batch": {"POST": self._telemetry},
+            "/v1/agproxy/accounts": {"GET": self._accounts},
+            "/v1/agproxy/stats": {"GET": self._stats},
+            "/metrics": {"GET": self._metrics},
+            "/agproxy": {"GET": self._status_page},
+            STATUS_DATA_PATH: {"GET": self._status},
+        }
+        self.board = StatusBoard(clock())
+        self.record_readers.append(self.board.read)
+        self.door = FrontDoor(config, dict(self._routes, **{"/v1/models/": {"GET": self._model}}), self.note_once)
+
+    def adapter(self, upstream: Upstream) -> Adapter:
+        """The adapter of an upstream's kind (the kinds are validated at load time)."""
+        return self.adapters[upstream.kind]
+
+    def finished(self, record: RequestRecord) -> None:
+        """A request's answer has ended: its access line, then each of ``record_readers`` (metrics,
+        the ledger, the status page's last requests) reads its record."""
+        self.access_log.info("%s", record.line(), extra={"access": record.fields()})
+        for read in self.record_readers:
+            try:
+                read(record)
+            except Exception:  # one reader's defect must not lose the others' facts, nor the answer
+                self.log.exception("reading the record of %s failed", record.request_id)
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> Tuple[str, int]:
+        """Bind and start accepting; returns the real host and port."""
+        return await self.http.start()
+
+    async def shutdown(self, grace_s: Optional[float] = None) -> None:
+        """Stop accepting, let in-flight requests finish within ``grace_s`` (``shutdown_grace_s``),
+        save the state."""
+        await self.http.shutdown(grace_s)
+        await self.saver.finish()
+        self.client.shutdown()
+
+    def _snapshot(self) -> Dict[str, Any]:
+        """What the state file keeps."""
+        return {"learned": self.learned.to_json(self._servers), "accounts": self.pool.to_json(self.clock()),
+                "windows": self.windows.to_json(self.config.upstreams),
+                "pid": os.getpid()}  # `agproxy state clear` leaves the file of a running agproxy alone
+
+    def admit(self, request: Request) -> None:
+        """The front door's checks of a request's head (:class:`FrontDoor`)."""
+        self.door.admit(request)
+
+    async def handle(self, request: Request, exchange: _Exchange) -> Union[Response, StreamingResponse]:
+        """Admit the request (unless its head was) and run its handler."""
+        if not request.admitted:
+            self.admit(request)
+        if request.method == "OPTIONS":
+            return self.door.preflight(request)
+        handler = self.door.handler(request)
+        exchange.record.route = handler.__name__.lstrip("_")
+        response = await handler(request, exchange)
+        origin = request.header("origin")
+        if origin:
+            response.headers.append(("Access-Control-Allow-Origin", origin))
+            response.headers.append(("Vary", "Origin"))
+        return response
 
     # -- handlers ------------------------------------------------------------------------
 
@@ -7841,7 +7987,7 @@ class Server(Application):
             except AgproxyError as exc:
                 raise AttemptError(exc, _outcome_of(exc)) from None
             finally:
-                self._apply(call)
+                self.learning.apply(call)
             if self.adapter(upstream).answers_locally:
                 record.local = upstream.kind
             if not isinstance(answer, AnswerStream):
@@ -7852,7 +7998,7 @@ class Server(Application):
         try:
             return await run_attempts(self.pool, route, session_id(request.headers, body),
                                       self.config.max_retry_attempts, attempt, clock=self.clock, sleep=self.sleep,
-                                      on_attempt=self._log_attempt(exchange, route.model), on_change=self.save_state)
+                                      on_attempt=self._log_attempt(exchange, route.model), on_change=self.saver.save)
         except AgproxyError as exc:
             exc.headers.extend([("X-Mapped-Model", route.model)] +
                                ([("X-Account-Email", record.account)] if record.account else []))
@@ -7865,24 +8011,6 @@ class Server(Application):
         return Call(body, request.body or b"", request.headers, route, account,
                     [("X-Mapped-Model", route.model), ("X-Account-Email", account.name)], exchange.on_client_gone,
                     self.config.force_stream_internally, self.config.ping_interval_s)
-
-    def _apply(self, call: Call) -> None:
-        """Apply what an attempt learned and did (:class:`CallFacts`): its lessons, a context window
-        the server named, its changes to the counters, its notes."""
-        facts, upstream = call.facts, call.upstream
-        if facts.window:
-            self.learn_window(upstream, call.route.model, facts.window)
-        if facts.lessons is not None:
-            self.commit_lessons(upstream, facts.lessons)
-            facts.lessons = None
-        for stage, changes in facts.changes:
-            self.count_changes(stage, changes, upstream)
-        facts.changes.clear()
-        for session, kind, message, args in facts.notes:
-            self.note_once(session, kind, message, *args)
-        facts.notes.clear()
-        self.counters.update(facts.counters)
-        facts.counters.clear()
 
     def _relay(self, answer: AnswerStream, call: Call, record: RequestRecord) -> StreamingResponse:
         """The client's streaming response for an attempt's answer stream: the account's slot stays
@@ -7935,75 +8063,6 @@ class Server(Application):
 
 
 
-    def commit_lessons(self, upstream: Upstream, trial: _Lessons) -> None:
-        """A request succeeded without what it tried without: every later request is sent so."""
-        new = self.learned.learn(upstream.name, trial.fields, trial.betas)
-        if not new:
-            return
-        self.counters["healed"] += len(new)
-        self.metrics.learned(upstream.name, new)
-        self.log.warning("upstream %r rejects %s; agproxy strips %s from its requests from now on",
-                         upstream.name, ", ".join(new), "them" if len(new) > 1 else "it")
-        self.save_state()
-
-    def learn_window(self, upstream: Upstream, model: str, window: Optional[int]) -> None:
-        """A context window the server named in an error: used for ``model`` from now on when it is
-        smaller than the one in effect, said once at WARNING with the setting to fix, and saved."""
-        configured = upstream.context_window
-        if not self.windows.learn(upstream, model, window):
-            return
-        self.metrics.learned_window(upstream.name)
-        setting = f"upstreams[{self.config.upstreams.index(upstream)}].context_window"
-        said = f"says {configured}" if configured else "is not set"
-        self.log.warning("upstream %r serves %r with a %d-token context window, as its error said, but %s %s: set it "
-                         "to %d; until then agproxy fits requests to %d (kept in the state file until the config "
-                         "changes)", upstream.name, model, window, setting, said, window, window)
-        self.save_state()
-
-    def count_changes(self, stage: str, changes: Dict[str, int], upstream: Upstream) -> None:
-        """Add a request's changes to the counters (and say them in the debug log). Kinds name fields
-        a client chose (``field:x``), so past :data:`MAX_COUNTER_KINDS` distinct kinds new ones are
-        counted together as ``other``."""
-        if changes and self.log.isEnabledFor(logging.DEBUG):
-            summary = ", ".join(f"{kind}={n}" for kind, n in sorted(changes.items()))
-            self.log.debug("%s for upstream %r: %s", stage, upstream.name, summary)
-        self.learned.used(upstream.name, changes)
-        for kind, n in changes.items():
-            name = f"{stage}:{kind[:80]}"
-            if name not in self.counters and len(self.counters) >= MAX_COUNTER_KINDS:
-                name = f"{stage}:{kind.partition(':')[0][:40]}:other"
-            self.counters[name] += n
-
-    def note_once(self, session: Optional[str], kind: str, message: str, *args: Any) -> None:
-        """Log ``message`` once per session and kind, in bounded memory."""
-        key = (session or "-", kind)
-        if key in self._noted:
-            return
-        self._noted[key] = None
-        while len(self._noted) > MAX_STICKY_SESSIONS:  # one note per session and kind, as many sessions
-            self._noted.popitem(last=False)
-        self.log.info(message, *args)
-
-    def save_state(self) -> None:
-        """Save the learned rejections and resting accounts, off the event loop (the write fsyncs):
-        one save at a time, and changes made while one runs are saved right after it."""
-        if self._persist is None:
-            return
-        self._state_dirty = True
-        if self._saving is None or self._saving.done():
-            self._saving = asyncio.ensure_future(self._write_state())
-
-    async def _write_state(self) -> None:
-        loop = asyncio.get_running_loop()
-        while self._state_dirty:
-            self._state_dirty = False
-            snapshot = {"learned": self.learned.to_json(self._servers), "accounts": self.pool.to_json(self.clock()),
-                        "windows": self.windows.to_json(self.config.upstreams),
-                        "pid": os.getpid()}  # `agproxy state clear` leaves the file of a running agproxy alone
-            assert self._persist is not None
-            await loop.run_in_executor(None, self._persist, snapshot)
-
-
     async def _count_tokens(self, request: Request, exchange: _Exchange) -> Response:
         body = self._json_body(request)
         record = exchange.record
@@ -8031,7 +8090,7 @@ class Server(Application):
             except AgproxyError as exc:
                 raise AttemptError(exc, _outcome_of(exc)) from None
             finally:
-                self._apply(call)
+                self.learning.apply(call)
             upstream_window = self.windows.window(upstream, route.model)
             if upstream_window:
                 scale_usage(counted, upstream_window, client_window)
@@ -8040,7 +8099,7 @@ class Server(Application):
         try:
             return await run_attempts(self.pool, pooled, session_id(request.headers, body),
                                       self.config.max_retry_attempts, attempt, clock=self.clock, sleep=self.sleep,
-                                      on_attempt=self._log_attempt(exchange, route.model), on_change=self.save_state)
+                                      on_attempt=self._log_attempt(exchange, route.model), on_change=self.saver.save)
         except AgproxyError as exc:
             exc.headers.extend(headers)
             raise
