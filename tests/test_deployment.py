@@ -11,10 +11,12 @@ import http.client
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -22,8 +24,9 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
-from tests.conftest import ROOT
-from tests.fakes.anthropic_upstream import FakeAnthropic, Sse, text_stream
+import agproxy
+from tests.conftest import ROOT, Agproxy
+from tests.fakes.anthropic_upstream import FakeAnthropic, Json, Sse, text_stream
 
 NGINX_EXAMPLE = ROOT / "examples" / "nginx.conf"
 #: the key the team's clients send; the instances sit behind nginx, so auth is on, not left to auth_mode auto
@@ -41,8 +44,8 @@ def _nginx_binary() -> Optional[str]:
 
 
 NGINX = _nginx_binary()
-pytestmark = pytest.mark.skipif(NGINX is None, reason="nginx is not installed (Debian: apt-get install nginx-light; "
-                                                      ".ci/run installs it where apt-get works)")
+needs_nginx = pytest.mark.skipif(NGINX is None, reason="nginx is not installed (Debian: apt-get install nginx-light; "
+                                                       ".ci/run installs it where apt-get works)")
 
 
 def _free_port() -> int:
@@ -184,11 +187,13 @@ def team(tmp_path: Path, fake_upstream: FakeAnthropic, start_agproxy: Any) -> It
         nginx.stop()
 
 
+@needs_nginx
 def test_the_nginx_example_is_a_valid_config(tmp_path: Path):
     checked = Nginx(tmp_path / "nginx", [8045, 8046]).test_config()
     assert checked.returncode == 0, checked.stderr
 
 
+@needs_nginx
 def test_one_session_stays_on_one_instance_and_sessions_spread_over_both(team: Tuple[Nginx, Dict[str, Any]]):
     nginx, _ = team
     seen = where_sessions_go(nginx.port)
@@ -199,6 +204,7 @@ def test_one_session_stays_on_one_instance_and_sessions_spread_over_both(team: T
     assert {ask(nginx.port, None).instance for _ in range(16)} == {"one", "two"}
 
 
+@needs_nginx
 def test_nginx_passes_each_event_on_as_it_comes(team: Tuple[Nginx, Dict[str, Any]], fake_upstream: FakeAnthropic):
     nginx, _ = team
     fake_upstream.script(Sse(text_stream("one two three four five six seven eight"), delay_s=0.25))
@@ -221,6 +227,7 @@ def test_nginx_passes_each_event_on_as_it_comes(team: Tuple[Nginx, Dict[str, Any
     assert b"HTTP/1.1 200" in received[:20]
 
 
+@needs_nginx
 def test_nginx_log_names_the_instance_and_agproxy_request_id(team: Tuple[Nginx, Dict[str, Any]]):
     nginx, instances = team
     answer = ask(nginx.port, SESSIONS[0])
@@ -234,6 +241,7 @@ def test_nginx_log_names_the_instance_and_agproxy_request_id(team: Tuple[Nginx, 
     assert f"session={SESSIONS[0]}" in line and TEAM_KEY not in line
 
 
+@needs_nginx
 def test_the_other_instance_takes_over_a_stopped_ones_sessions(team: Tuple[Nginx, Dict[str, Any]]):
     nginx, instances = team
     before = {session: instances_seen[0] for session, instances_seen in where_sessions_go(nginx.port, 2).items()}
@@ -244,3 +252,172 @@ def test_the_other_instance_takes_over_a_stopped_ones_sessions(team: Tuple[Nginx
     assert all(instances_seen == [survivor, survivor] for instances_seen in after.values()), after
     # the survivor's own sessions did not move
     assert all(after[session][0] == survivor for session, instance in before.items() if instance == survivor)
+
+
+# -- the systemd unit ---------------------------------------------------------------------------
+
+UNIT = ROOT / "examples" / "agproxy.service"
+RATE_LIMITED = Json(429, {"type": "error", "error": {"type": "rate_limit_error", "message": "slow down"}},
+                    [("retry-after", "300")])
+
+
+def unit_settings(path: Path) -> Dict[str, List[str]]:
+    """Each key of the unit's [Service] section with its values in order (Environment= may repeat)."""
+    settings: Dict[str, List[str]] = {}
+    section = ""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if line.startswith("["):
+            section = line
+        elif section == "[Service]" and line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            settings.setdefault(key, []).append(value)
+    return settings
+
+
+@pytest.fixture(scope="module")
+def pyz(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """agproxy.pyz built as `make build` does."""
+    built = tmp_path_factory.mktemp("pyz") / "agproxy.pyz"
+    subprocess.run([sys.executable, str(ROOT / "tools" / "build_pyz.py"), str(ROOT / "zipapp.spec"), str(built)],
+                   check=True, capture_output=True, timeout=120)
+    return built
+
+
+def test_the_unit_sandboxes_agproxy_and_keeps_its_state_in_its_state_directory():
+    settings = unit_settings(UNIT)
+    for key, value in (("DynamicUser", "yes"), ("ProtectSystem", "strict"), ("StateDirectory", "agproxy"),
+                       ("ConfigurationDirectory", "agproxy"), ("NoNewPrivileges", "yes"), ("PrivateTmp", "yes"),
+                       ("ProtectHome", "yes"), ("Restart", "on-failure"), ("Environment", "XDG_STATE_HOME=%S")):
+        assert value in settings.get(key, []), f"{key}={value}"
+    assert settings["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+    assert "AF_INET" in settings["RestrictAddressFamilies"][0].split()
+    # the stop waits for shutdown_grace_s (30 s by default) before systemd would kill agproxy
+    assert int(settings["TimeoutStopSec"][0].rstrip("s")) > agproxy.Config.shutdown_grace_s
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed "
+                                                                    "(Debian: apt-get install systemd)")
+def test_systemd_analyze_verifies_the_unit(tmp_path: Path):
+    unit = tmp_path / "agproxy.service"
+    shutil.copy(UNIT, unit)
+    checked = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 0 and "agproxy.service" not in checked.stderr, checked.stderr
+
+
+def test_the_units_command_runs_with_the_units_environment(tmp_path: Path, pyz: Path, fake: FakeAnthropic):
+    """ExecStart by hand, as systemd would run it: the unit's Environment= and EnvironmentFile=, its
+    folders moved under tmp_path (%S is /var/lib); the config names its key as a variable."""
+    settings = unit_settings(UNIT)
+    etc, state_root = tmp_path / "etc" / "agproxy", tmp_path / "var" / "lib"
+    etc.mkdir(parents=True)
+    state_directory = state_root / settings["StateDirectory"][0]
+    state_directory.mkdir(parents=True)  # systemd makes it before the start
+
+    def moved(text: str) -> str:
+        return (text.replace("/etc/agproxy", str(etc)).replace("/usr/local/lib/agproxy/agproxy.pyz", str(pyz))
+                .replace("%S", str(state_root)))
+
+    (etc / "config.json").write_text(json.dumps({"port": 0, "upstreams": [
+        {"name": "anthropic", "kind": "anthropic", "base_url": fake.url, "timeout_s": 30,
+         "accounts": [{"name": "team@example.com", "api_key": "${ANTHROPIC_API_KEY}"}]}]}))
+    (etc / "agproxy.env").write_text("ANTHROPIC_API_KEY=sk-ant-from-the-environment-file\n")
+    environment = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    environment_file = Path(moved(settings["EnvironmentFile"][0].lstrip("-")))
+    environment.update(line.split("=", 1) for line in environment_file.read_text().splitlines() if "=" in line)
+    environment.update(moved(value).split("=", 1) for value in settings["Environment"])
+    command = [moved(word) for word in shlex.split(settings["ExecStart"][0])]
+    if not os.access(command[0], os.X_OK):
+        command[0] = sys.executable
+    proxy = Agproxy([], environment, tmp_path, command)
+    try:
+        fake.script(RATE_LIMITED)
+        conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+        conn.request("POST", "/v1/messages", _messages_body(False), {"Content-Type": "application/json"})
+        assert conn.getresponse().status == 429
+        assert fake.keys() == ["sk-ant-from-the-environment-file"]
+        proxy.proc.send_signal(signal.SIGHUP)  # systemctl reload
+        conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+        conn.request("GET", "/healthz")
+        assert conn.getresponse().status == 200
+    finally:
+        assert proxy.stop() == 0  # systemctl stop: exit 0, so Restart=on-failure leaves it stopped
+    saved = [json.loads(path.read_text()) for path in state_directory.glob("*.json")]
+    assert [list(state["accounts"]) for state in saved] == [["anthropic/team@example.com"]], proxy.log()
+    assert "sk-ant-from-the-environment-file" not in proxy.log()
+
+
+# -- the container recipe -----------------------------------------------------------------------
+
+CONTAINERFILE = ROOT / "examples" / "Containerfile"
+
+
+def containerfile_stages(path: Path) -> List[List[Tuple[str, str]]]:
+    """The instructions of each stage, (INSTRUCTION, arguments), continuation lines joined."""
+    text = re.sub(r"\\\n\s*", " ", "\n".join(line for line in path.read_text(encoding="utf-8").splitlines()
+                                             if not line.lstrip().startswith("#")))
+    stages: List[List[Tuple[str, str]]] = []
+    for line in filter(None, (line.strip() for line in text.splitlines())):
+        instruction, _, arguments = line.partition(" ")
+        if instruction.upper() == "FROM":
+            stages.append([])
+        stages[-1].append((instruction.upper(), arguments.strip()))
+    return stages
+
+
+def test_the_containerfiles_commands_run_by_hand(tmp_path: Path):
+    """Each instruction of examples/Containerfile carried out by hand with this Python: the build stage
+    makes the .pyz, the image's ENV and command start agproxy on 0.0.0.0 (auth on), the HEALTHCHECK
+    passes, the state goes to the VOLUME, and SIGTERM stops it with 0. Port 8045 is swapped for a free one."""
+    build, image = containerfile_stages(CONTAINERFILE)
+    assert build[0][1].startswith("python:3.12-slim") and image[0][1] == "python:3.12-slim"
+    root = tmp_path / "image"
+    port = str(_free_port())
+
+    def inside(path: str) -> Path:
+        return root / path.lstrip("/")
+
+    def concrete(word: str) -> str:
+        return sys.executable if word == "python" else str(inside(word)) if word.startswith("/") \
+            else word.replace("8045", port)
+
+    workdir = Path("/")
+    for instruction, arguments in build:
+        if instruction == "WORKDIR":
+            workdir = Path(arguments)
+            inside(arguments).mkdir(parents=True)
+        elif instruction == "COPY":
+            *sources, target = arguments.split()
+            for source in sources:
+                (inside(str(workdir / target)) / "").mkdir(parents=True, exist_ok=True)
+                shutil.copy(ROOT / source, inside(str(workdir / target)))
+        elif instruction == "RUN":
+            subprocess.run([concrete(word) for word in shlex.split(arguments)], cwd=inside(str(workdir)),
+                           check=True, capture_output=True, timeout=120)
+    environment = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    instructions = dict(image[1:])
+    for source, target in (words.split()[-2:] for instruction, words in image if instruction == "COPY"):
+        origin = inside(source) if source.startswith("/") else ROOT / source  # absolute: from the build stage
+        inside(target).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(origin, inside(target))
+    environment.update(word.split("=", 1) for word in shlex.split(instructions["ENV"]))
+    environment = {name: str(inside(value)) if value.startswith("/") and name != "PATH" else value
+                   for name, value in environment.items()}
+    volume = inside(instructions["VOLUME"])
+    volume.mkdir(parents=True, exist_ok=True)
+    assert instructions["USER"] != "root" and "useradd" in instructions["RUN"]
+    assert instructions["EXPOSE"] == "8045"
+    command = [concrete(word) for word in json.loads(instructions["ENTRYPOINT"]) + json.loads(instructions["CMD"])]
+    assert "0.0.0.0" in command
+    proxy = Agproxy([], environment, tmp_path, command)
+    try:
+        health = json.loads(instructions["HEALTHCHECK"].split(" CMD ", 1)[1])
+        checked = subprocess.run([concrete(word) for word in health], env=environment, timeout=30)
+        assert checked.returncode == 0
+        # bound to 0.0.0.0, auth_mode auto turns auth on: the demo config has no key, so 401
+        conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+        conn.request("POST", "/v1/messages", _messages_body(False), {"Content-Type": "application/json"})
+        assert conn.getresponse().status == 401
+        assert list(volume.iterdir()), "agproxy keeps no state in the VOLUME"
+    finally:
+        assert proxy.stop() == 0
