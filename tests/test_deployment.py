@@ -25,8 +25,8 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import pytest
 
 import agproxy
-from tests.conftest import ROOT, Agproxy
-from tests.fakes.anthropic_upstream import FakeAnthropic, Json, Sse, text_stream
+from tests.conftest import ROOT, Agproxy, clean_env
+from tests.fakes.anthropic_upstream import FakeAnthropic, Json, Sse, text_stream, tool_and_thinking_stream
 
 NGINX_EXAMPLE = ROOT / "examples" / "nginx.conf"
 #: the key the team's clients send; the instances sit behind nginx, so auth is on, not left to auth_mode auto
@@ -252,6 +252,37 @@ def test_the_other_instance_takes_over_a_stopped_ones_sessions(team: Tuple[Nginx
     assert all(instances_seen == [survivor, survivor] for instances_seen in after.values()), after
     # the survivor's own sessions did not move
     assert all(after[session][0] == survivor for session, instance in before.items() if instance == survivor)
+
+
+def _newest_claude_code() -> Optional[Path]:
+    found = sorted((ROOT / ".cache" / "claude-code").glob("*/node_modules/.bin/claude"), reverse=True)
+    return found[0] if found else None
+
+
+@needs_nginx
+@pytest.mark.skipif(_newest_claude_code() is None, reason="Claude Code CLI not installed under .cache/claude-code "
+                                                          "(make claude-cli)")
+def test_claude_codes_session_stays_on_one_instance(team: Tuple[Nginx, Dict[str, Any]], tmp_path: Path,
+                                                   fake_upstream: FakeAnthropic):
+    """The real CLI through nginx: both turns of its session (the upstream asks for a tool, Claude Code
+    sends its result) carry one X-Claude-Code-Session-Id and reach one instance."""
+    nginx, instances = team
+    fake_upstream.script(Sse(tool_and_thinking_stream()))  # asks for Bash `ls -la`; the next turn gets the default
+    home, work = tmp_path / "claude-home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    (home / ".claude.json").write_text(json.dumps({"hasCompletedOnboarding": True}))
+    env = clean_env(HOME=str(home), ANTHROPIC_BASE_URL=f"http://127.0.0.1:{nginx.port}", ANTHROPIC_AUTH_TOKEN=TEAM_KEY,
+                    CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1")
+    result = subprocess.run([str(_newest_claude_code()), "-p", "list files", "--allowedTools", "Bash"], cwd=work,
+                            env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Hello from the fake upstream." in result.stdout
+    lines = [line for line in nginx.access_log.read_text().splitlines() if "POST /v1/messages" in line]
+    sessions = {re.search(r"session=(\S*)", line).group(1) for line in lines}
+    answered_by = {re.search(r"instance=(\S+)", line).group(1) for line in lines}
+    assert len(lines) >= 2 and len(sessions) == 1 and "" not in sessions, lines
+    assert len(answered_by) == 1 and answered_by <= {f"127.0.0.1:{proxy.port}" for proxy in instances.values()}
 
 
 # -- the systemd unit ---------------------------------------------------------------------------
