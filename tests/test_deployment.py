@@ -2,7 +2,9 @@
 
 nginx (Debian's package) runs examples/nginx.conf as shipped, only its ports and log path swapped for
 the test's, in front of two agproxy processes. Each instance's one account has its own name, so
-``X-Account-Email`` tells which instance answered. Skipped, with the reason, when nginx is absent.
+``X-Account-Email`` tells which instance answered. Those tests are skipped, with the reason, when nginx
+is absent. The systemd unit's command runs with the unit's environment, and the Containerfile's
+instructions are carried out by hand, since neither systemd as PID 1 nor a Docker daemon is here.
 """
 
 from __future__ import annotations
@@ -171,15 +173,9 @@ def where_sessions_go(port: int, rounds: int = 4) -> Dict[str, List[str]]:
 
 
 @pytest.fixture
-def fake_upstream() -> Iterator[FakeAnthropic]:
-    with FakeAnthropic() as upstream:
-        yield upstream
-
-
-@pytest.fixture
-def team(tmp_path: Path, fake_upstream: FakeAnthropic, start_agproxy: Any) -> Iterator[Tuple[Nginx, Dict[str, Any]]]:
+def team(tmp_path: Path, fake: FakeAnthropic, start_agproxy: Any) -> Iterator[Tuple[Nginx, Dict[str, Any]]]:
     """Two agproxy processes, "one" and "two", behind nginx running examples/nginx.conf."""
-    instances = {name: start_agproxy(instance_config(fake_upstream, name), process=True) for name in ("one", "two")}
+    instances = {name: start_agproxy(instance_config(fake, name), process=True) for name in ("one", "two")}
     nginx = Nginx(tmp_path / "nginx", [proxy.port for proxy in instances.values()])
     try:
         yield nginx.start(), instances
@@ -205,9 +201,9 @@ def test_one_session_stays_on_one_instance_and_sessions_spread_over_both(team: T
 
 
 @needs_nginx
-def test_nginx_passes_each_event_on_as_it_comes(team: Tuple[Nginx, Dict[str, Any]], fake_upstream: FakeAnthropic):
+def test_nginx_passes_each_event_on_as_it_comes(team: Tuple[Nginx, Dict[str, Any]], fake: FakeAnthropic):
     nginx, _ = team
-    fake_upstream.script(Sse(text_stream("one two three four five six seven eight"), delay_s=0.25))
+    fake.script(Sse(text_stream("one two three four five six seven eight"), delay_s=0.25))
     with socket.create_connection(("127.0.0.1", nginx.port), timeout=20) as sock:
         body = _messages_body(True)
         head = "".join(f"{k}: {v}\r\n" for k, v in _headers(SESSIONS[0]).items())
@@ -219,7 +215,7 @@ def test_nginx_passes_each_event_on_as_it_comes(team: Tuple[Nginx, Dict[str, Any
             assert chunk, bytes(received)
             received += chunk
         # the first words are here while the upstream is still sending the rest: nothing held the stream back
-        assert fake_upstream.in_flight == 1
+        assert fake.in_flight == 1
         while b"event: message_stop" not in received:
             chunk = sock.recv(65536)
             assert chunk, bytes(received)
@@ -263,11 +259,11 @@ def _newest_claude_code() -> Optional[Path]:
 @pytest.mark.skipif(_newest_claude_code() is None, reason="Claude Code CLI not installed under .cache/claude-code "
                                                           "(make claude-cli)")
 def test_claude_codes_session_stays_on_one_instance(team: Tuple[Nginx, Dict[str, Any]], tmp_path: Path,
-                                                   fake_upstream: FakeAnthropic):
+                                                   fake: FakeAnthropic):
     """The real CLI through nginx: both turns of its session (the upstream asks for a tool, Claude Code
     sends its result) carry one X-Claude-Code-Session-Id and reach one instance."""
     nginx, instances = team
-    fake_upstream.script(Sse(tool_and_thinking_stream()))  # asks for Bash `ls -la`; the next turn gets the default
+    fake.script(Sse(tool_and_thinking_stream()))  # asks for Bash `ls -la`; the next turn gets the default
     home, work = tmp_path / "claude-home", tmp_path / "work"
     home.mkdir()
     work.mkdir()
