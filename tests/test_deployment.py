@@ -200,27 +200,63 @@ def test_one_session_stays_on_one_instance_and_sessions_spread_over_both(team: T
     assert {ask(nginx.port, None).instance for _ in range(16)} == {"one", "two"}
 
 
+class Stream:
+    """A streamed /v1/messages through nginx on a socket of its own, read as far as a test asks."""
+
+    def __init__(self, port: int, session: str) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=20)
+        body = _messages_body(True)
+        head = "".join(f"{name}: {value}\r\n" for name, value in _headers(session).items())
+        self.sock.sendall(f"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\n{head}Content-Length: {len(body)}\r\n"
+                          "Connection: close\r\n\r\n".encode() + body)
+        self.received = bytearray()
+
+    def read_until(self, marker: bytes) -> bytes:
+        while marker not in self.received:
+            chunk = self.sock.recv(65536)
+            assert chunk, bytes(self.received)
+            self.received += chunk
+        return bytes(self.received)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 @needs_nginx
 def test_nginx_passes_each_event_on_as_it_comes(team: Tuple[Nginx, Dict[str, Any]], fake: FakeAnthropic):
     nginx, _ = team
     fake.script(Sse(text_stream("one two three four five six seven eight"), delay_s=0.25))
-    with socket.create_connection(("127.0.0.1", nginx.port), timeout=20) as sock:
-        body = _messages_body(True)
-        head = "".join(f"{k}: {v}\r\n" for k, v in _headers(SESSIONS[0]).items())
-        sock.sendall(f"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\n{head}Content-Length: {len(body)}\r\n"
-                     f"Connection: close\r\n\r\n".encode() + body)
-        received = bytearray()
-        while b"event: content_block_delta" not in received:
-            chunk = sock.recv(65536)
-            assert chunk, bytes(received)
-            received += chunk
+    stream = Stream(nginx.port, SESSIONS[0])
+    try:
+        assert stream.read_until(b"event: content_block_delta").startswith(b"HTTP/1.1 200")
         # the first words are here while the upstream is still sending the rest: nothing held the stream back
         assert fake.in_flight == 1
-        while b"event: message_stop" not in received:
-            chunk = sock.recv(65536)
-            assert chunk, bytes(received)
-            received += chunk
-    assert b"HTTP/1.1 200" in received[:20]
+        stream.read_until(b"event: message_stop")
+    finally:
+        stream.close()
+
+
+@needs_nginx
+def test_a_stopping_instance_finishes_its_stream_while_the_other_takes_new_requests(
+        team: Tuple[Nginx, Dict[str, Any]], fake: FakeAnthropic):
+    """A rolling restart: SIGTERM to the instance serving a stream; the stream ends whole, and the
+    session's next request goes to the other instance."""
+    nginx, instances = team
+    stopping = ask(nginx.port, SESSIONS[0]).instance
+    fake.script(Sse(text_stream("one two three four five six seven eight"), delay_s=0.2))
+    stream = Stream(nginx.port, SESSIONS[0])
+    try:
+        stream.read_until(b"event: content_block_delta")
+        instances[stopping].proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while "stopping: no new connections" not in instances[stopping].log() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        answer = ask(nginx.port, SESSIONS[0])
+        assert answer.status == 200 and answer.instance != stopping
+        assert stream.read_until(b"event: message_stop").count(b"event: content_block_delta") == 8  # every word
+    finally:
+        stream.close()
+    assert instances[stopping].proc.wait(10) == 0  # a second SIGTERM (stop()) could land after its handler is gone
 
 
 @needs_nginx
