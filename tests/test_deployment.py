@@ -274,6 +274,17 @@ def test_nginx_log_names_the_instance_and_agproxy_request_id(team: Tuple[Nginx, 
 
 
 @needs_nginx
+def test_agproxy_sees_the_host_and_port_the_client_used(team: Tuple[Nginx, Dict[str, Any]]):
+    """A base URL ending in /v1 is answered with the base URL to use: nginx's, port included."""
+    nginx, _ = team
+    conn = http.client.HTTPConnection("127.0.0.1", nginx.port, timeout=20)
+    conn.request("POST", "/v1/v1/messages", _messages_body(False), _headers(SESSIONS[0]))
+    response = conn.getresponse()
+    said = json.loads(response.read())["error"]["message"]
+    assert response.status == 400 and f"ANTHROPIC_BASE_URL=http://127.0.0.1:{nginx.port}," in said, said
+
+
+@needs_nginx
 def test_the_other_instance_takes_over_a_stopped_ones_sessions(team: Tuple[Nginx, Dict[str, Any]]):
     nginx, instances = team
     before = {session: instances_seen[0] for session, instances_seen in where_sessions_go(nginx.port, 2).items()}
