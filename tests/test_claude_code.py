@@ -290,3 +290,40 @@ def test_claude_code_shows_why_a_base_url_ending_in_v1_fails(start_agproxy, fake
     said = result.stdout + result.stderr
     assert result.returncode != 0
     assert "the base URL must not end in /v1" in said and "selected model" not in said, said
+
+
+def test_what_claude_code_s_requests_leave_behind(start_agproxy, fake, tmp_path, claude):
+    """A tool loop from the real CLI, then the facts the operations features read: one JSON access
+    line per request with its model, tokens, time to first token and attempts; the same requests
+    and tokens in /metrics; the last requests on the status page's data. No key anywhere."""
+    fake.script(Sse(tool_and_thinking_stream()))
+    proxy = start_agproxy(fake_config(fake, log_format="json"))
+    result = claude(proxy, "list files", tmp_path, "--allowedTools", "Bash")
+    assert result.returncode == 0, result.stdout + result.stderr
+    asked = [r for r in fake.requests if r.target.startswith("/v1/messages") and "count_tokens" not in r.target]
+    deadline = time.monotonic() + 5
+    while True:
+        lines = [json.loads(line) for line in proxy.log().splitlines() if line.startswith("{")]
+        access = [line for line in lines if line.get("event") == "access" and line["path"] == "/v1/messages"
+                  and line.get("upstream") == "fake" and not line.get("local")]
+        if len(access) >= len(asked) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert len(access) == len(asked) >= 2, (len(access), len(asked))
+    for line in access:
+        assert line["status"] == 200 and line["attempts"] == 1 and line["input_tokens"] == 12, line
+        assert line["output_tokens"] > 0 and line["ttft_ms"] is not None and line["model"].startswith("claude")
+    import urllib.request
+    with urllib.request.urlopen(proxy.url + "/metrics", timeout=10) as response:
+        page = response.read().decode()
+    served = sum(float(line.rsplit(" ", 1)[1]) for line in page.splitlines()
+                 if line.startswith('agproxy_requests_total{route="messages",status="200",upstream="fake"'))
+    assert served == len(access), page
+    said_in = sum(float(line.rsplit(" ", 1)[1]) for line in page.splitlines()
+                  if line.startswith("agproxy_tokens_total{") and 'direction="input"' in line)
+    assert said_in == 12 * len(access)
+    with urllib.request.urlopen(proxy.url + "/v1/agproxy/status", timeout=10) as response:
+        status = json.loads(response.read())
+    assert {r["request_id"] for r in status["requests"]} >= {line["request_id"] for line in access}
+    for text in (proxy.log(), page, json.dumps(status)):
+        assert "client-key" not in text and "sk-upstream-alice" not in text and "sk-upstream-bob" not in text
