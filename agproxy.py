@@ -9062,9 +9062,9 @@ USAGE_DEFAULT_GROUP_BY = ("day", "upstream", "account", "model")
 #: are merged into one row per month and key (its ``day`` is then ``YYYY-MM``).
 LEDGER_DAYS_KEPT = 92
 #: Rows the ledger holds at most. Models keep their real names, so a client inventing names could
-#: otherwise grow memory and the state file without end. A row costs about 200 bytes of memory and
-#: 180 of state file (the file is indented, a value a line); at the cap, with every name at its
-#: longest, the file stays under MAX_STATE_BYTES, past which agproxy would not read it back.
+#: otherwise grow memory and the state file without end. A row costs about 260 bytes of memory and
+#: 170 of state file (indented: a value a line), 3 MB at the cap; with every name at its longest and
+#: every count at 19 digits about 12 MB, still under MAX_STATE_BYTES, past which the file is not read.
 MAX_LEDGER_ROWS = 20000
 #: Characters of a name (model, upstream, account, client) a row keeps: real model names are under
 #: 60; the cut bounds what one row costs.
