@@ -9051,9 +9051,10 @@ async def _iterate(items: Iterable[bytes]) -> AsyncIterator[bytes]:
 
 # -- the usage ledger (pure: the caller passes the time in) ---------------------------------------
 
-#: The paths of the requests that generate, which the usage ledger counts (refused and failed ones
-#: too); each inbound protocol to come (Chat Completions, Responses, Gemini) adds its own.
-USAGE_PATHS = frozenset({"/v1/messages"})
+#: The paths (globs) of the requests that generate, which the usage ledger counts, refused and failed
+#: ones too; each inbound protocol to come adds its own (``/v1/chat/completions``,
+#: ``/v1beta/models/*:generateContent``, ...).
+USAGE_PATHS = ("/v1/messages",)
 #: What a usage row is counted under, in this order, and what it counts.
 USAGE_KEYS = ("day", "upstream", "account", "model", "client")
 USAGE_COUNTS = ("requests", "errors", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
@@ -9218,7 +9219,7 @@ class UsageLedger:
 
     def add(self, record: RequestRecord, now: float) -> bool:
         """Count a request whose answer has ended at ``now``; False when its path is not counted."""
-        if record.method != "POST" or record.path not in USAGE_PATHS:
+        if record.method != "POST" or not any(fnmatch.fnmatchcase(record.path, path) for path in USAGE_PATHS):
             return False
         local = record.local == "warmup"
         names = ("" if local else record.upstream, "" if local else record.account, record.model, record.client or "")
