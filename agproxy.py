@@ -7572,8 +7572,8 @@ class Server(Application):
                           line)
         self.usage = UsageLedger(self.redact.text)
         self.usage.load_json((state or {}).get("usage"), clock())
-        self._usage_save: Optional[asyncio.TimerHandle] = None  # the coalesced save of new usage, when one is due
-        self.record_readers.append(self._count_usage)
+        self.usage_counter = UsageCounter(self.usage, clock, self.save_state if persist else None)
+        self.record_readers.append(self.usage_counter.read)
         self.http = HttpServer(config, self, self.redact)
         self.adapters: Dict[str, Adapter] = {kind: cls(self) for kind, cls in ADAPTERS.items()}
         self.catalog = ModelCatalog(config, self.client, self.pool, self.adapter, clock, self.log)
@@ -7616,9 +7616,7 @@ class Server(Application):
         """Stop accepting, let in-flight requests finish within ``grace_s`` (``shutdown_grace_s``),
         save the state."""
         await self.http.shutdown(grace_s)
-        if self._usage_save is not None:  # the usage of the last seconds, not saved yet
-            self._usage_save.cancel()
-            self._save_usage()
+        self.usage_counter.flush()  # the usage of the last seconds, not saved yet
         if self._saving is not None:
             await self._saving
         self.client.shutdown()
@@ -7886,16 +7884,6 @@ class Server(Application):
         self._state_dirty = True
         if self._saving is None or self._saving.done():
             self._saving = asyncio.ensure_future(self._write_state())
-
-    def _count_usage(self, record: RequestRecord) -> None:
-        """Count a request in the usage ledger; its counts are saved within :data:`LEDGER_SAVE_INTERVAL_S`
-        (with every other count of those seconds: one save, not one per request)."""
-        if self.usage.add(record, self.clock()) and self._persist is not None and self._usage_save is None:
-            self._usage_save = asyncio.get_running_loop().call_later(LEDGER_SAVE_INTERVAL_S, self._save_usage)
-
-    def _save_usage(self) -> None:
-        self._usage_save = None
-        self.save_state()
 
     async def _write_state(self) -> None:
         loop = asyncio.get_running_loop()
@@ -9310,6 +9298,31 @@ class UsageLedger:
         if len(self._rows) > MAX_LEDGER_ROWS:
             self._fold()
         return taken
+
+
+class UsageCounter:
+    """Counts each request's record in a :class:`UsageLedger` (a reader of ``Server.record_readers``)
+    and has the new counts saved (``save``: the server's coalesced state save) within
+    :data:`LEDGER_SAVE_INTERVAL_S`: one save for all the requests of those seconds, not one each."""
+
+    def __init__(self, ledger: UsageLedger, clock: Callable[[], float], save: Optional[Callable[[], None]]) -> None:
+        self.ledger = ledger
+        self.clock = clock
+        self.save = save
+        self._due: Optional[asyncio.TimerHandle] = None  # the save of the counts not saved yet
+
+    def read(self, record: RequestRecord) -> None:
+        """Count a request whose answer has ended; a save is due within the interval."""
+        if self.ledger.add(record, self.clock()) and self.save is not None and self._due is None:
+            self._due = asyncio.get_running_loop().call_later(LEDGER_SAVE_INTERVAL_S, self.flush)
+
+    def flush(self) -> None:
+        """Save the counts not saved yet now (at the end of the interval, and at shutdown)."""
+        if self._due is not None:
+            self._due.cancel()
+            self._due = None
+            assert self.save is not None
+            self.save()
 
 
 STATE_FORMAT = 1
