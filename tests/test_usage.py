@@ -193,6 +193,19 @@ def test_the_ledger_survives_a_restart_and_the_last_seconds_are_saved_at_sigterm
     assert [r["requests"] for r in usage(again, "group_by=model", requests=4)["rows"]] == [2, 2]
 
 
+def test_new_counts_are_saved_once_the_interval_has_passed(start_agproxy, fake, tmp_path, monkeypatch):
+    monkeypatch.setattr(agproxy, "LEDGER_SAVE_INTERVAL_S", 0.2)
+    state = tmp_path / "state.json"
+    proxy = start_agproxy(one_account(fake, state_file=str(state)))
+    for _ in range(3):
+        assert call(proxy, "/v1/messages", message())[0] == 200
+    deadline, rows = time.monotonic() + 5, []
+    while time.monotonic() < deadline and [row[5] for row in rows] != [3]:  # a slow machine may save twice
+        time.sleep(0.05)
+        rows = json.loads(state.read_text())["usage"]["rows"] if state.exists() else []
+    assert [row[3:6] for row in rows] == [["claude-test", "", 3]]  # running, not stopped
+
+
 def test_in_memory_only_with_an_empty_state_file(start_agproxy, fake, tmp_path):
     proxy = start_agproxy(one_account(fake, state_file=""))
     assert call(proxy, "/v1/messages", message())[0] == 200
