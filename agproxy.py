@@ -9213,7 +9213,8 @@ class UsageLedger:
         names = ("" if local else record.upstream, "" if local else record.account, record.model, record.client or "")
         today = utc_day(now)
         self._count((today,) + tuple(self._hide(name)[:MAX_LEDGER_NAME_CHARS] for name in names),
-                    (1, int(not 200 <= record.status < 400), record.input_tokens, record.output_tokens,
+                    (1, int(not 200 <= record.status < 400 or bool(record.error or record.note)), record.input_tokens,
+                     record.output_tokens,
                      record.cache_read_tokens, record.cache_write_tokens))
         if today != self._rolled_on:
             self.roll_up(today)

@@ -120,6 +120,18 @@ def test_tokens_are_counted_from_answers_json_and_streamed(start_agproxy, fake):
     assert (row["input_tokens"], row["output_tokens"]) == (24, 10)
 
 
+@pytest.mark.xfail(reason="waits on the lead's work: the relay does not put an event: error's words in the record yet",
+                   strict=False)
+def test_a_stream_cut_after_its_first_events_is_an_error(start_agproxy, fake):
+    """Its status was 200 (sent with the first events), but the answer failed: an event: error ended it."""
+    proxy = start_agproxy(one_account(fake, state_file=""))
+    fake.script(Sse(text_stream("one two three four"), drop_after=4))
+    status, _, raw = call(proxy, "/v1/messages", message(stream=True))
+    assert status == 200 and b"event: error" in raw
+    row, = usage(proxy, "group_by=model", requests=1)["rows"]
+    assert counts(row) == (1, 1)
+
+
 def test_group_by_and_days(start_agproxy, fake):
     proxy = start_agproxy(one_account(fake, state_file="", model_map=[{"match": "*", "upstream": "fake"}]))
     first = today(proxy)
