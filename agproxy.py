@@ -9327,7 +9327,8 @@ class UsageCounter:
 
 
 STATE_FORMAT = 1
-#: A state file holds a few learned fields and resting accounts: kilobytes. Past this it is not ours.
+#: A state file holds a few learned fields and resting accounts (kilobytes) and the usage ledger (at
+#: most about 12 MB: MAX_LEDGER_ROWS). Past this it is not ours.
 MAX_STATE_BYTES = 16 * 1024 * 1024
 #: Problems of a state file's sections said one by one; a file with thousands says the rest as a count.
 MAX_STATE_PROBLEMS = 5
@@ -9387,8 +9388,8 @@ class NotAgproxyState(AgproxyError):
 
 
 class StateFile:
-    """agproxy's small persistent state (what upstreams rejected; account cooldowns; learned
-    context windows), one JSON file.
+    """agproxy's persistent state (what upstreams rejected; account cooldowns; learned context
+    windows; the usage ledger), one JSON file.
 
     Written atomically (temporary file, fsync, rename). A missing file is an empty state. agproxy
     writes and removes only a file that :meth:`load` recognised as its own: absent, or a regular
@@ -9548,7 +9549,7 @@ class StateFile:
                 os.remove(self.path)
             except FileNotFoundError:
                 return f"{self.path} does not exist: nothing to forget"
-            return f"{self.path} removed: account rests and learned rejections are forgotten"
+            return f"{self.path} removed: account rests, learned rejections and the usage ledger are forgotten"
         finally:
             if fd is not None:
                 os.close(fd)
@@ -9895,7 +9896,7 @@ def _rests_in_words(accounts: Any, now: float) -> List[str]:
 def _state_command(argv: List[str]) -> int:
     """``agproxy state show|clear``: what the state file of the config in effect holds, or forget it."""
     parser = argparse.ArgumentParser(prog="agproxy state", description="Show or forget what agproxy keeps across "
-                                     "restarts: account rests and what upstreams rejected.")
+                                     "restarts: account rests, what upstreams rejected, the usage ledger.")
     parser.add_argument("action", choices=("show", "clear"))
     parser.add_argument("--config", help="config file (default: the same lookup as agproxy itself)")
     args = parser.parse_args(argv)
