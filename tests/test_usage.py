@@ -352,6 +352,23 @@ def test_records_of_other_routes_are_not_counted():
     assert ledger.add(record("m"), time.time()) and len(ledger) == 1
 
 
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["a", "b", "=c"]), st.sampled_from(["u", "v"]), st.integers(0, 200),
+                          st.sampled_from([200, 400, 529]), st.integers(0, 10**6)), max_size=40),
+       st.lists(st.sampled_from(agproxy.USAGE_KEYS), unique=True))
+def test_every_grouping_sums_to_the_same_totals(requests, keys):
+    ledger = agproxy.UsageLedger()
+    start = 1767225600.0
+    for model, upstream, day, status, tokens in requests:
+        ledger.add(record(model, status, upstream=upstream, input_tokens=tokens), start + day * DAY_S)
+    rows = ledger.rows("0000-01-01", "9999-12-31", keys)
+    assert sum(row["requests"] for row in rows) == len(requests)
+    assert sum(row["errors"] for row in rows) == sum(status >= 400 for _, _, _, status, _ in requests)
+    assert sum(row["input_tokens"] for row in rows) == sum(tokens for *_, tokens in requests)
+    assert len({tuple(row[k] for k in keys) for row in rows}) == len(rows)  # one row per group
+    assert all(list(row)[:len(keys)] == keys for row in rows)
+
+
 # -- the query parameter parser ------------------------------------------------------------------------
 
 DAYS = st.dates().map(lambda day: day.isoformat()).filter(lambda day: len(day) == 10)
