@@ -16,22 +16,26 @@ Sections, pure code first and I/O last (everything above section 9 runs without 
  7. translators (Anthropic <-> OpenAI Chat Completions, Anthropic <-> Gemini generateContent)
  8. routing, accounts and the retry engine
  9. upstream client (asyncio-native)
-10. the HTTP shell (HttpServer: connections, framing, timeouts, the access log; it knows
-    nothing of Anthropic)
-11. the gateway (Server: the front door's guards and routes, the handlers over one state;
-    ModelCatalog: what /v1/models lists),
-    one adapter per upstream kind (ADAPTERS), and the relay pipeline every answer goes through
-12. operations
+10. the HTTP shell (HttpServer: connections, framing, timeouts; RequestRecord, the one record of
+    each request, whose HTTP facts it fills; it knows nothing of Anthropic)
+11. the gateway (Server: the front door's guards and routes, the handlers over one state, the
+    access log and every other reader of the records; ModelCatalog: what /v1/models lists),
+    one adapter per upstream kind (ADAPTERS: each gets a Call and the AdapterState they share,
+    and leaves CallFacts), and the relay pipeline every answer goes through
+12. operations: metrics (GET /metrics), the status page and its board, logging, the state file,
+    `check`
 13. CLI and main()
 
 A request's way: HttpServer reads it (refusing a bad head before its body), Server.admit checks
 origin, host, key and route, the handler validates it, routes the model to upstreams, answers a
 warmup locally or runs attempts over the account pool (run_attempts); each attempt is its kind's
-Adapter.messages: prepare the request (clean-up, translation, what the upstream rejected), call,
-heal past a 400 that names what to drop, then turn the answer into Anthropic events
+Adapter.messages(call): prepare the request (clean-up, translation, what the upstream rejected),
+send, heal past a 400 that names what to drop, then turn the answer into Anthropic events
 (answer_events) and relay them (first_events, relay_events) or assemble them
-(accumulate_events). A new upstream kind is one Adapter subclass in ADAPTERS plus its
-translators.
+(accumulate_events); what the attempt learned (lessons, windows, changes, the answer's usage) it
+leaves in the call's facts, which the gateway applies. The request's record, filled on the way,
+goes to the access log and the other readers when its answer ends (Server.finished). A new
+upstream kind is one Adapter subclass in ADAPTERS plus its translators.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import bisect
 import collections
 import copy
 import csv
@@ -114,6 +119,7 @@ __all__ = [
     "decide",
     "UpstreamClient",
     "Server",
+    "Metrics",
     "main",
 ]
 
@@ -3167,8 +3173,11 @@ class EventStreamCheck:
     started twice, or a delta or stop for a block that is not open.
     """
 
-    def __init__(self, upstream: str) -> None:
+    def __init__(self, upstream: str, usage: Optional[Dict[str, Any]] = None) -> None:
         self.upstream = upstream
+        #: the usage the stream has said so far (message_start's, then message_delta's running
+        #: totals), kept in the caller's dict where it gives one: read here, where each event is decoded
+        self.usage: Dict[str, Any] = usage if usage is not None else {}
         self.finished = False
         self.unknown: List[str] = []  # event types dropped for the first time (the relay logs and clears them)
         self._decoder = SSEDecoder()
@@ -3254,6 +3263,11 @@ class EventStreamCheck:
             if not self._step(kind, payload):
                 as_they_came = False
                 continue
+            if kind == "message_delta" or kind == "message_start":
+                holder = payload.get("message") if kind == "message_start" else payload
+                usage = holder.get("usage") if isinstance(holder, dict) else None
+                if isinstance(usage, dict):
+                    self.usage.update(usage)
             as_they_came = as_they_came and bool(name)
             kept.append((kind, event_data))
         if as_they_came:
@@ -4419,9 +4433,13 @@ class OpenAIStreamTranslator:
     """
 
     def __init__(self, model: str, input_tokens: int = 0, stop_sequences: Sequence[str] = (),
-                 on_upstream_id: Optional[Callable[[str], None]] = None) -> None:
+                 on_upstream_id: Optional[Callable[[str], None]] = None,
+                 usage: Optional[Dict[str, Any]] = None) -> None:
         self.model = model
         self.input_tokens = input_tokens
+        #: the usage the events have said so far (message_start's, then message_delta's), kept in the
+        #: caller's dict where it gives one
+        self.usage: Dict[str, Any] = usage if usage is not None else {}
         self.stop_sequences = list(stop_sequences)
         self.on_upstream_id = on_upstream_id  # told the server's own id for the answer, if it gave one
         self.started = False
@@ -4447,6 +4465,7 @@ class OpenAIStreamTranslator:
         message = {"id": new_message_id(), "type": "message", "role": "assistant",
                    "model": self.model, "content": [], "stop_reason": None, "stop_sequence": None,
                    "usage": {"input_tokens": self.input_tokens, "output_tokens": 1}}
+        self.usage.update(message["usage"])
         out.append(encode_sse_json("message_start", {"type": "message_start", "message": message}))
 
     def _close(self, out: List[bytes]) -> None:
@@ -4617,6 +4636,7 @@ class OpenAIStreamTranslator:
         self._close(out)
         stop_reason = "tool_use" if self._tool_seen and self._stop_reason == "end_turn" else self._stop_reason
         usage = dict(self._usage) if self._usage else {"output_tokens": 0}
+        self.usage.update(usage)
         out.append(encode_sse_json("message_delta", {
             "type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": self._stop_sequence},
             "usage": usage}))
@@ -5400,9 +5420,12 @@ class GeminiStreamTranslator:
     def __init__(self, model: str, input_tokens: int = 0,
                  on_signature: Optional[Callable[[str, str], None]] = None,
                  names: Optional[Dict[str, str]] = None,
-                 on_upstream_id: Optional[Callable[[str], None]] = None) -> None:
+                 on_upstream_id: Optional[Callable[[str], None]] = None,
+                 usage: Optional[Dict[str, Any]] = None) -> None:
         self.model = model
         self.input_tokens = input_tokens
+        #: the usage the events have said so far, as :class:`OpenAIStreamTranslator`'s
+        self.usage: Dict[str, Any] = usage if usage is not None else {}
         self.on_signature = on_signature
         self.on_upstream_id = on_upstream_id  # told Gemini's responseId for the answer
         self.names = names or {}  # the client's tool names, by the names Gemini knows them by
@@ -5426,6 +5449,7 @@ class GeminiStreamTranslator:
         message = {"id": new_message_id(), "type": "message",
                    "role": "assistant", "model": self.model, "content": [], "stop_reason": None,
                    "stop_sequence": None, "usage": {"input_tokens": self.input_tokens, "output_tokens": 1}}
+        self.usage.update(message["usage"])
         out.append(encode_sse_json("message_start", {"type": "message_start", "message": message}))
 
     def _close(self, out: List[bytes]) -> None:
@@ -5554,6 +5578,7 @@ class GeminiStreamTranslator:
         else:
             stop_reason = "end_turn"
         usage = gemini_usage(self._usage) or {"output_tokens": 0}
+        self.usage.update(usage)
         out.append(encode_sse_json("message_delta", {
             "type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": None}, "usage": usage}))
         out.append(encode_sse_json("message_stop", {"type": "message_stop"}))
@@ -6861,6 +6886,16 @@ USAGE_FIELDS = (("input_tokens", "input_tokens"), ("output_tokens", "output_toke
                 ("cache_creation_input_tokens", "cache_write_tokens"))
 #: Characters of an error's words an access line keeps.
 MAX_RECORD_ERROR_CHARS = 300
+#: What would break a log line in two or forge one: controls, and what readers take for a line end.
+_LINE_BREAKING = re.compile("[\x00-\x1f\x7f\x85\u2028\u2029]")
+
+
+def one_line(text: str) -> str:
+    """``text`` with every character that would break a log line escaped (``\\n``, ``\\u2028``):
+    a model name or an upstream's words cannot forge another line."""
+    if not _LINE_BREAKING.search(text):
+        return text
+    return _LINE_BREAKING.sub(lambda m: json.dumps(m.group())[1:-1], text)
 
 
 @dataclasses.dataclass
@@ -6958,6 +6993,7 @@ class RequestRecord:
         model = self.model or "-"
         if self.mapped_model and self.mapped_model != self.model:
             model += f"->{self.mapped_model}"
+        model = one_line(model)
         ttft = "-" if self.ttft_ms is None else f"{self.ttft_ms:.0f}ms"
         parts = [f"{self.request_id} {self.client_ip:<15} {self.method} {self.path} {self.status:3d} {who}"]
         if self.model:
@@ -6972,7 +7008,7 @@ class RequestRecord:
         error = " ".join(x for x in (self.error, self.note) if x)
         if error:
             parts.append(error)
-        return "  ".join(parts)
+        return one_line("  ".join(parts))
 
 
 class _Exchange:
@@ -7057,6 +7093,12 @@ class HttpServer:
         self._connections: Dict[asyncio.Task, _Connection] = {}
         self._stopping = False
         self._bodies_held = 0  # bytes of request bodies held, all connections together
+        self.streams_active = 0  # streaming answers being written now
+
+    @property
+    def connections_active(self) -> int:
+        """Client connections open now."""
+        return len(self._connections)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -7068,6 +7110,11 @@ class HttpServer:
         )
         host, port = self._server.sockets[0].getsockname()[:2]
         return host, port
+
+    @property
+    def in_flight(self) -> int:
+        """Requests being answered now."""
+        return sum(1 for conn in self._connections.values() if conn.busy)
 
     def cut_now(self) -> int:
         """End every request in flight at once (streams get an error event); how many there were."""
@@ -7372,6 +7419,7 @@ class HttpServer:
         if chunked:
             headers.append(("Transfer-Encoding", "chunked"))
         conn.on_gone.append(response.abort)
+        self.streams_active += 1
         try:
             writer.write(response_head(response.status, headers))
             await self._drain(conn)
@@ -7398,6 +7446,7 @@ class HttpServer:
                 self._end_cut_stream(conn, record, chunked)
             raise
         finally:
+            self.streams_active -= 1
             response.abort()
             conn.on_gone.remove(response.abort)
             aclose = getattr(response.chunks, "aclose", None)
@@ -7533,110 +7582,144 @@ class ModelCatalog:
             return []
 
 
-class Server(Application):
-    """The gateway: the front door (guards, routes) and the handlers over one state (account
-    pools, learned rejections, signature book, counters), served by an :class:`HttpServer`."""
+class Learning:
+    """What the gateway learns from its attempts and keeps across requests: what each upstream
+    rejects, the context windows servers named, the counters of what was changed, and the notes
+    said once. It applies what each attempt leaves (:class:`CallFacts`) and asks for the state to
+    be saved when a lesson is new."""
 
-    def __init__(self, config: Config, client: Optional[UpstreamClient] = None, state: Optional[Dict[str, Any]] = None,
-                 persist: Optional[Callable[[Dict[str, Any]], None]] = None, *,
-                 clock: Callable[[], float] = time.time, sleep: Callable[[float], Any] = asyncio.sleep) -> None:
-        self.config = config
-        #: wall-clock time and the wait between attempts: what account rests and resets are measured
-        #: with (a test passes its own, so waits and rests pass without sleeping)
-        self.clock = clock
-        self.sleep = sleep
-        self._servers = {u.name: server_fingerprint(u) for u in config.upstreams}
-        self.learned = LearnedRejections()
-        self.learned.load_json((state or {}).get("learned"), self._servers)
-        self.windows = LearnedWindows()
-        self.signatures = SignatureBook()
-        self.call_signatures = CallSignatures()
+    def __init__(self, config: Config, learned: LearnedRejections, windows: LearnedWindows, metrics: Metrics,
+                 save: Callable[[], None]) -> None:
+        self.config = config  # a reload gives the new one
+        self.learned = learned
+        self.windows = windows
+        self.metrics = metrics
+        self.save = save
         self.counters: collections.Counter = collections.Counter()
         self._noted: collections.OrderedDict = collections.OrderedDict()
-        self._persist = persist
-        self._saving: Optional[asyncio.Future] = None
-        self._state_dirty = False
-        self.auth_mode = config.effective_auth_mode()
-        self.redact = Redactor(config.secrets(dict(os.environ)))  # the proxy the client uses is os.environ's
-        self.client = client or UpstreamClient()
-        self.pool = AccountPool(config.upstreams)
         self.log = logging.getLogger("agproxy")
-        self.access_log = logging.getLogger("agproxy.access")
-        #: what reads each request's record once its answer has ended (:meth:`finished`)
-        self.record_readers: List[Callable[[RequestRecord], None]] = []
-        for line in self.pool.load_json((state or {}).get("accounts"), clock()):
-            self.log.info("restored from the state file: %s (stop agproxy and run `agproxy state clear` to forget it)",
-                          line)
-        for line in self.windows.load_json((state or {}).get("windows"), config.upstreams):
-            self.log.info("restored from the state file: %s, as it said in an error (set its context_window to that)",
-                          line)
-        self.usage = UsageLedger(self.redact.text)
-        self.usage.load_json((state or {}).get("usage"), clock())
-        self.usage_counter = UsageCounter(self.usage, clock, self.save_state if persist else None)
-        self.record_readers.append(self.usage_counter.read)
-        self.http = HttpServer(config, self, self.redact)
-        self.adapters: Dict[str, Adapter] = {kind: cls(self) for kind, cls in ADAPTERS.items()}
-        self.catalog = ModelCatalog(config, self.client, self.pool, self.adapter, clock, self.log)
-        self._routes: Dict[str, Dict[str, Callable[[Request, _Exchange], Any]]] = {
-            "/": {"GET": self._root},
-            "/api/hello": {"GET": self._root},  # Claude Code 2.1.332 and later probe HEAD /api/hello
-            "/healthz": {"GET": self._healthz},
-            "/v1/messages": {"POST": self._messages},
-            "/v1/messages/count_tokens": {"POST": self._count_tokens},
-            "/v1/models": {"GET": self._models},
-            "/v1/models/claude": {"GET": self._models_openai},
-            "/v1/api/event_logging": {"POST": self._telemetry},
-            "/v1/api/event_logging/batch": {"POST": self._telemetry},
-            "/v1/agproxy/accounts": {"GET": self._accounts},
-            "/v1/agproxy/stats": {"GET": self._stats},
-            "/v1/agproxy/usage": {"GET": self._usage},
-        }
 
-    def adapter(self, upstream: Upstream) -> Adapter:
-        """The adapter of an upstream's kind (the kinds are validated at load time)."""
-        return self.adapters[upstream.kind]
+    def apply(self, call: Call) -> None:
+        """Apply what an attempt learned and did (:class:`CallFacts`): its lessons, a context window
+        the server named, its changes to the counters, its notes."""
+        facts, upstream = call.facts, call.upstream
+        if facts.window:
+            self.learn_window(upstream, call.route.model, facts.window)
+        if facts.lessons is not None:
+            self.commit_lessons(upstream, facts.lessons)
+            facts.lessons = None
+        for stage, changes in facts.changes:
+            self.count_changes(stage, changes, upstream)
+        facts.changes.clear()
+        for session, kind, message, args in facts.notes:
+            self.note_once(session, kind, message, *args)
+        facts.notes.clear()
+        self.counters.update(facts.counters)
+        facts.counters.clear()
 
-    def finished(self, record: RequestRecord) -> None:
-        """A request's answer has ended: its access line, then each of ``record_readers`` (metrics,
-        the ledger, the status page's last requests) reads its record."""
-        self.access_log.info("%s", record.line(), extra={"access": record.fields()})
-        for read in self.record_readers:
-            try:
-                read(record)
-            except Exception:  # one reader's defect must not lose the others' facts, nor the answer
-                self.log.exception("reading the record of %s failed", record.request_id)
+    def commit_lessons(self, upstream: Upstream, trial: _Lessons) -> None:
+        """A request succeeded without what it tried without: every later request is sent so."""
+        new = self.learned.learn(upstream.name, trial.fields, trial.betas)
+        if not new:
+            return
+        self.counters["healed"] += len(new)
+        self.metrics.learned(upstream.name, new)
+        self.log.warning("upstream %r rejects %s; agproxy strips %s from its requests from now on",
+                         upstream.name, ", ".join(new), "them" if len(new) > 1 else "it")
+        self.save()
 
-    # -- lifecycle -------------------------------------------------------------------
+    def learn_window(self, upstream: Upstream, model: str, window: Optional[int]) -> None:
+        """A context window the server named in an error: used for ``model`` from now on when it is
+        smaller than the one in effect, said once at WARNING with the setting to fix, and saved."""
+        configured = upstream.context_window
+        if not self.windows.learn(upstream, model, window):
+            return
+        self.metrics.learned_window(upstream.name)
+        index = next((i for i, u in enumerate(self.config.upstreams) if u.name == upstream.name), 0)
+        setting = f"upstreams[{index}].context_window"
+        said = f"says {configured}" if configured else "is not set"
+        self.log.warning("upstream %r serves %r with a %d-token context window, as its error said, but %s %s: set it "
+                         "to %d; until then agproxy fits requests to %d (kept in the state file until the config "
+                         "changes)", upstream.name, model, window, setting, said, window, window)
+        self.save()
 
-    async def start(self) -> Tuple[str, int]:
-        """Bind and start accepting; returns the real host and port."""
-        return await self.http.start()
+    def count_changes(self, stage: str, changes: Dict[str, int], upstream: Upstream) -> None:
+        """Add a request's changes to the counters (and say them in the debug log). Kinds name fields
+        a client chose (``field:x``), so past :data:`MAX_COUNTER_KINDS` distinct kinds new ones are
+        counted together as ``other``."""
+        if changes and self.log.isEnabledFor(logging.DEBUG):
+            summary = ", ".join(f"{kind}={n}" for kind, n in sorted(changes.items()))
+            self.log.debug("%s for upstream %r: %s", stage, upstream.name, summary)
+        self.learned.used(upstream.name, changes)
+        for kind, n in changes.items():
+            name = f"{stage}:{kind[:80]}"
+            if name not in self.counters and len(self.counters) >= MAX_COUNTER_KINDS:
+                name = f"{stage}:{kind.partition(':')[0][:40]}:other"
+            self.counters[name] += n
 
-    async def shutdown(self, grace_s: Optional[float] = None) -> None:
-        """Stop accepting, let in-flight requests finish within ``grace_s`` (``shutdown_grace_s``),
-        save the state."""
-        await self.http.shutdown(grace_s)
-        self.usage_counter.flush()  # the usage of the last seconds, not saved yet
+    def note_once(self, session: Optional[str], kind: str, message: str, *args: Any) -> None:
+        """Log ``message`` once per session and kind, in bounded memory."""
+        key = (session or "-", kind)
+        if key in self._noted:
+            return
+        self._noted[key] = None
+        while len(self._noted) > MAX_STICKY_SESSIONS:  # one note per session and kind, as many sessions
+            self._noted.popitem(last=False)
+        self.log.info(message, *args)
+
+
+class StateSaver:
+    """Saves the state file off the event loop (the write fsyncs): one save at a time, and the
+    changes made while one runs saved right after it, so that many changes cost one write. What
+    is saved is what ``snapshot`` returns when the write begins."""
+
+    def __init__(self, persist: Optional[Callable[[Dict[str, Any]], None]], snapshot: Callable[[], Dict[str, Any]]
+                 ) -> None:
+        self._persist = persist
+        self._snapshot = snapshot
+        self._saving: Optional[asyncio.Future] = None
+        self._dirty = False
+
+    def save(self) -> None:
+        """Save the state soon, off the event loop."""
+        if self._persist is None:
+            return
+        self._dirty = True
+        if self._saving is None or self._saving.done():
+            self._saving = asyncio.ensure_future(self._write_state())
+
+    async def _write_state(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._dirty:
+            self._dirty = False
+            snapshot = self._snapshot()
+            assert self._persist is not None
+            await loop.run_in_executor(None, self._persist, snapshot)
+
+    async def finish(self) -> None:
+        """Wait for the save under way, if any."""
         if self._saving is not None:
             await self._saving
-        self.client.shutdown()
 
-    async def handle(self, request: Request, exchange: _Exchange) -> Union[Response, StreamingResponse]:
-        """Admit the request (unless its head was) and run its handler."""
-        if not request.admitted:
-            self.admit(request)
-        if request.method == "OPTIONS":
-            return self._preflight(request)
-        handler = self._handler(request)
-        exchange.record.route = handler.__name__.lstrip("_")
-        response = await handler(request, exchange)
-        origin = request.header("origin")
-        if origin:
-            response.headers.append(("Access-Control-Allow-Origin", origin))
-            response.headers.append(("Vary", "Origin"))
-        return response
 
-    # -- routing and guards --------------------------------------------------------------
+class FrontDoor:
+    """What a request must pass before a handler runs, checked on its head alone (before its body
+    is read): the browser origin, the Host (DNS rebinding), the ``/v1/v1`` mistake, agproxy's key,
+    and a route for the path and method; and the answer to a CORS preflight. It reads the config it
+    is given (a reload gives it the new one) and the routes table (``/v1/models/`` stands for every
+    path below it)."""
+
+    def __init__(self, config: Config, routes: Dict[str, Dict[str, Callable[[Request, _Exchange], Any]]],
+                 note: Callable[..., None]) -> None:
+        self.config = config
+        self.auth_mode = config.effective_auth_mode()
+        self.routes = routes
+        self.note = note  # says a mistake once: note(session, kind, message, *args)
+
+    def reconfigure(self, config: Config) -> None:
+        """Check requests against ``config`` from now on."""
+        self.config = config
+        self.auth_mode = config.effective_auth_mode()
 
     def admit(self, request: Request) -> None:
         """The checks a request's head must pass before its body is read: browser origin, Host,
@@ -7645,7 +7728,7 @@ class Server(Application):
         self._check_origin(request)
         self._check_host(request)
         if path.startswith("/v1/v1/") or path == "/v1/v1":
-            self.note_once(None, "v1v1", "a client asked for %s: its base URL ends in /v1; it must not, agproxy "
+            self.note(None, "v1v1", "a client asked for %s: its base URL ends in /v1; it must not, agproxy "
                                          "adds /v1 itself", path[:100])
             # a 400, not a 404: Claude Code shows a 400's message, but says "There's an issue with the
             # selected model" for any 404
@@ -7656,16 +7739,17 @@ class Server(Application):
             )
         if request.method == "OPTIONS":
             return
-        if self.auth_mode == "strict" or (self.auth_mode == "all_except_health" and path != "/healthz"):
+        if (self.auth_mode == "strict" or (self.auth_mode == "all_except_health" and path != "/healthz")) \
+                and not asks_for_status_page(request):  # the page holds no data; its data needs the key
             self._check_key(request)
-        self._handler(request)
+        self.handler(request)
 
-    def _handler(self, request: Request) -> Callable[[Request, _Exchange], Any]:
+    def handler(self, request: Request) -> Callable[[Request, _Exchange], Any]:
         """The handler of a request's path and method; 404 or 405 (with ``Allow``) when none."""
         path = request.path
-        methods = self._routes.get(path)
+        methods = self.routes.get(path)
         if methods is None and path.startswith("/v1/models/"):
-            methods = {"GET": self._model}
+            methods = self.routes["/v1/models/"]
         if methods is None:
             raise NotFound(f"no route for {request.method[:20]} {path[:200]}")
         method = "GET" if request.method == "HEAD" and "GET" in methods else request.method
@@ -7677,9 +7761,13 @@ class Server(Application):
         return handler
 
     def _check_origin(self, request: Request) -> None:
-        """Web pages the user opens can reach localhost; only listed browser origins get in."""
+        """Web pages the user opens can reach localhost; only listed browser origins get in, and
+        agproxy's own (the status page: ``http://`` and the request's Host). That one lets no other site
+        in: a DNS-rebinding page is same-origin with its own Host, which ``_check_host`` refuses with
+        auth off; with auth on, the request needs the key, which a page of another origin cannot read."""
         origin = request.header("origin")
         allowed = {o.rstrip("/").lower() for o in self.config.allowed_origins}
+        allowed.add(f"http://{request.header('host') or ''}".lower())
         if origin is not None and origin.rstrip("/").lower() not in allowed:
             raise PermissionDenied(
                 f"requests from browser origin {origin[:100]!r} are refused; add it to allowed_origins to permit it"
@@ -7711,7 +7799,7 @@ class Server(Application):
         if not key_matches(self.config.api_key, keys):
             raise AuthenticationFailed("invalid API key for agproxy (it is agproxy's api_key, not an upstream's key)")
 
-    def _preflight(self, request: Request) -> Response:
+    def preflight(self, request: Request) -> Response:
         """CORS preflight for an allowed origin (the origin check has already run)."""
         headers: Headers = [("Allow", "GET, HEAD, POST, OPTIONS")]
         origin = request.header("origin")
@@ -7725,9 +7813,132 @@ class Server(Application):
             ]
         return Response(204, headers)
 
+
+class Server(Application):
+    """The gateway: the front door (guards, routes) and the handlers over one state (account
+    pools, learned rejections, signature book, counters), served by an :class:`HttpServer`."""
+
+    def __init__(self, config: Config, client: Optional[UpstreamClient] = None, state: Optional[Dict[str, Any]] = None,
+                 persist: Optional[Callable[[Dict[str, Any]], None]] = None, *,
+                 clock: Callable[[], float] = time.time, sleep: Callable[[float], Any] = asyncio.sleep) -> None:
+        self.config = config
+        #: wall-clock time and the wait between attempts: what account rests and resets are measured
+        #: with (a test passes its own, so waits and rests pass without sleeping)
+        self.clock = clock
+        self.sleep = sleep
+        self._servers = {u.name: server_fingerprint(u) for u in config.upstreams}
+        self.learned = LearnedRejections()
+        self.learned.load_json((state or {}).get("learned"), self._servers)
+        self.windows = LearnedWindows()
+        self.signatures = SignatureBook()
+        self.call_signatures = CallSignatures()
+        self.redact = Redactor(config.secrets(dict(os.environ)))  # the proxy the client uses is os.environ's
+        self.client = client or UpstreamClient()
+        self.pool = AccountPool(config.upstreams)
+        self.log = logging.getLogger("agproxy")
+        self.access_log = logging.getLogger("agproxy.access")
+        #: what reads each request's record once its answer has ended (:meth:`finished`)
+        self.record_readers: List[Callable[[RequestRecord], None]] = []
+        self.metrics = Metrics(lambda text: self.redact.text(text))
+        self.record_readers.append(self.metrics.read)
+        self.saver = StateSaver(persist, self._snapshot)
+        self.learning = Learning(config, self.learned, self.windows, self.metrics, self.saver.save)
+        self.counters = self.learning.counters
+        self.note_once = self.learning.note_once
+        self.usage = UsageLedger(self.redact.text)
+        self.usage.load_json((state or {}).get("usage"), clock())
+        self.usage_counter = UsageCounter(self.usage, clock, self.saver.save if persist else None)
+        self.record_readers.append(self.usage_counter.read)
+        for line in self.pool.load_json((state or {}).get("accounts"), clock()):
+            self.log.info("restored from the state file: %s (stop agproxy and run `agproxy state clear` to forget it)",
+                          line)
+        for line in self.windows.load_json((state or {}).get("windows"), config.upstreams):
+            self.log.info("restored from the state file: %s, as it said in an error (set its context_window to that)",
+                          line)
+        self.http = HttpServer(config, self, self.redact)
+        shared = AdapterState(self.client, self.redact, clock, self.learned, self.windows, self.signatures,
+                              self.call_signatures)
+        self.adapters: Dict[str, Adapter] = {kind: cls(shared) for kind, cls in ADAPTERS.items()}
+        self.catalog = ModelCatalog(config, self.client, self.pool, self.adapter, clock, self.log)
+        self._routes: Dict[str, Dict[str, Callable[[Request, _Exchange], Any]]] = {
+            "/": {"GET": self._root},
+            "/api/hello": {"GET": self._root},  # Claude Code 2.1.332 and later probe HEAD /api/hello
+            "/healthz": {"GET": self._healthz},
+            "/v1/messages": {"POST": self._messages},
+            "/v1/messages/count_tokens": {"POST": self._count_tokens},
+            "/v1/models": {"GET": self._models},
+            "/v1/models/claude": {"GET": self._models_openai},
+            "/v1/api/event_logging": {"POST": self._telemetry},
+            "/v1/api/event_logging/batch": {"POST": self._telemetry},
+            "/v1/agproxy/accounts": {"GET": self._accounts},
+            "/v1/agproxy/stats": {"GET": self._stats},
+            "/v1/agproxy/usage": {"GET": self._usage},
+            "/metrics": {"GET": self._metrics},
+            "/agproxy": {"GET": self._status_page},
+            STATUS_DATA_PATH: {"GET": self._status},
+        }
+        self.board = StatusBoard(clock())
+        self.record_readers.append(self.board.read)
+        self.door = FrontDoor(config, dict(self._routes, **{"/v1/models/": {"GET": self._model}}), self.note_once)
+
+    def adapter(self, upstream: Upstream) -> Adapter:
+        """The adapter of an upstream's kind (the kinds are validated at load time)."""
+        return self.adapters[upstream.kind]
+
+    def finished(self, record: RequestRecord) -> None:
+        """A request's answer has ended: its access line, then each of ``record_readers`` (metrics,
+        the ledger, the status page's last requests) reads its record."""
+        self.access_log.info("%s", record.line(), extra={"access": record.fields()})
+        for read in self.record_readers:
+            try:
+                read(record)
+            except Exception:  # one reader's defect must not lose the others' facts, nor the answer
+                self.log.exception("reading the record of %s failed", record.request_id)
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> Tuple[str, int]:
+        """Bind and start accepting; returns the real host and port."""
+        return await self.http.start()
+
+    async def shutdown(self, grace_s: Optional[float] = None) -> None:
+        """Stop accepting, let in-flight requests finish within ``grace_s`` (``shutdown_grace_s``),
+        save the state."""
+        await self.http.shutdown(grace_s)
+        self.usage_counter.flush()  # the usage of the last seconds, not saved yet
+        await self.saver.finish()
+        self.client.shutdown()
+
+    def _snapshot(self) -> Dict[str, Any]:
+        """What the state file keeps."""
+        return {"learned": self.learned.to_json(self._servers), "accounts": self.pool.to_json(self.clock()),
+                "windows": self.windows.to_json(self.config.upstreams), "usage": self.usage.to_json(),
+                "pid": os.getpid()}  # `agproxy state clear` leaves the file of a running agproxy alone
+
+    def admit(self, request: Request) -> None:
+        """The front door's checks of a request's head (:class:`FrontDoor`)."""
+        self.door.admit(request)
+
+    async def handle(self, request: Request, exchange: _Exchange) -> Union[Response, StreamingResponse]:
+        """Admit the request (unless its head was) and run its handler."""
+        if not request.admitted:
+            self.admit(request)
+        if request.method == "OPTIONS":
+            return self.door.preflight(request)
+        handler = self.door.handler(request)
+        exchange.record.route = handler.__name__.lstrip("_")
+        response = await handler(request, exchange)
+        origin = request.header("origin")
+        if origin:
+            response.headers.append(("Access-Control-Allow-Origin", origin))
+            response.headers.append(("Vary", "Origin"))
+        return response
+
     # -- handlers ------------------------------------------------------------------------
 
     async def _root(self, request: Request, exchange: _Exchange) -> Response:
+        if asks_for_status_page(request):  # a browser; Claude Code's probes get the JSON
+            return await self._status_page(request, exchange)
         return json_response(200, {"name": "agproxy", "version": __version__, "status": "ok"})
 
     async def _healthz(self, request: Request, exchange: _Exchange) -> Response:
@@ -7778,22 +7989,53 @@ class Server(Application):
             return self._local_message(message, bool(body.get("stream")), headers + [("X-Warmup-Intercepted", "true")])
 
         async def attempt(upstream: Upstream, account: Account) -> Union[Response, StreamingResponse]:
-            record.upstream, record.account = upstream.name, account.name
-            answered = [("X-Mapped-Model", route.model), ("X-Account-Email", account.name)]
+            call = self._call(request, exchange, body, Route((upstream,), route.model), account)
             try:
-                return await self.adapter(upstream).messages(request, exchange, body, Route((upstream,), route.model),
-                                                             account, answered)
+                answer = await self.adapter(upstream).messages(call)
             except AgproxyError as exc:
                 raise AttemptError(exc, _outcome_of(exc)) from None
+            finally:
+                self.learning.apply(call)
+            if self.adapter(upstream).answers_locally:
+                record.local = upstream.kind
+            if not isinstance(answer, AnswerStream):
+                record.add_usage(call.facts.usage)
+                return answer
+            return self._relay(answer, call, record)  # its usage comes as it is relayed
 
         try:
             return await run_attempts(self.pool, route, session_id(request.headers, body),
                                       self.config.max_retry_attempts, attempt, clock=self.clock, sleep=self.sleep,
-                                      on_attempt=self._log_attempt(exchange, route.model), on_change=self.save_state)
+                                      on_attempt=self._log_attempt(exchange, route.model), on_change=self.saver.save)
         except AgproxyError as exc:
             exc.headers.extend([("X-Mapped-Model", route.model)] +
                                ([("X-Account-Email", record.account)] if record.account else []))
             raise
+
+    def _call(self, request: Request, exchange: _Exchange, body: Dict[str, Any], route: Route,
+              account: Account) -> Call:
+        """What one attempt on ``route`` with ``account`` needs; the record names them from now on."""
+        exchange.record.upstream, exchange.record.account = route.upstream.name, account.name
+        return Call(body, request.body or b"", request.headers, route, account,
+                    [("X-Mapped-Model", route.model), ("X-Account-Email", account.name)], exchange.on_client_gone,
+                    self.config.force_stream_internally, self.config.ping_interval_s)
+
+    def _relay(self, answer: AnswerStream, call: Call, record: RequestRecord) -> StreamingResponse:
+        """The client's streaming response for an attempt's answer stream: the account's slot stays
+        taken, and the record takes the answer's usage, when the relay ends."""
+        release = self.pool.hold(call.upstream, call.account)
+        response = answer.response
+
+        def ended() -> None:
+            release()
+            record.add_usage(call.facts.usage)
+
+        def abort() -> None:
+            response.abandoned = True
+            response.close()
+            release()
+
+        return StreamingResponse(200, _SSE_HEADERS + answer.headers, answer.relay(ended), abort)
 
     def _log_attempt(self, exchange: _Exchange, model: str) -> Callable[[int, Upstream, Account, Decision, int],
                                                                          None]:
@@ -7829,86 +8071,6 @@ class Server(Application):
 
 
 
-    def commit_lessons(self, upstream: Upstream, trial: _Lessons) -> None:
-        """A request succeeded without what it tried without: every later request is sent so."""
-        new = self.learned.learn(upstream.name, trial.fields, trial.betas)
-        if not new:
-            return
-        self.counters["healed"] += len(new)
-        self.log.warning("upstream %r rejects %s; agproxy strips %s from its requests from now on",
-                         upstream.name, ", ".join(new), "them" if len(new) > 1 else "it")
-        self.save_state()
-
-    def learn_window(self, upstream: Upstream, model: str, window: Optional[int]) -> None:
-        """A context window the server named in an error: used for ``model`` from now on when it is
-        smaller than the one in effect, said once at WARNING with the setting to fix, and saved."""
-        configured = upstream.context_window
-        if not self.windows.learn(upstream, model, window):
-            return
-        setting = f"upstreams[{self.config.upstreams.index(upstream)}].context_window"
-        said = f"says {configured}" if configured else "is not set"
-        self.log.warning("upstream %r serves %r with a %d-token context window, as its error said, but %s %s: set it "
-                         "to %d; until then agproxy fits requests to %d (kept in the state file until the config "
-                         "changes)", upstream.name, model, window, setting, said, window, window)
-        self.save_state()
-
-    def count_changes(self, stage: str, changes: Dict[str, int], exchange: _Exchange, upstream: Upstream) -> None:
-        """Add a request's changes to the counters (and say them in the debug log). Kinds name fields
-        a client chose (``field:x``), so past :data:`MAX_COUNTER_KINDS` distinct kinds new ones are
-        counted together as ``other``."""
-        if changes and self.log.isEnabledFor(logging.DEBUG):
-            summary = ", ".join(f"{kind}={n}" for kind, n in sorted(changes.items()))
-            self.log.debug("%s %s for upstream %r: %s", exchange.id, stage, upstream.name, summary)
-        self.learned.used(upstream.name, changes)
-        for kind, n in changes.items():
-            name = f"{stage}:{kind[:80]}"
-            if name not in self.counters and len(self.counters) >= MAX_COUNTER_KINDS:
-                name = f"{stage}:{kind.partition(':')[0][:40]}:other"
-            self.counters[name] += n
-
-    def note_once(self, session: Optional[str], kind: str, message: str, *args: Any) -> None:
-        """Log ``message`` once per session and kind, in bounded memory."""
-        key = (session or "-", kind)
-        if key in self._noted:
-            return
-        self._noted[key] = None
-        while len(self._noted) > MAX_STICKY_SESSIONS:  # one note per session and kind, as many sessions
-            self._noted.popitem(last=False)
-        self.log.info(message, *args)
-
-    def save_state(self) -> None:
-        """Save the learned rejections and resting accounts, off the event loop (the write fsyncs):
-        one save at a time, and changes made while one runs are saved right after it."""
-        if self._persist is None:
-            return
-        self._state_dirty = True
-        if self._saving is None or self._saving.done():
-            self._saving = asyncio.ensure_future(self._write_state())
-
-    async def _write_state(self) -> None:
-        loop = asyncio.get_running_loop()
-        while self._state_dirty:
-            self._state_dirty = False
-            snapshot = {"learned": self.learned.to_json(self._servers), "accounts": self.pool.to_json(self.clock()),
-                        "windows": self.windows.to_json(self.config.upstreams), "usage": self.usage.to_json(),
-                        "pid": os.getpid()}  # `agproxy state clear` leaves the file of a running agproxy alone
-            assert self._persist is not None
-            await loop.run_in_executor(None, self._persist, snapshot)
-
-
-    def stream_to_client(self, response: UpstreamResponse, upstream: Upstream, account: Account, headers: Headers,
-                          relay: Callable[[Callable[[], None]], AsyncIterator[bytes]],
-                          status: Optional[int] = None) -> StreamingResponse:
-        """The streaming answer; the account's concurrency slot stays taken until the relay ends."""
-        release = self.pool.hold(upstream, account)
-
-        def abort() -> None:
-            response.abandoned = True
-            response.close()
-            release()
-
-        return StreamingResponse(status or response.status, _SSE_HEADERS + headers, relay(release), abort)
-
     async def _count_tokens(self, request: Request, exchange: _Exchange) -> Response:
         body = self._json_body(request)
         record = exchange.record
@@ -7920,7 +8082,8 @@ class Server(Application):
         window = self.windows.window(route.upstream, route.model)
         client_window = client_context_window(request.headers, body.get("model"))
         if not self.adapter(route.upstream).counts_upstream:
-            counted = await self.adapter(route.upstream).count(body, route)
+            account = self.pool.rested(route.upstream, route.model, self.clock())
+            counted = await self.adapter(route.upstream).count(body, route, account)
             tokens = counted if counted is not None else await _estimate_tokens(body, len(request.body or b""))
             if window:
                 tokens = scale_tokens(tokens, window, client_window)
@@ -7929,12 +8092,13 @@ class Server(Application):
         pooled = Route(tuple(u for u in route.upstreams if self.adapter(u).counts_upstream), route.model)
 
         async def attempt(upstream: Upstream, account: Account) -> Response:
-            record.upstream, record.account = upstream.name, account.name
+            call = self._call(request, exchange, body, Route((upstream,), route.model), account)
             try:
-                counted = await self.adapter(upstream).count_by_account(request, exchange, Route((upstream,),
-                                                                                                 route.model), account)
+                counted = await self.adapter(upstream).count_by_account(call)
             except AgproxyError as exc:
                 raise AttemptError(exc, _outcome_of(exc)) from None
+            finally:
+                self.learning.apply(call)
             upstream_window = self.windows.window(upstream, route.model)
             if upstream_window:
                 scale_usage(counted, upstream_window, client_window)
@@ -7943,17 +8107,20 @@ class Server(Application):
         try:
             return await run_attempts(self.pool, pooled, session_id(request.headers, body),
                                       self.config.max_retry_attempts, attempt, clock=self.clock, sleep=self.sleep,
-                                      on_attempt=self._log_attempt(exchange, route.model), on_change=self.save_state)
+                                      on_attempt=self._log_attempt(exchange, route.model), on_change=self.saver.save)
         except AgproxyError as exc:
             exc.headers.extend(headers)
             raise
 
-    # -- OpenAI-compatible upstreams ---------------------------------------------------------
 
+    async def _status_page(self, request: Request, exchange: _Exchange) -> Response:
+        return Response(200, list(STATUS_PAGE_HEADERS), STATUS_PAGE_HTML.encode())
 
-
-
-
+    async def _status(self, request: Request, exchange: _Exchange) -> Response:
+        """The status page's data (the request asking for it is not counted in flight)."""
+        status = self.board.snapshot(self.clock(), self.http.in_flight - 1, self.config.upstreams, self.pool,
+                                     self.learned, self.windows, self.counters)
+        return json_response(200, status, [("Cache-Control", "no-store")])
 
     async def _accounts(self, request: Request, exchange: _Exchange) -> Response:
         return json_response(200, {"accounts": self.pool.describe(self.clock())})
@@ -7966,6 +8133,12 @@ class Server(Application):
         """What agproxy changed and saved, counted per kind since it started."""
         return json_response(200, {"version": __version__, "counters": dict(sorted(self.counters.items())),
                                    "learned": self.learned.to_json()})
+
+    async def _metrics(self, request: Request, exchange: _Exchange) -> Response:
+        """The Prometheus page (:class:`Metrics`)."""
+        page = self.metrics.page(self.pool, self.clock(), self.http.streams_active, self.http.connections_active,
+                                 self.counters)
+        return Response(200, [("Content-Type", METRICS_CONTENT_TYPE)], page)
 
 
 async def list_upstream_models(client: UpstreamClient, adapter: Any, upstream: Upstream, account: Account,
@@ -8009,11 +8182,98 @@ class ProfileFit:
     no_route: bool = False  # /v1/messages too is absent (404 not naming the model, or 405): no Messages API there
 
 
+@dataclasses.dataclass
+class CallFacts:
+    """What one attempt at an upstream learned and did, for the gateway to apply once the attempt
+    ends (an adapter never reaches back into the gateway): the lessons it succeeded with, a context
+    window the server named, the changes made to the request, what to say once, counters, and
+    what the answer said of itself (its usage, the upstream's ids for it)."""
+
+    lessons: Optional[_Lessons] = None  # the request succeeded without these: every later one is sent so
+    window: Optional[int] = None  # the context window the server named in an error
+    changes: List[Tuple[str, Dict[str, int]]] = dataclasses.field(default_factory=list)  # (stage, kind: count)
+    #: (session or upstream, kind, message, args): said once per session and kind
+    notes: List[Tuple[Optional[str], str, str, Tuple[Any, ...]]] = dataclasses.field(default_factory=list)
+    counters: Dict[str, int] = dataclasses.field(default_factory=dict)
+    #: the answer's usage under Anthropic's names, the latest counts (a stream's fill in as it is read)
+    usage: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    upstream_ids: List[str] = dataclasses.field(default_factory=list)
+
+    def note(self, session: Optional[str], kind: str, message: str, *args: Any) -> None:
+        """Ask for ``message`` to be logged, once per session (or upstream) and kind."""
+        self.notes.append((session, kind, message, args))
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
+
+
+@dataclasses.dataclass
+class Call:
+    """What one attempt at an upstream needs, and nothing of the gateway's: the client's request
+    (parsed, its bytes for a private copy to change, the headers a few choices read), the route
+    (one upstream, the model sent), the account, the headers the answer carries, where to
+    register a read that a departing client cuts, and the facts the attempt leaves."""
+
+    body: Dict[str, Any]  # the client's request, parsed (never changed)
+    raw: bytes  # its bytes
+    client_headers: Headers  # the client's request headers
+    route: Route
+    account: Account
+    answered: Headers = ()  # X-Mapped-Model, X-Account-Email
+    on_client_gone: List[Callable[[], None]] = dataclasses.field(default_factory=list)
+    stream_upstream: bool = True  # ask the upstream for a stream (force_stream_internally) even for JSON
+    ping_interval_s: float = 10.0
+    facts: CallFacts = dataclasses.field(default_factory=CallFacts)
+
+    @property
+    def upstream(self) -> Upstream:
+        return self.route.upstream
+
+    @property
+    def session(self) -> Optional[str]:
+        return session_id(self.client_headers, self.body)
+
+    def header(self, name: str) -> Optional[str]:
+        """A header of the client's request."""
+        return header_value(self.client_headers, name)
+
+    def private_body(self) -> Dict[str, Any]:
+        """A copy of the client's request to change (parsing its bytes again is the fastest deep copy)."""
+        return json.loads(self.raw or b"{}")
+
+
+@dataclasses.dataclass
+class AnswerStream:
+    """An attempt's answer to relay as a stream: the upstream response it reads, the headers, and
+    the relay of its events (given what to call when it ends). The gateway turns it into the
+    client's streaming response, holding the account's slot until the relay ends."""
+
+    response: UpstreamResponse
+    headers: Headers
+    relay: Callable[[Callable[[], None]], AsyncIterator[bytes]]
+
+
+@dataclasses.dataclass
+class AdapterState:
+    """What every adapter reads and shares, and the only part of the gateway they see: the
+    upstream client, the redactor, the clock, what upstreams rejected and the windows they named,
+    and the signature books."""
+
+    client: UpstreamClient
+    redact: Redactor
+    clock: Callable[[], float]
+    learned: LearnedRejections
+    windows: LearnedWindows
+    signatures: SignatureBook
+    call_signatures: CallSignatures
+
+
 class Adapter:
     """An upstream kind behind one interface, so the gateway, ``check`` and the model list never
     compare kind names: the key's header, the paths to list models and to probe, one attempt at a
-    Message, and (where the kind has one) the upstream's own token count. State the adapters share
-    (account pools, learned rejections, the signature book, counters) stays on the gateway."""
+    Message, and (where the kind has one) the upstream's own token count. An adapter gets a
+    :class:`Call` for each attempt and the :class:`AdapterState` they all share; what it learns
+    and does it leaves in the call's :class:`CallFacts`, for the gateway to apply."""
 
     kind = ""
     #: the header an account's key goes in, and how its value is written
@@ -8058,9 +8318,11 @@ class Adapter:
                 for m in data if isinstance(m, dict) and m.get("id")], None
     #: count_tokens goes to the upstream, through the account pool, with retries
     counts_upstream = False
+    #: the answers are made here, with no upstream (the record calls them local)
+    answers_locally = False
 
-    def __init__(self, gateway: Server) -> None:
-        self.gw = gateway
+    def __init__(self, state: AdapterState) -> None:
+        self.state = state
 
     @classmethod
     def auth_headers(cls, upstream: Upstream, account: Account) -> Headers:
@@ -8080,72 +8342,77 @@ class Adapter:
     heal_statuses: Tuple[int, ...] = (400,)
     heal_thinking = False
 
-    def prepare(self, request: Request, exchange: _Exchange, route: Route, stream: bool, strip_thinking: bool,
+    def prepare(self, call: Call, stream: bool, strip_thinking: bool,
                 trial: _Lessons) -> Tuple[bytes, Dict[str, Any], Optional[str]]:
         """The body to send (its bytes and the object), and the ``anthropic-beta`` value if any."""
         raise NotImplementedError
 
-    def headers(self, request: Optional[Request], upstream: Upstream, account: Account, beta: Optional[str],
+    def window(self, call: Call) -> Optional[int]:
+        """The context window in effect for the call's upstream and model: the config's, or a
+        smaller one the server named (before, or in this very attempt)."""
+        known = self.state.windows.window(call.upstream, call.route.model)
+        named = call.facts.window
+        return min(known, named) if known and named else known or named
+
+    def headers(self, call: Optional[Call], upstream: Upstream, account: Account, beta: Optional[str],
                 stream: bool) -> Headers:
         """The headers of a call: content type, what is accepted, the account's key."""
         return [("Content-Type", "application/json"), ("Accept", "text/event-stream" if stream else "application/json"),
                 ("Accept-Encoding", "identity"), ("User-Agent", f"agproxy/{__version__}")] + \
             self.auth_headers(upstream, account)
 
-    async def call(self, request: Request, exchange: _Exchange, route: Route, account: Account, path: str,
-                   stream: bool, max_tokens: Optional[int] = None) -> Tuple[UpstreamResponse, Dict[str, Any]]:
+    async def send(self, call: Call, path: str, stream: bool,
+                   max_tokens: Optional[int] = None) -> Tuple[UpstreamResponse, Dict[str, Any]]:
         """Send to the upstream and return its successful answer and what was sent, healing on the
-        way as :func:`heal_decision` says; a request that succeeds after healing teaches its lesson
-        to every later request. ``max_tokens`` is sent in place of the client's, where given.
-        Other error answers raise an :class:`AgproxyError` that keeps the upstream's status and
-        reset time."""
-        upstream = route.upstream
+        way as :func:`heal_decision` says; a request that succeeds after healing leaves its lesson
+        in the call's facts, for every later request. ``max_tokens`` is sent in place of the
+        client's, where given. Other error answers raise an :class:`AgproxyError` that keeps the
+        upstream's status and reset time."""
+        upstream, facts, state = call.upstream, call.facts, self.state
         trial, strip_thinking = _Lessons(max_tokens=max_tokens), False
         while True:
-            payload, sent, beta = self.prepare(request, exchange, route, stream, strip_thinking, trial)
+            payload, sent, beta = self.prepare(call, stream, strip_thinking, trial)
             try:
-                response = await self.gw.client.request(
+                response = await state.client.request(
                     "POST", upstream_url(upstream.base_url, path),
-                    self.headers(request, upstream, account, beta, stream), payload,
+                    self.headers(call, upstream, call.account, beta, stream), payload,
                     timeout_s=upstream.timeout_s, connect_timeout_s=upstream.connect_timeout_s)
             except UpstreamFailure as exc:
                 exc.message = f"upstream {upstream.name!r}: {exc.message}"
                 raise
             if response.status < 300:
-                self.gw.commit_lessons(upstream, trial)
+                facts.lessons = trial
                 return response, sent
-            data = self.gw.redact.data(await _error_body(upstream, response))  # before anything cuts it
+            data = state.redact.data(await _error_body(upstream, response))  # before anything cuts it
             heal = heal_decision(response.status, data, sent, beta, heals=trial.heals,
-                                 known_fields=self.gw.learned.fields(upstream.name) + trial.fields,
-                                 known_betas=self.gw.learned.betas(upstream.name) + trial.betas,
+                                 known_fields=state.learned.fields(upstream.name) + trial.fields,
+                                 known_betas=state.learned.betas(upstream.name) + trial.betas,
                                  heal_statuses=self.heal_statuses, heal_thinking=self.heal_thinking,
-                                 thinking_stripped=strip_thinking,
-                                 window=self.gw.windows.window(upstream, route.model), fitted=trial.fitted)
-            if heal.action in ("fit", "overflow"):
-                self.gw.learn_window(upstream, route.model, heal.window)
+                                 thinking_stripped=strip_thinking, window=self.window(call), fitted=trial.fitted)
+            if heal.action in ("fit", "overflow") and heal.window:
+                known = self.window(call)
+                facts.window = heal.window if not known or heal.window < known else facts.window
             if heal.action == "fit":
                 trial.max_tokens, trial.fitted = heal.max_tokens, True
-                self.gw.note_once(upstream.name, "fit",
-                                  "upstream %r has no room for the completion asked for beside the prompt; asking "
-                                  "for %d tokens instead%s", upstream.name, heal.max_tokens,
-                                  "" if self.gw.windows.window(upstream, route.model) else
-                                  " (set its context_window to do so before sending)")
+                facts.note(upstream.name, "fit", "upstream %r has no room for the completion asked for beside the "
+                                                 "prompt; asking for %d tokens instead%s", upstream.name,
+                           heal.max_tokens, "" if self.window(call) else
+                           " (set its context_window to do so before sending)")
             elif heal.action == "retry":
                 trial.fields += heal.fields
                 trial.betas += heal.betas
                 trial.heals += 1
             elif heal.action == "strip_thinking":
                 strip_thinking = True
-                self.gw.counters["signature_fallback"] += 1
-                self.gw.note_once(session_id(request.headers, sent), "signature",
-                                  "upstream %r refused thinking signatures made elsewhere; retrying this session's "
-                                  "requests without the old thinking blocks", upstream.name)
+                facts.count("signature_fallback")
+                facts.note(session_id(call.client_headers, sent), "signature",
+                           "upstream %r refused thinking signatures made elsewhere; retrying this session's "
+                           "requests without the old thinking blocks", upstream.name)
             elif heal.action == "overflow":
-                client_body = json.loads(request.body or b"{}")
-                tokens = heal.prompt_tokens if heal.prompt_tokens is not None else estimate_input_tokens(client_body)
-                raise self.overflow(request, client_body, upstream, max(tokens, heal.window or 0), heal.window or 0)
+                tokens = heal.prompt_tokens if heal.prompt_tokens is not None else estimate_input_tokens(call.body)
+                raise self.overflow(call, max(tokens, heal.window or 0), heal.window or 0)
             else:
-                error = _upstream_error(upstream, response, data, self.gw.clock())
+                error = _upstream_error(upstream, response, data, state.clock())
                 hint = self.unhealed_hint(upstream, response.status, data)
                 if 400 <= response.status < 500 and not error.upstream_words:  # for the attempt's log line
                     error.upstream_words = error.message[:MAX_LOGGED_WORDS] + (f"; {hint}" if hint else "")
@@ -8157,16 +8424,15 @@ class Adapter:
         """What the user can change when the upstream refused a request agproxy could not heal."""
         return None
 
-    def overflow(self, request: Request, body: Dict[str, Any], upstream: Upstream, tokens: int,
-                 window: int) -> InvalidRequest:
+    def overflow(self, call: Call, tokens: int, window: int) -> InvalidRequest:
         """The "prompt is too long" a client compacts on, said in the log once per session with the
         upstream's own window (the client is told of its own, larger one)."""
-        client_window = client_context_window(request.headers, body.get("model"))
+        client_window = client_context_window(call.client_headers, call.body.get("model"))
         error = prompt_too_long(tokens, window, client_window)
-        self.gw.note_once(session_id(request.headers, body), "overflow",
-                          "the prompt (about %d tokens) does not fit the %d-token window of upstream %r; the "
-                          "client is told \"%s\" in its own window's terms, so that it compacts", tokens, window,
-                          upstream.name, error.message)
+        call.facts.note(call.session, "overflow",
+                        "the prompt (about %d tokens) does not fit the %d-token window of upstream %r; the "
+                        "client is told \"%s\" in its own window's terms, so that it compacts", tokens, window,
+                        call.upstream.name, error.message)
         return error
 
     #: where a Messages request goes, relative to base_url (:meth:`messages_path_for`)
@@ -8181,63 +8447,62 @@ class Adapter:
     #: whether agproxy pings the client while the upstream is silent (an upstream may send its own)
     pings = True
 
-    async def messages(self, request: Request, exchange: _Exchange, body: Dict[str, Any], route: Route,
-                       account: Account, headers: Headers) -> Union[Response, StreamingResponse]:
-        """One attempt at answering a Messages request on ``route.upstream`` with ``account``, the
-        same pipeline for every kind: check the window, call (healing on the way), then relay the
+    async def messages(self, call: Call) -> Union[Response, AnswerStream]:
+        """One attempt at answering a Messages request on the call's upstream and account, the
+        same pipeline for every kind: check the window, send (healing on the way), then relay the
         answer's events (nothing reaches the client before its head, so a failure until then can
-        still be retried), or assemble them, or read a whole answer, in the client's shape."""
-        upstream = route.upstream
-        window = self.gw.windows.window(upstream, route.model)
-        client_window = client_context_window(request.headers, body.get("model"))
-        estimate = await _estimate_tokens(body, len(request.body or b"")) if window or self.estimates_input else 0
+        still be retried), or assemble them, or read a whole answer, in the client's shape. The
+        answer's usage and the upstream's ids for it are left in the call's facts."""
+        upstream, body, facts = call.upstream, call.body, call.facts
+        window = self.window(call)
+        client_window = client_context_window(call.client_headers, body.get("model"))
+        estimate = await _estimate_tokens(body, len(call.raw)) if window or self.estimates_input else 0
         if window and estimate > window:
-            raise self.overflow(request, body, upstream, estimate, window)
+            raise self.overflow(call, estimate, window)
         stream = bool(body.get("stream"))
-        stream_upstream = stream or self.gw.config.force_stream_internally
-        response, _ = await self.call(request, exchange, route, account, self.messages_path_for(route, stream_upstream),
-                                      stream_upstream, fitted_max_tokens(body, window, estimate) if window else None)
-        headers = headers + relayed_upstream_headers(response.headers)
-        upstream_ids: List[str] = []  # the upstream's own id for the answer (the Message gets agproxy's)
+        stream_upstream = stream or call.stream_upstream
+        response, _ = await self.send(call, self.messages_path_for(call.route, stream_upstream), stream_upstream,
+                                      fitted_max_tokens(body, window, estimate) if window else None)
+        headers = list(call.answered) + relayed_upstream_headers(response.headers)
         if response.is_event_stream:
-            events = self.answer_events(response, route, body, estimate, upstream_ids.append)
+            events = self.answer_events(response, call, estimate)
             if stream:
-                head = await _watched(exchange, response, first_events(events))
-                headers = headers + self.upstream_id_headers(upstream_ids)
+                head = await _watched(call, response, first_events(events))
+                headers = headers + self.upstream_id_headers(facts.upstream_ids)
                 scaler = UsageScaler(window, client_window).transform if window else None
-                redact = DeltaRedactor(self.gw.redact).feed  # a key split across deltas
+                redact = DeltaRedactor(self.state.redact).feed  # a key split across deltas
                 transform = redact if scaler is None else (lambda batch: scaler(redact(batch)))
                 observe = self.watcher(upstream)
-                ping_s = self.gw.config.ping_interval_s if self.pings else None
-                return self.gw.stream_to_client(response, upstream, account, headers, lambda release: relay_events(
-                    head, events, response, upstream.name, observe, transform, ping_s, on_end=release), status=200)
-            message = await _watched(exchange, response, accumulate_events(events))
+                ping_s = call.ping_interval_s if self.pings else None
+                return AnswerStream(response, headers, lambda on_end: relay_events(
+                    head, events, response, upstream.name, observe, transform, ping_s, on_end=on_end))
+            message = await _watched(call, response, accumulate_events(events))
         else:
-            data = await _watched(exchange, response, response.read_all())
-            message = self.answer_message(data, response, route, body, upstream_ids.append)
-        headers = headers + self.upstream_id_headers(upstream_ids)
+            data = await _watched(call, response, response.read_all())
+            message = self.answer_message(data, response, call)
+        headers = headers + self.upstream_id_headers(facts.upstream_ids)
         self.received(message, upstream)
+        if isinstance(message.get("usage"), dict):
+            facts.usage.update(message["usage"])
         if window:
             scale_usage(message.get("usage"), window, client_window)
         if stream:  # asked for a stream, answered with a whole Message: the client still gets a stream
             return StreamingResponse(200, _SSE_HEADERS + headers, _iterate(message_as_sse(message)), lambda: None)
         return json_response(200, message, headers)
 
-    def answer_events(self, response: UpstreamResponse, route: Route, body: Dict[str, Any], estimate: int,
-                      on_upstream_id: Callable[[str], None]) -> AsyncIterator[bytes]:
+    def answer_events(self, response: UpstreamResponse, call: Call, estimate: int) -> AsyncIterator[bytes]:
         """The upstream's event stream as Anthropic events, in batches of whole events; a translated
-        answer gets its own message id, and the upstream's goes to ``on_upstream_id``."""
+        answer gets its own message id. The upstream's id and its usage go to the call's facts."""
         raise NotImplementedError
 
-    def answer_message(self, data: bytes, response: UpstreamResponse, route: Route, body: Dict[str, Any],
-                       on_upstream_id: Callable[[str], None]) -> Dict[str, Any]:
+    def answer_message(self, data: bytes, response: UpstreamResponse, call: Call) -> Dict[str, Any]:
         """The upstream's whole (not streamed) answer as an Anthropic Message (ids as in :meth:`answer_events`)."""
         raise NotImplementedError
 
     def upstream_id_headers(self, upstream_ids: List[str]) -> Headers:
         """``X-Upstream-Message-Id``: the id the upstream gave a translated answer, where the client
         can still find it (the answer itself carries agproxy's own)."""
-        return [("X-Upstream-Message-Id", self.gw.redact.text(upstream_ids[0])[:MAX_UPSTREAM_ID_CHARS])] \
+        return [("X-Upstream-Message-Id", self.state.redact.text(upstream_ids[0])[:MAX_UPSTREAM_ID_CHARS])] \
             if upstream_ids else []
 
     def watcher(self, upstream: Upstream) -> Optional[Callable[[bytes], None]]:
@@ -8247,8 +8512,9 @@ class Adapter:
     def received(self, message: Dict[str, Any], upstream: Upstream) -> None:
         """Look at a whole answer before it goes to the client."""
 
-    async def count(self, body: Dict[str, Any], route: Route) -> Optional[int]:
-        """The upstream's own count of the request's input tokens, or None (agproxy estimates)."""
+    async def count(self, body: Dict[str, Any], route: Route, account: Account) -> Optional[int]:
+        """The upstream's own count of the request's input tokens (asked with ``account``'s key),
+        or None (agproxy estimates)."""
         return None
 
 
@@ -8313,12 +8579,11 @@ class AnthropicAdapter(Adapter):
         basic_status, _ = await send(path, basic, None)
         return ProfileFit(path, spent, status, said, False, basic_status < 300)
 
-    async def count_by_account(self, request: Request, exchange: _Exchange, route: Route,
-                               account: Account) -> Dict[str, Any]:
+    async def count_by_account(self, call: Call) -> Dict[str, Any]:
         """The upstream's own ``count_tokens`` answer, checked to be a token count."""
-        upstream = route.upstream
-        response, _ = await self.call(request, exchange, route, account, self.counts_path, False)
-        data = await _watched(exchange, response, response.read_all(MAX_UPSTREAM_SMALL_BODY_BYTES))
+        upstream = call.upstream
+        response, _ = await self.send(call, self.counts_path, False)
+        data = await _watched(call, response, response.read_all(MAX_UPSTREAM_SMALL_BODY_BYTES))
         try:
             counted = loads_strict(data)
         except ValueError:
@@ -8328,20 +8593,21 @@ class AnthropicAdapter(Adapter):
                                   "token count")
         return counted
 
-    def headers(self, request: Request, upstream: Upstream, account: Account, beta: Optional[str],
+    def headers(self, call: Optional[Call], upstream: Upstream, account: Account, beta: Optional[str],
                 stream: bool) -> Headers:
-        headers = super().headers(request, upstream, account, beta, stream)
-        headers.insert(4, ("anthropic-version", request.header("anthropic-version") or DEFAULT_ANTHROPIC_VERSION))
+        headers = super().headers(call, upstream, account, beta, stream)
+        version = call.header("anthropic-version") if call is not None else None
+        headers.insert(4, ("anthropic-version", version or DEFAULT_ANTHROPIC_VERSION))
         return headers[:5] + ([("anthropic-beta", beta)] if beta else []) + headers[5:]
 
-    def prepare(self, request: Request, exchange: _Exchange, route: Route, stream: bool, strip_thinking: bool,
+    def prepare(self, call: Call, stream: bool, strip_thinking: bool,
                 trial: _Lessons) -> Tuple[bytes, Dict[str, Any], Optional[str]]:
         """The body and beta header to send to this upstream: sanitized per its profile, what it
         has rejected before and what this request is trying without; the client's bytes unchanged
         when nothing needs changing."""
-        upstream = route.upstream
-        raw = request.body or b""
-        body = json.loads(raw)  # a private copy to change
+        upstream, route, state = call.upstream, call.route, self.state
+        raw = call.raw
+        body = call.private_body()
         changes: Dict[str, int] = {}
         if body.get("model") != route.model:
             body["model"] = route.model
@@ -8351,24 +8617,23 @@ class AnthropicAdapter(Adapter):
             changes["stream_forced"] = 1
         _fit_max_tokens(body, trial.max_tokens, changes)
         changes.update(sanitize_request(body, upstream.rules,
-                                        drop_paths=self.gw.learned.fields(upstream.name) + trial.fields,
-                                        drop_thinking=self.gw.signatures.foreign_to(upstream.name)))
+                                        drop_paths=state.learned.fields(upstream.name) + trial.fields,
+                                        drop_thinking=state.signatures.foreign_to(upstream.name)))
         if strip_thinking:
             changes.update(strip_thinking_history(body))
-        beta, beta_changes = sanitize_betas(request.header("anthropic-beta"), upstream.rules,
-                                            self.gw.learned.betas(upstream.name) + trial.betas)
+        beta, beta_changes = sanitize_betas(call.header("anthropic-beta"), upstream.rules,
+                                            state.learned.betas(upstream.name) + trial.betas)
         changes.update(beta_changes)
         if not changes:
             return raw, body, beta
-        self.gw.count_changes("sanitize", changes, exchange, upstream)
+        call.facts.changes.append(("sanitize", changes))
         return json.dumps(body, ensure_ascii=False).encode("utf-8"), body, beta
 
-    def answer_events(self, response: UpstreamResponse, route: Route, body: Dict[str, Any], estimate: int,
-                      on_upstream_id: Callable[[str], None]) -> AsyncIterator[bytes]:
-        upstream = route.upstream.name  # relayed: its message ids are its own
-        return anthropic_events(response, upstream, lambda kind: self.gw.note_once(
+    def answer_events(self, response: UpstreamResponse, call: Call, estimate: int) -> AsyncIterator[bytes]:
+        upstream = call.upstream.name  # relayed: its message ids are its own
+        return anthropic_events(response, upstream, lambda kind: call.facts.note(
             upstream, "unknown_event:" + kind[:40], "upstream %r sent %r events, which are outside the Messages "
-            "stream's grammar; they are not relayed", upstream, kind[:40]))
+            "stream's grammar; they are not relayed", upstream, kind[:40]), usage=call.facts.usage)
 
     def unhealed_hint(self, upstream: Upstream, status: int, data: bytes) -> Optional[str]:
         if status not in (400, 422) or upstream.profile == "compatible" or not _SCHEMA_REFUSAL.search(
@@ -8377,21 +8642,20 @@ class AnthropicAdapter(Adapter):
         return (f"agproxy could not heal this; for an Anthropic-compatible service that is not Anthropic, set "
                 f'"profile": "compatible" on upstream {upstream.name!r}: it sends only the basic Messages fields')
 
-    def answer_message(self, data: bytes, response: UpstreamResponse, route: Route, body: Dict[str, Any],
-                       on_upstream_id: Callable[[str], None]) -> Dict[str, Any]:
+    def answer_message(self, data: bytes, response: UpstreamResponse, call: Call) -> Dict[str, Any]:
         try:
             return loads_strict(data)
         except ValueError:
             kind = response.header("content-type") or "no content type"
-            raise UpstreamFailure(f"upstream {route.upstream.name!r} answered HTTP {response.status} with something "
+            raise UpstreamFailure(f"upstream {call.upstream.name!r} answered HTTP {response.status} with something "
                                   f"that is not JSON ({kind[:60]})") from None
 
     def watcher(self, upstream: Upstream) -> Optional[Callable[[bytes], None]]:
-        return SignatureWatcher(self.gw.signatures, upstream.name).feed
+        return SignatureWatcher(self.state.signatures, upstream.name).feed
 
     def received(self, message: Dict[str, Any], upstream: Upstream) -> None:
         check_message(message, upstream.name)
-        self.gw.signatures.record_message(message, upstream.name)
+        self.state.signatures.record_message(message, upstream.name)
 
 
 #: Statuses that say a route does not exist on the server (rather than that it failed this time).
@@ -8414,19 +8678,19 @@ class OpenAIAdapter(Adapter):
 
     heal_statuses = (400, 422)
 
-    def __init__(self, gateway: Server) -> None:
-        super().__init__(gateway)
+    def __init__(self, state: AdapterState) -> None:
+        super().__init__(state)
         #: per upstream: until when its tokenizer route is known to be absent (it is not asked meanwhile)
         self._tokenizer_absent_until: Dict[str, float] = {}
         #: upstreams whose tokenizer failed since it last answered (each failure is said once, not per count)
         self._tokenizer_failing: Set[str] = set()
 
-    def prepare(self, request: Request, exchange: _Exchange, route: Route, stream: bool, strip_thinking: bool,
+    def prepare(self, call: Call, stream: bool, strip_thinking: bool,
                 trial: _Lessons) -> Tuple[bytes, Dict[str, Any], Optional[str]]:
         """The Chat Completions request for this upstream: sanitized, translated, minus what it rejected."""
-        upstream = route.upstream
-        body = json.loads(request.body or b"")
-        body["model"] = route.model
+        upstream = call.upstream
+        body = call.private_body()
+        body["model"] = call.route.model
         if stream:
             body["stream"] = True
         changes = sanitize_request(body, upstream.rules)
@@ -8435,28 +8699,27 @@ class OpenAIAdapter(Adapter):
         changes.update(translation_changes)
         if upstream.extra_body:
             translated.update(copy.deepcopy(upstream.extra_body))
-        for path in self.gw.learned.fields(upstream.name) + trial.fields:
+        for path in self.state.learned.fields(upstream.name) + trial.fields:
             _count(changes, f"learned:{path}", drop_path(translated, path.split(".")))
-        self.gw.count_changes("translate", changes, exchange, upstream)
+        call.facts.changes.append(("translate", changes))
         return json.dumps(translated, ensure_ascii=False).encode("utf-8"), translated, None
 
-    def answer_events(self, response: UpstreamResponse, route: Route, body: Dict[str, Any], estimate: int,
-                      on_upstream_id: Callable[[str], None]) -> AsyncIterator[bytes]:
-        return openai_events(response, OpenAIStreamTranslator(route.model, estimate, _stop_sequences(body),
-                                                              on_upstream_id))
+    def answer_events(self, response: UpstreamResponse, call: Call, estimate: int) -> AsyncIterator[bytes]:
+        return openai_events(response, OpenAIStreamTranslator(call.route.model, estimate, _stop_sequences(call.body),
+                                                              call.facts.upstream_ids.append, call.facts.usage))
 
-    def answer_message(self, data: bytes, response: UpstreamResponse, route: Route, body: Dict[str, Any],
-                       on_upstream_id: Callable[[str], None]) -> Dict[str, Any]:
+    def answer_message(self, data: bytes, response: UpstreamResponse, call: Call) -> Dict[str, Any]:
+        name = call.upstream.name
         try:
             answer = loads_strict(data)
         except ValueError:
-            raise UpstreamFailure(f"upstream {route.upstream.name!r} answered something that is not JSON") from None
+            raise UpstreamFailure(f"upstream {name!r} answered something that is not JSON") from None
         if not isinstance(answer, dict) or not isinstance(answer.get("choices"), list):
-            raise UpstreamFailure(f"upstream {route.upstream.name!r} answered something that is not a chat completion")
-        _tell_upstream_id(on_upstream_id, answer.get("id"))
-        return openai_to_anthropic(answer, route.model, _stop_sequences(body))
+            raise UpstreamFailure(f"upstream {name!r} answered something that is not a chat completion")
+        _tell_upstream_id(call.facts.upstream_ids.append, answer.get("id"))
+        return openai_to_anthropic(answer, call.route.model, _stop_sequences(call.body))
 
-    async def count(self, body: Dict[str, Any], route: Route) -> Optional[int]:
+    async def count(self, body: Dict[str, Any], route: Route, account: Account) -> Optional[int]:
         """Count the translated prompt with the server's own tokenizer, where it has one."""
         upstream = route.upstream
         style = upstream.openai.tokenize
@@ -8473,12 +8736,11 @@ class OpenAIAdapter(Adapter):
         else:
             payload = {"content": "\n\n".join(_block_text(m.get("content")) if isinstance(m.get("content"), list)
                                                else str(m.get("content") or "") for m in translated["messages"])}
-        now = self.gw.clock()
+        now = self.state.clock()
         if self._tokenizer_absent_until.get(upstream.name, 0.0) > now:
             return None
-        account = self.gw.pool.rested(upstream, route.model, now)
         try:
-            status, body = await self.gw.client.fetch("POST", root + "/tokenize",
+            status, body = await self.state.client.fetch("POST", root + "/tokenize",
                                                    self.headers(None, upstream, account, None, False),
                                                    json.dumps(payload).encode(), deadline_s=upstream.connect_timeout_s,
                                                    limit=MAX_UPSTREAM_BODY_BYTES)
@@ -8504,11 +8766,11 @@ class OpenAIAdapter(Adapter):
         """Say that an upstream's tokenizer failed (counts are estimated meanwhile): once, until it
         answers again; a /context of Claude Code counts dozens of times."""
         if upstream.name in self._tokenizer_failing:
-            self.gw.log.debug("tokenizer of upstream %r %s; estimating", upstream.name, what)
+            logging.getLogger("agproxy").debug("tokenizer of upstream %r %s; estimating", upstream.name, what)
             return
         self._tokenizer_failing.add(upstream.name)
-        self.gw.log.warning("tokenizer of upstream %r %s; estimating token counts (said once, until it answers)",
-                            upstream.name, what)
+        logging.getLogger("agproxy").warning("tokenizer of upstream %r %s; estimating token counts (said once, until "
+                                             "it answers)", upstream.name, what)
 
 
 class DemoAdapter(Adapter):
@@ -8516,14 +8778,16 @@ class DemoAdapter(Adapter):
 
     kind = "demo"
     probe_path = ""
+    answers_locally = True
 
-    async def messages(self, request: Request, exchange: _Exchange, body: Dict[str, Any], route: Route,
-                       account: Account, headers: Headers) -> Union[Response, StreamingResponse]:
-        message_id = new_message_id()
-        input_tokens = await _estimate_tokens(body, len(request.body or b""))
+    async def messages(self, call: Call) -> Union[Response, AnswerStream]:
+        body, message_id = call.body, new_message_id()
+        input_tokens = await _estimate_tokens(body, len(call.raw))
+        message = demo_message(body, message_id, input_tokens)
+        call.facts.usage.update(message["usage"])
         if not body.get("stream"):
-            return json_response(200, demo_message(body, message_id, input_tokens), headers)
-        return StreamingResponse(200, _SSE_HEADERS + headers,
+            return json_response(200, message, call.answered)
+        return StreamingResponse(200, _SSE_HEADERS + list(call.answered),
                                  _iterate(demo_sse_events(body, message_id, input_tokens)), lambda: None)
 
 
@@ -8573,22 +8837,23 @@ class GeminiAdapter(Adapter):
         upstream = route.upstream
         body = dict(body, model=route.model)
         changes = sanitize_request(body, upstream.rules)
-        signer, book = self.signer(upstream, route.model), self.gw.signatures
+        signer, book = self.signer(upstream, route.model), self.state.signatures
 
         def trusted(signature: str) -> bool:
             return not strip_thinking and book.owner(signature) in (None, signer)
 
-        translated, translation_changes = anthropic_to_gemini(body, route.model, trusted, self.gw.call_signatures.get)
+        translated, translation_changes = anthropic_to_gemini(body, route.model, trusted,
+                                                              self.state.call_signatures.get)
         changes.update(translation_changes)
         if upstream.extra_body:
             merge_gemini_extra(translated, upstream.extra_body)
         return translated, changes
 
-    def prepare(self, request: Request, exchange: _Exchange, route: Route, stream: bool, strip_thinking: bool,
+    def prepare(self, call: Call, stream: bool, strip_thinking: bool,
                 trial: _Lessons) -> Tuple[bytes, Dict[str, Any], Optional[str]]:
         """The generateContent request for this upstream, minus what it rejected before."""
-        upstream = route.upstream
-        body = json.loads(request.body or b"")
+        upstream = call.upstream
+        body = call.private_body()
         changes: Dict[str, int] = {}
         _fit_max_tokens(body, trial.max_tokens, changes)
         if strip_thinking:  # Gemini refused a signature: none of this history's goes to it again
@@ -8596,16 +8861,16 @@ class GeminiAdapter(Adapter):
                 for block in _block_list(message.get("content") if isinstance(message, dict) else None):
                     refused = _signature_of(block)[1] if isinstance(block, dict) else ""
                     if refused:
-                        self.gw.signatures.record(refused, f"(refused by {upstream.name})")
-        translated, translation_changes = self.translate(body, route, strip_thinking)
+                        self.state.signatures.record(refused, f"(refused by {upstream.name})")
+        translated, translation_changes = self.translate(body, call.route, strip_thinking)
         changes.update(translation_changes)
-        for path in self.gw.learned.fields(upstream.name) + trial.fields:
+        for path in self.state.learned.fields(upstream.name) + trial.fields:
             _count(changes, f"learned:{path}", drop_path(translated, path.split(".")))
-        self.gw.count_changes("translate", changes, exchange, upstream)
+        call.facts.changes.append(("translate", changes))
         if changes.get("web_search_dropped"):
-            self.gw.note_once(session_id(request.headers, body), "web_search",
-                              "upstream %r: web_search dropped (Gemini searches only for a Gemini model offered no "
-                              "functions; this request offers functions)", upstream.name)
+            call.facts.note(session_id(call.client_headers, body), "web_search",
+                            "upstream %r: web_search dropped (Gemini searches only for a Gemini model offered no "
+                            "functions; this request offers functions)", upstream.name)
         return json.dumps(translated, ensure_ascii=False).encode("utf-8"), translated, None
 
     def recorder(self, route: Route) -> Callable[[str, str], None]:
@@ -8613,48 +8878,50 @@ class GeminiAdapter(Adapter):
         signer = self.signer(route.upstream, route.model)
 
         def record(call_id: str, signature: str) -> None:
-            self.gw.signatures.record(signature, signer)
+            self.state.signatures.record(signature, signer)
             if call_id:
-                self.gw.call_signatures.record(call_id, signature)
+                self.state.call_signatures.record(call_id, signature)
 
         return record
 
-    def answer_events(self, response: UpstreamResponse, route: Route, body: Dict[str, Any], estimate: int,
-                      on_upstream_id: Callable[[str], None]) -> AsyncIterator[bytes]:
+    def answer_events(self, response: UpstreamResponse, call: Call, estimate: int) -> AsyncIterator[bytes]:
+        route = call.route
         return gemini_events(response, GeminiStreamTranslator(route.model, estimate, self.recorder(route),
-                                                              gemini_name_map(body), on_upstream_id))
+                                                              gemini_name_map(call.body),
+                                                              call.facts.upstream_ids.append, call.facts.usage))
 
-    def answer_message(self, data: bytes, response: UpstreamResponse, route: Route, body: Dict[str, Any],
-                       on_upstream_id: Callable[[str], None]) -> Dict[str, Any]:
+    def answer_message(self, data: bytes, response: UpstreamResponse, call: Call) -> Dict[str, Any]:
+        route = call.route
         try:
             answer = loads_strict(data)
         except ValueError:
             raise UpstreamFailure(f"upstream {route.upstream.name!r} answered something that is not JSON") from None
         if isinstance(answer, dict) and isinstance(answer.get("error"), dict):
-            raise _upstream_error(route.upstream, response, self.gw.redact.data(data), self.gw.clock())
-        return gemini_to_anthropic(answer, route.model, self.recorder(route), names=gemini_name_map(body),
-                                   on_upstream_id=on_upstream_id)
+            raise _upstream_error(route.upstream, response, self.state.redact.data(data), self.state.clock())
+        return gemini_to_anthropic(answer, route.model, self.recorder(route), names=gemini_name_map(call.body),
+                                   on_upstream_id=call.facts.upstream_ids.append)
 
-    async def count(self, body: Dict[str, Any], route: Route) -> Optional[int]:
+    async def count(self, body: Dict[str, Any], route: Route, account: Account) -> Optional[int]:
         """Gemini's own count of the translated request (``countTokens``), so the count is exact."""
         upstream = route.upstream
         translated, _ = self.translate(body, route)
         translated["model"] = "models/" + route.model.split("/")[-1]
-        account = self.gw.pool.rested(upstream, route.model, self.gw.clock())
         try:
-            status, data = await self.gw.client.fetch(
+            status, data = await self.state.client.fetch(
                 "POST", upstream_url(upstream.base_url, self.model_path(upstream, route.model) + ":countTokens"),
                 self.headers(None, upstream, account, None, False),
                 json.dumps({"generateContentRequest": translated}).encode(), deadline_s=upstream.connect_timeout_s,
                 limit=MAX_UPSTREAM_SMALL_BODY_BYTES)
             counted = loads_strict(data) if status == 200 else None
         except (UpstreamFailure, ValueError) as exc:
-            self.gw.log.warning("countTokens of upstream %r unavailable (%s); estimating", upstream.name, exc)
+            logging.getLogger("agproxy").warning("countTokens of upstream %r unavailable (%s); estimating",
+                                                 upstream.name, exc)
             return None
         total = upstream_count(counted.get("totalTokens") if isinstance(counted, dict) else None)
         if total is not None:
             return total
-        self.gw.log.warning("countTokens of upstream %r answered HTTP %s; estimating", upstream.name, status)
+        logging.getLogger("agproxy").warning("countTokens of upstream %r answered HTTP %s; estimating", upstream.name,
+                                             status)
         return None
 
 
@@ -8735,14 +9002,14 @@ def _upstream_error(upstream: Upstream, response: UpstreamResponse, data: bytes,
     return error
 
 
-async def _watched(exchange: _Exchange, response: UpstreamResponse, reading: Awaitable[Any]) -> Any:
+async def _watched(call: Call, response: UpstreamResponse, reading: Awaitable[Any]) -> Any:
     """Await a read of ``response`` that a departing client cuts short, within the upstream's
     ``timeout_s`` as a whole (:func:`_read_by_deadline`)."""
-    exchange.on_client_gone.append(response.close)
+    call.on_client_gone.append(response.close)
     try:
         return await _read_by_deadline(response, reading, f"no answer within timeout_s ({response.timeout_s:g} s)")
     finally:
-        exchange.on_client_gone.remove(response.close)
+        call.on_client_gone.remove(response.close)
 
 
 # -- the relay pipeline: one for every kind ------------------------------------------------------
@@ -8755,13 +9022,15 @@ async def _watched(exchange: _Exchange, response: UpstreamResponse, reading: Awa
 
 
 async def anthropic_events(response: UpstreamResponse, upstream: str,
-                           on_unknown: Optional[Callable[[str], None]] = None) -> AsyncIterator[bytes]:
+                           on_unknown: Optional[Callable[[str], None]] = None,
+                           usage: Optional[Dict[str, Any]] = None) -> AsyncIterator[bytes]:
     """An Anthropic event stream as it arrives, in checked batches of whole events
     (:class:`EventStreamCheck`); it ends at ``message_stop`` (or an error event), leaving the rest
     of the body to a background drain, and raises :class:`UpstreamFailure` for a stream that
-    breaks before it. ``on_unknown`` hears of each event type dropped as outside the grammar."""
+    breaks before it. ``on_unknown`` hears of each event type dropped as outside the grammar;
+    ``usage`` is kept up to date with the usage the events say."""
     pending = bytearray()
-    check = EventStreamCheck(upstream)
+    check = EventStreamCheck(upstream, usage)
     while True:
         chunk = await response.read_chunk()
         if not chunk:
@@ -9034,8 +9303,752 @@ async def _iterate(items: Iterable[bytes]) -> AsyncIterator[bytes]:
 
 # =====================================================================================
 # 12. Operations
-#     Logging set-up (handlers are attached only here, called from main()), the state file, `check`.
+#     What reads the request records (the metrics and their registry, the status page's board)
+#     and the status page's HTML, logging set-up (handlers are attached only here, called from
+#     main()), the state file, `check`.
 # =====================================================================================
+
+# -- metrics (GET /metrics): a small registry with bounded labels, and what fills it ---------------
+
+#: The Content-Type of Prometheus' text exposition format, version 0.0.4.
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+#: Values one label of one metric takes: the first this many seen, then :data:`OTHER_LABEL`. Model
+#: names come from clients, and each new value is a series that Prometheus keeps: unbounded, one
+#: client could blow up its memory (and this page). Real traffic has a few dozen models.
+MAX_LABEL_VALUES = 100
+OTHER_LABEL = "other"
+#: Label-value combinations (as a record has them) a metric remembers the series of, so that a
+#: request costs one dict lookup per metric; past this (clients naming ever new models, all of
+#: them "other" by then) a series is looked up label by label. Real traffic remembers a few dozen;
+#: a client naming a new 200-character model each time fills it with about half a MB per metric.
+MAX_REMEMBERED_SERIES = 1024
+#: Request durations, in seconds: a model list or a token count takes milliseconds, a long answer
+#: minutes (timeout_s defaults to 600).
+DURATION_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+#: Time to first token, in seconds: a local model starts in tens of milliseconds, a hosted one in
+#: half a second to a few seconds, a long prompt (a 200k-token context) or an upstream's queue
+#: in tens of seconds to two minutes; finer steps where most answers start (0.25 .. 8 s).
+TTFT_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0)
+#: The states ``agproxy_account_state`` reports, one of them 1 for each account.
+ACCOUNT_GAUGE_STATES = ("ready", "rate_limited", "rejected_key", "busy")
+#: ``agproxy_tokens_total``'s directions, and the record's counts they are (input_tokens: input, ...)
+_TOKEN_DIRECTIONS = tuple((name[:-len("_tokens")], name) for _, name in USAGE_FIELDS)
+_LABEL_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n"})
+
+
+def metric_number(value: float) -> str:
+    """A sample value as the exposition format writes it (``+Inf``; whole numbers without ``.0``)."""
+    if value == math.inf:
+        return "+Inf"
+    if isinstance(value, int) or (value.is_integer() and abs(value) < 2 ** 53):
+        return str(int(value))
+    return repr(value)
+
+
+def label_pairs(names: Sequence[str], values: Sequence[str]) -> str:
+    """``{name="value",...}`` with each value escaped (backslash, quote, newline); "" for no labels."""
+    if not names:
+        return ""
+    return "{" + ",".join(f'{n}="{v.translate(_LABEL_ESCAPES)}"' for n, v in zip(names, values)) + "}"
+
+
+class LabelValues:
+    """The values one label of one metric shows: each value as first seen, made safe once (secrets
+    hidden, text that is not UTF-8 replaced), the first :data:`MAX_LABEL_VALUES` of them, then
+    :data:`OTHER_LABEL` for every later one. A value seen before costs one dict lookup."""
+
+    def __init__(self, shown: Callable[[str], str]) -> None:
+        self._shown = shown
+        self._values: Dict[str, str] = {}
+
+    def __call__(self, value: str) -> str:
+        shown = self._values.get(value)
+        if shown is not None:
+            return shown
+        if len(self._values) >= MAX_LABEL_VALUES:
+            return OTHER_LABEL  # not kept: a client naming a million models costs nothing here
+        shown = self._shown(value.encode("utf-8", "replace").decode("utf-8"))
+        self._values[value] = shown
+        return shown
+
+
+class MetricFamily:
+    """One metric: its name, type, help and labels, and its series (label values -> value)."""
+
+    def __init__(self, name: str, kind: str, help_text: str, labels: Sequence[str] = (),
+                 shown: Callable[[str], str] = str) -> None:
+        self.name, self.kind, self.help_text, self.labels = name, kind, help_text, tuple(labels)
+        self._bounds = tuple(LabelValues(shown) for _ in self.labels)
+        self._keys: Dict[Tuple[str, ...], Tuple[str, ...]] = {}
+        self.series: Dict[Tuple[str, ...], Any] = {}
+
+    def key(self, values: Tuple[str, ...]) -> Tuple[str, ...]:
+        """The series of these label values, each bounded and made safe."""
+        key = self._keys.get(values)
+        if key is None:
+            key = tuple([bound(value) for bound, value in zip(self._bounds, values)])
+            if len(self._keys) < MAX_REMEMBERED_SERIES:
+                self._keys[values] = key
+        return key
+
+    def render(self, out: List[str]) -> None:
+        """Append its HELP, TYPE and sample lines."""
+        out.append(f"# HELP {self.name} {self.help_text}\n# TYPE {self.name} {self.kind}\n")
+        for values, value in self.series.items():
+            out.append(f"{self.name}{label_pairs(self.labels, values)} {metric_number(value)}\n")
+
+
+class CounterFamily(MetricFamily):
+    """A counter (its name ends in ``_total``)."""
+
+    def __init__(self, name: str, help_text: str, labels: Sequence[str] = (),
+                 shown: Callable[[str], str] = str) -> None:
+        super().__init__(name, "counter", help_text, labels, shown)
+
+    def inc(self, values: Tuple[str, ...], amount: float = 1) -> None:
+        key = self.key(values)
+        self.series[key] = self.series.get(key, 0) + amount
+
+
+class GaugeFamily(MetricFamily):
+    """A gauge set at scrape time; label values past the bound share :data:`OTHER_LABEL`, their values
+    combined by ``combine`` (a sum by default)."""
+
+    def __init__(self, name: str, help_text: str, labels: Sequence[str] = (), shown: Callable[[str], str] = str,
+                 combine: Callable[[float, float], float] = lambda a, b: a + b) -> None:
+        super().__init__(name, "gauge", help_text, labels, shown)
+        self._combine = combine
+
+    def set(self, values: Tuple[str, ...], value: float) -> None:
+        key = self.key(values)
+        self.series[key] = value if key not in self.series else self._combine(self.series[key], value)
+
+
+class HistogramFamily(MetricFamily):
+    """A histogram over fixed ``buckets`` (upper bounds, seconds): per series, the count in each
+    bucket (not yet cumulative), the count past the last, the sum."""
+
+    def __init__(self, name: str, help_text: str, buckets: Sequence[float], labels: Sequence[str] = (),
+                 shown: Callable[[str], str] = str) -> None:
+        super().__init__(name, "histogram", help_text, labels, shown)
+        self.buckets = tuple(buckets)
+
+    def observe(self, values: Tuple[str, ...], value: float) -> None:
+        key = self.key(values)
+        series = self.series.get(key)
+        if series is None:
+            series = self.series[key] = [0] * (len(self.buckets) + 1) + [0.0]
+        series[bisect.bisect_left(self.buckets, value)] += 1
+        series[-1] += value
+
+    def render(self, out: List[str]) -> None:
+        out.append(f"# HELP {self.name} {self.help_text}\n# TYPE {self.name} histogram\n")
+        names = self.labels + ("le",)
+        for values, series in self.series.items():
+            cumulative = 0
+            for bound, count in zip(self.buckets + (math.inf,), series):
+                cumulative += count
+                out.append(f"{self.name}_bucket{label_pairs(names, values + (metric_number(bound),))} {cumulative}\n")
+            pairs = label_pairs(self.labels, values)
+            out.append(f"{self.name}_sum{pairs} {metric_number(series[-1])}\n{self.name}_count{pairs} {cumulative}\n")
+
+
+def account_gauge_state(state: AccountState, account: Account, now: float) -> str:
+    """The :data:`ACCOUNT_GAUGE_STATES` name of an account now: its key rejected (or out of credit),
+    resting for any model (rate_limited, a refused model too), at its ``max_concurrency``, or ready."""
+    if state.key_rejected(now):
+        return "rejected_key"
+    if state.resting_until > now:
+        return "rate_limited"
+    if account.max_concurrency and state.in_flight >= account.max_concurrency:
+        return "busy"
+    return "ready"
+
+
+def process_metrics(stat: str, boot_stat: str, limits: str, open_fds: int, page_bytes: int,
+                    ticks_per_s: int) -> List[Tuple[str, str, str, float]]:
+    """The standard ``process_*`` metrics (name, type, help, value) from the text of
+    ``/proc/self/stat``, ``/proc/stat`` and ``/proc/self/limits``; those the text lacks are left out."""
+    fields = stat[stat.rfind(")") + 2:].split()  # after the command name, which may hold spaces
+    metrics: List[Tuple[str, str, str, float]] = []
+    if len(fields) > 21:
+        metrics += [
+            ("process_cpu_seconds_total", "counter", "Total user and system CPU time spent in seconds.",
+             (int(fields[11]) + int(fields[12])) / ticks_per_s),
+            ("process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes.", int(fields[20])),
+            ("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.",
+             int(fields[21]) * page_bytes)]
+        boot = re.search(r"^btime (\d+)$", boot_stat, re.MULTILINE)
+        if boot:
+            metrics.append(("process_start_time_seconds", "gauge", "Start time of the process since unix epoch "
+                            "in seconds.", int(boot.group(1)) + int(fields[19]) / ticks_per_s))
+    metrics.append(("process_open_fds", "gauge", "Number of open file descriptors.", open_fds))
+    most = re.search(r"^Max open files\s+(\d+)", limits, re.MULTILINE)
+    if most:
+        metrics.append(("process_max_fds", "gauge", "Maximum number of open file descriptors.", int(most.group(1))))
+    return metrics
+
+
+def _read_process_metrics() -> List[Tuple[str, str, str, float]]:
+    """:func:`process_metrics` of this process, read from ``/proc`` (none where there is no ``/proc``)."""
+    try:
+        with open("/proc/self/stat") as f:
+            stat = f.read()
+        with open("/proc/stat") as f:
+            boot_stat = f.read()
+        with open("/proc/self/limits") as f:
+            limits = f.read()
+        open_fds = len(os.listdir("/proc/self/fd"))
+        return process_metrics(stat, boot_stat, limits, open_fds, os.sysconf("SC_PAGE_SIZE"),
+                               os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError):  # no /proc (macOS, Windows), or one we cannot read: no process_* metrics
+        return []
+
+
+class Metrics:
+    """What ``GET /metrics`` shows: counters and histograms filled from each request's record
+    (:meth:`read`, one of ``Server.record_readers``) and from the lessons learned, and gauges read
+    when the page is asked for (:meth:`page`). Every label value is bounded (:class:`LabelValues`)
+    and passes through ``shown`` (the redactor) once, when first seen."""
+
+    def __init__(self, shown: Callable[[str], str]) -> None:
+        self.shown = shown
+        self.requests = CounterFamily("agproxy_requests_total", "Requests answered, by route, status, upstream "
+                                      "and model (as asked).", ("route", "status", "upstream", "model"), shown)
+        self.attempts = CounterFamily("agproxy_upstream_attempts_total", "Attempts at an upstream, by account and "
+                                      "outcome.", ("upstream", "account", "outcome"), shown)
+        self.duration = HistogramFamily("agproxy_request_duration_seconds", "Time from a request's head to the end "
+                                        "of its answer.", DURATION_BUCKETS_S, ("route",), shown)
+        self.ttft = HistogramFamily("agproxy_time_to_first_token_seconds", "Time from a request's head to the first "
+                                    "events of an upstream's streamed answer.", TTFT_BUCKETS_S, ("upstream", "model"),
+                                    shown)
+        self.tokens = CounterFamily("agproxy_tokens_total", "Tokens the upstreams counted, by direction (input, "
+                                    "output, cache_read, cache_write).",
+                                    ("upstream", "account", "model", "client", "direction"), shown)
+        self.lessons = CounterFamily("agproxy_lessons_total", "What agproxy learned an upstream rejects: a field, "
+                                     "a beta, a smaller context window.", ("upstream", "kind"), shown)
+        #: the bound of the sanitizer's change kinds, kept across scrapes so the first 100 stay theirs
+        self._changes = LabelValues(shown)
+
+    def read(self, record: RequestRecord) -> None:
+        """Count one request whose answer has ended."""
+        self.requests.inc((record.route, str(record.status), record.upstream, record.model))
+        for attempt in record.attempts:
+            self.attempts.inc((attempt.upstream, attempt.account, attempt.outcome))
+        if record.ended is not None:
+            self.duration.observe((record.route,), record.ended - record.started)
+        if record.local or not record.attempts:
+            return  # answered here (warmup, demo) or refused: no upstream took part
+        if record.stream and record.first_byte is not None and record.attempts[-1].outcome == "ok":
+            # streams only: the first bytes of a JSON answer (or a token count) are its last
+            self.ttft.observe((record.upstream, record.model), record.first_byte - record.started)
+        client = record.client or ""
+        for direction, field in _TOKEN_DIRECTIONS:
+            count = getattr(record, field)
+            if count:
+                self.tokens.inc((record.upstream, record.account, record.model, client, direction), count)
+
+    def learned(self, upstream: str, lessons: Iterable[str]) -> None:
+        """Count lessons :meth:`LearnedRejections.learn` took (``beta:`` names a beta, else a field)."""
+        for lesson in lessons:
+            self.lessons.inc((upstream, "beta" if lesson.startswith("beta:") else "field"))
+
+    def learned_window(self, upstream: str) -> None:
+        """Count a context window learned from an upstream's error."""
+        self.lessons.inc((upstream, "window"))
+
+    def page(self, pool: AccountPool, now: float, streams: int, connections: int,
+             counters: Dict[str, int]) -> bytes:
+        """The whole page: the counters, the accounts' states now, the open streams and connections,
+        the sanitizer's changes (``counters``' ``stage:kind`` entries), build and process facts."""
+        shown = self.shown
+        state = GaugeFamily("agproxy_account_state", "1 for the state each account is in now (ready, rate_limited: "
+                            "resting for any model, rejected_key, busy: at its max_concurrency), else 0.",
+                            ("upstream", "account", "state"), shown)
+        rest = GaugeFamily("agproxy_account_rest_until_seconds", "Unix time the account's last rest ends (0: none).",
+                           ("upstream", "account"), shown, combine=max)
+        for upstream in pool.upstreams.values():
+            for account in upstream.accounts:
+                account_state = pool.state(upstream, account)
+                now_in = account_gauge_state(account_state, account, now)
+                for name in ACCOUNT_GAUGE_STATES:
+                    state.set((upstream.name, account.name, name), int(name == now_in))
+                until = account_state.resting_until
+                rest.set((upstream.name, account.name), until if until > now else 0)
+        changes = CounterFamily("agproxy_sanitizer_changes_total", "What agproxy changed in requests for their "
+                                "upstream, by stage:kind.", ("change",))
+        for name, count in counters.items():
+            if ":" in name:
+                changes.inc((self._changes(name),), count)
+        python = ".".join(str(part) for part in sys.version_info[:3])
+        families: List[MetricFamily] = [self.requests, self.attempts, self.duration, self.ttft, self.tokens, state,
+                                        rest, changes, self.lessons]
+        for name, value, help_text in (("agproxy_streams_active", streams, "Streaming answers being written now."),
+                                       ("agproxy_connections_active", connections, "Open client connections.")):
+            families.append(GaugeFamily(name, help_text))
+            families[-1].set((), value)
+        families.append(GaugeFamily("agproxy_build_info", "agproxy's version and Python's; always 1.",
+                                    ("version", "python")))
+        families[-1].set((__version__, python), 1)
+        for name, kind, help_text, value in _read_process_metrics():
+            families.append(MetricFamily(name, kind, help_text))
+            families[-1].series[()] = value
+        out: List[str] = []
+        for family in families:
+            family.render(out)
+        return "".join(out).encode("utf-8")
+
+
+# -- the status page: GET /agproxy, and its data at GET /v1/agproxy/status ----------------------
+
+#: Requests the status page lists, newest first: a screenful, kept as a ring of their records.
+STATUS_LAST_REQUESTS = 50
+#: Failed requests (status 400 or more) it keeps apart, so that a run of successes does not push them off.
+STATUS_LAST_ERRORS = 20
+#: Accounts and models that ``today`` counts apart; past that many, the rest add up under ``(other)``:
+#: clients name the models, and one inventing names must not grow the page's data without bound.
+STATUS_MAX_TODAY_KEYS = 100
+#: The paths whose requests ``today`` counts (those that generate), until the usage ledger serves it.
+_STATUS_COUNTED_PATHS = ("/v1/messages",)
+#: Where the page reads its data (relative to itself: agproxy may sit behind a path prefix).
+STATUS_DATA_PATH = "/v1/agproxy/status"
+_USAGE_COUNTS = ("requests", "errors", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
+#: The page is all inline: the policy lets it load nothing from elsewhere, its script talk to agproxy
+#: only, and no other site frame it (it has a key form).
+STATUS_PAGE_HEADERS: Headers = [
+    ("Content-Type", "text/html; charset=utf-8"),
+    ("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
+                                "connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; "
+                                "frame-ancestors 'none'"),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "no-referrer"),
+    ("Cache-Control", "no-cache"),
+]
+
+
+def asks_for_status_page(request: Request) -> bool:
+    """Whether a request asks for the status page's HTML, which any client may load in every
+    ``auth_mode`` (it holds no data; its data, ``/v1/agproxy/status``, needs the key): ``/agproxy``,
+    or ``GET /`` from a browser (an Accept naming text/html; Claude Code's probes of ``/`` keep their JSON)."""
+    if request.path == "/agproxy":
+        return True
+    return request.path == "/" and request.method == "GET" and "text/html" in (request.header("accept") or "").lower()
+
+
+def _utc_day(moment: float) -> str:
+    return _iso_time(moment)[:10]
+
+
+class StatusBoard:
+    """What the status page shows besides the live state of the accounts: the last requests and
+    the last failures (bounded rings of their records), and today's requests and tokens per account
+    and per model. It reads request records (``Server.record_readers``) and decodes no answer; the
+    caller passes the time in."""
+
+    def __init__(self, started_at: float) -> None:
+        self.started_at = started_at
+        self.last: collections.deque = collections.deque(maxlen=STATUS_LAST_REQUESTS)
+        self.errors: collections.deque = collections.deque(maxlen=STATUS_LAST_ERRORS)
+        self._day = ""
+        self._accounts: Dict[Tuple[str, str], Dict[str, int]] = {}
+        self._models: Dict[str, Dict[str, int]] = {}
+
+    def read(self, record: RequestRecord) -> None:
+        """Take one ended request: listed if it named a model or failed (agproxy's own routes and
+        Claude Code's probes are not listed, nor the page's own polls: the page shows what they
+        meet itself), counted today if it generates."""
+        if record.path == STATUS_DATA_PATH or (not record.model and record.status < 400):
+            return
+        entry = dict(record.fields(), time=_iso_time(record.started_at))
+        self.last.appendleft(entry)
+        if record.status >= 400:
+            self.errors.appendleft(entry)
+        if record.path in _STATUS_COUNTED_PATHS:
+            self._count_today(record)
+
+    def _count_today(self, record: RequestRecord) -> None:
+        day = _utc_day(record.started_at)
+        if day != self._day:
+            self._day, self._accounts, self._models = day, {}, {}
+        for table, key, other in ((self._accounts, (record.upstream, record.account), ("", "(other)")),
+                                  (self._models, record.model, "(other)")):
+            if key not in table and len(table) >= STATUS_MAX_TODAY_KEYS:
+                key = other
+            row = table.setdefault(key, dict.fromkeys(_USAGE_COUNTS, 0))
+            row["requests"] += 1
+            row["errors"] += record.status >= 400
+            for name in _USAGE_COUNTS[2:]:
+                row[name] += getattr(record, name)
+
+    def today(self, now: float) -> Dict[str, Any]:
+        """Today's (UTC) requests, errors and tokens per account and per model, the most tokens
+        first, in the usage ledger's row shape. Counted here until the ledger is merged; then this
+        is ``UsageLedger.rows(day, day, ...)`` grouped by upstream and account, and by model."""
+        day = _utc_day(now)
+        fresh = day == self._day
+
+        def ranked(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+            return sorted(rows, key=lambda r: (-sum(r[n] for n in _USAGE_COUNTS[2:]), -r["requests"]))
+
+        return {"day": day,
+                "accounts": ranked([dict(counts, upstream=u, account=a)
+                                    for (u, a), counts in (self._accounts.items() if fresh else ())]),
+                "models": ranked([dict(counts, model=m) for m, counts in (self._models.items() if fresh else ())])}
+
+    def snapshot(self, now: float, in_flight: int, upstreams: Sequence[Upstream], pool: AccountPool,
+                 learned: LearnedRejections, windows: LearnedWindows, counters: Dict[str, int]) -> Dict[str, Any]:
+        """The page's data: version, uptime, requests in flight, every upstream and account with its
+        state, reason and the seconds its rest has left (the page counts down from them), the last
+        requests and failures, today, and what agproxy learned and changed."""
+        described = {(d["upstream"], d["account"]): d for d in pool.describe(now)}
+        return {
+            "version": __version__, "started_at": _iso_time(self.started_at),
+            "uptime_s": round(max(0.0, now - self.started_at), 1), "in_flight": max(0, in_flight),
+            "upstreams": [{"name": u.name, "kind": u.kind, "accounts": [
+                dict(described[(u.name, a.name)], rest_left_s=round(max(0.0, pool.state(u, a).resting_until - now), 1))
+                for a in u.accounts]} for u in upstreams],
+            "requests": list(self.last), "errors": list(self.errors), "today": self.today(now),
+            "lessons": learned.to_json(), "counters": dict(sorted(counters.items())),
+            "windows": {name: entry["models"] for name, entry in windows.to_json(upstreams).items()},
+        }
+
+
+#: The status page: one document, its style and script inline, no asset from anywhere (it works
+#: offline and inside the .pyz). It polls /v1/agproxy/status every few seconds and builds every
+#: node with textContent (model names and error words come from clients and upstreams). With auth
+#: on it asks for the key once and keeps it in sessionStorage: the tab keeps it across reloads, while
+#: nothing keeps it on disk past the tab or shares it with another tab or site (localStorage would
+#: keep it on disk for good; a cookie would be sent by the browser on its own, to any request a
+#: foreign page makes). It sends it as ``Authorization: Bearer``, never in a URL.
+STATUS_PAGE_HTML = r"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
+<title>agproxy</title><link rel="icon" href="data:,">
+<style>
+:root{--bg:#f3f4f7;--card:#fff;--ink:#1b1f27;--mute:#68707f;--line:#e3e6ec;--ok:#1a7f4b;--okbg:#e3f5ea;--warn:#9a5b00;
+--warnbg:#fdf0d8;--bad:#b42318;--badbg:#fde7e5;--info:#2856b8;--infobg:#e5edfb;--in:#4f7cf0;--out:#12a37a;
+--cr:#b28ae8;
+--cw:#f0a04f;color-scheme:light dark}
+@media (prefers-color-scheme:dark){:root{--bg:#12151b;--card:#1b1f27;--ink:#e6e8ee;--mute:#97a0b0;--line:#2b313c;
+--ok:#5cd69a;--okbg:#173427;--warn:#f2c063;--warnbg:#3a2e14;--bad:#ff8a80;--badbg:#42201e;--info:#8fb0ff;
+--infobg:#1e2a45}}
+*{box-sizing:border-box}body{margin:0;background:var(--bg);color:var(--ink);font:14px/1.45 system-ui,-apple-system,
+"Segoe UI",Roboto,sans-serif}header{display:flex;flex-wrap:wrap;align-items:center;gap:6px 16px;padding:12px 20px;
+background:var(--card);border-bottom:1px solid var(--line);position:sticky;top:0;z-index:1}
+h1{font-size:18px;margin:0;letter-spacing:-.01em}h1
+small{font-weight:500;color:var(--mute);font-size:13px;margin-left:6px}
+h2{font-size:13px;text-transform:uppercase;letter-spacing:.06em;color:var(--mute);margin:0 0 10px;font-weight:600}
+#live{display:flex;align-items:center;gap:6px;color:var(--mute);font-size:13px;margin-left:auto}
+.dot{width:8px;height:8px;border-radius:50%;background:var(--ok)}.dot.stale{background:var(--warn)}
+.dot.down{background:var(--bad)}
+button{font:inherit;border:1px solid
+var(--line);background:var(--card);color:var(--ink);border-radius:6px;padding:4px 10px;
+cursor:pointer}button.primary{background:var(--info);color:#fff;border-color:var(--info)}
+main{padding:16px 20px
+28px;display:grid;gap:16px;grid-template-columns:repeat(12,minmax(0,1fr));max-width:1600px;margin:auto}
+.card{background:var(--card);border:1px solid var(--line);border-radius:10px;padding:14px 16px;min-width:0}
+.tiles{grid-column:1/-1;display:grid;gap:16px;grid-template-columns:repeat(5,minmax(0,1fr))}
+.tile .v{font-size:24px;font-weight:650;letter-spacing:-.02em;font-variant-numeric:tabular-nums}
+.tile .l{color:var(--mute);font-size:12px;text-transform:uppercase;letter-spacing:.05em}.tile
+.s{color:var(--mute);font-size:12px}
+#accounts{grid-column:span 5}#today{grid-column:span 7}#requests{grid-column:1/-1}#errors{grid-column:span 7}
+#lessons{grid-column:span 5}
+.up{margin-bottom:12px}.up:last-child{margin-bottom:0}.up>b{font-size:13px}.up>span{color:var(--mute);font-size:12px;
+margin-left:6px}
+.acct{display:grid;grid-template-columns:auto 1fr auto;gap:2px 10px;align-items:center;padding:8px 0;border-top:1px
+solid var(--line)}
+.acct .name{font-weight:550;overflow-wrap:anywhere}.acct
+.why{grid-column:2/-1;color:var(--mute);font-size:12px;overflow-wrap:anywhere}
+.acct .nums{color:var(--mute);font-size:12px;text-align:right;white-space:nowrap}
+.badge{display:inline-block;font-size:11px;font-weight:650;padding:2px
+8px;border-radius:999px;text-transform:uppercase;
+letter-spacing:.04em;white-space:nowrap}.ok{color:var(--ok);background:var(--okbg)}.warn{color:var(--warn);
+background:var(--warnbg)}
+.bad{color:var(--bad);background:var(--badbg)}.info{color:var(--info);background:var(--infobg)}
+.count{font-variant-numeric:tabular-nums;font-weight:600;color:var(--warn)}
+.charts{display:grid;grid-template-columns:repeat(2,minmax(0,1fr));gap:18px}.bar{margin:8px 0}
+.bar .t{display:flex;justify-content:space-between;gap:8px;font-size:12px}
+.bar .t b{font-weight:550;min-width:0;overflow:hidden;
+text-overflow:ellipsis;white-space:nowrap}.bar .t span{color:var(--mute);white-space:nowrap}
+.bar svg{display:block;width:100%;height:10px;border-radius:3px;background:var(--line)}
+.legend{display:flex;flex-wrap:wrap;gap:12px;font-size:12px;color:var(--mute);margin-top:10px}
+.legend i{display:inline-block;width:10px;height:10px;border-radius:2px;margin-right:4px;vertical-align:-1px}
+.scroll{overflow-x:auto}table{border-collapse:collapse;width:100%;font-variant-numeric:tabular-nums}
+th{text-align:left;font-size:12px;color:var(--mute);font-weight:600;padding:6px 8px;border-bottom:1px solid
+var(--line);white-space:nowrap}
+td{padding:6px 8px;border-bottom:1px solid var(--line);white-space:nowrap}tr:last-child td{border-bottom:0}
+td.r,th.r{text-align:right}td.m{max-width:260px;overflow:hidden;text-overflow:ellipsis}.sub{color:var(--mute);
+font-size:12px}
+.err{padding:8px 0;border-top:1px solid var(--line)}.err:first-of-type{border-top:0}.err
+.w{overflow-wrap:anywhere;margin-top:2px}
+.empty{color:var(--mute);padding:8px 0}code{font:12px
+ui-monospace,SFMono-Regular,Menlo,monospace;background:var(--bg);
+padding:1px 5px;border-radius:4px;overflow-wrap:anywhere}
+#keycard{grid-column:1/-1;max-width:460px;justify-self:center;width:100%}#keycard
+form{display:flex;gap:8px;margin-top:10px}
+#keycard input{flex:1;font:inherit;padding:6px 10px;border:1px solid
+var(--line);border-radius:6px;background:var(--bg);
+color:var(--ink);min-width:0}#keynote{color:var(--bad);font-size:13px;margin-top:8px}
+[hidden]{display:none!important}
+@media (max-width:1000px){#accounts,#today,#errors,#lessons{grid-column:1/-1}
+.tiles{grid-template-columns:repeat(6,1fr)}.tile{grid-column:span 2}.tile:nth-child(n+4){grid-column:span 3}}
+@media (max-width:640px){main{padding:12px;gap:12px}header{padding:10px 12px}.tiles{gap:10px}
+.tile{padding:10px 12px}.tile .v{font-size:20px}.tile .s{display:none}.tile .l{font-size:11px}
+.charts{grid-template-columns:minmax(0,1fr)}.wide{display:none}
+.acct{grid-template-columns:auto 1fr}.acct .nums{grid-column:2;text-align:left}#requests thead{display:none}
+#rows tr{display:grid;grid-template-columns:auto minmax(0,1fr) auto;gap:2px 10px;padding:8px 0;
+border-bottom:1px solid var(--line)}#rows tr:last-child{border:0}#rows td{border:0;padding:0;max-width:none}
+#rows td.tok{grid-column:1/3;text-align:left;color:var(--mute);font-size:12px}#rows td.tok::before{content:"tokens "}
+#rows td.dur{color:var(--mute);font-size:12px}}
+</style></head><body>
+<header><h1>agproxy<small id="version"></small></h1><div id="live"><span class="dot down" id="dot"></span>
+<span id="updated">connecting…</span><button id="forget" hidden>Forget key</button></div></header>
+<main>
+<section class="card" id="keycard" hidden><h2>agproxy's key</h2><div>This agproxy has auth on: enter its
+<code>api_key</code> to see its status. It is kept in this tab only and sent as a header.</div>
+<form id="keyform"><input id="key" type="password" autocomplete="off" placeholder="api_key" aria-label="api_key">
+<button class="primary">Show status</button></form><div id="keynote"></div></section>
+<div class="tiles" id="tiles" hidden>
+<div class="card tile"><div class="l">Uptime</div><div class="v" id="uptime">–</div><div class="s"
+id="since"></div></div>
+<div class="card tile"><div class="l">In flight</div><div class="v" id="inflight">–</div><div class="s">requests
+now</div></div>
+<div class="card tile"><div class="l">Requests</div><div class="v" id="reqs">–</div><div class="s"
+id="errs"></div></div>
+<div class="card tile"><div class="l">Tokens</div><div class="v" id="toks">–</div><div class="s"
+id="tokio"></div></div>
+<div class="card tile"><div class="l">Accounts ready</div><div class="v" id="ready">–</div><div class="s"
+id="resting"></div></div>
+</div>
+<section class="card" id="accounts" hidden><h2>Upstreams and accounts</h2><div id="ups"></div></section>
+<section class="card" id="today" hidden><h2>Today (UTC)</h2><div class="charts"><div><div class="sub">per
+account</div>
+<div id="byacct"></div></div><div><div class="sub">per model</div><div id="bymodel"></div></div></div><div
+class="legend">
+<span><i style="background:var(--in)"></i>input</span><span><i style="background:var(--out)"></i>output</span>
+<span><i style="background:var(--cr)"></i>cache read</span><span><i style="background:var(--cw)"></i>cache
+write</span></div></section>
+<section class="card" id="requests" hidden><h2>Last requests</h2><div class="scroll"><table><thead><tr>
+<th>Time</th><th>Model</th><th class="wide">Account</th><th class="r">Status</th><th class="r">Tokens in / out</th>
+<th class="r wide">Cache r / w</th><th class="r wide">TTFT</th><th class="r">Duration</th></tr></thead>
+<tbody id="rows"></tbody></table></div></section>
+<section class="card" id="errors" hidden><h2>Recent errors</h2><div id="errlist"></div></section>
+<section class="card" id="lessons" hidden><h2>Healing lessons</h2><div id="lessonlist"></div></section>
+</main>
+<script>
+"use strict";
+const KEY = "agproxy-key", POLL_MS = 3000, $ = id => document.getElementById(id);
+let key = sessionStorage.getItem(KEY) || "", data = null, at = 0, timer = 0, failing = "";
+function el(tag, cls, text) {
+  const e = document.createElement(tag);
+  if (cls) e.className = cls;
+  if (text !== undefined && text !== null) e.textContent = String(text);
+  return e;
+}
+function add(parent, ...kids) { for (const k of kids) parent.appendChild(k); return parent; }
+function num(n) {
+  n = n || 0;
+  if (n < 1000) return String(n);
+  if (n < 1e6) return (n / 1e3).toFixed(n < 1e4 ? 1 : 0) + "k";
+  return (n / 1e6).toFixed(n < 1e7 ? 2 : 1) + "M";
+}
+function ms(v) {
+  return v === null || v === undefined ? "–" : v < 1000 ? Math.round(v) + " ms" : (v / 1000).toFixed(1) + " s";
+}
+function span(s) {
+  s = Math.max(0, Math.floor(s));
+  const d = Math.floor(s / 86400), h = Math.floor(s % 86400 / 3600), m = Math.floor(s % 3600 / 60), x = s % 60;
+  const two = v => String(v).padStart(2, "0");
+  return d ? d + "d " + h + "h" : h ? h + "h " + two(m) + "m" : m ? m + "m " + two(x) + "s" : x + "s";
+}
+function clock(iso) { return new Date(iso).toLocaleTimeString([], {hour12: false}); }
+const STATES = {ok: ["ready", "ok"], rate_limited: ["rate limited", "warn"], rejected_key: ["key rejected", "bad"],
+  out_of_credit: ["out of credit", "bad"], probing: ["probing", "info"], recovering: ["recovering", "info"]};
+function statusClass(s) { return s < 400 ? "ok" : s === 499 ? "info" : s < 500 ? "warn" : "bad"; }
+function tokens(r) { return r.input_tokens + r.output_tokens + r.cache_read_tokens + r.cache_write_tokens; }
+
+function ask(note) {
+  clearTimeout(timer);
+  for (const s of document.querySelectorAll("main>section,.tiles")) s.hidden = true;
+  $("keycard").hidden = false; $("keynote").textContent = note; $("forget").hidden = true;
+  $("dot").className = "dot stale"; $("updated").textContent = "waiting for the key";
+  $("key").focus();
+}
+$("keyform").addEventListener("submit", ev => {
+  ev.preventDefault();
+  key = $("key").value.trim(); $("key").value = "";
+  if (key) { sessionStorage.setItem(KEY, key); poll(); }
+});
+$("forget").addEventListener("click", () => { key = ""; sessionStorage.removeItem(KEY); ask(""); });
+
+async function poll() {
+  clearTimeout(timer);
+  if (document.hidden) { timer = setTimeout(poll, POLL_MS); return; }
+  let r;
+  try {
+    r = await fetch("v1/agproxy/status", {headers: key ? {Authorization: "Bearer " + key} : {}, cache: "no-store"});
+  } catch (e) {
+    failing = "agproxy is not answering"; tick(); timer = setTimeout(poll, POLL_MS); return;
+  }
+  if (r.status === 401) {
+    if (key) sessionStorage.removeItem(KEY);
+    ask(key ? "agproxy refused that key." : ""); key = ""; return;
+  }
+  if (!r.ok) {
+    let words = "HTTP " + r.status;
+    try { words += ": " + (await r.json()).error.message; } catch (e) { /* not agproxy's JSON */ }
+    failing = words; tick(); timer = setTimeout(poll, POLL_MS); return;
+  }
+  data = await r.json(); at = Date.now(); failing = "";
+  $("keycard").hidden = true; $("forget").hidden = !key;
+  render(); tick();
+  timer = setTimeout(poll, POLL_MS);
+}
+document.addEventListener("visibilitychange", () => { if (!document.hidden && $("keycard").hidden) poll(); });
+
+function render() {
+  for (const s of document.querySelectorAll("main>section:not(#keycard),.tiles")) s.hidden = false;
+  $("version").textContent = "v" + data.version;
+  $("since").textContent = "since " + new Date(data.started_at).toLocaleString([], {hour12: false});
+  $("inflight").textContent = data.in_flight;
+  const t = data.today, sum = {requests: 0, errors: 0, input_tokens: 0, output_tokens: 0, cache_read_tokens: 0,
+    cache_write_tokens: 0};
+  for (const row of t.models) for (const k in sum) sum[k] += row[k];
+  $("reqs").textContent = num(sum.requests);
+  $("errs").textContent = "today, " + (sum.errors ? sum.errors + " failed" : "none failed");
+  $("toks").textContent = num(tokens(sum));
+  $("tokio").textContent = "today: " + num(sum.input_tokens) + " in · " + num(sum.output_tokens) + " out · " +
+    num(sum.cache_read_tokens + sum.cache_write_tokens) + " cache";
+  renderAccounts(); renderToday(); renderRequests(); renderErrors(); renderLessons();
+}
+
+function renderAccounts() {
+  const box = $("ups"); box.replaceChildren();
+  let all = 0, ready = 0, resting = 0;
+  for (const up of data.upstreams) {
+    const group = add(el("div", "up"), el("b", "", up.name), el("span", "", up.kind));
+    for (const a of up.accounts) {
+      all++; if (a.state === "ok") ready++; if (a.rest_left_s > 0) resting++;
+      const [label, cls] = STATES[a.state] || [a.state, "info"];
+      const row = add(el("div", "acct"), el("span", "badge " + cls, label), el("span", "name", a.account));
+      const right = el("span", "nums");
+      if (a.rest_left_s > 0) {
+        const c = el("span", "count"); c.dataset.until = at + a.rest_left_s * 1000;
+        add(right, document.createTextNode("rests "), c);
+      } else {
+        right.textContent = a.in_flight + " now · " + a.successes + " ok · " + a.failures + " failed";
+      }
+      row.appendChild(right);
+      const models = Object.keys(a.models_resting || {});
+      const why = [a.reason, models.length ? "models: " + models.join(", ") : ""].filter(x => x);
+      if (why.length && a.state !== "ok") row.appendChild(el("div", "why", why.join(" — ")));
+      group.appendChild(row);
+    }
+    box.appendChild(group);
+  }
+  $("ready").textContent = ready + " / " + all;
+  $("resting").textContent = resting ? resting + " resting" : "none resting";
+}
+
+function bars(box, rows, name) {
+  box.replaceChildren();
+  if (!rows.length) { box.appendChild(el("div", "empty", "no requests yet today")); return; }
+  const shown = rows.slice(0, 8), max = Math.max(1, ...shown.map(tokens));
+  for (const r of shown) {
+    const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+    svg.setAttribute("viewBox", "0 0 1000 10"); svg.setAttribute("preserveAspectRatio", "none");
+    let x = 0;
+    for (const [k, color] of [["input_tokens", "--in"], ["output_tokens", "--out"], ["cache_read_tokens", "--cr"],
+      ["cache_write_tokens", "--cw"]]) {
+      const w = r[k] / max * 1000;
+      if (w <= 0) continue;
+      const rect = document.createElementNS("http://www.w3.org/2000/svg", "rect");
+      for (const [name, value] of [["x", x], ["y", 0], ["width", w], ["height", 10], ["fill", "var(" + color + ")"]])
+        rect.setAttribute(name, value);
+      const tip = document.createElementNS("http://www.w3.org/2000/svg", "title");
+      tip.textContent = k.replace(/_/g, " ") + ": " + r[k]; rect.appendChild(tip);
+      svg.appendChild(rect); x += w;
+    }
+    const label = add(el("div", "t"), el("b", "", name(r)),
+      el("span", "", num(tokens(r)) + " tok · " + r.requests + " req" + (r.errors ? ` · ${r.errors} failed` : "")));
+    box.appendChild(add(el("div", "bar"), label, svg));
+  }
+  if (rows.length > shown.length) box.appendChild(el("div", "sub", `and ${rows.length - shown.length} more`));
+}
+function renderToday() {
+  bars($("byacct"), data.today.accounts, r => r.account ? `${r.account} (${r.upstream})` : "answered by agproxy");
+  bars($("bymodel"), data.today.models, r => r.model || "(none)");
+}
+
+function renderRequests() {
+  const body = $("rows"); body.replaceChildren();
+  if (!data.requests.length) {
+    const td = el("td", "empty", "No requests yet. Point a client at ANTHROPIC_BASE_URL=" + location.origin);
+    td.colSpan = 8; body.appendChild(add(el("tr"), td)); return;
+  }
+  for (const r of data.requests) {
+    const model = el("td", "m", r.model || r.path); model.title = (r.model || r.path) +
+      (r.mapped_model && r.mapped_model !== r.model ? " → " + r.mapped_model : "");
+    if (r.stream) model.appendChild(el("span", "sub", " stream"));
+    const st = add(el("td", "r"), el("span", "badge " + statusClass(r.status), r.status));
+    if (r.error) st.title = r.error;
+    add(body, add(el("tr"), el("td", "", clock(r.time)), model, el("td", "m wide", r.account || r.local || "–"), st,
+      el("td", "r tok", num(r.input_tokens) + " / " + num(r.output_tokens)),
+      el("td", "r wide", num(r.cache_read_tokens) + " / " + num(r.cache_write_tokens)),
+      el("td", "r wide", ms(r.ttft_ms)), el("td", "r dur", ms(r.duration_ms))));
+  }
+}
+
+function renderErrors() {
+  const box = $("errlist"); box.replaceChildren();
+  if (!data.errors.length) { box.appendChild(el("div", "empty", "No errors since agproxy started.")); return; }
+  for (const r of data.errors) {
+    const head = add(el("div"), el("span", "badge " + statusClass(r.status), r.status),
+      el("span", "sub", "  " + clock(r.time) + " · " + [r.method + " " + r.path, r.model, r.upstream && r.upstream +
+        "/" + r.account].filter(x => x).join(" · ")));
+    box.appendChild(add(el("div", "err"), head, el("div", "w", r.error || "(no words)")));
+  }
+}
+
+function renderLessons() {
+  const box = $("lessonlist"); box.replaceChildren();
+  const items = [];
+  for (const [up, l] of Object.entries(data.lessons)) {
+    for (const f of l.fields) items.push([up, "strips field", f]);
+    for (const b of l.betas) items.push([up, "drops beta", b]);
+  }
+  for (const [up, models] of Object.entries(data.windows || {}))
+    for (const [m, w] of Object.entries(models)) items.push([up, "window of " + m, w + " tokens"]);
+  if (!items.length) box.appendChild(el("div", "empty", "Nothing learned: every upstream took requests as sent."));
+  for (const [up, what, value] of items)
+    box.appendChild(add(el("div", "err"), el("span", "sub", up + " " + what + " "), el("code", "", value)));
+  const changes = Object.entries(data.counters);
+  if (changes.length) {
+    box.appendChild(el("div", "sub", "Changes made to requests since start:"));
+    const list = el("div", "legend");
+    for (const [k, v] of changes) list.appendChild(el("span", "", k + " × " + v));
+    box.appendChild(list);
+  }
+}
+
+function tick() {
+  const now = Date.now();
+  if (data) {
+    $("uptime").textContent = span(data.uptime_s + (now - at) / 1000);
+    for (const c of document.querySelectorAll(".count[data-until]")) {
+      const left = (Number(c.dataset.until) - now) / 1000;
+      c.textContent = left > 0 ? span(left) : "ending";
+    }
+  }
+  const age = data ? Math.round((now - at) / 1000) : 0;
+  $("dot").className = "dot" + (failing ? " down" : age > 10 ? " stale" : "");
+  if (failing) $("updated").textContent = failing + (data ? " · last update " + span(age) + " ago" : "");
+  else if (data) $("updated").textContent = age < 2 ? "live" : "updated " + span(age) + " ago";
+}
+setInterval(tick, 1000);
+poll();
+</script></body></html>
+"""
+
 
 # -- the usage ledger (pure: the caller passes the time in) ---------------------------------------
 
@@ -9587,7 +10600,9 @@ class _JsonFormatter(logging.Formatter):
             line.update(access)
         if record.exc_info:
             line["traceback"] = self.formatException(record.exc_info)
-        return self.redactor.text(json.dumps(line, ensure_ascii=False, default=str))
+        text = json.dumps(line, ensure_ascii=False, default=str)  # escapes controls, not U+2028 and U+2029
+        return self.redactor.text(text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+                                  .replace("\x85", "\\u0085"))
 
 
 def _agproxy_running(pid: int) -> bool:

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 import agproxy
 from tests.conftest import fake_config
 from tests.fakes.anthropic_upstream import Json, Sse, text_stream
+from tests.fakes.anthropic_upstream import message as answer
 
 KEY = "sk-local-usage-test-key-0123456789"
 AUTH = {"x-api-key": KEY}
@@ -109,15 +110,16 @@ def test_every_request_that_generates_is_counted_refused_failed_and_local_ones_t
     assert call(proxy, "/v1/agproxy/usage")[0] == 401  # behind the same auth as every route
 
 
-@pytest.mark.xfail(reason="waits on the lead's work: the record's tokens are filled for warmups only so far",
-                   strict=False)
 def test_tokens_are_counted_from_answers_json_and_streamed(start_agproxy, fake):
     proxy = start_agproxy(one_account(fake, state_file=""))
-    assert call(proxy, "/v1/messages", message())[0] == 200  # the fake's usage: 12 in, 7 out
-    fake.script(Sse(text_stream("one two three")))  # 12 in, then 3 out
+    fake.script(Json(200, answer(usage={"input_tokens": 12, "output_tokens": 7, "cache_read_input_tokens": 100,
+                                        "cache_creation_input_tokens": 30})))
+    assert call(proxy, "/v1/messages", message())[0] == 200
+    fake.script(Sse(text_stream("one two three")))  # 12 in (message_start), then 3 out (message_delta's total)
     assert call(proxy, "/v1/messages", message(stream=True))[0] == 200
     row, = usage(proxy, "group_by=account", requests=2)["rows"]
-    assert (row["input_tokens"], row["output_tokens"]) == (24, 10)
+    assert (row["input_tokens"], row["output_tokens"], row["cache_read_tokens"], row["cache_write_tokens"]) == (
+        24, 10, 100, 30)
 
 
 @pytest.mark.xfail(reason="waits on the lead's work: the relay does not put an event: error's words in the record yet",
