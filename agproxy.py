@@ -7845,7 +7845,7 @@ class Server(Application):
         self.learning = Learning(config, self.learned, self.windows, self.metrics, self.saver.save)
         self.counters = self.learning.counters
         self.note_once = self.learning.note_once
-        self.usage = UsageLedger(self.redact.text)
+        self.usage = UsageLedger(lambda text: self.redact.text(text))  # the redactor of the config in effect
         self.usage.load_json((state or {}).get("usage"), clock())
         self.usage_counter = UsageCounter(self.usage, clock, self.saver.save if persist else None)
         self.record_readers.append(self.usage_counter.read)
