@@ -384,8 +384,17 @@ class Redactor:
     less than one scan with a regex of all the spellings."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
-        spellings = sorted({s for k in secrets if len(k) >= _MIN_SECRET_CHARS for s in secret_spellings(k)},
-                           key=len, reverse=True)
+        self._compile(secrets)
+
+    def add(self, secrets: Iterable[str]) -> None:
+        """Hide ``secrets`` too from now on (a reloaded config's keys), and still every one before:
+        an answer begun under the old config may still echo an old key."""
+        self._compile(list(self.secrets) + list(secrets))
+
+    def _compile(self, secrets: Iterable[str]) -> None:
+        #: the secrets hidden (the configured keys, each at least _MIN_SECRET_CHARS long)
+        self.secrets: Tuple[str, ...] = tuple(sorted({k for k in secrets if len(k) >= _MIN_SECRET_CHARS}))
+        spellings = sorted({s for k in self.secrets for s in secret_spellings(k)}, key=len, reverse=True)
         #: what a client reads (a delta's text, an error's message): the spellings
         self.spellings: Tuple[str, ...] = tuple(spellings)
         known = "|".join(re.escape(s) for s in spellings)
@@ -1057,6 +1066,61 @@ def config_from_dict(raw: Any, environ: Dict[str, str], source: str, unset_as_pl
         state_file=fields.text("state_file", default_state_file(environ, source)),
         source=source,
     )
+
+
+#: Settings that take effect only when agproxy starts listening (a reload keeps the running ones).
+RESTART_SETTINGS = ("host", "port", "state_file", "log_format")
+
+
+def config_changes(before: Config, after: Config) -> List[str]:
+    """What a reload changes, in words for the log and ``POST /v1/agproxy/reload``: each top-level
+    setting, each upstream added, removed or changed, each account added, removed, or given
+    another key (never the key itself), and the model map. A host or port change needs a restart."""
+    changes: List[str] = []
+    for field in dataclasses.fields(Config):
+        name = field.name
+        if name in ("upstreams", "model_map", "source"):
+            continue
+        old, new = getattr(before, name), getattr(after, name)
+        if old == new:
+            continue
+        if name == "api_key":
+            changes.append("api_key changed")
+        elif name in RESTART_SETTINGS:
+            changes.append(f"{name}: {old!r} -> {new!r} needs a restart (until then agproxy keeps {old!r})")
+        else:
+            changes.append(f"{name}: {old!r} -> {new!r}")
+    old_upstreams = {u.name: u for u in before.upstreams}
+    new_upstreams = {u.name: u for u in after.upstreams}
+    for name in old_upstreams.keys() - new_upstreams.keys():
+        changes.append(f"upstream {name!r} removed")
+    for upstream in after.upstreams:
+        old_upstream = old_upstreams.get(upstream.name)
+        if old_upstream is None:
+            changes.append(f"upstream {upstream.name!r} added ({len(upstream.accounts)} account(s))")
+            continue
+        settings = [f.name for f in dataclasses.fields(Upstream)
+                    if f.name not in ("name", "accounts", "credentials", "extra_body", "headers")
+                    and getattr(old_upstream, f.name) != getattr(upstream, f.name)]
+        settings += [name for name in ("extra_body", "headers")  # they may hold credentials: named, never shown
+                     if getattr(old_upstream, name) != getattr(upstream, name)]
+        if settings:
+            changes.append(f"upstream {upstream.name!r}: {', '.join(settings)} changed")
+        old_accounts = {a.name: a for a in old_upstream.accounts}
+        new_accounts = {a.name: a for a in upstream.accounts}
+        for name in old_accounts.keys() - new_accounts.keys():
+            changes.append(f"upstream {upstream.name!r}: account {name!r} removed")
+        for account in upstream.accounts:
+            old_account = old_accounts.get(account.name)
+            if old_account is None:
+                changes.append(f"upstream {upstream.name!r}: account {account.name!r} added")
+            elif old_account.api_key != account.api_key:
+                changes.append(f"upstream {upstream.name!r}: account {account.name!r} has a new key (it starts afresh)")
+            elif old_account != account:
+                changes.append(f"upstream {upstream.name!r}: account {account.name!r} changed")
+    if before.model_map != after.model_map:
+        changes.append(f"model_map changed ({len(after.model_map)} rule(s))")
+    return sorted(changes, key=lambda line: "needs a restart" not in line)
 
 
 def default_state_file(environ: Dict[str, str], config_path: str = "") -> str:
@@ -6121,6 +6185,22 @@ class AccountPool:
         broke.final = True
         return broke
 
+    def reconfigured(self, upstreams: Sequence[Upstream]) -> AccountPool:
+        """A pool for a reloaded config's upstreams that keeps what this one knows of each account
+        whose key and server did not change (its rests, counters and requests in flight: the very
+        same state, so a request begun before the reload releases its slot where it counts), the
+        sessions' accounts, and the rotation; any other account starts afresh."""
+        pool = AccountPool(upstreams)
+        for upstream in upstreams:
+            old = self.upstreams.get(upstream.name)
+            for account in upstream.accounts:
+                before = next((a for a in old.accounts if a.name == account.name), None) if old else None
+                if before is not None and key_fingerprint(old, before) == key_fingerprint(upstream, account):
+                    pool.states[(upstream.name, account.name)] = self.states[(old.name, before.name)]
+        pool._sessions = self._sessions
+        pool._turn = self._turn
+        return pool
+
     def _fingerprint(self, upstream_name: str, account_name: str) -> str:
         upstream = self.upstreams[upstream_name]
         account = next(a for a in upstream.accounts if a.name == account_name)
@@ -6356,6 +6436,13 @@ class LearnedRejections:
         return {name: dict({"fields": self.fields(name), "betas": self.betas(name)},
                            **({"server": servers[name]} if servers and name in servers else {})) for name in names}
 
+    def rebind(self, before: Dict[str, str], now: Dict[str, str]) -> None:
+        """Keep only what was learned from the servers the upstreams still name (``before`` and
+        ``now``: each upstream's :func:`server_fingerprint`, under the old config and a reloaded one)."""
+        data = self.to_json(before)
+        self._fields, self._betas = {}, {}
+        self.load_json(data, now)
+
     def load_json(self, data: Any, servers: Optional[Dict[str, str]] = None) -> None:
         """Take entries from a saved state; anything malformed, and (given ``servers``) anything
         learned from another server than the upstream's now, is skipped."""
@@ -6426,6 +6513,13 @@ class LearnedWindows:
         """What was learned, per upstream, with the server and the configured value it holds for."""
         return {u.name: {"configured": u.context_window, "server": server_fingerprint(u),
                          "models": dict(self._windows[u.name])} for u in upstreams if self._windows.get(u.name)}
+
+    def rebind(self, before: Sequence[Upstream], now: Sequence[Upstream]) -> None:
+        """Keep only the windows learned for a server and configured value that a reloaded
+        config (``now``) still has."""
+        data = self.to_json(before)
+        self._windows = {}
+        self.load_json(data, now)
 
     def load_json(self, data: Any, upstreams: Sequence[Upstream]) -> List[str]:
         """Take what a saved state learned for the same server and the same configured value;
@@ -7820,8 +7914,11 @@ class Server(Application):
 
     def __init__(self, config: Config, client: Optional[UpstreamClient] = None, state: Optional[Dict[str, Any]] = None,
                  persist: Optional[Callable[[Dict[str, Any]], None]] = None, *,
-                 clock: Callable[[], float] = time.time, sleep: Callable[[float], Any] = asyncio.sleep) -> None:
+                 clock: Callable[[], float] = time.time, sleep: Callable[[float], Any] = asyncio.sleep,
+                 load: Optional[Callable[[], Config]] = None, redactor: Optional[Redactor] = None) -> None:
         self.config = config
+        #: reads the config file again (``load_config`` with the command line's overrides), for a reload
+        self.load = load
         #: wall-clock time and the wait between attempts: what account rests and resets are measured
         #: with (a test passes its own, so waits and rests pass without sleeping)
         self.clock = clock
@@ -7832,7 +7929,9 @@ class Server(Application):
         self.windows = LearnedWindows()
         self.signatures = SignatureBook()
         self.call_signatures = CallSignatures()
-        self.redact = Redactor(config.secrets(dict(os.environ)))  # the proxy the client uses is os.environ's
+        # the log's redactor where there is one, so that a reload's new keys are hidden there too
+        self.redact = redactor if redactor is not None else Redactor()
+        self.redact.add(config.secrets(dict(os.environ)))  # the proxy the client uses is os.environ's
         self.client = client or UpstreamClient()
         self.pool = AccountPool(config.upstreams)
         self.log = logging.getLogger("agproxy")
@@ -7845,7 +7944,7 @@ class Server(Application):
         self.learning = Learning(config, self.learned, self.windows, self.metrics, self.saver.save)
         self.counters = self.learning.counters
         self.note_once = self.learning.note_once
-        self.usage = UsageLedger(lambda text: self.redact.text(text))  # the redactor of the config in effect
+        self.usage = UsageLedger(lambda text: self.redact.text(text))
         self.usage.load_json((state or {}).get("usage"), clock())
         self.usage_counter = UsageCounter(self.usage, clock, self.saver.save if persist else None)
         self.record_readers.append(self.usage_counter.read)
@@ -7876,10 +7975,12 @@ class Server(Application):
             "/metrics": {"GET": self._metrics},
             "/agproxy": {"GET": self._status_page},
             STATUS_DATA_PATH: {"GET": self._status},
+            "/v1/agproxy/reload": {"POST": self._reload},
         }
         self.board = StatusBoard(clock())
         self.record_readers.append(self.board.read)
         self.door = FrontDoor(config, dict(self._routes, **{"/v1/models/": {"GET": self._model}}), self.note_once)
+        self.watcher: Optional[ConfigWatcher] = None
 
     def adapter(self, upstream: Upstream) -> Adapter:
         """The adapter of an upstream's kind (the kinds are validated at load time)."""
@@ -7898,12 +7999,58 @@ class Server(Application):
     # -- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> Tuple[str, int]:
-        """Bind and start accepting; returns the real host and port."""
-        return await self.http.start()
+        """Bind and start accepting (and watch the config file, with ``watch_config``); returns the
+        real host and port."""
+        address = await self.http.start()
+        self.watcher = ConfigWatcher(self.config.source, self.reload_file)
+        self.watcher.follow(self.config.watch_config)
+        return address
+
+    def reload(self, config: Config) -> List[str]:
+        """Run on ``config`` from now on, and return what changed (:func:`config_changes`): every
+        copy of the config is replaced (the front door's, the shell's limits, the redactor's keys,
+        the pool, the catalog, what lessons and windows hold for). Accounts whose key and server
+        did not change keep their state; requests in flight finish on the config they began with
+        (each holds the pool it began with). The listening address stays until a restart."""
+        before = self.config
+        changes = config_changes(before, config)
+        config = dataclasses.replace(config, **{name: getattr(before, name) for name in RESTART_SETTINGS})
+        logging.getLogger("agproxy").setLevel(config.log_level.upper())
+        self.redact.add(config.secrets(dict(os.environ)))
+        servers = {u.name: server_fingerprint(u) for u in config.upstreams}
+        self.learned.rebind(self._servers, servers)
+        self.windows.rebind(before.upstreams, config.upstreams)
+        self._servers = servers
+        self.pool = self.pool.reconfigured(config.upstreams)
+        self.config = self.http.config = self.learning.config = config
+        self.door.reconfigure(config)
+        self.catalog = ModelCatalog(config, self.client, self.pool, self.adapter, self.clock, self.log)
+        if self.watcher is not None:
+            self.watcher.follow(config.watch_config, config.source)
+        self.saver.save()
+        return changes
+
+    def reload_file(self, why: str) -> List[str]:
+        """Read the config file again and run on it (:meth:`reload`), logging what changed; a config
+        that does not load is refused with its one-line message (:class:`ConfigError`), and the
+        running one stays."""
+        if self.load is None:
+            raise ConfigError("this agproxy was not started from the command line: it has no config file to reload")
+        try:
+            config = self.load()
+        except ConfigError as exc:
+            self.log.error("%s: the config was not reloaded, agproxy keeps running on the one it has: config: %s",
+                           why, exc.message)
+            raise
+        changes = self.reload(config)
+        self.log.warning("%s: config reloaded from %s: %s", why, config.source, "; ".join(changes) or "no change")
+        return changes
 
     async def shutdown(self, grace_s: Optional[float] = None) -> None:
         """Stop accepting, let in-flight requests finish within ``grace_s`` (``shutdown_grace_s``),
         save the state."""
+        if self.watcher is not None:
+            self.watcher.follow(False)
         await self.http.shutdown(grace_s)
         self.usage_counter.flush()  # the usage of the last seconds, not saved yet
         await self.saver.finish()
@@ -7978,6 +8125,7 @@ class Server(Application):
         record = exchange.record
         record.model, record.stream = str(body.get("model"))[:200], body.get("stream") is True
         validate_messages_request(body)
+        pool = self.pool  # what the request began with, whatever a reload brings meanwhile
         route = route_model(self.config, body["model"])
         record.mapped_model, record.upstream = route.model, route.upstream.name
         headers: Headers = [("X-Mapped-Model", route.model)]
@@ -8001,10 +8149,10 @@ class Server(Application):
             if not isinstance(answer, AnswerStream):
                 record.add_usage(call.facts.usage)
                 return answer
-            return self._relay(answer, call, record)  # its usage comes as it is relayed
+            return self._relay(answer, call, record, pool)  # its usage comes as it is relayed
 
         try:
-            return await run_attempts(self.pool, route, session_id(request.headers, body),
+            return await run_attempts(pool, route, session_id(request.headers, body),
                                       self.config.max_retry_attempts, attempt, clock=self.clock, sleep=self.sleep,
                                       on_attempt=self._log_attempt(exchange, route.model), on_change=self.saver.save)
         except AgproxyError as exc:
@@ -8020,10 +8168,11 @@ class Server(Application):
                     [("X-Mapped-Model", route.model), ("X-Account-Email", account.name)], exchange.on_client_gone,
                     self.config.force_stream_internally, self.config.ping_interval_s)
 
-    def _relay(self, answer: AnswerStream, call: Call, record: RequestRecord) -> StreamingResponse:
-        """The client's streaming response for an attempt's answer stream: the account's slot stays
-        taken, and the record takes the answer's usage, when the relay ends."""
-        release = self.pool.hold(call.upstream, call.account)
+    def _relay(self, answer: AnswerStream, call: Call, record: RequestRecord, pool: AccountPool) -> StreamingResponse:
+        """The client's streaming response for an attempt's answer stream: the account's slot (in
+        the pool the request began with) stays taken, and the record takes the answer's usage,
+        until the relay ends."""
+        release = pool.hold(call.upstream, call.account)
         response = answer.response
 
         def ended() -> None:
@@ -8076,13 +8225,14 @@ class Server(Application):
         record = exchange.record
         record.model = str(body.get("model"))[:200]
         validate_messages_request(body, count_tokens=True)
+        pool = self.pool  # what the request began with, whatever a reload brings meanwhile
         route = route_model(self.config, body["model"])
         record.mapped_model, record.upstream = route.model, route.upstream.name
         headers: Headers = [("X-Mapped-Model", route.model)]
         window = self.windows.window(route.upstream, route.model)
         client_window = client_context_window(request.headers, body.get("model"))
         if not self.adapter(route.upstream).counts_upstream:
-            account = self.pool.rested(route.upstream, route.model, self.clock())
+            account = pool.rested(route.upstream, route.model, self.clock())
             counted = await self.adapter(route.upstream).count(body, route, account)
             tokens = counted if counted is not None else await _estimate_tokens(body, len(request.body or b""))
             if window:
@@ -8105,7 +8255,7 @@ class Server(Application):
             return json_response(200, counted, headers + [("X-Account-Email", account.name)])
 
         try:
-            return await run_attempts(self.pool, pooled, session_id(request.headers, body),
+            return await run_attempts(pool, pooled, session_id(request.headers, body),
                                       self.config.max_retry_attempts, attempt, clock=self.clock, sleep=self.sleep,
                                       on_attempt=self._log_attempt(exchange, route.model), on_change=self.saver.save)
         except AgproxyError as exc:
@@ -8121,6 +8271,16 @@ class Server(Application):
         status = self.board.snapshot(self.clock(), self.http.in_flight - 1, self.config.upstreams, self.pool,
                                      self.learned, self.windows, self.counters)
         return json_response(200, status, [("Cache-Control", "no-store")])
+
+    async def _reload(self, request: Request, exchange: _Exchange) -> Response:
+        """``POST /v1/agproxy/reload`` (an empty body): read the config file again, as SIGHUP does."""
+        if request.body:
+            raise InvalidRequest("send an empty body: agproxy reads its config file again")
+        try:
+            changes = self.reload_file("POST /v1/agproxy/reload")
+        except ConfigError as exc:
+            raise InvalidRequest(f"config: {exc.message} (the running config stays)") from None
+        return json_response(200, {"reloaded": True, "changes": changes})
 
     async def _accounts(self, request: Request, exchange: _Exchange) -> Response:
         return json_response(200, {"accounts": self.pool.describe(self.clock())})
@@ -10339,6 +10499,63 @@ class UsageCounter:
             self.save()
 
 
+#: How often ``watch_config`` looks at the config file: a change is applied within about twice this.
+CONFIG_WATCH_INTERVAL_S = 1.0
+
+
+class ConfigWatcher:
+    """Reloads the config when its file changes (``watch_config``). It looks at the file's
+    identity (inode, size, modification time) every :data:`CONFIG_WATCH_INTERVAL_S`, which needs
+    nothing but ``os.stat`` on any system, and reloads a change once the file has held still for
+    one look (an editor may write it in steps; a rename into place is one step). A config that
+    does not load is logged and left; the next change is tried again."""
+
+    def __init__(self, path: str, reload: Callable[[str], Any]) -> None:
+        self.path = path
+        self.reload = reload
+        self._task: Optional[asyncio.Future] = None
+
+    def follow(self, on: bool, path: Optional[str] = None) -> None:
+        """Watch (``on``) the file at ``path`` (the same one when None), or stop watching."""
+        if path is not None and path != self.path:
+            self.path = path
+            if self._task is not None:  # watch the new file from its present state
+                self._task.cancel()
+                self._task = None
+        if on and self._task is None:
+            self._task = asyncio.ensure_future(self._watch())
+        elif not on and self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    def _identity(self) -> Optional[Tuple[int, int, int]]:
+        try:
+            info = os.stat(self.path)
+        except OSError:
+            return None  # not there (yet, or for the moment of a rename): nothing to take
+        return info.st_ino, info.st_size, info.st_mtime_ns
+
+    async def _watch(self) -> None:
+        taken = self._identity()
+        seen = taken
+        while True:
+            await asyncio.sleep(CONFIG_WATCH_INTERVAL_S)
+            now = self._identity()
+            if now is None or now == taken:
+                seen = now
+                continue
+            if now != seen:  # still changing: look again
+                seen = now
+                continue
+            taken = now
+            try:
+                self.reload("the config file changed")
+            except ConfigError:
+                pass  # said in the log by the reload; the running config stays
+            except Exception:  # a defect in agproxy: the log has it, and the watch goes on
+                logging.getLogger("agproxy").exception("reloading the changed config failed")
+
+
 STATE_FORMAT = 1
 #: A state file holds a few learned fields and resting accounts (kilobytes) and the usage ledger (at
 #: most about 12 MB: MAX_LEDGER_ROWS). Past this it is not ours.
@@ -10850,11 +11067,12 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-async def _serve(config: Config) -> int:
+async def _serve(config: Config, load: Optional[Callable[[], Config]] = None,
+                 redactor: Optional[Redactor] = None) -> int:
     log = logging.getLogger("agproxy")
     store = StateFile(config.state_file)
     store.hold()  # `agproxy state clear` refuses while it is held
-    server = Server(config, state=store.load(), persist=store.save)
+    server = Server(config, state=store.load(), persist=store.save, load=load, redactor=redactor)
     try:
         host, port = await server.start()
     except OSError as exc:
@@ -10873,8 +11091,10 @@ async def _serve(config: Config) -> int:
         stop.set()
 
     def on_hangup() -> None:
-        log.warning("SIGHUP: agproxy does not reload its config yet; it keeps serving the config it started with "
-                    "(restart it to apply a changed one)")
+        try:
+            server.reload_file("SIGHUP")
+        except ConfigError:
+            pass  # said in the log; the running config stays
 
     for sig, handler in ((signal.SIGINT, on_stop), (signal.SIGTERM, on_stop),
                          (getattr(signal, "SIGHUP", None), on_hangup)):
@@ -10978,8 +11198,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         # an upstream's answer may echo a key: never print it
         return 0 if asyncio.run(check_upstreams(config, lambda line: print(redactor.text(line)), redactor)) else 1
     log_startup(config)
+
+    def load() -> Config:  # the same file, or the lookup again when there was none; the flags still override
+        return load_config(config.source if os.path.isfile(config.source) else args.config, overrides)
+
     try:
-        return asyncio.run(_serve(config))
+        return asyncio.run(_serve(config, load, redactor))
     except KeyboardInterrupt:
         return 0
 

@@ -139,11 +139,11 @@ class InProcessAgproxy(_Running):
 
     def __init__(self, args: List[str], environ: Dict[str, str]) -> None:
         parsed = agproxy._arg_parser(False).parse_args(args)
-        self.config = agproxy.load_config(parsed.config, {"host": parsed.host, "port": parsed.port,
-                                                          "log_level": parsed.log_level}, environ)
+        overrides = {"host": parsed.host, "port": parsed.port, "log_level": parsed.log_level}
+        self.config = agproxy.load_config(parsed.config, overrides, environ)
         self.stderr: List[str] = []
-        agproxy.configure_logging(self.config.log_level, agproxy.Redactor(self.config.secrets()),
-                                  _Lines(self.stderr), self.config.log_format)
+        redactor = agproxy.Redactor(self.config.secrets())
+        agproxy.configure_logging(self.config.log_level, redactor, _Lines(self.stderr), self.config.log_format)
         agproxy.log_startup(self.config)
         self.clock = TestClock()
         self.loop = asyncio.new_event_loop()
@@ -151,7 +151,8 @@ class InProcessAgproxy(_Running):
         self._thread.start()
         store = agproxy.StateFile(self.config.state_file)
         self.server = agproxy.Server(self.config, state=store.load(), persist=store.save, clock=self.clock.time,
-                                     sleep=self.clock.sleep)
+                                     sleep=self.clock.sleep, redactor=redactor,
+                                     load=lambda: agproxy.load_config(parsed.config, overrides, environ))
         self.host, self.port = self.run(self.server.start())
         self.stderr.append(f"agproxy listening on http://{self.host}:{self.port}\n")
         self._stopped = False

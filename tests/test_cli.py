@@ -190,15 +190,6 @@ def test_a_request_still_arriving_at_shutdown_gets_an_answer(start_agproxy):
     assert b"shutting down" in answer.body
 
 
-def test_sighup_is_ignored_with_a_log_line(start_agproxy):
-    proxy = start_agproxy({"upstreams": [{"name": "d", "kind": "demo"}]}, process=True)
-    proxy.proc.send_signal(signal.SIGHUP)
-    time.sleep(0.3)
-    assert proxy.proc.poll() is None and "SIGHUP: agproxy does not reload its config yet" in proxy.log()
-    with urllib.request.urlopen(proxy.url + "/healthz", timeout=5) as response:
-        assert response.status == 200
-
-
 def test_sigint_exits_0(start_agproxy):
     proxy = start_agproxy(None)
     assert proxy.stop(signal.SIGINT) == 0
