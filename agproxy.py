@@ -46,6 +46,7 @@ import base64
 import bisect
 import collections
 import copy
+import csv
 import dataclasses
 import datetime
 import difflib
@@ -54,6 +55,7 @@ import fnmatch
 import hashlib
 import hmac
 import http
+import io
 import ipaddress
 import json
 import logging
@@ -7942,6 +7944,10 @@ class Server(Application):
         self.learning = Learning(config, self.learned, self.windows, self.metrics, self.saver.save)
         self.counters = self.learning.counters
         self.note_once = self.learning.note_once
+        self.usage = UsageLedger(lambda text: self.redact.text(text))
+        self.usage.load_json((state or {}).get("usage"), clock())
+        self.usage_counter = UsageCounter(self.usage, clock, self.saver.save if persist else None)
+        self.record_readers.append(self.usage_counter.read)
         for line in self.pool.load_json((state or {}).get("accounts"), clock()):
             self.log.info("restored from the state file: %s (stop agproxy and run `agproxy state clear` to forget it)",
                           line)
@@ -7965,6 +7971,7 @@ class Server(Application):
             "/v1/api/event_logging/batch": {"POST": self._telemetry},
             "/v1/agproxy/accounts": {"GET": self._accounts},
             "/v1/agproxy/stats": {"GET": self._stats},
+            "/v1/agproxy/usage": {"GET": self._usage},
             "/metrics": {"GET": self._metrics},
             "/agproxy": {"GET": self._status_page},
             STATUS_DATA_PATH: {"GET": self._status},
@@ -8045,13 +8052,14 @@ class Server(Application):
         if self.watcher is not None:
             self.watcher.follow(False)
         await self.http.shutdown(grace_s)
+        self.usage_counter.flush()  # the usage of the last seconds, not saved yet
         await self.saver.finish()
         self.client.shutdown()
 
     def _snapshot(self) -> Dict[str, Any]:
         """What the state file keeps."""
         return {"learned": self.learned.to_json(self._servers), "accounts": self.pool.to_json(self.clock()),
-                "windows": self.windows.to_json(self.config.upstreams),
+                "windows": self.windows.to_json(self.config.upstreams), "usage": self.usage.to_json(),
                 "pid": os.getpid()}  # `agproxy state clear` leaves the file of a running agproxy alone
 
     def admit(self, request: Request) -> None:
@@ -8276,6 +8284,10 @@ class Server(Application):
 
     async def _accounts(self, request: Request, exchange: _Exchange) -> Response:
         return json_response(200, {"accounts": self.pool.describe(self.clock())})
+
+    async def _usage(self, request: Request, exchange: _Exchange) -> Response:
+        """The usage ledger, as JSON or CSV (:meth:`UsageLedger.answer`)."""
+        return self.usage.answer(request.query, self.clock())
 
     async def _stats(self, request: Request, exchange: _Exchange) -> Response:
         """What agproxy changed and saved, counted per kind since it started."""
@@ -10198,6 +10210,295 @@ poll();
 """
 
 
+# -- the usage ledger (pure: the caller passes the time in) ---------------------------------------
+
+#: The paths (globs) of the requests that generate, which the usage ledger counts, refused and failed
+#: ones too; each inbound protocol to come adds its own (``/v1/chat/completions``,
+#: ``/v1beta/models/*:generateContent``, ...).
+USAGE_PATHS = ("/v1/messages",)
+#: What a usage row is counted under, in this order, and what it counts.
+USAGE_KEYS = ("day", "upstream", "account", "model", "client")
+USAGE_COUNTS = ("requests", "errors", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
+USAGE_DEFAULT_GROUP_BY = ("day", "upstream", "account", "model")
+#: Days the ledger keeps one by one: a quarter, what a monthly bill is checked against. Older days
+#: are merged into one row per month and key (its ``day`` is then ``YYYY-MM``).
+LEDGER_DAYS_KEPT = 92
+#: Rows the ledger holds at most. Models keep their real names, so a client inventing names could
+#: otherwise grow memory and the state file without end. A row costs about 260 bytes of memory and
+#: 170 of state file (indented: a value a line), 3 MB at the cap; with every name at its longest and
+#: every count at 19 digits about 12 MB, still under MAX_STATE_BYTES, past which the file is not read.
+MAX_LEDGER_ROWS = 20000
+#: Characters of a name (model, upstream, account, client) a row keeps: real model names are under
+#: 60; the cut bounds what one row costs.
+MAX_LEDGER_NAME_CHARS = 100
+#: Past MAX_LEDGER_ROWS, rows are folded until this share of it is left: a client inventing names
+#: then pays for one fold every few thousand rows, not at every request.
+_LEDGER_FOLD_TO = 0.9
+#: What folded rows count under, in the place of the names folded.
+LEDGER_OTHER = "(other)"
+#: How the smallest rows of the oldest day are folded, one step after the other until the rows fit:
+#: their model, then their account and client as well, then everything.
+_LEDGER_FOLDS: Tuple[Callable[[Tuple[str, ...]], Tuple[str, ...]], ...] = (
+    lambda key: (key[0], key[1], key[2], LEDGER_OTHER, key[4]),
+    lambda key: (key[0], key[1], LEDGER_OTHER, LEDGER_OTHER, LEDGER_OTHER),
+    lambda key: (key[0],) + (LEDGER_OTHER,) * 4,
+)
+#: How often at most new counts are saved to the state file (the save fsyncs): a busy agproxy saves
+#: once in this many seconds, not at every request; the shutdown saves the rest.
+LEDGER_SAVE_INTERVAL_S = 10.0
+#: Largest count a saved row may hold: what a 64-bit reader of the JSON or CSV can take.
+_MAX_LEDGER_COUNT = 2**63 - 1
+#: Characters of a query parameter's value an error message quotes.
+_MAX_QUOTED_PARAMETER = 60
+_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_MONTH = re.compile(r"[0-9]{4}-[0-9]{2}")
+#: A spreadsheet runs a cell that starts with one of these as a formula (CSV injection).
+_CSV_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def utc_day(moment: float) -> str:
+    """The UTC day of a wall-clock time, ``YYYY-MM-DD``."""
+    return datetime.datetime.fromtimestamp(moment, datetime.timezone.utc).date().isoformat()
+
+
+def _valid_day(text: str) -> bool:
+    if not _DAY.fullmatch(text):
+        return False
+    try:
+        datetime.date.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _valid_period(text: str) -> bool:
+    """A ledger row's ``day``: a day, or a month that older days were merged into."""
+    return _valid_day(text) or bool(_MONTH.fullmatch(text)) and _valid_day(text + "-01")
+
+
+@dataclasses.dataclass(frozen=True)
+class UsageQuery:
+    """What ``GET /v1/agproxy/usage`` asks for (its parameters, checked and filled in)."""
+
+    from_day: str
+    to_day: str
+    group_by: Tuple[str, ...]
+    format: str  # "json" or "csv"
+
+
+def parse_usage_query(query: str, today: str, first_day: Optional[str]) -> UsageQuery:
+    """``GET /v1/agproxy/usage``'s query string: ``from`` and ``to`` (UTC days; by default the
+    ledger's first day, and ``today``), ``group_by`` (comma-separated :data:`USAGE_KEYS`; empty
+    for one row of totals) and ``format`` (``json`` or ``csv``). :class:`InvalidRequest` naming the
+    parameter for an unknown or repeated one, a bad day, ``from`` after ``to``, an unknown key."""
+    given: Dict[str, str] = {}
+    for name, value in urllib.parse.parse_qsl(query, keep_blank_values=True):
+        shown = json.dumps(name[:_MAX_QUOTED_PARAMETER])
+        if name not in ("from", "to", "group_by", "format"):
+            raise InvalidRequest(f"unknown parameter {shown} (known: from, to, group_by, format)")
+        if name in given:
+            raise InvalidRequest(f"parameter {shown} is given twice")
+        given[name] = value
+    for name in ("from", "to"):
+        if name in given and not _valid_day(given[name]):
+            raise InvalidRequest(f"parameter {name!r} must be a UTC day as YYYY-MM-DD, got "
+                                 f"{json.dumps(given[name][:_MAX_QUOTED_PARAMETER])}")
+    from_day, to_day = given.get("from", first_day or today), given.get("to", today)
+    if from_day > to_day:
+        raise InvalidRequest(f"parameter 'from' ({from_day}) is after parameter 'to' ({to_day})")
+    keys = given.get("group_by")
+    group_by = USAGE_DEFAULT_GROUP_BY if keys is None else tuple(keys.split(",")) if keys else ()
+    for key in group_by:
+        if key not in USAGE_KEYS:
+            raise InvalidRequest(f"parameter 'group_by' has unknown key {json.dumps(key[:_MAX_QUOTED_PARAMETER])} "
+                                 f"(known: {', '.join(USAGE_KEYS)})")
+        if group_by.count(key) > 1:
+            raise InvalidRequest(f"parameter 'group_by' names {key!r} twice")
+    output = given.get("format", "json")
+    if output not in ("json", "csv"):
+        raise InvalidRequest(f"parameter 'format' must be json or csv, got "
+                             f"{json.dumps(output[:_MAX_QUOTED_PARAMETER])}")
+    return UsageQuery(from_day, to_day, group_by, output)
+
+
+def _period_in(period: str, from_day: str, to_day: str) -> bool:
+    """Whether a row's ``day`` counts in a range: a day in it, a month whose first day is in it
+    (the days merged into a month are its first, so a range holding its first day holds them)."""
+    return from_day <= (period if len(period) == 10 else period + "-01") <= to_day
+
+
+def _csv_cell(value: Any) -> Any:
+    """A cell as a spreadsheet shows it without running it: text that starts like a formula gets a
+    leading apostrophe."""
+    return "'" + value if isinstance(value, str) and value.startswith(_CSV_FORMULA_STARTS) else value
+
+
+def usage_csv(rows: List[Dict[str, Any]], group_by: Sequence[str]) -> bytes:
+    """Usage rows as CSV (RFC 4180: CRLF, quoted where needed) under a header line."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(list(group_by) + list(USAGE_COUNTS))
+    for row in rows:
+        writer.writerow([_csv_cell(row[name]) for name in list(group_by) + list(USAGE_COUNTS)])
+    return out.getvalue().encode("utf-8")
+
+
+def usage_problems(section: Any) -> List[str]:
+    """What in a state file's ``usage`` section is not a ledger row, one line each (the loader skips it)."""
+    if not isinstance(section, dict) or not isinstance(section.get("rows"), list):
+        return [f"usage: must be an object with a list \"rows\", got {_shown(section)}"]
+    return [f"usage.rows[{number}]: must be [{', '.join(USAGE_KEYS + USAGE_COUNTS)}], got {_shown(row)}"
+            for number, row in enumerate(section["rows"]) if _ledger_row(row) is None]
+
+
+def _ledger_row(row: Any) -> Optional[Tuple[Tuple[str, ...], Tuple[int, ...]]]:
+    """A saved row's key and counts, or None when it is not one."""
+    names = len(USAGE_KEYS)
+    if not isinstance(row, list) or len(row) != names + len(USAGE_COUNTS) \
+            or not all(isinstance(name, str) for name in row[:names]) or not _valid_period(row[0]) \
+            or not all(_is_int(n) and 0 <= n <= _MAX_LEDGER_COUNT for n in row[names:]):
+        return None
+    return tuple(name[:MAX_LEDGER_NAME_CHARS] for name in row[:names]), tuple(row[names:])
+
+
+class UsageLedger:
+    """Requests, errors and tokens per UTC day, upstream, account, model and client, read from the
+    records of the requests that generate (:data:`USAGE_PATHS`), refused and failed ones included.
+    A warmup answered locally counts with no upstream and no account (nothing was spent there).
+    Bounded: days older than :data:`LEDGER_DAYS_KEPT` are merged into months, and past
+    :data:`MAX_LEDGER_ROWS` the smallest rows of the oldest day are folded into ``(other)`` rows.
+    Names pass through ``hide`` (the redactor) before they are kept: a key sent as a model name is
+    never kept, shown or saved."""
+
+    def __init__(self, hide: Callable[[str], str] = str) -> None:
+        self._rows: Dict[Tuple[str, ...], Tuple[int, ...]] = {}
+        self._hide = hide
+        self._rolled_on = ""  # the day the last roll-up ran for
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def add(self, record: RequestRecord, now: float) -> bool:
+        """Count a request whose answer has ended at ``now``; False when its path is not counted."""
+        if record.method != "POST" or not any(fnmatch.fnmatchcase(record.path, path) for path in USAGE_PATHS):
+            return False
+        local = record.local == "warmup"
+        names = ("" if local else record.upstream, "" if local else record.account, record.model, record.client or "")
+        today = utc_day(now)
+        self._count((today,) + tuple(self._hide(name)[:MAX_LEDGER_NAME_CHARS] for name in names),
+                    (1, int(not 200 <= record.status < 400 or bool(record.error or record.note)), record.input_tokens,
+                     record.output_tokens,
+                     record.cache_read_tokens, record.cache_write_tokens))
+        if today != self._rolled_on:
+            self.roll_up(today)
+        if len(self._rows) > MAX_LEDGER_ROWS:
+            self._fold()
+        return True
+
+    def _count(self, key: Tuple[str, ...], counts: Tuple[int, ...]) -> None:
+        known = self._rows.get(key)
+        self._rows[key] = counts if known is None else tuple(a + b for a, b in zip(known, counts))
+
+    def roll_up(self, today: str) -> None:
+        """Merge the days older than :data:`LEDGER_DAYS_KEPT` (today included) into one row per month and key."""
+        self._rolled_on = today
+        oldest = (datetime.date.fromisoformat(today) - datetime.timedelta(days=LEDGER_DAYS_KEPT - 1)).isoformat()
+        for key in [key for key in self._rows if len(key[0]) == 10 and key[0] < oldest]:
+            self._count((key[0][:7],) + key[1:], self._rows.pop(key))
+
+    def _fold(self) -> None:
+        """Fold the smallest rows (fewest requests, then tokens) of the oldest day, then of the next,
+        into ``(other)`` rows (:data:`_LEDGER_FOLDS`) until :data:`_LEDGER_FOLD_TO` of the cap is left."""
+        target = int(MAX_LEDGER_ROWS * _LEDGER_FOLD_TO)
+        by_period: Dict[str, Set[Tuple[str, ...]]] = collections.defaultdict(set)
+        for key in self._rows:
+            by_period[key[0]].add(key)
+        for period in sorted(by_period):  # "2026-09" sorts before "2026-09-01", after "2026-08-31"
+            keys = by_period[period]
+            for fold in _LEDGER_FOLDS:
+                # fewest requests, then tokens; among equals the first counted (sorted() keeps their order)
+                for key in sorted(keys, key=lambda k: (self._rows[k][0], sum(self._rows[k][2:]))):
+                    if len(self._rows) <= target:
+                        return
+                    folded = fold(key)
+                    if folded != key:
+                        self._count(folded, self._rows.pop(key))
+                        keys.discard(key)
+                        keys.add(folded)
+
+    def first_day(self) -> Optional[str]:
+        """The first day the ledger holds (the first of its first month), None when it is empty."""
+        first = min((key[0] for key in self._rows), default=None)
+        return first if first is None or len(first) == 10 else first + "-01"
+
+    def rows(self, from_day: str, to_day: str, group_by: Sequence[str]) -> List[Dict[str, Any]]:
+        """The rows whose day is in ``from_day`` .. ``to_day``, summed over the keys not in
+        ``group_by``, sorted by those keys. A month of merged days counts whole in a range that
+        holds its first day."""
+        picked = [USAGE_KEYS.index(name) for name in group_by]
+        sums: Dict[Tuple[str, ...], List[int]] = {}
+        for key, counts in self._rows.items():
+            if _period_in(key[0], from_day, to_day):
+                total = sums.setdefault(tuple(key[i] for i in picked), [0] * len(USAGE_COUNTS))
+                for i, n in enumerate(counts):
+                    total[i] += n
+        return [{**dict(zip(group_by, group)), **dict(zip(USAGE_COUNTS, counts))}
+                for group, counts in sorted(sums.items())]
+
+    def answer(self, query: str, now: float) -> Response:
+        """``GET /v1/agproxy/usage``'s answer to ``query`` (:func:`parse_usage_query`): JSON or CSV."""
+        asked = parse_usage_query(query, utc_day(now), self.first_day())
+        rows = self.rows(asked.from_day, asked.to_day, asked.group_by)
+        if asked.format == "csv":
+            return Response(200, [("Content-Type", "text/csv; charset=utf-8")], usage_csv(rows, asked.group_by))
+        return json_response(200, {"from": asked.from_day, "to": asked.to_day, "group_by": list(asked.group_by),
+                                   "rows": rows})
+
+    def to_json(self) -> Dict[str, Any]:
+        """The state file's ``usage`` section: one list per row, its keys then its counts."""
+        return {"rows": [list(key + counts) for key, counts in self._rows.items()]}
+
+    def load_json(self, section: Any, now: float) -> int:
+        """Take the rows a state file kept (rows that are not are skipped: :func:`usage_problems`
+        said them), then roll up and fold as the ledger would; the number of rows taken."""
+        taken = 0
+        for row in section.get("rows", ()) if isinstance(section, dict) and isinstance(section.get("rows"),
+                                                                                      list) else ():
+            parsed = _ledger_row(row)
+            if parsed is not None:
+                self._count(*parsed)
+                taken += 1
+        self.roll_up(utc_day(now))
+        if len(self._rows) > MAX_LEDGER_ROWS:
+            self._fold()
+        return taken
+
+
+class UsageCounter:
+    """Counts each request's record in a :class:`UsageLedger` (a reader of ``Server.record_readers``)
+    and has the new counts saved (``save``: the server's coalesced state save) within
+    :data:`LEDGER_SAVE_INTERVAL_S`: one save for all the requests of those seconds, not one each."""
+
+    def __init__(self, ledger: UsageLedger, clock: Callable[[], float], save: Optional[Callable[[], None]]) -> None:
+        self.ledger = ledger
+        self.clock = clock
+        self.save = save
+        self._due: Optional[asyncio.TimerHandle] = None  # the save of the counts not saved yet
+
+    def read(self, record: RequestRecord) -> None:
+        """Count a request whose answer has ended; a save is due within the interval."""
+        if self.ledger.add(record, self.clock()) and self.save is not None and self._due is None:
+            self._due = asyncio.get_running_loop().call_later(LEDGER_SAVE_INTERVAL_S, self.flush)
+
+    def flush(self) -> None:
+        """Save the counts not saved yet now (at the end of the interval, and at shutdown)."""
+        if self._due is not None:
+            self._due.cancel()
+            self._due = None
+            assert self.save is not None
+            self.save()
+
+
 #: How often ``watch_config`` looks at the config file: a change is applied within about twice this.
 CONFIG_WATCH_INTERVAL_S = 1.0
 
@@ -10256,7 +10557,8 @@ class ConfigWatcher:
 
 
 STATE_FORMAT = 1
-#: A state file holds a few learned fields and resting accounts: kilobytes. Past this it is not ours.
+#: A state file holds a few learned fields and resting accounts (kilobytes) and the usage ledger (at
+#: most about 12 MB: MAX_LEDGER_ROWS). Past this it is not ours.
 MAX_STATE_BYTES = 16 * 1024 * 1024
 #: Problems of a state file's sections said one by one; a file with thousands says the rest as a count.
 MAX_STATE_PROBLEMS = 5
@@ -10304,6 +10606,8 @@ def state_problems(data: Dict[str, Any]) -> List[str]:
                 continue
             problems += [f"{section}.{name}.{key}: must be {_STATE_TYPE_NAMES[kind]}, got {_shown(entry[key])}"
                          for key, kind in keys.items() if key in entry and not _state_value_ok(entry[key], kind)]
+    if "usage" in data:
+        problems += usage_problems(data["usage"])
     if len(problems) > MAX_STATE_PROBLEMS:
         problems[MAX_STATE_PROBLEMS:] = [f"and {len(problems) - MAX_STATE_PROBLEMS} more"]
     return problems
@@ -10314,8 +10618,8 @@ class NotAgproxyState(AgproxyError):
 
 
 class StateFile:
-    """agproxy's small persistent state (what upstreams rejected; account cooldowns; learned
-    context windows), one JSON file.
+    """agproxy's persistent state (what upstreams rejected; account cooldowns; learned context
+    windows; the usage ledger), one JSON file.
 
     Written atomically (temporary file, fsync, rename). A missing file is an empty state. agproxy
     writes and removes only a file that :meth:`load` recognised as its own: absent, or a regular
@@ -10475,7 +10779,7 @@ class StateFile:
                 os.remove(self.path)
             except FileNotFoundError:
                 return f"{self.path} does not exist: nothing to forget"
-            return f"{self.path} removed: account rests and learned rejections are forgotten"
+            return f"{self.path} removed: account rests, learned rejections and the usage ledger are forgotten"
         finally:
             if fd is not None:
                 os.close(fd)
@@ -10827,7 +11131,7 @@ def _rests_in_words(accounts: Any, now: float) -> List[str]:
 def _state_command(argv: List[str]) -> int:
     """``agproxy state show|clear``: what the state file of the config in effect holds, or forget it."""
     parser = argparse.ArgumentParser(prog="agproxy state", description="Show or forget what agproxy keeps across "
-                                     "restarts: account rests and what upstreams rejected.")
+                                     "restarts: account rests, what upstreams rejected, the usage ledger.")
     parser.add_argument("action", choices=("show", "clear"))
     parser.add_argument("--config", help="config file (default: the same lookup as agproxy itself)")
     args = parser.parse_args(argv)
