@@ -1878,9 +1878,17 @@ def encode_sse(event: Optional[str], data: str) -> bytes:
     return (out + "\n").encode("utf-8", "replace")  # an upstream's lone surrogate becomes "?"
 
 
+#: Compact JSON, non-ASCII as it is: how every event agproxy writes is encoded (one encoder, made
+#: once: ``json.dumps`` with options makes one per call, a good part of an event's cost).
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def encode_sse_json(event: str, payload: Dict[str, Any]) -> bytes:
-    """Encode an Anthropic SSE event whose data is a JSON object."""
-    return encode_sse(event, json.dumps(payload, separators=(",", ":"), ensure_ascii=False))
+    """Encode an Anthropic SSE event whose data is a JSON object: one ``data:`` line (JSON holds
+    no raw line break), as :func:`encode_sse` would write it."""
+    if "\n" in event or "\r" in event:
+        raise ValueError("an SSE event name cannot contain a line break")
+    return f"event: {event}\ndata: {_COMPACT_JSON.encode(payload)}\n\n".encode("utf-8", "replace")
 
 
 class Event:
@@ -2110,7 +2118,12 @@ def _decode_bounded(text: str, max_depth: int) -> Any:
     than ``max_depth``. The depth is walked only when the text has that many brackets at all: a
     short text costs nothing more, a long one two counts of characters, never a second walk."""
     try:
-        value = _STRICT_JSON.decode(text)
+        try:  # the usual text, one value with nothing around it, in one call of the C scanner
+            value, end = _STRICT_JSON.scan_once(text, 0)
+        except StopIteration:
+            end = -1
+        if end != len(text):  # whitespace around it, or not JSON: decode() skips the one and words the other
+            value = _STRICT_JSON.decode(text)
     except RecursionError:
         raise JSONTooDeep("JSON nested too deeply") from None
     if len(text) > 2 * max_depth and text.count("[") + text.count("{") > max_depth and _too_deep(value, max_depth):
@@ -3217,8 +3230,6 @@ def upstream_error_event(error: Dict[str, Any], upstream: str = "") -> Dict[str,
 #: One event of the plain kind, as Anthropic sends them: an optional event line, one data line,
 #: a blank line, LF endings (its name and its data).
 _PLAIN_EVENT = re.compile(r"(?:event: ?([^\n]*)\n)?data: ?([^\n]*)\n\n")
-#: Whole events of the plain kind; nothing else.
-_PLAIN_EVENTS = re.compile(r"(?:(?:event: ?[^\n]*\n)?data: ?[^\n]*\n\n)+")
 #: The event types of the Messages stream's grammar (``error`` is taken apart from them).
 _STREAM_EVENT_TYPES = frozenset({"ping", "message_start", "content_block_start", "content_block_delta",
                                  "content_block_stop", "message_delta", "message_stop"})
@@ -3302,12 +3313,18 @@ class EventStreamCheck:
     def _events(self, text: str, data: bytes) -> Tuple[List[Tuple[str, str, Optional[bytes]]], bool]:
         """The (name, data, bytes) of the events in ``text``, and whether they are the plain kind
         (their bytes, each event's own, may then be relayed as they came); a missing name is ``""``."""
-        if "\r" not in text and not self._decoder.pending and _PLAIN_EVENTS.fullmatch(text):
-            if len(text) == len(data):  # ASCII: the text's offsets are the bytes'
-                return [(m.group(1) or "", m.group(2), data[m.start():m.end()])
-                        for m in _PLAIN_EVENT.finditer(text)], True
-            return [(m.group(1) or "", m.group(2), m.group(0).encode("utf-8"))
-                    for m in _PLAIN_EVENT.finditer(text)], True
+        if "\r" not in text and not self._decoder.pending:
+            plain: List[Tuple[str, str, Optional[bytes]]] = []
+            ascii_only, pos, size = len(text) == len(data), 0, len(text)  # ASCII: the text's offsets are the bytes'
+            match = _PLAIN_EVENT.match(text)
+            while match is not None:  # the events one after the other, each its own bytes
+                name, event_data = match.groups()
+                end = match.end()
+                plain.append((name or "", event_data, data[pos:end] if ascii_only else text[pos:end].encode("utf-8")))
+                pos = end
+                match = _PLAIN_EVENT.match(text, pos) if pos < size else None
+            if pos == size:
+                return plain, True
         # comments, stray lines, multi-line data and events without data: the decoder knows them
         # (and what it leaves out never reaches the client)
         return [("" if e.event == "message" else e.event, e.data, None) for e in self._decoder.feed(data)], False
