@@ -7977,7 +7977,7 @@ class Server(Application):
             STATUS_DATA_PATH: {"GET": self._status},
             "/v1/agproxy/reload": {"POST": self._reload},
         }
-        self.board = StatusBoard(clock())
+        self.board = StatusBoard(clock(), self.usage)
         self.record_readers.append(self.board.read)
         self.door = FrontDoor(config, dict(self._routes, **{"/v1/models/": {"GET": self._model}}), self.note_once)
         self.watcher: Optional[ConfigWatcher] = None
@@ -8184,7 +8184,7 @@ class Server(Application):
             response.close()
             release()
 
-        return StreamingResponse(200, _SSE_HEADERS + answer.headers, answer.relay(ended), abort)
+        return StreamingResponse(200, _SSE_HEADERS + answer.headers, answer.relay(ended, record.fail), abort)
 
     def _log_attempt(self, exchange: _Exchange, model: str) -> Callable[[int, Upstream, Account, Decision, int],
                                                                          None]:
@@ -8410,7 +8410,8 @@ class AnswerStream:
 
     response: UpstreamResponse
     headers: Headers
-    relay: Callable[[Callable[[], None]], AsyncIterator[bytes]]
+    #: the relay, given what to call when it ends and what to tell the words of an error that ends it
+    relay: Callable[[Callable[[], None], Callable[[str], None]], AsyncIterator[bytes]]
 
 
 @dataclasses.dataclass
@@ -8634,8 +8635,9 @@ class Adapter:
                 transform = redact if scaler is None else (lambda batch: scaler(redact(batch)))
                 observe = self.watcher(upstream)
                 ping_s = call.ping_interval_s if self.pings else None
-                return AnswerStream(response, headers, lambda on_end: relay_events(
-                    head, events, response, upstream.name, observe, transform, ping_s, on_end=on_end))
+                return AnswerStream(response, headers, lambda on_end, on_error: relay_events(
+                    head, events, response, upstream.name, observe, transform, ping_s, on_end=on_end,
+                    on_error=on_error))
             message = await _watched(call, response, accumulate_events(events))
         else:
             data = await _watched(call, response, response.read_all())
@@ -9354,16 +9356,31 @@ class _IdleWatch:
         self._timer.cancel()
 
 
+def _error_event_words(batch: bytes) -> str:
+    """The message of the first ``error`` event in a batch of whole events (every error event
+    agproxy relays is one it encoded: ``event: error`` opens a line of its own)."""
+    for event in SSEDecoder().feed(batch):
+        if event.event == "error":
+            try:
+                error = loads_strict(event.data).get("error")
+            except (ValueError, AttributeError):
+                error = None
+            return str(error.get("message")) if isinstance(error, dict) else "the stream ended with an error event"
+    return "the stream ended with an error event"
+
+
 async def relay_events(head: bytes, events: AsyncIterator[bytes], response: UpstreamResponse, upstream: str,
                        observe: Optional[Callable[[bytes], None]] = None,
                        transform: Optional[Callable[[bytes], bytes]] = None, ping_interval_s: Optional[float] = None,
-                       on_end: Optional[Callable[[], None]] = None) -> AsyncIterator[bytes]:
+                       on_end: Optional[Callable[[], None]] = None,
+                       on_error: Optional[Callable[[str], None]] = None) -> AsyncIterator[bytes]:
     """Relay an answer's events to the client as they come: the head, then each batch (seen by
     ``observe``, rewritten by ``transform``), a ping whenever the client has been sent nothing for
     ``ping_interval_s`` (None: the upstream sends its own), and no more than ``timeout_s``
     without an event (:class:`_IdleWatch`). A stream that breaks ends with an Anthropic ``error``
     event after its last whole event, so the client never sees half an event; the upstream
-    connection is closed (or drained) at the end."""
+    connection is closed (or drained) at the end. ``on_error`` hears the words of an error that
+    ends the stream, the upstream's own error event included."""
     clock = asyncio.get_running_loop().time
     idle = _IdleWatch(response, response.timeout_s)
     iterator = events.__aiter__()
@@ -9378,6 +9395,8 @@ async def relay_events(head: bytes, events: AsyncIterator[bytes], response: Upst
                     idle.saw_event()
                 if observe is not None:
                     observe(batch)
+                if on_error is not None and b"event: error\n" in batch:
+                    on_error(_error_event_words(batch))
                 yield batch if transform is None else transform(batch)
                 last_sent = clock()
                 if has_event:  # the time a slow client took to take it is not the upstream's silence
@@ -9404,10 +9423,14 @@ async def relay_events(head: bytes, events: AsyncIterator[bytes], response: Upst
             return  # its client left, cutting the read short (the access line says so): nothing broke upstream
         message = f"sent no event for {response.timeout_s:g} s (timeout_s)" if idle.expired else exc.message
         logging.getLogger("agproxy").warning("the stream of upstream %r broke after it began: %s", upstream, message)
+        if on_error is not None:
+            on_error(f"upstream {upstream!r}: {message}")
         yield encode_sse_json("error", error_body("api_error" if idle.expired else exc.error_type,
                                                   f"upstream {upstream!r}: {message}"))
     except Exception as exc:  # a defect in agproxy: the client still gets an ending, the log the traceback
         logging.getLogger("agproxy").exception("relaying the stream of upstream %r failed", upstream)
+        if on_error is not None:
+            on_error(f"agproxy failed relaying upstream {upstream!r}: {type(exc).__name__}")
         yield encode_sse_json("error", error_body("api_error", f"agproxy failed relaying upstream {upstream!r}: "
                                                                f"{type(exc).__name__}"))
     finally:
@@ -9765,14 +9788,11 @@ class Metrics:
 STATUS_LAST_REQUESTS = 50
 #: Failed requests (status 400 or more) it keeps apart, so that a run of successes does not push them off.
 STATUS_LAST_ERRORS = 20
-#: Accounts and models that ``today`` counts apart; past that many, the rest add up under ``(other)``:
-#: clients name the models, and one inventing names must not grow the page's data without bound.
+#: Accounts and models whose counts today the page shows, those with the most tokens: clients name
+#: the models, and one inventing names must not grow the page's data without bound.
 STATUS_MAX_TODAY_KEYS = 100
-#: The paths whose requests ``today`` counts (those that generate), until the usage ledger serves it.
-_STATUS_COUNTED_PATHS = ("/v1/messages",)
 #: Where the page reads its data (relative to itself: agproxy may sit behind a path prefix).
 STATUS_DATA_PATH = "/v1/agproxy/status"
-_USAGE_COUNTS = ("requests", "errors", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
 #: The page is all inline: the policy lets it load nothing from elsewhere, its script talk to agproxy
 #: only, and no other site frame it (it has a key form).
 STATUS_PAGE_HEADERS: Headers = [
@@ -9805,55 +9825,39 @@ class StatusBoard:
     and per model. It reads request records (``Server.record_readers``) and decodes no answer; the
     caller passes the time in."""
 
-    def __init__(self, started_at: float) -> None:
+    def __init__(self, started_at: float, ledger: UsageLedger) -> None:
         self.started_at = started_at
+        self.ledger = ledger  # what today's counts are read from
         self.last: collections.deque = collections.deque(maxlen=STATUS_LAST_REQUESTS)
         self.errors: collections.deque = collections.deque(maxlen=STATUS_LAST_ERRORS)
-        self._day = ""
-        self._accounts: Dict[Tuple[str, str], Dict[str, int]] = {}
-        self._models: Dict[str, Dict[str, int]] = {}
 
     def read(self, record: RequestRecord) -> None:
         """Take one ended request: listed if it named a model or failed (agproxy's own routes and
         Claude Code's probes are not listed, nor the page's own polls: the page shows what they
-        meet itself), counted today if it generates."""
+        meet itself)."""
         if record.path == STATUS_DATA_PATH or (not record.model and record.status < 400):
             return
         entry = dict(record.fields(), time=_iso_time(record.started_at))
         self.last.appendleft(entry)
         if record.status >= 400:
             self.errors.appendleft(entry)
-        if record.path in _STATUS_COUNTED_PATHS:
-            self._count_today(record)
-
-    def _count_today(self, record: RequestRecord) -> None:
-        day = _utc_day(record.started_at)
-        if day != self._day:
-            self._day, self._accounts, self._models = day, {}, {}
-        for table, key, other in ((self._accounts, (record.upstream, record.account), ("", "(other)")),
-                                  (self._models, record.model, "(other)")):
-            if key not in table and len(table) >= STATUS_MAX_TODAY_KEYS:
-                key = other
-            row = table.setdefault(key, dict.fromkeys(_USAGE_COUNTS, 0))
-            row["requests"] += 1
-            row["errors"] += record.status >= 400
-            for name in _USAGE_COUNTS[2:]:
-                row[name] += getattr(record, name)
 
     def today(self, now: float) -> Dict[str, Any]:
         """Today's (UTC) requests, errors and tokens per account and per model, the most tokens
-        first, in the usage ledger's row shape. Counted here until the ledger is merged; then this
-        is ``UsageLedger.rows(day, day, ...)`` grouped by upstream and account, and by model."""
+        first, from the usage ledger: :data:`STATUS_MAX_TODAY_KEYS` rows of each, then the rest
+        added up under ``(other)``."""
         day = _utc_day(now)
-        fresh = day == self._day
 
         def ranked(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-            return sorted(rows, key=lambda r: (-sum(r[n] for n in _USAGE_COUNTS[2:]), -r["requests"]))
+            rows = sorted(rows, key=lambda r: (-sum(r[n] for n in USAGE_COUNTS[2:]), -r["requests"]))
+            if len(rows) <= STATUS_MAX_TODAY_KEYS:
+                return rows
+            other = {key: "(other)" for key in rows[0] if key not in USAGE_COUNTS}
+            other.update({n: sum(r[n] for r in rows[STATUS_MAX_TODAY_KEYS:]) for n in USAGE_COUNTS})
+            return rows[:STATUS_MAX_TODAY_KEYS] + [other]
 
-        return {"day": day,
-                "accounts": ranked([dict(counts, upstream=u, account=a)
-                                    for (u, a), counts in (self._accounts.items() if fresh else ())]),
-                "models": ranked([dict(counts, model=m) for m, counts in (self._models.items() if fresh else ())])}
+        return {"day": day, "accounts": ranked(self.ledger.rows(day, day, ("upstream", "account"))),
+                "models": ranked(self.ledger.rows(day, day, ("model",)))}
 
     def snapshot(self, now: float, in_flight: int, upstreams: Sequence[Upstream], pool: AccountPool,
                  learned: LearnedRejections, windows: LearnedWindows, counters: Dict[str, int]) -> Dict[str, Any]:

@@ -160,3 +160,21 @@ def test_a_probe_and_a_404_are_recorded_too(start_agproxy, fake):
     root, nowhere = _access(proxy, 2)[:2]
     assert root["status"] == 200 and root["model"] is None and root["attempts"] == 0
     assert nowhere["status"] == 404 and "no route" in nowhere["error"]
+
+
+def test_a_stream_that_breaks_or_ends_in_an_upstream_error_event_is_recorded_as_failed(start_agproxy, fake):
+    """Its status was 200 (sent with the first events), but an error event ended it: the record says
+    why, so the log, the metrics and the ledger do not count it as a success."""
+    proxy = start_agproxy(fake_config(fake, log_format="json"))
+    fake.script(Sse(text_stream("one two three four"), drop_after=4))
+    broken = post_json(proxy.port, "/v1/messages", {"model": "claude-x", "max_tokens": 5, "stream": True,
+                                                    "messages": [{"role": "user", "content": "hi"}]}, 10)
+    overloaded = text_stream("one two")[:4] + [("error", {"type": "error", "error": {
+        "type": "overloaded_error", "message": "the upstream is overloaded right now"}})]
+    fake.script(Sse(overloaded, delay_s=0.05))  # apart, so that the first events go out before the error
+    said = post_json(proxy.port, "/v1/messages", {"model": "claude-x", "max_tokens": 5, "stream": True,
+                                                  "messages": [{"role": "user", "content": "hi"}]}, 10)
+    assert broken.status == said.status == 200 and b"event: error" in broken.body and b"event: error" in said.body
+    first, second = _access(proxy, 2)[:2]
+    assert first["status"] == 200 and "broke mid-response" in first["error"], first
+    assert "the upstream is overloaded right now" in second["error"], second

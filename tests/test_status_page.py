@@ -208,9 +208,12 @@ def _record(n: int, status: int = 200, model: str = "m") -> agproxy.RequestRecor
 
 
 def test_the_board_is_bounded_whatever_clients_send():
-    board = agproxy.StatusBoard(time.time())
+    ledger = agproxy.UsageLedger()
+    board = agproxy.StatusBoard(time.time(), ledger)
     for n in range(1000):
-        board.read(_record(n, 500 if n % 2 else 200, model=f"invented-{n}"))
+        record = _record(n, 500 if n % 2 else 200, model=f"invented-{n}")
+        board.read(record)
+        ledger.add(record, time.time())
     data = board.today(time.time())
     assert len(board.last) == agproxy.STATUS_LAST_REQUESTS and board.last[0]["request_id"] == "req_999"
     assert len(board.errors) == agproxy.STATUS_LAST_ERRORS and board.errors[0]["request_id"] == "req_999"

@@ -122,8 +122,6 @@ def test_tokens_are_counted_from_answers_json_and_streamed(start_agproxy, fake):
         24, 10, 100, 30)
 
 
-@pytest.mark.xfail(reason="waits on the lead's work: the relay does not put an event: error's words in the record yet",
-                   strict=False)
 def test_a_stream_cut_after_its_first_events_is_an_error(start_agproxy, fake):
     """Its status was 200 (sent with the first events), but the answer failed: an event: error ended it."""
     proxy = start_agproxy(one_account(fake, state_file=""))
