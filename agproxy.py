@@ -1247,9 +1247,6 @@ class Request:
     version: Tuple[int, int]
     headers: Headers
     body: Optional[bytes] = None
-    #: the application's ``admit`` passed on the head already (the shell checks a bodied request
-    #: before its body), so ``handle`` need not check it again
-    admitted: bool = False
 
     @property
     def path(self) -> str:
@@ -7051,8 +7048,11 @@ class RequestRecord:
 
     @property
     def ttft_ms(self) -> Optional[float]:
-        """Time to the first bytes of the answer's body (its head of events, for a stream)."""
-        return None if self.first_byte is None else (self.first_byte - self.started) * 1000
+        """Time to the first bytes of the answer's body (its head of events, for a stream); none for
+        an error answer, which carries no token (a client that left mid-answer had its first ones)."""
+        if self.first_byte is None or (self.status >= 400 and self.status != 499):
+            return None
+        return (self.first_byte - self.started) * 1000
 
     @property
     def duration_ms(self) -> float:
@@ -7109,10 +7109,13 @@ class _Exchange:
     """One request as the shell answers it: the request, its record, and what to call if its
     client leaves (a read of the upstream waiting on it is cut)."""
 
-    def __init__(self, request: Request, on_client_gone: List[Callable[[], None]], record: RequestRecord) -> None:
+    def __init__(self, request: Request, on_client_gone: List[Callable[[], None]], record: RequestRecord,
+                 admitted: bool = False) -> None:
         self.request = request
         self.on_client_gone = on_client_gone
         self.record = record
+        #: the application's ``admit`` passed on the request's head already, so ``handle`` need not check again
+        self.admitted = admitted
 
     @property
     def id(self) -> str:
@@ -7135,6 +7138,7 @@ class _Connection:
         self.body_held = 0  # bytes of max_inflight_body_bytes its request holds
         self.on_gone: List[Callable[[], None]] = []
         self.head: Optional[Request] = None  # the request whose head was read last (a refusal names it)
+        self.admitted = False  # the application admitted that head already (a bodied one, before its body)
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.client_ip = str(peer[0]) if isinstance(peer, tuple) else str(peer)
@@ -7330,7 +7334,7 @@ class HttpServer:
         loop = asyncio.get_running_loop()
         deadline: Optional[float] = None
         what = ""
-        in_body = False
+        in_body = conn.admitted = False
         conn.head = None
         while True:
             event = conn.parser.next_event()
@@ -7345,8 +7349,7 @@ class HttpServer:
                     self.app.admit(event.request)  # refuse before reading (and buffering) the body
                     _, length = request_body_framing(event.request.version, event.request.headers)
                     self._check_body_fits(length)
-                    in_body = True
-                    event.request.admitted = True
+                    in_body = conn.admitted = True
                 if event.request.expects_continue:
                     conn.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
                 deadline, what = loop.time() + config.body_timeout_s, "request body"
@@ -7396,7 +7399,7 @@ class HttpServer:
     async def _answer(self, conn: _Connection, request: Request) -> bool:
         """Route one request, write its response and record it; True if the connection stays open."""
         record = RequestRecord(new_request_id(), conn.client_ip, request.method, request.path)
-        exchange = _Exchange(request, conn.on_gone, record)
+        exchange = _Exchange(request, conn.on_gone, record, conn.admitted)
         watcher = asyncio.ensure_future(self._watch_for_departure(conn, request.version))
         routing = asyncio.ensure_future(self.app.handle(request, exchange))
         conn.on_gone.append(routing.cancel)  # a client that leaves stops retries and waits at once
@@ -8068,7 +8071,7 @@ class Server(Application):
 
     async def handle(self, request: Request, exchange: _Exchange) -> Union[Response, StreamingResponse]:
         """Admit the request (unless its head was) and run its handler."""
-        if not request.admitted:
+        if not exchange.admitted:
             self.admit(request)
         if request.method == "OPTIONS":
             return self.door.preflight(request)
