@@ -18,12 +18,13 @@ Sections, pure code first and I/O last (everything above section 9 runs without 
  9. upstream client (asyncio-native)
 10. the HTTP shell (HttpServer: connections, framing, timeouts; RequestRecord, the one record of
     each request, whose HTTP facts it fills; it knows nothing of Anthropic)
-11. the gateway (Server: the front door's guards and routes, the handlers over one state, the
-    access log and every other reader of the records; ModelCatalog: what /v1/models lists),
+11. the gateway (Server: the handlers over one state, reload, and the access log and every other
+    reader of the records; FrontDoor: the guards and routes; Learning: what attempts teach;
+    StateSaver; ModelCatalog: what /v1/models lists),
     one adapter per upstream kind (ADAPTERS: each gets a Call and the AdapterState they share,
     and leaves CallFacts), and the relay pipeline every answer goes through
-12. operations: metrics (GET /metrics), the status page and its board, logging, the state file,
-    `check`
+12. operations: what reads the request records (metrics, the status page's board, the usage
+    ledger), the status page, logging, the config watcher (reload), the state file, `check`
 13. CLI and main()
 
 A request's way: HttpServer reads it (refusing a bad head before its body), Server.admit checks
@@ -1087,9 +1088,10 @@ def config_changes(before: Config, after: Config) -> List[str]:
         if name == "api_key":
             changes.append("api_key changed")
         elif name in RESTART_SETTINGS:
-            changes.append(f"{name}: {old!r} -> {new!r} needs a restart (until then agproxy keeps {old!r})")
+            changes.append(f"{name}: {json.dumps(old)} -> {json.dumps(new)} needs a restart (until then agproxy "
+                           f"keeps {json.dumps(old)})")
         else:
-            changes.append(f"{name}: {old!r} -> {new!r}")
+            changes.append(f"{name}: {json.dumps(old)} -> {json.dumps(new)}")
     old_upstreams = {u.name: u for u in before.upstreams}
     new_upstreams = {u.name: u for u in after.upstreams}
     for name in old_upstreams.keys() - new_upstreams.keys():
@@ -7990,9 +7992,11 @@ class Server(Application):
         return self.adapters[upstream.kind]
 
     def finished(self, record: RequestRecord) -> None:
-        """A request's answer has ended: its access line, then each of ``record_readers`` (metrics,
-        the ledger, the status page's last requests) reads its record."""
-        self.access_log.info("%s", record.line(), extra={"access": record.fields()})
+        """A request's answer has ended: its access line (at DEBUG for a poll of agproxy's own
+        that went well: an open status page and a scraper would fill the log), then each of
+        ``record_readers`` (metrics, the ledger, the status page's last requests) reads its record."""
+        level = logging.DEBUG if record.route in QUIET_ROUTES and record.status < 400 else logging.INFO
+        self.access_log.log(level, "%s", record.line(), extra={"access": record.fields()})
         for read in self.record_readers:
             try:
                 read(record)
@@ -8046,7 +8050,7 @@ class Server(Application):
                            why, exc.message)
             raise
         changes = self.reload(config)
-        self.log.warning("%s: config reloaded from %s: %s", why, config.source, "; ".join(changes) or "no change")
+        self.log.info("%s: config reloaded from %s: %s", why, config.source, "; ".join(changes) or "no change")
         return changes
 
     async def shutdown(self, grace_s: Optional[float] = None) -> None:
@@ -9489,13 +9493,16 @@ async def _iterate(items: Iterable[bytes]) -> AsyncIterator[bytes]:
 
 # =====================================================================================
 # 12. Operations
-#     What reads the request records (the metrics and their registry, the status page's board)
-#     and the status page's HTML, logging set-up (handlers are attached only here, called from
-#     main()), the state file, `check`.
+#     What reads the request records (the metrics and their registry, the status page's board,
+#     the usage ledger) and the status page's HTML, logging set-up (handlers are attached only
+#     here, called from main()), the config watcher, the state file, `check`.
 # =====================================================================================
 
 # -- metrics (GET /metrics): a small registry with bounded labels, and what fills it ---------------
 
+#: Routes polled all day (the status page's data every few seconds, scrapers, health checks): their
+#: access lines are written at DEBUG when they go well.
+QUIET_ROUTES = frozenset({"status", "metrics", "healthz"})
 #: The Content-Type of Prometheus' text exposition format, version 0.0.4.
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 #: Values one label of one metric takes: the first this many seen, then :data:`OTHER_LABEL`. Model
@@ -10198,6 +10205,7 @@ function renderLessons() {
 }
 
 function tick() {
+  if (!$("keycard").hidden) return;  // waiting for the key: the header says so, not "live"
   const now = Date.now();
   if (data) {
     $("uptime").textContent = span(data.uptime_s + (now - at) / 1000);

@@ -178,3 +178,18 @@ def test_a_stream_that_breaks_or_ends_in_an_upstream_error_event_is_recorded_as_
     first, second = _access(proxy, 2)[:2]
     assert first["status"] == 200 and "broke mid-response" in first["error"], first
     assert "the upstream is overloaded right now" in second["error"], second
+
+
+def test_polls_that_go_well_are_logged_at_debug_and_failures_at_info(start_agproxy, fake):
+    """An open status page polls every 3 s and a scraper every 15 s: their access lines would
+    drown the requests' in an info log."""
+    proxy = start_agproxy(fake_config(fake, log_format="json"))
+    for path in ("/metrics", "/healthz", "/v1/agproxy/status", "/v1/models"):
+        assert get(proxy.port, path).status == 200
+    assert [line["path"] for line in _access(proxy, 1)] == ["/v1/models"]
+
+
+def test_a_poll_that_fails_is_logged_at_info(start_agproxy, fake):
+    proxy = start_agproxy(fake_config(fake, log_format="json", auth_mode="strict", api_key="sk-local-k-0123"))
+    assert get(proxy.port, "/metrics").status == 401
+    assert [(line["path"], line["status"]) for line in _access(proxy, 1)] == [("/metrics", 401)]

@@ -167,7 +167,7 @@ def test_a_host_change_waits_for_a_restart_and_the_rest_is_applied(start_agproxy
     _rewrite(proxy, dict(config, host="localhost", port=18999, max_retry_attempts=4))
     status, answer = _reload(proxy)
     assert status == 200 and "max_retry_attempts: 3 -> 4" in answer["changes"]
-    assert "host: '127.0.0.1' -> 'localhost' needs a restart (until then agproxy keeps '127.0.0.1')" \
+    assert 'host: "127.0.0.1" -> "localhost" needs a restart (until then agproxy keeps "127.0.0.1")' \
         in answer["changes"], answer
     assert not any(line.startswith("port") for line in answer["changes"])
     assert _get(proxy, "/healthz")["status"] == "ok"  # still on the port it listens on
