@@ -705,6 +705,11 @@ def _shown(value: Any) -> str:
     return json.dumps(value)[:60]
 
 
+#: What a config value is, in words, where its value must not be shown (a secret of the wrong type).
+_TYPE_WORDS = {list: "a list", dict: "an object", int: "a number", float: "a number", bool: "true or false",
+               type(None): "null"}
+
+
 def _with_suggestion(name: str, known: Iterable[str]) -> str:
     """An unknown key's name, with the known one it was likely meant to be (``auth_mod`` -> did
     you mean ``auth_mode``?)."""
@@ -746,8 +751,12 @@ class _Fields:
         return value
 
     def secret(self, key: str) -> str:
-        """A key or token: it goes into a header, so ASCII without control characters or spaces."""
-        value = self.text(key, "")
+        """A key or token: it goes into a header, so ASCII without control characters or spaces.
+        What is wrong with it is said without its value."""
+        value = self.obj.get(key, "")
+        if not isinstance(value, str):
+            raise ConfigError(f"{self.path(key)}: must be a string, got {_TYPE_WORDS.get(type(value), 'another type')} "
+                              "(its value is not shown: it is a secret)")
         if not _HEADER_TEXT.fullmatch(value) or " " in value:
             raise ConfigError(f"{self.path(key)}: must be printable ASCII without spaces (it is sent in a header)")
         return value
@@ -1149,6 +1158,25 @@ def find_config_path(explicit: Optional[str], environ: Dict[str, str], cwd: str,
     return None
 
 
+#: A config file is a few kilobytes; past this it is not one (a reload must not read a device or a
+#: runaway file into memory).
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
+
+
+def read_config_file(path: str) -> bytes:
+    """The bytes of a config file: a regular file (a FIFO would block, a device never end) of at
+    most :data:`MAX_CONFIG_BYTES`, else :class:`ConfigError`; :class:`OSError` when it cannot be read."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO opens at once, and is refused
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"{path}: is not a regular file")
+        data = f.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: is larger than {MAX_CONFIG_BYTES} bytes: not an agproxy config")
+    return data
+
+
 def load_config(
     explicit_path: Optional[str] = None,
     overrides: Optional[Dict[str, Any]] = None,
@@ -1167,8 +1195,7 @@ def load_config(
         config = Config(upstreams=(DEMO_UPSTREAM,), state_file=default_state_file(environ))
     else:
         try:
-            with open(path, "rb") as f:
-                text = f.read().decode("utf-8-sig")
+            text = read_config_file(path).decode("utf-8-sig")
         except OSError as exc:
             raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
         except UnicodeDecodeError:
@@ -5992,6 +6019,9 @@ class AccountPool:
             (u.name, a.name): AccountState() for u in upstreams for a in u.accounts}
         self._sessions: collections.OrderedDict = collections.OrderedDict()
         self._turn: Dict[str, int] = {}
+        #: what a rest's reason (an upstream's words) passes through before it is shown or saved:
+        #: the redactor's text, which hides key-shaped strings too (a key an upstream cut short)
+        self.hide: Callable[[str], str] = str
 
     def state(self, upstream: Upstream, account: Account) -> AccountState:
         return self.states[(upstream.name, account.name)]
@@ -6198,6 +6228,7 @@ class AccountPool:
                     pool.states[(upstream.name, account.name)] = self.states[(old.name, before.name)]
         pool._sessions = self._sessions
         pool._turn = self._turn
+        pool.hide = self.hide
         return pool
 
     def _fingerprint(self, upstream_name: str, account_name: str) -> str:
@@ -6207,7 +6238,8 @@ class AccountPool:
 
     def to_json(self, now: float) -> Dict[str, Any]:
         """The resting accounts, for the state file, each bound to its key (by fingerprint)."""
-        return {f"{u}/{a}": {"resting_until": s.rests.get("", 0.0), "rejected_key": s.rejected_key, "reason": s.reason,
+        return {f"{u}/{a}": {"resting_until": s.rests.get("", 0.0), "rejected_key": s.rejected_key,
+                             "reason": self.hide(s.reason),
                              "models": {m: t for m, t in sorted(s.rests.items()) if m and t > now},
                              "refused": {m: s.refused[m] for m in sorted(s.refused) if s.refuses(m, now)},
                              "limits_in_a_row": s.limits_in_a_row, "key": self._fingerprint(u, a)}
@@ -6259,7 +6291,7 @@ class AccountPool:
                 else:
                     status = "ok"
                 out.append({
-                    "upstream": upstream.name, "account": account.name, "state": status, "reason": s.reason,
+                    "upstream": upstream.name, "account": account.name, "state": status, "reason": self.hide(s.reason),
                     "resting_until": _iso_time(s.resting_until) if s.resting_until > now else None,
                     "models_resting": {m: _iso_time(t) for m, t in sorted(s.rests.items()) if m and t > now},
                     "in_flight": s.in_flight, "requests": s.requests, "successes": s.successes,
@@ -6979,6 +7011,8 @@ USAGE_FIELDS = (("input_tokens", "input_tokens"), ("output_tokens", "output_toke
                 ("cache_creation_input_tokens", "cache_write_tokens"))
 #: Characters of an error's words an access line keeps.
 MAX_RECORD_ERROR_CHARS = 300
+#: Characters of a request's path the record keeps (real paths are short; a client may send 8 KB).
+MAX_RECORD_PATH_CHARS = 200
 #: What would break a log line in two or forge one: controls, and what readers take for a line end.
 _LINE_BREAKING = re.compile("[\x00-\x1f\x7f\x85\u2028\u2029]")
 
@@ -7303,7 +7337,7 @@ class HttpServer:
         head was read, its own request id in the answer and the access line."""
         head = conn.head
         record = RequestRecord(new_request_id(), conn.client_ip, head.method if head else "-",
-                               head.path if head else "-")
+                               head.path[:MAX_RECORD_PATH_CHARS] if head else "-")
         record.fail(exc.message)
         try:
             await self._write_response(conn, error_response(exc), record, False)
@@ -7400,7 +7434,7 @@ class HttpServer:
 
     async def _answer(self, conn: _Connection, request: Request) -> bool:
         """Route one request, write its response and record it; True if the connection stays open."""
-        record = RequestRecord(new_request_id(), conn.client_ip, request.method, request.path)
+        record = RequestRecord(new_request_id(), conn.client_ip, request.method, request.path[:MAX_RECORD_PATH_CHARS])
         exchange = _Exchange(request, conn.on_gone, record, conn.admitted)
         watcher = asyncio.ensure_future(self._watch_for_departure(conn, request.version))
         routing = asyncio.ensure_future(self.app.handle(request, exchange))
@@ -7939,6 +7973,7 @@ class Server(Application):
         self.redact.add(config.secrets(dict(os.environ)))  # the proxy the client uses is os.environ's
         self.client = client or UpstreamClient()
         self.pool = AccountPool(config.upstreams)
+        self.pool.hide = self.redact.text
         self.log = logging.getLogger("agproxy")
         self.access_log = logging.getLogger("agproxy.access")
         #: what reads each request's record once its answer has ended (:meth:`finished`)
@@ -7982,7 +8017,7 @@ class Server(Application):
             STATUS_DATA_PATH: {"GET": self._status},
             "/v1/agproxy/reload": {"POST": self._reload},
         }
-        self.board = StatusBoard(clock(), self.usage)
+        self.board = StatusBoard(clock(), self.usage, self.redact.text)
         self.record_readers.append(self.board.read)
         self.door = FrontDoor(config, dict(self._routes, **{"/v1/models/": {"GET": self._model}}), self.note_once)
         self.watcher: Optional[ConfigWatcher] = None
@@ -9720,6 +9755,11 @@ class Metrics:
                                     ("upstream", "account", "model", "client", "direction"), shown)
         self.lessons = CounterFamily("agproxy_lessons_total", "What agproxy learned an upstream rejects: a field, "
                                      "a beta, a smaller context window.", ("upstream", "kind"), shown)
+        # a stream's status is said with its first events: one that an error ends later is a 200 in
+        # agproxy_requests_total, and counted here as well, so that an error rate can see it
+        self.broken = CounterFamily("agproxy_streams_failed_total", "Streamed answers that began (status 200) and "
+                                    "were ended by an error event: the upstream's, a break, a timeout.",
+                                    ("upstream", "model"), shown)
         #: the bound of the sanitizer's change kinds, kept across scrapes so the first 100 stay theirs
         self._changes = LabelValues(shown)
 
@@ -9732,6 +9772,8 @@ class Metrics:
             self.duration.observe((record.route,), record.ended - record.started)
         if record.local or not record.attempts:
             return  # answered here (warmup, demo) or refused: no upstream took part
+        if record.stream and record.status < 400 and record.error:
+            self.broken.inc((record.upstream, record.model))
         if record.stream and record.first_byte is not None and record.attempts[-1].outcome == "ok":
             # streams only: the first bytes of a JSON answer (or a token count) are its last
             self.ttft.observe((record.upstream, record.model), record.first_byte - record.started)
@@ -9775,7 +9817,7 @@ class Metrics:
                 changes.inc((self._changes(name),), count)
         python = ".".join(str(part) for part in sys.version_info[:3])
         families: List[MetricFamily] = [self.requests, self.attempts, self.duration, self.ttft, self.tokens, state,
-                                        rest, changes, self.lessons]
+                                        rest, changes, self.lessons, self.broken]
         for name, value, help_text in (("agproxy_streams_active", streams, "Streaming answers being written now."),
                                        ("agproxy_connections_active", connections, "Open client connections.")):
             families.append(GaugeFamily(name, help_text))
@@ -9835,9 +9877,12 @@ class StatusBoard:
     and per model. It reads request records (``Server.record_readers``) and decodes no answer; the
     caller passes the time in."""
 
-    def __init__(self, started_at: float, ledger: UsageLedger) -> None:
+    def __init__(self, started_at: float, ledger: UsageLedger, hide: Callable[[str], str] = str) -> None:
         self.started_at = started_at
         self.ledger = ledger  # what today's counts are read from
+        #: what each listed word passes through (the redactor's text: a client's path or model, an
+        #: upstream's words, may hold something shaped like a key)
+        self.hide = hide
         self.last: collections.deque = collections.deque(maxlen=STATUS_LAST_REQUESTS)
         self.errors: collections.deque = collections.deque(maxlen=STATUS_LAST_ERRORS)
 
@@ -9847,7 +9892,8 @@ class StatusBoard:
         meet itself)."""
         if record.path == STATUS_DATA_PATH or (not record.model and record.status < 400):
             return
-        entry = dict(record.fields(), time=_iso_time(record.started_at))
+        entry = {name: self.hide(value) if isinstance(value, str) else value for name, value in record.fields().items()}
+        entry["time"] = _iso_time(record.started_at)
         self.last.appendleft(entry)
         if record.status >= 400:
             self.errors.appendleft(entry)
@@ -10240,12 +10286,28 @@ USAGE_DEFAULT_GROUP_BY = ("day", "upstream", "account", "model")
 LEDGER_DAYS_KEPT = 92
 #: Rows the ledger holds at most. Models keep their real names, so a client inventing names could
 #: otherwise grow memory and the state file without end. A row costs about 260 bytes of memory and
-#: 170 of state file (indented: a value a line), 3 MB at the cap; with every name at its longest and
-#: every count at 19 digits about 12 MB, still under MAX_STATE_BYTES, past which the file is not read.
+#: about 120 of state file (compact JSON), under 3 MB at the cap; with every name at its longest
+#: escaped (MAX_LEDGER_NAME_BYTES) and every count at 19 digits, well under MAX_STATE_BYTES, past
+#: which the file is not read (tests/test_usage.py checks the worst case).
 MAX_LEDGER_ROWS = 20000
 #: Characters of a name (model, upstream, account, client) a row keeps: real model names are under
 #: 60; the cut bounds what one row costs.
 MAX_LEDGER_NAME_CHARS = 100
+#: What a name may cost in the state file, JSON-escaped: a character outside ASCII is written as up
+#: to twelve (``\ud83d\ude00``), so a cut by characters alone let a client's model names of emoji
+#: grow the file at the row cap past MAX_STATE_BYTES, which made agproxy refuse its own file.
+MAX_LEDGER_NAME_BYTES = 200
+
+
+def _ledger_name(name: str) -> str:
+    """A name as a ledger row keeps it: at most :data:`MAX_LEDGER_NAME_CHARS` characters, and at
+    most :data:`MAX_LEDGER_NAME_BYTES` once JSON-escaped."""
+    name = name[:MAX_LEDGER_NAME_CHARS]
+    while len(json.dumps(name)) - 2 > MAX_LEDGER_NAME_BYTES:
+        name = name[:len(name) * 3 // 4]
+    return name
+
+
 #: Past MAX_LEDGER_ROWS, rows are folded until this share of it is left: a client inventing names
 #: then pays for one fold every few thousand rows, not at every request.
 _LEDGER_FOLD_TO = 0.9
@@ -10400,7 +10462,7 @@ class UsageLedger:
         local = record.local == "warmup"
         names = ("" if local else record.upstream, "" if local else record.account, record.model, record.client or "")
         today = utc_day(now)
-        self._count((today,) + tuple(self._hide(name)[:MAX_LEDGER_NAME_CHARS] for name in names),
+        self._count((today,) + tuple(_ledger_name(self._hide(name)) for name in names),
                     (1, int(not 200 <= record.status < 400 or bool(record.error or record.note)), record.input_tokens,
                      record.output_tokens,
                      record.cache_read_tokens, record.cache_write_tokens))
@@ -10412,7 +10474,9 @@ class UsageLedger:
 
     def _count(self, key: Tuple[str, ...], counts: Tuple[int, ...]) -> None:
         known = self._rows.get(key)
-        self._rows[key] = counts if known is None else tuple(a + b for a, b in zip(known, counts))
+        # a count stops at what the state file's reader takes, rather than make the row unreadable
+        self._rows[key] = counts if known is None else tuple(min(a + b, _MAX_LEDGER_COUNT)
+                                                             for a, b in zip(known, counts))
 
     def roll_up(self, today: str) -> None:
         """Merge the days older than :data:`LEDGER_DAYS_KEPT` (today included) into one row per month and key."""
@@ -10730,7 +10794,8 @@ class StateFile:
         try:
             os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
             with open(temporary, "w", encoding="utf-8") as f:
-                json.dump(dict(data, format=STATE_FORMAT), f, indent=1, sort_keys=True)
+                # compact: the usage ledger's rows are most of it (`agproxy state show` is for reading)
+                json.dump(dict(data, format=STATE_FORMAT), f, separators=(",", ":"), sort_keys=True)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(temporary, self.path)
@@ -10801,11 +10866,16 @@ class StateFile:
 
 
 class _RedactingFormatter(logging.Formatter):
-    """Formats a log record, then hides every secret in the whole line, traceback included."""
+    """Formats a log record as one line (what would break it, in a model name or an upstream's
+    words, escaped: :func:`one_line`; a traceback follows on lines of its own), then hides every
+    secret in the whole text, traceback included."""
 
     def __init__(self, fmt: str, redactor: Redactor) -> None:
         super().__init__(fmt)
         self.redactor = redactor
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return one_line(super().formatMessage(record))
 
     def format(self, record: logging.LogRecord) -> str:
         return self.redactor.text(super().format(record))
@@ -11214,8 +11284,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0 if asyncio.run(check_upstreams(config, lambda line: print(redactor.text(line)), redactor)) else 1
     log_startup(config)
 
-    def load() -> Config:  # the same file, or the lookup again when there was none; the flags still override
-        return load_config(config.source if os.path.isfile(config.source) else args.config, overrides)
+    started_from = config.source if config.source != Config.source else None
+
+    def load() -> Config:
+        """The config again, with the flags still overriding: the very file agproxy started from
+        (gone for a moment, it is an error, not a switch to the built-in demo), or the lookup
+        again when it started from none."""
+        return load_config(started_from or args.config, overrides)
 
     try:
         return asyncio.run(_serve(config, load, redactor))

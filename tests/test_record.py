@@ -178,6 +178,8 @@ def test_a_stream_that_breaks_or_ends_in_an_upstream_error_event_is_recorded_as_
     first, second = _access(proxy, 2)[:2]
     assert first["status"] == 200 and "broke mid-response" in first["error"], first
     assert "the upstream is overloaded right now" in second["error"], second
+    page = get(proxy.port, "/metrics").body.decode()
+    assert 'agproxy_streams_failed_total{upstream="fake",model="claude-x"} 2' in page, page
 
 
 def test_polls_that_go_well_are_logged_at_debug_and_failures_at_info(start_agproxy, fake):
@@ -193,3 +195,18 @@ def test_a_poll_that_fails_is_logged_at_info(start_agproxy, fake):
     proxy = start_agproxy(fake_config(fake, log_format="json", auth_mode="strict", api_key="sk-local-k-0123"))
     assert get(proxy.port, "/metrics").status == 401
     assert [(line["path"], line["status"]) for line in _access(proxy, 1)] == [("/metrics", 401)]
+
+
+def test_an_upstreams_words_cannot_forge_a_line_of_the_text_log(start_agproxy, fake):
+    proxy = start_agproxy(fake_config(fake))
+    forged = "nope\n2026-12-04 08:00:00,000 INFO agproxy.access: req_forged FORGED\u2028x\r\n\x85y"
+    fake.script(Json(400, {"type": "error", "error": {"type": "invalid_request_error", "message": forged}}))
+    with pytest.raises(anthropic.BadRequestError):
+        _client(proxy).messages.create(model="claude-x", max_tokens=5, messages=[{"role": "user", "content": "hi"}])
+    deadline = time.monotonic() + 5
+    while "agproxy.access" not in proxy.log() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    lines = proxy.log().split("\n")
+    assert not any(line.startswith("2026-12-04 08:00:00,000") for line in lines), proxy.log()
+    assert not any(c in proxy.log() for c in "\u2028\x85\r"), proxy.log()
+    assert sum("FORGED" in line for line in lines) >= 2  # said, escaped, in the attempt's line and the access line
