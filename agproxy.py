@@ -7211,6 +7211,10 @@ class Application:
         """Log the record's access line."""
         logging.getLogger("agproxy.access").info("%s", record.line())
 
+    def error_answer(self, exc: AgproxyError, record: RequestRecord) -> Response:
+        """The answer to a request that failed with ``exc`` (what ``record`` says of it may add headers)."""
+        return error_response(exc)
+
 
 class HttpServer:
     """The HTTP/1.1 shell over asyncio streams: admission and ``max_connections``, the connection
@@ -7452,7 +7456,7 @@ class HttpServer:
                 return False
             except AgproxyError as exc:
                 exc.message = self.redact.text(exc.message)  # an upstream's text may echo a key
-                response = error_response(exc)
+                response = self.app.error_answer(exc, record)
                 record.fail(exc.message)  # the access line says why
             except Exception:
                 self.log.exception("internal error answering %s %s [%s]", request.method, request.path, exchange.id)
@@ -8026,6 +8030,16 @@ class Server(Application):
         """The adapter of an upstream's kind (the kinds are validated at load time)."""
         return self.adapters[upstream.kind]
 
+    def error_answer(self, exc: AgproxyError, record: RequestRecord) -> Response:
+        """The error answer, with the model sent and the account used where the request got that far
+        (read from its record: nothing is written onto the error after it was raised)."""
+        response = error_response(exc)
+        if record.mapped_model:
+            response.headers.append(("X-Mapped-Model", record.mapped_model))
+        if record.account and record.account != "warmup":
+            response.headers.append(("X-Account-Email", record.account))
+        return response
+
     def finished(self, record: RequestRecord) -> None:
         """A request's answer has ended: its access line (at DEBUG for a poll of agproxy's own
         that went well: an open status page and a scraper would fill the log), then each of
@@ -8193,14 +8207,9 @@ class Server(Application):
                 return answer
             return self._relay(answer, call, record, pool)  # its usage comes as it is relayed
 
-        try:
-            return await run_attempts(pool, route, session_id(request.headers, body),
-                                      self.config.max_retry_attempts, attempt, clock=self.clock, sleep=self.sleep,
-                                      on_attempt=self._log_attempt(exchange, route.model), on_change=self.saver.save)
-        except AgproxyError as exc:
-            exc.headers.extend([("X-Mapped-Model", route.model)] +
-                               ([("X-Account-Email", record.account)] if record.account else []))
-            raise
+        return await run_attempts(pool, route, session_id(request.headers, body), self.config.max_retry_attempts,
+                                  attempt, clock=self.clock, sleep=self.sleep,
+                                  on_attempt=self._log_attempt(exchange, route.model), on_change=self.saver.save)
 
     def _call(self, request: Request, exchange: _Exchange, body: Dict[str, Any], route: Route,
               account: Account) -> Call:
@@ -8296,13 +8305,9 @@ class Server(Application):
                 scale_usage(counted, upstream_window, client_window)
             return json_response(200, counted, headers + [("X-Account-Email", account.name)])
 
-        try:
-            return await run_attempts(pool, pooled, session_id(request.headers, body),
-                                      self.config.max_retry_attempts, attempt, clock=self.clock, sleep=self.sleep,
-                                      on_attempt=self._log_attempt(exchange, route.model), on_change=self.saver.save)
-        except AgproxyError as exc:
-            exc.headers.extend(headers)
-            raise
+        return await run_attempts(pool, pooled, session_id(request.headers, body), self.config.max_retry_attempts,
+                                  attempt, clock=self.clock, sleep=self.sleep,
+                                  on_attempt=self._log_attempt(exchange, route.model), on_change=self.saver.save)
 
 
     async def _status_page(self, request: Request, exchange: _Exchange) -> Response:
@@ -8615,13 +8620,8 @@ class Adapter:
                 tokens = heal.prompt_tokens if heal.prompt_tokens is not None else estimate_input_tokens(call.body)
                 raise self.overflow(call, max(tokens, heal.window or 0), heal.window or 0)
             else:
-                error = _upstream_error(upstream, response, data, state.clock())
-                hint = self.unhealed_hint(upstream, response.status, data)
-                if 400 <= response.status < 500 and not error.upstream_words:  # for the attempt's log line
-                    error.upstream_words = error.message[:MAX_LOGGED_WORDS] + (f"; {hint}" if hint else "")
-                if hint:
-                    error.message = f"{error.message} ({hint})"
-                raise error
+                raise _upstream_error(upstream, response, data, state.clock(),
+                                      self.unhealed_hint(upstream, response.status, data))
 
     def unhealed_hint(self, upstream: Upstream, status: int, data: bytes) -> Optional[str]:
         """What the user can change when the upstream refused a request agproxy could not heal."""
@@ -9196,9 +9196,16 @@ async def _estimate_tokens(body: Dict[str, Any], size: int) -> int:
     return await asyncio.get_running_loop().run_in_executor(None, estimate_input_tokens, body)
 
 
-def _upstream_error(upstream: Upstream, response: UpstreamResponse, data: bytes, now: float) -> AgproxyError:
-    """An upstream's error answer to relay, keeping its status, rate-limit headers and reset time."""
+def _upstream_error(upstream: Upstream, response: UpstreamResponse, data: bytes, now: float,
+                    hint: Optional[str] = None) -> AgproxyError:
+    """An upstream's error answer to relay, keeping its status, rate-limit headers and reset time;
+    ``hint`` says what the user can change (the message ends with it). A 4xx keeps the upstream's
+    words for the attempt's log line."""
     error = anthropic_error_from_upstream(response.status, data, upstream.name)
+    if 400 <= response.status < 500 and not error.upstream_words:
+        error.upstream_words = error.message[:MAX_LOGGED_WORDS] + (f"; {hint}" if hint else "")
+    if hint:
+        error.message = f"{error.message} ({hint})"
     error.headers.extend(relayed_upstream_headers(response.headers))
     error.reset_s = rate_limit_reset(response.headers, data, now)
     if error.reset_s is not None and header_value(error.headers, "retry-after") is None:
