@@ -6668,7 +6668,7 @@ class UpstreamResponse:
         self._conn = conn
         self._parser = parser
         self.timeout_s = timeout_s
-        self.handed_off = False
+        self._draining = False  # its whole answer is out; the end of its body is read in the background
         #: closed by agproxy before its end (a deadline, a departed client), not ended by the upstream
         self.aborted = False
         #: let go because nobody wants the rest (its client left): a read it cuts short is no fault
@@ -6718,11 +6718,24 @@ class UpstreamResponse:
                 self.close()
                 raise UpstreamFailure(f"upstream body exceeds {limit} bytes")
 
+    def abandon(self) -> None:
+        """Nobody wants the rest (its client left): close it, and a read this cuts short is no fault."""
+        self.abandoned = True
+        self.close()
+
+    def drain(self) -> None:
+        """The answer is whole and out: read the end of its body in the background (so that the
+        connection can be used again), bounded; from now on only that reader closes it."""
+        self._draining = True
+        task = asyncio.ensure_future(_drain_after_stop(self))
+        _DRAINING.add(task)
+        task.add_done_callback(_DRAINING.discard)
+
     def close(self, force: bool = False) -> None:
-        """Release the connection; an unfinished body aborts it at once. Once the answer is whole
-        and its body's end is being read in the background (``handed_off``), only that reader
-        closes it (``force``)."""
-        if self.handed_off and not force:
+        """Release the connection; an unfinished body aborts it at once. While the end of a whole
+        answer's body is read in the background (:meth:`drain`), only that reader closes it
+        (``force``): the relay's own close at its end leaves it be."""
+        if self._draining and not force:
             return
         if not self._done:
             self._done = self.aborted = True
@@ -8231,8 +8244,7 @@ class Server(Application):
             record.add_usage(call.facts.usage)
 
         def abort() -> None:
-            response.abandoned = True
-            response.close()
+            response.abandon()
             release()
 
         return StreamingResponse(200, _SSE_HEADERS + answer.headers, answer.relay(ended, record.fail), abort)
@@ -9260,7 +9272,7 @@ async def anthropic_events(response: UpstreamResponse, upstream: str,
             on_unknown(check.unknown.pop())
         yield events
         if check.finished:  # whatever follows message_stop is not relayed
-            _drain_in_background(response)
+            response.drain()
             return
     if pending.strip() and not response.aborted:  # the upstream's last event without its blank line, if whole
         yield check.feed(bytes(pending) + b"\n\n")
@@ -9499,13 +9511,6 @@ _AFTER_STOP_S = 0.5
 #: Drains running after their answers went out (held here: the loop keeps only weak references).
 _DRAINING: Set[asyncio.Future] = set()
 
-
-def _drain_in_background(response: UpstreamResponse) -> None:
-    """Finish reading a complete answer's body after the client has it, not before."""
-    response.handed_off = True
-    task = asyncio.ensure_future(_drain_after_stop(response))
-    _DRAINING.add(task)
-    task.add_done_callback(_DRAINING.discard)
 
 
 async def _drain_after_stop(response: UpstreamResponse) -> None:
