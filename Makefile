@@ -2,7 +2,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 VPY := $(VENV)/bin/python
-PORT ?= 8045
+# make run PORT=8046 overrides the config's port (which is 8045 unless the config says otherwise).
+PORT ?=
 STDLIB_ONLY ?= tools/stdlib_only.py
 # The suite runs its files across the cores (a file's tests stay together: the fault matrix shares one run);
 # -rs lists every skipped test with its reason (the Claude Code tests say when no CLI is installed).
@@ -27,7 +28,7 @@ agproxy.pyz: agproxy.py zipapp.spec tools/build_pyz.py
 # make run CONFIG=my-config.json serves that config (else agproxy's own lookup: ./agproxy.json, ~/.config/...).
 CONFIG ?=
 run: build
-	$(PYTHON) agproxy.pyz --port $(PORT) $(if $(CONFIG),--config $(CONFIG))
+	$(PYTHON) agproxy.pyz $(if $(PORT),--port $(PORT)) $(if $(CONFIG),--config $(CONFIG))
 
 $(VENV)/.installed: requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)

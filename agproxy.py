@@ -18,12 +18,13 @@ Sections, pure code first and I/O last (everything above section 9 runs without 
  9. upstream client (asyncio-native)
 10. the HTTP shell (HttpServer: connections, framing, timeouts; RequestRecord, the one record of
     each request, whose HTTP facts it fills; it knows nothing of Anthropic)
-11. the gateway (Server: the front door's guards and routes, the handlers over one state, the
-    access log and every other reader of the records; ModelCatalog: what /v1/models lists),
+11. the gateway (Server: the handlers over one state, reload, and the access log and every other
+    reader of the records; FrontDoor: the guards and routes; Learning: what attempts teach;
+    StateSaver; ModelCatalog: what /v1/models lists),
     one adapter per upstream kind (ADAPTERS: each gets a Call and the AdapterState they share,
     and leaves CallFacts), and the relay pipeline every answer goes through
-12. operations: metrics (GET /metrics), the status page and its board, logging, the state file,
-    `check`
+12. operations: what reads the request records (metrics, the status page's board, the usage
+    ledger), the status page, logging, the config watcher (reload), the state file, `check`
 13. CLI and main()
 
 A request's way: HttpServer reads it (refusing a bad head before its body), Server.admit checks
@@ -704,6 +705,11 @@ def _shown(value: Any) -> str:
     return json.dumps(value)[:60]
 
 
+#: What a config value is, in words, where its value must not be shown (a secret of the wrong type).
+_TYPE_WORDS = {list: "a list", dict: "an object", int: "a number", float: "a number", bool: "true or false",
+               type(None): "null"}
+
+
 def _with_suggestion(name: str, known: Iterable[str]) -> str:
     """An unknown key's name, with the known one it was likely meant to be (``auth_mod`` -> did
     you mean ``auth_mode``?)."""
@@ -745,8 +751,12 @@ class _Fields:
         return value
 
     def secret(self, key: str) -> str:
-        """A key or token: it goes into a header, so ASCII without control characters or spaces."""
-        value = self.text(key, "")
+        """A key or token: it goes into a header, so ASCII without control characters or spaces.
+        What is wrong with it is said without its value."""
+        value = self.obj.get(key, "")
+        if not isinstance(value, str):
+            raise ConfigError(f"{self.path(key)}: must be a string, got {_TYPE_WORDS.get(type(value), 'another type')} "
+                              "(its value is not shown: it is a secret)")
         if not _HEADER_TEXT.fullmatch(value) or " " in value:
             raise ConfigError(f"{self.path(key)}: must be printable ASCII without spaces (it is sent in a header)")
         return value
@@ -1087,9 +1097,10 @@ def config_changes(before: Config, after: Config) -> List[str]:
         if name == "api_key":
             changes.append("api_key changed")
         elif name in RESTART_SETTINGS:
-            changes.append(f"{name}: {old!r} -> {new!r} needs a restart (until then agproxy keeps {old!r})")
+            changes.append(f"{name}: {json.dumps(old)} -> {json.dumps(new)} needs a restart (until then agproxy "
+                           f"keeps {json.dumps(old)})")
         else:
-            changes.append(f"{name}: {old!r} -> {new!r}")
+            changes.append(f"{name}: {json.dumps(old)} -> {json.dumps(new)}")
     old_upstreams = {u.name: u for u in before.upstreams}
     new_upstreams = {u.name: u for u in after.upstreams}
     for name in old_upstreams.keys() - new_upstreams.keys():
@@ -1147,6 +1158,25 @@ def find_config_path(explicit: Optional[str], environ: Dict[str, str], cwd: str,
     return None
 
 
+#: A config file is a few kilobytes; past this it is not one (a reload must not read a device or a
+#: runaway file into memory).
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
+
+
+def read_config_file(path: str) -> bytes:
+    """The bytes of a config file: a regular file (a FIFO would block, a device never end) of at
+    most :data:`MAX_CONFIG_BYTES`, else :class:`ConfigError`; :class:`OSError` when it cannot be read."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO opens at once, and is refused
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"{path}: is not a regular file")
+        data = f.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: is larger than {MAX_CONFIG_BYTES} bytes: not an agproxy config")
+    return data
+
+
 def load_config(
     explicit_path: Optional[str] = None,
     overrides: Optional[Dict[str, Any]] = None,
@@ -1165,8 +1195,7 @@ def load_config(
         config = Config(upstreams=(DEMO_UPSTREAM,), state_file=default_state_file(environ))
     else:
         try:
-            with open(path, "rb") as f:
-                text = f.read().decode("utf-8-sig")
+            text = read_config_file(path).decode("utf-8-sig")
         except OSError as exc:
             raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
         except UnicodeDecodeError:
@@ -1247,9 +1276,6 @@ class Request:
     version: Tuple[int, int]
     headers: Headers
     body: Optional[bytes] = None
-    #: the application's ``admit`` passed on the head already (the shell checks a bodied request
-    #: before its body), so ``handle`` need not check it again
-    admitted: bool = False
 
     @property
     def path(self) -> str:
@@ -6033,6 +6059,9 @@ class AccountPool:
             (u.name, a.name): AccountState() for u in upstreams for a in u.accounts}
         self._sessions: collections.OrderedDict = collections.OrderedDict()
         self._turn: Dict[str, int] = {}
+        #: what a rest's reason (an upstream's words) passes through before it is shown or saved:
+        #: the redactor's text, which hides key-shaped strings too (a key an upstream cut short)
+        self.hide: Callable[[str], str] = str
 
     def state(self, upstream: Upstream, account: Account) -> AccountState:
         return self.states[(upstream.name, account.name)]
@@ -6239,6 +6268,7 @@ class AccountPool:
                     pool.states[(upstream.name, account.name)] = self.states[(old.name, before.name)]
         pool._sessions = self._sessions
         pool._turn = self._turn
+        pool.hide = self.hide
         return pool
 
     def _fingerprint(self, upstream_name: str, account_name: str) -> str:
@@ -6248,7 +6278,8 @@ class AccountPool:
 
     def to_json(self, now: float) -> Dict[str, Any]:
         """The resting accounts, for the state file, each bound to its key (by fingerprint)."""
-        return {f"{u}/{a}": {"resting_until": s.rests.get("", 0.0), "rejected_key": s.rejected_key, "reason": s.reason,
+        return {f"{u}/{a}": {"resting_until": s.rests.get("", 0.0), "rejected_key": s.rejected_key,
+                             "reason": self.hide(s.reason),
                              "models": {m: t for m, t in sorted(s.rests.items()) if m and t > now},
                              "refused": {m: s.refused[m] for m in sorted(s.refused) if s.refuses(m, now)},
                              "limits_in_a_row": s.limits_in_a_row, "key": self._fingerprint(u, a)}
@@ -6300,7 +6331,7 @@ class AccountPool:
                 else:
                     status = "ok"
                 out.append({
-                    "upstream": upstream.name, "account": account.name, "state": status, "reason": s.reason,
+                    "upstream": upstream.name, "account": account.name, "state": status, "reason": self.hide(s.reason),
                     "resting_until": _iso_time(s.resting_until) if s.resting_until > now else None,
                     "models_resting": {m: _iso_time(t) for m, t in sorted(s.rests.items()) if m and t > now},
                     "in_flight": s.in_flight, "requests": s.requests, "successes": s.successes,
@@ -6677,7 +6708,7 @@ class UpstreamResponse:
         self._conn = conn
         self._parser = parser
         self.timeout_s = timeout_s
-        self.handed_off = False
+        self._draining = False  # its whole answer is out; the end of its body is read in the background
         #: closed by agproxy before its end (a deadline, a departed client), not ended by the upstream
         self.aborted = False
         #: let go because nobody wants the rest (its client left): a read it cuts short is no fault
@@ -6727,11 +6758,24 @@ class UpstreamResponse:
                 self.close()
                 raise UpstreamFailure(f"upstream body exceeds {limit} bytes")
 
+    def abandon(self) -> None:
+        """Nobody wants the rest (its client left): close it, and a read this cuts short is no fault."""
+        self.abandoned = True
+        self.close()
+
+    def drain(self) -> None:
+        """The answer is whole and out: read the end of its body in the background (so that the
+        connection can be used again), bounded; from now on only that reader closes it."""
+        self._draining = True
+        task = asyncio.ensure_future(_drain_after_stop(self))
+        _DRAINING.add(task)
+        task.add_done_callback(_DRAINING.discard)
+
     def close(self, force: bool = False) -> None:
-        """Release the connection; an unfinished body aborts it at once. Once the answer is whole
-        and its body's end is being read in the background (``handed_off``), only that reader
-        closes it (``force``)."""
-        if self.handed_off and not force:
+        """Release the connection; an unfinished body aborts it at once. While the end of a whole
+        answer's body is read in the background (:meth:`drain`), only that reader closes it
+        (``force``): the relay's own close at its end leaves it be."""
+        if self._draining and not force:
             return
         if not self._done:
             self._done = self.aborted = True
@@ -7020,6 +7064,8 @@ USAGE_FIELDS = (("input_tokens", "input_tokens"), ("output_tokens", "output_toke
                 ("cache_creation_input_tokens", "cache_write_tokens"))
 #: Characters of an error's words an access line keeps.
 MAX_RECORD_ERROR_CHARS = 300
+#: Characters of a request's path the record keeps (real paths are short; a client may send 8 KB).
+MAX_RECORD_PATH_CHARS = 200
 #: What would break a log line in two or forge one: controls, and what readers take for a line end.
 _LINE_BREAKING = re.compile("[\x00-\x1f\x7f\x85\u2028\u2029]")
 
@@ -7091,8 +7137,11 @@ class RequestRecord:
 
     @property
     def ttft_ms(self) -> Optional[float]:
-        """Time to the first bytes of the answer's body (its head of events, for a stream)."""
-        return None if self.first_byte is None else (self.first_byte - self.started) * 1000
+        """Time to the first bytes of the answer's body (its head of events, for a stream); none for
+        an error answer, which carries no token (a client that left mid-answer had its first ones)."""
+        if self.first_byte is None or (self.status >= 400 and self.status != 499):
+            return None
+        return (self.first_byte - self.started) * 1000
 
     @property
     def duration_ms(self) -> float:
@@ -7149,10 +7198,13 @@ class _Exchange:
     """One request as the shell answers it: the request, its record, and what to call if its
     client leaves (a read of the upstream waiting on it is cut)."""
 
-    def __init__(self, request: Request, on_client_gone: List[Callable[[], None]], record: RequestRecord) -> None:
+    def __init__(self, request: Request, on_client_gone: List[Callable[[], None]], record: RequestRecord,
+                 admitted: bool = False) -> None:
         self.request = request
         self.on_client_gone = on_client_gone
         self.record = record
+        #: the application's ``admit`` passed on the request's head already, so ``handle`` need not check again
+        self.admitted = admitted
 
     @property
     def id(self) -> str:
@@ -7175,6 +7227,7 @@ class _Connection:
         self.body_held = 0  # bytes of max_inflight_body_bytes its request holds
         self.on_gone: List[Callable[[], None]] = []
         self.head: Optional[Request] = None  # the request whose head was read last (a refusal names it)
+        self.admitted = False  # the application admitted that head already (a bodied one, before its body)
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.client_ip = str(peer[0]) if isinstance(peer, tuple) else str(peer)
@@ -7210,6 +7263,10 @@ class Application:
     def finished(self, record: RequestRecord) -> None:
         """Log the record's access line."""
         logging.getLogger("agproxy.access").info("%s", record.line())
+
+    def error_answer(self, exc: AgproxyError, record: RequestRecord) -> Response:
+        """The answer to a request that failed with ``exc`` (what ``record`` says of it may add headers)."""
+        return error_response(exc)
 
 
 class HttpServer:
@@ -7337,7 +7394,7 @@ class HttpServer:
         head was read, its own request id in the answer and the access line."""
         head = conn.head
         record = RequestRecord(new_request_id(), conn.client_ip, head.method if head else "-",
-                               head.path if head else "-")
+                               head.path[:MAX_RECORD_PATH_CHARS] if head else "-")
         record.fail(exc.message)
         try:
             await self._write_response(conn, error_response(exc), record, False)
@@ -7370,7 +7427,7 @@ class HttpServer:
         loop = asyncio.get_running_loop()
         deadline: Optional[float] = None
         what = ""
-        in_body = False
+        in_body = conn.admitted = False
         conn.head = None
         while True:
             event = conn.parser.next_event()
@@ -7385,8 +7442,7 @@ class HttpServer:
                     self.app.admit(event.request)  # refuse before reading (and buffering) the body
                     _, length = request_body_framing(event.request.version, event.request.headers)
                     self._check_body_fits(length)
-                    in_body = True
-                    event.request.admitted = True
+                    in_body = conn.admitted = True
                 if event.request.expects_continue:
                     conn.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
                 deadline, what = loop.time() + config.body_timeout_s, "request body"
@@ -7435,8 +7491,8 @@ class HttpServer:
 
     async def _answer(self, conn: _Connection, request: Request) -> bool:
         """Route one request, write its response and record it; True if the connection stays open."""
-        record = RequestRecord(new_request_id(), conn.client_ip, request.method, request.path)
-        exchange = _Exchange(request, conn.on_gone, record)
+        record = RequestRecord(new_request_id(), conn.client_ip, request.method, request.path[:MAX_RECORD_PATH_CHARS])
+        exchange = _Exchange(request, conn.on_gone, record, conn.admitted)
         watcher = asyncio.ensure_future(self._watch_for_departure(conn, request.version))
         routing = asyncio.ensure_future(self.app.handle(request, exchange))
         conn.on_gone.append(routing.cancel)  # a client that leaves stops retries and waits at once
@@ -7453,7 +7509,7 @@ class HttpServer:
                 return False
             except AgproxyError as exc:
                 exc.message = self.redact.text(exc.message)  # an upstream's text may echo a key
-                response = error_response(exc)
+                response = self.app.error_answer(exc, record)
                 record.fail(exc.message)  # the access line says why
             except Exception:
                 self.log.exception("internal error answering %s %s [%s]", request.method, request.path, exchange.id)
@@ -7974,6 +8030,7 @@ class Server(Application):
         self.redact.add(config.secrets(dict(os.environ)))  # the proxy the client uses is os.environ's
         self.client = client or UpstreamClient()
         self.pool = AccountPool(config.upstreams)
+        self.pool.hide = self.redact.text
         self.log = logging.getLogger("agproxy")
         self.access_log = logging.getLogger("agproxy.access")
         #: what reads each request's record once its answer has ended (:meth:`finished`)
@@ -8017,7 +8074,7 @@ class Server(Application):
             STATUS_DATA_PATH: {"GET": self._status},
             "/v1/agproxy/reload": {"POST": self._reload},
         }
-        self.board = StatusBoard(clock())
+        self.board = StatusBoard(clock(), self.usage, self.redact.text)
         self.record_readers.append(self.board.read)
         self.door = FrontDoor(config, dict(self._routes, **{"/v1/models/": {"GET": self._model}}), self.note_once)
         self.watcher: Optional[ConfigWatcher] = None
@@ -8026,10 +8083,22 @@ class Server(Application):
         """The adapter of an upstream's kind (the kinds are validated at load time)."""
         return self.adapters[upstream.kind]
 
+    def error_answer(self, exc: AgproxyError, record: RequestRecord) -> Response:
+        """The error answer, with the model sent and the account used where the request got that far
+        (read from its record: nothing is written onto the error after it was raised)."""
+        response = error_response(exc)
+        if record.mapped_model:
+            response.headers.append(("X-Mapped-Model", record.mapped_model))
+        if record.account and record.account != "warmup":
+            response.headers.append(("X-Account-Email", record.account))
+        return response
+
     def finished(self, record: RequestRecord) -> None:
-        """A request's answer has ended: its access line, then each of ``record_readers`` (metrics,
-        the ledger, the status page's last requests) reads its record."""
-        self.access_log.info("%s", record.line(), extra={"access": record.fields()})
+        """A request's answer has ended: its access line (at DEBUG for a poll of agproxy's own
+        that went well: an open status page and a scraper would fill the log), then each of
+        ``record_readers`` (metrics, the ledger, the status page's last requests) reads its record."""
+        level = logging.DEBUG if record.route in QUIET_ROUTES and record.status < 400 else logging.INFO
+        self.access_log.log(level, "%s", record.line(), extra={"access": record.fields()})
         for read in self.record_readers:
             try:
                 read(record)
@@ -8083,7 +8152,7 @@ class Server(Application):
                            why, exc.message)
             raise
         changes = self.reload(config)
-        self.log.warning("%s: config reloaded from %s: %s", why, config.source, "; ".join(changes) or "no change")
+        self.log.info("%s: config reloaded from %s: %s", why, config.source, "; ".join(changes) or "no change")
         return changes
 
     async def shutdown(self, grace_s: Optional[float] = None) -> None:
@@ -8108,7 +8177,7 @@ class Server(Application):
 
     async def handle(self, request: Request, exchange: _Exchange) -> Union[Response, StreamingResponse]:
         """Admit the request (unless its head was) and run its handler."""
-        if not request.admitted:
+        if not exchange.admitted:
             self.admit(request)
         if request.method == "OPTIONS":
             return self.door.preflight(request)
@@ -8191,14 +8260,9 @@ class Server(Application):
                 return answer
             return self._relay(answer, call, record, pool)  # its usage comes as it is relayed
 
-        try:
-            return await run_attempts(pool, route, session_id(request.headers, body),
-                                      self.config.max_retry_attempts, attempt, clock=self.clock, sleep=self.sleep,
-                                      on_attempt=self._log_attempt(exchange, route.model), on_change=self.saver.save)
-        except AgproxyError as exc:
-            exc.headers.extend([("X-Mapped-Model", route.model)] +
-                               ([("X-Account-Email", record.account)] if record.account else []))
-            raise
+        return await run_attempts(pool, route, session_id(request.headers, body), self.config.max_retry_attempts,
+                                  attempt, clock=self.clock, sleep=self.sleep,
+                                  on_attempt=self._log_attempt(exchange, route.model), on_change=self.saver.save)
 
     def _call(self, request: Request, exchange: _Exchange, body: Dict[str, Any], route: Route,
               account: Account) -> Call:
@@ -8220,11 +8284,10 @@ class Server(Application):
             record.add_usage(call.facts.usage)
 
         def abort() -> None:
-            response.abandoned = True
-            response.close()
+            response.abandon()
             release()
 
-        return StreamingResponse(200, _SSE_HEADERS + answer.headers, answer.relay(ended), abort)
+        return StreamingResponse(200, _SSE_HEADERS + answer.headers, answer.relay(ended, record.fail), abort)
 
     def _log_attempt(self, exchange: _Exchange, model: str) -> Callable[[int, Upstream, Account, Decision, int],
                                                                          None]:
@@ -8294,13 +8357,9 @@ class Server(Application):
                 scale_usage(counted, upstream_window, client_window)
             return json_response(200, counted, headers + [("X-Account-Email", account.name)])
 
-        try:
-            return await run_attempts(pool, pooled, session_id(request.headers, body),
-                                      self.config.max_retry_attempts, attempt, clock=self.clock, sleep=self.sleep,
-                                      on_attempt=self._log_attempt(exchange, route.model), on_change=self.saver.save)
-        except AgproxyError as exc:
-            exc.headers.extend(headers)
-            raise
+        return await run_attempts(pool, pooled, session_id(request.headers, body), self.config.max_retry_attempts,
+                                  attempt, clock=self.clock, sleep=self.sleep,
+                                  on_attempt=self._log_attempt(exchange, route.model), on_change=self.saver.save)
 
 
     async def _status_page(self, request: Request, exchange: _Exchange) -> Response:
@@ -8450,7 +8509,8 @@ class AnswerStream:
 
     response: UpstreamResponse
     headers: Headers
-    relay: Callable[[Callable[[], None]], AsyncIterator[bytes]]
+    #: the relay, given what to call when it ends and what to tell the words of an error that ends it
+    relay: Callable[[Callable[[], None], Callable[[str], None]], AsyncIterator[bytes]]
 
 
 @dataclasses.dataclass
@@ -8612,13 +8672,8 @@ class Adapter:
                 tokens = heal.prompt_tokens if heal.prompt_tokens is not None else estimate_input_tokens(call.body)
                 raise self.overflow(call, max(tokens, heal.window or 0), heal.window or 0)
             else:
-                error = _upstream_error(upstream, response, data, state.clock())
-                hint = self.unhealed_hint(upstream, response.status, data)
-                if 400 <= response.status < 500 and not error.upstream_words:  # for the attempt's log line
-                    error.upstream_words = error.message[:MAX_LOGGED_WORDS] + (f"; {hint}" if hint else "")
-                if hint:
-                    error.message = f"{error.message} ({hint})"
-                raise error
+                raise _upstream_error(upstream, response, data, state.clock(),
+                                      self.unhealed_hint(upstream, response.status, data))
 
     def unhealed_hint(self, upstream: Upstream, status: int, data: bytes) -> Optional[str]:
         """What the user can change when the upstream refused a request agproxy could not heal."""
@@ -8673,9 +8728,9 @@ class Adapter:
                 redact = DeltaRedactor(self.state.redact).feed  # a key split across deltas
                 observe = self.watcher(upstream)
                 ping_s = call.ping_interval_s if self.pings else None
-                return AnswerStream(response, headers, lambda on_end: relay_events(
+                return AnswerStream(response, headers, lambda on_end, on_error: relay_events(
                     head, events, response, upstream.name, observe=observe, rewrite=scale, transform=redact,
-                    ping_interval_s=ping_s, on_end=on_end))
+                    ping_interval_s=ping_s, on_end=on_end, on_error=on_error))
             message = await _watched(call, response, accumulate_events(events))
         else:
             data = await _watched(call, response, response.read_all())
@@ -9192,9 +9247,16 @@ async def _estimate_tokens(body: Dict[str, Any], size: int) -> int:
     return await asyncio.get_running_loop().run_in_executor(None, estimate_input_tokens, body)
 
 
-def _upstream_error(upstream: Upstream, response: UpstreamResponse, data: bytes, now: float) -> AgproxyError:
-    """An upstream's error answer to relay, keeping its status, rate-limit headers and reset time."""
+def _upstream_error(upstream: Upstream, response: UpstreamResponse, data: bytes, now: float,
+                    hint: Optional[str] = None) -> AgproxyError:
+    """An upstream's error answer to relay, keeping its status, rate-limit headers and reset time;
+    ``hint`` says what the user can change (the message ends with it). A 4xx keeps the upstream's
+    words for the attempt's log line."""
     error = anthropic_error_from_upstream(response.status, data, upstream.name)
+    if 400 <= response.status < 500 and not error.upstream_words:
+        error.upstream_words = error.message[:MAX_LOGGED_WORDS] + (f"; {hint}" if hint else "")
+    if hint:
+        error.message = f"{error.message} ({hint})"
     error.headers.extend(relayed_upstream_headers(response.headers))
     error.reset_s = rate_limit_reset(response.headers, data, now)
     if error.reset_s is not None and header_value(error.headers, "retry-after") is None:
@@ -9250,7 +9312,7 @@ async def anthropic_events(response: UpstreamResponse, upstream: str,
             on_unknown(check.unknown.pop())
         yield events
         if check.finished:  # whatever follows message_stop is not relayed
-            _drain_in_background(response)
+            response.drain()
             return
     if pending.strip() and not response.aborted:  # the upstream's last event without its blank line, if whole
         yield check.feed(bytes(pending) + b"\n\n")
@@ -9401,18 +9463,29 @@ class _IdleWatch:
         self._timer.cancel()
 
 
+def _error_event_words(events: List[Event]) -> Optional[str]:
+    """The message of the first ``error`` event among ``events``, if there is one (from its data)."""
+    for event in events:
+        if event.name == "error":
+            error = event.data.get("error")
+            return str(error.get("message")) if isinstance(error, dict) else "the stream ended with an error event"
+    return None
+
+
 async def relay_events(head: List[Event], events: AsyncIterator[List[Event]], response: UpstreamResponse,
                        upstream: str, observe: Optional[Callable[[List[Event]], None]] = None,
                        rewrite: Optional[Callable[[List[Event]], List[Event]]] = None,
                        transform: Optional[Callable[[bytes], bytes]] = None, ping_interval_s: Optional[float] = None,
-                       on_end: Optional[Callable[[], None]] = None) -> AsyncIterator[bytes]:
+                       on_end: Optional[Callable[[], None]] = None,
+                       on_error: Optional[Callable[[str], None]] = None) -> AsyncIterator[bytes]:
     """Relay an answer's events to the client as they come: the head, then each batch (seen by
     ``observe``, its events rewritten by ``rewrite``, encoded once, its bytes rewritten by
     ``transform``), a ping whenever the client has been sent nothing for
     ``ping_interval_s`` (None: the upstream sends its own), and no more than ``timeout_s``
     without an event (:class:`_IdleWatch`). A stream that breaks ends with an Anthropic ``error``
     event after its last whole event, so the client never sees half an event; the upstream
-    connection is closed (or drained) at the end."""
+    connection is closed (or drained) at the end. ``on_error`` hears the words of an error that
+    ends the stream, the upstream's own error event included."""
     clock = asyncio.get_running_loop().time
     idle = _IdleWatch(response, response.timeout_s)
     iterator = events.__aiter__()
@@ -9427,6 +9500,10 @@ async def relay_events(head: List[Event], events: AsyncIterator[List[Event]], re
                     idle.saw_event()
                 if observe is not None:
                     observe(batch)
+                if on_error is not None:
+                    words = _error_event_words(batch)
+                    if words is not None:
+                        on_error(words)
                 data = encode_events(batch if rewrite is None else rewrite(batch))
                 yield data if transform is None else transform(data)
                 last_sent = clock()
@@ -9454,10 +9531,14 @@ async def relay_events(head: List[Event], events: AsyncIterator[List[Event]], re
             return  # its client left, cutting the read short (the access line says so): nothing broke upstream
         message = f"sent no event for {response.timeout_s:g} s (timeout_s)" if idle.expired else exc.message
         logging.getLogger("agproxy").warning("the stream of upstream %r broke after it began: %s", upstream, message)
+        if on_error is not None:
+            on_error(f"upstream {upstream!r}: {message}")
         yield encode_sse_json("error", error_body("api_error" if idle.expired else exc.error_type,
                                                   f"upstream {upstream!r}: {message}"))
     except Exception as exc:  # a defect in agproxy: the client still gets an ending, the log the traceback
         logging.getLogger("agproxy").exception("relaying the stream of upstream %r failed", upstream)
+        if on_error is not None:
+            on_error(f"agproxy failed relaying upstream {upstream!r}: {type(exc).__name__}")
         yield encode_sse_json("error", error_body("api_error", f"agproxy failed relaying upstream {upstream!r}: "
                                                                f"{type(exc).__name__}"))
     finally:
@@ -9477,13 +9558,6 @@ _AFTER_STOP_S = 0.5
 #: Drains running after their answers went out (held here: the loop keeps only weak references).
 _DRAINING: Set[asyncio.Future] = set()
 
-
-def _drain_in_background(response: UpstreamResponse) -> None:
-    """Finish reading a complete answer's body after the client has it, not before."""
-    response.handed_off = True
-    task = asyncio.ensure_future(_drain_after_stop(response))
-    _DRAINING.add(task)
-    task.add_done_callback(_DRAINING.discard)
 
 
 async def _drain_after_stop(response: UpstreamResponse) -> None:
@@ -9513,13 +9587,16 @@ async def _iterate(items: Iterable[bytes]) -> AsyncIterator[bytes]:
 
 # =====================================================================================
 # 12. Operations
-#     What reads the request records (the metrics and their registry, the status page's board)
-#     and the status page's HTML, logging set-up (handlers are attached only here, called from
-#     main()), the state file, `check`.
+#     What reads the request records (the metrics and their registry, the status page's board,
+#     the usage ledger) and the status page's HTML, logging set-up (handlers are attached only
+#     here, called from main()), the config watcher, the state file, `check`.
 # =====================================================================================
 
 # -- metrics (GET /metrics): a small registry with bounded labels, and what fills it ---------------
 
+#: Routes polled all day (the status page's data every few seconds, scrapers, health checks): their
+#: access lines are written at DEBUG when they go well.
+QUIET_ROUTES = frozenset({"status", "metrics", "healthz"})
 #: The Content-Type of Prometheus' text exposition format, version 0.0.4.
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 #: Values one label of one metric takes: the first this many seen, then :data:`OTHER_LABEL`. Model
@@ -9737,6 +9814,11 @@ class Metrics:
                                     ("upstream", "account", "model", "client", "direction"), shown)
         self.lessons = CounterFamily("agproxy_lessons_total", "What agproxy learned an upstream rejects: a field, "
                                      "a beta, a smaller context window.", ("upstream", "kind"), shown)
+        # a stream's status is said with its first events: one that an error ends later is a 200 in
+        # agproxy_requests_total, and counted here as well, so that an error rate can see it
+        self.broken = CounterFamily("agproxy_streams_failed_total", "Streamed answers that began (status 200) and "
+                                    "were ended by an error event: the upstream's, a break, a timeout.",
+                                    ("upstream", "model"), shown)
         #: the bound of the sanitizer's change kinds, kept across scrapes so the first 100 stay theirs
         self._changes = LabelValues(shown)
 
@@ -9749,6 +9831,8 @@ class Metrics:
             self.duration.observe((record.route,), record.ended - record.started)
         if record.local or not record.attempts:
             return  # answered here (warmup, demo) or refused: no upstream took part
+        if record.stream and record.status < 400 and record.error:
+            self.broken.inc((record.upstream, record.model))
         if record.stream and record.first_byte is not None and record.attempts[-1].outcome == "ok":
             # streams only: the first bytes of a JSON answer (or a token count) are its last
             self.ttft.observe((record.upstream, record.model), record.first_byte - record.started)
@@ -9792,7 +9876,7 @@ class Metrics:
                 changes.inc((self._changes(name),), count)
         python = ".".join(str(part) for part in sys.version_info[:3])
         families: List[MetricFamily] = [self.requests, self.attempts, self.duration, self.ttft, self.tokens, state,
-                                        rest, changes, self.lessons]
+                                        rest, changes, self.lessons, self.broken]
         for name, value, help_text in (("agproxy_streams_active", streams, "Streaming answers being written now."),
                                        ("agproxy_connections_active", connections, "Open client connections.")):
             families.append(GaugeFamily(name, help_text))
@@ -9815,14 +9899,11 @@ class Metrics:
 STATUS_LAST_REQUESTS = 50
 #: Failed requests (status 400 or more) it keeps apart, so that a run of successes does not push them off.
 STATUS_LAST_ERRORS = 20
-#: Accounts and models that ``today`` counts apart; past that many, the rest add up under ``(other)``:
-#: clients name the models, and one inventing names must not grow the page's data without bound.
+#: Accounts and models whose counts today the page shows, those with the most tokens: clients name
+#: the models, and one inventing names must not grow the page's data without bound.
 STATUS_MAX_TODAY_KEYS = 100
-#: The paths whose requests ``today`` counts (those that generate), until the usage ledger serves it.
-_STATUS_COUNTED_PATHS = ("/v1/messages",)
 #: Where the page reads its data (relative to itself: agproxy may sit behind a path prefix).
 STATUS_DATA_PATH = "/v1/agproxy/status"
-_USAGE_COUNTS = ("requests", "errors", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
 #: The page is all inline: the policy lets it load nothing from elsewhere, its script talk to agproxy
 #: only, and no other site frame it (it has a key form).
 STATUS_PAGE_HEADERS: Headers = [
@@ -9855,55 +9936,43 @@ class StatusBoard:
     and per model. It reads request records (``Server.record_readers``) and decodes no answer; the
     caller passes the time in."""
 
-    def __init__(self, started_at: float) -> None:
+    def __init__(self, started_at: float, ledger: UsageLedger, hide: Callable[[str], str] = str) -> None:
         self.started_at = started_at
+        self.ledger = ledger  # what today's counts are read from
+        #: what each listed word passes through (the redactor's text: a client's path or model, an
+        #: upstream's words, may hold something shaped like a key)
+        self.hide = hide
         self.last: collections.deque = collections.deque(maxlen=STATUS_LAST_REQUESTS)
         self.errors: collections.deque = collections.deque(maxlen=STATUS_LAST_ERRORS)
-        self._day = ""
-        self._accounts: Dict[Tuple[str, str], Dict[str, int]] = {}
-        self._models: Dict[str, Dict[str, int]] = {}
 
     def read(self, record: RequestRecord) -> None:
         """Take one ended request: listed if it named a model or failed (agproxy's own routes and
         Claude Code's probes are not listed, nor the page's own polls: the page shows what they
-        meet itself), counted today if it generates."""
+        meet itself)."""
         if record.path == STATUS_DATA_PATH or (not record.model and record.status < 400):
             return
-        entry = dict(record.fields(), time=_iso_time(record.started_at))
+        entry = {name: self.hide(value) if isinstance(value, str) else value for name, value in record.fields().items()}
+        entry["time"] = _iso_time(record.started_at)
         self.last.appendleft(entry)
         if record.status >= 400:
             self.errors.appendleft(entry)
-        if record.path in _STATUS_COUNTED_PATHS:
-            self._count_today(record)
-
-    def _count_today(self, record: RequestRecord) -> None:
-        day = _utc_day(record.started_at)
-        if day != self._day:
-            self._day, self._accounts, self._models = day, {}, {}
-        for table, key, other in ((self._accounts, (record.upstream, record.account), ("", "(other)")),
-                                  (self._models, record.model, "(other)")):
-            if key not in table and len(table) >= STATUS_MAX_TODAY_KEYS:
-                key = other
-            row = table.setdefault(key, dict.fromkeys(_USAGE_COUNTS, 0))
-            row["requests"] += 1
-            row["errors"] += record.status >= 400
-            for name in _USAGE_COUNTS[2:]:
-                row[name] += getattr(record, name)
 
     def today(self, now: float) -> Dict[str, Any]:
         """Today's (UTC) requests, errors and tokens per account and per model, the most tokens
-        first, in the usage ledger's row shape. Counted here until the ledger is merged; then this
-        is ``UsageLedger.rows(day, day, ...)`` grouped by upstream and account, and by model."""
+        first, from the usage ledger: :data:`STATUS_MAX_TODAY_KEYS` rows of each, then the rest
+        added up under ``(other)``."""
         day = _utc_day(now)
-        fresh = day == self._day
 
         def ranked(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-            return sorted(rows, key=lambda r: (-sum(r[n] for n in _USAGE_COUNTS[2:]), -r["requests"]))
+            rows = sorted(rows, key=lambda r: (-sum(r[n] for n in USAGE_COUNTS[2:]), -r["requests"]))
+            if len(rows) <= STATUS_MAX_TODAY_KEYS:
+                return rows
+            other = {key: "(other)" for key in rows[0] if key not in USAGE_COUNTS}
+            other.update({n: sum(r[n] for r in rows[STATUS_MAX_TODAY_KEYS:]) for n in USAGE_COUNTS})
+            return rows[:STATUS_MAX_TODAY_KEYS] + [other]
 
-        return {"day": day,
-                "accounts": ranked([dict(counts, upstream=u, account=a)
-                                    for (u, a), counts in (self._accounts.items() if fresh else ())]),
-                "models": ranked([dict(counts, model=m) for m, counts in (self._models.items() if fresh else ())])}
+        return {"day": day, "accounts": ranked(self.ledger.rows(day, day, ("upstream", "account"))),
+                "models": ranked(self.ledger.rows(day, day, ("model",)))}
 
     def snapshot(self, now: float, in_flight: int, upstreams: Sequence[Upstream], pool: AccountPool,
                  learned: LearnedRejections, windows: LearnedWindows, counters: Dict[str, int]) -> Dict[str, Any]:
@@ -10241,6 +10310,7 @@ function renderLessons() {
 }
 
 function tick() {
+  if (!$("keycard").hidden) return;  // waiting for the key: the header says so, not "live"
   const now = Date.now();
   if (data) {
     $("uptime").textContent = span(data.uptime_s + (now - at) / 1000);
@@ -10275,12 +10345,28 @@ USAGE_DEFAULT_GROUP_BY = ("day", "upstream", "account", "model")
 LEDGER_DAYS_KEPT = 92
 #: Rows the ledger holds at most. Models keep their real names, so a client inventing names could
 #: otherwise grow memory and the state file without end. A row costs about 260 bytes of memory and
-#: 170 of state file (indented: a value a line), 3 MB at the cap; with every name at its longest and
-#: every count at 19 digits about 12 MB, still under MAX_STATE_BYTES, past which the file is not read.
+#: about 120 of state file (compact JSON), under 3 MB at the cap; with every name at its longest
+#: escaped (MAX_LEDGER_NAME_BYTES) and every count at 19 digits, well under MAX_STATE_BYTES, past
+#: which the file is not read (tests/test_usage.py checks the worst case).
 MAX_LEDGER_ROWS = 20000
 #: Characters of a name (model, upstream, account, client) a row keeps: real model names are under
 #: 60; the cut bounds what one row costs.
 MAX_LEDGER_NAME_CHARS = 100
+#: What a name may cost in the state file, JSON-escaped: a character outside ASCII is written as up
+#: to twelve (``\ud83d\ude00``), so a cut by characters alone let a client's model names of emoji
+#: grow the file at the row cap past MAX_STATE_BYTES, which made agproxy refuse its own file.
+MAX_LEDGER_NAME_BYTES = 200
+
+
+def _ledger_name(name: str) -> str:
+    """A name as a ledger row keeps it: at most :data:`MAX_LEDGER_NAME_CHARS` characters, and at
+    most :data:`MAX_LEDGER_NAME_BYTES` once JSON-escaped."""
+    name = name[:MAX_LEDGER_NAME_CHARS]
+    while len(json.dumps(name)) - 2 > MAX_LEDGER_NAME_BYTES:
+        name = name[:len(name) * 3 // 4]
+    return name
+
+
 #: Past MAX_LEDGER_ROWS, rows are folded until this share of it is left: a client inventing names
 #: then pays for one fold every few thousand rows, not at every request.
 _LEDGER_FOLD_TO = 0.9
@@ -10435,7 +10521,7 @@ class UsageLedger:
         local = record.local == "warmup"
         names = ("" if local else record.upstream, "" if local else record.account, record.model, record.client or "")
         today = utc_day(now)
-        self._count((today,) + tuple(self._hide(name)[:MAX_LEDGER_NAME_CHARS] for name in names),
+        self._count((today,) + tuple(_ledger_name(self._hide(name)) for name in names),
                     (1, int(not 200 <= record.status < 400 or bool(record.error or record.note)), record.input_tokens,
                      record.output_tokens,
                      record.cache_read_tokens, record.cache_write_tokens))
@@ -10447,7 +10533,9 @@ class UsageLedger:
 
     def _count(self, key: Tuple[str, ...], counts: Tuple[int, ...]) -> None:
         known = self._rows.get(key)
-        self._rows[key] = counts if known is None else tuple(a + b for a, b in zip(known, counts))
+        # a count stops at what the state file's reader takes, rather than make the row unreadable
+        self._rows[key] = counts if known is None else tuple(min(a + b, _MAX_LEDGER_COUNT)
+                                                             for a, b in zip(known, counts))
 
     def roll_up(self, today: str) -> None:
         """Merge the days older than :data:`LEDGER_DAYS_KEPT` (today included) into one row per month and key."""
@@ -10765,7 +10853,8 @@ class StateFile:
         try:
             os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
             with open(temporary, "w", encoding="utf-8") as f:
-                json.dump(dict(data, format=STATE_FORMAT), f, indent=1, sort_keys=True)
+                # compact: the usage ledger's rows are most of it (`agproxy state show` is for reading)
+                json.dump(dict(data, format=STATE_FORMAT), f, separators=(",", ":"), sort_keys=True)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(temporary, self.path)
@@ -10836,11 +10925,16 @@ class StateFile:
 
 
 class _RedactingFormatter(logging.Formatter):
-    """Formats a log record, then hides every secret in the whole line, traceback included."""
+    """Formats a log record as one line (what would break it, in a model name or an upstream's
+    words, escaped: :func:`one_line`; a traceback follows on lines of its own), then hides every
+    secret in the whole text, traceback included."""
 
     def __init__(self, fmt: str, redactor: Redactor) -> None:
         super().__init__(fmt)
         self.redactor = redactor
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return one_line(super().formatMessage(record))
 
     def format(self, record: logging.LogRecord) -> str:
         return self.redactor.text(super().format(record))
@@ -11249,8 +11343,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0 if asyncio.run(check_upstreams(config, lambda line: print(redactor.text(line)), redactor)) else 1
     log_startup(config)
 
-    def load() -> Config:  # the same file, or the lookup again when there was none; the flags still override
-        return load_config(config.source if os.path.isfile(config.source) else args.config, overrides)
+    started_from = config.source if config.source != Config.source else None
+
+    def load() -> Config:
+        """The config again, with the flags still overriding: the very file agproxy started from
+        (gone for a moment, it is an error, not a switch to the built-in demo), or the lookup
+        again when it started from none."""
+        return load_config(started_from or args.config, overrides)
 
     try:
         return asyncio.run(_serve(config, load, redactor))

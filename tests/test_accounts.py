@@ -472,7 +472,7 @@ def test_a_key_fixed_in_the_config_works_right_after_a_restart(start_agproxy, fa
     assert caught.value.status_code == 424
     assert proxy.stop() == 0
     saved = state.read_text()
-    assert "sk-upstream-typo" not in saved and '"key": "' in saved  # a fingerprint, never the key
+    assert "sk-upstream-typo" not in saved and '"key":"' in saved  # a fingerprint, never the key
     unchanged = start_agproxy(wrong)  # the same wrong key: its rest is restored, and said so
     with pytest.raises(anthropic.APIStatusError):
         ask(unchanged)

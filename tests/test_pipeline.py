@@ -23,7 +23,7 @@ class ScriptedResponse:
         self.closed = False
         self.aborted = False
         self.abandoned = False
-        self.handed_off = False
+        self._draining = False
         self._closing: Optional[asyncio.Event] = None
 
     async def read_chunk(self) -> bytes:
@@ -39,8 +39,10 @@ class ScriptedResponse:
             return step
         return b""
 
+    drain = agproxy.UpstreamResponse.drain  # the real hand-over to a background reader of the body's end
+
     def close(self, force: bool = False) -> None:
-        if not self.handed_off or force:
+        if not self._draining or force:
             self.aborted = self.aborted or bool(self.reads)
             self.closed = True
             if self._closing is not None:
@@ -77,7 +79,7 @@ async def relay(reads: Sequence[Union[bytes, float]], ping_s: Optional[float] = 
     head = await agproxy.first_events(events)
     out = [chunk async for chunk in agproxy.relay_events(head, events, response, "up", ping_interval_s=ping_s)]
     await asyncio.sleep(0)  # let a background drain finish
-    assert response.closed or response.handed_off
+    assert response.closed or response._draining
     return b"".join(out)
 
 

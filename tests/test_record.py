@@ -160,3 +160,53 @@ def test_a_probe_and_a_404_are_recorded_too(start_agproxy, fake):
     root, nowhere = _access(proxy, 2)[:2]
     assert root["status"] == 200 and root["model"] is None and root["attempts"] == 0
     assert nowhere["status"] == 404 and "no route" in nowhere["error"]
+
+
+def test_a_stream_that_breaks_or_ends_in_an_upstream_error_event_is_recorded_as_failed(start_agproxy, fake):
+    """Its status was 200 (sent with the first events), but an error event ended it: the record says
+    why, so the log, the metrics and the ledger do not count it as a success."""
+    proxy = start_agproxy(fake_config(fake, log_format="json"))
+    fake.script(Sse(text_stream("one two three four"), drop_after=4))
+    broken = post_json(proxy.port, "/v1/messages", {"model": "claude-x", "max_tokens": 5, "stream": True,
+                                                    "messages": [{"role": "user", "content": "hi"}]}, 10)
+    overloaded = text_stream("one two")[:4] + [("error", {"type": "error", "error": {
+        "type": "overloaded_error", "message": "the upstream is overloaded right now"}})]
+    fake.script(Sse(overloaded, delay_s=0.05))  # apart, so that the first events go out before the error
+    said = post_json(proxy.port, "/v1/messages", {"model": "claude-x", "max_tokens": 5, "stream": True,
+                                                  "messages": [{"role": "user", "content": "hi"}]}, 10)
+    assert broken.status == said.status == 200 and b"event: error" in broken.body and b"event: error" in said.body
+    first, second = _access(proxy, 2)[:2]
+    assert first["status"] == 200 and "broke mid-response" in first["error"], first
+    assert "the upstream is overloaded right now" in second["error"], second
+    page = get(proxy.port, "/metrics").body.decode()
+    assert 'agproxy_streams_failed_total{upstream="fake",model="claude-x"} 2' in page, page
+
+
+def test_polls_that_go_well_are_logged_at_debug_and_failures_at_info(start_agproxy, fake):
+    """An open status page polls every 3 s and a scraper every 15 s: their access lines would
+    drown the requests' in an info log."""
+    proxy = start_agproxy(fake_config(fake, log_format="json"))
+    for path in ("/metrics", "/healthz", "/v1/agproxy/status", "/v1/models"):
+        assert get(proxy.port, path).status == 200
+    assert [line["path"] for line in _access(proxy, 1)] == ["/v1/models"]
+
+
+def test_a_poll_that_fails_is_logged_at_info(start_agproxy, fake):
+    proxy = start_agproxy(fake_config(fake, log_format="json", auth_mode="strict", api_key="sk-local-k-0123"))
+    assert get(proxy.port, "/metrics").status == 401
+    assert [(line["path"], line["status"]) for line in _access(proxy, 1)] == [("/metrics", 401)]
+
+
+def test_an_upstreams_words_cannot_forge_a_line_of_the_text_log(start_agproxy, fake):
+    proxy = start_agproxy(fake_config(fake))
+    forged = "nope\n2026-12-04 08:00:00,000 INFO agproxy.access: req_forged FORGED\u2028x\r\n\x85y"
+    fake.script(Json(400, {"type": "error", "error": {"type": "invalid_request_error", "message": forged}}))
+    with pytest.raises(anthropic.BadRequestError):
+        _client(proxy).messages.create(model="claude-x", max_tokens=5, messages=[{"role": "user", "content": "hi"}])
+    deadline = time.monotonic() + 5
+    while " POST /v1/messages 400 " not in proxy.log() and time.monotonic() < deadline:  # the real access line
+        time.sleep(0.02)
+    lines = proxy.log().split("\n")
+    assert not any(line.startswith("2026-12-04 08:00:00,000") for line in lines), proxy.log()
+    assert not any(c in proxy.log() for c in "\u2028\x85\r"), proxy.log()
+    assert sum("FORGED" in line for line in lines) >= 2  # said, escaped, in the attempt's line and the access line

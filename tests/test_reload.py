@@ -167,7 +167,7 @@ def test_a_host_change_waits_for_a_restart_and_the_rest_is_applied(start_agproxy
     _rewrite(proxy, dict(config, host="localhost", port=18999, max_retry_attempts=4))
     status, answer = _reload(proxy)
     assert status == 200 and "max_retry_attempts: 3 -> 4" in answer["changes"]
-    assert "host: '127.0.0.1' -> 'localhost' needs a restart (until then agproxy keeps '127.0.0.1')" \
+    assert 'host: "127.0.0.1" -> "localhost" needs a restart (until then agproxy keeps "127.0.0.1")' \
         in answer["changes"], answer
     assert not any(line.startswith("port") for line in answer["changes"])
     assert _get(proxy, "/healthz")["status"] == "ok"  # still on the port it listens on
@@ -230,3 +230,39 @@ def test_config_changes_never_show_a_key():
     said = " ".join(agproxy.config_changes(before, after))
     assert "api_key changed" in said and "headers changed" in said and "has a new key" in said
     assert "0123456789" not in said
+
+
+def test_a_config_file_gone_for_a_moment_is_an_error_not_the_demo(start_agproxy, fake, tmp_path):
+    """Started from ./agproxy.json (the lookup, no --config): a reload while the file is away must not
+    fall back to the built-in demo (auth off, no upstream) but keep the running config."""
+    config = fake_config(fake, auth_mode="strict", api_key="sk-local-strict-0123")
+    (tmp_path / "agproxy.json").write_text(json.dumps(config))
+    proxy = start_agproxy(None)
+    (tmp_path / "agproxy.json").rename(tmp_path / "away.json")
+    proxy.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while "the config was not reloaded" not in proxy.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "cannot read" in proxy.log() and "built-in demo" not in proxy.log().split("listening")[-1], proxy.log()
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        _get(proxy, "/v1/agproxy/accounts")
+    assert refused.value.code == 401
+    assert "fake/alice@example.com" in _accounts(proxy, "sk-local-strict-0123")
+
+
+def test_a_config_path_that_is_not_a_regular_file_is_refused_at_once(start_agproxy, fake):
+    """A FIFO in the config's place would block the event loop on open (and /dev/zero never end)."""
+    import os
+    proxy = start_agproxy(fake_config(fake))
+    path = Path(proxy.config.source)
+    path.unlink()
+    os.mkfifo(path)
+    started = time.monotonic()
+    status, answer = _reload(proxy)
+    assert status == 400 and "is not a regular file" in answer["error"]["message"], answer
+    assert time.monotonic() - started < 5
+    path.unlink()
+    path.symlink_to("/dev/zero")
+    status, answer = _reload(proxy)
+    assert status == 400 and "is not a regular file" in answer["error"]["message"], answer
+    assert _get(proxy, "/healthz")["status"] == "ok"

@@ -208,9 +208,12 @@ def _record(n: int, status: int = 200, model: str = "m") -> agproxy.RequestRecor
 
 
 def test_the_board_is_bounded_whatever_clients_send():
-    board = agproxy.StatusBoard(time.time())
+    ledger = agproxy.UsageLedger()
+    board = agproxy.StatusBoard(time.time(), ledger)
     for n in range(1000):
-        board.read(_record(n, 500 if n % 2 else 200, model=f"invented-{n}"))
+        record = _record(n, 500 if n % 2 else 200, model=f"invented-{n}")
+        board.read(record)
+        ledger.add(record, time.time())
     data = board.today(time.time())
     assert len(board.last) == agproxy.STATUS_LAST_REQUESTS and board.last[0]["request_id"] == "req_999"
     assert len(board.errors) == agproxy.STATUS_LAST_ERRORS and board.errors[0]["request_id"] == "req_999"
@@ -300,3 +303,19 @@ def test_the_page_in_chromium_asks_for_the_key_and_never_puts_it_in_a_url(start_
         assert all("401" in problem for problem in page.problems()) and len(page.problems()) == 2
     finally:
         page.close()
+
+
+def test_a_key_an_upstream_cut_short_or_a_client_put_in_its_path_is_not_shown(start_agproxy, fake):
+    """The page's data, the accounts route and the state file hide what is shaped like a key, as the
+    log does: an upstream that quotes most of a key in its 401, a client that puts one in its path."""
+    key = "sk-ant-api03-" + "A1b2C3d4E5" * 4
+    config = fake_config(fake)
+    config["upstreams"][0]["accounts"] = [{"name": "alice@example.com", "api_key": key}]
+    proxy = start_agproxy(config)
+    fake.script(Json(401, {"type": "error", "error": {"type": "authentication_error",
+                                                      "message": "invalid x-api-key " + key[:-3]}}))
+    call(proxy, "/v1/messages", "POST", ASKED)
+    call(proxy, "/v1/messages/sk-ant-api03-CLIENTPUTKEYINPATH0123456789", "POST", ASKED)
+    shown = json.dumps([call(proxy, path)[2] for path in ("/v1/agproxy/status", "/v1/agproxy/accounts")])
+    assert key[:-3] not in shown and "CLIENTPUTKEYINPATH" not in shown, shown
+    assert "[redacted]" in shown

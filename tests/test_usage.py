@@ -122,8 +122,6 @@ def test_tokens_are_counted_from_answers_json_and_streamed(start_agproxy, fake):
         24, 10, 100, 30)
 
 
-@pytest.mark.xfail(reason="waits on the lead's work: the relay does not put an event: error's words in the record yet",
-                   strict=False)
 def test_a_stream_cut_after_its_first_events_is_an_error(start_agproxy, fake):
     """Its status was 200 (sent with the first events), but the answer failed: an event: error ended it."""
     proxy = start_agproxy(one_account(fake, state_file=""))
@@ -408,3 +406,22 @@ def test_defaults_are_the_first_kept_day_to_today():
     asked = agproxy.parse_usage_query("", "2026-12-04", "2026-09-10")
     assert asked == agproxy.UsageQuery("2026-09-10", "2026-12-04", ("day", "upstream", "account", "model"), "json")
     assert agproxy.parse_usage_query("", "2026-12-04", None).from_day == "2026-12-04"
+
+
+def test_a_full_ledger_of_the_costliest_names_still_fits_the_state_file(tmp_path):
+    """Model names of 100 emoji (each escaped as twelve characters in JSON) and counts of 19 digits
+    in every row, at the row cap: the state file stays under MAX_STATE_BYTES and reads back, so a
+    client inventing such names cannot make agproxy refuse its own state file."""
+    ledger = agproxy.UsageLedger()
+    now = time.time()
+    huge = 10**18
+    for n in range(agproxy.MAX_LEDGER_ROWS + 50):
+        ledger.add(record(f"{n:06d}" + "\U0001F600" * 94, input_tokens=huge, output_tokens=huge,
+                          cache_read_tokens=huge, cache_write_tokens=huge), now)
+    assert agproxy.MAX_LEDGER_ROWS * 0.8 <= len(ledger) <= agproxy.MAX_LEDGER_ROWS
+    store = agproxy.StateFile(str(tmp_path / "state.json"))
+    store.save({"usage": ledger.to_json()})
+    size = (tmp_path / "state.json").stat().st_size
+    assert size < agproxy.MAX_STATE_BYTES, size
+    again = agproxy.UsageLedger()
+    assert again.load_json(store.load()["usage"], now) == len(ledger)
