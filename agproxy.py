@@ -4016,14 +4016,18 @@ class SignatureWatcher:
         self.book = book
         self.upstream = upstream
         self._parts: Dict[int, List[str]] = {}
+        self._thinking: Set[int] = set()  # the thinking blocks open: only their deltas can carry a signature
 
     def feed(self, events: List[Event]) -> None:
         """Look at a batch of the stream's events (decoded already: only their data is read)."""
         for event in events:
-            name, payload = event.name, event.data
+            name = event.name
+            if name == "content_block_delta" and not self._thinking:
+                continue  # the usual event, a text or tool delta: one look at its name
             if name not in ("content_block_start", "content_block_delta", "content_block_stop") or \
-                    not isinstance(payload.get("index"), int):
+                    not isinstance(event.data.get("index"), int):
                 continue
+            payload = event.data
             index = payload["index"]
             if name == "content_block_start":
                 block = payload.get("content_block")
@@ -4031,14 +4035,18 @@ class SignatureWatcher:
                     continue
                 if block.get("type") == "redacted_thinking":
                     self.book.record(str(block.get("data") or ""), self.upstream)
-                elif block.get("type") == "thinking" and block.get("signature"):
-                    self._parts.setdefault(index, []).append(str(block["signature"]))
+                elif block.get("type") == "thinking":
+                    self._thinking.add(index)
+                    if block.get("signature"):
+                        self._parts.setdefault(index, []).append(str(block["signature"]))
             elif name == "content_block_delta":
                 delta = payload.get("delta")
                 if isinstance(delta, dict) and delta.get("type") == "signature_delta":
                     self._parts.setdefault(index, []).append(str(delta.get("signature") or ""))
-            elif index in self._parts:
-                self.book.record("".join(self._parts.pop(index)), self.upstream)
+            else:
+                self._thinking.discard(index)
+                if index in self._parts:
+                    self.book.record("".join(self._parts.pop(index)), self.upstream)
 
 
 # -- context window signalling --------------------------------------------------------------
@@ -9464,12 +9472,12 @@ class _IdleWatch:
 
 
 def _error_event_words(events: List[Event]) -> Optional[str]:
-    """The message of the first ``error`` event among ``events``, if there is one (from its data)."""
-    for event in events:
-        if event.name == "error":
-            error = event.data.get("error")
-            return str(error.get("message")) if isinstance(error, dict) else "the stream ended with an error event"
-    return None
+    """The message of the ``error`` event that ends a batch, if it does (from its data): nothing
+    follows an error event (the check drops what does, the translators finish with it)."""
+    if not events or events[-1].name != "error":
+        return None
+    error = events[-1].data.get("error")
+    return str(error.get("message")) if isinstance(error, dict) else "the stream ended with an error event"
 
 
 async def relay_events(head: List[Event], events: AsyncIterator[List[Event]], response: UpstreamResponse,

@@ -100,6 +100,42 @@ def test_the_usage_scaler_rewrites_copies_and_leaves_other_events_as_they_came()
     assert scaled[1:] == events[1:]  # message_delta says only output tokens: nothing to scale, as it came
 
 
+def _thinking_stream() -> List[bytes]:
+    def enc(payload: Dict[str, Any]) -> bytes:
+        return agproxy.encode_sse_json(payload["type"], payload)
+
+    def block(index: int, content: Dict[str, Any], deltas: List[Dict[str, Any]]) -> List[bytes]:
+        return ([enc({"type": "content_block_start", "index": index, "content_block": content})]
+                + [enc({"type": "content_block_delta", "index": index, "delta": d}) for d in deltas]
+                + [enc({"type": "content_block_stop", "index": index})])
+    return ([START]
+            + block(0, {"type": "thinking", "thinking": "", "signature": ""},
+                    [{"type": "thinking_delta", "thinking": "hm"}, {"type": "signature_delta", "signature": "sig-"},
+                     {"type": "signature_delta", "signature": "one"}])
+            + block(1, {"type": "text", "text": ""}, [{"type": "text_delta", "text": "signature_delta"}])
+            + block(2, {"type": "redacted_thinking", "data": "opaque-two"}, [])
+            + block(3, {"type": "thinking", "thinking": "", "signature": "sig-three"}, [])
+            + [enc({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 9}}),
+               enc({"type": "message_stop"})])
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.data())
+def test_the_signature_watch_records_what_the_whole_message_holds_however_the_batches_fall(data):
+    events = _thinking_stream()
+    cuts = sorted(data.draw(st.sets(st.integers(1, len(events) - 1), max_size=6)))
+    check, watched = agproxy.EventStreamCheck("up"), agproxy.SignatureBook()
+    watcher = agproxy.SignatureWatcher(watched, "up")
+    for a, b in zip([0] + cuts, cuts + [len(events)]):
+        watcher.feed(check.feed(b"".join(events[a:b])))
+    whole = agproxy.SignatureBook()
+    message = asyncio.run(agproxy.accumulate_events(agproxy.anthropic_events(ScriptedResponse([b"".join(events)]),
+                                                                             "up")))
+    whole.record_message(message, "up")
+    assert watched._owners == whole._owners and len(whole._owners) == 3  # sig-one, opaque-two, sig-three
+    assert watched.owner("sig-one") == "up" and watched.owner("signature_delta") is None
+
+
 def test_the_head_and_the_message_come_from_the_events_data():
     async def go() -> tuple:
         events = agproxy.anthropic_events(ScriptedResponse([START, BLOCK + delta("hé", True) + END]), "up")
