@@ -8251,7 +8251,7 @@ class Server(Application):
             record.local = "warmup"
             message = warmup_message(body["model"])
             record.add_usage(message.get("usage"))
-            return self._local_message(message, bool(body.get("stream")), headers + [("X-Warmup-Intercepted", "true")])
+            return message_answer(message, bool(body.get("stream")), headers + [("X-Warmup-Intercepted", "true")])
 
         async def attempt(upstream: Upstream, account: Account) -> Union[Response, StreamingResponse]:
             call = self._call(request, exchange, body, Route((upstream,), route.model), account)
@@ -8269,8 +8269,8 @@ class Server(Application):
             return self._relay(answer, call, record, pool)  # its usage comes as it is relayed
 
         return await run_attempts(pool, route, session_id(request.headers, body), self.config.max_retry_attempts,
-                                  attempt, clock=self.clock, sleep=self.sleep,
-                                  on_attempt=self._log_attempt(exchange, route.model), on_change=self.saver.save)
+                                  attempt, clock=self.clock, sleep=self.sleep, on_change=self.saver.save,
+                                  on_attempt=attempt_logger(self.log, exchange.record, route.model))
 
     def _call(self, request: Request, exchange: _Exchange, body: Dict[str, Any], route: Route,
               account: Account) -> Call:
@@ -8296,39 +8296,6 @@ class Server(Application):
             release()
 
         return StreamingResponse(200, _SSE_HEADERS + answer.headers, answer.relay(ended, record.fail), abort)
-
-    def _log_attempt(self, exchange: _Exchange, model: str) -> Callable[[int, Upstream, Account, Decision, int],
-                                                                         None]:
-        def log(number: int, upstream: Upstream, account: Account, decision: Decision, status: int) -> None:
-            status = int(status or 0)
-            exchange.record.attempts.append(AttemptRecord(upstream.name, account.name, status,
-                                                          attempt_outcome(status, decision), decision.reason))
-            if decision.reason == "ok":
-                self.log.debug("%s attempt %d: %s/%s answered", exchange.id, number, upstream.name, account.name)
-                return
-            then = "giving up" if not decision.retry else (
-                f"retrying {'the same account' if decision.same_account else 'on a free account, if any'}"
-                f"{f' in {decision.wait_s:.1f} s' if decision.wait_s else ''}")
-            rest = f"; account rests {decision.cooldown_s:.0f} s" + ("" if decision.rejected_key else
-                                                                     f" for {model}") if decision.cooldown_s else ""
-            # a rejected key, a refused model and an upstream's 404 (a route or model it has not) are
-            # the config's to fix: said above --log-level info's noise
-            level = logging.WARNING if decision.rejected_key or decision.model_refused or status == 404 \
-                else logging.INFO
-            self.log.log(level, "%s attempt %d: %s/%s status %s: %s%s; %s", exchange.id, number, upstream.name,
-                         account.name, status or "-", decision.reason, rest, then)
-        return log
-
-    def _local_message(self, message: Dict[str, Any], stream: bool, headers: Headers) -> Union[Response,
-                                                                                                StreamingResponse]:
-        """Answer with a Message made here, as JSON or as its event stream."""
-        if not stream:
-            return json_response(200, message, headers)
-        return StreamingResponse(200, _SSE_HEADERS + headers, _iterate(message_as_sse(message)), lambda: None)
-
-
-
-
 
 
     async def _count_tokens(self, request: Request, exchange: _Exchange) -> Response:
@@ -8366,8 +8333,8 @@ class Server(Application):
             return json_response(200, counted, headers + [("X-Account-Email", account.name)])
 
         return await run_attempts(pool, pooled, session_id(request.headers, body), self.config.max_retry_attempts,
-                                  attempt, clock=self.clock, sleep=self.sleep,
-                                  on_attempt=self._log_attempt(exchange, route.model), on_change=self.saver.save)
+                                  attempt, clock=self.clock, sleep=self.sleep, on_change=self.saver.save,
+                                  on_attempt=attempt_logger(self.log, exchange.record, route.model))
 
 
     async def _status_page(self, request: Request, exchange: _Exchange) -> Response:
@@ -8406,6 +8373,36 @@ class Server(Application):
         page = self.metrics.page(self.pool, self.clock(), self.http.streams_active, self.http.connections_active,
                                  self.counters)
         return Response(200, [("Content-Type", METRICS_CONTENT_TYPE)], page)
+
+
+def attempt_logger(log: logging.Logger, record: RequestRecord, model: str
+                   ) -> Callable[[int, Upstream, Account, Decision, int], None]:
+    """What :func:`run_attempts` calls after each attempt of a request: the attempt goes into the
+    request's record, and into the log (at debug when it answered; at WARNING when the config has
+    something to fix: a rejected key, a refused model, an upstream's 404)."""
+    def logged(number: int, upstream: Upstream, account: Account, decision: Decision, status: int) -> None:
+        status = int(status or 0)
+        record.attempts.append(AttemptRecord(upstream.name, account.name, status, attempt_outcome(status, decision),
+                                             decision.reason))
+        if decision.reason == "ok":
+            log.debug("%s attempt %d: %s/%s answered", record.request_id, number, upstream.name, account.name)
+            return
+        then = "giving up" if not decision.retry else (
+            f"retrying {'the same account' if decision.same_account else 'on a free account, if any'}"
+            f"{f' in {decision.wait_s:.1f} s' if decision.wait_s else ''}")
+        rest = f"; account rests {decision.cooldown_s:.0f} s" + ("" if decision.rejected_key else
+                                                                 f" for {model}") if decision.cooldown_s else ""
+        level = logging.WARNING if decision.rejected_key or decision.model_refused or status == 404 else logging.INFO
+        log.log(level, "%s attempt %d: %s/%s status %s: %s%s; %s", record.request_id, number, upstream.name,
+                account.name, status or "-", decision.reason, rest, then)
+    return logged
+
+
+def message_answer(message: Dict[str, Any], stream: bool, headers: Headers) -> Union[Response, StreamingResponse]:
+    """Answer with a whole Message: as JSON, or (asked for a stream) as its event stream."""
+    if not stream:
+        return json_response(200, message, headers)
+    return StreamingResponse(200, _SSE_HEADERS + list(headers), _iterate(message_as_sse(message)), lambda: None)
 
 
 async def list_upstream_models(client: UpstreamClient, adapter: Any, upstream: Upstream, account: Account,
@@ -8749,9 +8746,7 @@ class Adapter:
             facts.usage.update(message["usage"])
         if window:
             scale_usage(message.get("usage"), window, client_window)
-        if stream:  # asked for a stream, answered with a whole Message: the client still gets a stream
-            return StreamingResponse(200, _SSE_HEADERS + headers, _iterate(message_as_sse(message)), lambda: None)
-        return json_response(200, message, headers)
+        return message_answer(message, stream, headers)  # asked for a stream, a whole Message is sent as one
 
     def answer_events(self, response: UpstreamResponse, call: Call, estimate: int) -> AsyncIterator[List[Event]]:
         """The upstream's event stream as Anthropic events, in batches (:class:`Event` lists); a translated
