@@ -32,8 +32,8 @@ origin, host, key and route, the handler validates it, routes the model to upstr
 warmup locally or runs attempts over the account pool (run_attempts); each attempt is its kind's
 Adapter.messages(call): prepare the request (clean-up, translation, what the upstream rejected),
 send, heal past a 400 that names what to drop, then turn the answer into Anthropic events
-(answer_events) and relay them (first_events, relay_events) or assemble them
-(accumulate_events); what the attempt learned (lessons, windows, changes, the answer's usage) it
+(answer_events: Event objects, decoded once) and relay them (first_events, relay_events, which
+encodes each batch once, on its way out) or assemble them (accumulate_events); what the attempt learned (lessons, windows, changes, the answer's usage) it
 leaves in the call's facts, which the gateway applies. The request's record, filled on the way,
 goes to the access log and the other readers when its answer ends (Server.finished). A new
 upstream kind is one Adapter subclass in ADAPTERS plus its translators.
