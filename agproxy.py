@@ -562,6 +562,37 @@ class Upstream:
     credentials: Tuple[str, ...] = dataclasses.field(default=(), repr=False)
 
 
+def key_sha256(key: str) -> str:
+    """A key's SHA-256 as ``sha256sum`` prints it (lowercase hex of its UTF-8 bytes): what
+    ``clients[].api_key_sha256`` holds, and what a presented key is compared by."""
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+@dataclasses.dataclass(frozen=True)
+class Client:
+    """A person or a job with a key of its own (``clients``): the models and upstreams it may use,
+    and its limits (0: none). Only the key's SHA-256 is compared; a key given in plain text is kept
+    too, so that the redactor hides it."""
+
+    name: str
+    key_sha256: str = dataclasses.field(repr=False)
+    api_key: str = dataclasses.field(default="", repr=False)
+    models: Tuple[str, ...] = ("*",)
+    upstreams: Tuple[str, ...] = ()  # empty: every upstream
+    max_concurrency: int = 0
+    requests_per_minute: int = 0
+    tokens_per_day: int = 0
+
+    def may_use(self, model: str) -> bool:
+        """Whether ``models`` (globs) lets this client ask for ``model``."""
+        return any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models)
+
+    def limits(self) -> Dict[str, int]:
+        """The limits under the config's names."""
+        return {"max_concurrency": self.max_concurrency, "requests_per_minute": self.requests_per_minute,
+                "tokens_per_day": self.tokens_per_day}
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelRule:
     """A ``model_map`` entry: the first rule whose glob fits the requested model wins."""
@@ -579,6 +610,11 @@ class Config:
     port: int = DEFAULT_PORT
     auth_mode: str = "auto"
     api_key: str = dataclasses.field(default="", repr=False)
+    #: guards agproxy's own routes (accounts, stats, usage, reload, the status page's data, /metrics);
+    #: without it, api_key does
+    admin_api_key: str = dataclasses.field(default="", repr=False)
+    #: a key per person or job (Teams), beside api_key
+    clients: Tuple[Client, ...] = ()
     upstreams: Tuple[Upstream, ...] = ()
     model_map: Tuple[ModelRule, ...] = ()
     max_retry_attempts: int = 3
@@ -616,7 +652,8 @@ class Config:
         """Every secret agproxy holds, for the :class:`Redactor`: its own key, each account's, the
         credentials in each upstream's ``headers`` and ``extra_body``, and those of the proxy
         that ``environ``'s ``HTTPS_PROXY``/``HTTP_PROXY`` name (:func:`proxy_credentials`)."""
-        return [self.api_key] + [a.api_key for u in self.upstreams for a in u.accounts] + \
+        return [self.api_key, self.admin_api_key] + [c.api_key for c in self.clients] + \
+            [a.api_key for u in self.upstreams for a in u.accounts] + \
             [c for u in self.upstreams for c in u.credentials] + proxy_credentials(environ or {})
 
     def effective_auth_mode(self) -> str:
@@ -1042,6 +1079,8 @@ def config_from_dict(raw: Any, environ: Dict[str, str], source: str, unset_as_pl
             if target not in names:
                 raise ConfigError(f"model_map[{i}].upstream: no upstream is named {target!r}")
         rules.append(ModelRule(rule.text("match", required=True), tuple(targets), rule.text("model")))
+    api_key, admin_key = fields.secret("api_key"), fields.secret("admin_api_key")
+    clients = _parse_clients(fields.get("clients", list, []), names, api_key, admin_key)
     d = Config()  # every default is written once, in the dataclass
     body_limit = fields.integer("max_body_bytes", d.max_body_bytes, 1024)
     inflight_limit = fields.integer("max_inflight_body_bytes", max(d.max_inflight_body_bytes, body_limit), 1024)
@@ -1052,7 +1091,9 @@ def config_from_dict(raw: Any, environ: Dict[str, str], source: str, unset_as_pl
         host=fields.text("host", d.host),
         port=fields.integer("port", d.port, 0, 65535),
         auth_mode=fields.choice("auth_mode", AUTH_MODES, d.auth_mode),
-        api_key=fields.secret("api_key"),
+        api_key=api_key,
+        admin_api_key=admin_key,
+        clients=clients,
         upstreams=upstreams,
         model_map=tuple(rules),
         max_retry_attempts=fields.integer("max_retry_attempts", d.max_retry_attempts, 1, 20),
@@ -1094,8 +1135,14 @@ def config_changes(before: Config, after: Config) -> List[str]:
         old, new = getattr(before, name), getattr(after, name)
         if old == new:
             continue
-        if name == "api_key":
-            changes.append("api_key changed")
+        if name in ("api_key", "admin_api_key"):
+            changes.append(f"{name} changed")
+        elif name == "clients":
+            old_clients, new_clients = {c.name: c for c in old}, {c.name: c for c in new}
+            changes += [f"client {n!r} removed" for n in sorted(old_clients.keys() - new_clients.keys())]
+            changes += [f"client {n!r} added" for n in sorted(new_clients.keys() - old_clients.keys())]
+            changes += [f"client {n!r} changed" + (" (a new key)" if old_clients[n].key_sha256 != c.key_sha256 else "")
+                        for n, c in sorted(new_clients.items()) if n in old_clients and old_clients[n] != c]
         elif name in RESTART_SETTINGS:
             changes.append(f"{name}: {json.dumps(old)} -> {json.dumps(new)} needs a restart (until then agproxy "
                            f"keeps {json.dumps(old)})")
@@ -1132,6 +1179,52 @@ def config_changes(before: Config, after: Config) -> List[str]:
     if before.model_map != after.model_map:
         changes.append(f"model_map changed ({len(after.model_map)} rule(s))")
     return sorted(changes, key=lambda line: "needs a restart" not in line)
+
+
+#: The keys of a ``clients`` entry.
+_CLIENT_KEYS = ("name", "api_key", "api_key_sha256", "models", "upstreams", "max_concurrency", "requests_per_minute",
+                "tokens_per_day")
+#: A client's name: it is shown in logs, metrics labels, the ledger and the page.
+_CLIENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+\-]{0,63}")
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def _parse_clients(entries: List[Any], upstream_names: Sequence[str], api_key: str, admin_key: str
+                   ) -> Tuple[Client, ...]:
+    """``clients``: each entry checked; names and keys unique, and no client's key is agproxy's
+    ``api_key`` or ``admin_api_key`` (a key is named by its client, never shown)."""
+    clients: List[Client] = []
+    owners: Dict[str, str] = {key_sha256(k): what for k, what in ((api_key, "api_key"), (admin_key, "admin_api_key"))
+                              if k}
+    for i, obj in enumerate(entries):
+        where = f"clients[{i}]"
+        entry = _Fields(obj, where, _CLIENT_KEYS)
+        name = entry.text("name", required=True)
+        if not _CLIENT_NAME.fullmatch(name):
+            raise ConfigError(f"{where}.name: must be 1 to 64 letters, digits or . _ @ + - (it is shown in logs and "
+                              f"metrics), got {_shown(name)}")
+        if any(c.name == name for c in clients):
+            raise ConfigError(f"{where}.name: {name!r} is used twice")
+        plain, hashed = entry.secret("api_key"), entry.text("api_key_sha256", "")
+        if bool(plain) == bool(hashed):
+            raise ConfigError(f"{where}: give exactly one of api_key and api_key_sha256")
+        if hashed and not _SHA256_HEX.fullmatch(hashed):
+            raise ConfigError(f"{where}.api_key_sha256: must be 64 lowercase hex digits, as `printf %s KEY | "
+                              "sha256sum` prints them")
+        digest = hashed or key_sha256(plain)
+        if digest in owners:
+            raise ConfigError(f"{where}: its key is also {owners[digest]}'s; every key must be its own")
+        owners[digest] = f"client {name!r}"
+        allowed = entry.strings("upstreams")
+        for target in allowed:
+            if target not in upstream_names:
+                raise ConfigError(f"{where}.upstreams: no upstream is named {_shown(target)}")
+        models = entry.strings("models") if "models" in obj else ("*",)
+        clients.append(Client(name, digest, plain, models or ("*",), allowed,
+                              entry.integer("max_concurrency", 0, 0, 100000),
+                              entry.integer("requests_per_minute", 0, 0, 10**9),
+                              entry.integer("tokens_per_day", 0, 0, 10**15)))
+    return tuple(clients)
 
 
 def default_state_file(environ: Dict[str, str], config_path: str = "") -> str:
@@ -7159,12 +7252,13 @@ class _Exchange:
     client leaves (a read of the upstream waiting on it is cut)."""
 
     def __init__(self, request: Request, on_client_gone: List[Callable[[], None]], record: RequestRecord,
-                 admitted: bool = False) -> None:
+                 admission: Any = None) -> None:
         self.request = request
         self.on_client_gone = on_client_gone
         self.record = record
-        #: the application's ``admit`` passed on the request's head already, so ``handle`` need not check again
-        self.admitted = admitted
+        #: what the application's ``admit`` made of the request's head, when it ran on the head alone
+        #: (None: not yet, so ``handle`` admits it); the application's own value, opaque to the shell
+        self.admission = admission
 
     @property
     def id(self) -> str:
@@ -7187,7 +7281,8 @@ class _Connection:
         self.body_held = 0  # bytes of max_inflight_body_bytes its request holds
         self.on_gone: List[Callable[[], None]] = []
         self.head: Optional[Request] = None  # the request whose head was read last (a refusal names it)
-        self.admitted = False  # the application admitted that head already (a bodied one, before its body)
+        #: what the application made of that head when it admitted it already (a bodied one, before its body)
+        self.admission: Any = None
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.client_ip = str(peer[0]) if isinstance(peer, tuple) else str(peer)
@@ -7214,7 +7309,8 @@ class Application:
     raises an :class:`AgproxyError` to refuse it); ``handle`` answers a whole request; ``finished``
     is told of every request's record once its answer has ended, refused and cut ones included."""
 
-    def admit(self, request: Request) -> None:
+    def admit(self, request: Request) -> Any:
+        """Check a request's head; what it returns is handed back as ``exchange.admission``."""
         raise NotImplementedError
 
     async def handle(self, request: Request, exchange: _Exchange) -> Union[Response, StreamingResponse]:
@@ -7387,7 +7483,7 @@ class HttpServer:
         loop = asyncio.get_running_loop()
         deadline: Optional[float] = None
         what = ""
-        in_body = conn.admitted = False
+        in_body, conn.admission = False, None
         conn.head = None
         while True:
             event = conn.parser.next_event()
@@ -7399,10 +7495,10 @@ class HttpServer:
             if isinstance(event, HeadReady):
                 conn.head = event.request
                 if event.has_body:
-                    self.app.admit(event.request)  # refuse before reading (and buffering) the body
+                    conn.admission = self.app.admit(event.request)  # refuse before reading (and buffering) the body
                     _, length = request_body_framing(event.request.version, event.request.headers)
                     self._check_body_fits(length)
-                    in_body = conn.admitted = True
+                    in_body = True
                 if event.request.expects_continue:
                     conn.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
                 deadline, what = loop.time() + config.body_timeout_s, "request body"
@@ -7452,7 +7548,7 @@ class HttpServer:
     async def _answer(self, conn: _Connection, request: Request) -> bool:
         """Route one request, write its response and record it; True if the connection stays open."""
         record = RequestRecord(new_request_id(), conn.client_ip, request.method, request.path[:MAX_RECORD_PATH_CHARS])
-        exchange = _Exchange(request, conn.on_gone, record, conn.admitted)
+        exchange = _Exchange(request, conn.on_gone, record, conn.admission)
         watcher = asyncio.ensure_future(self._watch_for_departure(conn, request.version))
         routing = asyncio.ensure_future(self.app.handle(request, exchange))
         conn.on_gone.append(routing.cancel)  # a client that leaves stops retries and waits at once
@@ -7852,6 +7948,39 @@ class StateSaver:
             await self._saving
 
 
+@dataclasses.dataclass(frozen=True)
+class Caller:
+    """Who a request's key says sent it: a client (``clients``), agproxy's admin (``admin_api_key``,
+    or ``api_key`` where there is none), the holder of ``api_key``, or nobody known (auth off)."""
+
+    client: Optional[Client] = None
+    admin: bool = False
+
+
+def permitted_route(caller: Caller, route: Route, model: str) -> Route:
+    """The part of ``route`` the caller may use: a client only the models and upstreams its entry
+    allows; anything else is a 403 ``permission_error`` naming the model (never a 404, which would
+    say what exists)."""
+    client = caller.client
+    if client is None:
+        return route
+    if not client.may_use(model):
+        raise PermissionDenied(f"client {client.name!r} may not use model {model[:200]!r} (its models: "
+                               f"{', '.join(client.models)[:300]})")
+    upstreams = tuple(u for u in route.upstreams if not client.upstreams or u.name in client.upstreams)
+    if not upstreams:
+        raise PermissionDenied(f"client {client.name!r} may not use model {model[:200]!r}: it is served by "
+                               f"upstream(s) {', '.join(u.name for u in route.upstreams)}, and the client may use "
+                               f"only {', '.join(client.upstreams)}")
+    return Route(upstreams, route.model)
+
+
+def is_admin_route(path: str) -> bool:
+    """agproxy's own routes, which the admin key guards: every ``/v1/agproxy/`` route but ``/me``, and
+    ``/metrics``."""
+    return path == "/metrics" or (path.startswith("/v1/agproxy/") and path != "/v1/agproxy/me")
+
+
 class FrontDoor:
     """What a request must pass before a handler runs, checked on its head alone (before its body
     is read): the browser origin, the Host (DNS rebinding), the ``/v1/v1`` mistake, agproxy's key,
@@ -7871,9 +8000,10 @@ class FrontDoor:
         self.config = config
         self.auth_mode = config.effective_auth_mode()
 
-    def admit(self, request: Request) -> None:
+    def admit(self, request: Request) -> Caller:
         """The checks a request's head must pass before its body is read: browser origin, Host,
-        the ``/v1/v1`` mistake, agproxy's key, and a route for the path and method."""
+        the ``/v1/v1`` mistake, the key (who sent it: :class:`Caller`; agproxy's own routes need
+        the admin's), and a route for the path and method."""
         path = request.path
         self._check_origin(request)
         self._check_host(request)
@@ -7888,11 +8018,16 @@ class FrontDoor:
                 "agproxy adds /v1 itself)"
             )
         if request.method == "OPTIONS":
-            return
-        if (self.auth_mode == "strict" or (self.auth_mode == "all_except_health" and path != "/healthz")) \
-                and not asks_for_status_page(request):  # the page holds no data; its data needs the key
-            self._check_key(request)
+            return Caller()
+        required = (self.auth_mode == "strict" or (self.auth_mode == "all_except_health" and path != "/healthz")) \
+            and not asks_for_status_page(request)  # the page holds no data; its data needs the key
+        caller = self.identify(request, required)
+        if required and is_admin_route(path) and not caller.admin:
+            whose = f"client {caller.client.name!r}'s" if caller.client else "agproxy's api_key, not its admin_api_key"
+            raise PermissionDenied(f"{path[:100]} is one of agproxy's own routes, for its admin_api_key; this key is "
+                                   f"{whose}")
         self.handler(request)
+        return caller
 
     def handler(self, request: Request) -> Callable[[Request, _Exchange], Any]:
         """The handler of a request's path and method; 404 or 405 (with ``Allow``) when none."""
@@ -7940,14 +8075,34 @@ class FrontDoor:
             status=421, error_type="permission_error",
         )
 
-    def _check_key(self, request: Request) -> None:
-        if not self.config.api_key:
-            raise AuthenticationFailed("agproxy has auth on but no api_key configured; set api_key in its config")
+    def identify(self, request: Request, required: bool) -> Caller:
+        """Who sent the request, by its key: every key agproxy knows is compared in constant time
+        (a client's by its SHA-256). With ``required`` (auth on), no key or an unknown one is a 401;
+        else the request is anonymous."""
+        config = self.config
+        if required and not config.api_key and not config.clients:
+            raise AuthenticationFailed("agproxy has auth on but no api_key (nor clients) configured; set api_key in "
+                                       "its config")
         keys = presented_keys(request)
         if not keys:
-            raise AuthenticationFailed("missing API key: send agproxy's api_key as x-api-key or Authorization: Bearer")
-        if not key_matches(self.config.api_key, keys):
-            raise AuthenticationFailed("invalid API key for agproxy (it is agproxy's api_key, not an upstream's key)")
+            if required:
+                raise AuthenticationFailed("missing API key: send agproxy's api_key as x-api-key or Authorization: "
+                                           "Bearer")
+            return Caller()
+        admin_key = config.admin_api_key or config.api_key
+        admin = key_matches(admin_key, keys)
+        known = admin or key_matches(config.api_key, keys)
+        digests = [key_sha256(key).encode() for key in keys]
+        client: Optional[Client] = None
+        for candidate in config.clients:  # every one compared, so the time says nothing of which matched
+            if any(hmac.compare_digest(candidate.key_sha256.encode(), digest) for digest in digests):
+                client = candidate
+        if client is None and not known:
+            if required:
+                raise AuthenticationFailed("invalid API key for agproxy (it is agproxy's api_key or a client's, not "
+                                           "an upstream's key)")
+            return Caller()
+        return Caller(client, admin)
 
     def preflight(self, request: Request) -> Response:
         """CORS preflight for an allowed origin (the origin check has already run)."""
@@ -8033,6 +8188,7 @@ class Server(Application):
             "/agproxy": {"GET": self._status_page},
             STATUS_DATA_PATH: {"GET": self._status},
             "/v1/agproxy/reload": {"POST": self._reload},
+            "/v1/agproxy/me": {"GET": self._me},
         }
         self.board = StatusBoard(clock(), self.usage, self.redact.text)
         self.record_readers.append(self.board.read)
@@ -8131,14 +8287,17 @@ class Server(Application):
                 "windows": self.windows.to_json(self.config.upstreams), "usage": self.usage.to_json(),
                 "pid": os.getpid()}  # `agproxy state clear` leaves the file of a running agproxy alone
 
-    def admit(self, request: Request) -> None:
-        """The front door's checks of a request's head (:class:`FrontDoor`)."""
-        self.door.admit(request)
+    def admit(self, request: Request) -> Caller:
+        """The front door's checks of a request's head (:class:`FrontDoor`): who sent it."""
+        return self.door.admit(request)
 
     async def handle(self, request: Request, exchange: _Exchange) -> Union[Response, StreamingResponse]:
         """Admit the request (unless its head was) and run its handler."""
-        if not exchange.admitted:
-            self.admit(request)
+        if exchange.admission is None:
+            exchange.admission = self.admit(request)
+        caller: Caller = exchange.admission
+        if caller.client is not None:
+            exchange.record.client = caller.client.name
         if request.method == "OPTIONS":
             return self.door.preflight(request)
         handler = self.door.handler(request)
@@ -8164,21 +8323,27 @@ class Server(Application):
         return Response(200, [("Content-Type", "application/json")], b"")
 
     async def _models(self, request: Request, exchange: _Exchange) -> Response:
-        data = await self.catalog.models()
-        return json_response(200, {"data": data, "has_more": False,
-                                   "first_id": data[0]["id"], "last_id": data[-1]["id"]})
+        data = self._listed(exchange, await self.catalog.models())
+        return json_response(200, {"data": data, "has_more": False, "first_id": data[0]["id"] if data else None,
+                                   "last_id": data[-1]["id"] if data else None})
+
+    @staticmethod
+    def _listed(exchange: _Exchange, models: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+        """The models a client may use, of those listed (everyone else sees them all)."""
+        client = exchange.admission.client
+        return models if client is None else [m for m in models if client.may_use(m["id"])]
 
     async def _models_openai(self, request: Request, exchange: _Exchange) -> Response:
         data = [{"id": m["id"], "object": "model", "created": _MODELS_CREATED, "owned_by": "agproxy"}
-                for m in await self.catalog.models()]
+                for m in self._listed(exchange, await self.catalog.models())]
         return json_response(200, {"object": "list", "data": data})
 
     async def _model(self, request: Request, exchange: _Exchange) -> Response:
         model_id = urllib.parse.unquote(request.path[len("/v1/models/"):])
+        permitted_route(exchange.admission, route_model(self.config, model_id), model_id)
         for model in await self.catalog.models():
             if model["id"] == model_id:
                 return json_response(200, model)
-        route_model(self.config, model_id)  # a model the map routes is served even if unlisted
         return json_response(200, _model_object(model_id, model_id))
 
     def _json_body(self, request: Request) -> Dict[str, Any]:
@@ -8195,7 +8360,7 @@ class Server(Application):
         record.model, record.stream = str(body.get("model"))[:200], body.get("stream") is True
         validate_messages_request(body)
         pool = self.pool  # what the request began with, whatever a reload brings meanwhile
-        route = route_model(self.config, body["model"])
+        route = permitted_route(exchange.admission, route_model(self.config, body["model"]), body["model"])
         record.mapped_model, record.upstream = route.model, route.upstream.name
         headers: Headers = [("X-Mapped-Model", route.model)]
         if self.config.warmup_interception and is_warmup(body):
@@ -8289,7 +8454,7 @@ class Server(Application):
         record.model = str(body.get("model"))[:200]
         validate_messages_request(body, count_tokens=True)
         pool = self.pool  # what the request began with, whatever a reload brings meanwhile
-        route = route_model(self.config, body["model"])
+        route = permitted_route(exchange.admission, route_model(self.config, body["model"]), body["model"])
         record.mapped_model, record.upstream = route.model, route.upstream.name
         headers: Headers = [("X-Mapped-Model", route.model)]
         window = self.windows.window(route.upstream, route.model)
@@ -8330,6 +8495,19 @@ class Server(Application):
         status = self.board.snapshot(self.clock(), self.http.in_flight - 1, self.config.upstreams, self.pool,
                                      self.learned, self.windows, self.counters)
         return json_response(200, status, [("Cache-Control", "no-store")])
+
+    async def _me(self, request: Request, exchange: _Exchange) -> Response:
+        """A client's own entry: its models, upstreams, limits, and its usage today (UTC)."""
+        client = exchange.admission.client
+        if client is None:
+            raise PermissionDenied("GET /v1/agproxy/me answers for a client's key (see clients in agproxy's config); "
+                                   "this request carries none")
+        day = _utc_day(self.clock())
+        rows = [row for row in self.usage.rows(day, day, ("client",)) if row["client"] == client.name]
+        today = {name: rows[0][name] if rows else 0 for name in USAGE_COUNTS}
+        return json_response(200, {"client": client.name, "models": list(client.models),
+                                   "upstreams": list(client.upstreams) or [u.name for u in self.config.upstreams],
+                                   "limits": client.limits(), "usage": {"today": dict(today, day=day)}})
 
     async def _reload(self, request: Request, exchange: _Exchange) -> Response:
         """``POST /v1/agproxy/reload`` (an empty body): read the config file again, as SIGHUP does."""
@@ -11275,11 +11453,51 @@ def _state_command(argv: List[str]) -> int:
     return 0
 
 
+#: Random bytes in a key ``agproxy keys new`` makes: 256 bits, 43 characters of base64url.
+_NEW_KEY_BYTES = 32
+
+
+def _keys_command(argv: List[str]) -> int:
+    """``agproxy keys new NAME``: a fresh client key, printed once, and the entry to paste into
+    ``clients`` (which holds only its SHA-256); ``agproxy keys list``: each client's name and the
+    fingerprint of its key (the SHA-256's first 12 hex digits), never a key."""
+    parser = argparse.ArgumentParser(prog="agproxy keys", description="Make a key for a client, or list the "
+                                     "clients of a config with their keys' fingerprints.")
+    actions = parser.add_subparsers(dest="action", required=True)
+    new = actions.add_parser("new", help="print a fresh key once, and the config entry to paste")
+    new.add_argument("name", help="the client's name: a person or a job")
+    listed = actions.add_parser("list", help="the config's clients and their keys' fingerprints")
+    listed.add_argument("--config", help="config file (default: the same lookup as agproxy itself)")
+    args = parser.parse_args(argv)
+    if args.action == "new":
+        if not _CLIENT_NAME.fullmatch(args.name):
+            print(f"keys: the name must be 1 to 64 letters, digits or . _ @ + -, got {_shown(args.name)}",
+                  file=sys.stderr)
+            return 2
+        key = "agp-" + base64.urlsafe_b64encode(os.urandom(_NEW_KEY_BYTES)).decode().rstrip("=")
+        print(f"key for {args.name} (shown once; agproxy keeps only its SHA-256):\n{key}\n")
+        print("add to \"clients\" in agproxy's config:")
+        print(json.dumps({"name": args.name, "api_key_sha256": key_sha256(key)}))
+        return 0
+    try:
+        config = load_config(args.config, {}, unset_as_placeholder=True)
+    except ConfigError as exc:
+        print(f"config: {exc.message}", file=sys.stderr)
+        return 2
+    if not config.clients:
+        print(f"keys: {config.source} has no clients")
+    for client in config.clients:
+        print(f"{client.name}\t{client.key_sha256[:12]}")
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run agproxy (or ``agproxy check`` / ``agproxy state``); returns the process exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["state"]:
         return _state_command(argv[1:])
+    if argv[:1] == ["keys"]:
+        return _keys_command(argv[1:])
     check = argv[:1] == ["check"]
     args = _arg_parser(check).parse_args(argv[1:] if check else argv)
     overrides = {} if check else {"host": args.host, "port": args.port, "log_level": args.log_level}
