@@ -10795,8 +10795,6 @@ CLIENT_BUSY_RETRY_S = 5
 #: says its seconds held: a client of a larger requests_per_minute is restored this full, not fuller
 #: (a hand-edited count of 10^9 must not allocate 10^9 times).
 MAX_RESTORED_WINDOW = 100000
-#: The limits under their config names, as a refusal and ``agproxy_client_limited_total`` name them.
-CLIENT_LIMITS = ("max_concurrency", "requests_per_minute", "tokens_per_day")
 
 
 def generates(method: str, path: str) -> bool:
@@ -10812,12 +10810,14 @@ def seconds_to_utc_midnight(now: float) -> float:
 
 
 class ClientLimited(AgproxyError):
-    """A client over one of its own limits (``clients[]``, :data:`CLIENT_LIMITS`): a 429 that names
-    the client (never its key) and the limit, with ``retry-after`` in whole seconds. Never an
-    upstream's 429: no account was asked, nor its state touched. A day's budget spent carries
-    ``x-should-retry: false`` (``final``): no retry helps for hours, and Claude Code would otherwise
-    wait out the retry-after or retry it ten times; the minute window and concurrency clear within
-    seconds, so a client may retry them after ``retry-after``."""
+    """A client over one of its own limits (``clients[]``: :meth:`Client.limits` names them): a 429
+    that names the client (never its key) and the limit, with ``retry-after`` in whole seconds.
+    Never an upstream's 429: no account was asked, nor its state touched. A day's budget spent
+    carries ``x-should-retry: false`` (``final``): no retry helps for hours, and an SDK would
+    otherwise sleep them (the TypeScript SDK honours any retry-after) or retry at once (the Python
+    SDK backs off a second past a retry-after over 60 s); Claude Code gives up on such a wait by
+    itself. The minute window and concurrency clear within a minute, so a client may retry them
+    after ``retry-after``, as Claude Code does."""
 
     status = 429
     error_type = "rate_limit_error"
