@@ -10813,11 +10813,10 @@ class ClientLimited(AgproxyError):
     """A client over one of its own limits (``clients[]``: :meth:`Client.limits` names them): a 429
     that names the client (never its key) and the limit, with ``retry-after`` in whole seconds.
     Never an upstream's 429: no account was asked, nor its state touched. A day's budget spent
-    carries ``x-should-retry: false`` (``final``): no retry helps for hours, and an SDK would
-    otherwise sleep them (the TypeScript SDK honours any retry-after) or retry at once (the Python
-    SDK backs off a second past a retry-after over 60 s); Claude Code gives up on such a wait by
-    itself. The minute window and concurrency clear within a minute, so a client may retry them
-    after ``retry-after``, as Claude Code does."""
+    carries ``x-should-retry: false`` (``final``): no retry helps for hours, and the Anthropic SDKs
+    would otherwise sleep them (they honour a retry-after of any length); Claude Code gives up on a
+    retry-after over 60 s by itself. The minute window and concurrency clear within a minute, so a
+    client may retry them after ``retry-after``, as Claude Code does."""
 
     status = 429
     error_type = "rate_limit_error"
