@@ -10795,6 +10795,8 @@ CLIENT_BUSY_RETRY_S = 5
 #: says its seconds held: a client of a larger requests_per_minute is restored this full, not fuller
 #: (a hand-edited count of 10^9 must not allocate 10^9 times).
 MAX_RESTORED_WINDOW = 100000
+#: A second of a saved minute window: a Unix time in ASCII digits (``str.isdigit`` takes "²" too).
+_UNIX_SECOND = re.compile(r"[0-9]{1,12}")
 
 
 def generates(method: str, path: str) -> bool:
@@ -10981,10 +10983,10 @@ class ClientLimits:
             if window is None or not _state_value_ok(seconds, "integers"):
                 continue
             room = min(self._clients[name].requests_per_minute, MAX_RESTORED_WINDOW)
-            for second, count in sorted(((s, c) for s, c in seconds.items() if s.isdigit()), key=lambda sc: int(sc[0]),
-                                        reverse=True):  # the newest first, while there is room
+            saved = sorted(((int(s), c) for s, c in seconds.items() if _UNIX_SECOND.fullmatch(s)), reverse=True)
+            for second, count in saved:  # the newest first, while there is room
                 taken = min(max(0, count), room)
-                window.extendleft([int(second) + 1 - 1e-3] * taken)
+                window.extendleft([second + 1 - 1e-3] * taken)
                 room -= taken
             self._trimmed(window, now)
 

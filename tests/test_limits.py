@@ -17,6 +17,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 import agproxy
 from tests.conftest import fake_config
 from tests.fakes.anthropic_upstream import Sse, text_stream
@@ -183,6 +186,32 @@ def test_a_state_files_bad_limits_section_is_said_and_skipped(tmp_path):
     assert limits.state(agproxy.Client("alice", "0" * 64)) == {"in_flight": 0, "waiting": 0,
                                                                "requests_last_minute": 3, "tokens_today": 0}
     assert list(limits.to_json()) == ["alice"]  # only configured clients are kept
+
+
+_LEAF = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=12)
+_JSON = st.recursive(_LEAF, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner,
+                                                                                         max_size=4), max_leaves=20)
+#: what a saved second may be: any text, a number's digits, or digits of any script (² is a digit to str.isdigit)
+_SECONDS = st.dictionaries(st.text(max_size=12) | st.integers(0, 2**40).map(str) |
+                           st.text(st.characters(whitelist_categories=("Nd", "No")).filter(str.isdigit), min_size=1,
+                                   max_size=14),
+                           st.integers(), max_size=6)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(["alice", "bob", "nobody"]),
+                       _JSON | st.fixed_dictionaries({}, optional={"day": st.text(max_size=10) | _LEAF,
+                                                                   "tokens": st.integers() | _LEAF,
+                                                                   "window": _SECONDS | _JSON})) | _JSON)
+def test_whatever_a_state_file_says_of_the_limits_is_taken_or_skipped_within_bounds(section):
+    clients = [agproxy.Client("alice", "0" * 64, requests_per_minute=3, tokens_per_day=10),
+               agproxy.Client("bob", "1" * 64)]
+    limits = agproxy.ClientLimits(clients, time.time)
+    limits.load_json(section)
+    now = limits.state(clients[0])
+    assert now["requests_last_minute"] <= 3 and now["tokens_today"] >= 0
+    json.dumps(limits.to_json())
+    assert set(limits.to_json()) <= {"alice", "bob"}
 
 
 def test_a_reload_keeps_the_counters_of_clients_that_remain_and_locks_a_removed_one_out(start_agproxy, fake):
