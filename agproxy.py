@@ -8161,9 +8161,8 @@ class Server(Application):
         self.usage.load_json((state or {}).get("usage"), clock())
         self.usage_counter = UsageCounter(self.usage, clock, self.saver.save if persist else None)
         self.record_readers.append(self.usage_counter.read)
-        self.limits = ClientLimits(config.clients, clock, lambda client, limit: self.metrics.client_limited.inc(
-            (client, limit)))
-        self.limits.load_json((state or {}).get("client_limits"))
+        self.limits = ClientLimits(config.clients, clock, self.metrics.client_limited,
+                                   (state or {}).get("client_limits"))
         self.record_readers.append(self.limits.read)
         for line in self.pool.load_json((state or {}).get("accounts"), clock()):
             self.log.info("restored from the state file: %s (stop agproxy and run `agproxy state clear` to forget it)",
@@ -9961,10 +9960,9 @@ class Metrics:
                                     "were ended by an error event: the upstream's, a break, a timeout.",
                                     ("upstream", "model"), shown)
         # a client's own limit refusing a request (a 429 with no upstream), never an upstream's 429
-        self.client_limited = CounterFamily("agproxy_client_limited_total", "Requests refused (429) because their "
-                                            "client was over one of its own limits in agproxy's config: "
-                                            "max_concurrency, requests_per_minute, tokens_per_day.",
-                                            ("client", "limit"), shown)
+        self.limited = CounterFamily("agproxy_client_limited_total", "Requests refused (429) because their "
+                                     "client was over one of its own limits in agproxy's config: max_concurrency, "
+                                     "requests_per_minute, tokens_per_day.", ("client", "limit"), shown)
         #: the bound of the sanitizer's change kinds, kept across scrapes so the first 100 stay theirs
         self._changes = LabelValues(shown)
 
@@ -9997,6 +9995,10 @@ class Metrics:
         """Count a context window learned from an upstream's error."""
         self.lessons.inc((upstream, "window"))
 
+    def client_limited(self, client: str, limit: str) -> None:
+        """Count a request refused because its client was over one of its own limits."""
+        self.limited.inc((client, limit))
+
     def page(self, pool: AccountPool, now: float, streams: int, connections: int,
              counters: Dict[str, int]) -> bytes:
         """The whole page: the counters, the accounts' states now, the open streams and connections,
@@ -10022,7 +10024,7 @@ class Metrics:
                 changes.inc((self._changes(name),), count)
         python = ".".join(str(part) for part in sys.version_info[:3])
         families: List[MetricFamily] = [self.requests, self.attempts, self.duration, self.ttft, self.tokens, state,
-                                        rest, changes, self.lessons, self.broken, self.client_limited]
+                                        rest, changes, self.lessons, self.broken, self.limited]
         for name, value, help_text in (("agproxy_streams_active", streams, "Streaming answers being written now."),
                                        ("agproxy_connections_active", connections, "Open client connections.")):
             families.append(GaugeFamily(name, help_text))
@@ -10841,11 +10843,11 @@ class ClientLimits:
     then is refused). A request's place is freed when its answer has ended (:meth:`read`, one of
     ``Server.record_readers``), streamed, refused or cut. Only configured clients' counters are kept
     (:meth:`reconfigure` keeps those of the clients a reload leaves, by name); the windows and the
-    day's tokens go to the state file. ``clock`` is the server's (windows and days); the wait for a
-    place polls in real time, as the wait for an account's slot does."""
+    day's tokens go to the state file (``saved``: what it kept). ``clock`` is the server's (windows
+    and days); the wait for a place polls in real time, as the wait for an account's slot does."""
 
     def __init__(self, clients: Sequence[Client], clock: Callable[[], float],
-                 refused: Callable[[str, str], None] = lambda client, limit: None) -> None:
+                 refused: Callable[[str, str], None] = lambda client, limit: None, saved: Any = None) -> None:
         self.clock = clock
         #: told of each refusal, by client and limit (``agproxy_client_limited_total``)
         self.refused = refused
@@ -10856,6 +10858,7 @@ class ClientLimits:
         self._waiting: Dict[str, int] = {}
         self._places: Dict[str, str] = {}  # request id -> the client whose place it holds
         self.reconfigure(clients)
+        self.load_json(saved)
 
     def reconfigure(self, clients: Sequence[Client]) -> None:
         """Run on these clients from now on: those that remain (by name) keep their counters, under
