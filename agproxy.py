@@ -10942,7 +10942,8 @@ class ClientLimits:
                 del self._in_flight[name]
         if record.client in self._clients and record.tokens and generates(record.method, record.path):
             now = self.clock()
-            self._days[record.client] = (utc_day(now), self.tokens_today(record.client, now) + record.tokens)
+            self._days[record.client] = (utc_day(now), min(self.tokens_today(record.client, now) + record.tokens,
+                                                           _MAX_LEDGER_COUNT))
 
     def state(self, client: Client) -> Dict[str, int]:
         """Where a client stands now (``GET /v1/agproxy/me``)."""
@@ -10972,7 +10973,8 @@ class ClientLimits:
     def load_json(self, section: Any) -> None:
         """Take what a state file kept for the configured clients (parts of the wrong type are
         skipped: :func:`state_problems` said them). A restored request counts as made at the end of
-        its second, so the window is never shorter than it was."""
+        its second, so the window is never shorter than it was; a second still to come is not one
+        agproxy saved (it would hold the window shut past its minute)."""
         if not isinstance(section, dict):
             return
         now = self.clock()
@@ -10981,15 +10983,17 @@ class ClientLimits:
                 continue
             day, tokens = entry.get("day"), entry.get("tokens")
             if isinstance(day, str) and _is_int(tokens) and day == utc_day(now):
-                self._days[name] = (day, max(0, tokens))
+                self._days[name] = (day, min(max(0, tokens), _MAX_LEDGER_COUNT))
             window, seconds = self._windows.get(name), entry.get("window")
             if window is None or not _state_value_ok(seconds, "integers"):
                 continue
             room = min(self._clients[name].requests_per_minute, MAX_RESTORED_WINDOW)
             saved = sorted(((int(s), c) for s, c in seconds.items() if _UNIX_SECOND.fullmatch(s)), reverse=True)
             for second, count in saved:  # the newest first, while there is room
+                if second > now:
+                    continue
                 taken = min(max(0, count), room)
-                window.extendleft([second + 1 - 1e-3] * taken)
+                window.extendleft([min(second + 1 - 1e-3, now)] * taken)
                 room -= taken
             self._trimmed(window, now)
 

@@ -17,7 +17,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import agproxy
@@ -199,6 +199,8 @@ _SECONDS = st.dictionaries(st.text(max_size=12) | st.integers(0, 2**40).map(str)
 
 
 @settings(max_examples=300, deadline=None)
+@example({"alice": {"window": {"፩": 1}}})  # a digit to str.isdigit, not to int()
+@example({"alice": {"window": {"99999999999": 1}}})  # a second to come, which would hold the window shut
 @given(st.dictionaries(st.sampled_from(["alice", "bob", "nobody"]),
                        _JSON | st.fixed_dictionaries({}, optional={"day": st.text(max_size=10) | _LEAF,
                                                                    "tokens": st.integers() | _LEAF,
@@ -206,12 +208,14 @@ _SECONDS = st.dictionaries(st.text(max_size=12) | st.integers(0, 2**40).map(str)
 def test_whatever_a_state_file_says_of_the_limits_is_taken_or_skipped_within_bounds(section):
     clients = [agproxy.Client("alice", "0" * 64, requests_per_minute=3, tokens_per_day=10),
                agproxy.Client("bob", "1" * 64)]
-    limits = agproxy.ClientLimits(clients, time.time)
-    limits.load_json(section)
+    moment = [time.time()]
+    limits = agproxy.ClientLimits(clients, lambda: moment[0], saved=section)
     now = limits.state(clients[0])
-    assert now["requests_last_minute"] <= 3 and now["tokens_today"] >= 0
+    assert now["requests_last_minute"] <= 3 and 0 <= now["tokens_today"] < 2**63
     json.dumps(limits.to_json())
     assert set(limits.to_json()) <= {"alice", "bob"}
+    moment[0] += 61
+    assert limits.state(clients[0])["requests_last_minute"] == 0  # nothing a file says outlives its minute
 
 
 def test_a_reload_keeps_the_counters_of_clients_that_remain_and_locks_a_removed_one_out(start_agproxy, fake):
