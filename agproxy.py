@@ -78,6 +78,7 @@ from typing import (
     AsyncIterator,
     Awaitable,
     Callable,
+    Deque,
     Dict,
     FrozenSet,
     Iterable,
@@ -8160,6 +8161,9 @@ class Server(Application):
         self.usage.load_json((state or {}).get("usage"), clock())
         self.usage_counter = UsageCounter(self.usage, clock, self.saver.save if persist else None)
         self.record_readers.append(self.usage_counter.read)
+        self.limits = ClientLimits(config.clients, clock, self.metrics.client_limited,
+                                   (state or {}).get("client_limits"))
+        self.record_readers.append(self.limits.read)
         for line in self.pool.load_json((state or {}).get("accounts"), clock()):
             self.log.info("restored from the state file: %s (stop agproxy and run `agproxy state clear` to forget it)",
                           line)
@@ -8249,6 +8253,7 @@ class Server(Application):
         self.pool = self.pool.reconfigured(config.upstreams)
         self.config = self.http.config = self.learning.config = config
         self.door.reconfigure(config)
+        self.limits.reconfigure(config.clients)
         self.catalog = ModelCatalog(config, self.client, self.pool, self.adapter, self.clock, self.log)
         if self.watcher is not None:
             self.watcher.follow(config.watch_config, config.source)
@@ -8285,6 +8290,7 @@ class Server(Application):
         """What the state file keeps."""
         return {"learned": self.learned.to_json(self._servers), "accounts": self.pool.to_json(self.clock()),
                 "windows": self.windows.to_json(self.config.upstreams), "usage": self.usage.to_json(),
+                "client_limits": self.limits.to_json(),
                 "pid": os.getpid()}  # `agproxy state clear` leaves the file of a running agproxy alone
 
     def admit(self, request: Request) -> Caller:
@@ -8302,6 +8308,8 @@ class Server(Application):
             return self.door.preflight(request)
         handler = self.door.handler(request)
         exchange.record.route = handler.__name__.lstrip("_")
+        if caller.client is not None and generates(request.method, request.path):
+            await self.limits.admit(caller.client, exchange.id)  # before any upstream is called
         response = await handler(request, exchange)
         origin = request.header("origin")
         if origin:
@@ -8507,7 +8515,8 @@ class Server(Application):
         today = {name: rows[0][name] if rows else 0 for name in USAGE_COUNTS}
         return json_response(200, {"client": client.name, "models": list(client.models),
                                    "upstreams": list(client.upstreams) or [u.name for u in self.config.upstreams],
-                                   "limits": client.limits(), "usage": {"today": dict(today, day=day)}})
+                                   "limits": client.limits(), "limits_now": self.limits.state(client),
+                                   "usage": {"today": dict(today, day=day)}})
 
     async def _reload(self, request: Request, exchange: _Exchange) -> Response:
         """``POST /v1/agproxy/reload`` (an empty body): read the config file again, as SIGHUP does."""
@@ -9950,6 +9959,10 @@ class Metrics:
         self.broken = CounterFamily("agproxy_streams_failed_total", "Streamed answers that began (status 200) and "
                                     "were ended by an error event: the upstream's, a break, a timeout.",
                                     ("upstream", "model"), shown)
+        # a client's own limit refusing a request (a 429 with no upstream), never an upstream's 429
+        self.limited = CounterFamily("agproxy_client_limited_total", "Requests refused (429) because their "
+                                     "client was over one of its own limits in agproxy's config: max_concurrency, "
+                                     "requests_per_minute, tokens_per_day.", ("client", "limit"), shown)
         #: the bound of the sanitizer's change kinds, kept across scrapes so the first 100 stay theirs
         self._changes = LabelValues(shown)
 
@@ -9982,6 +9995,10 @@ class Metrics:
         """Count a context window learned from an upstream's error."""
         self.lessons.inc((upstream, "window"))
 
+    def client_limited(self, client: str, limit: str) -> None:
+        """Count a request refused because its client was over one of its own limits."""
+        self.limited.inc((client, limit))
+
     def page(self, pool: AccountPool, now: float, streams: int, connections: int,
              counters: Dict[str, int]) -> bytes:
         """The whole page: the counters, the accounts' states now, the open streams and connections,
@@ -10007,7 +10024,7 @@ class Metrics:
                 changes.inc((self._changes(name),), count)
         python = ".".join(str(part) for part in sys.version_info[:3])
         families: List[MetricFamily] = [self.requests, self.attempts, self.duration, self.ttft, self.tokens, state,
-                                        rest, changes, self.lessons, self.broken]
+                                        rest, changes, self.lessons, self.broken, self.limited]
         for name, value, help_text in (("agproxy_streams_active", streams, "Streaming answers being written now."),
                                        ("agproxy_connections_active", connections, "Open client connections.")):
             families.append(GaugeFamily(name, help_text))
@@ -10647,7 +10664,7 @@ class UsageLedger:
 
     def add(self, record: RequestRecord, now: float) -> bool:
         """Count a request whose answer has ended at ``now``; False when its path is not counted."""
-        if record.method != "POST" or not any(fnmatch.fnmatchcase(record.path, path) for path in USAGE_PATHS):
+        if not generates(record.method, record.path):
             return False
         local = record.local == "warmup"
         names = ("" if local else record.upstream, "" if local else record.account, record.model, record.client or "")
@@ -10768,6 +10785,219 @@ class UsageCounter:
             self.save()
 
 
+# -- client limits (each client's max_concurrency, requests_per_minute, tokens_per_day) ----------
+
+#: requests_per_minute's sliding window.
+CLIENT_WINDOW_S = 60.0
+#: The ``retry-after`` of a request refused after waiting MAX_SLOT_WAIT_S for a place under its
+#: client's max_concurrency: nothing says when one of its requests in flight ends; as long as a
+#: request waits for a busy account's slot (AccountPool.unavailable).
+CLIENT_BUSY_RETRY_S = 5
+#: Requests of one client's minute window that a restart restores at most, whatever the state file
+#: says its seconds held: a client of a larger requests_per_minute is restored this full, not fuller
+#: (a hand-edited count of 10^9 must not allocate 10^9 times).
+MAX_RESTORED_WINDOW = 100000
+#: A second of a saved minute window: a Unix time in ASCII digits (``str.isdigit`` takes "²" too).
+_UNIX_SECOND = re.compile(r"[0-9]{1,12}")
+
+
+def generates(method: str, path: str) -> bool:
+    """Whether a request generates (:data:`USAGE_PATHS`): what the ledger counts and the client
+    limits apply to."""
+    return method == "POST" and any(fnmatch.fnmatchcase(path, pattern) for pattern in USAGE_PATHS)
+
+
+def seconds_to_utc_midnight(now: float) -> float:
+    """Seconds from ``now`` to the end of its UTC day, when a day's token budget starts again."""
+    day = datetime.datetime.fromtimestamp(now, datetime.timezone.utc).date() + datetime.timedelta(days=1)
+    return datetime.datetime(day.year, day.month, day.day, tzinfo=datetime.timezone.utc).timestamp() - now
+
+
+class ClientLimited(AgproxyError):
+    """A client over one of its own limits (``clients[]``: :meth:`Client.limits` names them): a 429
+    that names the client (never its key) and the limit, with ``retry-after`` in whole seconds.
+    Never an upstream's 429: no account was asked, nor its state touched. A day's budget spent
+    carries ``x-should-retry: false`` (``final``): no retry helps for hours, and the Anthropic SDKs
+    would otherwise sleep them (they honour a retry-after of any length); Claude Code gives up on a
+    retry-after over 60 s by itself. The minute window and concurrency clear within a minute, so a
+    client may retry them after ``retry-after``, as Claude Code does."""
+
+    status = 429
+    error_type = "rate_limit_error"
+
+    def __init__(self, client: str, limit: str, message: str, retry_after_s: float) -> None:
+        wait = max(1, math.ceil(retry_after_s))
+        super().__init__(f"client {client!r} is over its {limit} limit in agproxy's config: {message}; "
+                         f"retry in {wait} s", headers=[("retry-after", str(wait))])
+        self.client = client
+        self.limit = limit
+        self.final = limit == "tokens_per_day"
+
+
+class ClientLimits:
+    """Each client's limits over its requests that generate (:func:`generates`), checked before any
+    upstream is called (:meth:`admit`): ``tokens_per_day`` (the tokens of its answers this UTC day,
+    counted when each answer ends: the request that crosses the budget is allowed, the next is
+    refused), ``requests_per_minute`` (a sliding 60 s window of the requests it let through) and
+    ``max_concurrency`` (requests in flight; one over it waits for a place up to MAX_SLOT_WAIT_S,
+    then is refused). A request's place is freed when its answer has ended (:meth:`read`, one of
+    ``Server.record_readers``), streamed, refused or cut. Only configured clients' counters are kept
+    (:meth:`reconfigure` keeps those of the clients a reload leaves, by name); the windows and the
+    day's tokens go to the state file (``saved``: what it kept). ``clock`` is the server's (windows
+    and days); the wait for a place polls in real time, as the wait for an account's slot does."""
+
+    def __init__(self, clients: Sequence[Client], clock: Callable[[], float],
+                 refused: Callable[[str, str], None] = lambda client, limit: None, saved: Any = None) -> None:
+        self.clock = clock
+        #: told of each refusal, by client and limit (``agproxy_client_limited_total``)
+        self.refused = refused
+        self._clients: Dict[str, Client] = {}
+        self._windows: Dict[str, Deque[float]] = {}  # the start of each request let through, newest last
+        self._days: Dict[str, Tuple[str, int]] = {}  # the UTC day and the tokens counted on it
+        self._in_flight: Dict[str, int] = {}  # the places taken (a name is gone at 0)
+        self._waiting: Dict[str, int] = {}
+        self._places: Dict[str, str] = {}  # request id -> the client whose place it holds
+        self.reconfigure(clients)
+        self.load_json(saved)
+
+    def reconfigure(self, clients: Sequence[Client]) -> None:
+        """Run on these clients from now on: those that remain (by name) keep their counters, under
+        their new limits; a removed client's are forgotten (its requests in flight still free their
+        places)."""
+        self._clients = {client.name: client for client in clients}
+        for name in list(self._days):
+            if name not in self._clients:
+                del self._days[name]
+        windows, self._windows = self._windows, {}
+        for name, client in self._clients.items():
+            if client.requests_per_minute:
+                self._windows[name] = collections.deque(windows.get(name, ()), maxlen=client.requests_per_minute)
+
+    async def admit(self, client: Client, request_id: str) -> None:
+        """Let a request of ``client`` through, or raise :class:`ClientLimited`: a spent day's budget
+        or a full minute window at once, a full max_concurrency after waiting for a place. The place
+        taken is freed by :meth:`read` when the request's answer has ended; a request cancelled
+        while it waits (its client left) takes none."""
+        name = client.name
+        waited = 0.0
+        self._waiting[name] = self._waiting.get(name, 0) + 1
+        try:
+            while True:
+                current = self._clients.get(name)
+                if current is None:  # a reload removed it while the request waited
+                    raise AuthenticationFailed(f"client {name!r} was removed from agproxy's config")
+                now = self.clock()
+                self._check_budgets(current, now)
+                limit = current.max_concurrency
+                if not limit or self._in_flight.get(name, 0) < limit:
+                    break
+                if waited >= MAX_SLOT_WAIT_S:
+                    self.refused(name, "max_concurrency")
+                    raise ClientLimited(name, "max_concurrency", f"{limit} request(s) in flight, and none ended in "
+                                        f"{MAX_SLOT_WAIT_S:.0f} s", CLIENT_BUSY_RETRY_S)
+                await asyncio.sleep(_SLOT_POLL_S)  # other requests free places in real time, whatever the clock
+                waited += _SLOT_POLL_S
+        finally:
+            self._waiting[name] -= 1
+            if not self._waiting[name]:
+                del self._waiting[name]
+        self._in_flight[name] = self._in_flight.get(name, 0) + 1
+        self._places[request_id] = name
+        window = self._windows.get(name)
+        if window is not None:
+            window.append(now)
+
+    def _check_budgets(self, client: Client, now: float) -> None:
+        """Refuse a request of a client whose day's tokens are spent, or whose minute window is full."""
+        name = client.name
+        used = self.tokens_today(name, now)
+        if client.tokens_per_day and used >= client.tokens_per_day:
+            self.refused(name, "tokens_per_day")
+            raise ClientLimited(name, "tokens_per_day", f"{used} of its {client.tokens_per_day} tokens used today "
+                                "(UTC); it starts again at 00:00 UTC", seconds_to_utc_midnight(now))
+        window = self._windows.get(name)
+        if window is not None and len(self._trimmed(window, now)) >= client.requests_per_minute:
+            self.refused(name, "requests_per_minute")
+            raise ClientLimited(name, "requests_per_minute", f"{client.requests_per_minute} request(s) in the last "
+                                f"{CLIENT_WINDOW_S:.0f} s", window[0] + CLIENT_WINDOW_S - now)
+
+    @staticmethod
+    def _trimmed(window: Deque[float], now: float) -> Deque[float]:
+        """The window without the requests that left it by ``now``."""
+        while window and window[0] <= now - CLIENT_WINDOW_S:
+            window.popleft()
+        return window
+
+    def tokens_today(self, name: str, now: float) -> int:
+        """The tokens a client's answers counted on ``now``'s UTC day."""
+        day, tokens = self._days.get(name, ("", 0))
+        return tokens if day == utc_day(now) else 0
+
+    def read(self, record: RequestRecord) -> None:
+        """A request's answer has ended: free its place, and count its tokens for its client today."""
+        name = self._places.pop(record.request_id, None)
+        if name is not None:
+            self._in_flight[name] -= 1
+            if not self._in_flight[name]:
+                del self._in_flight[name]
+        if record.client in self._clients and record.tokens and generates(record.method, record.path):
+            now = self.clock()
+            self._days[record.client] = (utc_day(now), min(self.tokens_today(record.client, now) + record.tokens,
+                                                           _MAX_LEDGER_COUNT))
+
+    def state(self, client: Client) -> Dict[str, int]:
+        """Where a client stands now (``GET /v1/agproxy/me``)."""
+        now, name = self.clock(), client.name
+        window = self._windows.get(name)
+        return {"in_flight": self._in_flight.get(name, 0), "waiting": self._waiting.get(name, 0),
+                "requests_last_minute": len(self._trimmed(window, now)) if window is not None else 0,
+                "tokens_today": self.tokens_today(name, now)}
+
+    def to_json(self) -> Dict[str, Any]:
+        """The state file's ``client_limits`` section: per client, its day and tokens, and its minute
+        window as requests per second (``{"<unix second>": count}``: at most 61 entries, whatever the
+        client's requests_per_minute)."""
+        now = self.clock()
+        section: Dict[str, Any] = {}
+        for name in self._clients:
+            entry: Dict[str, Any] = {}
+            if self.tokens_today(name, now):
+                entry["day"], entry["tokens"] = self._days[name]
+            window = self._windows.get(name)
+            if window:
+                entry["window"] = dict(collections.Counter(str(int(t)) for t in self._trimmed(window, now)))
+            if entry:
+                section[name] = entry
+        return section
+
+    def load_json(self, section: Any) -> None:
+        """Take what a state file kept for the configured clients (parts of the wrong type are
+        skipped: :func:`state_problems` said them). A restored request counts as made at the end of
+        its second, so the window is never shorter than it was; a second still to come is not one
+        agproxy saved (it would hold the window shut past its minute)."""
+        if not isinstance(section, dict):
+            return
+        now = self.clock()
+        for name, entry in section.items():
+            if name not in self._clients or not isinstance(entry, dict):
+                continue
+            day, tokens = entry.get("day"), entry.get("tokens")
+            if isinstance(day, str) and _is_int(tokens) and day == utc_day(now):
+                self._days[name] = (day, min(max(0, tokens), _MAX_LEDGER_COUNT))
+            window, seconds = self._windows.get(name), entry.get("window")
+            if window is None or not _state_value_ok(seconds, "integers"):
+                continue
+            room = min(self._clients[name].requests_per_minute, MAX_RESTORED_WINDOW)
+            saved = sorted(((int(s), c) for s, c in seconds.items() if _UNIX_SECOND.fullmatch(s)), reverse=True)
+            for second, count in saved:  # the newest first, while there is room
+                if second > now:
+                    continue
+                taken = min(max(0, count), room)
+                window.extendleft([min(second + 1 - 1e-3, now)] * taken)
+                room -= taken
+            self._trimmed(window, now)
+
+
 #: How often ``watch_config`` looks at the config file: a change is applied within about twice this.
 CONFIG_WATCH_INTERVAL_S = 1.0
 
@@ -10838,6 +11068,7 @@ _STATE_SECTIONS: Dict[str, Dict[str, Any]] = {
     "accounts": {"resting_until": "number", "rejected_key": bool, "reason": str, "models": "numbers",
                  "limits_in_a_row": int, "key": str},
     "windows": {"configured": (int, type(None)), "server": str, "models": "integers"},
+    "client_limits": {"day": str, "tokens": int, "window": "integers"},
 }
 _STATE_TYPE_NAMES = {"strings": "a list of strings", "numbers": "an object of numbers",
                      "integers": "an object of integers", "number": "a number", str: "a string", bool: "true or false",
