@@ -32,8 +32,8 @@ origin, host, key and route, the handler validates it, routes the model to upstr
 warmup locally or runs attempts over the account pool (run_attempts); each attempt is its kind's
 Adapter.messages(call): prepare the request (clean-up, translation, what the upstream rejected),
 send, heal past a 400 that names what to drop, then turn the answer into Anthropic events
-(answer_events) and relay them (first_events, relay_events) or assemble them
-(accumulate_events); what the attempt learned (lessons, windows, changes, the answer's usage) it
+(answer_events: Event objects, decoded once) and relay them (first_events, relay_events, which
+encodes each batch once, on its way out) or assemble them (accumulate_events); what the attempt learned (lessons, windows, changes, the answer's usage) it
 leaves in the call's facts, which the gateway applies. The request's record, filled on the way,
 goes to the access log and the other readers when its answer ends (Server.finished). A new
 upstream kind is one Adapter subclass in ADAPTERS plus its translators.
@@ -1998,25 +1998,49 @@ def encode_sse(event: Optional[str], data: str) -> bytes:
     return (out + "\n").encode("utf-8", "replace")  # an upstream's lone surrogate becomes "?"
 
 
+#: Compact JSON, non-ASCII as it is: how every event agproxy writes is encoded (one encoder, made
+#: once: ``json.dumps`` with options makes one per call, a good part of an event's cost).
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def encode_sse_json(event: str, payload: Dict[str, Any]) -> bytes:
-    """Encode an Anthropic SSE event whose data is a JSON object."""
-    return encode_sse(event, json.dumps(payload, separators=(",", ":"), ensure_ascii=False))
+    """Encode an Anthropic SSE event whose data is a JSON object: one ``data:`` line (JSON holds
+    no raw line break), as :func:`encode_sse` would write it."""
+    if "\n" in event or "\r" in event:
+        raise ValueError("an SSE event name cannot contain a line break")
+    return f"event: {event}\ndata: {_COMPACT_JSON.encode(payload)}\n\n".encode("utf-8", "replace")
 
 
-#: A ping event, as the relay carries events (whole, LF line endings): named ``ping``, or a
-#: ``{"type": "ping"}`` without a name.
-_PING_EVENT = re.compile(rb'(?:(?<=\n\n)|\A)(?:event: ?ping\n(?:data:[^\n]*\n)*'
-                         rb'|(?:event: ?[^\n]*\n)?data: ?\{ ?"type": ?"ping" ?\}\n)\n')
+class Event:
+    """One Anthropic stream event as the relay pipeline carries it: ``name`` (its type), ``data``
+    (the decoded payload), and ``raw``, its SSE bytes exactly as they may go out (an upstream's own
+    bytes relayed as they came), or None when it is to be encoded (:meth:`encoded`). Whatever
+    changes ``data`` sets ``raw`` to None. Events are encoded once, at the edge of the relay."""
+
+    __slots__ = ("name", "data", "raw")
+
+    def __init__(self, name: str, data: Dict[str, Any], raw: Optional[bytes] = None) -> None:
+        self.name = name
+        self.data = data
+        self.raw = raw
+
+    def encoded(self) -> bytes:
+        """The event's SSE bytes: as it came, else as :func:`encode_sse_json` writes it."""
+        return self.raw if self.raw is not None else encode_sse_json(self.name, self.data)
+
+    def __repr__(self) -> str:
+        return f"Event({self.name!r}, {self.data!r}, raw={self.raw!r})"
 
 
-def holds_content_event(batch: bytes) -> bool:
-    """True when ``batch`` (whole events, LF line endings) holds an event with data that is not a
-    ping: pings and comments keep a connection open but say nothing of the answer going on."""
-    if b"data:" not in batch:
-        return False
-    if b"ping" not in batch:
-        return True  # the usual batch, at the cost of one scan
-    return b"data:" in _PING_EVENT.sub(b"", batch)
+def encode_events(events: Iterable[Event]) -> bytes:
+    """A batch of events as the client gets it (the one place the pipeline encodes)."""
+    return b"".join([e.raw if e.raw is not None else encode_sse_json(e.name, e.data) for e in events])
+
+
+def holds_content(events: Iterable[Event]) -> bool:
+    """True when ``events`` hold one that is not a ping: pings keep a connection open but say
+    nothing of the answer going on."""
+    return any(event.name != "ping" for event in events)
 
 
 class SSEDecoder:
@@ -2214,7 +2238,12 @@ def _decode_bounded(text: str, max_depth: int) -> Any:
     than ``max_depth``. The depth is walked only when the text has that many brackets at all: a
     short text costs nothing more, a long one two counts of characters, never a second walk."""
     try:
-        value = _STRICT_JSON.decode(text)
+        try:  # the usual text, one value with nothing around it, in one call of the C scanner
+            value, end = _STRICT_JSON.scan_once(text, 0)
+        except StopIteration:
+            end = -1
+        if end != len(text):  # whitespace around it, or not JSON: decode() skips the one and words the other
+            value = _STRICT_JSON.decode(text)
     except RecursionError:
         raise JSONTooDeep("JSON nested too deeply") from None
     if len(text) > 2 * max_depth and text.count("[") + text.count("{") > max_depth and _too_deep(value, max_depth):
@@ -3207,17 +3236,6 @@ def stream_error(payload: Dict[str, Any]) -> AgproxyError:
     return StreamError(message, status=status, error_type=error_type)
 
 
-def raise_error_events(events: Iterable[SSEEvent]) -> None:
-    """Raise the error the first ``error`` event among ``events`` describes, if there is one."""
-    for event in events:
-        if event.event == "error":
-            try:
-                payload = loads_strict(event.data)
-            except ValueError:
-                payload = {}
-            raise stream_error(payload if isinstance(payload, dict) else {})
-
-
 class MessageAccumulator:
     """Builds the Message an Anthropic event stream describes: text, tool_use with parsed input,
     thinking with its signature, redacted_thinking, citations, usage and stop reason. Pieces are
@@ -3231,18 +3249,25 @@ class MessageAccumulator:
         self._pieces: Dict[Tuple[int, str], List[str]] = {}
 
     def feed(self, event: SSEEvent) -> None:
-        """Take one event; raises :class:`StreamError` for an ``error`` event."""
+        """Take one encoded event; raises :class:`StreamError` for an ``error`` event."""
         if self.done or event.event == "ping" or not event.data:
             return
         try:
             payload = loads_strict(event.data)
         except ValueError:
             raise UpstreamFailure(f"upstream sent an event that is not JSON ({event.event})") from None
+        self.add(event.event, payload)
+
+    def add(self, name: str, payload: Any) -> None:
+        """Take one decoded event (the pipeline's :class:`Event` needs no second decoding);
+        raises :class:`StreamError` for an ``error`` event."""
+        if self.done or name == "ping":
+            return
         if not isinstance(payload, dict):
-            raise UpstreamFailure(f"upstream sent a {event.event[:40]} event that is not a JSON object")
-        kind = payload.get("type") or event.event
+            raise UpstreamFailure(f"upstream sent a {name[:40]} event that is not a JSON object")
+        kind = payload.get("type") or name
         if not isinstance(kind, str):
-            raise UpstreamFailure(f"upstream sent a {event.event[:40]!r} event whose type is not a string")
+            raise UpstreamFailure(f"upstream sent a {name[:40]!r} event whose type is not a string")
         if kind == "error":
             raise stream_error(payload)
         if kind == "message_start":
@@ -3325,8 +3350,6 @@ def upstream_error_event(error: Dict[str, Any], upstream: str = "") -> Dict[str,
 #: One event of the plain kind, as Anthropic sends them: an optional event line, one data line,
 #: a blank line, LF endings (its name and its data).
 _PLAIN_EVENT = re.compile(r"(?:event: ?([^\n]*)\n)?data: ?([^\n]*)\n\n")
-#: Whole events of the plain kind; nothing else.
-_PLAIN_EVENTS = re.compile(r"(?:(?:event: ?[^\n]*\n)?data: ?[^\n]*\n\n)+")
 #: The event types of the Messages stream's grammar (``error`` is taken apart from them).
 _STREAM_EVENT_TYPES = frozenset({"ping", "message_start", "content_block_start", "content_block_delta",
                                  "content_block_stop", "message_delta", "message_stop"})
@@ -3335,7 +3358,8 @@ _STREAM_EVENT_TYPES = frozenset({"ping", "message_start", "content_block_start",
 class EventStreamCheck:
     """Checks an Anthropic event stream an upstream sends before it is relayed as it is, so that the
     client only ever gets a stream in the Messages grammar. ``feed()`` takes whole events and gives
-    the bytes to relay (as they came, when nothing needed changing); :class:`UpstreamFailure` for
+    the :class:`Event` objects to relay, decoded once here, each with its bytes (as they came, when
+    nothing needed changing); :class:`UpstreamFailure` for
     what cannot be relayed: before the client has a byte the attempt is then retried elsewhere,
     after it the stream ends with an ``error`` event. Pure; the relay owns the I/O.
 
@@ -3406,25 +3430,36 @@ class EventStreamCheck:
             self.finished = True
         return True
 
-    def _events(self, text: str, data: bytes) -> Tuple[List[Tuple[str, str]], bool]:
-        """The (name, data) of the events in ``text``, and whether they are the plain kind (their
-        bytes may then be relayed as they came); a missing name is ``""``."""
-        if "\r" not in text and not self._decoder.pending and _PLAIN_EVENTS.fullmatch(text):
-            return _PLAIN_EVENT.findall(text), True
+    def _events(self, text: str, data: bytes) -> Tuple[List[Tuple[str, str, Optional[bytes]]], bool]:
+        """The (name, data, bytes) of the events in ``text``, and whether they are the plain kind
+        (their bytes, each event's own, may then be relayed as they came); a missing name is ``""``."""
+        if "\r" not in text and not self._decoder.pending:
+            plain: List[Tuple[str, str, Optional[bytes]]] = []
+            ascii_only, pos, size = len(text) == len(data), 0, len(text)  # ASCII: the text's offsets are the bytes'
+            match = _PLAIN_EVENT.match(text)
+            while match is not None:  # the events one after the other, each its own bytes
+                name, event_data = match.groups()
+                end = match.end()
+                plain.append((name or "", event_data, data[pos:end] if ascii_only else text[pos:end].encode("utf-8")))
+                pos = end
+                match = _PLAIN_EVENT.match(text, pos) if pos < size else None
+            if pos == size:
+                return plain, True
         # comments, stray lines, multi-line data and events without data: the decoder knows them
         # (and what it leaves out never reaches the client)
-        return [("" if e.event == "message" else e.event, e.data) for e in self._decoder.feed(data)], False
+        return [("" if e.event == "message" else e.event, e.data, None) for e in self._decoder.feed(data)], False
 
-    def feed(self, data: bytes) -> bytes:
-        """``data``, whole events, as they may be relayed: as they came when nothing needed
-        changing, else re-encoded event by event."""
+    def feed(self, data: bytes) -> List[Event]:
+        """The events of ``data`` (whole events) that may be relayed, each with its bytes: as they
+        came when nothing in the batch needed changing, else each event's data written anew."""
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError:
             raise UpstreamFailure("upstream sent an event stream that is not UTF-8") from None
         events, as_they_came = self._events(text, data)
-        kept: List[Union[bytes, Tuple[str, str]]] = []  # an event to encode, or the bytes replacing one
-        for name, event_data in events:
+        kept: List[Event] = []
+        sources: List[Optional[str]] = []  # each kept event's data as it came (None: agproxy's own event)
+        for name, event_data, raw in events:
             if self.finished:
                 as_they_came = False
                 continue  # nothing after message_stop reaches the client
@@ -3441,7 +3476,8 @@ class EventStreamCheck:
                 raise self._fail(f"an event named {name[:40]!r} whose data is a {kind[:40]!r}")
             if kind == "error":
                 error = payload.get("error") if isinstance(payload.get("error"), dict) else {}
-                kept.append(encode_sse_json("error", upstream_error_event(error, self.upstream)))
+                kept.append(Event("error", upstream_error_event(error, self.upstream)))
+                sources.append(None)
                 self.finished, as_they_came = True, False
                 continue
             if not self._step(kind, payload):
@@ -3453,10 +3489,13 @@ class EventStreamCheck:
                 if isinstance(usage, dict):
                     self.usage.update(usage)
             as_they_came = as_they_came and bool(name)
-            kept.append((kind, event_data))
-        if as_they_came:
-            return data
-        return b"".join(k if isinstance(k, bytes) else encode_sse(*k) for k in kept)
+            kept.append(Event(kind, payload, raw))
+            sources.append(event_data)
+        if not as_they_came:  # the batch is written anew, each event from its data's text
+            for event, source in zip(kept, sources):
+                if source is not None:
+                    event.raw = encode_sse(event.name, source)
+        return kept
 
 
 #: One content_block_delta event as Anthropic servers and agproxy's translators write it (compact
@@ -4070,37 +4109,38 @@ class SignatureWatcher:
     def __init__(self, book: SignatureBook, upstream: str) -> None:
         self.book = book
         self.upstream = upstream
-        self._decoder = SSEDecoder()
         self._parts: Dict[int, List[str]] = {}
+        self._thinking: Set[int] = set()  # the thinking blocks open: only their deltas can carry a signature
 
-    def feed(self, data: bytes) -> None:
-        """Look at a piece of the stream (only pieces that can hold signatures are decoded)."""
-        if b"signature" not in data and b"redacted_thinking" not in data and not self._parts:
-            return
-        for event in self._decoder.feed(data):
-            if event.event not in ("content_block_start", "content_block_delta", "content_block_stop"):
+    def feed(self, events: List[Event]) -> None:
+        """Look at a batch of the stream's events (decoded already: only their data is read)."""
+        for event in events:
+            name = event.name
+            if name == "content_block_delta" and not self._thinking:
+                continue  # the usual event, a text or tool delta: one look at its name
+            if name not in ("content_block_start", "content_block_delta", "content_block_stop") or \
+                    not isinstance(event.data.get("index"), int):
                 continue
-            try:
-                payload = loads_strict(event.data)
-            except ValueError:
-                continue  # not ours to judge: the relay passes it on and the client decides
-            if not isinstance(payload, dict) or not isinstance(payload.get("index"), int):
-                continue
+            payload = event.data
             index = payload["index"]
-            if event.event == "content_block_start":
+            if name == "content_block_start":
                 block = payload.get("content_block")
                 if not isinstance(block, dict):
                     continue
                 if block.get("type") == "redacted_thinking":
                     self.book.record(str(block.get("data") or ""), self.upstream)
-                elif block.get("type") == "thinking" and block.get("signature"):
-                    self._parts.setdefault(index, []).append(str(block["signature"]))
-            elif event.event == "content_block_delta":
+                elif block.get("type") == "thinking":
+                    self._thinking.add(index)
+                    if block.get("signature"):
+                        self._parts.setdefault(index, []).append(str(block["signature"]))
+            elif name == "content_block_delta":
                 delta = payload.get("delta")
                 if isinstance(delta, dict) and delta.get("type") == "signature_delta":
                     self._parts.setdefault(index, []).append(str(delta.get("signature") or ""))
-            elif index in self._parts:
-                self.book.record("".join(self._parts.pop(index)), self.upstream)
+            else:
+                self._thinking.discard(index)
+                if index in self._parts:
+                    self.book.record("".join(self._parts.pop(index)), self.upstream)
 
 
 # -- context window signalling --------------------------------------------------------------
@@ -4140,12 +4180,16 @@ def scale_tokens(tokens: int, upstream_window: int, client_window: int) -> int:
     return -(-tokens * client_window // upstream_window)
 
 
+#: The counts of a usage object that say how full the context is (what a smaller window scales).
+_SCALED_USAGE_KEYS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+
+
 def scale_usage(usage: Any, upstream_window: int, client_window: int) -> None:
     """Scale the input-side counts of a ``usage`` object in place, so that the client's idea of how
     full its context is matches how full the upstream's smaller window really is."""
     if not isinstance(usage, dict):
         return
-    for key in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"):
+    for key in _SCALED_USAGE_KEYS:
         if upstream_count(usage.get(key)) is not None:
             usage[key] = scale_tokens(usage[key], upstream_window, client_window)
 
@@ -4198,25 +4242,29 @@ class UsageScaler:
         self.upstream_window = upstream_window
         self.client_window = client_window
 
-    def transform(self, data: bytes) -> bytes:
-        """A piece of the stream made of whole events, with message_start/message_delta usage scaled."""
-        if b"input_tokens" not in data:
-            return data
-        out = bytearray()
-        for event in SSEDecoder().feed(data):
-            if event.event in ("message_start", "message_delta"):
-                try:
-                    payload = loads_strict(event.data)
-                except ValueError:
-                    payload = None
-                if isinstance(payload, dict):
-                    holder = payload.get("message") if event.event == "message_start" else payload
-                    scale_usage(holder.get("usage") if isinstance(holder, dict) else None,
-                                self.upstream_window, self.client_window)
-                    out += encode_sse_json(event.event, payload)
-                    continue
-            out += encode_sse(event.event, event.data)
-        return bytes(out)
+    def scale(self, events: List[Event]) -> List[Event]:
+        """A batch of the stream's events, with message_start/message_delta usage scaled (in
+        copies: an event's data may be shared, with what the answer's usage was taken from)."""
+        out = []
+        for event in events:
+            if event.name == "message_start" and isinstance(event.data.get("message"), dict):
+                usage = self._scaled(event.data["message"].get("usage"))
+                if usage is not None:
+                    event = Event(event.name, dict(event.data, message=dict(event.data["message"], usage=usage)))
+            elif event.name == "message_delta":
+                usage = self._scaled(event.data.get("usage"))
+                if usage is not None:
+                    event = Event(event.name, dict(event.data, usage=usage))
+            out.append(event)
+        return out
+
+    def _scaled(self, usage: Any) -> Optional[Dict[str, Any]]:
+        """A scaled copy of a usage object that has input-side counts; None for any other."""
+        if not isinstance(usage, dict) or not any(key in usage for key in _SCALED_USAGE_KEYS):
+            return None
+        usage = dict(usage)
+        scale_usage(usage, self.upstream_window, self.client_window)
+        return usage
 
 
 # =====================================================================================
@@ -4562,14 +4610,14 @@ def content_parts(content: Any) -> List[Tuple[str, str]]:
     return pieces
 
 
-def openai_error_event(payload: Dict[str, Any]) -> bytes:
+def openai_error_event(payload: Dict[str, Any]) -> Event:
     """An error a server sent inside its stream, as an Anthropic ``error`` event."""
     error = payload.get("error")
     message = error.get("message") if isinstance(error, dict) else error
     code = error.get("code") if isinstance(error, dict) else None
     status = code if isinstance(code, int) and not isinstance(code, bool) and 400 <= code <= 599 else 500
     error = {"type": error_type_for_status(status), "message": str(message or "upstream error")}
-    return encode_sse_json("error", upstream_error_event(error))
+    return Event("error", upstream_error_event(error))
 
 
 class _JsonEnd:
@@ -4608,7 +4656,7 @@ _MAX_WAITING_FRAGMENTS = 1000
 class OpenAIStreamTranslator:
     """Chat Completions chunks in, the exact Anthropic event grammar out.
 
-    ``feed()`` a parsed chunk, get encoded events; ``finish()`` closes the message. Blocks get
+    ``feed()`` a parsed chunk, get :class:`Event` objects; ``finish()`` closes the message. Blocks get
     increasing indices and are started and stopped once; reasoning becomes ``thinking_delta``, text
     ``text_delta``, tool-call arguments ``input_json_delta`` as each fragment arrives. Tool calls are
     told apart by ``index`` (or by id when a server leaves the index out); a name that arrives after
@@ -4641,7 +4689,7 @@ class OpenAIStreamTranslator:
         self._usage: Dict[str, int] = {}
         self._tool_seen = False
 
-    def _start(self, out: List[bytes], upstream_id: Any) -> None:
+    def _start(self, out: List[Event], upstream_id: Any) -> None:
         if self.started:
             return
         self.started = True
@@ -4650,29 +4698,29 @@ class OpenAIStreamTranslator:
                    "model": self.model, "content": [], "stop_reason": None, "stop_sequence": None,
                    "usage": {"input_tokens": self.input_tokens, "output_tokens": 1}}
         self.usage.update(message["usage"])
-        out.append(encode_sse_json("message_start", {"type": "message_start", "message": message}))
+        out.append(Event("message_start", {"type": "message_start", "message": message}))
 
-    def _close(self, out: List[bytes]) -> None:
+    def _close(self, out: List[Event]) -> None:
         if self._open is not None:
-            out.append(encode_sse_json("content_block_stop", {"type": "content_block_stop", "index": self._index}))
+            out.append(Event("content_block_stop", {"type": "content_block_stop", "index": self._index}))
             if self._open.startswith("tool:"):
                 self._calls[self._open[5:]]["closed"] = True
             self._open = None
 
-    def _open_block(self, out: List[bytes], kind: str, block: Dict[str, Any]) -> None:
+    def _open_block(self, out: List[Event], kind: str, block: Dict[str, Any]) -> None:
         self._close(out)
         self._index += 1
         self._open = kind
-        out.append(encode_sse_json("content_block_start", {"type": "content_block_start", "index": self._index,
+        out.append(Event("content_block_start", {"type": "content_block_start", "index": self._index,
                                                            "content_block": block}))
 
-    def _delta(self, out: List[bytes], delta: Dict[str, Any]) -> None:
-        out.append(encode_sse_json("content_block_delta", {"type": "content_block_delta", "index": self._index,
+    def _delta(self, out: List[Event], delta: Dict[str, Any]) -> None:
+        out.append(Event("content_block_delta", {"type": "content_block_delta", "index": self._index,
                                                            "delta": delta}))
 
-    def feed(self, chunk: Dict[str, Any]) -> List[bytes]:
+    def feed(self, chunk: Dict[str, Any]) -> List[Event]:
         """Events for one parsed chunk (an ``error`` chunk gives an error event and ends the stream)."""
-        out: List[bytes] = []
+        out: List[Event] = []
         if self.finished:
             return out
         if "error" in chunk and not chunk.get("choices"):
@@ -4737,7 +4785,7 @@ class OpenAIStreamTranslator:
             return False
         return not self._calls[self._open[5:]]["complete"]
 
-    def _take(self, out: List[bytes], fragment: Tuple[Any, ...]) -> None:
+    def _take(self, out: List[Event], fragment: Tuple[Any, ...]) -> None:
         ongoing = fragment[0] == "tool" and self._open == f"tool:{fragment[1]}"
         if not ongoing and (self._waiting or self._blocking(fragment)):
             self._waiting.append(fragment)
@@ -4750,7 +4798,7 @@ class OpenAIStreamTranslator:
         self._apply(out, fragment)
         self._release(out)
 
-    def _apply(self, out: List[bytes], fragment: Tuple[Any, ...]) -> None:
+    def _apply(self, out: List[Event], fragment: Tuple[Any, ...]) -> None:
         kind = fragment[0]
         if kind in ("thinking", "text"):
             if self._open != kind:
@@ -4784,7 +4832,7 @@ class OpenAIStreamTranslator:
             if state["end"].feed(text):
                 state["complete"] = True
 
-    def _release(self, out: List[bytes]) -> None:
+    def _release(self, out: List[Event]) -> None:
         """Apply what waited: first the open call's own later fragments, then, once it is complete,
         the rest in arrival order."""
         while self._waiting:
@@ -4797,9 +4845,9 @@ class OpenAIStreamTranslator:
             else:
                 return
 
-    def finish(self) -> List[bytes]:
+    def finish(self) -> List[Event]:
         """The closing events: whatever still waits, the last block's stop, message_delta, message_stop."""
-        out: List[bytes] = []
+        out: List[Event] = []
         if self.finished:
             return out
         self._start(out, None)
@@ -4821,10 +4869,10 @@ class OpenAIStreamTranslator:
         stop_reason = "tool_use" if self._tool_seen and self._stop_reason == "end_turn" else self._stop_reason
         usage = dict(self._usage) if self._usage else {"output_tokens": 0}
         self.usage.update(usage)
-        out.append(encode_sse_json("message_delta", {
+        out.append(Event("message_delta", {
             "type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": self._stop_sequence},
             "usage": usage}))
-        out.append(encode_sse_json("message_stop", {"type": "message_stop"}))
+        out.append(Event("message_stop", {"type": "message_stop"}))
         self.finished = True
         return out
 
@@ -5511,12 +5559,12 @@ def gemini_usage(metadata: Any) -> Dict[str, int]:
             _token_count(metadata.get("thoughtsTokenCount"))}
 
 
-def gemini_error_event(payload: Dict[str, Any]) -> bytes:
+def gemini_error_event(payload: Dict[str, Any]) -> Event:
     """An error Gemini sent in its stream, as an Anthropic ``error`` event."""
     error = payload.get("error") if isinstance(payload.get("error"), dict) else {}
     code = error.get("code")
     status = code if _is_int(code) and 400 <= code <= 599 else 500
-    return encode_sse_json("error", upstream_error_event(
+    return Event("error", upstream_error_event(
         {"type": error_type_for_status(status), "message": str(error.get("message") or "upstream error")}))
 
 
@@ -5594,7 +5642,7 @@ class StrayLines:
 class GeminiStreamTranslator:
     """Gemini ``GenerateContentResponse`` chunks in, the exact Anthropic event grammar out.
 
-    ``feed()`` a parsed chunk (or a whole ``generateContent`` body), get encoded events;
+    ``feed()`` a parsed chunk (or a whole ``generateContent`` body), get :class:`Event` objects;
     ``finish()`` closes the message. Thought parts become thinking blocks, text text blocks, each
     ``functionCall`` (always whole) a tool_use block with its arguments in one delta. Each thought
     signature rides along as described above this class, recorded with ``on_signature(tool_use
@@ -5625,7 +5673,7 @@ class GeminiStreamTranslator:
         self._content_seen = False
         self._ids: Set[str] = set()
 
-    def _start(self, out: List[bytes], response_id: Any) -> None:
+    def _start(self, out: List[Event], response_id: Any) -> None:
         if self.started:
             return
         self.started = True
@@ -5634,23 +5682,23 @@ class GeminiStreamTranslator:
                    "role": "assistant", "model": self.model, "content": [], "stop_reason": None,
                    "stop_sequence": None, "usage": {"input_tokens": self.input_tokens, "output_tokens": 1}}
         self.usage.update(message["usage"])
-        out.append(encode_sse_json("message_start", {"type": "message_start", "message": message}))
+        out.append(Event("message_start", {"type": "message_start", "message": message}))
 
-    def _close(self, out: List[bytes]) -> None:
+    def _close(self, out: List[Event]) -> None:
         if self._open is not None:
-            out.append(encode_sse_json("content_block_stop", {"type": "content_block_stop", "index": self._index}))
+            out.append(Event("content_block_stop", {"type": "content_block_stop", "index": self._index}))
             self._open = None
 
-    def _block(self, out: List[bytes], block: Dict[str, Any], kind: str) -> None:
+    def _block(self, out: List[Event], block: Dict[str, Any], kind: str) -> None:
         self._close(out)
         self._index += 1
         self._open = kind
-        out.append(encode_sse_json("content_block_start", {"type": "content_block_start", "index": self._index,
+        out.append(Event("content_block_start", {"type": "content_block_start", "index": self._index,
                                                            "content_block": block}))
         self._content_seen = True
 
-    def _delta(self, out: List[bytes], delta: Dict[str, Any]) -> None:
-        out.append(encode_sse_json("content_block_delta", {"type": "content_block_delta", "index": self._index,
+    def _delta(self, out: List[Event], delta: Dict[str, Any]) -> None:
+        out.append(Event("content_block_delta", {"type": "content_block_delta", "index": self._index,
                                                            "delta": delta}))
 
     @property
@@ -5659,15 +5707,15 @@ class GeminiStreamTranslator:
         cut short, not a whole answer."""
         return self._content_seen and self._finish_reason is None and not self._block_reason
 
-    def _call_signature_block(self, out: List[bytes], signature: str) -> None:
+    def _call_signature_block(self, out: List[Event], signature: str) -> None:
         """An empty thinking block that carries the signature of the tool_use right after it."""
         self._block(out, {"type": "thinking", "thinking": "", "signature": ""}, "thinking")
         self._delta(out, {"type": "signature_delta", "signature": f"{GEMINI_SIGNATURE_PREFIX}call:{signature}"})
         self._close(out)
 
-    def feed(self, chunk: Dict[str, Any]) -> List[bytes]:
+    def feed(self, chunk: Dict[str, Any]) -> List[Event]:
         """Events for one parsed chunk (an ``error`` chunk gives an error event and ends the stream)."""
-        out: List[bytes] = []
+        out: List[Event] = []
         if self.finished:
             return out
         if isinstance(chunk.get("error"), dict):
@@ -5699,7 +5747,7 @@ class GeminiStreamTranslator:
             self._finish_message = str(candidate.get("finishMessage") or "")[:1000]
         return out
 
-    def _part(self, out: List[bytes], part: Dict[str, Any]) -> None:
+    def _part(self, out: List[Event], part: Dict[str, Any]) -> None:
         signature = _text_or(part.get("thoughtSignature"), "")
         call = part.get("functionCall")
         if isinstance(call, dict):
@@ -5738,10 +5786,10 @@ class GeminiStreamTranslator:
                 self._block(out, {"type": "text", "text": ""}, "text")
             self._delta(out, {"type": "text_delta", "text": text})
 
-    def finish(self) -> List[bytes]:
+    def finish(self) -> List[Event]:
         """The closing events: the last block's stop, message_delta, message_stop; or
         :class:`UpstreamFailure` when Gemini failed to form a tool call (a retry may well succeed)."""
-        out: List[bytes] = []
+        out: List[Event] = []
         if self.finished:
             return out
         reason = self._finish_reason
@@ -5763,9 +5811,9 @@ class GeminiStreamTranslator:
             stop_reason = "end_turn"
         usage = gemini_usage(self._usage) or {"output_tokens": 0}
         self.usage.update(usage)
-        out.append(encode_sse_json("message_delta", {
+        out.append(Event("message_delta", {
             "type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": None}, "usage": usage}))
-        out.append(encode_sse_json("message_stop", {"type": "message_stop"}))
+        out.append(Event("message_stop", {"type": "message_stop"}))
         self.finished = True
         return out
 
@@ -5779,13 +5827,13 @@ def gemini_to_anthropic(answer: Any, model: str, on_signature: Optional[Callable
     if not chunks or not all(isinstance(c, dict) for c in chunks):
         raise UpstreamFailure("upstream answered something that is not a Gemini response")
     translator = GeminiStreamTranslator(model, input_tokens, on_signature, names, on_upstream_id)
-    events: List[bytes] = []
+    events: List[Event] = []
     for chunk in chunks:
         events += translator.feed(chunk)
     events += translator.finish()
-    decoder, accumulator = SSEDecoder(), MessageAccumulator()
-    for event in decoder.feed(b"".join(events)):
-        accumulator.feed(event)
+    accumulator = MessageAccumulator()
+    for event in events:
+        accumulator.add(event.name, event.data)
     return accumulator.result()
 
 
@@ -8376,7 +8424,7 @@ class Server(Application):
             record.local = "warmup"
             message = warmup_message(body["model"])
             record.add_usage(message.get("usage"))
-            return self._local_message(message, bool(body.get("stream")), headers + [("X-Warmup-Intercepted", "true")])
+            return message_answer(message, bool(body.get("stream")), headers + [("X-Warmup-Intercepted", "true")])
 
         async def attempt(upstream: Upstream, account: Account) -> Union[Response, StreamingResponse]:
             call = self._call(request, exchange, body, Route((upstream,), route.model), account)
@@ -8394,8 +8442,8 @@ class Server(Application):
             return self._relay(answer, call, record, pool)  # its usage comes as it is relayed
 
         return await run_attempts(pool, route, session_id(request.headers, body), self.config.max_retry_attempts,
-                                  attempt, clock=self.clock, sleep=self.sleep,
-                                  on_attempt=self._log_attempt(exchange, route.model), on_change=self.saver.save)
+                                  attempt, clock=self.clock, sleep=self.sleep, on_change=self.saver.save,
+                                  on_attempt=attempt_logger(self.log, exchange.record, route.model))
 
     def _call(self, request: Request, exchange: _Exchange, body: Dict[str, Any], route: Route,
               account: Account) -> Call:
@@ -8421,39 +8469,6 @@ class Server(Application):
             release()
 
         return StreamingResponse(200, _SSE_HEADERS + answer.headers, answer.relay(ended, record.fail), abort)
-
-    def _log_attempt(self, exchange: _Exchange, model: str) -> Callable[[int, Upstream, Account, Decision, int],
-                                                                         None]:
-        def log(number: int, upstream: Upstream, account: Account, decision: Decision, status: int) -> None:
-            status = int(status or 0)
-            exchange.record.attempts.append(AttemptRecord(upstream.name, account.name, status,
-                                                          attempt_outcome(status, decision), decision.reason))
-            if decision.reason == "ok":
-                self.log.debug("%s attempt %d: %s/%s answered", exchange.id, number, upstream.name, account.name)
-                return
-            then = "giving up" if not decision.retry else (
-                f"retrying {'the same account' if decision.same_account else 'on a free account, if any'}"
-                f"{f' in {decision.wait_s:.1f} s' if decision.wait_s else ''}")
-            rest = f"; account rests {decision.cooldown_s:.0f} s" + ("" if decision.rejected_key else
-                                                                     f" for {model}") if decision.cooldown_s else ""
-            # a rejected key, a refused model and an upstream's 404 (a route or model it has not) are
-            # the config's to fix: said above --log-level info's noise
-            level = logging.WARNING if decision.rejected_key or decision.model_refused or status == 404 \
-                else logging.INFO
-            self.log.log(level, "%s attempt %d: %s/%s status %s: %s%s; %s", exchange.id, number, upstream.name,
-                         account.name, status or "-", decision.reason, rest, then)
-        return log
-
-    def _local_message(self, message: Dict[str, Any], stream: bool, headers: Headers) -> Union[Response,
-                                                                                                StreamingResponse]:
-        """Answer with a Message made here, as JSON or as its event stream."""
-        if not stream:
-            return json_response(200, message, headers)
-        return StreamingResponse(200, _SSE_HEADERS + headers, _iterate(message_as_sse(message)), lambda: None)
-
-
-
-
 
 
     async def _count_tokens(self, request: Request, exchange: _Exchange) -> Response:
@@ -8491,8 +8506,8 @@ class Server(Application):
             return json_response(200, counted, headers + [("X-Account-Email", account.name)])
 
         return await run_attempts(pool, pooled, session_id(request.headers, body), self.config.max_retry_attempts,
-                                  attempt, clock=self.clock, sleep=self.sleep,
-                                  on_attempt=self._log_attempt(exchange, route.model), on_change=self.saver.save)
+                                  attempt, clock=self.clock, sleep=self.sleep, on_change=self.saver.save,
+                                  on_attempt=attempt_logger(self.log, exchange.record, route.model))
 
 
     async def _status_page(self, request: Request, exchange: _Exchange) -> Response:
@@ -8545,6 +8560,36 @@ class Server(Application):
         page = self.metrics.page(self.pool, self.clock(), self.http.streams_active, self.http.connections_active,
                                  self.counters)
         return Response(200, [("Content-Type", METRICS_CONTENT_TYPE)], page)
+
+
+def attempt_logger(log: logging.Logger, record: RequestRecord, model: str
+                   ) -> Callable[[int, Upstream, Account, Decision, int], None]:
+    """What :func:`run_attempts` calls after each attempt of a request: the attempt goes into the
+    request's record, and into the log (at debug when it answered; at WARNING when the config has
+    something to fix: a rejected key, a refused model, an upstream's 404)."""
+    def logged(number: int, upstream: Upstream, account: Account, decision: Decision, status: int) -> None:
+        status = int(status or 0)
+        record.attempts.append(AttemptRecord(upstream.name, account.name, status, attempt_outcome(status, decision),
+                                             decision.reason))
+        if decision.reason == "ok":
+            log.debug("%s attempt %d: %s/%s answered", record.request_id, number, upstream.name, account.name)
+            return
+        then = "giving up" if not decision.retry else (
+            f"retrying {'the same account' if decision.same_account else 'on a free account, if any'}"
+            f"{f' in {decision.wait_s:.1f} s' if decision.wait_s else ''}")
+        rest = f"; account rests {decision.cooldown_s:.0f} s" + ("" if decision.rejected_key else
+                                                                 f" for {model}") if decision.cooldown_s else ""
+        level = logging.WARNING if decision.rejected_key or decision.model_refused or status == 404 else logging.INFO
+        log.log(level, "%s attempt %d: %s/%s status %s: %s%s; %s", record.request_id, number, upstream.name,
+                account.name, status or "-", decision.reason, rest, then)
+    return logged
+
+
+def message_answer(message: Dict[str, Any], stream: bool, headers: Headers) -> Union[Response, StreamingResponse]:
+    """Answer with a whole Message: as JSON, or (asked for a stream) as its event stream."""
+    if not stream:
+        return json_response(200, message, headers)
+    return StreamingResponse(200, _SSE_HEADERS + list(headers), _iterate(message_as_sse(message)), lambda: None)
 
 
 async def list_upstream_models(client: UpstreamClient, adapter: Any, upstream: Upstream, account: Account,
@@ -8871,14 +8916,13 @@ class Adapter:
             if stream:
                 head = await _watched(call, response, first_events(events))
                 headers = headers + self.upstream_id_headers(facts.upstream_ids)
-                scaler = UsageScaler(window, client_window).transform if window else None
+                scale = UsageScaler(window, client_window).scale if window else None
                 redact = DeltaRedactor(self.state.redact).feed  # a key split across deltas
-                transform = redact if scaler is None else (lambda batch: scaler(redact(batch)))
                 observe = self.watcher(upstream)
                 ping_s = call.ping_interval_s if self.pings else None
                 return AnswerStream(response, headers, lambda on_end, on_error: relay_events(
-                    head, events, response, upstream.name, observe, transform, ping_s, on_end=on_end,
-                    on_error=on_error))
+                    head, events, response, upstream.name, observe=observe, rewrite=scale, transform=redact,
+                    ping_interval_s=ping_s, on_end=on_end, on_error=on_error))
             message = await _watched(call, response, accumulate_events(events))
         else:
             data = await _watched(call, response, response.read_all())
@@ -8889,12 +8933,10 @@ class Adapter:
             facts.usage.update(message["usage"])
         if window:
             scale_usage(message.get("usage"), window, client_window)
-        if stream:  # asked for a stream, answered with a whole Message: the client still gets a stream
-            return StreamingResponse(200, _SSE_HEADERS + headers, _iterate(message_as_sse(message)), lambda: None)
-        return json_response(200, message, headers)
+        return message_answer(message, stream, headers)  # asked for a stream, a whole Message is sent as one
 
-    def answer_events(self, response: UpstreamResponse, call: Call, estimate: int) -> AsyncIterator[bytes]:
-        """The upstream's event stream as Anthropic events, in batches of whole events; a translated
+    def answer_events(self, response: UpstreamResponse, call: Call, estimate: int) -> AsyncIterator[List[Event]]:
+        """The upstream's event stream as Anthropic events, in batches (:class:`Event` lists); a translated
         answer gets its own message id. The upstream's id and its usage go to the call's facts."""
         raise NotImplementedError
 
@@ -8908,7 +8950,7 @@ class Adapter:
         return [("X-Upstream-Message-Id", self.state.redact.text(upstream_ids[0])[:MAX_UPSTREAM_ID_CHARS])] \
             if upstream_ids else []
 
-    def watcher(self, upstream: Upstream) -> Optional[Callable[[bytes], None]]:
+    def watcher(self, upstream: Upstream) -> Optional[Callable[[List[Event]], None]]:
         """What looks at the relayed events (for the signatures in them), if anything."""
         return None
 
@@ -9032,7 +9074,7 @@ class AnthropicAdapter(Adapter):
         call.facts.changes.append(("sanitize", changes))
         return json.dumps(body, ensure_ascii=False).encode("utf-8"), body, beta
 
-    def answer_events(self, response: UpstreamResponse, call: Call, estimate: int) -> AsyncIterator[bytes]:
+    def answer_events(self, response: UpstreamResponse, call: Call, estimate: int) -> AsyncIterator[List[Event]]:
         upstream = call.upstream.name  # relayed: its message ids are its own
         return anthropic_events(response, upstream, lambda kind: call.facts.note(
             upstream, "unknown_event:" + kind[:40], "upstream %r sent %r events, which are outside the Messages "
@@ -9053,7 +9095,7 @@ class AnthropicAdapter(Adapter):
             raise UpstreamFailure(f"upstream {call.upstream.name!r} answered HTTP {response.status} with something "
                                   f"that is not JSON ({kind[:60]})") from None
 
-    def watcher(self, upstream: Upstream) -> Optional[Callable[[bytes], None]]:
+    def watcher(self, upstream: Upstream) -> Optional[Callable[[List[Event]], None]]:
         return SignatureWatcher(self.state.signatures, upstream.name).feed
 
     def received(self, message: Dict[str, Any], upstream: Upstream) -> None:
@@ -9107,7 +9149,7 @@ class OpenAIAdapter(Adapter):
         call.facts.changes.append(("translate", changes))
         return json.dumps(translated, ensure_ascii=False).encode("utf-8"), translated, None
 
-    def answer_events(self, response: UpstreamResponse, call: Call, estimate: int) -> AsyncIterator[bytes]:
+    def answer_events(self, response: UpstreamResponse, call: Call, estimate: int) -> AsyncIterator[List[Event]]:
         return openai_events(response, OpenAIStreamTranslator(call.route.model, estimate, _stop_sequences(call.body),
                                                               call.facts.upstream_ids.append, call.facts.usage))
 
@@ -9287,7 +9329,7 @@ class GeminiAdapter(Adapter):
 
         return record
 
-    def answer_events(self, response: UpstreamResponse, call: Call, estimate: int) -> AsyncIterator[bytes]:
+    def answer_events(self, response: UpstreamResponse, call: Call, estimate: int) -> AsyncIterator[List[Event]]:
         route = call.route
         return gemini_events(response, GeminiStreamTranslator(route.model, estimate, self.recorder(route),
                                                               gemini_name_map(call.body),
@@ -9425,15 +9467,16 @@ async def _watched(call: Call, response: UpstreamResponse, reading: Awaitable[An
 # -- the relay pipeline: one for every kind ------------------------------------------------------
 #
 # Each kind turns its upstream's event stream into Anthropic events (Adapter.answer_events): a
-# stream of byte batches, each a run of whole events, ``b""`` for a read that completed none. The
-# pipeline then does the same for every kind: hold the head back until it commits
-# (first_events), relay the rest with pings and the idle deadline (relay_events), or gather it
-# into one Message (accumulate_events).
+# stream of batches, each a list of the :class:`Event` objects one read completed (empty for a read
+# that completed none), each decoded once. The pipeline then does the same for every kind: hold
+# the head back until it commits (first_events), relay the rest with pings and the idle deadline,
+# encoding each batch once on its way out (relay_events), or gather it into one Message
+# (accumulate_events), all from the events' names and data.
 
 
 async def anthropic_events(response: UpstreamResponse, upstream: str,
                            on_unknown: Optional[Callable[[str], None]] = None,
-                           usage: Optional[Dict[str, Any]] = None) -> AsyncIterator[bytes]:
+                           usage: Optional[Dict[str, Any]] = None) -> AsyncIterator[List[Event]]:
     """An Anthropic event stream as it arrives, in checked batches of whole events
     (:class:`EventStreamCheck`); it ends at ``message_stop`` (or an error event), leaving the rest
     of the body to a background drain, and raises :class:`UpstreamFailure` for a stream that
@@ -9451,7 +9494,7 @@ async def anthropic_events(response: UpstreamResponse, upstream: str,
         if not cut:
             if len(pending) > MAX_SSE_EVENT_BYTES:
                 raise UpstreamFailure(f"upstream sent an SSE event larger than {MAX_SSE_EVENT_BYTES} bytes")
-            yield b""
+            yield []
             continue
         events = check.feed(bytes(pending[:cut]))
         del pending[:cut]
@@ -9467,7 +9510,7 @@ async def anthropic_events(response: UpstreamResponse, upstream: str,
         raise UpstreamFailure("the stream ended before message_stop")
 
 
-async def openai_events(response: UpstreamResponse, translator: OpenAIStreamTranslator) -> AsyncIterator[bytes]:
+async def openai_events(response: UpstreamResponse, translator: OpenAIStreamTranslator) -> AsyncIterator[List[Event]]:
     """A Chat Completions chunk stream as Anthropic events, one batch per upstream read. Ends with
     the closing events, or raises :class:`UpstreamFailure` for a stream that broke before it finished."""
     decoder = SSEDecoder()
@@ -9475,10 +9518,10 @@ async def openai_events(response: UpstreamResponse, translator: OpenAIStreamTran
         chunk = await response.read_chunk()
         if not chunk:
             if translator.saw_finish or translator.finished:
-                yield b"".join(translator.finish())
+                yield translator.finish()
                 return
             raise UpstreamFailure("the stream ended before the answer finished")
-        out: List[bytes] = []
+        out: List[Event] = []
         for event in decoder.feed(chunk):
             data = event.data.strip()
             if data == "[DONE]":
@@ -9493,21 +9536,22 @@ async def openai_events(response: UpstreamResponse, translator: OpenAIStreamTran
             if not isinstance(parsed, dict):
                 raise UpstreamFailure(f"upstream sent a chunk that is not a JSON object: {data[:100]!r}")
             out += translator.feed(parsed)
-        yield b"".join(out)
+        yield out
         if translator.finished:
             response.close()
             return
 
 
-async def gemini_events(response: UpstreamResponse, translator: GeminiStreamTranslator) -> AsyncIterator[bytes]:
+async def gemini_events(response: UpstreamResponse,
+                        translator: GeminiStreamTranslator) -> AsyncIterator[List[Event]]:
     """A Gemini ``alt=sse`` stream as Anthropic events, one batch per upstream read. Gemini sends
     no ``[DONE]``: the body's end finishes the answer (its last event taken even without its blank
     line). An error Gemini writes into the stream as a bare JSON body (no ``data:`` lines) ends it
     with an error event."""
     decoder, stray = SSEDecoder(), StrayLines()
 
-    def translate(events: List[SSEEvent]) -> List[bytes]:
-        out: List[bytes] = []
+    def translate(events: List[SSEEvent]) -> List[Event]:
+        out: List[Event] = []
         for event in events:
             data = event.data.strip()
             if not data:
@@ -9533,45 +9577,50 @@ async def gemini_events(response: UpstreamResponse, translator: GeminiStreamTran
                 raise UpstreamFailure("the stream ended before the answer finished (no finishReason)")
             if not translator.started:
                 raise UpstreamFailure("the stream ended before its first event")
-            yield b"".join(out + translator.finish())
+            yield out + translator.finish()
             return
         out = translate(decoder.feed(chunk))
         if stray.feed(chunk) and not translator.finished:
             out += translator.feed(stray.error())
-        yield b"".join(out)
+        yield out
         if translator.finished:
             response.close()
             return
 
 
-async def first_events(events: AsyncIterator[bytes]) -> bytes:
+#: Events an answer's head may hold before its first content (message_start, then pings while
+#: the model thinks, one every few seconds): more is a stream that will say nothing, and the head
+#: is held in memory until it commits (10,000 pings are about 4 MB of event objects).
+MAX_HEAD_EVENTS = 10_000
+
+
+async def first_events(events: AsyncIterator[List[Event]]) -> List[Event]:
     """The head of an answer: its events up to the first one past ``message_start`` (and pings).
     Nothing reaches the client before it, so a stream that fails by then (an error event, a first
     event that is not ``message_start``, an end) raises and the attempt can still be retried."""
-    head = bytearray()
-    decoder = SSEDecoder()
-    decoded: List[SSEEvent] = []
+    head: List[Event] = []
     async for batch in events:
         head += batch
-        decoded += decoder.feed(batch)
-        if any(event.event not in ("message_start", "ping") for event in decoded):
+        if any(event.name not in ("message_start", "ping") for event in batch):
             break
-        if len(head) > MAX_SSE_EVENT_BYTES:
-            raise UpstreamFailure(f"upstream sent {len(head)} bytes without content")
-    raise_error_events(decoded)
-    if not decoded:
+        if len(head) > MAX_HEAD_EVENTS:
+            raise UpstreamFailure(f"upstream sent {len(head)} events without content")
+    for event in head:
+        if event.name == "error":
+            raise stream_error(event.data)
+    if not head:
         raise UpstreamFailure("the stream ended before its first event")
-    if decoded[0].event not in ("message_start", "ping"):
-        raise UpstreamFailure(f"upstream's stream began with a {decoded[0].event[:40]!r} event, not message_start")
-    return bytes(head)
+    if head[0].name not in ("message_start", "ping"):
+        raise UpstreamFailure(f"upstream's stream began with a {head[0].name[:40]!r} event, not message_start")
+    return head
 
 
-async def accumulate_events(events: AsyncIterator[bytes]) -> Dict[str, Any]:
-    """A whole answer's events as the one Message they describe."""
-    decoder, accumulator = SSEDecoder(), MessageAccumulator()
+async def accumulate_events(events: AsyncIterator[List[Event]]) -> Dict[str, Any]:
+    """A whole answer's events as the one Message they describe (their data as it was decoded)."""
+    accumulator = MessageAccumulator()
     async for batch in events:
-        for event in decoder.feed(batch):
-            accumulator.feed(event)
+        for event in batch:
+            accumulator.add(event.name, event.data)
     return accumulator.result()
 
 
@@ -9604,26 +9653,24 @@ class _IdleWatch:
         self._timer.cancel()
 
 
-def _error_event_words(batch: bytes) -> str:
-    """The message of the first ``error`` event in a batch of whole events (every error event
-    agproxy relays is one it encoded: ``event: error`` opens a line of its own)."""
-    for event in SSEDecoder().feed(batch):
-        if event.event == "error":
-            try:
-                error = loads_strict(event.data).get("error")
-            except (ValueError, AttributeError):
-                error = None
-            return str(error.get("message")) if isinstance(error, dict) else "the stream ended with an error event"
-    return "the stream ended with an error event"
+def _error_event_words(events: List[Event]) -> Optional[str]:
+    """The message of the ``error`` event that ends a batch, if it does (from its data): nothing
+    follows an error event (the check drops what does, the translators finish with it)."""
+    if not events or events[-1].name != "error":
+        return None
+    error = events[-1].data.get("error")
+    return str(error.get("message")) if isinstance(error, dict) else "the stream ended with an error event"
 
 
-async def relay_events(head: bytes, events: AsyncIterator[bytes], response: UpstreamResponse, upstream: str,
-                       observe: Optional[Callable[[bytes], None]] = None,
+async def relay_events(head: List[Event], events: AsyncIterator[List[Event]], response: UpstreamResponse,
+                       upstream: str, observe: Optional[Callable[[List[Event]], None]] = None,
+                       rewrite: Optional[Callable[[List[Event]], List[Event]]] = None,
                        transform: Optional[Callable[[bytes], bytes]] = None, ping_interval_s: Optional[float] = None,
                        on_end: Optional[Callable[[], None]] = None,
                        on_error: Optional[Callable[[str], None]] = None) -> AsyncIterator[bytes]:
     """Relay an answer's events to the client as they come: the head, then each batch (seen by
-    ``observe``, rewritten by ``transform``), a ping whenever the client has been sent nothing for
+    ``observe``, its events rewritten by ``rewrite``, encoded once, its bytes rewritten by
+    ``transform``), a ping whenever the client has been sent nothing for
     ``ping_interval_s`` (None: the upstream sends its own), and no more than ``timeout_s``
     without an event (:class:`_IdleWatch`). A stream that breaks ends with an Anthropic ``error``
     event after its last whole event, so the client never sees half an event; the upstream
@@ -9638,14 +9685,17 @@ async def relay_events(head: bytes, events: AsyncIterator[bytes], response: Upst
     try:
         while True:
             if batch:
-                has_event = holds_content_event(batch)
+                has_event = holds_content(batch)
                 if has_event:
                     idle.saw_event()
                 if observe is not None:
                     observe(batch)
-                if on_error is not None and b"event: error\n" in batch:
-                    on_error(_error_event_words(batch))
-                yield batch if transform is None else transform(batch)
+                if on_error is not None:
+                    words = _error_event_words(batch)
+                    if words is not None:
+                        on_error(words)
+                data = encode_events(batch if rewrite is None else rewrite(batch))
+                yield data if transform is None else transform(data)
                 last_sent = clock()
                 if has_event:  # the time a slow client took to take it is not the upstream's silence
                     idle.saw_event()
@@ -9656,7 +9706,7 @@ async def relay_events(head: bytes, events: AsyncIterator[bytes], response: Upst
                 pending = asyncio.ensure_future(iterator.__anext__())
             done, _ = await asyncio.wait({pending}, timeout=max(0.0, last_sent + ping_interval_s - clock()))
             if not done:
-                batch = b""
+                batch = []
                 last_sent = clock()
                 yield encode_sse_json("ping", {"type": "ping"})
                 continue

@@ -326,9 +326,9 @@ def test_openai_stream_translator_takes_any_chunk(chunks: List[Dict[str, Any]], 
     out: List[bytes] = []
     try:
         for chunk in chunks:
-            out += translator.feed(chunk)
+            out += [event.encoded() for event in translator.feed(chunk)]
         if finish:
-            out += translator.finish()
+            out += [event.encoded() for event in translator.finish()]
     except agproxy.AgproxyError:
         return
     assert_events_safe(out)

@@ -354,7 +354,8 @@ def test_calls_and_responses_always_pair():
 
 def run_translator(chunks: List[Dict[str, Any]]) -> List[agproxy.SSEEvent]:
     translator = GeminiStreamTranslator("m", 7)
-    data = b"".join(b"".join(translator.feed(c)) for c in chunks) + b"".join(translator.finish())
+    data = b"".join(agproxy.encode_events(translator.feed(c)) for c in chunks) + \
+        agproxy.encode_events(translator.finish())
     return agproxy.SSEDecoder().feed(data)
 
 
@@ -719,7 +720,7 @@ def test_an_error_gemini_writes_into_its_stream_is_seen_however_the_bytes_are_sp
     async def collect() -> bytes:
         out = b""
         async for batch in agproxy.gemini_events(ScriptedResponse(reads), GeminiStreamTranslator("m")):
-            out += batch
+            out += agproxy.encode_events(batch)
         return out
 
     events = agproxy.SSEDecoder().feed(__import__("asyncio").run(collect()))

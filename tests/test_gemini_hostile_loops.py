@@ -54,7 +54,7 @@ def test_an_error_indented_eight_spaces_is_read_however_the_read_splits_its_inde
         out = b""
         async for batch in agproxy.gemini_events(ScriptedResponse([raw[:cut], raw[cut:]]),
                                                  agproxy.GeminiStreamTranslator("m")):
-            out += batch
+            out += agproxy.encode_events(batch)
         return out
 
     events = agproxy.SSEDecoder().feed(asyncio.run(collect()))

@@ -155,8 +155,8 @@ def run_stream(chunks: List[Any]) -> tuple:
     translator = OpenAIStreamTranslator("local", 5)
     wire = b""
     for item in chunks:
-        wire += b"".join(translator.feed(item))
-    wire += b"".join(translator.finish())
+        wire += agproxy.encode_events(translator.feed(item))
+    wire += agproxy.encode_events(translator.finish())
     events = SSEDecoder().feed(wire)
     accumulator = MessageAccumulator()
     for event in events:
@@ -270,8 +270,8 @@ def test_any_interleaving_gives_a_well_formed_stream_losing_nothing(data, texts,
 
 def test_error_chunk_mid_stream_becomes_an_error_event():
     translator = OpenAIStreamTranslator("local")
-    wire = b"".join(translator.feed(chunk({"content": "partial"})))
-    wire += b"".join(translator.feed({"error": {"message": "CUDA out of memory", "code": 500}}))
+    wire = agproxy.encode_events(translator.feed(chunk({"content": "partial"})))
+    wire += agproxy.encode_events(translator.feed({"error": {"message": "CUDA out of memory", "code": 500}}))
     events = SSEDecoder().feed(wire)
     assert events[-1].event == "error" and "CUDA out of memory" in events[-1].data
     assert translator.finish() == []

@@ -496,8 +496,10 @@ def test_the_built_in_model_list_is_current():
 
 
 def test_usage_scaler_rewrites_only_usage():
-    events = b"".join(encode(e, d) for e, d in text_stream("a b"))
-    out = agproxy.UsageScaler(32000, 200000).transform(events)
+    events = agproxy.EventStreamCheck("up").feed(b"".join(encode(e, d) for e, d in text_stream("a b")))
+    before = [json.dumps(e.data) for e in events]
+    out = agproxy.encode_events(agproxy.UsageScaler(32000, 200000).scale(events))
+    assert [json.dumps(e.data) for e in events] == before  # scaled in copies: the answer's own usage stays
     decoded = agproxy.SSEDecoder().feed(out)
     assert [e.event for e in decoded] == [e for e, _ in text_stream("a b")]
     start = json.loads(decoded[0].data)

@@ -139,7 +139,7 @@ def test_words_about_credit_elsewhere_are_not_out_of_credit(status: int, message
 
 def relayed(*batches: bytes) -> bytes:
     check = agproxy.EventStreamCheck("up")
-    return b"".join(check.feed(batch) for batch in batches)
+    return b"".join(agproxy.encode_events(check.feed(batch)) for batch in batches)
 
 
 def names(data: bytes) -> List[str]:
@@ -171,7 +171,7 @@ def test_a_stream_in_the_grammar_is_relayed_as_it_came() -> None:
 def test_an_unknown_event_type_is_dropped_and_named_once() -> None:
     check = agproxy.EventStreamCheck("up")
     future = event("future_thing", {"type": "future_thing", "index": 3})
-    out = check.feed(START + future + BLOCK) + check.feed(future + DELTA + STOP_BLOCK + END)
+    out = agproxy.encode_events(check.feed(START + future + BLOCK) + check.feed(future + DELTA + STOP_BLOCK + END))
     assert names(out) == ["message_start", "content_block_start", "content_block_delta", "content_block_stop",
                           "message_delta", "message_stop"]
     assert check.unknown == ["future_thing"]
@@ -225,7 +225,7 @@ def test_what_is_relayed_is_always_in_the_grammar(batches: List[List[bytes]]) ->
     out = bytearray()
     try:
         for batch in batches:
-            out += check.feed(b"".join(batch))
+            out += agproxy.encode_events(check.feed(b"".join(batch)))
     except agproxy.UpstreamFailure:
         pass
     found, problems = parse_sse(bytes(out)) if out else ([], [])

@@ -1,0 +1,217 @@
+"""The relay pipeline's event objects (:class:`agproxy.Event`): decoded once where an answer is
+read, encoded once at the edge. What the client gets must be what it got when every stage passed
+bytes: the translators' compact encoding, and an upstream's own bytes, event by event, wherever
+nothing changed; the stages that used to decode again (the head, the assembled Message, the
+signature watch, the usage scaling) read the events' data."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any, Dict, List
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import agproxy
+from tests.test_pipeline import ScriptedResponse
+
+SHARED = Path(__file__).resolve().parent.parent.parent / "shared"
+
+TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)  # what json.loads can give
+JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers() | TEXT,
+                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(TEXT, inner, max_size=3),
+                           max_leaves=8)
+
+
+def old_encoding(name: str, data: Dict[str, Any]) -> bytes:
+    """How the translators wrote an event before events were objects (spelled out, not the function
+    that does it now): one data line of compact JSON, non-ASCII as it is, a lone surrogate as "?"."""
+    text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    return f"event: {name}\ndata: {text}\n\n".encode("utf-8", "replace")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(["message_start", "content_block_delta", "message_delta", "error", "ping"]),
+       st.dictionaries(TEXT, JSON_VALUES, max_size=4), st.text(max_size=8))
+def test_an_event_without_its_bytes_is_encoded_as_the_translators_wrote_it(name, data, surrogates):
+    data = dict(data, type=name, text="a\nb\r\u2028" + surrogates)  # line breaks and lone surrogates too
+    event = agproxy.Event(name, data)
+    assert event.encoded() == old_encoding(name, data) == agproxy.encode_events([event])
+    decoded = agproxy.SSEDecoder().feed(event.encoded())
+    assert [e.event for e in decoded] == [name] and json.loads(decoded[0].data)["type"] == name
+
+
+START = agproxy.encode_sse_json("message_start", {"type": "message_start", "message": {
+    "id": "msg_1", "type": "message", "role": "assistant", "model": "m", "content": [], "stop_reason": None,
+    "usage": {"input_tokens": 9, "output_tokens": 1}}})
+BLOCK = agproxy.encode_sse_json("content_block_start", {"type": "content_block_start", "index": 0,
+                                                        "content_block": {"type": "text", "text": ""}})
+END = (agproxy.encode_sse_json("content_block_stop", {"type": "content_block_stop", "index": 0})
+       + agproxy.encode_sse_json("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"},
+                                                   "usage": {"output_tokens": 3}})
+       + agproxy.encode_sse_json("message_stop", {"type": "message_stop"}))
+
+
+def delta(text: str, spaced: bool) -> bytes:
+    """A text delta as an upstream may write it: compact, or with spaces (json.dumps' default)."""
+    payload = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}}
+    data = json.dumps(payload, ensure_ascii=False, separators=(", ", ": ") if spaced else (",", ":"))
+    return b"event: content_block_delta\ndata: " + data.encode() + b"\n\n"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(TEXT, st.booleans()), min_size=1, max_size=8), st.data())
+def test_each_passthrough_event_keeps_its_own_bytes_however_the_batches_fall(deltas, data):
+    """An upstream's events, non-ASCII text included, cut into batches anywhere between events: each
+    event the check gives carries exactly its own bytes, and the batches encode to what came."""
+    events = [START, BLOCK] + [delta(text, spaced) for text, spaced in deltas] + [END]
+    cuts = sorted(data.draw(st.sets(st.integers(1, len(events) - 1), max_size=4)))
+    batches = [b"".join(events[a:b]) for a, b in zip([0] + cuts, cuts + [len(events)])]
+    check = agproxy.EventStreamCheck("up")
+    relayed = [check.feed(batch) for batch in batches]
+    assert [agproxy.encode_events(got) for got in relayed] == batches  # as they came, not encoded again
+    for event in (e for got in relayed for e in got):
+        (one,) = agproxy.SSEDecoder().feed(event.raw)
+        assert one.event == event.name and json.loads(one.data) == event.data
+
+
+def test_a_batch_changed_anywhere_is_written_anew_event_by_event_as_before():
+    """An event without its name (or a lone surrogate, or an unknown type) makes the check write
+    its batch anew: every event from its own data's text, as the bytes-passing relay did."""
+    bare = b"data: " + delta("x", True).split(b"data: ", 1)[1]
+    check = agproxy.EventStreamCheck("up")
+    got = check.feed(START + BLOCK + delta("é", True) + bare)
+    spaced = json.dumps({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "é"}},
+                        ensure_ascii=False)
+    assert got[2].raw == agproxy.encode_sse("content_block_delta", spaced)  # its spaces kept
+    assert got[3].raw == delta("x", True) and [e.name for e in got][:2] == ["message_start", "content_block_start"]
+
+
+def test_the_usage_scaler_rewrites_copies_and_leaves_other_events_as_they_came():
+    events = agproxy.EventStreamCheck("up").feed(START + BLOCK + delta("hi", True) + END)
+    start_data = json.dumps(events[0].data)
+    scaled = agproxy.UsageScaler(32000, 200000).scale(events)
+    assert json.dumps(events[0].data) == start_data  # the usage the record took is not scaled under it
+    assert scaled[0].raw is None and scaled[0].data["message"]["usage"]["input_tokens"] == \
+        agproxy.scale_tokens(9, 32000, 200000)
+    assert scaled[1:] == events[1:]  # message_delta says only output tokens: nothing to scale, as it came
+
+
+def _thinking_stream() -> List[bytes]:
+    def enc(payload: Dict[str, Any]) -> bytes:
+        return agproxy.encode_sse_json(payload["type"], payload)
+
+    def block(index: int, content: Dict[str, Any], deltas: List[Dict[str, Any]]) -> List[bytes]:
+        return ([enc({"type": "content_block_start", "index": index, "content_block": content})]
+                + [enc({"type": "content_block_delta", "index": index, "delta": d}) for d in deltas]
+                + [enc({"type": "content_block_stop", "index": index})])
+    return ([START]
+            + block(0, {"type": "thinking", "thinking": "", "signature": ""},
+                    [{"type": "thinking_delta", "thinking": "hm"}, {"type": "signature_delta", "signature": "sig-"},
+                     {"type": "signature_delta", "signature": "one"}])
+            + block(1, {"type": "text", "text": ""}, [{"type": "text_delta", "text": "signature_delta"}])
+            + block(2, {"type": "redacted_thinking", "data": "opaque-two"}, [])
+            + block(3, {"type": "thinking", "thinking": "", "signature": "sig-three"}, [])
+            + [enc({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 9}}),
+               enc({"type": "message_stop"})])
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.data())
+def test_the_signature_watch_records_what_the_whole_message_holds_however_the_batches_fall(data):
+    events = _thinking_stream()
+    cuts = sorted(data.draw(st.sets(st.integers(1, len(events) - 1), max_size=6)))
+    check, watched = agproxy.EventStreamCheck("up"), agproxy.SignatureBook()
+    watcher = agproxy.SignatureWatcher(watched, "up")
+    for a, b in zip([0] + cuts, cuts + [len(events)]):
+        watcher.feed(check.feed(b"".join(events[a:b])))
+    whole = agproxy.SignatureBook()
+    message = asyncio.run(agproxy.accumulate_events(agproxy.anthropic_events(ScriptedResponse([b"".join(events)]),
+                                                                             "up")))
+    whole.record_message(message, "up")
+    assert watched._owners == whole._owners and len(whole._owners) == 3  # sig-one, opaque-two, sig-three
+    assert watched.owner("sig-one") == "up" and watched.owner("signature_delta") is None
+
+
+def test_the_head_and_the_message_come_from_the_events_data():
+    async def go() -> tuple:
+        events = agproxy.anthropic_events(ScriptedResponse([START, BLOCK + delta("hé", True) + END]), "up")
+        head = await agproxy.first_events(events)
+        whole = await agproxy.accumulate_events(
+            agproxy.anthropic_events(ScriptedResponse([START, BLOCK + delta("hé", True) + END]), "up"))
+        return head, whole
+    head, whole = asyncio.run(go())
+    assert [e.name for e in head] == ["message_start", "content_block_start", "content_block_delta",
+                                      "content_block_stop", "message_delta", "message_stop"]
+    assert whole["content"] == [{"type": "text", "text": "hé"}] and whole["usage"]["output_tokens"] == 3
+    accumulator = agproxy.MessageAccumulator()
+    for event in head:
+        accumulator.add(event.name, event.data)
+    assert accumulator.result() == whole
+
+
+def test_an_error_in_the_head_is_raised_from_its_data():
+    error = agproxy.encode_sse_json("error", {"type": "error", "error": {"type": "overloaded_error",
+                                                                          "message": "busy now"}})
+    with pytest.raises(agproxy.AgproxyError, match="busy now") as caught:
+        asyncio.run(agproxy.first_events(agproxy.anthropic_events(ScriptedResponse([START + error]), "up")))
+    assert caught.value.status == 529
+
+
+def test_a_head_of_pings_without_end_is_refused():
+    ping = agproxy.encode_sse_json("ping", {"type": "ping"})
+    reads = [START] + [ping * 100] * (agproxy.MAX_HEAD_EVENTS // 100 + 1)
+    with pytest.raises(agproxy.UpstreamFailure, match="without content"):
+        asyncio.run(agproxy.first_events(agproxy.anthropic_events(ScriptedResponse(reads), "up")))
+
+
+# -- the recorded answers of real servers ------------------------------------------------------------
+
+def _recordings() -> List[Any]:
+    found = []
+    for folder, kind, separator in (("real-streams", "openai", b"\n\n"),
+                                    ("real-streams-gemini", "gemini", b"\r\n\r\n")):
+        for path in sorted((SHARED / folder / "fixtures").glob("*.json")) if (SHARED / folder).is_dir() else []:
+            recording = json.loads(path.read_text())
+            if not recording.get("chunks") or recording.get("stream") is False or \
+                    recording.get("framing") == "json-array" or recording.get("kind", "stream") != "stream":
+                continue
+            raw = recording["raw_sse"].encode() if recording.get("raw_sse") else \
+                b"".join(b"data: " + json.dumps(c).encode() + separator for c in recording["chunks"])
+            if kind == "openai" and not recording.get("raw_sse") and recording.get("done", True):
+                raw += b"data: [DONE]\n\n"
+            found.append(pytest.param(kind, raw, id=f"{kind}-{path.stem}"))
+    return found
+
+
+RECORDINGS = _recordings()
+
+
+async def _relayed(events: Any, response: Any) -> bytes:
+    head = await agproxy.first_events(events)
+    return b"".join([c async for c in agproxy.relay_events(head, events, response, "up", ping_interval_s=10)])
+
+
+@pytest.mark.skipif(not RECORDINGS, reason="../shared/real-streams* is not here (a user's clone)")
+@pytest.mark.parametrize("kind, raw", RECORDINGS)
+def test_a_recorded_answer_is_relayed_in_the_translators_encoding_and_passes_through_unchanged(kind, raw):
+    """Each real recording, translated: every event is compact JSON as the translators wrote it,
+    and that answer, sent by an Anthropic upstream (whole, or 7 bytes a read), reaches the client
+    byte for byte."""
+    def translated(reads: List[bytes]) -> Any:
+        response = ScriptedResponse(reads)
+        translator = agproxy.OpenAIStreamTranslator("m", 0) if kind == "openai" else \
+            agproxy.GeminiStreamTranslator("m", 0)
+        events = agproxy.openai_events(response, translator) if kind == "openai" else \
+            agproxy.gemini_events(response, translator)
+        return events, response
+
+    out = asyncio.run(_relayed(*translated([raw[i:i + 5] for i in range(0, len(raw), 5)])))
+    decoded = agproxy.SSEDecoder().feed(out)
+    assert out == b"".join(old_encoding(e.event, json.loads(e.data)) for e in decoded)
+    for piece in (1 << 20, 7):
+        response = ScriptedResponse([out[i:i + piece] for i in range(0, len(out), piece)])
+        assert asyncio.run(_relayed(agproxy.anthropic_events(response, "up"), ScriptedResponse([]))) == out
