@@ -33,8 +33,9 @@ warmup locally or runs attempts over the account pool (run_attempts); each attem
 Adapter.messages(call): prepare the request (clean-up, translation, what the upstream rejected),
 send, heal past a 400 that names what to drop, then turn the answer into Anthropic events
 (answer_events: Event objects, decoded once) and relay them (first_events, relay_events, which
-encodes each batch once, on its way out) or assemble them (accumulate_events); what the attempt learned (lessons, windows, changes, the answer's usage) it
-leaves in the call's facts, which the gateway applies. The request's record, filled on the way,
+encodes each batch once, on its way out) or assemble them (accumulate_events); what the
+attempt learned (lessons, windows, changes, the answer's usage) it leaves in the call's facts,
+which the gateway applies. The request's record, filled on the way,
 goes to the access log and the other readers when its answer ends (Server.finished). A new
 upstream kind is one Adapter subclass in ADAPTERS plus its translators.
 """
