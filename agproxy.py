@@ -2016,14 +2016,31 @@ class Event:
     """One Anthropic stream event as the relay pipeline carries it: ``name`` (its type), ``data``
     (the decoded payload), and ``raw``, its SSE bytes exactly as they may go out (an upstream's own
     bytes relayed as they came), or None when it is to be encoded (:meth:`encoded`). Whatever
-    changes ``data`` sets ``raw`` to None. Events are encoded once, at the edge of the relay."""
+    changes ``data`` sets ``raw`` to None. Events are encoded once, at the edge of the relay.
 
-    __slots__ = ("name", "data", "raw")
+    A relayed delta (the bulk of a stream) may be made without its data (``data=None``, with
+    ``raw`` one ``data:`` line): it is decoded from ``raw`` only if something asks for it (the
+    Message assembled for a JSON client), so a batch of hundreds of deltas in flight does not hold
+    hundreds of decoded payloads."""
 
-    def __init__(self, name: str, data: Dict[str, Any], raw: Optional[bytes] = None) -> None:
+    __slots__ = ("name", "_data", "raw")
+
+    def __init__(self, name: str, data: Optional[Dict[str, Any]], raw: Optional[bytes] = None) -> None:
         self.name = name
-        self.data = data
+        self._data = data
         self.raw = raw
+
+    @property
+    def data(self) -> Dict[str, Any]:
+        if self._data is None:
+            assert self.raw is not None, "an event without data has its bytes"
+            self._data = _decode_bounded(self.raw[self.raw.index(b"data:") + 5:].strip().decode("utf-8"),
+                                         MAX_UPSTREAM_JSON_DEPTH)
+        return self._data
+
+    @data.setter
+    def data(self, value: Dict[str, Any]) -> None:
+        self._data = value
 
     def encoded(self) -> bytes:
         """The event's SSE bytes: as it came, else as :func:`encode_sse_json` writes it."""
@@ -3490,7 +3507,8 @@ class EventStreamCheck:
                 if isinstance(usage, dict):
                     self.usage.update(usage)
             as_they_came = as_they_came and bool(name)
-            kept.append(Event(kind, payload, raw))
+            # a plain delta keeps only its bytes (one data line): its data is decoded again if asked for
+            kept.append(Event(kind, None if kind == "content_block_delta" and raw is not None else payload, raw))
             sources.append(event_data)
         if not as_they_came:  # the batch is written anew, each event from its data's text
             for event, source in zip(kept, sources):
@@ -4673,6 +4691,8 @@ class OpenAIStreamTranslator:
         #: the usage the events have said so far (message_start's, then message_delta's), kept in the
         #: caller's dict where it gives one
         self.usage: Dict[str, Any] = usage if usage is not None else {}
+        #: its events go to a client as they come (not into one Message): deltas are encoded at once
+        self.relayed = False
         self.stop_sequences = list(stop_sequences)
         self.on_upstream_id = on_upstream_id  # told the server's own id for the answer, if it gave one
         self.started = False
@@ -4716,8 +4736,10 @@ class OpenAIStreamTranslator:
                                                            "content_block": block}))
 
     def _delta(self, out: List[Event], delta: Dict[str, Any]) -> None:
-        out.append(Event("content_block_delta", {"type": "content_block_delta", "index": self._index,
-                                                           "delta": delta}))
+        payload = {"type": "content_block_delta", "index": self._index, "delta": delta}
+        # relayed, a delta is encoded now and kept as bytes alone (see Event): the bulk of a stream
+        out.append(Event("content_block_delta", None, encode_sse_json("content_block_delta", payload))
+                   if self.relayed else Event("content_block_delta", payload))
 
     def feed(self, chunk: Dict[str, Any]) -> List[Event]:
         """Events for one parsed chunk (an ``error`` chunk gives an error event and ends the stream)."""
@@ -5659,6 +5681,8 @@ class GeminiStreamTranslator:
         self.input_tokens = input_tokens
         #: the usage the events have said so far, as :class:`OpenAIStreamTranslator`'s
         self.usage: Dict[str, Any] = usage if usage is not None else {}
+        #: its events go to a client as they come (not into one Message): deltas are encoded at once
+        self.relayed = False
         self.on_signature = on_signature
         self.on_upstream_id = on_upstream_id  # told Gemini's responseId for the answer
         self.names = names or {}  # the client's tool names, by the names Gemini knows them by
@@ -5699,8 +5723,10 @@ class GeminiStreamTranslator:
         self._content_seen = True
 
     def _delta(self, out: List[Event], delta: Dict[str, Any]) -> None:
-        out.append(Event("content_block_delta", {"type": "content_block_delta", "index": self._index,
-                                                           "delta": delta}))
+        payload = {"type": "content_block_delta", "index": self._index, "delta": delta}
+        # relayed, a delta is encoded now and kept as bytes alone (see Event): the bulk of a stream
+        out.append(Event("content_block_delta", None, encode_sse_json("content_block_delta", payload))
+                   if self.relayed else Event("content_block_delta", payload))
 
     @property
     def unfinished(self) -> bool:
@@ -9151,8 +9177,10 @@ class OpenAIAdapter(Adapter):
         return json.dumps(translated, ensure_ascii=False).encode("utf-8"), translated, None
 
     def answer_events(self, response: UpstreamResponse, call: Call, estimate: int) -> AsyncIterator[List[Event]]:
-        return openai_events(response, OpenAIStreamTranslator(call.route.model, estimate, _stop_sequences(call.body),
-                                                              call.facts.upstream_ids.append, call.facts.usage))
+        translator = OpenAIStreamTranslator(call.route.model, estimate, _stop_sequences(call.body),
+                                            call.facts.upstream_ids.append, call.facts.usage)
+        translator.relayed = bool(call.body.get("stream"))
+        return openai_events(response, translator)
 
     def answer_message(self, data: bytes, response: UpstreamResponse, call: Call) -> Dict[str, Any]:
         name = call.upstream.name
@@ -9332,9 +9360,10 @@ class GeminiAdapter(Adapter):
 
     def answer_events(self, response: UpstreamResponse, call: Call, estimate: int) -> AsyncIterator[List[Event]]:
         route = call.route
-        return gemini_events(response, GeminiStreamTranslator(route.model, estimate, self.recorder(route),
-                                                              gemini_name_map(call.body),
-                                                              call.facts.upstream_ids.append, call.facts.usage))
+        translator = GeminiStreamTranslator(route.model, estimate, self.recorder(route), gemini_name_map(call.body),
+                                            call.facts.upstream_ids.append, call.facts.usage)
+        translator.relayed = bool(call.body.get("stream"))
+        return gemini_events(response, translator)
 
     def answer_message(self, data: bytes, response: UpstreamResponse, call: Call) -> Dict[str, Any]:
         route = call.route
