@@ -79,6 +79,7 @@ from typing import (
     AsyncIterator,
     Awaitable,
     Callable,
+    Deque,
     Dict,
     FrozenSet,
     Iterable,
@@ -563,6 +564,37 @@ class Upstream:
     credentials: Tuple[str, ...] = dataclasses.field(default=(), repr=False)
 
 
+def key_sha256(key: str) -> str:
+    """A key's SHA-256 as ``sha256sum`` prints it (lowercase hex of its UTF-8 bytes): what
+    ``clients[].api_key_sha256`` holds, and what a presented key is compared by."""
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+@dataclasses.dataclass(frozen=True)
+class Client:
+    """A person or a job with a key of its own (``clients``): the models and upstreams it may use,
+    and its limits (0: none). Only the key's SHA-256 is compared; a key given in plain text is kept
+    too, so that the redactor hides it."""
+
+    name: str
+    key_sha256: str = dataclasses.field(repr=False)
+    api_key: str = dataclasses.field(default="", repr=False)
+    models: Tuple[str, ...] = ("*",)
+    upstreams: Tuple[str, ...] = ()  # empty: every upstream
+    max_concurrency: int = 0
+    requests_per_minute: int = 0
+    tokens_per_day: int = 0
+
+    def may_use(self, model: str) -> bool:
+        """Whether ``models`` (globs) lets this client ask for ``model``."""
+        return any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models)
+
+    def limits(self) -> Dict[str, int]:
+        """The limits under the config's names."""
+        return {"max_concurrency": self.max_concurrency, "requests_per_minute": self.requests_per_minute,
+                "tokens_per_day": self.tokens_per_day}
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelRule:
     """A ``model_map`` entry: the first rule whose glob fits the requested model wins."""
@@ -580,6 +612,11 @@ class Config:
     port: int = DEFAULT_PORT
     auth_mode: str = "auto"
     api_key: str = dataclasses.field(default="", repr=False)
+    #: guards agproxy's own routes (accounts, stats, usage, reload, the status page's data, /metrics);
+    #: without it, api_key does
+    admin_api_key: str = dataclasses.field(default="", repr=False)
+    #: a key per person or job (Teams), beside api_key
+    clients: Tuple[Client, ...] = ()
     upstreams: Tuple[Upstream, ...] = ()
     model_map: Tuple[ModelRule, ...] = ()
     max_retry_attempts: int = 3
@@ -617,7 +654,8 @@ class Config:
         """Every secret agproxy holds, for the :class:`Redactor`: its own key, each account's, the
         credentials in each upstream's ``headers`` and ``extra_body``, and those of the proxy
         that ``environ``'s ``HTTPS_PROXY``/``HTTP_PROXY`` name (:func:`proxy_credentials`)."""
-        return [self.api_key] + [a.api_key for u in self.upstreams for a in u.accounts] + \
+        return [self.api_key, self.admin_api_key] + [c.api_key for c in self.clients] + \
+            [a.api_key for u in self.upstreams for a in u.accounts] + \
             [c for u in self.upstreams for c in u.credentials] + proxy_credentials(environ or {})
 
     def effective_auth_mode(self) -> str:
@@ -1043,6 +1081,8 @@ def config_from_dict(raw: Any, environ: Dict[str, str], source: str, unset_as_pl
             if target not in names:
                 raise ConfigError(f"model_map[{i}].upstream: no upstream is named {target!r}")
         rules.append(ModelRule(rule.text("match", required=True), tuple(targets), rule.text("model")))
+    api_key, admin_key = fields.secret("api_key"), fields.secret("admin_api_key")
+    clients = _parse_clients(fields.get("clients", list, []), names, api_key, admin_key)
     d = Config()  # every default is written once, in the dataclass
     body_limit = fields.integer("max_body_bytes", d.max_body_bytes, 1024)
     inflight_limit = fields.integer("max_inflight_body_bytes", max(d.max_inflight_body_bytes, body_limit), 1024)
@@ -1053,7 +1093,9 @@ def config_from_dict(raw: Any, environ: Dict[str, str], source: str, unset_as_pl
         host=fields.text("host", d.host),
         port=fields.integer("port", d.port, 0, 65535),
         auth_mode=fields.choice("auth_mode", AUTH_MODES, d.auth_mode),
-        api_key=fields.secret("api_key"),
+        api_key=api_key,
+        admin_api_key=admin_key,
+        clients=clients,
         upstreams=upstreams,
         model_map=tuple(rules),
         max_retry_attempts=fields.integer("max_retry_attempts", d.max_retry_attempts, 1, 20),
@@ -1095,8 +1137,14 @@ def config_changes(before: Config, after: Config) -> List[str]:
         old, new = getattr(before, name), getattr(after, name)
         if old == new:
             continue
-        if name == "api_key":
-            changes.append("api_key changed")
+        if name in ("api_key", "admin_api_key"):
+            changes.append(f"{name} changed")
+        elif name == "clients":
+            old_clients, new_clients = {c.name: c for c in old}, {c.name: c for c in new}
+            changes += [f"client {n!r} removed" for n in sorted(old_clients.keys() - new_clients.keys())]
+            changes += [f"client {n!r} added" for n in sorted(new_clients.keys() - old_clients.keys())]
+            changes += [f"client {n!r} changed" + (" (a new key)" if old_clients[n].key_sha256 != c.key_sha256 else "")
+                        for n, c in sorted(new_clients.items()) if n in old_clients and old_clients[n] != c]
         elif name in RESTART_SETTINGS:
             changes.append(f"{name}: {json.dumps(old)} -> {json.dumps(new)} needs a restart (until then agproxy "
                            f"keeps {json.dumps(old)})")
@@ -1133,6 +1181,52 @@ def config_changes(before: Config, after: Config) -> List[str]:
     if before.model_map != after.model_map:
         changes.append(f"model_map changed ({len(after.model_map)} rule(s))")
     return sorted(changes, key=lambda line: "needs a restart" not in line)
+
+
+#: The keys of a ``clients`` entry.
+_CLIENT_KEYS = ("name", "api_key", "api_key_sha256", "models", "upstreams", "max_concurrency", "requests_per_minute",
+                "tokens_per_day")
+#: A client's name: it is shown in logs, metrics labels, the ledger and the page.
+_CLIENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+\-]{0,63}")
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def _parse_clients(entries: List[Any], upstream_names: Sequence[str], api_key: str, admin_key: str
+                   ) -> Tuple[Client, ...]:
+    """``clients``: each entry checked; names and keys unique, and no client's key is agproxy's
+    ``api_key`` or ``admin_api_key`` (a key is named by its client, never shown)."""
+    clients: List[Client] = []
+    owners: Dict[str, str] = {key_sha256(k): what for k, what in ((api_key, "api_key"), (admin_key, "admin_api_key"))
+                              if k}
+    for i, obj in enumerate(entries):
+        where = f"clients[{i}]"
+        entry = _Fields(obj, where, _CLIENT_KEYS)
+        name = entry.text("name", required=True)
+        if not _CLIENT_NAME.fullmatch(name):
+            raise ConfigError(f"{where}.name: must be 1 to 64 letters, digits or . _ @ + - (it is shown in logs and "
+                              f"metrics), got {_shown(name)}")
+        if any(c.name == name for c in clients):
+            raise ConfigError(f"{where}.name: {name!r} is used twice")
+        plain, hashed = entry.secret("api_key"), entry.text("api_key_sha256", "")
+        if bool(plain) == bool(hashed):
+            raise ConfigError(f"{where}: give exactly one of api_key and api_key_sha256")
+        if hashed and not _SHA256_HEX.fullmatch(hashed):
+            raise ConfigError(f"{where}.api_key_sha256: must be 64 lowercase hex digits, as `printf %s KEY | "
+                              "sha256sum` prints them")
+        digest = hashed or key_sha256(plain)
+        if digest in owners:
+            raise ConfigError(f"{where}: its key is also {owners[digest]}'s; every key must be its own")
+        owners[digest] = f"client {name!r}"
+        allowed = entry.strings("upstreams")
+        for target in allowed:
+            if target not in upstream_names:
+                raise ConfigError(f"{where}.upstreams: no upstream is named {_shown(target)}")
+        models = entry.strings("models") if "models" in obj else ("*",)
+        clients.append(Client(name, digest, plain, models or ("*",), allowed,
+                              entry.integer("max_concurrency", 0, 0, 100000),
+                              entry.integer("requests_per_minute", 0, 0, 10**9),
+                              entry.integer("tokens_per_day", 0, 0, 10**15)))
+    return tuple(clients)
 
 
 def default_state_file(environ: Dict[str, str], config_path: str = "") -> str:
@@ -7234,12 +7328,13 @@ class _Exchange:
     client leaves (a read of the upstream waiting on it is cut)."""
 
     def __init__(self, request: Request, on_client_gone: List[Callable[[], None]], record: RequestRecord,
-                 admitted: bool = False) -> None:
+                 admission: Any = None) -> None:
         self.request = request
         self.on_client_gone = on_client_gone
         self.record = record
-        #: the application's ``admit`` passed on the request's head already, so ``handle`` need not check again
-        self.admitted = admitted
+        #: what the application's ``admit`` made of the request's head, when it ran on the head alone
+        #: (None: not yet, so ``handle`` admits it); the application's own value, opaque to the shell
+        self.admission = admission
 
     @property
     def id(self) -> str:
@@ -7262,7 +7357,8 @@ class _Connection:
         self.body_held = 0  # bytes of max_inflight_body_bytes its request holds
         self.on_gone: List[Callable[[], None]] = []
         self.head: Optional[Request] = None  # the request whose head was read last (a refusal names it)
-        self.admitted = False  # the application admitted that head already (a bodied one, before its body)
+        #: what the application made of that head when it admitted it already (a bodied one, before its body)
+        self.admission: Any = None
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.client_ip = str(peer[0]) if isinstance(peer, tuple) else str(peer)
@@ -7289,7 +7385,8 @@ class Application:
     raises an :class:`AgproxyError` to refuse it); ``handle`` answers a whole request; ``finished``
     is told of every request's record once its answer has ended, refused and cut ones included."""
 
-    def admit(self, request: Request) -> None:
+    def admit(self, request: Request) -> Any:
+        """Check a request's head; what it returns is handed back as ``exchange.admission``."""
         raise NotImplementedError
 
     async def handle(self, request: Request, exchange: _Exchange) -> Union[Response, StreamingResponse]:
@@ -7462,7 +7559,7 @@ class HttpServer:
         loop = asyncio.get_running_loop()
         deadline: Optional[float] = None
         what = ""
-        in_body = conn.admitted = False
+        in_body, conn.admission = False, None
         conn.head = None
         while True:
             event = conn.parser.next_event()
@@ -7474,10 +7571,10 @@ class HttpServer:
             if isinstance(event, HeadReady):
                 conn.head = event.request
                 if event.has_body:
-                    self.app.admit(event.request)  # refuse before reading (and buffering) the body
+                    conn.admission = self.app.admit(event.request)  # refuse before reading (and buffering) the body
                     _, length = request_body_framing(event.request.version, event.request.headers)
                     self._check_body_fits(length)
-                    in_body = conn.admitted = True
+                    in_body = True
                 if event.request.expects_continue:
                     conn.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
                 deadline, what = loop.time() + config.body_timeout_s, "request body"
@@ -7527,7 +7624,7 @@ class HttpServer:
     async def _answer(self, conn: _Connection, request: Request) -> bool:
         """Route one request, write its response and record it; True if the connection stays open."""
         record = RequestRecord(new_request_id(), conn.client_ip, request.method, request.path[:MAX_RECORD_PATH_CHARS])
-        exchange = _Exchange(request, conn.on_gone, record, conn.admitted)
+        exchange = _Exchange(request, conn.on_gone, record, conn.admission)
         watcher = asyncio.ensure_future(self._watch_for_departure(conn, request.version))
         routing = asyncio.ensure_future(self.app.handle(request, exchange))
         conn.on_gone.append(routing.cancel)  # a client that leaves stops retries and waits at once
@@ -7927,6 +8024,39 @@ class StateSaver:
             await self._saving
 
 
+@dataclasses.dataclass(frozen=True)
+class Caller:
+    """Who a request's key says sent it: a client (``clients``), agproxy's admin (``admin_api_key``,
+    or ``api_key`` where there is none), the holder of ``api_key``, or nobody known (auth off)."""
+
+    client: Optional[Client] = None
+    admin: bool = False
+
+
+def permitted_route(caller: Caller, route: Route, model: str) -> Route:
+    """The part of ``route`` the caller may use: a client only the models and upstreams its entry
+    allows; anything else is a 403 ``permission_error`` naming the model (never a 404, which would
+    say what exists)."""
+    client = caller.client
+    if client is None:
+        return route
+    if not client.may_use(model):
+        raise PermissionDenied(f"client {client.name!r} may not use model {model[:200]!r} (its models: "
+                               f"{', '.join(client.models)[:300]})")
+    upstreams = tuple(u for u in route.upstreams if not client.upstreams or u.name in client.upstreams)
+    if not upstreams:
+        raise PermissionDenied(f"client {client.name!r} may not use model {model[:200]!r}: it is served by "
+                               f"upstream(s) {', '.join(u.name for u in route.upstreams)}, and the client may use "
+                               f"only {', '.join(client.upstreams)}")
+    return Route(upstreams, route.model)
+
+
+def is_admin_route(path: str) -> bool:
+    """agproxy's own routes, which the admin key guards: every ``/v1/agproxy/`` route but ``/me``, and
+    ``/metrics``."""
+    return path == "/metrics" or (path.startswith("/v1/agproxy/") and path != "/v1/agproxy/me")
+
+
 class FrontDoor:
     """What a request must pass before a handler runs, checked on its head alone (before its body
     is read): the browser origin, the Host (DNS rebinding), the ``/v1/v1`` mistake, agproxy's key,
@@ -7946,9 +8076,10 @@ class FrontDoor:
         self.config = config
         self.auth_mode = config.effective_auth_mode()
 
-    def admit(self, request: Request) -> None:
+    def admit(self, request: Request) -> Caller:
         """The checks a request's head must pass before its body is read: browser origin, Host,
-        the ``/v1/v1`` mistake, agproxy's key, and a route for the path and method."""
+        the ``/v1/v1`` mistake, the key (who sent it: :class:`Caller`; agproxy's own routes need
+        the admin's), and a route for the path and method."""
         path = request.path
         self._check_origin(request)
         self._check_host(request)
@@ -7963,11 +8094,16 @@ class FrontDoor:
                 "agproxy adds /v1 itself)"
             )
         if request.method == "OPTIONS":
-            return
-        if (self.auth_mode == "strict" or (self.auth_mode == "all_except_health" and path != "/healthz")) \
-                and not asks_for_status_page(request):  # the page holds no data; its data needs the key
-            self._check_key(request)
+            return Caller()
+        required = (self.auth_mode == "strict" or (self.auth_mode == "all_except_health" and path != "/healthz")) \
+            and not asks_for_status_page(request)  # the page holds no data; its data needs the key
+        caller = self.identify(request, required)
+        if required and is_admin_route(path) and not caller.admin:
+            whose = f"client {caller.client.name!r}'s" if caller.client else "agproxy's api_key, not its admin_api_key"
+            raise PermissionDenied(f"{path[:100]} is one of agproxy's own routes, for its admin_api_key; this key is "
+                                   f"{whose}")
         self.handler(request)
+        return caller
 
     def handler(self, request: Request) -> Callable[[Request, _Exchange], Any]:
         """The handler of a request's path and method; 404 or 405 (with ``Allow``) when none."""
@@ -8015,14 +8151,34 @@ class FrontDoor:
             status=421, error_type="permission_error",
         )
 
-    def _check_key(self, request: Request) -> None:
-        if not self.config.api_key:
-            raise AuthenticationFailed("agproxy has auth on but no api_key configured; set api_key in its config")
+    def identify(self, request: Request, required: bool) -> Caller:
+        """Who sent the request, by its key: every key agproxy knows is compared in constant time
+        (a client's by its SHA-256). With ``required`` (auth on), no key or an unknown one is a 401;
+        else the request is anonymous."""
+        config = self.config
+        if required and not config.api_key and not config.clients:
+            raise AuthenticationFailed("agproxy has auth on but no api_key (nor clients) configured; set api_key in "
+                                       "its config")
         keys = presented_keys(request)
         if not keys:
-            raise AuthenticationFailed("missing API key: send agproxy's api_key as x-api-key or Authorization: Bearer")
-        if not key_matches(self.config.api_key, keys):
-            raise AuthenticationFailed("invalid API key for agproxy (it is agproxy's api_key, not an upstream's key)")
+            if required:
+                raise AuthenticationFailed("missing API key: send agproxy's api_key as x-api-key or Authorization: "
+                                           "Bearer")
+            return Caller()
+        admin_key = config.admin_api_key or config.api_key
+        admin = key_matches(admin_key, keys)
+        known = admin or key_matches(config.api_key, keys)
+        digests = [key_sha256(key).encode() for key in keys]
+        client: Optional[Client] = None
+        for candidate in config.clients:  # every one compared, so the time says nothing of which matched
+            if any(hmac.compare_digest(candidate.key_sha256.encode(), digest) for digest in digests):
+                client = candidate
+        if client is None and not known:
+            if required:
+                raise AuthenticationFailed("invalid API key for agproxy (it is agproxy's api_key or a client's, not "
+                                           "an upstream's key)")
+            return Caller()
+        return Caller(client, admin)
 
     def preflight(self, request: Request) -> Response:
         """CORS preflight for an allowed origin (the origin check has already run)."""
@@ -8080,6 +8236,9 @@ class Server(Application):
         self.usage.load_json((state or {}).get("usage"), clock())
         self.usage_counter = UsageCounter(self.usage, clock, self.saver.save if persist else None)
         self.record_readers.append(self.usage_counter.read)
+        self.limits = ClientLimits(config.clients, clock, self.metrics.client_limited,
+                                   (state or {}).get("client_limits"))
+        self.record_readers.append(self.limits.read)
         for line in self.pool.load_json((state or {}).get("accounts"), clock()):
             self.log.info("restored from the state file: %s (stop agproxy and run `agproxy state clear` to forget it)",
                           line)
@@ -8108,6 +8267,7 @@ class Server(Application):
             "/agproxy": {"GET": self._status_page},
             STATUS_DATA_PATH: {"GET": self._status},
             "/v1/agproxy/reload": {"POST": self._reload},
+            "/v1/agproxy/me": {"GET": self._me},
         }
         self.board = StatusBoard(clock(), self.usage, self.redact.text)
         self.record_readers.append(self.board.read)
@@ -8168,6 +8328,7 @@ class Server(Application):
         self.pool = self.pool.reconfigured(config.upstreams)
         self.config = self.http.config = self.learning.config = config
         self.door.reconfigure(config)
+        self.limits.reconfigure(config.clients)
         self.catalog = ModelCatalog(config, self.client, self.pool, self.adapter, self.clock, self.log)
         if self.watcher is not None:
             self.watcher.follow(config.watch_config, config.source)
@@ -8204,20 +8365,26 @@ class Server(Application):
         """What the state file keeps."""
         return {"learned": self.learned.to_json(self._servers), "accounts": self.pool.to_json(self.clock()),
                 "windows": self.windows.to_json(self.config.upstreams), "usage": self.usage.to_json(),
+                "client_limits": self.limits.to_json(),
                 "pid": os.getpid()}  # `agproxy state clear` leaves the file of a running agproxy alone
 
-    def admit(self, request: Request) -> None:
-        """The front door's checks of a request's head (:class:`FrontDoor`)."""
-        self.door.admit(request)
+    def admit(self, request: Request) -> Caller:
+        """The front door's checks of a request's head (:class:`FrontDoor`): who sent it."""
+        return self.door.admit(request)
 
     async def handle(self, request: Request, exchange: _Exchange) -> Union[Response, StreamingResponse]:
         """Admit the request (unless its head was) and run its handler."""
-        if not exchange.admitted:
-            self.admit(request)
+        if exchange.admission is None:
+            exchange.admission = self.admit(request)
+        caller: Caller = exchange.admission
+        if caller.client is not None:
+            exchange.record.client = caller.client.name
         if request.method == "OPTIONS":
             return self.door.preflight(request)
         handler = self.door.handler(request)
         exchange.record.route = handler.__name__.lstrip("_")
+        if caller.client is not None and generates(request.method, request.path):
+            await self.limits.admit(caller.client, exchange.id)  # before any upstream is called
         response = await handler(request, exchange)
         origin = request.header("origin")
         if origin:
@@ -8239,21 +8406,27 @@ class Server(Application):
         return Response(200, [("Content-Type", "application/json")], b"")
 
     async def _models(self, request: Request, exchange: _Exchange) -> Response:
-        data = await self.catalog.models()
-        return json_response(200, {"data": data, "has_more": False,
-                                   "first_id": data[0]["id"], "last_id": data[-1]["id"]})
+        data = self._listed(exchange, await self.catalog.models())
+        return json_response(200, {"data": data, "has_more": False, "first_id": data[0]["id"] if data else None,
+                                   "last_id": data[-1]["id"] if data else None})
+
+    @staticmethod
+    def _listed(exchange: _Exchange, models: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+        """The models a client may use, of those listed (everyone else sees them all)."""
+        client = exchange.admission.client
+        return models if client is None else [m for m in models if client.may_use(m["id"])]
 
     async def _models_openai(self, request: Request, exchange: _Exchange) -> Response:
         data = [{"id": m["id"], "object": "model", "created": _MODELS_CREATED, "owned_by": "agproxy"}
-                for m in await self.catalog.models()]
+                for m in self._listed(exchange, await self.catalog.models())]
         return json_response(200, {"object": "list", "data": data})
 
     async def _model(self, request: Request, exchange: _Exchange) -> Response:
         model_id = urllib.parse.unquote(request.path[len("/v1/models/"):])
+        permitted_route(exchange.admission, route_model(self.config, model_id), model_id)
         for model in await self.catalog.models():
             if model["id"] == model_id:
                 return json_response(200, model)
-        route_model(self.config, model_id)  # a model the map routes is served even if unlisted
         return json_response(200, _model_object(model_id, model_id))
 
     def _json_body(self, request: Request) -> Dict[str, Any]:
@@ -8270,7 +8443,7 @@ class Server(Application):
         record.model, record.stream = str(body.get("model"))[:200], body.get("stream") is True
         validate_messages_request(body)
         pool = self.pool  # what the request began with, whatever a reload brings meanwhile
-        route = route_model(self.config, body["model"])
+        route = permitted_route(exchange.admission, route_model(self.config, body["model"]), body["model"])
         record.mapped_model, record.upstream = route.model, route.upstream.name
         headers: Headers = [("X-Mapped-Model", route.model)]
         if self.config.warmup_interception and is_warmup(body):
@@ -8331,7 +8504,7 @@ class Server(Application):
         record.model = str(body.get("model"))[:200]
         validate_messages_request(body, count_tokens=True)
         pool = self.pool  # what the request began with, whatever a reload brings meanwhile
-        route = route_model(self.config, body["model"])
+        route = permitted_route(exchange.admission, route_model(self.config, body["model"]), body["model"])
         record.mapped_model, record.upstream = route.model, route.upstream.name
         headers: Headers = [("X-Mapped-Model", route.model)]
         window = self.windows.window(route.upstream, route.model)
@@ -8372,6 +8545,20 @@ class Server(Application):
         status = self.board.snapshot(self.clock(), self.http.in_flight - 1, self.config.upstreams, self.pool,
                                      self.learned, self.windows, self.counters)
         return json_response(200, status, [("Cache-Control", "no-store")])
+
+    async def _me(self, request: Request, exchange: _Exchange) -> Response:
+        """A client's own entry: its models, upstreams, limits, and its usage today (UTC)."""
+        client = exchange.admission.client
+        if client is None:
+            raise PermissionDenied("GET /v1/agproxy/me answers for a client's key (see clients in agproxy's config); "
+                                   "this request carries none")
+        day = _utc_day(self.clock())
+        rows = [row for row in self.usage.rows(day, day, ("client",)) if row["client"] == client.name]
+        today = {name: rows[0][name] if rows else 0 for name in USAGE_COUNTS}
+        return json_response(200, {"client": client.name, "models": list(client.models),
+                                   "upstreams": list(client.upstreams) or [u.name for u in self.config.upstreams],
+                                   "limits": client.limits(), "limits_now": self.limits.state(client),
+                                   "usage": {"today": dict(today, day=day)}})
 
     async def _reload(self, request: Request, exchange: _Exchange) -> Response:
         """``POST /v1/agproxy/reload`` (an empty body): read the config file again, as SIGHUP does."""
@@ -9852,6 +10039,10 @@ class Metrics:
         self.broken = CounterFamily("agproxy_streams_failed_total", "Streamed answers that began (status 200) and "
                                     "were ended by an error event: the upstream's, a break, a timeout.",
                                     ("upstream", "model"), shown)
+        # a client's own limit refusing a request (a 429 with no upstream), never an upstream's 429
+        self.limited = CounterFamily("agproxy_client_limited_total", "Requests refused (429) because their "
+                                     "client was over one of its own limits in agproxy's config: max_concurrency, "
+                                     "requests_per_minute, tokens_per_day.", ("client", "limit"), shown)
         #: the bound of the sanitizer's change kinds, kept across scrapes so the first 100 stay theirs
         self._changes = LabelValues(shown)
 
@@ -9884,6 +10075,10 @@ class Metrics:
         """Count a context window learned from an upstream's error."""
         self.lessons.inc((upstream, "window"))
 
+    def client_limited(self, client: str, limit: str) -> None:
+        """Count a request refused because its client was over one of its own limits."""
+        self.limited.inc((client, limit))
+
     def page(self, pool: AccountPool, now: float, streams: int, connections: int,
              counters: Dict[str, int]) -> bytes:
         """The whole page: the counters, the accounts' states now, the open streams and connections,
@@ -9909,7 +10104,7 @@ class Metrics:
                 changes.inc((self._changes(name),), count)
         python = ".".join(str(part) for part in sys.version_info[:3])
         families: List[MetricFamily] = [self.requests, self.attempts, self.duration, self.ttft, self.tokens, state,
-                                        rest, changes, self.lessons, self.broken]
+                                        rest, changes, self.lessons, self.broken, self.limited]
         for name, value, help_text in (("agproxy_streams_active", streams, "Streaming answers being written now."),
                                        ("agproxy_connections_active", connections, "Open client connections.")):
             families.append(GaugeFamily(name, help_text))
@@ -10549,7 +10744,7 @@ class UsageLedger:
 
     def add(self, record: RequestRecord, now: float) -> bool:
         """Count a request whose answer has ended at ``now``; False when its path is not counted."""
-        if record.method != "POST" or not any(fnmatch.fnmatchcase(record.path, path) for path in USAGE_PATHS):
+        if not generates(record.method, record.path):
             return False
         local = record.local == "warmup"
         names = ("" if local else record.upstream, "" if local else record.account, record.model, record.client or "")
@@ -10670,6 +10865,219 @@ class UsageCounter:
             self.save()
 
 
+# -- client limits (each client's max_concurrency, requests_per_minute, tokens_per_day) ----------
+
+#: requests_per_minute's sliding window.
+CLIENT_WINDOW_S = 60.0
+#: The ``retry-after`` of a request refused after waiting MAX_SLOT_WAIT_S for a place under its
+#: client's max_concurrency: nothing says when one of its requests in flight ends; as long as a
+#: request waits for a busy account's slot (AccountPool.unavailable).
+CLIENT_BUSY_RETRY_S = 5
+#: Requests of one client's minute window that a restart restores at most, whatever the state file
+#: says its seconds held: a client of a larger requests_per_minute is restored this full, not fuller
+#: (a hand-edited count of 10^9 must not allocate 10^9 times).
+MAX_RESTORED_WINDOW = 100000
+#: A second of a saved minute window: a Unix time in ASCII digits (``str.isdigit`` takes "²" too).
+_UNIX_SECOND = re.compile(r"[0-9]{1,12}")
+
+
+def generates(method: str, path: str) -> bool:
+    """Whether a request generates (:data:`USAGE_PATHS`): what the ledger counts and the client
+    limits apply to."""
+    return method == "POST" and any(fnmatch.fnmatchcase(path, pattern) for pattern in USAGE_PATHS)
+
+
+def seconds_to_utc_midnight(now: float) -> float:
+    """Seconds from ``now`` to the end of its UTC day, when a day's token budget starts again."""
+    day = datetime.datetime.fromtimestamp(now, datetime.timezone.utc).date() + datetime.timedelta(days=1)
+    return datetime.datetime(day.year, day.month, day.day, tzinfo=datetime.timezone.utc).timestamp() - now
+
+
+class ClientLimited(AgproxyError):
+    """A client over one of its own limits (``clients[]``: :meth:`Client.limits` names them): a 429
+    that names the client (never its key) and the limit, with ``retry-after`` in whole seconds.
+    Never an upstream's 429: no account was asked, nor its state touched. A day's budget spent
+    carries ``x-should-retry: false`` (``final``): no retry helps for hours, and the Anthropic SDKs
+    would otherwise sleep them (they honour a retry-after of any length); Claude Code gives up on a
+    retry-after over 60 s by itself. The minute window and concurrency clear within a minute, so a
+    client may retry them after ``retry-after``, as Claude Code does."""
+
+    status = 429
+    error_type = "rate_limit_error"
+
+    def __init__(self, client: str, limit: str, message: str, retry_after_s: float) -> None:
+        wait = max(1, math.ceil(retry_after_s))
+        super().__init__(f"client {client!r} is over its {limit} limit in agproxy's config: {message}; "
+                         f"retry in {wait} s", headers=[("retry-after", str(wait))])
+        self.client = client
+        self.limit = limit
+        self.final = limit == "tokens_per_day"
+
+
+class ClientLimits:
+    """Each client's limits over its requests that generate (:func:`generates`), checked before any
+    upstream is called (:meth:`admit`): ``tokens_per_day`` (the tokens of its answers this UTC day,
+    counted when each answer ends: the request that crosses the budget is allowed, the next is
+    refused), ``requests_per_minute`` (a sliding 60 s window of the requests it let through) and
+    ``max_concurrency`` (requests in flight; one over it waits for a place up to MAX_SLOT_WAIT_S,
+    then is refused). A request's place is freed when its answer has ended (:meth:`read`, one of
+    ``Server.record_readers``), streamed, refused or cut. Only configured clients' counters are kept
+    (:meth:`reconfigure` keeps those of the clients a reload leaves, by name); the windows and the
+    day's tokens go to the state file (``saved``: what it kept). ``clock`` is the server's (windows
+    and days); the wait for a place polls in real time, as the wait for an account's slot does."""
+
+    def __init__(self, clients: Sequence[Client], clock: Callable[[], float],
+                 refused: Callable[[str, str], None] = lambda client, limit: None, saved: Any = None) -> None:
+        self.clock = clock
+        #: told of each refusal, by client and limit (``agproxy_client_limited_total``)
+        self.refused = refused
+        self._clients: Dict[str, Client] = {}
+        self._windows: Dict[str, Deque[float]] = {}  # the start of each request let through, newest last
+        self._days: Dict[str, Tuple[str, int]] = {}  # the UTC day and the tokens counted on it
+        self._in_flight: Dict[str, int] = {}  # the places taken (a name is gone at 0)
+        self._waiting: Dict[str, int] = {}
+        self._places: Dict[str, str] = {}  # request id -> the client whose place it holds
+        self.reconfigure(clients)
+        self.load_json(saved)
+
+    def reconfigure(self, clients: Sequence[Client]) -> None:
+        """Run on these clients from now on: those that remain (by name) keep their counters, under
+        their new limits; a removed client's are forgotten (its requests in flight still free their
+        places)."""
+        self._clients = {client.name: client for client in clients}
+        for name in list(self._days):
+            if name not in self._clients:
+                del self._days[name]
+        windows, self._windows = self._windows, {}
+        for name, client in self._clients.items():
+            if client.requests_per_minute:
+                self._windows[name] = collections.deque(windows.get(name, ()), maxlen=client.requests_per_minute)
+
+    async def admit(self, client: Client, request_id: str) -> None:
+        """Let a request of ``client`` through, or raise :class:`ClientLimited`: a spent day's budget
+        or a full minute window at once, a full max_concurrency after waiting for a place. The place
+        taken is freed by :meth:`read` when the request's answer has ended; a request cancelled
+        while it waits (its client left) takes none."""
+        name = client.name
+        waited = 0.0
+        self._waiting[name] = self._waiting.get(name, 0) + 1
+        try:
+            while True:
+                current = self._clients.get(name)
+                if current is None:  # a reload removed it while the request waited
+                    raise AuthenticationFailed(f"client {name!r} was removed from agproxy's config")
+                now = self.clock()
+                self._check_budgets(current, now)
+                limit = current.max_concurrency
+                if not limit or self._in_flight.get(name, 0) < limit:
+                    break
+                if waited >= MAX_SLOT_WAIT_S:
+                    self.refused(name, "max_concurrency")
+                    raise ClientLimited(name, "max_concurrency", f"{limit} request(s) in flight, and none ended in "
+                                        f"{MAX_SLOT_WAIT_S:.0f} s", CLIENT_BUSY_RETRY_S)
+                await asyncio.sleep(_SLOT_POLL_S)  # other requests free places in real time, whatever the clock
+                waited += _SLOT_POLL_S
+        finally:
+            self._waiting[name] -= 1
+            if not self._waiting[name]:
+                del self._waiting[name]
+        self._in_flight[name] = self._in_flight.get(name, 0) + 1
+        self._places[request_id] = name
+        window = self._windows.get(name)
+        if window is not None:
+            window.append(now)
+
+    def _check_budgets(self, client: Client, now: float) -> None:
+        """Refuse a request of a client whose day's tokens are spent, or whose minute window is full."""
+        name = client.name
+        used = self.tokens_today(name, now)
+        if client.tokens_per_day and used >= client.tokens_per_day:
+            self.refused(name, "tokens_per_day")
+            raise ClientLimited(name, "tokens_per_day", f"{used} of its {client.tokens_per_day} tokens used today "
+                                "(UTC); it starts again at 00:00 UTC", seconds_to_utc_midnight(now))
+        window = self._windows.get(name)
+        if window is not None and len(self._trimmed(window, now)) >= client.requests_per_minute:
+            self.refused(name, "requests_per_minute")
+            raise ClientLimited(name, "requests_per_minute", f"{client.requests_per_minute} request(s) in the last "
+                                f"{CLIENT_WINDOW_S:.0f} s", window[0] + CLIENT_WINDOW_S - now)
+
+    @staticmethod
+    def _trimmed(window: Deque[float], now: float) -> Deque[float]:
+        """The window without the requests that left it by ``now``."""
+        while window and window[0] <= now - CLIENT_WINDOW_S:
+            window.popleft()
+        return window
+
+    def tokens_today(self, name: str, now: float) -> int:
+        """The tokens a client's answers counted on ``now``'s UTC day."""
+        day, tokens = self._days.get(name, ("", 0))
+        return tokens if day == utc_day(now) else 0
+
+    def read(self, record: RequestRecord) -> None:
+        """A request's answer has ended: free its place, and count its tokens for its client today."""
+        name = self._places.pop(record.request_id, None)
+        if name is not None:
+            self._in_flight[name] -= 1
+            if not self._in_flight[name]:
+                del self._in_flight[name]
+        if record.client in self._clients and record.tokens and generates(record.method, record.path):
+            now = self.clock()
+            self._days[record.client] = (utc_day(now), min(self.tokens_today(record.client, now) + record.tokens,
+                                                           _MAX_LEDGER_COUNT))
+
+    def state(self, client: Client) -> Dict[str, int]:
+        """Where a client stands now (``GET /v1/agproxy/me``)."""
+        now, name = self.clock(), client.name
+        window = self._windows.get(name)
+        return {"in_flight": self._in_flight.get(name, 0), "waiting": self._waiting.get(name, 0),
+                "requests_last_minute": len(self._trimmed(window, now)) if window is not None else 0,
+                "tokens_today": self.tokens_today(name, now)}
+
+    def to_json(self) -> Dict[str, Any]:
+        """The state file's ``client_limits`` section: per client, its day and tokens, and its minute
+        window as requests per second (``{"<unix second>": count}``: at most 61 entries, whatever the
+        client's requests_per_minute)."""
+        now = self.clock()
+        section: Dict[str, Any] = {}
+        for name in self._clients:
+            entry: Dict[str, Any] = {}
+            if self.tokens_today(name, now):
+                entry["day"], entry["tokens"] = self._days[name]
+            window = self._windows.get(name)
+            if window:
+                entry["window"] = dict(collections.Counter(str(int(t)) for t in self._trimmed(window, now)))
+            if entry:
+                section[name] = entry
+        return section
+
+    def load_json(self, section: Any) -> None:
+        """Take what a state file kept for the configured clients (parts of the wrong type are
+        skipped: :func:`state_problems` said them). A restored request counts as made at the end of
+        its second, so the window is never shorter than it was; a second still to come is not one
+        agproxy saved (it would hold the window shut past its minute)."""
+        if not isinstance(section, dict):
+            return
+        now = self.clock()
+        for name, entry in section.items():
+            if name not in self._clients or not isinstance(entry, dict):
+                continue
+            day, tokens = entry.get("day"), entry.get("tokens")
+            if isinstance(day, str) and _is_int(tokens) and day == utc_day(now):
+                self._days[name] = (day, min(max(0, tokens), _MAX_LEDGER_COUNT))
+            window, seconds = self._windows.get(name), entry.get("window")
+            if window is None or not _state_value_ok(seconds, "integers"):
+                continue
+            room = min(self._clients[name].requests_per_minute, MAX_RESTORED_WINDOW)
+            saved = sorted(((int(s), c) for s, c in seconds.items() if _UNIX_SECOND.fullmatch(s)), reverse=True)
+            for second, count in saved:  # the newest first, while there is room
+                if second > now:
+                    continue
+                taken = min(max(0, count), room)
+                window.extendleft([min(second + 1 - 1e-3, now)] * taken)
+                room -= taken
+            self._trimmed(window, now)
+
+
 #: How often ``watch_config`` looks at the config file: a change is applied within about twice this.
 CONFIG_WATCH_INTERVAL_S = 1.0
 
@@ -10740,6 +11148,7 @@ _STATE_SECTIONS: Dict[str, Dict[str, Any]] = {
     "accounts": {"resting_until": "number", "rejected_key": bool, "reason": str, "models": "numbers",
                  "limits_in_a_row": int, "key": str},
     "windows": {"configured": (int, type(None)), "server": str, "models": "integers"},
+    "client_limits": {"day": str, "tokens": int, "window": "integers"},
 }
 _STATE_TYPE_NAMES = {"strings": "a list of strings", "numbers": "an object of numbers",
                      "integers": "an object of integers", "number": "a number", str: "a string", bool: "true or false",
@@ -11355,11 +11764,51 @@ def _state_command(argv: List[str]) -> int:
     return 0
 
 
+#: Random bytes in a key ``agproxy keys new`` makes: 256 bits, 43 characters of base64url.
+_NEW_KEY_BYTES = 32
+
+
+def _keys_command(argv: List[str]) -> int:
+    """``agproxy keys new NAME``: a fresh client key, printed once, and the entry to paste into
+    ``clients`` (which holds only its SHA-256); ``agproxy keys list``: each client's name and the
+    fingerprint of its key (the SHA-256's first 12 hex digits), never a key."""
+    parser = argparse.ArgumentParser(prog="agproxy keys", description="Make a key for a client, or list the "
+                                     "clients of a config with their keys' fingerprints.")
+    actions = parser.add_subparsers(dest="action", required=True)
+    new = actions.add_parser("new", help="print a fresh key once, and the config entry to paste")
+    new.add_argument("name", help="the client's name: a person or a job")
+    listed = actions.add_parser("list", help="the config's clients and their keys' fingerprints")
+    listed.add_argument("--config", help="config file (default: the same lookup as agproxy itself)")
+    args = parser.parse_args(argv)
+    if args.action == "new":
+        if not _CLIENT_NAME.fullmatch(args.name):
+            print(f"keys: the name must be 1 to 64 letters, digits or . _ @ + -, got {_shown(args.name)}",
+                  file=sys.stderr)
+            return 2
+        key = "agp-" + base64.urlsafe_b64encode(os.urandom(_NEW_KEY_BYTES)).decode().rstrip("=")
+        print(f"key for {args.name} (shown once; agproxy keeps only its SHA-256):\n{key}\n")
+        print("add to \"clients\" in agproxy's config:")
+        print(json.dumps({"name": args.name, "api_key_sha256": key_sha256(key)}))
+        return 0
+    try:
+        config = load_config(args.config, {}, unset_as_placeholder=True)
+    except ConfigError as exc:
+        print(f"config: {exc.message}", file=sys.stderr)
+        return 2
+    if not config.clients:
+        print(f"keys: {config.source} has no clients")
+    for client in config.clients:
+        print(f"{client.name}\t{client.key_sha256[:12]}")
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run agproxy (or ``agproxy check`` / ``agproxy state``); returns the process exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["state"]:
         return _state_command(argv[1:])
+    if argv[:1] == ["keys"]:
+        return _keys_command(argv[1:])
     check = argv[:1] == ["check"]
     args = _arg_parser(check).parse_args(argv[1:] if check else argv)
     overrides = {} if check else {"host": args.host, "port": args.port, "log_level": args.log_level}

@@ -327,3 +327,19 @@ def test_what_claude_code_s_requests_leave_behind(start_agproxy, fake, tmp_path,
     assert {r["request_id"] for r in status["requests"]} >= {line["request_id"] for line in access}
     for text in (proxy.log(), page, json.dumps(status)):
         assert "client-key" not in text and "sk-upstream-alice" not in text and "sk-upstream-bob" not in text
+
+
+def test_claude_code_with_a_client_key_and_a_model_the_client_may_not_use(start_agproxy, fake, tmp_path, claude):
+    """A client's key as ANTHROPIC_AUTH_TOKEN works for its models, and a model outside them is a
+    403 whose words (naming the model) Claude Code shows, at once."""
+    config = fake_config(fake, auth_mode="strict", api_key="sk-local-admin-0123456789", clients=[
+        {"name": "dana", "api_key": "sk-client-dana-0123456789", "models": ["claude-haiku-*"]}])
+    proxy = start_agproxy(config)
+    result = claude(proxy, "say hello", tmp_path, "--model", "claude-haiku-4-5", key="sk-client-dana-0123456789")
+    assert result.returncode == 0 and "Hello from the fake upstream." in result.stdout, result.stdout + result.stderr
+    started = time.monotonic()
+    refused = claude(proxy, "say hello", tmp_path, "--model", "claude-opus-4-5", key="sk-client-dana-0123456789")
+    shown = refused.stdout + refused.stderr
+    assert refused.returncode != 0 and "may not use model 'claude-opus-4-5'" in shown, shown
+    assert time.monotonic() - started < 60
+    assert "sk-client-dana-0123456789" not in proxy.log()

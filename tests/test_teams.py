@@ -1,0 +1,210 @@
+"""One gateway for a whole team (issue 20): a key per person or job (``clients``, in plain text or
+as its SHA-256), the models and upstreams each may use, ``admin_api_key`` for agproxy's own routes,
+the client's name in the record and from there in the log, metrics, ledger and page, ``GET
+/v1/agproxy/me`` and ``agproxy keys``. Several clients at once, over real sockets."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+import anthropic
+import pytest
+
+import agproxy
+from tests.conftest import AGPROXY, clean_env, fake_config
+
+ALICE = "sk-client-alice-0123456789abcdef"
+BOB = "sk-client-bob-0123456789abcdef"
+CAROL = "agp-carol-key-0123456789abcdefghijkl"
+ADMIN = "sk-admin-0123456789abcdef"
+LOCAL = "sk-local-0123456789abcdef"
+
+
+def team_config(fake: Any, **top: Any) -> Dict[str, Any]:
+    config = fake_config(fake, auth_mode="strict", api_key=LOCAL, admin_api_key=ADMIN, log_format="json", clients=[
+        {"name": "alice", "api_key": ALICE, "models": ["claude-sonnet-*"]},
+        {"name": "bob", "api_key": BOB, "upstreams": ["fake"]},
+        {"name": "carol", "api_key_sha256": agproxy.key_sha256(CAROL), "models": ["claude-haiku-*"]},
+    ])
+    config.update(top)
+    return config
+
+
+def call(proxy: Any, path: str, key: Optional[str], body: Optional[Dict[str, Any]] = None
+         ) -> Tuple[int, Dict[str, Any]]:
+    """GET, or POST ``body`` (an empty body for ``{}``)."""
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
+    data = (json.dumps(body).encode() if body else b"") if body is not None else None
+    request = urllib.request.Request(proxy.url + path, data=data, headers=headers,
+                                     method="POST" if body is not None else "GET")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            raw = response.read()
+            return response.status, json.loads(raw) if raw[:1] in (b"{", b"[") else {"text": raw.decode()}
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def ask(model: str = "claude-sonnet-4-5") -> Dict[str, Any]:
+    return {"model": model, "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
+
+
+def test_each_client_gets_only_its_models_and_upstreams(start_agproxy, fake):
+    proxy = start_agproxy(team_config(fake))
+    assert call(proxy, "/v1/messages", ALICE, ask("claude-sonnet-4-5"))[0] == 200
+    status, error = call(proxy, "/v1/messages", ALICE, ask("claude-opus-4-5"))
+    assert status == 403 and error["error"]["type"] == "permission_error", error
+    assert "'claude-opus-4-5'" in error["error"]["message"] and "alice" in error["error"]["message"]
+    assert call(proxy, "/v1/messages", CAROL, ask("claude-haiku-4-5"))[0] == 200  # a key given as its SHA-256
+    assert call(proxy, "/v1/messages", CAROL, ask("claude-sonnet-4-5"))[0] == 403
+    assert call(proxy, "/v1/messages", BOB, ask("anything-at-all"))[0] == 200
+    assert call(proxy, "/v1/messages/count_tokens", ALICE, ask("claude-opus-4-5"))[0] == 403
+    assert [m["id"] for m in call(proxy, "/v1/models", BOB)[1]["data"]] == ["claude-fake"]  # what the fake lists
+    assert call(proxy, "/v1/models", CAROL)[1]["data"] == []  # none of it is carol's
+    assert call(proxy, "/v1/models/claude-opus-4-5", CAROL)[0] == 403  # not a 404 that says what exists
+    assert call(proxy, "/v1/messages", LOCAL, ask("claude-opus-4-5"))[0] == 200  # api_key: every model
+
+
+def test_a_client_limited_to_other_upstreams_is_refused_naming_the_model(start_agproxy, fake):
+    config = team_config(fake)
+    config["upstreams"].append({"name": "other", "kind": "demo"})
+    config["model_map"] = [{"match": "demo-*", "upstream": "other"}, {"match": "*", "upstream": "fake"}]
+    proxy = start_agproxy(config)
+    status, error = call(proxy, "/v1/messages", BOB, ask("demo-1"))
+    assert status == 403 and "'demo-1'" in error["error"]["message"] and "other" in error["error"]["message"]
+    assert call(proxy, "/v1/messages", ALICE, ask("claude-sonnet-4-5"))[0] == 200
+
+
+def test_unknown_and_missing_keys_are_401(start_agproxy, fake):
+    proxy = start_agproxy(team_config(fake))
+    status, error = call(proxy, "/v1/messages", "sk-nobody-0123456789", ask())
+    assert status == 401 and "invalid API key" in error["error"]["message"]
+    status, error = call(proxy, "/v1/messages", None, ask())
+    assert status == 401 and "missing API key" in error["error"]["message"]
+
+
+def test_agproxys_own_routes_need_the_admin_key(start_agproxy, fake):
+    proxy = start_agproxy(team_config(fake))
+    for path in ("/v1/agproxy/accounts", "/v1/agproxy/stats", "/v1/agproxy/usage", "/v1/agproxy/status",
+                 "/metrics"):
+        for key in (ALICE, LOCAL):
+            status, error = call(proxy, path, key)
+            assert status == 403 and error["error"]["type"] == "permission_error", (path, key, error)
+        assert call(proxy, path, ADMIN)[0] == 200, path
+    status, error = call(proxy, "/v1/agproxy/reload", BOB, {})
+    assert status == 403 and "client 'bob'" in error["error"]["message"]
+    assert ALICE not in json.dumps(error) and BOB not in json.dumps(error)
+
+
+def test_without_an_admin_key_api_key_is_the_admin(start_agproxy, fake):
+    proxy = start_agproxy(team_config(fake, admin_api_key=""))
+    assert call(proxy, "/v1/agproxy/accounts", LOCAL)[0] == 200
+    assert call(proxy, "/v1/agproxy/accounts", BOB)[0] == 403
+
+
+def test_me_shows_a_client_its_models_limits_and_usage_today(start_agproxy, fake):
+    config = team_config(fake)
+    config["clients"][0].update(requests_per_minute=60, tokens_per_day=100000)
+    proxy = start_agproxy(config)
+    for _ in range(2):
+        assert call(proxy, "/v1/messages", ALICE, ask())[0] == 200
+    status, me = call(proxy, "/v1/agproxy/me", ALICE)
+    assert status == 200 and me["client"] == "alice" and me["models"] == ["claude-sonnet-*"]
+    assert me["limits"]["requests_per_minute"] == 60 and me["limits"]["tokens_per_day"] == 100000
+    assert me["usage"]["today"]["requests"] == 2 and me["usage"]["today"]["input_tokens"] == 24
+    assert call(proxy, "/v1/agproxy/me", BOB)[1]["usage"]["today"]["requests"] == 0
+    assert call(proxy, "/v1/agproxy/me", ADMIN)[0] == 403
+
+
+def test_the_clients_name_goes_to_the_log_metrics_ledger_and_page_and_no_key_anywhere(start_agproxy, fake):
+    proxy = start_agproxy(team_config(fake, log_level="debug"))
+    anthropic.Anthropic(base_url=proxy.url, api_key=ALICE, max_retries=0).messages.create(**ask())
+    anthropic.Anthropic(base_url=proxy.url, auth_token=BOB, max_retries=0).messages.create(**ask("m-bob"))
+    call(proxy, "/v1/messages", CAROL, ask("claude-opus-4-5"))  # refused
+    status, usage = call(proxy, "/v1/agproxy/usage?group_by=client", ADMIN)
+    assert status == 200
+    by_client = {row["client"]: row for row in usage["rows"]}
+    assert by_client["alice"]["requests"] == 1 and by_client["bob"]["requests"] == 1
+    assert by_client["carol"]["errors"] == 1
+    page = urllib.request.urlopen(urllib.request.Request(proxy.url + "/metrics", headers={
+        "Authorization": f"Bearer {ADMIN}"}), timeout=10).read().decode()
+    assert re.search(r'agproxy_tokens_total\{[^}]*client="alice"[^}]*direction="input"\} 12', page), page
+    status, board = call(proxy, "/v1/agproxy/status", ADMIN)
+    assert {r.get("client") for r in board["requests"]} >= {"alice", "bob", "carol"}
+    access = [json.loads(line) for line in proxy.log().splitlines() if '"event": "access"' in line]
+    assert {line.get("client") for line in access} >= {"alice", "bob", "carol"}
+    for text in (proxy.log(), page, json.dumps(board), json.dumps(usage)):
+        for key in (ALICE, BOB, CAROL, ADMIN, LOCAL):
+            assert key not in text
+
+
+def test_a_reload_that_removes_a_client_locks_it_out_at_once(start_agproxy, fake):
+    config = team_config(fake)
+    proxy = start_agproxy(config)
+    assert call(proxy, "/v1/messages", BOB, ask())[0] == 200
+    config["clients"] = [c for c in config["clients"] if c["name"] != "bob"]
+    Path(proxy.config.source).write_text(json.dumps(config))
+    status, answer = call(proxy, "/v1/agproxy/reload", ADMIN, {})
+    assert status == 200 and "client 'bob' removed" in answer["changes"], answer
+    assert call(proxy, "/v1/messages", BOB, ask())[0] == 401
+    assert call(proxy, "/v1/messages", ALICE, ask())[0] == 200
+
+
+@pytest.mark.parametrize("clients, said", [
+    ([{"name": "a", "api_key": "k-0123456789"}, {"name": "a", "api_key": "k-9876543210"}], "'a' is used twice"),
+    ([{"name": "a", "api_key": "k-0123456789"}, {"name": "b", "api_key": "k-0123456789"}],
+     "its key is also client 'a''s"),
+    ([{"name": "a", "api_key": LOCAL}], "its key is also api_key's"),
+    ([{"name": "a", "api_key_sha256": agproxy.key_sha256(ADMIN)}], "its key is also admin_api_key's"),
+    ([{"name": "a", "api_key": "k-0123456789", "api_key_sha256": "0" * 64}], "exactly one of"),
+    ([{"name": "a"}], "exactly one of"),
+    ([{"name": "a", "api_key_sha256": "ABC"}], "64 lowercase hex digits"),
+    ([{"name": "a b", "api_key": "k-0123456789"}], "letters, digits"),
+    ([{"name": "a", "api_key": "k-0123456789", "upstreams": ["nope"]}], "no upstream is named"),
+    ([{"name": "a", "api_key": "k-0123456789", "tokens_per_day": -1}], "tokens_per_day"),
+    ([{"name": "a", "api_key": ["k-0123456789-secret"]}], "its value is not shown"),
+])
+def test_client_entries_are_checked(clients, said):
+    raw = {"api_key": LOCAL, "admin_api_key": ADMIN, "upstreams": [{"name": "d", "kind": "demo"}],
+           "clients": clients}
+    with pytest.raises(agproxy.ConfigError) as refused:
+        agproxy.config_from_dict(raw, {}, "c.json")
+    assert said in refused.value.message, refused.value.message
+    for client in clients:
+        assert str(client.get("api_key")) not in refused.value.message or client.get("api_key") is None
+
+
+def test_keys_new_prints_a_key_once_and_the_entry_to_paste(tmp_path):
+    result = subprocess.run([sys.executable, str(AGPROXY), "keys", "new", "ci-job"], capture_output=True, text=True,
+                            env=clean_env(HOME=str(tmp_path)), timeout=30)
+    assert result.returncode == 0, result.stderr
+    key = next(line for line in result.stdout.splitlines() if line.startswith("agp-"))
+    assert len(key) >= 32 and re.fullmatch(r"[A-Za-z0-9_-]+", key)
+    entry = json.loads(next(line for line in result.stdout.splitlines() if line.startswith("{")))
+    assert entry == {"name": "ci-job", "api_key_sha256": agproxy.key_sha256(key)}
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"upstreams": [{"name": "d", "kind": "demo"}],
+                                  "clients": [entry, {"name": "plain", "api_key": "sk-plain-0123456789"}]}))
+    listed = subprocess.run([sys.executable, str(AGPROXY), "keys", "list", "--config", str(config)],
+                            capture_output=True, text=True, env=clean_env(HOME=str(tmp_path)), timeout=30)
+    assert listed.returncode == 0 and listed.stdout.splitlines() == [
+        f"ci-job\t{entry['api_key_sha256'][:12]}", f"plain\t{agproxy.key_sha256('sk-plain-0123456789')[:12]}"]
+    assert key not in listed.stdout and "sk-plain-0123456789" not in listed.stdout
+
+
+def test_a_client_key_works_with_auth_off_too_and_names_the_client(start_agproxy, fake):
+    """On loopback (auth off) a request without a key is served as before; one with a client's key is
+    that client's, with its models and its name in the record."""
+    proxy = start_agproxy(team_config(fake, auth_mode="off"))
+    assert call(proxy, "/v1/messages", None, ask("claude-opus-4-5"))[0] == 200
+    assert call(proxy, "/v1/messages", ALICE, ask("claude-opus-4-5"))[0] == 403
+    time.sleep(0.1)
+    assert call(proxy, "/v1/agproxy/me", ALICE)[1]["client"] == "alice"
