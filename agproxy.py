@@ -10200,7 +10200,8 @@ class StatusBoard:
             return rows[:STATUS_MAX_TODAY_KEYS] + [other]
 
         return {"day": day, "accounts": ranked(self.ledger.rows(day, day, ("upstream", "account"))),
-                "models": ranked(self.ledger.rows(day, day, ("model",)))}
+                "models": ranked(self.ledger.rows(day, day, ("model",))),
+                "clients": ranked([r for r in self.ledger.rows(day, day, ("client",)) if r["client"]])}
 
     def snapshot(self, now: float, in_flight: int, upstreams: Sequence[Upstream], pool: AccountPool,
                  learned: LearnedRejections, windows: LearnedWindows, counters: Dict[str, int]) -> Dict[str, Any]:
@@ -10272,7 +10273,7 @@ letter-spacing:.04em;white-space:nowrap}.ok{color:var(--ok);background:var(--okb
 background:var(--warnbg)}
 .bad{color:var(--bad);background:var(--badbg)}.info{color:var(--info);background:var(--infobg)}
 .count{font-variant-numeric:tabular-nums;font-weight:600;color:var(--warn)}
-.charts{display:grid;grid-template-columns:repeat(2,minmax(0,1fr));gap:18px}.bar{margin:8px 0}
+.charts{display:grid;grid-template-columns:repeat(auto-fit,minmax(240px,1fr));gap:18px}.bar{margin:8px 0}
 .bar .t{display:flex;justify-content:space-between;gap:8px;font-size:12px}
 .bar .t b{font-weight:550;min-width:0;overflow:hidden;
 text-overflow:ellipsis;white-space:nowrap}.bar .t span{color:var(--mute);white-space:nowrap}
@@ -10329,7 +10330,8 @@ id="resting"></div></div>
 <section class="card" id="accounts" hidden><h2>Upstreams and accounts</h2><div id="ups"></div></section>
 <section class="card" id="today" hidden><h2>Today (UTC)</h2><div class="charts"><div><div class="sub">per
 account</div>
-<div id="byacct"></div></div><div><div class="sub">per model</div><div id="bymodel"></div></div></div><div
+<div id="byacct"></div></div><div><div class="sub">per model</div><div id="bymodel"></div></div><div
+id="clientchart" hidden><div class="sub">per client</div><div id="byclient"></div></div></div><div
 class="legend">
 <span><i style="background:var(--in)"></i>input</span><span><i style="background:var(--out)"></i>output</span>
 <span><i style="background:var(--cr)"></i>cache read</span><span><i style="background:var(--cw)"></i>cache
@@ -10484,6 +10486,9 @@ function bars(box, rows, name) {
 function renderToday() {
   bars($("byacct"), data.today.accounts, r => r.account ? `${r.account} (${r.upstream})` : "answered by agproxy");
   bars($("bymodel"), data.today.models, r => r.model || "(none)");
+  const clients = data.today.clients || [];
+  $("clientchart").hidden = !clients.length;
+  if (clients.length) bars($("byclient"), clients, r => r.client);
 }
 
 function renderRequests() {
@@ -10498,7 +10503,9 @@ function renderRequests() {
     if (r.stream) model.appendChild(el("span", "sub", " stream"));
     const st = add(el("td", "r"), el("span", "badge " + statusClass(r.status), r.status));
     if (r.error) st.title = r.error;
-    add(body, add(el("tr"), el("td", "", clock(r.time)), model, el("td", "m wide", r.account || r.local || "–"), st,
+    const who = el("td", "m wide", r.account || r.local || "–");
+    if (r.client) who.appendChild(el("span", "sub", " · " + r.client));
+    add(body, add(el("tr"), el("td", "", clock(r.time)), model, who, st,
       el("td", "r tok", num(r.input_tokens) + " / " + num(r.output_tokens)),
       el("td", "r wide", num(r.cache_read_tokens) + " / " + num(r.cache_write_tokens)),
       el("td", "r wide", ms(r.ttft_ms)), el("td", "r dur", ms(r.duration_ms))));

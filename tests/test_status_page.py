@@ -223,7 +223,7 @@ def test_the_board_is_bounded_whatever_clients_send():
     assert sum(r["requests"] for r in data["models"]) == 1000 and sum(r["errors"] for r in data["models"]) == 500
     # another day starts empty
     assert board.today(time.time() + 86400) == {"day": agproxy._utc_day(time.time() + 86400),
-                                                "accounts": [], "models": []}
+                                                "accounts": [], "models": [], "clients": []}
 
 
 # -- in a real browser ------------------------------------------------------------------------------------
@@ -319,3 +319,25 @@ def test_a_key_an_upstream_cut_short_or_a_client_put_in_its_path_is_not_shown(st
     shown = json.dumps([call(proxy, path)[2] for path in ("/v1/agproxy/status", "/v1/agproxy/accounts")])
     assert key[:-3] not in shown and "CLIENTPUTKEYINPATH" not in shown, shown
     assert "[redacted]" in shown
+
+
+def test_the_page_in_chromium_shows_each_clients_requests_and_tokens(start_agproxy, fake, browser, tmp_path: Path):
+    """Issue 20: the client's name reaches the page: beside the account in the last requests, and as
+    a chart of today's tokens per client (shown only when clients are configured and used)."""
+    config = fake_config(fake, clients=[{"name": "alice-dev", "api_key": "sk-client-alice-0123456789"},
+                                        {"name": "ci-nightly", "api_key": "sk-client-ci-0123456789"}])
+    proxy = start_agproxy(config)
+    for key in ("sk-client-alice-0123456789", "sk-client-ci-0123456789", "sk-client-ci-0123456789"):
+        assert call(proxy, "/v1/messages", "POST", ASKED, headers={"x-api-key": key})[0] == 200
+    page = browser.new_page(1400, 900)
+    try:
+        page.navigate(proxy.url + "/agproxy")
+        page.wait_for('document.body.innerText.includes("ci-nightly")', timeout=15)
+        assert page.evaluate('document.getElementById("clientchart").hidden') is False
+        chart = page.evaluate('document.getElementById("byclient").innerText')
+        assert "ci-nightly" in chart and "2 req" in chart and "alice-dev" in chart, chart
+        assert "sk-client" not in _text(page)
+        page.screenshot(tmp_path / "clients-1400x900.png")
+        assert page.problems() == []
+    finally:
+        page.close()
