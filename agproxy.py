@@ -10906,8 +10906,10 @@ class ClientLimited(AgproxyError):
     Never an upstream's 429: no account was asked, nor its state touched. A day's budget spent
     carries ``x-should-retry: false`` (``final``): no retry helps for hours, and the Anthropic SDKs
     would otherwise sleep them (they honour a retry-after of any length); Claude Code gives up on a
-    retry-after over 60 s by itself. The minute window and concurrency clear within a minute, so a
-    client may retry them after ``retry-after``, as Claude Code does."""
+    retry-after over 60 s by itself. So does a full max_concurrency, refused after its request
+    waited MAX_SLOT_WAIT_S for a place: Claude Code retried it for nine minutes, waiting each time,
+    in silence. The minute window clears within a minute, so a client may retry it after
+    ``retry-after``, as Claude Code does."""
 
     status = 429
     error_type = "rate_limit_error"
@@ -10918,7 +10920,7 @@ class ClientLimited(AgproxyError):
                          f"retry in {wait} s", headers=[("retry-after", str(wait))])
         self.client = client
         self.limit = limit
-        self.final = limit == "tokens_per_day"
+        self.final = limit in ("tokens_per_day", "max_concurrency")
 
 
 class ClientLimits:
