@@ -8293,7 +8293,8 @@ class Server(Application):
         that went well: an open status page and a scraper would fill the log), then each of
         ``record_readers`` (metrics, the ledger, the status page's last requests) reads its record."""
         level = logging.DEBUG if record.route in QUIET_ROUTES and record.status < 400 else logging.INFO
-        self.access_log.log(level, "%s", record.line(), extra={"access": record.fields()})
+        if self.access_log.isEnabledFor(level):  # a poll's line is not built only to be dropped
+            self.access_log.log(level, "%s", record.line(), extra={"access": record.fields()})
         for read in self.record_readers:
             try:
                 read(record)
