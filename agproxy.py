@@ -292,8 +292,10 @@ class ConfigError(AgproxyError):
 #: placeholders, and hiding every such word would mangle answers).
 _MIN_SECRET_CHARS = 8
 #: What a key looks like even when agproxy does not know it (an upstream echoing a key in part):
-#: Anthropic and OpenAI style ``sk-...``, Google ``AIza...``, and bearer tokens.
-_KEY_SHAPES = r"sk-[A-Za-z0-9_\-]{8,}|AIza[0-9A-Za-z_\-]{20,}|(?<=Bearer )[A-Za-z0-9._~+/\-]{16,}=*"
+#: Anthropic and OpenAI style ``sk-...``, Google ``AIza...``, agproxy's own client keys ``agp-...``
+#: (``agproxy keys new``), and bearer tokens.
+_KEY_SHAPES = (r"agp-[A-Za-z0-9_\-]{20,}|sk-[A-Za-z0-9_\-]{8,}|AIza[0-9A-Za-z_\-]{20,}"
+               r"|(?<=Bearer )[A-Za-z0-9._~+/\-]{16,}=*")
 REDACTED = "[redacted]"
 
 
@@ -659,10 +661,26 @@ class Config:
             [c for u in self.upstreams for c in u.credentials] + proxy_credentials(environ or {})
 
     def effective_auth_mode(self) -> str:
-        """``auto`` resolved: off on a loopback bind address, else all_except_health."""
+        """``auto`` resolved: off on a loopback bind address, else all_except_health. With
+        ``clients`` it is all_except_health on loopback too: a team's agproxy behind a reverse proxy
+        on the same machine binds loopback, and with auth off anyone sending no key (or a wrong one)
+        would be served past every client's models and limits."""
         if self.auth_mode != "auto":
             return self.auth_mode
-        return "off" if is_loopback_host(self.host) else "all_except_health"
+        return "off" if is_loopback_host(self.host) and not self.clients else "all_except_health"
+
+    def auth_problem(self) -> Optional[str]:
+        """What is wrong with the keys for the auth mode, said at start and by ``check``: auth on
+        with no key to pass (every protected request gets 401), or clients configured with auth
+        off (their keys are taken when sent, but a request without one is served past their models
+        and limits, and reaches agproxy's own routes)."""
+        mode = self.effective_auth_mode()
+        if mode != "off" and not self.api_key and not self.clients:
+            return f"auth_mode is {mode} but api_key is empty (and no clients): every protected request gets 401"
+        if mode == "off" and self.clients:
+            return ("auth_mode is off but clients are configured: a request without a client's key is served "
+                    "anonymously, past every client's models and limits; set auth_mode to all_except_health")
+        return None
 
 
 _LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback")
@@ -736,11 +754,19 @@ def _no_surrogate(text: str, where: str, is_key: bool = False) -> None:
                           "not text; write the character itself or its pair of \\u escapes") from None
 
 
-def _shown(value: Any) -> str:
-    """A config value as an error message quotes it: JSON, ASCII only, at most 60 characters (a
-    number too long for that is said by its length)."""
+def _shown(value: Any, containers: bool = True) -> str:
+    """A config or state value as an error message quotes it: JSON, ASCII only, at most 60
+    characters (a number too long for that is said by its length). Without ``containers`` an object
+    or a list is said by its kind and size only: a config's object in the wrong place may hold keys
+    (``"clients": {"alice": "agp-..."}``)."""
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10 ** 20:
         return f"a number of {len(str(abs(value)))} digits"
+    if containers:
+        return json.dumps(value)[:60]
+    if isinstance(value, dict):
+        return f"an object of {len(value)} key(s)"
+    if isinstance(value, list):
+        return f"a list of {len(value)} item(s)"
     return json.dumps(value)[:60]
 
 
@@ -784,7 +810,8 @@ class _Fields:
                                   f"got {_shown(value)}")
             value, ok = float(value), True
         if not ok:
-            raise ConfigError(f"{self.path(key)}: must be {_TYPE_NAMES[kind]}, got {_shown(value)}")
+            raise ConfigError(f"{self.path(key)}: must be {_TYPE_NAMES[kind]}, "
+                              f"got {_shown(value, containers=False)}")
         if kind is float and not math.isfinite(value):
             raise ConfigError(f"{self.path(key)}: must be a finite number, got {value}")
         return value
@@ -2339,6 +2366,20 @@ def _is_number(value: Any) -> bool:
 MAX_UPSTREAM_TOKENS = 10**9
 
 
+def merge_usage(total: Dict[str, Any], usage: Dict[str, Any]) -> None:
+    """Take a later ``usage`` of one answer into ``total``. The input counts (``input_tokens``, and
+    the cache's ``*_input_tokens``) are known from message_start and never shrink, so each keeps the
+    largest seen: an upstream that says ``input_tokens: 0`` in its message_delta (meaning "none
+    more") must not erase message_start's count, or a client's day budget would count none of its
+    input. Anything else replaces what was there: message_delta's ``output_tokens`` is the final
+    count, below message_start's placeholder when nothing was generated."""
+    for key, value in usage.items():
+        before = total.get(key)
+        if _is_int(value) and _is_int(before) and key.endswith("input_tokens") and before > value:
+            continue
+        total[key] = value
+
+
 def upstream_count(value: Any) -> Optional[int]:
     """A token count an upstream reported: a whole number from 0 to :data:`MAX_UPSTREAM_TOKENS`,
     else None (absent)."""
@@ -3313,7 +3354,7 @@ class MessageAccumulator:
             usage = self.message.get("usage")
             if not isinstance(usage, dict):
                 usage = self.message["usage"] = {}
-            usage.update(_event_object(payload, "usage", kind))
+            merge_usage(usage, _event_object(payload, "usage", kind))
         elif kind == "message_stop":
             self.done = True
 
@@ -3505,7 +3546,7 @@ class EventStreamCheck:
                 holder = payload.get("message") if kind == "message_start" else payload
                 usage = holder.get("usage") if isinstance(holder, dict) else None
                 if isinstance(usage, dict):
-                    self.usage.update(usage)
+                    merge_usage(self.usage, usage)
             as_they_came = as_they_came and bool(name)
             # a plain delta keeps only its bytes (one data line): its data is decoded again if asked for
             kept.append(Event(kind, None if kind == "content_block_delta" and raw is not None else payload, raw))
@@ -8033,21 +8074,22 @@ class Caller:
     admin: bool = False
 
 
-def permitted_route(caller: Caller, route: Route, model: str) -> Route:
-    """The part of ``route`` the caller may use: a client only the models and upstreams its entry
-    allows; anything else is a 403 ``permission_error`` naming the model (never a 404, which would
-    say what exists)."""
+def permitted_route(config: Config, caller: Caller, model: str) -> Route:
+    """The route of ``model`` (:func:`route_model`) as far as the caller may use it: a client only
+    the models and upstreams its entry allows. Anything else is a 403 ``permission_error`` naming
+    the model, decided before the model is routed: a client learns nothing of the models, rules or
+    upstreams outside its entry (a 404 for an unrouted model would say what exists)."""
     client = caller.client
-    if client is None:
-        return route
-    if not client.may_use(model):
+    if client is not None and not client.may_use(model):
         raise PermissionDenied(f"client {client.name!r} may not use model {model[:200]!r} (its models: "
                                f"{', '.join(client.models)[:300]})")
-    upstreams = tuple(u for u in route.upstreams if not client.upstreams or u.name in client.upstreams)
+    route = route_model(config, model)
+    if client is None or not client.upstreams:
+        return route
+    upstreams = tuple(u for u in route.upstreams if u.name in client.upstreams)
     if not upstreams:
-        raise PermissionDenied(f"client {client.name!r} may not use model {model[:200]!r}: it is served by "
-                               f"upstream(s) {', '.join(u.name for u in route.upstreams)}, and the client may use "
-                               f"only {', '.join(client.upstreams)}")
+        raise PermissionDenied(f"client {client.name!r} may not use model {model[:200]!r}: it is served by none of "
+                               "the client's upstreams")
     return Route(upstreams, route.model)
 
 
@@ -8169,10 +8211,12 @@ class FrontDoor:
         admin = key_matches(admin_key, keys)
         known = admin or key_matches(config.api_key, keys)
         digests = [key_sha256(key).encode() for key in keys]
-        client: Optional[Client] = None
-        for candidate in config.clients:  # every one compared, so the time says nothing of which matched
-            if any(hmac.compare_digest(candidate.key_sha256.encode(), digest) for digest in digests):
-                client = candidate
+        matched = [candidate for candidate in config.clients  # every one compared: the time says not which
+                   if sum(hmac.compare_digest(candidate.key_sha256.encode(), digest) for digest in digests)]
+        if len(matched) > 1:  # whose models, limits and usage would it be?
+            raise AuthenticationFailed(f"the request carries the keys of {len(matched)} clients "
+                                       f"({', '.join(repr(c.name) for c in matched)}); send one")
+        client = matched[0] if matched else None
         if client is None and not known:
             if required:
                 raise AuthenticationFailed("invalid API key for agproxy (it is agproxy's api_key or a client's, not "
@@ -8384,8 +8428,6 @@ class Server(Application):
             return self.door.preflight(request)
         handler = self.door.handler(request)
         exchange.record.route = handler.__name__.lstrip("_")
-        if caller.client is not None and generates(request.method, request.path):
-            await self.limits.admit(caller.client, exchange.id)  # before any upstream is called
         response = await handler(request, exchange)
         origin = request.header("origin")
         if origin:
@@ -8424,7 +8466,7 @@ class Server(Application):
 
     async def _model(self, request: Request, exchange: _Exchange) -> Response:
         model_id = urllib.parse.unquote(request.path[len("/v1/models/"):])
-        permitted_route(exchange.admission, route_model(self.config, model_id), model_id)
+        permitted_route(self.config, exchange.admission, model_id)
         for model in await self.catalog.models():
             if model["id"] == model_id:
                 return json_response(200, model)
@@ -8444,10 +8486,13 @@ class Server(Application):
         record.model, record.stream = str(body.get("model"))[:200], body.get("stream") is True
         validate_messages_request(body)
         pool = self.pool  # what the request began with, whatever a reload brings meanwhile
-        route = permitted_route(exchange.admission, route_model(self.config, body["model"]), body["model"])
-        record.mapped_model, record.upstream = route.model, route.upstream.name
+        route = permitted_route(self.config, exchange.admission, body["model"])
         headers: Headers = [("X-Mapped-Model", route.model)]
-        if self.config.warmup_interception and is_warmup(body):
+        warmup = self.config.warmup_interception and is_warmup(body)
+        if not warmup:  # answered locally, a warmup costs nothing against the client's limits
+            await self._within_limits(request, exchange)
+        record.mapped_model, record.upstream = route.model, route.upstream.name
+        if warmup:
             self.counters["warmup_intercepted"] += 1
             record.local = "warmup"
             message = warmup_message(body["model"])
@@ -8472,6 +8517,14 @@ class Server(Application):
         return await run_attempts(pool, route, session_id(request.headers, body), self.config.max_retry_attempts,
                                   attempt, clock=self.clock, sleep=self.sleep, on_change=self.saver.save,
                                   on_attempt=attempt_logger(self.log, exchange.record, route.model))
+
+    async def _within_limits(self, request: Request, exchange: _Exchange) -> None:
+        """A client's request that generates passes its limits (:class:`ClientLimits`) once it is
+        valid and permitted, and before any upstream is called: a request refused for anything
+        else uses none of its client's minute or budget."""
+        client = exchange.admission.client
+        if client is not None:
+            await self.limits.admit(client, exchange.id, len(request.body or b"") // _BYTES_PER_RESERVED_TOKEN)
 
     def _call(self, request: Request, exchange: _Exchange, body: Dict[str, Any], route: Route,
               account: Account) -> Call:
@@ -8505,7 +8558,7 @@ class Server(Application):
         record.model = str(body.get("model"))[:200]
         validate_messages_request(body, count_tokens=True)
         pool = self.pool  # what the request began with, whatever a reload brings meanwhile
-        route = permitted_route(exchange.admission, route_model(self.config, body["model"]), body["model"])
+        route = permitted_route(self.config, exchange.admission, body["model"])
         record.mapped_model, record.upstream = route.model, route.upstream.name
         headers: Headers = [("X-Mapped-Model", route.model)]
         window = self.windows.window(route.upstream, route.model)
@@ -10907,34 +10960,52 @@ class ClientLimited(AgproxyError):
     Never an upstream's 429: no account was asked, nor its state touched. A day's budget spent
     carries ``x-should-retry: false`` (``final``): no retry helps for hours, and the Anthropic SDKs
     would otherwise sleep them (they honour a retry-after of any length); Claude Code gives up on a
-    retry-after over 60 s by itself. So does a full max_concurrency, refused after its request
-    waited MAX_SLOT_WAIT_S for a place: Claude Code retried it for nine minutes, waiting each time,
-    in silence. The minute window clears within a minute, so a client may retry it after
-    ``retry-after``, as Claude Code does."""
+    retry-after over 60 s by itself. So does a request refused after it waited MAX_SLOT_WAIT_S for
+    its client's requests in flight to end: Claude Code retried it for nine minutes, waiting each
+    time, in silence. The minute window clears within a minute, and a request refused at once
+    because too many of its client's requests wait already may find room in seconds, so a client
+    may retry those after ``retry-after``, as Claude Code does."""
 
     status = 429
     error_type = "rate_limit_error"
 
-    def __init__(self, client: str, limit: str, message: str, retry_after_s: float) -> None:
+    def __init__(self, client: str, limit: str, message: str, retry_after_s: float, final: bool = False) -> None:
         wait = max(1, math.ceil(retry_after_s))
         super().__init__(f"client {client!r} is over its {limit} limit in agproxy's config: {message}; "
                          f"retry in {wait} s", headers=[("retry-after", str(wait))])
         self.client = client
         self.limit = limit
-        self.final = limit in ("tokens_per_day", "max_concurrency")
+        self.final = final
+
+
+#: Requests of one client that wait at once for a place (its max_concurrency) or for its requests
+#: in flight to end (its tokens_per_day): one more is refused at once. Each waiting request holds a
+#: connection, and one client must not hold them all (``max_connections``).
+MAX_WAITING_PER_CLIENT = 64
+#: What a request is taken to cost against its client's tokens_per_day while it is in flight: its
+#: body's bytes over this (JSON runs 3 to 4 bytes a token, so this is on the side of too many).
+_BYTES_PER_RESERVED_TOKEN = 4
 
 
 class ClientLimits:
-    """Each client's limits over its requests that generate (:func:`generates`), checked before any
-    upstream is called (:meth:`admit`): ``tokens_per_day`` (the tokens of its answers this UTC day,
-    counted when each answer ends: the request that crosses the budget is allowed, the next is
-    refused), ``requests_per_minute`` (a sliding 60 s window of the requests it let through) and
-    ``max_concurrency`` (requests in flight; one over it waits for a place up to MAX_SLOT_WAIT_S,
-    then is refused). A request's place is freed when its answer has ended (:meth:`read`, one of
-    ``Server.record_readers``), streamed, refused or cut. Only configured clients' counters are kept
-    (:meth:`reconfigure` keeps those of the clients a reload leaves, by name); the windows and the
-    day's tokens go to the state file (``saved``: what it kept). ``clock`` is the server's (windows
-    and days); the wait for a place polls in real time, as the wait for an account's slot does."""
+    """Each client's limits over its requests that generate (:func:`generates`), checked after the
+    request is valid and permitted and before any upstream is called (:meth:`admit`):
+
+    - ``tokens_per_day``: the tokens of its answers this UTC day, counted when each answer ends.
+      The request that crosses the budget is allowed, the next is refused. Requests in flight hold
+      their body's estimate (``reserve``), so that parallel requests cannot overrun the budget many
+      times: one that would cross it with theirs waits for them to end.
+    - ``requests_per_minute``: a sliding 60 s window of the requests it let through.
+    - ``max_concurrency``: requests in flight; one over it waits for a place.
+
+    No request waits longer than MAX_SLOT_WAIT_S, nor more than MAX_WAITING_PER_CLIENT at once per
+    client. A request's place is freed when its answer has ended (:meth:`read`, one of
+    ``Server.record_readers``), streamed, refused or cut; only the answers of requests given a place
+    count (a warmup answered locally takes none). The counters follow the client's name: a reload
+    that changes a client's limits or key keeps them, a renamed client starts afresh, and a client
+    removed and put back the same day finds its day's tokens and its window as they were. The
+    windows and the day's tokens go to the state file (``saved``: what it kept). ``clock`` is the
+    server's (windows and days); the waits poll in real time, as the wait for an account's slot does."""
 
     def __init__(self, clients: Sequence[Client], clock: Callable[[], float],
                  refused: Callable[[str, str], None] = lambda client, limit: None, saved: Any = None) -> None:
@@ -10945,30 +11016,35 @@ class ClientLimits:
         self._windows: Dict[str, Deque[float]] = {}  # the start of each request let through, newest last
         self._days: Dict[str, Tuple[str, int]] = {}  # the UTC day and the tokens counted on it
         self._in_flight: Dict[str, int] = {}  # the places taken (a name is gone at 0)
+        self._reserved: Dict[str, int] = {}  # the tokens the requests in flight hold (gone at 0)
         self._waiting: Dict[str, int] = {}
-        self._places: Dict[str, str] = {}  # request id -> the client whose place it holds
+        self._places: Dict[str, Tuple[str, int]] = {}  # request id -> its client's name, and its reserve
         self.reconfigure(clients)
         self.load_json(saved)
 
     def reconfigure(self, clients: Sequence[Client]) -> None:
-        """Run on these clients from now on: those that remain (by name) keep their counters, under
-        their new limits; a removed client's are forgotten (its requests in flight still free their
-        places)."""
+        """Run on these clients from now on, under their new limits. The counters of a client no
+        longer configured are kept while they count (its day, its minute), in case it comes back;
+        its requests in flight still free their places."""
         self._clients = {client.name: client for client in clients}
-        for name in list(self._days):
-            if name not in self._clients:
-                del self._days[name]
-        windows, self._windows = self._windows, {}
-        for name, client in self._clients.items():
-            if client.requests_per_minute:
-                self._windows[name] = collections.deque(windows.get(name, ()), maxlen=client.requests_per_minute)
+        now = self.clock()
+        today = utc_day(now)
+        for name in [name for name, (day, _) in self._days.items() if day != today]:
+            del self._days[name]
+        for name in [name for name, window in self._windows.items() if not self._trimmed(window, now)]:
+            del self._windows[name]
 
-    async def admit(self, client: Client, request_id: str) -> None:
-        """Let a request of ``client`` through, or raise :class:`ClientLimited`: a spent day's budget
-        or a full minute window at once, a full max_concurrency after waiting for a place. The place
-        taken is freed by :meth:`read` when the request's answer has ended; a request cancelled
-        while it waits (its client left) takes none."""
+    async def admit(self, client: Client, request_id: str, reserve: int = 0) -> None:
+        """Let a request of ``client`` through, or raise :class:`ClientLimited`: a spent day's budget,
+        a full minute window or too many waiting at once, at once; a full max_concurrency, or a
+        budget that the requests in flight may spend, after waiting for them. The request takes a
+        place and holds ``reserve`` tokens of the day's budget until :meth:`read` sees its answer
+        end; a request cancelled while it waits (its client left) takes none."""
         name = client.name
+        if self._waiting.get(name, 0) >= MAX_WAITING_PER_CLIENT:
+            self.refused(name, "max_concurrency")
+            raise ClientLimited(name, "max_concurrency", f"{MAX_WAITING_PER_CLIENT} of its requests wait already "
+                                "for its requests in flight to end", CLIENT_BUSY_RETRY_S)
         waited = 0.0
         self._waiting[name] = self._waiting.get(name, 0) + 1
         try:
@@ -10977,39 +11053,52 @@ class ClientLimits:
                 if current is None:  # a reload removed it while the request waited
                     raise AuthenticationFailed(f"client {name!r} was removed from agproxy's config")
                 now = self.clock()
-                self._check_budgets(current, now)
-                limit = current.max_concurrency
-                if not limit or self._in_flight.get(name, 0) < limit:
+                busy = self._check_budgets(current, now)
+                if not busy:
                     break
                 if waited >= MAX_SLOT_WAIT_S:
-                    self.refused(name, "max_concurrency")
-                    raise ClientLimited(name, "max_concurrency", f"{limit} request(s) in flight, and none ended in "
-                                        f"{MAX_SLOT_WAIT_S:.0f} s", CLIENT_BUSY_RETRY_S)
+                    limit, words = busy
+                    self.refused(name, limit)
+                    raise ClientLimited(name, limit, f"{words}, and none ended in {MAX_SLOT_WAIT_S:.0f} s",
+                                        CLIENT_BUSY_RETRY_S, final=True)
                 await asyncio.sleep(_SLOT_POLL_S)  # other requests free places in real time, whatever the clock
                 waited += _SLOT_POLL_S
         finally:
             self._waiting[name] -= 1
             if not self._waiting[name]:
                 del self._waiting[name]
+        reserve = max(0, reserve) if current.tokens_per_day else 0
         self._in_flight[name] = self._in_flight.get(name, 0) + 1
-        self._places[request_id] = name
-        window = self._windows.get(name)
-        if window is not None:
-            window.append(now)
+        if reserve:
+            self._reserved[name] = self._reserved.get(name, 0) + reserve
+        self._places[request_id] = (name, reserve)
+        if current.requests_per_minute:
+            self._windows.setdefault(name, collections.deque()).append(now)
 
-    def _check_budgets(self, client: Client, now: float) -> None:
-        """Refuse a request of a client whose day's tokens are spent, or whose minute window is full."""
+    def _check_budgets(self, client: Client, now: float) -> Optional[Tuple[str, str]]:
+        """Refuse a request of a client whose day's tokens are spent, or whose minute window is
+        full; the limit and its words when the request must wait for others to end (a full
+        max_concurrency, or a budget its requests in flight may spend); None when it may go."""
         name = client.name
         used = self.tokens_today(name, now)
         if client.tokens_per_day and used >= client.tokens_per_day:
             self.refused(name, "tokens_per_day")
             raise ClientLimited(name, "tokens_per_day", f"{used} of its {client.tokens_per_day} tokens used today "
-                                "(UTC); it starts again at 00:00 UTC", seconds_to_utc_midnight(now))
+                                "(UTC); it starts again at 00:00 UTC", seconds_to_utc_midnight(now), final=True)
         window = self._windows.get(name)
-        if window is not None and len(self._trimmed(window, now)) >= client.requests_per_minute:
+        if client.requests_per_minute and window is not None \
+                and len(self._trimmed(window, now)) >= client.requests_per_minute:
             self.refused(name, "requests_per_minute")
             raise ClientLimited(name, "requests_per_minute", f"{client.requests_per_minute} request(s) in the last "
-                                f"{CLIENT_WINDOW_S:.0f} s", window[0] + CLIENT_WINDOW_S - now)
+                                f"{CLIENT_WINDOW_S:.0f} s", window[-client.requests_per_minute] + CLIENT_WINDOW_S - now)
+        in_flight = self._in_flight.get(name, 0)
+        if client.max_concurrency and in_flight >= client.max_concurrency:
+            return "max_concurrency", f"{client.max_concurrency} request(s) in flight"
+        reserved = self._reserved.get(name, 0)
+        if client.tokens_per_day and reserved and used + reserved >= client.tokens_per_day:
+            return "tokens_per_day", (f"{used} of its {client.tokens_per_day} tokens used today (UTC), and "
+                                      f"{in_flight} request(s) in flight that may spend the rest")
+        return None
 
     @staticmethod
     def _trimmed(window: Deque[float], now: float) -> Deque[float]:
@@ -11024,16 +11113,22 @@ class ClientLimits:
         return tokens if day == utc_day(now) else 0
 
     def read(self, record: RequestRecord) -> None:
-        """A request's answer has ended: free its place, and count its tokens for its client today."""
-        name = self._places.pop(record.request_id, None)
-        if name is not None:
-            self._in_flight[name] -= 1
-            if not self._in_flight[name]:
-                del self._in_flight[name]
-        if record.client in self._clients and record.tokens and generates(record.method, record.path):
+        """A request's answer has ended: free its place and what it held of the budget, and count
+        its tokens for its client today."""
+        place = self._places.pop(record.request_id, None)
+        if place is None:
+            return
+        name, reserve = place
+        self._in_flight[name] -= 1
+        if not self._in_flight[name]:
+            del self._in_flight[name]
+        if reserve:
+            self._reserved[name] -= reserve
+            if not self._reserved[name]:
+                del self._reserved[name]
+        if record.tokens:
             now = self.clock()
-            self._days[record.client] = (utc_day(now), min(self.tokens_today(record.client, now) + record.tokens,
-                                                           _MAX_LEDGER_COUNT))
+            self._days[name] = (utc_day(now), min(self.tokens_today(name, now) + record.tokens, _MAX_LEDGER_COUNT))
 
     def state(self, client: Client) -> Dict[str, int]:
         """Where a client stands now (``GET /v1/agproxy/me``)."""
@@ -11044,40 +11139,43 @@ class ClientLimits:
                 "tokens_today": self.tokens_today(name, now)}
 
     def to_json(self) -> Dict[str, Any]:
-        """The state file's ``client_limits`` section: per client, its day and tokens, and its minute
-        window as requests per second (``{"<unix second>": count}``: at most 61 entries, whatever the
-        client's requests_per_minute)."""
+        """The state file's ``client_limits`` section: per client (a removed one's too, while it
+        counts), its day and tokens, and its minute window as requests per second (``{"<unix
+        second>": count}``: at most 61 entries, whatever the client's requests_per_minute)."""
         now = self.clock()
         section: Dict[str, Any] = {}
-        for name in self._clients:
+        for name in sorted(set(self._days) | set(self._windows)):
             entry: Dict[str, Any] = {}
             if self.tokens_today(name, now):
                 entry["day"], entry["tokens"] = self._days[name]
             window = self._windows.get(name)
-            if window:
-                entry["window"] = dict(collections.Counter(str(int(t)) for t in self._trimmed(window, now)))
+            if window and self._trimmed(window, now):
+                entry["window"] = dict(collections.Counter(str(int(t)) for t in window))
             if entry:
                 section[name] = entry
         return section
 
     def load_json(self, section: Any) -> None:
-        """Take what a state file kept for the configured clients (parts of the wrong type are
-        skipped: :func:`state_problems` said them). A restored request counts as made at the end of
-        its second, so the window is never shorter than it was; a second still to come is not one
-        agproxy saved (it would hold the window shut past its minute)."""
+        """Take what a state file kept (parts of the wrong type are skipped: :func:`state_problems`
+        said them). A restored request counts as made at the end of its second, so the window is
+        never shorter than it was; a second still to come is not one agproxy saved (it would hold
+        the window shut past its minute). A window holds at most its client's requests_per_minute
+        (and MAX_RESTORED_WINDOW); a day's tokens are restored for any client, configured or not
+        (one removed today may come back)."""
         if not isinstance(section, dict):
             return
         now = self.clock()
         for name, entry in section.items():
-            if name not in self._clients or not isinstance(entry, dict):
+            if not isinstance(entry, dict) or not _CLIENT_NAME.fullmatch(name):
                 continue
             day, tokens = entry.get("day"), entry.get("tokens")
             if isinstance(day, str) and _is_int(tokens) and day == utc_day(now):
                 self._days[name] = (day, min(max(0, tokens), _MAX_LEDGER_COUNT))
-            window, seconds = self._windows.get(name), entry.get("window")
-            if window is None or not _state_value_ok(seconds, "integers"):
-                continue
-            room = min(self._clients[name].requests_per_minute, MAX_RESTORED_WINDOW)
+            seconds, client = entry.get("window"), self._clients.get(name)
+            if client is None or not client.requests_per_minute or not _state_value_ok(seconds, "integers"):
+                continue  # a window is a minute's: only a configured window is restored
+            window: Deque[float] = collections.deque()
+            room = min(client.requests_per_minute, MAX_RESTORED_WINDOW)
             saved = sorted(((int(s), c) for s, c in seconds.items() if _UNIX_SECOND.fullmatch(s)), reverse=True)
             for second, count in saved:  # the newest first, while there is room
                 if second > now:
@@ -11085,7 +11183,8 @@ class ClientLimits:
                 taken = min(max(0, count), room)
                 window.extendleft([min(second + 1 - 1e-3, now)] * taken)
                 room -= taken
-            self._trimmed(window, now)
+            if self._trimmed(window, now):
+                self._windows[name] = window
 
 
 #: How often ``watch_config`` looks at the config file: a change is applied within about twice this.
@@ -11494,10 +11593,11 @@ async def check_upstreams(config: Config, out: Callable[[str], None], redactor: 
     client = UpstreamClient()
     redactor = redactor or Redactor(config.secrets(dict(os.environ)))
     healthy = True
-    mode = config.effective_auth_mode()
-    if mode != "off" and not config.api_key:
-        out(f"FAIL  config: auth_mode is {mode} but api_key is empty: every protected request would get 401")
-        healthy = False
+    problem = config.auth_problem()
+    if problem:
+        verdict = "WARN" if config.clients else "FAIL"
+        out(f"{verdict}  config: {problem}")
+        healthy = healthy and verdict != "FAIL"
     for line in _config_problems(config, os.getcwd()):
         out(f"WARN  config: {line}")
     saved = StateFile(config.state_file).load() if config.state_file and os.path.exists(config.state_file) else {}
@@ -11639,7 +11739,9 @@ _COMMANDS_HELP = """commands:
   agproxy check [--config FILE]        validate the config and probe every upstream and account
   agproxy state show|clear [--config FILE]
                                        show or forget what is kept across restarts (account rests,
-                                       learned rejections); stop agproxy before clearing"""
+                                       learned rejections); stop agproxy before clearing
+  agproxy keys new NAME                print a fresh client key once, and the config entry for it
+  agproxy keys list [--config FILE]    the clients' names and key fingerprints"""
 
 
 def _arg_parser(check: bool) -> argparse.ArgumentParser:
@@ -11863,9 +11965,9 @@ def log_startup(config: Config) -> None:
         problem = ADAPTERS[upstream.kind].base_url_problem(upstream)
         if problem:
             log.warning("upstream %s: %s", upstream.name, problem)
-    mode = config.effective_auth_mode()
-    if mode != "off" and not config.api_key:
-        log.warning("auth_mode is %s but api_key is empty: every protected request will get 401", mode)
+    problem = config.auth_problem()
+    if problem:
+        log.warning("%s", problem)
 
 
 if __name__ == "__main__":

@@ -122,7 +122,8 @@ def test_a_client_limit_429_is_never_an_upstreams_in_the_log_metrics_ledger_and_
     refusal(post(proxy, ALICE))
     page = metrics(proxy)
     assert 'agproxy_client_limited_total{client="alice",limit="requests_per_minute"} 1' in page, page
-    assert re.search(r'agproxy_requests_total\{route="messages",status="429",upstream="",model=""\} 1', page), page
+    assert re.search(r'agproxy_requests_total\{route="messages",status="429",upstream="",'
+                     r'model="claude-sonnet-4-5"\} 1', page), page
     assert 'outcome="rate_limited"' not in page  # no attempt at all, so no upstream rate limit
     states = [line for line in page.splitlines() if line.startswith("agproxy_account_state") and line.endswith(" 1")]
     assert len(states) == 2 and all('state="ready"' in line for line in states), states  # no account rests
@@ -185,7 +186,7 @@ def test_a_state_files_bad_limits_section_is_said_and_skipped(tmp_path):
                       "nobody": {"day": "2026-01-01", "tokens": 5}})
     assert limits.state(agproxy.Client("alice", "0" * 64)) == {"in_flight": 0, "waiting": 0,
                                                                "requests_last_minute": 3, "tokens_today": 0}
-    assert list(limits.to_json()) == ["alice"]  # only configured clients are kept
+    assert list(limits.to_json()) == ["alice"]  # nobody's day is over: only what still counts is kept
 
 
 _LEAF = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=12)
@@ -213,7 +214,7 @@ def test_whatever_a_state_file_says_of_the_limits_is_taken_or_skipped_within_bou
     now = limits.state(clients[0])
     assert now["requests_last_minute"] <= 3 and 0 <= now["tokens_today"] < 2**63
     json.dumps(limits.to_json())
-    assert set(limits.to_json()) <= {"alice", "bob"}
+    assert set(limits.to_json()) <= {"alice", "bob", "nobody"}  # a client removed today comes back to its counters
     moment[0] += 61
     assert limits.state(clients[0])["requests_last_minute"] == 0  # nothing a file says outlives its minute
 
@@ -236,6 +237,83 @@ def test_a_reload_keeps_the_counters_of_clients_that_remain_and_locks_a_removed_
             status, _, body = future.result(30)
             assert status == 200 and b"message_stop" in body
     assert call(proxy, "/v1/agproxy/me", ALICE)[1]["limits_now"]["in_flight"] == 0
+
+
+def test_a_client_removed_and_put_back_the_same_day_finds_its_budget_spent(start_agproxy, fake):
+    config = limited_config(fake, {"tokens_per_day": 20, "requests_per_minute": 3})
+    proxy = start_agproxy(config)
+    assert [post(proxy, ALICE)[0] for _ in range(2)] == [200, 200]  # 34 tokens: the day's 20 are spent
+    alice = config["clients"].pop(0)
+
+    def reload() -> None:
+        Path(proxy.config.source).write_text(json.dumps(config))
+        assert call(proxy, "/v1/agproxy/reload", ADMIN, {})[0] == 200
+
+    reload()
+    assert post(proxy, ALICE)[0] == 401
+    config["clients"].insert(0, dict(alice, tokens_per_day=0, name="alice"))
+    reload()  # back, without a day budget: her minute window is as it was
+    assert post(proxy, ALICE)[0] == 200
+    assert "requests_per_minute" in refusal(post(proxy, ALICE))[0]
+    config["clients"][0]["tokens_per_day"] = 20
+    reload()
+    assert "tokens_per_day" in refusal(post(proxy, ALICE))[0]
+    assert upstream_messages(fake) == 3
+
+
+def test_parallel_requests_cannot_spend_a_day_budget_many_times_over(start_agproxy, fake):
+    """Each request in flight holds its body's estimate of the budget: one that would cross the
+    budget with them waits for them to end, then goes or is refused on what they really spent."""
+    proxy = start_agproxy(limited_config(fake, {"tokens_per_day": 20}))
+    fake.script(*[Sse(text_stream(), delay_s=0.02) for _ in range(10)])
+    with concurrent.futures.ThreadPoolExecutor(10) as pool:
+        answers = list(pool.map(lambda _: post(proxy, ALICE, dict(ask(), stream=True)), range(10)))
+    statuses = sorted(status for status, _, _ in answers)
+    assert statuses == [200, 200] + [429] * 8, statuses  # the first, then the one that crosses
+    assert upstream_messages(fake) == 2 and fake.most_in_flight == 1
+    for answer in answers:
+        if answer[0] == 429:
+            assert "tokens_per_day" in refusal(answer)[0] and answer[1]["x-should-retry"] == "false"
+    now = call(proxy, "/v1/agproxy/me", ALICE)[1]["limits_now"]
+    assert now["in_flight"] == now["waiting"] == 0 and 20 < now["tokens_today"] < 40, now
+
+
+def test_a_refused_request_uses_none_of_its_clients_minute_nor_asks_an_upstream(start_agproxy, fake):
+    proxy = start_agproxy(limited_config(fake, {"requests_per_minute": 1, "models": ["claude-*"]}))
+    assert post(proxy, ALICE, ask("gpt-5"))[0] == 403  # not its model
+    assert post(proxy, ALICE, {"model": "claude-sonnet-4-5", "messages": "hi"})[0] == 400
+    request = urllib.request.Request(proxy.url + "/v1/messages", data=b"{}", method="POST",
+                                     headers={"Content-Type": "text/plain", "Authorization": f"Bearer {ALICE}"})
+    try:
+        urllib.request.urlopen(request, timeout=10)
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 415
+    warmup = {"model": "claude-haiku-4-5", "max_tokens": 1, "messages": [{"role": "user", "content": "Warmup"}]}
+    assert post(proxy, ALICE, warmup)[0] == 200  # answered locally: costs nothing
+    assert upstream_messages(fake) == 0
+    assert post(proxy, ALICE)[0] == 200  # its minute was whole
+    message, _ = refusal(post(proxy, ALICE))
+    assert "requests_per_minute" in message
+    wait_for(lambda: any(line["status"] == 429 for line in access_lines(proxy)))
+    refused = [line for line in access_lines(proxy) if line["status"] == 429]
+    assert refused[-1]["model"] == "claude-sonnet-4-5" and refused[-1]["upstream"] is None
+
+
+def test_one_client_cannot_hold_every_connection_waiting(start_agproxy, fake, monkeypatch):
+    monkeypatch.setattr(agproxy, "MAX_WAITING_PER_CLIENT", 2)
+    proxy = start_agproxy(limited_config(fake, {"max_concurrency": 1}))
+    fake.script(Sse(text_stream(), delay_s=0.1))
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        held = [pool.submit(post, proxy, ALICE, dict(ask(), stream=True))]
+        wait_for(lambda: fake.in_flight == 1)
+        held += [pool.submit(post, proxy, ALICE) for _ in range(2)]
+        wait_for(lambda: call(proxy, "/v1/agproxy/me", ALICE)[1]["limits_now"]["waiting"] == 2)
+        answer = post(proxy, ALICE)  # refused at once, not after a wait
+        message, retry_after = refusal(answer)
+        assert "2 of its requests wait already" in message and "max_concurrency" in message
+        assert int(retry_after) == agproxy.CLIENT_BUSY_RETRY_S and "x-should-retry" not in answer[1]
+        assert post(proxy, BOB)[0] == 200  # everyone else is served meanwhile
+        assert [future.result(30)[0] for future in held] == [200, 200, 200]
 
 
 def test_max_concurrency_holds_under_50_parallel_requests_from_one_key(start_agproxy, fake):
@@ -329,3 +407,20 @@ def test_claude_code_past_its_minute_window_waits_the_retry_after_and_goes_on(st
     statuses = [line["status"] for line in access_lines(proxy) if line["path"] == "/v1/messages"]
     assert statuses[:3] == [200, 429, 200], statuses
     assert took < 60, took
+
+
+def test_a_message_delta_saying_zero_input_tokens_does_not_erase_message_starts_count(start_agproxy, fake):
+    """Its counts are running totals: an upstream's ``input_tokens: 0`` there means none more, and
+    taken as the count it would let a client's input go free of its day budget."""
+    events = text_stream()
+    events[-2][1]["usage"] = {"input_tokens": 0, "output_tokens": 6, "cache_read_input_tokens": 0}
+    events[0][1]["message"]["usage"] = {"input_tokens": 500, "output_tokens": 1, "cache_read_input_tokens": 40}
+    proxy = start_agproxy(limited_config(fake, {"tokens_per_day": 100000}))
+    fake.script(Sse(events), Sse(events))
+    assert post(proxy, ALICE, dict(ask(), stream=True))[0] == 200
+    status, _, body = post(proxy, ALICE)  # assembled from the stream for a client that did not ask for one
+    assert status == 200 and json.loads(body)["usage"]["input_tokens"] == 500
+    assert call(proxy, "/v1/agproxy/me", ALICE)[1]["limits_now"]["tokens_today"] == 2 * (500 + 6 + 40)
+    total = {"input_tokens": 500, "service_tier": "standard"}
+    agproxy.merge_usage(total, {"input_tokens": 0, "output_tokens": 3, "service_tier": "priority"})
+    assert total == {"input_tokens": 500, "output_tokens": 3, "service_tier": "priority"}

@@ -324,8 +324,9 @@ def test_a_key_an_upstream_cut_short_or_a_client_put_in_its_path_is_not_shown(st
 def test_the_page_in_chromium_shows_each_clients_requests_and_tokens(start_agproxy, fake, browser, tmp_path: Path):
     """Issue 20: the client's name reaches the page: beside the account in the last requests, and as
     a chart of today's tokens per client (shown only when clients are configured and used)."""
-    config = fake_config(fake, clients=[{"name": "alice-dev", "api_key": "sk-client-alice-0123456789"},
-                                        {"name": "ci-nightly", "api_key": "sk-client-ci-0123456789"}])
+    config = fake_config(fake, auth_mode="off",  # as a page with its key: that one is tested above
+                         clients=[{"name": "alice-dev", "api_key": "sk-client-alice-0123456789"},
+                                  {"name": "ci-nightly", "api_key": "sk-client-ci-0123456789"}])
     proxy = start_agproxy(config)
     for key in ("sk-client-alice-0123456789", "sk-client-ci-0123456789", "sk-client-ci-0123456789"):
         assert call(proxy, "/v1/messages", "POST", ASKED, headers={"x-api-key": key})[0] == 200

@@ -79,8 +79,71 @@ def test_a_client_limited_to_other_upstreams_is_refused_naming_the_model(start_a
     config["model_map"] = [{"match": "demo-*", "upstream": "other"}, {"match": "*", "upstream": "fake"}]
     proxy = start_agproxy(config)
     status, error = call(proxy, "/v1/messages", BOB, ask("demo-1"))
-    assert status == 403 and "'demo-1'" in error["error"]["message"] and "other" in error["error"]["message"]
+    assert status == 403 and "'demo-1'" in error["error"]["message"]
+    assert "other" not in error["error"]["message"]  # the upstreams outside its entry are not named
     assert call(proxy, "/v1/messages", ALICE, ask("claude-sonnet-4-5"))[0] == 200
+
+
+def test_a_model_outside_a_clients_entry_is_403_before_it_is_routed(start_agproxy, fake):
+    """No 404 "no model_map rule" that would tell a client which models exist beyond its own."""
+    config = team_config(fake)
+    config["model_map"] = [{"match": "claude-sonnet-*", "upstream": "fake"}]
+    proxy = start_agproxy(config)
+    for model in ("claude-opus-4-5", "secret-model"):
+        status, error = call(proxy, "/v1/messages", ALICE, ask(model))
+        assert status == 403 and "model_map" not in error["error"]["message"], error
+        assert call(proxy, f"/v1/models/{model}", ALICE)[0] == 403
+    assert call(proxy, "/v1/messages", LOCAL, ask("secret-model"))[0] == 404  # api_key: what it was
+
+
+def test_the_keys_of_two_clients_in_one_request_are_refused(start_agproxy, fake):
+    proxy = start_agproxy(team_config(fake))
+    request = urllib.request.Request(proxy.url + "/v1/messages", data=json.dumps(ask()).encode(), method="POST",
+                                     headers={"Content-Type": "application/json", "x-api-key": ALICE,
+                                              "Authorization": f"Bearer {BOB}"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    error = json.loads(refused.value.read())["error"]
+    assert refused.value.code == 401 and "2 clients" in error["message"] and ALICE not in error["message"]
+    request = urllib.request.Request(proxy.url + "/v1/messages", data=json.dumps(ask()).encode(), method="POST",
+                                     headers={"Content-Type": "application/json", "x-api-key": "sk-ant-theirs-123",
+                                              "Authorization": f"Bearer {ALICE}"})
+    with urllib.request.urlopen(request, timeout=10) as answer:  # a stray key beside one client's is harmless
+        assert answer.status == 200
+
+
+def test_with_clients_auth_auto_asks_for_a_key_on_loopback_too(start_agproxy, fake):
+    """Behind a reverse proxy on the same machine agproxy binds loopback; auth off would serve
+    anyone sending no key (or a wrong one) past every client's models and limits."""
+    config = team_config(fake, auth_mode="auto", api_key="")
+    assert agproxy.config_from_dict(config, {}, "test").effective_auth_mode() == "all_except_health"
+    proxy = start_agproxy(config)
+    assert call(proxy, "/v1/messages", None, ask())[0] == 401
+    assert call(proxy, "/v1/messages", "sk-nobody-0123456789", ask())[0] == 401
+    assert call(proxy, "/v1/messages", ALICE, ask())[0] == 200
+    del config["clients"]
+    alone = agproxy.config_from_dict(config, {}, "test")
+    assert alone.effective_auth_mode() == "off"  # one user's loopback agproxy, as before
+
+
+def test_check_says_clients_with_auth_off_and_passes_clients_without_an_api_key(tmp_path):
+    base = {"upstreams": [{"name": "demo", "kind": "demo"}], "clients": [{"name": "alice", "api_key": ALICE}]}
+    for extra, verdict in (({}, None), ({"auth_mode": "strict"}, None), ({"auth_mode": "off"}, "WARN  config:")):
+        path = tmp_path / "config.json"
+        path.write_text(json.dumps(dict(base, **extra)))
+        result = subprocess.run([sys.executable, str(AGPROXY), "check", "--config", str(path)], capture_output=True,
+                                text=True, env=clean_env(XDG_STATE_HOME=str(tmp_path)), timeout=60)
+        assert result.returncode == 0 and "api_key is empty" not in result.stdout, (extra, result.stdout)
+        assert (verdict is not None) == ("clients are configured" in result.stdout), result.stdout
+        assert ALICE not in result.stdout + result.stderr
+
+
+def test_clients_written_as_an_object_of_keys_is_refused_without_showing_them(tmp_path):
+    with pytest.raises(agproxy.ConfigError) as refused:
+        agproxy.config_from_dict({"upstreams": [{"name": "demo", "kind": "demo"}], "clients": {"alice": CAROL}}, {},
+                                 "test")
+    assert "clients: must be a list" in refused.value.message and CAROL not in refused.value.message
+    assert agproxy.Redactor([]).text(f"echoed {CAROL}!") == "echoed [redacted]!"  # agproxy's keys look like keys
 
 
 def test_unknown_and_missing_keys_are_401(start_agproxy, fake):
