@@ -8494,10 +8494,7 @@ class Server(Application):
         record.mapped_model, record.upstream = route.model, route.upstream.name
         if warmup:
             self.counters["warmup_intercepted"] += 1
-            record.local = "warmup"
-            message = warmup_message(body["model"])
-            record.add_usage(message.get("usage"))
-            return message_answer(message, bool(body.get("stream")), headers + [("X-Warmup-Intercepted", "true")])
+            return warmup_answer(body, record, headers)
 
         async def attempt(upstream: Upstream, account: Account) -> Union[Response, StreamingResponse]:
             call = self._call(request, exchange, body, Route((upstream,), route.model), account)
@@ -8606,13 +8603,10 @@ class Server(Application):
         if client is None:
             raise PermissionDenied("GET /v1/agproxy/me answers for a client's key (see clients in agproxy's config); "
                                    "this request carries none")
-        day = _utc_day(self.clock())
-        rows = [row for row in self.usage.rows(day, day, ("client",)) if row["client"] == client.name]
-        today = {name: rows[0][name] if rows else 0 for name in USAGE_COUNTS}
         return json_response(200, {"client": client.name, "models": list(client.models),
                                    "upstreams": list(client.upstreams) or [u.name for u in self.config.upstreams],
                                    "limits": client.limits(), "limits_now": self.limits.state(client),
-                                   "usage": {"today": dict(today, day=day)}})
+                                   "usage": {"today": self.usage.client_day(client.name, _utc_day(self.clock()))}})
 
     async def _reload(self, request: Request, exchange: _Exchange) -> Response:
         """``POST /v1/agproxy/reload`` (an empty body): read the config file again, as SIGHUP does."""
@@ -8641,6 +8635,15 @@ class Server(Application):
         page = self.metrics.page(self.pool, self.clock(), self.http.streams_active, self.http.connections_active,
                                  self.counters)
         return Response(200, [("Content-Type", METRICS_CONTENT_TYPE)], page)
+
+
+def warmup_answer(body: Dict[str, Any], record: RequestRecord, headers: Headers) -> Response:
+    """agproxy's own answer to a Claude Code warmup (:func:`is_warmup`), as the client asked for
+    it (JSON or a stream); the record says it was answered locally."""
+    record.local = "warmup"
+    message = warmup_message(body["model"])
+    record.add_usage(message.get("usage"))
+    return message_answer(message, bool(body.get("stream")), headers + [("X-Warmup-Intercepted", "true")])
 
 
 def attempt_logger(log: logging.Logger, record: RequestRecord, model: str
@@ -10871,6 +10874,11 @@ class UsageLedger:
                     total[i] += n
         return [{**dict(zip(group_by, group)), **dict(zip(USAGE_COUNTS, counts))}
                 for group, counts in sorted(sums.items())]
+
+    def client_day(self, client: str, day: str) -> Dict[str, Any]:
+        """One client's counts on one day, and the day (``GET /v1/agproxy/me``)."""
+        rows = [row for row in self.rows(day, day, ("client",)) if row["client"] == client]
+        return dict({name: rows[0][name] if rows else 0 for name in USAGE_COUNTS}, day=day)
 
     def answer(self, query: str, now: float) -> Response:
         """``GET /v1/agproxy/usage``'s answer to ``query`` (:func:`parse_usage_query`): JSON or CSV."""
