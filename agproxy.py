@@ -5905,6 +5905,23 @@ def gemini_to_anthropic(answer: Any, model: str, on_signature: Optional[Callable
     return accumulator.result()
 
 
+# -- client dialects: the other agents' protocols in, as the internal Anthropic form ----------------
+#
+# A client dialect (issue 21) is the inverse of a translator above: a request in the client's
+# protocol becomes an Anthropic Messages request (the internal form every route and adapter
+# speaks), and the internal Anthropic events (:class:`Event`) or the assembled Message become the
+# client's stream or JSON; agproxy's errors become the client's error shape. Structured output
+# travels in the internal form as ``output_config.format`` (``{"type": "json_schema", "schema":
+# {...}}``). Each protocol has its block below; the dialect objects that use them (the registry that
+# mirrors ADAPTERS) live with the gateway.
+
+# -- client dialect: OpenAI Chat Completions ----------------------------------------------------------
+
+# -- client dialect: OpenAI Responses -----------------------------------------------------------------
+
+# -- client dialect: Gemini generateContent -----------------------------------------------------------
+
+
 # =====================================================================================
 # 8. Routing, accounts and the retry engine
 #    Which upstream and which account serve a request; rate-limit resets and the retry policy
