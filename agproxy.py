@@ -2644,31 +2644,8 @@ def demo_message(body: Dict[str, Any], message_id: str, input_tokens: Optional[i
     }
 
 
-def demo_sse_events(body: Dict[str, Any], message_id: str, input_tokens: Optional[int] = None) -> List[bytes]:
-    """The demo upstream's streaming answer: the full Anthropic event grammar, text in small deltas."""
-    message = demo_message(body, message_id, input_tokens)
-    text = message["content"][0]["text"]
-    usage = message["usage"]
-    start = dict(message, content=[], stop_reason=None, usage=dict(usage, output_tokens=1))
-    events = [
-        encode_sse_json("message_start", {"type": "message_start", "message": start}),
-        encode_sse_json("content_block_start", {"type": "content_block_start", "index": 0,
-                                                "content_block": {"type": "text", "text": ""}}),
-        encode_sse_json("ping", {"type": "ping"}),
-    ]
-    words = re.findall(r"\S+\s*", text)
-    for i in range(0, len(words), 4):
-        delta = {"type": "text_delta", "text": "".join(words[i : i + 4])}
-        events.append(encode_sse_json("content_block_delta",
-                                      {"type": "content_block_delta", "index": 0, "delta": delta}))
-    events += [
-        encode_sse_json("content_block_stop", {"type": "content_block_stop", "index": 0}),
-        encode_sse_json("message_delta", {"type": "message_delta",
-                                          "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                                          "usage": {"output_tokens": usage["output_tokens"]}}),
-        encode_sse_json("message_stop", {"type": "message_stop"}),
-    ]
-    return events
+#: How much of its text the demo upstream streams in one delta (it looks like a model typing).
+DEMO_PIECE_CHARS = 24
 
 
 # -- the request sanitizer (profiles are defined with the config) --------------------------
@@ -3763,11 +3740,13 @@ def check_message(message: Any, upstream: str = "") -> Dict[str, Any]:
     return message
 
 
-def message_as_sse(message: Dict[str, Any]) -> List[bytes]:
-    """A complete Message as the Anthropic event stream that would have produced it."""
+def message_events(message: Dict[str, Any], text_piece_chars: int = 0) -> List[Event]:
+    """A complete Message as the Anthropic events that would have produced it (for a client that
+    asked for a stream of an answer that came whole, and for the demo, whose text comes in pieces
+    of about ``text_piece_chars``: 0 sends each block's text in one delta)."""
     start = dict(message, content=[], stop_reason=None, stop_sequence=None,
                  usage=dict(message.get("usage") or {}, output_tokens=1))
-    events = [encode_sse_json("message_start", {"type": "message_start", "message": start})]
+    events = [Event("message_start", {"type": "message_start", "message": start})]
     for index, block in enumerate(message.get("content") or []):
         kind = block.get("type") if isinstance(block, dict) else "text"
         if kind == "tool_use":
@@ -3779,21 +3758,29 @@ def message_as_sse(message: Dict[str, Any]) -> List[bytes]:
                       {"type": "signature_delta", "signature": block.get("signature", "")}]
         elif kind == "text":
             opening = {"type": "text", "text": ""}
-            deltas = [{"type": "text_delta", "text": block.get("text", "")}]
+            text = block.get("text", "")
+            pieces = re.findall(r"\S+\s*|\s+", text) if text_piece_chars else [text]
+            deltas, piece = [], ""
+            for word in pieces:
+                piece += word
+                if len(piece) >= text_piece_chars:
+                    deltas.append({"type": "text_delta", "text": piece})
+                    piece = ""
+            if piece or not deltas:
+                deltas.append({"type": "text_delta", "text": piece})
         else:
             opening, deltas = block, []
-        events.append(encode_sse_json("content_block_start", {"type": "content_block_start", "index": index,
-                                                              "content_block": opening}))
-        for delta in deltas:
-            events.append(encode_sse_json("content_block_delta", {"type": "content_block_delta", "index": index,
-                                                                  "delta": delta}))
-        events.append(encode_sse_json("content_block_stop", {"type": "content_block_stop", "index": index}))
+        events.append(Event("content_block_start", {"type": "content_block_start", "index": index,
+                                                    "content_block": opening}))
+        events += [Event("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta})
+                   for delta in deltas]
+        events.append(Event("content_block_stop", {"type": "content_block_stop", "index": index}))
     usage = message.get("usage") or {}
-    events.append(encode_sse_json("message_delta", {
+    events.append(Event("message_delta", {
         "type": "message_delta",
         "delta": {"stop_reason": message.get("stop_reason"), "stop_sequence": message.get("stop_sequence")},
         "usage": {"output_tokens": usage.get("output_tokens", 0)}}))
-    events.append(encode_sse_json("message_stop", {"type": "message_stop"}))
+    events.append(Event("message_stop", {"type": "message_stop"}))
     return events
 
 
@@ -7206,12 +7193,15 @@ class Response:
 
 @dataclasses.dataclass
 class StreamingResponse:
-    """A response whose body is relayed chunk by chunk; ``abort`` cuts its source."""
+    """A response whose body is relayed chunk by chunk; ``abort`` cuts its source; ``ending``
+    gives the last bytes of a stream the shutdown cuts (its protocol's error, from an error type
+    and words; none: the stream just ends)."""
 
     status: int
     headers: Headers
     chunks: AsyncIterator[bytes]
     abort: Callable[[], None]
+    ending: Optional[Callable[[str, str], bytes]] = None
 
 
 def json_response(status: int, payload: Any, headers: Headers = ()) -> Response:
@@ -7224,14 +7214,15 @@ def json_response(status: int, payload: Any, headers: Headers = ()) -> Response:
 _RETRYABLE_4XX = (408, 409, 429)
 
 
-def error_response(exc: AgproxyError) -> Response:
-    """The one place an :class:`AgproxyError` becomes an HTTP response. An answer that retrying
-    cannot change (a 4xx but the three above, or an error marked ``final``) says
-    ``x-should-retry: false``, so SDKs and Claude Code fail at once instead of retrying for minutes."""
+def error_response(exc: AgproxyError, body: Any = None) -> Response:
+    """The one place an :class:`AgproxyError` becomes an HTTP response: its ``body`` (a client
+    dialect's shape of it; by default Anthropic's). An answer that retrying cannot change (a 4xx
+    but the three above, or an error marked ``final``) says ``x-should-retry: false``, so SDKs and
+    Claude Code fail at once instead of retrying for minutes."""
     headers = list(exc.headers)
     if exc.final or (400 <= exc.status < 500 and exc.status not in _RETRYABLE_4XX):
         headers.append(("x-should-retry", "false"))
-    return json_response(exc.status, exc.body(), headers)
+    return json_response(exc.status, exc.body() if body is None else body, headers)
 
 
 @dataclasses.dataclass
@@ -7823,7 +7814,7 @@ class HttpServer:
             raise
         except asyncio.CancelledError:
             if self._stopping and not conn.gone:
-                self._end_cut_stream(conn, record, chunked)
+                self._end_cut_stream(conn, record, chunked, response.ending)
             raise
         finally:
             self.streams_active -= 1
@@ -7835,11 +7826,12 @@ class HttpServer:
         if conn.gone:
             record.client_left()
 
-    def _end_cut_stream(self, conn: _Connection, record: RequestRecord, chunked: bool) -> None:
-        """A stream the shutdown cuts still ends as a stream: an error event, then the body's end."""
-        cut = encode_sse_json("error", error_body("overloaded_error", "agproxy is shutting down: this stream was "
-                                                                      "cut (shutdown_grace_s)"))
-        conn.writer.write((encode_chunk(cut) + LAST_CHUNK) if chunked else cut)
+    def _end_cut_stream(self, conn: _Connection, record: RequestRecord, chunked: bool,
+                        ending: Optional[Callable[[str, str], bytes]]) -> None:
+        """A stream the shutdown cuts still ends as a stream: its protocol's error, then the body's end."""
+        cut = ending("overloaded_error", "agproxy is shutting down: this stream was cut (shutdown_grace_s)") \
+            if ending is not None else b""
+        conn.writer.write((encode_chunk(cut) + LAST_CHUNK if cut else LAST_CHUNK) if chunked else cut)
         record.note = "cut by the shutdown"
 
     async def _drain(self, conn: _Connection) -> None:
@@ -8342,7 +8334,7 @@ class Server(Application):
     def error_answer(self, exc: AgproxyError, record: RequestRecord) -> Response:
         """The error answer, with the model sent and the account used where the request got that far
         (read from its record: nothing is written onto the error after it was raised)."""
-        response = error_response(exc)
+        response = error_response(exc, dialect_of_path(record.path).error_body(exc))
         if record.mapped_model:
             response.headers.append(("X-Mapped-Model", record.mapped_model))
         if record.account and record.account != "warmup":
@@ -8498,23 +8490,34 @@ class Server(Application):
         return parse_json_body(request.body or b"")
 
     async def _messages(self, request: Request, exchange: _Exchange) -> Union[Response, StreamingResponse]:
-        body = self._json_body(request)
+        return await self._generate(request, exchange, DIALECTS["anthropic"])
+
+    async def _generate(self, request: Request, exchange: _Exchange, dialect: Dialect,
+                        model: Optional[str] = None) -> Union[Response, StreamingResponse]:
+        """A request that generates, in any client protocol: its dialect turns it into the internal
+        form (``model``: where the path names it), and everything after is the same for all:
+        validation, the client's models and limits, warmups, the attempts over the account pool,
+        and the answer in the client's shape."""
+        asked = self._json_body(request)
         record = exchange.record
-        record.model, record.stream = str(body.get("model"))[:200], body.get("stream") is True
+        record.model = str(model if model is not None else asked.get("model"))[:200]
+        inbound = dialect.inbound(request, asked, model)
+        body = inbound.body
+        record.stream = inbound.stream
         validate_messages_request(body)
+        raw = (request.body or b"") if body is asked else json.dumps(body, ensure_ascii=False).encode("utf-8")
         pool = self.pool  # what the request began with, whatever a reload brings meanwhile
         route = permitted_route(self.config, exchange.admission, body["model"])
-        headers: Headers = [("X-Mapped-Model", route.model)]
-        warmup = self.config.warmup_interception and is_warmup(body)
+        warmup = dialect.answers_warmups and self.config.warmup_interception and is_warmup(body)
         if not warmup:  # answered locally, a warmup costs nothing against the client's limits
             await self._within_limits(request, exchange)
         record.mapped_model, record.upstream = route.model, route.upstream.name
         if warmup:
             self.counters["warmup_intercepted"] += 1
-            return warmup_answer(body, record, headers)
+            return dialect.whole(warmup_answer(body, record, [("X-Mapped-Model", route.model)]), inbound)
 
         async def attempt(upstream: Upstream, account: Account) -> Union[Response, StreamingResponse]:
-            call = self._call(request, exchange, body, Route((upstream,), route.model), account)
+            call = self._call(raw, request, exchange, body, Route((upstream,), route.model), account)
             try:
                 answer = await self.adapter(upstream).messages(call)
             except AgproxyError as exc:
@@ -8525,8 +8528,8 @@ class Server(Application):
                 record.local = upstream.kind
             if not isinstance(answer, AnswerStream):
                 record.add_usage(call.facts.usage)
-                return answer
-            return self._relay(answer, call, record, pool)  # its usage comes as it is relayed
+                return dialect.whole(answer, inbound)
+            return self._relay(answer, call, record, pool, dialect.encoder(inbound), dialect.stream_headers(inbound))
 
         return await run_attempts(pool, route, session_id(request.headers, body), self.config.max_retry_attempts,
                                   attempt, clock=self.clock, sleep=self.sleep, on_change=self.saver.save,
@@ -8540,18 +8543,20 @@ class Server(Application):
         if client is not None:
             await self.limits.admit(client, exchange.id, len(request.body or b"") // _BYTES_PER_RESERVED_TOKEN)
 
-    def _call(self, request: Request, exchange: _Exchange, body: Dict[str, Any], route: Route,
+    def _call(self, raw: bytes, request: Request, exchange: _Exchange, body: Dict[str, Any], route: Route,
               account: Account) -> Call:
-        """What one attempt on ``route`` with ``account`` needs; the record names them from now on."""
+        """What one attempt on ``route`` with ``account`` needs (``body`` in the internal form, and
+        ``raw``, its bytes); the record names them from now on."""
         exchange.record.upstream, exchange.record.account = route.upstream.name, account.name
-        return Call(body, request.body or b"", request.headers, route, account,
+        return Call(body, raw, request.headers, route, account,
                     [("X-Mapped-Model", route.model), ("X-Account-Email", account.name)], exchange.on_client_gone,
                     self.config.force_stream_internally, self.config.ping_interval_s)
 
-    def _relay(self, answer: AnswerStream, call: Call, record: RequestRecord, pool: AccountPool) -> StreamingResponse:
-        """The client's streaming response for an attempt's answer stream: the account's slot (in
-        the pool the request began with) stays taken, and the record takes the answer's usage,
-        until the relay ends."""
+    def _relay(self, answer: AnswerStream, call: Call, record: RequestRecord, pool: AccountPool,
+               encoder: StreamEncoder, stream_headers: Headers) -> StreamingResponse:
+        """The client's streaming response for an attempt's answer stream, written by the client's
+        ``encoder``: the account's slot (in the pool the request began with) stays taken, and the
+        record takes the answer's usage, until the relay ends."""
         release = pool.hold(call.upstream, call.account)
         response = answer.response
 
@@ -8563,7 +8568,8 @@ class Server(Application):
             response.abandon()
             release()
 
-        return StreamingResponse(200, _SSE_HEADERS + answer.headers, answer.relay(ended, record.fail), abort)
+        return StreamingResponse(200, stream_headers + answer.headers, answer.relay(encoder, ended, record.fail), abort,
+                                 encoder.error)
 
 
     async def _count_tokens(self, request: Request, exchange: _Exchange) -> Response:
@@ -8588,7 +8594,7 @@ class Server(Application):
         pooled = Route(tuple(u for u in route.upstreams if self.adapter(u).counts_upstream), route.model)
 
         async def attempt(upstream: Upstream, account: Account) -> Response:
-            call = self._call(request, exchange, body, Route((upstream,), route.model), account)
+            call = self._call(request.body or b"", request, exchange, body, Route((upstream,), route.model), account)
             try:
                 counted = await self.adapter(upstream).count_by_account(call)
             except AgproxyError as exc:
@@ -8654,13 +8660,13 @@ class Server(Application):
         return Response(200, [("Content-Type", METRICS_CONTENT_TYPE)], page)
 
 
-def warmup_answer(body: Dict[str, Any], record: RequestRecord, headers: Headers) -> Response:
-    """agproxy's own answer to a Claude Code warmup (:func:`is_warmup`), as the client asked for
-    it (JSON or a stream); the record says it was answered locally."""
+def warmup_answer(body: Dict[str, Any], record: RequestRecord, headers: Headers) -> WholeAnswer:
+    """agproxy's own answer to a Claude Code warmup (:func:`is_warmup`); the record says it was
+    answered locally."""
     record.local = "warmup"
     message = warmup_message(body["model"])
     record.add_usage(message.get("usage"))
-    return message_answer(message, bool(body.get("stream")), headers + [("X-Warmup-Intercepted", "true")])
+    return WholeAnswer(message, headers + [("X-Warmup-Intercepted", "true")])
 
 
 def attempt_logger(log: logging.Logger, record: RequestRecord, model: str
@@ -8686,11 +8692,6 @@ def attempt_logger(log: logging.Logger, record: RequestRecord, model: str
     return logged
 
 
-def message_answer(message: Dict[str, Any], stream: bool, headers: Headers) -> Union[Response, StreamingResponse]:
-    """Answer with a whole Message: as JSON, or (asked for a stream) as its event stream."""
-    if not stream:
-        return json_response(200, message, headers)
-    return StreamingResponse(200, _SSE_HEADERS + list(headers), _iterate(message_as_sse(message)), lambda: None)
 
 
 async def list_upstream_models(client: UpstreamClient, adapter: Any, upstream: Upstream, account: Account,
@@ -8716,6 +8717,104 @@ async def list_upstream_models(client: UpstreamClient, adapter: Any, upstream: U
             break
         path, body = f"{adapter.models_path}&pageToken={urllib.parse.quote(page[1], safe='')}", None
     return models[:_MAX_LISTED_MODELS]
+
+
+# -- one dialect per client protocol ------------------------------------------------------------------
+
+
+class StreamEncoder:
+    """Writes the internal Anthropic events of one answer as a client protocol's stream: each
+    batch as it comes (:meth:`encode`), a keep-alive while the upstream is silent (:meth:`ping`;
+    b"" where the protocol has none), and the end of a stream that broke after it began
+    (:meth:`error`). This one is Anthropic's: the events as they are."""
+
+    def encode(self, events: List[Event]) -> bytes:
+        """A batch of events as the client gets it."""
+        return encode_events(events)
+
+    def ping(self) -> bytes:
+        """A keep-alive the client ignores."""
+        return encode_sse_json("ping", {"type": "ping"})
+
+    def error(self, error_type: str, message: str) -> bytes:
+        """The last bytes of a stream that broke after it began (an Anthropic error type)."""
+        return encode_sse_json("error", error_body(error_type, message))
+
+
+#: Anthropic's encoder holds nothing: one serves every stream.
+ANTHROPIC_ENCODER = StreamEncoder()
+
+
+@dataclasses.dataclass
+class WholeAnswer:
+    """An attempt's answer that came whole (or was assembled, or made locally): the Message, the
+    headers for the client, and the events to send it as to a client that asked for a stream
+    (None: :func:`message_events`)."""
+
+    message: Dict[str, Any]
+    headers: Headers
+    events: Optional[List[Event]] = None
+
+
+@dataclasses.dataclass
+class Inbound:
+    """A client's request in the internal form: the Anthropic Messages body, whether the client
+    wants a stream, and what its dialect keeps of the request to answer in the client's shape."""
+
+    body: Dict[str, Any]
+    stream: bool
+    context: Any = None
+
+
+class Dialect:
+    """A client protocol behind one interface (issue 21), mirroring :class:`Adapter`: its request
+    in the internal form (:meth:`inbound`), the internal answer as its JSON or stream, and
+    agproxy's errors in its shape. Everything between (routing, client keys and limits, accounts,
+    retries, the record) is the same for every dialect. This one is Anthropic Messages, which
+    needs no translation."""
+
+    name = "anthropic"
+    #: whether Claude Code's warmups come this way (agproxy answers them itself)
+    answers_warmups = True
+
+    def inbound(self, request: Request, body: Dict[str, Any], model: Optional[str]) -> Inbound:
+        """The client's request (its JSON ``body``; ``model`` where the path names it) in the
+        internal form, or :class:`InvalidRequest` for what the internal form cannot carry."""
+        return Inbound(body, body.get("stream") is True)
+
+    def encoder(self, inbound: Inbound) -> StreamEncoder:
+        """What writes one answer's events as this client's stream."""
+        return ANTHROPIC_ENCODER
+
+    def stream_headers(self, inbound: Inbound) -> Headers:
+        """The headers of this client's stream."""
+        return _SSE_HEADERS
+
+    def message_json(self, message: Dict[str, Any], inbound: Inbound) -> Any:
+        """A whole Message as this client's JSON answer."""
+        return message
+
+    def error_body(self, exc: AgproxyError) -> Any:
+        """agproxy's error as this client's error JSON."""
+        return exc.body()
+
+    def whole(self, answer: WholeAnswer, inbound: Inbound) -> Union[Response, StreamingResponse]:
+        """A whole answer as the client asked for it: its JSON, or its stream in one write."""
+        if not inbound.stream:
+            return json_response(200, self.message_json(answer.message, inbound), answer.headers)
+        events = answer.events or message_events(answer.message)
+        return StreamingResponse(200, self.stream_headers(inbound) + list(answer.headers),
+                                 _iterate([self.encoder(inbound).encode(events)]), lambda: None)
+
+
+#: Every client protocol agproxy serves, by name (the routes pick one by path: :func:`dialect_of_path`).
+DIALECTS: Dict[str, Dialect] = {"anthropic": Dialect()}
+
+
+def dialect_of_path(path: str) -> Dialect:
+    """The client protocol a path belongs to (Anthropic's for every path of no other), so that
+    an error answers in the shape its client reads, even one refused before its handler ran."""
+    return DIALECTS["anthropic"]
 
 
 # -- one adapter per upstream kind -----------------------------------------------------------------
@@ -8802,8 +8901,9 @@ class AnswerStream:
 
     response: UpstreamResponse
     headers: Headers
-    #: the relay, given what to call when it ends and what to tell the words of an error that ends it
-    relay: Callable[[Callable[[], None], Callable[[str], None]], AsyncIterator[bytes]]
+    #: the relay, given the client's encoder, what to call when it ends and what to tell the words
+    #: of an error that ends it
+    relay: Callable[[StreamEncoder, Callable[[], None], Callable[[str], None]], AsyncIterator[bytes]]
 
 
 @dataclasses.dataclass
@@ -8995,7 +9095,7 @@ class Adapter:
     #: whether agproxy pings the client while the upstream is silent (an upstream may send its own)
     pings = True
 
-    async def messages(self, call: Call) -> Union[Response, AnswerStream]:
+    async def messages(self, call: Call) -> Union[WholeAnswer, AnswerStream]:
         """One attempt at answering a Messages request on the call's upstream and account, the
         same pipeline for every kind: check the window, send (healing on the way), then relay the
         answer's events (nothing reaches the client before its head, so a failure until then can
@@ -9021,9 +9121,9 @@ class Adapter:
                 redact = DeltaRedactor(self.state.redact).feed  # a key split across deltas
                 observe = self.watcher(upstream)
                 ping_s = call.ping_interval_s if self.pings else None
-                return AnswerStream(response, headers, lambda on_end, on_error: relay_events(
+                return AnswerStream(response, headers, lambda encoder, on_end, on_error: relay_events(
                     head, events, response, upstream.name, observe=observe, rewrite=scale, transform=redact,
-                    ping_interval_s=ping_s, on_end=on_end, on_error=on_error))
+                    ping_interval_s=ping_s, on_end=on_end, on_error=on_error, encoder=encoder))
             message = await _watched(call, response, accumulate_events(events))
         else:
             data = await _watched(call, response, response.read_all())
@@ -9034,7 +9134,7 @@ class Adapter:
             facts.usage.update(message["usage"])
         if window:
             scale_usage(message.get("usage"), window, client_window)
-        return message_answer(message, stream, headers)  # asked for a stream, a whole Message is sent as one
+        return WholeAnswer(message, headers)  # asked for a stream, a whole Message is sent as one
 
     def answer_events(self, response: UpstreamResponse, call: Call, estimate: int) -> AsyncIterator[List[Event]]:
         """The upstream's event stream as Anthropic events, in batches (:class:`Event` lists); a translated
@@ -9328,15 +9428,12 @@ class DemoAdapter(Adapter):
     probe_path = ""
     answers_locally = True
 
-    async def messages(self, call: Call) -> Union[Response, AnswerStream]:
+    async def messages(self, call: Call) -> Union[WholeAnswer, AnswerStream]:
         body, message_id = call.body, new_message_id()
         input_tokens = await _estimate_tokens(body, len(call.raw))
         message = demo_message(body, message_id, input_tokens)
         call.facts.usage.update(message["usage"])
-        if not body.get("stream"):
-            return json_response(200, message, call.answered)
-        return StreamingResponse(200, _SSE_HEADERS + list(call.answered),
-                                 _iterate(demo_sse_events(body, message_id, input_tokens)), lambda: None)
+        return WholeAnswer(message, list(call.answered), message_events(message, DEMO_PIECE_CHARS))
 
 
 class GeminiAdapter(Adapter):
@@ -9771,15 +9868,16 @@ async def relay_events(head: List[Event], events: AsyncIterator[List[Event]], re
                        rewrite: Optional[Callable[[List[Event]], List[Event]]] = None,
                        transform: Optional[Callable[[bytes], bytes]] = None, ping_interval_s: Optional[float] = None,
                        on_end: Optional[Callable[[], None]] = None,
-                       on_error: Optional[Callable[[str], None]] = None) -> AsyncIterator[bytes]:
+                       on_error: Optional[Callable[[str], None]] = None,
+                       encoder: StreamEncoder = ANTHROPIC_ENCODER) -> AsyncIterator[bytes]:
     """Relay an answer's events to the client as they come: the head, then each batch (seen by
-    ``observe``, its events rewritten by ``rewrite``, encoded once, its bytes rewritten by
-    ``transform``), a ping whenever the client has been sent nothing for
-    ``ping_interval_s`` (None: the upstream sends its own), and no more than ``timeout_s``
-    without an event (:class:`_IdleWatch`). A stream that breaks ends with an Anthropic ``error``
-    event after its last whole event, so the client never sees half an event; the upstream
-    connection is closed (or drained) at the end. ``on_error`` hears the words of an error that
-    ends the stream, the upstream's own error event included."""
+    ``observe``, its events rewritten by ``rewrite``, encoded once by the client's ``encoder``,
+    the Anthropic bytes rewritten by ``transform``: :func:`_encoded_batch`), a ping whenever the
+    client has been sent nothing for ``ping_interval_s`` (None: the upstream sends its own), and
+    no more than ``timeout_s`` without an event (:class:`_IdleWatch`). A stream that breaks ends
+    with the encoder's error after its last whole event, so the client never sees half an event;
+    the upstream connection is closed (or drained) at the end. ``on_error`` hears the words of an
+    error that ends the stream, the upstream's own error event included."""
     clock = asyncio.get_running_loop().time
     idle = _IdleWatch(response, response.timeout_s)
     iterator = events.__aiter__()
@@ -9798,8 +9896,7 @@ async def relay_events(head: List[Event], events: AsyncIterator[List[Event]], re
                     words = _error_event_words(batch)
                     if words is not None:
                         on_error(words)
-                data = encode_events(batch if rewrite is None else rewrite(batch))
-                yield data if transform is None else transform(data)
+                yield _encoded_batch(batch if rewrite is None else rewrite(batch), encoder, transform)
                 last_sent = clock()
                 if has_event:  # the time a slow client took to take it is not the upstream's silence
                     idle.saw_event()
@@ -9812,7 +9909,7 @@ async def relay_events(head: List[Event], events: AsyncIterator[List[Event]], re
             if not done:
                 batch = []
                 last_sent = clock()
-                yield encode_sse_json("ping", {"type": "ping"})
+                yield encoder.ping()
                 continue
             try:
                 batch = pending.result()
@@ -9827,14 +9924,12 @@ async def relay_events(head: List[Event], events: AsyncIterator[List[Event]], re
         logging.getLogger("agproxy").warning("the stream of upstream %r broke after it began: %s", upstream, message)
         if on_error is not None:
             on_error(f"upstream {upstream!r}: {message}")
-        yield encode_sse_json("error", error_body("api_error" if idle.expired else exc.error_type,
-                                                  f"upstream {upstream!r}: {message}"))
+        yield encoder.error("api_error" if idle.expired else exc.error_type, f"upstream {upstream!r}: {message}")
     except Exception as exc:  # a defect in agproxy: the client still gets an ending, the log the traceback
         logging.getLogger("agproxy").exception("relaying the stream of upstream %r failed", upstream)
         if on_error is not None:
             on_error(f"agproxy failed relaying upstream {upstream!r}: {type(exc).__name__}")
-        yield encode_sse_json("error", error_body("api_error", f"agproxy failed relaying upstream {upstream!r}: "
-                                                               f"{type(exc).__name__}"))
+        yield encoder.error("api_error", f"agproxy failed relaying upstream {upstream!r}: {type(exc).__name__}")
     finally:
         idle.cancel()
         if pending is not None and not pending.done():
@@ -9842,6 +9937,22 @@ async def relay_events(head: List[Event], events: AsyncIterator[List[Event]], re
         response.close()
         if on_end is not None:
             on_end()
+
+
+def _encoded_batch(batch: List[Event], encoder: StreamEncoder,
+                   transform: Optional[Callable[[bytes], bytes]]) -> bytes:
+    """A batch as the client gets it. ``transform`` (the :class:`DeltaRedactor`) reads Anthropic
+    bytes: another dialect's encoder gets the events it wrote anew only where it changed some
+    (it gives back the very bytes it was given when it changed nothing, as it nearly always does)."""
+    if encoder is ANTHROPIC_ENCODER:
+        data = encode_events(batch)
+        return data if transform is None else transform(data)
+    if transform is not None:
+        data = encode_events(batch)
+        redacted = transform(data)
+        if redacted is not data:
+            batch = [Event(event.event, loads_strict(event.data)) for event in SSEDecoder().feed(redacted)]
+    return encoder.encode(batch)
 
 
 #: What is read of an answer after its message_stop before the connection is cut instead.
