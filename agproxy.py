@@ -1949,8 +1949,12 @@ def host_without_port(host: str) -> str:
 
 
 def presented_keys(request: Request) -> List[str]:
-    """The keys a client sent: ``Authorization: Bearer``, ``x-api-key`` and ``x-goog-api-key``."""
+    """The keys a client sent: ``Authorization: Bearer``, ``x-api-key`` and ``x-goog-api-key``,
+    and on Gemini's routes (``/v1beta/``) ``?key=``, as Gemini's clients may send it (the record
+    keeps no query, so it is never logged)."""
     keys = []
+    if request.path.startswith("/v1beta/") and request.query:
+        keys += [value.strip() for value in urllib.parse.parse_qs(request.query).get("key", [])[:1] if value.strip()]
     authorization = request.header("authorization") or ""
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() == "bearer" and token.strip():
@@ -2233,6 +2237,20 @@ def _model_object(model_id: str, display_name: str, created_at: Optional[str] = 
     """One entry of the Anthropic models list."""
     return {"type": "model", "id": model_id, "display_name": display_name,
             "created_at": created_at or _MODELS_CREATED_AT}
+
+
+def models_list(models: List[Dict[str, Any]], shape: str) -> Dict[str, Any]:
+    """A list of Anthropic model objects as a client reads it: ``anthropic`` (Anthropic's list),
+    ``openai`` (OpenAI's) or ``both`` (Anthropic's list whose entries carry OpenAI's fields too,
+    for a client that said neither: an OpenAI SDK and a plain curl read it alike)."""
+    if shape == "openai":
+        return {"object": "list", "data": [{"id": m["id"], "object": "model", "created": _MODELS_CREATED,
+                                            "owned_by": "agproxy"} for m in models]}
+    data = models if shape == "anthropic" else [dict(m, object="model", created=_MODELS_CREATED, owned_by="agproxy")
+                                                for m in models]
+    listed = {"data": data, "has_more": False, "first_id": data[0]["id"] if data else None,
+              "last_id": data[-1]["id"] if data else None}
+    return listed if shape == "anthropic" else dict(listed, object="list")
 
 
 #: Deepest nesting taken in what an upstream sends (Claude Code's deepest, an MCP tool's schema,
@@ -4493,11 +4511,39 @@ def anthropic_to_openai(body: Dict[str, Any], options: OpenAIOptions, upstream: 
             out.update(copy.deepcopy(options.thinking_body))  # the config's dicts stay the config's
         if not options.reasoning_effort and not options.thinking_body:
             _count(changes, "thinking_dropped")
+    schema = output_schema(body)
+    if schema is not None:
+        out["response_format"] = _openai_response_format(schema)
     if body.get("stream"):
         out["stream"] = True
         if options.stream_usage:
             out["stream_options"] = {"include_usage": True}
     return out, changes
+
+
+def output_schema(body: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The JSON schema a request's answer must follow (structured output), if it asks for one:
+    ``output_config.format`` (and the beta's ``output_format``) of type ``json_schema``. The
+    client dialects put theirs there (Chat's ``response_format``, Responses' ``text.format``,
+    Gemini's ``responseJsonSchema``); a bare "JSON object" is the schema ``{"type": "object"}``."""
+    config = body.get("output_config")
+    fmt = config.get("format") if isinstance(config, dict) else None
+    if not isinstance(fmt, dict):
+        fmt = body.get("output_format")
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema" and isinstance(fmt.get("schema"), dict):
+        return fmt["schema"]
+    return None
+
+
+#: The schema that stands for "any JSON object" (Chat's ``response_format: json_object``).
+ANY_JSON_OBJECT = {"type": "object"}
+
+
+def _openai_response_format(schema: Dict[str, Any]) -> Dict[str, Any]:
+    """Chat Completions' ``response_format`` for a structured-output schema."""
+    if schema == ANY_JSON_OBJECT:
+        return {"type": "json_object"}
+    return {"type": "json_schema", "json_schema": {"name": "output", "schema": schema}}
 
 
 def _openai_user_turn(blocks: List[Any], upstream: str) -> List[Dict[str, Any]]:
@@ -5574,6 +5620,11 @@ def anthropic_to_gemini(body: Dict[str, Any], model: str, trusted: Callable[[str
     thinking = gemini_thinking_config(body, model)
     if thinking:
         generation["thinkingConfig"] = thinking
+    schema = output_schema(body)
+    if schema is not None:
+        generation["responseMimeType"] = "application/json"
+        if schema != ANY_JSON_OBJECT:
+            generation["responseJsonSchema"] = schema
     if generation:
         out["generationConfig"] = generation
     return out, changes
@@ -6611,7 +6662,8 @@ KNOWN_REQUEST_FIELDS = BASIC_FIELDS | BASIC_TOOL_FIELDS | frozenset((
     "seed", "frequency_penalty", "presence_penalty", "logprobs",
     # Gemini generateContent
     "generationConfig", "thinkingConfig", "thinkingBudget", "thinkingLevel", "includeThoughts", "systemInstruction",
-    "toolConfig", "safetySettings", "cachedContent", "responseMimeType", "responseSchema", "stopSequences",
+    "toolConfig", "safetySettings", "cachedContent", "responseMimeType", "responseSchema", "responseJsonSchema",
+    "stopSequences",
     "candidateCount", "topP", "topK", "labels",
 ))
 
@@ -7935,6 +7987,15 @@ class ModelCatalog:
                                  upstream.name, _MODELS_FETCH_DEADLINE_S)
         self._cache = (time.monotonic() + _MODELS_CACHE_S, upstream_models)  # fresh from its end
 
+    async def visible(self, client: Optional[Client]) -> List[Dict[str, Any]]:
+        """The models a client may use, of those advertised (everyone else sees them all)."""
+        models = await self.models()
+        return models if client is None else [m for m in models if client.may_use(m["id"])]
+
+    async def one(self, model_id: str) -> Dict[str, Any]:
+        """One model's object: as listed, else made from its name (any model ``model_map`` routes is served)."""
+        return next((m for m in await self.models() if m["id"] == model_id), None) or _model_object(model_id, model_id)
+
     def _routable(self, model: str) -> bool:
         try:
             route_model(self.config, model)
@@ -8102,6 +8163,10 @@ def permitted_route(config: Config, caller: Caller, model: str) -> Route:
     return Route(upstreams, route.model)
 
 
+#: Paths that stand for every path below them in the routes table (a model's name follows them).
+ROUTE_PREFIXES = ("/v1/models/", "/v1beta/models/")
+
+
 def is_admin_route(path: str) -> bool:
     """agproxy's own routes, which the admin key guards: every ``/v1/agproxy/`` route but ``/me``, and
     ``/metrics``."""
@@ -8160,8 +8225,9 @@ class FrontDoor:
         """The handler of a request's path and method; 404 or 405 (with ``Allow``) when none."""
         path = request.path
         methods = self.routes.get(path)
-        if methods is None and path.startswith("/v1/models/"):
-            methods = self.routes["/v1/models/"]
+        for prefix in ROUTE_PREFIXES:
+            if methods is None and path.startswith(prefix) and len(path) > len(prefix):
+                methods = self.routes[prefix]
         if methods is None:
             raise NotFound(f"no route for {request.method[:20]} {path[:200]}")
         method = "GET" if request.method == "HEAD" and "GET" in methods else request.method
@@ -8309,6 +8375,9 @@ class Server(Application):
             "/healthz": {"GET": self._healthz},
             "/v1/messages": {"POST": self._messages},
             "/v1/messages/count_tokens": {"POST": self._count_tokens},
+            "/v1/chat/completions": {"POST": self._chat_completions},
+            "/v1/responses": {"POST": self._responses},
+            "/v1beta/models": {"GET": self._gemini_models},
             "/v1/models": {"GET": self._models},
             "/v1/models/claude": {"GET": self._models_openai},
             "/v1/api/event_logging": {"POST": self._telemetry},
@@ -8324,7 +8393,10 @@ class Server(Application):
         }
         self.board = StatusBoard(clock(), self.usage, self.redact.text)
         self.record_readers.append(self.board.read)
-        self.door = FrontDoor(config, dict(self._routes, **{"/v1/models/": {"GET": self._model}}), self.note_once)
+        self.door = FrontDoor(config, dict(self._routes, **{"/v1/models/": {"GET": self._model},
+                                                             "/v1beta/models/": {"GET": self._gemini_model,
+                                                                                 "POST": self._gemini_model}}),
+                              self.note_once)
         self.watcher: Optional[ConfigWatcher] = None
 
     def adapter(self, upstream: Upstream) -> Adapter:
@@ -8458,28 +8530,41 @@ class Server(Application):
         return Response(200, [("Content-Type", "application/json")], b"")
 
     async def _models(self, request: Request, exchange: _Exchange) -> Response:
-        data = self._listed(exchange, await self.catalog.models())
-        return json_response(200, {"data": data, "has_more": False, "first_id": data[0]["id"] if data else None,
-                                   "last_id": data[-1]["id"] if data else None})
-
-    @staticmethod
-    def _listed(exchange: _Exchange, models: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-        """The models a client may use, of those listed (everyone else sees them all)."""
-        client = exchange.admission.client
-        return models if client is None else [m for m in models if client.may_use(m["id"])]
+        """Anthropic's list for an Anthropic client (it sends ``anthropic-version``), else both shapes in one."""
+        shape = "anthropic" if request.header("anthropic-version") is not None else "both"
+        return json_response(200, models_list(await self.catalog.visible(exchange.admission.client), shape))
 
     async def _models_openai(self, request: Request, exchange: _Exchange) -> Response:
-        data = [{"id": m["id"], "object": "model", "created": _MODELS_CREATED, "owned_by": "agproxy"}
-                for m in self._listed(exchange, await self.catalog.models())]
-        return json_response(200, {"object": "list", "data": data})
+        return json_response(200, models_list(await self.catalog.visible(exchange.admission.client), "openai"))
 
     async def _model(self, request: Request, exchange: _Exchange) -> Response:
         model_id = urllib.parse.unquote(request.path[len("/v1/models/"):])
         permitted_route(self.config, exchange.admission, model_id)
-        for model in await self.catalog.models():
-            if model["id"] == model_id:
-                return json_response(200, model)
-        return json_response(200, _model_object(model_id, model_id))
+        return json_response(200, await self.catalog.one(model_id))
+
+    async def _chat_completions(self, request: Request, exchange: _Exchange) -> Union[Response, StreamingResponse]:
+        return await self._generate(request, exchange, DIALECTS["chat"])
+
+    async def _responses(self, request: Request, exchange: _Exchange) -> Union[Response, StreamingResponse]:
+        return await self._generate(request, exchange, DIALECTS["responses"])
+
+    async def _gemini_models(self, request: Request, exchange: _Exchange) -> Response:
+        """``GET /v1beta/models``: the models the caller may use, in Gemini's shape."""
+        return json_response(200, DIALECTS["gemini"].model_list(await self.catalog.visible(exchange.admission.client)))
+
+    async def _gemini_model(self, request: Request, exchange: _Exchange) -> Union[Response, StreamingResponse]:
+        """``/v1beta/models/{model}:generateContent``, ``:streamGenerateContent`` and
+        ``:countTokens`` (POST), and one model (GET)."""
+        name, _, method = urllib.parse.unquote(request.path[len("/v1beta/models/"):]).partition(":")
+        if request.method in ("GET", "HEAD") and not method:
+            permitted_route(self.config, exchange.admission, name)
+            return json_response(200, DIALECTS["gemini"].model_list([await self.catalog.one(name)])["models"][0])
+        if request.method != "POST" or method not in GEMINI_METHODS:
+            raise NotFound(f"no route for {request.method[:20]} {request.path[:200]} (Gemini's methods here: "
+                           f"{', '.join(GEMINI_METHODS)})")
+        if method == "countTokens":
+            return await self._count_tokens(request, exchange, DIALECTS["gemini"], name)
+        return await self._generate(request, exchange, DIALECTS["gemini"], name)
 
     def _json_body(self, request: Request) -> Dict[str, Any]:
         if not is_json_content_type(request.header("content-type")):
@@ -8505,7 +8590,7 @@ class Server(Application):
         body = inbound.body
         record.stream = inbound.stream
         validate_messages_request(body)
-        raw = (request.body or b"") if body is asked else json.dumps(body, ensure_ascii=False).encode("utf-8")
+        raw = internal_bytes(request, asked, body)
         pool = self.pool  # what the request began with, whatever a reload brings meanwhile
         route = permitted_route(self.config, exchange.admission, body["model"])
         warmup = dialect.answers_warmups and self.config.warmup_interception and is_warmup(body)
@@ -8572,11 +8657,17 @@ class Server(Application):
                                  encoder.error)
 
 
-    async def _count_tokens(self, request: Request, exchange: _Exchange) -> Response:
-        body = self._json_body(request)
+    async def _count_tokens(self, request: Request, exchange: _Exchange, dialect: Optional[Dialect] = None,
+                            model: Optional[str] = None) -> Response:
+        """A token count of a request in any client protocol that has one (its dialect turns the
+        request into the internal form, and the count into its answer)."""
+        dialect = dialect or DIALECTS["anthropic"]
+        asked = self._json_body(request)
         record = exchange.record
-        record.model = str(body.get("model"))[:200]
+        record.model = str(model if model is not None else asked.get("model"))[:200]
+        body = dialect.inbound(request, asked, model).body
         validate_messages_request(body, count_tokens=True)
+        raw = internal_bytes(request, asked, body)
         pool = self.pool  # what the request began with, whatever a reload brings meanwhile
         route = permitted_route(self.config, exchange.admission, body["model"])
         record.mapped_model, record.upstream = route.model, route.upstream.name
@@ -8586,15 +8677,15 @@ class Server(Application):
         if not self.adapter(route.upstream).counts_upstream:
             account = pool.rested(route.upstream, route.model, self.clock())
             counted = await self.adapter(route.upstream).count(body, route, account)
-            tokens = counted if counted is not None else await _estimate_tokens(body, len(request.body or b""))
+            tokens = counted if counted is not None else await _estimate_tokens(body, len(raw))
             if window:
                 tokens = scale_tokens(tokens, window, client_window)
             how = "upstream-tokenizer" if counted is not None else "estimate"
-            return json_response(200, {"input_tokens": tokens}, headers + [("X-Token-Count", how)])
+            return json_response(200, dialect.count_json({"input_tokens": tokens}), headers + [("X-Token-Count", how)])
         pooled = Route(tuple(u for u in route.upstreams if self.adapter(u).counts_upstream), route.model)
 
         async def attempt(upstream: Upstream, account: Account) -> Response:
-            call = self._call(request.body or b"", request, exchange, body, Route((upstream,), route.model), account)
+            call = self._call(raw, request, exchange, body, Route((upstream,), route.model), account)
             try:
                 counted = await self.adapter(upstream).count_by_account(call)
             except AgproxyError as exc:
@@ -8604,7 +8695,7 @@ class Server(Application):
             upstream_window = self.windows.window(upstream, route.model)
             if upstream_window:
                 scale_usage(counted, upstream_window, client_window)
-            return json_response(200, counted, headers + [("X-Account-Email", account.name)])
+            return json_response(200, dialect.count_json(counted), headers + [("X-Account-Email", account.name)])
 
         return await run_attempts(pool, pooled, session_id(request.headers, body), self.config.max_retry_attempts,
                                   attempt, clock=self.clock, sleep=self.sleep, on_change=self.saver.save,
@@ -8658,6 +8749,12 @@ class Server(Application):
         page = self.metrics.page(self.pool, self.clock(), self.http.streams_active, self.http.connections_active,
                                  self.counters)
         return Response(200, [("Content-Type", METRICS_CONTENT_TYPE)], page)
+
+
+def internal_bytes(request: Request, asked: Dict[str, Any], body: Dict[str, Any]) -> bytes:
+    """The bytes of a request in the internal form: the client's own where its dialect kept its
+    body (Anthropic's: sent on byte for byte where nothing needs cleaning), else the body's JSON."""
+    return (request.body or b"") if body is asked else json.dumps(body, ensure_ascii=False).encode("utf-8")
 
 
 def warmup_answer(body: Dict[str, Any], record: RequestRecord, headers: Headers) -> WholeAnswer:
@@ -8798,6 +8895,14 @@ class Dialect:
         """agproxy's error as this client's error JSON."""
         return exc.body()
 
+    def count_json(self, counted: Dict[str, Any]) -> Any:
+        """A token count (Anthropic's ``{"input_tokens": N}``) as this client's answer."""
+        return counted
+
+    def model_list(self, models: List[Dict[str, Any]]) -> Dict[str, Any]:
+        """Anthropic model objects as this client's list of models."""
+        return models_list(models, "anthropic")
+
     def whole(self, answer: WholeAnswer, inbound: Inbound) -> Union[Response, StreamingResponse]:
         """A whole answer as the client asked for it: its JSON, or its stream in one write."""
         if not inbound.stream:
@@ -8805,6 +8910,10 @@ class Dialect:
         events = answer.events or message_events(answer.message)
         return StreamingResponse(200, self.stream_headers(inbound) + list(answer.headers),
                                  _iterate([self.encoder(inbound).encode(events)]), lambda: None)
+
+
+#: What Gemini's clients may ask of a model (``POST /v1beta/models/{model}:METHOD``).
+GEMINI_METHODS = ("generateContent", "streamGenerateContent", "countTokens")
 
 
 #: Every client protocol agproxy serves, by name (the routes pick one by path: :func:`dialect_of_path`).
@@ -10752,10 +10861,10 @@ poll();
 
 # -- the usage ledger (pure: the caller passes the time in) ---------------------------------------
 
-#: The paths (globs) of the requests that generate, which the usage ledger counts, refused and failed
-#: ones too; each inbound protocol to come adds its own (``/v1/chat/completions``,
-#: ``/v1beta/models/*:generateContent``, ...).
-USAGE_PATHS = ("/v1/messages",)
+#: The paths (globs) of the requests that generate, in every client protocol, which the usage ledger
+#: and the client limits count, refused and failed ones too.
+USAGE_PATHS = ("/v1/messages", "/v1/chat/completions", "/v1/responses", "/v1beta/models/*:generateContent",
+               "/v1beta/models/*:streamGenerateContent")
 #: What a usage row is counted under, in this order, and what it counts.
 USAGE_KEYS = ("day", "upstream", "account", "model", "client")
 USAGE_COUNTS = ("requests", "errors", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
