@@ -5959,6 +5959,889 @@ def gemini_to_anthropic(answer: Any, model: str, on_signature: Optional[Callable
 
 # -- client dialect: Gemini generateContent -----------------------------------------------------------
 
+#: The answer length a Gemini request gets when it names none (Gemini's default is the model's
+#: whole output, which the internal form cannot leave open): room for a coding agent's whole-file
+#: write in one tool call (Gemini CLI sends no ``maxOutputTokens``), within what every current
+#: Claude model writes. A request that thinks gets its budget on top.
+GEMINI_CLIENT_DEFAULT_MAX_TOKENS = 16384
+#: ``thinkingLevel`` as a thinking budget in tokens (the budgets the Chat dialect gives its
+#: efforts); ``minimal`` thinks as little as the model can, which Anthropic's form says as none.
+_GEMINI_LEVEL_BUDGETS = {"minimal": 0, "low": 2048, "medium": 8192, "high": 24576}
+#: The budget of a thinking the client leaves to the model (``thinkingBudget: -1``, a level left
+#: unspecified, or ``includeThoughts`` alone): Gemini CLI's own budget for its 2.5 models.
+GEMINI_DYNAMIC_THINKING_BUDGET = 8192
+#: Image types an Anthropic image block takes.
+_GEMINI_CLIENT_IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
+#: The fields of a Gemini ``Part`` that hold its data (one of them, exactly, per part).
+_GEMINI_PART_DATA = ("text", "inlineData", "fileData", "functionCall", "functionResponse", "executableCode",
+                     "codeExecutionResult")
+#: Keys of Gemini's OpenAPI-subset ``Schema`` that mean the same in JSON Schema (copied as they are).
+_GEMINI_SCHEMA_SAME = ("format", "title", "description", "enum", "required", "minItems", "maxItems",
+                       "minProperties", "maxProperties", "minLength", "maxLength", "pattern", "minimum",
+                       "maximum", "default")
+#: An Anthropic tool name and tool_use id (Gemini's may hold ``.`` and ``:``; ids from Gemini CLI do).
+_ANTHROPIC_TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_ANTHROPIC_TOOL_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+#: Anthropic's stop reasons as Gemini finish reasons.
+_GEMINI_FINISH_OF = {"max_tokens": "MAX_TOKENS", "model_context_window_exceeded": "MAX_TOKENS", "refusal": "SAFETY"}
+#: agproxy's (Anthropic's) error types as google.rpc status names; Gemini CLI retries 429 and 5xx.
+_GEMINI_ERROR_STATUS = {"invalid_request_error": "INVALID_ARGUMENT", "request_too_large": "INVALID_ARGUMENT",
+                        "authentication_error": "UNAUTHENTICATED", "permission_error": "PERMISSION_DENIED",
+                        "billing_error": "PERMISSION_DENIED", "not_found_error": "NOT_FOUND",
+                        "rate_limit_error": "RESOURCE_EXHAUSTED", "overloaded_error": "UNAVAILABLE",
+                        "timeout_error": "UNAVAILABLE"}
+#: The raw start of a thought signature agproxy made: the thinking blocks of the answer step that
+#: a function call ended, as JSON after it, the whole in base64 (Gemini's signatures are base64,
+#: and the google-genai SDK decodes them as bytes). Gemini CLI keeps a call's signature in its
+#: history and sends it back, and drops thought parts: the call's signature carries the thinking.
+_GEMINI_PACKED_THINKING = b"agproxy-thinking/1\n"
+#: Google's own tools, which run at Google: dropped (each counted by name in the notes).
+_GEMINI_GOOGLE_TOOLS = frozenset(("googleSearch", "googleSearchRetrieval", "codeExecution", "urlContext", "retrieval",
+                                  "computerUse", "fileSearch", "googleMaps", "enterpriseWebSearch", "mcpServers"))
+#: What Gemini's clients may ask a model (the answer to ``GET /v1beta/models``).
+_GEMINI_CLIENT_METHODS = ["generateContent", "streamGenerateContent", "countTokens"]
+#: The context window and longest answer listed for a model agproxy knows nothing of.
+_GEMINI_LISTED_WINDOW = 200_000
+_GEMINI_LISTED_OUTPUT = 64_000
+
+
+def gemini_request_to_anthropic(body: Dict[str, Any], model: str, *, stream: bool = False,
+                                notes: Optional[Dict[str, int]] = None) -> Dict[str, Any]:
+    """A Gemini ``generateContent`` request (``model`` from the path, ``models/`` or not; ``stream``
+    for ``streamGenerateContent``) as the internal Anthropic Messages request.
+
+    ``contents`` become strict user/assistant turns (``model`` is the assistant; function
+    responses are tool_result blocks, first in their turn); ``systemInstruction`` the system
+    prompt; ``functionDeclarations`` tools (``parameters`` converted from Gemini's schema,
+    ``parametersJsonSchema`` as it is); ``toolConfig`` the tool_choice; ``generationConfig`` the
+    limits, sampling, stop sequences, thinking and structured output. A thought signature agproxy
+    made brings back the thinking blocks it stands for; any other is dropped. What cannot be
+    carried (``candidateCount`` other than 1, ``cachedContent``, a file Google holds, a media type
+    Anthropic does not read) is an :class:`InvalidRequest` naming the field; Google's own tools
+    (search, code execution) are dropped and counted in ``notes``, as is everything else left out."""
+    notes = notes if notes is not None else {}
+    model = _gemini_model_name(model)
+    _expect(body.get("cachedContent") is None, "cachedContent", "content cached at Google cannot be served here")
+    names = _gemini_declared_names(body.get("tools"))
+    system = _gemini_system(body.get("systemInstruction"))
+    messages = _gemini_contents(body.get("contents"), names, notes)
+    out: Dict[str, Any] = {"model": model, "messages": messages}
+    if system:
+        out["system"] = system
+    tools, choice = _gemini_client_tools(body.get("tools"), body.get("toolConfig"), names, notes)
+    if tools:
+        out["tools"] = tools
+        if choice != {"type": "auto"}:
+            out["tool_choice"] = choice
+    config = body.get("generationConfig")
+    _expect(config is None or isinstance(config, dict), "generationConfig", "must be an object")
+    config = config or {}
+    count = config.get("candidateCount")
+    _expect(count is None or (_is_int(count) and count == 1), "generationConfig.candidateCount",
+            f"only 1 candidate per request is supported, got {str(count)[:40]}")
+    limit = _gemini_int(config, "maxOutputTokens", 1, MAX_OUTPUT_TOKENS)
+    budget = _gemini_thinking_budget(config.get("thinkingConfig"), limit)
+    if budget is not None and (out.get("tool_choice", {}).get("type") in ("any", "tool") or _thinking_lost(messages)):
+        budget = None  # Anthropic refuses thinking with a forced call, and a tool loop whose thinking is lost
+        _count(notes, "thinking_dropped")
+    if budget is not None:
+        out["thinking"] = {"type": "enabled", "budget_tokens": budget}
+        if (config.get("thinkingConfig") or {}).get("includeThoughts") is False:
+            out["thinking"]["display"] = "omitted"
+    out["max_tokens"] = limit if limit is not None else GEMINI_CLIENT_DEFAULT_MAX_TOKENS + (budget or 0)
+    _gemini_sampling(config, out, budget is not None, notes)
+    schema = _gemini_response_schema(config)
+    if schema is not None:
+        out["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
+    out["stream"] = bool(stream)
+    return out
+
+
+def gemini_count_request_to_anthropic(body: Dict[str, Any], model: str,
+                                      notes: Optional[Dict[str, int]] = None) -> Dict[str, Any]:
+    """A Gemini ``countTokens`` request (``contents``, or a whole ``generateContentRequest``) as
+    the internal form of a count: the model, system prompt, messages, tools and tool_choice of
+    what :func:`gemini_request_to_anthropic` makes of it (no limits, sampling or thinking)."""
+    inner = body.get("generateContentRequest")
+    if inner is not None:
+        _expect(isinstance(inner, dict), "generateContentRequest", "must be an object")
+        _expect(body.get("contents") is None, "contents", "cannot be given beside generateContentRequest")
+        body = inner
+    full = gemini_request_to_anthropic(body, model, notes=notes)
+    return {key: full[key] for key in ("model", "system", "messages", "tools", "tool_choice") if key in full}
+
+
+def gemini_client_tool_names(body: Dict[str, Any]) -> Dict[str, str]:
+    """The client's function names that travel under another name (one Anthropic refuses: a ``.``
+    or ``:`` in it), by that name: what the encoder needs to give the client its own names back."""
+    try:
+        declared = _gemini_declared_names(body.get("tools"))
+    except InvalidRequest:
+        return {}
+    return {anthropic: name for name, anthropic in declared.items() if anthropic != name}
+
+
+def gemini_include_thoughts(body: Dict[str, Any]) -> bool:
+    """Whether the client asked to see the model's thoughts (``thinkingConfig.includeThoughts``;
+    Gemini's default is not to)."""
+    config = body.get("generationConfig")
+    thinking = config.get("thinkingConfig") if isinstance(config, dict) else None
+    return isinstance(thinking, dict) and thinking.get("includeThoughts") is True
+
+
+def _gemini_model_name(model: Any) -> str:
+    _expect(isinstance(model, str) and bool(model), "model", "must be named in the path (models/NAME:generateContent)")
+    name = model[len("models/"):] if model.startswith("models/") else model
+    _expect(0 < len(name) <= MAX_MODEL_CHARS, "model", f"must be 1 to {MAX_MODEL_CHARS} characters")
+    return name
+
+
+def _anthropic_tool_name(name: str) -> str:
+    """A Gemini function name as an Anthropic tool name: itself where Anthropic takes it, else the
+    same made valid and marked with a short hash of the original (one name, one result)."""
+    if _ANTHROPIC_TOOL_NAME.fullmatch(name):
+        return name
+    mark = hashlib.sha256(name.encode("utf-8", "replace")).hexdigest()[:8]
+    return re.sub(r"[^A-Za-z0-9_-]", "_", name)[:55] + "_" + mark
+
+
+def _anthropic_call_id(call_id: str, name: str) -> str:
+    """A function call's id as a tool_use id. Gemini CLI gives each call the id ``NAME__ID`` (ID
+    the one agproxy gave it), in the call and in its response alike: the prefix goes, so the
+    upstream gets back the id it made; an id Anthropic would refuse is made valid, the same way
+    for a call and its response."""
+    if name and call_id.startswith(name + "__") and len(call_id) > len(name) + 2:
+        call_id = call_id[len(name) + 2:]
+    if _ANTHROPIC_TOOL_ID.fullmatch(call_id):
+        return call_id
+    mark = hashlib.sha256(call_id.encode("utf-8", "replace")).hexdigest()[:12]
+    return re.sub(r"[^A-Za-z0-9_-]", "_", call_id)[:100] + "_" + mark
+
+
+def _gemini_declared_names(tools: Any) -> Dict[str, str]:
+    """Every declared function's name, with the name it travels under (see :func:`_anthropic_tool_name`)."""
+    names: Dict[str, str] = {}
+    if tools is None:
+        return names
+    _expect(isinstance(tools, list), "tools", "must be a list")
+    for i, tool in enumerate(tools):
+        _expect(isinstance(tool, dict), f"tools[{i}]", "must be an object")
+        declarations = tool.get("functionDeclarations")
+        if declarations is None:
+            continue
+        _expect(isinstance(declarations, list), f"tools[{i}].functionDeclarations", "must be a list")
+        for j, declaration in enumerate(declarations):
+            at = f"tools[{i}].functionDeclarations[{j}]"
+            _expect(isinstance(declaration, dict), at, "must be an object")
+            name = declaration.get("name")
+            _expect(isinstance(name, str) and bool(name), f"{at}.name", "must be a non-empty string")
+            _expect(name not in names, f"{at}.name", f"{name[:80]!r} is declared twice")
+            names[name] = _anthropic_tool_name(name)
+    return names
+
+
+def _gemini_system(instruction: Any) -> str:
+    """``systemInstruction`` (a Content of text parts, or a string as some clients send it) as text."""
+    if instruction is None or isinstance(instruction, str):
+        return instruction or ""
+    _expect(isinstance(instruction, dict), "systemInstruction", "must be a Content object")
+    parts = instruction.get("parts")
+    _expect(isinstance(parts, list), "systemInstruction.parts", "must be a list")
+    texts = []
+    for i, part in enumerate(parts):
+        _expect(isinstance(part, dict) and isinstance(part.get("text"), str), f"systemInstruction.parts[{i}]",
+                "must be a text part (a system instruction takes only text)")
+        texts.append(part["text"])
+    return "\n".join(text for text in texts if text)
+
+
+def _gemini_contents(contents: Any, names: Dict[str, str], notes: Dict[str, int]) -> List[Dict[str, Any]]:
+    """``contents`` as Anthropic messages: consecutive turns of one role merged, tool results
+    first in each user turn, the conversation opened by a user turn."""
+    _expect(isinstance(contents, list) and bool(contents), "contents", "must be a non-empty list")
+    turns: List[Dict[str, Any]] = []
+    calls: List[Tuple[str, str]] = []  # the last model turn's calls (id, name), for responses without ids
+    for i, content in enumerate(contents):
+        at = f"contents[{i}]"
+        _expect(isinstance(content, dict), at, "must be an object")
+        role = content.get("role", "user")
+        _expect(role in ("user", "model", "function"), f"{at}.role", f"must be user or model, got {str(role)[:40]!r}")
+        parts = content.get("parts")
+        _expect(isinstance(parts, list), f"{at}.parts", "must be a list")
+        if role == "model":
+            blocks, calls = _gemini_model_blocks(parts, at, names, notes)
+        else:
+            blocks = _gemini_user_blocks(parts, at, names, calls, notes)
+        if blocks:
+            turns.append({"role": "assistant" if role == "model" else "user", "content": blocks})
+    if not turns:
+        raise InvalidRequest("contents: nothing to send (every part is empty)")
+    merged = _merge_same_role(turns, notes)
+    for turn in merged:  # a user turn's tool results go first, as Anthropic requires
+        turn["content"] = ([b for b in turn["content"] if b["type"] == "tool_result"]
+                           + [b for b in turn["content"] if b["type"] != "tool_result"])
+    if merged[0]["role"] == "assistant":
+        merged.insert(0, {"role": "user", "content": CONTINUATION_TEXT})
+    return merged
+
+
+def _gemini_part_kind(part: Any, at: str) -> str:
+    """Which data field a part holds (exactly one, as Gemini requires)."""
+    _expect(isinstance(part, dict), at, "must be an object")
+    kinds = [key for key in _GEMINI_PART_DATA if key in part]
+    _expect(len(kinds) == 1, at, f"must hold exactly one of {', '.join(_GEMINI_PART_DATA)}, got "
+            f"{', '.join(kinds) if kinds else 'none'}")
+    signature = part.get("thoughtSignature")
+    _expect(signature is None or isinstance(signature, str), f"{at}.thoughtSignature", "must be a string")
+    return kinds[0]
+
+
+def _gemini_model_blocks(parts: List[Any], at: str, names: Dict[str, str],
+                         notes: Dict[str, int]) -> Tuple[List[Dict[str, Any]], List[Tuple[str, str]]]:
+    """A model turn's parts as assistant blocks, and its calls (tool_use id, client's name). The
+    thinking a signature agproxy made stands for goes back where it was: before the step (the
+    blocks after the previous call) whose call carries it. Thought text alone is left out:
+    Anthropic refuses a thinking block without its signature."""
+    blocks: List[Dict[str, Any]] = []
+    calls: List[Tuple[str, str]] = []
+    step_start = 0
+    for j, part in enumerate(parts):
+        where = f"{at}.parts[{j}]"
+        kind = _gemini_part_kind(part, where)
+        restored = _gemini_restored_thinking(part.get("thoughtSignature"), notes)
+        if restored:
+            blocks[step_start:step_start] = restored
+            step_start += len(restored)
+        if part.get("thought") is True:
+            _count(notes, "thought_part_dropped")
+        elif kind == "text":
+            _expect(isinstance(part["text"], str), f"{where}.text", "must be a string")
+            if part["text"]:
+                blocks.append({"type": "text", "text": part["text"]})
+        elif kind == "functionCall":
+            call = part["functionCall"]
+            _expect(isinstance(call, dict), f"{where}.functionCall", "must be an object")
+            name, args, call_id = call.get("name"), call.get("args", {}), call.get("id")
+            _expect(isinstance(name, str) and bool(name), f"{where}.functionCall.name", "must be a non-empty string")
+            _expect(args is None or isinstance(args, dict), f"{where}.functionCall.args", "must be an object")
+            _expect(call_id is None or isinstance(call_id, str), f"{where}.functionCall.id", "must be a string")
+            tool_id = _anthropic_call_id(call_id, name) if call_id else f"call_{at[9:-1]}_{j}"
+            blocks.append({"type": "tool_use", "id": tool_id, "name": names.get(name, _anthropic_tool_name(name)),
+                           "input": args or {}})
+            calls.append((tool_id, name))
+            step_start = len(blocks)
+        else:  # media, a function response, code a Google tool ran: not the model's to say
+            _count(notes, f"model_{kind}_dropped")
+    return blocks, calls
+
+
+def _gemini_user_blocks(parts: List[Any], at: str, names: Dict[str, str], calls: List[Tuple[str, str]],
+                        notes: Dict[str, int]) -> List[Dict[str, Any]]:
+    """A user turn's parts as user blocks; a function response without an id answers the first
+    call of its name (else the first) of the model turn before it that is not answered yet."""
+    blocks: List[Dict[str, Any]] = []
+    waiting = list(calls)
+    for j, part in enumerate(parts):
+        where = f"{at}.parts[{j}]"
+        kind = _gemini_part_kind(part, where)
+        if kind == "text":
+            _expect(isinstance(part["text"], str), f"{where}.text", "must be a string")
+            if part["text"] and part.get("thought") is not True:
+                blocks.append({"type": "text", "text": part["text"]})
+        elif kind in ("inlineData", "fileData"):
+            blocks.append(_gemini_client_media(part[kind], f"{where}.{kind}", kind))
+        elif kind == "functionResponse":
+            blocks.append(_gemini_tool_result(part["functionResponse"], f"{where}.functionResponse", waiting))
+        else:
+            _count(notes, f"user_{kind}_dropped")
+    return blocks
+
+
+def _gemini_tool_result(response: Any, at: str, waiting: List[Tuple[str, str]]) -> Dict[str, Any]:
+    """A ``functionResponse`` as a tool_result: Gemini CLI's ``{"output": ...}`` as its text,
+    ``{"error": ...}`` as an error's, anything else as its JSON; media in its ``parts`` as images."""
+    _expect(isinstance(response, dict), at, "must be an object")
+    name, call_id, answer = response.get("name"), response.get("id"), response.get("response", {})
+    _expect(isinstance(name, str), f"{at}.name", "must be a string")
+    _expect(call_id is None or isinstance(call_id, str), f"{at}.id", "must be a string")
+    _expect(answer is None or isinstance(answer, dict), f"{at}.response", "must be an object")
+    if call_id:
+        tool_id = _anthropic_call_id(call_id, name)
+        waiting[:] = [c for c in waiting if c[0] != tool_id]
+    else:
+        match = next((c for c in waiting if c[1] == name), waiting[0] if waiting else None)
+        _expect(match is not None, f"{at}.id", "is needed: no function call before it is left to answer")
+        assert match is not None
+        waiting.remove(match)
+        tool_id = match[0]
+    answer = answer or {}
+    output, error = answer.get("output"), answer.get("error")
+    is_error = False
+    if set(answer) <= {"output", "error"} and isinstance(output, (str, type(None))) \
+            and isinstance(error, (str, type(None))):
+        is_error = bool(error)
+        text = (error if is_error else output) or ""
+    else:
+        text = _COMPACT_JSON.encode(answer)
+    content: List[Dict[str, Any]] = [{"type": "text", "text": text}] if text else []
+    media = response.get("parts")
+    if media is not None:
+        _expect(isinstance(media, list), f"{at}.parts", "must be a list")
+        for k, item in enumerate(media):
+            kind = _gemini_part_kind(item, f"{at}.parts[{k}]")
+            _expect(kind in ("inlineData", "fileData"), f"{at}.parts[{k}]", "must hold inlineData or fileData")
+            content.append(_gemini_client_media(item[kind], f"{at}.parts[{k}].{kind}", kind))
+    result: Dict[str, Any] = {"type": "tool_result", "tool_use_id": tool_id, "content": content}
+    if is_error:
+        result["is_error"] = True
+    return result
+
+
+def _gemini_client_media(data: Any, at: str, kind: str) -> Dict[str, Any]:
+    """``inlineData`` (base64) or ``fileData`` (a URL) as an image or document block: the image
+    types Anthropic reads, a PDF, or (inline) text; a file Google holds cannot be read here."""
+    _expect(isinstance(data, dict), at, "must be an object")
+    mime = data.get("mimeType")
+    _expect(isinstance(mime, str) and bool(mime), f"{at}.mimeType", "must be a non-empty string")
+    mime = mime.split(";")[0].strip().lower()
+    if kind == "inlineData":
+        payload = data.get("data")
+        _expect(isinstance(payload, str), f"{at}.data", "must be a string (base64)")
+        # the SDKs may send the URL-safe alphabet, without padding
+        payload = payload.replace("-", "+").replace("_", "/") + "=" * (-len(payload) % 4)
+        if mime in _GEMINI_CLIENT_IMAGE_TYPES:
+            return {"type": "image", "source": {"type": "base64", "media_type": mime, "data": payload}}
+        if mime == "application/pdf":
+            return {"type": "document", "source": {"type": "base64", "media_type": mime, "data": payload}}
+        if mime.startswith("text/") or mime in ("application/json", "application/xml"):
+            try:
+                text = base64.b64decode(payload, validate=True).decode("utf-8")
+            except ValueError:
+                raise InvalidRequest(f"{at}.data: is not base64 of UTF-8 text") from None
+            return {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": text}}
+        raise InvalidRequest(f"{at}.mimeType: {mime[:80]!r} cannot be read here; send an image "
+                             f"({', '.join(_GEMINI_CLIENT_IMAGE_TYPES)}), a PDF or text")
+    uri = data.get("fileUri")
+    _expect(isinstance(uri, str) and bool(uri), f"{at}.fileUri", "must be a non-empty string")
+    _expect(uri.startswith(("https://", "http://")) and "generativelanguage.googleapis.com" not in uri,
+            f"{at}.fileUri", "files uploaded to Google cannot be read here; send the file inline (inlineData) "
+            "or as a public http(s) URL")
+    if mime in _GEMINI_CLIENT_IMAGE_TYPES:
+        return {"type": "image", "source": {"type": "url", "url": uri}}
+    _expect(mime == "application/pdf", f"{at}.mimeType", f"{mime[:80]!r} cannot be read from a URL here; "
+            "send an image or a PDF")
+    return {"type": "document", "source": {"type": "url", "url": uri}}
+
+
+def _pack_thinking(blocks: List[Dict[str, Any]]) -> str:
+    """Thinking blocks as a thought signature (see :data:`_GEMINI_PACKED_THINKING`)."""
+    packed = _GEMINI_PACKED_THINKING + _COMPACT_JSON.encode(blocks).encode("utf-8", "replace")
+    return base64.urlsafe_b64encode(packed).decode("ascii")
+
+
+def _gemini_restored_thinking(signature: Any, notes: Dict[str, int]) -> List[Dict[str, Any]]:
+    """The thinking blocks a thought signature agproxy made stands for; none for any other (Gemini
+    CLI's ``skip_thought_signature_validator``, a real Gemini signature), which is dropped."""
+    if not isinstance(signature, str) or not signature:
+        return []
+    try:
+        raw = base64.urlsafe_b64decode(signature.replace("+", "-").replace("/", "_") + "=" * (-len(signature) % 4))
+    except ValueError:
+        raw = b""
+    if not raw.startswith(_GEMINI_PACKED_THINKING):
+        if signature != GEMINI_SKIP_SIGNATURE:
+            _count(notes, "foreign_thought_signature_dropped")
+        return []
+    try:
+        blocks = loads_strict(raw[len(_GEMINI_PACKED_THINKING):], max_depth=3)
+    except ValueError:
+        blocks = None
+    if not isinstance(blocks, list):
+        _count(notes, "foreign_thought_signature_dropped")
+        return []
+    restored = []
+    for block in blocks:
+        if isinstance(block, dict) and block.get("type") == "thinking" and isinstance(block.get("thinking"), str) \
+                and isinstance(block.get("signature"), str) and block["signature"]:
+            restored.append({"type": "thinking", "thinking": block["thinking"], "signature": block["signature"]})
+        elif isinstance(block, dict) and block.get("type") == "redacted_thinking" \
+                and isinstance(block.get("data"), str):
+            restored.append({"type": "redacted_thinking", "data": block["data"]})
+    _count(notes, "thinking_restored", len(restored))
+    return restored
+
+
+def _thinking_lost(messages: List[Dict[str, Any]]) -> bool:
+    """Whether the conversation is in a tool loop (it ends with tool results) whose last assistant
+    turn has no thinking block first: with thinking on, Anthropic refuses that."""
+    last = messages[-1]["content"]
+    if not (isinstance(last, list) and any(b["type"] == "tool_result" for b in last)) or len(messages) < 2:
+        return False
+    before = messages[-2]["content"]
+    return not (isinstance(before, list) and before and before[0]["type"] in ("thinking", "redacted_thinking"))
+
+
+def json_schema_of_gemini(schema: Any, at: str) -> Dict[str, Any]:
+    """A schema in Gemini's OpenAPI subset (``parameters``, ``responseSchema``: upper-case types,
+    ``nullable``, ``example``, ``propertyOrdering``) as JSON Schema."""
+    _expect(isinstance(schema, dict), at, "must be a schema object")
+    out: Dict[str, Any] = {}
+    kind = schema.get("type")
+    if kind is not None:
+        _expect(isinstance(kind, str), f"{at}.type", "must be a string")
+        kind = kind.lower()
+        if kind != "type_unspecified":
+            _expect(kind in _GEMINI_TYPES or kind == "null", f"{at}.type", "must be one of "
+                    f"{', '.join(t.upper() for t in sorted(_GEMINI_TYPES))}, got {schema['type'][:40]!r}")
+            out["type"] = kind
+    for key in _GEMINI_SCHEMA_SAME:
+        value = schema.get(key)
+        if value is None:
+            continue
+        if key.startswith(("min", "max")) and isinstance(value, str) and value.isdigit():
+            value = int(value)  # proto3 JSON writes int64 as a string
+        out[key] = value
+    if out.get("format") == "enum":
+        del out["format"]
+    if "example" in schema:
+        out["examples"] = [schema["example"]]
+    properties = schema.get("properties")
+    if properties is not None:
+        _expect(isinstance(properties, dict), f"{at}.properties", "must be an object")
+        out["properties"] = {name: json_schema_of_gemini(value, f"{at}.properties.{name}")
+                             for name, value in properties.items()}
+    if schema.get("items") is not None:
+        out["items"] = json_schema_of_gemini(schema["items"], f"{at}.items")
+    alternatives = schema.get("anyOf")
+    if alternatives is not None:
+        _expect(isinstance(alternatives, list), f"{at}.anyOf", "must be a list")
+        out["anyOf"] = [json_schema_of_gemini(value, f"{at}.anyOf[{k}]") for k, value in enumerate(alternatives)]
+    if schema.get("nullable") is True and out.get("type") not in (None, "null"):
+        out["type"] = [out["type"], "null"]
+    return out
+
+
+def _gemini_client_tools(tools: Any, tool_config: Any, names: Dict[str, str],
+                         notes: Dict[str, int]) -> Tuple[List[Dict[str, Any]], Dict[str, Any]]:
+    """``tools`` (their function declarations; Google's own tools dropped) and ``toolConfig`` as
+    Anthropic tools and tool_choice. ``allowedFunctionNames`` keeps only those tools offered."""
+    out: List[Dict[str, Any]] = []
+    for i, tool in enumerate(tools or []):
+        for key in tool:  # Google's own tools: googleSearch, codeExecution, urlContext, ...
+            if key != "functionDeclarations":
+                _count(notes, f"{key}_dropped" if key in _GEMINI_GOOGLE_TOOLS else "unknown_tool_dropped")
+        for j, declaration in enumerate(tool.get("functionDeclarations") or []):
+            at = f"tools[{i}].functionDeclarations[{j}]"
+            description = declaration.get("description")
+            _expect(description is None or isinstance(description, str), f"{at}.description", "must be a string")
+            parameters, json_schema = declaration.get("parameters"), declaration.get("parametersJsonSchema")
+            _expect(parameters is None or json_schema is None, at,
+                    "takes parameters or parametersJsonSchema, not both")
+            if json_schema is not None:
+                _expect(isinstance(json_schema, dict), f"{at}.parametersJsonSchema", "must be an object")
+                schema, where = dict(json_schema), f"{at}.parametersJsonSchema"
+            elif parameters is not None:
+                schema, where = json_schema_of_gemini(parameters, f"{at}.parameters"), f"{at}.parameters"
+            else:
+                schema, where = {"type": "object", "properties": {}}, at
+            schema.setdefault("type", "object")
+            _expect(schema["type"] == "object", f"{where}.type", "must be OBJECT (a function takes an object of "
+                    "arguments)")
+            converted: Dict[str, Any] = {"name": names[declaration["name"]], "input_schema": schema}
+            if description:
+                converted["description"] = description
+            out.append(converted)
+    return _gemini_tool_choice(tool_config, out, names)
+
+
+def _gemini_tool_choice(tool_config: Any, tools: List[Dict[str, Any]],
+                        names: Dict[str, str]) -> Tuple[List[Dict[str, Any]], Dict[str, Any]]:
+    """``toolConfig.functionCallingConfig`` (mode AUTO, ANY, NONE, VALIDATED; allowedFunctionNames)
+    as Anthropic's tool_choice, with the tools it leaves offered."""
+    if tool_config is None:
+        return tools, {"type": "auto"}
+    _expect(isinstance(tool_config, dict), "toolConfig", "must be an object")
+    config = tool_config.get("functionCallingConfig")
+    if config is None:
+        return tools, {"type": "auto"}
+    _expect(isinstance(config, dict), "toolConfig.functionCallingConfig", "must be an object")
+    mode = config.get("mode", "AUTO")
+    _expect(isinstance(mode, str) and mode.upper() in ("AUTO", "ANY", "NONE", "VALIDATED", "MODE_UNSPECIFIED"),
+            "toolConfig.functionCallingConfig.mode", f"must be AUTO, ANY, NONE or VALIDATED, got {str(mode)[:40]!r}")
+    mode = mode.upper()
+    allowed = config.get("allowedFunctionNames")
+    _expect(allowed is None or isinstance(allowed, list) and all(isinstance(n, str) and n in names for n in allowed),
+            "toolConfig.functionCallingConfig.allowedFunctionNames", "must list declared function names")
+    if allowed and mode != "NONE":
+        kept = {names[n] for n in allowed}
+        tools = [t for t in tools if t["name"] in kept]
+    if not tools or mode == "NONE":
+        return tools, {"type": "none"} if tools else {"type": "auto"}
+    if mode == "ANY":
+        return tools, {"type": "tool", "name": tools[0]["name"]} if len(tools) == 1 else {"type": "any"}
+    return tools, {"type": "auto"}
+
+
+def _gemini_int(config: Dict[str, Any], key: str, low: int, high: int) -> Optional[int]:
+    value = config.get(key)
+    if value is None:
+        return None
+    _expect(_is_int(value) and low <= value <= high, f"generationConfig.{key}", f"must be an integer from {low} "
+            f"to {high}")
+    return value
+
+
+def _gemini_thinking_budget(thinking: Any, limit: Optional[int]) -> Optional[int]:
+    """The thinking budget ``thinkingConfig`` asks for (None: no thinking). Within a limit the
+    client set, thinking takes at most half of it (Gemini counts thoughts in ``maxOutputTokens``,
+    Anthropic counts thinking in max_tokens), and none when that half is under Anthropic's minimum."""
+    if thinking is None:
+        return None
+    _expect(isinstance(thinking, dict), "generationConfig.thinkingConfig", "must be an object")
+    include = thinking.get("includeThoughts")
+    _expect(include is None or isinstance(include, bool), "generationConfig.thinkingConfig.includeThoughts",
+            "must be true or false")
+    budget, level = thinking.get("thinkingBudget"), thinking.get("thinkingLevel")
+    _expect(budget is None or level is None, "generationConfig.thinkingConfig",
+            "thinkingBudget and thinkingLevel cannot both be set")
+    if budget is not None:
+        _expect(_is_int(budget) and -1 <= budget <= MAX_OUTPUT_TOKENS, "generationConfig.thinkingConfig.thinkingBudget",
+                f"must be an integer from -1 to {MAX_OUTPUT_TOKENS}")
+        tokens = GEMINI_DYNAMIC_THINKING_BUDGET if budget == -1 else budget
+    elif level is not None:
+        _expect(isinstance(level, str) and (level.lower() in _GEMINI_LEVEL_BUDGETS
+                                            or level.upper() == "THINKING_LEVEL_UNSPECIFIED"),
+                "generationConfig.thinkingConfig.thinkingLevel",
+                f"must be one of {', '.join(n.upper() for n in _GEMINI_LEVEL_BUDGETS)}, got {str(level)[:40]!r}")
+        tokens = _GEMINI_LEVEL_BUDGETS.get(level.lower(), GEMINI_DYNAMIC_THINKING_BUDGET)
+    elif include:
+        tokens = GEMINI_DYNAMIC_THINKING_BUDGET
+    else:
+        return None
+    if tokens == 0:
+        return None
+    tokens = max(tokens, _MIN_THINKING_BUDGET)
+    if limit is not None:
+        tokens = min(tokens, limit // 2)
+    return tokens if tokens >= _MIN_THINKING_BUDGET else None
+
+
+def _gemini_sampling(config: Dict[str, Any], out: Dict[str, Any], thinking: bool, notes: Dict[str, int]) -> None:
+    """temperature (Gemini's 0 to 2, within Anthropic's 0 to 1), topP, topK and stopSequences,
+    checked. Newer Claude models refuse temperature and top_p together: temperature is kept. With
+    thinking, temperature, top_k and a top_p under 0.95 are left out (Anthropic refuses them)."""
+    temperature, top_p, top_k = config.get("temperature"), config.get("topP"), config.get("topK")
+    _expect(temperature is None or _is_number(temperature) and 0 <= temperature <= 2,
+            "generationConfig.temperature", "must be a number from 0 to 2")
+    _expect(top_p is None or _is_number(top_p) and 0 <= top_p <= 1, "generationConfig.topP",
+            "must be a number from 0 to 1")
+    _expect(top_k is None or _is_int(top_k) and top_k >= 0, "generationConfig.topK", "must be a non-negative integer")
+    if thinking:
+        if top_p is not None and top_p >= 0.95:
+            out["top_p"] = top_p
+        _count(notes, "sampling_dropped_for_thinking", int(temperature is not None or top_k is not None))
+    else:
+        if temperature is not None:
+            out["temperature"] = min(temperature, 1)
+        elif top_p is not None:
+            out["top_p"] = top_p
+        _count(notes, "top_p_dropped", int(temperature is not None and top_p is not None))
+        if top_k is not None:
+            out["top_k"] = top_k
+    stops = config.get("stopSequences")
+    if stops is not None:
+        _expect(isinstance(stops, list) and all(isinstance(s, str) for s in stops),
+                "generationConfig.stopSequences", "must be a list of strings")
+        stops = [s for s in stops if s.strip()]
+        if stops:
+            out["stop_sequences"] = stops
+
+
+def _gemini_response_schema(config: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The structured-output schema ``responseMimeType: application/json`` asks for, with
+    ``responseJsonSchema`` (JSON Schema, as it is) or ``responseSchema`` (Gemini's subset,
+    converted); a bare JSON answer is any object. None for text."""
+    mime = config.get("responseMimeType")
+    json_schema, schema = config.get("responseJsonSchema"), config.get("responseSchema")
+    _expect(mime is None or isinstance(mime, str), "generationConfig.responseMimeType", "must be a string")
+    _expect(json_schema is None or schema is None, "generationConfig",
+            "takes responseSchema or responseJsonSchema, not both")
+    if mime in (None, "", "text/plain"):
+        _expect(json_schema is None and schema is None, "generationConfig.responseMimeType",
+                "must be application/json for a response schema")
+        return None
+    _expect(mime == "application/json", "generationConfig.responseMimeType",
+            f"must be text/plain or application/json here, got {mime[:80]!r}")
+    if json_schema is not None:
+        _expect(isinstance(json_schema, dict), "generationConfig.responseJsonSchema", "must be an object")
+        return json_schema
+    if schema is not None:
+        return json_schema_of_gemini(schema, "generationConfig.responseSchema")
+    return dict(ANY_JSON_OBJECT)
+
+
+def _gemini_finish_reason(stop_reason: Any) -> str:
+    return _GEMINI_FINISH_OF.get(str(stop_reason), "STOP")
+
+
+def _gemini_usage_metadata(usage: Dict[str, Any], thought_tokens: int) -> Dict[str, int]:
+    """Anthropic usage as ``usageMetadata``: the prompt counts cache reads and writes; the thoughts
+    (estimated from their text: Anthropic counts them in output_tokens) come out of the candidates."""
+    cached = upstream_count(usage.get("cache_read_input_tokens")) or 0
+    prompt = ((upstream_count(usage.get("input_tokens")) or 0) + cached
+              + (upstream_count(usage.get("cache_creation_input_tokens")) or 0))
+    output = upstream_count(usage.get("output_tokens")) or 0
+    thoughts = min(output, thought_tokens)
+    metadata = {"promptTokenCount": prompt, "candidatesTokenCount": output - thoughts,
+                "totalTokenCount": prompt + output}
+    if cached:
+        metadata["cachedContentTokenCount"] = cached
+    if thoughts:
+        metadata["thoughtsTokenCount"] = thoughts
+    return metadata
+
+
+def _gemini_response_id(message_id: Any) -> str:
+    text = message_id if isinstance(message_id, str) and message_id else new_message_id()
+    return text[4:] if text.startswith("msg_") else text
+
+
+class _GeminiParts:
+    """The Anthropic events of one answer as Gemini parts, one call of :meth:`take` per event:
+    text as text parts, thinking as thought parts (when the client asked for them), each
+    tool_use, once whole, as a ``functionCall`` part with the tool_use id as its id; the first
+    call of each step carries the step's thinking blocks as its thought signature."""
+
+    def __init__(self, names: Optional[Dict[str, str]], include_thoughts: bool) -> None:
+        self.names = names or {}
+        self.include_thoughts = include_thoughts
+        self.response_id = ""
+        self.usage: Dict[str, Any] = {}
+        self.stop_reason: Optional[str] = None
+        self.thought_tokens = 0
+        self._thinking: List[Dict[str, Any]] = []  # the step's thinking blocks, whole
+        self._open: Dict[int, Dict[str, Any]] = {}  # block index -> the block being written
+
+    def take(self, event: Event) -> List[Dict[str, Any]]:
+        """The parts one event gives (often none)."""
+        name = event.name
+        if name in ("ping", "message_stop", "error"):
+            return []
+        data = event.data
+        index = data.get("index")
+        if name == "message_start":
+            message = data.get("message") if isinstance(data.get("message"), dict) else {}
+            self.response_id = self.response_id or _gemini_response_id(message.get("id"))
+            if isinstance(message.get("usage"), dict):
+                merge_usage(self.usage, message["usage"])
+        elif name == "message_delta":
+            if isinstance(data.get("usage"), dict):
+                merge_usage(self.usage, data["usage"])
+            delta = data.get("delta") if isinstance(data.get("delta"), dict) else {}
+            self.stop_reason = delta.get("stop_reason") or self.stop_reason
+        elif name == "content_block_start" and _is_int(index):
+            block = data.get("content_block") if isinstance(data.get("content_block"), dict) else {}
+            return self._start(index, block)
+        elif name == "content_block_delta" and _is_int(index) and index in self._open:
+            delta = data.get("delta") if isinstance(data.get("delta"), dict) else {}
+            return self._delta(self._open[index], delta)
+        elif name == "content_block_stop" and _is_int(index) and index in self._open:
+            return self._stop(self._open.pop(index))
+        return []
+
+    def _start(self, index: int, block: Dict[str, Any]) -> List[Dict[str, Any]]:
+        kind = block.get("type")
+        if kind == "text":
+            self._open[index] = {"type": "text"}
+            return self._delta(self._open[index], {"type": "text_delta", "text": block.get("text")})
+        if kind == "thinking":
+            self._open[index] = {"type": "thinking", "thinking": "", "signature": _text_or(block.get("signature"), "")}
+            return self._delta(self._open[index], {"type": "thinking_delta", "thinking": block.get("thinking")})
+        if kind == "redacted_thinking" and isinstance(block.get("data"), str):
+            self._open[index] = {"type": "redacted_thinking", "data": block["data"]}
+        elif kind == "tool_use":
+            given = block.get("input")
+            self._open[index] = {"type": "tool_use", "id": _text_or(block.get("id"), "") or new_tool_id(),
+                                 "name": _text_or(block.get("name"), "unknown_tool"),
+                                 "json": [_COMPACT_JSON.encode(given)] if isinstance(given, dict) and given else []}
+        return []
+
+    def _delta(self, block: Dict[str, Any], delta: Dict[str, Any]) -> List[Dict[str, Any]]:
+        kind = delta.get("type")
+        if kind == "text_delta" and block["type"] == "text" and isinstance(delta.get("text"), str) and delta["text"]:
+            return [{"text": delta["text"]}]
+        if kind == "thinking_delta" and block["type"] == "thinking" and isinstance(delta.get("thinking"), str) \
+                and delta["thinking"]:
+            block["thinking"] += delta["thinking"]
+            self.thought_tokens += estimate_text_tokens(delta["thinking"])
+            return [{"text": delta["thinking"], "thought": True}] if self.include_thoughts else []
+        if kind == "signature_delta" and block["type"] == "thinking" and isinstance(delta.get("signature"), str):
+            block["signature"] += delta["signature"]
+        elif kind == "input_json_delta" and block["type"] == "tool_use" and isinstance(delta.get("partial_json"), str):
+            block["json"].append(delta["partial_json"])
+        return []
+
+    def _stop(self, block: Dict[str, Any]) -> List[Dict[str, Any]]:
+        if block["type"] == "thinking" and block["signature"] or block["type"] == "redacted_thinking":
+            self._thinking.append(block)
+        if block["type"] != "tool_use":
+            return []
+        name = self.names.get(block["name"], block["name"])
+        call = {"name": name, "args": parse_tool_arguments("".join(block["json"])), "id": block["id"]}
+        part: Dict[str, Any] = {"functionCall": call}
+        if self._thinking:
+            part["thoughtSignature"] = _pack_thinking(self._thinking)
+            self._thinking = []
+        return [part]
+
+    def finish_reason(self) -> str:
+        """The answer's finishReason (a call ends a Gemini answer with STOP)."""
+        return _gemini_finish_reason(self.stop_reason)
+
+    def usage_metadata(self) -> Dict[str, int]:
+        """The answer's ``usageMetadata`` so far."""
+        return _gemini_usage_metadata(self.usage, self.thought_tokens)
+
+
+class GeminiStreamEncoder:
+    """The internal Anthropic events of one answer as a ``streamGenerateContent`` stream: with
+    ``sse`` (``alt=sse``, as Gemini CLI and the SDKs ask) a ``data: {GenerateContentResponse}``
+    event per chunk, else one JSON array written as it goes (``[``, chunks separated by ``,``,
+    ``]``). A chunk per piece of text or thought, a chunk per function call once whole, and a last
+    chunk with the finishReason and usageMetadata; every chunk has the modelVersion (``model``,
+    the name the client asked for) and the responseId (from the Message's id). Events are taken
+    one at a time, so any batching of the same events gives the same bytes. ``names``: the
+    client's function names by the names they travel under (:func:`gemini_client_tool_names`);
+    ``include_thoughts``: whether thought text is shown (:func:`gemini_include_thoughts`)."""
+
+    def __init__(self, model: str, *, sse: bool = True, names: Optional[Dict[str, str]] = None,
+                 include_thoughts: bool = True) -> None:
+        self.model = model
+        self.sse = sse
+        self.ended = False
+        self._parts = _GeminiParts(names, include_thoughts)
+        self._opened = False  # the JSON array's "[" is written
+        self._chunks = 0
+
+    def encode(self, events: List[Event]) -> bytes:
+        """A batch of events as the client's bytes (b"" when nothing in it shows)."""
+        out: List[str] = []
+        for event in events:
+            if self.ended:
+                break
+            if event.name == "error":
+                error = event.data.get("error") if isinstance(event.data.get("error"), dict) else {}
+                out.append(self._error(str(error.get("type") or "api_error"), str(error.get("message") or
+                                                                                   "upstream error")))
+                continue
+            parts = self._parts.take(event)
+            if parts:
+                out.append(self._chunk(parts))
+            if event.name == "message_stop":
+                out.append(self._chunk([], final=True))
+                out.append("" if self.sse else "]")
+                self.ended = True
+        return "".join(out).encode("utf-8", "replace")
+
+    def ping(self) -> bytes:
+        """A blank line: whitespace between SSE events and between a JSON array's elements is
+        skipped by every parser (Gemini CLI's bundled SDK reads ``^\\s*data: ``; it would stall on an
+        SSE comment)."""
+        if self.ended:
+            return b""
+        return self._open_array().encode() + b"\n"
+
+    def error(self, error_type: str, message: str) -> bytes:
+        """The end of a stream that broke: Gemini's error JSON, bare on its own line, as Google
+        writes an error that comes mid-stream (both SDKs raise it as an APIError); in a JSON array,
+        the array's last element. Nothing after it."""
+        if self.ended:
+            return b""
+        return self._error(error_type, message).encode("utf-8", "replace")
+
+    def _error(self, error_type: str, message: str) -> str:
+        self.ended = True
+        body = _COMPACT_JSON.encode(gemini_error_body(_ERROR_STATUS.get(error_type, 500), error_type, message))
+        if self.sse:
+            return f"{body}\n"
+        return f"{self._open_array()}{',' if self._chunks else ''}{body}]"
+
+    def _open_array(self) -> str:
+        if self.sse or self._opened:
+            return ""
+        self._opened = True
+        return "["
+
+    def _chunk(self, parts: List[Dict[str, Any]], final: bool = False) -> str:
+        if not self._parts.response_id:
+            self._parts.response_id = _gemini_response_id(None)
+        candidate: Dict[str, Any] = {"content": {"role": "model", "parts": parts}, "index": 0}
+        response: Dict[str, Any] = {"candidates": [candidate]}
+        if final:
+            candidate["finishReason"] = self._parts.finish_reason()
+            response["usageMetadata"] = self._parts.usage_metadata()
+        response.update(modelVersion=self.model, responseId=self._parts.response_id)
+        text = _COMPACT_JSON.encode(response)
+        self._chunks += 1
+        if self.sse:
+            return f"data: {text}\n\n"
+        return f"{self._open_array()}{',' if self._chunks > 1 else ''}\r\n{text}"
+
+
+def anthropic_message_to_gemini(message: Dict[str, Any], model: str, *, names: Optional[Dict[str, str]] = None,
+                                include_thoughts: bool = True) -> Dict[str, Any]:
+    """A whole Anthropic Message as a ``generateContent`` answer, by the stream encoder's rules
+    (one set of rules for both): its parts in order, consecutive text (and thought) parts joined,
+    the finishReason, usageMetadata, modelVersion (``model``) and responseId."""
+    parts_of = _GeminiParts(names, include_thoughts)
+    parts: List[Dict[str, Any]] = []
+    for event in message_events(message):
+        for part in parts_of.take(event):
+            last = parts[-1] if parts else None
+            if last is not None and "text" in part and "text" in last and part.get("thought") == last.get("thought"):
+                last["text"] += part["text"]
+            else:
+                parts.append(part)
+    candidate = {"content": {"role": "model", "parts": parts}, "finishReason": parts_of.finish_reason(), "index": 0}
+    return {"candidates": [candidate], "usageMetadata": parts_of.usage_metadata(), "modelVersion": model,
+            "responseId": parts_of.response_id}
+
+
+def gemini_error_body(status: int, error_type: str, message: str) -> Dict[str, Any]:
+    """agproxy's error (an Anthropic ``error_type``, answered with HTTP ``status``) as Gemini's
+    error JSON: ``{"error": {"code": status, "message", "status": google.rpc name}}``."""
+    name = _GEMINI_ERROR_STATUS.get(error_type)
+    if name is None:
+        name = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
+                429: "RESOURCE_EXHAUSTED", 503: "UNAVAILABLE", 529: "UNAVAILABLE"}.get(
+                    status, "INTERNAL" if status >= 500 else "FAILED_PRECONDITION")
+    return {"error": {"code": status, "message": message, "status": name}}
+
+
+def gemini_count_json(counted: Dict[str, Any]) -> Dict[str, Any]:
+    """A token count (Anthropic's ``{"input_tokens": N}``, cache counts included where given) as
+    Gemini's ``countTokens`` answer."""
+    total = sum(upstream_count(counted.get(key)) or 0
+                for key in ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens"))
+    return {"totalTokens": total}
+
+
+def gemini_models_list(models: Sequence[Any]) -> Dict[str, Any]:
+    """Models (Anthropic model objects, or ids) as ``GET /v1beta/models`` answers: each named
+    ``models/ID``, with the methods agproxy serves and its limits (a Claude model's window from
+    :data:`CLAUDE_MODELS`; a Gemini model's Gemini's)."""
+    windows = {model_id: window for model_id, _, window, _ in CLAUDE_MODELS}
+    listed = []
+    for model in models:
+        model_id = str(model.get("id") if isinstance(model, dict) else model)
+        shown = model.get("display_name") if isinstance(model, dict) else None
+        gemini = model_id.startswith("gemini-")
+        listed.append({"name": f"models/{model_id}", "version": "001", "displayName": str(shown or model_id),
+                       "supportedGenerationMethods": list(_GEMINI_CLIENT_METHODS),
+                       "inputTokenLimit": 1_048_576 if gemini else windows.get(model_id, _GEMINI_LISTED_WINDOW),
+                       "outputTokenLimit": GEMINI_MAX_OUTPUT_TOKENS if gemini else _GEMINI_LISTED_OUTPUT})
+    return {"models": listed}
+
 
 # =====================================================================================
 # 8. Routing, accounts and the retry engine
