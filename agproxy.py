@@ -6421,6 +6421,29 @@ def json_schema_of_gemini(schema: Any, at: str) -> Dict[str, Any]:
     return out
 
 
+def _lower_case_types(schema: Any) -> Any:
+    """A JSON Schema with Gemini's upper-case type names (``"OBJECT"``) in lower case, as JSON
+    Schema spells them: Gemini takes both, and Gemini CLI's routing call sends its
+    ``responseJsonSchema`` that way. Everything else is kept as it is."""
+    if isinstance(schema, list):
+        return [_lower_case_types(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {}
+    for key, value in schema.items():
+        if key == "type" and isinstance(value, str) and value.lower() in _GEMINI_TYPES | {"null"}:
+            out[key] = value.lower()
+        elif key == "type" and isinstance(value, list):
+            out[key] = [v.lower() if isinstance(v, str) and v.lower() in _GEMINI_TYPES | {"null"} else v for v in value]
+        elif key in ("enum", "const", "default", "examples", "example"):
+            out[key] = value  # values, not schemas
+        elif key in ("properties", "patternProperties", "$defs", "definitions") and isinstance(value, dict):
+            out[key] = {name: _lower_case_types(item) for name, item in value.items()}  # names, then schemas
+        else:
+            out[key] = _lower_case_types(value)
+    return out
+
+
 def _gemini_client_tools(tools: Any, tool_config: Any, names: Dict[str, str],
                          notes: Dict[str, int]) -> Tuple[List[Dict[str, Any]], Dict[str, Any]]:
     """``tools`` (their function declarations; Google's own tools dropped) and ``toolConfig`` as
@@ -6439,7 +6462,7 @@ def _gemini_client_tools(tools: Any, tool_config: Any, names: Dict[str, str],
                     "takes parameters or parametersJsonSchema, not both")
             if json_schema is not None:
                 _expect(isinstance(json_schema, dict), f"{at}.parametersJsonSchema", "must be an object")
-                schema, where = dict(json_schema), f"{at}.parametersJsonSchema"
+                schema, where = _lower_case_types(json_schema), f"{at}.parametersJsonSchema"
             elif parameters is not None:
                 schema, where = json_schema_of_gemini(parameters, f"{at}.parameters"), f"{at}.parameters"
             else:
@@ -6574,7 +6597,7 @@ def _gemini_response_schema(config: Dict[str, Any]) -> Optional[Dict[str, Any]]:
             f"must be text/plain or application/json here, got {mime[:80]!r}")
     if json_schema is not None:
         _expect(isinstance(json_schema, dict), "generationConfig.responseJsonSchema", "must be an object")
-        return json_schema
+        return _lower_case_types(json_schema)
     if schema is not None:
         return json_schema_of_gemini(schema, "generationConfig.responseSchema")
     return dict(ANY_JSON_OBJECT)

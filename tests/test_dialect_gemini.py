@@ -742,3 +742,19 @@ def test_real_streams_come_back_to_a_gemini_client_as_the_server_said(name: str)
             ((c.get("candidates") or [{}])[0].get("content") or {}).get("parts", []) if "functionCall" in p]
     if real[0]:
         assert sent[0]["thoughtSignature"] == real[0]
+
+
+def test_a_json_schema_with_gemini_type_names_is_spelled_as_json_schema() -> None:
+    """Gemini CLI's routing call sends its responseJsonSchema with OBJECT, STRING, INTEGER (seen
+    offline from Gemini CLI 0.61.0); Gemini takes them, JSON Schema does not."""
+    schema = {"type": "OBJECT", "required": ["score"], "properties": {
+        "score": {"type": "INTEGER", "description": "1-100"}, "type": {"type": "STRING", "enum": ["OBJECT"]},
+        "tags": {"type": ["ARRAY", "NULL"], "items": {"type": "STRING"}}}}
+    wanted = {"type": "object", "required": ["score"], "properties": {
+        "score": {"type": "integer", "description": "1-100"}, "type": {"type": "string", "enum": ["OBJECT"]},
+        "tags": {"type": ["array", "null"], "items": {"type": "string"}}}}
+    out = translate({"contents": [user({"text": "x"})], "tools": [{"functionDeclarations": [
+        {"name": "f", "parametersJsonSchema": schema}]}],
+        "generationConfig": {"responseMimeType": "application/json", "responseJsonSchema": schema}})
+    assert out["output_config"]["format"]["schema"] == wanted
+    assert out["tools"][0]["input_schema"] == wanted
