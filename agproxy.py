@@ -5918,6 +5918,903 @@ def gemini_to_anthropic(answer: Any, model: str, on_signature: Optional[Callable
 # -- client dialect: OpenAI Chat Completions ----------------------------------------------------------
 
 # -- client dialect: OpenAI Responses -----------------------------------------------------------------
+#
+# Codex CLI (0.171.0, observed against a logging server) always streams, resends the whole history
+# each turn with ``store: false``, and sends back every item it was given: reasoning items with their
+# ``encrypted_content``, ``function_call`` items with a ``namespace`` for a namespace tool's function
+# (it runs the call only when the namespace is named), ``custom_tool_call`` items for its freeform
+# ``apply_patch``. agproxy keeps no responses: ``previous_response_id`` is refused, the history must
+# come whole.
+
+#: Joins a ``namespace`` tool's name and one of its functions' names into the one function name the
+#: upstream sees (``multi_agent_v1`` + ``wait_agent`` -> ``multi_agent_v1__wait_agent``): tool names
+#: upstreams accept are ``[A-Za-z0-9_-]`` only (no dot), and a double underscore is the convention
+#: Claude Code already uses for MCP tools. A call comes back unflattened (its ``namespace`` and
+#: ``name`` as the client declared them) by the table of the request's own tools, never by splitting.
+RESPONSES_NAMESPACE_SEPARATOR = "__"
+#: The start of every reasoning item's ``encrypted_content`` that agproxy wrote (see
+#: :func:`responses_reasoning_content`); any other content (OpenAI's own, another gateway's) is dropped.
+RESPONSES_REASONING_PREFIX = "agproxy.thinking.v1:"
+#: ``max_tokens`` when the client gives no ``max_output_tokens`` (Codex never does): what Claude
+#: Code asks of most models, within every current Claude model's output limit; an upstream with a
+#: smaller window has it fitted by the healing (``fitted_max_tokens``).
+RESPONSES_DEFAULT_MAX_TOKENS = 32000
+#: The thinking budget for each ``reasoning.effort`` (``none`` turns thinking off); capped below
+#: ``max_tokens``, and off when less than the smallest budget Anthropic takes fits.
+RESPONSES_EFFORT_BUDGETS = {"minimal": 1024, "low": 4096, "medium": 12288, "high": 24576, "xhigh": 31999}
+#: The one string field a ``custom`` (freeform) tool becomes as a function; a call's text is unwrapped from it.
+RESPONSES_CUSTOM_INPUT = "input"
+#: Deepest nesting of the JSON inside an ``encrypted_content`` agproxy wrote (one flat object).
+_REASONING_JSON_DEPTH = 2
+_RESPONSES_ROLES = ("user", "assistant", "system", "developer")
+_RESPONSES_TEXT_PARTS = ("input_text", "output_text", "text", "summary_text", "reasoning_text")
+#: Tools the upstream would run on the server's side (and the client's own hosted kinds): no
+#: Anthropic upstream of agproxy runs them, so they are left out (counted in ``changes``).
+_RESPONSES_HOSTED_TOOLS = frozenset(("web_search", "web_search_preview", "web_search_2025_08_26", "file_search",
+                                     "computer_use_preview", "computer", "code_interpreter", "image_generation",
+                                     "mcp", "local_shell", "shell", "apply_patch", "tool_search"))
+#: Request fields that ask for state agproxy does not keep.
+_RESPONSES_STATEFUL = {
+    "previous_response_id": "agproxy keeps no responses; send the whole conversation in input (with store: "
+                            "false, as Codex does)",
+    "conversation": "agproxy keeps no conversations; send the whole conversation in input",
+    "prompt": "agproxy keeps no stored prompts; send the instructions and input themselves",
+}
+
+
+def _responses_data_url(url: str, where: str) -> Dict[str, Any]:
+    """An image or file URL as an Anthropic ``source``: a ``data:`` URL as base64, else a URL."""
+    if url.startswith("data:"):
+        head, comma, data = url[5:].partition(",")
+        media_type, _, encoding = head.partition(";")
+        _expect(bool(comma) and encoding == "base64" and bool(media_type), where,
+                "a data URL must be data:<media type>;base64,<data>")
+        return {"type": "base64", "media_type": media_type, "data": data}
+    _expect(url.startswith(("http://", "https://")), where, "must be an http(s) URL or a data: URL")
+    return {"type": "url", "url": url}
+
+
+def _responses_parts(content: Any, where: str) -> List[Dict[str, Any]]:
+    """A message's or a tool output's content (a string or a list of parts) as Anthropic blocks:
+    text parts as text (empty ones left out), ``input_image`` as images, ``input_file`` given inline
+    as documents; a part that needs state (``file_id``) or that no upstream takes is a 400."""
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}] if content else []
+    _expect(isinstance(content, list), where, "must be a string or a list of content parts")
+    blocks: List[Dict[str, Any]] = []
+    for i, part in enumerate(content):
+        at = f"{where}.{i}"
+        _expect(isinstance(part, dict), at, "must be an object")
+        kind = part.get("type")
+        if kind in _RESPONSES_TEXT_PARTS or kind == "refusal":
+            text = part.get("refusal" if kind == "refusal" else "text")
+            _expect(isinstance(text, str), f"{at}.{'refusal' if kind == 'refusal' else 'text'}", "must be a string")
+            if text:
+                blocks.append({"type": "text", "text": text})
+        elif kind == "input_image":
+            _expect(part.get("file_id") is None, f"{at}.file_id", "agproxy keeps no files; give the image as "
+                    "image_url (a data: URL or an http(s) URL)")
+            _expect(isinstance(part.get("image_url"), str), f"{at}.image_url", "must be a string")
+            blocks.append({"type": "image", "source": _responses_data_url(part["image_url"], f"{at}.image_url")})
+        elif kind == "input_file":
+            _expect(part.get("file_id") is None, f"{at}.file_id", "agproxy keeps no files; give the file as file_data")
+            if isinstance(part.get("file_url"), str):
+                source = _responses_data_url(part["file_url"], f"{at}.file_url")
+            else:
+                _expect(isinstance(part.get("file_data"), str), f"{at}.file_data", "must be a string")
+                data = part["file_data"]
+                source = _responses_data_url(data, f"{at}.file_data") if data.startswith("data:") else \
+                    {"type": "base64", "media_type": "application/pdf", "data": data}
+            document: Dict[str, Any] = {"type": "document", "source": source}
+            if isinstance(part.get("filename"), str) and part["filename"]:
+                document["title"] = part["filename"]
+            blocks.append(document)
+        else:
+            raise InvalidRequest(f"{at}.type: {str(kind)[:40]!r} is not a content part agproxy can carry "
+                                 "(input_text, output_text, refusal, input_image, input_file)")
+    return blocks
+
+
+def responses_reasoning_content(block: Dict[str, Any]) -> str:
+    """The ``encrypted_content`` of the reasoning item that carries a thinking block.
+
+    agproxy keeps nothing between requests, so a thinking block (its text and signature, or a
+    redacted_thinking block's data) travels in the client's history, inside the item Codex gives back
+    unchanged: :data:`RESPONSES_REASONING_PREFIX`, then the block as compact JSON in URL-safe
+    base64. It is opaque to the client, not secret (the client saw the thinking in the summary);
+    the upstream's signature is what vouches for it. :func:`responses_reasoning_block` reads it back
+    exactly; a content without the prefix (one OpenAI or another server made), or one that does not
+    decode to a thinking block, is not agproxy's, and its item is dropped from the request."""
+    if block.get("type") == "redacted_thinking":
+        kept = {"type": "redacted_thinking", "data": str(block.get("data") or "")}
+    else:
+        kept = {"type": "thinking", "thinking": str(block.get("thinking") or ""),
+                "signature": str(block.get("signature") or "")}
+    encoded = base64.urlsafe_b64encode(_COMPACT_JSON.encode(kept).encode("utf-8", "replace"))
+    return RESPONSES_REASONING_PREFIX + encoded.decode("ascii")
+
+
+def responses_reasoning_block(content: Any) -> Optional[Dict[str, Any]]:
+    """The thinking or redacted_thinking block an ``encrypted_content`` agproxy wrote carries, or
+    None when it is not one agproxy wrote (see :func:`responses_reasoning_content`)."""
+    if not isinstance(content, str) or not content.startswith(RESPONSES_REASONING_PREFIX):
+        return None
+    try:
+        raw = base64.b64decode(content[len(RESPONSES_REASONING_PREFIX):], altchars=b"-_", validate=True)
+        block = loads_strict(raw, repair_surrogates=False, max_depth=_REASONING_JSON_DEPTH)
+    except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors
+        return None
+    if not isinstance(block, dict):
+        return None
+    if block.get("type") == "thinking" and set(block) == {"type", "thinking", "signature"} and \
+            isinstance(block["thinking"], str) and isinstance(block["signature"], str):
+        return block
+    if block.get("type") == "redacted_thinking" and set(block) == {"type", "data"} and isinstance(block["data"], str):
+        return block
+    return None
+
+
+def responses_tool_table(body: Dict[str, Any]) -> Dict[str, Tuple[str, Optional[str], str]]:
+    """What each function name the upstream sees stands for in the client's terms: ``(kind,
+    namespace, name)`` with kind ``function``, ``custom`` (a freeform tool, its text in the one
+    string field :data:`RESPONSES_CUSTOM_INPUT`) or ``namespace`` (a namespace's function, flattened
+    with :data:`RESPONSES_NAMESPACE_SEPARATOR`). Tools that are not well formed are left out here
+    (the request translator refuses them)."""
+    table: Dict[str, Tuple[str, Optional[str], str]] = {}
+    tools = body.get("tools") if isinstance(body, dict) else None
+    for tool in tools if isinstance(tools, list) else []:
+        if not isinstance(tool, dict) or not isinstance(tool.get("name"), str) or not tool["name"]:
+            continue
+        kind = tool.get("type")
+        if kind in ("function", "custom"):
+            table[tool["name"]] = (kind, None, tool["name"])
+        elif kind == "namespace" and isinstance(tool.get("tools"), list):
+            for inner in tool["tools"]:
+                if isinstance(inner, dict) and inner.get("type", "function") == "function" and \
+                        isinstance(inner.get("name"), str) and inner["name"]:
+                    flat = tool["name"] + RESPONSES_NAMESPACE_SEPARATOR + inner["name"]
+                    table[flat] = ("namespace", tool["name"], inner["name"])
+    return table
+
+
+def _responses_function(tool: Dict[str, Any], name: str, where: str, note: str = "") -> Dict[str, Any]:
+    """A function tool (or a namespace's function) as an Anthropic tool."""
+    parameters = tool.get("parameters")
+    _expect(parameters is None or isinstance(parameters, dict), f"{where}.parameters", "must be an object")
+    description = tool.get("description")
+    _expect(description is None or isinstance(description, str), f"{where}.description", "must be a string")
+    out: Dict[str, Any] = {"name": name, "input_schema": parameters or {"type": "object", "properties": {}}}
+    text = "\n".join(t for t in (note, description) if t)
+    if text:
+        out["description"] = text
+    return out
+
+
+def _responses_custom_tool(tool: Dict[str, Any], where: str) -> Dict[str, Any]:
+    """A freeform ``custom`` tool as a function of one string field: its grammar, if it has one,
+    goes into the description, since no upstream of agproxy constrains output by a grammar."""
+    description = tool.get("description")
+    _expect(description is None or isinstance(description, str), f"{where}.description", "must be a string")
+    texts = [description] if description else []
+    texts.append(f"Put the whole raw text this tool takes into the string field {RESPONSES_CUSTOM_INPUT!r} "
+                 "(it reaches the tool exactly as written).")
+    form = tool.get("format")
+    if isinstance(form, dict) and form.get("type") == "grammar" and isinstance(form.get("definition"), str):
+        texts.append(f"The text follows this {str(form.get('syntax') or '')[:20]} grammar:\n{form['definition']}")
+    schema = {"type": "object", "properties": {RESPONSES_CUSTOM_INPUT: {"type": "string"}},
+              "required": [RESPONSES_CUSTOM_INPUT]}
+    return {"name": tool["name"], "description": "\n\n".join(texts), "input_schema": schema}
+
+
+def _responses_tools(tools: Any, changes: Dict[str, int]) -> List[Dict[str, Any]]:
+    """The request's tools as Anthropic tools: functions as they are, namespaces flattened, custom
+    tools as one-string functions; hosted tools (``web_search`` and the like) are left out and
+    counted in ``changes`` as ``responses_hosted_tool_dropped``."""
+    _expect(isinstance(tools, list), "tools", "must be a list")
+    out: List[Dict[str, Any]] = []
+    seen: Set[str] = set()
+
+    def add(tool: Dict[str, Any], where: str) -> None:
+        _expect(tool["name"] not in seen, f"{where}.name", f"{tool['name'][:80]!r} is declared twice (a namespace's "
+                f"functions are named namespace{RESPONSES_NAMESPACE_SEPARATOR}function)")
+        seen.add(tool["name"])
+        out.append(tool)
+
+    for i, tool in enumerate(tools):
+        where = f"tools.{i}"
+        _expect(isinstance(tool, dict), where, "must be an object")
+        kind = tool.get("type")
+        if kind in ("function", "custom", "namespace"):
+            _expect(isinstance(tool.get("name"), str) and tool["name"] != "", f"{where}.name",
+                    "must be a non-empty string")
+        if kind == "function":
+            add(_responses_function(tool, tool["name"], where), where)
+        elif kind == "custom":
+            add(_responses_custom_tool(tool, where), where)
+        elif kind == "namespace":
+            inner = tool.get("tools")
+            _expect(isinstance(inner, list), f"{where}.tools", "must be a list")
+            about = tool.get("description")
+            note = f"(in {tool['name']}: {about})" if isinstance(about, str) and about else ""
+            for j, function in enumerate(inner):
+                at = f"{where}.tools.{j}"
+                _expect(isinstance(function, dict), at, "must be an object")
+                if function.get("type", "function") != "function":
+                    _count(changes, "responses_hosted_tool_dropped")
+                    continue
+                _expect(isinstance(function.get("name"), str) and function["name"] != "", f"{at}.name",
+                        "must be a non-empty string")
+                flat = tool["name"] + RESPONSES_NAMESPACE_SEPARATOR + function["name"]
+                add(_responses_function(function, flat, at, note), at)
+        elif isinstance(kind, str):
+            _count(changes, "responses_hosted_tool_dropped")
+        else:
+            raise InvalidRequest(f"{where}.type: must be a string")
+    return out
+
+
+def _responses_tool_choice(choice: Any, names: Set[str], parallel: Any) -> Tuple[Optional[Dict[str, Any]],
+                                                                              Optional[Set[str]]]:
+    """``tool_choice`` (and ``parallel_tool_calls``) as Anthropic's, and the tool names an
+    ``allowed_tools`` choice keeps (None: all)."""
+    _expect(parallel is None or isinstance(parallel, bool), "parallel_tool_calls", "must be true or false")
+    allowed: Optional[Set[str]] = None
+    if choice is None or choice == "auto":
+        out: Dict[str, Any] = {"type": "auto"}
+    elif choice == "none":
+        return {"type": "none"}, None
+    elif choice == "required":
+        out = {"type": "any"}
+    elif isinstance(choice, dict) and choice.get("type") in ("function", "custom"):
+        name = choice.get("name")
+        _expect(isinstance(name, str), "tool_choice.name", "must be a string")
+        if isinstance(choice.get("namespace"), str):
+            name = choice["namespace"] + RESPONSES_NAMESPACE_SEPARATOR + name
+        _expect(name in names, "tool_choice.name", f"{str(name)[:80]!r} is not one of the request's tools")
+        out = {"type": "tool", "name": name}
+    elif isinstance(choice, dict) and choice.get("type") == "allowed_tools":
+        _expect(choice.get("mode", "auto") in ("auto", "required"), "tool_choice.mode", "must be auto or required")
+        listed = choice.get("tools")
+        _expect(isinstance(listed, list), "tool_choice.tools", "must be a list")
+        allowed = set()
+        for tool in listed:
+            if isinstance(tool, dict) and isinstance(tool.get("name"), str):
+                prefix = tool["namespace"] + RESPONSES_NAMESPACE_SEPARATOR if isinstance(tool.get("namespace"), str) \
+                    else ""
+                allowed.add(prefix + tool["name"])
+                if tool.get("type") == "namespace":  # a whole namespace: each of its functions
+                    allowed.update(n for n in names if n.startswith(tool["name"] + RESPONSES_NAMESPACE_SEPARATOR))
+        out = {"type": "any" if choice.get("mode") == "required" else "auto"}
+    else:
+        raise InvalidRequest("tool_choice: must be auto, none, required, a function or custom tool by name, or "
+                             "allowed_tools (agproxy's upstreams run no hosted tools)")
+    if parallel is False:
+        out["disable_parallel_tool_use"] = True
+    return out, allowed
+
+
+def _responses_text_format(text: Any) -> Optional[Dict[str, Any]]:
+    """``text.format`` as the internal ``output_config.format`` (None for plain text)."""
+    if text is None:
+        return None
+    _expect(isinstance(text, dict), "text", "must be an object")
+    form = text.get("format")
+    if form is None:
+        return None
+    _expect(isinstance(form, dict), "text.format", "must be an object")
+    kind = form.get("type")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return {"type": "json_schema", "schema": {"type": "object"}}
+    if kind == "json_schema":
+        _expect(isinstance(form.get("schema"), dict), "text.format.schema", "must be an object")
+        return {"type": "json_schema", "schema": form["schema"]}
+    raise InvalidRequest("text.format.type: must be text, json_object or json_schema")
+
+
+def _responses_call_id(item: Dict[str, Any], where: str) -> str:
+    call_id = item.get("call_id")
+    _expect(isinstance(call_id, str) and call_id != "", f"{where}.call_id", "must be a non-empty string")
+    return call_id
+
+
+class _ResponsesTurns:
+    """The conversation being built: Anthropic turns with strict user/assistant alternation (a
+    block for the role of the last turn joins it), and the system texts in order."""
+
+    def __init__(self) -> None:
+        self.system: List[str] = []
+        self.messages: List[Dict[str, Any]] = []
+
+    def add(self, role: str, blocks: List[Dict[str, Any]]) -> None:
+        if not blocks:
+            return
+        if self.messages and self.messages[-1]["role"] == role:
+            self.messages[-1]["content"].extend(blocks)
+        else:
+            self.messages.append({"role": role, "content": list(blocks)})
+
+
+def _responses_item(item: Any, where: str, turns: _ResponsesTurns, changes: Dict[str, int]) -> None:
+    """One ``input`` item into ``turns``."""
+    _expect(isinstance(item, dict), where, "must be an object")
+    kind = item.get("type", "message")
+    if kind == "message":
+        role = item.get("role")
+        _expect(role in _RESPONSES_ROLES, f"{where}.role", f"must be one of {', '.join(_RESPONSES_ROLES)}")
+        blocks = _responses_parts(item.get("content"), f"{where}.content")
+        if role in ("system", "developer"):
+            _expect(all(b["type"] == "text" for b in blocks), f"{where}.content",
+                    f"a {role} message can hold only text (it becomes the system prompt)")
+            turns.system.extend(b["text"] for b in blocks)
+        else:
+            turns.add(role, blocks)
+    elif kind == "function_call":
+        call_id = _responses_call_id(item, where)
+        name, namespace, arguments = item.get("name"), item.get("namespace"), item.get("arguments", "")
+        _expect(isinstance(name, str) and name != "", f"{where}.name", "must be a non-empty string")
+        _expect(namespace is None or isinstance(namespace, str), f"{where}.namespace", "must be a string")
+        _expect(isinstance(arguments, str), f"{where}.arguments", "must be a string (JSON text)")
+        if namespace:
+            name = namespace + RESPONSES_NAMESPACE_SEPARATOR + name
+        turns.add("assistant", [{"type": "tool_use", "id": call_id, "name": name,
+                                 "input": parse_tool_arguments(arguments)}])
+    elif kind == "custom_tool_call":
+        call_id = _responses_call_id(item, where)
+        _expect(isinstance(item.get("name"), str) and item["name"] != "", f"{where}.name", "must be a non-empty string")
+        _expect(isinstance(item.get("input"), str), f"{where}.input", "must be a string")
+        turns.add("assistant", [{"type": "tool_use", "id": call_id, "name": item["name"],
+                                 "input": {RESPONSES_CUSTOM_INPUT: item["input"]}}])
+    elif kind in ("function_call_output", "custom_tool_call_output"):
+        call_id = _responses_call_id(item, where)
+        output = item.get("output")
+        result: Dict[str, Any] = {"type": "tool_result", "tool_use_id": call_id,
+                                  "content": _responses_parts(output, f"{where}.output")}
+        if item.get("status") == "incomplete":
+            result["is_error"] = True
+        turns.add("user", [result])
+    elif kind == "reasoning":
+        block = responses_reasoning_block(item.get("encrypted_content"))
+        if block is None:
+            _count(changes, "responses_foreign_reasoning_dropped")
+        else:
+            turns.add("assistant", [block])
+    elif kind == "item_reference":
+        raise InvalidRequest(f"{where}.type: agproxy keeps no items to refer to; send the item itself")
+    elif isinstance(kind, str):
+        # the hosted tools' calls and results (web_search_call, ...) and items of other servers
+        # (compaction): nothing an Anthropic upstream could read
+        _count(changes, "responses_item_dropped")
+    else:
+        raise InvalidRequest(f"{where}.type: must be a string")
+
+
+def responses_request_to_anthropic(body: Dict[str, Any], changes: Optional[Dict[str, int]] = None) -> Dict[str, Any]:
+    """A Responses API request (``POST /v1/responses``) as the internal Anthropic Messages request.
+
+    ``instructions`` and every ``system``/``developer`` message become the system prompt, in order
+    (Anthropic has one); user and assistant messages become turns (text, images, inline files),
+    ``function_call``/``custom_tool_call`` items assistant ``tool_use`` blocks,
+    ``*_call_output`` items user ``tool_result`` blocks, reasoning items agproxy wrote their thinking
+    blocks again; consecutive items of one role make one turn. Tools: see :func:`_responses_tools`.
+    ``reasoning.effort`` becomes a thinking budget (:data:`RESPONSES_EFFORT_BUDGETS`),
+    ``max_output_tokens`` ``max_tokens`` (default :data:`RESPONSES_DEFAULT_MAX_TOKENS`),
+    ``text.format`` ``output_config.format``. ``store``, ``include``, ``prompt_cache_key``,
+    ``client_metadata``, ``metadata`` and the like are taken and ignored. What is left out is counted
+    in ``changes`` (hosted tools, foreign reasoning items, hosted tools' items). Raises
+    :class:`InvalidRequest` naming the field for what cannot be carried: state agproxy does not keep
+    (``previous_response_id``, ``conversation``, ``prompt``, ``item_reference``, ``file_id``),
+    ``background``, a malformed field."""
+    changes = changes if changes is not None else {}
+    for key, why in _RESPONSES_STATEFUL.items():
+        _expect(body.get(key) in (None, ""), key, why)
+    _expect(not body.get("background"), "background", "agproxy answers while the client waits; send "
+            "background: false")
+    model = body.get("model")
+    _expect(isinstance(model, str) and model != "", "model", "must be a non-empty string")
+    turns = _ResponsesTurns()
+    instructions = body.get("instructions")
+    _expect(instructions is None or isinstance(instructions, str), "instructions", "must be a string")
+    if instructions:
+        turns.system.append(instructions)
+    items = body.get("input")
+    if isinstance(items, str):
+        items = [{"type": "message", "role": "user", "content": items}]
+    _expect(isinstance(items, list), "input", "must be a string or a list of items")
+    for i, item in enumerate(items):
+        _responses_item(item, f"input.{i}", turns, changes)
+    _expect(bool(turns.messages), "input", "must hold at least one user or assistant message")
+    max_tokens = body.get("max_output_tokens")
+    _expect(max_tokens is None or (_is_int(max_tokens) and max_tokens >= 1), "max_output_tokens",
+            "must be a positive integer")
+    _expect(max_tokens is None or max_tokens <= MAX_OUTPUT_TOKENS, "max_output_tokens",
+            f"must be at most {MAX_OUTPUT_TOKENS} (no model writes more)")
+    out: Dict[str, Any] = {"model": model, "max_tokens": max_tokens or RESPONSES_DEFAULT_MAX_TOKENS,
+                           "messages": turns.messages}
+    system = [t for t in turns.system if t]
+    if system:
+        out["system"] = "\n\n".join(system)
+    if body.get("tools") is not None:
+        tools = _responses_tools(body["tools"], changes)
+        choice, allowed = _responses_tool_choice(body.get("tool_choice"), {t["name"] for t in tools},
+                                                 body.get("parallel_tool_calls"))
+        if allowed is not None:
+            tools = [t for t in tools if t["name"] in allowed]
+        if tools:
+            out["tools"] = tools
+            out["tool_choice"] = choice
+    _responses_reasoning(body.get("reasoning"), out)
+    for key in ("temperature", "top_p"):
+        if body.get(key) is not None:
+            _expect(_is_number(body[key]), key, "must be a number")
+            out[key] = body[key]
+    form = _responses_text_format(body.get("text"))
+    if form is not None:
+        out["output_config"] = {"format": form}
+    stream = body.get("stream", False)
+    _expect(isinstance(stream, bool), "stream", "must be true or false")
+    out["stream"] = stream
+    user = body.get("safety_identifier") or body.get("user")
+    if isinstance(user, str) and user:
+        out["metadata"] = {"user_id": user[:256]}
+    validate_messages_request(out)
+    return out
+
+
+def _responses_reasoning(reasoning: Any, out: Dict[str, Any]) -> None:
+    """``reasoning.effort`` as a thinking budget below ``max_tokens`` (none: no thinking)."""
+    if reasoning is None:
+        return
+    _expect(isinstance(reasoning, dict), "reasoning", "must be an object")
+    effort = reasoning.get("effort")
+    if effort is None or effort == "none":
+        return
+    _expect(effort in RESPONSES_EFFORT_BUDGETS, "reasoning.effort",
+            f"must be none or one of {', '.join(RESPONSES_EFFORT_BUDGETS)}")
+    budget = min(RESPONSES_EFFORT_BUDGETS[effort], out["max_tokens"] - 1)
+    if budget >= _MIN_THINKING_BUDGET:
+        out["thinking"] = {"type": "enabled", "budget_tokens": budget}
+
+
+#: OpenAI's words (``type``, ``code``) for each Anthropic error type agproxy answers with.
+_RESPONSES_ERRORS = {
+    "invalid_request_error": ("invalid_request_error", None),
+    "request_too_large": ("invalid_request_error", "request_too_large"),
+    "authentication_error": ("invalid_request_error", "invalid_api_key"),
+    "permission_error": ("invalid_request_error", "permission_denied"),
+    "not_found_error": ("invalid_request_error", "not_found"),
+    "billing_error": ("insufficient_quota", "insufficient_quota"),
+    "rate_limit_error": ("requests", "rate_limit_exceeded"),
+    "api_error": ("server_error", "server_error"),
+    "overloaded_error": ("server_error", "server_is_overloaded"),
+}
+#: An upstream's words for a prompt larger than the model's window (Anthropic's, OpenAI-compatible
+#: servers', Gemini's): said to the client with OpenAI's code for it, ``context_length_exceeded``.
+_RESPONSES_TOO_LONG = re.compile(r"prompt is too long|context length|context window|maximum context|"
+                                 r"input token count .* exceeds", re.IGNORECASE)
+#: The field an agproxy message names first (``input.3.call_id: must be a string``).
+_RESPONSES_PARAM = re.compile(r"^([A-Za-z_][A-Za-z0-9_.]*): ")
+
+
+def _responses_error(error_type: str, message: str) -> Dict[str, Any]:
+    """The ``error`` object of an error body or a failed response: message, type, param, code."""
+    kind, code = _RESPONSES_ERRORS.get(error_type, ("server_error", None))
+    if error_type == "invalid_request_error" and _RESPONSES_TOO_LONG.search(message):
+        code = "context_length_exceeded"
+    param = _RESPONSES_PARAM.match(message) if error_type == "invalid_request_error" else None
+    return {"message": message, "type": kind, "param": param.group(1) if param else None, "code": code}
+
+
+def responses_error_body(status: int, error_type: str, message: str) -> Dict[str, Any]:
+    """An agproxy error as the Responses API words it: ``{"error": {"message", "type", "param",
+    "code"}}`` (``status`` is the HTTP status it goes with; the error type decides the words)."""
+    if error_type not in _RESPONSES_ERRORS:
+        error_type = error_type_for_status(status)
+    return {"error": _responses_error(error_type, message)}
+
+
+def _responses_usage(usage: Dict[str, Any], reasoning_tokens: int) -> Dict[str, Any]:
+    """Anthropic usage as the Responses API's: its input counts the cache's tokens too, the read
+    ones as ``cached_tokens``; ``reasoning_tokens`` is an estimate from the thinking's text, since
+    Anthropic counts thinking within ``output_tokens`` without saying how much."""
+    read = _token_count(usage.get("cache_read_input_tokens"))
+    total_in = _token_count(usage.get("input_tokens")) + read + _token_count(usage.get("cache_creation_input_tokens"))
+    total_out = _token_count(usage.get("output_tokens"))
+    return {"input_tokens": total_in, "input_tokens_details": {"cached_tokens": read}, "output_tokens": total_out,
+            "output_tokens_details": {"reasoning_tokens": min(reasoning_tokens, total_out)},
+            "total_tokens": total_in + total_out}
+
+
+def _responses_item_id(prefix: str) -> str:
+    """A fresh id for an output item (``msg``, ``rs``, ``fc``, ``ctc``) or a response (``resp``)."""
+    return f"{prefix}_{uuid.uuid4().hex}"
+
+
+def _responses_reasoning_item(block: Dict[str, Any], item_id: str) -> Dict[str, Any]:
+    """A thinking or redacted_thinking block as a reasoning item: its text as the summary Codex
+    shows, the block itself in ``encrypted_content`` (always there: with nothing kept, it is how
+    the block comes back)."""
+    text = block.get("thinking") if block.get("type") == "thinking" else ""
+    summary = [{"type": "summary_text", "text": text}] if isinstance(text, str) and text else []
+    return {"type": "reasoning", "id": item_id, "summary": summary,
+            "encrypted_content": responses_reasoning_content(block)}
+
+
+def _responses_custom_text(arguments: str) -> str:
+    """A freeform tool's text from the arguments of the one-string function it was offered as
+    (the arguments as they are when the model wrote something else)."""
+    try:
+        value = loads_strict(arguments)
+    except ValueError:
+        return arguments
+    if isinstance(value, dict) and isinstance(value.get(RESPONSES_CUSTOM_INPUT), str):
+        return value[RESPONSES_CUSTOM_INPUT]
+    return arguments
+
+
+def _responses_call_item_id(name: str, tools: Dict[str, Tuple[str, Optional[str], str]]) -> str:
+    """A fresh id for the call item of a tool_use named ``name``: ``ctc_`` for a freeform tool's, else ``fc_``."""
+    return _responses_item_id("ctc" if tools.get(name, ("function",))[0] == "custom" else "fc")
+
+
+def _responses_call_item(call_id: str, name: str, arguments: str, item_id: str,
+                         tools: Dict[str, Tuple[str, Optional[str], str]]) -> Dict[str, Any]:
+    """A tool_use as the client's call item: a ``function_call`` (with its ``namespace`` when the
+    function is a namespace's) or a ``custom_tool_call`` with its text unwrapped."""
+    kind, namespace, client_name = tools.get(name, ("function", None, name))
+    if kind == "custom":
+        return {"type": "custom_tool_call", "id": item_id, "status": "completed", "call_id": call_id,
+                "name": client_name, "input": _responses_custom_text(arguments)}
+    item = {"type": "function_call", "id": item_id, "status": "completed", "call_id": call_id,
+            "name": client_name, "arguments": arguments}
+    if namespace:
+        item["namespace"] = namespace
+    return item
+
+
+def _responses_text_part(text: str) -> Dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+def _responses_message_item(item_id: str, parts: List[Dict[str, Any]], status: str) -> Dict[str, Any]:
+    return {"type": "message", "id": item_id, "status": status, "role": "assistant", "content": parts}
+
+
+def _responses_end(stop_reason: Any) -> Tuple[str, Optional[Dict[str, str]]]:
+    """The response's status for an Anthropic stop reason, and its ``incomplete_details``."""
+    if stop_reason == "max_tokens":
+        return "incomplete", {"reason": "max_output_tokens"}
+    if stop_reason == "refusal":
+        return "incomplete", {"reason": "content_filter"}
+    return "completed", None
+
+
+def _responses_object(response_id: str, created_at: int, model: str, request: Dict[str, Any], status: str,
+                      output: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """The response object, with the request's settings as the Responses API echoes them."""
+    reasoning = request.get("reasoning") if isinstance(request.get("reasoning"), dict) else {}
+    return {"id": response_id, "object": "response", "created_at": created_at, "status": status,
+            "background": False, "error": None, "incomplete_details": None,
+            "instructions": request.get("instructions"), "max_output_tokens": request.get("max_output_tokens"),
+            "model": model, "output": output, "parallel_tool_calls": request.get("parallel_tool_calls", True),
+            "previous_response_id": None, "reasoning": {"effort": reasoning.get("effort"),
+                                                        "summary": reasoning.get("summary")},
+            "store": False, "temperature": request.get("temperature"), "top_p": request.get("top_p"),
+            "text": request.get("text") if isinstance(request.get("text"), dict) else {"format": {"type": "text"}},
+            "tool_choice": request.get("tool_choice", "auto"), "tools": request.get("tools") or [],
+            "truncation": "disabled", "usage": None, "metadata": request.get("metadata") or {}}
+
+
+def anthropic_message_to_responses(message: Dict[str, Any], request: Optional[Dict[str, Any]] = None, *,
+                                   model: Optional[str] = None, created_at: int = 0,
+                                   response_id: Optional[str] = None) -> Dict[str, Any]:
+    """A whole Anthropic Message as the Responses API's response object: consecutive text blocks as
+    one assistant message item, thinking as reasoning items (see :func:`responses_reasoning_content`),
+    tool_use as call items in the client's terms (``request``'s tools say which were namespaced or
+    freeform); ``incomplete`` for max_tokens (and a refusal), ``usage`` in OpenAI's terms.
+    ``created_at`` is the Unix time the caller passes in; ``model`` defaults to the message's."""
+    request = request or {}
+    tools = responses_tool_table(request)
+    output: List[Dict[str, Any]] = []
+    parts: List[Dict[str, Any]] = []
+    thinking_tokens = 0
+    for block in message.get("content") or []:
+        if not isinstance(block, dict):
+            continue
+        kind = block.get("type")
+        if kind == "text":
+            if not parts:
+                output.append(_responses_message_item(_responses_item_id("msg"), parts, "completed"))
+            parts.append(_responses_text_part(str(block.get("text") or "")))
+            continue
+        if kind not in ("thinking", "redacted_thinking", "tool_use"):
+            continue  # server tools' blocks: agproxy offers none
+        parts = []
+        if kind == "tool_use":
+            arguments = json.dumps(block.get("input") if isinstance(block.get("input"), dict) else {},
+                                   ensure_ascii=False)
+            name = str(block.get("name") or "")
+            output.append(_responses_call_item(str(block.get("id") or new_tool_id()), name, arguments,
+                                               _responses_call_item_id(name, tools), tools))
+        else:
+            thinking_tokens += estimate_text_tokens(str(block.get("thinking") or ""))
+            output.append(_responses_reasoning_item(block, _responses_item_id("rs")))
+    status, incomplete = _responses_end(message.get("stop_reason"))
+    response = _responses_object(response_id or _responses_item_id("resp"), created_at,
+                                 model or str(message.get("model") or ""), request, status, output)
+    response["incomplete_details"] = incomplete
+    usage = message.get("usage") if isinstance(message.get("usage"), dict) else {}
+    response["usage"] = _responses_usage(usage, thinking_tokens)
+    return response
+
+
+class ResponsesStreamEncoder:
+    """The internal Anthropic events in, the Responses API's event stream out (SSE bytes).
+
+    Every event carries ``sequence_number``, counting from 0: ``response.created`` and
+    ``response.in_progress`` first; then per item ``response.output_item.added``, its deltas and
+    ``response.output_item.done`` (a run of text blocks is one message item, each block a content
+    part: ``content_part.added``, ``output_text.delta``/``done``, ``content_part.done``; a thinking
+    block a reasoning item whose text streams as ``reasoning_summary_text.delta`` and whose
+    ``output_item.done`` carries the ``encrypted_content``; a tool_use a ``function_call``, its
+    arguments as ``function_call_arguments.delta``/``done``, or for a freeform tool a
+    ``custom_tool_call``, its text as one ``custom_tool_call_input.delta`` and ``done`` once the
+    arguments are whole, since the text must be unwrapped from them); last ``response.completed``
+    with usage, or ``response.incomplete`` (max_tokens), or ``response.failed`` (:meth:`error`).
+    Each event is encoded as it is read: how the events are split into batches changes nothing.
+    ``request`` is the client's own request (its tools say which calls were namespaced or
+    freeform, its settings are echoed); ``created_at`` is the Unix time the caller passes in."""
+
+    def __init__(self, model: str, request: Optional[Dict[str, Any]] = None, *, created_at: int = 0,
+                 response_id: Optional[str] = None) -> None:
+        self.model = model
+        self.request = request or {}
+        self.created_at = created_at
+        self.response_id = response_id or _responses_item_id("resp")
+        self.tools = responses_tool_table(self.request)
+        self.started = False
+        self.finished = False
+        self._sequence = 0
+        self._output: List[Dict[str, Any]] = []  # the items done, in order
+        self._items = 0  # output items added so far: the next one's output_index
+        self._blocks: Dict[int, Dict[str, Any]] = {}  # the open Anthropic blocks, by index
+        self._message: Optional[Dict[str, Any]] = None  # the open message item (a run of text blocks)
+        self._usage: Dict[str, Any] = {}
+        self._stop_reason: Any = None
+        self._thinking_tokens = 0
+
+    # -- the bytes ---------------------------------------------------------------------------------
+
+    def _emit(self, out: bytearray, name: str, payload: Dict[str, Any]) -> None:
+        event = {"type": name, "sequence_number": self._sequence}
+        event.update(payload)
+        self._sequence += 1
+        out += encode_sse_json(name, event)
+
+    def _response(self, status: str) -> Dict[str, Any]:
+        return _responses_object(self.response_id, self.created_at, self.model, self.request, status,
+                                 list(self._output))
+
+    def _start(self, out: bytearray) -> None:
+        if not self.started:
+            self.started = True
+            self._emit(out, "response.created", {"response": self._response("in_progress")})
+            self._emit(out, "response.in_progress", {"response": self._response("in_progress")})
+
+    def _add_item(self, out: bytearray, item: Dict[str, Any]) -> int:
+        index = self._items
+        self._items += 1
+        self._emit(out, "response.output_item.added", {"output_index": index, "item": item})
+        return index
+
+    def _done_item(self, out: bytearray, index: int, item: Dict[str, Any]) -> None:
+        self._output.append(item)
+        self._emit(out, "response.output_item.done", {"output_index": index, "item": item})
+
+    # -- the events --------------------------------------------------------------------------------
+
+    def encode(self, events: List[Event]) -> bytes:
+        """The client's SSE bytes for a batch of events (b"" when they say nothing yet)."""
+        out = bytearray()
+        for event in events:
+            if self.finished:
+                break
+            if event.name == "ping":
+                continue
+            payload = event.data if isinstance(event.data, dict) else {}
+            self._start(out)
+            if event.name == "message_start":
+                message = payload.get("message") if isinstance(payload.get("message"), dict) else {}
+                if isinstance(message.get("usage"), dict):
+                    merge_usage(self._usage, message["usage"])
+            elif event.name == "content_block_start":
+                self._block_start(out, payload)
+            elif event.name == "content_block_delta":
+                self._block_delta(out, payload)
+            elif event.name == "content_block_stop":
+                state = self._blocks.pop(payload.get("index"), None)  # type: ignore[arg-type]
+                if state is not None:
+                    self._block_stop(out, state)
+            elif event.name == "message_delta":
+                delta = payload.get("delta") if isinstance(payload.get("delta"), dict) else {}
+                self._stop_reason = delta.get("stop_reason", self._stop_reason)
+                if isinstance(payload.get("usage"), dict):
+                    merge_usage(self._usage, payload["usage"])
+            elif event.name == "message_stop":
+                self._finish(out)
+            elif event.name == "error":
+                error = payload.get("error") if isinstance(payload.get("error"), dict) else {}
+                out += self.error(str(error.get("type") or "api_error"), str(error.get("message") or "upstream error"))
+        return bytes(out)
+
+    def _block_start(self, out: bytearray, payload: Dict[str, Any]) -> None:
+        index = payload.get("index")
+        block = payload.get("content_block") if isinstance(payload.get("content_block"), dict) else {}
+        kind = block.get("type")
+        if not _is_int(index) or index in self._blocks:
+            return
+        if kind != "text":
+            self._close_message(out)
+        if kind == "text":
+            if self._message is None:
+                item_id = _responses_item_id("msg")
+                self._message = {"id": item_id, "parts": [], "open": 0,
+                                 "index": self._add_item(out, _responses_message_item(item_id, [], "in_progress"))}
+            message = self._message
+            state = {"kind": "text", "pieces": [], "content_index": len(message["parts"]) + message["open"]}
+            message["open"] += 1
+            self._emit(out, "response.content_part.added", {
+                "item_id": message["id"], "output_index": message["index"], "content_index": state["content_index"],
+                "part": _responses_text_part("")})
+            self._blocks[index] = state
+            if isinstance(block.get("text"), str) and block["text"]:
+                self._text(out, state, block["text"])
+        elif kind in ("thinking", "redacted_thinking"):
+            item_id = _responses_item_id("rs")
+            state = {"kind": kind, "id": item_id, "pieces": [], "signature": [], "part": False,
+                     "data": str(block.get("data") or "")}
+            if isinstance(block.get("signature"), str):
+                state["signature"].append(block["signature"])
+            state["index"] = self._add_item(out, {"type": "reasoning", "id": item_id, "summary": []})
+            self._blocks[index] = state
+            if kind == "thinking" and isinstance(block.get("thinking"), str) and block["thinking"]:
+                self._thinking(out, state, block["thinking"])
+        elif kind == "tool_use":
+            name = str(block.get("name") or "")
+            call_id = str(block.get("id") or new_tool_id())
+            item_id = _responses_call_item_id(name, self.tools)
+            start = _responses_call_item(call_id, name, "", item_id, self.tools)
+            start["status"] = "in_progress"
+            given = block.get("input")
+            state = {"kind": "tool", "id": item_id, "call_id": call_id, "name": name, "pieces": [],
+                     "custom": start["type"] == "custom_tool_call",
+                     "given": json.dumps(given, ensure_ascii=False) if isinstance(given, dict) and given else ""}
+            state["index"] = self._add_item(out, start)
+            self._blocks[index] = state
+        else:
+            self._blocks[index] = {"kind": "other"}  # server tools' blocks: agproxy offers none
+
+    def _block_delta(self, out: bytearray, payload: Dict[str, Any]) -> None:
+        state = self._blocks.get(payload.get("index"))  # type: ignore[arg-type]
+        delta = payload.get("delta") if isinstance(payload.get("delta"), dict) else {}
+        if state is None:
+            return
+        kind = delta.get("type")
+        if kind == "text_delta" and state["kind"] == "text" and isinstance(delta.get("text"), str):
+            self._text(out, state, delta["text"])
+        elif kind == "thinking_delta" and state["kind"] == "thinking" and isinstance(delta.get("thinking"), str):
+            self._thinking(out, state, delta["thinking"])
+        elif kind == "signature_delta" and state["kind"] == "thinking" and isinstance(delta.get("signature"), str):
+            state["signature"].append(delta["signature"])
+        elif kind == "input_json_delta" and state["kind"] == "tool" and isinstance(delta.get("partial_json"), str):
+            text = delta["partial_json"]
+            if text:
+                state["pieces"].append(text)
+                if not state["custom"]:
+                    self._emit(out, "response.function_call_arguments.delta", {
+                        "item_id": state["id"], "output_index": state["index"], "delta": text})
+
+    def _text(self, out: bytearray, state: Dict[str, Any], text: str) -> None:
+        if not text or self._message is None:
+            return
+        state["pieces"].append(text)
+        self._emit(out, "response.output_text.delta", {
+            "item_id": self._message["id"], "output_index": self._message["index"],
+            "content_index": state["content_index"], "delta": text, "logprobs": []})
+
+    def _thinking(self, out: bytearray, state: Dict[str, Any], text: str) -> None:
+        if not text:
+            return
+        where = {"item_id": state["id"], "output_index": state["index"], "summary_index": 0}
+        if not state["part"]:
+            state["part"] = True
+            self._emit(out, "response.reasoning_summary_part.added",
+                       dict(where, part={"type": "summary_text", "text": ""}))
+        state["pieces"].append(text)
+        self._thinking_tokens += estimate_text_tokens(text)
+        self._emit(out, "response.reasoning_summary_text.delta", dict(where, delta=text))
+
+    def _block_stop(self, out: bytearray, state: Dict[str, Any]) -> None:
+        kind = state["kind"]
+        if kind == "text":
+            message = self._message
+            if message is None:
+                return
+            text = "".join(state["pieces"])
+            where = {"item_id": message["id"], "output_index": message["index"],
+                     "content_index": state["content_index"]}
+            self._emit(out, "response.output_text.done", dict(where, text=text, logprobs=[]))
+            part = _responses_text_part(text)
+            self._emit(out, "response.content_part.done", dict(where, part=part))
+            message["parts"].append(part)
+            message["open"] -= 1
+        elif kind in ("thinking", "redacted_thinking"):
+            text = "".join(state["pieces"])
+            if state["part"]:
+                where = {"item_id": state["id"], "output_index": state["index"], "summary_index": 0}
+                self._emit(out, "response.reasoning_summary_text.done", dict(where, text=text))
+                self._emit(out, "response.reasoning_summary_part.done",
+                           dict(where, part={"type": "summary_text", "text": text}))
+            block = {"type": "redacted_thinking", "data": state["data"]} if kind == "redacted_thinking" else \
+                {"type": "thinking", "thinking": text, "signature": "".join(state["signature"])}
+            self._done_item(out, state["index"], _responses_reasoning_item(block, state["id"]))
+        elif kind == "tool":
+            arguments = "".join(state["pieces"]) or state["given"] or "{}"
+            where = {"item_id": state["id"], "output_index": state["index"]}
+            item = _responses_call_item(state["call_id"], state["name"], arguments, state["id"], self.tools)
+            if state["custom"]:
+                if item["input"]:
+                    self._emit(out, "response.custom_tool_call_input.delta", dict(where, delta=item["input"]))
+                self._emit(out, "response.custom_tool_call_input.done", dict(where, input=item["input"]))
+            else:
+                if not state["pieces"]:  # the deltas add up to the arguments done says
+                    self._emit(out, "response.function_call_arguments.delta", dict(where, delta=arguments))
+                self._emit(out, "response.function_call_arguments.done",
+                           dict(where, name=item["name"], arguments=arguments))
+            self._done_item(out, state["index"], item)
+
+    def _close_message(self, out: bytearray) -> None:
+        """End the open message item (its text blocks still open ended first)."""
+        if self._message is None:
+            return
+        for index in [i for i, s in self._blocks.items() if s["kind"] == "text"]:
+            self._block_stop(out, self._blocks.pop(index))
+        message, self._message = self._message, None
+        self._done_item(out, message["index"], _responses_message_item(message["id"], message["parts"], "completed"))
+
+    def _finish(self, out: bytearray) -> None:
+        for index in sorted(self._blocks):
+            if self._blocks[index]["kind"] != "text":
+                self._block_stop(out, self._blocks.pop(index))
+        self._close_message(out)
+        self._blocks.clear()
+        status, incomplete = _responses_end(self._stop_reason)
+        response = self._response(status)
+        response["incomplete_details"] = incomplete
+        response["usage"] = _responses_usage(self._usage, self._thinking_tokens)
+        self._emit(out, f"response.{status}", {"response": response})
+        self.finished = True
+
+    def ping(self) -> bytes:
+        """A keep-alive the client skips: an SSE comment (Codex's and the SDK's parsers ignore it)."""
+        return b"" if self.finished else b": keep-alive\n\n"
+
+    def error(self, error_type: str, message: str) -> bytes:
+        """How a stream that broke after it began ends: ``response.failed`` with the error in
+        OpenAI's words (its ``code`` tells Codex whether to retry); nothing more is encoded after it."""
+        if self.finished:
+            return b""
+        out = bytearray()
+        self._start(out)
+        response = self._response("failed")
+        failure = _responses_error(error_type, message)
+        response["error"] = {"code": failure["code"] or failure["type"], "message": message}
+        response["usage"] = _responses_usage(self._usage, self._thinking_tokens)
+        self._emit(out, "response.failed", {"response": response})
+        self.finished = True
+        return bytes(out)
+
 
 # -- client dialect: Gemini generateContent -----------------------------------------------------------
 
