@@ -6416,12 +6416,15 @@ def responses_error_body(status: int, error_type: str, message: str) -> Dict[str
 
 def _responses_usage(usage: Dict[str, Any], reasoning_tokens: int) -> Dict[str, Any]:
     """Anthropic usage as the Responses API's: its input counts the cache's tokens too, the read
-    ones as ``cached_tokens``; ``reasoning_tokens`` is an estimate from the thinking's text, since
-    Anthropic counts thinking within ``output_tokens`` without saying how much."""
+    ones as ``cached_tokens``, the written ones as ``cache_write_tokens``; ``reasoning_tokens`` is
+    an estimate from the thinking's text, since Anthropic counts thinking within ``output_tokens``
+    without saying how much."""
     read = _token_count(usage.get("cache_read_input_tokens"))
-    total_in = _token_count(usage.get("input_tokens")) + read + _token_count(usage.get("cache_creation_input_tokens"))
+    written = _token_count(usage.get("cache_creation_input_tokens"))
+    total_in = _token_count(usage.get("input_tokens")) + read + written
     total_out = _token_count(usage.get("output_tokens"))
-    return {"input_tokens": total_in, "input_tokens_details": {"cached_tokens": read}, "output_tokens": total_out,
+    return {"input_tokens": total_in, "input_tokens_details": {"cached_tokens": read, "cache_write_tokens": written},
+            "output_tokens": total_out,
             "output_tokens_details": {"reasoning_tokens": min(reasoning_tokens, total_out)},
             "total_tokens": total_in + total_out}
 
