@@ -6269,8 +6269,10 @@ def _responses_item(item: Any, where: str, turns: _ResponsesTurns, changes: Dict
     elif kind in ("function_call_output", "custom_tool_call_output"):
         call_id = _responses_call_id(item, where)
         output = item.get("output")
-        result: Dict[str, Any] = {"type": "tool_result", "tool_use_id": call_id,
-                                  "content": _responses_parts(output, f"{where}.output")}
+        result: Dict[str, Any] = {"type": "tool_result", "tool_use_id": call_id}
+        content = output if isinstance(output, str) else _responses_parts(output, f"{where}.output")
+        if content:  # an empty output is a result without content (Anthropic refuses an empty text)
+            result["content"] = content
         if item.get("status") == "incomplete":
             result["is_error"] = True
         turns.add("user", [result])
@@ -6377,7 +6379,10 @@ def _responses_reasoning(reasoning: Any, out: Dict[str, Any]) -> None:
         out["thinking"] = {"type": "enabled", "budget_tokens": budget}
 
 
-#: OpenAI's words (``type``, ``code``) for each Anthropic error type agproxy answers with.
+#: OpenAI's words (``type``, ``code``) for each Anthropic error type agproxy answers with. An
+#: overload is said as ``server_error``, not OpenAI's ``server_is_overloaded``: Codex 0.171.0 takes
+#: that one as final ("Selected model is at capacity") and stops, while it retries a server_error
+#: (5 times, observed), and an Anthropic overload clears in seconds.
 _RESPONSES_ERRORS = {
     "invalid_request_error": ("invalid_request_error", None),
     "request_too_large": ("invalid_request_error", "request_too_large"),
@@ -6387,7 +6392,7 @@ _RESPONSES_ERRORS = {
     "billing_error": ("insufficient_quota", "insufficient_quota"),
     "rate_limit_error": ("requests", "rate_limit_exceeded"),
     "api_error": ("server_error", "server_error"),
-    "overloaded_error": ("server_error", "server_is_overloaded"),
+    "overloaded_error": ("server_error", "server_error"),
 }
 #: An upstream's words for a prompt larger than the model's window (Anthropic's, OpenAI-compatible
 #: servers', Gemini's): said to the client with OpenAI's code for it, ``context_length_exceeded``.
