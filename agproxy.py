@@ -6347,6 +6347,11 @@ def responses_request_to_anthropic(body: Dict[str, Any], changes: Optional[Dict[
             out["tools"] = tools
             out["tool_choice"] = choice
     _responses_reasoning(body.get("reasoning"), out)
+    if "thinking" in out and _responses_loop_without_thinking(turns.messages):
+        # Anthropic refuses thinking on in a tool loop whose call came without it (its reasoning
+        # item made elsewhere, or thinking off at that turn): thinking waits for the next user turn
+        del out["thinking"]
+        _count(changes, "responses_thinking_off_in_tool_loop")
     for key in ("temperature", "top_p"):
         if body.get(key) is not None:
             _expect(_is_number(body[key]), key, "must be a number")
@@ -6362,6 +6367,17 @@ def responses_request_to_anthropic(body: Dict[str, Any], changes: Optional[Dict[
         out["metadata"] = {"user_id": user[:256]}
     validate_messages_request(out)
     return out
+
+
+def _responses_loop_without_thinking(messages: List[Dict[str, Any]]) -> bool:
+    """True when the conversation ends in a tool loop (an assistant turn with calls, then their
+    results) whose assistant turn does not open with a thinking block."""
+    if len(messages) < 2 or messages[-1]["role"] != "user":
+        return False
+    if not all(b.get("type") == "tool_result" for b in messages[-1]["content"]):
+        return False
+    blocks = messages[-2]["content"]
+    return blocks[0].get("type") not in ("thinking", "redacted_thinking")
 
 
 def _responses_reasoning(reasoning: Any, out: Dict[str, Any]) -> None:

@@ -313,6 +313,20 @@ def ours(raw: bytes) -> str:
     return agproxy.RESPONSES_REASONING_PREFIX + base64.urlsafe_b64encode(raw).decode()
 
 
+def test_thinking_waits_for_the_next_user_turn_in_a_tool_loop_whose_call_came_without_it() -> None:
+    call = {"type": "function_call", "name": "exec_command", "arguments": "{}", "call_id": "c1"}
+    result = {"type": "function_call_output", "call_id": "c1", "output": "ok"}
+    foreign = {"type": "reasoning", "summary": [], "encrypted_content": "gAAAAB-made-elsewhere"}
+    changes: Dict[str, int] = {}
+    out = responses_request_to_anthropic(codex_request(FIRST_TURN + [foreign, call, result]), changes)
+    assert "thinking" not in out and changes["responses_thinking_off_in_tool_loop"] == 1
+    ours_first = responses_request_to_anthropic(codex_request(FIRST_TURN + [thinking_item("t", "s"), call, result]))
+    assert ours_first["thinking"]["type"] == "enabled"
+    next_turn = responses_request_to_anthropic(codex_request(FIRST_TURN + [foreign, call, result,
+                                                                           message("user", "and now?")]))
+    assert next_turn["thinking"]["type"] == "enabled"
+
+
 @pytest.mark.parametrize("content", [
     None, "", "gAAAAABo-openai", agproxy.RESPONSES_REASONING_PREFIX, agproxy.RESPONSES_REASONING_PREFIX + "!!!",
     ours(b"[1]"), ours(b'{"type":"text","text":"x"}'), ours(b'{"type":"thinking","thinking":1,"signature":""}'),
