@@ -5948,11 +5948,6 @@ RESPONSES_CUSTOM_INPUT = "input"
 _REASONING_JSON_DEPTH = 2
 _RESPONSES_ROLES = ("user", "assistant", "system", "developer")
 _RESPONSES_TEXT_PARTS = ("input_text", "output_text", "text", "summary_text", "reasoning_text")
-#: Tools the upstream would run on the server's side (and the client's own hosted kinds): no
-#: Anthropic upstream of agproxy runs them, so they are left out (counted in ``changes``).
-_RESPONSES_HOSTED_TOOLS = frozenset(("web_search", "web_search_preview", "web_search_2025_08_26", "file_search",
-                                     "computer_use_preview", "computer", "code_interpreter", "image_generation",
-                                     "mcp", "local_shell", "shell", "apply_patch", "tool_search"))
 #: Request fields that ask for state agproxy does not keep.
 _RESPONSES_STATEFUL = {
     "previous_response_id": "agproxy keeps no responses; send the whole conversation in input (with store: "
@@ -6108,8 +6103,9 @@ def _responses_custom_tool(tool: Dict[str, Any], where: str) -> Dict[str, Any]:
 
 def _responses_tools(tools: Any, changes: Dict[str, int]) -> List[Dict[str, Any]]:
     """The request's tools as Anthropic tools: functions as they are, namespaces flattened, custom
-    tools as one-string functions; hosted tools (``web_search`` and the like) are left out and
-    counted in ``changes`` as ``responses_hosted_tool_dropped``."""
+    tools as one-string functions; every other kind is a hosted tool (``web_search``,
+    ``tool_search``, ``file_search``, ``mcp``...) that no upstream of agproxy runs: left out, and
+    counted in ``changes`` as ``responses_hosted_tool_dropped`` (the sanitizer's change counts)."""
     _expect(isinstance(tools, list), "tools", "must be a list")
     out: List[Dict[str, Any]] = []
     seen: Set[str] = set()
@@ -6153,8 +6149,7 @@ def _responses_tools(tools: Any, changes: Dict[str, int]) -> List[Dict[str, Any]
     return out
 
 
-def _responses_tool_choice(choice: Any, names: Set[str], parallel: Any) -> Tuple[Optional[Dict[str, Any]],
-                                                                              Optional[Set[str]]]:
+def _responses_tool_choice(choice: Any, names: Set[str], parallel: Any) -> Tuple[Dict[str, Any], Optional[Set[str]]]:
     """``tool_choice`` (and ``parallel_tool_calls``) as Anthropic's, and the tool names an
     ``allowed_tools`` choice keeps (None: all)."""
     _expect(parallel is None or isinstance(parallel, bool), "parallel_tool_calls", "must be true or false")
