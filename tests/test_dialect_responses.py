@@ -696,3 +696,26 @@ def test_real_upstream_streams_reach_a_responses_client_whole(name: str) -> None
     assert summaries == expect["thinking"]
     calls = [(i.name, agproxy.parse_tool_arguments(i.arguments)) for i in final.output if i.type == "function_call"]
     assert calls == [(c["name"], c["input"]) for c in expect["tool_calls"]]
+
+
+REAL_GEMINI = Path(__file__).resolve().parent.parent.parent / "shared" / "real-streams-gemini" / "fixtures"
+GEMINI_ANSWERS = sorted(p.stem for p in REAL_GEMINI.glob("*.json")
+                        if json.loads(p.read_text())["kind"] in ("stream", "body")) if REAL_GEMINI.is_dir() else []
+
+
+@pytest.mark.skipif(not GEMINI_ANSWERS, reason="../shared/real-streams-gemini is not here (a user's clone)")
+@pytest.mark.parametrize("name", GEMINI_ANSWERS)
+def test_real_gemini_answers_come_back_through_the_clients_history_unchanged(name: str) -> None:
+    """Gemini's thought signatures ride in thinking blocks: given to a Responses client and sent back
+    in its history, the turn is the one Gemini's answer made, signatures and all."""
+    recording = json.loads((REAL_GEMINI / f"{name}.json").read_text())
+    made = agproxy.gemini_to_anthropic(recording["body"] if recording["kind"] == "body" else recording["chunks"], "m")
+    calls = [b for b in made["content"] if b["type"] == "tool_use"]
+    request = {"model": "m", "tools": [{"type": "function", "name": n} for n in {b["name"] for b in calls}]}
+    response = anthropic_message_to_responses(made, request)
+    assert sdk_response(response).output_text == "".join(b["text"] for b in made["content"] if b["type"] == "text")
+    outputs = [{"type": "function_call_output", "call_id": b["id"], "output": "ok"} for b in calls]
+    history = [message("user", "hi")] + response["output"] + outputs
+    again = responses_request_to_anthropic(dict(request, input=history))
+    kept = [b for b in made["content"] if not (b["type"] == "text" and not b["text"])]
+    assert again["messages"][1:2] == ([{"role": "assistant", "content": kept}] if kept else [])
