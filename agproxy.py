@@ -288,6 +288,8 @@ class ConfigError(AgproxyError):
     """The configuration is unusable; the message names the key and the problem."""
 
 
+#: A client's key shorter than this is warned of (``agproxy keys new`` makes 47 characters).
+MIN_CLIENT_KEY_CHARS = 16
 #: Configured keys shorter than this are not searched for ("none", "EMPTY" and the like are
 #: placeholders, and hiding every such word would mangle answers).
 _MIN_SECRET_CHARS = 8
@@ -669,18 +671,37 @@ class Config:
             return self.auth_mode
         return "off" if is_loopback_host(self.host) and not self.clients else "all_except_health"
 
-    def auth_problem(self) -> Optional[str]:
+    def auth_problems(self) -> List[str]:
         """What is wrong with the keys for the auth mode, said at start and by ``check``: auth on
-        with no key to pass (every protected request gets 401), or clients configured with auth
-        off (their keys are taken when sent, but a request without one is served past their models
-        and limits, and reaches agproxy's own routes)."""
-        mode = self.effective_auth_mode()
+        with no key to pass (every protected request gets 401); clients with auth off (their keys
+        are taken when sent, but a request without one is served past their models and limits, and
+        reaches agproxy's own routes); clients with auth on and no admin key (no key reaches
+        agproxy's own routes); a client's key too short to be one."""
+        mode, problems = self.effective_auth_mode(), []
         if mode != "off" and not self.api_key and not self.clients:
-            return f"auth_mode is {mode} but api_key is empty (and no clients): every protected request gets 401"
+            problems.append(f"auth_mode is {mode} but api_key is empty (and no clients): every protected request "
+                            "gets 401")
         if mode == "off" and self.clients:
-            return ("auth_mode is off but clients are configured: a request without a client's key is served "
-                    "anonymously, past every client's models and limits; set auth_mode to all_except_health")
-        return None
+            problems.append("auth_mode is off but clients are configured: a request without a client's key is served "
+                            "anonymously, past every client's models and limits; set auth_mode to all_except_health")
+        if mode != "off" and self.clients and not self.admin_api_key and not self.api_key:
+            problems.append("clients are configured but neither admin_api_key nor api_key: no key reaches agproxy's "
+                            "own routes (usage, status page data, reload, metrics); set admin_api_key")
+        for client in self.clients:
+            if client.api_key and len(client.api_key) < MIN_CLIENT_KEY_CHARS:
+                problems.append(f"client {client.name!r}: its key is shorter than {MIN_CLIENT_KEY_CHARS} characters, "
+                                "easy to guess and not hidden where it is echoed; `agproxy keys new` makes one")
+        return problems
+
+    def auth_summary(self) -> str:
+        """One line on who may do what, for the start-up log."""
+        mode = self.effective_auth_mode()
+        if mode == "off":
+            return "auth: off (no key needed)" + (f"; {len(self.clients)} client key(s) named when sent"
+                                                  if self.clients else "")
+        admin = "admin_api_key" if self.admin_api_key else "api_key" if self.api_key else "none"
+        return (f"auth: {mode}; api_key {'set' if self.api_key else 'not set'}, {len(self.clients)} client key(s), "
+                f"admin key for agproxy's own routes: {admin}")
 
 
 _LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback")
@@ -8152,7 +8173,8 @@ def permitted_route(config: Config, caller: Caller, model: str) -> Route:
     client = caller.client
     if client is not None and not client.may_use(model):
         raise PermissionDenied(f"client {client.name!r} may not use model {model[:200]!r} (its models: "
-                               f"{', '.join(client.models)[:300]})")
+                               f"{', '.join(client.models)[:300]}; ask for one of those: in Claude Code, --model "
+                               "NAME or ANTHROPIC_MODEL)")
     route = route_model(config, model)
     if client is None or not client.upstreams:
         return route
@@ -8279,8 +8301,9 @@ class FrontDoor:
         keys = presented_keys(request)
         if not keys:
             if required:
-                raise AuthenticationFailed("missing API key: send agproxy's api_key as x-api-key or Authorization: "
-                                           "Bearer")
+                whose = "your own key (a client's, from whoever runs agproxy) or agproxy's api_key" \
+                    if config.clients else "agproxy's api_key"
+                raise AuthenticationFailed(f"missing API key: send {whose} as x-api-key or Authorization: Bearer")
             return Caller()
         admin_key = config.admin_api_key or config.api_key
         admin = key_matches(admin_key, keys)
@@ -8294,8 +8317,9 @@ class FrontDoor:
         client = matched[0] if matched else None
         if client is None and not known:
             if required:
-                raise AuthenticationFailed("invalid API key for agproxy (it is agproxy's api_key or a client's, not "
-                                           "an upstream's key)")
+                raise AuthenticationFailed("invalid API key for agproxy: it is neither agproxy's api_key nor a "
+                                           "client's (a client removed from the config is refused too; an upstream's "
+                                           "key is not agproxy's)")
             return Caller()
         return Caller(client, admin)
 
@@ -10606,8 +10630,9 @@ border-bottom:1px solid var(--line)}#rows tr:last-child{border:0}#rows td{border
 <span id="updated">connecting…</span><button id="forget" hidden>Forget key</button></div></header>
 <main>
 <section class="card" id="keycard" hidden><h2>agproxy's key</h2><div>This agproxy has auth on: enter its
-<code>api_key</code> to see its status. It is kept in this tab only and sent as a header.</div>
-<form id="keyform"><input id="key" type="password" autocomplete="off" placeholder="api_key" aria-label="api_key">
+admin key (<code>admin_api_key</code>, or <code>api_key</code> where there is none) to see its status. It is
+kept in this tab only and sent as a header.</div>
+<form id="keyform"><input id="key" type="password" autocomplete="off" placeholder="admin key" aria-label="admin key">
 <button class="primary">Show status</button></form><div id="keynote"></div></section>
 <div class="tiles" id="tiles" hidden>
 <div class="card tile"><div class="l">Uptime</div><div class="v" id="uptime">–</div><div class="s"
@@ -10692,9 +10717,10 @@ async function poll() {
   } catch (e) {
     failing = "agproxy is not answering"; tick(); timer = setTimeout(poll, POLL_MS); return;
   }
-  if (r.status === 401) {
+  if (r.status === 401 || (r.status === 403 && key)) {
     if (key) sessionStorage.removeItem(KEY);
-    ask(key ? "agproxy refused that key." : ""); key = ""; return;
+    ask(r.status === 403 ? "That key is not agproxy's admin key (a client's key shows no status)." :
+        key ? "agproxy refused that key." : ""); key = ""; return;
   }
   if (!r.ok) {
     let words = "HTTP " + r.status;
@@ -11317,8 +11343,7 @@ class ClientLimits:
         if reserve:
             self._reserved[name] = self._reserved.get(name, 0) + reserve
         self._places[request_id] = (name, reserve)
-        if current.requests_per_minute:
-            self._windows.setdefault(name, collections.deque()).append(now)
+        self._windows.setdefault(name, collections.deque()).append(now)  # /me counts it, with a limit or not
 
     def _check_budgets(self, client: Client, now: float) -> Optional[Tuple[str, str]]:
         """Refuse a request of a client whose day's tokens are spent, or whose minute window is
@@ -11838,8 +11863,7 @@ async def check_upstreams(config: Config, out: Callable[[str], None], redactor: 
     client = UpstreamClient()
     redactor = redactor or Redactor(config.secrets(dict(os.environ)))
     healthy = True
-    problem = config.auth_problem()
-    if problem:
+    for problem in config.auth_problems():
         verdict = "WARN" if config.clients else "FAIL"
         out(f"{verdict}  config: {problem}")
         healthy = healthy and verdict != "FAIL"
@@ -12146,6 +12170,9 @@ def _keys_command(argv: List[str]) -> int:
         print(f"key for {args.name} (shown once; agproxy keeps only its SHA-256):\n{key}\n")
         print("add to \"clients\" in agproxy's config:")
         print(json.dumps({"name": args.name, "api_key_sha256": key_sha256(key)}))
+        print(f"\nand give {args.name} the key, to run Claude Code as (HOST:PORT is agproxy's; other clients take the "
+              "key as their API key):")
+        print("ANTHROPIC_BASE_URL=http://HOST:PORT ANTHROPIC_AUTH_TOKEN=<the key above> claude")
         return 0
     try:
         config = load_config(args.config, {}, unset_as_placeholder=True)
@@ -12210,8 +12237,8 @@ def log_startup(config: Config) -> None:
         problem = ADAPTERS[upstream.kind].base_url_problem(upstream)
         if problem:
             log.warning("upstream %s: %s", upstream.name, problem)
-    problem = config.auth_problem()
-    if problem:
+    log.info("%s", config.auth_summary())
+    for problem in config.auth_problems():
         log.warning("%s", problem)
 
 
