@@ -6192,7 +6192,7 @@ def _chat_thinking_budget(body: Dict[str, Any], limit: Optional[int]) -> Optiona
     effort = body.get("reasoning_effort")
     if effort is None or effort == "none":
         return None
-    _expect(effort in _CHAT_THINKING_BUDGETS, "reasoning_effort",
+    _expect(isinstance(effort, str) and effort in _CHAT_THINKING_BUDGETS, "reasoning_effort",
             f"must be one of none, {', '.join(_CHAT_THINKING_BUDGETS)}, got {str(effort)[:40]!r}")
     budget = _CHAT_THINKING_BUDGETS[effort]
     if limit is not None:
@@ -6415,7 +6415,7 @@ class ChatStreamEncoder:
             self._delta(data, out)
         elif name == "content_block_stop":
             index = data.get("index")
-            if index in self._arguments and not self._arguments.pop(index):
+            if _is_int(index) and index in self._arguments and not self._arguments.pop(index):
                 out.append(self._call_piece(index, {"arguments": "{}"}))
         elif name == "message_delta":
             if isinstance(data.get("usage"), dict):
@@ -6463,7 +6463,8 @@ class ChatStreamEncoder:
             out.append(self._chunk({"content": str(delta["text"])}))
         elif kind == "thinking_delta" and delta.get("thinking"):
             out.append(self._chunk({"reasoning_content": str(delta["thinking"])}))
-        elif kind == "input_json_delta" and delta.get("partial_json") and data.get("index") in self._calls:
+        elif kind == "input_json_delta" and delta.get("partial_json") and _is_int(data.get("index")) \
+                and data["index"] in self._calls:
             self._arguments[data["index"]] = True
             out.append(self._call_piece(data["index"], {"arguments": str(delta["partial_json"])}))
 
