@@ -6001,8 +6001,10 @@ def chat_request_to_anthropic(body: Dict[str, Any]) -> Dict[str, Any]:
         out["system"] = system
     limit = _chat_max_tokens(body)
     thinking_budget = _chat_thinking_budget(body, limit)
-    out["max_tokens"] = limit if limit is not None else CHAT_DEFAULT_MAX_TOKENS + (thinking_budget or 0)
-    _chat_sampling(body, out, thinking_budget is not None)
+    if thinking_budget is not None and _in_tool_loop(messages):
+        # Anthropic wants the thinking block that opened the tool calls answered here, and a Chat
+        # client sends none back (nor its signature): this turn goes without thinking
+        thinking_budget = None
     tools = _chat_tools(body.get("tools"))
     if tools:
         out["tools"] = tools
@@ -6017,6 +6019,8 @@ def chat_request_to_anthropic(body: Dict[str, Any]) -> Dict[str, Any]:
             thinking_budget = None  # Anthropic refuses thinking with a forced tool call
     if thinking_budget is not None:
         out["thinking"] = {"type": "enabled", "budget_tokens": thinking_budget}
+    out["max_tokens"] = limit if limit is not None else CHAT_DEFAULT_MAX_TOKENS + (thinking_budget or 0)
+    _chat_sampling(body, out, thinking_budget is not None)
     schema = _chat_response_format(body.get("response_format"))
     if schema is not None:
         out["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
@@ -6069,6 +6073,8 @@ def _chat_messages(messages: Any) -> Tuple[str, List[Dict[str, Any]]]:
                                                        "content": inner}]})
         else:
             blocks = _chat_parts(content, f"{at}.content", ("text", "refusal"), nullable=True)
+            if not blocks and isinstance(message.get("refusal"), str) and message["refusal"]:
+                blocks = [{"type": "text", "text": message["refusal"]}]  # a refusal the model wrote
             blocks += _chat_tool_calls(message.get("tool_calls"), f"{at}.tool_calls")
             if blocks:  # reasoning_content is left out: a thinking block without its signature is refused
                 turns.append({"role": "assistant", "content": blocks})
@@ -6080,6 +6086,12 @@ def _chat_messages(messages: Any) -> Tuple[str, List[Dict[str, Any]]]:
         turn["content"] = ([b for b in turn["content"] if b["type"] == "tool_result"]
                            + [b for b in turn["content"] if b["type"] != "tool_result"])
     return "\n\n".join(system), merged
+
+
+def _in_tool_loop(messages: List[Dict[str, Any]]) -> bool:
+    """Whether the conversation ends with tool results (the model's turn goes on after its calls)."""
+    last = messages[-1]["content"]
+    return isinstance(last, list) and any(block["type"] == "tool_result" for block in last)
 
 
 def _chat_parts(content: Any, at: str, kinds: Sequence[str], nullable: bool = False) -> List[Dict[str, Any]]:
@@ -6202,7 +6214,7 @@ def _chat_thinking_budget(body: Dict[str, Any], limit: Optional[int]) -> Optiona
 
 def _chat_sampling(body: Dict[str, Any], out: Dict[str, Any], thinking: bool) -> None:
     """temperature (OpenAI's 0 to 2, within Anthropic's 0 to 1), top_p, top_k and stop, checked;
-    with thinking, temperature and top_p are left out (Anthropic refuses them with thinking)."""
+    with thinking, temperature, top_k and a top_p under 0.95 are left out (Anthropic refuses them)."""
     temperature, top_p, top_k = body.get("temperature"), body.get("top_p"), body.get("top_k")
     if temperature is not None:
         _expect(_is_number(temperature) and 0 <= temperature <= 2, "temperature", "must be a number from 0 to 2")
@@ -6210,11 +6222,12 @@ def _chat_sampling(body: Dict[str, Any], out: Dict[str, Any], thinking: bool) ->
             out["temperature"] = min(temperature, 1)
     if top_p is not None:
         _expect(_is_number(top_p) and 0 <= top_p <= 1, "top_p", "must be a number from 0 to 1")
-        if not thinking:
+        if not thinking or top_p >= 0.95:
             out["top_p"] = top_p
     if top_k is not None:  # not OpenAI's, but vLLM's and others'
         _expect(_is_int(top_k) and top_k >= 0, "top_k", "must be a non-negative integer")
-        out["top_k"] = top_k
+        if not thinking:
+            out["top_k"] = top_k
     stop = body.get("stop")
     if isinstance(stop, str):
         stop = [stop]

@@ -195,6 +195,33 @@ def test_a_forced_tool_call_goes_without_thinking() -> None:
     assert "thinking" not in out and out["tool_choice"] == {"type": "any"}
 
 
+def test_a_turn_that_answers_tool_calls_goes_without_thinking() -> None:
+    loop = [{"role": "user", "content": "list"},
+            {"role": "assistant", "tool_calls": [{"id": "c", "type": "function",
+                                                  "function": {"name": "f", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "c", "content": "a.txt"}]
+    tools = [{"type": "function", "function": {"name": "f"}}]
+    out = request(loop, reasoning_effort="high", tools=tools, temperature=0.5)
+    assert "thinking" not in out and out["temperature"] == 0.5
+    assert out["max_tokens"] == agproxy.CHAT_DEFAULT_MAX_TOKENS
+    after = request(loop + [{"role": "assistant", "content": "Done."}, {"role": "user", "content": "next"}],
+                    reasoning_effort="high", tools=tools)
+    assert after["thinking"] == {"type": "enabled", "budget_tokens": 24576}
+
+
+def test_with_thinking_only_a_top_p_anthropic_takes_is_kept() -> None:
+    out = request([{"role": "user", "content": "x"}], reasoning_effort="low", top_p=0.97, top_k=40)
+    assert out["top_p"] == 0.97 and "top_k" not in out
+    assert "top_p" not in request([{"role": "user", "content": "x"}], reasoning_effort="low", top_p=0.5)
+
+
+def test_a_refusal_in_the_history_is_carried_as_text() -> None:
+    out = request([{"role": "user", "content": "x"},
+                   {"role": "assistant", "content": None, "refusal": "I can't help with that."},
+                   {"role": "user", "content": "ok"}])
+    assert out["messages"][1]["content"] == [{"type": "text", "text": "I can't help with that."}]
+
+
 def test_sampling_stop_stream_user_and_unknown_fields() -> None:
     out = request([{"role": "user", "content": "x"}], temperature=1.7, top_p=0.5, stop="END", stream=True,
                   stream_options={"include_usage": True}, user="u-1", seed=7, logprobs=False, store=False,
