@@ -5976,6 +5976,535 @@ def gemini_to_anthropic(answer: Any, model: str, on_signature: Optional[Callable
 
 # -- client dialect: OpenAI Chat Completions ----------------------------------------------------------
 
+#: The answer length a Chat Completions request gets when it names none (OpenAI's default is the
+#: model's whole output, which the internal form cannot leave open): what every Claude model can
+#: write, Claude 3.5 Haiku's maximum being the smallest. A request that thinks gets its budget on top.
+CHAT_DEFAULT_MAX_TOKENS = 8192
+#: ``reasoning_effort`` as a thinking budget in tokens: the inverse of the mapping that
+#: :func:`anthropic_to_openai` applies (under 4096 low, under 16384 medium), and Gemini's budgets.
+_CHAT_THINKING_BUDGETS = {"minimal": _MIN_THINKING_BUDGET, "low": 2048, "medium": 8192, "high": 24576,
+                          "xhigh": 32768}
+#: Image types Anthropic takes in a base64 image block.
+_CHAT_IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
+_DATA_URL = re.compile(r"data:([\w.+-]+/[\w.+-]+)((?:;[^;,]*)*?);base64,(.*)\Z", re.DOTALL)
+_CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
+#: Anthropic's stop reasons as Chat Completions finish reasons (a server tool's pause ends the turn).
+_CHAT_FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "pause_turn": "stop", "max_tokens": "length",
+                        "model_context_window_exceeded": "length", "tool_use": "tool_calls",
+                        "refusal": "content_filter"}
+#: agproxy's (Anthropic's) error types as OpenAI's: a client keys on the status, a few on these
+#: (``insufficient_quota`` means "do not retry" to the OpenAI Agents SDK and LiteLLM).
+_CHAT_ERROR_TYPES = {"api_error": "server_error", "overloaded_error": "server_error", "timeout_error": "server_error",
+                     "billing_error": "insufficient_quota", "request_too_large": "invalid_request_error"}
+_CHAT_ERROR_CODES = {"authentication_error": "invalid_api_key", "rate_limit_error": "rate_limit_exceeded",
+                     "billing_error": "insufficient_quota", "request_too_large": "request_too_large",
+                     "overloaded_error": "overloaded"}
+#: A request field a message of :func:`chat_request_to_anthropic` opens with (OpenAI's ``param``).
+_CHAT_PARAM = re.compile(r"([A-Za-z_]\w*(?:\[\d+\]|\.\w+)*): ")
+
+
+def chat_request_to_anthropic(body: Dict[str, Any]) -> Dict[str, Any]:
+    """A Chat Completions request (``POST /v1/chat/completions``) as the internal Anthropic
+    Messages request. System and developer messages become the system prompt; tool messages
+    become tool_result blocks of a user turn; consecutive turns of one role are merged, results
+    first. What cannot be carried (``n`` other than 1, audio, a file by id, an unknown role or tool
+    type) is an :class:`InvalidRequest` naming the field in the client's words; fields the
+    internal form has no use for (``seed``, ``logprobs``, ``store``, ...) are ignored, as
+    OpenAI-compatible servers do. The stream's options are read by :func:`chat_include_usage`."""
+    model = body.get("model")
+    _expect(isinstance(model, str) and 0 < len(model) <= MAX_MODEL_CHARS, "model",
+            f"must be a non-empty string of at most {MAX_MODEL_CHARS} characters")
+    n = body.get("n")
+    _expect(n is None or n == 1 and _is_int(n), "n", f"only 1 choice per request is supported, got {n!r}")
+    system, messages = _chat_messages(body.get("messages"))
+    out: Dict[str, Any] = {"model": model, "messages": messages}
+    if system:
+        out["system"] = system
+    limit = _chat_max_tokens(body)
+    thinking_budget = _chat_thinking_budget(body, limit)
+    if thinking_budget is not None and _in_tool_loop(messages):
+        # Anthropic wants the thinking block that opened the tool calls answered here, and a Chat
+        # client sends none back (nor its signature): this turn goes without thinking
+        thinking_budget = None
+    tools = _chat_tools(body.get("tools"))
+    if tools:
+        out["tools"] = tools
+        choice = _chat_tool_choice(body.get("tool_choice"), [t["name"] for t in tools])
+        parallel = body.get("parallel_tool_calls")
+        _expect(parallel is None or isinstance(parallel, bool), "parallel_tool_calls", "must be true or false")
+        if parallel is False and choice.get("type") != "none":
+            choice["disable_parallel_tool_use"] = True
+        if choice != {"type": "auto"}:
+            out["tool_choice"] = choice
+        if choice.get("type") in ("any", "tool"):
+            thinking_budget = None  # Anthropic refuses thinking with a forced tool call
+    if thinking_budget is not None:
+        out["thinking"] = {"type": "enabled", "budget_tokens": thinking_budget}
+    out["max_tokens"] = limit if limit is not None else CHAT_DEFAULT_MAX_TOKENS + (thinking_budget or 0)
+    _chat_sampling(body, out, thinking_budget is not None)
+    schema = _chat_response_format(body.get("response_format"))
+    if schema is not None:
+        out["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
+    stream = body.get("stream")
+    _expect(stream is None or isinstance(stream, bool), "stream", "must be true or false")
+    out["stream"] = stream is True
+    chat_include_usage(body)
+    user = body.get("user") if body.get("user") is not None else body.get("safety_identifier")
+    if isinstance(user, str) and user:
+        out["metadata"] = {"user_id": user[:256]}
+    return out
+
+
+def chat_include_usage(body: Dict[str, Any]) -> bool:
+    """Whether a Chat Completions request asks for the last chunk of its stream to carry the usage
+    (``stream_options.include_usage``); an :class:`InvalidRequest` for options of the wrong type."""
+    options = body.get("stream_options")
+    if options is None:
+        return False
+    _expect(isinstance(options, dict), "stream_options", "must be an object")
+    include = options.get("include_usage")
+    _expect(include is None or isinstance(include, bool), "stream_options.include_usage", "must be true or false")
+    return include is True
+
+
+def _chat_messages(messages: Any) -> Tuple[str, List[Dict[str, Any]]]:
+    """The system prompt (every system and developer message, in order) and the conversation in
+    strict user/assistant alternation, tool results first in each user turn."""
+    _expect(isinstance(messages, list) and bool(messages), "messages", "must be a non-empty list")
+    system: List[str] = []
+    turns: List[Dict[str, Any]] = []
+    for i, message in enumerate(messages):
+        at = f"messages[{i}]"
+        _expect(isinstance(message, dict), at, "must be an object")
+        role = message.get("role")
+        _expect(role in _CHAT_ROLES, f"{at}.role", f"must be one of {', '.join(_CHAT_ROLES)}, got {role!r}")
+        content = message.get("content")
+        if role in ("system", "developer"):
+            text = "\n".join(b["text"] for b in _chat_parts(content, f"{at}.content", ("text",)))
+            if text:
+                system.append(text)
+        elif role == "user":
+            blocks = _chat_parts(content, f"{at}.content", ("text", "image_url", "file"))
+            turns.append({"role": "user", "content": blocks})
+        elif role == "tool":
+            call_id = message.get("tool_call_id")
+            _expect(isinstance(call_id, str) and bool(call_id), f"{at}.tool_call_id", "must be a non-empty string")
+            inner = _chat_parts(content, f"{at}.content", ("text", "image_url"))
+            turns.append({"role": "user", "content": [{"type": "tool_result", "tool_use_id": call_id,
+                                                       "content": inner}]})
+        else:
+            blocks = _chat_parts(content, f"{at}.content", ("text", "refusal"), nullable=True)
+            if not blocks and isinstance(message.get("refusal"), str) and message["refusal"]:
+                blocks = [{"type": "text", "text": message["refusal"]}]  # a refusal the model wrote
+            blocks += _chat_tool_calls(message.get("tool_calls"), f"{at}.tool_calls")
+            if blocks:  # reasoning_content is left out: a thinking block without its signature is refused
+                turns.append({"role": "assistant", "content": blocks})
+    turns = [turn for turn in turns if turn["content"]]
+    if not turns:  # only system messages: OpenAI answers them, Anthropic needs a user turn
+        return "", [{"role": "user", "content": "\n\n".join(system) or "."}]
+    merged = _merge_same_role(turns, {})
+    for turn in merged:  # a user turn's tool results go first, as Anthropic requires
+        turn["content"] = ([b for b in turn["content"] if b["type"] == "tool_result"]
+                           + [b for b in turn["content"] if b["type"] != "tool_result"])
+    return "\n\n".join(system), merged
+
+
+def _in_tool_loop(messages: List[Dict[str, Any]]) -> bool:
+    """Whether the conversation ends with tool results (the model's turn goes on after its calls)."""
+    last = messages[-1]["content"]
+    return isinstance(last, list) and any(block["type"] == "tool_result" for block in last)
+
+
+def _chat_parts(content: Any, at: str, kinds: Sequence[str], nullable: bool = False) -> List[Dict[str, Any]]:
+    """A message's ``content`` (a string or a list of parts of ``kinds``) as Anthropic blocks;
+    empty text is left out."""
+    if content is None and nullable:
+        return []
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}] if content else []
+    _expect(isinstance(content, list), at, "must be a string or a list of content parts")
+    blocks: List[Dict[str, Any]] = []
+    for j, part in enumerate(content):
+        where = f"{at}[{j}]"
+        _expect(isinstance(part, dict), where, "must be an object")
+        kind = part.get("type")
+        _expect(kind in kinds, f"{where}.type", f"must be one of {', '.join(kinds)} here, got {kind!r}")
+        if kind in ("text", "refusal"):
+            text = part.get(kind)
+            _expect(isinstance(text, str), f"{where}.{kind}", "must be a string")
+            if text:
+                blocks.append({"type": "text", "text": text})
+        elif kind == "image_url":
+            blocks.append(_chat_image(part.get("image_url"), f"{where}.image_url"))
+        else:
+            blocks.append(_chat_file(part.get("file"), f"{where}.file"))
+    return blocks
+
+
+def _chat_image(image: Any, at: str) -> Dict[str, Any]:
+    """An ``image_url`` part as an Anthropic image block: a base64 ``data:`` URL or an http(s) URL."""
+    if isinstance(image, str):  # some clients send the URL itself
+        image = {"url": image}
+    _expect(isinstance(image, dict) and isinstance(image.get("url"), str), f"{at}.url", "must be a string")
+    url = image["url"]
+    if url.startswith(("http://", "https://")):
+        return {"type": "image", "source": {"type": "url", "url": url}}
+    media_type, data = _chat_data_url(url, f"{at}.url")
+    _expect(media_type in _CHAT_IMAGE_TYPES, f"{at}.url",
+            f"image type {media_type[:80]!r} is not supported; use one of {', '.join(_CHAT_IMAGE_TYPES)}")
+    return {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}
+
+
+def _chat_file(file: Any, at: str) -> Dict[str, Any]:
+    """A ``file`` part given inline (``file_data``, a data URL) as a document block: a PDF, or text."""
+    _expect(isinstance(file, dict), at, "must be an object")
+    _expect(file.get("file_id") is None, f"{at}.file_id", "files by id cannot be served here; send file_data")
+    _expect(isinstance(file.get("file_data"), str), f"{at}.file_data", "must be a string (a base64 data URL)")
+    media_type, data = _chat_data_url(file["file_data"], f"{at}.file_data")
+    block: Dict[str, Any]
+    if media_type == "application/pdf":
+        block = {"type": "document", "source": {"type": "base64", "media_type": media_type, "data": data}}
+    elif media_type.startswith("text/"):
+        try:
+            text = base64.b64decode(data, validate=True).decode("utf-8")
+        except ValueError:
+            raise InvalidRequest(f"{at}.file_data: is not base64 of UTF-8 text") from None
+        block = {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": text}}
+    else:
+        raise InvalidRequest(f"{at}.file_data: file type {media_type[:80]!r} is not supported; send a PDF or text")
+    if isinstance(file.get("filename"), str) and file["filename"]:
+        block["title"] = file["filename"][:500]
+    return block
+
+
+def _chat_data_url(url: str, at: str) -> Tuple[str, str]:
+    """The media type and base64 data of a ``data:`` URL."""
+    match = _DATA_URL.match(url)
+    _expect(match is not None, at, "must be an http(s) URL or a base64 data: URL (data:TYPE;base64,...)")
+    assert match is not None
+    return match.group(1).lower(), match.group(3)
+
+
+def _chat_tool_calls(calls: Any, at: str) -> List[Dict[str, Any]]:
+    """An assistant message's ``tool_calls`` as tool_use blocks (arguments parsed, or repaired)."""
+    if calls is None:
+        return []
+    _expect(isinstance(calls, list), at, "must be a list")
+    blocks = []
+    for k, call in enumerate(calls):
+        where = f"{at}[{k}]"
+        _expect(isinstance(call, dict), where, "must be an object")
+        _expect(call.get("type", "function") == "function", f"{where}.type", "must be 'function'")
+        _expect(isinstance(call.get("id"), str) and bool(call["id"]), f"{where}.id", "must be a non-empty string")
+        function = call.get("function")
+        _expect(isinstance(function, dict), f"{where}.function", "must be an object")
+        _expect(isinstance(function.get("name"), str) and bool(function["name"]), f"{where}.function.name",
+                "must be a non-empty string")
+        arguments = function.get("arguments", "")
+        _expect(isinstance(arguments, str), f"{where}.function.arguments", "must be a string (JSON)")
+        blocks.append({"type": "tool_use", "id": call["id"], "name": function["name"],
+                       "input": parse_tool_arguments(arguments)})
+    return blocks
+
+
+def _chat_max_tokens(body: Dict[str, Any]) -> Optional[int]:
+    """The answer's length limit: ``max_completion_tokens``, else the older ``max_tokens``."""
+    for key in ("max_completion_tokens", "max_tokens"):
+        value = body.get(key)
+        if value is not None:
+            _expect(_is_int(value) and 1 <= value <= MAX_OUTPUT_TOKENS, key,
+                    f"must be an integer from 1 to {MAX_OUTPUT_TOKENS}")
+            return value
+    return None
+
+
+def _chat_thinking_budget(body: Dict[str, Any], limit: Optional[int]) -> Optional[int]:
+    """The thinking budget ``reasoning_effort`` asks for (None: no thinking). Within a limit the
+    client set, thinking takes at most half of it (OpenAI counts reasoning in the limit, Anthropic
+    counts thinking in max_tokens), and none when that half is under Anthropic's minimum budget."""
+    effort = body.get("reasoning_effort")
+    if effort is None or effort == "none":
+        return None
+    _expect(isinstance(effort, str) and effort in _CHAT_THINKING_BUDGETS, "reasoning_effort",
+            f"must be one of none, {', '.join(_CHAT_THINKING_BUDGETS)}, got {str(effort)[:40]!r}")
+    budget = _CHAT_THINKING_BUDGETS[effort]
+    if limit is not None:
+        budget = min(budget, limit // 2)
+    return budget if budget >= _MIN_THINKING_BUDGET else None
+
+
+def _chat_sampling(body: Dict[str, Any], out: Dict[str, Any], thinking: bool) -> None:
+    """temperature (OpenAI's 0 to 2, within Anthropic's 0 to 1), top_p, top_k and stop, checked;
+    with thinking, temperature, top_k and a top_p under 0.95 are left out (Anthropic refuses them)."""
+    temperature, top_p, top_k = body.get("temperature"), body.get("top_p"), body.get("top_k")
+    if temperature is not None:
+        _expect(_is_number(temperature) and 0 <= temperature <= 2, "temperature", "must be a number from 0 to 2")
+        if not thinking:
+            out["temperature"] = min(temperature, 1)
+    if top_p is not None:
+        _expect(_is_number(top_p) and 0 <= top_p <= 1, "top_p", "must be a number from 0 to 1")
+        if not thinking or top_p >= 0.95:
+            out["top_p"] = top_p
+    if top_k is not None:  # not OpenAI's, but vLLM's and others'
+        _expect(_is_int(top_k) and top_k >= 0, "top_k", "must be a non-negative integer")
+        if not thinking:
+            out["top_k"] = top_k
+    stop = body.get("stop")
+    if isinstance(stop, str):
+        stop = [stop]
+    if stop is not None:
+        _expect(isinstance(stop, list) and all(isinstance(s, str) for s in stop), "stop",
+                "must be a string or a list of strings")
+        if stop:
+            out["stop_sequences"] = stop
+
+
+def _chat_tools(tools: Any) -> List[Dict[str, Any]]:
+    """Function tools as Anthropic tools (``strict`` is ignored: Anthropic follows the schema)."""
+    if tools is None:
+        return []
+    _expect(isinstance(tools, list), "tools", "must be a list")
+    out = []
+    for i, tool in enumerate(tools):
+        at = f"tools[{i}]"
+        _expect(isinstance(tool, dict), at, "must be an object")
+        _expect(tool.get("type") == "function", f"{at}.type",
+                f"only function tools can be served here, got {str(tool.get('type'))[:40]!r}")
+        function = tool.get("function")
+        _expect(isinstance(function, dict), f"{at}.function", "must be an object")
+        name, description, parameters = function.get("name"), function.get("description"), function.get("parameters")
+        _expect(isinstance(name, str) and bool(name), f"{at}.function.name", "must be a non-empty string")
+        _expect(description is None or isinstance(description, str), f"{at}.function.description",
+                "must be a string")
+        _expect(parameters is None or isinstance(parameters, dict), f"{at}.function.parameters", "must be an object")
+        converted = {"name": name, "input_schema": parameters or {"type": "object", "properties": {}}}
+        if description:
+            converted["description"] = description
+        out.append(converted)
+    return out
+
+
+def _chat_tool_choice(choice: Any, names: Sequence[str]) -> Dict[str, Any]:
+    """``tool_choice`` (none, auto, required, or a named function) as Anthropic's."""
+    if choice is None or choice == "auto":
+        return {"type": "auto"}
+    if choice == "none":
+        return {"type": "none"}
+    if choice == "required":
+        return {"type": "any"}
+    _expect(isinstance(choice, dict) and choice.get("type") == "function", "tool_choice",
+            "must be none, auto, required or {\"type\": \"function\", \"function\": {\"name\": ...}}")
+    function = choice.get("function")
+    name = function.get("name") if isinstance(function, dict) else None
+    _expect(name in names, "tool_choice.function.name", f"must name one of the tools, got {str(name)[:80]!r}")
+    return {"type": "tool", "name": name}
+
+
+def _chat_response_format(response_format: Any) -> Optional[Dict[str, Any]]:
+    """The structured-output schema ``response_format`` asks for (None for text)."""
+    if response_format is None:
+        return None
+    _expect(isinstance(response_format, dict), "response_format", "must be an object")
+    kind = response_format.get("type")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return dict(ANY_JSON_OBJECT)
+    _expect(kind == "json_schema", "response_format.type", f"must be text, json_object or json_schema, got {kind!r}")
+    spec = response_format.get("json_schema")
+    _expect(isinstance(spec, dict), "response_format.json_schema", "must be an object")
+    schema = spec.get("schema")
+    _expect(schema is None or isinstance(schema, dict), "response_format.json_schema.schema", "must be an object")
+    return schema if schema else dict(ANY_JSON_OBJECT)
+
+
+def _chat_usage(usage: Dict[str, Any]) -> Dict[str, Any]:
+    """Anthropic usage as Chat Completions': the prompt counts the cache reads and writes too."""
+    cached = upstream_count(usage.get("cache_read_input_tokens")) or 0
+    prompt = ((upstream_count(usage.get("input_tokens")) or 0) + cached
+              + (upstream_count(usage.get("cache_creation_input_tokens")) or 0))
+    completion = upstream_count(usage.get("output_tokens")) or 0
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": cached}}
+
+
+def _chat_id(message_id: Any) -> str:
+    """The ``chatcmpl-`` id of the answer to Message ``message_id`` (one id for a whole stream)."""
+    text = message_id if isinstance(message_id, str) and message_id else new_message_id()
+    return "chatcmpl-" + (text[4:] if text.startswith("msg_") else text)
+
+
+def anthropic_message_to_chat(message: Dict[str, Any], model: str, created: int) -> Dict[str, Any]:
+    """A whole Anthropic Message as a ``chat.completion`` (``model``: the name the client asked
+    for; ``created``: the Unix time, passed in). Thinking is ``reasoning_content``, as DeepSeek
+    and vLLM write it; tool_use blocks are ``tool_calls`` with their arguments as JSON text."""
+    texts, thinking, calls = [], [], []
+    for block in message.get("content") or []:
+        kind = block.get("type") if isinstance(block, dict) else None
+        if kind == "text":
+            texts.append(str(block.get("text") or ""))
+        elif kind == "thinking":
+            thinking.append(str(block.get("thinking") or ""))
+        elif kind == "tool_use":
+            calls.append({"id": str(block.get("id")), "type": "function", "function": {
+                "name": str(block.get("name")),
+                "arguments": _COMPACT_JSON.encode(block.get("input") if isinstance(block.get("input"), dict) else {})}})
+    reply: Dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts or not calls else None,
+                             "refusal": None}
+    if thinking:
+        reply["reasoning_content"] = "".join(thinking)
+    if calls:
+        reply["tool_calls"] = calls
+    finish = _CHAT_FINISH_REASONS.get(str(message.get("stop_reason")), "stop")
+    usage = message.get("usage") if isinstance(message.get("usage"), dict) else {}
+    return {"id": _chat_id(message.get("id")), "object": "chat.completion", "created": created, "model": model,
+            "choices": [{"index": 0, "message": reply, "logprobs": None, "finish_reason": finish}],
+            "usage": _chat_usage(usage)}
+
+
+def chat_error_body(status: int, error_type: str, message: str) -> Dict[str, Any]:
+    """agproxy's error (an Anthropic ``error_type``; ``status`` where the type is not one) as
+    OpenAI's error JSON: ``{"error": {"message", "type", "param", "code"}}``. ``param`` is the
+    request field a 400 names (its message opens with it)."""
+    if error_type not in _ERROR_STATUS and error_type not in _CHAT_ERROR_TYPES:
+        error_type = error_type_for_status(status)
+    param = None
+    if error_type == "invalid_request_error":
+        match = _CHAT_PARAM.match(message)
+        param = match.group(1) if match else None
+    return {"error": {"message": message, "type": _CHAT_ERROR_TYPES.get(error_type, error_type), "param": param,
+                      "code": _CHAT_ERROR_CODES.get(error_type)}}
+
+
+class ChatStreamEncoder:
+    """The internal Anthropic events of one answer as a Chat Completions stream: one
+    ``chat.completion.chunk`` per piece, one id throughout (from the Message's), the role in the
+    first delta, thinking as ``reasoning_content``, each tool call's id and name in its first
+    piece then its arguments as they come, the finish reason, the usage chunk (empty ``choices``)
+    when the client asked for it, then ``data: [DONE]``. Events are taken one at a time, so any
+    batching of the same events gives the same bytes. After an error or the end it writes nothing."""
+
+    def __init__(self, model: str, created: int, include_usage: bool = False) -> None:
+        self.model = model
+        self.created = created
+        self.include_usage = include_usage
+        self.ended = False
+        self._head = ""  # a chunk's id, object, created and model, known once the id is
+        self._prefix = ""  # a chunk's JSON up to its delta
+        self._usage: Dict[str, Any] = {}
+        self._calls: Dict[int, int] = {}  # block index -> tool call index
+        self._arguments: Dict[int, bool] = {}  # block index -> whether arguments were written
+        self._finished = False
+
+    def encode(self, events: List[Event]) -> bytes:
+        """A batch of events as the client's SSE bytes (b"" when nothing in it shows)."""
+        out: List[str] = []
+        for event in events:
+            if self.ended:
+                break
+            self._event(event, out)
+        return "".join(out).encode("utf-8", "replace")
+
+    def ping(self) -> bytes:
+        """An SSE comment: every SSE parser skips it (OpenRouter sends the same while it waits)."""
+        return b"" if self.ended else b": ping\n\n"
+
+    def error(self, error_type: str, message: str) -> bytes:
+        """The end of a stream that broke: a ``data: {"error": ...}`` line, which the openai SDK
+        raises as an APIError, and no ``[DONE]``."""
+        if self.ended:
+            return b""
+        self.ended = True
+        body = chat_error_body(_ERROR_STATUS.get(error_type, 500), error_type, message)
+        return f"data: {_COMPACT_JSON.encode(body)}\n\n".encode("utf-8", "replace")
+
+    def _chunk(self, delta: Dict[str, Any], finish: Optional[str] = None) -> str:
+        if not self._prefix:
+            self._start(None)
+        finish_json = "null" if finish is None else f'"{finish}"'
+        return (f'data: {self._prefix}{_COMPACT_JSON.encode(delta)},"logprobs":null,'
+                f'"finish_reason":{finish_json}}}]}}\n\n')
+
+    def _start(self, message_id: Any) -> None:
+        head = {"id": _chat_id(message_id), "object": "chat.completion.chunk", "created": self.created,
+                "model": self.model}
+        self._head = _COMPACT_JSON.encode(head)[:-1]  # the object without its closing brace
+        self._prefix = self._head + ',"choices":[{"index":0,"delta":'
+
+    def _event(self, event: Event, out: List[str]) -> None:
+        name = event.name
+        if name == "ping":
+            return
+        data = event.data
+        if name == "message_start":
+            message = data.get("message") if isinstance(data.get("message"), dict) else {}
+            if not self._prefix:
+                self._start(message.get("id"))
+            if isinstance(message.get("usage"), dict):
+                merge_usage(self._usage, message["usage"])
+            out.append(self._chunk({"role": "assistant", "content": "", "refusal": None}))
+        elif name == "content_block_start":
+            self._block_start(data, out)
+        elif name == "content_block_delta":
+            self._delta(data, out)
+        elif name == "content_block_stop":
+            index = data.get("index")
+            if _is_int(index) and index in self._arguments and not self._arguments.pop(index):
+                out.append(self._call_piece(index, {"arguments": "{}"}))
+        elif name == "message_delta":
+            if isinstance(data.get("usage"), dict):
+                merge_usage(self._usage, data["usage"])
+            delta = data.get("delta") if isinstance(data.get("delta"), dict) else {}
+            if not self._finished and delta.get("stop_reason") is not None:
+                self._finished = True
+                out.append(self._chunk({}, _CHAT_FINISH_REASONS.get(str(delta["stop_reason"]), "stop")))
+        elif name == "message_stop":
+            if not self._finished:
+                self._finished = True
+                out.append(self._chunk({}, "tool_calls" if self._calls else "stop"))
+            if self.include_usage:
+                usage = _COMPACT_JSON.encode(_chat_usage(self._usage))
+                out.append(f'data: {self._head},"choices":[],"usage":{usage}}}\n\n')
+            out.append("data: [DONE]\n\n")
+            self.ended = True
+        elif name == "error":
+            error = data.get("error") if isinstance(data.get("error"), dict) else {}
+            out.append(self.error(str(error.get("type") or "api_error"), str(error.get("message") or "upstream error"))
+                       .decode("utf-8"))
+
+    def _block_start(self, data: Dict[str, Any], out: List[str]) -> None:
+        block = data.get("content_block") if isinstance(data.get("content_block"), dict) else {}
+        index = data.get("index")
+        kind = block.get("type")
+        if kind == "text" and block.get("text"):
+            out.append(self._chunk({"content": str(block["text"])}))
+        elif kind == "thinking" and block.get("thinking"):
+            out.append(self._chunk({"reasoning_content": str(block["thinking"])}))
+        elif kind == "tool_use" and _is_int(index):
+            self._calls[index] = len(self._calls)
+            start = {"index": self._calls[index], "id": str(block.get("id")), "type": "function",
+                     "function": {"name": str(block.get("name")), "arguments": ""}}
+            out.append(self._chunk({"tool_calls": [start]}))
+            given = block.get("input")
+            self._arguments[index] = bool(given)
+            if given:  # an input that came whole in the start (deltas follow only when it is empty)
+                out.append(self._call_piece(index, {"arguments": _COMPACT_JSON.encode(given)}))
+
+    def _delta(self, data: Dict[str, Any], out: List[str]) -> None:
+        delta = data.get("delta") if isinstance(data.get("delta"), dict) else {}
+        kind = delta.get("type")
+        if kind == "text_delta" and delta.get("text"):
+            out.append(self._chunk({"content": str(delta["text"])}))
+        elif kind == "thinking_delta" and delta.get("thinking"):
+            out.append(self._chunk({"reasoning_content": str(delta["thinking"])}))
+        elif kind == "input_json_delta" and delta.get("partial_json") and _is_int(data.get("index")) \
+                and data["index"] in self._calls:
+            self._arguments[data["index"]] = True
+            out.append(self._call_piece(data["index"], {"arguments": str(delta["partial_json"])}))
+
+    def _call_piece(self, index: int, function: Dict[str, Any]) -> str:
+        return self._chunk({"tool_calls": [{"index": self._calls[index], "function": function}]})
+
 # -- client dialect: OpenAI Responses -----------------------------------------------------------------
 
 # -- client dialect: Gemini generateContent -----------------------------------------------------------
