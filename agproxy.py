@@ -2113,6 +2113,29 @@ def holds_content(events: Iterable[Event]) -> bool:
     return any(event.name != "ping" for event in events)
 
 
+class StreamEncoder:
+    """Writes the internal Anthropic events of one answer as a client protocol's stream: each
+    batch as it comes (:meth:`encode`), a keep-alive while the upstream is silent (:meth:`ping`;
+    b"" where the protocol has none), and the end of a stream that broke after it began
+    (:meth:`error`). This one is Anthropic's: the events as they are."""
+
+    def encode(self, events: List[Event]) -> bytes:
+        """A batch of events as the client gets it."""
+        return encode_events(events)
+
+    def ping(self) -> bytes:
+        """A keep-alive the client ignores."""
+        return encode_sse_json("ping", {"type": "ping"})
+
+    def error(self, error_type: str, message: str) -> bytes:
+        """The last bytes of a stream that broke after it began (an Anthropic error type)."""
+        return encode_sse_json("error", error_body(error_type, message))
+
+
+#: Anthropic's encoder holds nothing: one serves every stream.
+ANTHROPIC_ENCODER = StreamEncoder()
+
+
 class SSEDecoder:
     """Incremental text/event-stream decoder: ``feed()`` bytes, get the completed events.
 
@@ -6376,7 +6399,7 @@ def chat_error_body(status: int, error_type: str, message: str) -> Dict[str, Any
                       "code": _CHAT_ERROR_CODES.get(error_type)}}
 
 
-class ChatStreamEncoder:
+class ChatStreamEncoder(StreamEncoder):
     """The internal Anthropic events of one answer as a Chat Completions stream: one
     ``chat.completion.chunk`` per piece, one id throughout (from the Message's), the role in the
     first delta, thinking as ``reasoning_content``, each tool call's id and name in its first
@@ -9372,27 +9395,6 @@ async def list_upstream_models(client: UpstreamClient, adapter: Any, upstream: U
 # -- one dialect per client protocol ------------------------------------------------------------------
 
 
-class StreamEncoder:
-    """Writes the internal Anthropic events of one answer as a client protocol's stream: each
-    batch as it comes (:meth:`encode`), a keep-alive while the upstream is silent (:meth:`ping`;
-    b"" where the protocol has none), and the end of a stream that broke after it began
-    (:meth:`error`). This one is Anthropic's: the events as they are."""
-
-    def encode(self, events: List[Event]) -> bytes:
-        """A batch of events as the client gets it."""
-        return encode_events(events)
-
-    def ping(self) -> bytes:
-        """A keep-alive the client ignores."""
-        return encode_sse_json("ping", {"type": "ping"})
-
-    def error(self, error_type: str, message: str) -> bytes:
-        """The last bytes of a stream that broke after it began (an Anthropic error type)."""
-        return encode_sse_json("error", error_body(error_type, message))
-
-
-#: Anthropic's encoder holds nothing: one serves every stream.
-ANTHROPIC_ENCODER = StreamEncoder()
 
 
 @dataclasses.dataclass
@@ -9465,17 +9467,50 @@ class Dialect:
                                  _iterate([self.encoder(inbound).encode(events)]), lambda: None)
 
 
+class ChatDialect(Dialect):
+    """OpenAI Chat Completions (``POST /v1/chat/completions``), as Aider, Continue, Cline,
+    opencode and the openai SDK speak it (section 7's ``chat_*`` translators): its chunks name
+    the model the client asked for, and its errors take OpenAI's shape."""
+
+    name = "chat"
+    answers_warmups = False
+
+    def inbound(self, request: Request, body: Dict[str, Any], model: Optional[str]) -> Inbound:
+        internal = chat_request_to_anthropic(body)
+        return Inbound(internal, internal.get("stream") is True,
+                       (str(body.get("model"))[:200], int(time.time()), chat_include_usage(body)))
+
+    def encoder(self, inbound: Inbound) -> StreamEncoder:
+        model, created, include_usage = inbound.context
+        return ChatStreamEncoder(model, created, include_usage)
+
+    def message_json(self, message: Dict[str, Any], inbound: Inbound) -> Any:
+        model, created, _ = inbound.context
+        return anthropic_message_to_chat(message, model, created)
+
+    def error_body(self, exc: AgproxyError) -> Any:
+        return chat_error_body(exc.status, exc.error_type, exc.message)
+
+    def model_list(self, models: List[Dict[str, Any]]) -> Dict[str, Any]:
+        return models_list(models, "openai")
+
+
 #: What Gemini's clients may ask of a model (``POST /v1beta/models/{model}:METHOD``).
 GEMINI_METHODS = ("generateContent", "streamGenerateContent", "countTokens")
 
 
 #: Every client protocol agproxy serves, by name (the routes pick one by path: :func:`dialect_of_path`).
-DIALECTS: Dict[str, Dialect] = {"anthropic": Dialect()}
+DIALECTS: Dict[str, Dialect] = {"anthropic": Dialect(), "chat": ChatDialect()}
+#: The paths of each client protocol but Anthropic's (prefixes end in "/").
+DIALECT_PATHS = (("/v1/chat/completions", "chat"), ("/v1/responses", "responses"), ("/v1beta/", "gemini"))
 
 
 def dialect_of_path(path: str) -> Dialect:
     """The client protocol a path belongs to (Anthropic's for every path of no other), so that
     an error answers in the shape its client reads, even one refused before its handler ran."""
+    for prefix, name in DIALECT_PATHS:
+        if (path == prefix or (prefix.endswith("/") and path.startswith(prefix))) and name in DIALECTS:
+            return DIALECTS[name]
     return DIALECTS["anthropic"]
 
 
