@@ -288,6 +288,8 @@ class ConfigError(AgproxyError):
     """The configuration is unusable; the message names the key and the problem."""
 
 
+#: A client's key shorter than this is warned of (``agproxy keys new`` makes 47 characters).
+MIN_CLIENT_KEY_CHARS = 16
 #: Configured keys shorter than this are not searched for ("none", "EMPTY" and the like are
 #: placeholders, and hiding every such word would mangle answers).
 _MIN_SECRET_CHARS = 8
@@ -669,18 +671,37 @@ class Config:
             return self.auth_mode
         return "off" if is_loopback_host(self.host) and not self.clients else "all_except_health"
 
-    def auth_problem(self) -> Optional[str]:
+    def auth_problems(self) -> List[str]:
         """What is wrong with the keys for the auth mode, said at start and by ``check``: auth on
-        with no key to pass (every protected request gets 401), or clients configured with auth
-        off (their keys are taken when sent, but a request without one is served past their models
-        and limits, and reaches agproxy's own routes)."""
-        mode = self.effective_auth_mode()
+        with no key to pass (every protected request gets 401); clients with auth off (their keys
+        are taken when sent, but a request without one is served past their models and limits, and
+        reaches agproxy's own routes); clients with auth on and no admin key (no key reaches
+        agproxy's own routes); a client's key too short to be one."""
+        mode, problems = self.effective_auth_mode(), []
         if mode != "off" and not self.api_key and not self.clients:
-            return f"auth_mode is {mode} but api_key is empty (and no clients): every protected request gets 401"
+            problems.append(f"auth_mode is {mode} but api_key is empty (and no clients): every protected request "
+                            "gets 401")
         if mode == "off" and self.clients:
-            return ("auth_mode is off but clients are configured: a request without a client's key is served "
-                    "anonymously, past every client's models and limits; set auth_mode to all_except_health")
-        return None
+            problems.append("auth_mode is off but clients are configured: a request without a client's key is served "
+                            "anonymously, past every client's models and limits; set auth_mode to all_except_health")
+        if mode != "off" and self.clients and not self.admin_api_key and not self.api_key:
+            problems.append("clients are configured but neither admin_api_key nor api_key: no key reaches agproxy's "
+                            "own routes (usage, status page data, reload, metrics); set admin_api_key")
+        for client in self.clients:
+            if client.api_key and len(client.api_key) < MIN_CLIENT_KEY_CHARS:
+                problems.append(f"client {client.name!r}: its key is shorter than {MIN_CLIENT_KEY_CHARS} characters, "
+                                "easy to guess and not hidden where it is echoed; `agproxy keys new` makes one")
+        return problems
+
+    def auth_summary(self) -> str:
+        """One line on who may do what, for the start-up log."""
+        mode = self.effective_auth_mode()
+        if mode == "off":
+            return "auth: off (no key needed)" + (f"; {len(self.clients)} client key(s) named when sent"
+                                                  if self.clients else "")
+        admin = "admin_api_key" if self.admin_api_key else "api_key" if self.api_key else "none"
+        return (f"auth: {mode}; api_key {'set' if self.api_key else 'not set'}, {len(self.clients)} client key(s), "
+                f"admin key for agproxy's own routes: {admin}")
 
 
 _LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback")
@@ -1949,8 +1970,12 @@ def host_without_port(host: str) -> str:
 
 
 def presented_keys(request: Request) -> List[str]:
-    """The keys a client sent: ``Authorization: Bearer``, ``x-api-key`` and ``x-goog-api-key``."""
+    """The keys a client sent: ``Authorization: Bearer``, ``x-api-key`` and ``x-goog-api-key``,
+    and on Gemini's routes (``/v1beta/``) ``?key=``, as Gemini's clients may send it (the record
+    keeps no query, so it is never logged)."""
     keys = []
+    if request.path.startswith("/v1beta/") and request.query:
+        keys += [value.strip() for value in urllib.parse.parse_qs(request.query).get("key", [])[:1] if value.strip()]
     authorization = request.header("authorization") or ""
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() == "bearer" and token.strip():
@@ -2086,6 +2111,29 @@ def holds_content(events: Iterable[Event]) -> bool:
     """True when ``events`` hold one that is not a ping: pings keep a connection open but say
     nothing of the answer going on."""
     return any(event.name != "ping" for event in events)
+
+
+class StreamEncoder:
+    """Writes the internal Anthropic events of one answer as a client protocol's stream: each
+    batch as it comes (:meth:`encode`), a keep-alive while the upstream is silent (:meth:`ping`;
+    b"" where the protocol has none), and the end of a stream that broke after it began
+    (:meth:`error`). This one is Anthropic's: the events as they are."""
+
+    def encode(self, events: List[Event]) -> bytes:
+        """A batch of events as the client gets it."""
+        return encode_events(events)
+
+    def ping(self) -> bytes:
+        """A keep-alive the client ignores."""
+        return encode_sse_json("ping", {"type": "ping"})
+
+    def error(self, error_type: str, message: str) -> bytes:
+        """The last bytes of a stream that broke after it began (an Anthropic error type)."""
+        return encode_sse_json("error", error_body(error_type, message))
+
+
+#: Anthropic's encoder holds nothing: one serves every stream.
+ANTHROPIC_ENCODER = StreamEncoder()
 
 
 class SSEDecoder:
@@ -2233,6 +2281,20 @@ def _model_object(model_id: str, display_name: str, created_at: Optional[str] = 
     """One entry of the Anthropic models list."""
     return {"type": "model", "id": model_id, "display_name": display_name,
             "created_at": created_at or _MODELS_CREATED_AT}
+
+
+def models_list(models: List[Dict[str, Any]], shape: str) -> Dict[str, Any]:
+    """A list of Anthropic model objects as a client reads it: ``anthropic`` (Anthropic's list),
+    ``openai`` (OpenAI's) or ``both`` (Anthropic's list whose entries carry OpenAI's fields too,
+    for a client that said neither: an OpenAI SDK and a plain curl read it alike)."""
+    if shape == "openai":
+        return {"object": "list", "data": [{"id": m["id"], "object": "model", "created": _MODELS_CREATED,
+                                            "owned_by": "agproxy"} for m in models]}
+    data = models if shape == "anthropic" else [dict(m, object="model", created=_MODELS_CREATED, owned_by="agproxy")
+                                                for m in models]
+    listed = {"data": data, "has_more": False, "first_id": data[0]["id"] if data else None,
+              "last_id": data[-1]["id"] if data else None}
+    return listed if shape == "anthropic" else dict(listed, object="list")
 
 
 #: Deepest nesting taken in what an upstream sends (Claude Code's deepest, an MCP tool's schema,
@@ -2644,31 +2706,8 @@ def demo_message(body: Dict[str, Any], message_id: str, input_tokens: Optional[i
     }
 
 
-def demo_sse_events(body: Dict[str, Any], message_id: str, input_tokens: Optional[int] = None) -> List[bytes]:
-    """The demo upstream's streaming answer: the full Anthropic event grammar, text in small deltas."""
-    message = demo_message(body, message_id, input_tokens)
-    text = message["content"][0]["text"]
-    usage = message["usage"]
-    start = dict(message, content=[], stop_reason=None, usage=dict(usage, output_tokens=1))
-    events = [
-        encode_sse_json("message_start", {"type": "message_start", "message": start}),
-        encode_sse_json("content_block_start", {"type": "content_block_start", "index": 0,
-                                                "content_block": {"type": "text", "text": ""}}),
-        encode_sse_json("ping", {"type": "ping"}),
-    ]
-    words = re.findall(r"\S+\s*", text)
-    for i in range(0, len(words), 4):
-        delta = {"type": "text_delta", "text": "".join(words[i : i + 4])}
-        events.append(encode_sse_json("content_block_delta",
-                                      {"type": "content_block_delta", "index": 0, "delta": delta}))
-    events += [
-        encode_sse_json("content_block_stop", {"type": "content_block_stop", "index": 0}),
-        encode_sse_json("message_delta", {"type": "message_delta",
-                                          "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                                          "usage": {"output_tokens": usage["output_tokens"]}}),
-        encode_sse_json("message_stop", {"type": "message_stop"}),
-    ]
-    return events
+#: How much of its text the demo upstream streams in one delta (it looks like a model typing).
+DEMO_PIECE_CHARS = 24
 
 
 # -- the request sanitizer (profiles are defined with the config) --------------------------
@@ -3763,11 +3802,13 @@ def check_message(message: Any, upstream: str = "") -> Dict[str, Any]:
     return message
 
 
-def message_as_sse(message: Dict[str, Any]) -> List[bytes]:
-    """A complete Message as the Anthropic event stream that would have produced it."""
+def message_events(message: Dict[str, Any], text_piece_chars: int = 0) -> List[Event]:
+    """A complete Message as the Anthropic events that would have produced it (for a client that
+    asked for a stream of an answer that came whole, and for the demo, whose text comes in pieces
+    of about ``text_piece_chars``: 0 sends each block's text in one delta)."""
     start = dict(message, content=[], stop_reason=None, stop_sequence=None,
                  usage=dict(message.get("usage") or {}, output_tokens=1))
-    events = [encode_sse_json("message_start", {"type": "message_start", "message": start})]
+    events = [Event("message_start", {"type": "message_start", "message": start})]
     for index, block in enumerate(message.get("content") or []):
         kind = block.get("type") if isinstance(block, dict) else "text"
         if kind == "tool_use":
@@ -3779,21 +3820,29 @@ def message_as_sse(message: Dict[str, Any]) -> List[bytes]:
                       {"type": "signature_delta", "signature": block.get("signature", "")}]
         elif kind == "text":
             opening = {"type": "text", "text": ""}
-            deltas = [{"type": "text_delta", "text": block.get("text", "")}]
+            text = block.get("text", "")
+            pieces = re.findall(r"\S+\s*|\s+", text) if text_piece_chars else [text]
+            deltas, piece = [], ""
+            for word in pieces:
+                piece += word
+                if len(piece) >= text_piece_chars:
+                    deltas.append({"type": "text_delta", "text": piece})
+                    piece = ""
+            if piece or not deltas:
+                deltas.append({"type": "text_delta", "text": piece})
         else:
             opening, deltas = block, []
-        events.append(encode_sse_json("content_block_start", {"type": "content_block_start", "index": index,
-                                                              "content_block": opening}))
-        for delta in deltas:
-            events.append(encode_sse_json("content_block_delta", {"type": "content_block_delta", "index": index,
-                                                                  "delta": delta}))
-        events.append(encode_sse_json("content_block_stop", {"type": "content_block_stop", "index": index}))
+        events.append(Event("content_block_start", {"type": "content_block_start", "index": index,
+                                                    "content_block": opening}))
+        events += [Event("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta})
+                   for delta in deltas]
+        events.append(Event("content_block_stop", {"type": "content_block_stop", "index": index}))
     usage = message.get("usage") or {}
-    events.append(encode_sse_json("message_delta", {
+    events.append(Event("message_delta", {
         "type": "message_delta",
         "delta": {"stop_reason": message.get("stop_reason"), "stop_sequence": message.get("stop_sequence")},
         "usage": {"output_tokens": usage.get("output_tokens", 0)}}))
-    events.append(encode_sse_json("message_stop", {"type": "message_stop"}))
+    events.append(Event("message_stop", {"type": "message_stop"}))
     return events
 
 
@@ -4506,11 +4555,39 @@ def anthropic_to_openai(body: Dict[str, Any], options: OpenAIOptions, upstream: 
             out.update(copy.deepcopy(options.thinking_body))  # the config's dicts stay the config's
         if not options.reasoning_effort and not options.thinking_body:
             _count(changes, "thinking_dropped")
+    schema = output_schema(body)
+    if schema is not None:
+        out["response_format"] = _openai_response_format(schema)
     if body.get("stream"):
         out["stream"] = True
         if options.stream_usage:
             out["stream_options"] = {"include_usage": True}
     return out, changes
+
+
+def output_schema(body: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The JSON schema a request's answer must follow (structured output), if it asks for one:
+    ``output_config.format`` (and the beta's ``output_format``) of type ``json_schema``. The
+    client dialects put theirs there (Chat's ``response_format``, Responses' ``text.format``,
+    Gemini's ``responseJsonSchema``); a bare "JSON object" is the schema ``{"type": "object"}``."""
+    config = body.get("output_config")
+    fmt = config.get("format") if isinstance(config, dict) else None
+    if not isinstance(fmt, dict):
+        fmt = body.get("output_format")
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema" and isinstance(fmt.get("schema"), dict):
+        return fmt["schema"]
+    return None
+
+
+#: The schema that stands for "any JSON object" (Chat's ``response_format: json_object``).
+ANY_JSON_OBJECT = {"type": "object"}
+
+
+def _openai_response_format(schema: Dict[str, Any]) -> Dict[str, Any]:
+    """Chat Completions' ``response_format`` for a structured-output schema."""
+    if schema == ANY_JSON_OBJECT:
+        return {"type": "json_object"}
+    return {"type": "json_schema", "json_schema": {"name": "output", "schema": schema}}
 
 
 def _openai_user_turn(blocks: List[Any], upstream: str) -> List[Dict[str, Any]]:
@@ -5587,6 +5664,11 @@ def anthropic_to_gemini(body: Dict[str, Any], model: str, trusted: Callable[[str
     thinking = gemini_thinking_config(body, model)
     if thinking:
         generation["thinkingConfig"] = thinking
+    schema = output_schema(body)
+    if schema is not None:
+        generation["responseMimeType"] = "application/json"
+        if schema != ANY_JSON_OBJECT:
+            generation["responseJsonSchema"] = schema
     if generation:
         out["generationConfig"] = generation
     return out, changes
@@ -5916,6 +5998,535 @@ def gemini_to_anthropic(answer: Any, model: str, on_signature: Optional[Callable
 # mirrors ADAPTERS) live with the gateway.
 
 # -- client dialect: OpenAI Chat Completions ----------------------------------------------------------
+
+#: The answer length a Chat Completions request gets when it names none (OpenAI's default is the
+#: model's whole output, which the internal form cannot leave open): what every Claude model can
+#: write, Claude 3.5 Haiku's maximum being the smallest. A request that thinks gets its budget on top.
+CHAT_DEFAULT_MAX_TOKENS = 8192
+#: ``reasoning_effort`` as a thinking budget in tokens: the inverse of the mapping that
+#: :func:`anthropic_to_openai` applies (under 4096 low, under 16384 medium), and Gemini's budgets.
+_CHAT_THINKING_BUDGETS = {"minimal": _MIN_THINKING_BUDGET, "low": 2048, "medium": 8192, "high": 24576,
+                          "xhigh": 32768}
+#: Image types Anthropic takes in a base64 image block.
+_CHAT_IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
+_DATA_URL = re.compile(r"data:([\w.+-]+/[\w.+-]+)((?:;[^;,]*)*?);base64,(.*)\Z", re.DOTALL)
+_CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
+#: Anthropic's stop reasons as Chat Completions finish reasons (a server tool's pause ends the turn).
+_CHAT_FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "pause_turn": "stop", "max_tokens": "length",
+                        "model_context_window_exceeded": "length", "tool_use": "tool_calls",
+                        "refusal": "content_filter"}
+#: agproxy's (Anthropic's) error types as OpenAI's: a client keys on the status, a few on these
+#: (``insufficient_quota`` means "do not retry" to the OpenAI Agents SDK and LiteLLM).
+_CHAT_ERROR_TYPES = {"api_error": "server_error", "overloaded_error": "server_error", "timeout_error": "server_error",
+                     "billing_error": "insufficient_quota", "request_too_large": "invalid_request_error"}
+_CHAT_ERROR_CODES = {"authentication_error": "invalid_api_key", "rate_limit_error": "rate_limit_exceeded",
+                     "billing_error": "insufficient_quota", "request_too_large": "request_too_large",
+                     "overloaded_error": "overloaded"}
+#: A request field a message of :func:`chat_request_to_anthropic` opens with (OpenAI's ``param``).
+_CHAT_PARAM = re.compile(r"([A-Za-z_]\w*(?:\[\d+\]|\.\w+)*): ")
+
+
+def chat_request_to_anthropic(body: Dict[str, Any]) -> Dict[str, Any]:
+    """A Chat Completions request (``POST /v1/chat/completions``) as the internal Anthropic
+    Messages request. System and developer messages become the system prompt; tool messages
+    become tool_result blocks of a user turn; consecutive turns of one role are merged, results
+    first. What cannot be carried (``n`` other than 1, audio, a file by id, an unknown role or tool
+    type) is an :class:`InvalidRequest` naming the field in the client's words; fields the
+    internal form has no use for (``seed``, ``logprobs``, ``store``, ...) are ignored, as
+    OpenAI-compatible servers do. The stream's options are read by :func:`chat_include_usage`."""
+    model = body.get("model")
+    _expect(isinstance(model, str) and 0 < len(model) <= MAX_MODEL_CHARS, "model",
+            f"must be a non-empty string of at most {MAX_MODEL_CHARS} characters")
+    n = body.get("n")
+    _expect(n is None or n == 1 and _is_int(n), "n", f"only 1 choice per request is supported, got {n!r}")
+    system, messages = _chat_messages(body.get("messages"))
+    out: Dict[str, Any] = {"model": model, "messages": messages}
+    if system:
+        out["system"] = system
+    limit = _chat_max_tokens(body)
+    thinking_budget = _chat_thinking_budget(body, limit)
+    if thinking_budget is not None and _in_tool_loop(messages):
+        # Anthropic wants the thinking block that opened the tool calls answered here, and a Chat
+        # client sends none back (nor its signature): this turn goes without thinking
+        thinking_budget = None
+    tools = _chat_tools(body.get("tools"))
+    if tools:
+        out["tools"] = tools
+        choice = _chat_tool_choice(body.get("tool_choice"), [t["name"] for t in tools])
+        parallel = body.get("parallel_tool_calls")
+        _expect(parallel is None or isinstance(parallel, bool), "parallel_tool_calls", "must be true or false")
+        if parallel is False and choice.get("type") != "none":
+            choice["disable_parallel_tool_use"] = True
+        if choice != {"type": "auto"}:
+            out["tool_choice"] = choice
+        if choice.get("type") in ("any", "tool"):
+            thinking_budget = None  # Anthropic refuses thinking with a forced tool call
+    if thinking_budget is not None:
+        out["thinking"] = {"type": "enabled", "budget_tokens": thinking_budget}
+    out["max_tokens"] = limit if limit is not None else CHAT_DEFAULT_MAX_TOKENS + (thinking_budget or 0)
+    _chat_sampling(body, out, thinking_budget is not None)
+    schema = _chat_response_format(body.get("response_format"))
+    if schema is not None:
+        out["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
+    stream = body.get("stream")
+    _expect(stream is None or isinstance(stream, bool), "stream", "must be true or false")
+    out["stream"] = stream is True
+    chat_include_usage(body)
+    user = body.get("user") if body.get("user") is not None else body.get("safety_identifier")
+    if isinstance(user, str) and user:
+        out["metadata"] = {"user_id": user[:256]}
+    return out
+
+
+def chat_include_usage(body: Dict[str, Any]) -> bool:
+    """Whether a Chat Completions request asks for the last chunk of its stream to carry the usage
+    (``stream_options.include_usage``); an :class:`InvalidRequest` for options of the wrong type."""
+    options = body.get("stream_options")
+    if options is None:
+        return False
+    _expect(isinstance(options, dict), "stream_options", "must be an object")
+    include = options.get("include_usage")
+    _expect(include is None or isinstance(include, bool), "stream_options.include_usage", "must be true or false")
+    return include is True
+
+
+def _chat_messages(messages: Any) -> Tuple[str, List[Dict[str, Any]]]:
+    """The system prompt (every system and developer message, in order) and the conversation in
+    strict user/assistant alternation, tool results first in each user turn."""
+    _expect(isinstance(messages, list) and bool(messages), "messages", "must be a non-empty list")
+    system: List[str] = []
+    turns: List[Dict[str, Any]] = []
+    for i, message in enumerate(messages):
+        at = f"messages[{i}]"
+        _expect(isinstance(message, dict), at, "must be an object")
+        role = message.get("role")
+        _expect(role in _CHAT_ROLES, f"{at}.role", f"must be one of {', '.join(_CHAT_ROLES)}, got {role!r}")
+        content = message.get("content")
+        if role in ("system", "developer"):
+            text = "\n".join(b["text"] for b in _chat_parts(content, f"{at}.content", ("text",)))
+            if text:
+                system.append(text)
+        elif role == "user":
+            blocks = _chat_parts(content, f"{at}.content", ("text", "image_url", "file"))
+            turns.append({"role": "user", "content": blocks})
+        elif role == "tool":
+            call_id = message.get("tool_call_id")
+            _expect(isinstance(call_id, str) and bool(call_id), f"{at}.tool_call_id", "must be a non-empty string")
+            inner = _chat_parts(content, f"{at}.content", ("text", "image_url"))
+            turns.append({"role": "user", "content": [{"type": "tool_result", "tool_use_id": call_id,
+                                                       "content": inner}]})
+        else:
+            blocks = _chat_parts(content, f"{at}.content", ("text", "refusal"), nullable=True)
+            if not blocks and isinstance(message.get("refusal"), str) and message["refusal"]:
+                blocks = [{"type": "text", "text": message["refusal"]}]  # a refusal the model wrote
+            blocks += _chat_tool_calls(message.get("tool_calls"), f"{at}.tool_calls")
+            if blocks:  # reasoning_content is left out: a thinking block without its signature is refused
+                turns.append({"role": "assistant", "content": blocks})
+    turns = [turn for turn in turns if turn["content"]]
+    if not turns:  # only system messages: OpenAI answers them, Anthropic needs a user turn
+        return "", [{"role": "user", "content": "\n\n".join(system) or "."}]
+    merged = _merge_same_role(turns, {})
+    for turn in merged:  # a user turn's tool results go first, as Anthropic requires
+        turn["content"] = ([b for b in turn["content"] if b["type"] == "tool_result"]
+                           + [b for b in turn["content"] if b["type"] != "tool_result"])
+    return "\n\n".join(system), merged
+
+
+def _in_tool_loop(messages: List[Dict[str, Any]]) -> bool:
+    """Whether the conversation ends with tool results (the model's turn goes on after its calls)."""
+    last = messages[-1]["content"]
+    return isinstance(last, list) and any(block["type"] == "tool_result" for block in last)
+
+
+def _chat_parts(content: Any, at: str, kinds: Sequence[str], nullable: bool = False) -> List[Dict[str, Any]]:
+    """A message's ``content`` (a string or a list of parts of ``kinds``) as Anthropic blocks;
+    empty text is left out."""
+    if content is None and nullable:
+        return []
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}] if content else []
+    _expect(isinstance(content, list), at, "must be a string or a list of content parts")
+    blocks: List[Dict[str, Any]] = []
+    for j, part in enumerate(content):
+        where = f"{at}[{j}]"
+        _expect(isinstance(part, dict), where, "must be an object")
+        kind = part.get("type")
+        _expect(kind in kinds, f"{where}.type", f"must be one of {', '.join(kinds)} here, got {kind!r}")
+        if kind in ("text", "refusal"):
+            text = part.get(kind)
+            _expect(isinstance(text, str), f"{where}.{kind}", "must be a string")
+            if text:
+                blocks.append({"type": "text", "text": text})
+        elif kind == "image_url":
+            blocks.append(_chat_image(part.get("image_url"), f"{where}.image_url"))
+        else:
+            blocks.append(_chat_file(part.get("file"), f"{where}.file"))
+    return blocks
+
+
+def _chat_image(image: Any, at: str) -> Dict[str, Any]:
+    """An ``image_url`` part as an Anthropic image block: a base64 ``data:`` URL or an http(s) URL."""
+    if isinstance(image, str):  # some clients send the URL itself
+        image = {"url": image}
+    _expect(isinstance(image, dict) and isinstance(image.get("url"), str), f"{at}.url", "must be a string")
+    url = image["url"]
+    if url.startswith(("http://", "https://")):
+        return {"type": "image", "source": {"type": "url", "url": url}}
+    media_type, data = _chat_data_url(url, f"{at}.url")
+    _expect(media_type in _CHAT_IMAGE_TYPES, f"{at}.url",
+            f"image type {media_type[:80]!r} is not supported; use one of {', '.join(_CHAT_IMAGE_TYPES)}")
+    return {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}
+
+
+def _chat_file(file: Any, at: str) -> Dict[str, Any]:
+    """A ``file`` part given inline (``file_data``, a data URL) as a document block: a PDF, or text."""
+    _expect(isinstance(file, dict), at, "must be an object")
+    _expect(file.get("file_id") is None, f"{at}.file_id", "files by id cannot be served here; send file_data")
+    _expect(isinstance(file.get("file_data"), str), f"{at}.file_data", "must be a string (a base64 data URL)")
+    media_type, data = _chat_data_url(file["file_data"], f"{at}.file_data")
+    block: Dict[str, Any]
+    if media_type == "application/pdf":
+        block = {"type": "document", "source": {"type": "base64", "media_type": media_type, "data": data}}
+    elif media_type.startswith("text/"):
+        try:
+            text = base64.b64decode(data, validate=True).decode("utf-8")
+        except ValueError:
+            raise InvalidRequest(f"{at}.file_data: is not base64 of UTF-8 text") from None
+        block = {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": text}}
+    else:
+        raise InvalidRequest(f"{at}.file_data: file type {media_type[:80]!r} is not supported; send a PDF or text")
+    if isinstance(file.get("filename"), str) and file["filename"]:
+        block["title"] = file["filename"][:500]
+    return block
+
+
+def _chat_data_url(url: str, at: str) -> Tuple[str, str]:
+    """The media type and base64 data of a ``data:`` URL."""
+    match = _DATA_URL.match(url)
+    _expect(match is not None, at, "must be an http(s) URL or a base64 data: URL (data:TYPE;base64,...)")
+    assert match is not None
+    return match.group(1).lower(), match.group(3)
+
+
+def _chat_tool_calls(calls: Any, at: str) -> List[Dict[str, Any]]:
+    """An assistant message's ``tool_calls`` as tool_use blocks (arguments parsed, or repaired)."""
+    if calls is None:
+        return []
+    _expect(isinstance(calls, list), at, "must be a list")
+    blocks = []
+    for k, call in enumerate(calls):
+        where = f"{at}[{k}]"
+        _expect(isinstance(call, dict), where, "must be an object")
+        _expect(call.get("type", "function") == "function", f"{where}.type", "must be 'function'")
+        _expect(isinstance(call.get("id"), str) and bool(call["id"]), f"{where}.id", "must be a non-empty string")
+        function = call.get("function")
+        _expect(isinstance(function, dict), f"{where}.function", "must be an object")
+        _expect(isinstance(function.get("name"), str) and bool(function["name"]), f"{where}.function.name",
+                "must be a non-empty string")
+        arguments = function.get("arguments", "")
+        _expect(isinstance(arguments, str), f"{where}.function.arguments", "must be a string (JSON)")
+        blocks.append({"type": "tool_use", "id": call["id"], "name": function["name"],
+                       "input": parse_tool_arguments(arguments)})
+    return blocks
+
+
+def _chat_max_tokens(body: Dict[str, Any]) -> Optional[int]:
+    """The answer's length limit: ``max_completion_tokens``, else the older ``max_tokens``."""
+    for key in ("max_completion_tokens", "max_tokens"):
+        value = body.get(key)
+        if value is not None:
+            _expect(_is_int(value) and 1 <= value <= MAX_OUTPUT_TOKENS, key,
+                    f"must be an integer from 1 to {MAX_OUTPUT_TOKENS}")
+            return value
+    return None
+
+
+def _chat_thinking_budget(body: Dict[str, Any], limit: Optional[int]) -> Optional[int]:
+    """The thinking budget ``reasoning_effort`` asks for (None: no thinking). Within a limit the
+    client set, thinking takes at most half of it (OpenAI counts reasoning in the limit, Anthropic
+    counts thinking in max_tokens), and none when that half is under Anthropic's minimum budget."""
+    effort = body.get("reasoning_effort")
+    if effort is None or effort == "none":
+        return None
+    _expect(isinstance(effort, str) and effort in _CHAT_THINKING_BUDGETS, "reasoning_effort",
+            f"must be one of none, {', '.join(_CHAT_THINKING_BUDGETS)}, got {str(effort)[:40]!r}")
+    budget = _CHAT_THINKING_BUDGETS[effort]
+    if limit is not None:
+        budget = min(budget, limit // 2)
+    return budget if budget >= _MIN_THINKING_BUDGET else None
+
+
+def _chat_sampling(body: Dict[str, Any], out: Dict[str, Any], thinking: bool) -> None:
+    """temperature (OpenAI's 0 to 2, within Anthropic's 0 to 1), top_p, top_k and stop, checked;
+    with thinking, temperature, top_k and a top_p under 0.95 are left out (Anthropic refuses them)."""
+    temperature, top_p, top_k = body.get("temperature"), body.get("top_p"), body.get("top_k")
+    if temperature is not None:
+        _expect(_is_number(temperature) and 0 <= temperature <= 2, "temperature", "must be a number from 0 to 2")
+        if not thinking:
+            out["temperature"] = min(temperature, 1)
+    if top_p is not None:
+        _expect(_is_number(top_p) and 0 <= top_p <= 1, "top_p", "must be a number from 0 to 1")
+        if not thinking or top_p >= 0.95:
+            out["top_p"] = top_p
+    if top_k is not None:  # not OpenAI's, but vLLM's and others'
+        _expect(_is_int(top_k) and top_k >= 0, "top_k", "must be a non-negative integer")
+        if not thinking:
+            out["top_k"] = top_k
+    stop = body.get("stop")
+    if isinstance(stop, str):
+        stop = [stop]
+    if stop is not None:
+        _expect(isinstance(stop, list) and all(isinstance(s, str) for s in stop), "stop",
+                "must be a string or a list of strings")
+        if stop:
+            out["stop_sequences"] = stop
+
+
+def _chat_tools(tools: Any) -> List[Dict[str, Any]]:
+    """Function tools as Anthropic tools (``strict`` is ignored: Anthropic follows the schema)."""
+    if tools is None:
+        return []
+    _expect(isinstance(tools, list), "tools", "must be a list")
+    out = []
+    for i, tool in enumerate(tools):
+        at = f"tools[{i}]"
+        _expect(isinstance(tool, dict), at, "must be an object")
+        _expect(tool.get("type") == "function", f"{at}.type",
+                f"only function tools can be served here, got {str(tool.get('type'))[:40]!r}")
+        function = tool.get("function")
+        _expect(isinstance(function, dict), f"{at}.function", "must be an object")
+        name, description, parameters = function.get("name"), function.get("description"), function.get("parameters")
+        _expect(isinstance(name, str) and bool(name), f"{at}.function.name", "must be a non-empty string")
+        _expect(description is None or isinstance(description, str), f"{at}.function.description",
+                "must be a string")
+        _expect(parameters is None or isinstance(parameters, dict), f"{at}.function.parameters", "must be an object")
+        converted = {"name": name, "input_schema": parameters or {"type": "object", "properties": {}}}
+        if description:
+            converted["description"] = description
+        out.append(converted)
+    return out
+
+
+def _chat_tool_choice(choice: Any, names: Sequence[str]) -> Dict[str, Any]:
+    """``tool_choice`` (none, auto, required, or a named function) as Anthropic's."""
+    if choice is None or choice == "auto":
+        return {"type": "auto"}
+    if choice == "none":
+        return {"type": "none"}
+    if choice == "required":
+        return {"type": "any"}
+    _expect(isinstance(choice, dict) and choice.get("type") == "function", "tool_choice",
+            "must be none, auto, required or {\"type\": \"function\", \"function\": {\"name\": ...}}")
+    function = choice.get("function")
+    name = function.get("name") if isinstance(function, dict) else None
+    _expect(name in names, "tool_choice.function.name", f"must name one of the tools, got {str(name)[:80]!r}")
+    return {"type": "tool", "name": name}
+
+
+def _chat_response_format(response_format: Any) -> Optional[Dict[str, Any]]:
+    """The structured-output schema ``response_format`` asks for (None for text)."""
+    if response_format is None:
+        return None
+    _expect(isinstance(response_format, dict), "response_format", "must be an object")
+    kind = response_format.get("type")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return dict(ANY_JSON_OBJECT)
+    _expect(kind == "json_schema", "response_format.type", f"must be text, json_object or json_schema, got {kind!r}")
+    spec = response_format.get("json_schema")
+    _expect(isinstance(spec, dict), "response_format.json_schema", "must be an object")
+    schema = spec.get("schema")
+    _expect(schema is None or isinstance(schema, dict), "response_format.json_schema.schema", "must be an object")
+    return schema if schema else dict(ANY_JSON_OBJECT)
+
+
+def _chat_usage(usage: Dict[str, Any]) -> Dict[str, Any]:
+    """Anthropic usage as Chat Completions': the prompt counts the cache reads and writes too."""
+    cached = upstream_count(usage.get("cache_read_input_tokens")) or 0
+    prompt = ((upstream_count(usage.get("input_tokens")) or 0) + cached
+              + (upstream_count(usage.get("cache_creation_input_tokens")) or 0))
+    completion = upstream_count(usage.get("output_tokens")) or 0
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": cached}}
+
+
+def _chat_id(message_id: Any) -> str:
+    """The ``chatcmpl-`` id of the answer to Message ``message_id`` (one id for a whole stream)."""
+    text = message_id if isinstance(message_id, str) and message_id else new_message_id()
+    return "chatcmpl-" + (text[4:] if text.startswith("msg_") else text)
+
+
+def anthropic_message_to_chat(message: Dict[str, Any], model: str, created: int) -> Dict[str, Any]:
+    """A whole Anthropic Message as a ``chat.completion`` (``model``: the name the client asked
+    for; ``created``: the Unix time, passed in). Thinking is ``reasoning_content``, as DeepSeek
+    and vLLM write it; tool_use blocks are ``tool_calls`` with their arguments as JSON text."""
+    texts, thinking, calls = [], [], []
+    for block in message.get("content") or []:
+        kind = block.get("type") if isinstance(block, dict) else None
+        if kind == "text":
+            texts.append(str(block.get("text") or ""))
+        elif kind == "thinking":
+            thinking.append(str(block.get("thinking") or ""))
+        elif kind == "tool_use":
+            calls.append({"id": str(block.get("id")), "type": "function", "function": {
+                "name": str(block.get("name")),
+                "arguments": _COMPACT_JSON.encode(block.get("input") if isinstance(block.get("input"), dict) else {})}})
+    reply: Dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts or not calls else None,
+                             "refusal": None}
+    if thinking:
+        reply["reasoning_content"] = "".join(thinking)
+    if calls:
+        reply["tool_calls"] = calls
+    finish = _CHAT_FINISH_REASONS.get(str(message.get("stop_reason")), "stop")
+    usage = message.get("usage") if isinstance(message.get("usage"), dict) else {}
+    return {"id": _chat_id(message.get("id")), "object": "chat.completion", "created": created, "model": model,
+            "choices": [{"index": 0, "message": reply, "logprobs": None, "finish_reason": finish}],
+            "usage": _chat_usage(usage)}
+
+
+def chat_error_body(status: int, error_type: str, message: str) -> Dict[str, Any]:
+    """agproxy's error (an Anthropic ``error_type``; ``status`` where the type is not one) as
+    OpenAI's error JSON: ``{"error": {"message", "type", "param", "code"}}``. ``param`` is the
+    request field a 400 names (its message opens with it)."""
+    if error_type not in _ERROR_STATUS and error_type not in _CHAT_ERROR_TYPES:
+        error_type = error_type_for_status(status)
+    param = None
+    if error_type == "invalid_request_error":
+        match = _CHAT_PARAM.match(message)
+        param = match.group(1) if match else None
+    return {"error": {"message": message, "type": _CHAT_ERROR_TYPES.get(error_type, error_type), "param": param,
+                      "code": _CHAT_ERROR_CODES.get(error_type)}}
+
+
+class ChatStreamEncoder(StreamEncoder):
+    """The internal Anthropic events of one answer as a Chat Completions stream: one
+    ``chat.completion.chunk`` per piece, one id throughout (from the Message's), the role in the
+    first delta, thinking as ``reasoning_content``, each tool call's id and name in its first
+    piece then its arguments as they come, the finish reason, the usage chunk (empty ``choices``)
+    when the client asked for it, then ``data: [DONE]``. Events are taken one at a time, so any
+    batching of the same events gives the same bytes. After an error or the end it writes nothing."""
+
+    def __init__(self, model: str, created: int, include_usage: bool = False) -> None:
+        self.model = model
+        self.created = created
+        self.include_usage = include_usage
+        self.ended = False
+        self._head = ""  # a chunk's id, object, created and model, known once the id is
+        self._prefix = ""  # a chunk's JSON up to its delta
+        self._usage: Dict[str, Any] = {}
+        self._calls: Dict[int, int] = {}  # block index -> tool call index
+        self._arguments: Dict[int, bool] = {}  # block index -> whether arguments were written
+        self._finished = False
+
+    def encode(self, events: List[Event]) -> bytes:
+        """A batch of events as the client's SSE bytes (b"" when nothing in it shows)."""
+        out: List[str] = []
+        for event in events:
+            if self.ended:
+                break
+            self._event(event, out)
+        return "".join(out).encode("utf-8", "replace")
+
+    def ping(self) -> bytes:
+        """An SSE comment: every SSE parser skips it (OpenRouter sends the same while it waits)."""
+        return b"" if self.ended else b": ping\n\n"
+
+    def error(self, error_type: str, message: str) -> bytes:
+        """The end of a stream that broke: a ``data: {"error": ...}`` line, which the openai SDK
+        raises as an APIError, and no ``[DONE]``."""
+        if self.ended:
+            return b""
+        self.ended = True
+        body = chat_error_body(_ERROR_STATUS.get(error_type, 500), error_type, message)
+        return f"data: {_COMPACT_JSON.encode(body)}\n\n".encode("utf-8", "replace")
+
+    def _chunk(self, delta: Dict[str, Any], finish: Optional[str] = None) -> str:
+        if not self._prefix:
+            self._start(None)
+        finish_json = "null" if finish is None else f'"{finish}"'
+        return (f'data: {self._prefix}{_COMPACT_JSON.encode(delta)},"logprobs":null,'
+                f'"finish_reason":{finish_json}}}]}}\n\n')
+
+    def _start(self, message_id: Any) -> None:
+        head = {"id": _chat_id(message_id), "object": "chat.completion.chunk", "created": self.created,
+                "model": self.model}
+        self._head = _COMPACT_JSON.encode(head)[:-1]  # the object without its closing brace
+        self._prefix = self._head + ',"choices":[{"index":0,"delta":'
+
+    def _event(self, event: Event, out: List[str]) -> None:
+        name = event.name
+        if name == "ping":
+            return
+        data = event.data
+        if name == "message_start":
+            message = data.get("message") if isinstance(data.get("message"), dict) else {}
+            if not self._prefix:
+                self._start(message.get("id"))
+            if isinstance(message.get("usage"), dict):
+                merge_usage(self._usage, message["usage"])
+            out.append(self._chunk({"role": "assistant", "content": "", "refusal": None}))
+        elif name == "content_block_start":
+            self._block_start(data, out)
+        elif name == "content_block_delta":
+            self._delta(data, out)
+        elif name == "content_block_stop":
+            index = data.get("index")
+            if _is_int(index) and index in self._arguments and not self._arguments.pop(index):
+                out.append(self._call_piece(index, {"arguments": "{}"}))
+        elif name == "message_delta":
+            if isinstance(data.get("usage"), dict):
+                merge_usage(self._usage, data["usage"])
+            delta = data.get("delta") if isinstance(data.get("delta"), dict) else {}
+            if not self._finished and delta.get("stop_reason") is not None:
+                self._finished = True
+                out.append(self._chunk({}, _CHAT_FINISH_REASONS.get(str(delta["stop_reason"]), "stop")))
+        elif name == "message_stop":
+            if not self._finished:
+                self._finished = True
+                out.append(self._chunk({}, "tool_calls" if self._calls else "stop"))
+            if self.include_usage:
+                usage = _COMPACT_JSON.encode(_chat_usage(self._usage))
+                out.append(f'data: {self._head},"choices":[],"usage":{usage}}}\n\n')
+            out.append("data: [DONE]\n\n")
+            self.ended = True
+        elif name == "error":
+            error = data.get("error") if isinstance(data.get("error"), dict) else {}
+            out.append(self.error(str(error.get("type") or "api_error"), str(error.get("message") or "upstream error"))
+                       .decode("utf-8"))
+
+    def _block_start(self, data: Dict[str, Any], out: List[str]) -> None:
+        block = data.get("content_block") if isinstance(data.get("content_block"), dict) else {}
+        index = data.get("index")
+        kind = block.get("type")
+        if kind == "text" and block.get("text"):
+            out.append(self._chunk({"content": str(block["text"])}))
+        elif kind == "thinking" and block.get("thinking"):
+            out.append(self._chunk({"reasoning_content": str(block["thinking"])}))
+        elif kind == "tool_use" and _is_int(index):
+            self._calls[index] = len(self._calls)
+            start = {"index": self._calls[index], "id": str(block.get("id")), "type": "function",
+                     "function": {"name": str(block.get("name")), "arguments": ""}}
+            out.append(self._chunk({"tool_calls": [start]}))
+            given = block.get("input")
+            self._arguments[index] = bool(given)
+            if given:  # an input that came whole in the start (deltas follow only when it is empty)
+                out.append(self._call_piece(index, {"arguments": _COMPACT_JSON.encode(given)}))
+
+    def _delta(self, data: Dict[str, Any], out: List[str]) -> None:
+        delta = data.get("delta") if isinstance(data.get("delta"), dict) else {}
+        kind = delta.get("type")
+        if kind == "text_delta" and delta.get("text"):
+            out.append(self._chunk({"content": str(delta["text"])}))
+        elif kind == "thinking_delta" and delta.get("thinking"):
+            out.append(self._chunk({"reasoning_content": str(delta["thinking"])}))
+        elif kind == "input_json_delta" and delta.get("partial_json") and _is_int(data.get("index")) \
+                and data["index"] in self._calls:
+            self._arguments[data["index"]] = True
+            out.append(self._call_piece(data["index"], {"arguments": str(delta["partial_json"])}))
+
+    def _call_piece(self, index: int, function: Dict[str, Any]) -> str:
+        return self._chunk({"tool_calls": [{"index": self._calls[index], "function": function}]})
 
 # -- client dialect: OpenAI Responses -----------------------------------------------------------------
 #
@@ -7540,7 +8151,8 @@ KNOWN_REQUEST_FIELDS = BASIC_FIELDS | BASIC_TOOL_FIELDS | frozenset((
     "seed", "frequency_penalty", "presence_penalty", "logprobs",
     # Gemini generateContent
     "generationConfig", "thinkingConfig", "thinkingBudget", "thinkingLevel", "includeThoughts", "systemInstruction",
-    "toolConfig", "safetySettings", "cachedContent", "responseMimeType", "responseSchema", "stopSequences",
+    "toolConfig", "safetySettings", "cachedContent", "responseMimeType", "responseSchema", "responseJsonSchema",
+    "stopSequences",
     "candidateCount", "topP", "topK", "labels",
 ))
 
@@ -8122,12 +8734,15 @@ class Response:
 
 @dataclasses.dataclass
 class StreamingResponse:
-    """A response whose body is relayed chunk by chunk; ``abort`` cuts its source."""
+    """A response whose body is relayed chunk by chunk; ``abort`` cuts its source; ``ending``
+    gives the last bytes of a stream the shutdown cuts (its protocol's error, from an error type
+    and words; none: the stream just ends)."""
 
     status: int
     headers: Headers
     chunks: AsyncIterator[bytes]
     abort: Callable[[], None]
+    ending: Optional[Callable[[str, str], bytes]] = None
 
 
 def json_response(status: int, payload: Any, headers: Headers = ()) -> Response:
@@ -8140,14 +8755,15 @@ def json_response(status: int, payload: Any, headers: Headers = ()) -> Response:
 _RETRYABLE_4XX = (408, 409, 429)
 
 
-def error_response(exc: AgproxyError) -> Response:
-    """The one place an :class:`AgproxyError` becomes an HTTP response. An answer that retrying
-    cannot change (a 4xx but the three above, or an error marked ``final``) says
-    ``x-should-retry: false``, so SDKs and Claude Code fail at once instead of retrying for minutes."""
+def error_response(exc: AgproxyError, body: Any = None) -> Response:
+    """The one place an :class:`AgproxyError` becomes an HTTP response: its ``body`` (a client
+    dialect's shape of it; by default Anthropic's). An answer that retrying cannot change (a 4xx
+    but the three above, or an error marked ``final``) says ``x-should-retry: false``, so SDKs and
+    Claude Code fail at once instead of retrying for minutes."""
     headers = list(exc.headers)
     if exc.final or (400 <= exc.status < 500 and exc.status not in _RETRYABLE_4XX):
         headers.append(("x-should-retry", "false"))
-    return json_response(exc.status, exc.body(), headers)
+    return json_response(exc.status, exc.body() if body is None else body, headers)
 
 
 @dataclasses.dataclass
@@ -8739,7 +9355,7 @@ class HttpServer:
             raise
         except asyncio.CancelledError:
             if self._stopping and not conn.gone:
-                self._end_cut_stream(conn, record, chunked)
+                self._end_cut_stream(conn, record, chunked, response.ending)
             raise
         finally:
             self.streams_active -= 1
@@ -8751,11 +9367,12 @@ class HttpServer:
         if conn.gone:
             record.client_left()
 
-    def _end_cut_stream(self, conn: _Connection, record: RequestRecord, chunked: bool) -> None:
-        """A stream the shutdown cuts still ends as a stream: an error event, then the body's end."""
-        cut = encode_sse_json("error", error_body("overloaded_error", "agproxy is shutting down: this stream was "
-                                                                      "cut (shutdown_grace_s)"))
-        conn.writer.write((encode_chunk(cut) + LAST_CHUNK) if chunked else cut)
+    def _end_cut_stream(self, conn: _Connection, record: RequestRecord, chunked: bool,
+                        ending: Optional[Callable[[str, str], bytes]]) -> None:
+        """A stream the shutdown cuts still ends as a stream: its protocol's error, then the body's end."""
+        cut = ending("overloaded_error", "agproxy is shutting down: this stream was cut (shutdown_grace_s)") \
+            if ending is not None else b""
+        conn.writer.write((encode_chunk(cut) + LAST_CHUNK if cut else LAST_CHUNK) if chunked else cut)
         record.note = "cut by the shutdown"
 
     async def _drain(self, conn: _Connection) -> None:
@@ -8858,6 +9475,15 @@ class ModelCatalog:
                 self.log.warning("could not list the models of upstream %r: no list within %g s",
                                  upstream.name, _MODELS_FETCH_DEADLINE_S)
         self._cache = (time.monotonic() + _MODELS_CACHE_S, upstream_models)  # fresh from its end
+
+    async def visible(self, client: Optional[Client]) -> List[Dict[str, Any]]:
+        """The models a client may use, of those advertised (everyone else sees them all)."""
+        models = await self.models()
+        return models if client is None else [m for m in models if client.may_use(m["id"])]
+
+    async def one(self, model_id: str) -> Dict[str, Any]:
+        """One model's object: as listed, else made from its name (any model ``model_map`` routes is served)."""
+        return next((m for m in await self.models() if m["id"] == model_id), None) or _model_object(model_id, model_id)
 
     def _routable(self, model: str) -> bool:
         try:
@@ -9015,7 +9641,8 @@ def permitted_route(config: Config, caller: Caller, model: str) -> Route:
     client = caller.client
     if client is not None and not client.may_use(model):
         raise PermissionDenied(f"client {client.name!r} may not use model {model[:200]!r} (its models: "
-                               f"{', '.join(client.models)[:300]})")
+                               f"{', '.join(client.models)[:300]}; ask for one of those: in Claude Code, --model "
+                               "NAME or ANTHROPIC_MODEL)")
     route = route_model(config, model)
     if client is None or not client.upstreams:
         return route
@@ -9024,6 +9651,10 @@ def permitted_route(config: Config, caller: Caller, model: str) -> Route:
         raise PermissionDenied(f"client {client.name!r} may not use model {model[:200]!r}: it is served by none of "
                                "the client's upstreams")
     return Route(upstreams, route.model)
+
+
+#: Paths that stand for every path below them in the routes table (a model's name follows them).
+ROUTE_PREFIXES = ("/v1/models/", "/v1beta/models/")
 
 
 def is_admin_route(path: str) -> bool:
@@ -9084,8 +9715,9 @@ class FrontDoor:
         """The handler of a request's path and method; 404 or 405 (with ``Allow``) when none."""
         path = request.path
         methods = self.routes.get(path)
-        if methods is None and path.startswith("/v1/models/"):
-            methods = self.routes["/v1/models/"]
+        for prefix in ROUTE_PREFIXES:
+            if methods is None and path.startswith(prefix) and len(path) > len(prefix):
+                methods = self.routes[prefix]
         if methods is None:
             raise NotFound(f"no route for {request.method[:20]} {path[:200]}")
         method = "GET" if request.method == "HEAD" and "GET" in methods else request.method
@@ -9137,8 +9769,9 @@ class FrontDoor:
         keys = presented_keys(request)
         if not keys:
             if required:
-                raise AuthenticationFailed("missing API key: send agproxy's api_key as x-api-key or Authorization: "
-                                           "Bearer")
+                whose = "your own key (a client's, from whoever runs agproxy) or agproxy's api_key" \
+                    if config.clients else "agproxy's api_key"
+                raise AuthenticationFailed(f"missing API key: send {whose} as x-api-key or Authorization: Bearer")
             return Caller()
         admin_key = config.admin_api_key or config.api_key
         admin = key_matches(admin_key, keys)
@@ -9152,8 +9785,9 @@ class FrontDoor:
         client = matched[0] if matched else None
         if client is None and not known:
             if required:
-                raise AuthenticationFailed("invalid API key for agproxy (it is agproxy's api_key or a client's, not "
-                                           "an upstream's key)")
+                raise AuthenticationFailed("invalid API key for agproxy: it is neither agproxy's api_key nor a "
+                                           "client's (a client removed from the config is refused too; an upstream's "
+                                           "key is not agproxy's)")
             return Caller()
         return Caller(client, admin)
 
@@ -9233,6 +9867,9 @@ class Server(Application):
             "/healthz": {"GET": self._healthz},
             "/v1/messages": {"POST": self._messages},
             "/v1/messages/count_tokens": {"POST": self._count_tokens},
+            "/v1/chat/completions": {"POST": self._chat_completions},
+            "/v1/responses": {"POST": self._responses},
+            "/v1beta/models": {"GET": self._gemini_models},
             "/v1/models": {"GET": self._models},
             "/v1/models/claude": {"GET": self._models_openai},
             "/v1/api/event_logging": {"POST": self._telemetry},
@@ -9248,7 +9885,10 @@ class Server(Application):
         }
         self.board = StatusBoard(clock(), self.usage, self.redact.text)
         self.record_readers.append(self.board.read)
-        self.door = FrontDoor(config, dict(self._routes, **{"/v1/models/": {"GET": self._model}}), self.note_once)
+        self.door = FrontDoor(config, dict(self._routes, **{"/v1/models/": {"GET": self._model},
+                                                             "/v1beta/models/": {"GET": self._gemini_model,
+                                                                                 "POST": self._gemini_model}}),
+                              self.note_once)
         self.watcher: Optional[ConfigWatcher] = None
 
     def adapter(self, upstream: Upstream) -> Adapter:
@@ -9258,7 +9898,7 @@ class Server(Application):
     def error_answer(self, exc: AgproxyError, record: RequestRecord) -> Response:
         """The error answer, with the model sent and the account used where the request got that far
         (read from its record: nothing is written onto the error after it was raised)."""
-        response = error_response(exc)
+        response = error_response(exc, dialect_of_path(record.path).error_body(exc))
         if record.mapped_model:
             response.headers.append(("X-Mapped-Model", record.mapped_model))
         if record.account and record.account != "warmup":
@@ -9382,28 +10022,41 @@ class Server(Application):
         return Response(200, [("Content-Type", "application/json")], b"")
 
     async def _models(self, request: Request, exchange: _Exchange) -> Response:
-        data = self._listed(exchange, await self.catalog.models())
-        return json_response(200, {"data": data, "has_more": False, "first_id": data[0]["id"] if data else None,
-                                   "last_id": data[-1]["id"] if data else None})
-
-    @staticmethod
-    def _listed(exchange: _Exchange, models: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-        """The models a client may use, of those listed (everyone else sees them all)."""
-        client = exchange.admission.client
-        return models if client is None else [m for m in models if client.may_use(m["id"])]
+        """Anthropic's list for an Anthropic client (it sends ``anthropic-version``), else both shapes in one."""
+        shape = "anthropic" if request.header("anthropic-version") is not None else "both"
+        return json_response(200, models_list(await self.catalog.visible(exchange.admission.client), shape))
 
     async def _models_openai(self, request: Request, exchange: _Exchange) -> Response:
-        data = [{"id": m["id"], "object": "model", "created": _MODELS_CREATED, "owned_by": "agproxy"}
-                for m in self._listed(exchange, await self.catalog.models())]
-        return json_response(200, {"object": "list", "data": data})
+        return json_response(200, models_list(await self.catalog.visible(exchange.admission.client), "openai"))
 
     async def _model(self, request: Request, exchange: _Exchange) -> Response:
         model_id = urllib.parse.unquote(request.path[len("/v1/models/"):])
         permitted_route(self.config, exchange.admission, model_id)
-        for model in await self.catalog.models():
-            if model["id"] == model_id:
-                return json_response(200, model)
-        return json_response(200, _model_object(model_id, model_id))
+        return json_response(200, await self.catalog.one(model_id))
+
+    async def _chat_completions(self, request: Request, exchange: _Exchange) -> Union[Response, StreamingResponse]:
+        return await self._generate(request, exchange, DIALECTS["chat"])
+
+    async def _responses(self, request: Request, exchange: _Exchange) -> Union[Response, StreamingResponse]:
+        return await self._generate(request, exchange, DIALECTS["responses"])
+
+    async def _gemini_models(self, request: Request, exchange: _Exchange) -> Response:
+        """``GET /v1beta/models``: the models the caller may use, in Gemini's shape."""
+        return json_response(200, DIALECTS["gemini"].model_list(await self.catalog.visible(exchange.admission.client)))
+
+    async def _gemini_model(self, request: Request, exchange: _Exchange) -> Union[Response, StreamingResponse]:
+        """``/v1beta/models/{model}:generateContent``, ``:streamGenerateContent`` and
+        ``:countTokens`` (POST), and one model (GET)."""
+        name, _, method = urllib.parse.unquote(request.path[len("/v1beta/models/"):]).partition(":")
+        if request.method in ("GET", "HEAD") and not method:
+            permitted_route(self.config, exchange.admission, name)
+            return json_response(200, DIALECTS["gemini"].model_list([await self.catalog.one(name)])["models"][0])
+        if request.method != "POST" or method not in GEMINI_METHODS:
+            raise NotFound(f"no route for {request.method[:20]} {request.path[:200]} (Gemini's methods here: "
+                           f"{', '.join(GEMINI_METHODS)})")
+        if method == "countTokens":
+            return await self._count_tokens(request, exchange, DIALECTS["gemini"], name)
+        return await self._generate(request, exchange, DIALECTS["gemini"], name)
 
     def _json_body(self, request: Request) -> Dict[str, Any]:
         if not is_json_content_type(request.header("content-type")):
@@ -9414,23 +10067,34 @@ class Server(Application):
         return parse_json_body(request.body or b"")
 
     async def _messages(self, request: Request, exchange: _Exchange) -> Union[Response, StreamingResponse]:
-        body = self._json_body(request)
+        return await self._generate(request, exchange, DIALECTS["anthropic"])
+
+    async def _generate(self, request: Request, exchange: _Exchange, dialect: Dialect,
+                        model: Optional[str] = None) -> Union[Response, StreamingResponse]:
+        """A request that generates, in any client protocol: its dialect turns it into the internal
+        form (``model``: where the path names it), and everything after is the same for all:
+        validation, the client's models and limits, warmups, the attempts over the account pool,
+        and the answer in the client's shape."""
+        asked = self._json_body(request)
         record = exchange.record
-        record.model, record.stream = str(body.get("model"))[:200], body.get("stream") is True
+        record.model = str(model if model is not None else asked.get("model"))[:200]
+        inbound = dialect.inbound(request, asked, model)
+        body = inbound.body
+        record.stream = inbound.stream
         validate_messages_request(body)
+        raw = internal_bytes(request, asked, body)
         pool = self.pool  # what the request began with, whatever a reload brings meanwhile
         route = permitted_route(self.config, exchange.admission, body["model"])
-        headers: Headers = [("X-Mapped-Model", route.model)]
-        warmup = self.config.warmup_interception and is_warmup(body)
+        warmup = dialect.answers_warmups and self.config.warmup_interception and is_warmup(body)
         if not warmup:  # answered locally, a warmup costs nothing against the client's limits
             await self._within_limits(request, exchange)
         record.mapped_model, record.upstream = route.model, route.upstream.name
         if warmup:
             self.counters["warmup_intercepted"] += 1
-            return warmup_answer(body, record, headers)
+            return dialect.whole(warmup_answer(body, record, [("X-Mapped-Model", route.model)]), inbound)
 
         async def attempt(upstream: Upstream, account: Account) -> Union[Response, StreamingResponse]:
-            call = self._call(request, exchange, body, Route((upstream,), route.model), account)
+            call = self._call(raw, request, exchange, body, Route((upstream,), route.model), account)
             try:
                 answer = await self.adapter(upstream).messages(call)
             except AgproxyError as exc:
@@ -9441,8 +10105,8 @@ class Server(Application):
                 record.local = upstream.kind
             if not isinstance(answer, AnswerStream):
                 record.add_usage(call.facts.usage)
-                return answer
-            return self._relay(answer, call, record, pool)  # its usage comes as it is relayed
+                return dialect.whole(answer, inbound)
+            return self._relay(answer, call, record, pool, dialect.encoder(inbound), dialect.stream_headers(inbound))
 
         return await run_attempts(pool, route, session_id(request.headers, body), self.config.max_retry_attempts,
                                   attempt, clock=self.clock, sleep=self.sleep, on_change=self.saver.save,
@@ -9456,18 +10120,20 @@ class Server(Application):
         if client is not None:
             await self.limits.admit(client, exchange.id, len(request.body or b"") // _BYTES_PER_RESERVED_TOKEN)
 
-    def _call(self, request: Request, exchange: _Exchange, body: Dict[str, Any], route: Route,
+    def _call(self, raw: bytes, request: Request, exchange: _Exchange, body: Dict[str, Any], route: Route,
               account: Account) -> Call:
-        """What one attempt on ``route`` with ``account`` needs; the record names them from now on."""
+        """What one attempt on ``route`` with ``account`` needs (``body`` in the internal form, and
+        ``raw``, its bytes); the record names them from now on."""
         exchange.record.upstream, exchange.record.account = route.upstream.name, account.name
-        return Call(body, request.body or b"", request.headers, route, account,
+        return Call(body, raw, request.headers, route, account,
                     [("X-Mapped-Model", route.model), ("X-Account-Email", account.name)], exchange.on_client_gone,
                     self.config.force_stream_internally, self.config.ping_interval_s)
 
-    def _relay(self, answer: AnswerStream, call: Call, record: RequestRecord, pool: AccountPool) -> StreamingResponse:
-        """The client's streaming response for an attempt's answer stream: the account's slot (in
-        the pool the request began with) stays taken, and the record takes the answer's usage,
-        until the relay ends."""
+    def _relay(self, answer: AnswerStream, call: Call, record: RequestRecord, pool: AccountPool,
+               encoder: StreamEncoder, stream_headers: Headers) -> StreamingResponse:
+        """The client's streaming response for an attempt's answer stream, written by the client's
+        ``encoder``: the account's slot (in the pool the request began with) stays taken, and the
+        record takes the answer's usage, until the relay ends."""
         release = pool.hold(call.upstream, call.account)
         response = answer.response
 
@@ -9479,14 +10145,21 @@ class Server(Application):
             response.abandon()
             release()
 
-        return StreamingResponse(200, _SSE_HEADERS + answer.headers, answer.relay(ended, record.fail), abort)
+        return StreamingResponse(200, stream_headers + answer.headers, answer.relay(encoder, ended, record.fail), abort,
+                                 encoder.error)
 
 
-    async def _count_tokens(self, request: Request, exchange: _Exchange) -> Response:
-        body = self._json_body(request)
+    async def _count_tokens(self, request: Request, exchange: _Exchange, dialect: Optional[Dialect] = None,
+                            model: Optional[str] = None) -> Response:
+        """A token count of a request in any client protocol that has one (its dialect turns the
+        request into the internal form, and the count into its answer)."""
+        dialect = dialect or DIALECTS["anthropic"]
+        asked = self._json_body(request)
         record = exchange.record
-        record.model = str(body.get("model"))[:200]
+        record.model = str(model if model is not None else asked.get("model"))[:200]
+        body = dialect.inbound(request, asked, model).body
         validate_messages_request(body, count_tokens=True)
+        raw = internal_bytes(request, asked, body)
         pool = self.pool  # what the request began with, whatever a reload brings meanwhile
         route = permitted_route(self.config, exchange.admission, body["model"])
         record.mapped_model, record.upstream = route.model, route.upstream.name
@@ -9496,15 +10169,15 @@ class Server(Application):
         if not self.adapter(route.upstream).counts_upstream:
             account = pool.rested(route.upstream, route.model, self.clock())
             counted = await self.adapter(route.upstream).count(body, route, account)
-            tokens = counted if counted is not None else await _estimate_tokens(body, len(request.body or b""))
+            tokens = counted if counted is not None else await _estimate_tokens(body, len(raw))
             if window:
                 tokens = scale_tokens(tokens, window, client_window)
             how = "upstream-tokenizer" if counted is not None else "estimate"
-            return json_response(200, {"input_tokens": tokens}, headers + [("X-Token-Count", how)])
+            return json_response(200, dialect.count_json({"input_tokens": tokens}), headers + [("X-Token-Count", how)])
         pooled = Route(tuple(u for u in route.upstreams if self.adapter(u).counts_upstream), route.model)
 
         async def attempt(upstream: Upstream, account: Account) -> Response:
-            call = self._call(request, exchange, body, Route((upstream,), route.model), account)
+            call = self._call(raw, request, exchange, body, Route((upstream,), route.model), account)
             try:
                 counted = await self.adapter(upstream).count_by_account(call)
             except AgproxyError as exc:
@@ -9514,7 +10187,7 @@ class Server(Application):
             upstream_window = self.windows.window(upstream, route.model)
             if upstream_window:
                 scale_usage(counted, upstream_window, client_window)
-            return json_response(200, counted, headers + [("X-Account-Email", account.name)])
+            return json_response(200, dialect.count_json(counted), headers + [("X-Account-Email", account.name)])
 
         return await run_attempts(pool, pooled, session_id(request.headers, body), self.config.max_retry_attempts,
                                   attempt, clock=self.clock, sleep=self.sleep, on_change=self.saver.save,
@@ -9570,13 +10243,19 @@ class Server(Application):
         return Response(200, [("Content-Type", METRICS_CONTENT_TYPE)], page)
 
 
-def warmup_answer(body: Dict[str, Any], record: RequestRecord, headers: Headers) -> Response:
-    """agproxy's own answer to a Claude Code warmup (:func:`is_warmup`), as the client asked for
-    it (JSON or a stream); the record says it was answered locally."""
+def internal_bytes(request: Request, asked: Dict[str, Any], body: Dict[str, Any]) -> bytes:
+    """The bytes of a request in the internal form: the client's own where its dialect kept its
+    body (Anthropic's: sent on byte for byte where nothing needs cleaning), else the body's JSON."""
+    return (request.body or b"") if body is asked else json.dumps(body, ensure_ascii=False).encode("utf-8")
+
+
+def warmup_answer(body: Dict[str, Any], record: RequestRecord, headers: Headers) -> WholeAnswer:
+    """agproxy's own answer to a Claude Code warmup (:func:`is_warmup`); the record says it was
+    answered locally."""
     record.local = "warmup"
     message = warmup_message(body["model"])
     record.add_usage(message.get("usage"))
-    return message_answer(message, bool(body.get("stream")), headers + [("X-Warmup-Intercepted", "true")])
+    return WholeAnswer(message, headers + [("X-Warmup-Intercepted", "true")])
 
 
 def attempt_logger(log: logging.Logger, record: RequestRecord, model: str
@@ -9602,11 +10281,6 @@ def attempt_logger(log: logging.Logger, record: RequestRecord, model: str
     return logged
 
 
-def message_answer(message: Dict[str, Any], stream: bool, headers: Headers) -> Union[Response, StreamingResponse]:
-    """Answer with a whole Message: as JSON, or (asked for a stream) as its event stream."""
-    if not stream:
-        return json_response(200, message, headers)
-    return StreamingResponse(200, _SSE_HEADERS + list(headers), _iterate(message_as_sse(message)), lambda: None)
 
 
 async def list_upstream_models(client: UpstreamClient, adapter: Any, upstream: Upstream, account: Account,
@@ -9632,6 +10306,128 @@ async def list_upstream_models(client: UpstreamClient, adapter: Any, upstream: U
             break
         path, body = f"{adapter.models_path}&pageToken={urllib.parse.quote(page[1], safe='')}", None
     return models[:_MAX_LISTED_MODELS]
+
+
+# -- one dialect per client protocol ------------------------------------------------------------------
+
+
+
+
+@dataclasses.dataclass
+class WholeAnswer:
+    """An attempt's answer that came whole (or was assembled, or made locally): the Message, the
+    headers for the client, and the events to send it as to a client that asked for a stream
+    (None: :func:`message_events`)."""
+
+    message: Dict[str, Any]
+    headers: Headers
+    events: Optional[List[Event]] = None
+
+
+@dataclasses.dataclass
+class Inbound:
+    """A client's request in the internal form: the Anthropic Messages body, whether the client
+    wants a stream, and what its dialect keeps of the request to answer in the client's shape."""
+
+    body: Dict[str, Any]
+    stream: bool
+    context: Any = None
+
+
+class Dialect:
+    """A client protocol behind one interface (issue 21), mirroring :class:`Adapter`: its request
+    in the internal form (:meth:`inbound`), the internal answer as its JSON or stream, and
+    agproxy's errors in its shape. Everything between (routing, client keys and limits, accounts,
+    retries, the record) is the same for every dialect. This one is Anthropic Messages, which
+    needs no translation."""
+
+    name = "anthropic"
+    #: whether Claude Code's warmups come this way (agproxy answers them itself)
+    answers_warmups = True
+
+    def inbound(self, request: Request, body: Dict[str, Any], model: Optional[str]) -> Inbound:
+        """The client's request (its JSON ``body``; ``model`` where the path names it) in the
+        internal form, or :class:`InvalidRequest` for what the internal form cannot carry."""
+        return Inbound(body, body.get("stream") is True)
+
+    def encoder(self, inbound: Inbound) -> StreamEncoder:
+        """What writes one answer's events as this client's stream."""
+        return ANTHROPIC_ENCODER
+
+    def stream_headers(self, inbound: Inbound) -> Headers:
+        """The headers of this client's stream."""
+        return _SSE_HEADERS
+
+    def message_json(self, message: Dict[str, Any], inbound: Inbound) -> Any:
+        """A whole Message as this client's JSON answer."""
+        return message
+
+    def error_body(self, exc: AgproxyError) -> Any:
+        """agproxy's error as this client's error JSON."""
+        return exc.body()
+
+    def count_json(self, counted: Dict[str, Any]) -> Any:
+        """A token count (Anthropic's ``{"input_tokens": N}``) as this client's answer."""
+        return counted
+
+    def model_list(self, models: List[Dict[str, Any]]) -> Dict[str, Any]:
+        """Anthropic model objects as this client's list of models."""
+        return models_list(models, "anthropic")
+
+    def whole(self, answer: WholeAnswer, inbound: Inbound) -> Union[Response, StreamingResponse]:
+        """A whole answer as the client asked for it: its JSON, or its stream in one write."""
+        if not inbound.stream:
+            return json_response(200, self.message_json(answer.message, inbound), answer.headers)
+        events = answer.events or message_events(answer.message)
+        return StreamingResponse(200, self.stream_headers(inbound) + list(answer.headers),
+                                 _iterate([self.encoder(inbound).encode(events)]), lambda: None)
+
+
+class ChatDialect(Dialect):
+    """OpenAI Chat Completions (``POST /v1/chat/completions``), as Aider, Continue, Cline,
+    opencode and the openai SDK speak it (section 7's ``chat_*`` translators): its chunks name
+    the model the client asked for, and its errors take OpenAI's shape."""
+
+    name = "chat"
+    answers_warmups = False
+
+    def inbound(self, request: Request, body: Dict[str, Any], model: Optional[str]) -> Inbound:
+        internal = chat_request_to_anthropic(body)
+        return Inbound(internal, internal.get("stream") is True,
+                       (str(body.get("model"))[:200], int(time.time()), chat_include_usage(body)))
+
+    def encoder(self, inbound: Inbound) -> StreamEncoder:
+        model, created, include_usage = inbound.context
+        return ChatStreamEncoder(model, created, include_usage)
+
+    def message_json(self, message: Dict[str, Any], inbound: Inbound) -> Any:
+        model, created, _ = inbound.context
+        return anthropic_message_to_chat(message, model, created)
+
+    def error_body(self, exc: AgproxyError) -> Any:
+        return chat_error_body(exc.status, exc.error_type, exc.message)
+
+    def model_list(self, models: List[Dict[str, Any]]) -> Dict[str, Any]:
+        return models_list(models, "openai")
+
+
+#: What Gemini's clients may ask of a model (``POST /v1beta/models/{model}:METHOD``).
+GEMINI_METHODS = ("generateContent", "streamGenerateContent", "countTokens")
+
+
+#: Every client protocol agproxy serves, by name (the routes pick one by path: :func:`dialect_of_path`).
+DIALECTS: Dict[str, Dialect] = {"anthropic": Dialect(), "chat": ChatDialect()}
+#: The paths of each client protocol but Anthropic's (prefixes end in "/").
+DIALECT_PATHS = (("/v1/chat/completions", "chat"), ("/v1/responses", "responses"), ("/v1beta/", "gemini"))
+
+
+def dialect_of_path(path: str) -> Dialect:
+    """The client protocol a path belongs to (Anthropic's for every path of no other), so that
+    an error answers in the shape its client reads, even one refused before its handler ran."""
+    for prefix, name in DIALECT_PATHS:
+        if (path == prefix or (prefix.endswith("/") and path.startswith(prefix))) and name in DIALECTS:
+            return DIALECTS[name]
+    return DIALECTS["anthropic"]
 
 
 # -- one adapter per upstream kind -----------------------------------------------------------------
@@ -9718,8 +10514,9 @@ class AnswerStream:
 
     response: UpstreamResponse
     headers: Headers
-    #: the relay, given what to call when it ends and what to tell the words of an error that ends it
-    relay: Callable[[Callable[[], None], Callable[[str], None]], AsyncIterator[bytes]]
+    #: the relay, given the client's encoder, what to call when it ends and what to tell the words
+    #: of an error that ends it
+    relay: Callable[[StreamEncoder, Callable[[], None], Callable[[str], None]], AsyncIterator[bytes]]
 
 
 @dataclasses.dataclass
@@ -9911,7 +10708,7 @@ class Adapter:
     #: whether agproxy pings the client while the upstream is silent (an upstream may send its own)
     pings = True
 
-    async def messages(self, call: Call) -> Union[Response, AnswerStream]:
+    async def messages(self, call: Call) -> Union[WholeAnswer, AnswerStream]:
         """One attempt at answering a Messages request on the call's upstream and account, the
         same pipeline for every kind: check the window, send (healing on the way), then relay the
         answer's events (nothing reaches the client before its head, so a failure until then can
@@ -9937,9 +10734,9 @@ class Adapter:
                 redact = DeltaRedactor(self.state.redact).feed  # a key split across deltas
                 observe = self.watcher(upstream)
                 ping_s = call.ping_interval_s if self.pings else None
-                return AnswerStream(response, headers, lambda on_end, on_error: relay_events(
+                return AnswerStream(response, headers, lambda encoder, on_end, on_error: relay_events(
                     head, events, response, upstream.name, observe=observe, rewrite=scale, transform=redact,
-                    ping_interval_s=ping_s, on_end=on_end, on_error=on_error))
+                    ping_interval_s=ping_s, on_end=on_end, on_error=on_error, encoder=encoder))
             message = await _watched(call, response, accumulate_events(events))
         else:
             data = await _watched(call, response, response.read_all())
@@ -9950,7 +10747,7 @@ class Adapter:
             facts.usage.update(message["usage"])
         if window:
             scale_usage(message.get("usage"), window, client_window)
-        return message_answer(message, stream, headers)  # asked for a stream, a whole Message is sent as one
+        return WholeAnswer(message, headers)  # asked for a stream, a whole Message is sent as one
 
     def answer_events(self, response: UpstreamResponse, call: Call, estimate: int) -> AsyncIterator[List[Event]]:
         """The upstream's event stream as Anthropic events, in batches (:class:`Event` lists); a translated
@@ -10244,15 +11041,12 @@ class DemoAdapter(Adapter):
     probe_path = ""
     answers_locally = True
 
-    async def messages(self, call: Call) -> Union[Response, AnswerStream]:
+    async def messages(self, call: Call) -> Union[WholeAnswer, AnswerStream]:
         body, message_id = call.body, new_message_id()
         input_tokens = await _estimate_tokens(body, len(call.raw))
         message = demo_message(body, message_id, input_tokens)
         call.facts.usage.update(message["usage"])
-        if not body.get("stream"):
-            return json_response(200, message, call.answered)
-        return StreamingResponse(200, _SSE_HEADERS + list(call.answered),
-                                 _iterate(demo_sse_events(body, message_id, input_tokens)), lambda: None)
+        return WholeAnswer(message, list(call.answered), message_events(message, DEMO_PIECE_CHARS))
 
 
 class GeminiAdapter(Adapter):
@@ -10687,15 +11481,16 @@ async def relay_events(head: List[Event], events: AsyncIterator[List[Event]], re
                        rewrite: Optional[Callable[[List[Event]], List[Event]]] = None,
                        transform: Optional[Callable[[bytes], bytes]] = None, ping_interval_s: Optional[float] = None,
                        on_end: Optional[Callable[[], None]] = None,
-                       on_error: Optional[Callable[[str], None]] = None) -> AsyncIterator[bytes]:
+                       on_error: Optional[Callable[[str], None]] = None,
+                       encoder: StreamEncoder = ANTHROPIC_ENCODER) -> AsyncIterator[bytes]:
     """Relay an answer's events to the client as they come: the head, then each batch (seen by
-    ``observe``, its events rewritten by ``rewrite``, encoded once, its bytes rewritten by
-    ``transform``), a ping whenever the client has been sent nothing for
-    ``ping_interval_s`` (None: the upstream sends its own), and no more than ``timeout_s``
-    without an event (:class:`_IdleWatch`). A stream that breaks ends with an Anthropic ``error``
-    event after its last whole event, so the client never sees half an event; the upstream
-    connection is closed (or drained) at the end. ``on_error`` hears the words of an error that
-    ends the stream, the upstream's own error event included."""
+    ``observe``, its events rewritten by ``rewrite``, encoded once by the client's ``encoder``,
+    the Anthropic bytes rewritten by ``transform``: :func:`_encoded_batch`), a ping whenever the
+    client has been sent nothing for ``ping_interval_s`` (None: the upstream sends its own), and
+    no more than ``timeout_s`` without an event (:class:`_IdleWatch`). A stream that breaks ends
+    with the encoder's error after its last whole event, so the client never sees half an event;
+    the upstream connection is closed (or drained) at the end. ``on_error`` hears the words of an
+    error that ends the stream, the upstream's own error event included."""
     clock = asyncio.get_running_loop().time
     idle = _IdleWatch(response, response.timeout_s)
     iterator = events.__aiter__()
@@ -10714,8 +11509,7 @@ async def relay_events(head: List[Event], events: AsyncIterator[List[Event]], re
                     words = _error_event_words(batch)
                     if words is not None:
                         on_error(words)
-                data = encode_events(batch if rewrite is None else rewrite(batch))
-                yield data if transform is None else transform(data)
+                yield _encoded_batch(batch if rewrite is None else rewrite(batch), encoder, transform)
                 last_sent = clock()
                 if has_event:  # the time a slow client took to take it is not the upstream's silence
                     idle.saw_event()
@@ -10728,7 +11522,7 @@ async def relay_events(head: List[Event], events: AsyncIterator[List[Event]], re
             if not done:
                 batch = []
                 last_sent = clock()
-                yield encode_sse_json("ping", {"type": "ping"})
+                yield encoder.ping()
                 continue
             try:
                 batch = pending.result()
@@ -10743,14 +11537,12 @@ async def relay_events(head: List[Event], events: AsyncIterator[List[Event]], re
         logging.getLogger("agproxy").warning("the stream of upstream %r broke after it began: %s", upstream, message)
         if on_error is not None:
             on_error(f"upstream {upstream!r}: {message}")
-        yield encode_sse_json("error", error_body("api_error" if idle.expired else exc.error_type,
-                                                  f"upstream {upstream!r}: {message}"))
+        yield encoder.error("api_error" if idle.expired else exc.error_type, f"upstream {upstream!r}: {message}")
     except Exception as exc:  # a defect in agproxy: the client still gets an ending, the log the traceback
         logging.getLogger("agproxy").exception("relaying the stream of upstream %r failed", upstream)
         if on_error is not None:
             on_error(f"agproxy failed relaying upstream {upstream!r}: {type(exc).__name__}")
-        yield encode_sse_json("error", error_body("api_error", f"agproxy failed relaying upstream {upstream!r}: "
-                                                               f"{type(exc).__name__}"))
+        yield encoder.error("api_error", f"agproxy failed relaying upstream {upstream!r}: {type(exc).__name__}")
     finally:
         idle.cancel()
         if pending is not None and not pending.done():
@@ -10758,6 +11550,22 @@ async def relay_events(head: List[Event], events: AsyncIterator[List[Event]], re
         response.close()
         if on_end is not None:
             on_end()
+
+
+def _encoded_batch(batch: List[Event], encoder: StreamEncoder,
+                   transform: Optional[Callable[[bytes], bytes]]) -> bytes:
+    """A batch as the client gets it. ``transform`` (the :class:`DeltaRedactor`) reads Anthropic
+    bytes: another dialect's encoder gets the events it wrote anew only where it changed some
+    (it gives back the very bytes it was given when it changed nothing, as it nearly always does)."""
+    if encoder is ANTHROPIC_ENCODER:
+        data = encode_events(batch)
+        return data if transform is None else transform(data)
+    if transform is not None:
+        data = encode_events(batch)
+        redacted = transform(data)
+        if redacted is not data:
+            batch = [Event(event.event, loads_strict(event.data)) for event in SSEDecoder().feed(redacted)]
+    return encoder.encode(batch)
 
 
 #: What is read of an answer after its message_stop before the connection is cut instead.
@@ -11302,8 +12110,9 @@ border-bottom:1px solid var(--line)}#rows tr:last-child{border:0}#rows td{border
 <span id="updated">connecting…</span><button id="forget" hidden>Forget key</button></div></header>
 <main>
 <section class="card" id="keycard" hidden><h2>agproxy's key</h2><div>This agproxy has auth on: enter its
-<code>api_key</code> to see its status. It is kept in this tab only and sent as a header.</div>
-<form id="keyform"><input id="key" type="password" autocomplete="off" placeholder="api_key" aria-label="api_key">
+admin key (<code>admin_api_key</code>, or <code>api_key</code> where there is none) to see its status. It is
+kept in this tab only and sent as a header.</div>
+<form id="keyform"><input id="key" type="password" autocomplete="off" placeholder="admin key" aria-label="admin key">
 <button class="primary">Show status</button></form><div id="keynote"></div></section>
 <div class="tiles" id="tiles" hidden>
 <div class="card tile"><div class="l">Uptime</div><div class="v" id="uptime">–</div><div class="s"
@@ -11388,9 +12197,10 @@ async function poll() {
   } catch (e) {
     failing = "agproxy is not answering"; tick(); timer = setTimeout(poll, POLL_MS); return;
   }
-  if (r.status === 401) {
+  if (r.status === 401 || (r.status === 403 && key)) {
     if (key) sessionStorage.removeItem(KEY);
-    ask(key ? "agproxy refused that key." : ""); key = ""; return;
+    ask(r.status === 403 ? "That key is not agproxy's admin key (a client's key shows no status)." :
+        key ? "agproxy refused that key." : ""); key = ""; return;
   }
   if (!r.ok) {
     let words = "HTTP " + r.status;
@@ -11557,10 +12367,10 @@ poll();
 
 # -- the usage ledger (pure: the caller passes the time in) ---------------------------------------
 
-#: The paths (globs) of the requests that generate, which the usage ledger counts, refused and failed
-#: ones too; each inbound protocol to come adds its own (``/v1/chat/completions``,
-#: ``/v1beta/models/*:generateContent``, ...).
-USAGE_PATHS = ("/v1/messages",)
+#: The paths (globs) of the requests that generate, in every client protocol, which the usage ledger
+#: and the client limits count, refused and failed ones too.
+USAGE_PATHS = ("/v1/messages", "/v1/chat/completions", "/v1/responses", "/v1beta/models/*:generateContent",
+               "/v1beta/models/*:streamGenerateContent")
 #: What a usage row is counted under, in this order, and what it counts.
 USAGE_KEYS = ("day", "upstream", "account", "model", "client")
 USAGE_COUNTS = ("requests", "errors", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
@@ -12013,8 +12823,7 @@ class ClientLimits:
         if reserve:
             self._reserved[name] = self._reserved.get(name, 0) + reserve
         self._places[request_id] = (name, reserve)
-        if current.requests_per_minute:
-            self._windows.setdefault(name, collections.deque()).append(now)
+        self._windows.setdefault(name, collections.deque()).append(now)  # /me counts it, with a limit or not
 
     def _check_budgets(self, client: Client, now: float) -> Optional[Tuple[str, str]]:
         """Refuse a request of a client whose day's tokens are spent, or whose minute window is
@@ -12534,8 +13343,7 @@ async def check_upstreams(config: Config, out: Callable[[str], None], redactor: 
     client = UpstreamClient()
     redactor = redactor or Redactor(config.secrets(dict(os.environ)))
     healthy = True
-    problem = config.auth_problem()
-    if problem:
+    for problem in config.auth_problems():
         verdict = "WARN" if config.clients else "FAIL"
         out(f"{verdict}  config: {problem}")
         healthy = healthy and verdict != "FAIL"
@@ -12842,6 +13650,9 @@ def _keys_command(argv: List[str]) -> int:
         print(f"key for {args.name} (shown once; agproxy keeps only its SHA-256):\n{key}\n")
         print("add to \"clients\" in agproxy's config:")
         print(json.dumps({"name": args.name, "api_key_sha256": key_sha256(key)}))
+        print(f"\nand give {args.name} the key, to run Claude Code as (HOST:PORT is agproxy's; other clients take the "
+              "key as their API key):")
+        print("ANTHROPIC_BASE_URL=http://HOST:PORT ANTHROPIC_AUTH_TOKEN=<the key above> claude")
         return 0
     try:
         config = load_config(args.config, {}, unset_as_placeholder=True)
@@ -12906,8 +13717,8 @@ def log_startup(config: Config) -> None:
         problem = ADAPTERS[upstream.kind].base_url_problem(upstream)
         if problem:
             log.warning("upstream %s: %s", upstream.name, problem)
-    problem = config.auth_problem()
-    if problem:
+    log.info("%s", config.auth_summary())
+    for problem in config.auth_problems():
         log.warning("%s", problem)
 
 

@@ -50,8 +50,8 @@ SCHEMA_KEYS = {"type", "format", "title", "description", "nullable", "enum", "it
                "minimum", "maximum", "default", "example", "anyOf", "propertyOrdering"}
 TYPES = {"string", "number", "integer", "boolean", "array", "object"}
 GENERATION_KEYS = {"maxOutputTokens", "temperature", "topP", "topK", "stopSequences", "candidateCount",
-                   "thinkingConfig", "responseMimeType", "responseSchema", "seed", "presencePenalty",
-                   "frequencyPenalty", "responseModalities"}
+                   "thinkingConfig", "responseMimeType", "responseSchema", "responseJsonSchema", "seed",
+                   "presencePenalty", "frequencyPenalty", "responseModalities"}
 DECLARATION_KEYS = {"name", "description", "parameters", "parametersJsonSchema", "response", "behavior"}
 
 
