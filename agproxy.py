@@ -7179,7 +7179,7 @@ def anthropic_message_to_responses(message: Dict[str, Any], request: Optional[Di
     return response
 
 
-class ResponsesStreamEncoder:
+class ResponsesStreamEncoder(StreamEncoder):
     """The internal Anthropic events in, the Responses API's event stream out (SSE bytes).
 
     Every event carries ``sequence_number``, counting from 0: ``response.created`` and
