@@ -6568,18 +6568,6 @@ _RESPONSES_STATEFUL = {
 }
 
 
-def _responses_data_url(url: str, where: str) -> Dict[str, Any]:
-    """An image or file URL as an Anthropic ``source``: a ``data:`` URL as base64, else a URL."""
-    if url.startswith("data:"):
-        head, comma, data = url[5:].partition(",")
-        media_type, _, encoding = head.partition(";")
-        _expect(bool(comma) and encoding == "base64" and bool(media_type), where,
-                "a data URL must be data:<media type>;base64,<data>")
-        return {"type": "base64", "media_type": media_type, "data": data}
-    _expect(url.startswith(("http://", "https://")), where, "must be an http(s) URL or a data: URL")
-    return {"type": "url", "url": url}
-
-
 def _responses_parts(content: Any, where: str) -> List[Dict[str, Any]]:
     """A message's or a tool output's content (a string or a list of parts) as Anthropic blocks:
     text parts as text (empty ones left out), ``input_image`` as images, ``input_file`` given inline
@@ -6600,21 +6588,13 @@ def _responses_parts(content: Any, where: str) -> List[Dict[str, Any]]:
         elif kind == "input_image":
             _expect(part.get("file_id") is None, f"{at}.file_id", "agproxy keeps no files; give the image as "
                     "image_url (a data: URL or an http(s) URL)")
-            _expect(isinstance(part.get("image_url"), str), f"{at}.image_url", "must be a string")
-            blocks.append({"type": "image", "source": _responses_data_url(part["image_url"], f"{at}.image_url")})
-        elif kind == "input_file":
-            _expect(part.get("file_id") is None, f"{at}.file_id", "agproxy keeps no files; give the file as file_data")
-            if isinstance(part.get("file_url"), str):
-                source = _responses_data_url(part["file_url"], f"{at}.file_url")
-            else:
-                _expect(isinstance(part.get("file_data"), str), f"{at}.file_data", "must be a string")
-                data = part["file_data"]
-                source = _responses_data_url(data, f"{at}.file_data") if data.startswith("data:") else \
-                    {"type": "base64", "media_type": "application/pdf", "data": data}
-            document: Dict[str, Any] = {"type": "document", "source": source}
-            if isinstance(part.get("filename"), str) and part["filename"]:
-                document["title"] = part["filename"]
-            blocks.append(document)
+            blocks.append(_chat_image(part.get("image_url"), f"{at}.image_url"))
+        elif kind == "input_file" and isinstance(part.get("file_url"), str):
+            url = part["file_url"]
+            _expect(url.startswith(("http://", "https://")), f"{at}.file_url", "must be an http(s) URL")
+            blocks.append({"type": "document", "source": {"type": "url", "url": url}})
+        elif kind == "input_file":  # file_data as a data URL, file_id refused, as Chat Completions' file part
+            blocks.append(_chat_file(part, at))
         else:
             raise InvalidRequest(f"{at}.type: {str(kind)[:40]!r} is not a content part agproxy can carry "
                                  "(input_text, output_text, refusal, input_image, input_file)")

@@ -153,7 +153,8 @@ def test_a_string_input_images_files_and_every_role() -> None:
              {"role": "user", "content": [
                  {"type": "input_image", "image_url": "data:image/png;base64,iVBORw0KGgo=", "detail": "auto"},
                  {"type": "input_image", "image_url": "https://example.com/a.png"},
-                 {"type": "input_file", "filename": "a.pdf", "file_data": "data:application/pdf;base64,JVBERi0="}]},
+                 {"type": "input_file", "filename": "a.pdf", "file_data": "data:application/pdf;base64,JVBERi0="},
+                 {"type": "input_file", "file_url": "https://example.com/b.pdf"}]},
              {"role": "assistant", "content": [{"type": "refusal", "refusal": "no"}]},
              {"role": "user", "content": ""}]
     out = responses_request_to_anthropic({"model": "m", "input": items})
@@ -162,7 +163,8 @@ def test_a_string_input_images_files_and_every_role() -> None:
         {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}},
         {"type": "image", "source": {"type": "url", "url": "https://example.com/a.png"}},
         {"type": "document", "title": "a.pdf",
-         "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0="}}]
+         "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0="}},
+        {"type": "document", "source": {"type": "url", "url": "https://example.com/b.pdf"}}]
     assert out["messages"][1:] == [{"role": "assistant", "content": [{"type": "text", "text": "no"}]}]
 
 
@@ -174,6 +176,10 @@ def test_a_string_input_images_files_and_every_role() -> None:
     ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input.0.type"),
     ({"input": [{"role": "user", "content": [{"type": "input_image", "file_id": "file_1"}]}]},
      "input.0.content.0.file_id"),
+    ({"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "file_1"}]}]},
+     "input.0.content.0.file_id"),
+    ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "ftp://x/y.png"}]}]},
+     "input.0.content.0.image_url.url"),
     ({"input": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}]}, "input.0.content.0.type"),
     ({"input": [{"role": "developer", "content": [{"type": "input_image", "image_url": "https://x/y.png"}]}]},
      "input.0.content"),
