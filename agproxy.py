@@ -10065,6 +10065,7 @@ class Server(Application):
         raw = internal_bytes(request, asked, body)
         pool = self.pool  # what the request began with, whatever a reload brings meanwhile
         route = permitted_route(self.config, exchange.admission, body["model"])
+        self.learning.count_changes(dialect.name, inbound.changes, route.upstream)
         warmup = dialect.answers_warmups and self.config.warmup_interception and is_warmup(body)
         if not warmup:  # answered locally, a warmup costs nothing against the client's limits
             await self._within_limits(request, exchange)
@@ -10312,6 +10313,8 @@ class Inbound:
     body: Dict[str, Any]
     stream: bool
     context: Any = None
+    #: what the dialect changed or dropped, by kind (counted as the sanitizer's changes are)
+    changes: Dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 class Dialect:
@@ -10391,12 +10394,42 @@ class ChatDialect(Dialect):
         return models_list(models, "openai")
 
 
+class ResponsesDialect(Dialect):
+    """The OpenAI Responses API (``POST /v1/responses``), as Codex CLI speaks it (section 7's
+    ``responses_*`` translators): the whole history each turn (``store: false``), tools flattened
+    from namespaces and unflattened on the way back by the request's own tool table, thinking kept
+    in ``encrypted_content``. The encoder and the answer echo the client's request, so it is kept."""
+
+    name = "responses"
+    answers_warmups = False
+
+    def inbound(self, request: Request, body: Dict[str, Any], model: Optional[str]) -> Inbound:
+        changes: Dict[str, int] = {}
+        internal = responses_request_to_anthropic(body, changes)
+        return Inbound(internal, internal.get("stream") is True, (str(body.get("model"))[:200], int(time.time()), body),
+                       changes)
+
+    def encoder(self, inbound: Inbound) -> StreamEncoder:
+        model, created, body = inbound.context
+        return ResponsesStreamEncoder(model, body, created_at=created)
+
+    def message_json(self, message: Dict[str, Any], inbound: Inbound) -> Any:
+        model, created, body = inbound.context
+        return anthropic_message_to_responses(message, body, model=model, created_at=created)
+
+    def error_body(self, exc: AgproxyError) -> Any:
+        return responses_error_body(exc.status, exc.error_type, exc.message)
+
+    def model_list(self, models: List[Dict[str, Any]]) -> Dict[str, Any]:
+        return models_list(models, "openai")
+
+
 #: What Gemini's clients may ask of a model (``POST /v1beta/models/{model}:METHOD``).
 GEMINI_METHODS = ("generateContent", "streamGenerateContent", "countTokens")
 
 
 #: Every client protocol agproxy serves, by name (the routes pick one by path: :func:`dialect_of_path`).
-DIALECTS: Dict[str, Dialect] = {"anthropic": Dialect(), "chat": ChatDialect()}
+DIALECTS: Dict[str, Dialect] = {"anthropic": Dialect(), "chat": ChatDialect(), "responses": ResponsesDialect()}
 #: The paths of each client protocol but Anthropic's (prefixes end in "/").
 DIALECT_PATHS = (("/v1/chat/completions", "chat"), ("/v1/responses", "responses"), ("/v1beta/", "gemini"))
 
