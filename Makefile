@@ -14,6 +14,10 @@ PYTEST_ARGS ?= -n auto --dist loadfile -rs
 CLAUDE_CODE_VERSION ?= 2.1.332
 CLAUDE_CODE_OLDER ?= 2.1.197
 CLAUDE_DIR := .cache/claude-code
+# The other agents' CLIs for the end-to-end tests of the routes they use (issue 21), pinned the same way:
+# Codex CLI speaks the Responses API, Gemini CLI the Gemini API. About 190 MB together.
+CODEX_VERSION ?= 0.171.0
+GEMINI_CLI_VERSION ?= 0.61.0
 # The two builds take about 620 MB. `make test SKIP_CLAUDE_CLI=1` downloads neither; their tests are then
 # skipped (copies already in .cache/claude-code are still used; delete that folder to free the space).
 SKIP_CLAUDE_CLI ?=
@@ -49,6 +53,15 @@ else
 	    mkdir -p $(CLAUDE_DIR)/$$version && npm install --prefix $(CLAUDE_DIR)/$$version --no-audit --no-fund \
 	      --loglevel=error @anthropic-ai/claude-code@$$version || echo "Claude Code $$version not installed"; \
 	  else echo "npm not found: the Claude Code CLI tests will be skipped"; fi; \
+	done
+	@for spec in codex:@openai/codex@$(CODEX_VERSION):codex gemini-cli:@google/gemini-cli@$(GEMINI_CLI_VERSION):gemini; do \
+	  dir=$${spec%%:*}; rest=$${spec#*:}; package=$${rest%:*}; bin=$${rest##*:}; version=$${package##*@}; \
+	  if [ -x .cache/$$dir/$$version/node_modules/.bin/$$bin ]; then :; \
+	  elif command -v npm >/dev/null 2>&1; then \
+	    echo "installing $$package into .cache/$$dir/$$version for the end-to-end tests"; \
+	    mkdir -p .cache/$$dir/$$version && npm install --prefix .cache/$$dir/$$version --no-audit --no-fund \
+	      --loglevel=error $$package || echo "$$package not installed"; \
+	  fi; \
 	done
 endif
 

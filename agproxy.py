@@ -288,6 +288,8 @@ class ConfigError(AgproxyError):
     """The configuration is unusable; the message names the key and the problem."""
 
 
+#: A client's key shorter than this is warned of (``agproxy keys new`` makes 47 characters).
+MIN_CLIENT_KEY_CHARS = 16
 #: Configured keys shorter than this are not searched for ("none", "EMPTY" and the like are
 #: placeholders, and hiding every such word would mangle answers).
 _MIN_SECRET_CHARS = 8
@@ -669,18 +671,37 @@ class Config:
             return self.auth_mode
         return "off" if is_loopback_host(self.host) and not self.clients else "all_except_health"
 
-    def auth_problem(self) -> Optional[str]:
+    def auth_problems(self) -> List[str]:
         """What is wrong with the keys for the auth mode, said at start and by ``check``: auth on
-        with no key to pass (every protected request gets 401), or clients configured with auth
-        off (their keys are taken when sent, but a request without one is served past their models
-        and limits, and reaches agproxy's own routes)."""
-        mode = self.effective_auth_mode()
+        with no key to pass (every protected request gets 401); clients with auth off (their keys
+        are taken when sent, but a request without one is served past their models and limits, and
+        reaches agproxy's own routes); clients with auth on and no admin key (no key reaches
+        agproxy's own routes); a client's key too short to be one."""
+        mode, problems = self.effective_auth_mode(), []
         if mode != "off" and not self.api_key and not self.clients:
-            return f"auth_mode is {mode} but api_key is empty (and no clients): every protected request gets 401"
+            problems.append(f"auth_mode is {mode} but api_key is empty (and no clients): every protected request "
+                            "gets 401")
         if mode == "off" and self.clients:
-            return ("auth_mode is off but clients are configured: a request without a client's key is served "
-                    "anonymously, past every client's models and limits; set auth_mode to all_except_health")
-        return None
+            problems.append("auth_mode is off but clients are configured: a request without a client's key is served "
+                            "anonymously, past every client's models and limits; set auth_mode to all_except_health")
+        if mode != "off" and self.clients and not self.admin_api_key and not self.api_key:
+            problems.append("clients are configured but neither admin_api_key nor api_key: no key reaches agproxy's "
+                            "own routes (usage, status page data, reload, metrics); set admin_api_key")
+        for client in self.clients:
+            if client.api_key and len(client.api_key) < MIN_CLIENT_KEY_CHARS:
+                problems.append(f"client {client.name!r}: its key is shorter than {MIN_CLIENT_KEY_CHARS} characters, "
+                                "easy to guess and not hidden where it is echoed; `agproxy keys new` makes one")
+        return problems
+
+    def auth_summary(self) -> str:
+        """One line on who may do what, for the start-up log."""
+        mode = self.effective_auth_mode()
+        if mode == "off":
+            return "auth: off (no key needed)" + (f"; {len(self.clients)} client key(s) named when sent"
+                                                  if self.clients else "")
+        admin = "admin_api_key" if self.admin_api_key else "api_key" if self.api_key else "none"
+        return (f"auth: {mode}; api_key {'set' if self.api_key else 'not set'}, {len(self.clients)} client key(s), "
+                f"admin key for agproxy's own routes: {admin}")
 
 
 _LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback")
@@ -2090,6 +2111,29 @@ def holds_content(events: Iterable[Event]) -> bool:
     """True when ``events`` hold one that is not a ping: pings keep a connection open but say
     nothing of the answer going on."""
     return any(event.name != "ping" for event in events)
+
+
+class StreamEncoder:
+    """Writes the internal Anthropic events of one answer as a client protocol's stream: each
+    batch as it comes (:meth:`encode`), a keep-alive while the upstream is silent (:meth:`ping`;
+    b"" where the protocol has none), and the end of a stream that broke after it began
+    (:meth:`error`). This one is Anthropic's: the events as they are."""
+
+    def encode(self, events: List[Event]) -> bytes:
+        """A batch of events as the client gets it."""
+        return encode_events(events)
+
+    def ping(self) -> bytes:
+        """A keep-alive the client ignores."""
+        return encode_sse_json("ping", {"type": "ping"})
+
+    def error(self, error_type: str, message: str) -> bytes:
+        """The last bytes of a stream that broke after it began (an Anthropic error type)."""
+        return encode_sse_json("error", error_body(error_type, message))
+
+
+#: Anthropic's encoder holds nothing: one serves every stream.
+ANTHROPIC_ENCODER = StreamEncoder()
 
 
 class SSEDecoder:
@@ -5955,7 +5999,1432 @@ def gemini_to_anthropic(answer: Any, model: str, on_signature: Optional[Callable
 
 # -- client dialect: OpenAI Chat Completions ----------------------------------------------------------
 
+#: The answer length a Chat Completions request gets when it names none (OpenAI's default is the
+#: model's whole output, which the internal form cannot leave open): what every Claude model can
+#: write, Claude 3.5 Haiku's maximum being the smallest. A request that thinks gets its budget on top.
+CHAT_DEFAULT_MAX_TOKENS = 8192
+#: ``reasoning_effort`` as a thinking budget in tokens: the inverse of the mapping that
+#: :func:`anthropic_to_openai` applies (under 4096 low, under 16384 medium), and Gemini's budgets.
+_CHAT_THINKING_BUDGETS = {"minimal": _MIN_THINKING_BUDGET, "low": 2048, "medium": 8192, "high": 24576,
+                          "xhigh": 32768}
+#: Image types Anthropic takes in a base64 image block.
+_CHAT_IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
+_DATA_URL = re.compile(r"data:([\w.+-]+/[\w.+-]+)((?:;[^;,]*)*?);base64,(.*)\Z", re.DOTALL)
+_CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
+#: Anthropic's stop reasons as Chat Completions finish reasons (a server tool's pause ends the turn).
+_CHAT_FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "pause_turn": "stop", "max_tokens": "length",
+                        "model_context_window_exceeded": "length", "tool_use": "tool_calls",
+                        "refusal": "content_filter"}
+#: agproxy's (Anthropic's) error types as OpenAI's: a client keys on the status, a few on these
+#: (``insufficient_quota`` means "do not retry" to the OpenAI Agents SDK and LiteLLM).
+_CHAT_ERROR_TYPES = {"api_error": "server_error", "overloaded_error": "server_error", "timeout_error": "server_error",
+                     "billing_error": "insufficient_quota", "request_too_large": "invalid_request_error"}
+_CHAT_ERROR_CODES = {"authentication_error": "invalid_api_key", "rate_limit_error": "rate_limit_exceeded",
+                     "billing_error": "insufficient_quota", "request_too_large": "request_too_large",
+                     "overloaded_error": "overloaded"}
+#: A request field a message of :func:`chat_request_to_anthropic` opens with (OpenAI's ``param``).
+_CHAT_PARAM = re.compile(r"([A-Za-z_]\w*(?:\[\d+\]|\.\w+)*): ")
+
+
+def chat_request_to_anthropic(body: Dict[str, Any]) -> Dict[str, Any]:
+    """A Chat Completions request (``POST /v1/chat/completions``) as the internal Anthropic
+    Messages request. System and developer messages become the system prompt; tool messages
+    become tool_result blocks of a user turn; consecutive turns of one role are merged, results
+    first. What cannot be carried (``n`` other than 1, audio, a file by id, an unknown role or tool
+    type) is an :class:`InvalidRequest` naming the field in the client's words; fields the
+    internal form has no use for (``seed``, ``logprobs``, ``store``, ...) are ignored, as
+    OpenAI-compatible servers do. The stream's options are read by :func:`chat_include_usage`."""
+    model = body.get("model")
+    _expect(isinstance(model, str) and 0 < len(model) <= MAX_MODEL_CHARS, "model",
+            f"must be a non-empty string of at most {MAX_MODEL_CHARS} characters")
+    n = body.get("n")
+    _expect(n is None or n == 1 and _is_int(n), "n", f"only 1 choice per request is supported, got {n!r}")
+    system, messages = _chat_messages(body.get("messages"))
+    out: Dict[str, Any] = {"model": model, "messages": messages}
+    if system:
+        out["system"] = system
+    limit = _chat_max_tokens(body)
+    thinking_budget = _chat_thinking_budget(body, limit)
+    if thinking_budget is not None and _in_tool_loop(messages):
+        # Anthropic wants the thinking block that opened the tool calls answered here, and a Chat
+        # client sends none back (nor its signature): this turn goes without thinking
+        thinking_budget = None
+    tools = _chat_tools(body.get("tools"))
+    if tools:
+        out["tools"] = tools
+        choice = _chat_tool_choice(body.get("tool_choice"), [t["name"] for t in tools])
+        parallel = body.get("parallel_tool_calls")
+        _expect(parallel is None or isinstance(parallel, bool), "parallel_tool_calls", "must be true or false")
+        if parallel is False and choice.get("type") != "none":
+            choice["disable_parallel_tool_use"] = True
+        if choice != {"type": "auto"}:
+            out["tool_choice"] = choice
+        if choice.get("type") in ("any", "tool"):
+            thinking_budget = None  # Anthropic refuses thinking with a forced tool call
+    if thinking_budget is not None:
+        out["thinking"] = {"type": "enabled", "budget_tokens": thinking_budget}
+    out["max_tokens"] = limit if limit is not None else CHAT_DEFAULT_MAX_TOKENS + (thinking_budget or 0)
+    _chat_sampling(body, out, thinking_budget is not None)
+    schema = _chat_response_format(body.get("response_format"))
+    if schema is not None:
+        out["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
+    stream = body.get("stream")
+    _expect(stream is None or isinstance(stream, bool), "stream", "must be true or false")
+    out["stream"] = stream is True
+    chat_include_usage(body)
+    user = body.get("user") if body.get("user") is not None else body.get("safety_identifier")
+    if isinstance(user, str) and user:
+        out["metadata"] = {"user_id": user[:256]}
+    return out
+
+
+def chat_include_usage(body: Dict[str, Any]) -> bool:
+    """Whether a Chat Completions request asks for the last chunk of its stream to carry the usage
+    (``stream_options.include_usage``); an :class:`InvalidRequest` for options of the wrong type."""
+    options = body.get("stream_options")
+    if options is None:
+        return False
+    _expect(isinstance(options, dict), "stream_options", "must be an object")
+    include = options.get("include_usage")
+    _expect(include is None or isinstance(include, bool), "stream_options.include_usage", "must be true or false")
+    return include is True
+
+
+def _chat_messages(messages: Any) -> Tuple[str, List[Dict[str, Any]]]:
+    """The system prompt (every system and developer message, in order) and the conversation in
+    strict user/assistant alternation, tool results first in each user turn."""
+    _expect(isinstance(messages, list) and bool(messages), "messages", "must be a non-empty list")
+    system: List[str] = []
+    turns: List[Dict[str, Any]] = []
+    for i, message in enumerate(messages):
+        at = f"messages[{i}]"
+        _expect(isinstance(message, dict), at, "must be an object")
+        role = message.get("role")
+        _expect(role in _CHAT_ROLES, f"{at}.role", f"must be one of {', '.join(_CHAT_ROLES)}, got {role!r}")
+        content = message.get("content")
+        if role in ("system", "developer"):
+            text = "\n".join(b["text"] for b in _chat_parts(content, f"{at}.content", ("text",)))
+            if text:
+                system.append(text)
+        elif role == "user":
+            blocks = _chat_parts(content, f"{at}.content", ("text", "image_url", "file"))
+            turns.append({"role": "user", "content": blocks})
+        elif role == "tool":
+            call_id = message.get("tool_call_id")
+            _expect(isinstance(call_id, str) and bool(call_id), f"{at}.tool_call_id", "must be a non-empty string")
+            inner = _chat_parts(content, f"{at}.content", ("text", "image_url"))
+            turns.append({"role": "user", "content": [{"type": "tool_result", "tool_use_id": call_id,
+                                                       "content": inner}]})
+        else:
+            blocks = _chat_parts(content, f"{at}.content", ("text", "refusal"), nullable=True)
+            if not blocks and isinstance(message.get("refusal"), str) and message["refusal"]:
+                blocks = [{"type": "text", "text": message["refusal"]}]  # a refusal the model wrote
+            blocks += _chat_tool_calls(message.get("tool_calls"), f"{at}.tool_calls")
+            if blocks:  # reasoning_content is left out: a thinking block without its signature is refused
+                turns.append({"role": "assistant", "content": blocks})
+    turns = [turn for turn in turns if turn["content"]]
+    if not turns:  # only system messages: OpenAI answers them, Anthropic needs a user turn
+        return "", [{"role": "user", "content": "\n\n".join(system) or "."}]
+    merged = _merge_same_role(turns, {})
+    for turn in merged:  # a user turn's tool results go first, as Anthropic requires
+        turn["content"] = ([b for b in turn["content"] if b["type"] == "tool_result"]
+                           + [b for b in turn["content"] if b["type"] != "tool_result"])
+    return "\n\n".join(system), merged
+
+
+def _in_tool_loop(messages: List[Dict[str, Any]]) -> bool:
+    """Whether the conversation ends with tool results (the model's turn goes on after its calls)."""
+    last = messages[-1]["content"]
+    return isinstance(last, list) and any(block["type"] == "tool_result" for block in last)
+
+
+def _chat_parts(content: Any, at: str, kinds: Sequence[str], nullable: bool = False) -> List[Dict[str, Any]]:
+    """A message's ``content`` (a string or a list of parts of ``kinds``) as Anthropic blocks;
+    empty text is left out."""
+    if content is None and nullable:
+        return []
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}] if content else []
+    _expect(isinstance(content, list), at, "must be a string or a list of content parts")
+    blocks: List[Dict[str, Any]] = []
+    for j, part in enumerate(content):
+        where = f"{at}[{j}]"
+        _expect(isinstance(part, dict), where, "must be an object")
+        kind = part.get("type")
+        _expect(kind in kinds, f"{where}.type", f"must be one of {', '.join(kinds)} here, got {kind!r}")
+        if kind in ("text", "refusal"):
+            text = part.get(kind)
+            _expect(isinstance(text, str), f"{where}.{kind}", "must be a string")
+            if text:
+                blocks.append({"type": "text", "text": text})
+        elif kind == "image_url":
+            blocks.append(_chat_image(part.get("image_url"), f"{where}.image_url"))
+        else:
+            blocks.append(_chat_file(part.get("file"), f"{where}.file"))
+    return blocks
+
+
+def _chat_image(image: Any, at: str) -> Dict[str, Any]:
+    """An ``image_url`` part as an Anthropic image block: a base64 ``data:`` URL or an http(s) URL."""
+    if isinstance(image, str):  # some clients send the URL itself
+        image = {"url": image}
+    _expect(isinstance(image, dict) and isinstance(image.get("url"), str), f"{at}.url", "must be a string")
+    url = image["url"]
+    if url.startswith(("http://", "https://")):
+        return {"type": "image", "source": {"type": "url", "url": url}}
+    media_type, data = _chat_data_url(url, f"{at}.url")
+    _expect(media_type in _CHAT_IMAGE_TYPES, f"{at}.url",
+            f"image type {media_type[:80]!r} is not supported; use one of {', '.join(_CHAT_IMAGE_TYPES)}")
+    return {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}
+
+
+def _chat_file(file: Any, at: str) -> Dict[str, Any]:
+    """A ``file`` part given inline (``file_data``, a data URL) as a document block: a PDF, or text."""
+    _expect(isinstance(file, dict), at, "must be an object")
+    _expect(file.get("file_id") is None, f"{at}.file_id", "files by id cannot be served here; send file_data")
+    _expect(isinstance(file.get("file_data"), str), f"{at}.file_data", "must be a string (a base64 data URL)")
+    media_type, data = _chat_data_url(file["file_data"], f"{at}.file_data")
+    block: Dict[str, Any]
+    if media_type == "application/pdf":
+        block = {"type": "document", "source": {"type": "base64", "media_type": media_type, "data": data}}
+    elif media_type.startswith("text/"):
+        try:
+            text = base64.b64decode(data, validate=True).decode("utf-8")
+        except ValueError:
+            raise InvalidRequest(f"{at}.file_data: is not base64 of UTF-8 text") from None
+        block = {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": text}}
+    else:
+        raise InvalidRequest(f"{at}.file_data: file type {media_type[:80]!r} is not supported; send a PDF or text")
+    if isinstance(file.get("filename"), str) and file["filename"]:
+        block["title"] = file["filename"][:500]
+    return block
+
+
+def _chat_data_url(url: str, at: str) -> Tuple[str, str]:
+    """The media type and base64 data of a ``data:`` URL."""
+    match = _DATA_URL.match(url)
+    _expect(match is not None, at, "must be an http(s) URL or a base64 data: URL (data:TYPE;base64,...)")
+    assert match is not None
+    return match.group(1).lower(), match.group(3)
+
+
+def _chat_tool_calls(calls: Any, at: str) -> List[Dict[str, Any]]:
+    """An assistant message's ``tool_calls`` as tool_use blocks (arguments parsed, or repaired)."""
+    if calls is None:
+        return []
+    _expect(isinstance(calls, list), at, "must be a list")
+    blocks = []
+    for k, call in enumerate(calls):
+        where = f"{at}[{k}]"
+        _expect(isinstance(call, dict), where, "must be an object")
+        _expect(call.get("type", "function") == "function", f"{where}.type", "must be 'function'")
+        _expect(isinstance(call.get("id"), str) and bool(call["id"]), f"{where}.id", "must be a non-empty string")
+        function = call.get("function")
+        _expect(isinstance(function, dict), f"{where}.function", "must be an object")
+        _expect(isinstance(function.get("name"), str) and bool(function["name"]), f"{where}.function.name",
+                "must be a non-empty string")
+        arguments = function.get("arguments", "")
+        _expect(isinstance(arguments, str), f"{where}.function.arguments", "must be a string (JSON)")
+        blocks.append({"type": "tool_use", "id": call["id"], "name": function["name"],
+                       "input": parse_tool_arguments(arguments)})
+    return blocks
+
+
+def _chat_max_tokens(body: Dict[str, Any]) -> Optional[int]:
+    """The answer's length limit: ``max_completion_tokens``, else the older ``max_tokens``."""
+    for key in ("max_completion_tokens", "max_tokens"):
+        value = body.get(key)
+        if value is not None:
+            _expect(_is_int(value) and 1 <= value <= MAX_OUTPUT_TOKENS, key,
+                    f"must be an integer from 1 to {MAX_OUTPUT_TOKENS}")
+            return value
+    return None
+
+
+def _chat_thinking_budget(body: Dict[str, Any], limit: Optional[int]) -> Optional[int]:
+    """The thinking budget ``reasoning_effort`` asks for (None: no thinking). Within a limit the
+    client set, thinking takes at most half of it (OpenAI counts reasoning in the limit, Anthropic
+    counts thinking in max_tokens), and none when that half is under Anthropic's minimum budget."""
+    effort = body.get("reasoning_effort")
+    if effort is None or effort == "none":
+        return None
+    _expect(isinstance(effort, str) and effort in _CHAT_THINKING_BUDGETS, "reasoning_effort",
+            f"must be one of none, {', '.join(_CHAT_THINKING_BUDGETS)}, got {str(effort)[:40]!r}")
+    budget = _CHAT_THINKING_BUDGETS[effort]
+    if limit is not None:
+        budget = min(budget, limit // 2)
+    return budget if budget >= _MIN_THINKING_BUDGET else None
+
+
+def _chat_sampling(body: Dict[str, Any], out: Dict[str, Any], thinking: bool) -> None:
+    """temperature (OpenAI's 0 to 2, within Anthropic's 0 to 1), top_p, top_k and stop, checked;
+    with thinking, temperature, top_k and a top_p under 0.95 are left out (Anthropic refuses them)."""
+    temperature, top_p, top_k = body.get("temperature"), body.get("top_p"), body.get("top_k")
+    if temperature is not None:
+        _expect(_is_number(temperature) and 0 <= temperature <= 2, "temperature", "must be a number from 0 to 2")
+        if not thinking:
+            out["temperature"] = min(temperature, 1)
+    if top_p is not None:
+        _expect(_is_number(top_p) and 0 <= top_p <= 1, "top_p", "must be a number from 0 to 1")
+        if not thinking or top_p >= 0.95:
+            out["top_p"] = top_p
+    if top_k is not None:  # not OpenAI's, but vLLM's and others'
+        _expect(_is_int(top_k) and top_k >= 0, "top_k", "must be a non-negative integer")
+        if not thinking:
+            out["top_k"] = top_k
+    stop = body.get("stop")
+    if isinstance(stop, str):
+        stop = [stop]
+    if stop is not None:
+        _expect(isinstance(stop, list) and all(isinstance(s, str) for s in stop), "stop",
+                "must be a string or a list of strings")
+        if stop:
+            out["stop_sequences"] = stop
+
+
+def _chat_tools(tools: Any) -> List[Dict[str, Any]]:
+    """Function tools as Anthropic tools (``strict`` is ignored: Anthropic follows the schema)."""
+    if tools is None:
+        return []
+    _expect(isinstance(tools, list), "tools", "must be a list")
+    out = []
+    for i, tool in enumerate(tools):
+        at = f"tools[{i}]"
+        _expect(isinstance(tool, dict), at, "must be an object")
+        _expect(tool.get("type") == "function", f"{at}.type",
+                f"only function tools can be served here, got {str(tool.get('type'))[:40]!r}")
+        function = tool.get("function")
+        _expect(isinstance(function, dict), f"{at}.function", "must be an object")
+        name, description, parameters = function.get("name"), function.get("description"), function.get("parameters")
+        _expect(isinstance(name, str) and bool(name), f"{at}.function.name", "must be a non-empty string")
+        _expect(description is None or isinstance(description, str), f"{at}.function.description",
+                "must be a string")
+        _expect(parameters is None or isinstance(parameters, dict), f"{at}.function.parameters", "must be an object")
+        converted = {"name": name, "input_schema": parameters or {"type": "object", "properties": {}}}
+        if description:
+            converted["description"] = description
+        out.append(converted)
+    return out
+
+
+def _chat_tool_choice(choice: Any, names: Sequence[str]) -> Dict[str, Any]:
+    """``tool_choice`` (none, auto, required, or a named function) as Anthropic's."""
+    if choice is None or choice == "auto":
+        return {"type": "auto"}
+    if choice == "none":
+        return {"type": "none"}
+    if choice == "required":
+        return {"type": "any"}
+    _expect(isinstance(choice, dict) and choice.get("type") == "function", "tool_choice",
+            "must be none, auto, required or {\"type\": \"function\", \"function\": {\"name\": ...}}")
+    function = choice.get("function")
+    name = function.get("name") if isinstance(function, dict) else None
+    _expect(name in names, "tool_choice.function.name", f"must name one of the tools, got {str(name)[:80]!r}")
+    return {"type": "tool", "name": name}
+
+
+def _chat_response_format(response_format: Any) -> Optional[Dict[str, Any]]:
+    """The structured-output schema ``response_format`` asks for (None for text)."""
+    if response_format is None:
+        return None
+    _expect(isinstance(response_format, dict), "response_format", "must be an object")
+    kind = response_format.get("type")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return dict(ANY_JSON_OBJECT)
+    _expect(kind == "json_schema", "response_format.type", f"must be text, json_object or json_schema, got {kind!r}")
+    spec = response_format.get("json_schema")
+    _expect(isinstance(spec, dict), "response_format.json_schema", "must be an object")
+    schema = spec.get("schema")
+    _expect(schema is None or isinstance(schema, dict), "response_format.json_schema.schema", "must be an object")
+    return schema if schema else dict(ANY_JSON_OBJECT)
+
+
+def _chat_usage(usage: Dict[str, Any]) -> Dict[str, Any]:
+    """Anthropic usage as Chat Completions': the prompt counts the cache reads and writes too."""
+    cached = upstream_count(usage.get("cache_read_input_tokens")) or 0
+    prompt = ((upstream_count(usage.get("input_tokens")) or 0) + cached
+              + (upstream_count(usage.get("cache_creation_input_tokens")) or 0))
+    completion = upstream_count(usage.get("output_tokens")) or 0
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": cached}}
+
+
+def _chat_id(message_id: Any) -> str:
+    """The ``chatcmpl-`` id of the answer to Message ``message_id`` (one id for a whole stream)."""
+    text = message_id if isinstance(message_id, str) and message_id else new_message_id()
+    return "chatcmpl-" + (text[4:] if text.startswith("msg_") else text)
+
+
+def anthropic_message_to_chat(message: Dict[str, Any], model: str, created: int) -> Dict[str, Any]:
+    """A whole Anthropic Message as a ``chat.completion`` (``model``: the name the client asked
+    for; ``created``: the Unix time, passed in). Thinking is ``reasoning_content``, as DeepSeek
+    and vLLM write it; tool_use blocks are ``tool_calls`` with their arguments as JSON text."""
+    texts, thinking, calls = [], [], []
+    for block in message.get("content") or []:
+        kind = block.get("type") if isinstance(block, dict) else None
+        if kind == "text":
+            texts.append(str(block.get("text") or ""))
+        elif kind == "thinking":
+            thinking.append(str(block.get("thinking") or ""))
+        elif kind == "tool_use":
+            calls.append({"id": str(block.get("id")), "type": "function", "function": {
+                "name": str(block.get("name")),
+                "arguments": _COMPACT_JSON.encode(block.get("input") if isinstance(block.get("input"), dict) else {})}})
+    reply: Dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts or not calls else None,
+                             "refusal": None}
+    if thinking:
+        reply["reasoning_content"] = "".join(thinking)
+    if calls:
+        reply["tool_calls"] = calls
+    finish = _CHAT_FINISH_REASONS.get(str(message.get("stop_reason")), "stop")
+    usage = message.get("usage") if isinstance(message.get("usage"), dict) else {}
+    return {"id": _chat_id(message.get("id")), "object": "chat.completion", "created": created, "model": model,
+            "choices": [{"index": 0, "message": reply, "logprobs": None, "finish_reason": finish}],
+            "usage": _chat_usage(usage)}
+
+
+def chat_error_body(status: int, error_type: str, message: str) -> Dict[str, Any]:
+    """agproxy's error (an Anthropic ``error_type``; ``status`` where the type is not one) as
+    OpenAI's error JSON: ``{"error": {"message", "type", "param", "code"}}``. ``param`` is the
+    request field a 400 names (its message opens with it)."""
+    if error_type not in _ERROR_STATUS and error_type not in _CHAT_ERROR_TYPES:
+        error_type = error_type_for_status(status)
+    param = None
+    if error_type == "invalid_request_error":
+        match = _CHAT_PARAM.match(message)
+        param = match.group(1) if match else None
+    return {"error": {"message": message, "type": _CHAT_ERROR_TYPES.get(error_type, error_type), "param": param,
+                      "code": _CHAT_ERROR_CODES.get(error_type)}}
+
+
+class ChatStreamEncoder(StreamEncoder):
+    """The internal Anthropic events of one answer as a Chat Completions stream: one
+    ``chat.completion.chunk`` per piece, one id throughout (from the Message's), the role in the
+    first delta, thinking as ``reasoning_content``, each tool call's id and name in its first
+    piece then its arguments as they come, the finish reason, the usage chunk (empty ``choices``)
+    when the client asked for it, then ``data: [DONE]``. Events are taken one at a time, so any
+    batching of the same events gives the same bytes. After an error or the end it writes nothing."""
+
+    def __init__(self, model: str, created: int, include_usage: bool = False) -> None:
+        self.model = model
+        self.created = created
+        self.include_usage = include_usage
+        self.ended = False
+        self._head = ""  # a chunk's id, object, created and model, known once the id is
+        self._prefix = ""  # a chunk's JSON up to its delta
+        self._usage: Dict[str, Any] = {}
+        self._calls: Dict[int, int] = {}  # block index -> tool call index
+        self._arguments: Dict[int, bool] = {}  # block index -> whether arguments were written
+        self._finished = False
+
+    def encode(self, events: List[Event]) -> bytes:
+        """A batch of events as the client's SSE bytes (b"" when nothing in it shows)."""
+        out: List[str] = []
+        for event in events:
+            if self.ended:
+                break
+            self._event(event, out)
+        return "".join(out).encode("utf-8", "replace")
+
+    def ping(self) -> bytes:
+        """An SSE comment: every SSE parser skips it (OpenRouter sends the same while it waits)."""
+        return b"" if self.ended else b": ping\n\n"
+
+    def error(self, error_type: str, message: str) -> bytes:
+        """The end of a stream that broke: a ``data: {"error": ...}`` line, which the openai SDK
+        raises as an APIError, and no ``[DONE]``."""
+        if self.ended:
+            return b""
+        self.ended = True
+        body = chat_error_body(_ERROR_STATUS.get(error_type, 500), error_type, message)
+        return f"data: {_COMPACT_JSON.encode(body)}\n\n".encode("utf-8", "replace")
+
+    def _chunk(self, delta: Dict[str, Any], finish: Optional[str] = None) -> str:
+        if not self._prefix:
+            self._start(None)
+        finish_json = "null" if finish is None else f'"{finish}"'
+        return (f'data: {self._prefix}{_COMPACT_JSON.encode(delta)},"logprobs":null,'
+                f'"finish_reason":{finish_json}}}]}}\n\n')
+
+    def _start(self, message_id: Any) -> None:
+        head = {"id": _chat_id(message_id), "object": "chat.completion.chunk", "created": self.created,
+                "model": self.model}
+        self._head = _COMPACT_JSON.encode(head)[:-1]  # the object without its closing brace
+        self._prefix = self._head + ',"choices":[{"index":0,"delta":'
+
+    def _event(self, event: Event, out: List[str]) -> None:
+        name = event.name
+        if name == "ping":
+            return
+        data = event.data
+        if name == "message_start":
+            message = data.get("message") if isinstance(data.get("message"), dict) else {}
+            if not self._prefix:
+                self._start(message.get("id"))
+            if isinstance(message.get("usage"), dict):
+                merge_usage(self._usage, message["usage"])
+            out.append(self._chunk({"role": "assistant", "content": "", "refusal": None}))
+        elif name == "content_block_start":
+            self._block_start(data, out)
+        elif name == "content_block_delta":
+            self._delta(data, out)
+        elif name == "content_block_stop":
+            index = data.get("index")
+            if _is_int(index) and index in self._arguments and not self._arguments.pop(index):
+                out.append(self._call_piece(index, {"arguments": "{}"}))
+        elif name == "message_delta":
+            if isinstance(data.get("usage"), dict):
+                merge_usage(self._usage, data["usage"])
+            delta = data.get("delta") if isinstance(data.get("delta"), dict) else {}
+            if not self._finished and delta.get("stop_reason") is not None:
+                self._finished = True
+                out.append(self._chunk({}, _CHAT_FINISH_REASONS.get(str(delta["stop_reason"]), "stop")))
+        elif name == "message_stop":
+            if not self._finished:
+                self._finished = True
+                out.append(self._chunk({}, "tool_calls" if self._calls else "stop"))
+            if self.include_usage:
+                usage = _COMPACT_JSON.encode(_chat_usage(self._usage))
+                out.append(f'data: {self._head},"choices":[],"usage":{usage}}}\n\n')
+            out.append("data: [DONE]\n\n")
+            self.ended = True
+        elif name == "error":
+            error = data.get("error") if isinstance(data.get("error"), dict) else {}
+            out.append(self.error(str(error.get("type") or "api_error"), str(error.get("message") or "upstream error"))
+                       .decode("utf-8"))
+
+    def _block_start(self, data: Dict[str, Any], out: List[str]) -> None:
+        block = data.get("content_block") if isinstance(data.get("content_block"), dict) else {}
+        index = data.get("index")
+        kind = block.get("type")
+        if kind == "text" and block.get("text"):
+            out.append(self._chunk({"content": str(block["text"])}))
+        elif kind == "thinking" and block.get("thinking"):
+            out.append(self._chunk({"reasoning_content": str(block["thinking"])}))
+        elif kind == "tool_use" and _is_int(index):
+            self._calls[index] = len(self._calls)
+            start = {"index": self._calls[index], "id": str(block.get("id")), "type": "function",
+                     "function": {"name": str(block.get("name")), "arguments": ""}}
+            out.append(self._chunk({"tool_calls": [start]}))
+            given = block.get("input")
+            self._arguments[index] = bool(given)
+            if given:  # an input that came whole in the start (deltas follow only when it is empty)
+                out.append(self._call_piece(index, {"arguments": _COMPACT_JSON.encode(given)}))
+
+    def _delta(self, data: Dict[str, Any], out: List[str]) -> None:
+        delta = data.get("delta") if isinstance(data.get("delta"), dict) else {}
+        kind = delta.get("type")
+        if kind == "text_delta" and delta.get("text"):
+            out.append(self._chunk({"content": str(delta["text"])}))
+        elif kind == "thinking_delta" and delta.get("thinking"):
+            out.append(self._chunk({"reasoning_content": str(delta["thinking"])}))
+        elif kind == "input_json_delta" and delta.get("partial_json") and _is_int(data.get("index")) \
+                and data["index"] in self._calls:
+            self._arguments[data["index"]] = True
+            out.append(self._call_piece(data["index"], {"arguments": str(delta["partial_json"])}))
+
+    def _call_piece(self, index: int, function: Dict[str, Any]) -> str:
+        return self._chunk({"tool_calls": [{"index": self._calls[index], "function": function}]})
+
 # -- client dialect: OpenAI Responses -----------------------------------------------------------------
+#
+# Codex CLI (0.171.0, observed against a logging server) always streams, resends the whole history
+# each turn with ``store: false``, and sends back every item it was given: reasoning items with their
+# ``encrypted_content``, ``function_call`` items with a ``namespace`` for a namespace tool's function
+# (it runs the call only when the namespace is named), ``custom_tool_call`` items for its freeform
+# ``apply_patch``. agproxy keeps no responses: ``previous_response_id`` is refused, the history must
+# come whole.
+
+#: Joins a ``namespace`` tool's name and one of its functions' names into the one function name the
+#: upstream sees (``multi_agent_v1`` + ``wait_agent`` -> ``multi_agent_v1__wait_agent``): tool names
+#: upstreams accept are ``[A-Za-z0-9_-]`` only (no dot), and a double underscore is the convention
+#: Claude Code already uses for MCP tools. A call comes back unflattened (its ``namespace`` and
+#: ``name`` as the client declared them) by the table of the request's own tools, never by splitting.
+RESPONSES_NAMESPACE_SEPARATOR = "__"
+#: The start of every reasoning item's ``encrypted_content`` that agproxy wrote (see
+#: :func:`responses_reasoning_content`); any other content (OpenAI's own, another gateway's) is dropped.
+RESPONSES_REASONING_PREFIX = "agproxy.thinking.v1:"
+#: ``max_tokens`` when the client gives no ``max_output_tokens`` (Codex never does): what Claude
+#: Code asks of most models, within every current Claude model's output limit; an upstream with a
+#: smaller window has it fitted by the healing (``fitted_max_tokens``).
+RESPONSES_DEFAULT_MAX_TOKENS = 32000
+#: The thinking budget for each ``reasoning.effort`` (``none`` turns thinking off); capped below
+#: ``max_tokens``, and off when less than the smallest budget Anthropic takes fits.
+RESPONSES_EFFORT_BUDGETS = {"minimal": 1024, "low": 4096, "medium": 12288, "high": 24576, "xhigh": 31999}
+#: The one string field a ``custom`` (freeform) tool becomes as a function; a call's text is unwrapped from it.
+RESPONSES_CUSTOM_INPUT = "input"
+#: Deepest nesting of the JSON inside an ``encrypted_content`` agproxy wrote (one flat object).
+_REASONING_JSON_DEPTH = 2
+_RESPONSES_ROLES = ("user", "assistant", "system", "developer")
+_RESPONSES_TEXT_PARTS = ("input_text", "output_text", "text", "summary_text", "reasoning_text")
+#: Request fields that ask for state agproxy does not keep.
+_RESPONSES_STATEFUL = {
+    "previous_response_id": "agproxy keeps no responses; send the whole conversation in input (with store: "
+                            "false, as Codex does)",
+    "conversation": "agproxy keeps no conversations; send the whole conversation in input",
+    "prompt": "agproxy keeps no stored prompts; send the instructions and input themselves",
+}
+
+
+def _responses_parts(content: Any, where: str) -> List[Dict[str, Any]]:
+    """A message's or a tool output's content (a string or a list of parts) as Anthropic blocks:
+    text parts as text (empty ones left out), ``input_image`` as images, ``input_file`` given inline
+    as documents; a part that needs state (``file_id``) or that no upstream takes is a 400."""
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}] if content else []
+    _expect(isinstance(content, list), where, "must be a string or a list of content parts")
+    blocks: List[Dict[str, Any]] = []
+    for i, part in enumerate(content):
+        at = f"{where}.{i}"
+        _expect(isinstance(part, dict), at, "must be an object")
+        kind = part.get("type")
+        if kind in _RESPONSES_TEXT_PARTS or kind == "refusal":
+            text = part.get("refusal" if kind == "refusal" else "text")
+            _expect(isinstance(text, str), f"{at}.{'refusal' if kind == 'refusal' else 'text'}", "must be a string")
+            if text:
+                blocks.append({"type": "text", "text": text})
+        elif kind == "input_image":
+            _expect(part.get("file_id") is None, f"{at}.file_id", "agproxy keeps no files; give the image as "
+                    "image_url (a data: URL or an http(s) URL)")
+            blocks.append(_chat_image(part.get("image_url"), f"{at}.image_url"))
+        elif kind == "input_file" and isinstance(part.get("file_url"), str):
+            url = part["file_url"]
+            _expect(url.startswith(("http://", "https://")), f"{at}.file_url", "must be an http(s) URL")
+            blocks.append({"type": "document", "source": {"type": "url", "url": url}})
+        elif kind == "input_file":  # file_data as a data URL, file_id refused, as Chat Completions' file part
+            blocks.append(_chat_file(part, at))
+        else:
+            raise InvalidRequest(f"{at}.type: {str(kind)[:40]!r} is not a content part agproxy can carry "
+                                 "(input_text, output_text, refusal, input_image, input_file)")
+    return blocks
+
+
+def responses_reasoning_content(block: Dict[str, Any]) -> str:
+    """The ``encrypted_content`` of the reasoning item that carries a thinking block.
+
+    agproxy keeps nothing between requests, so a thinking block (its text and signature, or a
+    redacted_thinking block's data) travels in the client's history, inside the item Codex gives back
+    unchanged: :data:`RESPONSES_REASONING_PREFIX`, then the block as compact JSON in URL-safe
+    base64. It is opaque to the client, not secret (the client saw the thinking in the summary);
+    the upstream's signature is what vouches for it. :func:`responses_reasoning_block` reads it back
+    exactly; a content without the prefix (one OpenAI or another server made), or one that does not
+    decode to a thinking block, is not agproxy's, and its item is dropped from the request."""
+    if block.get("type") == "redacted_thinking":
+        kept = {"type": "redacted_thinking", "data": str(block.get("data") or "")}
+    else:
+        kept = {"type": "thinking", "thinking": str(block.get("thinking") or ""),
+                "signature": str(block.get("signature") or "")}
+    encoded = base64.urlsafe_b64encode(_COMPACT_JSON.encode(kept).encode("utf-8", "replace"))
+    return RESPONSES_REASONING_PREFIX + encoded.decode("ascii")
+
+
+def responses_reasoning_block(content: Any) -> Optional[Dict[str, Any]]:
+    """The thinking or redacted_thinking block an ``encrypted_content`` agproxy wrote carries, or
+    None when it is not one agproxy wrote (see :func:`responses_reasoning_content`)."""
+    if not isinstance(content, str) or not content.startswith(RESPONSES_REASONING_PREFIX):
+        return None
+    try:
+        raw = base64.b64decode(content[len(RESPONSES_REASONING_PREFIX):], altchars=b"-_", validate=True)
+        block = loads_strict(raw, repair_surrogates=False, max_depth=_REASONING_JSON_DEPTH)
+    except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors
+        return None
+    if not isinstance(block, dict):
+        return None
+    if block.get("type") == "thinking" and set(block) == {"type", "thinking", "signature"} and \
+            isinstance(block["thinking"], str) and isinstance(block["signature"], str):
+        return block
+    if block.get("type") == "redacted_thinking" and set(block) == {"type", "data"} and isinstance(block["data"], str):
+        return block
+    return None
+
+
+def responses_tool_table(body: Dict[str, Any]) -> Dict[str, Tuple[str, Optional[str], str]]:
+    """What each function name the upstream sees stands for in the client's terms: ``(kind,
+    namespace, name)`` with kind ``function``, ``custom`` (a freeform tool, its text in the one
+    string field :data:`RESPONSES_CUSTOM_INPUT`) or ``namespace`` (a namespace's function, flattened
+    with :data:`RESPONSES_NAMESPACE_SEPARATOR`). Tools that are not well formed are left out here
+    (the request translator refuses them)."""
+    table: Dict[str, Tuple[str, Optional[str], str]] = {}
+    tools = body.get("tools") if isinstance(body, dict) else None
+    for tool in tools if isinstance(tools, list) else []:
+        if not isinstance(tool, dict) or not isinstance(tool.get("name"), str) or not tool["name"]:
+            continue
+        kind = tool.get("type")
+        if kind in ("function", "custom"):
+            table[tool["name"]] = (kind, None, tool["name"])
+        elif kind == "namespace" and isinstance(tool.get("tools"), list):
+            for inner in tool["tools"]:
+                if isinstance(inner, dict) and inner.get("type", "function") == "function" and \
+                        isinstance(inner.get("name"), str) and inner["name"]:
+                    flat = tool["name"] + RESPONSES_NAMESPACE_SEPARATOR + inner["name"]
+                    table[flat] = ("namespace", tool["name"], inner["name"])
+    return table
+
+
+def _responses_function(tool: Dict[str, Any], name: str, where: str, note: str = "") -> Dict[str, Any]:
+    """A function tool (or a namespace's function) as an Anthropic tool."""
+    parameters = tool.get("parameters")
+    _expect(parameters is None or isinstance(parameters, dict), f"{where}.parameters", "must be an object")
+    description = tool.get("description")
+    _expect(description is None or isinstance(description, str), f"{where}.description", "must be a string")
+    out: Dict[str, Any] = {"name": name, "input_schema": parameters or {"type": "object", "properties": {}}}
+    text = "\n".join(t for t in (note, description) if t)
+    if text:
+        out["description"] = text
+    return out
+
+
+def _responses_custom_tool(tool: Dict[str, Any], where: str) -> Dict[str, Any]:
+    """A freeform ``custom`` tool as a function of one string field: its grammar, if it has one,
+    goes into the description, since no upstream of agproxy constrains output by a grammar."""
+    description = tool.get("description")
+    _expect(description is None or isinstance(description, str), f"{where}.description", "must be a string")
+    texts = [description] if description else []
+    texts.append(f"Put the whole raw text this tool takes into the string field {RESPONSES_CUSTOM_INPUT!r} "
+                 "(it reaches the tool exactly as written).")
+    form = tool.get("format")
+    if isinstance(form, dict) and form.get("type") == "grammar" and isinstance(form.get("definition"), str):
+        texts.append(f"The text follows this {str(form.get('syntax') or '')[:20]} grammar:\n{form['definition']}")
+    schema = {"type": "object", "properties": {RESPONSES_CUSTOM_INPUT: {"type": "string"}},
+              "required": [RESPONSES_CUSTOM_INPUT]}
+    return {"name": tool["name"], "description": "\n\n".join(texts), "input_schema": schema}
+
+
+def _responses_tools(tools: Any, changes: Dict[str, int]) -> List[Dict[str, Any]]:
+    """The request's tools as Anthropic tools: functions as they are, namespaces flattened, custom
+    tools as one-string functions; every other kind is a hosted tool (``web_search``,
+    ``tool_search``, ``file_search``, ``mcp``...) that no upstream of agproxy runs: left out, and
+    counted in ``changes`` as ``responses_hosted_tool_dropped`` (the sanitizer's change counts)."""
+    _expect(isinstance(tools, list), "tools", "must be a list")
+    out: List[Dict[str, Any]] = []
+    seen: Set[str] = set()
+
+    def add(tool: Dict[str, Any], where: str) -> None:
+        _expect(tool["name"] not in seen, f"{where}.name", f"{tool['name'][:80]!r} is declared twice (a namespace's "
+                f"functions are named namespace{RESPONSES_NAMESPACE_SEPARATOR}function)")
+        seen.add(tool["name"])
+        out.append(tool)
+
+    for i, tool in enumerate(tools):
+        where = f"tools.{i}"
+        _expect(isinstance(tool, dict), where, "must be an object")
+        kind = tool.get("type")
+        if kind in ("function", "custom", "namespace"):
+            _expect(isinstance(tool.get("name"), str) and tool["name"] != "", f"{where}.name",
+                    "must be a non-empty string")
+        if kind == "function":
+            add(_responses_function(tool, tool["name"], where), where)
+        elif kind == "custom":
+            add(_responses_custom_tool(tool, where), where)
+        elif kind == "namespace":
+            inner = tool.get("tools")
+            _expect(isinstance(inner, list), f"{where}.tools", "must be a list")
+            about = tool.get("description")
+            note = f"(in {tool['name']}: {about})" if isinstance(about, str) and about else ""
+            for j, function in enumerate(inner):
+                at = f"{where}.tools.{j}"
+                _expect(isinstance(function, dict), at, "must be an object")
+                if function.get("type", "function") != "function":
+                    _count(changes, "responses_hosted_tool_dropped")
+                    continue
+                _expect(isinstance(function.get("name"), str) and function["name"] != "", f"{at}.name",
+                        "must be a non-empty string")
+                flat = tool["name"] + RESPONSES_NAMESPACE_SEPARATOR + function["name"]
+                add(_responses_function(function, flat, at, note), at)
+        elif isinstance(kind, str):
+            _count(changes, "responses_hosted_tool_dropped")
+        else:
+            raise InvalidRequest(f"{where}.type: must be a string")
+    return out
+
+
+def _responses_tool_choice(choice: Any, names: Set[str], parallel: Any) -> Tuple[Dict[str, Any], Optional[Set[str]]]:
+    """``tool_choice`` (and ``parallel_tool_calls``) as Anthropic's, and the tool names an
+    ``allowed_tools`` choice keeps (None: all)."""
+    _expect(parallel is None or isinstance(parallel, bool), "parallel_tool_calls", "must be true or false")
+    allowed: Optional[Set[str]] = None
+    if choice is None or choice == "auto":
+        out: Dict[str, Any] = {"type": "auto"}
+    elif choice == "none":
+        return {"type": "none"}, None
+    elif choice == "required":
+        out = {"type": "any"}
+    elif isinstance(choice, dict) and choice.get("type") in ("function", "custom"):
+        name = choice.get("name")
+        _expect(isinstance(name, str), "tool_choice.name", "must be a string")
+        if isinstance(choice.get("namespace"), str):
+            name = choice["namespace"] + RESPONSES_NAMESPACE_SEPARATOR + name
+        _expect(name in names, "tool_choice.name", f"{str(name)[:80]!r} is not one of the request's tools")
+        out = {"type": "tool", "name": name}
+    elif isinstance(choice, dict) and choice.get("type") == "allowed_tools":
+        _expect(choice.get("mode", "auto") in ("auto", "required"), "tool_choice.mode", "must be auto or required")
+        listed = choice.get("tools")
+        _expect(isinstance(listed, list), "tool_choice.tools", "must be a list")
+        allowed = set()
+        for tool in listed:
+            if isinstance(tool, dict) and isinstance(tool.get("name"), str):
+                prefix = tool["namespace"] + RESPONSES_NAMESPACE_SEPARATOR if isinstance(tool.get("namespace"), str) \
+                    else ""
+                allowed.add(prefix + tool["name"])
+                if tool.get("type") == "namespace":  # a whole namespace: each of its functions
+                    allowed.update(n for n in names if n.startswith(tool["name"] + RESPONSES_NAMESPACE_SEPARATOR))
+        out = {"type": "any" if choice.get("mode") == "required" else "auto"}
+    else:
+        raise InvalidRequest("tool_choice: must be auto, none, required, a function or custom tool by name, or "
+                             "allowed_tools (agproxy's upstreams run no hosted tools)")
+    if parallel is False:
+        out["disable_parallel_tool_use"] = True
+    return out, allowed
+
+
+def _responses_text_format(text: Any) -> Optional[Dict[str, Any]]:
+    """``text.format`` as the internal ``output_config.format`` (None for plain text)."""
+    if text is None:
+        return None
+    _expect(isinstance(text, dict), "text", "must be an object")
+    form = text.get("format")
+    if form is None:
+        return None
+    _expect(isinstance(form, dict), "text.format", "must be an object")
+    kind = form.get("type")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return {"type": "json_schema", "schema": {"type": "object"}}
+    if kind == "json_schema":
+        _expect(isinstance(form.get("schema"), dict), "text.format.schema", "must be an object")
+        return {"type": "json_schema", "schema": form["schema"]}
+    raise InvalidRequest("text.format.type: must be text, json_object or json_schema")
+
+
+def _responses_call_id(item: Dict[str, Any], where: str) -> str:
+    call_id = item.get("call_id")
+    _expect(isinstance(call_id, str) and call_id != "", f"{where}.call_id", "must be a non-empty string")
+    return call_id
+
+
+class _ResponsesTurns:
+    """The conversation being built: Anthropic turns with strict user/assistant alternation (a
+    block for the role of the last turn joins it), and the system texts in order."""
+
+    def __init__(self) -> None:
+        self.system: List[str] = []
+        self.messages: List[Dict[str, Any]] = []
+
+    def add(self, role: str, blocks: List[Dict[str, Any]]) -> None:
+        if not blocks:
+            return
+        if self.messages and self.messages[-1]["role"] == role:
+            self.messages[-1]["content"].extend(blocks)
+        else:
+            self.messages.append({"role": role, "content": list(blocks)})
+
+
+def _responses_item(item: Any, where: str, turns: _ResponsesTurns, changes: Dict[str, int]) -> None:
+    """One ``input`` item into ``turns``."""
+    _expect(isinstance(item, dict), where, "must be an object")
+    kind = item.get("type", "message")
+    if kind == "message":
+        role = item.get("role")
+        _expect(role in _RESPONSES_ROLES, f"{where}.role", f"must be one of {', '.join(_RESPONSES_ROLES)}")
+        blocks = _responses_parts(item.get("content"), f"{where}.content")
+        if role in ("system", "developer"):
+            _expect(all(b["type"] == "text" for b in blocks), f"{where}.content",
+                    f"a {role} message can hold only text (it becomes the system prompt)")
+            turns.system.extend(b["text"] for b in blocks)
+        else:
+            turns.add(role, blocks)
+    elif kind == "function_call":
+        call_id = _responses_call_id(item, where)
+        name, namespace, arguments = item.get("name"), item.get("namespace"), item.get("arguments", "")
+        _expect(isinstance(name, str) and name != "", f"{where}.name", "must be a non-empty string")
+        _expect(namespace is None or isinstance(namespace, str), f"{where}.namespace", "must be a string")
+        _expect(isinstance(arguments, str), f"{where}.arguments", "must be a string (JSON text)")
+        if namespace:
+            name = namespace + RESPONSES_NAMESPACE_SEPARATOR + name
+        turns.add("assistant", [{"type": "tool_use", "id": call_id, "name": name,
+                                 "input": parse_tool_arguments(arguments)}])
+    elif kind == "custom_tool_call":
+        call_id = _responses_call_id(item, where)
+        _expect(isinstance(item.get("name"), str) and item["name"] != "", f"{where}.name", "must be a non-empty string")
+        _expect(isinstance(item.get("input"), str), f"{where}.input", "must be a string")
+        turns.add("assistant", [{"type": "tool_use", "id": call_id, "name": item["name"],
+                                 "input": {RESPONSES_CUSTOM_INPUT: item["input"]}}])
+    elif kind in ("function_call_output", "custom_tool_call_output"):
+        call_id = _responses_call_id(item, where)
+        output = item.get("output")
+        result: Dict[str, Any] = {"type": "tool_result", "tool_use_id": call_id}
+        content = output if isinstance(output, str) else _responses_parts(output, f"{where}.output")
+        if content:  # an empty output is a result without content (Anthropic refuses an empty text)
+            result["content"] = content
+        if item.get("status") == "incomplete":
+            result["is_error"] = True
+        turns.add("user", [result])
+    elif kind == "reasoning":
+        block = responses_reasoning_block(item.get("encrypted_content"))
+        if block is None:
+            _count(changes, "responses_foreign_reasoning_dropped")
+        else:
+            turns.add("assistant", [block])
+    elif kind == "item_reference":
+        raise InvalidRequest(f"{where}.type: agproxy keeps no items to refer to; send the item itself")
+    elif isinstance(kind, str):
+        # the hosted tools' calls and results (web_search_call, ...) and items of other servers
+        # (compaction): nothing an Anthropic upstream could read
+        _count(changes, "responses_item_dropped")
+    else:
+        raise InvalidRequest(f"{where}.type: must be a string")
+
+
+def responses_request_to_anthropic(body: Dict[str, Any], changes: Optional[Dict[str, int]] = None) -> Dict[str, Any]:
+    """A Responses API request (``POST /v1/responses``) as the internal Anthropic Messages request.
+
+    ``instructions`` and every ``system``/``developer`` message become the system prompt, in order
+    (Anthropic has one); user and assistant messages become turns (text, images, inline files),
+    ``function_call``/``custom_tool_call`` items assistant ``tool_use`` blocks,
+    ``*_call_output`` items user ``tool_result`` blocks, reasoning items agproxy wrote their thinking
+    blocks again; consecutive items of one role make one turn. Tools: see :func:`_responses_tools`.
+    ``reasoning.effort`` becomes a thinking budget (:data:`RESPONSES_EFFORT_BUDGETS`),
+    ``max_output_tokens`` ``max_tokens`` (default :data:`RESPONSES_DEFAULT_MAX_TOKENS`),
+    ``text.format`` ``output_config.format``. ``store``, ``include``, ``prompt_cache_key``,
+    ``client_metadata``, ``metadata`` and the like are taken and ignored. What is left out is counted
+    in ``changes`` (hosted tools, foreign reasoning items, hosted tools' items). Raises
+    :class:`InvalidRequest` naming the field for what cannot be carried: state agproxy does not keep
+    (``previous_response_id``, ``conversation``, ``prompt``, ``item_reference``, ``file_id``),
+    ``background``, a malformed field."""
+    changes = changes if changes is not None else {}
+    for key, why in _RESPONSES_STATEFUL.items():
+        _expect(body.get(key) in (None, ""), key, why)
+    _expect(not body.get("background"), "background", "agproxy answers while the client waits; send "
+            "background: false")
+    model = body.get("model")
+    _expect(isinstance(model, str) and model != "", "model", "must be a non-empty string")
+    turns = _ResponsesTurns()
+    instructions = body.get("instructions")
+    _expect(instructions is None or isinstance(instructions, str), "instructions", "must be a string")
+    if instructions:
+        turns.system.append(instructions)
+    items = body.get("input")
+    if isinstance(items, str):
+        items = [{"type": "message", "role": "user", "content": items}]
+    _expect(isinstance(items, list), "input", "must be a string or a list of items")
+    for i, item in enumerate(items):
+        _responses_item(item, f"input.{i}", turns, changes)
+    _expect(bool(turns.messages), "input", "must hold at least one user or assistant message")
+    max_tokens = body.get("max_output_tokens")
+    _expect(max_tokens is None or (_is_int(max_tokens) and max_tokens >= 1), "max_output_tokens",
+            "must be a positive integer")
+    _expect(max_tokens is None or max_tokens <= MAX_OUTPUT_TOKENS, "max_output_tokens",
+            f"must be at most {MAX_OUTPUT_TOKENS} (no model writes more)")
+    out: Dict[str, Any] = {"model": model, "max_tokens": max_tokens or RESPONSES_DEFAULT_MAX_TOKENS,
+                           "messages": turns.messages}
+    system = [t for t in turns.system if t]
+    if system:
+        out["system"] = "\n\n".join(system)
+    if body.get("tools") is not None:
+        tools = _responses_tools(body["tools"], changes)
+        choice, allowed = _responses_tool_choice(body.get("tool_choice"), {t["name"] for t in tools},
+                                                 body.get("parallel_tool_calls"))
+        if allowed is not None:
+            tools = [t for t in tools if t["name"] in allowed]
+        if tools:
+            out["tools"] = tools
+            out["tool_choice"] = choice
+    _responses_reasoning(body.get("reasoning"), out)
+    if "thinking" in out and _responses_loop_without_thinking(turns.messages):
+        # Anthropic refuses thinking on in a tool loop whose call came without it (its reasoning
+        # item made elsewhere, or thinking off at that turn): thinking waits for the next user turn
+        del out["thinking"]
+        _count(changes, "responses_thinking_off_in_tool_loop")
+    for key in ("temperature", "top_p"):
+        if body.get(key) is not None:
+            _expect(_is_number(body[key]), key, "must be a number")
+            out[key] = body[key]
+    form = _responses_text_format(body.get("text"))
+    if form is not None:
+        out["output_config"] = {"format": form}
+    stream = body.get("stream", False)
+    _expect(isinstance(stream, bool), "stream", "must be true or false")
+    out["stream"] = stream
+    user = body.get("safety_identifier") or body.get("user")
+    if isinstance(user, str) and user:
+        out["metadata"] = {"user_id": user[:256]}
+    validate_messages_request(out)
+    return out
+
+
+def _responses_loop_without_thinking(messages: List[Dict[str, Any]]) -> bool:
+    """True when the conversation ends in a tool loop (an assistant turn with calls, then their
+    results) whose assistant turn does not open with a thinking block."""
+    if len(messages) < 2 or messages[-1]["role"] != "user":
+        return False
+    if not all(b.get("type") == "tool_result" for b in messages[-1]["content"]):
+        return False
+    blocks = messages[-2]["content"]
+    return blocks[0].get("type") not in ("thinking", "redacted_thinking")
+
+
+def _responses_reasoning(reasoning: Any, out: Dict[str, Any]) -> None:
+    """``reasoning.effort`` as a thinking budget below ``max_tokens`` (none: no thinking)."""
+    if reasoning is None:
+        return
+    _expect(isinstance(reasoning, dict), "reasoning", "must be an object")
+    effort = reasoning.get("effort")
+    if effort is None or effort == "none":
+        return
+    _expect(effort in RESPONSES_EFFORT_BUDGETS, "reasoning.effort",
+            f"must be none or one of {', '.join(RESPONSES_EFFORT_BUDGETS)}")
+    budget = min(RESPONSES_EFFORT_BUDGETS[effort], out["max_tokens"] - 1)
+    if budget >= _MIN_THINKING_BUDGET:
+        out["thinking"] = {"type": "enabled", "budget_tokens": budget}
+
+
+#: OpenAI's words (``type``, ``code``) for each Anthropic error type agproxy answers with. An
+#: overload is said as ``server_error``, not OpenAI's ``server_is_overloaded``: Codex 0.171.0 takes
+#: that one as final ("Selected model is at capacity") and stops, while it retries a server_error
+#: (5 times, observed), and an Anthropic overload clears in seconds.
+_RESPONSES_ERRORS = {
+    "invalid_request_error": ("invalid_request_error", None),
+    "request_too_large": ("invalid_request_error", "request_too_large"),
+    "authentication_error": ("invalid_request_error", "invalid_api_key"),
+    "permission_error": ("invalid_request_error", "permission_denied"),
+    "not_found_error": ("invalid_request_error", "not_found"),
+    "billing_error": ("insufficient_quota", "insufficient_quota"),
+    "rate_limit_error": ("requests", "rate_limit_exceeded"),
+    "api_error": ("server_error", "server_error"),
+    "overloaded_error": ("server_error", "server_error"),
+}
+#: An upstream's words for a prompt larger than the model's window (Anthropic's, OpenAI-compatible
+#: servers', Gemini's): said to the client with OpenAI's code for it, ``context_length_exceeded``.
+_RESPONSES_TOO_LONG = re.compile(r"prompt is too long|context length|context window|maximum context|"
+                                 r"input token count .* exceeds", re.IGNORECASE)
+#: The field an agproxy message names first (``input.3.call_id: must be a string``).
+_RESPONSES_PARAM = re.compile(r"^([A-Za-z_][A-Za-z0-9_.]*): ")
+
+
+def _responses_error(error_type: str, message: str) -> Dict[str, Any]:
+    """The ``error`` object of an error body or a failed response: message, type, param, code."""
+    kind, code = _RESPONSES_ERRORS.get(error_type, ("server_error", None))
+    if error_type == "invalid_request_error" and _RESPONSES_TOO_LONG.search(message):
+        code = "context_length_exceeded"
+    param = _RESPONSES_PARAM.match(message) if error_type == "invalid_request_error" else None
+    return {"message": message, "type": kind, "param": param.group(1) if param else None, "code": code}
+
+
+def responses_error_body(status: int, error_type: str, message: str) -> Dict[str, Any]:
+    """An agproxy error as the Responses API words it: ``{"error": {"message", "type", "param",
+    "code"}}`` (``status`` is the HTTP status it goes with; the error type decides the words)."""
+    if error_type not in _RESPONSES_ERRORS:
+        error_type = error_type_for_status(status)
+    return {"error": _responses_error(error_type, message)}
+
+
+def _responses_usage(usage: Dict[str, Any], reasoning_tokens: int) -> Dict[str, Any]:
+    """Anthropic usage as the Responses API's: its input counts the cache's tokens too, the read
+    ones as ``cached_tokens``, the written ones as ``cache_write_tokens``; ``reasoning_tokens`` is
+    an estimate from the thinking's text, since Anthropic counts thinking within ``output_tokens``
+    without saying how much."""
+    read = _token_count(usage.get("cache_read_input_tokens"))
+    written = _token_count(usage.get("cache_creation_input_tokens"))
+    total_in = _token_count(usage.get("input_tokens")) + read + written
+    total_out = _token_count(usage.get("output_tokens"))
+    return {"input_tokens": total_in, "input_tokens_details": {"cached_tokens": read, "cache_write_tokens": written},
+            "output_tokens": total_out,
+            "output_tokens_details": {"reasoning_tokens": min(reasoning_tokens, total_out)},
+            "total_tokens": total_in + total_out}
+
+
+def _responses_item_id(prefix: str) -> str:
+    """A fresh id for an output item (``msg``, ``rs``, ``fc``, ``ctc``) or a response (``resp``)."""
+    return f"{prefix}_{uuid.uuid4().hex}"
+
+
+def _responses_reasoning_item(block: Dict[str, Any], item_id: str) -> Dict[str, Any]:
+    """A thinking or redacted_thinking block as a reasoning item: its text as the summary Codex
+    shows, the block itself in ``encrypted_content`` (always there: with nothing kept, it is how
+    the block comes back)."""
+    text = block.get("thinking") if block.get("type") == "thinking" else ""
+    summary = [{"type": "summary_text", "text": text}] if isinstance(text, str) and text else []
+    return {"type": "reasoning", "id": item_id, "summary": summary,
+            "encrypted_content": responses_reasoning_content(block)}
+
+
+def _responses_custom_text(arguments: str) -> str:
+    """A freeform tool's text from the arguments of the one-string function it was offered as
+    (the arguments as they are when the model wrote something else)."""
+    try:
+        value = loads_strict(arguments)
+    except ValueError:
+        return arguments
+    if isinstance(value, dict) and isinstance(value.get(RESPONSES_CUSTOM_INPUT), str):
+        return value[RESPONSES_CUSTOM_INPUT]
+    return arguments
+
+
+def _responses_call_item_id(name: str, tools: Dict[str, Tuple[str, Optional[str], str]]) -> str:
+    """A fresh id for the call item of a tool_use named ``name``: ``ctc_`` for a freeform tool's, else ``fc_``."""
+    return _responses_item_id("ctc" if tools.get(name, ("function",))[0] == "custom" else "fc")
+
+
+def _responses_call_item(call_id: str, name: str, arguments: str, item_id: str,
+                         tools: Dict[str, Tuple[str, Optional[str], str]]) -> Dict[str, Any]:
+    """A tool_use as the client's call item: a ``function_call`` (with its ``namespace`` when the
+    function is a namespace's) or a ``custom_tool_call`` with its text unwrapped."""
+    kind, namespace, client_name = tools.get(name, ("function", None, name))
+    if kind == "custom":
+        return {"type": "custom_tool_call", "id": item_id, "status": "completed", "call_id": call_id,
+                "name": client_name, "input": _responses_custom_text(arguments)}
+    item = {"type": "function_call", "id": item_id, "status": "completed", "call_id": call_id,
+            "name": client_name, "arguments": arguments}
+    if namespace:
+        item["namespace"] = namespace
+    return item
+
+
+def _responses_text_part(text: str) -> Dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+def _responses_message_item(item_id: str, parts: List[Dict[str, Any]], status: str) -> Dict[str, Any]:
+    return {"type": "message", "id": item_id, "status": status, "role": "assistant", "content": parts}
+
+
+def _responses_end(stop_reason: Any) -> Tuple[str, Optional[Dict[str, str]]]:
+    """The response's status for an Anthropic stop reason, and its ``incomplete_details``."""
+    if stop_reason == "max_tokens":
+        return "incomplete", {"reason": "max_output_tokens"}
+    if stop_reason == "refusal":
+        return "incomplete", {"reason": "content_filter"}
+    return "completed", None
+
+
+def _responses_object(response_id: str, created_at: int, model: str, request: Dict[str, Any], status: str,
+                      output: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """The response object, with the request's settings as the Responses API echoes them."""
+    reasoning = request.get("reasoning") if isinstance(request.get("reasoning"), dict) else {}
+    return {"id": response_id, "object": "response", "created_at": created_at, "status": status,
+            "background": False, "error": None, "incomplete_details": None,
+            "instructions": request.get("instructions"), "max_output_tokens": request.get("max_output_tokens"),
+            "model": model, "output": output, "parallel_tool_calls": request.get("parallel_tool_calls", True),
+            "previous_response_id": None, "reasoning": {"effort": reasoning.get("effort"),
+                                                        "summary": reasoning.get("summary")},
+            "store": False, "temperature": request.get("temperature"), "top_p": request.get("top_p"),
+            "text": request.get("text") if isinstance(request.get("text"), dict) else {"format": {"type": "text"}},
+            "tool_choice": request.get("tool_choice", "auto"), "tools": request.get("tools") or [],
+            "truncation": "disabled", "usage": None, "metadata": request.get("metadata") or {}}
+
+
+def anthropic_message_to_responses(message: Dict[str, Any], request: Optional[Dict[str, Any]] = None, *,
+                                   model: Optional[str] = None, created_at: int = 0,
+                                   response_id: Optional[str] = None) -> Dict[str, Any]:
+    """A whole Anthropic Message as the Responses API's response object: consecutive text blocks as
+    one assistant message item, thinking as reasoning items (see :func:`responses_reasoning_content`),
+    tool_use as call items in the client's terms (``request``'s tools say which were namespaced or
+    freeform); ``incomplete`` for max_tokens (and a refusal), ``usage`` in OpenAI's terms.
+    ``created_at`` is the Unix time the caller passes in; ``model`` defaults to the message's."""
+    request = request or {}
+    tools = responses_tool_table(request)
+    output: List[Dict[str, Any]] = []
+    parts: List[Dict[str, Any]] = []
+    thinking_tokens = 0
+    for block in message.get("content") or []:
+        if not isinstance(block, dict):
+            continue
+        kind = block.get("type")
+        if kind == "text":
+            if not parts:
+                output.append(_responses_message_item(_responses_item_id("msg"), parts, "completed"))
+            parts.append(_responses_text_part(str(block.get("text") or "")))
+            continue
+        if kind not in ("thinking", "redacted_thinking", "tool_use"):
+            continue  # server tools' blocks: agproxy offers none
+        parts = []
+        if kind == "tool_use":
+            arguments = json.dumps(block.get("input") if isinstance(block.get("input"), dict) else {},
+                                   ensure_ascii=False)
+            name = str(block.get("name") or "")
+            output.append(_responses_call_item(str(block.get("id") or new_tool_id()), name, arguments,
+                                               _responses_call_item_id(name, tools), tools))
+        else:
+            thinking_tokens += estimate_text_tokens(str(block.get("thinking") or ""))
+            output.append(_responses_reasoning_item(block, _responses_item_id("rs")))
+    status, incomplete = _responses_end(message.get("stop_reason"))
+    response = _responses_object(response_id or _responses_item_id("resp"), created_at,
+                                 model or str(message.get("model") or ""), request, status, output)
+    response["incomplete_details"] = incomplete
+    usage = message.get("usage") if isinstance(message.get("usage"), dict) else {}
+    response["usage"] = _responses_usage(usage, thinking_tokens)
+    return response
+
+
+class ResponsesStreamEncoder(StreamEncoder):
+    """The internal Anthropic events in, the Responses API's event stream out (SSE bytes).
+
+    Every event carries ``sequence_number``, counting from 0: ``response.created`` and
+    ``response.in_progress`` first; then per item ``response.output_item.added``, its deltas and
+    ``response.output_item.done`` (a run of text blocks is one message item, each block a content
+    part: ``content_part.added``, ``output_text.delta``/``done``, ``content_part.done``; a thinking
+    block a reasoning item whose text streams as ``reasoning_summary_text.delta`` and whose
+    ``output_item.done`` carries the ``encrypted_content``; a tool_use a ``function_call``, its
+    arguments as ``function_call_arguments.delta``/``done``, or for a freeform tool a
+    ``custom_tool_call``, its text as one ``custom_tool_call_input.delta`` and ``done`` once the
+    arguments are whole, since the text must be unwrapped from them); last ``response.completed``
+    with usage, or ``response.incomplete`` (max_tokens), or ``response.failed`` (:meth:`error`).
+    Each event is encoded as it is read: how the events are split into batches changes nothing.
+    ``request`` is the client's own request (its tools say which calls were namespaced or
+    freeform, its settings are echoed); ``created_at`` is the Unix time the caller passes in."""
+
+    def __init__(self, model: str, request: Optional[Dict[str, Any]] = None, *, created_at: int = 0,
+                 response_id: Optional[str] = None) -> None:
+        self.model = model
+        self.request = request or {}
+        self.created_at = created_at
+        self.response_id = response_id or _responses_item_id("resp")
+        self.tools = responses_tool_table(self.request)
+        self.started = False
+        self.finished = False
+        self._sequence = 0
+        self._output: List[Dict[str, Any]] = []  # the items done, in order
+        self._items = 0  # output items added so far: the next one's output_index
+        self._blocks: Dict[int, Dict[str, Any]] = {}  # the open Anthropic blocks, by index
+        self._message: Optional[Dict[str, Any]] = None  # the open message item (a run of text blocks)
+        self._usage: Dict[str, Any] = {}
+        self._stop_reason: Any = None
+        self._thinking_tokens = 0
+
+    # -- the bytes ---------------------------------------------------------------------------------
+
+    def _emit(self, out: bytearray, name: str, payload: Dict[str, Any]) -> None:
+        event = {"type": name, "sequence_number": self._sequence}
+        event.update(payload)
+        self._sequence += 1
+        out += encode_sse_json(name, event)
+
+    def _response(self, status: str) -> Dict[str, Any]:
+        return _responses_object(self.response_id, self.created_at, self.model, self.request, status,
+                                 list(self._output))
+
+    def _start(self, out: bytearray) -> None:
+        if not self.started:
+            self.started = True
+            self._emit(out, "response.created", {"response": self._response("in_progress")})
+            self._emit(out, "response.in_progress", {"response": self._response("in_progress")})
+
+    def _add_item(self, out: bytearray, item: Dict[str, Any]) -> int:
+        index = self._items
+        self._items += 1
+        self._emit(out, "response.output_item.added", {"output_index": index, "item": item})
+        return index
+
+    def _done_item(self, out: bytearray, index: int, item: Dict[str, Any]) -> None:
+        self._output.append(item)
+        self._emit(out, "response.output_item.done", {"output_index": index, "item": item})
+
+    # -- the events --------------------------------------------------------------------------------
+
+    def encode(self, events: List[Event]) -> bytes:
+        """The client's SSE bytes for a batch of events (b"" when they say nothing yet)."""
+        out = bytearray()
+        for event in events:
+            if self.finished:
+                break
+            if event.name == "ping":
+                continue
+            payload = event.data if isinstance(event.data, dict) else {}
+            self._start(out)
+            if event.name == "message_start":
+                message = payload.get("message") if isinstance(payload.get("message"), dict) else {}
+                if isinstance(message.get("usage"), dict):
+                    merge_usage(self._usage, message["usage"])
+            elif event.name == "content_block_start":
+                self._block_start(out, payload)
+            elif event.name == "content_block_delta":
+                self._block_delta(out, payload)
+            elif event.name == "content_block_stop":
+                state = self._blocks.pop(payload.get("index"), None)  # type: ignore[arg-type]
+                if state is not None:
+                    self._block_stop(out, state)
+            elif event.name == "message_delta":
+                delta = payload.get("delta") if isinstance(payload.get("delta"), dict) else {}
+                self._stop_reason = delta.get("stop_reason", self._stop_reason)
+                if isinstance(payload.get("usage"), dict):
+                    merge_usage(self._usage, payload["usage"])
+            elif event.name == "message_stop":
+                self._finish(out)
+            elif event.name == "error":
+                error = payload.get("error") if isinstance(payload.get("error"), dict) else {}
+                out += self.error(str(error.get("type") or "api_error"), str(error.get("message") or "upstream error"))
+        return bytes(out)
+
+    def _block_start(self, out: bytearray, payload: Dict[str, Any]) -> None:
+        index = payload.get("index")
+        block = payload.get("content_block") if isinstance(payload.get("content_block"), dict) else {}
+        kind = block.get("type")
+        if not _is_int(index) or index in self._blocks:
+            return
+        if kind != "text":
+            self._close_message(out)
+        if kind == "text":
+            if self._message is None:
+                item_id = _responses_item_id("msg")
+                self._message = {"id": item_id, "parts": [], "open": 0,
+                                 "index": self._add_item(out, _responses_message_item(item_id, [], "in_progress"))}
+            message = self._message
+            state = {"kind": "text", "pieces": [], "content_index": len(message["parts"]) + message["open"]}
+            message["open"] += 1
+            self._emit(out, "response.content_part.added", {
+                "item_id": message["id"], "output_index": message["index"], "content_index": state["content_index"],
+                "part": _responses_text_part("")})
+            self._blocks[index] = state
+            if isinstance(block.get("text"), str) and block["text"]:
+                self._text(out, state, block["text"])
+        elif kind in ("thinking", "redacted_thinking"):
+            item_id = _responses_item_id("rs")
+            state = {"kind": kind, "id": item_id, "pieces": [], "signature": [], "part": False,
+                     "data": str(block.get("data") or "")}
+            if isinstance(block.get("signature"), str):
+                state["signature"].append(block["signature"])
+            state["index"] = self._add_item(out, {"type": "reasoning", "id": item_id, "summary": []})
+            self._blocks[index] = state
+            if kind == "thinking" and isinstance(block.get("thinking"), str) and block["thinking"]:
+                self._thinking(out, state, block["thinking"])
+        elif kind == "tool_use":
+            name = str(block.get("name") or "")
+            call_id = str(block.get("id") or new_tool_id())
+            item_id = _responses_call_item_id(name, self.tools)
+            start = _responses_call_item(call_id, name, "", item_id, self.tools)
+            start["status"] = "in_progress"
+            given = block.get("input")
+            state = {"kind": "tool", "id": item_id, "call_id": call_id, "name": name, "pieces": [],
+                     "custom": start["type"] == "custom_tool_call",
+                     "given": json.dumps(given, ensure_ascii=False) if isinstance(given, dict) and given else ""}
+            state["index"] = self._add_item(out, start)
+            self._blocks[index] = state
+        else:
+            self._blocks[index] = {"kind": "other"}  # server tools' blocks: agproxy offers none
+
+    def _block_delta(self, out: bytearray, payload: Dict[str, Any]) -> None:
+        state = self._blocks.get(payload.get("index"))  # type: ignore[arg-type]
+        delta = payload.get("delta") if isinstance(payload.get("delta"), dict) else {}
+        if state is None:
+            return
+        kind = delta.get("type")
+        if kind == "text_delta" and state["kind"] == "text" and isinstance(delta.get("text"), str):
+            self._text(out, state, delta["text"])
+        elif kind == "thinking_delta" and state["kind"] == "thinking" and isinstance(delta.get("thinking"), str):
+            self._thinking(out, state, delta["thinking"])
+        elif kind == "signature_delta" and state["kind"] == "thinking" and isinstance(delta.get("signature"), str):
+            state["signature"].append(delta["signature"])
+        elif kind == "input_json_delta" and state["kind"] == "tool" and isinstance(delta.get("partial_json"), str):
+            text = delta["partial_json"]
+            if text:
+                state["pieces"].append(text)
+                if not state["custom"]:
+                    self._emit(out, "response.function_call_arguments.delta", {
+                        "item_id": state["id"], "output_index": state["index"], "delta": text})
+
+    def _text(self, out: bytearray, state: Dict[str, Any], text: str) -> None:
+        if not text or self._message is None:
+            return
+        state["pieces"].append(text)
+        self._emit(out, "response.output_text.delta", {
+            "item_id": self._message["id"], "output_index": self._message["index"],
+            "content_index": state["content_index"], "delta": text, "logprobs": []})
+
+    def _thinking(self, out: bytearray, state: Dict[str, Any], text: str) -> None:
+        if not text:
+            return
+        where = {"item_id": state["id"], "output_index": state["index"], "summary_index": 0}
+        if not state["part"]:
+            state["part"] = True
+            self._emit(out, "response.reasoning_summary_part.added",
+                       dict(where, part={"type": "summary_text", "text": ""}))
+        state["pieces"].append(text)
+        self._thinking_tokens += estimate_text_tokens(text)
+        self._emit(out, "response.reasoning_summary_text.delta", dict(where, delta=text))
+
+    def _block_stop(self, out: bytearray, state: Dict[str, Any]) -> None:
+        kind = state["kind"]
+        if kind == "text":
+            message = self._message
+            if message is None:
+                return
+            text = "".join(state["pieces"])
+            where = {"item_id": message["id"], "output_index": message["index"],
+                     "content_index": state["content_index"]}
+            self._emit(out, "response.output_text.done", dict(where, text=text, logprobs=[]))
+            part = _responses_text_part(text)
+            self._emit(out, "response.content_part.done", dict(where, part=part))
+            message["parts"].append(part)
+            message["open"] -= 1
+        elif kind in ("thinking", "redacted_thinking"):
+            text = "".join(state["pieces"])
+            if state["part"]:
+                where = {"item_id": state["id"], "output_index": state["index"], "summary_index": 0}
+                self._emit(out, "response.reasoning_summary_text.done", dict(where, text=text))
+                self._emit(out, "response.reasoning_summary_part.done",
+                           dict(where, part={"type": "summary_text", "text": text}))
+            block = {"type": "redacted_thinking", "data": state["data"]} if kind == "redacted_thinking" else \
+                {"type": "thinking", "thinking": text, "signature": "".join(state["signature"])}
+            self._done_item(out, state["index"], _responses_reasoning_item(block, state["id"]))
+        elif kind == "tool":
+            arguments = "".join(state["pieces"]) or state["given"] or "{}"
+            where = {"item_id": state["id"], "output_index": state["index"]}
+            item = _responses_call_item(state["call_id"], state["name"], arguments, state["id"], self.tools)
+            if state["custom"]:
+                if item["input"]:
+                    self._emit(out, "response.custom_tool_call_input.delta", dict(where, delta=item["input"]))
+                self._emit(out, "response.custom_tool_call_input.done", dict(where, input=item["input"]))
+            else:
+                if not state["pieces"]:  # the deltas add up to the arguments done says
+                    self._emit(out, "response.function_call_arguments.delta", dict(where, delta=arguments))
+                self._emit(out, "response.function_call_arguments.done",
+                           dict(where, name=item["name"], arguments=arguments))
+            self._done_item(out, state["index"], item)
+
+    def _close_message(self, out: bytearray) -> None:
+        """End the open message item (its text blocks still open ended first)."""
+        if self._message is None:
+            return
+        for index in [i for i, s in self._blocks.items() if s["kind"] == "text"]:
+            self._block_stop(out, self._blocks.pop(index))
+        message, self._message = self._message, None
+        self._done_item(out, message["index"], _responses_message_item(message["id"], message["parts"], "completed"))
+
+    def _finish(self, out: bytearray) -> None:
+        for index in sorted(self._blocks):
+            if self._blocks[index]["kind"] != "text":
+                self._block_stop(out, self._blocks.pop(index))
+        self._close_message(out)
+        self._blocks.clear()
+        status, incomplete = _responses_end(self._stop_reason)
+        response = self._response(status)
+        response["incomplete_details"] = incomplete
+        response["usage"] = _responses_usage(self._usage, self._thinking_tokens)
+        self._emit(out, f"response.{status}", {"response": response})
+        self.finished = True
+
+    def ping(self) -> bytes:
+        """A keep-alive the client skips: an SSE comment (Codex's and the SDK's parsers ignore it)."""
+        return b"" if self.finished else b": keep-alive\n\n"
+
+    def error(self, error_type: str, message: str) -> bytes:
+        """How a stream that broke after it began ends: ``response.failed`` with the error in
+        OpenAI's words (its ``code`` tells Codex whether to retry); nothing more is encoded after it."""
+        if self.finished:
+            return b""
+        out = bytearray()
+        self._start(out)
+        response = self._response("failed")
+        failure = _responses_error(error_type, message)
+        response["error"] = {"code": failure["code"] or failure["type"], "message": message}
+        response["usage"] = _responses_usage(self._usage, self._thinking_tokens)
+        self._emit(out, "response.failed", {"response": response})
+        self.finished = True
+        return bytes(out)
+
 
 # -- client dialect: Gemini generateContent -----------------------------------------------------------
 
@@ -9058,7 +10527,8 @@ def permitted_route(config: Config, caller: Caller, model: str) -> Route:
     client = caller.client
     if client is not None and not client.may_use(model):
         raise PermissionDenied(f"client {client.name!r} may not use model {model[:200]!r} (its models: "
-                               f"{', '.join(client.models)[:300]})")
+                               f"{', '.join(client.models)[:300]}; ask for one of those: in Claude Code, --model "
+                               "NAME or ANTHROPIC_MODEL)")
     route = route_model(config, model)
     if client is None or not client.upstreams:
         return route
@@ -9185,8 +10655,9 @@ class FrontDoor:
         keys = presented_keys(request)
         if not keys:
             if required:
-                raise AuthenticationFailed("missing API key: send agproxy's api_key as x-api-key or Authorization: "
-                                           "Bearer")
+                whose = "your own key (a client's, from whoever runs agproxy) or agproxy's api_key" \
+                    if config.clients else "agproxy's api_key"
+                raise AuthenticationFailed(f"missing API key: send {whose} as x-api-key or Authorization: Bearer")
             return Caller()
         admin_key = config.admin_api_key or config.api_key
         admin = key_matches(admin_key, keys)
@@ -9200,8 +10671,9 @@ class FrontDoor:
         client = matched[0] if matched else None
         if client is None and not known:
             if required:
-                raise AuthenticationFailed("invalid API key for agproxy (it is agproxy's api_key or a client's, not "
-                                           "an upstream's key)")
+                raise AuthenticationFailed("invalid API key for agproxy: it is neither agproxy's api_key nor a "
+                                           "client's (a client removed from the config is refused too; an upstream's "
+                                           "key is not agproxy's)")
             return Caller()
         return Caller(client, admin)
 
@@ -9499,6 +10971,7 @@ class Server(Application):
         raw = internal_bytes(request, asked, body)
         pool = self.pool  # what the request began with, whatever a reload brings meanwhile
         route = permitted_route(self.config, exchange.admission, body["model"])
+        self.learning.count_changes(dialect.name, inbound.changes, route.upstream)
         warmup = dialect.answers_warmups and self.config.warmup_interception and is_warmup(body)
         if not warmup:  # answered locally, a warmup costs nothing against the client's limits
             await self._within_limits(request, exchange)
@@ -9725,27 +11198,6 @@ async def list_upstream_models(client: UpstreamClient, adapter: Any, upstream: U
 # -- one dialect per client protocol ------------------------------------------------------------------
 
 
-class StreamEncoder:
-    """Writes the internal Anthropic events of one answer as a client protocol's stream: each
-    batch as it comes (:meth:`encode`), a keep-alive while the upstream is silent (:meth:`ping`;
-    b"" where the protocol has none), and the end of a stream that broke after it began
-    (:meth:`error`). This one is Anthropic's: the events as they are."""
-
-    def encode(self, events: List[Event]) -> bytes:
-        """A batch of events as the client gets it."""
-        return encode_events(events)
-
-    def ping(self) -> bytes:
-        """A keep-alive the client ignores."""
-        return encode_sse_json("ping", {"type": "ping"})
-
-    def error(self, error_type: str, message: str) -> bytes:
-        """The last bytes of a stream that broke after it began (an Anthropic error type)."""
-        return encode_sse_json("error", error_body(error_type, message))
-
-
-#: Anthropic's encoder holds nothing: one serves every stream.
-ANTHROPIC_ENCODER = StreamEncoder()
 
 
 @dataclasses.dataclass
@@ -9767,6 +11219,8 @@ class Inbound:
     body: Dict[str, Any]
     stream: bool
     context: Any = None
+    #: what the dialect changed or dropped, by kind (counted as the sanitizer's changes are)
+    changes: Dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 class Dialect:
@@ -9818,17 +11272,80 @@ class Dialect:
                                  _iterate([self.encoder(inbound).encode(events)]), lambda: None)
 
 
+class ChatDialect(Dialect):
+    """OpenAI Chat Completions (``POST /v1/chat/completions``), as Aider, Continue, Cline,
+    opencode and the openai SDK speak it (section 7's ``chat_*`` translators): its chunks name
+    the model the client asked for, and its errors take OpenAI's shape."""
+
+    name = "chat"
+    answers_warmups = False
+
+    def inbound(self, request: Request, body: Dict[str, Any], model: Optional[str]) -> Inbound:
+        internal = chat_request_to_anthropic(body)
+        return Inbound(internal, internal.get("stream") is True,
+                       (str(body.get("model"))[:200], int(time.time()), chat_include_usage(body)))
+
+    def encoder(self, inbound: Inbound) -> StreamEncoder:
+        model, created, include_usage = inbound.context
+        return ChatStreamEncoder(model, created, include_usage)
+
+    def message_json(self, message: Dict[str, Any], inbound: Inbound) -> Any:
+        model, created, _ = inbound.context
+        return anthropic_message_to_chat(message, model, created)
+
+    def error_body(self, exc: AgproxyError) -> Any:
+        return chat_error_body(exc.status, exc.error_type, exc.message)
+
+    def model_list(self, models: List[Dict[str, Any]]) -> Dict[str, Any]:
+        return models_list(models, "openai")
+
+
+class ResponsesDialect(Dialect):
+    """The OpenAI Responses API (``POST /v1/responses``), as Codex CLI speaks it (section 7's
+    ``responses_*`` translators): the whole history each turn (``store: false``), tools flattened
+    from namespaces and unflattened on the way back by the request's own tool table, thinking kept
+    in ``encrypted_content``. The encoder and the answer echo the client's request, so it is kept."""
+
+    name = "responses"
+    answers_warmups = False
+
+    def inbound(self, request: Request, body: Dict[str, Any], model: Optional[str]) -> Inbound:
+        changes: Dict[str, int] = {}
+        internal = responses_request_to_anthropic(body, changes)
+        return Inbound(internal, internal.get("stream") is True, (str(body.get("model"))[:200], int(time.time()), body),
+                       changes)
+
+    def encoder(self, inbound: Inbound) -> StreamEncoder:
+        model, created, body = inbound.context
+        return ResponsesStreamEncoder(model, body, created_at=created)
+
+    def message_json(self, message: Dict[str, Any], inbound: Inbound) -> Any:
+        model, created, body = inbound.context
+        return anthropic_message_to_responses(message, body, model=model, created_at=created)
+
+    def error_body(self, exc: AgproxyError) -> Any:
+        return responses_error_body(exc.status, exc.error_type, exc.message)
+
+    def model_list(self, models: List[Dict[str, Any]]) -> Dict[str, Any]:
+        return models_list(models, "openai")
+
+
 #: What Gemini's clients may ask of a model (``POST /v1beta/models/{model}:METHOD``).
 GEMINI_METHODS = ("generateContent", "streamGenerateContent", "countTokens")
 
 
 #: Every client protocol agproxy serves, by name (the routes pick one by path: :func:`dialect_of_path`).
-DIALECTS: Dict[str, Dialect] = {"anthropic": Dialect()}
+DIALECTS: Dict[str, Dialect] = {"anthropic": Dialect(), "chat": ChatDialect(), "responses": ResponsesDialect()}
+#: The paths of each client protocol but Anthropic's (prefixes end in "/").
+DIALECT_PATHS = (("/v1/chat/completions", "chat"), ("/v1/responses", "responses"), ("/v1beta/", "gemini"))
 
 
 def dialect_of_path(path: str) -> Dialect:
     """The client protocol a path belongs to (Anthropic's for every path of no other), so that
     an error answers in the shape its client reads, even one refused before its handler ran."""
+    for prefix, name in DIALECT_PATHS:
+        if (path == prefix or (prefix.endswith("/") and path.startswith(prefix))) and name in DIALECTS:
+            return DIALECTS[name]
     return DIALECTS["anthropic"]
 
 
@@ -11512,8 +13029,9 @@ border-bottom:1px solid var(--line)}#rows tr:last-child{border:0}#rows td{border
 <span id="updated">connecting…</span><button id="forget" hidden>Forget key</button></div></header>
 <main>
 <section class="card" id="keycard" hidden><h2>agproxy's key</h2><div>This agproxy has auth on: enter its
-<code>api_key</code> to see its status. It is kept in this tab only and sent as a header.</div>
-<form id="keyform"><input id="key" type="password" autocomplete="off" placeholder="api_key" aria-label="api_key">
+admin key (<code>admin_api_key</code>, or <code>api_key</code> where there is none) to see its status. It is
+kept in this tab only and sent as a header.</div>
+<form id="keyform"><input id="key" type="password" autocomplete="off" placeholder="admin key" aria-label="admin key">
 <button class="primary">Show status</button></form><div id="keynote"></div></section>
 <div class="tiles" id="tiles" hidden>
 <div class="card tile"><div class="l">Uptime</div><div class="v" id="uptime">–</div><div class="s"
@@ -11598,9 +13116,10 @@ async function poll() {
   } catch (e) {
     failing = "agproxy is not answering"; tick(); timer = setTimeout(poll, POLL_MS); return;
   }
-  if (r.status === 401) {
+  if (r.status === 401 || (r.status === 403 && key)) {
     if (key) sessionStorage.removeItem(KEY);
-    ask(key ? "agproxy refused that key." : ""); key = ""; return;
+    ask(r.status === 403 ? "That key is not agproxy's admin key (a client's key shows no status)." :
+        key ? "agproxy refused that key." : ""); key = ""; return;
   }
   if (!r.ok) {
     let words = "HTTP " + r.status;
@@ -12223,8 +13742,7 @@ class ClientLimits:
         if reserve:
             self._reserved[name] = self._reserved.get(name, 0) + reserve
         self._places[request_id] = (name, reserve)
-        if current.requests_per_minute:
-            self._windows.setdefault(name, collections.deque()).append(now)
+        self._windows.setdefault(name, collections.deque()).append(now)  # /me counts it, with a limit or not
 
     def _check_budgets(self, client: Client, now: float) -> Optional[Tuple[str, str]]:
         """Refuse a request of a client whose day's tokens are spent, or whose minute window is
@@ -12744,8 +14262,7 @@ async def check_upstreams(config: Config, out: Callable[[str], None], redactor: 
     client = UpstreamClient()
     redactor = redactor or Redactor(config.secrets(dict(os.environ)))
     healthy = True
-    problem = config.auth_problem()
-    if problem:
+    for problem in config.auth_problems():
         verdict = "WARN" if config.clients else "FAIL"
         out(f"{verdict}  config: {problem}")
         healthy = healthy and verdict != "FAIL"
@@ -13052,6 +14569,9 @@ def _keys_command(argv: List[str]) -> int:
         print(f"key for {args.name} (shown once; agproxy keeps only its SHA-256):\n{key}\n")
         print("add to \"clients\" in agproxy's config:")
         print(json.dumps({"name": args.name, "api_key_sha256": key_sha256(key)}))
+        print(f"\nand give {args.name} the key, to run Claude Code as (HOST:PORT is agproxy's; other clients take the "
+              "key as their API key):")
+        print("ANTHROPIC_BASE_URL=http://HOST:PORT ANTHROPIC_AUTH_TOKEN=<the key above> claude")
         return 0
     try:
         config = load_config(args.config, {}, unset_as_placeholder=True)
@@ -13116,8 +14636,8 @@ def log_startup(config: Config) -> None:
         problem = ADAPTERS[upstream.kind].base_url_problem(upstream)
         if problem:
             log.warning("upstream %s: %s", upstream.name, problem)
-    problem = config.auth_problem()
-    if problem:
+    log.info("%s", config.auth_summary())
+    for problem in config.auth_problems():
         log.warning("%s", problem)
 
 

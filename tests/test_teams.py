@@ -134,7 +134,8 @@ def test_check_says_clients_with_auth_off_and_passes_clients_without_an_api_key(
         result = subprocess.run([sys.executable, str(AGPROXY), "check", "--config", str(path)], capture_output=True,
                                 text=True, env=clean_env(XDG_STATE_HOME=str(tmp_path)), timeout=60)
         assert result.returncode == 0 and "api_key is empty" not in result.stdout, (extra, result.stdout)
-        assert (verdict is not None) == ("clients are configured" in result.stdout), result.stdout
+        assert (verdict is not None) == ("auth_mode is off but clients are configured" in result.stdout), result.stdout
+        assert ("neither admin_api_key nor api_key" in result.stdout) == (verdict is None)  # no one could administer
         assert ALICE not in result.stdout + result.stderr
 
 
@@ -253,6 +254,8 @@ def test_keys_new_prints_a_key_once_and_the_entry_to_paste(tmp_path):
     assert len(key) >= 32 and re.fullmatch(r"[A-Za-z0-9_-]+", key)
     entry = json.loads(next(line for line in result.stdout.splitlines() if line.startswith("{")))
     assert entry == {"name": "ci-job", "api_key_sha256": agproxy.key_sha256(key)}
+    assert result.stdout.count(key) == 1  # once, and the line to give the person points at it
+    assert "ANTHROPIC_BASE_URL=http://HOST:PORT ANTHROPIC_AUTH_TOKEN=<the key above> claude" in result.stdout
     config = tmp_path / "c.json"
     config.write_text(json.dumps({"upstreams": [{"name": "d", "kind": "demo"}],
                                   "clients": [entry, {"name": "plain", "api_key": "sk-plain-0123456789"}]}))
@@ -271,3 +274,22 @@ def test_a_client_key_works_with_auth_off_too_and_names_the_client(start_agproxy
     assert call(proxy, "/v1/messages", ALICE, ask("claude-opus-4-5"))[0] == 403
     time.sleep(0.1)
     assert call(proxy, "/v1/agproxy/me", ALICE)[1]["client"] == "alice"
+
+
+def test_the_start_says_who_may_do_what_and_warns_of_a_team_without_an_admin(start_agproxy, fake):
+    config = team_config(fake, admin_api_key="", api_key="")
+    config["clients"].append({"name": "weak", "api_key": "short-key"})
+    proxy = start_agproxy(config)
+    log = proxy.log()
+    assert "auth: strict; api_key not set, 4 client key(s), admin key for agproxy's own routes: none" in log
+    assert "neither admin_api_key nor api_key: no key reaches agproxy's own routes" in log
+    assert "client 'weak': its key is shorter than 16 characters" in log and "short-key" not in log
+    status, error = call(proxy, "/v1/messages", None, ask())
+    assert status == 401 and "your own key" in error["error"]["message"]
+
+
+def test_me_counts_the_last_minute_of_a_client_without_a_minute_limit(start_agproxy, fake):
+    proxy = start_agproxy(team_config(fake))
+    for _ in range(3):
+        assert call(proxy, "/v1/messages", BOB, ask())[0] == 200
+    assert call(proxy, "/v1/agproxy/me", BOB)[1]["limits_now"]["requests_last_minute"] == 3

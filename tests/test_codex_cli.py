@@ -1,0 +1,122 @@
+"""Codex CLI through agproxy (issue 21): the real program, pinned by the Makefile (CODEX_VERSION),
+speaks the Responses API to agproxy's ``/v1/responses``, offline, with a client key, to fake
+upstreams of each kind over real sockets. Each run is a streamed shell tool loop: the model asks
+for ``exec_command``, Codex runs it, sends the result back, and the model's last words end the
+run. Skipped when the CLI is not installed (``make claude-cli`` installs it)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
+
+import pytest
+
+from tests.conftest import clean_env, fake_config
+from tests.fakes.anthropic_upstream import Sse, text_stream
+from tests.fakes.gemini_upstream import Answer, FakeGemini, call
+from tests.fakes.openai_upstream import Chunks, FakeOpenAI, text_chunks, tool_chunks
+
+VERSION = re.search(r"^CODEX_VERSION \?= (\S+)", (Path(__file__).parent.parent / "Makefile").read_text(), re.M)[1]
+CODEX = Path(__file__).parent.parent / ".cache" / "codex" / VERSION / "node_modules" / ".bin" / "codex"
+KEY = "agp-codex-0123456789abcdefghijklmnop"
+COMMAND = "echo made-by-codex > proof.txt"
+DONE = "The file is written."
+
+
+@pytest.fixture
+def codex(tmp_path: Path):
+    if not CODEX.exists():
+        pytest.skip(f"Codex CLI not installed at {CODEX} (make claude-cli)")
+
+    def run(proxy: Any, model: str, prompt: str = "write the proof file") -> Tuple[subprocess.CompletedProcess, Path]:
+        home, work = tmp_path / "codex-home", tmp_path / "work"
+        home.mkdir(exist_ok=True)
+        work.mkdir(exist_ok=True)
+        (home / "config.toml").write_text(f'''model = "{model}"
+model_provider = "agproxy"
+approval_policy = "never"
+sandbox_mode = "danger-full-access"
+
+[model_providers.agproxy]
+name = "agproxy"
+base_url = "{proxy.url}/v1"
+env_key = "AGPROXY_API_KEY"
+wire_api = "responses"
+
+[features]
+plugins = false
+unbounded_connection_retries = false
+
+[analytics]
+enabled = false
+''')
+        env = clean_env(HOME=str(home), CODEX_HOME=str(home), AGPROXY_API_KEY=KEY)
+        result = subprocess.run([str(CODEX), "exec", "--skip-git-repo-check", prompt], cwd=work, env=env,
+                                capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL)
+        return result, work
+    return run
+
+
+def anthropic_tool_stream() -> List[Tuple[str, Dict[str, Any]]]:
+    """The model asks for exec_command, its input in pieces."""
+    arguments = json.dumps({"cmd": COMMAND})
+    start = text_stream()[0]
+    events = [start, ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {
+        "type": "tool_use", "id": "toolu_codex_1", "name": "exec_command", "input": {}}})]
+    events += [("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {
+        "type": "input_json_delta", "partial_json": arguments[i:i + 9]}}) for i in range(0, len(arguments), 9)]
+    return events + [("content_block_stop", {"type": "content_block_stop", "index": 0}),
+                     ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "tool_use"},
+                                        "usage": {"output_tokens": 20}}),
+                     ("message_stop", {"type": "message_stop"})]
+
+
+def team(fake: Any) -> Dict[str, Any]:
+    return fake_config(fake, auth_mode="strict", admin_api_key="sk-admin-0123456789abcdef", clients=[
+        {"name": "codex-user", "api_key": KEY}])
+
+
+def check_the_loop(result: subprocess.CompletedProcess, work: Path) -> None:
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert (work / "proof.txt").read_text().strip() == "made-by-codex"  # Codex ran the model's command
+    assert DONE in result.stdout
+
+
+def test_codex_runs_a_shell_tool_loop_through_agproxy_to_an_anthropic_upstream(start_agproxy, fake, codex):
+    proxy = start_agproxy(team(fake))
+    fake.script(Sse(anthropic_tool_stream()), Sse(text_stream(DONE)))
+    result, work = codex(proxy, "claude-sonnet-4-5")
+    check_the_loop(result, work)
+    first, second = [r.json for r in fake.requests if r.target.startswith("/v1/messages")][-2:]
+    assert first["stream"] is True and any(t["name"] == "exec_command" for t in first["tools"])
+    assert first["system"]  # Codex's instructions, as the system prompt
+    result_block = second["messages"][-1]["content"][0]
+    assert result_block["type"] == "tool_result" and result_block["tool_use_id"] == "toolu_codex_1"
+    assert "codex-user" in proxy.log()
+
+
+def test_codex_through_agproxy_to_an_openai_upstream(start_agproxy, fake, codex):
+    with FakeOpenAI() as upstream:
+        config = team(fake)
+        config["upstreams"] = [{"name": "local", "kind": "openai", "base_url": upstream.url,
+                                "accounts": [{"api_key": "k"}]}]
+        proxy = start_agproxy(config)
+        upstream.script(Chunks(tool_chunks([("call_1", "exec_command", json.dumps({"cmd": COMMAND}))])),
+                        Chunks(text_chunks(DONE)))
+        result, work = codex(proxy, "qwen3-coder")
+        check_the_loop(result, work)
+        assert upstream.chats[-1]["messages"][-1]["role"] == "tool"
+
+
+def test_codex_through_agproxy_to_a_gemini_upstream(start_agproxy, fake, codex):
+    with FakeGemini() as upstream:
+        config = team(fake)
+        config["upstreams"] = [{"name": "gem", "kind": "gemini", "base_url": upstream.url,
+                                "accounts": [{"api_key": "gemini-key"}]}]
+        proxy = start_agproxy(config)
+        upstream.script(Answer([call("exec_command", {"cmd": COMMAND})]), Answer([{"text": DONE}]))
+        result, work = codex(proxy, "gemini-2.5-flash")
+        check_the_loop(result, work)
