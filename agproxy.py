@@ -7439,8 +7439,6 @@ _GEMINI_LEVEL_BUDGETS = {"minimal": 0, "low": 2048, "medium": 8192, "high": 2457
 #: The budget of a thinking the client leaves to the model (``thinkingBudget: -1``, a level left
 #: unspecified, or ``includeThoughts`` alone): Gemini CLI's own budget for its 2.5 models.
 GEMINI_DYNAMIC_THINKING_BUDGET = 8192
-#: Image types an Anthropic image block takes.
-_GEMINI_CLIENT_IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
 #: The fields of a Gemini ``Part`` that hold its data (one of them, exactly, per part).
 _GEMINI_PART_DATA = ("text", "inlineData", "fileData", "functionCall", "functionResponse", "executableCode",
                      "codeExecutionResult")
@@ -7778,7 +7776,7 @@ def _gemini_client_media(data: Any, at: str, kind: str) -> Dict[str, Any]:
         _expect(isinstance(payload, str), f"{at}.data", "must be a string (base64)")
         # the SDKs may send the URL-safe alphabet, without padding
         payload = payload.replace("-", "+").replace("_", "/") + "=" * (-len(payload) % 4)
-        if mime in _GEMINI_CLIENT_IMAGE_TYPES:
+        if mime in _CHAT_IMAGE_TYPES:
             return {"type": "image", "source": {"type": "base64", "media_type": mime, "data": payload}}
         if mime == "application/pdf":
             return {"type": "document", "source": {"type": "base64", "media_type": mime, "data": payload}}
@@ -7789,13 +7787,13 @@ def _gemini_client_media(data: Any, at: str, kind: str) -> Dict[str, Any]:
                 raise InvalidRequest(f"{at}.data: is not base64 of UTF-8 text") from None
             return {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": text}}
         raise InvalidRequest(f"{at}.mimeType: {mime[:80]!r} cannot be read here; send an image "
-                             f"({', '.join(_GEMINI_CLIENT_IMAGE_TYPES)}), a PDF or text")
+                             f"({', '.join(_CHAT_IMAGE_TYPES)}), a PDF or text")
     uri = data.get("fileUri")
     _expect(isinstance(uri, str) and bool(uri), f"{at}.fileUri", "must be a non-empty string")
     _expect(uri.startswith(("https://", "http://")) and "generativelanguage.googleapis.com" not in uri,
             f"{at}.fileUri", "files uploaded to Google cannot be read here; send the file inline (inlineData) "
             "or as a public http(s) URL")
-    if mime in _GEMINI_CLIENT_IMAGE_TYPES:
+    if mime in _CHAT_IMAGE_TYPES:
         return {"type": "image", "source": {"type": "url", "url": uri}}
     _expect(mime == "application/pdf", f"{at}.mimeType", f"{mime[:80]!r} cannot be read from a URL here; "
             "send an image or a PDF")
