@@ -277,6 +277,16 @@ MAX_LOGGED_WORDS = 300
 KEY_REJECTED_STATUS = 424
 
 
+class NotStructured(UpstreamFailure):
+    """An answer that should be JSON by the request's schema (structured output, asked for by a
+    client dialect) is not: the upstream's model cannot do structured output, and no retry makes
+    it. A 424 (see KEY_REJECTED_STATUS), final: Gemini CLI's routing call then falls back to its
+    default model at once, where an answer it cannot parse had it retry for 100 s."""
+
+    status = KEY_REJECTED_STATUS
+    final = True
+
+
 class KeyRejected(UpstreamFailure):
     """An upstream rejected agproxy's key for it: the account's api_key needs fixing."""
 
@@ -1974,7 +1984,7 @@ def presented_keys(request: Request) -> List[str]:
     and on Gemini's routes (``/v1beta/``) ``?key=``, as Gemini's clients may send it (the record
     keeps no query, so it is never logged)."""
     keys = []
-    if request.path.startswith("/v1beta/") and request.query:
+    if request.query and dialect_of_path(request.path).name == "gemini":
         keys += [value.strip() for value in urllib.parse.parse_qs(request.query).get("key", [])[:1] if value.strip()]
     authorization = request.header("authorization") or ""
     scheme, _, token = authorization.partition(" ")
@@ -4563,6 +4573,21 @@ def anthropic_to_openai(body: Dict[str, Any], options: OpenAIOptions, upstream: 
         if options.stream_usage:
             out["stream_options"] = {"include_usage": True}
     return out, changes
+
+
+def check_structured(message: Dict[str, Any], upstream: str) -> None:
+    """Raise :class:`NotStructured` unless a whole answer's text is JSON (in a ```json fence, as
+    some models write it, too), as a request with a schema must be answered."""
+    text = "".join(str(block.get("text") or "") for block in message.get("content") or []
+                   if isinstance(block, dict) and block.get("type") == "text").strip()
+    fenced = re.fullmatch(r"```(?:json)?\s*(.*?)\s*```", text, re.S)
+    try:
+        json.loads(fenced.group(1) if fenced else text)
+    except ValueError:
+        cut = " (it was cut at max_tokens)" if message.get("stop_reason") == "max_tokens" else ""
+        raise NotStructured(f"upstream {upstream!r} answered a request for structured output (a JSON schema) with "
+                            f"{len(text)} characters that are not JSON{cut}: its model cannot do structured output; "
+                            "send such requests to a model that can (model_map)") from None
 
 
 def output_schema(body: Dict[str, Any]) -> Optional[Dict[str, Any]]:
@@ -10003,7 +10028,7 @@ class HttpServer:
                                head.path[:MAX_RECORD_PATH_CHARS] if head else "-")
         record.fail(exc.message)
         try:
-            await self._write_response(conn, error_response(exc), record, False)
+            await self._write_response(conn, self.app.error_answer(exc, record), record, False)
         finally:
             record.ended = time.monotonic()
             self.app.finished(record)
@@ -10297,6 +10322,8 @@ _SSE_HEADERS: Headers = [
     ("Cache-Control", "no-cache"),
     ("X-Accel-Buffering", "no"),
 ]
+
+
 @dataclasses.dataclass
 class _Lessons:
     """What one request is trying without, after its upstream's 400s named them."""
@@ -10769,7 +10796,8 @@ class Server(Application):
         }
         self.board = StatusBoard(clock(), self.usage, self.redact.text)
         self.record_readers.append(self.board.read)
-        self.door = FrontDoor(config, dict(self._routes, **{"/v1/models/": {"GET": self._model},
+        self.door = FrontDoor(config, dict(self._routes, **{"/v1/models/": {"GET": self._model,
+                                                                             "POST": self._gemini_model},
                                                              "/v1beta/models/": {"GET": self._gemini_model,
                                                                                  "POST": self._gemini_model}}),
                               self.note_once)
@@ -10906,7 +10934,10 @@ class Server(Application):
         return Response(200, [("Content-Type", "application/json")], b"")
 
     async def _models(self, request: Request, exchange: _Exchange) -> Response:
-        """Anthropic's list for an Anthropic client (it sends ``anthropic-version``), else both shapes in one."""
+        """Anthropic's list for an Anthropic client (it sends ``anthropic-version``), Gemini's for a
+        Gemini client (its key in ``x-goog-api-key``), else Anthropic's and OpenAI's in one."""
+        if request.header("x-goog-api-key") is not None and request.header("anthropic-version") is None:
+            return await self._gemini_models(request, exchange)
         shape = "anthropic" if request.header("anthropic-version") is not None else "both"
         return json_response(200, models_list(await self.catalog.visible(exchange.admission.client), shape))
 
@@ -10930,8 +10961,9 @@ class Server(Application):
 
     async def _gemini_model(self, request: Request, exchange: _Exchange) -> Union[Response, StreamingResponse]:
         """``/v1beta/models/{model}:generateContent``, ``:streamGenerateContent`` and
-        ``:countTokens`` (POST), and one model (GET)."""
-        name, _, method = urllib.parse.unquote(request.path[len("/v1beta/models/"):]).partition(":")
+        ``:countTokens`` (POST; under ``/v1/models/`` too, as the google-genai SDK may send them),
+        and one model (GET)."""
+        name, _, method = urllib.parse.unquote(request.path.split("/models/", 1)[1]).partition(":")
         if request.method in ("GET", "HEAD") and not method:
             permitted_route(self.config, exchange.admission, name)
             return json_response(200, DIALECTS["gemini"].model_list([await self.catalog.one(name)])["models"][0])
@@ -10990,6 +11022,8 @@ class Server(Application):
                 record.local = upstream.kind
             if not isinstance(answer, AnswerStream):
                 record.add_usage(call.facts.usage)
+                if dialect.checks_structured_output and output_schema(body) is not None:
+                    check_structured(answer.message, upstream.name)
                 return dialect.whole(answer, inbound)
             return self._relay(answer, call, record, pool, dialect.encoder(inbound), dialect.stream_headers(inbound))
 
@@ -11231,6 +11265,9 @@ class Dialect:
     name = "anthropic"
     #: whether Claude Code's warmups come this way (agproxy answers them itself)
     answers_warmups = True
+    #: whether a whole answer to a request with a JSON schema must be JSON (:func:`check_structured`):
+    #: where the dialect put the schema there, agproxy answers for it; Anthropic's is the upstream's
+    checks_structured_output = False
 
     def inbound(self, request: Request, body: Dict[str, Any], model: Optional[str]) -> Inbound:
         """The client's request (its JSON ``body``; ``model`` where the path names it) in the
@@ -11277,6 +11314,7 @@ class ChatDialect(Dialect):
 
     name = "chat"
     answers_warmups = False
+    checks_structured_output = True
 
     def inbound(self, request: Request, body: Dict[str, Any], model: Optional[str]) -> Inbound:
         internal = chat_request_to_anthropic(body)
@@ -11306,6 +11344,7 @@ class ResponsesDialect(Dialect):
 
     name = "responses"
     answers_warmups = False
+    checks_structured_output = True
 
     def inbound(self, request: Request, body: Dict[str, Any], model: Optional[str]) -> Inbound:
         changes: Dict[str, int] = {}
@@ -11328,12 +11367,56 @@ class ResponsesDialect(Dialect):
         return models_list(models, "openai")
 
 
+class GeminiDialect(Dialect):
+    """Gemini's generateContent, streamGenerateContent and countTokens (``/v1beta/models/{model}:METHOD``),
+    as Gemini CLI and the google-genai SDK speak them (section 7's ``gemini_*`` translators): the
+    model comes from the path, a stream is SSE with ``alt=sse`` and one JSON array written as it
+    goes without, and the client's own tool names come back in its calls."""
+
+    name = "gemini"
+    answers_warmups = False
+    checks_structured_output = True
+
+    def inbound(self, request: Request, body: Dict[str, Any], model: Optional[str]) -> Inbound:
+        method = urllib.parse.unquote(request.path).rpartition(":")[2]
+        changes: Dict[str, int] = {}
+        if method == "countTokens":
+            return Inbound(gemini_count_request_to_anthropic(body, model or "", changes), False, None, changes)
+        stream = method == "streamGenerateContent"
+        internal = gemini_request_to_anthropic(body, model or "", stream=stream, notes=changes)
+        sse = "sse" in urllib.parse.parse_qs(request.query).get("alt", [])
+        return Inbound(internal, stream, (model or "", sse, gemini_client_tool_names(body),
+                                          gemini_include_thoughts(body)), changes)
+
+    def encoder(self, inbound: Inbound) -> StreamEncoder:
+        model, sse, names, thoughts = inbound.context
+        return GeminiStreamEncoder(model, sse=sse, names=names, include_thoughts=thoughts)
+
+    def stream_headers(self, inbound: Inbound) -> Headers:
+        return _SSE_HEADERS if inbound.context[1] else [("Content-Type", "application/json; charset=utf-8"),
+                                                         ("Cache-Control", "no-cache")]
+
+    def message_json(self, message: Dict[str, Any], inbound: Inbound) -> Any:
+        model, _, names, thoughts = inbound.context
+        return anthropic_message_to_gemini(message, model, names=names, include_thoughts=thoughts)
+
+    def error_body(self, exc: AgproxyError) -> Any:
+        return gemini_error_body(exc.status, exc.error_type, exc.message)
+
+    def count_json(self, counted: Dict[str, Any]) -> Any:
+        return gemini_count_json(counted)
+
+    def model_list(self, models: List[Dict[str, Any]]) -> Dict[str, Any]:
+        return gemini_models_list(models)
+
+
 #: What Gemini's clients may ask of a model (``POST /v1beta/models/{model}:METHOD``).
 GEMINI_METHODS = ("generateContent", "streamGenerateContent", "countTokens")
 
 
 #: Every client protocol agproxy serves, by name (the routes pick one by path: :func:`dialect_of_path`).
-DIALECTS: Dict[str, Dialect] = {"anthropic": Dialect(), "chat": ChatDialect(), "responses": ResponsesDialect()}
+DIALECTS: Dict[str, Dialect] = {"anthropic": Dialect(), "chat": ChatDialect(), "responses": ResponsesDialect(),
+                                "gemini": GeminiDialect()}
 #: The paths of each client protocol but Anthropic's (prefixes end in "/").
 DIALECT_PATHS = (("/v1/chat/completions", "chat"), ("/v1/responses", "responses"), ("/v1beta/", "gemini"))
 
@@ -11344,6 +11427,8 @@ def dialect_of_path(path: str) -> Dialect:
     for prefix, name in DIALECT_PATHS:
         if (path == prefix or (prefix.endswith("/") and path.startswith(prefix))) and name in DIALECTS:
             return DIALECTS[name]
+    if path.startswith("/v1/models/") and ":" in urllib.parse.unquote(path):  # Gemini's methods under /v1
+        return DIALECTS["gemini"]
     return DIALECTS["anthropic"]
 
 
@@ -13287,7 +13372,8 @@ poll();
 #: The paths (globs) of the requests that generate, in every client protocol, which the usage ledger
 #: and the client limits count, refused and failed ones too.
 USAGE_PATHS = ("/v1/messages", "/v1/chat/completions", "/v1/responses", "/v1beta/models/*:generateContent",
-               "/v1beta/models/*:streamGenerateContent")
+               "/v1beta/models/*:streamGenerateContent", "/v1/models/*:generateContent",
+               "/v1/models/*:streamGenerateContent")
 #: What a usage row is counted under, in this order, and what it counts.
 USAGE_KEYS = ("day", "upstream", "account", "model", "client")
 USAGE_COUNTS = ("requests", "errors", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")

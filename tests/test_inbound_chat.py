@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import fake_config
 from tests.fakes.anthropic_upstream import Json, Sse, message, text_stream, tool_and_thinking_stream
 from tests.fakes.gemini_upstream import FakeGemini
-from tests.fakes.openai_upstream import FakeOpenAI
+from tests.fakes.openai_upstream import Chat, FakeOpenAI, completion
 
 ALICE = "agp-alice-0123456789abcdefghijklmnop"
 ADMIN = "sk-admin-0123456789abcdef"
@@ -99,10 +99,16 @@ def test_to_openai_and_gemini_upstreams(start_agproxy, fake):
                 model=model, messages=[{"role": "user", "content": "hi"}], stream=True) if c.choices)
             assert streamed == answer.choices[0].message.content
         schema = {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]}
-        client(proxy).chat.completions.create(model="qwen3", messages=[{"role": "user", "content": "hi"}],
-                                              response_format={"type": "json_schema", "json_schema": {
-                                                  "name": "x", "schema": schema}})
+        structured = {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
+        openai_fake.script(Chat(200, completion('{"a": "x"}')))
+        answer = client(proxy).chat.completions.create(model="qwen3", messages=[{"role": "user", "content": "hi"}],
+                                                       response_format=structured)
+        assert json.loads(answer.choices[0].message.content) == {"a": "x"}
         assert openai_fake.chats[-1]["response_format"]["json_schema"]["schema"] == schema
+        with pytest.raises(openai.APIStatusError) as prose:  # a model that cannot: said at once, not retried
+            client(proxy).chat.completions.create(model="qwen3", messages=[{"role": "user", "content": "hi"}],
+                                                  response_format=structured)
+        assert prose.value.status_code == 424 and "not JSON" in prose.value.message
 
 
 def test_errors_come_in_openais_shape_as_the_sdk_raises_them(start_agproxy, fake):
