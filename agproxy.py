@@ -2760,6 +2760,43 @@ def _block_text(block: Any) -> str:
     return ""
 
 
+#: Prompt-cache breakpoints a request may hold (Anthropic refuses a fifth).
+MAX_CACHE_BREAKPOINTS = 4
+
+
+def mark_cache_breakpoints(body: Dict[str, Any]) -> None:
+    """Mark, in a request a client dialect made, where Anthropic may cache the prompt: the last
+    tool, the system prompt and the last message's last block (three of the four breakpoints it
+    takes). Codex CLI resends some 60 KB of instructions and tools each turn; cached, an Anthropic
+    upstream bills them at a tenth. A client of another protocol cannot mark them itself; an
+    upstream that takes no marks has them removed by its profile, as for any request. Nothing is
+    marked in a request that holds marks of its own."""
+    def marked(value: Any) -> bool:
+        if isinstance(value, dict):
+            return "cache_control" in value or any(marked(v) for v in value.values())
+        return isinstance(value, list) and any(marked(v) for v in value)
+
+    if marked(body.get("tools")) or marked(body.get("system")) or marked(body.get("messages")):
+        return
+    mark = {"type": "ephemeral"}
+    tools = body.get("tools")
+    if isinstance(tools, list) and tools and isinstance(tools[-1], dict):
+        tools[-1]["cache_control"] = dict(mark)
+    system = body.get("system")
+    if isinstance(system, str) and system:
+        body["system"] = [{"type": "text", "text": system, "cache_control": dict(mark)}]
+    elif isinstance(system, list) and system and isinstance(system[-1], dict):
+        system[-1]["cache_control"] = dict(mark)
+    messages = body.get("messages")
+    if isinstance(messages, list) and messages and isinstance(messages[-1], dict):
+        content = messages[-1].get("content")
+        if isinstance(content, str) and content:
+            messages[-1]["content"] = [{"type": "text", "text": content, "cache_control": dict(mark)}]
+        elif isinstance(content, list) and content and isinstance(content[-1], dict) \
+                and content[-1].get("type") not in ("thinking", "redacted_thinking"):
+            content[-1]["cache_control"] = dict(mark)
+
+
 def _strip_cache_control(value: Any, changes: Dict[str, int]) -> None:
     """Remove every ``cache_control`` key in a tree of blocks."""
     if isinstance(value, dict):
@@ -10998,6 +11035,8 @@ class Server(Application):
         body = inbound.body
         record.stream = inbound.stream
         validate_messages_request(body)
+        if body is not asked:
+            mark_cache_breakpoints(body)
         raw = internal_bytes(request, asked, body)
         pool = self.pool  # what the request began with, whatever a reload brings meanwhile
         route = permitted_route(self.config, exchange.admission, body["model"])

@@ -36,7 +36,10 @@ def test_a_whole_and_a_streamed_answer(start_agproxy, fake):
     assert answer.output_text == "Hello from the fake upstream." and answer.status == "completed"
     assert answer.usage.input_tokens == 12 and answer.model == "claude-sonnet-4-5"
     sent = fake.requests[-1].json
-    assert "Be brief." in (sent["system"] if isinstance(sent["system"], str) else sent["system"][0]["text"])
+    assert "Be brief." in sent["system"][0]["text"]
+    # the prompt is marked for Anthropic's cache, as a Responses client cannot mark it itself
+    assert sent["system"][-1]["cache_control"] == {"type": "ephemeral"}
+    assert sent["messages"][-1]["content"][-1]["cache_control"] == {"type": "ephemeral"}
     events = list(client(proxy).responses.create(model="claude-sonnet-4-5", input="hi", stream=True, store=False))
     numbers = [event.sequence_number for event in events]
     assert numbers == list(range(len(events)))

@@ -72,3 +72,18 @@ def test_over_sockets_each_upstream_kind_receives_the_schema(start_agproxy, tmp_
         assert post(proxy, asked(SCHEMA, model="gemini-2.5-flash"))["type"] == "message"
         generation = gemini_fake.generations[-1]["generationConfig"]
         assert generation["responseJsonSchema"] == SCHEMA and generation["responseMimeType"] == "application/json"
+
+
+def test_a_dialects_request_is_marked_for_the_prompt_cache_unless_it_holds_marks():
+    body = {"model": "m", "system": "rules", "tools": [{"name": "a", "input_schema": {}}, {"name": "b",
+                                                                                         "input_schema": {}}],
+            "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": [
+                {"type": "thinking", "thinking": "t", "signature": "s"}]}]}
+    agproxy.mark_cache_breakpoints(body)
+    assert body["system"] == [{"type": "text", "text": "rules", "cache_control": {"type": "ephemeral"}}]
+    assert "cache_control" not in body["tools"][0] and body["tools"][1]["cache_control"] == {"type": "ephemeral"}
+    assert "cache_control" not in body["messages"][-1]["content"][-1]  # a thinking block takes no mark
+    marked = {"model": "m", "system": [{"type": "text", "text": "x", "cache_control": {"type": "ephemeral"}}],
+              "messages": [{"role": "user", "content": "hi"}]}
+    agproxy.mark_cache_breakpoints(marked)
+    assert marked["messages"][0]["content"] == "hi"
