@@ -13,7 +13,9 @@ Sections, pure code first and I/O last (everything above section 9 runs without 
  4. SSE (sans-IO)
  5. Anthropic requests: strict JSON, validation, token estimates, the sanitizer, warmups
  6. Anthropic answers: stream bookkeeping, upstream errors, healing, signatures, context windows
- 7. translators (Anthropic <-> OpenAI Chat Completions, Anthropic <-> Gemini generateContent)
+ 7. translators (Anthropic <-> OpenAI Chat Completions, Anthropic <-> Gemini generateContent), and
+    the client dialects' pure parts (Chat Completions, Responses and Gemini requests in as the
+    internal Anthropic form; the internal events and Messages out as their streams and JSON)
  8. routing, accounts and the retry engine
  9. upstream client (asyncio-native)
 10. the HTTP shell (HttpServer: connections, framing, timeouts; RequestRecord, the one record of
@@ -21,23 +23,28 @@ Sections, pure code first and I/O last (everything above section 9 runs without 
 11. the gateway (Server: the handlers over one state, reload, and the access log and every other
     reader of the records; FrontDoor: the guards and routes; Learning: what attempts teach;
     StateSaver; ModelCatalog: what /v1/models lists),
+    one dialect per client protocol (DIALECTS: Anthropic Messages, Chat Completions, Responses,
+    Gemini; each turns its request into the internal form and answers through a StreamEncoder),
     one adapter per upstream kind (ADAPTERS: each gets a Call and the AdapterState they share,
-    and leaves CallFacts), and the relay pipeline every answer goes through
+    and leaves CallFacts, returning a WholeAnswer or an AnswerStream), and the relay pipeline
+    every answer goes through
 12. operations: what reads the request records (metrics, the status page's board, the usage
     ledger), the status page, logging, the config watcher (reload), the state file, `check`
 13. CLI and main()
 
 A request's way: HttpServer reads it (refusing a bad head before its body), Server.admit checks
-origin, host, key and route, the handler validates it, routes the model to upstreams, answers a
-warmup locally or runs attempts over the account pool (run_attempts); each attempt is its kind's
-Adapter.messages(call): prepare the request (clean-up, translation, what the upstream rejected),
-send, heal past a 400 that names what to drop, then turn the answer into Anthropic events
-(answer_events: Event objects, decoded once) and relay them (first_events, relay_events, which
-encodes each batch once, on its way out) or assemble them (accumulate_events); what the
-attempt learned (lessons, windows, changes, the answer's usage) it leaves in the call's facts,
-which the gateway applies. The request's record, filled on the way,
-goes to the access log and the other readers when its answer ends (Server.finished). A new
-upstream kind is one Adapter subclass in ADAPTERS plus its translators.
+origin, host, key and route, the handler's dialect turns it into the internal Anthropic form
+(Server._generate), which is validated and routed (within the client's models and limits); a
+warmup is answered locally, else attempts run over the account pool (run_attempts). Each attempt
+is its kind's Adapter.messages(call): prepare the request (clean-up, translation, what the
+upstream rejected), send, heal past a 400 that names what to drop, then turn the answer into
+Anthropic events (answer_events: Event objects, decoded once) and relay them (first_events,
+relay_events, which encodes each batch once on its way out, with the client dialect's
+StreamEncoder) or assemble them (accumulate_events). What the attempt learned (lessons, windows,
+changes, the answer's usage) it leaves in the call's facts, which the gateway applies. The
+request's record, filled on the way, goes to the access log and the other readers when its answer
+ends (Server.finished). A new upstream kind is one Adapter subclass in ADAPTERS plus its
+translators; a new client protocol is one Dialect in DIALECTS, its translators and its routes.
 """
 
 from __future__ import annotations
