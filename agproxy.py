@@ -11417,15 +11417,16 @@ GEMINI_METHODS = ("generateContent", "streamGenerateContent", "countTokens")
 #: Every client protocol agproxy serves, by name (the routes pick one by path: :func:`dialect_of_path`).
 DIALECTS: Dict[str, Dialect] = {"anthropic": Dialect(), "chat": ChatDialect(), "responses": ResponsesDialect(),
                                 "gemini": GeminiDialect()}
-#: The paths of each client protocol but Anthropic's (prefixes end in "/").
-DIALECT_PATHS = (("/v1/chat/completions", "chat"), ("/v1/responses", "responses"), ("/v1beta/", "gemini"))
+#: The paths of each client protocol but Anthropic's, each with the paths under it (an SDK's
+#: ``GET /v1/responses/{id}`` is refused in OpenAI's shape too).
+DIALECT_PATHS = (("/v1/chat/completions", "chat"), ("/v1/responses", "responses"), ("/v1beta", "gemini"))
 
 
 def dialect_of_path(path: str) -> Dialect:
     """The client protocol a path belongs to (Anthropic's for every path of no other), so that
     an error answers in the shape its client reads, even one refused before its handler ran."""
     for prefix, name in DIALECT_PATHS:
-        if (path == prefix or (prefix.endswith("/") and path.startswith(prefix))) and name in DIALECTS:
+        if (path == prefix or path.startswith(prefix + "/")) and name in DIALECTS:
             return DIALECTS[name]
     if path.startswith("/v1/models/") and ":" in urllib.parse.unquote(path):  # Gemini's methods under /v1
         return DIALECTS["gemini"]
