@@ -1627,6 +1627,9 @@ class RequestParser:
         self._state = _HEAD  # _HEAD -> _COUNTED | _CHUNKED -> _HEAD
         self._remaining = 0
         self._chunks: Optional[ChunkedReader] = None
+        #: the request line and headers of the request being read, even one refused for its framing
+        #: or size (a 413 still names its path: its error takes the shape of that path's client)
+        self.last_head: Optional[Request] = None
 
     @property
     def buffered(self) -> int:
@@ -1664,6 +1667,7 @@ class RequestParser:
         return NEED_DATA
 
     def _parse_head(self) -> Optional[ParserEvent]:
+        self.last_head = None  # a request before this one says nothing of it
         # RFC 9112 2.2: ignore empty lines before the request line.
         while self._buffer[:2] == b"\r\n" or self._buffer[:1] == b"\n":
             del self._buffer[: 2 if self._buffer[:1] == b"\r" else 1]
@@ -1679,7 +1683,7 @@ class RequestParser:
         if len(head) > self.max_header_bytes:
             raise ProtocolError(f"header block exceeds {self.max_header_bytes} bytes", status=431)
         del self._buffer[:cut]
-        request = _parse_request_head(head)
+        request = self.last_head = _parse_request_head(head)
         kind, length = request_body_framing(request.version, request.headers)
         if kind == "length" and length > self.max_body_bytes:
             raise ProtocolError(
@@ -10023,7 +10027,7 @@ class HttpServer:
         """Answer a request refused before it became one (malformed, refused on its head, timed
         out, cut by the shutdown) and record it like any other: its method and path where its
         head was read, its own request id in the answer and the access line."""
-        head = conn.head
+        head = conn.head or conn.parser.last_head
         record = RequestRecord(new_request_id(), conn.client_ip, head.method if head else "-",
                                head.path[:MAX_RECORD_PATH_CHARS] if head else "-")
         record.fail(exc.message)

@@ -15,6 +15,7 @@ and no internal error.
 from __future__ import annotations
 
 import json
+import socket
 import urllib.parse
 from typing import Any, Dict, Iterator, List
 
@@ -26,7 +27,17 @@ from tests.conftest import Agproxy, clean_env, write_config
 from tests.fakes.misbehaving import KEYS, MisbehavingUpstream, Send, good, live_config
 from tests.test_fault_dialects import WAY, error_problems, read
 from tests.test_fuzz import JSON, OBJECT, TWEAKS, hostile_text, shaped, words
-from tests.wire_check import Answer, build_request, exchange, get, leaked, post_json, program_under_test, strict_json
+from tests.wire_check import (
+    Answer,
+    ResponseReader,
+    build_request,
+    exchange,
+    get,
+    leaked,
+    post_json,
+    program_under_test,
+    strict_json,
+)
 
 NETWORK = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                           HealthCheck.data_too_large])
@@ -289,6 +300,29 @@ def test_a_path_under_a_dialects_route_is_refused_in_its_shape(proxy: Agproxy) -
         assert answer.status == 404 and not answer.problems, answer.describe()
         problems = error_problems(shape, strict_json(answer.body), answer.status)
         assert not problems, f"{method} {path}: {answer.describe()}: {problems}"
+
+
+def test_a_request_refused_for_its_framing_or_size_is_refused_in_its_routes_shape(proxy: Agproxy) -> None:
+    """A body over ``max_body_bytes`` (Codex resends the whole history each turn), an invalid
+    Content-Length, a transfer coding agproxy lacks: refused on the head, before any handler, yet in
+    the shape of the route the head names (and a head naming no route, after a request to one on the
+    same connection, not in that route's shape)."""
+    paths = {"/v1/chat/completions": "chat", "/v1/responses": "chat", gemini_path("gem-x", "generateContent"): "gemini"}
+    for path, shape in paths.items():
+        for framing in ("Content-Length: 999999999999", "Content-Length: 1x", "Transfer-Encoding: gzip"):
+            data = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n{framing}\r\n\r\n"
+            answer = exchange(proxy.port, data.encode(), 10)
+            assert answer.status in (400, 413, 501) and not answer.problems, answer.describe()
+            problems = error_problems(shape, strict_json(answer.body), answer.status)
+            assert not problems, f"{path} ({framing}): {answer.describe()}: {problems}"
+    first = build_request("POST", "/v1/responses", b"{}", [("Content-Type", "application/json")])
+    then = b"NOT A REQUEST LINE\r\n\r\n"  # no path: the shell's own (Anthropic's) shape, not the one before
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+        sock.sendall(first + then)
+        reader = ResponseReader(sock)
+        assert reader.read(10).status == 400
+        answer = reader.read(10)
+    assert answer.status == 400 and json.loads(answer.body).get("type") == "error", answer.describe()
 
 
 def test_agproxy_is_still_healthy(proxy: Agproxy) -> None:
