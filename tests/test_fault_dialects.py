@@ -622,3 +622,30 @@ def test_echoed_header_credentials_reach_no_byte_the_client_reads(matrix: Matrix
 def test_echoed_header_credentials_stay_out_of_the_log(matrix: Matrix) -> None:
     found = [f"{name}: {s}" for name, proxy in matrix.proxies.items() for s in spelled(proxy.log())]
     assert not found, found
+
+
+def test_the_readers_refuse_what_a_client_cannot_read() -> None:
+    """The control: each reader finds the fault of a stream its client would choke on."""
+    chunk = 'data: {"object":"chat.completion.chunk","choices":[{"delta":{"content":"a"},"finish_reason":%s}]}\n\n'
+    assert read_chat_stream((chunk % "null" + chunk % '"stop"' + "data: [DONE]\n\n").encode()).problems == []
+    assert read_chat_stream((chunk % "null").encode()).end is None  # cut: no [DONE]
+    assert read_chat_stream((chunk % "null" + "data: [DONE]\n\n").encode()).problems  # no finish_reason
+    assert read_chat_stream(b'data: {"error":{"message":"m"}}\n\n').problems  # not OpenAI's whole shape
+
+    def event(kind: str, number: int, **extra: Any) -> str:
+        return f"event: {kind}\ndata: {json.dumps(dict(type=kind, sequence_number=number, **extra))}\n\n"
+    done = event("response.completed", 2, response={"status": "completed"})
+    assert read_responses_stream((event("response.created", 0) + event("response.in_progress", 1) + done).encode()
+                                 ).problems == []
+    assert read_responses_stream((event("response.created", 0) + done).encode()).problems == []
+    assert read_responses_stream((event("response.created", 1) + done).encode()).problems  # not from 0
+    assert read_responses_stream((event("response.created", 0) + event("response.in_progress", 2) +
+                                  event("response.completed", 2, response={"status": "completed"})).encode()).problems
+    assert read_responses_stream(event("response.created", 0).encode()).end is None
+    last = '{"candidates":[{"content":{"parts":[]},"finishReason":"STOP"}]}'
+    assert read_gemini_sse(f"data: {last}\n\n".encode()).problems == []
+    assert read_gemini_sse(f": ping\n\ndata: {last}\n\n".encode()).problems  # a comment
+    assert read_gemini_sse(b'data: {"candidates":[{"content":{"parts":[]}}]}\n\n').end is None
+    assert read_gemini_sse(b'{"error":{"code":500,"message":"m","status":"INTERNAL"}}\n').end == "error"
+    assert read_gemini_array(f"[{last}]".encode()).problems == []
+    assert read_gemini_array(f"[{last}".encode()).problems  # not an array: cut
