@@ -1643,6 +1643,9 @@ class RequestParser:
         self._state = _HEAD  # _HEAD -> _COUNTED | _CHUNKED -> _HEAD
         self._remaining = 0
         self._chunks: Optional[ChunkedReader] = None
+        #: the request line and headers of the request being read, even one refused for its framing
+        #: or size (a 413 still names its path: its error takes the shape of that path's client)
+        self.last_head: Optional[Request] = None
 
     @property
     def buffered(self) -> int:
@@ -1680,6 +1683,7 @@ class RequestParser:
         return NEED_DATA
 
     def _parse_head(self) -> Optional[ParserEvent]:
+        self.last_head = None  # a request before this one says nothing of it
         # RFC 9112 2.2: ignore empty lines before the request line.
         while self._buffer[:2] == b"\r\n" or self._buffer[:1] == b"\n":
             del self._buffer[: 2 if self._buffer[:1] == b"\r" else 1]
@@ -1695,7 +1699,7 @@ class RequestParser:
         if len(head) > self.max_header_bytes:
             raise ProtocolError(f"header block exceeds {self.max_header_bytes} bytes", status=431)
         del self._buffer[:cut]
-        request = _parse_request_head(head)
+        request = self.last_head = _parse_request_head(head)
         kind, length = request_body_framing(request.version, request.headers)
         if kind == "length" and length > self.max_body_bytes:
             raise ProtocolError(
@@ -10076,7 +10080,7 @@ class HttpServer:
         """Answer a request refused before it became one (malformed, refused on its head, timed
         out, cut by the shutdown) and record it like any other: its method and path where its
         head was read, its own request id in the answer and the access line."""
-        head = conn.head
+        head = conn.head or conn.parser.last_head
         record = RequestRecord(new_request_id(), conn.client_ip, head.method if head else "-",
                                head.path[:MAX_RECORD_PATH_CHARS] if head else "-")
         record.fail(exc.message)
@@ -11472,15 +11476,16 @@ GEMINI_METHODS = ("generateContent", "streamGenerateContent", "countTokens")
 #: Every client protocol agproxy serves, by name (the routes pick one by path: :func:`dialect_of_path`).
 DIALECTS: Dict[str, Dialect] = {"anthropic": Dialect(), "chat": ChatDialect(), "responses": ResponsesDialect(),
                                 "gemini": GeminiDialect()}
-#: The paths of each client protocol but Anthropic's (prefixes end in "/").
-DIALECT_PATHS = (("/v1/chat/completions", "chat"), ("/v1/responses", "responses"), ("/v1beta/", "gemini"))
+#: The paths of each client protocol but Anthropic's, each with the paths under it (an SDK's
+#: ``GET /v1/responses/{id}`` is refused in OpenAI's shape too).
+DIALECT_PATHS = (("/v1/chat/completions", "chat"), ("/v1/responses", "responses"), ("/v1beta", "gemini"))
 
 
 def dialect_of_path(path: str) -> Dialect:
     """The client protocol a path belongs to (Anthropic's for every path of no other), so that
     an error answers in the shape its client reads, even one refused before its handler ran."""
     for prefix, name in DIALECT_PATHS:
-        if (path == prefix or (prefix.endswith("/") and path.startswith(prefix))) and name in DIALECTS:
+        if (path == prefix or path.startswith(prefix + "/")) and name in DIALECTS:
             return DIALECTS[name]
     if path.startswith("/v1/models/") and ":" in urllib.parse.unquote(path):  # Gemini's methods under /v1
         return DIALECTS["gemini"]

@@ -28,7 +28,9 @@ class ServerThread:
                 writer.close()  # stop() ends connections this way; nothing to report
 
         async def listen() -> int:
-            self._server = await asyncio.start_server(quietly, "127.0.0.1", 0, ssl=tls)
+            # a deep backlog: a fault matrix opens hundreds of connections at once, and a full queue
+            # would drop SYNs (retried a second or more later: a connect timeout that is the test's own)
+            self._server = await asyncio.start_server(quietly, "127.0.0.1", 0, ssl=tls, backlog=1024)
             return self._server.sockets[0].getsockname()[1]
 
         self._thread.start()
