@@ -2473,8 +2473,10 @@ def merge_usage(total: Dict[str, Any], usage: Dict[str, Any]) -> None:
 
 
 def upstream_count(value: Any) -> Optional[int]:
-    """A token count an upstream reported: a whole number from 0 to :data:`MAX_UPSTREAM_TOKENS`,
-    else None (absent)."""
+    """A token count an upstream reported: a whole number from 0 to :data:`MAX_UPSTREAM_TOKENS`
+    (some compatible servers write ``5000.0``), else None (absent)."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     return value if _is_int(value) and 0 <= value <= MAX_UPSTREAM_TOKENS else None
 
 
@@ -11063,7 +11065,7 @@ class Server(Application):
         self.learning.count_changes(dialect.name, inbound.changes, route.upstream)
         warmup = dialect.answers_warmups and self.config.warmup_interception and is_warmup(body)
         if not warmup:  # answered locally, a warmup costs nothing against the client's limits
-            await self._within_limits(request, exchange)
+            await self._within_limits(exchange, body, raw)
         record.mapped_model, record.upstream = route.model, route.upstream.name
         if warmup:
             self.counters["warmup_intercepted"] += 1
@@ -11090,13 +11092,17 @@ class Server(Application):
                                   attempt, clock=self.clock, sleep=self.sleep, on_change=self.saver.save,
                                   on_attempt=attempt_logger(self.log, exchange.record, route.model))
 
-    async def _within_limits(self, request: Request, exchange: _Exchange) -> None:
+    async def _within_limits(self, exchange: _Exchange, body: Dict[str, Any], raw: bytes) -> None:
         """A client's request that generates passes its limits (:class:`ClientLimits`) once it is
         valid and permitted, and before any upstream is called: a request refused for anything
-        else uses none of its client's minute or budget."""
+        else uses none of its client's minute or budget. Under a day budget it holds what it may
+        cost: its input's estimate and its ``max_tokens``."""
         client = exchange.admission.client
-        if client is not None:
-            await self.limits.admit(client, exchange.id, len(request.body or b"") // _BYTES_PER_RESERVED_TOKEN)
+        if client is None:
+            return
+        estimate = await _estimate_tokens(body, len(raw)) if client.tokens_per_day else 0
+        most = body.get("max_tokens") if _is_int(body.get("max_tokens")) else 0
+        await self.limits.admit(client, exchange.id, estimate + max(0, min(most, MAX_UPSTREAM_TOKENS)), estimate)
 
     def _call(self, raw: bytes, request: Request, exchange: _Exchange, body: Dict[str, Any], route: Route,
               account: Account) -> Call:
@@ -11159,6 +11165,12 @@ class Server(Application):
             try:
                 counted = await self.adapter(upstream).count_by_account(call)
             except AgproxyError as exc:
+                if exc.status == 429:  # counting has a rate limit of its own: it says nothing of the account's
+                    # messages (resting the account would lock everyone out for a flood of counts), and an
+                    # estimate serves the client as well
+                    tokens = await _estimate_tokens(body, len(raw))
+                    return json_response(200, dialect.count_json({"input_tokens": tokens}),
+                                         headers + [("X-Token-Count", "estimate")])
                 raise AttemptError(exc, _outcome_of(exc)) from None
             finally:
                 self.learning.apply(call)
@@ -13796,9 +13808,6 @@ class ClientLimited(AgproxyError):
 #: in flight to end (its tokens_per_day): one more is refused at once. Each waiting request holds a
 #: connection, and one client must not hold them all (``max_connections``).
 MAX_WAITING_PER_CLIENT = 64
-#: What a request is taken to cost against its client's tokens_per_day while it is in flight: its
-#: body's bytes over this (JSON runs 3 to 4 bytes a token, so this is on the side of too many).
-_BYTES_PER_RESERVED_TOKEN = 4
 
 
 class ClientLimits:
@@ -13807,8 +13816,9 @@ class ClientLimits:
 
     - ``tokens_per_day``: the tokens of its answers this UTC day, counted when each answer ends.
       The request that crosses the budget is allowed, the next is refused. Requests in flight hold
-      their body's estimate (``reserve``), so that parallel requests cannot overrun the budget many
-      times: one that would cross it with theirs waits for them to end.
+      what they may cost (``reserve``: the input's estimate and ``max_tokens``), so that parallel
+      requests cannot overrun the budget many times: one that would cross it with theirs waits
+      for them to end.
     - ``requests_per_minute``: a sliding 60 s window of the requests it let through.
     - ``max_concurrency``: requests in flight; one over it waits for a place.
 
@@ -13832,7 +13842,8 @@ class ClientLimits:
         self._in_flight: Dict[str, int] = {}  # the places taken (a name is gone at 0)
         self._reserved: Dict[str, int] = {}  # the tokens the requests in flight hold (gone at 0)
         self._waiting: Dict[str, int] = {}
-        self._places: Dict[str, Tuple[str, int]] = {}  # request id -> its client's name, and its reserve
+        #: request id -> its client's name, what it holds of the day's budget, and its input's estimate
+        self._places: Dict[str, Tuple[str, int, int]] = {}
         self.reconfigure(clients)
         self.load_json(saved)
 
@@ -13848,12 +13859,13 @@ class ClientLimits:
         for name in [name for name, window in self._windows.items() if not self._trimmed(window, now)]:
             del self._windows[name]
 
-    async def admit(self, client: Client, request_id: str, reserve: int = 0) -> None:
+    async def admit(self, client: Client, request_id: str, reserve: int = 0, input_estimate: int = 0) -> None:
         """Let a request of ``client`` through, or raise :class:`ClientLimited`: a spent day's budget,
         a full minute window or too many waiting at once, at once; a full max_concurrency, or a
         budget that the requests in flight may spend, after waiting for them. The request takes a
         place and holds ``reserve`` tokens of the day's budget until :meth:`read` sees its answer
-        end; a request cancelled while it waits (its client left) takes none."""
+        end (when the answer tells no usage, ``input_estimate`` is counted); a request cancelled
+        while it waits (its client left) takes none."""
         name = client.name
         if self._waiting.get(name, 0) >= MAX_WAITING_PER_CLIENT:
             self.refused(name, "max_concurrency")
@@ -13885,7 +13897,7 @@ class ClientLimits:
         self._in_flight[name] = self._in_flight.get(name, 0) + 1
         if reserve:
             self._reserved[name] = self._reserved.get(name, 0) + reserve
-        self._places[request_id] = (name, reserve)
+        self._places[request_id] = (name, reserve, max(0, input_estimate))
         self._windows.setdefault(name, collections.deque()).append(now)  # /me counts it, with a limit or not
 
     def _check_budgets(self, client: Client, now: float) -> Optional[Tuple[str, str]]:
@@ -13927,11 +13939,13 @@ class ClientLimits:
 
     def read(self, record: RequestRecord) -> None:
         """A request's answer has ended: free its place and what it held of the budget, and count
-        its tokens for its client today."""
+        its tokens for its client today: the usage its answer told, else (an upstream that tells
+        none, or not as whole numbers) the estimate of its input, so that such an upstream does not
+        make the budget count nothing."""
         place = self._places.pop(record.request_id, None)
         if place is None:
             return
-        name, reserve = place
+        name, reserve, input_estimate = place
         self._in_flight[name] -= 1
         if not self._in_flight[name]:
             del self._in_flight[name]
@@ -13939,9 +13953,10 @@ class ClientLimits:
             self._reserved[name] -= reserve
             if not self._reserved[name]:
                 del self._reserved[name]
-        if record.tokens:
+        tokens = record.tokens or (input_estimate if record.status == 200 else 0)
+        if tokens:
             now = self.clock()
-            self._days[name] = (utc_day(now), min(self.tokens_today(name, now) + record.tokens, _MAX_LEDGER_COUNT))
+            self._days[name] = (utc_day(now), min(self.tokens_today(name, now) + tokens, _MAX_LEDGER_COUNT))
 
     def state(self, client: Client) -> Dict[str, int]:
         """Where a client stands now (``GET /v1/agproxy/me``)."""
@@ -13949,7 +13964,7 @@ class ClientLimits:
         window = self._windows.get(name)
         return {"in_flight": self._in_flight.get(name, 0), "waiting": self._waiting.get(name, 0),
                 "requests_last_minute": len(self._trimmed(window, now)) if window is not None else 0,
-                "tokens_today": self.tokens_today(name, now)}
+                "tokens_today": self.tokens_today(name, now), "tokens_held": self._reserved.get(name, 0)}
 
     def to_json(self) -> Dict[str, Any]:
         """The state file's ``client_limits`` section: per client (a removed one's too, while it

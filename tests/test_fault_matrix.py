@@ -216,6 +216,8 @@ ONLY_MODES["body_never_read"] = ("stream", "json")
 def expectation(kind: str, mode: str, case: str) -> Expect:
     if kind in ("openai", "gemini") and mode == "count":
         return OK  # counted by the server (/tokenize, countTokens); whatever it does, the local estimate answers
+    if mode == "count" and case.startswith("status_429"):
+        return OK  # a count's own rate limit is answered with the local estimate, and rests no account
     value = EXPECT.get(case, ANY)
     if isinstance(value, dict):
         value = value.get(mode, value.get("*", ANY))

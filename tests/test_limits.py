@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 import agproxy
 from tests.conftest import fake_config
-from tests.fakes.anthropic_upstream import Sse, text_stream
+from tests.fakes.anthropic_upstream import Json, Sse, message, text_stream
 from tests.test_claude_code import claude, cli  # noqa: F401  (the real Claude Code, as a fixture)
 from tests.test_teams import ADMIN, ALICE, BOB, CAROL, LOCAL, ask, call
 
@@ -184,7 +184,7 @@ def test_a_state_files_bad_limits_section_is_said_and_skipped(tmp_path):
     limits = agproxy.ClientLimits([agproxy.Client("alice", "0" * 64, requests_per_minute=3)], time.time)
     limits.load_json({"alice": {"tokens": "many", "window": {"x": 1, str(int(time.time())): 10**12}},
                       "nobody": {"day": "2026-01-01", "tokens": 5}})
-    assert limits.state(agproxy.Client("alice", "0" * 64)) == {"in_flight": 0, "waiting": 0,
+    assert limits.state(agproxy.Client("alice", "0" * 64)) == {"in_flight": 0, "waiting": 0, "tokens_held": 0,
                                                                "requests_last_minute": 3, "tokens_today": 0}
     assert list(limits.to_json()) == ["alice"]  # nobody's day is over: only what still counts is kept
 
@@ -424,3 +424,70 @@ def test_a_message_delta_saying_zero_input_tokens_does_not_erase_message_starts_
     total = {"input_tokens": 500, "service_tier": "standard"}
     agproxy.merge_usage(total, {"input_tokens": 0, "output_tokens": 3, "service_tier": "priority"})
     assert total == {"input_tokens": 500, "output_tokens": 3, "service_tier": "priority"}
+
+
+def long_answer(output_tokens: int) -> List[Tuple[str, Dict[str, Any]]]:
+    """A streamed answer whose usage says ``output_tokens``."""
+    events = text_stream()
+    events[-2][1]["usage"] = {"output_tokens": output_tokens}
+    return events
+
+
+def test_a_request_in_flight_holds_its_max_tokens_of_the_day_budget(start_agproxy, fake):
+    """Found by the second attack on issue 20: 30 requests at once, each allowed 32000 output
+    tokens, spent 120 times a budget of 1000 when a request held only its body's estimate."""
+    proxy = start_agproxy(limited_config(fake, {"tokens_per_day": 1000}))
+    fake.script(*[Sse(long_answer(4000), delay_s=0.01) for _ in range(10)])
+    asked = dict(ask(), stream=True, max_tokens=32000)
+    with concurrent.futures.ThreadPoolExecutor(10) as pool:
+        answers = list(pool.map(lambda _: post(proxy, ALICE, asked), range(10)))
+    assert sorted(status for status, _, _ in answers) == [200] + [429] * 9
+    assert upstream_messages(fake) == 1  # the first crosses the budget; the others waited for it, then were refused
+    assert call(proxy, "/v1/agproxy/me", ALICE)[1]["limits_now"]["tokens_held"] == 0
+
+
+def test_an_image_holds_what_it_costs_not_its_bytes(start_agproxy, fake):
+    """A 1.3 MB screenshot is some 1,500 tokens, not 330,000: a small request beside it goes at once."""
+    proxy = start_agproxy(limited_config(fake, {"tokens_per_day": 300000}))
+    picture = {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                           "data": "iVBORw0KGgo" + "A" * 1_300_000}}
+    fake.script(Sse(text_stream(), delay_s=0.3), Sse(text_stream()))
+    with_image = dict(ask(), stream=True, messages=[{"role": "user", "content": [picture, {"type": "text",
+                                                                                            "text": "what is it"}]}])
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(post, proxy, ALICE, with_image)
+        wait_for(lambda: fake.in_flight == 1, timeout=20)
+        held = call(proxy, "/v1/agproxy/me", ALICE)[1]["limits_now"]["tokens_held"]
+        assert 1000 < held < 5000, held
+        began = time.monotonic()
+        assert post(proxy, ALICE)[0] == 200
+        assert time.monotonic() - began < agproxy.MAX_SLOT_WAIT_S / 3  # it did not wait for the image
+        assert slow.result(30)[0] == 200
+
+
+def test_an_upstream_that_tells_no_usage_still_spends_the_budget(start_agproxy, fake):
+    proxy = start_agproxy(limited_config(fake, {"tokens_per_day": 100}))
+    silent = message("a long answer " * 50)
+    del silent["usage"]
+    fake.script(*[Json(200, silent) for _ in range(5)])
+    padded = dict(ask(), messages=[{"role": "user", "content": "tell me about it " * 40}])
+    statuses = [post(proxy, ALICE, padded)[0] for _ in range(3)]
+    assert statuses == [200, 429, 429], statuses  # its input's estimate (about 160 tokens) counted
+    assert call(proxy, "/v1/agproxy/me", ALICE)[1]["limits_now"]["tokens_today"] > 100
+    assert agproxy.upstream_count(5000.0) == 5000 and agproxy.upstream_count(5000.5) is None
+
+
+def test_a_counts_rate_limit_answers_an_estimate_and_rests_no_account(start_agproxy, fake):
+    """Found by the second attack on issue 20: a client refused for its limits could still flood
+    count_tokens, and the upstream's 429 to it rested both accounts for everyone's messages."""
+    proxy = start_agproxy(limited_config(fake, {"requests_per_minute": 1}))
+    assert post(proxy, ALICE)[0] == 200
+    limited = Json(429, {"type": "error", "error": {"type": "rate_limit_error", "message": "counting too fast"}},
+                   [("retry-after", "30")])
+    fake.script(limited)  # only the count meets it: the account is asked nothing more
+    status, headers, body = post(proxy, ALICE, ask(), "/v1/messages/count_tokens")
+    assert status == 200 and headers["x-token-count"] == "estimate" and json.loads(body)["input_tokens"] > 0
+    assert post(proxy, BOB)[0] == 200  # no account rests
+    states = [line for line in metrics(proxy).splitlines() if line.startswith("agproxy_account_state")
+              and line.endswith(" 1")]
+    assert all('state="ready"' in line for line in states), states
