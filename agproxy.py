@@ -11123,6 +11123,7 @@ class Server(Application):
 
         def ended() -> None:
             release()
+            call.facts.cut_output()
             record.add_usage(call.facts.usage)
 
         def abort() -> None:
@@ -11520,6 +11521,11 @@ class ProfileFit:
     no_route: bool = False  # /v1/messages too is absent (404 not naming the model, or 405): no Messages API there
 
 
+#: The bytes of a relayed content_block_delta after its content's opening quote that are not its
+#: content: ``":"`` before it, ``"}}`` and the blank line after.
+_DELTA_TAIL_BYTES = len(b'":"') + len(b'"}}\n\n')
+
+
 @dataclasses.dataclass
 class CallFacts:
     """What one attempt at an upstream learned and did, for the gateway to apply once the attempt
@@ -11536,6 +11542,34 @@ class CallFacts:
     #: the answer's usage under Anthropic's names, the latest counts (a stream's fill in as it is read)
     usage: Dict[str, Any] = dataclasses.field(default_factory=dict)
     upstream_ids: List[str] = dataclasses.field(default_factory=list)
+    #: a relayed stream's content so far, in characters, and whether its final usage (message_delta)
+    #: came: a stream cut before it (the client left, the upstream broke) counts its output from these
+    relayed_chars: int = 0
+    final_usage: bool = False
+
+    def relayed(self, batch: List[Event]) -> None:
+        """Take note of a relayed batch: the characters of its content, and its final usage."""
+        for event in batch:
+            if event.name == "content_block_delta":
+                if event.raw is not None:  # its last string is its content: `..."text":"Hello"}}` + blank line
+                    raw = event.raw
+                    start = max(raw.rfind(b'":"'), raw.rfind(b'": "') + 1)
+                    self.relayed_chars += max(0, len(raw) - start - _DELTA_TAIL_BYTES) if start > 0 else 0
+                else:
+                    delta = event.data.get("delta") if isinstance(event.data.get("delta"), dict) else {}
+                    piece = delta.get("text") or delta.get("partial_json") or delta.get("thinking") or ""
+                    self.relayed_chars += len(piece) if isinstance(piece, str) else 0
+            elif event.name == "message_delta":
+                self.final_usage = True
+
+    def cut_output(self) -> None:
+        """A relayed stream that ended before its final usage counts at least the output it relayed
+        (about four characters a token): the upstream bills what it generated, and a client that
+        interrupts a long answer must not spend none of its day's budget."""
+        if not self.final_usage and self.relayed_chars > 0:
+            estimate = max(0, self.relayed_chars) // 4
+            said = upstream_count(self.usage.get("output_tokens")) or 0
+            self.usage["output_tokens"] = max(said, estimate)
 
     def note(self, session: Optional[str], kind: str, message: str, *args: Any) -> None:
         """Ask for ``message`` to be logged, once per session (or upstream) and kind."""
@@ -11806,7 +11840,7 @@ class Adapter:
                 headers = headers + self.upstream_id_headers(facts.upstream_ids)
                 scale = UsageScaler(window, client_window).scale if window else None
                 redact = DeltaRedactor(self.state.redact).feed  # a key split across deltas
-                observe = self.watcher(upstream)
+                observe = _both(facts.relayed, self.watcher(upstream))
                 ping_s = call.ping_interval_s if self.pings else None
                 return AnswerStream(response, headers, lambda encoder, on_end, on_error: relay_events(
                     head, events, response, upstream.name, observe=observe, rewrite=scale, transform=redact,
@@ -12624,6 +12658,18 @@ async def relay_events(head: List[Event], events: AsyncIterator[List[Event]], re
         response.close()
         if on_end is not None:
             on_end()
+
+
+def _both(first: Callable[[List[Event]], None],
+          second: Optional[Callable[[List[Event]], None]]) -> Callable[[List[Event]], None]:
+    """One observer of relayed batches that calls two (the second may be None)."""
+    if second is None:
+        return first
+
+    def observe(batch: List[Event]) -> None:
+        first(batch)
+        second(batch)
+    return observe
 
 
 def _encoded_batch(batch: List[Event], encoder: StreamEncoder,

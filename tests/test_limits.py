@@ -491,3 +491,17 @@ def test_a_counts_rate_limit_answers_an_estimate_and_rests_no_account(start_agpr
     states = [line for line in metrics(proxy).splitlines() if line.startswith("agproxy_account_state")
               and line.endswith(" 1")]
     assert all('state="ready"' in line for line in states), states
+
+
+def test_a_stream_the_client_cuts_counts_the_output_it_was_sent(start_agproxy, fake):
+    """Found by the second attack on issue 20: a client that read 19 of 20 deltas and left was
+    counted one output token (message_start's), since the usage comes in message_delta."""
+    proxy = start_agproxy(limited_config(fake, {"tokens_per_day": 10**6}))
+    words = " ".join(f"word{i:04d}" for i in range(400))  # 3,600 characters
+    events = text_stream(words)
+    events[-2][1]["usage"] = {"output_tokens": 900}
+    fake.script(Sse(events[:-2], delay_s=0.001))  # no message_delta: the stream is cut before it
+    status, _, body = post(proxy, ALICE, dict(ask(), stream=True))
+    assert status == 200 and b"message_delta" not in body
+    today = call(proxy, "/v1/agproxy/me", ALICE)[1]["limits_now"]["tokens_today"]
+    assert 12 + 800 <= today <= 12 + 1200, today  # about 900 output tokens counted, not 1
