@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import json
 import os
 import re
@@ -169,6 +171,20 @@ class InProcessAgproxy(_Running):
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(5)
         return 0
+
+
+@contextlib.contextmanager
+def alone_among_workers(tmp_path_factory: pytest.TempPathFactory, name: str = "heavy") -> Iterator[None]:
+    """Run a block while no other pytest worker of this run runs one of the same ``name``: the fault
+    matrices each start hundreds of requests at once against a fake that is one thread, and two of
+    them at once on a 2-core machine met their upstream timeouts (a file lock in the run's shared
+    temp directory; a run without workers just takes it)."""
+    with open(tmp_path_factory.getbasetemp().parent / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def write_config(tmp_path: Path, config: Dict[str, Any], name: str = "agproxy-test.json") -> Path:

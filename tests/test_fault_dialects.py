@@ -31,7 +31,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
-from tests.conftest import Agproxy, clean_env, write_config
+from tests.conftest import Agproxy, alone_among_workers, clean_env, write_config
 from tests.fakes.misbehaving import ALICE_KEY, BOB_KEY, GROUPS, KEYS, MisbehavingUpstream
 from tests.test_fault_matrix import (
     BIG_CASES,
@@ -557,12 +557,14 @@ def matrix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Matrix]:
                                         program_under_test())
             result = Matrix(fake, proxies)
             ordered = sorted(RUNS, key=order)
-            started = time.monotonic()
-            with ThreadPoolExecutor(max_workers=128) as pool:
-                futures = {run: pool.submit(run_one, result.proxy_for(run[0], run[1]).port, *run) for run in ordered}
-                for run, future in futures.items():
-                    result.results[run] = future.result()
-            result.elapsed = time.monotonic() - started
+            with alone_among_workers(tmp_path_factory, "fault-matrix"):
+                started = time.monotonic()
+                with ThreadPoolExecutor(max_workers=128) as pool:
+                    futures = {run: pool.submit(run_one, result.proxy_for(run[0], run[1]).port, *run)
+                               for run in ordered}
+                    for run, future in futures.items():
+                        result.results[run] = future.result()
+                result.elapsed = time.monotonic() - started
             yield result
         finally:
             for proxy in proxies.values():

@@ -34,7 +34,7 @@ from typing import Any, Dict, FrozenSet, Iterator, List, Optional, Tuple
 
 import pytest
 
-from tests.conftest import Agproxy, clean_env, write_config
+from tests.conftest import Agproxy, alone_among_workers, clean_env, write_config
 from tests.fakes.misbehaving import (
     ALICE_KEY,
     BOB_KEY,
@@ -419,12 +419,13 @@ def matrix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Matrix]:
                 proxies[name] = Agproxy(["--config", str(path), "--port", "0"], clean_env(HOME=str(home)), tmp,
                                         program_under_test())
             result = Matrix(fake, proxies)
-            started = time.monotonic()
-            with ThreadPoolExecutor(max_workers=160) as pool:
-                futures = {run: pool.submit(run_one, result.proxy_for(run[0], run[1]).port, *run) for run in RUNS}
-                for run, future in futures.items():
-                    result.results[run] = future.result()
-            result.elapsed = time.monotonic() - started
+            with alone_among_workers(tmp_path_factory, "fault-matrix"):
+                started = time.monotonic()
+                with ThreadPoolExecutor(max_workers=160) as pool:
+                    futures = {run: pool.submit(run_one, result.proxy_for(run[0], run[1]).port, *run) for run in RUNS}
+                    for run, future in futures.items():
+                        result.results[run] = future.result()
+                result.elapsed = time.monotonic() - started
             yield result
         finally:
             for proxy in proxies.values():
