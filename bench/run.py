@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -45,7 +45,9 @@ def start_upstream() -> Tuple[subprocess.Popen, int]:
     return proc, int(proc.stdout.readline())
 
 
-def start_agproxy(upstream_port: int, workdir: str) -> Tuple[subprocess.Popen, int, float]:
+def start_agproxy(upstream_port: int, workdir: str, wrapper: Sequence[str] = ()) -> Tuple[subprocess.Popen, int, float]:
+    """agproxy (the .pyz when built, else the module) on a config of three upstreams on the fake;
+    ``wrapper``: a script and its arguments to run it under (then always the module)."""
     config = {"upstreams": [
         {"name": "up", "kind": "anthropic", "base_url": f"http://127.0.0.1:{upstream_port}",
          "accounts": [{"name": "bench", "api_key": "k"}]},
@@ -61,9 +63,9 @@ def start_agproxy(upstream_port: int, workdir: str) -> Tuple[subprocess.Popen, i
         json.dump(config, f)
     started = time.perf_counter()
     program = os.path.join(ROOT, "agproxy.pyz")  # what users run (make bench builds it first)
-    if not os.path.exists(program):
+    if wrapper or not os.path.exists(program):
         program = os.path.join(ROOT, "agproxy.py")
-    proc = subprocess.Popen([sys.executable, program, "--config", path, "--port", "0"],
+    proc = subprocess.Popen([sys.executable, *wrapper, program, "--config", path, "--port", "0"],
                             stderr=subprocess.PIPE, text=True, cwd=workdir)
     while True:
         line = proc.stderr.readline()
