@@ -284,7 +284,13 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, {platform.system()}"
 
 
+def load_average() -> str:
+    """The 1-minute load average: the machine may be shared, and the figures move with it."""
+    return f"{os.getloadavg()[0]:.2f}"
+
+
 def main() -> None:
+    load_before = load_average()
     upstream, up_port = start_upstream()
     with tempfile.TemporaryDirectory() as workdir:
         agproxy, ag_port, startup = start_agproxy(up_port, workdir)
@@ -296,6 +302,7 @@ def main() -> None:
             upstream.terminate()
             agproxy.wait(30)
             upstream.wait(10)
+    load_after = load_average()
     header = ["scenario", "direct (baseline)", "through agproxy", "ratio / added", "goal"]
     table = [header, ["---"] * len(header)] + rows
     text = "\n".join("| " + " | ".join(row) + " |" for row in table)
@@ -304,7 +311,8 @@ def main() -> None:
         with open(os.path.join(HERE, "RESULTS.md"), "w") as f:
             f.write(f"# Benchmark results\n\nMachine: {machine()}. Run: {time.strftime('%Y-%m-%d')} "
                     "with `make bench` (client, fake upstream and agproxy share the machine; agproxy runs "
-                    "as `python agproxy.pyz`).\n\n" + text + "\n")
+                    f"as `python agproxy.pyz`; the machine is shared: 1-minute load average {load_before} "
+                    f"before the run, {load_after} after it, this run included).\n\n" + text + "\n")
             for extra in ("PEERS.md", "FINDINGS.md"):  # make bench-peers writes PEERS.md
                 if os.path.exists(os.path.join(HERE, extra)):
                     with open(os.path.join(HERE, extra)) as n:
