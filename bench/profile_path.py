@@ -3,8 +3,9 @@
 once it is ready, so start-up is left out) while the load client sends the same streams as
 `make bench`; prints the top functions by own time, per 1,000 events relayed.
 
-Usage: python bench/profile_path.py [passthrough|responses|chat|gemini|openai] [streams] [events] [top]
-(defaults: responses 100 1000 25). Dev only; cProfile slows agproxy about twofold, so read the
+Usage: python bench/profile_path.py [passthrough|responses|chat|gemini|openai] [streams] [events] [top] [cum]
+(defaults: responses 100 1000 25; ``cum`` sorts by time including callees: with few events per
+stream, say 10, it shows what each request costs). Dev only; cProfile slows agproxy about twofold, so read the
 shares, not the absolute times."""
 
 from __future__ import annotations
@@ -79,7 +80,8 @@ def main() -> None:
               f"{stats.total_tt * per * 1000:.1f} ms per 1,000 events, "
               f"{stats.total_tt / max(1, result['ok']) * 1000:.2f} ms per stream")
         print(f"{'own ms/1k ev':>12} {'cum ms/1k ev':>12} {'calls/ev':>8}  function")
-        rows = sorted(stats.stats.items(), key=lambda kv: -kv[1][2])[:top]
+        column = 3 if args[4:5] == ["cum"] else 2
+        rows = sorted(stats.stats.items(), key=lambda kv: -kv[1][column])[:top]
         for (file, line, func), (_, calls, own, cum, _) in rows:
             where = f"{os.path.basename(file)}:{line}" if line else "~"
             print(f"{own * per * 1000:12.2f} {cum * per * 1000:12.2f} {calls / max(1, result['events']):8.2f}  "
