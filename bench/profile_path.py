@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""Where agproxy's time goes on one streamed path: agproxy runs under cProfile (switched on only
+once it is ready, so start-up is left out) while the load client sends the same streams as
+`make bench`; prints the top functions by own time, per 1,000 events relayed.
+
+Usage: python bench/profile_path.py [passthrough|responses|chat|gemini|openai] [streams] [events] [top] [cum]
+(defaults: responses 100 1000 25; ``cum`` sorts by time including callees: with few events per
+stream, say 10, it shows what each request costs). Dev only; cProfile slows agproxy about twofold, so read the
+shares, not the absolute times."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pstats
+import signal
+import sys
+import tempfile
+from typing import Any, Dict, Tuple
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import run  # noqa: E402
+
+
+def paths(name: str, events: int) -> Tuple[str, Dict[str, Any]]:
+    """The agproxy path and body of each scenario, as `make bench` sends them."""
+    model = f"bench-e{events}-s20-d0"
+    return {
+        "passthrough": ("/v1/messages", run.message(model, True)),
+        "responses": ("/v1/responses", run.codex_body(model)),
+        "chat": ("/v1/chat/completions", run.message(model, True)),
+        "gemini": (f"/v1beta/models/{model}:streamGenerateContent?alt=sse",
+                   {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}),
+        "openai": ("/v1/messages", run.message("oa-" + model, True)),
+    }[name]
+
+
+def serve(out: str, argv: list) -> None:
+    """Run agproxy's main in this process; SIGUSR1 starts the profiler; the stats go to ``out`` at exit."""
+    sys.path.insert(0, os.path.dirname(argv[0]))
+    import agproxy
+    profiler = __import__("cProfile").Profile()
+    signal.signal(signal.SIGUSR1, lambda *_: profiler.enable())
+    try:
+        agproxy.main(argv[1:])
+    finally:
+        profiler.disable()
+        profiler.dump_stats(out)
+
+
+async def drive(port: int, pid: int, path: str, body: Dict[str, Any], streams: int) -> Dict[str, Any]:
+    await run.throughput(port, path, body, 10)  # warm: connections pooled, code paths taken once
+    os.kill(pid, signal.SIGUSR1)
+    await asyncio.sleep(0.2)
+    return await run.throughput(port, path, body, streams)
+
+
+def main() -> None:
+    args = sys.argv[1:]
+    name = args[0] if args else "responses"
+    streams, events, top = (int(args[i]) if len(args) > i else d for i, d in ((1, 100), (2, 1000), (3, 25)))
+    path, body = paths(name, events)
+    upstream, up_port = run.start_upstream()
+    with tempfile.TemporaryDirectory() as workdir:
+        out = os.path.join(workdir, "agproxy.prof")
+        agproxy, port, _ = run.start_agproxy(up_port, workdir, [os.path.abspath(__file__), "--serve", out])
+        try:
+            result = asyncio.run(drive(port, agproxy.pid, path, body, streams))
+        finally:
+            agproxy.terminate()
+            agproxy.wait(30)
+            upstream.terminate()
+            upstream.wait(10)
+        stats = pstats.Stats(out)
+        per = 1000 / max(1, result["events"])
+        print(f"{name}: {path}, {result['ok']}/{streams} streams ok, {result['events']} events, "
+              f"{result['events_per_s']:,.0f} events/s under the profiler; profiled CPU "
+              f"{stats.total_tt * per * 1000:.1f} ms per 1,000 events, "
+              f"{stats.total_tt / max(1, result['ok']) * 1000:.2f} ms per stream")
+        print(f"{'own ms/1k ev':>12} {'cum ms/1k ev':>12} {'calls/ev':>8}  function")
+        column = 3 if args[4:5] == ["cum"] else 2
+        rows = sorted(stats.stats.items(), key=lambda kv: -kv[1][column])[:top]
+        for (file, line, func), (_, calls, own, cum, _) in rows:
+            where = f"{os.path.basename(file)}:{line}" if line else "~"
+            print(f"{own * per * 1000:12.2f} {cum * per * 1000:12.2f} {calls / max(1, result['events']):8.2f}  "
+                  f"{func} ({where})")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--serve"]:
+        serve(sys.argv[2], sys.argv[3:])
+    else:
+        main()
