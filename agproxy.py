@@ -3891,14 +3891,14 @@ def message_events(message: Dict[str, Any], text_piece_chars: int = 0) -> List[E
             opening = {"type": "text", "text": ""}
             text = block.get("text", "")
             pieces = re.findall(r"\S+\s*|\s+", text) if text_piece_chars else [text]
-            deltas, piece = [], ""
+            deltas, gathered = [], ""
             for word in pieces:
-                piece += word
-                if len(piece) >= text_piece_chars:
-                    deltas.append({"type": "text_delta", "text": piece})
-                    piece = ""
-            if piece or not deltas:
-                deltas.append({"type": "text_delta", "text": piece})
+                gathered += word
+                if len(gathered) >= text_piece_chars:
+                    deltas.append({"type": "text_delta", "text": gathered})
+                    gathered = ""
+            if gathered or not deltas:
+                deltas.append({"type": "text_delta", "text": gathered})
         else:
             opening, deltas = block, []
         events.append(Event("content_block_start", {"type": "content_block_start", "index": index,
@@ -6576,8 +6576,9 @@ class ChatStreamEncoder(StreamEncoder):
             self.ended = True
         elif name == "error":
             error = data.get("error") if isinstance(data.get("error"), dict) else {}
-            out.append(self.error(str(error.get("type") or "api_error"), str(error.get("message") or "upstream error"))
-                       .decode("utf-8"))
+            ending: bytes = self.error(str(error.get("type") or "api_error"),
+                                       str(error.get("message") or "upstream error"))
+            out.append(ending.decode("utf-8"))
 
     def _block_start(self, data: Dict[str, Any], out: List[str]) -> None:
         block = data.get("content_block") if isinstance(data.get("content_block"), dict) else {}
@@ -11557,8 +11558,8 @@ class CallFacts:
                     self.relayed_chars += max(0, len(raw) - start - _DELTA_TAIL_BYTES) if start > 0 else 0
                 else:
                     delta = event.data.get("delta") if isinstance(event.data.get("delta"), dict) else {}
-                    piece = delta.get("text") or delta.get("partial_json") or delta.get("thinking") or ""
-                    self.relayed_chars += len(piece) if isinstance(piece, str) else 0
+                    content = delta.get("text") or delta.get("partial_json") or delta.get("thinking")
+                    self.relayed_chars += len(content) if isinstance(content, str) else 0
             elif event.name == "message_delta":
                 self.final_usage = True
 
