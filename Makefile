@@ -68,7 +68,10 @@ endif
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check agproxy.py tests tools bench
 	$(VPY) $(STDLIB_ONLY) agproxy.py
-	$(VENV)/bin/vermin --target=3.9- --no-tips --violations agproxy.py
+	@# vermin exits 0 when it cannot tell the version (a str/bytes mix-up of its own): that is a failure too
+	@out=$$($(VENV)/bin/vermin --target=3.9- --no-tips --violations agproxy.py); status=$$?; echo "$$out"; \
+	  [ $$status -eq 0 ] || exit $$status; \
+	  echo "$$out" | grep -q "^Minimum required versions: 3\." || { echo "vermin could not read agproxy.py as Python 3"; exit 1; }
 
 bench: build
 	$(PYTHON) bench/run.py
