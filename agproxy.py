@@ -11434,7 +11434,11 @@ class ResponsesDialect(Dialect):
         return anthropic_message_to_responses(message, body, model=model, created_at=created)
 
     def error_body(self, exc: AgproxyError) -> Any:
-        return responses_error_body(exc.status, exc.error_type, exc.message)
+        body = responses_error_body(exc.status, exc.error_type, exc.message)
+        if isinstance(exc, ClientLimited) and exc.final:  # Codex CLI stops at once on this code; on any
+            # other 429 it sleeps the retry-after, hours for a spent day (it ignores x-should-retry)
+            body["error"].update(type="insufficient_quota", code="insufficient_quota")
+        return body
 
     def model_list(self, models: List[Dict[str, Any]]) -> Dict[str, Any]:
         return models_list(models, "openai")

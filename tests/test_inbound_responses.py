@@ -82,3 +82,15 @@ def test_errors_and_no_kept_responses(start_agproxy, fake):
     with pytest.raises(openai.AuthenticationError):
         client(proxy, "agp-wrong-0123456789abcdefghijkl").responses.create(model="claude-sonnet-4-5", input="hi")
     assert not [r for r in fake.requests if r.target.startswith("/v1/messages")]
+
+
+def test_a_spent_day_budget_says_insufficient_quota_so_codex_stops_at_once(start_agproxy, fake):
+    """Found by the attack on issue 21: Codex CLI sleeps any other 429's retry-after (hours to
+    00:00 UTC) and ignores x-should-retry; on insufficient_quota it stops at once."""
+    config = team(fake)
+    config["clients"][0]["tokens_per_day"] = 10
+    proxy = start_agproxy(config)
+    client(proxy).responses.create(model="claude-sonnet-4-5", input="hi")
+    with pytest.raises(openai.RateLimitError) as spent:
+        client(proxy).responses.create(model="claude-sonnet-4-5", input="hi")
+    assert spent.value.code == "insufficient_quota" and "tokens_per_day" in spent.value.message
