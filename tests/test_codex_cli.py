@@ -10,12 +10,12 @@ import json
 import re
 import subprocess
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, Tuple
 
 import pytest
 
 from tests.conftest import clean_env, fake_config
-from tests.fakes.anthropic_upstream import Sse, text_stream
+from tests.fakes.anthropic_upstream import Sse, text_stream, tool_call_stream
 from tests.fakes.gemini_upstream import Answer, FakeGemini, call
 from tests.fakes.openai_upstream import Chunks, FakeOpenAI, text_chunks, tool_chunks
 
@@ -60,20 +60,6 @@ enabled = false
     return run
 
 
-def anthropic_tool_stream() -> List[Tuple[str, Dict[str, Any]]]:
-    """The model asks for exec_command, its input in pieces."""
-    arguments = json.dumps({"cmd": COMMAND})
-    start = text_stream()[0]
-    events = [start, ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {
-        "type": "tool_use", "id": "toolu_codex_1", "name": "exec_command", "input": {}}})]
-    events += [("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {
-        "type": "input_json_delta", "partial_json": arguments[i:i + 9]}}) for i in range(0, len(arguments), 9)]
-    return events + [("content_block_stop", {"type": "content_block_stop", "index": 0}),
-                     ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "tool_use"},
-                                        "usage": {"output_tokens": 20}}),
-                     ("message_stop", {"type": "message_stop"})]
-
-
 def team(fake: Any) -> Dict[str, Any]:
     return fake_config(fake, auth_mode="strict", admin_api_key="sk-admin-0123456789abcdef", clients=[
         {"name": "codex-user", "api_key": KEY}])
@@ -87,7 +73,7 @@ def check_the_loop(result: subprocess.CompletedProcess, work: Path) -> None:
 
 def test_codex_runs_a_shell_tool_loop_through_agproxy_to_an_anthropic_upstream(start_agproxy, fake, codex):
     proxy = start_agproxy(team(fake))
-    fake.script(Sse(anthropic_tool_stream()), Sse(text_stream(DONE)))
+    fake.script(Sse(tool_call_stream("toolu_codex_1", "exec_command", {"cmd": COMMAND})), Sse(text_stream(DONE)))
     result, work = codex(proxy, "claude-sonnet-4-5")
     check_the_loop(result, work)
     first, second = [r.json for r in fake.requests if r.target.startswith("/v1/messages")][-2:]

@@ -20,7 +20,7 @@ from google.genai import errors as genai_errors
 from google.genai import types
 
 from tests.conftest import clean_env, fake_config
-from tests.fakes.anthropic_upstream import Json, Sse, message, text_stream
+from tests.fakes.anthropic_upstream import Json, Sse, message, text_stream, tool_call_stream
 from tests.fakes.gemini_upstream import Answer, FakeGemini, call
 from tests.fakes.openai_upstream import Chunks, FakeOpenAI, text_chunks, tool_chunks
 
@@ -59,19 +59,6 @@ def team(fake: Any, **top: Any) -> Dict[str, Any]:
         {"name": "gemini-user", "api_key": KEY}], **top)
 
 
-def anthropic_tool_stream() -> List[Tuple[str, Dict[str, Any]]]:
-    """The model asks for run_shell_command, its input in pieces."""
-    arguments = json.dumps({"command": COMMAND})
-    events = [text_stream()[0], ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {
-        "type": "tool_use", "id": "toolu_gemini_1", "name": "run_shell_command", "input": {}}})]
-    events += [("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {
-        "type": "input_json_delta", "partial_json": arguments[i:i + 9]}}) for i in range(0, len(arguments), 9)]
-    return events + [("content_block_stop", {"type": "content_block_stop", "index": 0}),
-                     ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "tool_use"},
-                                        "usage": {"output_tokens": 20}}),
-                     ("message_stop", {"type": "message_stop"})]
-
-
 def check_the_loop(result: subprocess.CompletedProcess, work: Path) -> None:
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert (work / "proof.txt").read_text().strip() == "made-by-gemini-cli"  # the CLI ran the model's command
@@ -84,7 +71,8 @@ def generations(fake: Any) -> List[Dict[str, Any]]:
 
 def test_gemini_cli_runs_a_shell_tool_loop_to_an_anthropic_upstream(start_agproxy, fake, gemini_cli):
     proxy = start_agproxy(team(fake))
-    fake.script(Sse(anthropic_tool_stream()), Sse(text_stream(DONE)))
+    fake.script(Sse(tool_call_stream("toolu_gemini_1", "run_shell_command", {"command": COMMAND})),
+                Sse(text_stream(DONE)))
     result, work, _ = gemini_cli(proxy, "-m", "claude-sonnet-4-5", "--yolo")
     check_the_loop(result, work)
     first, second = generations(fake)[-2:]

@@ -136,6 +136,20 @@ def tool_and_thinking_stream(model: str = "claude-fake",
     ]
 
 
+def tool_call_stream(tool_id: str, name: str, arguments: Dict[str, Any]) -> List[Tuple[str, Dict]]:
+    """The model asks for one tool, its input arriving in JSON pieces of 9 characters."""
+    text = json.dumps(arguments)
+    events = [text_stream()[0], ("content_block_start", {"type": "content_block_start", "index": 0,
+                                                         "content_block": {"type": "tool_use", "id": tool_id,
+                                                                           "name": name, "input": {}}})]
+    events += [("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {
+        "type": "input_json_delta", "partial_json": text[i:i + 9]}}) for i in range(0, len(text), 9)]
+    return events + [("content_block_stop", {"type": "content_block_stop", "index": 0}),
+                     ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "tool_use"},
+                                        "usage": {"output_tokens": 20}}),
+                     ("message_stop", {"type": "message_stop"})]
+
+
 def encode_event(event: str, data: Dict[str, Any]) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
 
