@@ -3940,9 +3940,11 @@ class ChunkRedactor:
         rewritten: Set[int] = set()
         for path, text in self.texts.items():
             spans = self.redactor.spans(text)
-            cut = self.redactor.tail.hold(text) if final else 0
-            if cut >= _MIN_SECRET_CHARS:  # a key cut short is still a key
-                spans.append((len(text) - cut, len(text)))
+            # a key cut short by the stream's end is still a key (a whole one ending it is a span already)
+            cut_from = max(len(text) - self.redactor.tail.hold(text), spans[-1][1] if spans else 0) if final \
+                else len(text)
+            if len(text) - cut_from >= _MIN_SECRET_CHARS:
+                spans.append((cut_from, len(text)))
             if spans:
                 rewritten |= self._rewrite(path, spans)
         out = []
