@@ -166,9 +166,11 @@ def test_gemini_to_gemini_keeps_googles_tools_settings_signatures_and_grounding(
         call = next(p for p in parts if "functionCall" in p)
         assert call["thoughtSignature"] in gemini_fake.issued, "the upstream's own signature, byte for byte"
         # the next turn sends it back as it came, and the fake (which checks every signature) takes it
-        body["contents"] += [{"role": "model", "parts": [call]}, {"role": "user", "parts": [
-            {"functionResponse": dict({"name": "lookup", "response": {"result": "quiet day"}},
-                                      **({"id": call["functionCall"]["id"]} if "id" in call["functionCall"] else {}))}]}]
+        answered = {"name": "lookup", "response": {"result": "quiet day"}}
+        if "id" in call["functionCall"]:
+            answered["id"] = call["functionCall"]["id"]
+        body["contents"] += [{"role": "model", "parts": [call]},
+                             {"role": "user", "parts": [{"functionResponse": answered}]}]
         status, data = post(url.replace(":streamGenerateContent?alt=sse", ":generateContent"), body, keyed)
         assert status == 200, data
         assert gemini_fake.generations[-1]["contents"][1]["parts"][0]["thoughtSignature"] == \
