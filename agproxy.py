@@ -6067,6 +6067,12 @@ class GeminiStreamTranslator:
         cut short, not a whole answer."""
         return self._content_seen and self._finish_reason is None and not self._block_reason
 
+    @property
+    def said_end(self) -> bool:
+        """Gemini said the answer ended (a finishReason, or a prompt it blocked): a body that
+        breaks after this loses nothing of the answer."""
+        return self._finish_reason is not None or bool(self._block_reason)
+
     def _call_signature_block(self, out: List[Event], signature: str) -> None:
         """An empty thinking block that carries the signature of the tool_use right after it."""
         self._block(out, {"type": "thinking", "thinking": "", "signature": ""}, "thinking")
@@ -8613,6 +8619,115 @@ def is_packed_thinking(signature: str) -> bool:
     return raw.startswith(_GEMINI_PACKED_THINKING)
 
 
+#: What a client of a protocol reads in an upstream's own chunk, and the type each must have: per
+#: field, its types and, for an object, the spec of its fields, or for a list, the spec of each item
+#: (an object). A chunk passes through as it came when all hold, nearly always; else the fields of
+#: the wrong type are dropped (:func:`cleaned_chunk`), as a translation would drop them. Fields not
+#: named here (``logprobs``' inside, Gemini's grounding) pass as they came: they are what passing
+#: through is for.
+_Spec = Dict[str, Tuple[Tuple[type, ...], Any]]
+_COUNTS: _Spec = {}  # a usage object: every count a whole number (checked by _clean_counts)
+_CHAT_CHUNK: _Spec = {
+    "id": ((str,), None), "object": ((str,), None), "created": ((int,), None), "model": ((str,), None),
+    "system_fingerprint": ((str, type(None)), None), "usage": ((dict, type(None)), _COUNTS),
+    "choices": ((list,), {
+        "index": ((int,), None), "finish_reason": ((str, type(None)), None), "logprobs": ((dict, type(None)), None),
+        "delta": ((dict,), {
+            "role": ((str,), None), "content": ((str, type(None)), None),
+            "reasoning_content": ((str, type(None)), None), "reasoning": ((str, type(None)), None),
+            "refusal": ((str, type(None)), None),
+            "tool_calls": ((list, type(None)), {
+                "index": ((int,), None), "id": ((str,), None), "type": ((str,), None),
+                "function": ((dict,), {"name": ((str,), None), "arguments": ((str,), None)})})})})}
+_GEMINI_CHUNK: _Spec = {
+    "modelVersion": ((str,), None), "responseId": ((str,), None), "usageMetadata": ((dict,), _COUNTS),
+    "promptFeedback": ((dict,), None),
+    "candidates": ((list,), {
+        "index": ((int,), None), "finishReason": ((str,), None),
+        "content": ((dict,), {"role": ((str,), None), "parts": ((list,), {
+            "text": ((str,), None), "thought": ((bool,), None), "thoughtSignature": ((str,), None),
+            "functionCall": ((dict,), {"name": ((str,), None), "args": ((dict,), None), "id": ((str,), None)})})})})}
+
+
+#: A whole Chat completion: its choices hold a ``message`` where a chunk's hold a ``delta``.
+_CHAT_COMPLETION: _Spec = dict(_CHAT_CHUNK, choices=((list,), dict(
+    {k: v for k, v in _CHAT_CHUNK["choices"][1].items() if k != "delta"}, message=_CHAT_CHUNK["choices"][1]["delta"])))
+
+
+def native_answer(data: bytes, protocol: str) -> bool:
+    """Whether an upstream's whole JSON answer may go to a client of its protocol as it came: a
+    well-formed answer (its fields of the types :func:`cleaned_chunk` checks) with no escaped
+    surrogate. Else the client gets it translated, as from an upstream of another kind."""
+    try:
+        answer = loads_strict(data)
+    except ValueError:
+        return False
+    if not isinstance(answer, dict) or b"\\ud" in data or b"\\uD" in data:
+        return False
+    spec = _CHAT_COMPLETION if protocol == "chat" else _GEMINI_CHUNK
+    return _clean_fields(answer, spec) is answer and (protocol != "chat" or isinstance(answer.get("choices"), list))
+
+
+def _clean_counts(usage: Dict[str, Any]) -> Dict[str, Any]:
+    """A usage object with only whole, non-negative counts (and objects of them: the details)."""
+    kept = {}
+    for key, value in usage.items():
+        if isinstance(value, dict):
+            value = _clean_counts(value)
+        elif not (_is_int(value) and 0 <= value <= MAX_UPSTREAM_TOKENS):
+            continue
+        kept[key] = value
+    return usage if kept == usage else kept
+
+
+def _clean_fields(value: Dict[str, Any], spec: _Spec) -> Dict[str, Any]:
+    """``value`` itself where every field ``spec`` names has its type, else a copy without those
+    that do not (a list's items that are not objects are dropped too)."""
+    out: Optional[Dict[str, Any]] = None
+    for key, (types, inner) in spec.items():
+        if key not in value:
+            continue
+        item = value[key]
+        if not isinstance(item, types) or (isinstance(item, bool) and bool not in types):
+            kept: Any = _DROP
+        elif inner is _COUNTS and isinstance(item, dict):
+            kept = _clean_counts(item)
+        elif inner and isinstance(item, dict):
+            kept = _clean_fields(item, inner)
+        elif inner and isinstance(item, list):
+            kept = [_clean_fields(x, inner) for x in item if isinstance(x, dict)]
+            kept = item if len(kept) == len(item) and all(a is b for a, b in zip(kept, item)) else kept
+        else:
+            kept = item
+        if kept is not item:
+            out = dict(value) if out is None else out
+            if kept is _DROP:
+                del out[key]
+            else:
+                out[key] = kept
+    return value if out is None else out
+
+
+_DROP = object()
+
+
+def cleaned_chunk(chunk: Dict[str, Any], protocol: str) -> Optional[Dict[str, Any]]:
+    """An upstream's own chunk as a client of its protocol may read it: itself when well-formed
+    (nearly always), a copy without the fields of the wrong type, or None when nothing is left to
+    say (a Chat chunk with no choices and no usage; a Gemini chunk with nothing a client reads)."""
+    if protocol == "chat":
+        out = _clean_fields(chunk, _CHAT_CHUNK)
+        if out.get("object") != "chat.completion.chunk":
+            out = dict(out, object="chat.completion.chunk")
+        if "choices" not in out:
+            out = dict(out, choices=[])
+        if not all("delta" in choice for choice in out["choices"]):
+            out = dict(out, choices=[dict(choice, delta=choice.get("delta", {})) for choice in out["choices"]])
+        return out if out["choices"] or isinstance(out.get("usage"), dict) else None
+    out = _clean_fields(chunk, _GEMINI_CHUNK)
+    return out if any(key in out for key in ("candidates", "promptFeedback", "usageMetadata")) else None
+
+
 class NativeChunks:
     """What of an upstream's own chunks a client of the same protocol gets (a same-protocol
     passthrough): each chunk's JSON as it came, but for the secrets in it (:class:`ChunkRedactor`),
@@ -8620,19 +8735,41 @@ class NativeChunks:
     error chunk is not fed: the client gets agproxy's error ending, as on every route. Pure:
     :meth:`feed` each chunk, parsed and as it came; :meth:`end` at the stream's end."""
 
-    def __init__(self, redactor: Redactor, usage_chunk: bool = True) -> None:
+    def __init__(self, redactor: Redactor, protocol: str, usage_chunk: bool = True) -> None:
         self.redact = ChunkRedactor(redactor)
+        self.protocol = protocol
         self.usage_chunk = usage_chunk
+        #: a Chat stream's last chunk head, and whether a finish reason came (its end needs one)
+        self.head: Dict[str, Any] = {}
+        self.finished = False
+        self.calls = False
 
     def feed(self, chunk: Dict[str, Any], data: str) -> List[bytes]:
-        """What may go out once ``chunk`` (``data``, its JSON as it came) has come."""
-        if not self.usage_chunk and chunk.get("choices") == [] and "usage" in chunk:
+        """What may go out once ``chunk`` (``data``, its JSON as it came) has come: the chunk as
+        it came where it is well-formed (:func:`cleaned_chunk`) and holds no escaped surrogate (a
+        lone one is no JSON a strict client reads; the parser mended it), else written anew."""
+        cleaned = cleaned_chunk(chunk, self.protocol)
+        if cleaned is None or (not self.usage_chunk and cleaned.get("choices") == [] and "usage" in cleaned):
             return []
-        return self.redact.feed(chunk, data.encode("utf-8", "surrogatepass"))
+        if self.protocol == "chat":
+            self.head = {key: cleaned[key] for key in ("id", "created", "model") if key in cleaned}
+            for choice in cleaned["choices"]:
+                self.finished = self.finished or choice.get("finish_reason") is not None
+                self.calls = self.calls or bool(choice["delta"].get("tool_calls"))
+        if cleaned is not chunk or "\\ud" in data or "\\uD" in data:
+            return self.redact.feed(cleaned, _COMPACT_JSON.encode(cleaned).encode("utf-8", "replace"))
+        return self.redact.feed(chunk, data.encode("utf-8"))
 
     def end(self) -> List[bytes]:
-        """What is still held, at the stream's end."""
-        return self.redact.end()
+        """What is still held, at the stream's end, and a Chat stream's finish reason where the
+        upstream gave none (``[DONE]`` alone ends a whole answer, as the translated stream says)."""
+        out = self.redact.end()
+        if self.protocol == "chat" and not self.finished:
+            self.finished = True
+            closing = dict(self.head, object="chat.completion.chunk", choices=[
+                {"index": 0, "delta": {}, "finish_reason": "tool_calls" if self.calls else "stop"}])
+            out.append(_COMPACT_JSON.encode(closing).encode("utf-8", "replace"))
+        return out
 
 
 class NativeStreamEncoder(StreamEncoder):
@@ -12178,7 +12315,8 @@ class Adapter:
         else:
             data = await _watched(call, response, response.read_all())
             message = self.answer_message(data, response, call)
-            native_json = self.state.redact.data(data) if call.native is not None else None
+            native_json = self.state.redact.data(data) if call.native is not None and native_answer(
+                data, "chat" if self.kind == "openai" else self.kind) else None
         headers = headers + self.upstream_id_headers(facts.upstream_ids)
         self.received(message, upstream)
         if isinstance(message.get("usage"), dict):
@@ -12411,7 +12549,7 @@ class OpenAIAdapter(Adapter):
         translator = OpenAIStreamTranslator(call.route.model, estimate, _stop_sequences(call.body),
                                             call.facts.upstream_ids.append, call.facts.usage)
         translator.relayed = bool(call.body.get("stream"))
-        return openai_events(response, translator, NativeChunks(self.state.redact, call.native_usage_chunk)
+        return openai_events(response, translator, NativeChunks(self.state.redact, "chat", call.native_usage_chunk)
                              if call.native is not None and translator.relayed else None)
 
     def answer_message(self, data: bytes, response: UpstreamResponse, call: Call) -> Dict[str, Any]:
@@ -12614,7 +12752,7 @@ class GeminiAdapter(Adapter):
         translator = GeminiStreamTranslator(route.model, estimate, self.recorder(route), gemini_name_map(call.body),
                                             call.facts.upstream_ids.append, call.facts.usage)
         translator.relayed = bool(call.body.get("stream"))
-        return gemini_events(response, translator, NativeChunks(self.state.redact)
+        return gemini_events(response, translator, NativeChunks(self.state.redact, "gemini")
                              if call.native is not None and translator.relayed else None)
 
     def answer_message(self, data: bytes, response: UpstreamResponse, call: Call) -> Dict[str, Any]:
@@ -12792,6 +12930,18 @@ async def anthropic_events(response: UpstreamResponse, upstream: str,
         raise UpstreamFailure("the stream ended before message_stop")
 
 
+async def _read_unless_said(response: UpstreamResponse, said_end: bool) -> bytes:
+    """The next piece of an answer's body; its end (b"") where the body breaks after the upstream
+    said the answer ended (its finish reason came, only ``[DONE]`` or the body's end were to
+    follow), so that a whole answer is not ended as broken."""
+    try:
+        return await response.read_chunk()
+    except UpstreamFailure:
+        if said_end:
+            return b""
+        raise
+
+
 def _with_verbatim(chunks: List[bytes], events: List[Event]) -> List[Event]:
     """A batch of events with the upstream's own chunks they were read from before them, if any."""
     return [Event(VERBATIM, {"chunks": chunks})] + events if chunks else events
@@ -12805,7 +12955,7 @@ async def openai_events(response: UpstreamResponse, translator: OpenAIStreamTran
     decoder = SSEDecoder()
     chunks: List[bytes] = []
     while True:
-        chunk = await response.read_chunk()
+        chunk = await _read_unless_said(response, translator.saw_finish)
         if not chunk:
             if translator.saw_finish or translator.finished:
                 yield _with_verbatim(native.end() if native else [], translator.finish())
@@ -12866,7 +13016,7 @@ async def gemini_events(response: UpstreamResponse, translator: GeminiStreamTran
         return out
 
     while True:
-        chunk = await response.read_chunk()
+        chunk = await _read_unless_said(response, translator.started and translator.said_end)
         if not chunk:
             out = translate(decoder.feed(b"\n\n"))
             stray.end()

@@ -107,11 +107,11 @@ def test_chat_to_openai_whole_answer_is_the_upstreams_own_json(start_agproxy, fa
         status, data = post(proxy.url + "/v1/chat/completions", {"model": "qwen3", "messages": HI, "logprobs": True},
                             {"Authorization": f"Bearer {ALICE}"})
         assert status == 200 and json.loads(data) == answer
-        assert access_lines(proxy, "/v1/chat/completions")[-1]["input_tokens"] == 21
+        assert access_lines(proxy, "/v1/chat/completions", 1)[-1]["input_tokens"] == 21
         # to an upstream of another kind the same request is translated, as before
         through_claude = chat_client(proxy).chat.completions.create(model="claude-sonnet-4-5", messages=HI)
         assert through_claude.model == "claude-sonnet-4-5" and through_claude.id.startswith("chatcmpl-")
-        assert "passthrough" not in access_lines(proxy, "/v1/chat/completions")[-1]
+        assert "passthrough" not in access_lines(proxy, "/v1/chat/completions", 2)[-1]
 
 
 def test_a_key_the_upstream_echoes_is_hidden_even_split_across_chunks(start_agproxy, fake):
@@ -268,3 +268,32 @@ def test_native_stream_encoder_frames_each_protocol():
     written = broken.encode([verbatim]) + broken.error("api_error", "upstream 'gem': it broke")
     assert json.loads(written)[-1]["error"]["message"] == "upstream 'gem': it broke"
     assert json.loads(agproxy.NativeStreamEncoder("gemini", sse=False).encode([stop])) == []
+
+
+GARBAGE_CHUNKS = [
+    {"id": "x", "choices": [{"index": 0, "delta": "text"}]},
+    {"id": "x", "choices": [{"index": "0", "delta": {"content": {"text": "x"}, "reasoning_content": 5}}]},
+    {"id": {"nested": True}, "choices": 7},
+    {"id": "x", "choices": [{"index": 0, "delta": {"tool_calls": [5, {"index": {"a": 1}, "function": "Bash"}]}}]},
+    {"id": "x", "choices": [], "usage": {"prompt_tokens": "many", "completion_tokens": -1, "total_tokens": 3}},
+    {"id": "x", "choices": [{"index": 0, "delta": {}, "finish_reason": {"why": "stop"}}]},
+]
+
+
+def test_a_chunk_of_the_wrong_types_reaches_the_client_cleaned_never_as_it_came():
+    for garbage in GARBAGE_CHUNKS:
+        cleaned = agproxy.cleaned_chunk(garbage, "chat")
+        if cleaned is None:
+            continue
+        assert cleaned is not garbage and cleaned["object"] == "chat.completion.chunk"
+        for choice in cleaned["choices"]:
+            assert isinstance(choice["delta"], dict) and isinstance(choice.get("index", 0), int)
+            assert isinstance(choice["delta"].get("content") or "", str)
+            assert isinstance(choice.get("finish_reason") or "", str)
+            for call in choice["delta"].get("tool_calls") or []:
+                assert isinstance(call, dict) and isinstance(call.get("function", {}), dict)
+        assert all(isinstance(v, int) for v in (cleaned.get("usage") or {}).values())
+    good = {"id": "x", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": "hi"}}]}
+    assert agproxy.cleaned_chunk(good, "chat") is good
+    assert not agproxy.native_answer(b'{"choices": [{"message": {"content": {"a": 1}}}]}', "chat")
+    assert agproxy.native_answer(b'{"choices": [{"message": {"content": "a"}}]}', "chat")
