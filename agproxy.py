@@ -8669,12 +8669,14 @@ def native_answer(data: bytes, protocol: str) -> bool:
 
 
 def _clean_counts(usage: Dict[str, Any]) -> Dict[str, Any]:
-    """A usage object with only whole, non-negative counts (and objects of them: the details)."""
+    """A usage object whose counts (``prompt_tokens``, ``promptTokenCount``, ...) are all whole and
+    not negative (the objects in it checked the same way; the rest, such as Gemini's per-modality
+    details and service tier, kept as they came)."""
     kept = {}
     for key, value in usage.items():
         if isinstance(value, dict):
             value = _clean_counts(value)
-        elif not (_is_int(value) and 0 <= value <= MAX_UPSTREAM_TOKENS):
+        elif key.endswith(("tokens", "Count")) and not (_is_int(value) and 0 <= value <= MAX_UPSTREAM_TOKENS):
             continue
         kept[key] = value
     return usage if kept == usage else kept
@@ -8714,7 +8716,8 @@ _DROP = object()
 def cleaned_chunk(chunk: Dict[str, Any], protocol: str) -> Optional[Dict[str, Any]]:
     """An upstream's own chunk as a client of its protocol may read it: itself when well-formed
     (nearly always), a copy without the fields of the wrong type, or None when nothing is left to
-    say (a Chat chunk with no choices and no usage; a Gemini chunk with nothing a client reads)."""
+    say (a Chat chunk whose choices are no list and that has no usage; a Gemini chunk with
+    nothing a client reads). Azure's first chunk (no choices, its prompt filter's results) goes."""
     if protocol == "chat":
         out = _clean_fields(chunk, _CHAT_CHUNK)
         if out.get("object") != "chat.completion.chunk":
@@ -8723,7 +8726,7 @@ def cleaned_chunk(chunk: Dict[str, Any], protocol: str) -> Optional[Dict[str, An
             out = dict(out, choices=[])
         if not all("delta" in choice for choice in out["choices"]):
             out = dict(out, choices=[dict(choice, delta=choice.get("delta", {})) for choice in out["choices"]])
-        return out if out["choices"] or isinstance(out.get("usage"), dict) else None
+        return out if isinstance(chunk.get("choices"), list) or isinstance(out.get("usage"), dict) else None
     out = _clean_fields(chunk, _GEMINI_CHUNK)
     return out if any(key in out for key in ("candidates", "promptFeedback", "usageMetadata")) else None
 
