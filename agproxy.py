@@ -10296,6 +10296,8 @@ class RequestRecord:
             parts.append(f"client={self.client}")
         if self.local:
             parts.append(f"local={self.local}")
+        if self.passthrough:
+            parts.append("passthrough")
         parts.append(f"{self.duration_ms:.0f}ms {self.bytes_sent}B")
         error = " ".join(x for x in (self.error, self.note) if x)
         if error:
