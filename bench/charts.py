@@ -23,13 +23,16 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def bodies_chart(points: List[Dict[str, Any]], path: str) -> None:
     sizes = [p["kb"] for p in points]
     fig, (total, per_kb) = plt.subplots(1, 2, figsize=(11, 4.2))
+    first = points[0]
     for key, label, style in (("added_ms", "added latency, p50", "o-"), ("cpu_ms", "agproxy CPU per request", "s-"),
                               ("floor_ms", "floor: json.loads + json.dumps", "^--")):
         total.plot(sizes, [p[key] for p in points], style, label=label)
-        per_kb.plot(sizes, [p[key] / p["kb"] * 100 for p in points], style, label=label)
+        # the cost each KB adds over the smallest request's (its fixed cost per request taken out)
+        per_kb.plot(sizes[1:], [(p[key] - first[key]) / (p["kb"] - first["kb"]) * 100 for p in points[1:]], style,
+                    label=label)
     total.set(xlabel="body (KB)", ylabel="ms", title="Claude Code body: cost against size")
-    per_kb.set(xlabel="body (KB, log)", ylabel="ms per 100 KB", xscale="log",
-               title="per 100 KB (flat = linear)")
+    per_kb.set(xlabel="body (KB, log)", ylabel=f"ms per 100 KB above the {first['kb']:.0f} KB request",
+               xscale="log", title="cost per 100 KB (flat = linear)")
     for axes in (total, per_kb):
         axes.grid(alpha=0.3)
         axes.legend(fontsize=8)
