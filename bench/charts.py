@@ -46,9 +46,10 @@ def growth_chart(curves: Dict[str, List[Dict[str, Any]]], path: str) -> None:
     fig, (cpu, rss) = plt.subplots(1, 2, figsize=(11, 4.2))
     for label, points in curves.items():
         streams = [p["streams"] for p in points]
-        cpu.plot(streams, [p["cpu_us"] for p in points], "o-", label=label)
+        cpu.plot(streams, [p["cpu_us"] for p in points], "o-", label=f"{label}, fast fake")
+        cpu.plot(streams, [p["paced_cpu_us"] for p in points], "s--", label=f"{label}, paced (50 events/s)")
         rss.plot(streams, [p["peak_rss_mb"] for p in points], "o-", label=f"{label}, fast fake")
-        rss.plot(streams, [p["held_peak_rss_mb"] for p in points], "s--", label=f"{label}, held by a slow fake")
+        rss.plot(streams, [p["paced_peak_rss_mb"] for p in points], "s--", label=f"{label}, paced")
     cpu.set(xlabel="concurrent streams (log)", ylabel="µs of agproxy CPU per delta", xscale="log",
             title="CPU per delta (flat = linear total)")
     cpu.set_ylim(bottom=0)
