@@ -90,6 +90,7 @@ from typing import (
     Dict,
     FrozenSet,
     Iterable,
+    Iterator,
     List,
     Optional,
     Sequence,
@@ -2152,6 +2153,12 @@ class StreamEncoder:
     def encode(self, events: List[Event]) -> bytes:
         """A batch of events as the client gets it."""
         return encode_events(events)
+
+    def encode_parts(self, events: List[Event]) -> Iterator[bytes]:
+        """:meth:`encode`'s bytes in parts the shell writes one at a time, waiting for the client
+        to take each: an encoder whose events repeat a long text (the Responses API's closing
+        events) makes each repeat only when it is written, so a batch never holds them all."""
+        return iter((self.encode(events),))
 
     def ping(self) -> bytes:
         """A keep-alive the client ignores."""
@@ -7244,6 +7251,66 @@ def anthropic_message_to_responses(message: Dict[str, Any], request: Optional[Di
     return response
 
 
+#: The most text (JSON-escaped UTF-8 bytes, all its text blocks together) a Responses stream holds to
+#: repeat in its closing events (``output_text.done``, ``content_part.done``, ``output_item.done``,
+#: ``response.completed``), which the other routes need not hold at all. A stream whose text passes
+#: it ends there as ``response.incomplete`` (``max_output_tokens``), its closing events carrying the
+#: text sent so far, and the rest of the answer is read and dropped: the openai SDK takes that as a
+#: finished response, Codex as one cut short. The largest answer a current model writes (128k
+#: tokens) is about 0.5 MB, so only a broken or hostile upstream comes near; 16 MiB is also the
+#: largest event agproxy takes from an upstream (MAX_SSE_EVENT_BYTES).
+RESPONSES_MAX_HELD_TEXT_BYTES = 16 * 1024 * 1024
+#: The size of the parts a held text is written in when a closing event repeats it: the client
+#: takes each before the next is made, so a repeat costs no more than this beside the text held.
+_HELD_TEXT_PART_BYTES = 256 * 1024
+
+
+class _HeldText:
+    """The text of one text block of a Responses stream, held once as the JSON-escaped UTF-8
+    bytes (no quotes) that every closing event repeating it writes as they are (see
+    :class:`_StreamParts`); it stands where the text goes in the items the encoder keeps."""
+
+    __slots__ = ("escaped",)
+
+    def __init__(self) -> None:
+        self.escaped = bytearray()
+
+    def add(self, escaped: bytes) -> None:
+        self.escaped += escaped
+
+    def parts(self) -> Iterator[bytes]:
+        view = memoryview(self.escaped)
+        try:
+            for at in range(0, len(view), _HELD_TEXT_PART_BYTES):
+                yield bytes(view[at:at + _HELD_TEXT_PART_BYTES])
+        finally:
+            view.release()
+
+
+class _StreamParts:
+    """A batch of events as the client gets it: bytes, and where an event repeats a held text,
+    that text, written part by part only when :meth:`parts` gets to it."""
+
+    def __init__(self) -> None:
+        self._parts: List[Union[bytearray, _HeldText]] = []
+
+    def __iadd__(self, data: bytes) -> _StreamParts:
+        if not self._parts or isinstance(self._parts[-1], _HeldText):
+            self._parts.append(bytearray())
+        self._parts[-1] += data  # type: ignore[operator]
+        return self
+
+    def hold(self, text: _HeldText) -> None:
+        self._parts.append(text)
+
+    def parts(self) -> Iterator[bytes]:
+        for part in self._parts:
+            if isinstance(part, _HeldText):
+                yield from part.parts()
+            elif part:
+                yield bytes(part)
+
+
 class ResponsesStreamEncoder(StreamEncoder):
     """The internal Anthropic events in, the Responses API's event stream out (SSE bytes).
 
@@ -7258,8 +7325,11 @@ class ResponsesStreamEncoder(StreamEncoder):
     arguments are whole, since the text must be unwrapped from them); last ``response.completed``
     with usage, or ``response.incomplete`` (max_tokens), or ``response.failed`` (:meth:`error`).
     Each event is encoded as it is read: how the events are split into batches changes nothing.
-    ``request`` is the client's own request (its tools say which calls were namespaced or
-    freeform, its settings are echoed); ``created_at`` is the Unix time the caller passes in."""
+    A text block's text is held once (:class:`_HeldText`, at most RESPONSES_MAX_HELD_TEXT_BYTES)
+    and written into each closing event that repeats it only as that event goes out
+    (:meth:`encode_parts`). ``request`` is the client's own request (its tools say which calls
+    were namespaced or freeform, its settings are echoed); ``created_at`` is the Unix time the
+    caller passes in."""
 
     def __init__(self, model: str, request: Optional[Dict[str, Any]] = None, *, created_at: int = 0,
                  response_id: Optional[str] = None) -> None:
@@ -7278,32 +7348,55 @@ class ResponsesStreamEncoder(StreamEncoder):
         self._usage: Dict[str, Any] = {}
         self._stop_reason: Any = None
         self._thinking_tokens = 0
+        self._held_bytes = 0  # the text held, all blocks together (RESPONSES_MAX_HELD_TEXT_BYTES)
+        # a held text is encoded as a marker no text can spell (a fresh uuid), cut out afterwards
+        self._marker = f"agproxy-held-{uuid.uuid4().hex}-"
+        self._marked: List[_HeldText] = []
+        self._json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=self._mark)
+        self._marks = re.compile(re.escape(f'"{self._marker}') + r'(\d+)"')
 
     # -- the bytes ---------------------------------------------------------------------------------
 
-    def _emit(self, out: bytearray, name: str, payload: Dict[str, Any]) -> None:
+    def _mark(self, value: Any) -> str:
+        if not isinstance(value, _HeldText):
+            raise TypeError(f"{type(value).__name__} is not JSON")
+        self._marked.append(value)
+        return f"{self._marker}{len(self._marked) - 1}"
+
+    def _emit(self, out: _StreamParts, name: str, payload: Dict[str, Any]) -> None:
+        """Write one event as :func:`encode_sse_json` would, each held text in it as its own part."""
         event = {"type": name, "sequence_number": self._sequence}
         event.update(payload)
         self._sequence += 1
-        out += encode_sse_json(name, event)
+        if "\n" in name or "\r" in name:
+            raise ValueError("an SSE event name cannot contain a line break")
+        self._marked.clear()
+        data = f"event: {name}\ndata: {self._json.encode(event)}\n\n"
+        done = 0
+        for match in self._marks.finditer(data) if self._marked else ():
+            out += (data[done:match.start()] + '"').encode("utf-8", "replace")
+            out.hold(self._marked[int(match.group(1))])
+            out += b'"'
+            done = match.end()
+        out += data[done:].encode("utf-8", "replace")
 
     def _response(self, status: str) -> Dict[str, Any]:
         return _responses_object(self.response_id, self.created_at, self.model, self.request, status,
                                  list(self._output))
 
-    def _start(self, out: bytearray) -> None:
+    def _start(self, out: _StreamParts) -> None:
         if not self.started:
             self.started = True
             self._emit(out, "response.created", {"response": self._response("in_progress")})
             self._emit(out, "response.in_progress", {"response": self._response("in_progress")})
 
-    def _add_item(self, out: bytearray, item: Dict[str, Any]) -> int:
+    def _add_item(self, out: _StreamParts, item: Dict[str, Any]) -> int:
         index = self._items
         self._items += 1
         self._emit(out, "response.output_item.added", {"output_index": index, "item": item})
         return index
 
-    def _done_item(self, out: bytearray, index: int, item: Dict[str, Any]) -> None:
+    def _done_item(self, out: _StreamParts, index: int, item: Dict[str, Any]) -> None:
         self._output.append(item)
         self._emit(out, "response.output_item.done", {"output_index": index, "item": item})
 
@@ -7311,7 +7404,12 @@ class ResponsesStreamEncoder(StreamEncoder):
 
     def encode(self, events: List[Event]) -> bytes:
         """The client's SSE bytes for a batch of events (b"" when they say nothing yet)."""
-        out = bytearray()
+        return b"".join(self.encode_parts(events))
+
+    def encode_parts(self, events: List[Event]) -> Iterator[bytes]:
+        """:meth:`encode`'s bytes in parts: the events are read now, and each held text a closing
+        event repeats is written into its part as the part is taken."""
+        out = _StreamParts()
         for event in events:
             if self.finished:
                 break
@@ -7340,10 +7438,10 @@ class ResponsesStreamEncoder(StreamEncoder):
                 self._finish(out)
             elif event.name == "error":
                 error = payload.get("error") if isinstance(payload.get("error"), dict) else {}
-                out += self.error(str(error.get("type") or "api_error"), str(error.get("message") or "upstream error"))
-        return bytes(out)
+                self._fail(out, str(error.get("type") or "api_error"), str(error.get("message") or "upstream error"))
+        return out.parts()
 
-    def _block_start(self, out: bytearray, payload: Dict[str, Any]) -> None:
+    def _block_start(self, out: _StreamParts, payload: Dict[str, Any]) -> None:
         index = payload.get("index")
         block = payload.get("content_block") if isinstance(payload.get("content_block"), dict) else {}
         kind = block.get("type")
@@ -7357,7 +7455,7 @@ class ResponsesStreamEncoder(StreamEncoder):
                 self._message = {"id": item_id, "parts": [], "open": 0,
                                  "index": self._add_item(out, _responses_message_item(item_id, [], "in_progress"))}
             message = self._message
-            state = {"kind": "text", "pieces": [], "content_index": len(message["parts"]) + message["open"]}
+            state = {"kind": "text", "text": _HeldText(), "content_index": len(message["parts"]) + message["open"]}
             message["open"] += 1
             self._emit(out, "response.content_part.added", {
                 "item_id": message["id"], "output_index": message["index"], "content_index": state["content_index"],
@@ -7390,7 +7488,7 @@ class ResponsesStreamEncoder(StreamEncoder):
         else:
             self._blocks[index] = {"kind": "other"}  # server tools' blocks: agproxy offers none
 
-    def _block_delta(self, out: bytearray, payload: Dict[str, Any]) -> None:
+    def _block_delta(self, out: _StreamParts, payload: Dict[str, Any]) -> None:
         state = self._blocks.get(payload.get("index"))  # type: ignore[arg-type]
         delta = payload.get("delta") if isinstance(payload.get("delta"), dict) else {}
         if state is None:
@@ -7410,15 +7508,21 @@ class ResponsesStreamEncoder(StreamEncoder):
                     self._emit(out, "response.function_call_arguments.delta", {
                         "item_id": state["id"], "output_index": state["index"], "delta": text})
 
-    def _text(self, out: bytearray, state: Dict[str, Any], text: str) -> None:
+    def _text(self, out: _StreamParts, state: Dict[str, Any], text: str) -> None:
         if not text or self._message is None:
             return
-        state["pieces"].append(text)
+        escaped = _COMPACT_JSON.encode(text)[1:-1].encode("utf-8", "replace")
+        if self._held_bytes + len(escaped) > RESPONSES_MAX_HELD_TEXT_BYTES:
+            self._stop_reason = "max_tokens"  # the client is told as of an answer cut for length
+            self._finish(out)
+            return
+        self._held_bytes += len(escaped)
+        state["text"].add(escaped)
         self._emit(out, "response.output_text.delta", {
             "item_id": self._message["id"], "output_index": self._message["index"],
             "content_index": state["content_index"], "delta": text, "logprobs": []})
 
-    def _thinking(self, out: bytearray, state: Dict[str, Any], text: str) -> None:
+    def _thinking(self, out: _StreamParts, state: Dict[str, Any], text: str) -> None:
         if not text:
             return
         where = {"item_id": state["id"], "output_index": state["index"], "summary_index": 0}
@@ -7430,13 +7534,13 @@ class ResponsesStreamEncoder(StreamEncoder):
         self._thinking_tokens += estimate_text_tokens(text)
         self._emit(out, "response.reasoning_summary_text.delta", dict(where, delta=text))
 
-    def _block_stop(self, out: bytearray, state: Dict[str, Any]) -> None:
+    def _block_stop(self, out: _StreamParts, state: Dict[str, Any]) -> None:
         kind = state["kind"]
         if kind == "text":
             message = self._message
             if message is None:
                 return
-            text = "".join(state["pieces"])
+            text = state["text"]
             where = {"item_id": message["id"], "output_index": message["index"],
                      "content_index": state["content_index"]}
             self._emit(out, "response.output_text.done", dict(where, text=text, logprobs=[]))
@@ -7469,7 +7573,7 @@ class ResponsesStreamEncoder(StreamEncoder):
                            dict(where, name=item["name"], arguments=arguments))
             self._done_item(out, state["index"], item)
 
-    def _close_message(self, out: bytearray) -> None:
+    def _close_message(self, out: _StreamParts) -> None:
         """End the open message item (its text blocks still open ended first)."""
         if self._message is None:
             return
@@ -7478,7 +7582,7 @@ class ResponsesStreamEncoder(StreamEncoder):
         message, self._message = self._message, None
         self._done_item(out, message["index"], _responses_message_item(message["id"], message["parts"], "completed"))
 
-    def _finish(self, out: bytearray) -> None:
+    def _finish(self, out: _StreamParts) -> None:
         for index in sorted(self._blocks):
             if self._blocks[index]["kind"] != "text":
                 self._block_stop(out, self._blocks.pop(index))
@@ -7498,9 +7602,13 @@ class ResponsesStreamEncoder(StreamEncoder):
     def error(self, error_type: str, message: str) -> bytes:
         """How a stream that broke after it began ends: ``response.failed`` with the error in
         OpenAI's words (its ``code`` tells Codex whether to retry); nothing more is encoded after it."""
+        out = _StreamParts()
+        self._fail(out, error_type, message)
+        return b"".join(out.parts())
+
+    def _fail(self, out: _StreamParts, error_type: str, message: str) -> None:
         if self.finished:
-            return b""
-        out = bytearray()
+            return
         self._start(out)
         response = self._response("failed")
         failure = _responses_error(error_type, message)
@@ -7508,7 +7616,6 @@ class ResponsesStreamEncoder(StreamEncoder):
         response["usage"] = _responses_usage(self._usage, self._thinking_tokens)
         self._emit(out, "response.failed", {"response": response})
         self.finished = True
-        return bytes(out)
 
 
 # -- client dialect: Gemini generateContent -----------------------------------------------------------
@@ -8278,7 +8385,7 @@ class _GeminiParts:
         return _gemini_usage_metadata(self.usage, self.thought_tokens)
 
 
-class GeminiStreamEncoder:
+class GeminiStreamEncoder(StreamEncoder):
     """The internal Anthropic events of one answer as a ``streamGenerateContent`` stream: with
     ``sse`` (``alt=sse``, as Gemini CLI and the SDKs ask) a ``data: {GenerateContentResponse}``
     event per chunk, else one JSON array written as it goes (``[``, chunks separated by ``,``,
@@ -12622,7 +12729,8 @@ async def relay_events(head: List[Event], events: AsyncIterator[List[Event]], re
                     words = _error_event_words(batch)
                     if words is not None:
                         on_error(words)
-                yield _encoded_batch(batch if rewrite is None else rewrite(batch), encoder, transform)
+                for part in _encoded_batch(batch if rewrite is None else rewrite(batch), encoder, transform):
+                    yield part
                 last_sent = clock()
                 if has_event:  # the time a slow client took to take it is not the upstream's silence
                     idle.saw_event()
@@ -12678,19 +12786,20 @@ def _both(first: Callable[[List[Event]], None],
 
 
 def _encoded_batch(batch: List[Event], encoder: StreamEncoder,
-                   transform: Optional[Callable[[bytes], bytes]]) -> bytes:
-    """A batch as the client gets it. ``transform`` (the :class:`DeltaRedactor`) reads Anthropic
-    bytes: another dialect's encoder gets the events it wrote anew only where it changed some
-    (it gives back the very bytes it was given when it changed nothing, as it nearly always does)."""
+                   transform: Optional[Callable[[bytes], bytes]]) -> Iterator[bytes]:
+    """A batch as the client gets it, in the parts of :meth:`StreamEncoder.encode_parts`.
+    ``transform`` (the :class:`DeltaRedactor`) reads Anthropic bytes: another dialect's encoder
+    gets the events it wrote anew only where it changed some (it gives back the very bytes it was
+    given when it changed nothing, as it nearly always does)."""
     if encoder is ANTHROPIC_ENCODER:
         data = encode_events(batch)
-        return data if transform is None else transform(data)
+        return iter((data if transform is None else transform(data),))
     if transform is not None:
         data = encode_events(batch)
         redacted = transform(data)
         if redacted is not data:
             batch = [Event(event.event, loads_strict(event.data)) for event in SSEDecoder().feed(redacted)]
-    return encoder.encode(batch)
+    return encoder.encode_parts(batch)
 
 
 #: What is read of an answer after its message_stop before the connection is cut instead.

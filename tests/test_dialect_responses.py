@@ -518,6 +518,48 @@ def test_ends_other_than_completed() -> None:
     assert sdk_events[-1].type == "response.failed" and failed_response.error.code == "server_error"
 
 
+def test_a_long_text_is_held_once_and_repeated_part_by_part_as_the_closing_events_go_out() -> None:
+    # 20 MB through /v1/responses peaked at 413 MB: the closing events, each repeating the text,
+    # were made all at once (the text joined, as JSON, as bytes, per event) in one write
+    pieces = ["y" * 1000 + 'é"\n\ud800'] * 2000  # 2 MB, with what JSON escapes and a lone surrogate
+    events = answer([text_block(0, *pieces)])
+    encoder = ResponsesStreamEncoder("m")
+    head = encoder.encode(events[:-3])  # through the last delta
+    parts = list(encoder.encode_parts(events[-3:]))  # content_block_stop .. message_stop
+    text_bytes = len(json.dumps("".join(pieces), ensure_ascii=False)[1:-1].encode("utf-8", "replace"))
+    assert sum(map(len, parts)) > 4 * text_bytes  # the text goes out four times more
+    assert max(map(len, parts)) <= agproxy._HELD_TEXT_PART_BYTES + 4096  # but never more than a part at a time
+    closing = decoded(b"".join(parts))
+    text = "".join(pieces).replace("\ud800", "?")
+    assert [e["type"] for e in closing] == ["response.output_text.done", "response.content_part.done",
+                                            "response.output_item.done", "response.completed"]
+    assert closing[0]["text"] == closing[1]["part"]["text"] == text
+    assert closing[2]["item"]["content"][0]["text"] == closing[3]["response"]["output"][0]["content"][0]["text"] == text
+    assert encoder.encode(events) == b""  # finished
+    whole = head + b"".join(parts)
+    events_seen, final = sdk_stream(whole)
+    assert final.status == "completed" and final.output_text == text
+    assert "".join(e.delta for e in events_seen if e.type == "response.output_text.delta") == text
+
+
+def test_a_text_past_the_held_limit_ends_as_an_incomplete_response(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(agproxy, "RESPONSES_MAX_HELD_TEXT_BYTES", 10_000)
+    events = answer([text_block(0, *["x" * 999 + "é"] * 30)])  # 1001 bytes a piece: 9 fit
+    encoder = ResponsesStreamEncoder("m")
+    data = b"".join(encoder.encode([event]) for event in events)  # one event at a time, as upstreams send
+    stream = decoded(data)
+    assert [e["sequence_number"] for e in stream] == list(range(len(stream)))
+    deltas = "".join(e["delta"] for e in stream if e["type"] == "response.output_text.delta")
+    assert deltas == ("x" * 999 + "é") * 9
+    assert stream[-1]["type"] == "response.incomplete"
+    assert stream[-1]["response"]["incomplete_details"] == {"reason": "max_output_tokens"}
+    assert stream[-1]["response"]["output"][0]["content"][0]["text"] == deltas
+    assert [e for e in stream if e["type"] == "response.output_text.done"][0]["text"] == deltas
+    assert encoder.finished and encoder.error("api_error", "late") == b""
+    _, final = sdk_stream(data)
+    assert final.status == "incomplete" and final.output_text == deltas
+
+
 def test_a_tool_call_without_arguments_and_unknown_blocks() -> None:
     events = answer([tool_block(0, "toolu_9", "get_goal", []),
                      [ev("content_block_start", index=1, content_block={"type": "server_tool_use", "id": "s",
