@@ -4641,11 +4641,13 @@ def anthropic_to_openai(body: Dict[str, Any], options: OpenAIOptions, upstream: 
     return out, changes
 
 
-def check_structured(message: Dict[str, Any], upstream: str) -> None:
+def check_structured(message: Dict[str, Any], upstream: str) -> Dict[str, Any]:
     """Raise :class:`NotStructured` unless a whole answer's text is JSON (in a ```json fence, as
-    some models write it, too), as a request with a schema must be answered."""
-    text = "".join(str(block.get("text") or "") for block in message.get("content") or []
-                   if isinstance(block, dict) and block.get("type") == "text").strip()
+    some models write it, too), as a request with a schema must be answered; the answer as the
+    client gets it: ``message`` itself, or for fenced JSON a copy whose text is the JSON inside
+    (one text block where the first was), since the client asked for JSON, not Markdown."""
+    texts = [block for block in message.get("content") or [] if isinstance(block, dict) and block.get("type") == "text"]
+    text = "".join(str(block.get("text") or "") for block in texts).strip()
     fenced = re.fullmatch(r"```(?:json)?\s*(.*?)\s*```", text, re.S)
     try:
         json.loads(fenced.group(1) if fenced else text)
@@ -4654,6 +4656,11 @@ def check_structured(message: Dict[str, Any], upstream: str) -> None:
         raise NotStructured(f"upstream {upstream!r} answered a request for structured output (a JSON schema) with "
                             f"{len(text)} characters that are not JSON{cut}: its model cannot do structured output; "
                             "send such requests to a model that can (model_map)") from None
+    if not fenced:
+        return message
+    first, rest = id(texts[0]), {id(block) for block in texts[1:]}
+    return dict(message, content=[dict(block, text=fenced.group(1)) if id(block) == first else block
+                                  for block in message["content"] if id(block) not in rest])
 
 
 def output_schema(body: Dict[str, Any]) -> Optional[Dict[str, Any]]:
@@ -11192,7 +11199,9 @@ class Server(Application):
             if not isinstance(answer, AnswerStream):
                 record.add_usage(call.facts.usage)
                 if dialect.checks_structured_output and output_schema(body) is not None:
-                    check_structured(answer.message, upstream.name)
+                    message = check_structured(answer.message, upstream.name)
+                    if message is not answer.message:  # its fence taken off: its events are not what it says
+                        answer = WholeAnswer(message, answer.headers)
                 return dialect.whole(answer, inbound)
             return self._relay(answer, call, record, pool, dialect.encoder(inbound), dialect.stream_headers(inbound))
 

@@ -12,6 +12,8 @@ import urllib.request
 from typing import Any, Dict
 
 import agproxy
+from tests.conftest import fake_config
+from tests.fakes.anthropic_upstream import Json, message
 from tests.fakes.gemini_upstream import FakeGemini
 from tests.fakes.openai_upstream import FakeOpenAI
 
@@ -50,8 +52,8 @@ def test_a_gemini_upstream_gets_the_mime_type_and_the_json_schema():
     assert out["generationConfig"] == {"maxOutputTokens": 64, "responseMimeType": "application/json"}
 
 
-def post(proxy: Any, body: Dict[str, Any]) -> Dict[str, Any]:
-    request = urllib.request.Request(proxy.url + "/v1/messages", data=json.dumps(body).encode(), method="POST",
+def post(proxy: Any, body: Dict[str, Any], path: str = "/v1/messages") -> Dict[str, Any]:
+    request = urllib.request.Request(proxy.url + path, data=json.dumps(body).encode(), method="POST",
                                      headers={"Content-Type": "application/json", "anthropic-version": "2023-06-01"})
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
@@ -87,3 +89,41 @@ def test_a_dialects_request_is_marked_for_the_prompt_cache_unless_it_holds_marks
               "messages": [{"role": "user", "content": "hi"}]}
     agproxy.mark_cache_breakpoints(marked)
     assert marked["messages"][0]["content"] == "hi"
+
+
+def test_fenced_json_is_unfenced_and_json_or_prose_is_left_as_it_is():
+    def answer(*blocks: Dict[str, Any]) -> Dict[str, Any]:
+        return {"role": "assistant", "content": list(blocks), "stop_reason": "end_turn"}
+
+    thinking = {"type": "thinking", "thinking": "t", "signature": "s"}
+    fenced = answer(thinking, {"type": "text", "text": "```json\n{\"a\": "}, {"type": "text", "text": "1}\n```\n"})
+    assert agproxy.check_structured(fenced, "up") == answer(thinking, {"type": "text", "text": "{\"a\": 1}"})
+    assert fenced["content"][1]["text"] == "```json\n{\"a\": "  # the upstream's answer itself is not changed
+    plain = answer({"type": "text", "text": " {\"a\": 1} "})
+    assert agproxy.check_structured(plain, "up") is plain
+    bare_fence = answer({"type": "text", "text": "```\n[1, 2]\n```"})
+    assert agproxy.check_structured(bare_fence, "up")["content"] == [{"type": "text", "text": "[1, 2]"}]
+    try:
+        agproxy.check_structured(answer({"type": "text", "text": "```json\nnot json\n```"}), "up")
+    except agproxy.NotStructured as exc:
+        assert exc.status == 424
+    else:
+        raise AssertionError("fenced prose passed as JSON")
+
+
+def test_over_sockets_each_dialect_gets_the_json_inside_a_fence(start_agproxy, fake):
+    # the 424 check took fenced JSON as JSON, and the client got it still fenced
+    proxy = start_agproxy(fake_config(fake))
+    fake.script(*[Json(200, message("```json\n{\"model\": \"flash\"}\n```"))] * 3)
+    question = [{"role": "user", "content": "q"}]
+    chat = post(proxy, {"model": "claude-x", "messages": question, "response_format": {
+        "type": "json_schema", "json_schema": {"name": "s", "schema": SCHEMA}}}, "/v1/chat/completions")
+    assert chat["choices"][0]["message"]["content"] == '{"model": "flash"}'
+    responses = post(proxy, {"model": "claude-x", "input": "q", "text": {
+        "format": {"type": "json_schema", "name": "s", "schema": SCHEMA}}}, "/v1/responses")
+    assert responses["output"][0]["content"][0]["text"] == '{"model": "flash"}'
+    gemini = post(proxy, {"contents": [{"role": "user", "parts": [{"text": "q"}]}], "generationConfig": {
+        "responseMimeType": "application/json", "responseJsonSchema": SCHEMA}},
+                  "/v1beta/models/claude-x:generateContent")
+    assert gemini["candidates"][0]["content"]["parts"][0]["text"] == '{"model": "flash"}'
+    assert [r.json["output_config"]["format"]["schema"] for r in fake.requests] == [SCHEMA] * 3
