@@ -6150,7 +6150,7 @@ def chat_request_to_anthropic(body: Dict[str, Any]) -> Dict[str, Any]:
     tools = _chat_tools(body.get("tools"))
     if tools:
         out["tools"] = tools
-        choice = _chat_tool_choice(body.get("tool_choice"), [t["name"] for t in tools])
+        choice = _chat_tool_choice(body.get("tool_choice"), [t["function"]["name"] for t in body["tools"]])
         parallel = body.get("parallel_tool_calls")
         _expect(parallel is None or isinstance(parallel, bool), "parallel_tool_calls", "must be true or false")
         if parallel is False and choice.get("type") != "none":
@@ -6323,7 +6323,7 @@ def _chat_tool_calls(calls: Any, at: str) -> List[Dict[str, Any]]:
                 "must be a non-empty string")
         arguments = function.get("arguments", "")
         _expect(isinstance(arguments, str), f"{where}.function.arguments", "must be a string (JSON)")
-        blocks.append({"type": "tool_use", "id": call["id"], "name": function["name"],
+        blocks.append({"type": "tool_use", "id": call["id"], "name": _anthropic_tool_name(function["name"]),
                        "input": parse_tool_arguments(arguments)})
     return blocks
 
@@ -6398,11 +6398,22 @@ def _chat_tools(tools: Any) -> List[Dict[str, Any]]:
         _expect(description is None or isinstance(description, str), f"{at}.function.description",
                 "must be a string")
         _expect(parameters is None or isinstance(parameters, dict), f"{at}.function.parameters", "must be an object")
-        converted = {"name": name, "input_schema": parameters or {"type": "object", "properties": {}}}
+        converted = {"name": _anthropic_tool_name(name),
+                     "input_schema": parameters or {"type": "object", "properties": {}}}
         if description:
             converted["description"] = description
         out.append(converted)
     return out
+
+
+def chat_client_tool_names(body: Dict[str, Any]) -> Dict[str, str]:
+    """The client's function names that travel under another name (one Anthropic refuses, made
+    valid by :func:`_anthropic_tool_name`), by that name: what gives the client its own names
+    back in the calls of the answer."""
+    tools = body.get("tools") if isinstance(body.get("tools"), list) else []
+    names = [tool["function"]["name"] for tool in tools if isinstance(tool, dict)
+             and isinstance(tool.get("function"), dict) and isinstance(tool["function"].get("name"), str)]
+    return {_anthropic_tool_name(name): name for name in names if _anthropic_tool_name(name) != name}
 
 
 def _chat_tool_choice(choice: Any, names: Sequence[str]) -> Dict[str, Any]:
@@ -6418,7 +6429,7 @@ def _chat_tool_choice(choice: Any, names: Sequence[str]) -> Dict[str, Any]:
     function = choice.get("function")
     name = function.get("name") if isinstance(function, dict) else None
     _expect(name in names, "tool_choice.function.name", f"must name one of the tools, got {str(name)[:80]!r}")
-    return {"type": "tool", "name": name}
+    return {"type": "tool", "name": _anthropic_tool_name(name)}
 
 
 def _chat_response_format(response_format: Any) -> Optional[Dict[str, Any]]:
@@ -6455,10 +6466,13 @@ def _chat_id(message_id: Any) -> str:
     return "chatcmpl-" + (text[4:] if text.startswith("msg_") else text)
 
 
-def anthropic_message_to_chat(message: Dict[str, Any], model: str, created: int) -> Dict[str, Any]:
+def anthropic_message_to_chat(message: Dict[str, Any], model: str, created: int,
+                              names: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
     """A whole Anthropic Message as a ``chat.completion`` (``model``: the name the client asked
     for; ``created``: the Unix time, passed in). Thinking is ``reasoning_content``, as DeepSeek
-    and vLLM write it; tool_use blocks are ``tool_calls`` with their arguments as JSON text."""
+    and vLLM write it; tool_use blocks are ``tool_calls`` with their arguments as JSON text, named
+    as the client named them (``names``: :func:`chat_client_tool_names`)."""
+    names = names or {}
     texts, thinking, calls = [], [], []
     for block in message.get("content") or []:
         kind = block.get("type") if isinstance(block, dict) else None
@@ -6468,7 +6482,7 @@ def anthropic_message_to_chat(message: Dict[str, Any], model: str, created: int)
             thinking.append(str(block.get("thinking") or ""))
         elif kind == "tool_use":
             calls.append({"id": str(block.get("id")), "type": "function", "function": {
-                "name": str(block.get("name")),
+                "name": names.get(str(block.get("name")), str(block.get("name"))),
                 "arguments": _COMPACT_JSON.encode(block.get("input") if isinstance(block.get("input"), dict) else {})}})
     reply: Dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts or not calls else None,
                              "refusal": None}
@@ -6503,12 +6517,15 @@ class ChatStreamEncoder(StreamEncoder):
     first delta, thinking as ``reasoning_content``, each tool call's id and name in its first
     piece then its arguments as they come, the finish reason, the usage chunk (empty ``choices``)
     when the client asked for it, then ``data: [DONE]``. Events are taken one at a time, so any
-    batching of the same events gives the same bytes. After an error or the end it writes nothing."""
+    batching of the same events gives the same bytes. After an error or the end it writes nothing.
+    ``names``: the client's tool names by the names they travel under (:func:`chat_client_tool_names`)."""
 
-    def __init__(self, model: str, created: int, include_usage: bool = False) -> None:
+    def __init__(self, model: str, created: int, include_usage: bool = False,
+                 names: Optional[Dict[str, str]] = None) -> None:
         self.model = model
         self.created = created
         self.include_usage = include_usage
+        self.names = names or {}
         self.ended = False
         self._head = ""  # a chunk's id, object, created and model, known once the id is
         self._prefix = ""  # a chunk's JSON up to its delta
@@ -6605,7 +6622,8 @@ class ChatStreamEncoder(StreamEncoder):
         elif kind == "tool_use" and _is_int(index):
             self._calls[index] = len(self._calls)
             start = {"index": self._calls[index], "id": str(block.get("id")), "type": "function",
-                     "function": {"name": str(block.get("name")), "arguments": ""}}
+                     "function": {"name": self.names.get(str(block.get("name")), str(block.get("name"))),
+                                  "arguments": ""}}
             out.append(self._chunk({"tool_calls": [start]}))
             given = block.get("input")
             self._arguments[index] = bool(given)
@@ -6743,8 +6761,9 @@ def responses_tool_table(body: Dict[str, Any]) -> Dict[str, Tuple[str, Optional[
     """What each function name the upstream sees stands for in the client's terms: ``(kind,
     namespace, name)`` with kind ``function``, ``custom`` (a freeform tool, its text in the one
     string field :data:`RESPONSES_CUSTOM_INPUT`) or ``namespace`` (a namespace's function, flattened
-    with :data:`RESPONSES_NAMESPACE_SEPARATOR`). Tools that are not well formed are left out here
-    (the request translator refuses them)."""
+    with :data:`RESPONSES_NAMESPACE_SEPARATOR`); a name Anthropic refuses travels made valid
+    (:func:`_anthropic_tool_name`). Tools that are not well formed are left out here (the request
+    translator refuses them)."""
     table: Dict[str, Tuple[str, Optional[str], str]] = {}
     tools = body.get("tools") if isinstance(body, dict) else None
     for tool in tools if isinstance(tools, list) else []:
@@ -6752,13 +6771,13 @@ def responses_tool_table(body: Dict[str, Any]) -> Dict[str, Tuple[str, Optional[
             continue
         kind = tool.get("type")
         if kind in ("function", "custom"):
-            table[tool["name"]] = (kind, None, tool["name"])
+            table[_anthropic_tool_name(tool["name"])] = (kind, None, tool["name"])
         elif kind == "namespace" and isinstance(tool.get("tools"), list):
             for inner in tool["tools"]:
                 if isinstance(inner, dict) and inner.get("type", "function") == "function" and \
                         isinstance(inner.get("name"), str) and inner["name"]:
                     flat = tool["name"] + RESPONSES_NAMESPACE_SEPARATOR + inner["name"]
-                    table[flat] = ("namespace", tool["name"], inner["name"])
+                    table[_anthropic_tool_name(flat)] = ("namespace", tool["name"], inner["name"])
     return table
 
 
@@ -6943,13 +6962,13 @@ def _responses_item(item: Any, where: str, turns: _ResponsesTurns, changes: Dict
         _expect(isinstance(arguments, str), f"{where}.arguments", "must be a string (JSON text)")
         if namespace:
             name = namespace + RESPONSES_NAMESPACE_SEPARATOR + name
-        turns.add("assistant", [{"type": "tool_use", "id": call_id, "name": name,
+        turns.add("assistant", [{"type": "tool_use", "id": call_id, "name": _anthropic_tool_name(name),
                                  "input": parse_tool_arguments(arguments)}])
     elif kind == "custom_tool_call":
         call_id = _responses_call_id(item, where)
         _expect(isinstance(item.get("name"), str) and item["name"] != "", f"{where}.name", "must be a non-empty string")
         _expect(isinstance(item.get("input"), str), f"{where}.input", "must be a string")
-        turns.add("assistant", [{"type": "tool_use", "id": call_id, "name": item["name"],
+        turns.add("assistant", [{"type": "tool_use", "id": call_id, "name": _anthropic_tool_name(item["name"]),
                                  "input": {RESPONSES_CUSTOM_INPUT: item["input"]}}])
     elif kind in ("function_call_output", "custom_tool_call_output"):
         call_id = _responses_call_id(item, where)
@@ -7028,8 +7047,10 @@ def responses_request_to_anthropic(body: Dict[str, Any], changes: Optional[Dict[
                                                  body.get("parallel_tool_calls"))
         if allowed is not None:
             tools = [t for t in tools if t["name"] in allowed]
-        if tools:
-            out["tools"] = tools
+        if tools:  # each under a name Anthropic takes (the tool table gives the client's back)
+            out["tools"] = [dict(tool, name=_anthropic_tool_name(tool["name"])) for tool in tools]
+            if choice.get("type") == "tool":
+                choice["name"] = _anthropic_tool_name(choice["name"])
             out["tool_choice"] = choice
     _responses_reasoning(body.get("reasoning"), out)
     if "thinking" in out and _responses_loop_without_thinking(turns.messages):
@@ -11508,15 +11529,16 @@ class ChatDialect(Dialect):
     def inbound(self, request: Request, body: Dict[str, Any], model: Optional[str]) -> Inbound:
         internal = chat_request_to_anthropic(body)
         return Inbound(internal, internal.get("stream") is True,
-                       (str(body.get("model"))[:200], int(time.time()), chat_include_usage(body)))
+                       (str(body.get("model"))[:200], int(time.time()), chat_include_usage(body),
+                        chat_client_tool_names(body)))
 
     def encoder(self, inbound: Inbound) -> StreamEncoder:
-        model, created, include_usage = inbound.context
-        return ChatStreamEncoder(model, created, include_usage)
+        model, created, include_usage, names = inbound.context
+        return ChatStreamEncoder(model, created, include_usage, names)
 
     def message_json(self, message: Dict[str, Any], inbound: Inbound) -> Any:
-        model, created, _ = inbound.context
-        return anthropic_message_to_chat(message, model, created)
+        model, created, _, names = inbound.context
+        return anthropic_message_to_chat(message, model, created, names)
 
     def error_body(self, exc: AgproxyError) -> Any:
         return chat_error_body(exc.status, exc.error_type, exc.message)

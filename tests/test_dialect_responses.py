@@ -560,6 +560,38 @@ def test_a_text_past_the_held_limit_ends_as_an_incomplete_response(monkeypatch: 
     assert final.status == "incomplete" and final.output_text == deltas
 
 
+def test_tool_names_anthropic_refuses_travel_made_valid_and_come_back_as_the_client_named_them() -> None:
+    # a dot, or a namespace and function flattened past 64 characters, reached an anthropic upstream: a 400
+    long_space = "mcp__" + "server" * 10
+    tools = [{"type": "function", "name": "files.read", "parameters": {"type": "object"}},
+             {"type": "namespace", "name": long_space, "tools": [{"type": "function", "name": "search"}]},
+             {"type": "custom", "name": "patch:apply"}]
+    history = [message("user", "q"),
+               {"type": "function_call", "call_id": "c1", "name": "search", "namespace": long_space, "arguments": "{}"},
+               {"type": "function_call_output", "call_id": "c1", "output": "r"},
+               {"type": "custom_tool_call", "call_id": "c2", "name": "patch:apply", "input": "x"},
+               {"type": "custom_tool_call_output", "call_id": "c2", "output": "ok"}]
+    body = {"model": "m", "input": history, "tools": tools, "tool_choice": {"type": "function", "name": "files.read"}}
+    out = responses_request_to_anthropic(body)
+    validate_messages_request(out)
+    sent = [t["name"] for t in out["tools"]]
+    assert all(agproxy._ANTHROPIC_TOOL_NAME.fullmatch(name) for name in sent) and len(set(sent)) == 3
+    assert out["tool_choice"]["name"] == sent[0]
+    calls = [b for m in out["messages"] for b in m["content"] if isinstance(b, dict) and b["type"] == "tool_use"]
+    assert [c["name"] for c in calls] == sent[1:]
+    blocks = [{"type": "tool_use", "id": f"toolu_{i}", "name": name, "input": {"input": "t"}}
+              for i, name in enumerate(sent)]
+    expected = [("function_call", "files.read", None), ("function_call", "search", long_space),
+                ("custom_tool_call", "patch:apply", None)]
+    whole = anthropic_message_to_responses({"content": blocks, "stop_reason": "tool_use"}, body)
+    assert [(i["type"], i["name"], i.get("namespace")) for i in whole["output"]] == expected
+    events = answer([tool_block(i, f"toolu_{i}", name, ['{"input": "t"}']) for i, name in enumerate(sent)],
+                    stop_reason="tool_use")
+    done = [e["item"] for e in decoded(ResponsesStreamEncoder("m", body).encode(events))
+            if e["type"] == "response.output_item.done"]
+    assert [(i["type"], i["name"], i.get("namespace")) for i in done] == expected
+
+
 def test_a_tool_call_without_arguments_and_unknown_blocks() -> None:
     events = answer([tool_block(0, "toolu_9", "get_goal", []),
                      [ev("content_block_start", index=1, content_block={"type": "server_tool_use", "id": "s",
