@@ -3062,6 +3062,12 @@ def _pair_tools(messages: List[Dict[str, Any]], changes: Dict[str, int]) -> List
     return out
 
 
+def _orphan_result_text(block: Dict[str, Any]) -> Dict[str, Any]:
+    """A tool_result that answers no call of the turn before as the text block it is kept as,
+    where it stood: an upstream refuses a result for a call it cannot see."""
+    return {"type": "text", "text": f"[result of tool call {block.get('tool_use_id')}]\n{_block_text(block)}".rstrip()}
+
+
 def _answer_tools(message: Dict[str, Any], expected: List[str], changes: Dict[str, int]) -> Dict[str, Any]:
     original = _block_list(message.get("content"))
     if not expected and not any(isinstance(b, dict) and b.get("type") == "tool_result" for b in original):
@@ -3075,8 +3081,7 @@ def _answer_tools(message: Dict[str, Any], expected: List[str], changes: Dict[st
                 answered.add(tool_id)
                 results.append(block)
                 continue
-            text = _block_text(block)
-            others.append({"type": "text", "text": f"[result of tool call {tool_id}]\n{text}".rstrip()})
+            others.append(_orphan_result_text(block))
             _count(changes, "orphan_tool_result_to_text")
             repaired += 1
         else:
@@ -6124,20 +6129,21 @@ _CHAT_ERROR_CODES = {"authentication_error": "invalid_api_key", "rate_limit_erro
 _CHAT_PARAM = re.compile(r"([A-Za-z_]\w*(?:\[\d+\]|\.\w+)*): ")
 
 
-def chat_request_to_anthropic(body: Dict[str, Any]) -> Dict[str, Any]:
+def chat_request_to_anthropic(body: Dict[str, Any], changes: Optional[Dict[str, int]] = None) -> Dict[str, Any]:
     """A Chat Completions request (``POST /v1/chat/completions``) as the internal Anthropic
     Messages request. System and developer messages become the system prompt; tool messages
     become tool_result blocks of a user turn; consecutive turns of one role are merged, results
     first. What cannot be carried (``n`` other than 1, audio, a file by id, an unknown role or tool
     type) is an :class:`InvalidRequest` naming the field in the client's words; fields the
     internal form has no use for (``seed``, ``logprobs``, ``store``, ...) are ignored, as
-    OpenAI-compatible servers do. The stream's options are read by :func:`chat_include_usage`."""
+    OpenAI-compatible servers do; what is changed is counted in ``changes`` (the sanitizer's
+    change counts). The stream's options are read by :func:`chat_include_usage`."""
     model = body.get("model")
     _expect(isinstance(model, str) and 0 < len(model) <= MAX_MODEL_CHARS, "model",
             f"must be a non-empty string of at most {MAX_MODEL_CHARS} characters")
     n = body.get("n")
     _expect(n is None or n == 1 and _is_int(n), "n", f"only 1 choice per request is supported, got {n!r}")
-    system, messages = _chat_messages(body.get("messages"))
+    system, messages = _chat_messages(body.get("messages"), {} if changes is None else changes)
     out: Dict[str, Any] = {"model": model, "messages": messages}
     if system:
         out["system"] = system
@@ -6188,12 +6194,16 @@ def chat_include_usage(body: Dict[str, Any]) -> bool:
     return include is True
 
 
-def _chat_messages(messages: Any) -> Tuple[str, List[Dict[str, Any]]]:
+def _chat_messages(messages: Any, changes: Dict[str, int]) -> Tuple[str, List[Dict[str, Any]]]:
     """The system prompt (every system and developer message, in order) and the conversation in
-    strict user/assistant alternation, tool results first in each user turn."""
+    strict user/assistant alternation, tool results first in each user turn. A tool message that
+    answers no call of the assistant message before it is kept where it stands, as text
+    (:func:`_orphan_result_text`, counted ``orphan_tool_result_to_text``): moved first, it would
+    come before the user's own words."""
     _expect(isinstance(messages, list) and bool(messages), "messages", "must be a non-empty list")
     system: List[str] = []
     turns: List[Dict[str, Any]] = []
+    open_calls: Set[str] = set()  # the ids of the last assistant message's calls not yet answered
     for i, message in enumerate(messages):
         at = f"messages[{i}]"
         _expect(isinstance(message, dict), at, "must be an object")
@@ -6211,13 +6221,19 @@ def _chat_messages(messages: Any) -> Tuple[str, List[Dict[str, Any]]]:
             call_id = message.get("tool_call_id")
             _expect(isinstance(call_id, str) and bool(call_id), f"{at}.tool_call_id", "must be a non-empty string")
             inner = _chat_parts(content, f"{at}.content", ("text", "image_url"))
-            turns.append({"role": "user", "content": [{"type": "tool_result", "tool_use_id": call_id,
-                                                       "content": inner}]})
+            result = {"type": "tool_result", "tool_use_id": call_id, "content": inner}
+            if call_id in open_calls:
+                open_calls.discard(call_id)
+            else:
+                result = _orphan_result_text(result)
+                _count(changes, "orphan_tool_result_to_text")
+            turns.append({"role": "user", "content": [result]})
         else:
             blocks = _chat_parts(content, f"{at}.content", ("text", "refusal"), nullable=True)
             if not blocks and isinstance(message.get("refusal"), str) and message["refusal"]:
                 blocks = [{"type": "text", "text": message["refusal"]}]  # a refusal the model wrote
             blocks += _chat_tool_calls(message.get("tool_calls"), f"{at}.tool_calls")
+            open_calls = {block["id"] for block in blocks if block["type"] == "tool_use"}
             if blocks:  # reasoning_content is left out: a thinking block without its signature is refused
                 turns.append({"role": "assistant", "content": blocks})
     turns = [turn for turn in turns if turn["content"]]
@@ -11527,10 +11543,11 @@ class ChatDialect(Dialect):
     checks_structured_output = True
 
     def inbound(self, request: Request, body: Dict[str, Any], model: Optional[str]) -> Inbound:
-        internal = chat_request_to_anthropic(body)
+        changes: Dict[str, int] = {}
+        internal = chat_request_to_anthropic(body, changes)
         return Inbound(internal, internal.get("stream") is True,
                        (str(body.get("model"))[:200], int(time.time()), chat_include_usage(body),
-                        chat_client_tool_names(body)))
+                        chat_client_tool_names(body)), changes)
 
     def encoder(self, inbound: Inbound) -> StreamEncoder:
         model, created, include_usage, names = inbound.context

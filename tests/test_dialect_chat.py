@@ -103,6 +103,28 @@ def test_a_user_line_between_a_call_and_its_result_still_puts_the_result_first()
     assert out["messages"][1]["content"][0]["input"] == {}
 
 
+def test_a_tool_message_that_answers_no_call_stays_where_it_stands_as_text() -> None:
+    # it was moved before the user's words (results go first in a user turn), and an anthropic
+    # upstream refuses a result for a call it cannot see
+    out = request([{"role": "user", "content": "go"},
+                   {"role": "assistant", "tool_calls": [{"id": "c", "type": "function",
+                                                         "function": {"name": "f", "arguments": "{}"}}]},
+                   {"role": "user", "content": "(waiting)"},
+                   {"role": "tool", "tool_call_id": "stale", "content": "old"},
+                   {"role": "tool", "tool_call_id": "c", "content": "done"},
+                   {"role": "tool", "tool_call_id": "c", "content": "again"}])
+    assert [(b["type"], b.get("tool_use_id") or b.get("text")) for b in out["messages"][2]["content"]] == [
+        ("tool_result", "c"), ("text", "(waiting)"), ("text", "[result of tool call stale]\nold"),
+        ("text", "[result of tool call c]\nagain")]
+    changes: Dict[str, int] = {}
+    alone = chat_request_to_anthropic({"model": "m", "messages": [
+        {"role": "user", "content": "q"}, {"role": "tool", "tool_call_id": "nope", "content": "r"}]}, changes)
+    validate_messages_request(alone)
+    assert alone["messages"] == [{"role": "user", "content": [
+        {"type": "text", "text": "q"}, {"type": "text", "text": "[result of tool call nope]\nr"}]}]
+    assert changes == {"orphan_tool_result_to_text": 1}
+
+
 def test_images_by_data_url_and_by_http_url() -> None:
     out = request([{"role": "user", "content": [
         {"type": "text", "text": "what?"},
