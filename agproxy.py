@@ -130,6 +130,7 @@ __all__ = [
     "ChatStreamEncoder",
     "responses_request_to_anthropic",
     "ResponsesStreamEncoder",
+    "UnfencedStream",
     "gemini_request_to_anthropic",
     "GeminiStreamEncoder",
     "Dialect",
@@ -4666,6 +4667,101 @@ def check_structured(message: Dict[str, Any], upstream: str) -> Dict[str, Any]:
     first, rest = id(texts[0]), {id(block) for block in texts[1:]}
     return dict(message, content=[dict(block, text=fenced.group(1)) if id(block) == first else block
                                   for block in message["content"] if id(block) not in rest])
+
+
+#: The opening of a JSON fence, as :func:`check_structured` takes it (```json or ```, then a line break).
+_JSON_FENCE_OPEN = re.compile(r"\s*```(?:json)?[ \t]*\r?\n")
+#: The closing of a fence at the end of the text, and what may still become one (held back till the end).
+_JSON_FENCE_CLOSE = re.compile(r"\s*```\s*$")
+_MAYBE_FENCE_CLOSE = re.compile(r"[\s`]*$")
+#: How much of a text block's start is held to see whether it opens a fence (```json and a line
+#: break, with some white space: a longer first line is not a fence's).
+_JSON_FENCE_HEAD_CHARS = 64
+
+
+class UnfencedStream(StreamEncoder):
+    """A client's encoder for an answer to a request with a JSON schema, streamed: a text block
+    that opens with a JSON fence (```json, as some models write it) reaches ``inner`` without it,
+    as :func:`check_structured` gives a whole answer. The start of each text block is held until
+    it shows whether a fence opens it (at most _JSON_FENCE_HEAD_CHARS), and in a fenced block the
+    white space and backticks at the end of what came, until more text or the block's end shows
+    whether they close it. Anything else passes as it is."""
+
+    def __init__(self, inner: StreamEncoder) -> None:
+        self.inner = inner
+        self._blocks: Dict[Any, Dict[str, Any]] = {}  # text blocks by index: "head" (None once known), "fenced", "held"
+
+    def encode(self, events: List[Event]) -> bytes:
+        return self.inner.encode(self._unfenced(events))
+
+    def encode_parts(self, events: List[Event]) -> Iterator[bytes]:
+        return self.inner.encode_parts(self._unfenced(events))
+
+    def ping(self) -> bytes:
+        return self.inner.ping()
+
+    def error(self, error_type: str, message: str) -> bytes:
+        return self.inner.error(error_type, message)
+
+    @staticmethod
+    def _text_event(index: Any, text: str) -> Event:
+        return Event("content_block_delta", {"type": "content_block_delta", "index": index,
+                                             "delta": {"type": "text_delta", "text": text}})
+
+    def _unfenced(self, events: List[Event]) -> List[Event]:
+        out: List[Event] = []
+        for event in events:
+            if event.name not in ("content_block_start", "content_block_delta", "content_block_stop"):
+                out.append(event)
+                continue
+            index = event.data.get("index")
+            block = event.data.get("content_block") if isinstance(event.data.get("content_block"), dict) else {}
+            delta = event.data.get("delta") if isinstance(event.data.get("delta"), dict) else {}
+            if event.name == "content_block_start" and block.get("type") == "text":
+                self._blocks[index] = {"head": "", "fenced": False, "held": ""}
+                out.append(Event(event.name, dict(event.data, content_block=dict(block, text=""))))
+                text = block.get("text") if isinstance(block.get("text"), str) else ""
+            elif event.name == "content_block_delta" and index in self._blocks and delta.get("type") == "text_delta" \
+                    and isinstance(delta.get("text"), str):
+                text = delta["text"]
+            elif event.name == "content_block_stop" and index in self._blocks:
+                state = self._blocks.pop(index)
+                rest = state["head"] if state["head"] is not None else \
+                    _JSON_FENCE_CLOSE.sub("", state["held"]) if state["fenced"] else state["held"]
+                if rest:
+                    out.append(self._text_event(index, rest))
+                out.append(event)
+                continue
+            else:
+                out.append(event)
+                continue
+            shown = self._text(self._blocks[index], text)
+            if shown:
+                out.append(self._text_event(index, shown))
+        return out
+
+    @staticmethod
+    def _text(state: Dict[str, Any], text: str) -> str:
+        """What of a text block's new ``text`` the client sees now (the rest is held)."""
+        if state["head"] is not None:
+            head = state["head"] + text
+            opening = _JSON_FENCE_OPEN.match(head)
+            first = head.lstrip()
+            if opening is None and len(head) < _JSON_FENCE_HEAD_CHARS and "\n" not in first \
+                    and "```".startswith(first[:3]):
+                state["head"] = head  # still may open a fence
+                return ""
+            state["head"] = None
+            if opening is None:
+                return head
+            state["fenced"] = True
+            text = head[opening.end():]
+        if not state["fenced"]:
+            return text
+        held = state["held"] + text
+        cut = _MAYBE_FENCE_CLOSE.search(held).start()  # type: ignore[union-attr]
+        state["held"] = held[cut:]
+        return held[:cut]
 
 
 def output_schema(body: Dict[str, Any]) -> Optional[Dict[str, Any]]:
@@ -11240,7 +11336,10 @@ class Server(Application):
                     if message is not answer.message:  # its fence taken off: its events are not what it says
                         answer = WholeAnswer(message, answer.headers)
                 return dialect.whole(answer, inbound)
-            return self._relay(answer, call, record, pool, dialect.encoder(inbound), dialect.stream_headers(inbound))
+            encoder = dialect.encoder(inbound)
+            if dialect.checks_structured_output and output_schema(body) is not None:
+                encoder = UnfencedStream(encoder)  # fenced JSON streams without its fence
+            return self._relay(answer, call, record, pool, encoder, dialect.stream_headers(inbound))
 
         return await run_attempts(pool, route, session_id(request.headers, body), self.config.max_retry_attempts,
                                   attempt, clock=self.clock, sleep=self.sleep, on_change=self.saver.save,

@@ -9,11 +9,15 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
-from typing import Any, Dict
+from typing import Any, Dict, List
+
+import openai
+from hypothesis import given
+from hypothesis import strategies as st
 
 import agproxy
 from tests.conftest import fake_config
-from tests.fakes.anthropic_upstream import Json, message
+from tests.fakes.anthropic_upstream import Json, Sse, message, text_stream
 from tests.fakes.gemini_upstream import FakeGemini
 from tests.fakes.openai_upstream import FakeOpenAI
 
@@ -127,3 +131,45 @@ def test_over_sockets_each_dialect_gets_the_json_inside_a_fence(start_agproxy, f
                   "/v1beta/models/claude-x:generateContent")
     assert gemini["candidates"][0]["content"]["parts"][0]["text"] == '{"model": "flash"}'
     assert [r.json["output_config"]["format"]["schema"] for r in fake.requests] == [SCHEMA] * 3
+
+
+def unfenced_text(pieces: List[str]) -> str:
+    """The text a client's encoder is given of a text block streamed in ``pieces``."""
+    encoder = agproxy.UnfencedStream(agproxy.StreamEncoder())
+    events = [agproxy.Event("content_block_start", {"type": "content_block_start", "index": 0,
+                                                    "content_block": {"type": "text", "text": ""}})]
+    events += [agproxy.Event("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                                     "delta": {"type": "text_delta", "text": p}}) for p in pieces]
+    events.append(agproxy.Event("content_block_stop", {"type": "content_block_stop", "index": 0}))
+    out = b"".join(encoder.encode([event]) for event in events)
+    return "".join(json.loads(e.data)["delta"]["text"] for e in agproxy.SSEDecoder().feed(out)
+                   if e.event == "content_block_delta")
+
+
+def splits(text: str) -> Any:
+    return st.lists(st.integers(0, len(text)), max_size=6).map(
+        lambda cuts: [text[a:b] for a, b in zip([0] + sorted(cuts), sorted(cuts) + [len(text)])])
+
+
+FENCED = "\n```json\n{\"model\": \"a`b\"}\n```\n"
+PLAIN = ["{\"model\": \"flash\"}  \n", "```python\nprint(1)\n```", "``", "Sure: ```json\n{}\n```", "", "`{}`"]
+
+
+@given(st.data())
+def test_a_streamed_fence_is_taken_off_however_the_text_is_split(data: Any) -> None:
+    assert unfenced_text(data.draw(splits(FENCED))) == "{\"model\": \"a`b\"}"
+    plain = data.draw(st.sampled_from(PLAIN))
+    assert unfenced_text(data.draw(splits(plain))) == plain  # anything else passes as it is
+
+
+def test_over_sockets_a_streamed_fence_is_taken_off(start_agproxy, fake):
+    proxy = start_agproxy(fake_config(fake))
+    fake.script(*[Sse(text_stream("```json\n{\"model\": \"flash\"}\n```"))] * 2)  # a word a delta
+    chat = openai.OpenAI(base_url=proxy.url + "/v1", api_key="k", max_retries=0, timeout=10)
+    chunks = chat.chat.completions.create(model="claude-x", messages=[{"role": "user", "content": "q"}], stream=True,
+                                          response_format={"type": "json_object"})
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == '{"model": "flash"}'
+    with chat.responses.stream(model="claude-x", input="q", text={"format": {
+            "type": "json_schema", "name": "s", "schema": SCHEMA}}) as stream:
+        final = stream.get_final_response()
+    assert final.output_text == '{"model": "flash"}'
