@@ -450,6 +450,10 @@ class Redactor:
         """``value`` (text a client reads, such as a model's) with every configured key replaced."""
         return value if self._known is None else self._known.sub(REDACTED, value)
 
+    def spans(self, value: str) -> List[Tuple[int, int]]:
+        """Where the configured keys are spelled in ``value`` (text a client reads), as (start, end)."""
+        return [] if self._known is None else [match.span() for match in self._known.finditer(value)]
+
     def data(self, value: bytes) -> bytes:
         """``value`` with every configured key replaced (bytes relayed to a client), also where JSON
         escapes spell it (``sk\\u002dant...``): such a value comes back with those escapes written
@@ -2139,10 +2143,17 @@ def encode_events(events: Iterable[Event]) -> bytes:
     return b"".join([e.raw if e.raw is not None else encode_sse_json(e.name, e.data) for e in events])
 
 
+#: The name of the event that carries, beside the internal events they were read as, an upstream's
+#: own chunks to pass to a client of the same protocol (its data: ``{"chunks": [bytes, ...]}``, each
+#: a chunk's JSON): only that client's encoder (:class:`NativeStreamEncoder`) writes them.
+VERBATIM = "agproxy.verbatim"
+
+
 def holds_content(events: Iterable[Event]) -> bool:
     """True when ``events`` hold one that is not a ping: pings keep a connection open but say
-    nothing of the answer going on."""
-    return any(event.name != "ping" for event in events)
+    nothing of the answer going on (nor do an upstream's own chunks, which the events beside them
+    stand for)."""
+    return any(event.name != "ping" and event.name != VERBATIM for event in events)
 
 
 class StreamEncoder:
@@ -3865,6 +3876,121 @@ class DeltaRedactor:
         else:
             return None  # a ping, say: the held text waits for the block's next delta
         return before + event if before else None
+
+
+#: The fields of a client protocol's own chunks that carry a model's text piece by piece (Chat
+#: Completions' content, reasoning and tool arguments; Gemini's text): a secret split across chunks
+#: is looked for in each field's text joined over them.
+_CHUNK_TEXT_FIELDS = frozenset(("content", "reasoning_content", "reasoning", "refusal", "arguments", "text"))
+#: How much of a passthrough stream is held back while the text so far may begin a secret: past
+#: this the chunks go out (with whole secrets hidden), so that no upstream can make agproxy hold an
+#: answer, or memory, without bound by ending every piece with what begins a key.
+MAX_HELD_CHUNK_BYTES = 65536
+
+#: one text field of a chunk: where it is (a list's items by their "index" where they have one,
+#: else by position), and the object and key that hold it
+_TextLeaf = Tuple[Tuple[Any, ...], Dict[str, Any], str]
+
+
+def _text_leaves(value: Any, path: Tuple[Any, ...], out: List[_TextLeaf]) -> None:
+    """The text fields (:data:`_CHUNK_TEXT_FIELDS`) of a chunk, in order (its depth is bounded by
+    the parser that read it)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(item, str):
+                if item and key in _CHUNK_TEXT_FIELDS:
+                    out.append((path + (key,), value, key))
+            elif isinstance(item, (dict, list)):
+                _text_leaves(item, path + (key,), out)
+    elif isinstance(value, list):
+        for position, item in enumerate(value):
+            index = item.get("index") if isinstance(item, dict) else None
+            _text_leaves(item, path + ((index if _is_int(index) else position),), out)
+
+
+class ChunkRedactor:
+    """Hides the configured secrets in a stream of a client protocol's own JSON chunks relayed as
+    they came (a same-protocol passthrough), as :class:`DeltaRedactor` does for Anthropic's events.
+    A whole spelling within a chunk is the byte redactor's. A key a model writes token by token is
+    split across chunks: while the text so far of some field (:data:`_CHUNK_TEXT_FIELDS`) may begin
+    a secret, the chunks are held back; once it cannot, they go out, and where the joined text
+    spells a key, the fields that hold its pieces are rewritten (the first piece says ``[redacted]``,
+    the others nothing). Nearly every chunk goes out as its very bytes.
+
+    Pure: :meth:`feed` each chunk (parsed, and its bytes), :meth:`end` at the stream's end; each
+    gives the chunks' bytes that may go out now."""
+
+    def __init__(self, redactor: Redactor) -> None:
+        self.redactor = redactor
+        #: the chunks held back: parsed, their bytes, their text fields
+        self.held: List[Tuple[Dict[str, Any], bytes, List[_TextLeaf]]] = []
+        self.held_bytes = 0
+        #: per text field, its text over the chunks held
+        self.texts: Dict[Tuple[Any, ...], str] = {}
+
+    def feed(self, chunk: Dict[str, Any], raw: bytes) -> List[bytes]:
+        """What may go out once ``chunk`` (its bytes ``raw``) has come: none while held."""
+        if self.redactor.tail.starts is None:
+            return [raw]  # no configured secret
+        leaves: List[_TextLeaf] = []
+        _text_leaves(chunk, (), leaves)
+        if not leaves and not self.held:
+            return [self.redactor.data(raw)]
+        self.held.append((chunk, raw, leaves))
+        self.held_bytes += len(raw)
+        texts = self.texts
+        for path, owner, key in leaves:
+            texts[path] = texts.get(path, "") + owner[key]
+        if self.held_bytes <= MAX_HELD_CHUNK_BYTES and any(self.redactor.tail.hold(t) for t in texts.values()):
+            return []
+        return self._release(False)
+
+    def end(self) -> List[bytes]:
+        """What is still held, at the stream's end (a key cut short there is hidden too)."""
+        return self._release(True) if self.held else []
+
+    def _release(self, final: bool) -> List[bytes]:
+        rewritten: Set[int] = set()
+        for path, text in self.texts.items():
+            spans = self.redactor.spans(text)
+            # a key cut short by the stream's end is still a key (a whole one ending it is a span already)
+            cut_from = max(len(text) - self.redactor.tail.hold(text), spans[-1][1] if spans else 0) if final \
+                else len(text)
+            if len(text) - cut_from >= _MIN_SECRET_CHARS:
+                spans.append((cut_from, len(text)))
+            if spans:
+                rewritten |= self._rewrite(path, spans)
+        out = []
+        for number, (chunk, raw, _) in enumerate(self.held):
+            data = _COMPACT_JSON.encode(chunk).encode("utf-8", "replace") if number in rewritten else raw
+            out.append(self.redactor.data(data))
+        self.held, self.held_bytes, self.texts = [], 0, {}
+        return out
+
+    def _rewrite(self, path: Tuple[Any, ...], spans: List[Tuple[int, int]]) -> Set[int]:
+        """Hide ``spans`` of a field's joined text in the held chunks' pieces of it; the numbers of
+        the chunks changed."""
+        changed: Set[int] = set()
+        at = 0
+        for number, (_, _, leaves) in enumerate(self.held):
+            for leaf_path, owner, key in leaves:
+                if leaf_path != path:
+                    continue
+                piece = owner[key]
+                start, end = at, at + len(piece)
+                at = end
+                kept, done = [], start
+                for low, high in spans:
+                    if high <= start or low >= end:
+                        continue
+                    kept.append(piece[done - start:max(low, start) - start])
+                    if low >= start:
+                        kept.append(REDACTED)
+                    done = min(high, end)
+                if kept:
+                    owner[key] = "".join(kept) + piece[done - start:]
+                    changed.add(number)
+        return changed
 
 
 def check_message(message: Any, upstream: str = "") -> Dict[str, Any]:
@@ -6055,6 +6181,12 @@ class GeminiStreamTranslator:
         """It gave content but Gemini has not said the answer ended (no finishReason): a stream
         cut short, not a whole answer."""
         return self._content_seen and self._finish_reason is None and not self._block_reason
+
+    @property
+    def said_end(self) -> bool:
+        """Gemini said the answer ended (a finishReason, or a prompt it blocked): a body that
+        breaks after this loses nothing of the answer."""
+        return self._finish_reason is not None or bool(self._block_reason)
 
     def _call_signature_block(self, out: List[Event], signature: str) -> None:
         """An empty thinking block that carries the signature of the tool_use right after it."""
@@ -8665,6 +8797,292 @@ def gemini_models_list(models: Sequence[Any]) -> Dict[str, Any]:
     return {"models": listed}
 
 
+# -- same-protocol passthrough: a client's own request to an upstream of its protocol -----------------
+
+def chat_native_request(body: Dict[str, Any], model: str, stream: bool, options: OpenAIOptions,
+                        max_tokens: Optional[int] = None) -> Tuple[Dict[str, Any], Dict[str, int]]:
+    """A Chat Completions client's own request as an ``openai`` upstream gets it when it passes
+    through untranslated: the model the route names, a stream's usage asked for (agproxy counts
+    it; the client's own wish is kept by :class:`NativeChunks`), the length under the field the
+    server takes (``max_tokens``, where given, in place of the client's). Everything else goes as
+    the client wrote it (``seed``, ``logprobs``, a server's own fields such as vLLM's
+    ``chat_template_kwargs``). The changes are counted, as the sanitizer's are."""
+    out = dict(body, model=model)
+    changes: Dict[str, int] = {}
+    if stream:
+        out["stream"] = True
+        if options.stream_usage:
+            asked = out.get("stream_options")
+            out["stream_options"] = dict(asked if isinstance(asked, dict) else {}, include_usage=True)
+    other = "max_completion_tokens" if options.max_tokens_field == "max_tokens" else "max_tokens"
+    if other in out:
+        value = out.pop(other)
+        out.setdefault(options.max_tokens_field, value)
+        _count(changes, f"renamed:{other}")
+    if max_tokens is not None:
+        out[options.max_tokens_field] = max_tokens
+    return out, changes
+
+
+def gemini_native_request(body: Dict[str, Any], trusted: Callable[[str], bool],
+                          max_tokens: Optional[int] = None) -> Tuple[Dict[str, Any], Dict[str, int]]:
+    """A Gemini client's own generateContent request as a ``gemini`` upstream gets it when it passes
+    through untranslated: as the client wrote it (Google's own tools, safety settings and thought
+    signatures included), but for the thought signatures ``trusted`` refuses (made by agproxy for
+    another upstream's thinking, or by another Gemini model), which are dropped, and
+    ``maxOutputTokens`` where given."""
+    out = dict(body)
+    changes: Dict[str, int] = {}
+    contents = out.get("contents")
+    if isinstance(contents, list):
+        kept = []
+        for content in contents:
+            parts = content.get("parts") if isinstance(content, dict) else None
+            if isinstance(parts, list) and any(isinstance(p, dict) and isinstance(p.get("thoughtSignature"), str)
+                                               and not trusted(p["thoughtSignature"]) for p in parts):
+                parts = [dict(p) for p in parts]
+                for part in parts:
+                    if isinstance(part, dict) and isinstance(part.get("thoughtSignature"), str) \
+                            and not trusted(part["thoughtSignature"]):
+                        del part["thoughtSignature"]
+                        _count(changes, "foreign_thought_signature_dropped")
+                content = dict(content, parts=parts)
+            kept.append(content)
+        out["contents"] = kept
+    if max_tokens is not None:
+        config = out.get("generationConfig")
+        out["generationConfig"] = dict(config if isinstance(config, dict) else {}, maxOutputTokens=max_tokens)
+    return out, changes
+
+
+def is_packed_thinking(signature: str) -> bool:
+    """Whether a thought signature is one agproxy made (:data:`_GEMINI_PACKED_THINKING`), which
+    no Gemini server takes."""
+    head = signature[:28].replace("+", "-").replace("/", "_")  # 21 bytes: more than the mark's 19
+    try:
+        raw = base64.urlsafe_b64decode(head + "=" * (-len(head) % 4))
+    except ValueError:
+        return False
+    return raw.startswith(_GEMINI_PACKED_THINKING)
+
+
+#: What a client of a protocol reads in an upstream's own chunk, and the type each must have: per
+#: field, its types and, for an object, the spec of its fields, or for a list, the spec of each item
+#: (an object). A chunk passes through as it came when all hold, nearly always; else the fields of
+#: the wrong type are dropped (:func:`cleaned_chunk`), as a translation would drop them. Fields not
+#: named here (``logprobs``' inside, Gemini's grounding) pass as they came: they are what passing
+#: through is for.
+_Spec = Dict[str, Tuple[Tuple[type, ...], Any]]
+_COUNTS: _Spec = {}  # a usage object: every count a whole number (checked by _clean_counts)
+_CHAT_CHUNK: _Spec = {
+    "id": ((str,), None), "object": ((str,), None), "created": ((int,), None), "model": ((str,), None),
+    "system_fingerprint": ((str, type(None)), None), "usage": ((dict, type(None)), _COUNTS),
+    "choices": ((list,), {
+        "index": ((int,), None), "finish_reason": ((str, type(None)), None), "logprobs": ((dict, type(None)), None),
+        "delta": ((dict,), {
+            "role": ((str,), None), "content": ((str, type(None)), None),
+            "reasoning_content": ((str, type(None)), None), "reasoning": ((str, type(None)), None),
+            "refusal": ((str, type(None)), None),
+            "tool_calls": ((list, type(None)), {
+                "index": ((int,), None), "id": ((str,), None), "type": ((str,), None),
+                "function": ((dict,), {"name": ((str,), None), "arguments": ((str,), None)})})})})}
+_GEMINI_CHUNK: _Spec = {
+    "modelVersion": ((str,), None), "responseId": ((str,), None), "usageMetadata": ((dict,), _COUNTS),
+    "promptFeedback": ((dict,), None),
+    "candidates": ((list,), {
+        "index": ((int,), None), "finishReason": ((str,), None),
+        "content": ((dict,), {"role": ((str,), None), "parts": ((list,), {
+            "text": ((str,), None), "thought": ((bool,), None), "thoughtSignature": ((str,), None),
+            "functionCall": ((dict,), {"name": ((str,), None), "args": ((dict,), None), "id": ((str,), None)})})})})}
+
+
+#: A whole Chat completion: its choices hold a ``message`` where a chunk's hold a ``delta``.
+_CHAT_COMPLETION: _Spec = dict(_CHAT_CHUNK, choices=((list,), dict(
+    {k: v for k, v in _CHAT_CHUNK["choices"][1].items() if k != "delta"}, message=_CHAT_CHUNK["choices"][1]["delta"])))
+
+
+def native_answer(data: bytes, protocol: str) -> bool:
+    """Whether an upstream's whole JSON answer may go to a client of its protocol as it came: a
+    well-formed answer (its fields of the types :func:`cleaned_chunk` checks) with no escaped
+    surrogate. Else the client gets it translated, as from an upstream of another kind."""
+    try:
+        answer = loads_strict(data)
+    except ValueError:
+        return False
+    if not isinstance(answer, dict) or b"\\ud" in data or b"\\uD" in data:
+        return False
+    spec = _CHAT_COMPLETION if protocol == "chat" else _GEMINI_CHUNK
+    return _clean_fields(answer, spec) is answer and (protocol != "chat" or isinstance(answer.get("choices"), list))
+
+
+def _clean_counts(usage: Dict[str, Any]) -> Dict[str, Any]:
+    """A usage object whose counts (``prompt_tokens``, ``promptTokenCount``, ...) are all whole and
+    not negative (the objects in it checked the same way; the rest, such as Gemini's per-modality
+    details and service tier, kept as they came)."""
+    kept = {}
+    for key, value in usage.items():
+        if isinstance(value, dict):
+            value = _clean_counts(value)
+        elif key.endswith(("tokens", "Count")) and not (_is_int(value) and 0 <= value <= MAX_UPSTREAM_TOKENS):
+            continue
+        kept[key] = value
+    return usage if kept == usage else kept
+
+
+def _clean_fields(value: Dict[str, Any], spec: _Spec) -> Dict[str, Any]:
+    """``value`` itself where every field ``spec`` names has its type, else a copy without those
+    that do not (a list's items that are not objects are dropped too)."""
+    out: Optional[Dict[str, Any]] = None
+    for key, (types, inner) in spec.items():
+        if key not in value:
+            continue
+        item = value[key]
+        if not isinstance(item, types) or (isinstance(item, bool) and bool not in types):
+            kept: Any = _DROP
+        elif inner is _COUNTS and isinstance(item, dict):
+            kept = _clean_counts(item)
+        elif inner and isinstance(item, dict):
+            kept = _clean_fields(item, inner)
+        elif inner and isinstance(item, list):
+            kept = [_clean_fields(x, inner) for x in item if isinstance(x, dict)]
+            kept = item if len(kept) == len(item) and all(a is b for a, b in zip(kept, item)) else kept
+        else:
+            kept = item
+        if kept is not item:
+            out = dict(value) if out is None else out
+            if kept is _DROP:
+                del out[key]
+            else:
+                out[key] = kept
+    return value if out is None else out
+
+
+_DROP = object()
+
+
+def cleaned_chunk(chunk: Dict[str, Any], protocol: str) -> Optional[Dict[str, Any]]:
+    """An upstream's own chunk as a client of its protocol may read it: itself when well-formed
+    (nearly always), a copy without the fields of the wrong type, or None when nothing is left to
+    say (a Chat chunk whose choices are no list and that has no usage; a Gemini chunk with
+    nothing a client reads). Azure's first chunk (no choices, its prompt filter's results) goes."""
+    if protocol == "chat":
+        out = _clean_fields(chunk, _CHAT_CHUNK)
+        if out.get("object") != "chat.completion.chunk":
+            out = dict(out, object="chat.completion.chunk")
+        if "choices" not in out:
+            out = dict(out, choices=[])
+        if not all("delta" in choice for choice in out["choices"]):
+            out = dict(out, choices=[dict(choice, delta=choice.get("delta", {})) for choice in out["choices"]])
+        return out if isinstance(chunk.get("choices"), list) or isinstance(out.get("usage"), dict) else None
+    out = _clean_fields(chunk, _GEMINI_CHUNK)
+    return out if any(key in out for key in ("candidates", "promptFeedback", "usageMetadata")) else None
+
+
+class NativeChunks:
+    """What of an upstream's own chunks a client of the same protocol gets (a same-protocol
+    passthrough): each chunk's JSON as it came, but for the secrets in it (:class:`ChunkRedactor`),
+    and the usage chunk of a client that did not ask for one (agproxy asks for it to count). An
+    error chunk is not fed: the client gets agproxy's error ending, as on every route. Pure:
+    :meth:`feed` each chunk, parsed and as it came; :meth:`end` at the stream's end."""
+
+    def __init__(self, redactor: Redactor, protocol: str, usage_chunk: bool = True) -> None:
+        self.redact = ChunkRedactor(redactor)
+        self.protocol = protocol
+        self.usage_chunk = usage_chunk
+        #: a Chat stream's last chunk head, and whether a finish reason came (its end needs one)
+        self.head: Dict[str, Any] = {}
+        self.finished = False
+        self.calls = False
+
+    def feed(self, chunk: Dict[str, Any], data: str) -> List[bytes]:
+        """What may go out once ``chunk`` (``data``, its JSON as it came) has come: the chunk as
+        it came where it is well-formed (:func:`cleaned_chunk`) and holds no escaped surrogate (a
+        lone one is no JSON a strict client reads; the parser mended it), else written anew."""
+        cleaned = cleaned_chunk(chunk, self.protocol)
+        if cleaned is None or (not self.usage_chunk and cleaned.get("choices") == [] and "usage" in cleaned):
+            return []
+        if self.protocol == "chat":
+            self.head = {key: cleaned[key] for key in ("id", "created", "model") if key in cleaned}
+            for choice in cleaned["choices"]:
+                self.finished = self.finished or choice.get("finish_reason") is not None
+                self.calls = self.calls or bool(choice["delta"].get("tool_calls"))
+        if cleaned is not chunk or "\\ud" in data or "\\uD" in data:
+            return self.redact.feed(cleaned, _COMPACT_JSON.encode(cleaned).encode("utf-8", "replace"))
+        return self.redact.feed(chunk, data.encode("utf-8"))
+
+    def end(self) -> List[bytes]:
+        """What is still held, at the stream's end, and a Chat stream's finish reason where the
+        upstream gave none (``[DONE]`` alone ends a whole answer, as the translated stream says)."""
+        out = self.redact.end()
+        if self.protocol == "chat" and not self.finished:
+            self.finished = True
+            closing = dict(self.head, object="chat.completion.chunk", choices=[
+                {"index": 0, "delta": {}, "finish_reason": "tool_calls" if self.calls else "stop"}])
+            out.append(_COMPACT_JSON.encode(closing).encode("utf-8", "replace"))
+        return out
+
+
+class NativeStreamEncoder(StreamEncoder):
+    """Writes a passthrough stream: the upstream's own chunks (:data:`VERBATIM` events) in the
+    client's framing (``chat``: SSE then ``data: [DONE]``; ``gemini``: SSE with ``alt=sse``, else one
+    JSON array), the other events unwritten (they stand for the same chunks), and the dialect's own
+    keep-alive and error ending, as its translating encoder writes them."""
+
+    def __init__(self, protocol: str, sse: bool = True) -> None:
+        self.protocol = protocol
+        self.sse = sse or protocol == "chat"
+        self.ended = False
+        self._chunks = 0  # chunks written
+        self._opened = False  # a JSON array's "[" is written
+
+    def encode(self, events: List[Event]) -> bytes:
+        out: List[bytes] = []
+        for event in events:
+            if self.ended:
+                break
+            if event.name == VERBATIM:
+                out += [self._framed(chunk) for chunk in event.data["chunks"]]
+            elif event.name == "error":
+                error = event.data.get("error") if isinstance(event.data.get("error"), dict) else {}
+                out.append(self.error(str(error.get("type") or "api_error"), str(error.get("message") or
+                                                                                  "upstream error")))
+            elif event.name == "message_stop":
+                out.append(b"data: [DONE]\n\n" if self.protocol == "chat" else b"" if self.sse else
+                           self._open() + b"]")
+                self.ended = True
+        return b"".join(out)
+
+    def _framed(self, chunk: bytes) -> bytes:
+        self._chunks += 1
+        if self.sse:
+            return b"data: " + chunk + b"\n\n"
+        return self._open() + (b"," if self._chunks > 1 else b"") + b"\r\n" + chunk
+
+    def _open(self) -> bytes:
+        if self.sse or self._opened:
+            return b""
+        self._opened = True
+        return b"["
+
+    def ping(self) -> bytes:
+        if self.ended:
+            return b""
+        return b": ping\n\n" if self.protocol == "chat" else self._open() + b"\n"
+
+    def error(self, error_type: str, message: str) -> bytes:
+        if self.ended:
+            return b""
+        self.ended = True
+        status = _ERROR_STATUS.get(error_type, 500)
+        if self.protocol == "chat":
+            return f"data: {_COMPACT_JSON.encode(chat_error_body(status, error_type, message))}\n\n".encode(
+                "utf-8", "replace")
+        body = _COMPACT_JSON.encode(gemini_error_body(status, error_type, message)).encode("utf-8", "replace")
+        if self.sse:
+            return body + b"\n"
+        return self._open() + (b"," if self._chunks else b"") + body + b"]"
+
+
 # =====================================================================================
 # 8. Routing, accounts and the retry engine
 #    Which upstream and which account serve a request; rate-limit resets and the retry policy
@@ -10036,6 +10454,7 @@ class RequestRecord:
     account: str = ""
     stream: bool = False
     local: str = ""  # what answered without an upstream: "warmup", "demo"
+    passthrough: bool = False  # the answer passed untranslated between a client and an upstream of one protocol
     attempts: List[AttemptRecord] = dataclasses.field(default_factory=list)
     status: int = 0
     input_tokens: int = 0
@@ -10103,6 +10522,8 @@ class RequestRecord:
             fields["client"] = self.client
         if self.local:
             fields["local"] = self.local
+        if self.passthrough:
+            fields["passthrough"] = True
         return fields
 
     def line(self) -> str:
@@ -10122,6 +10543,8 @@ class RequestRecord:
             parts.append(f"client={self.client}")
         if self.local:
             parts.append(f"local={self.local}")
+        if self.passthrough:
+            parts.append("passthrough")
         parts.append(f"{self.duration_ms:.0f}ms {self.bytes_sent}B")
         error = " ".join(x for x in (self.error, self.note) if x)
         if error:
@@ -11321,6 +11744,10 @@ class Server(Application):
 
         async def attempt(upstream: Upstream, account: Account) -> Union[Response, StreamingResponse]:
             call = self._call(raw, request, exchange, body, Route((upstream,), route.model), account)
+            native = dialect.native(asked, inbound) if upstream.kind == dialect.native_kind else None
+            if native is not None:
+                call.native, call.native_usage_chunk = native
+            record.passthrough = native is not None
             try:
                 answer = await self.adapter(upstream).messages(call)
             except AgproxyError as exc:
@@ -11333,11 +11760,12 @@ class Server(Application):
                 record.add_usage(call.facts.usage)
                 if dialect.checks_structured_output and output_schema(body) is not None:
                     message = check_structured(answer.message, upstream.name)
-                    if message is not answer.message:  # its fence taken off: its events are not what it says
-                        answer = WholeAnswer(message, answer.headers)
+                    if message is not answer.message:  # its fence taken off: its events (and the
+                        # upstream's own JSON, where it passed through) are not what it says
+                        answer = dataclasses.replace(answer, message=message, events=None, native_json=None)
                 return dialect.whole(answer, inbound)
-            encoder = dialect.encoder(inbound)
-            if dialect.checks_structured_output and output_schema(body) is not None:
+            encoder = dialect.encoder(inbound) if native is None else dialect.native_encoder(inbound)
+            if native is None and dialect.checks_structured_output and output_schema(body) is not None:
                 encoder = UnfencedStream(encoder)  # fenced JSON streams without its fence
             return self._relay(answer, call, record, pool, encoder, dialect.stream_headers(inbound))
 
@@ -11566,6 +11994,8 @@ class WholeAnswer:
     message: Dict[str, Any]
     headers: Headers
     events: Optional[List[Event]] = None
+    #: the upstream's own JSON answer, for a client of its protocol (a same-protocol passthrough)
+    native_json: Optional[bytes] = None
 
 
 @dataclasses.dataclass
@@ -11593,11 +12023,24 @@ class Dialect:
     #: whether a whole answer to a request with a JSON schema must be JSON (:func:`check_structured`):
     #: where the dialect put the schema there, agproxy answers for it; Anthropic's is the upstream's
     checks_structured_output = False
+    #: the upstream kind that speaks this protocol: a request to it passes through untranslated
+    #: (:meth:`native`), its answer too (:class:`NativeStreamEncoder`). Anthropic's own is the
+    #: adapter's: its requests are the internal form already.
+    native_kind: Optional[str] = None
 
     def inbound(self, request: Request, body: Dict[str, Any], model: Optional[str]) -> Inbound:
         """The client's request (its JSON ``body``; ``model`` where the path names it) in the
         internal form, or :class:`InvalidRequest` for what the internal form cannot carry."""
         return Inbound(body, body.get("stream") is True)
+
+    def native(self, body: Dict[str, Any], inbound: Inbound) -> Optional[Tuple[Dict[str, Any], bool]]:
+        """The client's own request (``body``) to pass to an upstream of :attr:`native_kind`, and
+        whether the client gets the stream's usage chunk; None where it must be translated."""
+        return None
+
+    def native_encoder(self, inbound: Inbound) -> StreamEncoder:
+        """What writes a passthrough answer's own chunks as this client's stream."""
+        raise NotImplementedError
 
     def encoder(self, inbound: Inbound) -> StreamEncoder:
         """What writes one answer's events as this client's stream."""
@@ -11624,7 +12067,10 @@ class Dialect:
         return models_list(models, "anthropic")
 
     def whole(self, answer: WholeAnswer, inbound: Inbound) -> Union[Response, StreamingResponse]:
-        """A whole answer as the client asked for it: its JSON, or its stream in one write."""
+        """A whole answer as the client asked for it: its JSON (the upstream's own, where it passed
+        through), or its stream in one write."""
+        if not inbound.stream and answer.native_json is not None:
+            return Response(200, [("Content-Type", "application/json")] + list(answer.headers), answer.native_json)
         if not inbound.stream:
             return json_response(200, self.message_json(answer.message, inbound), answer.headers)
         events = answer.events or message_events(answer.message)
@@ -11640,6 +12086,7 @@ class ChatDialect(Dialect):
     name = "chat"
     answers_warmups = False
     checks_structured_output = True
+    native_kind = "openai"
 
     def inbound(self, request: Request, body: Dict[str, Any], model: Optional[str]) -> Inbound:
         changes: Dict[str, int] = {}
@@ -11651,6 +12098,12 @@ class ChatDialect(Dialect):
     def encoder(self, inbound: Inbound) -> StreamEncoder:
         model, created, include_usage, names = inbound.context
         return ChatStreamEncoder(model, created, include_usage, names)
+
+    def native(self, body: Dict[str, Any], inbound: Inbound) -> Optional[Tuple[Dict[str, Any], bool]]:
+        return body, inbound.context[2]
+
+    def native_encoder(self, inbound: Inbound) -> StreamEncoder:
+        return NativeStreamEncoder("chat")
 
     def message_json(self, message: Dict[str, Any], inbound: Inbound) -> Any:
         model, created, _, names = inbound.context
@@ -11707,6 +12160,7 @@ class GeminiDialect(Dialect):
     name = "gemini"
     answers_warmups = False
     checks_structured_output = True
+    native_kind = "gemini"
 
     def inbound(self, request: Request, body: Dict[str, Any], model: Optional[str]) -> Inbound:
         method = urllib.parse.unquote(request.path).rpartition(":")[2]
@@ -11722,6 +12176,12 @@ class GeminiDialect(Dialect):
     def encoder(self, inbound: Inbound) -> StreamEncoder:
         model, sse, names, thoughts = inbound.context
         return GeminiStreamEncoder(model, sse=sse, names=names, include_thoughts=thoughts)
+
+    def native(self, body: Dict[str, Any], inbound: Inbound) -> Optional[Tuple[Dict[str, Any], bool]]:
+        return (body, True) if inbound.context is not None else None  # a count has no context: never passed
+
+    def native_encoder(self, inbound: Inbound) -> StreamEncoder:
+        return NativeStreamEncoder("gemini", sse=inbound.context[1])
 
     def stream_headers(self, inbound: Inbound) -> Headers:
         return _SSE_HEADERS if inbound.context[1] else [("Content-Type", "application/json; charset=utf-8"),
@@ -11855,6 +12315,10 @@ class Call:
     stream_upstream: bool = True  # ask the upstream for a stream (force_stream_internally) even for JSON
     ping_interval_s: float = 10.0
     facts: CallFacts = dataclasses.field(default_factory=CallFacts)
+    #: the client's own request, where it passes through untranslated to an upstream of its
+    #: protocol (:meth:`Dialect.native`), and whether the client gets the stream's usage chunk
+    native: Optional[Dict[str, Any]] = None
+    native_usage_chunk: bool = True
 
     @property
     def upstream(self) -> Upstream:
@@ -12097,24 +12561,29 @@ class Adapter:
             if stream:
                 head = await _watched(call, response, first_events(events))
                 headers = headers + self.upstream_id_headers(facts.upstream_ids)
-                scale = UsageScaler(window, client_window).scale if window else None
-                redact = DeltaRedactor(self.state.redact).feed  # a key split across deltas
+                native = call.native is not None  # its chunks go as they came (their own redactor)
+                scale = UsageScaler(window, client_window).scale if window and not native else None
+                redact = None if native else DeltaRedactor(self.state.redact).feed  # a key split across deltas
                 observe = _both(facts.relayed, self.watcher(upstream))
                 ping_s = call.ping_interval_s if self.pings else None
                 return AnswerStream(response, headers, lambda encoder, on_end, on_error: relay_events(
                     head, events, response, upstream.name, observe=observe, rewrite=scale, transform=redact,
                     ping_interval_s=ping_s, on_end=on_end, on_error=on_error, encoder=encoder))
             message = await _watched(call, response, accumulate_events(events))
+            native_json = None
         else:
             data = await _watched(call, response, response.read_all())
             message = self.answer_message(data, response, call)
+            native_json = self.state.redact.data(data) if call.native is not None and native_answer(
+                data, "chat" if self.kind == "openai" else self.kind) else None
         headers = headers + self.upstream_id_headers(facts.upstream_ids)
         self.received(message, upstream)
         if isinstance(message.get("usage"), dict):
             facts.usage.update(message["usage"])
         if window:
             scale_usage(message.get("usage"), window, client_window)
-        return WholeAnswer(message, headers)  # asked for a stream, a whole Message is sent as one
+        # asked for a stream, a whole Message is sent as one
+        return WholeAnswer(message, headers, native_json=native_json)
 
     def answer_events(self, response: UpstreamResponse, call: Call, estimate: int) -> AsyncIterator[List[Event]]:
         """The upstream's event stream as Anthropic events, in batches (:class:`Event` lists); a translated
@@ -12313,28 +12782,34 @@ class OpenAIAdapter(Adapter):
 
     def prepare(self, call: Call, stream: bool, strip_thinking: bool,
                 trial: _Lessons) -> Tuple[bytes, Dict[str, Any], Optional[str]]:
-        """The Chat Completions request for this upstream: sanitized, translated, minus what it rejected."""
+        """The Chat Completions request for this upstream: sanitized, translated (a Chat Completions
+        client's own, untranslated: :func:`chat_native_request`), minus what it rejected."""
         upstream = call.upstream
-        body = call.private_body()
-        body["model"] = call.route.model
-        if stream:
-            body["stream"] = True
-        changes = sanitize_request(body, upstream.rules)
-        _fit_max_tokens(body, trial.max_tokens, changes)
-        translated, translation_changes = anthropic_to_openai(body, upstream.openai, upstream.name)
-        changes.update(translation_changes)
+        if call.native is not None:
+            translated, changes = chat_native_request(call.native, call.route.model, stream, upstream.openai,
+                                                      trial.max_tokens)
+        else:
+            body = call.private_body()
+            body["model"] = call.route.model
+            if stream:
+                body["stream"] = True
+            changes = sanitize_request(body, upstream.rules)
+            _fit_max_tokens(body, trial.max_tokens, changes)
+            translated, translation_changes = anthropic_to_openai(body, upstream.openai, upstream.name)
+            changes.update(translation_changes)
         if upstream.extra_body:
             translated.update(copy.deepcopy(upstream.extra_body))
         for path in self.state.learned.fields(upstream.name) + trial.fields:
             _count(changes, f"learned:{path}", drop_path(translated, path.split(".")))
-        call.facts.changes.append(("translate", changes))
+        call.facts.changes.append(("translate" if call.native is None else "passthrough", changes))
         return json.dumps(translated, ensure_ascii=False).encode("utf-8"), translated, None
 
     def answer_events(self, response: UpstreamResponse, call: Call, estimate: int) -> AsyncIterator[List[Event]]:
         translator = OpenAIStreamTranslator(call.route.model, estimate, _stop_sequences(call.body),
                                             call.facts.upstream_ids.append, call.facts.usage)
         translator.relayed = bool(call.body.get("stream"))
-        return openai_events(response, translator)
+        return openai_events(response, translator, NativeChunks(self.state.redact, "chat", call.native_usage_chunk)
+                             if call.native is not None and translator.relayed else None)
 
     def answer_message(self, data: bytes, response: UpstreamResponse, call: Call) -> Dict[str, Any]:
         name = call.upstream.name
@@ -12476,8 +12951,11 @@ class GeminiAdapter(Adapter):
 
     def prepare(self, call: Call, stream: bool, strip_thinking: bool,
                 trial: _Lessons) -> Tuple[bytes, Dict[str, Any], Optional[str]]:
-        """The generateContent request for this upstream, minus what it rejected before."""
+        """The generateContent request for this upstream (a Gemini client's own, untranslated:
+        :meth:`native_request`), minus what it rejected before."""
         upstream = call.upstream
+        if call.native is not None:
+            return self.native_request(call, strip_thinking, trial)
         body = call.private_body()
         changes: Dict[str, int] = {}
         _fit_max_tokens(body, trial.max_tokens, changes)
@@ -12498,6 +12976,25 @@ class GeminiAdapter(Adapter):
                             "functions; this request offers functions)", upstream.name)
         return json.dumps(translated, ensure_ascii=False).encode("utf-8"), translated, None
 
+    def native_request(self, call: Call, strip_thinking: bool,
+                       trial: _Lessons) -> Tuple[bytes, Dict[str, Any], Optional[str]]:
+        """A Gemini client's own request (:func:`gemini_native_request`): the thought signatures this
+        upstream and model did not make are dropped (all of them once it refused one), the
+        upstream's ``extra_body`` and what it rejected before as for a translated one."""
+        upstream, book = call.upstream, self.state.signatures
+        signer = self.signer(upstream, call.route.model)
+
+        def trusted(signature: str) -> bool:
+            return not strip_thinking and book.owner(signature) in (None, signer) and not is_packed_thinking(signature)
+
+        translated, changes = gemini_native_request(call.native or {}, trusted, trial.max_tokens)
+        if upstream.extra_body:
+            merge_gemini_extra(translated, upstream.extra_body)
+        for path in self.state.learned.fields(upstream.name) + trial.fields:
+            _count(changes, f"learned:{path}", drop_path(translated, path.split(".")))
+        call.facts.changes.append(("passthrough", changes))
+        return json.dumps(translated, ensure_ascii=False).encode("utf-8"), translated, None
+
     def recorder(self, route: Route) -> Callable[[str, str], None]:
         """What keeps each signature of an answer: its maker in the book, a call's by its id."""
         signer = self.signer(route.upstream, route.model)
@@ -12514,7 +13011,8 @@ class GeminiAdapter(Adapter):
         translator = GeminiStreamTranslator(route.model, estimate, self.recorder(route), gemini_name_map(call.body),
                                             call.facts.upstream_ids.append, call.facts.usage)
         translator.relayed = bool(call.body.get("stream"))
-        return gemini_events(response, translator)
+        return gemini_events(response, translator, NativeChunks(self.state.redact, "gemini")
+                             if call.native is not None and translator.relayed else None)
 
     def answer_message(self, data: bytes, response: UpstreamResponse, call: Call) -> Dict[str, Any]:
         route = call.route
@@ -12691,21 +13189,42 @@ async def anthropic_events(response: UpstreamResponse, upstream: str,
         raise UpstreamFailure("the stream ended before message_stop")
 
 
-async def openai_events(response: UpstreamResponse, translator: OpenAIStreamTranslator) -> AsyncIterator[List[Event]]:
+async def _read_unless_said(response: UpstreamResponse, said_end: bool) -> bytes:
+    """The next piece of an answer's body; its end (b"") where the body breaks after the upstream
+    said the answer ended (its finish reason came, only ``[DONE]`` or the body's end were to
+    follow), so that a whole answer is not ended as broken."""
+    try:
+        return await response.read_chunk()
+    except UpstreamFailure:
+        if said_end:
+            return b""
+        raise
+
+
+def _with_verbatim(chunks: List[bytes], events: List[Event]) -> List[Event]:
+    """A batch of events with the upstream's own chunks they were read from before them, if any."""
+    return [Event(VERBATIM, {"chunks": chunks})] + events if chunks else events
+
+
+async def openai_events(response: UpstreamResponse, translator: OpenAIStreamTranslator,
+                        native: Optional[NativeChunks] = None) -> AsyncIterator[List[Event]]:
     """A Chat Completions chunk stream as Anthropic events, one batch per upstream read. Ends with
-    the closing events, or raises :class:`UpstreamFailure` for a stream that broke before it finished."""
+    the closing events, or raises :class:`UpstreamFailure` for a stream that broke before it finished.
+    With ``native``, each batch carries the chunks a Chat Completions client gets as they came."""
     decoder = SSEDecoder()
+    chunks: List[bytes] = []
     while True:
-        chunk = await response.read_chunk()
+        chunk = await _read_unless_said(response, translator.saw_finish)
         if not chunk:
             if translator.saw_finish or translator.finished:
-                yield translator.finish()
+                yield _with_verbatim(native.end() if native else [], translator.finish())
                 return
             raise UpstreamFailure("the stream ended before the answer finished")
         out: List[Event] = []
         for event in decoder.feed(chunk):
             data = event.data.strip()
             if data == "[DONE]":
+                chunks += native.end() if native else []
                 out += translator.finish()
                 continue
             if not data:
@@ -12717,19 +13236,25 @@ async def openai_events(response: UpstreamResponse, translator: OpenAIStreamTran
             if not isinstance(parsed, dict):
                 raise UpstreamFailure(f"upstream sent a chunk that is not a JSON object: {data[:100]!r}")
             out += translator.feed(parsed)
-        yield out
+            if native is not None and not translator.finished:
+                chunks += native.feed(parsed, data)
+        if translator.finished and native is not None:
+            chunks += native.end()
+        yield _with_verbatim(chunks, out)
+        chunks = []
         if translator.finished:
             response.close()
             return
 
 
-async def gemini_events(response: UpstreamResponse,
-                        translator: GeminiStreamTranslator) -> AsyncIterator[List[Event]]:
+async def gemini_events(response: UpstreamResponse, translator: GeminiStreamTranslator,
+                        native: Optional[NativeChunks] = None) -> AsyncIterator[List[Event]]:
     """A Gemini ``alt=sse`` stream as Anthropic events, one batch per upstream read. Gemini sends
     no ``[DONE]``: the body's end finishes the answer (its last event taken even without its blank
     line). An error Gemini writes into the stream as a bare JSON body (no ``data:`` lines) ends it
     with an error event."""
     decoder, stray = SSEDecoder(), StrayLines()
+    chunks: List[bytes] = []
 
     def translate(events: List[SSEEvent]) -> List[Event]:
         out: List[Event] = []
@@ -12745,10 +13270,12 @@ async def gemini_events(response: UpstreamResponse,
                 if not isinstance(item, dict):
                     raise UpstreamFailure(f"upstream sent a chunk that is not a JSON object: {data[:100]!r}")
                 out += translator.feed(item)
+                if native is not None and not translator.finished:
+                    chunks.extend(native.feed(item, data if item is parsed else _COMPACT_JSON.encode(item)))
         return out
 
     while True:
-        chunk = await response.read_chunk()
+        chunk = await _read_unless_said(response, translator.started and translator.said_end)
         if not chunk:
             out = translate(decoder.feed(b"\n\n"))
             stray.end()
@@ -12758,12 +13285,16 @@ async def gemini_events(response: UpstreamResponse,
                 raise UpstreamFailure("the stream ended before the answer finished (no finishReason)")
             if not translator.started:
                 raise UpstreamFailure("the stream ended before its first event")
-            yield out + translator.finish()
+            chunks += native.end() if native else []
+            yield _with_verbatim(chunks, out + translator.finish())
             return
         out = translate(decoder.feed(chunk))
         if stray.feed(chunk) and not translator.finished:
             out += translator.feed(stray.error())
-        yield out
+        if translator.finished and native is not None:
+            chunks += native.end()
+        yield _with_verbatim(chunks, out)
+        chunks = []
         if translator.finished:
             response.close()
             return
@@ -12782,17 +13313,18 @@ async def first_events(events: AsyncIterator[List[Event]]) -> List[Event]:
     head: List[Event] = []
     async for batch in events:
         head += batch
-        if any(event.name not in ("message_start", "ping") for event in batch):
+        if any(event.name not in ("message_start", "ping", VERBATIM) for event in batch):
             break
         if len(head) > MAX_HEAD_EVENTS:
             raise UpstreamFailure(f"upstream sent {len(head)} events without content")
-    for event in head:
+    named = [event for event in head if event.name != VERBATIM]
+    for event in named:
         if event.name == "error":
             raise stream_error(event.data)
-    if not head:
+    if not named:
         raise UpstreamFailure("the stream ended before its first event")
-    if head[0].name not in ("message_start", "ping"):
-        raise UpstreamFailure(f"upstream's stream began with a {head[0].name[:40]!r} event, not message_start")
+    if named[0].name not in ("message_start", "ping"):
+        raise UpstreamFailure(f"upstream's stream began with a {named[0].name[:40]!r} event, not message_start")
     return head
 
 
@@ -12801,7 +13333,8 @@ async def accumulate_events(events: AsyncIterator[List[Event]]) -> Dict[str, Any
     accumulator = MessageAccumulator()
     async for batch in events:
         for event in batch:
-            accumulator.add(event.name, event.data)
+            if event.name != VERBATIM:
+                accumulator.add(event.name, event.data)
     return accumulator.result()
 
 

@@ -76,8 +76,8 @@ UPSTREAM_TIMEOUT_S = 5
 #: the cases that test size or framing, not time, get longer: a 4 MB event must arrive whole within
 #: timeout_s, and the fake (a thread of this process) sends it slowly while 160 cases run at once
 #: (Python 3.9); an answer in one-byte chunks is thousands of writes, which took over 5 s in CI
-BIG_CASES = {"sse_one_byte_chunks": 12, "one_4mb_delta": 12, "many_small_events": 12, "body_huge": 20, "sse_line_20mb": 20,
-             "oa_line_20mb": 20}
+BIG_CASES = {"sse_one_byte_chunks": 12, "one_4mb_delta": 12, "many_small_events": 12, "body_huge": 20,
+             "sse_line_20mb": 20, "oa_line_20mb": 20}
 #: how long one client waits for its whole answer: timeout_s x 2 attempts, plus slack
 CLIENT_DEADLINE_S = max(BIG_CASES.values()) + 10.0
 
