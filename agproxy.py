@@ -8570,7 +8570,8 @@ def chat_native_request(body: Dict[str, Any], model: str, stream: bool, options:
     other = "max_completion_tokens" if options.max_tokens_field == "max_tokens" else "max_tokens"
     if other in out:
         value = out.pop(other)
-        out.setdefault(options.max_tokens_field, value)
+        if other == "max_completion_tokens" or options.max_tokens_field not in out:  # as _chat_max_tokens reads them
+            out[options.max_tokens_field] = value
         _count(changes, f"renamed:{other}")
     if max_tokens is not None:
         out[options.max_tokens_field] = max_tokens
