@@ -8751,7 +8751,8 @@ class NativeChunks:
     def feed(self, chunk: Dict[str, Any], data: str) -> List[bytes]:
         """What may go out once ``chunk`` (``data``, its JSON as it came) has come: the chunk as
         it came where it is well-formed (:func:`cleaned_chunk`) and holds no escaped surrogate (a
-        lone one is no JSON a strict client reads; the parser mended it), else written anew."""
+        lone one is no JSON a strict client reads; the parser mended it) nor line break (a chunk the
+        upstream spread over several ``data:`` lines goes on one), else written anew."""
         cleaned = cleaned_chunk(chunk, self.protocol)
         if cleaned is None or (not self.usage_chunk and cleaned.get("choices") == [] and "usage" in cleaned):
             return []
@@ -8760,7 +8761,7 @@ class NativeChunks:
             for choice in cleaned["choices"]:
                 self.finished = self.finished or choice.get("finish_reason") is not None
                 self.calls = self.calls or bool(choice["delta"].get("tool_calls"))
-        if cleaned is not chunk or "\\ud" in data or "\\uD" in data:
+        if cleaned is not chunk or "\\ud" in data or "\\uD" in data or "\n" in data:
             return self.redact.feed(cleaned, _COMPACT_JSON.encode(cleaned).encode("utf-8", "replace"))
         return self.redact.feed(chunk, data.encode("utf-8"))
 
