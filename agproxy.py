@@ -8817,7 +8817,8 @@ def chat_native_request(body: Dict[str, Any], model: str, stream: bool, options:
     other = "max_completion_tokens" if options.max_tokens_field == "max_tokens" else "max_tokens"
     if other in out:
         value = out.pop(other)
-        out.setdefault(options.max_tokens_field, value)
+        if other == "max_completion_tokens" or options.max_tokens_field not in out:  # as _chat_max_tokens reads them
+            out[options.max_tokens_field] = value
         _count(changes, f"renamed:{other}")
     if max_tokens is not None:
         out[options.max_tokens_field] = max_tokens
@@ -8997,7 +8998,8 @@ class NativeChunks:
     def feed(self, chunk: Dict[str, Any], data: str) -> List[bytes]:
         """What may go out once ``chunk`` (``data``, its JSON as it came) has come: the chunk as
         it came where it is well-formed (:func:`cleaned_chunk`) and holds no escaped surrogate (a
-        lone one is no JSON a strict client reads; the parser mended it), else written anew."""
+        lone one is no JSON a strict client reads; the parser mended it) nor line break (a chunk the
+        upstream spread over several ``data:`` lines goes on one), else written anew."""
         cleaned = cleaned_chunk(chunk, self.protocol)
         if cleaned is None or (not self.usage_chunk and cleaned.get("choices") == [] and "usage" in cleaned):
             return []
@@ -9006,7 +9008,7 @@ class NativeChunks:
             for choice in cleaned["choices"]:
                 self.finished = self.finished or choice.get("finish_reason") is not None
                 self.calls = self.calls or bool(choice["delta"].get("tool_calls"))
-        if cleaned is not chunk or "\\ud" in data or "\\uD" in data:
+        if cleaned is not chunk or "\\ud" in data or "\\uD" in data or "\n" in data:
             return self.redact.feed(cleaned, _COMPACT_JSON.encode(cleaned).encode("utf-8", "replace"))
         return self.redact.feed(chunk, data.encode("utf-8"))
 
