@@ -3879,22 +3879,28 @@ class DeltaRedactor:
 
 
 #: The fields of a client protocol's own chunks that carry a model's text piece by piece (Chat
-#: Completions' content, reasoning and tool arguments; Gemini's text): a secret split across chunks
-#: is looked for in each field's text joined over them.
-_CHUNK_TEXT_FIELDS = frozenset(("content", "reasoning_content", "reasoning", "refusal", "arguments", "text"))
-#: How much of a passthrough stream is held back while the text so far may begin a secret: past
-#: this the chunks go out (with whole secrets hidden), so that no upstream can make agproxy hold an
-#: answer, or memory, without bound by ending every piece with what begins a key.
-MAX_HELD_CHUNK_BYTES = 65536
+#: Completions' content, reasoning, tool names and arguments; Gemini's text): a secret split across
+#: chunks is looked for in each field's text joined over them.
+_CHUNK_TEXT_FIELDS = frozenset(("content", "reasoning_content", "reasoning", "refusal", "name", "arguments", "text"))
+#: What of a chunk spells its text again another way (Chat's ``logprobs``: each token, and its
+#: bytes as numbers; Gemini's ``logprobsResult``): dropped from the chunks that hold a secret.
+_CHUNK_TEXT_ECHOES = ("logprobs", "logprobsResult")
+#: How much text a passthrough stream holds back while it may begin a secret, and how many bytes
+#: of chunks: past either the chunks go out (whole secrets hidden, and the end of the text kept to
+#: find one that goes on in the next chunks), so that no upstream can make agproxy hold an answer,
+#: or memory, without bound by ending every piece with what begins a key.
+MAX_HELD_TEXT_CHARS = 65536
+MAX_HELD_CHUNK_BYTES = 1 << 20
 
-#: one text field of a chunk: where it is (a list's items by their "index" where they have one,
-#: else by position), and the object and key that hold it
+#: one text field of a chunk: where it is, and the object and key that hold it
 _TextLeaf = Tuple[Tuple[Any, ...], Dict[str, Any], str]
 
 
 def _text_leaves(value: Any, path: Tuple[Any, ...], out: List[_TextLeaf]) -> None:
     """The text fields (:data:`_CHUNK_TEXT_FIELDS`) of a chunk, in order (its depth is bounded by
-    the parser that read it)."""
+    the parser that read it). A list's item is placed by its ``index`` where it has one (Chat's
+    choices and tool calls), else by what it is, not where: a client joins Gemini's text parts
+    whatever their position, so the text of every part (and of every thought part) is one."""
     if isinstance(value, dict):
         for key, item in value.items():
             if isinstance(item, str):
@@ -3903,9 +3909,13 @@ def _text_leaves(value: Any, path: Tuple[Any, ...], out: List[_TextLeaf]) -> Non
             elif isinstance(item, (dict, list)):
                 _text_leaves(item, path + (key,), out)
     elif isinstance(value, list):
-        for position, item in enumerate(value):
-            index = item.get("index") if isinstance(item, dict) else None
-            _text_leaves(item, path + ((index if _is_int(index) else position),), out)
+        for item in value:
+            if isinstance(item, dict):
+                index = item.get("index")
+                _text_leaves(item, path + ((index if _is_int(index) else
+                                            "thought" if item.get("thought") is True else "part"),), out)
+            elif isinstance(item, list):
+                _text_leaves(item, path + ("part",), out)
 
 
 class ChunkRedactor:
@@ -3915,7 +3925,9 @@ class ChunkRedactor:
     split across chunks: while the text so far of some field (:data:`_CHUNK_TEXT_FIELDS`) may begin
     a secret, the chunks are held back; once it cannot, they go out, and where the joined text
     spells a key, the fields that hold its pieces are rewritten (the first piece says ``[redacted]``,
-    the others nothing). Nearly every chunk goes out as its very bytes.
+    the others nothing), and what spells their text again (:data:`_CHUNK_TEXT_ECHOES`) is dropped.
+    Nearly every chunk goes out as its very bytes. Each piece of text is looked at a bounded number
+    of times, so the cost is linear in the stream.
 
     Pure: :meth:`feed` each chunk (parsed, and its bytes), :meth:`end` at the stream's end; each
     gives the chunks' bytes that may go out now."""
@@ -3925,8 +3937,13 @@ class ChunkRedactor:
         #: the chunks held back: parsed, their bytes, their text fields
         self.held: List[Tuple[Dict[str, Any], bytes, List[_TextLeaf]]] = []
         self.held_bytes = 0
-        #: per text field, its text over the chunks held
-        self.texts: Dict[Tuple[Any, ...], str] = {}
+        self.held_chars = 0
+        #: per text field, its pieces over the chunks held, after the end of the text sent before
+        #: (kept only past a bound: a secret may go on from it) and how long that end is
+        self.texts: Dict[Tuple[Any, ...], List[str]] = {}
+        self.sent: Dict[Tuple[Any, ...], int] = {}
+        #: the fields whose text so far may begin a secret
+        self.holding: Set[Tuple[Any, ...]] = set()
 
     def feed(self, chunk: Dict[str, Any], raw: bytes) -> List[bytes]:
         """What may go out once ``chunk`` (its bytes ``raw``) has come: none while held."""
@@ -3938,59 +3955,114 @@ class ChunkRedactor:
             return [self.redactor.data(raw)]
         self.held.append((chunk, raw, leaves))
         self.held_bytes += len(raw)
-        texts = self.texts
+        touched = set()
         for path, owner, key in leaves:
-            texts[path] = texts.get(path, "") + owner[key]
-        if self.held_bytes <= MAX_HELD_CHUNK_BYTES and any(self.redactor.tail.hold(t) for t in texts.values()):
-            return []
-        return self._release(False)
+            self.texts.setdefault(path, []).append(owner[key])
+            self.held_chars += len(owner[key])
+            touched.add(path)
+        for path in touched:
+            if self.redactor.tail.hold(self._tail(path)):
+                self.holding.add(path)
+            else:
+                self.holding.discard(path)
+        if not self.holding:
+            return self._release(False, False)
+        if self.held_bytes > MAX_HELD_CHUNK_BYTES or self.held_chars > MAX_HELD_TEXT_CHARS:
+            return self._release(False, True)
+        return []
 
     def end(self) -> List[bytes]:
         """What is still held, at the stream's end (a key cut short there is hidden too)."""
-        return self._release(True) if self.held else []
+        return self._release(True, False) if self.held else []
 
-    def _release(self, final: bool) -> List[bytes]:
-        rewritten: Set[int] = set()
-        for path, text in self.texts.items():
+    def _tail(self, path: Tuple[Any, ...]) -> str:
+        """The last characters of a field's text, as many as the longest spelling."""
+        pieces, longest = self.texts[path], self.redactor.tail.longest
+        tail, size = [], 0
+        for piece in reversed(pieces):
+            tail.append(piece)
+            size += len(piece)
+            if size >= longest:
+                break
+        return "".join(reversed(tail))[-longest:]
+
+    def _release(self, final: bool, forced: bool) -> List[bytes]:
+        spans_of: Dict[Tuple[Any, ...], List[Tuple[int, int]]] = {}
+        carried: Dict[Tuple[Any, ...], str] = {}
+        for path, pieces in self.texts.items():
+            text = "".join(pieces)
             spans = self.redactor.spans(text)
             # a key cut short by the stream's end is still a key (a whole one ending it is a span already)
             cut_from = max(len(text) - self.redactor.tail.hold(text), spans[-1][1] if spans else 0) if final \
                 else len(text)
             if len(text) - cut_from >= _MIN_SECRET_CHARS:
                 spans.append((cut_from, len(text)))
+            base = self.sent.get(path, 0)
+            spans = [(low, high) for low, high in spans if high > base]  # what went out before is out
             if spans:
-                rewritten |= self._rewrite(path, spans)
+                spans_of[path] = spans
+            if forced:
+                carried[path] = text[-(self.redactor.tail.longest - 1):] if self.redactor.tail.longest > 1 else ""
+        rewritten = self._rewrite(spans_of) if spans_of else set()
         out = []
         for number, (chunk, raw, _) in enumerate(self.held):
             data = _COMPACT_JSON.encode(chunk).encode("utf-8", "replace") if number in rewritten else raw
             out.append(self.redactor.data(data))
-        self.held, self.held_bytes, self.texts = [], 0, {}
+        self.held, self.held_bytes, self.held_chars, self.holding = [], 0, 0, set()
+        self.texts = {path: [tail] for path, tail in carried.items() if tail}
+        self.sent = {path: len(tail) for path, tail in carried.items() if tail}
         return out
 
-    def _rewrite(self, path: Tuple[Any, ...], spans: List[Tuple[int, int]]) -> Set[int]:
-        """Hide ``spans`` of a field's joined text in the held chunks' pieces of it; the numbers of
-        the chunks changed."""
+    def _rewrite(self, spans_of: Dict[Tuple[Any, ...], List[Tuple[int, int]]]) -> Set[int]:
+        """Hide the spans of each field's joined text in the held chunks' pieces of it, in one pass
+        over them, and drop what spells their text again; the numbers of the chunks changed."""
         changed: Set[int] = set()
-        at = 0
+        at = dict(self.sent)
+        next_span: Dict[Tuple[Any, ...], int] = {}  # per field, its first span not wholly behind
         for number, (_, _, leaves) in enumerate(self.held):
             for leaf_path, owner, key in leaves:
-                if leaf_path != path:
+                spans = spans_of.get(leaf_path)
+                if spans is None:
                     continue
                 piece = owner[key]
-                start, end = at, at + len(piece)
-                at = end
+                first = leaf_path not in at or at[leaf_path] == self.sent.get(leaf_path, 0)
+                start = at.get(leaf_path, 0)
+                end = start + len(piece)
+                at[leaf_path] = end
                 kept, done = [], start
-                for low, high in spans:
-                    if high <= start or low >= end:
-                        continue
+                number_of = next_span.get(leaf_path, 0)
+                while number_of < len(spans) and spans[number_of][1] <= start:
+                    number_of += 1
+                next_span[leaf_path] = number_of
+                while number_of < len(spans) and spans[number_of][0] < end:
+                    low, high = spans[number_of]
+                    number_of += 1
                     kept.append(piece[done - start:max(low, start) - start])
-                    if low >= start:
+                    if low >= start or first:  # a key begun in text already sent is said here
                         kept.append(REDACTED)
                     done = min(high, end)
                 if kept:
                     owner[key] = "".join(kept) + piece[done - start:]
                     changed.add(number)
+        for number, (chunk, _, _) in enumerate(self.held):
+            if _drop_echoes(chunk):
+                changed.add(number)
         return changed
+
+
+def _drop_echoes(chunk: Dict[str, Any]) -> bool:
+    """Drop what spells a chunk's text again (:data:`_CHUNK_TEXT_ECHOES`) from its choices or
+    candidates; whether there was any."""
+    dropped = False
+    items = [item for field in ("choices", "candidates") if isinstance(chunk.get(field), list)
+             for item in chunk[field]]
+    for item in items:
+        if isinstance(item, dict):
+            for key in _CHUNK_TEXT_ECHOES:
+                if item.get(key) is not None:
+                    item[key] = None
+                    dropped = True
+    return dropped
 
 
 def check_message(message: Any, upstream: str = "") -> Dict[str, Any]:
@@ -8799,6 +8871,12 @@ def gemini_models_list(models: Sequence[Any]) -> Dict[str, Any]:
 
 # -- same-protocol passthrough: a client's own request to an upstream of its protocol -----------------
 
+#: What a Chat client may not set on the shared account an ``openai`` upstream's key belongs to:
+#: ``store`` keeps the conversation in the key owner's organisation (``metadata`` labels it there),
+#: ``service_tier`` bills it at another price than the ledger's. Translation drops them too.
+_CHAT_ACCOUNT_FIELDS = ("store", "metadata", "service_tier")
+
+
 def chat_native_request(body: Dict[str, Any], model: str, stream: bool, options: OpenAIOptions,
                         max_tokens: Optional[int] = None) -> Tuple[Dict[str, Any], Dict[str, int]]:
     """A Chat Completions client's own request as an ``openai`` upstream gets it when it passes
@@ -8806,9 +8884,14 @@ def chat_native_request(body: Dict[str, Any], model: str, stream: bool, options:
     it; the client's own wish is kept by :class:`NativeChunks`), the length under the field the
     server takes (``max_tokens``, where given, in place of the client's). Everything else goes as
     the client wrote it (``seed``, ``logprobs``, a server's own fields such as vLLM's
-    ``chat_template_kwargs``). The changes are counted, as the sanitizer's are."""
+    ``chat_template_kwargs``), but for what would spend or keep on the shared account what the
+    operator did not choose (:data:`_CHAT_ACCOUNT_FIELDS`). The changes are counted, as the
+    sanitizer's are."""
     out = dict(body, model=model)
     changes: Dict[str, int] = {}
+    for field in _CHAT_ACCOUNT_FIELDS:
+        if out.pop(field, None) is not None:
+            _count(changes, f"dropped:{field}")
     if stream:
         out["stream"] = True
         if options.stream_usage:
@@ -8902,18 +8985,27 @@ _CHAT_COMPLETION: _Spec = dict(_CHAT_CHUNK, choices=((list,), dict(
     {k: v for k, v in _CHAT_CHUNK["choices"][1].items() if k != "delta"}, message=_CHAT_CHUNK["choices"][1]["delta"])))
 
 
-def native_answer(data: bytes, protocol: str) -> bool:
+def native_answer(data: bytes, protocol: str, redactor: Redactor) -> bool:
     """Whether an upstream's whole JSON answer may go to a client of its protocol as it came: a
     well-formed answer (its fields of the types :func:`cleaned_chunk` checks) with no escaped
-    surrogate. Else the client gets it translated, as from an upstream of another kind."""
+    surrogate and no configured key (whole, or split across its text parts). Else the client gets
+    it translated, as from an upstream of another kind, where every key is hidden."""
     try:
         answer = loads_strict(data)
     except ValueError:
         return False
-    if not isinstance(answer, dict) or b"\\ud" in data or b"\\uD" in data:
+    if not isinstance(answer, dict) or b"\\ud" in data or b"\\uD" in data or redactor.data(data) is not data:
         return False
     spec = _CHAT_COMPLETION if protocol == "chat" else _GEMINI_CHUNK
-    return _clean_fields(answer, spec) is answer and (protocol != "chat" or isinstance(answer.get("choices"), list))
+    if _clean_fields(answer, spec) is not answer or (protocol == "chat" and
+                                                     not isinstance(answer.get("choices"), list)):
+        return False
+    leaves: List[_TextLeaf] = []
+    _text_leaves(answer, (), leaves)
+    texts: Dict[Tuple[Any, ...], List[str]] = {}
+    for path, owner, key in leaves:
+        texts.setdefault(path, []).append(owner[key])
+    return not any(redactor.spans("".join(pieces)) for pieces in texts.values())
 
 
 def _clean_counts(usage: Dict[str, Any]) -> Dict[str, Any]:
@@ -12083,7 +12175,8 @@ class Dialect:
 class ChatDialect(Dialect):
     """OpenAI Chat Completions (``POST /v1/chat/completions``), as Aider, Continue, Cline,
     opencode and the openai SDK speak it (section 7's ``chat_*`` translators): its chunks name
-    the model the client asked for, and its errors take OpenAI's shape."""
+    the model the client asked for (an ``openai`` upstream's own, passed through, name its own),
+    and its errors take OpenAI's shape."""
 
     name = "chat"
     answers_warmups = False
@@ -12576,8 +12669,8 @@ class Adapter:
         else:
             data = await _watched(call, response, response.read_all())
             message = self.answer_message(data, response, call)
-            native_json = self.state.redact.data(data) if call.native is not None and native_answer(
-                data, "chat" if self.kind == "openai" else self.kind) else None
+            native_json = data if call.native is not None and native_answer(
+                data, "chat" if self.kind == "openai" else self.kind, self.state.redact) else None
         headers = headers + self.upstream_id_headers(facts.upstream_ids)
         self.received(message, upstream)
         if isinstance(message.get("usage"), dict):
@@ -12788,8 +12881,9 @@ class OpenAIAdapter(Adapter):
         client's own, untranslated: :func:`chat_native_request`), minus what it rejected."""
         upstream = call.upstream
         if call.native is not None:
+            # the length the client's day budget held (its own, or the default the internal form gave)
             translated, changes = chat_native_request(call.native, call.route.model, stream, upstream.openai,
-                                                      trial.max_tokens)
+                                                      trial.max_tokens or call.body.get("max_tokens"))
         else:
             body = call.private_body()
             body["model"] = call.route.model
