@@ -3879,9 +3879,10 @@ class DeltaRedactor:
 
 
 #: The fields of a client protocol's own chunks that carry a model's text piece by piece (Chat
-#: Completions' content, reasoning, tool names and arguments; Gemini's text): a secret split across
-#: chunks is looked for in each field's text joined over them.
-_CHUNK_TEXT_FIELDS = frozenset(("content", "reasoning_content", "reasoning", "refusal", "name", "arguments", "text"))
+#: Completions' content, reasoning, tool names and arguments, and the tokens of its logprobs;
+#: Gemini's text): a secret split across chunks is looked for in each field's text joined over them.
+_CHUNK_TEXT_FIELDS = frozenset(("content", "reasoning_content", "reasoning", "refusal", "name", "arguments", "text",
+                                "token"))
 #: What of a chunk spells its text again another way (Chat's ``logprobs``: each token, and its
 #: bytes as numbers; Gemini's ``logprobsResult``): dropped from the chunks that hold a secret.
 _CHUNK_TEXT_ECHOES = ("logprobs", "logprobsResult")
