@@ -246,14 +246,73 @@ def test_a_secret_cut_short_at_the_end_of_the_stream_is_still_hidden():
     assert SECRETS[0][:14] not in joined and joined.startswith("the key: ")
 
 
-def test_chunks_held_while_a_secret_may_begin_are_bounded():
+def test_chunks_held_while_a_secret_may_begin_are_bounded_and_a_key_past_the_bound_is_still_hidden():
     redactor = agproxy.ChunkRedactor(REDACTOR)
-    released = 0
-    for _ in range(5000):  # every piece ends with what may begin a key
-        body = {"choices": [{"index": 0, "delta": {"content": "x sk-test-0"}}]}
-        released += len(redactor.feed(body, json.dumps(body).encode()))
-        assert redactor.held_bytes <= agproxy.MAX_HELD_CHUNK_BYTES + 200
-    assert released > 4000
+    out: List[bytes] = []
+    pieces = ["x sk-test-0"] * 8000 + ["123456789abcdef and more"]  # every piece may begin a key
+    for piece in pieces:
+        body = {"choices": [{"index": 0, "delta": {"content": piece}}]}
+        out += redactor.feed(body, json.dumps(body).encode())
+        assert redactor.held_chars <= agproxy.MAX_HELD_TEXT_CHARS + 20
+    out += redactor.end()
+    joined = "".join(json.loads(raw)["choices"][0]["delta"]["content"] for raw in out)
+    assert len(out) == len(pieces) and SECRETS[0] not in joined and "123456789abcdef" not in joined
+    assert joined.endswith("x [redacted] and more")
+    # the bound met just as a key has begun: its start went out, the rest is hidden all the same
+    redactor, out = agproxy.ChunkRedactor(REDACTOR), []
+    filler = agproxy.MAX_HELD_TEXT_CHARS // len("x sk-test-0") + 1
+    for piece in ["x sk-test-0"] * filler + ["123456789abcdef and more"]:
+        body = {"choices": [{"index": 0, "delta": {"content": piece}}]}
+        out += redactor.feed(body, json.dumps(body).encode())
+    out += redactor.end()
+    joined = "".join(json.loads(raw)["choices"][0]["delta"]["content"] for raw in out)
+    assert joined.endswith("x sk-test-0[redacted] and more") and "0123456789" not in joined
+
+
+def test_a_key_in_the_text_drops_the_logprobs_that_spell_it_again():
+    key = SECRETS[0]
+    redactor = agproxy.ChunkRedactor(REDACTOR)
+    out: List[bytes] = []
+    for token in [key[i:i + 3] for i in range(0, len(key), 3)] + [" ok"]:
+        logprobs = {"content": [{"token": token, "logprob": -0.1, "bytes": list(token.encode()), "top_logprobs": []}]}
+        body = {"choices": [{"index": 0, "delta": {"content": token}, "logprobs": logprobs}]}
+        out += redactor.feed(body, json.dumps(body).encode())
+    out += redactor.end()
+    chunks = [json.loads(raw) for raw in out]
+    assert "".join(c["choices"][0]["delta"]["content"] for c in chunks) == "[redacted] ok"
+    spelled = "".join(bytes(t["bytes"]).decode() for c in chunks for t in
+                      ((c["choices"][0].get("logprobs") or {}).get("content") or []))
+    assert key[:6] not in spelled and not any(key[i:i + 6] in spelled for i in range(len(key) - 6))
+    tokens = [{"token": key[:6], "bytes": list(key[:6].encode())}, {"token": key[6:], "bytes": list(key[6:].encode())}]
+    assert not agproxy.native_answer(json.dumps({"choices": [{"index": 0, "message": {"content": "k"}, "logprobs": {
+        "content": tokens}}]}).encode(), "chat", REDACTOR)  # tokens that say what the text does not
+
+
+def test_a_key_split_across_gemini_parts_at_any_position_is_hidden():
+    key = SECRETS[1]
+    first = {"candidates": [{"index": 0, "content": {"parts": [{"text": "key "}, {"text": key[:10]}]}}]}
+    second = {"candidates": [{"index": 0, "content": {"parts": [
+        {"thought": True, "text": "hmm"}, {"functionCall": {"name": "f", "args": {}}}, {"text": key[10:] + "."}]}}]}
+    redactor = agproxy.ChunkRedactor(REDACTOR)
+    out = redactor.feed(first, json.dumps(first).encode()) + redactor.feed(second, json.dumps(second).encode())
+    out += redactor.end()
+    text = "".join(p.get("text", "") for raw in out for p in json.loads(raw)["candidates"][0]["content"]["parts"]
+                   if not p.get("thought"))
+    assert text == "key [redacted]."
+    whole = {"candidates": [{"content": {"parts": [{"text": key[:10]}, {"text": key[10:]}]}}]}
+    assert not agproxy.native_answer(json.dumps(whole).encode(), "gemini", REDACTOR)
+
+
+def test_many_parts_each_spelling_a_key_cost_linear_time():
+    key = SECRETS[0]
+    body = {"candidates": [{"index": 0, "content": {"parts": [{"text": key} for _ in range(20000)]}}]}
+    redactor = agproxy.ChunkRedactor(REDACTOR)
+    started = time.process_time()
+    out = redactor.feed(body, json.dumps(body).encode()) + redactor.end()
+    spent = time.process_time() - started
+    parts = json.loads(out[0])["candidates"][0]["content"]["parts"]
+    assert {p["text"] for p in parts} == {"[redacted]"}
+    assert spent < 5, f"{spent:.1f} s: quadratic"  # a correctness bound (quadratic took minutes), not a speed goal
 
 
 def test_native_stream_encoder_frames_each_protocol():
@@ -295,5 +354,14 @@ def test_a_chunk_of_the_wrong_types_reaches_the_client_cleaned_never_as_it_came(
         assert all(isinstance(v, int) for v in (cleaned.get("usage") or {}).values())
     good = {"id": "x", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": "hi"}}]}
     assert agproxy.cleaned_chunk(good, "chat") is good
-    assert not agproxy.native_answer(b'{"choices": [{"message": {"content": {"a": 1}}}]}', "chat")
-    assert agproxy.native_answer(b'{"choices": [{"message": {"content": "a"}}]}', "chat")
+    assert not agproxy.native_answer(b'{"choices": [{"message": {"content": {"a": 1}}}]}', "chat", REDACTOR)
+    assert agproxy.native_answer(b'{"choices": [{"message": {"content": "a"}}]}', "chat", REDACTOR)
+
+
+def test_what_spends_or_keeps_on_the_shared_account_is_not_the_clients_to_set():
+    sent, changes = agproxy.chat_native_request(
+        {"model": "m", "messages": HI, "store": True, "metadata": {"a": "b"}, "service_tier": "priority", "seed": 1},
+        "routed", True, agproxy.OpenAIOptions(), 8192)
+    assert sent == {"model": "routed", "messages": HI, "seed": 1, "stream": True, "max_tokens": 8192,
+                    "stream_options": {"include_usage": True}}
+    assert changes == {"dropped:store": 1, "dropped:metadata": 1, "dropped:service_tier": 1}
