@@ -44,6 +44,18 @@ def test_an_event_without_its_bytes_is_encoded_as_the_translators_wrote_it(name,
     assert [e.event for e in decoded] == [name] and json.loads(decoded[0].data)["type"] == name
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 10**6), st.sampled_from([("text_delta", "text"), ("thinking_delta", "thinking"),
+                                               ("input_json_delta", "partial_json"), ("signature_delta", "signature")]),
+       st.text(max_size=12), st.text(max_size=8))
+def test_a_relayed_delta_written_from_its_template_is_what_the_translators_wrote(index, kind, text, surrogates):
+    text = "a\nb\r\u2028\"\\\x00\x7f\u00e9\ud800" + text + surrogates  # escapes, non-ASCII, a lone surrogate
+    payload = {"type": "content_block_delta", "index": index, "delta": {"type": kind[0], kind[1]: text}}
+    relayed = agproxy.delta_event(index, kind[0], kind[1], text, True)
+    assert relayed.raw == old_encoding("content_block_delta", payload) == agproxy.encode_events([relayed])
+    assert agproxy.delta_event(index, kind[0], kind[1], text, False).data == payload
+
+
 START = agproxy.encode_sse_json("message_start", {"type": "message_start", "message": {
     "id": "msg_1", "type": "message", "role": "assistant", "model": "m", "content": [], "stop_reason": None,
     "usage": {"input_tokens": 9, "output_tokens": 1}}})
