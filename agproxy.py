@@ -1610,6 +1610,33 @@ class ChunkedReader:
             else:
                 return None
 
+    def read_through(self, buffer: bytearray) -> Optional[bytes]:
+        """Everything ``buffer`` holds of the body, many chunks in one piece (an upstream sends an
+        event a chunk): :meth:`read`'s answers joined, the usual whole chunks (``size CRLF data
+        CRLF``) cut out of the buffer at once, with one delete."""
+        pieces = []
+        at, size_at, end = 0, 0, len(buffer)
+        while self.state is _CHUNK_SIZE:
+            line_end = buffer.find(b"\r\n", at, at + _MAX_CHUNK_LINE + 2)
+            if line_end < 0:
+                break
+            size_text = buffer[at:line_end]
+            if not _HEX.fullmatch(size_text):
+                break  # a chunk extension, blanks, or no size at all: :meth:`read` takes it
+            size = int(size_text, 16)
+            size_at = line_end + 2 + size
+            if not size or size_at + 2 > end or buffer[size_at:size_at + 2] != b"\r\n":
+                break  # the last chunk, or one not all here: :meth:`read` takes it
+            pieces.append(buffer[line_end + 2:size_at])
+            at = size_at + 2
+        if at:
+            del buffer[:at]
+        while True:
+            piece = self.read(buffer)
+            if not piece:
+                return b"".join(pieces) if pieces else piece
+            pieces.append(piece)
+
     def _take_line(self, buffer: bytearray, limit: int, what: str) -> Optional[bytes]:
         end = buffer.find(b"\n", 0, limit + 2)
         if end < 0:
@@ -1939,7 +1966,7 @@ class ResponseParser:
                 return NEED_DATA
             if state is _CHUNKED:
                 assert self._chunks is not None
-                piece = self._chunks.read(self._buffer)
+                piece = self._chunks.read_through(self._buffer)
                 if piece is None:
                     self._state = _DONE
                     continue
