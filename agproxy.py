@@ -1616,23 +1616,25 @@ class ChunkedReader:
         event a chunk): :meth:`read`'s answers joined, the usual whole chunks (``size CRLF data
         CRLF``) cut out of the buffer at once, with one delete."""
         pieces = []
-        at, size_at, end = 0, 0, len(buffer)
-        while self.state is _CHUNK_SIZE:
-            line_end = buffer.find(b"\r\n", at, at + _MAX_CHUNK_LINE + 2)
-            if line_end < 0:
-                break
-            size_text = buffer[at:line_end]
-            if not _HEX.fullmatch(size_text):
-                break  # a chunk extension, blanks, or no size at all: :meth:`read` takes it
-            size = int(size_text, 16)
-            size_at = line_end + 2 + size
-            if not size or size_at + 2 > end or buffer[size_at:size_at + 2] != b"\r\n":
-                break  # the last chunk, or one not all here: :meth:`read` takes it
-            pieces.append(buffer[line_end + 2:size_at])
-            at = size_at + 2
-        if at:
-            del buffer[:at]
         while True:
+            if self.state is _CHUNK_END and buffer[:2] == b"\r\n":
+                del buffer[:2]
+                self.state = _CHUNK_SIZE
+            at, end = 0, len(buffer)
+            while self.state is _CHUNK_SIZE:
+                line_end = buffer.find(b"\r\n", at, at + _MAX_CHUNK_LINE + 2)
+                if line_end < 0:
+                    break
+                size_text = buffer[at:line_end]
+                if not _HEX.fullmatch(size_text):
+                    break  # a chunk extension, blanks, or no size at all: :meth:`read` takes it
+                size_at = line_end + 2 + int(size_text, 16)
+                if size_at == line_end + 2 or size_at + 2 > end or buffer[size_at:size_at + 2] != b"\r\n":
+                    break  # the last chunk, or one not all here: :meth:`read` takes it
+                pieces.append(buffer[line_end + 2:size_at])
+                at = size_at + 2
+            if at:
+                del buffer[:at]
             piece = self.read(buffer)
             if not piece:
                 return b"".join(pieces) if pieces else piece
