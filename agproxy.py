@@ -5334,7 +5334,15 @@ class OpenAIStreamTranslator:
             reasoning = delta.get("reasoning_content") or delta.get("reasoning")
             if isinstance(reasoning, str) and reasoning:
                 self._take(out, ("thinking", reasoning))
-            for kind, text in content_parts(delta.get("content")) + content_parts(delta.get("refusal")):
+            content = delta.get("content")
+            if type(content) is str and self._open == "text" and not self._waiting:
+                if content:  # the usual chunk: more of the open text block, nothing waiting (as _take would)
+                    out.append(delta_event(self._index, "text_delta", "text", content, self.relayed))
+            else:
+                for kind, text in content_parts(content):
+                    self._take(out, (kind, text))
+            refusal = delta.get("refusal")
+            for kind, text in content_parts(refusal) if refusal else ():
                 self._take(out, (kind, text))
             calls = delta.get("tool_calls")
             if calls is not None and not isinstance(calls, list):
