@@ -6196,12 +6196,25 @@ class StrayLines:
 
     def feed(self, data: bytes) -> bool:
         """Take bytes; True when the stray lines make a whole JSON value (call :meth:`error`)."""
+        if self._stray is None and self._head:  # a line the last read began: it alone is read slowly
+            line_break = _LINE_BREAK.search(data)
+            if line_break is not None and line_break.end() < len(data):
+                return self._lines(data[:line_break.end()]) | self.feed(data[line_break.end():])
         at_line_start = self._stray is None and not self._head
-        if (at_line_start or self._stray is False) and \
-                not _STRAY_LINE_START.search(b"\n" + data if at_line_start else data):
-            # the fast way, for the usual read: every line in it an SSE line
-            self._stray = None if data[-1:] in (b"\n", b"\r") else False
-            return False
+        if at_line_start or self._stray is False:
+            if not _STRAY_LINE_START.search(b"\n" + data if at_line_start else data):
+                # the fast way, for the usual read: every line in it an SSE line
+                self._stray = None if data[-1:] in (b"\n", b"\r") else False
+                return False
+            last = max(data.rfind(b"\n"), data.rfind(b"\r"))
+            if last >= 0 and not _STRAY_LINE_START.search(b"\n" + data[:last + 1] if at_line_start
+                                                          else data[:last + 1]):
+                self._stray = None  # SSE lines all, but the last one, begun (a read cut it): it is read slowly
+                data = data[last + 1:]
+        return self._lines(data)
+
+    def _lines(self, data: bytes) -> bool:
+        """:meth:`feed` line by line."""
         pieces = _LINE_BREAK.split(data)
         for number, piece in enumerate(pieces):
             ended = number < len(pieces) - 1

@@ -730,6 +730,27 @@ def test_an_error_gemini_writes_into_its_stream_is_seen_however_the_bytes_are_sp
                    if e.event == "content_block_delta") == "one two"
 
 
+STRAY_OR_NOT = [b"data: {}", b"data:", b"d", b"da", b"dat", b":", b"", b"  ", b"        x", b"event: e", b"retry: 1",
+                b'{"error": {', b'"code": 1', b"}}", b"<html>", b"dx"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(STRAY_OR_NOT), max_size=10), st.sampled_from([b"\n", b"\r\n", b"\r"]),
+       st.lists(st.integers(1, 120), max_size=6))
+def test_stray_lines_are_told_apart_however_the_bytes_are_split(lines, newline, cuts):
+    raw = newline.join(lines) + newline
+    whole = agproxy.StrayLines()
+    whole.feed(raw)
+    whole.end()
+    split, start = agproxy.StrayLines(), 0
+    for cut in sorted(set(cuts)) + [len(raw)]:
+        if raw[start:cut]:
+            split.feed(raw[start:cut])
+            start = cut
+    split.end()
+    assert bytes(split.text) == bytes(whole.text) and split._whole == whole._whole
+
+
 @pytest.mark.parametrize("garbage", [b"<html>oops</html>\n", b"{not json}\n", b'{"candidates": []}\n'])
 def test_stray_lines_that_are_not_an_error_fail_the_stream(garbage):
     from tests.test_pipeline import ScriptedResponse
