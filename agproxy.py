@@ -6349,10 +6349,11 @@ class GeminiStreamTranslator:
             self.finished = True
             self._start(out, None)
             return out + [gemini_error_event(chunk)]
-        if not any(key in chunk for key in ("candidates", "promptFeedback", "usageMetadata")):
+        if "candidates" not in chunk and "promptFeedback" not in chunk and "usageMetadata" not in chunk:
             raise UpstreamFailure("upstream sent something that is not a Gemini response (no candidates, "
                                   "promptFeedback or usageMetadata)")
-        self._start(out, chunk.get("responseId"))
+        if not self.started:
+            self._start(out, chunk.get("responseId"))
         if isinstance(chunk.get("usageMetadata"), dict):
             self._usage = chunk["usageMetadata"]  # each chunk's is the whole so far: the last one counts
         feedback = chunk.get("promptFeedback")
@@ -6367,7 +6368,12 @@ class GeminiStreamTranslator:
         if parts is not None and not isinstance(parts, list):
             raise UpstreamFailure("upstream sent a candidate whose parts is not a list")
         for part in parts or []:
-            if isinstance(part, dict):
+            if not isinstance(part, dict):
+                continue
+            if len(part) == 1 and self._open == "text" and type(part.get("text")) is str:
+                if part["text"]:  # the usual part: more of the open text block (as _part would)
+                    out.append(delta_event(self._index, "text_delta", "text", part["text"], self.relayed))
+            else:
                 self._part(out, part)
         if isinstance(candidate.get("finishReason"), str):
             self._finish_reason = candidate["finishReason"][:100]
