@@ -2274,12 +2274,15 @@ class SSEDecoder:
             if end >= 0:
                 lines = bytes(buffer[:end]).decode("utf-8", "replace").split("\n")
                 del buffer[: end + 1]
-                for line in lines:
-                    if line[:6] == "data: ":  # the usual line, taken here (as :meth:`_line` would)
+                for line in lines:  # the usual lines taken here (as :meth:`_line` would), the rest there
+                    if line[:6] == "data: ":
                         self._data.append(line[6:])
                         self._data_size += len(line) - 5
                         if self._data_size > self.max_event_bytes:
                             raise SSEError(f"SSE event exceeds {self.max_event_bytes} bytes")
+                    elif not line and self._data and self._id is None:  # the end of an event without an id
+                        events.append(SSEEvent(self._event or "message", "\n".join(self._data), self._last_id))
+                        self._event, self._data, self._data_size = "", [], 0
                     else:
                         self._line(line, events)
             if len(buffer) + self._data_size > self.max_event_bytes:
@@ -6202,14 +6205,14 @@ class StrayLines:
                 return self._lines(data[:line_break.end()]) | self.feed(data[line_break.end():])
         at_line_start = self._stray is None and not self._head
         if at_line_start or self._stray is False:
-            if not _STRAY_LINE_START.search(b"\n" + data if at_line_start else data):
-                # the fast way, for the usual read: every line in it an SSE line
-                self._stray = None if data[-1:] in (b"\n", b"\r") else False
-                return False
             last = max(data.rfind(b"\n"), data.rfind(b"\r"))
-            if last >= 0 and not _STRAY_LINE_START.search(b"\n" + data[:last + 1] if at_line_start
-                                                          else data[:last + 1]):
-                self._stray = None  # SSE lines all, but the last one, begun (a read cut it): it is read slowly
+            lines = data if last < 0 or last == len(data) - 1 else data[:last + 1]
+            if not _STRAY_LINE_START.search(b"\n" + lines if at_line_start else lines):
+                # the fast way, for the usual read: every line in it an SSE line
+                if lines is data:
+                    self._stray = None if last >= 0 else False
+                    return False
+                self._stray = None  # ... but the last one, begun (a read cut it): it alone is read slowly
                 data = data[last + 1:]
         return self._lines(data)
 
