@@ -5327,13 +5327,17 @@ class OpenAIStreamTranslator:
         choices = chunk.get("choices")
         if choices is not None and not isinstance(choices, list):
             raise UpstreamFailure("upstream sent a chunk whose choices is not a list")
-        self._start(out, chunk.get("id"))
-        if isinstance(chunk.get("usage"), dict):
-            self._usage = openai_usage(chunk["usage"])
+        if not self.started:
+            self._start(out, chunk.get("id"))
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):
+            self._usage = openai_usage(usage)
         for choice in choices or []:
             if not isinstance(choice, dict) or (choice.get("index") or 0) != 0:
                 continue
-            delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
+            delta = choice.get("delta")
+            if not isinstance(delta, dict):
+                delta = {}
             reasoning = delta.get("reasoning_content") or delta.get("reasoning")
             if isinstance(reasoning, str) and reasoning:
                 self._take(out, ("thinking", reasoning))
