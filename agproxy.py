@@ -6356,7 +6356,8 @@ class GeminiStreamTranslator:
         out: List[Event] = []
         if self.finished:
             return out
-        if isinstance(chunk.get("error"), dict):
+        error = chunk.get("error")
+        if error is not None and isinstance(error, dict):
             self.finished = True
             self._start(out, None)
             return out + [gemini_error_event(chunk)]
@@ -6365,17 +6366,18 @@ class GeminiStreamTranslator:
                                   "promptFeedback or usageMetadata)")
         if not self.started:
             self._start(out, chunk.get("responseId"))
-        if isinstance(chunk.get("usageMetadata"), dict):
-            self._usage = chunk["usageMetadata"]  # each chunk's is the whole so far: the last one counts
+        usage = chunk.get("usageMetadata")
+        if isinstance(usage, dict):
+            self._usage = usage  # each chunk's is the whole so far: the last one counts
         feedback = chunk.get("promptFeedback")
-        if isinstance(feedback, dict) and isinstance(feedback.get("blockReason"), str):
+        if feedback is not None and isinstance(feedback, dict) and isinstance(feedback.get("blockReason"), str):
             self._block_reason = feedback["blockReason"][:100]
         candidates = chunk.get("candidates")
         if candidates is not None and not isinstance(candidates, list):
             raise UpstreamFailure("upstream sent a chunk whose candidates is not a list")
         candidate = candidates[0] if candidates and isinstance(candidates[0], dict) else {}
-        content = candidate.get("content") if isinstance(candidate.get("content"), dict) else {}
-        parts = content.get("parts")
+        content = candidate.get("content")
+        parts = content.get("parts") if isinstance(content, dict) else None
         if parts is not None and not isinstance(parts, list):
             raise UpstreamFailure("upstream sent a candidate whose parts is not a list")
         for part in parts or []:
@@ -6386,8 +6388,9 @@ class GeminiStreamTranslator:
                     out.append(delta_event(self._index, "text_delta", "text", part["text"], self.relayed))
             else:
                 self._part(out, part)
-        if isinstance(candidate.get("finishReason"), str):
-            self._finish_reason = candidate["finishReason"][:100]
+        finish_reason = candidate.get("finishReason")
+        if finish_reason is not None and isinstance(finish_reason, str):
+            self._finish_reason = finish_reason[:100]
             self._finish_message = str(candidate.get("finishMessage") or "")[:1000]
         return out
 
@@ -12453,18 +12456,22 @@ class CallFacts:
 
     def relayed(self, batch: List[Event]) -> None:
         """Take note of a relayed batch: the characters of its content, and its final usage."""
+        chars = 0
         for event in batch:
-            if event.name == "content_block_delta":
-                if event.raw is not None:  # its last string is its content: `..."text":"Hello"}}` + blank line
-                    raw = event.raw
+            name = event.name
+            if name == "content_block_delta":
+                raw = event.raw
+                if raw is not None:  # its last string is its content: `..."text":"Hello"}}` + blank line
                     start = max(raw.rfind(b'":"'), raw.rfind(b'": "') + 1)
-                    self.relayed_chars += max(0, len(raw) - start - _DELTA_TAIL_BYTES) if start > 0 else 0
+                    if start > 0:
+                        chars += max(0, len(raw) - start - _DELTA_TAIL_BYTES)
                 else:
                     delta = event.data.get("delta") if isinstance(event.data.get("delta"), dict) else {}
                     content = delta.get("text") or delta.get("partial_json") or delta.get("thinking")
-                    self.relayed_chars += len(content) if isinstance(content, str) else 0
-            elif event.name == "message_delta":
+                    chars += len(content) if isinstance(content, str) else 0
+            elif name == "message_delta":
                 self.final_usage = True
+        self.relayed_chars += chars
 
     def cut_output(self) -> None:
         """A relayed stream that ended before its final usage counts at least the output it relayed
