@@ -5338,29 +5338,34 @@ class OpenAIStreamTranslator:
             delta = choice.get("delta")
             if not isinstance(delta, dict):
                 delta = {}
-            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
-            if isinstance(reasoning, str) and reasoning:
-                self._take(out, ("thinking", reasoning))
             content = delta.get("content")
-            if type(content) is str and self._open == "text" and not self._waiting:
+            if len(delta) == 1 and type(content) is str and self._open == "text" and not self._waiting:
                 if content:  # the usual chunk: more of the open text block, nothing waiting (as _take would)
                     out.append(delta_event(self._index, "text_delta", "text", content, self.relayed))
             else:
-                for kind, text in content_parts(content):
-                    self._take(out, (kind, text))
-            refusal = delta.get("refusal")
-            for kind, text in content_parts(refusal) if refusal else ():
-                self._take(out, (kind, text))
-            calls = delta.get("tool_calls")
-            if calls is not None and not isinstance(calls, list):
-                raise UpstreamFailure("upstream sent a chunk whose tool_calls is not a list")
-            for call in calls or []:
-                if isinstance(call, dict):
-                    self._take(out, ("tool", self._call_key(call), call))
+                self._take_delta(out, delta, content)
             if choice.get("finish_reason"):
                 self.saw_finish = True
                 self._stop_reason, self._stop_sequence = _stop_reason(choice, self.stop_sequences)
         return out
+
+    def _take_delta(self, out: List[Event], delta: Dict[str, Any], content: Any) -> None:
+        """A choice's delta (``content`` its content), fragment by fragment: reasoning, content,
+        refusal, tool calls."""
+        reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+        if isinstance(reasoning, str) and reasoning:
+            self._take(out, ("thinking", reasoning))
+        for kind, text in content_parts(content):
+            self._take(out, (kind, text))
+        refusal = delta.get("refusal")
+        for kind, text in content_parts(refusal) if refusal else ():
+            self._take(out, (kind, text))
+        calls = delta.get("tool_calls")
+        if calls is not None and not isinstance(calls, list):
+            raise UpstreamFailure("upstream sent a chunk whose tool_calls is not a list")
+        for call in calls or []:
+            if isinstance(call, dict):
+                self._take(out, ("tool", self._call_key(call), call))
 
     def _call_key(self, call: Dict[str, Any]) -> str:
         """Which call a tool-call fragment belongs to. By ``index``, except that a new id at an
