@@ -13464,8 +13464,8 @@ async def gemini_events(response: UpstreamResponse, translator: GeminiStreamTran
                 parsed = loads_strict(data)
             except ValueError:
                 raise UpstreamFailure(f"upstream sent a chunk that is not JSON: {data[:100]!r}") from None
-            for item in parsed if isinstance(parsed, list) else [parsed]:
-                if not isinstance(item, dict):
+            for item in parsed if type(parsed) is list else (parsed,):
+                if type(item) is not dict:
                     raise UpstreamFailure(f"upstream sent a chunk that is not a JSON object: {data[:100]!r}")
                 out += translator.feed(item)
                 if native is not None and not translator.finished:
