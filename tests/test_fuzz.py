@@ -421,6 +421,17 @@ def test_request_pipeline_takes_any_shape(body: Dict[str, Any], profile: str) ->
         return
 
 
+def _depth(value: Any) -> int:
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else None
+    return 0 if items is None else 1 + max([_depth(item) for item in items], default=0)
+
+
+@given(JSON, st.integers(min_value=1, max_value=6))
+def test_depth_walk_agrees_with_a_recursive_count(value: Any, limit: int) -> None:
+    """The level-by-level depth check says "too deep" exactly when the nesting exceeds the limit."""
+    assert agproxy._too_deep(value, limit) == (_depth(value) > limit)
+
+
 COUNT_FIELDS = ["model", "messages", "max_tokens", "stream", "system", "tools", "tool_choice", "stop_sequences",
                 "thinking", "metadata", "temperature", "top_p", "top_k"]
 
