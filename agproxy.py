@@ -2912,6 +2912,26 @@ def sanitize_request(body: Dict[str, Any], profile: Profile, *, drop_paths: Iter
     return changes
 
 
+def sanitizable_copy(body: Dict[str, Any], profile: Profile, drop_paths: Sequence[str]) -> Optional[Dict[str, Any]]:
+    """A copy of ``body`` that :func:`sanitize_request` (with ``profile`` and ``drop_paths``),
+    :func:`strip_thinking_history` and :func:`_fit_max_tokens` may change in place without changing
+    ``body``, made in time linear in its messages rather than its bytes: only the levels they change
+    in place are copied (the body, its ``thinking`` and ``context_management``, each tool, each
+    message); the blocks and everything under them are shared, since they only replace those.
+    None where they would change a deeper level (a learned path, or a profile that strips
+    ``cache_control`` from every block): the caller then makes a deep copy."""
+    if drop_paths or not profile.cache_control:
+        return None
+    copied = dict(body)
+    for key in ("thinking", "context_management"):
+        if isinstance(copied.get(key), dict):
+            copied[key] = dict(copied[key])
+    for key in ("tools", "messages"):
+        if isinstance(copied.get(key), list):
+            copied[key] = [dict(item) if isinstance(item, dict) else item for item in copied[key]]
+    return copied
+
+
 #: The line Claude Code puts first in its system prompt: ``x-anthropic-billing-header: cc_version=...;
 #: cc_entrypoint=...;``. It varies by release (by request in some), so for any upstream but
 #: Anthropic it only busts the prompt prefix cache.
@@ -12806,7 +12826,8 @@ class AnthropicAdapter(Adapter):
         when nothing needs changing."""
         upstream, route, state = call.upstream, call.route, self.state
         raw = call.raw
-        body = call.private_body()
+        drop_paths = state.learned.fields(upstream.name) + trial.fields
+        body = sanitizable_copy(call.body, upstream.rules, drop_paths) or call.private_body()
         changes: Dict[str, int] = {}
         if body.get("model") != route.model:
             body["model"] = route.model
@@ -12815,8 +12836,7 @@ class AnthropicAdapter(Adapter):
             body["stream"] = True
             changes["stream_forced"] = 1
         _fit_max_tokens(body, trial.max_tokens, changes)
-        changes.update(sanitize_request(body, upstream.rules,
-                                        drop_paths=state.learned.fields(upstream.name) + trial.fields,
+        changes.update(sanitize_request(body, upstream.rules, drop_paths=drop_paths,
                                         drop_thinking=state.signatures.foreign_to(upstream.name)))
         if strip_thinking:
             changes.update(strip_thinking_history(body))

@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 
 import agproxy
 from tests.conftest import Agproxy, clean_env, write_config
+from tests.corpus import corpus
 from tests.fakes.misbehaving import KEYS, RECIPES, Action, Ctx, MisbehavingUpstream, Send, good, live_config
 from tests.wire_check import (
     Answer,
@@ -419,6 +420,40 @@ def test_request_pipeline_takes_any_shape(body: Dict[str, Any], profile: str) ->
             assert_client_safe(parsed)
     except agproxy.AgproxyError:
         return
+
+
+CORPUS_BODIES = [body for _, _, body in corpus()]
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(REQUEST | st.sampled_from(CORPUS_BODIES), st.sampled_from(["anthropic", "compatible", "openai"]),
+       st.booleans(), st.booleans(), st.sampled_from([None, 1, 2000]))
+def test_sanitizing_the_cheap_copy_leaves_the_request_alone(body: Dict[str, Any], profile: str, strip: bool,
+                                                           foreign: bool, max_tokens: Optional[int]) -> None:
+    """The copy the Anthropic adapter sanitizes (:func:`sanitizable_copy`, which shares the blocks
+    with the client's parsed request) comes out of everything ``prepare`` does to it as a deep copy
+    would, and the request it was copied from is unchanged (a retry on another upstream starts from it)."""
+    try:
+        raw = json.dumps(body).encode()
+        parsed = agproxy.parse_json_body(raw)
+        agproxy.validate_messages_request(parsed)
+    except (ValueError, UnicodeEncodeError, agproxy.AgproxyError):
+        return
+    rules = agproxy.PROFILE_DEFAULTS[profile]
+    copied = agproxy.sanitizable_copy(parsed, rules, [])
+    if copied is None:
+        assert not rules.cache_control
+        return
+    results = []
+    for working in (copied, json.loads(raw)):
+        changes: Dict[str, int] = {}
+        agproxy._fit_max_tokens(working, max_tokens, changes)
+        changes.update(agproxy.sanitize_request(working, rules, drop_thinking=lambda block: foreign))
+        if strip:
+            changes.update(agproxy.strip_thinking_history(working))
+        results.append((json.dumps(working), changes))
+    assert results[0] == results[1]
+    assert json.dumps(parsed) == raw.decode()
 
 
 def _depth(value: Any) -> int:
