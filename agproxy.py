@@ -1451,6 +1451,9 @@ class Request:
     version: Tuple[int, int]
     headers: Headers
     body: Optional[bytes] = None
+    #: where each member's value of the JSON object ``body`` holds lies in its text, once it is parsed
+    #: (:func:`parse_json_body`): a changed request is written again from the unchanged ones' text
+    body_spans: Optional[Dict[str, Tuple[int, int]]] = None
 
     @property
     def path(self) -> str:
@@ -2380,6 +2383,8 @@ def _no_constant(name: str) -> Any:
 
 
 _STRICT_JSON = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite_float)
+_JSON_SPACE = re.compile(r"[ \t\n\r]*")
+_scan_json_string = json.decoder.scanstring
 _HIGH_SURROGATE = r"\\u[dD][89abAB][0-9a-fA-F]{2}"
 _LOW_SURROGATE = r"\\u[dD][c-fC-F][0-9a-fA-F]{2}"
 #: An unpaired surrogate escape (after an even run of backslashes, so it is an escape).
@@ -2393,18 +2398,62 @@ _LONE_SURROGATE_BYTES = re.compile(_LONE_SURROGATE.encode())
 _WALK_UNCOUNTED_CHARS = 64 * 1024
 
 
-def _decode_bounded(text: str, max_depth: int) -> Any:
+def _scan_object(text: str, spans: Dict[str, Tuple[int, int]]) -> Optional[Dict[str, Any]]:
+    """``text`` decoded as one JSON object by the strict decoder, one member at a time, noting in
+    ``spans`` where each member's value lies in ``text`` (for a key given twice, the last, as the
+    object holds); None where it is not a plain object with whitespace at most around it, or a
+    member's value is not JSON (the caller decodes it the usual way, for the error's words)."""
+    skip = _JSON_SPACE.match
+    i = skip(text, 0).end()
+    if not text.startswith("{", i):
+        return None
+    value: Dict[str, Any] = {}
+    i = skip(text, i + 1).end()
+    while not text.startswith("}", i) or value:
+        if not text.startswith('"', i):
+            return None
+        key, i = _scan_json_string(text, i + 1, True)
+        i = skip(text, i).end()
+        if not text.startswith(":", i):
+            return None
+        i = skip(text, i + 1).end()
+        try:
+            value[key], end = _STRICT_JSON.scan_once(text, i)
+        except StopIteration:
+            return None
+        spans[key] = (i, end)
+        i = skip(text, end).end()
+        if text.startswith("}", i):
+            break
+        if not text.startswith(",", i):
+            return None
+        i = skip(text, i + 1).end()
+    return value if skip(text, i + 1).end() == len(text) else None
+
+
+def _decode_bounded(text: str, max_depth: int, spans: Optional[Dict[str, Tuple[int, int]]] = None) -> Any:
     """``text`` decoded by the strict decoder, refused (:class:`JSONTooDeep`) when it nests deeper
     than ``max_depth``. The depth is walked only when the text has that many brackets at all: a
     short text costs nothing more, a longer one two counts of characters; a long one (a request)
-    always has that many, so its containers are walked without counting."""
+    always has that many, so its containers are walked without counting. Given ``spans``, an
+    object's members are decoded one by one and their places noted there (:func:`_scan_object`)."""
     try:
-        try:  # the usual text, one value with nothing around it, in one call of the C scanner
-            value, end = _STRICT_JSON.scan_once(text, 0)
-        except StopIteration:
-            end = -1
+        value = _scan_object(text, spans) if spans is not None else None
+        if value is not None:
+            end = len(text)
+        else:
+            if spans:
+                spans.clear()
+            try:  # the usual text, one value with nothing around it, in one call of the C scanner
+                value, end = _STRICT_JSON.scan_once(text, 0)
+            except StopIteration:
+                end = -1
         if end != len(text):  # whitespace around it, or not JSON: decode() skips the one and words the other
             value = _STRICT_JSON.decode(text)
+    except ValueError:
+        if spans:
+            spans.clear()
+        raise
     except RecursionError:
         raise JSONTooDeep("JSON nested too deeply") from None
     if len(text) <= 2 * max_depth:
@@ -2416,19 +2465,19 @@ def _decode_bounded(text: str, max_depth: int) -> Any:
 
 
 def loads_strict(data: Union[bytes, str], repair_surrogates: bool = True,
-                 max_depth: int = MAX_UPSTREAM_JSON_DEPTH) -> Any:
+                 max_depth: int = MAX_UPSTREAM_JSON_DEPTH, spans: Optional[Dict[str, Tuple[int, int]]] = None) -> Any:
     """``json.loads`` that refuses what is not JSON although Python takes it: ``NaN``,
     ``Infinity``, numbers too large for a float or with more digits than ``int()`` takes, nesting
     deeper than ``max_depth`` (:class:`JSONTooDeep`). Raises ``ValueError``
     (``UnicodeDecodeError`` for bytes that are not UTF-8 is one). Everything an upstream sends is
     read with it; an unpaired surrogate escape in it becomes U+FFFD, so that what agproxy passes
-    on is valid Unicode."""
+    on is valid Unicode. ``spans``: see :func:`_decode_bounded`."""
     if repair_surrogates and ("\\u" in data if isinstance(data, str) else b"\\u" in data):
         if isinstance(data, str):
             data = _LONE_SURROGATE_TEXT.sub(r"\1\\ufffd", data)
         else:
             data = _LONE_SURROGATE_BYTES.sub(rb"\1\\ufffd", data)
-    return _decode_bounded(data if isinstance(data, str) else data.decode("utf-8"), max_depth)
+    return _decode_bounded(data if isinstance(data, str) else data.decode("utf-8"), max_depth, spans)
 
 
 def _too_deep(value: Any, limit: int) -> bool:
@@ -2443,14 +2492,15 @@ def _too_deep(value: Any, limit: int) -> bool:
     return bool(level)
 
 
-def parse_json_body(body: bytes) -> Dict[str, Any]:
+def parse_json_body(body: bytes, spans: Optional[Dict[str, Tuple[int, int]]] = None) -> Dict[str, Any]:
     """The request body as a JSON object, or an :class:`InvalidRequest` saying what is wrong:
     not JSON (``NaN`` and out-of-range numbers included), nested deeper than
-    :data:`MAX_JSON_DEPTH`, or a string with an unpaired surrogate (it cannot be sent on as UTF-8)."""
+    :data:`MAX_JSON_DEPTH`, or a string with an unpaired surrogate (it cannot be sent on as UTF-8).
+    ``spans`` (a dict) gets where each member's value lies in the body's text (:func:`spliced_json`)."""
     if not body:
         raise InvalidRequest("request body is empty; expected a JSON object")
     try:
-        value = loads_strict(body, repair_surrogates=False, max_depth=MAX_JSON_DEPTH)
+        value = loads_strict(body, repair_surrogates=False, max_depth=MAX_JSON_DEPTH, spans=spans)
     except JSONTooDeep:
         raise InvalidRequest(f"request body nests deeper than {MAX_JSON_DEPTH} levels") from None
     except ValueError as exc:
@@ -2930,6 +2980,26 @@ def sanitizable_copy(body: Dict[str, Any], profile: Profile, drop_paths: Sequenc
         if isinstance(copied.get(key), list):
             copied[key] = [dict(item) if isinstance(item, dict) else item for item in copied[key]]
     return copied
+
+
+def spliced_json(raw: bytes, spans: Dict[str, Tuple[int, int]], original: Dict[str, Any],
+                 changed: Dict[str, Any]) -> bytes:
+    """``changed``, a copy of ``original`` (the object ``raw`` holds) with some members changed, as
+    JSON bytes in which each member kept as it was is the client's own text (``spans``: where each
+    value lies in ``raw``'s text, :func:`parse_json_body`) rather than encoded again: a 2 MB Claude
+    Code body whose model or stream flag changed costs a decode and an encode of its text, not a
+    ``json.dumps`` of its messages. A member counts as kept when its value is equal and of the same
+    type (``changed``'s copies of the messages compare in time linear in their count, the blocks
+    being shared)."""
+    text = raw.decode("utf-8")
+    pieces = []
+    for key, value in changed.items():
+        span = spans.get(key)
+        kept = span is not None and key in original and (
+            original[key] is value or (type(original[key]) is type(value) and original[key] == value))
+        pieces.append(json.dumps(key, ensure_ascii=False) + ":"
+                      + (text[span[0]:span[1]] if kept else json.dumps(value, ensure_ascii=False)))
+    return ("{" + ",".join(pieces) + "}").encode("utf-8")
 
 
 #: The line Claude Code puts first in its system prompt: ``x-anthropic-billing-header: cc_version=...;
@@ -11835,7 +11905,8 @@ class Server(Application):
                 f"Content-Type must be application/json, got {request.header('content-type') or 'none'!r}",
                 status=415,
             )
-        body = parse_json_body(request.body or b"")
+        request.body_spans = {}
+        body = parse_json_body(request.body or b"", request.body_spans)
         if len(request.body or b"") > _YIELD_AFTER_PARSE_BYTES:
             await asyncio.sleep(0)
         return body
@@ -11920,7 +11991,8 @@ class Server(Application):
         exchange.record.upstream, exchange.record.account = route.upstream.name, account.name
         return Call(body, raw, request.headers, route, account,
                     [("X-Mapped-Model", route.model), ("X-Account-Email", account.name)], exchange.on_client_gone,
-                    self.config.force_stream_internally, self.config.ping_interval_s)
+                    self.config.force_stream_internally, self.config.ping_interval_s,
+                    raw_spans=request.body_spans if raw is request.body else None)
 
     def _relay(self, answer: AnswerStream, call: Call, record: RequestRecord, pool: AccountPool,
                encoder: StreamEncoder, stream_headers: Headers) -> StreamingResponse:
@@ -12448,6 +12520,9 @@ class Call:
     #: protocol (:meth:`Dialect.native`), and whether the client gets the stream's usage chunk
     native: Optional[Dict[str, Any]] = None
     native_usage_chunk: bool = True
+    #: where each member's value lies in ``raw``'s text, where ``body`` is ``raw`` parsed (the client's
+    #: own bytes): a changed body is written from its unchanged members' text (:func:`spliced_json`)
+    raw_spans: Optional[Dict[str, Tuple[int, int]]] = None
 
     @property
     def upstream(self) -> Upstream:
@@ -12851,6 +12926,8 @@ class AnthropicAdapter(Adapter):
         if not changes:
             return raw, body, beta
         call.facts.changes.append(("sanitize", changes))
+        if call.raw_spans:
+            return spliced_json(raw, call.raw_spans, call.body, body), body, beta
         return json.dumps(body, ensure_ascii=False).encode("utf-8"), body, beta
 
     def answer_events(self, response: UpstreamResponse, call: Call, estimate: int) -> AsyncIterator[List[Event]]:

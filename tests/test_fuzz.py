@@ -456,6 +456,35 @@ def test_sanitizing_the_cheap_copy_leaves_the_request_alone(body: Dict[str, Any]
     assert json.dumps(parsed) == raw.decode()
 
 
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(REQUEST | st.sampled_from(CORPUS_BODIES), st.sampled_from([None, 0, 2]), st.booleans(), st.booleans(),
+       st.sampled_from([None, 1, 2000]), st.sampled_from(["anthropic", "compatible"]))
+def test_a_changed_request_written_from_its_own_text_says_what_json_dumps_says(
+        body: Dict[str, Any], indent: Optional[int], rename: bool, stream: bool, max_tokens: Optional[int],
+        profile: str) -> None:
+    """A request the Anthropic adapter changed is written from the client's own text of the members
+    it kept (:func:`spliced_json`, with the places :func:`parse_json_body` noted), however the client
+    spaced it: the result is valid JSON and decodes to what ``json.dumps`` of the changed body says."""
+    try:
+        raw = json.dumps(body, indent=indent, ensure_ascii=bool(rename)).encode()
+        spans: Dict[str, Tuple[int, int]] = {}
+        parsed = agproxy.parse_json_body(raw, spans)
+        agproxy.validate_messages_request(parsed)
+    except (ValueError, UnicodeEncodeError, agproxy.AgproxyError):
+        return
+    assert set(spans) == set(parsed)
+    changed = json.loads(raw)
+    if rename:
+        changed["model"] = "renamed-model"
+    if stream:
+        changed["stream"] = True
+    agproxy._fit_max_tokens(changed, max_tokens, {})
+    agproxy.sanitize_request(changed, agproxy.PROFILE_DEFAULTS[profile])
+    written = agproxy.spliced_json(raw, spans, parsed, changed)
+    assert json.loads(written) == json.loads(json.dumps(changed))
+    assert list(json.loads(written)) == list(changed)
+
+
 def _depth(value: Any) -> int:
     items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else None
     return 0 if items is None else 1 + max([_depth(item) for item in items], default=0)
