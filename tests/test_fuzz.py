@@ -17,6 +17,7 @@ upstreams, JSON shapes of requests, events and chunks of upstream streams.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import socket
@@ -423,10 +424,12 @@ def test_request_pipeline_takes_any_shape(body: Dict[str, Any], profile: str) ->
 
 
 CORPUS_BODIES = [body for _, _, body in corpus()]
+#: a config's own profile: every change the compatible one makes to a request, but cache_control kept
+CUSTOM_PROFILE = dataclasses.replace(agproxy.PROFILE_DEFAULTS["compatible"], cache_control=True)
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(REQUEST | st.sampled_from(CORPUS_BODIES), st.sampled_from(["anthropic", "compatible", "openai"]),
+@given(REQUEST | st.sampled_from(CORPUS_BODIES), st.sampled_from(["anthropic", "compatible", "openai", "custom"]),
        st.booleans(), st.booleans(), st.sampled_from([None, 1, 2000]))
 def test_sanitizing_the_cheap_copy_leaves_the_request_alone(body: Dict[str, Any], profile: str, strip: bool,
                                                            foreign: bool, max_tokens: Optional[int]) -> None:
@@ -439,7 +442,7 @@ def test_sanitizing_the_cheap_copy_leaves_the_request_alone(body: Dict[str, Any]
         agproxy.validate_messages_request(parsed)
     except (ValueError, UnicodeEncodeError, agproxy.AgproxyError):
         return
-    rules = agproxy.PROFILE_DEFAULTS[profile]
+    rules = CUSTOM_PROFILE if profile == "custom" else agproxy.PROFILE_DEFAULTS[profile]
     copied = agproxy.sanitizable_copy(parsed, rules, [])
     if copied is None:
         assert not rules.cache_control
