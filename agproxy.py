@@ -2987,19 +2987,30 @@ def spliced_json(raw: bytes, spans: Dict[str, Tuple[int, int]], original: Dict[s
     """``changed``, a copy of ``original`` (the object ``raw`` holds) with some members changed, as
     JSON bytes in which each member kept as it was is the client's own text (``spans``: where each
     value lies in ``raw``'s text, :func:`parse_json_body`) rather than encoded again: a 2 MB Claude
-    Code body whose model or stream flag changed costs a decode and an encode of its text, not a
-    ``json.dumps`` of its messages. A member counts as kept when its value is equal and of the same
-    type (``changed``'s copies of the messages compare in time linear in their count, the blocks
-    being shared)."""
-    text = raw.decode("utf-8")
+    Code body whose model or stream flag changed costs a copy of its bytes (and a decode, where
+    they are not all ASCII), not a ``json.dumps`` of its messages. A member counts as kept when its
+    value is equal and of the same type (``changed``'s copies of the messages compare in time
+    linear in their count, the blocks being shared)."""
+    text = None if raw.isascii() else raw.decode("utf-8")
+
+    def byte_at(index: int) -> int:
+        """Where character ``index`` of the text is in ``raw``: the shorter side of it encoded (a big
+        body's few members lie near its ends, around its messages)."""
+        if text is None:
+            return index
+        if index <= len(text) - index:
+            return len(text[:index].encode("utf-8"))
+        return len(raw) - len(text[index:].encode("utf-8"))
+
     pieces = []
     for key, value in changed.items():
         span = spans.get(key)
         kept = span is not None and key in original and (
             original[key] is value or (type(original[key]) is type(value) and original[key] == value))
-        pieces.append(json.dumps(key, ensure_ascii=False) + ":"
-                      + (text[span[0]:span[1]] if kept else json.dumps(value, ensure_ascii=False)))
-    return ("{" + ",".join(pieces) + "}").encode("utf-8")
+        pieces.append(json.dumps(key, ensure_ascii=False).encode("utf-8") + b":"
+                      + (raw[byte_at(span[0]):byte_at(span[1])] if kept
+                         else json.dumps(value, ensure_ascii=False).encode("utf-8")))
+    return b"{" + b",".join(pieces) + b"}"
 
 
 #: The line Claude Code puts first in its system prompt: ``x-anthropic-billing-header: cc_version=...;
