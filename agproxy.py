@@ -6483,6 +6483,16 @@ def chat_error_body(status: int, error_type: str, message: str) -> Dict[str, Any
                       "code": _CHAT_ERROR_CODES.get(error_type)}}
 
 
+def overload_status(status: int) -> int:
+    """The status an OpenAI or Gemini client gets for agproxy's: Anthropic's overload (529) as
+    503, the overload status of OpenAI (``server_is_overloaded``) and Google (``UNAVAILABLE``).
+    Codex CLI 0.171.0 reads 529 as an "unknown status" and retries it as any other
+    (codex-rs/codex-api/src/api_bridge.rs, map_api_error: only a 503 can be ServerOverloaded);
+    Gemini CLI 0.61.0 reads a RetryInfo only from a 429, 499 or 503 (classifyGoogleError in its
+    bundle's googleQuotaErrors.js) and retries other 5xx on its own backoff."""
+    return 503 if status == 529 else status
+
+
 class ChatStreamEncoder(StreamEncoder):
     """The internal Anthropic events of one answer as a Chat Completions stream: one
     ``chat.completion.chunk`` per piece, one id throughout (from the Message's), the role in the
@@ -7067,9 +7077,10 @@ def _responses_reasoning(reasoning: Any, out: Dict[str, Any]) -> None:
 
 
 #: OpenAI's words (``type``, ``code``) for each Anthropic error type agproxy answers with. An
-#: overload is said as ``server_error``, not OpenAI's ``server_is_overloaded``: Codex 0.171.0 takes
-#: that one as final ("Selected model is at capacity") and stops, while it retries a server_error
-#: (5 times, observed), and an Anthropic overload clears in seconds.
+#: overload in a stream (``response.failed``) is said as ``server_error``, not OpenAI's
+#: ``server_is_overloaded``: Codex 0.171.0 takes that one as final ("Selected model is at
+#: capacity") and stops, while it retries the turn on a server_error, and agproxy cannot retry a
+#: stream begun. An overload answered before any stream is another matter (:func:`responses_error_body`).
 _RESPONSES_ERRORS = {
     "invalid_request_error": ("invalid_request_error", None),
     "request_too_large": ("invalid_request_error", "request_too_large"),
@@ -7100,10 +7111,34 @@ def _responses_error(error_type: str, message: str) -> Dict[str, Any]:
 
 def responses_error_body(status: int, error_type: str, message: str) -> Dict[str, Any]:
     """An agproxy error as the Responses API words it: ``{"error": {"message", "type", "param",
-    "code"}}`` (``status`` is the HTTP status it goes with; the error type decides the words)."""
+    "code"}}`` (``status`` is the HTTP status it goes with; the error type decides the words). An
+    overload is OpenAI's ``server_is_overloaded`` here (with 503, :func:`responses_error_status`):
+    agproxy has tried every attempt it may already, and Codex 0.171.0 tries that five times and
+    stops, where it tried a ``server_error`` five times five (30 requests a turn, 90 upstream)."""
     if error_type not in _RESPONSES_ERRORS:
         error_type = error_type_for_status(status)
-    return {"error": _responses_error(error_type, message)}
+    error = _responses_error(error_type, message)
+    if error_type == "overloaded_error":
+        error["code"] = "server_is_overloaded"
+    return {"error": error}
+
+
+#: 4xx a retry may change (a timeout, a conflict, a rate limit): Codex CLI may retry them as they are.
+_RESPONSES_RETRIED_4XX = (408, 409, 429)
+
+
+def responses_error_status(status: int) -> int:
+    """The status of an agproxy error on ``/v1/responses``, as Codex CLI 0.171.0 acts on it
+    (codex-rs/codex-api/src/api_bridge.rs, map_api_error, and CodexErr::is_retryable in
+    codex-rs/protocol/src/error.rs; observed the same): a 400 is InvalidRequest, final, and it
+    shows the body; any other 4xx but 429 is UnexpectedStatus, which it retries five times (a 403
+    or 401: six requests in 6 s, in vain); a 503 whose code is ``server_is_overloaded`` is
+    ServerOverloaded, final after its transport's five tries, where a 529 or 500 is tried five
+    times five (30 requests a turn, each retried by agproxy: 90 upstream). So a 4xx that retrying
+    cannot change is said as 400 (the body keeps its type and code), an overload as 503."""
+    if 400 < status < 500 and status not in _RESPONSES_RETRIED_4XX:
+        return 400
+    return overload_status(status)
 
 
 def _responses_usage(usage: Dict[str, Any], reasoning_tokens: int) -> Dict[str, Any]:
@@ -7542,6 +7577,9 @@ _GEMINI_ERROR_STATUS = {"invalid_request_error": "INVALID_ARGUMENT", "request_to
                         "billing_error": "PERMISSION_DENIED", "not_found_error": "NOT_FOUND",
                         "rate_limit_error": "RESOURCE_EXHAUSTED", "overloaded_error": "UNAVAILABLE",
                         "timeout_error": "UNAVAILABLE"}
+#: The google.rpc details of an error that Gemini CLI acts on (:func:`gemini_error_body`).
+_GEMINI_QUOTA_FAILURE = "type.googleapis.com/google.rpc.QuotaFailure"
+_GEMINI_RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
 #: The raw start of a thought signature agproxy made: the thinking blocks of the answer step that
 #: a function call ended, as JSON after it, the whole in base64 (Gemini's signatures are base64,
 #: and the google-genai SDK decodes them as bytes). Gemini CLI keeps a call's signature in its
@@ -8382,15 +8420,29 @@ def anthropic_message_to_gemini(message: Dict[str, Any], model: str, *, names: O
             "responseId": parts_of.response_id}
 
 
-def gemini_error_body(status: int, error_type: str, message: str) -> Dict[str, Any]:
+def gemini_error_body(status: int, error_type: str, message: str, retry_after_s: Optional[int] = None,
+                      quota_id: str = "") -> Dict[str, Any]:
     """agproxy's error (an Anthropic ``error_type``, answered with HTTP ``status``) as Gemini's
-    error JSON: ``{"error": {"code": status, "message", "status": google.rpc name}}``."""
+    error JSON: ``{"error": {"code": status, "message", "status": google.rpc name, "details"}}``.
+    ``details`` says what Gemini CLI 0.61.0 reads from a 429 or 503 (``classifyGoogleError`` in
+    its bundle's googleQuotaErrors.js; without details it retries with its own backoff, 5 s to
+    30 s, ten times): a ``QuotaFailure`` whose violation's quotaId contains ``PerDay``
+    (``quota_id``) is terminal, it stops at once; a ``RetryInfo`` (``retry_after_s``) is waited
+    before the next try, and is terminal over 300 s (MAX_RETRYABLE_DELAY_SECONDS)."""
     name = _GEMINI_ERROR_STATUS.get(error_type)
     if name is None:
         name = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
                 429: "RESOURCE_EXHAUSTED", 503: "UNAVAILABLE", 529: "UNAVAILABLE"}.get(
                     status, "INTERNAL" if status >= 500 else "FAILED_PRECONDITION")
-    return {"error": {"code": status, "message": message, "status": name}}
+    error: Dict[str, Any] = {"code": status, "message": message, "status": name}
+    details: List[Dict[str, Any]] = []
+    if quota_id:
+        details.append({"@type": _GEMINI_QUOTA_FAILURE, "violations": [{"quotaId": quota_id, "description": message}]})
+    if retry_after_s is not None:
+        details.append({"@type": _GEMINI_RETRY_INFO, "retryDelay": f"{max(0, retry_after_s)}s"})
+    if details:
+        error["details"] = details
+    return {"error": error}
 
 
 def gemini_count_json(counted: Dict[str, Any]) -> Dict[str, Any]:
@@ -9724,15 +9776,15 @@ def json_response(status: int, payload: Any, headers: Headers = ()) -> Response:
 _RETRYABLE_4XX = (408, 409, 429)
 
 
-def error_response(exc: AgproxyError, body: Any = None) -> Response:
-    """The one place an :class:`AgproxyError` becomes an HTTP response: its ``body`` (a client
-    dialect's shape of it; by default Anthropic's). An answer that retrying cannot change (a 4xx
+def error_response(exc: AgproxyError, body: Any = None, status: Optional[int] = None) -> Response:
+    """The one place an :class:`AgproxyError` becomes an HTTP response: its ``body`` and ``status``
+    (a client dialect's shape of it; by default Anthropic's). An answer that retrying cannot change (a 4xx
     but the three above, or an error marked ``final``) says ``x-should-retry: false``, so SDKs and
     Claude Code fail at once instead of retrying for minutes."""
     headers = list(exc.headers)
     if exc.final or (400 <= exc.status < 500 and exc.status not in _RETRYABLE_4XX):
         headers.append(("x-should-retry", "false"))
-    return json_response(exc.status, exc.body() if body is None else body, headers)
+    return json_response(exc.status if status is None else status, exc.body() if body is None else body, headers)
 
 
 @dataclasses.dataclass
@@ -10870,7 +10922,8 @@ class Server(Application):
     def error_answer(self, exc: AgproxyError, record: RequestRecord) -> Response:
         """The error answer, with the model sent and the account used where the request got that far
         (read from its record: nothing is written onto the error after it was raised)."""
-        response = error_response(exc, dialect_of_path(record.path).error_body(exc))
+        dialect = dialect_of_path(record.path)
+        response = error_response(exc, dialect.error_body(exc), dialect.error_status(exc))
         if record.mapped_model:
             response.headers.append(("X-Mapped-Model", record.mapped_model))
         if record.account and record.account != "warmup":
@@ -11363,6 +11416,10 @@ class Dialect:
         """agproxy's error as this client's error JSON."""
         return exc.body()
 
+    def error_status(self, exc: AgproxyError) -> int:
+        """The HTTP status this client gets for agproxy's error (what its retries act on)."""
+        return exc.status
+
     def count_json(self, counted: Dict[str, Any]) -> Any:
         """A token count (Anthropic's ``{"input_tokens": N}``) as this client's answer."""
         return counted
@@ -11405,6 +11462,9 @@ class ChatDialect(Dialect):
     def error_body(self, exc: AgproxyError) -> Any:
         return chat_error_body(exc.status, exc.error_type, exc.message)
 
+    def error_status(self, exc: AgproxyError) -> int:
+        return overload_status(exc.status)
+
     def model_list(self, models: List[Dict[str, Any]]) -> Dict[str, Any]:
         return models_list(models, "openai")
 
@@ -11439,6 +11499,9 @@ class ResponsesDialect(Dialect):
             # other 429 it sleeps the retry-after, hours for a spent day (it ignores x-should-retry)
             body["error"].update(type="insufficient_quota", code="insufficient_quota")
         return body
+
+    def error_status(self, exc: AgproxyError) -> int:
+        return responses_error_status(exc.status)
 
     def model_list(self, models: List[Dict[str, Any]]) -> Dict[str, Any]:
         return models_list(models, "openai")
@@ -11478,7 +11541,19 @@ class GeminiDialect(Dialect):
         return anthropic_message_to_gemini(message, model, names=names, include_thoughts=thoughts)
 
     def error_body(self, exc: AgproxyError) -> Any:
-        return gemini_error_body(exc.status, exc.error_type, exc.message)
+        """Gemini's error JSON, with what Gemini CLI needs to stop or to wait (:func:`gemini_error_body`):
+        a client's spent day as a per-day quota (it stopped only after ten tries in minutes), and
+        the ``retry-after`` agproxy knows (a client's minute window, its requests in flight, an
+        upstream's reset) as a RetryInfo, so that it waits that long, not its own backoff."""
+        wait = header_value(exc.headers, "retry-after")
+        seconds = _parse_duration(wait) if wait else None
+        spent_day = isinstance(exc, ClientLimited) and exc.final and exc.limit == "tokens_per_day"
+        return gemini_error_body(self.error_status(exc), exc.error_type, exc.message,
+                                 retry_after_s=None if seconds is None else math.ceil(seconds),
+                                 quota_id=GEMINI_SPENT_DAY_QUOTA if spent_day else "")
+
+    def error_status(self, exc: AgproxyError) -> int:
+        return overload_status(exc.status)
 
     def count_json(self, counted: Dict[str, Any]) -> Any:
         return gemini_count_json(counted)
@@ -11487,6 +11562,9 @@ class GeminiDialect(Dialect):
         return gemini_models_list(models)
 
 
+#: The quota a client's spent tokens_per_day is said to exceed on Gemini's routes: Gemini CLI stops
+#: at once on a quotaId that contains ``PerDay`` (:func:`gemini_error_body`).
+GEMINI_SPENT_DAY_QUOTA = "TokensPerDayPerClient"
 #: What Gemini's clients may ask of a model (``POST /v1beta/models/{model}:METHOD``).
 GEMINI_METHODS = ("generateContent", "streamGenerateContent", "countTokens")
 
