@@ -73,7 +73,8 @@ lint: $(VENV)/.installed
 	  [ $$status -eq 0 ] || exit $$status; \
 	  echo "$$out" | grep -q "^Minimum required versions: 3\." || { echo "vermin could not read agproxy.py as Python 3"; exit 1; }
 
-bench: build
+# The charts (bench/*.png) are drawn with the venv's matplotlib; agproxy and the clients run on $(PYTHON).
+bench: build $(VENV)/.installed
 	$(PYTHON) bench/run.py
 
 # A long fuzz run against a real agproxy (minutes; not part of `make test`): FUZZ_ARGS="--cases 100000 --seed 7";

@@ -90,6 +90,7 @@ from typing import (
     Dict,
     FrozenSet,
     Iterable,
+    Iterator,
     List,
     Optional,
     Sequence,
@@ -129,6 +130,7 @@ __all__ = [
     "ChatStreamEncoder",
     "responses_request_to_anthropic",
     "ResponsesStreamEncoder",
+    "UnfencedStream",
     "gemini_request_to_anthropic",
     "GeminiStreamEncoder",
     "Dialect",
@@ -447,6 +449,10 @@ class Redactor:
     def spoken(self, value: str) -> str:
         """``value`` (text a client reads, such as a model's) with every configured key replaced."""
         return value if self._known is None else self._known.sub(REDACTED, value)
+
+    def spans(self, value: str) -> List[Tuple[int, int]]:
+        """Where the configured keys are spelled in ``value`` (text a client reads), as (start, end)."""
+        return [] if self._known is None else [match.span() for match in self._known.finditer(value)]
 
     def data(self, value: bytes) -> bytes:
         """``value`` with every configured key replaced (bytes relayed to a client), also where JSON
@@ -2137,10 +2143,17 @@ def encode_events(events: Iterable[Event]) -> bytes:
     return b"".join([e.raw if e.raw is not None else encode_sse_json(e.name, e.data) for e in events])
 
 
+#: The name of the event that carries, beside the internal events they were read as, an upstream's
+#: own chunks to pass to a client of the same protocol (its data: ``{"chunks": [bytes, ...]}``, each
+#: a chunk's JSON): only that client's encoder (:class:`NativeStreamEncoder`) writes them.
+VERBATIM = "agproxy.verbatim"
+
+
 def holds_content(events: Iterable[Event]) -> bool:
     """True when ``events`` hold one that is not a ping: pings keep a connection open but say
-    nothing of the answer going on."""
-    return any(event.name != "ping" for event in events)
+    nothing of the answer going on (nor do an upstream's own chunks, which the events beside them
+    stand for)."""
+    return any(event.name != "ping" and event.name != VERBATIM for event in events)
 
 
 class StreamEncoder:
@@ -2152,6 +2165,12 @@ class StreamEncoder:
     def encode(self, events: List[Event]) -> bytes:
         """A batch of events as the client gets it."""
         return encode_events(events)
+
+    def encode_parts(self, events: List[Event]) -> Iterator[bytes]:
+        """:meth:`encode`'s bytes in parts the shell writes one at a time, waiting for the client
+        to take each: an encoder whose events repeat a long text (the Responses API's closing
+        events) makes each repeat only when it is written, so a batch never holds them all."""
+        return iter((self.encode(events),))
 
     def ping(self) -> bytes:
         """A keep-alive the client ignores."""
@@ -3055,6 +3074,12 @@ def _pair_tools(messages: List[Dict[str, Any]], changes: Dict[str, int]) -> List
     return out
 
 
+def _orphan_result_text(block: Dict[str, Any]) -> Dict[str, Any]:
+    """A tool_result that answers no call of the turn before as the text block it is kept as,
+    where it stood: an upstream refuses a result for a call it cannot see."""
+    return {"type": "text", "text": f"[result of tool call {block.get('tool_use_id')}]\n{_block_text(block)}".rstrip()}
+
+
 def _answer_tools(message: Dict[str, Any], expected: List[str], changes: Dict[str, int]) -> Dict[str, Any]:
     original = _block_list(message.get("content"))
     if not expected and not any(isinstance(b, dict) and b.get("type") == "tool_result" for b in original):
@@ -3068,8 +3093,7 @@ def _answer_tools(message: Dict[str, Any], expected: List[str], changes: Dict[st
                 answered.add(tool_id)
                 results.append(block)
                 continue
-            text = _block_text(block)
-            others.append({"type": "text", "text": f"[result of tool call {tool_id}]\n{text}".rstrip()})
+            others.append(_orphan_result_text(block))
             _count(changes, "orphan_tool_result_to_text")
             repaired += 1
         else:
@@ -3854,6 +3878,194 @@ class DeltaRedactor:
         return before + event if before else None
 
 
+#: The fields of a client protocol's own chunks that carry a model's text piece by piece (Chat
+#: Completions' content, reasoning, tool names and arguments, and the tokens of its logprobs;
+#: Gemini's text): a secret split across chunks is looked for in each field's text joined over them.
+_CHUNK_TEXT_FIELDS = frozenset(("content", "reasoning_content", "reasoning", "refusal", "name", "arguments", "text",
+                                "token"))
+#: What of a chunk spells its text again another way (Chat's ``logprobs``: each token, and its
+#: bytes as numbers; Gemini's ``logprobsResult``): dropped from the chunks that hold a secret.
+_CHUNK_TEXT_ECHOES = ("logprobs", "logprobsResult")
+#: How much text a passthrough stream holds back while it may begin a secret, and how many bytes
+#: of chunks: past either the chunks go out (whole secrets hidden, and the end of the text kept to
+#: find one that goes on in the next chunks), so that no upstream can make agproxy hold an answer,
+#: or memory, without bound by ending every piece with what begins a key.
+MAX_HELD_TEXT_CHARS = 65536
+MAX_HELD_CHUNK_BYTES = 1 << 20
+
+#: one text field of a chunk: where it is, and the object and key that hold it
+_TextLeaf = Tuple[Tuple[Any, ...], Dict[str, Any], str]
+
+
+def _text_leaves(value: Any, path: Tuple[Any, ...], out: List[_TextLeaf]) -> None:
+    """The text fields (:data:`_CHUNK_TEXT_FIELDS`) of a chunk, in order (its depth is bounded by
+    the parser that read it). A list's item is placed by its ``index`` where it has one (Chat's
+    choices and tool calls), else by what it is, not where: a client joins Gemini's text parts
+    whatever their position, so the text of every part (and of every thought part) is one."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(item, str):
+                if item and key in _CHUNK_TEXT_FIELDS:
+                    out.append((path + (key,), value, key))
+            elif isinstance(item, (dict, list)):
+                _text_leaves(item, path + (key,), out)
+    elif isinstance(value, list):
+        for item in value:
+            if isinstance(item, dict):
+                index = item.get("index")
+                _text_leaves(item, path + ((index if _is_int(index) else
+                                            "thought" if item.get("thought") is True else "part"),), out)
+            elif isinstance(item, list):
+                _text_leaves(item, path + ("part",), out)
+
+
+class ChunkRedactor:
+    """Hides the configured secrets in a stream of a client protocol's own JSON chunks relayed as
+    they came (a same-protocol passthrough), as :class:`DeltaRedactor` does for Anthropic's events.
+    A whole spelling within a chunk is the byte redactor's. A key a model writes token by token is
+    split across chunks: while the text so far of some field (:data:`_CHUNK_TEXT_FIELDS`) may begin
+    a secret, the chunks are held back; once it cannot, they go out, and where the joined text
+    spells a key, the fields that hold its pieces are rewritten (the first piece says ``[redacted]``,
+    the others nothing), and what spells their text again (:data:`_CHUNK_TEXT_ECHOES`) is dropped.
+    Nearly every chunk goes out as its very bytes. Each piece of text is looked at a bounded number
+    of times, so the cost is linear in the stream.
+
+    Pure: :meth:`feed` each chunk (parsed, and its bytes), :meth:`end` at the stream's end; each
+    gives the chunks' bytes that may go out now."""
+
+    def __init__(self, redactor: Redactor) -> None:
+        self.redactor = redactor
+        #: the chunks held back: parsed, their bytes, their text fields
+        self.held: List[Tuple[Dict[str, Any], bytes, List[_TextLeaf]]] = []
+        self.held_bytes = 0
+        self.held_chars = 0
+        #: per text field, its pieces over the chunks held, after the end of the text sent before
+        #: (kept only past a bound: a secret may go on from it) and how long that end is
+        self.texts: Dict[Tuple[Any, ...], List[str]] = {}
+        self.sent: Dict[Tuple[Any, ...], int] = {}
+        #: the fields whose text so far may begin a secret
+        self.holding: Set[Tuple[Any, ...]] = set()
+
+    def feed(self, chunk: Dict[str, Any], raw: bytes) -> List[bytes]:
+        """What may go out once ``chunk`` (its bytes ``raw``) has come: none while held."""
+        if self.redactor.tail.starts is None:
+            return [raw]  # no configured secret
+        leaves: List[_TextLeaf] = []
+        _text_leaves(chunk, (), leaves)
+        if not leaves and not self.held:
+            return [self.redactor.data(raw)]
+        self.held.append((chunk, raw, leaves))
+        self.held_bytes += len(raw)
+        touched = set()
+        for path, owner, key in leaves:
+            self.texts.setdefault(path, []).append(owner[key])
+            self.held_chars += len(owner[key])
+            touched.add(path)
+        for path in touched:
+            if self.redactor.tail.hold(self._tail(path)):
+                self.holding.add(path)
+            else:
+                self.holding.discard(path)
+        if not self.holding:
+            return self._release(False, False)
+        if self.held_bytes > MAX_HELD_CHUNK_BYTES or self.held_chars > MAX_HELD_TEXT_CHARS:
+            return self._release(False, True)
+        return []
+
+    def end(self) -> List[bytes]:
+        """What is still held, at the stream's end (a key cut short there is hidden too)."""
+        return self._release(True, False) if self.held else []
+
+    def _tail(self, path: Tuple[Any, ...]) -> str:
+        """The last characters of a field's text, as many as the longest spelling."""
+        pieces, longest = self.texts[path], self.redactor.tail.longest
+        tail, size = [], 0
+        for piece in reversed(pieces):
+            tail.append(piece)
+            size += len(piece)
+            if size >= longest:
+                break
+        return "".join(reversed(tail))[-longest:]
+
+    def _release(self, final: bool, forced: bool) -> List[bytes]:
+        spans_of: Dict[Tuple[Any, ...], List[Tuple[int, int]]] = {}
+        carried: Dict[Tuple[Any, ...], str] = {}
+        for path, pieces in self.texts.items():
+            text = "".join(pieces)
+            spans = self.redactor.spans(text)
+            # a key cut short by the stream's end is still a key (a whole one ending it is a span already)
+            cut_from = max(len(text) - self.redactor.tail.hold(text), spans[-1][1] if spans else 0) if final \
+                else len(text)
+            if len(text) - cut_from >= _MIN_SECRET_CHARS:
+                spans.append((cut_from, len(text)))
+            base = self.sent.get(path, 0)
+            spans = [(low, high) for low, high in spans if high > base]  # what went out before is out
+            if spans:
+                spans_of[path] = spans
+            if forced:
+                carried[path] = text[-(self.redactor.tail.longest - 1):] if self.redactor.tail.longest > 1 else ""
+        rewritten = self._rewrite(spans_of) if spans_of else set()
+        out = []
+        for number, (chunk, raw, _) in enumerate(self.held):
+            data = _COMPACT_JSON.encode(chunk).encode("utf-8", "replace") if number in rewritten else raw
+            out.append(self.redactor.data(data))
+        self.held, self.held_bytes, self.held_chars, self.holding = [], 0, 0, set()
+        self.texts = {path: [tail] for path, tail in carried.items() if tail}
+        self.sent = {path: len(tail) for path, tail in carried.items() if tail}
+        return out
+
+    def _rewrite(self, spans_of: Dict[Tuple[Any, ...], List[Tuple[int, int]]]) -> Set[int]:
+        """Hide the spans of each field's joined text in the held chunks' pieces of it, in one pass
+        over them, and drop what spells their text again; the numbers of the chunks changed."""
+        changed: Set[int] = set()
+        at = dict(self.sent)
+        next_span: Dict[Tuple[Any, ...], int] = {}  # per field, its first span not wholly behind
+        for number, (_, _, leaves) in enumerate(self.held):
+            for leaf_path, owner, key in leaves:
+                spans = spans_of.get(leaf_path)
+                if spans is None:
+                    continue
+                piece = owner[key]
+                first = leaf_path not in at or at[leaf_path] == self.sent.get(leaf_path, 0)
+                start = at.get(leaf_path, 0)
+                end = start + len(piece)
+                at[leaf_path] = end
+                kept, done = [], start
+                number_of = next_span.get(leaf_path, 0)
+                while number_of < len(spans) and spans[number_of][1] <= start:
+                    number_of += 1
+                next_span[leaf_path] = number_of
+                while number_of < len(spans) and spans[number_of][0] < end:
+                    low, high = spans[number_of]
+                    number_of += 1
+                    kept.append(piece[done - start:max(low, start) - start])
+                    if low >= start or first:  # a key begun in text already sent is said here
+                        kept.append(REDACTED)
+                    done = min(high, end)
+                if kept:
+                    owner[key] = "".join(kept) + piece[done - start:]
+                    changed.add(number)
+        for number, (chunk, _, _) in enumerate(self.held):
+            if _drop_echoes(chunk):
+                changed.add(number)
+        return changed
+
+
+def _drop_echoes(chunk: Dict[str, Any]) -> bool:
+    """Drop what spells a chunk's text again (:data:`_CHUNK_TEXT_ECHOES`) from its choices or
+    candidates; whether there was any."""
+    dropped = False
+    items = [item for field in ("choices", "candidates") if isinstance(chunk.get(field), list)
+             for item in chunk[field]]
+    for item in items:
+        if isinstance(item, dict):
+            for key in _CHUNK_TEXT_ECHOES:
+                if item.get(key) is not None:
+                    item[key] = None
+                    dropped = True
+    return dropped
+
+
 def check_message(message: Any, upstream: str = "") -> Dict[str, Any]:
     """``message`` if it has the shape of an Anthropic Message that agproxy can pass on (content a
     list of typed blocks, usage an object), else :class:`UpstreamFailure`: what an upstream sends
@@ -4634,11 +4846,13 @@ def anthropic_to_openai(body: Dict[str, Any], options: OpenAIOptions, upstream: 
     return out, changes
 
 
-def check_structured(message: Dict[str, Any], upstream: str) -> None:
+def check_structured(message: Dict[str, Any], upstream: str) -> Dict[str, Any]:
     """Raise :class:`NotStructured` unless a whole answer's text is JSON (in a ```json fence, as
-    some models write it, too), as a request with a schema must be answered."""
-    text = "".join(str(block.get("text") or "") for block in message.get("content") or []
-                   if isinstance(block, dict) and block.get("type") == "text").strip()
+    some models write it, too), as a request with a schema must be answered; the answer as the
+    client gets it: ``message`` itself, or for fenced JSON a copy whose text is the JSON inside
+    (one text block where the first was), since the client asked for JSON, not Markdown."""
+    texts = [block for block in message.get("content") or [] if isinstance(block, dict) and block.get("type") == "text"]
+    text = "".join(str(block.get("text") or "") for block in texts).strip()
     fenced = re.fullmatch(r"```(?:json)?\s*(.*?)\s*```", text, re.S)
     try:
         json.loads(fenced.group(1) if fenced else text)
@@ -4647,6 +4861,106 @@ def check_structured(message: Dict[str, Any], upstream: str) -> None:
         raise NotStructured(f"upstream {upstream!r} answered a request for structured output (a JSON schema) with "
                             f"{len(text)} characters that are not JSON{cut}: its model cannot do structured output; "
                             "send such requests to a model that can (model_map)") from None
+    if not fenced:
+        return message
+    first, rest = id(texts[0]), {id(block) for block in texts[1:]}
+    return dict(message, content=[dict(block, text=fenced.group(1)) if id(block) == first else block
+                                  for block in message["content"] if id(block) not in rest])
+
+
+#: The opening of a JSON fence, as :func:`check_structured` takes it (```json or ```, then a line break).
+_JSON_FENCE_OPEN = re.compile(r"\s*```(?:json)?[ \t]*\r?\n")
+#: The closing of a fence at the end of the text, and what may still become one (held back till the end).
+_JSON_FENCE_CLOSE = re.compile(r"\s*```\s*$")
+_MAYBE_FENCE_CLOSE = re.compile(r"[\s`]*$")
+#: How much of a text block's start is held to see whether it opens a fence (```json and a line
+#: break, with some white space: a longer first line is not a fence's).
+_JSON_FENCE_HEAD_CHARS = 64
+
+
+class UnfencedStream(StreamEncoder):
+    """A client's encoder for an answer to a request with a JSON schema, streamed: a text block
+    that opens with a JSON fence (```json, as some models write it) reaches ``inner`` without it,
+    as :func:`check_structured` gives a whole answer. The start of each text block is held until
+    it shows whether a fence opens it (at most _JSON_FENCE_HEAD_CHARS), and in a fenced block the
+    white space and backticks at the end of what came, until more text or the block's end shows
+    whether they close it. Anything else passes as it is."""
+
+    def __init__(self, inner: StreamEncoder) -> None:
+        self.inner = inner
+        self._blocks: Dict[Any, Dict[str, Any]] = {}  # text blocks by index: "head" (None once known), "fenced", "held"
+
+    def encode(self, events: List[Event]) -> bytes:
+        return self.inner.encode(self._unfenced(events))
+
+    def encode_parts(self, events: List[Event]) -> Iterator[bytes]:
+        return self.inner.encode_parts(self._unfenced(events))
+
+    def ping(self) -> bytes:
+        return self.inner.ping()
+
+    def error(self, error_type: str, message: str) -> bytes:
+        return self.inner.error(error_type, message)
+
+    @staticmethod
+    def _text_event(index: Any, text: str) -> Event:
+        return Event("content_block_delta", {"type": "content_block_delta", "index": index,
+                                             "delta": {"type": "text_delta", "text": text}})
+
+    def _unfenced(self, events: List[Event]) -> List[Event]:
+        out: List[Event] = []
+        for event in events:
+            if event.name not in ("content_block_start", "content_block_delta", "content_block_stop"):
+                out.append(event)
+                continue
+            index = event.data.get("index")
+            block = event.data.get("content_block") if isinstance(event.data.get("content_block"), dict) else {}
+            delta = event.data.get("delta") if isinstance(event.data.get("delta"), dict) else {}
+            if event.name == "content_block_start" and block.get("type") == "text":
+                self._blocks[index] = {"head": "", "fenced": False, "held": ""}
+                out.append(Event(event.name, dict(event.data, content_block=dict(block, text=""))))
+                text = block.get("text") if isinstance(block.get("text"), str) else ""
+            elif event.name == "content_block_delta" and index in self._blocks and delta.get("type") == "text_delta" \
+                    and isinstance(delta.get("text"), str):
+                text = delta["text"]
+            elif event.name == "content_block_stop" and index in self._blocks:
+                state = self._blocks.pop(index)
+                rest = state["head"] if state["head"] is not None else \
+                    _JSON_FENCE_CLOSE.sub("", state["held"]) if state["fenced"] else state["held"]
+                if rest:
+                    out.append(self._text_event(index, rest))
+                out.append(event)
+                continue
+            else:
+                out.append(event)
+                continue
+            shown = self._text(self._blocks[index], text)
+            if shown:
+                out.append(self._text_event(index, shown))
+        return out
+
+    @staticmethod
+    def _text(state: Dict[str, Any], text: str) -> str:
+        """What of a text block's new ``text`` the client sees now (the rest is held)."""
+        if state["head"] is not None:
+            head = state["head"] + text
+            opening = _JSON_FENCE_OPEN.match(head)
+            first = head.lstrip()
+            if opening is None and len(head) < _JSON_FENCE_HEAD_CHARS and "\n" not in first \
+                    and "```".startswith(first[:3]):
+                state["head"] = head  # still may open a fence
+                return ""
+            state["head"] = None
+            if opening is None:
+                return head
+            state["fenced"] = True
+            text = head[opening.end():]
+        if not state["fenced"]:
+            return text
+        held = state["held"] + text
+        cut = _MAYBE_FENCE_CLOSE.search(held).start()  # type: ignore[union-attr]
+        state["held"] = held[cut:]
+        return held[:cut]
 
 
 def output_schema(body: Dict[str, Any]) -> Optional[Dict[str, Any]]:
@@ -5941,6 +6255,12 @@ class GeminiStreamTranslator:
         cut short, not a whole answer."""
         return self._content_seen and self._finish_reason is None and not self._block_reason
 
+    @property
+    def said_end(self) -> bool:
+        """Gemini said the answer ended (a finishReason, or a prompt it blocked): a body that
+        breaks after this loses nothing of the answer."""
+        return self._finish_reason is not None or bool(self._block_reason)
+
     def _call_signature_block(self, out: List[Event], signature: str) -> None:
         """An empty thinking block that carries the signature of the tool_use right after it."""
         self._block(out, {"type": "thinking", "thinking": "", "signature": ""}, "thinking")
@@ -6110,20 +6430,21 @@ _CHAT_ERROR_CODES = {"authentication_error": "invalid_api_key", "rate_limit_erro
 _CHAT_PARAM = re.compile(r"([A-Za-z_]\w*(?:\[\d+\]|\.\w+)*): ")
 
 
-def chat_request_to_anthropic(body: Dict[str, Any]) -> Dict[str, Any]:
+def chat_request_to_anthropic(body: Dict[str, Any], changes: Optional[Dict[str, int]] = None) -> Dict[str, Any]:
     """A Chat Completions request (``POST /v1/chat/completions``) as the internal Anthropic
     Messages request. System and developer messages become the system prompt; tool messages
     become tool_result blocks of a user turn; consecutive turns of one role are merged, results
     first. What cannot be carried (``n`` other than 1, audio, a file by id, an unknown role or tool
     type) is an :class:`InvalidRequest` naming the field in the client's words; fields the
     internal form has no use for (``seed``, ``logprobs``, ``store``, ...) are ignored, as
-    OpenAI-compatible servers do. The stream's options are read by :func:`chat_include_usage`."""
+    OpenAI-compatible servers do; what is changed is counted in ``changes`` (the sanitizer's
+    change counts). The stream's options are read by :func:`chat_include_usage`."""
     model = body.get("model")
     _expect(isinstance(model, str) and 0 < len(model) <= MAX_MODEL_CHARS, "model",
             f"must be a non-empty string of at most {MAX_MODEL_CHARS} characters")
     n = body.get("n")
     _expect(n is None or n == 1 and _is_int(n), "n", f"only 1 choice per request is supported, got {n!r}")
-    system, messages = _chat_messages(body.get("messages"))
+    system, messages = _chat_messages(body.get("messages"), {} if changes is None else changes)
     out: Dict[str, Any] = {"model": model, "messages": messages}
     if system:
         out["system"] = system
@@ -6136,7 +6457,7 @@ def chat_request_to_anthropic(body: Dict[str, Any]) -> Dict[str, Any]:
     tools = _chat_tools(body.get("tools"))
     if tools:
         out["tools"] = tools
-        choice = _chat_tool_choice(body.get("tool_choice"), [t["name"] for t in tools])
+        choice = _chat_tool_choice(body.get("tool_choice"), [t["function"]["name"] for t in body["tools"]])
         parallel = body.get("parallel_tool_calls")
         _expect(parallel is None or isinstance(parallel, bool), "parallel_tool_calls", "must be true or false")
         if parallel is False and choice.get("type") != "none":
@@ -6174,12 +6495,16 @@ def chat_include_usage(body: Dict[str, Any]) -> bool:
     return include is True
 
 
-def _chat_messages(messages: Any) -> Tuple[str, List[Dict[str, Any]]]:
+def _chat_messages(messages: Any, changes: Dict[str, int]) -> Tuple[str, List[Dict[str, Any]]]:
     """The system prompt (every system and developer message, in order) and the conversation in
-    strict user/assistant alternation, tool results first in each user turn."""
+    strict user/assistant alternation, tool results first in each user turn. A tool message that
+    answers no call of the assistant message before it is kept where it stands, as text
+    (:func:`_orphan_result_text`, counted ``orphan_tool_result_to_text``): moved first, it would
+    come before the user's own words."""
     _expect(isinstance(messages, list) and bool(messages), "messages", "must be a non-empty list")
     system: List[str] = []
     turns: List[Dict[str, Any]] = []
+    open_calls: Set[str] = set()  # the ids of the last assistant message's calls not yet answered
     for i, message in enumerate(messages):
         at = f"messages[{i}]"
         _expect(isinstance(message, dict), at, "must be an object")
@@ -6197,13 +6522,19 @@ def _chat_messages(messages: Any) -> Tuple[str, List[Dict[str, Any]]]:
             call_id = message.get("tool_call_id")
             _expect(isinstance(call_id, str) and bool(call_id), f"{at}.tool_call_id", "must be a non-empty string")
             inner = _chat_parts(content, f"{at}.content", ("text", "image_url"))
-            turns.append({"role": "user", "content": [{"type": "tool_result", "tool_use_id": call_id,
-                                                       "content": inner}]})
+            result = {"type": "tool_result", "tool_use_id": call_id, "content": inner}
+            if call_id in open_calls:
+                open_calls.discard(call_id)
+            else:
+                result = _orphan_result_text(result)
+                _count(changes, "orphan_tool_result_to_text")
+            turns.append({"role": "user", "content": [result]})
         else:
             blocks = _chat_parts(content, f"{at}.content", ("text", "refusal"), nullable=True)
             if not blocks and isinstance(message.get("refusal"), str) and message["refusal"]:
                 blocks = [{"type": "text", "text": message["refusal"]}]  # a refusal the model wrote
             blocks += _chat_tool_calls(message.get("tool_calls"), f"{at}.tool_calls")
+            open_calls = {block["id"] for block in blocks if block["type"] == "tool_use"}
             if blocks:  # reasoning_content is left out: a thinking block without its signature is refused
                 turns.append({"role": "assistant", "content": blocks})
     turns = [turn for turn in turns if turn["content"]]
@@ -6309,7 +6640,7 @@ def _chat_tool_calls(calls: Any, at: str) -> List[Dict[str, Any]]:
                 "must be a non-empty string")
         arguments = function.get("arguments", "")
         _expect(isinstance(arguments, str), f"{where}.function.arguments", "must be a string (JSON)")
-        blocks.append({"type": "tool_use", "id": call["id"], "name": function["name"],
+        blocks.append({"type": "tool_use", "id": call["id"], "name": _anthropic_tool_name(function["name"]),
                        "input": parse_tool_arguments(arguments)})
     return blocks
 
@@ -6384,11 +6715,22 @@ def _chat_tools(tools: Any) -> List[Dict[str, Any]]:
         _expect(description is None or isinstance(description, str), f"{at}.function.description",
                 "must be a string")
         _expect(parameters is None or isinstance(parameters, dict), f"{at}.function.parameters", "must be an object")
-        converted = {"name": name, "input_schema": parameters or {"type": "object", "properties": {}}}
+        converted = {"name": _anthropic_tool_name(name),
+                     "input_schema": parameters or {"type": "object", "properties": {}}}
         if description:
             converted["description"] = description
         out.append(converted)
     return out
+
+
+def chat_client_tool_names(body: Dict[str, Any]) -> Dict[str, str]:
+    """The client's function names that travel under another name (one Anthropic refuses, made
+    valid by :func:`_anthropic_tool_name`), by that name: what gives the client its own names
+    back in the calls of the answer."""
+    tools = body.get("tools") if isinstance(body.get("tools"), list) else []
+    names = [tool["function"]["name"] for tool in tools if isinstance(tool, dict)
+             and isinstance(tool.get("function"), dict) and isinstance(tool["function"].get("name"), str)]
+    return {_anthropic_tool_name(name): name for name in names if _anthropic_tool_name(name) != name}
 
 
 def _chat_tool_choice(choice: Any, names: Sequence[str]) -> Dict[str, Any]:
@@ -6404,7 +6746,7 @@ def _chat_tool_choice(choice: Any, names: Sequence[str]) -> Dict[str, Any]:
     function = choice.get("function")
     name = function.get("name") if isinstance(function, dict) else None
     _expect(name in names, "tool_choice.function.name", f"must name one of the tools, got {str(name)[:80]!r}")
-    return {"type": "tool", "name": name}
+    return {"type": "tool", "name": _anthropic_tool_name(name)}
 
 
 def _chat_response_format(response_format: Any) -> Optional[Dict[str, Any]]:
@@ -6441,10 +6783,13 @@ def _chat_id(message_id: Any) -> str:
     return "chatcmpl-" + (text[4:] if text.startswith("msg_") else text)
 
 
-def anthropic_message_to_chat(message: Dict[str, Any], model: str, created: int) -> Dict[str, Any]:
+def anthropic_message_to_chat(message: Dict[str, Any], model: str, created: int,
+                              names: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
     """A whole Anthropic Message as a ``chat.completion`` (``model``: the name the client asked
     for; ``created``: the Unix time, passed in). Thinking is ``reasoning_content``, as DeepSeek
-    and vLLM write it; tool_use blocks are ``tool_calls`` with their arguments as JSON text."""
+    and vLLM write it; tool_use blocks are ``tool_calls`` with their arguments as JSON text, named
+    as the client named them (``names``: :func:`chat_client_tool_names`)."""
+    names = names or {}
     texts, thinking, calls = [], [], []
     for block in message.get("content") or []:
         kind = block.get("type") if isinstance(block, dict) else None
@@ -6454,7 +6799,7 @@ def anthropic_message_to_chat(message: Dict[str, Any], model: str, created: int)
             thinking.append(str(block.get("thinking") or ""))
         elif kind == "tool_use":
             calls.append({"id": str(block.get("id")), "type": "function", "function": {
-                "name": str(block.get("name")),
+                "name": names.get(str(block.get("name")), str(block.get("name"))),
                 "arguments": _COMPACT_JSON.encode(block.get("input") if isinstance(block.get("input"), dict) else {})}})
     reply: Dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts or not calls else None,
                              "refusal": None}
@@ -6499,12 +6844,15 @@ class ChatStreamEncoder(StreamEncoder):
     first delta, thinking as ``reasoning_content``, each tool call's id and name in its first
     piece then its arguments as they come, the finish reason, the usage chunk (empty ``choices``)
     when the client asked for it, then ``data: [DONE]``. Events are taken one at a time, so any
-    batching of the same events gives the same bytes. After an error or the end it writes nothing."""
+    batching of the same events gives the same bytes. After an error or the end it writes nothing.
+    ``names``: the client's tool names by the names they travel under (:func:`chat_client_tool_names`)."""
 
-    def __init__(self, model: str, created: int, include_usage: bool = False) -> None:
+    def __init__(self, model: str, created: int, include_usage: bool = False,
+                 names: Optional[Dict[str, str]] = None) -> None:
         self.model = model
         self.created = created
         self.include_usage = include_usage
+        self.names = names or {}
         self.ended = False
         self._head = ""  # a chunk's id, object, created and model, known once the id is
         self._prefix = ""  # a chunk's JSON up to its delta
@@ -6601,7 +6949,8 @@ class ChatStreamEncoder(StreamEncoder):
         elif kind == "tool_use" and _is_int(index):
             self._calls[index] = len(self._calls)
             start = {"index": self._calls[index], "id": str(block.get("id")), "type": "function",
-                     "function": {"name": str(block.get("name")), "arguments": ""}}
+                     "function": {"name": self.names.get(str(block.get("name")), str(block.get("name"))),
+                                  "arguments": ""}}
             out.append(self._chunk({"tool_calls": [start]}))
             given = block.get("input")
             self._arguments[index] = bool(given)
@@ -6739,8 +7088,9 @@ def responses_tool_table(body: Dict[str, Any]) -> Dict[str, Tuple[str, Optional[
     """What each function name the upstream sees stands for in the client's terms: ``(kind,
     namespace, name)`` with kind ``function``, ``custom`` (a freeform tool, its text in the one
     string field :data:`RESPONSES_CUSTOM_INPUT`) or ``namespace`` (a namespace's function, flattened
-    with :data:`RESPONSES_NAMESPACE_SEPARATOR`). Tools that are not well formed are left out here
-    (the request translator refuses them)."""
+    with :data:`RESPONSES_NAMESPACE_SEPARATOR`); a name Anthropic refuses travels made valid
+    (:func:`_anthropic_tool_name`). Tools that are not well formed are left out here (the request
+    translator refuses them)."""
     table: Dict[str, Tuple[str, Optional[str], str]] = {}
     tools = body.get("tools") if isinstance(body, dict) else None
     for tool in tools if isinstance(tools, list) else []:
@@ -6748,13 +7098,13 @@ def responses_tool_table(body: Dict[str, Any]) -> Dict[str, Tuple[str, Optional[
             continue
         kind = tool.get("type")
         if kind in ("function", "custom"):
-            table[tool["name"]] = (kind, None, tool["name"])
+            table[_anthropic_tool_name(tool["name"])] = (kind, None, tool["name"])
         elif kind == "namespace" and isinstance(tool.get("tools"), list):
             for inner in tool["tools"]:
                 if isinstance(inner, dict) and inner.get("type", "function") == "function" and \
                         isinstance(inner.get("name"), str) and inner["name"]:
                     flat = tool["name"] + RESPONSES_NAMESPACE_SEPARATOR + inner["name"]
-                    table[flat] = ("namespace", tool["name"], inner["name"])
+                    table[_anthropic_tool_name(flat)] = ("namespace", tool["name"], inner["name"])
     return table
 
 
@@ -6939,13 +7289,13 @@ def _responses_item(item: Any, where: str, turns: _ResponsesTurns, changes: Dict
         _expect(isinstance(arguments, str), f"{where}.arguments", "must be a string (JSON text)")
         if namespace:
             name = namespace + RESPONSES_NAMESPACE_SEPARATOR + name
-        turns.add("assistant", [{"type": "tool_use", "id": call_id, "name": name,
+        turns.add("assistant", [{"type": "tool_use", "id": call_id, "name": _anthropic_tool_name(name),
                                  "input": parse_tool_arguments(arguments)}])
     elif kind == "custom_tool_call":
         call_id = _responses_call_id(item, where)
         _expect(isinstance(item.get("name"), str) and item["name"] != "", f"{where}.name", "must be a non-empty string")
         _expect(isinstance(item.get("input"), str), f"{where}.input", "must be a string")
-        turns.add("assistant", [{"type": "tool_use", "id": call_id, "name": item["name"],
+        turns.add("assistant", [{"type": "tool_use", "id": call_id, "name": _anthropic_tool_name(item["name"]),
                                  "input": {RESPONSES_CUSTOM_INPUT: item["input"]}}])
     elif kind in ("function_call_output", "custom_tool_call_output"):
         call_id = _responses_call_id(item, where)
@@ -7024,8 +7374,10 @@ def responses_request_to_anthropic(body: Dict[str, Any], changes: Optional[Dict[
                                                  body.get("parallel_tool_calls"))
         if allowed is not None:
             tools = [t for t in tools if t["name"] in allowed]
-        if tools:
-            out["tools"] = tools
+        if tools:  # each under a name Anthropic takes (the tool table gives the client's back)
+            out["tools"] = [dict(tool, name=_anthropic_tool_name(tool["name"])) for tool in tools]
+            if choice.get("type") == "tool":
+                choice["name"] = _anthropic_tool_name(choice["name"])
             out["tool_choice"] = choice
     _responses_reasoning(body.get("reasoning"), out)
     if "thinking" in out and _responses_loop_without_thinking(turns.messages):
@@ -7279,6 +7631,66 @@ def anthropic_message_to_responses(message: Dict[str, Any], request: Optional[Di
     return response
 
 
+#: The most text (JSON-escaped UTF-8 bytes, all its text blocks together) a Responses stream holds to
+#: repeat in its closing events (``output_text.done``, ``content_part.done``, ``output_item.done``,
+#: ``response.completed``), which the other routes need not hold at all. A stream whose text passes
+#: it ends there as ``response.incomplete`` (``max_output_tokens``), its closing events carrying the
+#: text sent so far, and the rest of the answer is read and dropped: the openai SDK takes that as a
+#: finished response, Codex as one cut short. The largest answer a current model writes (128k
+#: tokens) is about 0.5 MB, so only a broken or hostile upstream comes near; 16 MiB is also the
+#: largest event agproxy takes from an upstream (MAX_SSE_EVENT_BYTES).
+RESPONSES_MAX_HELD_TEXT_BYTES = 16 * 1024 * 1024
+#: The size of the parts a held text is written in when a closing event repeats it: the client
+#: takes each before the next is made, so a repeat costs no more than this beside the text held.
+_HELD_TEXT_PART_BYTES = 256 * 1024
+
+
+class _HeldText:
+    """The text of one text block of a Responses stream, held once as the JSON-escaped UTF-8
+    bytes (no quotes) that every closing event repeating it writes as they are (see
+    :class:`_StreamParts`); it stands where the text goes in the items the encoder keeps."""
+
+    __slots__ = ("escaped",)
+
+    def __init__(self) -> None:
+        self.escaped = bytearray()
+
+    def add(self, escaped: bytes) -> None:
+        self.escaped += escaped
+
+    def parts(self) -> Iterator[bytes]:
+        view = memoryview(self.escaped)
+        try:
+            for at in range(0, len(view), _HELD_TEXT_PART_BYTES):
+                yield bytes(view[at:at + _HELD_TEXT_PART_BYTES])
+        finally:
+            view.release()
+
+
+class _StreamParts:
+    """A batch of events as the client gets it: bytes, and where an event repeats a held text,
+    that text, written part by part only when :meth:`parts` gets to it."""
+
+    def __init__(self) -> None:
+        self._parts: List[Union[bytearray, _HeldText]] = []
+
+    def __iadd__(self, data: bytes) -> _StreamParts:
+        if not self._parts or isinstance(self._parts[-1], _HeldText):
+            self._parts.append(bytearray())
+        self._parts[-1] += data  # type: ignore[operator]
+        return self
+
+    def hold(self, text: _HeldText) -> None:
+        self._parts.append(text)
+
+    def parts(self) -> Iterator[bytes]:
+        for part in self._parts:
+            if isinstance(part, _HeldText):
+                yield from part.parts()
+            elif part:
+                yield bytes(part)
+
+
 class ResponsesStreamEncoder(StreamEncoder):
     """The internal Anthropic events in, the Responses API's event stream out (SSE bytes).
 
@@ -7293,8 +7705,11 @@ class ResponsesStreamEncoder(StreamEncoder):
     arguments are whole, since the text must be unwrapped from them); last ``response.completed``
     with usage, or ``response.incomplete`` (max_tokens), or ``response.failed`` (:meth:`error`).
     Each event is encoded as it is read: how the events are split into batches changes nothing.
-    ``request`` is the client's own request (its tools say which calls were namespaced or
-    freeform, its settings are echoed); ``created_at`` is the Unix time the caller passes in."""
+    A text block's text is held once (:class:`_HeldText`, at most RESPONSES_MAX_HELD_TEXT_BYTES)
+    and written into each closing event that repeats it only as that event goes out
+    (:meth:`encode_parts`). ``request`` is the client's own request (its tools say which calls
+    were namespaced or freeform, its settings are echoed); ``created_at`` is the Unix time the
+    caller passes in."""
 
     def __init__(self, model: str, request: Optional[Dict[str, Any]] = None, *, created_at: int = 0,
                  response_id: Optional[str] = None) -> None:
@@ -7313,32 +7728,55 @@ class ResponsesStreamEncoder(StreamEncoder):
         self._usage: Dict[str, Any] = {}
         self._stop_reason: Any = None
         self._thinking_tokens = 0
+        self._held_bytes = 0  # the text held, all blocks together (RESPONSES_MAX_HELD_TEXT_BYTES)
+        # a held text is encoded as a marker no text can spell (a fresh uuid), cut out afterwards
+        self._marker = f"agproxy-held-{uuid.uuid4().hex}-"
+        self._marked: List[_HeldText] = []
+        self._json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=self._mark)
+        self._marks = re.compile(re.escape(f'"{self._marker}') + r'(\d+)"')
 
     # -- the bytes ---------------------------------------------------------------------------------
 
-    def _emit(self, out: bytearray, name: str, payload: Dict[str, Any]) -> None:
+    def _mark(self, value: Any) -> str:
+        if not isinstance(value, _HeldText):
+            raise TypeError(f"{type(value).__name__} is not JSON")
+        self._marked.append(value)
+        return f"{self._marker}{len(self._marked) - 1}"
+
+    def _emit(self, out: _StreamParts, name: str, payload: Dict[str, Any]) -> None:
+        """Write one event as :func:`encode_sse_json` would, each held text in it as its own part."""
         event = {"type": name, "sequence_number": self._sequence}
         event.update(payload)
         self._sequence += 1
-        out += encode_sse_json(name, event)
+        if "\n" in name or "\r" in name:
+            raise ValueError("an SSE event name cannot contain a line break")
+        self._marked.clear()
+        data = f"event: {name}\ndata: {self._json.encode(event)}\n\n"
+        done = 0
+        for match in self._marks.finditer(data) if self._marked else ():
+            out += (data[done:match.start()] + '"').encode("utf-8", "replace")
+            out.hold(self._marked[int(match.group(1))])
+            out += b'"'
+            done = match.end()
+        out += data[done:].encode("utf-8", "replace")
 
     def _response(self, status: str) -> Dict[str, Any]:
         return _responses_object(self.response_id, self.created_at, self.model, self.request, status,
                                  list(self._output))
 
-    def _start(self, out: bytearray) -> None:
+    def _start(self, out: _StreamParts) -> None:
         if not self.started:
             self.started = True
             self._emit(out, "response.created", {"response": self._response("in_progress")})
             self._emit(out, "response.in_progress", {"response": self._response("in_progress")})
 
-    def _add_item(self, out: bytearray, item: Dict[str, Any]) -> int:
+    def _add_item(self, out: _StreamParts, item: Dict[str, Any]) -> int:
         index = self._items
         self._items += 1
         self._emit(out, "response.output_item.added", {"output_index": index, "item": item})
         return index
 
-    def _done_item(self, out: bytearray, index: int, item: Dict[str, Any]) -> None:
+    def _done_item(self, out: _StreamParts, index: int, item: Dict[str, Any]) -> None:
         self._output.append(item)
         self._emit(out, "response.output_item.done", {"output_index": index, "item": item})
 
@@ -7346,7 +7784,12 @@ class ResponsesStreamEncoder(StreamEncoder):
 
     def encode(self, events: List[Event]) -> bytes:
         """The client's SSE bytes for a batch of events (b"" when they say nothing yet)."""
-        out = bytearray()
+        return b"".join(self.encode_parts(events))
+
+    def encode_parts(self, events: List[Event]) -> Iterator[bytes]:
+        """:meth:`encode`'s bytes in parts: the events are read now, and each held text a closing
+        event repeats is written into its part as the part is taken."""
+        out = _StreamParts()
         for event in events:
             if self.finished:
                 break
@@ -7375,10 +7818,10 @@ class ResponsesStreamEncoder(StreamEncoder):
                 self._finish(out)
             elif event.name == "error":
                 error = payload.get("error") if isinstance(payload.get("error"), dict) else {}
-                out += self.error(str(error.get("type") or "api_error"), str(error.get("message") or "upstream error"))
-        return bytes(out)
+                self._fail(out, str(error.get("type") or "api_error"), str(error.get("message") or "upstream error"))
+        return out.parts()
 
-    def _block_start(self, out: bytearray, payload: Dict[str, Any]) -> None:
+    def _block_start(self, out: _StreamParts, payload: Dict[str, Any]) -> None:
         index = payload.get("index")
         block = payload.get("content_block") if isinstance(payload.get("content_block"), dict) else {}
         kind = block.get("type")
@@ -7392,7 +7835,7 @@ class ResponsesStreamEncoder(StreamEncoder):
                 self._message = {"id": item_id, "parts": [], "open": 0,
                                  "index": self._add_item(out, _responses_message_item(item_id, [], "in_progress"))}
             message = self._message
-            state = {"kind": "text", "pieces": [], "content_index": len(message["parts"]) + message["open"]}
+            state = {"kind": "text", "text": _HeldText(), "content_index": len(message["parts"]) + message["open"]}
             message["open"] += 1
             self._emit(out, "response.content_part.added", {
                 "item_id": message["id"], "output_index": message["index"], "content_index": state["content_index"],
@@ -7425,7 +7868,7 @@ class ResponsesStreamEncoder(StreamEncoder):
         else:
             self._blocks[index] = {"kind": "other"}  # server tools' blocks: agproxy offers none
 
-    def _block_delta(self, out: bytearray, payload: Dict[str, Any]) -> None:
+    def _block_delta(self, out: _StreamParts, payload: Dict[str, Any]) -> None:
         state = self._blocks.get(payload.get("index"))  # type: ignore[arg-type]
         delta = payload.get("delta") if isinstance(payload.get("delta"), dict) else {}
         if state is None:
@@ -7445,15 +7888,21 @@ class ResponsesStreamEncoder(StreamEncoder):
                     self._emit(out, "response.function_call_arguments.delta", {
                         "item_id": state["id"], "output_index": state["index"], "delta": text})
 
-    def _text(self, out: bytearray, state: Dict[str, Any], text: str) -> None:
+    def _text(self, out: _StreamParts, state: Dict[str, Any], text: str) -> None:
         if not text or self._message is None:
             return
-        state["pieces"].append(text)
+        escaped = _COMPACT_JSON.encode(text)[1:-1].encode("utf-8", "replace")
+        if self._held_bytes + len(escaped) > RESPONSES_MAX_HELD_TEXT_BYTES:
+            self._stop_reason = "max_tokens"  # the client is told as of an answer cut for length
+            self._finish(out)
+            return
+        self._held_bytes += len(escaped)
+        state["text"].add(escaped)
         self._emit(out, "response.output_text.delta", {
             "item_id": self._message["id"], "output_index": self._message["index"],
             "content_index": state["content_index"], "delta": text, "logprobs": []})
 
-    def _thinking(self, out: bytearray, state: Dict[str, Any], text: str) -> None:
+    def _thinking(self, out: _StreamParts, state: Dict[str, Any], text: str) -> None:
         if not text:
             return
         where = {"item_id": state["id"], "output_index": state["index"], "summary_index": 0}
@@ -7465,13 +7914,13 @@ class ResponsesStreamEncoder(StreamEncoder):
         self._thinking_tokens += estimate_text_tokens(text)
         self._emit(out, "response.reasoning_summary_text.delta", dict(where, delta=text))
 
-    def _block_stop(self, out: bytearray, state: Dict[str, Any]) -> None:
+    def _block_stop(self, out: _StreamParts, state: Dict[str, Any]) -> None:
         kind = state["kind"]
         if kind == "text":
             message = self._message
             if message is None:
                 return
-            text = "".join(state["pieces"])
+            text = state["text"]
             where = {"item_id": message["id"], "output_index": message["index"],
                      "content_index": state["content_index"]}
             self._emit(out, "response.output_text.done", dict(where, text=text, logprobs=[]))
@@ -7504,7 +7953,7 @@ class ResponsesStreamEncoder(StreamEncoder):
                            dict(where, name=item["name"], arguments=arguments))
             self._done_item(out, state["index"], item)
 
-    def _close_message(self, out: bytearray) -> None:
+    def _close_message(self, out: _StreamParts) -> None:
         """End the open message item (its text blocks still open ended first)."""
         if self._message is None:
             return
@@ -7513,7 +7962,7 @@ class ResponsesStreamEncoder(StreamEncoder):
         message, self._message = self._message, None
         self._done_item(out, message["index"], _responses_message_item(message["id"], message["parts"], "completed"))
 
-    def _finish(self, out: bytearray) -> None:
+    def _finish(self, out: _StreamParts) -> None:
         for index in sorted(self._blocks):
             if self._blocks[index]["kind"] != "text":
                 self._block_stop(out, self._blocks.pop(index))
@@ -7533,9 +7982,13 @@ class ResponsesStreamEncoder(StreamEncoder):
     def error(self, error_type: str, message: str) -> bytes:
         """How a stream that broke after it began ends: ``response.failed`` with the error in
         OpenAI's words (its ``code`` tells Codex whether to retry); nothing more is encoded after it."""
+        out = _StreamParts()
+        self._fail(out, error_type, message)
+        return b"".join(out.parts())
+
+    def _fail(self, out: _StreamParts, error_type: str, message: str) -> None:
         if self.finished:
-            return b""
-        out = bytearray()
+            return
         self._start(out)
         response = self._response("failed")
         failure = _responses_error(error_type, message)
@@ -7543,7 +7996,6 @@ class ResponsesStreamEncoder(StreamEncoder):
         response["usage"] = _responses_usage(self._usage, self._thinking_tokens)
         self._emit(out, "response.failed", {"response": response})
         self.finished = True
-        return bytes(out)
 
 
 # -- client dialect: Gemini generateContent -----------------------------------------------------------
@@ -8316,7 +8768,7 @@ class _GeminiParts:
         return _gemini_usage_metadata(self.usage, self.thought_tokens)
 
 
-class GeminiStreamEncoder:
+class GeminiStreamEncoder(StreamEncoder):
     """The internal Anthropic events of one answer as a ``streamGenerateContent`` stream: with
     ``sse`` (``alt=sse``, as Gemini CLI and the SDKs ask) a ``data: {GenerateContentResponse}``
     event per chunk, else one JSON array written as it goes (``[``, chunks separated by ``,``,
@@ -8468,6 +8920,314 @@ def gemini_models_list(models: Sequence[Any]) -> Dict[str, Any]:
                        "inputTokenLimit": 1_048_576 if gemini else windows.get(model_id, _GEMINI_LISTED_WINDOW),
                        "outputTokenLimit": GEMINI_MAX_OUTPUT_TOKENS if gemini else _GEMINI_LISTED_OUTPUT})
     return {"models": listed}
+
+
+# -- same-protocol passthrough: a client's own request to an upstream of its protocol -----------------
+
+#: What a Chat client may not set on the shared account an ``openai`` upstream's key belongs to:
+#: ``store`` keeps the conversation in the key owner's organisation (``metadata`` labels it there),
+#: ``service_tier`` bills it at another price than the ledger's. Translation drops them too.
+_CHAT_ACCOUNT_FIELDS = ("store", "metadata", "service_tier")
+
+
+def chat_native_request(body: Dict[str, Any], model: str, stream: bool, options: OpenAIOptions,
+                        max_tokens: Optional[int] = None) -> Tuple[Dict[str, Any], Dict[str, int]]:
+    """A Chat Completions client's own request as an ``openai`` upstream gets it when it passes
+    through untranslated: the model the route names, a stream's usage asked for (agproxy counts
+    it; the client's own wish is kept by :class:`NativeChunks`), the length under the field the
+    server takes (``max_tokens``, where given, in place of the client's). Everything else goes as
+    the client wrote it (``seed``, ``logprobs``, a server's own fields such as vLLM's
+    ``chat_template_kwargs``), but for what would spend or keep on the shared account what the
+    operator did not choose (:data:`_CHAT_ACCOUNT_FIELDS`). The changes are counted, as the
+    sanitizer's are."""
+    out = dict(body, model=model)
+    changes: Dict[str, int] = {}
+    for field in _CHAT_ACCOUNT_FIELDS:
+        if out.pop(field, None) is not None:
+            _count(changes, f"dropped:{field}")
+    if stream:
+        out["stream"] = True
+        if options.stream_usage:
+            asked = out.get("stream_options")
+            out["stream_options"] = dict(asked if isinstance(asked, dict) else {}, include_usage=True)
+    other = "max_completion_tokens" if options.max_tokens_field == "max_tokens" else "max_tokens"
+    if other in out:
+        value = out.pop(other)
+        if other == "max_completion_tokens" or options.max_tokens_field not in out:  # as _chat_max_tokens reads them
+            out[options.max_tokens_field] = value
+        _count(changes, f"renamed:{other}")
+    if max_tokens is not None:
+        out[options.max_tokens_field] = max_tokens
+    return out, changes
+
+
+def gemini_native_request(body: Dict[str, Any], trusted: Callable[[str], bool],
+                          max_tokens: Optional[int] = None) -> Tuple[Dict[str, Any], Dict[str, int]]:
+    """A Gemini client's own generateContent request as a ``gemini`` upstream gets it when it passes
+    through untranslated: as the client wrote it (Google's own tools, safety settings and thought
+    signatures included), but for the thought signatures ``trusted`` refuses (made by agproxy for
+    another upstream's thinking, or by another Gemini model), which are dropped, and
+    ``maxOutputTokens`` where given."""
+    out = dict(body)
+    changes: Dict[str, int] = {}
+    contents = out.get("contents")
+    if isinstance(contents, list):
+        kept = []
+        for content in contents:
+            parts = content.get("parts") if isinstance(content, dict) else None
+            if isinstance(parts, list) and any(isinstance(p, dict) and isinstance(p.get("thoughtSignature"), str)
+                                               and not trusted(p["thoughtSignature"]) for p in parts):
+                parts = [dict(p) for p in parts]
+                for part in parts:
+                    if isinstance(part, dict) and isinstance(part.get("thoughtSignature"), str) \
+                            and not trusted(part["thoughtSignature"]):
+                        del part["thoughtSignature"]
+                        _count(changes, "foreign_thought_signature_dropped")
+                content = dict(content, parts=parts)
+            kept.append(content)
+        out["contents"] = kept
+    if max_tokens is not None:
+        config = out.get("generationConfig")
+        out["generationConfig"] = dict(config if isinstance(config, dict) else {}, maxOutputTokens=max_tokens)
+    return out, changes
+
+
+def is_packed_thinking(signature: str) -> bool:
+    """Whether a thought signature is one agproxy made (:data:`_GEMINI_PACKED_THINKING`), which
+    no Gemini server takes."""
+    head = signature[:28].replace("+", "-").replace("/", "_")  # 21 bytes: more than the mark's 19
+    try:
+        raw = base64.urlsafe_b64decode(head + "=" * (-len(head) % 4))
+    except ValueError:
+        return False
+    return raw.startswith(_GEMINI_PACKED_THINKING)
+
+
+#: What a client of a protocol reads in an upstream's own chunk, and the type each must have: per
+#: field, its types and, for an object, the spec of its fields, or for a list, the spec of each item
+#: (an object). A chunk passes through as it came when all hold, nearly always; else the fields of
+#: the wrong type are dropped (:func:`cleaned_chunk`), as a translation would drop them. Fields not
+#: named here (``logprobs``' inside, Gemini's grounding) pass as they came: they are what passing
+#: through is for.
+_Spec = Dict[str, Tuple[Tuple[type, ...], Any]]
+_COUNTS: _Spec = {}  # a usage object: every count a whole number (checked by _clean_counts)
+_CHAT_CHUNK: _Spec = {
+    "id": ((str,), None), "object": ((str,), None), "created": ((int,), None), "model": ((str,), None),
+    "system_fingerprint": ((str, type(None)), None), "usage": ((dict, type(None)), _COUNTS),
+    "choices": ((list,), {
+        "index": ((int,), None), "finish_reason": ((str, type(None)), None), "logprobs": ((dict, type(None)), None),
+        "delta": ((dict,), {
+            "role": ((str,), None), "content": ((str, type(None)), None),
+            "reasoning_content": ((str, type(None)), None), "reasoning": ((str, type(None)), None),
+            "refusal": ((str, type(None)), None),
+            "tool_calls": ((list, type(None)), {
+                "index": ((int,), None), "id": ((str,), None), "type": ((str,), None),
+                "function": ((dict,), {"name": ((str,), None), "arguments": ((str,), None)})})})})}
+_GEMINI_CHUNK: _Spec = {
+    "modelVersion": ((str,), None), "responseId": ((str,), None), "usageMetadata": ((dict,), _COUNTS),
+    "promptFeedback": ((dict,), None),
+    "candidates": ((list,), {
+        "index": ((int,), None), "finishReason": ((str,), None),
+        "content": ((dict,), {"role": ((str,), None), "parts": ((list,), {
+            "text": ((str,), None), "thought": ((bool,), None), "thoughtSignature": ((str,), None),
+            "functionCall": ((dict,), {"name": ((str,), None), "args": ((dict,), None), "id": ((str,), None)})})})})}
+
+
+#: A whole Chat completion: its choices hold a ``message`` where a chunk's hold a ``delta``.
+_CHAT_COMPLETION: _Spec = dict(_CHAT_CHUNK, choices=((list,), dict(
+    {k: v for k, v in _CHAT_CHUNK["choices"][1].items() if k != "delta"}, message=_CHAT_CHUNK["choices"][1]["delta"])))
+
+
+def native_answer(data: bytes, protocol: str, redactor: Redactor) -> bool:
+    """Whether an upstream's whole JSON answer may go to a client of its protocol as it came: a
+    well-formed answer (its fields of the types :func:`cleaned_chunk` checks) with no escaped
+    surrogate and no configured key (whole, or split across its text parts). Else the client gets
+    it translated, as from an upstream of another kind, where every key is hidden."""
+    try:
+        answer = loads_strict(data)
+    except ValueError:
+        return False
+    if not isinstance(answer, dict) or b"\\ud" in data or b"\\uD" in data or redactor.data(data) is not data:
+        return False
+    spec = _CHAT_COMPLETION if protocol == "chat" else _GEMINI_CHUNK
+    if _clean_fields(answer, spec) is not answer or (protocol == "chat" and
+                                                     not isinstance(answer.get("choices"), list)):
+        return False
+    leaves: List[_TextLeaf] = []
+    _text_leaves(answer, (), leaves)
+    texts: Dict[Tuple[Any, ...], List[str]] = {}
+    for path, owner, key in leaves:
+        texts.setdefault(path, []).append(owner[key])
+    return not any(redactor.spans("".join(pieces)) for pieces in texts.values())
+
+
+def _clean_counts(usage: Dict[str, Any]) -> Dict[str, Any]:
+    """A usage object whose counts (``prompt_tokens``, ``promptTokenCount``, ...) are all whole and
+    not negative (the objects in it checked the same way; the rest, such as Gemini's per-modality
+    details and service tier, kept as they came)."""
+    kept = {}
+    for key, value in usage.items():
+        if isinstance(value, dict):
+            value = _clean_counts(value)
+        elif key.endswith(("tokens", "Count")) and not (_is_int(value) and 0 <= value <= MAX_UPSTREAM_TOKENS):
+            continue
+        kept[key] = value
+    return usage if kept == usage else kept
+
+
+def _clean_fields(value: Dict[str, Any], spec: _Spec) -> Dict[str, Any]:
+    """``value`` itself where every field ``spec`` names has its type, else a copy without those
+    that do not (a list's items that are not objects are dropped too)."""
+    out: Optional[Dict[str, Any]] = None
+    for key, (types, inner) in spec.items():
+        if key not in value:
+            continue
+        item = value[key]
+        if not isinstance(item, types) or (isinstance(item, bool) and bool not in types):
+            kept: Any = _DROP
+        elif inner is _COUNTS and isinstance(item, dict):
+            kept = _clean_counts(item)
+        elif inner and isinstance(item, dict):
+            kept = _clean_fields(item, inner)
+        elif inner and isinstance(item, list):
+            kept = [_clean_fields(x, inner) for x in item if isinstance(x, dict)]
+            kept = item if len(kept) == len(item) and all(a is b for a, b in zip(kept, item)) else kept
+        else:
+            kept = item
+        if kept is not item:
+            out = dict(value) if out is None else out
+            if kept is _DROP:
+                del out[key]
+            else:
+                out[key] = kept
+    return value if out is None else out
+
+
+_DROP = object()
+
+
+def cleaned_chunk(chunk: Dict[str, Any], protocol: str) -> Optional[Dict[str, Any]]:
+    """An upstream's own chunk as a client of its protocol may read it: itself when well-formed
+    (nearly always), a copy without the fields of the wrong type, or None when nothing is left to
+    say (a Chat chunk whose choices are no list and that has no usage; a Gemini chunk with
+    nothing a client reads). Azure's first chunk (no choices, its prompt filter's results) goes."""
+    if protocol == "chat":
+        out = _clean_fields(chunk, _CHAT_CHUNK)
+        if out.get("object") != "chat.completion.chunk":
+            out = dict(out, object="chat.completion.chunk")
+        if "choices" not in out:
+            out = dict(out, choices=[])
+        if not all("delta" in choice for choice in out["choices"]):
+            out = dict(out, choices=[dict(choice, delta=choice.get("delta", {})) for choice in out["choices"]])
+        return out if isinstance(chunk.get("choices"), list) or isinstance(out.get("usage"), dict) else None
+    out = _clean_fields(chunk, _GEMINI_CHUNK)
+    return out if any(key in out for key in ("candidates", "promptFeedback", "usageMetadata")) else None
+
+
+class NativeChunks:
+    """What of an upstream's own chunks a client of the same protocol gets (a same-protocol
+    passthrough): each chunk's JSON as it came, but for the secrets in it (:class:`ChunkRedactor`),
+    and the usage chunk of a client that did not ask for one (agproxy asks for it to count). An
+    error chunk is not fed: the client gets agproxy's error ending, as on every route. Pure:
+    :meth:`feed` each chunk, parsed and as it came; :meth:`end` at the stream's end."""
+
+    def __init__(self, redactor: Redactor, protocol: str, usage_chunk: bool = True) -> None:
+        self.redact = ChunkRedactor(redactor)
+        self.protocol = protocol
+        self.usage_chunk = usage_chunk
+        #: a Chat stream's last chunk head, and whether a finish reason came (its end needs one)
+        self.head: Dict[str, Any] = {}
+        self.finished = False
+        self.calls = False
+
+    def feed(self, chunk: Dict[str, Any], data: str) -> List[bytes]:
+        """What may go out once ``chunk`` (``data``, its JSON as it came) has come: the chunk as
+        it came where it is well-formed (:func:`cleaned_chunk`) and holds no escaped surrogate (a
+        lone one is no JSON a strict client reads; the parser mended it) nor line break (a chunk the
+        upstream spread over several ``data:`` lines goes on one), else written anew."""
+        cleaned = cleaned_chunk(chunk, self.protocol)
+        if cleaned is None or (not self.usage_chunk and cleaned.get("choices") == [] and "usage" in cleaned):
+            return []
+        if self.protocol == "chat":
+            self.head = {key: cleaned[key] for key in ("id", "created", "model") if key in cleaned}
+            for choice in cleaned["choices"]:
+                self.finished = self.finished or choice.get("finish_reason") is not None
+                self.calls = self.calls or bool(choice["delta"].get("tool_calls"))
+        if cleaned is not chunk or "\\ud" in data or "\\uD" in data or "\n" in data:
+            return self.redact.feed(cleaned, _COMPACT_JSON.encode(cleaned).encode("utf-8", "replace"))
+        return self.redact.feed(chunk, data.encode("utf-8"))
+
+    def end(self) -> List[bytes]:
+        """What is still held, at the stream's end, and a Chat stream's finish reason where the
+        upstream gave none (``[DONE]`` alone ends a whole answer, as the translated stream says)."""
+        out = self.redact.end()
+        if self.protocol == "chat" and not self.finished:
+            self.finished = True
+            closing = dict(self.head, object="chat.completion.chunk", choices=[
+                {"index": 0, "delta": {}, "finish_reason": "tool_calls" if self.calls else "stop"}])
+            out.append(_COMPACT_JSON.encode(closing).encode("utf-8", "replace"))
+        return out
+
+
+class NativeStreamEncoder(StreamEncoder):
+    """Writes a passthrough stream: the upstream's own chunks (:data:`VERBATIM` events) in the
+    client's framing (``chat``: SSE then ``data: [DONE]``; ``gemini``: SSE with ``alt=sse``, else one
+    JSON array), the other events unwritten (they stand for the same chunks), and the dialect's own
+    keep-alive and error ending, as its translating encoder writes them."""
+
+    def __init__(self, protocol: str, sse: bool = True) -> None:
+        self.protocol = protocol
+        self.sse = sse or protocol == "chat"
+        self.ended = False
+        self._chunks = 0  # chunks written
+        self._opened = False  # a JSON array's "[" is written
+
+    def encode(self, events: List[Event]) -> bytes:
+        out: List[bytes] = []
+        for event in events:
+            if self.ended:
+                break
+            if event.name == VERBATIM:
+                out += [self._framed(chunk) for chunk in event.data["chunks"]]
+            elif event.name == "error":
+                error = event.data.get("error") if isinstance(event.data.get("error"), dict) else {}
+                out.append(self.error(str(error.get("type") or "api_error"), str(error.get("message") or
+                                                                                  "upstream error")))
+            elif event.name == "message_stop":
+                out.append(b"data: [DONE]\n\n" if self.protocol == "chat" else b"" if self.sse else
+                           self._open() + b"]")
+                self.ended = True
+        return b"".join(out)
+
+    def _framed(self, chunk: bytes) -> bytes:
+        self._chunks += 1
+        if self.sse:
+            return b"data: " + chunk + b"\n\n"
+        return self._open() + (b"," if self._chunks > 1 else b"") + b"\r\n" + chunk
+
+    def _open(self) -> bytes:
+        if self.sse or self._opened:
+            return b""
+        self._opened = True
+        return b"["
+
+    def ping(self) -> bytes:
+        if self.ended:
+            return b""
+        return b": ping\n\n" if self.protocol == "chat" else self._open() + b"\n"
+
+    def error(self, error_type: str, message: str) -> bytes:
+        if self.ended:
+            return b""
+        self.ended = True
+        status = _ERROR_STATUS.get(error_type, 500)
+        if self.protocol == "chat":
+            return f"data: {_COMPACT_JSON.encode(chat_error_body(status, error_type, message))}\n\n".encode(
+                "utf-8", "replace")
+        body = _COMPACT_JSON.encode(gemini_error_body(status, error_type, message)).encode("utf-8", "replace")
+        if self.sse:
+            return body + b"\n"
+        return self._open() + (b"," if self._chunks else b"") + body + b"]"
 
 
 # =====================================================================================
@@ -9841,6 +10601,7 @@ class RequestRecord:
     account: str = ""
     stream: bool = False
     local: str = ""  # what answered without an upstream: "warmup", "demo"
+    passthrough: bool = False  # the answer passed untranslated between a client and an upstream of one protocol
     attempts: List[AttemptRecord] = dataclasses.field(default_factory=list)
     status: int = 0
     input_tokens: int = 0
@@ -9908,6 +10669,8 @@ class RequestRecord:
             fields["client"] = self.client
         if self.local:
             fields["local"] = self.local
+        if self.passthrough:
+            fields["passthrough"] = True
         return fields
 
     def line(self) -> str:
@@ -9927,6 +10690,8 @@ class RequestRecord:
             parts.append(f"client={self.client}")
         if self.local:
             parts.append(f"local={self.local}")
+        if self.passthrough:
+            parts.append("passthrough")
         parts.append(f"{self.duration_ms:.0f}ms {self.bytes_sent}B")
         error = " ".join(x for x in (self.error, self.note) if x)
         if error:
@@ -11127,6 +11892,10 @@ class Server(Application):
 
         async def attempt(upstream: Upstream, account: Account) -> Union[Response, StreamingResponse]:
             call = self._call(raw, request, exchange, body, Route((upstream,), route.model), account)
+            native = dialect.native(asked, inbound) if upstream.kind == dialect.native_kind else None
+            if native is not None:
+                call.native, call.native_usage_chunk = native
+            record.passthrough = native is not None
             try:
                 answer = await self.adapter(upstream).messages(call)
             except AgproxyError as exc:
@@ -11138,9 +11907,15 @@ class Server(Application):
             if not isinstance(answer, AnswerStream):
                 record.add_usage(call.facts.usage)
                 if dialect.checks_structured_output and output_schema(body) is not None:
-                    check_structured(answer.message, upstream.name)
+                    message = check_structured(answer.message, upstream.name)
+                    if message is not answer.message:  # its fence taken off: its events (and the
+                        # upstream's own JSON, where it passed through) are not what it says
+                        answer = dataclasses.replace(answer, message=message, events=None, native_json=None)
                 return dialect.whole(answer, inbound)
-            return self._relay(answer, call, record, pool, dialect.encoder(inbound), dialect.stream_headers(inbound))
+            encoder = dialect.encoder(inbound) if native is None else dialect.native_encoder(inbound)
+            if native is None and dialect.checks_structured_output and output_schema(body) is not None:
+                encoder = UnfencedStream(encoder)  # fenced JSON streams without its fence
+            return self._relay(answer, call, record, pool, encoder, dialect.stream_headers(inbound))
 
         return await run_attempts(pool, route, session_id(request.headers, body), self.config.max_retry_attempts,
                                   attempt, clock=self.clock, sleep=self.sleep, on_change=self.saver.save,
@@ -11367,6 +12142,8 @@ class WholeAnswer:
     message: Dict[str, Any]
     headers: Headers
     events: Optional[List[Event]] = None
+    #: the upstream's own JSON answer, for a client of its protocol (a same-protocol passthrough)
+    native_json: Optional[bytes] = None
 
 
 @dataclasses.dataclass
@@ -11394,11 +12171,24 @@ class Dialect:
     #: whether a whole answer to a request with a JSON schema must be JSON (:func:`check_structured`):
     #: where the dialect put the schema there, agproxy answers for it; Anthropic's is the upstream's
     checks_structured_output = False
+    #: the upstream kind that speaks this protocol: a request to it passes through untranslated
+    #: (:meth:`native`), its answer too (:class:`NativeStreamEncoder`). Anthropic's own is the
+    #: adapter's: its requests are the internal form already.
+    native_kind: Optional[str] = None
 
     def inbound(self, request: Request, body: Dict[str, Any], model: Optional[str]) -> Inbound:
         """The client's request (its JSON ``body``; ``model`` where the path names it) in the
         internal form, or :class:`InvalidRequest` for what the internal form cannot carry."""
         return Inbound(body, body.get("stream") is True)
+
+    def native(self, body: Dict[str, Any], inbound: Inbound) -> Optional[Tuple[Dict[str, Any], bool]]:
+        """The client's own request (``body``) to pass to an upstream of :attr:`native_kind`, and
+        whether the client gets the stream's usage chunk; None where it must be translated."""
+        return None
+
+    def native_encoder(self, inbound: Inbound) -> StreamEncoder:
+        """What writes a passthrough answer's own chunks as this client's stream."""
+        raise NotImplementedError
 
     def encoder(self, inbound: Inbound) -> StreamEncoder:
         """What writes one answer's events as this client's stream."""
@@ -11429,7 +12219,10 @@ class Dialect:
         return models_list(models, "anthropic")
 
     def whole(self, answer: WholeAnswer, inbound: Inbound) -> Union[Response, StreamingResponse]:
-        """A whole answer as the client asked for it: its JSON, or its stream in one write."""
+        """A whole answer as the client asked for it: its JSON (the upstream's own, where it passed
+        through), or its stream in one write."""
+        if not inbound.stream and answer.native_json is not None:
+            return Response(200, [("Content-Type", "application/json")] + list(answer.headers), answer.native_json)
         if not inbound.stream:
             return json_response(200, self.message_json(answer.message, inbound), answer.headers)
         events = answer.events or message_events(answer.message)
@@ -11440,24 +12233,34 @@ class Dialect:
 class ChatDialect(Dialect):
     """OpenAI Chat Completions (``POST /v1/chat/completions``), as Aider, Continue, Cline,
     opencode and the openai SDK speak it (section 7's ``chat_*`` translators): its chunks name
-    the model the client asked for, and its errors take OpenAI's shape."""
+    the model the client asked for (an ``openai`` upstream's own, passed through, name its own),
+    and its errors take OpenAI's shape."""
 
     name = "chat"
     answers_warmups = False
     checks_structured_output = True
+    native_kind = "openai"
 
     def inbound(self, request: Request, body: Dict[str, Any], model: Optional[str]) -> Inbound:
-        internal = chat_request_to_anthropic(body)
+        changes: Dict[str, int] = {}
+        internal = chat_request_to_anthropic(body, changes)
         return Inbound(internal, internal.get("stream") is True,
-                       (str(body.get("model"))[:200], int(time.time()), chat_include_usage(body)))
+                       (str(body.get("model"))[:200], int(time.time()), chat_include_usage(body),
+                        chat_client_tool_names(body)), changes)
 
     def encoder(self, inbound: Inbound) -> StreamEncoder:
-        model, created, include_usage = inbound.context
-        return ChatStreamEncoder(model, created, include_usage)
+        model, created, include_usage, names = inbound.context
+        return ChatStreamEncoder(model, created, include_usage, names)
+
+    def native(self, body: Dict[str, Any], inbound: Inbound) -> Optional[Tuple[Dict[str, Any], bool]]:
+        return body, inbound.context[2]
+
+    def native_encoder(self, inbound: Inbound) -> StreamEncoder:
+        return NativeStreamEncoder("chat")
 
     def message_json(self, message: Dict[str, Any], inbound: Inbound) -> Any:
-        model, created, _ = inbound.context
-        return anthropic_message_to_chat(message, model, created)
+        model, created, _, names = inbound.context
+        return anthropic_message_to_chat(message, model, created, names)
 
     def error_body(self, exc: AgproxyError) -> Any:
         return chat_error_body(exc.status, exc.error_type, exc.message)
@@ -11516,6 +12319,7 @@ class GeminiDialect(Dialect):
     name = "gemini"
     answers_warmups = False
     checks_structured_output = True
+    native_kind = "gemini"
 
     def inbound(self, request: Request, body: Dict[str, Any], model: Optional[str]) -> Inbound:
         method = urllib.parse.unquote(request.path).rpartition(":")[2]
@@ -11531,6 +12335,12 @@ class GeminiDialect(Dialect):
     def encoder(self, inbound: Inbound) -> StreamEncoder:
         model, sse, names, thoughts = inbound.context
         return GeminiStreamEncoder(model, sse=sse, names=names, include_thoughts=thoughts)
+
+    def native(self, body: Dict[str, Any], inbound: Inbound) -> Optional[Tuple[Dict[str, Any], bool]]:
+        return (body, True) if inbound.context is not None else None  # a count has no context: never passed
+
+    def native_encoder(self, inbound: Inbound) -> StreamEncoder:
+        return NativeStreamEncoder("gemini", sse=inbound.context[1])
 
     def stream_headers(self, inbound: Inbound) -> Headers:
         return _SSE_HEADERS if inbound.context[1] else [("Content-Type", "application/json; charset=utf-8"),
@@ -11679,6 +12489,10 @@ class Call:
     stream_upstream: bool = True  # ask the upstream for a stream (force_stream_internally) even for JSON
     ping_interval_s: float = 10.0
     facts: CallFacts = dataclasses.field(default_factory=CallFacts)
+    #: the client's own request, where it passes through untranslated to an upstream of its
+    #: protocol (:meth:`Dialect.native`), and whether the client gets the stream's usage chunk
+    native: Optional[Dict[str, Any]] = None
+    native_usage_chunk: bool = True
 
     @property
     def upstream(self) -> Upstream:
@@ -11921,24 +12735,29 @@ class Adapter:
             if stream:
                 head = await _watched(call, response, first_events(events))
                 headers = headers + self.upstream_id_headers(facts.upstream_ids)
-                scale = UsageScaler(window, client_window).scale if window else None
-                redact = DeltaRedactor(self.state.redact).feed  # a key split across deltas
+                native = call.native is not None  # its chunks go as they came (their own redactor)
+                scale = UsageScaler(window, client_window).scale if window and not native else None
+                redact = None if native else DeltaRedactor(self.state.redact).feed  # a key split across deltas
                 observe = _both(facts.relayed, self.watcher(upstream))
                 ping_s = call.ping_interval_s if self.pings else None
                 return AnswerStream(response, headers, lambda encoder, on_end, on_error: relay_events(
                     head, events, response, upstream.name, observe=observe, rewrite=scale, transform=redact,
                     ping_interval_s=ping_s, on_end=on_end, on_error=on_error, encoder=encoder))
             message = await _watched(call, response, accumulate_events(events))
+            native_json = None
         else:
             data = await _watched(call, response, response.read_all())
             message = self.answer_message(data, response, call)
+            native_json = data if call.native is not None and native_answer(
+                data, "chat" if self.kind == "openai" else self.kind, self.state.redact) else None
         headers = headers + self.upstream_id_headers(facts.upstream_ids)
         self.received(message, upstream)
         if isinstance(message.get("usage"), dict):
             facts.usage.update(message["usage"])
         if window:
             scale_usage(message.get("usage"), window, client_window)
-        return WholeAnswer(message, headers)  # asked for a stream, a whole Message is sent as one
+        # asked for a stream, a whole Message is sent as one
+        return WholeAnswer(message, headers, native_json=native_json)
 
     def answer_events(self, response: UpstreamResponse, call: Call, estimate: int) -> AsyncIterator[List[Event]]:
         """The upstream's event stream as Anthropic events, in batches (:class:`Event` lists); a translated
@@ -12137,28 +12956,35 @@ class OpenAIAdapter(Adapter):
 
     def prepare(self, call: Call, stream: bool, strip_thinking: bool,
                 trial: _Lessons) -> Tuple[bytes, Dict[str, Any], Optional[str]]:
-        """The Chat Completions request for this upstream: sanitized, translated, minus what it rejected."""
+        """The Chat Completions request for this upstream: sanitized, translated (a Chat Completions
+        client's own, untranslated: :func:`chat_native_request`), minus what it rejected."""
         upstream = call.upstream
-        body = call.private_body()
-        body["model"] = call.route.model
-        if stream:
-            body["stream"] = True
-        changes = sanitize_request(body, upstream.rules)
-        _fit_max_tokens(body, trial.max_tokens, changes)
-        translated, translation_changes = anthropic_to_openai(body, upstream.openai, upstream.name)
-        changes.update(translation_changes)
+        if call.native is not None:
+            # the length the client's day budget held (its own, or the default the internal form gave)
+            translated, changes = chat_native_request(call.native, call.route.model, stream, upstream.openai,
+                                                      trial.max_tokens or call.body.get("max_tokens"))
+        else:
+            body = call.private_body()
+            body["model"] = call.route.model
+            if stream:
+                body["stream"] = True
+            changes = sanitize_request(body, upstream.rules)
+            _fit_max_tokens(body, trial.max_tokens, changes)
+            translated, translation_changes = anthropic_to_openai(body, upstream.openai, upstream.name)
+            changes.update(translation_changes)
         if upstream.extra_body:
             translated.update(copy.deepcopy(upstream.extra_body))
         for path in self.state.learned.fields(upstream.name) + trial.fields:
             _count(changes, f"learned:{path}", drop_path(translated, path.split(".")))
-        call.facts.changes.append(("translate", changes))
+        call.facts.changes.append(("translate" if call.native is None else "passthrough", changes))
         return json.dumps(translated, ensure_ascii=False).encode("utf-8"), translated, None
 
     def answer_events(self, response: UpstreamResponse, call: Call, estimate: int) -> AsyncIterator[List[Event]]:
         translator = OpenAIStreamTranslator(call.route.model, estimate, _stop_sequences(call.body),
                                             call.facts.upstream_ids.append, call.facts.usage)
         translator.relayed = bool(call.body.get("stream"))
-        return openai_events(response, translator)
+        return openai_events(response, translator, NativeChunks(self.state.redact, "chat", call.native_usage_chunk)
+                             if call.native is not None and translator.relayed else None)
 
     def answer_message(self, data: bytes, response: UpstreamResponse, call: Call) -> Dict[str, Any]:
         name = call.upstream.name
@@ -12300,8 +13126,11 @@ class GeminiAdapter(Adapter):
 
     def prepare(self, call: Call, stream: bool, strip_thinking: bool,
                 trial: _Lessons) -> Tuple[bytes, Dict[str, Any], Optional[str]]:
-        """The generateContent request for this upstream, minus what it rejected before."""
+        """The generateContent request for this upstream (a Gemini client's own, untranslated:
+        :meth:`native_request`), minus what it rejected before."""
         upstream = call.upstream
+        if call.native is not None:
+            return self.native_request(call, strip_thinking, trial)
         body = call.private_body()
         changes: Dict[str, int] = {}
         _fit_max_tokens(body, trial.max_tokens, changes)
@@ -12322,6 +13151,25 @@ class GeminiAdapter(Adapter):
                             "functions; this request offers functions)", upstream.name)
         return json.dumps(translated, ensure_ascii=False).encode("utf-8"), translated, None
 
+    def native_request(self, call: Call, strip_thinking: bool,
+                       trial: _Lessons) -> Tuple[bytes, Dict[str, Any], Optional[str]]:
+        """A Gemini client's own request (:func:`gemini_native_request`): the thought signatures this
+        upstream and model did not make are dropped (all of them once it refused one), the
+        upstream's ``extra_body`` and what it rejected before as for a translated one."""
+        upstream, book = call.upstream, self.state.signatures
+        signer = self.signer(upstream, call.route.model)
+
+        def trusted(signature: str) -> bool:
+            return not strip_thinking and book.owner(signature) in (None, signer) and not is_packed_thinking(signature)
+
+        translated, changes = gemini_native_request(call.native or {}, trusted, trial.max_tokens)
+        if upstream.extra_body:
+            merge_gemini_extra(translated, upstream.extra_body)
+        for path in self.state.learned.fields(upstream.name) + trial.fields:
+            _count(changes, f"learned:{path}", drop_path(translated, path.split(".")))
+        call.facts.changes.append(("passthrough", changes))
+        return json.dumps(translated, ensure_ascii=False).encode("utf-8"), translated, None
+
     def recorder(self, route: Route) -> Callable[[str, str], None]:
         """What keeps each signature of an answer: its maker in the book, a call's by its id."""
         signer = self.signer(route.upstream, route.model)
@@ -12338,7 +13186,8 @@ class GeminiAdapter(Adapter):
         translator = GeminiStreamTranslator(route.model, estimate, self.recorder(route), gemini_name_map(call.body),
                                             call.facts.upstream_ids.append, call.facts.usage)
         translator.relayed = bool(call.body.get("stream"))
-        return gemini_events(response, translator)
+        return gemini_events(response, translator, NativeChunks(self.state.redact, "gemini")
+                             if call.native is not None and translator.relayed else None)
 
     def answer_message(self, data: bytes, response: UpstreamResponse, call: Call) -> Dict[str, Any]:
         route = call.route
@@ -12515,21 +13364,42 @@ async def anthropic_events(response: UpstreamResponse, upstream: str,
         raise UpstreamFailure("the stream ended before message_stop")
 
 
-async def openai_events(response: UpstreamResponse, translator: OpenAIStreamTranslator) -> AsyncIterator[List[Event]]:
+async def _read_unless_said(response: UpstreamResponse, said_end: bool) -> bytes:
+    """The next piece of an answer's body; its end (b"") where the body breaks after the upstream
+    said the answer ended (its finish reason came, only ``[DONE]`` or the body's end were to
+    follow), so that a whole answer is not ended as broken."""
+    try:
+        return await response.read_chunk()
+    except UpstreamFailure:
+        if said_end:
+            return b""
+        raise
+
+
+def _with_verbatim(chunks: List[bytes], events: List[Event]) -> List[Event]:
+    """A batch of events with the upstream's own chunks they were read from before them, if any."""
+    return [Event(VERBATIM, {"chunks": chunks})] + events if chunks else events
+
+
+async def openai_events(response: UpstreamResponse, translator: OpenAIStreamTranslator,
+                        native: Optional[NativeChunks] = None) -> AsyncIterator[List[Event]]:
     """A Chat Completions chunk stream as Anthropic events, one batch per upstream read. Ends with
-    the closing events, or raises :class:`UpstreamFailure` for a stream that broke before it finished."""
+    the closing events, or raises :class:`UpstreamFailure` for a stream that broke before it finished.
+    With ``native``, each batch carries the chunks a Chat Completions client gets as they came."""
     decoder = SSEDecoder()
+    chunks: List[bytes] = []
     while True:
-        chunk = await response.read_chunk()
+        chunk = await _read_unless_said(response, translator.saw_finish)
         if not chunk:
             if translator.saw_finish or translator.finished:
-                yield translator.finish()
+                yield _with_verbatim(native.end() if native else [], translator.finish())
                 return
             raise UpstreamFailure("the stream ended before the answer finished")
         out: List[Event] = []
         for event in decoder.feed(chunk):
             data = event.data.strip()
             if data == "[DONE]":
+                chunks += native.end() if native else []
                 out += translator.finish()
                 continue
             if not data:
@@ -12541,19 +13411,25 @@ async def openai_events(response: UpstreamResponse, translator: OpenAIStreamTran
             if not isinstance(parsed, dict):
                 raise UpstreamFailure(f"upstream sent a chunk that is not a JSON object: {data[:100]!r}")
             out += translator.feed(parsed)
-        yield out
+            if native is not None and not translator.finished:
+                chunks += native.feed(parsed, data)
+        if translator.finished and native is not None:
+            chunks += native.end()
+        yield _with_verbatim(chunks, out)
+        chunks = []
         if translator.finished:
             response.close()
             return
 
 
-async def gemini_events(response: UpstreamResponse,
-                        translator: GeminiStreamTranslator) -> AsyncIterator[List[Event]]:
+async def gemini_events(response: UpstreamResponse, translator: GeminiStreamTranslator,
+                        native: Optional[NativeChunks] = None) -> AsyncIterator[List[Event]]:
     """A Gemini ``alt=sse`` stream as Anthropic events, one batch per upstream read. Gemini sends
     no ``[DONE]``: the body's end finishes the answer (its last event taken even without its blank
     line). An error Gemini writes into the stream as a bare JSON body (no ``data:`` lines) ends it
     with an error event."""
     decoder, stray = SSEDecoder(), StrayLines()
+    chunks: List[bytes] = []
 
     def translate(events: List[SSEEvent]) -> List[Event]:
         out: List[Event] = []
@@ -12569,10 +13445,12 @@ async def gemini_events(response: UpstreamResponse,
                 if not isinstance(item, dict):
                     raise UpstreamFailure(f"upstream sent a chunk that is not a JSON object: {data[:100]!r}")
                 out += translator.feed(item)
+                if native is not None and not translator.finished:
+                    chunks.extend(native.feed(item, data if item is parsed else _COMPACT_JSON.encode(item)))
         return out
 
     while True:
-        chunk = await response.read_chunk()
+        chunk = await _read_unless_said(response, translator.started and translator.said_end)
         if not chunk:
             out = translate(decoder.feed(b"\n\n"))
             stray.end()
@@ -12582,12 +13460,16 @@ async def gemini_events(response: UpstreamResponse,
                 raise UpstreamFailure("the stream ended before the answer finished (no finishReason)")
             if not translator.started:
                 raise UpstreamFailure("the stream ended before its first event")
-            yield out + translator.finish()
+            chunks += native.end() if native else []
+            yield _with_verbatim(chunks, out + translator.finish())
             return
         out = translate(decoder.feed(chunk))
         if stray.feed(chunk) and not translator.finished:
             out += translator.feed(stray.error())
-        yield out
+        if translator.finished and native is not None:
+            chunks += native.end()
+        yield _with_verbatim(chunks, out)
+        chunks = []
         if translator.finished:
             response.close()
             return
@@ -12606,17 +13488,18 @@ async def first_events(events: AsyncIterator[List[Event]]) -> List[Event]:
     head: List[Event] = []
     async for batch in events:
         head += batch
-        if any(event.name not in ("message_start", "ping") for event in batch):
+        if any(event.name not in ("message_start", "ping", VERBATIM) for event in batch):
             break
         if len(head) > MAX_HEAD_EVENTS:
             raise UpstreamFailure(f"upstream sent {len(head)} events without content")
-    for event in head:
+    named = [event for event in head if event.name != VERBATIM]
+    for event in named:
         if event.name == "error":
             raise stream_error(event.data)
-    if not head:
+    if not named:
         raise UpstreamFailure("the stream ended before its first event")
-    if head[0].name not in ("message_start", "ping"):
-        raise UpstreamFailure(f"upstream's stream began with a {head[0].name[:40]!r} event, not message_start")
+    if named[0].name not in ("message_start", "ping"):
+        raise UpstreamFailure(f"upstream's stream began with a {named[0].name[:40]!r} event, not message_start")
     return head
 
 
@@ -12625,7 +13508,8 @@ async def accumulate_events(events: AsyncIterator[List[Event]]) -> Dict[str, Any
     accumulator = MessageAccumulator()
     async for batch in events:
         for event in batch:
-            accumulator.add(event.name, event.data)
+            if event.name != VERBATIM:
+                accumulator.add(event.name, event.data)
     return accumulator.result()
 
 
@@ -12700,7 +13584,8 @@ async def relay_events(head: List[Event], events: AsyncIterator[List[Event]], re
                     words = _error_event_words(batch)
                     if words is not None:
                         on_error(words)
-                yield _encoded_batch(batch if rewrite is None else rewrite(batch), encoder, transform)
+                for part in _encoded_batch(batch if rewrite is None else rewrite(batch), encoder, transform):
+                    yield part
                 last_sent = clock()
                 if has_event:  # the time a slow client took to take it is not the upstream's silence
                     idle.saw_event()
@@ -12756,19 +13641,20 @@ def _both(first: Callable[[List[Event]], None],
 
 
 def _encoded_batch(batch: List[Event], encoder: StreamEncoder,
-                   transform: Optional[Callable[[bytes], bytes]]) -> bytes:
-    """A batch as the client gets it. ``transform`` (the :class:`DeltaRedactor`) reads Anthropic
-    bytes: another dialect's encoder gets the events it wrote anew only where it changed some
-    (it gives back the very bytes it was given when it changed nothing, as it nearly always does)."""
+                   transform: Optional[Callable[[bytes], bytes]]) -> Iterator[bytes]:
+    """A batch as the client gets it, in the parts of :meth:`StreamEncoder.encode_parts`.
+    ``transform`` (the :class:`DeltaRedactor`) reads Anthropic bytes: another dialect's encoder
+    gets the events it wrote anew only where it changed some (it gives back the very bytes it was
+    given when it changed nothing, as it nearly always does)."""
     if encoder is ANTHROPIC_ENCODER:
         data = encode_events(batch)
-        return data if transform is None else transform(data)
+        return iter((data if transform is None else transform(data),))
     if transform is not None:
         data = encode_events(batch)
         redacted = transform(data)
         if redacted is not data:
             batch = [Event(event.event, loads_strict(event.data)) for event in SSEDecoder().feed(redacted)]
-    return encoder.encode(batch)
+    return encoder.encode_parts(batch)
 
 
 #: What is read of an answer after its message_stop before the connection is cut instead.

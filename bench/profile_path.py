@@ -5,8 +5,10 @@ once it is ready, so start-up is left out) while the load client sends the same 
 
 Usage: python bench/profile_path.py [passthrough|responses|chat|gemini|openai] [streams] [events] [top] [cum]
 (defaults: responses 100 1000 25; ``cum`` sorts by time including callees: with few events per
-stream, say 10, it shows what each request costs). Dev only; cProfile slows agproxy about twofold, so read the
-shares, not the absolute times."""
+stream, say 10, it shows what each request costs). ``body`` profiles a real Claude Code request instead
+(bench/claude_code.py), non-streaming, one request after another, figures per request:
+python bench/profile_path.py body [requests] [size in KB] [top] [cum] (defaults: body 20 2000 25).
+Dev only; cProfile slows agproxy about twofold, so read the shares, not the absolute times."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from typing import Any, Dict, Tuple
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
+import claude_code  # noqa: E402
 import run  # noqa: E402
 
 
@@ -57,17 +60,37 @@ async def drive(port: int, pid: int, path: str, body: Dict[str, Any], streams: i
     return await run.throughput(port, path, body, streams)
 
 
+async def drive_body(port: int, pid: int, body: bytes, requests: int) -> Dict[str, Any]:
+    """``requests`` of the body one after another (as one Claude Code session sends its turns); the
+    result counts each request as one event, so the figures below are per 1,000 requests."""
+    await run.latency(port, body, 3)
+    os.kill(pid, signal.SIGUSR1)
+    await asyncio.sleep(0.2)
+    times = await run.latency(port, body, requests)
+    return {"ok": len(times), "events": len(times), "events_per_s": 1000 / run.pct(times, .5)}
+
+
 def main() -> None:
     args = sys.argv[1:]
     name = args[0] if args else "responses"
-    streams, events, top = (int(args[i]) if len(args) > i else d for i, d in ((1, 100), (2, 1000), (3, 25)))
-    path, body = paths(name, events)
+    big = name == "body"
+    streams, events, top = (int(args[i]) if len(args) > i else d
+                            for i, d in ((1, 20 if big else 100), (2, 2000 if big else 1000), (3, 25)))
+    if big:
+        real = claude_code.capture()
+        if real is None:
+            raise SystemExit("no Claude Code request to profile: the CLI is not installed (make claude-cli)")
+        path, body = "/v1/messages", dict(claude_code.sized(real, events * 1000), model="bench-e5-s20-d0",
+                                          stream=False)
+    else:
+        path, body = paths(name, events)
     upstream, up_port = run.start_upstream()
     with tempfile.TemporaryDirectory() as workdir:
         out = os.path.join(workdir, "agproxy.prof")
         agproxy, port, _ = run.start_agproxy(up_port, workdir, [os.path.abspath(__file__), "--serve", out])
         try:
-            result = asyncio.run(drive(port, agproxy.pid, path, body, streams))
+            result = asyncio.run(drive_body(port, agproxy.pid, claude_code.wire(body), streams) if big else
+                                 drive(port, agproxy.pid, path, body, streams))
         finally:
             agproxy.terminate()
             agproxy.wait(30)
@@ -75,11 +98,17 @@ def main() -> None:
             upstream.wait(10)
         stats = pstats.Stats(out)
         per = 1000 / max(1, result["events"])
-        print(f"{name}: {path}, {result['ok']}/{streams} streams ok, {result['events']} events, "
-              f"{result['events_per_s']:,.0f} events/s under the profiler; profiled CPU "
-              f"{stats.total_tt * per * 1000:.1f} ms per 1,000 events, "
-              f"{stats.total_tt / max(1, result['ok']) * 1000:.2f} ms per stream")
-        print(f"{'own ms/1k ev':>12} {'cum ms/1k ev':>12} {'calls/ev':>8}  function")
+        unit = "req" if big else "ev"
+        if big:
+            print(f"body: {claude_code.size_of(body):,} bytes ({len(body['messages'])} messages), "
+                  f"{result['ok']}/{streams} requests ok, p50 {1000 / result['events_per_s']:.1f} ms under the "
+                  f"profiler; profiled CPU {stats.total_tt / max(1, result['ok']) * 1000:.1f} ms per request")
+        else:
+            print(f"{name}: {path}, {result['ok']}/{streams} streams ok, {result['events']} events, "
+                  f"{result['events_per_s']:,.0f} events/s under the profiler; profiled CPU "
+                  f"{stats.total_tt * per * 1000:.1f} ms per 1,000 events, "
+                  f"{stats.total_tt / max(1, result['ok']) * 1000:.2f} ms per stream")
+        print(f"{'own ms/1k ' + unit:>12} {'cum ms/1k ' + unit:>12} {'calls/' + unit:>8}  function")
         column = 3 if args[4:5] == ["cum"] else 2
         rows = sorted(stats.stats.items(), key=lambda kv: -kv[1][column])[:top]
         for (file, line, func), (_, calls, own, cum, _) in rows:

@@ -1,28 +1,39 @@
 #!/usr/bin/env python3
 """agproxy's benchmarks: every scenario runs against the fake upstream directly (the baseline) and
 through agproxy, in the same run; figures are ratios to that baseline. Prints a table and writes
-bench/RESULTS.md. Usage: python bench/run.py [--quick]"""
+bench/RESULTS.md, and the charts bench/bodies.png and bench/growth.png (drawn by charts.py with the
+dev venv's matplotlib). Usage: python bench/run.py [--quick] [--only core,bodies,stall,growth,ttfb]
+(--only runs those scenarios alone and writes their charts, not RESULTS.md; --quick writes nothing)."""
 
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
+import math
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Sequence, Tuple, Union
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)
 
+import claude_code  # noqa: E402
 import load  # noqa: E402
 
 QUICK = "--quick" in sys.argv
+#: The scenarios, each selectable alone with --only: issue 7's table (and issue 21's rows), then issue 22's.
+SCENARIOS = ("core", "bodies", "stall", "growth", "ttfb")
+ONLY = sys.argv[sys.argv.index("--only") + 1].split(",") if "--only" in sys.argv[:-1] else list(SCENARIOS)
+VENV_PYTHON = os.path.join(ROOT, ".venv", "bin", "python")
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -32,12 +43,26 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
-def rss_mb(pid: int) -> float:
+def loop_cpu_seconds(pid: int) -> float:
+    """CPU time of the process's main thread (its event loop), in nanoseconds from schedstat: precise
+    where cpu_seconds counts 10 ms ticks, for steps that spend little CPU."""
+    with open(f"/proc/{pid}/schedstat") as f:
+        return int(f.read().split()[0]) / 1e9
+
+
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """The process's resident set (``VmHWM``: its peak since start or since ``reset_peak_rss``)."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return 0.0
+
+
+def reset_peak_rss(pid: int) -> None:
+    """Start VmHWM again from the current RSS (Linux: 5 to clear_refs), so a run's peak is its own."""
+    with open(f"/proc/{pid}/clear_refs", "w") as f:
+        f.write("5")
 
 
 def start_upstream() -> Tuple[subprocess.Popen, int]:
@@ -45,10 +70,15 @@ def start_upstream() -> Tuple[subprocess.Popen, int]:
     return proc, int(proc.stdout.readline())
 
 
-def start_agproxy(upstream_port: int, workdir: str, wrapper: Sequence[str] = ()) -> Tuple[subprocess.Popen, int, float]:
-    """agproxy (the .pyz when built, else the module) on a config of three upstreams on the fake;
-    ``wrapper``: a script and its arguments to run it under (then always the module)."""
+def start_agproxy(upstream_port: int, workdir: str, wrapper: Sequence[str] = (),
+                  bulk_port: int = 0) -> Tuple[subprocess.Popen, int, float]:
+    """agproxy (the .pyz when built, else the module) on a config of four upstreams on the fake
+    (models ``bulk-*`` go to ``bulk_port``, a second fake, when given: the stall scenario's big bodies
+    must not slow the fake that serves the streams); ``wrapper``: a script and its arguments to run it
+    under (then always the module)."""
     config = {"upstreams": [
+        {"name": "bulk", "kind": "anthropic", "base_url": f"http://127.0.0.1:{bulk_port or upstream_port}",
+         "accounts": [{"name": "bench", "api_key": "k"}]},
         {"name": "up", "kind": "anthropic", "base_url": f"http://127.0.0.1:{upstream_port}",
          "accounts": [{"name": "bench", "api_key": "k"}]},
         {"name": "oa", "kind": "openai", "base_url": f"http://127.0.0.1:{upstream_port}/v1",
@@ -56,7 +86,7 @@ def start_agproxy(upstream_port: int, workdir: str, wrapper: Sequence[str] = ())
         {"name": "gm", "kind": "gemini", "base_url": f"http://127.0.0.1:{upstream_port}",
          "accounts": [{"name": "bench", "api_key": "k"}]}],
         "model_map": [{"match": "oa-*", "upstream": "oa"}, {"match": "gm-*", "upstream": "gm"},
-                      {"match": "*", "upstream": "up"}],
+                      {"match": "bulk-*", "upstream": "bulk"}, {"match": "*", "upstream": "up"}],
         "max_connections": 4096, "log_level": "warning", "state_file": ""}
     path = os.path.join(workdir, "bench.json")
     with open(path, "w") as f:
@@ -86,7 +116,7 @@ def pct(values: List[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-async def latency(port: int, body: Dict[str, Any], count: int, path: str = "/v1/messages") -> List[float]:
+async def latency(port: int, body: Union[Dict[str, Any], bytes], count: int, path: str = "/v1/messages") -> List[float]:
     out = await load.run("127.0.0.1", port, path, body, 1, count)
     assert all(r["ok"] for r in out["results"]), out["results"][:2]
     return [r["total"] * 1000 for r in out["results"]]
@@ -274,6 +304,254 @@ async def dialects(up: int, ag: int, pid: int, rows: List[List[str]], n: int, st
                       f"/v1beta/models/{model}:streamGenerateContent?alt=sse", "reported")
 
 
+#: Issue 22's body sizes: a short Claude Code turn to the 2 MB of a long session.
+BODY_SIZES = (1_000, 10_000, 88_000, 200_000, 500_000, 1_000_000, 2_000_000)
+#: Issue 22's concurrency steps for the cost growth (CPU per delta and RSS).
+GROWTH_STREAMS = (1, 10, 100, 1000)
+
+
+def markdown(header: Sequence[str], rows: List[List[str]]) -> str:
+    return "\n".join("| " + " | ".join(row) + " |" for row in [list(header), ["---"] * len(header)] + rows)
+
+
+def floor_ms(raw: bytes, repeat: int) -> float:
+    """The floor of a body's cost: ``json.loads`` of its bytes and ``json.dumps`` of the result back to
+    bytes, in this Python (the one agproxy runs on); the median of ``repeat`` runs."""
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        json.dumps(json.loads(raw)).encode()
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
+
+
+async def bodies(up: int, ag: int, pid: int, data: Dict[str, Any]) -> str:
+    """Item 1 of issue 22: a real Claude Code request at each size, non-streaming to the anthropic fake;
+    added latency at p50 against the floor, and agproxy's CPU per request."""
+    real = claude_code.capture()
+    if real is None:
+        return "Claude Code bodies: skipped, no Claude Code CLI to capture a request from (make claude-cli)."
+    captured = claude_code.size_of(real)
+    rows, points = [], []
+    for target in BODY_SIZES[:4] if QUICK else BODY_SIZES:
+        body = dict(claude_code.sized(real, target), model="bench-e5-s20-d0", stream=False)
+        raw = claude_code.wire(body)
+        count = max(12, min(200, int((1e6 if QUICK else 5e6) / len(raw))))
+        await latency(ag, raw, 3)
+        direct = await latency(up, raw, count)
+        cpu0 = cpu_seconds(pid)
+        via = await latency(ag, raw, count)
+        cpu = (cpu_seconds(pid) - cpu0) / count * 1000
+        floor = floor_ms(raw, max(9, count // 4))
+        added = pct(via, .5) - pct(direct, .5)
+        goal = 1.5 * floor + 0.5
+        point = {"kb": len(raw) / 1000, "messages": len(body["messages"]), "direct_ms": pct(direct, .5),
+                 "via_ms": pct(via, .5), "added_ms": added, "floor_ms": floor, "cpu_ms": cpu}
+        points.append(point)
+        rows.append([f"{len(raw) / 1000:,.1f} KB ({len(body['messages'])} messages)", f"{point['direct_ms']:.2f} ms",
+                     f"{point['via_ms']:.2f} ms", f"+{added:.2f} ms", f"{floor:.2f} ms", f"{added / floor:.1f}x",
+                     f"{cpu:.2f} ms", f"{cpu / floor:.1f}x",
+                     f"<= {goal:.2f} ms ({'met' if added <= goal else 'not met'})"])
+    data["bodies"] = points
+    return (f"### Claude Code bodies, non-streaming, anthropic upstream (issue 22)\n\nA real Claude Code "
+            f"{claude_code.CLI_VERSION} request (captured at bench time from the CLI through the test fake: a Read "
+            f"tool loop, {captured / 1000:.1f} KB as sent), grown by repeating its last tool call and result, or "
+            "trimmed below its size (tools dropped, long strings cut), and sent as the CLI writes it (no spaces, "
+            "UTF-8 unescaped). Floor: `json.loads` + `json.dumps` of the "
+            "same body in the same Python. CPU: agproxy's, per request (/proc, 10 ms ticks over the run).\n\n"
+            + markdown(["body", "direct p50", "through agproxy p50", "added p50", "floor", "added / floor",
+                        "agproxy CPU per request", "CPU / floor", "goal: 1.5x floor + 0.5 ms"], rows))
+
+
+class BulkClient(threading.Thread):
+    """One client that sends the same big non-streaming body in a loop on a keep-alive connection
+    (a long Claude Code session's turns), in its own thread so the streams' event loop is not its."""
+
+    def __init__(self, port: int, body: Dict[str, Any]) -> None:
+        super().__init__(daemon=True)
+        self.port, self.raw = port, claude_code.wire(body)
+        self.stop = threading.Event()
+        self.latencies: List[float] = []
+        self.failures = 0
+
+    def run(self) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        while not self.stop.is_set():
+            started = time.perf_counter()
+            conn.request("POST", "/v1/messages", self.raw, {"Content-Type": "application/json"})
+            response = conn.getresponse()
+            response.read()
+            if response.status == 200:
+                self.latencies.append((time.perf_counter() - started) * 1000)
+            else:
+                self.failures += 1
+        conn.close()
+
+
+async def stall(up: int, ag: int, pid: int, data: Dict[str, Any]) -> str:
+    """Item 2 of issue 22: 20 passthrough streams (an event every 10 ms) through agproxy, the largest gap
+    between events they see, alone and while one other client sends 2 MB bodies in a loop."""
+    real = claude_code.capture()
+    if real is None:
+        return "Stall: skipped, no Claude Code CLI to capture a request from (make claude-cli)."
+    big = dict(claude_code.sized(real, 2_000_000), model="bulk-e5-s20-d0", stream=False)
+    events = 200 if QUICK else 400
+    stream = message(f"bench-e{events}-s20-d10", True)
+    rows, largest = [], {False: [], True: []}
+    for round_ in range(2 if QUICK else 3):
+        for bulk in (False, True):
+            client = BulkClient(ag, big) if bulk else None
+            if client:
+                client.start()
+                await asyncio.sleep(0.5)  # its first bodies are on their way before the streams start
+            out = await load.run("127.0.0.1", ag, "/v1/messages", stream, 20, 20, timeout=120)
+            if client:
+                client.stop.set()
+                await asyncio.get_running_loop().run_in_executor(None, client.join)
+            ok = [r for r in out["results"] if r["ok"]]
+            gaps = sorted(r["max_gap"] * 1000 for r in ok)
+            largest[bulk].append(gaps[-1])
+            bulk_note = (f"{len(client.latencies)} bodies answered (p50 {pct(client.latencies, .5):.0f} ms), "
+                         f"{client.failures} refused") if client else "-"
+            rows.append([f"{round_ + 1}: {'with the 2 MB client' if bulk else 'alone'}", f"{len(ok)}/20",
+                         f"{gaps[-1]:.1f} ms", f"{statistics.median(gaps):.1f} ms", bulk_note])
+    alone, loaded = statistics.median(largest[False]), statistics.median(largest[True])
+    data["stall"] = {"alone_ms": alone, "loaded_ms": loaded}
+    big_kb = claude_code.size_of(big) // 1000
+    return (f"### Stall of other streams (issue 22)\n\n20 streams of {events} events 10 ms apart "
+            f"(/v1/messages passthrough) through agproxy; the bulk client sends the {big_kb:,} "
+            "KB Claude Code request (non-streaming, to a second fake upstream so the fake's own parse does not "
+            "slow the streams) in a loop on one connection.\n\n"
+            + markdown(["run", "streams ok", "largest gap, any stream", "median of each stream's largest",
+                        "bulk client"], rows)
+            + f"\n\nAdded largest gap: **+{loaded - alone:.1f} ms** ({alone:.1f} ms alone, {loaded:.1f} ms with the "
+            "2 MB client; the median of the runs of each, alternated; goal: at most +20 ms).")
+
+
+async def growth_point(port: int, pid: int, model: str, streams: int, events: int) -> Dict[str, Any]:
+    """CPU per delta and peak RSS of ``streams`` concurrent streams, twice: paced as a model writes (150
+    events 20 ms apart, so each upstream read brings one event) and from the fast fake (``events`` each
+    in bursts; more requests, as many at once, until about 100,000 deltas have gone through, so the
+    10 ms CPU ticks stay small). Paced first, since memory the fast step held stays with the process."""
+    reset_peak_rss(pid)
+    cpu0, started = loop_cpu_seconds(pid), time.perf_counter()
+    paced = await load.run("127.0.0.1", port, "/v1/messages", message(f"{model}-e150-s20-d20", True), streams,
+                           streams, timeout=120)
+    paced_events = sum(r["events"] for r in paced["results"] if r["ok"])
+    point = {"paced_ok": sum(r["ok"] for r in paced["results"]), "paced_peak_rss_mb": rss_mb(pid, "VmHWM"),
+             "paced_cpu_us": (loop_cpu_seconds(pid) - cpu0) / max(1, paced_events) * 1e6,
+             "paced_events_per_s": paced_events / (time.perf_counter() - started)}
+    total = max(streams, math.ceil((20_000 if QUICK else 100_000) / events))
+    reset_peak_rss(pid)
+    cpu0 = cpu_seconds(pid)
+    out = await load.run("127.0.0.1", port, "/v1/messages", message(f"{model}-e{events}-s20-d0", True), streams,
+                         total, timeout=300)
+    cpu = cpu_seconds(pid) - cpu0
+    ok = [r for r in out["results"] if r["ok"]]
+    delivered = sum(r["events"] for r in ok)
+    point.update(streams=streams, ok=len(ok), total=total, events=delivered,
+                 cpu_us=cpu / max(1, delivered) * 1e6, peak_rss_mb=rss_mb(pid, "VmHWM"),
+                 events_per_s=delivered / out["wall"])
+    return point
+
+
+async def growth(up: int, ag: int, pid: int, data: Dict[str, Any]) -> str:
+    """Item 3 of issue 22: CPU per delta and RSS at 1, 10, 100 and 1,000 concurrent streams, on the
+    passthrough and the OpenAI translation path, each on a fresh agproxy (memory an earlier step held
+    stays with the process)."""
+    events = 200 if QUICK else 500
+    rows, curves = [], {}
+    for label, model in (("passthrough", "bench"), ("OpenAI translation", "oa-bench")):
+        with tempfile.TemporaryDirectory() as workdir:
+            proc, port, _ = start_agproxy(up, workdir)
+            try:
+                idle = rss_mb(proc.pid)
+                await load.run("127.0.0.1", port, "/v1/messages", message(f"{model}-e10-s20-d0", True), 2, 4)
+                points = []
+                for streams in GROWTH_STREAMS[:3] if QUICK else GROWTH_STREAMS:
+                    point = await growth_point(port, proc.pid, model, streams, events)
+                    points.append(point)
+                    rows.append([label, f"{streams:,}", f"{point['ok']}/{point['total']}",
+                                 f"{point['events_per_s']:,.0f}", f"{point['cpu_us']:.1f} µs",
+                                 f"{point['peak_rss_mb']:.1f} MB", f"{point['paced_ok']}/{streams}",
+                                 f"{point['paced_events_per_s']:,.0f}", f"{point['paced_cpu_us']:.1f} µs",
+                                 f"{point['paced_peak_rss_mb']:.1f} MB", f"{idle:.1f} MB"])
+            finally:
+                proc.terminate()
+                proc.wait(30)
+        curves[label] = points
+    data["growth"] = curves
+    return ("### Cost growth with concurrent streams (issue 22)\n\nAnthropic client on /v1/messages, a fresh "
+            f"agproxy per path. Fast: streams of {events} events of 20 characters from the fast fake, which writes "
+            "them in bursts (many events per read); each step sends requests, as many at once as its number of "
+            "streams, until about 100,000 deltas (at least one round); the clients read slower than the fake "
+            "writes, so its peak RSS includes what agproxy buffers for them. Paced: as many streams of 150 events "
+            "20 ms apart (50 a second, a model's pace: one event per read and per write), at once. CPU per delta: "
+            "agproxy's CPU over the events the clients received (paced: its event loop thread's, from schedstat); "
+            "peak RSS: VmHWM over the step (reset before it).\n\n"
+            + markdown(["path", "concurrent streams", "fast: requests ok", "fast: events/s", "fast: CPU per delta",
+                        "fast: peak RSS", "paced: ok", "paced: events/s", "paced: CPU per delta",
+                        "paced: peak RSS", "idle RSS"], rows))
+
+
+async def staggered(port: int, body: Dict[str, Any], streams: int, each: int, spread_s: float) -> List[float]:
+    """Times to first byte (ms) of ``streams`` clients that each send ``each`` streamed requests one after
+    another, their starts spread over ``spread_s`` (about one stream's length), so that ``streams`` run at
+    any moment and new ones begin all the time rather than in one burst."""
+    payload = json.dumps(body).encode()
+    results: List[Dict[str, Any]] = []
+
+    async def client(i: int) -> None:
+        await asyncio.sleep(spread_s * i / streams)
+        for _ in range(each):
+            results.append(await load.one("127.0.0.1", port, "/v1/messages", payload, {}, 120))
+
+    await asyncio.gather(*(client(i) for i in range(streams)))
+    return [r["ttfb"] * 1000 for r in results if r["ok"]]
+
+
+async def ttfb(up: int, ag: int, pid: int, data: Dict[str, Any]) -> str:
+    """Item 4 of issue 22: time to first byte at p50 and p99 with 200 concurrent streams (each of 300
+    events 10 ms apart, so about 3 s long, some 67 new ones a second), direct and through agproxy."""
+    body = message("bench-e300-s20-d10", True)
+    each = 2 if QUICK else 3
+    rows = []
+    for _ in range(2):
+        d = await staggered(up, body, 200, each, 3.0)
+        cpu0, started = cpu_seconds(pid), time.perf_counter()
+        v = await staggered(ag, body, 200, each, 3.0)
+        busy = (cpu_seconds(pid) - cpu0) / (time.perf_counter() - started)
+        rows.append([f"{len(d)}/{200 * each} / {len(v)}/{200 * each}", f"{pct(d, .5):.2f} / {pct(d, .99):.2f} ms",
+                     f"{pct(v, .5):.2f} / {pct(v, .99):.2f} ms",
+                     f"+{pct(v, .5) - pct(d, .5):.2f} / +{pct(v, .99) - pct(d, .99):.2f} ms",
+                     f"{busy:.2f}", "p99 added <= 5 ms"])
+    data["ttfb"] = rows
+    return ("### Time to first byte, 200 concurrent streams (issue 22)\n\n/v1/messages passthrough, streams of "
+            f"300 events 10 ms apart (about 3 s each, 20,000 events/s in all); 200 clients each send {each} in a "
+            "row, their starts spread over the first 3 s, so 200 streams run at once and about 67 begin each "
+            "second; direct, then through agproxy, twice. The fake sends message_start and the first "
+            "content_block_start together, as a real upstream does (agproxy holds the head until the first event "
+            "past message_start, so a retry is still possible).\n\n"
+            + markdown(["ok (direct / agproxy)", "direct p50 / p99", "through agproxy p50 / p99",
+                        "added p50 / p99", "agproxy CPU (cores busy)", "goal"], rows))
+
+
+def draw_charts(data: Dict[str, Any]) -> str:
+    """The charts of items 1 and 3, drawn by charts.py with the dev venv's matplotlib."""
+    if not (data.get("bodies") or data.get("growth")):
+        return ""
+    python = VENV_PYTHON if os.path.exists(VENV_PYTHON) else sys.executable
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(data, f)
+    try:
+        result = subprocess.run([python, os.path.join(HERE, "charts.py"), f.name], capture_output=True, text=True)
+    finally:
+        os.unlink(f.name)
+    if result.returncode:
+        return f"(charts not drawn: {result.stderr.strip().splitlines()[-1] if result.stderr.strip() else '?'})"
+    return result.stdout.strip()
+
+
 def machine() -> str:
     cpu = "unknown CPU"
     try:
@@ -289,30 +567,61 @@ def load_average() -> str:
     return f"{os.getloadavg()[0]:.2f}"
 
 
+async def run_selected(up: int, ag: int, pid: int, rows: List[List[str]], startup_s: float,
+                       data: Dict[str, Any]) -> List[str]:
+    """The scenarios --only names (all by default), in SCENARIOS' order; the issue 22 sections' texts,
+    each with the load average it began under."""
+    sections = []
+    issue22: Dict[str, Callable[..., Any]] = {"bodies": bodies, "stall": stall, "growth": growth, "ttfb": ttfb}
+    for name in SCENARIOS:
+        if name not in ONLY:
+            continue
+        started, load_then = time.perf_counter(), load_average()
+        if name == "core":
+            await scenarios(up, ag, pid, rows, startup_s)
+        else:
+            text = await issue22[name](up, ag, pid, data)
+            sections.append(f"{text}\n\n(1-minute load average {load_then} at its start; "
+                            f"{time.perf_counter() - started:.0f} s)")
+            print(sections[-1] + "\n", flush=True)
+    return sections
+
+
 def main() -> None:
+    unknown = set(ONLY) - set(SCENARIOS)
+    if unknown:
+        raise SystemExit(f"--only takes {','.join(SCENARIOS)}, not {','.join(sorted(unknown))}")
     load_before = load_average()
     upstream, up_port = start_upstream()
+    bulk, bulk_port = start_upstream()
+    data: Dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as workdir:
-        agproxy, ag_port, startup = start_agproxy(up_port, workdir)
+        agproxy, ag_port, startup = start_agproxy(up_port, workdir, bulk_port=bulk_port)
         rows: List[List[str]] = []
         try:
-            asyncio.run(scenarios(up_port, ag_port, agproxy.pid, rows, startup))
+            sections = asyncio.run(run_selected(up_port, ag_port, agproxy.pid, rows, startup, data))
         finally:
             agproxy.terminate()
             upstream.terminate()
+            bulk.terminate()
             agproxy.wait(30)
             upstream.wait(10)
+            bulk.wait(10)
     load_after = load_average()
-    header = ["scenario", "direct (baseline)", "through agproxy", "ratio / added", "goal"]
-    table = [header, ["---"] * len(header)] + rows
-    text = "\n".join("| " + " | ".join(row) + " |" for row in table)
+    text = markdown(["scenario", "direct (baseline)", "through agproxy", "ratio / added", "goal"], rows) if rows else ""
     print(text)
-    if not QUICK:
+    charts = "" if QUICK else draw_charts(data)
+    if charts:
+        print(charts)
+        sections.append(charts)
+    if not QUICK and set(ONLY) == set(SCENARIOS):
         with open(os.path.join(HERE, "RESULTS.md"), "w") as f:
             f.write(f"# Benchmark results\n\nMachine: {machine()}. Run: {time.strftime('%Y-%m-%d')} "
                     "with `make bench` (client, fake upstream and agproxy share the machine; agproxy runs "
                     f"as `python agproxy.pyz`; the machine is shared: 1-minute load average {load_before} "
                     f"before the run, {load_after} after it, this run included).\n\n" + text + "\n")
+            for section in sections:
+                f.write("\n" + section + "\n")
             for extra in ("PEERS.md", "FINDINGS.md"):  # make bench-peers writes PEERS.md
                 if os.path.exists(os.path.join(HERE, extra)):
                     with open(os.path.join(HERE, extra)) as n:

@@ -9,6 +9,9 @@ import re
 import sys
 
 SHAPE = re.compile(r"e(\d+)-s(\d+)-d(\d+)")
+#: The first events go out together, without the delay, as a real upstream sends its head
+#: (message_start and the first content_block_start): the delay stands for the time between tokens.
+HEAD_EVENTS = 2
 
 
 def shape(model: str) -> tuple:
@@ -94,9 +97,9 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
             events = openai_chunks(count, size) if target.endswith("/chat/completions") else \
                 gemini_chunks(count, size) if gemini else anthropic_events(model, count, size)
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
-            for event in events:
+            for i, event in enumerate(events):
                 writer.write(b"%x\r\n%b\r\n" % (len(event), event))
-                if delay:
+                if delay and i >= HEAD_EVENTS - 1:
                     await writer.drain()
                     await asyncio.sleep(delay)
                 elif writer.transport.get_write_buffer_size() > 262144:

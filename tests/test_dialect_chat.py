@@ -103,6 +103,28 @@ def test_a_user_line_between_a_call_and_its_result_still_puts_the_result_first()
     assert out["messages"][1]["content"][0]["input"] == {}
 
 
+def test_a_tool_message_that_answers_no_call_stays_where_it_stands_as_text() -> None:
+    # it was moved before the user's words (results go first in a user turn), and an anthropic
+    # upstream refuses a result for a call it cannot see
+    out = request([{"role": "user", "content": "go"},
+                   {"role": "assistant", "tool_calls": [{"id": "c", "type": "function",
+                                                         "function": {"name": "f", "arguments": "{}"}}]},
+                   {"role": "user", "content": "(waiting)"},
+                   {"role": "tool", "tool_call_id": "stale", "content": "old"},
+                   {"role": "tool", "tool_call_id": "c", "content": "done"},
+                   {"role": "tool", "tool_call_id": "c", "content": "again"}])
+    assert [(b["type"], b.get("tool_use_id") or b.get("text")) for b in out["messages"][2]["content"]] == [
+        ("tool_result", "c"), ("text", "(waiting)"), ("text", "[result of tool call stale]\nold"),
+        ("text", "[result of tool call c]\nagain")]
+    changes: Dict[str, int] = {}
+    alone = chat_request_to_anthropic({"model": "m", "messages": [
+        {"role": "user", "content": "q"}, {"role": "tool", "tool_call_id": "nope", "content": "r"}]}, changes)
+    validate_messages_request(alone)
+    assert alone["messages"] == [{"role": "user", "content": [
+        {"type": "text", "text": "q"}, {"type": "text", "text": "[result of tool call nope]\nr"}]}]
+    assert changes == {"orphan_tool_result_to_text": 1}
+
+
 def test_images_by_data_url_and_by_http_url() -> None:
     out = request([{"role": "user", "content": [
         {"type": "text", "text": "what?"},
@@ -583,6 +605,32 @@ def test_errors_in_openai_shape_as_the_sdk_raises_them(status: int, error_type: 
     assert caught.value.type == openai_type
     assert caught.value.message == f"Error code: {status} - {body['error']['message']}"  # the SDK read the message
     assert caught.value.param == ("n" if error_type == "invalid_request_error" else None)
+
+
+def test_tool_names_anthropic_refuses_travel_made_valid_and_come_back_as_the_client_named_them() -> None:
+    # Chat passed them as they were, and an anthropic upstream answered 400
+    odd = ["mcp.files.read", "a b", "名前", "x" * 200, "ok_name-1"]
+    tools = [{"type": "function", "function": {"name": n, "parameters": {"type": "object"}}} for n in odd]
+    history = [{"role": "user", "content": "q"},
+               {"role": "assistant", "content": None, "tool_calls": [
+                   {"id": "c1", "type": "function", "function": {"name": "mcp.files.read", "arguments": "{}"}}]},
+               {"role": "tool", "tool_call_id": "c1", "content": "r"}]
+    body = dict(model="m", messages=history, tools=tools,
+                tool_choice={"type": "function", "function": {"name": "名前"}})
+    out = translate(body)
+    sent = [t["name"] for t in out["tools"]]
+    assert all(agproxy._ANTHROPIC_TOOL_NAME.fullmatch(name) for name in sent) and len(set(sent)) == len(odd)
+    assert sent[-1] == "ok_name-1"  # a valid name travels as it is
+    assert out["messages"][1]["content"][0]["name"] == sent[0]  # the history's call, under the same name
+    assert out["tool_choice"] == {"type": "tool", "name": sent[2]}
+    names = agproxy.chat_client_tool_names(body)
+    assert names == dict(zip(sent[:-1], odd[:-1]))
+    calls = anthropic_message([{"type": "tool_use", "id": f"toolu_{i}", "name": name, "input": {}}
+                               for i, name in enumerate(sent)], "tool_use")
+    whole = anthropic_message_to_chat(calls, MODEL, CREATED, names)
+    assert [c["function"]["name"] for c in whole["choices"][0]["message"]["tool_calls"]] == odd
+    got = what_the_sdk_reads(ChatStreamEncoder(MODEL, CREATED, names=names).encode(message_events(calls)))
+    assert [c["name"] for c in got["calls"]] == odd
 
 
 def test_a_message_that_names_no_field_has_no_param() -> None:

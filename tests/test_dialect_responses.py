@@ -519,6 +519,80 @@ def test_ends_other_than_completed() -> None:
     assert sdk_events[-1].type == "response.failed" and failed_response.error.code == "server_error"
 
 
+def test_a_long_text_is_held_once_and_repeated_part_by_part_as_the_closing_events_go_out() -> None:
+    # 20 MB through /v1/responses peaked at 413 MB: the closing events, each repeating the text,
+    # were made all at once (the text joined, as JSON, as bytes, per event) in one write
+    pieces = ["y" * 1000 + 'é"\n\ud800'] * 2000  # 2 MB, with what JSON escapes and a lone surrogate
+    events = answer([text_block(0, *pieces)])
+    encoder = ResponsesStreamEncoder("m")
+    head = encoder.encode(events[:-3])  # through the last delta
+    parts = list(encoder.encode_parts(events[-3:]))  # content_block_stop .. message_stop
+    text_bytes = len(json.dumps("".join(pieces), ensure_ascii=False)[1:-1].encode("utf-8", "replace"))
+    assert sum(map(len, parts)) > 4 * text_bytes  # the text goes out four times more
+    assert max(map(len, parts)) <= agproxy._HELD_TEXT_PART_BYTES + 4096  # but never more than a part at a time
+    closing = decoded(b"".join(parts))
+    text = "".join(pieces).replace("\ud800", "?")
+    assert [e["type"] for e in closing] == ["response.output_text.done", "response.content_part.done",
+                                            "response.output_item.done", "response.completed"]
+    assert closing[0]["text"] == closing[1]["part"]["text"] == text
+    assert closing[2]["item"]["content"][0]["text"] == closing[3]["response"]["output"][0]["content"][0]["text"] == text
+    assert encoder.encode(events) == b""  # finished
+    whole = head + b"".join(parts)
+    events_seen, final = sdk_stream(whole)
+    assert final.status == "completed" and final.output_text == text
+    assert "".join(e.delta for e in events_seen if e.type == "response.output_text.delta") == text
+
+
+def test_a_text_past_the_held_limit_ends_as_an_incomplete_response(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(agproxy, "RESPONSES_MAX_HELD_TEXT_BYTES", 10_000)
+    events = answer([text_block(0, *["x" * 999 + "é"] * 30)])  # 1001 bytes a piece: 9 fit
+    encoder = ResponsesStreamEncoder("m")
+    data = b"".join(encoder.encode([event]) for event in events)  # one event at a time, as upstreams send
+    stream = decoded(data)
+    assert [e["sequence_number"] for e in stream] == list(range(len(stream)))
+    deltas = "".join(e["delta"] for e in stream if e["type"] == "response.output_text.delta")
+    assert deltas == ("x" * 999 + "é") * 9
+    assert stream[-1]["type"] == "response.incomplete"
+    assert stream[-1]["response"]["incomplete_details"] == {"reason": "max_output_tokens"}
+    assert stream[-1]["response"]["output"][0]["content"][0]["text"] == deltas
+    assert [e for e in stream if e["type"] == "response.output_text.done"][0]["text"] == deltas
+    assert encoder.finished and encoder.error("api_error", "late") == b""
+    _, final = sdk_stream(data)
+    assert final.status == "incomplete" and final.output_text == deltas
+
+
+def test_tool_names_anthropic_refuses_travel_made_valid_and_come_back_as_the_client_named_them() -> None:
+    # a dot, or a namespace and function flattened past 64 characters, reached an anthropic upstream: a 400
+    long_space = "mcp__" + "server" * 10
+    tools = [{"type": "function", "name": "files.read", "parameters": {"type": "object"}},
+             {"type": "namespace", "name": long_space, "tools": [{"type": "function", "name": "search"}]},
+             {"type": "custom", "name": "patch:apply"}]
+    history = [message("user", "q"),
+               {"type": "function_call", "call_id": "c1", "name": "search", "namespace": long_space, "arguments": "{}"},
+               {"type": "function_call_output", "call_id": "c1", "output": "r"},
+               {"type": "custom_tool_call", "call_id": "c2", "name": "patch:apply", "input": "x"},
+               {"type": "custom_tool_call_output", "call_id": "c2", "output": "ok"}]
+    body = {"model": "m", "input": history, "tools": tools, "tool_choice": {"type": "function", "name": "files.read"}}
+    out = responses_request_to_anthropic(body)
+    validate_messages_request(out)
+    sent = [t["name"] for t in out["tools"]]
+    assert all(agproxy._ANTHROPIC_TOOL_NAME.fullmatch(name) for name in sent) and len(set(sent)) == 3
+    assert out["tool_choice"]["name"] == sent[0]
+    calls = [b for m in out["messages"] for b in m["content"] if isinstance(b, dict) and b["type"] == "tool_use"]
+    assert [c["name"] for c in calls] == sent[1:]
+    blocks = [{"type": "tool_use", "id": f"toolu_{i}", "name": name, "input": {"input": "t"}}
+              for i, name in enumerate(sent)]
+    expected = [("function_call", "files.read", None), ("function_call", "search", long_space),
+                ("custom_tool_call", "patch:apply", None)]
+    whole = anthropic_message_to_responses({"content": blocks, "stop_reason": "tool_use"}, body)
+    assert [(i["type"], i["name"], i.get("namespace")) for i in whole["output"]] == expected
+    events = answer([tool_block(i, f"toolu_{i}", name, ['{"input": "t"}']) for i, name in enumerate(sent)],
+                    stop_reason="tool_use")
+    done = [e["item"] for e in decoded(ResponsesStreamEncoder("m", body).encode(events))
+            if e["type"] == "response.output_item.done"]
+    assert [(i["type"], i["name"], i.get("namespace")) for i in done] == expected
+
+
 def test_a_tool_call_without_arguments_and_unknown_blocks() -> None:
     events = answer([tool_block(0, "toolu_9", "get_goal", []),
                      [ev("content_block_start", index=1, content_block={"type": "server_tool_use", "id": "s",

@@ -48,6 +48,7 @@ from tests.test_fault_matrix import (
     expectation,
     spelled,
     strings_in,
+    timeout_for,
 )
 from tests.wire_check import Answer, get, leaked, parse_sse, post_json, program_under_test, strict_json
 
@@ -129,7 +130,7 @@ def config_for(fake: MisbehavingUpstream, kind: str, ways: Tuple[str, ...], stat
         name = model_name(kind, way, case)
         upstream: Dict[str, Any] = {
             "name": name, "kind": kind, "base_url": fake.url_for(case, kind, way),
-            "timeout_s": BIG_CASES.get(case, DIALECT_TIMEOUT_S), "connect_timeout_s": DIALECT_TIMEOUT_S,
+            "timeout_s": timeout_for(case, DIALECT_TIMEOUT_S), "connect_timeout_s": DIALECT_TIMEOUT_S,
             "accounts": [{"name": "alice@example.com", "api_key": ALICE_KEY},
                          {"name": "bob@example.com", "api_key": BOB_KEY}]}
         upstream.update(CASE_UPSTREAM_FIELDS.get(case, {}))

@@ -113,6 +113,11 @@ def test_gemini_cli_to_openai_and_gemini_upstreams(start_agproxy, fake, gemini_c
         gemini_fake.script(Answer([call("run_shell_command", {"command": COMMAND})]), Answer([{"text": DONE}]))
         result, work, _ = gemini_cli(proxy, "-m", "gemini-2.5-flash", "--yolo")
         check_the_loop(result, work)
+        # Gemini to gemini passes through: the CLI's own request, the fake's own signature back on its call
+        signed = [p for c in gemini_fake.generations[-1]["contents"] for p in c.get("parts", [])
+                  if "functionCall" in p]
+        assert signed and signed[-1].get("thoughtSignature") in gemini_fake.issued
+        assert "passthrough" in proxy.log()
 
 
 def test_the_google_genai_sdk(start_agproxy, fake):

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Tuple
 import pytest
 
 import agproxy
-from tests.test_pipeline import events_of
+from tests.test_pipeline import ScriptedResponse, events_of
 from tests.test_real_streams import message_of, through_the_pipeline, well_formed
 
 FIXTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "real-streams-gemini" / "fixtures"
@@ -145,3 +145,28 @@ def test_every_signature_goes_back_on_the_part_it_came_on(name: str) -> None:
     if tool_uses:
         responses = [p["functionResponse"] for p in sent["contents"][-1]["parts"] if "functionResponse" in p]
         assert [(r["id"], r["name"]) for r in responses] == [(b["id"], b["name"]) for b in tool_uses]
+
+
+async def passed_through(raw: bytes, piece: int, sse: bool) -> bytes:
+    """What a Gemini client gets of a recorded stream passed through untranslated, the bytes
+    arriving ``piece`` at a time, with configured keys (none of them in the recording)."""
+    reads: List[Any] = [raw[i:i + piece] for i in range(0, len(raw), piece)]
+    native = agproxy.NativeChunks(agproxy.Redactor(["AIza-some-configured-key-0123456789"]), "gemini")
+    translator = agproxy.GeminiStreamTranslator("m", 0)
+    translator.relayed = True
+    relayed = agproxy.gemini_events(ScriptedResponse(reads), translator, native)
+    head = await agproxy.first_events(relayed)
+    return b"".join([c async for c in agproxy.relay_events(head, relayed, ScriptedResponse([]), "up",
+                                                           encoder=agproxy.NativeStreamEncoder("gemini", sse))])
+
+
+@pytest.mark.parametrize("sse", [True, False], ids=["sse", "array"])
+@pytest.mark.parametrize("piece", [1 << 20, 5], ids=["whole", "5-bytes"])
+@pytest.mark.parametrize("name", STREAMS)
+def test_every_recorded_stream_passes_through_to_a_gemini_client_as_gemini_sent_it(name: str, piece: int,
+                                                                                   sse: bool) -> None:
+    recording = fixture(name)
+    relayed = asyncio.run(passed_through(sse_bytes(recording), piece, sse))
+    got = [json.loads(e.data) for e in agproxy.SSEDecoder().feed(relayed)] if sse else json.loads(relayed)
+    assert got == [agproxy.cleaned_chunk(c, "gemini") for c in recording["chunks"]]
+    assert got == recording["chunks"]  # every recorded chunk is well-formed: each goes as it came

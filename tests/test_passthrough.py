@@ -1,314 +1,367 @@
-"""The anthropic SDK -> agproxy -> fake Anthropic upstream, over real sockets."""
+"""Same-protocol passthrough (issue 21): a Chat Completions client to an ``openai`` upstream, and a
+Gemini client to a ``gemini`` upstream, send their own request and get the upstream's own chunks,
+untranslated, over real sockets; what the internal form cannot carry (``seed``, ``logprobs``, a
+server's own fields, Google's own tools, grounding) gets through both ways. The record, limits and
+ledger still read the answer's facts, and a key the upstream echoes is hidden even when it comes
+split across chunks (:class:`agproxy.ChunkRedactor`, with its own property tests here)."""
 
 from __future__ import annotations
 
 import json
-import socket
 import time
+import urllib.error
 import urllib.request
+from typing import Any, Dict, List, Tuple
 
-import anthropic
-import pytest
+import openai
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from tests.conftest import fake_config, leave_mid_stream
-from tests.fakes.anthropic_upstream import Drop, Json, Sse, text_stream, tool_and_thinking_stream
+import agproxy
+from tests.conftest import fake_config
+from tests.fakes.gemini_upstream import Answer, FakeGemini
+from tests.fakes.openai_upstream import Chat, Chunks, FakeOpenAI, chunk, completion, text_chunks
 
-
-def sdk(proxy, **kw):
-    return anthropic.Anthropic(base_url=proxy.url, api_key="client-key-not-for-upstream", max_retries=0, **kw)
-
-
-def test_create_relays_message_and_sends_account_key(start_agproxy, fake):
-    proxy = start_agproxy(fake_config(fake))
-    client = sdk(proxy)
-    raw = client.messages.with_raw_response.create(
-        model="claude-test-model", max_tokens=64, messages=[{"role": "user", "content": "hi"}],
-        extra_headers={"anthropic-beta": "interleaved-thinking-2025-05-14", "anthropic-version": "2023-06-01"},
-    )
-    message = raw.parse()
-    assert message.content[0].text == "Hello from the fake upstream."
-    assert raw.headers["x-mapped-model"] == "claude-test-model"
-    assert raw.headers["x-account-email"] == "alice@example.com"
-    assert raw.headers["request-id"].startswith("req_")
-    sent = fake.requests[-1]
-    assert sent.target == "/v1/messages"
-    assert sent.header("x-api-key") == "sk-upstream-alice"
-    assert sent.header("authorization") is None
-    assert sent.header("anthropic-version") == "2023-06-01"
-    assert sent.header("anthropic-beta") == "interleaved-thinking-2025-05-14"
-    assert sent.json["messages"] == [{"role": "user", "content": "hi"}]
-    assert "client-key-not-for-upstream" not in proxy.log()
+ALICE = "agp-alice-0123456789abcdefghijklmnop"
+LOCAL_KEY = "sk-local-0123456789abcdefXYZ"
+HI = [{"role": "user", "content": "hi"}]
 
 
-def test_accounts_take_turns(start_agproxy, fake):
-    proxy = start_agproxy(fake_config(fake))
-    client = sdk(proxy)
-    for _ in range(2):
-        client.messages.create(model="m", max_tokens=5, messages=[{"role": "user", "content": "x"}])
-    assert [r.header("x-api-key") for r in fake.requests] == ["sk-upstream-alice", "sk-upstream-bob"]
+def config_with(fake: Any, openai_fake: FakeOpenAI, gemini_fake: FakeGemini) -> Dict[str, Any]:
+    config = fake_config(fake, auth_mode="strict", log_format="json", clients=[
+        {"name": "alice", "api_key": ALICE, "models": ["claude-*", "qwen*", "gemini-*"]}])
+    config["upstreams"] += [
+        {"name": "local", "kind": "openai", "base_url": openai_fake.url, "accounts": [{"api_key": LOCAL_KEY}]},
+        {"name": "gem", "kind": "gemini", "base_url": gemini_fake.url, "accounts": [{"api_key": "gemini-key"}]}]
+    config["model_map"] = [{"match": "gemini-*", "upstream": "gem"}, {"match": "qwen*", "upstream": "local"},
+                           {"match": "*", "upstream": "fake"}]
+    return config
 
 
-def test_query_string_is_dropped_and_model_renamed(start_agproxy, fake):
-    config = fake_config(fake, model_map=[{"match": "claude-*haiku*", "upstream": "fake", "model": "small-model"},
-                                          {"match": "*", "upstream": "fake"}])
-    proxy = start_agproxy(config)
-    body = json.dumps({"model": "claude-3-5-haiku-latest", "max_tokens": 5,
-                       "messages": [{"role": "user", "content": "x"}]}).encode()
-    request = urllib.request.Request(proxy.url + "/v1/messages?beta=true", body,
-                                     {"content-type": "application/json"})
-    with urllib.request.urlopen(request, timeout=5) as response:
-        assert response.headers["X-Mapped-Model"] == "small-model"
-    assert fake.requests[-1].target == "/v1/messages"
-    assert fake.requests[-1].json["model"] == "small-model"
+def chat_client(proxy: Any) -> openai.OpenAI:
+    return openai.OpenAI(base_url=proxy.url + "/v1", api_key=ALICE, max_retries=0, timeout=20)
 
 
-def test_stream_text(start_agproxy, fake):
-    proxy = start_agproxy(fake_config(fake))
-    with sdk(proxy).messages.stream(model="claude-test-model", max_tokens=64,
-                                    messages=[{"role": "user", "content": "hi"}]) as stream:
-        text = "".join(stream.text_stream)
-        final = stream.get_final_message()
-    assert text == "Hello from the fake upstream."
-    assert final.stop_reason == "end_turn"
-    assert fake.requests[-1].header("accept") == "text/event-stream"
+def access_lines(proxy: Any, path: str, count: int = 0) -> List[Dict[str, Any]]:
+    """The access lines of requests to ``path`` (waiting a little for ``count`` of them: a stream's
+    line is written once its relay has ended, just after the client read its end)."""
+    deadline = time.monotonic() + 5
+    while True:
+        lines = [json.loads(line) for line in proxy.log().splitlines() if '"event": "access"' in line]
+        lines = [line for line in lines if line["path"].startswith(path)]
+        if len(lines) >= count or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.05)
 
 
-def test_stream_tool_use_and_thinking_split_events(start_agproxy, fake):
-    fake.script(Sse(tool_and_thinking_stream(), split=True))
-    proxy = start_agproxy(fake_config(fake))
-    with sdk(proxy).messages.stream(model="claude-test-model", max_tokens=2000,
-                                    thinking={"type": "enabled", "budget_tokens": 1024},
-                                    messages=[{"role": "user", "content": "list files"}]) as stream:
-        final = stream.get_final_message()
-    kinds = [block.type for block in final.content]
-    assert kinds == ["thinking", "text", "tool_use"]
-    assert final.content[0].thinking == "The user wants the files. I will run ls."
-    assert final.content[0].signature == "c2lnbmF0dXJlLWZha2U="
-    assert final.content[2].input == {"command": "ls -la"}
-    assert final.stop_reason == "tool_use"
+def post(url: str, body: Dict[str, Any], headers: Dict[str, str]) -> Tuple[int, bytes]:
+    request = urllib.request.Request(url, json.dumps(body).encode(), dict(headers, **{
+        "Content-Type": "application/json"}), method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=20) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
 
 
-def test_stream_first_event_arrives_before_the_upstream_finishes(start_agproxy, fake):
-    fake.script(Sse(text_stream("one two three four"), delay_s=0.4))
-    proxy = start_agproxy(fake_config(fake))
-    body = json.dumps({"model": "m", "max_tokens": 5, "stream": True,
-                       "messages": [{"role": "user", "content": "x"}]}).encode()
-    started = time.monotonic()
-    request = urllib.request.Request(proxy.url + "/v1/messages", body, {"content-type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        assert response.headers["Content-Type"].startswith("text/event-stream")
-        assert response.headers["Cache-Control"] == "no-cache"
-        assert response.headers["X-Accel-Buffering"] == "no"
-        first = response.readline()
-        first_at = time.monotonic() - started
-        rest = response.read()
-        total = time.monotonic() - started
-    assert first.startswith(b"event: message_start")
-    # 10 events, 0.4 s apart: the first arrives after one pause, the last after ten.
-    assert first_at < 1.5 < total
-    assert b"event: message_stop" in rest
+LOGPROBS = {"content": [{"token": "Hi", "logprob": -0.1, "bytes": [72, 105], "top_logprobs": []}]}
 
 
-def test_client_leaving_mid_stream_closes_upstream_within_a_second(start_agproxy, fake):
-    fake.script(Sse(text_stream(" ".join(["word"] * 40)), delay_s=0.5))
-    proxy = start_agproxy(fake_config(fake))
-    noticed = leave_mid_stream(proxy.port, fake.abandoned_at)
-    assert noticed is not None, "upstream stream was never closed"
-    assert noticed < 1.0
+def test_chat_to_openai_carries_what_the_internal_form_cannot_both_ways(start_agproxy, fake):
+    with FakeOpenAI(extra_allowed=["logprobs", "top_logprobs", "chat_template_kwargs"]) as openai_fake, \
+            FakeGemini() as gemini_fake:
+        proxy = start_agproxy(config_with(fake, openai_fake, gemini_fake))
+        pieces = [chunk({"role": "assistant", "content": ""}, system_fingerprint="fp_local")]
+        pieces += [chunk({"content": word}, system_fingerprint="fp_local") for word in ("Hi", " there")]
+        for piece in pieces[1:]:
+            piece["choices"][0]["logprobs"] = LOGPROBS
+        pieces += [chunk({}, "stop"), {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "choices": [],
+                                       "usage": {"prompt_tokens": 11, "completion_tokens": 2, "total_tokens": 13}}]
+        openai_fake.script(Chunks(pieces), Chunks(pieces))
+        stream = chat_client(proxy).chat.completions.create(
+            model="qwen3", messages=HI, stream=True, seed=7, logprobs=True, top_logprobs=1,
+            extra_body={"chat_template_kwargs": {"enable_thinking": False}})
+        chunks = list(stream)
+        sent = openai_fake.chats[-1]
+        assert sent["seed"] == 7 and sent["logprobs"] is True and sent["top_logprobs"] == 1
+        assert sent["chat_template_kwargs"] == {"enable_thinking": False}
+        assert sent["messages"] == HI and sent["stream_options"] == {"include_usage": True}  # agproxy counts
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hi there"
+        assert chunks[1].choices[0].logprobs.content[0].token == "Hi"
+        assert {c.system_fingerprint for c in chunks[:3]} == {"fp_local"}
+        assert all(c.choices for c in chunks), "the usage chunk goes only to a client that asked for it"
+        asked = list(chat_client(proxy).chat.completions.create(
+            model="qwen3", messages=HI, stream=True, stream_options={"include_usage": True}))
+        assert asked[-1].choices == [] and asked[-1].usage.prompt_tokens == 11
+        lines = access_lines(proxy, "/v1/chat/completions", 2)
+        assert [line.get("passthrough") for line in lines] == [True, True]
+        assert [(line["input_tokens"], line["output_tokens"]) for line in lines] == [(11, 2), (11, 2)]
 
 
-def test_upstream_dropping_mid_stream_becomes_error_event(start_agproxy, fake):
-    fake.script(Sse(text_stream("a b c d e"), drop_after=4))
-    proxy = start_agproxy(fake_config(fake))
-    with pytest.raises(anthropic.APIStatusError) as caught:
-        with sdk(proxy).messages.stream(model="m", max_tokens=5,
-                                        messages=[{"role": "user", "content": "x"}]) as stream:
-            for _ in stream:
-                pass
-    assert "upstream 'fake'" in str(caught.value)
+def test_chat_to_openai_whole_answer_is_the_upstreams_own_json(start_agproxy, fake):
+    with FakeOpenAI(extra_allowed=["logprobs"]) as openai_fake, FakeGemini() as gemini_fake:
+        proxy = start_agproxy(config_with(fake, openai_fake, gemini_fake))
+        answer = dict(completion("Hello."), system_fingerprint="fp_x", service_tier="default")
+        answer["choices"][0]["logprobs"] = LOGPROBS
+        openai_fake.script(Chat(200, answer))
+        status, data = post(proxy.url + "/v1/chat/completions", {"model": "qwen3", "messages": HI, "logprobs": True},
+                            {"Authorization": f"Bearer {ALICE}"})
+        assert status == 200 and json.loads(data) == answer
+        assert access_lines(proxy, "/v1/chat/completions", 1)[-1]["input_tokens"] == 21
+        # to an upstream of another kind the same request is translated, as before
+        through_claude = chat_client(proxy).chat.completions.create(model="claude-sonnet-4-5", messages=HI)
+        assert through_claude.model == "claude-sonnet-4-5" and through_claude.id.startswith("chatcmpl-")
+        assert "passthrough" not in access_lines(proxy, "/v1/chat/completions", 2)[-1]
 
 
-def test_connections_to_upstream_are_reused(start_agproxy, fake):
-    proxy = start_agproxy(fake_config(fake))
-    client = sdk(proxy)
-    for _ in range(3):
-        client.messages.create(model="m", max_tokens=5, messages=[{"role": "user", "content": "x"}])
-    with client.messages.stream(model="m", max_tokens=5, messages=[{"role": "user", "content": "x"}]) as s:
-        s.get_final_message()
-    client.messages.create(model="m", max_tokens=5, messages=[{"role": "user", "content": "x"}])
-    assert len(fake.requests) == 5
-    assert fake.connections == 1
+def test_a_key_the_upstream_echoes_is_hidden_even_split_across_chunks(start_agproxy, fake):
+    with FakeOpenAI() as openai_fake, FakeGemini() as gemini_fake:
+        proxy = start_agproxy(config_with(fake, openai_fake, gemini_fake))
+        text = f"Your key is {LOCAL_KEY} and {ALICE}, fine."
+        cuts = [0, 15, 19, 30, 44, 50, 62, len(text)]
+        pieces = [chunk({"role": "assistant", "content": ""})]
+        pieces += [chunk({"content": text[a:b]}) for a, b in zip(cuts, cuts[1:])]
+        pieces += [chunk({}, "stop")]
+        openai_fake.script(Chunks(pieces), Chat(200, completion(text)))
+        streamed = "".join(c.choices[0].delta.content or "" for c in chat_client(proxy).chat.completions.create(
+            model="qwen3", messages=HI, stream=True) if c.choices)
+        assert streamed == "Your key is [redacted] and [redacted], fine."
+        whole = chat_client(proxy).chat.completions.create(model="qwen3", messages=HI)
+        assert whole.choices[0].message.content == "Your key is [redacted] and [redacted], fine."
+        assert LOCAL_KEY not in proxy.log() and ALICE not in proxy.log()
 
 
-def test_stale_pooled_connection_is_replaced(start_agproxy, fake):
-    proxy = start_agproxy(fake_config(fake))
-    client = sdk(proxy)
-    client.messages.create(model="m", max_tokens=5, messages=[{"role": "user", "content": "x"}])
-    fake.script(Drop())  # the upstream closes the kept-alive connection instead of answering
-    message = client.messages.create(model="m", max_tokens=5, messages=[{"role": "user", "content": "x"}])
-    assert message.content[0].text
+def test_a_broken_passthrough_stream_ends_with_an_error_the_sdk_raises(start_agproxy, fake):
+    with FakeOpenAI() as openai_fake, FakeGemini() as gemini_fake:
+        proxy = start_agproxy(config_with(fake, openai_fake, gemini_fake))
+        broken = Chunks(text_chunks("one two three")[:3], done=False, drop_after=3)
+        openai_fake.script(broken, broken, broken)
+        seen: List[str] = []
+        try:
+            for piece in chat_client(proxy).chat.completions.create(model="qwen3", messages=HI, stream=True):
+                seen.append(piece.choices[0].delta.content or "")
+        except openai.APIError as exc:
+            assert "upstream 'local'" in str(exc)
+        else:
+            raise AssertionError("the stream ended as if whole")
+        assert "".join(seen) == "one two"
 
 
-def test_count_tokens_is_forwarded(start_agproxy, fake):
-    proxy = start_agproxy(fake_config(fake))
-    count = sdk(proxy).messages.count_tokens(model="claude-test-model",
-                                             messages=[{"role": "user", "content": "hi"}])
-    assert count.input_tokens == 4242
-    assert fake.requests[-1].target == "/v1/messages/count_tokens"
-    assert fake.requests[-1].header("x-api-key") == "sk-upstream-alice"
+def test_gemini_to_gemini_keeps_googles_tools_settings_signatures_and_grounding(start_agproxy, fake):
+    with FakeOpenAI() as openai_fake, FakeGemini() as gemini_fake:
+        proxy = start_agproxy(config_with(fake, openai_fake, gemini_fake))
+        url = proxy.url + "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"
+        keyed = {"x-goog-api-key": ALICE}
+        body = {"contents": [{"role": "user", "parts": [{"text": "search the news"}]}],
+                "tools": [{"googleSearch": {}}],
+                "generationConfig": {"thinkingConfig": {"includeThoughts": True}}}
+        gemini_fake.script(Answer([{"thought": True, "text": "Let me look."},
+                                   {"functionCall": {"name": "lookup", "args": {"q": "news"}}}]))
+        status, data = post(url, body, keyed)
+        assert status == 200, data
+        sent = gemini_fake.generations[-1]
+        assert sent["tools"] == [{"googleSearch": {}}], "Google's own tools reach Google (translation drops them)"
+        events = [json.loads(line[6:]) for line in data.decode().splitlines() if line.startswith("data: ")]
+        parts = [p for e in events for c in e.get("candidates", []) for p in c["content"].get("parts", [])]
+        call = next(p for p in parts if "functionCall" in p)
+        assert call["thoughtSignature"] in gemini_fake.issued, "the upstream's own signature, byte for byte"
+        # the next turn sends it back as it came, and the fake (which checks every signature) takes it
+        answered = {"name": "lookup", "response": {"result": "quiet day"}}
+        if "id" in call["functionCall"]:
+            answered["id"] = call["functionCall"]["id"]
+        body["contents"] += [{"role": "model", "parts": [call]},
+                             {"role": "user", "parts": [{"functionResponse": answered}]}]
+        status, data = post(url.replace(":streamGenerateContent?alt=sse", ":generateContent"), body, keyed)
+        assert status == 200, data
+        assert gemini_fake.generations[-1]["contents"][1]["parts"][0]["thoughtSignature"] == \
+            call["thoughtSignature"]
+        assert json.loads(data)["candidates"][0]["content"]["parts"]
+        # a signature agproxy made for another upstream's thinking never reaches Gemini
+        packed = agproxy._pack_thinking([{"type": "thinking", "thinking": "t", "signature": "s"}])
+        body["contents"][1]["parts"][0] = dict(call, thoughtSignature=packed)
+        post(url, body, keyed)
+        assert "thoughtSignature" not in gemini_fake.generations[-1]["contents"][1]["parts"][0]
+        assert [line.get("passthrough") for line in access_lines(proxy, "/v1beta", 3)] == [True, True, True]
 
 
-def test_models_list_comes_from_the_upstream(start_agproxy, fake):
-    proxy = start_agproxy(fake_config(fake, model_map=[{"match": "my-alias", "upstream": "fake"},
-                                                       {"match": "*", "upstream": "fake"}]))
-    models = list(sdk(proxy).models.list())
-    assert [m.id for m in models] == ["my-alias", "claude-fake"]
-    assert fake.requests[0].target.startswith("/v1/models")
-    assert fake.requests[0].header("x-api-key") == "sk-upstream-alice"
-    assert sdk(proxy).models.retrieve("claude-fake").display_name == "Fake"
-    assert len(fake.requests) == 1  # cached
+def test_gemini_json_array_stream_passes_through_as_one_array(start_agproxy, fake):
+    with FakeOpenAI() as openai_fake, FakeGemini() as gemini_fake:
+        proxy = start_agproxy(config_with(fake, openai_fake, gemini_fake))
+        status, data = post(proxy.url + "/v1beta/models/gemini-2.5-flash:streamGenerateContent",
+                            {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}, {"x-goog-api-key": ALICE})
+        array = json.loads(data)
+        assert status == 200 and isinstance(array, list) and array
+        text = "".join(p.get("text", "") for e in array for c in e.get("candidates", [])
+                       for p in c["content"].get("parts", []))
+        assert text and array[-1]["candidates"][0]["finishReason"] == "STOP"
 
 
-def test_models_list_falls_back_when_the_upstream_cannot_list(start_agproxy, fake):
-    fake.script(Json(404, {"type": "error", "error": {"type": "not_found_error", "message": "no"}}))
-    proxy = start_agproxy(fake_config(fake))
-    models = list(sdk(proxy).models.list())
-    assert models and all(m.id.startswith("claude-") for m in models)
-    assert "could not list" in proxy.log() or "answered HTTP 404" in proxy.log()
+# -- the redactor of passthrough chunks, pure --------------------------------------------------------
+
+SECRETS = ["sk-test-0123456789abcdef", "AIzaSyD-secret-key-9876543210"]
+REDACTOR = agproxy.Redactor(SECRETS)
 
 
-@pytest.mark.parametrize("status, error_type", [
-    (400, "invalid_request_error"),
-    (404, "not_found_error"),
-    (429, "rate_limit_error"),
-    (500, "api_error"),
-    (529, "overloaded_error"),
-])
-def test_upstream_errors_keep_status_and_type(start_agproxy, fake, status, error_type):
-    """The status and the error type are what matter; which exception class an SDK release maps
-    them to varies (0.125, the newest for Python 3.9, raises OverloadedError for 529)."""
-    fake.script(Json(status, {"type": "error", "error": {"type": error_type, "message": f"upstream says {status}"}},
-                     headers=[("retry-after", "7")] if status == 429 else []))
-    proxy = start_agproxy(fake_config(fake, max_retry_attempts=1))  # retries are tested in test_accounts.py
-    with pytest.raises(anthropic.APIStatusError) as caught:
-        sdk(proxy).messages.create(model="m", max_tokens=5, messages=[{"role": "user", "content": "x"}])
-    assert caught.value.status_code == status
-    assert caught.value.body["error"]["type"] == error_type
-    assert f"upstream says {status}" in caught.value.message
-    if status == 429:
-        assert caught.value.response.headers["retry-after"] == "7"
+def relayed(pieces: List[str], field: str = "content") -> Tuple[List[bytes], str]:
+    """Feed chunks carrying ``pieces`` of text; the bytes out, and the text they carry joined."""
+    redactor = agproxy.ChunkRedactor(REDACTOR)
+    out: List[bytes] = []
+    for piece in pieces:
+        body = {"choices": [{"index": 0, "delta": {field: piece}}]}
+        out += redactor.feed(body, json.dumps(body).encode())
+    out += redactor.end()
+    text = "".join(json.loads(raw)["choices"][0]["delta"][field] for raw in out)
+    return out, text
 
 
-def test_upstream_rejecting_agproxys_key_is_424_not_401(start_agproxy, fake):
-    """Neither 401 (the client's key is fine) nor a 5xx (Claude Code calls those temporary server
-    issues): 424, in words that do not say "x-api-key" (Claude Code shows "Not logged in" for them)."""
-    rejected = Json(401, {"type": "error", "error": {"type": "authentication_error", "message": "invalid x-api-key"}})
-    fake.script(rejected, rejected)
-    proxy = start_agproxy(fake_config(fake))
-    with pytest.raises(anthropic.APIStatusError) as caught:
-        sdk(proxy).messages.create(model="m", max_tokens=5, messages=[{"role": "user", "content": "x"}])
-    assert caught.value.status_code == 424
-    assert caught.value.body["error"]["type"] == "api_error"
-    assert ("upstream 'fake' rejected the key of alice@example.com (HTTP 401: invalid x api key, will be tried "
-            "again in 600 s), bob@example.com (HTTP 401: invalid x api key, will be tried again in 600 s)"
-            ) in caught.value.message
-    assert "sk-upstream" not in caught.value.message
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="abcsk-0123456789 AIzaSyD", max_size=60), st.sampled_from(SECRETS),
+       st.text(alphabet="xyz .", max_size=20), st.lists(st.integers(0, 120), max_size=8))
+def test_any_split_of_a_secret_across_chunks_is_hidden_and_the_rest_kept(before, secret, after, cuts):
+    text = before + secret + after
+    points = sorted({0, len(text), *(c for c in cuts if c < len(text))})
+    pieces = [text[a:b] for a, b in zip(points, points[1:])]
+    out, joined = relayed(pieces)
+    assert not any(s in joined for s in SECRETS)
+    assert joined == REDACTOR.spoken(text)
+    assert len(out) == len(pieces)
 
 
-def test_agproxy_auth_errors_reach_the_sdk_as_authentication_error(start_agproxy, fake):
-    proxy = start_agproxy(fake_config(fake, auth_mode="strict", api_key="sk-local"))
-    with pytest.raises(anthropic.AuthenticationError):
-        sdk(proxy).messages.create(model="m", max_tokens=5, messages=[{"role": "user", "content": "x"}])
-    ok = anthropic.Anthropic(base_url=proxy.url, api_key="sk-local", max_retries=0)
-    assert ok.messages.create(model="m", max_tokens=5, messages=[{"role": "user", "content": "x"}]).content
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(max_size=30), min_size=1, max_size=10))
+def test_text_without_a_secret_goes_out_as_its_very_bytes(pieces):
+    redactor = agproxy.ChunkRedactor(REDACTOR)
+    sent, out = [], []
+    for piece in pieces:
+        body = {"candidates": [{"content": {"parts": [{"text": piece}]}}]}
+        raw = json.dumps(body).encode()
+        sent.append(raw)
+        out += redactor.feed(body, raw)
+    out += redactor.end()
+    assert out == sent
 
 
-def test_unreachable_upstream_is_502_naming_it(start_agproxy):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        free_port = s.getsockname()[1]
-    config = {"upstreams": [{"name": "gone", "kind": "anthropic", "base_url": f"http://127.0.0.1:{free_port}",
-                             "accounts": [{"name": "a", "api_key": "k"}]}]}
-    proxy = start_agproxy(config)
-    with pytest.raises(anthropic.APIStatusError) as caught:
-        sdk(proxy).messages.create(model="m", max_tokens=5, messages=[{"role": "user", "content": "x"}])
-    assert caught.value.status_code == 502
-    assert "'gone'" in caught.value.message
+def test_a_secret_cut_short_at_the_end_of_the_stream_is_still_hidden():
+    _, joined = relayed(["the key: ", SECRETS[0][:6], SECRETS[0][6:14]])
+    assert SECRETS[0][:14] not in joined and joined.startswith("the key: ")
 
 
-def test_upstream_timeout_is_504(start_agproxy, fake):
-    from tests.fakes.anthropic_upstream import Hang
-    fake.script(Hang(5))
-    config = fake_config(fake, max_retry_attempts=1)
-    config["upstreams"][0]["timeout_s"] = 0.5
-    proxy = start_agproxy(config)
-    with pytest.raises(anthropic.APIStatusError) as caught:
-        sdk(proxy).messages.create(model="m", max_tokens=5, messages=[{"role": "user", "content": "x"}])
-    assert caught.value.status_code == 504
+def test_chunks_held_while_a_secret_may_begin_are_bounded_and_a_key_past_the_bound_is_still_hidden():
+    redactor = agproxy.ChunkRedactor(REDACTOR)
+    out: List[bytes] = []
+    pieces = ["x sk-test-0"] * 8000 + ["123456789abcdef and more"]  # every piece may begin a key
+    for piece in pieces:
+        body = {"choices": [{"index": 0, "delta": {"content": piece}}]}
+        out += redactor.feed(body, json.dumps(body).encode())
+        assert redactor.held_chars <= agproxy.MAX_HELD_TEXT_CHARS + 20
+    out += redactor.end()
+    joined = "".join(json.loads(raw)["choices"][0]["delta"]["content"] for raw in out)
+    assert len(out) == len(pieces) and SECRETS[0] not in joined and "123456789abcdef" not in joined
+    assert joined.endswith("x [redacted] and more")
+    # the bound met just as a key has begun: its start went out, the rest is hidden all the same
+    redactor, out = agproxy.ChunkRedactor(REDACTOR), []
+    filler = agproxy.MAX_HELD_TEXT_CHARS // len("x sk-test-0") + 1
+    for piece in ["x sk-test-0"] * filler + ["123456789abcdef and more"]:
+        body = {"choices": [{"index": 0, "delta": {"content": piece}}]}
+        out += redactor.feed(body, json.dumps(body).encode())
+    out += redactor.end()
+    joined = "".join(json.loads(raw)["choices"][0]["delta"]["content"] for raw in out)
+    assert joined.endswith("x sk-test-0[redacted] and more") and "0123456789" not in joined
 
 
-def test_no_key_reaches_the_log_even_at_debug_level(start_agproxy, fake):
-    fake.script(Json(401, {"type": "error", "error": {"type": "authentication_error", "message": "bad key"}}))
-    proxy = start_agproxy(fake_config(fake, log_level="debug", auth_mode="strict", api_key="sk-local-topsecret",
-                                      max_retry_attempts=1))
-    client = anthropic.Anthropic(base_url=proxy.url, api_key="sk-local-topsecret", max_retries=0)
-    with pytest.raises(anthropic.APIStatusError):
-        client.messages.create(model="m", max_tokens=5, messages=[{"role": "user", "content": "x"}])
-    client.messages.create(model="m", max_tokens=5, messages=[{"role": "user", "content": "x"}])
-    with pytest.raises(anthropic.AuthenticationError):
-        anthropic.Anthropic(base_url=proxy.url, api_key="sk-wrong-guess", max_retries=0).models.list()
-    log = proxy.log()
-    assert "POST /v1/messages" in log
-    for secret in ("sk-local-topsecret", "sk-upstream-alice", "sk-upstream-bob", "sk-wrong-guess"):
-        assert secret not in log
+def test_a_key_in_the_text_drops_the_logprobs_that_spell_it_again():
+    key = SECRETS[0]
+    redactor = agproxy.ChunkRedactor(REDACTOR)
+    out: List[bytes] = []
+    for token in [key[i:i + 3] for i in range(0, len(key), 3)] + [" ok"]:
+        logprobs = {"content": [{"token": token, "logprob": -0.1, "bytes": list(token.encode()), "top_logprobs": []}]}
+        body = {"choices": [{"index": 0, "delta": {"content": token}, "logprobs": logprobs}]}
+        out += redactor.feed(body, json.dumps(body).encode())
+    out += redactor.end()
+    chunks = [json.loads(raw) for raw in out]
+    assert "".join(c["choices"][0]["delta"]["content"] for c in chunks) == "[redacted] ok"
+    spelled = "".join(bytes(t["bytes"]).decode() for c in chunks for t in
+                      ((c["choices"][0].get("logprobs") or {}).get("content") or []))
+    assert key[:6] not in spelled and not any(key[i:i + 6] in spelled for i in range(len(key) - 6))
+    tokens = [{"token": key[:6], "bytes": list(key[:6].encode())}, {"token": key[6:], "bytes": list(key[6:].encode())}]
+    assert not agproxy.native_answer(json.dumps({"choices": [{"index": 0, "message": {"content": "k"}, "logprobs": {
+        "content": tokens}}]}).encode(), "chat", REDACTOR)  # tokens that say what the text does not
 
 
-def test_stream_closed_cleanly_before_message_stop_becomes_error_event(start_agproxy, fake):
-    from tests.fakes.anthropic_upstream import Raw, encode_event
-    events = b"".join(encode_event(e, d) for e, d in text_stream("a b c")[:4])
-    fake.script(Raw(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n" + events))
-    proxy = start_agproxy(fake_config(fake))
-    body = json.dumps({"model": "m", "max_tokens": 5, "stream": True,
-                       "messages": [{"role": "user", "content": "x"}]}).encode()
-    request = urllib.request.Request(proxy.url + "/v1/messages", body, {"content-type": "application/json"})
-    with urllib.request.urlopen(request, timeout=5) as response:
-        data = response.read()
-    assert data.startswith(events)
-    assert data[len(events):].startswith(b"event: error\ndata: ")
-    assert b"ended before message_stop" in data
+def test_a_key_split_across_gemini_parts_at_any_position_is_hidden():
+    key = SECRETS[1]
+    first = {"candidates": [{"index": 0, "content": {"parts": [{"text": "key "}, {"text": key[:10]}]}}]}
+    second = {"candidates": [{"index": 0, "content": {"parts": [
+        {"thought": True, "text": "hmm"}, {"functionCall": {"name": "f", "args": {}}}, {"text": key[10:] + "."}]}}]}
+    redactor = agproxy.ChunkRedactor(REDACTOR)
+    out = redactor.feed(first, json.dumps(first).encode()) + redactor.feed(second, json.dumps(second).encode())
+    out += redactor.end()
+    text = "".join(p.get("text", "") for raw in out for p in json.loads(raw)["candidates"][0]["content"]["parts"]
+                   if not p.get("thought"))
+    assert text == "key [redacted]."
+    whole = {"candidates": [{"content": {"parts": [{"text": key[:10]}, {"text": key[10:]}]}}]}
+    assert not agproxy.native_answer(json.dumps(whole).encode(), "gemini", REDACTOR)
 
 
-def test_upstream_error_event_is_relayed_as_is(start_agproxy, fake):
-    error = ("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
-    fake.script(Sse(text_stream("a b")[:3] + [error], delay_s=0.2))  # after the first events reached the client
-    proxy = start_agproxy(fake_config(fake))
-    with pytest.raises(anthropic.APIStatusError) as caught:
-        with sdk(proxy).messages.stream(model="m", max_tokens=5, messages=[{"role": "user", "content": "x"}]) as s:
-            s.get_final_message()
-    assert "Overloaded" in str(caught.value)
+def test_many_parts_each_spelling_a_key_cost_linear_time():
+    key = SECRETS[0]
+    body = {"candidates": [{"index": 0, "content": {"parts": [{"text": key} for _ in range(20000)]}}]}
+    redactor = agproxy.ChunkRedactor(REDACTOR)
+    started = time.process_time()
+    out = redactor.feed(body, json.dumps(body).encode()) + redactor.end()
+    spent = time.process_time() - started
+    parts = json.loads(out[0])["candidates"][0]["content"]["parts"]
+    assert {p["text"] for p in parts} == {"[redacted]"}
+    assert spent < 5, f"{spent:.1f} s: quadratic"  # a correctness bound (quadratic took minutes), not a speed goal
 
 
-def test_models_list_keeps_only_models_the_map_routes(start_agproxy, fake):
-    from tests.fakes.anthropic_upstream import Json as Reply
-    fake.script(Reply(200, {"data": [{"type": "model", "id": i, "display_name": i, "created_at": "2025-01-01T00:00:00Z"}
-                                     for i in ("claude-opus-x", "claude-haiku-y", "other-model")],
-                            "has_more": False, "first_id": "claude-opus-x", "last_id": "other-model"}))
-    proxy = start_agproxy(fake_config(fake, model_map=[{"match": "claude-*", "upstream": "fake"}]))
-    assert [m.id for m in sdk(proxy).models.list()] == ["claude-opus-x", "claude-haiku-y"]
+def test_native_stream_encoder_frames_each_protocol():
+    verbatim = agproxy.Event(agproxy.VERBATIM, {"chunks": [b'{"a":1}', b'{"b":2}']})
+    stop = agproxy.Event("message_stop", {"type": "message_stop"})
+    chat = agproxy.NativeStreamEncoder("chat")
+    assert chat.encode([verbatim, stop]) == b'data: {"a":1}\n\ndata: {"b":2}\n\ndata: [DONE]\n\n'
+    array = agproxy.NativeStreamEncoder("gemini", sse=False)
+    written = array.ping() + array.encode([verbatim]) + array.ping() + array.encode([stop])
+    assert json.loads(written) == [{"a": 1}, {"b": 2}]
+    broken = agproxy.NativeStreamEncoder("gemini", sse=False)
+    written = broken.encode([verbatim]) + broken.error("api_error", "upstream 'gem': it broke")
+    assert json.loads(written)[-1]["error"]["message"] == "upstream 'gem': it broke"
+    assert json.loads(agproxy.NativeStreamEncoder("gemini", sse=False).encode([stop])) == []
 
 
-def test_models_list_does_not_wait_for_upstreams_that_hang(start_agproxy, fake):
-    """The upstreams' lists are asked for at once and waited for a few seconds in all: three upstreams
-    that never answer, each allowed 15 s, held /v1/models for 45 s when they were asked one by one."""
-    from tests.fakes.misbehaving import MisbehavingUpstream
-    with MisbehavingUpstream() as hanging:
-        upstreams = [{"name": f"hangs{i}", "kind": "anthropic", "base_url": hanging.url_for("hang", "anthropic", "m"),
-                      "connect_timeout_s": 15, "accounts": [{"name": "a", "api_key": "k"}]} for i in range(3)]
-        config = fake_config(fake)
-        config["upstreams"] = upstreams + config["upstreams"]
-        proxy = start_agproxy(config)
-        request = urllib.request.Request(proxy.url + "/v1/models")
-        with urllib.request.urlopen(request, timeout=14) as response:
-            listed = json.loads(response.read())
-    assert [m["id"] for m in listed["data"]] == ["claude-fake"]
-    assert proxy.log().count("no list within") == 3
+GARBAGE_CHUNKS = [
+    {"id": "x", "choices": [{"index": 0, "delta": "text"}]},
+    {"id": "x", "choices": [{"index": "0", "delta": {"content": {"text": "x"}, "reasoning_content": 5}}]},
+    {"id": {"nested": True}, "choices": 7},
+    {"id": "x", "choices": [{"index": 0, "delta": {"tool_calls": [5, {"index": {"a": 1}, "function": "Bash"}]}}]},
+    {"id": "x", "choices": [], "usage": {"prompt_tokens": "many", "completion_tokens": -1, "total_tokens": 3}},
+    {"id": "x", "choices": [{"index": 0, "delta": {}, "finish_reason": {"why": "stop"}}]},
+]
+
+
+def test_a_chunk_of_the_wrong_types_reaches_the_client_cleaned_never_as_it_came():
+    for garbage in GARBAGE_CHUNKS:
+        cleaned = agproxy.cleaned_chunk(garbage, "chat")
+        if cleaned is None:
+            continue
+        assert cleaned is not garbage and cleaned["object"] == "chat.completion.chunk"
+        for choice in cleaned["choices"]:
+            assert isinstance(choice["delta"], dict) and isinstance(choice.get("index", 0), int)
+            assert isinstance(choice["delta"].get("content") or "", str)
+            assert isinstance(choice.get("finish_reason") or "", str)
+            for call in choice["delta"].get("tool_calls") or []:
+                assert isinstance(call, dict) and isinstance(call.get("function", {}), dict)
+        assert all(isinstance(v, int) for v in (cleaned.get("usage") or {}).values())
+    good = {"id": "x", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": "hi"}}]}
+    assert agproxy.cleaned_chunk(good, "chat") is good
+    assert not agproxy.native_answer(b'{"choices": [{"message": {"content": {"a": 1}}}]}', "chat", REDACTOR)
+    assert agproxy.native_answer(b'{"choices": [{"message": {"content": "a"}}]}', "chat", REDACTOR)
+
+
+def test_what_spends_or_keeps_on_the_shared_account_is_not_the_clients_to_set():
+    sent, changes = agproxy.chat_native_request(
+        {"model": "m", "messages": HI, "store": True, "metadata": {"a": "b"}, "service_tier": "priority", "seed": 1},
+        "routed", True, agproxy.OpenAIOptions(), 8192)
+    assert sent == {"model": "routed", "messages": HI, "seed": 1, "stream": True, "max_tokens": 8192,
+                    "stream_options": {"include_usage": True}}
+    assert changes == {"dropped:store": 1, "dropped:metadata": 1, "dropped:service_tier": 1}

@@ -127,3 +127,34 @@ def test_every_recorded_stream_translates_to_what_the_server_said(name: str, pie
 def test_every_recorded_answer_translates_to_what_the_server_said(name: str) -> None:
     recording = fixture(name)
     compare(agproxy.openai_to_anthropic(recording["body"], "m"), recording["expect"])
+
+
+async def passed_through(raw: bytes, piece: int, usage_chunk: bool) -> bytes:
+    """What a Chat Completions client gets of a recorded stream passed through untranslated (a
+    same-protocol passthrough), the bytes arriving ``piece`` at a time, with configured keys."""
+    reads: List[Any] = [raw[i:i + piece] for i in range(0, len(raw), piece)]
+    native = agproxy.NativeChunks(agproxy.Redactor(["sk-some-configured-key-0123456789"]), "chat", usage_chunk)
+    translator = agproxy.OpenAIStreamTranslator("m", 0)
+    translator.relayed = True
+    relayed = agproxy.openai_events(ScriptedResponse(reads), translator, native)
+    head = await agproxy.first_events(relayed)
+    return b"".join([c async for c in agproxy.relay_events(head, relayed, ScriptedResponse([]), "up",
+                                                           encoder=agproxy.NativeStreamEncoder("chat"))])
+
+
+@pytest.mark.parametrize("piece", [1 << 20, 5], ids=["whole", "5-bytes"])
+@pytest.mark.parametrize("name", STREAMS)
+def test_every_recorded_stream_passes_through_to_a_chat_client_as_the_server_sent_it(name: str, piece: int) -> None:
+    recording = fixture(name)
+    sent = [json.loads(e.data) for e in agproxy.SSEDecoder().feed(sse_bytes(recording))
+            if e.data.strip() not in ("", "[DONE]")]
+    relayed = asyncio.run(passed_through(sse_bytes(recording), piece, True))
+    events = [e.data for e in agproxy.SSEDecoder().feed(relayed)]
+    assert events[-1] == "[DONE]" and "error" not in relayed.decode()
+    got = [json.loads(data) for data in events[:-1]]
+    if any(c.get("choices") and any(ch.get("finish_reason") for ch in c["choices"]) for c in sent):
+        assert got == [agproxy.cleaned_chunk(c, "chat") for c in sent]  # a well-formed chunk: as it came
+    else:  # a stream whose server gave no finish reason gets one, as the translated one says
+        assert got[:-1] == [agproxy.cleaned_chunk(c, "chat") for c in sent]
+        assert got[-1]["choices"][0]["finish_reason"] in ("stop", "tool_calls")
+    assert sum(1 for c in got if c["object"] != "chat.completion.chunk") == 0

@@ -9,9 +9,15 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
-from typing import Any, Dict
+from typing import Any, Dict, List
+
+import openai
+from hypothesis import given
+from hypothesis import strategies as st
 
 import agproxy
+from tests.conftest import fake_config
+from tests.fakes.anthropic_upstream import Json, Sse, message, text_stream
 from tests.fakes.gemini_upstream import FakeGemini
 from tests.fakes.openai_upstream import FakeOpenAI
 
@@ -50,8 +56,8 @@ def test_a_gemini_upstream_gets_the_mime_type_and_the_json_schema():
     assert out["generationConfig"] == {"maxOutputTokens": 64, "responseMimeType": "application/json"}
 
 
-def post(proxy: Any, body: Dict[str, Any]) -> Dict[str, Any]:
-    request = urllib.request.Request(proxy.url + "/v1/messages", data=json.dumps(body).encode(), method="POST",
+def post(proxy: Any, body: Dict[str, Any], path: str = "/v1/messages") -> Dict[str, Any]:
+    request = urllib.request.Request(proxy.url + path, data=json.dumps(body).encode(), method="POST",
                                      headers={"Content-Type": "application/json", "anthropic-version": "2023-06-01"})
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
@@ -87,3 +93,83 @@ def test_a_dialects_request_is_marked_for_the_prompt_cache_unless_it_holds_marks
               "messages": [{"role": "user", "content": "hi"}]}
     agproxy.mark_cache_breakpoints(marked)
     assert marked["messages"][0]["content"] == "hi"
+
+
+def test_fenced_json_is_unfenced_and_json_or_prose_is_left_as_it_is():
+    def answer(*blocks: Dict[str, Any]) -> Dict[str, Any]:
+        return {"role": "assistant", "content": list(blocks), "stop_reason": "end_turn"}
+
+    thinking = {"type": "thinking", "thinking": "t", "signature": "s"}
+    fenced = answer(thinking, {"type": "text", "text": "```json\n{\"a\": "}, {"type": "text", "text": "1}\n```\n"})
+    assert agproxy.check_structured(fenced, "up") == answer(thinking, {"type": "text", "text": "{\"a\": 1}"})
+    assert fenced["content"][1]["text"] == "```json\n{\"a\": "  # the upstream's answer itself is not changed
+    plain = answer({"type": "text", "text": " {\"a\": 1} "})
+    assert agproxy.check_structured(plain, "up") is plain
+    bare_fence = answer({"type": "text", "text": "```\n[1, 2]\n```"})
+    assert agproxy.check_structured(bare_fence, "up")["content"] == [{"type": "text", "text": "[1, 2]"}]
+    try:
+        agproxy.check_structured(answer({"type": "text", "text": "```json\nnot json\n```"}), "up")
+    except agproxy.NotStructured as exc:
+        assert exc.status == 424
+    else:
+        raise AssertionError("fenced prose passed as JSON")
+
+
+def test_over_sockets_each_dialect_gets_the_json_inside_a_fence(start_agproxy, fake):
+    # the 424 check took fenced JSON as JSON, and the client got it still fenced
+    proxy = start_agproxy(fake_config(fake))
+    fake.script(*[Json(200, message("```json\n{\"model\": \"flash\"}\n```"))] * 3)
+    question = [{"role": "user", "content": "q"}]
+    chat = post(proxy, {"model": "claude-x", "messages": question, "response_format": {
+        "type": "json_schema", "json_schema": {"name": "s", "schema": SCHEMA}}}, "/v1/chat/completions")
+    assert chat["choices"][0]["message"]["content"] == '{"model": "flash"}'
+    responses = post(proxy, {"model": "claude-x", "input": "q", "text": {
+        "format": {"type": "json_schema", "name": "s", "schema": SCHEMA}}}, "/v1/responses")
+    assert responses["output"][0]["content"][0]["text"] == '{"model": "flash"}'
+    gemini = post(proxy, {"contents": [{"role": "user", "parts": [{"text": "q"}]}], "generationConfig": {
+        "responseMimeType": "application/json", "responseJsonSchema": SCHEMA}},
+                  "/v1beta/models/claude-x:generateContent")
+    assert gemini["candidates"][0]["content"]["parts"][0]["text"] == '{"model": "flash"}'
+    assert [r.json["output_config"]["format"]["schema"] for r in fake.requests] == [SCHEMA] * 3
+
+
+def unfenced_text(pieces: List[str]) -> str:
+    """The text a client's encoder is given of a text block streamed in ``pieces``."""
+    encoder = agproxy.UnfencedStream(agproxy.StreamEncoder())
+    events = [agproxy.Event("content_block_start", {"type": "content_block_start", "index": 0,
+                                                    "content_block": {"type": "text", "text": ""}})]
+    events += [agproxy.Event("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                                     "delta": {"type": "text_delta", "text": p}}) for p in pieces]
+    events.append(agproxy.Event("content_block_stop", {"type": "content_block_stop", "index": 0}))
+    out = b"".join(encoder.encode([event]) for event in events)
+    return "".join(json.loads(e.data)["delta"]["text"] for e in agproxy.SSEDecoder().feed(out)
+                   if e.event == "content_block_delta")
+
+
+def splits(text: str) -> Any:
+    return st.lists(st.integers(0, len(text)), max_size=6).map(
+        lambda cuts: [text[a:b] for a, b in zip([0] + sorted(cuts), sorted(cuts) + [len(text)])])
+
+
+FENCED = "\n```json\n{\"model\": \"a`b\"}\n```\n"
+PLAIN = ["{\"model\": \"flash\"}  \n", "```python\nprint(1)\n```", "``", "Sure: ```json\n{}\n```", "", "`{}`"]
+
+
+@given(st.data())
+def test_a_streamed_fence_is_taken_off_however_the_text_is_split(data: Any) -> None:
+    assert unfenced_text(data.draw(splits(FENCED))) == "{\"model\": \"a`b\"}"
+    plain = data.draw(st.sampled_from(PLAIN))
+    assert unfenced_text(data.draw(splits(plain))) == plain  # anything else passes as it is
+
+
+def test_over_sockets_a_streamed_fence_is_taken_off(start_agproxy, fake):
+    proxy = start_agproxy(fake_config(fake))
+    fake.script(*[Sse(text_stream("```json\n{\"model\": \"flash\"}\n```"))] * 2)  # a word a delta
+    chat = openai.OpenAI(base_url=proxy.url + "/v1", api_key="k", max_retries=0, timeout=10)
+    chunks = chat.chat.completions.create(model="claude-x", messages=[{"role": "user", "content": "q"}], stream=True,
+                                          response_format={"type": "json_object"})
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == '{"model": "flash"}'
+    with chat.responses.stream(model="claude-x", input="q", text={"format": {
+            "type": "json_schema", "name": "s", "schema": SCHEMA}}) as stream:
+        final = stream.get_final_response()
+    assert final.output_text == '{"model": "flash"}'
