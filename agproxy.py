@@ -11227,7 +11227,7 @@ class ModelCatalog:
         self.adapter = adapter
         self.clock = clock
         self.log = log
-        self._cache: Optional[Tuple[float, List[Dict[str, Any]]]] = None
+        self._cache: Optional[Tuple[float, List[Tuple[str, Dict[str, Any]]]]] = None
         self._fetch: Optional[asyncio.Future] = None
 
     async def models(self) -> List[Dict[str, Any]]:
@@ -11241,8 +11241,8 @@ class ModelCatalog:
             if not any(c in rule.match for c in "*?["):
                 models.setdefault(rule.match, _model_object(rule.match, rule.match))
         listed = self._cache[1] if self._cache is not None else []
-        for model in listed or [_model_object(i, d) for i, d in KNOWN_CLAUDE_MODELS]:
-            if self._routable(model["id"]):
+        for upstream, model in listed or [("", _model_object(i, d)) for i, d in KNOWN_CLAUDE_MODELS]:
+            if self._routes_to(model["id"], upstream):
                 models.setdefault(model["id"], model)
         return list(models.values()) or [_model_object(i, d) for i, d in KNOWN_CLAUDE_MODELS]
 
@@ -11254,10 +11254,10 @@ class ModelCatalog:
         fetches = [asyncio.ensure_future(self._upstream_models(upstream)) for upstream in self.config.upstreams]
         if fetches:
             await asyncio.wait(fetches, timeout=_MODELS_FETCH_DEADLINE_S)
-        upstream_models = []
+        upstream_models: List[Tuple[str, Dict[str, Any]]] = []
         for upstream, fetch in zip(self.config.upstreams, fetches):
             if fetch.done():
-                upstream_models += fetch.result()
+                upstream_models += [(upstream.name, model) for model in fetch.result()]
             else:
                 fetch.cancel()
                 self.log.warning("could not list the models of upstream %r: no list within %g s",
@@ -11273,12 +11273,14 @@ class ModelCatalog:
         """One model's object: as listed, else made from its name (any model ``model_map`` routes is served)."""
         return next((m for m in await self.models() if m["id"] == model_id), None) or _model_object(model_id, model_id)
 
-    def _routable(self, model: str) -> bool:
+    def _routes_to(self, model: str, upstream: str) -> bool:
+        """Whether ``model_map`` routes ``model`` (to ``upstream``, the one that listed it, where
+        one did: a name that a catch-all rule sends elsewhere is not what that upstream serves)."""
         try:
-            route_model(self.config, model)
+            route = route_model(self.config, model)
         except NotFound:
             return False
-        return True
+        return not upstream or any(u.name == upstream for u in route.upstreams)
 
     async def _upstream_models(self, upstream: Upstream) -> List[Dict[str, Any]]:
         adapter = self.adapter(upstream)
@@ -11421,16 +11423,17 @@ class Caller:
     admin: bool = False
 
 
-def permitted_route(config: Config, caller: Caller, model: str) -> Route:
+def permitted_route(config: Config, caller: Caller, model: str,
+                    advice: str = "in Claude Code, --model NAME or ANTHROPIC_MODEL") -> Route:
     """The route of ``model`` (:func:`route_model`) as far as the caller may use it: a client only
     the models and upstreams its entry allows. Anything else is a 403 ``permission_error`` naming
     the model, decided before the model is routed: a client learns nothing of the models, rules or
-    upstreams outside its entry (a 404 for an unrouted model would say what exists)."""
+    upstreams outside its entry (a 404 for an unrouted model would say what exists). ``advice``
+    says how the client's agent is told another model (:attr:`Dialect.model_advice`)."""
     client = caller.client
     if client is not None and not client.may_use(model):
         raise PermissionDenied(f"client {client.name!r} may not use model {model[:200]!r} (its models: "
-                               f"{', '.join(client.models)[:300]}; ask for one of those: in Claude Code, --model "
-                               "NAME or ANTHROPIC_MODEL)")
+                               f"{', '.join(client.models)[:300]}; ask for one of those: {advice})")
     route = route_model(config, model)
     if client is None or not client.upstreams:
         return route
@@ -11559,7 +11562,7 @@ class FrontDoor:
             if required:
                 whose = "your own key (a client's, from whoever runs agproxy) or agproxy's api_key" \
                     if config.clients else "agproxy's api_key"
-                raise AuthenticationFailed(f"missing API key: send {whose} as x-api-key or Authorization: Bearer")
+                raise AuthenticationFailed(f"missing API key: send {whose} {dialect_of_path(request.path).key_advice}")
             return Caller()
         admin_key = config.admin_api_key or config.api_key
         admin = key_matches(admin_key, keys)
@@ -11843,7 +11846,7 @@ class Server(Application):
         and one model (GET)."""
         name, _, method = urllib.parse.unquote(request.path.split("/models/", 1)[1]).partition(":")
         if request.method in ("GET", "HEAD") and not method:
-            permitted_route(self.config, exchange.admission, name)
+            permitted_route(self.config, exchange.admission, name, DIALECTS["gemini"].model_advice)
             return json_response(200, DIALECTS["gemini"].model_list([await self.catalog.one(name)])["models"][0])
         if request.method != "POST" or method not in GEMINI_METHODS:
             raise NotFound(f"no route for {request.method[:20]} {request.path[:200]} (Gemini's methods here: "
@@ -11880,7 +11883,7 @@ class Server(Application):
             mark_cache_breakpoints(body)
         raw = internal_bytes(request, asked, body)
         pool = self.pool  # what the request began with, whatever a reload brings meanwhile
-        route = permitted_route(self.config, exchange.admission, body["model"])
+        route = permitted_route(self.config, exchange.admission, body["model"], dialect.model_advice)
         self.learning.count_changes(dialect.name, inbound.changes, route.upstream)
         warmup = dialect.answers_warmups and self.config.warmup_interception and is_warmup(body)
         if not warmup:  # answered locally, a warmup costs nothing against the client's limits
@@ -11975,7 +11978,7 @@ class Server(Application):
         validate_messages_request(body, count_tokens=True)
         raw = internal_bytes(request, asked, body)
         pool = self.pool  # what the request began with, whatever a reload brings meanwhile
-        route = permitted_route(self.config, exchange.admission, body["model"])
+        route = permitted_route(self.config, exchange.admission, body["model"], dialect.model_advice)
         record.mapped_model, record.upstream = route.model, route.upstream.name
         headers: Headers = [("X-Mapped-Model", route.model)]
         window = self.windows.window(route.upstream, route.model)
@@ -12171,6 +12174,9 @@ class Dialect:
     #: whether a whole answer to a request with a JSON schema must be JSON (:func:`check_structured`):
     #: where the dialect put the schema there, agproxy answers for it; Anthropic's is the upstream's
     checks_structured_output = False
+    #: how this protocol's agent is told to ask for another model, and to send its key
+    model_advice = "in Claude Code, --model NAME or ANTHROPIC_MODEL"
+    key_advice = "as x-api-key or Authorization: Bearer"
     #: the upstream kind that speaks this protocol: a request to it passes through untranslated
     #: (:meth:`native`), its answer too (:class:`NativeStreamEncoder`). Anthropic's own is the
     #: adapter's: its requests are the internal form already.
@@ -12237,6 +12243,8 @@ class ChatDialect(Dialect):
     and its errors take OpenAI's shape."""
 
     name = "chat"
+    model_advice = "the request's model"
+    key_advice = "as Authorization: Bearer (the tool's API key)"
     answers_warmups = False
     checks_structured_output = True
     native_kind = "openai"
@@ -12279,6 +12287,8 @@ class ResponsesDialect(Dialect):
     in ``encrypted_content``. The encoder and the answer echo the client's request, so it is kept."""
 
     name = "responses"
+    model_advice = "in Codex CLI, -m NAME or model in config.toml"
+    key_advice = "as Authorization: Bearer (Codex CLI: the variable its provider's env_key names)"
     answers_warmups = False
     checks_structured_output = True
 
@@ -12317,6 +12327,8 @@ class GeminiDialect(Dialect):
     goes without, and the client's own tool names come back in its calls."""
 
     name = "gemini"
+    model_advice = "in Gemini CLI, -m NAME"
+    key_advice = "as x-goog-api-key (Gemini CLI: GEMINI_API_KEY)"
     answers_warmups = False
     checks_structured_output = True
     native_kind = "gemini"
