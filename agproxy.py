@@ -11893,7 +11893,7 @@ class Server(Application):
             self.counters["warmup_intercepted"] += 1
             return dialect.whole(warmup_answer(body, record, [("X-Mapped-Model", route.model)]), inbound)
 
-        async def attempt(upstream: Upstream, account: Account) -> Union[Response, StreamingResponse]:
+        async def attempt(upstream: Upstream, account: Account) -> Union[WholeAnswer, StreamingResponse]:
             call = self._call(raw, request, exchange, body, Route((upstream,), route.model), account)
             native = dialect.native(asked, inbound) if upstream.kind == dialect.native_kind else None
             if native is not None:
@@ -11909,20 +11909,24 @@ class Server(Application):
                 record.local = upstream.kind
             if not isinstance(answer, AnswerStream):
                 record.add_usage(call.facts.usage)
-                if dialect.checks_structured_output and output_schema(body) is not None:
-                    message = check_structured(answer.message, upstream.name)
-                    if message is not answer.message:  # its fence taken off: its events (and the
-                        # upstream's own JSON, where it passed through) are not what it says
-                        answer = dataclasses.replace(answer, message=message, events=None, native_json=None)
-                return dialect.whole(answer, inbound)
+                return answer  # the attempt answered: a structured-output check after it is no retry's
+
             encoder = dialect.encoder(inbound) if native is None else dialect.native_encoder(inbound)
             if native is None and dialect.checks_structured_output and output_schema(body) is not None:
                 encoder = UnfencedStream(encoder)  # fenced JSON streams without its fence
             return self._relay(answer, call, record, pool, encoder, dialect.stream_headers(inbound))
 
-        return await run_attempts(pool, route, session_id(request.headers, body), self.config.max_retry_attempts,
-                                  attempt, clock=self.clock, sleep=self.sleep, on_change=self.saver.save,
-                                  on_attempt=attempt_logger(self.log, exchange.record, route.model))
+        answered = await run_attempts(pool, route, session_id(request.headers, body), self.config.max_retry_attempts,
+                                      attempt, clock=self.clock, sleep=self.sleep, on_change=self.saver.save,
+                                      on_attempt=attempt_logger(self.log, exchange.record, route.model))
+        if not isinstance(answered, WholeAnswer):
+            return answered
+        if dialect.checks_structured_output and output_schema(body) is not None:
+            message = check_structured(answered.message, record.upstream)
+            if message is not answered.message:  # its fence taken off: its events (and the upstream's
+                # own JSON, where it passed through) are not what it says
+                answered = dataclasses.replace(answered, message=message, events=None, native_json=None)
+        return dialect.whole(answered, inbound)
 
     async def _within_limits(self, exchange: _Exchange, body: Dict[str, Any], raw: bytes) -> None:
         """A client's request that generates passes its limits (:class:`ClientLimits`) once it is

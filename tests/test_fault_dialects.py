@@ -130,7 +130,8 @@ def config_for(fake: MisbehavingUpstream, kind: str, ways: Tuple[str, ...], stat
         name = model_name(kind, way, case)
         upstream: Dict[str, Any] = {
             "name": name, "kind": kind, "base_url": fake.url_for(case, kind, way),
-            "timeout_s": timeout_for(case, DIALECT_TIMEOUT_S), "connect_timeout_s": DIALECT_TIMEOUT_S,
+            "timeout_s": timeout_for(case, DIALECT_TIMEOUT_S),
+            "connect_timeout_s": timeout_for(case, DIALECT_TIMEOUT_S),
             "accounts": [{"name": "alice@example.com", "api_key": ALICE_KEY},
                          {"name": "bob@example.com", "api_key": BOB_KEY}]}
         upstream.update(CASE_UPSTREAM_FIELDS.get(case, {}))

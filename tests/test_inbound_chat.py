@@ -5,6 +5,7 @@ limits, record and ledger as ``/v1/messages``; errors in OpenAI's shape, as the 
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 from typing import Any, Dict, List
@@ -110,6 +111,12 @@ def test_to_openai_and_gemini_upstreams(start_agproxy, fake):
             client(proxy).chat.completions.create(model="qwen3", messages=[{"role": "user", "content": "hi"}],
                                                   response_format=structured)
         assert prose.value.status_code == 424 and "not JSON" in prose.value.message
+        # the upstream answered: its attempt counts (the check after it is no retry's)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and " 424 " not in proxy.log():
+            time.sleep(0.05)
+        refused = [line for line in proxy.log().splitlines() if " 424 " in line and "/v1/chat/completions" in line]
+        assert refused and "tries=1" in refused[-1] and "local/" in refused[-1]
 
 
 def test_errors_come_in_openais_shape_as_the_sdk_raises_them(start_agproxy, fake):
