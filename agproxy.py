@@ -10158,6 +10158,12 @@ class UpstreamResponse:
         #: let go because nobody wants the rest (its client left): a read it cuts short is no fault
         self.abandoned = False
         self._done = False
+        self._loop = asyncio.get_running_loop()
+        #: when the read in progress began (None: no read waits), watched by one timer per response
+        #: (:meth:`_check_read`), moved on lazily: no task and no timer per read
+        self._read_since: Optional[float] = None
+        self._read_timer: Optional[asyncio.TimerHandle] = None
+        self._read_timed_out = False
 
     def header(self, name: str) -> Optional[str]:
         return header_value(self.headers, name)
@@ -10179,16 +10185,50 @@ class UpstreamResponse:
                     continue
                 if event == END:
                     self._done = True
+                    self._stop_read_timer()
                     self._client.release(self._conn, parser.reusable)
                     break
                 if pieces:
                     break
-                parser.feed(await asyncio.wait_for(self._conn.reader.read(_UPSTREAM_READ_SIZE), self.timeout_s))
+                parser.feed(await self._read())
         except (OSError, asyncio.TimeoutError, UpstreamFailure) as exc:
             self.close()
             reason = exc.message if isinstance(exc, UpstreamFailure) else _describe_os_error(exc)
             raise UpstreamFailure(f"upstream connection broke mid-response ({reason})") from None
         return b"".join(pieces)
+
+    async def _read(self) -> bytes:
+        """What the connection gives next (``b""``: its end), or :class:`asyncio.TimeoutError` when
+        nothing came for ``timeout_s``."""
+        self._read_since = self._loop.time()
+        if self._read_timer is None:
+            self._read_timer = self._loop.call_at(self._read_since + self.timeout_s, self._check_read)
+        try:
+            data = await self._conn.reader.read(_UPSTREAM_READ_SIZE)
+        finally:
+            self._read_since = None
+        if self._read_timed_out:  # what the cut connection gave (its end, say) is not the answer
+            raise asyncio.TimeoutError
+        return data
+
+    def _check_read(self) -> None:
+        """The read timer: a read that has waited ``timeout_s`` is cut; one that began later is
+        watched on to its own end; with no read waiting, the next read sets the timer again."""
+        self._read_timer = None
+        since = self._read_since
+        if since is None or self._done:
+            return
+        due = since + self.timeout_s
+        if self._loop.time() < due:
+            self._read_timer = self._loop.call_at(due, self._check_read)
+            return
+        self._read_timed_out = True
+        self._conn.abort()  # the waiting read wakes up with the connection's end
+
+    def _stop_read_timer(self) -> None:
+        if self._read_timer is not None:
+            self._read_timer.cancel()
+            self._read_timer = None
 
     async def read_all(self, limit: int = MAX_UPSTREAM_BODY_BYTES) -> bytes:
         """The whole body, refused past ``limit`` bytes."""
@@ -10221,6 +10261,7 @@ class UpstreamResponse:
         (``force``): the relay's own close at its end leaves it be."""
         if self._draining and not force:
             return
+        self._stop_read_timer()
         if not self._done:
             self._done = self.aborted = True
             self._conn.abort()
