@@ -3541,6 +3541,14 @@ def upstream_error_event(error: Dict[str, Any], upstream: str = "") -> Dict[str,
 #: One event of the plain kind, as Anthropic sends them: an optional event line, one data line,
 #: a blank line, LF endings (its name and its data).
 _PLAIN_EVENT = re.compile(r"(?:event: ?([^\n]*)\n)?data: ?([^\n]*)\n\n")
+#: The data of a text, thinking or tool input delta as Anthropic servers write it (compact, or a
+#: space after each separator): its index and delta type, and its field, whose string this checks
+#: is a valid JSON string. Such data is JSON and nothing but a delta, so the check knows it without
+#: decoding it: the usual event costs one match. Any other spelling is decoded.
+_CHECKED_DELTA = re.compile(
+    r'\{"type": ?"content_block_delta", ?"index": ?(0|[1-9][0-9]{0,4}), ?'
+    r'"delta": ?\{"type": ?"(text_delta|thinking_delta|input_json_delta)", ?"(text|thinking|partial_json)": ?'
+    r'"[^"\\\x00-\x1f]*(?:\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4})[^"\\\x00-\x1f]*)*"\}\}')
 #: The event types of the Messages stream's grammar (``error`` is taken apart from them).
 _STREAM_EVENT_TYPES = frozenset({"ping", "message_start", "content_block_start", "content_block_delta",
                                  "content_block_stop", "message_delta", "message_stop"})
@@ -3656,6 +3664,13 @@ class EventStreamCheck:
                 continue  # nothing after message_stop reaches the client
             if "\\u" in event_data and _LONE_SURROGATE_TEXT.search(event_data):
                 event_data, as_they_came = _LONE_SURROGATE_TEXT.sub(r"\1\\ufffd", event_data), False
+            delta = _CHECKED_DELTA.fullmatch(event_data) if raw is not None else None
+            if delta is not None and (not name or name == "content_block_delta") \
+                    and _TEXT_DELTA_FIELDS[delta.group(2)] == delta.group(3) and int(delta.group(1)) in self._open:
+                as_they_came = as_they_came and bool(name)  # the usual event: a delta of an open block
+                kept.append(Event("content_block_delta", None, raw))
+                sources.append(event_data)
+                continue
             try:
                 payload = _decode_bounded(event_data, MAX_UPSTREAM_JSON_DEPTH)
             except ValueError:
