@@ -55,10 +55,8 @@ import base64
 import bisect
 import collections
 import copy
-import csv
 import dataclasses
 import datetime
-import difflib
 import errno
 import fnmatch
 import hashlib
@@ -831,6 +829,8 @@ _TYPE_WORDS = {list: "a list", dict: "an object", int: "a number", float: "a num
 def _with_suggestion(name: str, known: Iterable[str]) -> str:
     """An unknown key's name, with the known one it was likely meant to be (``auth_mod`` -> did
     you mean ``auth_mode``?)."""
+    import difflib  # here, not at the top: only a config with a typo needs it (~0.2 MB at start-up)
+
     near = difflib.get_close_matches(name[:100], list(known), n=1, cutoff=0.7)
     return f"{name[:100]} (did you mean {near[0]}?)" if near else name[:100]
 
@@ -11168,9 +11168,11 @@ class HttpServer:
     async def _drain(self, conn: _Connection) -> None:
         """Wait until the client has taken what was written; a client that reads nothing for
         ``write_timeout_s`` is cut, so it cannot pin an upstream connection and an account's slot."""
-        if conn.writer.transport.get_write_buffer_size() < _CLIENT_READ_SIZE:
-            await conn.writer.drain()  # nothing to wait for (the usual case): no timer needed
-            return
+        transport = conn.writer.transport
+        if transport.get_write_buffer_size() < _CLIENT_READ_SIZE:
+            if transport.is_closing():
+                await conn.writer.drain()  # raises for a client that is gone
+            return  # nothing to wait for (the usual case): no drain, no timer
         try:
             await asyncio.wait_for(conn.writer.drain(), self.config.write_timeout_s)
         except asyncio.TimeoutError:
@@ -14574,6 +14576,8 @@ def _csv_cell(value: Any) -> Any:
 
 def usage_csv(rows: List[Dict[str, Any]], group_by: Sequence[str]) -> bytes:
     """Usage rows as CSV (RFC 4180: CRLF, quoted where needed) under a header line."""
+    import csv  # here, not at the top: only a usage export needs it (~0.1 MB at start-up)
+
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(list(group_by) + list(USAGE_COUNTS))
