@@ -6843,6 +6843,16 @@ def chat_error_body(status: int, error_type: str, message: str) -> Dict[str, Any
                       "code": _CHAT_ERROR_CODES.get(error_type)}}
 
 
+def overload_status(status: int) -> int:
+    """The status an OpenAI or Gemini client gets for agproxy's: Anthropic's overload (529) as
+    503, the overload status of OpenAI (``server_is_overloaded``) and Google (``UNAVAILABLE``).
+    Codex CLI 0.171.0 reads 529 as an "unknown status" and retries it as any other
+    (codex-rs/codex-api/src/api_bridge.rs, map_api_error: only a 503 can be ServerOverloaded);
+    Gemini CLI 0.61.0 reads a RetryInfo only from a 429, 499 or 503 (classifyGoogleError in its
+    bundle's googleQuotaErrors.js) and retries other 5xx on its own backoff."""
+    return 503 if status == 529 else status
+
+
 class ChatStreamEncoder(StreamEncoder):
     """The internal Anthropic events of one answer as a Chat Completions stream: one
     ``chat.completion.chunk`` per piece, one id throughout (from the Message's), the role in the
@@ -7434,9 +7444,10 @@ def _responses_reasoning(reasoning: Any, out: Dict[str, Any]) -> None:
 
 
 #: OpenAI's words (``type``, ``code``) for each Anthropic error type agproxy answers with. An
-#: overload is said as ``server_error``, not OpenAI's ``server_is_overloaded``: Codex 0.171.0 takes
-#: that one as final ("Selected model is at capacity") and stops, while it retries a server_error
-#: (5 times, observed), and an Anthropic overload clears in seconds.
+#: overload in a stream (``response.failed``) is said as ``server_error``, not OpenAI's
+#: ``server_is_overloaded``: Codex 0.171.0 takes that one as final ("Selected model is at
+#: capacity") and stops, while it retries the turn on a server_error, and agproxy cannot retry a
+#: stream begun. An overload answered before any stream is another matter (:func:`responses_error_body`).
 _RESPONSES_ERRORS = {
     "invalid_request_error": ("invalid_request_error", None),
     "request_too_large": ("invalid_request_error", "request_too_large"),
@@ -7467,10 +7478,34 @@ def _responses_error(error_type: str, message: str) -> Dict[str, Any]:
 
 def responses_error_body(status: int, error_type: str, message: str) -> Dict[str, Any]:
     """An agproxy error as the Responses API words it: ``{"error": {"message", "type", "param",
-    "code"}}`` (``status`` is the HTTP status it goes with; the error type decides the words)."""
+    "code"}}`` (``status`` is the HTTP status it goes with; the error type decides the words). An
+    overload is OpenAI's ``server_is_overloaded`` here (with 503, :func:`responses_error_status`):
+    agproxy has tried every attempt it may already, and Codex 0.171.0 tries that five times and
+    stops, where it tried a ``server_error`` five times five (30 requests a turn, 90 upstream)."""
     if error_type not in _RESPONSES_ERRORS:
         error_type = error_type_for_status(status)
-    return {"error": _responses_error(error_type, message)}
+    error = _responses_error(error_type, message)
+    if error_type == "overloaded_error":
+        error["code"] = "server_is_overloaded"
+    return {"error": error}
+
+
+#: 4xx a retry may change (a timeout, a conflict, a rate limit): Codex CLI may retry them as they are.
+_RESPONSES_RETRIED_4XX = (408, 409, 429)
+
+
+def responses_error_status(status: int) -> int:
+    """The status of an agproxy error on ``/v1/responses``, as Codex CLI 0.171.0 acts on it
+    (codex-rs/codex-api/src/api_bridge.rs, map_api_error, and CodexErr::is_retryable in
+    codex-rs/protocol/src/error.rs; observed the same): a 400 is InvalidRequest, final, and it
+    shows the body; any other 4xx but 429 is UnexpectedStatus, which it retries five times (a 403
+    or 401: six requests in 6 s, in vain); a 503 whose code is ``server_is_overloaded`` is
+    ServerOverloaded, final after its transport's five tries, where a 529 or 500 is tried five
+    times five (30 requests a turn, each retried by agproxy: 90 upstream). So a 4xx that retrying
+    cannot change is said as 400 (the body keeps its type and code), an overload as 503."""
+    if 400 < status < 500 and status not in _RESPONSES_RETRIED_4XX:
+        return 400
+    return overload_status(status)
 
 
 def _responses_usage(usage: Dict[str, Any], reasoning_tokens: int) -> Dict[str, Any]:
@@ -8009,6 +8044,9 @@ _GEMINI_ERROR_STATUS = {"invalid_request_error": "INVALID_ARGUMENT", "request_to
                         "billing_error": "PERMISSION_DENIED", "not_found_error": "NOT_FOUND",
                         "rate_limit_error": "RESOURCE_EXHAUSTED", "overloaded_error": "UNAVAILABLE",
                         "timeout_error": "UNAVAILABLE"}
+#: The google.rpc details of an error that Gemini CLI acts on (:func:`gemini_error_body`).
+_GEMINI_QUOTA_FAILURE = "type.googleapis.com/google.rpc.QuotaFailure"
+_GEMINI_RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
 #: The raw start of a thought signature agproxy made: the thinking blocks of the answer step that
 #: a function call ended, as JSON after it, the whole in base64 (Gemini's signatures are base64,
 #: and the google-genai SDK decodes them as bytes). Gemini CLI keeps a call's signature in its
@@ -8849,15 +8887,29 @@ def anthropic_message_to_gemini(message: Dict[str, Any], model: str, *, names: O
             "responseId": parts_of.response_id}
 
 
-def gemini_error_body(status: int, error_type: str, message: str) -> Dict[str, Any]:
+def gemini_error_body(status: int, error_type: str, message: str, retry_after_s: Optional[int] = None,
+                      quota_id: str = "") -> Dict[str, Any]:
     """agproxy's error (an Anthropic ``error_type``, answered with HTTP ``status``) as Gemini's
-    error JSON: ``{"error": {"code": status, "message", "status": google.rpc name}}``."""
+    error JSON: ``{"error": {"code": status, "message", "status": google.rpc name, "details"}}``.
+    ``details`` says what Gemini CLI 0.61.0 reads from a 429 or 503 (``classifyGoogleError`` in
+    its bundle's googleQuotaErrors.js; without details it retries with its own backoff, 5 s to
+    30 s, ten times): a ``QuotaFailure`` whose violation's quotaId contains ``PerDay``
+    (``quota_id``) is terminal, it stops at once; a ``RetryInfo`` (``retry_after_s``) is waited
+    before the next try, and is terminal over 300 s (MAX_RETRYABLE_DELAY_SECONDS)."""
     name = _GEMINI_ERROR_STATUS.get(error_type)
     if name is None:
         name = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
                 429: "RESOURCE_EXHAUSTED", 503: "UNAVAILABLE", 529: "UNAVAILABLE"}.get(
                     status, "INTERNAL" if status >= 500 else "FAILED_PRECONDITION")
-    return {"error": {"code": status, "message": message, "status": name}}
+    error: Dict[str, Any] = {"code": status, "message": message, "status": name}
+    details: List[Dict[str, Any]] = []
+    if quota_id:
+        details.append({"@type": _GEMINI_QUOTA_FAILURE, "violations": [{"quotaId": quota_id, "description": message}]})
+    if retry_after_s is not None:
+        details.append({"@type": _GEMINI_RETRY_INFO, "retryDelay": f"{max(0, retry_after_s)}s"})
+    if details:
+        error["details"] = details
+    return {"error": error}
 
 
 def gemini_count_json(counted: Dict[str, Any]) -> Dict[str, Any]:
@@ -10540,15 +10592,15 @@ def json_response(status: int, payload: Any, headers: Headers = ()) -> Response:
 _RETRYABLE_4XX = (408, 409, 429)
 
 
-def error_response(exc: AgproxyError, body: Any = None) -> Response:
-    """The one place an :class:`AgproxyError` becomes an HTTP response: its ``body`` (a client
-    dialect's shape of it; by default Anthropic's). An answer that retrying cannot change (a 4xx
+def error_response(exc: AgproxyError, body: Any = None, status: Optional[int] = None) -> Response:
+    """The one place an :class:`AgproxyError` becomes an HTTP response: its ``body`` and ``status``
+    (a client dialect's shape of it; by default Anthropic's). An answer that retrying cannot change (a 4xx
     but the three above, or an error marked ``final``) says ``x-should-retry: false``, so SDKs and
     Claude Code fail at once instead of retrying for minutes."""
     headers = list(exc.headers)
     if exc.final or (400 <= exc.status < 500 and exc.status not in _RETRYABLE_4XX):
         headers.append(("x-should-retry", "false"))
-    return json_response(exc.status, exc.body() if body is None else body, headers)
+    return json_response(exc.status if status is None else status, exc.body() if body is None else body, headers)
 
 
 @dataclasses.dataclass
@@ -11233,7 +11285,7 @@ class ModelCatalog:
         self.adapter = adapter
         self.clock = clock
         self.log = log
-        self._cache: Optional[Tuple[float, List[Dict[str, Any]]]] = None
+        self._cache: Optional[Tuple[float, List[Tuple[str, Dict[str, Any]]]]] = None
         self._fetch: Optional[asyncio.Future] = None
 
     async def models(self) -> List[Dict[str, Any]]:
@@ -11247,8 +11299,8 @@ class ModelCatalog:
             if not any(c in rule.match for c in "*?["):
                 models.setdefault(rule.match, _model_object(rule.match, rule.match))
         listed = self._cache[1] if self._cache is not None else []
-        for model in listed or [_model_object(i, d) for i, d in KNOWN_CLAUDE_MODELS]:
-            if self._routable(model["id"]):
+        for upstream, model in listed or [("", _model_object(i, d)) for i, d in KNOWN_CLAUDE_MODELS]:
+            if self._routes_to(model["id"], upstream):
                 models.setdefault(model["id"], model)
         return list(models.values()) or [_model_object(i, d) for i, d in KNOWN_CLAUDE_MODELS]
 
@@ -11260,10 +11312,10 @@ class ModelCatalog:
         fetches = [asyncio.ensure_future(self._upstream_models(upstream)) for upstream in self.config.upstreams]
         if fetches:
             await asyncio.wait(fetches, timeout=_MODELS_FETCH_DEADLINE_S)
-        upstream_models = []
+        upstream_models: List[Tuple[str, Dict[str, Any]]] = []
         for upstream, fetch in zip(self.config.upstreams, fetches):
             if fetch.done():
-                upstream_models += fetch.result()
+                upstream_models += [(upstream.name, model) for model in fetch.result()]
             else:
                 fetch.cancel()
                 self.log.warning("could not list the models of upstream %r: no list within %g s",
@@ -11279,12 +11331,14 @@ class ModelCatalog:
         """One model's object: as listed, else made from its name (any model ``model_map`` routes is served)."""
         return next((m for m in await self.models() if m["id"] == model_id), None) or _model_object(model_id, model_id)
 
-    def _routable(self, model: str) -> bool:
+    def _routes_to(self, model: str, upstream: str) -> bool:
+        """Whether ``model_map`` routes ``model`` (to ``upstream``, the one that listed it, where
+        one did: a name that a catch-all rule sends elsewhere is not what that upstream serves)."""
         try:
-            route_model(self.config, model)
+            route = route_model(self.config, model)
         except NotFound:
             return False
-        return True
+        return not upstream or any(u.name == upstream for u in route.upstreams)
 
     async def _upstream_models(self, upstream: Upstream) -> List[Dict[str, Any]]:
         adapter = self.adapter(upstream)
@@ -11427,16 +11481,17 @@ class Caller:
     admin: bool = False
 
 
-def permitted_route(config: Config, caller: Caller, model: str) -> Route:
+def permitted_route(config: Config, caller: Caller, model: str,
+                    advice: str = "in Claude Code, --model NAME or ANTHROPIC_MODEL") -> Route:
     """The route of ``model`` (:func:`route_model`) as far as the caller may use it: a client only
     the models and upstreams its entry allows. Anything else is a 403 ``permission_error`` naming
     the model, decided before the model is routed: a client learns nothing of the models, rules or
-    upstreams outside its entry (a 404 for an unrouted model would say what exists)."""
+    upstreams outside its entry (a 404 for an unrouted model would say what exists). ``advice``
+    says how the client's agent is told another model (:attr:`Dialect.model_advice`)."""
     client = caller.client
     if client is not None and not client.may_use(model):
         raise PermissionDenied(f"client {client.name!r} may not use model {model[:200]!r} (its models: "
-                               f"{', '.join(client.models)[:300]}; ask for one of those: in Claude Code, --model "
-                               "NAME or ANTHROPIC_MODEL)")
+                               f"{', '.join(client.models)[:300]}; ask for one of those: {advice})")
     route = route_model(config, model)
     if client is None or not client.upstreams:
         return route
@@ -11565,7 +11620,7 @@ class FrontDoor:
             if required:
                 whose = "your own key (a client's, from whoever runs agproxy) or agproxy's api_key" \
                     if config.clients else "agproxy's api_key"
-                raise AuthenticationFailed(f"missing API key: send {whose} as x-api-key or Authorization: Bearer")
+                raise AuthenticationFailed(f"missing API key: send {whose} {dialect_of_path(request.path).key_advice}")
             return Caller()
         admin_key = config.admin_api_key or config.api_key
         admin = key_matches(admin_key, keys)
@@ -11693,7 +11748,8 @@ class Server(Application):
     def error_answer(self, exc: AgproxyError, record: RequestRecord) -> Response:
         """The error answer, with the model sent and the account used where the request got that far
         (read from its record: nothing is written onto the error after it was raised)."""
-        response = error_response(exc, dialect_of_path(record.path).error_body(exc))
+        dialect = dialect_of_path(record.path)
+        response = error_response(exc, dialect.error_body(exc), dialect.error_status(exc))
         if record.mapped_model:
             response.headers.append(("X-Mapped-Model", record.mapped_model))
         if record.account and record.account != "warmup":
@@ -11848,7 +11904,7 @@ class Server(Application):
         and one model (GET)."""
         name, _, method = urllib.parse.unquote(request.path.split("/models/", 1)[1]).partition(":")
         if request.method in ("GET", "HEAD") and not method:
-            permitted_route(self.config, exchange.admission, name)
+            permitted_route(self.config, exchange.admission, name, DIALECTS["gemini"].model_advice)
             return json_response(200, DIALECTS["gemini"].model_list([await self.catalog.one(name)])["models"][0])
         if request.method != "POST" or method not in GEMINI_METHODS:
             raise NotFound(f"no route for {request.method[:20]} {request.path[:200]} (Gemini's methods here: "
@@ -11885,7 +11941,7 @@ class Server(Application):
             mark_cache_breakpoints(body)
         raw = internal_bytes(request, asked, body)
         pool = self.pool  # what the request began with, whatever a reload brings meanwhile
-        route = permitted_route(self.config, exchange.admission, body["model"])
+        route = permitted_route(self.config, exchange.admission, body["model"], dialect.model_advice)
         self.learning.count_changes(dialect.name, inbound.changes, route.upstream)
         warmup = dialect.answers_warmups and self.config.warmup_interception and is_warmup(body)
         if not warmup:  # answered locally, a warmup costs nothing against the client's limits
@@ -11895,7 +11951,7 @@ class Server(Application):
             self.counters["warmup_intercepted"] += 1
             return dialect.whole(warmup_answer(body, record, [("X-Mapped-Model", route.model)]), inbound)
 
-        async def attempt(upstream: Upstream, account: Account) -> Union[Response, StreamingResponse]:
+        async def attempt(upstream: Upstream, account: Account) -> Union[WholeAnswer, StreamingResponse]:
             call = self._call(raw, request, exchange, body, Route((upstream,), route.model), account)
             native = dialect.native(asked, inbound) if upstream.kind == dialect.native_kind else None
             if native is not None:
@@ -11911,20 +11967,24 @@ class Server(Application):
                 record.local = upstream.kind
             if not isinstance(answer, AnswerStream):
                 record.add_usage(call.facts.usage)
-                if dialect.checks_structured_output and output_schema(body) is not None:
-                    message = check_structured(answer.message, upstream.name)
-                    if message is not answer.message:  # its fence taken off: its events (and the
-                        # upstream's own JSON, where it passed through) are not what it says
-                        answer = dataclasses.replace(answer, message=message, events=None, native_json=None)
-                return dialect.whole(answer, inbound)
+                return answer  # the attempt answered: a structured-output check after it is no retry's
+
             encoder = dialect.encoder(inbound) if native is None else dialect.native_encoder(inbound)
             if native is None and dialect.checks_structured_output and output_schema(body) is not None:
                 encoder = UnfencedStream(encoder)  # fenced JSON streams without its fence
             return self._relay(answer, call, record, pool, encoder, dialect.stream_headers(inbound))
 
-        return await run_attempts(pool, route, session_id(request.headers, body), self.config.max_retry_attempts,
-                                  attempt, clock=self.clock, sleep=self.sleep, on_change=self.saver.save,
-                                  on_attempt=attempt_logger(self.log, exchange.record, route.model))
+        answered = await run_attempts(pool, route, session_id(request.headers, body), self.config.max_retry_attempts,
+                                      attempt, clock=self.clock, sleep=self.sleep, on_change=self.saver.save,
+                                      on_attempt=attempt_logger(self.log, exchange.record, route.model))
+        if not isinstance(answered, WholeAnswer):
+            return answered
+        if dialect.checks_structured_output and output_schema(body) is not None:
+            message = check_structured(answered.message, record.upstream)
+            if message is not answered.message:  # its fence taken off: its events (and the upstream's
+                # own JSON, where it passed through) are not what it says
+                answered = dataclasses.replace(answered, message=message, events=None, native_json=None)
+        return dialect.whole(answered, inbound)
 
     async def _within_limits(self, exchange: _Exchange, body: Dict[str, Any], raw: bytes) -> None:
         """A client's request that generates passes its limits (:class:`ClientLimits`) once it is
@@ -11980,7 +12040,7 @@ class Server(Application):
         validate_messages_request(body, count_tokens=True)
         raw = internal_bytes(request, asked, body)
         pool = self.pool  # what the request began with, whatever a reload brings meanwhile
-        route = permitted_route(self.config, exchange.admission, body["model"])
+        route = permitted_route(self.config, exchange.admission, body["model"], dialect.model_advice)
         record.mapped_model, record.upstream = route.model, route.upstream.name
         headers: Headers = [("X-Mapped-Model", route.model)]
         window = self.windows.window(route.upstream, route.model)
@@ -12176,6 +12236,9 @@ class Dialect:
     #: whether a whole answer to a request with a JSON schema must be JSON (:func:`check_structured`):
     #: where the dialect put the schema there, agproxy answers for it; Anthropic's is the upstream's
     checks_structured_output = False
+    #: how this protocol's agent is told to ask for another model, and to send its key
+    model_advice = "in Claude Code, --model NAME or ANTHROPIC_MODEL"
+    key_advice = "as x-api-key or Authorization: Bearer"
     #: the upstream kind that speaks this protocol: a request to it passes through untranslated
     #: (:meth:`native`), its answer too (:class:`NativeStreamEncoder`). Anthropic's own is the
     #: adapter's: its requests are the internal form already.
@@ -12211,6 +12274,10 @@ class Dialect:
         """agproxy's error as this client's error JSON."""
         return exc.body()
 
+    def error_status(self, exc: AgproxyError) -> int:
+        """The HTTP status this client gets for agproxy's error (what its retries act on)."""
+        return exc.status
+
     def count_json(self, counted: Dict[str, Any]) -> Any:
         """A token count (Anthropic's ``{"input_tokens": N}``) as this client's answer."""
         return counted
@@ -12238,6 +12305,8 @@ class ChatDialect(Dialect):
     and its errors take OpenAI's shape."""
 
     name = "chat"
+    model_advice = "the request's model"
+    key_advice = "as Authorization: Bearer (the tool's API key)"
     answers_warmups = False
     checks_structured_output = True
     native_kind = "openai"
@@ -12266,6 +12335,9 @@ class ChatDialect(Dialect):
     def error_body(self, exc: AgproxyError) -> Any:
         return chat_error_body(exc.status, exc.error_type, exc.message)
 
+    def error_status(self, exc: AgproxyError) -> int:
+        return overload_status(exc.status)
+
     def model_list(self, models: List[Dict[str, Any]]) -> Dict[str, Any]:
         return models_list(models, "openai")
 
@@ -12277,6 +12349,8 @@ class ResponsesDialect(Dialect):
     in ``encrypted_content``. The encoder and the answer echo the client's request, so it is kept."""
 
     name = "responses"
+    model_advice = "in Codex CLI, -m NAME or model in config.toml"
+    key_advice = "as Authorization: Bearer (Codex CLI: the variable its provider's env_key names)"
     answers_warmups = False
     checks_structured_output = True
 
@@ -12301,6 +12375,9 @@ class ResponsesDialect(Dialect):
             body["error"].update(type="insufficient_quota", code="insufficient_quota")
         return body
 
+    def error_status(self, exc: AgproxyError) -> int:
+        return responses_error_status(exc.status)
+
     def model_list(self, models: List[Dict[str, Any]]) -> Dict[str, Any]:
         return models_list(models, "openai")
 
@@ -12312,6 +12389,8 @@ class GeminiDialect(Dialect):
     goes without, and the client's own tool names come back in its calls."""
 
     name = "gemini"
+    model_advice = "in Gemini CLI, -m NAME"
+    key_advice = "as x-goog-api-key (Gemini CLI: GEMINI_API_KEY)"
     answers_warmups = False
     checks_structured_output = True
     native_kind = "gemini"
@@ -12346,7 +12425,19 @@ class GeminiDialect(Dialect):
         return anthropic_message_to_gemini(message, model, names=names, include_thoughts=thoughts)
 
     def error_body(self, exc: AgproxyError) -> Any:
-        return gemini_error_body(exc.status, exc.error_type, exc.message)
+        """Gemini's error JSON, with what Gemini CLI needs to stop or to wait (:func:`gemini_error_body`):
+        a client's spent day as a per-day quota (it stopped only after ten tries in minutes), and
+        the ``retry-after`` agproxy knows (a client's minute window, its requests in flight, an
+        upstream's reset) as a RetryInfo, so that it waits that long, not its own backoff."""
+        wait = header_value(exc.headers, "retry-after")
+        seconds = _parse_duration(wait) if wait else None
+        spent_day = isinstance(exc, ClientLimited) and exc.final and exc.limit == "tokens_per_day"
+        return gemini_error_body(self.error_status(exc), exc.error_type, exc.message,
+                                 retry_after_s=None if seconds is None else math.ceil(seconds),
+                                 quota_id=GEMINI_SPENT_DAY_QUOTA if spent_day else "")
+
+    def error_status(self, exc: AgproxyError) -> int:
+        return overload_status(exc.status)
 
     def count_json(self, counted: Dict[str, Any]) -> Any:
         return gemini_count_json(counted)
@@ -12355,6 +12446,9 @@ class GeminiDialect(Dialect):
         return gemini_models_list(models)
 
 
+#: The quota a client's spent tokens_per_day is said to exceed on Gemini's routes: Gemini CLI stops
+#: at once on a quotaId that contains ``PerDay`` (:func:`gemini_error_body`).
+GEMINI_SPENT_DAY_QUOTA = "TokensPerDayPerClient"
 #: What Gemini's clients may ask of a model (``POST /v1beta/models/{model}:METHOD``).
 GEMINI_METHODS = ("generateContent", "streamGenerateContent", "countTokens")
 
