@@ -55,10 +55,8 @@ import base64
 import bisect
 import collections
 import copy
-import csv
 import dataclasses
 import datetime
-import difflib
 import errno
 import fnmatch
 import hashlib
@@ -831,6 +829,8 @@ _TYPE_WORDS = {list: "a list", dict: "an object", int: "a number", float: "a num
 def _with_suggestion(name: str, known: Iterable[str]) -> str:
     """An unknown key's name, with the known one it was likely meant to be (``auth_mod`` -> did
     you mean ``auth_mode``?)."""
+    import difflib  # here, not at the top: only a config with a typo needs it (~0.2 MB at start-up)
+
     near = difflib.get_close_matches(name[:100], list(known), n=1, cutoff=0.7)
     return f"{name[:100]} (did you mean {near[0]}?)" if near else name[:100]
 
@@ -3650,6 +3650,14 @@ def upstream_error_event(error: Dict[str, Any], upstream: str = "") -> Dict[str,
 #: One event of the plain kind, as Anthropic sends them: an optional event line, one data line,
 #: a blank line, LF endings (its name and its data).
 _PLAIN_EVENT = re.compile(r"(?:event: ?([^\n]*)\n)?data: ?([^\n]*)\n\n")
+#: The data of a text, thinking or tool input delta as Anthropic servers write it (compact, or a
+#: space after each separator): its index and delta type, and its field, whose string this checks
+#: is a valid JSON string. Such data is JSON and nothing but a delta, so the check knows it without
+#: decoding it: the usual event costs one match. Any other spelling is decoded.
+_CHECKED_DELTA = re.compile(
+    r'\{"type": ?"content_block_delta", ?"index": ?(0|[1-9][0-9]{0,4}), ?'
+    r'"delta": ?\{"type": ?"(text_delta|thinking_delta|input_json_delta)", ?"(text|thinking|partial_json)": ?'
+    r'"[^"\\\x00-\x1f]*(?:\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4})[^"\\\x00-\x1f]*)*"\}\}')
 #: The event types of the Messages stream's grammar (``error`` is taken apart from them).
 _STREAM_EVENT_TYPES = frozenset({"ping", "message_start", "content_block_start", "content_block_delta",
                                  "content_block_stop", "message_delta", "message_stop"})
@@ -3765,6 +3773,13 @@ class EventStreamCheck:
                 continue  # nothing after message_stop reaches the client
             if "\\u" in event_data and _LONE_SURROGATE_TEXT.search(event_data):
                 event_data, as_they_came = _LONE_SURROGATE_TEXT.sub(r"\1\\ufffd", event_data), False
+            delta = _CHECKED_DELTA.fullmatch(event_data) if raw is not None else None
+            if delta is not None and (not name or name == "content_block_delta") \
+                    and _TEXT_DELTA_FIELDS[delta.group(2)] == delta.group(3) and int(delta.group(1)) in self._open:
+                as_they_came = as_they_came and bool(name)  # the usual event: a delta of an open block
+                kept.append(Event("content_block_delta", None, raw))
+                sources.append(event_data)
+                continue
             try:
                 payload = _decode_bounded(event_data, MAX_UPSTREAM_JSON_DEPTH)
             except ValueError:
@@ -10319,6 +10334,12 @@ class UpstreamResponse:
         #: let go because nobody wants the rest (its client left): a read it cuts short is no fault
         self.abandoned = False
         self._done = False
+        self._loop = asyncio.get_running_loop()
+        #: when the read in progress began (None: no read waits), watched by one timer per response
+        #: (:meth:`_check_read`), moved on lazily: no task and no timer per read
+        self._read_since: Optional[float] = None
+        self._read_timer: Optional[asyncio.TimerHandle] = None
+        self._read_timed_out = False
 
     def header(self, name: str) -> Optional[str]:
         return header_value(self.headers, name)
@@ -10340,16 +10361,50 @@ class UpstreamResponse:
                     continue
                 if event == END:
                     self._done = True
+                    self._stop_read_timer()
                     self._client.release(self._conn, parser.reusable)
                     break
                 if pieces:
                     break
-                parser.feed(await asyncio.wait_for(self._conn.reader.read(_UPSTREAM_READ_SIZE), self.timeout_s))
+                parser.feed(await self._read())
         except (OSError, asyncio.TimeoutError, UpstreamFailure) as exc:
             self.close()
             reason = exc.message if isinstance(exc, UpstreamFailure) else _describe_os_error(exc)
             raise UpstreamFailure(f"upstream connection broke mid-response ({reason})") from None
         return b"".join(pieces)
+
+    async def _read(self) -> bytes:
+        """What the connection gives next (``b""``: its end), or :class:`asyncio.TimeoutError` when
+        nothing came for ``timeout_s``."""
+        self._read_since = self._loop.time()
+        if self._read_timer is None:
+            self._read_timer = self._loop.call_at(self._read_since + self.timeout_s, self._check_read)
+        try:
+            data = await self._conn.reader.read(_UPSTREAM_READ_SIZE)
+        finally:
+            self._read_since = None
+        if self._read_timed_out:  # what the cut connection gave (its end, say) is not the answer
+            raise asyncio.TimeoutError
+        return data
+
+    def _check_read(self) -> None:
+        """The read timer: a read that has waited ``timeout_s`` is cut; one that began later is
+        watched on to its own end; with no read waiting, the next read sets the timer again."""
+        self._read_timer = None
+        since = self._read_since
+        if since is None or self._done:
+            return
+        due = since + self.timeout_s
+        if self._loop.time() < due:
+            self._read_timer = self._loop.call_at(due, self._check_read)
+            return
+        self._read_timed_out = True
+        self._conn.abort()  # the waiting read wakes up with the connection's end
+
+    def _stop_read_timer(self) -> None:
+        if self._read_timer is not None:
+            self._read_timer.cancel()
+            self._read_timer = None
 
     async def read_all(self, limit: int = MAX_UPSTREAM_BODY_BYTES) -> bytes:
         """The whole body, refused past ``limit`` bytes."""
@@ -10382,6 +10437,7 @@ class UpstreamResponse:
         (``force``): the relay's own close at its end leaves it be."""
         if self._draining and not force:
             return
+        self._stop_read_timer()
         if not self._done:
             self._done = self.aborted = True
             self._conn.abort()
@@ -11273,9 +11329,11 @@ class HttpServer:
     async def _drain(self, conn: _Connection) -> None:
         """Wait until the client has taken what was written; a client that reads nothing for
         ``write_timeout_s`` is cut, so it cannot pin an upstream connection and an account's slot."""
-        if conn.writer.transport.get_write_buffer_size() < _CLIENT_READ_SIZE:
-            await conn.writer.drain()  # nothing to wait for (the usual case): no timer needed
-            return
+        transport = conn.writer.transport
+        if transport.get_write_buffer_size() < _CLIENT_READ_SIZE:
+            if transport.is_closing():
+                await conn.writer.drain()  # raises for a client that is gone
+            return  # nothing to wait for (the usual case): no drain, no timer
         try:
             await asyncio.wait_for(conn.writer.drain(), self.config.write_timeout_s)
         except asyncio.TimeoutError:
@@ -14743,6 +14801,8 @@ def _csv_cell(value: Any) -> Any:
 
 def usage_csv(rows: List[Dict[str, Any]], group_by: Sequence[str]) -> bytes:
     """Usage rows as CSV (RFC 4180: CRLF, quoted where needed) under a header line."""
+    import csv  # here, not at the top: only a usage export needs it (~0.1 MB at start-up)
+
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(list(group_by) + list(USAGE_COUNTS))
