@@ -55,10 +55,8 @@ import base64
 import bisect
 import collections
 import copy
-import csv
 import dataclasses
 import datetime
-import difflib
 import errno
 import fnmatch
 import hashlib
@@ -832,6 +830,8 @@ _TYPE_WORDS = {list: "a list", dict: "an object", int: "a number", float: "a num
 def _with_suggestion(name: str, known: Iterable[str]) -> str:
     """An unknown key's name, with the known one it was likely meant to be (``auth_mod`` -> did
     you mean ``auth_mode``?)."""
+    import difflib  # here, not at the top: only a config with a typo needs it (~0.2 MB at start-up)
+
     near = difflib.get_close_matches(name[:100], list(known), n=1, cutoff=0.7)
     return f"{name[:100]} (did you mean {near[0]}?)" if near else name[:100]
 
@@ -1452,6 +1452,9 @@ class Request:
     version: Tuple[int, int]
     headers: Headers
     body: Optional[bytes] = None
+    #: where each member's value of the JSON object ``body`` holds lies in its text, once it is parsed
+    #: (:func:`parse_json_body`): a changed request is written again from the unchanged ones' text
+    body_spans: Optional[Dict[str, Tuple[int, int]]] = None
 
     @property
     def path(self) -> str:
@@ -2436,6 +2439,8 @@ def _no_constant(name: str) -> Any:
 
 
 _STRICT_JSON = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite_float)
+_JSON_SPACE = re.compile(r"[ \t\n\r]*")
+_scan_json_string = json.decoder.scanstring
 _HIGH_SURROGATE = r"\\u[dD][89abAB][0-9a-fA-F]{2}"
 _LOW_SURROGATE = r"\\u[dD][c-fC-F][0-9a-fA-F]{2}"
 #: An unpaired surrogate escape (after an even run of backslashes, so it is an escape).
@@ -2443,62 +2448,115 @@ _LONE_SURROGATE = (r"(?<!\\)((?:\\\\)*)(?:" + _HIGH_SURROGATE + "(?!" + _LOW_SUR
                    + _HIGH_SURROGATE + ")" + _LOW_SURROGATE + ")")
 _LONE_SURROGATE_TEXT = re.compile(_LONE_SURROGATE)
 _LONE_SURROGATE_BYTES = re.compile(_LONE_SURROGATE.encode())
+#: Past this length a decoded text's depth is walked without counting its brackets first: a big
+#: request always has more brackets than the limit, and the walk of its containers (about 0.7 ms
+#: for a 2 MB Claude Code body) costs less than the count (about 2 ms).
+_WALK_UNCOUNTED_CHARS = 64 * 1024
 
 
-def _decode_bounded(text: str, max_depth: int) -> Any:
+def _scan_object(text: str, spans: Dict[str, Tuple[int, int]]) -> Optional[Dict[str, Any]]:
+    """``text`` decoded as one JSON object by the strict decoder, one member at a time, noting in
+    ``spans`` where each member's value lies in ``text`` (for a key given twice, the last, as the
+    object holds); None where it is not a plain object with whitespace at most around it, or a
+    member's value is not JSON (the caller decodes it the usual way, for the error's words)."""
+    skip = _JSON_SPACE.match
+    i = skip(text, 0).end()
+    if not text.startswith("{", i):
+        return None
+    value: Dict[str, Any] = {}
+    i = skip(text, i + 1).end()
+    while not text.startswith("}", i) or value:
+        if not text.startswith('"', i):
+            return None
+        key, i = _scan_json_string(text, i + 1, True)
+        i = skip(text, i).end()
+        if not text.startswith(":", i):
+            return None
+        i = skip(text, i + 1).end()
+        try:
+            value[key], end = _STRICT_JSON.scan_once(text, i)
+        except StopIteration:
+            return None
+        spans[key] = (i, end)
+        i = skip(text, end).end()
+        if text.startswith("}", i):
+            break
+        if not text.startswith(",", i):
+            return None
+        i = skip(text, i + 1).end()
+    return value if skip(text, i + 1).end() == len(text) else None
+
+
+def _decode_bounded(text: str, max_depth: int, spans: Optional[Dict[str, Tuple[int, int]]] = None) -> Any:
     """``text`` decoded by the strict decoder, refused (:class:`JSONTooDeep`) when it nests deeper
     than ``max_depth``. The depth is walked only when the text has that many brackets at all: a
-    short text costs nothing more, a long one two counts of characters, never a second walk."""
+    short text costs nothing more, a longer one two counts of characters; a long one (a request)
+    always has that many, so its containers are walked without counting. Given ``spans``, an
+    object's members are decoded one by one and their places noted there (:func:`_scan_object`)."""
     try:
-        try:  # the usual text, one value with nothing around it, in one call of the C scanner
-            value, end = _STRICT_JSON.scan_once(text, 0)
-        except StopIteration:
-            end = -1
+        value = _scan_object(text, spans) if spans is not None else None
+        if value is not None:
+            end = len(text)
+        else:
+            if spans:
+                spans.clear()
+            try:  # the usual text, one value with nothing around it, in one call of the C scanner
+                value, end = _STRICT_JSON.scan_once(text, 0)
+            except StopIteration:
+                end = -1
         if end != len(text):  # whitespace around it, or not JSON: decode() skips the one and words the other
             value = _STRICT_JSON.decode(text)
+    except ValueError:
+        if spans:
+            spans.clear()
+        raise
     except RecursionError:
         raise JSONTooDeep("JSON nested too deeply") from None
-    if len(text) > 2 * max_depth and text.count("[") + text.count("{") > max_depth and _too_deep(value, max_depth):
+    if len(text) <= 2 * max_depth:
+        return value
+    if (len(text) > _WALK_UNCOUNTED_CHARS or text.count("[") + text.count("{") > max_depth) \
+            and _too_deep(value, max_depth):
         raise JSONTooDeep(f"JSON nested deeper than {max_depth} levels")
     return value
 
 
 def loads_strict(data: Union[bytes, str], repair_surrogates: bool = True,
-                 max_depth: int = MAX_UPSTREAM_JSON_DEPTH) -> Any:
+                 max_depth: int = MAX_UPSTREAM_JSON_DEPTH, spans: Optional[Dict[str, Tuple[int, int]]] = None) -> Any:
     """``json.loads`` that refuses what is not JSON although Python takes it: ``NaN``,
     ``Infinity``, numbers too large for a float or with more digits than ``int()`` takes, nesting
     deeper than ``max_depth`` (:class:`JSONTooDeep`). Raises ``ValueError``
     (``UnicodeDecodeError`` for bytes that are not UTF-8 is one). Everything an upstream sends is
     read with it; an unpaired surrogate escape in it becomes U+FFFD, so that what agproxy passes
-    on is valid Unicode."""
+    on is valid Unicode. ``spans``: see :func:`_decode_bounded`."""
     if repair_surrogates and ("\\u" in data if isinstance(data, str) else b"\\u" in data):
         if isinstance(data, str):
             data = _LONE_SURROGATE_TEXT.sub(r"\1\\ufffd", data)
         else:
             data = _LONE_SURROGATE_BYTES.sub(rb"\1\\ufffd", data)
-    return _decode_bounded(data if isinstance(data, str) else data.decode("utf-8"), max_depth)
+    return _decode_bounded(data if isinstance(data, str) else data.decode("utf-8"), max_depth, spans)
 
 
 def _too_deep(value: Any, limit: int) -> bool:
-    """Whether objects and lists nest deeper than ``limit`` (iterative: no recursion to overflow)."""
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if depth > limit:
-            return True
-        children = item.values() if isinstance(item, dict) else item
-        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
-    return False
+    """Whether objects and lists nest deeper than ``limit`` (iterative, one level of containers at a
+    time: no recursion to overflow, and no depth kept per item)."""
+    level = [value] if isinstance(value, (dict, list)) else []
+    for _ in range(limit):
+        if not level:
+            return False
+        level = [child for item in level for child in (item.values() if type(item) is dict else item)
+                 if isinstance(child, (dict, list))]
+    return bool(level)
 
 
-def parse_json_body(body: bytes) -> Dict[str, Any]:
+def parse_json_body(body: bytes, spans: Optional[Dict[str, Tuple[int, int]]] = None) -> Dict[str, Any]:
     """The request body as a JSON object, or an :class:`InvalidRequest` saying what is wrong:
     not JSON (``NaN`` and out-of-range numbers included), nested deeper than
-    :data:`MAX_JSON_DEPTH`, or a string with an unpaired surrogate (it cannot be sent on as UTF-8)."""
+    :data:`MAX_JSON_DEPTH`, or a string with an unpaired surrogate (it cannot be sent on as UTF-8).
+    ``spans`` (a dict) gets where each member's value lies in the body's text (:func:`spliced_json`)."""
     if not body:
         raise InvalidRequest("request body is empty; expected a JSON object")
     try:
-        value = loads_strict(body, repair_surrogates=False, max_depth=MAX_JSON_DEPTH)
+        value = loads_strict(body, repair_surrogates=False, max_depth=MAX_JSON_DEPTH, spans=spans)
     except JSONTooDeep:
         raise InvalidRequest(f"request body nests deeper than {MAX_JSON_DEPTH} levels") from None
     except ValueError as exc:
@@ -2958,6 +3016,57 @@ def sanitize_request(body: Dict[str, Any], profile: Profile, *, drop_paths: Iter
     if isinstance(messages, list):
         body["messages"] = _sanitize_messages(body, messages, profile, drop_thinking, changes)
     return changes
+
+
+def sanitizable_copy(body: Dict[str, Any], profile: Profile, drop_paths: Sequence[str]) -> Optional[Dict[str, Any]]:
+    """A copy of ``body`` that :func:`sanitize_request` (with ``profile`` and ``drop_paths``),
+    :func:`strip_thinking_history` and :func:`_fit_max_tokens` may change in place without changing
+    ``body``, made in time linear in its messages rather than its bytes: only the levels they change
+    in place are copied (the body, its ``thinking`` and ``context_management``, each tool, each
+    message); the blocks and everything under them are shared, since they only replace those.
+    None where they would change a deeper level (a learned path, or a profile that strips
+    ``cache_control`` from every block): the caller then makes a deep copy."""
+    if drop_paths or not profile.cache_control:
+        return None
+    copied = dict(body)
+    for key in ("thinking", "context_management"):
+        if isinstance(copied.get(key), dict):
+            copied[key] = dict(copied[key])
+    for key in ("tools", "messages"):
+        if isinstance(copied.get(key), list):
+            copied[key] = [dict(item) if isinstance(item, dict) else item for item in copied[key]]
+    return copied
+
+
+def spliced_json(raw: bytes, spans: Dict[str, Tuple[int, int]], original: Dict[str, Any],
+                 changed: Dict[str, Any]) -> bytes:
+    """``changed``, a copy of ``original`` (the object ``raw`` holds) with some members changed, as
+    JSON bytes in which each member kept as it was is the client's own text (``spans``: where each
+    value lies in ``raw``'s text, :func:`parse_json_body`) rather than encoded again: a 2 MB Claude
+    Code body whose model or stream flag changed costs a copy of its bytes (and a decode, where
+    they are not all ASCII), not a ``json.dumps`` of its messages. A member counts as kept when its
+    value is equal and of the same type (``changed``'s copies of the messages compare in time
+    linear in their count, the blocks being shared)."""
+    text = None if raw.isascii() else raw.decode("utf-8")
+
+    def byte_at(index: int) -> int:
+        """Where character ``index`` of the text is in ``raw``: the shorter side of it encoded (a big
+        body's few members lie near its ends, around its messages)."""
+        if text is None:
+            return index
+        if index <= len(text) - index:
+            return len(text[:index].encode("utf-8"))
+        return len(raw) - len(text[index:].encode("utf-8"))
+
+    pieces = []
+    for key, value in changed.items():
+        span = spans.get(key)
+        kept = span is not None and key in original and (
+            original[key] is value or (type(original[key]) is type(value) and original[key] == value))
+        pieces.append(json.dumps(key, ensure_ascii=False).encode("utf-8") + b":"
+                      + (raw[byte_at(span[0]):byte_at(span[1])] if kept
+                         else json.dumps(value, ensure_ascii=False).encode("utf-8")))
+    return b"{" + b",".join(pieces) + b"}"
 
 
 #: The line Claude Code puts first in its system prompt: ``x-anthropic-billing-header: cc_version=...;
@@ -3597,6 +3706,14 @@ def upstream_error_event(error: Dict[str, Any], upstream: str = "") -> Dict[str,
 #: One event of the plain kind, as Anthropic sends them: an optional event line, one data line,
 #: a blank line, LF endings (its name and its data).
 _PLAIN_EVENT = re.compile(r"(?:event: ?([^\n]*)\n)?data: ?([^\n]*)\n\n")
+#: The data of a text, thinking or tool input delta as Anthropic servers write it (compact, or a
+#: space after each separator): its index and delta type, and its field, whose string this checks
+#: is a valid JSON string. Such data is JSON and nothing but a delta, so the check knows it without
+#: decoding it: the usual event costs one match. Any other spelling is decoded.
+_CHECKED_DELTA = re.compile(
+    r'\{"type": ?"content_block_delta", ?"index": ?(0|[1-9][0-9]{0,4}), ?'
+    r'"delta": ?\{"type": ?"(text_delta|thinking_delta|input_json_delta)", ?"(text|thinking|partial_json)": ?'
+    r'"[^"\\\x00-\x1f]*(?:\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4})[^"\\\x00-\x1f]*)*"\}\}')
 #: The event types of the Messages stream's grammar (``error`` is taken apart from them).
 _STREAM_EVENT_TYPES = frozenset({"ping", "message_start", "content_block_start", "content_block_delta",
                                  "content_block_stop", "message_delta", "message_stop"})
@@ -3712,6 +3829,13 @@ class EventStreamCheck:
                 continue  # nothing after message_stop reaches the client
             if "\\u" in event_data and _LONE_SURROGATE_TEXT.search(event_data):
                 event_data, as_they_came = _LONE_SURROGATE_TEXT.sub(r"\1\\ufffd", event_data), False
+            delta = _CHECKED_DELTA.fullmatch(event_data) if raw is not None else None
+            if delta is not None and (not name or name == "content_block_delta") \
+                    and _TEXT_DELTA_FIELDS[delta.group(2)] == delta.group(3) and int(delta.group(1)) in self._open:
+                as_they_came = as_they_came and bool(name)  # the usual event: a delta of an open block
+                kept.append(Event("content_block_delta", None, raw))
+                sources.append(event_data)
+                continue
             try:
                 payload = _decode_bounded(event_data, MAX_UPSTREAM_JSON_DEPTH)
             except ValueError:
@@ -6925,6 +7049,16 @@ def chat_error_body(status: int, error_type: str, message: str) -> Dict[str, Any
                       "code": _CHAT_ERROR_CODES.get(error_type)}}
 
 
+def overload_status(status: int) -> int:
+    """The status an OpenAI or Gemini client gets for agproxy's: Anthropic's overload (529) as
+    503, the overload status of OpenAI (``server_is_overloaded``) and Google (``UNAVAILABLE``).
+    Codex CLI 0.171.0 reads 529 as an "unknown status" and retries it as any other
+    (codex-rs/codex-api/src/api_bridge.rs, map_api_error: only a 503 can be ServerOverloaded);
+    Gemini CLI 0.61.0 reads a RetryInfo only from a 429, 499 or 503 (classifyGoogleError in its
+    bundle's googleQuotaErrors.js) and retries other 5xx on its own backoff."""
+    return 503 if status == 529 else status
+
+
 class ChatStreamEncoder(StreamEncoder):
     """The internal Anthropic events of one answer as a Chat Completions stream: one
     ``chat.completion.chunk`` per piece, one id throughout (from the Message's), the role in the
@@ -7516,9 +7650,10 @@ def _responses_reasoning(reasoning: Any, out: Dict[str, Any]) -> None:
 
 
 #: OpenAI's words (``type``, ``code``) for each Anthropic error type agproxy answers with. An
-#: overload is said as ``server_error``, not OpenAI's ``server_is_overloaded``: Codex 0.171.0 takes
-#: that one as final ("Selected model is at capacity") and stops, while it retries a server_error
-#: (5 times, observed), and an Anthropic overload clears in seconds.
+#: overload in a stream (``response.failed``) is said as ``server_error``, not OpenAI's
+#: ``server_is_overloaded``: Codex 0.171.0 takes that one as final ("Selected model is at
+#: capacity") and stops, while it retries the turn on a server_error, and agproxy cannot retry a
+#: stream begun. An overload answered before any stream is another matter (:func:`responses_error_body`).
 _RESPONSES_ERRORS = {
     "invalid_request_error": ("invalid_request_error", None),
     "request_too_large": ("invalid_request_error", "request_too_large"),
@@ -7549,10 +7684,34 @@ def _responses_error(error_type: str, message: str) -> Dict[str, Any]:
 
 def responses_error_body(status: int, error_type: str, message: str) -> Dict[str, Any]:
     """An agproxy error as the Responses API words it: ``{"error": {"message", "type", "param",
-    "code"}}`` (``status`` is the HTTP status it goes with; the error type decides the words)."""
+    "code"}}`` (``status`` is the HTTP status it goes with; the error type decides the words). An
+    overload is OpenAI's ``server_is_overloaded`` here (with 503, :func:`responses_error_status`):
+    agproxy has tried every attempt it may already, and Codex 0.171.0 tries that five times and
+    stops, where it tried a ``server_error`` five times five (30 requests a turn, 90 upstream)."""
     if error_type not in _RESPONSES_ERRORS:
         error_type = error_type_for_status(status)
-    return {"error": _responses_error(error_type, message)}
+    error = _responses_error(error_type, message)
+    if error_type == "overloaded_error":
+        error["code"] = "server_is_overloaded"
+    return {"error": error}
+
+
+#: 4xx a retry may change (a timeout, a conflict, a rate limit): Codex CLI may retry them as they are.
+_RESPONSES_RETRIED_4XX = (408, 409, 429)
+
+
+def responses_error_status(status: int) -> int:
+    """The status of an agproxy error on ``/v1/responses``, as Codex CLI 0.171.0 acts on it
+    (codex-rs/codex-api/src/api_bridge.rs, map_api_error, and CodexErr::is_retryable in
+    codex-rs/protocol/src/error.rs; observed the same): a 400 is InvalidRequest, final, and it
+    shows the body; any other 4xx but 429 is UnexpectedStatus, which it retries five times (a 403
+    or 401: six requests in 6 s, in vain); a 503 whose code is ``server_is_overloaded`` is
+    ServerOverloaded, final after its transport's five tries, where a 529 or 500 is tried five
+    times five (30 requests a turn, each retried by agproxy: 90 upstream). So a 4xx that retrying
+    cannot change is said as 400 (the body keeps its type and code), an overload as 503."""
+    if 400 < status < 500 and status not in _RESPONSES_RETRIED_4XX:
+        return 400
+    return overload_status(status)
 
 
 def _responses_usage(usage: Dict[str, Any], reasoning_tokens: int) -> Dict[str, Any]:
@@ -8091,6 +8250,9 @@ _GEMINI_ERROR_STATUS = {"invalid_request_error": "INVALID_ARGUMENT", "request_to
                         "billing_error": "PERMISSION_DENIED", "not_found_error": "NOT_FOUND",
                         "rate_limit_error": "RESOURCE_EXHAUSTED", "overloaded_error": "UNAVAILABLE",
                         "timeout_error": "UNAVAILABLE"}
+#: The google.rpc details of an error that Gemini CLI acts on (:func:`gemini_error_body`).
+_GEMINI_QUOTA_FAILURE = "type.googleapis.com/google.rpc.QuotaFailure"
+_GEMINI_RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
 #: The raw start of a thought signature agproxy made: the thinking blocks of the answer step that
 #: a function call ended, as JSON after it, the whole in base64 (Gemini's signatures are base64,
 #: and the google-genai SDK decodes them as bytes). Gemini CLI keeps a call's signature in its
@@ -8931,15 +9093,29 @@ def anthropic_message_to_gemini(message: Dict[str, Any], model: str, *, names: O
             "responseId": parts_of.response_id}
 
 
-def gemini_error_body(status: int, error_type: str, message: str) -> Dict[str, Any]:
+def gemini_error_body(status: int, error_type: str, message: str, retry_after_s: Optional[int] = None,
+                      quota_id: str = "") -> Dict[str, Any]:
     """agproxy's error (an Anthropic ``error_type``, answered with HTTP ``status``) as Gemini's
-    error JSON: ``{"error": {"code": status, "message", "status": google.rpc name}}``."""
+    error JSON: ``{"error": {"code": status, "message", "status": google.rpc name, "details"}}``.
+    ``details`` says what Gemini CLI 0.61.0 reads from a 429 or 503 (``classifyGoogleError`` in
+    its bundle's googleQuotaErrors.js; without details it retries with its own backoff, 5 s to
+    30 s, ten times): a ``QuotaFailure`` whose violation's quotaId contains ``PerDay``
+    (``quota_id``) is terminal, it stops at once; a ``RetryInfo`` (``retry_after_s``) is waited
+    before the next try, and is terminal over 300 s (MAX_RETRYABLE_DELAY_SECONDS)."""
     name = _GEMINI_ERROR_STATUS.get(error_type)
     if name is None:
         name = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
                 429: "RESOURCE_EXHAUSTED", 503: "UNAVAILABLE", 529: "UNAVAILABLE"}.get(
                     status, "INTERNAL" if status >= 500 else "FAILED_PRECONDITION")
-    return {"error": {"code": status, "message": message, "status": name}}
+    error: Dict[str, Any] = {"code": status, "message": message, "status": name}
+    details: List[Dict[str, Any]] = []
+    if quota_id:
+        details.append({"@type": _GEMINI_QUOTA_FAILURE, "violations": [{"quotaId": quota_id, "description": message}]})
+    if retry_after_s is not None:
+        details.append({"@type": _GEMINI_RETRY_INFO, "retryDelay": f"{max(0, retry_after_s)}s"})
+    if details:
+        error["details"] = details
+    return {"error": error}
 
 
 def gemini_count_json(counted: Dict[str, Any]) -> Dict[str, Any]:
@@ -10255,6 +10431,12 @@ class UpstreamResponse:
         #: let go because nobody wants the rest (its client left): a read it cuts short is no fault
         self.abandoned = False
         self._done = False
+        self._loop = asyncio.get_running_loop()
+        #: when the read in progress began (None: no read waits), watched by one timer per response
+        #: (:meth:`_check_read`), moved on lazily: no task and no timer per read
+        self._read_since: Optional[float] = None
+        self._read_timer: Optional[asyncio.TimerHandle] = None
+        self._read_timed_out = False
 
     def header(self, name: str) -> Optional[str]:
         return header_value(self.headers, name)
@@ -10276,16 +10458,50 @@ class UpstreamResponse:
                     continue
                 if event == END:
                     self._done = True
+                    self._stop_read_timer()
                     self._client.release(self._conn, parser.reusable)
                     break
                 if pieces:
                     break
-                parser.feed(await asyncio.wait_for(self._conn.reader.read(_UPSTREAM_READ_SIZE), self.timeout_s))
+                parser.feed(await self._read())
         except (OSError, asyncio.TimeoutError, UpstreamFailure) as exc:
             self.close()
             reason = exc.message if isinstance(exc, UpstreamFailure) else _describe_os_error(exc)
             raise UpstreamFailure(f"upstream connection broke mid-response ({reason})") from None
         return b"".join(pieces)
+
+    async def _read(self) -> bytes:
+        """What the connection gives next (``b""``: its end), or :class:`asyncio.TimeoutError` when
+        nothing came for ``timeout_s``."""
+        self._read_since = self._loop.time()
+        if self._read_timer is None:
+            self._read_timer = self._loop.call_at(self._read_since + self.timeout_s, self._check_read)
+        try:
+            data = await self._conn.reader.read(_UPSTREAM_READ_SIZE)
+        finally:
+            self._read_since = None
+        if self._read_timed_out:  # what the cut connection gave (its end, say) is not the answer
+            raise asyncio.TimeoutError
+        return data
+
+    def _check_read(self) -> None:
+        """The read timer: a read that has waited ``timeout_s`` is cut; one that began later is
+        watched on to its own end; with no read waiting, the next read sets the timer again."""
+        self._read_timer = None
+        since = self._read_since
+        if since is None or self._done:
+            return
+        due = since + self.timeout_s
+        if self._loop.time() < due:
+            self._read_timer = self._loop.call_at(due, self._check_read)
+            return
+        self._read_timed_out = True
+        self._conn.abort()  # the waiting read wakes up with the connection's end
+
+    def _stop_read_timer(self) -> None:
+        if self._read_timer is not None:
+            self._read_timer.cancel()
+            self._read_timer = None
 
     async def read_all(self, limit: int = MAX_UPSTREAM_BODY_BYTES) -> bytes:
         """The whole body, refused past ``limit`` bytes."""
@@ -10318,6 +10534,7 @@ class UpstreamResponse:
         (``force``): the relay's own close at its end leaves it be."""
         if self._draining and not force:
             return
+        self._stop_read_timer()
         if not self._done:
             self._done = self.aborted = True
             self._conn.abort()
@@ -10581,15 +10798,15 @@ def json_response(status: int, payload: Any, headers: Headers = ()) -> Response:
 _RETRYABLE_4XX = (408, 409, 429)
 
 
-def error_response(exc: AgproxyError, body: Any = None) -> Response:
-    """The one place an :class:`AgproxyError` becomes an HTTP response: its ``body`` (a client
-    dialect's shape of it; by default Anthropic's). An answer that retrying cannot change (a 4xx
+def error_response(exc: AgproxyError, body: Any = None, status: Optional[int] = None) -> Response:
+    """The one place an :class:`AgproxyError` becomes an HTTP response: its ``body`` and ``status``
+    (a client dialect's shape of it; by default Anthropic's). An answer that retrying cannot change (a 4xx
     but the three above, or an error marked ``final``) says ``x-should-retry: false``, so SDKs and
     Claude Code fail at once instead of retrying for minutes."""
     headers = list(exc.headers)
     if exc.final or (400 <= exc.status < 500 and exc.status not in _RETRYABLE_4XX):
         headers.append(("x-should-retry", "false"))
-    return json_response(exc.status, exc.body() if body is None else body, headers)
+    return json_response(exc.status if status is None else status, exc.body() if body is None else body, headers)
 
 
 @dataclasses.dataclass
@@ -11209,9 +11426,11 @@ class HttpServer:
     async def _drain(self, conn: _Connection) -> None:
         """Wait until the client has taken what was written; a client that reads nothing for
         ``write_timeout_s`` is cut, so it cannot pin an upstream connection and an account's slot."""
-        if conn.writer.transport.get_write_buffer_size() < _CLIENT_READ_SIZE:
-            await conn.writer.drain()  # nothing to wait for (the usual case): no timer needed
-            return
+        transport = conn.writer.transport
+        if transport.get_write_buffer_size() < _CLIENT_READ_SIZE:
+            if transport.is_closing():
+                await conn.writer.drain()  # raises for a client that is gone
+            return  # nothing to wait for (the usual case): no drain, no timer
         try:
             await asyncio.wait_for(conn.writer.drain(), self.config.write_timeout_s)
         except asyncio.TimeoutError:
@@ -11272,7 +11491,7 @@ class ModelCatalog:
         self.adapter = adapter
         self.clock = clock
         self.log = log
-        self._cache: Optional[Tuple[float, List[Dict[str, Any]]]] = None
+        self._cache: Optional[Tuple[float, List[Tuple[str, Dict[str, Any]]]]] = None
         self._fetch: Optional[asyncio.Future] = None
 
     async def models(self) -> List[Dict[str, Any]]:
@@ -11286,8 +11505,8 @@ class ModelCatalog:
             if not any(c in rule.match for c in "*?["):
                 models.setdefault(rule.match, _model_object(rule.match, rule.match))
         listed = self._cache[1] if self._cache is not None else []
-        for model in listed or [_model_object(i, d) for i, d in KNOWN_CLAUDE_MODELS]:
-            if self._routable(model["id"]):
+        for upstream, model in listed or [("", _model_object(i, d)) for i, d in KNOWN_CLAUDE_MODELS]:
+            if self._routes_to(model["id"], upstream):
                 models.setdefault(model["id"], model)
         return list(models.values()) or [_model_object(i, d) for i, d in KNOWN_CLAUDE_MODELS]
 
@@ -11299,10 +11518,10 @@ class ModelCatalog:
         fetches = [asyncio.ensure_future(self._upstream_models(upstream)) for upstream in self.config.upstreams]
         if fetches:
             await asyncio.wait(fetches, timeout=_MODELS_FETCH_DEADLINE_S)
-        upstream_models = []
+        upstream_models: List[Tuple[str, Dict[str, Any]]] = []
         for upstream, fetch in zip(self.config.upstreams, fetches):
             if fetch.done():
-                upstream_models += fetch.result()
+                upstream_models += [(upstream.name, model) for model in fetch.result()]
             else:
                 fetch.cancel()
                 self.log.warning("could not list the models of upstream %r: no list within %g s",
@@ -11318,12 +11537,14 @@ class ModelCatalog:
         """One model's object: as listed, else made from its name (any model ``model_map`` routes is served)."""
         return next((m for m in await self.models() if m["id"] == model_id), None) or _model_object(model_id, model_id)
 
-    def _routable(self, model: str) -> bool:
+    def _routes_to(self, model: str, upstream: str) -> bool:
+        """Whether ``model_map`` routes ``model`` (to ``upstream``, the one that listed it, where
+        one did: a name that a catch-all rule sends elsewhere is not what that upstream serves)."""
         try:
-            route_model(self.config, model)
+            route = route_model(self.config, model)
         except NotFound:
             return False
-        return True
+        return not upstream or any(u.name == upstream for u in route.upstreams)
 
     async def _upstream_models(self, upstream: Upstream) -> List[Dict[str, Any]]:
         adapter = self.adapter(upstream)
@@ -11466,16 +11687,17 @@ class Caller:
     admin: bool = False
 
 
-def permitted_route(config: Config, caller: Caller, model: str) -> Route:
+def permitted_route(config: Config, caller: Caller, model: str,
+                    advice: str = "in Claude Code, --model NAME or ANTHROPIC_MODEL") -> Route:
     """The route of ``model`` (:func:`route_model`) as far as the caller may use it: a client only
     the models and upstreams its entry allows. Anything else is a 403 ``permission_error`` naming
     the model, decided before the model is routed: a client learns nothing of the models, rules or
-    upstreams outside its entry (a 404 for an unrouted model would say what exists)."""
+    upstreams outside its entry (a 404 for an unrouted model would say what exists). ``advice``
+    says how the client's agent is told another model (:attr:`Dialect.model_advice`)."""
     client = caller.client
     if client is not None and not client.may_use(model):
         raise PermissionDenied(f"client {client.name!r} may not use model {model[:200]!r} (its models: "
-                               f"{', '.join(client.models)[:300]}; ask for one of those: in Claude Code, --model "
-                               "NAME or ANTHROPIC_MODEL)")
+                               f"{', '.join(client.models)[:300]}; ask for one of those: {advice})")
     route = route_model(config, model)
     if client is None or not client.upstreams:
         return route
@@ -11604,7 +11826,7 @@ class FrontDoor:
             if required:
                 whose = "your own key (a client's, from whoever runs agproxy) or agproxy's api_key" \
                     if config.clients else "agproxy's api_key"
-                raise AuthenticationFailed(f"missing API key: send {whose} as x-api-key or Authorization: Bearer")
+                raise AuthenticationFailed(f"missing API key: send {whose} {dialect_of_path(request.path).key_advice}")
             return Caller()
         admin_key = config.admin_api_key or config.api_key
         admin = key_matches(admin_key, keys)
@@ -11732,7 +11954,8 @@ class Server(Application):
     def error_answer(self, exc: AgproxyError, record: RequestRecord) -> Response:
         """The error answer, with the model sent and the account used where the request got that far
         (read from its record: nothing is written onto the error after it was raised)."""
-        response = error_response(exc, dialect_of_path(record.path).error_body(exc))
+        dialect = dialect_of_path(record.path)
+        response = error_response(exc, dialect.error_body(exc), dialect.error_status(exc))
         if record.mapped_model:
             response.headers.append(("X-Mapped-Model", record.mapped_model))
         if record.account and record.account != "warmup":
@@ -11887,7 +12110,7 @@ class Server(Application):
         and one model (GET)."""
         name, _, method = urllib.parse.unquote(request.path.split("/models/", 1)[1]).partition(":")
         if request.method in ("GET", "HEAD") and not method:
-            permitted_route(self.config, exchange.admission, name)
+            permitted_route(self.config, exchange.admission, name, DIALECTS["gemini"].model_advice)
             return json_response(200, DIALECTS["gemini"].model_list([await self.catalog.one(name)])["models"][0])
         if request.method != "POST" or method not in GEMINI_METHODS:
             raise NotFound(f"no route for {request.method[:20]} {request.path[:200]} (Gemini's methods here: "
@@ -11896,13 +12119,19 @@ class Server(Application):
             return await self._count_tokens(request, exchange, DIALECTS["gemini"], name)
         return await self._generate(request, exchange, DIALECTS["gemini"], name)
 
-    def _json_body(self, request: Request) -> Dict[str, Any]:
+    async def _json_body(self, request: Request) -> Dict[str, Any]:
+        """The request's JSON body, parsed; after a big one's parse the loop runs other clients' events
+        before its validation and preparation, so that they wait for one slice, not for all of it."""
         if not is_json_content_type(request.header("content-type")):
             raise InvalidRequest(
                 f"Content-Type must be application/json, got {request.header('content-type') or 'none'!r}",
                 status=415,
             )
-        return parse_json_body(request.body or b"")
+        request.body_spans = {} if len(request.body or b"") > _SPLICED_BODY_BYTES else None
+        body = parse_json_body(request.body or b"", request.body_spans)
+        if len(request.body or b"") > _YIELD_AFTER_PARSE_BYTES:
+            await asyncio.sleep(0)
+        return body
 
     async def _messages(self, request: Request, exchange: _Exchange) -> Union[Response, StreamingResponse]:
         return await self._generate(request, exchange, DIALECTS["anthropic"])
@@ -11913,7 +12142,7 @@ class Server(Application):
         form (``model``: where the path names it), and everything after is the same for all:
         validation, the client's models and limits, warmups, the attempts over the account pool,
         and the answer in the client's shape."""
-        asked = self._json_body(request)
+        asked = await self._json_body(request)
         record = exchange.record
         record.model = str(model if model is not None else asked.get("model"))[:200]
         inbound = dialect.inbound(request, asked, model)
@@ -11924,7 +12153,7 @@ class Server(Application):
             mark_cache_breakpoints(body)
         raw = internal_bytes(request, asked, body)
         pool = self.pool  # what the request began with, whatever a reload brings meanwhile
-        route = permitted_route(self.config, exchange.admission, body["model"])
+        route = permitted_route(self.config, exchange.admission, body["model"], dialect.model_advice)
         self.learning.count_changes(dialect.name, inbound.changes, route.upstream)
         warmup = dialect.answers_warmups and self.config.warmup_interception and is_warmup(body)
         if not warmup:  # answered locally, a warmup costs nothing against the client's limits
@@ -11934,7 +12163,7 @@ class Server(Application):
             self.counters["warmup_intercepted"] += 1
             return dialect.whole(warmup_answer(body, record, [("X-Mapped-Model", route.model)]), inbound)
 
-        async def attempt(upstream: Upstream, account: Account) -> Union[Response, StreamingResponse]:
+        async def attempt(upstream: Upstream, account: Account) -> Union[WholeAnswer, StreamingResponse]:
             call = self._call(raw, request, exchange, body, Route((upstream,), route.model), account)
             native = dialect.native(asked, inbound) if upstream.kind == dialect.native_kind else None
             if native is not None:
@@ -11950,20 +12179,24 @@ class Server(Application):
                 record.local = upstream.kind
             if not isinstance(answer, AnswerStream):
                 record.add_usage(call.facts.usage)
-                if dialect.checks_structured_output and output_schema(body) is not None:
-                    message = check_structured(answer.message, upstream.name)
-                    if message is not answer.message:  # its fence taken off: its events (and the
-                        # upstream's own JSON, where it passed through) are not what it says
-                        answer = dataclasses.replace(answer, message=message, events=None, native_json=None)
-                return dialect.whole(answer, inbound)
+                return answer  # the attempt answered: a structured-output check after it is no retry's
+
             encoder = dialect.encoder(inbound) if native is None else dialect.native_encoder(inbound)
             if native is None and dialect.checks_structured_output and output_schema(body) is not None:
                 encoder = UnfencedStream(encoder)  # fenced JSON streams without its fence
             return self._relay(answer, call, record, pool, encoder, dialect.stream_headers(inbound))
 
-        return await run_attempts(pool, route, session_id(request.headers, body), self.config.max_retry_attempts,
-                                  attempt, clock=self.clock, sleep=self.sleep, on_change=self.saver.save,
-                                  on_attempt=attempt_logger(self.log, exchange.record, route.model))
+        answered = await run_attempts(pool, route, session_id(request.headers, body), self.config.max_retry_attempts,
+                                      attempt, clock=self.clock, sleep=self.sleep, on_change=self.saver.save,
+                                      on_attempt=attempt_logger(self.log, exchange.record, route.model))
+        if not isinstance(answered, WholeAnswer):
+            return answered
+        if dialect.checks_structured_output and output_schema(body) is not None:
+            message = check_structured(answered.message, record.upstream)
+            if message is not answered.message:  # its fence taken off: its events (and the upstream's
+                # own JSON, where it passed through) are not what it says
+                answered = dataclasses.replace(answered, message=message, events=None, native_json=None)
+        return dialect.whole(answered, inbound)
 
     async def _within_limits(self, exchange: _Exchange, body: Dict[str, Any], raw: bytes) -> None:
         """A client's request that generates passes its limits (:class:`ClientLimits`) once it is
@@ -11984,7 +12217,8 @@ class Server(Application):
         exchange.record.upstream, exchange.record.account = route.upstream.name, account.name
         return Call(body, raw, request.headers, route, account,
                     [("X-Mapped-Model", route.model), ("X-Account-Email", account.name)], exchange.on_client_gone,
-                    self.config.force_stream_internally, self.config.ping_interval_s)
+                    self.config.force_stream_internally, self.config.ping_interval_s,
+                    raw_spans=request.body_spans if raw is request.body else None)
 
     def _relay(self, answer: AnswerStream, call: Call, record: RequestRecord, pool: AccountPool,
                encoder: StreamEncoder, stream_headers: Headers) -> StreamingResponse:
@@ -12012,14 +12246,14 @@ class Server(Application):
         """A token count of a request in any client protocol that has one (its dialect turns the
         request into the internal form, and the count into its answer)."""
         dialect = dialect or DIALECTS["anthropic"]
-        asked = self._json_body(request)
+        asked = await self._json_body(request)
         record = exchange.record
         record.model = str(model if model is not None else asked.get("model"))[:200]
         body = dialect.inbound(request, asked, model).body
         validate_messages_request(body, count_tokens=True)
         raw = internal_bytes(request, asked, body)
         pool = self.pool  # what the request began with, whatever a reload brings meanwhile
-        route = permitted_route(self.config, exchange.admission, body["model"])
+        route = permitted_route(self.config, exchange.admission, body["model"], dialect.model_advice)
         record.mapped_model, record.upstream = route.model, route.upstream.name
         headers: Headers = [("X-Mapped-Model", route.model)]
         window = self.windows.window(route.upstream, route.model)
@@ -12215,6 +12449,9 @@ class Dialect:
     #: whether a whole answer to a request with a JSON schema must be JSON (:func:`check_structured`):
     #: where the dialect put the schema there, agproxy answers for it; Anthropic's is the upstream's
     checks_structured_output = False
+    #: how this protocol's agent is told to ask for another model, and to send its key
+    model_advice = "in Claude Code, --model NAME or ANTHROPIC_MODEL"
+    key_advice = "as x-api-key or Authorization: Bearer"
     #: the upstream kind that speaks this protocol: a request to it passes through untranslated
     #: (:meth:`native`), its answer too (:class:`NativeStreamEncoder`). Anthropic's own is the
     #: adapter's: its requests are the internal form already.
@@ -12250,6 +12487,10 @@ class Dialect:
         """agproxy's error as this client's error JSON."""
         return exc.body()
 
+    def error_status(self, exc: AgproxyError) -> int:
+        """The HTTP status this client gets for agproxy's error (what its retries act on)."""
+        return exc.status
+
     def count_json(self, counted: Dict[str, Any]) -> Any:
         """A token count (Anthropic's ``{"input_tokens": N}``) as this client's answer."""
         return counted
@@ -12277,6 +12518,8 @@ class ChatDialect(Dialect):
     and its errors take OpenAI's shape."""
 
     name = "chat"
+    model_advice = "the request's model"
+    key_advice = "as Authorization: Bearer (the tool's API key)"
     answers_warmups = False
     checks_structured_output = True
     native_kind = "openai"
@@ -12305,6 +12548,9 @@ class ChatDialect(Dialect):
     def error_body(self, exc: AgproxyError) -> Any:
         return chat_error_body(exc.status, exc.error_type, exc.message)
 
+    def error_status(self, exc: AgproxyError) -> int:
+        return overload_status(exc.status)
+
     def model_list(self, models: List[Dict[str, Any]]) -> Dict[str, Any]:
         return models_list(models, "openai")
 
@@ -12316,6 +12562,8 @@ class ResponsesDialect(Dialect):
     in ``encrypted_content``. The encoder and the answer echo the client's request, so it is kept."""
 
     name = "responses"
+    model_advice = "in Codex CLI, -m NAME or model in config.toml"
+    key_advice = "as Authorization: Bearer (Codex CLI: the variable its provider's env_key names)"
     answers_warmups = False
     checks_structured_output = True
 
@@ -12340,6 +12588,9 @@ class ResponsesDialect(Dialect):
             body["error"].update(type="insufficient_quota", code="insufficient_quota")
         return body
 
+    def error_status(self, exc: AgproxyError) -> int:
+        return responses_error_status(exc.status)
+
     def model_list(self, models: List[Dict[str, Any]]) -> Dict[str, Any]:
         return models_list(models, "openai")
 
@@ -12351,6 +12602,8 @@ class GeminiDialect(Dialect):
     goes without, and the client's own tool names come back in its calls."""
 
     name = "gemini"
+    model_advice = "in Gemini CLI, -m NAME"
+    key_advice = "as x-goog-api-key (Gemini CLI: GEMINI_API_KEY)"
     answers_warmups = False
     checks_structured_output = True
     native_kind = "gemini"
@@ -12385,7 +12638,19 @@ class GeminiDialect(Dialect):
         return anthropic_message_to_gemini(message, model, names=names, include_thoughts=thoughts)
 
     def error_body(self, exc: AgproxyError) -> Any:
-        return gemini_error_body(exc.status, exc.error_type, exc.message)
+        """Gemini's error JSON, with what Gemini CLI needs to stop or to wait (:func:`gemini_error_body`):
+        a client's spent day as a per-day quota (it stopped only after ten tries in minutes), and
+        the ``retry-after`` agproxy knows (a client's minute window, its requests in flight, an
+        upstream's reset) as a RetryInfo, so that it waits that long, not its own backoff."""
+        wait = header_value(exc.headers, "retry-after")
+        seconds = _parse_duration(wait) if wait else None
+        spent_day = isinstance(exc, ClientLimited) and exc.final and exc.limit == "tokens_per_day"
+        return gemini_error_body(self.error_status(exc), exc.error_type, exc.message,
+                                 retry_after_s=None if seconds is None else math.ceil(seconds),
+                                 quota_id=GEMINI_SPENT_DAY_QUOTA if spent_day else "")
+
+    def error_status(self, exc: AgproxyError) -> int:
+        return overload_status(exc.status)
 
     def count_json(self, counted: Dict[str, Any]) -> Any:
         return gemini_count_json(counted)
@@ -12394,6 +12659,9 @@ class GeminiDialect(Dialect):
         return gemini_models_list(models)
 
 
+#: The quota a client's spent tokens_per_day is said to exceed on Gemini's routes: Gemini CLI stops
+#: at once on a quotaId that contains ``PerDay`` (:func:`gemini_error_body`).
+GEMINI_SPENT_DAY_QUOTA = "TokensPerDayPerClient"
 #: What Gemini's clients may ask of a model (``POST /v1beta/models/{model}:METHOD``).
 GEMINI_METHODS = ("generateContent", "streamGenerateContent", "countTokens")
 
@@ -12516,6 +12784,9 @@ class Call:
     #: protocol (:meth:`Dialect.native`), and whether the client gets the stream's usage chunk
     native: Optional[Dict[str, Any]] = None
     native_usage_chunk: bool = True
+    #: where each member's value lies in ``raw``'s text, where ``body`` is ``raw`` parsed (the client's
+    #: own bytes): a changed body is written from its unchanged members' text (:func:`spliced_json`)
+    raw_spans: Optional[Dict[str, Tuple[int, int]]] = None
 
     @property
     def upstream(self) -> Upstream:
@@ -12899,7 +13170,8 @@ class AnthropicAdapter(Adapter):
         when nothing needs changing."""
         upstream, route, state = call.upstream, call.route, self.state
         raw = call.raw
-        body = call.private_body()
+        drop_paths = state.learned.fields(upstream.name) + trial.fields
+        body = sanitizable_copy(call.body, upstream.rules, drop_paths) or call.private_body()
         changes: Dict[str, int] = {}
         if body.get("model") != route.model:
             body["model"] = route.model
@@ -12908,8 +13180,7 @@ class AnthropicAdapter(Adapter):
             body["stream"] = True
             changes["stream_forced"] = 1
         _fit_max_tokens(body, trial.max_tokens, changes)
-        changes.update(sanitize_request(body, upstream.rules,
-                                        drop_paths=state.learned.fields(upstream.name) + trial.fields,
+        changes.update(sanitize_request(body, upstream.rules, drop_paths=drop_paths,
                                         drop_thinking=state.signatures.foreign_to(upstream.name)))
         if strip_thinking:
             changes.update(strip_thinking_history(body))
@@ -12919,6 +13190,8 @@ class AnthropicAdapter(Adapter):
         if not changes:
             return raw, body, beta
         call.facts.changes.append(("sanitize", changes))
+        if call.raw_spans:
+            return spliced_json(raw, call.raw_spans, call.body, body), body, beta
         return json.dumps(body, ensure_ascii=False).encode("utf-8"), body, beta
 
     def answer_events(self, response: UpstreamResponse, call: Call, estimate: int) -> AsyncIterator[List[Event]]:
@@ -13302,6 +13575,16 @@ async def _error_body(upstream: Upstream, response: UpstreamResponse) -> bytes:
     return data
 
 
+#: Request bodies above this size are decoded member by member, noting where each lies, so that a
+#: changed one is written from its kept members' own text (:func:`spliced_json`): for a 2 MB body
+#: that saves a ``json.dumps`` of ~8 ms; below it, the ~15 µs the member-by-member decode adds
+#: exceeds what it saves.
+_SPLICED_BODY_BYTES = 16 * 1024
+#: Request bodies above this size give the event loop back between their parse and the rest of their
+#: preparation (validation, sanitizing, encoding), each some ms for a 2 MB Claude Code body: other
+#: streams' events wait for the longer of the two, not for both. Below it, a turn of the loop costs
+#: more than the wait it saves.
+_YIELD_AFTER_PARSE_BYTES = 256 * 1024
 #: Request bodies above this size have their tokens estimated in a worker thread, so that one
 #: huge request does not stall every other client (the estimate walks every character).
 _ESTIMATE_OFF_LOOP_BYTES = 1024 * 1024
@@ -14619,6 +14902,8 @@ def _csv_cell(value: Any) -> Any:
 
 def usage_csv(rows: List[Dict[str, Any]], group_by: Sequence[str]) -> bytes:
     """Usage rows as CSV (RFC 4180: CRLF, quoted where needed) under a header line."""
+    import csv  # here, not at the top: only a usage export needs it (~0.1 MB at start-up)
+
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(list(group_by) + list(USAGE_COUNTS))

@@ -15,7 +15,7 @@ from typing import Any, Dict, Tuple
 import pytest
 
 from tests.conftest import clean_env, fake_config
-from tests.fakes.anthropic_upstream import Sse, text_stream, tool_call_stream
+from tests.fakes.anthropic_upstream import Json, Sse, text_stream, tool_call_stream
 from tests.fakes.gemini_upstream import Answer, FakeGemini, call
 from tests.fakes.openai_upstream import Chunks, FakeOpenAI, text_chunks, tool_chunks
 
@@ -106,3 +106,32 @@ def test_codex_through_agproxy_to_a_gemini_upstream(start_agproxy, fake, codex):
         upstream.script(Answer([call("exec_command", {"cmd": COMMAND})]), Answer([{"text": DONE}]))
         result, work = codex(proxy, "gemini-2.5-flash")
         check_the_loop(result, work)
+
+
+def test_codex_stops_at_once_on_a_model_outside_the_clients_entry(start_agproxy, fake, codex):
+    """Found by the attack on issue 21: Codex retried a 403 five times in 6 s. It retries every 4xx
+    but 400 and 429 (codex-rs/codex-api/src/api_bridge.rs: any other status is UnexpectedStatus,
+    retryable in CodexErr::is_retryable); a 400 is InvalidRequest, final, and it shows the body."""
+    config = team(fake)
+    config["clients"][0]["models"] = ["claude-haiku-*"]
+    proxy = start_agproxy(config)
+    result, _ = codex(proxy, "claude-sonnet-4-5", prompt="say hi")
+    assert result.returncode != 0
+    assert "may not use model 'claude-sonnet-4-5'" in result.stderr, result.stderr[-3000:]
+    assert "Reconnecting" not in result.stderr
+    assert proxy.log().count("/v1/responses") == 1  # one access line: one request
+
+
+def test_codex_makes_few_upstream_requests_for_an_overloaded_upstream(start_agproxy, fake, codex):
+    """Found by the attack on issue 21: an upstream answering 529 had 90 requests per Codex turn
+    (agproxy's 3 attempts for each of Codex's 5 tries of each of its 6 turns). A 503
+    server_is_overloaded is tried by Codex's transport five times, then the turn ends."""
+    config = team(fake)
+    config["max_retry_attempts"] = 3
+    proxy = start_agproxy(config)
+    overloaded = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+    fake.script(*[Json(529, overloaded)] * 100)
+    result, _ = codex(proxy, "claude-sonnet-4-5", prompt="say hi")
+    assert result.returncode != 0 and "at capacity" in result.stderr, result.stderr[-3000:]
+    generations = [r for r in fake.requests if r.target.startswith("/v1/messages")]
+    assert len(generations) <= 15, len(generations)

@@ -27,6 +27,7 @@ from agproxy import (
     ResponsesStreamEncoder,
     anthropic_message_to_responses,
     responses_error_body,
+    responses_error_status,
     responses_reasoning_block,
     responses_reasoning_content,
     responses_request_to_anthropic,
@@ -725,13 +726,14 @@ def test_a_whole_message_as_a_response_object() -> None:
 
 @pytest.mark.parametrize("status, error_type, kind, code, sdk_error", [
     (400, "invalid_request_error", "invalid_request_error", None, openai.BadRequestError),
-    (401, "authentication_error", "invalid_request_error", "invalid_api_key", openai.AuthenticationError),
-    (403, "permission_error", "invalid_request_error", "permission_denied", openai.PermissionDeniedError),
-    (404, "not_found_error", "invalid_request_error", "not_found", openai.NotFoundError),
-    (413, "request_too_large", "invalid_request_error", "request_too_large", openai.APIStatusError),
+    # a 4xx that retrying cannot change is a 400 (Codex CLI stops only on that): the code says which
+    (401, "authentication_error", "invalid_request_error", "invalid_api_key", openai.BadRequestError),
+    (403, "permission_error", "invalid_request_error", "permission_denied", openai.BadRequestError),
+    (404, "not_found_error", "invalid_request_error", "not_found", openai.BadRequestError),
+    (413, "request_too_large", "invalid_request_error", "request_too_large", openai.BadRequestError),
     (429, "rate_limit_error", "requests", "rate_limit_exceeded", openai.RateLimitError),
     (500, "api_error", "server_error", "server_error", openai.InternalServerError),
-    (529, "overloaded_error", "server_error", "server_error", openai.InternalServerError),
+    (529, "overloaded_error", "server_error", "server_is_overloaded", openai.InternalServerError),
     (502, "something_new", "server_error", "server_error", openai.InternalServerError),
 ])
 def test_errors_in_openai_words(status: int, error_type: str, kind: str, code: Optional[str], sdk_error: type) -> None:
@@ -739,7 +741,7 @@ def test_errors_in_openai_words(status: int, error_type: str, kind: str, code: O
     assert body == {"error": {"message": "words", "type": kind, "param": None, "code": code}}
 
     def handler(request: httpx2.Request) -> httpx2.Response:
-        return httpx2.Response(status, json=body)
+        return httpx2.Response(responses_error_status(status), json=body)
 
     client = openai.OpenAI(api_key="sk-test", base_url="http://agproxy.test/v1", max_retries=0,
                            http_client=httpx2.Client(transport=httpx2.MockTransport(handler)))

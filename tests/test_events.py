@@ -227,3 +227,40 @@ def test_a_recorded_answer_is_relayed_in_the_translators_encoding_and_passes_thr
     for piece in (1 << 20, 7):
         response = ScriptedResponse([out[i:i + piece] for i in range(0, len(out), piece)])
         assert asyncio.run(_relayed(agproxy.anthropic_events(response, "up"), ScriptedResponse([]))) == out
+
+
+#: What a delta's JSON string may hold on the wire: characters, control ones too, and backslashes
+#: with what may or may not make an escape of them.
+WIRE_STRING = st.lists(st.sampled_from(['a', 'é', '"', '\\', '\\"', '\\\\', '\\/', '\\n', '\\x', '\\u00e9', '\\u12',
+                                        '\\ud83d\\ude00', '\x00', '\x1f', '\x7f', '\n', '\u2028', 'u', '0']),
+                       max_size=8).map("".join)
+
+
+@settings(max_examples=500, deadline=None)
+@given(WIRE_STRING, st.sampled_from([("text_delta", "text"), ("thinking_delta", "thinking"),
+                                     ("input_json_delta", "partial_json"), ("text_delta", "partial_json")]),
+       st.sampled_from(["0", "1", "00", "-0", "1.0", "99999", "100000"]), st.booleans())
+def test_a_delta_checked_without_decoding_is_refused_exactly_when_its_data_is_not_json(string, kinds, index, spaced):
+    """The check knows a plain delta by one match instead of decoding it: it must take and refuse
+    exactly what decoding would (a raw control character, a bad escape, an index out of bounds)."""
+    colon, comma = (": ", ", ") if spaced else (":", ",")
+    data = (f'{{"type"{colon}"content_block_delta"{comma}"index"{colon}{index}{comma}"delta"{colon}'
+            f'{{"type"{colon}"{kinds[0]}"{comma}"{kinds[1]}"{colon}"{string}"}}}}')
+    if "\n" in data:
+        return  # an SSE line break: another event's data, not this one's
+    blocks = b"".join(agproxy.encode_sse_json("content_block_start", {
+        "type": "content_block_start", "index": i, "content_block": {"type": "text", "text": ""}}) for i in (0, 1))
+    event = f"event: content_block_delta\ndata: {data}\n\n".encode()
+    try:
+        payload = agproxy.loads_strict(data)
+        valid = isinstance(payload["index"], int) and 0 <= payload["index"] < 2
+    except ValueError:
+        valid = False
+    check = agproxy.EventStreamCheck("up")
+    check.feed(START + blocks)
+    if valid:
+        (got,) = check.feed(event)
+        assert got.name == "content_block_delta" and got.data == payload
+    else:
+        with pytest.raises(agproxy.UpstreamFailure):
+            check.feed(event)

@@ -266,7 +266,7 @@ def config_for(fake: MisbehavingUpstream, modes: Tuple[str, ...], force_stream: 
         name = model_name(kind, mode, case)
         upstream: Dict[str, Any] = {
             "name": name, "kind": kind, "base_url": fake.url_for(case, kind, mode),
-            "timeout_s": timeout_for(case), "connect_timeout_s": UPSTREAM_TIMEOUT_S,
+            "timeout_s": timeout_for(case), "connect_timeout_s": timeout_for(case),
             "accounts": [{"name": "alice@example.com", "api_key": ALICE_KEY},
                          {"name": "bob@example.com", "api_key": BOB_KEY}]}
         if kind == "openai" and mode == "count":

@@ -17,6 +17,7 @@ upstreams, JSON shapes of requests, events and chunks of upstream streams.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import socket
@@ -28,6 +29,7 @@ from hypothesis import strategies as st
 
 import agproxy
 from tests.conftest import Agproxy, clean_env, write_config
+from tests.corpus import corpus
 from tests.fakes.misbehaving import KEYS, RECIPES, Action, Ctx, MisbehavingUpstream, Send, good, live_config
 from tests.wire_check import (
     Answer,
@@ -419,6 +421,82 @@ def test_request_pipeline_takes_any_shape(body: Dict[str, Any], profile: str) ->
             assert_client_safe(parsed)
     except agproxy.AgproxyError:
         return
+
+
+CORPUS_BODIES = [body for _, _, body in corpus()]
+#: a config's own profile: every change the compatible one makes to a request, but cache_control kept
+CUSTOM_PROFILE = dataclasses.replace(agproxy.PROFILE_DEFAULTS["compatible"], cache_control=True)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(REQUEST | st.sampled_from(CORPUS_BODIES), st.sampled_from(["anthropic", "compatible", "openai", "custom"]),
+       st.booleans(), st.booleans(), st.sampled_from([None, 1, 2000]))
+def test_sanitizing_the_cheap_copy_leaves_the_request_alone(body: Dict[str, Any], profile: str, strip: bool,
+                                                           foreign: bool, max_tokens: Optional[int]) -> None:
+    """The copy the Anthropic adapter sanitizes (:func:`sanitizable_copy`, which shares the blocks
+    with the client's parsed request) comes out of everything ``prepare`` does to it as a deep copy
+    would, and the request it was copied from is unchanged (a retry on another upstream starts from it)."""
+    try:
+        raw = json.dumps(body).encode()
+        parsed = agproxy.parse_json_body(raw)
+        agproxy.validate_messages_request(parsed)
+    except (ValueError, UnicodeEncodeError, agproxy.AgproxyError):
+        return
+    rules = CUSTOM_PROFILE if profile == "custom" else agproxy.PROFILE_DEFAULTS[profile]
+    copied = agproxy.sanitizable_copy(parsed, rules, [])
+    if copied is None:
+        assert not rules.cache_control
+        return
+    results = []
+    for working in (copied, json.loads(raw)):
+        changes: Dict[str, int] = {}
+        agproxy._fit_max_tokens(working, max_tokens, changes)
+        changes.update(agproxy.sanitize_request(working, rules, drop_thinking=lambda block: foreign))
+        if strip:
+            changes.update(agproxy.strip_thinking_history(working))
+        results.append((json.dumps(working), changes))
+    assert results[0] == results[1]
+    assert json.dumps(parsed) == raw.decode()
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(REQUEST | st.sampled_from(CORPUS_BODIES), st.sampled_from([None, 0, 2]), st.booleans(), st.booleans(),
+       st.sampled_from([None, 1, 2000]), st.sampled_from(["anthropic", "compatible"]))
+def test_a_changed_request_written_from_its_own_text_says_what_json_dumps_says(
+        body: Dict[str, Any], indent: Optional[int], rename: bool, stream: bool, max_tokens: Optional[int],
+        profile: str) -> None:
+    """A request the Anthropic adapter changed is written from the client's own text of the members
+    it kept (:func:`spliced_json`, with the places :func:`parse_json_body` noted), however the client
+    spaced it: the result is valid JSON and decodes to what ``json.dumps`` of the changed body says."""
+    try:
+        raw = json.dumps(body, indent=indent, ensure_ascii=bool(rename)).encode()
+        spans: Dict[str, Tuple[int, int]] = {}
+        parsed = agproxy.parse_json_body(raw, spans)
+        agproxy.validate_messages_request(parsed)
+    except (ValueError, UnicodeEncodeError, agproxy.AgproxyError):
+        return
+    assert set(spans) == set(parsed)
+    changed = json.loads(raw)
+    if rename:
+        changed["model"] = "renamed-model"
+    if stream:
+        changed["stream"] = True
+    agproxy._fit_max_tokens(changed, max_tokens, {})
+    agproxy.sanitize_request(changed, agproxy.PROFILE_DEFAULTS[profile])
+    written = agproxy.spliced_json(raw, spans, parsed, changed)
+    assert json.loads(written) == json.loads(json.dumps(changed))
+    assert list(json.loads(written)) == list(changed)
+
+
+def _depth(value: Any) -> int:
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else None
+    return 0 if items is None else 1 + max([_depth(item) for item in items], default=0)
+
+
+@given(JSON, st.integers(min_value=1, max_value=6))
+def test_depth_walk_agrees_with_a_recursive_count(value: Any, limit: int) -> None:
+    """The level-by-level depth check says "too deep" exactly when the nesting exceeds the limit."""
+    assert agproxy._too_deep(value, limit) == (_depth(value) > limit)
 
 
 COUNT_FIELDS = ["model", "messages", "max_tokens", "stream", "system", "tools", "tool_choice", "stop_sequences",

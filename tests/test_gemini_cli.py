@@ -137,3 +137,60 @@ def test_the_google_genai_sdk(start_agproxy, fake):
     with pytest.raises(genai_errors.ClientError) as refused:
         stranger.models.generate_content(model="claude-sonnet-4-5", contents="hi")
     assert refused.value.code == 401 and refused.value.status == "UNAUTHENTICATED"
+
+
+def limited(fake: Any, **limits: Any) -> Dict[str, Any]:
+    """The team, its one client with ``limits``, and a JSON log to count its requests in."""
+    config = team(fake, log_format="json")
+    config["clients"][0].update(limits)
+    return config
+
+
+def accesses(proxy: Any, status: int) -> List[Dict[str, Any]]:
+    """The access lines (log_format json) of the Gemini route's requests answered ``status``."""
+    lines = [json.loads(line) for line in proxy.log().splitlines() if line.startswith("{")]
+    return [line for line in lines if line.get("event") == "access" and line["path"].startswith("/v1beta/models/")
+            and line["status"] == status]
+
+
+def prime(proxy: Any) -> None:
+    """One request of the client, to spend its day or fill its minute."""
+    client = genai.Client(api_key=KEY, http_options=types.HttpOptions(base_url=proxy.url))
+    assert client.models.generate_content(model="claude-sonnet-4-5", contents="hi").text
+
+
+def test_gemini_cli_stops_at_once_on_a_spent_day_and_shows_agproxys_words(start_agproxy, fake, gemini_cli):
+    """Found by the attack on issue 21: a spent tokens_per_day was a 429 without details, which
+    Gemini CLI retried with its own backoff for minutes (9 requests in 200 s); a per-day
+    QuotaFailure is terminal to it, a single request."""
+    proxy = start_agproxy(limited(fake, tokens_per_day=10))
+    fake.script(Json(200, message("Spent.")))
+    prime(proxy)
+    result, _, took = gemini_cli(proxy, "-m", "claude-sonnet-4-5", prompt="say hello")
+    assert result.returncode != 0 and took < 60, (took, result.stderr[-3000:])  # a bound: it retried for minutes
+    assert len(accesses(proxy, 429)) == 1
+    assert "tokens_per_day" in result.stderr and "gemini-user" in result.stderr  # agproxy's words, in its report
+
+
+def test_gemini_cli_waits_out_a_full_minute_window_then_goes_on(start_agproxy, fake, gemini_cli):
+    """A full requests_per_minute says its retry-after as a RetryInfo: Gemini CLI waits that long
+    once and goes on, instead of trying every 5 to 30 s (five refusals in a minute)."""
+    proxy = start_agproxy(limited(fake, requests_per_minute=1))
+    fake.script(Json(200, message("First.")), Sse(text_stream("Hello after the minute.")))
+    prime(proxy)
+    result, _, _ = gemini_cli(proxy, "-m", "claude-sonnet-4-5", prompt="say hello")
+    assert result.returncode == 0 and "Hello after the minute." in result.stdout, result.stderr[-3000:]
+    assert len(accesses(proxy, 429)) == 1
+
+
+def test_gemini_cli_stops_at_once_on_a_model_outside_the_clients_entry(start_agproxy, fake, gemini_cli):
+    """A 403 is final to Gemini CLI. In -p mode it ends with "An unexpected critical error
+    occurred:[object Object]" whatever the server says: Turn.run yields the error as a plain
+    ``{message, status}`` object, the non-interactive handleError rethrows it in text output, and
+    main()'s catch prints String() of what is not an Error (gemini.js). agproxy's words come in the
+    report it prints before that (``_ApiError: {...}``)."""
+    proxy = start_agproxy(limited(fake, models=["claude-haiku-*"]))
+    result, _, took = gemini_cli(proxy, "-m", "claude-sonnet-4-5", prompt="say hello")
+    assert result.returncode != 0 and took < 60, result.stderr[-3000:]
+    assert len(accesses(proxy, 403)) == 1
+    assert "may not use model 'claude-sonnet-4-5'" in result.stderr

@@ -5,6 +5,8 @@ limits, record and ledger as ``/v1/messages``; errors in OpenAI's shape, as the 
 from __future__ import annotations
 
 import json
+import time
+import urllib.error
 import urllib.request
 from typing import Any, Dict, List
 
@@ -109,6 +111,12 @@ def test_to_openai_and_gemini_upstreams(start_agproxy, fake):
             client(proxy).chat.completions.create(model="qwen3", messages=[{"role": "user", "content": "hi"}],
                                                   response_format=structured)
         assert prose.value.status_code == 424 and "not JSON" in prose.value.message
+        # the upstream answered: its attempt counts (the check after it is no retry's)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and " 424 " not in proxy.log():
+            time.sleep(0.05)
+        refused = [line for line in proxy.log().splitlines() if " 424 " in line and "/v1/chat/completions" in line]
+        assert refused and "tries=1" in refused[-1] and "local/" in refused[-1]
 
 
 def test_errors_come_in_openais_shape_as_the_sdk_raises_them(start_agproxy, fake):
@@ -152,3 +160,28 @@ def test_an_upstream_that_breaks_mid_stream_ends_the_stream_with_an_error_the_sd
         for _ in stream:
             pass
     assert "upstream 'fake'" in str(broke.value)
+
+
+def test_the_model_list_offers_an_upstreams_model_only_where_model_map_sends_it_there(start_agproxy, fake):
+    with FakeOpenAI() as openai_fake:  # it lists qwen-local and llama-local
+        config = team(fake)
+        config["upstreams"].append({"name": "local", "kind": "openai", "base_url": openai_fake.url,
+                                    "accounts": [{"api_key": "k"}]})
+        config["model_map"] = [{"match": "qwen*", "upstream": "local"}, {"match": "*", "upstream": "fake"}]
+        config["clients"][0]["models"] = ["*"]
+        proxy = start_agproxy(config)
+        listed = {m.id for m in client(proxy).models.list()}
+        assert "qwen-local" in listed and "llama-local" not in listed  # the catch-all sends llama-local to fake
+
+
+def test_each_agent_is_told_its_own_way_to_pick_a_model_and_send_its_key(start_agproxy, fake):
+    proxy = start_agproxy(team(fake))
+    with pytest.raises(openai.PermissionDeniedError) as denied:
+        client(proxy).chat.completions.create(model="gpt-5", messages=[{"role": "user", "content": "hi"}])
+    assert "the request's model" in denied.value.message and "ANTHROPIC_MODEL" not in denied.value.message
+    request = urllib.request.Request(proxy.url + "/v1beta/models/gemini-2.5-flash:generateContent",
+                                     b'{"contents": []}', {"Content-Type": "application/json"}, method="POST")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    words = json.loads(refused.value.read())["error"]["message"]
+    assert refused.value.code == 401 and "x-goog-api-key" in words and "GEMINI_API_KEY" in words

@@ -77,10 +77,13 @@ def test_errors_and_no_kept_responses(start_agproxy, fake):
     with pytest.raises(openai.BadRequestError) as refused:
         client(proxy).responses.create(model="claude-sonnet-4-5", input="hi", previous_response_id="resp_1")
     assert "previous_response_id" in refused.value.message
-    with pytest.raises(openai.PermissionDeniedError):
+    # 400 so that Codex CLI stops at once (it retries any other 4xx but 429): the code says which
+    with pytest.raises(openai.BadRequestError) as forbidden:
         client(proxy).responses.create(model="gpt-5", input="hi")
-    with pytest.raises(openai.AuthenticationError):
+    assert forbidden.value.code == "permission_denied" and "gpt-5" in forbidden.value.message
+    with pytest.raises(openai.BadRequestError) as stranger:
         client(proxy, "agp-wrong-0123456789abcdefghijkl").responses.create(model="claude-sonnet-4-5", input="hi")
+    assert stranger.value.code == "invalid_api_key"
     assert not [r for r in fake.requests if r.target.startswith("/v1/messages")]
 
 

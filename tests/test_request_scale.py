@@ -9,12 +9,14 @@ each kind (a well-behaved fake) while another client polls ``/healthz`` every 20
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from typing import Any, Dict, Iterator, List
 
 import pytest
 
+import agproxy
 from tests.conftest import Agproxy, clean_env, write_config
 from tests.fakes.misbehaving import KEYS, MisbehavingUpstream, Send, good
 from tests.wire_check import get, post_json, program_under_test
@@ -134,3 +136,27 @@ def test_many_images_are_estimated_quickly(proxy: Agproxy, model: str, path: str
     assert result["answer"].status == 200, result["answer"].describe(300)
     assert result["took"] < 1.0 and result["stall"] < MAX_STALL_S, (
         f"4000 images to {model} {path}: answered in {result['took']:.1f} s, /healthz stalled {result['stall']:.1f} s")
+
+
+def _parse(body: bytes) -> Any:
+    """Run :meth:`Server._json_body` on ``body`` by hand: the parsed body, or "yielded" where it gave the
+    loop back before returning (it needs no state of the server)."""
+    request = agproxy.Request("POST", "/v1/messages", (1, 1), [("Content-Type", "application/json")], body)
+    step = agproxy.Server._json_body(None, request)  # type: ignore[arg-type]
+    try:
+        step.send(None)
+    except StopIteration as done:
+        return done.value
+    step.close()
+    return "yielded"
+
+
+def test_a_big_body_gives_the_loop_back_between_its_parse_and_its_preparation() -> None:
+    """A 2 MB Claude Code body costs some ms to parse and as many to validate, sanitize and encode:
+    the loop runs other streams' events in between, so they wait for one slice, not both; a small
+    body goes straight on (a turn of the loop would cost more than it saves)."""
+    small, big = (json.dumps({"model": "m", "max_tokens": 10, "messages": tool_turn_reversed(n)}).encode()
+                  for n in (10, 5000))
+    assert len(big) > agproxy._YIELD_AFTER_PARSE_BYTES > len(small)
+    assert _parse(small) == json.loads(small)
+    assert _parse(big) == "yielded"

@@ -145,3 +145,51 @@ def test_a_tunnel_to_an_ipv6_upstream_names_it_in_brackets():
         answer, port = asyncio.run(scenario(forward.port))
     assert answer == b"ping"
     assert forward.seen == [("CONNECT", f"[::1]:{port}", "Basic dTpw")]
+
+
+def _read_body_of(answer: bytes, pause_s: float, timeout_s: float) -> list:
+    """What ``read_chunk`` gives, piece by piece (an exception last), of an upstream that sends
+    ``answer``'s head, then its body one byte every ``pause_s``, then holds the connection open."""
+    head, body = answer.split(b"\r\n\r\n", 1)
+
+    async def scenario() -> list:
+        async def upstream(reader, writer):
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(head + b"\r\n\r\n")
+            for i in range(len(body)):
+                await asyncio.sleep(pause_s)
+                writer.write(body[i:i + 1])
+            await asyncio.sleep(10)
+
+        server = await asyncio.start_server(upstream, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        response = await agproxy.UpstreamClient().request("GET", f"http://127.0.0.1:{port}/", [],
+                                                           timeout_s=timeout_s)
+        pieces: list = []
+        try:
+            while True:
+                piece = await asyncio.wait_for(response.read_chunk(), 5)
+                if not piece:
+                    break
+                pieces.append(piece)
+        except agproxy.UpstreamFailure as exc:
+            pieces.append(exc)
+        server.close()
+        return pieces
+
+    return asyncio.run(scenario())
+
+
+def test_a_body_that_stops_coming_is_cut_at_timeout_s_and_not_taken_for_its_end():
+    """A body read until the connection closes: the read that waits timeout_s for more fails (the
+    connection agproxy cuts then is not the body's end)."""
+    pieces = _read_body_of(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nab", 0.01, 0.3)
+    assert b"".join(p for p in pieces if isinstance(p, bytes)) == b"ab"
+    assert isinstance(pieces[-1], agproxy.UpstreamFailure) and "timed out" in pieces[-1].message
+
+
+def test_a_body_that_trickles_is_read_whole_past_timeout_s():
+    """timeout_s bounds each wait for the next bytes, not the whole body: one timer per answer,
+    moved on lazily, must not cut a read that began after it was set."""
+    pieces = _read_body_of(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nabcdef", 0.1, 0.25)
+    assert pieces == [b"a", b"b", b"c", b"d", b"e", b"f"]
