@@ -7619,8 +7619,7 @@ def responses_request_to_anthropic(body: Dict[str, Any], changes: Optional[Dict[
     user = body.get("safety_identifier") or body.get("user")
     if isinstance(user, str) and user:
         out["metadata"] = {"user_id": user[:256]}
-    validate_messages_request(out)
-    return out
+    return out  # validated as every internal body is, by the handler (Server._generate)
 
 
 def _responses_loop_without_thinking(messages: List[Dict[str, Any]]) -> bool:
