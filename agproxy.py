@@ -8601,15 +8601,21 @@ def _pack_thinking(blocks: List[Dict[str, Any]]) -> str:
     return base64.urlsafe_b64encode(packed).decode("ascii")
 
 
+def _signature_bytes(signature: str) -> bytes:
+    """A thought signature's bytes (base64 in either alphabet, padded or not); b"" for one that is
+    not base64."""
+    try:
+        return base64.urlsafe_b64decode(signature.replace("+", "-").replace("/", "_") + "=" * (-len(signature) % 4))
+    except ValueError:
+        return b""
+
+
 def _gemini_restored_thinking(signature: Any, notes: Dict[str, int]) -> List[Dict[str, Any]]:
     """The thinking blocks a thought signature agproxy made stands for; none for any other (Gemini
     CLI's ``skip_thought_signature_validator``, a real Gemini signature), which is dropped."""
     if not isinstance(signature, str) or not signature:
         return []
-    try:
-        raw = base64.urlsafe_b64decode(signature.replace("+", "-").replace("/", "_") + "=" * (-len(signature) % 4))
-    except ValueError:
-        raw = b""
+    raw = _signature_bytes(signature)
     if not raw.startswith(_GEMINI_PACKED_THINKING):
         if signature != GEMINI_SKIP_SIGNATURE:
             _count(notes, "foreign_thought_signature_dropped")
@@ -9215,12 +9221,7 @@ def gemini_native_request(body: Dict[str, Any], trusted: Callable[[str], bool],
 def is_packed_thinking(signature: str) -> bool:
     """Whether a thought signature is one agproxy made (:data:`_GEMINI_PACKED_THINKING`), which
     no Gemini server takes."""
-    head = signature[:28].replace("+", "-").replace("/", "_")  # 21 bytes: more than the mark's 19
-    try:
-        raw = base64.urlsafe_b64decode(head + "=" * (-len(head) % 4))
-    except ValueError:
-        return False
-    return raw.startswith(_GEMINI_PACKED_THINKING)
+    return _signature_bytes(signature[:28]).startswith(_GEMINI_PACKED_THINKING)  # 21 bytes: past the mark's 19
 
 
 #: What a client of a protocol reads in an upstream's own chunk, and the type each must have: per
