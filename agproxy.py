@@ -13002,6 +13002,9 @@ class Adapter:
         """Where a Messages request for ``route`` goes, relative to base_url."""
         return self.messages_path
 
+    #: the client protocol this kind speaks, whose requests pass through to it untranslated
+    #: (:class:`NativeChunks`, :func:`native_answer`); "" for none
+    native_protocol = ""
     #: whether every answer needs the input estimate (else only a context_window asks for it)
     estimates_input = False
     #: whether agproxy pings the client while the upstream is silent (an upstream may send its own)
@@ -13043,7 +13046,7 @@ class Adapter:
             data = await _watched(call, response, response.read_all())
             message = self.answer_message(data, response, call)
             native_json = data if call.native is not None and native_answer(
-                data, "chat" if self.kind == "openai" else self.kind, self.state.redact) else None
+                data, self.native_protocol, self.state.redact) else None
         headers = headers + self.upstream_id_headers(facts.upstream_ids)
         self.received(message, upstream)
         if isinstance(message.get("usage"), dict):
@@ -13235,6 +13238,7 @@ class OpenAIAdapter(Adapter):
     Completions, the answer translated back, healed past arguments the server names as unknown."""
 
     kind = "openai"
+    native_protocol = "chat"
     models_path = "/models"
     not_found_advice = "the base_url must include the API's version path, e.g. http://host:8000/v1"
     keys_optional = True  # local servers take no key
@@ -13279,7 +13283,7 @@ class OpenAIAdapter(Adapter):
         translator = OpenAIStreamTranslator(call.route.model, estimate, _stop_sequences(call.body),
                                             call.facts.upstream_ids.append, call.facts.usage)
         translator.relayed = bool(call.body.get("stream"))
-        return openai_events(response, translator, NativeChunks(self.state.redact, "chat", call.native_usage_chunk)
+        return openai_events(response, translator, NativeChunks(self.state.redact, self.native_protocol, call.native_usage_chunk)
                              if call.native is not None and translator.relayed else None)
 
     def answer_message(self, data: bytes, response: UpstreamResponse, call: Call) -> Dict[str, Any]:
@@ -13368,6 +13372,7 @@ class GeminiAdapter(Adapter):
     from; healed past fields it names as unknown and past signatures it refuses."""
 
     kind = "gemini"
+    native_protocol = "gemini"
     key_header = ("x-goog-api-key", "{key}")
     models_path = "/v1beta/models?pageSize=1000"
     probe_path = models_path
@@ -13482,7 +13487,7 @@ class GeminiAdapter(Adapter):
         translator = GeminiStreamTranslator(route.model, estimate, self.recorder(route), gemini_name_map(call.body),
                                             call.facts.upstream_ids.append, call.facts.usage)
         translator.relayed = bool(call.body.get("stream"))
-        return gemini_events(response, translator, NativeChunks(self.state.redact, "gemini")
+        return gemini_events(response, translator, NativeChunks(self.state.redact, self.native_protocol)
                              if call.native is not None and translator.relayed else None)
 
     def answer_message(self, data: bytes, response: UpstreamResponse, call: Call) -> Dict[str, Any]:
