@@ -13283,8 +13283,9 @@ class OpenAIAdapter(Adapter):
         translator = OpenAIStreamTranslator(call.route.model, estimate, _stop_sequences(call.body),
                                             call.facts.upstream_ids.append, call.facts.usage)
         translator.relayed = bool(call.body.get("stream"))
-        return openai_events(response, translator, NativeChunks(self.state.redact, self.native_protocol, call.native_usage_chunk)
-                             if call.native is not None and translator.relayed else None)
+        native = NativeChunks(self.state.redact, self.native_protocol, call.native_usage_chunk) \
+            if call.native is not None and translator.relayed else None
+        return openai_events(response, translator, native)
 
     def answer_message(self, data: bytes, response: UpstreamResponse, call: Call) -> Dict[str, Any]:
         name = call.upstream.name
