@@ -24,15 +24,13 @@ import dataclasses
 import itertools
 import json
 import re
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Dict, FrozenSet, Iterator, List, Optional, Tuple
 
 import pytest
 
 import agproxy
-from tests.conftest import Agproxy, alone_among_workers, clean_env, write_config
+from tests.conftest import Agproxy, clean_env, write_config
 from tests.fakes.misbehaving import ALICE_KEY, BOB_KEY, GROUPS, KEYS, MisbehavingUpstream
 from tests.test_fault_matrix import (
     BIG_CASES,
@@ -49,6 +47,9 @@ from tests.test_fault_matrix import (
     spelled,
     strings_in,
     timeout_for,
+)
+from tests.test_fault_matrix import (
+    Matrix as KindsMatrix,
 )
 from tests.wire_check import Answer, get, leaked, parse_sse, post_json, program_under_test, strict_json
 
@@ -547,13 +548,7 @@ def order(run: Tuple[str, str, str]) -> int:
     return 0 if run[2] in SLOW else 2 if run[2] in BIG_CASES else 1
 
 
-class Matrix:
-    def __init__(self, fake: MisbehavingUpstream, proxies: Dict[str, Agproxy]) -> None:
-        self.fake = fake
-        self.proxies = proxies
-        self.results: Dict[Tuple[str, str, str], Result] = {}
-        self.elapsed = 0.0
-
+class Matrix(KindsMatrix):
     def proxy_for(self, kind: str, way: str) -> Agproxy:
         return self.proxies[f"{kind}-{'stream' if WAY[way].stream else 'whole'}"]
 
@@ -575,15 +570,7 @@ def matrix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Matrix]:
                 proxies[name] = Agproxy(["--config", str(path), "--port", "0"], clean_env(HOME=str(home)), tmp,
                                         program_under_test())
             result = Matrix(fake, proxies)
-            ordered = sorted(RUNS, key=order)
-            with alone_among_workers(tmp_path_factory, "fault-matrix"):
-                started = time.monotonic()
-                with ThreadPoolExecutor(max_workers=128) as pool:
-                    futures = {run: pool.submit(run_one, result.proxy_for(run[0], run[1]).port, *run)
-                               for run in ordered}
-                    for run, future in futures.items():
-                        result.results[run] = future.result()
-                result.elapsed = time.monotonic() - started
+            result.run_all(sorted(RUNS, key=order), run_one, 128, tmp_path_factory)
             yield result
         finally:
             for proxy in proxies.values():

@@ -30,7 +30,7 @@ import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Dict, FrozenSet, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, FrozenSet, Iterable, Iterator, List, Optional, Tuple
 
 import pytest
 
@@ -416,6 +416,19 @@ class Matrix:
     def proxy_for(self, kind: str, mode: str) -> Agproxy:
         return self.proxies[f"{kind}-{'json' if mode in ('json', 'count') else 'forced'}"]
 
+    def run_all(self, runs: Iterable[Tuple[str, str, str]], run_one: Callable[..., Any], workers: int,
+                tmp_path_factory: pytest.TempPathFactory) -> None:
+        """Ask every run at once, ``workers`` at a time, taking turns with the other matrix across
+        pytest workers (side by side on 2 busy cores their cases meet their timeouts); its results
+        and how long it took are kept."""
+        with alone_among_workers(tmp_path_factory, "fault-matrix"):
+            started = time.monotonic()
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                futures = {run: pool.submit(run_one, self.proxy_for(run[0], run[1]).port, *run) for run in runs}
+                for run, future in futures.items():
+                    self.results[run] = future.result()
+            self.elapsed = time.monotonic() - started
+
 
 @pytest.fixture(scope="module")
 def matrix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Matrix]:
@@ -434,13 +447,7 @@ def matrix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Matrix]:
                 proxies[name] = Agproxy(["--config", str(path), "--port", "0"], clean_env(HOME=str(home)), tmp,
                                         program_under_test())
             result = Matrix(fake, proxies)
-            with alone_among_workers(tmp_path_factory, "fault-matrix"):
-                started = time.monotonic()
-                with ThreadPoolExecutor(max_workers=160) as pool:
-                    futures = {run: pool.submit(run_one, result.proxy_for(run[0], run[1]).port, *run) for run in RUNS}
-                    for run, future in futures.items():
-                        result.results[run] = future.result()
-                result.elapsed = time.monotonic() - started
+            result.run_all(RUNS, run_one, 160, tmp_path_factory)
             yield result
         finally:
             for proxy in proxies.values():
