@@ -10595,11 +10595,21 @@ class UpstreamClient:
         if body or method in ("POST", "PUT", "PATCH"):
             fields.append(("Content-Length", str(len(body))))
         head = encode_head(request_line, fields)
+        loop = asyncio.get_running_loop()
         while True:
             conn, reused = await self._take(origin, connect_timeout_s)
             # timeout_s bounds sending the request and reading the whole head: an upstream that
-            # reads no body, or trickles its head, cannot hold the request (and its account's slot)
-            deadline = asyncio.get_running_loop().time() + timeout_s
+            # reads no body, or trickles its head, cannot hold the request (and its account's slot).
+            # The head's reads wait under one timer that cuts the connection (no wait_for: a task
+            # and a timer per read); a read it ends is the timeout, not the upstream's end.
+            deadline = loop.time() + timeout_s
+            cut: List[bool] = []
+
+            def expire(conn: _UpstreamConnection = conn, cut: List[bool] = cut) -> None:
+                cut.append(True)
+                conn.abort()
+
+            timer = loop.call_at(deadline, expire)
             stage = "sending the request (it read no more of it)"
             try:
                 conn.writer.write(head + body if len(body) < _ONE_WRITE_BYTES else head)
@@ -10614,15 +10624,14 @@ class UpstreamClient:
                     event = parser.next_event()
                     if isinstance(event, ResponseHead):
                         return UpstreamResponse(self, conn, parser, event, timeout_s)
-                    left = deadline - asyncio.get_running_loop().time()
-                    if left <= 0:
+                    data = await conn.reader.read(_UPSTREAM_READ_SIZE)
+                    if cut:
                         raise asyncio.TimeoutError
-                    parser.feed(await asyncio.wait_for(conn.reader.read(_UPSTREAM_READ_SIZE), left))
-            except asyncio.TimeoutError:
+                    parser.feed(data)
+            except (asyncio.TimeoutError, OSError, UpstreamFailure) as exc:
                 conn.abort()
-                raise UpstreamFailure(f"upstream {host}:{port} timed out {stage}", status=504) from None
-            except (OSError, UpstreamFailure) as exc:
-                conn.abort()
+                if cut or isinstance(exc, asyncio.TimeoutError):
+                    raise UpstreamFailure(f"upstream {host}:{port} timed out {stage}", status=504) from None
                 if reused and isinstance(exc, (ConnectionError, UpstreamClosed)):
                     continue  # the server closed an idle keep-alive connection; try a fresh one
                 reason = exc.message if isinstance(exc, UpstreamFailure) else _describe_os_error(exc)
@@ -10630,6 +10639,8 @@ class UpstreamClient:
             except BaseException:
                 conn.abort()
                 raise
+            finally:
+                timer.cancel()
 
     async def fetch(self, method: str, url: str, headers: Headers, body: bytes = b"", *, deadline_s: float,
                     limit: int = MAX_UPSTREAM_SMALL_BODY_BYTES) -> Tuple[int, bytes]:
@@ -10658,8 +10669,9 @@ class UpstreamClient:
         while idle:
             conn = idle.pop()
             if conn.idle_watch is not None:
-                conn.idle_watch.cancel()
-                conn.idle_watch = None
+                watch, conn.idle_watch = conn.idle_watch, None
+                watch.cancel()
+                await asyncio.wait((watch,))  # its read ends, so that the request's own may begin
             if conn.usable():
                 return conn, True
             conn.abort()
