@@ -11239,13 +11239,37 @@ class HttpServer:
                 timeout = deadline - loop.time()
                 if timeout <= 0:
                     raise _Timeout(f"timed out waiting for the {what}")
-            try:
-                data = await asyncio.wait_for(conn.reader.read(_CLIENT_READ_SIZE), timeout)
-            except asyncio.TimeoutError:
+            data = await self._read_within(conn, timeout)
+            if data is None:
                 if deadline is None:
                     return None  # idle keep-alive connection: close quietly
-                raise _Timeout(f"timed out after {timeout:.0f} s waiting for the {what}") from None
+                raise _Timeout(f"timed out after {timeout:.0f} s waiting for the {what}")
             conn.parser.feed(data)
+
+    async def _read_within(self, conn: _Connection, timeout: float) -> Optional[bytes]:
+        """What the client sends next, None when ``timeout`` passes first. The wait is one timer that
+        cancels the connection's task (a ``wait_for`` costs a task, a timer and two turns of the loop
+        per read); the shutdown's cancellation, which sets ``_stopping`` first, goes on as it came."""
+        task = asyncio.current_task()
+        assert task is not None
+        expired: List[bool] = []
+
+        def expire() -> None:
+            expired.append(True)
+            task.cancel()
+
+        timer = asyncio.get_running_loop().call_later(timeout, expire)
+        try:
+            return await conn.reader.read(_CLIENT_READ_SIZE)
+        except asyncio.CancelledError:
+            if not expired or self._stopping:
+                raise
+            uncancel = getattr(task, "uncancel", None)  # Python 3.11+: the cancellation was this wait's own
+            if uncancel is not None:
+                uncancel()
+            return None
+        finally:
+            timer.cancel()
 
     def _hold_body(self, conn: _Connection, size: int) -> None:
         """Count ``size`` bytes as the body that ``conn``'s request holds (0 lets it go); past
