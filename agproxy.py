@@ -1842,10 +1842,17 @@ _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
 
 
 def http_date(now: float) -> str:
-    """An IMF-fixdate for the ``Date`` header."""
-    t = time.gmtime(now)
-    return (f"{_WEEKDAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year} "
-            f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT")
+    """An IMF-fixdate for the ``Date`` header (written once a second: every answer carries one)."""
+    second = int(now)
+    if _LAST_HTTP_DATE[0] != second:
+        t = time.gmtime(second)
+        _LAST_HTTP_DATE[:] = [second, f"{_WEEKDAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} "
+                                      f"{t.tm_year} {t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT"]
+    return _LAST_HTTP_DATE[1]
+
+
+#: The second :func:`http_date` wrote last, and what it wrote.
+_LAST_HTTP_DATE: List[Any] = [None, ""]
 
 
 _HEADER_VALUE_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
@@ -1866,11 +1873,20 @@ def encode_head(start_line: str, headers: Headers) -> bytes:
     """A request or response head, ready to write: the one place a head is built, so every header
     value agproxy writes, to a client or an upstream, passes :func:`safe_header_value`; a header
     whose name is not a token (only a relayed one could be) is left out."""
+    names = [name for name, _ in headers]
+    if "" not in names and _HEADER_NAME.fullmatch("".join(names)) and _PLAIN_HEADER_VALUES.fullmatch(
+            "".join(value for _, value in headers)):  # the usual head: checked at once, written as it is
+        return ("\r\n".join([start_line] + [f"{name}: {value}" for name, value in headers]) + "\r\n\r\n").encode(
+            "ascii")
     lines = [start_line]
     for name, value in headers:
         if _HEADER_NAME.fullmatch(name):
             lines.append(f"{name}: {safe_header_value(value)}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
+
+
+#: Header values that :func:`safe_header_value` leaves as they are, all together: printable ASCII and tabs.
+_PLAIN_HEADER_VALUES = re.compile(r"[\t -~]*")
 
 
 def response_head(status: int, headers: Headers) -> bytes:
@@ -10775,7 +10791,7 @@ _PROBE_INTERVAL_S = 0.25
 
 def new_request_id() -> str:
     """A fresh id for the ``request-id`` header and the access log."""
-    return "req_" + uuid.uuid4().hex[:24]
+    return "req_" + os.urandom(12).hex()
 
 
 @dataclasses.dataclass
@@ -14835,6 +14851,8 @@ def _ledger_name(name: str) -> str:
     """A name as a ledger row keeps it: at most :data:`MAX_LEDGER_NAME_CHARS` characters, and at
     most :data:`MAX_LEDGER_NAME_BYTES` once JSON-escaped."""
     name = name[:MAX_LEDGER_NAME_CHARS]
+    if name.isascii() and name.isprintable() and 2 * len(name) <= MAX_LEDGER_NAME_BYTES:
+        return name  # the usual name: JSON escapes a printable ASCII character in two bytes at most
     while len(json.dumps(name)) - 2 > MAX_LEDGER_NAME_BYTES:
         name = name[:len(name) * 3 // 4]
     return name
