@@ -10581,7 +10581,9 @@ class UpstreamClient:
 
     def __init__(self) -> None:
         self._idle: Dict[_Origin, List[_UpstreamConnection]] = {}
-        self._ssl_context = ssl.create_default_context()
+        #: made at the first https connection: loading the system's trusted certificates takes ~10 ms
+        #: and ~1 MB, which an agproxy of plain-http upstreams (a local model) never needs
+        self._ssl_context: Optional[ssl.SSLContext] = None
         self._proxies: Dict[Tuple[str, str], Any] = {}
 
     async def request(self, method: str, url: str, headers: Headers, body: bytes = b"", *,
@@ -10703,6 +10705,8 @@ class UpstreamClient:
             raise UpstreamFailure(f"cannot reach upstream {origin.host}:{origin.port} ({reason})") from None
 
     async def _connect(self, origin: _Origin) -> _UpstreamConnection:
+        if origin.scheme == "https" and self._ssl_context is None:
+            self._ssl_context = ssl.create_default_context()
         tls = self._ssl_context if origin.scheme == "https" else None
         proxy = origin.proxy
         if proxy is None:
