@@ -67,7 +67,6 @@ import ipaddress
 import json
 import logging
 import math
-import mimetypes
 import os
 import random
 import re
@@ -78,7 +77,6 @@ import stat
 import sys
 import time
 import urllib.parse
-import uuid
 from typing import (
     Any,
     AsyncIterator,
@@ -2810,7 +2808,7 @@ def new_message_id() -> str:
     """A fresh ``msg_`` id, for every Message agproxy builds: local ones and every translated
     answer. Never the upstream's: Ollama's ids repeat and some servers send one constant id, and
     Claude Code merges assistant turns that share an id (their tool results lost, an endless loop)."""
-    return "msg_" + uuid.uuid4().hex[:24]
+    return "msg_" + os.urandom(12).hex()
 
 
 #: Longest upstream answer id passed on in ``X-Upstream-Message-Id`` (Chat Completions and Gemini
@@ -5281,7 +5279,7 @@ def _text_or(value: Any, default: str) -> str:
 
 def new_tool_id() -> str:
     """A fresh ``toolu_`` id for tool calls a server sent without one."""
-    return "toolu_" + uuid.uuid4().hex[:24]
+    return "toolu_" + os.urandom(12).hex()
 
 
 def openai_to_anthropic(response: Dict[str, Any], model: str, stop_sequences: Sequence[str] = ()) -> Dict[str, Any]:
@@ -6035,6 +6033,8 @@ def _gemini_media(source: Dict[str, Any], default_type: str) -> Optional[Dict[st
     if source.get("type") == "base64" and isinstance(source.get("data"), str) and source["data"]:
         return {"inlineData": {"mimeType": str(source.get("media_type") or default_type), "data": source["data"]}}
     if source.get("type") == "url" and isinstance(source.get("url"), str) and source["url"]:
+        import mimetypes  # here, not at the top: only an image by URL to Gemini needs it (~0.5 MB at start-up)
+
         guessed = mimetypes.guess_type(urllib.parse.urlsplit(source["url"]).path)[0]
         return {"fileData": {"mimeType": guessed or default_type, "fileUri": source["url"]}}
     return None
@@ -7746,7 +7746,7 @@ def _responses_usage(usage: Dict[str, Any], reasoning_tokens: int) -> Dict[str, 
 
 def _responses_item_id(prefix: str) -> str:
     """A fresh id for an output item (``msg``, ``rs``, ``fc``, ``ctc``) or a response (``resp``)."""
-    return f"{prefix}_{uuid.uuid4().hex}"
+    return f"{prefix}_{os.urandom(16).hex()}"
 
 
 def _responses_reasoning_item(block: Dict[str, Any], item_id: str) -> Dict[str, Any]:
@@ -7965,8 +7965,8 @@ class ResponsesStreamEncoder(StreamEncoder):
         self._stop_reason: Any = None
         self._thinking_tokens = 0
         self._held_bytes = 0  # the text held, all blocks together (RESPONSES_MAX_HELD_TEXT_BYTES)
-        # a held text is encoded as a marker no text can spell (a fresh uuid), cut out afterwards
-        self._marker = f"agproxy-held-{uuid.uuid4().hex}-"
+        # a held text is encoded as a marker no text can spell (128 fresh random bits), cut out afterwards
+        self._marker = f"agproxy-held-{os.urandom(16).hex()}-"
         self._marked: List[_HeldText] = []
         self._json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=self._mark)
         self._marks = re.compile(re.escape(f'"{self._marker}') + r'(\d+)"')
