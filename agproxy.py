@@ -10405,26 +10405,54 @@ def _describe_os_error(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+class _PooledReader(asyncio.StreamReader):
+    """An upstream connection's reader that watches it while it is pooled (``idle``): nothing may
+    arrive then. Bytes nobody asked for would be read as the answer to the next request, and an end
+    means the server closed it; either way the connection is cut as it comes (no task waits on a
+    read for it: one per request, cancelled at the next, cost a task and two turns of the loop)."""
+
+    idle = False
+    _cut: Optional[asyncio.BaseTransport] = None
+
+    def set_transport(self, transport: asyncio.BaseTransport) -> None:
+        self._cut = transport
+        super().set_transport(transport)
+
+    def feed_data(self, data: bytes) -> None:
+        super().feed_data(data)
+        if self.idle and data:
+            self._cut_idle()
+
+    def feed_eof(self) -> None:
+        super().feed_eof()
+        if self.idle:
+            self._cut_idle()
+
+    def _cut_idle(self) -> None:
+        self.idle = False
+        if self._cut is not None:
+            self._cut.abort()
+
+
+async def _open_pooled(**where: Any) -> Tuple[_PooledReader, asyncio.StreamWriter]:
+    """``asyncio.open_connection`` (``where``: its arguments but ``limit``), with a :class:`_PooledReader`."""
+    loop = asyncio.get_running_loop()
+    reader = _PooledReader(limit=_UPSTREAM_READ_SIZE * 4, loop=loop)
+    protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+    transport, _ = await loop.create_connection(lambda: protocol, **where)
+    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+
+
 class _UpstreamConnection:
     """One upstream connection: its streams and where it leads."""
 
-    def __init__(self, origin: _Origin, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, origin: _Origin, reader: _PooledReader, writer: asyncio.StreamWriter) -> None:
         self.origin = origin
         self.reader = reader
         self.writer = writer
-        self.idle_watch: Optional[asyncio.Future] = None
 
     def usable(self) -> bool:
         return not self.writer.transport.is_closing() and not self.reader.at_eof()
-
-    async def watch_while_idle(self) -> None:
-        """While pooled, nothing may arrive: bytes nobody asked for would be read as the answer to
-        the next request, and an end means the server closed it. Either way, the connection goes."""
-        try:
-            await self.reader.read(1)
-        except (ConnectionError, OSError):
-            pass  # a reset: the connection is gone, which abort() below records
-        self.abort()
 
     def abort(self) -> None:
         self.writer.transport.abort()
@@ -10686,10 +10714,7 @@ class UpstreamClient:
         idle = self._idle.get(origin) or []
         while idle:
             conn = idle.pop()
-            if conn.idle_watch is not None:
-                watch, conn.idle_watch = conn.idle_watch, None
-                watch.cancel()
-                await asyncio.wait((watch,))  # its read ends, so that the request's own may begin
+            conn.reader.idle = False
             if conn.usable():
                 return conn, True
             conn.abort()
@@ -10710,16 +10735,14 @@ class UpstreamClient:
         tls = self._ssl_context if origin.scheme == "https" else None
         proxy = origin.proxy
         if proxy is None:
-            reader, writer = await asyncio.open_connection(origin.host, origin.port, ssl=tls,
-                                                           limit=_UPSTREAM_READ_SIZE * 4)
+            reader, writer = await _open_pooled(host=origin.host, port=origin.port, ssl=tls)
             return _UpstreamConnection(origin, reader, writer)
         _, proxy_host, proxy_port, authorization = proxy
         if origin.scheme == "http":
-            reader, writer = await asyncio.open_connection(proxy_host, proxy_port, limit=_UPSTREAM_READ_SIZE * 4)
+            reader, writer = await _open_pooled(host=proxy_host, port=proxy_port)
             return _UpstreamConnection(origin, reader, writer)
         sock = await _connect_tunnel(proxy_host, proxy_port, origin.host, origin.port, authorization)
-        reader, writer = await asyncio.open_connection(sock=sock, ssl=tls, server_hostname=origin.host,
-                                                       limit=_UPSTREAM_READ_SIZE * 4)
+        reader, writer = await _open_pooled(sock=sock, ssl=tls, server_hostname=origin.host)
         return _UpstreamConnection(origin, reader, writer)
 
     def release(self, conn: _UpstreamConnection, reusable: bool) -> None:
@@ -10729,7 +10752,7 @@ class UpstreamClient:
             return
         idle = self._idle.setdefault(conn.origin, [])
         if len(idle) < _MAX_IDLE_PER_ORIGIN:
-            conn.idle_watch = asyncio.ensure_future(conn.watch_while_idle())
+            conn.reader.idle = True
             idle.append(conn)
         else:
             conn.abort()
@@ -10738,8 +10761,6 @@ class UpstreamClient:
         """Close idle connections."""
         for conns in self._idle.values():
             for conn in conns:
-                if conn.idle_watch is not None:
-                    conn.idle_watch.cancel()
                 conn.abort()
         self._idle.clear()
 
