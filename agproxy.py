@@ -11341,17 +11341,27 @@ class HttpServer:
         record = RequestRecord(new_request_id(), conn.client_ip, request.method, request.path[:MAX_RECORD_PATH_CHARS])
         exchange = _Exchange(request, conn.on_gone, record, conn.admission)
         watcher = asyncio.ensure_future(self._watch_for_departure(conn, request.version))
-        routing = asyncio.ensure_future(self.app.handle(request, exchange))
-        conn.on_gone.append(routing.cancel)  # a client that leaves stops retries and waits at once
+        # a client that leaves stops retries and waits at once: it cancels this task while the
+        # application answers (no task of its own: one more task and turn of the loop per request)
+        task = asyncio.current_task()
+        assert task is not None
+        stop = task.cancel
+        conn.on_gone.append(stop)
         try:
             try:
-                response = await routing
+                try:
+                    response = await self.app.handle(request, exchange)
+                finally:
+                    conn.on_gone.remove(stop)  # from here on, a departure is seen where the answer is written
             except asyncio.CancelledError:
                 if not conn.gone:
                     if self._stopping:  # the shutdown's grace ended before the answer began: say so
                         await self._write_response(conn, error_response(_SHUTTING_DOWN), record, False, request)
                         record.note = "cut by the shutdown"
                     raise
+                uncancel = getattr(task, "uncancel", None)  # Python 3.11+: the cancellation was the departure's
+                if uncancel is not None:
+                    uncancel()
                 exchange.client_left()
                 return False
             except AgproxyError as exc:
@@ -11373,7 +11383,6 @@ class HttpServer:
             await self._write_response(conn, response, record, keep_alive, request)
             return keep_alive
         finally:
-            conn.on_gone.remove(routing.cancel)
             watcher.cancel()
             try:
                 await watcher
