@@ -2264,8 +2264,8 @@ class SSEDecoder:
             data = data[1:]
         self._skip_lf = False
         self._buffer += data
-        if not self._started and len(self._buffer) >= 3:
-            self._started = True
+        if not self._started and (len(self._buffer) >= 3 or not b"\xef\xbb\xbf".startswith(self._buffer)):
+            self._started = True  # (at the first bytes that cannot begin a BOM: it is the stream's start alone)
             if self._buffer[:3] == b"\xef\xbb\xbf":
                 del self._buffer[:3]
         events: List[SSEEvent] = []
