@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import agproxy
+from tests import test_secrets as secrets_tests
 from tests.conftest import fake_config, raw_request
 from tests.fakes.anthropic_upstream import Raw
 from tests.test_fuzz import CORPUS_BODIES, REQUEST
@@ -575,3 +576,33 @@ def test_real_streams_split_anywhere_read_as_whole(name: str, raw: bytes) -> Non
     assert b"".join(events) == translated
     general = _check([translated + b": comment\n\n"])
     assert _check([translated]) == _check(events) == general and general[1] is None
+
+
+# -- 10. the stream redactor's plain-delta path against its decoding path ---------------------------
+
+def _reordered(event: bytes) -> bytes:
+    """An event with its data's members in reverse order: no plain delta, the redactor decodes it."""
+    name, data = event.split(b"\n", 1)
+    payload = json.loads(data[len(b"data: "):])
+    return name + b"\ndata: " + json.dumps(dict(reversed(list(payload.items())))).encode() + b"\n\n"
+
+
+@settings(max_examples=300, deadline=None)
+@given(key=secrets_tests.KEYS, how=st.sampled_from(["raw", "json", "url", "base64"]), before=NASTY_TEXT,
+       after=NASTY_TEXT, points=st.lists(st.integers(0, 200), max_size=12),
+       block=st.sampled_from(sorted(secrets_tests.DELTAS)), style=st.sampled_from(["compact", "spaced", "ascii"]),
+       cuts=st.lists(st.integers(0, 30), max_size=6), keyed=st.booleans())
+def test_a_key_cut_across_deltas_is_redacted_alike_plain_or_decoded(
+        key: str, how: str, before: str, after: str, points: List[int], block: str, style: str, cuts: List[int],
+        keyed: bool) -> None:
+    """The same deltas as plain events (the redactor's match) and spelt otherwise (decoded): the
+    client joins the same text, a key cut across them hidden the same way, in the same grammar
+    (what is held may go out as deltas cut elsewhere)."""
+    text = re.sub("[\ud800-\udfff]", "", before + (secrets_tests.spelled(key, how, "") if keyed else "") + after)
+    events = secrets_tests.stream_of(secrets_tests.cut(text, points), block, "", style)
+    redactor = agproxy.Redactor([key])
+    plain = secrets_tests.joined_text(secrets_tests.relayed(events, cuts, redactor))
+    decoded = secrets_tests.joined_text(secrets_tests.relayed([_reordered(e) for e in events], cuts, redactor))
+    assert plain[0] == decoded[0] and key not in plain[0]
+    assert [k for i, k in enumerate(plain[1]) if k != "content_block_delta" or plain[1][i - 1] != k] == \
+        [k for i, k in enumerate(decoded[1]) if k != "content_block_delta" or decoded[1][i - 1] != k]
