@@ -332,8 +332,9 @@ START_DATA = json.dumps({"type": "message_start", "message": {
 
 def _delta_text(index: Any, kind: str, field: str, text: str, spaced: bool) -> str:
     separators = (", ", ": ") if spaced else (",", ":")
-    return json.dumps({"type": "content_block_delta", "index": index, "delta": {"type": kind, field: text}},
+    data = json.dumps({"type": "content_block_delta", "index": index, "delta": {"type": kind, field: text}},
                       separators=separators, ensure_ascii=False)
+    return re.sub("[\ud800-\udfff]", lambda m: f"\\u{ord(m.group()):04x}", data)  # lone ones escaped, as in UTF-8
 
 
 CHECK_EVENTS = st.lists(st.one_of(
