@@ -10389,29 +10389,141 @@ def _describe_os_error(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-class _UpstreamConnection:
-    """One upstream connection: its streams and where it leads."""
+class _UpstreamConnection(asyncio.Protocol):
+    """One upstream connection, as its own asyncio protocol: what arrives is kept until a read takes
+    it, and the one waiting read is woken at once. A read costs one wake-up of its reader and no
+    stream object (a StreamReader's read is two coroutines, a buffer copy and a waiter per read;
+    its reader, writer and protocol about 1.5 KB a connection). While pooled, anything that
+    arrives or an end closes it, seen here without a task watching."""
 
-    def __init__(self, origin: _Origin, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    __slots__ = ("origin", "transport", "_loop", "_received", "_size", "_ended", "_error", "_waiter",
+                 "_reading_paused", "_writing_paused", "_drain_waiter", "pooled")
+
+    def __init__(self, origin: _Origin) -> None:
         self.origin = origin
-        self.reader = reader
-        self.writer = writer
-        self.idle_watch: Optional[asyncio.Future] = None
+        self.transport: Optional[asyncio.Transport] = None
+        self._loop = asyncio.get_running_loop()
+        self._received: List[bytes] = []  # what arrived and no read took yet
+        self._size = 0  # its bytes
+        self._ended = False  # the upstream ended its side, or the connection was lost
+        self._error: Optional[BaseException] = None  # why the connection was lost, if it broke
+        self._waiter: Optional[asyncio.Future] = None  # the read waiting for bytes
+        self._reading_paused = False
+        self._writing_paused = False
+        self._drain_waiter: Optional[asyncio.Future] = None
+        self.pooled = False  # idle in the pool: nothing may arrive
+
+    # -- the protocol (asyncio calls these) --------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self.pooled:  # bytes nobody asked for would be read as the answer to the next request
+            self.abort()
+            return
+        self._received.append(data)
+        self._size += len(data)
+        if self._size > _UPSTREAM_READ_SIZE * 4 and not self._reading_paused:
+            self._reading_paused = True  # nobody reads it fast enough: let TCP push back
+            self.transport.pause_reading()  # type: ignore[union-attr]
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self._ended = True
+        if self.pooled:  # the server closed it
+            self.abort()
+        self._wake()
+        return False  # close the transport
+
+    def connection_lost(self, exc: Optional[BaseException]) -> None:
+        self._ended = True
+        self._error = exc
+        self._wake()
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(ConnectionResetError("Connection lost") if exc is None else exc)
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- what the client calls -----------------------------------------------------------
 
     def usable(self) -> bool:
-        return not self.writer.transport.is_closing() and not self.reader.at_eof()
+        return self.transport is not None and not self.transport.is_closing() and not self._ended
 
-    async def watch_while_idle(self) -> None:
-        """While pooled, nothing may arrive: bytes nobody asked for would be read as the answer to
-        the next request, and an end means the server closed it. Either way, the connection goes."""
+    def write(self, data: Union[bytes, memoryview]) -> None:
+        self.transport.write(data)  # type: ignore[union-attr]
+
+    def buffered(self) -> int:
+        """Bytes written that the socket has not taken yet."""
+        return self.transport.get_write_buffer_size()  # type: ignore[union-attr]
+
+    async def drained(self) -> None:
+        """Until the transport's buffer is down to its low-water mark; raises for a lost connection."""
+        if self.transport is None or self.transport.is_closing():
+            raise ConnectionResetError("Connection lost")
+        if not self._writing_paused:
+            return
+        self._drain_waiter = self._loop.create_future()
         try:
-            await self.reader.read(1)
-        except (ConnectionError, OSError):
-            pass  # a reset: the connection is gone, which abort() below records
-        self.abort()
+            await self._drain_waiter
+        finally:
+            self._drain_waiter = None
+
+    async def read(self, deadline: Optional[float] = None) -> bytes:
+        """What has arrived (about :data:`_UPSTREAM_READ_SIZE` at most, unless one piece is larger),
+        as soon as anything has; ``b""`` at the end; the error a broken connection ended with;
+        :class:`asyncio.TimeoutError` when nothing came by the loop time ``deadline``."""
+        if not self._received and not self._ended:
+            waiter = self._waiter = self._loop.create_future()
+            timer = None if deadline is None else self._loop.call_at(deadline, _time_out, waiter)
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+                if timer is not None:
+                    timer.cancel()
+        received = self._received
+        if not received:
+            if self._error is not None:
+                raise self._error
+            return b""
+        if len(received) == 1:
+            data = received.pop()
+        else:
+            count, size = 0, 0
+            while count < len(received) and size < _UPSTREAM_READ_SIZE:
+                size += len(received[count])
+                count += 1
+            data = b"".join(received[:count])
+            del received[:count]
+        self._size -= len(data)
+        if self._reading_paused and self._size <= _UPSTREAM_READ_SIZE:
+            self._reading_paused = False
+            self.transport.resume_reading()  # type: ignore[union-attr]
+        return data
 
     def abort(self) -> None:
-        self.writer.transport.abort()
+        if self.transport is not None:
+            self.transport.abort()
+
+
+def _time_out(waiter: asyncio.Future) -> None:
+    """A read's deadline: the read waiting on ``waiter`` raises :class:`asyncio.TimeoutError`."""
+    if not waiter.done():
+        waiter.set_exception(asyncio.TimeoutError())
 
 
 class UpstreamResponse:
@@ -10477,7 +10589,7 @@ class UpstreamResponse:
         if self._read_timer is None:
             self._read_timer = self._loop.call_at(self._read_since + self.timeout_s, self._check_read)
         try:
-            data = await self._conn.reader.read(_UPSTREAM_READ_SIZE)
+            data = await self._conn.read()
         finally:
             self._read_since = None
         if self._read_timed_out:  # what the cut connection gave (its end, say) is not the answer
@@ -10549,15 +10661,15 @@ def _read_outcome(task: asyncio.Future) -> None:
         task.exception()
 
 
-async def _sent(writer: asyncio.StreamWriter, deadline: float) -> None:
+async def _sent(conn: _UpstreamConnection, deadline: float) -> None:
     """Wait until the socket has taken what was written (down to the transport's low-water mark)
     by the loop time ``deadline``, else :class:`asyncio.TimeoutError`."""
-    if not writer.transport.get_write_buffer_size():
+    if not conn.buffered():
         return  # nothing to wait for (the usual case): no timer
     left = deadline - asyncio.get_running_loop().time()
     if left <= 0:
         raise asyncio.TimeoutError
-    await asyncio.wait_for(writer.drain(), left)
+    await asyncio.wait_for(conn.drained(), left)
 
 
 class UpstreamClient:
@@ -10602,22 +10714,21 @@ class UpstreamClient:
             deadline = asyncio.get_running_loop().time() + timeout_s
             stage = "sending the request (it read no more of it)"
             try:
-                conn.writer.write(head + body if len(body) < _ONE_WRITE_BYTES else head)
+                conn.write(head + body if len(body) < _ONE_WRITE_BYTES else head)
                 pieces = memoryview(body) if len(body) >= _ONE_WRITE_BYTES else memoryview(b"")
                 for start in range(0, len(pieces), _BODY_PIECE_BYTES):
-                    await _sent(conn.writer, deadline)
-                    conn.writer.write(pieces[start:start + _BODY_PIECE_BYTES])
-                await _sent(conn.writer, deadline)
+                    await _sent(conn, deadline)
+                    conn.write(pieces[start:start + _BODY_PIECE_BYTES])
+                await _sent(conn, deadline)
                 stage = "waiting for the answer"
                 parser = ResponseParser(method)
                 while True:
                     event = parser.next_event()
                     if isinstance(event, ResponseHead):
                         return UpstreamResponse(self, conn, parser, event, timeout_s)
-                    left = deadline - asyncio.get_running_loop().time()
-                    if left <= 0:
+                    if deadline <= asyncio.get_running_loop().time():
                         raise asyncio.TimeoutError
-                    parser.feed(await asyncio.wait_for(conn.reader.read(_UPSTREAM_READ_SIZE), left))
+                    parser.feed(await conn.read(deadline))  # its own timer: no task per read
             except asyncio.TimeoutError:
                 conn.abort()
                 raise UpstreamFailure(f"upstream {host}:{port} timed out {stage}", status=504) from None
@@ -10657,9 +10768,7 @@ class UpstreamClient:
         idle = self._idle.get(origin) or []
         while idle:
             conn = idle.pop()
-            if conn.idle_watch is not None:
-                conn.idle_watch.cancel()
-                conn.idle_watch = None
+            conn.pooled = False
             if conn.usable():
                 return conn, True
             conn.abort()
@@ -10677,18 +10786,19 @@ class UpstreamClient:
     async def _connect(self, origin: _Origin) -> _UpstreamConnection:
         tls = self._ssl_context if origin.scheme == "https" else None
         proxy = origin.proxy
+        loop = asyncio.get_running_loop()
         if proxy is None:
-            reader, writer = await asyncio.open_connection(origin.host, origin.port, ssl=tls,
-                                                           limit=_UPSTREAM_READ_SIZE * 4)
-            return _UpstreamConnection(origin, reader, writer)
+            _, conn = await loop.create_connection(lambda: _UpstreamConnection(origin), origin.host, origin.port,
+                                                   ssl=tls)
+            return conn
         _, proxy_host, proxy_port, authorization = proxy
         if origin.scheme == "http":
-            reader, writer = await asyncio.open_connection(proxy_host, proxy_port, limit=_UPSTREAM_READ_SIZE * 4)
-            return _UpstreamConnection(origin, reader, writer)
+            _, conn = await loop.create_connection(lambda: _UpstreamConnection(origin), proxy_host, proxy_port)
+            return conn
         sock = await _connect_tunnel(proxy_host, proxy_port, origin.host, origin.port, authorization)
-        reader, writer = await asyncio.open_connection(sock=sock, ssl=tls, server_hostname=origin.host,
-                                                       limit=_UPSTREAM_READ_SIZE * 4)
-        return _UpstreamConnection(origin, reader, writer)
+        _, conn = await loop.create_connection(lambda: _UpstreamConnection(origin), sock=sock, ssl=tls,
+                                               server_hostname=origin.host)
+        return conn
 
     def release(self, conn: _UpstreamConnection, reusable: bool) -> None:
         """Take back a connection whose response was read to the end."""
@@ -10697,7 +10807,7 @@ class UpstreamClient:
             return
         idle = self._idle.setdefault(conn.origin, [])
         if len(idle) < _MAX_IDLE_PER_ORIGIN:
-            conn.idle_watch = asyncio.ensure_future(conn.watch_while_idle())
+            conn.pooled = True  # what arrives now, or an end, closes it (data_received, eof_received)
             idle.append(conn)
         else:
             conn.abort()
@@ -10706,8 +10816,6 @@ class UpstreamClient:
         """Close idle connections."""
         for conns in self._idle.values():
             for conn in conns:
-                if conn.idle_watch is not None:
-                    conn.idle_watch.cancel()
                 conn.abort()
         self._idle.clear()
 
