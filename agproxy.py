@@ -11490,6 +11490,7 @@ class HttpServer:
         self.streams_active += 1
         try:
             writer.write(response_head(response.status, headers))
+            del headers  # not held for the whole stream
             await self._drain(conn)
             async for chunk in response.chunks:
                 if conn.gone:
@@ -13992,6 +13993,7 @@ async def relay_events(head: List[Event], events: AsyncIterator[List[Event]], re
     pending: Optional[asyncio.Future] = None
     last_sent = clock()
     batch = head
+    del head  # once relayed, the head (message_start's decoded data) is not held for the whole stream
     try:
         while True:
             if batch:
