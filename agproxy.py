@@ -3752,11 +3752,12 @@ class EventStreamCheck:
         self.usage: Dict[str, Any] = usage if usage is not None else {}
         self.finished = False
         self.unknown: List[str] = []  # event types dropped for the first time (the relay logs and clears them)
-        self._decoder = SSEDecoder()
+        #: what reads events of any other spelling (made at the first such event: most streams have none)
+        self._decoder: Optional[SSEDecoder] = None
         self._started = False
         self._open: Set[int] = set()
         self._seen: Set[int] = set()
-        self._dropped: Set[str] = set()
+        self._dropped: FrozenSet[str] = frozenset()  # made anew at each (rare) first drop: no set per stream
 
     def _fail(self, what: str) -> UpstreamFailure:
         return UpstreamFailure(f"upstream {self.upstream!r} sent an event stream outside the Messages grammar: {what}")
@@ -3767,7 +3768,7 @@ class EventStreamCheck:
             return True  # the usual event, in one look (only valid indexes are ever open)
         if kind not in _STREAM_EVENT_TYPES:
             if kind not in self._dropped and len(self._dropped) < 16:
-                self._dropped.add(kind)
+                self._dropped = self._dropped | {kind}
                 self.unknown.append(kind)
             return False
         if kind == "ping":
@@ -3797,7 +3798,7 @@ class EventStreamCheck:
     def _events(self, text: str, data: bytes) -> Tuple[List[Tuple[str, str, Optional[bytes]]], bool]:
         """The (name, data, bytes) of the events in ``text``, and whether they are the plain kind
         (their bytes, each event's own, may then be relayed as they came); a missing name is ``""``."""
-        if "\r" not in text and not self._decoder.pending:
+        if "\r" not in text and (self._decoder is None or not self._decoder.pending):
             plain: List[Tuple[str, str, Optional[bytes]]] = []
             ascii_only, pos, size = len(text) == len(data), 0, len(text)  # ASCII: the text's offsets are the bytes'
             match = _PLAIN_EVENT.match(text)
@@ -3811,6 +3812,8 @@ class EventStreamCheck:
                 return plain, True
         # comments, stray lines, multi-line data and events without data: the decoder knows them
         # (and what it leaves out never reaches the client)
+        if self._decoder is None:
+            self._decoder = SSEDecoder()
         return [("" if e.event == "message" else e.event, e.data, None) for e in self._decoder.feed(data)], False
 
     def feed(self, data: bytes) -> List[Event]:
@@ -10482,21 +10485,14 @@ class _UpstreamConnection(asyncio.Protocol):
         finally:
             self._drain_waiter = None
 
-    async def read(self, deadline: Optional[float] = None) -> bytes:
-        """What has arrived (about :data:`_UPSTREAM_READ_SIZE` at most, unless one piece is larger),
-        as soon as anything has; ``b""`` at the end; the error a broken connection ended with;
-        :class:`asyncio.TimeoutError` when nothing came by the loop time ``deadline``."""
-        if not self._received and not self._ended:
-            waiter = self._waiter = self._loop.create_future()
-            timer = None if deadline is None else self._loop.call_at(deadline, _time_out, waiter)
-            try:
-                await waiter
-            finally:
-                self._waiter = None
-                if timer is not None:
-                    timer.cancel()
+    def take(self) -> Optional[bytes]:
+        """What has arrived and no read took yet (about :data:`_UPSTREAM_READ_SIZE` at most, unless
+        one piece is larger); None when nothing has yet; ``b""`` at the end; the error a broken
+        connection ended with."""
         received = self._received
         if not received:
+            if not self._ended:
+                return None
             if self._error is not None:
                 raise self._error
             return b""
@@ -10513,6 +10509,27 @@ class _UpstreamConnection(asyncio.Protocol):
         if self._reading_paused and self._size <= _UPSTREAM_READ_SIZE:
             self._reading_paused = False
             self.transport.resume_reading()  # type: ignore[union-attr]
+        return data
+
+    def arrival(self) -> asyncio.Future:
+        """A future done once something arrives (or the connection ends): what a read awaits when
+        :meth:`take` has nothing (a future, not a coroutine: the read's own frame is all that waits)."""
+        self._waiter = self._loop.create_future()
+        return self._waiter
+
+    async def read(self, deadline: Optional[float] = None) -> bytes:
+        """:meth:`take`, waiting until something comes; :class:`asyncio.TimeoutError` when nothing
+        did by the loop time ``deadline``."""
+        data = self.take()
+        while data is None:
+            waiter = self.arrival()
+            timer = None if deadline is None else self._loop.call_at(deadline, _time_out, waiter)
+            try:
+                await waiter
+            finally:
+                if timer is not None:
+                    timer.cancel()
+            data = self.take()
         return data
 
     def abort(self) -> None:
@@ -10575,26 +10592,25 @@ class UpstreamResponse:
                     break
                 if pieces:
                     break
-                parser.feed(await self._read())
+                data = self._conn.take()
+                while data is None:  # nothing came yet: wait for it (in this frame alone, no coroutine
+                    # per read), watched by the read timer (:meth:`_check_read`)
+                    self._read_since = self._loop.time()
+                    if self._read_timer is None:
+                        self._read_timer = self._loop.call_at(self._read_since + self.timeout_s, self._check_read)
+                    try:
+                        await self._conn.arrival()
+                    finally:
+                        self._read_since = None
+                    if self._read_timed_out:  # what the cut connection gave (its end, say) is not the answer
+                        raise asyncio.TimeoutError
+                    data = self._conn.take()
+                parser.feed(data)
         except (OSError, asyncio.TimeoutError, UpstreamFailure) as exc:
             self.close()
             reason = exc.message if isinstance(exc, UpstreamFailure) else _describe_os_error(exc)
             raise UpstreamFailure(f"upstream connection broke mid-response ({reason})") from None
         return b"".join(pieces)
-
-    async def _read(self) -> bytes:
-        """What the connection gives next (``b""``: its end), or :class:`asyncio.TimeoutError` when
-        nothing came for ``timeout_s``."""
-        self._read_since = self._loop.time()
-        if self._read_timer is None:
-            self._read_timer = self._loop.call_at(self._read_since + self.timeout_s, self._check_read)
-        try:
-            data = await self._conn.read()
-        finally:
-            self._read_since = None
-        if self._read_timed_out:  # what the cut connection gave (its end, say) is not the answer
-            raise asyncio.TimeoutError
-        return data
 
     def _check_read(self) -> None:
         """The read timer: a read that has waited ``timeout_s`` is cut; one that began later is
@@ -11393,6 +11409,9 @@ class HttpServer:
                 self.log.exception("internal error answering %s %s [%s]", request.method, request.path, exchange.id)
                 response = error_response(AgproxyError("internal error in agproxy; see its log", status=500))
                 record.fail("internal error in agproxy")
+            finally:  # answered (or failed): nothing of it is left to cancel, nor held for the whole stream
+                conn.on_gone.remove(routing.cancel)
+                del routing
             keep_alive = request.keep_alive and not self._stopping
             if conn.gone:
                 if isinstance(response, StreamingResponse):
@@ -11404,7 +11423,6 @@ class HttpServer:
             await self._write_response(conn, response, record, keep_alive, request)
             return keep_alive
         finally:
-            conn.on_gone.remove(routing.cancel)
             watcher.cancel()
             try:
                 await watcher
