@@ -11388,11 +11388,14 @@ class HttpServer:
         record = RequestRecord(new_request_id(), conn.client_ip, request.method, request.path[:MAX_RECORD_PATH_CHARS])
         exchange = _Exchange(request, conn.on_gone, record, conn.admission)
         watcher = asyncio.ensure_future(self._watch_for_departure(conn, request.version))
-        routing = asyncio.ensure_future(self.app.handle(request, exchange))
-        conn.on_gone.append(routing.cancel)  # a client that leaves stops retries and waits at once
+        # handled in this task (a task of its own costs a loop turn to start and one to hear it end,
+        # each behind every other stream's events under load): a client that leaves cancels it,
+        # which stops retries and waits at once
+        cancel = asyncio.current_task().cancel  # type: ignore[union-attr]
+        conn.on_gone.append(cancel)
         try:
             try:
-                response = await routing
+                response = await self.app.handle(request, exchange)
             except asyncio.CancelledError:
                 if not conn.gone:
                     if self._stopping:  # the shutdown's grace ended before the answer began: say so
@@ -11409,9 +11412,8 @@ class HttpServer:
                 self.log.exception("internal error answering %s %s [%s]", request.method, request.path, exchange.id)
                 response = error_response(AgproxyError("internal error in agproxy; see its log", status=500))
                 record.fail("internal error in agproxy")
-            finally:  # answered (or failed): nothing of it is left to cancel, nor held for the whole stream
-                conn.on_gone.remove(routing.cancel)
-                del routing
+            finally:  # answered (or failed): nothing of it is left to cancel
+                conn.on_gone.remove(cancel)
             keep_alive = request.keep_alive and not self._stopping
             if conn.gone:
                 if isinstance(response, StreamingResponse):
