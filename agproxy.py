@@ -10566,6 +10566,7 @@ class UpstreamResponse:
         self._read_since: Optional[float] = None
         self._read_timer: Optional[asyncio.TimerHandle] = None
         self._read_timed_out = False
+        self._wants_data = False  # the parser needs more bytes before it has anything (it said so last)
 
     def header(self, name: str) -> Optional[str]:
         return header_value(self.headers, name)
@@ -10581,7 +10582,11 @@ class UpstreamResponse:
         pieces: List[bytes] = []
         try:
             while not self._done:
-                event = parser.next_event()
+                if self._wants_data:  # the parser said so when the last call ended: read at once
+                    self._wants_data = False
+                    event = NEED_DATA
+                else:
+                    event = parser.next_event()
                 if isinstance(event, bytes):
                     pieces.append(event)
                     continue
@@ -10591,6 +10596,7 @@ class UpstreamResponse:
                     self._client.release(self._conn, parser.reusable)
                     break
                 if pieces:
+                    self._wants_data = True
                     break
                 data = self._conn.take()
                 while data is None:  # nothing came yet: wait for it (in this frame alone, no coroutine
@@ -13783,16 +13789,19 @@ async def anthropic_events(response: UpstreamResponse, upstream: str,
         chunk = await response.read_chunk()
         if not chunk:
             break
-        scanned = len(pending) - 3  # the new bytes, and a separator that they may complete
-        pending += chunk
-        cut = sse_complete_prefix(pending, scanned)
-        if not cut:
-            if len(pending) > MAX_SSE_EVENT_BYTES:
-                raise UpstreamFailure(f"upstream sent an SSE event larger than {MAX_SSE_EVENT_BYTES} bytes")
-            yield []
-            continue
-        events = check.feed(bytes(pending[:cut]))
-        del pending[:cut]
+        if not pending and chunk.endswith(b"\n\n"):  # whole events (it ends on a blank line), as a read
+            events = check.feed(chunk)  # nearly always brings them: no copy through the buffer
+        else:
+            scanned = len(pending) - 3  # the new bytes, and a separator that they may complete
+            pending += chunk
+            cut = sse_complete_prefix(pending, scanned)
+            if not cut:
+                if len(pending) > MAX_SSE_EVENT_BYTES:
+                    raise UpstreamFailure(f"upstream sent an SSE event larger than {MAX_SSE_EVENT_BYTES} bytes")
+                yield []
+                continue
+            events = check.feed(bytes(pending[:cut]))
+            del pending[:cut]
         while check.unknown and on_unknown is not None:
             on_unknown(check.unknown.pop())
         yield events
