@@ -3766,11 +3766,12 @@ class EventStreamCheck:
         self.usage: Dict[str, Any] = usage if usage is not None else {}
         self.finished = False
         self.unknown: List[str] = []  # event types dropped for the first time (the relay logs and clears them)
-        self._decoder = SSEDecoder()
+        #: what reads events of any other spelling (made at the first such event: most streams have none)
+        self._decoder: Optional[SSEDecoder] = None
         self._started = False
         self._open: Set[int] = set()
         self._seen: Set[int] = set()
-        self._dropped: Set[str] = set()
+        self._dropped: FrozenSet[str] = frozenset()  # made anew at each (rare) first drop: no set per stream
 
     def _fail(self, what: str) -> UpstreamFailure:
         return UpstreamFailure(f"upstream {self.upstream!r} sent an event stream outside the Messages grammar: {what}")
@@ -3781,7 +3782,7 @@ class EventStreamCheck:
             return True  # the usual event, in one look (only valid indexes are ever open)
         if kind not in _STREAM_EVENT_TYPES:
             if kind not in self._dropped and len(self._dropped) < 16:
-                self._dropped.add(kind)
+                self._dropped = self._dropped | {kind}
                 self.unknown.append(kind)
             return False
         if kind == "ping":
@@ -3812,7 +3813,7 @@ class EventStreamCheck:
         """The (name, data, bytes) of the events in ``text``, and whether they are the plain kind
         (their bytes, each event's own, may then be relayed as they came); a missing name is ``""``, as
         is ``message`` (the default name: a client reads it as none, and so does the decoder)."""
-        if "\r" not in text and not self._decoder.pending:
+        if "\r" not in text and (self._decoder is None or not self._decoder.pending):
             plain: List[Tuple[str, str, Optional[bytes]]] = []
             ascii_only, pos, size = len(text) == len(data), 0, len(text)  # ASCII: the text's offsets are the bytes'
             match = _PLAIN_EVENT.match(text)
@@ -3827,6 +3828,8 @@ class EventStreamCheck:
                 return plain, True
         # comments, stray lines, multi-line data and events without data: the decoder knows them
         # (and what it leaves out never reaches the client)
+        if self._decoder is None:
+            self._decoder = SSEDecoder()
         return [("" if e.event == "message" else e.event, e.data, None) for e in self._decoder.feed(data)], False
 
     def feed(self, data: bytes) -> List[Event]:
@@ -10407,57 +10410,155 @@ def _describe_os_error(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-class _PooledReader(asyncio.StreamReader):
-    """An upstream connection's reader that watches it while it is pooled (``idle``): nothing may
-    arrive then. Bytes nobody asked for would be read as the answer to the next request, and an end
-    means the server closed it; either way the connection is cut as it comes (no task waits on a
-    read for it: one per request, cancelled at the next, cost a task and two turns of the loop)."""
+class _UpstreamConnection(asyncio.Protocol):
+    """One upstream connection, as its own asyncio protocol: what arrives is kept until a read takes
+    it, and the one waiting read is woken at once. A read costs one wake-up of its reader and no
+    stream object (a StreamReader's read is two coroutines, a buffer copy and a waiter per read;
+    its reader, writer and protocol about 1.5 KB a connection). While pooled, anything that
+    arrives or an end closes it, seen here without a task watching."""
 
-    idle = False
-    _cut: Optional[asyncio.BaseTransport] = None
+    __slots__ = ("origin", "transport", "_loop", "_received", "_size", "_ended", "_error", "_waiter",
+                 "_reading_paused", "_writing_paused", "_drain_waiter", "pooled")
 
-    def set_transport(self, transport: asyncio.BaseTransport) -> None:
-        self._cut = transport
-        super().set_transport(transport)
-
-    def feed_data(self, data: bytes) -> None:
-        super().feed_data(data)
-        if self.idle and data:
-            self._cut_idle()
-
-    def feed_eof(self) -> None:
-        super().feed_eof()
-        if self.idle:
-            self._cut_idle()
-
-    def _cut_idle(self) -> None:
-        self.idle = False
-        if self._cut is not None:
-            self._cut.abort()
-
-
-async def _open_pooled(**where: Any) -> Tuple[_PooledReader, asyncio.StreamWriter]:
-    """``asyncio.open_connection`` (``where``: its arguments but ``limit``), with a :class:`_PooledReader`."""
-    loop = asyncio.get_running_loop()
-    reader = _PooledReader(limit=_UPSTREAM_READ_SIZE * 4, loop=loop)
-    protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
-    transport, _ = await loop.create_connection(lambda: protocol, **where)
-    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
-
-
-class _UpstreamConnection:
-    """One upstream connection: its streams and where it leads."""
-
-    def __init__(self, origin: _Origin, reader: _PooledReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, origin: _Origin) -> None:
         self.origin = origin
-        self.reader = reader
-        self.writer = writer
+        self.transport: Optional[asyncio.Transport] = None
+        self._loop = asyncio.get_running_loop()
+        self._received: List[bytes] = []  # what arrived and no read took yet
+        self._size = 0  # its bytes
+        self._ended = False  # the upstream ended its side, or the connection was lost
+        self._error: Optional[BaseException] = None  # why the connection was lost, if it broke
+        self._waiter: Optional[asyncio.Future] = None  # the read waiting for bytes
+        self._reading_paused = False
+        self._writing_paused = False
+        self._drain_waiter: Optional[asyncio.Future] = None
+        self.pooled = False  # idle in the pool: nothing may arrive
+
+    # -- the protocol (asyncio calls these) --------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self.pooled:  # bytes nobody asked for would be read as the answer to the next request
+            self.abort()
+            return
+        self._received.append(data)
+        self._size += len(data)
+        if self._size > _UPSTREAM_READ_SIZE * 4 and not self._reading_paused:
+            self._reading_paused = True  # nobody reads it fast enough: let TCP push back
+            self.transport.pause_reading()  # type: ignore[union-attr]
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self._ended = True
+        if self.pooled:  # the server closed it
+            self.abort()
+        self._wake()
+        return False  # close the transport
+
+    def connection_lost(self, exc: Optional[BaseException]) -> None:
+        self._ended = True
+        self._error = exc
+        self._wake()
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(ConnectionResetError("Connection lost") if exc is None else exc)
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- what the client calls -----------------------------------------------------------
 
     def usable(self) -> bool:
-        return not self.writer.transport.is_closing() and not self.reader.at_eof()
+        return self.transport is not None and not self.transport.is_closing() and not self._ended
+
+    def write(self, data: Union[bytes, memoryview]) -> None:
+        self.transport.write(data)  # type: ignore[union-attr]
+
+    def buffered(self) -> int:
+        """Bytes written that the socket has not taken yet."""
+        return self.transport.get_write_buffer_size()  # type: ignore[union-attr]
+
+    async def drained(self) -> None:
+        """Until the transport's buffer is down to its low-water mark; raises for a lost connection."""
+        if self.transport is None or self.transport.is_closing():
+            raise ConnectionResetError("Connection lost")
+        if not self._writing_paused:
+            return
+        self._drain_waiter = self._loop.create_future()
+        try:
+            await self._drain_waiter
+        finally:
+            self._drain_waiter = None
+
+    def take(self) -> Optional[bytes]:
+        """What has arrived and no read took yet (about :data:`_UPSTREAM_READ_SIZE` at most, unless
+        one piece is larger); None when nothing has yet; ``b""`` at the end; the error a broken
+        connection ended with."""
+        received = self._received
+        if not received:
+            if not self._ended:
+                return None
+            if self._error is not None:
+                raise self._error
+            return b""
+        if len(received) == 1:
+            data = received.pop()
+        else:
+            count, size = 0, 0
+            while count < len(received) and size < _UPSTREAM_READ_SIZE:
+                size += len(received[count])
+                count += 1
+            data = b"".join(received[:count])
+            del received[:count]
+        self._size -= len(data)
+        if self._reading_paused and self._size <= _UPSTREAM_READ_SIZE:
+            self._reading_paused = False
+            self.transport.resume_reading()  # type: ignore[union-attr]
+        return data
+
+    def arrival(self) -> asyncio.Future:
+        """A future done once something arrives (or the connection ends): what a read awaits when
+        :meth:`take` has nothing (a future, not a coroutine: the read's own frame is all that waits)."""
+        self._waiter = self._loop.create_future()
+        return self._waiter
+
+    async def read(self, deadline: Optional[float] = None) -> bytes:
+        """:meth:`take`, waiting until something comes; :class:`asyncio.TimeoutError` when nothing
+        did by the loop time ``deadline``."""
+        data = self.take()
+        while data is None:
+            waiter = self.arrival()
+            timer = None if deadline is None else self._loop.call_at(deadline, _time_out, waiter)
+            try:
+                await waiter
+            finally:
+                if timer is not None:
+                    timer.cancel()
+            data = self.take()
+        return data
 
     def abort(self) -> None:
-        self.writer.transport.abort()
+        if self.transport is not None:
+            self.transport.abort()
+
+
+def _time_out(waiter: asyncio.Future) -> None:
+    """A read's deadline: the read waiting on ``waiter`` raises :class:`asyncio.TimeoutError`."""
+    if not waiter.done():
+        waiter.set_exception(asyncio.TimeoutError())
 
 
 class UpstreamResponse:
@@ -10483,6 +10584,7 @@ class UpstreamResponse:
         self._read_since: Optional[float] = None
         self._read_timer: Optional[asyncio.TimerHandle] = None
         self._read_timed_out = False
+        self._wants_data = False  # the parser needs more bytes before it has anything (it said so last)
 
     def header(self, name: str) -> Optional[str]:
         return header_value(self.headers, name)
@@ -10498,7 +10600,11 @@ class UpstreamResponse:
         pieces: List[bytes] = []
         try:
             while not self._done:
-                event = parser.next_event()
+                if self._wants_data:  # the parser said so when the last call ended: read at once
+                    self._wants_data = False
+                    event = NEED_DATA
+                else:
+                    event = parser.next_event()
                 if isinstance(event, bytes):
                     pieces.append(event)
                     continue
@@ -10508,27 +10614,27 @@ class UpstreamResponse:
                     self._client.release(self._conn, parser.reusable)
                     break
                 if pieces:
+                    self._wants_data = True
                     break
-                parser.feed(await self._read())
+                data = self._conn.take()
+                while data is None:  # nothing came yet: wait for it (in this frame alone, no coroutine
+                    # per read), watched by the read timer (:meth:`_check_read`)
+                    self._read_since = self._loop.time()
+                    if self._read_timer is None:
+                        self._read_timer = self._loop.call_at(self._read_since + self.timeout_s, self._check_read)
+                    try:
+                        await self._conn.arrival()
+                    finally:
+                        self._read_since = None
+                    if self._read_timed_out:  # what the cut connection gave (its end, say) is not the answer
+                        raise asyncio.TimeoutError
+                    data = self._conn.take()
+                parser.feed(data)
         except (OSError, asyncio.TimeoutError, UpstreamFailure) as exc:
             self.close()
             reason = exc.message if isinstance(exc, UpstreamFailure) else _describe_os_error(exc)
             raise UpstreamFailure(f"upstream connection broke mid-response ({reason})") from None
         return b"".join(pieces)
-
-    async def _read(self) -> bytes:
-        """What the connection gives next (``b""``: its end), or :class:`asyncio.TimeoutError` when
-        nothing came for ``timeout_s``."""
-        self._read_since = self._loop.time()
-        if self._read_timer is None:
-            self._read_timer = self._loop.call_at(self._read_since + self.timeout_s, self._check_read)
-        try:
-            data = await self._conn.reader.read(_UPSTREAM_READ_SIZE)
-        finally:
-            self._read_since = None
-        if self._read_timed_out:  # what the cut connection gave (its end, say) is not the answer
-            raise asyncio.TimeoutError
-        return data
 
     def _check_read(self) -> None:
         """The read timer: a read that has waited ``timeout_s`` is cut; one that began later is
@@ -10595,15 +10701,15 @@ def _read_outcome(task: asyncio.Future) -> None:
         task.exception()
 
 
-async def _sent(writer: asyncio.StreamWriter, deadline: float) -> None:
+async def _sent(conn: _UpstreamConnection, deadline: float) -> None:
     """Wait until the socket has taken what was written (down to the transport's low-water mark)
     by the loop time ``deadline``, else :class:`asyncio.TimeoutError`."""
-    if not writer.transport.get_write_buffer_size():
+    if not conn.buffered():
         return  # nothing to wait for (the usual case): no timer
     left = deadline - asyncio.get_running_loop().time()
     if left <= 0:
         raise asyncio.TimeoutError
-    await asyncio.wait_for(writer.drain(), left)
+    await asyncio.wait_for(conn.drained(), left)
 
 
 class UpstreamClient:
@@ -10647,39 +10753,30 @@ class UpstreamClient:
         while True:
             conn, reused = await self._take(origin, connect_timeout_s)
             # timeout_s bounds sending the request and reading the whole head: an upstream that
-            # reads no body, or trickles its head, cannot hold the request (and its account's slot).
-            # The head's reads wait under one timer that cuts the connection (no wait_for: a task
-            # and a timer per read); a read it ends is the timeout, not the upstream's end.
+            # reads no body, or trickles its head, cannot hold the request (and its account's slot)
             deadline = loop.time() + timeout_s
-            cut: List[bool] = []
-
-            def expire(conn: _UpstreamConnection = conn, cut: List[bool] = cut) -> None:
-                cut.append(True)
-                conn.abort()
-
-            timer = loop.call_at(deadline, expire)
             stage = "sending the request (it read no more of it)"
             try:
-                conn.writer.write(head + body if len(body) < _ONE_WRITE_BYTES else head)
+                conn.write(head + body if len(body) < _ONE_WRITE_BYTES else head)
                 pieces = memoryview(body) if len(body) >= _ONE_WRITE_BYTES else memoryview(b"")
                 for start in range(0, len(pieces), _BODY_PIECE_BYTES):
-                    await _sent(conn.writer, deadline)
-                    conn.writer.write(pieces[start:start + _BODY_PIECE_BYTES])
-                await _sent(conn.writer, deadline)
+                    await _sent(conn, deadline)
+                    conn.write(pieces[start:start + _BODY_PIECE_BYTES])
+                await _sent(conn, deadline)
                 stage = "waiting for the answer"
                 parser = ResponseParser(method)
                 while True:
                     event = parser.next_event()
                     if isinstance(event, ResponseHead):
                         return UpstreamResponse(self, conn, parser, event, timeout_s)
-                    data = await conn.reader.read(_UPSTREAM_READ_SIZE)
-                    if cut:
+                    if deadline <= loop.time():
                         raise asyncio.TimeoutError
-                    parser.feed(data)
-            except (asyncio.TimeoutError, OSError, UpstreamFailure) as exc:
+                    parser.feed(await conn.read(deadline))  # its own timer: no task per read
+            except asyncio.TimeoutError:
                 conn.abort()
-                if cut or isinstance(exc, asyncio.TimeoutError):
-                    raise UpstreamFailure(f"upstream {host}:{port} timed out {stage}", status=504) from None
+                raise UpstreamFailure(f"upstream {host}:{port} timed out {stage}", status=504) from None
+            except (OSError, UpstreamFailure) as exc:
+                conn.abort()
                 if reused and isinstance(exc, (ConnectionError, UpstreamClosed)):
                     continue  # the server closed an idle keep-alive connection; try a fresh one
                 reason = exc.message if isinstance(exc, UpstreamFailure) else _describe_os_error(exc)
@@ -10687,8 +10784,6 @@ class UpstreamClient:
             except BaseException:
                 conn.abort()
                 raise
-            finally:
-                timer.cancel()
 
     async def fetch(self, method: str, url: str, headers: Headers, body: bytes = b"", *, deadline_s: float,
                     limit: int = MAX_UPSTREAM_SMALL_BODY_BYTES) -> Tuple[int, bytes]:
@@ -10716,7 +10811,7 @@ class UpstreamClient:
         idle = self._idle.get(origin) or []
         while idle:
             conn = idle.pop()
-            conn.reader.idle = False
+            conn.pooled = False
             if conn.usable():
                 return conn, True
             conn.abort()
@@ -10736,16 +10831,19 @@ class UpstreamClient:
             self._ssl_context = ssl.create_default_context()
         tls = self._ssl_context if origin.scheme == "https" else None
         proxy = origin.proxy
+        loop = asyncio.get_running_loop()
         if proxy is None:
-            reader, writer = await _open_pooled(host=origin.host, port=origin.port, ssl=tls)
-            return _UpstreamConnection(origin, reader, writer)
+            _, conn = await loop.create_connection(lambda: _UpstreamConnection(origin), origin.host, origin.port,
+                                                   ssl=tls)
+            return conn
         _, proxy_host, proxy_port, authorization = proxy
         if origin.scheme == "http":
-            reader, writer = await _open_pooled(host=proxy_host, port=proxy_port)
-            return _UpstreamConnection(origin, reader, writer)
+            _, conn = await loop.create_connection(lambda: _UpstreamConnection(origin), proxy_host, proxy_port)
+            return conn
         sock = await _connect_tunnel(proxy_host, proxy_port, origin.host, origin.port, authorization)
-        reader, writer = await _open_pooled(sock=sock, ssl=tls, server_hostname=origin.host)
-        return _UpstreamConnection(origin, reader, writer)
+        _, conn = await loop.create_connection(lambda: _UpstreamConnection(origin), sock=sock, ssl=tls,
+                                               server_hostname=origin.host)
+        return conn
 
     def release(self, conn: _UpstreamConnection, reusable: bool) -> None:
         """Take back a connection whose response was read to the end."""
@@ -10754,7 +10852,7 @@ class UpstreamClient:
             return
         idle = self._idle.setdefault(conn.origin, [])
         if len(idle) < _MAX_IDLE_PER_ORIGIN:
-            conn.reader.idle = True
+            conn.pooled = True  # what arrives now, or an end, closes it (data_received, eof_received)
             idle.append(conn)
         else:
             conn.abort()
@@ -11470,6 +11568,7 @@ class HttpServer:
         self.streams_active += 1
         try:
             writer.write(response_head(response.status, headers))
+            del headers  # not held for the whole stream
             await self._drain(conn)
             async for chunk in response.chunks:
                 if conn.gone:
@@ -13742,16 +13841,19 @@ async def anthropic_events(response: UpstreamResponse, upstream: str,
         chunk = await response.read_chunk()
         if not chunk:
             break
-        scanned = len(pending) - 3  # the new bytes, and a separator that they may complete
-        pending += chunk
-        cut = sse_complete_prefix(pending, scanned)
-        if not cut:
-            if len(pending) > MAX_SSE_EVENT_BYTES:
-                raise UpstreamFailure(f"upstream sent an SSE event larger than {MAX_SSE_EVENT_BYTES} bytes")
-            yield []
-            continue
-        events = check.feed(bytes(pending[:cut]))
-        del pending[:cut]
+        if not pending and chunk.endswith(b"\n\n"):  # whole events (it ends on a blank line), as a read
+            events = check.feed(chunk)  # nearly always brings them: no copy through the buffer
+        else:
+            scanned = len(pending) - 3  # the new bytes, and a separator that they may complete
+            pending += chunk
+            cut = sse_complete_prefix(pending, scanned)
+            if not cut:
+                if len(pending) > MAX_SSE_EVENT_BYTES:
+                    raise UpstreamFailure(f"upstream sent an SSE event larger than {MAX_SSE_EVENT_BYTES} bytes")
+                yield []
+                continue
+            events = check.feed(bytes(pending[:cut]))
+            del pending[:cut]
         while check.unknown and on_unknown is not None:
             on_unknown(check.unknown.pop())
         yield events
@@ -13972,6 +14074,7 @@ async def relay_events(head: List[Event], events: AsyncIterator[List[Event]], re
     pending: Optional[asyncio.Future] = None
     last_sent = clock()
     batch = head
+    del head  # once relayed, the head (message_start's decoded data) is not held for the whole stream
     try:
         while True:
             if batch:

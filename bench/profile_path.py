@@ -4,9 +4,11 @@ once it is ready, so start-up is left out) while the load client sends the same 
 `make bench`; prints the top functions by own time, per 1,000 events relayed.
 
 Usage: python bench/profile_path.py [passthrough|responses|chat|gemini|openai] [streams] [events] [top] [cum]
-(defaults: responses 100 1000 25; ``cum`` sorts by time including callees: with few events per
-stream, say 10, it shows what each request costs). ``body`` profiles a real Claude Code request instead
-(bench/claude_code.py), non-streaming, one request after another, figures per request:
+[--paced MS] (defaults: responses 100 1000 25; ``cum`` sorts by time including callees: with few events per
+stream, say 10, it shows what each request costs; ``--paced 20`` has the fake write one event every 20 ms,
+as a model does, so each upstream read brings one event: the growth scenario's paced streams).
+``body`` profiles a real Claude Code request instead (bench/claude_code.py), non-streaming, one request after
+another, figures per request:
 python bench/profile_path.py body [requests] [size in KB] [top] [cum] (defaults: body 20 2000 25).
 Dev only; cProfile slows agproxy about twofold, so read the shares, not the absolute times."""
 
@@ -27,9 +29,9 @@ import claude_code  # noqa: E402
 import run  # noqa: E402
 
 
-def paths(name: str, events: int) -> Tuple[str, Dict[str, Any]]:
-    """The agproxy path and body of each scenario, as `make bench` sends them."""
-    model = f"bench-e{events}-s20-d0"
+def paths(name: str, events: int, delay_ms: int = 0) -> Tuple[str, Dict[str, Any]]:
+    """The agproxy path and body of each scenario, as `make bench` sends them (``delay_ms`` between events)."""
+    model = f"bench-e{events}-s20-d{delay_ms}"
     return {
         "passthrough": ("/v1/messages", run.message(model, True)),
         "responses": ("/v1/responses", run.codex_body(model)),
@@ -72,6 +74,11 @@ async def drive_body(port: int, pid: int, body: bytes, requests: int) -> Dict[st
 
 def main() -> None:
     args = sys.argv[1:]
+    delay_ms = 0
+    if "--paced" in args[:-1]:
+        at = args.index("--paced")
+        delay_ms = int(args[at + 1])
+        del args[at:at + 2]
     name = args[0] if args else "responses"
     big = name == "body"
     streams, events, top = (int(args[i]) if len(args) > i else d
@@ -83,7 +90,7 @@ def main() -> None:
         path, body = "/v1/messages", dict(claude_code.sized(real, events * 1000), model="bench-e5-s20-d0",
                                           stream=False)
     else:
-        path, body = paths(name, events)
+        path, body = paths(name, events, delay_ms)
     upstream, up_port = run.start_upstream()
     with tempfile.TemporaryDirectory() as workdir:
         out = os.path.join(workdir, "agproxy.prof")
@@ -104,7 +111,8 @@ def main() -> None:
                   f"{result['ok']}/{streams} requests ok, p50 {1000 / result['events_per_s']:.1f} ms under the "
                   f"profiler; profiled CPU {stats.total_tt / max(1, result['ok']) * 1000:.1f} ms per request")
         else:
-            print(f"{name}: {path}, {result['ok']}/{streams} streams ok, {result['events']} events, "
+            paced = f" paced {delay_ms} ms" if delay_ms else ""
+            print(f"{name}{paced}: {path}, {result['ok']}/{streams} streams ok, {result['events']} events, "
                   f"{result['events_per_s']:,.0f} events/s under the profiler; profiled CPU "
                   f"{stats.total_tt * per * 1000:.1f} ms per 1,000 events, "
                   f"{stats.total_tt / max(1, result['ok']) * 1000:.2f} ms per stream")

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import agproxy
@@ -476,6 +476,16 @@ NUMBERS = st.sampled_from([1, 1.0, 0, -0.0, True, False, 10**20, 1e20, 2.5])
                    "type at the top only: a nested [1.0] changed to [1] goes out as [1.0]. No change prepare "
                    "makes today does that (the pipeline test below is exact); a strict compare would walk "
                    "every block in Python where == runs in C")
+def test_a_nested_number_changed_to_an_equal_one_of_another_type_is_spliced_as_json_dumps_writes_it() -> None:
+    """The known limit of the property below, pinned by one example (a property that finds it only
+    sometimes would make a strict xfail pass by chance)."""
+    raw = b'{"model":"m","metadata":[1.0],"stream":true}'
+    spans: Dict[str, Tuple[int, int]] = {}
+    parsed = agproxy.parse_json_body(raw, spans)
+    changed = dict(parsed, metadata=[1])
+    assert json.dumps(json.loads(agproxy.spliced_json(raw, spans, parsed, changed))) == json.dumps(changed)
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.dictionaries(st.sampled_from(["model", "max_tokens", "stream", "temperature", "metadata", "messages",
                                         "x\u2028", "é"]), JSON_VALUES | NUMBERS, min_size=1, max_size=8),
@@ -483,17 +493,19 @@ NUMBERS = st.sampled_from([1, 1.0, 0, -0.0, True, False, 10**20, 1e20, 2.5])
 def test_spliced_body_says_what_json_dumps_says(original: Dict[str, Any], rnd: random.Random, ascii_only: bool,
                                                 data: st.DataObject) -> None:
     """``changed`` a copy of the parsed body with some members replaced, some by a value equal to
-    the old one by ``==`` but not as JSON (``1`` and ``1.0``, ``[1]`` and ``[True]``): the spliced
-    bytes decode to exactly what ``json.dumps(changed)`` says."""
+    the old one by ``==`` but not as JSON at the top (``1`` and ``1.0``, ``1`` and ``True``): the
+    spliced bytes decode to exactly what ``json.dumps(changed)`` says. (Nested, as ``[1]`` for
+    ``[1.0]``, is the known limit pinned above.)"""
     raw = spaced_json(original, rnd, ascii_only).encode()
     spans: Dict[str, Tuple[int, int]] = {}
     parsed = agproxy.parse_json_body(raw, spans)
     changed = dict(parsed)
     for key in data.draw(st.lists(st.sampled_from(sorted(parsed)), max_size=3)):
         old = parsed[key]
-        changed[key] = data.draw(st.sampled_from([[x] for x in (1, 1.0, True)] if isinstance(old, list) else
-                                                 [{"k": x} for x in (1, 1.0, True)] if isinstance(old, dict) else
-                                                 [1, 1.0, True, "s"]) | JSON_VALUES | NUMBERS)
+        swaps = [] if isinstance(old, (list, dict)) else [1, 1.0, True, "s"]
+        changed[key] = data.draw((st.sampled_from(swaps) if swaps else st.nothing()) | JSON_VALUES | NUMBERS)
+        nested_swap = isinstance(old, (list, dict)) and changed[key] == old
+        assume(not nested_swap or json.dumps(changed[key]) == json.dumps(old))  # the known limit, above
     if data.draw(st.booleans()):
         changed["model"] = "renamed"
     written = agproxy.spliced_json(raw, spans, parsed, changed)
