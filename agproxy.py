@@ -2268,12 +2268,16 @@ class SSEDecoder:
             self._started = True
             if self._buffer[:3] == b"\xef\xbb\xbf":
                 del self._buffer[:3]
+        return self._take(len(data))
+
+    def _take(self, new: int) -> List[SSEEvent]:
+        """The events that the buffer completes, its last ``new`` bytes just added."""
         events: List[SSEEvent] = []
         buffer = self._buffer
-        if b"\r" not in data:  # (what an earlier feed left holds no line end at all, CR included)
+        if buffer.find(b"\r", len(buffer) - new) < 0:  # (what an earlier feed left holds no CR)
             # the usual case: LF line endings only, split in one go; only the new bytes can hold
             # a new line end (a large event arriving in pieces costs linear time)
-            end = buffer.rfind(b"\n", max(0, len(buffer) - len(data)))
+            end = buffer.rfind(b"\n", max(0, len(buffer) - new))
             if end >= 0:
                 lines = bytes(buffer[:end]).decode("utf-8", "replace").split("\n")
                 del buffer[: end + 1]
@@ -2313,6 +2317,27 @@ class SSEDecoder:
             raise SSEError(f"SSE event exceeds {self.max_event_bytes} bytes")
         return events
 
+    def feed_data(self, data: bytes) -> List[str]:
+        """Add bytes; return the data of each event they complete (:meth:`feed`'s events'
+        ``data``), for a reader of nothing else: an OpenAI or Gemini stream's events mean nothing
+        by their names or ids. The usual read, whole events each one ``data: `` line with LF line
+        endings, is cut into its events' data with one split (:meth:`_data_lines`); any other
+        goes through :meth:`feed`."""
+        if not self._started or self._skip_lf or self._data or self._event or self._id is not None \
+                or b"\r" in data:
+            return [event.data for event in self.feed(data)]
+        buffer = self._buffer
+        scanned = len(buffer) - 1  # the new bytes, and a blank line they may complete
+        buffer += data
+        end = buffer.rfind(b"\n\n", max(0, scanned))
+        if end >= 0:
+            text = buffer[:end].decode("utf-8", "replace")
+            if len(text) <= self.max_event_bytes and len(buffer) - end - 2 <= self.max_event_bytes \
+                    and _data_lines(text):  # (events within the limit: none to refuse)
+                del buffer[:end + 2]
+                return text[6:].split("\n\ndata: ")
+        return [event.data for event in self._take(len(data))]
+
     def _line(self, line: str, events: List[SSEEvent]) -> None:
         if not line:
             if self._data:
@@ -2334,6 +2359,13 @@ class SSEDecoder:
                 raise SSEError(f"SSE event exceeds {self.max_event_bytes} bytes")
         elif name == "id" and "\x00" not in value:
             self._id = value
+
+
+def _data_lines(text: str) -> bool:
+    """Whether ``text`` (events cut at their blank lines, the last one's left off) is events of one
+    ``data: `` line each: it begins with one, and each of its line ends is in a blank line before
+    another (``\\n\\ndata: `` holds two, and two of them cannot overlap)."""
+    return text.startswith("data: ") and text.count("\n") == 2 * text.count("\n\ndata: ")
 
 
 def sse_complete_prefix(data: Union[bytes, bytearray], start: int = 0) -> int:
@@ -2534,6 +2566,31 @@ def loads_strict(data: Union[bytes, str], repair_surrogates: bool = True,
         else:
             data = _LONE_SURROGATE_BYTES.sub(rb"\1\\ufffd", data)
     return _decode_bounded(data if isinstance(data, str) else data.decode("utf-8"), max_depth, spans)
+
+
+def loads_each(texts: List[str], max_depth: int = MAX_UPSTREAM_JSON_DEPTH) -> List[Any]:
+    """Each of ``texts`` (an upstream read's chunks) decoded as :func:`loads_strict` decodes it,
+    where that is the usual chunk: one JSON value with nothing around it, no ``\\u`` escape, and
+    short or shallow (a text longer than twice ``max_depth`` counts its brackets): one call of the
+    C scanner each, the checks made once for the whole read where they can be. None for any
+    other text: the caller decodes it with :func:`loads_strict`, which repairs it, refuses it or
+    words what is wrong (and gives None again for ``null``)."""
+    joined = "".join(texts)
+    escaped = "\\u" in joined
+    deep = len(joined) > 2 * max_depth and joined.count("[") + joined.count("{") > max_depth
+    scan = _STRICT_JSON.scan_once
+    values: List[Any] = []
+    for text in texts:
+        if (escaped and "\\u" in text) or (deep and len(text) > 2 * max_depth
+                                            and text.count("[") + text.count("{") > max_depth):
+            values.append(None)
+            continue
+        try:
+            value, end = scan(text, 0)
+        except (StopIteration, ValueError):
+            value, end = None, -1
+        values.append(value if end == len(text) else None)
+    return values
 
 
 def _too_deep(value: Any, limit: int) -> bool:
@@ -13708,19 +13765,21 @@ async def openai_events(response: UpstreamResponse, translator: OpenAIStreamTran
                 return
             raise UpstreamFailure("the stream ended before the answer finished")
         out: List[Event] = []
-        for event in decoder.feed(chunk):
-            data = event.data.strip()
-            if data == "[DONE]":
-                chunks += native.end() if native else []
-                out += translator.finish()
-                continue
-            if not data:
-                continue  # an empty keep-alive event
-            try:
-                parsed = loads_strict(data)
-            except ValueError:
-                raise UpstreamFailure(f"upstream sent a chunk that is not JSON: {data[:100]!r}") from None
-            if not isinstance(parsed, dict):
+        texts = decoder.feed_data(chunk)
+        for data, parsed in zip(texts, loads_each(texts)):
+            if parsed is None:  # not the usual chunk: the end, a keep-alive, or one to decode the careful way
+                data = data.strip()
+                if data == "[DONE]":
+                    chunks += native.end() if native else []
+                    out += translator.finish()
+                    continue
+                if not data:
+                    continue  # an empty keep-alive event
+                try:
+                    parsed = loads_strict(data)
+                except ValueError:
+                    raise UpstreamFailure(f"upstream sent a chunk that is not JSON: {data[:100]!r}") from None
+            if type(parsed) is not dict:
                 raise UpstreamFailure(f"upstream sent a chunk that is not a JSON object: {data[:100]!r}")
             out += translator.feed(parsed)
             if native is not None and not translator.finished:
@@ -13743,16 +13802,17 @@ async def gemini_events(response: UpstreamResponse, translator: GeminiStreamTran
     decoder, stray = SSEDecoder(), StrayLines()
     chunks: List[bytes] = []
 
-    def translate(events: List[SSEEvent]) -> List[Event]:
+    def translate(texts: List[str]) -> List[Event]:
         out: List[Event] = []
-        for event in events:
-            data = event.data.strip()
-            if not data:
-                continue
-            try:
-                parsed = loads_strict(data)
-            except ValueError:
-                raise UpstreamFailure(f"upstream sent a chunk that is not JSON: {data[:100]!r}") from None
+        for data, parsed in zip(texts, loads_each(texts)):
+            if parsed is None:  # not the usual chunk: a keep-alive, or one to decode the careful way
+                data = data.strip()
+                if not data:
+                    continue
+                try:
+                    parsed = loads_strict(data)
+                except ValueError:
+                    raise UpstreamFailure(f"upstream sent a chunk that is not JSON: {data[:100]!r}") from None
             for item in parsed if type(parsed) is list else (parsed,):
                 if type(item) is not dict:
                     raise UpstreamFailure(f"upstream sent a chunk that is not a JSON object: {data[:100]!r}")
@@ -13764,7 +13824,7 @@ async def gemini_events(response: UpstreamResponse, translator: GeminiStreamTran
     while True:
         chunk = await _read_unless_said(response, translator.started and translator.said_end)
         if not chunk:
-            out = translate(decoder.feed(b"\n\n"))
+            out = translate(decoder.feed_data(b"\n\n"))
             stray.end()
             if stray.text.strip() and not translator.finished:
                 out += translator.feed(stray.error())
@@ -13775,7 +13835,7 @@ async def gemini_events(response: UpstreamResponse, translator: GeminiStreamTran
             chunks += native.end() if native else []
             yield _with_verbatim(chunks, out + translator.finish())
             return
-        out = translate(decoder.feed(chunk))
+        out = translate(decoder.feed_data(chunk))
         if stray.feed(chunk) and not translator.finished:
             out += translator.feed(stray.error())
         if translator.finished and native is not None:

@@ -264,3 +264,23 @@ def test_a_delta_checked_without_decoding_is_refused_exactly_when_its_data_is_no
     else:
         with pytest.raises(agproxy.UpstreamFailure):
             check.feed(event)
+
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
+                                                                                       max_size=3), max_leaves=8)
+chunk_texts = st.one_of(
+    json_values.map(json.dumps), json_values.map(lambda v: json.dumps(v, ensure_ascii=False)),
+    json_values.map(lambda v: f" {json.dumps(v)}\t"), st.text(max_size=30),
+    st.sampled_from(["NaN", "[1e999]", '"\\ud800"', '{"a": "\\udc00x"}', "[DONE]", "", "{}{}", '{"a":1} 2',
+                     "[" * 90 + "]" * 90, '{"a":' * 81 + "1" + "}" * 81, "[" * 40 + "]" * 40]),
+    st.integers(min_value=60, max_value=100).map(lambda depth: "[" * depth + "]" * depth))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(chunk_texts, max_size=8))
+def test_a_read_s_chunks_decoded_at_once_are_what_each_decodes_to_alone(texts):
+    for text, value in zip(texts, agproxy.loads_each(texts)):
+        if value is not None:  # the usual chunk, taken at once: exactly what the careful decode gives
+            assert value == agproxy.loads_strict(text) and repr(value) == repr(agproxy.loads_strict(text))
+    assert len(agproxy.loads_each(texts)) == len(texts)
