@@ -12792,9 +12792,12 @@ class CallFacts:
             if name == "content_block_delta":
                 raw = event.raw
                 if raw is not None:  # its last string is its content: `..."text":"Hello"}}` + blank line
-                    start = max(raw.rfind(b'":"'), raw.rfind(b'": "') + 1)
-                    if start > 0:
-                        chars += max(0, len(raw) - start - _DELTA_TAIL_BYTES)
+                    start = raw.rfind(b'":"')
+                    if raw.find(b'": "', start if start > 0 else 0) >= 0:  # (spaced: rarely, upstream's own)
+                        start = raw.rfind(b'": "') + 1
+                    size = len(raw) - start - _DELTA_TAIL_BYTES
+                    if start > 0 and size > 0:
+                        chars += size
                 else:
                     delta = event.data.get("delta") if isinstance(event.data.get("delta"), dict) else {}
                     content = delta.get("text") or delta.get("partial_json") or delta.get("thinking")
