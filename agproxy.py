@@ -1410,6 +1410,8 @@ _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _REQUEST_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([^\x00-\x20\x7f]+) HTTP/(\d)\.(\d)")
 _FIELD_VALUE_BAD = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
+#: The usual chunk-size line: a size alone, ended by CRLF.
+_CHUNK_HEAD = re.compile(rb"([0-9A-Fa-f]{1,16})\r\n")
 #: A Content-Length: ASCII digits only (``"²".isdigit()`` is true), at most 18 of them.
 _DIGITS = re.compile(r"[0-9]{1,18}")
 _HOP_BY_HOP = frozenset(
@@ -1623,18 +1625,16 @@ class ChunkedReader:
             if self.state is _CHUNK_END and buffer[:2] == b"\r\n":
                 del buffer[:2]
                 self.state = _CHUNK_SIZE
-            at, end = 0, len(buffer)
+            at = 0
             while self.state is _CHUNK_SIZE:
-                line_end = buffer.find(b"\r\n", at, at + _MAX_CHUNK_LINE + 2)
-                if line_end < 0:
-                    break
-                size_text = buffer[at:line_end]
-                if not _HEX.fullmatch(size_text):
-                    break  # a chunk extension, blanks, or no size at all: :meth:`read` takes it
-                size_at = line_end + 2 + int(size_text, 16)
-                if size_at == line_end + 2 or size_at + 2 > end or buffer[size_at:size_at + 2] != b"\r\n":
+                head = _CHUNK_HEAD.match(buffer, at)
+                if head is None:
+                    break  # a chunk extension, blanks, no size at all, or a line not all here: :meth:`read` takes it
+                data_at = head.end()
+                size_at = data_at + int(head.group(1), 16)
+                if size_at == data_at or not buffer.startswith(b"\r\n", size_at):
                     break  # the last chunk, or one not all here: :meth:`read` takes it
-                pieces.append(buffer[line_end + 2:size_at])
+                pieces.append(buffer[data_at:size_at])
                 at = size_at + 2
             if at:
                 del buffer[:at]
