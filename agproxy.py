@@ -2137,15 +2137,25 @@ def encode_sse_json(event: str, payload: Dict[str, Any]) -> bytes:
 _json_text = json.encoder.encode_basestring
 
 
+#: The bytes of a relayed delta before its string, by (index, type, field), made once (a few kinds,
+#: and the first blocks' indices: an answer with more blocks makes the later ones' each time).
+_DELTA_HEADS: Dict[Tuple[int, str, str], bytes] = {}
+_MAX_DELTA_HEADS = 64
+
+
 def delta_event(index: int, kind: str, field: str, text: str, relayed: bool) -> Event:
     """A ``content_block_delta`` event of one string (``{"type": kind, field: text}``, as the
     translators write them). ``relayed``, it is kept as its bytes alone (see :class:`Event`), written
     from a template with only the string escaped: the very bytes :func:`encode_sse_json` writes, at
     a tenth of its cost (a translated stream is mostly these)."""
     if relayed:
-        return Event("content_block_delta", None, (
-            f'event: content_block_delta\ndata: {{"type":"content_block_delta","index":{index:d},'
-            f'"delta":{{"type":"{kind}","{field}":{_json_text(text)}}}}}\n\n').encode("utf-8", "replace"))
+        head = _DELTA_HEADS.get((index, kind, field))
+        if head is None:
+            head = (f'event: content_block_delta\ndata: {{"type":"content_block_delta","index":{index:d},'
+                    f'"delta":{{"type":"{kind}","{field}":').encode("utf-8", "replace")
+            if index < _MAX_DELTA_HEADS:
+                _DELTA_HEADS[(index, kind, field)] = head
+        return Event("content_block_delta", None, head + _json_text(text).encode("utf-8", "replace") + b"}}\n\n")
     return Event("content_block_delta", {"type": "content_block_delta", "index": index,
                                          "delta": {"type": kind, field: text}})
 
@@ -5499,21 +5509,30 @@ class OpenAIStreamTranslator:
     def feed(self, chunk: Dict[str, Any]) -> List[Event]:
         """Events for one parsed chunk (an ``error`` chunk gives an error event and ends the stream)."""
         out: List[Event] = []
+        self.feed_into(out, chunk)
+        return out
+
+    def feed_into(self, out: List[Event], chunk: Dict[str, Any]) -> None:
+        """:meth:`feed`, its events added to ``out`` (a stream's reader gathers a read's events in one list).
+        Each key is read once and the absent ones tested against None first: this runs for every chunk."""
         if self.finished:
-            return out
-        if "error" in chunk and not chunk.get("choices"):
+            return
+        choices = chunk.get("choices")
+        if "error" in chunk and not choices:
             self.finished = True
             self._start(out, None)
-            return out + [openai_error_event(chunk)]
-        choices = chunk.get("choices")
-        if choices is not None and not isinstance(choices, list):
+            out.append(openai_error_event(chunk))
+            return
+        if choices is None:
+            choices = ()
+        elif not isinstance(choices, list):
             raise UpstreamFailure("upstream sent a chunk whose choices is not a list")
         if not self.started:
             self._start(out, chunk.get("id"))
         usage = chunk.get("usage")
-        if isinstance(usage, dict):
+        if usage is not None and isinstance(usage, dict):
             self._usage = openai_usage(usage)
-        for choice in choices or []:
+        for choice in choices:
             if not isinstance(choice, dict) or (choice.get("index") or 0) != 0:
                 continue
             delta = choice.get("delta")
@@ -5528,7 +5547,6 @@ class OpenAIStreamTranslator:
             if choice.get("finish_reason"):
                 self.saw_finish = True
                 self._stop_reason, self._stop_sequence = _stop_reason(choice, self.stop_sequences)
-        return out
 
     def _take_delta(self, out: List[Event], delta: Dict[str, Any], content: Any) -> None:
         """A choice's delta (``content`` its content), fragment by fragment: reasoning, content,
@@ -13784,7 +13802,7 @@ async def openai_events(response: UpstreamResponse, translator: OpenAIStreamTran
                     raise UpstreamFailure(f"upstream sent a chunk that is not JSON: {data[:100]!r}") from None
             if type(parsed) is not dict:
                 raise UpstreamFailure(f"upstream sent a chunk that is not a JSON object: {data[:100]!r}")
-            out += translator.feed(parsed)
+            translator.feed_into(out, parsed)
             if native is not None and not translator.finished:
                 chunks += native.feed(parsed, data)
         if translator.finished and native is not None:
