@@ -6558,14 +6558,22 @@ class GeminiStreamTranslator:
     def feed(self, chunk: Dict[str, Any]) -> List[Event]:
         """Events for one parsed chunk (an ``error`` chunk gives an error event and ends the stream)."""
         out: List[Event] = []
+        self.feed_into(out, chunk)
+        return out
+
+    def feed_into(self, out: List[Event], chunk: Dict[str, Any]) -> None:
+        """:meth:`feed`, its events added to ``out`` (a stream's reader gathers a read's events in one list)."""
         if self.finished:
-            return out
+            return
         error = chunk.get("error")
         if error is not None and isinstance(error, dict):
             self.finished = True
             self._start(out, None)
-            return out + [gemini_error_event(chunk)]
-        if "candidates" not in chunk and "promptFeedback" not in chunk and "usageMetadata" not in chunk:
+            out.append(gemini_error_event(chunk))
+            return
+        candidates = chunk.get("candidates")
+        if candidates is None and "candidates" not in chunk and "promptFeedback" not in chunk \
+                and "usageMetadata" not in chunk:
             raise UpstreamFailure("upstream sent something that is not a Gemini response (no candidates, "
                                   "promptFeedback or usageMetadata)")
         if not self.started:
@@ -6576,7 +6584,6 @@ class GeminiStreamTranslator:
         feedback = chunk.get("promptFeedback")
         if feedback is not None and isinstance(feedback, dict) and isinstance(feedback.get("blockReason"), str):
             self._block_reason = feedback["blockReason"][:100]
-        candidates = chunk.get("candidates")
         if candidates is not None and not isinstance(candidates, list):
             raise UpstreamFailure("upstream sent a chunk whose candidates is not a list")
         candidate = candidates[0] if candidates and isinstance(candidates[0], dict) else {}
@@ -6587,16 +6594,16 @@ class GeminiStreamTranslator:
         for part in parts or []:
             if not isinstance(part, dict):
                 continue
-            if len(part) == 1 and self._open == "text" and type(part.get("text")) is str:
-                if part["text"]:  # the usual part: more of the open text block (as _part would)
-                    out.append(delta_event(self._index, "text_delta", "text", part["text"], self.relayed))
+            text = part.get("text")
+            if len(part) == 1 and type(text) is str and self._open == "text":
+                if text:  # the usual part: more of the open text block (as _part would)
+                    out.append(delta_event(self._index, "text_delta", "text", text, self.relayed))
             else:
                 self._part(out, part)
         finish_reason = candidate.get("finishReason")
         if finish_reason is not None and isinstance(finish_reason, str):
             self._finish_reason = finish_reason[:100]
             self._finish_message = str(candidate.get("finishMessage") or "")[:1000]
-        return out
 
     def _part(self, out: List[Event], part: Dict[str, Any]) -> None:
         signature = _text_or(part.get("thoughtSignature"), "")
@@ -13837,7 +13844,7 @@ async def gemini_events(response: UpstreamResponse, translator: GeminiStreamTran
             for item in parsed if type(parsed) is list else (parsed,):
                 if type(item) is not dict:
                     raise UpstreamFailure(f"upstream sent a chunk that is not a JSON object: {data[:100]!r}")
-                out += translator.feed(item)
+                translator.feed_into(out, item)
                 if native is not None and not translator.finished:
                     chunks.extend(native.feed(item, data if item is parsed else _COMPACT_JSON.encode(item)))
         return out
