@@ -2274,16 +2274,21 @@ class SSEDecoder:
             data = data[1:]
         self._skip_lf = False
         self._buffer += data
+        self._begin()
+        return self._take(len(data))
+
+    def _begin(self) -> None:
+        """At the stream's start, once 3 bytes are in: a BOM is dropped."""
         if not self._started and len(self._buffer) >= 3:
             self._started = True
             if self._buffer[:3] == b"\xef\xbb\xbf":
                 del self._buffer[:3]
-        return self._take(len(data))
 
     def _take(self, new: int) -> List[SSEEvent]:
-        """The events that the buffer completes, its last ``new`` bytes just added."""
+        """The events that the buffer completes, its last ``new`` bytes just added (at most)."""
         events: List[SSEEvent] = []
         buffer = self._buffer
+        new = min(new, len(buffer))
         if buffer.find(b"\r", len(buffer) - new) < 0:  # (what an earlier feed left holds no CR)
             # the usual case: LF line endings only, split in one go; only the new bytes can hold
             # a new line end (a large event arriving in pieces costs linear time)
@@ -2331,14 +2336,16 @@ class SSEDecoder:
         """Add bytes; return the data of each event they complete (:meth:`feed`'s events'
         ``data``), for a reader of nothing else: an OpenAI or Gemini stream's events mean nothing
         by their names or ids. The usual read, whole events each one ``data: `` line with LF line
-        endings, is cut into its events' data with one split (:meth:`_data_lines`); any other
+        endings, is cut into its events' data with one split (:func:`_data_lines`); any other
         goes through :meth:`feed`."""
-        if not self._started or self._skip_lf or self._data or self._event or self._id is not None \
-                or b"\r" in data:
+        if self._skip_lf or self._data or self._event or self._id is not None or b"\r" in data:
             return [event.data for event in self.feed(data)]
         buffer = self._buffer
         scanned = len(buffer) - 1  # the new bytes, and a blank line they may complete
         buffer += data
+        if not self._started:
+            self._begin()
+            scanned = 0
         end = buffer.rfind(b"\n\n", max(0, scanned))
         if end >= 0:
             text = buffer[:end].decode("utf-8", "replace")

@@ -160,3 +160,12 @@ def test_feed_data_gives_the_data_of_the_events_feed_gives_however_the_reads_fal
         datas += fed_data.feed_data(read)
         assert datas == [event.data for event in events]
     assert datas == [event.data for event in events]
+
+
+@pytest.mark.parametrize("step", [0, 4])
+def test_a_stream_that_begins_with_a_bom_has_its_cr_line_endings_read_as_such(step):
+    wire = b"\xef\xbb\xbfdata: a\r\rdata: bcd"
+    assert decode(wire, step) == [SSEEvent("message", "a")]
+    decoder = SSEDecoder()
+    step = step or len(wire)
+    assert [d for i in range(0, len(wire), step) for d in decoder.feed_data(wire[i:i + step])] == ["a"]
