@@ -7271,7 +7271,11 @@ class ChatStreamEncoder(StreamEncoder):
         delta = data.get("delta") if isinstance(data.get("delta"), dict) else {}
         kind = delta.get("type")
         if kind == "text_delta" and delta.get("text"):
-            out.append(self._chunk({"content": str(delta["text"])}))
+            if self._prefix and type(delta["text"]) is str:  # the usual piece: _chunk's bytes, only the text escaped
+                out.append(f'data: {self._prefix}{{"content":{_json_text(delta["text"])}}},"logprobs":null,'
+                           f'"finish_reason":null}}]}}\n\n')
+            else:
+                out.append(self._chunk({"content": str(delta["text"])}))
         elif kind == "thinking_delta" and delta.get("thinking"):
             out.append(self._chunk({"reasoning_content": str(delta["thinking"])}))
         elif kind == "input_json_delta" and delta.get("partial_json") and _is_int(data.get("index")) \
