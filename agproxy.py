@@ -9106,6 +9106,8 @@ class GeminiStreamEncoder(StreamEncoder):
         self._parts = _GeminiParts(names, include_thoughts)
         self._opened = False  # the JSON array's "[" is written
         self._chunks = 0
+        self._tail_id = ""  # the response id that _tail, a chunk's JSON after its candidates, holds
+        self._tail = ""
 
     def encode(self, events: List[Event]) -> bytes:
         """A batch of events as the client's bytes (b"" when nothing in it shows)."""
@@ -9159,13 +9161,21 @@ class GeminiStreamEncoder(StreamEncoder):
     def _chunk(self, parts: List[Dict[str, Any]], final: bool = False) -> str:
         if not self._parts.response_id:
             self._parts.response_id = _gemini_response_id(None)
-        candidate: Dict[str, Any] = {"content": {"role": "model", "parts": parts}, "index": 0}
-        response: Dict[str, Any] = {"candidates": [candidate]}
-        if final:
-            candidate["finishReason"] = self._parts.finish_reason()
-            response["usageMetadata"] = self._parts.usage_metadata()
-        response.update(modelVersion=self.model, responseId=self._parts.response_id)
-        text = _COMPACT_JSON.encode(response)
+        if not final and len(parts) == 1 and len(parts[0]) == 1 and type(parts[0].get("text")) is str:
+            # the usual chunk, a piece of text: the bytes below, only the text escaped
+            if self._tail_id != self._parts.response_id:
+                self._tail_id = self._parts.response_id
+                self._tail = _COMPACT_JSON.encode({"modelVersion": self.model, "responseId": self._tail_id})[1:]
+            text = (f'{{"candidates":[{{"content":{{"role":"model","parts":[{{"text":{_json_text(parts[0]["text"])}'
+                    f'}}]}},"index":0}}],{self._tail}')
+        else:
+            candidate: Dict[str, Any] = {"content": {"role": "model", "parts": parts}, "index": 0}
+            response: Dict[str, Any] = {"candidates": [candidate]}
+            if final:
+                candidate["finishReason"] = self._parts.finish_reason()
+                response["usageMetadata"] = self._parts.usage_metadata()
+            response.update(modelVersion=self.model, responseId=self._parts.response_id)
+            text = _COMPACT_JSON.encode(response)
         self._chunks += 1
         if self.sse:
             return f"data: {text}\n\n"
