@@ -8204,16 +8204,26 @@ class ResponsesStreamEncoder(StreamEncoder):
     def _text(self, out: _StreamParts, state: Dict[str, Any], text: str) -> None:
         if not text or self._message is None:
             return
-        escaped = _COMPACT_JSON.encode(text)[1:-1].encode("utf-8", "replace")
+        quoted = _json_text(text)
+        escaped = quoted[1:-1].encode("utf-8", "replace")
         if self._held_bytes + len(escaped) > RESPONSES_MAX_HELD_TEXT_BYTES:
             self._stop_reason = "max_tokens"  # the client is told as of an answer cut for length
             self._finish(out)
             return
         self._held_bytes += len(escaped)
         state["text"].add(escaped)
+        item_id, output_index, content_index = self._message["id"], self._message["index"], state["content_index"]
+        if type(item_id) is str and type(output_index) is int and type(content_index) is int:
+            # the usual event, written as _emit writes it, from a template with only the strings escaped
+            out += (f'event: response.output_text.delta\ndata: {{"type":"response.output_text.delta",'
+                    f'"sequence_number":{self._sequence:d},"item_id":{_json_text(item_id)},'
+                    f'"output_index":{output_index:d},"content_index":{content_index:d},"delta":{quoted},'
+                    f'"logprobs":[]}}\n\n').encode("utf-8", "replace")
+            self._sequence += 1
+            return
         self._emit(out, "response.output_text.delta", {
-            "item_id": self._message["id"], "output_index": self._message["index"],
-            "content_index": state["content_index"], "delta": text, "logprobs": []})
+            "item_id": item_id, "output_index": output_index, "content_index": content_index, "delta": text,
+            "logprobs": []})
 
     def _thinking(self, out: _StreamParts, state: Dict[str, Any], text: str) -> None:
         if not text:
