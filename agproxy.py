@@ -2594,7 +2594,8 @@ def loads_each(texts: List[str], max_depth: int = MAX_UPSTREAM_JSON_DEPTH) -> Li
     words what is wrong (and gives None again for ``null``)."""
     joined = "".join(texts)
     escaped = "\\u" in joined
-    deep = len(joined) > 2 * max_depth and joined.count("[") + joined.count("{") > max_depth
+    deep = bool(texts) and max(map(len, texts)) > 2 * max_depth \
+        and joined.count("[") + joined.count("{") > max_depth
     scan = _STRICT_JSON.scan_once
     values: List[Any] = []
     for text in texts:
