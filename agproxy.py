@@ -2278,9 +2278,9 @@ class SSEDecoder:
         return self._take(len(data))
 
     def _begin(self) -> None:
-        """At the stream's start, once 3 bytes are in: a BOM is dropped."""
-        if not self._started and len(self._buffer) >= 3:
-            self._started = True
+        """At the stream's start: a BOM is dropped."""
+        if not self._started and (len(self._buffer) >= 3 or not b"\xef\xbb\xbf".startswith(self._buffer)):
+            self._started = True  # (at the first bytes that cannot begin a BOM: it is the stream's start alone)
             if self._buffer[:3] == b"\xef\xbb\xbf":
                 del self._buffer[:3]
 
@@ -3871,7 +3871,8 @@ class EventStreamCheck:
 
     def _events(self, text: str, data: bytes) -> Tuple[List[Tuple[str, str, Optional[bytes]]], bool]:
         """The (name, data, bytes) of the events in ``text``, and whether they are the plain kind
-        (their bytes, each event's own, may then be relayed as they came); a missing name is ``""``."""
+        (their bytes, each event's own, may then be relayed as they came); a missing name is ``""``, as
+        is ``message`` (the default name: a client reads it as none, and so does the decoder)."""
         if "\r" not in text and not self._decoder.pending:
             plain: List[Tuple[str, str, Optional[bytes]]] = []
             ascii_only, pos, size = len(text) == len(data), 0, len(text)  # ASCII: the text's offsets are the bytes'
@@ -3879,7 +3880,8 @@ class EventStreamCheck:
             while match is not None:  # the events one after the other, each its own bytes
                 name, event_data = match.groups()
                 end = match.end()
-                plain.append((name or "", event_data, data[pos:end] if ascii_only else text[pos:end].encode("utf-8")))
+                plain.append(("" if name in (None, "message") else name, event_data,
+                              data[pos:end] if ascii_only else text[pos:end].encode("utf-8")))
                 pos = end
                 match = _PLAIN_EVENT.match(text, pos) if pos < size else None
             if pos == size:

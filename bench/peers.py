@@ -4,6 +4,9 @@
 Each gateway takes Anthropic Messages requests and translates them for the same fast fake
 OpenAI upstream (bench/upstream.py); 50 concurrent streams of 700 deltas each. Reported per
 gateway: deltas/s, CPU per 1,000 deltas, RSS after the run, and start-up to accepting requests.
+Each gateway first runs one whole round unmeasured (a JIT, Node's or none, reaches its steady
+state), then ROUNDS measured rounds; the table gives their medians, and the ratios of agproxy to
+claude-code-router from the same run.
 The peers are benchmark-only: installed into .cache/peers (npm for claude-code-router, a venv
 for LiteLLM) on first use, never a dependency of agproxy. Usage: python bench/peers.py
 """
@@ -15,6 +18,7 @@ import json
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,6 +35,7 @@ from run import cpu_seconds, rss_mb, start_upstream  # noqa: E402
 PEERS = os.path.join(ROOT, ".cache", "peers")
 CCR_VERSION = "2.0.0"
 STREAMS, DELTAS = 50, 700
+ROUNDS = 3
 MODEL = f"bench-e{DELTAS}-s20-d0"
 
 
@@ -102,7 +107,11 @@ def litellm(upstream: int, workdir: str) -> Optional[tuple]:
         f.write(f"model_list:\n  - model_name: {MODEL}\n    litellm_params:\n      model: hosted_vllm/{MODEL}\n"
                 f"      api_base: http://127.0.0.1:{upstream}/v1\n      api_key: k\n")
     port = free_port()
-    proc = subprocess.Popen([binary, "--config", config, "--port", str(port), "--host", "127.0.0.1",
+    # the console script's entry point through the venv's python: the script's shebang names the path
+    # the venv was made at, which a moved checkout no longer has
+    command = [os.path.join(PEERS, "litellm-venv", "bin", "python"), "-c",
+               "import sys; from litellm import run_server; sys.argv[0] = 'litellm'; sys.exit(run_server())"]
+    proc = subprocess.Popen(command + ["--config", config, "--port", str(port), "--host", "127.0.0.1",
                              "--num_workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env=dict(os.environ, LITELLM_LOG="ERROR", LITELLM_MASTER_KEY="sk-bench-master-key"),
                             cwd=workdir)
@@ -132,15 +141,20 @@ def measure(start: Any, upstream: int, workdir: str) -> Optional[Dict[str, Any]]
         pid = listening_pid(port, proc.pid)
         body = {"model": MODEL, "max_tokens": 1000, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
         key = {"x-api-key": "sk-bench-master-key", "Authorization": "Bearer sk-bench-master-key"}
-        asyncio.run(load.run("127.0.0.1", port, "/v1/messages", body, 4, 4, timeout=120, headers=key))  # warm up
-        cpu0 = cpu_seconds(pid)
-        out = asyncio.run(load.run("127.0.0.1", port, "/v1/messages", body, STREAMS, STREAMS, timeout=300,
-                                   headers=key))
-        cpu = cpu_seconds(pid) - cpu0
-        ok = [r for r in out["results"] if r["ok"]]
-        deltas = sum(r["payload"] for r in ok) // 20  # each upstream delta carries 20 "~"
-        return {"name": name, "deltas_per_s": deltas / out["wall"], "cpu_ms": cpu / max(1, deltas) * 1e6,
-                "rss": rss_mb(pid), "startup": startup, "ok": len(ok)}
+        asyncio.run(load.run("127.0.0.1", port, "/v1/messages", body, STREAMS, STREAMS, timeout=300,
+                             headers=key))  # warm up: one whole round, unmeasured
+        rounds = []
+        for _ in range(ROUNDS):
+            cpu0 = cpu_seconds(pid)
+            out = asyncio.run(load.run("127.0.0.1", port, "/v1/messages", body, STREAMS, STREAMS, timeout=300,
+                                       headers=key))
+            cpu = cpu_seconds(pid) - cpu0
+            ok = [r for r in out["results"] if r["ok"]]
+            deltas = sum(r["payload"] for r in ok) // 20  # each upstream delta carries 20 "~"
+            rounds.append((deltas / out["wall"], cpu / max(1, deltas) * 1e6, len(ok)))
+        return {"name": name, "deltas_per_s": statistics.median(r[0] for r in rounds),
+                "cpu_ms": statistics.median(r[1] for r in rounds), "ok": min(r[2] for r in rounds),
+                "rss": rss_mb(pid), "startup": startup}
     finally:
         proc.terminate()
         try:
@@ -165,11 +179,18 @@ def main() -> None:
     finally:
         upstream.terminate()
     lines = [f"## Peers: OpenAI translation path, {STREAMS} concurrent streams x {DELTAS} deltas, same run", "",
+             f"Medians of {ROUNDS} rounds, each gateway after one unmeasured round of the same load.", "",
              "| gateway | deltas/s | CPU per 1,000 deltas | RSS after | start-up | streams ok |",
              "| --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         lines.append(f"| {r['name']} | {r['deltas_per_s']:,.0f} | {r['cpu_ms']:.1f} ms | {r['rss']:.0f} MB | "
                      f"{r['startup'] * 1000:.0f} ms | {r['ok']}/{STREAMS} |")
+    ours = next((r for r in rows if r["name"].startswith("agproxy")), None)
+    theirs = next((r for r in rows if r["name"].startswith("claude-code-router")), None)
+    if ours and theirs:
+        lines += ["", f"agproxy / claude-code-router in this run: {ours['deltas_per_s'] / theirs['deltas_per_s']:.2f}x "
+                      f"the deltas/s, {ours['cpu_ms'] / theirs['cpu_ms']:.2f}x the CPU per delta, "
+                      f"{ours['rss'] / theirs['rss']:.2f}x the RSS."]
     text = "\n".join(lines)
     print(text)
     with open(os.path.join(HERE, "PEERS.md"), "w") as f:

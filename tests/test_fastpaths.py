@@ -1,0 +1,609 @@
+"""Differential tests of issue 22's fast paths: each is a second implementation of something a
+general path (or a plain reference written here) already does, so each is fed the same adversarial
+input as that path and must say exactly what it says: the same bytes, the same events, the same
+error. Escapes, lone surrogates, U+2028, NUL, non-ASCII, huge numbers, duplicate keys, odd
+spacing, CR / CRLF / LF, comments, multi-line data, a BOM, input cut at every offset, nesting at
+the depth limit and bodies either side of the sizes that switch paths. The real recorded streams
+(``../shared/real-streams*``, skipped where absent) are split at random offsets too."""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+import re
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import agproxy
+from tests import test_secrets as secrets_tests
+from tests.conftest import fake_config, raw_request
+from tests.fakes.anthropic_upstream import Raw
+from tests.test_fuzz import CORPUS_BODIES, REQUEST
+
+SHARED = Path(__file__).resolve().parent.parent.parent / "shared"
+
+# -- strategies -----------------------------------------------------------------------------------
+
+#: text with what breaks escapers: quotes, backslashes, controls, NUL, U+2028/9, DEL, non-ASCII,
+#: astral characters and lone surrogates
+NASTY_CHARS = st.sampled_from(['"', "\\", "\n", "\r", "\t", "\x00", "\x1f", "\x7f", "\u2028", "\u2029", "é",
+                               "\U0001f600", "\ud800", "\udfff", "/", "<", "\ufeff", " ", "a"])
+NASTY_TEXT = st.lists(NASTY_CHARS | st.text(max_size=3), max_size=12).map("".join)
+SAFE_TEXT = NASTY_TEXT.map(lambda t: re.sub("[\ud800-\udfff]", "", t))  # what JSON bytes can hold
+
+
+def _scalars() -> st.SearchStrategy[Any]:
+    return (st.none() | st.booleans() | st.integers(-10**30, 10**30) | st.sampled_from([0, -1, 10**20, 2**63])
+            | st.floats(allow_nan=False, allow_infinity=False) | st.sampled_from([1.0, -0.0, 1e300, 5e-324])
+            | SAFE_TEXT)
+
+
+JSON_VALUES = st.recursive(_scalars(), lambda inner: st.lists(inner, max_size=4)
+                           | st.dictionaries(SAFE_TEXT, inner, max_size=4), max_leaves=20)
+
+
+def spaced_json(value: Any, rnd: random.Random, ascii_only: bool) -> str:
+    """``value`` as JSON with random whitespace between tokens and random escaping."""
+    def ws() -> str:
+        return rnd.choice(["", "", " ", "\n", "\r\n", "\t", "  \n "])
+    if isinstance(value, dict):
+        members = [ws() + json.dumps(k, ensure_ascii=ascii_only) + ws() + ":" + ws() + spaced_json(v, rnd, ascii_only)
+                   + ws() for k, v in value.items()]
+        return "{" + (",".join(members) if members else ws()) + "}"
+    if isinstance(value, list):
+        return "[" + (",".join(ws() + spaced_json(v, rnd, ascii_only) + ws() for v in value) or ws()) + "]"
+    return json.dumps(value, ensure_ascii=ascii_only)
+
+
+def same_json(a: Any, b: Any) -> bool:
+    """Equal as JSON says it, types included (``1``, ``1.0`` and ``True`` differ; ``==`` says not)."""
+    return json.dumps(a, sort_keys=False) == json.dumps(b, sort_keys=False)
+
+
+# -- 1. delta_event's byte template against encode_sse_json -----------------------------------------
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 10**9), st.sampled_from([("text_delta", "text"), ("thinking_delta", "thinking"),
+                                              ("input_json_delta", "partial_json"), ("signature_delta", "signature")]),
+       NASTY_TEXT)
+def test_delta_template_writes_what_the_general_encoder_writes(index: int, kind: Tuple[str, str], text: str) -> None:
+    payload = {"type": "content_block_delta", "index": index, "delta": {"type": kind[0], kind[1]: text}}
+    relayed = agproxy.delta_event(index, kind[0], kind[1], text, True)
+    assert relayed.raw == agproxy.encode_sse_json("content_block_delta", payload)
+    general = agproxy.encode_sse_json("content_block_delta", payload)
+    assert relayed.data == json.loads(general.split(b"data: ", 1)[1])  # as the client reads it
+
+
+# -- 2. ChunkedReader.read_through against read(), chunk by chunk ----------------------------------
+
+def _chunked(pieces: List[bytes], rnd: random.Random) -> bytes:
+    out = b""
+    for piece in filter(None, pieces):  # (an empty chunk is the last)
+        size = b"%x" % len(piece)
+        size = rnd.choice([size, size.upper(), b"0" + size, size + b";ext=1", size + b" "])
+        out += size + rnd.choice([b"\r\n", b"\n"]) + piece + rnd.choice([b"\r\n", b"\r\n", b"\n"])
+    return out + b"0\r\n" + rnd.choice([b"", b"x-trailer: 1\r\n"]) + b"\r\n"
+
+
+def _response_body(raw: bytes, cuts: List[int], through: bool) -> Tuple[bytes, Optional[str]]:
+    """The body :meth:`UpstreamResponse.read_chunk` gives for ``raw`` read in pieces cut at ``cuts``
+    (each read's pieces joined; a read whose framing breaks gives its error alone), and its error."""
+    parser = agproxy.ResponseParser()
+    body, start = b"", 0
+    parser.feed(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+    assert isinstance(parser.next_event(), agproxy.ResponseHead)
+    if not through:
+        parser._chunks.read_through = parser._chunks.read  # the general path: one chunk a call
+    try:
+        for cut in sorted(set(cuts)) + [len(raw), None]:
+            if cut is not None and not raw[start:cut]:
+                continue  # (an empty feed is the end of input)
+            parser.feed(raw[start:cut] if cut is not None else b"")
+            start = cut if cut is not None else start
+            read = b""
+            while True:
+                event = parser.next_event()
+                if isinstance(event, bytes):
+                    read += event
+                    continue
+                body += read
+                if event == agproxy.END:
+                    return body, None
+                break
+    except agproxy.UpstreamFailure as exc:
+        return body, str(exc)
+    return body, "no end"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=40), max_size=8), st.randoms(use_true_random=False),
+       st.lists(st.integers(0, 400), max_size=6), st.sampled_from([None, b"ZZ\r\n", b"5\r\nab", b"\r\n", b"-1\r\n",
+                                                                    b"2\r\nabc\r\n", b"ffffffffffffffffff\r\n"]),
+       st.integers(0, 10))
+def test_chunked_body_read_through_says_what_read_says(pieces: List[bytes], rnd: random.Random, cuts: List[int],
+                                                        garbage: Optional[bytes], where: int) -> None:
+    """However the reads cut it, and whatever breaks the framing: the same body bytes before the
+    same error, read by read. (Within one read, :meth:`ChunkedReader.read_through` raises at once
+    where :meth:`ChunkedReader.read` first gives the chunks before the break; ``read_chunk`` drops
+    those with the error either way.)"""
+    raw = _chunked(pieces, rnd)
+    if garbage is not None:
+        at = [m.end() for m in re.finditer(rb"\r?\n", raw)]
+        raw = raw[:at[where % len(at)]] + garbage
+    for cut_set in ([], cuts, list(range(len(raw)))):
+        assert _response_body(raw, cut_set, through=True) == _response_body(raw, cut_set, through=False)
+    if garbage is None:
+        assert _response_body(raw, cuts, through=True) == (b"".join(pieces), None)
+
+
+# -- 3. SSEDecoder (its LF fast path and its general path) against a plain WHATWG parser ------------
+
+def naive_sse(data: bytes) -> List[Tuple[str, str]]:
+    """The WHATWG event-stream parser, written out plainly over the whole input."""
+    text = data.decode("utf-8", "replace")
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    lines = re.split(r"\r\n|\r|\n", text)
+    lines = lines[:-1]  # the last piece has no line end: an incomplete line is never processed
+    events, event, buffer = [], "", []
+    for line in lines:
+        if not line:
+            if buffer:
+                events.append((event or "message", "\n".join(buffer)))
+            event, buffer = "", []
+            continue
+        if line.startswith(":"):
+            continue
+        name, sep, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if name == "event":
+            event = value
+        elif name == "data":
+            buffer.append(value)
+    return events
+
+
+SSE_LINES = st.sampled_from(["data: x", "data:x", "data:  x", "data", "data:", "data: {\"a\":\"\\u2028\"}",
+                             "event: e", "event:e", "event", "id: 1", "id: a\x00b", "id", "retry: 5", ": comment",
+                             ":", "", "", "", "junk", "data: é\U0001f600", "data: \x00", " data: x", "data : x",
+                             "\ufeffdata: x", "data: \ufeff"])
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.booleans(), st.lists(SSE_LINES, max_size=14), st.lists(st.sampled_from(["\n", "\r\n", "\r"]), min_size=1),
+       st.lists(st.integers(0, 300), max_size=6))
+def test_sse_decoder_gives_what_a_plain_parser_gives(bom: bool, lines: List[str], ends: List[str],
+                                                     cuts: List[int]) -> None:
+    """Events cut at every offset, LF (fast path), CR and CRLF (general path) mixed: the same
+    events as the plain parser reads from the whole input."""
+    raw = ("\ufeff" if bom else "") + "".join(line + ends[i % len(ends)] for i, line in enumerate(lines))
+    data = raw.encode("utf-8", "surrogatepass")
+    want = naive_sse(data)
+    for cut_set in ([], cuts, list(range(len(data)))):
+        decoder, got, start = agproxy.SSEDecoder(), [], 0
+        for cut in sorted(set(cut_set)) + [len(data)]:
+            got += [(e.event, e.data) for e in decoder.feed(data[start:cut])]
+            start = max(start, cut)
+        assert got == want, cut_set
+
+
+@pytest.mark.parametrize("first", [b"\n", b"\n\n", b": c\n", b"\r"])
+def test_a_bom_after_the_stream_began_is_not_taken_off_however_the_reads_fall(first: bytes) -> None:
+    """A BOM is taken off the start of a stream only: one after a first read shorter than 3 bytes
+    was taken off too (the event read or lost depended on where the reads fell)."""
+    data = first + b"\xef\xbb\xbfdata: x\n\n" + b"data: y\n\n"
+    want = naive_sse(data)
+    assert want == [("message", "y")]
+    for cut in range(len(data) + 1):
+        decoder = agproxy.SSEDecoder()
+        got = decoder.feed(data[:cut]) + decoder.feed(data[cut:])
+        assert [(e.event, e.data) for e in got] == want, cut
+
+
+# -- 4. StrayLines' fast scan against its line-by-line reading, and a plain classifier --------------
+
+def naive_stray(data: bytes) -> bytes:
+    """The stray lines of ``data`` (whole): each line that is not an SSE line, LF-ended."""
+    lines = re.split(rb"\r\n|\r|\n", data)
+    return b"".join(line + b"\n" for line in lines if not agproxy._SSE_FIELD_LINE.match(line))
+
+
+STRAY_PIECES = st.sampled_from([b"data: {}", b"data:", b"data", b"d", b"da", b"dat", b":", b"", b"  ", b"\t",
+                                b"        x", b"event: e", b"event", b"retry: 1", b"id:", b'{"error": {', b'"code": 1',
+                                b"}}", b"<html>", b"dx", b"\xef\xbb\xbfdata: x", b"\xef\xbb\xbf:", b"data\x00",
+                                b"datax", b"  data: x", b"\xc3\xa9", b"\xff\xfe", b"retry"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(STRAY_PIECES, max_size=12), st.lists(st.sampled_from([b"\n", b"\r\n", b"\r"]), min_size=1),
+       st.lists(st.integers(0, 200), max_size=8))
+def test_stray_lines_fast_scan_finds_what_a_plain_classifier_finds(pieces: List[bytes], ends: List[bytes],
+                                                                   cuts: List[int]) -> None:
+    raw = b"".join(piece + ends[i % len(ends)] for i, piece in enumerate(pieces))
+    for cut_set in ([], cuts, list(range(len(raw)))):
+        stray, start, whole = agproxy.StrayLines(), 0, False
+        for cut in sorted(set(cut_set)) + [len(raw)]:
+            if raw[start:cut]:
+                whole = stray.feed(raw[start:cut]) or whole
+                start = cut
+        stray.end()
+        assert bytes(stray.text) == naive_stray(raw), cut_set
+
+
+# -- 5. the translators' text fast paths against their general paths -------------------------------
+
+_IDS = re.compile(rb"(msg|toolu)_[A-Za-z0-9_-]+")
+
+
+def _openai_run(chunks: List[Dict[str, Any]], relayed: bool, general: bool) -> bytes:
+    translator = agproxy.OpenAIStreamTranslator("m", 3)
+    translator.relayed = relayed
+    events: List[agproxy.Event] = []
+    for chunk in chunks:
+        if general:  # one more key the translator does not read: its general path takes the chunk
+            chunk = dict(chunk, choices=[dict(c, delta=dict(c.get("delta") or {}, role="assistant"))
+                                         for c in chunk.get("choices") or []])
+        events += translator.feed(chunk)
+    events += translator.finish()
+    return _IDS.sub(b"ID", agproxy.encode_events(events))
+
+
+OPENAI_DELTAS = st.lists(
+    st.one_of(NASTY_TEXT.map(lambda t: {"content": t}), NASTY_TEXT.map(lambda t: {"reasoning_content": t}),
+              st.just({"content": None}), st.just({"content": ""}),
+              st.tuples(st.integers(0, 1), NASTY_TEXT).map(lambda p: {"tool_calls": [
+                  {"index": p[0], "id": f"call_{p[0]}", "function": {"name": "f", "arguments": p[1]}}]}),
+              st.just({"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]})),
+    max_size=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(OPENAI_DELTAS)
+def test_openai_text_fast_path_says_what_the_general_path_says(deltas: List[Dict[str, Any]]) -> None:
+    chunks = [{"id": "c", "choices": [{"index": 0, "delta": d}]} for d in deltas]
+    chunks.append({"id": "c", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    fast = _openai_run(chunks, True, False)
+    assert fast == _openai_run(chunks, False, False) == _openai_run(chunks, True, True)
+
+
+def _gemini_run(chunks: List[Dict[str, Any]], relayed: bool, general: bool) -> bytes:
+    translator = agproxy.GeminiStreamTranslator("m", 3)
+    translator.relayed = relayed
+    events: List[agproxy.Event] = []
+    for chunk in chunks:
+        if general:
+            chunk = copy.deepcopy(chunk)
+            for candidate in chunk.get("candidates") or []:
+                for part in (candidate.get("content") or {}).get("parts") or []:
+                    part.setdefault("thought", False)
+        events += translator.feed(chunk)
+    events += translator.finish()
+    return _IDS.sub(b"ID", agproxy.encode_events(events))
+
+
+GEMINI_PARTS = st.lists(st.one_of(NASTY_TEXT.map(lambda t: {"text": t}),
+                                  NASTY_TEXT.map(lambda t: {"text": t, "thought": True}),
+                                  st.just({"functionCall": {"name": "f", "args": {"a": 1}}}),
+                                  st.just({"text": 5}), st.just({})), max_size=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(GEMINI_PARTS)
+def test_gemini_text_fast_path_says_what_the_general_path_says(parts: List[Dict[str, Any]]) -> None:
+    chunks = [{"candidates": [{"content": {"role": "model", "parts": [p]}}]} for p in parts]
+    chunks.append({"candidates": [{"content": {"parts": []}, "finishReason": "STOP"}],
+                   "usageMetadata": {"promptTokenCount": 3, "candidatesTokenCount": 2}})
+    fast = _gemini_run(chunks, True, False)
+    assert fast == _gemini_run(chunks, False, False) == _gemini_run(chunks, True, True)
+
+
+# -- 6. EventStreamCheck's plain-event match against its decoder path ------------------------------
+
+def _check(batches: List[bytes]) -> Tuple[List[Tuple[str, Any]], Optional[str]]:
+    """What the check relays of ``batches`` (name and decoded data of each event), and its error."""
+    check, out = agproxy.EventStreamCheck("up"), []
+    try:
+        for batch in batches:
+            for event in check.feed(batch):
+                relayed = agproxy.SSEDecoder().feed(event.encoded())
+                assert [e.event for e in relayed] == [event.name]
+                out.append((event.name, json.loads(relayed[0].data)))
+    except agproxy.UpstreamFailure as exc:
+        return out, str(exc)
+    return out, None
+
+
+def _sse(name: Optional[str], data: str, spelling: int) -> bytes:
+    """One event, its event line (if any) and data line spelt with or without the space."""
+    line = "" if name is None else ("event: " if spelling % 3 == 0 else "event:") + name + "\n"
+    data_line = ("data: " if spelling % 2 == 0 else "data:") + data + "\n"
+    return (line + data_line + "\n").encode("utf-8", "surrogatepass")
+
+
+START_DATA = json.dumps({"type": "message_start", "message": {
+    "id": "msg_1", "type": "message", "role": "assistant", "model": "m", "content": [], "stop_reason": None,
+    "usage": {"input_tokens": 3, "output_tokens": 1}}})
+
+
+def _delta_text(index: Any, kind: str, field: str, text: str, spaced: bool) -> str:
+    separators = (", ", ": ") if spaced else (",", ":")
+    data = json.dumps({"type": "content_block_delta", "index": index, "delta": {"type": kind, field: text}},
+                      separators=separators, ensure_ascii=False)
+    return re.sub("[\ud800-\udfff]", lambda m: f"\\u{ord(m.group()):04x}", data)  # lone ones escaped, as in UTF-8
+
+
+CHECK_EVENTS = st.lists(st.one_of(
+    st.tuples(st.sampled_from([0, 1, 2, "0", 0.0, True]), st.sampled_from([("text_delta", "text"), ("thinking_delta",
+              "thinking"), ("input_json_delta", "partial_json"), ("text_delta", "thinking")]), NASTY_TEXT,
+              st.booleans()).map(lambda t: ("content_block_delta", _delta_text(t[0], t[1][0], t[1][1], t[2], t[3]))),
+    st.sampled_from([0, 1]).map(lambda i: ("content_block_start", json.dumps(
+        {"type": "content_block_start", "index": i, "content_block": {"type": "text", "text": ""}}))),
+    st.sampled_from([0, 1]).map(lambda i: ("content_block_stop",
+                                           json.dumps({"type": "content_block_stop", "index": i}))),
+    st.just(("ping", '{"type": "ping"}')), st.just(("future_event", '{"type": "future_event"}')),
+    st.just(("message_delta",
+             '{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":2}}')),
+    st.just(("message_stop", '{"type":"message_stop"}')),
+    st.just(("error", '{"type":"error","error":{"type":"overloaded_error","message":"busy"}}'))), max_size=10)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(CHECK_EVENTS, st.lists(st.sampled_from([None, "same", "message"]), min_size=1), st.integers(0, 5),
+       st.lists(st.integers(1, 12), max_size=4))
+def test_event_check_plain_match_says_what_its_decoder_says(events: List[Tuple[str, str]], naming: List[Optional[str]],
+                                                            spelling: int, batch_sizes: List[int]) -> None:
+    """The same events as plain batches (the regex match), as one batch with a comment (the
+    decoder), and in other batches: the same events relayed, the same error. ``event: message``
+    is the WHATWG default name, as no event line is."""
+    named = [("message_start", START_DATA)] + events
+    encoded = []
+    for i, (kind, data) in enumerate(named):
+        how = naming[i % len(naming)]
+        encoded.append(_sse(None if how is None else kind if how == "same" else "message", data, spelling + i))
+    general = _check([b"".join(encoded) + b": a comment\n\n"])
+    assert _check([b"".join(encoded)]) == general
+    batches, at = [], 0
+    for size in batch_sizes + [len(encoded)]:
+        if encoded[at:at + size]:
+            batches.append(b"".join(encoded[at:at + size]))
+        at += size
+    in_batches = _check(batches)  # (a batch that fails relays none of its events: the error is compared)
+    assert in_batches[1] == general[1]
+    if general[1] is None:
+        assert in_batches == general
+
+
+def test_an_event_named_message_upstream_goes_through_the_fast_check_as_through_the_decoder(
+        start_agproxy: Any, fake: Any) -> None:
+    """End to end: an Anthropic-compatible upstream that names every event ``message`` (the default
+    name), LF endings: the client gets its answer, as when a comment sent it down the decoder."""
+    events = [START_DATA, json.dumps({"type": "content_block_start", "index": 0, "content_block": {"type": "text",
+                                                                                                   "text": ""}}),
+              _delta_text(0, "text_delta", "text", "hé\u2028llo", False), '{"type":"content_block_stop","index":0}',
+              '{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":2}}',
+              '{"type":"message_stop"}']
+    body = b"".join(b"event: message\ndata: " + e.encode() + b"\n\n" for e in events)
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
+    proxy = start_agproxy(fake_config(fake))
+    request = json.dumps({"model": "claude-x", "max_tokens": 10, "stream": True,
+                          "messages": [{"role": "user", "content": "hi"}]}).encode()
+    answers = []
+    for tail in (b"", b": keep-alive\n\n"):
+        fake.script(Raw(head % len(body + tail) + body + tail))
+        reply = raw_request(proxy.port, b"POST /v1/messages HTTP/1.1\r\nhost: 127.0.0.1\r\n"
+                            b"content-type: application/json\r\nconnection: close\r\n"
+                            b"content-length: %d\r\n\r\n" % len(request) + request)
+        assert reply.startswith(b"HTTP/1.1 200"), reply[:300]
+        events = agproxy.SSEDecoder().feed(reply.split(b"\r\n\r\n", 1)[1])
+        answers.append([(e.event, json.loads(e.data)["type"]) for e in events if e.event != "ping"])
+    assert answers[0] == answers[1]
+    assert [kind for kind, _ in answers[0]] == ["message_start", "content_block_start", "content_block_delta",
+                                               "content_block_stop", "message_delta", "message_stop"]
+
+
+# -- 7. parse_json_body with spans (over 16 KB) against without, and against json.loads -------------
+
+def _nested(depth: int, rnd: random.Random) -> Any:
+    value: Any = rnd.choice([1, "x", None, [], {}])
+    for _ in range(depth - (1 if isinstance(value, (list, dict)) else 0)):
+        value = rnd.choice([[value], {"k": value}, [1, value, "z"], {"a": 0, "b": value}])
+    return value
+
+
+def _parsed(raw: bytes, spans: Optional[Dict[str, Tuple[int, int]]]) -> Tuple[str, Any]:
+    try:
+        return "ok", agproxy.parse_json_body(raw, spans)
+    except agproxy.InvalidRequest as exc:
+        return "error", (exc.status, exc.error_type, str(exc))
+
+
+MUTATIONS = [b"", b",", b"}", b"{", b'"', b"\\", b"\x00", b"NaN", b"1e999", b"9" * 5000, b"\xff", b'\\ud800"',
+             b" ", b"tru", b"]", b":", b'"k":', b"\r\n"]
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.dictionaries(SAFE_TEXT, JSON_VALUES, max_size=6), st.randoms(use_true_random=False), st.booleans(),
+       st.lists(st.tuples(st.integers(0, 10**6), st.sampled_from(MUTATIONS)), max_size=2),
+       st.sampled_from([None, 84, 85, 86]), st.booleans())
+def test_body_parsed_member_by_member_says_what_the_whole_parse_says(
+        body: Dict[str, Any], rnd: random.Random, ascii_only: bool, mutations: List[Tuple[int, bytes]],
+        depth: Optional[int], duplicate: bool) -> None:
+    if depth is not None:
+        body["deep"] = _nested(depth - 1, rnd)
+    text = spaced_json(body, rnd, ascii_only)
+    if duplicate and len(text) > 2:  # a key given twice: the last counts
+        text = text[:-1] + ',"deep": [1], "deep" :{"x":"\\u2028"}}'
+    raw = text.encode("utf-8")
+    for at, piece in mutations:
+        at %= len(raw) + 1
+        raw = raw[:at] + piece + raw[at:]
+    spans: Dict[str, Tuple[int, int]] = {}
+    general = _parsed(raw, None)
+    assert _parsed(raw, spans) == general
+    if general[0] == "ok":
+        assert same_json(general[1], json.loads(raw)) and set(spans) == set(general[1])
+        decoded = raw.decode()
+        for key, (start, end) in spans.items():  # each span is its value's own text
+            assert same_json(json.loads(decoded[start:end]), general[1][key])
+
+
+@pytest.mark.parametrize("depth", [84, 85, 86, 87])
+@pytest.mark.parametrize("padding", [0, 16 * 1024, 70 * 1024])
+def test_depth_near_the_limit_is_judged_alike_either_side_of_the_size_switches(depth: int, padding: int) -> None:
+    rnd = random.Random(depth)
+    raw = json.dumps({"pad": "p" * padding, "deep": _nested(depth - 1, rnd)}).encode()
+    reference = 1 + _depth(json.loads(raw)["deep"]) > agproxy.MAX_JSON_DEPTH
+    results = {_parsed(raw, spans)[0] for spans in (None, {})}
+    assert results == {"error" if reference else "ok"}
+
+
+def _depth(value: Any) -> int:
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else None
+    return 0 if items is None else 1 + max([_depth(item) for item in items], default=0)
+
+
+# -- 8. spliced_json against json.dumps of the changed body ----------------------------------------
+
+NUMBERS = st.sampled_from([1, 1.0, 0, -0.0, True, False, 10**20, 1e20, 2.5])
+
+
+@pytest.mark.xfail(strict=True, reason="spliced_json keeps a member whose value is == the client's and of its "
+                   "type at the top only: a nested [1.0] changed to [1] goes out as [1.0]. No change prepare "
+                   "makes today does that (the pipeline test below is exact); a strict compare would walk "
+                   "every block in Python where == runs in C")
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(["model", "max_tokens", "stream", "temperature", "metadata", "messages",
+                                        "x\u2028", "é"]), JSON_VALUES | NUMBERS, min_size=1, max_size=8),
+       st.randoms(use_true_random=False), st.booleans(), st.data())
+def test_spliced_body_says_what_json_dumps_says(original: Dict[str, Any], rnd: random.Random, ascii_only: bool,
+                                                data: st.DataObject) -> None:
+    """``changed`` a copy of the parsed body with some members replaced, some by a value equal to
+    the old one by ``==`` but not as JSON (``1`` and ``1.0``, ``[1]`` and ``[True]``): the spliced
+    bytes decode to exactly what ``json.dumps(changed)`` says."""
+    raw = spaced_json(original, rnd, ascii_only).encode()
+    spans: Dict[str, Tuple[int, int]] = {}
+    parsed = agproxy.parse_json_body(raw, spans)
+    changed = dict(parsed)
+    for key in data.draw(st.lists(st.sampled_from(sorted(parsed)), max_size=3)):
+        old = parsed[key]
+        changed[key] = data.draw(st.sampled_from([[x] for x in (1, 1.0, True)] if isinstance(old, list) else
+                                                 [{"k": x} for x in (1, 1.0, True)] if isinstance(old, dict) else
+                                                 [1, 1.0, True, "s"]) | JSON_VALUES | NUMBERS)
+    if data.draw(st.booleans()):
+        changed["model"] = "renamed"
+    written = agproxy.spliced_json(raw, spans, parsed, changed)
+    assert json.dumps(json.loads(written)) == json.dumps(changed)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(CORPUS_BODIES) | REQUEST, st.randoms(use_true_random=False), st.booleans(), st.booleans(),
+       st.sampled_from([None, 1, 2000]), st.sampled_from(["anthropic", "compatible", "openai"]), st.booleans())
+def test_a_request_prepare_changed_is_spliced_exactly_as_json_dumps_writes_it(
+        body: Dict[str, Any], rnd: random.Random, rename: bool, stream: bool, max_tokens: Optional[int],
+        profile: str, ascii_only: bool) -> None:
+    """What prepare does to a request (the cheap copy, renamed, stream forced, max_tokens fitted,
+    sanitized), spliced from the client's text however spaced: exactly ``json.dumps``'s JSON,
+    number types included."""
+    raw = spaced_json(body, rnd, ascii_only).encode("utf-8", "surrogatepass")
+    spans: Dict[str, Tuple[int, int]] = {}
+    try:
+        parsed = agproxy.parse_json_body(raw, spans)
+        agproxy.validate_messages_request(parsed)
+    except agproxy.AgproxyError:
+        return
+    rules = agproxy.PROFILE_DEFAULTS[profile]
+    changed = agproxy.sanitizable_copy(parsed, rules, []) or json.loads(raw)
+    if rename:
+        changed["model"] = "renamed"
+    if stream:
+        changed["stream"] = True
+    agproxy._fit_max_tokens(changed, max_tokens, {})
+    agproxy.sanitize_request(changed, rules)
+    written = agproxy.spliced_json(raw, spans, parsed, changed)
+    assert json.dumps(json.loads(written)) == json.dumps(changed)
+
+
+# -- 9. real recorded streams, split at random offsets ---------------------------------------------
+
+def _recordings() -> List[Tuple[str, bytes]]:
+    found = []
+    for folder in ("real-streams", "real-streams-gemini"):
+        for path in sorted((SHARED / folder / "fixtures").glob("*.json")):
+            recording = json.loads(path.read_text())
+            if recording.get("raw_sse"):
+                found.append((f"{folder}/{path.stem}", recording["raw_sse"].encode()))
+            elif recording.get("stream") and recording.get("chunks"):
+                found.append((f"{folder}/{path.stem}", b"".join(b"data: " + json.dumps(c).encode() + b"\n\n"
+                                                                for c in recording["chunks"])))
+    return found
+
+
+RECORDINGS = _recordings() if SHARED.is_dir() else []
+
+
+@pytest.mark.skipif(not RECORDINGS, reason="../shared/real-streams is not here (a user's clone)")
+@pytest.mark.parametrize("name,raw", RECORDINGS, ids=[n for n, _ in RECORDINGS])
+def test_real_streams_split_anywhere_read_as_whole(name: str, raw: bytes) -> None:
+    rnd = random.Random(name)
+    want = naive_sse(raw)
+    for _ in range(20):
+        cuts = sorted(rnd.sample(range(len(raw) + 1), min(len(raw) + 1, rnd.randint(1, 12))))
+        decoder, got, stray, start = agproxy.SSEDecoder(), [], agproxy.StrayLines(), 0
+        for cut in cuts + [len(raw)]:
+            got += [(e.event, e.data) for e in decoder.feed(raw[start:cut])]
+            stray.feed(raw[start:cut]) if raw[start:cut] else None
+            start = cut
+        stray.end()
+        assert got == want
+        assert bytes(stray.text) == naive_stray(raw)
+        chunked = _chunked([raw[a:b] for a, b in zip([0] + cuts, cuts + [len(raw)]) if raw[a:b]], rnd)
+        assert _response_body(chunked, rnd.sample(range(len(chunked)), 5), through=True) == (raw, None)
+    chunks = [json.loads(d) for _, d in want if d.strip() != "[DONE]"]
+    chunks = [c for c in chunks if isinstance(c, dict) and "error" not in c]
+    if "gemini" in name:
+        translated = _gemini_run(chunks, True, False)
+        assert translated == _gemini_run(chunks, False, False) == _gemini_run(chunks, True, True)
+    else:
+        translated = _openai_run(chunks, True, False)
+        assert translated == _openai_run(chunks, False, False) == _openai_run(chunks, True, True)
+    # its Anthropic events, as a passthrough upstream would send them, checked whole, event by event
+    # and down the decoder: the same events
+    events = re.findall(rb"(?:[^\n]+\n)+\n", translated)
+    assert b"".join(events) == translated
+    general = _check([translated + b": comment\n\n"])
+    assert _check([translated]) == _check(events) == general and general[1] is None
+
+
+# -- 10. the stream redactor's plain-delta path against its decoding path ---------------------------
+
+def _reordered(event: bytes) -> bytes:
+    """An event with its data's members in reverse order: no plain delta, the redactor decodes it."""
+    name, data = event.split(b"\n", 1)
+    payload = json.loads(data[len(b"data: "):])
+    return name + b"\ndata: " + json.dumps(dict(reversed(list(payload.items())))).encode() + b"\n\n"
+
+
+@settings(max_examples=300, deadline=None)
+@given(key=secrets_tests.KEYS, how=st.sampled_from(["raw", "json", "url", "base64"]), before=NASTY_TEXT,
+       after=NASTY_TEXT, points=st.lists(st.integers(0, 200), max_size=12),
+       block=st.sampled_from(sorted(secrets_tests.DELTAS)), style=st.sampled_from(["compact", "spaced", "ascii"]),
+       cuts=st.lists(st.integers(0, 30), max_size=6), keyed=st.booleans())
+def test_a_key_cut_across_deltas_is_redacted_alike_plain_or_decoded(
+        key: str, how: str, before: str, after: str, points: List[int], block: str, style: str, cuts: List[int],
+        keyed: bool) -> None:
+    """The same deltas as plain events (the redactor's match) and spelt otherwise (decoded): the
+    client joins the same text, a key cut across them hidden the same way, in the same grammar
+    (what is held may go out as deltas cut elsewhere)."""
+    text = re.sub("[\ud800-\udfff]", "", before + (secrets_tests.spelled(key, how, "") if keyed else "") + after)
+    events = secrets_tests.stream_of(secrets_tests.cut(text, points), block, "", style)
+    redactor = agproxy.Redactor([key])
+    plain = secrets_tests.joined_text(secrets_tests.relayed(events, cuts, redactor))
+    decoded = secrets_tests.joined_text(secrets_tests.relayed([_reordered(e) for e in events], cuts, redactor))
+    assert plain[0] == decoded[0] and key not in plain[0]
+    assert [k for i, k in enumerate(plain[1]) if k != "content_block_delta" or plain[1][i - 1] != k] == \
+        [k for i, k in enumerate(decoded[1]) if k != "content_block_delta" or decoded[1][i - 1] != k]
