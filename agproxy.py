@@ -1408,6 +1408,8 @@ _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _REQUEST_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([^\x00-\x20\x7f]+) HTTP/(\d)\.(\d)")
 _FIELD_VALUE_BAD = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
+#: The usual chunk-size line: a size alone, ended by CRLF.
+_CHUNK_HEAD = re.compile(rb"([0-9A-Fa-f]{1,16})\r\n")
 #: A Content-Length: ASCII digits only (``"²".isdigit()`` is true), at most 18 of them.
 _DIGITS = re.compile(r"[0-9]{1,18}")
 _HOP_BY_HOP = frozenset(
@@ -1621,18 +1623,16 @@ class ChunkedReader:
             if self.state is _CHUNK_END and buffer[:2] == b"\r\n":
                 del buffer[:2]
                 self.state = _CHUNK_SIZE
-            at, end = 0, len(buffer)
+            at = 0
             while self.state is _CHUNK_SIZE:
-                line_end = buffer.find(b"\r\n", at, at + _MAX_CHUNK_LINE + 2)
-                if line_end < 0:
-                    break
-                size_text = buffer[at:line_end]
-                if not _HEX.fullmatch(size_text):
-                    break  # a chunk extension, blanks, or no size at all: :meth:`read` takes it
-                size_at = line_end + 2 + int(size_text, 16)
-                if size_at == line_end + 2 or size_at + 2 > end or buffer[size_at:size_at + 2] != b"\r\n":
+                head = _CHUNK_HEAD.match(buffer, at)
+                if head is None:
+                    break  # a chunk extension, blanks, no size at all, or a line not all here: :meth:`read` takes it
+                data_at = head.end()
+                size_at = data_at + int(head.group(1), 16)
+                if size_at == data_at or not buffer.startswith(b"\r\n", size_at):
                     break  # the last chunk, or one not all here: :meth:`read` takes it
-                pieces.append(buffer[line_end + 2:size_at])
+                pieces.append(buffer[data_at:size_at])
                 at = size_at + 2
             if at:
                 del buffer[:at]
@@ -2151,15 +2151,25 @@ def encode_sse_json(event: str, payload: Dict[str, Any]) -> bytes:
 _json_text = json.encoder.encode_basestring
 
 
+#: The bytes of a relayed delta before its string, by (index, type, field), made once (a few kinds,
+#: and the first blocks' indices: an answer with more blocks makes the later ones' each time).
+_DELTA_HEADS: Dict[Tuple[int, str, str], bytes] = {}
+_MAX_DELTA_HEADS = 64
+
+
 def delta_event(index: int, kind: str, field: str, text: str, relayed: bool) -> Event:
     """A ``content_block_delta`` event of one string (``{"type": kind, field: text}``, as the
     translators write them). ``relayed``, it is kept as its bytes alone (see :class:`Event`), written
     from a template with only the string escaped: the very bytes :func:`encode_sse_json` writes, at
     a tenth of its cost (a translated stream is mostly these)."""
     if relayed:
-        return Event("content_block_delta", None, (
-            f'event: content_block_delta\ndata: {{"type":"content_block_delta","index":{index:d},'
-            f'"delta":{{"type":"{kind}","{field}":{_json_text(text)}}}}}\n\n').encode("utf-8", "replace"))
+        head = _DELTA_HEADS.get((index, kind, field))
+        if head is None:
+            head = (f'event: content_block_delta\ndata: {{"type":"content_block_delta","index":{index:d},'
+                    f'"delta":{{"type":"{kind}","{field}":').encode("utf-8", "replace")
+            if index < _MAX_DELTA_HEADS:
+                _DELTA_HEADS[(index, kind, field)] = head
+        return Event("content_block_delta", None, head + _json_text(text).encode("utf-8", "replace") + b"}}\n\n")
     return Event("content_block_delta", {"type": "content_block_delta", "index": index,
                                          "delta": {"type": kind, field: text}})
 
@@ -2278,16 +2288,25 @@ class SSEDecoder:
             data = data[1:]
         self._skip_lf = False
         self._buffer += data
+        self._begin()
+        return self._take(len(data))
+
+    def _begin(self) -> None:
+        """At the stream's start: a BOM is dropped."""
         if not self._started and (len(self._buffer) >= 3 or not b"\xef\xbb\xbf".startswith(self._buffer)):
             self._started = True  # (at the first bytes that cannot begin a BOM: it is the stream's start alone)
             if self._buffer[:3] == b"\xef\xbb\xbf":
                 del self._buffer[:3]
+
+    def _take(self, new: int) -> List[SSEEvent]:
+        """The events that the buffer completes, its last ``new`` bytes just added (at most)."""
         events: List[SSEEvent] = []
         buffer = self._buffer
-        if b"\r" not in data:  # (what an earlier feed left holds no line end at all, CR included)
+        new = min(new, len(buffer))
+        if buffer.find(b"\r", len(buffer) - new) < 0:  # (what an earlier feed left holds no CR)
             # the usual case: LF line endings only, split in one go; only the new bytes can hold
             # a new line end (a large event arriving in pieces costs linear time)
-            end = buffer.rfind(b"\n", max(0, len(buffer) - len(data)))
+            end = buffer.rfind(b"\n", max(0, len(buffer) - new))
             if end >= 0:
                 lines = bytes(buffer[:end]).decode("utf-8", "replace").split("\n")
                 del buffer[: end + 1]
@@ -2327,6 +2346,29 @@ class SSEDecoder:
             raise SSEError(f"SSE event exceeds {self.max_event_bytes} bytes")
         return events
 
+    def feed_data(self, data: bytes) -> List[str]:
+        """Add bytes; return the data of each event they complete (:meth:`feed`'s events'
+        ``data``), for a reader of nothing else: an OpenAI or Gemini stream's events mean nothing
+        by their names or ids. The usual read, whole events each one ``data: `` line with LF line
+        endings, is cut into its events' data with one split (:func:`_data_lines`); any other
+        goes through :meth:`feed`."""
+        if self._skip_lf or self._data or self._event or self._id is not None or b"\r" in data:
+            return [event.data for event in self.feed(data)]
+        buffer = self._buffer
+        scanned = len(buffer) - 1  # the new bytes, and a blank line they may complete
+        buffer += data
+        if not self._started:
+            self._begin()
+            scanned = 0
+        end = buffer.rfind(b"\n\n", max(0, scanned))
+        if end >= 0:
+            text = buffer[:end].decode("utf-8", "replace")
+            if len(text) <= self.max_event_bytes and len(buffer) - end - 2 <= self.max_event_bytes \
+                    and _data_lines(text):  # (events within the limit: none to refuse)
+                del buffer[:end + 2]
+                return text[6:].split("\n\ndata: ")
+        return [event.data for event in self._take(len(data))]
+
     def _line(self, line: str, events: List[SSEEvent]) -> None:
         if not line:
             if self._data:
@@ -2348,6 +2390,13 @@ class SSEDecoder:
                 raise SSEError(f"SSE event exceeds {self.max_event_bytes} bytes")
         elif name == "id" and "\x00" not in value:
             self._id = value
+
+
+def _data_lines(text: str) -> bool:
+    """Whether ``text`` (events cut at their blank lines, the last one's left off) is events of one
+    ``data: `` line each: it begins with one, and each of its line ends is in a blank line before
+    another (``\\n\\ndata: `` holds two, and two of them cannot overlap)."""
+    return text.startswith("data: ") and text.count("\n") == 2 * text.count("\n\ndata: ")
 
 
 def sse_complete_prefix(data: Union[bytes, bytearray], start: int = 0) -> int:
@@ -2548,6 +2597,32 @@ def loads_strict(data: Union[bytes, str], repair_surrogates: bool = True,
         else:
             data = _LONE_SURROGATE_BYTES.sub(rb"\1\\ufffd", data)
     return _decode_bounded(data if isinstance(data, str) else data.decode("utf-8"), max_depth, spans)
+
+
+def loads_each(texts: List[str], max_depth: int = MAX_UPSTREAM_JSON_DEPTH) -> List[Any]:
+    """Each of ``texts`` (an upstream read's chunks) decoded as :func:`loads_strict` decodes it,
+    where that is the usual chunk: one JSON value with nothing around it, no ``\\u`` escape, and
+    short or shallow (a text longer than twice ``max_depth`` counts its brackets): one call of the
+    C scanner each, the checks made once for the whole read where they can be. None for any
+    other text: the caller decodes it with :func:`loads_strict`, which repairs it, refuses it or
+    words what is wrong (and gives None again for ``null``)."""
+    joined = "".join(texts)
+    escaped = "\\u" in joined
+    deep = bool(texts) and max(map(len, texts)) > 2 * max_depth \
+        and joined.count("[") + joined.count("{") > max_depth
+    scan = _STRICT_JSON.scan_once
+    values: List[Any] = []
+    for text in texts:
+        if (escaped and "\\u" in text) or (deep and len(text) > 2 * max_depth
+                                            and text.count("[") + text.count("{") > max_depth):
+            values.append(None)
+            continue
+        try:
+            value, end = scan(text, 0)
+        except (StopIteration, ValueError):
+            value, end = None, -1
+        values.append(value if end == len(text) else None)
+    return values
 
 
 def _too_deep(value: Any, limit: int) -> bool:
@@ -5461,21 +5536,30 @@ class OpenAIStreamTranslator:
     def feed(self, chunk: Dict[str, Any]) -> List[Event]:
         """Events for one parsed chunk (an ``error`` chunk gives an error event and ends the stream)."""
         out: List[Event] = []
+        self.feed_into(out, chunk)
+        return out
+
+    def feed_into(self, out: List[Event], chunk: Dict[str, Any]) -> None:
+        """:meth:`feed`, its events added to ``out`` (a stream's reader gathers a read's events in one list).
+        Each key is read once and the absent ones tested against None first: this runs for every chunk."""
         if self.finished:
-            return out
-        if "error" in chunk and not chunk.get("choices"):
+            return
+        choices = chunk.get("choices")
+        if "error" in chunk and not choices:
             self.finished = True
             self._start(out, None)
-            return out + [openai_error_event(chunk)]
-        choices = chunk.get("choices")
-        if choices is not None and not isinstance(choices, list):
+            out.append(openai_error_event(chunk))
+            return
+        if choices is None:
+            choices = ()
+        elif not isinstance(choices, list):
             raise UpstreamFailure("upstream sent a chunk whose choices is not a list")
         if not self.started:
             self._start(out, chunk.get("id"))
         usage = chunk.get("usage")
-        if isinstance(usage, dict):
+        if usage is not None and isinstance(usage, dict):
             self._usage = openai_usage(usage)
-        for choice in choices or []:
+        for choice in choices:
             if not isinstance(choice, dict) or (choice.get("index") or 0) != 0:
                 continue
             delta = choice.get("delta")
@@ -5490,7 +5574,6 @@ class OpenAIStreamTranslator:
             if choice.get("finish_reason"):
                 self.saw_finish = True
                 self._stop_reason, self._stop_sequence = _stop_reason(choice, self.stop_sequences)
-        return out
 
     def _take_delta(self, out: List[Event], delta: Dict[str, Any], content: Any) -> None:
         """A choice's delta (``content`` its content), fragment by fragment: reasoning, content,
@@ -6504,14 +6587,22 @@ class GeminiStreamTranslator:
     def feed(self, chunk: Dict[str, Any]) -> List[Event]:
         """Events for one parsed chunk (an ``error`` chunk gives an error event and ends the stream)."""
         out: List[Event] = []
+        self.feed_into(out, chunk)
+        return out
+
+    def feed_into(self, out: List[Event], chunk: Dict[str, Any]) -> None:
+        """:meth:`feed`, its events added to ``out`` (a stream's reader gathers a read's events in one list)."""
         if self.finished:
-            return out
+            return
         error = chunk.get("error")
         if error is not None and isinstance(error, dict):
             self.finished = True
             self._start(out, None)
-            return out + [gemini_error_event(chunk)]
-        if "candidates" not in chunk and "promptFeedback" not in chunk and "usageMetadata" not in chunk:
+            out.append(gemini_error_event(chunk))
+            return
+        candidates = chunk.get("candidates")
+        if candidates is None and "candidates" not in chunk and "promptFeedback" not in chunk \
+                and "usageMetadata" not in chunk:
             raise UpstreamFailure("upstream sent something that is not a Gemini response (no candidates, "
                                   "promptFeedback or usageMetadata)")
         if not self.started:
@@ -6522,7 +6613,6 @@ class GeminiStreamTranslator:
         feedback = chunk.get("promptFeedback")
         if feedback is not None and isinstance(feedback, dict) and isinstance(feedback.get("blockReason"), str):
             self._block_reason = feedback["blockReason"][:100]
-        candidates = chunk.get("candidates")
         if candidates is not None and not isinstance(candidates, list):
             raise UpstreamFailure("upstream sent a chunk whose candidates is not a list")
         candidate = candidates[0] if candidates and isinstance(candidates[0], dict) else {}
@@ -6533,16 +6623,16 @@ class GeminiStreamTranslator:
         for part in parts or []:
             if not isinstance(part, dict):
                 continue
-            if len(part) == 1 and self._open == "text" and type(part.get("text")) is str:
-                if part["text"]:  # the usual part: more of the open text block (as _part would)
-                    out.append(delta_event(self._index, "text_delta", "text", part["text"], self.relayed))
+            text = part.get("text")
+            if len(part) == 1 and type(text) is str and self._open == "text":
+                if text:  # the usual part: more of the open text block (as _part would)
+                    out.append(delta_event(self._index, "text_delta", "text", text, self.relayed))
             else:
                 self._part(out, part)
         finish_reason = candidate.get("finishReason")
         if finish_reason is not None and isinstance(finish_reason, str):
             self._finish_reason = finish_reason[:100]
             self._finish_message = str(candidate.get("finishMessage") or "")[:1000]
-        return out
 
     def _part(self, out: List[Event], part: Dict[str, Any]) -> None:
         signature = _text_or(part.get("thoughtSignature"), "")
@@ -7203,7 +7293,11 @@ class ChatStreamEncoder(StreamEncoder):
         delta = data.get("delta") if isinstance(data.get("delta"), dict) else {}
         kind = delta.get("type")
         if kind == "text_delta" and delta.get("text"):
-            out.append(self._chunk({"content": str(delta["text"])}))
+            if self._prefix and type(delta["text"]) is str:  # the usual piece: _chunk's bytes, only the text escaped
+                out.append(f'data: {self._prefix}{{"content":{_json_text(delta["text"])}}},"logprobs":null,'
+                           f'"finish_reason":null}}]}}\n\n')
+            else:
+                out.append(self._chunk({"content": str(delta["text"])}))
         elif kind == "thinking_delta" and delta.get("thinking"):
             out.append(self._chunk({"reasoning_content": str(delta["thinking"])}))
         elif kind == "input_json_delta" and delta.get("partial_json") and _is_int(data.get("index")) \
@@ -8132,16 +8226,26 @@ class ResponsesStreamEncoder(StreamEncoder):
     def _text(self, out: _StreamParts, state: Dict[str, Any], text: str) -> None:
         if not text or self._message is None:
             return
-        escaped = _COMPACT_JSON.encode(text)[1:-1].encode("utf-8", "replace")
+        quoted = _json_text(text)
+        escaped = quoted[1:-1].encode("utf-8", "replace")
         if self._held_bytes + len(escaped) > RESPONSES_MAX_HELD_TEXT_BYTES:
             self._stop_reason = "max_tokens"  # the client is told as of an answer cut for length
             self._finish(out)
             return
         self._held_bytes += len(escaped)
         state["text"].add(escaped)
+        item_id, output_index, content_index = self._message["id"], self._message["index"], state["content_index"]
+        if type(item_id) is str and type(output_index) is int and type(content_index) is int:
+            # the usual event, written as _emit writes it, from a template with only the strings escaped
+            out += (f'event: response.output_text.delta\ndata: {{"type":"response.output_text.delta",'
+                    f'"sequence_number":{self._sequence:d},"item_id":{_json_text(item_id)},'
+                    f'"output_index":{output_index:d},"content_index":{content_index:d},"delta":{quoted},'
+                    f'"logprobs":[]}}\n\n').encode("utf-8", "replace")
+            self._sequence += 1
+            return
         self._emit(out, "response.output_text.delta", {
-            "item_id": self._message["id"], "output_index": self._message["index"],
-            "content_index": state["content_index"], "delta": text, "logprobs": []})
+            "item_id": item_id, "output_index": output_index, "content_index": content_index, "delta": text,
+            "logprobs": []})
 
     def _thinking(self, out: _StreamParts, state: Dict[str, Any], text: str) -> None:
         if not text:
@@ -9034,6 +9138,8 @@ class GeminiStreamEncoder(StreamEncoder):
         self._parts = _GeminiParts(names, include_thoughts)
         self._opened = False  # the JSON array's "[" is written
         self._chunks = 0
+        self._tail_id = ""  # the response id that _tail, a chunk's JSON after its candidates, holds
+        self._tail = ""
 
     def encode(self, events: List[Event]) -> bytes:
         """A batch of events as the client's bytes (b"" when nothing in it shows)."""
@@ -9087,13 +9193,21 @@ class GeminiStreamEncoder(StreamEncoder):
     def _chunk(self, parts: List[Dict[str, Any]], final: bool = False) -> str:
         if not self._parts.response_id:
             self._parts.response_id = _gemini_response_id(None)
-        candidate: Dict[str, Any] = {"content": {"role": "model", "parts": parts}, "index": 0}
-        response: Dict[str, Any] = {"candidates": [candidate]}
-        if final:
-            candidate["finishReason"] = self._parts.finish_reason()
-            response["usageMetadata"] = self._parts.usage_metadata()
-        response.update(modelVersion=self.model, responseId=self._parts.response_id)
-        text = _COMPACT_JSON.encode(response)
+        if not final and len(parts) == 1 and len(parts[0]) == 1 and type(parts[0].get("text")) is str:
+            # the usual chunk, a piece of text: the bytes below, only the text escaped
+            if self._tail_id != self._parts.response_id:
+                self._tail_id = self._parts.response_id
+                self._tail = _COMPACT_JSON.encode({"modelVersion": self.model, "responseId": self._tail_id})[1:]
+            text = (f'{{"candidates":[{{"content":{{"role":"model","parts":[{{"text":{_json_text(parts[0]["text"])}'
+                    f'}}]}},"index":0}}],{self._tail}')
+        else:
+            candidate: Dict[str, Any] = {"content": {"role": "model", "parts": parts}, "index": 0}
+            response: Dict[str, Any] = {"candidates": [candidate]}
+            if final:
+                candidate["finishReason"] = self._parts.finish_reason()
+                response["usageMetadata"] = self._parts.usage_metadata()
+            response.update(modelVersion=self.model, responseId=self._parts.response_id)
+            text = _COMPACT_JSON.encode(response)
         self._chunks += 1
         if self.sse:
             return f"data: {text}\n\n"
@@ -12922,9 +13036,12 @@ class CallFacts:
             if name == "content_block_delta":
                 raw = event.raw
                 if raw is not None:  # its last string is its content: `..."text":"Hello"}}` + blank line
-                    start = max(raw.rfind(b'":"'), raw.rfind(b'": "') + 1)
-                    if start > 0:
-                        chars += max(0, len(raw) - start - _DELTA_TAIL_BYTES)
+                    start = raw.rfind(b'":"')
+                    if raw.find(b'": "', start if start > 0 else 0) >= 0:  # (spaced: rarely, upstream's own)
+                        start = raw.rfind(b'": "') + 1
+                    size = len(raw) - start - _DELTA_TAIL_BYTES
+                    if start > 0 and size > 0:
+                        chars += size
                 else:
                     delta = event.data.get("delta") if isinstance(event.data.get("delta"), dict) else {}
                     content = delta.get("text") or delta.get("partial_json") or delta.get("thinking")
@@ -13898,21 +14015,23 @@ async def openai_events(response: UpstreamResponse, translator: OpenAIStreamTran
                 return
             raise UpstreamFailure("the stream ended before the answer finished")
         out: List[Event] = []
-        for event in decoder.feed(chunk):
-            data = event.data.strip()
-            if data == "[DONE]":
-                chunks += native.end() if native else []
-                out += translator.finish()
-                continue
-            if not data:
-                continue  # an empty keep-alive event
-            try:
-                parsed = loads_strict(data)
-            except ValueError:
-                raise UpstreamFailure(f"upstream sent a chunk that is not JSON: {data[:100]!r}") from None
-            if not isinstance(parsed, dict):
+        texts = decoder.feed_data(chunk)
+        for data, parsed in zip(texts, loads_each(texts)):
+            if parsed is None:  # not the usual chunk: the end, a keep-alive, or one to decode the careful way
+                data = data.strip()
+                if data == "[DONE]":
+                    chunks += native.end() if native else []
+                    out += translator.finish()
+                    continue
+                if not data:
+                    continue  # an empty keep-alive event
+                try:
+                    parsed = loads_strict(data)
+                except ValueError:
+                    raise UpstreamFailure(f"upstream sent a chunk that is not JSON: {data[:100]!r}") from None
+            if type(parsed) is not dict:
                 raise UpstreamFailure(f"upstream sent a chunk that is not a JSON object: {data[:100]!r}")
-            out += translator.feed(parsed)
+            translator.feed_into(out, parsed)
             if native is not None and not translator.finished:
                 chunks += native.feed(parsed, data)
         if translator.finished and native is not None:
@@ -13933,20 +14052,21 @@ async def gemini_events(response: UpstreamResponse, translator: GeminiStreamTran
     decoder, stray = SSEDecoder(), StrayLines()
     chunks: List[bytes] = []
 
-    def translate(events: List[SSEEvent]) -> List[Event]:
+    def translate(texts: List[str]) -> List[Event]:
         out: List[Event] = []
-        for event in events:
-            data = event.data.strip()
-            if not data:
-                continue
-            try:
-                parsed = loads_strict(data)
-            except ValueError:
-                raise UpstreamFailure(f"upstream sent a chunk that is not JSON: {data[:100]!r}") from None
+        for data, parsed in zip(texts, loads_each(texts)):
+            if parsed is None:  # not the usual chunk: a keep-alive, or one to decode the careful way
+                data = data.strip()
+                if not data:
+                    continue
+                try:
+                    parsed = loads_strict(data)
+                except ValueError:
+                    raise UpstreamFailure(f"upstream sent a chunk that is not JSON: {data[:100]!r}") from None
             for item in parsed if type(parsed) is list else (parsed,):
                 if type(item) is not dict:
                     raise UpstreamFailure(f"upstream sent a chunk that is not a JSON object: {data[:100]!r}")
-                out += translator.feed(item)
+                translator.feed_into(out, item)
                 if native is not None and not translator.finished:
                     chunks.extend(native.feed(item, data if item is parsed else _COMPACT_JSON.encode(item)))
         return out
@@ -13954,7 +14074,7 @@ async def gemini_events(response: UpstreamResponse, translator: GeminiStreamTran
     while True:
         chunk = await _read_unless_said(response, translator.started and translator.said_end)
         if not chunk:
-            out = translate(decoder.feed(b"\n\n"))
+            out = translate(decoder.feed_data(b"\n\n"))
             stray.end()
             if stray.text.strip() and not translator.finished:
                 out += translator.feed(stray.error())
@@ -13965,7 +14085,7 @@ async def gemini_events(response: UpstreamResponse, translator: GeminiStreamTran
             chunks += native.end() if native else []
             yield _with_verbatim(chunks, out + translator.finish())
             return
-        out = translate(decoder.feed(chunk))
+        out = translate(decoder.feed_data(chunk))
         if stray.feed(chunk) and not translator.finished:
             out += translator.feed(stray.error())
         if translator.finished and native is not None:

@@ -715,3 +715,22 @@ def test_real_streams_come_back_to_an_openai_client_as_the_server_said(name: str
     if "usage" in want:
         assert got["usage"]["completion_tokens"] == want["usage"]["output_tokens"]
         assert got["usage"]["prompt_tokens"] == want["usage"]["prompt_tokens"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(min_size=1, max_size=20), min_size=1, max_size=5))
+def test_a_text_delta_s_chunk_is_the_json_of_its_piece_however_the_text_reads(texts):
+    encoder = agproxy.ChatStreamEncoder("m", 7)
+    start = agproxy.Event("message_start", {"type": "message_start", "message": {"id": "msg_1", "usage": {}}})
+    head = encoder.encode([start])
+    deltas = [agproxy.delta_event(0, "text_delta", "text", text, relayed) for text, relayed in
+              zip(texts, [True, False] * len(texts))]
+    written = encoder.encode(deltas)
+    assert head.startswith(b'data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":7,"model":"m",')
+
+    def chunk(text: str) -> bytes:
+        body = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 7, "model": "m",
+                "choices": [{"index": 0, "delta": {"content": text}, "logprobs": None, "finish_reason": None}]}
+        return f"data: {json.dumps(body, separators=(',', ':'), ensure_ascii=False)}\n\n".encode("utf-8", "replace")
+
+    assert written == b"".join(chunk(text) for text in texts)

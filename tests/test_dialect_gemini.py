@@ -758,3 +758,24 @@ def test_a_json_schema_with_gemini_type_names_is_spelled_as_json_schema() -> Non
         "generationConfig": {"responseMimeType": "application/json", "responseJsonSchema": schema}})
     assert out["output_config"]["format"]["schema"] == wanted
     assert out["tools"][0]["input_schema"] == wanted
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(min_size=1, max_size=20), min_size=1, max_size=4), st.booleans())
+def test_a_text_piece_s_chunk_is_the_json_of_its_response_however_the_text_reads(texts, sse):
+    encoder = agproxy.GeminiStreamEncoder("gemini-x", sse=sse)
+    start = {"type": "message_start", "message": {"id": "msg_abc", "usage": {}}}
+    encoder.encode([agproxy.Event("message_start", start),
+                    agproxy.Event("content_block_start", {"type": "content_block_start", "index": 0,
+                                                          "content_block": {"type": "text", "text": ""}})])
+    written = encoder.encode([agproxy.delta_event(0, "text_delta", "text", text, relayed)
+                              for text, relayed in zip(texts, [True, False] * len(texts))])
+    response_id = encoder._parts.response_id
+
+    def chunk(number: int, text: str) -> str:
+        body = json.dumps({"candidates": [{"content": {"role": "model", "parts": [{"text": text}]}, "index": 0}],
+                           "modelVersion": "gemini-x", "responseId": response_id},
+                          separators=(",", ":"), ensure_ascii=False)
+        return f"data: {body}\n\n" if sse else f"{'[' if number == 0 else ','}\r\n{body}"
+
+    assert written == "".join(chunk(n, text) for n, text in enumerate(texts)).encode("utf-8", "replace")

@@ -801,3 +801,17 @@ def test_real_gemini_answers_come_back_through_the_clients_history_unchanged(nam
     again = responses_request_to_anthropic(dict(request, input=history))
     kept = [b for b in made["content"] if not (b["type"] == "text" and not b["text"])]
     assert again["messages"][1:2] == ([{"role": "assistant", "content": kept}] if kept else [])
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.text(min_size=1, max_size=20), min_size=1, max_size=4))
+def test_a_text_delta_event_is_the_compact_json_of_its_fields_however_the_text_reads(pieces):
+    wire = ResponsesStreamEncoder("m").encode(answer([text_block(0, *pieces)]))
+    events = agproxy.SSEDecoder().feed(wire)
+    deltas = [event.data for event in events if event.event == "response.output_text.delta"]
+    assert [json.loads(data)["delta"] for data in deltas] == pieces
+    for data in deltas:  # the very bytes encode_sse_json writes, its fields in their order
+        fields = json.loads(data)
+        assert list(fields) == ["type", "sequence_number", "item_id", "output_index", "content_index", "delta",
+                                "logprobs"]
+        assert data == json.dumps(fields, separators=(",", ":"), ensure_ascii=False)

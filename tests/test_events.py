@@ -264,3 +264,43 @@ def test_a_delta_checked_without_decoding_is_refused_exactly_when_its_data_is_no
     else:
         with pytest.raises(agproxy.UpstreamFailure):
             check.feed(event)
+
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
+                                                                                       max_size=3), max_leaves=8)
+chunk_texts = st.one_of(
+    json_values.map(json.dumps), json_values.map(lambda v: json.dumps(v, ensure_ascii=False)),
+    json_values.map(lambda v: f" {json.dumps(v)}\t"), st.text(max_size=30),
+    st.sampled_from(["NaN", "[1e999]", '"\\ud800"', '{"a": "\\udc00x"}', "[DONE]", "", "{}{}", '{"a":1} 2',
+                     "[" * 90 + "]" * 90, '{"a":' * 81 + "1" + "}" * 81, "[" * 40 + "]" * 40]),
+    st.integers(min_value=60, max_value=100).map(lambda depth: "[" * depth + "]" * depth))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(chunk_texts, max_size=8))
+def test_a_read_s_chunks_decoded_at_once_are_what_each_decodes_to_alone(texts):
+    for text, value in zip(texts, agproxy.loads_each(texts)):
+        if value is not None:  # the usual chunk, taken at once: exactly what the careful decode gives
+            assert value == agproxy.loads_strict(text) and repr(value) == repr(agproxy.loads_strict(text))
+    assert len(agproxy.loads_each(texts)) == len(texts)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.text(max_size=30).filter(lambda text: not text.startswith(":")),
+                          st.sampled_from(["text", "thinking", "partial_json"]),
+                          st.booleans(), st.booleans()), max_size=6))
+def test_a_relayed_batch_counts_the_bytes_of_its_deltas_content_however_they_are_written(deltas):
+    # (a content that begins with a colon reads as a key's: counted a little short, an estimate still)
+    batch, expected = [], 0
+    for text, field, spaced, ascii_only in deltas:
+        kind = {"text": "text_delta", "thinking": "thinking_delta", "partial_json": "input_json_delta"}[field]
+        payload = {"type": "content_block_delta", "index": 0, "delta": {"type": kind, field: text}}
+        separators = (", ", ": ") if spaced else (",", ":")
+        data = json.dumps(payload, separators=separators, ensure_ascii=ascii_only)
+        batch.append(agproxy.Event("content_block_delta", None,
+                                   f"event: content_block_delta\ndata: {data}\n\n".encode("utf-8", "replace")))
+        expected += len(json.dumps(text, ensure_ascii=ascii_only).encode("utf-8", "replace")) - 2
+    facts = agproxy.CallFacts()
+    facts.relayed(batch + [agproxy.Event("ping", {"type": "ping"})])
+    assert facts.relayed_chars == expected and not facts.final_usage

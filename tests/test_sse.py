@@ -129,3 +129,43 @@ def test_a_batch_holds_content_unless_it_is_only_pings(picks):
     batch = [event for content, i in picks
              for event in _checked((_CONTENT if content else _PINGS)[i % (len(_CONTENT) if content else len(_PINGS))])]
     assert holds_content(batch) == any(content for content, _ in picks), batch
+
+
+# -- an event's data alone, the usual read cut in one split -----------------------------------------
+
+_PIECES = [b'data: {"a": 1}\n\n', b'data: {"b": "x y"}\n\n', b"data: [DONE]\n\n", b"data:no-space\n\n",
+           b"data: one\ndata: two\n\n", b"event: error\ndata: {}\n\n", b": comment\n\n", b"id: 3\ndata: z\n\n",
+           b"data: crlf\r\n\r\n", b"data: cr\r\r", b"\n\n", b"data: \n\n", b"data: data: \n\n", b"retry: 5\n",
+           b"\xef\xbb\xbf", b"data: \xc3\xa9\xff\n\n", b"data: " + b"L" * 70 + b"\n\n", b"data: partial"]
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.one_of(st.sampled_from(_PIECES), st.binary(max_size=12)), max_size=16),
+       st.lists(st.integers(min_value=1, max_value=40), min_size=1, max_size=8))
+def test_feed_data_gives_the_data_of_the_events_feed_gives_however_the_reads_fall(pieces, steps):
+    wire = b"".join(pieces)
+    fed, fed_data = SSEDecoder(max_event_bytes=64), SSEDecoder(max_event_bytes=64)
+    events: list = []
+    datas: list = []
+    at, turn = 0, 0
+    while at < len(wire):
+        read = wire[at:at + steps[turn % len(steps)]]
+        at, turn = at + len(read), turn + 1
+        try:
+            events += fed.feed(read)
+        except SSEError:
+            with pytest.raises(SSEError):
+                fed_data.feed_data(read)
+            break
+        datas += fed_data.feed_data(read)
+        assert datas == [event.data for event in events]
+    assert datas == [event.data for event in events]
+
+
+@pytest.mark.parametrize("step", [0, 4])
+def test_a_stream_that_begins_with_a_bom_has_its_cr_line_endings_read_as_such(step):
+    wire = b"\xef\xbb\xbfdata: a\r\rdata: bcd"
+    assert decode(wire, step) == [SSEEvent("message", "a")]
+    decoder = SSEDecoder()
+    step = step or len(wire)
+    assert [d for i in range(0, len(wire), step) for d in decoder.feed_data(wire[i:i + step])] == ["a"]
