@@ -10793,6 +10793,7 @@ class UpstreamResponse:
         task = asyncio.ensure_future(_drain_after_stop(self))
         _DRAINING.add(task)
         task.add_done_callback(_DRAINING.discard)
+        self._client.finishing(self._conn.origin, task)
 
     def close(self, force: bool = False) -> None:
         """Release the connection; an unfinished body aborts it at once. While the end of a whole
@@ -10835,6 +10836,9 @@ class UpstreamClient:
         #: and ~1 MB, which an agproxy of plain-http upstreams (a local model) never needs
         self._ssl_context: Optional[ssl.SSLContext] = None
         self._proxies: Dict[Tuple[str, str], Any] = {}
+        #: per origin, the background reads of answers' last bytes (:meth:`UpstreamResponse.drain`),
+        #: each of which gives its connection back to the pool when the body's end comes
+        self._finishing: Dict[_Origin, Set[asyncio.Future]] = {}
 
     async def request(self, method: str, url: str, headers: Headers, body: bytes = b"", *,
                       timeout_s: float = 600.0, connect_timeout_s: float = 10.0) -> UpstreamResponse:
@@ -10921,14 +10925,28 @@ class UpstreamClient:
             raise UpstreamFailure(f"no whole answer from {url.split('?')[0][:200]} within {deadline_s:g} s",
                                   status=504) from None
 
+    def finishing(self, origin: _Origin, drain: asyncio.Future) -> None:
+        """A connection of ``origin`` will be back in the pool when ``drain`` (bounded) has read its
+        answer's end: until then, a request for that origin waits for it rather than connecting."""
+        drains = self._finishing.setdefault(origin, set())
+        drains.add(drain)
+        drain.add_done_callback(drains.discard)
+
     async def _take(self, origin: _Origin, connect_timeout_s: float) -> Tuple[_UpstreamConnection, bool]:
-        idle = self._idle.get(origin) or []
-        while idle:
-            conn = idle.pop()
-            conn.pooled = False
-            if conn.usable():
-                return conn, True
-            conn.abort()
+        while True:
+            idle = self._idle.get(origin) or []
+            while idle:
+                conn = idle.pop()
+                conn.pooled = False
+                if conn.usable():
+                    return conn, True
+                conn.abort()
+            # an answer whose end came after its client's next request (the terminating chunk in a
+            # packet of its own): its connection is worth waiting for, a new one costs a handshake
+            drains = self._finishing.get(origin)
+            if not drains:
+                break
+            await asyncio.wait(set(drains), return_when=asyncio.FIRST_COMPLETED)
         try:
             return await asyncio.wait_for(self._connect(origin), connect_timeout_s), False
         except asyncio.TimeoutError:

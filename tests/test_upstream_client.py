@@ -13,7 +13,7 @@ import pytest
 
 import agproxy
 from tests.conftest import clean_env, fake_config
-from tests.fakes.anthropic_upstream import FakeAnthropic
+from tests.fakes.anthropic_upstream import FakeAnthropic, Sse, text_stream
 from tests.fakes.connect_proxy import FakeProxy
 
 
@@ -51,6 +51,16 @@ def test_https_upstream_reuses_one_tls_connection(start_agproxy, tls_fake, certi
     ask(proxy, 3)
     assert len(tls_fake.requests) == 4
     assert tls_fake.connections == 1  # one handshake for four requests
+
+
+def test_the_next_request_reuses_a_connection_whose_body_end_comes_late(start_agproxy, fake):
+    """An answer's end (the terminating chunk, in a packet of its own on a loaded network) can come
+    after its client already sent the next request: that request waits for the connection being
+    finished instead of opening another (a TLS handshake each, against a real upstream)."""
+    fake.script(*[Sse(text_stream(), end_after_s=0.2)] * 3)
+    proxy = start_agproxy(fake_config(fake))
+    ask(proxy, 2)
+    assert [r.connection for r in fake.requests] == [1, 1, 1]
 
 
 def test_https_upstream_with_an_untrusted_certificate_is_502(start_agproxy, tls_fake):

@@ -10,7 +10,8 @@ Replies:
 - ``Json(status, body, headers)``: a JSON answer.
 - ``Sse(events, delay_s, drop_after, split)``: an event stream; ``delay_s`` pauses before each
   event, ``drop_after`` closes the connection after that many events, ``split`` sends each event
-  in two writes cut mid-line.
+  in two writes cut mid-line, ``end_after_s`` pauses before the body's terminating chunk (sent in
+  a write of its own, as a real upstream's may come in a packet of its own).
 - ``Drop()``: close the connection without answering.
 - ``Hang(seconds)``: say nothing for that long, then close.
 - ``Raw(data)``: write these bytes verbatim.
@@ -46,6 +47,7 @@ class Sse:
     drop_after: Optional[int] = None
     split: bool = False
     headers: Sequence[Tuple[str, str]] = ()
+    end_after_s: float = 0.0
 
 
 @dataclasses.dataclass
@@ -346,6 +348,8 @@ class FakeAnthropic:
                         await asyncio.sleep(0.01)
                 if writer.transport.is_closing():
                     raise ConnectionResetError
+            if reply.end_after_s:
+                await asyncio.sleep(reply.end_after_s)
             writer.write(b"0\r\n\r\n")
             await writer.drain()
         except (ConnectionError, OSError):
