@@ -10596,7 +10596,10 @@ class _UpstreamConnection(asyncio.Protocol):
     # -- what the client calls -----------------------------------------------------------
 
     def usable(self) -> bool:
-        return self.transport is not None and not self.transport.is_closing() and not self._ended
+        """Open, and nothing unread in it (bytes that came after an answer's end, in a piece of
+        their own, would answer the next request)."""
+        return self.transport is not None and not self.transport.is_closing() and not self._ended \
+            and not self._received
 
     def write(self, data: Union[bytes, memoryview]) -> None:
         self.transport.write(data)  # type: ignore[union-attr]

@@ -203,3 +203,40 @@ def test_a_body_that_trickles_is_read_whole_past_timeout_s():
     moved on lazily, must not cut a read that began after it was set."""
     pieces = _read_body_of(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nabcdef", 0.1, 0.25)
     assert pieces == [b"a", b"b", b"c", b"d", b"e", b"f"]
+
+
+def test_bytes_that_came_after_a_body_in_a_piece_of_their_own_do_not_answer_the_next_request():
+    """An upstream that sends a second answer right after the first (a separate write, come before
+    the first's end is read): the connection is not pooled with those bytes waiting in it, which
+    would answer the next request, maybe another user's."""
+
+    async def scenario() -> tuple:
+        connections: list = []
+
+        async def upstream(reader, writer):
+            connections.append(writer)
+            await reader.readuntil(b"\r\n\r\n")
+            if len(connections) == 1:
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst")
+                await writer.drain()
+                await asyncio.sleep(0.05)
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\ninjected")
+                await asyncio.sleep(1)
+            else:
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecond")
+            writer.close()
+
+        server = await asyncio.start_server(upstream, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        client = agproxy.UpstreamClient()
+        first = await client.request("GET", f"http://127.0.0.1:{port}/", [])
+        await asyncio.sleep(0.2)  # a busy loop: the reader comes back after the extra bytes came
+        one = await first.read_all()
+        second = await client.request("GET", f"http://127.0.0.1:{port}/", [])
+        two = await second.read_all()
+        client.shutdown()
+        server.close()
+        return one, two, len(connections)
+
+    one, two, connections = asyncio.run(scenario())
+    assert (one, two, connections) == (b"first", b"second", 2)
