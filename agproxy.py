@@ -10936,6 +10936,8 @@ class UpstreamClient:
         drain.add_done_callback(drains.discard)
 
     async def _take(self, origin: _Origin, connect_timeout_s: float) -> Tuple[_UpstreamConnection, bool]:
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + _AFTER_STOP_S  # as long as one drain may take: others' drains never starve it
         while True:
             idle = self._idle.get(origin) or []
             while idle:
@@ -10947,9 +10949,10 @@ class UpstreamClient:
             # an answer whose end came after its client's next request (the terminating chunk in a
             # packet of its own): its connection is worth waiting for, a new one costs a handshake
             drains = self._finishing.get(origin)
-            if not drains:
+            left = give_up - loop.time()
+            if not drains or left <= 0:
                 break
-            await asyncio.wait(set(drains), return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(set(drains), timeout=left, return_when=asyncio.FIRST_COMPLETED)
         try:
             return await asyncio.wait_for(self._connect(origin), connect_timeout_s), False
         except asyncio.TimeoutError:
