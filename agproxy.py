@@ -10532,7 +10532,7 @@ class _UpstreamConnection(asyncio.Protocol):
     arrives or an end closes it, seen here without a task watching."""
 
     __slots__ = ("origin", "transport", "_loop", "_received", "_size", "_ended", "_error", "_waiter",
-                 "_reading_paused", "_writing_paused", "_drain_waiter", "pooled")
+                 "_reading_paused", "_writing_paused", "_drain_waiter", "pooled", "cut_short")
 
     def __init__(self, origin: _Origin) -> None:
         self.origin = origin
@@ -10547,6 +10547,7 @@ class _UpstreamConnection(asyncio.Protocol):
         self._writing_paused = False
         self._drain_waiter: Optional[asyncio.Future] = None
         self.pooled = False  # idle in the pool: nothing may arrive
+        self.cut_short = False  # answered before the whole request was sent: never used again
 
     # -- the protocol (asyncio calls these) --------------------------------------------
 
@@ -10563,6 +10564,9 @@ class _UpstreamConnection(asyncio.Protocol):
             self._reading_paused = True  # nobody reads it fast enough: let TCP push back
             self.transport.pause_reading()  # type: ignore[union-attr]
         self._wake()
+        waiter = self._drain_waiter  # an answer while the request is being sent: stop sending it
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def eof_received(self) -> bool:
         self._ended = True
@@ -10599,7 +10603,7 @@ class _UpstreamConnection(asyncio.Protocol):
         """Open, and nothing unread in it (bytes that came after an answer's end, in a piece of
         their own, would answer the next request)."""
         return self.transport is not None and not self.transport.is_closing() and not self._ended \
-            and not self._received
+            and not self._received and not self.cut_short
 
     def write(self, data: Union[bytes, memoryview]) -> None:
         self.transport.write(data)  # type: ignore[union-attr]
@@ -10608,11 +10612,16 @@ class _UpstreamConnection(asyncio.Protocol):
         """Bytes written that the socket has not taken yet."""
         return self.transport.get_write_buffer_size()  # type: ignore[union-attr]
 
+    def answered(self) -> bool:
+        """Something of an answer arrived (an early refusal while the request is still being sent)."""
+        return bool(self._received)
+
     async def drained(self) -> None:
-        """Until the transport's buffer is down to its low-water mark; raises for a lost connection."""
+        """Until the transport's buffer is down to its low-water mark, or an answer arrives; raises
+        for a lost connection."""
         if self.transport is None or self.transport.is_closing():
             raise ConnectionResetError("Connection lost")
-        if not self._writing_paused:
+        if not self._writing_paused or self._received:
             return
         self._drain_waiter = self._loop.create_future()
         try:
@@ -10880,10 +10889,21 @@ class UpstreamClient:
             try:
                 conn.write(head + body if len(body) < _ONE_WRITE_BYTES else head)
                 pieces = memoryview(body) if len(body) >= _ONE_WRITE_BYTES else memoryview(b"")
-                for start in range(0, len(pieces), _BODY_PIECE_BYTES):
-                    await _sent(conn, deadline)
-                    conn.write(pieces[start:start + _BODY_PIECE_BYTES])
-                await _sent(conn, deadline)
+                try:
+                    for start in range(0, len(pieces), _BODY_PIECE_BYTES):
+                        await _sent(conn, deadline)
+                        if conn.answered():
+                            break
+                        conn.write(pieces[start:start + _BODY_PIECE_BYTES])
+                    else:
+                        await _sent(conn, deadline)
+                except (OSError, asyncio.TimeoutError):
+                    if not conn.answered():
+                        raise
+                if conn.answered() and conn.buffered():
+                    # an upstream that refuses a body on its head (nginx's 413) answers, then closes
+                    # or reads no more: its answer is the answer, and the connection ends with it
+                    conn.cut_short = True
                 stage = "waiting for the answer"
                 parser = ResponseParser(method)
                 while True:

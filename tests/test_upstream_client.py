@@ -240,3 +240,31 @@ def test_bytes_that_came_after_a_body_in_a_piece_of_their_own_do_not_answer_the_
 
     one, two, connections = asyncio.run(scenario())
     assert (one, two, connections) == (b"first", b"second", 2)
+
+
+@pytest.mark.parametrize("then", ["closes", "stops reading"])
+def test_an_answer_that_comes_before_the_whole_body_is_sent_is_the_answer(then):
+    """An upstream that refuses a large body on its head (nginx's 413, at 1 MB by default) answers
+    at once, then closes or reads no more: that answer is what agproxy gives, not a reset (502) or,
+    after timeout_s, a 504 for the body it could not finish sending."""
+
+    async def scenario() -> tuple:
+        async def upstream(reader, writer):
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 413 Request Entity Too Large\r\nContent-Length: 8\r\n\r\ntoo big!")
+            await writer.drain()
+            if then == "closes":
+                writer.close()
+            else:
+                await asyncio.sleep(5)
+
+        server = await asyncio.start_server(upstream, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        client = agproxy.UpstreamClient()
+        response = await client.request("POST", f"http://127.0.0.1:{port}/", [], b"y" * 8_000_000, timeout_s=3)
+        answer = response.status, await response.read_all()
+        assert not client._idle.get(response._conn.origin)  # its body half sent: never used again
+        server.close()
+        return answer
+
+    assert asyncio.run(scenario()) == (413, b"too big!")
