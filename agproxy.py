@@ -59,6 +59,7 @@ import dataclasses
 import datetime
 import errno
 import fnmatch
+import gc
 import hashlib
 import hmac
 import http
@@ -16360,6 +16361,10 @@ async def _serve(config: Config, load: Optional[Callable[[], Config]] = None,
         print(f"agproxy: cannot listen on {config.host}:{config.port}: {reason}", file=sys.stderr)
         server.client.shutdown()
         return 1
+    # What agproxy holds once it is up (modules, config, state) lives as long as the process: out of the
+    # collector's view, a full collection scans only what requests made (one took 22 ms with 200 streams
+    # running, holding every stream and the first byte of new ones; 3.7 ms frozen)
+    gc.freeze()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
