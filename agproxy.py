@@ -2216,6 +2216,8 @@ class Event:
 DELTA_RUN = "agproxy.delta_run"
 #: The bytes of a plain delta after its string: its closing quote and braces, and the blank line.
 _DELTA_END = b'"}}\n\n'
+#: The delta type and field at the end of a run's head (the bytes before each of its strings).
+_RUN_HEAD_KIND = re.compile(rb'"(text_delta|thinking_delta|input_json_delta)", ?"(text|thinking|partial_json)": ?"\Z')
 
 
 class DeltaRun(Event):
@@ -2225,7 +2227,8 @@ class DeltaRun(Event):
     one bytes object (``raw``, as they came) instead of an object per event. The Anthropic
     encoder sends it as it is; whatever reads the events' data takes them apart
     (:func:`single_events`). What the run says is read from its bytes: its ``count`` of events,
-    the :attr:`chars` of its strings and their :meth:`text`."""
+    the :attr:`chars` of its strings, and as its :attr:`data` the one delta it amounts to (for the
+    Message assembled from a stream: the strings decoded at once, not an object per event)."""
 
     __slots__ = ("index", "head_size", "count")
 
@@ -2237,7 +2240,17 @@ class DeltaRun(Event):
 
     @property
     def data(self) -> Dict[str, Any]:
-        raise TypeError("a run of deltas has no data of its own: take it apart (single_events)")
+        """The run as one ``content_block_delta``: its type, and its strings joined under its field.
+        The strings, each a whole JSON string's body (no escape cut, no lone surrogate: the check
+        makes no run of those), are joined as they came and decoded once."""
+        if self._data is None:
+            head = self.raw[:self.head_size]
+            kind, field = _RUN_HEAD_KIND.search(head).groups()  # type: ignore[union-attr]
+            strings = b"".join([event[self.head_size:-len(_DELTA_END) + 2]
+                                for event in self.raw.split(b"\n\n")[:-1]])
+            self._data = {"type": "content_block_delta", "index": self.index,
+                          "delta": {"type": kind.decode(), field.decode(): json.loads(b'"' + strings + b'"')}}
+        return self._data
 
     @property
     def chars(self) -> int:
@@ -14216,7 +14229,7 @@ async def accumulate_events(events: AsyncIterator[List[Event]]) -> Dict[str, Any
     """A whole answer's events as the one Message they describe (their data as it was decoded)."""
     accumulator = MessageAccumulator()
     async for batch in events:
-        for event in single_events(batch):
+        for event in batch:  # (a run of deltas as the one delta it amounts to)
             if event.name != VERBATIM:
                 accumulator.add(event.name, event.data)
     return accumulator.result()

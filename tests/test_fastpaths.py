@@ -387,6 +387,21 @@ def test_event_check_plain_match_says_what_its_decoder_says(events: List[Tuple[s
         assert in_batches == general
 
 
+def _assembled(batches: List[bytes], runs: bool) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
+    """The Message the checked events of ``batches`` describe (each run of deltas as the one delta
+    it amounts to, or deltas one by one), or the error on the way."""
+    check, accumulator = agproxy.EventStreamCheck("up"), agproxy.MessageAccumulator()
+    if not runs:
+        check._events = functools.partial(check._events, runs=False)  # type: ignore[method-assign]
+    try:
+        for batch in batches:
+            for event in check.feed(batch):
+                accumulator.add(event.name, event.data)
+        return accumulator.result(), None
+    except agproxy.AgproxyError as exc:
+        return None, str(exc)
+
+
 RUN_EVENTS = st.lists(st.one_of(
     st.tuples(st.sampled_from([0, 1, 2]), st.sampled_from([("text_delta", "text"), ("thinking_delta", "thinking"),
               ("input_json_delta", "partial_json"), ("text_delta", "thinking")]), st.booleans(),
@@ -421,6 +436,7 @@ def test_event_check_runs_of_deltas_say_what_the_check_one_by_one_says(
             batches.append(b"".join(encoded[at:at + size]))
         at += size
     facts_runs, facts_each = agproxy.CallFacts(), agproxy.CallFacts()
+    assert _assembled(batches, True) == _assembled(batches, False)
     with_runs = _check(batches, True, facts_runs)
     assert with_runs == _check(batches, False, facts_each)
     assert facts_runs.relayed_chars == facts_each.relayed_chars
@@ -443,6 +459,8 @@ def test_a_run_of_deltas_is_one_event_of_their_bytes() -> None:
     run = relayed[2]
     assert run.raw == b"".join(deltas) and run.count == 3 and run.index == 0
     assert [event.raw for event in run.events()] == deltas
+    assert run.data == {"type": "content_block_delta", "index": 0,
+                        "delta": {"type": "text_delta", "text": 'Hello \\ "w"orld\u00e9'}}
     facts = agproxy.CallFacts()
     facts.relayed([run])
     each = agproxy.CallFacts()
