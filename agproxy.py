@@ -59,6 +59,7 @@ import dataclasses
 import datetime
 import errno
 import fnmatch
+import gc
 import hashlib
 import hmac
 import http
@@ -11106,7 +11107,7 @@ async def _connect_tunnel(proxy_host: str, proxy_port: int, host: str, port: int
 
 # =====================================================================================
 # 10. The HTTP shell
-#    HttpServer runs the connections over asyncio streams (admission, timeouts, 100-continue,
+#    HttpServer runs the connections, each its own asyncio protocol (admission, timeouts, 100-continue,
 #    linger, the watch for a client that leaves, framing, the access log) and calls one
 #    Application; it knows nothing of Anthropic. Errors become responses in exactly one place:
 #    error_response().
@@ -11347,30 +11348,202 @@ class _Exchange:
         self.record.client_left()
 
 
-class _Connection:
-    """One client connection: its streams, parser and the callbacks to run if the client leaves."""
+class _Connection(asyncio.Protocol):
+    """One client connection, as its own asyncio protocol (as :class:`_UpstreamConnection` is for an
+    upstream): what arrives is kept until a read takes it (pipelined requests included), and the one
+    waiting read is woken at once; a departure is seen where asyncio reports it (``connection_lost``,
+    ``eof_received``), with no task watching; writes go to the transport and wait only while it is
+    paused. A StreamReader and StreamWriter would cost two coroutines, a buffer copy and a waiter per
+    read, a watcher task per request and about 1.5 KB a connection. Also its parser, the state of the
+    request it answers, and the callbacks to run if the client leaves."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, parser: RequestParser) -> None:
-        self.reader = reader
-        self.writer = writer
+    __slots__ = ("parser", "serve", "transport", "busy", "gone", "responding", "answering", "body_held", "on_gone",
+                 "head", "admission", "peer", "client_ip", "_loop", "_received", "_size", "_ended", "_error",
+                 "_waiter", "_reading_paused", "_writing_paused", "_drain_waiter", "_probe")
+
+    def __init__(self, parser: RequestParser, serve: Callable[[_Connection], Awaitable[None]]) -> None:
         self.parser = parser
+        self.serve = serve  # what runs the connection, in a task of its own, once it is made
+        self.transport: Optional[asyncio.Transport] = None
         self.busy = False
         self.gone = False
         self.responding = False  # the answer's head is written: no interim answer may follow
+        #: the HTTP version of the request being answered, while it is (None: none is); a departure
+        #: then is the client leaving
+        self.answering: Optional[Tuple[int, int]] = None
         self.body_held = 0  # bytes of max_inflight_body_bytes its request holds
         self.on_gone: List[Callable[[], None]] = []
         self.head: Optional[Request] = None  # the request whose head was read last (a refusal names it)
         #: what the application made of that head when it admitted it already (a bodied one, before its body)
         self.admission: Any = None
-        peer = writer.get_extra_info("peername")
+        self.peer = self.client_ip = "-"
+        self._loop = asyncio.get_running_loop()
+        self._received: List[bytes] = []  # what arrived and no read took yet
+        self._size = 0  # its bytes
+        self._ended = False  # the client ended its side, or the connection was lost
+        self._error: Optional[BaseException] = None  # why the connection was lost, if it broke
+        self._waiter: Optional[asyncio.Future] = None  # the read waiting for bytes
+        self._reading_paused = False
+        self._writing_paused = False
+        self._drain_waiter: Optional[asyncio.Future] = None
+        self._probe: Optional[asyncio.TimerHandle] = None  # the next look at a half-closed client's socket
+
+    # -- the protocol (asyncio calls these) --------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.client_ip = str(peer[0]) if isinstance(peer, tuple) else str(peer)
+        self._loop.create_task(self.serve(self))
+
+    def data_received(self, data: bytes) -> None:
+        self._received.append(data)
+        self._size += len(data)
+        # while a request is answered, pipelined bytes are kept up to a bound; else a read takes them at once
+        if self._size > (_CLIENT_READ_SIZE * 2 if self.answering is None else _MAX_PIPELINED_BYTES) \
+                and not self._reading_paused:
+            self._reading_paused = True  # let TCP push back
+            self.transport.pause_reading()  # type: ignore[union-attr]
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self._ended = True
+        self._wake()
+        if self.answering is not None:
+            self._look_for_departure()
+        return True  # HTTP lets a client half-close after its request: its answer still goes out
+
+    def connection_lost(self, exc: Optional[BaseException]) -> None:
+        self._ended = True
+        self._error = exc
+        self._wake()
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(ConnectionResetError("Connection lost") if exc is None else exc)
+        if self.answering is not None:
+            self.client_left()
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- the watch for a client that leaves -----------------------------------------------
+
+    def watch(self, version: Tuple[int, int]) -> None:
+        """A request of HTTP ``version`` is being answered from now on: a departure is the client leaving."""
+        self.answering = version
+        if self.transport is None or self.transport.is_closing():
+            self.client_left()
+        elif self._ended:  # the client ended its side with its request
+            self._look_for_departure()
+
+    def unwatch(self) -> None:
+        """The request's answer has ended."""
+        self.answering = None
+        if self._probe is not None:
+            self._probe.cancel()
+            self._probe = None
+
+    def _look_for_departure(self) -> None:
+        """The client ended its side while its request is answered. That alone does not mean it left:
+        HTTP lets a client half-close after its request, and it still reads the answer. To tell that
+        from a client that closed for good (an interrupted SDK or Claude Code), its socket is checked
+        while the answer goes out: a closed client's system answers the next write with a reset. While
+        nothing of the answer is written yet, an HTTP/1.1 client is sent an interim ``100 Continue``
+        (every client skips it) to draw that reset at once."""
+        if self._probe is not None or self.gone:
+            return
+        if self.answering is not None and self.answering >= (1, 1) and not self.responding:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # type: ignore[union-attr]
+        self._probe = self._loop.call_later(_PROBE_INTERVAL_S, self._probe_socket)
+
+    def _probe_socket(self) -> None:
+        """Look at the socket for the reset (no read is pending to see it); again later until the answer ends."""
+        self._probe = None
+        sock = self.transport.get_extra_info("socket")  # type: ignore[union-attr]
+        try:
+            failed = sock is None or sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) != 0
+        except OSError:
+            failed = True
+        if failed or self.transport.is_closing():  # type: ignore[union-attr]
+            self.client_left()
+        elif self.answering is not None:
+            self._probe = self._loop.call_later(_PROBE_INTERVAL_S, self._probe_socket)
 
     def client_left(self) -> None:
         if not self.gone:
             self.gone = True
             for callback in self.on_gone:
                 callback()
+
+    # -- what the shell calls -------------------------------------------------------------
+
+    def take(self) -> Optional[bytes]:
+        """What has arrived and no read took yet; None when nothing has yet; ``b""`` at the client's
+        end; the error a broken connection ended with."""
+        received = self._received
+        if not received:
+            if not self._ended:
+                return None
+            if self._error is not None:
+                raise self._error
+            return b""
+        data = b"".join(received)  # one piece (the usual case) is returned as it is
+        received.clear()
+        self._size = 0
+        if self._reading_paused:
+            self._reading_paused = False
+            self.transport.resume_reading()  # type: ignore[union-attr]
+        return data
+
+    async def read(self, timeout: float) -> Optional[bytes]:
+        """:meth:`take`, waiting until something comes; None when ``timeout`` passes first. The wait is
+        one future under one timer (no ``wait_for``: no task, no second turn of the loop)."""
+        data = self.take()
+        while data is None:
+            waiter = self._waiter = self._loop.create_future()
+            timer = self._loop.call_later(timeout, _time_out, waiter)
+            try:
+                await waiter
+            except asyncio.TimeoutError:
+                return None
+            finally:
+                timer.cancel()
+                self._waiter = None
+            data = self.take()
+        return data
+
+    def write(self, data: bytes) -> None:
+        self.transport.write(data)  # type: ignore[union-attr]
+
+    async def drained(self, timeout: float) -> None:
+        """Until the transport's buffer is down to its low-water mark (at once unless it is paused);
+        raises for a lost connection, and cuts one whose client read nothing for ``timeout``."""
+        if self.transport is None or self.transport.is_closing():
+            raise ConnectionResetError("Connection lost")
+        if not self._writing_paused:
+            return
+        waiter = self._drain_waiter = self._loop.create_future()
+        timer = self._loop.call_later(timeout, _time_out, waiter)
+        try:
+            await waiter
+        except asyncio.TimeoutError:
+            self.transport.abort()
+            raise ConnectionResetError(f"the client read nothing for {timeout:g} s") from None
+        finally:
+            timer.cancel()
+            self._drain_waiter = None
 
 
 class _Timeout(Exception):
@@ -11405,7 +11578,7 @@ class Application:
 
 
 class HttpServer:
-    """The HTTP/1.1 shell over asyncio streams: admission and ``max_connections``, the connection
+    """The HTTP/1.1 shell, each connection its own asyncio protocol: admission and ``max_connections``, the connection
     loop, timeouts, ``100 Continue``, the linger after an error, the watch for a client that leaves,
     response framing and writing (every byte through the :class:`Redactor`), the access log. It
     calls one :class:`Application` and knows nothing of Anthropic."""
@@ -11430,10 +11603,8 @@ class HttpServer:
 
     async def start(self) -> Tuple[str, int]:
         """Bind and start accepting; returns the real host and port."""
-        self._server = await asyncio.start_server(
-            self._on_connection, self.config.host, self.config.port, limit=_CLIENT_READ_SIZE,
-            reuse_address=True, backlog=1024,
-        )
+        self._server = await asyncio.get_running_loop().create_server(
+            self._new_connection, self.config.host, self.config.port, reuse_address=True, backlog=1024)
         host, port = self._server.sockets[0].getsockname()[:2]
         return host, port
 
@@ -11469,19 +11640,20 @@ class HttpServer:
                 self.log.warning("cut %d request(s) still running after %.0f s", len(pending), grace_s)
                 await asyncio.wait(pending, timeout=1.0)
 
-    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _new_connection(self) -> _Connection:
+        return _Connection(RequestParser(self.config.max_header_bytes, self.config.max_body_bytes), self._on_connection)
+
+    async def _on_connection(self, conn: _Connection) -> None:
         task = asyncio.current_task()
         assert task is not None
-        conn = _Connection(reader, writer, RequestParser(self.config.max_header_bytes, self.config.max_body_bytes))
-        if len(self._connections) >= self.config.max_connections or self._stopping:
-            busy = AgproxyError(f"agproxy is at its limit of {self.config.max_connections} connections",
-                                status=503, error_type="overloaded_error")
-            await self._refuse(conn, busy)
-            await self._linger(conn)
-            writer.close()
-            return
-        self._connections[task] = conn
         try:
+            if len(self._connections) >= self.config.max_connections or self._stopping:
+                busy = AgproxyError(f"agproxy is at its limit of {self.config.max_connections} connections",
+                                    status=503, error_type="overloaded_error")
+                await self._refuse(conn, busy)
+                await self._linger(conn)
+                return
+            self._connections[task] = conn
             await self._serve(conn)
         except asyncio.CancelledError:
             pass
@@ -11492,7 +11664,7 @@ class HttpServer:
         finally:
             self._connections.pop(task, None)
             self._hold_body(conn, 0)
-            writer.close()
+            conn.transport.close()  # type: ignore[union-attr]
 
     # -- one connection ----------------------------------------------------------------
 
@@ -11541,19 +11713,21 @@ class HttpServer:
         """Close after an error answer without losing it: half-close, then drain what the client
         still sends (bounded), so the kernel does not reset the connection over unread bytes."""
         try:
-            if conn.writer.can_write_eof():
-                conn.writer.write_eof()
+            transport = conn.transport
+            assert transport is not None
+            if transport.can_write_eof() and not transport.is_closing():
+                transport.write_eof()
             deadline = asyncio.get_running_loop().time() + _LINGER_S
             drained = 0
             while drained < _LINGER_BYTES:
                 remaining = deadline - asyncio.get_running_loop().time()
                 if remaining <= 0:
                     break
-                data = await asyncio.wait_for(conn.reader.read(_CLIENT_READ_SIZE), remaining)
+                data = await conn.read(remaining)
                 if not data:
                     break
                 drained += len(data)
-        except (asyncio.TimeoutError, ConnectionError, OSError):
+        except (ConnectionError, OSError):
             pass  # the client is gone or slow; either way we are done with it
 
     async def _read_request(self, conn: _Connection) -> Optional[Request]:
@@ -11579,7 +11753,7 @@ class HttpServer:
                     self._check_body_fits(length)
                     in_body = True
                 if event.request.expects_continue:
-                    conn.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                    conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
                 deadline, what = loop.time() + config.body_timeout_s, "request body"
                 continue
             if event == CLOSED:
@@ -11592,37 +11766,12 @@ class HttpServer:
                 timeout = deadline - loop.time()
                 if timeout <= 0:
                     raise _Timeout(f"timed out waiting for the {what}")
-            data = await self._read_within(conn, timeout)
+            data = await conn.read(timeout)
             if data is None:
                 if deadline is None:
                     return None  # idle keep-alive connection: close quietly
                 raise _Timeout(f"timed out after {timeout:.0f} s waiting for the {what}")
             conn.parser.feed(data)
-
-    async def _read_within(self, conn: _Connection, timeout: float) -> Optional[bytes]:
-        """What the client sends next, None when ``timeout`` passes first. The wait is one timer that
-        cancels the connection's task (a ``wait_for`` costs a task, a timer and two turns of the loop
-        per read); the shutdown's cancellation, which sets ``_stopping`` first, goes on as it came."""
-        task = asyncio.current_task()
-        assert task is not None
-        expired: List[bool] = []
-
-        def expire() -> None:
-            expired.append(True)
-            task.cancel()
-
-        timer = asyncio.get_running_loop().call_later(timeout, expire)
-        try:
-            return await conn.reader.read(_CLIENT_READ_SIZE)
-        except asyncio.CancelledError:
-            if not expired or self._stopping:
-                raise
-            uncancel = getattr(task, "uncancel", None)  # Python 3.11+: the cancellation was this wait's own
-            if uncancel is not None:
-                uncancel()
-            return None
-        finally:
-            timer.cancel()
 
     def _hold_body(self, conn: _Connection, size: int) -> None:
         """Count ``size`` bytes as the body that ``conn``'s request holds (0 lets it go); past
@@ -11652,13 +11801,13 @@ class HttpServer:
         """Route one request, write its response and record it; True if the connection stays open."""
         record = RequestRecord(new_request_id(), conn.client_ip, request.method, request.path[:MAX_RECORD_PATH_CHARS])
         exchange = _Exchange(request, conn.on_gone, record, conn.admission)
-        watcher = asyncio.ensure_future(self._watch_for_departure(conn, request.version))
         # a client that leaves stops retries and waits at once: it cancels this task while the
         # application answers (no task of its own: one more task and turn of the loop per request)
         task = asyncio.current_task()
         assert task is not None
         stop = task.cancel
         conn.on_gone.append(stop)
+        conn.watch(request.version)  # a departure from here on is the client leaving
         try:
             try:
                 try:
@@ -11695,48 +11844,9 @@ class HttpServer:
             await self._write_response(conn, response, record, keep_alive, request)
             return keep_alive
         finally:
-            watcher.cancel()
-            try:
-                await watcher
-            except asyncio.CancelledError:
-                pass
+            conn.unwatch()
             record.ended = time.monotonic()
             self.app.finished(record)
-
-    async def _watch_for_departure(self, conn: _Connection, version: Tuple[int, int]) -> None:
-        """While a request is answered, notice the client leaving (and keep pipelined bytes).
-
-        A reset means the client left. An end of input alone does not: HTTP lets a client half-close
-        after its request, and it still reads the answer. To tell that from a client that closed for
-        good (an interrupted SDK or Claude Code), its socket is checked while the answer goes out:
-        a closed client's system answers the next write with a reset. While nothing of the answer
-        is written yet, an HTTP/1.1 client is sent an interim ``100 Continue`` (every client skips
-        it) to draw that reset at once."""
-        while conn.parser.buffered < _MAX_PIPELINED_BYTES:
-            try:
-                data = await conn.reader.read(_CLIENT_READ_SIZE)
-            except (ConnectionError, OSError):
-                conn.client_left()
-                return
-            conn.parser.feed(data)
-            if not data:
-                break
-        else:
-            return
-        if version >= (1, 1) and not conn.responding:  # each request's answer may be preceded by one
-            conn.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        # The interim answer, or the answer's own writes, draw a reset from a client that closed
-        # for good; its socket reports it (no read is pending to see it): look until the answer ends.
-        while True:
-            await asyncio.sleep(_PROBE_INTERVAL_S)
-            sock = conn.writer.get_extra_info("socket")
-            try:
-                failed = sock is None or sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) != 0
-            except OSError:
-                failed = True
-            if failed or conn.writer.transport.is_closing():
-                conn.client_left()
-                return
 
     async def _write_response(self, conn: _Connection, response: Union[Response, StreamingResponse],
                               record: RequestRecord, keep_alive: bool, request: Optional[Request] = None) -> None:
@@ -11748,7 +11858,6 @@ class HttpServer:
         record.status = response.status
         headers.extend(response.headers)
         head_only = request is not None and request.method == "HEAD"
-        writer = conn.writer
         if not keep_alive:
             headers.append(("Connection", "close"))
         elif request is not None and request.version < (1, 1):
@@ -11765,13 +11874,13 @@ class HttpServer:
                 record.bytes_sent = len(body)
                 record.first_byte = time.monotonic()
             if head_only or not body:
-                writer.write(head)
+                conn.write(head)
             elif len(body) < _ONE_WRITE_BYTES:
-                writer.write(head + body)  # one segment for the usual small answer
+                conn.write(head + body)  # one segment for the usual small answer
             else:
-                writer.write(head)
-                writer.write(body)
-            await self._drain(conn)
+                conn.write(head)
+                conn.write(body)
+            await conn.drained(self.config.write_timeout_s)
             return
         chunked = request is not None and request.version >= (1, 1)
         if chunked:
@@ -11779,9 +11888,9 @@ class HttpServer:
         conn.on_gone.append(response.abort)
         self.streams_active += 1
         try:
-            writer.write(response_head(response.status, headers))
+            conn.write(response_head(response.status, headers))
             del headers  # not held for the whole stream
-            await self._drain(conn)
+            await conn.drained(self.config.write_timeout_s)
             async for chunk in response.chunks:
                 if conn.gone:
                     break
@@ -11791,11 +11900,11 @@ class HttpServer:
                 if record.first_byte is None:
                     record.first_byte = time.monotonic()
                 record.bytes_sent += len(chunk)
-                writer.write(encode_chunk(chunk) if chunked else chunk)
-                await self._drain(conn)
+                conn.write(encode_chunk(chunk) if chunked else chunk)
+                await conn.drained(self.config.write_timeout_s)
             if chunked and not conn.gone:
-                writer.write(LAST_CHUNK)
-                await self._drain(conn)
+                conn.write(LAST_CHUNK)
+                await conn.drained(self.config.write_timeout_s)
         except (ConnectionError, OSError):
             conn.client_left()
             record.client_left()
@@ -11819,22 +11928,8 @@ class HttpServer:
         """A stream the shutdown cuts still ends as a stream: its protocol's error, then the body's end."""
         cut = ending("overloaded_error", "agproxy is shutting down: this stream was cut (shutdown_grace_s)") \
             if ending is not None else b""
-        conn.writer.write((encode_chunk(cut) + LAST_CHUNK if cut else LAST_CHUNK) if chunked else cut)
+        conn.write((encode_chunk(cut) + LAST_CHUNK if cut else LAST_CHUNK) if chunked else cut)
         record.note = "cut by the shutdown"
-
-    async def _drain(self, conn: _Connection) -> None:
-        """Wait until the client has taken what was written; a client that reads nothing for
-        ``write_timeout_s`` is cut, so it cannot pin an upstream connection and an account's slot."""
-        transport = conn.writer.transport
-        if transport.get_write_buffer_size() < _CLIENT_READ_SIZE:
-            if transport.is_closing():
-                await conn.writer.drain()  # raises for a client that is gone
-            return  # nothing to wait for (the usual case): no drain, no timer
-        try:
-            await asyncio.wait_for(conn.writer.drain(), self.config.write_timeout_s)
-        except asyncio.TimeoutError:
-            conn.writer.transport.abort()
-            raise ConnectionResetError(f"the client read nothing for {self.config.write_timeout_s:g} s") from None
 
 
 # =====================================================================================
@@ -16367,6 +16462,10 @@ async def _serve(config: Config, load: Optional[Callable[[], Config]] = None,
         print(f"agproxy: cannot listen on {config.host}:{config.port}: {reason}", file=sys.stderr)
         server.client.shutdown()
         return 1
+    # What agproxy holds once it is up (modules, config, state) lives as long as the process: out of the
+    # collector's view, a full collection scans only what requests made (one took 22 ms with 200 streams
+    # running, holding every stream and the first byte of new ones; 3.7 ms frozen)
+    gc.freeze()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
