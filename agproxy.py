@@ -4131,7 +4131,7 @@ class DeltaRedactor:
             if plain is not None:
                 end = plain.end()
                 index = int(plain.group(2))
-                if index in self.held or self._may_begin_secret(plain.group(5)) or _escapes_json(plain):
+                if index in self.held or self._may_begin_secret(plain) or _escapes_json(plain):
                     out += [batch[copied:pos], self._plain_delta(plain, index)]
                     copied = end
             else:
@@ -4146,10 +4146,15 @@ class DeltaRedactor:
             return batch
         return b"".join(out) + batch[copied:]
 
-    def _may_begin_secret(self, encoded: bytes) -> bool:
-        """Whether a delta's JSON string may end with the beginning of a secret."""
+    def _may_begin_secret(self, plain: re.Match) -> bool:
+        """Whether a plain delta's JSON string may end with the beginning of a secret: a tool
+        input's JSON source may also end inside an escape (``\\`` of ``\\u0073k-...``), which
+        :meth:`_piece` holds."""
+        encoded = plain.group(5)
         if b"\\" in encoded[-(self.redactor.tail.longest + 6):]:  # an escape (at most 6 bytes): decode it
-            return bool(self.redactor.tail.hold(_json_string(encoded)))
+            text = _json_string(encoded)
+            return bool(self.redactor.tail.hold(text)) or (
+                plain.group(4) == b"partial_json" and _OPEN_ESCAPE_TEXT.search(text) is not None)
         return bool(self.redactor.tail_bytes.hold(encoded))
 
     def _plain_delta(self, plain: re.Match, index: int) -> bytes:
