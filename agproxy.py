@@ -2175,6 +2175,55 @@ def delta_event(index: int, kind: str, field: str, text: str, relayed: bool) -> 
                                          "delta": {"type": kind, field: text}})
 
 
+#: The delta types a read's run may join into one event (never a signature, which is whole).
+_JOINED_DELTAS = frozenset(("text_delta", "thinking_delta", "input_json_delta"))
+
+
+class DeltaRun:
+    """A translator's deltas, joined while a read lasts: consecutive deltas to the same block of
+    the same type become ONE event carrying their joined string (one event to encode, count and
+    parse, not one per upstream chunk). A client sees the same text cut at other places, as
+    Anthropic's own streams cut it anywhere; nothing waits for a later read, so no latency is
+    added. A run ends at any other event (a block's start or stop, a signature, usage, the end)
+    and at :meth:`end_read`, when the read's events go out.
+
+    The run's first delta goes into the list as an event at once; what joins it is gathered and
+    the event written anew, joined, when the run ends (so a read of one delta, a paced stream,
+    costs what it did)."""
+
+    __slots__ = ("_out", "_at", "_index", "_kind", "_field", "_texts", "_relayed")
+
+    def __init__(self) -> None:
+        self._out: Optional[List[Event]] = None  # the list the open run's event is in, if one is open
+        self._at = -1
+        self._index = -1
+        self._kind = self._field = ""
+        self._texts: List[str] = []
+        self._relayed = False
+
+    def add(self, out: List[Event], index: int, kind: str, field: str, text: str, relayed: bool) -> None:
+        """Add a delta (as :func:`delta_event` takes it) to ``out``: joined to the run when it is the
+        last event there and of the same block and type, else as an event of its own."""
+        if out is self._out and self._at == len(out) - 1 and index == self._index and kind == self._kind:
+            self._texts.append(text)
+            return
+        self.end_read()
+        out.append(delta_event(index, kind, field, text, relayed))
+        if kind in _JOINED_DELTAS:
+            self._out, self._at, self._index, self._kind, self._field = out, len(out) - 1, index, kind, field
+            self._texts, self._relayed = [text], relayed
+
+    def end_read(self) -> None:
+        """End the run: its event, if more joined it, written anew with the joined string."""
+        out = self._out
+        if out is not None:
+            self._out = None
+            if len(self._texts) > 1:
+                out[self._at] = delta_event(self._index, self._kind, self._field, "".join(self._texts),
+                                            self._relayed)
+            self._texts = []
+
+
 class Event:
     """One Anthropic stream event as the relay pipeline carries it: ``name`` (its type), ``data``
     (the decoded payload), and ``raw``, its SSE bytes exactly as they may go out (an upstream's own
@@ -5607,6 +5656,7 @@ class OpenAIStreamTranslator:
         self._stop_sequence: Optional[str] = None
         self._usage: Dict[str, int] = {}
         self._tool_seen = False
+        self._run = DeltaRun()
 
     def _start(self, out: List[Event], upstream_id: Any) -> None:
         if self.started:
@@ -5634,18 +5684,26 @@ class OpenAIStreamTranslator:
                                                            "content_block": block}))
 
     def _delta(self, out: List[Event], kind: str, field: str, text: str) -> None:
-        # relayed, a delta is encoded now and kept as bytes alone (see Event): the bulk of a stream
-        out.append(delta_event(self._index, kind, field, text, self.relayed))
+        # relayed, a delta is encoded now and kept as bytes alone (see Event): the bulk of a stream;
+        # a read's run of deltas to one block goes out as one event (DeltaRun)
+        self._run.add(out, self._index, kind, field, text, self.relayed)
 
     def feed(self, chunk: Dict[str, Any]) -> List[Event]:
         """Events for one parsed chunk (an ``error`` chunk gives an error event and ends the stream)."""
         out: List[Event] = []
         self.feed_into(out, chunk)
+        self._run.end_read()
         return out
 
+    def end_read(self) -> None:
+        """The events of a read are all in the list :meth:`feed_into` was given: its run of deltas
+        is written as one event (call it before the list goes out)."""
+        self._run.end_read()
+
     def feed_into(self, out: List[Event], chunk: Dict[str, Any]) -> None:
-        """:meth:`feed`, its events added to ``out`` (a stream's reader gathers a read's events in one list).
-        Each key is read once and the absent ones tested against None first: this runs for every chunk."""
+        """:meth:`feed`, its events added to ``out`` (a stream's reader gathers a read's events in one list,
+        then calls :meth:`end_read`). Each key is read once and the absent ones tested against None
+        first: this runs for every chunk."""
         if self.finished:
             return
         choices = chunk.get("choices")
@@ -5672,7 +5730,7 @@ class OpenAIStreamTranslator:
             content = delta.get("content")
             if len(delta) == 1 and type(content) is str and self._open == "text" and not self._waiting:
                 if content:  # the usual chunk: more of the open text block, nothing waiting (as _take would)
-                    out.append(delta_event(self._index, "text_delta", "text", content, self.relayed))
+                    self._run.add(out, self._index, "text_delta", "text", content, self.relayed)
             else:
                 self._take_delta(out, delta, content)
             if choice.get("finish_reason"):
@@ -5817,6 +5875,7 @@ class OpenAIStreamTranslator:
             "usage": usage}))
         out.append(Event("message_stop", {"type": "message_stop"}))
         self.finished = True
+        self._run.end_read()
         return out
 
 
@@ -6641,6 +6700,7 @@ class GeminiStreamTranslator:
         self._tool_seen = False
         self._content_seen = False
         self._ids: Set[str] = set()
+        self._run = DeltaRun()
 
     def _start(self, out: List[Event], response_id: Any) -> None:
         if self.started:
@@ -6667,8 +6727,9 @@ class GeminiStreamTranslator:
         self._content_seen = True
 
     def _delta(self, out: List[Event], kind: str, field: str, text: str) -> None:
-        # relayed, a delta is encoded now and kept as bytes alone (see Event): the bulk of a stream
-        out.append(delta_event(self._index, kind, field, text, self.relayed))
+        # relayed, a delta is encoded now and kept as bytes alone (see Event): the bulk of a stream;
+        # a read's run of deltas to one block goes out as one event (DeltaRun)
+        self._run.add(out, self._index, kind, field, text, self.relayed)
 
     @property
     def unfinished(self) -> bool:
@@ -6692,10 +6753,17 @@ class GeminiStreamTranslator:
         """Events for one parsed chunk (an ``error`` chunk gives an error event and ends the stream)."""
         out: List[Event] = []
         self.feed_into(out, chunk)
+        self._run.end_read()
         return out
 
+    def end_read(self) -> None:
+        """The events of a read are all in the list :meth:`feed_into` was given: its run of deltas
+        is written as one event (call it before the list goes out)."""
+        self._run.end_read()
+
     def feed_into(self, out: List[Event], chunk: Dict[str, Any]) -> None:
-        """:meth:`feed`, its events added to ``out`` (a stream's reader gathers a read's events in one list)."""
+        """:meth:`feed`, its events added to ``out`` (a stream's reader gathers a read's events in one list,
+        then calls :meth:`end_read`)."""
         if self.finished:
             return
         error = chunk.get("error")
@@ -6730,7 +6798,7 @@ class GeminiStreamTranslator:
             text = part.get("text")
             if len(part) == 1 and type(text) is str and self._open == "text":
                 if text:  # the usual part: more of the open text block (as _part would)
-                    out.append(delta_event(self._index, "text_delta", "text", text, self.relayed))
+                    self._run.add(out, self._index, "text_delta", "text", text, self.relayed)
             else:
                 self._part(out, part)
         finish_reason = candidate.get("finishReason")
@@ -6805,6 +6873,7 @@ class GeminiStreamTranslator:
             "type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": None}, "usage": usage}))
         out.append(Event("message_stop", {"type": "message_stop"}))
         self.finished = True
+        self._run.end_read()
         return out
 
 
@@ -14234,6 +14303,7 @@ async def openai_events(response: UpstreamResponse, translator: OpenAIStreamTran
             translator.feed_into(out, parsed)
             if native is not None and not translator.finished:
                 chunks += native.feed(parsed, data)
+        translator.end_read()
         if translator.finished and native is not None:
             chunks += native.end()
         yield _with_verbatim(chunks, out)
@@ -14269,6 +14339,7 @@ async def gemini_events(response: UpstreamResponse, translator: GeminiStreamTran
                 translator.feed_into(out, item)
                 if native is not None and not translator.finished:
                     chunks.extend(native.feed(item, data if item is parsed else _COMPACT_JSON.encode(item)))
+        translator.end_read()
         return out
 
     while True:
