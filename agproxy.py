@@ -2262,15 +2262,15 @@ class Event:
         return f"Event({self.name!r}, {self.data!r}, raw={self.raw!r})"
 
 
-#: The name of a :class:`DeltaRun`, the event that stands for a run of plain deltas of one block.
-DELTA_RUN = "agproxy.delta_run"
+#: The name of a :class:`RelayedDeltas`, the event that stands for a run of plain deltas of one block.
+RELAYED_DELTAS = "agproxy.relayed_deltas"
 #: The bytes of a plain delta after its string: its closing quote and braces, and the blank line.
 _DELTA_END = b'"}}\n\n'
 #: The delta type and field at the end of a run's head (the bytes before each of its strings).
 _RUN_HEAD_KIND = re.compile(rb'"(text_delta|thinking_delta|input_json_delta)", ?"(text|thinking|partial_json)": ?"\Z')
 
 
-class DeltaRun(Event):
+class RelayedDeltas(Event):
     """A run of ``content_block_delta`` events of one block, each of one JSON string (text,
     thinking or a tool's JSON source) and each written with the same bytes before its string
     (``head_size`` of them), that :class:`EventStreamCheck` checked with one match and relays as
@@ -2283,7 +2283,7 @@ class DeltaRun(Event):
     __slots__ = ("index", "head_size", "count")
 
     def __init__(self, raw: bytes, index: int, head_size: int) -> None:
-        super().__init__(DELTA_RUN, None, raw)
+        super().__init__(RELAYED_DELTAS, None, raw)
         self.index = index
         self.head_size = head_size
         self.count = raw.count(b"\n\n")  # one blank line per event (a JSON string holds no raw line break)
@@ -2312,16 +2312,16 @@ class DeltaRun(Event):
         return [Event("content_block_delta", None, event + b"\n\n") for event in self.raw.split(b"\n\n")[:-1]]
 
     def __repr__(self) -> str:
-        return f"DeltaRun(index={self.index}, count={self.count}, raw={self.raw!r})"
+        return f"RelayedDeltas(index={self.index}, count={self.count}, raw={self.raw!r})"
 
 
 def single_events(events: List[Event]) -> List[Event]:
-    """``events`` with each :class:`DeltaRun` taken apart into its events, for what reads the events' data."""
-    if not any(type(event) is DeltaRun for event in events):
+    """``events`` with each :class:`RelayedDeltas` taken apart into its events, for what reads the events' data."""
+    if not any(type(event) is RelayedDeltas for event in events):
         return events
     out: List[Event] = []
     for event in events:
-        if type(event) is DeltaRun:
+        if type(event) is RelayedDeltas:
             out += event.events()
         else:
             out.append(event)
@@ -3921,14 +3921,14 @@ _CHECKED_DELTA = re.compile(
     r'"[^"\\\x00-\x1f]*(?:\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4})[^"\\\x00-\x1f]*)*"\}\}')
 #: A run of ``content_block_delta`` events of one block, each named and of one JSON string, each
 #: written with the same bytes before its string (group 1, the first event's; group 2 its index):
-#: what :data:`_CHECKED_DELTA` knows of one event, known of the run in one match (:class:`DeltaRun`).
+#: what :data:`_CHECKED_DELTA` knows of one event, known of the run in one match (:class:`RelayedDeltas`).
 _JSON_STRING_BODY = r'[^"\\\x00-\x1f]*(?:\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4})[^"\\\x00-\x1f]*)*'
 _DELTA_RUN_TEXT = re.compile(
     r'(event: ?content_block_delta\ndata: ?\{"type": ?"content_block_delta", ?"index": ?(0|[1-9][0-9]{0,4}), ?'
     r'"delta": ?\{"type": ?"(?:text_delta", ?"text|thinking_delta", ?"thinking|input_json_delta", ?"partial_json)'
     r'": ?")' + _JSON_STRING_BODY + r'"\}\}\n\n(?:\1' + _JSON_STRING_BODY + r'"\}\}\n\n)*')
 #: An event as :meth:`EventStreamCheck._events` reads it: its (name, data, bytes), or a run of deltas.
-_ReadEvent = Union[Tuple[str, str, Optional[bytes]], DeltaRun]
+_ReadEvent = Union[Tuple[str, str, Optional[bytes]], RelayedDeltas]
 #: The event types of the Messages stream's grammar (``error`` is taken apart from them).
 _STREAM_EVENT_TYPES = frozenset({"ping", "message_start", "content_block_start", "content_block_delta",
                                  "content_block_stop", "message_delta", "message_stop"})
@@ -4014,7 +4014,7 @@ class EventStreamCheck:
         """The (name, data, bytes) of the events in ``text``, and whether they are the plain kind
         (their bytes, each event's own, may then be relayed as they came); a missing name is ``""``, as
         is ``message`` (the default name: a client reads it as none, and so does the decoder).
-        With ``runs``, plain deltas of one block one after the other come as a :class:`DeltaRun`,
+        With ``runs``, plain deltas of one block one after the other come as a :class:`RelayedDeltas`,
         found with one match (:data:`_DELTA_RUN_TEXT`), for :meth:`feed` to check at once."""
         if "\r" not in text and (self._decoder is None or not self._decoder.pending):
             plain: List[_ReadEvent] = []
@@ -4027,7 +4027,7 @@ class EventStreamCheck:
                 end = match.end()
                 raw = data[pos:end] if ascii_only else text[pos:end].encode("utf-8")
                 if run is not None:  # its head is ASCII: as many bytes as characters
-                    plain.append(DeltaRun(raw, int(run.group(2)), run.end(1) - pos))
+                    plain.append(RelayedDeltas(raw, int(run.group(2)), run.end(1) - pos))
                 else:
                     name, event_data = match.groups()
                     plain.append(("" if name in (None, "message") else name, event_data, raw))
@@ -4051,7 +4051,7 @@ class EventStreamCheck:
         kept: List[Event] = []
         sources: List[Optional[str]] = []  # each kept event's data as it came (None: its bytes are right)
         for item in events:
-            if type(item) is DeltaRun:  # a run of plain deltas of one block: relayed as it is, if it is open
+            if type(item) is RelayedDeltas:  # a run of plain deltas of one block: relayed as it is, if it is open
                 if not self.finished and item.index in self._open and not (
                         b"\\u" in item.raw and _LONE_SURROGATE_BYTES.search(item.raw)):
                     kept.append(item)
@@ -13300,7 +13300,7 @@ class CallFacts:
         chars = 0
         for event in batch:
             name = event.name
-            if name == DELTA_RUN:
+            if name == RELAYED_DELTAS:
                 chars += event.chars  # type: ignore[attr-defined]
             elif name == "content_block_delta":
                 raw = event.raw

@@ -420,7 +420,7 @@ RUN_EVENTS = st.lists(st.one_of(
 def test_event_check_runs_of_deltas_say_what_the_check_one_by_one_says(
         groups: List[List[Tuple[str, str]]], naming: List[Optional[str]], spelling: int,
         batch_sizes: List[int]) -> None:
-    """Deltas of one block one after the other (a run, checked with one match: DeltaRun) against
+    """Deltas of one block one after the other (a run, checked with one match: RelayedDeltas) against
     the same events checked one by one and down the decoder: the same events relayed, the same
     error, the same relayed characters; deltas of blocks not open, after message_stop, with lone
     surrogates or a mismatched field among them."""
@@ -447,7 +447,7 @@ def test_event_check_runs_of_deltas_say_what_the_check_one_by_one_says(
 
 
 def test_a_run_of_deltas_is_one_event_of_their_bytes() -> None:
-    """Plain deltas of one open block in one read are relayed as one DeltaRun, their bytes as they
+    """Plain deltas of one open block in one read are relayed as one RelayedDeltas, their bytes as they
     came; its characters are its strings', and taken apart it is its events."""
     deltas = [_sse("content_block_delta", _delta_text(0, "text_delta", "text", text, False), 0)
               for text in ("Hel", "lo \\ \"w\"", "orld\u00e9")]
@@ -455,7 +455,7 @@ def test_a_run_of_deltas_is_one_event_of_their_bytes() -> None:
         {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}), 0)
     check = agproxy.EventStreamCheck("up")
     relayed = check.feed(start + b"".join(deltas))
-    assert [event.name for event in relayed] == ["message_start", "content_block_start", agproxy.DELTA_RUN]
+    assert [event.name for event in relayed] == ["message_start", "content_block_start", agproxy.RELAYED_DELTAS]
     run = relayed[2]
     assert run.raw == b"".join(deltas) and run.count == 3 and run.index == 0
     assert [event.raw for event in run.events()] == deltas
