@@ -2262,6 +2262,72 @@ class Event:
         return f"Event({self.name!r}, {self.data!r}, raw={self.raw!r})"
 
 
+#: The name of a :class:`RelayedDeltas`, the event that stands for a run of plain deltas of one block.
+RELAYED_DELTAS = "agproxy.relayed_deltas"
+#: The bytes of a plain delta after its string: its closing quote and braces, and the blank line.
+_DELTA_END = b'"}}\n\n'
+#: The delta type and field at the end of a run's head (the bytes before each of its strings).
+_RUN_HEAD_KIND = re.compile(rb'"(text_delta|thinking_delta|input_json_delta)", ?"(text|thinking|partial_json)": ?"\Z')
+
+
+class RelayedDeltas(Event):
+    """A run of ``content_block_delta`` events of one block, each of one JSON string (text,
+    thinking or a tool's JSON source) and each written with the same bytes before its string
+    (``head_size`` of them), that :class:`EventStreamCheck` checked with one match and relays as
+    one bytes object (``raw``, as they came) instead of an object per event. The Anthropic
+    encoder sends it as it is; whatever reads the events' data takes them apart
+    (:func:`single_events`). What the run says is read from its bytes: its ``count`` of events,
+    the :attr:`chars` of its strings, and as its :attr:`data` the one delta it amounts to (for the
+    Message assembled from a stream: the strings decoded at once, not an object per event)."""
+
+    __slots__ = ("index", "head_size", "count")
+
+    def __init__(self, raw: bytes, index: int, head_size: int) -> None:
+        super().__init__(RELAYED_DELTAS, None, raw)
+        self.index = index
+        self.head_size = head_size
+        self.count = raw.count(b"\n\n")  # one blank line per event (a JSON string holds no raw line break)
+
+    @property
+    def data(self) -> Dict[str, Any]:
+        """The run as one ``content_block_delta``: its type, and its strings joined under its field.
+        The strings, each a whole JSON string's body (no escape cut, no lone surrogate: the check
+        makes no run of those), are joined as they came and decoded once."""
+        if self._data is None:
+            head = self.raw[:self.head_size]
+            kind, field = _RUN_HEAD_KIND.search(head).groups()  # type: ignore[union-attr]
+            strings = b"".join([event[self.head_size:-len(_DELTA_END) + 2]
+                                for event in self.raw.split(b"\n\n")[:-1]])
+            self._data = {"type": "content_block_delta", "index": self.index,
+                          "delta": {"type": kind.decode(), field.decode(): json.loads(b'"' + strings + b'"')}}
+        return self._data
+
+    @property
+    def chars(self) -> int:
+        """The bytes of the run's JSON strings (as written: escapes count as they are spelled)."""
+        return len(self.raw) - self.count * (self.head_size + len(_DELTA_END))
+
+    def events(self) -> List[Event]:
+        """The run's events, one ``content_block_delta`` each (its data decoded if asked for)."""
+        return [Event("content_block_delta", None, event + b"\n\n") for event in self.raw.split(b"\n\n")[:-1]]
+
+    def __repr__(self) -> str:
+        return f"RelayedDeltas(index={self.index}, count={self.count}, raw={self.raw!r})"
+
+
+def single_events(events: List[Event]) -> List[Event]:
+    """``events`` with each :class:`RelayedDeltas` taken apart into its events, for what reads the events' data."""
+    if not any(type(event) is RelayedDeltas for event in events):
+        return events
+    out: List[Event] = []
+    for event in events:
+        if type(event) is RelayedDeltas:
+            out += event.events()
+        else:
+            out.append(event)
+    return out
+
+
 def encode_events(events: Iterable[Event]) -> bytes:
     """A batch of events as the client gets it (the one place the pipeline encodes)."""
     return b"".join([e.raw if e.raw is not None else encode_sse_json(e.name, e.data) for e in events])
@@ -3853,6 +3919,16 @@ _CHECKED_DELTA = re.compile(
     r'\{"type": ?"content_block_delta", ?"index": ?(0|[1-9][0-9]{0,4}), ?'
     r'"delta": ?\{"type": ?"(text_delta|thinking_delta|input_json_delta)", ?"(text|thinking|partial_json)": ?'
     r'"[^"\\\x00-\x1f]*(?:\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4})[^"\\\x00-\x1f]*)*"\}\}')
+#: A run of ``content_block_delta`` events of one block, each named and of one JSON string, each
+#: written with the same bytes before its string (group 1, the first event's; group 2 its index):
+#: what :data:`_CHECKED_DELTA` knows of one event, known of the run in one match (:class:`RelayedDeltas`).
+_JSON_STRING_BODY = r'[^"\\\x00-\x1f]*(?:\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4})[^"\\\x00-\x1f]*)*'
+_DELTA_RUN_TEXT = re.compile(
+    r'(event: ?content_block_delta\ndata: ?\{"type": ?"content_block_delta", ?"index": ?(0|[1-9][0-9]{0,4}), ?'
+    r'"delta": ?\{"type": ?"(?:text_delta", ?"text|thinking_delta", ?"thinking|input_json_delta", ?"partial_json)'
+    r'": ?")' + _JSON_STRING_BODY + r'"\}\}\n\n(?:\1' + _JSON_STRING_BODY + r'"\}\}\n\n)*')
+#: An event as :meth:`EventStreamCheck._events` reads it: its (name, data, bytes), or a run of deltas.
+_ReadEvent = Union[Tuple[str, str, Optional[bytes]], RelayedDeltas]
 #: The event types of the Messages stream's grammar (``error`` is taken apart from them).
 _STREAM_EVENT_TYPES = frozenset({"ping", "message_start", "content_block_start", "content_block_delta",
                                  "content_block_stop", "message_delta", "message_stop"})
@@ -3934,21 +4010,28 @@ class EventStreamCheck:
             self.finished = True
         return True
 
-    def _events(self, text: str, data: bytes) -> Tuple[List[Tuple[str, str, Optional[bytes]]], bool]:
+    def _events(self, text: str, data: bytes, runs: bool = True) -> Tuple[List[_ReadEvent], bool]:
         """The (name, data, bytes) of the events in ``text``, and whether they are the plain kind
         (their bytes, each event's own, may then be relayed as they came); a missing name is ``""``, as
-        is ``message`` (the default name: a client reads it as none, and so does the decoder)."""
+        is ``message`` (the default name: a client reads it as none, and so does the decoder).
+        With ``runs``, plain deltas of one block one after the other come as a :class:`RelayedDeltas`,
+        found with one match (:data:`_DELTA_RUN_TEXT`), for :meth:`feed` to check at once."""
         if "\r" not in text and (self._decoder is None or not self._decoder.pending):
-            plain: List[Tuple[str, str, Optional[bytes]]] = []
+            plain: List[_ReadEvent] = []
             ascii_only, pos, size = len(text) == len(data), 0, len(text)  # ASCII: the text's offsets are the bytes'
-            match = _PLAIN_EVENT.match(text)
-            while match is not None:  # the events one after the other, each its own bytes
-                name, event_data = match.groups()
+            while pos < size:  # the events one after the other, each its own bytes
+                run = _DELTA_RUN_TEXT.match(text, pos) if runs else None
+                match = run if run is not None else _PLAIN_EVENT.match(text, pos)
+                if match is None:
+                    break
                 end = match.end()
-                plain.append(("" if name in (None, "message") else name, event_data,
-                              data[pos:end] if ascii_only else text[pos:end].encode("utf-8")))
+                raw = data[pos:end] if ascii_only else text[pos:end].encode("utf-8")
+                if run is not None:  # its head is ASCII: as many bytes as characters
+                    plain.append(RelayedDeltas(raw, int(run.group(2)), run.end(1) - pos))
+                else:
+                    name, event_data = match.groups()
+                    plain.append(("" if name in (None, "message") else name, event_data, raw))
                 pos = end
-                match = _PLAIN_EVENT.match(text, pos) if pos < size else None
             if pos == size:
                 return plain, True
         # comments, stray lines, multi-line data and events without data: the decoder knows them
@@ -3966,52 +4049,67 @@ class EventStreamCheck:
             raise UpstreamFailure("upstream sent an event stream that is not UTF-8") from None
         events, as_they_came = self._events(text, data)
         kept: List[Event] = []
-        sources: List[Optional[str]] = []  # each kept event's data as it came (None: agproxy's own event)
-        for name, event_data, raw in events:
-            if self.finished:
-                as_they_came = False
-                continue  # nothing after message_stop reaches the client
-            if "\\u" in event_data and _LONE_SURROGATE_TEXT.search(event_data):
-                event_data, as_they_came = _LONE_SURROGATE_TEXT.sub(r"\1\\ufffd", event_data), False
-            delta = _CHECKED_DELTA.fullmatch(event_data) if raw is not None else None
-            if delta is not None and (not name or name == "content_block_delta") \
-                    and _TEXT_DELTA_FIELDS[delta.group(2)] == delta.group(3) and int(delta.group(1)) in self._open:
-                as_they_came = as_they_came and bool(name)  # the usual event: a delta of an open block
-                kept.append(Event("content_block_delta", None, raw))
-                sources.append(event_data)
-                continue
-            try:
-                payload = _decode_bounded(event_data, MAX_UPSTREAM_JSON_DEPTH)
-            except ValueError:
-                raise UpstreamFailure(f"upstream sent a {name[:40]!r} event whose data is not JSON") from None
-            kind = payload.get("type") if isinstance(payload, dict) else None
-            if not isinstance(kind, str):
-                raise UpstreamFailure(f"upstream sent a {name[:40]!r} event whose data is not an event object")
-            if name and name != kind:
-                raise self._fail(f"an event named {name[:40]!r} whose data is a {kind[:40]!r}")
-            if kind == "error":
-                error = payload.get("error") if isinstance(payload.get("error"), dict) else {}
-                kept.append(Event("error", upstream_error_event(error, self.upstream)))
-                sources.append(None)
-                self.finished, as_they_came = True, False
-                continue
-            if not self._step(kind, payload):
-                as_they_came = False
-                continue
-            if kind == "message_delta" or kind == "message_start":
-                holder = payload.get("message") if kind == "message_start" else payload
-                usage = holder.get("usage") if isinstance(holder, dict) else None
-                if isinstance(usage, dict):
-                    merge_usage(self.usage, usage)
-            as_they_came = as_they_came and bool(name)
-            # a plain delta keeps only its bytes (one data line): its data is decoded again if asked for
-            kept.append(Event(kind, None if kind == "content_block_delta" and raw is not None else payload, raw))
-            sources.append(event_data)
+        sources: List[Optional[str]] = []  # each kept event's data as it came (None: its bytes are right)
+        for item in events:
+            if type(item) is RelayedDeltas:  # a run of plain deltas of one block: relayed as it is, if it is open
+                if not self.finished and item.index in self._open and not (
+                        b"\\u" in item.raw and _LONE_SURROGATE_BYTES.search(item.raw)):
+                    kept.append(item)
+                    sources.append(None)
+                    continue
+                # else its events one by one, as any other (each refused, dropped or fixed as it says)
+                one_by_one = self._events(item.raw.decode("utf-8"), item.raw, runs=False)[0]
+            else:
+                one_by_one = [item]
+            for name, event_data, raw in one_by_one:
+                as_they_came = self._keep(name, event_data, raw, kept, sources) and as_they_came
         if not as_they_came:  # the batch is written anew, each event from its data's text
             for event, source in zip(kept, sources):
                 if source is not None:
                     event.raw = encode_sse(event.name, source)
         return kept
+
+    def _keep(self, name: str, event_data: str, raw: Optional[bytes], kept: List[Event],
+              sources: List[Optional[str]]) -> bool:
+        """Check one event and add it to ``kept`` (with its data's text to ``sources``) unless it
+        is dropped; False where the batch cannot go as it came (the event was dropped or changed)."""
+        if self.finished:
+            return False  # nothing after message_stop reaches the client
+        as_it_came = True
+        if "\\u" in event_data and _LONE_SURROGATE_TEXT.search(event_data):
+            event_data, as_it_came = _LONE_SURROGATE_TEXT.sub(r"\1\\ufffd", event_data), False
+        delta = _CHECKED_DELTA.fullmatch(event_data) if raw is not None else None
+        if delta is not None and (not name or name == "content_block_delta") \
+                and _TEXT_DELTA_FIELDS[delta.group(2)] == delta.group(3) and int(delta.group(1)) in self._open:
+            kept.append(Event("content_block_delta", None, raw))  # the usual event: a delta of an open block
+            sources.append(event_data)
+            return as_it_came and bool(name)
+        try:
+            payload = _decode_bounded(event_data, MAX_UPSTREAM_JSON_DEPTH)
+        except ValueError:
+            raise UpstreamFailure(f"upstream sent a {name[:40]!r} event whose data is not JSON") from None
+        kind = payload.get("type") if isinstance(payload, dict) else None
+        if not isinstance(kind, str):
+            raise UpstreamFailure(f"upstream sent a {name[:40]!r} event whose data is not an event object")
+        if name and name != kind:
+            raise self._fail(f"an event named {name[:40]!r} whose data is a {kind[:40]!r}")
+        if kind == "error":
+            error = payload.get("error") if isinstance(payload.get("error"), dict) else {}
+            kept.append(Event("error", upstream_error_event(error, self.upstream)))
+            sources.append(None)
+            self.finished = True
+            return False
+        if not self._step(kind, payload):
+            return False
+        if kind == "message_delta" or kind == "message_start":
+            holder = payload.get("message") if kind == "message_start" else payload
+            usage = holder.get("usage") if isinstance(holder, dict) else None
+            if isinstance(usage, dict):
+                merge_usage(self.usage, usage)
+        # a plain delta keeps only its bytes (one data line): its data is decoded again if asked for
+        kept.append(Event(kind, None if kind == "content_block_delta" and raw is not None else payload, raw))
+        sources.append(event_data)
+        return as_it_came and bool(name)
 
 
 #: One content_block_delta event as Anthropic servers and agproxy's translators write it (compact
@@ -4082,7 +4180,7 @@ class DeltaRedactor:
             if plain is not None:
                 end = plain.end()
                 index = int(plain.group(2))
-                if index in self.held or self._may_begin_secret(plain.group(5)) or _escapes_json(plain):
+                if index in self.held or self._may_begin_secret(plain) or _escapes_json(plain):
                     out += [batch[copied:pos], self._plain_delta(plain, index)]
                     copied = end
             else:
@@ -4097,10 +4195,15 @@ class DeltaRedactor:
             return batch
         return b"".join(out) + batch[copied:]
 
-    def _may_begin_secret(self, encoded: bytes) -> bool:
-        """Whether a delta's JSON string may end with the beginning of a secret."""
+    def _may_begin_secret(self, plain: re.Match) -> bool:
+        """Whether a plain delta's JSON string may end with the beginning of a secret: a tool
+        input's JSON source may also end inside an escape (``\\`` of ``\\u0073k-...``), which
+        :meth:`_piece` holds."""
+        encoded = plain.group(5)
         if b"\\" in encoded[-(self.redactor.tail.longest + 6):]:  # an escape (at most 6 bytes): decode it
-            return bool(self.redactor.tail.hold(_json_string(encoded)))
+            text = _json_string(encoded)
+            return bool(self.redactor.tail.hold(text)) or (
+                plain.group(4) == b"partial_json" and _OPEN_ESCAPE_TEXT.search(text) is not None)
         return bool(self.redactor.tail_bytes.hold(encoded))
 
     def _plain_delta(self, plain: re.Match, index: int) -> bytes:
@@ -13197,7 +13300,9 @@ class CallFacts:
         chars = 0
         for event in batch:
             name = event.name
-            if name == "content_block_delta":
+            if name == RELAYED_DELTAS:
+                chars += event.chars  # type: ignore[attr-defined]
+            elif name == "content_block_delta":
                 raw = event.raw
                 if raw is not None:  # its last string is its content: `..."text":"Hello"}}` + blank line
                     start = raw.rfind(b'":"')
@@ -14295,7 +14400,7 @@ async def accumulate_events(events: AsyncIterator[List[Event]]) -> Dict[str, Any
     """A whole answer's events as the one Message they describe (their data as it was decoded)."""
     accumulator = MessageAccumulator()
     async for batch in events:
-        for event in batch:
+        for event in batch:  # (a run of deltas as the one delta it amounts to)
             if event.name != VERBATIM:
                 accumulator.add(event.name, event.data)
     return accumulator.result()
@@ -14438,6 +14543,7 @@ def _encoded_batch(batch: List[Event], encoder: StreamEncoder,
     if encoder is ANTHROPIC_ENCODER:
         data = encode_events(batch)
         return iter((data if transform is None else transform(data),))
+    batch = single_events(batch)  # the encoder reads each delta's data
     if transform is not None:
         data = encode_events(batch)
         redacted = transform(data)
