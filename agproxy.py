@@ -59,6 +59,7 @@ import dataclasses
 import datetime
 import errno
 import fnmatch
+import gc
 import hashlib
 import hmac
 import http
@@ -2174,6 +2175,55 @@ def delta_event(index: int, kind: str, field: str, text: str, relayed: bool) -> 
                                          "delta": {"type": kind, field: text}})
 
 
+#: The delta types a read's run may join into one event (never a signature, which is whole).
+_JOINED_DELTAS = frozenset(("text_delta", "thinking_delta", "input_json_delta"))
+
+
+class DeltaRun:
+    """A translator's deltas, joined while a read lasts: consecutive deltas to the same block of
+    the same type become ONE event carrying their joined string (one event to encode, count and
+    parse, not one per upstream chunk). A client sees the same text cut at other places, as
+    Anthropic's own streams cut it anywhere; nothing waits for a later read, so no latency is
+    added. A run ends at any other event (a block's start or stop, a signature, usage, the end)
+    and at :meth:`end_read`, when the read's events go out.
+
+    The run's first delta goes into the list as an event at once; what joins it is gathered and
+    the event written anew, joined, when the run ends (so a read of one delta, a paced stream,
+    costs what it did)."""
+
+    __slots__ = ("_out", "_at", "_index", "_kind", "_field", "_texts", "_relayed")
+
+    def __init__(self) -> None:
+        self._out: Optional[List[Event]] = None  # the list the open run's event is in, if one is open
+        self._at = -1
+        self._index = -1
+        self._kind = self._field = ""
+        self._texts: List[str] = []
+        self._relayed = False
+
+    def add(self, out: List[Event], index: int, kind: str, field: str, text: str, relayed: bool) -> None:
+        """Add a delta (as :func:`delta_event` takes it) to ``out``: joined to the run when it is the
+        last event there and of the same block and type, else as an event of its own."""
+        if out is self._out and self._at == len(out) - 1 and index == self._index and kind == self._kind:
+            self._texts.append(text)
+            return
+        self.end_read()
+        out.append(delta_event(index, kind, field, text, relayed))
+        if kind in _JOINED_DELTAS:
+            self._out, self._at, self._index, self._kind, self._field = out, len(out) - 1, index, kind, field
+            self._texts, self._relayed = [text], relayed
+
+    def end_read(self) -> None:
+        """End the run: its event, if more joined it, written anew with the joined string."""
+        out = self._out
+        if out is not None:
+            self._out = None
+            if len(self._texts) > 1:
+                out[self._at] = delta_event(self._index, self._kind, self._field, "".join(self._texts),
+                                            self._relayed)
+            self._texts = []
+
+
 class Event:
     """One Anthropic stream event as the relay pipeline carries it: ``name`` (its type), ``data``
     (the decoded payload), and ``raw``, its SSE bytes exactly as they may go out (an upstream's own
@@ -2210,6 +2260,72 @@ class Event:
 
     def __repr__(self) -> str:
         return f"Event({self.name!r}, {self.data!r}, raw={self.raw!r})"
+
+
+#: The name of a :class:`RelayedDeltas`, the event that stands for a run of plain deltas of one block.
+RELAYED_DELTAS = "agproxy.relayed_deltas"
+#: The bytes of a plain delta after its string: its closing quote and braces, and the blank line.
+_DELTA_END = b'"}}\n\n'
+#: The delta type and field at the end of a run's head (the bytes before each of its strings).
+_RUN_HEAD_KIND = re.compile(rb'"(text_delta|thinking_delta|input_json_delta)", ?"(text|thinking|partial_json)": ?"\Z')
+
+
+class RelayedDeltas(Event):
+    """A run of ``content_block_delta`` events of one block, each of one JSON string (text,
+    thinking or a tool's JSON source) and each written with the same bytes before its string
+    (``head_size`` of them), that :class:`EventStreamCheck` checked with one match and relays as
+    one bytes object (``raw``, as they came) instead of an object per event. The Anthropic
+    encoder sends it as it is; whatever reads the events' data takes them apart
+    (:func:`single_events`). What the run says is read from its bytes: its ``count`` of events,
+    the :attr:`chars` of its strings, and as its :attr:`data` the one delta it amounts to (for the
+    Message assembled from a stream: the strings decoded at once, not an object per event)."""
+
+    __slots__ = ("index", "head_size", "count")
+
+    def __init__(self, raw: bytes, index: int, head_size: int) -> None:
+        super().__init__(RELAYED_DELTAS, None, raw)
+        self.index = index
+        self.head_size = head_size
+        self.count = raw.count(b"\n\n")  # one blank line per event (a JSON string holds no raw line break)
+
+    @property
+    def data(self) -> Dict[str, Any]:
+        """The run as one ``content_block_delta``: its type, and its strings joined under its field.
+        The strings, each a whole JSON string's body (no escape cut, no lone surrogate: the check
+        makes no run of those), are joined as they came and decoded once."""
+        if self._data is None:
+            head = self.raw[:self.head_size]
+            kind, field = _RUN_HEAD_KIND.search(head).groups()  # type: ignore[union-attr]
+            strings = b"".join([event[self.head_size:-len(_DELTA_END) + 2]
+                                for event in self.raw.split(b"\n\n")[:-1]])
+            self._data = {"type": "content_block_delta", "index": self.index,
+                          "delta": {"type": kind.decode(), field.decode(): json.loads(b'"' + strings + b'"')}}
+        return self._data
+
+    @property
+    def chars(self) -> int:
+        """The bytes of the run's JSON strings (as written: escapes count as they are spelled)."""
+        return len(self.raw) - self.count * (self.head_size + len(_DELTA_END))
+
+    def events(self) -> List[Event]:
+        """The run's events, one ``content_block_delta`` each (its data decoded if asked for)."""
+        return [Event("content_block_delta", None, event + b"\n\n") for event in self.raw.split(b"\n\n")[:-1]]
+
+    def __repr__(self) -> str:
+        return f"RelayedDeltas(index={self.index}, count={self.count}, raw={self.raw!r})"
+
+
+def single_events(events: List[Event]) -> List[Event]:
+    """``events`` with each :class:`RelayedDeltas` taken apart into its events, for what reads the events' data."""
+    if not any(type(event) is RelayedDeltas for event in events):
+        return events
+    out: List[Event] = []
+    for event in events:
+        if type(event) is RelayedDeltas:
+            out += event.events()
+        else:
+            out.append(event)
+    return out
 
 
 def encode_events(events: Iterable[Event]) -> bytes:
@@ -3803,6 +3919,16 @@ _CHECKED_DELTA = re.compile(
     r'\{"type": ?"content_block_delta", ?"index": ?(0|[1-9][0-9]{0,4}), ?'
     r'"delta": ?\{"type": ?"(text_delta|thinking_delta|input_json_delta)", ?"(text|thinking|partial_json)": ?'
     r'"[^"\\\x00-\x1f]*(?:\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4})[^"\\\x00-\x1f]*)*"\}\}')
+#: A run of ``content_block_delta`` events of one block, each named and of one JSON string, each
+#: written with the same bytes before its string (group 1, the first event's; group 2 its index):
+#: what :data:`_CHECKED_DELTA` knows of one event, known of the run in one match (:class:`RelayedDeltas`).
+_JSON_STRING_BODY = r'[^"\\\x00-\x1f]*(?:\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4})[^"\\\x00-\x1f]*)*'
+_DELTA_RUN_TEXT = re.compile(
+    r'(event: ?content_block_delta\ndata: ?\{"type": ?"content_block_delta", ?"index": ?(0|[1-9][0-9]{0,4}), ?'
+    r'"delta": ?\{"type": ?"(?:text_delta", ?"text|thinking_delta", ?"thinking|input_json_delta", ?"partial_json)'
+    r'": ?")' + _JSON_STRING_BODY + r'"\}\}\n\n(?:\1' + _JSON_STRING_BODY + r'"\}\}\n\n)*')
+#: An event as :meth:`EventStreamCheck._events` reads it: its (name, data, bytes), or a run of deltas.
+_ReadEvent = Union[Tuple[str, str, Optional[bytes]], RelayedDeltas]
 #: The event types of the Messages stream's grammar (``error`` is taken apart from them).
 _STREAM_EVENT_TYPES = frozenset({"ping", "message_start", "content_block_start", "content_block_delta",
                                  "content_block_stop", "message_delta", "message_stop"})
@@ -3884,21 +4010,28 @@ class EventStreamCheck:
             self.finished = True
         return True
 
-    def _events(self, text: str, data: bytes) -> Tuple[List[Tuple[str, str, Optional[bytes]]], bool]:
+    def _events(self, text: str, data: bytes, runs: bool = True) -> Tuple[List[_ReadEvent], bool]:
         """The (name, data, bytes) of the events in ``text``, and whether they are the plain kind
         (their bytes, each event's own, may then be relayed as they came); a missing name is ``""``, as
-        is ``message`` (the default name: a client reads it as none, and so does the decoder)."""
+        is ``message`` (the default name: a client reads it as none, and so does the decoder).
+        With ``runs``, plain deltas of one block one after the other come as a :class:`RelayedDeltas`,
+        found with one match (:data:`_DELTA_RUN_TEXT`), for :meth:`feed` to check at once."""
         if "\r" not in text and (self._decoder is None or not self._decoder.pending):
-            plain: List[Tuple[str, str, Optional[bytes]]] = []
+            plain: List[_ReadEvent] = []
             ascii_only, pos, size = len(text) == len(data), 0, len(text)  # ASCII: the text's offsets are the bytes'
-            match = _PLAIN_EVENT.match(text)
-            while match is not None:  # the events one after the other, each its own bytes
-                name, event_data = match.groups()
+            while pos < size:  # the events one after the other, each its own bytes
+                run = _DELTA_RUN_TEXT.match(text, pos) if runs else None
+                match = run if run is not None else _PLAIN_EVENT.match(text, pos)
+                if match is None:
+                    break
                 end = match.end()
-                plain.append(("" if name in (None, "message") else name, event_data,
-                              data[pos:end] if ascii_only else text[pos:end].encode("utf-8")))
+                raw = data[pos:end] if ascii_only else text[pos:end].encode("utf-8")
+                if run is not None:  # its head is ASCII: as many bytes as characters
+                    plain.append(RelayedDeltas(raw, int(run.group(2)), run.end(1) - pos))
+                else:
+                    name, event_data = match.groups()
+                    plain.append(("" if name in (None, "message") else name, event_data, raw))
                 pos = end
-                match = _PLAIN_EVENT.match(text, pos) if pos < size else None
             if pos == size:
                 return plain, True
         # comments, stray lines, multi-line data and events without data: the decoder knows them
@@ -3916,52 +4049,67 @@ class EventStreamCheck:
             raise UpstreamFailure("upstream sent an event stream that is not UTF-8") from None
         events, as_they_came = self._events(text, data)
         kept: List[Event] = []
-        sources: List[Optional[str]] = []  # each kept event's data as it came (None: agproxy's own event)
-        for name, event_data, raw in events:
-            if self.finished:
-                as_they_came = False
-                continue  # nothing after message_stop reaches the client
-            if "\\u" in event_data and _LONE_SURROGATE_TEXT.search(event_data):
-                event_data, as_they_came = _LONE_SURROGATE_TEXT.sub(r"\1\\ufffd", event_data), False
-            delta = _CHECKED_DELTA.fullmatch(event_data) if raw is not None else None
-            if delta is not None and (not name or name == "content_block_delta") \
-                    and _TEXT_DELTA_FIELDS[delta.group(2)] == delta.group(3) and int(delta.group(1)) in self._open:
-                as_they_came = as_they_came and bool(name)  # the usual event: a delta of an open block
-                kept.append(Event("content_block_delta", None, raw))
-                sources.append(event_data)
-                continue
-            try:
-                payload = _decode_bounded(event_data, MAX_UPSTREAM_JSON_DEPTH)
-            except ValueError:
-                raise UpstreamFailure(f"upstream sent a {name[:40]!r} event whose data is not JSON") from None
-            kind = payload.get("type") if isinstance(payload, dict) else None
-            if not isinstance(kind, str):
-                raise UpstreamFailure(f"upstream sent a {name[:40]!r} event whose data is not an event object")
-            if name and name != kind:
-                raise self._fail(f"an event named {name[:40]!r} whose data is a {kind[:40]!r}")
-            if kind == "error":
-                error = payload.get("error") if isinstance(payload.get("error"), dict) else {}
-                kept.append(Event("error", upstream_error_event(error, self.upstream)))
-                sources.append(None)
-                self.finished, as_they_came = True, False
-                continue
-            if not self._step(kind, payload):
-                as_they_came = False
-                continue
-            if kind == "message_delta" or kind == "message_start":
-                holder = payload.get("message") if kind == "message_start" else payload
-                usage = holder.get("usage") if isinstance(holder, dict) else None
-                if isinstance(usage, dict):
-                    merge_usage(self.usage, usage)
-            as_they_came = as_they_came and bool(name)
-            # a plain delta keeps only its bytes (one data line): its data is decoded again if asked for
-            kept.append(Event(kind, None if kind == "content_block_delta" and raw is not None else payload, raw))
-            sources.append(event_data)
+        sources: List[Optional[str]] = []  # each kept event's data as it came (None: its bytes are right)
+        for item in events:
+            if type(item) is RelayedDeltas:  # a run of plain deltas of one block: relayed as it is, if it is open
+                if not self.finished and item.index in self._open and not (
+                        b"\\u" in item.raw and _LONE_SURROGATE_BYTES.search(item.raw)):
+                    kept.append(item)
+                    sources.append(None)
+                    continue
+                # else its events one by one, as any other (each refused, dropped or fixed as it says)
+                one_by_one = self._events(item.raw.decode("utf-8"), item.raw, runs=False)[0]
+            else:
+                one_by_one = [item]
+            for name, event_data, raw in one_by_one:
+                as_they_came = self._keep(name, event_data, raw, kept, sources) and as_they_came
         if not as_they_came:  # the batch is written anew, each event from its data's text
             for event, source in zip(kept, sources):
                 if source is not None:
                     event.raw = encode_sse(event.name, source)
         return kept
+
+    def _keep(self, name: str, event_data: str, raw: Optional[bytes], kept: List[Event],
+              sources: List[Optional[str]]) -> bool:
+        """Check one event and add it to ``kept`` (with its data's text to ``sources``) unless it
+        is dropped; False where the batch cannot go as it came (the event was dropped or changed)."""
+        if self.finished:
+            return False  # nothing after message_stop reaches the client
+        as_it_came = True
+        if "\\u" in event_data and _LONE_SURROGATE_TEXT.search(event_data):
+            event_data, as_it_came = _LONE_SURROGATE_TEXT.sub(r"\1\\ufffd", event_data), False
+        delta = _CHECKED_DELTA.fullmatch(event_data) if raw is not None else None
+        if delta is not None and (not name or name == "content_block_delta") \
+                and _TEXT_DELTA_FIELDS[delta.group(2)] == delta.group(3) and int(delta.group(1)) in self._open:
+            kept.append(Event("content_block_delta", None, raw))  # the usual event: a delta of an open block
+            sources.append(event_data)
+            return as_it_came and bool(name)
+        try:
+            payload = _decode_bounded(event_data, MAX_UPSTREAM_JSON_DEPTH)
+        except ValueError:
+            raise UpstreamFailure(f"upstream sent a {name[:40]!r} event whose data is not JSON") from None
+        kind = payload.get("type") if isinstance(payload, dict) else None
+        if not isinstance(kind, str):
+            raise UpstreamFailure(f"upstream sent a {name[:40]!r} event whose data is not an event object")
+        if name and name != kind:
+            raise self._fail(f"an event named {name[:40]!r} whose data is a {kind[:40]!r}")
+        if kind == "error":
+            error = payload.get("error") if isinstance(payload.get("error"), dict) else {}
+            kept.append(Event("error", upstream_error_event(error, self.upstream)))
+            sources.append(None)
+            self.finished = True
+            return False
+        if not self._step(kind, payload):
+            return False
+        if kind == "message_delta" or kind == "message_start":
+            holder = payload.get("message") if kind == "message_start" else payload
+            usage = holder.get("usage") if isinstance(holder, dict) else None
+            if isinstance(usage, dict):
+                merge_usage(self.usage, usage)
+        # a plain delta keeps only its bytes (one data line): its data is decoded again if asked for
+        kept.append(Event(kind, None if kind == "content_block_delta" and raw is not None else payload, raw))
+        sources.append(event_data)
+        return as_it_came and bool(name)
 
 
 #: One content_block_delta event as Anthropic servers and agproxy's translators write it (compact
@@ -4032,7 +4180,7 @@ class DeltaRedactor:
             if plain is not None:
                 end = plain.end()
                 index = int(plain.group(2))
-                if index in self.held or self._may_begin_secret(plain.group(5)) or _escapes_json(plain):
+                if index in self.held or self._may_begin_secret(plain) or _escapes_json(plain):
                     out += [batch[copied:pos], self._plain_delta(plain, index)]
                     copied = end
             else:
@@ -4047,10 +4195,15 @@ class DeltaRedactor:
             return batch
         return b"".join(out) + batch[copied:]
 
-    def _may_begin_secret(self, encoded: bytes) -> bool:
-        """Whether a delta's JSON string may end with the beginning of a secret."""
+    def _may_begin_secret(self, plain: re.Match) -> bool:
+        """Whether a plain delta's JSON string may end with the beginning of a secret: a tool
+        input's JSON source may also end inside an escape (``\\`` of ``\\u0073k-...``), which
+        :meth:`_piece` holds."""
+        encoded = plain.group(5)
         if b"\\" in encoded[-(self.redactor.tail.longest + 6):]:  # an escape (at most 6 bytes): decode it
-            return bool(self.redactor.tail.hold(_json_string(encoded)))
+            text = _json_string(encoded)
+            return bool(self.redactor.tail.hold(text)) or (
+                plain.group(4) == b"partial_json" and _OPEN_ESCAPE_TEXT.search(text) is not None)
         return bool(self.redactor.tail_bytes.hold(encoded))
 
     def _plain_delta(self, plain: re.Match, index: int) -> bytes:
@@ -5503,6 +5656,7 @@ class OpenAIStreamTranslator:
         self._stop_sequence: Optional[str] = None
         self._usage: Dict[str, int] = {}
         self._tool_seen = False
+        self._run = DeltaRun()
 
     def _start(self, out: List[Event], upstream_id: Any) -> None:
         if self.started:
@@ -5530,18 +5684,26 @@ class OpenAIStreamTranslator:
                                                            "content_block": block}))
 
     def _delta(self, out: List[Event], kind: str, field: str, text: str) -> None:
-        # relayed, a delta is encoded now and kept as bytes alone (see Event): the bulk of a stream
-        out.append(delta_event(self._index, kind, field, text, self.relayed))
+        # relayed, a delta is encoded now and kept as bytes alone (see Event): the bulk of a stream;
+        # a read's run of deltas to one block goes out as one event (DeltaRun)
+        self._run.add(out, self._index, kind, field, text, self.relayed)
 
     def feed(self, chunk: Dict[str, Any]) -> List[Event]:
         """Events for one parsed chunk (an ``error`` chunk gives an error event and ends the stream)."""
         out: List[Event] = []
         self.feed_into(out, chunk)
+        self._run.end_read()
         return out
 
+    def end_read(self) -> None:
+        """The events of a read are all in the list :meth:`feed_into` was given: its run of deltas
+        is written as one event (call it before the list goes out)."""
+        self._run.end_read()
+
     def feed_into(self, out: List[Event], chunk: Dict[str, Any]) -> None:
-        """:meth:`feed`, its events added to ``out`` (a stream's reader gathers a read's events in one list).
-        Each key is read once and the absent ones tested against None first: this runs for every chunk."""
+        """:meth:`feed`, its events added to ``out`` (a stream's reader gathers a read's events in one list,
+        then calls :meth:`end_read`). Each key is read once and the absent ones tested against None
+        first: this runs for every chunk."""
         if self.finished:
             return
         choices = chunk.get("choices")
@@ -5568,7 +5730,7 @@ class OpenAIStreamTranslator:
             content = delta.get("content")
             if len(delta) == 1 and type(content) is str and self._open == "text" and not self._waiting:
                 if content:  # the usual chunk: more of the open text block, nothing waiting (as _take would)
-                    out.append(delta_event(self._index, "text_delta", "text", content, self.relayed))
+                    self._run.add(out, self._index, "text_delta", "text", content, self.relayed)
             else:
                 self._take_delta(out, delta, content)
             if choice.get("finish_reason"):
@@ -5713,6 +5875,7 @@ class OpenAIStreamTranslator:
             "usage": usage}))
         out.append(Event("message_stop", {"type": "message_stop"}))
         self.finished = True
+        self._run.end_read()
         return out
 
 
@@ -6537,6 +6700,7 @@ class GeminiStreamTranslator:
         self._tool_seen = False
         self._content_seen = False
         self._ids: Set[str] = set()
+        self._run = DeltaRun()
 
     def _start(self, out: List[Event], response_id: Any) -> None:
         if self.started:
@@ -6563,8 +6727,9 @@ class GeminiStreamTranslator:
         self._content_seen = True
 
     def _delta(self, out: List[Event], kind: str, field: str, text: str) -> None:
-        # relayed, a delta is encoded now and kept as bytes alone (see Event): the bulk of a stream
-        out.append(delta_event(self._index, kind, field, text, self.relayed))
+        # relayed, a delta is encoded now and kept as bytes alone (see Event): the bulk of a stream;
+        # a read's run of deltas to one block goes out as one event (DeltaRun)
+        self._run.add(out, self._index, kind, field, text, self.relayed)
 
     @property
     def unfinished(self) -> bool:
@@ -6588,10 +6753,17 @@ class GeminiStreamTranslator:
         """Events for one parsed chunk (an ``error`` chunk gives an error event and ends the stream)."""
         out: List[Event] = []
         self.feed_into(out, chunk)
+        self._run.end_read()
         return out
 
+    def end_read(self) -> None:
+        """The events of a read are all in the list :meth:`feed_into` was given: its run of deltas
+        is written as one event (call it before the list goes out)."""
+        self._run.end_read()
+
     def feed_into(self, out: List[Event], chunk: Dict[str, Any]) -> None:
-        """:meth:`feed`, its events added to ``out`` (a stream's reader gathers a read's events in one list)."""
+        """:meth:`feed`, its events added to ``out`` (a stream's reader gathers a read's events in one list,
+        then calls :meth:`end_read`)."""
         if self.finished:
             return
         error = chunk.get("error")
@@ -6626,7 +6798,7 @@ class GeminiStreamTranslator:
             text = part.get("text")
             if len(part) == 1 and type(text) is str and self._open == "text":
                 if text:  # the usual part: more of the open text block (as _part would)
-                    out.append(delta_event(self._index, "text_delta", "text", text, self.relayed))
+                    self._run.add(out, self._index, "text_delta", "text", text, self.relayed)
             else:
                 self._part(out, part)
         finish_reason = candidate.get("finishReason")
@@ -6701,6 +6873,7 @@ class GeminiStreamTranslator:
             "type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": None}, "usage": usage}))
         out.append(Event("message_stop", {"type": "message_stop"}))
         self.finished = True
+        self._run.end_read()
         return out
 
 
@@ -11052,7 +11225,7 @@ async def _connect_tunnel(proxy_host: str, proxy_port: int, host: str, port: int
 
 # =====================================================================================
 # 10. The HTTP shell
-#    HttpServer runs the connections over asyncio streams (admission, timeouts, 100-continue,
+#    HttpServer runs the connections, each its own asyncio protocol (admission, timeouts, 100-continue,
 #    linger, the watch for a client that leaves, framing, the access log) and calls one
 #    Application; it knows nothing of Anthropic. Errors become responses in exactly one place:
 #    error_response().
@@ -11293,30 +11466,202 @@ class _Exchange:
         self.record.client_left()
 
 
-class _Connection:
-    """One client connection: its streams, parser and the callbacks to run if the client leaves."""
+class _Connection(asyncio.Protocol):
+    """One client connection, as its own asyncio protocol (as :class:`_UpstreamConnection` is for an
+    upstream): what arrives is kept until a read takes it (pipelined requests included), and the one
+    waiting read is woken at once; a departure is seen where asyncio reports it (``connection_lost``,
+    ``eof_received``), with no task watching; writes go to the transport and wait only while it is
+    paused. A StreamReader and StreamWriter would cost two coroutines, a buffer copy and a waiter per
+    read, a watcher task per request and about 1.5 KB a connection. Also its parser, the state of the
+    request it answers, and the callbacks to run if the client leaves."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, parser: RequestParser) -> None:
-        self.reader = reader
-        self.writer = writer
+    __slots__ = ("parser", "serve", "transport", "busy", "gone", "responding", "answering", "body_held", "on_gone",
+                 "head", "admission", "peer", "client_ip", "_loop", "_received", "_size", "_ended", "_error",
+                 "_waiter", "_reading_paused", "_writing_paused", "_drain_waiter", "_probe")
+
+    def __init__(self, parser: RequestParser, serve: Callable[[_Connection], Awaitable[None]]) -> None:
         self.parser = parser
+        self.serve = serve  # what runs the connection, in a task of its own, once it is made
+        self.transport: Optional[asyncio.Transport] = None
         self.busy = False
         self.gone = False
         self.responding = False  # the answer's head is written: no interim answer may follow
+        #: the HTTP version of the request being answered, while it is (None: none is); a departure
+        #: then is the client leaving
+        self.answering: Optional[Tuple[int, int]] = None
         self.body_held = 0  # bytes of max_inflight_body_bytes its request holds
         self.on_gone: List[Callable[[], None]] = []
         self.head: Optional[Request] = None  # the request whose head was read last (a refusal names it)
         #: what the application made of that head when it admitted it already (a bodied one, before its body)
         self.admission: Any = None
-        peer = writer.get_extra_info("peername")
+        self.peer = self.client_ip = "-"
+        self._loop = asyncio.get_running_loop()
+        self._received: List[bytes] = []  # what arrived and no read took yet
+        self._size = 0  # its bytes
+        self._ended = False  # the client ended its side, or the connection was lost
+        self._error: Optional[BaseException] = None  # why the connection was lost, if it broke
+        self._waiter: Optional[asyncio.Future] = None  # the read waiting for bytes
+        self._reading_paused = False
+        self._writing_paused = False
+        self._drain_waiter: Optional[asyncio.Future] = None
+        self._probe: Optional[asyncio.TimerHandle] = None  # the next look at a half-closed client's socket
+
+    # -- the protocol (asyncio calls these) --------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.client_ip = str(peer[0]) if isinstance(peer, tuple) else str(peer)
+        self._loop.create_task(self.serve(self))
+
+    def data_received(self, data: bytes) -> None:
+        self._received.append(data)
+        self._size += len(data)
+        # while a request is answered, pipelined bytes are kept up to a bound; else a read takes them at once
+        if self._size > (_CLIENT_READ_SIZE * 2 if self.answering is None else _MAX_PIPELINED_BYTES) \
+                and not self._reading_paused:
+            self._reading_paused = True  # let TCP push back
+            self.transport.pause_reading()  # type: ignore[union-attr]
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self._ended = True
+        self._wake()
+        if self.answering is not None:
+            self._look_for_departure()
+        return True  # HTTP lets a client half-close after its request: its answer still goes out
+
+    def connection_lost(self, exc: Optional[BaseException]) -> None:
+        self._ended = True
+        self._error = exc
+        self._wake()
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(ConnectionResetError("Connection lost") if exc is None else exc)
+        if self.answering is not None:
+            self.client_left()
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- the watch for a client that leaves -----------------------------------------------
+
+    def watch(self, version: Tuple[int, int]) -> None:
+        """A request of HTTP ``version`` is being answered from now on: a departure is the client leaving."""
+        self.answering = version
+        if self.transport is None or self.transport.is_closing():
+            self.client_left()
+        elif self._ended:  # the client ended its side with its request
+            self._look_for_departure()
+
+    def unwatch(self) -> None:
+        """The request's answer has ended."""
+        self.answering = None
+        if self._probe is not None:
+            self._probe.cancel()
+            self._probe = None
+
+    def _look_for_departure(self) -> None:
+        """The client ended its side while its request is answered. That alone does not mean it left:
+        HTTP lets a client half-close after its request, and it still reads the answer. To tell that
+        from a client that closed for good (an interrupted SDK or Claude Code), its socket is checked
+        while the answer goes out: a closed client's system answers the next write with a reset. While
+        nothing of the answer is written yet, an HTTP/1.1 client is sent an interim ``100 Continue``
+        (every client skips it) to draw that reset at once."""
+        if self._probe is not None or self.gone:
+            return
+        if self.answering is not None and self.answering >= (1, 1) and not self.responding:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # type: ignore[union-attr]
+        self._probe = self._loop.call_later(_PROBE_INTERVAL_S, self._probe_socket)
+
+    def _probe_socket(self) -> None:
+        """Look at the socket for the reset (no read is pending to see it); again later until the answer ends."""
+        self._probe = None
+        sock = self.transport.get_extra_info("socket")  # type: ignore[union-attr]
+        try:
+            failed = sock is None or sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) != 0
+        except OSError:
+            failed = True
+        if failed or self.transport.is_closing():  # type: ignore[union-attr]
+            self.client_left()
+        elif self.answering is not None:
+            self._probe = self._loop.call_later(_PROBE_INTERVAL_S, self._probe_socket)
 
     def client_left(self) -> None:
         if not self.gone:
             self.gone = True
             for callback in self.on_gone:
                 callback()
+
+    # -- what the shell calls -------------------------------------------------------------
+
+    def take(self) -> Optional[bytes]:
+        """What has arrived and no read took yet; None when nothing has yet; ``b""`` at the client's
+        end; the error a broken connection ended with."""
+        received = self._received
+        if not received:
+            if not self._ended:
+                return None
+            if self._error is not None:
+                raise self._error
+            return b""
+        data = b"".join(received)  # one piece (the usual case) is returned as it is
+        received.clear()
+        self._size = 0
+        if self._reading_paused:
+            self._reading_paused = False
+            self.transport.resume_reading()  # type: ignore[union-attr]
+        return data
+
+    async def read(self, timeout: float) -> Optional[bytes]:
+        """:meth:`take`, waiting until something comes; None when ``timeout`` passes first. The wait is
+        one future under one timer (no ``wait_for``: no task, no second turn of the loop)."""
+        data = self.take()
+        while data is None:
+            waiter = self._waiter = self._loop.create_future()
+            timer = self._loop.call_later(timeout, _time_out, waiter)
+            try:
+                await waiter
+            except asyncio.TimeoutError:
+                return None
+            finally:
+                timer.cancel()
+                self._waiter = None
+            data = self.take()
+        return data
+
+    def write(self, data: bytes) -> None:
+        self.transport.write(data)  # type: ignore[union-attr]
+
+    async def drained(self, timeout: float) -> None:
+        """Until the transport's buffer is down to its low-water mark (at once unless it is paused);
+        raises for a lost connection, and cuts one whose client read nothing for ``timeout``."""
+        if self.transport is None or self.transport.is_closing():
+            raise ConnectionResetError("Connection lost")
+        if not self._writing_paused:
+            return
+        waiter = self._drain_waiter = self._loop.create_future()
+        timer = self._loop.call_later(timeout, _time_out, waiter)
+        try:
+            await waiter
+        except asyncio.TimeoutError:
+            self.transport.abort()
+            raise ConnectionResetError(f"the client read nothing for {timeout:g} s") from None
+        finally:
+            timer.cancel()
+            self._drain_waiter = None
 
 
 class _Timeout(Exception):
@@ -11351,7 +11696,7 @@ class Application:
 
 
 class HttpServer:
-    """The HTTP/1.1 shell over asyncio streams: admission and ``max_connections``, the connection
+    """The HTTP/1.1 shell, each connection its own asyncio protocol: admission and ``max_connections``, the connection
     loop, timeouts, ``100 Continue``, the linger after an error, the watch for a client that leaves,
     response framing and writing (every byte through the :class:`Redactor`), the access log. It
     calls one :class:`Application` and knows nothing of Anthropic."""
@@ -11376,10 +11721,8 @@ class HttpServer:
 
     async def start(self) -> Tuple[str, int]:
         """Bind and start accepting; returns the real host and port."""
-        self._server = await asyncio.start_server(
-            self._on_connection, self.config.host, self.config.port, limit=_CLIENT_READ_SIZE,
-            reuse_address=True, backlog=1024,
-        )
+        self._server = await asyncio.get_running_loop().create_server(
+            self._new_connection, self.config.host, self.config.port, reuse_address=True, backlog=1024)
         host, port = self._server.sockets[0].getsockname()[:2]
         return host, port
 
@@ -11415,19 +11758,20 @@ class HttpServer:
                 self.log.warning("cut %d request(s) still running after %.0f s", len(pending), grace_s)
                 await asyncio.wait(pending, timeout=1.0)
 
-    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _new_connection(self) -> _Connection:
+        return _Connection(RequestParser(self.config.max_header_bytes, self.config.max_body_bytes), self._on_connection)
+
+    async def _on_connection(self, conn: _Connection) -> None:
         task = asyncio.current_task()
         assert task is not None
-        conn = _Connection(reader, writer, RequestParser(self.config.max_header_bytes, self.config.max_body_bytes))
-        if len(self._connections) >= self.config.max_connections or self._stopping:
-            busy = AgproxyError(f"agproxy is at its limit of {self.config.max_connections} connections",
-                                status=503, error_type="overloaded_error")
-            await self._refuse(conn, busy)
-            await self._linger(conn)
-            writer.close()
-            return
-        self._connections[task] = conn
         try:
+            if len(self._connections) >= self.config.max_connections or self._stopping:
+                busy = AgproxyError(f"agproxy is at its limit of {self.config.max_connections} connections",
+                                    status=503, error_type="overloaded_error")
+                await self._refuse(conn, busy)
+                await self._linger(conn)
+                return
+            self._connections[task] = conn
             await self._serve(conn)
         except asyncio.CancelledError:
             pass
@@ -11438,7 +11782,7 @@ class HttpServer:
         finally:
             self._connections.pop(task, None)
             self._hold_body(conn, 0)
-            writer.close()
+            conn.transport.close()  # type: ignore[union-attr]
 
     # -- one connection ----------------------------------------------------------------
 
@@ -11487,19 +11831,21 @@ class HttpServer:
         """Close after an error answer without losing it: half-close, then drain what the client
         still sends (bounded), so the kernel does not reset the connection over unread bytes."""
         try:
-            if conn.writer.can_write_eof():
-                conn.writer.write_eof()
+            transport = conn.transport
+            assert transport is not None
+            if transport.can_write_eof() and not transport.is_closing():
+                transport.write_eof()
             deadline = asyncio.get_running_loop().time() + _LINGER_S
             drained = 0
             while drained < _LINGER_BYTES:
                 remaining = deadline - asyncio.get_running_loop().time()
                 if remaining <= 0:
                     break
-                data = await asyncio.wait_for(conn.reader.read(_CLIENT_READ_SIZE), remaining)
+                data = await conn.read(remaining)
                 if not data:
                     break
                 drained += len(data)
-        except (asyncio.TimeoutError, ConnectionError, OSError):
+        except (ConnectionError, OSError):
             pass  # the client is gone or slow; either way we are done with it
 
     async def _read_request(self, conn: _Connection) -> Optional[Request]:
@@ -11525,7 +11871,7 @@ class HttpServer:
                     self._check_body_fits(length)
                     in_body = True
                 if event.request.expects_continue:
-                    conn.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                    conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
                 deadline, what = loop.time() + config.body_timeout_s, "request body"
                 continue
             if event == CLOSED:
@@ -11538,37 +11884,12 @@ class HttpServer:
                 timeout = deadline - loop.time()
                 if timeout <= 0:
                     raise _Timeout(f"timed out waiting for the {what}")
-            data = await self._read_within(conn, timeout)
+            data = await conn.read(timeout)
             if data is None:
                 if deadline is None:
                     return None  # idle keep-alive connection: close quietly
                 raise _Timeout(f"timed out after {timeout:.0f} s waiting for the {what}")
             conn.parser.feed(data)
-
-    async def _read_within(self, conn: _Connection, timeout: float) -> Optional[bytes]:
-        """What the client sends next, None when ``timeout`` passes first. The wait is one timer that
-        cancels the connection's task (a ``wait_for`` costs a task, a timer and two turns of the loop
-        per read); the shutdown's cancellation, which sets ``_stopping`` first, goes on as it came."""
-        task = asyncio.current_task()
-        assert task is not None
-        expired: List[bool] = []
-
-        def expire() -> None:
-            expired.append(True)
-            task.cancel()
-
-        timer = asyncio.get_running_loop().call_later(timeout, expire)
-        try:
-            return await conn.reader.read(_CLIENT_READ_SIZE)
-        except asyncio.CancelledError:
-            if not expired or self._stopping:
-                raise
-            uncancel = getattr(task, "uncancel", None)  # Python 3.11+: the cancellation was this wait's own
-            if uncancel is not None:
-                uncancel()
-            return None
-        finally:
-            timer.cancel()
 
     def _hold_body(self, conn: _Connection, size: int) -> None:
         """Count ``size`` bytes as the body that ``conn``'s request holds (0 lets it go); past
@@ -11598,13 +11919,13 @@ class HttpServer:
         """Route one request, write its response and record it; True if the connection stays open."""
         record = RequestRecord(new_request_id(), conn.client_ip, request.method, request.path[:MAX_RECORD_PATH_CHARS])
         exchange = _Exchange(request, conn.on_gone, record, conn.admission)
-        watcher = asyncio.ensure_future(self._watch_for_departure(conn, request.version))
         # a client that leaves stops retries and waits at once: it cancels this task while the
         # application answers (no task of its own: one more task and turn of the loop per request)
         task = asyncio.current_task()
         assert task is not None
         stop = task.cancel
         conn.on_gone.append(stop)
+        conn.watch(request.version)  # a departure from here on is the client leaving
         try:
             try:
                 try:
@@ -11641,48 +11962,9 @@ class HttpServer:
             await self._write_response(conn, response, record, keep_alive, request)
             return keep_alive
         finally:
-            watcher.cancel()
-            try:
-                await watcher
-            except asyncio.CancelledError:
-                pass
+            conn.unwatch()
             record.ended = time.monotonic()
             self.app.finished(record)
-
-    async def _watch_for_departure(self, conn: _Connection, version: Tuple[int, int]) -> None:
-        """While a request is answered, notice the client leaving (and keep pipelined bytes).
-
-        A reset means the client left. An end of input alone does not: HTTP lets a client half-close
-        after its request, and it still reads the answer. To tell that from a client that closed for
-        good (an interrupted SDK or Claude Code), its socket is checked while the answer goes out:
-        a closed client's system answers the next write with a reset. While nothing of the answer
-        is written yet, an HTTP/1.1 client is sent an interim ``100 Continue`` (every client skips
-        it) to draw that reset at once."""
-        while conn.parser.buffered < _MAX_PIPELINED_BYTES:
-            try:
-                data = await conn.reader.read(_CLIENT_READ_SIZE)
-            except (ConnectionError, OSError):
-                conn.client_left()
-                return
-            conn.parser.feed(data)
-            if not data:
-                break
-        else:
-            return
-        if version >= (1, 1) and not conn.responding:  # each request's answer may be preceded by one
-            conn.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        # The interim answer, or the answer's own writes, draw a reset from a client that closed
-        # for good; its socket reports it (no read is pending to see it): look until the answer ends.
-        while True:
-            await asyncio.sleep(_PROBE_INTERVAL_S)
-            sock = conn.writer.get_extra_info("socket")
-            try:
-                failed = sock is None or sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) != 0
-            except OSError:
-                failed = True
-            if failed or conn.writer.transport.is_closing():
-                conn.client_left()
-                return
 
     async def _write_response(self, conn: _Connection, response: Union[Response, StreamingResponse],
                               record: RequestRecord, keep_alive: bool, request: Optional[Request] = None) -> None:
@@ -11694,7 +11976,6 @@ class HttpServer:
         record.status = response.status
         headers.extend(response.headers)
         head_only = request is not None and request.method == "HEAD"
-        writer = conn.writer
         if not keep_alive:
             headers.append(("Connection", "close"))
         elif request is not None and request.version < (1, 1):
@@ -11711,13 +11992,13 @@ class HttpServer:
                 record.bytes_sent = len(body)
                 record.first_byte = time.monotonic()
             if head_only or not body:
-                writer.write(head)
+                conn.write(head)
             elif len(body) < _ONE_WRITE_BYTES:
-                writer.write(head + body)  # one segment for the usual small answer
+                conn.write(head + body)  # one segment for the usual small answer
             else:
-                writer.write(head)
-                writer.write(body)
-            await self._drain(conn)
+                conn.write(head)
+                conn.write(body)
+            await conn.drained(self.config.write_timeout_s)
             return
         chunked = request is not None and request.version >= (1, 1)
         if chunked:
@@ -11725,9 +12006,9 @@ class HttpServer:
         conn.on_gone.append(response.abort)
         self.streams_active += 1
         try:
-            writer.write(response_head(response.status, headers))
+            conn.write(response_head(response.status, headers))
             del headers  # not held for the whole stream
-            await self._drain(conn)
+            await conn.drained(self.config.write_timeout_s)
             async for chunk in response.chunks:
                 if conn.gone:
                     break
@@ -11737,11 +12018,11 @@ class HttpServer:
                 if record.first_byte is None:
                     record.first_byte = time.monotonic()
                 record.bytes_sent += len(chunk)
-                writer.write(encode_chunk(chunk) if chunked else chunk)
-                await self._drain(conn)
+                conn.write(encode_chunk(chunk) if chunked else chunk)
+                await conn.drained(self.config.write_timeout_s)
             if chunked and not conn.gone:
-                writer.write(LAST_CHUNK)
-                await self._drain(conn)
+                conn.write(LAST_CHUNK)
+                await conn.drained(self.config.write_timeout_s)
         except (ConnectionError, OSError):
             conn.client_left()
             record.client_left()
@@ -11765,22 +12046,8 @@ class HttpServer:
         """A stream the shutdown cuts still ends as a stream: its protocol's error, then the body's end."""
         cut = ending("overloaded_error", "agproxy is shutting down: this stream was cut (shutdown_grace_s)") \
             if ending is not None else b""
-        conn.writer.write((encode_chunk(cut) + LAST_CHUNK if cut else LAST_CHUNK) if chunked else cut)
+        conn.write((encode_chunk(cut) + LAST_CHUNK if cut else LAST_CHUNK) if chunked else cut)
         record.note = "cut by the shutdown"
-
-    async def _drain(self, conn: _Connection) -> None:
-        """Wait until the client has taken what was written; a client that reads nothing for
-        ``write_timeout_s`` is cut, so it cannot pin an upstream connection and an account's slot."""
-        transport = conn.writer.transport
-        if transport.get_write_buffer_size() < _CLIENT_READ_SIZE:
-            if transport.is_closing():
-                await conn.writer.drain()  # raises for a client that is gone
-            return  # nothing to wait for (the usual case): no drain, no timer
-        try:
-            await asyncio.wait_for(conn.writer.drain(), self.config.write_timeout_s)
-        except asyncio.TimeoutError:
-            conn.writer.transport.abort()
-            raise ConnectionResetError(f"the client read nothing for {self.config.write_timeout_s:g} s") from None
 
 
 # =====================================================================================
@@ -13077,7 +13344,9 @@ class CallFacts:
         chars = 0
         for event in batch:
             name = event.name
-            if name == "content_block_delta":
+            if name == RELAYED_DELTAS:
+                chars += event.chars  # type: ignore[attr-defined]
+            elif name == "content_block_delta":
                 raw = event.raw
                 if raw is not None:  # its last string is its content: `..."text":"Hello"}}` + blank line
                     start = raw.rfind(b'":"')
@@ -14078,6 +14347,7 @@ async def openai_events(response: UpstreamResponse, translator: OpenAIStreamTran
             translator.feed_into(out, parsed)
             if native is not None and not translator.finished:
                 chunks += native.feed(parsed, data)
+        translator.end_read()
         if translator.finished and native is not None:
             chunks += native.end()
         yield _with_verbatim(chunks, out)
@@ -14113,6 +14383,7 @@ async def gemini_events(response: UpstreamResponse, translator: GeminiStreamTran
                 translator.feed_into(out, item)
                 if native is not None and not translator.finished:
                     chunks.extend(native.feed(item, data if item is parsed else _COMPACT_JSON.encode(item)))
+        translator.end_read()
         return out
 
     while True:
@@ -14173,7 +14444,7 @@ async def accumulate_events(events: AsyncIterator[List[Event]]) -> Dict[str, Any
     """A whole answer's events as the one Message they describe (their data as it was decoded)."""
     accumulator = MessageAccumulator()
     async for batch in events:
-        for event in batch:
+        for event in batch:  # (a run of deltas as the one delta it amounts to)
             if event.name != VERBATIM:
                 accumulator.add(event.name, event.data)
     return accumulator.result()
@@ -14316,6 +14587,7 @@ def _encoded_batch(batch: List[Event], encoder: StreamEncoder,
     if encoder is ANTHROPIC_ENCODER:
         data = encode_events(batch)
         return iter((data if transform is None else transform(data),))
+    batch = single_events(batch)  # the encoder reads each delta's data
     if transform is not None:
         data = encode_events(batch)
         redacted = transform(data)
@@ -16310,6 +16582,10 @@ async def _serve(config: Config, load: Optional[Callable[[], Config]] = None,
         print(f"agproxy: cannot listen on {config.host}:{config.port}: {reason}", file=sys.stderr)
         server.client.shutdown()
         return 1
+    # What agproxy holds once it is up (modules, config, state) lives as long as the process: out of the
+    # collector's view, a full collection scans only what requests made (one took 22 ms with 200 streams
+    # running, holding every stream and the first byte of new ones; 3.7 ms frozen)
+    gc.freeze()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 

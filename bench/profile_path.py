@@ -3,7 +3,7 @@
 once it is ready, so start-up is left out) while the load client sends the same streams as
 `make bench`; prints the top functions by own time, per 1,000 events relayed.
 
-Usage: python bench/profile_path.py [passthrough|responses|chat|gemini|openai] [streams] [events] [top] [cum]
+Usage: python bench/profile_path.py [passthrough|responses|chat|gemini|openai|gemini-up] [streams] [events] [top] [cum]
 [--paced MS] (defaults: responses 100 1000 25; ``cum`` sorts by time including callees: with few events per
 stream, say 10, it shows what each request costs; ``--paced 20`` has the fake write one event every 20 ms,
 as a model does, so each upstream read brings one event: the growth scenario's paced streams).
@@ -39,6 +39,7 @@ def paths(name: str, events: int, delay_ms: int = 0) -> Tuple[str, Dict[str, Any
         "gemini": (f"/v1beta/models/{model}:streamGenerateContent?alt=sse",
                    {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}),
         "openai": ("/v1/messages", run.message("oa-" + model, True)),
+        "gemini-up": ("/v1/messages", run.message("gm-" + model, True)),
     }[name]
 
 
@@ -59,7 +60,10 @@ async def drive(port: int, pid: int, path: str, body: Dict[str, Any], streams: i
     await run.throughput(port, path, body, 10)  # warm: connections pooled, code paths taken once
     os.kill(pid, signal.SIGUSR1)
     await asyncio.sleep(0.2)
-    return await run.throughput(port, path, body, streams)
+    result = await run.throughput(port, path, body, streams)
+    if body["model"].startswith(("oa-", "gm-")):  # a translated stream is counted by its deltas' text
+        result.update(events=result["deltas"], events_per_s=result["deltas_per_s"])  # (run.DELTA_CHARS)
+    return result
 
 
 async def drive_body(port: int, pid: int, body: bytes, requests: int) -> Dict[str, Any]:

@@ -85,7 +85,7 @@ def test_each_passthrough_event_keeps_its_own_bytes_however_the_batches_fall(del
     check = agproxy.EventStreamCheck("up")
     relayed = [check.feed(batch) for batch in batches]
     assert [agproxy.encode_events(got) for got in relayed] == batches  # as they came, not encoded again
-    for event in (e for got in relayed for e in got):
+    for event in (e for got in relayed for e in agproxy.single_events(got)):  # a run of deltas taken apart
         (one,) = agproxy.SSEDecoder().feed(event.raw)
         assert one.event == event.name and json.loads(one.data) == event.data
 
@@ -156,6 +156,7 @@ def test_the_head_and_the_message_come_from_the_events_data():
             agproxy.anthropic_events(ScriptedResponse([START, BLOCK + delta("hé", True) + END]), "up"))
         return head, whole
     head, whole = asyncio.run(go())
+    head = agproxy.single_events(head)  # the delta came as a run (of one)
     assert [e.name for e in head] == ["message_start", "content_block_start", "content_block_delta",
                                       "content_block_stop", "message_delta", "message_stop"]
     assert whole["content"] == [{"type": "text", "text": "hé"}] and whole["usage"]["output_tokens"] == 3
@@ -259,7 +260,7 @@ def test_a_delta_checked_without_decoding_is_refused_exactly_when_its_data_is_no
     check = agproxy.EventStreamCheck("up")
     check.feed(START + blocks)
     if valid:
-        (got,) = check.feed(event)
+        (got,) = agproxy.single_events(check.feed(event))
         assert got.name == "content_block_delta" and got.data == payload
     else:
         with pytest.raises(agproxy.UpstreamFailure):

@@ -9,6 +9,7 @@ the depth limit and bodies either side of the sizes that switch paths. The real 
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import random
 import re
@@ -304,12 +305,20 @@ def test_gemini_text_fast_path_says_what_the_general_path_says(parts: List[Dict[
 
 # -- 6. EventStreamCheck's plain-event match against its decoder path ------------------------------
 
-def _check(batches: List[bytes]) -> Tuple[List[Tuple[str, Any]], Optional[str]]:
-    """What the check relays of ``batches`` (name and decoded data of each event), and its error."""
+def _check(batches: List[bytes], runs: bool = True,
+           facts: Optional[agproxy.CallFacts] = None) -> Tuple[List[Tuple[str, Any]], Optional[str]]:
+    """What the check relays of ``batches`` (name and decoded data of each event, a run of deltas
+    taken apart), and its error; ``runs=False`` checks plain deltas one by one; ``facts`` notes
+    the relayed batches."""
     check, out = agproxy.EventStreamCheck("up"), []
+    if not runs:
+        check._events = functools.partial(check._events, runs=False)  # type: ignore[method-assign]
     try:
         for batch in batches:
-            for event in check.feed(batch):
+            relayed_batch = check.feed(batch)
+            if facts is not None:
+                facts.relayed(relayed_batch)
+            for event in agproxy.single_events(relayed_batch):
                 relayed = agproxy.SSEDecoder().feed(event.encoded())
                 assert [e.event for e in relayed] == [event.name]
                 out.append((event.name, json.loads(relayed[0].data)))
@@ -376,6 +385,87 @@ def test_event_check_plain_match_says_what_its_decoder_says(events: List[Tuple[s
     assert in_batches[1] == general[1]
     if general[1] is None:
         assert in_batches == general
+
+
+def _assembled(batches: List[bytes], runs: bool) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
+    """The Message the checked events of ``batches`` describe (each run of deltas as the one delta
+    it amounts to, or deltas one by one), or the error on the way."""
+    check, accumulator = agproxy.EventStreamCheck("up"), agproxy.MessageAccumulator()
+    if not runs:
+        check._events = functools.partial(check._events, runs=False)  # type: ignore[method-assign]
+    try:
+        for batch in batches:
+            for event in check.feed(batch):
+                accumulator.add(event.name, event.data)
+        return accumulator.result(), None
+    except agproxy.AgproxyError as exc:
+        return None, str(exc)
+
+
+RUN_EVENTS = st.lists(st.one_of(
+    st.tuples(st.sampled_from([0, 1, 2]), st.sampled_from([("text_delta", "text"), ("thinking_delta", "thinking"),
+              ("input_json_delta", "partial_json"), ("text_delta", "thinking")]), st.booleans(),
+              st.lists(NASTY_TEXT, min_size=1, max_size=6)).map(
+        lambda t: [("content_block_delta", _delta_text(t[0], t[1][0], t[1][1], text, t[2])) for text in t[3]]),
+    st.sampled_from([0, 1, 2]).map(lambda i: [("content_block_start", json.dumps(
+        {"type": "content_block_start", "index": i, "content_block": {"type": "text", "text": ""}}))]),
+    st.sampled_from([0, 1]).map(lambda i: [("content_block_stop",
+                                            json.dumps({"type": "content_block_stop", "index": i}))]),
+    st.just([("ping", '{"type": "ping"}')]), st.just([("message_stop", '{"type":"message_stop"}')])), max_size=12)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(RUN_EVENTS, st.lists(st.sampled_from([None, "same", "same", "same", "message"]), min_size=1),
+       st.integers(0, 5), st.lists(st.integers(1, 12), max_size=4))
+def test_event_check_runs_of_deltas_say_what_the_check_one_by_one_says(
+        groups: List[List[Tuple[str, str]]], naming: List[Optional[str]], spelling: int,
+        batch_sizes: List[int]) -> None:
+    """Deltas of one block one after the other (a run, checked with one match: RelayedDeltas) against
+    the same events checked one by one and down the decoder: the same events relayed, the same
+    error, the same relayed characters; deltas of blocks not open, after message_stop, with lone
+    surrogates or a mismatched field among them."""
+    named = [("message_start", START_DATA)] + [event for group in groups for event in group]
+    encoded = []
+    for i, (kind, data) in enumerate(named):
+        how = naming[i % len(naming)]
+        encoded.append(_sse(None if how is None else kind if how == "same" else "message", data,
+                            spelling if kind == "content_block_delta" else spelling + i))
+    batches, at = [], 0
+    for size in batch_sizes + [len(encoded)]:
+        if encoded[at:at + size]:
+            batches.append(b"".join(encoded[at:at + size]))
+        at += size
+    facts_runs, facts_each = agproxy.CallFacts(), agproxy.CallFacts()
+    assert _assembled(batches, True) == _assembled(batches, False)
+    with_runs = _check(batches, True, facts_runs)
+    assert with_runs == _check(batches, False, facts_each)
+    assert facts_runs.relayed_chars == facts_each.relayed_chars
+    whole = _check([b"".join(encoded)])
+    assert whole[1] == _check([b"".join(encoded) + b": a comment\n\n"])[1]
+    if whole[1] is None:
+        assert whole == _check([b"".join(encoded)], False) == _check([b"".join(encoded) + b": a comment\n\n"])
+
+
+def test_a_run_of_deltas_is_one_event_of_their_bytes() -> None:
+    """Plain deltas of one open block in one read are relayed as one RelayedDeltas, their bytes as they
+    came; its characters are its strings', and taken apart it is its events."""
+    deltas = [_sse("content_block_delta", _delta_text(0, "text_delta", "text", text, False), 0)
+              for text in ("Hel", "lo \\ \"w\"", "orld\u00e9")]
+    start = _sse("message_start", START_DATA, 0) + _sse("content_block_start", json.dumps(
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}), 0)
+    check = agproxy.EventStreamCheck("up")
+    relayed = check.feed(start + b"".join(deltas))
+    assert [event.name for event in relayed] == ["message_start", "content_block_start", agproxy.RELAYED_DELTAS]
+    run = relayed[2]
+    assert run.raw == b"".join(deltas) and run.count == 3 and run.index == 0
+    assert [event.raw for event in run.events()] == deltas
+    assert run.data == {"type": "content_block_delta", "index": 0,
+                        "delta": {"type": "text_delta", "text": 'Hello \\ "w"orld\u00e9'}}
+    facts = agproxy.CallFacts()
+    facts.relayed([run])
+    each = agproxy.CallFacts()
+    each.relayed(run.events())
+    assert facts.relayed_chars == each.relayed_chars > 0
 
 
 def test_an_event_named_message_upstream_goes_through_the_fast_check_as_through_the_decoder(

@@ -665,15 +665,13 @@ def test_a_large_event_is_relayed_in_linear_time(start_agproxy: Any, kind: str) 
     with MisbehavingUpstream(recipes) as fake:
         proxy = start_agproxy(single_upstream_config(fake, [(kind, "stream", c) for c in recipes]),
                               command=program_under_test())
-        took = {}
-        for size in sizes:
-            best = 1e9
-            for _ in range(2):
+        took = {size: 1e9 for size in sizes}
+        for _ in range(3):  # rounds of both sizes, so a busy moment of a shared machine slows one round of each
+            for size in sizes:
                 started = time.monotonic()
                 answer = ask(proxy.port, kind, "stream", f"big{size}", 60)
-                best = min(best, time.monotonic() - started)
+                took[size] = min(took[size], time.monotonic() - started)
                 assert answer.status == 200 and b"message_stop" in answer.body[-200:], answer.describe()
-            took[size] = best
     small, large = took[sizes[0]], took[sizes[1]]
     assert large < 8 * max(small, 0.02), f"{kind}: a 3 MB event took {small:.2f} s, a 12 MB one {large:.2f} s"
 

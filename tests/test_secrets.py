@@ -172,6 +172,19 @@ def test_a_plain_delta_that_cannot_begin_a_key_passes_as_it_came() -> None:
 
 # -- every credential of the config is a secret --------------------------------------------------------
 
+def test_a_key_escaped_in_a_tool_input_and_cut_after_its_backslash_never_reaches_the_client() -> None:
+    """A tool input's JSON source that spells a key's first letter as an escape (``\\u0073k-...``),
+    cut right after the backslash: a backslash alone cannot begin the key, but the escape it opens
+    can, so it is held (the plain path passed it on, and the key arrived whole)."""
+    key = "sk-ant-api03-" + "A" * 40
+    source = '{"k": "\\u0073' + key[1:] + '"}'
+    cut_at = source.index("\\") + 1
+    for style in ("compact", "spaced"):
+        events = stream_of([source[:cut_at], source[cut_at:]], "tool_use", "", style)
+        text, _ = joined_text(relayed(events, [], agproxy.Redactor([key])))
+        assert key not in json.loads(text)["k"] and key[1:] not in text
+
+
 def test_every_credential_the_config_holds_is_a_secret() -> None:
     basic = base64.b64encode(b"me:basic-password-123").decode()
     raw = {"api_key": "client-key-0123456789", "upstreams": [{
