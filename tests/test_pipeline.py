@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import types
 from typing import Any, List, Optional, Sequence, Union
 
 import pytest
@@ -25,6 +26,7 @@ class ScriptedResponse:
         self.abandoned = False
         self._draining = False
         self._closing: Optional[asyncio.Event] = None
+        self._client = ScriptedResponse._Pool()
 
     async def read_chunk(self) -> bytes:
         while self.reads and not self.closed:
@@ -40,6 +42,17 @@ class ScriptedResponse:
         return b""
 
     drain = agproxy.UpstreamResponse.drain  # the real hand-over to a background reader of the body's end
+
+    class _Pool:
+        """What drain() tells about the background reader: the pool's side, kept here to be looked at."""
+
+        def __init__(self) -> None:
+            self.finishing_drains: List[asyncio.Future] = []
+
+        def finishing(self, origin: Any, drain: asyncio.Future) -> None:
+            self.finishing_drains.append(drain)
+
+    _conn = types.SimpleNamespace(origin=("http", "scripted", 80))
 
     def close(self, force: bool = False) -> None:
         if not self._draining or force:
