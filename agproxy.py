@@ -11273,13 +11273,16 @@ class Response:
 class StreamingResponse:
     """A response whose body is relayed chunk by chunk; ``abort`` cuts its source; ``ending``
     gives the last bytes of a stream the shutdown cuts (its protocol's error, from an error type
-    and words; none: the stream just ends)."""
+    and words; none: the stream just ends); ``ping`` gives a keep-alive, written whenever the client
+    has been sent nothing for ``ping_interval_s`` (None: never; the source sends its own)."""
 
     status: int
     headers: Headers
     chunks: AsyncIterator[bytes]
     abort: Callable[[], None]
     ending: Optional[Callable[[str, str], bytes]] = None
+    ping: Optional[Callable[[], bytes]] = None
+    ping_interval_s: Optional[float] = None
 
 
 def json_response(status: int, payload: Any, headers: Headers = ()) -> Response:
@@ -11453,6 +11456,49 @@ class RequestRecord:
         if error:
             parts.append(error)
         return one_line("  ".join(parts))
+
+
+class _KeepAlive:
+    """Writes a stream's keep-alive (``ping()``'s bytes, framed) whenever its client has been sent
+    nothing for ``interval_s``: a model that thinks for a minute behind an upstream that sends no pings
+    of its own (OpenAI, Gemini) must not look like a dead connection to the client or a proxy between.
+    One timer per stream, moved on lazily (it fires at most once per interval, not once per write), so
+    the relay waits on its upstream alone; never while the client has not read what it was sent (the
+    transport is paused) and never after :meth:`stop`. A ping goes out only while the relay waits for
+    its upstream or the client, between whole chunks, so it never splits one."""
+
+    def __init__(self, conn: _Connection, record: RequestRecord, ping: Callable[[], bytes], interval_s: float,
+                 chunked: bool) -> None:
+        self.conn = conn
+        self.record = record
+        self.ping = ping
+        self.interval_s = interval_s
+        self.chunked = chunked
+        self.loop = asyncio.get_running_loop()
+        self.last_write = self.loop.time()
+        self._timer: Optional[asyncio.TimerHandle] = self.loop.call_at(self.last_write + interval_s, self._check)
+
+    def wrote(self) -> None:
+        """Something went to the client just now."""
+        self.last_write = self.loop.time()
+
+    def stop(self) -> None:
+        """No more pings: the stream has ended."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _check(self) -> None:
+        now, due = self.loop.time(), self.last_write + self.interval_s
+        if now >= due:
+            if not self.conn.gone and not self.conn.writing_paused:  # a client that reads nothing gets no more
+                data = self.ping()
+                if data:
+                    self.record.bytes_sent += len(data)
+                    self.conn.write(encode_chunk(data) if self.chunked else data)
+                    self.last_write = now
+            due = now + self.interval_s
+        self._timer = None if self.conn.gone else self.loop.call_at(due, self._check)
 
 
 class _Exchange:
@@ -11654,6 +11700,11 @@ class _Connection(asyncio.Protocol):
 
     def write(self, data: bytes) -> None:
         self.transport.write(data)  # type: ignore[union-attr]
+
+    @property
+    def writing_paused(self) -> bool:
+        """True while the client has not read what it was sent (the transport's buffer is full)."""
+        return self._writing_paused
 
     async def drained(self, timeout: float) -> None:
         """Until the transport's buffer is down to its low-water mark (at once unless it is paused);
@@ -12015,10 +12066,13 @@ class HttpServer:
             headers.append(("Transfer-Encoding", "chunked"))
         conn.on_gone.append(response.abort)
         self.streams_active += 1
+        keep_alive = None
         try:
             conn.write(response_head(response.status, headers))
             del headers  # not held for the whole stream
             await conn.drained(self.config.write_timeout_s)
+            if response.ping is not None and response.ping_interval_s is not None:
+                keep_alive = _KeepAlive(conn, record, response.ping, response.ping_interval_s, chunked)
             async for chunk in response.chunks:
                 if conn.gone:
                     break
@@ -12029,7 +12083,11 @@ class HttpServer:
                     record.first_byte = time.monotonic()
                 record.bytes_sent += len(chunk)
                 conn.write(encode_chunk(chunk) if chunked else chunk)
+                if keep_alive is not None:
+                    keep_alive.wrote()
                 await conn.drained(self.config.write_timeout_s)
+            if keep_alive is not None:
+                keep_alive.stop()
             if chunked and not conn.gone:
                 conn.write(LAST_CHUNK)
                 await conn.drained(self.config.write_timeout_s)
@@ -12042,6 +12100,8 @@ class HttpServer:
                 self._end_cut_stream(conn, record, chunked, response.ending)
             raise
         finally:
+            if keep_alive is not None:
+                keep_alive.stop()
             self.streams_active -= 1
             response.abort()
             conn.on_gone.remove(response.abort)
@@ -12860,7 +12920,7 @@ class Server(Application):
             release()
 
         return StreamingResponse(200, stream_headers + answer.headers, answer.relay(encoder, ended, record.fail), abort,
-                                 encoder.error)
+                                 encoder.error, encoder.ping, answer.ping_interval_s)
 
 
     async def _count_tokens(self, request: Request, exchange: _Exchange, dialect: Optional[Dialect] = None,
@@ -13443,6 +13503,8 @@ class AnswerStream:
     #: the relay, given the client's encoder, what to call when it ends and what to tell the words
     #: of an error that ends it
     relay: Callable[[StreamEncoder, Callable[[], None], Callable[[str], None]], AsyncIterator[bytes]]
+    #: how long the client may be sent nothing before it gets a ping (None: the upstream sends its own)
+    ping_interval_s: Optional[float] = None
 
 
 @dataclasses.dataclass
@@ -13663,10 +13725,9 @@ class Adapter:
                 scale = UsageScaler(window, client_window).scale if window and not native else None
                 redact = None if native else DeltaRedactor(self.state.redact).feed  # a key split across deltas
                 observe = _both(facts.relayed, self.watcher(upstream))
-                ping_s = call.ping_interval_s if self.pings else None
                 return AnswerStream(response, headers, lambda encoder, on_end, on_error: relay_events(
                     head, events, response, upstream.name, observe=observe, rewrite=scale, transform=redact,
-                    ping_interval_s=ping_s, on_end=on_end, on_error=on_error, encoder=encoder))
+                    on_end=on_end, on_error=on_error, encoder=encoder), call.ping_interval_s if self.pings else None)
             message = await _watched(call, response, accumulate_events(events))
             native_json = None
         else:
@@ -14501,23 +14562,20 @@ def _error_event_words(events: List[Event]) -> Optional[str]:
 async def relay_events(head: List[Event], events: AsyncIterator[List[Event]], response: UpstreamResponse,
                        upstream: str, observe: Optional[Callable[[List[Event]], None]] = None,
                        rewrite: Optional[Callable[[List[Event]], List[Event]]] = None,
-                       transform: Optional[Callable[[bytes], bytes]] = None, ping_interval_s: Optional[float] = None,
+                       transform: Optional[Callable[[bytes], bytes]] = None,
                        on_end: Optional[Callable[[], None]] = None,
                        on_error: Optional[Callable[[str], None]] = None,
                        encoder: StreamEncoder = ANTHROPIC_ENCODER) -> AsyncIterator[bytes]:
     """Relay an answer's events to the client as they come: the head, then each batch (seen by
     ``observe``, its events rewritten by ``rewrite``, encoded once by the client's ``encoder``,
-    the Anthropic bytes rewritten by ``transform``: :func:`_encoded_batch`), a ping whenever the
-    client has been sent nothing for ``ping_interval_s`` (None: the upstream sends its own), and
-    no more than ``timeout_s`` without an event (:class:`_IdleWatch`). A stream that breaks ends
+    the Anthropic bytes rewritten by ``transform``: :func:`_encoded_batch`), and no more than
+    ``timeout_s`` without an event (:class:`_IdleWatch`); pings, where the upstream sends none of its
+    own, are the shell's (:class:`_KeepAlive`), so a read here is one plain wait. A stream that breaks ends
     with the encoder's error after its last whole event, so the client never sees half an event;
     the upstream connection is closed (or drained) at the end. ``on_error`` hears the words of an
     error that ends the stream, the upstream's own error event included."""
-    clock = asyncio.get_running_loop().time
     idle = _IdleWatch(response, response.timeout_s)
     iterator = events.__aiter__()
-    pending: Optional[asyncio.Future] = None
-    last_sent = clock()
     batch = head
     del head  # once relayed, the head (message_start's decoded data) is not held for the whole stream
     try:
@@ -14534,24 +14592,9 @@ async def relay_events(head: List[Event], events: AsyncIterator[List[Event]], re
                         on_error(words)
                 for part in _encoded_batch(batch if rewrite is None else rewrite(batch), encoder, transform):
                     yield part
-                last_sent = clock()
                 if has_event:  # the time a slow client took to take it is not the upstream's silence
                     idle.saw_event()
-            if ping_interval_s is None:
-                batch = await iterator.__anext__()
-                continue
-            if pending is None:
-                pending = asyncio.ensure_future(iterator.__anext__())
-            done, _ = await asyncio.wait({pending}, timeout=max(0.0, last_sent + ping_interval_s - clock()))
-            if not done:
-                batch = []
-                last_sent = clock()
-                yield encoder.ping()
-                continue
-            try:
-                batch = pending.result()
-            finally:
-                pending = None
+            batch = await iterator.__anext__()
     except StopAsyncIteration:
         pass
     except AgproxyError as exc:
@@ -14569,8 +14612,6 @@ async def relay_events(head: List[Event], events: AsyncIterator[List[Event]], re
         yield encoder.error("api_error", f"agproxy failed relaying upstream {upstream!r}: {type(exc).__name__}")
     finally:
         idle.cancel()
-        if pending is not None and not pending.done():
-            pending.cancel()
         response.close()
         if on_end is not None:
             on_end()
