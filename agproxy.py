@@ -2818,34 +2818,54 @@ def upstream_count(value: Any) -> Optional[int]:
     return value if _is_int(value) and 0 <= value <= MAX_UPSTREAM_TOKENS else None
 
 
+def _block_problem(block: Any) -> Optional[Tuple[str, str]]:
+    """What is wrong with one content block, as (the field's path under the block, what it must
+    be), or None: the checks of :func:`_validate_blocks`, with no words made for a good block."""
+    if not isinstance(block, dict):
+        return "", "must be an object"
+    kind = block.get("type")
+    if not isinstance(kind, str):
+        return ".type", "must be a string"
+    if kind == "text":
+        if not isinstance(block.get("text"), str):
+            return ".text", "must be a string"
+    elif kind in ("image", "document"):
+        if not isinstance(block.get("source"), dict):
+            return ".source", "must be an object"
+    elif kind == "tool_use":
+        for field in ("id", "name"):
+            if not isinstance(block.get(field), str):
+                return "." + field, "must be a string"
+        if not isinstance(block.get("input", {}), dict):
+            return ".input", "must be an object"
+    elif kind == "tool_result":
+        if not isinstance(block.get("tool_use_id"), str):
+            return ".tool_use_id", "must be a string"
+    elif kind == "thinking":
+        if not isinstance(block.get("thinking"), str):
+            return ".thinking", "must be a string"
+        if not isinstance(block.get("signature", ""), str):
+            return ".signature", "must be a string"
+    elif kind == "redacted_thinking":
+        if not isinstance(block.get("data"), str):
+            return ".data", "must be a string"
+    return None
+
+
 def _validate_blocks(blocks: Any, where: str, nested: bool = False) -> None:
     """Content blocks: each an object with a string ``type``; the fields agproxy reads or
-    translates of the known types have the right types. Unknown block types pass (newer API)."""
+    translates of the known types have the right types (:func:`_block_problem`; a field's path is
+    worded only for the error). Unknown block types pass (newer API)."""
     _expect(isinstance(blocks, list), where, "must be a list of content blocks")
     for i, block in enumerate(blocks):
-        at = f"{where}.{i}"
-        _expect(isinstance(block, dict), at, "must be an object")
-        kind = block.get("type")
-        _expect(isinstance(kind, str), f"{at}.type", "must be a string")
-        if kind == "text":
-            _expect(isinstance(block.get("text"), str), f"{at}.text", "must be a string")
-        elif kind in ("image", "document"):
-            _expect(isinstance(block.get("source"), dict), f"{at}.source", "must be an object")
-        elif kind == "tool_use":
-            _expect(isinstance(block.get("id"), str), f"{at}.id", "must be a string")
-            _expect(isinstance(block.get("name"), str), f"{at}.name", "must be a string")
-            _expect(isinstance(block.get("input", {}), dict), f"{at}.input", "must be an object")
-        elif kind == "tool_result":
-            _expect(isinstance(block.get("tool_use_id"), str), f"{at}.tool_use_id", "must be a string")
+        problem = _block_problem(block)
+        if problem is not None:
+            raise InvalidRequest(f"{where}.{i}{problem[0]}: {problem[1]}")
+        if block["type"] == "tool_result":
             content = block.get("content")
             if content is not None and not isinstance(content, str):
-                _expect(not nested, f"{at}.content", "cannot hold another tool_result")
-                _validate_blocks(content, f"{at}.content", nested=True)
-        elif kind == "thinking":
-            _expect(isinstance(block.get("thinking"), str), f"{at}.thinking", "must be a string")
-            _expect(isinstance(block.get("signature", ""), str), f"{at}.signature", "must be a string")
-        elif kind == "redacted_thinking":
-            _expect(isinstance(block.get("data"), str), f"{at}.data", "must be a string")
+                _expect(not nested, f"{where}.{i}.content", "cannot hold another tool_result")
+                _validate_blocks(content, f"{where}.{i}.content", nested=True)
 
 
 def validate_messages_request(body: Dict[str, Any], *, count_tokens: bool = False) -> None:
@@ -2863,8 +2883,8 @@ def validate_messages_request(body: Dict[str, Any], *, count_tokens: bool = Fals
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
             raise InvalidRequest(f"messages.{i}: must be an object")
-        _expect(message.get("role") in ("user", "assistant", "system"), f"messages.{i}.role",
-                "must be 'user' or 'assistant'")
+        if message.get("role") not in ("user", "assistant", "system"):
+            raise InvalidRequest(f"messages.{i}.role: must be 'user' or 'assistant'")
         content = message.get("content")
         if not isinstance(content, (str, list)):
             raise InvalidRequest(f"messages.{i}.content: must be a string or a list of content blocks")

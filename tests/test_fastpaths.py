@@ -709,3 +709,75 @@ def test_a_key_cut_across_deltas_is_redacted_alike_plain_or_decoded(
     assert plain[0] == decoded[0] and key not in plain[0]
     assert [k for i, k in enumerate(plain[1]) if k != "content_block_delta" or plain[1][i - 1] != k] == \
         [k for i, k in enumerate(decoded[1]) if k != "content_block_delta" or decoded[1][i - 1] != k]
+
+
+# -- 11. validate_messages_request's blocks against a plain reference -------------------------------
+
+def _reference_blocks(blocks: Any, where: str, nested: bool = False) -> None:
+    """The block checks as written before their words were made only for an error: each field's
+    path worded first, then checked."""
+    def expect(ok: bool, at: str, what: str) -> None:
+        if not ok:
+            raise agproxy.InvalidRequest(f"{at}: {what}")
+
+    expect(isinstance(blocks, list), where, "must be a list of content blocks")
+    for i, block in enumerate(blocks):
+        at = f"{where}.{i}"
+        expect(isinstance(block, dict), at, "must be an object")
+        kind = block.get("type")
+        expect(isinstance(kind, str), f"{at}.type", "must be a string")
+        if kind == "text":
+            expect(isinstance(block.get("text"), str), f"{at}.text", "must be a string")
+        elif kind in ("image", "document"):
+            expect(isinstance(block.get("source"), dict), f"{at}.source", "must be an object")
+        elif kind == "tool_use":
+            expect(isinstance(block.get("id"), str), f"{at}.id", "must be a string")
+            expect(isinstance(block.get("name"), str), f"{at}.name", "must be a string")
+            expect(isinstance(block.get("input", {}), dict), f"{at}.input", "must be an object")
+        elif kind == "tool_result":
+            expect(isinstance(block.get("tool_use_id"), str), f"{at}.tool_use_id", "must be a string")
+            content = block.get("content")
+            if content is not None and not isinstance(content, str):
+                expect(not nested, f"{at}.content", "cannot hold another tool_result")
+                _reference_blocks(content, f"{at}.content", nested=True)
+        elif kind == "thinking":
+            expect(isinstance(block.get("thinking"), str), f"{at}.thinking", "must be a string")
+            expect(isinstance(block.get("signature", ""), str), f"{at}.signature", "must be a string")
+        elif kind == "redacted_thinking":
+            expect(isinstance(block.get("data"), str), f"{at}.data", "must be a string")
+
+
+_BLOCK_FIELDS = ("type", "text", "source", "id", "name", "input", "tool_use_id", "content", "thinking", "signature",
+                 "data")
+_BLOCK_TYPES = st.sampled_from(["text", "image", "document", "tool_use", "tool_result", "thinking",
+                                "redacted_thinking", "server_tool_use", 7, None])
+_FIELD_VALUES = st.one_of(st.sampled_from(["x", 1, None, True, [], {}, {"type": "base64"}]), _BLOCK_TYPES)
+
+
+def _blocks(depth: int) -> Any:
+    block = st.dictionaries(st.sampled_from(_BLOCK_FIELDS),
+                            _FIELD_VALUES if depth == 0 else st.one_of(_FIELD_VALUES, st.deferred(lambda: _blocks(
+                                depth - 1))), max_size=5)
+    return st.lists(st.one_of(st.fixed_dictionaries({"type": _BLOCK_TYPES}, optional={
+        f: _FIELD_VALUES if depth == 0 else st.one_of(_FIELD_VALUES, _blocks(depth - 1)) for f in _BLOCK_FIELDS[1:]}),
+        block, st.sampled_from(["x", 1, None])), max_size=4)
+
+
+@settings(max_examples=400, deadline=None)
+@given(blocks=st.one_of(_blocks(2), st.sampled_from(["x", None, {}])), role=st.sampled_from(["user", "assistant", "x"]))
+def test_blocks_are_judged_as_the_plain_reference_judges_them(blocks: Any, role: str) -> None:
+    """validate_messages_request says of a message's blocks what the plain reference says: the same
+    error (its field's path and words) or none."""
+    def verdict(check: Any) -> Optional[str]:
+        try:
+            check()
+        except agproxy.InvalidRequest as exc:
+            return str(exc)
+        return None
+
+    body = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"},
+                                                        {"role": role, "content": blocks}]}
+    expected = "messages.1.role: must be 'user' or 'assistant'" if role == "x" else \
+        "messages.1.content: must be a string or a list of content blocks" if not isinstance(blocks, (str, list)) \
+        else verdict(lambda: _reference_blocks(blocks, "messages.1.content")) if isinstance(blocks, list) else None
+    assert verdict(lambda: agproxy.validate_messages_request(body)) == expected
