@@ -2712,7 +2712,32 @@ def loads_strict(data: Union[bytes, str], repair_surrogates: bool = True,
             data = _LONE_SURROGATE_TEXT.sub(r"\1\\ufffd", data)
         else:
             data = _LONE_SURROGATE_BYTES.sub(rb"\1\\ufffd", data)
-    return _decode_bounded(data if isinstance(data, str) else data.decode("utf-8"), max_depth, spans)
+    if isinstance(data, str):
+        return _decode_bounded(data, max_depth, spans)
+    text = data.decode("utf-8")
+    value = _decode_bounded(text, max_depth, spans)
+    if spans and len(text) != len(data):  # not all ASCII: the places are noted in the bytes
+        _spans_in_bytes(text, len(data), spans)
+    return value
+
+
+def _spans_in_bytes(text: str, size: int, spans: Dict[str, Tuple[int, int]]) -> None:
+    """``spans``, places in ``text``, made places in its UTF-8 encoding (``size`` bytes), in place:
+    the stretches between them are encoded one after the other, from either end of the text up to
+    the longest stretch (a big body's messages), which is never encoded."""
+    marks = sorted({0, len(text)}.union(*spans.values()))
+    longest = max(range(len(marks) - 1), key=lambda k: marks[k + 1] - marks[k])
+    byte_of = {0: 0, len(text): size}
+    at = 0
+    for k in range(1, longest + 1):
+        at += len(text[marks[k - 1]:marks[k]].encode("utf-8"))
+        byte_of[marks[k]] = at
+    at = size
+    for k in range(len(marks) - 2, longest, -1):
+        at -= len(text[marks[k]:marks[k + 1]].encode("utf-8"))
+        byte_of[marks[k]] = at
+    for key, (start, end) in spans.items():
+        spans[key] = (byte_of[start], byte_of[end])
 
 
 def loads_each(texts: List[str], max_depth: int = MAX_UPSTREAM_JSON_DEPTH) -> List[Any]:
@@ -2757,7 +2782,7 @@ def parse_json_body(body: bytes, spans: Optional[Dict[str, Tuple[int, int]]] = N
     """The request body as a JSON object, or an :class:`InvalidRequest` saying what is wrong:
     not JSON (``NaN`` and out-of-range numbers included), nested deeper than
     :data:`MAX_JSON_DEPTH`, or a string with an unpaired surrogate (it cannot be sent on as UTF-8).
-    ``spans`` (a dict) gets where each member's value lies in the body's text (:func:`spliced_json`)."""
+    ``spans`` (a dict) gets where each member's value lies in the body's bytes (:func:`spliced_json`)."""
     if not body:
         raise InvalidRequest("request body is empty; expected a JSON object")
     try:
@@ -3267,29 +3292,18 @@ def spliced_json(raw: bytes, spans: Dict[str, Tuple[int, int]], original: Dict[s
                  changed: Dict[str, Any]) -> bytes:
     """``changed``, a copy of ``original`` (the object ``raw`` holds) with some members changed, as
     JSON bytes in which each member kept as it was is the client's own text (``spans``: where each
-    value lies in ``raw``'s text, :func:`parse_json_body`) rather than encoded again: a 2 MB Claude
-    Code body whose model or stream flag changed costs a copy of its bytes (and a decode, where
-    they are not all ASCII), not a ``json.dumps`` of its messages. A member counts as kept when its
+    value lies in ``raw``, :func:`parse_json_body`) rather than encoded again: a 2 MB Claude Code
+    body whose model or stream flag changed costs a copy of its bytes, not a ``json.dumps`` of its
+    messages. A member counts as kept when its
     value is equal and of the same type (``changed``'s copies of the messages compare in time
     linear in their count, the blocks being shared)."""
-    text = None if raw.isascii() else raw.decode("utf-8")
-
-    def byte_at(index: int) -> int:
-        """Where character ``index`` of the text is in ``raw``: the shorter side of it encoded (a big
-        body's few members lie near its ends, around its messages)."""
-        if text is None:
-            return index
-        if index <= len(text) - index:
-            return len(text[:index].encode("utf-8"))
-        return len(raw) - len(text[index:].encode("utf-8"))
-
     pieces = []
     for key, value in changed.items():
         span = spans.get(key)
         kept = span is not None and key in original and (
             original[key] is value or (type(original[key]) is type(value) and original[key] == value))
         pieces.append(json.dumps(key, ensure_ascii=False).encode("utf-8") + b":"
-                      + (raw[byte_at(span[0]):byte_at(span[1])] if kept
+                      + (raw[span[0]:span[1]] if kept
                          else json.dumps(value, ensure_ascii=False).encode("utf-8")))
     return b"{" + b",".join(pieces) + b"}"
 
