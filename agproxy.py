@@ -3470,8 +3470,9 @@ def _pair_tools(messages: List[Dict[str, Any]], changes: Dict[str, int]) -> List
             if expected:
                 out.append(_answer_tools({"role": "user", "content": []}, expected, changes))
             blocks = message.get("content")
-            expected = list(dict.fromkeys(b["id"] for b in blocks if isinstance(b, dict) and b.get("type") == "tool_use"
-                                          and isinstance(b.get("id"), str))) if isinstance(blocks, list) else []
+            calls = [b["id"] for b in blocks if isinstance(b, dict) and b.get("type") == "tool_use"
+                     and isinstance(b.get("id"), str)] if isinstance(blocks, list) else []
+            expected = list(dict.fromkeys(calls)) if len(calls) > 1 else calls  # each id once
         out.append(message)
     if expected:
         out.append(_answer_tools({"role": "user", "content": []}, expected, changes))
@@ -3484,7 +3485,25 @@ def _orphan_result_text(block: Dict[str, Any]) -> Dict[str, Any]:
     return {"type": "text", "text": f"[result of tool call {block.get('tool_use_id')}]\n{_block_text(block)}".rstrip()}
 
 
+def _answered_in_order(content: Any, expected: List[str]) -> bool:
+    """Whether a user turn's ``content`` is a list that begins with one tool_result for each id of
+    ``expected`` (distinct), in its order, and holds no other tool_result: the usual turn, which
+    :func:`_answer_tools` leaves as it is, known without sorting or copying its blocks."""
+    if not isinstance(content, list) or len(content) < len(expected):
+        return False
+    for block, tool_id in zip(content, expected):
+        if not isinstance(block, dict) or block.get("type") != "tool_result" or block.get("tool_use_id") != tool_id:
+            return False
+    return not any(isinstance(block, dict) and block.get("type") == "tool_result"
+                   for block in content[len(expected):])
+
+
 def _answer_tools(message: Dict[str, Any], expected: List[str], changes: Dict[str, int]) -> Dict[str, Any]:
+    """The user turn ``message`` with one tool_result for each call of ``expected`` (the assistant
+    turn's before it), first and in the calls' order: a missing one synthesized, one that answers
+    no call kept as text (each counted in ``changes``); ``message`` itself when nothing changes."""
+    if _answered_in_order(message.get("content"), expected):
+        return message
     original = _block_list(message.get("content"))
     if not expected and not any(isinstance(b, dict) and b.get("type") == "tool_result" for b in original):
         return message

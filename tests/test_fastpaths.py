@@ -780,3 +780,31 @@ def test_blocks_are_judged_as_the_plain_reference_judges_them(blocks: Any, role:
         "messages.1.content: must be a string or a list of content blocks" if not isinstance(blocks, (str, list)) \
         else verdict(lambda: _reference_blocks(blocks, "messages.1.content")) if isinstance(blocks, list) else None
     assert verdict(lambda: agproxy.validate_messages_request(body)) == expected
+
+
+# -- 12. _pair_tools' in-order turns against its general path ---------------------------------------
+
+_TOOL_IDS = st.sampled_from(["t1", "t2", "t3", 7])
+_TOOL_BLOCKS = st.one_of(
+    st.fixed_dictionaries({"type": st.just("tool_use"), "id": _TOOL_IDS, "name": st.just("Read"),
+                           "input": st.just({})}),
+    st.fixed_dictionaries({"type": st.just("tool_result"), "tool_use_id": _TOOL_IDS, "content": st.just("ok")}),
+    st.fixed_dictionaries({"type": st.just("text"), "text": st.sampled_from(["hi", "yes"])}),
+    st.just("stray"))
+_TURNS = st.lists(st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant"]), "content": st.one_of(
+    st.lists(_TOOL_BLOCKS, max_size=4), st.just("words"))}), max_size=6)
+
+
+@settings(max_examples=400, deadline=None)
+@given(turns=_TURNS)
+def test_turns_answered_in_order_are_paired_as_the_general_path_pairs_them(turns: List[Dict[str, Any]]) -> None:
+    """_pair_tools with its in-order check (_answered_in_order) and without it (every user turn down
+    the general path): the same turns, the same objects where nothing changed, the same counts."""
+    fast_changes: Dict[str, int] = {}
+    fast = agproxy._pair_tools(turns, fast_changes)
+    general_changes: Dict[str, int] = {}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(agproxy, "_answered_in_order", lambda content, expected: False)
+        general = agproxy._pair_tools(turns, general_changes)
+    assert fast == general and fast_changes == general_changes
+    assert [any(t is m for t in turns) for m in fast] == [any(t is m for t in turns) for m in general]
