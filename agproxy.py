@@ -13688,7 +13688,8 @@ class Adapter:
         answer's usage and the upstream's ids for it are left in the call's facts."""
         upstream, body, facts = call.upstream, call.body, call.facts
         window = self.window(call)
-        client_window = client_context_window(call.client_headers, body.get("model"))
+        # the client's own window matters only beside the upstream's (its usage scaled up to it)
+        client_window = client_context_window(call.client_headers, body.get("model")) if window else 0
         estimate = await _estimate_tokens(body, len(call.raw)) if window or self.estimates_input else 0
         if window and estimate > window:
             raise self.overflow(call, estimate, window)
