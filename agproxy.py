@@ -4907,6 +4907,9 @@ class SignatureBook:
     def __init__(self, limit: int = 20_000) -> None:
         self.limit = limit
         self._owners: collections.OrderedDict[bytes, str] = collections.OrderedDict()
+        #: how many of the signatures held each upstream made (:meth:`foreign_to` hashes none while
+        #: every one held is the asking upstream's own: the usual agproxy of one upstream)
+        self._made: Dict[str, int] = {}
 
     @staticmethod
     def _key(signature: str) -> bytes:
@@ -4917,10 +4920,21 @@ class SignatureBook:
         if not signature:
             return
         key = self._key(signature)
+        before = self._owners.get(key)
+        if before != upstream:
+            if before is not None:
+                self._forget(before)
+            self._made[upstream] = self._made.get(upstream, 0) + 1
         self._owners[key] = upstream
         self._owners.move_to_end(key)
         while len(self._owners) > self.limit:
-            self._owners.popitem(last=False)
+            self._forget(self._owners.popitem(last=False)[1])
+
+    def _forget(self, upstream: str) -> None:
+        """One signature fewer held for ``upstream``."""
+        self._made[upstream] -= 1
+        if not self._made[upstream]:
+            del self._made[upstream]
 
     def owner(self, signature: str) -> Optional[str]:
         """The upstream that made ``signature``, if it passed through here."""
@@ -4942,6 +4956,9 @@ class SignatureBook:
             signature = str(block.get("signature") or block.get("data") or "")
             if signature.startswith(GEMINI_SIGNATURE_PREFIX):
                 return True  # a Gemini signature carried through an Anthropic answer: never Anthropic's
+            makers = self._made
+            if not makers or (len(makers) == 1 and upstream in makers):
+                return False  # every signature held is upstream's own (or none is held): none is foreign
             made_by = self.owner(signature)
             return made_by is not None and made_by != upstream
 

@@ -808,3 +808,22 @@ def test_turns_answered_in_order_are_paired_as_the_general_path_pairs_them(turns
         general = agproxy._pair_tools(turns, general_changes)
     assert fast == general and fast_changes == general_changes
     assert [any(t is m for t in turns) for m in fast] == [any(t is m for t in turns) for m in general]
+
+
+# -- 13. the signature book's one-maker shortcut against its lookup --------------------------------
+
+@settings(max_examples=300, deadline=None)
+@given(records=st.lists(st.tuples(st.sampled_from(["s1", "s2", "s3", "s4", "s5", ""]), st.sampled_from(["a", "b"])),
+                        max_size=12), limit=st.integers(1, 4))
+def test_foreign_thinking_is_found_as_the_lookup_finds_it(records: List[Tuple[str, str]], limit: int) -> None:
+    """SignatureBook.foreign_to hashes no signature while every one it holds is the asking
+    upstream's (the counts of makers kept through overwrites and evictions): it says what a lookup
+    of each signature's owner says, after any records."""
+    book = agproxy.SignatureBook(limit)
+    for signature, upstream in records:
+        book.record(signature, upstream)
+    for upstream in ("a", "b", "c"):
+        foreign = book.foreign_to(upstream)
+        for signature in ("s1", "s2", "s3", "s4", "s5"):
+            owner = book.owner(signature)
+            assert foreign({"type": "thinking", "signature": signature}) == (owner is not None and owner != upstream)
