@@ -2712,7 +2712,32 @@ def loads_strict(data: Union[bytes, str], repair_surrogates: bool = True,
             data = _LONE_SURROGATE_TEXT.sub(r"\1\\ufffd", data)
         else:
             data = _LONE_SURROGATE_BYTES.sub(rb"\1\\ufffd", data)
-    return _decode_bounded(data if isinstance(data, str) else data.decode("utf-8"), max_depth, spans)
+    if isinstance(data, str):
+        return _decode_bounded(data, max_depth, spans)
+    text = data.decode("utf-8")
+    value = _decode_bounded(text, max_depth, spans)
+    if spans and len(text) != len(data):  # not all ASCII: the places are noted in the bytes
+        _spans_in_bytes(text, len(data), spans)
+    return value
+
+
+def _spans_in_bytes(text: str, size: int, spans: Dict[str, Tuple[int, int]]) -> None:
+    """``spans``, places in ``text``, made places in its UTF-8 encoding (``size`` bytes), in place:
+    the stretches between them are encoded one after the other, from either end of the text up to
+    the longest stretch (a big body's messages), which is never encoded."""
+    marks = sorted({0, len(text)}.union(*spans.values()))
+    longest = max(range(len(marks) - 1), key=lambda k: marks[k + 1] - marks[k])
+    byte_of = {0: 0, len(text): size}
+    at = 0
+    for k in range(1, longest + 1):
+        at += len(text[marks[k - 1]:marks[k]].encode("utf-8"))
+        byte_of[marks[k]] = at
+    at = size
+    for k in range(len(marks) - 2, longest, -1):
+        at -= len(text[marks[k]:marks[k + 1]].encode("utf-8"))
+        byte_of[marks[k]] = at
+    for key, (start, end) in spans.items():
+        spans[key] = (byte_of[start], byte_of[end])
 
 
 def loads_each(texts: List[str], max_depth: int = MAX_UPSTREAM_JSON_DEPTH) -> List[Any]:
@@ -2757,7 +2782,7 @@ def parse_json_body(body: bytes, spans: Optional[Dict[str, Tuple[int, int]]] = N
     """The request body as a JSON object, or an :class:`InvalidRequest` saying what is wrong:
     not JSON (``NaN`` and out-of-range numbers included), nested deeper than
     :data:`MAX_JSON_DEPTH`, or a string with an unpaired surrogate (it cannot be sent on as UTF-8).
-    ``spans`` (a dict) gets where each member's value lies in the body's text (:func:`spliced_json`)."""
+    ``spans`` (a dict) gets where each member's value lies in the body's bytes (:func:`spliced_json`)."""
     if not body:
         raise InvalidRequest("request body is empty; expected a JSON object")
     try:
@@ -2818,34 +2843,54 @@ def upstream_count(value: Any) -> Optional[int]:
     return value if _is_int(value) and 0 <= value <= MAX_UPSTREAM_TOKENS else None
 
 
+def _block_problem(block: Any) -> Optional[Tuple[str, str]]:
+    """What is wrong with one content block, as (the field's path under the block, what it must
+    be), or None: the checks of :func:`_validate_blocks`, with no words made for a good block."""
+    if not isinstance(block, dict):
+        return "", "must be an object"
+    kind = block.get("type")
+    if not isinstance(kind, str):
+        return ".type", "must be a string"
+    if kind == "text":
+        if not isinstance(block.get("text"), str):
+            return ".text", "must be a string"
+    elif kind in ("image", "document"):
+        if not isinstance(block.get("source"), dict):
+            return ".source", "must be an object"
+    elif kind == "tool_use":
+        for field in ("id", "name"):
+            if not isinstance(block.get(field), str):
+                return "." + field, "must be a string"
+        if not isinstance(block.get("input", {}), dict):
+            return ".input", "must be an object"
+    elif kind == "tool_result":
+        if not isinstance(block.get("tool_use_id"), str):
+            return ".tool_use_id", "must be a string"
+    elif kind == "thinking":
+        if not isinstance(block.get("thinking"), str):
+            return ".thinking", "must be a string"
+        if not isinstance(block.get("signature", ""), str):
+            return ".signature", "must be a string"
+    elif kind == "redacted_thinking":
+        if not isinstance(block.get("data"), str):
+            return ".data", "must be a string"
+    return None
+
+
 def _validate_blocks(blocks: Any, where: str, nested: bool = False) -> None:
     """Content blocks: each an object with a string ``type``; the fields agproxy reads or
-    translates of the known types have the right types. Unknown block types pass (newer API)."""
+    translates of the known types have the right types (:func:`_block_problem`; a field's path is
+    worded only for the error). Unknown block types pass (newer API)."""
     _expect(isinstance(blocks, list), where, "must be a list of content blocks")
     for i, block in enumerate(blocks):
-        at = f"{where}.{i}"
-        _expect(isinstance(block, dict), at, "must be an object")
-        kind = block.get("type")
-        _expect(isinstance(kind, str), f"{at}.type", "must be a string")
-        if kind == "text":
-            _expect(isinstance(block.get("text"), str), f"{at}.text", "must be a string")
-        elif kind in ("image", "document"):
-            _expect(isinstance(block.get("source"), dict), f"{at}.source", "must be an object")
-        elif kind == "tool_use":
-            _expect(isinstance(block.get("id"), str), f"{at}.id", "must be a string")
-            _expect(isinstance(block.get("name"), str), f"{at}.name", "must be a string")
-            _expect(isinstance(block.get("input", {}), dict), f"{at}.input", "must be an object")
-        elif kind == "tool_result":
-            _expect(isinstance(block.get("tool_use_id"), str), f"{at}.tool_use_id", "must be a string")
+        problem = _block_problem(block)
+        if problem is not None:
+            raise InvalidRequest(f"{where}.{i}{problem[0]}: {problem[1]}")
+        if block["type"] == "tool_result":
             content = block.get("content")
             if content is not None and not isinstance(content, str):
-                _expect(not nested, f"{at}.content", "cannot hold another tool_result")
-                _validate_blocks(content, f"{at}.content", nested=True)
-        elif kind == "thinking":
-            _expect(isinstance(block.get("thinking"), str), f"{at}.thinking", "must be a string")
-            _expect(isinstance(block.get("signature", ""), str), f"{at}.signature", "must be a string")
-        elif kind == "redacted_thinking":
-            _expect(isinstance(block.get("data"), str), f"{at}.data", "must be a string")
+                _expect(not nested, f"{where}.{i}.content", "cannot hold another tool_result")
+                _validate_blocks(content, f"{where}.{i}.content", nested=True)
 
 
 def validate_messages_request(body: Dict[str, Any], *, count_tokens: bool = False) -> None:
@@ -2863,8 +2908,8 @@ def validate_messages_request(body: Dict[str, Any], *, count_tokens: bool = Fals
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
             raise InvalidRequest(f"messages.{i}: must be an object")
-        _expect(message.get("role") in ("user", "assistant", "system"), f"messages.{i}.role",
-                "must be 'user' or 'assistant'")
+        if message.get("role") not in ("user", "assistant", "system"):
+            raise InvalidRequest(f"messages.{i}.role: must be 'user' or 'assistant'")
         content = message.get("content")
         if not isinstance(content, (str, list)):
             raise InvalidRequest(f"messages.{i}.content: must be a string or a list of content blocks")
@@ -3247,29 +3292,18 @@ def spliced_json(raw: bytes, spans: Dict[str, Tuple[int, int]], original: Dict[s
                  changed: Dict[str, Any]) -> bytes:
     """``changed``, a copy of ``original`` (the object ``raw`` holds) with some members changed, as
     JSON bytes in which each member kept as it was is the client's own text (``spans``: where each
-    value lies in ``raw``'s text, :func:`parse_json_body`) rather than encoded again: a 2 MB Claude
-    Code body whose model or stream flag changed costs a copy of its bytes (and a decode, where
-    they are not all ASCII), not a ``json.dumps`` of its messages. A member counts as kept when its
+    value lies in ``raw``, :func:`parse_json_body`) rather than encoded again: a 2 MB Claude Code
+    body whose model or stream flag changed costs a copy of its bytes, not a ``json.dumps`` of its
+    messages. A member counts as kept when its
     value is equal and of the same type (``changed``'s copies of the messages compare in time
     linear in their count, the blocks being shared)."""
-    text = None if raw.isascii() else raw.decode("utf-8")
-
-    def byte_at(index: int) -> int:
-        """Where character ``index`` of the text is in ``raw``: the shorter side of it encoded (a big
-        body's few members lie near its ends, around its messages)."""
-        if text is None:
-            return index
-        if index <= len(text) - index:
-            return len(text[:index].encode("utf-8"))
-        return len(raw) - len(text[index:].encode("utf-8"))
-
     pieces = []
     for key, value in changed.items():
         span = spans.get(key)
         kept = span is not None and key in original and (
             original[key] is value or (type(original[key]) is type(value) and original[key] == value))
         pieces.append(json.dumps(key, ensure_ascii=False).encode("utf-8") + b":"
-                      + (raw[byte_at(span[0]):byte_at(span[1])] if kept
+                      + (raw[span[0]:span[1]] if kept
                          else json.dumps(value, ensure_ascii=False).encode("utf-8")))
     return b"{" + b",".join(pieces) + b"}"
 
@@ -3436,8 +3470,9 @@ def _pair_tools(messages: List[Dict[str, Any]], changes: Dict[str, int]) -> List
             if expected:
                 out.append(_answer_tools({"role": "user", "content": []}, expected, changes))
             blocks = message.get("content")
-            expected = list(dict.fromkeys(b["id"] for b in blocks if isinstance(b, dict) and b.get("type") == "tool_use"
-                                          and isinstance(b.get("id"), str))) if isinstance(blocks, list) else []
+            calls = [b["id"] for b in blocks if isinstance(b, dict) and b.get("type") == "tool_use"
+                     and isinstance(b.get("id"), str)] if isinstance(blocks, list) else []
+            expected = list(dict.fromkeys(calls)) if len(calls) > 1 else calls  # each id once
         out.append(message)
     if expected:
         out.append(_answer_tools({"role": "user", "content": []}, expected, changes))
@@ -3450,7 +3485,25 @@ def _orphan_result_text(block: Dict[str, Any]) -> Dict[str, Any]:
     return {"type": "text", "text": f"[result of tool call {block.get('tool_use_id')}]\n{_block_text(block)}".rstrip()}
 
 
+def _answered_in_order(content: Any, expected: List[str]) -> bool:
+    """Whether a user turn's ``content`` is a list that begins with one tool_result for each id of
+    ``expected`` (distinct), in its order, and holds no other tool_result: the usual turn, which
+    :func:`_answer_tools` leaves as it is, known without sorting or copying its blocks."""
+    if not isinstance(content, list) or len(content) < len(expected):
+        return False
+    for block, tool_id in zip(content, expected):
+        if not isinstance(block, dict) or block.get("type") != "tool_result" or block.get("tool_use_id") != tool_id:
+            return False
+    return not any(isinstance(block, dict) and block.get("type") == "tool_result"
+                   for block in content[len(expected):])
+
+
 def _answer_tools(message: Dict[str, Any], expected: List[str], changes: Dict[str, int]) -> Dict[str, Any]:
+    """The user turn ``message`` with one tool_result for each call of ``expected`` (the assistant
+    turn's before it), first and in the calls' order: a missing one synthesized, one that answers
+    no call kept as text (each counted in ``changes``); ``message`` itself when nothing changes."""
+    if _answered_in_order(message.get("content"), expected):
+        return message
     original = _block_list(message.get("content"))
     if not expected and not any(isinstance(b, dict) and b.get("type") == "tool_result" for b in original):
         return message
@@ -4854,6 +4907,9 @@ class SignatureBook:
     def __init__(self, limit: int = 20_000) -> None:
         self.limit = limit
         self._owners: collections.OrderedDict[bytes, str] = collections.OrderedDict()
+        #: how many of the signatures held each upstream made (:meth:`foreign_to` hashes none while
+        #: every one held is the asking upstream's own: the usual agproxy of one upstream)
+        self._made: Dict[str, int] = {}
 
     @staticmethod
     def _key(signature: str) -> bytes:
@@ -4864,10 +4920,21 @@ class SignatureBook:
         if not signature:
             return
         key = self._key(signature)
+        before = self._owners.get(key)
+        if before != upstream:
+            if before is not None:
+                self._forget(before)
+            self._made[upstream] = self._made.get(upstream, 0) + 1
         self._owners[key] = upstream
         self._owners.move_to_end(key)
         while len(self._owners) > self.limit:
-            self._owners.popitem(last=False)
+            self._forget(self._owners.popitem(last=False)[1])
+
+    def _forget(self, upstream: str) -> None:
+        """One signature fewer held for ``upstream``."""
+        self._made[upstream] -= 1
+        if not self._made[upstream]:
+            del self._made[upstream]
 
     def owner(self, signature: str) -> Optional[str]:
         """The upstream that made ``signature``, if it passed through here."""
@@ -4889,6 +4956,9 @@ class SignatureBook:
             signature = str(block.get("signature") or block.get("data") or "")
             if signature.startswith(GEMINI_SIGNATURE_PREFIX):
                 return True  # a Gemini signature carried through an Anthropic answer: never Anthropic's
+            makers = self._made
+            if not makers or (len(makers) == 1 and upstream in makers):
+                return False  # every signature held is upstream's own (or none is held): none is foreign
             made_by = self.owner(signature)
             return made_by is not None and made_by != upstream
 
@@ -13707,7 +13777,8 @@ class Adapter:
         answer's usage and the upstream's ids for it are left in the call's facts."""
         upstream, body, facts = call.upstream, call.body, call.facts
         window = self.window(call)
-        client_window = client_context_window(call.client_headers, body.get("model"))
+        # the client's own window matters only beside the upstream's (its usage scaled up to it)
+        client_window = client_context_window(call.client_headers, body.get("model")) if window else 0
         estimate = await _estimate_tokens(body, len(call.raw)) if window or self.estimates_input else 0
         if window and estimate > window:
             raise self.overflow(call, estimate, window)

@@ -537,9 +537,8 @@ def test_body_parsed_member_by_member_says_what_the_whole_parse_says(
     assert _parsed(raw, spans) == general
     if general[0] == "ok":
         assert same_json(general[1], json.loads(raw)) and set(spans) == set(general[1])
-        decoded = raw.decode()
-        for key, (start, end) in spans.items():  # each span is its value's own text
-            assert same_json(json.loads(decoded[start:end]), general[1][key])
+        for key, (start, end) in spans.items():  # each span is its value's own bytes
+            assert same_json(json.loads(raw[start:end]), general[1][key])
 
 
 @pytest.mark.parametrize("depth", [84, 85, 86, 87])
@@ -709,3 +708,122 @@ def test_a_key_cut_across_deltas_is_redacted_alike_plain_or_decoded(
     assert plain[0] == decoded[0] and key not in plain[0]
     assert [k for i, k in enumerate(plain[1]) if k != "content_block_delta" or plain[1][i - 1] != k] == \
         [k for i, k in enumerate(decoded[1]) if k != "content_block_delta" or decoded[1][i - 1] != k]
+
+
+# -- 11. validate_messages_request's blocks against a plain reference -------------------------------
+
+def _reference_blocks(blocks: Any, where: str, nested: bool = False) -> None:
+    """The block checks as written before their words were made only for an error: each field's
+    path worded first, then checked."""
+    def expect(ok: bool, at: str, what: str) -> None:
+        if not ok:
+            raise agproxy.InvalidRequest(f"{at}: {what}")
+
+    expect(isinstance(blocks, list), where, "must be a list of content blocks")
+    for i, block in enumerate(blocks):
+        at = f"{where}.{i}"
+        expect(isinstance(block, dict), at, "must be an object")
+        kind = block.get("type")
+        expect(isinstance(kind, str), f"{at}.type", "must be a string")
+        if kind == "text":
+            expect(isinstance(block.get("text"), str), f"{at}.text", "must be a string")
+        elif kind in ("image", "document"):
+            expect(isinstance(block.get("source"), dict), f"{at}.source", "must be an object")
+        elif kind == "tool_use":
+            expect(isinstance(block.get("id"), str), f"{at}.id", "must be a string")
+            expect(isinstance(block.get("name"), str), f"{at}.name", "must be a string")
+            expect(isinstance(block.get("input", {}), dict), f"{at}.input", "must be an object")
+        elif kind == "tool_result":
+            expect(isinstance(block.get("tool_use_id"), str), f"{at}.tool_use_id", "must be a string")
+            content = block.get("content")
+            if content is not None and not isinstance(content, str):
+                expect(not nested, f"{at}.content", "cannot hold another tool_result")
+                _reference_blocks(content, f"{at}.content", nested=True)
+        elif kind == "thinking":
+            expect(isinstance(block.get("thinking"), str), f"{at}.thinking", "must be a string")
+            expect(isinstance(block.get("signature", ""), str), f"{at}.signature", "must be a string")
+        elif kind == "redacted_thinking":
+            expect(isinstance(block.get("data"), str), f"{at}.data", "must be a string")
+
+
+_BLOCK_FIELDS = ("type", "text", "source", "id", "name", "input", "tool_use_id", "content", "thinking", "signature",
+                 "data")
+_BLOCK_TYPES = st.sampled_from(["text", "image", "document", "tool_use", "tool_result", "thinking",
+                                "redacted_thinking", "server_tool_use", 7, None])
+_FIELD_VALUES = st.one_of(st.sampled_from(["x", 1, None, True, [], {}, {"type": "base64"}]), _BLOCK_TYPES)
+
+
+def _blocks(depth: int) -> Any:
+    block = st.dictionaries(st.sampled_from(_BLOCK_FIELDS),
+                            _FIELD_VALUES if depth == 0 else st.one_of(_FIELD_VALUES, st.deferred(lambda: _blocks(
+                                depth - 1))), max_size=5)
+    return st.lists(st.one_of(st.fixed_dictionaries({"type": _BLOCK_TYPES}, optional={
+        f: _FIELD_VALUES if depth == 0 else st.one_of(_FIELD_VALUES, _blocks(depth - 1)) for f in _BLOCK_FIELDS[1:]}),
+        block, st.sampled_from(["x", 1, None])), max_size=4)
+
+
+@settings(max_examples=400, deadline=None)
+@given(blocks=st.one_of(_blocks(2), st.sampled_from(["x", None, {}])), role=st.sampled_from(["user", "assistant", "x"]))
+def test_blocks_are_judged_as_the_plain_reference_judges_them(blocks: Any, role: str) -> None:
+    """validate_messages_request says of a message's blocks what the plain reference says: the same
+    error (its field's path and words) or none."""
+    def verdict(check: Any) -> Optional[str]:
+        try:
+            check()
+        except agproxy.InvalidRequest as exc:
+            return str(exc)
+        return None
+
+    body = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"},
+                                                        {"role": role, "content": blocks}]}
+    expected = "messages.1.role: must be 'user' or 'assistant'" if role == "x" else \
+        "messages.1.content: must be a string or a list of content blocks" if not isinstance(blocks, (str, list)) \
+        else verdict(lambda: _reference_blocks(blocks, "messages.1.content")) if isinstance(blocks, list) else None
+    assert verdict(lambda: agproxy.validate_messages_request(body)) == expected
+
+
+# -- 12. _pair_tools' in-order turns against its general path ---------------------------------------
+
+_TOOL_IDS = st.sampled_from(["t1", "t2", "t3", 7])
+_TOOL_BLOCKS = st.one_of(
+    st.fixed_dictionaries({"type": st.just("tool_use"), "id": _TOOL_IDS, "name": st.just("Read"),
+                           "input": st.just({})}),
+    st.fixed_dictionaries({"type": st.just("tool_result"), "tool_use_id": _TOOL_IDS, "content": st.just("ok")}),
+    st.fixed_dictionaries({"type": st.just("text"), "text": st.sampled_from(["hi", "yes"])}),
+    st.just("stray"))
+_TURNS = st.lists(st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant"]), "content": st.one_of(
+    st.lists(_TOOL_BLOCKS, max_size=4), st.just("words"))}), max_size=6)
+
+
+@settings(max_examples=400, deadline=None)
+@given(turns=_TURNS)
+def test_turns_answered_in_order_are_paired_as_the_general_path_pairs_them(turns: List[Dict[str, Any]]) -> None:
+    """_pair_tools with its in-order check (_answered_in_order) and without it (every user turn down
+    the general path): the same turns, the same objects where nothing changed, the same counts."""
+    fast_changes: Dict[str, int] = {}
+    fast = agproxy._pair_tools(turns, fast_changes)
+    general_changes: Dict[str, int] = {}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(agproxy, "_answered_in_order", lambda content, expected: False)
+        general = agproxy._pair_tools(turns, general_changes)
+    assert fast == general and fast_changes == general_changes
+    assert [any(t is m for t in turns) for m in fast] == [any(t is m for t in turns) for m in general]
+
+
+# -- 13. the signature book's one-maker shortcut against its lookup --------------------------------
+
+@settings(max_examples=300, deadline=None)
+@given(records=st.lists(st.tuples(st.sampled_from(["s1", "s2", "s3", "s4", "s5", ""]), st.sampled_from(["a", "b"])),
+                        max_size=12), limit=st.integers(1, 4))
+def test_foreign_thinking_is_found_as_the_lookup_finds_it(records: List[Tuple[str, str]], limit: int) -> None:
+    """SignatureBook.foreign_to hashes no signature while every one it holds is the asking
+    upstream's (the counts of makers kept through overwrites and evictions): it says what a lookup
+    of each signature's owner says, after any records."""
+    book = agproxy.SignatureBook(limit)
+    for signature, upstream in records:
+        book.record(signature, upstream)
+    for upstream in ("a", "b", "c"):
+        foreign = book.foreign_to(upstream)
+        for signature in ("s1", "s2", "s3", "s4", "s5"):
+            owner = book.owner(signature)
+            assert foreign({"type": "thinking", "signature": signature}) == (owner is not None and owner != upstream)
