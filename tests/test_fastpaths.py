@@ -142,6 +142,68 @@ def test_chunked_body_read_through_says_what_read_says(pieces: List[bytes], rnd:
         assert _response_body(raw, cuts, through=True) == (b"".join(pieces), None)
 
 
+#: Chunk data for ChunkedReader.whole_chunks: events, and bytes that look like framing inside data
+#: (a CRLF, a CRLF and a size, the last chunk, a bare LF), so that a split can fall inside a chunk.
+_FRAMING_LIKE_DATA = st.builds(
+    lambda parts, at: b"".join(parts[:at]) + b"e" * 150 + b"".join(parts[at:]),  # an event's size, at least
+    st.lists(st.sampled_from([b"\r\n", b"\r\n5\r\n", b"0", b"\r\n0\r\n\r\n", b"f\r\n", b"\n", b"x", b"\r", b""]),
+             max_size=3), st.integers(0, 3))
+
+
+def _usual_chunks(pieces: List[bytes], rnd: random.Random, odd: float) -> bytes:
+    """:func:`_chunked`'s framing, each chunk the usual ``size CRLF data CRLF`` but for a share
+    ``odd`` of them (written as :func:`_chunked` may: an extension, blanks, bare LFs)."""
+    out = b""
+    for piece in filter(None, pieces):
+        size = b"%x" % len(piece)
+        if rnd.random() >= odd:
+            out += size + b"\r\n" + piece + b"\r\n"
+        else:
+            size = rnd.choice([size.upper(), b"0" + size, size + b";ext=1", size + b" "])
+            out += size + rnd.choice([b"\r\n", b"\n"]) + piece + rnd.choice([b"\r\n", b"\n"])
+    return out + b"0\r\n" + rnd.choice([b"", b"x-trailer: 1\r\n"]) + b"\r\n"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_FRAMING_LIKE_DATA, max_size=40), st.randoms(use_true_random=False), st.sampled_from([0, 0.05, 0.3]),
+       st.integers(0, 8000))
+def test_whole_chunks_are_the_chunks_read_reads(pieces: List[bytes], rnd: random.Random, odd: float,
+                                                cut: int) -> None:
+    """ChunkedReader.whole_chunks (one split of a read) against read() one chunk at a time, on a
+    read cut anywhere: the same chunks' data, the same bytes left, the state at a size line."""
+    raw = _usual_chunks(pieces, rnd, odd)[:cut]
+    fast, general = (agproxy.ChunkedReader(agproxy._upstream_framing_error, 65536) for _ in range(2))
+    left = bytearray(raw)
+    taken = fast.whole_chunks(left)
+    read_left = bytearray(raw)
+    read = [general.read(read_left) for _ in taken]
+    if taken:
+        assert general.state is agproxy._CHUNK_END and read_left.startswith(b"\r\n")
+        del read_left[:2]
+    assert (taken, left, fast.state) == (read, read_left, agproxy._CHUNK_SIZE)
+    if odd == 0 and len(raw) >= agproxy._MANY_CHUNKS_BYTES and b"\r" not in b"".join(pieces):
+        assert raw.startswith(b"0\r\n") or taken  # the usual framing is taken at once
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_FRAMING_LIKE_DATA, max_size=40), st.randoms(use_true_random=False), st.sampled_from([0, 0.05, 0.3]),
+       st.lists(st.integers(0, 8000), max_size=6), st.sampled_from([None, b"ZZ\r\n", b"5\r\nab", b"\r\n", b"-1\r\n",
+                                                                     b"2\r\nabc\r\n", b"ffffffffffffffffff\r\n"]),
+       st.integers(0, 60))
+def test_chunked_reads_of_many_chunks_say_what_read_says(pieces: List[bytes], rnd: random.Random, odd: float,
+                                                         cuts: List[int], garbage: Optional[bytes], where: int) -> None:
+    """Reads large enough for :meth:`ChunkedReader.whole_chunks`, framing broken anywhere: the
+    same body and error through read_through as through read(), read by read."""
+    raw = _usual_chunks(pieces, rnd, odd)
+    if garbage is not None:
+        at = [m.end() for m in re.finditer(rb"\r?\n", raw)]
+        raw = raw[:at[where % len(at)]] + garbage
+    for cut_set in ([], cuts):
+        assert _response_body(raw, cut_set, through=True) == _response_body(raw, cut_set, through=False)
+    if garbage is None:
+        assert _response_body(raw, cuts, through=True) == (b"".join(pieces), None)
+
+
 # -- 3. SSEDecoder (its LF fast path and its general path) against a plain WHATWG parser ------------
 
 def naive_sse(data: bytes) -> List[Tuple[str, str]]:
