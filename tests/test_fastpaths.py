@@ -508,6 +508,42 @@ def test_event_check_runs_of_deltas_say_what_the_check_one_by_one_says(
         assert whole == _check([b"".join(encoded)], False) == _check([b"".join(encoded) + b": a comment\n\n"])
 
 
+_RUN_HEADS = [b'event: content_block_delta\ndata: {"type": "content_block_delta", "index": 0, "delta": '
+              b'{"type": "text_delta", "text": "',
+              b'event: content_block_delta\ndata: {"type": "content_block_delta", "index": 1, "delta": '
+              b'{"type": "text_delta", "text": "',
+              b'event:content_block_delta\ndata:{"type":"content_block_delta","index":0,"delta":'
+              b'{"type":"thinking_delta","thinking":"',
+              b'event: content_block_delta\ndata: {"type": "content_block_delta", "index": 01, "delta": '
+              b'{"type": "text_delta", "text": "',
+              b'data: {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "']
+#: Pieces of a delta's string: plain, escapes, and what a JSON string may not hold as it is.
+_RUN_STRING_PIECES = st.sampled_from([b"a", b"~", b"}}", "\u00e9\u2028".encode(), b'"', b"\\", b"\\n", b'\\"',
+                                      b"\\u00e9", b"\\ud800", b"\n", b"\x01", b"\x7f", b"\r", b'"}}\n\n',
+                                      b"\n\nevent: content_block_delta\n"])
+_RUN_ENDS = st.sampled_from([b'"}}\n\n'] * 4 + [b'"}\n\n', b'"}}\n', b'"}} \n\n', b'"}}\n\n\n', b'"}}\n\n: c\n\n'])
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([0, 0, 0, 1, 2, 3, 4]), st.lists(_RUN_STRING_PIECES, max_size=4), _RUN_ENDS),
+                min_size=1, max_size=8), st.sampled_from([b"", b": c\n\n", b"\n"]))
+def test_whole_delta_run_is_what_the_run_match_finds(events: List[Tuple[int, List[bytes], bytes]],
+                                                     prefix: bytes) -> None:
+    """whole_delta_run (a batch as one run, found in a few passes over its bytes) against
+    _DELTA_RUN_TEXT matching all of it: the same run where it finds one, and it finds every run
+    whose strings hold no escape; heads that differ, strings with quotes, control characters or
+    line breaks, ends spelt otherwise and stray lines are no run."""
+    data = prefix + b"".join(_RUN_HEADS[head] + b"".join(string) + end for head, string, end in events)
+    fast = agproxy.whole_delta_run(data)
+    match = agproxy._DELTA_RUN_TEXT.fullmatch(data.decode("utf-8"))
+    if fast is not None:
+        assert match is not None
+        assert (fast.raw, fast.index, fast.head_size, fast.count) == (
+            data, int(match.group(2)), len(match.group(1)), data.count(b"\n\n"))
+    elif match is not None:
+        assert b"\\" in data  # only a string with an escape takes the match
+
+
 def test_a_run_of_deltas_is_one_event_of_their_bytes() -> None:
     """Plain deltas of one open block in one read are relayed as one RelayedDeltas, their bytes as they
     came; its characters are its strings', and taken apart it is its events."""
