@@ -3965,6 +3965,9 @@ _DELTA_RUN_TEXT = re.compile(
     _DELTA_RUN_HEAD + _JSON_STRING_BODY + r'"\}\}\n\n(?:\1' + _JSON_STRING_BODY + r'"\}\}\n\n)*')
 #: The head of a run (:data:`_DELTA_RUN_TEXT`'s group 1), in bytes, for :func:`whole_delta_run`.
 _DELTA_RUN_HEAD_BYTES = re.compile(_DELTA_RUN_HEAD.encode())
+#: The batches :func:`whole_delta_run` reads, from about seven deltas up: below, its fixed cost (a
+#: match, translations, a count) is more than the run match's per character (timeit).
+_WHOLE_RUN_BYTES = 1024
 #: What :func:`whole_delta_run` deletes from a batch's bytes to leave what a JSON string may not hold
 #: as it is: quotes, backslashes and control characters (line breaks among them).
 _NOT_JSON_SPECIAL = bytes(byte for byte in range(256) if byte >= 0x20 and byte not in b'"\\')
@@ -3978,11 +3981,13 @@ def whole_delta_run(data: bytes) -> Optional[RelayedDeltas]:
     end (:data:`_DELTA_END`) hold, so each string holds none of them; between two events comes
     the end and the same head, and it ends with the end, so each event is the head, its string
     and the end. None for anything else (the match decides)."""
+    if len(data) < _WHOLE_RUN_BYTES:
+        return None
     head = _DELTA_RUN_HEAD_BYTES.match(data)
     if head is None or not data.endswith(_DELTA_END):
         return None
     event_head = head.group(1)
-    shape = (event_head + _DELTA_END).translate(None, _NOT_JSON_SPECIAL)
+    shape = b"\n" + b'"' * (event_head.count(b'"') + 1) + b"\n\n"  # the head's line break and quotes, the end's
     special = data.translate(None, _NOT_JSON_SPECIAL)
     count = len(special) // len(shape)
     if special != shape * count or data.count(_DELTA_END + event_head) != count - 1:

@@ -518,22 +518,33 @@ _RUN_HEADS = [b'event: content_block_delta\ndata: {"type": "content_block_delta"
               b'{"type": "text_delta", "text": "',
               b'data: {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "']
 #: Pieces of a delta's string: plain, escapes, and what a JSON string may not hold as it is.
-_RUN_STRING_PIECES = st.sampled_from([b"a", b"~", b"}}", "\u00e9\u2028".encode(), b'"', b"\\", b"\\n", b'\\"',
-                                      b"\\u00e9", b"\\ud800", b"\n", b"\x01", b"\x7f", b"\r", b'"}}\n\n',
-                                      b"\n\nevent: content_block_delta\n"])
-_RUN_ENDS = st.sampled_from([b'"}}\n\n'] * 4 + [b'"}\n\n', b'"}}\n', b'"}} \n\n', b'"}}\n\n\n', b'"}}\n\n: c\n\n'])
+_RUN_STRING_PIECES = [b"a", b"~", b"}}", "\u00e9\u2028".encode(), b'"', b"\\", b"\\n", b'\\"', b"\\u00e9",
+                      b"\\ud800", b"\n", b"\x01", b"\x7f", b"\r", b'"}}\n\n', b"\n\nevent: content_block_delta\n"]
+_RUN_ENDS_SPELT = [b'"}}\n\n', b'"}\n\n', b'"}}\n', b'"}} \n\n', b'"}}\n\n\n', b'"}}\n\n: c\n\n', b'"}}\n\nx']
 
 
 @settings(max_examples=500, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from([0, 0, 0, 1, 2, 3, 4]), st.lists(_RUN_STRING_PIECES, max_size=4), _RUN_ENDS),
-                min_size=1, max_size=8), st.sampled_from([b"", b": c\n\n", b"\n"]))
-def test_whole_delta_run_is_what_the_run_match_finds(events: List[Tuple[int, List[bytes], bytes]],
-                                                     prefix: bytes) -> None:
+@given(st.sampled_from(range(len(_RUN_HEADS))),
+       st.lists(st.sampled_from([b"a", b"~" * 150, "\u00e9\u2028".encode(), b"}}"]), min_size=1, max_size=12),
+       st.lists(st.tuples(st.integers(0, 11), st.sampled_from(["head", "string", "end"]), st.integers(0, 15)),
+                max_size=2), st.sampled_from([b"", b"", b": c\n\n", b"\n"]), st.sampled_from([b"", b"", b"x", b"\n"]))
+def test_whole_delta_run_is_what_the_run_match_finds(head: int, strings: List[bytes],
+                                                     changes: List[Tuple[int, str, int]], prefix: bytes,
+                                                     suffix: bytes) -> None:
     """whole_delta_run (a batch as one run, found in a few passes over its bytes) against
     _DELTA_RUN_TEXT matching all of it: the same run where it finds one, and it finds every run
-    whose strings hold no escape; heads that differ, strings with quotes, control characters or
-    line breaks, ends spelt otherwise and stray lines are no run."""
-    data = prefix + b"".join(_RUN_HEADS[head] + b"".join(string) + end for head, string, end in events)
+    whose strings hold no escape; a run with one or two events changed (another head, a string with
+    a quote, an escape, a control character or a line break, another end) or with stray bytes around it."""
+    events = [[_RUN_HEADS[head], string + b"-" * 100, b'"}}\n\n'] for string in strings]  # 1 KB from 5 events
+    pieces = {"head": _RUN_HEADS, "end": _RUN_ENDS_SPELT, "string": _RUN_STRING_PIECES}
+    for which, part, choice in changes:
+        event = events[which % len(events)]
+        spelt = pieces[part][choice % len(pieces[part])]
+        if part == "string":
+            event[1] = spelt + event[1] if which % 2 else event[1] + spelt
+        else:
+            event[0 if part == "head" else 2] = spelt
+    data = prefix + b"".join(b"".join(event) for event in events) + suffix
     fast = agproxy.whole_delta_run(data)
     match = agproxy._DELTA_RUN_TEXT.fullmatch(data.decode("utf-8"))
     if fast is not None:
@@ -541,7 +552,7 @@ def test_whole_delta_run_is_what_the_run_match_finds(events: List[Tuple[int, Lis
         assert (fast.raw, fast.index, fast.head_size, fast.count) == (
             data, int(match.group(2)), len(match.group(1)), data.count(b"\n\n"))
     elif match is not None:
-        assert b"\\" in data  # only a string with an escape takes the match
+        assert b"\\" in data or len(data) < agproxy._WHOLE_RUN_BYTES  # only these take the match
 
 
 def test_a_run_of_deltas_is_one_event_of_their_bytes() -> None:
