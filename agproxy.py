@@ -1411,7 +1411,7 @@ _FIELD_VALUE_BAD = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
 #: The usual chunk-size line: a size alone, ended by CRLF.
 _CHUNK_HEAD = re.compile(rb"([0-9A-Fa-f]{1,16})\r\n")
-#: A read's bytes from which :meth:`ChunkedReader.whole_chunks` splits them: about ten events of
+#: A read's bytes from which :meth:`ChunkedReader.read_through` splits them (``whole_chunks``): about ten events of
 #: 150 bytes, where its fixed cost (a split, a few lists) falls below the loop's per chunk (timeit).
 _MANY_CHUNKS_BYTES = 1536
 #: Chunk sizes alone, one a line: as many of the usual size lines as :meth:`ChunkedReader.whole_chunks` found.
@@ -1629,7 +1629,7 @@ class ChunkedReader:
             if self.state is _CHUNK_END and buffer[:2] == b"\r\n":
                 del buffer[:2]
                 self.state = _CHUNK_SIZE
-            if self.state is _CHUNK_SIZE and not pieces:
+            if self.state is _CHUNK_SIZE and not pieces and len(buffer) >= _MANY_CHUNKS_BYTES:
                 pieces = self.whole_chunks(buffer)
             at = 0
             while self.state is _CHUNK_SIZE:
@@ -1651,27 +1651,29 @@ class ChunkedReader:
 
     def whole_chunks(self, buffer: bytearray) -> List[bytes]:
         """The data of the usual whole chunks (``size CRLF data CRLF``) at the start of ``buffer``,
-        cut out of it, where it holds more than one (a read of many events): the buffer split at
+        cut out of it (for a read of many events, :data:`_MANY_CHUNKS_BYTES`): the buffer split at
         every CRLF, and kept from its start as far as the pieces are a size (:data:`_CHUNK_SIZES`)
         and data of that length, in turn, with no call per chunk. Sizes that all agree are the one
         reading of the framing, whatever the data holds; a CRLF inside data, an extension, blanks or
         the last chunk end the run, and :meth:`read_through` reads on from there one chunk at a time."""
-        if len(buffer) < _MANY_CHUNKS_BYTES:
-            return []
         parts = buffer.split(b"\r\n")
         count = (len(parts) - 1) // 2  # each size line and data with a CRLF after it
         size_texts = parts[0:2 * count:2]
         joined = b"\r\n".join(size_texts) + b"\r\n"  # (no piece holds a CRLF: one a line)
         valid = joined.count(b"\r\n", 0, _CHUNK_SIZES.match(joined).end())  # (a match, maybe empty, always)
         sizes = list(map(int, size_texts[:valid], [16] * valid))
-        agree = list(map(int.__eq__, sizes, map(len, parts[1:2 * valid:2])))
-        if 0 in sizes:
-            agree[sizes.index(0)] = False  # the last chunk: read() reads its trailers
-        agree.append(False)
-        whole = agree.index(False)
-        if not whole:
-            return []
-        del buffer[:sum(map(len, parts[:2 * whole])) + 4 * whole]
+        lengths = list(map(len, parts[1:2 * valid:2]))
+        whole = valid
+        if sizes != lengths or 0 in sizes:  # (all agree, nearly always: one comparison)
+            agree = list(map(int.__eq__, sizes, lengths))
+            if 0 in sizes:
+                agree[sizes.index(0)] = False  # the last chunk: read() reads its trailers
+            agree.append(False)
+            whole = agree.index(False)
+            if not whole:
+                return []
+        rest = parts[2 * whole:]  # what stays: the buffer less these and the CRLF after each of them
+        del buffer[:len(buffer) - sum(map(len, rest)) - 2 * (len(rest) - 1)]
         return parts[1:2 * whole:2]
 
     def _take_line(self, buffer: bytearray, limit: int, what: str) -> Optional[bytes]:
@@ -3965,8 +3967,8 @@ _DELTA_RUN_TEXT = re.compile(
     _DELTA_RUN_HEAD + _JSON_STRING_BODY + r'"\}\}\n\n(?:\1' + _JSON_STRING_BODY + r'"\}\}\n\n)*')
 #: The head of a run (:data:`_DELTA_RUN_TEXT`'s group 1), in bytes, for :func:`whole_delta_run`.
 _DELTA_RUN_HEAD_BYTES = re.compile(_DELTA_RUN_HEAD.encode())
-#: The batches :func:`whole_delta_run` reads, from about seven deltas up: below, its fixed cost (a
-#: match, translations, a count) is more than the run match's per character (timeit).
+#: The batches :class:`EventStreamCheck` reads with :func:`whole_delta_run`, from about seven deltas
+#: up: below, its fixed cost (a match, translations, a count) is more than the run match's per character (timeit).
 _WHOLE_RUN_BYTES = 1024
 #: What :func:`whole_delta_run` deletes from a batch's bytes to leave what a JSON string may not hold
 #: as it is: quotes, backslashes and control characters (line breaks among them).
@@ -3981,8 +3983,6 @@ def whole_delta_run(data: bytes) -> Optional[RelayedDeltas]:
     end (:data:`_DELTA_END`) hold, so each string holds none of them; between two events comes
     the end and the same head, and it ends with the end, so each event is the head, its string
     and the end. None for anything else (the match decides)."""
-    if len(data) < _WHOLE_RUN_BYTES:
-        return None
     head = _DELTA_RUN_HEAD_BYTES.match(data)
     if head is None or not data.endswith(_DELTA_END):
         return None
@@ -4083,7 +4083,7 @@ class EventStreamCheck:
         With ``runs``, plain deltas of one block one after the other come as a :class:`RelayedDeltas`,
         found with one match (:data:`_DELTA_RUN_TEXT`), for :meth:`feed` to check at once."""
         if "\r" not in text and (self._decoder is None or not self._decoder.pending):
-            whole = whole_delta_run(data) if runs else None
+            whole = whole_delta_run(data) if runs and len(data) >= _WHOLE_RUN_BYTES else None
             if whole is not None:
                 return [whole], True
             plain: List[_ReadEvent] = []
