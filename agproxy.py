@@ -1411,6 +1411,11 @@ _FIELD_VALUE_BAD = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
 #: The usual chunk-size line: a size alone, ended by CRLF.
 _CHUNK_HEAD = re.compile(rb"([0-9A-Fa-f]{1,16})\r\n")
+#: A read's bytes from which :meth:`ChunkedReader.read_through` splits them (``whole_chunks``): about ten events of
+#: 150 bytes, where its fixed cost (a split, a few lists) falls below the loop's per chunk (timeit).
+_MANY_CHUNKS_BYTES = 1536
+#: Chunk sizes alone, one a line: as many of the usual size lines as :meth:`ChunkedReader.whole_chunks` found.
+_CHUNK_SIZES = re.compile(rb"(?:[0-9A-Fa-f]{1,16}\r\n)*")
 #: A Content-Length: ASCII digits only (``"²".isdigit()`` is true), at most 18 of them.
 _DIGITS = re.compile(r"[0-9]{1,18}")
 _HOP_BY_HOP = frozenset(
@@ -1624,6 +1629,8 @@ class ChunkedReader:
             if self.state is _CHUNK_END and buffer[:2] == b"\r\n":
                 del buffer[:2]
                 self.state = _CHUNK_SIZE
+            if self.state is _CHUNK_SIZE and not pieces and len(buffer) >= _MANY_CHUNKS_BYTES:
+                pieces = self.whole_chunks(buffer)
             at = 0
             while self.state is _CHUNK_SIZE:
                 head = _CHUNK_HEAD.match(buffer, at)
@@ -1641,6 +1648,33 @@ class ChunkedReader:
             if not piece:
                 return b"".join(pieces) if pieces else piece
             pieces.append(piece)
+
+    def whole_chunks(self, buffer: bytearray) -> List[bytes]:
+        """The data of the usual whole chunks (``size CRLF data CRLF``) at the start of ``buffer``,
+        cut out of it (for a read of many events, :data:`_MANY_CHUNKS_BYTES`): the buffer split at
+        every CRLF, and kept from its start as far as the pieces are a size (:data:`_CHUNK_SIZES`)
+        and data of that length, in turn, with no call per chunk. Sizes that all agree are the one
+        reading of the framing, whatever the data holds; a CRLF inside data, an extension, blanks or
+        the last chunk end the run, and :meth:`read_through` reads on from there one chunk at a time."""
+        parts = buffer.split(b"\r\n")
+        count = (len(parts) - 1) // 2  # each size line and data with a CRLF after it
+        size_texts = parts[0:2 * count:2]
+        joined = b"\r\n".join(size_texts) + b"\r\n"  # (no piece holds a CRLF: one a line)
+        valid = joined.count(b"\r\n", 0, _CHUNK_SIZES.match(joined).end())  # (a match, maybe empty, always)
+        sizes = list(map(int, size_texts[:valid], [16] * valid))
+        lengths = list(map(len, parts[1:2 * valid:2]))
+        whole = valid
+        if sizes != lengths or 0 in sizes:  # (all agree, nearly always: one comparison)
+            agree = list(map(int.__eq__, sizes, lengths))
+            if 0 in sizes:
+                agree[sizes.index(0)] = False  # the last chunk: read() reads its trailers
+            agree.append(False)
+            whole = agree.index(False)
+            if not whole:
+                return []
+        rest = parts[2 * whole:]  # what stays: the buffer less these and the CRLF after each of them
+        del buffer[:len(buffer) - sum(map(len, rest)) - 2 * (len(rest) - 1)]
+        return parts[1:2 * whole:2]
 
     def _take_line(self, buffer: bytearray, limit: int, what: str) -> Optional[bytes]:
         end = buffer.find(b"\n", 0, limit + 2)
@@ -2286,7 +2320,9 @@ class RelayedDeltas(Event):
         super().__init__(RELAYED_DELTAS, None, raw)
         self.index = index
         self.head_size = head_size
-        self.count = raw.count(b"\n\n")  # one blank line per event (a JSON string holds no raw line break)
+        #: three line breaks an event, one in its head and two at its end (a JSON string holds none),
+        #: counted one by one: faster than counting the blank lines
+        self.count = raw.count(b"\n") // 3
 
     @property
     def data(self) -> Dict[str, Any]:
@@ -3976,10 +4012,40 @@ _CHECKED_DELTA = re.compile(
 #: written with the same bytes before its string (group 1, the first event's; group 2 its index):
 #: what :data:`_CHECKED_DELTA` knows of one event, known of the run in one match (:class:`RelayedDeltas`).
 _JSON_STRING_BODY = r'[^"\\\x00-\x1f]*(?:\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4})[^"\\\x00-\x1f]*)*'
-_DELTA_RUN_TEXT = re.compile(
+_DELTA_RUN_HEAD = (
     r'(event: ?content_block_delta\ndata: ?\{"type": ?"content_block_delta", ?"index": ?(0|[1-9][0-9]{0,4}), ?'
     r'"delta": ?\{"type": ?"(?:text_delta", ?"text|thinking_delta", ?"thinking|input_json_delta", ?"partial_json)'
-    r'": ?")' + _JSON_STRING_BODY + r'"\}\}\n\n(?:\1' + _JSON_STRING_BODY + r'"\}\}\n\n)*')
+    r'": ?")')
+_DELTA_RUN_TEXT = re.compile(
+    _DELTA_RUN_HEAD + _JSON_STRING_BODY + r'"\}\}\n\n(?:\1' + _JSON_STRING_BODY + r'"\}\}\n\n)*')
+#: The head of a run (:data:`_DELTA_RUN_TEXT`'s group 1), in bytes, for :func:`whole_delta_run`.
+_DELTA_RUN_HEAD_BYTES = re.compile(_DELTA_RUN_HEAD.encode())
+#: The batches :class:`EventStreamCheck` reads with :func:`whole_delta_run`, from about seven deltas
+#: up: below, its fixed cost (a match, translations, a count) is more than the run match's per character (timeit).
+_WHOLE_RUN_BYTES = 1024
+#: What :func:`whole_delta_run` deletes from a batch's bytes to leave what a JSON string may not hold
+#: as it is: quotes, backslashes and control characters (line breaks among them).
+_NOT_JSON_SPECIAL = bytes(byte for byte in range(256) if byte >= 0x20 and byte not in b'"\\')
+
+
+def whole_delta_run(data: bytes) -> Optional[RelayedDeltas]:
+    """``data`` as the one run of deltas it is, if :data:`_DELTA_RUN_TEXT` matches all of it and
+    no string holds an escape (a batch of text deltas, most reads), known with a few passes over its
+    bytes in C instead of a match character by character: it begins with a run's head, and what it
+    holds of quotes, backslashes and control characters is, event by event, what the head and its
+    end (:data:`_DELTA_END`) hold, so each string holds none of them; between two events comes
+    the end and the same head, and it ends with the end, so each event is the head, its string
+    and the end. None for anything else (the match decides)."""
+    head = _DELTA_RUN_HEAD_BYTES.match(data)
+    if head is None or not data.endswith(_DELTA_END):
+        return None
+    event_head = head.group(1)
+    shape = b"\n" + b'"' * (event_head.count(b'"') + 1) + b"\n\n"  # the head's line break and quotes, the end's
+    special = data.translate(None, _NOT_JSON_SPECIAL)
+    count = len(special) // len(shape)
+    if special != shape * count or data.count(_DELTA_END + event_head) != count - 1:
+        return None
+    return RelayedDeltas(data, int(head.group(2)), len(event_head))
 #: An event as :meth:`EventStreamCheck._events` reads it: its (name, data, bytes), or a run of deltas.
 _ReadEvent = Union[Tuple[str, str, Optional[bytes]], RelayedDeltas]
 #: The event types of the Messages stream's grammar (``error`` is taken apart from them).
@@ -4070,6 +4136,9 @@ class EventStreamCheck:
         With ``runs``, plain deltas of one block one after the other come as a :class:`RelayedDeltas`,
         found with one match (:data:`_DELTA_RUN_TEXT`), for :meth:`feed` to check at once."""
         if "\r" not in text and (self._decoder is None or not self._decoder.pending):
+            whole = whole_delta_run(data) if runs and len(data) >= _WHOLE_RUN_BYTES else None
+            if whole is not None:
+                return [whole], True
             plain: List[_ReadEvent] = []
             ascii_only, pos, size = len(text) == len(data), 0, len(text)  # ASCII: the text's offsets are the bytes'
             while pos < size:  # the events one after the other, each its own bytes

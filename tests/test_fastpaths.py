@@ -142,6 +142,68 @@ def test_chunked_body_read_through_says_what_read_says(pieces: List[bytes], rnd:
         assert _response_body(raw, cuts, through=True) == (b"".join(pieces), None)
 
 
+#: Chunk data for ChunkedReader.whole_chunks: events, and bytes that look like framing inside data
+#: (a CRLF, a CRLF and a size, the last chunk, a bare LF), so that a split can fall inside a chunk.
+_FRAMING_LIKE_DATA = st.builds(
+    lambda parts, at: b"".join(parts[:at]) + b"e" * 150 + b"".join(parts[at:]),  # an event's size, at least
+    st.lists(st.sampled_from([b"\r\n", b"\r\n5\r\n", b"0", b"\r\n0\r\n\r\n", b"f\r\n", b"\n", b"x", b"\r", b""]),
+             max_size=3), st.integers(0, 3))
+
+
+def _usual_chunks(pieces: List[bytes], rnd: random.Random, odd: float) -> bytes:
+    """:func:`_chunked`'s framing, each chunk the usual ``size CRLF data CRLF`` but for a share
+    ``odd`` of them (written as :func:`_chunked` may: an extension, blanks, bare LFs)."""
+    out = b""
+    for piece in filter(None, pieces):
+        size = b"%x" % len(piece)
+        if rnd.random() >= odd:
+            out += size + b"\r\n" + piece + b"\r\n"
+        else:
+            size = rnd.choice([size.upper(), b"0" + size, size + b";ext=1", size + b" "])
+            out += size + rnd.choice([b"\r\n", b"\n"]) + piece + rnd.choice([b"\r\n", b"\n"])
+    return out + b"0\r\n" + rnd.choice([b"", b"x-trailer: 1\r\n"]) + b"\r\n"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_FRAMING_LIKE_DATA, max_size=40), st.randoms(use_true_random=False), st.sampled_from([0, 0.05, 0.3]),
+       st.integers(0, 8000))
+def test_whole_chunks_are_the_chunks_read_reads(pieces: List[bytes], rnd: random.Random, odd: float,
+                                                cut: int) -> None:
+    """ChunkedReader.whole_chunks (one split of a read) against read() one chunk at a time, on a
+    read cut anywhere: the same chunks' data, the same bytes left, the state at a size line."""
+    raw = _usual_chunks(pieces, rnd, odd)[:cut]
+    fast, general = (agproxy.ChunkedReader(agproxy._upstream_framing_error, 65536) for _ in range(2))
+    left = bytearray(raw)
+    taken = fast.whole_chunks(left)
+    read_left = bytearray(raw)
+    read = [general.read(read_left) for _ in taken]
+    if taken:
+        assert general.state is agproxy._CHUNK_END and read_left.startswith(b"\r\n")
+        del read_left[:2]
+    assert (taken, left, fast.state) == (read, read_left, agproxy._CHUNK_SIZE)
+    if odd == 0 and len(raw) >= agproxy._MANY_CHUNKS_BYTES and b"\r" not in b"".join(pieces):
+        assert raw.startswith(b"0\r\n") or taken  # the usual framing is taken at once
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_FRAMING_LIKE_DATA, max_size=40), st.randoms(use_true_random=False), st.sampled_from([0, 0.05, 0.3]),
+       st.lists(st.integers(0, 8000), max_size=6), st.sampled_from([None, b"ZZ\r\n", b"5\r\nab", b"\r\n", b"-1\r\n",
+                                                                     b"2\r\nabc\r\n", b"ffffffffffffffffff\r\n"]),
+       st.integers(0, 60))
+def test_chunked_reads_of_many_chunks_say_what_read_says(pieces: List[bytes], rnd: random.Random, odd: float,
+                                                         cuts: List[int], garbage: Optional[bytes], where: int) -> None:
+    """Reads large enough for :meth:`ChunkedReader.whole_chunks`, framing broken anywhere: the
+    same body and error through read_through as through read(), read by read."""
+    raw = _usual_chunks(pieces, rnd, odd)
+    if garbage is not None:
+        at = [m.end() for m in re.finditer(rb"\r?\n", raw)]
+        raw = raw[:at[where % len(at)]] + garbage
+    for cut_set in ([], cuts):
+        assert _response_body(raw, cut_set, through=True) == _response_body(raw, cut_set, through=False)
+    if garbage is None:
+        assert _response_body(raw, cuts, through=True) == (b"".join(pieces), None)
+
+
 # -- 3. SSEDecoder (its LF fast path and its general path) against a plain WHATWG parser ------------
 
 def naive_sse(data: bytes) -> List[Tuple[str, str]]:
@@ -444,6 +506,53 @@ def test_event_check_runs_of_deltas_say_what_the_check_one_by_one_says(
     assert whole[1] == _check([b"".join(encoded) + b": a comment\n\n"])[1]
     if whole[1] is None:
         assert whole == _check([b"".join(encoded)], False) == _check([b"".join(encoded) + b": a comment\n\n"])
+
+
+_RUN_HEADS = [b'event: content_block_delta\ndata: {"type": "content_block_delta", "index": 0, "delta": '
+              b'{"type": "text_delta", "text": "',
+              b'event: content_block_delta\ndata: {"type": "content_block_delta", "index": 1, "delta": '
+              b'{"type": "text_delta", "text": "',
+              b'event:content_block_delta\ndata:{"type":"content_block_delta","index":0,"delta":'
+              b'{"type":"thinking_delta","thinking":"',
+              b'event: content_block_delta\ndata: {"type": "content_block_delta", "index": 01, "delta": '
+              b'{"type": "text_delta", "text": "',
+              b'data: {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "']
+#: Pieces of a delta's string: plain, escapes, and what a JSON string may not hold as it is.
+_RUN_STRING_PIECES = [b"a", b"~", b"}}", "\u00e9\u2028".encode(), b'"', b"\\", b"\\n", b'\\"', b"\\u00e9",
+                      b"\\ud800", b"\n", b"\x01", b"\x7f", b"\r", b'"}}\n\n', b"\n\nevent: content_block_delta\n"]
+_RUN_ENDS_SPELT = [b'"}}\n\n', b'"}\n\n', b'"}}\n', b'"}} \n\n', b'"}}\n\n\n', b'"}}\n\n: c\n\n', b'"}}\n\nx']
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.sampled_from(range(len(_RUN_HEADS))),
+       st.lists(st.sampled_from([b"a", b"~" * 150, "\u00e9\u2028".encode(), b"}}"]), min_size=1, max_size=12),
+       st.lists(st.tuples(st.integers(0, 11), st.sampled_from(["head", "string", "end"]), st.integers(0, 15)),
+                max_size=2), st.sampled_from([b"", b"", b": c\n\n", b"\n"]), st.sampled_from([b"", b"", b"x", b"\n"]))
+def test_whole_delta_run_is_what_the_run_match_finds(head: int, strings: List[bytes],
+                                                     changes: List[Tuple[int, str, int]], prefix: bytes,
+                                                     suffix: bytes) -> None:
+    """whole_delta_run (a batch as one run, found in a few passes over its bytes) against
+    _DELTA_RUN_TEXT matching all of it: the same run where it finds one, and it finds every run
+    whose strings hold no escape; a run with one or two events changed (another head, a string with
+    a quote, an escape, a control character or a line break, another end) or with stray bytes around it."""
+    events = [[_RUN_HEADS[head], string + b"-" * 100, b'"}}\n\n'] for string in strings]  # 1 KB from 5 events
+    pieces = {"head": _RUN_HEADS, "end": _RUN_ENDS_SPELT, "string": _RUN_STRING_PIECES}
+    for which, part, choice in changes:
+        event = events[which % len(events)]
+        spelt = pieces[part][choice % len(pieces[part])]
+        if part == "string":
+            event[1] = spelt + event[1] if which % 2 else event[1] + spelt
+        else:
+            event[0 if part == "head" else 2] = spelt
+    data = prefix + b"".join(b"".join(event) for event in events) + suffix
+    fast = agproxy.whole_delta_run(data)
+    match = agproxy._DELTA_RUN_TEXT.fullmatch(data.decode("utf-8"))
+    if fast is not None:
+        assert match is not None
+        assert (fast.raw, fast.index, fast.head_size, fast.count) == (
+            data, int(match.group(2)), len(match.group(1)), data.count(b"\n\n"))
+    elif match is not None:
+        assert b"\\" in data  # only a string with an escape takes the match
 
 
 def test_a_run_of_deltas_is_one_event_of_their_bytes() -> None:
