@@ -2466,23 +2466,31 @@ class SSEDecoder:
         """Add bytes; return the data of each event they complete (:meth:`feed`'s events'
         ``data``), for a reader of nothing else: an OpenAI or Gemini stream's events mean nothing
         by their names or ids. The usual read, whole events each one ``data: `` line with LF line
-        endings, is cut into its events' data with one split (:func:`_data_lines`); any other
-        goes through :meth:`feed`."""
-        if self._skip_lf or self._data or self._event or self._id is not None or b"\r" in data:
+        endings, or CRLF ones (Gemini's), is cut into its events' data with one split
+        (:func:`_data_lines`); any other goes through :meth:`feed`.
+
+        A CRLF read is cut at its last blank line only when what is left after it holds no line
+        end (the next event begun, as a read usually ends): the buffer then never holds a CR
+        between reads, as :meth:`_take` expects, nor an event the general path would have given."""
+        if self._skip_lf or self._data or self._event or self._id is not None:
             return [event.data for event in self.feed(data)]
+        crlf = b"\r" in data
+        blank = b"\r\n\r\n" if crlf else b"\n\n"
         buffer = self._buffer
-        scanned = len(buffer) - 1  # the new bytes, and a blank line they may complete
+        scanned = len(buffer) - len(blank) + 1  # the new bytes, and a blank line they may complete
         buffer += data
         if not self._started:
             self._begin()
             scanned = 0
-        end = buffer.rfind(b"\n\n", max(0, scanned))
-        if end >= 0:
+        end = buffer.rfind(blank, max(0, scanned))
+        rest = end + len(blank)
+        if end >= 0 and (not crlf or buffer.find(b"\r", rest) < 0 and buffer.find(b"\n", rest) < 0):
             text = buffer[:end].decode("utf-8", "replace")
-            if len(text) <= self.max_event_bytes and len(buffer) - end - 2 <= self.max_event_bytes \
-                    and _data_lines(text):  # (events within the limit: none to refuse)
-                del buffer[:end + 2]
-                return text[6:].split("\n\ndata: ")
+            line_end = "\r\n" if crlf else "\n"
+            if len(text) <= self.max_event_bytes and len(buffer) - rest <= self.max_event_bytes \
+                    and _data_lines(text, line_end):  # (events within the limit: none to refuse)
+                del buffer[:rest]
+                return text[6:].split(line_end + line_end + "data: ")
         return [event.data for event in self._take(len(data))]
 
     def _line(self, line: str, events: List[SSEEvent]) -> None:
@@ -2508,11 +2516,15 @@ class SSEDecoder:
             self._id = value
 
 
-def _data_lines(text: str) -> bool:
+def _data_lines(text: str, line_end: str = "\n") -> bool:
     """Whether ``text`` (events cut at their blank lines, the last one's left off) is events of one
-    ``data: `` line each: it begins with one, and each of its line ends is in a blank line before
-    another (``\\n\\ndata: `` holds two, and two of them cannot overlap)."""
-    return text.startswith("data: ") and text.count("\n") == 2 * text.count("\n\ndata: ")
+    ``data: `` line each, every line ended by ``line_end`` (LF, or CRLF; with LF, ``text`` holds no
+    CR): it begins with one, and each of its line ends is in a blank line before another
+    (``\\n\\ndata: `` holds two LFs, ``\\r\\n\\r\\ndata: `` two CRs and two LFs, and two of them
+    cannot overlap)."""
+    separators = text.count(line_end + line_end + "data: ")
+    return text.startswith("data: ") and text.count("\n") == 2 * separators \
+        and (line_end == "\n" or text.count("\r") == 2 * separators)
 
 
 def sse_complete_prefix(data: Union[bytes, bytearray], start: int = 0) -> int:
