@@ -6595,9 +6595,12 @@ _SSE_FIELD_LINE = re.compile(rb"\s*$|(?:\xef\xbb\xbf)?(?:data|event|id|retry)(?:
 _LINE_BREAK = re.compile(rb"\r\n|\r|\n")
 #: A line break followed by something that may not be an SSE line.
 _STRAY_LINE_START = re.compile(rb"[\r\n](?![\r\n]|data:|event:|id:|retry:|:|\Z)")
-#: The same for bytes without a CR (the usual read), ten times faster: the regex engine finds a
-#: literal first byte quickly, a class of two byte by byte.
-_STRAY_LF_LINE_START = re.compile(rb"\n(?!\n|data:|event:|id:|retry:|:|\Z)")
+#: The same for bytes without a lone CR (the usual read, LF or CRLF), ten times faster: the regex
+#: engine finds a literal first byte quickly, a class of two byte by byte. (A CR followed by LF, or
+#: last, never begins a match of the first, so it finds what this one finds there.)
+_STRAY_LF_LINE_START = re.compile(rb"\n(?![\r\n]|data:|event:|id:|retry:|:|\Z)")
+#: A CR that is a line break of its own: neither followed by LF nor the bytes' last.
+_LONE_CR = re.compile(rb"\r(?!\n|\Z)")
 
 
 class StrayLines:
@@ -6622,7 +6625,7 @@ class StrayLines:
         if at_line_start or self._stray is False:
             last = max(data.rfind(b"\n"), data.rfind(b"\r"))
             lines = data if last < 0 or last == len(data) - 1 else data[:last + 1]
-            stray_line = _STRAY_LINE_START if b"\r" in lines else _STRAY_LF_LINE_START
+            stray_line = _STRAY_LINE_START if b"\r" in lines and _LONE_CR.search(lines) else _STRAY_LF_LINE_START
             if not stray_line.search(b"\n" + lines if at_line_start else lines):
                 # the fast way, for the usual read: every line in it an SSE line
                 if lines is data:
