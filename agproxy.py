@@ -2730,18 +2730,16 @@ def loads_strict(data: Union[bytes, str], repair_surrogates: bool = True,
 def loads_each(texts: List[str], max_depth: int = MAX_UPSTREAM_JSON_DEPTH) -> List[Any]:
     """Each of ``texts`` (an upstream read's chunks) decoded as :func:`loads_strict` decodes it,
     where that is the usual chunk: one JSON value with nothing around it, no ``\\u`` escape, and
-    short or shallow (a text longer than twice ``max_depth`` counts its brackets): one call of the
-    C scanner each, the checks made once for the whole read where they can be. None for any
-    other text: the caller decodes it with :func:`loads_strict`, which repairs it, refuses it or
-    words what is wrong (and gives None again for ``null``)."""
-    joined = "".join(texts)
-    escaped = "\\u" in joined
-    deep = bool(texts) and max(map(len, texts)) > 2 * max_depth \
-        and joined.count("[") + joined.count("{") > max_depth
+    short or shallow (a text longer than twice ``max_depth`` counts its brackets, alone: a read's
+    chunks together have too many as soon as it holds a dozen): one call of the C scanner each,
+    the escape check made once for the whole read where it can be. None for any other text: the
+    caller decodes it with :func:`loads_strict`, which repairs it, refuses it or words what is
+    wrong (and gives None again for ``null``)."""
+    escaped = "\\u" in "".join(texts)
     scan = _STRICT_JSON.scan_once
     values: List[Any] = []
     for text in texts:
-        if (escaped and "\\u" in text) or (deep and len(text) > 2 * max_depth
+        if (escaped and "\\u" in text) or (len(text) > 2 * max_depth
                                             and text.count("[") + text.count("{") > max_depth):
             values.append(None)
             continue
