@@ -2502,23 +2502,31 @@ class SSEDecoder:
         """Add bytes; return the data of each event they complete (:meth:`feed`'s events'
         ``data``), for a reader of nothing else: an OpenAI or Gemini stream's events mean nothing
         by their names or ids. The usual read, whole events each one ``data: `` line with LF line
-        endings, is cut into its events' data with one split (:func:`_data_lines`); any other
-        goes through :meth:`feed`."""
-        if self._skip_lf or self._data or self._event or self._id is not None or b"\r" in data:
+        endings, or CRLF ones (Gemini's), is cut into its events' data with one split
+        (:func:`_data_lines`); any other goes through :meth:`feed`.
+
+        A CRLF read is cut at its last blank line only when what is left after it holds no line
+        end (the next event begun, as a read usually ends): the buffer then never holds a CR
+        between reads, as :meth:`_take` expects, nor an event the general path would have given."""
+        if self._skip_lf or self._data or self._event or self._id is not None:
             return [event.data for event in self.feed(data)]
+        crlf = b"\r" in data
+        blank = b"\r\n\r\n" if crlf else b"\n\n"
         buffer = self._buffer
-        scanned = len(buffer) - 1  # the new bytes, and a blank line they may complete
+        scanned = len(buffer) - len(blank) + 1  # the new bytes, and a blank line they may complete
         buffer += data
         if not self._started:
             self._begin()
             scanned = 0
-        end = buffer.rfind(b"\n\n", max(0, scanned))
-        if end >= 0:
+        end = buffer.rfind(blank, max(0, scanned))
+        rest = end + len(blank)
+        if end >= 0 and (not crlf or buffer.find(b"\r", rest) < 0 and buffer.find(b"\n", rest) < 0):
             text = buffer[:end].decode("utf-8", "replace")
-            if len(text) <= self.max_event_bytes and len(buffer) - end - 2 <= self.max_event_bytes \
-                    and _data_lines(text):  # (events within the limit: none to refuse)
-                del buffer[:end + 2]
-                return text[6:].split("\n\ndata: ")
+            line_end = "\r\n" if crlf else "\n"
+            if len(text) <= self.max_event_bytes and len(buffer) - rest <= self.max_event_bytes \
+                    and _data_lines(text, line_end):  # (events within the limit: none to refuse)
+                del buffer[:rest]
+                return text[6:].split(line_end + line_end + "data: ")
         return [event.data for event in self._take(len(data))]
 
     def _line(self, line: str, events: List[SSEEvent]) -> None:
@@ -2544,11 +2552,15 @@ class SSEDecoder:
             self._id = value
 
 
-def _data_lines(text: str) -> bool:
+def _data_lines(text: str, line_end: str = "\n") -> bool:
     """Whether ``text`` (events cut at their blank lines, the last one's left off) is events of one
-    ``data: `` line each: it begins with one, and each of its line ends is in a blank line before
-    another (``\\n\\ndata: `` holds two, and two of them cannot overlap)."""
-    return text.startswith("data: ") and text.count("\n") == 2 * text.count("\n\ndata: ")
+    ``data: `` line each, every line ended by ``line_end`` (LF, or CRLF; with LF, ``text`` holds no
+    CR): it begins with one, and each of its line ends is in a blank line before another
+    (``\\n\\ndata: `` holds two LFs, ``\\r\\n\\r\\ndata: `` two CRs and two LFs, and two of them
+    cannot overlap)."""
+    separators = text.count(line_end + line_end + "data: ")
+    return text.startswith("data: ") and text.count("\n") == 2 * separators \
+        and (line_end == "\n" or text.count("\r") == 2 * separators)
 
 
 def sse_complete_prefix(data: Union[bytes, bytearray], start: int = 0) -> int:
@@ -2779,18 +2791,16 @@ def _spans_in_bytes(text: str, size: int, spans: Dict[str, Tuple[int, int]]) -> 
 def loads_each(texts: List[str], max_depth: int = MAX_UPSTREAM_JSON_DEPTH) -> List[Any]:
     """Each of ``texts`` (an upstream read's chunks) decoded as :func:`loads_strict` decodes it,
     where that is the usual chunk: one JSON value with nothing around it, no ``\\u`` escape, and
-    short or shallow (a text longer than twice ``max_depth`` counts its brackets): one call of the
-    C scanner each, the checks made once for the whole read where they can be. None for any
-    other text: the caller decodes it with :func:`loads_strict`, which repairs it, refuses it or
-    words what is wrong (and gives None again for ``null``)."""
-    joined = "".join(texts)
-    escaped = "\\u" in joined
-    deep = bool(texts) and max(map(len, texts)) > 2 * max_depth \
-        and joined.count("[") + joined.count("{") > max_depth
+    short or shallow (a text longer than twice ``max_depth`` counts its brackets, alone: a read's
+    chunks together have too many as soon as it holds a dozen): one call of the C scanner each,
+    the escape check made once for the whole read where it can be. None for any other text: the
+    caller decodes it with :func:`loads_strict`, which repairs it, refuses it or words what is
+    wrong (and gives None again for ``null``)."""
+    escaped = "\\u" in "".join(texts)
     scan = _STRICT_JSON.scan_once
     values: List[Any] = []
     for text in texts:
-        if (escaped and "\\u" in text) or (deep and len(text) > 2 * max_depth
+        if (escaped and "\\u" in text) or (len(text) > 2 * max_depth
                                             and text.count("[") + text.count("{") > max_depth):
             values.append(None)
             continue
@@ -6722,9 +6732,12 @@ _SSE_FIELD_LINE = re.compile(rb"\s*$|(?:\xef\xbb\xbf)?(?:data|event|id|retry)(?:
 _LINE_BREAK = re.compile(rb"\r\n|\r|\n")
 #: A line break followed by something that may not be an SSE line.
 _STRAY_LINE_START = re.compile(rb"[\r\n](?![\r\n]|data:|event:|id:|retry:|:|\Z)")
-#: The same for bytes without a CR (the usual read), ten times faster: the regex engine finds a
-#: literal first byte quickly, a class of two byte by byte.
-_STRAY_LF_LINE_START = re.compile(rb"\n(?!\n|data:|event:|id:|retry:|:|\Z)")
+#: The same for bytes without a lone CR (the usual read, LF or CRLF), ten times faster: the regex
+#: engine finds a literal first byte quickly, a class of two byte by byte. (A CR followed by LF, or
+#: last, never begins a match of the first, so it finds what this one finds there.)
+_STRAY_LF_LINE_START = re.compile(rb"\n(?![\r\n]|data:|event:|id:|retry:|:|\Z)")
+#: A CR that is a line break of its own: neither followed by LF nor the bytes' last.
+_LONE_CR = re.compile(rb"\r(?!\n|\Z)")
 
 
 class StrayLines:
@@ -6749,7 +6762,7 @@ class StrayLines:
         if at_line_start or self._stray is False:
             last = max(data.rfind(b"\n"), data.rfind(b"\r"))
             lines = data if last < 0 or last == len(data) - 1 else data[:last + 1]
-            stray_line = _STRAY_LINE_START if b"\r" in lines else _STRAY_LF_LINE_START
+            stray_line = _STRAY_LINE_START if b"\r" in lines and _LONE_CR.search(lines) else _STRAY_LF_LINE_START
             if not stray_line.search(b"\n" + lines if at_line_start else lines):
                 # the fast way, for the usual read: every line in it an SSE line
                 if lines is data:

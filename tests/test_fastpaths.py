@@ -255,6 +255,50 @@ def test_sse_decoder_gives_what_a_plain_parser_gives(bom: bool, lines: List[str]
         assert got == want, cut_set
 
 
+CRLF_EVENTS = st.sampled_from([b'data: {"a": 1}\r\n\r\n', b'data: {"b": "x\\r\\ny"}\r\n\r\n', b"data: \xc3\xa9\r\n\r\n",
+                               b"data:no-space\r\n\r\n", b"data: \r\n\r\n", b"data: a\r\ndata: b\r\n\r\n",
+                               b"data: lf\n\n", b"data: mixed\r\n\n", b"data: cr\r\r", b"event: e\r\ndata: x\r\n\r\n",
+                               b": keep-alive\r\n\r\n", b"id: 1\r\ndata: y\r\n\r\n", b"\r\n", b"data: " + b"L" * 90 +
+                               b"\r\n\r\n", b'data: {"c": 3}\r\n\r\n', b"\xef\xbb\xbf", b"data: \x00\r\n\r\n",
+                               b"data: half"])
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(CRLF_EVENTS, max_size=12), st.randoms(use_true_random=False), st.booleans())
+def test_feed_data_crlf_fast_path_gives_what_feed_gives(events: List[bytes], rnd: random.Random,
+                                                         between_cr_and_lf: bool) -> None:
+    """Gemini's CRLF events (and LF, CR, comments, ids, a BOM, an event over the limit mixed in),
+    read at random offsets, or cut between every CR and its LF: :meth:`SSEDecoder.feed_data` (its
+    CRLF fast path) gives, read by read, the data of the events the general :meth:`~SSEDecoder.feed`
+    gives, and refuses what it refuses."""
+    data = b"".join(events)
+    if between_cr_and_lf:
+        cuts = [at + 1 for at in range(len(data)) if data[at:at + 2] == b"\r\n"]
+    else:  # (a read ends mostly inside an event, sometimes at its end)
+        ends = [len(b"".join(events[:i])) for i in range(1, len(events))]
+        anywhere = rnd.sample(range(len(data) + 1), min(len(data) + 1, rnd.randint(0, 8)))
+        cuts = sorted(set(anywhere) | set(rnd.sample(ends, min(len(ends), rnd.randint(0, 3)))))
+    general, fast, start = agproxy.SSEDecoder(max_event_bytes=80), agproxy.SSEDecoder(max_event_bytes=80), 0
+    for cut in cuts + [len(data), len(data)]:
+        read = data[start:cut] + (b"\r\n\r\n" if cut == start == len(data) else b"")  # the body's end, flushed
+        start = max(start, cut)
+        try:
+            want = [event.data for event in general.feed(read)]
+        except agproxy.SSEError:
+            with pytest.raises(agproxy.SSEError):
+                fast.feed_data(read)
+            return
+        assert fast.feed_data(read) == want, (cuts, read)
+
+
+@pytest.mark.parametrize("read", [b'data: {"a": 1}\r\n\r\ndata: lf\n\n', b'data: {"a": 1}\r\n\r\ndata: cr\r\r',
+                                  b'data: {"a": 1}\r\n\r\ndata: b\r\n', b"data: cr\r\rdata: x\r\n\r\ndata: y"])
+def test_a_crlf_read_with_other_line_ends_after_its_last_blank_line_gives_every_event(read: bytes) -> None:
+    """What follows a CRLF read's last blank line, whole events or lines ended otherwise, is read as
+    :meth:`SSEDecoder.feed` reads it (the cases the hypothesis test above finds only now and then)."""
+    assert agproxy.SSEDecoder().feed_data(read) == [event.data for event in agproxy.SSEDecoder().feed(read)]
+
+
 @pytest.mark.parametrize("first", [b"\n", b"\n\n", b": c\n", b"\r"])
 def test_a_bom_after_the_stream_began_is_not_taken_off_however_the_reads_fall(first: bytes) -> None:
     """A BOM is taken off the start of a stream only: one after a first read shorter than 3 bytes
