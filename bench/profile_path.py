@@ -6,7 +6,9 @@ once it is ready, so start-up is left out) while the load client sends the same 
 Usage: python bench/profile_path.py [passthrough|responses|chat|gemini|openai|gemini-up] [streams] [events] [top] [cum]
 [--paced MS] (defaults: responses 100 1000 25; ``cum`` sorts by time including callees: with few events per
 stream, say 10, it shows what each request costs; ``--paced 20`` has the fake write one event every 20 ms,
-as a model does, so each upstream read brings one event: the growth scenario's paced streams).
+as a model does, so each upstream read brings one event: the growth scenario's paced streams; the
+environment's PROFILE_CPU=1 times the loop thread's CPU, kernel time included, not the wall clock, so
+waits in epoll and a loaded machine's queue for a core drop out).
 ``body`` profiles a real Claude Code request instead (bench/claude_code.py), non-streaming, one request after
 another, figures per request:
 python bench/profile_path.py body [requests] [size in KB] [top] [cum] (defaults: body 20 2000 25).
@@ -47,7 +49,8 @@ def serve(out: str, argv: list) -> None:
     """Run agproxy's main in this process; SIGUSR1 starts the profiler; the stats go to ``out`` at exit."""
     sys.path.insert(0, os.path.dirname(argv[0]))
     import agproxy
-    profiler = __import__("cProfile").Profile()
+    timer = [__import__("time").thread_time] if os.environ.get("PROFILE_CPU") else []
+    profiler = __import__("cProfile").Profile(*timer)
     signal.signal(signal.SIGUSR1, lambda *_: profiler.enable())
     try:
         agproxy.main(argv[1:])
