@@ -1462,7 +1462,7 @@ def strip_hop_by_hop(headers: Headers) -> Headers:
     return [(k, v) for k, v in headers if k.lower() not in _HOP_BY_HOP and k.lower() not in named]
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class Request:
     """One HTTP request as parsed; ``body`` is None until the whole body has arrived."""
 
@@ -1919,7 +1919,7 @@ def encode_chunk(data: bytes) -> bytes:
 LAST_CHUNK = b"0\r\n\r\n"
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class ResponseHead:
     """A response's status line and headers, as the response parser reads them."""
 
@@ -10012,7 +10012,7 @@ MAX_STICKY_SESSIONS = 10000
 MAX_MODEL_RESTS = 64
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class AccountState:
     """The health and counters of one account. Times are wall-clock seconds (they are saved).
 
@@ -10682,6 +10682,8 @@ _BODY_PIECE_BYTES = 1024 * 1024
 
 @dataclasses.dataclass(frozen=True)
 class _Origin:
+    """Where an upstream connection goes (and through which proxy): what the pool keeps connections by."""
+
     scheme: str
     host: str
     port: int
@@ -11269,7 +11271,7 @@ def new_request_id() -> str:
     return "req_" + os.urandom(12).hex()
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class Response:
     """A complete response to write."""
 
@@ -11278,7 +11280,7 @@ class Response:
     body: bytes = b""
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class StreamingResponse:
     """A response whose body is relayed chunk by chunk; ``abort`` cuts its source; ``ending``
     gives the last bytes of a stream the shutdown cuts (its protocol's error, from an error type
@@ -11312,7 +11314,7 @@ def error_response(exc: AgproxyError, body: Any = None, status: Optional[int] = 
     return json_response(exc.status if status is None else status, exc.body() if body is None else body, headers)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class AttemptRecord:
     """One attempt at an upstream, as the record of its request keeps it."""
 
@@ -11343,7 +11345,7 @@ def one_line(text: str) -> str:
     return _LINE_BREAKING.sub(lambda m: json.dumps(m.group())[1:-1], text)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class RequestRecord:
     """Everything one request leaves behind, filled in as it is answered: the shell writes the HTTP
     facts (who, what, status, bytes, times), the gateway the rest (model, upstream, account, each
@@ -12096,7 +12098,7 @@ _SSE_HEADERS: Headers = [
 ]
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class _Lessons:
     """What one request is trying without, after its upstream's 400s named them."""
 
@@ -13042,7 +13044,7 @@ async def list_upstream_models(client: UpstreamClient, adapter: Any, upstream: U
 
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class WholeAnswer:
     """An attempt's answer that came whole (or was assembled, or made locally): the Message, the
     headers for the client, and the events to send it as to a client that asked for a stream
@@ -13055,7 +13057,7 @@ class WholeAnswer:
     native_json: Optional[bytes] = None
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class Inbound:
     """A client's request in the internal form: the Anthropic Messages body, whether the client
     wants a stream, and what its dialect keeps of the request to answer in the client's shape."""
@@ -13337,7 +13339,7 @@ class ProfileFit:
 _DELTA_TAIL_BYTES = len(b'":"') + len(b'"}}\n\n')
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class CallFacts:
     """What one attempt at an upstream learned and did, for the gateway to apply once the attempt
     ends (an adapter never reaches back into the gateway): the lessons it succeeded with, a context
@@ -13399,7 +13401,7 @@ class CallFacts:
         self.counters[name] = self.counters.get(name, 0) + n
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class Call:
     """What one attempt at an upstream needs, and nothing of the gateway's: the client's request
     (parsed, its bytes for a private copy to change, the headers a few choices read), the route
@@ -13441,7 +13443,7 @@ class Call:
         return json.loads(self.raw or b"{}")
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class AnswerStream:
     """An attempt's answer to relay as a stream: the upstream response it reads, the headers, and
     the relay of its events (given what to call when it ends). The gateway turns it into the
@@ -13454,7 +13456,7 @@ class AnswerStream:
     relay: Callable[[StreamEncoder, Callable[[], None], Callable[[str], None]], AsyncIterator[bytes]]
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class AdapterState:
     """What every adapter reads and shares, and the only part of the gateway they see: the
     upstream client, the redactor, the clock, what upstreams rejected and the windows they named,
