@@ -1429,6 +1429,11 @@ _FIELD_VALUE_BAD = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
 #: The usual chunk-size line: a size alone, ended by CRLF.
 _CHUNK_HEAD = re.compile(rb"([0-9A-Fa-f]{1,16})\r\n")
+#: A read's bytes from which :meth:`ChunkedReader.read_through` splits them (``whole_chunks``): about ten events of
+#: 150 bytes, where its fixed cost (a split, a few lists) falls below the loop's per chunk (timeit).
+_MANY_CHUNKS_BYTES = 1536
+#: Chunk sizes alone, one a line: as many of the usual size lines as :meth:`ChunkedReader.whole_chunks` found.
+_CHUNK_SIZES = re.compile(rb"(?:[0-9A-Fa-f]{1,16}\r\n)*")
 #: A Content-Length: ASCII digits only (``"²".isdigit()`` is true), at most 18 of them.
 _DIGITS = re.compile(r"[0-9]{1,18}")
 _HOP_BY_HOP = frozenset(
@@ -1642,6 +1647,8 @@ class ChunkedReader:
             if self.state is _CHUNK_END and buffer[:2] == b"\r\n":
                 del buffer[:2]
                 self.state = _CHUNK_SIZE
+            if self.state is _CHUNK_SIZE and not pieces and len(buffer) >= _MANY_CHUNKS_BYTES:
+                pieces = self.whole_chunks(buffer)
             at = 0
             while self.state is _CHUNK_SIZE:
                 head = _CHUNK_HEAD.match(buffer, at)
@@ -1659,6 +1666,33 @@ class ChunkedReader:
             if not piece:
                 return b"".join(pieces) if pieces else piece
             pieces.append(piece)
+
+    def whole_chunks(self, buffer: bytearray) -> List[bytes]:
+        """The data of the usual whole chunks (``size CRLF data CRLF``) at the start of ``buffer``,
+        cut out of it (for a read of many events, :data:`_MANY_CHUNKS_BYTES`): the buffer split at
+        every CRLF, and kept from its start as far as the pieces are a size (:data:`_CHUNK_SIZES`)
+        and data of that length, in turn, with no call per chunk. Sizes that all agree are the one
+        reading of the framing, whatever the data holds; a CRLF inside data, an extension, blanks or
+        the last chunk end the run, and :meth:`read_through` reads on from there one chunk at a time."""
+        parts = buffer.split(b"\r\n")
+        count = (len(parts) - 1) // 2  # each size line and data with a CRLF after it
+        size_texts = parts[0:2 * count:2]
+        joined = b"\r\n".join(size_texts) + b"\r\n"  # (no piece holds a CRLF: one a line)
+        valid = joined.count(b"\r\n", 0, _CHUNK_SIZES.match(joined).end())  # (a match, maybe empty, always)
+        sizes = list(map(int, size_texts[:valid], [16] * valid))
+        lengths = list(map(len, parts[1:2 * valid:2]))
+        whole = valid
+        if sizes != lengths or 0 in sizes:  # (all agree, nearly always: one comparison)
+            agree = list(map(int.__eq__, sizes, lengths))
+            if 0 in sizes:
+                agree[sizes.index(0)] = False  # the last chunk: read() reads its trailers
+            agree.append(False)
+            whole = agree.index(False)
+            if not whole:
+                return []
+        rest = parts[2 * whole:]  # what stays: the buffer less these and the CRLF after each of them
+        del buffer[:len(buffer) - sum(map(len, rest)) - 2 * (len(rest) - 1)]
+        return parts[1:2 * whole:2]
 
     def _take_line(self, buffer: bytearray, limit: int, what: str) -> Optional[bytes]:
         end = buffer.find(b"\n", 0, limit + 2)
@@ -2304,7 +2338,9 @@ class RelayedDeltas(Event):
         super().__init__(RELAYED_DELTAS, None, raw)
         self.index = index
         self.head_size = head_size
-        self.count = raw.count(b"\n\n")  # one blank line per event (a JSON string holds no raw line break)
+        #: three line breaks an event, one in its head and two at its end (a JSON string holds none),
+        #: counted one by one: faster than counting the blank lines
+        self.count = raw.count(b"\n") // 3
 
     @property
     def data(self) -> Dict[str, Any]:
@@ -2484,23 +2520,31 @@ class SSEDecoder:
         """Add bytes; return the data of each event they complete (:meth:`feed`'s events'
         ``data``), for a reader of nothing else: an OpenAI or Gemini stream's events mean nothing
         by their names or ids. The usual read, whole events each one ``data: `` line with LF line
-        endings, is cut into its events' data with one split (:func:`_data_lines`); any other
-        goes through :meth:`feed`."""
-        if self._skip_lf or self._data or self._event or self._id is not None or b"\r" in data:
+        endings, or CRLF ones (Gemini's), is cut into its events' data with one split
+        (:func:`_data_lines`); any other goes through :meth:`feed`.
+
+        A CRLF read is cut at its last blank line only when what is left after it holds no line
+        end (the next event begun, as a read usually ends): the buffer then never holds a CR
+        between reads, as :meth:`_take` expects, nor an event the general path would have given."""
+        if self._skip_lf or self._data or self._event or self._id is not None:
             return [event.data for event in self.feed(data)]
+        crlf = b"\r" in data
+        blank = b"\r\n\r\n" if crlf else b"\n\n"
         buffer = self._buffer
-        scanned = len(buffer) - 1  # the new bytes, and a blank line they may complete
+        scanned = len(buffer) - len(blank) + 1  # the new bytes, and a blank line they may complete
         buffer += data
         if not self._started:
             self._begin()
             scanned = 0
-        end = buffer.rfind(b"\n\n", max(0, scanned))
-        if end >= 0:
+        end = buffer.rfind(blank, max(0, scanned))
+        rest = end + len(blank)
+        if end >= 0 and (not crlf or buffer.find(b"\r", rest) < 0 and buffer.find(b"\n", rest) < 0):
             text = buffer[:end].decode("utf-8", "replace")
-            if len(text) <= self.max_event_bytes and len(buffer) - end - 2 <= self.max_event_bytes \
-                    and _data_lines(text):  # (events within the limit: none to refuse)
-                del buffer[:end + 2]
-                return text[6:].split("\n\ndata: ")
+            line_end = "\r\n" if crlf else "\n"
+            if len(text) <= self.max_event_bytes and len(buffer) - rest <= self.max_event_bytes \
+                    and _data_lines(text, line_end):  # (events within the limit: none to refuse)
+                del buffer[:rest]
+                return text[6:].split(line_end + line_end + "data: ")
         return [event.data for event in self._take(len(data))]
 
     def _line(self, line: str, events: List[SSEEvent]) -> None:
@@ -2526,11 +2570,15 @@ class SSEDecoder:
             self._id = value
 
 
-def _data_lines(text: str) -> bool:
+def _data_lines(text: str, line_end: str = "\n") -> bool:
     """Whether ``text`` (events cut at their blank lines, the last one's left off) is events of one
-    ``data: `` line each: it begins with one, and each of its line ends is in a blank line before
-    another (``\\n\\ndata: `` holds two, and two of them cannot overlap)."""
-    return text.startswith("data: ") and text.count("\n") == 2 * text.count("\n\ndata: ")
+    ``data: `` line each, every line ended by ``line_end`` (LF, or CRLF; with LF, ``text`` holds no
+    CR): it begins with one, and each of its line ends is in a blank line before another
+    (``\\n\\ndata: `` holds two LFs, ``\\r\\n\\r\\ndata: `` two CRs and two LFs, and two of them
+    cannot overlap)."""
+    separators = text.count(line_end + line_end + "data: ")
+    return text.startswith("data: ") and text.count("\n") == 2 * separators \
+        and (line_end == "\n" or text.count("\r") == 2 * separators)
 
 
 def sse_complete_prefix(data: Union[bytes, bytearray], start: int = 0) -> int:
@@ -2730,24 +2778,47 @@ def loads_strict(data: Union[bytes, str], repair_surrogates: bool = True,
             data = _LONE_SURROGATE_TEXT.sub(r"\1\\ufffd", data)
         else:
             data = _LONE_SURROGATE_BYTES.sub(rb"\1\\ufffd", data)
-    return _decode_bounded(data if isinstance(data, str) else data.decode("utf-8"), max_depth, spans)
+    if isinstance(data, str):
+        return _decode_bounded(data, max_depth, spans)
+    text = data.decode("utf-8")
+    value = _decode_bounded(text, max_depth, spans)
+    if spans and len(text) != len(data):  # not all ASCII: the places are noted in the bytes
+        _spans_in_bytes(text, len(data), spans)
+    return value
+
+
+def _spans_in_bytes(text: str, size: int, spans: Dict[str, Tuple[int, int]]) -> None:
+    """``spans``, places in ``text``, made places in its UTF-8 encoding (``size`` bytes), in place:
+    the stretches between them are encoded one after the other, from either end of the text up to
+    the longest stretch (a big body's messages), which is never encoded."""
+    marks = sorted({0, len(text)}.union(*spans.values()))
+    longest = max(range(len(marks) - 1), key=lambda k: marks[k + 1] - marks[k])
+    byte_of = {0: 0, len(text): size}
+    at = 0
+    for k in range(1, longest + 1):
+        at += len(text[marks[k - 1]:marks[k]].encode("utf-8"))
+        byte_of[marks[k]] = at
+    at = size
+    for k in range(len(marks) - 2, longest, -1):
+        at -= len(text[marks[k]:marks[k + 1]].encode("utf-8"))
+        byte_of[marks[k]] = at
+    for key, (start, end) in spans.items():
+        spans[key] = (byte_of[start], byte_of[end])
 
 
 def loads_each(texts: List[str], max_depth: int = MAX_UPSTREAM_JSON_DEPTH) -> List[Any]:
     """Each of ``texts`` (an upstream read's chunks) decoded as :func:`loads_strict` decodes it,
     where that is the usual chunk: one JSON value with nothing around it, no ``\\u`` escape, and
-    short or shallow (a text longer than twice ``max_depth`` counts its brackets): one call of the
-    C scanner each, the checks made once for the whole read where they can be. None for any
-    other text: the caller decodes it with :func:`loads_strict`, which repairs it, refuses it or
-    words what is wrong (and gives None again for ``null``)."""
-    joined = "".join(texts)
-    escaped = "\\u" in joined
-    deep = bool(texts) and max(map(len, texts)) > 2 * max_depth \
-        and joined.count("[") + joined.count("{") > max_depth
+    short or shallow (a text longer than twice ``max_depth`` counts its brackets, alone: a read's
+    chunks together have too many as soon as it holds a dozen): one call of the C scanner each,
+    the escape check made once for the whole read where it can be. None for any other text: the
+    caller decodes it with :func:`loads_strict`, which repairs it, refuses it or words what is
+    wrong (and gives None again for ``null``)."""
+    escaped = "\\u" in "".join(texts)
     scan = _STRICT_JSON.scan_once
     values: List[Any] = []
     for text in texts:
-        if (escaped and "\\u" in text) or (deep and len(text) > 2 * max_depth
+        if (escaped and "\\u" in text) or (len(text) > 2 * max_depth
                                             and text.count("[") + text.count("{") > max_depth):
             values.append(None)
             continue
@@ -2775,7 +2846,7 @@ def parse_json_body(body: bytes, spans: Optional[Dict[str, Tuple[int, int]]] = N
     """The request body as a JSON object, or an :class:`InvalidRequest` saying what is wrong:
     not JSON (``NaN`` and out-of-range numbers included), nested deeper than
     :data:`MAX_JSON_DEPTH`, or a string with an unpaired surrogate (it cannot be sent on as UTF-8).
-    ``spans`` (a dict) gets where each member's value lies in the body's text (:func:`spliced_json`)."""
+    ``spans`` (a dict) gets where each member's value lies in the body's bytes (:func:`spliced_json`)."""
     if not body:
         raise InvalidRequest("request body is empty; expected a JSON object")
     try:
@@ -2836,34 +2907,54 @@ def upstream_count(value: Any) -> Optional[int]:
     return value if _is_int(value) and 0 <= value <= MAX_UPSTREAM_TOKENS else None
 
 
+def _block_problem(block: Any) -> Optional[Tuple[str, str]]:
+    """What is wrong with one content block, as (the field's path under the block, what it must
+    be), or None: the checks of :func:`_validate_blocks`, with no words made for a good block."""
+    if not isinstance(block, dict):
+        return "", "must be an object"
+    kind = block.get("type")
+    if not isinstance(kind, str):
+        return ".type", "must be a string"
+    if kind == "text":
+        if not isinstance(block.get("text"), str):
+            return ".text", "must be a string"
+    elif kind in ("image", "document"):
+        if not isinstance(block.get("source"), dict):
+            return ".source", "must be an object"
+    elif kind == "tool_use":
+        for field in ("id", "name"):
+            if not isinstance(block.get(field), str):
+                return "." + field, "must be a string"
+        if not isinstance(block.get("input", {}), dict):
+            return ".input", "must be an object"
+    elif kind == "tool_result":
+        if not isinstance(block.get("tool_use_id"), str):
+            return ".tool_use_id", "must be a string"
+    elif kind == "thinking":
+        if not isinstance(block.get("thinking"), str):
+            return ".thinking", "must be a string"
+        if not isinstance(block.get("signature", ""), str):
+            return ".signature", "must be a string"
+    elif kind == "redacted_thinking":
+        if not isinstance(block.get("data"), str):
+            return ".data", "must be a string"
+    return None
+
+
 def _validate_blocks(blocks: Any, where: str, nested: bool = False) -> None:
     """Content blocks: each an object with a string ``type``; the fields agproxy reads or
-    translates of the known types have the right types. Unknown block types pass (newer API)."""
+    translates of the known types have the right types (:func:`_block_problem`; a field's path is
+    worded only for the error). Unknown block types pass (newer API)."""
     _expect(isinstance(blocks, list), where, "must be a list of content blocks")
     for i, block in enumerate(blocks):
-        at = f"{where}.{i}"
-        _expect(isinstance(block, dict), at, "must be an object")
-        kind = block.get("type")
-        _expect(isinstance(kind, str), f"{at}.type", "must be a string")
-        if kind == "text":
-            _expect(isinstance(block.get("text"), str), f"{at}.text", "must be a string")
-        elif kind in ("image", "document"):
-            _expect(isinstance(block.get("source"), dict), f"{at}.source", "must be an object")
-        elif kind == "tool_use":
-            _expect(isinstance(block.get("id"), str), f"{at}.id", "must be a string")
-            _expect(isinstance(block.get("name"), str), f"{at}.name", "must be a string")
-            _expect(isinstance(block.get("input", {}), dict), f"{at}.input", "must be an object")
-        elif kind == "tool_result":
-            _expect(isinstance(block.get("tool_use_id"), str), f"{at}.tool_use_id", "must be a string")
+        problem = _block_problem(block)
+        if problem is not None:
+            raise InvalidRequest(f"{where}.{i}{problem[0]}: {problem[1]}")
+        if block["type"] == "tool_result":
             content = block.get("content")
             if content is not None and not isinstance(content, str):
-                _expect(not nested, f"{at}.content", "cannot hold another tool_result")
-                _validate_blocks(content, f"{at}.content", nested=True)
-        elif kind == "thinking":
-            _expect(isinstance(block.get("thinking"), str), f"{at}.thinking", "must be a string")
-            _expect(isinstance(block.get("signature", ""), str), f"{at}.signature", "must be a string")
-        elif kind == "redacted_thinking":
-            _expect(isinstance(block.get("data"), str), f"{at}.data", "must be a string")
+                _expect(not nested, f"{where}.{i}.content", "cannot hold another tool_result")
+                _validate_blocks(content, f"{where}.{i}.content", nested=True)
 
 
 def validate_messages_request(body: Dict[str, Any], *, count_tokens: bool = False) -> None:
@@ -2881,8 +2972,8 @@ def validate_messages_request(body: Dict[str, Any], *, count_tokens: bool = Fals
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
             raise InvalidRequest(f"messages.{i}: must be an object")
-        _expect(message.get("role") in ("user", "assistant", "system"), f"messages.{i}.role",
-                "must be 'user' or 'assistant'")
+        if message.get("role") not in ("user", "assistant", "system"):
+            raise InvalidRequest(f"messages.{i}.role: must be 'user' or 'assistant'")
         content = message.get("content")
         if not isinstance(content, (str, list)):
             raise InvalidRequest(f"messages.{i}.content: must be a string or a list of content blocks")
@@ -3265,29 +3356,18 @@ def spliced_json(raw: bytes, spans: Dict[str, Tuple[int, int]], original: Dict[s
                  changed: Dict[str, Any]) -> bytes:
     """``changed``, a copy of ``original`` (the object ``raw`` holds) with some members changed, as
     JSON bytes in which each member kept as it was is the client's own text (``spans``: where each
-    value lies in ``raw``'s text, :func:`parse_json_body`) rather than encoded again: a 2 MB Claude
-    Code body whose model or stream flag changed costs a copy of its bytes (and a decode, where
-    they are not all ASCII), not a ``json.dumps`` of its messages. A member counts as kept when its
+    value lies in ``raw``, :func:`parse_json_body`) rather than encoded again: a 2 MB Claude Code
+    body whose model or stream flag changed costs a copy of its bytes, not a ``json.dumps`` of its
+    messages. A member counts as kept when its
     value is equal and of the same type (``changed``'s copies of the messages compare in time
     linear in their count, the blocks being shared)."""
-    text = None if raw.isascii() else raw.decode("utf-8")
-
-    def byte_at(index: int) -> int:
-        """Where character ``index`` of the text is in ``raw``: the shorter side of it encoded (a big
-        body's few members lie near its ends, around its messages)."""
-        if text is None:
-            return index
-        if index <= len(text) - index:
-            return len(text[:index].encode("utf-8"))
-        return len(raw) - len(text[index:].encode("utf-8"))
-
     pieces = []
     for key, value in changed.items():
         span = spans.get(key)
         kept = span is not None and key in original and (
             original[key] is value or (type(original[key]) is type(value) and original[key] == value))
         pieces.append(json.dumps(key, ensure_ascii=False).encode("utf-8") + b":"
-                      + (raw[byte_at(span[0]):byte_at(span[1])] if kept
+                      + (raw[span[0]:span[1]] if kept
                          else json.dumps(value, ensure_ascii=False).encode("utf-8")))
     return b"{" + b",".join(pieces) + b"}"
 
@@ -3454,8 +3534,9 @@ def _pair_tools(messages: List[Dict[str, Any]], changes: Dict[str, int]) -> List
             if expected:
                 out.append(_answer_tools({"role": "user", "content": []}, expected, changes))
             blocks = message.get("content")
-            expected = list(dict.fromkeys(b["id"] for b in blocks if isinstance(b, dict) and b.get("type") == "tool_use"
-                                          and isinstance(b.get("id"), str))) if isinstance(blocks, list) else []
+            calls = [b["id"] for b in blocks if isinstance(b, dict) and b.get("type") == "tool_use"
+                     and isinstance(b.get("id"), str)] if isinstance(blocks, list) else []
+            expected = list(dict.fromkeys(calls)) if len(calls) > 1 else calls  # each id once
         out.append(message)
     if expected:
         out.append(_answer_tools({"role": "user", "content": []}, expected, changes))
@@ -3468,7 +3549,25 @@ def _orphan_result_text(block: Dict[str, Any]) -> Dict[str, Any]:
     return {"type": "text", "text": f"[result of tool call {block.get('tool_use_id')}]\n{_block_text(block)}".rstrip()}
 
 
+def _answered_in_order(content: Any, expected: List[str]) -> bool:
+    """Whether a user turn's ``content`` is a list that begins with one tool_result for each id of
+    ``expected`` (distinct), in its order, and holds no other tool_result: the usual turn, which
+    :func:`_answer_tools` leaves as it is, known without sorting or copying its blocks."""
+    if not isinstance(content, list) or len(content) < len(expected):
+        return False
+    for block, tool_id in zip(content, expected):
+        if not isinstance(block, dict) or block.get("type") != "tool_result" or block.get("tool_use_id") != tool_id:
+            return False
+    return not any(isinstance(block, dict) and block.get("type") == "tool_result"
+                   for block in content[len(expected):])
+
+
 def _answer_tools(message: Dict[str, Any], expected: List[str], changes: Dict[str, int]) -> Dict[str, Any]:
+    """The user turn ``message`` with one tool_result for each call of ``expected`` (the assistant
+    turn's before it), first and in the calls' order: a missing one synthesized, one that answers
+    no call kept as text (each counted in ``changes``); ``message`` itself when nothing changes."""
+    if _answered_in_order(message.get("content"), expected):
+        return message
     original = _block_list(message.get("content"))
     if not expected and not any(isinstance(b, dict) and b.get("type") == "tool_result" for b in original):
         return message
@@ -3941,10 +4040,40 @@ _CHECKED_DELTA = re.compile(
 #: written with the same bytes before its string (group 1, the first event's; group 2 its index):
 #: what :data:`_CHECKED_DELTA` knows of one event, known of the run in one match (:class:`RelayedDeltas`).
 _JSON_STRING_BODY = r'[^"\\\x00-\x1f]*(?:\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4})[^"\\\x00-\x1f]*)*'
-_DELTA_RUN_TEXT = re.compile(
+_DELTA_RUN_HEAD = (
     r'(event: ?content_block_delta\ndata: ?\{"type": ?"content_block_delta", ?"index": ?(0|[1-9][0-9]{0,4}), ?'
     r'"delta": ?\{"type": ?"(?:text_delta", ?"text|thinking_delta", ?"thinking|input_json_delta", ?"partial_json)'
-    r'": ?")' + _JSON_STRING_BODY + r'"\}\}\n\n(?:\1' + _JSON_STRING_BODY + r'"\}\}\n\n)*')
+    r'": ?")')
+_DELTA_RUN_TEXT = re.compile(
+    _DELTA_RUN_HEAD + _JSON_STRING_BODY + r'"\}\}\n\n(?:\1' + _JSON_STRING_BODY + r'"\}\}\n\n)*')
+#: The head of a run (:data:`_DELTA_RUN_TEXT`'s group 1), in bytes, for :func:`whole_delta_run`.
+_DELTA_RUN_HEAD_BYTES = re.compile(_DELTA_RUN_HEAD.encode())
+#: The batches :class:`EventStreamCheck` reads with :func:`whole_delta_run`, from about seven deltas
+#: up: below, its fixed cost (a match, translations, a count) is more than the run match's per character (timeit).
+_WHOLE_RUN_BYTES = 1024
+#: What :func:`whole_delta_run` deletes from a batch's bytes to leave what a JSON string may not hold
+#: as it is: quotes, backslashes and control characters (line breaks among them).
+_NOT_JSON_SPECIAL = bytes(byte for byte in range(256) if byte >= 0x20 and byte not in b'"\\')
+
+
+def whole_delta_run(data: bytes) -> Optional[RelayedDeltas]:
+    """``data`` as the one run of deltas it is, if :data:`_DELTA_RUN_TEXT` matches all of it and
+    no string holds an escape (a batch of text deltas, most reads), known with a few passes over its
+    bytes in C instead of a match character by character: it begins with a run's head, and what it
+    holds of quotes, backslashes and control characters is, event by event, what the head and its
+    end (:data:`_DELTA_END`) hold, so each string holds none of them; between two events comes
+    the end and the same head, and it ends with the end, so each event is the head, its string
+    and the end. None for anything else (the match decides)."""
+    head = _DELTA_RUN_HEAD_BYTES.match(data)
+    if head is None or not data.endswith(_DELTA_END):
+        return None
+    event_head = head.group(1)
+    shape = b"\n" + b'"' * (event_head.count(b'"') + 1) + b"\n\n"  # the head's line break and quotes, the end's
+    special = data.translate(None, _NOT_JSON_SPECIAL)
+    count = len(special) // len(shape)
+    if special != shape * count or data.count(_DELTA_END + event_head) != count - 1:
+        return None
+    return RelayedDeltas(data, int(head.group(2)), len(event_head))
 #: An event as :meth:`EventStreamCheck._events` reads it: its (name, data, bytes), or a run of deltas.
 _ReadEvent = Union[Tuple[str, str, Optional[bytes]], RelayedDeltas]
 #: The event types of the Messages stream's grammar (``error`` is taken apart from them).
@@ -4035,6 +4164,9 @@ class EventStreamCheck:
         With ``runs``, plain deltas of one block one after the other come as a :class:`RelayedDeltas`,
         found with one match (:data:`_DELTA_RUN_TEXT`), for :meth:`feed` to check at once."""
         if "\r" not in text and (self._decoder is None or not self._decoder.pending):
+            whole = whole_delta_run(data) if runs and len(data) >= _WHOLE_RUN_BYTES else None
+            if whole is not None:
+                return [whole], True
             plain: List[_ReadEvent] = []
             ascii_only, pos, size = len(text) == len(data), 0, len(text)  # ASCII: the text's offsets are the bytes'
             while pos < size:  # the events one after the other, each its own bytes
@@ -4873,6 +5005,9 @@ class SignatureBook:
     def __init__(self, limit: int = 20_000) -> None:
         self.limit = limit
         self._owners: collections.OrderedDict[bytes, str] = collections.OrderedDict()
+        #: how many of the signatures held each upstream made (:meth:`foreign_to` hashes none while
+        #: every one held is the asking upstream's own: the usual agproxy of one upstream)
+        self._made: Dict[str, int] = {}
 
     @staticmethod
     def _key(signature: str) -> bytes:
@@ -4883,10 +5018,21 @@ class SignatureBook:
         if not signature:
             return
         key = self._key(signature)
+        before = self._owners.get(key)
+        if before != upstream:
+            if before is not None:
+                self._forget(before)
+            self._made[upstream] = self._made.get(upstream, 0) + 1
         self._owners[key] = upstream
         self._owners.move_to_end(key)
         while len(self._owners) > self.limit:
-            self._owners.popitem(last=False)
+            self._forget(self._owners.popitem(last=False)[1])
+
+    def _forget(self, upstream: str) -> None:
+        """One signature fewer held for ``upstream``."""
+        self._made[upstream] -= 1
+        if not self._made[upstream]:
+            del self._made[upstream]
 
     def owner(self, signature: str) -> Optional[str]:
         """The upstream that made ``signature``, if it passed through here."""
@@ -4908,6 +5054,9 @@ class SignatureBook:
             signature = str(block.get("signature") or block.get("data") or "")
             if signature.startswith(GEMINI_SIGNATURE_PREFIX):
                 return True  # a Gemini signature carried through an Anthropic answer: never Anthropic's
+            makers = self._made
+            if not makers or (len(makers) == 1 and upstream in makers):
+                return False  # every signature held is upstream's own (or none is held): none is foreign
             made_by = self.owner(signature)
             return made_by is not None and made_by != upstream
 
@@ -6602,9 +6751,12 @@ _SSE_FIELD_LINE = re.compile(rb"\s*$|(?:\xef\xbb\xbf)?(?:data|event|id|retry)(?:
 _LINE_BREAK = re.compile(rb"\r\n|\r|\n")
 #: A line break followed by something that may not be an SSE line.
 _STRAY_LINE_START = re.compile(rb"[\r\n](?![\r\n]|data:|event:|id:|retry:|:|\Z)")
-#: The same for bytes without a CR (the usual read), ten times faster: the regex engine finds a
-#: literal first byte quickly, a class of two byte by byte.
-_STRAY_LF_LINE_START = re.compile(rb"\n(?!\n|data:|event:|id:|retry:|:|\Z)")
+#: The same for bytes without a lone CR (the usual read, LF or CRLF), ten times faster: the regex
+#: engine finds a literal first byte quickly, a class of two byte by byte. (A CR followed by LF, or
+#: last, never begins a match of the first, so it finds what this one finds there.)
+_STRAY_LF_LINE_START = re.compile(rb"\n(?![\r\n]|data:|event:|id:|retry:|:|\Z)")
+#: A CR that is a line break of its own: neither followed by LF nor the bytes' last.
+_LONE_CR = re.compile(rb"\r(?!\n|\Z)")
 
 
 class StrayLines:
@@ -6629,7 +6781,7 @@ class StrayLines:
         if at_line_start or self._stray is False:
             last = max(data.rfind(b"\n"), data.rfind(b"\r"))
             lines = data if last < 0 or last == len(data) - 1 else data[:last + 1]
-            stray_line = _STRAY_LINE_START if b"\r" in lines else _STRAY_LF_LINE_START
+            stray_line = _STRAY_LINE_START if b"\r" in lines and _LONE_CR.search(lines) else _STRAY_LF_LINE_START
             if not stray_line.search(b"\n" + lines if at_line_start else lines):
                 # the fast way, for the usual read: every line in it an SSE line
                 if lines is data:
@@ -11045,6 +11197,8 @@ class UpstreamClient:
         #: per origin, the background reads of answers' last bytes (:meth:`UpstreamResponse.drain`),
         #: each of which gives its connection back to the pool when the body's end comes
         self._finishing: Dict[_Origin, Set[asyncio.Future]] = {}
+        #: per origin, the requests waiting for one of those drains (each waits for a drain of its own)
+        self._awaiting_drain: Dict[_Origin, int] = {}
 
     async def request(self, method: str, url: str, headers: Headers, body: bytes = b"", *,
                       timeout_s: float = 600.0, connect_timeout_s: float = 10.0) -> UpstreamResponse:
@@ -11161,12 +11315,20 @@ class UpstreamClient:
                     return conn, True
                 conn.abort()
             # an answer whose end came after its client's next request (the terminating chunk in a
-            # packet of its own): its connection is worth waiting for, a new one costs a handshake
+            # packet of its own): its connection is worth waiting for, a new one costs a handshake;
+            # but only one request per drain waits: the others would wait for a connection that
+            # another takes, then again for the next drain (200 streams ending and beginning at
+            # once: a new one waited ~10 ms at p50 and up to ~100 ms for its turn)
             drains = self._finishing.get(origin)
+            waiting = self._awaiting_drain.get(origin, 0)
             left = give_up - loop.time()
-            if not drains or left <= 0:
+            if not drains or waiting >= len(drains) or left <= 0:
                 break
-            await asyncio.wait(set(drains), timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            self._awaiting_drain[origin] = waiting + 1
+            try:
+                await asyncio.wait(set(drains), timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                self._awaiting_drain[origin] -= 1
         try:
             return await asyncio.wait_for(self._connect(origin), connect_timeout_s), False
         except asyncio.TimeoutError:
@@ -11284,13 +11446,16 @@ class Response:
 class StreamingResponse:
     """A response whose body is relayed chunk by chunk; ``abort`` cuts its source; ``ending``
     gives the last bytes of a stream the shutdown cuts (its protocol's error, from an error type
-    and words; none: the stream just ends)."""
+    and words; none: the stream just ends); ``ping`` gives a keep-alive, written whenever the client
+    has been sent nothing for ``ping_interval_s`` (None: never; the source sends its own)."""
 
     status: int
     headers: Headers
     chunks: AsyncIterator[bytes]
     abort: Callable[[], None]
     ending: Optional[Callable[[str, str], bytes]] = None
+    ping: Optional[Callable[[], bytes]] = None
+    ping_interval_s: Optional[float] = None
 
 
 def json_response(status: int, payload: Any, headers: Headers = ()) -> Response:
@@ -11464,6 +11629,49 @@ class RequestRecord:
         if error:
             parts.append(error)
         return one_line("  ".join(parts))
+
+
+class _KeepAlive:
+    """Writes a stream's keep-alive (``ping()``'s bytes, framed) whenever its client has been sent
+    nothing for ``interval_s``: a model that thinks for a minute behind an upstream that sends no pings
+    of its own (OpenAI, Gemini) must not look like a dead connection to the client or a proxy between.
+    One timer per stream, moved on lazily (it fires at most once per interval, not once per write), so
+    the relay waits on its upstream alone; never while the client has not read what it was sent (the
+    transport is paused) and never after :meth:`stop`. A ping goes out only while the relay waits for
+    its upstream or the client, between whole chunks, so it never splits one."""
+
+    def __init__(self, conn: _Connection, record: RequestRecord, ping: Callable[[], bytes], interval_s: float,
+                 chunked: bool) -> None:
+        self.conn = conn
+        self.record = record
+        self.ping = ping
+        self.interval_s = interval_s
+        self.chunked = chunked
+        self.loop = asyncio.get_running_loop()
+        self.last_write = self.loop.time()
+        self._timer: Optional[asyncio.TimerHandle] = self.loop.call_at(self.last_write + interval_s, self._check)
+
+    def wrote(self) -> None:
+        """Something went to the client just now."""
+        self.last_write = self.loop.time()
+
+    def stop(self) -> None:
+        """No more pings: the stream has ended."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _check(self) -> None:
+        now, due = self.loop.time(), self.last_write + self.interval_s
+        if now >= due:
+            if not self.conn.gone and not self.conn.writing_paused:  # a client that reads nothing gets no more
+                data = self.ping()
+                if data:
+                    self.record.bytes_sent += len(data)
+                    self.conn.write(encode_chunk(data) if self.chunked else data)
+                    self.last_write = now
+            due = now + self.interval_s
+        self._timer = None if self.conn.gone else self.loop.call_at(due, self._check)
 
 
 class _Exchange:
@@ -11665,6 +11873,11 @@ class _Connection(asyncio.Protocol):
 
     def write(self, data: bytes) -> None:
         self.transport.write(data)  # type: ignore[union-attr]
+
+    @property
+    def writing_paused(self) -> bool:
+        """True while the client has not read what it was sent (the transport's buffer is full)."""
+        return self._writing_paused
 
     async def drained(self, timeout: float) -> None:
         """Until the transport's buffer is down to its low-water mark (at once unless it is paused);
@@ -12026,10 +12239,13 @@ class HttpServer:
             headers.append(("Transfer-Encoding", "chunked"))
         conn.on_gone.append(response.abort)
         self.streams_active += 1
+        keep_alive = None
         try:
             conn.write(response_head(response.status, headers))
             del headers  # not held for the whole stream
             await conn.drained(self.config.write_timeout_s)
+            if response.ping is not None and response.ping_interval_s is not None:
+                keep_alive = _KeepAlive(conn, record, response.ping, response.ping_interval_s, chunked)
             async for chunk in response.chunks:
                 if conn.gone:
                     break
@@ -12040,7 +12256,11 @@ class HttpServer:
                     record.first_byte = time.monotonic()
                 record.bytes_sent += len(chunk)
                 conn.write(encode_chunk(chunk) if chunked else chunk)
+                if keep_alive is not None:
+                    keep_alive.wrote()
                 await conn.drained(self.config.write_timeout_s)
+            if keep_alive is not None:
+                keep_alive.stop()
             if chunked and not conn.gone:
                 conn.write(LAST_CHUNK)
                 await conn.drained(self.config.write_timeout_s)
@@ -12053,6 +12273,8 @@ class HttpServer:
                 self._end_cut_stream(conn, record, chunked, response.ending)
             raise
         finally:
+            if keep_alive is not None:
+                keep_alive.stop()
             self.streams_active -= 1
             response.abort()
             conn.on_gone.remove(response.abort)
@@ -12871,7 +13093,7 @@ class Server(Application):
             release()
 
         return StreamingResponse(200, stream_headers + answer.headers, answer.relay(encoder, ended, record.fail), abort,
-                                 encoder.error)
+                                 encoder.error, encoder.ping, answer.ping_interval_s)
 
 
     async def _count_tokens(self, request: Request, exchange: _Exchange, dialect: Optional[Dialect] = None,
@@ -13454,6 +13676,8 @@ class AnswerStream:
     #: the relay, given the client's encoder, what to call when it ends and what to tell the words
     #: of an error that ends it
     relay: Callable[[StreamEncoder, Callable[[], None], Callable[[str], None]], AsyncIterator[bytes]]
+    #: how long the client may be sent nothing before it gets a ping (None: the upstream sends its own)
+    ping_interval_s: Optional[float] = None
 
 
 @dataclasses.dataclass(eq=False)
@@ -13656,7 +13880,8 @@ class Adapter:
         answer's usage and the upstream's ids for it are left in the call's facts."""
         upstream, body, facts = call.upstream, call.body, call.facts
         window = self.window(call)
-        client_window = client_context_window(call.client_headers, body.get("model"))
+        # the client's own window matters only beside the upstream's (its usage scaled up to it)
+        client_window = client_context_window(call.client_headers, body.get("model")) if window else 0
         estimate = await _estimate_tokens(body, len(call.raw)) if window or self.estimates_input else 0
         if window and estimate > window:
             raise self.overflow(call, estimate, window)
@@ -13674,10 +13899,9 @@ class Adapter:
                 scale = UsageScaler(window, client_window).scale if window and not native else None
                 redact = None if native else DeltaRedactor(self.state.redact).feed  # a key split across deltas
                 observe = _both(facts.relayed, self.watcher(upstream))
-                ping_s = call.ping_interval_s if self.pings else None
                 return AnswerStream(response, headers, lambda encoder, on_end, on_error: relay_events(
                     head, events, response, upstream.name, observe=observe, rewrite=scale, transform=redact,
-                    ping_interval_s=ping_s, on_end=on_end, on_error=on_error, encoder=encoder))
+                    on_end=on_end, on_error=on_error, encoder=encoder), call.ping_interval_s if self.pings else None)
             message = await _watched(call, response, accumulate_events(events))
             native_json = None
         else:
@@ -14512,23 +14736,20 @@ def _error_event_words(events: List[Event]) -> Optional[str]:
 async def relay_events(head: List[Event], events: AsyncIterator[List[Event]], response: UpstreamResponse,
                        upstream: str, observe: Optional[Callable[[List[Event]], None]] = None,
                        rewrite: Optional[Callable[[List[Event]], List[Event]]] = None,
-                       transform: Optional[Callable[[bytes], bytes]] = None, ping_interval_s: Optional[float] = None,
+                       transform: Optional[Callable[[bytes], bytes]] = None,
                        on_end: Optional[Callable[[], None]] = None,
                        on_error: Optional[Callable[[str], None]] = None,
                        encoder: StreamEncoder = ANTHROPIC_ENCODER) -> AsyncIterator[bytes]:
     """Relay an answer's events to the client as they come: the head, then each batch (seen by
     ``observe``, its events rewritten by ``rewrite``, encoded once by the client's ``encoder``,
-    the Anthropic bytes rewritten by ``transform``: :func:`_encoded_batch`), a ping whenever the
-    client has been sent nothing for ``ping_interval_s`` (None: the upstream sends its own), and
-    no more than ``timeout_s`` without an event (:class:`_IdleWatch`). A stream that breaks ends
+    the Anthropic bytes rewritten by ``transform``: :func:`_encoded_batch`), and no more than
+    ``timeout_s`` without an event (:class:`_IdleWatch`); pings, where the upstream sends none of its
+    own, are the shell's (:class:`_KeepAlive`), so a read here is one plain wait. A stream that breaks ends
     with the encoder's error after its last whole event, so the client never sees half an event;
     the upstream connection is closed (or drained) at the end. ``on_error`` hears the words of an
     error that ends the stream, the upstream's own error event included."""
-    clock = asyncio.get_running_loop().time
     idle = _IdleWatch(response, response.timeout_s)
     iterator = events.__aiter__()
-    pending: Optional[asyncio.Future] = None
-    last_sent = clock()
     batch = head
     del head  # once relayed, the head (message_start's decoded data) is not held for the whole stream
     try:
@@ -14545,24 +14766,9 @@ async def relay_events(head: List[Event], events: AsyncIterator[List[Event]], re
                         on_error(words)
                 for part in _encoded_batch(batch if rewrite is None else rewrite(batch), encoder, transform):
                     yield part
-                last_sent = clock()
                 if has_event:  # the time a slow client took to take it is not the upstream's silence
                     idle.saw_event()
-            if ping_interval_s is None:
-                batch = await iterator.__anext__()
-                continue
-            if pending is None:
-                pending = asyncio.ensure_future(iterator.__anext__())
-            done, _ = await asyncio.wait({pending}, timeout=max(0.0, last_sent + ping_interval_s - clock()))
-            if not done:
-                batch = []
-                last_sent = clock()
-                yield encoder.ping()
-                continue
-            try:
-                batch = pending.result()
-            finally:
-                pending = None
+            batch = await iterator.__anext__()
     except StopAsyncIteration:
         pass
     except AgproxyError as exc:
@@ -14580,8 +14786,6 @@ async def relay_events(head: List[Event], events: AsyncIterator[List[Event]], re
         yield encoder.error("api_error", f"agproxy failed relaying upstream {upstream!r}: {type(exc).__name__}")
     finally:
         idle.cancel()
-        if pending is not None and not pending.done():
-            pending.cancel()
         response.close()
         if on_end is not None:
             on_end()

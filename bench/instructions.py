@@ -5,7 +5,8 @@ sends each event only once the client has received the one before (one event per
 client write, as a model's pace gives), STREAMS streams at once, EVENTS events each. Prints agproxy's
 user-space instructions per event (each stream's request included). Dev only (needs valgrind).
 
-Usage: python bench/instructions.py [ROOT] [streams] [events] (defaults: this checkout, 1, 500)."""
+Usage: python bench/instructions.py [ROOT] [streams] [events] [kind] (defaults: this checkout, 1, 500,
+anthropic; kind openai: the upstream speaks Chat Completions, so the events are translated)."""
 import asyncio
 import json
 import os
@@ -17,6 +18,7 @@ import tempfile
 ROOT = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else os.path.dirname(os.path.dirname(__file__)))
 STREAMS = int(sys.argv[2]) if len(sys.argv) > 2 else 1
 EVENTS = int(sys.argv[3]) if len(sys.argv) > 3 else 500
+KIND = sys.argv[4] if len(sys.argv) > 4 else "anthropic"
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 import upstream as fake  # noqa: E402
 
@@ -27,9 +29,9 @@ async def handle(reader, writer):
         while True:
             head = await reader.readuntil(b"\r\n\r\n")
             length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
-            body = json.loads(await reader.readexactly(length))
-            sid = body["metadata"]["user_id"]
-            events = fake.anthropic_events("bench", EVENTS, 20)
+            body = await reader.readexactly(length)
+            sid = re.search(rb"stream-id (\w+)", body).group(1).decode()
+            events = fake.openai_chunks(EVENTS, 20) if KIND == "openai" else fake.anthropic_events("bench", EVENTS, 20)
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
             gate = gates[sid]
             for i, ev in enumerate(events):
@@ -42,8 +44,8 @@ async def handle(reader, writer):
 
 async def client(port, sid):
     q = gates[sid] = asyncio.Queue()
-    body = json.dumps({"model": "bench", "max_tokens": 100, "stream": True, "metadata": {"user_id": sid},
-                       "messages": [{"role": "user", "content": "hi"}]}).encode()
+    body = json.dumps({"model": "bench", "max_tokens": 100, "stream": True,
+                       "messages": [{"role": "user", "content": f"stream-id {sid}"}]}).encode()
     r, w = await asyncio.open_connection("127.0.0.1", port)
     w.write(b"POST /v1/messages HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
             b"Content-Length: %d\r\nConnection: close\r\n\r\n%b" % (len(body), body))
@@ -68,7 +70,7 @@ async def main():
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     up_port = server.sockets[0].getsockname()[1]
     wd = tempfile.mkdtemp()
-    cfg = {"upstreams": [{"name": "up", "kind": "anthropic", "base_url": f"http://127.0.0.1:{up_port}",
+    cfg = {"upstreams": [{"name": "up", "kind": KIND, "base_url": f"http://127.0.0.1:{up_port}",
                           "accounts": [{"name": "bench", "api_key": "k"}]}],
            "max_connections": 4096, "log_level": "warning", "state_file": ""}
     with open(os.path.join(wd, "c.json"), "w") as f:
@@ -104,7 +106,7 @@ async def main():
             if line.startswith("summary:") or line.startswith("totals:"):
                 total = int(line.split()[1])
     n = sum(seen)
-    print(f"{os.path.basename(ROOT)}: {STREAMS} streams x {EVENTS} events, {n} received; "
+    print(f"{os.path.basename(ROOT)} ({KIND}): {STREAMS} streams x {EVENTS} events, {n} received; "
           f"{total / n / 1000:.1f} k instructions per event (incl. each stream's request)")
 
 asyncio.run(main())

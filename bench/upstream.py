@@ -99,7 +99,7 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
             for i, event in enumerate(events):
                 writer.write(b"%x\r\n%b\r\n" % (len(event), event))
-                if delay and i >= HEAD_EVENTS - 1:
+                if delay and HEAD_EVENTS - 1 <= i < len(events) - 1:  # the body's end follows the last event
                     await writer.drain()
                     await asyncio.sleep(delay)
                 elif writer.transport.get_write_buffer_size() > 262144:

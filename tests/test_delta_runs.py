@@ -151,3 +151,71 @@ def test_a_key_cut_across_the_chunks_of_one_read_is_hidden(start_agproxy) -> Non
             text = "".join(stream.text_stream)
     assert key not in text and key[10:30] not in text
     assert text.startswith("The key is ") and text.endswith(" and that is all.")
+
+
+# -- synthetic hostile chunks (the recordings above are absent from a user's clone) ------------------
+
+#: Pieces of text that need escapes, split pairs' halves as JSON escape text, and a key's start.
+_HOSTILE_TEXT = st.lists(st.sampled_from(list('ab"\\\n\u2028\x00/{}') + ["\U0001F600", "\\u00", "\\ud83d", "sk-"]),
+                         max_size=6).map("".join)
+_OPENAI_FRAGMENTS = st.one_of(
+    _HOSTILE_TEXT.map(lambda t: {"content": t}),
+    _HOSTILE_TEXT.map(lambda t: {"reasoning_content": t}),
+    st.tuples(st.sampled_from([0, 1, None]), st.sampled_from([None, "", "c1", "c2"]), st.sampled_from([None, "f", "g"]),
+              _HOSTILE_TEXT).map(lambda t: {"tool_calls": [dict(
+                  {k: v for k, v in (("index", t[0]), ("id", t[1])) if v is not None},
+                  function={k: v for k, v in (("name", t[2]), ("arguments", t[3])) if v is not None})]}))
+_GEMINI_PARTS = st.one_of(
+    _HOSTILE_TEXT.map(lambda t: {"text": t}),
+    _HOSTILE_TEXT.map(lambda t: {"text": t, "thought": True}),
+    st.tuples(_HOSTILE_TEXT, st.booleans()).map(lambda t: {"text": t[0], "thought": t[1], "thoughtSignature": "c2ln"}),
+    st.tuples(st.sampled_from(["f", "g"]), _HOSTILE_TEXT).map(
+        lambda t: {"functionCall": {"name": t[0], "args": {"x": t[1]}}}))
+
+
+def _delta_order(stream: bytes) -> List[Tuple[int, str]]:
+    """The (block, delta type) of a stream's deltas in order, the same one after another counted once."""
+    order: List[Tuple[int, str]] = []
+    for event in agproxy.SSEDecoder().feed(stream):
+        if event.event == "content_block_delta":
+            data = json.loads(event.data)
+            if not order or order[-1] != (data["index"], data["delta"]["type"]):
+                order.append((data["index"], data["delta"]["type"]))
+    return order
+
+
+def _in_reads(events: List[bytes], sizes: List[int]) -> List[bytes]:
+    reads, at = [], 0
+    for size in sizes + [len(events)]:
+        if events[at:at + size]:
+            reads.append(b"".join(events[at:at + size]))
+        at += size
+    return reads
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.one_of(st.tuples(st.just("openai"), st.lists(_OPENAI_FRAGMENTS, max_size=12)),
+                 st.tuples(st.just("gemini"), st.lists(st.lists(_GEMINI_PARTS, min_size=1, max_size=3), max_size=8))),
+       st.lists(st.integers(1, 5), max_size=5), st.booleans())
+def test_hostile_chunks_tell_the_same_blocks_however_the_reads_fall(upstream: Tuple[str, List[Any]], sizes: List[int],
+                                                                    relayed: bool) -> None:
+    """Text, reasoning and tool calls (parallel ones interleaved, ids and names late or missing)
+    whose strings need escapes: joined per read, they tell the same blocks, their deltas' kinds in the
+    same order (no thinking joined past its signature), as one chunk per read."""
+    name, pieces = upstream
+    if name == "openai":
+        chunks: List[Dict[str, Any]] = [{"id": "x", "choices": [{"index": 0, "delta": {"role": "assistant"}}]}]
+        chunks += [{"id": "x", "choices": [{"index": 0, "delta": piece}]} for piece in pieces]
+        chunks.append({"id": "x", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    else:
+        chunks = [{"candidates": [{"content": {"role": "model", "parts": parts}}], "responseId": "r"}
+                  for parts in pieces]
+        chunks.append({"candidates": [{"content": {"parts": [{"text": ""}]}, "finishReason": "STOP"}]})
+    events = [b"data: %s\n\n" % json.dumps(c, ensure_ascii=bool(i % 2)).encode() for i, c in enumerate(chunks)]
+    events += [b"data: [DONE]\n\n"] if name == "openai" else []
+    one_by_one = _translated(name, events)
+    want = _story(one_by_one)[:2], _delta_order(one_by_one)
+    for reads in ([b"".join(events)], _in_reads(events, sizes)):
+        stream = _translated(name, reads, relayed)
+        well_formed(stream)
+        assert (_story(stream)[:2], _delta_order(stream)) == want

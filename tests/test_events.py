@@ -205,7 +205,7 @@ RECORDINGS = _recordings()
 
 async def _relayed(events: Any, response: Any) -> bytes:
     head = await agproxy.first_events(events)
-    return b"".join([c async for c in agproxy.relay_events(head, events, response, "up", ping_interval_s=10)])
+    return b"".join([c async for c in agproxy.relay_events(head, events, response, "up")])
 
 
 @pytest.mark.skipif(not RECORDINGS, reason="../shared/real-streams* is not here (a user's clone)")

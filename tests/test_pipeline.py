@@ -85,12 +85,11 @@ def run(coroutine: Any) -> Any:
     return asyncio.run(coroutine)
 
 
-async def relay(reads: Sequence[Union[bytes, float]], ping_s: Optional[float] = None,
-                timeout_s: float = 5.0) -> bytes:
+async def relay(reads: Sequence[Union[bytes, float]], timeout_s: float = 5.0) -> bytes:
     response = ScriptedResponse(reads, timeout_s)
     events = agproxy.anthropic_events(response, "up")
     head = await agproxy.first_events(events)
-    out = [chunk async for chunk in agproxy.relay_events(head, events, response, "up", ping_interval_s=ping_s)]
+    out = [chunk async for chunk in agproxy.relay_events(head, events, response, "up")]
     await asyncio.sleep(0)  # let a background drain finish
     assert response.closed or response._draining
     return b"".join(out)
@@ -140,15 +139,9 @@ def test_a_stream_that_breaks_ends_with_an_error_event_after_its_last_whole_even
     assert json.loads(agproxy.SSEDecoder().feed(out)[-1].data)["error"]["type"] == "api_error"
 
 
-def test_pings_go_out_while_the_upstream_is_silent_and_the_answer_still_completes():
-    out = run(relay([START + BLOCK, 0.35, DELTA + END], ping_s=0.1))
-    kinds = events_of(out)
-    assert kinds.count("ping") >= 2 and kinds[-1] == "message_stop"
-    assert [k for k in kinds if k != "ping"] == events_of(ANSWER)
-
-
-def test_no_pings_where_the_upstream_sends_its_own():
-    assert "ping" not in events_of(run(relay([START + BLOCK, 0.3, DELTA + END])))
+def test_the_relay_itself_never_pings_while_the_upstream_is_silent():
+    """Pings are the shell's (tests/test_keep_alive.py): the relay waits on its upstream alone."""
+    assert events_of(run(relay([START + BLOCK, 0.3, DELTA + END]))) == events_of(ANSWER)
 
 
 def test_an_upstream_that_sends_bytes_but_no_event_is_cut_at_timeout_s():
@@ -186,7 +179,7 @@ def test_a_translated_stream_goes_through_the_same_pipeline():
         response = ScriptedResponse(list(reads))
         events = agproxy.openai_events(response, agproxy.OpenAIStreamTranslator("m", 3))
         head = await agproxy.first_events(events)
-        relayed = b"".join([c async for c in agproxy.relay_events(head, events, response, "up", ping_interval_s=10)])
+        relayed = b"".join([c async for c in agproxy.relay_events(head, events, response, "up")])
         whole = await agproxy.accumulate_events(
             agproxy.openai_events(ScriptedResponse(list(reads)), agproxy.OpenAIStreamTranslator("m", 3)))
         return head, relayed, whole
@@ -214,21 +207,6 @@ def test_the_idle_deadline_counts_from_the_last_event_not_the_last_byte():
         return out, loop.time() - started
     out, took = run(go())
     assert events_of(out)[-1] == "error" and b"no event for 0.5 s" in out and took < 0.8
-
-
-def test_pings_go_out_while_the_upstream_sends_only_what_translates_to_nothing():
-    keep_alives: List[Union[bytes, float]] = [b": keep-alive\n\n", 0.05] * 12  # 0.6 s of comments
-    reads = [b"data: " + json.dumps({"choices": [{"index": 0, "delta": {"content": "a"}}]}).encode() + b"\n\n"]
-    reads += keep_alives + [b"data: " + json.dumps({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
-                                                  ).encode() + b"\n\ndata: [DONE]\n\n"]
-
-    async def go() -> bytes:
-        response = ScriptedResponse(reads)
-        events = agproxy.openai_events(response, agproxy.OpenAIStreamTranslator("m"))
-        head = await agproxy.first_events(events)
-        return b"".join([c async for c in agproxy.relay_events(head, events, response, "up", ping_interval_s=0.2)])
-    kinds = events_of(run(go()))
-    assert kinds.count("ping") >= 2 and kinds[-1] == "message_stop"
 
 
 @pytest.mark.parametrize("batch", [

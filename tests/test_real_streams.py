@@ -108,7 +108,7 @@ async def through_the_pipeline(raw: bytes, piece: int, answer_events: Any = open
     relayed = events()
     response = ScriptedResponse([])
     head = await agproxy.first_events(relayed)
-    streamed = b"".join([c async for c in agproxy.relay_events(head, relayed, response, "up", ping_interval_s=10)])
+    streamed = b"".join([c async for c in agproxy.relay_events(head, relayed, response, "up")])
     return streamed, await agproxy.accumulate_events(events())
 
 

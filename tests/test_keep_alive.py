@@ -1,0 +1,95 @@
+"""Keep-alives while a model thinks: where the upstream sends no pings of its own (OpenAI, Gemini),
+the shell writes the client's protocol's ping whenever the client has been sent nothing for
+ping_interval_s, between whole events; where the upstream sends its own (Anthropic), agproxy adds
+none. Real sockets, real SDKs, scriptable fakes."""
+
+from __future__ import annotations
+
+import http.client
+import json
+from typing import Any, Dict, List
+
+import anthropic
+import openai
+
+import agproxy
+from tests.conftest import fake_config
+from tests.fakes.anthropic_upstream import Sse, text_stream
+from tests.fakes.openai_upstream import Chunks, FakeOpenAI, chunk, text_chunks
+
+
+def openai_config(fake: FakeOpenAI, ping_s: float) -> Dict[str, Any]:
+    return {"upstreams": [{"name": "local", "kind": "openai", "base_url": fake.url,
+                           "accounts": [{"name": "a", "api_key": "sk-local-1"}]}], "ping_interval_s": ping_s}
+
+
+def messages_body(stream: bool = True) -> bytes:
+    return json.dumps({"model": "m", "max_tokens": 50, "stream": stream,
+                       "messages": [{"role": "user", "content": "x"}]}).encode()
+
+
+def event_names(data: bytes) -> List[str]:
+    return [e.event for e in agproxy.SSEDecoder().feed(data)]
+
+
+def test_pings_go_out_while_the_upstream_sends_only_chunks_that_translate_to_nothing(start_agproxy):
+    """A server that keeps its connection busy with empty deltas is, to the client, silent."""
+    empty = [chunk({}) for _ in range(8)]
+    with FakeOpenAI() as fake:
+        fake.script(Chunks([chunk({"role": "assistant", "content": "a"})] + empty
+                           + [chunk({}, "stop")], delay_s=0.1))
+        proxy = start_agproxy(openai_config(fake, 0.2))
+        conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+        try:
+            conn.request("POST", "/v1/messages", messages_body(), {"content-type": "application/json"})
+            data = conn.getresponse().read()
+        finally:
+            conn.close()
+    kinds = event_names(data)
+    assert kinds.count("ping") >= 2 and kinds[-1] == "message_stop", kinds
+    assert [k for k in kinds if k != "ping"][:3] == ["message_start", "content_block_start", "content_block_delta"]
+
+
+def test_the_sdks_read_a_stream_with_pings_between_its_events(start_agproxy):
+    with FakeOpenAI() as fake:
+        fake.script(Chunks(text_chunks("one two three"), delay_s=0.25), Chunks(text_chunks("one two three"),
+                                                                               delay_s=0.25))
+        proxy = start_agproxy(openai_config(fake, 0.05))
+        with anthropic.Anthropic(base_url=proxy.url, api_key="x", max_retries=0) as client:
+            with client.messages.stream(model="m", max_tokens=50, messages=[{"role": "user", "content": "x"}]) as s:
+                assert s.get_final_text() == "one two three"
+        chat = openai.OpenAI(base_url=proxy.url + "/v1", api_key="x", max_retries=0)
+        pieces = [c.choices[0].delta.content or "" for c in chat.chat.completions.create(
+            model="m", stream=True, messages=[{"role": "user", "content": "x"}]) if c.choices]
+        assert "".join(pieces) == "one two three"
+
+
+def test_no_ping_follows_a_stream_on_its_kept_alive_connection(start_agproxy):
+    """A ping written after a stream's last chunk would be read as the next answer's head."""
+    with FakeOpenAI() as fake:
+        fake.script(*[Chunks(text_chunks("a b"), delay_s=0.12) for _ in range(3)])
+        proxy = start_agproxy(openai_config(fake, 0.05))
+        conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+        try:
+            for _ in range(3):
+                conn.request("POST", "/v1/messages", messages_body(), {"content-type": "application/json"})
+                response = conn.getresponse()
+                data = response.read()
+                assert response.status == 200 and event_names(data)[-1] == "message_stop"
+                assert "ping" in event_names(data)
+        finally:
+            conn.close()
+
+
+def test_no_pings_of_agproxys_own_where_the_upstream_sends_its_own(start_agproxy, fake):
+    events = text_stream("slow words here")
+    fake.script(Sse(events, delay_s=0.15))
+    proxy = start_agproxy(dict(fake_config(fake), ping_interval_s=0.05))
+    conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+    try:
+        conn.request("POST", "/v1/messages", messages_body(), {"content-type": "application/json"})
+        data = conn.getresponse().read()
+    finally:
+        conn.close()
+    kinds = event_names(data)
+    assert kinds[-1] == "message_stop" and kinds.count("ping") == [name for name, _ in events].count("ping"), kinds
