@@ -173,11 +173,29 @@ def error_type_for_status(status: int) -> str:
     return "api_error" if status >= 500 else "invalid_request_error"
 
 
+class _LazyPattern:
+    """A regular expression compiled at its first use: for the patterns of rare paths (an upstream's
+    error words, healing, other dialects' names, the CLI), which compiled at import cost every start
+    about 0.1 ms each. It answers what its compiled pattern answers; after the first use the methods
+    below are the compiled pattern's own, found without this class's ``__getattr__``."""
+
+    _METHODS = ("match", "fullmatch", "search", "sub", "subn", "split", "findall", "finditer")
+
+    def __init__(self, pattern: str, flags: int = 0) -> None:
+        self._source = (pattern, flags)
+
+    def __getattr__(self, name: str) -> Any:
+        compiled = re.compile(*self._source)
+        for method in self._METHODS:
+            setattr(self, method, getattr(compiled, method))
+        return getattr(compiled, name)
+
+
 #: Words in an error message that make Claude Code (2.1.197 and 2.1.332, read in their bundled code)
 #: replace the whole message with its own: "x-api-key" anywhere, whatever the status, becomes "Not
 #: logged in · Please run /login". Said as "x api key" instead, the upstream's meaning is kept and
 #: shown. Its other patterns need no rewording (see tests/test_messages.py for the survey).
-_CLAUDE_CODE_TRIGGERS = re.compile(r"x-api-key", re.IGNORECASE)
+_CLAUDE_CODE_TRIGGERS = _LazyPattern(r"x-api-key", re.IGNORECASE)
 
 
 def client_words(message: str) -> str:
@@ -1449,7 +1467,7 @@ def strip_hop_by_hop(headers: Headers) -> Headers:
     return [(k, v) for k, v in headers if k.lower() not in _HOP_BY_HOP and k.lower() not in named]
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class Request:
     """One HTTP request as parsed; ``body`` is None until the whole body has arrived."""
 
@@ -1935,7 +1953,7 @@ def encode_chunk(data: bytes) -> bytes:
 LAST_CHUNK = b"0\r\n\r\n"
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class ResponseHead:
     """A response's status line and headers, as the response parser reads them."""
 
@@ -3689,8 +3707,8 @@ _MODEL_REFUSED_CODES = frozenset(("key_model_access_denied", "team_model_access_
 #: ... and the fixed openings of the messages that say so where no such field is sent (LiteLLM
 #: before it had the types; OpenAI's project message). Only the opening is read: the model name
 #: after it is the client's to choose.
-_MODEL_REFUSED_OPENING = re.compile(r"(?:Authentication Error, )?(?:API Key|key|team|user|organization) not allowed "
-                                    r"to access model\b|Project `[^`]{1,100}` does not have access to model `")
+_MODEL_REFUSED_OPENING = _LazyPattern(r"(?:Authentication Error, )?(?:API Key|key|team|user|organization) not allowed "
+                                      r"to access model\b|Project `[^`]{1,100}` does not have access to model `")
 
 
 def refuses_model(status: int, parsed: Any) -> bool:
@@ -3757,7 +3775,7 @@ def upstream_status_of(status: int, body: bytes) -> int:
 #: Claude Code shows only its own "Credit balance is too low · Add funds: <Anthropic's billing page>"
 #: for any error whose message holds these words, whatever the upstream: an upstream's words are
 #: quoted with them reworded, so that the client shows agproxy's message naming the upstream.
-_OUT_OF_CREDIT_WORDS = re.compile(r"credit balance (?:is )?too low", re.IGNORECASE)
+_OUT_OF_CREDIT_WORDS = _LazyPattern(r"credit balance (?:is )?too low", re.IGNORECASE)
 
 
 def anthropic_error_from_upstream(status: int, body: bytes, upstream: str) -> AgproxyError:
@@ -4688,11 +4706,11 @@ def message_events(message: Dict[str, Any], text_piece_chars: int = 0) -> List[E
 
 # -- what an upstream's 400 says it rejects, and the healing policy --------------------------
 
-_EXTRA_INPUT = re.compile(r"([A-Za-z_][\w.]*): Extra inputs are not permitted")
-_UNKNOWN_FIELD = re.compile(
+_EXTRA_INPUT = _LazyPattern(r"([A-Za-z_][\w.]*): Extra inputs are not permitted")
+_UNKNOWN_FIELD = _LazyPattern(
     r"(?:Unrecognized request arguments? supplied|Unknown parameter|unknown field|Unrecognized field)"
     r"[:\s]*[`'\"]?([A-Za-z_][\w.]*)", re.IGNORECASE)
-_UNEXPECTED_BETAS = re.compile(r"Unexpected value\(s\) (.+?) for the `?anthropic-beta`? header")
+_UNEXPECTED_BETAS = _LazyPattern(r"Unexpected value\(s\) (.+?) for the `?anthropic-beta`? header")
 
 
 def upstream_error_text(body: bytes) -> str:
@@ -4728,21 +4746,22 @@ def upstream_error_text(body: bytes) -> str:
 
 
 #: How a server says a request's shape is not one it knows (pydantic, serde, OpenAPI validators).
-_SCHEMA_REFUSAL = re.compile(r"Extra inputs are not permitted|Input tag|does not match any of the expected|"
-                             r"unknown (field|variant|parameter)|Unrecognized|Unexpected value|not supported|"
-                             r"Input should be", re.IGNORECASE)
+_SCHEMA_REFUSAL = _LazyPattern(r"Extra inputs are not permitted|Input tag|does not match any of the expected|"
+                               r"unknown (field|variant|parameter)|Unrecognized|Unexpected value|not supported|"
+                               r"Input should be", re.IGNORECASE)
 #: The lesson learned from an upstream that knows only the basic thinking types (``enabled``,
 #: ``disabled``): send adaptive thinking in that form (as ``thinking: basic`` profiles do).
 BASIC_THINKING_LESSON = "thinking.type=basic"
-_ADAPTIVE_REFUSED = re.compile(r"\bthinking[\w.]*:? [^\n]*?'adaptive'|'adaptive'[^\n]*? for thinking", re.IGNORECASE)
+_ADAPTIVE_REFUSED = _LazyPattern(r"\bthinking[\w.]*:? [^\n]*?'adaptive'|'adaptive'[^\n]*? for thinking", re.IGNORECASE)
 
 
 #: Gemini's (protobuf JSON) word for a field it does not know: ``Unknown name "x" at 'a.b_c[0]'``.
-_UNKNOWN_NAME = re.compile(r'Unknown name "([A-Za-z_$][\w$]*)"(?: at \'([\w.\[\]]+)\')?')
+_UNKNOWN_NAME = _LazyPattern(r'Unknown name "([A-Za-z_$][\w$]*)"(?: at \'([\w.\[\]]+)\')?')
 
 
 #: Gemini's word for a model that does not think (Gemma, older models): send no thinkingConfig.
-_THINKING_UNSUPPORTED = re.compile(r"Thinking(?: level| budget)? is not supported (?:for|by) this model", re.IGNORECASE)
+_THINKING_UNSUPPORTED = _LazyPattern(r"Thinking(?: level| budget)? is not supported (?:for|by) this model",
+                                     re.IGNORECASE)
 
 
 def _gemini_field_path(at: str, name: str) -> str:
@@ -4863,9 +4882,9 @@ class Heal:
 MIN_COMPLETION_TOKENS = 1024
 #: Tokens left free when max_tokens is fitted to the prompt's size as the server counted it.
 _FIT_MARGIN_TOKENS = 16
-_CONTEXT_WINDOW_SAID = re.compile(r"maximum context length (?:is|of) (\d+)|available context size \((\d+) tokens\)|"
-                                  r"maximum number of tokens allowed \(?(\d+)")
-_PROMPT_TOKENS_SAID = re.compile(
+_CONTEXT_WINDOW_SAID = _LazyPattern(r"maximum context length (?:is|of) (\d+)|available context size \((\d+) tokens\)|"
+                                    r"maximum number of tokens allowed \(?(\d+)")
+_PROMPT_TOKENS_SAID = _LazyPattern(
     r"\((\d+) in the messages|messages resulted in (\d+) tokens|prompt contains at least (\d+) input tokens|"
     r"request has (\d+) input tokens|(\d+) tokens from the input messages|prompt has (\d+) tokens|"
     r"input token count \(?(\d+)")
@@ -5114,7 +5133,7 @@ class SignatureWatcher:
 #: The context window Claude Code assumes for a model it does not know, and with a 1M-context beta.
 CLAUDE_CONTEXT_WINDOW = 200_000
 CLAUDE_LONG_CONTEXT_WINDOW = 1_000_000
-_OVERFLOW_WORDS = re.compile(
+_OVERFLOW_WORDS = _LazyPattern(
     r"prompt is too long|maximum context length|context length|context window|exceeds the available context|"
     r"too many (input )?tokens|input is too long|context_length_exceeded|exceeds the maximum number of tokens allowed",
     re.IGNORECASE)
@@ -5445,10 +5464,10 @@ def check_structured(message: Dict[str, Any], upstream: str) -> Dict[str, Any]:
 
 
 #: The opening of a JSON fence, as :func:`check_structured` takes it (```json or ```, then a line break).
-_JSON_FENCE_OPEN = re.compile(r"\s*```(?:json)?[ \t]*\r?\n")
+_JSON_FENCE_OPEN = _LazyPattern(r"\s*```(?:json)?[ \t]*\r?\n")
 #: The closing of a fence at the end of the text, and what may still become one (held back till the end).
-_JSON_FENCE_CLOSE = re.compile(r"\s*```\s*$")
-_MAYBE_FENCE_CLOSE = re.compile(r"[\s`]*$")
+_JSON_FENCE_CLOSE = _LazyPattern(r"\s*```\s*$")
+_MAYBE_FENCE_CLOSE = _LazyPattern(r"[\s`]*$")
 #: How much of a text block's start is held to see whether it opens a fence (```json and a line
 #: break, with some white space: a longer first line is not a fence's).
 _JSON_FENCE_HEAD_CHARS = 64
@@ -6078,7 +6097,7 @@ _GEMINI_REFUSALS = frozenset(("SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_C
 #: ... and those that mean the model failed to form a tool call: an error, worth a retry.
 _GEMINI_CALL_FAILURES = frozenset(("MALFORMED_FUNCTION_CALL", "UNEXPECTED_TOOL_CALL", "TOO_MANY_TOOL_CALLS",
                                    "MISSING_THOUGHT_SIGNATURE", "MALFORMED_RESPONSE"))
-_GEMINI_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+_GEMINI_ID = _LazyPattern(r"[A-Za-z0-9_-]{1,128}")
 
 
 def gemini_schema(schema: Any) -> Optional[Dict[str, Any]]:
@@ -6390,7 +6409,7 @@ def _gemini_tools(body: Dict[str, Any], model: str, changes: Dict[str, int]) -> 
     return tools, [d["name"] for d in declarations]
 
 
-_GEMINI_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]{0,63}")
+_GEMINI_NAME = _LazyPattern(r"[A-Za-z_][A-Za-z0-9_.:-]{0,63}")
 
 
 def gemini_function_name(name: str) -> str:
@@ -7070,7 +7089,7 @@ _CHAT_THINKING_BUDGETS = {"minimal": _MIN_THINKING_BUDGET, "low": 2048, "medium"
                           "xhigh": 32768}
 #: Image types Anthropic takes in a base64 image block.
 _CHAT_IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
-_DATA_URL = re.compile(r"data:([\w.+-]+/[\w.+-]+)((?:;[^;,]*)*?);base64,(.*)\Z", re.DOTALL)
+_DATA_URL = _LazyPattern(r"data:([\w.+-]+/[\w.+-]+)((?:;[^;,]*)*?);base64,(.*)\Z", re.DOTALL)
 _CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
 #: Anthropic's stop reasons as Chat Completions finish reasons (a server tool's pause ends the turn).
 _CHAT_FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "pause_turn": "stop", "max_tokens": "length",
@@ -7084,7 +7103,7 @@ _CHAT_ERROR_CODES = {"authentication_error": "invalid_api_key", "rate_limit_erro
                      "billing_error": "insufficient_quota", "request_too_large": "request_too_large",
                      "overloaded_error": "overloaded"}
 #: A request field a message of :func:`chat_request_to_anthropic` opens with (OpenAI's ``param``).
-_CHAT_PARAM = re.compile(r"([A-Za-z_]\w*(?:\[\d+\]|\.\w+)*): ")
+_CHAT_PARAM = _LazyPattern(r"([A-Za-z_]\w*(?:\[\d+\]|\.\w+)*): ")
 
 
 def chat_request_to_anthropic(body: Dict[str, Any], changes: Optional[Dict[str, int]] = None) -> Dict[str, Any]:
@@ -8106,10 +8125,10 @@ _RESPONSES_ERRORS = {
 }
 #: An upstream's words for a prompt larger than the model's window (Anthropic's, OpenAI-compatible
 #: servers', Gemini's): said to the client with OpenAI's code for it, ``context_length_exceeded``.
-_RESPONSES_TOO_LONG = re.compile(r"prompt is too long|context length|context window|maximum context|"
-                                 r"input token count .* exceeds", re.IGNORECASE)
+_RESPONSES_TOO_LONG = _LazyPattern(r"prompt is too long|context length|context window|maximum context|"
+                                   r"input token count .* exceeds", re.IGNORECASE)
 #: The field an agproxy message names first (``input.3.call_id: must be a string``).
-_RESPONSES_PARAM = re.compile(r"^([A-Za-z_][A-Za-z0-9_.]*): ")
+_RESPONSES_PARAM = _LazyPattern(r"^([A-Za-z_][A-Za-z0-9_.]*): ")
 
 
 def _responses_error(error_type: str, message: str) -> Dict[str, Any]:
@@ -8689,8 +8708,8 @@ _GEMINI_SCHEMA_SAME = ("format", "title", "description", "enum", "required", "mi
                        "minProperties", "maxProperties", "minLength", "maxLength", "pattern", "minimum",
                        "maximum", "default")
 #: An Anthropic tool name and tool_use id (Gemini's may hold ``.`` and ``:``; ids from Gemini CLI do).
-_ANTHROPIC_TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_ANTHROPIC_TOOL_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+_ANTHROPIC_TOOL_NAME = _LazyPattern(r"[A-Za-z0-9_-]{1,64}")
+_ANTHROPIC_TOOL_ID = _LazyPattern(r"[A-Za-z0-9_-]{1,128}")
 #: Anthropic's stop reasons as Gemini finish reasons.
 _GEMINI_FINISH_OF = {"max_tokens": "MAX_TOKENS", "model_context_window_exceeded": "MAX_TOKENS", "refusal": "SAFETY"}
 #: agproxy's (Anthropic's) error types as google.rpc status names; Gemini CLI retries 429 and 5xx.
@@ -9965,7 +9984,7 @@ _LONGEST_REST_S = max(MAX_COOLDOWN_S, REJECTED_KEY_COOLDOWN_S, MODEL_REFUSED_COO
 _OUT_OF_CREDIT_REASON = "out of credit"
 #: Pause before the next attempt after an overloaded answer (529/503), jittered 0.5x to 1.5x.
 OVERLOADED_BACKOFF_S = 1.0
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_DURATION_PART = _LazyPattern(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 
 
 def _parse_duration(text: str) -> Optional[float]:
@@ -10145,7 +10164,7 @@ MAX_STICKY_SESSIONS = 10000
 MAX_MODEL_RESTS = 64
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class AccountState:
     """The health and counters of one account. Times are wall-clock seconds (they are saved).
 
@@ -10815,6 +10834,8 @@ _BODY_PIECE_BYTES = 1024 * 1024
 
 @dataclasses.dataclass(frozen=True)
 class _Origin:
+    """Where an upstream connection goes (and through which proxy): what the pool keeps connections by."""
+
     scheme: str
     host: str
     port: int
@@ -11412,7 +11433,7 @@ def new_request_id() -> str:
     return "req_" + os.urandom(12).hex()
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class Response:
     """A complete response to write."""
 
@@ -11421,7 +11442,7 @@ class Response:
     body: bytes = b""
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class StreamingResponse:
     """A response whose body is relayed chunk by chunk; ``abort`` cuts its source; ``ending``
     gives the last bytes of a stream the shutdown cuts (its protocol's error, from an error type
@@ -11458,7 +11479,7 @@ def error_response(exc: AgproxyError, body: Any = None, status: Optional[int] = 
     return json_response(exc.status if status is None else status, exc.body() if body is None else body, headers)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class AttemptRecord:
     """One attempt at an upstream, as the record of its request keeps it."""
 
@@ -11489,7 +11510,7 @@ def one_line(text: str) -> str:
     return _LINE_BREAKING.sub(lambda m: json.dumps(m.group())[1:-1], text)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class RequestRecord:
     """Everything one request leaves behind, filled in as it is answered: the shell writes the HTTP
     facts (who, what, status, bytes, times), the gateway the rest (model, upstream, account, each
@@ -12299,7 +12320,7 @@ _SSE_HEADERS: Headers = [
 ]
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class _Lessons:
     """What one request is trying without, after its upstream's 400s named them."""
 
@@ -13245,7 +13266,7 @@ async def list_upstream_models(client: UpstreamClient, adapter: Any, upstream: U
 
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class WholeAnswer:
     """An attempt's answer that came whole (or was assembled, or made locally): the Message, the
     headers for the client, and the events to send it as to a client that asked for a stream
@@ -13258,7 +13279,7 @@ class WholeAnswer:
     native_json: Optional[bytes] = None
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class Inbound:
     """A client's request in the internal form: the Anthropic Messages body, whether the client
     wants a stream, and what its dialect keeps of the request to answer in the client's shape."""
@@ -13540,7 +13561,7 @@ class ProfileFit:
 _DELTA_TAIL_BYTES = len(b'":"') + len(b'"}}\n\n')
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class CallFacts:
     """What one attempt at an upstream learned and did, for the gateway to apply once the attempt
     ends (an adapter never reaches back into the gateway): the lessons it succeeded with, a context
@@ -13602,7 +13623,7 @@ class CallFacts:
         self.counters[name] = self.counters.get(name, 0) + n
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class Call:
     """What one attempt at an upstream needs, and nothing of the gateway's: the client's request
     (parsed, its bytes for a private copy to change, the headers a few choices read), the route
@@ -13644,7 +13665,7 @@ class Call:
         return json.loads(self.raw or b"{}")
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class AnswerStream:
     """An attempt's answer to relay as a stream: the upstream response it reads, the headers, and
     the relay of its events (given what to call when it ends). The gateway turns it into the
@@ -13659,7 +13680,7 @@ class AnswerStream:
     ping_interval_s: Optional[float] = None
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class AdapterState:
     """What every adapter reads and shares, and the only part of the gateway they see: the
     upstream client, the redactor, the clock, what upstreams rejected and the windows they named,
@@ -15656,8 +15677,8 @@ LEDGER_SAVE_INTERVAL_S = 10.0
 _MAX_LEDGER_COUNT = 2**63 - 1
 #: Characters of a query parameter's value an error message quotes.
 _MAX_QUOTED_PARAMETER = 60
-_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
-_MONTH = re.compile(r"[0-9]{4}-[0-9]{2}")
+_DAY = _LazyPattern(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_MONTH = _LazyPattern(r"[0-9]{4}-[0-9]{2}")
 #: A spreadsheet runs a cell that starts with one of these as a formula (CSV injection).
 _CSV_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
@@ -15927,7 +15948,7 @@ CLIENT_BUSY_RETRY_S = 5
 #: (a hand-edited count of 10^9 must not allocate 10^9 times).
 MAX_RESTORED_WINDOW = 100000
 #: A second of a saved minute window: a Unix time in ASCII digits (``str.isdigit`` takes "²" too).
-_UNIX_SECOND = re.compile(r"[0-9]{1,12}")
+_UNIX_SECOND = _LazyPattern(r"[0-9]{1,12}")
 
 
 def generates(method: str, path: str) -> bool:
