@@ -19,7 +19,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Any, Callable, Dict, List, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -71,11 +71,11 @@ def start_upstream() -> Tuple[subprocess.Popen, int]:
 
 
 def start_agproxy(upstream_port: int, workdir: str, wrapper: Sequence[str] = (),
-                  bulk_port: int = 0) -> Tuple[subprocess.Popen, int, float]:
+                  bulk_port: int = 0, settings: Optional[Dict[str, Any]] = None) -> Tuple[subprocess.Popen, int, float]:
     """agproxy (the .pyz when built, else the module) on a config of four upstreams on the fake
     (models ``bulk-*`` go to ``bulk_port``, a second fake, when given: the stall scenario's big bodies
     must not slow the fake that serves the streams); ``wrapper``: a script and its arguments to run it
-    under (then always the module)."""
+    under (then always the module); ``settings``: top-level settings that change the bench config's."""
     config = {"upstreams": [
         {"name": "bulk", "kind": "anthropic", "base_url": f"http://127.0.0.1:{bulk_port or upstream_port}",
          "accounts": [{"name": "bench", "api_key": "k"}]},
@@ -88,6 +88,7 @@ def start_agproxy(upstream_port: int, workdir: str, wrapper: Sequence[str] = (),
         "model_map": [{"match": "oa-*", "upstream": "oa"}, {"match": "gm-*", "upstream": "gm"},
                       {"match": "bulk-*", "upstream": "bulk"}, {"match": "*", "upstream": "up"}],
         "max_connections": 4096, "log_level": "warning", "state_file": ""}
+    config.update(settings or {})
     path = os.path.join(workdir, "bench.json")
     with open(path, "w") as f:
         json.dump(config, f)
@@ -295,6 +296,21 @@ async def scenarios(up: int, ag: int, pid: int, rows: List[List[str]], startup_s
                  f"{pct(direct, .5):.2f} / {pct(direct, .99):.2f} ms", f"{pct(via, .5):.2f} / {pct(via, .99):.2f} ms",
                  f"+{pct(via, .5) - pct(direct, .5):.2f} / +{pct(via, .99) - pct(direct, .99):.2f} ms",
                  "<= 1 ms / <= 5 ms added"])
+    # by default agproxy asks the upstream for a stream and assembles the Message (force_stream_internally:
+    # a broken stream can be retried, no upstream limit on long non-streaming calls); the same request
+    # where the upstream's JSON is relayed shows what that costs, the upstream's own work on a stream included
+    with tempfile.TemporaryDirectory() as workdir:
+        json_proc, json_port, _ = start_agproxy(up, workdir, settings={"force_stream_internally": False})
+        try:
+            await latency(json_port, small, 20)
+            direct, via = await latency(up, small, n), await latency(json_port, small, n)
+        finally:
+            json_proc.terminate()
+            json_proc.wait(10)
+    rows.append(["non-stream small, 1 client, force_stream_internally off (the upstream's JSON relayed): "
+                 "added p50 / p99", f"{pct(direct, .5):.2f} / {pct(direct, .99):.2f} ms",
+                 f"{pct(via, .5):.2f} / {pct(via, .99):.2f} ms",
+                 f"+{pct(via, .5) - pct(direct, .5):.2f} / +{pct(via, .99) - pct(direct, .99):.2f} ms", "reported"])
 
     big = claude_code_body()
     direct, via = await latency(up, big, n // 2), await latency(ag, big, n // 2)
