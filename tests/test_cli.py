@@ -140,7 +140,7 @@ def test_requests_still_waiting_when_the_grace_ends_get_an_answer(start_agproxy)
     only max_concurrency slot. When shutdown_grace_s ends, each gets an answer (503 in the Anthropic
     shape saying agproxy is shutting down), not a connection closed without one."""
     from tests.fakes.misbehaving import ALICE_KEY, MisbehavingUpstream
-    from tests.wire_check import error_shape_problems, post_json
+    from tests.wire_check import error_shape_problems, get, post_json
 
     with MisbehavingUpstream() as fake:
         config = {"auth_mode": "off", "state_file": "", "shutdown_grace_s": 1, "max_retry_attempts": 1,
@@ -160,7 +160,10 @@ def test_requests_still_waiting_when_the_grace_ends_get_an_answer(start_agproxy)
             time.sleep(0.05)
         threads.append(threading.Thread(target=ask, args=("slot", False)))
         threads[1].start()
-        time.sleep(0.5)
+        deadline = time.monotonic() + 10  # both in agproxy's hands (a loaded machine took over 0.5 s)
+        while json.loads(get(proxy.port, "/v1/agproxy/status").body or b"{}").get("in_flight") != 2:
+            assert time.monotonic() < deadline, "the second request never reached agproxy"
+            time.sleep(0.05)
         proxy.proc.send_signal(signal.SIGTERM)
         assert proxy.proc.wait(10) == 0
         for thread in threads:
