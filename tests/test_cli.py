@@ -624,3 +624,15 @@ def test_a_traceback_from_the_pyz_shows_its_own_source_lines_not_a_file_of_the_s
                             capture_output=True, text=True, timeout=30)
     assert "agproxy.pyz/agproxy.py" in result.stderr and "decoy" not in result.stderr, result.stderr
     assert "raise " in result.stderr, result.stderr  # the line that raised, quoted from the archive's source
+
+
+PY_OLD = next(iter(sorted(Path.home().glob(".pyenv/versions/3.[678].*/bin/python3.[678]"))), None)
+
+
+@pytest.mark.skipif(PY_OLD is None, reason="no Python older than 3.9 on this machine")
+def test_the_pyz_tells_an_older_python_what_it_needs(tmp_path):
+    pyz = tmp_path / "agproxy.pyz"
+    build(pyz)
+    result = subprocess.run([str(PY_OLD), str(pyz), "--version"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1 and result.stderr.startswith("agproxy needs Python 3.9 or newer; this is Python 3.")
+    assert "Traceback" not in result.stderr, result.stderr

@@ -26,8 +26,10 @@ INTERPRETER = b"#!/usr/bin/env python3\n"
 #: The archive's __main__.py. It loads the entry's module itself rather than importing it: zipimport
 #: (3.11) would read and unmarshal its bytecode twice, once for the file name its spec names and once
 #: to run it, ~8% of agproxy's start. The collector is off meanwhile: all that the module makes lives on.
-MAIN = """import gc
-import sys
+MAIN = """import sys
+if sys.version_info < (3, 9):  # before anything an older Python cannot read, a sentence rather than a traceback
+    sys.exit("agproxy needs Python 3.9 or newer; this is Python %d.%d" % sys.version_info[:2])
+import gc
 from importlib.machinery import ModuleSpec
 from importlib.util import module_from_spec
 
