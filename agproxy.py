@@ -858,7 +858,8 @@ class _Fields:
 
     def __init__(self, obj: Any, where: str, known: Iterable[str]) -> None:
         if not isinstance(obj, dict):
-            raise ConfigError(f"{where or 'config'}: must be an object")
+            got = _TYPE_NAMES.get(type(obj), "null")
+            raise ConfigError(f"{where + ': ' if where else ''}must be an object, got {got}")
         unknown = sorted(set(obj) - set(known))
         if unknown:
             names = ", ".join(_with_suggestion(str(name), known) for name in unknown)
