@@ -11877,8 +11877,10 @@ class _Connection(asyncio.Protocol):
 
     @property
     def writing_paused(self) -> bool:
-        """True while the client has not read what it was sent (the transport's buffer is full)."""
-        return self._writing_paused
+        """True while the client has not read what it was sent (the transport's buffer is full), and
+        until a write that waited for it has gone on: the loop may run a due timer between the two,
+        and a ping there would land inside the event being written in parts (a Responses text)."""
+        return self._writing_paused or self._drain_waiter is not None
 
     async def drained(self, timeout: float) -> None:
         """Until the transport's buffer is down to its low-water mark (at once unless it is paused);
