@@ -1641,14 +1641,18 @@ class ChunkedReader:
     def read_through(self, buffer: bytearray) -> Optional[bytes]:
         """Everything ``buffer`` holds of the body, many chunks in one piece (an upstream sends an
         event a chunk): :meth:`read`'s answers joined, the usual whole chunks (``size CRLF data
-        CRLF``) cut out of the buffer at once, with one delete."""
-        pieces = []
+        CRLF``) cut out of the buffer at once, with one delete: at the first size line, which
+        follows the rest of the last read's chunk when a read began inside one (most reads do), and
+        once a call (a run it ends, at an extension say, goes on chunk by chunk: no split per chunk)."""
+        pieces: List[bytes] = []
+        split = False  # whole_chunks has had this call's turn
         while True:
             if self.state is _CHUNK_END and buffer[:2] == b"\r\n":
                 del buffer[:2]
                 self.state = _CHUNK_SIZE
-            if self.state is _CHUNK_SIZE and not pieces and len(buffer) >= _MANY_CHUNKS_BYTES:
-                pieces = self.whole_chunks(buffer)
+            if self.state is _CHUNK_SIZE and not split and len(buffer) >= _MANY_CHUNKS_BYTES:
+                split = True
+                pieces += self.whole_chunks(buffer)
             at = 0
             while self.state is _CHUNK_SIZE:
                 head = _CHUNK_HEAD.match(buffer, at)
