@@ -2008,6 +2008,14 @@ class ResponseParser:
         else:
             self._eof = True
 
+    @property
+    def wants_data(self) -> bool:
+        """Whether :meth:`next_event` can give only ``NEED_DATA`` until more is fed: a chunked body
+        read up to its last byte with its end still to come (after a read, nearly always), known
+        without a call through the chunk reader."""
+        return not self._buffer and self._state is _CHUNKED and not self._eof \
+            and self._chunks.state is not _DONE  # type: ignore[union-attr]
+
     def next_event(self) -> Union[ResponseHead, bytes, str]:
         while True:
             state = self._state
@@ -11083,6 +11091,9 @@ class UpstreamResponse:
                     event = parser.next_event()
                 if isinstance(event, bytes):
                     pieces.append(event)
+                    if parser.wants_data:  # what next_event would say next: read at once
+                        self._wants_data = True
+                        break
                     continue
                 if event == END:
                     self._done = True

@@ -93,7 +93,8 @@ def _chunked(pieces: List[bytes], rnd: random.Random) -> bytes:
 
 def _response_body(raw: bytes, cuts: List[int], through: bool) -> Tuple[bytes, Optional[str]]:
     """The body :meth:`UpstreamResponse.read_chunk` gives for ``raw`` read in pieces cut at ``cuts``
-    (each read's pieces joined; a read whose framing breaks gives its error alone), and its error."""
+    (each read's pieces joined; a read whose framing breaks gives its error alone), and its error;
+    :attr:`ResponseParser.wants_data` is checked against what next_event says."""
     parser = agproxy.ResponseParser()
     body, start = b"", 0
     parser.feed(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
@@ -108,7 +109,9 @@ def _response_body(raw: bytes, cuts: List[int], through: bool) -> Tuple[bytes, O
             start = cut if cut is not None else start
             read = b""
             while True:
+                wanted = parser.wants_data  # (read_chunk reads at once then, without asking next_event)
                 event = parser.next_event()
+                assert event == agproxy.NEED_DATA or not wanted
                 if isinstance(event, bytes):
                     read += event
                     continue
