@@ -1666,6 +1666,8 @@ class ChunkedReader:
                 at = size_at + 2
             if at:
                 del buffer[:at]
+                if not buffer:  # the read ended with a whole chunk, as most do: read() would say b""
+                    return b"".join(pieces)
             piece = self.read(buffer)
             if not piece:
                 return b"".join(pieces) if pieces else piece
