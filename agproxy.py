@@ -2410,8 +2410,12 @@ VERBATIM = "agproxy.verbatim"
 def holds_content(events: Iterable[Event]) -> bool:
     """True when ``events`` hold one that is not a ping: pings keep a connection open but say
     nothing of the answer going on (nor do an upstream's own chunks, which the events beside them
-    stand for)."""
-    return any(event.name != "ping" and event.name != VERBATIM for event in events)
+    stand for). (A loop, not ``any`` over a generator: it is asked once per relayed batch, and its
+    first event nearly always answers.)"""
+    for event in events:
+        if event.name != "ping" and event.name != VERBATIM:
+            return True
+    return False
 
 
 class StreamEncoder:
