@@ -605,3 +605,19 @@ def test_check_with_no_config_file_says_so(tmp_path):
     write_config(tmp_path, {"upstreams": [{"name": "d", "kind": "demo"}]}, "agproxy.json")
     result = run(["check"], tmp_path)
     assert result.returncode == 0 and "WARN" not in result.stdout, result.stdout
+
+
+def test_a_traceback_from_the_pyz_shows_its_own_source_lines_not_a_file_of_the_same_name(tmp_path):
+    """The bytecode names the archive's module (agproxy.pyz/agproxy.py), not a bare agproxy.py, which
+    traceback and linecache would look for in the current directory and quote from whatever is there."""
+    pyz = tmp_path / "agproxy.pyz"
+    build(pyz)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "agproxy.py").write_text("# decoy\n" * 20_000)
+    script = ("import sys, traceback\nsys.path.insert(0, sys.argv[1])\nimport agproxy\n"
+              "try:\n    agproxy.parse_json_body(b'{')\nexcept agproxy.AgproxyError:\n    traceback.print_exc()\n")
+    result = subprocess.run([sys.executable, "-I", "-S", "-c", script, str(pyz)], cwd=elsewhere,
+                            capture_output=True, text=True, timeout=30)
+    assert "agproxy.pyz/agproxy.py" in result.stderr and "decoy" not in result.stderr, result.stderr
+    assert "raise " in result.stderr, result.stderr  # the line that raised, quoted from the archive's source
