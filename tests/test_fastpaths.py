@@ -980,3 +980,27 @@ def test_foreign_thinking_is_found_as_the_lookup_finds_it(records: List[Tuple[st
         for signature in ("s1", "s2", "s3", "s4", "s5"):
             owner = book.owner(signature)
             assert foreign({"type": "thinking", "signature": signature}) == (owner is not None and owner != upstream)
+
+
+# -- the request path's memos (small requests) ------------------------------------------------------
+
+@settings(max_examples=300, deadline=None)
+@given(texts=st.lists(st.sampled_from(["Server", "sk-abcdefgh123", "Bearer abcdefghijklmnopqrstuv", "up",
+                                       "secret-key-of-the-reload-0123"]) | NASTY_TEXT, max_size=6))
+def test_the_redactors_remembered_texts_are_what_its_regex_makes_of_them(texts: List[str]) -> None:
+    redactor = agproxy.Redactor(["agproxy-test-key-0123456789"])
+    for text in texts + texts:  # the second time from the memo
+        assert redactor.text(text) == redactor._text.sub(agproxy.REDACTED, text)
+    redactor.add(["secret-key-of-the-reload-0123"])  # a reload's key: what was remembered before is not kept
+    for text in texts:
+        assert redactor.text(text) == redactor._text.sub(agproxy.REDACTED, text)
+    long_text = "x" * agproxy._HIDDEN_MEMO_CHARS + "sk-abcdefgh123"
+    assert redactor.text(long_text) == "x" * agproxy._HIDDEN_MEMO_CHARS + agproxy.REDACTED
+
+
+def test_the_redactor_forgets_what_it_remembered_when_full() -> None:
+    redactor = agproxy.Redactor()
+    for i in range(agproxy._HIDDEN_MEMO_ENTRIES * 2 + 5):
+        assert redactor.text(f"request-{i}") == f"request-{i}"
+    assert len(redactor._hidden) <= agproxy._HIDDEN_MEMO_ENTRIES
+    assert redactor.text("sk-abcdefgh123") == agproxy.REDACTED
