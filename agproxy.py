@@ -1509,7 +1509,14 @@ class Request:
         return self.target.split("?", 1)[1] if "?" in self.target else ""
 
     def header(self, name: str) -> Optional[str]:
-        return header_value(self.headers, name)
+        """The first value of header ``name`` (case-insensitive), or None: :func:`header_value`'s
+        answer, each name lower-cased once per request rather than once per lookup."""
+        values = self._first_values
+        if values is None:
+            values = self._first_values = {}
+            for key, value in self.headers:
+                values.setdefault(key.lower(), value)
+        return values.get(name.lower())
 
     @property
     def keep_alive(self) -> bool:

@@ -984,6 +984,18 @@ def test_foreign_thinking_is_found_as_the_lookup_finds_it(records: List[Tuple[st
 
 # -- the request path's memos (small requests) ------------------------------------------------------
 
+_HEADER_NAMES = st.sampled_from(["Host", "host", "HOST", "Content-Type", "content-type", "x-api-key",
+                                 "X-Api-Key", "Connection", "Expect", "ß", "x"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(headers=st.lists(st.tuples(_HEADER_NAMES, NASTY_TEXT), max_size=8), names=st.lists(_HEADER_NAMES, max_size=6))
+def test_a_requests_header_is_found_as_header_value_finds_it(headers: List[Tuple[str, str]], names: List[str]) -> None:
+    request = agproxy.Request("POST", "/v1/messages", (1, 1), headers)
+    for name in names:  # the first lookup makes the index, the later ones read it
+        assert request.header(name) == agproxy.header_value(headers, name)
+
+
 @settings(max_examples=300, deadline=None)
 @given(texts=st.lists(st.sampled_from(["Server", "sk-abcdefgh123", "Bearer abcdefghijklmnopqrstuv", "up",
                                        "secret-key-of-the-reload-0123"]) | NASTY_TEXT, max_size=6))
