@@ -15257,11 +15257,22 @@ class StatusBoard:
         meet itself)."""
         if record.path == STATUS_DATA_PATH or (not record.model and record.status < 400):
             return
-        entry = {name: self.hide(value) if isinstance(value, str) else value for name, value in record.fields().items()}
-        entry["time"] = _iso_time(record.started_at)
+        entry = record.fields()
+        entry["time"] = record.started_at  # its words are hidden and its time written when the page is read
         self.last.appendleft(entry)
         if record.status >= 400:
             self.errors.appendleft(entry)
+
+    def _listed(self, entries: Iterable[Dict[str, Any]]) -> List[Dict[str, Any]]:
+        """The page's rows of ``entries`` (:meth:`read`'s): every word through ``hide`` (with the keys
+        known now, not at each request's end: the page is read far less often than requests end),
+        the time in ISO 8601."""
+        rows = []
+        for entry in entries:
+            row = {name: self.hide(value) if isinstance(value, str) else value for name, value in entry.items()}
+            row["time"] = _iso_time(entry["time"])
+            rows.append(row)
+        return rows
 
     def today(self, now: float) -> Dict[str, Any]:
         """Today's (UTC) requests, errors and tokens per account and per model, the most tokens
@@ -15293,7 +15304,7 @@ class StatusBoard:
             "upstreams": [{"name": u.name, "kind": u.kind, "accounts": [
                 dict(described[(u.name, a.name)], rest_left_s=round(max(0.0, pool.state(u, a).resting_until - now), 1))
                 for a in u.accounts]} for u in upstreams],
-            "requests": list(self.last), "errors": list(self.errors), "today": self.today(now),
+            "requests": self._listed(self.last), "errors": self._listed(self.errors), "today": self.today(now),
             "lessons": learned.to_json(), "counters": dict(sorted(counters.items())),
             "windows": {name: entry["models"] for name, entry in windows.to_json(upstreams).items()},
         }

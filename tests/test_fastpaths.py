@@ -1016,3 +1016,4 @@ def test_the_redactor_forgets_what_it_remembered_when_full() -> None:
         assert redactor.text(f"request-{i}") == f"request-{i}"
     assert len(redactor._hidden) <= agproxy._HIDDEN_MEMO_ENTRIES
     assert redactor.text("sk-abcdefgh123") == agproxy.REDACTED
+
