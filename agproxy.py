@@ -15722,8 +15722,16 @@ _CSV_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def utc_day(moment: float) -> str:
-    """The UTC day of a wall-clock time, ``YYYY-MM-DD``."""
-    return datetime.datetime.fromtimestamp(moment, datetime.timezone.utc).date().isoformat()
+    """The UTC day of a wall-clock time, ``YYYY-MM-DD`` (worked out once a day: the ledger asks at
+    every request's end)."""
+    day = int(moment // 86400)  # POSIX time: every UTC day is 86,400 seconds long
+    if _LAST_UTC_DAY[0] != day:
+        _LAST_UTC_DAY[:] = [day, (datetime.date(1970, 1, 1) + datetime.timedelta(days=day)).isoformat()]
+    return _LAST_UTC_DAY[1]
+
+
+#: The day number :func:`utc_day` wrote last, and what it wrote.
+_LAST_UTC_DAY: List[Any] = [None, ""]
 
 
 def _valid_day(text: str) -> bool:

@@ -9,8 +9,10 @@ the depth limit and bodies either side of the sizes that switch paths. The real 
 from __future__ import annotations
 
 import copy
+import datetime
 import functools
 import json
+import math
 import random
 import re
 from pathlib import Path
@@ -1017,3 +1019,12 @@ def test_the_redactor_forgets_what_it_remembered_when_full() -> None:
     assert len(redactor._hidden) <= agproxy._HIDDEN_MEMO_ENTRIES
     assert redactor.text("sk-abcdefgh123") == agproxy.REDACTED
 
+
+@settings(max_examples=300, deadline=None)
+@given(moments=st.lists(st.floats(min_value=-86400 * 3, max_value=4e9, allow_nan=False) |
+                        st.integers(0, 4 * 10 ** 9).map(lambda s: s - s % 86400 + random.choice([-1e-6, 0, 86399.999])),
+                        max_size=8))
+def test_the_remembered_utc_day_is_the_one_datetime_gives(moments: List[float]) -> None:
+    for moment in moments:  # a day's edges either side, in any order (the second it falls in: no rounding up)
+        day = datetime.datetime.fromtimestamp(math.floor(moment), datetime.timezone.utc).date()
+        assert agproxy.utc_day(moment) == day.isoformat()
