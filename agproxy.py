@@ -1532,11 +1532,13 @@ class Request:
 
 class HeadReady:
     """Parser event: the request line and headers are complete; the body may still be coming
-    (``has_body``: a non-zero Content-Length or a chunked body)."""
+    (``has_body``: a non-zero Content-Length or a chunked body; ``length``: the Content-Length,
+    0 for a chunked body)."""
 
-    def __init__(self, request: Request, has_body: bool = False) -> None:
+    def __init__(self, request: Request, has_body: bool = False, length: int = 0) -> None:
         self.request = request
         self.has_body = has_body
+        self.length = length
 
 
 class RequestReady:
@@ -1831,7 +1833,7 @@ class RequestParser:
         else:
             self._state = _COUNTED
             self._remaining = length
-        return HeadReady(request, kind == "chunked" or length > 0)
+        return HeadReady(request, kind == "chunked" or length > 0, length)
 
     def _parse_body(self) -> ParserEvent:
         if self._state is _COUNTED:
@@ -12128,8 +12130,7 @@ class HttpServer:
                 conn.head = event.request
                 if event.has_body:
                     conn.admission = self.app.admit(event.request)  # refuse before reading (and buffering) the body
-                    _, length = request_body_framing(event.request.version, event.request.headers)
-                    self._check_body_fits(length)
+                    self._check_body_fits(event.length)  # (the parser's framing: 0 for a chunked body)
                     in_body = True
                 if event.request.expects_continue:
                     conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
