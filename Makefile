@@ -15,11 +15,11 @@ CLAUDE_CODE_VERSION ?= 2.1.332
 CLAUDE_CODE_OLDER ?= 2.1.197
 CLAUDE_DIR := .cache/claude-code
 # The other agents' CLIs for the end-to-end tests of the routes they use (issue 21), pinned the same way:
-# Codex CLI speaks the Responses API, Gemini CLI the Gemini API. About 190 MB together.
+# Codex CLI speaks the Responses API, Gemini CLI the Gemini API. About 525 MB together.
 CODEX_VERSION ?= 0.171.0
 GEMINI_CLI_VERSION ?= 0.61.0
-# The two builds take about 620 MB. `make test SKIP_CLAUDE_CLI=1` downloads neither; their tests are then
-# skipped (copies already in .cache/claude-code are still used; delete that folder to free the space).
+# The two builds take about 620 MB. `make test SKIP_CLAUDE_CLI=1` downloads none of the four CLIs; their tests are
+# then skipped (copies already in .cache are still used; delete that folder to free the space).
 SKIP_CLAUDE_CLI ?=
 
 .PHONY: build run test lint claude-cli bench bench-peers fuzz clean

@@ -875,7 +875,8 @@ class _Fields:
 
     def __init__(self, obj: Any, where: str, known: Iterable[str]) -> None:
         if not isinstance(obj, dict):
-            raise ConfigError(f"{where or 'config'}: must be an object")
+            got = _TYPE_NAMES.get(type(obj), "null")
+            raise ConfigError(f"{where + ': ' if where else ''}must be an object, got {got}")
         unknown = sorted(set(obj) - set(known))
         if unknown:
             names = ", ".join(_with_suggestion(str(name), known) for name in unknown)
@@ -1670,14 +1671,18 @@ class ChunkedReader:
     def read_through(self, buffer: bytearray) -> Optional[bytes]:
         """Everything ``buffer`` holds of the body, many chunks in one piece (an upstream sends an
         event a chunk): :meth:`read`'s answers joined, the usual whole chunks (``size CRLF data
-        CRLF``) cut out of the buffer at once, with one delete."""
-        pieces = []
+        CRLF``) cut out of the buffer at once, with one delete: at the first size line, which
+        follows the rest of the last read's chunk when a read began inside one (most reads do), and
+        once a call (a run it ends, at an extension say, goes on chunk by chunk: no split per chunk)."""
+        pieces: List[bytes] = []
+        split = False  # whole_chunks has had this call's turn
         while True:
             if self.state is _CHUNK_END and buffer[:2] == b"\r\n":
                 del buffer[:2]
                 self.state = _CHUNK_SIZE
-            if self.state is _CHUNK_SIZE and not pieces and len(buffer) >= _MANY_CHUNKS_BYTES:
-                pieces = self.whole_chunks(buffer)
+            if self.state is _CHUNK_SIZE and not split and len(buffer) >= _MANY_CHUNKS_BYTES:
+                split = True
+                pieces += self.whole_chunks(buffer)
             at = 0
             while self.state is _CHUNK_SIZE:
                 head = _CHUNK_HEAD.match(buffer, at)
@@ -1691,6 +1696,8 @@ class ChunkedReader:
                 at = size_at + 2
             if at:
                 del buffer[:at]
+                if not buffer:  # the read ended with a whole chunk, as most do: read() would say b""
+                    return b"".join(pieces)
             piece = self.read(buffer)
             if not piece:
                 return b"".join(pieces) if pieces else piece
@@ -2032,6 +2039,14 @@ class ResponseParser:
             self._buffer += data
         else:
             self._eof = True
+
+    @property
+    def wants_data(self) -> bool:
+        """Whether :meth:`next_event` can give only ``NEED_DATA`` until more is fed: a chunked body
+        read up to its last byte with its end still to come (after a read, nearly always), known
+        without a call through the chunk reader."""
+        return not self._buffer and self._state is _CHUNKED and not self._eof \
+            and self._chunks.state is not _DONE  # type: ignore[union-attr]
 
     def next_event(self) -> Union[ResponseHead, bytes, str]:
         while True:
@@ -2425,8 +2440,12 @@ VERBATIM = "agproxy.verbatim"
 def holds_content(events: Iterable[Event]) -> bool:
     """True when ``events`` hold one that is not a ping: pings keep a connection open but say
     nothing of the answer going on (nor do an upstream's own chunks, which the events beside them
-    stand for)."""
-    return any(event.name != "ping" and event.name != VERBATIM for event in events)
+    stand for). (A loop, not ``any`` over a generator: it is asked once per relayed batch, and its
+    first event nearly always answers.)"""
+    for event in events:
+        if event.name != "ping" and event.name != VERBATIM:
+            return True
+    return False
 
 
 class StreamEncoder:
@@ -11108,6 +11127,9 @@ class UpstreamResponse:
                     event = parser.next_event()
                 if isinstance(event, bytes):
                     pieces.append(event)
+                    if parser.wants_data:  # what next_event would say next: read at once
+                        self._wants_data = True
+                        break
                     continue
                 if event == END:
                     self._done = True

@@ -8,8 +8,8 @@ Usage: python bench/profile_path.py [passthrough|responses|chat|gemini|openai|ge
 stream, say 10, it shows what each request costs; ``--paced 20`` has the fake write one event every 20 ms,
 as a model does, so each upstream read brings one event: the growth scenario's paced streams; the
 environment's PROFILE_CPU=1 times the loop thread's CPU, kernel time included, not the wall clock, so
-waits in epoll and a loaded machine's queue for a core drop out; PROFILE_SAVE=FILE keeps the raw stats
-for pstats' print_callers).
+waits in epoll and a loaded machine's queue for a core drop out; PROFILE_CALLERS=match prints the callers
+of the functions whose names hold ``match``; PROFILE_SAVE=FILE keeps the raw stats).
 ``body`` profiles a real Claude Code request instead (bench/claude_code.py), non-streaming, one request after
 another, figures per request:
 python bench/profile_path.py body [requests] [size in KB] [top] [cum] (defaults: body 20 2000 25).
@@ -133,6 +133,8 @@ def main() -> None:
             where = f"{os.path.basename(file)}:{line}" if line else "~"
             print(f"{own * per * 1000:12.2f} {cum * per * 1000:12.2f} {calls / max(1, result['events']):8.2f}  "
                   f"{func} ({where})")
+        if os.environ.get("PROFILE_CALLERS"):  # who calls the functions whose names hold it (say "match")
+            stats.print_callers(os.environ["PROFILE_CALLERS"])
 
 
 if __name__ == "__main__":

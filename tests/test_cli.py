@@ -140,7 +140,7 @@ def test_requests_still_waiting_when_the_grace_ends_get_an_answer(start_agproxy)
     only max_concurrency slot. When shutdown_grace_s ends, each gets an answer (503 in the Anthropic
     shape saying agproxy is shutting down), not a connection closed without one."""
     from tests.fakes.misbehaving import ALICE_KEY, MisbehavingUpstream
-    from tests.wire_check import error_shape_problems, post_json
+    from tests.wire_check import error_shape_problems, get, post_json
 
     with MisbehavingUpstream() as fake:
         config = {"auth_mode": "off", "state_file": "", "shutdown_grace_s": 1, "max_retry_attempts": 1,
@@ -160,7 +160,10 @@ def test_requests_still_waiting_when_the_grace_ends_get_an_answer(start_agproxy)
             time.sleep(0.05)
         threads.append(threading.Thread(target=ask, args=("slot", False)))
         threads[1].start()
-        time.sleep(0.5)
+        deadline = time.monotonic() + 10  # both in agproxy's hands (a loaded machine took over 0.5 s)
+        while json.loads(get(proxy.port, "/v1/agproxy/status").body or b"{}").get("in_flight") != 2:
+            assert time.monotonic() < deadline, "the second request never reached agproxy"
+            time.sleep(0.05)
         proxy.proc.send_signal(signal.SIGTERM)
         assert proxy.proc.wait(10) == 0
         for thread in threads:
@@ -605,3 +608,31 @@ def test_check_with_no_config_file_says_so(tmp_path):
     write_config(tmp_path, {"upstreams": [{"name": "d", "kind": "demo"}]}, "agproxy.json")
     result = run(["check"], tmp_path)
     assert result.returncode == 0 and "WARN" not in result.stdout, result.stdout
+
+
+def test_a_traceback_from_the_pyz_shows_its_own_source_lines_not_a_file_of_the_same_name(tmp_path):
+    """The bytecode names the archive's module (agproxy.pyz/agproxy.py), not a bare agproxy.py, which
+    traceback and linecache would look for in the current directory and quote from whatever is there."""
+    pyz = tmp_path / "agproxy.pyz"
+    build(pyz)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "agproxy.py").write_text("# decoy\n" * 20_000)
+    script = ("import sys, traceback\nsys.path.insert(0, sys.argv[1])\nimport agproxy\n"
+              "try:\n    agproxy.parse_json_body(b'{')\nexcept agproxy.AgproxyError:\n    traceback.print_exc()\n")
+    result = subprocess.run([sys.executable, "-I", "-S", "-c", script, str(pyz)], cwd=elsewhere,
+                            capture_output=True, text=True, timeout=30)
+    assert "agproxy.pyz/agproxy.py" in result.stderr and "decoy" not in result.stderr, result.stderr
+    assert "raise " in result.stderr, result.stderr  # the line that raised, quoted from the archive's source
+
+
+PY_OLD = next(iter(sorted(Path.home().glob(".pyenv/versions/3.[678].*/bin/python3.[678]"))), None)
+
+
+@pytest.mark.skipif(PY_OLD is None, reason="no Python older than 3.9 on this machine")
+def test_the_pyz_tells_an_older_python_what_it_needs(tmp_path):
+    pyz = tmp_path / "agproxy.pyz"
+    build(pyz)
+    result = subprocess.run([str(PY_OLD), str(pyz), "--version"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1 and result.stderr.startswith("agproxy needs Python 3.9 or newer; this is Python 3.")
+    assert "Traceback" not in result.stderr, result.stderr

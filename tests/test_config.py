@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -235,3 +237,13 @@ def test_numbers_past_a_float_and_lone_surrogates_are_config_errors(raw, message
     with pytest.raises(ConfigError) as caught:
         config_from_dict(raw, {"X": "\udcff"}, "t")
     assert caught.value.message.startswith(message), caught.value.message
+
+
+@pytest.mark.parametrize("raw, says", [([1], "must be an object, got a list"), ("x", "must be an object, got a string"),
+                                       (None, "must be an object, got null")])
+def test_a_config_that_is_not_an_object_says_so_once(tmp_path, raw, says):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(raw))
+    result = subprocess.run([sys.executable, str(Path(agproxy.__file__)), "--config", str(path)], capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode == 2 and result.stderr.strip() == f"config: {says}", result.stderr

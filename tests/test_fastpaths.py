@@ -95,7 +95,8 @@ def _chunked(pieces: List[bytes], rnd: random.Random) -> bytes:
 
 def _response_body(raw: bytes, cuts: List[int], through: bool) -> Tuple[bytes, Optional[str]]:
     """The body :meth:`UpstreamResponse.read_chunk` gives for ``raw`` read in pieces cut at ``cuts``
-    (each read's pieces joined; a read whose framing breaks gives its error alone), and its error."""
+    (each read's pieces joined; a read whose framing breaks gives its error alone), and its error;
+    :attr:`ResponseParser.wants_data` is checked against what next_event says."""
     parser = agproxy.ResponseParser()
     body, start = b"", 0
     parser.feed(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
@@ -110,7 +111,9 @@ def _response_body(raw: bytes, cuts: List[int], through: bool) -> Tuple[bytes, O
             start = cut if cut is not None else start
             read = b""
             while True:
+                wanted = parser.wants_data  # (read_chunk reads at once then, without asking next_event)
                 event = parser.next_event()
+                assert event == agproxy.NEED_DATA or not wanted
                 if isinstance(event, bytes):
                     read += event
                     continue
@@ -204,6 +207,28 @@ def test_chunked_reads_of_many_chunks_say_what_read_says(pieces: List[bytes], rn
         assert _response_body(raw, cut_set, through=True) == _response_body(raw, cut_set, through=False)
     if garbage is None:
         assert _response_body(raw, cuts, through=True) == (b"".join(pieces), None)
+
+
+def test_a_read_that_begins_inside_a_chunk_takes_the_whole_chunks_after_it_at_once() -> None:
+    """Most reads of a fast stream begin inside a chunk the read before cut: the whole chunks after
+    its rest go through whole_chunks too (round 4 split only reads that began at a size line, and a
+    third of the passthrough's events went through read_through's loop one chunk at a time)."""
+    event = b"event: content_block_delta\ndata: " + b"x" * 120 + b"\n\n"
+    raw = b"%x\r\n%b\r\n" % (len(event), event) * 40
+    reader = agproxy.ChunkedReader(agproxy._upstream_framing_error, 65536)
+    split, taken = reader.whole_chunks, []
+
+    def counted(buffer: bytearray) -> List[bytes]:
+        pieces = split(buffer)
+        taken.append(len(pieces))
+        return pieces
+
+    reader.whole_chunks = counted  # type: ignore[method-assign]
+    buffer = bytearray(raw[:50])
+    assert reader.read_through(buffer) == event[:46]
+    buffer += raw[50:]
+    assert reader.read_through(buffer) == event[46:] + event * 39 and not buffer
+    assert taken == [39]
 
 
 # -- 3. SSEDecoder (its LF fast path and its general path) against a plain WHATWG parser ------------

@@ -26,8 +26,10 @@ INTERPRETER = b"#!/usr/bin/env python3\n"
 #: The archive's __main__.py. It loads the entry's module itself rather than importing it: zipimport
 #: (3.11) would read and unmarshal its bytecode twice, once for the file name its spec names and once
 #: to run it, ~8% of agproxy's start. The collector is off meanwhile: all that the module makes lives on.
-MAIN = """import gc
-import sys
+MAIN = """import sys
+if sys.version_info < (3, 9):  # before anything an older Python cannot read, a sentence rather than a traceback
+    sys.exit("agproxy needs Python 3.9 or newer; this is Python %d.%d" % sys.version_info[:2])
+import gc
 from importlib.machinery import ModuleSpec
 from importlib.util import module_from_spec
 
@@ -77,15 +79,18 @@ def without_docstring(function):
         function.body = body[1:] or [ast.copy_location(ast.Pass(), body[0])]
 
 
-def bytecode(path):
-    """The module at ``path`` as an unchecked-hash ``.pyc``, its functions' docstrings left out."""
+def bytecode(path, archive_name):
+    """The module at ``path`` as an unchecked-hash ``.pyc``, its functions' docstrings left out. Its
+    code names the file ``archive_name/module.py``, a path that is no file on disk: a bare
+    ``module.py`` sends traceback and linecache to the current directory, which would quote the lines
+    of whatever file has that name there; this one makes them ask the archive's loader for its source."""
     with open(path, "rb") as f:
         source = f.read()
     tree = ast.parse(source, path)
     for node in ast.walk(tree):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             without_docstring(node)
-    code = compile(tree, os.path.basename(path), "exec", dont_inherit=True)
+    code = compile(tree, archive_name + "/" + os.path.basename(path), "exec", dont_inherit=True)
     unchecked_hash = (1).to_bytes(4, "little")  # PEP 552 flags: hash-based, source not checked
     return importlib.util.MAGIC_NUMBER + unchecked_hash + importlib.util.source_hash(source) + marshal.dumps(code)
 
@@ -105,7 +110,8 @@ def main(spec, output):
                     add(archive, os.path.basename(name), f.read())
                 if name.endswith(".py"):
                     # stored, not deflated: inflating 1.2 MB of bytecode took ~9 ms of every start
-                    add(archive, os.path.basename(name) + "c", bytecode(os.path.join(base, name)), compress=False)
+                    add(archive, os.path.basename(name) + "c", bytecode(os.path.join(base, name), module + ".pyz"),
+                        compress=False)
     os.chmod(temporary, 0o755)
     os.replace(temporary, output)
     print(f"built {output} ({os.path.getsize(output)} bytes)")
