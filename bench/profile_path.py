@@ -9,7 +9,7 @@ stream, say 10, it shows what each request costs; ``--paced 20`` has the fake wr
 as a model does, so each upstream read brings one event: the growth scenario's paced streams; the
 environment's PROFILE_CPU=1 times the loop thread's CPU, kernel time included, not the wall clock, so
 waits in epoll and a loaded machine's queue for a core drop out; PROFILE_CALLERS=match prints the callers
-of the functions whose names hold ``match``).
+of the functions whose names hold ``match``; PROFILE_SAVE=FILE keeps the raw stats).
 ``body`` profiles a real Claude Code request instead (bench/claude_code.py), non-streaming, one request after
 another, figures per request:
 python bench/profile_path.py body [requests] [size in KB] [top] [cum] (defaults: body 20 2000 25).
@@ -112,6 +112,8 @@ def main() -> None:
             upstream.terminate()
             upstream.wait(10)
         stats = pstats.Stats(out)
+        if os.environ.get("PROFILE_SAVE"):  # the raw stats, for pstats' callers and callees
+            stats.dump_stats(os.environ["PROFILE_SAVE"])
         per = 1000 / max(1, result["events"])
         unit = "req" if big else "ev"
         if big:

@@ -9,8 +9,10 @@ the depth limit and bodies either side of the sizes that switch paths. The real 
 from __future__ import annotations
 
 import copy
+import datetime
 import functools
 import json
+import math
 import random
 import re
 from pathlib import Path
@@ -1005,3 +1007,50 @@ def test_foreign_thinking_is_found_as_the_lookup_finds_it(records: List[Tuple[st
         for signature in ("s1", "s2", "s3", "s4", "s5"):
             owner = book.owner(signature)
             assert foreign({"type": "thinking", "signature": signature}) == (owner is not None and owner != upstream)
+
+
+# -- the request path's memos (small requests) ------------------------------------------------------
+
+_HEADER_NAMES = st.sampled_from(["Host", "host", "HOST", "Content-Type", "content-type", "x-api-key",
+                                 "X-Api-Key", "Connection", "Expect", "ß", "x"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(headers=st.lists(st.tuples(_HEADER_NAMES, NASTY_TEXT), max_size=8), names=st.lists(_HEADER_NAMES, max_size=6))
+def test_a_requests_header_is_found_as_header_value_finds_it(headers: List[Tuple[str, str]], names: List[str]) -> None:
+    request = agproxy.Request("POST", "/v1/messages", (1, 1), headers)
+    for name in names:  # the first lookup makes the index, the later ones read it
+        assert request.header(name) == agproxy.header_value(headers, name)
+
+
+@settings(max_examples=300, deadline=None)
+@given(texts=st.lists(st.sampled_from(["Server", "sk-abcdefgh123", "Bearer abcdefghijklmnopqrstuv", "up",
+                                       "secret-key-of-the-reload-0123"]) | NASTY_TEXT, max_size=6))
+def test_the_redactors_remembered_texts_are_what_its_regex_makes_of_them(texts: List[str]) -> None:
+    redactor = agproxy.Redactor(["agproxy-test-key-0123456789"])
+    for text in texts + texts:  # the second time from the memo
+        assert redactor.text(text) == redactor._text.sub(agproxy.REDACTED, text)
+    redactor.add(["secret-key-of-the-reload-0123"])  # a reload's key: what was remembered before is not kept
+    for text in texts:
+        assert redactor.text(text) == redactor._text.sub(agproxy.REDACTED, text)
+    long_text = "x" * agproxy._HIDDEN_MEMO_CHARS + "sk-abcdefgh123"
+    assert redactor.text(long_text) == "x" * agproxy._HIDDEN_MEMO_CHARS + agproxy.REDACTED
+
+
+def test_the_redactor_forgets_what_it_remembered_when_full() -> None:
+    redactor = agproxy.Redactor()
+    for i in range(agproxy._HIDDEN_MEMO_ENTRIES * 2 + 5):
+        assert redactor.text(f"request-{i}") == f"request-{i}"
+    assert len(redactor._hidden) <= agproxy._HIDDEN_MEMO_ENTRIES
+    assert redactor.text("sk-abcdefgh123") == agproxy.REDACTED
+
+
+@settings(max_examples=300, deadline=None)
+@given(moments=st.lists(st.floats(min_value=-86400 * 3, max_value=4e9, allow_nan=False) |
+                        st.builds(lambda day, at: day * 86400 + at, st.integers(0, 50000),
+                                  st.sampled_from([-1e-6, 0, 0.5, 86399.999])),
+                        max_size=8))
+def test_the_remembered_utc_day_is_the_one_datetime_gives(moments: List[float]) -> None:
+    for moment in moments:  # a day's edges either side, in any order (the second it falls in: no rounding up)
+        day = datetime.datetime.fromtimestamp(math.floor(moment), datetime.timezone.utc).date()
+        assert agproxy.utc_day(moment) == day.isoformat()
