@@ -64,12 +64,16 @@ def test_the_next_request_reuses_a_connection_whose_body_end_comes_late(start_ag
     assert [r.connection for r in fake.requests] == [1, 1, 1]
 
 
-def test_one_request_waits_for_each_connection_being_finished_and_the_others_connect(start_agproxy, fake):
+def test_one_request_waits_for_each_connection_being_finished_and_the_others_connect(start_agproxy, fake,
+                                                                                    monkeypatch):
     """While one answer's end is being read (its connection then goes back to the pool), one new
     request waits for that connection; a second one at the same time opens a connection of its own
     rather than waiting for a connection the first will take (200 streams ending and beginning at
     once: new ones queued behind each other's drains, ~10 ms at p50 and ~100 ms at p99)."""
-    fake.script(*[Sse(text_stream(), end_after_s=0.3)] * 3)  # within the drain's bound (_AFTER_STOP_S)
+    # the order, not the bound, is under test: a longer bound lets a loaded machine's requests arrive
+    # while the end is still due (at 0.3 s within 0.5 s, one run at load 6.6 came after it)
+    monkeypatch.setattr(agproxy, "_AFTER_STOP_S", 3.0)
+    fake.script(*[Sse(text_stream(), end_after_s=1.0)] * 3)  # within the drain's bound (_AFTER_STOP_S)
     proxy = start_agproxy(fake_config(fake))
     client = anthropic.Anthropic(base_url=proxy.url, api_key="x", max_retries=0)
 
