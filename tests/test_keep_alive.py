@@ -30,6 +30,16 @@ def messages_body(stream: bool = True) -> bytes:
                        "messages": [{"role": "user", "content": "x"}]}).encode()
 
 
+def streamed(port: int) -> bytes:
+    """A streamed Messages request's whole body, on a connection of its own."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("POST", "/v1/messages", messages_body(), {"content-type": "application/json"})
+        return conn.getresponse().read()
+    finally:
+        conn.close()
+
+
 def event_names(data: bytes) -> List[str]:
     return [e.event for e in agproxy.SSEDecoder().feed(data)]
 
@@ -41,12 +51,7 @@ def test_pings_go_out_while_the_upstream_sends_only_chunks_that_translate_to_not
         fake.script(Chunks([chunk({"role": "assistant", "content": "a"})] + empty
                            + [chunk({}, "stop")], delay_s=0.1))
         proxy = start_agproxy(openai_config(fake, 0.2))
-        conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
-        try:
-            conn.request("POST", "/v1/messages", messages_body(), {"content-type": "application/json"})
-            data = conn.getresponse().read()
-        finally:
-            conn.close()
+        data = streamed(proxy.port)
     kinds = event_names(data)
     assert kinds.count("ping") >= 2 and kinds[-1] == "message_stop", kinds
     assert [k for k in kinds if k != "ping"][:3] == ["message_start", "content_block_start", "content_block_delta"]
@@ -87,13 +92,7 @@ def test_no_pings_of_agproxys_own_where_the_upstream_sends_its_own(start_agproxy
     events = text_stream("slow words here")
     fake.script(Sse(events, delay_s=0.15))
     proxy = start_agproxy(dict(fake_config(fake), ping_interval_s=0.05))
-    conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
-    try:
-        conn.request("POST", "/v1/messages", messages_body(), {"content-type": "application/json"})
-        data = conn.getresponse().read()
-    finally:
-        conn.close()
-    kinds = event_names(data)
+    kinds = event_names(streamed(proxy.port))
     assert kinds[-1] == "message_stop" and kinds.count("ping") == [name for name, _ in events].count("ping"), kinds
 
 
