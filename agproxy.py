@@ -10918,7 +10918,43 @@ def _describe_os_error(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-class _UpstreamConnection(asyncio.Protocol):
+class _WaitingProtocol(asyncio.Protocol):
+    """What agproxy's two connection protocols (an upstream's and a client's) share: the one read that
+    waits for what arrives (``_waiter``) and the one write that waits for the peer to read
+    (``_drain_waiter``), both woken from the transport's callbacks; a lost connection ends both. The
+    attributes are the subclasses' slots."""
+
+    __slots__ = ()
+    _ended: bool
+    _error: Optional[BaseException]
+    _waiter: Optional[asyncio.Future]
+    _writing_paused: bool
+    _drain_waiter: Optional[asyncio.Future]
+
+    def connection_lost(self, exc: Optional[BaseException]) -> None:
+        self._ended = True
+        self._error = exc
+        self._wake()
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(ConnectionResetError("Connection lost") if exc is None else exc)
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+class _UpstreamConnection(_WaitingProtocol):
     """One upstream connection, as its own asyncio protocol: what arrives is kept until a read takes
     it, and the one waiting read is woken at once. A read costs one wake-up of its reader and no
     stream object (a StreamReader's read is two coroutines, a buffer copy and a waiter per read;
@@ -10968,28 +11004,6 @@ class _UpstreamConnection(asyncio.Protocol):
             self.abort()
         self._wake()
         return False  # close the transport
-
-    def connection_lost(self, exc: Optional[BaseException]) -> None:
-        self._ended = True
-        self._error = exc
-        self._wake()
-        waiter = self._drain_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(ConnectionResetError("Connection lost") if exc is None else exc)
-
-    def pause_writing(self) -> None:
-        self._writing_paused = True
-
-    def resume_writing(self) -> None:
-        self._writing_paused = False
-        waiter = self._drain_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
 
     # -- what the client calls -----------------------------------------------------------
 
@@ -11746,7 +11760,7 @@ class _Exchange:
         self.record.client_left()
 
 
-class _Connection(asyncio.Protocol):
+class _Connection(_WaitingProtocol):
     """One client connection, as its own asyncio protocol (as :class:`_UpstreamConnection` is for an
     upstream): what arrives is kept until a read takes it (pipelined requests included), and the one
     waiting read is woken at once; a departure is seen where asyncio reports it (``connection_lost``,
@@ -11813,28 +11827,9 @@ class _Connection(asyncio.Protocol):
         return True  # HTTP lets a client half-close after its request: its answer still goes out
 
     def connection_lost(self, exc: Optional[BaseException]) -> None:
-        self._ended = True
-        self._error = exc
-        self._wake()
-        waiter = self._drain_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(ConnectionResetError("Connection lost") if exc is None else exc)
+        super().connection_lost(exc)
         if self.answering is not None:
             self.client_left()
-
-    def pause_writing(self) -> None:
-        self._writing_paused = True
-
-    def resume_writing(self) -> None:
-        self._writing_paused = False
-        waiter = self._drain_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
 
     # -- the watch for a client that leaves -----------------------------------------------
 
