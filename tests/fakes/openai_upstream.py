@@ -35,6 +35,7 @@ class Chunks:
     delay_s: float = 0.0
     done: bool = True
     drop_after: Optional[int] = None
+    in_one_write: bool = False  # the whole stream in one socket write: agproxy reads it in one read or few
 
 
 def completion(text: str = "Hello from the fake OpenAI server.", **message: Any) -> Dict[str, Any]:
@@ -222,6 +223,7 @@ class FakeOpenAI:
                                     reply.headers))
             return True
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+        held: List[bytes] = []
         for i, item in enumerate(reply.chunks):
             if reply.drop_after is not None and i >= reply.drop_after:
                 return False
@@ -232,11 +234,14 @@ class FakeOpenAI:
                     return False
             data = item if isinstance(item, str) else json.dumps(item)
             piece = f"data: {data}\n\n".encode()
-            writer.write(b"%x\r\n%b\r\n" % (len(piece), piece))
-            await writer.drain()
+            held.append(b"%x\r\n%b\r\n" % (len(piece), piece))
+            if not reply.in_one_write:
+                writer.write(b"".join(held))
+                held.clear()
+                await writer.drain()
         if reply.done:
             piece = b"data: [DONE]\n\n"
-            writer.write(b"%x\r\n%b\r\n" % (len(piece), piece))
-        writer.write(b"0\r\n\r\n")
+            held.append(b"%x\r\n%b\r\n" % (len(piece), piece))
+        writer.write(b"".join(held) + b"0\r\n\r\n")
         await writer.drain()
         return True
