@@ -43,6 +43,9 @@ class ScriptedResponse:
 
     drain = agproxy.UpstreamResponse.drain  # the real hand-over to a background reader of the body's end
 
+    def _ended_already(self) -> bool:
+        return False  # a script's reads come through read_chunk alone: the background reader takes the rest
+
     class _Pool:
         """What drain() tells about the background reader: the pool's side, kept here to be looked at."""
 

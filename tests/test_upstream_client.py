@@ -293,3 +293,50 @@ def test_an_answer_that_comes_before_the_whole_body_is_sent_is_the_answer(then):
         return answer
 
     assert asyncio.run(scenario()) == (413, b"too big!")
+
+
+@pytest.mark.parametrize("end_after_s, drain_after_s, expected", [
+    (None, 0, (0, 1, 1)),  # the end in the same read as the last event
+    (0.05, 0.3, (0, 1, 1)),  # the end in a read of its own, come before the drain
+    (0.2, 0, (1, 0, 1)),  # the end still to come: read in the background
+])
+def test_the_end_of_a_body_is_read_at_once_when_it_came_with_the_last_event(end_after_s, drain_after_s, expected):
+    """A short answer's body end (the terminating chunk) usually comes with its last event or just
+    after it: the drain after message_stop reads it at once (no background read, no timer) and the
+    connection is back in the pool; an end that comes later is read in the background, then pooled
+    just the same."""
+    body = b"".join(b"%x\r\n%b\r\n" % (len(e), e) for e in (b"event: a\ndata: {}\n\n", b"event: b\ndata: {}\n\n"))
+
+    async def scenario() -> tuple:
+        async def upstream(reader, writer):
+            await reader.readuntil(b"\r\n\r\n")
+            head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+            if end_after_s is None:
+                writer.write(head + body + b"0\r\n\r\n")
+            else:
+                writer.write(head + body)
+                await writer.drain()
+                await asyncio.sleep(end_after_s)
+                writer.write(b"0\r\n\r\n")
+            await asyncio.sleep(2)
+            writer.close()
+
+        server = await asyncio.start_server(upstream, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        client = agproxy.UpstreamClient()
+        response = await client.request("GET", f"http://127.0.0.1:{port}/", [])
+        data = b""
+        while data.count(b"\n\n") < 2:
+            data += await asyncio.wait_for(response.read_chunk(), 5)
+        await asyncio.sleep(drain_after_s)
+        draining_before = len(agproxy._DRAINING)
+        response.drain()
+        in_background = len(agproxy._DRAINING) - draining_before
+        pooled_at_once = len(client._idle.get(response._conn.origin) or [])
+        await asyncio.sleep(0.5)
+        pooled_later = len(client._idle.get(response._conn.origin) or [])
+        client.shutdown()
+        server.close()
+        return in_background, pooled_at_once, pooled_later
+
+    assert asyncio.run(scenario()) == expected
