@@ -2244,6 +2244,8 @@ def encode_sse_json(event: str, payload: Dict[str, Any]) -> bytes:
     return f"event: {event}\ndata: {_COMPACT_JSON.encode(payload)}\n\n".encode("utf-8", "replace")
 
 
+#: JSON as ``json.dumps(value, ensure_ascii=False)`` writes it: how a request body agproxy changed is sent.
+_UTF8_JSON = json.JSONEncoder(ensure_ascii=False)
 #: How :data:`_COMPACT_JSON` writes a string (the C escaper its encoder uses, non-ASCII as it is).
 _json_text = json.encoder.encode_basestring
 
@@ -2941,9 +2943,10 @@ def merge_usage(total: Dict[str, Any], usage: Dict[str, Any]) -> None:
     input. Anything else replaces what was there: message_delta's ``output_tokens`` is the final
     count, below message_start's placeholder when nothing was generated."""
     for key, value in usage.items():
-        before = total.get(key)
-        if _is_int(value) and _is_int(before) and key.endswith("input_tokens") and before > value:
-            continue
+        if key.endswith("input_tokens"):
+            before = total.get(key)
+            if type(value) is int and type(before) is int and before > value:  # (bool is not a count)
+                continue
         total[key] = value
 
 
@@ -11275,6 +11278,11 @@ async def _sent(conn: _UpstreamConnection, deadline: float) -> None:
     await asyncio.wait_for(conn.drained(), left)
 
 
+#: URLs whose origin, target and Host :class:`UpstreamClient` keeps: the Messages and Chat URLs of
+#: every upstream, and Gemini's, which name a model each; past this the kept ones are dropped.
+_MAX_KEPT_ADDRESSES = 256
+
+
 class UpstreamClient:
     """Sends requests upstream over asyncio connections, reusing them (one TLS handshake each)."""
 
@@ -11284,6 +11292,7 @@ class UpstreamClient:
         #: and ~1 MB, which an agproxy of plain-http upstreams (a local model) never needs
         self._ssl_context: Optional[ssl.SSLContext] = None
         self._proxies: Dict[Tuple[str, str], Any] = {}
+        self._addresses: Dict[str, Tuple[_Origin, str, str]] = {}  # by URL (:meth:`_address`)
         #: per origin, the background reads of answers' last bytes (:meth:`UpstreamResponse.drain`),
         #: each of which gives its connection back to the pool when the body's end comes
         self._finishing: Dict[_Origin, Set[asyncio.Future]] = {}
@@ -11296,22 +11305,13 @@ class UpstreamClient:
 
         Raises :class:`UpstreamFailure` (502) when the upstream cannot be reached, 504 on a timeout.
         """
-        parts = urllib.parse.urlsplit(url)
-        scheme, host = parts.scheme, parts.hostname or ""
-        port = parts.port or (443 if scheme == "https" else 80)
-        key = (scheme, host)
-        if key not in self._proxies:
-            self._proxies[key] = _proxy_for(scheme, host)
-        origin = _Origin(scheme, host, port, self._proxies[key])
-        host_header = host if ":" not in host else f"[{host}]"
-        if port != (443 if scheme == "https" else 80):
-            host_header += f":{port}"
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        if origin.proxy and scheme == "http":
-            target = "http://" + host_header + target  # absolute form, for the proxy
+        addressed = self._addresses.get(url)
+        if addressed is None:
+            addressed = self._address(url)
+        origin, target, host_header = addressed
         request_line = f"{method} {target} HTTP/1.1"
         fields: Headers = [("Host", host_header)]
-        if origin.proxy and scheme == "http" and origin.proxy[3]:
+        if origin.proxy and origin.scheme == "http" and origin.proxy[3]:
             fields.append(("Proxy-Authorization", origin.proxy[3]))
         fields += headers
         if body or method in ("POST", "PUT", "PATCH"):
@@ -11353,16 +11353,37 @@ class UpstreamClient:
                     parser.feed(await conn.read(deadline))  # its own timer: no task per read
             except asyncio.TimeoutError:
                 conn.abort()
-                raise UpstreamFailure(f"upstream {host}:{port} timed out {stage}", status=504) from None
+                raise UpstreamFailure(f"upstream {origin.host}:{origin.port} timed out {stage}", status=504) from None
             except (OSError, UpstreamFailure) as exc:
                 conn.abort()
                 if reused and isinstance(exc, (ConnectionError, UpstreamClosed)):
                     continue  # the server closed an idle keep-alive connection; try a fresh one
                 reason = exc.message if isinstance(exc, UpstreamFailure) else _describe_os_error(exc)
-                raise UpstreamFailure(f"upstream {host}:{port} failed ({reason})") from None
+                raise UpstreamFailure(f"upstream {origin.host}:{origin.port} failed ({reason})") from None
             except BaseException:
                 conn.abort()
                 raise
+
+    def _address(self, url: str) -> Tuple[_Origin, str, str]:
+        """Where a request to ``url`` goes: its origin (and proxy), its request target and its
+        ``Host``; kept for the next request to the same URL (one or a few per upstream)."""
+        parts = urllib.parse.urlsplit(url)
+        scheme, host = parts.scheme, parts.hostname or ""
+        port = parts.port or (443 if scheme == "https" else 80)
+        key = (scheme, host)
+        if key not in self._proxies:
+            self._proxies[key] = _proxy_for(scheme, host)
+        origin = _Origin(scheme, host, port, self._proxies[key])
+        host_header = host if ":" not in host else f"[{host}]"
+        if port != (443 if scheme == "https" else 80):
+            host_header += f":{port}"
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        if origin.proxy and scheme == "http":
+            target = "http://" + host_header + target  # absolute form, for the proxy
+        if len(self._addresses) >= _MAX_KEPT_ADDRESSES:  # URLs that name a client's model (Gemini's) vary
+            self._addresses.clear()
+        self._addresses[url] = origin, target, host_header
+        return origin, target, host_header
 
     async def fetch(self, method: str, url: str, headers: Headers, body: bytes = b"", *, deadline_s: float,
                     limit: int = MAX_UPSTREAM_SMALL_BODY_BYTES) -> Tuple[int, bytes]:
@@ -11550,7 +11571,7 @@ class StreamingResponse:
 
 def json_response(status: int, payload: Any, headers: Headers = ()) -> Response:
     """A JSON response."""
-    body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "replace")
+    body = _COMPACT_JSON.encode(payload).encode("utf-8", "replace")
     return Response(status, [("Content-Type", "application/json")] + list(headers), body)
 
 
@@ -12716,9 +12737,11 @@ class FrontDoor:
         in: a DNS-rebinding page is same-origin with its own Host, which ``_check_host`` refuses with
         auth off; with auth on, the request needs the key, which a page of another origin cannot read."""
         origin = request.header("origin")
+        if origin is None:
+            return  # not a browser's request (what every API client sends)
         allowed = {o.rstrip("/").lower() for o in self.config.allowed_origins}
         allowed.add(f"http://{request.header('host') or ''}".lower())
-        if origin is not None and origin.rstrip("/").lower() not in allowed:
+        if origin.rstrip("/").lower() not in allowed:
             raise PermissionDenied(
                 f"requests from browser origin {origin[:100]!r} are refused; add it to allowed_origins to permit it"
             )
@@ -13271,7 +13294,7 @@ class Server(Application):
 def internal_bytes(request: Request, asked: Dict[str, Any], body: Dict[str, Any]) -> bytes:
     """The bytes of a request in the internal form: the client's own where its dialect kept its
     body (Anthropic's: sent on byte for byte where nothing needs cleaning), else the body's JSON."""
-    return (request.body or b"") if body is asked else json.dumps(body, ensure_ascii=False).encode("utf-8")
+    return (request.body or b"") if body is asked else _UTF8_JSON.encode(body).encode("utf-8")
 
 
 def warmup_answer(body: Dict[str, Any], record: RequestRecord, headers: Headers) -> WholeAnswer:
@@ -14129,7 +14152,7 @@ class AnthropicAdapter(Adapter):
         call.facts.changes.append(("sanitize", changes))
         if call.raw_spans:
             return spliced_json(raw, call.raw_spans, call.body, body), body, beta
-        return json.dumps(body, ensure_ascii=False).encode("utf-8"), body, beta
+        return _UTF8_JSON.encode(body).encode("utf-8"), body, beta
 
     def answer_events(self, response: UpstreamResponse, call: Call, estimate: int) -> AsyncIterator[List[Event]]:
         upstream = call.upstream.name  # relayed: its message ids are its own

@@ -340,3 +340,42 @@ def test_the_end_of_a_body_is_read_at_once_when_it_came_with_the_last_event(end_
         return in_background, pooled_at_once, pooled_later
 
     assert asyncio.run(scenario()) == expected
+
+
+def test_the_addresses_kept_per_url_are_bounded_and_each_request_goes_where_its_url_says():
+    """The origin, target and Host of a URL are worked out once and kept (:meth:`UpstreamClient._address`);
+    Gemini's URLs name the client's model, so a client inventing models must not grow them without
+    bound, and a URL must never be sent to another's target."""
+
+    async def scenario() -> tuple:
+        seen: list = []
+
+        async def upstream(reader, writer):
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                seen.append(head.split(b"\r\n")[0].decode())
+                await reader.readexactly(int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0]))
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await writer.drain()
+
+        server = await asyncio.start_server(upstream, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        client = agproxy.UpstreamClient()
+        count = agproxy._MAX_KEPT_ADDRESSES + 40
+        most = 0
+        for i in range(count):
+            response = await client.request("POST", f"http://127.0.0.1:{port}/v1beta/models/m{i}:generateContent?alt=sse",
+                                            [], b"{}")
+            assert await response.read_all() == b"ok"
+            most = max(most, len(client._addresses))
+        client.shutdown()
+        server.close()
+        await server.wait_closed()
+        return seen, most, count
+
+    seen, most, count = asyncio.run(scenario())
+    assert seen == [f"POST /v1beta/models/m{i}:generateContent?alt=sse HTTP/1.1" for i in range(count)]
+    assert most <= agproxy._MAX_KEPT_ADDRESSES
