@@ -313,6 +313,12 @@ async def scenarios(up: int, ag: int, pid: int, rows: List[List[str]], startup_s
                  "added p50 / p99", f"{pct(direct, .5):.2f} / {pct(direct, .99):.2f} ms",
                  f"{pct(via, .5):.2f} / {pct(via, .99):.2f} ms",
                  f"{pct(via, .5) - pct(direct, .5):+.2f} / {pct(via, .99) - pct(direct, .99):+.2f} ms", "reported"])
+    # what the upstream itself takes longer for the stream agproxy asks it for by default: the same small
+    # answer from the fake alone, as JSON and as its stream of six events (each its own write, as a model's)
+    as_json, as_stream = await latency(up, small, n), await latency(up, message("bench-e1-s20-d0", True), n)
+    rows.append(["the fake upstream alone, the small answer as its stream vs as JSON (part of the first row's "
+                 "added time): p50", f"{pct(as_json, .5):.2f} ms", f"{pct(as_stream, .5):.2f} ms",
+                 f"{pct(as_stream, .5) - pct(as_json, .5):+.2f} ms", "reported"])
 
     big = claude_code_body()
     direct, via = await latency(up, big, n // 2), await latency(ag, big, n // 2)
