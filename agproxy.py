@@ -10343,6 +10343,8 @@ class AccountPool:
     def _least_loaded(self, upstream: Upstream, accounts: List[Account]) -> Account:
         turn = self._turn.get(upstream.name, 0)
         self._turn[upstream.name] = turn + 1
+        if len(accounts) == 1:
+            return accounts[0]  # (the turn still moves on: the rotation is the same as it was)
         order = {a.name: (i - turn) % len(upstream.accounts) for i, a in enumerate(upstream.accounts)}
 
         def load(account: Account) -> Tuple[float, float, int]:
@@ -16068,7 +16070,11 @@ _UNIX_SECOND = _LazyPattern(r"[0-9]{1,12}")
 def generates(method: str, path: str) -> bool:
     """Whether a request generates (:data:`USAGE_PATHS`): what the ledger counts and the client
     limits apply to."""
-    return method == "POST" and any(fnmatch.fnmatchcase(path, pattern) for pattern in USAGE_PATHS)
+    return method == "POST" and _USAGE_PATH.match(path) is not None
+
+
+#: :data:`USAGE_PATHS` as one pattern (what ``fnmatch`` makes of each), matched once per request.
+_USAGE_PATH = _LazyPattern("|".join(fnmatch.translate(pattern) for pattern in USAGE_PATHS))
 
 
 def seconds_to_utc_midnight(now: float) -> float:

@@ -1054,3 +1054,19 @@ def test_the_remembered_utc_day_is_the_one_datetime_gives(moments: List[float]) 
     for moment in moments:  # a day's edges either side, in any order (the second it falls in: no rounding up)
         day = datetime.datetime.fromtimestamp(math.floor(moment), datetime.timezone.utc).date()
         assert agproxy.utc_day(moment) == day.isoformat()
+
+
+# -- what the ledger counts: one pattern for USAGE_PATHS ------------------------------------------
+
+PATH_PIECES = st.sampled_from(["/v1", "/v1beta", "/models/", "/messages", "/chat/completions", "/responses", ":",
+                               "generateContent", "streamGenerateContent", "gemini-2.5", "\n", "/", "x", "*", "?", ""])
+
+
+@given(st.lists(PATH_PIECES, max_size=8).map("".join) | st.sampled_from(list(agproxy.USAGE_PATHS)),
+       st.sampled_from(["POST", "GET", "post"]))
+@settings(max_examples=400)
+def test_the_usage_path_pattern_says_what_fnmatch_says_of_each_usage_path(path, method):
+    import fnmatch
+
+    expected = method == "POST" and any(fnmatch.fnmatchcase(path, pattern) for pattern in agproxy.USAGE_PATHS)
+    assert agproxy.generates(method, path) == expected
