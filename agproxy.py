@@ -15327,20 +15327,20 @@ class StatusBoard:
         meet itself)."""
         if record.path == STATUS_DATA_PATH or (not record.model and record.status < 400):
             return
-        entry = record.fields()
-        entry["time"] = record.started_at  # its words are hidden and its time written when the page is read
-        self.last.appendleft(entry)
+        # its fields are made, its words hidden and its time written when the page is read
+        self.last.appendleft(record)
         if record.status >= 400:
-            self.errors.appendleft(entry)
+            self.errors.appendleft(record)
 
-    def _listed(self, entries: Iterable[Dict[str, Any]]) -> List[Dict[str, Any]]:
-        """The page's rows of ``entries`` (:meth:`read`'s): every word through ``hide`` (with the keys
-        known now, not at each request's end: the page is read far less often than requests end),
-        the time in ISO 8601."""
+    def _listed(self, records: Iterable[RequestRecord]) -> List[Dict[str, Any]]:
+        """The page's rows of ``records`` (:meth:`read`'s): their fields, every word through ``hide``
+        (with the keys known now, not at each request's end: the page is read far less often than
+        requests end), the time in ISO 8601."""
         rows = []
-        for entry in entries:
-            row = {name: self.hide(value) if isinstance(value, str) else value for name, value in entry.items()}
-            row["time"] = _iso_time(entry["time"])
+        for record in records:
+            row = {name: self.hide(value) if isinstance(value, str) else value
+                   for name, value in record.fields().items()}
+            row["time"] = _iso_time(record.started_at)
             rows.append(row)
         return rows
 

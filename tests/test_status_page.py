@@ -215,8 +215,8 @@ def test_the_board_is_bounded_whatever_clients_send():
         board.read(record)
         ledger.add(record, time.time())
     data = board.today(time.time())
-    assert len(board.last) == agproxy.STATUS_LAST_REQUESTS and board.last[0]["request_id"] == "req_999"
-    assert len(board.errors) == agproxy.STATUS_LAST_ERRORS and board.errors[0]["request_id"] == "req_999"
+    assert len(board.last) == agproxy.STATUS_LAST_REQUESTS and board.last[0].request_id == "req_999"
+    assert len(board.errors) == agproxy.STATUS_LAST_ERRORS and board.errors[0].request_id == "req_999"
     assert len(data["models"]) == agproxy.STATUS_MAX_TODAY_KEYS + 1
     other = next(r for r in data["models"] if r["model"] == "(other)")
     assert other["requests"] == 1000 - agproxy.STATUS_MAX_TODAY_KEYS and other["output_tokens"] == 2 * other["requests"]
