@@ -11135,56 +11135,52 @@ class UpstreamResponse:
     async def read_chunk(self) -> bytes:
         """All of the body that has arrived, as soon as any has (many events in one piece when they
         came together); ``b""`` at its end."""
+        parser = self._parser
         pieces: List[bytes] = []
         try:
-            while not self._take_arrived(pieces):  # nothing came yet: wait for it (in this frame alone,
-                # no coroutine per read), watched by the read timer (:meth:`_check_read`)
-                self._read_since = self._loop.time()
-                if self._read_timer is None:
-                    self._read_timer = self._loop.call_at(self._read_since + self.timeout_s, self._check_read)
-                try:
-                    await self._conn.arrival()
-                finally:
-                    self._read_since = None
-                if self._read_timed_out:  # what the cut connection gave (its end, say) is not the answer
-                    raise asyncio.TimeoutError
+            while not self._done:
+                if self._wants_data:  # the parser said so when the last call ended: read at once
+                    self._wants_data = False
+                    event = NEED_DATA
+                else:
+                    event = parser.next_event()
+                if isinstance(event, bytes):
+                    pieces.append(event)
+                    if parser.wants_data:  # what next_event would say next: read at once
+                        self._wants_data = True
+                        break
+                    continue
+                if event == END:
+                    self._ended()
+                    break
+                if pieces:
+                    self._wants_data = True
+                    break
+                data = self._conn.take()
+                while data is None:  # nothing came yet: wait for it (in this frame alone, no coroutine
+                    # per read), watched by the read timer (:meth:`_check_read`)
+                    self._read_since = self._loop.time()
+                    if self._read_timer is None:
+                        self._read_timer = self._loop.call_at(self._read_since + self.timeout_s, self._check_read)
+                    try:
+                        await self._conn.arrival()
+                    finally:
+                        self._read_since = None
+                    if self._read_timed_out:  # what the cut connection gave (its end, say) is not the answer
+                        raise asyncio.TimeoutError
+                    data = self._conn.take()
+                parser.feed(data)
         except (OSError, asyncio.TimeoutError, UpstreamFailure) as exc:
             self.close()
             reason = exc.message if isinstance(exc, UpstreamFailure) else _describe_os_error(exc)
             raise UpstreamFailure(f"upstream connection broke mid-response ({reason})") from None
         return b"".join(pieces)
 
-    def _take_arrived(self, pieces: List[bytes]) -> bool:
-        """Add to ``pieces`` the body's bytes that have arrived; False when there were none and the
-        read must wait for more, True when there is something to return (or the body ended, which
-        gives the connection back to the pool)."""
-        parser = self._parser
-        while not self._done:
-            if self._wants_data:  # the parser said so when the last call ended: read at once
-                self._wants_data = False
-                event = NEED_DATA
-            else:
-                event = parser.next_event()
-            if isinstance(event, bytes):
-                pieces.append(event)
-                if parser.wants_data:  # what next_event would say next: read at once
-                    self._wants_data = True
-                    return True
-                continue
-            if event == END:
-                self._done = True
-                self._stop_read_timer()
-                self._client.release(self._conn, parser.reusable)
-                return True
-            if pieces:
-                self._wants_data = True
-                return True
-            data = self._conn.take()
-            if data is None:
-                self._wants_data = True
-                return False
-            parser.feed(data)
-        return True
+    def _ended(self) -> None:
+        """The body has ended: the connection goes back to the pool (if it may be reused)."""
+        self._done = True
+        self._stop_read_timer()
+        self._client.release(self._conn, self._parser.reusable)
 
     def _check_read(self) -> None:
         """The read timer: a read that has waited ``timeout_s`` is cut; one that began later is
@@ -11235,18 +11231,28 @@ class UpstreamResponse:
 
     def _ended_already(self) -> bool:
         """Whether the end of the body came with the answer's last event (a short answer's usually
-        does), read now: then no background read and no timer are needed. Past
+        does) or just after it, read now: then no background read and no timer are needed. Past
         :data:`_AFTER_STOP_BYTES` more, or a body broken there, the connection is let go."""
-        extra: List[bytes] = []
+        parser, extra = self._parser, 0
         try:
-            while self._take_arrived(extra) and not self._done:
-                if sum(map(len, extra)) > _AFTER_STOP_BYTES:
-                    self.close(force=True)
-                    return True
+            while not self._done:
+                event = NEED_DATA if self._wants_data else parser.next_event()
+                self._wants_data = False
+                if isinstance(event, bytes):
+                    extra += len(event)
+                    if extra > _AFTER_STOP_BYTES:
+                        self.close(force=True)
+                elif event == END:
+                    self._ended()
+                else:
+                    data = self._conn.take()
+                    if data is None:  # the end is still to come
+                        self._wants_data = True
+                        return False
+                    parser.feed(data)
         except (OSError, UpstreamFailure):  # the message is whole; only the connection is lost
             self.close(force=True)
-            return True
-        return self._done
+        return True
 
     def close(self, force: bool = False) -> None:
         """Release the connection; an unfinished body aborts it at once. While the end of a whole
