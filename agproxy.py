@@ -12306,18 +12306,18 @@ class HttpServer:
         """Write a response (framed for ``request``'s HTTP version; None: a refusal, closed after it),
         noting its status, the time of its first body bytes and the bytes sent in ``record``."""
         conn.responding = True
+        record.status = response.status
+        text = self.redact.text
+        # agproxy's own headers, then the answer's: an upstream's header may echo a key, in its value or even its name
         headers = [("Date", http_date(time.time())), ("Server", f"agproxy/{__version__}"),
                    ("request-id", record.request_id)]
-        record.status = response.status
-        headers.extend(response.headers)
+        headers += [(name, text(value)) for name, value in response.headers if text(name) == name]
         head_only = request is not None and request.method == "HEAD"
         if not keep_alive:
             headers.append(("Connection", "close"))
         elif request is not None and request.version < (1, 1):
             headers.append(("Connection", "keep-alive"))  # HTTP/1.0 closes unless told otherwise
         redact = self.redact.data
-        # an upstream's header may echo a key, in its value or even its name
-        headers = [(name, self.redact.text(value)) for name, value in headers if self.redact.text(name) == name]
         if isinstance(response, Response):
             body = redact(response.body)
             if response.status != 204:  # RFC 9110 8.6: a 204 must not carry Content-Length (nor a body)
@@ -12546,8 +12546,9 @@ class Learning:
         for session, kind, message, args in facts.notes:
             self.note_once(session, kind, message, *args)
         facts.notes.clear()
-        self.counters.update(facts.counters)
-        facts.counters.clear()
+        if facts.counters:
+            self.counters.update(facts.counters)
+            facts.counters.clear()
 
     def commit_lessons(self, upstream: Upstream, trial: _Lessons) -> None:
         """A request succeeded without what it tried without: every later request is sent so."""
@@ -12582,7 +12583,8 @@ class Learning:
         if changes and self.log.isEnabledFor(logging.DEBUG):
             summary = ", ".join(f"{kind}={n}" for kind, n in sorted(changes.items()))
             self.log.debug("%s for upstream %r: %s", stage, upstream.name, summary)
-        self.learned.used(upstream.name, changes)
+        if any(kind.startswith(("learned:", "beta:")) for kind in changes):
+            self.learned.used(upstream.name, changes)
         for kind, n in changes.items():
             name = f"{stage}:{kind[:80]}"
             if name not in self.counters and len(self.counters) >= MAX_COUNTER_KINDS:
