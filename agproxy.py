@@ -1560,8 +1560,14 @@ def body_framing(version: Tuple[int, int], headers: Headers, error: Callable[...
     ("length", n), ("chunked", 0), or None for a response that ends with the close. Both
     ``Transfer-Encoding`` and ``Content-Length``, a transfer coding other than a lone ``chunked``,
     and conflicting or malformed lengths raise ``error``: they are the usual smuggling vectors."""
-    codings = [c.lower() for c in header_values(headers, "transfer-encoding")]
-    lengths = [v for k, v in headers if k.lower() == "content-length"]
+    codings: List[str] = []
+    lengths: List[str] = []
+    for name, value in headers:  # both in one pass over the head
+        name = name.lower()
+        if name == "content-length":
+            lengths.append(value)
+        elif name == "transfer-encoding":
+            codings += [part.strip().lower() for part in value.split(",") if part.strip()]
     if codings:
         if lengths:
             raise error(f"{what} has both Transfer-Encoding and Content-Length")
@@ -1916,12 +1922,19 @@ def _parse_request_head(head: bytes) -> Request:
 
 
 def _reason(status: int) -> str:
-    if status == 529:
-        return "Overloaded"
-    try:
-        return http.HTTPStatus(status).phrase
-    except ValueError:
-        return "Unknown"
+    """A status line's reason phrase (each looked up once: an enum's lookup costs a few microseconds)."""
+    reason = _REASONS.get(status)
+    if reason is None:
+        try:
+            reason = http.HTTPStatus(status).phrase
+        except ValueError:
+            reason = "Unknown"
+        if 100 <= status <= 599:
+            _REASONS[status] = reason
+    return reason
+
+
+_REASONS: Dict[int, str] = {529: "Overloaded"}
 
 
 _WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
