@@ -1883,18 +1883,29 @@ class RequestParser:
         return RequestReady(request)
 
 
-def _parse_request_head(head: bytes) -> Request:
-    lines = head.split(b"\n")
-    request_line = lines[0].rstrip(b"\r")
-    match = _REQUEST_LINE.fullmatch(request_line)
-    if not match:
-        raise ProtocolError(f"malformed request line {request_line[:80]!r}")
-    method, target, major, minor = match.groups()
-    version = (int(major), int(minor))
-    if version not in ((1, 0), (1, 1)):
-        raise ProtocolError(f"HTTP version {version[0]}.{version[1]} is not supported", status=505)
+#: The header lines of a head when every one is of the usual kind: a token, a colon and a value of
+#: visible characters (Latin-1 included), spaces and tabs, with CRLF between them.
+_PLAIN_HEADER_LINES = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*"
+                                 rb"(?:\r\n[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*)*")
+
+
+def _plain_header_lines(head: bytes, start: int) -> Optional[Headers]:
+    """The headers of ``head[start:]`` (a head's lines after its first, CRLF between them, none
+    after the last) when all are of the plain kind (:data:`_PLAIN_HEADER_LINES`), read with one
+    match and one split, each value without the blanks around it; None for any other head, which
+    is read line by line (that reading words what is wrong, or mends it). A head carries ten to
+    thirty headers: a call per line costs more than the rest of its reading."""
+    if start >= len(head) or head[start - 2:start] != b"\r\n" or not _PLAIN_HEADER_LINES.fullmatch(head, start):
+        return None
+    return [(name, value.strip(" \t")) for name, _, value in
+            (line.partition(":") for line in head[start:].decode("latin-1").split("\r\n"))]
+
+
+def _request_header_lines(lines: List[bytes]) -> Headers:
+    """A request's header lines read one by one: a ``ProtocolError`` for a folded line, a malformed
+    one or a control character in a value."""
     headers: Headers = []
-    for raw in lines[1:]:
+    for raw in lines:
         line = raw[:-1] if raw.endswith(b"\r") else raw
         if not line:
             continue
@@ -1907,6 +1918,22 @@ def _parse_request_head(head: bytes) -> Request:
         if _FIELD_VALUE_BAD.search(value):
             raise ProtocolError(f"control character in header {name.decode('ascii')!r}")
         headers.append((name.decode("ascii"), value.decode("latin-1")))
+    return headers
+
+
+def _parse_request_head(head: bytes) -> Request:
+    first_end = head.find(b"\n")
+    request_line = head[:first_end].rstrip(b"\r")
+    match = _REQUEST_LINE.fullmatch(request_line)
+    if not match:
+        raise ProtocolError(f"malformed request line {request_line[:80]!r}")
+    method, target, major, minor = match.groups()
+    version = (int(major), int(minor))
+    if version not in ((1, 0), (1, 1)):
+        raise ProtocolError(f"HTTP version {version[0]}.{version[1]} is not supported", status=505)
+    headers = _plain_header_lines(head[:-1], first_end + 1)  # (the head ends with its last line's LF)
+    if headers is None:
+        headers = _request_header_lines(head.split(b"\n")[1:])
     target_text = target.decode("ascii", "replace")
     if not (target_text.startswith("/") or target_text == "*" or "://" in target_text):
         raise ProtocolError(f"malformed request target {target_text[:80]!r}")
@@ -2024,6 +2051,18 @@ def _upstream_framing_error(message: str, status: int = 502) -> AgproxyError:
     return UpstreamFailure(f"upstream sent a malformed answer: {message}")
 
 
+def _response_header_lines(lines: List[bytes]) -> Headers:
+    """An upstream's header lines read one by one, mended rather than refused: a line that is not
+    a header is left out, and a bare CR or a NUL in a value becomes a space (RFC 9112 5)."""
+    headers: Headers = []
+    for raw in lines:
+        name, sep, value = raw.rstrip(b"\r").partition(b":")
+        name = name.strip()
+        if sep and _TOKEN.fullmatch(name):
+            headers.append((name.decode("ascii"), _FIELD_VALUE_BAD.sub(b" ", value.strip()).decode("latin-1")))
+    return headers
+
+
 class ResponseParser:
     """Sans-IO HTTP/1.1 response parser for the upstream side: ``feed()`` bytes (``feed(b"")``
     at end of input), then ``next_event()`` gives the ``ResponseHead``, body pieces as they arrive,
@@ -2118,21 +2157,20 @@ class ResponseParser:
                     raise UpstreamClosed("upstream closed the connection without an answer")
                 raise UpstreamFailure("upstream closed the connection in the middle of its headers")
             return None
-        lines = bytes(self._buffer[:end]).rstrip(b"\r\n").split(b"\n")
+        head = bytes(self._buffer[:end]).rstrip(b"\r\n")
         del self._buffer[:end]
-        match = _STATUS_LINE.fullmatch(lines[0].rstrip(b"\r"))
+        first_end = head.find(b"\n")
+        status_line = (head if first_end < 0 else head[:first_end]).rstrip(b"\r")
+        match = _STATUS_LINE.fullmatch(status_line)
         if not match:
-            raise UpstreamFailure(f"upstream sent a malformed status line {lines[0][:80]!r}")
+            raise UpstreamFailure(f"upstream sent a malformed status line {status_line[:80]!r}")
         status = int(match.group(3))
         if not 100 <= status <= 599 or status == 101:
             raise UpstreamFailure(f"upstream answered with status {match.group(3).decode()}, which is not a valid "
                                   "answer to this request")
-        headers: Headers = []
-        for raw in lines[1:]:
-            name, sep, value = raw.rstrip(b"\r").partition(b":")
-            name = name.strip()
-            if sep and _TOKEN.fullmatch(name):  # RFC 9112 5: a bare CR or a NUL in a value becomes a space
-                headers.append((name.decode("ascii"), _FIELD_VALUE_BAD.sub(b" ", value.strip()).decode("latin-1")))
+        headers = _plain_header_lines(head, first_end + 1) if first_end >= 0 else []
+        if headers is None:
+            headers = _response_header_lines(head.split(b"\n")[1:])
         return ResponseHead(status, (int(match.group(1)), int(match.group(2))), headers)
 
     def _begin_body(self, head: ResponseHead) -> None:

@@ -1070,3 +1070,66 @@ def test_the_usage_path_pattern_says_what_fnmatch_says_of_each_usage_path(path, 
 
     expected = method == "POST" and any(fnmatch.fnmatchcase(path, pattern) for pattern in agproxy.USAGE_PATHS)
     assert agproxy.generates(method, path) == expected
+
+
+# -- header blocks read with one match (_plain_header_lines) ------------------------------------------
+
+HEADER_NAMES = st.sampled_from([b"Host", b"x-api-key", b"Content-Length", b"A", b"bad name", b"", b" X", b"X ",
+                                b"\xc3\xa9", b"x:y", b"Anthropic-Beta"])
+HEADER_VALUES = st.lists(st.sampled_from([b"v", b" ", b"\t", b"\r", b"\x00", b"\x7f", b"\x0b", b"\xa0", b"\xe9",
+                                          b":", b",", b"localhost:8045", b"\x85", b"a b", b"\x1f"]), max_size=6)
+HEADER_ENDS = st.sampled_from([b"\r\n"] * 6 + [b"\n", b"\r\r\n"])
+
+
+@st.composite
+def header_blocks(draw) -> bytes:
+    lines = draw(st.lists(st.tuples(HEADER_NAMES, st.sampled_from([b":", b": ", b":\t", b""]), HEADER_VALUES,
+                                    HEADER_ENDS), max_size=6))
+    first_end = draw(HEADER_ENDS)
+    return first_end + b"".join(name + colon + b"".join(value) + end for name, colon, value, end in lines)
+
+
+def _outcome(call):
+    try:
+        return call()
+    except agproxy.AgproxyError as exc:
+        return type(exc), exc.message
+
+
+@given(header_blocks())
+@settings(max_examples=800, suppress_health_check=[HealthCheck.too_slow])
+def test_a_request_head_reads_the_same_with_one_match_as_line_by_line(block):
+    """_parse_request_head's head: the request line, its header lines, the last one's end cut
+    and an LF put there (as RequestParser gives it)."""
+    head = (b"POST /v1/messages HTTP/1.1" + block).rstrip(b"\r\n") + b"\n"
+    fast = _outcome(lambda: agproxy._parse_request_head(head))
+    general = _outcome(lambda: agproxy._request_header_lines(head.split(b"\n")[1:]))
+    if isinstance(fast, agproxy.Request):
+        assert fast.headers == general
+    else:  # the head failed: for its header lines (as line by line says), or for what follows them
+        assert general == fast or isinstance(general, list)
+
+
+@given(header_blocks())
+@settings(max_examples=800, suppress_health_check=[HealthCheck.too_slow])
+def test_an_upstream_head_reads_the_same_with_one_match_as_line_by_line(block):
+    data = b"HTTP/1.1 200 OK" + block + b"\r\n\r\n"
+    parser = agproxy.ResponseParser("POST")
+    parser.feed(data)
+    head = _outcome(parser.next_event)
+    taken = data[:agproxy._head_end(bytearray(data))]  # the head as the parser cut it
+    general = agproxy._response_header_lines(taken.rstrip(b"\r\n").split(b"\n")[1:])
+    if isinstance(head, agproxy.ResponseHead):
+        assert head.headers == general
+
+
+def test_the_usual_heads_are_read_with_one_match():
+    """The fast path is taken by what clients and upstreams send (else the tests above test nothing)."""
+    request = (b"POST /v1/messages?beta=true HTTP/1.1\r\nHost: 127.0.0.1:8045\r\nx-api-key: sk-x\r\n"
+               b"anthropic-beta: a,b\r\nUser-Agent: claude-cli/2.1.332 (external, cli)\r\nContent-Length: 2\n")
+    assert agproxy._plain_header_lines(request[:-1], request.index(b"\n") + 1) == [
+        ("Host", "127.0.0.1:8045"), ("x-api-key", "sk-x"), ("anthropic-beta", "a,b"),
+        ("User-Agent", "claude-cli/2.1.332 (external, cli)"), ("Content-Length", "2")]
+    answer = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\nrequest-id:  req_1 "
+    assert agproxy._plain_header_lines(answer, answer.index(b"\n") + 1) == [
+        ("content-type", "text/event-stream; charset=utf-8"), ("request-id", "req_1")]
