@@ -12727,6 +12727,10 @@ def is_admin_route(path: str) -> bool:
     return path == "/metrics" or (path.startswith("/v1/agproxy/") and path != "/v1/agproxy/me")
 
 
+#: Host values :class:`FrontDoor` remembers as served (with auth off): the few a machine's clients use.
+_MAX_HOSTS_SERVED = 64
+
+
 class FrontDoor:
     """What a request must pass before a handler runs, checked on its head alone (before its body
     is read): the browser origin, the Host (DNS rebinding), the ``/v1/v1`` mistake, agproxy's key,
@@ -12740,11 +12744,14 @@ class FrontDoor:
         self.auth_mode = config.effective_auth_mode()
         self.routes = routes
         self.note = note  # says a mistake once: note(session, kind, message, *args)
+        #: the Host values (with auth off) found served here: each is looked at once, not at every request
+        self._hosts_served: Set[str] = set()
 
     def reconfigure(self, config: Config) -> None:
         """Check requests against ``config`` from now on."""
         self.config = config
         self.auth_mode = config.effective_auth_mode()
+        self._hosts_served = set()
 
     def admit(self, request: Request) -> Caller:
         """The checks a request's head must pass before its body is read: browser origin, Host,
@@ -12812,12 +12819,13 @@ class FrontDoor:
         if self.auth_mode != "off":
             return
         host_header = request.header("host")
-        if host_header is None:
-            return  # HTTP/1.0 without Host: no browser sends that
+        if host_header is None or host_header in self._hosts_served:
+            return  # (HTTP/1.0 without Host: no browser sends that)
         host = host_without_port(host_header).lower().rstrip(".")
-        if is_loopback_host(host) or host in {n.lower() for n in self.config.server_names}:
-            return
-        if host == self.config.host.lower():
+        if is_loopback_host(host) or host in {n.lower() for n in self.config.server_names} \
+                or host == self.config.host.lower():
+            if len(self._hosts_served) < _MAX_HOSTS_SERVED:  # a client may send any Host: a bounded set
+                self._hosts_served.add(host_header)
             return
         raise AgproxyError(
             f"Host {host_header[:100]!r} is not served here; add it to server_names (or turn auth on) to permit it",

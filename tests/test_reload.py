@@ -266,3 +266,24 @@ def test_a_config_path_that_is_not_a_regular_file_is_refused_at_once(start_agpro
     status, answer = _reload(proxy)
     assert status == 400 and "is not a regular file" in answer["error"]["message"], answer
     assert _get(proxy, "/healthz")["status"] == "ok"
+
+
+def test_a_host_served_before_a_reload_is_refused_after_one_that_drops_it(start_agproxy, fake):
+    """With auth off, the Host values found served are remembered (each is looked at once): a reload
+    whose server_names no longer name one forgets it, so a DNS-rebinding page cannot ride on it."""
+    import http.client
+
+    def status_for(host: str) -> int:
+        connection = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+        connection.request("GET", "/v1/models", headers={"Host": host})
+        status = connection.getresponse().status
+        connection.close()
+        return status
+
+    config = dict(fake_config(fake), server_names=["agproxy.internal"])
+    proxy = start_agproxy(config)
+    assert [status_for("agproxy.internal:8045") for _ in range(2)] == [200, 200]
+    config.pop("server_names")
+    _rewrite(proxy, config)
+    assert _reload(proxy)[0] == 200
+    assert status_for("agproxy.internal:8045") == 421 and status_for("localhost:8045") == 200
