@@ -11,7 +11,6 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import socket
-import struct
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ from typing import Any, Dict, List, Tuple
 import pytest
 
 import agproxy
-from tests.conftest import AGPROXY, clean_env, write_config
+from tests.conftest import AGPROXY, RESET_HANG_UPS, clean_env, hang_up_on_a_fake, write_config
 from tests.fakes.gemini_upstream import Answer, FakeGemini, google_error
 from tests.fakes.misbehaving import (
     Ctx,
@@ -176,7 +175,7 @@ def test_a_non_streaming_client_that_leaves_while_gemini_streams_is_noticed(star
         assert wait_for(lambda: accounts(proxy)[0]["in_flight"] == 0, 10), accounts(proxy)
 
 
-@pytest.mark.parametrize("how", ["close_with_unread_bytes", "reset"])
+@pytest.mark.parametrize("how", RESET_HANG_UPS)
 def test_the_fake_counts_a_hang_up_by_reset_as_abandoned(how):
     """What the test above relies on: agproxy abandons an upstream stream with an abort, and a socket
     closed with bytes still unread in it (a trickle that came after agproxy's last read, likely on a
@@ -184,15 +183,8 @@ def test_the_fake_counts_a_hang_up_by_reset_as_abandoned(how):
     once watched for a FIN only, met the reset as an error at its next write and stopped without a
     record, so the test above failed (once in six suite runs) although agproxy had let go at once."""
     with MisbehavingUpstream({"forever": _streaming_forever}) as mis:
-        path = f"/c/forever/gemini/m/v1beta/models/{PRO}:streamGenerateContent?alt=sse"
-        sock = socket.create_connection(("127.0.0.1", mis.port), timeout=10)
-        sock.sendall(post_raw(mis.port, path, body()))
-        assert sock.recv(65536), "no answer began"
-        if how == "close_with_unread_bytes":
-            assert wait_for(lambda: len(sock.recv(65536, socket.MSG_PEEK)) > 0, 5), "no trickle came"
-        elif how == "reset":
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        sock.close()
+        hang_up_on_a_fake(mis.port, f"/c/forever/gemini/m/v1beta/models/{PRO}:streamGenerateContent?alt=sse",
+                          body(), how)
         assert wait_for(lambda: len(mis.abandoned) >= 1, 5), f"the fake missed a hang-up by {how}"
 
 
