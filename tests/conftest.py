@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -257,6 +258,25 @@ def raw_request(port: int, data: bytes, timeout: float = 5.0, read_until_close: 
             if not read_until_close:
                 break
         return b"".join(chunks)
+
+
+#: The two ways a fake upstream sees agproxy abort a stream with a reset rather than a FIN: its socket
+#: closed with bytes still unread in it (what the kernel does then), or closed with SO_LINGER 0.
+RESET_HANG_UPS = ["close_with_unread_bytes", "reset"]
+
+
+def hang_up_on_a_fake(port: int, path: str, body: bytes, how: str) -> None:
+    """Ask a fake upstream on ``port`` for ``path`` as agproxy would (a POST of ``body``), read the start of
+    its answer, then hang up by ``how`` (one of :data:`RESET_HANG_UPS`) as agproxy's abort of it may."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(b"POST %b HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n%b" % (path.encode(), len(body), body))
+    assert sock.recv(65536).startswith(b"HTTP/1.1 200"), "no answer began"
+    if how == "close_with_unread_bytes":
+        assert sock.recv(1, socket.MSG_PEEK), "nothing more came"  # waits for the next piece, left unread
+    else:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
 
 
 def leave_mid_stream(port: int, abandoned_at: List[float], wait_s: float = 5.0) -> Optional[float]:

@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Tuple
 import pytest
 
 import agproxy
-from tests.conftest import AGPROXY, clean_env, write_config
+from tests.conftest import AGPROXY, RESET_HANG_UPS, clean_env, hang_up_on_a_fake, write_config
 from tests.fakes.gemini_upstream import Answer, FakeGemini, google_error
 from tests.fakes.misbehaving import (
     Ctx,
@@ -173,6 +173,19 @@ def test_a_non_streaming_client_that_leaves_while_gemini_streams_is_noticed(star
         sock.close()
         assert wait_for(lambda: len(mis.abandoned) >= 1, 20), "upstream stream kept going for a client that left"
         assert wait_for(lambda: accounts(proxy)[0]["in_flight"] == 0, 10), accounts(proxy)
+
+
+@pytest.mark.parametrize("how", RESET_HANG_UPS)
+def test_the_fake_counts_a_hang_up_by_reset_as_abandoned(how):
+    """What the test above relies on: agproxy abandons an upstream stream with an abort, and a socket
+    closed with bytes still unread in it (a trickle that came after agproxy's last read, likely on a
+    loaded machine) is reset, not ended with a FIN. The fake must record that as abandoned too: it
+    once watched for a FIN only, met the reset as an error at its next write and stopped without a
+    record, so the test above failed (once in six suite runs) although agproxy had let go at once."""
+    with MisbehavingUpstream({"forever": _streaming_forever}) as mis:
+        hang_up_on_a_fake(mis.port, f"/c/forever/gemini/m/v1beta/models/{PRO}:streamGenerateContent?alt=sse",
+                          body(), how)
+        assert wait_for(lambda: len(mis.abandoned) >= 1, 5), f"the fake missed a hang-up by {how}"
 
 
 # -- many streams, stalls, big signatures -----------------------------------------------------------

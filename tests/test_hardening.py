@@ -20,7 +20,7 @@ from typing import Any, Dict, List
 import pytest
 
 import agproxy
-from tests.conftest import AGPROXY, clean_env, fake_config
+from tests.conftest import AGPROXY, RESET_HANG_UPS, clean_env, fake_config, hang_up_on_a_fake
 from tests.fakes.anthropic_upstream import Json, Sse, text_stream
 from tests.wire_check import build_request, exchange, get, post_json
 
@@ -176,6 +176,18 @@ def test_a_client_that_resets_is_gone(start_agproxy, fake):
     while not fake.abandoned_at and time.monotonic() < deadline:
         time.sleep(0.05)
     assert fake.abandoned_at, "agproxy kept reading the upstream for a client that reset"
+
+
+@pytest.mark.parametrize("how", RESET_HANG_UPS)
+def test_the_fake_counts_a_hang_up_by_reset_as_abandoned(fake, how):
+    """agproxy's abort of a stream is a reset when bytes sit unread in its socket: the fake must record
+    it in ``abandoned_at`` as it does a FIN (it once met it as a write error and recorded nothing)."""
+    fake.script(Sse(text_stream(), delay_s=0.3))
+    hang_up_on_a_fake(fake.port, "/v1/messages", json.dumps(dict(SIMPLE, stream=True)).encode(), how)
+    deadline = time.monotonic() + 5
+    while not fake.abandoned_at and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert fake.abandoned_at, f"the fake missed a hang-up by {how}"
 
 
 # -- 6: bad requests are 400s naming the field ----------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 import urllib.request
 from typing import Any, Dict, List
 
@@ -23,7 +24,7 @@ from agproxy import (
     openai_to_anthropic,
     sanitize_request,
 )
-from tests.conftest import leave_mid_stream
+from tests.conftest import RESET_HANG_UPS, hang_up_on_a_fake, leave_mid_stream
 from tests.corpus import corpus
 from tests.fakes.openai_upstream import (
     Chat,
@@ -439,6 +440,19 @@ def test_client_leaving_closes_the_openai_stream(start_agproxy, openai_fake):
     proxy = start_agproxy(local_config(openai_fake))
     noticed = leave_mid_stream(proxy.port, openai_fake.abandoned_at)
     assert noticed is not None and noticed < 1.5
+
+
+@pytest.mark.parametrize("how", RESET_HANG_UPS)
+def test_the_fake_counts_a_hang_up_by_reset_as_abandoned(openai_fake, how):
+    """agproxy's abort of a stream is a reset when bytes sit unread in its socket: the fake must record
+    it in ``abandoned_at`` as it does a FIN (it once met it as a write error and recorded nothing)."""
+    openai_fake.script(Chunks(text_chunks(" ".join(["w"] * 40)), delay_s=0.3))
+    body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "x"}]}
+    hang_up_on_a_fake(openai_fake.port, "/v1/chat/completions", json.dumps(body).encode(), how)
+    deadline = time.monotonic() + 5
+    while not openai_fake.abandoned_at and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert openai_fake.abandoned_at, f"the fake missed a hang-up by {how}"
 
 
 # -- small windows: the completion budget Claude Code asks for does not fit ---------------------------

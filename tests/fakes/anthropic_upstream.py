@@ -357,10 +357,11 @@ class FakeAnthropic:
         return True
 
     async def _pause(self, reader: asyncio.StreamReader, seconds: float) -> bool:
-        """Wait, watching for agproxy closing its side (recorded in ``abandoned_at``); False if it did."""
+        """Wait, watching for agproxy closing its side (recorded in ``abandoned_at``); False if it did: a
+        FIN, or a reset (the connection lost with an error), as its abort with bytes unread in it sends."""
         deadline = time.monotonic() + seconds
         while True:
-            if reader.at_eof():
+            if reader.at_eof() or reader.exception() is not None:
                 self.abandoned_at.append(time.monotonic())
                 return False
             left = deadline - time.monotonic()

@@ -1138,7 +1138,11 @@ class MisbehavingUpstream:
                 deadline = time.monotonic() + action.for_s
                 while time.monotonic() < deadline:
                     writer.write(action.data)
-                    await writer.drain()
+                    try:
+                        await writer.drain()
+                    except ConnectionError:  # reset by agproxy: it hung up too
+                        self.abandoned.append((ctx.case, ctx.kind, ctx.mode, time.monotonic()))
+                        return False
                     if writer.transport.is_closing():
                         self.abandoned.append((ctx.case, ctx.kind, ctx.mode, time.monotonic()))
                         return False
@@ -1155,10 +1159,12 @@ class MisbehavingUpstream:
         return keep
 
     async def _pause(self, ctx: Ctx, reader: asyncio.StreamReader, seconds: float) -> bool:
-        """Wait, watching for agproxy hanging up (recorded in ``abandoned``); False if it did."""
+        """Wait, watching for agproxy hanging up (recorded in ``abandoned``); False if it did. It hangs up
+        with a FIN (an end of input), or with a reset when it closes a socket with bytes still unread
+        in it (the connection lost with an error), as its abort of a stream often does."""
         deadline = time.monotonic() + seconds
         while True:
-            if reader.at_eof():
+            if reader.at_eof() or reader.exception() is not None:
                 self.abandoned.append((ctx.case, ctx.kind, ctx.mode, time.monotonic()))
                 return False
             left = deadline - time.monotonic()

@@ -229,7 +229,7 @@ class FakeOpenAI:
                 return False
             if reply.delay_s:
                 await asyncio.sleep(reply.delay_s)
-                if reader.at_eof():
+                if reader.at_eof() or reader.exception() is not None:  # a FIN, or the reset of an abort
                     self.abandoned_at.append(time.monotonic())
                     return False
             data = item if isinstance(item, str) else json.dumps(item)

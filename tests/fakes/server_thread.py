@@ -49,6 +49,8 @@ class ServerThread:
         asyncio.run_coroutine_threadsafe(close(), self.loop).result(5)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(5)
+        if not self._thread.is_alive():  # closed here, not by the garbage collector after its self-pipe
+            self.loop.close()
 
     def run(self, coroutine: Awaitable[Any]) -> Any:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(5)
