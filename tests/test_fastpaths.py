@@ -1133,3 +1133,35 @@ def test_the_usual_heads_are_read_with_one_match():
     answer = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\nrequest-id:  req_1 "
     assert agproxy._plain_header_lines(answer, answer.index(b"\n") + 1) == [
         ("content-type", "text/event-stream; charset=utf-8"), ("request-id", "req_1")]
+
+
+# -- JSON written with the C encoder made once (_JSONWriter) ----------------------------------------
+
+ENCODED_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(10**30), max_value=10**30)
+    | st.floats(allow_nan=True, allow_infinity=True) | NASTY_TEXT,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(
+        NASTY_TEXT | st.integers() | st.booleans() | st.none() | st.floats(), children, max_size=4),
+    max_leaves=20)
+
+
+@given(ENCODED_VALUES)
+@settings(max_examples=500)
+def test_json_written_by_the_encoder_made_once_is_what_json_dumps_writes(value):
+    for writer, options in ((agproxy._COMPACT_JSON, {"separators": (",", ":")}), (agproxy._UTF8_JSON, {}),
+                            (agproxy._JSONWriter(json.JSONEncoder()), {"ensure_ascii": True})):
+        try:
+            expected = json.dumps(value, ensure_ascii=options.pop("ensure_ascii", False), **options)
+        except (ValueError, TypeError) as exc:
+            with pytest.raises(type(exc)):
+                writer.encode(value)
+            continue
+        assert writer.encode(value) == expected
+
+
+def test_the_encoder_made_once_refuses_what_json_dumps_refuses():
+    for writer in (agproxy._COMPACT_JSON, agproxy._UTF8_JSON):
+        with pytest.raises(TypeError):
+            writer.encode({"a": object()})
+        with pytest.raises(TypeError):
+            writer.encode({(1, 2): 3})
