@@ -331,6 +331,19 @@ async def scenarios(up: int, ag: int, pid: int, rows: List[List[str]], startup_s
                  "added p50 / p99", f"{pct(direct, .5):.2f} / {pct(direct, .99):.2f} ms",
                  f"{pct(via, .5):.2f} / {pct(via, .99):.2f} ms",
                  f"{pct(via, .5) - pct(direct, .5):+.2f} / {pct(via, .99) - pct(direct, .99):+.2f} ms", "reported"])
+    # the floor of one more hop on this machine: a forwarder that does nothing but frame and relay
+    forwarder = subprocess.Popen([sys.executable, os.path.join(HERE, "floor_forwarder.py"), str(up)],
+                                 stdout=subprocess.PIPE, text=True)
+    try:
+        forwarder_port = int(forwarder.stdout.readline().rsplit(":", 1)[1])  # type: ignore[union-attr]
+        await latency(forwarder_port, small, 20)
+        direct, via = await alternated(up, forwarder_port, small, 3 * n)
+    finally:
+        forwarder.terminate()
+        forwarder.wait(10)
+    rows.append(["the floor of one more hop: a minimal asyncio forwarder (frames and relays, nothing else), "
+                 "non-stream small: added p50", f"{pct(direct, .5):.2f} ms", f"{pct(via, .5):.2f} ms",
+                 f"{pct(via, .5) - pct(direct, .5):+.2f} ms", "reported"])
     # what the upstream itself takes longer for the stream agproxy asks it for by default: the same small
     # answer from the fake alone, as JSON and as its stream of six events (each its own write, as a model's)
     as_json, as_stream = [], []
