@@ -1566,8 +1566,8 @@ def body_framing(version: Tuple[int, int], headers: Headers, error: Callable[...
         name = name.lower()
         if name == "content-length":
             lengths.append(value)
-        elif name == "transfer-encoding":
-            codings += [part.strip().lower() for part in value.split(",") if part.strip()]
+        elif name == "transfer-encoding":  # only SP and HTAB are blanks (str.strip takes Latin-1's U+0085, U+00A0)
+            codings += [part.strip(" \t").lower() for part in value.split(",") if part.strip(" \t")]
     if codings:
         if lengths:
             raise error(f"{what} has both Transfer-Encoding and Content-Length")
@@ -1578,7 +1578,7 @@ def body_framing(version: Tuple[int, int], headers: Headers, error: Callable[...
         return "chunked", 0
     if not lengths:
         return "length", 0
-    values = {part.strip() for v in lengths for part in v.split(",")}
+    values = {part.strip(" \t") for v in lengths for part in v.split(",")}
     if len(values) != 1:
         raise error(f"conflicting Content-Length headers in the {what}")
     value = values.pop()

@@ -1123,6 +1123,19 @@ def test_an_upstream_head_reads_the_same_with_one_match_as_line_by_line(block):
         assert head.headers == general
 
 
+@pytest.mark.parametrize("framing, status", [(b"Transfer-Encoding: chunked\x85", b"501"),
+                                              (b"Content-Length: 5\xa0", b"400")])
+def test_a_framing_header_padded_with_latin1_blanks_smuggles_no_request(start_agproxy, fake, framing, status):
+    """A head of plain lines (read with one match) whose framing header ends in U+0085 or U+00A0, Latin-1
+    bytes that str.strip takes for blanks, HTTP does not: refused and the connection closed, so the
+    request hidden after it (where another server would see the body's end) is never answered."""
+    proxy = start_agproxy(fake_config(fake))
+    reply = raw_request(proxy.port, b"POST /v1/messages/count_tokens HTTP/1.1\r\nHost: 127.0.0.1\r\n" + framing
+                        + b"\r\n\r\n0\r\n\r\nGET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 " + status), reply[:200]
+    assert reply.count(b"HTTP/1.1 ") == 1, reply[:600]
+
+
 def test_the_usual_heads_are_read_with_one_match():
     """The fast path is taken by what clients and upstreams send (else the tests above test nothing)."""
     request = (b"POST /v1/messages?beta=true HTTP/1.1\r\nHost: 127.0.0.1:8045\r\nx-api-key: sk-x\r\n"

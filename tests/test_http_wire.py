@@ -130,6 +130,11 @@ def test_absolute_form_target_keeps_path():
     (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
     (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400),
     (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcX", 400),
+    # Latin-1 bytes that str.strip takes for blanks (U+0085, U+00A0): only SP and HTAB pad a value
+    (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\x85\r\n\r\n0\r\n\r\n", 501),
+    (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: \xa0chunked\r\n\r\n0\r\n\r\n", 501),
+    (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\xa0\r\n\r\nhello", 400),
+    (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5,\x855\r\n\r\nhello", 400),
 ])
 def test_malformed_requests_are_refused_with_a_status(data, status):
     with pytest.raises(ProtocolError) as caught:
@@ -166,6 +171,15 @@ def test_chunked_body_limit_is_413():
     with pytest.raises(ProtocolError) as caught:
         parse_all(data, max_body_bytes=10)
     assert caught.value.status == 413
+
+
+def test_an_upstream_length_padded_with_latin1_blanks_is_malformed():
+    """U+00A0 after the digits is no blank of HTTP's: the length is malformed (502), not 2."""
+    parser = agproxy.ResponseParser("POST")
+    parser.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 2\xa0\r\n\r\nhi")
+    with pytest.raises(agproxy.UpstreamFailure, match="invalid Content-Length"):
+        while parser.next_event() != agproxy.END:
+            pass
 
 
 def test_framing_rules():
