@@ -2193,11 +2193,17 @@ class ResponseParser:
 # -- what a request presents, and what of an upstream's answer a client sees --------------------
 
 def host_without_port(host: str) -> str:
-    """The name part of a ``Host`` header value."""
-    host = host.strip()
+    """The name part of a ``Host`` header value (only spaces and tabs pad it: Latin-1's U+0085 and
+    U+00A0 are part of a name that then is no one's; an IPv6 literal is its brackets' inside only
+    when nothing but a port follows them)."""
+    host = host.strip(" \t")
     if host.startswith("["):
-        return host[1 : host.find("]")] if "]" in host else host
+        bracketed = _BRACKETED_HOST.fullmatch(host)
+        return bracketed.group(1) if bracketed else host
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+_BRACKETED_HOST = re.compile(r"\[([^\]]*)\](?::[0-9]*)?")
 
 
 def presented_keys(request: Request) -> List[str]:

@@ -204,3 +204,13 @@ def test_a_request_is_admitted_once_whether_or_not_it_has_a_body(start_agproxy):
     assert call(proxy, "/healthz")[0] == 200  # no body: checked once the request is whole
     assert admitted == ["/v1/messages", "/healthz"]
     assert call(proxy, "/v1/nowhere", "POST", MESSAGE)[0] == 404 and admitted[-1] == "/v1/nowhere"
+
+
+def test_a_host_that_only_looks_loopback_is_not_served_while_auth_is_off(start_agproxy):
+    """Only spaces and tabs pad a Host value (Latin-1's U+00A0 and U+0085 are not blanks there), and a
+    bracketed IPv6 literal is loopback only when nothing but a port follows it."""
+    proxy = start_agproxy({"upstreams": [DEMO]})
+    for host in ("localhost\xa0:8045", "localhost\x85", "[::1]x", "[::1]:80x", "[::1]evil.example"):
+        assert call(proxy, "/v1/models", host=host)[0] == 421, repr(host)
+    for host in ("[::1]", "[::1]:8045", " localhost:8045\t", "127.0.0.1:8045"):
+        assert call(proxy, "/v1/models", host=host)[0] == 200, repr(host)
