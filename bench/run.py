@@ -129,18 +129,39 @@ async def latency(port: int, body: Union[Dict[str, Any], bytes], count: int, pat
 ALTERNATIONS = 6
 
 
-async def alternated(direct_port: int, via_port: int, body: Dict[str, Any],
-                     count: int) -> Tuple[List[float], List[float]]:
-    """``count`` requests straight to the fake and as many through agproxy, in rounds that take turns:
-    the machine's drift (another tenant, the CPU's clock) weighs on both alike. A figure of a few
-    tenths of a millisecond is the difference of two such medians; measured one after the other,
-    it moved by 0.1 ms from run to run."""
+async def alternated(direct_port: int, via_port: int, body: Dict[str, Any], count: int,
+                     via_body: Optional[Dict[str, Any]] = None) -> Tuple[List[float], List[float]]:
+    """``count`` requests straight to the fake and as many through agproxy (``via_body`` in place of
+    ``body``, where given), in rounds that take turns: the machine's drift (another tenant, the CPU's
+    clock) weighs on both alike. A figure of a few tenths of a millisecond is the difference of two
+    such medians; measured one after the other, it moved by 0.1 ms from run to run."""
     direct: List[float] = []
     via: List[float] = []
     for _ in range(ALTERNATIONS):
         direct += await latency(direct_port, body, count // ALTERNATIONS)
-        via += await latency(via_port, body, count // ALTERNATIONS)
+        via += await latency(via_port, body if via_body is None else via_body, count // ALTERNATIONS)
     return direct, via
+
+
+async def alternated_then_stopped(direct_port: int, proc: subprocess.Popen, port: int, body: Dict[str, Any],
+                                  count: int) -> Tuple[List[float], List[float]]:
+    """:func:`alternated` through another server than the bench's agproxy (``proc``, on ``port``),
+    warmed first and stopped after."""
+    try:
+        await latency(port, body, 20)
+        return await alternated(direct_port, port, body, count)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def added_row(label: str, direct: List[float], via: List[float], goal: str, p99: bool = True) -> List[str]:
+    """A table row of the time ``via`` adds to ``direct``: their p50 (and p99) and the difference."""
+    if not p99:
+        return [label, f"{pct(direct, .5):.2f} ms", f"{pct(via, .5):.2f} ms",
+                f"{pct(via, .5) - pct(direct, .5):+.2f} ms", goal]
+    return [label, f"{pct(direct, .5):.2f} / {pct(direct, .99):.2f} ms", f"{pct(via, .5):.2f} / {pct(via, .99):.2f} ms",
+            f"{pct(via, .5) - pct(direct, .5):+.2f} / {pct(via, .99) - pct(direct, .99):+.2f} ms", goal]
 
 
 #: The characters of each delta the fake upstream writes (the bench's models say ``s20``): a
@@ -312,52 +333,36 @@ async def scenarios(up: int, ag: int, pid: int, rows: List[List[str]], startup_s
     small = message("bench-e1-s20-d0", False)
     await latency(ag, small, 20)
     direct, via = await alternated(up, ag, small, 3 * n)
-    rows.append(["non-stream small, 1 client: added p50 / p99",
-                 f"{pct(direct, .5):.2f} / {pct(direct, .99):.2f} ms", f"{pct(via, .5):.2f} / {pct(via, .99):.2f} ms",
-                 f"{pct(via, .5) - pct(direct, .5):+.2f} / {pct(via, .99) - pct(direct, .99):+.2f} ms",
-                 "<= 1 ms / <= 5 ms added"])
+    rows.append(added_row("non-stream small, 1 client: added p50 / p99", direct, via, "<= 1 ms / <= 5 ms added"))
     # by default agproxy asks the upstream for a stream and assembles the Message (force_stream_internally:
     # a broken stream can be retried, no upstream limit on long non-streaming calls); the same request
     # where the upstream's JSON is relayed shows what that costs, the upstream's own work on a stream included
     with tempfile.TemporaryDirectory() as workdir:
         json_proc, json_port, _ = start_agproxy(up, workdir, settings={"force_stream_internally": False})
-        try:
-            await latency(json_port, small, 20)
-            direct, via = await alternated(up, json_port, small, 3 * n)
-        finally:
-            json_proc.terminate()
-            json_proc.wait(10)
-    rows.append(["non-stream small, 1 client, force_stream_internally off (the upstream's JSON relayed): "
-                 "added p50 / p99", f"{pct(direct, .5):.2f} / {pct(direct, .99):.2f} ms",
-                 f"{pct(via, .5):.2f} / {pct(via, .99):.2f} ms",
-                 f"{pct(via, .5) - pct(direct, .5):+.2f} / {pct(via, .99) - pct(direct, .99):+.2f} ms", "reported"])
+        direct, via = await alternated_then_stopped(up, json_proc, json_port, small, 3 * n)
+    rows.append(added_row("non-stream small, 1 client, force_stream_internally off (the upstream's JSON relayed): "
+                          "added p50 / p99", direct, via, "reported"))
     # the floor of one more hop on this machine: a forwarder that does nothing but frame and relay
     forwarder = subprocess.Popen([sys.executable, os.path.join(HERE, "floor_forwarder.py"), str(up)],
                                  stdout=subprocess.PIPE, text=True)
     try:
         forwarder_port = int(forwarder.stdout.readline().rsplit(":", 1)[1])  # type: ignore[union-attr]
-        await latency(forwarder_port, small, 20)
-        direct, via = await alternated(up, forwarder_port, small, 3 * n)
-    finally:
+    except (ValueError, IndexError):
         forwarder.terminate()
-        forwarder.wait(10)
-    rows.append(["the floor of one more hop: a minimal asyncio forwarder (frames and relays, nothing else), "
-                 "non-stream small: added p50", f"{pct(direct, .5):.2f} ms", f"{pct(via, .5):.2f} ms",
-                 f"{pct(via, .5) - pct(direct, .5):+.2f} ms", "reported"])
+        raise
+    direct, via = await alternated_then_stopped(up, forwarder, forwarder_port, small, 3 * n)
+    rows.append(added_row("the floor of one more hop: a minimal asyncio forwarder (frames and relays, nothing else), "
+                          "non-stream small: added p50", direct, via, "reported", p99=False))
     # what the upstream itself takes longer for the stream agproxy asks it for by default: the same small
     # answer from the fake alone, as JSON and as its stream of six events (each its own write, as a model's)
-    as_json, as_stream = [], []
-    for _ in range(ALTERNATIONS):
-        as_json += await latency(up, small, 3 * n // ALTERNATIONS)
-        as_stream += await latency(up, message("bench-e1-s20-d0", True), 3 * n // ALTERNATIONS)
-    rows.append(["the fake upstream alone, the small answer as its stream vs as JSON (part of the first row's "
-                 "added time): p50", f"{pct(as_json, .5):.2f} ms", f"{pct(as_stream, .5):.2f} ms",
-                 f"{pct(as_stream, .5) - pct(as_json, .5):+.2f} ms", "reported"])
+    as_json, as_stream = await alternated(up, up, small, 3 * n, via_body=message("bench-e1-s20-d0", True))
+    rows.append(added_row("the fake upstream alone, the small answer as its stream vs as JSON (part of the first "
+                          "row's added time): p50", as_json, as_stream, "reported", p99=False))
 
     big = claude_code_body()
     direct, via = await latency(up, big, n // 2), await latency(ag, big, n // 2)
-    rows.append(["50 KB Claude Code body, sanitize + forward: added p50", f"{pct(direct, .5):.2f} ms",
-                 f"{pct(via, .5):.2f} ms", f"{pct(via, .5) - pct(direct, .5):+.2f} ms", "<= 3 ms added"])
+    rows.append(added_row("50 KB Claude Code body, sanitize + forward: added p50", direct, via, "<= 3 ms added",
+                          p99=False))
 
     streams, events = (50, 500) if QUICK else (100, 1000)
     body = message(f"bench-e{events}-s20-d0", True)
@@ -398,15 +403,12 @@ async def dialects(up: int, ag: int, pid: int, rows: List[List[str]], n: int, st
     for label, path, body in (("/v1/messages passthrough", "/v1/messages", small_stream),
                               ("Responses in", "/v1/responses", responses_small("bench-e10-s20-d0"))):
         via = await latency(ag, body, n, path)
-        rows.append([f"streamed small (10 events), 1 client, {label}: added p50 / p99",
-                     f"{pct(direct, .5):.2f} / {pct(direct, .99):.2f} ms",
-                     f"{pct(via, .5):.2f} / {pct(via, .99):.2f} ms",
-                     f"{pct(via, .5) - pct(direct, .5):+.2f} / {pct(via, .99) - pct(direct, .99):+.2f} ms", "reported"])
+        rows.append(added_row(f"streamed small (10 events), 1 client, {label}: added p50 / p99", direct, via,
+                              "reported"))
     codex = codex_body("bench-e10-s20-d0")
     via = await latency(ag, codex, n // 2, "/v1/responses")
-    rows.append([f"{len(json.dumps(codex)) // 1000} KB Codex CLI request (Responses in, 10 events): added p50",
-                 f"{pct(direct, .5):.2f} ms", f"{pct(via, .5):.2f} ms", f"{pct(via, .5) - pct(direct, .5):+.2f} ms",
-                 "reported"])
+    rows.append(added_row(f"{len(json.dumps(codex)) // 1000} KB Codex CLI request (Responses in, 10 events): "
+                          "added p50", direct, via, "reported", p99=False))
 
     model = f"bench-e{events}-s20-d0"
     direct_body = message(model, True)
