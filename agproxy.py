@@ -3146,20 +3146,33 @@ def validate_messages_request(body: Dict[str, Any], *, count_tokens: bool = Fals
         _expect(_is_int(body["top_k"]), "top_k", "must be an integer")
 
 
+def _tool_problem(tool: Any) -> Optional[Tuple[str, str]]:
+    """What is wrong with one tool, as (the field's path under the tool, what it must be), or None:
+    no words are made for a good tool (Claude Code sends a dozen or more with every request)."""
+    if not isinstance(tool, dict):
+        return "", "must be an object"
+    name = tool.get("name")
+    if not isinstance(name, str) or not name:
+        return ".name", "must be a non-empty string"
+    kind = tool.get("type")
+    if kind is not None and not isinstance(kind, str):
+        return ".type", "must be a string"
+    description = tool.get("description")
+    if description is not None and not isinstance(description, str):
+        return ".description", "must be a string"
+    if kind in (None, "custom") and not isinstance(tool.get("input_schema", {}), dict):
+        return ".input_schema", "must be an object"
+    return None
+
+
 def _validate_tools(body: Dict[str, Any]) -> None:
     tools = body.get("tools")
     if tools is not None:
         _expect(isinstance(tools, list), "tools", "must be a list")
         for i, tool in enumerate(tools):
-            _expect(isinstance(tool, dict), f"tools.{i}", "must be an object")
-            _expect(isinstance(tool.get("name"), str) and tool["name"] != "", f"tools.{i}.name",
-                    "must be a non-empty string")
-            _expect(isinstance(tool.get("type", ""), (str, type(None))), f"tools.{i}.type", "must be a string")
-            _expect(isinstance(tool.get("description", ""), (str, type(None))), f"tools.{i}.description",
-                    "must be a string")
-            if tool.get("type") in (None, "custom"):
-                _expect(isinstance(tool.get("input_schema", {}), dict), f"tools.{i}.input_schema",
-                        "must be an object")
+            problem = _tool_problem(tool)
+            if problem is not None:
+                raise InvalidRequest(f"tools.{i}{problem[0]}: {problem[1]}")
     choice = body.get("tool_choice")
     if choice is not None:
         _expect(isinstance(choice, dict), "tool_choice", "must be an object")
