@@ -7097,6 +7097,8 @@ class GeminiStreamTranslator:
         usage = chunk.get("usageMetadata")
         if isinstance(usage, dict):
             self._usage = usage  # each chunk's is the whole so far: the last one counts
+        if self._finish_reason is not None:
+            return  # the answer has ended (Gemini's one end marker): a later chunk's text is no part of it
         feedback = chunk.get("promptFeedback")
         if feedback is not None and isinstance(feedback, dict) and isinstance(feedback.get("blockReason"), str):
             self._block_reason = feedback["blockReason"][:100]

@@ -1,0 +1,35 @@
+"""Hostile upstreams end to end, over real sockets, from the Anthropic SDK (issue 22's attack, round 6):
+each test held a defect until it was fixed."""
+
+from __future__ import annotations
+
+from typing import Any, List
+
+import anthropic
+
+from tests.fakes.misbehaving import ALICE_KEY, Ctx, MisbehavingUpstream, Send, gemini_events, response
+
+
+def _gemini_then_a_second_answer(ctx: Ctx) -> List[Any]:
+    """A whole Gemini answer (its last chunk says finishReason STOP), then the chunks of another."""
+    events = gemini_events("Hello from the first answer.") + gemini_events("SECOND ANSWER smuggled in.")
+    return [Send(response("200 OK", "text/event-stream", b"".join(events), framing="chunked"))]
+
+
+def test_gemini_text_after_the_finish_reason_is_not_part_of_the_answer(start_agproxy: Any) -> None:
+    """Gemini ends an answer with a chunk that has a finishReason (a stream has no other end marker);
+    text in chunks after it belongs to no answer of this request (as events after an Anthropic
+    message_stop do not). The translator appended it: the client got two answers run together."""
+    with MisbehavingUpstream({"second": _gemini_then_a_second_answer}) as fake:
+        config = {"auth_mode": "off", "state_file": "", "max_retry_attempts": 1,
+                  "upstreams": [{"name": "g", "kind": "gemini", "base_url": fake.url_for("second", "gemini", "s"),
+                                 "accounts": [{"name": "alice", "api_key": ALICE_KEY}], "timeout_s": 5}]}
+        proxy = start_agproxy(config)
+        client = anthropic.Anthropic(base_url=proxy.url, api_key="client", max_retries=0, timeout=20)
+        ask = {"model": "gemini-2.5-flash", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}
+        whole = client.messages.create(**ask)
+        with client.messages.stream(**ask) as stream:
+            streamed = stream.get_final_message()
+    for message in (whole, streamed):
+        assert [block.text for block in message.content] == ["Hello from the first answer."], message
+        assert message.stop_reason == "end_turn"
