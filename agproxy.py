@@ -3516,6 +3516,34 @@ def spliced_json(raw: bytes, spans: Dict[str, Tuple[int, int]], original: Dict[s
     return b"{" + b",".join(pieces) + b"}"
 
 
+#: A JSON object's last member when it is ``"stream": false``, and the object's end (any spacing JSON allows).
+_STREAM_FALSE_AT_END = re.compile(rb'"stream"[ \t\r\n]*:[ \t\r\n]*false[ \t\r\n]*\}[ \t\r\n]*')
+
+
+def stream_made_true(raw: bytes, has_stream: bool) -> Optional[bytes]:
+    """``raw``, a JSON object's bytes (valid: its body was parsed; ``has_stream``: whether it has a
+    ``stream`` member), with ``stream`` made true, where that is a change at its end: the request
+    of an SDK or a script that wants its answer whole, which agproxy asks for as a stream
+    (``force_stream_internally``), then goes as the client's bytes with a few bytes changed, not
+    encoded again (34 us for a 9 KB Claude Code body). So when ``"stream": false`` is its last
+    member (what comes just before the object's closing brace is a member of the object itself:
+    nothing there is inside a string), or when it has no ``stream`` at all (the member goes last).
+    None otherwise: the caller writes the object anew. (A client that says ``stream`` twice, as
+    JSON allows, has its first saying kept, as it is kept when nothing changes: an upstream that
+    reads that one answers with JSON, which agproxy takes as well.)"""
+    if has_stream:
+        at = raw.rfind(b'"stream"')  # (from the end: where it is, nearly at once)
+        if at < 0 or not _STREAM_FALSE_AT_END.fullmatch(raw, at):
+            return None
+        members = raw[:at].rstrip(b" \t\r\n")  # up to the comma before it
+        return members + b'"stream":true}' if members.endswith(b",") else None
+    body = raw.rstrip(b" \t\r\n")
+    members = body[:-1].rstrip(b" \t\r\n")  # (the object's, up to its closing brace)
+    if not body.endswith(b"}") or members.endswith(b"{"):
+        return None  # (an empty object gets no member this way)
+    return members + b',"stream":true}'
+
+
 #: The line Claude Code puts first in its system prompt: ``x-anthropic-billing-header: cc_version=...;
 #: cc_entrypoint=...;``. It varies by release (by request in some), so for any upstream but
 #: Anthropic it only busts the prompt prefix cache.
@@ -14263,6 +14291,10 @@ class AnthropicAdapter(Adapter):
         if not changes:
             return raw, body, beta
         call.facts.changes.append(("sanitize", changes))
+        if changes == {"stream_forced": 1}:  # the usual change of a request that wants its answer whole
+            streamed = stream_made_true(raw, "stream" in call.body)
+            if streamed is not None:
+                return streamed, body, beta
         if call.raw_spans:
             return spliced_json(raw, call.raw_spans, call.body, body), body, beta
         return _UTF8_JSON.encode(body).encode("utf-8"), body, beta

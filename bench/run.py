@@ -426,11 +426,9 @@ async def dialects(up: int, ag: int, pid: int, rows: List[List[str]], n: int, st
 
 #: Issue 22's body sizes: a short Claude Code turn to the 2 MB of a long session.
 BODY_SIZES = (1_000, 10_000, 88_000, 200_000, 500_000, 1_000_000, 2_000_000)
-#: Bodies up to this size are measured in :func:`alternated` rounds (their added latency is a few
-#: tenths of a millisecond, which one run after the other moves by 0.1 ms), ``ALTERNATED_BODY_COUNT``
-#: requests each way.
-ALTERNATED_BODY_BYTES = 100_000
-ALTERNATED_BODY_COUNT = 600
+#: The bodies' measured requests, each way: this many bytes in all, from 100 requests (the small
+#: bodies) down to 24 (four a round: 1 and 2 MB).
+ALTERNATED_BODY_BYTES = 20_000_000
 #: Issue 22's concurrency steps for the cost growth (CPU per delta and RSS).
 GROWTH_STREAMS = (1, 10, 100, 1000)
 
@@ -466,14 +464,11 @@ async def bodies(up: int, ag: int, pid: int, data: Dict[str, Any]) -> str:
         # much while its heap and socket buffers grow (2 MB: 60, 30, 33 ms, then ~22 from the 30th on)
         await latency(ag, raw, count)
         await latency(up, raw, 3)
+        # in rounds that take turns with the fake alone, as the small request's: one run after the other,
+        # 1 KB moved by 0.1 ms and 500 KB by 0.9
+        count = ALTERNATIONS * max(4, min(100, int(ALTERNATED_BODY_BYTES / len(raw))))
         cpu0 = cpu_seconds(pid)
-        if len(raw) <= ALTERNATED_BODY_BYTES:  # a figure of tenths of a ms: in rounds, as the small request's
-            count = ALTERNATED_BODY_COUNT
-            direct, via = await alternated(up, ag, raw, count)
-        else:
-            direct = await latency(up, raw, count)
-            cpu0 = cpu_seconds(pid)
-            via = await latency(ag, raw, count)
+        direct, via = await alternated(up, ag, raw, count)
         cpu = (cpu_seconds(pid) - cpu0) / count * 1000  # (agproxy is idle while the fake alone answers)
         floor = floor_ms(raw, max(9, count // 4))
         added = pct(via, .5) - pct(direct, .5)
@@ -491,8 +486,8 @@ async def bodies(up: int, ag: int, pid: int, data: Dict[str, Any]) -> str:
             f"tool loop, {captured / 1000:.1f} KB as sent), grown by repeating its last tool call and result, or "
             "trimmed below its size (tools dropped, long strings cut), and sent as the CLI writes it (no spaces, "
             "UTF-8 unescaped); each size measured after as many unmeasured requests as it measures (a "
-            "long-running gateway's steady state); bodies up to 100 KB in six rounds that take turns with the "
-            "fake alone, as the small request. Floor: `json.loads` + `json.dumps` of the "
+            "long-running gateway's steady state), then measured in six rounds that take turns with the fake "
+            "alone, as the small request. Floor: `json.loads` + `json.dumps` of the "
             "same body in the same Python. CPU: agproxy's, per request (/proc, 10 ms ticks over the run).\n\n"
             + markdown(["body", "direct p50", "through agproxy p50", "added p50", "floor", "added / floor",
                         "agproxy CPU per request", "CPU / floor", "goal: 1.5x floor + 0.5 ms"], rows))

@@ -809,6 +809,57 @@ def test_a_request_prepare_changed_is_spliced_exactly_as_json_dumps_writes_it(
     assert json.dumps(json.loads(written)) == json.dumps(changed)
 
 
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(CORPUS_BODIES) | REQUEST | st.dictionaries(
+           st.sampled_from(["model", "stream", "x", "stream\u00e9", "metadata"]),
+           JSON_VALUES | st.just("stream") | st.just({"stream": False}), min_size=1, max_size=6),
+       st.randoms(use_true_random=False), st.booleans(), st.sampled_from([None, False, True, "last"]))
+def test_stream_made_true_says_what_json_dumps_says(body: Dict[str, Any], rnd: random.Random, ascii_only: bool,
+                                                    stream: Any) -> None:
+    """``stream_made_true`` on any object however spaced (``stream`` absent, false where it is, or
+    false and moved last; strings and nested objects that say "stream"): None, or bytes that decode
+    to the object with ``stream`` true, its members in their order (a new ``stream`` last)."""
+    body = dict(body)
+    if stream is None:
+        body.pop("stream", None)
+    elif stream == "last":
+        body.pop("stream", None)
+        body["stream"] = False
+    else:
+        body["stream"] = stream
+    raw = spaced_json(body, rnd, ascii_only).encode("utf-8", "surrogatepass")
+    try:
+        parsed = agproxy.parse_json_body(raw)
+    except agproxy.AgproxyError:
+        return
+    written = agproxy.stream_made_true(raw, "stream" in parsed)
+    if written is None:
+        assume(False)
+        return
+    expected = dict(parsed, stream=True)
+    assert same_json(json.loads(written), expected)
+    assert list(json.loads(written)) == list(expected)
+
+
+def test_stream_made_true_writes_in_place_what_it_can_and_nothing_else() -> None:
+    """The cases it takes (at the end, or absent; said twice, the first saying kept) and those it
+    leaves to the encoder: a ``stream`` that is not last, spelled with an escape, or true already;
+    an empty object; one false in a nested object only."""
+    take = {b'{"a":1,"stream":false}': b'{"a":1,"stream":true}',
+            b'{"a":1 ,\r\n"stream"\t:\nfalse } \n': b'{"a":1 ,"stream":true}',
+            b'{"a":"stream"}': b'{"a":"stream","stream":true}',
+            b' {"a":{"stream":false}} ': b' {"a":{"stream":false},"stream":true}',
+            b'{"a":"\\",\\"stream\\":false}"}': b'{"a":"\\",\\"stream\\":false}","stream":true}',
+            b'{"a":"stream","stream":false}': b'{"a":"stream","stream":true}',
+            b'{"a":{"stream":1},"stream":false}': b'{"a":{"stream":1},"stream":true}',
+            b'{"stream":true,"a":1,"stream":false}': b'{"stream":true,"a":1,"stream":true}'}
+    for raw, written in take.items():
+        assert agproxy.stream_made_true(raw, "stream" in json.loads(raw)) == written, raw
+    for raw in (b'{"stream":false,"a":1}', b'{"str\\u0065am":false,"a":1}', b'{"a":1,"str\\u0065am":false}',
+                b'{"a":1,"stream":true}', b'{}', b'{"stream":false}', b'{"stream":false,"a":{"b":1,"stream":false}}'):
+        assert agproxy.stream_made_true(raw, "stream" in json.loads(raw)) is None, raw
+
+
 # -- 9. real recorded streams, split at random offsets ---------------------------------------------
 
 def _recordings() -> List[Tuple[str, bytes]]:

@@ -300,6 +300,40 @@ def test_corpus_to_a_full_anthropic_upstream_arrives_unchanged_unless_repaired(s
     assert received["assistant_first"][0] == {"role": "user", "content": agproxy.CONTINUATION_TEXT}
 
 
+WHOLE_ANSWER_BODIES = [  # (the client's bytes, what the upstream must get: None for "the same JSON, written anew")
+    (b'{"model":"claude-fake","max_tokens":5,"messages":[{"role":"user","content":"caf\xc3\xa9 \\"stream\\""}],'
+     b'"stream":false}',
+     b'{"model":"claude-fake","max_tokens":5,"messages":[{"role":"user","content":"caf\xc3\xa9 \\"stream\\""}],'
+     b'"stream":true}'),
+    (b'{ "model" : "claude-fake", "max_tokens": 5,\n "messages": [{"role": "user", "content": "hi"}] }\n',
+     b'{ "model" : "claude-fake", "max_tokens": 5,\n "messages": [{"role": "user", "content": "hi"}],"stream":true}'),
+    (b'{"model":"claude-fake","max_tokens":5,"messages":[{"role":"user","content":"a"}],"stream" :\tfalse\r\n}',
+     b'{"model":"claude-fake","max_tokens":5,"messages":[{"role":"user","content":"a"}],"stream":true}'),
+    (b'{"model":"claude-fake","stream":false,"max_tokens":5,"messages":[{"role":"user","content":"a"}]}', None),
+    (b'{"model":"claude-fake","max_tokens":5,"messages":[{"role":"user","content":"stream"}],'
+     b'"metadata":{"user_id":"stream"},"stream":false}',
+     b'{"model":"claude-fake","max_tokens":5,"messages":[{"role":"user","content":"stream"}],'
+     b'"metadata":{"user_id":"stream"},"stream":true}'),
+    (b'{"model":"claude-fake","max_tokens":5,"messages":[{"role":"user","content":"a"}],"str\\u0065am":false}', None),
+]
+
+
+@pytest.mark.parametrize("raw, expected", WHOLE_ANSWER_BODIES)
+def test_a_request_that_wants_its_answer_whole_goes_upstream_as_its_own_bytes_with_stream_made_true(
+        start_agproxy, fake, raw, expected):
+    """agproxy asks for a stream (force_stream_internally) without encoding the client's JSON again
+    where ``stream`` is a change at its end; elsewhere it writes the JSON anew. Either way the
+    upstream gets the client's request with ``stream`` true, and the client its whole Message."""
+    proxy = start_agproxy(fake_config(fake))
+    request = urllib.request.Request(proxy.url + "/v1/messages", raw, {"content-type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200 and json.load(response)["type"] == "message"
+    sent = fake.requests[-1].body
+    if expected is not None:
+        assert sent == expected
+    assert json.loads(sent) == dict(json.loads(raw), stream=True)
+
+
 def test_strict_upstream_without_the_profile_refuses_the_corpus(start_agproxy):
     """The control for the test above: the strict fake really refuses Claude Code as it is."""
     with FakeAnthropic(strict=True) as strict:
