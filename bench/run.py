@@ -426,8 +426,8 @@ async def dialects(up: int, ag: int, pid: int, rows: List[List[str]], n: int, st
 
 #: Issue 22's body sizes: a short Claude Code turn to the 2 MB of a long session.
 BODY_SIZES = (1_000, 10_000, 88_000, 200_000, 500_000, 1_000_000, 2_000_000)
-#: The bodies' measured requests, each way: this many bytes in all, from 100 requests (the small
-#: bodies) down to 24 (four a round: 1 and 2 MB).
+#: About this many bytes of a body each way in each of the bodies' rounds: 100 requests a round for
+#: the small bodies, 9 at 2 MB, never fewer than 4.
 ALTERNATED_BODY_BYTES = 20_000_000
 #: Issue 22's concurrency steps for the cost growth (CPU per delta and RSS).
 GROWTH_STREAMS = (1, 10, 100, 1000)
