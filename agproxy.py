@@ -2815,6 +2815,8 @@ def _no_constant(name: str) -> Any:
 
 _STRICT_JSON = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite_float)
 _JSON_SPACE = re.compile(r"[ \t\n\r]*")
+#: The bytes JSON takes for whitespace between its tokens.
+_JSON_SPACE_BYTES = b" \t\n\r"
 _scan_json_string = json.decoder.scanstring
 _HIGH_SURROGATE = r"\\u[dD][89abAB][0-9a-fA-F]{2}"
 _LOW_SURROGATE = r"\\u[dD][c-fC-F][0-9a-fA-F]{2}"
@@ -3535,10 +3537,10 @@ def stream_made_true(raw: bytes, has_stream: bool) -> Optional[bytes]:
         at = raw.rfind(b'"stream"')  # (from the end: where it is, nearly at once)
         if at < 0 or not _STREAM_FALSE_AT_END.fullmatch(raw, at):
             return None
-        members = raw[:at].rstrip(b" \t\r\n")  # up to the comma before it
+        members = raw[:at].rstrip(_JSON_SPACE_BYTES)  # up to the comma before it
         return members + b'"stream":true}' if members.endswith(b",") else None
-    body = raw.rstrip(b" \t\r\n")
-    members = body[:-1].rstrip(b" \t\r\n")  # (the object's, up to its closing brace)
+    body = raw.rstrip(_JSON_SPACE_BYTES)
+    members = body[:-1].rstrip(_JSON_SPACE_BYTES)  # (the object's, up to its closing brace)
     if not body.endswith(b"}") or members.endswith(b"{"):
         return None  # (an empty object gets no member this way)
     return members + b',"stream":true}'
