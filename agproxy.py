@@ -6066,6 +6066,8 @@ class OpenAIStreamTranslator:
         for choice in choices:
             if not isinstance(choice, dict) or (choice.get("index") or 0) != 0:
                 continue
+            if self.saw_finish:
+                break  # the answer has ended (its finish_reason came): a later chunk's text is no part of it
             delta = choice.get("delta")
             if not isinstance(delta, dict):
                 delta = {}

@@ -7,7 +7,7 @@ from typing import Any, List
 
 import anthropic
 
-from tests.fakes.misbehaving import ALICE_KEY, Ctx, MisbehavingUpstream, Send, gemini_events, response
+from tests.fakes.misbehaving import ALICE_KEY, Ctx, MisbehavingUpstream, Send, gemini_events, openai_events, response
 
 
 def _gemini_then_a_second_answer(ctx: Ctx) -> List[Any]:
@@ -33,3 +33,28 @@ def test_gemini_text_after_the_finish_reason_is_not_part_of_the_answer(start_agp
     for message in (whole, streamed):
         assert [block.text for block in message.content] == ["Hello from the first answer."], message
         assert message.stop_reason == "end_turn"
+
+
+def _openai_then_a_second_answer(ctx: Ctx) -> List[Any]:
+    """A Chat Completions answer up to its finish_reason and usage, the text of another, then [DONE]."""
+    events = openai_events("Hello from the first answer.", done=False) + openai_events("SECOND ANSWER smuggled in.")
+    return [Send(response("200 OK", "text/event-stream", b"".join(events), framing="chunked"))]
+
+
+def test_openai_text_after_the_finish_reason_is_not_part_of_the_answer(start_agproxy: Any) -> None:
+    """A Chat Completions choice ends with its finish_reason; a later chunk may still bring usage (it
+    counts) but its text is no part of this answer (as for Gemini above). It was appended."""
+    with MisbehavingUpstream({"second": _openai_then_a_second_answer}) as fake:
+        config = {"auth_mode": "off", "state_file": "", "max_retry_attempts": 1,
+                  "upstreams": [{"name": "o", "kind": "openai", "base_url": fake.url_for("second", "openai", "s"),
+                                 "accounts": [{"name": "alice", "api_key": ALICE_KEY}], "timeout_s": 5}]}
+        proxy = start_agproxy(config)
+        client = anthropic.Anthropic(base_url=proxy.url, api_key="client", max_retries=0, timeout=20)
+        ask = {"model": "gpt-4o", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}
+        whole = client.messages.create(**ask)
+        with client.messages.stream(**ask) as stream:
+            streamed = stream.get_final_message()
+    for message in (whole, streamed):
+        assert [block.text for block in message.content] == ["Hello from the first answer."], message
+        assert message.stop_reason == "end_turn"
+        assert message.usage.output_tokens == 6
