@@ -131,7 +131,7 @@ def _longest_string(node: Any, holder: Any = None, key: Any = None, best: Any = 
 def sized(body: Dict[str, Any], target: int) -> Dict[str, Any]:
     """The request grown to about ``target`` bytes by inserting copies of its last tool call and result
     before it; below its own size, trimmed instead: its tools dropped from the end, then its longest
-    strings cut, so the shape (system, messages, tool loop) stays."""
+    strings cut (metadata's aside), so the shape (system, messages, tool loop) stays."""
     body = copy.deepcopy(body)
     size = size_of(body)
     if size < target:
@@ -144,7 +144,8 @@ def sized(body: Dict[str, Any], target: int) -> Dict[str, Any]:
         body["tools"] = body["tools"][:-1]
         size = size_of(body)
     while size > target:
-        length, holder, key = _longest_string(body)
+        # not metadata: its user_id is one JSON text (device, account, session), which no client sends cut
+        length, holder, key = _longest_string({k: v for k, v in body.items() if k != "metadata"})
         if length <= SHORTEST_CUT:
             break  # ids, types, signatures: cutting those would make the request invalid, not smaller
         holder[key] = holder[key][:max(SHORTEST_CUT, length - (size - target))]
