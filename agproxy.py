@@ -1749,9 +1749,12 @@ class ChunkedReader:
 
 def _head_end(buffer: bytearray) -> int:
     """Where a message head ends (just past its blank line, CRLF or bare LF, whichever comes
-    first: a body may hold the other kind), or -1."""
-    crlf, lf = buffer.find(b"\n\r\n"), buffer.find(b"\n\n")
-    if crlf >= 0 and (lf < 0 or crlf < lf):
+    first: a body may hold the other kind), or -1. A bare LF's blank line is looked for only
+    before the CRLF one, where there is one: the buffer may hold a big body after the head (a
+    2 MB request's first read), which a second search to its end would scan for nothing."""
+    crlf = buffer.find(b"\n\r\n")
+    lf = buffer.find(b"\n\n", 0, crlf + 1) if crlf >= 0 else buffer.find(b"\n\n")
+    if crlf >= 0 and lf < 0:
         return crlf + 3
     return lf + 2 if lf >= 0 else -1
 

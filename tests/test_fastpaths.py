@@ -1174,6 +1174,16 @@ def test_an_upstream_head_reads_the_same_with_one_match_as_line_by_line(block):
         assert head.headers == general
 
 
+@given(st.lists(st.sampled_from([b"\r", b"\n", b"a", b"\r\n", b"\n\n", b"\n\r\n"]), max_size=40))
+@settings(max_examples=1500)
+def test_a_head_ends_at_the_first_blank_line_of_either_kind(pieces):
+    """_head_end looks for a bare LF's blank line only before the CRLF one (a big body after the head
+    is not scanned to its end): the same cut as taking whichever of the two comes first."""
+    data = bytearray(b"".join(pieces))
+    found = sorted((at, len(mark)) for mark in (b"\n\r\n", b"\n\n") for at in [data.find(mark)] if at >= 0)
+    assert agproxy._head_end(data) == (found[0][0] + found[0][1] if found else -1)
+
+
 @pytest.mark.parametrize("framing, status", [(b"Transfer-Encoding: chunked\x85", b"501"),
                                               (b"Content-Length: 5\xa0", b"400")])
 def test_a_framing_header_padded_with_latin1_blanks_smuggles_no_request(start_agproxy, fake, framing, status):
