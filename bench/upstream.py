@@ -39,14 +39,23 @@ def anthropic_events(model: str, count: int, size: int) -> list:
     return [f"event: {e}\ndata: {json.dumps(d)}\n\n".encode() for e, d in events]
 
 
-def openai_chunks(count: int, size: int) -> list:
+def openai_chunks(count: int, size: int, real: bool = False) -> list:
+    """Chat Completions chunks: each a delta of text, then the finish and the usage. ``real``: each
+    chunk with the members OpenAI's own carry (``created``, ``system_fingerprint``, a null ``logprobs``
+    and ``finish_reason``, no spaces: 221 bytes with a 20-character delta, Gemini's here 254); without
+    it the shortest chunk a server may send."""
     text = "~" * size
     base = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "model": "bench"}
-    chunks = [dict(base, choices=[{"index": 0, "delta": {"role": "assistant", "content": ""}}])]
-    chunks += [dict(base, choices=[{"index": 0, "delta": {"content": text}}])] * count
+    extra = {"logprobs": None, "finish_reason": None} if real else {}
+    if real:
+        base = {"id": "chatcmpl-ABfw031mOJeYCSHe4yI2ZjOA6kMJL", "object": "chat.completion.chunk",
+                "created": 1727346168, "model": "bench-2024-08-06", "system_fingerprint": "fp_5050236cbd"}
+    chunks = [dict(base, choices=[{"index": 0, "delta": {"role": "assistant", "content": ""}, **extra}])]
+    chunks += [dict(base, choices=[{"index": 0, "delta": {"content": text}, **extra}])] * count
     chunks.append(dict(base, choices=[{"index": 0, "delta": {}, "finish_reason": "stop"}]))
     chunks.append(dict(base, choices=[], usage={"prompt_tokens": 10, "completion_tokens": count}))
-    return [f"data: {json.dumps(c)}\n\n".encode() for c in chunks] + [b"data: [DONE]\n\n"]
+    separators = (",", ":") if real else None  # (OpenAI writes its JSON without spaces)
+    return [f"data: {json.dumps(c, separators=separators)}\n\n".encode() for c in chunks] + [b"data: [DONE]\n\n"]
 
 
 def gemini_chunks(count: int, size: int) -> list:
@@ -94,7 +103,7 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
                 if close:
                     return
                 continue
-            events = openai_chunks(count, size) if target.endswith("/chat/completions") else \
+            events = openai_chunks(count, size, model.endswith("-real")) if target.endswith("/chat/completions") else \
                 gemini_chunks(count, size) if gemini else anthropic_events(model, count, size)
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
             for i, event in enumerate(events):
