@@ -3,13 +3,13 @@
 once it is ready, so start-up is left out) while the load client sends the same streams as
 `make bench`; prints the top functions by own time, per 1,000 events relayed.
 
-Usage: python bench/profile_path.py [passthrough|responses|chat|gemini|openai|gemini-up] [streams] [events] [top] [cum]
-[--paced MS] (defaults: responses 100 1000 25; ``cum`` sorts by time including callees: with few events per
-stream, say 10, it shows what each request costs; ``--paced 20`` has the fake write one event every 20 ms,
-as a model does, so each upstream read brings one event: the growth scenario's paced streams; the
-environment's PROFILE_CPU=1 times the loop thread's CPU, kernel time included, not the wall clock, so
-waits in epoll and a loaded machine's queue for a core drop out; PROFILE_CALLERS=match prints the callers
-of the functions whose names hold ``match``; PROFILE_SAVE=FILE keeps the raw stats).
+Usage: python bench/profile_path.py [passthrough|responses|chat|gemini|openai|openai-real|gemini-up] [streams]
+[events] [top] [cum] [--paced MS] (defaults: responses 100 1000 25; ``cum`` sorts by time including callees:
+with few events per stream, say 10, it shows what each request costs; ``--paced 20`` has the fake write one
+event every 20 ms, as a model does, so each upstream read brings one event: the growth scenario's paced
+streams; the environment's PROFILE_CPU=1 times the loop thread's CPU, kernel time included, not the wall
+clock, so waits in epoll and a loaded machine's queue for a core drop out; PROFILE_CALLERS=match prints the
+callers of the functions whose names hold ``match``; PROFILE_SAVE=FILE keeps the raw stats).
 ``body`` profiles a real Claude Code request instead (bench/claude_code.py), non-streaming, one request after
 another, figures per request:
 python bench/profile_path.py body [requests] [size in KB] [top] [cum] (defaults: body 20 2000 25).
@@ -42,6 +42,7 @@ def paths(name: str, events: int, delay_ms: int = 0) -> Tuple[str, Dict[str, Any
         "gemini": (f"/v1beta/models/{model}:streamGenerateContent?alt=sse",
                    {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}),
         "openai": ("/v1/messages", run.message("oa-" + model, True)),
+        "openai-real": ("/v1/messages", run.message("oa-" + model + "-real", True)),  # chunks as OpenAI's own
         "gemini-up": ("/v1/messages", run.message("gm-" + model, True)),
     }[name]
 
