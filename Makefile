@@ -74,7 +74,8 @@ lint: $(VENV)/.installed
 	  echo "$$out" | grep -q "^Minimum required versions: 3\." || { echo "vermin could not read agproxy.py as Python 3"; exit 1; }
 
 # The charts (bench/*.png) are drawn with the venv's matplotlib; agproxy and the clients run on $(PYTHON).
-bench: build $(VENV)/.installed
+# The Claude Code bodies and the stall measure a request captured from the pinned CLI (claude-cli).
+bench: build $(VENV)/.installed claude-cli
 	$(PYTHON) bench/run.py
 
 # A long fuzz run against a real agproxy (minutes; not part of `make test`): FUZZ_ARGS="--cases 100000 --seed 7";
