@@ -76,6 +76,7 @@ import socket
 import ssl
 import stat
 import sys
+import threading
 import time
 import urllib.parse
 from typing import (
@@ -2805,6 +2806,18 @@ class JSONTooDeep(ValueError):
     """JSON nested deeper than Python's parser can follow."""
 
 
+class RepeatedMember(ValueError):
+    """A request body's top-level object that gives one member twice. JSON allows it and parsers
+    differ on which saying counts (Python's and most keep the last, some the first): agproxy
+    validates one reading and, when nothing needs changing, sends the client's own bytes, so an
+    upstream that kept the other would serve a model or a ``max_tokens`` that a client's limits
+    never saw. ``key``: the member."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"member {key[:80]!r} is given twice")
+        self.key = key
+
+
 def _finite_float(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):
@@ -2836,14 +2849,15 @@ _WALK_UNCOUNTED_CHARS = 64 * 1024
 
 def _scan_object(text: str, spans: Dict[str, Tuple[int, int]]) -> Optional[Dict[str, Any]]:
     """``text`` decoded as one JSON object by the strict decoder, one member at a time, noting in
-    ``spans`` where each member's value lies in ``text`` (for a key given twice, the last, as the
-    object holds); None where it is not a plain object with whitespace at most around it, or a
-    member's value is not JSON (the caller decodes it the usual way, for the error's words)."""
+    ``spans`` where each member's value lies in ``text``; :class:`RepeatedMember` for a key given
+    twice; None where it is not a plain object with whitespace at most around it, or a member's
+    value is not JSON (the caller decodes it the usual way, for the error's words)."""
     skip = _JSON_SPACE.match
     i = skip(text, 0).end()
     if not text.startswith("{", i):
         return None
     value: Dict[str, Any] = {}
+    repeated: Set[str] = set()
     i = skip(text, i + 1).end()
     while not text.startswith("}", i) or value:
         if not text.startswith('"', i):
@@ -2853,6 +2867,8 @@ def _scan_object(text: str, spans: Dict[str, Tuple[int, int]]) -> Optional[Dict[
         if not text.startswith(":", i):
             return None
         i = skip(text, i + 1).end()
+        if key in value:
+            repeated.add(key)
         try:
             value[key], end = _STRICT_JSON.scan_once(text, i)
         except StopIteration:
@@ -2864,15 +2880,26 @@ def _scan_object(text: str, spans: Dict[str, Tuple[int, int]]) -> Optional[Dict[
         if not text.startswith(",", i):
             return None
         i = skip(text, i + 1).end()
-    return value if skip(text, i + 1).end() == len(text) else None
+    if skip(text, i + 1).end() != len(text):
+        return None
+    if repeated:  # (once the whole is read: what else is wrong with it is said first, as by the whole parse)
+        raise RepeatedMember(next(key for key in value if key in repeated))
+    return value
 
 
-def _decode_bounded(text: str, max_depth: int, spans: Optional[Dict[str, Tuple[int, int]]] = None) -> Any:
+def _decode_bounded(text: str, max_depth: int, spans: Optional[Dict[str, Tuple[int, int]]] = None,
+                    unique: bool = False) -> Any:
     """``text`` decoded by the strict decoder, refused (:class:`JSONTooDeep`) when it nests deeper
     than ``max_depth``. The depth is walked only when the text has that many brackets at all: a
     short text costs nothing more, a longer one two counts of characters; a long one (a request)
     always has that many, so its containers are walked without counting. Given ``spans``, an
-    object's members are decoded one by one and their places noted there (:func:`_scan_object`)."""
+    object's members are decoded one by one and their places noted there (:func:`_scan_object`),
+    and a member given twice is refused (:class:`RepeatedMember`); with ``unique``, so it is
+    without ``spans`` (:data:`_MEMBERS_ONCE`)."""
+    decoder = _STRICT_JSON
+    if unique:
+        decoder = _MEMBERS_ONCE
+        _REPEATS.objects.clear()
     try:
         value = _scan_object(text, spans) if spans is not None else None
         if value is not None:
@@ -2881,11 +2908,13 @@ def _decode_bounded(text: str, max_depth: int, spans: Optional[Dict[str, Tuple[i
             if spans:
                 spans.clear()
             try:  # the usual text, one value with nothing around it, in one call of the C scanner
-                value, end = _STRICT_JSON.scan_once(text, 0)
+                value, end = decoder.scan_once(text, 0)
             except StopIteration:
                 end = -1
         if end != len(text):  # whitespace around it, or not JSON: decode() skips the one and words the other
-            value = _STRICT_JSON.decode(text)
+            value = decoder.decode(text)
+        if unique and _REPEATS.objects:
+            _refuse_repeated_member(value)
     except ValueError:
         if spans:
             spans.clear()
@@ -2900,23 +2929,61 @@ def _decode_bounded(text: str, max_depth: int, spans: Optional[Dict[str, Tuple[i
     return value
 
 
+class _Repeats(threading.local):
+    """The objects a decoding in this thread has found giving a member twice, each with its members
+    as they came (:data:`_MEMBERS_ONCE`; a thread's own, as a decoding runs in one thread)."""
+
+    def __init__(self) -> None:
+        self.objects: List[Tuple[Dict[str, Any], List[Tuple[str, Any]]]] = []
+
+
+_REPEATS = _Repeats()
+
+
+def _note_repeats(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
+    """An object's members as a dict, the object noted in :data:`_REPEATS` when it gives one twice."""
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        _REPEATS.objects.append((value, pairs))
+    return value
+
+
+def _refuse_repeated_member(value: Any) -> None:
+    """:class:`RepeatedMember` where ``value``, just decoded by :data:`_MEMBERS_ONCE`, is an object
+    that gives a member twice (the last object noted is the top-level one, if that is an object);
+    the notes are let go either way."""
+    top, members = _REPEATS.objects[-1]
+    _REPEATS.objects.clear()
+    if top is value:
+        keys = [key for key, _ in members]
+        raise RepeatedMember(next(key for key in keys if keys.count(key) > 1))
+
+
+#: The strict decoder that sees each object's members (:func:`_note_repeats`): a request body's
+#: top-level object is refused for a repeat, the objects inside it are not (the last saying counts
+#: there, as everywhere in a big body, whose top level :func:`_scan_object` reads).
+_MEMBERS_ONCE = json.JSONDecoder(object_pairs_hook=_note_repeats, parse_constant=_no_constant,
+                                 parse_float=_finite_float)
+
+
 def loads_strict(data: Union[bytes, str], repair_surrogates: bool = True,
-                 max_depth: int = MAX_UPSTREAM_JSON_DEPTH, spans: Optional[Dict[str, Tuple[int, int]]] = None) -> Any:
+                 max_depth: int = MAX_UPSTREAM_JSON_DEPTH, spans: Optional[Dict[str, Tuple[int, int]]] = None,
+                 unique: bool = False) -> Any:
     """``json.loads`` that refuses what is not JSON although Python takes it: ``NaN``,
     ``Infinity``, numbers too large for a float or with more digits than ``int()`` takes, nesting
     deeper than ``max_depth`` (:class:`JSONTooDeep`). Raises ``ValueError``
     (``UnicodeDecodeError`` for bytes that are not UTF-8 is one). Everything an upstream sends is
     read with it; an unpaired surrogate escape in it becomes U+FFFD, so that what agproxy passes
-    on is valid Unicode. ``spans``: see :func:`_decode_bounded`."""
+    on is valid Unicode. ``spans`` and ``unique``: see :func:`_decode_bounded`."""
     if repair_surrogates and ("\\u" in data if isinstance(data, str) else b"\\u" in data):
         if isinstance(data, str):
             data = _LONE_SURROGATE_TEXT.sub(r"\1\\ufffd", data)
         else:
             data = _LONE_SURROGATE_BYTES.sub(rb"\1\\ufffd", data)
     if isinstance(data, str):
-        return _decode_bounded(data, max_depth, spans)
+        return _decode_bounded(data, max_depth, spans, unique)
     text = data.decode("utf-8")
-    value = _decode_bounded(text, max_depth, spans)
+    value = _decode_bounded(text, max_depth, spans, unique)
     if spans and len(text) != len(data):  # not all ASCII: the places are noted in the bytes
         _spans_in_bytes(text, len(data), spans)
     return value
@@ -2980,14 +3047,19 @@ def _too_deep(value: Any, limit: int) -> bool:
 def parse_json_body(body: bytes, spans: Optional[Dict[str, Tuple[int, int]]] = None) -> Dict[str, Any]:
     """The request body as a JSON object, or an :class:`InvalidRequest` saying what is wrong:
     not JSON (``NaN`` and out-of-range numbers included), nested deeper than
-    :data:`MAX_JSON_DEPTH`, or a string with an unpaired surrogate (it cannot be sent on as UTF-8).
+    :data:`MAX_JSON_DEPTH`, a string with an unpaired surrogate (it cannot be sent on as UTF-8),
+    or a top-level object that gives one of its members twice (:class:`RepeatedMember`: the body may go
+    upstream as the client's bytes, which must mean there what agproxy read).
     ``spans`` (a dict) gets where each member's value lies in the body's bytes (:func:`spliced_json`)."""
     if not body:
         raise InvalidRequest("request body is empty; expected a JSON object")
     try:
-        value = loads_strict(body, repair_surrogates=False, max_depth=MAX_JSON_DEPTH, spans=spans)
+        value = loads_strict(body, repair_surrogates=False, max_depth=MAX_JSON_DEPTH, spans=spans, unique=True)
     except JSONTooDeep:
         raise InvalidRequest(f"request body nests deeper than {MAX_JSON_DEPTH} levels") from None
+    except RepeatedMember as exc:
+        raise InvalidRequest(f"request body gives {exc.key[:80]!r} twice; each member of the request "
+                             f"object may be given once") from None
     except ValueError as exc:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
     if not isinstance(value, dict):

@@ -706,7 +706,7 @@ def test_body_parsed_member_by_member_says_what_the_whole_parse_says(
     if depth is not None:
         body["deep"] = _nested(depth - 1, rnd)
     text = spaced_json(body, rnd, ascii_only)
-    if duplicate and len(text) > 2:  # a key given twice: the last counts
+    if duplicate and len(text) > 2:  # a key given twice: refused alike either way
         text = text[:-1] + ',"deep": [1], "deep" :{"x":"\\u2028"}}'
     raw = text.encode("utf-8")
     for at, piece in mutations:
@@ -719,6 +719,37 @@ def test_body_parsed_member_by_member_says_what_the_whole_parse_says(
         assert same_json(general[1], json.loads(raw)) and set(spans) == set(general[1])
         for key, (start, end) in spans.items():  # each span is its value's own bytes
             assert same_json(json.loads(raw[start:end]), general[1][key])
+
+
+def _key_spelled(key: str, escaped: bool) -> str:
+    return '"' + "".join(f"\\u{ord(c):04x}" for c in key) + '"' if escaped else json.dumps(key, ensure_ascii=False)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from(["model", "max_tokens", "stream", "a/b", "\u00e9\"q"]), JSON_VALUES,
+                          st.booleans()), min_size=1, max_size=6),
+       st.booleans(), st.booleans())
+def test_a_request_object_that_gives_a_member_twice_is_refused_by_either_reading(
+        members: List[Tuple[str, Any, bool]], nested_repeat: bool, padded: bool) -> None:
+    """The request object's own members, however each key is spelled (escaped or not), repeated or
+    not, with or without a repeat inside a member's value (which counts its last saying, as JSON
+    parsers mostly do): refused exactly when a member of the top level comes twice, with the first
+    such key named, by the whole parse and the member-by-member one alike."""
+    parts = [f"{_key_spelled(key, escaped)}:{json.dumps(value)}" for key, value, escaped in members]
+    if nested_repeat:
+        parts.append('"inner":{"x":1,"x":[2]}')
+    if padded:
+        parts.append('"pad":"' + "p" * 20_000 + '"')
+    raw = ("{" + ",".join(parts) + "}").encode("utf-8")
+    keys = [key for key, _, _ in members]
+    repeated = next((key for key in keys if keys.count(key) > 1), None)
+    for spans in (None, {}):
+        outcome, value = _parsed(raw, spans)
+        if repeated is None:
+            assert outcome == "ok" and same_json(value, json.loads(raw)), value
+        else:
+            assert outcome == "error" and value[:2] == (400, "invalid_request_error"), value
+            assert f"gives {repeated[:80]!r} twice" in value[2], value
 
 
 @pytest.mark.parametrize("depth", [84, 85, 86, 87])
