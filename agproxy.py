@@ -10020,6 +10020,8 @@ class NativeChunks:
         self.head: Dict[str, Any] = {}
         self.finished = False
         self.calls = False
+        #: the choices (Chat) or candidates (Gemini), by index, whose finish reason has come
+        self.ended: Set[int] = set()
 
     def feed(self, chunk: Dict[str, Any], data: str) -> List[bytes]:
         """What may go out once ``chunk`` (``data``, its JSON as it came) has come: the chunk as
@@ -10027,6 +10029,8 @@ class NativeChunks:
         lone one is no JSON a strict client reads; the parser mended it) nor line break (a chunk the
         upstream spread over several ``data:`` lines goes on one), else written anew."""
         cleaned = cleaned_chunk(chunk, self.protocol)
+        if cleaned is not None:
+            cleaned = self._unended(cleaned)
         if cleaned is None or (not self.usage_chunk and cleaned.get("choices") == [] and "usage" in cleaned):
             return []
         if self.protocol == "chat":
@@ -10037,6 +10041,30 @@ class NativeChunks:
         if cleaned is not chunk or "\\ud" in data or "\\uD" in data or "\n" in data:
             return self.redact.feed(cleaned, _COMPACT_JSON.encode(cleaned).encode("utf-8", "replace"))
         return self.redact.feed(chunk, data.encode("utf-8"))
+
+    def _unended(self, chunk: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+        """A cleaned chunk less its choices (candidates) whose finish reason came in an earlier
+        chunk: what follows an answer's end is no part of it, as the translators take none of it
+        (a hostile upstream's second answer was relayed after the first); None when nothing is
+        left to say. The finish reasons it brings are noted."""
+        key, reason = ("choices", "finish_reason") if self.protocol == "chat" else ("candidates", "finishReason")
+        items = chunk.get(key)
+        if not items:
+            return chunk
+        if self.ended:
+            kept = [item for item in items if (item.get("index") or 0) not in self.ended]
+            if len(kept) < len(items):
+                items = kept
+                chunk = dict(chunk, **{key: kept})
+                if not kept and self.protocol != "chat":
+                    del chunk[key]
+                if not kept and not any(isinstance(chunk.get(name), dict)
+                                        for name in ("usage", "usageMetadata", "promptFeedback")):
+                    return None
+        for item in items:
+            if item.get(reason) is not None:
+                self.ended.add(item.get("index") or 0)
+        return chunk
 
     def end(self) -> List[bytes]:
         """What is still held, at the stream's end, and a Chat stream's finish reason where the
