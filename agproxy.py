@@ -6070,7 +6070,7 @@ class OpenAIStreamTranslator:
         if self.finished:
             return
         choices = chunk.get("choices")
-        if "error" in chunk and not choices:
+        if "error" in chunk and not choices and not self.saw_finish:  # (after the answer's end it is no part of it)
             self.finished = True
             self._start(out, None)
             out.append(openai_error_event(chunk))
@@ -7137,6 +7137,8 @@ class GeminiStreamTranslator:
             return
         error = chunk.get("error")
         if error is not None and isinstance(error, dict):
+            if self._finish_reason is not None:
+                return  # after the answer's end (its finishReason), as any chunk then, no part of it
             self.finished = True
             self._start(out, None)
             out.append(gemini_error_event(chunk))

@@ -10,7 +10,17 @@ from typing import Any, List
 import anthropic
 import openai
 
-from tests.fakes.misbehaving import ALICE_KEY, Ctx, MisbehavingUpstream, Send, gemini_events, openai_events, response
+from tests.fakes.misbehaving import (
+    ALICE_KEY,
+    Ctx,
+    MisbehavingUpstream,
+    Send,
+    anthropic_events,
+    gemini_events,
+    openai_events,
+    response,
+    sse,
+)
 
 
 def _gemini_then_a_second_answer(ctx: Ctx) -> List[Any]:
@@ -114,3 +124,42 @@ def test_gemini_text_after_the_finish_reason_is_not_passed_through(start_agproxy
             texts.append("".join(p.get("text", "") for c in chunks for k in c.get("candidates", [])
                                  for p in k.get("content", {}).get("parts", [])))
     assert texts == ["Hello from the first answer."] * 3
+
+
+def _an_error_after_the_end(ctx: Ctx) -> List[Any]:
+    """A whole answer of the upstream's kind (its end marker and usage), then an error chunk or event."""
+    if ctx.kind == "openai":
+        events = openai_events("Hello first.", done=False) + [
+            sse(None, {"error": {"message": "late failure", "type": "server_error"}}), b"data: [DONE]\n\n"]
+    elif ctx.kind == "gemini":
+        events = gemini_events("Hello first.") + [
+            b'data: {"error": {"code": 500, "message": "late failure", "status": "INTERNAL"}}\r\n\r\n']
+    else:
+        events = anthropic_events(ctx.model, "Hello first.") + [
+            sse("error", {"type": "error", "error": {"type": "api_error", "message": "late failure"}})]
+    return [Send(response("200 OK", "text/event-stream", b"".join(events), framing="chunked"))]
+
+
+def test_an_error_after_the_answer_ended_does_not_undo_it(start_agproxy: Any) -> None:
+    """An error an upstream sends after its answer's end marker (Chat's finish_reason, Gemini's
+    finishReason) is, like the text after it, no part of the answer, as it is after an Anthropic
+    message_stop: the translators made the whole answer a 502 (the first read held it all)."""
+    with MisbehavingUpstream({"late": _an_error_after_the_end}) as fake:
+        upstreams = [{"name": kind, "kind": kind, "base_url": fake.url_for("late", kind, "s"),
+                      "accounts": [{"name": "alice", "api_key": ALICE_KEY}], "timeout_s": 5}
+                     for kind in ("openai", "gemini", "anthropic")]
+        proxy = start_agproxy({"auth_mode": "off", "state_file": "", "max_retry_attempts": 1, "upstreams": upstreams,
+                               "model_map": [{"match": "gemini-*", "upstream": "gemini"},
+                                             {"match": "claude-*", "upstream": "anthropic"},
+                                             {"match": "*", "upstream": "openai"}]})
+        client = anthropic.Anthropic(base_url=proxy.url, api_key="client", max_retries=0, timeout=20)
+        texts = []
+        for model in ("qwen3", "gemini-2.5-flash", "claude-x"):
+            ask = {"model": model, "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}
+            texts.append(client.messages.create(**ask).content[0].text)
+            with client.messages.stream(**ask) as stream:
+                texts.append(stream.get_final_message().content[0].text)
+        chat = openai.OpenAI(base_url=proxy.url + "/v1", api_key="client", max_retries=0, timeout=20)
+        chunks = chat.chat.completions.create(model="qwen3", messages=[{"role": "user", "content": "hi"}], stream=True)
+        texts.append("".join(c.choices[0].delta.content or "" for c in chunks if c.choices))
+    assert texts == ["Hello first."] * 7
