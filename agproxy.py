@@ -344,6 +344,10 @@ _MIN_SECRET_CHARS = 8
 _KEY_SHAPES = (r"agp-[A-Za-z0-9_\-]{20,}|sk-[A-Za-z0-9_\-]{8,}|AIza[0-9A-Za-z_\-]{20,}"
                r"|(?<=Bearer )[A-Za-z0-9._~+/\-]{16,}=*")
 REDACTED = "[redacted]"
+#: A run of characters without a blank, as a key is (a configured key is printable ASCII), from a
+#: place or up to a text's end: an excerpt's cut is moved off one (:func:`excerpt`).
+_RUN_FROM = re.compile(r"\S*")
+_RUN_TO_END = re.compile(r"\S*\Z")
 #: :meth:`Redactor.text` remembers what it made of texts up to this long: a request's header names and
 #: values, its model, upstream and account names are the same few on every request (28 regex
 #: substitutions a small request, 3 % of its instructions), each looked up once per config.
@@ -351,6 +355,20 @@ _HIDDEN_MEMO_CHARS = 256
 #: The most such texts remembered at once; then they are forgotten together (unique ones, a
 #: request id, a date, come and go).
 _HIDDEN_MEMO_ENTRIES = 1024
+
+
+def excerpt(text: str, limit: int) -> str:
+    """The start of ``text`` (words agproxy could not read, quoted in its own) cut to about
+    ``limit`` characters, never inside a run of characters without a blank: a key cut in two is
+    not the configured key the redactor hides, and its first part would go out (an upstream that
+    echoes its account's key in a chunk it garbles). A run the cut falls in is kept whole where it
+    ends within ``limit`` more characters (the redactor finds the key there), else left out."""
+    if len(text) <= limit or text[limit - 1].isspace() or text[limit].isspace():
+        return text[:limit]
+    end = _RUN_FROM.match(text, limit, 2 * limit + 1).end()
+    if end == len(text) or text[end].isspace():
+        return text[:end]
+    return text[:_RUN_TO_END.search(text, 0, limit).start()]
 
 
 #: A JSON escape of a printable ASCII character (after an even run of backslashes, so it is one).
@@ -4486,12 +4504,12 @@ class EventStreamCheck:
         try:
             payload = _decode_bounded(event_data, MAX_UPSTREAM_JSON_DEPTH)
         except ValueError:
-            raise UpstreamFailure(f"upstream sent a {name[:40]!r} event whose data is not JSON") from None
+            raise UpstreamFailure(f"upstream sent a {excerpt(name, 40)!r} event whose data is not JSON") from None
         kind = payload.get("type") if isinstance(payload, dict) else None
         if not isinstance(kind, str):
-            raise UpstreamFailure(f"upstream sent a {name[:40]!r} event whose data is not an event object")
+            raise UpstreamFailure(f"upstream sent a {excerpt(name, 40)!r} event whose data is not an event object")
         if name and name != kind:
-            raise self._fail(f"an event named {name[:40]!r} whose data is a {kind[:40]!r}")
+            raise self._fail(f"an event named {excerpt(name, 40)!r} whose data is a {excerpt(kind, 40)!r}")
         if kind == "error":
             error = payload.get("error") if isinstance(payload.get("error"), dict) else {}
             kept.append(Event("error", upstream_error_event(error, self.upstream)))
@@ -6124,7 +6142,7 @@ class OpenAIStreamTranslator:
         if self.finished:
             return
         choices = chunk.get("choices")
-        if "error" in chunk and not choices:
+        if "error" in chunk and not choices and not self.saw_finish:  # (after the answer's end it is no part of it)
             self.finished = True
             self._start(out, None)
             out.append(openai_error_event(chunk))
@@ -7083,7 +7101,8 @@ class StrayLines:
         if isinstance(parsed, list) and len(parsed) == 1:
             parsed = parsed[0]
         if not isinstance(parsed, dict) or not isinstance(parsed.get("error"), dict):
-            raise UpstreamFailure(f"upstream sent something in its stream that is not an event: {text[:100]!r}")
+            raise UpstreamFailure("upstream sent something in its stream that is not an event: "
+                                  f"{excerpt(text.decode('utf-8', 'replace'), 100)!r}")
         return parsed
 
 
@@ -7190,6 +7209,8 @@ class GeminiStreamTranslator:
             return
         error = chunk.get("error")
         if error is not None and isinstance(error, dict):
+            if self._finish_reason is not None:
+                return  # after the answer's end (its finishReason), as any chunk then, no part of it
             self.finished = True
             self._start(out, None)
             out.append(gemini_error_event(chunk))
@@ -10092,6 +10113,8 @@ class NativeChunks:
         self.head: Dict[str, Any] = {}
         self.finished = False
         self.calls = False
+        #: the choices (Chat) or candidates (Gemini), by index, whose finish reason has come
+        self.ended: Set[int] = set()
 
     def feed(self, chunk: Dict[str, Any], data: str) -> List[bytes]:
         """What may go out once ``chunk`` (``data``, its JSON as it came) has come: the chunk as
@@ -10099,6 +10122,8 @@ class NativeChunks:
         lone one is no JSON a strict client reads; the parser mended it) nor line break (a chunk the
         upstream spread over several ``data:`` lines goes on one), else written anew."""
         cleaned = cleaned_chunk(chunk, self.protocol)
+        if cleaned is not None:
+            cleaned = self._unended(cleaned)
         if cleaned is None or (not self.usage_chunk and cleaned.get("choices") == [] and "usage" in cleaned):
             return []
         if self.protocol == "chat":
@@ -10109,6 +10134,30 @@ class NativeChunks:
         if cleaned is not chunk or "\\ud" in data or "\\uD" in data or "\n" in data:
             return self.redact.feed(cleaned, _COMPACT_JSON.encode(cleaned).encode("utf-8", "replace"))
         return self.redact.feed(chunk, data.encode("utf-8"))
+
+    def _unended(self, chunk: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+        """A cleaned chunk less its choices (candidates) whose finish reason came in an earlier
+        chunk: what follows an answer's end is no part of it, as the translators take none of it
+        (a hostile upstream's second answer was relayed after the first); None when nothing is
+        left to say. The finish reasons it brings are noted."""
+        key, reason = ("choices", "finish_reason") if self.protocol == "chat" else ("candidates", "finishReason")
+        items = chunk.get(key)
+        if not items:
+            return chunk
+        if self.ended:
+            kept = [item for item in items if (item.get("index") or 0) not in self.ended]
+            if len(kept) < len(items):
+                items = kept
+                chunk = dict(chunk, **{key: kept})
+                if not kept and self.protocol != "chat":
+                    del chunk[key]
+                if not kept and not any(isinstance(chunk.get(name), dict)
+                                        for name in ("usage", "usageMetadata", "promptFeedback")):
+                    return None
+        for item in items:
+            if item.get(reason) is not None:
+                self.ended.add(item.get("index") or 0)
+        return chunk
 
     def end(self) -> List[bytes]:
         """What is still held, at the stream's end, and a Chat stream's finish reason where the
@@ -14381,8 +14430,8 @@ class AnthropicAdapter(Adapter):
     def answer_events(self, response: UpstreamResponse, call: Call, estimate: int) -> AsyncIterator[List[Event]]:
         upstream = call.upstream.name  # relayed: its message ids are its own
         return anthropic_events(response, upstream, lambda kind: call.facts.note(
-            upstream, "unknown_event:" + kind[:40], "upstream %r sent %r events, which are outside the Messages "
-            "stream's grammar; they are not relayed", upstream, kind[:40]), usage=call.facts.usage)
+            upstream, "unknown_event:" + excerpt(kind, 40), "upstream %r sent %r events, which are outside the "
+            "Messages stream's grammar; they are not relayed", upstream, excerpt(kind, 40)), usage=call.facts.usage)
 
     def unhealed_hint(self, upstream: Upstream, status: int, data: bytes) -> Optional[str]:
         if status not in (400, 422) or upstream.profile == "compatible" or not _SCHEMA_REFUSAL.search(
@@ -14905,9 +14954,9 @@ async def openai_events(response: UpstreamResponse, translator: OpenAIStreamTran
                 try:
                     parsed = loads_strict(data)
                 except ValueError:
-                    raise UpstreamFailure(f"upstream sent a chunk that is not JSON: {data[:100]!r}") from None
+                    raise UpstreamFailure(f"upstream sent a chunk that is not JSON: {excerpt(data, 100)!r}") from None
             if type(parsed) is not dict:
-                raise UpstreamFailure(f"upstream sent a chunk that is not a JSON object: {data[:100]!r}")
+                raise UpstreamFailure(f"upstream sent a chunk that is not a JSON object: {excerpt(data, 100)!r}")
             translator.feed_into(out, parsed)
             if native is not None and not translator.finished:
                 chunks += native.feed(parsed, data)
@@ -14940,10 +14989,10 @@ async def gemini_events(response: UpstreamResponse, translator: GeminiStreamTran
                 try:
                     parsed = loads_strict(data)
                 except ValueError:
-                    raise UpstreamFailure(f"upstream sent a chunk that is not JSON: {data[:100]!r}") from None
+                    raise UpstreamFailure(f"upstream sent a chunk that is not JSON: {excerpt(data, 100)!r}") from None
             for item in parsed if type(parsed) is list else (parsed,):
                 if type(item) is not dict:
-                    raise UpstreamFailure(f"upstream sent a chunk that is not a JSON object: {data[:100]!r}")
+                    raise UpstreamFailure(f"upstream sent a chunk that is not a JSON object: {excerpt(data, 100)!r}")
                 translator.feed_into(out, item)
                 if native is not None and not translator.finished:
                     chunks.extend(native.feed(item, data if item is parsed else _COMPACT_JSON.encode(item)))
@@ -15000,7 +15049,7 @@ async def first_events(events: AsyncIterator[List[Event]]) -> List[Event]:
     if not named:
         raise UpstreamFailure("the stream ended before its first event")
     if named[0].name not in ("message_start", "ping"):
-        raise UpstreamFailure(f"upstream's stream began with a {named[0].name[:40]!r} event, not message_start")
+        raise UpstreamFailure(f"upstream's stream began with a {excerpt(named[0].name, 40)!r} event, not message_start")
     return head
 
 

@@ -365,3 +365,25 @@ def test_what_spends_or_keeps_on_the_shared_account_is_not_the_clients_to_set():
     assert sent == {"model": "routed", "messages": HI, "seed": 1, "stream": True, "max_tokens": 8192,
                     "stream_options": {"include_usage": True}}
     assert changes == {"dropped:store": 1, "dropped:metadata": 1, "dropped:service_tier": 1}
+
+
+def test_a_choice_ended_takes_nothing_more_and_the_others_go_on():
+    """After a choice's finish reason its later fragments go nowhere; another choice (``n`` 2) and
+    the usage chunk still go out (the hostile case end to end is in test_hostile_upstream_e2e)."""
+    native = agproxy.NativeChunks(agproxy.Redactor([]), "chat")
+
+    def fed(*choices: Any, **extra: Any) -> List[Any]:
+        piece = dict({"id": "c", "object": "chat.completion.chunk", "choices": list(choices)}, **extra)
+        return [json.loads(out) for out in native.feed(piece, json.dumps(piece))]
+
+    said = fed({"index": 0, "delta": {"content": "a"}, "finish_reason": "stop"},
+               {"index": 1, "delta": {"content": "b"}, "finish_reason": None})
+    assert [c["index"] for c in said[0]["choices"]] == [0, 1]
+    said = fed({"index": 0, "delta": {"content": "x"}, "finish_reason": None},
+               {"index": 1, "delta": {"content": "c"}, "finish_reason": "stop"})
+    assert [c["index"] for c in said[0]["choices"]] == [1]
+    assert fed({"index": 1, "delta": {"content": "y"}, "finish_reason": None}) == []
+    assert fed({"index": 0, "delta": {"content": "z"}, "finish_reason": None},
+               usage={"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}) == [
+        {"id": "c", "object": "chat.completion.chunk", "choices": [],
+         "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}}]

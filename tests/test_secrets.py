@@ -223,3 +223,70 @@ def test_check_never_prints_an_echoed_header_credential(tmp_path: Any) -> None:
     for secret in (HEADER_SECRET, ALICE_KEY):
         for how in ("raw", "json", "url", "base64"):
             assert spelled(secret, how, "gateway:" if how == "base64" else "") not in said, (how, said)
+
+
+#: an account key that is not shaped like one (a local server's password), longer than the excerpts
+UNSHAPED_KEY = "hunter2hunter2-local-secret-0123456789abcdef"
+
+
+def _echoing_malformed(ctx: Any) -> List[Any]:
+    """A stream that echoes the account's key where agproxy quotes an excerpt of it in its error:
+    past the excerpt's length into a chunk that is not JSON, or as an event's name or type."""
+    from tests.fakes.misbehaving import Send, anthropic_events, openai_events, response, sse
+    start = b"data: {\"pad\": \"" + b"p" * 70 + ctx.key.encode() + b"\" broken\n\n"
+    if ctx.kind == "openai":
+        events = openai_events("Hi.", done=False)[:1] + [start]
+    elif ctx.kind == "gemini":
+        events = [start]
+    elif ctx.mode == "named":  # an event named with the key, its data another type
+        events = anthropic_events(ctx.model, "Hi.")[:2] + [sse(ctx.key, {"type": "ping"})]
+    else:  # an event type outside the grammar, spelled with the key: dropped, and said in the log
+        events = anthropic_events(ctx.model, "Hi.")
+        events.insert(2, sse(ctx.key, {"type": ctx.key}))
+    return [Send(response("200 OK", "text/event-stream", b"".join(events), framing="chunked"))]
+
+
+def test_a_key_an_upstream_echoes_into_a_malformed_stream_is_not_cut_into_agproxys_words(start_agproxy: Any) -> None:
+    """agproxy quotes the start of what it could not read (an excerpt, so many characters): a key
+    that the cut falls inside is no longer the configured key the redactor hides, and its first
+    part went out in the client's error, the log and the metrics."""
+    import urllib.request
+
+    import anthropic
+    with MisbehavingUpstream({"echo": _echoing_malformed}) as fake:
+        upstreams = [{"name": name, "kind": kind, "base_url": fake.url_for("echo", kind, mode),
+                      "accounts": [{"name": "alice", "api_key": UNSHAPED_KEY}], "timeout_s": 5}
+                     for name, kind, mode in (("o", "openai", "s"), ("g", "gemini", "s"),
+                                              ("named", "anthropic", "named"), ("unknown", "anthropic", "unknown"))]
+        proxy = start_agproxy({"auth_mode": "off", "state_file": "", "max_retry_attempts": 1, "upstreams": upstreams,
+                               "model_map": [{"match": f"{u['name']}-*", "upstream": u["name"]} for u in upstreams]})
+        client = anthropic.Anthropic(base_url=proxy.url, api_key="client", max_retries=0, timeout=20)
+        said = []
+        for name in ("o", "g", "named", "unknown"):
+            try:
+                said.append(str(client.messages.create(model=f"{name}-m", max_tokens=10,
+                                                       messages=[{"role": "user", "content": "hi"}])))
+            except anthropic.APIError as exc:
+                said.append(str(exc))
+        assert "not JSON" in said[0] and "not JSON" in said[1] and "named" in said[2], said
+        for path in ("/metrics", "/v1/agproxy/stats", "/v1/agproxy/accounts"):
+            with urllib.request.urlopen(proxy.url + path, timeout=10) as answer:
+                said.append(answer.read().decode())
+        said.append(proxy.log())
+    for text in said:
+        assert UNSHAPED_KEY[:12] not in text, text[:3000]
+
+
+@settings(max_examples=500)
+@given(st.text(st.sampled_from("ab \n\t{}\"é"), max_size=60), KEYS.filter(lambda k: not any(c.isspace() for c in k)),
+       st.text(st.sampled_from("ab \n{}\"é"), max_size=300), st.integers(1, 120))
+def test_an_excerpt_never_ends_inside_a_key(before: str, key: str, after: str, limit: int) -> None:
+    """Wherever a key sits, an excerpt of the text holds all of it or none of it, starts the text, and
+    is cut where asked when that cuts no run of characters without a blank."""
+    text = before + key + after
+    cut = agproxy.excerpt(text, limit)
+    assert text.startswith(cut) and len(cut) <= 2 * limit + 1
+    start = len(before)
+    assert len(cut) <= start or len(cut) >= start + len(key)
+    if len(text) <= limit or text[limit - 1].isspace() or text[limit].isspace():
+        assert cut == text[:limit]
