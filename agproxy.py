@@ -1602,7 +1602,7 @@ def body_framing(version: Tuple[int, int], headers: Headers, error: Callable[...
         raise error(f"conflicting Content-Length headers in the {what}")
     value = values.pop()
     if not _DIGITS.fullmatch(value):
-        raise error(f"invalid Content-Length {value[:40]!r} in the {what}")
+        raise error(f"invalid Content-Length {excerpt(value, 40)!r} in the {what}")
     return "length", int(value)
 
 
@@ -1670,7 +1670,7 @@ class ChunkedReader:
                     return b""
                 size_text = line.split(b";", 1)[0].strip(b" \t")
                 if not _HEX.fullmatch(size_text):
-                    raise self.error(f"invalid chunk size {size_text[:20]!r}")
+                    raise self.error(f"invalid chunk size {excerpt(size_text.decode('latin-1'), 20)!r}")
                 self.remaining = int(size_text, 16)
                 self.state = _CHUNK_DATA if self.remaining else _TRAILERS
             elif state is _CHUNK_END:
@@ -2185,7 +2185,8 @@ class ResponseParser:
         status_line = (head if first_end < 0 else head[:first_end]).rstrip(b"\r")
         match = _STATUS_LINE.fullmatch(status_line)
         if not match:
-            raise UpstreamFailure(f"upstream sent a malformed status line {status_line[:80]!r}")
+            line = excerpt(status_line.decode("latin-1"), 80)
+            raise UpstreamFailure(f"upstream sent a malformed status line {line!r}")
         status = int(match.group(3))
         if not 100 <= status <= 599 or status == 101:
             raise UpstreamFailure(f"upstream answered with status {match.group(3).decode()}, which is not a valid "
@@ -4209,16 +4210,16 @@ class MessageAccumulator:
         if self.done or name == "ping":
             return
         if not isinstance(payload, dict):
-            raise UpstreamFailure(f"upstream sent a {name[:40]} event that is not a JSON object")
+            raise UpstreamFailure(f"upstream sent a {excerpt(name, 40)} event that is not a JSON object")
         kind = payload.get("type") or name
         if not isinstance(kind, str):
-            raise UpstreamFailure(f"upstream sent a {name[:40]!r} event whose type is not a string")
+            raise UpstreamFailure(f"upstream sent a {excerpt(name, 40)!r} event whose type is not a string")
         if kind == "error":
             raise stream_error(payload)
         if kind == "message_start":
             self.message = dict(_event_object(payload, "message", kind), content=[])
         elif self.message is None and kind != "ping":
-            raise UpstreamFailure(f"upstream sent a {kind[:40]!r} event before message_start")
+            raise UpstreamFailure(f"upstream sent a {excerpt(kind, 40)!r} event before message_start")
         elif kind == "content_block_start":
             index = _event_index(payload, kind)
             block = dict(_event_object(payload, "content_block", kind))

@@ -15,6 +15,7 @@ import sys
 import urllib.parse
 from typing import Any, Dict, List, Tuple
 
+import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
@@ -273,6 +274,40 @@ def test_a_key_an_upstream_echoes_into_a_malformed_stream_is_not_cut_into_agprox
             with urllib.request.urlopen(proxy.url + path, timeout=10) as answer:
                 said.append(answer.read().decode())
         said.append(proxy.log())
+    for text in said:
+        assert UNSHAPED_KEY[:12] not in text, text[:3000]
+
+
+def _echoing_framing(ctx: Any) -> List[Any]:
+    """An answer whose framing echoes the account's key where agproxy's excerpt of it ends: in a
+    malformed status line, a Content-Length or a chunk size line."""
+    from tests.fakes.misbehaving import Send
+    key = ctx.key.encode()
+    if ctx.mode == "status":  # (the excerpt: 80 characters)
+        return [Send(b"HTTP/1.1 2x0 " + b"p" * 50 + key + b"\r\nContent-Length: 0\r\n\r\n")]
+    if ctx.mode == "length":  # (40)
+        return [Send(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1" + b"p" * 20 + key
+                     + b"\r\n\r\n")]
+    return [Send(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+                 b"10pp" + key + b"\r\n")]  # (20)
+
+
+@pytest.mark.parametrize("mode", ["status", "length", "chunk"])
+def test_a_key_an_upstream_echoes_into_its_framing_is_not_cut_into_agproxys_words(start_agproxy: Any,
+                                                                                  mode: str) -> None:
+    """The HTTP parser quotes a malformed status line, Content-Length or chunk size line in part:
+    a key the cut fell inside went out in part in the client's error and the log."""
+    import anthropic
+    with MisbehavingUpstream({"echo": _echoing_framing}) as fake:
+        proxy = start_agproxy({"auth_mode": "off", "state_file": "", "max_retry_attempts": 1, "upstreams": [
+            {"name": "a", "kind": "anthropic", "base_url": fake.url_for("echo", "anthropic", mode),
+             "accounts": [{"name": "alice", "api_key": UNSHAPED_KEY}], "timeout_s": 5}]})
+        client = anthropic.Anthropic(base_url=proxy.url, api_key="client", max_retries=0, timeout=20)
+        with pytest.raises(anthropic.APIError) as caught:
+            client.messages.create(model="m", max_tokens=10, messages=[{"role": "user", "content": "hi"}],
+                                   stream=mode == "chunk")
+        said = [str(caught.value), proxy.log()]
+    assert "malformed" in said[0] or "invalid" in said[0], said[0]
     for text in said:
         assert UNSHAPED_KEY[:12] not in text, text[:3000]
 
