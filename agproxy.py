@@ -2973,9 +2973,9 @@ def _refuse_repeated_member(value: Any) -> None:
     the notes are let go either way."""
     top, members = _REPEATS.objects[-1]
     _REPEATS.objects.clear()
-    if top is value:
-        keys = [key for key, _ in members]
-        raise RepeatedMember(next(key for key in keys if keys.count(key) > 1))
+    if top is value:  # the first key given twice, in the order the keys first came (as _scan_object names it)
+        counts = collections.Counter(key for key, _ in members)
+        raise RepeatedMember(next(key for key in value if counts[key] > 1))
 
 
 #: The strict decoder that sees each object's members (:func:`_note_repeats`): a request body's
