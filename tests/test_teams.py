@@ -13,7 +13,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple, Union
 
 import anthropic
 import pytest
@@ -38,11 +38,15 @@ def team_config(fake: Any, **top: Any) -> Dict[str, Any]:
     return config
 
 
-def call(proxy: Any, path: str, key: Optional[str], body: Optional[Dict[str, Any]] = None
+def call(proxy: Any, path: str, key: Optional[str], body: Union[Dict[str, Any], bytes, None] = None
          ) -> Tuple[int, Dict[str, Any]]:
-    """GET, or POST ``body`` (an empty body for ``{}``)."""
+    """GET, or POST ``body`` (an empty body for ``{}``; bytes as they are, for what json.dumps
+    cannot write, such as a member given twice)."""
     headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
-    data = (json.dumps(body).encode() if body else b"") if body is not None else None
+    if body is None or isinstance(body, bytes):
+        data = body
+    else:
+        data = json.dumps(body).encode() if body else b""
     request = urllib.request.Request(proxy.url + path, data=data, headers=headers,
                                      method="POST" if body is not None else "GET")
     try:
@@ -295,17 +299,6 @@ def test_me_counts_the_last_minute_of_a_client_without_a_minute_limit(start_agpr
     assert call(proxy, "/v1/agproxy/me", BOB)[1]["limits_now"]["requests_last_minute"] == 3
 
 
-def _raw_call(proxy: Any, path: str, key: str, body: bytes) -> Tuple[int, Dict[str, Any]]:
-    """POST ``body`` as these bytes (a duplicate member cannot be written with json.dumps)."""
-    request = urllib.request.Request(proxy.url + path, data=body, method="POST", headers={
-        "Content-Type": "application/json", "Authorization": f"Bearer {key}"})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
-
 @pytest.mark.parametrize("second", [b'"model"', b'"mod\\u0065l"'])
 @pytest.mark.parametrize("padding", [0, 20_000])  # below and above the size read member by member
 @pytest.mark.parametrize("stream", [b"", b',"stream":true', b',"stream":false'])
@@ -317,7 +310,7 @@ def test_a_model_given_twice_is_refused_not_sent_as_the_client_wrote_it(start_ag
     pad = b',"metadata":{"user_id":"' + b"u" * padding + b'"}' if padding else b""
     body = (b'{"model":"claude-opus-4-1","max_tokens":16,"messages":[{"role":"user","content":"hi"}]' + pad
             + b"," + second + b':"claude-sonnet-4-5"' + stream + b"}")
-    status, answer = _raw_call(proxy, "/v1/messages", ALICE, body)
+    status, answer = call(proxy, "/v1/messages", ALICE, body)
     assert status == 400 and answer["error"]["type"] == "invalid_request_error", answer
     assert "'model' twice" in answer["error"]["message"]
     assert not [r for r in fake.requests if r.target.startswith("/v1/messages")]
@@ -329,13 +322,13 @@ def test_a_member_given_twice_inside_the_request_is_read_as_before(start_agproxy
     proxy = start_agproxy(team_config(fake))
     body = (b'{"model":"claude-sonnet-4-5","max_tokens":16,"messages":[{"role":"user","content":'
             b'[{"type":"text","text":"first","text":"hi"}]}]}')
-    status, answer = _raw_call(proxy, "/v1/messages", ALICE, body)
+    status, answer = call(proxy, "/v1/messages", ALICE, body)
     assert status == 200 and answer["type"] == "message", answer
 
 
 def test_the_chat_completions_path_refuses_a_model_given_twice(start_agproxy, fake):
     proxy = start_agproxy(team_config(fake))
     body = b'{"model":"claude-opus-4-1","messages":[{"role":"user","content":"hi"}],"model":"claude-sonnet-4-5"}'
-    status, answer = _raw_call(proxy, "/v1/chat/completions", ALICE, body)
+    status, answer = call(proxy, "/v1/chat/completions", ALICE, body)
     assert status == 400 and "'model' twice" in answer["error"]["message"], answer
     assert not [r for r in fake.requests if r.target.startswith("/v1/messages")]
