@@ -42,8 +42,8 @@ def anthropic_events(model: str, count: int, size: int) -> list:
 def openai_chunks(count: int, size: int, real: bool = False) -> list:
     """Chat Completions chunks: each a delta of text, then the finish and the usage. ``real``: each
     chunk with the members OpenAI's own carry (``created``, ``system_fingerprint``, a null ``logprobs``
-    and ``finish_reason``, no spaces: 221 bytes with a 20-character delta, Gemini's here 254); without
-    it the shortest chunk a server may send."""
+    and ``finish_reason``, no spaces: 277 bytes as an SSE line with a 20-character delta, Gemini's
+    here 254); without it the shortest chunk a server may send (158)."""
     text = "~" * size
     base = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "model": "bench"}
     extra = {"logprobs": None, "finish_reason": None} if real else {}
